@@ -1,0 +1,42 @@
+"""One exception root; the CLI maps each class to an exit code and a one-line message."""
+from __future__ import annotations
+
+__all__ = [
+    "AutotuneError",
+    "UsageError",
+    "NoFeasibleConfigError",
+    "EngineStartError",
+    "StorageError",
+]
+
+
+class AutotuneError(Exception):
+    """Root of every error the tool reports on one line. Exit code 1 unless a subclass says otherwise."""
+
+    exit_code = 1
+
+
+class UsageError(AutotuneError):
+    """Bad input from the user: flags, files, presets, URLs. Exit code 2."""
+
+    exit_code = 2
+
+
+class NoFeasibleConfigError(AutotuneError):
+    """The study ended without any configuration meeting the latency limit. Exit code 3."""
+
+    exit_code = 3
+
+
+class StorageError(UsageError):
+    """The study storage cannot be opened (bad URL, unreachable server, unreadable file)."""
+
+
+class EngineStartError(AutotuneError):
+    """A server did not become ready. ``failure_class`` is one of oom, kv_too_small, crash, timeout,
+    port_in_use, bad_flags; ``log_tail`` holds the last lines of its log."""
+
+    def __init__(self, message: str, failure_class: str = "crash", log_tail: str = "") -> None:
+        super().__init__(message)
+        self.failure_class = failure_class
+        self.log_tail = log_tail

@@ -1,0 +1,125 @@
+"""vLLM serve flags: the ones autotune knows, their types and defaults, and flags -> argv.
+
+Flags are kept as a plain dict keyed by vLLM's own spelling without dashes in front
+(``{"max-num-seqs": 256, "kv-cache-dtype": "fp8", "enable-prefix-caching": False}``), so that what the
+study stores, what the profile shows and what ``vllm serve`` gets are the same words.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from autotune.errors import UsageError
+
+__all__ = ["FlagDef", "VLLM_FLAGS", "flags_to_argv", "normalize_flag_name", "check_flag_value", "effective_flags"]
+
+
+@dataclass(frozen=True)
+class FlagDef:
+    name: str
+    type: type  # int, float, str, bool, dict
+    default: Any = None  # vLLM 0.26 default on an H100 for `vllm serve` (None: vLLM decides / unset)
+    choices: tuple[Any, ...] | None = None
+    help: str = ""
+
+
+# The subset of `vllm serve` flags that the tuner searches, the sim engine models, or the launcher sets.
+_DEFS = [
+    FlagDef("max-num-seqs", int, 1024, help="max sequences in a batch (vLLM's H100 default for serve)"),
+    FlagDef("max-num-batched-tokens", int, 8192, help="token budget per scheduler step (chunked prefill)"),
+    FlagDef("gpu-memory-utilization", float, 0.9),
+    FlagDef("kv-cache-dtype", str, "auto", ("auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2")),
+    FlagDef("max-model-len", int, None),
+    FlagDef("tensor-parallel-size", int, 1),
+    FlagDef("data-parallel-size", int, 1),
+    FlagDef("pipeline-parallel-size", int, 1),
+    FlagDef("enable-expert-parallel", bool, False),
+    FlagDef("mm-encoder-tp-mode", str, "weights", ("weights", "data")),
+    FlagDef("enable-chunked-prefill", bool, True),
+    FlagDef("enable-prefix-caching", bool, True),
+    FlagDef("async-scheduling", bool, True),
+    FlagDef("max-cudagraph-capture-size", int, 512),
+    FlagDef("enforce-eager", bool, False),
+    FlagDef("block-size", int, 16, (16, 32, 64, 128)),
+    FlagDef("dtype", str, "auto", ("auto", "bfloat16", "float16", "half", "float32")),
+    FlagDef("quantization", str, None, ("fp8",)),
+    FlagDef("load-format", str, "auto", ("auto", "dummy", "safetensors", "pt")),
+    FlagDef("seed", int, 0),
+    FlagDef("trust-remote-code", bool, False),
+    FlagDef("limit-mm-per-prompt", dict, None),
+    FlagDef("compilation-config", dict, None),
+    FlagDef("swap-space", float, 4.0),
+    FlagDef("disable-log-stats", bool, False),
+    FlagDef("served-model-name", str, None),
+    FlagDef("host", str, None),
+    FlagDef("port", int, 8000),
+    FlagDef("uvicorn-log-level", str, "info", ("debug", "info", "warning", "error", "critical", "trace")),
+    FlagDef("tokenizer", str, None),
+]
+VLLM_FLAGS: dict[str, FlagDef] = {d.name: d for d in _DEFS}
+_ALIASES = {"tp": "tensor-parallel-size", "dp": "data-parallel-size", "pp": "pipeline-parallel-size"}
+# Flags the launcher owns; a search space or a user must not set them.
+LAUNCHER_FLAGS = frozenset({"served-model-name", "host", "port"})
+
+
+def normalize_flag_name(name: str) -> str:
+    """`--max_num_seqs`, `max-num-seqs`, `-tp` -> canonical dash spelling; unknown names raise UsageError."""
+    key = name.lstrip("-").replace("_", "-")
+    key = _ALIASES.get(key, key)
+    if key not in VLLM_FLAGS:
+        raise UsageError(f"unknown vLLM flag {name!r}")
+    return key
+
+
+def check_flag_value(name: str, value: Any) -> Any:
+    """Coerce and validate one value for a known flag; returns the coerced value."""
+    fdef = VLLM_FLAGS[normalize_flag_name(name)]
+    if value is None:
+        return None
+    try:
+        if fdef.type is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                value = value.lower() in ("true", "1", "yes")
+            value = bool(value)
+        elif fdef.type is dict:
+            value = json.loads(value) if isinstance(value, str) else dict(value)
+        elif fdef.type is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        else:
+            value = fdef.type(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"flag {fdef.name}: {value!r} is not a valid {fdef.type.__name__}") from None
+    if fdef.choices and value not in fdef.choices:
+        raise UsageError(f"flag {fdef.name}: {value!r} not one of {', '.join(map(str, fdef.choices))}")
+    if fdef.type in (int, float) and fdef.name != "seed" and value <= 0:
+        raise UsageError(f"flag {fdef.name}: must be positive, got {value}")
+    if fdef.name == "gpu-memory-utilization" and not 0 < value <= 1:
+        raise UsageError(f"flag gpu-memory-utilization: must be in (0, 1], got {value}")
+    return value
+
+
+def flags_to_argv(flags: dict[str, Any]) -> list[str]:
+    """One dict of flags -> `vllm serve` arguments. Booleans as --x / --no-x, dicts as JSON, None dropped."""
+    argv: list[str] = []
+    for name in sorted(flags):
+        value = flags[name]
+        key = normalize_flag_name(name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv.append(f"--{key}" if value else f"--no-{key}")
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value, separators=(",", ":"), sort_keys=True)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def effective_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """The given flags over vLLM's defaults, for models and comparisons (launcher-owned flags left out)."""
+    out = {name: d.default for name, d in VLLM_FLAGS.items() if name not in LAUNCHER_FLAGS}
+    out.update({normalize_flag_name(k): v for k, v in flags.items()})
+    return out

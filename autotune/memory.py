@@ -1,0 +1,78 @@
+"""Memory plan of one engine launch: weights, reserve, KV cache capacity — and whether vLLM would start.
+
+One function serves both the study (check feasibility before launching, never launch an infeasible
+point) and the sim engine (print vLLM's startup figures, refuse to start where vLLM would).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from autotune.flags import effective_flags
+from autotune.gpus import GpuSpec
+from autotune.models import ModelSpec
+
+__all__ = ["MemoryPlan", "plan_memory", "GIB"]
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    fits: bool
+    reason: str  # empty when it fits; else vLLM's own words for the failure
+    failure_class: str  # "", "oom" (weights do not fit), "kv_too_small" (no blocks or max-model-len too long)
+    weights_gib_per_gpu: float
+    reserve_gib_per_gpu: float
+    kv_cache_gib_per_gpu: float
+    kv_cache_tokens: int  # per engine (DP replica), as vLLM prints "GPU KV cache size: N tokens"
+    max_model_len: int
+    max_concurrency: float  # kv_cache_tokens / max_model_len, as vLLM prints it
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def plan_memory(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any], num_gpus: int = 1) -> MemoryPlan:
+    """Per-GPU memory of one engine replica under ``flags`` (TP shards weights and KV heads; EP shards
+    experts over TP×DP ranks; DP replicates the rest)."""
+    f = effective_flags(flags)
+    tp = int(f["tensor-parallel-size"] or 1)
+    dp = int(f["data-parallel-size"] or 1)
+    quant = f.get("quantization")
+    weight_bytes = model.weight_bytes(quant)
+    if model.is_moe and f["enable-expert-parallel"]:
+        expert_bytes = model.num_moe_layers * model.num_experts * model.expert_params * (weight_bytes / model.total_params)
+        weights = (weight_bytes - expert_bytes) / tp + expert_bytes / (tp * dp)
+    else:
+        weights = weight_bytes / tp
+    weights_gib = weights / GIB
+    batched = int(f["max-num-batched-tokens"] or 8192)
+    reserve_gib = gpu.non_torch_gib + gpu.activation_gib_per_1k_batched_tokens * batched / 1000
+    budget_gib = gpu.memory_gib * float(f["gpu-memory-utilization"])
+    kv_gib = budget_gib - weights_gib - reserve_gib
+    max_len = int(f["max-model-len"] or model.max_position_embeddings)
+    kv_heads_per_rank = max(1, model.num_kv_heads // tp) if model.num_kv_heads >= tp else 1
+    kv_bytes_per_token_per_gpu = model.kv_bytes_per_token(f["kv-cache-dtype"]) * kv_heads_per_rank / model.num_kv_heads
+    block = int(f["block-size"] or 16)
+    if kv_gib <= 0:
+        total_gib = weights_gib + reserve_gib
+        failure = "oom" if weights_gib > budget_gib else "kv_too_small"
+        reason = ("CUDA out of memory: model weights need %.2f GiB per GPU, %.2f GiB allowed by "
+                  "gpu-memory-utilization" % (weights_gib, budget_gib)) if failure == "oom" else (
+            "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
+            "when initializing the engine. (weights + reserve %.2f GiB of %.2f GiB)" % (total_gib, budget_gib))
+        return MemoryPlan(False, reason, failure, weights_gib, reserve_gib, 0.0, 0, max_len, 0.0)
+    blocks = int(kv_gib * GIB // (kv_bytes_per_token_per_gpu * block))
+    tokens = blocks * block
+    if max_len > model.max_position_embeddings:
+        reason = (f"User-specified max_model_len ({max_len}) is greater than the derived max_model_len "
+                  f"(max_position_embeddings={model.max_position_embeddings})")
+        return MemoryPlan(False, reason, "kv_too_small", weights_gib, reserve_gib, kv_gib, tokens, max_len, 0.0)
+    if tokens < max_len:
+        reason = (f"The model's max seq len ({max_len}) is larger than the maximum number of tokens that can be "
+                  f"stored in KV cache ({tokens}). Try increasing `gpu_memory_utilization` or decreasing "
+                  f"`max_model_len` when initializing the engine.")
+        return MemoryPlan(False, reason, "kv_too_small", weights_gib, reserve_gib, kv_gib, tokens, max_len,
+                          tokens / max_len)
+    return MemoryPlan(True, "", "", weights_gib, reserve_gib, kv_gib, tokens, max_len, tokens / max_len)

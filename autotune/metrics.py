@@ -1,0 +1,170 @@
+"""Per-request records and the summary of a benchmark run.
+
+Everything that measures (the aiohttp load generator) or predicts (the sim engine's virtual-time
+``predict``) produces :class:`RequestOutput` records and calls :func:`summarize`; the JSON keys are the
+contract in DESIGN.md. Empty or all-failed runs give NaN, never 0.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RequestOutput", "Distribution", "BenchResult", "summarize", "LATENCY_METRICS"]
+
+LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
+PERCENTILES = (50, 90, 95, 99)
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    """One request as the client saw it. Times in seconds (perf_counter based); ``start_s`` relative to
+    the start of the run. A failed request has ``success=False`` and ``error`` set."""
+
+    success: bool
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    ttft_s: float = math.nan
+    itl_s: tuple[float, ...] = ()
+    e2el_s: float = math.nan
+    start_s: float = 0.0
+    error: str = ""
+    error_kind: str = ""  # connect, http_4xx, http_5xx, timeout, malformed_stream, disconnect, ...
+
+    @property
+    def tpot_s(self) -> float:
+        if self.output_tokens <= 1 or math.isnan(self.e2el_s) or math.isnan(self.ttft_s):
+            return math.nan
+        return (self.e2el_s - self.ttft_s) / (self.output_tokens - 1)
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """mean/p50/p90/p95/p99 of one latency metric in milliseconds (NaN when there are no values)."""
+
+    mean: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+
+    @classmethod
+    def from_values_s(cls, values_s: list[float] | np.ndarray) -> Distribution:
+        arr = np.asarray(values_s, dtype=float)
+        arr = arr[~np.isnan(arr)] * 1000.0
+        if arr.size == 0:
+            return cls(math.nan, math.nan, math.nan, math.nan, math.nan)
+        p50, p90, p95, p99 = np.percentile(arr, PERCENTILES)
+        return cls(float(arr.mean()), float(p50), float(p90), float(p95), float(p99))
+
+    def to_json(self) -> dict[str, float]:
+        return {"mean": self.mean, "p50": self.p50, "p90": self.p90, "p95": self.p95, "p99": self.p99}
+
+    def percentile(self, name: str) -> float:
+        return float(getattr(self, name))
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    completed: int
+    failed: int
+    duration_s: float
+    output_tok_s: float
+    total_tok_s: float
+    request_s: float
+    ttft_ms: Distribution
+    tpot_ms: Distribution
+    itl_ms: Distribution
+    e2el_ms: Distribution
+    goodput_request_s: float = math.nan
+    errors: dict[str, int] = field(default_factory=dict)
+    status: str = "ok"  # ok | partial (some failed) | failed (none completed) | empty
+    extra: dict[str, Any] = field(default_factory=dict)  # concurrency, rate, server metrics, ...
+
+    def latency(self, metric: str) -> Distribution:
+        if metric not in LATENCY_METRICS:
+            raise ValueError(f"unknown latency metric {metric!r}")
+        return getattr(self, f"{metric}_ms")
+
+    def p99_ms(self, metric: str) -> float:
+        return self.latency(metric).p99
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "output_tok_s": self.output_tok_s,
+            "total_tok_s": self.total_tok_s,
+            "request_s": self.request_s,
+            "goodput_request_s": self.goodput_request_s,
+        }
+        for metric in LATENCY_METRICS:
+            out[f"{metric}_ms"] = self.latency(metric).to_json()
+        out.update(completed=self.completed, failed=self.failed, duration_s=self.duration_s,
+                   status=self.status, errors=dict(self.errors))
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BenchResult:
+        known = {"output_tok_s", "total_tok_s", "request_s", "goodput_request_s", "completed", "failed",
+                 "duration_s", "status", "errors"} | {f"{m}_ms" for m in LATENCY_METRICS}
+        dists = {f"{m}_ms": Distribution(**{k: _f(v) for k, v in data[f"{m}_ms"].items()}) for m in LATENCY_METRICS}
+        return cls(
+            completed=int(data["completed"]), failed=int(data["failed"]), duration_s=_f(data["duration_s"]),
+            output_tok_s=_f(data["output_tok_s"]), total_tok_s=_f(data["total_tok_s"]), request_s=_f(data["request_s"]),
+            goodput_request_s=_f(data.get("goodput_request_s")), errors=dict(data.get("errors") or {}),
+            status=str(data.get("status", "ok")), extra={k: v for k, v in data.items() if k not in known}, **dists,
+        )
+
+
+def _f(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def summarize(outputs: list[RequestOutput], duration_s: float, slo_ms: dict[str, float] | None = None,
+              extra: dict[str, Any] | None = None) -> BenchResult:
+    """Aggregate request records over a window of ``duration_s`` seconds.
+
+    ``slo_ms`` maps latency metrics (ttft, tpot, itl, e2el) to limits for goodput: a request counts when
+    each of its values is within the limit (for ITL, its own worst gap).
+    """
+    ok = [o for o in outputs if o.success]
+    failed = len(outputs) - len(ok)
+    errors = dict(Counter(o.error_kind or "error" for o in outputs if not o.success))
+    if not outputs:
+        status = "empty"
+    elif not ok:
+        status = "failed"
+    else:
+        status = "partial" if failed else "ok"
+    nan = math.nan
+    usable = ok and duration_s > 0
+    out_tokens = sum(o.output_tokens for o in ok)
+    in_tokens = sum(o.prompt_tokens for o in ok)
+    goodput = nan
+    if usable and slo_ms:
+        good = sum(1 for o in ok if _meets(o, slo_ms))
+        goodput = good / duration_s
+    itls = [x for o in ok for x in o.itl_s]
+    return BenchResult(
+        completed=len(ok), failed=failed, duration_s=duration_s,
+        output_tok_s=out_tokens / duration_s if usable else nan,
+        total_tok_s=(out_tokens + in_tokens) / duration_s if usable else nan,
+        request_s=len(ok) / duration_s if usable else nan,
+        ttft_ms=Distribution.from_values_s([o.ttft_s for o in ok]),
+        tpot_ms=Distribution.from_values_s([o.tpot_s for o in ok]),
+        itl_ms=Distribution.from_values_s(itls),
+        e2el_ms=Distribution.from_values_s([o.e2el_s for o in ok]),
+        goodput_request_s=goodput, errors=errors, status=status, extra=dict(extra or {}),
+    )
+
+
+def _meets(o: RequestOutput, slo_ms: dict[str, float]) -> bool:
+    values = {"ttft": o.ttft_s, "tpot": o.tpot_s, "e2el": o.e2el_s, "itl": max(o.itl_s) if o.itl_s else 0.0}
+    for metric, limit in slo_ms.items():
+        v = values[metric]
+        if not math.isnan(v) and v * 1000.0 > limit:
+            return False
+    return True
