@@ -1,0 +1,73 @@
+"""Command line: a thin layer that maps options to the core and errors to exit codes.
+
+Exit codes: 0 success, 2 usage or bad input, 3 no feasible configuration, 1 anything else.
+Tracebacks only with AUTOTUNE_DEBUG=1.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from autotune.errors import AutotuneError
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="autotune")
+def cli() -> None:
+    """Find the vLLM serving configuration with the most throughput under a P99 latency limit."""
+
+
+def _register() -> None:
+    # One module per command group; each exposes `commands`, a list of click commands.
+    import importlib
+
+    for name in ("run", "bench", "sim", "studies"):
+        try:
+            module = importlib.import_module(f"autotune.cli.{name}")
+        except ModuleNotFoundError as e:  # a command module not written yet must not break the others
+            if e.name != f"autotune.cli.{name}":
+                raise
+            continue
+        for command in module.commands:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = os.environ.get("AUTOTUNE_DEBUG") == "1"
+    try:
+        cli.main(args=argv, standalone_mode=False, prog_name="autotune")
+        return 0
+    except click.exceptions.Abort:
+        click.echo("autotune: interrupted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("autotune: interrupted", err=True)
+        return 130
+    except click.exceptions.Exit as e:
+        return int(e.exit_code)
+    except click.ClickException as e:  # usage errors: one line, exit 2
+        if debug:
+            raise
+        click.echo(f"autotune: error: {e.format_message()}", err=True)
+        return 2
+    except AutotuneError as e:
+        if debug:
+            raise
+        click.echo(f"autotune: error: {e}", err=True)
+        return e.exit_code
+    except Exception as e:  # noqa: BLE001 - last resort: one line, never a traceback
+        if debug:
+            raise
+        click.echo(f"autotune: error: {type(e).__name__}: {e} (AUTOTUNE_DEBUG=1 shows the traceback)", err=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
