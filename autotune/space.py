@@ -1,0 +1,223 @@
+"""Search spaces: YAML files of vLLM flags to search, validated, and sampled into an Optuna trial.
+
+    params:                       # searched flags, vLLM spelling
+      max-num-seqs: {type: int, low: 64, high: 1024, log: true}
+      kv-cache-dtype: {type: categorical, choices: [auto, fp8]}
+      mm-encoder-tp-mode: {type: categorical, choices: [weights, data], when: [vlm, tp>1]}
+    fixed: {enable-chunked-prefill: true}
+    parallel: {tensor-parallel-size: [1, 2, 4]}   # data-parallel-size = GPUs / TP
+
+Conditions (``when``) are all of: ``vlm``, ``moe``, ``tp>1``. Only restart-requiring knobs belong here;
+the load level is searched on the live server, not by Optuna.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from autotune.errors import UsageError
+from autotune.flags import LAUNCHER_FLAGS, VLLM_FLAGS, check_flag_value, normalize_flag_name
+from autotune.models import ModelSpec
+
+__all__ = ["SearchSpace", "ParamSpec", "load_space", "default_space_path", "CONDITIONS"]
+
+CONDITIONS = ("vlm", "moe", "tp>1")
+
+
+class ParamSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+    when: list[str] = []
+
+    @field_validator("when")
+    @classmethod
+    def _known_conditions(cls, value: list[str]) -> list[str]:
+        bad = [c for c in value if c not in CONDITIONS]
+        if bad:
+            raise ValueError(f"unknown condition {bad[0]!r} (known: {', '.join(CONDITIONS)})")
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> ParamSpec:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty 'choices' list")
+            if self.low is not None or self.high is not None:
+                raise ValueError("categorical takes 'choices', not low/high")
+        else:
+            if self.low is None or self.high is None:
+                raise ValueError(f"{self.type} needs 'low' and 'high'")
+            if self.low > self.high:
+                raise ValueError(f"low ({self.low}) > high ({self.high})")
+            if self.log and self.low <= 0:
+                raise ValueError("log scale needs low > 0")
+            if self.log and self.step is not None:
+                raise ValueError("log scale and step cannot be combined")
+            if self.step is not None and self.step <= 0:
+                raise ValueError("step must be positive")
+        return self
+
+    def domain_values(self) -> list[Any]:
+        """Every value the parameter can take when the space is finite (for grids); else raises."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        if self.type == "int" and not self.log:
+            step = int(self.step or 1)
+            return list(range(int(self.low), int(self.high) + 1, step))  # type: ignore[arg-type]
+        if self.type == "float" and self.step is not None:
+            n = int(round((self.high - self.low) / self.step))  # type: ignore[operator]
+            return [round(self.low + i * self.step, 10) for i in range(n + 1)]  # type: ignore[operator]
+        raise UsageError("a log-scale or continuous parameter has no finite grid")
+
+
+class _SpaceFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = ""
+    params: dict[str, ParamSpec] = {}
+    fixed: dict[str, Any] = {}
+    parallel: dict[str, list[int]] = {}
+
+
+class SearchSpace:
+    """A validated space bound to a model and a GPU count."""
+
+    def __init__(self, params: dict[str, ParamSpec], fixed: dict[str, Any], tp_choices: list[int],
+                 source: str, description: str = "") -> None:
+        self.params = params
+        self.fixed = fixed
+        self.tp_choices = tp_choices
+        self.source = source
+        self.description = description
+
+    def conditions_hold(self, when: list[str], model: ModelSpec, tp: int) -> bool:
+        facts = {"vlm": model.is_vlm, "moe": model.is_moe, "tp>1": tp > 1}
+        return all(facts[c] for c in when)
+
+    def sample(self, trial: optuna.trial.BaseTrial, model: ModelSpec, gpus: int) -> dict[str, Any]:
+        """Suggest every active parameter on ``trial``; returns the full flag dict (fixed included)."""
+        flags: dict[str, Any] = dict(self.fixed)
+        tp = 1
+        if len(self.tp_choices) > 1:
+            tp = int(trial.suggest_categorical("tensor-parallel-size", self.tp_choices))
+        elif self.tp_choices:
+            tp = self.tp_choices[0]
+        if gpus > 1 or tp > 1:
+            flags["tensor-parallel-size"] = tp
+            if gpus // tp > 1:
+                flags["data-parallel-size"] = gpus // tp
+        for name, spec in self.params.items():
+            if not self.conditions_hold(spec.when, model, tp):
+                continue
+            if spec.type == "categorical":
+                flags[name] = trial.suggest_categorical(name, spec.choices)  # type: ignore[arg-type]
+            elif spec.type == "int":
+                flags[name] = trial.suggest_int(name, int(spec.low), int(spec.high),  # type: ignore[arg-type]
+                                                step=int(spec.step or 1), log=spec.log)
+            else:
+                flags[name] = trial.suggest_float(name, float(spec.low), float(spec.high),  # type: ignore[arg-type]
+                                                  step=spec.step, log=spec.log)
+        return flags
+
+    def params_for(self, flags: dict[str, Any], model: ModelSpec, gpus: int) -> dict[str, Any]:
+        """Optuna params (for enqueue_trial) that reproduce ``flags``; flags outside the space are dropped,
+        searched flags missing from ``flags`` take vLLM's default."""
+        out: dict[str, Any] = {}
+        tp = int(flags.get("tensor-parallel-size", self.tp_choices[0] if self.tp_choices else 1))
+        if len(self.tp_choices) > 1:
+            out["tensor-parallel-size"] = tp
+        for name, spec in self.params.items():
+            if not self.conditions_hold(spec.when, model, tp):
+                continue
+            out[name] = flags.get(name, VLLM_FLAGS[name].default)
+        return out
+
+    def grid(self, model: ModelSpec, gpus: int) -> list[dict[str, Any]]:
+        """Every point of a finite space (TP choices expanded, conditions applied)."""
+        import itertools
+
+        points: list[dict[str, Any]] = []
+        for tp in self.tp_choices or [1]:
+            active = [(n, s.domain_values()) for n, s in self.params.items() if self.conditions_hold(s.when, model, tp)]
+            for combo in itertools.product(*(vals for _, vals in active)):
+                params = dict(zip([n for n, _ in active], combo))
+                if len(self.tp_choices) > 1:
+                    params["tensor-parallel-size"] = tp
+                points.append(params)
+        return points
+
+
+def default_space_path(preset: str) -> Path | None:
+    files = resources.files("autotune.search_spaces")
+    candidate = files.joinpath(f"{preset}.yaml")
+    return Path(str(candidate)) if candidate.is_file() else None
+
+
+def load_space(path: str | Path | None, model: ModelSpec, gpus: int, preset: str | None = None) -> SearchSpace:
+    """Read and validate a space file (default: the preset's, else ``generic.yaml``)."""
+    if path is None:
+        path = default_space_path(preset or "") or default_space_path("generic")
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise UsageError(f"cannot read search space {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"search space {path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"search space {path}: expected a mapping with 'params'")
+    try:
+        parsed = _SpaceFile.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise UsageError(f"search space {path}: {where}: {err['msg']}") from None
+    params: dict[str, ParamSpec] = {}
+    for name, spec in parsed.params.items():
+        key = _flag(name, path)
+        for value in (spec.choices or []) + [v for v in (spec.low, spec.high) if v is not None]:
+            _value(key, value, path)
+        params[key] = spec
+    fixed = {(k := _flag(name, path)): _value(k, value, path) for name, value in parsed.fixed.items()}
+    overlap = set(params) & set(fixed)
+    if overlap:
+        raise UsageError(f"search space {path}: {sorted(overlap)[0]} is both searched and fixed")
+    tp_choices = [int(v) for v in parsed.parallel.get("tensor-parallel-size", [])]
+    extra = set(parsed.parallel) - {"tensor-parallel-size"}
+    if extra:
+        raise UsageError(f"search space {path}: parallel.{sorted(extra)[0]}: only tensor-parallel-size is searched "
+                         "(data-parallel-size follows as GPUs / TP)")
+    tp_choices = [tp for tp in tp_choices if gpus % tp == 0] if tp_choices else [gpus if model.is_moe else 1]
+    if not tp_choices:
+        raise UsageError(f"search space {path}: no tensor-parallel-size choice divides --gpus {gpus}")
+    if any(k in ("tensor-parallel-size", "data-parallel-size") for k in list(params) + list(fixed)):
+        raise UsageError(f"search space {path}: set parallelism under 'parallel', not as a flag")
+    return SearchSpace(params, fixed, tp_choices, source=str(path), description=parsed.description)
+
+
+def _flag(name: str, path: Path) -> str:
+    try:
+        key = normalize_flag_name(name)
+    except UsageError:
+        raise UsageError(f"search space {path}: unknown vLLM flag {name!r}") from None
+    if key in LAUNCHER_FLAGS:
+        raise UsageError(f"search space {path}: {key} is set by the launcher, not the search space")
+    return key
+
+
+def _value(key: str, value: Any, path: Path) -> Any:
+    try:
+        return check_flag_value(key, value)
+    except UsageError as e:
+        raise UsageError(f"search space {path}: {e}") from None
