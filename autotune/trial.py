@@ -1,0 +1,183 @@
+"""One trial: memory check -> launch the engine -> load search on the live server -> tear down.
+
+Failures are results, not exceptions: an infeasible memory plan, a server that never becomes ready or a
+load search that finds no level within the limit all come back as a :class:`TrialOutcome` with its
+failure class, so the study records them and the sampler steers away.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autotune.engines.base import LaunchSpec
+from autotune.engines.launcher import EngineServer
+from autotune.errors import EngineStartError
+from autotune.gpus import GpuSpec
+from autotune.loadgen.runner import LoadConfig, run_bench
+from autotune.loadgen.workload import Workload
+from autotune.loadsearch import LoadSearchConfig, LoadSearchResult, search_load
+from autotune.memory import plan_memory
+from autotune.metrics import BenchResult
+from autotune.models import ModelSpec
+from autotune.progress import NULL_SINK, Event, ProgressSink
+
+__all__ = ["TrialSettings", "TrialOutcome", "run_trial", "measure_once", "level_load_config"]
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """Everything about how trials run that is not a searched flag."""
+
+    engine: str  # vllm | sim
+    model: ModelSpec
+    gpu: GpuSpec
+    gpus: int
+    workload: Workload
+    search: LoadSearchConfig
+    gpu_ids: tuple[int, ...] = (0,)
+    time_scale: float = 1.0  # sim only
+    startup_timeout_s: float = 900.0
+    prompts_per_level: float = 3.0  # measured prompts = this x concurrency, within the bounds below
+    min_prompts: int = 32
+    max_prompts: int = 1500
+    warmup_factor: float = 0.5  # warm-up prompts (excluded from figures) = this x concurrency
+    ramp_s: float = 2.0  # first wave spread over this many modelled seconds (no synchronized start)
+    request_timeout_s: float = 600.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+    vllm_cmd: tuple[str, ...] | None = None
+
+
+@dataclass
+class TrialOutcome:
+    flags: dict[str, Any]
+    feasible: bool
+    output_tok_s: float  # SLO-meeting throughput (0 when nothing met the limit)
+    p99_ms: float  # P99 of the chosen metric at the chosen level (or the lowest level tried)
+    concurrency: int | None
+    best: BenchResult | None = None
+    levels: list[dict[str, Any]] = field(default_factory=list)
+    failure_class: str = ""  # "", oom, kv_too_small, crash, timeout, port_in_use, bad_flags, no_feasible_load
+    failure_reason: str = ""
+    log_tail: str = ""
+    log_path: str = ""
+    startup: dict[str, Any] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
+    vllm_serve_cmd: str = ""
+    stop_reason: str = ""
+    engine_wall_s: float = 0.0  # engine start + teardown
+    load_wall_s: float = 0.0  # load search
+
+    def constraint(self, limit_ms: float) -> float:
+        """P99 - limit in ms (<= 0 feasible); failures get a large violation."""
+        if self.feasible:
+            return self.p99_ms - limit_ms
+        if self.failure_class == "no_feasible_load" and not math.isnan(self.p99_ms):
+            return max(self.p99_ms - limit_ms, 1e-3)
+        return 10.0 * limit_ms
+
+
+def level_load_config(settings: TrialSettings, concurrency: int) -> LoadConfig:
+    n = int(min(settings.max_prompts, max(settings.min_prompts, settings.prompts_per_level * concurrency)))
+    warmup = int(max(1, settings.warmup_factor * concurrency))
+    return LoadConfig(
+        concurrency=concurrency, num_prompts=n, warmup_prompts=warmup,
+        ramp_s=settings.ramp_s / max(settings.time_scale, 1e-9),
+        request_timeout_s=settings.request_timeout_s / max(settings.time_scale, 1e-9),
+        scrape_metrics=True, time_scale=settings.time_scale,
+    )
+
+
+def _launch_spec(settings: TrialSettings, flags: dict[str, Any], name: str, log_path: Path) -> LaunchSpec:
+    return LaunchSpec(
+        engine=settings.engine, model=settings.model, flags=flags, gpu_ids=settings.gpu_ids,
+        served_model_name=name, log_path=log_path, gpu_type=settings.gpu.name, time_scale=settings.time_scale,
+        startup_timeout_s=settings.startup_timeout_s, extra_env=dict(settings.extra_env),
+        **({"vllm_cmd": settings.vllm_cmd} if settings.vllm_cmd else {}),
+    )
+
+
+def _measure_fn(settings: TrialSettings, server: EngineServer, name: str):
+    def measure(concurrency: int) -> BenchResult:
+        return run_bench(server.url, name, settings.workload, level_load_config(settings, concurrency))
+    return measure
+
+
+def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, log_path: Path,
+              sink: ProgressSink = NULL_SINK) -> TrialOutcome:
+    """Check memory, launch, search the load, tear down. Never raises for engine or load failures."""
+    plan = plan_memory(settings.model, settings.gpu, flags, settings.gpus)
+    outcome = TrialOutcome(flags=flags, feasible=False, output_tok_s=0.0, p99_ms=math.nan, concurrency=None,
+                           memory=plan.as_dict(), log_path=str(log_path))
+    if not plan.fits:
+        outcome.failure_class, outcome.failure_reason = plan.failure_class, plan.reason
+        outcome.stop_reason = "not launched: memory plan does not fit"
+        return outcome
+    spec = _launch_spec(settings, flags, served_name, log_path)
+    started = time.perf_counter()
+    sink(Event("engine_starting", {"flags": flags, "log_path": str(log_path)}))
+    server = EngineServer(spec)
+    try:
+        outcome.vllm_serve_cmd = server.vllm_serve_cmd
+        try:
+            server.start()
+        except EngineStartError as e:
+            outcome.failure_class, outcome.failure_reason, outcome.log_tail = e.failure_class, str(e), e.log_tail
+            return outcome
+        outcome.startup = _as_dict(server.startup)
+        sink(Event("engine_ready", {"startup": outcome.startup}))
+        engine_ready = time.perf_counter()
+        ceiling = _concurrency_ceiling(settings, flags, outcome.startup)
+        cfg = LoadSearchConfig(**{**settings.search.__dict__, "max_concurrency": min(settings.search.max_concurrency,
+                                                                                       ceiling)})
+        result: LoadSearchResult = search_load(_measure_fn(settings, server, served_name), cfg, sink)
+        outcome.load_wall_s = time.perf_counter() - engine_ready
+        if not server.alive():
+            outcome.failure_class, outcome.failure_reason = "crash", "the server died during the load search"
+            outcome.log_tail = server.log_tail(40)
+    finally:
+        server.stop()
+        outcome.engine_wall_s = time.perf_counter() - started - outcome.load_wall_s
+    outcome.levels = [lv.summary() for lv in result.levels]
+    outcome.stop_reason = result.stop_reason
+    best = result.best
+    if outcome.failure_class:
+        return outcome
+    if best is None:
+        lowest = result.lowest
+        outcome.failure_class = "no_feasible_load"
+        outcome.failure_reason = (f"P99 {settings.search.metric} above {settings.search.limit_ms:g} ms "
+                                  f"even at concurrency {lowest.concurrency if lowest else '?'}")
+        outcome.p99_ms = lowest.p99_ms if lowest else math.nan
+        outcome.concurrency = lowest.concurrency if lowest else None
+        return outcome
+    outcome.feasible = True
+    outcome.best = best.result
+    outcome.output_tok_s = best.result.output_tok_s
+    outcome.p99_ms = best.p99_ms
+    outcome.concurrency = best.concurrency
+    return outcome
+
+
+def measure_once(settings: TrialSettings, flags: dict[str, Any], concurrency: int, served_name: str,
+                 log_path: Path) -> BenchResult:
+    """A fresh server and one load level (re-measurement of a candidate). Raises EngineStartError."""
+    with EngineServer(_launch_spec(settings, flags, served_name, log_path)) as server:
+        return _measure_fn(settings, server, served_name)(concurrency)
+
+
+def _concurrency_ceiling(settings: TrialSettings, flags: dict[str, Any], startup: dict[str, Any]) -> int:
+    """More concurrent requests than the engine runs at once (max-num-seqs x DP) only queue."""
+    max_seqs = int(flags.get("max-num-seqs") or 1024)
+    dp = int(flags.get("data-parallel-size") or 1)
+    return max(1, max_seqs * dp)
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    if obj is None:
+        return {}
+    if hasattr(obj, "__dataclass_fields__"):
+        return {k: getattr(obj, k) for k in obj.__dataclass_fields__}
+    return dict(obj)
