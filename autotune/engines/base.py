@@ -1,0 +1,175 @@
+"""What a launch is (LaunchSpec), what its startup log says (StartupInfo), and why it failed.
+
+The regexes below follow vLLM's own logger format strings (0.2x, V1 engine); each names its source
+file. Counts may carry thousands separators (``f"{n:,}"``); both the older two-line and the newer
+merged KV-capacity lines are understood.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autotune.errors import UsageError
+from autotune.flags import LAUNCHER_FLAGS, normalize_flag_name
+from autotune.models import ModelSpec
+
+__all__ = ["LaunchSpec", "StartupInfo", "parse_startup_log", "classify_failure", "FAILURE_CLASSES"]
+
+ENGINES = ("vllm", "sim")
+FAILURE_CLASSES = ("oom", "kv_too_small", "port_in_use", "bad_flags", "timeout", "crash")
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """One server launch. ``flags`` use vLLM's dash spelling without leading dashes; the launcher owns
+    --port, --host and --served-model-name, so they may not appear in ``flags``."""
+
+    engine: str
+    model: ModelSpec
+    flags: dict[str, Any]
+    gpu_ids: tuple[int, ...]
+    served_model_name: str
+    log_path: Path
+    gpu_type: str | None = None  # sim only: which card to model
+    time_scale: float = 1.0  # sim only
+    startup_timeout_s: float = 900.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+    python: str = sys.executable
+    vllm_cmd: tuple[str, ...] | None = None  # override of the `vllm serve` prefix
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise UsageError(f"unknown engine {self.engine!r}; known: {', '.join(ENGINES)}")
+        owned = {normalize_flag_name(k) for k in self.flags} & LAUNCHER_FLAGS
+        if owned:
+            raise UsageError(f"flags {', '.join(sorted(owned))} are set by the launcher, not by a search space")
+        if not self.served_model_name:
+            raise UsageError("served_model_name must be a non-empty unique name")
+        object.__setattr__(self, "gpu_ids", tuple(int(g) for g in self.gpu_ids))
+        object.__setattr__(self, "log_path", Path(self.log_path))
+        if self.vllm_cmd is not None:
+            object.__setattr__(self, "vllm_cmd", tuple(self.vllm_cmd))
+
+    @property
+    def serve_cmd(self) -> tuple[str, ...]:
+        """The `vllm serve` prefix: the override, else `vllm serve` if on PATH, else the module form."""
+        if self.vllm_cmd is not None:
+            return self.vllm_cmd
+        if shutil.which("vllm"):
+            return ("vllm", "serve")
+        return (self.python, "-m", "vllm.entrypoints.cli.main", "serve")
+
+    @property
+    def model_ref(self) -> str:
+        """What the engine gets as MODEL: the HF id (or folder) for vLLM; folder or preset name for sim."""
+        if self.engine == "sim":
+            return self.model.local_path or self.model.name
+        return self.model.hf_id or self.model.local_path or self.model.name
+
+
+@dataclass(frozen=True)
+class StartupInfo:
+    """Figures read from a startup log; None where the line was not found."""
+
+    model_memory_gib: float | None = None
+    model_load_s: float | None = None
+    available_kv_gib: float | None = None
+    kv_cache_tokens: int | None = None
+    max_concurrency: float | None = None
+    max_concurrency_len: int | None = None  # the tokens-per-request the concurrency figure assumes
+    compile_s: float | None = None
+    graph_capture_s: float | None = None
+    graph_memory_gib: float | None = None
+    engine_init_s: float | None = None
+    ready_s: float | None = None  # wall seconds from spawn to ready (set by the launcher)
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+_NUM = r"(-?[\d,]*\.?\d+)"
+# vllm/v1/worker/gpu_model_runner.py (and gpu/model_runner.py):
+#   "Model loading took %s GiB memory and %.6f seconds"  (newer: "Model loading took %s GiB and %.6f seconds")
+_MODEL_LOAD = re.compile(rf"Model loading took {_NUM} GiB(?: memory)? and {_NUM} seconds")
+# vllm/v1/worker/gpu_worker.py: "Available KV cache memory: %s GiB" (optionally " (process-scoped)")
+_AVAILABLE_KV = re.compile(rf"Available KV cache memory: {_NUM} GiB")
+# vllm/v1/core/kv_cache_utils.py: "GPU KV cache size: %s tokens" and
+#   "Maximum concurrency for %s tokens per request: %.2fx" (two lines, or merged into one with ", ")
+_KV_TOKENS = re.compile(rf"GPU KV cache size: {_NUM} tokens")
+_MAX_CONC = re.compile(rf"Maximum concurrency for {_NUM} tokens per request: {_NUM}x")
+# vllm/compilation/monitor.py: "torch.compile takes %.2f s in total"
+_COMPILE = re.compile(rf"torch\.compile takes {_NUM} s in total")
+# vllm/v1/worker/gpu_model_runner.py: "Graph capturing finished in %.0f secs, took %.2f GiB"
+_GRAPH = re.compile(rf"Graph capturing finished in {_NUM} secs, took {_NUM} GiB")
+# vllm/v1/engine/core.py: "init engine (profile, create kv cache, warmup model) took %.2f seconds"
+#   (newer: "... took %.2f s (compilation: %.2f s)")
+_ENGINE_INIT = re.compile(
+    rf"init engine \(profile, create kv cache, warmup model\) took {_NUM} s(?:econds)?"
+    rf"(?: \(compilation: {_NUM} s\))?"
+)
+
+
+def _num(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def _last(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    """The last match: a log that holds a retried launch describes the later one."""
+    match = None
+    for match in pattern.finditer(text):
+        pass
+    return match
+
+
+def parse_startup_log(text: str) -> StartupInfo:
+    """Read vLLM's (or the sim engine's vLLM-like) startup lines into a StartupInfo."""
+    out: dict[str, float | int | None] = {}
+    if m := _last(_MODEL_LOAD, text):
+        out["model_memory_gib"], out["model_load_s"] = _num(m[1]), _num(m[2])
+    if m := _last(_AVAILABLE_KV, text):
+        out["available_kv_gib"] = _num(m[1])
+    if m := _last(_KV_TOKENS, text):
+        out["kv_cache_tokens"] = int(_num(m[1]))
+    if m := _last(_MAX_CONC, text):
+        out["max_concurrency_len"], out["max_concurrency"] = int(_num(m[1])), _num(m[2])
+    if m := _last(_GRAPH, text):
+        out["graph_capture_s"], out["graph_memory_gib"] = _num(m[1]), _num(m[2])
+    if m := _last(_ENGINE_INIT, text):
+        out["engine_init_s"] = _num(m[1])
+        if m[2] is not None:
+            out["compile_s"] = _num(m[2])
+    if m := _last(_COMPILE, text):
+        out["compile_s"] = _num(m[1])  # the dedicated line wins over the init summary
+    return StartupInfo(**out)  # type: ignore[arg-type]
+
+
+# Most specific first; matched case-insensitively against the whole log.
+_FAILURE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("bad_flags", re.compile(r"error: unrecognized arguments|error: argument |: error: invalid choice", re.I)),
+    ("kv_too_small", re.compile(
+        r"No available memory for the cache blocks"
+        r"|larger than the maximum number of tokens that can be stored in KV cache"
+        r"|KV cache is needed, which is larger than the available KV cache memory"
+        r"|Cannot auto-fit max_model_len"
+        r"|max_model_len \(\d+\) is greater than the derived max_model_len"
+        r"|estimated maximum model length is", re.I)),
+    ("oom", re.compile(
+        r"CUDA out of memory|torch\.OutOfMemoryError|torch\.cuda\.OutOfMemoryError|CUDA error: out of memory"
+        r"|Free memory on device .* is less than desired GPU memory utilization", re.I)),
+    ("port_in_use", re.compile(r"Address already in use|\[Errno 98\]", re.I)),
+    ("bad_flags", re.compile(r"pydantic_core\._pydantic_core\.ValidationError|validation error for \w+Config", re.I)),
+)
+
+
+def classify_failure(log_text: str, exited: bool, timed_out: bool) -> str:
+    """One of FAILURE_CLASSES. Evidence in the log wins; otherwise timeout if the wait ran out, else crash."""
+    for cls, pattern in _FAILURE_PATTERNS:
+        if pattern.search(log_text):
+            return cls
+    if timed_out:
+        return "timeout"
+    return "crash"

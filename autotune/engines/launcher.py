@@ -1,0 +1,462 @@
+"""Start an engine server (vLLM or sim) as a subprocess, prove it is ready, and tear it down cleanly.
+
+Contract: the launcher owns the port, the environment, the log file and the process group. Readiness
+means: /health answers 200, /v1/models lists exactly our unique served-model-name (so a stale server
+left on the port is never measured), one real completion succeeds, and the child is still alive.
+Teardown: SIGTERM the group, wait, SIGKILL the group, until no live member remains; then wait for the
+port and (vLLM) the GPU memory to come back. Every live server is in a registry that an atexit hook
+and SIGTERM/SIGHUP handlers drain, so the parent never leaves an orphan (SIGKILL of the parent aside).
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from autotune.engines.base import LaunchSpec, StartupInfo, classify_failure, parse_startup_log
+from autotune.errors import EngineStartError
+from autotune.flags import flags_to_argv
+from autotune.progress import NULL_SINK, Event, ProgressSink
+
+__all__ = ["EngineServer", "stop_all", "live_servers", "gpu_memory_used_mib", "port_is_free", "pick_free_port",
+           "install_signal_handlers"]
+
+logger = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+# Hard rule of the GPU host: no NVLink multicast / NVLS.
+_FORCED_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+_LOG_TAIL_LINES = 40
+# No proxy for loopback requests, whatever http_proxy says.
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+_LIVE: list[EngineServer] = []  # servers started and not yet fully stopped (list: no locks, signal-safe)
+
+
+# --- ports -------------------------------------------------------------------------------------------
+
+def port_is_free(port: int) -> bool:
+    """Whether a server could bind 127.0.0.1:port now (SO_REUSEADDR, as uvicorn sets: TIME_WAIT is fine)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+# --- GPU memory --------------------------------------------------------------------------------------
+
+def gpu_memory_used_mib(gpu_ids: tuple[int, ...] | list[int]) -> list[int] | None:
+    """Used memory of each GPU (physical index, PCI bus order) in MiB; None if it cannot be read."""
+    if not gpu_ids:
+        return None
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        ids = ",".join(str(g) for g in gpu_ids)
+        try:
+            out = subprocess.run([smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", ids],
+                                 capture_output=True, text=True, timeout=15, stdin=subprocess.DEVNULL)
+            values = [int(float(line.strip())) for line in out.stdout.splitlines() if line.strip()]
+            if out.returncode == 0 and len(values) == len(gpu_ids):
+                return values
+            logger.debug("nvidia-smi gave rc=%s out=%r", out.returncode, out.stdout[-200:])
+        except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+            logger.debug("nvidia-smi failed: %s", e)
+        return None
+    try:
+        import pynvml  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        try:
+            return [int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(g)).used // 2**20)
+                    for g in gpu_ids]
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as e:  # noqa: BLE001 - NVML raises its own error classes
+        logger.debug("pynvml failed: %s", e)
+        return None
+
+
+# --- process groups ----------------------------------------------------------------------------------
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a non-zombie process of the group remains. Zombies (dead, awaiting a reaper that may never
+    come in a container whose PID 1 does not reap) hold no resources and do not count."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # state, ppid, pgrp, ...
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# --- the server --------------------------------------------------------------------------------------
+
+class EngineServer:
+    """A vLLM or sim server for one trial. Use as a context manager::
+
+        with EngineServer(spec) as server:
+            run_load(server.url, spec.served_model_name)
+
+    ``__enter__`` starts and waits until ready (raising EngineStartError with the failure class and the
+    log tail); ``__exit__`` stops, also on exceptions and KeyboardInterrupt. ``stop()`` is idempotent and
+    may be called from a signal handler or an atexit hook. Not thread-safe: one owner per server.
+    """
+
+    def __init__(self, spec: LaunchSpec, *, port: int | None = None, grace_s: float = 20.0,
+                 port_release_timeout_s: float = 30.0, gpu_release_timeout_s: float = 120.0,
+                 gpu_release_tolerance_mib: int = 1024, sink: ProgressSink = NULL_SINK) -> None:
+        self.spec = spec
+        self.grace_s = grace_s
+        self.port_release_timeout_s = port_release_timeout_s
+        self.gpu_release_timeout_s = gpu_release_timeout_s
+        self.gpu_release_tolerance_mib = gpu_release_tolerance_mib
+        self.sink = sink
+        self._port = port if port is not None else pick_free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pgid: int | None = None
+        self._t_spawn = 0.0
+        self._gpu_baseline_mib: list[int] | None = None
+        self._stopped = True
+        self._owns_port = False  # our server answered on the port: wait for it to come free on stop
+        self.startup: StartupInfo = StartupInfo()
+        self.teardown_problems: list[str] = []  # what stop() could not confirm (port, GPU memory)
+
+    # -- properties --
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self._port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def log_path(self) -> Path:
+        return self.spec.log_path
+
+    @property
+    def command(self) -> list[str]:
+        """The argv this launch runs (with the current port)."""
+        spec = self.spec
+        flags = flags_to_argv(spec.flags)
+        tail = ["--port", str(self._port), "--host", HOST, "--served-model-name", spec.served_model_name]
+        if spec.engine == "vllm":
+            return [*spec.serve_cmd, spec.model_ref, *flags, *tail]
+        argv = [spec.python, "-m", "autotune.sim", "serve", spec.model_ref, *flags, *tail]
+        if spec.gpu_type:
+            argv += ["--gpu-type", spec.gpu_type]
+        return argv + ["--time-scale", repr(float(spec.time_scale))]
+
+    @property
+    def vllm_serve_cmd(self) -> str:
+        """`vllm serve MODEL --flags...` for the exported profile (no port, host or served name)."""
+        model = self.spec.model.hf_id or self.spec.model.local_path or self.spec.model.name
+        return shlex.join(["vllm", "serve", model, *flags_to_argv(self.spec.flags)])
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, n: int = _LOG_TAIL_LINES) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 256 * 1024))
+                data = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(data.splitlines()[-n:])
+
+    def _log_text(self) -> str:
+        try:
+            return self.log_path.read_text("utf-8", "replace")
+        except OSError:
+            return ""
+
+    # -- context manager --
+    def __enter__(self) -> EngineServer:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- start --
+    def start(self) -> None:
+        """Launch and wait until ready. On port_in_use, retries once on a freshly picked port."""
+        if not self._stopped:
+            raise RuntimeError("server already started")
+        install_signal_handlers()
+        for attempt in (1, 2):
+            try:
+                self._start_once(append_log=attempt > 1)
+                return
+            except EngineStartError as e:
+                self.stop()
+                if e.failure_class != "port_in_use" or attempt == 2:
+                    raise
+                logger.warning("port %d answered by another server or taken; retrying on a new port", self._port)
+                self._port = pick_free_port()
+            except BaseException:
+                self.stop()  # KeyboardInterrupt, SystemExit, bugs: never leave the child behind
+                raise
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, **self.spec.extra_env}
+        if self.spec.gpu_ids:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in self.spec.gpu_ids)
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # so the ids mean what nvidia-smi -i means
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(_FORCED_ENV)
+        return env
+
+    def _start_once(self, append_log: bool) -> None:
+        spec = self.spec
+        if not port_is_free(self._port):
+            raise EngineStartError(f"port {self._port} is taken before launch", "port_in_use", "")
+        if spec.engine == "vllm":
+            self._gpu_baseline_mib = gpu_memory_used_mib(spec.gpu_ids)
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = self.command
+        logger.info("starting %s server on port %d: %s", spec.engine, self._port, shlex.join(argv))
+        self.sink(Event("engine_starting", {"engine": spec.engine, "port": self._port, "command": argv,
+                                            "log_path": str(spec.log_path)}))
+        with open(spec.log_path, "ab" if append_log else "wb") as log:
+            if append_log:
+                log.write(f"\n----- autotune: relaunch on port {self._port} -----\n".encode())
+                log.flush()
+            self._t_spawn = time.monotonic()
+            try:
+                self._proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                              env=self._env(), start_new_session=True, close_fds=True)
+            except OSError as e:
+                raise EngineStartError(f"{spec.engine} server could not be spawned ({argv[0]}): {e}", "crash",
+                                       "") from e
+        self._owns_port = False
+        self._pgid = self._proc.pid  # start_new_session: the child leads its own session and group
+        self._stopped = False
+        _LIVE.append(self)
+        self._wait_ready()
+        ready_s = time.monotonic() - self._t_spawn
+        self.startup = replace(parse_startup_log(self._log_text()), ready_s=round(ready_s, 3))
+        logger.info("%s server ready on port %d in %.1f s", spec.engine, self._port, ready_s)
+        self.sink(Event("engine_ready", {"engine": spec.engine, "port": self._port, "ready_s": ready_s,
+                                         "startup": self.startup.as_dict()}))
+
+    def _fail(self, message: str, *, timed_out: bool = False, failure_class: str | None = None) -> EngineStartError:
+        exited = not self.alive()
+        cls = failure_class or classify_failure(self._log_text(), exited=exited, timed_out=timed_out)
+        tail = self.log_tail()
+        last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")
+        detail = f"; last log line: {last[:300]}" if last else ""
+        return EngineStartError(f"{self.spec.engine} server failed to start ({cls}): {message}{detail}; "
+                                f"log: {self.log_path}", cls, tail)
+
+    def _deadline_left(self) -> float:
+        return self.spec.startup_timeout_s - (time.monotonic() - self._t_spawn)
+
+    def _request(self, path: str, body: dict[str, Any] | None = None, timeout_s: float = 5.0) -> tuple[int, bytes]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method="POST" if data else "GET",
+                                     headers={"Content-Type": "application/json"} if data else {})
+        try:
+            with _HTTP.open(req, timeout=timeout_s) as resp:
+                return int(resp.status), resp.read()
+        except urllib.error.HTTPError as e:
+            return int(e.code), e.read() if e.fp else b""
+
+    def _wait_ready(self) -> None:
+        assert self._proc is not None
+        interval_s = 0.05
+        while True:
+            if self._proc.poll() is not None:
+                raise self._fail(f"process exited with code {self._proc.returncode} before it was ready")
+            if self._deadline_left() <= 0:
+                raise self._fail(f"not ready after {self.spec.startup_timeout_s:.0f} s", timed_out=True)
+            try:
+                status, _ = self._request("/health", timeout_s=min(5.0, max(0.5, self._deadline_left())))
+                if status == 200:
+                    break
+            except (OSError, urllib.error.URLError):
+                pass  # not listening yet (or a connection reset while it starts)
+            time.sleep(interval_s)
+            interval_s = min(1.0, interval_s * 1.5)
+        self._check_identity()
+        self._check_completion()
+        time.sleep(0.05)
+        if self._proc.poll() is not None:
+            raise self._fail(f"process exited with code {self._proc.returncode} right after readiness")
+
+    def _check_identity(self) -> None:
+        """/v1/models must list exactly our served name; anything else is another server on our port."""
+        name = self.spec.served_model_name
+        try:
+            status, body = self._request("/v1/models", timeout_s=10.0)
+            ids = [m.get("id") for m in json.loads(body).get("data", [])] if status == 200 else []
+        except (OSError, urllib.error.URLError, ValueError, AttributeError) as e:
+            raise self._fail(f"/v1/models failed: {e}") from None
+        if ids != [name]:
+            raise self._fail(f"/v1/models on port {self._port} lists {ids}, not [{name!r}]: another server "
+                             "answers on this port", failure_class="port_in_use")
+        self._owns_port = True
+
+    def _check_completion(self) -> None:
+        body = {"model": self.spec.served_model_name, "prompt": "Hello", "max_tokens": 4,
+                "ignore_eos": True, "temperature": 0.0}
+        timeout_s = min(300.0, max(10.0, self._deadline_left()))
+        try:
+            status, data = self._request("/v1/completions", body, timeout_s=timeout_s)
+            if status != 200:
+                raise self._fail(f"test completion answered HTTP {status}: {data[:200]!r}")
+            if not json.loads(data).get("choices"):
+                raise self._fail(f"test completion has no choices: {data[:200]!r}")
+        except (OSError, urllib.error.URLError, ValueError) as e:
+            raise self._fail(f"test completion failed: {e}") from None
+
+    # -- stop --
+    def stop(self) -> None:
+        """Stop the whole process group and wait for the port and GPU memory. Idempotent, re-entrant
+        (from a signal handler), never raises for a process that is already gone."""
+        if self._stopped or self._proc is None or self._pgid is None:
+            self._stopped = True
+            return
+        proc, pgid = self._proc, self._pgid
+        t0 = time.monotonic()
+        if proc.poll() is None or _group_alive(pgid):
+            logger.info("stopping %s server pid %d (group %d)", self.spec.engine, proc.pid, pgid)
+            _signal_group(pgid, signal.SIGTERM)
+            deadline = t0 + self.grace_s
+            while time.monotonic() < deadline and (proc.poll() is None or _group_alive(pgid)):
+                time.sleep(0.05)
+        if proc.poll() is None or _group_alive(pgid):
+            logger.warning("server group %d still alive after %.0f s grace: SIGKILL", pgid, self.grace_s)
+            _signal_group(pgid, signal.SIGKILL)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and (proc.poll() is None or _group_alive(pgid)):
+            time.sleep(0.05)
+            _signal_group(pgid, signal.SIGKILL)
+        if proc.poll() is None or _group_alive(pgid):
+            self.teardown_problems.append(f"process group {pgid} survived SIGKILL")
+            logger.error("process group %d survived SIGKILL", pgid)
+        if self._owns_port:
+            self._wait_port_free()
+        if self.spec.engine == "vllm":
+            self._wait_gpu_released()
+        self._stopped = True
+        if self in _LIVE:
+            _LIVE.remove(self)
+        logger.info("%s server on port %d stopped in %.1f s", self.spec.engine, self._port, time.monotonic() - t0)
+
+    def _wait_port_free(self) -> None:
+        deadline = time.monotonic() + self.port_release_timeout_s
+        while not port_is_free(self._port):
+            if time.monotonic() > deadline:
+                self.teardown_problems.append(f"port {self._port} still taken {self.port_release_timeout_s:.0f} s "
+                                              "after stop")
+                logger.warning("port %d still taken after stop", self._port)
+                return
+            time.sleep(0.1)
+
+    def _wait_gpu_released(self) -> None:
+        baseline = self._gpu_baseline_mib
+        if not baseline:
+            return
+        deadline = time.monotonic() + self.gpu_release_timeout_s
+        while True:
+            used = gpu_memory_used_mib(self.spec.gpu_ids)
+            if used is None or all(u <= b + self.gpu_release_tolerance_mib for u, b in zip(used, baseline)):
+                return
+            if time.monotonic() > deadline:
+                self.teardown_problems.append(f"GPU memory {used} MiB not back to {baseline} MiB "
+                                              f"{self.gpu_release_timeout_s:.0f} s after stop")
+                logger.warning("GPU memory on %s still %s MiB (before launch: %s)", self.spec.gpu_ids, used, baseline)
+                return
+            time.sleep(0.5)
+
+
+# --- registry, atexit, signals -----------------------------------------------------------------------
+
+def live_servers() -> list[EngineServer]:
+    return list(_LIVE)
+
+
+def stop_all() -> None:
+    """Stop every server this process started and has not stopped (atexit hook; safe to call twice)."""
+    for server in list(reversed(_LIVE)):
+        try:
+            server.stop()
+        except Exception:  # noqa: BLE001 - keep stopping the others
+            logger.exception("stopping server on port %d failed", server.port)
+
+
+atexit.register(stop_all)
+
+_HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+_handlers_installed = False
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    # Unwind like Ctrl-C does: `with` blocks stop their servers, then atexit runs stop_all.
+    raise SystemExit(128 + signum)
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM/SIGHUP into SystemExit (so teardown runs) where they still have the default action.
+    Only from the main thread; a handler the application set is left alone."""
+    global _handlers_installed
+    if _handlers_installed or threading.current_thread() is not threading.main_thread():
+        return
+    for sig in _HANDLED_SIGNALS:
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            signal.signal(sig, _on_signal)
+    _handlers_installed = True

@@ -1,0 +1,143 @@
+"""LaunchSpec, startup-log parsing, failure classes, command lines, environment, GPU memory reading."""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from autotune.engines.base import LaunchSpec, StartupInfo, classify_failure, parse_startup_log
+from autotune.engines.launcher import EngineServer, gpu_memory_used_mib
+from autotune.errors import UsageError
+from autotune.models import PRESETS, resolve_model
+from tests.fake_engine import OOM_LINES, SAMPLE_VLLM_LOG
+
+
+def _spec(tmp_path: Path, **kw: object) -> LaunchSpec:
+    args: dict[str, object] = dict(engine="vllm", model=PRESETS["flash"], flags={"max-num-seqs": 64},
+                                   gpu_ids=(0,), served_model_name="autotune-s-1", log_path=tmp_path / "t.log")
+    args.update(kw)
+    return LaunchSpec(**args)  # type: ignore[arg-type]
+
+
+def test_parse_sample_vllm_log() -> None:
+    info = parse_startup_log(SAMPLE_VLLM_LOG)
+    assert info == StartupInfo(model_memory_gib=17.5812, model_load_s=5.312871, available_kv_gib=52.24,
+                               kv_cache_tokens=1_369_488, max_concurrency=10.45, max_concurrency_len=131_072,
+                               compile_s=38.45, graph_capture_s=24.0, graph_memory_gib=0.68, engine_init_s=79.86)
+
+
+def test_parse_newer_formats_merged_line_and_last_occurrence() -> None:
+    text = "\n".join([
+        "INFO [gpu_model_runner.py:1] Model loading took 9.1 GiB and 3.500000 seconds",
+        "INFO [gpu_worker.py:2] Available KV cache memory: 60.5 GiB (process-scoped)",
+        "INFO [kv_cache_utils.py:3] GPU KV cache size: 12,345 tokens, Maximum concurrency for 4,096 tokens "
+        "per request: 3.01x",
+        # a relaunch later in the same log: the later figures win
+        "INFO [kv_cache_utils.py:3] GPU KV cache size: 2,000,000 tokens, Maximum concurrency for 8,192 tokens "
+        "per request: 244.14x",
+        "INFO [core.py:4] init engine (profile, create kv cache, warmup model) took 41.20 s (compilation: 20.10 s)",
+    ])
+    info = parse_startup_log(text)
+    assert (info.model_memory_gib, info.model_load_s, info.available_kv_gib) == (9.1, 3.5, 60.5)
+    assert (info.kv_cache_tokens, info.max_concurrency_len, info.max_concurrency) == (2_000_000, 8192, 244.14)
+    assert (info.engine_init_s, info.compile_s) == (41.2, 20.1)
+    assert info.graph_capture_s is None and info.ready_s is None
+
+
+def test_parse_empty_log_is_all_none() -> None:
+    assert all(v is None for v in parse_startup_log("nothing useful\n").as_dict().values())
+
+
+@pytest.mark.parametrize(("text", "exited", "timed_out", "expected"), [
+    (OOM_LINES, True, False, "oom"),
+    ("RuntimeError: CUDA error: out of memory", True, False, "oom"),
+    ("ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`", True, False,
+     "kv_too_small"),
+    ("ValueError: To serve at least one request with the models's max seq len (131072), (20.0 GiB KV cache is "
+     "needed, which is larger than the available KV cache memory (5.0 GiB).", True, False, "kv_too_small"),
+    ("The model's max seq len (131072) is larger than the maximum number of tokens that can be stored in KV "
+     "cache (40000).", True, False, "kv_too_small"),
+    ("ERROR: [Errno 98] error while attempting to bind on address ('127.0.0.1', 8000): address already in use",
+     True, False, "port_in_use"),
+    ("OSError: [Errno 98] Address already in use", True, False, "port_in_use"),
+    ("vllm serve: error: unrecognized arguments: --max-num-seq 4", True, False, "bad_flags"),
+    ("vllm serve: error: argument --max-num-seqs: invalid int value: 'x'", True, False, "bad_flags"),
+    ("INFO loading...\n", False, True, "timeout"),
+    (OOM_LINES, False, True, "oom"),  # evidence in the log beats a timeout
+    ("Segmentation fault (core dumped)", True, False, "crash"),
+])
+def test_classify_failure(text: str, exited: bool, timed_out: bool, expected: str) -> None:
+    assert classify_failure(text, exited=exited, timed_out=timed_out) == expected
+
+
+def test_spec_rejects_launcher_flags_and_unknown_engine(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="port"):
+        _spec(tmp_path, flags={"port": 9000})
+    with pytest.raises(UsageError, match="served-model-name"):
+        _spec(tmp_path, flags={"served_model_name": "x"})
+    with pytest.raises(UsageError, match="engine"):
+        _spec(tmp_path, engine="tgi")
+
+
+def test_vllm_command_and_profile_cmd(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, flags={"max-num-seqs": 64, "kv-cache-dtype": "fp8", "enable-prefix-caching": False},
+                 vllm_cmd=("vllm", "serve"))
+    server = EngineServer(spec, port=18123)
+    assert server.command == ["vllm", "serve", "zai-org/GLM-4.6V-Flash", "--no-enable-prefix-caching",
+                              "--kv-cache-dtype", "fp8", "--max-num-seqs", "64", "--port", "18123",
+                              "--host", "127.0.0.1", "--served-model-name", "autotune-s-1"]
+    assert server.vllm_serve_cmd == ("vllm serve zai-org/GLM-4.6V-Flash --no-enable-prefix-caching "
+                                     "--kv-cache-dtype fp8 --max-num-seqs 64")
+    assert server.url == "http://127.0.0.1:18123" and server.pid is None and not server.alive()
+
+
+def test_default_vllm_cmd_follows_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    spec = _spec(tmp_path, python="/usr/bin/python3")
+    assert spec.serve_cmd == ("/usr/bin/python3", "-m", "vllm.entrypoints.cli.main", "serve")
+    fake = tmp_path / "vllm"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    assert spec.serve_cmd == ("vllm", "serve")
+
+
+def test_sim_command_uses_local_path_or_preset_name(tmp_path: Path, weightless_flash_dir: Path) -> None:
+    spec = _spec(tmp_path, engine="sim", gpu_type="h100", time_scale=0.5, python="py")
+    argv = EngineServer(spec, port=18124).command
+    assert argv == ["py", "-m", "autotune.sim", "serve", "flash", "--max-num-seqs", "64", "--port", "18124",
+                    "--host", "127.0.0.1", "--served-model-name", "autotune-s-1", "--gpu-type", "h100",
+                    "--time-scale", "0.5"]
+    local = _spec(tmp_path, engine="sim", model=resolve_model(str(weightless_flash_dir)))
+    assert EngineServer(local).command[4] == str(weightless_flash_dir.resolve())
+    # the exported command names what `vllm serve` needs, quoted for a shell
+    assert shlex.split(EngineServer(local).vllm_serve_cmd)[2] == str(weightless_flash_dir.resolve())
+
+
+def test_environment_forces_no_nvls_and_sets_gpus(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, gpu_ids=(2, 3), extra_env={"NCCL_NVLS_ENABLE": "1", "FOO": "bar"})
+    env = EngineServer(spec)._env()
+    assert env["NCCL_NVLS_ENABLE"] == "0" and env["TORCH_SYMM_MEM_DISABLE_MULTICAST"] == "1"
+    assert env["NVSHMEM_DISABLE_NVLS"] == "1" and env["PYTHONUNBUFFERED"] == "1"
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["FOO"] == "bar"
+    assert env["PATH"] == os.environ["PATH"]
+
+
+def _fake_smi(folder: Path, output: str) -> None:
+    smi = folder / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\necho \"$@\" > {folder}/smi_args\nprintf '{output}'\n")
+    smi.chmod(0o755)
+
+
+def test_gpu_memory_used_mib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # no NVML fallback either
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert gpu_memory_used_mib([0]) is None  # no nvidia-smi
+    _fake_smi(tmp_path, "1234\\n567\\n")
+    assert gpu_memory_used_mib([0, 3]) == [1234, 567]
+    assert (tmp_path / "smi_args").read_text().split() == [
+        "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0,3"]
+    assert gpu_memory_used_mib([0]) is None  # count mismatch: not trusted
+    assert gpu_memory_used_mib([]) is None
