@@ -13,6 +13,7 @@ import optuna
 import yaml
 
 from autotune import __version__
+from autotune.jsonsafe import json_safe
 from autotune.selection import Selection
 from autotune.storage import redact_url
 
@@ -53,8 +54,6 @@ def fingerprint(engine: str, gpu_type: str, gpus: int) -> dict[str, Any]:
 
 
 def build_profile(study: optuna.Study, cfg: Any, selection: Selection) -> dict[str, Any]:
-    from autotune.study import _json_safe  # shared JSON-safety helper
-
     winner = selection.winner
     assert winner is not None
     s = cfg.settings
@@ -89,7 +88,7 @@ def build_profile(study: optuna.Study, cfg: Any, selection: Selection) -> dict[s
         "study": {"name": cfg.study_name, "trial_number": winner.trial_number,
                   "storage": redact_url(cfg.storage_url), "trials": len(study.trials)},
     }
-    return _json_safe(profile)
+    return json_safe(profile)
 
 
 def write_profile(profile: dict[str, Any], path: Path) -> Path:

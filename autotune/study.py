@@ -15,8 +15,8 @@ from typing import Any
 
 import optuna
 
-from autotune.errors import EngineStartError, NoFeasibleConfigError, UsageError
-from autotune.gpus import GpuSpec
+from autotune.errors import EngineStartError, UsageError
+from autotune.jsonsafe import json_safe
 from autotune.loadsearch import LoadSearchConfig
 from autotune.metrics import LATENCY_METRICS, BenchResult
 from autotune.models import ModelSpec
@@ -113,7 +113,7 @@ def _enqueue_baselines(study: optuna.Study, cfg: StudyConfig) -> None:
 def trial_record(outcome: TrialOutcome, limit_ms: float) -> dict[str, Any]:
     """What a trial stores about itself (user attrs), JSON-safe."""
     best = outcome.best.to_json() if outcome.best else None
-    return _json_safe({
+    return json_safe({
         "flags": outcome.flags, "feasible": outcome.feasible, "output_tok_s": outcome.output_tok_s,
         "p99_ms": outcome.p99_ms, "concurrency": outcome.concurrency, "best_metrics": best,
         "levels": outcome.levels, "failure_class": outcome.failure_class, "failure_reason": outcome.failure_reason,
@@ -123,17 +123,6 @@ def trial_record(outcome: TrialOutcome, limit_ms: float) -> dict[str, Any]:
         "constraint_ms": outcome.constraint(limit_ms),
     })
 
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else obj
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def _objective(cfg: StudyConfig, sink: ProgressSink):
@@ -231,11 +220,6 @@ def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage, sink: Prog
     sink(Event("study_finished", {"study": cfg.study_name, "stopped_by": stopped_by,
                                   "profile_path": str(profile_path) if profile_path else None,
                                   "verdict": selection.verdict}))
-    if selection.winner is None:
-        raise NoFeasibleConfigError(
-            f"no configuration met P99 {cfg.settings.search.metric} <= {cfg.settings.search.limit_ms:g} ms in "
-            f"{len(study.trials)} trials of study {cfg.study_name!r} (all recorded; see `autotune best --study "
-            f"{cfg.study_name}`)")
     return outcome
 
 
@@ -295,18 +279,18 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
             name = f"autotune-{cfg.study_name}-{cand.trial_number}-r{i}"
             try:
                 r: BenchResult = measure_once(cfg.settings, cand.flags, cand.concurrency, name, log_path)
-                m = Measurement(r.output_tok_s, r.p99_ms(metric), _json_safe(r.to_json()))
+                m = Measurement(r.output_tok_s, r.p99_ms(metric), json_safe(r.to_json()))
             except EngineStartError as e:
                 cand.failure = f"{e.failure_class}: {e}"
                 m = Measurement(math.nan, math.nan, {"failure_class": e.failure_class})
             cand.repeats.append(m)
-            stored[key] = [_json_safe({"output_tok_s": x.output_tok_s, "p99_ms": x.p99_ms, "metrics": x.metrics})
+            stored[key] = [json_safe({"output_tok_s": x.output_tok_s, "p99_ms": x.p99_ms, "metrics": x.metrics})
                            for x in cand.repeats]
             study.set_user_attr("remeasurements", stored)
             sink(Event("remeasured", {"trial": cand.trial_number, "output_tok_s": m.output_tok_s,
                                       "p99_ms": m.p99_ms, "limit_ms": limit}))
     selection = select_winner(candidates, limit, cfg.noise_floor)
-    study.set_user_attr("selection", _json_safe({
+    study.set_user_attr("selection", json_safe({
         "winner_trial": selection.winner.trial_number if selection.winner else None,
         "verdict": selection.verdict, "gains": selection.gains}))
     return selection
@@ -317,7 +301,7 @@ def baseline_summary(study: optuna.Study, selection: Selection, cfg: StudyConfig
     for cand in selection.candidates:
         if cand.baseline:
             s = cand.stats(cfg.noise_floor)
-            out[cand.baseline] = _json_safe({"trial": cand.trial_number, "flags": cand.flags,
+            out[cand.baseline] = json_safe({"trial": cand.trial_number, "flags": cand.flags,
                                              "meets_limit": cand.meets(cfg.settings.search.limit_ms),
                                              "concurrency": cand.concurrency, "output_tok_s": s,
                                              **({"gain": selection.gains[cand.baseline]}

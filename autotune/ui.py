@@ -1,0 +1,114 @@
+"""Rich console view of a study: a live trial table, best so far, elapsed and ETA. Consumes events only."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from autotune.progress import Event
+
+__all__ = ["StudyView", "short_flags"]
+
+_SHORT = {"max-num-seqs": "seqs", "max-num-batched-tokens": "batch", "kv-cache-dtype": "kv",
+          "gpu-memory-utilization": "mem", "enable-prefix-caching": "prefix", "async-scheduling": "async",
+          "max-cudagraph-capture-size": "graphs", "tensor-parallel-size": "tp", "data-parallel-size": "dp",
+          "enable-expert-parallel": "ep", "mm-encoder-tp-mode": "mm", "enable-chunked-prefill": "chunked"}
+
+
+def short_flags(flags: dict[str, Any]) -> str:
+    parts = []
+    for key, value in flags.items():
+        if key == "enable-chunked-prefill":
+            continue
+        name = _SHORT.get(key, key)
+        if isinstance(value, bool):
+            parts.append(name if value else f"no-{name}")
+        else:
+            parts.append(f"{name}={value}")
+    return " ".join(parts) or "(vLLM defaults)"
+
+
+def _fmt(value: Any, spec: str = ",.0f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+class StudyView:
+    """Callable progress sink: ``with StudyView(console) as view: run_study(..., sink=view)``."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.current: int | None = None
+        self.status = "starting"
+        self.started = time.monotonic()
+        self.n_trials = 0
+        self.timeout_s: float | None = None
+        self.metric = "ttft"
+        self.limit_ms = math.nan
+        self.best: dict[str, Any] | None = None
+        self.durations: list[float] = []
+        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+
+    def __enter__(self) -> StudyView:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.live.update(self._render())
+        self.live.__exit__(*exc)
+
+    def __call__(self, event: Event) -> None:
+        d = event.data
+        if event.kind == "study_started":
+            self.n_trials, self.timeout_s = d["n_trials"], d.get("timeout_s")
+            self.metric, self.limit_ms = d["metric"], d["limit_ms"]
+            self.status = f"study {d['study']} on the {d['engine']} engine ({d['existing_trials']} earlier trials)"
+        elif event.kind == "trial_started":
+            self.current = d["number"]
+            self.rows[d["number"]] = {"flags": short_flags(d["flags"]), "baseline": d["baseline"], "state": "starting"}
+        elif event.kind == "engine_ready" and self.current in self.rows:
+            self.rows[self.current]["state"] = "load search"
+        elif event.kind == "load_level" and self.current in self.rows:
+            self.rows[self.current]["state"] = (f"c={d['concurrency']} {_fmt(d['output_tok_s'])} tok/s "
+                                                f"p99 {_fmt(d['p99_ms'])} ms")
+        elif event.kind == "trial_finished":
+            row = self.rows.setdefault(d["number"], {"flags": short_flags(d["flags"]), "baseline": d["baseline"]})
+            row.update(state="ok" if d["feasible"] else (d["failure_class"] or "infeasible"),
+                       value=d["value"] if d["feasible"] else None, p99=d["p99_ms"], c=d["concurrency"])
+            self.durations.append(d["wall_s"])
+            if d["feasible"] and (self.best is None or d["value"] > self.best["value"]):
+                self.best = {"number": d["number"], "value": d["value"]}
+        elif event.kind == "remeasure":
+            self.status = f"re-measuring trial {d['trial']} ({d['repeat']}/{d['of']}) at concurrency {d['concurrency']}"
+        elif event.kind == "study_finished":
+            self.status = f"done ({d['stopped_by']}): {d['verdict']}"
+        self.live.update(self._render())
+
+    def _render(self) -> Group:
+        elapsed = time.monotonic() - self.started
+        run = len(self.durations)
+        eta = ""
+        if self.durations and self.n_trials:
+            left = max(0, self.n_trials - run) * (sum(self.durations) / run)
+            if self.timeout_s:
+                left = min(left, max(0.0, self.timeout_s - elapsed))
+            eta = f", ETA ~{left / 60:.1f} min"
+        best = (f"best so far: trial {self.best['number']} at {self.best['value']:,.0f} output tok/s"
+                if self.best else "best so far: none within the limit yet")
+        head = Text(f"{self.status}\n{best}  |  elapsed {elapsed / 60:.1f} min{eta}  |  "
+                    f"P99 {self.metric} <= {_fmt(self.limit_ms, ',.0f')} ms")
+        table = Table(expand=False, show_lines=False)
+        for col in ("#", "baseline", "flags", "status", "output tok/s", f"p99 {self.metric} ms", "conc."):
+            table.add_column(col)
+        for number in sorted(self.rows)[-25:]:
+            r = self.rows[number]
+            table.add_row(str(number), r.get("baseline") or "", r["flags"], r.get("state", ""),
+                          _fmt(r.get("value")), _fmt(r.get("p99")), _fmt(r.get("c"), "d"))
+        return Group(head, table)
