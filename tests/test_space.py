@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autotune.errors import UsageError
+from autotune.flags import flags_to_argv
+from autotune.models import PRESETS
+from autotune.space import load_space
+
+FLASH = PRESETS["flash"]
+MOE = PRESETS["glm-4.6v"]
+
+
+def write(tmp_path, text):
+    p = tmp_path / "space.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_flash_space_holds_vllm_defaults_and_samples_in_range():
+    space = load_space(None, FLASH, 1, preset="flash")
+    assert space.tp_choices == [1]
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(20):
+        trial = study.ask()
+        flags = space.sample(trial, FLASH, 1)
+        assert 128 <= flags["max-num-seqs"] <= 1024 and flags["max-num-seqs"] % 128 == 0
+        assert flags["kv-cache-dtype"] in ("auto", "fp8")
+        assert "mm-encoder-tp-mode" not in flags  # VLM but TP 1: the condition is false
+        assert "tensor-parallel-size" not in flags
+        assert flags["enable-chunked-prefill"] is True
+        study.tell(trial, 1.0)
+    params = space.params_for({}, FLASH, 1)
+    assert params["max-num-seqs"] == 1024 and params["max-num-batched-tokens"] == 8192
+    assert params["gpu-memory-utilization"] == 0.9
+
+
+def test_moe_space_conditions_tp_times_dp_equals_gpus():
+    space = load_space(None, MOE, 4, preset="glm-4.6v")
+    assert space.tp_choices == [1, 2, 4]
+    seen = set()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(40):
+        trial = study.ask()
+        flags = space.sample(trial, MOE, 4)
+        tp = flags["tensor-parallel-size"]
+        assert tp * flags.get("data-parallel-size", 1) == 4
+        assert ("enable-expert-parallel" in flags) == (tp > 1)
+        assert ("mm-encoder-tp-mode" in flags) == (tp > 1)
+        seen.add(tp)
+        study.tell(trial, 0.0)
+    assert seen == {1, 2, 4}
+    assert all(p["tensor-parallel-size"] in (1, 2, 4) for p in space.grid(MOE, 4))
+
+
+def test_tp_choices_filtered_by_gpu_count():
+    assert load_space(None, MOE, 2, preset="glm-4.6v").tp_choices == [1, 2]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("params:\n  max-num-seqz: {type: int, low: 1, high: 2}\n", "unknown vLLM flag 'max-num-seqz'"),
+    ("params:\n  kv-cache-dtype: {type: categorical, choices: []}\n", "non-empty 'choices'"),
+    ("params:\n  max-num-seqs: {type: int, low: 512, high: 64}\n", "low (512.0) > high (64.0)"),
+    ("params:\n  kv-cache-dtype: {type: categorical, choices: [auto, fp4]}\n", "not one of"),
+    ("params:\n  max-num-seqs: {type: int, low: 1, high: 2, when: [sometimes]}\n", "unknown condition"),
+    ("params:\n  max-num-seqs: {type: integer, low: 1, high: 2}\n", "params.max-num-seqs.type"),
+    ("params: [1, 2\n", "invalid YAML"),
+    ("- just a list\n", "expected a mapping"),
+    ("params: {}\nfixed: {port: 8000}\n", "set by the launcher"),
+    ("params:\n  max-num-seqs: {type: int, low: 1, high: 2}\nbogus: 1\n", "bogus"),
+    ("params:\n  max-num-seqs: {type: int, low: 1, high: 2}\nfixed: {max-num-seqs: 4}\n", "both searched and fixed"),
+])
+def test_bad_spaces_give_one_line_errors(tmp_path, text, message):
+    with pytest.raises(UsageError) as err:
+        load_space(write(tmp_path, text), FLASH, 1)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_space_file(tmp_path):
+    with pytest.raises(UsageError, match="cannot read search space"):
+        load_space(tmp_path / "nope.yaml", FLASH, 1)
+
+
+def test_flags_to_argv_spelling():
+    argv = flags_to_argv({"max_num_seqs": 256, "enable-prefix-caching": False, "async-scheduling": True,
+                          "compilation-config": {"level": 3}, "quantization": None, "tp": 2})
+    assert argv == ["--async-scheduling", "--compilation-config", '{"level":3}', "--no-enable-prefix-caching",
+                    "--max-num-seqs", "256", "--tensor-parallel-size", "2"]
