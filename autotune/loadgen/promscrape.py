@@ -1,0 +1,108 @@
+"""Scrape the server's Prometheus ``/metrics`` during a run (vLLM metric names).
+
+Records the maximum KV-cache usage, preemptions during the run, and the maximum running/waiting requests.
+A scrape that fails is counted, never raised.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import aiohttp
+
+__all__ = ["parse_prometheus", "MetricsScraper", "KV_USAGE_NAMES"]
+
+KV_USAGE_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # a fraction in [0, 1]
+PREEMPTIONS = "vllm:num_preemptions_total"
+RUNNING = "vllm:num_requests_running"
+WAITING = "vllm:num_requests_waiting"
+
+
+def parse_prometheus(text: str) -> dict[str, list[float]]:
+    """Sample values by metric name (label sets flattened) from the Prometheus text format."""
+    out: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        brace = line.find("{")
+        if brace >= 0:
+            name, rest = line[:brace], line[line.rfind("}") + 1:]
+        else:
+            name, _, rest = line.partition(" ")
+        fields = rest.split()
+        if not name or not fields:
+            continue
+        try:
+            value = float(fields[0])
+        except ValueError:
+            continue
+        out.setdefault(name.strip(), []).append(value)
+    return out
+
+
+class MetricsScraper:
+    """Background task scraping ``URL/metrics`` every ``interval_s`` until :meth:`stop`."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, interval_s: float = 1.0) -> None:
+        self.session, self.url, self.interval_s = session, url.rstrip("/") + "/metrics", interval_s
+        self.scrapes = self.failures = 0
+        self.max_kv_usage = self.max_running = self.max_waiting = math.nan
+        self.first_preemptions = self.last_preemptions = math.nan
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._scrape()  # the baseline for the preemption counter
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> dict[str, Any]:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self._scrape()  # the final counter value
+        preempted = self.last_preemptions - self.first_preemptions
+        return {"max_kv_cache_usage": _none(self.max_kv_usage), "preemptions": _none(preempted),
+                "max_requests_running": _none(self.max_running), "max_requests_waiting": _none(self.max_waiting),
+                "scrapes": self.scrapes, "scrape_failures": self.failures}
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self._scrape()
+
+    async def _scrape(self) -> None:
+        try:
+            async with self.session.get(self.url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                if resp.status != 200:
+                    self.failures += 1
+                    return
+                text = await resp.text()
+        except (aiohttp.ClientError, asyncio.TimeoutError, UnicodeDecodeError):
+            self.failures += 1
+            return
+        self.scrapes += 1
+        samples = parse_prometheus(text)
+        kv = next((samples[n] for n in KV_USAGE_NAMES if n in samples), None)
+        if kv:
+            self.max_kv_usage = _max(self.max_kv_usage, max(kv))
+        if RUNNING in samples:
+            self.max_running = _max(self.max_running, sum(samples[RUNNING]))
+        if WAITING in samples:
+            self.max_waiting = _max(self.max_waiting, sum(samples[WAITING]))
+        if PREEMPTIONS in samples:
+            total = sum(samples[PREEMPTIONS])
+            if math.isnan(self.first_preemptions):
+                self.first_preemptions = total
+            self.last_preemptions = total
+
+
+def _max(a: float, b: float) -> float:
+    return b if math.isnan(a) else max(a, b)
+
+
+def _none(x: float) -> float | None:
+    return None if math.isnan(x) else x

@@ -1,0 +1,248 @@
+"""Drive a server with a workload: closed loop (fixed concurrency) or open loop (Poisson/gamma arrivals).
+
+One aiohttp session per run; request bodies are serialized before the clock starts. Warm-up requests are
+the first ``warmup_prompts`` of the same stream (so measured requests start in steady state) and are left
+out of the figures. The measured window runs from the first measured start to the last measured end, in
+whichever clock the records use (wall, or the sim engine's virtual clock).
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from autotune.errors import UsageError
+from autotune.loadgen.client import PreparedRequest, prepare_request, send_request_clocked
+from autotune.loadgen.promscrape import MetricsScraper
+from autotune.loadgen.workload import RequestSpec, Workload
+from autotune.metrics import BenchResult, RequestOutput, summarize
+from autotune.progress import NULL_SINK, Event, ProgressSink
+
+__all__ = ["LoadConfig", "run_load", "run_bench", "check_model"]
+
+_ENDPOINTS = ("auto", "completions", "chat")
+_SLO_METRICS = ("ttft", "tpot", "itl", "e2el")
+_PROGRESS_EVERY_S = 0.1
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """How to drive the server. Give ``concurrency`` (closed loop), ``rate`` in requests/s (open loop), or
+    both (open loop capped at ``concurrency`` in flight). ``burstiness`` is the gamma shape of the
+    inter-arrival times (1 = Poisson). ``ramp_s`` spreads the first closed-loop wave's starts over that many
+    seconds. ``endpoint`` "auto" picks chat when requests carry images. ``time_scale`` multiplies wall-clock
+    times (a sim run without clock stamps)."""
+
+    concurrency: int | None = None
+    rate: float | None = None
+    burstiness: float = 1.0
+    num_prompts: int = 200
+    warmup_prompts: int = 0
+    ramp_s: float = 0.0
+    max_duration_s: float | None = None
+    endpoint: str = "auto"
+    ignore_eos: bool = True
+    request_timeout_s: float = 600.0
+    slo_ms: dict[str, float] | None = None
+    scrape_metrics: bool = False
+    time_scale: float = 1.0
+    seed: int = 0  # arrival times
+
+    def __post_init__(self) -> None:
+        if self.concurrency is None and self.rate is None:
+            raise UsageError("give a concurrency or a request rate")
+        if self.concurrency is not None and (isinstance(self.concurrency, bool) or self.concurrency < 1):
+            raise UsageError(f"concurrency must be a positive integer, got {self.concurrency}")
+        if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
+            raise UsageError(f"rate must be a positive number of requests/s, got {self.rate}")
+        for name in ("burstiness", "request_timeout_s", "time_scale"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise UsageError(f"{name} must be positive, got {value}")
+        if self.num_prompts < 1:
+            raise UsageError(f"num_prompts must be positive, got {self.num_prompts}")
+        if self.warmup_prompts < 0:
+            raise UsageError(f"warmup_prompts must be >= 0, got {self.warmup_prompts}")
+        if not self.ramp_s >= 0:
+            raise UsageError(f"ramp_s must be >= 0, got {self.ramp_s}")
+        if self.max_duration_s is not None and not self.max_duration_s > 0:
+            raise UsageError(f"max_duration_s must be positive, got {self.max_duration_s}")
+        if self.endpoint not in _ENDPOINTS:
+            raise UsageError(f"endpoint must be one of {', '.join(_ENDPOINTS)}, got {self.endpoint!r}")
+        for metric, limit in (self.slo_ms or {}).items():
+            if metric not in _SLO_METRICS:
+                raise UsageError(f"SLO metric must be one of {', '.join(_SLO_METRICS)}, got {metric!r}")
+            if not limit > 0:
+                raise UsageError(f"SLO limit for {metric} must be positive, got {limit}")
+
+
+async def check_model(session: aiohttp.ClientSession, url: str, model: str, timeout_s: float = 10.0) -> list[str]:
+    """Ask ``/v1/models``; raise :class:`UsageError` unless the server is reachable and serves ``model``."""
+    try:
+        async with session.get(url.rstrip("/") + "/v1/models", timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+            if r.status != 200:
+                raise UsageError(f"server at {url} answered HTTP {r.status} on /v1/models")
+            data = await r.json(content_type=None)
+    except UsageError:
+        raise
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"cannot reach server at {url}: {detail}") from e
+    served = [m.get("id", "") for m in data.get("data", []) if isinstance(m, dict)] if isinstance(data, dict) else []
+    if model not in served:
+        raise UsageError(f"server at {url} does not serve model {model!r} (it serves: {', '.join(served) or 'none'})")
+    return served
+
+
+async def run_load(url: str, model: str, requests: list[RequestSpec], cfg: LoadConfig,
+                   sink: ProgressSink = NULL_SINK) -> BenchResult:
+    """Send ``cfg.warmup_prompts + cfg.num_prompts`` requests (request ``i`` is ``requests[i % len]``) and
+    summarize the measured ones. Raises :class:`UsageError` only before the run (server, model, inputs)."""
+    if not requests:
+        raise UsageError("no requests to send")
+    endpoint = cfg.endpoint
+    if endpoint == "auto":
+        endpoint = "chat" if any(r.images for r in requests) else "completions"
+    if endpoint == "completions" and any(r.images for r in requests):
+        raise UsageError("requests with images need the chat endpoint")
+    total = cfg.warmup_prompts + cfg.num_prompts
+    distinct = [prepare_request(url, model, spec, endpoint, cfg.ignore_eos) for spec in requests[:total]]
+    prepared = [distinct[i % len(distinct)] for i in range(total)]
+    arrivals_s = _arrival_times(total, cfg.rate, cfg.burstiness, cfg.seed) if cfg.rate is not None else None
+
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)  # no cap: the semaphore is the limit
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await check_model(session, url, model)
+        scraper = MetricsScraper(session, url) if cfg.scrape_metrics else None
+        if scraper is not None:
+            await scraper.start()
+        try:
+            results, wall_s = await _drive(session, prepared, arrivals_s, cfg, sink)
+        finally:
+            server_metrics = await scraper.stop() if scraper is not None else None
+
+    sent = [r for r in results[cfg.warmup_prompts:] if r is not None]
+    measured = [out for out, _ in sent]
+    ok_clocks = {sim for out, sim in sent if out.success}
+    clock = "mixed" if len(ok_clocks) > 1 else "sim" if ok_clocks == {True} else "wall"
+    extra: dict[str, Any] = {
+        "concurrency": cfg.concurrency, "rate": cfg.rate, "burstiness": cfg.burstiness,
+        "num_prompts": cfg.num_prompts, "warmup_prompts": cfg.warmup_prompts, "ramp_s": cfg.ramp_s,
+        "endpoint": endpoint, "clock": clock, "time_scale": cfg.time_scale, "sent": len(measured),
+        "wall_s": wall_s,
+    }
+    if len(measured) < cfg.num_prompts:
+        extra["stopped_early"] = True
+    if cfg.slo_ms:
+        extra["slo_ms"] = dict(cfg.slo_ms)
+    if server_metrics is not None:
+        extra["server_metrics"] = server_metrics
+    # the window in the records' own clock; wall time when there is none (all failed) or clocks are mixed
+    duration_s = _window_s(measured) if clock in ("sim", "wall") and ok_clocks else wall_s * cfg.time_scale
+    return summarize(measured, duration_s, slo_ms=cfg.slo_ms, extra=extra)
+
+
+def run_bench(url: str, model: str, workload_or_requests: Workload | list[RequestSpec], cfg: LoadConfig,
+              sink: ProgressSink = NULL_SINK) -> BenchResult:
+    """Synchronous wrapper of :func:`run_load`; a :class:`Workload` is described in ``extra["workload"]``."""
+    if isinstance(workload_or_requests, Workload):
+        requests = workload_or_requests.requests(cfg.warmup_prompts + cfg.num_prompts)
+        result = asyncio.run(run_load(url, model, requests, cfg, sink))
+        result.extra["workload"] = workload_or_requests.describe()
+        return result
+    return asyncio.run(run_load(url, model, list(workload_or_requests), cfg, sink))
+
+
+# ---- the drive loop ---------------------------------------------------------------------------------------
+
+async def _drive(session: aiohttp.ClientSession, prepared: list[PreparedRequest], arrivals_s: np.ndarray | None,
+                 cfg: LoadConfig, sink: ProgressSink) -> tuple[list[tuple[RequestOutput, bool] | None], float]:
+    """Send everything; returns (output, used sim clock) per index (None: not sent, past the deadline)
+    and the wall time of the run."""
+    total = len(prepared)
+    results: list[tuple[RequestOutput, bool] | None] = [None] * total
+    timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s)
+    sem = asyncio.Semaphore(cfg.concurrency) if cfg.concurrency is not None else None
+    first_wave = cfg.concurrency or 0
+    ramp_s = cfg.ramp_s if arrivals_s is None and first_wave else 0.0
+    progress = _Progress(sink, total, cfg.warmup_prompts)
+    t0 = time.perf_counter()
+    deadline = t0 + cfg.max_duration_s if cfg.max_duration_s is not None else math.inf
+
+    async def one(i: int) -> None:
+        if sem is not None:
+            await sem.acquire()  # tasks start in index order, so the first wave holds the slots
+        try:
+            if ramp_s and i < first_wave:
+                await asyncio.sleep(i * ramp_s / first_wave)
+            if time.perf_counter() >= deadline:
+                return
+            results[i] = res = await send_request_clocked(session, prepared[i], timeout, cfg.time_scale, t0)
+            progress.done(res[0].success)
+        finally:
+            if sem is not None:
+                sem.release()
+
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        if arrivals_s is None:
+            tasks = [asyncio.create_task(one(i)) for i in range(total)]
+        else:
+            for i in range(total):
+                start = t0 + float(arrivals_s[i])
+                if start >= deadline:
+                    break
+                delay = start - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+    wall_s = time.perf_counter() - t0
+    progress.finish()
+    return results, wall_s
+
+
+class _Progress:
+    """Throttled ``bench_progress`` events: counts of the measured phase (warm-up reported as its own phase)."""
+
+    def __init__(self, sink: ProgressSink, total: int, warmup: int) -> None:
+        self.sink, self.total, self.warmup = sink, total, warmup
+        self.finished = self.failed = 0
+        self.last_s = 0.0
+
+    def done(self, success: bool) -> None:
+        self.finished += 1
+        self.failed += not success
+        now = time.perf_counter()
+        if now - self.last_s >= _PROGRESS_EVERY_S or self.finished == self.total:
+            self.last_s = now
+            self._emit()
+
+    def finish(self) -> None:
+        self._emit()
+
+    def _emit(self) -> None:
+        self.sink(Event("bench_progress", {
+            "done": max(0, self.finished - self.warmup), "total": self.total - self.warmup,
+            "failed": self.failed, "warmup_done": min(self.finished, self.warmup), "warmup_total": self.warmup,
+            "phase": "warmup" if self.finished < self.warmup else "measure"}))
+
+
+def _arrival_times(n: int, rate: float, burstiness: float, seed: int) -> np.ndarray:
+    """Start offsets (s) with gamma inter-arrival times of mean 1/rate; the first request at 0."""
+    rng = np.random.default_rng(seed)
+    gaps = rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=n)
+    return np.concatenate(([0.0], np.cumsum(gaps[:-1])))
+
+
+def _window_s(outputs: list[RequestOutput]) -> float:
+    ok = [o for o in outputs if o.success]
+    return max(o.start_s + o.e2el_s for o in ok) - min(o.start_s for o in ok)

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from autotune.loadgen.client import _Stream, request_chat_completions, request_completions
+from autotune.loadgen.fakeserver import FakeServer
+from autotune.loadgen.workload import RequestSpec
+from autotune.metrics import RequestOutput
+
+MODEL = "fake-model"
+SPEC = RequestSpec(prompt=[1001, 1002, 1003], prompt_len=3, output_len=5)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeServer]:
+    with FakeServer() as srv:
+        yield srv
+
+
+def _run(url: str, spec: RequestSpec = SPEC, chat: bool = False, **kw: Any) -> RequestOutput:
+    async def go() -> RequestOutput:
+        async with aiohttp.ClientSession() as session:
+            fn = request_chat_completions if chat else request_completions
+            return await fn(session, url, MODEL, spec, **kw)
+    return asyncio.run(go())
+
+
+def test_completion_counts_and_payload(server: FakeServer) -> None:
+    server.configure(ttft_ms=30, itl_ms=10)
+    out = _run(server.url)
+    assert out.success and out.error == ""
+    assert out.output_tokens == 5 and out.prompt_tokens == 3 and len(out.itl_s) == 4
+    assert 0.028 <= out.ttft_s < 0.06
+    assert all(0.005 < x < 0.03 for x in out.itl_s)
+    assert out.e2el_s == pytest.approx(out.ttft_s + sum(out.itl_s))
+    body = server.stats()["last_body"]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["ignore_eos"] is True and body["temperature"] == 0 and body["max_tokens"] == 5
+    assert body["prompt_type"] == "ids" and body["prompt_items"] == 3
+
+
+def test_chat_with_images_skips_role_chunk(server: FakeServer) -> None:
+    server.configure()
+    spec = RequestSpec(prompt="describe", prompt_len=1, output_len=4, images=("data:image/png;base64,AAAA",) * 2)
+    out = _run(server.url, spec, chat=True, ignore_eos=False)
+    assert out.success and out.output_tokens == 4 and len(out.itl_s) == 3  # role chunk is not a token
+    body = server.stats()["last_body"]
+    assert body["image_parts"] == 2 and body["text_parts"] == 1 and "ignore_eos" not in body
+
+
+def test_pings_and_split_lines(server: FakeServer) -> None:
+    server.configure(pings=True)
+    out = _run(server.url)
+    assert out.success and out.output_tokens == 5 and len(out.itl_s) == 4
+
+
+def test_token_count_falls_back_to_chunks_without_usage(server: FakeServer) -> None:
+    server.configure(usage=False)
+    out = _run(server.url)
+    assert out.success and out.output_tokens == 5 and out.prompt_tokens == 3
+
+
+@pytest.mark.parametrize("fault, kind", [
+    ("http500", "http_5xx"), ("http404", "http_4xx"), ("malformed", "malformed_stream"),
+    ("disconnect", "disconnect"), ("no_tokens", "no_tokens"), ("stream_error", "stream_error"),
+    ("no_done", "disconnect"),
+])
+def test_faults_become_failed_records(server: FakeServer, fault: str, kind: str) -> None:
+    server.configure(fault=fault)
+    out = _run(server.url)
+    assert not out.success and out.error_kind == kind and out.error
+    assert "\n" not in out.error
+    assert math.isnan(out.ttft_s) and math.isnan(out.e2el_s)
+
+
+def test_wrong_model_is_http_4xx_with_message(server: FakeServer) -> None:
+    server.configure()
+
+    async def go() -> RequestOutput:
+        async with aiohttp.ClientSession() as session:
+            return await request_completions(session, server.url, "other", SPEC)
+    out = asyncio.run(go())
+    assert out.error_kind == "http_4xx" and "HTTP 404" in out.error and "not found" in out.error
+
+
+def test_timeout(server: FakeServer) -> None:
+    server.configure(fault="hang")
+    out = _run(server.url, timeout_s=0.3)
+    assert not out.success and out.error_kind == "timeout"
+
+
+def test_connect_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = _run(f"http://127.0.0.1:{port}")
+    assert not out.success and out.error_kind == "connect"
+
+
+def test_sim_clock_stamps_override_wall_clock(server: FakeServer) -> None:
+    # 7 tokens coalesced 3 per chunk, sent instantly; virtual TTFT 250 ms, ITL 40 ms
+    server.configure(sim_stamps=True, sim_tokens_per_chunk=3, ttft_ms=250, itl_ms=40)
+    out = _run(server.url, RequestSpec(prompt=[1001], prompt_len=1, output_len=7))
+    assert out.success and out.output_tokens == 7
+    assert out.ttft_s == pytest.approx(0.25)
+    assert len(out.itl_s) == 6 and all(x == pytest.approx(0.04) for x in out.itl_s)
+    assert out.e2el_s == pytest.approx(0.25 + 6 * 0.04)
+    assert out.start_s >= 1000.0  # the virtual arrival
+
+
+def test_time_scale_multiplies_wall_times(server: FakeServer) -> None:
+    server.configure(ttft_ms=40, itl_ms=0)
+    out = _run(server.url, time_scale=10.0)
+    assert out.success and 0.39 < out.ttft_s < 0.6
+
+
+def test_parser_handles_crlf_comments_and_fragments() -> None:
+    stream = _Stream(chat=False)
+    parts = [b": ping\r\n\r\nevent: message\r\nda", b'ta: {"choices":[{"text":"a","finish_reason":null}]}\r\n',
+             b'\r\ndata: {"choices":[{"text":"","finish_reason":null}]}\n\n',
+             b'data: {"choices":[{"text":"","finish_reason":"length"}]}\n\n',
+             b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3}}\n\ndata: [DONE]\n\n']
+    for i, part in enumerate(parts):
+        if stream.feed(part, 1.0 + i):
+            break
+    out, sim = stream.result(0.5, 0.0, 1.0, prompt_len=9)
+    assert out.success and not sim
+    assert out.output_tokens == 3 and out.prompt_tokens == 4
+    assert out.ttft_s == pytest.approx(2.0 - 0.5)  # the second read (at 2.0) completed the first event
+    assert out.itl_s == pytest.approx((1.0,))  # the empty closing chunk is no token

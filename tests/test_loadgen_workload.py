@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from autotune.errors import UsageError
+from autotune.loadgen.workload import TOKEN_ID_HIGH, TOKEN_ID_LOW, RequestSpec, parse_workload
+
+
+def _decode_png(data: bytes) -> tuple[int, int, bytes]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, width, height = 8, b"", 0, 0
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
+        if kind == b"IHDR":
+            width, height, depth, color = struct.unpack(">IIBB", body[:10])
+            assert (depth, color) == (8, 2)
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    return width, height, zlib.decompress(idat)
+
+
+def test_random_fixed_lengths_are_exact_token_ids() -> None:
+    reqs = parse_workload("random:100:20").requests(5)
+    assert [r.prompt_len for r in reqs] == [100] * 5 and [r.output_len for r in reqs] == [20] * 5
+    for r in reqs:
+        assert isinstance(r.prompt, list) and len(r.prompt) == 100
+        assert all(TOKEN_ID_LOW <= t < TOKEN_ID_HIGH for t in r.prompt)
+    assert reqs[0].prompt != reqs[1].prompt  # no accidental prefix-cache hits
+
+
+def test_random_is_deterministic_and_prefix_stable() -> None:
+    a = parse_workload("random:50:10:0.5", seed=3).requests(20)
+    b = parse_workload("random:50:10:0.5", seed=3).requests(30)
+    c = parse_workload("random:50:10:0.5", seed=4).requests(20)
+    assert a == b[:20]
+    assert a != c
+
+
+def test_random_range_bounds() -> None:
+    reqs = parse_workload("random:100:40:0.2", seed=1).requests(300)
+    ins, outs = [r.prompt_len for r in reqs], [r.output_len for r in reqs]
+    assert 80 <= min(ins) < 90 and 110 < max(ins) <= 120
+    assert 32 <= min(outs) and max(outs) <= 48
+    assert all(len(r.prompt) == r.prompt_len for r in reqs)
+
+
+def test_describe_has_spec_and_seed() -> None:
+    d = parse_workload("random:8:4", seed=7).describe()
+    assert d["spec"] == "random:8:4" and d["seed"] == 7 and d["kind"] == "random"
+    json.dumps(d)
+
+
+def test_mm_images_are_distinct_pngs_of_the_asked_size() -> None:
+    reqs = parse_workload("mm:64:8:2:40x24", seed=0).requests(2)
+    images = [url for r in reqs for url in r.images]
+    assert len(images) == 4 and len(set(images)) == 4
+    for url in images:
+        assert url.startswith("data:image/png;base64,")
+        width, height, raw = _decode_png(base64.b64decode(url.split(",", 1)[1]))
+        assert (width, height) == (40, 24)
+        assert len(raw) == height * (1 + width * 3)
+    assert isinstance(reqs[0].prompt, str) and len(reqs[0].prompt.split()) == 64
+    assert parse_workload("mm:64:8:2:40x24", seed=0).requests(2) == reqs
+
+
+def test_sharegpt_parsing(tmp_path: Path) -> None:
+    data = [
+        {"conversations": [{"from": "human", "value": "hello there " * 4}, {"from": "gpt", "value": "x" * 40}]},
+        {"conversations": [{"from": "human", "value": "only a question"}]},  # skipped: no answer
+        {"id": "no conversations"},
+        {"conversations": [{"from": "system", "value": "sys"}, {"from": "human", "value": "q?"},
+                           {"from": "gpt", "value": "a" * 8}]},
+    ]
+    path = tmp_path / "sg.json"
+    path.write_text(json.dumps(data))
+    wl = parse_workload(f"sharegpt:{path}", seed=0)
+    reqs = wl.requests(4)
+    prompts = {r.prompt for r in reqs}
+    assert prompts == {"hello there " * 4, "q?"}
+    by_prompt = {r.prompt: r for r in reqs}
+    assert by_prompt["hello there " * 4].output_len == 10  # 40 chars / 4 without a tokenizer
+    assert wl.describe()["records"] == 2 and wl.describe()["lengths_estimated"] is True
+
+
+def test_jsonl_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "w.jsonl"
+    path.write_text('{"prompt": "abc def", "output_len": 5, "prompt_len": 2}\n\n'
+                    '{"prompt": [11, 12, 13], "max_tokens": 7}\n')
+    reqs = parse_workload(f"jsonl:{path}").requests(4)
+    specs = sorted({(str(r.prompt), r.prompt_len, r.output_len) for r in reqs})
+    assert specs == [("[11, 12, 13]", 3, 7), ("abc def", 2, 5)]
+    assert len(reqs) == 4  # cycled
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("random:10", "expected random:IN:OUT"),
+    ("random:0:5", "IN must be positive"),
+    ("random:a:5", "IN must be an integer"),
+    ("random:10:5:1.5", "RANGE must be in"),
+    ("random:10:5:nan", "RANGE must be finite"),
+    ("mm:10:5:1:64", "WxH"),
+    ("mm:10:5:-1:64x64", "IMAGES must be >= 0"),
+    ("poisson:1:2", "unknown kind"),
+    ("sharegpt:/nonexistent/file.json", "file not found"),
+    ("jsonl:", "expected jsonl:FILE"),
+])
+def test_bad_specs(spec: str, words: str) -> None:
+    with pytest.raises(UsageError, match=words) as info:
+        parse_workload(spec)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("line, words", [
+    ("not json", "line 1: not JSON"),
+    ('{"prompt": "x"}', "output_len"),
+    ('{"prompt": "", "output_len": 3}', "prompt"),
+    ('{"prompt": "x", "output_len": 0}', "output_len"),
+    ('{"prompt": "x", "output_len": 2, "prompt_len": -1}', "prompt_len"),
+    ("[1, 2]", "expected an object"),
+])
+def test_bad_jsonl_records(tmp_path: Path, line: str, words: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(UsageError, match=words):
+        parse_workload(f"jsonl:{path}")
+
+
+def test_bad_sharegpt_files(tmp_path: Path) -> None:
+    path = tmp_path / "sg.json"
+    path.write_text("{not json")
+    with pytest.raises(UsageError, match="not readable JSON"):
+        parse_workload(f"sharegpt:{path}")
+    path.write_text(json.dumps([{"conversations": [{"from": "gpt", "value": "a"}]}]))
+    with pytest.raises(UsageError, match="no usable records"):
+        parse_workload(f"sharegpt:{path}")
+
+
+def test_tokenizer_needs_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="tokenizer folder not found"):
+        parse_workload("random:4:4", tokenizer=str(tmp_path / "missing"))
+
+
+def test_request_spec_is_frozen() -> None:
+    spec = RequestSpec(prompt="x", prompt_len=1, output_len=1)
+    with pytest.raises(AttributeError):
+        spec.output_len = 2  # type: ignore[misc]
