@@ -1,0 +1,273 @@
+"""EngineServer against tests/fake_engine.py: readiness, failure classes, teardown, orphans, stale ports."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from autotune.engines import launcher
+from autotune.engines.base import LaunchSpec
+from autotune.engines.launcher import EngineServer, live_servers, pick_free_port, port_is_free, stop_all
+from autotune.errors import EngineStartError
+from autotune.models import PRESETS
+from autotune.progress import Event
+
+FAKE = str(Path(__file__).with_name("fake_engine.py"))
+REPO = str(Path(__file__).resolve().parents[1])
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _spec(tmp_path: Path, mode: str, *, timeout_s: float = 20.0, gpu_ids: tuple[int, ...] = (),
+          extra: tuple[str, ...] = (), **kw: object) -> LaunchSpec:
+    return LaunchSpec(engine="vllm", model=PRESETS["flash"], flags={"max-num-seqs": 8}, gpu_ids=gpu_ids,
+                      served_model_name=f"autotune-test-{uuid.uuid4().hex[:8]}",
+                      log_path=tmp_path / "trials" / f"{mode}.log", startup_timeout_s=timeout_s,
+                      vllm_cmd=(sys.executable, FAKE, "--mode", mode, *extra), **kw)  # type: ignore[arg-type]
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (PID 1 here may never reap orphans)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] not in "ZX"
+
+
+def _get_json(url: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with _NO_PROXY.open(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers():
+    yield
+    leftovers = live_servers()
+    stop_all()
+    assert not leftovers, "a test left a server running"
+
+
+def test_ready_serves_and_stops_clean(tmp_path: Path) -> None:
+    events: list[Event] = []
+    spec = _spec(tmp_path, "ok", gpu_ids=(1,), extra_env={"FAKE_EXTRA": "yes"})
+    with EngineServer(spec, grace_s=2, sink=events.append) as server:
+        assert server.alive() and server in live_servers()
+        pid, port = server.pid, server.port
+        assert pid is not None and not port_is_free(port)
+        models = _get_json(server.url + "/v1/models")
+        assert [m["id"] for m in models["data"]] == [spec.served_model_name]
+        out = _get_json(server.url + "/v1/completions",
+                        {"model": spec.served_model_name, "prompt": "Hi", "max_tokens": 3})
+        assert out["usage"]["completion_tokens"] == 3
+        info = server.startup
+        assert info.kv_cache_tokens == 1_369_488 and info.max_concurrency == 10.45 and info.compile_s == 38.45
+        assert info.ready_s is not None and 0 < info.ready_s < 10
+        log = server.log_path.read_text()
+        # the child's environment: GPUs, the NVLS rule, unbuffered output, extra_env
+        assert ("FAKE_ENV CUDA_VISIBLE_DEVICES=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 "
+                "NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1 FAKE_EXTRA=yes") in log
+        assert "Maximum concurrency for 131,072 tokens" in server.log_tail(40)
+    assert not server.alive() and not _alive(pid) and port_is_free(port)
+    assert server not in live_servers() and server.teardown_problems == []
+    assert [e.kind for e in events] == ["engine_starting", "engine_ready"]
+    server.stop()  # idempotent
+
+
+def test_crash_fails_fast_with_oom_and_log_tail(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(EngineStartError) as err:
+        with EngineServer(_spec(tmp_path, "crash", timeout_s=60)):
+            pytest.fail("a crashing engine must not become ready")
+    assert time.monotonic() - t0 < 5  # the exit is noticed, not the 60 s timeout
+    assert err.value.failure_class == "oom"
+    assert "torch.OutOfMemoryError: CUDA out of memory" in err.value.log_tail
+    assert len(err.value.log_tail.splitlines()) <= 40
+    assert "oom" in str(err.value) and "crash.log" in str(err.value)
+    assert live_servers() == []
+
+
+def test_bad_flags_class(tmp_path: Path) -> None:
+    with pytest.raises(EngineStartError) as err:
+        EngineServer(_spec(tmp_path, "bad_flags")).start()
+    assert err.value.failure_class == "bad_flags"
+    assert "unrecognized arguments" in err.value.log_tail
+
+
+def test_hang_times_out_and_is_killed(tmp_path: Path) -> None:
+    server = EngineServer(_spec(tmp_path, "hang", timeout_s=1.5), grace_s=1)
+    t0 = time.monotonic()
+    with pytest.raises(EngineStartError) as err:
+        server.start()
+    assert err.value.failure_class == "timeout"
+    assert 1.5 <= time.monotonic() - t0 < 8
+    assert server.pid is not None and not _alive(server.pid)
+    assert "Graph capturing finished" in err.value.log_tail
+
+
+def test_sigterm_ignored_escalates_to_sigkill(tmp_path: Path) -> None:
+    server = EngineServer(_spec(tmp_path, "ignore_sigterm"), grace_s=0.6)
+    server.start()
+    pid = server.pid
+    assert pid is not None
+    t0 = time.monotonic()
+    server.stop()
+    assert time.monotonic() - t0 >= 0.6  # waited the grace, then SIGKILL
+    assert not _alive(pid) and port_is_free(server.port)
+
+
+def test_grandchild_is_not_orphaned(tmp_path: Path) -> None:
+    with EngineServer(_spec(tmp_path, "spawn_child"), grace_s=0.6) as server:
+        match = re.search(r"GRANDCHILD_PID=(\d+)", server.log_path.read_text())
+        assert match
+        grandchild = int(match[1])
+        assert _alive(grandchild)
+    # the engine dies on SIGTERM, its grandchild ignores it: only SIGKILL of the group gets it
+    assert not _alive(grandchild)
+
+
+def test_keyboard_interrupt_inside_with_stops_server(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        with EngineServer(_spec(tmp_path, "ok"), grace_s=2) as server:
+            pid, port = server.pid, server.port
+            raise KeyboardInterrupt
+    assert pid is not None and not _alive(pid) and port_is_free(port)
+
+
+@pytest.mark.parametrize("blind_prelaunch_check", [False, True])
+def test_stale_server_on_port_is_never_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 blind_prelaunch_check: bool) -> None:
+    port = pick_free_port()
+    stale_log = tmp_path / "stale.log"
+    with open(stale_log, "wb") as log:
+        stale = subprocess.Popen([sys.executable, FAKE, "--mode", "ok", "--port", str(port),
+                                  "--served-model-name", "stale-server"], stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while port_is_free(port):
+            assert time.monotonic() < deadline and stale.poll() is None
+            time.sleep(0.05)
+        if blind_prelaunch_check:
+            # the H100 story: the port looked free, the new server dies with "Address already in use"
+            # while the stale one keeps answering /health
+            real = launcher.port_is_free
+            monkeypatch.setattr(launcher, "port_is_free", lambda p: True if p == port else real(p))
+        events: list[Event] = []
+        with EngineServer(_spec(tmp_path, "ok"), port=port, grace_s=2, sink=events.append) as server:
+            assert server.port != port  # re-picked after the stale server held the port
+            models = _get_json(server.url + "/v1/models")
+            assert [m["id"] for m in models["data"]] == [server.spec.served_model_name]
+            # blind check: a first launch was made on the taken port, caught (the stale server answers with the
+            # wrong name, or the new one dies of its bind error) and retried; else no launch there at all
+            launches = [e.data["port"] for e in events if e.kind == "engine_starting"]
+            assert launches == ([port, server.port] if blind_prelaunch_check else [server.port])
+        assert stale.poll() is None  # not ours: left alone
+    finally:
+        os.killpg(stale.pid, signal.SIGKILL)
+        stale.wait(5)
+
+
+def test_wrong_name_is_port_in_use_error(tmp_path: Path) -> None:
+    server = EngineServer(_spec(tmp_path, "wrong_name"), grace_s=1)
+    with pytest.raises(EngineStartError) as err:
+        server.start()
+    assert err.value.failure_class == "port_in_use"
+    assert "someone-else" in str(err.value)
+    assert "relaunch on port" in server.log_path.read_text()  # retried once on a new port
+    assert server.pid is not None and not _alive(server.pid)
+
+
+def test_stop_all_stops_every_live_server(tmp_path: Path) -> None:
+    servers = [EngineServer(_spec(tmp_path / str(i), "ok"), grace_s=2) for i in range(2)]
+    for s in servers:
+        s.start()
+    pids = [s.pid for s in servers]
+    assert set(live_servers()) == set(servers)
+    stop_all()
+    assert live_servers() == [] and not any(_alive(p) for p in pids if p)
+    stop_all()  # twice is fine
+
+
+_PARENT = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    from pathlib import Path
+    from autotune.engines.base import LaunchSpec
+    from autotune.engines.launcher import EngineServer
+    from autotune.models import PRESETS
+    spec = LaunchSpec(engine="vllm", model=PRESETS["flash"], flags={{}}, gpu_ids=(), served_model_name="parent-x",
+                      log_path=Path({log!r}), vllm_cmd=(sys.executable, {fake!r}, "--mode", "spawn_child"))
+    server = EngineServer(spec, grace_s=0.5)
+    server.start()
+    print(server.pid, flush=True)
+    if {how!r} == "exit":
+        sys.exit(0)  # no stop(): the atexit hook must do it
+    time.sleep(60)  # waits for SIGTERM
+""")
+
+
+@pytest.mark.parametrize("how", ["exit", "sigterm"])
+def test_parent_exit_or_sigterm_leaves_no_orphan(tmp_path: Path, how: str) -> None:
+    log = tmp_path / "parent-child.log"
+    code = _PARENT.format(repo=REPO, log=str(log), fake=FAKE, how=how)
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        assert parent.stdout is not None
+        engine_pid = int(parent.stdout.readline())
+        grandchild = int(re.search(r"GRANDCHILD_PID=(\d+)", log.read_text())[1])  # type: ignore[index]
+        assert _alive(engine_pid) or how == "exit"
+        if how == "sigterm":
+            parent.send_signal(signal.SIGTERM)
+        assert parent.wait(15) == (0 if how == "exit" else 128 + signal.SIGTERM)
+        assert not _alive(engine_pid) and not _alive(grandchild)
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+            parent.wait(5)
+
+
+def _fake_smi(folder: Path, value_file: Path) -> None:
+    smi = folder / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\ncat {value_file}\n")
+    smi.chmod(0o755)
+
+
+def test_stop_waits_for_gpu_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    used = tmp_path / "used"
+    used.write_text("1000\n")
+    _fake_smi(bindir, used)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    # memory comes back: no problem reported
+    server = EngineServer(_spec(tmp_path, "ok", gpu_ids=(0,)), grace_s=2, gpu_release_timeout_s=5)
+    server.start()
+    used.write_text("40000\n")  # the engine holds memory while it runs
+    subprocess.Popen(["sh", "-c", f"sleep 0.5; echo 1500 > {used}"])  # ...and frees it after a while
+    t0 = time.monotonic()
+    server.stop()
+    assert 0.4 < time.monotonic() - t0 < 5 and server.teardown_problems == []
+    # memory stays taken: stop gives up after the timeout and says so
+    server = EngineServer(_spec(tmp_path, "ok", gpu_ids=(0,)), grace_s=2, gpu_release_timeout_s=0.5)
+    used.write_text("1000\n")
+    server.start()
+    used.write_text("40000\n")
+    server.stop()
+    assert any("GPU memory" in p for p in server.teardown_problems)
