@@ -260,9 +260,10 @@ def test_stop_waits_for_gpu_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     server = EngineServer(_spec(tmp_path, "ok", gpu_ids=(0,)), grace_s=2, gpu_release_timeout_s=5)
     server.start()
     used.write_text("40000\n")  # the engine holds memory while it runs
-    subprocess.Popen(["sh", "-c", f"sleep 0.5; echo 1500 > {used}"])  # ...and frees it after a while
+    freer = subprocess.Popen(["sh", "-c", f"sleep 0.5; echo 1500 > {used}"])  # ...and frees it after a while
     t0 = time.monotonic()
     server.stop()
+    freer.wait(5)
     assert 0.4 < time.monotonic() - t0 < 5 and server.teardown_problems == []
     # memory stays taken: stop gives up after the timeout and says so
     server = EngineServer(_spec(tmp_path, "ok", gpu_ids=(0,)), grace_s=2, gpu_release_timeout_s=0.5)

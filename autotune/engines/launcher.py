@@ -393,8 +393,10 @@ class EngineServer:
         if self.spec.engine == "vllm":
             self._wait_gpu_released()
         self._stopped = True
-        if self in _LIVE:
+        try:
             _LIVE.remove(self)
+        except ValueError:
+            pass  # a nested stop() (signal handler) got there first
         logger.info("%s server on port %d stopped in %.1f s", self.spec.engine, self._port, time.monotonic() - t0)
 
     def _wait_port_free(self) -> None:
