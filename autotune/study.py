@@ -51,6 +51,7 @@ class StudyConfig:
     noise_floor: float = 0.0  # relative run-to-run noise assumed on top of the measured spread
     seed: int = 0
     out_dir: Path = Path("studies")
+    tries: tuple[dict[str, Any], ...] = ()  # extra points queued after the baselines (`--try FILE`)
 
 
 @dataclass
@@ -108,6 +109,9 @@ def _enqueue_baselines(study: optuna.Study, cfg: StudyConfig) -> None:
         flags = baseline_flags(name, cfg.space, cfg.settings.model)
         params = cfg.space.params_for(flags, cfg.settings.model, cfg.settings.gpus)
         study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=False)
+    for flags in cfg.tries:  # skip_if_exists: a resumed run does not queue the same point twice
+        study.enqueue_trial(cfg.space.params_for(flags, cfg.settings.model, cfg.settings.gpus),
+                            user_attrs={"tried": True}, skip_if_exists=True)
 
 
 def trial_record(outcome: TrialOutcome, limit_ms: float) -> dict[str, Any]:

@@ -58,6 +58,29 @@ def _extra_flags(pairs: tuple[str, ...]) -> dict[str, Any]:
     return flags
 
 
+def _tries(path: str | None, space: Any) -> tuple[dict[str, Any], ...]:
+    """`--try FILE`: one mapping of flags, or a list of them, to queue after the baselines."""
+    if not path:
+        return ()
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UsageError(f"--try {path}: cannot read it ({str(e).splitlines()[0]})") from None
+    points = data if isinstance(data, list) else [data]
+    out = []
+    for point in points:
+        if not isinstance(point, dict):
+            raise UsageError(f"--try {path}: expected a mapping of vLLM flags or a list of them")
+        flags = {normalize_flag_name(k): check_flag_value(k, v) for k, v in point.items()}
+        outside = sorted(set(flags) - set(space.params))
+        if outside:
+            raise UsageError(f"--try {path}: {outside[0]} is not searched by the space")
+        out.append(flags)
+    return tuple(out)
+
+
 def build_study_config(opts: dict[str, Any], console: Console) -> StudyConfig:
     """Validate every input before anything touches the storage."""
     from autotune.loadgen.workload import parse_workload
@@ -100,6 +123,7 @@ def build_study_config(opts: dict[str, Any], console: Console) -> StudyConfig:
         study_name=name, storage_url=storage_url, space=space, settings=settings, preset=preset,
         n_trials=opts["trials"], timeout_s=opts["timeout"], patience=opts["patience"], top_k=opts["top_k"],
         repeats=opts["repeats"], noise_floor=0.03 if engine == "vllm" else 0.0, seed=opts["seed"], out_dir=out_dir,
+        tries=_tries(opts["try_file"], space),
     )
 
 
@@ -149,6 +173,8 @@ def _non_negative(ctx: click.Context, param: click.Parameter, value: Any) -> Any
 @click.option("--prompts-per-level", type=float, default=3.0, show_default=True, callback=_positive,
               help="measured prompts per load level, as a multiple of its concurrency")
 @click.option("--startup-timeout", type=DurationType(), default=900.0, help="seconds a server may take to start")
+@click.option("--try", "try_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML/JSON flags (a mapping or a list) to try right after the baselines, e.g. your hand tuning")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout, nothing else")
 def run(as_json: bool, **opts: Any) -> None:
     """Tune: search vLLM flags for the most throughput whose P99 stays under the limit."""
