@@ -8,6 +8,7 @@ whichever clock the records use (wall, or the sim engine's virtual clock).
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import time
 from dataclasses import dataclass
@@ -121,9 +122,12 @@ async def run_load(url: str, model: str, requests: list[RequestSpec], cfg: LoadC
         scraper = MetricsScraper(session, url) if cfg.scrape_metrics else None
         if scraper is not None:
             await scraper.start()
+        gc.collect()
+        gc.freeze()  # the request bodies and everything before the run: no long GC pauses during it
         try:
             results, wall_s = await _drive(session, prepared, arrivals_s, cfg, sink)
         finally:
+            gc.unfreeze()
             server_metrics = await scraper.stop() if scraper is not None else None
 
     sent = [r for r in results[cfg.warmup_prompts:] if r is not None]

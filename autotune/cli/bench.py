@@ -1,0 +1,154 @@
+"""``autotune bench``: drive a running server with one workload at one load level and report the metrics."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+import click
+
+from autotune.errors import AutotuneError, UsageError
+from autotune.metrics import LATENCY_METRICS, BenchResult
+from autotune.progress import Event
+
+__all__ = ["bench", "commands", "nan_to_none", "parse_slo"]
+
+
+def nan_to_none(obj: Any) -> Any:
+    """JSON-safe copy: NaN and infinities become None (null), recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nan_to_none(v) for v in obj]
+    return obj
+
+
+def parse_slo(text: str | None) -> dict[str, float] | None:
+    """``ttft=500,tpot=50`` -> {"ttft": 500.0, "tpot": 50.0} (milliseconds)."""
+    if not text:
+        return None
+    slo: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        name = name.strip().lower().removesuffix("_ms")
+        if not sep or name not in LATENCY_METRICS:
+            raise click.BadParameter(f"expected METRIC=MS with METRIC in {', '.join(LATENCY_METRICS)}, got {item!r}",
+                                     param_hint="--slo")
+        try:
+            limit_ms = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a number of milliseconds", param_hint="--slo") from None
+        if not (limit_ms > 0 and math.isfinite(limit_ms)):
+            raise click.BadParameter(f"limit for {name} must be positive, got {value}", param_hint="--slo")
+        slo[name] = limit_ms
+    return slo
+
+
+@click.command()
+@click.option("--url", required=True, help="Server base URL, e.g. http://127.0.0.1:8000")
+@click.option("--model", required=True, help="Model name the server serves (checked on /v1/models).")
+@click.option("--workload", default="random:1024:512", show_default=True,
+              help="random:IN:OUT[:RANGE] | sharegpt:FILE | jsonl:FILE | mm:IN:OUT:IMAGES:WxH")
+@click.option("--concurrency", type=int, default=None, help="Closed loop: requests in flight.")
+@click.option("--rate", type=float, default=None, help="Open loop: requests per second (Poisson/gamma).")
+@click.option("--burstiness", type=float, default=1.0, show_default=True, help="Gamma shape of arrivals (1 = Poisson).")
+@click.option("--num-prompts", type=int, default=200, show_default=True, help="Measured requests.")
+@click.option("--warmup", type=int, default=0, show_default=True, help="Warm-up requests (not measured).")
+@click.option("--ramp-s", type=float, default=0.0, show_default=True,
+              help="Spread the first wave's starts over this many seconds (closed loop).")
+@click.option("--endpoint", type=click.Choice(["auto", "completions", "chat"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Workload and arrival seed.")
+@click.option("--slo", default=None, help="Goodput limits in ms, e.g. ttft=500,tpot=50")
+@click.option("--scrape-metrics", is_flag=True, help="Scrape the server's Prometheus /metrics during the run.")
+@click.option("--tokenizer", default=None, help="Local tokenizer folder for exact-length text prompts.")
+@click.option("--timeout-s", "request_timeout_s", type=float, default=600.0, show_default=True,
+              help="Per-request timeout.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout and nothing else.")
+def bench(url: str, model: str, workload: str, concurrency: int | None, rate: float | None, burstiness: float,
+          num_prompts: int, warmup: int, ramp_s: float, endpoint: str, seed: int, slo: str | None,
+          scrape_metrics: bool, tokenizer: str | None, request_timeout_s: float, as_json: bool) -> None:
+    """Benchmark a running OpenAI-compatible server (vLLM or the sim engine) at one load level."""
+    from autotune.loadgen.runner import LoadConfig, run_bench
+    from autotune.loadgen.workload import parse_workload
+
+    if (concurrency is None) == (rate is None):
+        raise UsageError("give exactly one of --concurrency and --rate")
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--url must start with http:// or https://, got {url!r}")
+    cfg = LoadConfig(concurrency=concurrency, rate=rate, burstiness=burstiness, num_prompts=num_prompts,
+                     warmup_prompts=warmup, ramp_s=ramp_s, endpoint=endpoint, slo_ms=parse_slo(slo),
+                     scrape_metrics=scrape_metrics, request_timeout_s=request_timeout_s, seed=seed)
+    wl = parse_workload(workload, seed=seed, tokenizer=tokenizer)
+    if as_json:
+        result = run_bench(url, model, wl, cfg)
+        click.echo(json.dumps(nan_to_none(result.to_json())))
+    else:
+        result = _run_with_progress(url, model, wl, cfg)
+        _print_summary(result)
+    if result.status == "failed":  # the result is printed; say why on stderr and exit 1
+        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(result.errors.items()))
+        raise AutotuneError(f"every request failed ({kinds})")
+
+
+def _run_with_progress(url: str, model: str, wl: Any, cfg: Any) -> BenchResult:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from autotune.loadgen.runner import run_bench
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[failed]} failed"), console=console, transient=True) as bar:
+        warm = bar.add_task("warm-up", total=cfg.warmup_prompts, failed=0, visible=cfg.warmup_prompts > 0)
+        main = bar.add_task("requests", total=cfg.num_prompts, failed=0)
+
+        def sink(event: Event) -> None:
+            if event.kind != "bench_progress":
+                return
+            d = event.data
+            bar.update(warm, completed=d["warmup_done"])
+            bar.update(main, completed=d["done"], failed=d["failed"])
+
+        return run_bench(url, model, wl, cfg, sink=sink)
+
+
+def _print_summary(result: BenchResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=sys.stdout)
+    style = {"ok": "green", "partial": "yellow"}.get(result.status, "red")
+    head = Table(title=f"autotune bench — [{style}]{result.status}[/{style}]", show_header=False)
+    head.add_column(style="bold")
+    head.add_column(justify="right")
+    ex = result.extra
+    load = f"concurrency {ex.get('concurrency')}" if ex.get("rate") is None else f"rate {ex.get('rate')}/s"
+    rows = [("load", load), ("completed / failed", f"{result.completed} / {result.failed}"),
+            ("duration (s)", _fmt(result.duration_s)), ("output tok/s", _fmt(result.output_tok_s)),
+            ("total tok/s", _fmt(result.total_tok_s)), ("requests/s", _fmt(result.request_s, 2))]
+    if not math.isnan(result.goodput_request_s):
+        rows.append(("goodput requests/s", _fmt(result.goodput_request_s, 2)))
+    if result.errors:
+        rows.append(("errors", ", ".join(f"{k}: {v}" for k, v in sorted(result.errors.items()))))
+    for key, value in (ex.get("server_metrics") or {}).items():
+        rows.append((f"server {key}", str(value)))
+    for name, value in rows:
+        head.add_row(name, value)
+    console.print(head)
+    lat = Table(title="latency (ms)")
+    for col in ("metric", "mean", "p50", "p90", "p95", "p99"):
+        lat.add_column(col, justify="right" if col != "metric" else "left")
+    for metric in LATENCY_METRICS:
+        d = result.latency(metric)
+        lat.add_row(metric.upper(), *(_fmt(d.percentile(q), 1) for q in ("mean", "p50", "p90", "p95", "p99")))
+    console.print(lat)
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return "n/a" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+commands = [bench]

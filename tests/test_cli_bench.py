@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from autotune.cli import main
+from autotune.cli.bench import nan_to_none
+from autotune.loadgen.fakeserver import FakeServer
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeServer]:
+    with FakeServer() as srv:
+        yield srv
+
+
+def _bench(server: FakeServer, *args: str) -> list[str]:
+    return ["bench", "--url", server.url, "--model", "fake-model", "--workload", "random:16:4", *args]
+
+
+def test_json_only_on_stdout(server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    server.configure(ttft_ms=2, itl_ms=1)
+    code = main(_bench(server, "--concurrency", "4", "--num-prompts", "12", "--warmup", "2",
+                       "--slo", "ttft=500,tpot=50", "--scrape-metrics", "--json"))
+    out = capsys.readouterr().out
+    assert code == 0
+    data = json.loads(out)  # exactly one JSON object, nothing else
+    assert out.strip().count("\n") == 0
+    assert data["completed"] == 12 and data["failed"] == 0 and data["status"] == "ok"
+    for key in ("output_tok_s", "total_tok_s", "request_s", "duration_s", "goodput_request_s"):
+        assert isinstance(data[key], float) and data[key] > 0
+    assert set(data["ttft_ms"]) == {"mean", "p50", "p90", "p95", "p99"}
+    assert data["concurrency"] == 4 and data["workload"]["spec"] == "random:16:4"
+    assert data["slo_ms"] == {"ttft": 500.0, "tpot": 50.0} and "server_metrics" in data
+
+
+def test_rich_summary(server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    server.configure()
+    code = main(_bench(server, "--rate", "100", "--num-prompts", "8"))
+    out = capsys.readouterr().out
+    assert code == 0 and "output tok/s" in out and "TTFT" in out and "rate 100.0/s" in out
+
+
+def test_all_failed_exits_1_with_nulls(server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    server.configure(fault="http500")
+    code = main(_bench(server, "--concurrency", "2", "--num-prompts", "4", "--json"))
+    captured = capsys.readouterr()
+    assert code == 1
+    data = json.loads(captured.out)
+    assert data["status"] == "failed" and data["completed"] == 0 and data["failed"] == 4
+    assert data["output_tok_s"] is None and data["ttft_ms"]["p99"] is None
+    assert data["errors"] == {"http_5xx": 4}
+    assert "every request failed (http_5xx: 4)" in captured.err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--concurrency", "0"], "concurrency must be"),
+    (["--rate", "-2"], "rate must be"),
+    (["--concurrency", "2", "--rate", "3"], "exactly one of"),
+    ([], "exactly one of"),
+    (["--concurrency", "2", "--num-prompts", "0"], "num_prompts"),
+    (["--concurrency", "2", "--workload", "random:x:1"], "IN must be an integer"),
+    (["--concurrency", "2", "--slo", "latency=3"], "--slo"),
+    (["--concurrency", "2", "--slo", "ttft=-1"], "positive"),
+])
+def test_usage_errors_exit_2(server: FakeServer, capsys: pytest.CaptureFixture[str], args: list[str],
+                             words: str) -> None:
+    code = main(_bench(server, *args, "--json"))
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert words in captured.err and captured.err.count("\n") == 1
+
+
+def test_wrong_model_exits_2(server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    server.configure()
+    code = main(["bench", "--url", server.url, "--model", "other", "--concurrency", "1", "--json"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert "does not serve model 'other' (it serves: fake-model)" in captured.err
+
+
+def test_nan_to_none() -> None:
+    assert nan_to_none({"a": float("nan"), "b": [1.0, float("inf")], "c": "x"}) == {"a": None, "b": [1.0, None],
+                                                                                    "c": "x"}

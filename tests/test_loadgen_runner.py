@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from autotune.errors import UsageError
+from autotune.loadgen.fakeserver import FakeServer
+from autotune.loadgen.promscrape import parse_prometheus
+from autotune.loadgen.runner import LoadConfig, _arrival_times, run_bench, run_load
+from autotune.loadgen.workload import RequestSpec, parse_workload
+from autotune.progress import Event
+
+MODEL = "fake-model"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeServer]:
+    with FakeServer() as srv:
+        yield srv
+
+
+def test_closed_loop_counts_and_extra(server: FakeServer) -> None:
+    server.configure(ttft_ms=5, itl_ms=2)
+    events: list[Event] = []
+    res = run_bench(server.url, MODEL, parse_workload("random:16:4"),
+                    LoadConfig(concurrency=8, num_prompts=40), sink=events.append)
+    assert res.status == "ok" and res.completed == 40 and res.failed == 0
+    assert res.output_tok_s > 0 and res.request_s > 0 and res.duration_s > 0
+    assert res.output_tok_s == pytest.approx(40 * 4 / res.duration_s)
+    assert server.stats()["max_running"] == 8  # the semaphore holds exactly the concurrency
+    assert res.extra["concurrency"] == 8 and res.extra["num_prompts"] == 40 and res.extra["rate"] is None
+    assert res.extra["workload"]["spec"] == "random:16:4" and res.extra["clock"] == "wall"
+    progress = [e.data for e in events if e.kind == "bench_progress"]
+    assert progress and progress[-1]["done"] == 40 and progress[-1]["total"] == 40
+
+
+def test_warmup_is_excluded(server: FakeServer) -> None:
+    server.configure()
+    res = run_bench(server.url, MODEL, parse_workload("random:8:3"),
+                    LoadConfig(concurrency=4, num_prompts=10, warmup_prompts=6))
+    assert res.completed == 10 and res.extra["warmup_prompts"] == 6
+    assert server.stats()["requests"] == 16
+
+
+def test_warmup_failures_do_not_count(server: FakeServer) -> None:
+    server.configure(fault="http500", fault_every=1)
+    # warm-up and measured both fail here; only the measured ones are counted
+    res = run_bench(server.url, MODEL, parse_workload("random:8:3"),
+                    LoadConfig(concurrency=2, num_prompts=3, warmup_prompts=5))
+    assert res.failed == 3 and res.completed == 0
+
+
+def test_all_failed_gives_nan_not_zero(server: FakeServer) -> None:
+    server.configure(fault="http500")
+    res = run_bench(server.url, MODEL, parse_workload("random:8:3"), LoadConfig(concurrency=4, num_prompts=8))
+    assert res.status == "failed" and res.completed == 0 and res.failed == 8
+    assert res.errors == {"http_5xx": 8}
+    for value in (res.output_tok_s, res.request_s, res.ttft_ms.p99, res.itl_ms.mean, res.e2el_ms.p50):
+        assert math.isnan(value)
+
+
+def test_partial_failures(server: FakeServer) -> None:
+    server.configure(fault="disconnect", fault_every=4)
+    res = run_bench(server.url, MODEL, parse_workload("random:8:4"), LoadConfig(concurrency=4, num_prompts=20))
+    assert res.status == "partial" and res.failed == 5 and res.completed == 15
+    assert res.errors == {"disconnect": 5}
+
+
+def test_open_loop_rate(server: FakeServer) -> None:
+    server.configure()
+    res = run_bench(server.url, MODEL, parse_workload("random:8:2"), LoadConfig(rate=200.0, num_prompts=60))
+    assert res.completed == 60
+    # 60 Poisson arrivals at 200/s span about 0.3 s
+    assert 0.15 < res.duration_s < 0.6
+    assert res.extra["rate"] == 200.0 and res.extra["concurrency"] is None
+
+
+def test_arrival_times_mean_and_burstiness() -> None:
+    poisson = _arrival_times(20000, rate=50.0, burstiness=1.0, seed=0)
+    assert poisson[0] == 0.0 and np.all(np.diff(poisson) >= 0)
+    gaps = np.diff(poisson)
+    assert gaps.mean() == pytest.approx(1 / 50, rel=0.03)
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, rel=0.05)  # exponential: CV 1
+    bursty = np.diff(_arrival_times(20000, rate=50.0, burstiness=0.25, seed=0))
+    assert bursty.mean() == pytest.approx(1 / 50, rel=0.05)
+    assert bursty.std() / bursty.mean() == pytest.approx(2.0, rel=0.1)  # gamma CV = 1/sqrt(shape)
+    assert np.array_equal(poisson, _arrival_times(20000, 50.0, 1.0, 0))
+
+
+def test_max_duration_stops_issuing(server: FakeServer) -> None:
+    server.configure(ttft_ms=50)
+    res = run_bench(server.url, MODEL, parse_workload("random:8:1"),
+                    LoadConfig(concurrency=2, num_prompts=100, max_duration_s=0.2))
+    assert 2 <= res.completed <= 12 and res.extra.get("stopped_early") is True
+
+
+def test_sim_clock_window_and_scrape(server: FakeServer) -> None:
+    # fake sim: virtual arrival of request k is 1000 + 0.5 k, TTFT 100 ms, ITL 10 ms (3 tokens)
+    server.configure(sim_stamps=True, ttft_ms=100, itl_ms=10)
+    res = run_bench(server.url, MODEL, parse_workload("random:8:3"),
+                    LoadConfig(concurrency=1, num_prompts=4, warmup_prompts=1, scrape_metrics=True))
+    assert res.extra["clock"] == "sim"
+    assert res.ttft_ms.p99 == pytest.approx(100.0) and res.itl_ms.p50 == pytest.approx(10.0)
+    # measured requests 2..5: first arrival 1001.0, last ends at 1002.5 + 0.12
+    assert res.duration_s == pytest.approx(1.5 + 0.12)
+    sm = res.extra["server_metrics"]
+    assert sm["scrapes"] >= 2 and sm["scrape_failures"] == 0
+    assert sm["max_kv_cache_usage"] is not None and sm["preemptions"] is not None
+
+
+def test_server_check_errors(server: FakeServer) -> None:
+    server.configure()
+    with pytest.raises(UsageError, match=r"does not serve model 'nope' \(it serves: fake-model\)"):
+        run_bench(server.url, "nope", parse_workload("random:8:3"), LoadConfig(concurrency=1, num_prompts=1))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(UsageError, match="cannot reach server at"):
+        run_bench(f"http://127.0.0.1:{port}", MODEL, parse_workload("random:8:3"),
+                  LoadConfig(concurrency=1, num_prompts=1))
+
+
+def test_requests_with_images_use_chat(server: FakeServer) -> None:
+    server.configure()
+    res = run_bench(server.url, MODEL, parse_workload("mm:16:3:1:32x32"), LoadConfig(concurrency=2, num_prompts=4))
+    assert res.completed == 4 and res.extra["endpoint"] == "chat"
+    assert server.stats()["last_body"]["image_parts"] == 1
+    with pytest.raises(UsageError, match="chat endpoint"):
+        run_bench(server.url, MODEL, parse_workload("mm:16:3:1:32x32"),
+                  LoadConfig(concurrency=2, num_prompts=4, endpoint="completions"))
+
+
+def test_run_load_cycles_requests(server: FakeServer) -> None:
+    server.configure()
+    reqs = [RequestSpec(prompt=[1001, 1002], prompt_len=2, output_len=2)]
+    res = asyncio.run(run_load(server.url, MODEL, reqs, LoadConfig(concurrency=3, num_prompts=7)))
+    assert res.completed == 7 and res.total_tok_s == pytest.approx(7 * 4 / res.duration_s)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({}, "concurrency or a request rate"),
+    ({"concurrency": 0}, "concurrency must be"),
+    ({"rate": -1.0}, "rate must be"),
+    ({"concurrency": 1, "num_prompts": 0}, "num_prompts"),
+    ({"concurrency": 1, "burstiness": 0.0}, "burstiness"),
+    ({"concurrency": 1, "endpoint": "grpc"}, "endpoint"),
+    ({"concurrency": 1, "slo_ms": {"latency": 5.0}}, "SLO metric"),
+])
+def test_load_config_validation(kwargs: dict, words: str) -> None:
+    with pytest.raises(UsageError, match=words):
+        LoadConfig(**kwargs)
+
+
+def test_goodput_with_slo(server: FakeServer) -> None:
+    server.configure(ttft_ms=20)
+    loose = run_bench(server.url, MODEL, parse_workload("random:8:2"),
+                      LoadConfig(concurrency=4, num_prompts=12, slo_ms={"ttft": 1000.0}))
+    tight = run_bench(server.url, MODEL, parse_workload("random:8:2"),
+                      LoadConfig(concurrency=4, num_prompts=12, slo_ms={"ttft": 1.0}))
+    assert loose.goodput_request_s == pytest.approx(loose.request_s)
+    assert tight.goodput_request_s == 0.0
+
+
+def test_prometheus_parser() -> None:
+    text = ('# HELP x y\n# TYPE vllm:num_requests_running gauge\n'
+            'vllm:num_requests_running{model_name="a",engine="0"} 3.0\n'
+            'vllm:num_requests_running{model_name="a",engine="1"} 4\n'
+            'vllm:num_preemptions_total{model_name="a"} 12 1700000000000\n'
+            'plain_metric 1.5e2\nbroken{a="b"} notanumber\n')
+    samples = parse_prometheus(text)
+    assert samples["vllm:num_requests_running"] == [3.0, 4.0]
+    assert samples["vllm:num_preemptions_total"] == [12.0]
+    assert samples["plain_metric"] == [150.0] and "broken" not in samples
+
+
+def test_percentiles_match_known_latency_at_concurrency_256(server: FakeServer) -> None:
+    # latencies large enough that a busy 2-core box's scheduling jitter (~10-20 ms) stays under 2 %
+    ttft_ms, itl_ms = 1000.0, 500.0
+    server.configure(ttft_ms=ttft_ms, itl_ms=itl_ms)
+    # ramp the first wave over one request's lifetime so the closed loop is not in lockstep; the warm-up
+    # wave opens the connections
+    res = run_bench(server.url, MODEL, parse_workload("random:8:3"),
+                    LoadConfig(concurrency=256, num_prompts=256, warmup_prompts=256, ramp_s=2.0))
+    assert res.completed == 256 and server.stats()["max_running"] == 256
+    for dist, truth in ((res.ttft_ms, ttft_ms), (res.itl_ms, itl_ms), (res.e2el_ms, ttft_ms + 2 * itl_ms)):
+        for q in ("p50", "p90", "p99"):
+            assert dist.percentile(q) == pytest.approx(truth, rel=0.02), (q, dist)
