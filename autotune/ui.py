@@ -54,15 +54,21 @@ class StudyView:
         self.limit_ms = math.nan
         self.best: dict[str, Any] | None = None
         self.durations: list[float] = []
-        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+        # Not a terminal (CI, a log file): one plain line per event instead of a live table.
+        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False) \
+            if self.console.is_terminal else None
 
     def __enter__(self) -> StudyView:
-        self.live.__enter__()
+        if self.live:
+            self.live.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.live.update(self._render())
-        self.live.__exit__(*exc)
+        if self.live:
+            self.live.update(self._render())
+            self.live.__exit__(*exc)
+        else:
+            self.console.print(self._render())
 
     def __call__(self, event: Event) -> None:
         d = event.data
@@ -89,7 +95,33 @@ class StudyView:
             self.status = f"re-measuring trial {d['trial']} ({d['repeat']}/{d['of']}) at concurrency {d['concurrency']}"
         elif event.kind == "study_finished":
             self.status = f"done ({d['stopped_by']}): {d['verdict']}"
-        self.live.update(self._render())
+        if self.live:
+            self.live.update(self._render())
+        else:
+            self._log_line(event)
+
+    def _log_line(self, event: Event) -> None:
+        d = event.data
+        stamp = f"[{(time.monotonic() - self.started) / 60:5.1f} min]"
+        if event.kind == "trial_started":
+            line = f"trial {d['number']} {d['baseline'] or ''} {short_flags(d['flags'])}"
+        elif event.kind == "engine_ready":
+            st = d["startup"]
+            line = f"  engine ready in {_fmt(st.get('ready_s'), '.0f')} s, KV {_fmt(st.get('kv_cache_tokens'))} tokens"
+        elif event.kind == "load_level":
+            line = (f"  concurrency {d['concurrency']}: {_fmt(d['output_tok_s'])} output tok/s, "
+                    f"p99 {d['metric']} {_fmt(d['p99_ms'])} ms {'ok' if d['feasible'] else 'over the limit'}")
+        elif event.kind == "trial_finished":
+            line = (f"trial {d['number']} done: {_fmt(d['value'])} tok/s at concurrency {_fmt(d['concurrency'], 'd')}"
+                    if d["feasible"] else f"trial {d['number']} infeasible: {d['failure_class']} {d['failure_reason']}")
+            line += f" ({d['wall_s']:.0f} s)"
+        elif event.kind in ("study_started", "remeasure", "study_finished"):
+            line = self.status
+        elif event.kind == "remeasured":
+            line = f"  re-measured: {_fmt(d['output_tok_s'])} tok/s, p99 {_fmt(d['p99_ms'])} ms"
+        else:
+            return
+        self.console.print(f"{stamp} {line}", highlight=False, soft_wrap=True)
 
     def _render(self) -> Group:
         elapsed = time.monotonic() - self.started
