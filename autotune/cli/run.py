@@ -102,8 +102,8 @@ def build_study_config(opts: dict[str, Any], console: Console) -> StudyConfig:
     if overlap:
         raise UsageError(f"--set {sorted(overlap)[0]}: that flag is searched by the space; remove it from one")
     space.fixed = {**space.fixed, **extra}
-    workload = parse_workload(opts["workload"], seed=opts["seed"],
-                              tokenizer=model.local_path if engine == "vllm" else None)
+    # Token-id prompts: exact lengths on any engine, no tokenizer needed.
+    workload = parse_workload(opts["workload"], seed=opts["seed"])
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = [int(x) for x in visible.split(",") if x.strip().isdigit()] if visible else list(range(gpus))
     if len(ids) < gpus:
