@@ -46,7 +46,8 @@ def plan_memory(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any], num_gpus:
         weights = (weight_bytes - expert_bytes) / tp + expert_bytes / (tp * dp)
     else:
         weights = weight_bytes / tp
-    weights_gib = weights / GIB
+    # vLLM's "Model loading took X GiB" also counts buffers allocated with the weights (calibration constant).
+    weights_gib = weights / GIB + float((gpu.extra or {}).get("model_load_extra_gib", 0.0))
     batched = int(f["max-num-batched-tokens"] or 8192)
     reserve_gib = gpu.non_torch_gib + gpu.activation_gib_per_1k_batched_tokens * batched / 1000
     budget_gib = gpu.memory_gib * float(f["gpu-memory-utilization"])
@@ -55,24 +56,30 @@ def plan_memory(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any], num_gpus:
     kv_heads_per_rank = max(1, model.num_kv_heads // tp) if model.num_kv_heads >= tp else 1
     kv_bytes_per_token_per_gpu = model.kv_bytes_per_token(f["kv-cache-dtype"]) * kv_heads_per_rank / model.num_kv_heads
     block = int(f["block-size"] or 16)
-    if kv_gib <= 0:
-        total_gib = weights_gib + reserve_gib
-        failure = "oom" if weights_gib > budget_gib else "kv_too_small"
-        reason = ("CUDA out of memory: model weights need %.2f GiB per GPU, %.2f GiB allowed by "
-                  "gpu-memory-utilization" % (weights_gib, budget_gib)) if failure == "oom" else (
-            "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
-            "when initializing the engine. (weights + reserve %.2f GiB of %.2f GiB)" % (total_gib, budget_gib))
-        return MemoryPlan(False, reason, failure, weights_gib, reserve_gib, 0.0, 0, max_len, 0.0)
+    if weights_gib > gpu.memory_gib:  # the weights themselves do not fit on the card: CUDA OOM while loading
+        reason = ("CUDA out of memory. Tried to allocate %.2f GiB. GPU 0 has a total capacity of %.2f GiB "
+                  "(model weights need %.2f GiB per GPU)" % (min(weights_gib, 1.0), gpu.memory_gib, weights_gib))
+        return MemoryPlan(False, reason, "oom", weights_gib, reserve_gib, 0.0, 0, max_len, 0.0)
+    if max_len > model.max_position_embeddings:  # vLLM's ModelConfig check, before anything is loaded
+        reason = (f"User-specified max_model_len ({max_len}) is greater than the derived max_model_len "
+                  f"(max_position_embeddings={model.max_position_embeddings} or model_max_length=None in "
+                  f"model's config.json). To allow overriding this maximum, set the env var "
+                  f"VLLM_ALLOW_LONG_MAX_MODEL_LEN=1.")
+        return MemoryPlan(False, reason, "kv_too_small", weights_gib, reserve_gib, 0.0, 0, max_len, 0.0)
+    if kv_gib <= 0:  # vllm/v1/core/kv_cache_utils.py
+        reason = ("No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when "
+                  "initializing the engine. See https://docs.vllm.ai/en/latest/configuration/conserving_memory/ "
+                  "for more details.")
+        return MemoryPlan(False, reason, "kv_too_small", weights_gib, reserve_gib, 0.0, 0, max_len, 0.0)
     blocks = int(kv_gib * GIB // (kv_bytes_per_token_per_gpu * block))
     tokens = blocks * block
-    if max_len > model.max_position_embeddings:
-        reason = (f"User-specified max_model_len ({max_len}) is greater than the derived max_model_len "
-                  f"(max_position_embeddings={model.max_position_embeddings})")
-        return MemoryPlan(False, reason, "kv_too_small", weights_gib, reserve_gib, kv_gib, tokens, max_len, 0.0)
     if tokens < max_len:
-        reason = (f"The model's max seq len ({max_len}) is larger than the maximum number of tokens that can be "
-                  f"stored in KV cache ({tokens}). Try increasing `gpu_memory_utilization` or decreasing "
-                  f"`max_model_len` when initializing the engine.")
+        needed_gib = -(-max_len // block) * block * kv_bytes_per_token_per_gpu / GIB
+        est = f"Based on the available memory, the estimated maximum model length is {tokens}. " if tokens else ""
+        reason = (f"To serve at least one request with the models's max seq len ({max_len}), ({needed_gib:.2f} GiB "
+                  f"KV cache is needed, which is larger than the available KV cache memory ({kv_gib:.2f} GiB). "
+                  f"{est}Try increasing `gpu_memory_utilization` or decreasing `max_model_len` when initializing "
+                  f"the engine. See https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details.")
         return MemoryPlan(False, reason, "kv_too_small", weights_gib, reserve_gib, kv_gib, tokens, max_len,
                           tokens / max_len)
     return MemoryPlan(True, "", "", weights_gib, reserve_gib, kv_gib, tokens, max_len, tokens / max_len)

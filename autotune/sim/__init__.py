@@ -1,0 +1,7 @@
+"""The sim engine: a vLLM-compatible server (``python -m autotune.sim serve``) and ``predict``, both timed by
+one performance model (:mod:`autotune.sim.perf`) and one V1-style scheduler (:mod:`autotune.sim.scheduler`)."""
+from __future__ import annotations
+
+from autotune.sim.predict import predict
+
+__all__ = ["predict"]

@@ -1,0 +1,52 @@
+"""From (model, card, flags) to a ready engine: memory plan, performance model and scheduler limits."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from autotune.errors import EngineStartError
+from autotune.flags import effective_flags
+from autotune.gpus import GpuSpec
+from autotune.memory import MemoryPlan, plan_memory
+from autotune.models import ModelSpec
+from autotune.sim.perf import PerfModel
+from autotune.sim.scheduler import Scheduler, SchedulerConfig
+
+__all__ = ["EngineSetup", "setup_engine"]
+
+
+@dataclass(frozen=True)
+class EngineSetup:
+    model: ModelSpec
+    gpu: GpuSpec
+    flags: dict[str, Any]  # effective flags (given over vLLM defaults)
+    plan: MemoryPlan
+    perf: PerfModel
+    sched_cfg: SchedulerConfig
+
+    def new_scheduler(self) -> Scheduler:
+        return Scheduler(self.sched_cfg, self.perf)
+
+
+def setup_engine(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any]) -> EngineSetup:
+    """Plan memory and build the step model; raises EngineStartError(reason, failure_class) where vLLM
+    would refuse to start."""
+    f = effective_flags(flags)
+    tp, dp = int(f["tensor-parallel-size"] or 1), int(f["data-parallel-size"] or 1)
+    plan = plan_memory(model, gpu, f, num_gpus=tp * dp)
+    if not plan.fits:
+        raise EngineStartError(plan.reason, plan.failure_class)
+    block = int(f["block-size"] or 16)
+    cfg = SchedulerConfig(
+        max_num_seqs=int(f["max-num-seqs"]), max_num_batched_tokens=int(f["max-num-batched-tokens"]),
+        chunked_prefill=bool(f["enable-chunked-prefill"]), block_size=block,
+        num_blocks=plan.kv_cache_tokens // block, max_model_len=plan.max_model_len,
+    )
+    if not cfg.chunked_prefill and cfg.max_num_batched_tokens < cfg.max_model_len:
+        # vLLM's SchedulerConfig check when chunked prefill is off
+        raise EngineStartError(
+            f"max_num_batched_tokens ({cfg.max_num_batched_tokens}) is smaller than max_model_len "
+            f"({cfg.max_model_len}). This effectively limits the maximum sequence length to "
+            f"max_num_batched_tokens and makes vLLM reject longer sequences. Please increase "
+            f"max_num_batched_tokens or decrease max_model_len.", "bad_flags")
+    return EngineSetup(model, gpu, f, plan, PerfModel(model, gpu, f), cfg)

@@ -1,0 +1,216 @@
+"""Performance model of one engine step: a roofline over FLOPs and HBM bytes plus CPU/launch overhead.
+
+Everything is derived from the :class:`~autotune.models.ModelSpec` (shapes, parameter counts, KV bytes per
+token), the :class:`~autotune.gpus.GpuSpec` (datasheet rates) and a few fitted constants read from the
+card's calibration YAML (``compute_efficiency``, ``hbm_efficiency``, step overheads); see
+``docs/results/sim-accuracy.md`` for what they were fitted to and how well the model predicts held-out points.
+
+Step cost (per DP replica, per TP rank):
+    compute = (2 × active params × tokens + 2 × LM-head params × sampled seqs + attention FLOPs) / (rate × eff)
+    memory  = (weights read once + KV read for every sequence's context + KV written) / (HBM × eff)
+    gpu     = max(compute, memory) + TP all-reduces + vision encoder
+    step    = gpu + overhead (CUDA graph for decode-only batches ≤ capture size, eager otherwise;
+              the CPU part shrinks with async scheduling)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from autotune.errors import UsageError
+from autotune.flags import effective_flags
+from autotune.gpus import GpuSpec
+from autotune.models import KV_DTYPE_BYTES, WEIGHT_DTYPE_BYTES, ModelSpec
+
+__all__ = ["PerfConstants", "PerfModel", "StartupTimes"]
+
+
+@dataclass(frozen=True)
+class PerfConstants:
+    """Fitted and assumed constants of the timing model (the extra keys of a calibration YAML)."""
+
+    compute_efficiency: float = 0.8  # fraction of the dense tensor-core peak reached by the GEMMs
+    hbm_efficiency: float = 0.8  # fraction of the HBM datasheet bandwidth reached by memory-bound steps
+    graph_step_overhead_ms: float = 1.0  # decode-only step replayed as one CUDA graph
+    eager_step_overhead_ms: float = 4.0  # mixed / prefill step: launches + Python (piecewise / eager)
+    eager_overhead_ms_per_seq: float = 0.0  # per scheduled sequence in an eager step (input prep, sampling)
+    sync_overhead_ms: float = 1.5  # CPU scheduling + output processing not hidden without async scheduling
+    allreduce_latency_us: float = 8.0  # one NCCL all-reduce on NVLink, latency part
+    nvlink_efficiency: float = 0.7
+    vision_compute_efficiency: float = 0.4  # small ViT GEMMs (about 1k patches) run far from peak
+    vision_tp_shard_efficiency: float = 0.6  # extra loss when the ViT itself is TP-sharded (weights mode)
+    model_load_extra_gib: float = 0.0  # buffers allocated with the weights (rotary cache, sampler)
+    weight_load_gb_s: float = 2.0  # safetensors from local disk into HBM
+    torch_compile_s: float = 30.0  # Dynamo + Inductor, cold cache
+    graph_capture_s_per_size: float = 0.25
+    graph_memory_gib_per_size: float = 0.01
+    engine_init_other_s: float = 5.0  # profiling run, KV cache allocation, warm-up, API server
+
+    @classmethod
+    def from_gpu(cls, gpu: GpuSpec) -> PerfConstants:
+        extra = dict(gpu.extra or {})
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: float(v) for k, v in extra.items() if k in known})
+
+
+@dataclass(frozen=True)
+class StartupTimes:
+    weight_load_s: float
+    torch_compile_s: float
+    graph_capture_s: float
+    num_capture_sizes: int
+    other_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.weight_load_s + self.torch_compile_s + self.graph_capture_s + self.other_s
+
+
+def capture_sizes(max_size: int) -> list[int]:
+    """vLLM's default CUDA-graph batch sizes: 1, 2, 4, then steps of 8 up to 256, then of 16."""
+    sizes = [1, 2, 4] + list(range(8, 256, 8)) + list(range(256, max_size + 1, 16))
+    return [s for s in sizes if s <= max_size]
+
+
+class PerfModel:
+    """Step and startup cost of one engine replica (``tp`` GPUs) for a model, a card and vLLM flags.
+
+    Hot path: :meth:`step_time_s` takes per-step aggregates (plain numbers), never per-token objects.
+    """
+
+    def __init__(self, model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any]) -> None:
+        f = effective_flags(flags)
+        self.model, self.gpu, self.flags = model, gpu, f
+        self.c = c = PerfConstants.from_gpu(gpu)
+        self.tp = tp = int(f["tensor-parallel-size"] or 1)
+        self.dp = int(f["data-parallel-size"] or 1)
+        self.ep = bool(f["enable-expert-parallel"]) and model.is_moe
+        quant_fp8 = f.get("quantization") == "fp8"
+        kv_dtype = str(f["kv-cache-dtype"] or "auto")
+        if kv_dtype not in KV_DTYPE_BYTES:
+            raise UsageError(f"unknown kv-cache-dtype {kv_dtype!r}")
+        self.enforce_eager = bool(f["enforce-eager"])
+        self.async_scheduling = bool(f["async-scheduling"])
+        self.max_capture = 0 if self.enforce_eager else int(f["max-cudagraph-capture-size"] or 0)
+        peak_tflops = gpu.fp8_tflops if quant_fp8 else gpu.bf16_tflops
+        self._flops_s = peak_tflops * 1e12 * c.compute_efficiency * tp
+        self._bytes_s = gpu.hbm_tb_s * 1e12 * c.hbm_efficiency * tp
+        w_elem = 1.0 if quant_fp8 else WEIGHT_DTYPE_BYTES.get(model.weight_dtype, 2.0)
+        head = model.vocab_size * model.hidden_size
+        self._body_params = model.active_params_per_token - head  # per token through the layers
+        self._head_params = head
+        self._attn_flops_per_ctx = 4.0 * model.num_attention_heads * model.head_dim * model.num_layers
+        self.kv_bytes_per_token = model.kv_bytes_per_token(kv_dtype)
+        vision_params = model.vision.params if model.vision else 0
+        # Weights read once per step: everything but the input embedding (a gather) and the vision tower.
+        expert_total = model.num_moe_layers * model.num_experts * model.expert_params
+        self._dense_weight_bytes = (model.total_params - vision_params - head - expert_total) * w_elem
+        if model.tie_word_embeddings:
+            self._dense_weight_bytes += head * w_elem
+        self._expert_bytes = model.expert_params * w_elem * model.num_moe_layers  # one expert in every MoE layer
+        self._hidden_bytes = model.hidden_size * 2.0
+        self._graph_s = c.graph_step_overhead_ms / 1e3
+        cpu_s = 0.0 if self.async_scheduling else c.sync_overhead_ms / 1e3
+        self._graph_s += cpu_s
+        self._eager_s = c.eager_step_overhead_ms / 1e3 + cpu_s
+        self._eager_per_seq_s = c.eager_overhead_ms_per_seq / 1e3
+        self._ar_latency_s = c.allreduce_latency_us / 1e6
+        self._nvlink_b_s = gpu.nvlink_gb_s * 1e9 * c.nvlink_efficiency
+        self.mm_encoder_data_mode = f["mm-encoder-tp-mode"] == "data"
+
+    # -- one step ---------------------------------------------------------------------------------------------
+    def experts_touched(self, num_tokens: int) -> float:
+        """Expected distinct routed experts per MoE layer hit by ``num_tokens`` tokens (uniform routing)."""
+        m = self.model
+        if not m.is_moe or num_tokens <= 0:
+            return 0.0
+        e, k = m.num_experts, m.num_experts_per_tok
+        return e * (1.0 - (1.0 - k / e) ** num_tokens) + m.num_shared_experts
+
+    def step_time_s(self, num_tokens: int, num_seqs: int, num_sampled: int, attn_ctx_tokens: float,
+                    kv_read_tokens: float, decode_only: bool, encoder_s: float = 0.0) -> float:
+        """Modelled seconds of one step.
+
+        num_tokens: tokens computed this step (decodes + prefill chunk tokens); num_seqs: sequences scheduled;
+        num_sampled: sequences that sample a token (LM head rows); attn_ctx_tokens: sum over computed tokens of
+        the context each attends to; kv_read_tokens: sum over sequences of KV tokens read; encoder_s: vision
+        encoder time of images first scheduled in this step.
+        """
+        if num_tokens <= 0:
+            return 0.0
+        compute_s, memory_s, fixed_s = self._parts(num_tokens, num_seqs, num_sampled, decode_only)
+        compute_s += self._attn_flops_per_ctx * attn_ctx_tokens / self._flops_s
+        memory_s += kv_read_tokens * self.kv_bytes_per_token / self._bytes_s
+        return (compute_s if compute_s > memory_s else memory_s) + fixed_s + encoder_s
+
+    def decode_run_times_s(self, num_seqs: int, ctx_sum: int, num_steps: int) -> np.ndarray:
+        """Durations of ``num_steps`` consecutive decode-only steps of the same ``num_seqs`` sequences whose
+        contexts sum to ``ctx_sum`` tokens at the first step (each step adds one token per sequence)."""
+        compute_s, memory_s, fixed_s = self._parts(num_seqs, num_seqs, num_seqs, True)
+        ctx = ctx_sum + num_seqs * np.arange(num_steps, dtype=np.float64)
+        compute = compute_s + self._attn_flops_per_ctx * ctx / self._flops_s
+        memory = memory_s + ctx * self.kv_bytes_per_token / self._bytes_s
+        return np.maximum(compute, memory) + fixed_s
+
+    def _parts(self, num_tokens: int, num_seqs: int, num_sampled: int, decode_only: bool) -> tuple[float, float, float]:
+        """(compute s, memory s, fixed s) of a step before its attention/KV terms."""
+        compute_s = 2.0 * (self._body_params * num_tokens + self._head_params * num_sampled) / self._flops_s
+        weight_bytes = self._dense_weight_bytes
+        comm_s = 0.0
+        if self.model.is_moe:
+            touched = self.experts_touched(num_tokens)
+            if self.ep:  # experts spread over tp×dp ranks; each rank reads only its own
+                touched = touched / self.dp
+                comm_s += 2 * self.model.num_moe_layers * (
+                    self._ar_latency_s + num_tokens * self.model.num_experts_per_tok * self._hidden_bytes
+                    / self._nvlink_b_s)
+            weight_bytes += touched * self._expert_bytes
+        memory_s = (weight_bytes + num_tokens * self.kv_bytes_per_token) / self._bytes_s
+        if self.tp > 1:  # two all-reduces of the hidden states per layer (ring)
+            msg = num_tokens * self._hidden_bytes * 2.0 * (self.tp - 1) / self.tp
+            comm_s += 2 * self.model.num_layers * (self._ar_latency_s + msg / self._nvlink_b_s)
+        graphed = decode_only and num_tokens <= self.max_capture
+        overhead_s = self._graph_s if graphed else self._eager_s + self._eager_per_seq_s * num_seqs
+        return compute_s, memory_s, comm_s + overhead_s
+
+    # -- vision -----------------------------------------------------------------------------------------------
+    def image_tokens(self, width: int, height: int) -> int:
+        return self.model.vision.llm_tokens(width, height) if self.model.vision else 0
+
+    def encoder_time_s(self, image_sizes: list[tuple[int, int]]) -> float:
+        """Vision tower time for a request's images. ``data`` mode: each TP rank encodes whole images with a
+        replicated tower (no communication); ``weights`` mode: the tower is TP-sharded (all-reduces, small GEMMs)."""
+        v = self.model.vision
+        if not v or not image_sizes:
+            return 0.0
+        rate = self.gpu.bf16_tflops * 1e12 * self.c.vision_compute_efficiency
+        per_image = []
+        for w, h in image_sizes:
+            n = v.patches(w, h)
+            flops = 2.0 * v.params * n + 4.0 * v.hidden_size * n * n * v.num_layers
+            per_image.append((n, flops / rate))
+        if self.tp == 1:
+            return sum(t for _, t in per_image)
+        if self.mm_encoder_data_mode:
+            ranks = [0.0] * self.tp
+            for _, t in sorted(per_image, key=lambda x: -x[1]):
+                ranks[ranks.index(min(ranks))] += t
+            return max(ranks)
+        total = 0.0
+        for n, t in per_image:
+            msg = n * v.hidden_size * 2.0 * 2.0 * (self.tp - 1) / self.tp
+            total += t / (self.tp * self.c.vision_tp_shard_efficiency)
+            total += 2 * v.num_layers * (self._ar_latency_s + msg / self._nvlink_b_s)
+        return total
+
+    # -- startup ----------------------------------------------------------------------------------------------
+    def startup_times(self, weights_gib_per_gpu: float) -> StartupTimes:
+        c = self.c
+        load_gb_s = c.weight_load_gb_s * (25.0 if self.flags.get("load-format") == "dummy" else 1.0)
+        weight_load_s = weights_gib_per_gpu * 1.073741824 / load_gb_s
+        compile_s = 0.0 if self.enforce_eager else c.torch_compile_s
+        sizes = capture_sizes(self.max_capture) if self.max_capture else []
+        graph_s = len(sizes) * c.graph_capture_s_per_size  # per size: mixed (piecewise) + decode (full) graphs
+        return StartupTimes(weight_load_s, compile_s, graph_s, len(sizes), c.engine_init_other_s)

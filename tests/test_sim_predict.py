@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from autotune.errors import EngineStartError
+from autotune.gpus import load_gpu
+from autotune.models import resolve_model
+from autotune.sim.perf import PerfModel
+from autotune.sim.predict import predict
+from autotune.sim.scheduler import Scheduler, SchedulerConfig
+
+
+@pytest.fixture
+def flash(weightless_flash_dir: Path):
+    return resolve_model(str(weightless_flash_dir))
+
+
+def test_defaults_at_128_near_real_h100(flash) -> None:
+    r = predict(flash, load_gpu("h100"), {}, 1024, 512, 128, 512)
+    assert r.completed == 512 and r.failed == 0
+    assert abs(r.output_tok_s - 8024) / 8024 < 0.15  # vLLM 0.26.0 measured 8,024 output tok/s
+
+
+def test_ranking_sanity(flash) -> None:
+    gpu = load_gpu("h100")
+    bf16 = predict(flash, gpu, {}, 1024, 512, 256, 1024)
+    fp8 = predict(flash, gpu, {"kv-cache-dtype": "fp8"}, 1024, 512, 256, 1024)
+    tiny = predict(flash, gpu, {"max-num-seqs": 8}, 1024, 512, 256, 256)
+    assert fp8.output_tok_s >= bf16.output_tok_s
+    assert tiny.output_tok_s < 0.2 * bf16.output_tok_s
+    assert tiny.ttft_ms.p99 > bf16.ttft_ms.p99
+
+
+def test_kv_pressure_preempts_and_still_completes(flash) -> None:
+    # 0.3 of the card leaves ~4.6k blocks of KV: 64 requests of 4k tokens do not fit at once
+    r = predict(flash, load_gpu("h100"), {"gpu-memory-utilization": 0.3, "max-model-len": 8192}, 2048, 2048, 64, 64)
+    assert r.completed == 64
+    roomy = predict(flash, load_gpu("h100"), {"max-model-len": 8192}, 2048, 2048, 64, 64)
+    assert r.output_tok_s < roomy.output_tok_s
+
+
+def test_scheduler_counts_preemptions(flash) -> None:
+    gpu = load_gpu("h100")
+    perf = PerfModel(flash, gpu, {})
+    sched = Scheduler(SchedulerConfig(max_num_seqs=64, max_num_batched_tokens=8192, chunked_prefill=True,
+                                      block_size=16, num_blocks=200, max_model_len=4096), perf)
+    for _ in range(8):
+        sched.add(512, 1024)
+    steps = 0
+    while sched.has_work and steps < 20000:
+        assert sched.step() is not None
+        assert 0 <= sched.free_blocks <= 200
+        steps += 1
+    assert not sched.has_work
+    assert sched.num_preemptions_total > 0
+    assert sched.generation_tokens_total >= 8 * 1024
+
+
+def test_no_chunked_prefill_is_whole_prompt(flash) -> None:
+    gpu = load_gpu("h100")
+    chunked = predict(flash, gpu, {"max-model-len": 8192}, 4096, 64, 32, 64)
+    whole = predict(flash, gpu, {"max-model-len": 8192, "enable-chunked-prefill": False,
+                                 "max-num-batched-tokens": 8192}, 4096, 64, 32, 64)
+    assert chunked.completed == whole.completed == 64
+    # vLLM refuses a token budget below max-model-len when prompts cannot be chunked
+    with pytest.raises(EngineStartError) as exc:
+        predict(flash, gpu, {"max-model-len": 8192, "enable-chunked-prefill": False,
+                             "max-num-batched-tokens": 2048}, 1024, 64, 4, 4)
+    assert exc.value.failure_class == "bad_flags"
+
+
+def test_open_loop_rate(flash) -> None:
+    r = predict(flash, load_gpu("h100"), {}, 512, 128, None, 200, rate=5.0)
+    assert r.completed == 200
+    assert 0.5 * 5.0 < r.request_s < 1.5 * 5.0
+
+
+def test_infeasible_memory_raises(flash) -> None:
+    with pytest.raises(EngineStartError) as exc:
+        predict(flash, load_gpu("h100"), {"gpu-memory-utilization": 0.2}, 1024, 512, 8, 8)
+    assert exc.value.failure_class == "kv_too_small"
+
+
+def test_predict_is_fast(flash) -> None:
+    gpu = load_gpu("h100")
+    predict(flash, gpu, {}, 1024, 512, 32, 32)  # warm imports
+    t0 = time.perf_counter()
+    predict(flash, gpu, {}, 1024, 512, 256, 1024)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_moe_and_tp_model_runs() -> None:
+    model = resolve_model("glm-4.6v")
+    gpu = load_gpu("h100")
+    tp4 = predict(model, gpu, {"tensor-parallel-size": 4}, 1024, 256, 64, 128)
+    ep = predict(model, gpu, {"tensor-parallel-size": 4, "enable-expert-parallel": True}, 1024, 256, 64, 128)
+    assert tp4.completed == ep.completed == 128
+    assert tp4.output_tok_s > 0 and ep.output_tok_s > 0
+
+
+def test_vision_encoder_modes() -> None:
+    model = resolve_model("flash")
+    gpu = load_gpu("h100")
+    weights = PerfModel(model, gpu, {"tensor-parallel-size": 2, "mm-encoder-tp-mode": "weights"})
+    data = PerfModel(model, gpu, {"tensor-parallel-size": 2, "mm-encoder-tp-mode": "data"})
+    images = [(1024, 1024)] * 4
+    assert 0 < data.encoder_time_s(images) < weights.encoder_time_s(images)
+    assert weights.image_tokens(448, 448) == (448 // 14) ** 2 // 4
