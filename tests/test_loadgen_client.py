@@ -135,3 +135,19 @@ def test_parser_handles_crlf_comments_and_fragments() -> None:
     assert out.output_tokens == 3 and out.prompt_tokens == 4
     assert out.ttft_s == pytest.approx(2.0 - 0.5)  # the second read (at 2.0) completed the first event
     assert out.itl_s == pytest.approx((1.0,))  # the empty closing chunk is no token
+
+
+@pytest.mark.parametrize("payload, chat, token", [
+    (b'{"choices":[{"index":0,"text":" a","finish_reason":null}],"usage":null}', False, True),
+    (b'{"choices": [{"index": 0, "text": " a"}], "usage": null}', False, True),
+    (b'{"choices":[{"text":""}]}', False, False),  # empty: left to the full parse
+    (b'{"choices":[{"text":"a"}],"usage":{"completion_tokens":3}}', False, False),
+    (b'{"choices":[{"text":"a"}],"sim_token_times_s":[1.0]}', False, False),
+    (b'{"choices":[{"text":"a"', False, False),  # truncated
+    (b'{"choices":[{"delta":{"role":"assistant","content":""}}]}', True, False),
+    (b'{"choices":[{"delta":{"content":"hi"}}]}', True, True),
+    (b'{"choices":[{"delta":{"content":"say \\"usage\\":{"}}]}', True, True),
+])
+def test_plain_token_fast_path(payload: bytes, chat: bool, token: bool) -> None:
+    from autotune.loadgen.client import _plain_token
+    assert _plain_token(payload, chat) is token

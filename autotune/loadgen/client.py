@@ -156,7 +156,11 @@ class _Stream:
             if payload == _DONE:
                 self.done = True
                 return True
-            if payload and self._event(payload, now):
+            if not payload:
+                continue
+            if _plain_token(payload, self.chat):
+                self.times.append(now)  # fast path: a plain token chunk needs no parse
+            elif self._event(payload, now):
                 return True
         return False
 
@@ -217,6 +221,22 @@ class _Stream:
         return RequestOutput(success=True, prompt_tokens=prompt_tokens, output_tokens=out_tokens,
                              ttft_s=(t[0] - st) * time_scale, itl_s=itl, e2el_s=(t[-1] - st) * time_scale,
                              start_s=start_s), False
+
+
+def _plain_token(payload: bytes, chat: bool) -> bool:
+    """True only for an ordinary token chunk: non-empty text, no usage object, no sim stamps, no error.
+    Key patterns like ``"usage":{`` cannot occur inside JSON strings (quotes there are escaped), so a
+    match is sound; anything else takes the full parse."""
+    if payload[-1:] != b"}" or b'"sim_' in payload or b'"error"' in payload:
+        return False
+    if b'"usage"' in payload and b'"usage":null' not in payload and b'"usage": null' not in payload:
+        return False
+    key = b'"content":' if chat else b'"text":'
+    at = payload.find(key)
+    if at < 0:
+        return False
+    rest = payload[at + len(key):at + len(key) + 3].lstrip()
+    return rest[:1] == b'"' and rest[1:2] not in (b'"', b"")
 
 
 def _is_token(choice: dict[str, Any], chat: bool) -> bool:
