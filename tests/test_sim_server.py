@@ -211,3 +211,18 @@ def test_refuses_to_start_like_vllm(tmp_path: Path, weightless_flash_dir: Path) 
     proc = subprocess.run([sys.executable, "-m", "autotune.sim", "serve", "flash", "--no-such-flag"],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "unrecognized arguments: --no-such-flag" in proc.stderr
+
+
+def test_concurrent_rounds_all_complete(server: Server) -> None:
+    # regression: a slot freed by a finishing request and reused by a new arrival must not steal its tokens
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_: int) -> int:
+        status, raw = _post(server.url + "/v1/completions", {
+            "model": NAME, "prompt": [7] * 512, "max_tokens": 16, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}})
+        assert status == 200
+        return _events(raw)[-1]["usage"]["completion_tokens"]
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(one, range(12), timeout=30)) == [16] * 12

@@ -129,18 +129,21 @@ class Engine:
                 await asyncio.sleep(0.001)
                 continue
             end = self.vt + res.duration_s
+            # Bind tokens to their streams now: finished slots are free again and may be reused by a request
+            # that arrives while this step is still "running" on the wall clock.
+            finished = set(res.finished.tolist()) if len(res.finished) else ()
+            batch = []
+            for slot, first in zip(res.emitted.tolist(), res.first.tolist()):
+                st = self.streams.pop(slot, None) if slot in finished else self.streams.get(slot)
+                if st is not None:
+                    batch.append((st, first, slot in finished))
             await asyncio.sleep(max(0.0, (end - self.now_v()) / self.time_scale))
             self.vt = end
             wall = time.monotonic()
-            finished = set(res.finished.tolist()) if len(res.finished) else ()
-            for slot, first in zip(res.emitted.tolist(), res.first.tolist()):
-                st = self.streams.get(slot)
-                if st is None:
-                    continue
+            for st, first, done in batch:
                 st.times.append(end)
-                if slot in finished:
+                if done:
                     st.finished = True
-                    del self.streams[slot]
                     st.event.set()
                 elif first or wall - st.last_flush_wall >= FLUSH_WALL_S:
                     st.event.set()
