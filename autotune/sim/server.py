@@ -1,8 +1,10 @@
 """The sim engine's HTTP server: vLLM's OpenAI API on aiohttp, tokens timed by the scheduler in virtual time.
 
-Clock: virtual = (wall − wall0) × time_scale. Each engine step starts at max(end of the previous step,
-wall-mapped now), lasts the modelled duration, and its tokens are released when the wall clock reaches the
-step's end. A request's arrival is stamped with the wall-mapped time at arrival. Streams flush the tokens
+Clock: virtual = (wall − wall0) × time_scale while the engine keeps up. A busy engine's steps follow each
+other in virtual time (each lasts its modelled duration; its tokens are released when the wall clock reaches
+the step's end); only an idle engine jumps to the wall-mapped time. A request's arrival is stamped with the
+wall-mapped time, capped at the end of the step in flight (Engine.arrival_v), so a CPU that cannot keep up
+with the time scale slows the run down without distorting the modelled figures. Streams flush the tokens
 gathered since their last flush in one SSE chunk (at most every ~10 ms of wall time; the first and the last
 token at once); every chunk carries ``sim_arrival_s`` and ``sim_token_times_s`` (virtual seconds).
 
@@ -93,12 +95,23 @@ class Engine:
         self.sched: Scheduler = setup.new_scheduler()
         self.time_scale, self.wall0 = time_scale, wall0
         self.vt = 0.0
+        self.step_end = 0.0  # virtual end of the step in flight
+        self.idle = True
         self.streams: dict[int, Stream] = {}
         self.wake = asyncio.Event()
         self.stopping = False
 
     def now_v(self) -> float:
         return (time.monotonic() - self.wall0) * self.time_scale
+
+    def arrival_v(self) -> float:
+        """Virtual arrival time of a request received now. Idle: the wall-mapped time. Busy: the wall-mapped
+        time, but never past the end of the step in flight -- when the CPU cannot keep up with the time
+        scale, the engine's own clock lags the wall and arrivals follow the engine, so modelled figures stay
+        exact (a closed-loop client's next request arrives when the engine finished the previous one)."""
+        if self.idle:
+            return max(self.vt, self.now_v())
+        return min(self.now_v(), self.step_end)
 
     def submit(self, stream: Stream, encoder_s: float) -> int:
         slot = self.sched.add(stream.prompt_tokens, stream.max_out, encoder_s)
@@ -120,15 +133,19 @@ class Engine:
         sched = self.sched
         while not self.stopping:
             if not sched.has_work:
+                self.idle = True
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            self.vt = max(self.vt, self.now_v())
+            if self.idle:  # only an idle engine jumps to the wall-mapped time; a busy one keeps its own clock
+                self.vt = max(self.vt, self.now_v())
+                self.idle = False
             res = sched.step()
             if res is None:
                 await asyncio.sleep(0.001)
                 continue
             end = self.vt + res.duration_s
+            self.step_end = end
             # Bind tokens to their streams now: finished slots are free again and may be reused by a request
             # that arrives while this step is still "running" on the wall clock.
             finished = set(res.finished.tolist()) if len(res.finished) else ()
@@ -290,7 +307,7 @@ class SimServer:
         n_out = max_tokens if body.get("ignore_eos") else self.rng.randint(1, max_tokens)
         finish_reason = "length" if n_out == max_tokens else "stop"
         engine = self._pick_engine()
-        stream = Stream(arrival_s=engine.now_v(), prompt_tokens=prompt_tokens, max_out=n_out)
+        stream = Stream(arrival_s=engine.arrival_v(), prompt_tokens=prompt_tokens, max_out=n_out)
         stream.last_flush_wall = time.monotonic()
         slot = engine.submit(stream, self.setup.perf.encoder_time_s(images))
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
