@@ -6,7 +6,7 @@
 # Copies the study database, the run log and the server logs to $OUT after every part.
 set -uo pipefail
 . /tmp/st/env.sh
-export PYTHONPATH=$PWD:$PYTHONPATH
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 hard_limit_s=$1; shift
 mkdir -p /tmp/st/studies
 save() {
