@@ -124,11 +124,15 @@ def _f(value: Any) -> float:
 
 
 def summarize(outputs: list[RequestOutput], duration_s: float, slo_ms: dict[str, float] | None = None,
-              extra: dict[str, Any] | None = None) -> BenchResult:
+              extra: dict[str, Any] | None = None, window: tuple[float, float] | None = None) -> BenchResult:
     """Aggregate request records over a window of ``duration_s`` seconds.
 
     ``slo_ms`` maps latency metrics (ttft, tpot, itl, e2el) to limits for goodput: a request counts when
     each of its values is within the limit (for ITL, its own worst gap).
+    ``window`` (start, end in the records' clock): throughputs count only what happened inside it — the
+    steady state of a closed loop, without the ramp-up and the drain at the end. Output tokens of a request
+    are taken as spread evenly between its first and last token (robust to chunks carrying several tokens);
+    ``duration_s`` is then the window's length. Latency figures always cover every request.
     """
     ok = [o for o in outputs if o.success]
     failed = len(outputs) - len(ok)
@@ -140,9 +144,14 @@ def summarize(outputs: list[RequestOutput], duration_s: float, slo_ms: dict[str,
     else:
         status = "partial" if failed else "ok"
     nan = math.nan
+    if window is not None and ok:
+        duration_s = window[1] - window[0]
+        out_tokens, in_tokens, done = _in_window(ok, window)
+    else:
+        out_tokens = sum(o.output_tokens for o in ok)
+        in_tokens = sum(o.prompt_tokens for o in ok)
+        done = len(ok)
     usable = ok and duration_s > 0
-    out_tokens = sum(o.output_tokens for o in ok)
-    in_tokens = sum(o.prompt_tokens for o in ok)
     goodput = nan
     if usable and slo_ms:
         good = sum(1 for o in ok if _meets(o, slo_ms))
@@ -152,13 +161,34 @@ def summarize(outputs: list[RequestOutput], duration_s: float, slo_ms: dict[str,
         completed=len(ok), failed=failed, duration_s=duration_s,
         output_tok_s=out_tokens / duration_s if usable else nan,
         total_tok_s=(out_tokens + in_tokens) / duration_s if usable else nan,
-        request_s=len(ok) / duration_s if usable else nan,
+        request_s=done / duration_s if usable else nan,
         ttft_ms=Distribution.from_values_s([o.ttft_s for o in ok]),
         tpot_ms=Distribution.from_values_s([o.tpot_s for o in ok]),
         itl_ms=Distribution.from_values_s(itls),
         e2el_ms=Distribution.from_values_s([o.e2el_s for o in ok]),
         goodput_request_s=goodput, errors=errors, status=status, extra=dict(extra or {}),
     )
+
+
+def _in_window(ok: list[RequestOutput], window: tuple[float, float]) -> tuple[float, float, int]:
+    """Output tokens, prompt tokens and finished requests that fall inside ``window``."""
+    lo, hi = window
+    out_tokens = in_tokens = 0.0
+    done = 0
+    for o in ok:
+        first = o.start_s + o.ttft_s
+        last = o.start_s + o.e2el_s
+        if lo <= first <= hi:
+            out_tokens += 1
+        rest = o.output_tokens - 1
+        if rest > 0 and last > first:
+            overlap = max(0.0, min(hi, last) - max(lo, first))
+            out_tokens += rest * overlap / (last - first)
+        if lo <= o.start_s <= hi:
+            in_tokens += o.prompt_tokens
+        if lo <= last <= hi:
+            done += 1
+    return out_tokens, in_tokens, done
 
 
 def _meets(o: RequestOutput, slo_ms: dict[str, float]) -> bool:

@@ -88,7 +88,7 @@ def level_load_config(settings: TrialSettings, concurrency: int) -> LoadConfig:
         # A time-scaled sim may lag the wall clock when the CPU cannot keep up: never below 2 minutes of wall.
         request_timeout_s=max(settings.request_timeout_s / max(settings.time_scale, 1e-9),
                               min(settings.request_timeout_s, 120.0)),
-        scrape_metrics=True, time_scale=settings.time_scale,
+        scrape_metrics=True, time_scale=settings.time_scale, steady_state=True,
     )
 
 

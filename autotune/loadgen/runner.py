@@ -53,6 +53,7 @@ class LoadConfig:
     scrape_metrics: bool = False
     time_scale: float = 1.0
     seed: int = 0  # arrival times
+    steady_state: bool = False  # closed loop: throughput over the window where every slot is busy
 
     def __post_init__(self) -> None:
         if self.concurrency is None and self.rate is None:
@@ -148,7 +149,11 @@ async def run_load(url: str, model: str, requests: list[RequestSpec], cfg: LoadC
         extra["server_metrics"] = server_metrics
     # the window in the records' own clock; wall time when there is none (all failed) or clocks are mixed
     duration_s = _window_s(measured) if clock in ("sim", "wall") and ok_clocks else wall_s * cfg.time_scale
-    return summarize(measured, duration_s, slo_ms=cfg.slo_ms, extra=extra)
+    window = _steady_window(measured, duration_s) if cfg.steady_state and cfg.rate is None and ok_clocks \
+        and clock in ("sim", "wall") else None
+    if window is not None:
+        extra["steady_window_s"] = window[1] - window[0]
+    return summarize(measured, duration_s, slo_ms=cfg.slo_ms, extra=extra, window=window)
 
 
 def run_bench(url: str, model: str, workload_or_requests: Workload | list[RequestSpec], cfg: LoadConfig,
@@ -245,6 +250,16 @@ def _arrival_times(n: int, rate: float, burstiness: float, seed: int) -> np.ndar
     rng = np.random.default_rng(seed)
     gaps = rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=n)
     return np.concatenate(([0.0], np.cumsum(gaps[:-1])))
+
+
+def _steady_window(outputs: list[RequestOutput], full_s: float) -> tuple[float, float] | None:
+    """Closed loop: from the first measured start to the last one — every slot is busy in between (after
+    the last start the loop only drains). None when that window is too short to mean anything."""
+    starts = [o.start_s for o in outputs if o.success]
+    if len(starts) < 2:
+        return None
+    lo, hi = min(starts), max(starts)
+    return (lo, hi) if hi - lo >= 0.25 * full_s else None
 
 
 def _window_s(outputs: list[RequestOutput]) -> float:

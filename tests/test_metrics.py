@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from autotune.metrics import RequestOutput, summarize
+
+
+def req(start, e2e, tokens=11, ttft=1.0):
+    itl = ((e2e - ttft) / (tokens - 1),) * (tokens - 1)
+    return RequestOutput(True, 100, tokens, ttft, itl, e2e, start_s=start)
+
+
+def test_all_failed_is_nan_not_zero():
+    r = summarize([RequestOutput(False, error="x", error_kind="http_5xx")] * 3, 10.0)
+    assert r.status == "failed" and r.failed == 3 and r.errors == {"http_5xx": 3}
+    assert math.isnan(r.output_tok_s) and math.isnan(r.ttft_ms.p99)
+    assert summarize([], 1.0).status == "empty"
+
+
+def test_percentiles_and_tpot():
+    outs = [req(0, 11.0, ttft=1.0 + i / 100) for i in range(100)]
+    r = summarize(outs, 11.0)
+    assert r.ttft_ms.p50 == pytest.approx(1495, rel=1e-3)
+    assert r.tpot_ms.mean == pytest.approx(1000 * (11.0 - r.ttft_ms.mean / 1000) / 10, rel=0.01)
+
+
+def test_steady_window_excludes_the_drain():
+    # two slots busy from t=0 to t=20 at 1 token/s each; then one straggler drains alone until t=50
+    outs = [req(0, 10), req(0, 10), req(10, 10), req(10, 10), req(20, 10), req(20, 30)]
+    full = summarize(outs, 50.0)
+    steady = summarize(outs, 50.0, window=(0.0, 20.0))
+    assert full.output_tok_s == pytest.approx(66 / 50)
+    # inside [0, 20]: four whole requests (44 tokens)
+    assert steady.output_tok_s == pytest.approx(44 / 20)
+    assert steady.request_s == pytest.approx(4 / 20)
+    assert steady.ttft_ms.p99 == full.ttft_ms.p99  # latency covers every request
