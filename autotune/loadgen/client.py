@@ -57,10 +57,15 @@ def endpoint_path(endpoint: str) -> str:
     return "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
 
 
-def build_payload(spec: RequestSpec, model: str, endpoint: str, ignore_eos: bool = True) -> dict[str, Any]:
-    """The OpenAI request body for ``endpoint`` ("completions" or "chat")."""
-    payload: dict[str, Any] = {"model": model, "max_tokens": spec.output_len, "temperature": 0.0, "stream": True,
+def build_payload(spec: RequestSpec, model: str, endpoint: str, ignore_eos: bool = True,
+                  temperature: float | None = None) -> dict[str, Any]:
+    """The OpenAI request body for ``endpoint`` ("completions" or "chat"). ``temperature`` None leaves the
+    server's default, as `vllm bench serve` does: greedy decoding on a random-weight model whose tokenizer is
+    smaller than its vocabulary made vLLM's detokenizer the bottleneck on the H100 (docs/results/h100-flash.md)."""
+    payload: dict[str, Any] = {"model": model, "max_tokens": spec.output_len, "stream": True,
                                "stream_options": {"include_usage": True}}
+    if temperature is not None:
+        payload["temperature"] = temperature
     if ignore_eos:
         payload["ignore_eos"] = True
     if endpoint == "chat":
@@ -74,8 +79,8 @@ def build_payload(spec: RequestSpec, model: str, endpoint: str, ignore_eos: bool
 
 
 def prepare_request(base_url: str, model: str, spec: RequestSpec, endpoint: str,
-                    ignore_eos: bool = True) -> PreparedRequest:
-    body = _dumps(build_payload(spec, model, endpoint, ignore_eos))
+                    ignore_eos: bool = True, temperature: float | None = None) -> PreparedRequest:
+    body = _dumps(build_payload(spec, model, endpoint, ignore_eos, temperature))
     return PreparedRequest(base_url.rstrip("/") + endpoint_path(endpoint), body, spec.prompt_len, endpoint == "chat")
 
 

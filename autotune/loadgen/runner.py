@@ -54,6 +54,7 @@ class LoadConfig:
     time_scale: float = 1.0
     seed: int = 0  # arrival times
     steady_state: bool = False  # closed loop: throughput over the window where every slot is busy
+    temperature: float | None = None  # None: the server's default (as `vllm bench serve`)
 
     def __post_init__(self) -> None:
         if self.concurrency is None and self.rate is None:
@@ -113,7 +114,8 @@ async def run_load(url: str, model: str, requests: list[RequestSpec], cfg: LoadC
     if endpoint == "completions" and any(r.images for r in requests):
         raise UsageError("requests with images need the chat endpoint")
     total = cfg.warmup_prompts + cfg.num_prompts
-    distinct = [prepare_request(url, model, spec, endpoint, cfg.ignore_eos) for spec in requests[:total]]
+    distinct = [prepare_request(url, model, spec, endpoint, cfg.ignore_eos, cfg.temperature)
+                for spec in requests[:total]]
     prepared = [distinct[i % len(distinct)] for i in range(total)]
     arrivals_s = _arrival_times(total, cfg.rate, cfg.burstiness, cfg.seed) if cfg.rate is not None else None
 
