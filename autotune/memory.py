@@ -34,18 +34,27 @@ class MemoryPlan:
 
 
 def plan_memory(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any], num_gpus: int = 1) -> MemoryPlan:
-    """Per-GPU memory of one engine replica under ``flags`` (TP shards weights and KV heads; EP shards
-    experts over TP×DP ranks; DP replicates the rest)."""
+    """Per-GPU memory of one engine replica under ``flags``.
+
+    Sharding follows vLLM: attention, dense MLPs, shared experts, embedding and LM head are TP-sharded and
+    replicated over DP; the routed experts (FusedMoE) are always spread over all TP×DP ranks — as whole
+    experts with ``--enable-expert-parallel`` (EP), else each expert TP-sharded over the flattened TP×DP
+    group (vLLM's ``FusedMoEParallelConfig.flatten_tp_across_dp``) — so the per-GPU bytes are the same.
+    The vision tower is TP-sharded in ``mm-encoder-tp-mode weights`` and replicated in ``data`` mode.
+    ``--quantization fp8`` (online) stores Linear and MoE weights in fp8; the input embedding and the LM
+    head stay in the checkpoint dtype."""
     f = effective_flags(flags)
     tp = int(f["tensor-parallel-size"] or 1)
     dp = int(f["data-parallel-size"] or 1)
     quant = f.get("quantization")
+    bytes_per_param = model.weight_bytes(quant) / model.total_params
     weight_bytes = model.weight_bytes(quant)
-    if model.is_moe and f["enable-expert-parallel"]:
-        expert_bytes = model.num_moe_layers * model.num_experts * model.expert_params * (weight_bytes / model.total_params)
-        weights = (weight_bytes - expert_bytes) / tp + expert_bytes / (tp * dp)
-    else:
-        weights = weight_bytes / tp
+    if quant == "fp8":  # VocabParallelEmbedding / ParallelLMHead are not quantized by online fp8
+        weight_bytes += model.embedding_params * (model.weight_bytes(None) / model.total_params - bytes_per_param)
+    expert_bytes = model.num_moe_layers * model.num_experts * model.expert_params * bytes_per_param
+    vision_bytes = (model.vision.params if model.vision else 0) * bytes_per_param
+    vision_ranks = 1 if f["mm-encoder-tp-mode"] == "data" else tp
+    weights = (weight_bytes - expert_bytes - vision_bytes) / tp + expert_bytes / (tp * dp) + vision_bytes / vision_ranks
     # vLLM's "Model loading took X GiB" also counts buffers allocated with the weights (calibration constant).
     weights_gib = weights / GIB + float((gpu.extra or {}).get("model_load_extra_gib", 0.0))
     batched = int(f["max-num-batched-tokens"] or 8192)

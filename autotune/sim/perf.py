@@ -122,12 +122,16 @@ class PerfModel:
 
     # -- one step ---------------------------------------------------------------------------------------------
     def experts_touched(self, num_tokens: int) -> float:
-        """Expected distinct routed experts per MoE layer hit by ``num_tokens`` tokens (uniform routing)."""
+        """Expected distinct routed experts per MoE layer hit by ``num_tokens`` tokens (uniform routing),
+        plus the shared experts."""
         m = self.model
         if not m.is_moe or num_tokens <= 0:
             return 0.0
-        e, k = m.num_experts, m.num_experts_per_tok
-        return e * (1.0 - (1.0 - k / e) ** num_tokens) + m.num_shared_experts
+        return self._routed_touched(num_tokens) + m.num_shared_experts
+
+    def _routed_touched(self, num_tokens: float) -> float:
+        e, k = self.model.num_experts, self.model.num_experts_per_tok
+        return e * (1.0 - (1.0 - k / e) ** num_tokens) if num_tokens > 0 else 0.0
 
     def step_time_s(self, num_tokens: int, num_seqs: int, num_sampled: int, attn_ctx_tokens: float,
                     kv_read_tokens: float, decode_only: bool, encoder_s: float = 0.0) -> float:
@@ -160,12 +164,22 @@ class PerfModel:
         weight_bytes = self._dense_weight_bytes
         comm_s = 0.0
         if self.model.is_moe:
-            touched = self.experts_touched(num_tokens)
-            if self.ep:  # experts spread over tp×dp ranks; each rank reads only its own
-                touched = touched / self.dp
-                comm_s += 2 * self.model.num_moe_layers * (
-                    self._ar_latency_s + num_tokens * self.model.num_experts_per_tok * self._hidden_bytes
-                    / self._nvlink_b_s)
+            m = self.model
+            if self.dp > 1:
+                # vLLM spreads the routed experts over all tp×dp ranks (whole experts with EP, else each expert
+                # TP-sharded over the flattened tp×dp group) and the DP replicas step in lockstep through the
+                # MoE layers: each rank reads its share of the experts hit by all replicas' tokens (replicas
+                # are symmetric here, so dp × this step's tokens). Tokens cross the DP replicas twice per MoE
+                # layer: all-gather + reduce-scatter over the DP group, with or without EP (vLLM's default
+                # --all2all-backend allgather_reducescatter; DeepEP/pplx top-k dispatch is not modelled).
+                touched = self._routed_touched(num_tokens * self.dp) / self.dp + m.num_shared_experts
+                comm_s += 2 * m.num_moe_layers * (
+                    self._ar_latency_s + num_tokens * (self.dp - 1) * self._hidden_bytes / self._nvlink_b_s)
+            else:
+                # DP = 1: EP only regroups the TP ranks (whole experts per rank instead of expert slices);
+                # the bytes read are the same and the experts' partial sums go through the TP all-reduce
+                # counted below, so no extra communication (EP's per-rank load imbalance is not modelled).
+                touched = self.experts_touched(num_tokens)
             weight_bytes += touched * self._expert_bytes
         memory_s = (weight_bytes + num_tokens * self.kv_bytes_per_token) / self._bytes_s
         if self.tp > 1:  # two all-reduces of the hidden states per layer (ring)
