@@ -102,8 +102,19 @@ def _launch_spec(settings: TrialSettings, flags: dict[str, Any], name: str, log_
 
 
 def _measure_fn(settings: TrialSettings, server: EngineServer, name: str):
+    """Each level on a server gets prompts it has not seen: reusing them would hit vLLM's prefix cache and
+    make later levels look faster (seen on the H100). The stream stays deterministic for the seed."""
+    used = 0
+
     def measure(concurrency: int) -> BenchResult:
-        return run_bench(server.url, name, settings.workload, level_load_config(settings, concurrency))
+        nonlocal used
+        cfg = level_load_config(settings, concurrency)
+        total = cfg.warmup_prompts + cfg.num_prompts
+        requests = settings.workload.requests(used + total)[used:]
+        used += total
+        result = run_bench(server.url, name, requests, cfg)
+        result.extra["workload"] = {**settings.workload.describe(), "first_request": used - total}
+        return result
     return measure
 
 

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from autotune.gpus import load_gpu
+from autotune.loadgen.workload import parse_workload
+from autotune.loadsearch import LoadSearchConfig
+from autotune.models import PRESETS
+from autotune import trial as trial_mod
+
+
+def test_levels_on_one_server_never_reuse_prompts(monkeypatch):
+    seen: list[list] = []
+
+    def fake_run_bench(url, name, requests, cfg):
+        seen.append([tuple(r.prompt) for r in requests])
+        from autotune.metrics import summarize
+        return summarize([], 1.0)
+
+    monkeypatch.setattr(trial_mod, "run_bench", fake_run_bench)
+    settings = trial_mod.TrialSettings(engine="sim", model=PRESETS["flash"], gpu=load_gpu("h100"), gpus=1,
+                                       workload=parse_workload("random:16:4", seed=3),
+                                       search=LoadSearchConfig(metric="ttft", limit_ms=500))
+    measure = trial_mod._measure_fn(settings, server=type("S", (), {"url": "http://x"})(), name="m")
+    for c in (8, 16, 8):
+        measure(c)
+    flat = [p for level in seen for p in level]
+    assert len(flat) == len(set(flat))  # no prompt twice, not even at the same concurrency again
+    assert seen[0] == [tuple(r.prompt) for r in settings.workload.requests(len(seen[0]))]  # deterministic
