@@ -29,8 +29,9 @@ from autotune.trial import TrialOutcome, TrialSettings, measure_once, run_trial
 __all__ = ["StudyConfig", "StudyOutcome", "run_study", "BASELINES", "baseline_flags", "trial_record",
            "study_fingerprint"]
 
-SEED_PROFILE = {"kv-cache-dtype": "fp8", "max-num-seqs": 1024, "mm-encoder-tp-mode": "data",
-                "enable-chunked-prefill": True}
+# The seed write-up's hand-tuned profile; on several GPUs also TP over all of them, expert parallel for an
+# MoE and the vision encoder in data-parallel mode for a VLM (its GLM-4.6V recipe: TP4 + EP + fp8 KV).
+SEED_PROFILE = {"kv-cache-dtype": "fp8", "max-num-seqs": 1024, "enable-chunked-prefill": True}
 BASELINES = ("vllm-defaults", "seed-profile")
 # Study attributes that must not change when a study is resumed: its figures would not compare.
 FINGERPRINT_KEYS = ("model", "gpus", "metric", "limit_ms", "workload", "engine", "gpu_type")
@@ -66,8 +67,16 @@ class StudyOutcome:
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def baseline_flags(name: str, space: SearchSpace, model: ModelSpec) -> dict[str, Any]:
-    flags: dict[str, Any] = {} if name == "vllm-defaults" else dict(SEED_PROFILE)
+def baseline_flags(name: str, model: ModelSpec, gpus: int) -> dict[str, Any]:
+    """vllm-defaults: nothing set but TP over every GPU (how `vllm serve` is launched on N GPUs).
+    seed-profile: SEED_PROFILE, plus expert parallel (MoE) and mm-encoder-tp-mode data (VLM) with TP > 1."""
+    flags: dict[str, Any] = {"tensor-parallel-size": gpus} if gpus > 1 else {}
+    if name == "seed-profile":
+        flags.update(SEED_PROFILE)
+        if gpus > 1 and model.is_moe:
+            flags["enable-expert-parallel"] = True
+        if gpus > 1 and model.is_vlm:
+            flags["mm-encoder-tp-mode"] = "data"
     return flags
 
 
@@ -106,7 +115,7 @@ def _enqueue_baselines(study: optuna.Study, cfg: StudyConfig) -> None:
             for t in trials)
         if done:
             continue
-        flags = baseline_flags(name, cfg.space, cfg.settings.model)
+        flags = baseline_flags(name, cfg.settings.model, cfg.settings.gpus)
         params = cfg.space.params_for(flags, cfg.settings.model, cfg.settings.gpus)
         study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=False)
     for flags in cfg.tries:  # skip_if_exists: a resumed run does not queue the same point twice
@@ -136,10 +145,7 @@ def _objective(cfg: StudyConfig, sink: ProgressSink):
         flags = cfg.space.sample(trial, cfg.settings.model, cfg.settings.gpus)
         baseline = trial.user_attrs.get("baseline", "")
         if baseline:  # the baseline's own flags, not only their projection on the space
-            flags = {**cfg.space.fixed, **baseline_flags(baseline, cfg.space, cfg.settings.model),
-                     **{k: v for k, v in flags.items() if k in ("tensor-parallel-size", "data-parallel-size")}}
-            if not cfg.settings.model.is_vlm or int(flags.get("tensor-parallel-size", 1)) <= 1:
-                flags.pop("mm-encoder-tp-mode", None)  # only meaningful for a VLM with TP > 1
+            flags = {**cfg.space.fixed, **baseline_flags(baseline, cfg.settings.model, cfg.settings.gpus)}
         trial_dir = cfg.out_dir / cfg.study_name / "trials" / str(trial.number)
         name = f"autotune-{cfg.study_name}-{trial.number}"
         sink(Event("trial_started", {"number": trial.number, "flags": flags, "baseline": baseline}))

@@ -128,7 +128,7 @@ def grid_flags(setup: Setup) -> list[dict[str, Any]]:
 
 def baseline_point(setup: Setup, name: str) -> dict[str, Any]:
     """The flags the study launches for a baseline (its own flags, not their projection on the space)."""
-    flags = {**setup.space.fixed, **baseline_flags(name, setup.space, setup.model)}
+    flags = {**setup.space.fixed, **baseline_flags(name, setup.model, GPUS)}
     if not setup.model.is_vlm or int(flags.get("tensor-parallel-size", 1)) <= 1:
         flags.pop("mm-encoder-tp-mode", None)
     return flags
@@ -273,7 +273,7 @@ def run_method(setup: Setup, cache: Cache, sampler_factory: Callable[[int], optu
     study = optuna.create_study(direction="maximize", sampler=sampler_factory(seed))
     if with_baselines:
         for name in BASELINES:
-            params = setup.space.params_for(baseline_flags(name, setup.space, setup.model), setup.model, GPUS)
+            params = setup.space.params_for(baseline_flags(name, setup.model, GPUS), setup.model, GPUS)
             study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=False)
     trials: list[dict[str, Any]] = []
 
