@@ -167,6 +167,7 @@ def test_space_conditions_ep_and_encoder_mode_only_with_tp():
         seen.add((tp, flags.get("enable-expert-parallel")))
         study.tell(trial, 0.0)
     assert seen == {(1, None), (2, False), (2, True), (4, False), (4, True)}
+    assert {p["tensor-parallel-size"] for p in space.grid(M, 4)} == {1, 2, 4}
     for point in space.grid(M, 4):
         if point["tensor-parallel-size"] == 1:
             assert "enable-expert-parallel" not in point and "mm-encoder-tp-mode" not in point

@@ -36,22 +36,7 @@ def test_flash_space_holds_vllm_defaults_and_samples_in_range():
     assert params["gpu-memory-utilization"] == 0.9
 
 
-def test_moe_space_conditions_tp_times_dp_equals_gpus():
-    space = load_space(None, MOE, 4, preset="glm-4.6v")
-    assert space.tp_choices == [1, 2, 4]
-    seen = set()
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for _ in range(40):
-        trial = study.ask()
-        flags = space.sample(trial, MOE, 4)
-        tp = flags["tensor-parallel-size"]
-        assert tp * flags.get("data-parallel-size", 1) == 4
-        assert ("enable-expert-parallel" in flags) == (tp > 1)
-        assert ("mm-encoder-tp-mode" in flags) == (tp > 1)
-        seen.add(tp)
-        study.tell(trial, 0.0)
-    assert seen == {1, 2, 4}
-    assert all(p["tensor-parallel-size"] in (1, 2, 4) for p in space.grid(MOE, 4))
+# The MoE space's conditions (TP x DP = GPUs, EP and encoder mode only with TP > 1): tests/test_moe.py.
 
 
 def test_tp_choices_filtered_by_gpu_count():
