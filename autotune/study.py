@@ -9,7 +9,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,11 @@ import optuna
 
 from autotune.errors import EngineStartError, UsageError
 from autotune.jsonsafe import json_safe
-from autotune.loadsearch import LoadSearchConfig
-from autotune.metrics import LATENCY_METRICS, BenchResult
+from autotune.metrics import BenchResult
 from autotune.models import ModelSpec
 from autotune.progress import NULL_SINK, Event, ProgressSink
 from autotune.selection import Candidate, Measurement, Selection, select_winner
 from autotune.space import SearchSpace
-from autotune.storage import redact_url
 from autotune.trial import TrialOutcome, TrialSettings, measure_once, run_trial
 
 __all__ = ["StudyConfig", "StudyOutcome", "run_study", "BASELINES", "baseline_flags", "trial_record",

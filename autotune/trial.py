@@ -142,7 +142,7 @@ def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, 
         outcome.startup = _as_dict(server.startup)
         sink(Event("engine_ready", {"startup": outcome.startup}))
         engine_ready = time.perf_counter()
-        ceiling = _concurrency_ceiling(settings, flags, outcome.startup)
+        ceiling = _concurrency_ceiling(flags)
         cfg = LoadSearchConfig(**{**settings.search.__dict__, "max_concurrency": min(settings.search.max_concurrency,
                                                                                        ceiling)})
         result: LoadSearchResult = search_load(_measure_fn(settings, server, served_name), cfg, sink)
@@ -181,7 +181,7 @@ def measure_once(settings: TrialSettings, flags: dict[str, Any], concurrency: in
         return _measure_fn(settings, server, served_name)(concurrency)
 
 
-def _concurrency_ceiling(settings: TrialSettings, flags: dict[str, Any], startup: dict[str, Any]) -> int:
+def _concurrency_ceiling(flags: dict[str, Any]) -> int:
     """More concurrent requests than the engine runs at once (max-num-seqs x DP) only queue."""
     max_seqs = int(flags.get("max-num-seqs") or 1024)
     dp = int(flags.get("data-parallel-size") or 1)

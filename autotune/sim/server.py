@@ -36,7 +36,7 @@ from autotune.models import resolve_model
 from autotune.sim.args import ServeArgs
 from autotune.sim.engine import EngineSetup, setup_engine
 from autotune.sim.scheduler import Scheduler
-from autotune.sim.startup import failure_lines, log_line, startup_report
+from autotune.sim.startup import failure_lines, startup_report
 
 __all__ = ["serve_main", "SimServer", "estimate_text_tokens", "png_size"]
 
