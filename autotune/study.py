@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -201,7 +202,9 @@ class _StopRules:
 
 
 def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage, sink: ProgressSink = NULL_SINK) -> StudyOutcome:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna logs an interrupted or crashed trial's traceback as a warning: our one-line errors say it instead.
+    optuna.logging.set_verbosity(optuna.logging.WARNING if os.environ.get("AUTOTUNE_DEBUG") == "1"
+                                 else optuna.logging.ERROR)
     study = open_study(cfg, storage)
     _enqueue_baselines(study, cfg)
     start = time.monotonic()
