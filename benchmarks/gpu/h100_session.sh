@@ -1,0 +1,39 @@
+#!/bin/bash
+# The real H100 measurements of one device session on a 2-GPU machine (nvidia-h100-x2), as background jobs
+# that outlive a single 10-minute `run` call (started with setsid; they run until the machine goes back):
+#   GPU 0: the study `h100-flash` (benchmarks/gpu/h100_flash_study.sh).
+#   GPU 1: our bench vs `vllm bench serve` (benchmarks/gpu/agreement_rounds.sh), then `h100-flash-replica`,
+#          the same study settings on the other card: independent re-measurements of the same configurations.
+# Each GPU's server processes use their own vLLM compile cache (VLLM_CACHE_ROOT), so no two compilations race.
+#   bash benchmarks/gpu/h100_session.sh start TOTAL_S     # launch both; everything ends by TOTAL_S
+#   bash benchmarks/gpu/h100_session.sh collect [WAIT_S]  # after WAIT_S (or when all ended), copy results to $OUT
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+study_opts=(--trials 20 --top-k 0 --repeats 0 --workload random:1024:512:0.5 --start-concurrency 32
+            --prompts-per-level 2 --try "$here/h100_try.yaml")
+case "$1" in
+start)
+  total_s=$2
+  echo $(( $(date +%s) + total_s )) > /tmp/st/deadline
+  (cd "$here/../.." && CUDA_VISIBLE_DEVICES=0 VLLM_CACHE_ROOT=/tmp/st/vcache0 STUDY=h100-flash \
+     setsid bash benchmarks/gpu/h100_flash_study.sh "$total_s" "${study_opts[@]}" > /tmp/st/gpu0.out 2>&1 &)
+  (cd "$here/../.." && export CUDA_VISIBLE_DEVICES=1 VLLM_CACHE_ROOT=/tmp/st/vcache1 STUDY=h100-flash-replica &&
+     setsid bash -c "timeout -k 20 480 bash benchmarks/gpu/agreement_rounds.sh 3 8011;
+       bash benchmarks/gpu/h100_flash_study.sh \$(( \$(cat /tmp/st/deadline) - \$(date +%s) )) ${study_opts[*]} --seed 1" \
+     > /tmp/st/gpu1.out 2>&1 &)
+  sleep 2; pgrep -af "autotune|agreement" | head ;;
+collect)
+  end=$(( $(date +%s) + ${2:-0} ))
+  while [ "$(date +%s)" -lt "$end" ] && pgrep -f "h100_flash_study|agreement_rounds" >/dev/null; do sleep 5; done
+  for s in h100-flash h100-flash-replica; do
+    d=/tmp/st/$s; [ -d "$d" ] || continue; mkdir -p "$OUT/$s"
+    [ -f "$d/study.db" ] && python3 -c "import sqlite3,sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))" \
+      "$d/study.db" "$OUT/$s/study.db"
+    cp "$d/run.log" "$OUT/$s/" 2>/dev/null; tar czf "$OUT/$s/studies.tgz" -C "$d" studies 2>/dev/null
+  done
+  [ -d /tmp/st/agreement ] && cp -r /tmp/st/agreement "$OUT/"
+  cp /tmp/st/gpu0.out /tmp/st/gpu1.out "$OUT/" 2>/dev/null
+  { date; nvidia-smi --query-gpu=index,memory.used --format=csv; ps -eo pid,etimes,args | grep -E "vllm|autotune|bench" |
+    grep -v grep; } > "$OUT/state.txt" 2>&1
+  tail -4 /tmp/st/gpu0.out /tmp/st/gpu1.out 2>/dev/null; cat "$OUT/state.txt" | head -20 ;;
+esac
