@@ -172,13 +172,15 @@ def _feasible(t: optuna.trial.FrozenTrial) -> bool:
 
 class _StopRules:
     """Stagnation and a deadline that leaves room for the next trial (Optuna checks timeout only between
-    trials, so a trial that starts late would overrun)."""
+    trials, so a trial that starts late would overrun). The next trial is assumed to take as long as the
+    longest so far, counting those of earlier runs of a resumed study: on the H100 a median let a slow trial
+    start that then ran past the deadline."""
 
-    def __init__(self, patience: int, deadline: float | None) -> None:
+    def __init__(self, patience: int, deadline: float | None, earlier_durations: list[float] = ()) -> None:
         self.patience = patience
         self.deadline = deadline
         self.reason = ""
-        self.durations: list[float] = []
+        self.durations: list[float] = list(earlier_durations)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.user_attrs.get("trial_wall_s"):
@@ -194,11 +196,13 @@ class _StopRules:
         if self.patience and since >= self.patience and best > 0:
             self.reason = f"stagnation: no 1% gain in {since} trials"
             study.stop()
-        elif self.deadline is not None and self.durations:
-            typical = sorted(self.durations)[len(self.durations) // 2]
-            if time.monotonic() + typical > self.deadline:
-                self.reason = "timeout"
-                study.stop()
+        elif self.would_overrun():
+            self.reason = "timeout"
+            study.stop()
+
+    def would_overrun(self) -> bool:
+        return self.deadline is not None and bool(self.durations) and \
+            time.monotonic() + max(self.durations) > self.deadline
 
 
 def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage, sink: ProgressSink = NULL_SINK) -> StudyOutcome:
@@ -213,8 +217,12 @@ def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage, sink: Prog
     sink(Event("study_started", {"study": cfg.study_name, "n_trials": cfg.n_trials, "timeout_s": cfg.timeout_s,
                                  "existing_trials": before, "engine": cfg.settings.engine,
                                  "metric": cfg.settings.search.metric, "limit_ms": cfg.settings.search.limit_ms}))
-    rules = _StopRules(cfg.patience, deadline)
-    if cfg.n_trials > 0:
+    earlier = [float(t.user_attrs["trial_wall_s"]) for t in study.get_trials(deepcopy=False)
+               if t.user_attrs.get("trial_wall_s")]
+    rules = _StopRules(cfg.patience, deadline, earlier)
+    if rules.would_overrun():  # a resumed study whose earlier trials show the next one cannot fit
+        rules.reason = "timeout"
+    elif cfg.n_trials > 0:
         study.optimize(_objective(cfg, sink), n_trials=cfg.n_trials, timeout=cfg.timeout_s, callbacks=[rules],
                        catch=(), gc_after_trial=False)
     ran = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) - before

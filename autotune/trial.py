@@ -43,7 +43,10 @@ class TrialSettings:
     prompts_per_level: float = 3.0  # measured prompts = this x concurrency, within the bounds below
     min_prompts: int = 32
     max_prompts: int = 1500
-    warmup_factor: float = 0.5  # warm-up prompts (excluded from figures) = this x concurrency
+    # Warm-up prompts (excluded from figures) = this x concurrency: the whole first wave. Its prefills queue
+    # behind each other (on the H100, ~30 prompts of 1k tokens a second), and with 0.5 x C half of them were
+    # measured: that transient alone set every trial's P99 TTFT knee (benchmarks/first_wave.py).
+    warmup_factor: float = 1.0
     ramp_s: float = 2.0  # first wave spread over this many modelled seconds (no synchronized start)
     request_timeout_s: float = 600.0
     extra_env: dict[str, str] = field(default_factory=dict)

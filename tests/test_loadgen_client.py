@@ -151,3 +151,60 @@ def test_parser_handles_crlf_comments_and_fragments() -> None:
 def test_plain_token_fast_path(payload: bytes, chat: bool, token: bool) -> None:
     from autotune.loadgen.client import _plain_token
     assert _plain_token(payload, chat) is token
+
+
+def _random_stream(rng, chat: bool) -> bytes:
+    """A vLLM-like SSE stream with the awkward cases: texts holding `data:`, quotes, `"usage":{`; empty texts
+    mid-stream; compact and spaced JSON; a non-empty final chunk; usage; [DONE]."""
+    import json
+    texts = ["a", " data: x", 'say "text":"y"', '"usage":{', "", "\\n", "}\n\n", "ü"]
+    sep = rng.choice([(",", ":"), (", ", ": ")])
+    events = []
+    if chat:
+        events.append({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+    for _ in range(rng.randrange(1, 40)):
+        text = rng.choice(texts)
+        events.append({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]} if chat else
+                      {"choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": None}],
+                       "usage": None})
+    last = rng.choice(["", "end"])
+    events.append({"choices": [{"index": 0, "delta": {"content": last}, "finish_reason": "length"}]} if chat else
+                  {"choices": [{"index": 0, "text": last, "finish_reason": "length"}]})
+    events.append({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": len(events)}})
+    body = b"".join(b"data: " + json.dumps(e, separators=sep).encode() + b"\n\n" for e in events)
+    return body + b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_fast_path_counts_what_the_full_parse_counts(monkeypatch, chat: bool) -> None:
+    """Fed in random splits, the stream gives the same token times with the counting fast path as with the
+    per-line parse alone."""
+    import random
+
+    import autotune.loadgen.client as client
+    rng = random.Random(7)
+    for _ in range(300):
+        body = _random_stream(rng, chat)
+        cuts = sorted(rng.sample(range(1, len(body)), min(len(body) - 1, rng.randrange(0, 12))))
+        parts = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)])]
+
+        def times(fast: bool) -> tuple[list[float], int | None, bool]:
+            if not fast:
+                monkeypatch.setattr(client, "_plain_token_prefix", lambda body, chat: (0, 0))
+            stream = client._Stream(chat=chat)
+            for i, part in enumerate(parts):
+                if stream.feed(part, float(i)):
+                    break
+            monkeypatch.undo()
+            return stream.times, stream.usage_out, stream.done
+        assert times(True) == times(False)
+
+
+def test_fast_path_takes_leading_token_events_and_leaves_the_rest() -> None:
+    from autotune.loadgen.client import _plain_token_prefix
+    tok = b'data: {"choices":[{"index":0,"text":"hi","finish_reason":null}]}\n\n'
+    end = b'data: {"choices":[{"index":0,"text":"","finish_reason":"length"}]}\n\ndata: [DONE]\n\n'
+    assert _plain_token_prefix(tok * 3 + end, chat=False) == (3, 3 * len(tok))
+    assert _plain_token_prefix(tok.replace(b'"hi"', b'"data: x"'), chat=False) == (0, 0)  # left to the parse
+    assert _plain_token_prefix(tok[:-1], chat=False) == (0, 0)  # incomplete event
+    assert _plain_token_prefix(b": ping\n\n" + tok, chat=False) == (0, 0)

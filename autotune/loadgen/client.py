@@ -152,9 +152,16 @@ class _Stream:
     def feed(self, data: bytes, now: float) -> bool:
         """Consume bytes read at ``now``; True when the stream is over (``[DONE]`` or an error)."""
         buf = self.buf + data if self.buf else data
-        lines = buf.split(b"\n")
-        self.buf = lines.pop()  # incomplete tail (b"" when the read ended on a newline)
-        for line in lines:
+        end = buf.rfind(b"\n") + 1
+        if not end:
+            self.buf = buf
+            return False
+        body, self.buf = buf[:end], buf[end:]  # complete lines; the incomplete tail waits for the next read
+        tokens, plain_end = _plain_token_prefix(body, self.chat)
+        if tokens:  # fast path: ordinary token chunks, counted without parsing (one timestamp per read)
+            self.times.extend([now] * tokens)
+            body = body[plain_end:]
+        for line in body.split(b"\n"):
             if not line.startswith(b"data:"):
                 continue  # blank separators, ": ping" comments, event:/id:/retry: fields
             payload = line[5:].strip()
@@ -226,6 +233,30 @@ class _Stream:
         return RequestOutput(success=True, prompt_tokens=prompt_tokens, output_tokens=out_tokens,
                              ttft_s=(t[0] - st) * time_scale, itl_s=itl, e2el_s=(t[-1] - st) * time_scale,
                              start_s=start_s), False
+
+
+_SPECIAL = (b'"finish_reason":"', b'"finish_reason": "', b'"usage":{', b'"usage": {', b"[DONE]", b'"sim_',
+            b'"error"', b'"role"')
+
+
+def _plain_token_prefix(body: bytes, chat: bool) -> tuple[int, int]:
+    """``(events, end)``: ``body[:end]`` is exactly ``events`` SSE events ``data: {...}\\n\\n``, each an ordinary
+    token chunk (non-empty text; no finish reason, usage, error, role or sim stamps), as far as can be told
+    by counting bytes; ``(0, 0)`` when it cannot, and the per-line path decides. Counting is sound for the
+    reason given in ``_plain_token``: inside a JSON string quotes are escaped, so ``"text":"`` occurs only
+    as the key, once per event. The events after ``end`` (a stream's last ones) take the per-line path."""
+    keys = (b'"content":"', b'"content": "') if chat else (b'"text":"', b'"text": "')
+    cut = min((i for m in (*_SPECIAL, keys[0] + b'"', keys[1] + b'"') if (i := body.find(m)) >= 0), default=-1)
+    if cut >= 0:
+        body = body[:body.rfind(b"\n\n", 0, cut) + 2]
+        if len(body) < 2:
+            return 0, 0
+    events = body.count(b"\n\ndata:") + 1
+    if not body.startswith(b"data:") or not body.endswith(b"\n\n") or body.count(b"\n") != 2 * events \
+            or body.count(b"data:") != events or body.count(b"}\n\n") != events \
+            or body.count(keys[0]) + body.count(keys[1]) != events:
+        return 0, 0
+    return events, len(body)
 
 
 def _plain_token(payload: bytes, chat: bool) -> bool:
