@@ -7,6 +7,7 @@ __all__ = [
     "NoFeasibleConfigError",
     "EngineStartError",
     "StorageError",
+    "Stopped",
 ]
 
 
@@ -40,3 +41,12 @@ class EngineStartError(AutotuneError):
         super().__init__(message)
         self.failure_class = failure_class
         self.log_tail = log_tail
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM/SIGHUP arrived during a trial. A KeyboardInterrupt so that Optuna records the trial as FAIL
+    (it leaves one that ends in SystemExit RUNNING forever); ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(f"stopped by signal {exit_code - 128}")
+        self.exit_code = exit_code

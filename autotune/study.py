@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 
-from autotune.errors import EngineStartError, UsageError
+from autotune.errors import EngineStartError, Stopped, UsageError
 from autotune.jsonsafe import json_safe
 from autotune.metrics import BenchResult
 from autotune.models import ModelSpec
@@ -149,7 +149,10 @@ def _objective(cfg: StudyConfig, sink: ProgressSink):
         name = f"autotune-{cfg.study_name}-{trial.number}"
         sink(Event("trial_started", {"number": trial.number, "flags": flags, "baseline": baseline}))
         started = time.perf_counter()
-        outcome = run_trial(cfg.settings, flags, name, trial_dir / "server.log", sink)
+        try:
+            outcome = run_trial(cfg.settings, flags, name, trial_dir / "server.log", sink)
+        except SystemExit as e:  # SIGTERM/SIGHUP (the launcher's handler); the server is already down
+            raise Stopped(e.code if isinstance(e.code, int) else 143) from e
         record = trial_record(outcome, limit)
         record["trial_wall_s"] = time.perf_counter() - started
         for key, value in record.items():
@@ -210,6 +213,11 @@ def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage, sink: Prog
     optuna.logging.set_verbosity(optuna.logging.WARNING if os.environ.get("AUTOTUNE_DEBUG") == "1"
                                  else optuna.logging.ERROR)
     study = open_study(cfg, storage)
+    # A trial left RUNNING by a killed run (no heartbeat for the grace period) is failed now, so that an
+    # interrupted baseline is queued again instead of counting as done.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     _enqueue_baselines(study, cfg)
     start = time.monotonic()
     deadline = start + cfg.timeout_s if cfg.timeout_s else None

@@ -1,4 +1,5 @@
-"""Ctrl-C during `autotune run`: the server is torn down, exit 130, what was recorded stays, a rerun resumes."""
+"""Ctrl-C or SIGTERM during `autotune run`: the server is torn down, exit 130 / 143, the interrupted trial is
+recorded as failed (not left running), what was recorded stays, and a rerun resumes."""
 from __future__ import annotations
 
 import os
@@ -23,7 +24,8 @@ def _children_of(pid: int) -> list[int]:
     return kids
 
 
-def test_sigint_tears_down_and_resume_keeps_trials(tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_tears_down_and_resume_keeps_trials(tmp_path, sig, code):
     url = f"sqlite:///{tmp_path}/s.db"
     cmd = [sys.executable, "-m", "autotune", "run", "--model", "flash", "--engine", "sim", "--p99-ms", "500",
            "--storage", url, "--study", "ctrlc", "--trials", "50", "--workload", "random:256:32",
@@ -44,9 +46,9 @@ def test_sigint_tears_down_and_resume_keeps_trials(tmp_path):
             server_pid = kids[0]
             break
     assert server_pid is not None, "no trial finished in time"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "Traceback" not in err
     time.sleep(0.5)
     with pytest.raises(ProcessLookupError):
@@ -54,6 +56,8 @@ def test_sigint_tears_down_and_resume_keeps_trials(tmp_path):
     study = optuna.load_study(study_name="ctrlc", storage=url)
     kept = [t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert kept
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert study.trials[-1].state == optuna.trial.TrialState.FAIL  # the interrupted one
     # Resume: the completed trials stay, new ones are added.
     rerun = subprocess.run([*cmd[:cmd.index("--trials")], "--trials", "1", *cmd[cmd.index("--trials") + 2:],
                             "--json"], capture_output=True, text=True, cwd=tmp_path, timeout=300)

@@ -44,12 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, standalone_mode=False, prog_name="autotune")
         return 0
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:  # click turns KeyboardInterrupt into Abort
         click.echo("autotune: interrupted", err=True)
-        return 130
-    except KeyboardInterrupt:
+        return getattr(e.__cause__ or e.__context__, "exit_code", 130)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP during a trial (errors.Stopped: 128 + signal)
         click.echo("autotune: interrupted", err=True)
-        return 130
+        return getattr(e, "exit_code", 130)
     except click.exceptions.Exit as e:
         return int(e.exit_code)
     except click.ClickException as e:  # usage errors: one line, exit 2
