@@ -4,12 +4,16 @@
 # prompts from the model's tokenizer, fixed lengths, ignore_eos), same protocol (concurrency 64, 256 prompts,
 # synchronized start, no warm-up), server-default temperature. Every run has its own seed, so no run sees
 # prompts an earlier one sent (vLLM's prefix cache stays cold). Results in $OUT/agreement/.
-#   [CUDA_VISIBLE_DEVICES=i] bash benchmarks/gpu/agreement_rounds.sh [ROUNDS] [PORT]
+# With RATE, both tools send open-loop Poisson arrivals at RATE requests/s instead (a TTFT that is a property
+# of the server, not of a synchronized wave): `--rate` in ours, `--request-rate` in vLLM's.
+#   [CUDA_VISIBLE_DEVICES=i] bash benchmarks/gpu/agreement_rounds.sh [ROUNDS] [PORT] [RATE]
 # Summarise here with: python3 benchmarks/gpu/agreement_table.py DIR
 set -uo pipefail
 . /tmp/st/env.sh
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-rounds=${1:-3}; port=${2:-8011}
+rounds=${1:-3}; port=${2:-8011}; rate=${3:-}
+if [ -n "$rate" ]; then ours_load=(--rate "$rate"); vllm_load=(--request-rate "$rate" --burstiness 1.0)
+else ours_load=(--concurrency 64); vllm_load=(--max-concurrency 64); fi
 out=/tmp/st/agreement; mkdir -p "$out"
 setsid vllm serve /tmp/model --load-format dummy --port "$port" --served-model-name m > "$out/server.log" 2>&1 &
 srv=$!
@@ -18,14 +22,14 @@ trap cleanup EXIT; trap "exit 143" TERM INT
 for i in $(seq 200); do curl -sf "localhost:$port/health" >/dev/null && break; sleep 2; done
 echo "server ready after ~$((i * 2)) s" | tee "$out/times.txt"
 for r in $(seq "$rounds"); do
-  t0=$(date +%s.%N)
+  t0=$(date +%s)
   python3 -m autotune bench --url "http://127.0.0.1:$port" --model m --workload random:1024:512 --tokenizer /tmp/model \
-    --concurrency 64 --num-prompts 256 --seed "$r" --scrape-metrics --json > "$out/ours-$r.json" 2> "$out/ours-$r.err"
-  t1=$(date +%s.%N)
+    "${ours_load[@]}" --num-prompts 256 --seed "$r" --scrape-metrics --json > "$out/ours-$r.json" 2> "$out/ours-$r.err"
+  t1=$(date +%s)
   vllm bench serve --backend vllm --base-url "http://127.0.0.1:$port" --model m --tokenizer /tmp/model \
-    --dataset-name random --random-input-len 1024 --random-output-len 512 --num-prompts 256 --max-concurrency 64 \
+    --dataset-name random --random-input-len 1024 --random-output-len 512 --num-prompts 256 "${vllm_load[@]}" \
     --ignore-eos --seed "$((100 + r))" --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,90,95,99 \
     --save-result --result-dir "$out" --result-filename "vllm-$r.json" > "$out/vllm-$r.log" 2>&1
-  t2=$(date +%s.%N)
-  echo "round $r: ours $(echo "$t1 - $t0" | bc) s, vllm $(echo "$t2 - $t1" | bc) s" | tee -a "$out/times.txt"
+  t2=$(date +%s)
+  echo "round $r: ours $((t1 - t0)) s, vllm $((t2 - t1)) s" | tee -a "$out/times.txt"
 done

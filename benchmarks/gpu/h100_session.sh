@@ -2,15 +2,18 @@
 # The real H100 measurements of one device session on a 2-GPU machine (nvidia-h100-x2), as background jobs
 # that outlive a single 10-minute `run` call (started with setsid; they run until the machine goes back):
 #   GPU 0: the study `h100-flash` (benchmarks/gpu/h100_flash_study.sh).
-#   GPU 1: our bench vs `vllm bench serve` (benchmarks/gpu/agreement_rounds.sh), then `h100-flash-replica`,
+#   GPU 1: our bench vs `vllm bench serve` (benchmarks/gpu/agreement_rounds.sh; Poisson arrivals at
+#          AGREEMENT_RATE requests/s, default 6; empty: session 2's closed loop at 64), then `h100-flash-replica`,
 #          the same study settings on the other card: independent re-measurements of the same configurations.
 # Each GPU's server processes use their own vLLM compile cache (VLLM_CACHE_ROOT), so no two compilations race.
 #   bash benchmarks/gpu/h100_session.sh start TOTAL_S     # launch both; everything ends by TOTAL_S
 #   bash benchmarks/gpu/h100_session.sh collect [WAIT_S]  # after WAIT_S (or when all ended), copy results to $OUT
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-study_opts=(--trials 20 --top-k 0 --repeats 0 --workload random:1024:512:0.5 --start-concurrency 32
-            --prompts-per-level 2 --try "$here/h100_try.yaml")
+# Session 2 ran with --start-concurrency 32 --prompts-per-level 2 and a 0.5 x C warm-up; with the whole first
+# wave as warm-up (now) levels are longer and the knee higher, hence 64 and 1.5.
+study_opts=(--trials 20 --top-k 0 --repeats 0 --workload random:1024:512:0.5 --start-concurrency 64
+            --prompts-per-level 1.5 --try "$here/h100_try.yaml")
 case "$1" in
 start)
   total_s=$2
@@ -18,7 +21,7 @@ start)
   (cd "$here/../.." && CUDA_VISIBLE_DEVICES=0 VLLM_CACHE_ROOT=/tmp/st/vcache0 STUDY=h100-flash \
      setsid bash benchmarks/gpu/h100_flash_study.sh "$total_s" "${study_opts[@]}" > /tmp/st/gpu0.out 2>&1 &)
   (cd "$here/../.." && export CUDA_VISIBLE_DEVICES=1 VLLM_CACHE_ROOT=/tmp/st/vcache1 STUDY=h100-flash-replica &&
-     setsid bash -c "timeout -k 20 480 bash benchmarks/gpu/agreement_rounds.sh 3 8011;
+     setsid bash -c "timeout -k 20 540 bash benchmarks/gpu/agreement_rounds.sh 3 8011 \${AGREEMENT_RATE-6};
        bash benchmarks/gpu/h100_flash_study.sh \$(( \$(cat /tmp/st/deadline) - \$(date +%s) )) ${study_opts[*]} --seed 1" \
      > /tmp/st/gpu1.out 2>&1 &)
   sleep 2; pgrep -af "autotune|agreement" | head ;;
