@@ -76,6 +76,8 @@ def build_profile(study: optuna.Study, cfg: Any, selection: Selection) -> dict[s
         "flags": winner.flags,
         "vllm_serve_cmd": winner.vllm_serve_cmd,
         "concurrency": winner.concurrency,
+        # load levels whose re-measurement broke the limit (the search's knee was marginal there)
+        "stepped_down_from": winner.stepped_down_from,
         "metrics": {
             "output_tok_s": stats,
             f"p99_{s.search.metric}_ms": {"mean": stats["p99_mean_ms"], "max": stats["p99_max_ms"], "values": p99},

@@ -29,6 +29,19 @@ class Candidate:
     vllm_serve_cmd: str = ""
     repeats: list[Measurement] = field(default_factory=list)
     failure: str = ""  # why a re-measurement failed
+    # The trial's other feasible load levels below ``concurrency``, highest first: (concurrency, tok/s, P99).
+    # A re-measurement over the limit steps down to the next one (the knee was marginal).
+    lower_levels: list[tuple[int, float, float]] = field(default_factory=list)
+    stepped_down_from: list[int] = field(default_factory=list)
+
+    def step_down(self) -> bool:
+        """Move to the next lower feasible level, dropping the re-measurements made at this one."""
+        if not self.lower_levels or self.concurrency is None:
+            return False
+        self.stepped_down_from.append(self.concurrency)
+        self.concurrency, self.search_output_tok_s, self.search_p99_ms = self.lower_levels.pop(0)
+        self.repeats = []
+        return True
 
     def measurements(self) -> list[Measurement]:
         """Re-measurements when there are any, else the search's own figure."""

@@ -277,6 +277,10 @@ def _candidate(t: optuna.trial.FrozenTrial) -> Candidate:
                   baseline=a.get("baseline", ""), vllm_serve_cmd=a.get("vllm_serve_cmd", ""))
     if not a.get("feasible"):
         c.concurrency = None  # SLO-meeting throughput is 0: nothing to re-measure
+        return c
+    c.lower_levels = sorted(((int(lv["concurrency"]), float(lv["output_tok_s"]), float(lv["p99_ms"]))
+                             for lv in a.get("levels") or []
+                             if lv.get("feasible") and int(lv["concurrency"]) < int(c.concurrency)), reverse=True)
     return c
 
 
@@ -290,10 +294,14 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
     stored: dict[str, Any] = study.user_attrs.get("remeasurements", {})
     for cand in candidates:
         key = str(cand.trial_number)
-        previous = [Measurement(m["output_tok_s"] if m["output_tok_s"] is not None else math.nan,
-                                m["p99_ms"] if m["p99_ms"] is not None else math.nan, m.get("metrics") or {})
-                    for m in stored.get(key, [])]
-        cand.repeats = previous
+        entry = stored.get(key) or {}
+        if isinstance(entry, list):  # the format before step-downs: repeats at the trial's own level
+            entry = {"repeats": entry}
+        for _ in entry.get("stepped_down_from", []):  # replay a resumed study's step-downs
+            cand.step_down()
+        cand.repeats = [Measurement(m["output_tok_s"] if m["output_tok_s"] is not None else math.nan,
+                                    m["p99_ms"] if m["p99_ms"] is not None else math.nan, m.get("metrics") or {})
+                        for m in entry.get("repeats", [])]
         if cand.concurrency is None or cfg.repeats <= 0:
             continue
         while len(cand.repeats) < cfg.repeats:
@@ -311,11 +319,16 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
                 cand.failure = f"{e.failure_class}: {e}"
                 m = Measurement(math.nan, math.nan, {"failure_class": e.failure_class})
             cand.repeats.append(m)
-            stored[key] = [json_safe({"output_tok_s": x.output_tok_s, "p99_ms": x.p99_ms, "metrics": x.metrics})
-                           for x in cand.repeats]
-            study.set_user_attr("remeasurements", stored)
             sink(Event("remeasured", {"trial": cand.trial_number, "output_tok_s": m.output_tok_s,
                                       "p99_ms": m.p99_ms, "limit_ms": limit}))
+            if m.p99_ms > limit and cand.step_down():  # marginal knee: the next lower level of the search
+                sink(Event("remeasure_step_down", {"trial": cand.trial_number, "concurrency": cand.concurrency,
+                                                   "from_concurrency": cand.stepped_down_from[-1]}))
+            stored[key] = json_safe({
+                "concurrency": cand.concurrency, "stepped_down_from": cand.stepped_down_from,
+                "repeats": [{"output_tok_s": x.output_tok_s, "p99_ms": x.p99_ms, "metrics": x.metrics}
+                            for x in cand.repeats]})
+            study.set_user_attr("remeasurements", stored)
     selection = select_winner(candidates, limit, cfg.noise_floor)
     study.set_user_attr("selection", json_safe({
         "winner_trial": selection.winner.trial_number if selection.winner else None,

@@ -82,7 +82,7 @@ class TrialOutcome:
         return 10.0 * limit_ms
 
 
-def level_load_config(settings: TrialSettings, concurrency: int) -> LoadConfig:
+def level_load_config(settings: TrialSettings, concurrency: int, records_path: Path | None = None) -> LoadConfig:
     n = int(min(settings.max_prompts, max(settings.min_prompts, settings.prompts_per_level * concurrency)))
     warmup = int(max(1, settings.warmup_factor * concurrency))
     return LoadConfig(
@@ -92,6 +92,7 @@ def level_load_config(settings: TrialSettings, concurrency: int) -> LoadConfig:
         request_timeout_s=max(settings.request_timeout_s / max(settings.time_scale, 1e-9),
                               min(settings.request_timeout_s, 120.0)),
         scrape_metrics=True, time_scale=settings.time_scale, steady_state=True,
+        records_path=str(records_path) if records_path else None,
     )
 
 
@@ -104,14 +105,17 @@ def _launch_spec(settings: TrialSettings, flags: dict[str, Any], name: str, log_
     )
 
 
-def _measure_fn(settings: TrialSettings, server: EngineServer, name: str):
+def _measure_fn(settings: TrialSettings, server: EngineServer, name: str, records_dir: Path):
     """Each level on a server gets prompts it has not seen: reusing them would hit vLLM's prefix cache and
-    make later levels look faster (seen on the H100). The stream stays deterministic for the seed."""
+    make later levels look faster (seen on the H100). The stream stays deterministic for the seed. Every
+    level's requests are kept in ``records_dir`` (``NN-cC.jsonl.gz``)."""
     used = 0
+    levels = 0
 
     def measure(concurrency: int) -> BenchResult:
-        nonlocal used
-        cfg = level_load_config(settings, concurrency)
+        nonlocal used, levels
+        cfg = level_load_config(settings, concurrency, records_dir / f"{levels:02d}-c{concurrency}.jsonl.gz")
+        levels += 1
         total = cfg.warmup_prompts + cfg.num_prompts
         requests = settings.workload.requests(used + total)[used:]
         used += total
@@ -148,7 +152,7 @@ def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, 
         ceiling = _concurrency_ceiling(flags)
         cfg = LoadSearchConfig(**{**settings.search.__dict__, "max_concurrency": min(settings.search.max_concurrency,
                                                                                        ceiling)})
-        result: LoadSearchResult = search_load(_measure_fn(settings, server, served_name), cfg, sink)
+        result: LoadSearchResult = search_load(_measure_fn(settings, server, served_name, log_path.parent / "levels"), cfg, sink)
         outcome.load_wall_s = time.perf_counter() - engine_ready
         if not server.alive():
             outcome.failure_class, outcome.failure_reason = "crash", "the server died during the load search"
@@ -181,7 +185,7 @@ def measure_once(settings: TrialSettings, flags: dict[str, Any], concurrency: in
                  log_path: Path) -> BenchResult:
     """A fresh server and one load level (re-measurement of a candidate). Raises EngineStartError."""
     with EngineServer(_launch_spec(settings, flags, served_name, log_path)) as server:
-        return _measure_fn(settings, server, served_name)(concurrency)
+        return _measure_fn(settings, server, served_name, log_path.parent / "levels")(concurrency)
 
 
 def _concurrency_ceiling(flags: dict[str, Any]) -> int:

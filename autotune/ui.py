@@ -119,6 +119,9 @@ class StudyView:
             line = self.status
         elif event.kind == "remeasured":
             line = f"  re-measured: {_fmt(d['output_tok_s'])} tok/s, p99 {_fmt(d['p99_ms'])} ms"
+        elif event.kind == "remeasure_step_down":
+            line = (f"  over the limit at concurrency {d['from_concurrency']}: re-measuring trial {d['trial']} "
+                    f"at its next lower level, {d['concurrency']}")
         else:
             return
         self.console.print(f"{stamp} {line}", highlight=False, soft_wrap=True)

@@ -84,3 +84,24 @@ def test_wrong_model_exits_2(server: FakeServer, capsys: pytest.CaptureFixture[s
 def test_nan_to_none() -> None:
     assert nan_to_none({"a": float("nan"), "b": [1.0, float("inf")], "c": "x"}) == {"a": None, "b": [1.0, None],
                                                                                     "c": "x"}
+
+
+@pytest.mark.parametrize("name", ["requests.jsonl", "requests.jsonl.gz"])
+def test_records_every_request_with_warmup_flagged(server: FakeServer, capsys: pytest.CaptureFixture[str],
+                                                   tmp_path, name: str) -> None:
+    import gzip
+    server.configure(ttft_ms=30, itl_ms=5)
+    path = tmp_path / "out" / name
+    code = main(_bench(server, "--concurrency", "3", "--num-prompts", "7", "--warmup", "2", "--records", str(path),
+                       "--json"))
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    text = (gzip.open(path, "rt") if name.endswith(".gz") else open(path)).read()
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert [r["i"] for r in rows] == list(range(9)) and [r["warmup"] for r in rows] == [True] * 2 + [False] * 7
+    measured = [r for r in rows if not r["warmup"]]
+    assert all(r["ok"] and r["output_tokens"] == 4 for r in rows)
+    assert all(30 <= r["ttft_ms"] < 200 and r["itl_max_ms"] >= 4 and r["e2el_ms"] > r["ttft_ms"] for r in rows)
+    # the summary's percentiles come from exactly the measured records
+    import numpy as np
+    assert np.percentile([r["ttft_ms"] for r in measured], 50) == pytest.approx(data["ttft_ms"]["p50"], rel=1e-3)

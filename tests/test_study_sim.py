@@ -34,6 +34,9 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
     assert profile["study"]["storage"] == url
     trial_logs = list((tmp_path / "studies" / "e2e" / "trials").glob("*/server.log"))
     assert len(trial_logs) >= 2 and "GPU KV cache size" in trial_logs[0].read_text()
+    levels0 = sorted((tmp_path / "studies" / "e2e" / "trials" / "0" / "levels").glob("*.jsonl.gz"))
+    assert levels0 and levels0[0].name.startswith("00-c")  # every level's requests are kept
+    assert list((tmp_path / "studies" / "e2e" / "remeasure").glob("*/levels/00-c*.jsonl.gz"))
 
     study = optuna.load_study(study_name="e2e", storage=url)
     first = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -7,11 +7,13 @@ from autotune.models import PRESETS
 from autotune import trial as trial_mod
 
 
-def test_levels_on_one_server_never_reuse_prompts(monkeypatch):
+def test_levels_on_one_server_never_reuse_prompts(monkeypatch, tmp_path):
     seen: list[list] = []
+    records: list[str] = []
 
     def fake_run_bench(url, name, requests, cfg):
         seen.append([tuple(r.prompt) for r in requests])
+        records.append(cfg.records_path)
         from autotune.metrics import summarize
         return summarize([], 1.0)
 
@@ -19,9 +21,12 @@ def test_levels_on_one_server_never_reuse_prompts(monkeypatch):
     settings = trial_mod.TrialSettings(engine="sim", model=PRESETS["flash"], gpu=load_gpu("h100"), gpus=1,
                                        workload=parse_workload("random:16:4", seed=3),
                                        search=LoadSearchConfig(metric="ttft", limit_ms=500))
-    measure = trial_mod._measure_fn(settings, server=type("S", (), {"url": "http://x"})(), name="m")
+    measure = trial_mod._measure_fn(settings, server=type("S", (), {"url": "http://x"})(), name="m",
+                                  records_dir=tmp_path / "levels")
     for c in (8, 16, 8):
         measure(c)
     flat = [p for level in seen for p in level]
     assert len(flat) == len(set(flat))  # no prompt twice, not even at the same concurrency again
     assert seen[0] == [tuple(r.prompt) for r in settings.workload.requests(len(seen[0]))]  # deterministic
+    # every level keeps its requests in its own file, also the same concurrency measured again
+    assert records == [str(tmp_path / "levels" / f) for f in ("00-c8.jsonl.gz", "01-c16.jsonl.gz", "02-c8.jsonl.gz")]

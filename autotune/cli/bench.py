@@ -66,10 +66,13 @@ def parse_slo(text: str | None) -> dict[str, float] | None:
 @click.option("--tokenizer", default=None, help="Local tokenizer folder for exact-length text prompts.")
 @click.option("--timeout-s", "request_timeout_s", type=float, default=600.0, show_default=True,
               help="Per-request timeout.")
+@click.option("--records", "records_path", type=click.Path(dir_okay=False), default=None,
+              help="Write every request's timings here as JSON lines (gzipped if it ends in .gz).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout and nothing else.")
 def bench(url: str, model: str, workload: str, concurrency: int | None, rate: float | None, burstiness: float,
           num_prompts: int, warmup: int, ramp_s: float, endpoint: str, seed: int, slo: str | None,
-          scrape_metrics: bool, tokenizer: str | None, request_timeout_s: float, as_json: bool) -> None:
+          scrape_metrics: bool, tokenizer: str | None, request_timeout_s: float, records_path: str | None,
+          as_json: bool) -> None:
     """Benchmark a running OpenAI-compatible server (vLLM or the sim engine) at one load level."""
     from autotune.loadgen.runner import LoadConfig, run_bench
     from autotune.loadgen.workload import parse_workload
@@ -80,7 +83,8 @@ def bench(url: str, model: str, workload: str, concurrency: int | None, rate: fl
         raise UsageError(f"--url must start with http:// or https://, got {url!r}")
     cfg = LoadConfig(concurrency=concurrency, rate=rate, burstiness=burstiness, num_prompts=num_prompts,
                      warmup_prompts=warmup, ramp_s=ramp_s, endpoint=endpoint, slo_ms=parse_slo(slo),
-                     scrape_metrics=scrape_metrics, request_timeout_s=request_timeout_s, seed=seed)
+                     scrape_metrics=scrape_metrics, request_timeout_s=request_timeout_s, seed=seed,
+                     records_path=records_path)
     wl = parse_workload(workload, seed=seed, tokenizer=tokenizer)
     if as_json:
         result = run_bench(url, model, wl, cfg)

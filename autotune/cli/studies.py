@@ -37,11 +37,16 @@ def best_of_study(study: optuna.Study) -> dict[str, Any] | None:
     t = trials[number]
     a = t.user_attrs
     fp = study.user_attrs.get("fingerprint", {})
-    remeasured = (study.user_attrs.get("remeasurements") or {}).get(str(number), [])
+    entry = (study.user_attrs.get("remeasurements") or {}).get(str(number)) or {}
+    entry = {"repeats": entry} if isinstance(entry, list) else entry  # the format before step-downs
+    remeasured = entry.get("repeats", [])
     return {
         "study": study.study_name, "trial": number, "source": source, "flags": a.get("flags"),
-        "vllm_serve_cmd": a.get("vllm_serve_cmd"), "concurrency": a.get("concurrency"),
-        "output_tok_s": a.get("output_tok_s"), "p99_ms": a.get("p99_ms"), "metric": fp.get("metric"),
+        "vllm_serve_cmd": a.get("vllm_serve_cmd"), "concurrency": entry.get("concurrency", a.get("concurrency")),
+        "stepped_down_from": entry.get("stepped_down_from", []),
+        # the re-measured figures where there are any (they may be at a lower level after a step-down)
+        "output_tok_s": _mean([m.get("output_tok_s") for m in remeasured]) or a.get("output_tok_s"),
+        "p99_ms": _mean([m.get("p99_ms") for m in remeasured]) or a.get("p99_ms"), "metric": fp.get("metric"),
         "limit_ms": fp.get("limit_ms"), "baseline": a.get("baseline") or None, "metrics": a.get("best_metrics"),
         "remeasurements": [{k: m.get(k) for k in ("output_tok_s", "p99_ms")} for m in remeasured],
         "verdict": selection.get("verdict"), "gains": selection.get("gains"),
@@ -104,3 +109,8 @@ def studies(storage: str | None, as_json: bool) -> None:
 
 
 commands = [best, studies]
+
+
+def _mean(values: list[Any]) -> float | None:
+    numbers = [float(v) for v in values if isinstance(v, (int, float)) and v == v]
+    return sum(numbers) / len(numbers) if numbers else None

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import gzip
+import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 
 from autotune.errors import UsageError
+from autotune.jsonsafe import json_safe
 from autotune.loadgen.client import PreparedRequest, prepare_request, send_request_clocked
 from autotune.loadgen.promscrape import MetricsScraper
 from autotune.loadgen.workload import RequestSpec, Workload
@@ -55,6 +59,7 @@ class LoadConfig:
     seed: int = 0  # arrival times
     steady_state: bool = False  # closed loop: throughput over the window where every slot is busy
     temperature: float | None = None  # None: the server's default (as `vllm bench serve`)
+    records_path: str | None = None  # write every request (warm-up flagged) here, gzipped JSON lines
 
     def __post_init__(self) -> None:
         if self.concurrency is None and self.rate is None:
@@ -133,6 +138,8 @@ async def run_load(url: str, model: str, requests: list[RequestSpec], cfg: LoadC
             gc.unfreeze()
             server_metrics = await scraper.stop() if scraper is not None else None
 
+    if cfg.records_path:
+        write_records(cfg.records_path, results, cfg.warmup_prompts)
     sent = [r for r in results[cfg.warmup_prompts:] if r is not None]
     measured = [out for out, _ in sent]
     ok_clocks = {sim for out, sim in sent if out.success}
@@ -156,6 +163,31 @@ async def run_load(url: str, model: str, requests: list[RequestSpec], cfg: LoadC
     if window is not None:
         extra["steady_window_s"] = window[1] - window[0]
     return summarize(measured, duration_s, slo_ms=cfg.slo_ms, extra=extra, window=window)
+
+
+def write_records(path: str | Path, results: list[tuple[RequestOutput, bool] | None], warmup: int) -> None:
+    """One JSON object per request sent, in send order (gzip if the name ends in .gz): where the figures
+    came from, e.g. TTFT against start time to see a transient. Times in ms, ``start_s`` from the run's start
+    in the records' clock (modelled seconds for the sim engine)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt", encoding="utf-8") as f:
+        for i, r in enumerate(results):
+            if r is None:
+                continue
+            out, _ = r
+            itl = out.itl_s
+            f.write(json.dumps(json_safe({
+                "i": i, "warmup": i < warmup, "ok": out.success, "error_kind": out.error_kind or None,
+                "start_s": round(out.start_s, 6), "prompt_tokens": out.prompt_tokens,
+                "output_tokens": out.output_tokens, "ttft_ms": _ms(out.ttft_s), "tpot_ms": _ms(out.tpot_s),
+                "e2el_ms": _ms(out.e2el_s), "itl_max_ms": _ms(max(itl)) if itl else None,
+            })) + "\n")
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
 
 
 def run_bench(url: str, model: str, workload_or_requests: Workload | list[RequestSpec], cfg: LoadConfig,

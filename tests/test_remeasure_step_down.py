@@ -1,0 +1,64 @@
+"""Re-measurement of a candidate whose knee was marginal: a repeat over the limit steps down to the trial's
+next lower feasible level, and a resumed study replays the step-down."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+from optuna.distributions import FloatDistribution
+
+import autotune.study as study_mod
+from autotune.metrics import summarize
+
+
+def _study() -> optuna.Study:
+    study = optuna.create_study(direction="maximize")
+    levels = [{"concurrency": c, "output_tok_s": t, "p99_ms": p, "feasible": p <= 500}
+              for c, t, p in ((64, 3000.0, 200.0), (128, 4500.0, 350.0), (181, 5000.0, 480.0), (215, 5200.0, 700.0))]
+    study.add_trial(optuna.trial.create_trial(
+        params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)}, value=5000.0,
+        user_attrs={"flags": {"max-num-seqs": 256}, "feasible": True, "concurrency": 181, "output_tok_s": 5000.0,
+                    "p99_ms": 480.0, "levels": levels, "baseline": "vllm-defaults"}))
+    return study
+
+
+def _cfg(tmp_path: Path, repeats: int = 2) -> SimpleNamespace:
+    search = SimpleNamespace(limit_ms=500.0, metric="ttft")
+    return SimpleNamespace(top_k=1, repeats=repeats, noise_floor=0.0, out_dir=tmp_path, study_name="s",
+                           settings=SimpleNamespace(search=search))
+
+
+def _fake_measure(p99_by_concurrency: dict[int, float], calls: list[int]):
+    def measure_once(settings, flags, concurrency, name, log_path):
+        calls.append(concurrency)
+        from autotune.metrics import RequestOutput
+        ttft = p99_by_concurrency[concurrency] / 1000.0
+        out = RequestOutput(success=True, prompt_tokens=10, output_tokens=100, ttft_s=ttft, itl_s=(0.01,) * 99,
+                            e2el_s=ttft + 0.99, start_s=0.0)
+        return summarize([out] * 4, 10.0)
+    return measure_once
+
+
+def test_over_the_limit_steps_down_to_the_next_feasible_level(tmp_path, monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr(study_mod, "measure_once", _fake_measure({181: 560.0, 128: 380.0, 64: 150.0}, calls))
+    study = _study()
+    selection = study_mod.remeasure_and_select(study, _cfg(tmp_path), deadline=None)
+    assert calls == [181, 128, 128]  # one repeat over the limit at 181, then both repeats at 128
+    assert selection.winner is not None and selection.winner.concurrency == 128
+    assert selection.winner.stepped_down_from == [181] and len(selection.winner.repeats) == 2
+    stored = study.user_attrs["remeasurements"]["0"]
+    assert stored["concurrency"] == 128 and stored["stepped_down_from"] == [181] and len(stored["repeats"]) == 2
+
+    # resumed with one more repeat wanted: the step-down is replayed, only the missing repeat runs, at 128
+    calls.clear()
+    selection = study_mod.remeasure_and_select(study, _cfg(tmp_path, repeats=3), deadline=None)
+    assert calls == [128] and selection.winner.concurrency == 128
+
+
+def test_no_lower_level_left_means_no_winner(tmp_path, monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr(study_mod, "measure_once", _fake_measure({181: 900.0, 128: 900.0, 64: 900.0}, calls))
+    selection = study_mod.remeasure_and_select(_study(), _cfg(tmp_path, repeats=1), deadline=None)
+    assert calls == [181, 128, 64] and selection.winner is None
