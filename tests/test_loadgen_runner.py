@@ -191,3 +191,33 @@ def test_percentiles_match_known_latency_at_concurrency_256(server: FakeServer) 
     for dist, truth in ((res.ttft_ms, ttft_ms), (res.itl_ms, itl_ms), (res.e2el_ms, ttft_ms + 2 * itl_ms)):
         for q in ("p50", "p90", "p99"):
             assert dist.percentile(q) == pytest.approx(truth, rel=0.02 if q == "p50" else 0.08), (q, dist)
+
+
+def test_scraper_stop_does_not_swallow_the_callers_cancellation() -> None:
+    """Ctrl-C makes asyncio.run cancel the main task; arriving while the scraper stops, it must not be lost."""
+    from autotune.loadgen.promscrape import MetricsScraper
+
+    class SlowToStop(MetricsScraper):
+        async def _scrape(self) -> None:
+            return None
+
+        async def _loop(self) -> None:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.2)  # cleanup takes a while: the caller's cancel lands meanwhile
+                raise
+
+    async def scenario() -> str:
+        scraper = SlowToStop(session=None, url="http://x")  # type: ignore[arg-type]
+        await scraper.start()
+        stopping = asyncio.create_task(scraper.stop())
+        await asyncio.sleep(0.05)
+        stopping.cancel()
+        try:
+            await stopping
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "returned"
+
+    assert asyncio.run(scenario()) == "cancelled"

@@ -62,7 +62,11 @@ class MetricsScraper:
             try:
                 await self._task
             except asyncio.CancelledError:
-                pass
+                # Ours ends so. If the caller itself is being cancelled (Ctrl-C: asyncio.run cancels the main
+                # task), that must go on, or the interrupt is lost and the run carries on (seen in CI).
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
         await self._scrape()  # the final counter value
         preempted = self.last_preemptions - self.first_preemptions
         return {"max_kv_cache_usage": _none(self.max_kv_usage), "preemptions": _none(preempted),
