@@ -30,7 +30,10 @@ def test_signal_tears_down_and_resume_keeps_trials(tmp_path, sig, code):
     cmd = [sys.executable, "-m", "autotune", "run", "--model", "flash", "--engine", "sim", "--p99-ms", "500",
            "--storage", url, "--study", "ctrlc", "--trials", "50", "--workload", "random:256:32",
            "--repeats", "0", "--out", str(tmp_path / "out")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    # A suite started as a background job of a non-interactive shell runs with SIGINT ignored, and a child
+    # inherits that: give the child the default disposition, as a terminal's Ctrl-C would find it.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     server_pid = None
     # Wait until the first trial finished and the next trial's server is up, then press Ctrl-C.
@@ -47,7 +50,11 @@ def test_signal_tears_down_and_resume_keeps_trials(tmp_path, sig, code):
             break
     assert server_pid is not None, "no trial finished in time"
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # never leave it running after a failed wait
+            proc.kill()
     assert proc.returncode == code, err
     assert "Traceback" not in err
     time.sleep(0.5)
