@@ -284,6 +284,13 @@ def _candidate(t: optuna.trial.FrozenTrial) -> Candidate:
     return c
 
 
+def stored_remeasurement(study: optuna.Study, trial_number: int) -> dict[str, Any]:
+    """A candidate's stored re-measurements: ``{"repeats": [...], "concurrency": C, "stepped_down_from":
+    [...]}`` (the last two absent for a study written before step-downs, or never re-measured)."""
+    entry = (study.user_attrs.get("remeasurements") or {}).get(str(trial_number)) or {}
+    return {"repeats": entry} if isinstance(entry, list) else entry  # a list: the format before step-downs
+
+
 def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float | None,
                          sink: ProgressSink = NULL_SINK) -> Selection:
     """Re-measure each candidate ``repeats`` times on a fresh server at its chosen load. Re-measurements are
@@ -294,9 +301,7 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
     stored: dict[str, Any] = study.user_attrs.get("remeasurements", {})
     for cand in candidates:
         key = str(cand.trial_number)
-        entry = stored.get(key) or {}
-        if isinstance(entry, list):  # the format before step-downs: repeats at the trial's own level
-            entry = {"repeats": entry}
+        entry = stored_remeasurement(study, cand.trial_number)
         for _ in entry.get("stepped_down_from", []):  # replay a resumed study's step-downs
             cand.step_down()
         cand.repeats = [Measurement(m["output_tok_s"] if m["output_tok_s"] is not None else math.nan,

@@ -44,8 +44,9 @@ class TrialSettings:
     min_prompts: int = 32
     max_prompts: int = 1500
     # Warm-up prompts (excluded from figures) = this x concurrency: the whole first wave. Its prefills queue
-    # behind each other (on the H100, ~30 prompts of 1k tokens a second), and with 0.5 x C half of them were
-    # measured: that transient alone set every trial's P99 TTFT knee (benchmarks/first_wave.py).
+    # behind each other (on the H100 ~33 prompts of 1k tokens a second while earlier ones decode); with
+    # 0.5 x C half of them were measured, and that alone set every trial's P99 TTFT knee
+    # (docs/results/h100-flash.md, benchmarks/first_wave.py).
     warmup_factor: float = 1.0
     ramp_s: float = 2.0  # first wave spread over this many modelled seconds (no synchronized start)
     request_timeout_s: float = 600.0
@@ -152,7 +153,8 @@ def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, 
         ceiling = _concurrency_ceiling(flags)
         cfg = LoadSearchConfig(**{**settings.search.__dict__, "max_concurrency": min(settings.search.max_concurrency,
                                                                                        ceiling)})
-        result: LoadSearchResult = search_load(_measure_fn(settings, server, served_name, log_path.parent / "levels"), cfg, sink)
+        measure = _measure_fn(settings, server, served_name, log_path.parent / "levels")
+        result: LoadSearchResult = search_load(measure, cfg, sink)
         outcome.load_wall_s = time.perf_counter() - engine_ready
         if not server.alive():
             outcome.failure_class, outcome.failure_reason = "crash", "the server died during the load search"

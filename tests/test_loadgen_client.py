@@ -183,21 +183,27 @@ def test_fast_path_counts_what_the_full_parse_counts(monkeypatch, chat: bool) ->
 
     import autotune.loadgen.client as client
     rng = random.Random(7)
+    counted = 0  # tokens the fast path counted: the comparison must not be of the per-line parse with itself
     for _ in range(300):
         body = _random_stream(rng, chat)
         cuts = sorted(rng.sample(range(1, len(body)), min(len(body) - 1, rng.randrange(0, 12))))
         parts = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)])]
 
         def times(fast: bool) -> tuple[list[float], int | None, bool]:
+            nonlocal counted
             if not fast:
                 monkeypatch.setattr(client, "_plain_token_prefix", lambda body, chat: (0, 0))
             stream = client._Stream(chat=chat)
             for i, part in enumerate(parts):
+                if fast:
+                    counted += client._plain_token_prefix(
+                        (stream.buf + part)[:(stream.buf + part).rfind(b"\n") + 1], chat)[0]
                 if stream.feed(part, float(i)):
                     break
             monkeypatch.undo()
             return stream.times, stream.usage_out, stream.done
         assert times(True) == times(False)
+    assert counted > 1000
 
 
 def test_fast_path_takes_leading_token_events_and_leaves_the_rest() -> None:

@@ -50,6 +50,9 @@ def test_over_the_limit_steps_down_to_the_next_feasible_level(tmp_path, monkeypa
     assert selection.winner.stepped_down_from == [181] and len(selection.winner.repeats) == 2
     stored = study.user_attrs["remeasurements"]["0"]
     assert stored["concurrency"] == 128 and stored["stepped_down_from"] == [181] and len(stored["repeats"]) == 2
+    from autotune.cli.studies import best_of_study
+    best = best_of_study(study)  # `autotune best` reports the level that held, with its re-measured figures
+    assert best["concurrency"] == 128 and best["stepped_down_from"] == [181] and best["p99_ms"] == 380.0
 
     # resumed with one more repeat wanted: the step-down is replayed, only the missing repeat runs, at 128
     calls.clear()

@@ -11,6 +11,7 @@ from rich.table import Table
 from autotune.cli.common import echo_json
 from autotune.errors import NoFeasibleConfigError
 from autotune.storage import DEFAULT_STORAGE, load_study, open_storage
+from autotune.study import stored_remeasurement
 
 __all__ = ["commands", "best_of_study"]
 
@@ -37,8 +38,7 @@ def best_of_study(study: optuna.Study) -> dict[str, Any] | None:
     t = trials[number]
     a = t.user_attrs
     fp = study.user_attrs.get("fingerprint", {})
-    entry = (study.user_attrs.get("remeasurements") or {}).get(str(number)) or {}
-    entry = {"repeats": entry} if isinstance(entry, list) else entry  # the format before step-downs
+    entry = stored_remeasurement(study, number)
     remeasured = entry.get("repeats", [])
     return {
         "study": study.study_name, "trial": number, "source": source, "flags": a.get("flags"),
