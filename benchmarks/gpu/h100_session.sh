@@ -3,7 +3,8 @@
 # that outlive a single 10-minute `run` call (started with setsid; they run until the machine goes back):
 #   GPU 0: the study `h100-flash` (benchmarks/gpu/h100_flash_study.sh).
 #   GPU 1: our bench vs `vllm bench serve` (benchmarks/gpu/agreement_rounds.sh; Poisson arrivals at
-#          AGREEMENT_RATE requests/s, default 6; empty: session 2's closed loop at 64), then `h100-flash-replica`,
+#          AGREEMENT_RATE requests/s, default 8, AGREEMENT_PROMPTS
+#          prompts a run, default 480; empty: session 2's closed loop at 64), then `h100-flash-replica`,
 #          the same study settings on the other card: independent re-measurements of the same configurations.
 # Each GPU's server processes use their own vLLM compile cache (VLLM_CACHE_ROOT), so no two compilations race.
 #   bash benchmarks/gpu/h100_session.sh start TOTAL_S     # launch both; everything ends by TOTAL_S
@@ -21,7 +22,7 @@ start)
   (cd "$here/../.." && CUDA_VISIBLE_DEVICES=0 VLLM_CACHE_ROOT=/tmp/st/vcache0 STUDY=h100-flash \
      setsid bash benchmarks/gpu/h100_flash_study.sh "$total_s" "${study_opts[@]}" > /tmp/st/gpu0.out 2>&1 &)
   (cd "$here/../.." && export CUDA_VISIBLE_DEVICES=1 VLLM_CACHE_ROOT=/tmp/st/vcache1 STUDY=h100-flash-replica &&
-     setsid bash -c "timeout -k 20 540 bash benchmarks/gpu/agreement_rounds.sh 3 8011 \${AGREEMENT_RATE-6};
+     setsid bash -c "timeout -k 20 600 bash benchmarks/gpu/agreement_rounds.sh 3 8011 \${AGREEMENT_RATE-8} \${AGREEMENT_PROMPTS-480};
        bash benchmarks/gpu/h100_flash_study.sh \$(( \$(cat /tmp/st/deadline) - \$(date +%s) )) ${study_opts[*]} --seed 1" \
      > /tmp/st/gpu1.out 2>&1 &)
   sleep 2; pgrep -af "autotune|agreement" | head ;;
