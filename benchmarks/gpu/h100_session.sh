@@ -7,7 +7,7 @@
 #          prompts a run, default 480; empty: session 2's closed loop at 64), then `h100-flash-replica`,
 #          the same study settings on the other card: independent re-measurements of the same configurations.
 # Each GPU's server processes use their own vLLM compile cache (VLLM_CACHE_ROOT), so no two compilations race.
-#   [RESUME=DIR] [SKIP_AGREEMENT=1] bash benchmarks/gpu/h100_session.sh start TOTAL_S  # launch both; all ends by TOTAL_S
+#   [RESUME=DIR] [SKIP_AGREEMENT=1] [GPU0_ONLY=1] bash benchmarks/gpu/h100_session.sh start TOTAL_S  # launch both; all ends by TOTAL_S
 #   bash benchmarks/gpu/h100_session.sh collect [WAIT_S]  # after WAIT_S (or when all ended), copy results to $OUT
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,7 +28,7 @@ start)
   done
   (cd "$here/../.." && CUDA_VISIBLE_DEVICES=0 VLLM_CACHE_ROOT=/tmp/st/vcache0 STUDY=h100-flash \
      setsid bash benchmarks/gpu/h100_flash_study.sh "$total_s" "${study_opts[@]}" > /tmp/st/gpu0.out 2>&1 &)
-  (cd "$here/../.." && export CUDA_VISIBLE_DEVICES=1 VLLM_CACHE_ROOT=/tmp/st/vcache1 STUDY=h100-flash-replica &&
+  [ -n "${GPU0_ONLY-}" ] || (cd "$here/../.." && export CUDA_VISIBLE_DEVICES=1 VLLM_CACHE_ROOT=/tmp/st/vcache1 STUDY=h100-flash-replica &&
      setsid bash -c "[ -n \"\${SKIP_AGREEMENT-}\" ] || timeout -k 20 600 bash benchmarks/gpu/agreement_rounds.sh 3 8011 \${AGREEMENT_RATE-8} \${AGREEMENT_PROMPTS-480};
        bash benchmarks/gpu/h100_flash_study.sh \$(( \$(cat /tmp/st/deadline) - \$(date +%s) )) ${study_opts[*]} --seed 1" \
      > /tmp/st/gpu1.out 2>&1 &)
