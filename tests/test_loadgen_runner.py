@@ -92,6 +92,15 @@ def test_arrival_times_mean_and_burstiness() -> None:
     assert np.array_equal(poisson, _arrival_times(20000, 50.0, 1.0, 0))
 
 
+def test_arrival_times_offer_the_rate_exactly_for_every_seed() -> None:
+    # like `vllm bench serve`: a short run's offered rate does not depend on the seed's draw
+    for seed in range(5):
+        offsets = _arrival_times(480, rate=8.0, burstiness=1.0, seed=seed)
+        assert offsets[0] == 0.0 and offsets[-1] == pytest.approx(479 / 8.0)
+        assert np.diff(offsets).std() / np.diff(offsets).mean() == pytest.approx(1.0, rel=0.15)
+    assert _arrival_times(1, 8.0, 1.0, 0).tolist() == [0.0]
+
+
 def test_max_duration_stops_issuing(server: FakeServer) -> None:
     server.configure(ttft_ms=50)
     res = run_bench(server.url, MODEL, parse_workload("random:8:1"),
