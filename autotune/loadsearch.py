@@ -4,17 +4,22 @@ Concurrency grows geometrically until the P99 limit breaks, throughput stops gro
 the engine's own ceiling is reached, then bisects between the last good and the first bad level.
 ``measure(concurrency) -> BenchResult`` is injected: a real run against the trial's server, or the
 sim engine's virtual-time prediction in benchmarks.
+
+With a deadline (``time.monotonic()`` seconds), no level starts that is expected to end after it: the search
+stops with what it has (``stop_reason = "deadline"``), so a study's last trial keeps its feasible levels
+instead of being killed mid-level (on the H100 a trial that had held P99 at c=512 was lost that way).
 """
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from autotune.metrics import BenchResult
 from autotune.progress import NULL_SINK, Event, ProgressSink
 
-__all__ = ["LoadSearchConfig", "LevelResult", "LoadSearchResult", "search_load"]
+__all__ = ["LoadSearchConfig", "LevelResult", "LoadSearchResult", "search_load", "estimate_level_s"]
 
 
 @dataclass(frozen=True)
@@ -61,14 +66,44 @@ class LoadSearchResult:
         return min(self.levels, key=lambda lv: lv.concurrency) if self.levels else None
 
 
+class _OutOfTime(Exception):
+    pass
+
+
+def estimate_level_s(concurrency: int, measured: list[tuple[int, float]]) -> float:
+    """Wall seconds a level at ``concurrency`` should take, from earlier (concurrency, seconds) levels.
+
+    A level sends prompts in proportion to its concurrency, so it lasts about prompts-per-slot x E2E, and
+    E2E grows with concurrency: a lower level takes at most as long as a higher one, and a higher one at most
+    (c / c_lower) times as long (throughput does not fall as concurrency grows). The tightest bound wins."""
+    return min(seconds * max(1.0, concurrency / c) for c, seconds in measured)
+
+
 def search_load(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig,
-                sink: ProgressSink = NULL_SINK) -> LoadSearchResult:
+                sink: ProgressSink = NULL_SINK, deadline: float | None = None,
+                reserve_s: float = 0.0) -> LoadSearchResult:
+    """``reserve_s``: time kept free before the deadline (the server's teardown). The first level always runs."""
     out = LoadSearchResult()
+    try:
+        _search(measure, cfg, sink, out, deadline, reserve_s)
+    except _OutOfTime:
+        out.stop_reason = "deadline"
+    return out
+
+
+def _search(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig, sink: ProgressSink,
+            out: LoadSearchResult, deadline: float | None, reserve_s: float) -> None:
     seen: dict[int, LevelResult] = {}
+    walls: list[tuple[int, float]] = []
 
     def level(c: int) -> LevelResult:
         if c not in seen:
+            if deadline is not None and walls and \
+                    time.monotonic() + estimate_level_s(c, walls) + reserve_s > deadline:
+                raise _OutOfTime
+            started = time.monotonic()
             r = measure(c)
+            walls.append((c, time.monotonic() - started))
             p99 = r.p99_ms(cfg.metric)
             total = r.completed + r.failed
             ok = (r.completed > 0 and not math.isnan(p99) and p99 <= cfg.limit_ms
@@ -92,15 +127,15 @@ def search_load(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig,
         if good is not None and lv.result.output_tok_s < good.result.output_tok_s * (1 + cfg.saturation_gain):
             out.stop_reason = "saturated"
             good = lv if lv.result.output_tok_s > good.result.output_tok_s else good
-            return out
+            return
         good = lv
         if c >= ceiling:
             out.stop_reason = "ceiling"
-            return out
+            return
         c = min(ceiling, max(c + 1, int(math.ceil(c * cfg.growth))))
     if bad is None:
         out.stop_reason = "max_levels"
-        return out
+        return
     # Nothing good yet: halve down towards concurrency 1.
     while good is None and len(out.levels) < cfg.max_levels and bad.concurrency > 1:
         lv = level(max(1, bad.concurrency // 2))
@@ -110,7 +145,7 @@ def search_load(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig,
             bad = lv
     if good is None:
         out.stop_reason = "infeasible"
-        return out
+        return
     # Bisect between the last good and the first bad level (geometric midpoint).
     while len(out.levels) < cfg.max_levels and bad.concurrency / good.concurrency >= cfg.min_bisect_ratio \
             and bad.concurrency - good.concurrency > 1:
@@ -122,4 +157,3 @@ def search_load(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig,
         else:
             bad = lv
     out.stop_reason = "limit"
-    return out

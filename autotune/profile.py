@@ -78,6 +78,8 @@ def build_profile(study: optuna.Study, cfg: Any, selection: Selection) -> dict[s
         "concurrency": winner.concurrency,
         # load levels whose re-measurement broke the limit (the search's knee was marginal there)
         "stepped_down_from": winner.stepped_down_from,
+        # why the winner's load search ended; "deadline": cut by --timeout, its knee may lie higher
+        "search_stop_reason": study.trials[winner.trial_number].user_attrs.get("stop_reason", ""),
         "metrics": {
             "output_tok_s": stats,
             f"p99_{s.search.metric}_ms": {"mean": stats["p99_mean_ms"], "max": stats["p99_max_ms"], "values": p99},

@@ -137,7 +137,7 @@ def trial_record(outcome: TrialOutcome, limit_ms: float) -> dict[str, Any]:
 
 
 
-def _objective(cfg: StudyConfig, sink: ProgressSink):
+def _objective(cfg: StudyConfig, sink: ProgressSink, deadline: float | None = None):
     limit = cfg.settings.search.limit_ms
 
     def objective(trial: optuna.Trial) -> float:
@@ -150,7 +150,7 @@ def _objective(cfg: StudyConfig, sink: ProgressSink):
         sink(Event("trial_started", {"number": trial.number, "flags": flags, "baseline": baseline}))
         started = time.perf_counter()
         try:
-            outcome = run_trial(cfg.settings, flags, name, trial_dir / "server.log", sink)
+            outcome = run_trial(cfg.settings, flags, name, trial_dir / "server.log", sink, deadline)
         except SystemExit as e:  # SIGTERM/SIGHUP (the launcher's handler); the server is already down
             raise Stopped(e.code if isinstance(e.code, int) else 143) from e
         record = trial_record(outcome, limit)
@@ -231,7 +231,7 @@ def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage, sink: Prog
     if rules.would_overrun():  # a resumed study whose earlier trials show the next one cannot fit
         rules.reason = "timeout"
     elif cfg.n_trials > 0:
-        study.optimize(_objective(cfg, sink), n_trials=cfg.n_trials, timeout=cfg.timeout_s, callbacks=[rules],
+        study.optimize(_objective(cfg, sink, deadline), n_trials=cfg.n_trials, timeout=cfg.timeout_s, callbacks=[rules],
                        catch=(), gc_after_trial=False)
     ran = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) - before
     stopped_by = rules.reason or ("timeout" if deadline and time.monotonic() >= deadline else "trials")

@@ -27,6 +27,10 @@ from autotune.progress import NULL_SINK, Event, ProgressSink
 __all__ = ["TrialSettings", "TrialOutcome", "run_trial", "measure_once", "level_load_config"]
 
 
+# Kept before a deadline for stopping the server (vLLM: SIGTERM, wait, port and GPU memory back).
+TEARDOWN_RESERVE_S = {"vllm": 30.0, "sim": 5.0}
+
+
 @dataclass(frozen=True)
 class TrialSettings:
     """Everything about how trials run that is not a searched flag."""
@@ -127,8 +131,9 @@ def _measure_fn(settings: TrialSettings, server: EngineServer, name: str, record
 
 
 def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, log_path: Path,
-              sink: ProgressSink = NULL_SINK) -> TrialOutcome:
-    """Check memory, launch, search the load, tear down. Never raises for engine or load failures."""
+              sink: ProgressSink = NULL_SINK, deadline: float | None = None) -> TrialOutcome:
+    """Check memory, launch, search the load, tear down. Never raises for engine or load failures.
+    ``deadline`` (``time.monotonic()``): no load level starts that would end after it, teardown included."""
     plan = plan_memory(settings.model, settings.gpu, flags, settings.gpus)
     outcome = TrialOutcome(flags=flags, feasible=False, output_tok_s=0.0, p99_ms=math.nan, concurrency=None,
                            memory=plan.as_dict(), log_path=str(log_path))
@@ -154,7 +159,8 @@ def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, 
         cfg = LoadSearchConfig(**{**settings.search.__dict__, "max_concurrency": min(settings.search.max_concurrency,
                                                                                        ceiling)})
         measure = _measure_fn(settings, server, served_name, log_path.parent / "levels")
-        result: LoadSearchResult = search_load(measure, cfg, sink)
+        result: LoadSearchResult = search_load(measure, cfg, sink, deadline, 
+                                               reserve_s=TEARDOWN_RESERVE_S.get(settings.engine, 30.0))
         outcome.load_wall_s = time.perf_counter() - engine_ready
         if not server.alive():
             outcome.failure_class, outcome.failure_reason = "crash", "the server died during the load search"

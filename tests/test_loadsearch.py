@@ -52,3 +52,48 @@ def test_all_failed_level_is_not_feasible():
     res = search_load(measure, LoadSearchConfig(metric="ttft", limit_ms=100, start_concurrency=4, max_levels=4))
     assert res.best is None
     assert all(math.isnan(lv.p99_ms) for lv in res.levels)
+
+
+class _Clock:
+    """A fake monotonic clock that a fake level advances by its concurrency in seconds."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def _timed_search(monkeypatch, deadline: float, reserve_s: float = 0.0):
+    import autotune.loadsearch as ls
+    clock = _Clock()
+    monkeypatch.setattr(ls.time, "monotonic", clock.monotonic)
+    measure, calls = fake_server(10_000, 0.1, knee=100)
+
+    def timed(c: int):
+        clock.now += c  # a level's wall time grows with its concurrency
+        return measure(c)
+    res = search_load(timed, LoadSearchConfig(metric="ttft", limit_ms=200, start_concurrency=8), deadline=deadline,
+                      reserve_s=reserve_s)
+    return res, calls
+
+
+def test_no_level_starts_that_would_end_after_the_deadline(monkeypatch):
+    # levels 8, 16, 32, 64 end at t=120; 128 would take ~128 s more
+    res, calls = _timed_search(monkeypatch, deadline=200.0)
+    assert calls == [8, 16, 32, 64] and res.stop_reason == "deadline"
+    assert res.best is not None and res.best.concurrency == 64  # what was measured is kept
+    res, calls = _timed_search(monkeypatch, deadline=250.0)
+    assert 128 in calls and res.stop_reason in ("deadline", "limit")
+    res, calls = _timed_search(monkeypatch, deadline=250.0, reserve_s=10.0)  # 120 + 128 + 10 > 250
+    assert calls == [8, 16, 32, 64] and res.stop_reason == "deadline"
+    res, calls = _timed_search(monkeypatch, deadline=1.0)  # the first level always runs
+    assert calls == [8] and res.stop_reason == "deadline"
+
+
+def test_level_time_estimate_takes_the_tightest_bound():
+    from autotune.loadsearch import estimate_level_s
+    measured = [(256, 40.0), (512, 66.0)]  # the H100 seed-profile trial: c=1024 then took 132 s
+    assert estimate_level_s(1024, measured) == 132.0
+    assert estimate_level_s(362, measured) == 40.0 * 362 / 256
+    assert estimate_level_s(128, measured) == 40.0

@@ -78,3 +78,19 @@ def test_no_feasible_config_exits_3(capsys, tmp_path):
     assert json.loads(out)["best"] is None
     study = optuna.load_study(study_name=optuna.get_all_study_names(url)[0], storage=url)
     assert len(study.trials) == 2  # everything recorded
+
+
+def test_timeout_ends_the_last_trial_with_the_levels_it_measured(capsys, tmp_path):
+    # The sim runs 4x faster than real time, so the first trial's levels take seconds each: the 20 s budget
+    # ends its load search early. No level runs past the deadline; the trial keeps its feasible levels.
+    url = f"sqlite:///{tmp_path}/s.db"
+    code, out, err = run_json(capsys, "run", "--model", "flash", "--engine", "sim", "--storage", url, "--study", "dl",
+                              "--p99-ms", "500", "--trials", "5", "--timeout", "20", "--top-k", "0", "--repeats", "0",
+                              "--sim-time-scale", "4", "--workload", "random:1024:256", "--start-concurrency", "8",
+                              "--out", str(tmp_path / "out"), "--json")
+    assert code == 0, err
+    trial = optuna.load_study(study_name="dl", storage=url).trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.user_attrs["stop_reason"] == "deadline"
+    assert trial.user_attrs["feasible"] and trial.value > 0 and trial.user_attrs["levels"]
+    profile = yaml.safe_load(open(json.loads(out)["profile_path"]))
+    assert profile["search_stop_reason"] == "deadline" and profile["concurrency"] == trial.user_attrs["concurrency"]

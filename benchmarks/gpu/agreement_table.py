@@ -4,10 +4,15 @@
 
 For every metric: each tool's mean over the rounds, its run-to-run range (max - min, in % of its mean),
 and our mean vs vLLM's in %. A difference smaller than the run-to-run range is not a disagreement.
+Where both sides kept per-request start times (our `--records`, vLLM's `--save-detailed`), two more rows:
+the offered rate each run realised, and output tok/s per offered request/s. Under an open loop, throughput
+follows the offered rate, so the second row compares the measurement, not the arrival draw.
+vLLM's results may be gzipped (`vllm-N.json.gz`).
 """
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 from pathlib import Path
 
@@ -23,15 +28,44 @@ def _ours(data: dict, key) -> float:
     return float(data[key[0]][key[1]]) if isinstance(key, tuple) else float(data[key])
 
 
+def _vllm_path(folder: Path, r: int) -> Path | None:
+    for name in (f"vllm-{r}.json", f"vllm-{r}.json.gz"):
+        if (folder / name).exists():
+            return folder / name
+    return None
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(gzip.open(path, "rt").read() if path.suffix == ".gz" else path.read_text())
+
+
+def _realized_rate(starts: list[float]) -> float:
+    return (len(starts) - 1) / (max(starts) - min(starts)) if len(starts) > 1 else float("nan")
+
+
+def _offered(folder: Path, r: int, ours: dict, theirs: dict) -> tuple[float, float] | None:
+    records = folder / f"ours-{r}.jsonl.gz"
+    if not records.exists() or "start_times" not in theirs:
+        return None
+    starts = [rec["start_s"] for rec in map(json.loads, gzip.open(records, "rt")) if not rec["warmup"]]
+    return _realized_rate(starts), _realized_rate(theirs["start_times"])
+
+
 def table(folder: Path) -> list[dict]:
     rounds = sorted(int(p.stem.split("-")[1]) for p in folder.glob("ours-*.json")
-                    if (folder / f"vllm-{p.stem.split('-')[1]}.json").exists())
+                    if _vllm_path(folder, int(p.stem.split("-")[1])))
     ours = [json.loads((folder / f"ours-{r}.json").read_text()) for r in rounds]
-    theirs = [json.loads((folder / f"vllm-{r}.json").read_text()) for r in rounds]
+    theirs = [_read_json(_vllm_path(folder, r)) for r in rounds]
+    pairs = [(label, [_ours(d, ok) for d in ours], [float(d[vk]) for d in theirs]) for label, ok, vk in METRICS]
+    offered = [_offered(folder, r, o, t) for r, o, t in zip(rounds, ours, theirs)]
+    if offered and all(offered):
+        rates_ours, rates_vllm = [o[0] for o in offered], [o[1] for o in offered]
+        pairs.append(("offered req/s (realised)", rates_ours, rates_vllm))
+        pairs.append(("output tok/s per offered req/s", [d["output_tok_s"] / x for d, x in zip(ours, rates_ours)],
+                      [d["output_throughput"] / x for d, x in zip(theirs, rates_vllm)]))
     rows = []
-    for label, ours_key, vllm_key in METRICS:
-        a = np.array([_ours(d, ours_key) for d in ours])
-        b = np.array([float(d[vllm_key]) for d in theirs])
+    for label, ours_values, vllm_values in pairs:
+        a, b = np.array(ours_values), np.array(vllm_values)
         rows.append({"metric": label, "rounds": len(rounds), "ours": a.tolist(), "vllm": b.tolist(),
                      "ours_mean": a.mean(), "vllm_mean": b.mean(),
                      "ours_range_pct": 100 * (a.max() - a.min()) / a.mean(),
