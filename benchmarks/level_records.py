@@ -3,6 +3,11 @@
 the TTFT of the measured requests in four quarters of their start times, next to the warm-up's. A P99 set
 by a start-up transient shows as a first quarter far above the others.
 
+Also the level's output tok/s over its steady window (first to last measured start), counted two ways: the
+tokens of every request in the window ("all", what a level reports now) and of the measured requests only
+("measured only", what levels reported before the fix: the warm-up requests still decoding in the window's
+first part were left out).
+
     python benchmarks/level_records.py studies/<study>/trials/0/levels/*.jsonl.gz
 """
 from __future__ import annotations
@@ -14,11 +19,33 @@ from pathlib import Path
 
 import numpy as np
 
+from autotune.metrics import RequestOutput, steady_window, summarize
+
 
 def load(path: Path) -> list[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def _output(r: dict) -> RequestOutput:
+    if not r["ok"]:
+        return RequestOutput(False, error_kind=r.get("error_kind") or "error")
+    return RequestOutput(True, r["prompt_tokens"], r["output_tokens"], r["ttft_ms"] / 1e3, (), r["e2el_ms"] / 1e3,
+                         r["start_s"])
+
+
+def window_tok_s(rows: list[dict]) -> tuple[float, float]:
+    """Output tok/s over the steady window: (every request counted, measured requests only)."""
+    everyone = [_output(r) for r in rows]
+    measured = [o for o, r in zip(everyone, rows) if not r["warmup"]]
+    ok = [o for o in measured if o.success]
+    if not ok:
+        return float("nan"), float("nan")
+    full_s = max(o.start_s + o.e2el_s for o in ok) - min(o.start_s for o in ok)
+    window = steady_window(measured, full_s)
+    return (summarize(measured, full_s, window=window, window_outputs=everyone).output_tok_s,
+            summarize(measured, full_s, window=window).output_tok_s)
 
 
 def summary(rows: list[dict]) -> dict:
@@ -30,7 +57,8 @@ def summary(rows: list[dict]) -> dict:
             "warmup_p99_ttft_ms": float(np.percentile(warm, 99)) if warm else None,
             "measured": len(measured),
             "p99_ttft_ms": float(np.percentile([r["ttft_ms"] for r in measured], 99)) if measured else None,
-            "p99_ttft_ms_by_quarter": [float(np.percentile(q, 99)) for q in quarters]}
+            "p99_ttft_ms_by_quarter": [float(np.percentile(q, 99)) for q in quarters],
+            **dict(zip(("output_tok_s", "output_tok_s_measured_only"), window_tok_s(rows)))}
 
 
 def main() -> None:
@@ -46,7 +74,8 @@ def main() -> None:
         fmt = lambda v: "-" if v is None else f"{v:,.0f}"  # noqa: E731
         quarters = " ".join(f"{fmt(v):>7}" for v in s["p99_ttft_ms_by_quarter"])
         print(f"{path.name:>22}  {s['measured']:5d} measured ({s['failed']} failed)  P99 TTFT {fmt(s['p99_ttft_ms']):>7} ms"
-              f"  by start-time quarter: {quarters}  warm-up ({s['warmup']}): {fmt(s['warmup_p99_ttft_ms'])} ms")
+              f"  by start-time quarter: {quarters}  warm-up ({s['warmup']}): {fmt(s['warmup_p99_ttft_ms'])} ms"
+              f"  tok/s all {fmt(s['output_tok_s'])} measured only {fmt(s['output_tok_s_measured_only'])}")
 
 
 if __name__ == "__main__":

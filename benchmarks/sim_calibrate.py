@@ -6,6 +6,10 @@
 Real figures: vLLM 0.26.0, one H100 80GB, weightless GLM-4-9B shape (tests/conftest.py config), random
 1024 in / 512 out, ignore_eos, closed loop, 4x concurrency prompts, all starting at t=0. Only points marked
 "fit" are used for fitting; the others are held out. Add new measurements to REAL as they arrive.
+
+STEADY: the steady-state load levels of the session-3 H100 study (docs/results/h100-flash.md): random
+1024/512 with ±50% lengths, 1 x C warm-up then 1.5 x C measured, throughput over the steady window; P99 TTFT
+and P99 TPOT from the levels' per-request records (`benchmarks/sim_vs_h100_levels.py` reads the raw data).
 """
 from __future__ import annotations
 
@@ -31,6 +35,18 @@ REAL = [
     ("kv fp8", {"kv-cache-dtype": "fp8"}, 128, "held out", 8304.0, 1777.0, 194.0),
     ("kv fp8", {"kv-cache-dtype": "fp8"}, 256, "held out", 9506.0, 6053.0, 226.0),
 ]
+# (label, flags, concurrency, role, output tok/s, P99 TTFT ms, P99 TPOT ms); trials 0 and 4 of session 3
+FP8 = {"kv-cache-dtype": "fp8", "max-num-seqs": 1024}
+STEADY = [  # output tok/s over the steady window counting every request in it (level_records.py "all")
+    ("defaults", {}, 64, "fit", 5135.0, 93.0, 13.7),
+    ("defaults", {}, 128, "fit", 7794.0, 240.0, 18.8),
+    ("defaults", {}, 256, "fit", 9800.0, 445.0, 30.9),
+    ("defaults", {}, 512, "fit", 10382.0, 718.0, 59.8),
+    ("seed profile (fp8 KV)", FP8, 64, "held out", 5204.0, 98.0, 13.6),
+    ("seed profile (fp8 KV)", FP8, 128, "held out", 8068.0, 167.0, 18.1),
+    ("seed profile (fp8 KV)", FP8, 256, "held out", 10380.0, 326.0, 29.5),
+    ("seed profile (fp8 KV)", FP8, 512, "held out", 11159.0, 476.0, 56.8),
+]
 FITTED = ("compute_efficiency", "hbm_efficiency", "graph_step_overhead_ms", "eager_step_overhead_ms",
           "eager_overhead_ms_per_seq")
 
@@ -43,6 +59,12 @@ def run(gpu, flags, conc):
     model = spec_from_config(WEIGHTLESS_FLASH_CONFIG, "weightless-flash", "weightless-flash")
     r = predict(model, gpu, flags, 1024, 512, conc, 4 * conc)
     return r.output_tok_s, r.ttft_ms.p99, r.itl_ms.p99
+
+
+def run_steady(gpu, flags, conc):
+    model = spec_from_config(WEIGHTLESS_FLASH_CONFIG, "weightless-flash", "weightless-flash")
+    r = predict(model, gpu, flags, 1024, 512, conc, int(1.5 * conc), input_range=0.5, warmup_prompts=conc)
+    return r.output_tok_s, r.ttft_ms.p99, r.tpot_ms.p99
 
 
 def with_constants(gpu, values):
@@ -59,6 +81,11 @@ def loss(values, gpu):
             continue
         p = run(g, flags, conc)
         err += 4 * math.log(p[0] / tok_s) ** 2 + math.log(p[1] / ttft) ** 2 + math.log(p[2] / itl) ** 2
+    for _, flags, conc, role, tok_s, ttft, tpot in STEADY:
+        if role != "fit":
+            continue
+        p = run_steady(g, flags, conc)
+        err += 4 * math.log(p[0] / tok_s) ** 2 + math.log(p[1] / ttft) ** 2 + math.log(p[2] / tpot) ** 2
     return err
 
 
@@ -67,6 +94,12 @@ def table(gpu) -> str:
     for label, flags, conc, role, *real in REAL:
         pred = run(gpu, flags, conc)
         for name, r, p in zip(("output tok/s", "P99 TTFT ms", "P99 ITL ms"), real, pred):
+            rows.append(f"| {label} @ c={conc} | {role} | {name} | {r:,.0f} | {p:,.0f} | {100 * (p - r) / r:+.1f}% |")
+    rows += ["", "Steady-state levels (session 3):", "",
+             "| point | role | metric | measured | predicted | error |", "|---|---|---|---:|---:|---:|"]
+    for label, flags, conc, role, *real in STEADY:
+        pred = run_steady(gpu, flags, conc)
+        for name, r, p in zip(("output tok/s", "P99 TTFT ms", "P99 TPOT ms"), real, pred):
             rows.append(f"| {label} @ c={conc} | {role} | {name} | {r:,.0f} | {p:,.0f} | {100 * (p - r) / r:+.1f}% |")
     return "\n".join(rows)
 

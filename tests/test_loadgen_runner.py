@@ -47,6 +47,16 @@ def test_warmup_is_excluded(server: FakeServer) -> None:
     assert server.stats()["requests"] == 16
 
 
+def test_steady_throughput_with_warmup_matches_the_known_rate(server: FakeServer) -> None:
+    # 16 slots; a token every 20 ms, the first 20 ms after the start: a busy slot streams 50 tok/s whatever
+    # the lengths. Varied lengths (11-31 tokens), so warm-up requests are still running in the window.
+    server.configure(ttft_ms=20, itl_ms=20)
+    res = run_bench(server.url, MODEL, parse_workload("random:16:21:0.5"),
+                    LoadConfig(concurrency=16, num_prompts=48, warmup_prompts=16, steady_state=True))
+    assert res.extra["steady_window_s"] > 0
+    assert res.output_tok_s == pytest.approx(16 * 50, rel=0.1)
+
+
 def test_warmup_failures_do_not_count(server: FakeServer) -> None:
     server.configure(fault="http500", fault_every=1)
     # warm-up and measured both fail here; only the measured ones are counted

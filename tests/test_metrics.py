@@ -26,6 +26,18 @@ def test_percentiles_and_tpot():
     assert r.tpot_ms.mean == pytest.approx(1000 * (11.0 - r.ttft_ms.mean / 1000) / 10, rel=0.01)
 
 
+def test_steady_window_counts_the_warmup_requests_still_running():
+    # two slots at ~1 token/s each; the warm-up request w2 still decodes during the window's first half
+    w1, w2 = req(0, 10), req(0, 15)
+    m1, m2, m3 = req(10, 10), req(15, 10), req(20, 10)
+    window = (10.0, 20.0)  # first to last measured start: both slots busy throughout
+    everyone = summarize([m1, m2, m3], 20.0, window=window, window_outputs=[w1, w2, m1, m2, m3])
+    measured_only = summarize([m1, m2, m3], 20.0, window=window)
+    assert everyone.output_tok_s == pytest.approx(2.0, rel=0.02)  # two busy slots
+    assert measured_only.output_tok_s == pytest.approx(1.64, rel=0.02)  # the undercount fixed here
+    assert everyone.ttft_ms.p99 == measured_only.ttft_ms.p99  # latency: measured requests only
+
+
 def test_steady_window_excludes_the_drain():
     # two slots busy from t=0 to t=20 at 1 token/s each; then one straggler drains alone until t=50
     outs = [req(0, 10), req(0, 10), req(10, 10), req(10, 10), req(20, 10), req(20, 30)]

@@ -25,7 +25,7 @@ from autotune.jsonsafe import json_safe
 from autotune.loadgen.client import PreparedRequest, prepare_request, send_request_clocked
 from autotune.loadgen.promscrape import MetricsScraper
 from autotune.loadgen.workload import RequestSpec, Workload
-from autotune.metrics import BenchResult, RequestOutput, summarize
+from autotune.metrics import BenchResult, RequestOutput, steady_window, summarize
 from autotune.progress import NULL_SINK, Event, ProgressSink
 
 __all__ = ["LoadConfig", "run_load", "run_bench", "check_model"]
@@ -158,11 +158,12 @@ async def run_load(url: str, model: str, requests: list[RequestSpec], cfg: LoadC
         extra["server_metrics"] = server_metrics
     # the window in the records' own clock; wall time when there is none (all failed) or clocks are mixed
     duration_s = _window_s(measured) if clock in ("sim", "wall") and ok_clocks else wall_s * cfg.time_scale
-    window = _steady_window(measured, duration_s) if cfg.steady_state and cfg.rate is None and ok_clocks \
+    window = steady_window(measured, duration_s) if cfg.steady_state and cfg.rate is None and ok_clocks \
         and clock in ("sim", "wall") else None
     if window is not None:
         extra["steady_window_s"] = window[1] - window[0]
-    return summarize(measured, duration_s, slo_ms=cfg.slo_ms, extra=extra, window=window)
+    everyone = [out for r in results if r is not None for out in (r[0],)]  # warm-up too: for the window
+    return summarize(measured, duration_s, slo_ms=cfg.slo_ms, extra=extra, window=window, window_outputs=everyone)
 
 
 def write_records(path: str | Path, results: list[tuple[RequestOutput, bool] | None], warmup: int) -> None:
@@ -291,16 +292,6 @@ def _arrival_times(n: int, rate: float, burstiness: float, seed: int) -> np.ndar
     if n > 1 and offsets[-1] > 0:
         offsets *= (n - 1) / rate / offsets[-1]
     return offsets
-
-
-def _steady_window(outputs: list[RequestOutput], full_s: float) -> tuple[float, float] | None:
-    """Closed loop: from the first measured start to the last one — every slot is busy in between (after
-    the last start the loop only drains). None when that window is too short to mean anything."""
-    starts = [o.start_s for o in outputs if o.success]
-    if len(starts) < 2:
-        return None
-    lo, hi = min(starts), max(starts)
-    return (lo, hi) if hi - lo >= 0.25 * full_s else None
 
 
 def _window_s(outputs: list[RequestOutput]) -> float:

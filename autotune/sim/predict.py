@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from autotune.gpus import GpuSpec
-from autotune.metrics import BenchResult, RequestOutput, summarize
+from autotune.metrics import BenchResult, RequestOutput, steady_window, summarize
 from autotune.models import ModelSpec
 from autotune.sim.engine import setup_engine
 
@@ -28,10 +28,14 @@ def _lengths(rng: np.random.Generator, mean: int, range_ratio: float, n: int) ->
 
 def predict(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any], input_len: int, output_len: int,
             concurrency: int | None, num_prompts: int, rate: float | None = None, seed: int = 0,
-            input_range: float = 0.0) -> BenchResult:
+            input_range: float = 0.0, warmup_prompts: int = 0) -> BenchResult:
     """Modelled benchmark of ``num_prompts`` random requests (ignore_eos): closed loop with ``concurrency``
     clients (all starting at t=0), or open loop with Poisson arrivals at ``rate`` req/s (optionally capped by
-    ``concurrency``). Raises EngineStartError where vLLM would not start."""
+    ``concurrency``). Raises EngineStartError where vLLM would not start.
+
+    ``warmup_prompts`` more requests are sent first and left out of the figures; a closed loop's throughput is
+    then counted over its steady window, as a trial's load level does (`autotune/trial.py`)."""
+    num_prompts += warmup_prompts
     setup = setup_engine(model, gpu, flags)
     dp = int(setup.flags["data-parallel-size"] or 1)
     # DP replicas are independent and symmetric: model one with its share of the load, count it dp times.
@@ -113,12 +117,13 @@ def predict(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any], input_len: in
             in_flight -= len(res.finished)
         issue(t)
     return _summarize(n, dp, in_lens, out_lens, too_long, start_t, first_t, last_t, itl_req, itl_val,
-                      concurrency, rate)
+                      concurrency, rate, math.ceil(warmup_prompts / dp))
 
 
 def _summarize(n: int, dp: int, in_lens: np.ndarray, out_lens: np.ndarray, too_long: np.ndarray,
                start_t: np.ndarray, first_t: np.ndarray, last_t: np.ndarray, itl_req: list[np.ndarray],
-               itl_val: list[np.ndarray], concurrency: int | None, rate: float | None) -> BenchResult:
+               itl_val: list[np.ndarray], concurrency: int | None, rate: float | None,
+               warmup: int = 0) -> BenchResult:
     if itl_req:
         reqs = np.concatenate(itl_req)
         vals = np.concatenate(itl_val)
@@ -139,6 +144,9 @@ def _summarize(n: int, dp: int, in_lens: np.ndarray, out_lens: np.ndarray, too_l
             ttft_s=float(first_t[i] - start_t[i]), itl_s=itl, e2el_s=float(last_t[i] - start_t[i]),
             start_s=float(start_t[i])))
     done = ~too_long
+    done[:warmup] = False
     duration = float(np.nanmax(last_t[done]) - start_t[done].min()) if done.any() else 0.0
     extra: dict[str, Any] = {"concurrency": concurrency, "rate": rate, "engine": "sim-predict"}
-    return summarize(outputs * dp, duration, extra=extra)
+    measured = outputs[warmup:]
+    window = steady_window(measured, duration) if warmup and rate is None else None
+    return summarize(measured * dp, duration, extra=extra, window=window, window_outputs=outputs * dp)
