@@ -136,7 +136,7 @@ def summarize(outputs: list[RequestOutput], duration_s: float, slo_ms: dict[str,
     ``duration_s`` is then the window's length. Latency figures always cover every request.
     ``window_outputs``: every request whose tokens fall in the window, when that is more than ``outputs``:
     a closed loop's warm-up requests are still decoding in the first part of its steady window (leaving them
-    out undercounted an H100 level's throughput by about a quarter). Goodput in a window is its request rate
+    out undercounted an H100 level's throughput by about a third). Goodput in a window is its request rate
     times the share of ``outputs`` that meet the SLOs.
     """
     ok = [o for o in outputs if o.success]

@@ -15,11 +15,14 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from autotune.metrics import RequestOutput, steady_window, summarize
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from autotune.metrics import RequestOutput, steady_window, summarize  # noqa: E402
 
 
 def load(path: Path) -> list[dict]:

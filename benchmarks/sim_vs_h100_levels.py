@@ -2,8 +2,9 @@
 docs/results/h100-flash.md): the same flags, concurrencies, workload and level protocol (a trial's: 2 s ramp,
 1 x C warm-up, 1.5 x C measured, fresh prompts), run on a time-scaled sim server.
 
-The real figures are read from the raw data: output tok/s from the study's run log (every level's line), P99
-TTFT and P99 TPOT from each level's per-request records.
+The real figures are read from each level's per-request records (output tok/s over the steady window
+counting every request in it, as `benchmarks/level_records.py` does; the run log's figures left out the
+warm-up requests' tokens), P99 TTFT and P99 TPOT too; the run log gives the trial each level belongs to.
 
     python benchmarks/sim_vs_h100_levels.py [--raw docs/results/raw/h100-session3/h100-flash] [--time-scale 4]
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from autotune.engines.base import LaunchSpec  # noqa: E402
 from autotune.engines.launcher import EngineServer  # noqa: E402
@@ -30,6 +32,7 @@ from autotune.loadgen.workload import parse_workload  # noqa: E402
 from autotune.loadsearch import LoadSearchConfig  # noqa: E402
 from autotune.models import resolve_model  # noqa: E402
 from autotune.trial import TrialSettings, level_load_config  # noqa: E402
+from level_records import window_tok_s  # noqa: E402
 
 # The study's trials with their flags (besides --enable-chunked-prefill --load-format dummy); trials 1 and 4
 # are the seed profile on machines 1 and 2.
@@ -64,10 +67,10 @@ def real_levels(raw: Path, tmp: Path) -> dict[int, list[dict]]:
     for number, levels in tok_s.items():
         files = sorted((tmp / "studies" / "h100-flash" / "trials" / str(number) / "levels").glob("*.jsonl.gz"))
         rows = []
-        for (c, tps), path in zip(levels, files):
+        for (c, _), path in zip(levels, files):
             recs = [json.loads(x) for x in gzip.open(path, "rt")]
             measured = [r for r in recs if not r["warmup"] and r["ok"]]
-            rows.append({"concurrency": c, "output_tok_s": tps,
+            rows.append({"concurrency": c, "output_tok_s": window_tok_s(recs)[0],
                          "p99_ttft_ms": float(np.percentile([r["ttft_ms"] for r in measured], 99)),
                          "p99_tpot_ms": float(np.percentile([r["tpot_ms"] for r in measured
                                                              if r["tpot_ms"] is not None], 99))})

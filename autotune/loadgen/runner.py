@@ -162,7 +162,7 @@ async def run_load(url: str, model: str, requests: list[RequestSpec], cfg: LoadC
         and clock in ("sim", "wall") else None
     if window is not None:
         extra["steady_window_s"] = window[1] - window[0]
-    everyone = [out for r in results if r is not None for out in (r[0],)]  # warm-up too: for the window
+    everyone = [r[0] for r in results if r is not None]  # warm-up too: its tokens in the window count
     return summarize(measured, duration_s, slo_ms=cfg.slo_ms, extra=extra, window=window, window_outputs=everyone)
 
 
