@@ -163,7 +163,7 @@ def _objective(cfg: StudyConfig, sink: ProgressSink, deadline: float | None = No
                                       "feasible": outcome.feasible, "concurrency": outcome.concurrency,
                                       "failure_class": outcome.failure_class,
                                       "failure_reason": outcome.failure_reason,
-                                      "wall_s": record["trial_wall_s"]}))
+                                      "stop_reason": outcome.stop_reason, "wall_s": record["trial_wall_s"]}))
         return float(outcome.output_tok_s)
 
     return objective

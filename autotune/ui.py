@@ -115,6 +115,8 @@ class StudyView:
             line = (f"trial {d['number']} done: {_fmt(d['value'])} tok/s at concurrency {_fmt(d['concurrency'], 'd')}"
                     if d["feasible"] else f"trial {d['number']} infeasible: {d['failure_class']} {d['failure_reason']}")
             line += f" ({d['wall_s']:.0f} s)"
+            if d.get("stop_reason") == "deadline":
+                line += "; load search cut short by --timeout (the knee may lie higher)"
         elif event.kind in ("study_started", "remeasure", "study_finished"):
             line = self.status
         elif event.kind == "remeasured":

@@ -87,10 +87,11 @@ def test_timeout_ends_the_last_trial_with_the_levels_it_measured(capsys, tmp_pat
     code, out, err = run_json(capsys, "run", "--model", "flash", "--engine", "sim", "--storage", url, "--study", "dl",
                               "--p99-ms", "500", "--trials", "5", "--timeout", "20", "--top-k", "0", "--repeats", "0",
                               "--sim-time-scale", "4", "--workload", "random:1024:256", "--start-concurrency", "8",
-                              "--out", str(tmp_path / "out"), "--json")
+                              "--out", str(tmp_path / "out"))
     assert code == 0, err
+    assert "cut short by --timeout" in out + err  # the console says so
     trial = optuna.load_study(study_name="dl", storage=url).trials[0]
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.user_attrs["stop_reason"] == "deadline"
     assert trial.user_attrs["feasible"] and trial.value > 0 and trial.user_attrs["levels"]
-    profile = yaml.safe_load(open(json.loads(out)["profile_path"]))
+    profile = yaml.safe_load(open(tmp_path / "out" / "dl" / "profile.yaml"))
     assert profile["search_stop_reason"] == "deadline" and profile["concurrency"] == trial.user_attrs["concurrency"]
