@@ -159,7 +159,7 @@ def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, 
         cfg = LoadSearchConfig(**{**settings.search.__dict__, "max_concurrency": min(settings.search.max_concurrency,
                                                                                        ceiling)})
         measure = _measure_fn(settings, server, served_name, log_path.parent / "levels")
-        result: LoadSearchResult = search_load(measure, cfg, sink, deadline, 
+        result: LoadSearchResult = search_load(measure, cfg, sink, deadline,
                                                reserve_s=TEARDOWN_RESERVE_S.get(settings.engine, 30.0))
         outcome.load_wall_s = time.perf_counter() - engine_ready
         if not server.alive():

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from autotune.gpus import load_gpu  # noqa: E402
 from autotune.models import spec_from_config  # noqa: E402
 from autotune.sim.predict import predict  # noqa: E402
+from autotune.study import baseline_flags  # noqa: E402
 from tests.conftest import WEIGHTLESS_FLASH_CONFIG  # noqa: E402
 
 # (label, flags, concurrency, role, output tok/s, P99 TTFT ms, P99 ITL ms)
@@ -36,7 +37,7 @@ REAL = [
     ("kv fp8", {"kv-cache-dtype": "fp8"}, 256, "held out", 9506.0, 6053.0, 226.0),
 ]
 # (label, flags, concurrency, role, output tok/s, P99 TTFT ms, P99 TPOT ms); trials 0 and 4 of session 3
-FP8 = {"kv-cache-dtype": "fp8", "max-num-seqs": 1024}
+FP8 = baseline_flags("seed-profile", spec_from_config(WEIGHTLESS_FLASH_CONFIG, "w", "w"), 1)
 # Held out: a joint fit with these as "fit" points (150 evaluations) only reached a compromise that misses
 # both sets (docs/results/sim-accuracy.md): the step model itself has to change before they can be fitted.
 STEADY = [  # output tok/s over the steady window counting every request in it (level_records.py "all")

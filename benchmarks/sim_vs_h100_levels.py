@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,22 +32,22 @@ from autotune.loadgen.runner import run_bench  # noqa: E402
 from autotune.loadgen.workload import parse_workload  # noqa: E402
 from autotune.loadsearch import LoadSearchConfig  # noqa: E402
 from autotune.models import resolve_model  # noqa: E402
+from autotune.study import baseline_flags  # noqa: E402
 from autotune.trial import TrialSettings, level_load_config  # noqa: E402
 from level_records import window_tok_s  # noqa: E402
 
-# The study's trials with their flags (besides --enable-chunked-prefill --load-format dummy); trials 1 and 4
-# are the seed profile on machines 1 and 2.
-TRIALS = {
-    0: ("vLLM defaults", {}),
-    1: ("seed profile (machine 1)", {"kv-cache-dtype": "fp8", "max-num-seqs": 1024}),
-    2: ("try: sim's top", {"max-num-seqs": 768, "kv-cache-dtype": "fp8", "gpu-memory-utilization": 0.9,
-                           "enable-prefix-caching": True, "async-scheduling": True,
-                           "max-cudagraph-capture-size": 512}),
-    3: ("try: hand-tuned", {"max-num-seqs": 512, "max-num-batched-tokens": 16384, "kv-cache-dtype": "fp8",
-                            "gpu-memory-utilization": 0.9, "enable-prefix-caching": True, "async-scheduling": True,
-                            "max-cudagraph-capture-size": 512}),
-    4: ("seed profile (machine 2)", {"kv-cache-dtype": "fp8", "max-num-seqs": 1024}),
-}
+HERE = Path(__file__).resolve().parent
+
+
+def trial_flags(model) -> dict[int, tuple[str, dict]]:
+    """The study's trials and their flags: the baselines' own, and the `--try` file's points (trials 2, 3);
+    trials 1 and 4 are the seed profile on machines 1 and 2."""
+    seed = baseline_flags("seed-profile", model, 1)
+    tries = yaml.safe_load((HERE / "gpu" / "h100_try.yaml").read_text())
+    return {0: ("vLLM defaults", baseline_flags("vllm-defaults", model, 1)), 1: ("seed profile (machine 1)", seed),
+            2: ("try: sim's top", tries[0]), 3: ("try: hand-tuned", tries[1]), 4: ("seed profile (machine 2)", seed)}
+
+
 LEVEL_LINE = re.compile(r"concurrency (\d+): ([\d,]+) output tok/s")
 TRIAL_LINE = re.compile(r"\] trial (\d+) (?!done)")
 
@@ -86,6 +87,7 @@ def main() -> None:
     ap.add_argument("--max-concurrency", type=int, default=512)
     args = ap.parse_args()
     model = resolve_model("flash")
+    trials = trial_flags(model)
     settings = TrialSettings(engine="sim", model=model, gpu=load_gpu("h100"), gpus=1,
                              workload=parse_workload("random:1024:512:0.5", seed=0),
                              search=LoadSearchConfig(metric="ttft", limit_ms=500), time_scale=args.time_scale,
@@ -96,7 +98,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         real = real_levels(args.raw, Path(tmp))
         for number in args.trials:
-            label, flags = TRIALS[number]
+            label, flags = trials[number]
             spec = LaunchSpec(engine="sim", model=model, flags={"enable-chunked-prefill": True, **flags},
                               gpu_ids=(0,), served_model_name="m", log_path=Path(tmp) / f"server-{number}.log",
                               gpu_type="h100", time_scale=args.time_scale)

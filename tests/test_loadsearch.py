@@ -93,7 +93,8 @@ def test_no_level_starts_that_would_end_after_the_deadline(monkeypatch):
 
 def test_level_time_estimate_takes_the_tightest_bound():
     from autotune.loadsearch import estimate_level_s
-    measured = [(256, 40.0), (512, 66.0)]  # the H100 seed-profile trial: c=1024 then took 132 s
-    assert estimate_level_s(1024, measured) == 132.0
-    assert estimate_level_s(362, measured) == 40.0 * 362 / 256
-    assert estimate_level_s(128, measured) == 40.0
+    # the H100 seed-profile trial (session 3): its requests at 256 / 512 took 38.3 / 69.1 s; at 1024, 128.6 s
+    measured = [(256, 38.3), (512, 69.1)]
+    assert estimate_level_s(1024, measured) == 69.1 * 2
+    assert estimate_level_s(362, measured) == 38.3 * 362 / 256
+    assert estimate_level_s(128, measured) == 38.3

@@ -24,6 +24,16 @@ def test_defaults_at_128_near_real_h100(flash) -> None:
     assert abs(r.output_tok_s - 8024) / 8024 < 0.15  # vLLM 0.26.0 measured 8,024 output tok/s
 
 
+def test_warmup_level_counts_the_steady_state(flash) -> None:
+    # A trial's level: 1 x C warm-up, then 1.5 x C measured, lengths ±50%. With C slots always busy in the
+    # steady window, throughput is C x (output tokens per second of one busy slot) by Little's law.
+    c = 64
+    r = predict(flash, load_gpu("h100"), {}, 1024, 512, c, int(1.5 * c), input_range=0.5, warmup_prompts=c)
+    assert r.completed == 96  # the warm-up is not in the figures
+    per_slot_tok_s = 512 / (r.e2el_ms.mean / 1e3)  # mean output length 512 (±50% uniform)
+    assert r.output_tok_s == pytest.approx(c * per_slot_tok_s, rel=0.1)
+
+
 def test_ranking_sanity(flash) -> None:
     gpu = load_gpu("h100")
     bf16 = predict(flash, gpu, {}, 1024, 512, 256, 1024)
