@@ -41,6 +41,7 @@ class LevelResult:
     result: BenchResult
     p99_ms: float
     feasible: bool  # P99 within the limit, throughput measured, error rate within max_error_rate
+    wall_s: float = 0.0  # the level's wall time, warm-up included (what a re-measurement at this level costs)
 
     def summary(self) -> dict[str, Any]:
         r = self.result
@@ -48,7 +49,7 @@ class LevelResult:
                 "request_s": r.request_s, "p99_ms": self.p99_ms, "feasible": self.feasible,
                 "p99_ttft_ms": r.ttft_ms.p99, "p99_tpot_ms": r.tpot_ms.p99, "p99_itl_ms": r.itl_ms.p99,
                 "p99_e2el_ms": r.e2el_ms.p99, "completed": r.completed, "failed": r.failed,
-                "duration_s": r.duration_s, "status": r.status}
+                "duration_s": r.duration_s, "wall_s": self.wall_s, "status": r.status}
 
 
 @dataclass
@@ -103,12 +104,13 @@ def _search(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig, sink: 
                 raise _OutOfTime
             started = time.monotonic()
             r = measure(c)
-            walls.append((c, time.monotonic() - started))
+            wall_s = time.monotonic() - started
+            walls.append((c, wall_s))
             p99 = r.p99_ms(cfg.metric)
             total = r.completed + r.failed
             ok = (r.completed > 0 and not math.isnan(p99) and p99 <= cfg.limit_ms
                   and not math.isnan(r.output_tok_s) and r.failed <= cfg.max_error_rate * total)
-            lv = LevelResult(c, r, p99, ok)
+            lv = LevelResult(c, r, p99, ok, wall_s)
             seen[c] = lv
             out.levels.append(lv)
             sink(Event("load_level", lv.summary() | {"limit_ms": cfg.limit_ms, "metric": cfg.metric}))

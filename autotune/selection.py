@@ -33,6 +33,7 @@ class Candidate:
     # A re-measurement over the limit steps down to the next one (the knee was marginal).
     lower_levels: list[tuple[int, float, float]] = field(default_factory=list)
     stepped_down_from: list[int] = field(default_factory=list)
+    remeasure_s: float = 0.0  # expected wall seconds of one re-measurement (server start and stop, one level)
 
     def step_down(self) -> bool:
         """Move to the next lower feasible level, dropping the re-measurements made at this one."""

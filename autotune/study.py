@@ -11,6 +11,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import optuna
 
 from autotune.errors import EngineStartError, Stopped, UsageError
 from autotune.jsonsafe import json_safe
+from autotune.loadsearch import estimate_level_s
 from autotune.metrics import BenchResult
 from autotune.models import ModelSpec
 from autotune.progress import NULL_SINK, Event, ProgressSink
@@ -179,11 +181,13 @@ class _StopRules:
     longest so far, counting those of earlier runs of a resumed study: on the H100 a median let a slow trial
     start that then ran past the deadline."""
 
-    def __init__(self, patience: int, deadline: float | None, earlier_durations: list[float] = ()) -> None:
+    def __init__(self, patience: int, deadline: float | None, earlier_durations: list[float] = (),
+                 reserve_s: Callable[[], float] = lambda: 0.0) -> None:
         self.patience = patience
         self.deadline = deadline
         self.reason = ""
         self.durations: list[float] = list(earlier_durations)
+        self.reserve_s = reserve_s  # kept free after the trials: the re-measurements still to make
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.user_attrs.get("trial_wall_s"):
@@ -205,7 +209,7 @@ class _StopRules:
 
     def would_overrun(self) -> bool:
         return self.deadline is not None and bool(self.durations) and \
-            time.monotonic() + max(self.durations) > self.deadline
+            time.monotonic() + max(self.durations) + self.reserve_s() > self.deadline
 
 
 def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage, sink: ProgressSink = NULL_SINK) -> StudyOutcome:
@@ -227,7 +231,7 @@ def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage, sink: Prog
                                  "metric": cfg.settings.search.metric, "limit_ms": cfg.settings.search.limit_ms}))
     earlier = [float(t.user_attrs["trial_wall_s"]) for t in study.get_trials(deepcopy=False)
                if t.user_attrs.get("trial_wall_s")]
-    rules = _StopRules(cfg.patience, deadline, earlier)
+    rules = _StopRules(cfg.patience, deadline, earlier, lambda: remeasure_reserve_s(study, cfg))
     if rules.would_overrun():  # a resumed study whose earlier trials show the next one cannot fit
         rules.reason = "timeout"
     elif cfg.n_trials > 0:
@@ -278,10 +282,34 @@ def _candidate(t: optuna.trial.FrozenTrial) -> Candidate:
     if not a.get("feasible"):
         c.concurrency = None  # SLO-meeting throughput is 0: nothing to re-measure
         return c
+    c.remeasure_s = remeasure_s(a, int(c.concurrency))
     c.lower_levels = sorted(((int(lv["concurrency"]), float(lv["output_tok_s"]), float(lv["p99_ms"]))
                              for lv in a.get("levels") or []
                              if lv.get("feasible") and int(lv["concurrency"]) < int(c.concurrency)), reverse=True)
     return c
+
+
+def remeasure_s(attrs: dict[str, Any], concurrency: int) -> float:
+    """Expected wall seconds of re-measuring a trial at ``concurrency``: its server start and stop as in the
+    trial, plus the level's time estimated from the trial's own levels."""
+    levels = attrs.get("levels") or []
+    walls = [(int(lv["concurrency"]), float(lv["wall_s"])) for lv in levels if lv.get("wall_s")]
+    level_s = estimate_level_s(concurrency, walls) if walls else \
+        float(attrs.get("load_wall_s") or 0.0) / max(1, len(levels))  # a study written before levels had wall_s
+    return float(attrs.get("engine_wall_s") or 0.0) + level_s
+
+
+def remeasure_reserve_s(study: optuna.Study, cfg: StudyConfig) -> float:
+    """Wall seconds the re-measurement stage still needs for the current candidates, plus one more candidate
+    while the top-k is not full (the next trial may join it). The study's --timeout covers this stage too."""
+    if cfg.repeats <= 0:
+        return 0.0
+    candidates = [c for c in candidates_from_study(study, cfg.top_k) if c.concurrency is not None]
+    pending = [max(0, cfg.repeats - len(stored_remeasurement(study, c.trial_number).get("repeats", []))) * c.remeasure_s
+               for c in candidates]
+    if candidates and sum(1 for c in candidates if not c.baseline) < cfg.top_k:
+        pending.append(cfg.repeats * max(c.remeasure_s for c in candidates))
+    return sum(pending)
 
 
 def stored_remeasurement(study: optuna.Study, trial_number: int) -> dict[str, Any]:
@@ -310,7 +338,9 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
         if cand.concurrency is None or cfg.repeats <= 0:
             continue
         while len(cand.repeats) < cfg.repeats:
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() + cand.remeasure_s > deadline:
+                sink(Event("remeasure_skipped", {"trial": cand.trial_number, "repeat": len(cand.repeats) + 1,
+                                                 "of": cfg.repeats, "expected_s": cand.remeasure_s}))
                 break
             i = len(cand.repeats)
             sink(Event("remeasure", {"trial": cand.trial_number, "repeat": i + 1, "of": cfg.repeats,

@@ -121,6 +121,9 @@ class StudyView:
             line = self.status
         elif event.kind == "remeasured":
             line = f"  re-measured: {_fmt(d['output_tok_s'])} tok/s, p99 {_fmt(d['p99_ms'])} ms"
+        elif event.kind == "remeasure_skipped":
+            line = (f"  not re-measuring trial {d['trial']} ({d['repeat']}/{d['of']}): its expected "
+                    f"{d['expected_s']:.0f} s would run past --timeout")
         elif event.kind == "remeasure_step_down":
             line = (f"  over the limit at concurrency {d['from_concurrency']}: re-measuring trial {d['trial']} "
                     f"at its next lower level, {d['concurrency']}")

@@ -122,11 +122,27 @@ def run_ours(url: str, concurrency: int, n: int, out_len: int) -> tuple[float, i
     return wall, res.completed, int(res.output_tok_s * res.duration_s + 0.5) if res.completed else 0
 
 
-def run_vllm(url: str, concurrency: int, n: int, out_len: int) -> tuple[float, int, int]:
-    from _vllm_request_func import async_request_openai_completions, make_session
+VLLM_CLIENT = "reimpl"  # or "real": vLLM's own module (vllm.benchmarks.lib.endpoint_request_func), where installed
 
+
+def _vllm_request_fn():
+    """(request function, session factory) of vLLM's client: the real module or the reimplementation."""
+    from _vllm_request_func import async_request_openai_completions, make_session
+    if VLLM_CLIENT != "real":
+        return async_request_openai_completions, make_session
+    from vllm.benchmarks.lib.endpoint_request_func import RequestFuncInput
+    from vllm.benchmarks.lib.endpoint_request_func import async_request_openai_completions as real_fn
+
+    async def request(api_url, model, prompt, prompt_len, output_len, session):
+        return await real_fn(RequestFuncInput(prompt=prompt, api_url=api_url, prompt_len=prompt_len,
+                                              output_len=output_len, model=model, ignore_eos=True), session)
+    return request, make_session  # make_session: the session serve.py builds (connector, timeout, trust_env)
+
+
+def run_vllm(url: str, concurrency: int, n: int, out_len: int) -> tuple[float, int, int]:
     from autotune.loadgen.workload import parse_workload
 
+    request_fn, make_session = _vllm_request_fn()
     requests = parse_workload(f"random:128:{out_len}").requests(n)
 
     async def main() -> list:
@@ -134,8 +150,8 @@ def run_vllm(url: str, concurrency: int, n: int, out_len: int) -> tuple[float, i
         async with make_session(concurrency) as session:
             async def limited(spec):  # as vllm/benchmarks/serve.py: semaphore around the request function
                 async with sem:
-                    return await async_request_openai_completions(url + "/v1/completions", MODEL, spec.prompt,
-                                                                  spec.prompt_len, spec.output_len, session)
+                    return await request_fn(url + "/v1/completions", MODEL, spec.prompt, spec.prompt_len,
+                                            spec.output_len, session)
             return await asyncio.gather(*(asyncio.create_task(limited(r)) for r in requests))
 
     t = time.perf_counter()
@@ -154,14 +170,21 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=3000, help="per run (divided by out_len/64 for long outputs)")
     p.add_argument("--out-lens", default="1,64,512")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--vllm-client", choices=["reimpl", "real"], default="reimpl",
+                   help="real: vLLM's own benchmark module (needs vLLM installed, e.g. on the GPU machine)")
+    p.add_argument("--cores", default="0,1", help="client core, server core")
     args = p.parse_args()
-    os.sched_setaffinity(0, {0})
-    print(f"client on core 0, server on core 1, concurrency {args.concurrency}, cpus={os.cpu_count()}")
+    global VLLM_CLIENT
+    VLLM_CLIENT = args.vllm_client
+    client_core, server_core = (int(x) for x in args.cores.split(","))
+    os.sched_setaffinity(0, {client_core})
+    print(f"client on core {client_core}, server on core {server_core}, concurrency {args.concurrency}, cpus={os.cpu_count()}, "
+          f"vllm client: {VLLM_CLIENT}")
     print(f"{'out_len':>7} {'client':>6} {'requests':>8} {'wall_s':>7} {'req/s':>8} {'tok/s':>9}")
     for out_len in (int(x) for x in args.out_lens.split(",")):
         n = max(args.concurrency * 4, args.requests // max(1, out_len // 64))
         best: dict[str, tuple[float, float]] = {}
-        with Server(out_len) as url:
+        with Server(out_len, server_core) as url:
             run_ours(url, args.concurrency, args.concurrency * 2, out_len)  # warm the server and imports
             for rep in range(args.repeats):
                 order = [("ours", run_ours), ("vllm", run_vllm)]

@@ -2,6 +2,7 @@
 next lower feasible level, and a resumed study replays the step-down."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,12 +15,13 @@ from autotune.metrics import summarize
 
 def _study() -> optuna.Study:
     study = optuna.create_study(direction="maximize")
-    levels = [{"concurrency": c, "output_tok_s": t, "p99_ms": p, "feasible": p <= 500}
+    # level wall seconds as on the H100 (about 0.2 s a concurrent request), server start and stop 130 s
+    levels = [{"concurrency": c, "output_tok_s": t, "p99_ms": p, "feasible": p <= 500, "wall_s": c * 0.2}
               for c, t, p in ((64, 3000.0, 200.0), (128, 4500.0, 350.0), (181, 5000.0, 480.0), (215, 5200.0, 700.0))]
     study.add_trial(optuna.trial.create_trial(
         params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)}, value=5000.0,
         user_attrs={"flags": {"max-num-seqs": 256}, "feasible": True, "concurrency": 181, "output_tok_s": 5000.0,
-                    "p99_ms": 480.0, "levels": levels, "baseline": "vllm-defaults"}))
+                    "p99_ms": 480.0, "levels": levels, "baseline": "vllm-defaults", "engine_wall_s": 130.0}))
     return study
 
 
@@ -65,3 +67,23 @@ def test_no_lower_level_left_means_no_winner(tmp_path, monkeypatch):
     monkeypatch.setattr(study_mod, "measure_once", _fake_measure({181: 900.0, 128: 900.0, 64: 900.0}, calls))
     selection = study_mod.remeasure_and_select(_study(), _cfg(tmp_path, repeats=1), deadline=None)
     assert calls == [181, 128, 64] and selection.winner is None
+
+
+def test_the_timeout_covers_the_remeasurements(tmp_path, monkeypatch):
+    study = _study()
+    cost_s = 130.0 + 181 * 0.2  # the trial's server start and stop, and its level at 181
+    assert abs(study_mod._candidate(study.trials[0]).remeasure_s - cost_s) < 1e-9
+    # two repeats of the one candidate, and two of a tuned candidate that the next trial may add (top-k 1)
+    assert abs(study_mod.remeasure_reserve_s(study, _cfg(tmp_path)) - 4 * cost_s) < 1e-9
+    assert study_mod.remeasure_reserve_s(study, _cfg(tmp_path, repeats=0)) == 0.0
+
+    calls: list[int] = []
+    events = []
+    monkeypatch.setattr(study_mod, "measure_once", _fake_measure({181: 450.0}, calls))
+    deadline = time.monotonic() + cost_s - 5  # a re-measurement would run past it: none starts
+    selection = study_mod.remeasure_and_select(study, _cfg(tmp_path), deadline, events.append)
+    assert calls == [] and [e.kind for e in events] == ["remeasure_skipped"]
+    assert selection.winner is not None and selection.winner.repeats == []  # the search's figure stands
+    selection = study_mod.remeasure_and_select(study, _cfg(tmp_path), time.monotonic() + 3 * cost_s)
+    assert calls == [181, 181] and len(selection.winner.repeats) == 2
+    assert study_mod.remeasure_reserve_s(study, _cfg(tmp_path)) == 2 * cost_s  # only the next trial's part left

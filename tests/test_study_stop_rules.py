@@ -41,3 +41,8 @@ def test_stagnation_counts_trials_without_a_one_percent_gain():
     assert rules.reason == "stagnation: no 1% gain in 3 trials"
     rules = _StopRules(patience=3, deadline=None)
     assert _run(rules, [100.0, 102.0, 101.0, 101.5, 103.1]) == 5 and rules.reason == ""
+
+
+def test_time_reserved_for_the_remeasurements_keeps_the_next_trial_out():
+    assert _StopRules(0, time.monotonic() + 90.0, [60.0], reserve_s=lambda: 40.0).would_overrun()
+    assert not _StopRules(0, time.monotonic() + 90.0, [60.0], reserve_s=lambda: 20.0).would_overrun()

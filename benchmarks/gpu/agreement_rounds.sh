@@ -6,14 +6,15 @@
 # prompts an earlier one sent (vLLM's prefix cache stays cold). Results in $OUT/agreement/.
 # With RATE, both tools send open-loop Poisson arrivals at RATE requests/s instead (a TTFT that is a property
 # of the server, not of a synchronized wave): `--rate` in ours, `--request-rate` in vLLM's.
-#   [CUDA_VISIBLE_DEVICES=i] bash benchmarks/gpu/agreement_rounds.sh [ROUNDS] [PORT] [RATE] [PROMPTS]
+# MORE_PHASES="ROUNDS:RATE:PROMPTS ...": more rounds on the same server afterwards (e.g. a low load, where a P99
+# is a property of the server rather than of a few bursts). With MORE_PHASES every phase writes to
+# /tmp/st/agreement/rate<RATE>-n<PROMPTS>/, and a phase that repeats a rate and count adds rounds to its folder.
+#   [CUDA_VISIBLE_DEVICES=i] [MORE_PHASES=...] bash benchmarks/gpu/agreement_rounds.sh [ROUNDS] [PORT] [RATE] [PROMPTS]
 # Summarise here with: python3 benchmarks/gpu/agreement_table.py DIR
 set -uo pipefail
 . /tmp/st/env.sh
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 rounds=${1:-3}; port=${2:-8011}; rate=${3:-}; prompts=${4:-256}
-if [ -n "$rate" ]; then ours_load=(--rate "$rate"); vllm_load=(--request-rate "$rate" --burstiness 1.0)
-else ours_load=(--concurrency 64); vllm_load=(--max-concurrency 64); fi
 out=/tmp/st/agreement; mkdir -p "$out"
 setsid vllm serve /tmp/model --load-format dummy --port "$port" --served-model-name m > "$out/server.log" 2>&1 &
 srv=$!
@@ -21,15 +22,30 @@ cleanup() { kill -TERM -- -$srv 2>/dev/null; sleep 5; kill -KILL -- -$srv 2>/dev
 trap cleanup EXIT; trap "exit 143" TERM INT
 for i in $(seq 200); do curl -sf "localhost:$port/health" >/dev/null && break; sleep 2; done
 echo "server ready after ~$((i * 2)) s" | tee "$out/times.txt"
-for r in $(seq "$rounds"); do
-  t0=$(date +%s)
-  python3 -m autotune bench --url "http://127.0.0.1:$port" --model m --workload random:1024:512 --tokenizer /tmp/model \
-    "${ours_load[@]}" --num-prompts "$prompts" --seed "$r" --scrape-metrics --records "$out/ours-$r.jsonl.gz" --json > "$out/ours-$r.json" 2> "$out/ours-$r.err"
-  t1=$(date +%s)
-  vllm bench serve --backend vllm --base-url "http://127.0.0.1:$port" --model m --tokenizer /tmp/model \
-    --dataset-name random --random-input-len 1024 --random-output-len 512 --num-prompts "$prompts" "${vllm_load[@]}" \
-    --ignore-eos --seed "$((100 + r))" --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,90,95,99 \
-    --save-result --save-detailed --result-dir "$out" --result-filename "vllm-$r.json" > "$out/vllm-$r.log" 2>&1
-  t2=$(date +%s)
-  echo "round $r: ours $((t1 - t0)) s, vllm $((t2 - t1)) s" | tee -a "$out/times.txt"
+phase() {  # DIR ROUNDS RATE PROMPTS SEED_BASE
+  local dir=$1 n=$2 rate=$3 prompts=$4 base=$5 ours_load vllm_load r i t0 t1 t2
+  if [ -n "$rate" ]; then ours_load=(--rate "$rate"); vllm_load=(--request-rate "$rate" --burstiness 1.0)
+  else ours_load=(--concurrency 64); vllm_load=(--max-concurrency 64); fi
+  mkdir -p "$dir"
+  local done_before; done_before=$(ls "$dir"/ours-*.json 2>/dev/null | wc -l)
+  for i in $(seq "$n"); do
+    r=$((done_before + i))
+    t0=$(date +%s)
+    python3 -m autotune bench --url "http://127.0.0.1:$port" --model m --workload random:1024:512 --tokenizer /tmp/model \
+      "${ours_load[@]}" --num-prompts "$prompts" --seed "$((base + r))" --scrape-metrics --records "$dir/ours-$r.jsonl.gz" \
+      --json > "$dir/ours-$r.json" 2> "$dir/ours-$r.err"
+    t1=$(date +%s)
+    vllm bench serve --backend vllm --base-url "http://127.0.0.1:$port" --model m --tokenizer /tmp/model \
+      --dataset-name random --random-input-len 1024 --random-output-len 512 --num-prompts "$prompts" "${vllm_load[@]}" \
+      --ignore-eos --seed "$((base + 100 + r))" --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,90,95,99 \
+      --save-result --save-detailed --result-dir "$dir" --result-filename "vllm-$r.json" > "$dir/vllm-$r.log" 2>&1
+    t2=$(date +%s)
+    echo "$dir round $r (rate ${rate:-closed loop 64}, $prompts prompts): ours $((t1 - t0)) s, vllm $((t2 - t1)) s" | tee -a "$out/times.txt"
+  done
+}
+if [ -z "${MORE_PHASES-}" ]; then phase "$out" "$rounds" "$rate" "$prompts" 0; exit; fi
+k=0
+for spec in "$rounds:$rate:$prompts" $MORE_PHASES; do
+  IFS=: read -r n r p <<< "$spec"
+  phase "$out/rate$r-n$p" "$n" "$r" "$p" $((1000 * k)); k=$((k + 1))
 done

@@ -3,8 +3,9 @@
 # that outlive a single 10-minute `run` call (started with setsid; they run until the machine goes back):
 #   GPU 0: the study `h100-flash` (benchmarks/gpu/h100_flash_study.sh).
 #   GPU 1: our bench vs `vllm bench serve` (benchmarks/gpu/agreement_rounds.sh; Poisson arrivals at
-#          AGREEMENT_RATE requests/s, default 8, AGREEMENT_PROMPTS
-#          prompts a run, default 480; empty: session 2's closed loop at 64), then `h100-flash-replica`,
+#          AGREEMENT_RATE requests/s, default 8, AGREEMENT_PROMPTS prompts a run, default 960, AGREEMENT_ROUNDS
+#          rounds, default 2, then the phases of AGREEMENT_MORE (default "2:3:360 1:8:960": two rounds at a
+#          low load, then a third at the first rate); then `h100-flash-replica`,
 #          the same study settings on the other card: independent re-measurements of the same configurations.
 # Each GPU's server processes use their own vLLM compile cache (VLLM_CACHE_ROOT), so no two compilations race.
 #   [RESUME=DIR] [SKIP_AGREEMENT=1] [GPU0_ONLY=1] bash benchmarks/gpu/h100_session.sh start TOTAL_S  # launch both; all ends by TOTAL_S
@@ -12,9 +13,11 @@
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # Session 2 ran with --start-concurrency 32 --prompts-per-level 2 and a 0.5 x C warm-up; with the whole first
-# wave as warm-up (now) levels are longer and the knee higher, hence 64 and 1.5.
-study_opts=(--trials 20 --top-k 0 --repeats 0 --workload random:1024:512:0.5 --start-concurrency 64
-            --prompts-per-level 1.5 --try "$here/h100_try.yaml")
+# wave as warm-up levels are longer and the knee higher (session 3: 64, 1.5, every knee at 152-512, 4-6 min a
+# trial). Session 4: the baselines, then TPE, and the top candidate and both baselines re-measured on the same
+# card (the study keeps the time for that from its --timeout).
+study_opts=(--trials 4 --top-k 1 --repeats 1 --workload random:1024:512:0.5 --start-concurrency 128
+            --prompts-per-level 1.5)
 case "$1" in
 start)
   total_s=$2
@@ -29,7 +32,7 @@ start)
   (cd "$here/../.." && CUDA_VISIBLE_DEVICES=0 VLLM_CACHE_ROOT=/tmp/st/vcache0 STUDY=h100-flash \
      setsid bash benchmarks/gpu/h100_flash_study.sh "$total_s" "${study_opts[@]}" > /tmp/st/gpu0.out 2>&1 &)
   [ -n "${GPU0_ONLY-}" ] || (cd "$here/../.." && export CUDA_VISIBLE_DEVICES=1 VLLM_CACHE_ROOT=/tmp/st/vcache1 STUDY=h100-flash-replica &&
-     setsid bash -c "[ -n \"\${SKIP_AGREEMENT-}\" ] || timeout -k 20 600 bash benchmarks/gpu/agreement_rounds.sh 3 8011 \${AGREEMENT_RATE-8} \${AGREEMENT_PROMPTS-480};
+     setsid bash -c "[ -n \"\${SKIP_AGREEMENT-}\" ] || MORE_PHASES=\"\${AGREEMENT_MORE-2:3:360 1:8:960}\" bash benchmarks/gpu/agreement_rounds.sh \${AGREEMENT_ROUNDS-2} 8011 \${AGREEMENT_RATE-8} \${AGREEMENT_PROMPTS-960};
        bash benchmarks/gpu/h100_flash_study.sh \$(( \$(cat /tmp/st/deadline) - \$(date +%s) )) ${study_opts[*]} --seed 1" \
      > /tmp/st/gpu1.out 2>&1 &)
   sleep 2; pgrep -af "autotune|agreement" | head ;;
