@@ -35,14 +35,34 @@ class Candidate:
     stepped_down_from: list[int] = field(default_factory=list)
     remeasure_s: float = 0.0  # expected wall seconds of one re-measurement (server start and stop, one level)
 
-    def step_down(self) -> bool:
-        """Move to the next lower feasible level, dropping the re-measurements made at this one."""
-        if not self.lower_levels or self.concurrency is None:
+    def step_down(self, min_bisect_ratio: float = 1.2) -> bool:
+        """Move below a level whose re-measurement broke the limit: to the geometric midpoint between it and the
+        next lower feasible level when that lies ``min_bisect_ratio`` or more below (the search's own bisection
+        rule; only from a searched level, so a failed midpoint costs one server start), else to that level."""
+        if self.concurrency is None:
             return False
-        self.stepped_down_from.append(self.concurrency)
-        self.concurrency, self.search_output_tok_s, self.search_p99_ms = self.lower_levels.pop(0)
-        self.repeats = []
+        below = self.lower_levels[0][0] if self.lower_levels else 0
+        searched = not math.isnan(self.search_output_tok_s)
+        if searched and below and self.concurrency / below >= min_bisect_ratio and self.concurrency - below > 1:
+            self.move_to(min(max(int(round(math.sqrt(self.concurrency * below))), below + 1), self.concurrency - 1))
+        elif below:
+            self.move_to(below)
+        else:
+            return False
         return True
+
+    def move_to(self, concurrency: int) -> None:
+        """Re-measure at a lower concurrency from now on, dropping the re-measurements made at this one. A
+        searched level brings its search figures; a midpoint has none."""
+        self.stepped_down_from.append(int(self.concurrency))
+        while self.lower_levels and self.lower_levels[0][0] > concurrency:
+            self.lower_levels.pop(0)
+        if self.lower_levels and self.lower_levels[0][0] == concurrency:
+            _, self.search_output_tok_s, self.search_p99_ms = self.lower_levels.pop(0)
+        else:
+            self.search_output_tok_s = self.search_p99_ms = math.nan
+        self.concurrency = concurrency
+        self.repeats = []
 
     def measurements(self) -> list[Measurement]:
         """Re-measurements when there are any, else the search's own figure."""

@@ -330,8 +330,9 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
     for cand in candidates:
         key = str(cand.trial_number)
         entry = stored_remeasurement(study, cand.trial_number)
-        for _ in entry.get("stepped_down_from", []):  # replay a resumed study's step-downs
-            cand.step_down()
+        stepped = entry.get("stepped_down_from", [])
+        for concurrency in (stepped[1:] + [entry["concurrency"]]) if stepped else []:
+            cand.move_to(int(concurrency))  # replay a resumed study's step-downs, along the path it took
         cand.repeats = [Measurement(m["output_tok_s"] if m["output_tok_s"] is not None else math.nan,
                                     m["p99_ms"] if m["p99_ms"] is not None else math.nan, m.get("metrics") or {})
                         for m in entry.get("repeats", [])]
@@ -356,7 +357,7 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
             cand.repeats.append(m)
             sink(Event("remeasured", {"trial": cand.trial_number, "output_tok_s": m.output_tok_s,
                                       "p99_ms": m.p99_ms, "limit_ms": limit}))
-            if m.p99_ms > limit and cand.step_down():  # marginal knee: the next lower level of the search
+            if m.p99_ms > limit and cand.step_down():  # marginal knee: step down (see Candidate.step_down)
                 sink(Event("remeasure_step_down", {"trial": cand.trial_number, "concurrency": cand.concurrency,
                                                    "from_concurrency": cand.stepped_down_from[-1]}))
             stored[key] = json_safe({

@@ -1,5 +1,6 @@
-"""Re-measurement of a candidate whose knee was marginal: a repeat over the limit steps down to the trial's
-next lower feasible level, and a resumed study replays the step-down."""
+"""Re-measurement of a candidate whose knee was marginal: a repeat over the limit steps down, to the midpoint
+between the level and the trial's next lower feasible level when that is far below, else to that level, and a
+resumed study replays the step-downs."""
 from __future__ import annotations
 
 import time
@@ -42,31 +43,44 @@ def _fake_measure(p99_by_concurrency: dict[int, float], calls: list[int]):
     return measure_once
 
 
-def test_over_the_limit_steps_down_to_the_next_feasible_level(tmp_path, monkeypatch):
+def test_over_the_limit_steps_down_to_the_midpoint_below(tmp_path, monkeypatch):
     calls: list[int] = []
-    monkeypatch.setattr(study_mod, "measure_once", _fake_measure({181: 560.0, 128: 380.0, 64: 150.0}, calls))
+    monkeypatch.setattr(study_mod, "measure_once", _fake_measure({181: 560.0, 152: 380.0}, calls))
     study = _study()
     selection = study_mod.remeasure_and_select(study, _cfg(tmp_path), deadline=None)
-    assert calls == [181, 128, 128]  # one repeat over the limit at 181, then both repeats at 128
-    assert selection.winner is not None and selection.winner.concurrency == 128
+    # one repeat over the limit at 181; the next feasible level, 128, is 1.4x below: both repeats at sqrt(181 x 128)
+    assert calls == [181, 152, 152]
+    assert selection.winner is not None and selection.winner.concurrency == 152
     assert selection.winner.stepped_down_from == [181] and len(selection.winner.repeats) == 2
     stored = study.user_attrs["remeasurements"]["0"]
-    assert stored["concurrency"] == 128 and stored["stepped_down_from"] == [181] and len(stored["repeats"]) == 2
+    assert stored["concurrency"] == 152 and stored["stepped_down_from"] == [181] and len(stored["repeats"]) == 2
     from autotune.cli.studies import best_of_study
     best = best_of_study(study)  # `autotune best` reports the level that held, with its re-measured figures
-    assert best["concurrency"] == 128 and best["stepped_down_from"] == [181] and best["p99_ms"] == 380.0
+    assert best["concurrency"] == 152 and best["stepped_down_from"] == [181] and best["p99_ms"] == 380.0
 
-    # resumed with one more repeat wanted: the step-down is replayed, only the missing repeat runs, at 128
+    # resumed with one more repeat wanted: the step-down is replayed, only the missing repeat runs, at 152
     calls.clear()
     selection = study_mod.remeasure_and_select(study, _cfg(tmp_path, repeats=3), deadline=None)
-    assert calls == [128] and selection.winner.concurrency == 128
+    assert calls == [152] and selection.winner.concurrency == 152
+
+
+def test_a_failed_midpoint_goes_to_the_searched_level_below(tmp_path, monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr(study_mod, "measure_once", _fake_measure({181: 560.0, 152: 600.0, 128: 380.0}, calls))
+    study = _study()
+    selection = study_mod.remeasure_and_select(study, _cfg(tmp_path), deadline=None)
+    assert calls == [181, 152, 128, 128] and selection.winner.concurrency == 128
+    assert selection.winner.stepped_down_from == [181, 152]
+    calls.clear()  # replayed on resume
+    assert study_mod.remeasure_and_select(study, _cfg(tmp_path, repeats=3), None).winner.concurrency == 128
+    assert calls == [128]
 
 
 def test_no_lower_level_left_means_no_winner(tmp_path, monkeypatch):
     calls: list[int] = []
-    monkeypatch.setattr(study_mod, "measure_once", _fake_measure({181: 900.0, 128: 900.0, 64: 900.0}, calls))
+    monkeypatch.setattr(study_mod, "measure_once", _fake_measure({c: 900.0 for c in (181, 152, 128, 91, 64)}, calls))
     selection = study_mod.remeasure_and_select(_study(), _cfg(tmp_path, repeats=1), deadline=None)
-    assert calls == [181, 128, 64] and selection.winner is None
+    assert calls == [181, 152, 128, 91, 64] and selection.winner is None
 
 
 def test_the_timeout_covers_the_remeasurements(tmp_path, monkeypatch):
@@ -87,3 +101,15 @@ def test_the_timeout_covers_the_remeasurements(tmp_path, monkeypatch):
     selection = study_mod.remeasure_and_select(study, _cfg(tmp_path), time.monotonic() + 3 * cost_s)
     assert calls == [181, 181] and len(selection.winner.repeats) == 2
     assert study_mod.remeasure_reserve_s(study, _cfg(tmp_path)) == 2 * cost_s  # only the next trial's part left
+
+
+def test_resume_replays_the_path_taken_even_under_an_older_rule(tmp_path, monkeypatch):
+    """A study whose re-measurement stepped from 181 straight to 128 (the rule before midpoints) resumes at 128,
+    where its stored repeat was measured."""
+    study = _study()
+    study.set_user_attr("remeasurements", {"0": {"concurrency": 128, "stepped_down_from": [181],
+                                                 "repeats": [{"output_tok_s": 4400.0, "p99_ms": 300.0}]}})
+    calls: list[int] = []
+    monkeypatch.setattr(study_mod, "measure_once", _fake_measure({128: 310.0}, calls))
+    selection = study_mod.remeasure_and_select(study, _cfg(tmp_path), deadline=None)
+    assert calls == [128] and selection.winner.concurrency == 128 and len(selection.winner.repeats) == 2

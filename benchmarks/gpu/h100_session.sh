@@ -8,6 +8,9 @@
 #          low load, then a third at the first rate); then `h100-flash-replica`,
 #          the same study settings on the other card: independent re-measurements of the same configurations.
 # Each GPU's server processes use their own vLLM compile cache (VLLM_CACHE_ROOT), so no two compilations race.
+# STUDY_OPTS: more `autotune run` options for GPU 0's study (later ones win, e.g. "--trials 0 --repeats 2" to only
+# re-measure a resumed study). REMEASURE_AFRESH=1: a resumed study's stored re-measurements are set aside
+# (kept in remeasurements-before.json) so that its candidates are re-measured on this machine's card.
 #   [RESUME=DIR] [SKIP_AGREEMENT=1] [GPU0_ONLY=1] bash benchmarks/gpu/h100_session.sh start TOTAL_S  # launch both; all ends by TOTAL_S
 #   bash benchmarks/gpu/h100_session.sh collect [WAIT_S]  # after WAIT_S (or when all ended), copy results to $OUT
 set -uo pipefail
@@ -29,8 +32,15 @@ start)
     mkdir -p "/tmp/st/$s/studies" && cp "$r/study.db" "/tmp/st/$s/" && cp "$r/run.log" "/tmp/st/$s/" 2>/dev/null
     [ -f "$r/studies.tgz" ] && tar xzf "$r/studies.tgz" -C "/tmp/st/$s"
   done
+  if [ -n "${REMEASURE_AFRESH-}" ] && [ -f /tmp/st/h100-flash/study.db ]; then
+    . /tmp/st/env.sh && python3 -c "
+import json, sys, optuna
+s = optuna.load_study(study_name='h100-flash', storage='sqlite:////tmp/st/h100-flash/study.db')
+json.dump({k: s.user_attrs.get(k) for k in ('remeasurements', 'selection')}, open(sys.argv[1], 'w'), indent=1)
+s.set_user_attr('remeasurements', {})" /tmp/st/h100-flash/remeasurements-before.json
+  fi
   (cd "$here/../.." && CUDA_VISIBLE_DEVICES=0 VLLM_CACHE_ROOT=/tmp/st/vcache0 STUDY=h100-flash \
-     setsid bash benchmarks/gpu/h100_flash_study.sh "$total_s" "${study_opts[@]}" > /tmp/st/gpu0.out 2>&1 &)
+     setsid bash benchmarks/gpu/h100_flash_study.sh "$total_s" "${study_opts[@]}" ${STUDY_OPTS-} > /tmp/st/gpu0.out 2>&1 &)
   [ -n "${GPU0_ONLY-}" ] || (cd "$here/../.." && export CUDA_VISIBLE_DEVICES=1 VLLM_CACHE_ROOT=/tmp/st/vcache1 STUDY=h100-flash-replica &&
      setsid bash -c "[ -n \"\${SKIP_AGREEMENT-}\" ] || MORE_PHASES=\"\${AGREEMENT_MORE-2:3:360 1:8:960}\" bash benchmarks/gpu/agreement_rounds.sh \${AGREEMENT_ROUNDS-2} 8011 \${AGREEMENT_RATE-8} \${AGREEMENT_PROMPTS-960};
        bash benchmarks/gpu/h100_flash_study.sh \$(( \$(cat /tmp/st/deadline) - \$(date +%s) )) ${study_opts[*]} --seed 1" \
@@ -43,7 +53,7 @@ collect)
     d=/tmp/st/$s; [ -d "$d" ] || continue; mkdir -p "$OUT/$s"
     [ -f "$d/study.db" ] && python3 -c "import sqlite3,sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))" \
       "$d/study.db" "$OUT/$s/study.db"
-    cp "$d/run.log" "$OUT/$s/" 2>/dev/null; tar czf "$OUT/$s/studies.tgz" -C "$d" studies 2>/dev/null
+    cp "$d/run.log" "$d/remeasurements-before.json" "$OUT/$s/" 2>/dev/null; tar czf "$OUT/$s/studies.tgz" -C "$d" studies 2>/dev/null
   done
   [ -d /tmp/st/agreement ] && cp -r /tmp/st/agreement "$OUT/"
   cp /tmp/st/gpu0.out /tmp/st/gpu1.out "$OUT/" 2>/dev/null
