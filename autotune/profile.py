@@ -53,6 +53,19 @@ def fingerprint(engine: str, gpu_type: str, gpus: int) -> dict[str, Any]:
     return {"hardware": hw, "software": sw}
 
 
+def _search_metrics(attrs: dict[str, Any], concurrency: int | None) -> dict[str, Any]:
+    """The search's figures at ``concurrency``: the trial's full metrics at its best level, else (a level that
+    a re-measurement stepped down to, never re-measured) that level's summary in the same shape."""
+    if concurrency == attrs.get("concurrency"):
+        return attrs.get("best_metrics") or {}
+    for lv in attrs.get("levels") or []:
+        if lv.get("concurrency") == concurrency:
+            return {"concurrency": concurrency, **{k: lv.get(k) for k in ("output_tok_s", "total_tok_s", "request_s",
+                                                                          "completed", "failed")},
+                    **{f"{m}_ms": {"p99": lv.get(f"p99_{m}_ms")} for m in ("ttft", "tpot", "itl", "e2el")}}
+    return {}
+
+
 def build_profile(study: optuna.Study, cfg: Any, selection: Selection) -> dict[str, Any]:
     winner = selection.winner
     assert winner is not None
@@ -60,8 +73,7 @@ def build_profile(study: optuna.Study, cfg: Any, selection: Selection) -> dict[s
     stats = winner.stats(cfg.noise_floor)
     last = winner.repeats[-1].metrics if winner.repeats else None
     if not last:
-        trial = study.trials[winner.trial_number]
-        last = trial.user_attrs.get("best_metrics") or {}
+        last = _search_metrics(study.trials[winner.trial_number].user_attrs, winner.concurrency)
     p99 = [m.p99_ms for m in winner.measurements()]
     fp = fingerprint(s.engine, s.gpu.name, s.gpus)
     profile = {

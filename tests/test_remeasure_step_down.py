@@ -17,7 +17,8 @@ from autotune.metrics import summarize
 def _study() -> optuna.Study:
     study = optuna.create_study(direction="maximize")
     # level wall seconds as on the H100 (about 0.2 s a concurrent request), server start and stop 130 s
-    levels = [{"concurrency": c, "output_tok_s": t, "p99_ms": p, "feasible": p <= 500, "wall_s": c * 0.2}
+    levels = [{"concurrency": c, "output_tok_s": t, "p99_ms": p, "feasible": p <= 500, "wall_s": c * 0.2,
+               "p99_ttft_ms": p}
               for c, t, p in ((64, 3000.0, 200.0), (128, 4500.0, 350.0), (181, 5000.0, 480.0), (215, 5200.0, 700.0))]
     study.add_trial(optuna.trial.create_trial(
         params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)}, value=5000.0,
@@ -113,3 +114,13 @@ def test_resume_replays_the_path_taken_even_under_an_older_rule(tmp_path, monkey
     monkeypatch.setattr(study_mod, "measure_once", _fake_measure({128: 310.0}, calls))
     selection = study_mod.remeasure_and_select(study, _cfg(tmp_path), deadline=None)
     assert calls == [128] and selection.winner.concurrency == 128 and len(selection.winner.repeats) == 2
+
+
+def test_a_stepped_down_winner_never_remeasured_reports_that_levels_search_figures():
+    """Seen on the H100: the re-measurement at the lower level was cut by --timeout, and the profile showed the
+    P99 of the level above (the trial's best level) beside the lower level's throughput."""
+    from autotune.profile import _search_metrics
+    attrs = dict(_study().trials[0].user_attrs, best_metrics={"ttft_ms": {"p99": 480.0}})
+    assert _search_metrics(attrs, 181) == {"ttft_ms": {"p99": 480.0}}  # the trial's own best level
+    m = _search_metrics(attrs, 128)
+    assert m["concurrency"] == 128 and m["output_tok_s"] == 4500.0 and m["ttft_ms"]["p99"] == 350.0
