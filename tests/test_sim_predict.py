@@ -119,3 +119,18 @@ def test_vision_encoder_modes() -> None:
     images = [(1024, 1024)] * 4
     assert 0 < data.encoder_time_s(images) < weights.encoder_time_s(images)
     assert weights.image_tokens(448, 448) == (448 // 14) ** 2 // 4
+
+
+@pytest.mark.parametrize("async_scheduling, first_step", [(True, 2), (False, 1)])
+def test_async_scheduling_admits_an_arrival_one_step_later(flash, async_scheduling: bool, first_step: int) -> None:
+    # With async scheduling the next step is scheduled while one runs: a request arriving at a busy engine
+    # misses it.
+    perf = PerfModel(flash, load_gpu("h100"), {"async-scheduling": async_scheduling})
+    sched = Scheduler(SchedulerConfig(max_num_seqs=64, max_num_batched_tokens=8192, chunked_prefill=True,
+                                      block_size=16, num_blocks=10_000, max_model_len=4096), perf)
+    sched.add(512, 64)
+    sched.step()  # idle engine: the first request is scheduled at once
+    new = sched.add(512, 64)
+    for step in (1, 2):
+        res = sched.step()
+        assert (new in res.emitted) == (step >= first_step)
