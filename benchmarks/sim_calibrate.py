@@ -38,24 +38,24 @@ REAL = [
 ]
 # (label, flags, concurrency, role, output tok/s, P99 TTFT ms, P99 TPOT ms); trials 0 and 4 of session 3
 FP8 = baseline_flags("seed-profile", spec_from_config(WEIGHTLESS_FLASH_CONFIG, "w", "w"), 1)
-# Held out: a joint fit with these as "fit" points (150 evaluations) only reached a compromise that misses
-# both sets (docs/results/sim-accuracy.md): the step model itself has to change before they can be fitted.
+# The defaults at 128 and 512 are fit points (since the step model's split roofline and async admission);
+# the defaults at 64 and 256 and every seed-profile (fp8 KV) level are held out.
 STEADY = [  # output tok/s over the steady window counting every request in it (level_records.py "all")
     ("defaults", {}, 64, "held out", 5135.0, 93.0, 13.7),
-    ("defaults", {}, 128, "held out", 7794.0, 240.0, 18.8),
+    ("defaults", {}, 128, "fit", 7794.0, 240.0, 18.8),
     ("defaults", {}, 256, "held out", 9800.0, 445.0, 30.9),
-    ("defaults", {}, 512, "held out", 10382.0, 718.0, 59.8),
+    ("defaults", {}, 512, "fit", 10382.0, 718.0, 59.8),
     ("seed profile (fp8 KV)", FP8, 64, "held out", 5204.0, 98.0, 13.6),
     ("seed profile (fp8 KV)", FP8, 128, "held out", 8068.0, 167.0, 18.1),
     ("seed profile (fp8 KV)", FP8, 256, "held out", 10380.0, 326.0, 29.5),
     ("seed profile (fp8 KV)", FP8, 512, "held out", 11159.0, 476.0, 56.8),
 ]
-FITTED = ("compute_efficiency", "hbm_efficiency", "graph_step_overhead_ms", "eager_step_overhead_ms",
-          "eager_overhead_ms_per_seq")
+FITTED = ("compute_efficiency", "hbm_efficiency", "graph_step_overhead_ms", "eager_step_overhead_ms")
 
 
-# Physically plausible ranges: GEMM efficiency of an H100 at most ~0.9 of the datasheet peak, etc.
-BOUNDS = [(0.5, 0.9), (0.5, 0.95), (0.3, 5.0), (1.0, 20.0), (0.0, 1.0)]
+# Physically plausible ranges: GEMM efficiency of an H100 at most ~0.9 of the datasheet peak; a step without
+# CUDA graphs costs at most a few ms of launches and input preparation beyond its GPU time.
+BOUNDS = [(0.5, 0.9), (0.5, 0.95), (0.3, 5.0), (1.0, 5.0)]
 
 
 def run(gpu, flags, conc):
@@ -117,7 +117,7 @@ def main() -> None:
         from scipy.optimize import minimize  # benchmark-only dependency
 
         x0 = np.array([float((gpu.extra or {}).get(k, v)) for k, v in
-                       zip(FITTED, (0.8, 0.8, 1.0, 4.0, 0.1))])
+                       zip(FITTED, (0.8, 0.8, 1.0, 4.0))])
         res = minimize(loss, np.clip(x0, *zip(*BOUNDS)), args=(gpu,), method="Powell", bounds=BOUNDS,
                        options={"maxiter": 30, "maxfev": args.max_evals, "xtol": 1e-3, "ftol": 1e-5})
         print("loss", res.fun, "evaluations", res.nfev, "start loss", loss(np.clip(x0, *zip(*BOUNDS)), gpu))

@@ -144,12 +144,12 @@ def test_dp_reads_a_share_of_the_experts_and_pays_dp_communication():
     tp2dp2 = PerfModel(M, H100, {"tensor-parallel-size": 2, "data-parallel-size": 2})
     tp2 = PerfModel(M, H100, {"tensor-parallel-size": 2, "quantization": None})
     # large batch: all 128 experts are hit; with DP each replica's GPUs read half of them
-    big_dp = tp2dp2._parts(8192, 8, 8, False)
-    big = tp2._parts(8192, 8, 8, False)
+    big_dp = tp2dp2._parts(8192, 8, False)
+    big = tp2._parts(8192, 8, False)
     assert big_dp[1] < big[1]
     assert big_dp[2] > big[2]  # all-gather + reduce-scatter over DP per MoE layer
     ep = PerfModel(M, H100, {"tensor-parallel-size": 2, "data-parallel-size": 2, "enable-expert-parallel": True})
-    assert ep._parts(512, 64, 64, True) == pytest.approx(tp2dp2._parts(512, 64, 64, True))
+    assert ep._parts(512, 64, True) == pytest.approx(tp2dp2._parts(512, 64, True))
 
 
 def test_space_conditions_ep_and_encoder_mode_only_with_tp():

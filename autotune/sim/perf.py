@@ -6,11 +6,14 @@ card's calibration YAML (``compute_efficiency``, ``hbm_efficiency``, step overhe
 ``docs/results/sim-accuracy.md`` for what they were fitted to and how well the model predicts held-out points.
 
 Step cost (per DP replica, per TP rank):
-    compute = (2 × active params × tokens + 2 × LM-head params × sampled seqs + attention FLOPs) / (rate × eff)
-    memory  = (weights read once + KV read for every sequence's context + KV written) / (HBM × eff)
-    gpu     = max(compute, memory) + TP all-reduces + vision encoder
-    step    = gpu + overhead (CUDA graph for decode-only batches ≤ capture size, eager otherwise;
-              the CPU part shrinks with async scheduling)
+    GEMMs     = max(2 × active params × tokens + 2 × LM-head params × sampled seqs FLOPs, weight + KV-write bytes)
+    attention = max(attention FLOPs, bytes of the KV read for every sequence's context)
+                (FLOPs / (dense peak × compute_efficiency), bytes / (HBM × hbm_efficiency))
+    gpu       = GEMMs + attention + TP all-reduces + vision encoder
+                GEMMs and attention are separate kernels, each bound by its own resource: in a mixed step the
+                decodes' KV reads add to the prefill's GEMM compute instead of hiding under it.
+    step      = gpu + overhead (CUDA graph for decode-only batches ≤ capture size, eager otherwise;
+                the CPU part shrinks with async scheduling); no per-sequence term (see sim-accuracy.md)
 """
 from __future__ import annotations
 
@@ -35,7 +38,6 @@ class PerfConstants:
     hbm_efficiency: float = 0.8  # fraction of the HBM datasheet bandwidth reached by memory-bound steps
     graph_step_overhead_ms: float = 1.0  # decode-only step replayed as one CUDA graph
     eager_step_overhead_ms: float = 4.0  # mixed / prefill step: launches + Python (piecewise / eager)
-    eager_overhead_ms_per_seq: float = 0.0  # per scheduled sequence in an eager step (input prep, sampling)
     sync_overhead_ms: float = 1.5  # CPU scheduling + output processing not hidden without async scheduling
     allreduce_latency_us: float = 8.0  # one NCCL all-reduce on NVLink, latency part
     nvlink_efficiency: float = 0.7
@@ -115,7 +117,6 @@ class PerfModel:
         cpu_s = 0.0 if self.async_scheduling else c.sync_overhead_ms / 1e3
         self._graph_s += cpu_s
         self._eager_s = c.eager_step_overhead_ms / 1e3 + cpu_s
-        self._eager_per_seq_s = c.eager_overhead_ms_per_seq / 1e3
         self._ar_latency_s = c.allreduce_latency_us / 1e6
         self._nvlink_b_s = gpu.nvlink_gb_s * 1e9 * c.nvlink_efficiency
         self.mm_encoder_data_mode = f["mm-encoder-tp-mode"] == "data"
@@ -144,22 +145,23 @@ class PerfModel:
         """
         if num_tokens <= 0:
             return 0.0
-        compute_s, memory_s, fixed_s = self._parts(num_tokens, num_seqs, num_sampled, decode_only)
-        compute_s += self._attn_flops_per_ctx * attn_ctx_tokens / self._flops_s
-        memory_s += kv_read_tokens * self.kv_bytes_per_token / self._bytes_s
-        return (compute_s if compute_s > memory_s else memory_s) + fixed_s + encoder_s
+        compute_s, memory_s, fixed_s = self._parts(num_tokens, num_sampled, decode_only)
+        attn_compute_s = self._attn_flops_per_ctx * attn_ctx_tokens / self._flops_s
+        attn_memory_s = kv_read_tokens * self.kv_bytes_per_token / self._bytes_s
+        gemm_s = compute_s if compute_s > memory_s else memory_s
+        attn_s = attn_compute_s if attn_compute_s > attn_memory_s else attn_memory_s
+        return gemm_s + attn_s + fixed_s + encoder_s
 
     def decode_run_times_s(self, num_seqs: int, ctx_sum: int, num_steps: int) -> np.ndarray:
         """Durations of ``num_steps`` consecutive decode-only steps of the same ``num_seqs`` sequences whose
         contexts sum to ``ctx_sum`` tokens at the first step (each step adds one token per sequence)."""
-        compute_s, memory_s, fixed_s = self._parts(num_seqs, num_seqs, num_seqs, True)
+        compute_s, memory_s, fixed_s = self._parts(num_seqs, num_seqs, True)
         ctx = ctx_sum + num_seqs * np.arange(num_steps, dtype=np.float64)
-        compute = compute_s + self._attn_flops_per_ctx * ctx / self._flops_s
-        memory = memory_s + ctx * self.kv_bytes_per_token / self._bytes_s
-        return np.maximum(compute, memory) + fixed_s
+        attn = np.maximum(self._attn_flops_per_ctx * ctx / self._flops_s, ctx * self.kv_bytes_per_token / self._bytes_s)
+        return max(compute_s, memory_s) + attn + fixed_s
 
-    def _parts(self, num_tokens: int, num_seqs: int, num_sampled: int, decode_only: bool) -> tuple[float, float, float]:
-        """(compute s, memory s, fixed s) of a step before its attention/KV terms."""
+    def _parts(self, num_tokens: int, num_sampled: int, decode_only: bool) -> tuple[float, float, float]:
+        """(GEMM compute s, GEMM memory s, fixed s) of a step: everything but attention."""
         compute_s = 2.0 * (self._body_params * num_tokens + self._head_params * num_sampled) / self._flops_s
         weight_bytes = self._dense_weight_bytes
         comm_s = 0.0
@@ -186,7 +188,7 @@ class PerfModel:
             msg = num_tokens * self._hidden_bytes * 2.0 * (self.tp - 1) / self.tp
             comm_s += 2 * self.model.num_layers * (self._ar_latency_s + msg / self._nvlink_b_s)
         graphed = decode_only and num_tokens <= self.max_capture
-        overhead_s = self._graph_s if graphed else self._eager_s + self._eager_per_seq_s * num_seqs
+        overhead_s = self._graph_s if graphed else self._eager_s
         return compute_s, memory_s, comm_s + overhead_s
 
     # -- vision -----------------------------------------------------------------------------------------------

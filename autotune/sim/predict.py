@@ -72,7 +72,9 @@ def predict(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any], input_len: in
             if too_long[i]:
                 continue  # vLLM answers 400; a failed request
             start_t[i] = max(arrivals[i], now) if rate else now
-            slot = sched.add(int(in_lens[i]), int(out_lens[i]))
+            # a closed-loop client's next request answers the last step's output: it arrives after the next
+            # step has started
+            slot = sched.add(int(in_lens[i]), int(out_lens[i]), after_step_start=not rate and now > 0)
             if slot >= len(slot_req):
                 slot_req = np.concatenate([slot_req, np.full(max(slot + 1, 2 * len(slot_req)) - len(slot_req), -1)])
             slot_req[slot] = i

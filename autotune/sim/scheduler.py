@@ -6,6 +6,8 @@ Each :meth:`Scheduler.step` builds one batch the way vLLM's V1 scheduler does:
      when blocks run out the newest running request is preempted (its KV is freed and it is recomputed later);
   2. if nothing was preempted, waiting requests are admitted (FCFS) while ``max-num-seqs``, the token budget
      and free blocks allow; without chunked prefill a prompt must fit the budget whole.
+With async scheduling (vLLM's default) step k+1 is scheduled while step k runs, so a request that arrives while
+the engine is busy misses the step already scheduled: it is admitted one step later than without.
 The step's duration comes from :class:`~autotune.sim.perf.PerfModel`. Requests live in numpy arrays indexed by
 slot (no per-token Python objects); prefix caching is not modelled (random prompts).
 """
@@ -62,6 +64,8 @@ class Scheduler:
         self.num_preemptions_total = 0
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        self.lag_steps = 1 if perf.async_scheduling else 0
+        self.steps_scheduled = 0
 
     def _alloc(self, n: int) -> None:
         old = getattr(self, "prompt_len", None)
@@ -71,20 +75,24 @@ class Scheduler:
             if old is not None:
                 arr[:size] = getattr(self, name)
             setattr(self, name, arr)
-        for name in ("prompt_len", "target_out", "computed", "out", "blocks"):
+        for name in ("prompt_len", "target_out", "computed", "out", "blocks", "added_at"):
             grow(name, np.int64)
         grow("encoder_s", np.float64)
         self._free_slots = list(range(n - 1, size - 1, -1)) + list(getattr(self, "_free_slots", []))
 
     # -- requests ---------------------------------------------------------------------------------------------
-    def add(self, prompt_len: int, max_out: int, encoder_s: float = 0.0) -> int:
-        """Queue a request; returns its slot. ``prompt_len + max_out`` must not exceed max_model_len."""
+    def add(self, prompt_len: int, max_out: int, encoder_s: float = 0.0, after_step_start: bool = False) -> int:
+        """Queue a request; returns its slot. ``prompt_len + max_out`` must not exceed max_model_len.
+
+        Called between steps; ``after_step_start``: the request arrives just after the next step starts (a
+        closed-loop client answering the last step's output), not during the step that just ended."""
         if not self._free_slots:
             self._alloc(2 * len(self.prompt_len))
         slot = self._free_slots.pop()
         self.prompt_len[slot], self.target_out[slot] = prompt_len, max(1, max_out)
         self.computed[slot] = self.out[slot] = self.blocks[slot] = 0
         self.encoder_s[slot] = encoder_s
+        self.added_at[slot] = self.steps_scheduled + int(after_step_start)
         self.waiting.append(slot)
         return slot
 
@@ -122,6 +130,10 @@ class Scheduler:
         cfg, bs = self.cfg, self.cfg.block_size
         budget = cfg.max_num_batched_tokens
         run = self.running
+        # Admissible: arrived before the step that was scheduled while the last one ran; an idle engine
+        # (nothing running) schedules at once.
+        self._admit_before = self.steps_scheduled - self.lag_steps + 1 if len(run) else 1 << 62
+        self.steps_scheduled += 1
         sched_slots: list[np.ndarray] = []
         sched_n: list[np.ndarray] = []
         preempted = False
@@ -188,6 +200,7 @@ class Scheduler:
             starts = np.concatenate([[0.0], np.cumsum(durations)[:-1]])
             k = max(1, int(np.searchsorted(starts, max_start_s, side="left")))
             durations = durations[:k]
+        self.steps_scheduled += k
         new_blocks = (-(-(computed + k) // bs) - blocks).clip(0)
         self.blocks[run] += new_blocks
         self.free_blocks -= int(new_blocks.sum())
@@ -250,6 +263,8 @@ class Scheduler:
         room = cfg.max_num_seqs - len(self.running)
         while self.waiting and room > 0 and budget > 0:
             s = self.waiting[0]
+            if self.added_at[s] >= self._admit_before:
+                break
             need = int(self.prompt_len[s] + self.out[s] - self.computed[s])
             if not cfg.chunked_prefill and need > budget:
                 break
