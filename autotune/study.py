@@ -346,7 +346,8 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
             i = len(cand.repeats)
             sink(Event("remeasure", {"trial": cand.trial_number, "repeat": i + 1, "of": cfg.repeats,
                                      "concurrency": cand.concurrency, "baseline": cand.baseline}))
-            log_path = cfg.out_dir / cfg.study_name / "remeasure" / f"{cand.trial_number}-{i}" / "server.log"
+            # one folder per server: a step-down re-measures at a new level with the repeat count back at 0
+            log_path = cfg.out_dir / cfg.study_name / "remeasure" / f"{cand.trial_number}-c{cand.concurrency}-{i}" / "server.log"
             name = f"autotune-{cfg.study_name}-{cand.trial_number}-r{i}"
             try:
                 r: BenchResult = measure_once(cfg.settings, cand.flags, cand.concurrency, name, log_path)

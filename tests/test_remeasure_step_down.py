@@ -33,9 +33,11 @@ def _cfg(tmp_path: Path, repeats: int = 2) -> SimpleNamespace:
                            settings=SimpleNamespace(search=search))
 
 
-def _fake_measure(p99_by_concurrency: dict[int, float], calls: list[int]):
+def _fake_measure(p99_by_concurrency: dict[int, float], calls: list[int], log_paths: list | None = None):
     def measure_once(settings, flags, concurrency, name, log_path):
         calls.append(concurrency)
+        if log_paths is not None:
+            log_paths.append(log_path)
         from autotune.metrics import RequestOutput
         ttft = p99_by_concurrency[concurrency] / 1000.0
         out = RequestOutput(success=True, prompt_tokens=10, output_tokens=100, ttft_s=ttft, itl_s=(0.01,) * 99,
@@ -67,10 +69,12 @@ def test_over_the_limit_steps_down_to_the_midpoint_below(tmp_path, monkeypatch):
 
 def test_a_failed_midpoint_goes_to_the_searched_level_below(tmp_path, monkeypatch):
     calls: list[int] = []
-    monkeypatch.setattr(study_mod, "measure_once", _fake_measure({181: 560.0, 152: 600.0, 128: 380.0}, calls))
+    log_paths: list = []
+    monkeypatch.setattr(study_mod, "measure_once", _fake_measure({181: 560.0, 152: 600.0, 128: 380.0}, calls, log_paths))
     study = _study()
     selection = study_mod.remeasure_and_select(study, _cfg(tmp_path), deadline=None)
     assert calls == [181, 152, 128, 128] and selection.winner.concurrency == 128
+    assert len(set(log_paths)) == 4  # every server keeps its own log (the first repeat at each level is number 0)
     assert selection.winner.stepped_down_from == [181, 152]
     calls.clear()  # replayed on resume
     assert study_mod.remeasure_and_select(study, _cfg(tmp_path, repeats=3), None).winner.concurrency == 128
