@@ -116,6 +116,7 @@ async def send_request_clocked(session: aiohttp.ClientSession, req: PreparedRequ
         async with session.post(req.api_url, data=req.body, headers=_HEADERS, timeout=timeout) as resp:
             if resp.status != 200:
                 return _http_error(resp.status, await _safe_text(resp), req.prompt_len, start_s), False
+            _skip_idle_resume(resp)
             async for data in resp.content.iter_any():
                 if stream.feed(data, time.perf_counter()):
                     break
@@ -128,6 +129,29 @@ async def send_request_clocked(session: aiohttp.ClientSession, req: PreparedRequ
     except Exception as e:  # noqa: BLE001 - failures are data
         return _fail("error", f"{type(e).__name__}: {e}", req.prompt_len, start_s), False
     return stream.result(st, t0_s, time_scale, req.prompt_len)
+
+
+def _skip_idle_resume(resp: aiohttp.ClientResponse) -> None:
+    """Work around aiohttp 3.14's flow control, which calls ``protocol.resume_reading()`` after every HTTP
+    chunk a stream hands out, paused or not, and so re-enters the HTTP parser with ``data_received(b"")``
+    once per chunk. vLLM sends every SSE event as its own chunk, and the re-entry took about 40% of the
+    client's CPU at 512 tokens a stream (profiled; docs/results/loadgen.md). On this connection only, the call
+    is skipped while nothing is paused, no parser tail is held and the body is not compressed: the state in
+    which it has nothing to do. aiohttp 3.13 made the same check itself. Without the private attributes this
+    relies on (another aiohttp version), aiohttp's own method stays."""
+    proto = getattr(resp.content, "_protocol", None)  # the connection's; it may be released already (whole body in)
+    if proto is None or not all(hasattr(proto, a) for a in ("_reading_paused", "_buffer_paused", "_tail")):
+        return
+    proto._autotune_plain_body = not resp.headers.get("Content-Encoding")  # per response: connections are reused
+    if "resume_reading" in vars(proto):
+        return
+    original = type(proto).resume_reading
+
+    def resume_reading(resume_parser: bool = True) -> None:
+        if proto._reading_paused or proto._buffer_paused or proto._tail or not proto._autotune_plain_body:
+            original(proto, resume_parser)
+
+    proto.resume_reading = resume_reading
 
 
 class _Stream:
