@@ -148,7 +148,7 @@ def _non_negative(ctx: click.Context, param: click.Parameter, value: Any) -> Any
 @click.option("--gpu-type", default=None, help="card to model with the sim engine (h100, h200); auto on a real GPU")
 @click.option("--trials", type=int, default=20, show_default=True, callback=_non_negative,
               help="trials to run in this invocation (a resumed study adds to its earlier trials)")
-@click.option("--timeout", type=DurationType(), default=None, help="stop starting trials after this long (9m, 2h)")
+@click.option("--timeout", type=DurationType(), default=None, help="end by this long (9m, 2h), re-measurement included")
 @click.option("--study", default=None, help="study name (default: from model, GPUs and limit); reuse it to resume")
 @click.option("--storage", default=None, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
 @click.option("--space", type=click.Path(dir_okay=False), default=None, help="search space YAML")
