@@ -10,8 +10,8 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -347,7 +347,8 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
             sink(Event("remeasure", {"trial": cand.trial_number, "repeat": i + 1, "of": cfg.repeats,
                                      "concurrency": cand.concurrency, "baseline": cand.baseline}))
             # one folder per server: a step-down re-measures at a new level with the repeat count back at 0
-            log_path = cfg.out_dir / cfg.study_name / "remeasure" / f"{cand.trial_number}-c{cand.concurrency}-{i}" / "server.log"
+            log_path = (cfg.out_dir / cfg.study_name / "remeasure" / f"{cand.trial_number}-c{cand.concurrency}-{i}"
+                        / "server.log")
             name = f"autotune-{cfg.study_name}-{cand.trial_number}-r{i}"
             try:
                 r: BenchResult = measure_once(cfg.settings, cand.flags, cand.concurrency, name, log_path)

@@ -178,7 +178,8 @@ def main() -> None:
     VLLM_CLIENT = args.vllm_client
     client_core, server_core = (int(x) for x in args.cores.split(","))
     os.sched_setaffinity(0, {client_core})
-    print(f"client on core {client_core}, server on core {server_core}, concurrency {args.concurrency}, cpus={os.cpu_count()}, "
+    print(f"client on core {client_core}, server on core {server_core}, concurrency {args.concurrency}, "
+          f"cpus={os.cpu_count()}, "
           f"vllm client: {VLLM_CLIENT}")
     print(f"{'out_len':>7} {'client':>6} {'requests':>8} {'wall_s':>7} {'req/s':>8} {'tok/s':>9}")
     for out_len in (int(x) for x in args.out_lens.split(",")):

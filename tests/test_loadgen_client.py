@@ -224,10 +224,12 @@ def _burst_server(n_tokens: int) -> tuple[str, Any]:
 
     def chunk(data: bytes) -> bytes:
         return b"%x\r\n%s\r\n" % (len(data), data)
-    events = [chunk(b"data: " + json.dumps({"choices": [{"index": 0, "text": f" t{k}", "finish_reason": None}]}).encode()
-                    + b"\n\n") for k in range(n_tokens)]
+
+    def event(obj: dict) -> bytes:
+        return chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")
+    events = [event({"choices": [{"index": 0, "text": f" t{k}", "finish_reason": None}]}) for k in range(n_tokens)]
     usage = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": n_tokens}}
-    body = b"".join(events) + chunk(b"data: " + json.dumps(usage).encode() + b"\n\n") + chunk(b"data: [DONE]\n\n")
+    body = b"".join(events) + event(usage) + chunk(b"data: [DONE]\n\n")
     response = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
                 + body + b"0\r\n\r\n")
     loop = asyncio.new_event_loop()
@@ -238,7 +240,8 @@ def _burst_server(n_tokens: int) -> tuple[str, Any]:
                 head = await reader.readuntil(b"\r\n\r\n")
             except (asyncio.IncompleteReadError, ConnectionError):  # the client closed its connection
                 return
-            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length"))
             await reader.readexactly(length)
             writer.write(response)
             await writer.drain()

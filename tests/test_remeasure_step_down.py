@@ -70,7 +70,8 @@ def test_over_the_limit_steps_down_to_the_midpoint_below(tmp_path, monkeypatch):
 def test_a_failed_midpoint_goes_to_the_searched_level_below(tmp_path, monkeypatch):
     calls: list[int] = []
     log_paths: list = []
-    monkeypatch.setattr(study_mod, "measure_once", _fake_measure({181: 560.0, 152: 600.0, 128: 380.0}, calls, log_paths))
+    p99_ms = {181: 560.0, 152: 600.0, 128: 380.0}
+    monkeypatch.setattr(study_mod, "measure_once", _fake_measure(p99_ms, calls, log_paths))
     study = _study()
     selection = study_mod.remeasure_and_select(study, _cfg(tmp_path), deadline=None)
     assert calls == [181, 152, 128, 128] and selection.winner.concurrency == 128
