@@ -81,6 +81,24 @@ def test_wrong_model_exits_2(server: FakeServer, capsys: pytest.CaptureFixture[s
     assert "does not serve model 'other' (it serves: fake-model)" in captured.err
 
 
+def test_trace_replay_from_a_jsonl_file(server: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    server.configure(ttft_ms=2, itl_ms=1)
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("".join(json.dumps({"prompt": [1001, 1002], "output_len": 2, "arrival_s": 10 + 0.05 * i}) + "\n"
+                             for i in range(8)))
+    args = ["bench", "--url", server.url, "--model", "fake-model", "--workload", f"jsonl:{trace}", "--num-prompts"]
+    assert main([*args, "6", "--warmup", "2", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["completed"] == 6 and data["replay"] is True
+    assert data["trace_span_s"] == pytest.approx(0.35) and data["rate"] is None
+    assert main([*args, "6", "--rate", "50", "--json"]) == 0  # a rate overrides the trace's times
+    assert "replay" not in json.loads(capsys.readouterr().out)
+    assert main([*args, "6"]) == 0
+    assert "trace replay over 0.2 s" in capsys.readouterr().out  # 0.25 s for the first 6
+    assert main([*args, "9", "--json"]) == 2
+    assert "has 8 requests, 9 were asked for" in capsys.readouterr().err
+
+
 def test_nan_to_none() -> None:
     assert nan_to_none({"a": float("nan"), "b": [1.0, float("inf")], "c": "x"}) == {"a": None, "b": [1.0, None],
                                                                                     "c": "x"}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import socket
 from collections.abc import Iterator
@@ -111,6 +112,27 @@ def test_arrival_times_offer_the_rate_exactly_for_every_seed() -> None:
     assert _arrival_times(1, 8.0, 1.0, 0).tolist() == [0.0]
 
 
+def test_trace_replay_sends_at_the_trace_times(server: FakeServer, tmp_path) -> None:
+    server.configure(ttft_ms=1, itl_ms=1)
+    offsets = [5.0, 5.0, 5.1, 5.3, 5.6, 5.65]  # shifted: the first is sent at once
+    reqs = [RequestSpec(prompt=[1001 + i], prompt_len=1, output_len=2, arrival_s=t) for i, t in enumerate(offsets)]
+    cfg = LoadConfig(replay_arrivals=True, num_prompts=6, records_path=str(tmp_path / "r.jsonl"))
+    res = asyncio.run(run_load(server.url, MODEL, reqs, cfg))
+    assert res.completed == 6 and res.extra["replay"] is True
+    assert res.extra["trace_span_s"] == pytest.approx(0.65)
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    sent = np.array([r["start_s"] for r in rows]) - rows[0]["start_s"]
+    assert np.abs(sent - (np.array(offsets) - 5.0)).max() < 0.03
+    with pytest.raises(UsageError, match="has 6 requests, 7 were asked for"):
+        asyncio.run(run_load(server.url, MODEL, reqs, LoadConfig(replay_arrivals=True, num_prompts=7)))
+    untimed = [RequestSpec(prompt=[1001], prompt_len=1, output_len=2)]
+    with pytest.raises(UsageError, match="needs requests with arrival_s"):
+        asyncio.run(run_load(server.url, MODEL, untimed, LoadConfig(replay_arrivals=True, num_prompts=1)))
+    backwards = [reqs[3], reqs[0]]
+    with pytest.raises(UsageError, match="must not decrease"):
+        asyncio.run(run_load(server.url, MODEL, backwards, LoadConfig(replay_arrivals=True, num_prompts=2)))
+
+
 def test_max_duration_stops_issuing(server: FakeServer) -> None:
     server.configure(ttft_ms=50)
     res = run_bench(server.url, MODEL, parse_workload("random:8:1"),
@@ -169,6 +191,7 @@ def test_run_load_cycles_requests(server: FakeServer) -> None:
     ({"concurrency": 1, "burstiness": 0.0}, "burstiness"),
     ({"concurrency": 1, "endpoint": "grpc"}, "endpoint"),
     ({"concurrency": 1, "slo_ms": {"latency": 5.0}}, "SLO metric"),
+    ({"rate": 2.0, "replay_arrivals": True}, "give no request rate"),
 ])
 def test_load_config_validation(kwargs: dict, words: str) -> None:
     with pytest.raises(UsageError, match=words):

@@ -154,3 +154,31 @@ def test_request_spec_is_frozen() -> None:
     spec = RequestSpec(prompt="x", prompt_len=1, output_len=1)
     with pytest.raises(AttributeError):
         spec.output_len = 2  # type: ignore[misc]
+
+
+def test_jsonl_trace_keeps_arrival_order_and_is_not_cycled(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl"
+    rows = [(2.5, "c"), (0.0, "a"), (1.0, "b"), (1.0, "b2")]
+    path.write_text("".join(json.dumps({"prompt": p, "output_len": 3, "arrival_s": t}) + "\n" for t, p in rows))
+    wl = parse_workload(f"jsonl:{path}", seed=7)
+    assert wl.timed and wl.describe()["timed"] is True
+    reqs = wl.requests(4)
+    assert [(r.arrival_s, r.prompt) for r in reqs] == [(0.0, "a"), (1.0, "b"), (1.0, "b2"), (2.5, "c")]
+    assert parse_workload(f"jsonl:{path}", seed=99).requests(4) == reqs  # the seed does not shuffle a trace
+    with pytest.raises(UsageError, match="has 4 requests, 5 were asked for"):
+        wl.requests(5)
+
+
+@pytest.mark.parametrize("lines, words", [
+    (['{"prompt": "x", "output_len": 2, "arrival_s": -1}'], "arrival_s"),
+    (['{"prompt": "x", "output_len": 2, "arrival_s": "soon"}'], "arrival_s"),
+    (['{"prompt": "x", "output_len": 2, "arrival_s": true}'], "arrival_s"),
+    (['{"prompt": "x", "output_len": 2, "arrival_s": 1}', '{"prompt": "y", "output_len": 2}'],
+     "1 of 2 records have 'arrival_s'"),
+])
+def test_bad_trace_records(tmp_path: Path, lines: list[str], words: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UsageError, match=words) as info:
+        parse_workload(f"jsonl:{path}")
+    assert "\n" not in str(info.value)

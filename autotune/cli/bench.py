@@ -51,7 +51,9 @@ def parse_slo(text: str | None) -> dict[str, float] | None:
 @click.option("--url", required=True, help="Server base URL, e.g. http://127.0.0.1:8000")
 @click.option("--model", required=True, help="Model name the server serves (checked on /v1/models).")
 @click.option("--workload", default="random:1024:512", show_default=True,
-              help="random:IN:OUT[:RANGE] | sharegpt:FILE | jsonl:FILE | mm:IN:OUT:IMAGES:WxH")
+              help="random:IN:OUT[:RANGE] | sharegpt:FILE | jsonl:FILE | mm:IN:OUT:IMAGES:WxH. A jsonl file "
+                   "whose records all have arrival_s is a trace: without --rate its requests are sent at those "
+                   "times (--concurrency caps them).")
 @click.option("--concurrency", type=int, default=None, help="Closed loop: requests in flight.")
 @click.option("--rate", type=float, default=None, help="Open loop: requests per second (Poisson/gamma).")
 @click.option("--burstiness", type=float, default=1.0, show_default=True, help="Gamma shape of arrivals (1 = Poisson).")
@@ -77,15 +79,16 @@ def bench(url: str, model: str, workload: str, concurrency: int | None, rate: fl
     from autotune.loadgen.runner import LoadConfig, run_bench
     from autotune.loadgen.workload import parse_workload
 
-    if (concurrency is None) == (rate is None):
-        raise UsageError("give exactly one of --concurrency and --rate")
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"--url must start with http:// or https://, got {url!r}")
+    wl = parse_workload(workload, seed=seed, tokenizer=tokenizer)
+    replay = wl.timed and rate is None
+    if not replay and (concurrency is None) == (rate is None):
+        raise UsageError("give exactly one of --concurrency and --rate")
     cfg = LoadConfig(concurrency=concurrency, rate=rate, burstiness=burstiness, num_prompts=num_prompts,
                      warmup_prompts=warmup, ramp_s=ramp_s, endpoint=endpoint, slo_ms=parse_slo(slo),
                      scrape_metrics=scrape_metrics, request_timeout_s=request_timeout_s, seed=seed,
-                     records_path=records_path)
-    wl = parse_workload(workload, seed=seed, tokenizer=tokenizer)
+                     records_path=records_path, replay_arrivals=replay)
     if as_json:
         result = run_bench(url, model, wl, cfg)
         click.echo(json.dumps(nan_to_none(result.to_json())))
@@ -130,6 +133,9 @@ def _print_summary(result: BenchResult) -> None:
     head.add_column(justify="right")
     ex = result.extra
     load = f"concurrency {ex.get('concurrency')}" if ex.get("rate") is None else f"rate {ex.get('rate')}/s"
+    if ex.get("replay"):
+        cap = f", at most {ex['concurrency']} in flight" if ex.get("concurrency") else ""
+        load = f"trace replay over {ex.get('trace_span_s', math.nan):,.1f} s{cap}"
     rows = [("load", load), ("completed / failed", f"{result.completed} / {result.failed}"),
             ("duration (s)", _fmt(result.duration_s)), ("output tok/s", _fmt(result.output_tok_s)),
             ("total tok/s", _fmt(result.total_tok_s)), ("requests/s", _fmt(result.request_s, 2))]

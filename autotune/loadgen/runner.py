@@ -1,4 +1,5 @@
-"""Drive a server with a workload: closed loop (fixed concurrency) or open loop (Poisson/gamma arrivals).
+"""Drive a server with a workload: closed loop (fixed concurrency), open loop (Poisson/gamma arrivals) or the
+replay of a timed trace (each request sent at its own ``arrival_s``).
 
 One aiohttp session per run; request bodies are serialized before the clock starts. Warm-up requests are
 the first ``warmup_prompts`` of the same stream (so measured requests start in steady state) and are left
@@ -38,10 +39,11 @@ _PROGRESS_EVERY_S = 0.1
 @dataclass(frozen=True)
 class LoadConfig:
     """How to drive the server. Give ``concurrency`` (closed loop), ``rate`` in requests/s (open loop), or
-    both (open loop capped at ``concurrency`` in flight). ``burstiness`` is the gamma shape of the
-    inter-arrival times (1 = Poisson). ``ramp_s`` spreads the first closed-loop wave's starts over that many
-    seconds. ``endpoint`` "auto" picks chat when requests carry images. ``time_scale`` multiplies wall-clock
-    times (a sim run without clock stamps)."""
+    both (open loop capped at ``concurrency`` in flight); or ``replay_arrivals`` to send each request at its
+    own ``arrival_s`` (a timed trace, shifted so the first is sent at once; ``concurrency`` may cap it).
+    ``burstiness`` is the gamma shape of the inter-arrival times (1 = Poisson). ``ramp_s`` spreads the first
+    closed-loop wave's starts over that many seconds. ``endpoint`` "auto" picks chat when requests carry
+    images. ``time_scale`` multiplies wall-clock times (a sim run without clock stamps)."""
 
     concurrency: int | None = None
     rate: float | None = None
@@ -60,9 +62,12 @@ class LoadConfig:
     steady_state: bool = False  # closed loop: throughput over the window where every slot is busy
     temperature: float | None = None  # None: the server's default (as `vllm bench serve`)
     records_path: str | None = None  # write every request (warm-up flagged) here, gzipped JSON lines
+    replay_arrivals: bool = False
 
     def __post_init__(self) -> None:
-        if self.concurrency is None and self.rate is None:
+        if self.replay_arrivals and self.rate is not None:
+            raise UsageError("a trace replay sends at the trace's own times: give no request rate")
+        if self.concurrency is None and self.rate is None and not self.replay_arrivals:
             raise UsageError("give a concurrency or a request rate")
         if self.concurrency is not None and (isinstance(self.concurrency, bool) or self.concurrency < 1):
             raise UsageError(f"concurrency must be a positive integer, got {self.concurrency}")
@@ -123,6 +128,8 @@ async def run_load(url: str, model: str, requests: list[RequestSpec], cfg: LoadC
                 for spec in requests[:total]]
     prepared = [distinct[i % len(distinct)] for i in range(total)]
     arrivals_s = _arrival_times(total, cfg.rate, cfg.burstiness, cfg.seed) if cfg.rate is not None else None
+    if cfg.replay_arrivals:
+        arrivals_s = _trace_times(requests, total)
 
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)  # no cap: the semaphore is the limit
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -150,6 +157,9 @@ async def run_load(url: str, model: str, requests: list[RequestSpec], cfg: LoadC
         "endpoint": endpoint, "clock": clock, "time_scale": cfg.time_scale, "sent": len(measured),
         "wall_s": wall_s,
     }
+    if arrivals_s is not None and cfg.replay_arrivals:
+        extra["replay"] = True
+        extra["trace_span_s"] = float(arrivals_s[-1])
     if len(measured) < cfg.num_prompts:
         extra["stopped_early"] = True
     if cfg.slo_ms:
@@ -292,6 +302,19 @@ def _arrival_times(n: int, rate: float, burstiness: float, seed: int) -> np.ndar
     if n > 1 and offsets[-1] > 0:
         offsets *= (n - 1) / rate / offsets[-1]
     return offsets
+
+
+def _trace_times(requests: list[RequestSpec], total: int) -> np.ndarray:
+    """The send offsets of a timed trace's first ``total`` requests, the first at 0."""
+    if total > len(requests):
+        raise UsageError(f"the trace has {len(requests)} requests, {total} were asked for")
+    times = [r.arrival_s for r in requests[:total]]
+    if any(t is None for t in times):
+        raise UsageError("replaying arrivals needs requests with arrival_s (a jsonl trace)")
+    offsets = np.asarray(times, dtype=float)
+    if np.any(np.diff(offsets) < 0):
+        raise UsageError("trace arrival times must not decrease")
+    return offsets - offsets[0]
 
 
 def _window_s(outputs: list[RequestOutput]) -> float:

@@ -4,6 +4,9 @@ A spec string picks the kind (DESIGN.md): ``random:IN:OUT``, ``random:IN:OUT:RAN
 ``jsonl:FILE``, ``mm:IN:OUT:IMAGES:WxH``. ``Workload.requests(n)`` is deterministic for a seed and
 prefix-stable (``requests(5)`` is the start of ``requests(10)``), so warm-up and measured requests can
 come from one call.
+
+A ``jsonl`` file whose records all carry ``arrival_s`` is a timed trace: its requests keep the file's
+arrival order (sorted by ``arrival_s``), are not shuffled or cycled, and the runner can replay their times.
 """
 from __future__ import annotations
 
@@ -36,16 +39,19 @@ _WORDS = ("time person year way day thing man world life hand part child eye wom
 @dataclass(frozen=True)
 class RequestSpec:
     """One request to send. ``prompt`` is text or token ids; ``images`` are ``data:image/png;base64,`` URLs
-    (sent on the chat endpoint as ``image_url`` parts)."""
+    (sent on the chat endpoint as ``image_url`` parts); ``arrival_s`` is its send time in a timed trace."""
 
     prompt: str | list[int]
     prompt_len: int
     output_len: int
     images: tuple[str, ...] = ()
+    arrival_s: float | None = None
 
 
 class Workload:
-    """Base: a named, seeded source of requests."""
+    """Base: a named, seeded source of requests. ``timed``: every request carries an ``arrival_s``."""
+
+    timed = False
 
     def __init__(self, spec: str, seed: int) -> None:
         self.spec = spec
@@ -116,21 +122,32 @@ class MultimodalWorkload(Workload):
 
 
 class FileWorkload(Workload):
-    """Records from a dataset file, shuffled by the seed, cycled when more are asked for than exist."""
+    """Records from a dataset file, shuffled by the seed, cycled when more are asked for than exist.
+    A timed trace (every record has ``arrival_s``) keeps its order by arrival and is never cycled."""
 
     def __init__(self, spec: str, seed: int, kind: str, path: Path, records: list[RequestSpec],
                  estimated_lengths: bool) -> None:
         super().__init__(spec, seed)
         self.kind, self.path, self.records = kind, path, records
         self.estimated_lengths = estimated_lengths
-        self._order = np.random.default_rng(seed).permutation(len(records)).tolist()
+        self.timed = all(r.arrival_s is not None for r in records)
+        if self.timed:
+            self._order = sorted(range(len(records)), key=lambda i: records[i].arrival_s)  # stable
+        else:
+            self._order = np.random.default_rng(seed).permutation(len(records)).tolist()
 
     def requests(self, n: int) -> list[RequestSpec]:
+        if self.timed and n > len(self._order):
+            raise UsageError(f"trace {self.path} has {len(self._order)} requests, {n} were asked for "
+                             "(a timed trace is not repeated: ask for fewer)")
         return [self.records[self._order[i % len(self._order)]] for i in range(n)]
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "kind": self.kind, "path": str(self.path), "records": len(self.records),
-                "lengths_estimated": self.estimated_lengths}
+        out = {**super().describe(), "kind": self.kind, "path": str(self.path), "records": len(self.records),
+               "lengths_estimated": self.estimated_lengths}
+        if self.timed:
+            out["timed"] = True
+        return out
 
 
 def parse_workload(spec: str, seed: int = 0, tokenizer: str | None = None) -> Workload:
@@ -240,7 +257,16 @@ def _read_jsonl(path: Path, tok: Any) -> list[RequestSpec]:
             prompt_len = len(prompt) if is_ids else _count_tokens(tok, prompt)
         elif not isinstance(prompt_len, int) or isinstance(prompt_len, bool) or prompt_len < 1:
             raise UsageError(f"{where}: 'prompt_len' must be a positive integer")
-        records.append(RequestSpec(prompt=prompt, prompt_len=prompt_len, output_len=out_len))
+        arrival_s = rec.get("arrival_s")
+        if arrival_s is not None and (not isinstance(arrival_s, (int, float)) or isinstance(arrival_s, bool)
+                                      or not math.isfinite(arrival_s) or arrival_s < 0):
+            raise UsageError(f"{where}: 'arrival_s' must be a number of seconds >= 0")
+        records.append(RequestSpec(prompt=prompt, prompt_len=prompt_len, output_len=out_len,
+                                   arrival_s=None if arrival_s is None else float(arrival_s)))
+    timed = sum(r.arrival_s is not None for r in records)
+    if 0 < timed < len(records):
+        raise UsageError(f"jsonl file {path}: {timed} of {len(records)} records have 'arrival_s' "
+                         "(a timed trace needs it on every record)")
     return records
 
 
