@@ -9,19 +9,51 @@
 # MORE_PHASES="ROUNDS:RATE:PROMPTS ...": more rounds on the same server afterwards (e.g. a low load, where a P99
 # is a property of the server rather than of a few bursts). With MORE_PHASES every phase writes to
 # /tmp/st/agreement/rate<RATE>-n<PROMPTS>/, and a phase that repeats a rate and count adds rounds to its folder.
-#   [CUDA_VISIBLE_DEVICES=i] [MORE_PHASES=...] bash benchmarks/gpu/agreement_rounds.sh [ROUNDS] [PORT] [RATE] [PROMPTS]
+# STREAM=identical (needs RATE): both tools send the identical stream in a round: vLLM's `custom` dataset and our
+# jsonl trace with the same text prompts, and vLLM's own Poisson send times for its --seed (identical_stream.py).
+# The prefix cache is reset before every run (the server runs with VLLM_SERVER_DEV_MODE=1 for that), and the
+# tools take turns going first. Each round's stream check lands in check-N.json.
+#   [CUDA_VISIBLE_DEVICES=i] [MORE_PHASES=...] [STREAM=identical] bash benchmarks/gpu/agreement_rounds.sh [ROUNDS] [PORT] [RATE] [PROMPTS]
 # Summarise here with: python3 benchmarks/gpu/agreement_table.py DIR
 set -uo pipefail
 . /tmp/st/env.sh
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 rounds=${1:-3}; port=${2:-8011}; rate=${3:-}; prompts=${4:-256}
 out=/tmp/st/agreement; mkdir -p "$out"
+stream=${STREAM:-own}
+[ "$stream" = identical ] && export VLLM_SERVER_DEV_MODE=1
 setsid vllm serve /tmp/model --load-format dummy --port "$port" --served-model-name m > "$out/server.log" 2>&1 &
 srv=$!
 cleanup() { kill -TERM -- -$srv 2>/dev/null; sleep 5; kill -KILL -- -$srv 2>/dev/null; }
 trap cleanup EXIT; trap "exit 143" TERM INT
 for i in $(seq 200); do curl -sf "localhost:$port/health" >/dev/null && break; sleep 2; done
 echo "server ready after ~$((i * 2)) s" | tee "$out/times.txt"
+reset_cache() { echo "$(date +%T) reset_prefix_cache: $(curl -s -X POST "localhost:$port/reset_prefix_cache")" >> "$1"; }
+identical_round() {  # DIR ROUND RATE PROMPTS SEED
+  local dir=$1 r=$2 rate=$3 prompts=$4 seed=$5 sdir=$1/stream-$2 t0 t1 t2
+  python3 benchmarks/gpu/identical_stream.py make --tokenizer /tmp/model --num-prompts "$prompts" --rate "$rate" \
+    --seed "$seed" --input-len 1024 --output-len 512 --dir "$sdir" > "$sdir.make.json"
+  ours() {
+    reset_cache "$dir/ours-$r.err"
+    python3 -m autotune bench --url "http://127.0.0.1:$port" --model m --workload "jsonl:$sdir/trace.jsonl" \
+      --num-prompts "$prompts" --scrape-metrics --records "$dir/ours-$r.jsonl.gz" --json > "$dir/ours-$r.json" 2>> "$dir/ours-$r.err"
+  }
+  theirs() {
+    reset_cache "$dir/vllm-$r.log"
+    vllm bench serve --backend vllm --base-url "http://127.0.0.1:$port" --model m --tokenizer /tmp/model \
+      --dataset-name custom --dataset-path "$sdir/vllm-prompts.jsonl" --disable-shuffle --skip-chat-template \
+      --custom-output-len 512 --ignore-eos --num-prompts "$prompts" --request-rate "$rate" --burstiness 1.0 \
+      --seed "$seed" --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,90,95,99 \
+      --save-result --save-detailed --result-dir "$dir" --result-filename "vllm-$r.json" >> "$dir/vllm-$r.log" 2>&1
+  }
+  t0=$(date +%s)
+  if [ $((r % 2)) -eq 1 ]; then ours; t1=$(date +%s); theirs; else theirs; t1=$(date +%s); ours; fi
+  t2=$(date +%s)
+  python3 benchmarks/gpu/identical_stream.py check "$sdir/trace.jsonl" "$dir/vllm-$r.json" "$dir/ours-$r.jsonl.gz" \
+    > "$dir/check-$r.json" 2>&1
+  gzip -f "$sdir/vllm-prompts.jsonl"; rm -f "$sdir/trace.jsonl"  # the trace is the same prompts plus times
+  echo "$dir round $r (identical stream, rate $rate, $prompts prompts, $([ $((r % 2)) -eq 1 ] && echo ours || echo vllm) first): $((t1 - t0)) s + $((t2 - t1)) s" | tee -a "$out/times.txt"
+}
 phase() {  # DIR ROUNDS RATE PROMPTS SEED_BASE
   local dir=$1 n=$2 rate=$3 prompts=$4 base=$5 ours_load vllm_load r i t0 t1 t2
   if [ -n "$rate" ]; then ours_load=(--rate "$rate"); vllm_load=(--request-rate "$rate" --burstiness 1.0)
@@ -30,6 +62,7 @@ phase() {  # DIR ROUNDS RATE PROMPTS SEED_BASE
   local done_before; done_before=$(ls "$dir"/ours-*.json 2>/dev/null | wc -l)
   for i in $(seq "$n"); do
     r=$((done_before + i))
+    if [ "$stream" = identical ]; then identical_round "$dir" "$r" "$rate" "$prompts" "$((base + r))"; continue; fi
     t0=$(date +%s)
     python3 -m autotune bench --url "http://127.0.0.1:$port" --model m --workload random:1024:512 --tokenizer /tmp/model \
       "${ours_load[@]}" --num-prompts "$prompts" --seed "$((base + r))" --scrape-metrics --records "$dir/ours-$r.jsonl.gz" \

@@ -8,6 +8,8 @@ Where both sides kept per-request start times (our `--records`, vLLM's `--save-d
 the offered rate each run realised, and output tok/s per offered request/s. Under an open loop, throughput
 follows the offered rate, so the second row compares the measurement, not the arrival draw.
 vLLM's results may be gzipped (`vllm-N.json.gz`).
+With `--paired` (rounds where both tools sent the identical stream, `STREAM=identical`), each round's own
+difference, ours vs vLLM in %, and their median: the server's drift between rounds then cancels.
 """
 from __future__ import annotations
 
@@ -70,7 +72,8 @@ def table(folder: Path) -> list[dict]:
                      "ours_mean": a.mean(), "vllm_mean": b.mean(),
                      "ours_range_pct": 100 * (a.max() - a.min()) / a.mean(),
                      "vllm_range_pct": 100 * (b.max() - b.min()) / b.mean(),
-                     "diff_pct": 100 * (a.mean() / b.mean() - 1)})
+                     "diff_pct": 100 * (a.mean() / b.mean() - 1),
+                     "round_diffs_pct": (100 * (a / b - 1)).tolist()})
     return rows
 
 
@@ -78,9 +81,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("folder", type=Path)
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--paired", action="store_true", help="per-round differences (identical streams)")
     args = ap.parse_args()
     rows = table(args.folder)
-    if args.markdown:
+    if args.paired:
+        print(f"| metric | ours vs vLLM, each of {rows[0]['rounds']} rounds | median | max abs |")
+        print("|---|---|---|---|")
+        for r in rows:
+            d = np.array(r["round_diffs_pct"])
+            print(f"| {r['metric']} | {', '.join(f'{x:+.1f}%' for x in d)} | {np.median(d):+.1f}% | "
+                  f"{np.abs(d).max():.1f}% |")
+    elif args.markdown:
         print(f"| metric | autotune (mean of {rows[0]['rounds']}) | run-to-run range | `vllm bench serve` | "
               "run-to-run range | ours vs vLLM |")
         print("|---|---|---|---|---|---|")
