@@ -3,6 +3,10 @@ against a zero-latency streaming server, side by side with vLLM's benchmark clie
 
 The client process is pinned to core 0, the server (raw asyncio, pre-built responses, one write per token
 event) to core 1. Both clients run a closed loop at the same concurrency against the same server.
+``--cores 2,3,4,5`` pins the client to core 2 and runs one server process on each further core (the
+connections are spread by SO_REUSEPORT), so that the server is not what limits a fast client. Every run
+prints the share of the wall time the client and the server processes were busy on the CPU: a server near
+100% per process means that run measured the server, not the client.
 
     python benchmarks/loadgen_capacity.py [--concurrency 64] [--requests 3000] [--out-lens 1,64,512]
 """
@@ -82,30 +86,50 @@ def serve(port_file: str, out_len: int, cpu: int) -> None:
         len(body), body)
 
     async def main() -> None:
-        server = await asyncio.get_running_loop().create_server(_Proto, "127.0.0.1", 0, backlog=4096)
-        Path(port_file).write_text(str(server.sockets[0].getsockname()[1]))
+        port = int(Path(port_file).read_text()) if Path(port_file).read_text() else 0
+        server = await asyncio.get_running_loop().create_server(_Proto, "127.0.0.1", port, backlog=4096,
+                                                                reuse_port=True)
+        if not port:
+            Path(port_file).write_text(str(server.sockets[0].getsockname()[1]))
+        Path(port_file + f".{cpu}").write_text("up")
         await asyncio.Event().wait()
 
     asyncio.run(main())
 
 
 class Server:
-    def __init__(self, out_len: int, cpu: int = 1) -> None:
-        self.out_len, self.cpu = out_len, cpu
+    """One server process per core in ``cpus``, all on one port (SO_REUSEPORT)."""
 
-    def __enter__(self) -> str:
+    def __init__(self, out_len: int, cpus: list[int]) -> None:
+        self.out_len, self.cpus = out_len, cpus
+
+    def __enter__(self) -> "Server":
         self.dir = tempfile.TemporaryDirectory()
         port_file = Path(self.dir.name) / "port"
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port_file), str(self.out_len),
-                                      str(self.cpu)])
-        while not (port_file.exists() and port_file.read_text()):
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{int(port_file.read_text())}"
+        port_file.write_text("")
+        self.procs = []
+        for i, cpu in enumerate(self.cpus):
+            self.procs.append(subprocess.Popen([sys.executable, __file__, "--serve", str(port_file),
+                                                str(self.out_len), str(cpu)]))
+            while not Path(f"{port_file}.{cpu}").exists():  # the first one picks the port
+                time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{int(port_file.read_text())}"
+        return self
+
+    def cpu_s(self) -> float:
+        return sum(_cpu_s(p.pid) for p in self.procs)
 
     def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(5)
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait(5)
         self.dir.cleanup()
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---- the two clients ----------------------------------------------------------------------------------------
@@ -172,27 +196,33 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--vllm-client", choices=["reimpl", "real"], default="reimpl",
                    help="real: vLLM's own benchmark module (needs vLLM installed, e.g. on the GPU machine)")
-    p.add_argument("--cores", default="0,1", help="client core, server core")
+    p.add_argument("--cores", default="0,1", help="client core, then one server process per further core")
     args = p.parse_args()
     global VLLM_CLIENT
     VLLM_CLIENT = args.vllm_client
-    client_core, server_core = (int(x) for x in args.cores.split(","))
+    client_core, *server_cores = (int(x) for x in args.cores.split(","))
     os.sched_setaffinity(0, {client_core})
-    print(f"client on core {client_core}, server on core {server_core}, concurrency {args.concurrency}, "
-          f"cpus={os.cpu_count()}, "
-          f"vllm client: {VLLM_CLIENT}")
-    print(f"{'out_len':>7} {'client':>6} {'requests':>8} {'wall_s':>7} {'req/s':>8} {'tok/s':>9}")
+    print(f"client on core {client_core}, server on core(s) {','.join(map(str, server_cores))}, "
+          f"concurrency {args.concurrency}, cpus={os.cpu_count()}, vllm client: {VLLM_CLIENT}")
+    print(f"{'out_len':>7} {'client':>6} {'requests':>8} {'wall_s':>7} {'req/s':>8} {'tok/s':>9} "
+          f"{'client busy':>11} {'server busy':>11}")
     for out_len in (int(x) for x in args.out_lens.split(",")):
         n = max(args.concurrency * 4, args.requests // max(1, out_len // 64))
         best: dict[str, tuple[float, float]] = {}
-        with Server(out_len, server_core) as url:
+        with Server(out_len, server_cores) as server:
+            url = server.url
             run_ours(url, args.concurrency, args.concurrency * 2, out_len)  # warm the server and imports
             for rep in range(args.repeats):
                 order = [("ours", run_ours), ("vllm", run_vllm)]
                 for name, fn in order if rep % 2 == 0 else order[::-1]:
+                    s0, c0, w0 = server.cpu_s(), time.process_time(), time.perf_counter()
                     wall, done, toks = fn(url, args.concurrency, n, out_len)
+                    outer_s = time.perf_counter() - w0  # also building the requests: the CPU times' span
+                    busy_client = (time.process_time() - c0) / outer_s
+                    busy_server = (server.cpu_s() - s0) / outer_s / len(server_cores)
                     rps, tps = done / wall, toks / wall
-                    print(f"{out_len:>7} {name:>6} {done:>8} {wall:>7.2f} {rps:>8.0f} {tps:>9.0f}", flush=True)
+                    print(f"{out_len:>7} {name:>6} {done:>8} {wall:>7.2f} {rps:>8.0f} {tps:>9.0f} "
+                          f"{busy_client:>11.0%} {busy_server:>11.0%}", flush=True)
                     if done != n:
                         print(f"        warning: {n - done} requests failed for {name}")
                     best[name] = max(best.get(name, (0.0, 0.0)), (rps, tps))
