@@ -13,7 +13,9 @@
 # jsonl trace with the same text prompts, and vLLM's own Poisson send times for its --seed (identical_stream.py).
 # The prefix cache is reset before every run (the server runs with VLLM_SERVER_DEV_MODE=1 for that), and the
 # tools take turns going first. Each round's stream check lands in check-N.json.
-#   [CUDA_VISIBLE_DEVICES=i] [MORE_PHASES=...] [STREAM=identical] bash benchmarks/gpu/agreement_rounds.sh [ROUNDS] [PORT] [RATE] [PROMPTS]
+# FAKE_LATENCY=TTFT_MS:ITL_MS: the same rounds against autotune's fixed-latency fake server (on core FAKE_CPU,
+# default 12) instead of vLLM, results in /tmp/st/truth/: each tool's error against a known truth.
+#   [CUDA_VISIBLE_DEVICES=i] [MORE_PHASES=...] [STREAM=identical] [FAKE_LATENCY=50:8] bash benchmarks/gpu/agreement_rounds.sh [ROUNDS] [PORT] [RATE] [PROMPTS]
 # Summarise here with: python3 benchmarks/gpu/agreement_table.py DIR
 set -uo pipefail
 . /tmp/st/env.sh
@@ -22,11 +24,20 @@ rounds=${1:-3}; port=${2:-8011}; rate=${3:-}; prompts=${4:-256}
 out=/tmp/st/agreement; mkdir -p "$out"
 stream=${STREAM:-own}
 [ "$stream" = identical ] && export VLLM_SERVER_DEV_MODE=1
-setsid vllm serve /tmp/model --load-format dummy --port "$port" --served-model-name m > "$out/server.log" 2>&1 &
+if [ -n "${FAKE_LATENCY-}" ]; then  # TTFT_MS:ITL_MS: our fixed-latency fake server instead of vLLM (the truth is known)
+  IFS=: read -r fake_ttft fake_itl <<< "$FAKE_LATENCY"
+  out=/tmp/st/truth; mkdir -p "$out"
+  setsid python3 -m autotune.loadgen.fakeserver --port "$port" --cpu "${FAKE_CPU:-12}" \
+    --config "{\"models\": [\"m\"], \"ttft_ms\": $fake_ttft, \"itl_ms\": $fake_itl}" > "$out/server.log" 2>&1 &
+  health=/v1/models
+else
+  setsid vllm serve /tmp/model --load-format dummy --port "$port" --served-model-name m > "$out/server.log" 2>&1 &
+  health=/health
+fi
 srv=$!
 cleanup() { kill -TERM -- -$srv 2>/dev/null; sleep 5; kill -KILL -- -$srv 2>/dev/null; }
 trap cleanup EXIT; trap "exit 143" TERM INT
-for i in $(seq 200); do curl -sf "localhost:$port/health" >/dev/null && break; sleep 2; done
+for i in $(seq 200); do curl -sf "localhost:$port$health" >/dev/null && break; sleep 2; done
 echo "server ready after ~$((i * 2)) s" | tee "$out/times.txt"
 reset_cache() { echo "$(date +%T) reset_prefix_cache: $(curl -s -X POST "localhost:$port/reset_prefix_cache")" >> "$1"; }
 identical_round() {  # DIR ROUND RATE PROMPTS SEED

@@ -3,7 +3,9 @@
 # background job that outlives the `run` call that starts it.
 #   1. Client capacity on the quiet host, before any server starts: ours against vLLM's own benchmark module
 #      (`loadgen_capacity.py --vllm-client real`), once on each core pair in CAPACITY_CORES.
-#   2. Agreement on identical streams: `STREAM=identical agreement_rounds.sh ROUNDS 8011 RATE PROMPTS`, rounds
+#   2. TRUTH_ROUNDS (default 2) identical-stream rounds of both tools against autotune's fixed-latency fake server
+#      (TTFT 50 ms, ITL 8 ms; TRUTH_PROMPTS, default 480): each tool's error against a known truth.
+#   3. Agreement on identical streams: `STREAM=identical agreement_rounds.sh ROUNDS 8011 RATE PROMPTS`, rounds
 #      until ROUNDS are done or the job is stopped.
 # Start:   setsid nohup bash benchmarks/gpu/loadgen_session.sh > /tmp/st/loadgen.log 2>&1 < /dev/null &
 #          echo $! > /tmp/st/loadgen.pid
@@ -13,14 +15,22 @@ set -uo pipefail
 . /tmp/st/env.sh
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 out=/tmp/st/loadgen; mkdir -p "$out"
-if [ "${1-}" = collect ]; then
-  mkdir -p "$OUT/agreement"
-  cp -r "$out" "$OUT/"
-  [ -d /tmp/st/agreement ] && (cd /tmp/st/agreement &&
-    find . -type f ! -name 'vllm-prompts.jsonl*' ! -name 'trace.jsonl' -exec cp --parents {} "$OUT/agreement/" \;)
-  cp /tmp/st/loadgen.log "$OUT/" 2>/dev/null
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader > "$OUT/gpu-memory.txt" 2>&1
-  ps -eo pid,pgid,etimes,args | grep -E "vllm|autotune|loadgen_capacity" | grep -v grep > "$OUT/processes.txt"
+if [ "${1-}" = collect ]; then  # one archive (a call brings back few files); vLLM's texts and ITL lists left out
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader > "$out/gpu-memory.txt" 2>&1
+  ps -eo pid,pgid,etimes,args | grep -E "vllm|autotune|loadgen_capacity" | grep -v grep > "$out/processes.txt"
+  cd /tmp/st && python3 - <<'PY'
+import glob, json
+for p in glob.glob("agreement/**/vllm-*.json", recursive=True) + glob.glob("truth/**/vllm-*.json", recursive=True):
+    try:
+        d = json.load(open(p))
+    except ValueError:
+        continue  # still being written
+    if "generated_texts" in d or "itls" in d:
+        d.pop("generated_texts", None), d.pop("itls", None)
+        json.dump(d, open(p, "w"))
+PY
+  find loadgen loadgen.log agreement truth -type f ! -name 'vllm-prompts.jsonl*' ! -name trace.jsonl 2>/dev/null \
+    | tar czf "$OUT/results.tgz" -T -
   exit 0
 fi
 {
@@ -30,4 +40,8 @@ fi
     python3 benchmarks/loadgen_capacity.py --vllm-client real --repeats 3 --cores "$cores"
   done
 } > "$out/capacity.txt" 2>&1
+if [ "${TRUTH_ROUNDS:-2}" -gt 0 ]; then
+  FAKE_LATENCY=50:8 STREAM=identical bash benchmarks/gpu/agreement_rounds.sh "${TRUTH_ROUNDS:-2}" 8021 "${RATE:-8}" \
+    "${TRUTH_PROMPTS:-480}"
+fi
 STREAM=identical bash benchmarks/gpu/agreement_rounds.sh "${ROUNDS:-20}" 8011 "${RATE:-8}" "${PROMPTS:-960}"
