@@ -211,7 +211,9 @@ def test_fast_path_takes_leading_token_events_and_leaves_the_rest() -> None:
     tok = b'data: {"choices":[{"index":0,"text":"hi","finish_reason":null}]}\n\n'
     end = b'data: {"choices":[{"index":0,"text":"","finish_reason":"length"}]}\n\ndata: [DONE]\n\n'
     assert _plain_token_prefix(tok * 3 + end, chat=False) == (3, 3 * len(tok))
-    assert _plain_token_prefix(tok.replace(b'"hi"', b'"data: x"'), chat=False) == (0, 0)  # left to the parse
+    in_text = tok.replace(b'"hi"', b'"data: x\\n\\n"')  # "data:" and escaped newlines inside the text: one event
+    assert _plain_token_prefix(in_text, chat=False) == (1, len(in_text))
+    assert _plain_token_prefix(tok.replace(b'"hi"', b'"hi","usage":{"completion_tokens":1}'), chat=False) == (0, 0)
     assert _plain_token_prefix(tok[:-1], chat=False) == (0, 0)  # incomplete event
     assert _plain_token_prefix(b": ping\n\n" + tok, chat=False) == (0, 0)
 

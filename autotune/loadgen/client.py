@@ -266,16 +266,18 @@ class _Stream:
                              start_s=start_s), False
 
 
-_SPECIAL = (b'"finish_reason":"', b'"finish_reason": "', b'"usage":{', b'"usage": {', b"[DONE]", b'"sim_',
-            b'"error"', b'"role"')
+# Events that need the full parse although they carry a text key: a usage object (mid-stream with continuous
+# usage stats), sim stamps, an error. Events without a non-empty text key (role-only, a closing chunk with an
+# empty delta, the usage-only event, [DONE]) fail the key count below and take the per-line path anyway.
+_SPECIAL = (b'"usage":{', b'"usage": {', b'"sim_', b'"error"')
 
 
 def _plain_token_prefix(body: bytes, chat: bool) -> tuple[int, int]:
     """``(events, end)``: ``body[:end]`` is exactly ``events`` SSE events ``data: {...}\\n\\n``, each an ordinary
-    token chunk (non-empty text; no finish reason, usage, error, role or sim stamps), as far as can be told
-    by counting bytes; ``(0, 0)`` when it cannot, and the per-line path decides. Counting is sound for the
-    reason given in ``_plain_token``: inside a JSON string quotes are escaped, so ``"text":"`` occurs only
-    as the key, once per event. The events after ``end`` (a stream's last ones) take the per-line path."""
+    token chunk (non-empty text; no usage, error or sim stamps), as far as can be told by counting bytes;
+    ``(0, 0)`` when it cannot, and the per-line path decides. Counting is sound because inside a JSON string
+    quotes and newlines are escaped: ``"text":"`` occurs only as the key, once per event, and raw newlines
+    only as SSE separators. The events after ``end`` (a stream's last ones) take the per-line path."""
     keys = (b'"content":"', b'"content": "') if chat else (b'"text":"', b'"text": "')
     cut = min((i for m in (*_SPECIAL, keys[0] + b'"', keys[1] + b'"') if (i := body.find(m)) >= 0), default=-1)
     if cut >= 0:
@@ -283,8 +285,7 @@ def _plain_token_prefix(body: bytes, chat: bool) -> tuple[int, int]:
         if len(body) < 2:
             return 0, 0
     events = body.count(b"\n\ndata:") + 1
-    if not body.startswith(b"data:") or not body.endswith(b"\n\n") or body.count(b"\n") != 2 * events \
-            or body.count(b"data:") != events or body.count(b"}\n\n") != events \
+    if not body.startswith(b"data:") or not body.endswith(b"}\n\n") or body.count(b"\n") != 2 * events \
             or body.count(keys[0]) + body.count(keys[1]) != events:
         return 0, 0
     return events, len(body)

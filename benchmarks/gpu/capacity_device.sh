@@ -15,6 +15,6 @@ nproc; uptime; lscpu | grep -E "Model name|MHz" | head -3
 for cores in ${CORE_SETS:-2,3 2,3,4,5 8,9,10,11}; do
   for v in ${AIOHTTP_SETS:-a145 a143}; do
     PYTHONPATH="/tmp/cap/$v:$cap/vsrc:$PWD" python3 -c "import sys, aiohttp, orjson; print('== python', sys.version.split()[0], 'aiohttp', aiohttp.__version__, 'orjson', orjson.__version__)"
-    PYTHONPATH="/tmp/cap/$v:$cap/vsrc:$PWD" python3 benchmarks/loadgen_capacity.py --vllm-client real --repeats 3 --cores "$cores"
+    PYTHONPATH="/tmp/cap/$v:$cap/vsrc:$PWD" python3 benchmarks/loadgen_capacity.py --vllm-client real --repeats 3 --cores "$cores" ${CAPACITY_ARGS-}
   done
 done
