@@ -8,7 +8,7 @@ connections are spread by SO_REUSEPORT), so that the server is not what limits a
 prints the share of the wall time the client and the server processes were busy on the CPU: a server near
 100% per process means that run measured the server, not the client.
 
-    python benchmarks/loadgen_capacity.py [--concurrency 64] [--requests 3000] [--out-lens 1,64,512]
+    python benchmarks/loadgen_capacity.py [--concurrency 64] [--requests 6000] [--out-lens 1,64,512]
 """
 from __future__ import annotations
 
@@ -191,7 +191,7 @@ def main() -> None:
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--requests", type=int, default=3000, help="per run (divided by out_len/64 for long outputs)")
+    p.add_argument("--requests", type=int, default=6000, help="per run (divided by out_len/64 for long outputs)")
     p.add_argument("--out-lens", default="1,64,512")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--vllm-client", choices=["reimpl", "real"], default="reimpl",
