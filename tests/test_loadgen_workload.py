@@ -167,6 +167,10 @@ def test_jsonl_trace_keeps_arrival_order_and_is_not_cycled(tmp_path: Path) -> No
     assert parse_workload(f"jsonl:{path}", seed=99).requests(4) == reqs  # the seed does not shuffle a trace
     with pytest.raises(UsageError, match="has 4 requests, 5 were asked for"):
         wl.requests(5)
+    plain = wl.without_times()  # what a study uses: a dataset, shuffled by the seed and cycled
+    assert not plain.timed and "timed" not in plain.describe()
+    assert len(plain.requests(9)) == 9 and all(r.arrival_s is None for r in plain.requests(9))
+    assert sorted(r.prompt for r in plain.requests(4)) == ["a", "b", "b2", "c"]
 
 
 @pytest.mark.parametrize("lines, words", [

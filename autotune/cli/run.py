@@ -102,8 +102,9 @@ def build_study_config(opts: dict[str, Any], console: Console) -> StudyConfig:
     if overlap:
         raise UsageError(f"--set {sorted(overlap)[0]}: that flag is searched by the space; remove it from one")
     space.fixed = {**space.fixed, **extra}
-    # Token-id prompts: exact lengths on any engine, no tokenizer needed.
-    workload = parse_workload(opts["workload"], seed=opts["seed"])
+    # Token-id prompts: exact lengths on any engine, no tokenizer needed. A trace's times are not used: each
+    # load level sets its own concurrency, so its requests are a dataset here (shuffled by the seed, cycled).
+    workload = parse_workload(opts["workload"], seed=opts["seed"]).without_times()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = [int(x) for x in visible.split(",") if x.strip().isdigit()] if visible else list(range(gpus))
     if len(ids) < gpus:

@@ -15,7 +15,7 @@ import json
 import math
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,10 @@ class Workload:
 
     def describe(self) -> dict[str, Any]:
         return {"spec": self.spec, "seed": self.seed}
+
+    def without_times(self) -> Workload:
+        """The same requests as a plain dataset (a study drives its own load, not a trace's times)."""
+        return self
 
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, index])
@@ -141,6 +145,12 @@ class FileWorkload(Workload):
             raise UsageError(f"trace {self.path} has {len(self._order)} requests, {n} were asked for "
                              "(a timed trace is not repeated: ask for fewer)")
         return [self.records[self._order[i % len(self._order)]] for i in range(n)]
+
+    def without_times(self) -> FileWorkload:
+        if not self.timed:
+            return self
+        records = [replace(r, arrival_s=None) for r in self.records]
+        return FileWorkload(self.spec, self.seed, self.kind, self.path, records, self.estimated_lengths)
 
     def describe(self) -> dict[str, Any]:
         out = {**super().describe(), "kind": self.kind, "path": str(self.path), "records": len(self.records),
