@@ -12,7 +12,8 @@
 # STREAM=identical (needs RATE): both tools send the identical stream in a round: vLLM's `custom` dataset and our
 # jsonl trace with the same text prompts, and vLLM's own Poisson send times for its --seed (identical_stream.py).
 # The prefix cache is reset before every run (the server runs with VLLM_SERVER_DEV_MODE=1 for that), and the
-# tools take turns going first. Each round's stream check lands in check-N.json.
+# tools take turns going first. Each round's stream check lands in check-N.json. PAIR=ours-ours or vllm-vllm runs
+# one tool twice on each stream instead (files ours2-N / vllm2-N): the server's own spread between identical runs.
 # FAKE_LATENCY=TTFT_MS:ITL_MS: the same rounds against autotune's fixed-latency fake server (on core FAKE_CPU,
 # default 12) instead of vLLM, results in /tmp/st/truth/: each tool's error against a known truth.
 #   [CUDA_VISIBLE_DEVICES=i] [MORE_PHASES=...] [STREAM=identical] [FAKE_LATENCY=50:8] bash benchmarks/gpu/agreement_rounds.sh [ROUNDS] [PORT] [RATE] [PROMPTS]
@@ -44,26 +45,32 @@ identical_round() {  # DIR ROUND RATE PROMPTS SEED
   local dir=$1 r=$2 rate=$3 prompts=$4 seed=$5 sdir=$1/stream-$2 t0 t1 t2
   python3 benchmarks/gpu/identical_stream.py make --tokenizer /tmp/model --num-prompts "$prompts" --rate "$rate" \
     --seed "$seed" --input-len 1024 --output-len 512 --dir "$sdir" > "$sdir.make.json"
-  ours() {
-    reset_cache "$dir/ours-$r.err"
+  ours() {  # NAME: the files' prefix (ours, or ours2 for a second run of ours)
+    reset_cache "$dir/$1-$r.err"
     python3 -m autotune bench --url "http://127.0.0.1:$port" --model m --workload "jsonl:$sdir/trace.jsonl" \
-      --num-prompts "$prompts" --scrape-metrics --records "$dir/ours-$r.jsonl.gz" --json > "$dir/ours-$r.json" 2>> "$dir/ours-$r.err"
+      --num-prompts "$prompts" --scrape-metrics --records "$dir/$1-$r.jsonl.gz" --json > "$dir/$1-$r.json" 2>> "$dir/$1-$r.err"
   }
-  theirs() {
-    reset_cache "$dir/vllm-$r.log"
+  theirs() {  # NAME: vllm, or vllm2
+    reset_cache "$dir/$1-$r.log"
     vllm bench serve --backend vllm --base-url "http://127.0.0.1:$port" --model m --tokenizer /tmp/model \
       --dataset-name custom --dataset-path "$sdir/vllm-prompts.jsonl" --disable-shuffle --skip-chat-template \
       --custom-output-len 512 --ignore-eos --num-prompts "$prompts" --request-rate "$rate" --burstiness 1.0 \
       --seed "$seed" --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,90,95,99 \
-      --save-result --save-detailed --result-dir "$dir" --result-filename "vllm-$r.json" >> "$dir/vllm-$r.log" 2>&1
+      --save-result --save-detailed --result-dir "$dir" --result-filename "$1-$r.json" >> "$dir/$1-$r.log" 2>&1
   }
   t0=$(date +%s)
-  if [ $((r % 2)) -eq 1 ]; then ours; t1=$(date +%s); theirs; else theirs; t1=$(date +%s); ours; fi
+  case "${PAIR:-ours-vllm}" in  # the controls run one tool twice on the stream: the server's own run-to-run spread
+    ours-ours) ours ours; t1=$(date +%s); ours ours2 ;;
+    vllm-vllm) theirs vllm; t1=$(date +%s); theirs vllm2 ;;
+    *) if [ $((r % 2)) -eq 1 ]; then ours ours; t1=$(date +%s); theirs vllm; else theirs vllm; t1=$(date +%s); ours ours; fi ;;
+  esac
   t2=$(date +%s)
-  python3 benchmarks/gpu/identical_stream.py check "$sdir/trace.jsonl" "$dir/vllm-$r.json" "$dir/ours-$r.jsonl.gz" \
-    > "$dir/check-$r.json" 2>&1
+  [ -f "$dir/vllm-$r.json" ] && [ -f "$dir/ours-$r.jsonl.gz" ] && python3 benchmarks/gpu/identical_stream.py check \
+    "$sdir/trace.jsonl" "$dir/vllm-$r.json" "$dir/ours-$r.jsonl.gz" > "$dir/check-$r.json" 2>&1
   gzip -f "$sdir/vllm-prompts.jsonl"; rm -f "$sdir/trace.jsonl"  # the trace is the same prompts plus times
-  echo "$dir round $r (identical stream, rate $rate, $prompts prompts, $([ $((r % 2)) -eq 1 ] && echo ours || echo vllm) first): $((t1 - t0)) s + $((t2 - t1)) s" | tee -a "$out/times.txt"
+  local order; order=$([ $((r % 2)) -eq 1 ] && echo "ours first" || echo "vllm first")
+  case "${PAIR:-ours-vllm}" in ours-ours|vllm-vllm) order="${PAIR} control";; esac
+  echo "$dir round $r (identical stream, rate $rate, $prompts prompts, $order): $((t1 - t0)) s + $((t2 - t1)) s" | tee -a "$out/times.txt"
 }
 phase() {  # DIR ROUNDS RATE PROMPTS SEED_BASE
   local dir=$1 n=$2 rate=$3 prompts=$4 base=$5 ours_load vllm_load r i t0 t1 t2
@@ -71,6 +78,7 @@ phase() {  # DIR ROUNDS RATE PROMPTS SEED_BASE
   else ours_load=(--concurrency 64); vllm_load=(--max-concurrency 64); fi
   mkdir -p "$dir"
   local done_before; done_before=$(ls "$dir"/ours-*.json 2>/dev/null | wc -l)
+  [ "$stream" = identical ] && done_before=$(ls "$dir"/stream-*.make.json 2>/dev/null | wc -l)
   for i in $(seq "$n"); do
     r=$((done_before + i))
     if [ "$stream" = identical ]; then identical_round "$dir" "$r" "$rate" "$prompts" "$((base + r))"; continue; fi

@@ -10,6 +10,8 @@ follows the offered rate, so the second row compares the measurement, not the ar
 vLLM's results may be gzipped (`vllm-N.json.gz`).
 With `--paired` (rounds where both tools sent the identical stream, `STREAM=identical`), each round's own
 difference, ours vs vLLM in %, and their median: the server's drift between rounds then cancels.
+`--pair ours,ours2` or `--pair vllm,vllm2` compares the two runs of one tool in a control folder
+(`PAIR=ours-ours` / `vllm-vllm`): the server's own spread between identical runs.
 """
 from __future__ import annotations
 
@@ -30,10 +32,15 @@ def _ours(data: dict, key) -> float:
     return float(data[key[0]][key[1]]) if isinstance(key, tuple) else float(data[key])
 
 
-def _vllm_path(folder: Path, r: int) -> Path | None:
-    for name in (f"vllm-{r}.json", f"vllm-{r}.json.gz"):
-        if (folder / name).exists():
-            return folder / name
+def _value(data: dict, ours_key, vllm_key: str) -> float:
+    """A metric from either tool's result: vLLM's has `output_throughput`, ours `output_tok_s`."""
+    return float(data[vllm_key]) if "output_throughput" in data else _ours(data, ours_key)
+
+
+def _result_path(folder: Path, name: str, r: int) -> Path | None:
+    for file in (f"{name}-{r}.json", f"{name}-{r}.json.gz"):
+        if (folder / file).exists():
+            return folder / file
     return None
 
 
@@ -45,26 +52,31 @@ def _realized_rate(starts: list[float]) -> float:
     return (len(starts) - 1) / (max(starts) - min(starts)) if len(starts) > 1 else float("nan")
 
 
-def _offered(folder: Path, r: int, ours: dict, theirs: dict) -> tuple[float, float] | None:
-    records = folder / f"ours-{r}.jsonl.gz"
-    if not records.exists() or "start_times" not in theirs:
+def _starts(folder: Path, name: str, r: int, data: dict) -> list[float] | None:
+    if "start_times" in data:
+        return data["start_times"]
+    records = folder / f"{name}-{r}.jsonl.gz"
+    if not records.exists():
         return None
-    starts = [rec["start_s"] for rec in map(json.loads, gzip.open(records, "rt")) if not rec["warmup"]]
-    return _realized_rate(starts), _realized_rate(theirs["start_times"])
+    return [rec["start_s"] for rec in map(json.loads, gzip.open(records, "rt")) if not rec["warmup"]]
 
 
-def table(folder: Path) -> list[dict]:
-    rounds = sorted(int(p.stem.split("-")[1]) for p in folder.glob("ours-*.json")
-                    if _vllm_path(folder, int(p.stem.split("-")[1])))
-    ours = [json.loads((folder / f"ours-{r}.json").read_text()) for r in rounds]
-    theirs = [_read_json(_vllm_path(folder, r)) for r in rounds]
-    pairs = [(label, [_ours(d, ok) for d in ours], [float(d[vk]) for d in theirs]) for label, ok, vk in METRICS]
-    offered = [_offered(folder, r, o, t) for r, o, t in zip(rounds, ours, theirs)]
-    if offered and all(offered):
-        rates_ours, rates_vllm = [o[0] for o in offered], [o[1] for o in offered]
+def table(folder: Path, first: str = "ours", second: str = "vllm") -> list[dict]:
+    """Rows of `first` against `second` (file prefixes) over the rounds that have both."""
+    rounds = sorted(int(p.name.split("-")[1].split(".")[0]) for p in folder.glob(f"{first}-*.json*")
+                    if not p.name.endswith(".jsonl.gz"))
+    rounds = [r for r in rounds if _result_path(folder, second, r)]
+    ours = [_read_json(_result_path(folder, first, r)) for r in rounds]
+    theirs = [_read_json(_result_path(folder, second, r)) for r in rounds]
+    pairs = [(label, [_value(d, ok, vk) for d in ours], [_value(d, ok, vk) for d in theirs])
+             for label, ok, vk in METRICS]
+    starts = [(_starts(folder, first, r, o), _starts(folder, second, r, t)) for r, o, t in zip(rounds, ours, theirs)]
+    if starts and all(a and b for a, b in starts):
+        rates_ours, rates_vllm = [_realized_rate(a) for a, _ in starts], [_realized_rate(b) for _, b in starts]
         pairs.append(("offered req/s (realised)", rates_ours, rates_vllm))
-        pairs.append(("output tok/s per offered req/s", [d["output_tok_s"] / x for d, x in zip(ours, rates_ours)],
-                      [d["output_throughput"] / x for d, x in zip(theirs, rates_vllm)]))
+        pairs.append(("output tok/s per offered req/s",
+                      [_value(d, "output_tok_s", "output_throughput") / x for d, x in zip(ours, rates_ours)],
+                      [_value(d, "output_tok_s", "output_throughput") / x for d, x in zip(theirs, rates_vllm)]))
     rows = []
     for label, ours_values, vllm_values in pairs:
         a, b = np.array(ours_values), np.array(vllm_values)
@@ -82,10 +94,12 @@ def main() -> None:
     ap.add_argument("folder", type=Path)
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--paired", action="store_true", help="per-round differences (identical streams)")
+    ap.add_argument("--pair", default="ours,vllm", help="the two file prefixes compared, first vs second")
     args = ap.parse_args()
-    rows = table(args.folder)
+    first, second = args.pair.split(",")
+    rows = table(args.folder, first, second)
     if args.paired:
-        print(f"| metric | ours vs vLLM, each of {rows[0]['rounds']} rounds | median | max abs |")
+        print(f"| metric | {first} vs {second}, each of {rows[0]['rounds']} rounds | median | max abs |")
         print("|---|---|---|---|")
         for r in rows:
             d = np.array(r["round_diffs_pct"])
