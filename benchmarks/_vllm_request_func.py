@@ -121,9 +121,9 @@ async def async_request_openai_completions(api_url: str, model: str, prompt: lis
     return output
 
 
-def make_session(concurrency: int) -> aiohttp.ClientSession:
-    """The session vLLM's serve.py builds."""
+def make_session(concurrency: int, trust_env: bool = True) -> aiohttp.ClientSession:
+    """The session vLLM's serve.py builds (``trust_env=True`` there)."""
     connector = aiohttp.TCPConnector(limit=concurrency or 0, limit_per_host=concurrency or 0, ttl_dns_cache=300,
                                      use_dns_cache=True, keepalive_timeout=60, enable_cleanup_closed=True,
                                      force_close=False)
-    return aiohttp.ClientSession(connector=connector, trust_env=True, timeout=AIOHTTP_TIMEOUT)
+    return aiohttp.ClientSession(connector=connector, trust_env=trust_env, timeout=AIOHTTP_TIMEOUT)

@@ -14,7 +14,7 @@ from autotune.loadgen.runner import LoadConfig, run_bench
 from autotune.loadgen.workload import parse_workload
 
 
-def _cpu_s(pid: int) -> float:
+def cpu_s(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -33,11 +33,11 @@ def main() -> None:
             e2e_s = (ttft + (out - 1) * itl) / 1000
             for ramp in (0.0, e2e_s):
                 srv.configure(ttft_ms=ttft, itl_ms=itl)
-                s0, c0, w0 = _cpu_s(srv._proc.pid), time.process_time(), time.perf_counter()  # noqa: SLF001
+                s0, c0, w0 = cpu_s(srv._proc.pid), time.process_time(), time.perf_counter()  # noqa: SLF001
                 res = run_bench(srv.url, "fake-model", parse_workload(f"random:64:{out}"),
                                 LoadConfig(concurrency=c, num_prompts=2 * c, warmup_prompts=c, ramp_s=ramp))
                 wall = time.perf_counter() - w0
-                print(f"  cpu busy: server {(_cpu_s(srv._proc.pid) - s0) / wall:.0%}, "  # noqa: SLF001
+                print(f"  cpu busy: server {(cpu_s(srv._proc.pid) - s0) / wall:.0%}, "  # noqa: SLF001
                       f"client {(time.process_time() - c0) / wall:.0%}")
                 for name, dist, truth in (("ttft", res.ttft_ms, ttft), ("itl", res.itl_ms, itl),
                                           ("e2el", res.e2el_ms, e2e_s * 1000)):

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen_accuracy import cpu_s  # noqa: E402
 
 MODEL = "bench-model"
 
@@ -117,7 +118,7 @@ class Server:
         return self
 
     def cpu_s(self) -> float:
-        return sum(_cpu_s(p.pid) for p in self.procs)
+        return sum(cpu_s(p.pid) for p in self.procs)
 
     def __exit__(self, *exc: object) -> None:
         for p in self.procs:
@@ -126,10 +127,6 @@ class Server:
             p.wait(5)
         self.dir.cleanup()
 
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---- the two clients ----------------------------------------------------------------------------------------

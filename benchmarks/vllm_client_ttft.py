@@ -21,8 +21,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import aiohttp
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 TTFT_MS, ITL_MS, MODEL, PROMPT = 50.0, 8.0, "m", "hello world " * 100
@@ -38,13 +36,11 @@ async def _ours(url: str, n: int) -> float:
 
 
 async def _vllm(url: str, n: int, trust_env: bool) -> list[float]:
-    from _vllm_request_func import AIOHTTP_TIMEOUT
+    from _vllm_request_func import make_session
     from vllm.benchmarks.lib.endpoint_request_func import RequestFuncInput, async_request_openai_completions
 
-    connector = aiohttp.TCPConnector(limit=1, limit_per_host=1, ttl_dns_cache=300, use_dns_cache=True,
-                                     keepalive_timeout=60, enable_cleanup_closed=True, force_close=False)
     ttfts = []
-    async with aiohttp.ClientSession(connector=connector, trust_env=trust_env, timeout=AIOHTTP_TIMEOUT) as session:
+    async with make_session(1, trust_env=trust_env) as session:
         for _ in range(n):
             out = await async_request_openai_completions(RequestFuncInput(
                 prompt=PROMPT, api_url=url + "/v1/completions", prompt_len=200, output_len=4, model=MODEL,

@@ -100,6 +100,9 @@ def test_jsonl_parsing(tmp_path: Path) -> None:
     specs = sorted({(str(r.prompt), r.prompt_len, r.output_len) for r in reqs})
     assert specs == [("[11, 12, 13]", 3, 7), ("abc def", 2, 5)]
     assert len(reqs) == 4  # cycled
+    assert parse_workload(f"jsonl:{path}").describe()["lengths_estimated"] is False  # given or token ids
+    path.write_text('{"prompt": "abc def", "output_len": 5}\n')  # text, no prompt_len, no tokenizer
+    assert parse_workload(f"jsonl:{path}").describe()["lengths_estimated"] is True
 
 
 @pytest.mark.parametrize("spec, words", [

@@ -157,7 +157,7 @@ async def run_load(url: str, model: str, requests: list[RequestSpec], cfg: LoadC
         "endpoint": endpoint, "clock": clock, "time_scale": cfg.time_scale, "sent": len(measured),
         "wall_s": wall_s,
     }
-    if arrivals_s is not None and cfg.replay_arrivals:
+    if cfg.replay_arrivals:
         extra["replay"] = True
         extra["trace_span_s"] = float(arrivals_s[-1])
     if len(measured) < cfg.num_prompts:

@@ -195,10 +195,13 @@ def parse_workload(spec: str, seed: int = 0, tokenizer: str | None = None) -> Wo
         path = Path(rest).expanduser()
         if not path.is_file():
             raise UsageError(f"workload {spec!r}: file not found: {path}")
-        records = _read_sharegpt(path, tok) if kind == "sharegpt" else _read_jsonl(path, tok)
+        if kind == "sharegpt":
+            records, estimated = _read_sharegpt(path, tok), tok is None
+        else:
+            records, estimated = _read_jsonl(path, tok)
         if not records:
             raise UsageError(f"workload {spec!r}: no usable records in {path}")
-        return FileWorkload(spec, seed, kind, path, records, estimated_lengths=tok is None)
+        return FileWorkload(spec, seed, kind, path, records, estimated_lengths=estimated)
     raise UsageError(f"workload {spec!r}: unknown kind {kind!r} (use random, sharegpt, jsonl or mm)")
 
 
@@ -238,8 +241,10 @@ def _first_exchange(turns: list[Any]) -> tuple[str, str] | None:
     return None
 
 
-def _read_jsonl(path: Path, tok: Any) -> list[RequestSpec]:
+def _read_jsonl(path: Path, tok: Any) -> tuple[list[RequestSpec], bool]:
+    """The records, and whether any prompt length had to be estimated (text, no prompt_len, no tokenizer)."""
     records = []
+    estimated = False
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -265,6 +270,7 @@ def _read_jsonl(path: Path, tok: Any) -> list[RequestSpec]:
         prompt_len = rec.get("prompt_len")
         if prompt_len is None:
             prompt_len = len(prompt) if is_ids else _count_tokens(tok, prompt)
+            estimated = estimated or (not is_ids and tok is None)
         elif not isinstance(prompt_len, int) or isinstance(prompt_len, bool) or prompt_len < 1:
             raise UsageError(f"{where}: 'prompt_len' must be a positive integer")
         arrival_s = rec.get("arrival_s")
@@ -277,7 +283,7 @@ def _read_jsonl(path: Path, tok: Any) -> list[RequestSpec]:
     if 0 < timed < len(records):
         raise UsageError(f"jsonl file {path}: {timed} of {len(records)} records have 'arrival_s' "
                          "(a timed trace needs it on every record)")
-    return records
+    return records, estimated
 
 
 # ---- tokenizer (optional) -----------------------------------------------------------------------------
