@@ -64,6 +64,7 @@ def test_all_failed_exits_1_with_nulls(server: FakeServer, capsys: pytest.Captur
     (["--concurrency", "2", "--workload", "random:x:1"], "IN must be an integer"),
     (["--concurrency", "2", "--slo", "latency=3"], "--slo"),
     (["--concurrency", "2", "--slo", "ttft=-1"], "positive"),
+    (["--concurrency", "2", "--records-itl"], "--records-itl needs --records"),
 ])
 def test_usage_errors_exit_2(server: FakeServer, capsys: pytest.CaptureFixture[str], args: list[str],
                              words: str) -> None:
@@ -123,3 +124,20 @@ def test_records_every_request_with_warmup_flagged(server: FakeServer, capsys: p
     # the summary's percentiles come from exactly the measured records
     import numpy as np
     assert np.percentile([r["ttft_ms"] for r in measured], 50) == pytest.approx(data["ttft_ms"]["p50"], rel=1e-3)
+    assert all("itl_ms" not in r for r in rows)  # the gaps only on request
+
+
+def test_records_itl_lists_each_gap(server: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    import numpy as np
+    server.configure(ttft_ms=20, itl_ms=6)
+    path = tmp_path / "r.jsonl"
+    code = main(_bench(server, "--concurrency", "2", "--num-prompts", "5", "--records", str(path), "--records-itl",
+                       "--json"))
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    # 4 output tokens, 4 token chunks: 3 gaps each, about the server's 6 ms; the summary's ITLs are exactly these
+    assert all(len(r["itl_ms"]) == 3 and max(r["itl_ms"]) == r["itl_max_ms"] for r in rows)
+    gaps = [g for r in rows for g in r["itl_ms"]]
+    assert 5 <= min(gaps) and np.median(gaps) < 30
+    assert np.percentile(gaps, 90) == pytest.approx(data["itl_ms"]["p90"], rel=1e-3)

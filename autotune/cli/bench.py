@@ -70,17 +70,21 @@ def parse_slo(text: str | None) -> dict[str, float] | None:
               help="Per-request timeout.")
 @click.option("--records", "records_path", type=click.Path(dir_okay=False), default=None,
               help="Write every request's timings here as JSON lines (gzipped if it ends in .gz).")
+@click.option("--records-itl", is_flag=True,
+              help="With --records: also list each request's inter-token gaps (ms), one per token chunk.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout and nothing else.")
 def bench(url: str, model: str, workload: str, concurrency: int | None, rate: float | None, burstiness: float,
           num_prompts: int, warmup: int, ramp_s: float, endpoint: str, seed: int, slo: str | None,
           scrape_metrics: bool, tokenizer: str | None, request_timeout_s: float, records_path: str | None,
-          as_json: bool) -> None:
+          records_itl: bool, as_json: bool) -> None:
     """Benchmark a running OpenAI-compatible server (vLLM or the sim engine) at one load level."""
     from autotune.loadgen.runner import LoadConfig, run_bench
     from autotune.loadgen.workload import parse_workload
 
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"--url must start with http:// or https://, got {url!r}")
+    if records_itl and not records_path:
+        raise UsageError("--records-itl needs --records FILE")
     wl = parse_workload(workload, seed=seed, tokenizer=tokenizer)
     replay = wl.timed and rate is None
     if not replay and (concurrency is None) == (rate is None):
@@ -88,7 +92,7 @@ def bench(url: str, model: str, workload: str, concurrency: int | None, rate: fl
     cfg = LoadConfig(concurrency=concurrency, rate=rate, burstiness=burstiness, num_prompts=num_prompts,
                      warmup_prompts=warmup, ramp_s=ramp_s, endpoint=endpoint, slo_ms=parse_slo(slo),
                      scrape_metrics=scrape_metrics, request_timeout_s=request_timeout_s, seed=seed,
-                     records_path=records_path, replay_arrivals=replay)
+                     records_path=records_path, records_itl=records_itl, replay_arrivals=replay)
     if as_json:
         result = run_bench(url, model, wl, cfg)
         click.echo(json.dumps(nan_to_none(result.to_json())))

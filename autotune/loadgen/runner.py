@@ -62,6 +62,7 @@ class LoadConfig:
     steady_state: bool = False  # closed loop: throughput over the window where every slot is busy
     temperature: float | None = None  # None: the server's default (as `vllm bench serve`)
     records_path: str | None = None  # write every request (warm-up flagged) here, gzipped JSON lines
+    records_itl: bool = False  # the records also list each request's inter-token gaps (ms)
     replay_arrivals: bool = False
 
     def __post_init__(self) -> None:
@@ -146,7 +147,7 @@ async def run_load(url: str, model: str, requests: list[RequestSpec], cfg: LoadC
             server_metrics = await scraper.stop() if scraper is not None else None
 
     if cfg.records_path:
-        write_records(cfg.records_path, results, cfg.warmup_prompts)
+        write_records(cfg.records_path, results, cfg.warmup_prompts, with_itl=cfg.records_itl)
     sent = [r for r in results[cfg.warmup_prompts:] if r is not None]
     measured = [out for out, _ in sent]
     ok_clocks = {sim for out, sim in sent if out.success}
@@ -176,10 +177,12 @@ async def run_load(url: str, model: str, requests: list[RequestSpec], cfg: LoadC
     return summarize(measured, duration_s, slo_ms=cfg.slo_ms, extra=extra, window=window, window_outputs=everyone)
 
 
-def write_records(path: str | Path, results: list[tuple[RequestOutput, bool] | None], warmup: int) -> None:
+def write_records(path: str | Path, results: list[tuple[RequestOutput, bool] | None], warmup: int,
+                  with_itl: bool = False) -> None:
     """One JSON object per request sent, in send order (gzip if the name ends in .gz): where the figures
     came from, e.g. TTFT against start time to see a transient. Times in ms, ``start_s`` from the run's start
-    in the records' clock (modelled seconds for the sim engine)."""
+    in the records' clock (modelled seconds for the sim engine). ``with_itl`` adds ``itl_ms``, the request's
+    inter-token gaps (one per token chunk after the first), e.g. to compare them gap by gap with another tool's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -189,12 +192,15 @@ def write_records(path: str | Path, results: list[tuple[RequestOutput, bool] | N
                 continue
             out, _ = r
             itl = out.itl_s
-            f.write(json.dumps(json_safe({
+            record = {
                 "i": i, "warmup": i < warmup, "ok": out.success, "error_kind": out.error_kind or None,
                 "start_s": round(out.start_s, 6), "prompt_tokens": out.prompt_tokens,
                 "output_tokens": out.output_tokens, "ttft_ms": _ms(out.ttft_s), "tpot_ms": _ms(out.tpot_s),
                 "e2el_ms": _ms(out.e2el_s), "itl_max_ms": _ms(max(itl)) if itl else None,
-            })) + "\n")
+            }
+            if with_itl:
+                record["itl_ms"] = [_ms(gap) for gap in itl]
+            f.write(json.dumps(json_safe(record)) + "\n")
 
 
 def _ms(seconds: float) -> float:
