@@ -14,6 +14,8 @@
 # The prefix cache is reset before every run (the server runs with VLLM_SERVER_DEV_MODE=1 for that), and the
 # tools take turns going first. Each round's stream check lands in check-N.json. PAIR=ours-ours or vllm-vllm runs
 # one tool twice on each stream instead (files ours2-N / vllm2-N): the server's own spread between identical runs.
+# PAIR may list several, one per round in turn (PAIR="ours-ours vllm-vllm ours-vllm"). Both tools keep each
+# request's inter-token gaps (ours --records-itl, vLLM's --save-detailed); `itl_gaps.py pack DIR` shrinks them.
 # FAKE_LATENCY=TTFT_MS:ITL_MS: the same rounds against autotune's fixed-latency fake server (on core FAKE_CPU,
 # default 12) instead of vLLM, results in /tmp/st/truth/: each tool's error against a known truth.
 #   [CUDA_VISIBLE_DEVICES=i] [MORE_PHASES=...] [STREAM=identical] [FAKE_LATENCY=50:8] bash benchmarks/gpu/agreement_rounds.sh [ROUNDS] [PORT] [RATE] [PROMPTS]
@@ -48,7 +50,8 @@ identical_round() {  # DIR ROUND RATE PROMPTS SEED
   ours() {  # NAME: the files' prefix (ours, or ours2 for a second run of ours)
     reset_cache "$dir/$1-$r.err"
     python3 -m autotune bench --url "http://127.0.0.1:$port" --model m --workload "jsonl:$sdir/trace.jsonl" \
-      --num-prompts "$prompts" --scrape-metrics --records "$dir/$1-$r.jsonl.gz" --json > "$dir/$1-$r.json" 2>> "$dir/$1-$r.err"
+      --num-prompts "$prompts" --scrape-metrics --records "$dir/$1-$r.jsonl.gz" --records-itl --json \
+      > "$dir/$1-$r.json" 2>> "$dir/$1-$r.err"
   }
   theirs() {  # NAME: vllm, or vllm2
     reset_cache "$dir/$1-$r.log"
@@ -58,8 +61,9 @@ identical_round() {  # DIR ROUND RATE PROMPTS SEED
       --seed "$seed" --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,90,95,99 \
       --save-result --save-detailed --result-dir "$dir" --result-filename "$1-$r.json" >> "$dir/$1-$r.log" 2>&1
   }
+  local pairs=(${PAIR:-ours-vllm}); local pair=${pairs[$(((r - 1) % ${#pairs[@]}))]}
   t0=$(date +%s)
-  case "${PAIR:-ours-vllm}" in  # the controls run one tool twice on the stream: the server's own run-to-run spread
+  case "$pair" in  # the controls run one tool twice on the stream: the server's own run-to-run spread
     ours-ours) ours ours; t1=$(date +%s); ours ours2 ;;
     vllm-vllm) theirs vllm; t1=$(date +%s); theirs vllm2 ;;
     *) if [ $((r % 2)) -eq 1 ]; then ours ours; t1=$(date +%s); theirs vllm; else theirs vllm; t1=$(date +%s); ours ours; fi ;;
@@ -69,7 +73,7 @@ identical_round() {  # DIR ROUND RATE PROMPTS SEED
     "$sdir/trace.jsonl" "$dir/vllm-$r.json" "$dir/ours-$r.jsonl.gz" > "$dir/check-$r.json" 2>&1
   gzip -f "$sdir/vllm-prompts.jsonl"; rm -f "$sdir/trace.jsonl"  # the trace is the same prompts plus times
   local order; order=$([ $((r % 2)) -eq 1 ] && echo "ours first" || echo "vllm first")
-  case "${PAIR:-ours-vllm}" in ours-ours|vllm-vllm) order="${PAIR} control";; esac
+  case "$pair" in ours-ours|vllm-vllm) order="$pair control";; esac
   echo "$dir round $r (identical stream, rate $rate, $prompts prompts, $order): $((t1 - t0)) s + $((t2 - t1)) s" | tee -a "$out/times.txt"
 }
 phase() {  # DIR ROUNDS RATE PROMPTS SEED_BASE

@@ -15,12 +15,15 @@ set -uo pipefail
 . /tmp/st/env.sh
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 out=/tmp/st/loadgen; mkdir -p "$out"
-if [ "${1-}" = collect ]; then  # one archive (a call brings back few files); vLLM's texts and ITL lists left out
+if [ "${1-}" = collect ]; then  # one archive (a call brings back few files); vLLM's texts left out, gaps packed
   nvidia-smi --query-gpu=memory.used --format=csv,noheader > "$out/gpu-memory.txt" 2>&1
   ps -eo pid,pgid,etimes,args | grep -E "vllm|autotune|loadgen_capacity" | grep -v grep > "$out/processes.txt"
+  for d in $(find /tmp/st/agreement /tmp/st/truth -type d 2>/dev/null); do  # gap lists to compact .npz
+    python3 benchmarks/gpu/itl_gaps.py pack "$d" > /dev/null
+  done
   cd /tmp/st && python3 - <<'PY'
 import glob, json
-for p in glob.glob("agreement/**/vllm-*.json", recursive=True) + glob.glob("truth/**/vllm-*.json", recursive=True):
+for p in glob.glob("agreement/**/vllm*-*.json", recursive=True) + glob.glob("truth/**/vllm*-*.json", recursive=True):
     try:
         d = json.load(open(p))
     except ValueError:
