@@ -154,6 +154,35 @@ def test_sim_clock_window_and_scrape(server: FakeServer) -> None:
     assert sm["max_kv_cache_usage"] is not None and sm["preemptions"] is not None
 
 
+def test_scrape_gives_the_servers_own_mean_latencies(server: FakeServer) -> None:
+    # the fake server times each token when it writes it (as vLLM's histograms do, from the request's arrival)
+    server.configure(ttft_ms=40, itl_ms=10)
+    res = run_bench(server.url, MODEL, parse_workload("random:8:5"),
+                    LoadConfig(concurrency=2, num_prompts=6, warmup_prompts=2, scrape_metrics=True))
+    sm = res.extra["server_metrics"]
+    # the deltas over the run: all 8 requests, warm-up included, and no request from an earlier test
+    assert 40 <= sm["server_mean_ttft_ms"] < 40 + 15 and 8 <= sm["server_mean_itl_ms"] < 10 + 5
+    assert sm["server_mean_e2el_ms"] == pytest.approx(sm["server_mean_ttft_ms"] + 4 * sm["server_mean_itl_ms"],
+                                                      rel=0.02)
+    # what lies outside the server (loopback, the client's parse) is small, and never negative
+    assert 0 <= res.ttft_ms.mean - sm["server_mean_ttft_ms"] < 20
+    assert "server_mean_queue_ms" not in sm  # not exposed by this server: left out, not 0
+
+
+def test_server_latency_means_from_histogram_deltas() -> None:
+    from autotune.loadgen.promscrape import histogram_totals, server_latency_means
+    before = histogram_totals(parse_prometheus(
+        'vllm:time_to_first_token_seconds_sum{engine="0"} 1.0\nvllm:time_to_first_token_seconds_count{engine="0"} 10\n'
+        'vllm:time_to_first_token_seconds_sum{engine="1"} 1.0\nvllm:time_to_first_token_seconds_count{engine="1"} 10\n'
+        'vllm:e2e_request_latency_seconds_sum 5\nvllm:e2e_request_latency_seconds_count 2\n'))
+    after = histogram_totals(parse_prometheus(
+        'vllm:time_to_first_token_seconds_sum{engine="0"} 1.3\nvllm:time_to_first_token_seconds_count{engine="0"} 12\n'
+        'vllm:time_to_first_token_seconds_sum{engine="1"} 1.2\nvllm:time_to_first_token_seconds_count{engine="1"} 12\n'
+        'vllm:e2e_request_latency_seconds_sum 5\nvllm:e2e_request_latency_seconds_count 2\n'))
+    # both engines summed: 0.5 s over 4 requests; no E2E observed in between: no figure rather than 0 or NaN
+    assert server_latency_means(before, after) == {"server_mean_ttft_ms": 125.0}
+
+
 def test_server_check_errors(server: FakeServer) -> None:
     server.configure()
     with pytest.raises(UsageError, match=r"does not serve model 'nope' \(it serves: fake-model\)"):

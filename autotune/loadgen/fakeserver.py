@@ -8,6 +8,7 @@ Run in its own process so its event loop never shares the client's GIL::
 
 or ``python -m autotune.loadgen.fakeserver --port 0 --port-file F``. Behaviour is set with ``POST /_config``
 (JSON, see :data:`DEFAULTS`); ``GET /_stats`` returns request counts and the last request body's shape.
+``/metrics`` has vLLM's gauges and its TTFT/ITL/E2E histograms' sums and counts, timed when each token is written.
 Token ``k`` of a request is sent at arrival + TTFT + k * ITL (absolute deadlines, no drift).
 """
 from __future__ import annotations
@@ -42,9 +43,15 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def _observe(histogram: list, seconds: float) -> None:
+    histogram[0] += seconds
+    histogram[1] += 1
+
+
 def make_app(config: dict[str, Any] | None = None) -> web.Application:
     cfg = {**DEFAULTS, **(config or {})}
-    state = {"requests": 0, "running": 0, "max_running": 0, "last_body": {}, "preemptions": 0}
+    state = {"requests": 0, "running": 0, "max_running": 0, "last_body": {}, "preemptions": 0,
+             "latency": {"ttft": [0.0, 0], "itl": [0.0, 0], "e2el": [0.0, 0]}}  # [sum_s, count] each
     app = web.Application(client_max_size=256 * 1024 * 1024)
 
     async def models(_: web.Request) -> web.Response:
@@ -68,6 +75,12 @@ def make_app(config: dict[str, Any] | None = None) -> web.Application:
             "# TYPE vllm:num_preemptions_total counter",
             f'vllm:num_preemptions_total{{model_name="{cfg["models"][0]}"}} {float(state["preemptions"])}',
         ]
+        for key, name in (("ttft", "time_to_first_token"), ("itl", "inter_token_latency"),
+                          ("e2el", "e2e_request_latency")):
+            total_s, count = state["latency"][key]
+            lines += [f"# TYPE vllm:{name}_seconds histogram",
+                      f'vllm:{name}_seconds_sum{{model_name="{cfg["models"][0]}"}} {total_s}',
+                      f'vllm:{name}_seconds_count{{model_name="{cfg["models"][0]}"}} {float(count)}']
         return web.Response(text="\n".join(lines) + "\n")
 
     async def complete(request: web.Request) -> web.StreamResponse:
@@ -142,11 +155,17 @@ def make_app(config: dict[str, Any] | None = None) -> web.Application:
         else:
             loop = asyncio.get_running_loop()
             start = loop.time() - (time.perf_counter() - arrival)
+            latency, sent_at = state["latency"], arrival
             for k in range(n_out):
                 delay = start + ttft_s + k * itl_s - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 await send({**base, "choices": [choice(f" t{k}", k == n_out - 1)]})
+                now = time.perf_counter()
+                _observe(latency["itl" if k else "ttft"], now - sent_at)
+                if k == n_out - 1:
+                    _observe(latency["e2el"], now - arrival)
+                sent_at = now
                 if fault == "disconnect" and k == 1:
                     request.transport.close()  # type: ignore[union-attr]
                     return resp

@@ -1,7 +1,11 @@
 """Scrape the server's Prometheus ``/metrics`` during a run (vLLM metric names).
 
-Records the maximum KV-cache usage, preemptions during the run, and the maximum running/waiting requests.
-A scrape that fails is counted, never raised.
+Records the maximum KV-cache usage, preemptions during the run, the maximum running/waiting requests, and
+the server's own mean latencies over the run from vLLM's latency histograms (their sum and count at the first
+and last scrape): TTFT and E2E from the request's arrival at the server, ITL between engine steps, and the
+time queued and in prefill. They cover every request the server finished meanwhile (a warm-up too), and set
+beside the client's figures they show what lies outside the server (network, client). A scrape that fails
+is counted, never raised.
 """
 from __future__ import annotations
 
@@ -11,12 +15,18 @@ from typing import Any
 
 import aiohttp
 
-__all__ = ["parse_prometheus", "MetricsScraper", "KV_USAGE_NAMES"]
+__all__ = ["parse_prometheus", "MetricsScraper", "KV_USAGE_NAMES", "LATENCY_HISTOGRAMS", "histogram_totals",
+           "server_latency_means"]
 
 KV_USAGE_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # a fraction in [0, 1]
 PREEMPTIONS = "vllm:num_preemptions_total"
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
+LATENCY_HISTOGRAMS = {  # key in the result: vLLM's histogram (seconds)
+    "ttft": "vllm:time_to_first_token_seconds", "itl": "vllm:inter_token_latency_seconds",
+    "e2el": "vllm:e2e_request_latency_seconds", "queue": "vllm:request_queue_time_seconds",
+    "prefill": "vllm:request_prefill_time_seconds",
+}
 
 
 def parse_prometheus(text: str) -> dict[str, list[float]]:
@@ -42,6 +52,22 @@ def parse_prometheus(text: str) -> dict[str, list[float]]:
     return out
 
 
+def histogram_totals(samples: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
+    """``{key: (sum_s, count)}`` of each latency histogram the server exposes, over all its label sets."""
+    return {key: (sum(samples[f"{name}_sum"]), sum(samples[f"{name}_count"]))
+            for key, name in LATENCY_HISTOGRAMS.items() if f"{name}_sum" in samples and f"{name}_count" in samples}
+
+
+def server_latency_means(first: dict[str, tuple[float, float]], last: dict[str, tuple[float, float]]
+                         ) -> dict[str, float]:
+    """``server_mean_<key>_ms`` over the observations made between two :func:`histogram_totals`."""
+    out = {}
+    for key, (total_s, count) in last.items():
+        if key in first and count - first[key][1] > 0:
+            out[f"server_mean_{key}_ms"] = round(1000.0 * (total_s - first[key][0]) / (count - first[key][1]), 3)
+    return out
+
+
 class MetricsScraper:
     """Background task scraping ``URL/metrics`` every ``interval_s`` until :meth:`stop`."""
 
@@ -50,6 +76,8 @@ class MetricsScraper:
         self.scrapes = self.failures = 0
         self.max_kv_usage = self.max_running = self.max_waiting = math.nan
         self.first_preemptions = self.last_preemptions = math.nan
+        self.first_latency: dict[str, tuple[float, float]] | None = None
+        self.last_latency: dict[str, tuple[float, float]] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -71,6 +99,7 @@ class MetricsScraper:
         preempted = self.last_preemptions - self.first_preemptions
         return {"max_kv_cache_usage": _none(self.max_kv_usage), "preemptions": _none(preempted),
                 "max_requests_running": _none(self.max_running), "max_requests_waiting": _none(self.max_waiting),
+                **server_latency_means(self.first_latency or {}, self.last_latency),
                 "scrapes": self.scrapes, "scrape_failures": self.failures}
 
     async def _loop(self) -> None:
@@ -102,6 +131,10 @@ class MetricsScraper:
             if math.isnan(self.first_preemptions):
                 self.first_preemptions = total
             self.last_preemptions = total
+        latency = histogram_totals(samples)
+        if self.first_latency is None:
+            self.first_latency = latency
+        self.last_latency = latency
 
 
 def _max(a: float, b: float) -> float:

@@ -1,4 +1,4 @@
-"""benchmarks/gpu/itl_gaps.py: two runs' inter-token gaps, packed and compared gap by gap."""
+"""benchmarks/gpu helpers: two runs' inter-token gaps packed and compared gap by gap; server-side means per run."""
 import gzip
 import json
 import sys
@@ -42,3 +42,22 @@ def test_compare_reports_requests_with_other_gap_counts(tmp_path: Path) -> None:
     rep = itl_gaps.compare(tmp_path, "ours", "vllm")[2]
     assert rep["same_gap_counts"] is False and rep["requests_with_other_count"] == 1
     assert "per_gap_diff_ms" not in rep
+
+
+def test_server_side_means_beside_each_tools_own(tmp_path: Path) -> None:
+    import server_side
+    prom = ('vllm:time_to_first_token_seconds_sum{{model_name="m"}} {ttft}\n'
+            'vllm:time_to_first_token_seconds_count{{model_name="m"}} {n}\n'
+            'vllm:e2e_request_latency_seconds_sum{{model_name="m"}} {e2e}\n'
+            'vllm:e2e_request_latency_seconds_count{{model_name="m"}} {n}\n')
+    (tmp_path / "vllm-3.prom0").write_text(prom.format(ttft=1.0, e2e=10.0, n=10))
+    (tmp_path / "vllm-3.prom1").write_text(prom.format(ttft=1.5, e2e=30.0, n=20))  # 50 ms TTFT, 2 s E2E
+    (tmp_path / "vllm-3.json").write_text(json.dumps({"output_throughput": 1.0, "mean_ttft_ms": 52.0,
+                                                      "mean_itl_ms": 8.0, "mean_e2el_ms": 2003.0}))
+    (tmp_path / "ours-3.prom0").write_text(prom.format(ttft=1.5, e2e=30.0, n=20))
+    (tmp_path / "ours-3.prom1").write_text(prom.format(ttft=2.0, e2e=50.0, n=30))
+    (tmp_path / "ours-3.json").write_text(json.dumps({"ttft_ms": {"mean": 51.0}, "itl_ms": {"mean": 8.0},
+                                                      "e2el_ms": {"mean": 2001.0}}))
+    rows = {row["run"]: row for row in server_side.run_rows(tmp_path)}
+    assert rows["vllm-3"]["client_minus_server_ms"] == {"ttft": 2.0, "e2el": 3.0}  # no ITL histogram: no ITL row
+    assert rows["ours-3"]["client_minus_server_ms"] == {"ttft": 1.0, "e2el": 1.0}
