@@ -14,7 +14,9 @@
 # The prefix cache is reset before every run (the server runs with VLLM_SERVER_DEV_MODE=1 for that), and the
 # tools take turns going first. Each round's stream check lands in check-N.json. PAIR=ours-ours or vllm-vllm runs
 # one tool twice on each stream instead (files ours2-N / vllm2-N): the server's own spread between identical runs.
-# PAIR may list several, one per round in turn (PAIR="ours-ours vllm-vllm ours-vllm"). Both tools keep each
+# PAIR may list several, one per round in turn (PAIR="ours-ours vllm-vllm ours-vllm"); in an ours-ours round
+# ours2 goes first in even rounds. NO_SCRAPE="ours2" runs those names without --scrape-metrics (its effect on the
+# server, by the pair's difference). Both tools keep each
 # request's inter-token gaps (ours --records-itl, vLLM's --save-detailed); `itl_gaps.py pack DIR` shrinks them.
 # Around every run of either tool the server's latency histograms are saved (NAME-N.prom0 before, .prom1 after):
 # `server_side.py DIR` gives each run's server-side means beside the tool's own.
@@ -53,9 +55,11 @@ identical_round() {  # DIR ROUND RATE PROMPTS SEED
   python3 benchmarks/gpu/identical_stream.py make --tokenizer /tmp/model --num-prompts "$prompts" --rate "$rate" \
     --seed "$seed" --input-len 1024 --output-len 512 --dir "$sdir" > "$sdir.make.json"
   ours() {  # NAME: the files' prefix (ours, or ours2 for a second run of ours)
+    local scrape=--scrape-metrics
+    [[ " ${NO_SCRAPE-} " == *" $1 "* ]] && scrape=
     reset_cache "$dir/$1-$r.err"; histograms "$dir/$1-$r.prom0"
     python3 -m autotune bench --url "http://127.0.0.1:$port" --model m --workload "jsonl:$sdir/trace.jsonl" \
-      --num-prompts "$prompts" --scrape-metrics --records "$dir/$1-$r.jsonl.gz" --records-itl --json \
+      --num-prompts "$prompts" $scrape --records "$dir/$1-$r.jsonl.gz" --records-itl --json \
       > "$dir/$1-$r.json" 2>> "$dir/$1-$r.err"
     histograms "$dir/$1-$r.prom1"
   }
@@ -71,7 +75,8 @@ identical_round() {  # DIR ROUND RATE PROMPTS SEED
   local pairs=(${PAIR:-ours-vllm}); local pair=${pairs[$(((r - 1) % ${#pairs[@]}))]}
   t0=$(date +%s)
   case "$pair" in  # the controls run one tool twice on the stream: the server's own run-to-run spread
-    ours-ours) ours ours; t1=$(date +%s); ours ours2 ;;
+    ours-ours) if [ $((r % 2)) -eq 1 ]; then ours ours; t1=$(date +%s); ours ours2
+               else ours ours2; t1=$(date +%s); ours ours; fi ;;
     vllm-vllm) theirs vllm; t1=$(date +%s); theirs vllm2 ;;
     *) if [ $((r % 2)) -eq 1 ]; then ours ours; t1=$(date +%s); theirs vllm; else theirs vllm; t1=$(date +%s); ours ours; fi ;;
   esac
@@ -80,7 +85,10 @@ identical_round() {  # DIR ROUND RATE PROMPTS SEED
     "$sdir/trace.jsonl" "$dir/vllm-$r.json" "$dir/ours-$r.jsonl.gz" > "$dir/check-$r.json" 2>&1
   gzip -f "$sdir/vllm-prompts.jsonl"; rm -f "$sdir/trace.jsonl"  # the trace is the same prompts plus times
   local order; order=$([ $((r % 2)) -eq 1 ] && echo "ours first" || echo "vllm first")
-  case "$pair" in ours-ours|vllm-vllm) order="$pair control";; esac
+  case "$pair" in
+    ours-ours) order="ours-ours control, $([ $((r % 2)) -eq 1 ] && echo ours || echo ours2) first${NO_SCRAPE:+, no scrape: $NO_SCRAPE}" ;;
+    vllm-vllm) order="vllm-vllm control" ;;
+  esac
   echo "$dir round $r (identical stream, rate $rate, $prompts prompts, $order): $((t1 - t0)) s + $((t2 - t1)) s" | tee -a "$out/times.txt"
 }
 phase() {  # DIR ROUNDS RATE PROMPTS SEED_BASE
