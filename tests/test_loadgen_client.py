@@ -134,7 +134,25 @@ def test_parser_handles_crlf_comments_and_fragments() -> None:
     assert out.success and not sim
     assert out.output_tokens == 3 and out.prompt_tokens == 4
     assert out.ttft_s == pytest.approx(2.0 - 0.5)  # the second read (at 2.0) completed the first event
-    assert out.itl_s == pytest.approx((1.0,))  # the empty closing chunk is no token
+    # the usage counts 3 tokens, 2 had text: the empty closing chunk carried the third (vLLM: a held-back
+    # incomplete character), so the response's last token arrived with it
+    assert out.itl_s == pytest.approx((1.0, 1.0)) and out.e2el_s == pytest.approx(4.0 - 0.5)
+
+
+@pytest.mark.parametrize("usage", [b',"usage":{"prompt_tokens":4,"completion_tokens":2}', b""])
+def test_empty_closing_chunk_is_no_token_when_the_usage_is_complete_or_absent(usage: bytes) -> None:
+    # OpenAI's chat: a closing chunk with an empty delta after every token
+    stream = _Stream(chat=True)
+    parts = [b'data: {"choices":[{"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n',
+             b'data: {"choices":[{"delta":{"content":"a"},"finish_reason":null}]}\n\n',
+             b'data: {"choices":[{"delta":{"content":"b"},"finish_reason":null}]}\n\n',
+             b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n',
+             b'data: {"choices":[]' + usage + b'}\n\ndata: [DONE]\n\n']
+    for i, part in enumerate(parts):
+        if stream.feed(part, 1.0 + i):
+            break
+    out, _ = stream.result(0.5, 0.0, 1.0, prompt_len=9)
+    assert out.success and out.itl_s == pytest.approx((1.0,)) and out.e2el_s == pytest.approx(3.0 - 0.5)
 
 
 @pytest.mark.parametrize("payload, chat, token", [

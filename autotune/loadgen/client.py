@@ -165,7 +165,7 @@ class _Stream:
     """Incremental SSE parser and timer for one response. Tolerates comments (pings), ``event:``/``id:``
     lines, CRLF, lines split across reads, and ``[DONE]``."""
 
-    __slots__ = ("chat", "buf", "done", "error_kind", "error", "times", "usage_out", "usage_in",
+    __slots__ = ("chat", "buf", "done", "error_kind", "error", "times", "close_time", "usage_out", "usage_in",
                  "sim_arrival", "sim_times")
 
     def __init__(self, chat: bool) -> None:
@@ -175,6 +175,7 @@ class _Stream:
         self.error_kind = ""
         self.error = ""
         self.times: list[float] = []  # wall time of each token chunk
+        self.close_time: float | None = None  # an empty closing chunk's (finish_reason set): a token or not
         self.usage_out: int | None = None
         self.usage_in: int | None = None
         self.sim_arrival: float | None = None
@@ -221,6 +222,8 @@ class _Stream:
                 return self._stop("malformed_stream", "stream choice is not an object")
             if _is_token(choice, self.chat):
                 self.times.append(now)
+            elif choice.get("finish_reason") is not None:
+                self.close_time = now
         elif "error" in obj:
             err = obj["error"]
             msg = err.get("message", err) if isinstance(err, dict) else err
@@ -259,6 +262,11 @@ class _Stream:
         t = self.times
         if not t:
             return _fail("malformed_stream", "sim_token_times_s without sim_arrival_s", prompt_len, start_s), False
+        if self.close_time is not None and isinstance(self.usage_out, int) and len(t) < self.usage_out:
+            # vLLM's closing chunk carries the last token, its text empty when the detokenizer held back an
+            # incomplete character (often with random weights): the response ends there, so do E2E and the
+            # last gap. A closing chunk after all the tokens the usage counts (OpenAI's chat) is none.
+            t.append(self.close_time)
         out_tokens = self.usage_out if isinstance(self.usage_out, int) else len(t)
         itl = tuple((b - a) * time_scale for a, b in zip(t, t[1:]))
         return RequestOutput(success=True, prompt_tokens=prompt_tokens, output_tokens=out_tokens,
