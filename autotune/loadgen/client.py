@@ -263,9 +263,9 @@ class _Stream:
         if not t:
             return _fail("malformed_stream", "sim_token_times_s without sim_arrival_s", prompt_len, start_s), False
         if self.close_time is not None and isinstance(self.usage_out, int) and len(t) < self.usage_out:
-            # vLLM's closing chunk carries the last token, its text empty when the detokenizer held back an
-            # incomplete character (often with random weights): the response ends there, so do E2E and the
-            # last gap. A closing chunk after all the tokens the usage counts (OpenAI's chat) is none.
+            # vLLM's closing chunk carries the last token, its text empty when that token has none (an
+            # incomplete character held back, an id the tokenizer lacks): the response ends there, and so do
+            # E2E and the last gap. A closing chunk after all the tokens the usage counts (OpenAI's chat) is none.
             t.append(self.close_time)
         out_tokens = self.usage_out if isinstance(self.usage_out, int) else len(t)
         itl = tuple((b - a) * time_scale for a, b in zip(t, t[1:]))
