@@ -18,20 +18,10 @@ out=/tmp/st/loadgen; mkdir -p "$out"
 if [ "${1-}" = collect ]; then  # one archive (a call brings back few files); vLLM's texts left out, gaps packed
   nvidia-smi --query-gpu=memory.used --format=csv,noheader > "$out/gpu-memory.txt" 2>&1
   ps -eo pid,pgid,etimes,args | grep -E "vllm|autotune|loadgen_capacity" | grep -v grep > "$out/processes.txt"
-  for d in $(find /tmp/st/agreement /tmp/st/truth -type d 2>/dev/null); do  # gap lists to compact .npz
+  for d in $(find /tmp/st/agreement /tmp/st/truth -type d 2>/dev/null); do  # gap lists to .npz, texts dropped
     python3 benchmarks/gpu/itl_gaps.py pack "$d" > /dev/null
   done
-  cd /tmp/st && python3 - <<'PY'
-import glob, json
-for p in glob.glob("agreement/**/vllm*-*.json", recursive=True) + glob.glob("truth/**/vllm*-*.json", recursive=True):
-    try:
-        d = json.load(open(p))
-    except ValueError:
-        continue  # still being written
-    if "generated_texts" in d or "itls" in d:
-        d.pop("generated_texts", None), d.pop("itls", None)
-        json.dump(d, open(p, "w"))
-PY
+  cd /tmp/st
   find loadgen loadgen.log agreement truth -type f ! -name 'vllm-prompts.jsonl*' ! -name trace.jsonl 2>/dev/null \
     | tar czf "$OUT/results.tgz" -T -
   exit 0
