@@ -16,8 +16,8 @@
 # one tool twice on each stream instead (files ours2-N / vllm2-N): the server's own spread between identical runs.
 # PAIR may list several, one per round in turn (PAIR="ours-ours vllm-vllm ours-vllm"); in an ours-ours round
 # ours2 goes first in even rounds. NO_SCRAPE="ours2" runs those names without --scrape-metrics (its effect on the
-# server, by the pair's difference). Both tools keep each
-# request's inter-token gaps (ours --records-itl, vLLM's --save-detailed); `itl_gaps.py pack DIR` shrinks them.
+# server, by the pair's difference). Both tools keep each request's inter-token gaps (ours --records-itl, vLLM's
+# --save-detailed); `itl_gaps.py pack DIR` shrinks them.
 # Around every run of either tool the server's latency histograms are saved (NAME-N.prom0 before, .prom1 after):
 # `server_side.py DIR` gives each run's server-side means beside the tool's own.
 # FAKE_LATENCY=TTFT_MS:ITL_MS: the same rounds against autotune's fixed-latency fake server (on core FAKE_CPU,
@@ -47,8 +47,8 @@ trap cleanup EXIT; trap "exit 143" TERM INT
 for i in $(seq 200); do curl -sf "localhost:$port$health" >/dev/null && break; sleep 2; done
 echo "server ready after ~$((i * 2)) s" | tee "$out/times.txt"
 reset_cache() { echo "$(date +%T) reset_prefix_cache: $(curl -s -X POST "localhost:$port/reset_prefix_cache")" >> "$1"; }
-histograms() {  # FILE: the server's latency histograms' sums and counts, a second after the last request ended
-  sleep 1; curl -s "localhost:$port/metrics" | grep -E '^vllm:[a-z0-9_]+_seconds_(sum|count)' > "$1"
+histograms() {  # FILE: the server's latency histograms' sums and counts now
+  curl -s "localhost:$port/metrics" | grep -E '^vllm:[a-z0-9_]+_seconds_(sum|count)' > "$1"
 }
 identical_round() {  # DIR ROUND RATE PROMPTS SEED
   local dir=$1 r=$2 rate=$3 prompts=$4 seed=$5 sdir=$1/stream-$2 t0 t1 t2
@@ -61,7 +61,7 @@ identical_round() {  # DIR ROUND RATE PROMPTS SEED
     python3 -m autotune bench --url "http://127.0.0.1:$port" --model m --workload "jsonl:$sdir/trace.jsonl" \
       --num-prompts "$prompts" $scrape --records "$dir/$1-$r.jsonl.gz" --records-itl --json \
       > "$dir/$1-$r.json" 2>> "$dir/$1-$r.err"
-    histograms "$dir/$1-$r.prom1"
+    sleep 1; histograms "$dir/$1-$r.prom1"  # a second after the last request ended: all recorded
   }
   theirs() {  # NAME: vllm, or vllm2
     reset_cache "$dir/$1-$r.log"; histograms "$dir/$1-$r.prom0"
@@ -70,7 +70,7 @@ identical_round() {  # DIR ROUND RATE PROMPTS SEED
       --custom-output-len 512 --ignore-eos --num-prompts "$prompts" --request-rate "$rate" --burstiness 1.0 \
       --seed "$seed" --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,90,95,99 \
       --save-result --save-detailed --result-dir "$dir" --result-filename "$1-$r.json" >> "$dir/$1-$r.log" 2>&1
-    histograms "$dir/$1-$r.prom1"
+    sleep 1; histograms "$dir/$1-$r.prom1"  # a second after the last request ended: all recorded
   }
   local pairs=(${PAIR:-ours-vllm}); local pair=${pairs[$(((r - 1) % ${#pairs[@]}))]}
   t0=$(date +%s)
