@@ -109,7 +109,7 @@ class Server:
         port_file = Path(self.dir.name) / "port"
         port_file.write_text("")
         self.procs = []
-        for i, cpu in enumerate(self.cpus):
+        for cpu in self.cpus:
             self.procs.append(subprocess.Popen([sys.executable, __file__, "--serve", str(port_file),
                                                 str(self.out_len), str(cpu)]))
             while not Path(f"{port_file}.{cpu}").exists():  # the first one picks the port
@@ -126,7 +126,6 @@ class Server:
         for p in self.procs:
             p.wait(5)
         self.dir.cleanup()
-
 
 
 # ---- the two clients ----------------------------------------------------------------------------------------

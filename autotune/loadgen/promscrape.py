@@ -1,12 +1,11 @@
 """Scrape the server's Prometheus ``/metrics`` during a run (vLLM metric names).
 
-Records the maximum KV-cache usage, preemptions during the run, the maximum running/waiting requests, and
-the server's own mean latencies over the run from vLLM's latency histograms (their sum and count at the first
-and last scrape): TTFT and E2E from the request's arrival at the server, ITL between engine steps, and the
-time queued and in prefill. They cover every request the server recorded meanwhile (a warm-up too; one that
-ends as the run does may be recorded after the last scrape), and set
-beside the client's figures they show what lies outside the server (network, client). A scrape that fails
-is counted, never raised.
+Records the maximum KV-cache usage, preemptions during the run, the maximum running/waiting requests, and the
+server's own mean latencies over the run from vLLM's latency histograms (their sum and count at the first and
+last scrape): TTFT and E2E from the request's arrival at the server, ITL between engine steps, and the time
+queued and in prefill. They cover every request the server recorded meanwhile (a warm-up too; one that ends as
+the run does may be recorded after the last scrape), and set beside the client's figures they show what lies
+outside the server (network, client). A scrape that fails is counted, never raised.
 """
 from __future__ import annotations
 

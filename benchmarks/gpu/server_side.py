@@ -11,23 +11,21 @@ addition was slower in the server. Also the server's mean queue and prefill time
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from agreement_table import _read_json, _result_path, _value  # noqa: E402
 from autotune.loadgen.promscrape import histogram_totals, parse_prometheus, server_latency_means  # noqa: E402
 
-CLIENT_KEYS = {  # metric: (our key, vLLM's key)
-    "ttft": ("ttft_ms", "mean_ttft_ms"), "itl": ("itl_ms", "mean_itl_ms"), "e2el": ("e2el_ms", "mean_e2el_ms"),
-}
+CLIENT_METRICS = ("ttft", "itl", "e2el")
 
 
 def client_means(result: dict) -> dict[str, float]:
-    if "output_throughput" in result:  # vLLM's
-        return {m: float(result[v]) for m, (_, v) in CLIENT_KEYS.items()}
-    return {m: float(result[o]["mean"]) for m, (o, _) in CLIENT_KEYS.items()}
+    """The tool's mean of each metric, from our result or vLLM's."""
+    return {m: _value(result, (f"{m}_ms", "mean"), f"mean_{m}_ms") for m in CLIENT_METRICS}
 
 
 def run_rows(folder: Path) -> list[dict]:
@@ -35,15 +33,15 @@ def run_rows(folder: Path) -> list[dict]:
     for before in sorted(folder.glob("*.prom0"), key=lambda p: (int(p.stem.rsplit("-", 1)[1]), p.stem)):
         stem = before.stem
         after = folder / f"{stem}.prom1"
-        result = next((p for p in (folder / f"{stem}.json", folder / f"{stem}.json.gz") if p.exists()), None)
+        name, r = stem.rsplit("-", 1)
+        result = _result_path(folder, name, int(r))
         if not after.exists() or result is None:
             continue
         server = server_latency_means(histogram_totals(parse_prometheus(before.read_text())),
                                       histogram_totals(parse_prometheus(after.read_text())))
-        data = json.loads(gzip.open(result, "rt").read() if result.suffix == ".gz" else result.read_text())
-        row = {"run": stem, "client": client_means(data), "server": server}
+        row = {"run": stem, "client": client_means(_read_json(result)), "server": server}
         row["client_minus_server_ms"] = {m: round(row["client"][m] - server[f"server_mean_{m}_ms"], 3)
-                                         for m in CLIENT_KEYS if f"server_mean_{m}_ms" in server}
+                                         for m in CLIENT_METRICS if f"server_mean_{m}_ms" in server}
         rows.append(row)
     return rows
 
@@ -63,7 +61,7 @@ def main() -> None:
     for row in rows:
         c, s, d = row["client"], row["server"], row["client_minus_server_ms"]
         cells = [f"{c[m]:.2f} / {s.get(f'server_mean_{m}_ms', float('nan')):.2f} / {d.get(m, float('nan')):+.2f}"
-                 for m in CLIENT_KEYS]
+                 for m in CLIENT_METRICS]
         extra = f"{s.get('server_mean_queue_ms', float('nan')):.2f} / {s.get('server_mean_prefill_ms', float('nan')):.2f}"
         print(f"| {row['run']} | " + " | ".join(cells) + f" | {extra} |")
 
