@@ -24,7 +24,6 @@ import struct
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,12 +34,11 @@ from autotune.gpus import load_gpu
 from autotune.models import resolve_model
 from autotune.sim.args import ServeArgs
 from autotune.sim.engine import EngineSetup, setup_engine
-from autotune.sim.scheduler import Scheduler
+from autotune.sim.replica import Engine, Stream
 from autotune.sim.startup import failure_lines, startup_report
 
 __all__ = ["serve_main", "SimServer", "estimate_text_tokens", "png_size"]
 
-FLUSH_WALL_S = 0.010
 MAX_STARTUP_WAIT_S = 3.0
 _FILLER = (" the", " model", " is", " a", " simulated", " token", " stream", " of", " text", " and")
 
@@ -72,98 +70,6 @@ class ApiError(Exception):
     def response(self) -> web.Response:
         body = {"error": {"message": self.message, "type": self.err_type, "param": None, "code": self.status}}
         return web.json_response(body, status=self.status)
-
-
-@dataclass(eq=False)
-class Stream:
-    """One request's tokens as the engine releases them."""
-
-    arrival_s: float
-    prompt_tokens: int
-    max_out: int
-    times: list[float] = field(default_factory=list)
-    sent: int = 0
-    finished: bool = False
-    last_flush_wall: float = 0.0
-    event: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class Engine:
-    """One DP replica: a scheduler stepped in virtual time, paced by the wall clock."""
-
-    def __init__(self, setup: EngineSetup, time_scale: float, wall0: float) -> None:
-        self.sched: Scheduler = setup.new_scheduler()
-        self.time_scale, self.wall0 = time_scale, wall0
-        self.vt = 0.0
-        self.step_end = 0.0  # virtual end of the step in flight
-        self.idle = True
-        self.streams: dict[int, Stream] = {}
-        self.wake = asyncio.Event()
-        self.stopping = False
-
-    def now_v(self) -> float:
-        return (time.monotonic() - self.wall0) * self.time_scale
-
-    def arrival_v(self) -> float:
-        """Virtual arrival time of a request received now. Idle: the wall-mapped time. Busy: the wall-mapped
-        time, but never past the end of the step in flight -- when the CPU cannot keep up with the time
-        scale, the engine's own clock lags the wall and arrivals follow the engine, so modelled figures stay
-        exact (a closed-loop client's next request arrives when the engine finished the previous one)."""
-        if self.idle:
-            return max(self.vt, self.now_v())
-        return min(self.now_v(), self.step_end)
-
-    def submit(self, stream: Stream, encoder_s: float) -> int:
-        slot = self.sched.add(stream.prompt_tokens, stream.max_out, encoder_s)
-        self.streams[slot] = stream
-        self.wake.set()
-        return slot
-
-    def abort(self, slot: int, stream: Stream) -> None:
-        if self.streams.get(slot) is stream and not stream.finished:
-            self.sched.abort(slot)
-            del self.streams[slot]
-            stream.finished = True
-
-    @property
-    def outstanding(self) -> int:
-        return len(self.streams)
-
-    async def run(self) -> None:
-        sched = self.sched
-        while not self.stopping:
-            if not sched.has_work:
-                self.idle = True
-                self.wake.clear()
-                await self.wake.wait()
-                continue
-            if self.idle:  # only an idle engine jumps to the wall-mapped time; a busy one keeps its own clock
-                self.vt = max(self.vt, self.now_v())
-                self.idle = False
-            res = sched.step()
-            if res is None:
-                await asyncio.sleep(0.001)
-                continue
-            end = self.vt + res.duration_s
-            self.step_end = end
-            # Bind tokens to their streams now: finished slots are free again and may be reused by a request
-            # that arrives while this step is still "running" on the wall clock.
-            finished = set(res.finished.tolist()) if len(res.finished) else ()
-            batch = []
-            for slot, first in zip(res.emitted.tolist(), res.first.tolist()):
-                st = self.streams.pop(slot, None) if slot in finished else self.streams.get(slot)
-                if st is not None:
-                    batch.append((st, first, slot in finished))
-            await asyncio.sleep(max(0.0, (end - self.now_v()) / self.time_scale))
-            self.vt = end
-            wall = time.monotonic()
-            for st, first, done in batch:
-                st.times.append(end)
-                if done:
-                    st.finished = True
-                    st.event.set()
-                elif first or wall - st.last_flush_wall >= FLUSH_WALL_S:
-                    st.event.set()
 
 
 class SimServer:
