@@ -10,7 +10,6 @@ import click
 
 from autotune.errors import AutotuneError, UsageError
 from autotune.metrics import LATENCY_METRICS, BenchResult
-from autotune.progress import Event
 
 __all__ = ["bench", "commands", "nan_to_none", "parse_slo"]
 
@@ -109,6 +108,8 @@ def _run_with_progress(url: str, model: str, wl: Any, cfg: Any) -> BenchResult:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from autotune.loadgen.runner import run_bench
+    from autotune.progress import BenchProgress
+    from autotune.progress import Progress as BaseProgress  # rich has its own Progress
 
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -116,14 +117,12 @@ def _run_with_progress(url: str, model: str, wl: Any, cfg: Any) -> BenchResult:
         warm = bar.add_task("warm-up", total=cfg.warmup_prompts, failed=0, visible=cfg.warmup_prompts > 0)
         main = bar.add_task("requests", total=cfg.num_prompts, failed=0)
 
-        def sink(event: Event) -> None:
-            if event.kind != "bench_progress":
-                return
-            d = event.data
-            bar.update(warm, completed=d["warmup_done"])
-            bar.update(main, completed=d["done"], failed=d["failed"])
+        class BarProgress(BaseProgress):
+            def bench_progress(self, p: BenchProgress) -> None:
+                bar.update(warm, completed=min(p.done, p.warmup))
+                bar.update(main, completed=max(0, p.done - p.warmup), failed=p.failed)
 
-        return run_bench(url, model, wl, cfg, sink=sink)
+        return run_bench(url, model, wl, cfg, progress=BarProgress())
 
 
 def _print_summary(result: BenchResult) -> None:
