@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 
 from autotune.cli.common import DurationType, echo_json, options_from_click
-from autotune.config import DEFAULT_WORKLOAD, RunOptions, build_study_config, choose_engine
+from autotune.config import RunOptions, build_study_config, choose_engine
 from autotune.errors import NoFeasibleConfigError
 from autotune.metrics import LATENCY_METRICS
 from autotune.storage import DEFAULT_STORAGE, open_storage
@@ -20,40 +20,45 @@ __all__ = ["commands", "run", "run_report"]
 _FIELDS = {"timeout": "timeout_s", "set": "set_flags", "startup_timeout": "startup_timeout_s"}
 
 
+def _default(field: str) -> Any:
+    return RunOptions.model_fields[field].default  # one place holds the defaults: the core's options
+
+
 @click.command("run")
 @click.option("--model", required=True, help="preset (flash, glm-4.6v), HF id or local folder with config.json")
-@click.option("--gpus", type=int, default=1, show_default=True)
+@click.option("--gpus", type=int, default=_default("gpus"), show_default=True)
 @click.option("--p99-ms", "p99_ms", type=float, required=True, help="P99 latency limit in ms")
-@click.option("--p99-metric", type=click.Choice(LATENCY_METRICS), default="ttft", show_default=True)
-@click.option("--engine", type=click.Choice(["auto", "vllm", "sim"]), default="auto", show_default=True)
+@click.option("--p99-metric", type=click.Choice(LATENCY_METRICS), default=_default("p99_metric"), show_default=True)
+@click.option("--engine", type=click.Choice(["auto", "vllm", "sim"]), default=_default("engine"), show_default=True)
 @click.option("--gpu-type", default=None, help="card to model with the sim engine (h100, h200); auto on a real GPU")
-@click.option("--trials", type=int, default=20, show_default=True,
+@click.option("--trials", type=int, default=_default("trials"), show_default=True,
               help="trials to run in this invocation (a resumed study adds to its earlier trials)")
 @click.option("--timeout", type=DurationType(), default=None, help="end by this long (9m, 2h), re-measurement included")
 @click.option("--study", default=None, help="study name (default: from model, GPUs and limit); reuse it to resume")
 @click.option("--storage", default=None, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
 @click.option("--space", type=click.Path(dir_okay=False), default=None, help="search space YAML")
-@click.option("--workload", default=DEFAULT_WORKLOAD, show_default=True,
+@click.option("--workload", default=_default("workload"), show_default=True,
               help="random:IN:OUT[:RANGE] | sharegpt:FILE | jsonl:FILE | mm:IN:OUT:IMAGES:WxH")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="folder for trial logs and the profile (default: beside the SQLite file, else ./studies)")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--top-k", type=int, default=3, show_default=True,
+@click.option("--seed", type=int, default=_default("seed"), show_default=True)
+@click.option("--top-k", type=int, default=_default("top_k"), show_default=True,
               help="candidates re-measured at the end (baselines always are)")
-@click.option("--repeats", type=int, default=2, show_default=True,
+@click.option("--repeats", type=int, default=_default("repeats"), show_default=True,
               help="fresh-server re-measurements per candidate (0: keep the search's figures)")
-@click.option("--patience", type=int, default=12, show_default=True,
+@click.option("--patience", type=int, default=_default("patience"), show_default=True,
               help="stop after this many trials without a 1% gain (0: never)")
 @click.option("--load-format", default=None, help="vLLM --load-format for every trial (dummy: tune a model's "
               "speed without its weights)")
 @click.option("--set", "set", multiple=True, metavar="FLAG=VALUE", help="extra fixed vLLM flag for every trial")
-@click.option("--sim-time-scale", type=float, default=20.0, show_default=True,
+@click.option("--sim-time-scale", type=float, default=_default("sim_time_scale"), show_default=True,
               help="sim engine: run this many times faster than the modelled card (figures stay in modelled time)")
-@click.option("--start-concurrency", type=int, default=8, show_default=True)
-@click.option("--max-concurrency", type=int, default=1024, show_default=True)
-@click.option("--prompts-per-level", type=float, default=3.0, show_default=True,
+@click.option("--start-concurrency", type=int, default=_default("start_concurrency"), show_default=True)
+@click.option("--max-concurrency", type=int, default=_default("max_concurrency"), show_default=True)
+@click.option("--prompts-per-level", type=float, default=_default("prompts_per_level"), show_default=True,
               help="measured prompts per load level, as a multiple of its concurrency")
-@click.option("--startup-timeout", type=DurationType(), default=900.0, help="seconds a server may take to start")
+@click.option("--startup-timeout", type=DurationType(), default=_default("startup_timeout_s"), show_default=True,
+              help="seconds a server may take to start")
 @click.option("--try", "try_file", type=click.Path(dir_okay=False), default=None,
               help="YAML/JSON flags (a mapping or a list) to try right after the baselines, e.g. your hand tuning")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout, nothing else")
