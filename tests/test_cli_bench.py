@@ -7,7 +7,7 @@ import pytest
 
 from autotune.cli import main
 from autotune.cli.bench import nan_to_none
-from autotune.loadgen.fakeserver import FakeServer
+from autotune.testing.fakeserver import FakeServer
 
 
 @pytest.fixture(scope="module")

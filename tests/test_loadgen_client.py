@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from autotune.loadgen.client import _Stream, request_chat_completions, request_completions
-from autotune.loadgen.fakeserver import FakeServer
+from autotune.testing.fakeserver import FakeServer
 from autotune.loadgen.workload import RequestSpec
 from autotune.metrics import RequestOutput
 
@@ -87,7 +87,7 @@ def test_wrong_model_is_http_4xx_with_message(server: FakeServer) -> None:
         async with aiohttp.ClientSession() as session:
             return await request_completions(session, server.url, "other", SPEC)
     out = asyncio.run(go())
-    assert out.error_kind == "http_4xx" and "HTTP 404" in out.error and "not found" in out.error
+    assert out.error_kind == "http_4xx" and "HTTP 404" in out.error and "does not exist" in out.error
 
 
 def test_timeout(server: FakeServer) -> None:

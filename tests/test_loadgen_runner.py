@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from autotune.errors import UsageError
-from autotune.loadgen.fakeserver import FakeServer
+from autotune.testing.fakeserver import FakeServer
 from autotune.loadgen.promscrape import parse_prometheus
 from autotune.loadgen.runner import LoadConfig, _arrival_times, run_bench, run_load
 from autotune.loadgen.workload import RequestSpec, parse_workload
