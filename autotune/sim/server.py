@@ -32,7 +32,7 @@ from autotune.sim.engine import EngineSetup, setup_engine
 from autotune.sim.replica import Engine, Stream
 from autotune.sim.startup import failure_lines, startup_report
 from autotune.vllm_api import metrics as m
-from autotune.vllm_api.responder import (GenerationRequest, Responder, ServedModel, TokenBatch, bind_error_line)
+from autotune.vllm_api.responder import GenerationRequest, Responder, ServedModel, TokenBatch, bind_error_line
 
 __all__ = ["serve_main", "SimTokenSource", "served_model"]
 

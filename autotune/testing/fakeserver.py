@@ -32,8 +32,8 @@ from typing import Any, cast
 from aiohttp import web
 
 from autotune.vllm_api import metrics as m
-from autotune.vllm_api.responder import (ApiError, EventKind, Generation, GenerationRequest, Responder,
-                                         ServedModel, TokenBatch)
+from autotune.vllm_api.request import ApiError, GenerationRequest, ServedModel
+from autotune.vllm_api.responder import EventKind, Generation, Responder, TokenBatch
 
 __all__ = ["FakeServer", "DEFAULTS", "make_app"]
 

@@ -173,7 +173,8 @@ class Responder:
         return resp
 
     async def _whole(self, req: GenerationRequest, generation: Generation) -> web.Response:
-        count, finish_reason, times = 0, None, []
+        count, finish_reason = 0, None
+        times: list[float] = []
         try:
             async for batch in generation.batches():
                 count += batch.count
@@ -188,9 +189,10 @@ class Responder:
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason,
                       "stop_reason": None, "prompt_logprobs": None}
-        obj = {"id": _request_id(req.chat), "object": "chat.completion" if req.chat else "text_completion",
-               "created": int(time.time()), "model": req.model, "choices": [choice],
-               "usage": _usage(req.prompt_tokens, count)}
+        obj: dict[str, Any] = {
+            "id": _request_id(req.chat), "object": "chat.completion" if req.chat else "text_completion",
+            "created": int(time.time()), "model": req.model, "choices": [choice],
+            "usage": _usage(req.prompt_tokens, count)}
         if generation.arrival_s is not None:
             obj.update(sim_arrival_s=generation.arrival_s, sim_token_times_s=times)
         return web.Response(body=orjson.dumps(obj), content_type="application/json")
