@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -100,7 +100,7 @@ class _Generation:
     def __init__(self, source: _FixedLatency, request: GenerationRequest, index: int, fault: str) -> None:
         self.source, self.request, self.fault = source, request, fault
         self.arrival_s: float | None = SIM_ARRIVAL_S + index * 0.5 if source.cfg["sim_stamps"] else None
-        self.token_events = 0  # written so far (the disconnect fault counts them)
+        self.token_events = 0  # token chunks written so far (the disconnect fault counts them)
 
     async def batches(self) -> AsyncIterator[TokenBatch]:
         cfg, req = self.source.cfg, self.request
@@ -183,7 +183,7 @@ def make_app(config: dict[str, Any] | None = None) -> web.Application:
     return app
 
 
-def _shape(body: Any) -> dict[str, Any]:
+def _shape(body: Mapping[str, Any]) -> dict[str, Any]:
     """The request body without bulky values: prompt length, image count, the scalar options."""
     out = {k: v for k, v in body.items() if k not in ("prompt", "messages")}
     if "prompt" in body:
