@@ -42,7 +42,8 @@ def plan_memory(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any], num_gpus:
     group (vLLM's ``FusedMoEParallelConfig.flatten_tp_across_dp``) — so the per-GPU bytes are the same.
     The vision tower is TP-sharded in ``mm-encoder-tp-mode weights`` and replicated in ``data`` mode.
     ``--quantization fp8`` (online) stores Linear and MoE weights in fp8; the input embedding and the LM
-    head stay in the checkpoint dtype."""
+    head stay in the checkpoint dtype. ``num_gpus`` is unused (TP and DP come from ``flags``): it goes once no
+    caller passes it (tests/test_dead_code.py, PENDING)."""
     f = effective_flags(flags)
     tp = int(f["tensor-parallel-size"] or 1)
     dp = int(f["data-parallel-size"] or 1)
