@@ -13,8 +13,9 @@ aiohttp 3.9.0-3.13.5 need none: there ``_read_nowait_chunk`` calls ``resume_read
 paused, and ``resume_reading`` does not re-enter the parser (read for every tag from v3.9.0 to v3.13.5).
 Capping at ``<3.14`` was rejected because 3.13.5 (March 2026) is the last 3.13 release: fixes, security
 ones included, now ship in 3.14 and later only, and a cap would also make autotune the package that forces an older aiohttp
-on an environment it shares with vLLM (the ``vllm`` extra installs into the same environment; vLLM 0.26
-asks only ``aiohttp>=3.13.3``, a later vLLM may ask for 3.14).
+on an environment it shares with vLLM, or fail to install beside it: the ``vllm`` extra installs into the
+same environment, and while vLLM 0.26 asks ``aiohttp>=3.13.3``, vLLM 0.33.0 asks ``aiohttp>=3.14.4``
+(read from both wheels' metadata).
 
 **What is patched, and where.** On one response's connection only (an instance attribute, never the
 class), ``resume_reading`` is skipped while nothing is paused (``_reading_paused``, and ``_buffer_paused``
