@@ -129,3 +129,20 @@ def test_idle_resume_skip_keeps_flow_control(monkeypatch, burst_url: str) -> Non
     elif calls["idle"] >= 1000:
         pytest.skip(f"aiohttp {aiohttp.__version__} re-enters the parser per chunk ({calls['idle']} idle resumes) "
                     "and is not in CHECKED_VERSIONS: read its source and list it (_aiohttp_compat.py)")
+
+
+def test_pyproject_range_matches_the_checked_versions() -> None:
+    """pyproject's aiohttp range: from 3.9 (checked: needs no workaround) to below the minor after the newest
+    checked one, so a minor release nobody has read cannot be installed."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    deps = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"][
+        "dependencies"]
+    spec = next(d for d in deps if re.match(r"aiohttp\b", d))
+    assert re.fullmatch(r"aiohttp>=3\.9,<(\d+)\.(\d+)", spec), spec
+    upper = tuple(int(x) for x in re.search(r"<(\d+)\.(\d+)", spec).groups())
+    newest = max(tuple(int(x) for x in v.split(".")[:2]) for v in compat.CHECKED_VERSIONS)
+    assert upper == (newest[0], newest[1] + 1)
+    assert compat.needs_no_workaround("3.9.0")

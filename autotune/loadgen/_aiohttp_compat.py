@@ -8,22 +8,21 @@ sends every SSE event as its own chunk, so a stream of N tokens costs N parser r
 205,000 tokens in a profiled run at 512 tokens a stream, 0.6 s of 3.4 s, the largest item after the chunk
 reads themselves (docs/results/loadgen.md, session 4).
 
-**Choice: this workaround with an exact-version allow-list, rather than a version range that needs none.**
-aiohttp 3.9.0-3.13.5 need none: there ``_read_nowait_chunk`` calls ``resume_reading()`` only while reading is
-paused, and ``resume_reading`` does not re-enter the parser (read for every tag from v3.9.0 to v3.13.5).
-Capping at ``<3.14`` was rejected because 3.13.5 (March 2026) is the last 3.13 release: fixes, security
-ones included, now ship in 3.14 and later only, and a cap would also make autotune the package that forces an older aiohttp
-on an environment it shares with vLLM, or fail to install beside it: the ``vllm`` extra installs into the
-same environment, and while vLLM 0.26 asks ``aiohttp>=3.13.3``, vLLM 0.33.0 asks ``aiohttp>=3.14.4``
-(read from both wheels' metadata).
+**Choice: this workaround with an exact-version allow-list, rather than a version range that needs none.** aiohttp
+3.9.0-3.13.5 need none: there ``_read_nowait_chunk`` calls ``resume_reading()`` only while reading is paused, and
+``resume_reading`` does not re-enter the parser (read for every tag from v3.9.0 to v3.13.5). Capping at ``<3.14``
+was rejected because 3.13.5 (March 2026) is the last 3.13 release: fixes, security ones included, now ship in 3.14
+and later only, and a cap would also make autotune the package that forces an older aiohttp on an environment it
+shares with vLLM, or fail to install beside it: the ``vllm`` extra installs into the same environment, and while
+vLLM 0.26 asks ``aiohttp>=3.13.3``, vLLM 0.33.0 asks ``aiohttp>=3.14.4`` (read from both wheels' metadata).
 
 **What is patched, and where.** On one response's connection only (an instance attribute, never the
 class), ``resume_reading`` is skipped while nothing is paused (``_reading_paused``, and ``_buffer_paused``
 from 3.14.4 on), the protocol holds no unparsed ``_tail`` and the body is not compressed: the state in which
 aiohttp's method only re-enters the parser to find nothing to do. Otherwise aiohttp's own method runs.
 
-**Checked versions** (:data:`CHECKED_VERSIONS`): 3.14.0-3.14.3 from the tags of the aio-libs/aiohttp
-repository, 3.14.4 and 3.14.5 from their PyPI wheels. In each, ``_read_nowait_chunk``,
+**Checked versions** (:data:`CHECKED_VERSIONS`): 3.14.0-3.14.5 from their PyPI wheels (3.14.0-3.14.3 also at
+their tags in the aio-libs/aiohttp repository). In each, ``_read_nowait_chunk``,
 ``BaseProtocol.resume_reading``, ``ResponseHandler.resume_reading`` and ``ResponseHandler.data_received``
 were read. Differences between them that matter here: 3.14.0's ``ResponseHandler.resume_reading``
 rescheduled the read timeout on every call (3.14.1 on: only when it was paused; data arrival reschedules it
@@ -34,7 +33,8 @@ unconditional call, so 3.15 will need the same check before it is listed.
 chunk), and on an unlisted version from 3.14 on a warning is logged once, at import. To support a new
 release: read the four functions above in it, add it to :data:`CHECKED_VERSIONS`, and run
 ``tests/test_loadgen_aiohttp_compat.py``. ``pyproject.toml`` allows ``aiohttp>=3.9,<3.15``: the versions
-that need no workaround, and the 3.14 line, whose later patch releases run unpatched until listed.
+that need no workaround, and the 3.14 line, whose later patch releases run unpatched until listed; a test
+keeps the upper bound at the minor after the newest checked one, so a new minor is read before it is allowed.
 """
 from __future__ import annotations
 
