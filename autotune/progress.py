@@ -32,7 +32,6 @@ class StudyStart:
 class StudyEta:
     """After each trial: how much of the study is left, as the stop rules see it."""
 
-    trials_run: int  # in this invocation
     trials_left: int  # at most: the --trials budget and the stagnation stop, whichever is nearer
     trial_s: float  # the expected wall seconds of one more trial (the longest so far)
     remeasure_s: float  # the re-measurements still to make
@@ -45,8 +44,6 @@ class BenchProgress:
     total: int
     warmup: int
     failed: int
-    elapsed_s: float
-    output_tokens: int
 
 
 class Progress:

@@ -175,7 +175,7 @@ class _StopRules:
         eta_s = left * trial_s + reserve_s
         if self.deadline is not None:
             eta_s = min(eta_s, max(0.0, self.deadline - time.monotonic()))
-        self.progress.study_eta(StudyEta(self.ran, left, trial_s, reserve_s, eta_s))
+        self.progress.study_eta(StudyEta(left, trial_s, reserve_s, eta_s))
 
     def would_overrun(self, reserve_s: float | None = None) -> bool:
         if self.deadline is None or not self.durations:

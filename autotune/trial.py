@@ -107,7 +107,7 @@ def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, 
               progress: Progress = NULL_PROGRESS, deadline: float | None = None) -> TrialResult:
     """Check memory, launch, search the load, tear down. Never raises for engine or load failures.
     ``deadline`` (``time.monotonic()``): no load level starts that would end after it, teardown included."""
-    plan = plan_memory(settings.model, settings.gpu, flags, settings.gpus)
+    plan = plan_memory(settings.model, settings.gpu, flags)
     out = TrialResult(flags=flags, feasible=False, output_tok_s=0.0, p99_ms=math.nan, concurrency=None,
                       memory=plan.as_dict(), log_path=str(log_path))
     if not plan.fits:

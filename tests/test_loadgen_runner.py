@@ -253,6 +253,7 @@ def test_prometheus_parser() -> None:
     assert samples["plain_metric"] == [150.0] and "broken" not in samples
 
 
+@pytest.mark.slow  # 256 streams over about 6 s of fixed latencies
 def test_percentiles_match_known_latency_at_concurrency_256(server: FakeServer) -> None:
     # The 2 % accuracy target is measured in benchmarks/loadgen_accuracy.py on a quiet machine; here a
     # looser bound (a shared CI box's scheduler jitter) still catches a client that mis-times by a step.

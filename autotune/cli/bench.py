@@ -1,28 +1,17 @@
 """``autotune bench``: drive a running server with one workload at one load level and report the metrics."""
 from __future__ import annotations
 
-import json
 import math
 import sys
 from typing import Any
 
 import click
 
+from autotune.cli.common import echo_json
 from autotune.errors import AutotuneError, UsageError
 from autotune.metrics import LATENCY_METRICS, BenchResult
 
-__all__ = ["bench", "commands", "nan_to_none", "parse_slo"]
-
-
-def nan_to_none(obj: Any) -> Any:
-    """JSON-safe copy: NaN and infinities become None (null), recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [nan_to_none(v) for v in obj]
-    return obj
+__all__ = ["bench", "commands", "parse_slo"]
 
 
 def parse_slo(text: str | None) -> dict[str, float] | None:
@@ -94,7 +83,7 @@ def bench(url: str, model: str, workload: str, concurrency: int | None, rate: fl
                      records_path=records_path, records_itl=records_itl, replay_arrivals=replay)
     if as_json:
         result = run_bench(url, model, wl, cfg)
-        click.echo(json.dumps(nan_to_none(result.to_json())))
+        echo_json(result.to_json())
     else:
         result = _run_with_progress(url, model, wl, cfg)
         _print_summary(result)

@@ -227,8 +227,8 @@ class EngineServer:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, _exc_type: type[BaseException] | None, _exc: BaseException | None,
+                 _tb: TracebackType | None) -> None:
         self.stop()
 
     # -- start --
@@ -445,7 +445,7 @@ _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 _handlers_installed = False
 
 
-def _on_signal(signum: int, frame: FrameType | None) -> None:
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
     # Unwind like Ctrl-C does: `with` blocks stop their servers, then atexit runs stop_all.
     raise SystemExit(128 + signum)
 

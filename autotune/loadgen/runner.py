@@ -243,7 +243,7 @@ async def _drive(session: aiohttp.ClientSession, prepared: list[PreparedRequest]
             if time.perf_counter() >= deadline:
                 return
             results[i] = res = await send_request_clocked(session, prepared[i], timeout, cfg.time_scale, t0)
-            counter.done(res[0].success, res[0].output_tokens)
+            counter.done(res[0].success)
         finally:
             if sem is not None:
                 sem.release()
@@ -275,13 +275,12 @@ class _Counter:
 
     def __init__(self, progress: Progress, total: int, warmup: int) -> None:
         self.progress, self.total, self.warmup = progress, total, warmup
-        self.finished = self.failed = self.output_tokens = 0
-        self.t0 = self.last_s = time.perf_counter()
+        self.finished = self.failed = 0
+        self.last_s = 0.0
 
-    def done(self, success: bool, output_tokens: int) -> None:
+    def done(self, success: bool) -> None:
         self.finished += 1
         self.failed += not success
-        self.output_tokens += output_tokens
         now = time.perf_counter()
         if now - self.last_s >= _PROGRESS_EVERY_S or self.finished == self.total:
             self.last_s = now
@@ -292,8 +291,7 @@ class _Counter:
 
     def _report(self) -> None:
         self.progress.bench_progress(BenchProgress(done=self.finished, total=self.total, warmup=self.warmup,
-                                                   failed=self.failed, elapsed_s=time.perf_counter() - self.t0,
-                                                   output_tokens=self.output_tokens))
+                                                   failed=self.failed))
 
 
 def _arrival_times(n: int, rate: float, burstiness: float, seed: int) -> np.ndarray:

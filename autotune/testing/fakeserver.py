@@ -167,7 +167,7 @@ def make_app(config: dict[str, Any] | None = None) -> web.Application:
     source = _FixedLatency(config)
     names = tuple(source.cfg["models"])
     responder = _FaultyResponder(ServedModel(names=names, root=names[0], max_model_len=MAX_MODEL_LEN,
-                                             image_tokens=lambda width_px, height_px: IMAGE_TOKENS), source)
+                                             image_tokens=lambda _width_px, _height_px: IMAGE_TOKENS), source)
     app = responder.app()
 
     async def set_config(request: web.Request) -> web.Response:
