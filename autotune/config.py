@@ -66,6 +66,7 @@ class RunOptions(BaseModel):
     prompts_per_level: float = Field(3.0, gt=0)
     startup_timeout_s: float = Field(900.0, gt=0)
     try_file: str | None = None
+    confidence: float = Field(0.9, gt=0, lt=1)
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,8 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
         study_name=opts.study or default_study_name(opts.model, opts.gpus, opts.p99_metric, opts.p99_ms),
         storage_url=storage_url, space=space, settings=settings, preset=preset,
         n_trials=opts.trials, timeout_s=opts.timeout_s, patience=opts.patience, top_k=opts.top_k,
-        repeats=opts.repeats, noise_floor=REAL_GPU_NOISE_FLOOR if engine_name == "vllm" else 0.0, seed=opts.seed,
+        repeats=opts.repeats, noise_floor=REAL_GPU_NOISE_FLOOR if engine_name == "vllm" else 0.0,
+        confidence=opts.confidence, seed=opts.seed,
         out_dir=Path(opts.out) if opts.out else (sqlite_dir(storage_url) or Path("studies")),
         tries=_tries(opts.try_file, space),
     )

@@ -73,7 +73,8 @@ class ThroughputStats(_Record):
     min: float
     max: float
     n: int
-    spread: float  # what a gain must exceed: the std, or the noise floor where that is larger
+    half_width: float  # of the mean's t interval at ``confidence``, never below the noise floor x mean
+    confidence: float
 
 
 class P99Stats(_Record):
@@ -95,8 +96,10 @@ class Gain(_Record):
     baseline_meets_limit: bool
     gain_output_tok_s: float
     gain_pct: float | None  # None: the baseline met no limit (an infinite gain)
-    spread_output_tok_s: float
-    significant: bool
+    gain_pct_low: float | None  # the gain's interval at ``confidence``
+    gain_pct_high: float | None
+    confidence: float
+    significant: bool  # the whole interval lies above 0
 
 
 class StudyRef(_Record):
@@ -124,6 +127,8 @@ class Profile(_Record):
     metrics: ProfileMetrics
     gains: dict[str, Gain]
     verdict: str
+    equal_within_noise: list[int]  # trials the winner does not beat beyond noise (itself included)
+    unconfirmed: list[int]  # finalists cut short before they were measured as the others
     baseline: str | None  # the winner's baseline name when a baseline won
     study: StudyRef
 
@@ -167,7 +172,7 @@ def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRec
     winner = selection.winner
     assert winner is not None and winner_trial.result is not None and winner.concurrency is not None
     s = cfg.settings
-    stats = winner.stats(cfg.noise_floor)
+    stats = winner.stats(cfg.noise_floor, cfg.confidence)
     if winner.repeats:
         at_load = dict(winner.repeats[-1].metrics)
     elif winner.concurrency == winner_trial.result.concurrency:
@@ -187,12 +192,14 @@ def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRec
         flags=json_safe(winner.flags), vllm_serve_cmd=winner.vllm_serve_cmd, concurrency=winner.concurrency,
         stepped_down_from=list(winner.stepped_down_from), search_stop_reason=winner_trial.result.stop_reason,
         metrics=ProfileMetrics(
-            output_tok_s=ThroughputStats(**{k: stats[k] for k in ("mean", "std", "min", "max", "n", "spread")}),
+            output_tok_s=ThroughputStats(**{k: stats[k] for k in ("mean", "std", "min", "max", "n", "half_width")},
+                                         confidence=cfg.confidence),
             p99=P99Stats(mean_ms=_nan_none(stats["p99_mean_ms"]), max_ms=_nan_none(stats["p99_max_ms"]),
                          values_ms=[_nan_none(v) for v in p99]),
             repeats=len(winner.repeats), at_chosen_load=json_safe(at_load)),
         gains={name: Gain(**json_safe(g.to_json())) for name, g in selection.gains.items()},
-        verdict=selection.verdict, baseline=winner.baseline or None,
+        verdict=selection.verdict, equal_within_noise=selection.equal_within_noise,
+        unconfirmed=selection.unconfirmed, baseline=winner.baseline or None,
         study=StudyRef(name=cfg.study_name, trial_number=winner.trial_number, storage=redact_url(cfg.storage_url),
                        trials=n_trials),
     )

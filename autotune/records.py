@@ -206,41 +206,49 @@ class Remeasurement:
 
 @dataclass(frozen=True)
 class GainRecord:
-    """The winner's gain over one baseline, and whether it exceeds the combined spread."""
+    """The winner's gain over one baseline, with its confidence interval (selection.gain_over says how)."""
 
     baseline_trial: int
     baseline_output_tok_s: float  # 0 when the baseline missed the limit
     baseline_meets_limit: bool
     gain_output_tok_s: float
     gain_pct: float  # inf when the baseline missed the limit
-    spread_output_tok_s: float
-    significant: bool
+    gain_pct_low: float  # the interval of the gain, at ``confidence``
+    gain_pct_high: float
+    confidence: float
+    significant: bool  # the whole interval lies above 0
 
     def to_json(self) -> dict[str, Any]:
         return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> GainRecord:
-        gain_pct = data["gain_pct"]
+        def pct(key: str) -> float:  # an infinite gain (the baseline met no limit) is stored as null
+            return math.inf if data[key] is None else float(data[key])
+
         return cls(int(data["baseline_trial"]), _num(data["baseline_output_tok_s"]), bool(data["baseline_meets_limit"]),
-                   _num(data["gain_output_tok_s"]), math.inf if gain_pct is None else float(gain_pct),
-                   _num(data["spread_output_tok_s"]), bool(data["significant"]))
+                   _num(data["gain_output_tok_s"]), pct("gain_pct"), pct("gain_pct_low"), pct("gain_pct_high"),
+                   float(data["confidence"]), bool(data["significant"]))
 
 
 @dataclass(frozen=True)
 class SelectionRecord:
-    winner_trial: int | None
+    winner_trial: int | None  # the recommended configuration
     verdict: str
     gains: Mapping[str, GainRecord] = field(default_factory=dict)  # by baseline name
+    equal_within_noise: tuple[int, ...] = ()  # trials the winner does not beat beyond noise (itself included)
+    unconfirmed: tuple[int, ...] = ()  # finalists cut short before they were measured as the others
 
     def to_json(self) -> dict[str, Any]:
         return {"winner_trial": self.winner_trial, "verdict": self.verdict,
-                "gains": {k: g.to_json() for k, g in self.gains.items()}}
+                "gains": {k: g.to_json() for k, g in self.gains.items()},
+                "equal_within_noise": list(self.equal_within_noise), "unconfirmed": list(self.unconfirmed)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SelectionRecord:
         return cls(_opt_int(data["winner_trial"]), str(data["verdict"]),
-                   {k: GainRecord.from_json(g) for k, g in data["gains"].items()})
+                   {k: GainRecord.from_json(g) for k, g in data["gains"].items()},
+                   tuple(int(n) for n in data["equal_within_noise"]), tuple(int(n) for n in data["unconfirmed"]))
 
 
 @dataclass(frozen=True)

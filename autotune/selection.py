@@ -1,5 +1,14 @@
-"""Winner selection: re-measure the top candidates and the baselines, pick the winner with its spread,
-and state its gain over each baseline only where the gain exceeds the noise."""
+"""Winner selection: every finalist measured the same way, a gain stated with its confidence interval, and
+"equal within noise" when that is the truth.
+
+The finalists (the top trials and both baselines) are re-measured ``repeats`` times each on fresh servers, with
+the same step-down rule. Only finalists measured that way are ranked: one cut short by the deadline is named
+*unconfirmed* and no claim rests on it. A gain over a baseline comes with Welch's t interval for the difference
+of the two means (the repeats are few, their spread unknown: Student's t, not the normal, sets the width); on
+real GPUs the interval is never narrower than the noise floor, the run-to-run spread between fresh servers that
+two or three repeats cannot estimate. Finalists whose throughput the best one does not beat beyond its interval
+are equal within noise; of those, the one with the fewest flags changed from vLLM's defaults is recommended.
+"""
 from __future__ import annotations
 
 import math
@@ -7,10 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import stats as scipy_stats
 
+from autotune.flags import effective_flags
 from autotune.records import GainRecord, Measurement, Remeasurement
 
-__all__ = ["Candidate", "Selection", "select_winner", "gain_over"]
+__all__ = ["Candidate", "Selection", "select_winner", "gain_over", "flags_changed"]
 
 
 @dataclass
@@ -71,18 +82,27 @@ class Candidate:
             return []
         return [Measurement(self.search_output_tok_s, self.search_p99_ms)]
 
-    def stats(self, noise_floor: float = 0.0) -> dict[str, float]:
-        ms = self.measurements()
+    def stats(self, noise_floor: float = 0.0, confidence: float = 0.9) -> dict[str, float]:
+        """Output tok/s over the measurements: mean, std, min, max, n, the half width of the mean's t interval
+        (never below ``noise_floor`` x mean), and the P99's mean and max."""
+        ms = [m for m in self.measurements() if not math.isnan(m.output_tok_s)]
         tput = np.array([m.output_tok_s for m in ms], dtype=float)
         p99 = np.array([m.p99_ms for m in ms], dtype=float)
-        if tput.size == 0 or np.isnan(tput).all():
-            return {"mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0, "n": 0, "spread": 0.0,
+        if tput.size == 0:
+            return {"mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0, "n": 0, "half_width": 0.0,
                     "p99_mean_ms": math.nan, "p99_max_ms": math.nan}
-        mean = float(np.nanmean(tput))
-        std = float(np.nanstd(tput, ddof=1)) if tput.size > 1 else 0.0
-        return {"mean": mean, "std": std, "min": float(np.nanmin(tput)), "max": float(np.nanmax(tput)),
-                "n": int(tput.size), "spread": max(std, noise_floor * mean),
+        mean = float(tput.mean())
+        std = float(tput.std(ddof=1)) if tput.size > 1 else 0.0
+        t_half = float(scipy_stats.t.ppf(0.5 + confidence / 2, tput.size - 1)) * std / math.sqrt(tput.size) \
+            if tput.size > 1 else 0.0
+        return {"mean": mean, "std": std, "min": float(tput.min()), "max": float(tput.max()), "n": int(tput.size),
+                "half_width": max(t_half, noise_floor * mean),
                 "p99_mean_ms": float(np.nanmean(p99)), "p99_max_ms": float(np.nanmax(p99))}
+
+    def confirmed(self, repeats: int) -> bool:
+        """Measured as every finalist must be: ``repeats`` fresh-server measurements at its final load (with
+        ``repeats`` 0: the search's own figure)."""
+        return self.concurrency is not None and (len(self.repeats) >= repeats if repeats > 0 else True)
 
     def meets(self, limit_ms: float) -> bool:
         s = self.stats()
@@ -91,37 +111,81 @@ class Candidate:
 
 @dataclass
 class Selection:
-    winner: Candidate | None
+    winner: Candidate | None  # the recommended configuration
     candidates: list[Candidate]
-    gains: dict[str, GainRecord]  # by baseline name
+    gains: dict[str, GainRecord]  # the winner's over each baseline, by baseline name
     verdict: str  # one sentence for people
+    equal_within_noise: list[int] = field(default_factory=list)  # trials the winner does not beat beyond noise
+    unconfirmed: list[int] = field(default_factory=list)  # finalists not measured like the others (no claim)
 
 
-def gain_over(winner: Candidate, baseline: Candidate, limit_ms: float, noise_floor: float) -> GainRecord:
-    w, b = winner.stats(noise_floor), baseline.stats(noise_floor)
-    b_mean = b["mean"] if baseline.meets(limit_ms) else 0.0
+def flags_changed(flags: dict[str, Any]) -> int:
+    """How many of ``flags`` differ from vLLM's defaults."""
+    defaults = effective_flags({})
+    return sum(1 for k, v in effective_flags(flags).items() if defaults.get(k) != v)
+
+
+def gain_over(winner: Candidate, baseline: Candidate, limit_ms: float, noise_floor: float,
+              confidence: float = 0.9) -> GainRecord:
+    """The winner's gain over ``baseline`` with Welch's t interval for the difference of their means (a baseline
+    that misses the limit counts as 0 tok/s). Significant when the whole interval lies above 0."""
+    w, b = winner.stats(noise_floor, confidence), baseline.stats(noise_floor, confidence)
+    meets = baseline.meets(limit_ms)
+    b_mean = b["mean"] if meets else 0.0
     diff = w["mean"] - b_mean
-    spread = w["spread"] + (b["spread"] if b_mean > 0 else 0.0)
-    return GainRecord(baseline_trial=baseline.trial_number, baseline_output_tok_s=b_mean,
-                      baseline_meets_limit=baseline.meets(limit_ms), gain_output_tok_s=diff,
-                      gain_pct=(w["mean"] / b_mean - 1.0) * 100.0 if b_mean > 0 else math.inf,
-                      spread_output_tok_s=spread, significant=diff > spread)
+    var_w = w["std"] ** 2 / w["n"] if w["n"] > 1 else 0.0
+    var_b = (b["std"] ** 2 / b["n"] if b["n"] > 1 else 0.0) if meets else 0.0
+    if var_w + var_b > 0:
+        dof = (var_w + var_b) ** 2 / sum(v ** 2 / (s["n"] - 1) for v, s in ((var_w, w), (var_b, b)) if v > 0)
+        half = float(scipy_stats.t.ppf(0.5 + confidence / 2, dof)) * math.sqrt(var_w + var_b)
+    else:
+        half = 0.0
+    half = max(half, noise_floor * max(b_mean, w["mean"]))
+    pct = (lambda x: x / b_mean * 100.0) if b_mean > 0 else (lambda x: math.inf)
+    return GainRecord(baseline_trial=baseline.trial_number, baseline_output_tok_s=b_mean, baseline_meets_limit=meets,
+                      gain_output_tok_s=diff, gain_pct=pct(diff), gain_pct_low=pct(diff - half),
+                      gain_pct_high=pct(diff + half), confidence=confidence, significant=diff - half > 0)
 
 
-def select_winner(candidates: list[Candidate], limit_ms: float, noise_floor: float = 0.0) -> Selection:
-    meeting = [c for c in candidates if c.meets(limit_ms)]
-    if not meeting:
-        return Selection(None, candidates, {}, "no configuration met the limit in re-measurement")
-    winner = max(meeting, key=lambda c: c.stats()["mean"])
-    gains = {c.baseline: gain_over(winner, c, limit_ms, noise_floor)
-             for c in candidates if c.baseline and c is not winner}
-    if winner.baseline:
-        verdict = f"the baseline '{winner.baseline}' is already the best configuration found"
+def select_winner(candidates: list[Candidate], limit_ms: float, repeats: int, noise_floor: float = 0.0,
+                  confidence: float = 0.9) -> Selection:
+    unconfirmed = [c for c in candidates if c.concurrency is not None and not c.confirmed(repeats)]
+    confirmed = [c for c in candidates if c.confirmed(repeats) and c.meets(limit_ms)]
+    names = ", ".join(_name(c) for c in unconfirmed)
+    if not confirmed:
+        meeting = [c for c in unconfirmed if c.meets(limit_ms)]
+        if not meeting:
+            return Selection(None, candidates, {}, "no configuration met the limit in re-measurement",
+                             unconfirmed=[c.trial_number for c in unconfirmed])
+        best = max(meeting, key=lambda c: c.stats()["mean"])
+        return Selection(best, candidates, {}, f"no finalist was measured as the others: {names} unconfirmed "
+                                               f"(fewer than {repeats} re-measurements); {_name(best)} is the best "
+                                               "figure seen, with no claim over the others",
+                         unconfirmed=[c.trial_number for c in unconfirmed])
+    best = max(confirmed, key=lambda c: c.stats()["mean"])
+    # Finalists the best one does not beat beyond noise are its equals; the simplest of them is recommended.
+    equals = [c for c in confirmed
+              if c is best or not gain_over(best, c, limit_ms, noise_floor, confidence).significant]
+    winner = min(equals, key=lambda c: (flags_changed(c.flags), -c.stats()["mean"]))
+    gains = {c.baseline: gain_over(winner, c, limit_ms, noise_floor, confidence)
+             for c in candidates if c.baseline and c is not winner and c.confirmed(repeats)}
+    if len(equals) > 1:
+        verdict = (f"equal within noise: {', '.join(_name(c) for c in equals)}; recommended: {_name(winner)}, "
+                   f"the fewest flags changed from vLLM's defaults ({flags_changed(winner.flags)})")
+    elif winner.baseline:
+        verdict = f"the baseline '{winner.baseline}' is the best configuration found, beyond noise"
     elif gains and all(g.significant for g in gains.values()):
-        verdict = "the tuned configuration beats every baseline beyond the measurement spread"
+        verdict = "the tuned configuration beats every baseline beyond noise"
     elif gains:
         weak = ", ".join(k for k, g in gains.items() if not g.significant)
-        verdict = f"the tuned configuration is not better than {weak} beyond the spread: treat them as equal"
+        verdict = f"the tuned configuration is not better than {weak} beyond noise"
     else:
-        verdict = "no baseline was measured"
-    return Selection(winner, candidates, gains, verdict)
+        verdict = "no baseline was measured as the finalists were"
+    if unconfirmed:
+        verdict += f"; unconfirmed (cut short, no claim rests on them): {names}"
+    return Selection(winner, candidates, gains, verdict, [c.trial_number for c in equals if len(equals) > 1],
+                     [c.trial_number for c in unconfirmed])
+
+
+def _name(c: Candidate) -> str:
+    return f"trial {c.trial_number}" + (f" ({c.baseline})" if c.baseline else "")

@@ -50,7 +50,8 @@ class StudyConfig:
     patience: int = 12  # stop after this many finished trials without a 1% better feasible value
     top_k: int = 3
     repeats: int = 2
-    noise_floor: float = 0.0  # relative run-to-run noise assumed on top of the measured spread
+    noise_floor: float = 0.0  # relative run-to-run noise of throughput that no interval is narrower than
+    confidence: float = 0.9  # of the intervals a verdict rests on
     seed: int = 0
     out_dir: Path = Path("studies")
     tries: tuple[dict[str, Any], ...] = ()  # extra points queued after the baselines (`--try FILE`)
@@ -329,9 +330,10 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
             if m.p99_ms > limit and cand.step_down():  # marginal knee: step down (see Candidate.step_down)
                 progress.remeasure_stepped_down(cand.trial_number, cand.stepped_down_from[-1], cand.concurrency)
             records.write_remeasurement(study, cand.remeasurement())
-    selection = select_winner(candidates, limit, cfg.noise_floor)
+    selection = select_winner(candidates, limit, cfg.repeats, cfg.noise_floor, cfg.confidence)
     records.write_selection(study, records.SelectionRecord(
-        selection.winner.trial_number if selection.winner else None, selection.verdict, selection.gains))
+        selection.winner.trial_number if selection.winner else None, selection.verdict, selection.gains,
+        tuple(selection.equal_within_noise), tuple(selection.unconfirmed)))
     return selection
 
 
@@ -343,6 +345,6 @@ def baseline_summary(selection: Selection, cfg: StudyConfig) -> dict[str, dict[s
             out[cand.baseline] = json_safe({"trial": cand.trial_number, "flags": cand.flags,
                                              "meets_limit": cand.meets(cfg.settings.search.limit_ms),
                                              "concurrency": cand.concurrency,
-                                             "output_tok_s": cand.stats(cfg.noise_floor),
+                                             "output_tok_s": cand.stats(cfg.noise_floor, cfg.confidence),
                                              **({"gain": gain.to_json()} if gain else {})})
     return out

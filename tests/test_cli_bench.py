@@ -133,5 +133,6 @@ def test_records_itl_lists_each_gap(server: FakeServer, capsys: pytest.CaptureFi
     # 4 output tokens, 4 token chunks: 3 gaps each, about the server's 6 ms; the summary's ITLs are exactly these
     assert all(len(r["itl_ms"]) == 3 and max(r["itl_ms"]) == r["itl_max_ms"] for r in rows)
     gaps = [g for r in rows for g in r["itl_ms"]]
-    assert 5 <= min(gaps) and np.median(gaps) < 30
+    # the median, not the minimum: on a busy CPU one late chunk is followed by one early (gaps of 0-2 ms seen)
+    assert 5 <= np.median(gaps) < 30
     assert np.percentile(gaps, 90) == pytest.approx(data["itl_ms"]["p90"], rel=1e-3)

@@ -50,7 +50,7 @@ def test_remeasurements_and_the_selection_round_trip():
     back = records.read_remeasurement(study, 3)
     assert back.concurrency == 128 and back.stepped_down_from == (181,) and back.repeats[1].failure.startswith("oom")
     assert math.isnan(back.repeats[1].output_tok_s) and records.read_remeasurement(study, 4) is None
-    gain = GainRecord(0, 0.0, False, 4400.0, math.inf, 10.0, True)  # a baseline that met no limit
+    gain = GainRecord(0, 0.0, False, 4400.0, math.inf, math.inf, math.inf, 0.9, True)  # a baseline that met no limit
     records.write_selection(study, SelectionRecord(3, "verdict", {"vllm-defaults": gain}))
     sel = records.read_selection(study)
     assert sel.winner_trial == 3 and sel.gains["vllm-defaults"].gain_pct == math.inf

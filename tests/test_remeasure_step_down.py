@@ -41,7 +41,7 @@ def _study() -> optuna.Study:
 
 def _cfg(tmp_path: Path, repeats: int = 2) -> SimpleNamespace:
     search = SimpleNamespace(limit_ms=500.0, metric="ttft")
-    return SimpleNamespace(top_k=1, repeats=repeats, noise_floor=0.0, out_dir=tmp_path, study_name="s",
+    return SimpleNamespace(top_k=1, repeats=repeats, noise_floor=0.0, confidence=0.9, out_dir=tmp_path, study_name="s",
                            settings=SimpleNamespace(search=search))
 
 
@@ -165,9 +165,9 @@ def test_a_stepped_down_winner_never_remeasured_reports_that_levels_search_figur
     search = SimpleNamespace(limit_ms=500.0, metric="ttft")
     settings = SimpleNamespace(search=search, model=resolve_model("flash"), engine="sim", gpu=SimpleNamespace(name="h100"),
                                gpus=1, workload=SimpleNamespace(describe=lambda: {"spec": "random:8:8", "seed": 0}))
-    cfg = SimpleNamespace(settings=settings, noise_floor=0.0, preset="flash", study_name="s",
+    cfg = SimpleNamespace(settings=settings, noise_floor=0.0, confidence=0.9, preset="flash", study_name="s",
                           storage_url="sqlite:///x.db")
-    profile = build_profile(cfg, select_winner([cand], 500.0), records.read_trial(_study().trials[0]), 1)
+    profile = build_profile(cfg, select_winner([cand], 500.0, repeats=0), records.read_trial(_study().trials[0]), 1)
     m = profile.metrics.at_chosen_load
     assert profile.concurrency == 128 and m["concurrency"] == 128 and m["output_tok_s"] == 4500.0
     assert m["ttft_ms"]["p99"] == 350.0

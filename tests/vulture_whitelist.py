@@ -32,7 +32,10 @@ _.baseline_trial
 _.baseline_output_tok_s
 _.baseline_meets_limit
 _.gain_output_tok_s
-_.spread_output_tok_s
+_.gain_pct
+_.gain_pct_low
+_.gain_pct_high
+_.half_width
 _.records_version
 _.gpu_name
 _.gpu_memory

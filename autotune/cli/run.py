@@ -61,6 +61,10 @@ def _default(field: str) -> Any:
               help="seconds a server may take to start")
 @click.option("--try", "try_file", type=click.Path(dir_okay=False), default=None,
               help="YAML/JSON flags (a mapping or a list) to try right after the baselines, e.g. your hand tuning")
+# Two-sided 90%: a gain is claimed when the interval's lower end is above 0, a one-sided 5% test, so that no
+# more than 5% of claimed gains are noise (the target of benchmarks/decision_quality.py).
+@click.option("--confidence", type=float, default=_default("confidence"), show_default=True,
+              help="of the intervals a verdict rests on (P99s, throughput, gains)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout, nothing else")
 def run(as_json: bool, **opts: Any) -> None:
     """Tune: search vLLM flags for the most throughput whose P99 stays under the limit."""
@@ -132,9 +136,12 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
         figure = f"{(b['output_tok_s'] or {}).get('mean') or 0:,.0f} tok/s" if b["meets_limit"] else "misses the limit"
         if b["trial"] == best["trial"]:
             gain = " (the winner)"
+        elif g and g.get("gain_pct") is None:
+            gain = "; the winner's gain is unbounded (the baseline met no limit)"
         elif g:
-            pct = "inf" if g.get("gain_pct") is None else format(g["gain_pct"], "+.1f") + "%"
-            gain = f"; the winner's gain {pct}, {'beyond' if g.get('significant') else 'within'} the spread"
+            gain = (f"; the winner's gain {g['gain_pct']:+.1f}% ({g['confidence']:.0%} interval "
+                    f"{g['gain_pct_low']:+.1f}% to {g['gain_pct_high']:+.1f}%, "
+                    f"{'beyond' if g['significant'] else 'within'} noise)")
         else:
             gain = ""
         console.print(f"  against {name} (trial {b['trial']}): {figure}{gain}")
