@@ -3,11 +3,11 @@
     python benchmarks/sim_calibrate.py            # accuracy of the constants in calibration/h100.yaml
     python benchmarks/sim_calibrate.py --fit      # refit on the FIT points, print the new constants
 
-Real figures: vLLM 0.26.0, one H100 80GB, weightless GLM-4-9B shape (tests/conftest.py config), random
+Real figures: vLLM 0.26.0, one H100 80GB, weightless GLM-4-9B shape (`_shared.WEIGHTLESS_FLASH_CONFIG`), random
 1024 in / 512 out, ignore_eos, closed loop, 4x concurrency prompts, all starting at t=0. Only points marked
 "fit" are used for fitting; the others are held out. Add new measurements to REAL as they arrive.
 
-STEADY: the steady-state load levels of the session-3 H100 study (docs/results/h100-flash.md): random
+STEADY: the steady-state load levels of the 2026-11-25 H100 study (docs/results/h100-flash.md): random
 1024/512 with ±50% lengths, 1 x C warm-up then 1.5 x C measured, throughput over the steady window; P99 TTFT
 and P99 TPOT from the levels' per-request records (`benchmarks/sim_vs_h100_levels.py` reads the raw data).
 """
@@ -16,18 +16,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from autotune.gpus import load_gpu
+from autotune.models import spec_from_config
+from autotune.sim.predict import predict
+from autotune.study import baseline_flags
 
-from autotune.gpus import load_gpu  # noqa: E402
-from autotune.models import spec_from_config  # noqa: E402
-from autotune.sim.predict import predict  # noqa: E402
-from autotune.study import baseline_flags  # noqa: E402
-from tests.conftest import WEIGHTLESS_FLASH_CONFIG  # noqa: E402
+from _shared import WEIGHTLESS_FLASH_CONFIG
 
 # (label, flags, concurrency, role, output tok/s, P99 TTFT ms, P99 ITL ms)
 REAL = [
@@ -36,7 +33,8 @@ REAL = [
     ("kv fp8", {"kv-cache-dtype": "fp8"}, 128, "held out", 8304.0, 1777.0, 194.0),
     ("kv fp8", {"kv-cache-dtype": "fp8"}, 256, "held out", 9506.0, 6053.0, 226.0),
 ]
-# (label, flags, concurrency, role, output tok/s, P99 TTFT ms, P99 TPOT ms); trials 0 and 4 of session 3
+# (label, flags, concurrency, role, output tok/s, P99 TTFT ms, P99 TPOT ms): the steady-state levels of the
+# 2026-11-25 H100 study (docs/results/h100-flash.md, trials 0 and 4)
 FP8 = baseline_flags("seed-profile", spec_from_config(WEIGHTLESS_FLASH_CONFIG, "w", "w"), 1)
 # The defaults at 128 and 512 are fit points (since the step model's split roofline and async admission);
 # the defaults at 64 and 256 and every seed-profile (fp8 KV) level are held out.
@@ -98,7 +96,7 @@ def table(gpu) -> str:
         pred = run(gpu, flags, conc)
         for name, r, p in zip(("output tok/s", "P99 TTFT ms", "P99 ITL ms"), real, pred):
             rows.append(f"| {label} @ c={conc} | {role} | {name} | {r:,.0f} | {p:,.0f} | {100 * (p - r) / r:+.1f}% |")
-    rows += ["", "Steady-state levels (session 3):", "",
+    rows += ["", "Steady-state levels of the H100 study:", "",
              "| point | role | metric | measured | predicted | error |", "|---|---|---|---:|---:|---:|"]
     for label, flags, conc, role, *real in STEADY:
         pred = run_steady(gpu, flags, conc)

@@ -32,15 +32,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import optuna
 
-import optuna  # noqa: E402
-
-import autotune.study as study_mod  # noqa: E402
-import autotune.trial as trial_mod  # noqa: E402
-from autotune.cli import main as cli_main  # noqa: E402
-from autotune.engines.launcher import EngineServer  # noqa: E402
-from autotune.space import SearchSpace  # noqa: E402
+import autotune.study as study_mod
+import autotune.trial as trial_mod
+from autotune.cli import main as cli_main
+from autotune.engines.launcher import EngineServer
+from autotune.space import SearchSpace
 
 TARGET_S = 2.0
 
