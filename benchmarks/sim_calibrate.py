@@ -10,6 +10,10 @@ Real figures: vLLM 0.26.0, one H100 80GB, weightless GLM-4-9B shape (`_shared.WE
 STEADY: the steady-state load levels of the 2026-11-25 H100 study (docs/results/h100-flash.md): random
 1024/512 with ±50% lengths, 1 x C warm-up then 1.5 x C measured, throughput over the steady window; P99 TTFT
 and P99 TPOT from the levels' per-request records (`benchmarks/sim_vs_h100_levels.py` reads the raw data).
+
+KV: the KV cache size vLLM logged at start-up ("GPU KV cache size: N tokens") for every configuration of the H100
+studies, against the memory plan (`autotune.memory.plan_memory`, which the study uses to refuse what would not
+fit). Not fitted: printed with the table.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import math
 import numpy as np
 
 from autotune.gpus import load_gpu
+from autotune.memory import plan_memory
 from autotune.models import spec_from_config
 from autotune.sim.predict import predict
 from autotune.study import baseline_flags
@@ -47,6 +52,28 @@ STEADY = [  # output tok/s over the steady window counting every request in it (
     ("seed profile (fp8 KV)", FP8, 128, "held out", 8068.0, 167.0, 18.1),
     ("seed profile (fp8 KV)", FP8, 256, "held out", 10380.0, 326.0, 29.5),
     ("seed profile (fp8 KV)", FP8, 512, "held out", 11159.0, 476.0, 56.8),
+]
+_TRIED = {"gpu-memory-utilization": 0.9, "enable-prefix-caching": True, "async-scheduling": True,
+          "max-cudagraph-capture-size": 512}
+# (label, flags, measured KV tokens on each server that started them), from the studies' server logs
+KV = [
+    ("defaults", {}, (1409648, 1421040)),
+    ("kv fp8, max-num-seqs 1024 (seed profile)", {"kv-cache-dtype": "fp8", "max-num-seqs": 1024}, (2817680, 2840464)),
+    ("max-num-seqs 768, kv fp8, capture 512", {**_TRIED, "max-num-seqs": 768, "kv-cache-dtype": "fp8"},
+     (2757440, 2734656)),
+    ("max-num-seqs 512, batched 16384, kv fp8, capture 512",
+     {**_TRIED, "max-num-seqs": 512, "max-num-batched-tokens": 16384, "kv-cache-dtype": "fp8"}, (2712176,)),
+    ("max-num-seqs 640, batched 2048, gmu 0.95, capture 512",
+     {**_TRIED, "max-num-seqs": 640, "max-num-batched-tokens": 2048, "gpu-memory-utilization": 0.95}, (1474384,)),
+    ("max-num-seqs 128, kv fp8, gmu 0.95, capture 512",
+     {"max-num-seqs": 128, "kv-cache-dtype": "fp8", "gpu-memory-utilization": 0.95, "max-cudagraph-capture-size": 512},
+     (2942224,)),
+    ("max-num-seqs 128, batched 16384, kv fp8, gmu 0.85, capture 512",
+     {"max-num-seqs": 128, "max-num-batched-tokens": 16384, "kv-cache-dtype": "fp8", "gpu-memory-utilization": 0.85,
+      "max-cudagraph-capture-size": 512}, (2504608,)),
+    ("max-num-seqs 384, batched 16384, kv fp8, gmu 0.9, capture 512",
+     {"max-num-seqs": 384, "max-num-batched-tokens": 16384, "kv-cache-dtype": "fp8", "gpu-memory-utilization": 0.9,
+      "max-cudagraph-capture-size": 512}, (2714736,)),
 ]
 FITTED = ("compute_efficiency", "hbm_efficiency", "graph_step_overhead_ms", "eager_step_overhead_ms")
 
@@ -105,6 +132,16 @@ def table(gpu) -> str:
     return "\n".join(rows)
 
 
+def kv_table(gpu) -> str:
+    model = spec_from_config(WEIGHTLESS_FLASH_CONFIG, "weightless-flash", "weightless-flash")
+    rows = ["| flags (besides chunked prefill) | measured KV tokens | planned | error |", "|---|---:|---:|---:|"]
+    for label, flags, measured in KV:
+        planned = plan_memory(model, gpu, {"enable-chunked-prefill": True, **flags}, 1).kv_cache_tokens
+        errors = " / ".join(f"{100 * (planned / m - 1):+.2f}%" for m in measured)
+        rows.append(f"| {label} | {' / '.join(f'{m:,}' for m in measured)} | {planned:,} | {errors} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--fit", action="store_true")
@@ -123,6 +160,8 @@ def main() -> None:
             print(f"{k}: {v:.4g}")
         gpu = with_constants(gpu, res.x)
     print(table(gpu))
+    print("\nKV cache capacity:\n")
+    print(kv_table(gpu))
 
 
 if __name__ == "__main__":
