@@ -83,8 +83,8 @@ def instrumented():
     patch(study_mod._StopRules, "__call__", "stop-rule callback")
     original_objective = study_mod._objective
 
-    def objective_factory(cfg: Any, sink: Any) -> Callable[[optuna.Trial], float]:
-        inner = original_objective(cfg, sink)
+    def objective_factory(*args: Any, **kwargs: Any) -> Callable[[optuna.Trial], float]:
+        inner = original_objective(*args, **kwargs)
 
         def objective(trial: optuna.Trial) -> float:
             t0 = time.perf_counter()
