@@ -14,10 +14,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from autotune.metrics import BenchResult
-from autotune.progress import NULL_SINK, Event, ProgressSink
+from autotune.progress import NULL_PROGRESS, Progress
+from autotune.records import LevelRecord
 
 __all__ = ["LoadSearchConfig", "LevelResult", "LoadSearchResult", "search_load", "estimate_level_s"]
 
@@ -43,13 +44,13 @@ class LevelResult:
     feasible: bool  # P99 within the limit, throughput measured, error rate within max_error_rate
     wall_s: float = 0.0  # the level's wall time, warm-up included (what a re-measurement at this level costs)
 
-    def summary(self) -> dict[str, Any]:
+    def record(self) -> LevelRecord:
         r = self.result
-        return {"concurrency": self.concurrency, "output_tok_s": r.output_tok_s, "total_tok_s": r.total_tok_s,
-                "request_s": r.request_s, "p99_ms": self.p99_ms, "feasible": self.feasible,
-                "p99_ttft_ms": r.ttft_ms.p99, "p99_tpot_ms": r.tpot_ms.p99, "p99_itl_ms": r.itl_ms.p99,
-                "p99_e2el_ms": r.e2el_ms.p99, "completed": r.completed, "failed": r.failed,
-                "duration_s": r.duration_s, "wall_s": self.wall_s, "status": r.status}
+        return LevelRecord(concurrency=self.concurrency, output_tok_s=r.output_tok_s, total_tok_s=r.total_tok_s,
+                           request_s=r.request_s, p99_ms=self.p99_ms, feasible=self.feasible,
+                           p99_ttft_ms=r.ttft_ms.p99, p99_tpot_ms=r.tpot_ms.p99, p99_itl_ms=r.itl_ms.p99,
+                           p99_e2el_ms=r.e2el_ms.p99, completed=r.completed, failed=r.failed,
+                           duration_s=r.duration_s, wall_s=self.wall_s, status=r.status)
 
 
 @dataclass
@@ -81,18 +82,18 @@ def estimate_level_s(concurrency: int, measured: list[tuple[int, float]]) -> flo
 
 
 def search_load(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig,
-                sink: ProgressSink = NULL_SINK, deadline: float | None = None,
+                progress: Progress = NULL_PROGRESS, deadline: float | None = None,
                 reserve_s: float = 0.0) -> LoadSearchResult:
     """``reserve_s``: time kept free before the deadline (the server's teardown). The first level always runs."""
     out = LoadSearchResult()
     try:
-        _search(measure, cfg, sink, out, deadline, reserve_s)
+        _search(measure, cfg, progress, out, deadline, reserve_s)
     except _OutOfTime:
         out.stop_reason = "deadline"
     return out
 
 
-def _search(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig, sink: ProgressSink,
+def _search(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig, progress: Progress,
             out: LoadSearchResult, deadline: float | None, reserve_s: float) -> None:
     seen: dict[int, LevelResult] = {}
     walls: list[tuple[int, float]] = []
@@ -113,7 +114,7 @@ def _search(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig, sink: 
             lv = LevelResult(c, r, p99, ok, wall_s)
             seen[c] = lv
             out.levels.append(lv)
-            sink(Event("load_level", lv.summary() | {"limit_ms": cfg.limit_ms, "metric": cfg.metric}))
+            progress.load_level(lv.record(), cfg.metric, cfg.limit_ms)
         return seen[c]
 
     ceiling = max(1, cfg.max_concurrency)

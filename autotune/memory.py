@@ -33,7 +33,7 @@ class MemoryPlan:
         return dict(self.__dict__)
 
 
-def plan_memory(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any], num_gpus: int = 1) -> MemoryPlan:
+def plan_memory(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any]) -> MemoryPlan:
     """Per-GPU memory of one engine replica under ``flags``.
 
     Sharding follows vLLM: attention, dense MLPs, shared experts, embedding and LM head are TP-sharded and

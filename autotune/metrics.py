@@ -106,22 +106,6 @@ class BenchResult:
         out.update(self.extra)
         return out
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> BenchResult:
-        known = {"output_tok_s", "total_tok_s", "request_s", "goodput_request_s", "completed", "failed",
-                 "duration_s", "status", "errors"} | {f"{m}_ms" for m in LATENCY_METRICS}
-        dists = {f"{m}_ms": Distribution(**{k: _f(v) for k, v in data[f"{m}_ms"].items()}) for m in LATENCY_METRICS}
-        return cls(
-            completed=int(data["completed"]), failed=int(data["failed"]), duration_s=_f(data["duration_s"]),
-            output_tok_s=_f(data["output_tok_s"]), total_tok_s=_f(data["total_tok_s"]), request_s=_f(data["request_s"]),
-            goodput_request_s=_f(data.get("goodput_request_s")), errors=dict(data.get("errors") or {}),
-            status=str(data.get("status", "ok")), extra={k: v for k, v in data.items() if k not in known}, **dists,
-        )
-
-
-def _f(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
 
 def summarize(outputs: list[RequestOutput], duration_s: float, slo_ms: dict[str, float] | None = None,
               extra: dict[str, Any] | None = None, window: tuple[float, float] | None = None,

@@ -149,8 +149,6 @@ _GLM46V = ModelSpec(
     vision=VisionSpec(),
 )
 PRESETS: dict[str, ModelSpec] = {"flash": _FLASH, "glm-4.6v": _GLM46V}
-# The GPU count each preset is designed for (the default search space assumes it).
-PRESET_GPUS: dict[str, int] = {"flash": 1, "glm-4.6v": 4}
 
 
 def _get(cfg: dict[str, Any], *keys: str, default: Any = None) -> Any:

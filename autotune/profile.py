@@ -2,24 +2,130 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import platform
 import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import yaml
 
+from pydantic import BaseModel, ConfigDict
+
 from autotune import __version__
 from autotune.jsonsafe import json_safe
+from autotune.records import TrialRecord
 from autotune.selection import Selection
 from autotune.storage import redact_url
 
-__all__ = ["build_profile", "write_profile", "read_profile", "fingerprint", "PROFILE_VERSION"]
+if TYPE_CHECKING:
+    from autotune.study import StudyConfig
 
-PROFILE_VERSION = 1
+__all__ = ["Profile", "build_profile", "write_profile", "read_profile", "environment", "PROFILE_VERSION"]
+
+PROFILE_VERSION = 2
+
+
+class _Record(BaseModel):
+    """A part of the profile: frozen, and unknown keys are an error when a profile is read."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelRef(_Record):
+    name: str
+    hf_id: str | None
+    preset: str | None
+    architecture: str | None
+
+
+class Hardware(_Record):
+    gpu_type: str
+    gpus: int
+    engine: str
+    gpu_name: str | None = None
+    driver: str | None = None
+    gpu_memory: str | None = None
+
+
+class Software(_Record):
+    autotune: str
+    vllm: str | None
+    torch: str | None
+    optuna: str
+    python: str
+
+
+class Objective(_Record):
+    maximize: str = "output_tok_s"
+    metric: str  # ttft | tpot | itl | e2el
+    limit_ms: float  # the P99 of ``metric`` must stay at or under this
+
+
+class ThroughputStats(_Record):
+    """Output tok/s over the winner's measurements (re-measurements, else the search's own figure)."""
+
+    mean: float
+    std: float
+    min: float
+    max: float
+    n: int
+    spread: float  # what a gain must exceed: the std, or the noise floor where that is larger
+
+
+class P99Stats(_Record):
+    mean_ms: float | None
+    max_ms: float | None
+    values_ms: list[float | None]
+
+
+class ProfileMetrics(_Record):
+    output_tok_s: ThroughputStats
+    p99: P99Stats  # of the objective's metric
+    repeats: int  # fresh-server re-measurements behind the figures (0: the search's figure alone)
+    at_chosen_load: dict[str, Any]  # the last measurement's full metrics
+
+
+class Gain(_Record):
+    baseline_trial: int
+    baseline_output_tok_s: float
+    baseline_meets_limit: bool
+    gain_output_tok_s: float
+    gain_pct: float | None  # None: the baseline met no limit (an infinite gain)
+    spread_output_tok_s: float
+    significant: bool
+
+
+class StudyRef(_Record):
+    name: str
+    trial_number: int
+    storage: str  # without its password
+    trials: int
+
+
+class Profile(_Record):
+    """The winner of a study: what `run` writes and `export` reads."""
+
+    autotune_profile: int
+    created_at: str
+    model: ModelRef
+    hardware: Hardware
+    software: Software
+    workload: dict[str, Any]
+    objective: Objective
+    flags: dict[str, Any]
+    vllm_serve_cmd: str
+    concurrency: int
+    stepped_down_from: list[int]  # load levels whose re-measurement broke the limit (a marginal knee)
+    search_stop_reason: str  # why the winner's load search ended; "deadline": its knee may lie higher
+    metrics: ProfileMetrics
+    gains: dict[str, Gain]
+    verdict: str
+    baseline: str | None  # the winner's baseline name when a baseline won
+    study: StudyRef
 
 
 def _version(package: str) -> str | None:
@@ -33,7 +139,7 @@ def _version(package: str) -> str | None:
             return None
 
 
-def fingerprint(engine: str, gpu_type: str, gpus: int) -> dict[str, Any]:
+def environment(engine: str, gpu_type: str, gpus: int) -> tuple[Hardware, Software]:
     """Hardware and software the figures were measured on."""
     hw: dict[str, Any] = {"gpu_type": gpu_type, "gpus": gpus, "engine": engine}
     if engine == "sim":
@@ -47,73 +153,58 @@ def fingerprint(engine: str, gpu_type: str, gpus: int) -> dict[str, Any]:
                 hw.update(gpu_name=name, driver=driver, gpu_memory=mem)
         except (OSError, subprocess.SubprocessError, ValueError):
             pass
-    sw = {"autotune": __version__, "vllm": _version("vllm") if engine == "vllm" else None,
-          "torch": _version("torch") if engine == "vllm" else None,
-          "optuna": optuna.__version__, "python": platform.python_version()}
-    return {"hardware": hw, "software": sw}
+    sw = Software(autotune=__version__, vllm=_version("vllm") if engine == "vllm" else None,
+                  torch=_version("torch") if engine == "vllm" else None, optuna=optuna.__version__,
+                  python=platform.python_version())
+    return Hardware(**hw), sw
 
 
-def _search_metrics(attrs: dict[str, Any], concurrency: int | None) -> dict[str, Any]:
-    """The search's figures at ``concurrency``: the trial's full metrics at its best level, else (a level that
-    a re-measurement stepped down to, never re-measured) that level's summary in the same shape."""
-    if concurrency == attrs.get("concurrency"):
-        return attrs.get("best_metrics") or {}
-    for lv in attrs.get("levels") or []:
-        if lv.get("concurrency") == concurrency:
-            return {"concurrency": concurrency, **{k: lv.get(k) for k in ("output_tok_s", "total_tok_s", "request_s",
-                                                                          "completed", "failed")},
-                    **{f"{m}_ms": {"p99": lv.get(f"p99_{m}_ms")} for m in ("ttft", "tpot", "itl", "e2el")}}
-    return {}
+def _nan_none(value: float) -> float | None:
+    return None if math.isnan(value) or math.isinf(value) else value
 
 
-def build_profile(study: optuna.Study, cfg: Any, selection: Selection) -> dict[str, Any]:
+def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRecord, n_trials: int) -> Profile:
     winner = selection.winner
-    assert winner is not None
+    assert winner is not None and winner_trial.result is not None and winner.concurrency is not None
     s = cfg.settings
     stats = winner.stats(cfg.noise_floor)
-    last = winner.repeats[-1].metrics if winner.repeats else None
-    if not last:
-        last = _search_metrics(study.trials[winner.trial_number].user_attrs, winner.concurrency)
+    if winner.repeats:
+        at_load = dict(winner.repeats[-1].metrics)
+    elif winner.concurrency == winner_trial.result.concurrency:
+        at_load = dict(winner_trial.result.best_metrics or {})
+    else:  # a level a re-measurement stepped down to, never re-measured: its summary
+        level = winner_trial.result.level(winner.concurrency)
+        at_load = json_safe(level.metrics()) if level else {}
+    hardware, software = environment(s.engine, s.gpu.name, s.gpus)
     p99 = [m.p99_ms for m in winner.measurements()]
-    fp = fingerprint(s.engine, s.gpu.name, s.gpus)
-    profile = {
-        "autotune_profile": PROFILE_VERSION,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"name": s.model.name, "hf_id": s.model.hf_id, "preset": cfg.preset,
-                  "architecture": s.model.architecture},
-        **fp,
-        "workload": s.workload.describe(),
-        "objective": {"maximize": "output_tok_s", "metric": s.search.metric,
-                      f"p99_{s.search.metric}_limit_ms": s.search.limit_ms, "limit_ms": s.search.limit_ms},
-        "flags": winner.flags,
-        "vllm_serve_cmd": winner.vllm_serve_cmd,
-        "concurrency": winner.concurrency,
-        # load levels whose re-measurement broke the limit (the search's knee was marginal there)
-        "stepped_down_from": winner.stepped_down_from,
-        # why the winner's load search ended; "deadline": cut by --timeout, its knee may lie higher
-        "search_stop_reason": study.trials[winner.trial_number].user_attrs.get("stop_reason", ""),
-        "metrics": {
-            "output_tok_s": stats,
-            f"p99_{s.search.metric}_ms": {"mean": stats["p99_mean_ms"], "max": stats["p99_max_ms"], "values": p99},
-            "repeats": len(winner.repeats),
-            "at_chosen_load": last,
-        },
-        "gains": selection.gains,
-        "verdict": selection.verdict,
-        "baseline": winner.baseline or None,
-        "study": {"name": cfg.study_name, "trial_number": winner.trial_number,
-                  "storage": redact_url(cfg.storage_url), "trials": len(study.trials)},
-    }
-    return json_safe(profile)
+    return Profile(
+        autotune_profile=PROFILE_VERSION,
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        model=ModelRef(name=s.model.name, hf_id=s.model.hf_id, preset=cfg.preset, architecture=s.model.architecture),
+        hardware=hardware, software=software,
+        workload=json_safe(s.workload.describe()),
+        objective=Objective(metric=s.search.metric, limit_ms=s.search.limit_ms),
+        flags=json_safe(winner.flags), vllm_serve_cmd=winner.vllm_serve_cmd, concurrency=winner.concurrency,
+        stepped_down_from=list(winner.stepped_down_from), search_stop_reason=winner_trial.result.stop_reason,
+        metrics=ProfileMetrics(
+            output_tok_s=ThroughputStats(**{k: stats[k] for k in ("mean", "std", "min", "max", "n", "spread")}),
+            p99=P99Stats(mean_ms=_nan_none(stats["p99_mean_ms"]), max_ms=_nan_none(stats["p99_max_ms"]),
+                         values_ms=[_nan_none(v) for v in p99]),
+            repeats=len(winner.repeats), at_chosen_load=json_safe(at_load)),
+        gains={name: Gain(**json_safe(g.to_json())) for name, g in selection.gains.items()},
+        verdict=selection.verdict, baseline=winner.baseline or None,
+        study=StudyRef(name=cfg.study_name, trial_number=winner.trial_number, storage=redact_url(cfg.storage_url),
+                       trials=n_trials),
+    )
 
 
-def write_profile(profile: dict[str, Any], path: Path) -> Path:
+def write_profile(profile: Profile, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(profile, sort_keys=False, width=120))
+    tmp.write_text(yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False, width=120))
     tmp.replace(path)
     return path
 
 
-def read_profile(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(Path(path).read_text())
+def read_profile(path: Path) -> Profile:
+    return Profile.model_validate(yaml.safe_load(Path(path).read_text()))

@@ -1,26 +1,93 @@
-"""Progress events. The core emits them; a UI (rich console, JSON-silent, tests) consumes them.
+"""What the core reports while it works: one method per event. The core never prints; it calls these.
 
-The core never prints: it calls ``sink(event)``. ``NULL_SINK`` drops everything.
+:class:`Progress` does nothing: it is what the core gets when nobody listens (tests, ``--json``), and the
+base a UI overrides (the rich console in :mod:`autotune.cli.ui`). Every event the core emits is a method
+here, with typed arguments, so that the reader and the type checker see each one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Event", "ProgressSink", "NULL_SINK"]
+if TYPE_CHECKING:
+    from autotune.records import LevelRecord, Measurement, TrialResult
+
+__all__ = ["Progress", "StudyStart", "StudyEta", "BenchProgress", "NULL_PROGRESS"]
 
 
 @dataclass(frozen=True)
-class Event:
-    """kind: study_started, trial_started, engine_starting, engine_ready, load_level, trial_finished,
-    remeasure, study_finished, bench_progress, message. ``data`` holds the kind's fields."""
+class StudyStart:
+    study: str
+    engine: str
+    metric: str
+    limit_ms: float
+    n_trials: int  # trials this invocation may run
+    timeout_s: float | None
+    existing_trials: int  # finished trials of earlier runs of a resumed study
 
-    kind: str
-    data: dict[str, Any] = field(default_factory=dict)
+
+@dataclass(frozen=True)
+class StudyEta:
+    """After each trial: how much of the study is left, as the stop rules see it."""
+
+    trials_left: int  # at most: the --trials budget and the stagnation stop, whichever is nearer
+    trial_s: float  # the expected wall seconds of one more trial (the longest so far)
+    remeasure_s: float  # the re-measurements still to make
+    eta_s: float  # trials_left x trial_s + remeasure_s, within --timeout
 
 
-ProgressSink = Callable[[Event], None]
+@dataclass(frozen=True)
+class BenchProgress:
+    done: int  # requests finished, warm-up included
+    total: int
+    warmup: int
+    failed: int
 
 
-def NULL_SINK(event: Event) -> None:  # noqa: N802 - a constant-like callable
-    return None
+class Progress:
+    """Receives the core's progress. Every method is a no-op here; override the ones a UI shows."""
+
+    def study_started(self, start: StudyStart) -> None:
+        """A study begins (or resumes)."""
+
+    def trial_started(self, number: int, flags: Mapping[str, Any], baseline: str) -> None:
+        """A trial begins: ``baseline`` names a baseline, else empty."""
+
+    def engine_starting(self, engine: str, port: int, command: str, log_path: Path) -> None:
+        """A server is being launched (again, on another port, when its first port was taken)."""
+
+    def engine_ready(self, startup: Mapping[str, Any]) -> None:
+        """The server answers; ``startup`` holds the figures read from its log (StartupInfo's fields, ready_s
+        included)."""
+
+    def load_level(self, level: LevelRecord, metric: str, limit_ms: float) -> None:
+        """The load search measured one level."""
+
+    def trial_finished(self, number: int, baseline: str, result: TrialResult) -> None:
+        """A trial ended, feasible or not; ``result`` is what the study stores."""
+
+    def study_eta(self, eta: StudyEta) -> None:
+        """After each trial's stop rules: what is left."""
+
+    def remeasure_started(self, trial: int, repeat: int, of: int, concurrency: int, baseline: str) -> None:
+        """A candidate is re-measured on a fresh server."""
+
+    def remeasured(self, trial: int, measurement: Measurement, limit_ms: float) -> None:
+        """One re-measurement is done."""
+
+    def remeasure_skipped(self, trial: int, repeat: int, of: int, expected_s: float) -> None:
+        """A re-measurement would run past --timeout."""
+
+    def remeasure_stepped_down(self, trial: int, from_concurrency: int, concurrency: int) -> None:
+        """A re-measurement broke the limit: the candidate moves to a lower load."""
+
+    def study_finished(self, study: str, stopped_by: str, verdict: str, profile_path: Path | None) -> None:
+        """The study ended; ``verdict`` is the selection's sentence."""
+
+    def bench_progress(self, progress: BenchProgress) -> None:
+        """A benchmark run's requests so far (about ten times a second)."""
+
+
+NULL_PROGRESS = Progress()

@@ -8,14 +8,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Measurement", "Candidate", "Selection", "select_winner", "gain_over"]
+from autotune.records import GainRecord, Measurement, Remeasurement
 
-
-@dataclass(frozen=True)
-class Measurement:
-    output_tok_s: float
-    p99_ms: float
-    metrics: dict[str, Any] = field(default_factory=dict, compare=False)
+__all__ = ["Candidate", "Selection", "select_winner", "gain_over"]
 
 
 @dataclass
@@ -28,7 +23,6 @@ class Candidate:
     baseline: str = ""  # "", vllm-defaults, seed-profile
     vllm_serve_cmd: str = ""
     repeats: list[Measurement] = field(default_factory=list)
-    failure: str = ""  # why a re-measurement failed
     # The trial's other feasible load levels below ``concurrency``, highest first: (concurrency, tok/s, P99).
     # A re-measurement over the limit steps down to the next one (the knee was marginal).
     lower_levels: list[tuple[int, float, float]] = field(default_factory=list)
@@ -64,6 +58,11 @@ class Candidate:
         self.concurrency = concurrency
         self.repeats = []
 
+    def remeasurement(self) -> Remeasurement:
+        """What the study stores of this candidate's re-measurements."""
+        assert self.concurrency is not None
+        return Remeasurement(self.trial_number, self.concurrency, tuple(self.stepped_down_from), tuple(self.repeats))
+
     def measurements(self) -> list[Measurement]:
         """Re-measurements when there are any, else the search's own figure."""
         if self.repeats:
@@ -94,19 +93,19 @@ class Candidate:
 class Selection:
     winner: Candidate | None
     candidates: list[Candidate]
-    gains: dict[str, dict[str, Any]]
+    gains: dict[str, GainRecord]  # by baseline name
     verdict: str  # one sentence for people
 
 
-def gain_over(winner: Candidate, baseline: Candidate, limit_ms: float, noise_floor: float) -> dict[str, Any]:
+def gain_over(winner: Candidate, baseline: Candidate, limit_ms: float, noise_floor: float) -> GainRecord:
     w, b = winner.stats(noise_floor), baseline.stats(noise_floor)
     b_mean = b["mean"] if baseline.meets(limit_ms) else 0.0
     diff = w["mean"] - b_mean
     spread = w["spread"] + (b["spread"] if b_mean > 0 else 0.0)
-    gain_pct = (w["mean"] / b_mean - 1.0) * 100.0 if b_mean > 0 else math.inf
-    return {"baseline_trial": baseline.trial_number, "baseline_output_tok_s": b_mean,
-            "baseline_meets_limit": baseline.meets(limit_ms), "gain_output_tok_s": diff,
-            "gain_pct": gain_pct, "spread_output_tok_s": spread, "significant": diff > spread}
+    return GainRecord(baseline_trial=baseline.trial_number, baseline_output_tok_s=b_mean,
+                      baseline_meets_limit=baseline.meets(limit_ms), gain_output_tok_s=diff,
+                      gain_pct=(w["mean"] / b_mean - 1.0) * 100.0 if b_mean > 0 else math.inf,
+                      spread_output_tok_s=spread, significant=diff > spread)
 
 
 def select_winner(candidates: list[Candidate], limit_ms: float, noise_floor: float = 0.0) -> Selection:
@@ -118,10 +117,10 @@ def select_winner(candidates: list[Candidate], limit_ms: float, noise_floor: flo
              for c in candidates if c.baseline and c is not winner}
     if winner.baseline:
         verdict = f"the baseline '{winner.baseline}' is already the best configuration found"
-    elif gains and all(g["significant"] for g in gains.values()):
+    elif gains and all(g.significant for g in gains.values()):
         verdict = "the tuned configuration beats every baseline beyond the measurement spread"
     elif gains:
-        weak = ", ".join(k for k, g in gains.items() if not g["significant"])
+        weak = ", ".join(k for k, g in gains.items() if not g.significant)
         verdict = f"the tuned configuration is not better than {weak} beyond the spread: treat them as equal"
     else:
         verdict = "no baseline was measured"

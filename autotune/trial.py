@@ -1,14 +1,14 @@
 """One trial: memory check -> launch the engine -> load search on the live server -> tear down.
 
 Failures are results, not exceptions: an infeasible memory plan, a server that never becomes ready or a
-load search that finds no level within the limit all come back as a :class:`TrialOutcome` with its
-failure class, so the study records them and the sampler steers away.
+load search that finds no level within the limit all come back as a :class:`~autotune.records.TrialResult`
+with its failure class, so the study records them and the sampler steers away.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,15 @@ from autotune.errors import EngineStartError
 from autotune.gpus import GpuSpec
 from autotune.loadgen.runner import LoadConfig, run_bench
 from autotune.loadgen.workload import Workload
+from autotune.jsonsafe import json_safe
 from autotune.loadsearch import LoadSearchConfig, LoadSearchResult, search_load
 from autotune.memory import plan_memory
 from autotune.metrics import BenchResult
 from autotune.models import ModelSpec
-from autotune.progress import NULL_SINK, Event, ProgressSink
+from autotune.progress import NULL_PROGRESS, Progress
+from autotune.records import TrialResult
 
-__all__ = ["TrialSettings", "TrialOutcome", "run_trial", "measure_once", "level_load_config"]
+__all__ = ["TrialSettings", "run_trial", "measure_once", "level_load_config"]
 
 
 # Kept before a deadline for stopping the server (vLLM: SIGTERM, wait, port and GPU memory back).
@@ -56,35 +58,6 @@ class TrialSettings:
     request_timeout_s: float = 600.0
     extra_env: dict[str, str] = field(default_factory=dict)
     vllm_cmd: tuple[str, ...] | None = None
-
-
-@dataclass
-class TrialOutcome:
-    flags: dict[str, Any]
-    feasible: bool
-    output_tok_s: float  # SLO-meeting throughput (0 when nothing met the limit)
-    p99_ms: float  # P99 of the chosen metric at the chosen level (or the lowest level tried)
-    concurrency: int | None
-    best: BenchResult | None = None
-    levels: list[dict[str, Any]] = field(default_factory=list)
-    failure_class: str = ""  # "", oom, kv_too_small, crash, timeout, port_in_use, bad_flags, no_feasible_load
-    failure_reason: str = ""
-    log_tail: str = ""
-    log_path: str = ""
-    startup: dict[str, Any] = field(default_factory=dict)
-    memory: dict[str, Any] = field(default_factory=dict)
-    vllm_serve_cmd: str = ""
-    stop_reason: str = ""
-    engine_wall_s: float = 0.0  # engine start + teardown
-    load_wall_s: float = 0.0  # load search
-
-    def constraint(self, limit_ms: float) -> float:
-        """P99 - limit in ms (<= 0 feasible); failures get a large violation."""
-        if self.feasible:
-            return self.p99_ms - limit_ms
-        if self.failure_class == "no_feasible_load" and not math.isnan(self.p99_ms):
-            return max(self.p99_ms - limit_ms, 1e-3)
-        return 10.0 * limit_ms
 
 
 def level_load_config(settings: TrialSettings, concurrency: int, records_path: Path | None = None) -> LoadConfig:
@@ -131,62 +104,57 @@ def _measure_fn(settings: TrialSettings, server: EngineServer, name: str, record
 
 
 def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, log_path: Path,
-              sink: ProgressSink = NULL_SINK, deadline: float | None = None) -> TrialOutcome:
+              progress: Progress = NULL_PROGRESS, deadline: float | None = None) -> TrialResult:
     """Check memory, launch, search the load, tear down. Never raises for engine or load failures.
     ``deadline`` (``time.monotonic()``): no load level starts that would end after it, teardown included."""
-    plan = plan_memory(settings.model, settings.gpu, flags, settings.gpus)
-    outcome = TrialOutcome(flags=flags, feasible=False, output_tok_s=0.0, p99_ms=math.nan, concurrency=None,
-                           memory=plan.as_dict(), log_path=str(log_path))
+    plan = plan_memory(settings.model, settings.gpu, flags)
+    out = TrialResult(flags=flags, feasible=False, output_tok_s=0.0, p99_ms=math.nan, concurrency=None,
+                      memory=plan.as_dict(), log_path=str(log_path))
     if not plan.fits:
-        outcome.failure_class, outcome.failure_reason = plan.failure_class, plan.reason
-        outcome.stop_reason = "not launched: memory plan does not fit"
-        return outcome
+        return replace(out, failure_class=plan.failure_class, failure_reason=plan.reason,
+                       stop_reason="not launched: memory plan does not fit")
     spec = _launch_spec(settings, flags, served_name, log_path)
     started = time.perf_counter()
-    sink(Event("engine_starting", {"flags": flags, "log_path": str(log_path)}))
-    server = EngineServer(spec)
+    server = EngineServer(spec, progress=progress)
+    load_wall_s = 0.0
+    failure: tuple[str, str, str] | None = None  # class, reason, log tail
+    out = replace(out, vllm_serve_cmd=server.vllm_serve_cmd)
+    result: LoadSearchResult | None = None
     try:
-        outcome.vllm_serve_cmd = server.vllm_serve_cmd
         try:
             server.start()
         except EngineStartError as e:
-            outcome.failure_class, outcome.failure_reason, outcome.log_tail = e.failure_class, str(e), e.log_tail
-            return outcome
-        outcome.startup = _as_dict(server.startup)
-        sink(Event("engine_ready", {"startup": outcome.startup}))
-        engine_ready = time.perf_counter()
-        ceiling = _concurrency_ceiling(flags)
-        cfg = LoadSearchConfig(**{**settings.search.__dict__, "max_concurrency": min(settings.search.max_concurrency,
-                                                                                       ceiling)})
-        measure = _measure_fn(settings, server, served_name, log_path.parent / "levels")
-        result: LoadSearchResult = search_load(measure, cfg, sink, deadline,
-                                               reserve_s=TEARDOWN_RESERVE_S.get(settings.engine, 30.0))
-        outcome.load_wall_s = time.perf_counter() - engine_ready
-        if not server.alive():
-            outcome.failure_class, outcome.failure_reason = "crash", "the server died during the load search"
-            outcome.log_tail = server.log_tail(40)
+            failure = (e.failure_class, str(e), e.log_tail)
+        else:
+            startup = _as_dict(server.startup)
+            out = replace(out, startup=startup)
+            engine_ready = time.perf_counter()
+            cfg = replace(settings.search,
+                          max_concurrency=min(settings.search.max_concurrency, _concurrency_ceiling(flags)))
+            measure = _measure_fn(settings, server, served_name, log_path.parent / "levels")
+            result = search_load(measure, cfg, progress, deadline,
+                                 reserve_s=TEARDOWN_RESERVE_S.get(settings.engine, 30.0))
+            load_wall_s = time.perf_counter() - engine_ready
+            if not server.alive():
+                failure = ("crash", "the server died during the load search", server.log_tail(40))
     finally:
         server.stop()
-        outcome.engine_wall_s = time.perf_counter() - started - outcome.load_wall_s
-    outcome.levels = [lv.summary() for lv in result.levels]
-    outcome.stop_reason = result.stop_reason
+        out = replace(out, engine_wall_s=time.perf_counter() - started - load_wall_s, load_wall_s=load_wall_s)
+    if result is not None:
+        out = replace(out, levels=tuple(lv.record() for lv in result.levels), stop_reason=result.stop_reason)
+    if failure:
+        return replace(out, failure_class=failure[0], failure_reason=failure[1], log_tail=failure[2])
+    assert result is not None
     best = result.best
-    if outcome.failure_class:
-        return outcome
     if best is None:
         lowest = result.lowest
-        outcome.failure_class = "no_feasible_load"
-        outcome.failure_reason = (f"P99 {settings.search.metric} above {settings.search.limit_ms:g} ms "
-                                  f"even at concurrency {lowest.concurrency if lowest else '?'}")
-        outcome.p99_ms = lowest.p99_ms if lowest else math.nan
-        outcome.concurrency = lowest.concurrency if lowest else None
-        return outcome
-    outcome.feasible = True
-    outcome.best = best.result
-    outcome.output_tok_s = best.result.output_tok_s
-    outcome.p99_ms = best.p99_ms
-    outcome.concurrency = best.concurrency
-    return outcome
+        return replace(out, failure_class="no_feasible_load",
+                       failure_reason=(f"P99 {settings.search.metric} above {settings.search.limit_ms:g} ms "
+                                       f"even at concurrency {lowest.concurrency if lowest else '?'}"),
+                       p99_ms=lowest.p99_ms if lowest else math.nan,
+                       concurrency=lowest.concurrency if lowest else None)
+    return replace(out, feasible=True, best_metrics=json_safe(best.result.to_json()),
+                   output_tok_s=best.result.output_tok_s, p99_ms=best.p99_ms, concurrency=best.concurrency)
 
 
 def measure_once(settings: TrialSettings, flags: dict[str, Any], concurrency: int, served_name: str,

@@ -1,5 +1,5 @@
 """Accuracy: measured TTFT/ITL/E2E percentiles vs the known truth of a fixed-latency streaming server
-(autotune.loadgen.fakeserver in its own process, pinned to core 1; the client on core 0).
+(autotune.testing.fakeserver in its own process, pinned to core 1; the client on core 0).
 
     python benchmarks/loadgen_accuracy.py [--concurrency 256]
 """
@@ -9,7 +9,7 @@ import argparse
 import os
 import time
 
-from autotune.loadgen.fakeserver import FakeServer
+from autotune.testing.fakeserver import FakeServer
 from autotune.loadgen.runner import LoadConfig, run_bench
 from autotune.loadgen.workload import parse_workload
 

@@ -86,7 +86,7 @@ def num_prompts(concurrency: int) -> int:
 
 def evaluate(setup: Setup, flags: dict[str, Any]) -> dict[str, Any]:
     """What one study trial would record for ``flags``: value (SLO-meeting output tok/s), constraint (ms)."""
-    plan = plan_memory(setup.model, setup.gpu, flags, GPUS)
+    plan = plan_memory(setup.model, setup.gpu, flags)
     if not plan.fits:
         return {"output_tok_s": 0.0, "feasible": False, "constraint_ms": 10.0 * LIMIT_MS, "concurrency": None,
                 "p99_ms": None, "failure_class": plan.failure_class, "levels": 0}

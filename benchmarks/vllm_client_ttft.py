@@ -1,6 +1,6 @@
 """Where vLLM's client adds to TTFT: ours and vLLM's own request function against a fixed-latency server.
 
-One request at a time (no queueing anywhere), TTFT fixed at 50 ms by `autotune.loadgen.fakeserver` (own
+One request at a time (no queueing anywhere), TTFT fixed at 50 ms by `autotune.testing.fakeserver` (own
 process, core 1; the client on core 0). vLLM's `async_request_openai_completions` runs in the session its
 `serve.py` builds (`trust_env=True`) and in the same session without `trust_env`. With `trust_env`, aiohttp
 looks up proxy settings and .netrc credentials for every request, inside the time vLLM counts as TTFT.
@@ -47,7 +47,7 @@ async def _vllm(url: str, n: int, trust_env: bool) -> list[float]:
 
 
 def main() -> None:
-    from autotune.loadgen.fakeserver import FakeServer
+    from autotune.testing.fakeserver import FakeServer
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=150)

@@ -1,8 +1,8 @@
-"""A tiny stdlib-only stand-in for `vllm serve`, for launcher tests.
+"""A stand-in for `vllm serve`, for launcher tests.
 
     python tests/fake_engine.py --mode MODE [MODEL] [vLLM flags...] --port P --host H --served-model-name N
 
-Modes: ok (serves /health, /v1/models, /v1/completions plain and streamed), crash (OOM line, exit 1 after
+Modes: ok (serves vLLM's API through autotune.testing.fakeserver, tokens at once), crash (OOM line, exit 1 after
 0.5 s), hang (never answers), ignore_sigterm (needs SIGKILL), spawn_child (starts a grandchild that ignores
 SIGTERM and would outlive it unless the group is killed; its pid goes to the log as GRANDCHILD_PID=N),
 wrong_name (lists another model name), bad_flags (argparse error, exit 2).
@@ -11,13 +11,11 @@ Every mode first prints SAMPLE_VLLM_LOG, vLLM-like startup lines the launcher pa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # Reconstructed from vLLM's format strings (V1 engine, TP=1, GLM-4-9B shape on an H100, 0.26-era), with the
 # usual "(Proc pid=N) LEVEL date [file:line]" prefixes. KV capacity on two lines, as kv_cache_utils.py logs it.
@@ -53,67 +51,19 @@ OOM_LINES = """\
 
 
 def _serve(args: argparse.Namespace) -> None:
+    # imported here: the modes that never serve start (and crash) without aiohttp's import time
+    from aiohttp import web
+
+    from autotune.testing.fakeserver import make_app
+    from autotune.vllm_api.responder import bind_error_line
+
     name = "someone-else" if args.mode == "wrong_name" else args.served_model_name
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, fmt: str, *a: object) -> None:
-            sys.stdout.write("(APIServer) INFO:     " + (fmt % a) + "\n")
-
-        def _json(self, status: int, obj: object) -> None:
-            data = json.dumps(obj).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:  # noqa: N802
-            if self.path == "/health":
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-            elif self.path == "/v1/models":
-                self._json(200, {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "vllm"}]})
-            else:
-                self._json(404, {"error": "not found"})
-
-        def do_POST(self) -> None:  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-            if self.path != "/v1/completions":
-                self._json(404, {"error": "not found"})
-                return
-            if body.get("model") != name:
-                self._json(404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}})
-                return
-            n = int(body.get("max_tokens", 4))
-            usage = {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": 1 + n}
-            if not body.get("stream"):
-                self._json(200, {"id": "cmpl-1", "object": "text_completion", "model": name,
-                                 "choices": [{"index": 0, "text": " x" * n, "finish_reason": "length"}],
-                                 "usage": usage})
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            for i in range(n):
-                chunk = {"id": "cmpl-1", "object": "text_completion", "model": name,
-                         "choices": [{"index": 0, "text": " x", "finish_reason": "length" if i == n - 1 else None}]}
-                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-            self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n".encode())
-            self.close_connection = True
-
-    try:
-        server = ThreadingHTTPServer((args.host, args.port), Handler)
+    try:  # SIGTERM keeps its default action (or the ignore_sigterm mode's SIG_IGN)
+        web.run_app(make_app({"models": [name]}), host=args.host, port=args.port, handle_signals=False,
+                    print=None, access_log=None)
     except OSError as e:
-        print(f"(APIServer pid={os.getpid()}) ERROR: [Errno {e.errno}] error while attempting to bind on address "
-              f"('{args.host}', {args.port}): {e.strerror}", flush=True)
-        print(f"OSError: [Errno {e.errno}] {e.strerror}", flush=True)
+        print(f"(APIServer pid={os.getpid()}) {bind_error_line(args.host, args.port, e)}", flush=True)
         sys.exit(1)
-    server.daemon_threads = True
-    server.serve_forever(poll_interval=0.1)
 
 
 def main() -> None:

@@ -6,8 +6,7 @@ from collections.abc import Iterator
 import pytest
 
 from autotune.cli import main
-from autotune.cli.bench import nan_to_none
-from autotune.loadgen.fakeserver import FakeServer
+from autotune.testing.fakeserver import FakeServer
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +97,6 @@ def test_trace_replay_from_a_jsonl_file(server: FakeServer, capsys: pytest.Captu
     assert "trace replay over 0.2 s" in capsys.readouterr().out  # 0.25 s for the first 6
     assert main([*args, "9", "--json"]) == 2
     assert "has 8 requests, 9 were asked for" in capsys.readouterr().err
-
-
-def test_nan_to_none() -> None:
-    assert nan_to_none({"a": float("nan"), "b": [1.0, float("inf")], "c": "x"}) == {"a": None, "b": [1.0, None],
-                                                                                    "c": "x"}
 
 
 @pytest.mark.parametrize("name", ["requests.jsonl", "requests.jsonl.gz"])

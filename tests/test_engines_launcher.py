@@ -20,7 +20,7 @@ from autotune.engines.base import LaunchSpec
 from autotune.engines.launcher import EngineServer, live_servers, pick_free_port, port_is_free, stop_all
 from autotune.errors import EngineStartError
 from autotune.models import PRESETS
-from autotune.progress import Event
+from autotune.progress import Progress
 
 FAKE = str(Path(__file__).with_name("fake_engine.py"))
 REPO = str(Path(__file__).resolve().parents[1])
@@ -64,9 +64,17 @@ def _no_leftovers():
 
 
 def test_ready_serves_and_stops_clean(tmp_path: Path) -> None:
-    events: list[Event] = []
+    events: list[str] = []
+
+    class Events(Progress):
+        def engine_starting(self, engine: str, port: int, command: str, log_path: Path) -> None:
+            events.append("engine_starting")
+
+        def engine_ready(self, startup: dict) -> None:
+            events.append("engine_ready")
+
     spec = _spec(tmp_path, "ok", gpu_ids=(1,), extra_env={"FAKE_EXTRA": "yes"})
-    with EngineServer(spec, grace_s=2, sink=events.append) as server:
+    with EngineServer(spec, grace_s=2, progress=Events()) as server:
         assert server.alive() and server in live_servers()
         pid, port = server.pid, server.port
         assert pid is not None and not port_is_free(port)
@@ -85,7 +93,7 @@ def test_ready_serves_and_stops_clean(tmp_path: Path) -> None:
         assert "Maximum concurrency for 131,072 tokens" in server.log_tail(40)
     assert not server.alive() and not _alive(pid) and port_is_free(port)
     assert server not in live_servers() and server.teardown_problems == []
-    assert [e.kind for e in events] == ["engine_starting", "engine_ready"]
+    assert events == ["engine_starting", "engine_ready"]
     server.stop()  # idempotent
 
 
@@ -168,14 +176,18 @@ def test_stale_server_on_port_is_never_measured(tmp_path: Path, monkeypatch: pyt
             # while the stale one keeps answering /health
             real = launcher.port_is_free
             monkeypatch.setattr(launcher, "port_is_free", lambda p: True if p == port else real(p))
-        events: list[Event] = []
-        with EngineServer(_spec(tmp_path, "ok"), port=port, grace_s=2, sink=events.append) as server:
+        launches: list[int] = []
+
+        class Launches(Progress):
+            def engine_starting(self, engine: str, port: int, command: str, log_path: Path) -> None:
+                launches.append(port)
+
+        with EngineServer(_spec(tmp_path, "ok"), port=port, grace_s=2, progress=Launches()) as server:
             assert server.port != port  # re-picked after the stale server held the port
             models = _get_json(server.url + "/v1/models")
             assert [m["id"] for m in models["data"]] == [server.spec.served_model_name]
             # blind check: a first launch was made on the taken port, caught (the stale server answers with the
             # wrong name, or the new one dies of its bind error) and retried; else no launch there at all
-            launches = [e.data["port"] for e in events if e.kind == "engine_starting"]
             assert launches == ([port, server.port] if blind_prelaunch_check else [server.port])
         assert stale.poll() is None  # not ours: left alone
     finally:

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("autotune.sim.__main__"
                                 reason="the sim engine (autotune.sim.__main__) is not written yet")
 
 
+@pytest.mark.slow  # launches the sim engine through the launcher
 def test_sim_engine_end_to_end(tmp_path: Path) -> None:
     spec = LaunchSpec(engine="sim", model=PRESETS["flash"], flags={"max-num-seqs": 16, "max-model-len": 8192},
                       gpu_ids=(), served_model_name=f"autotune-sim-{uuid.uuid4().hex[:8]}",

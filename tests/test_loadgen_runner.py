@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from autotune.errors import UsageError
-from autotune.loadgen.fakeserver import FakeServer
+from autotune.testing.fakeserver import FakeServer
 from autotune.loadgen.promscrape import parse_prometheus
 from autotune.loadgen.runner import LoadConfig, _arrival_times, run_bench, run_load
 from autotune.loadgen.workload import RequestSpec, parse_workload
-from autotune.progress import Event
+from autotune.progress import BenchProgress, Progress
 
 MODEL = "fake-model"
 
@@ -27,17 +27,21 @@ def server() -> Iterator[FakeServer]:
 
 def test_closed_loop_counts_and_extra(server: FakeServer) -> None:
     server.configure(ttft_ms=5, itl_ms=2)
-    events: list[Event] = []
+    progress: list[BenchProgress] = []
+
+    class Record(Progress):
+        def bench_progress(self, p: BenchProgress) -> None:
+            progress.append(p)
+
     res = run_bench(server.url, MODEL, parse_workload("random:16:4"),
-                    LoadConfig(concurrency=8, num_prompts=40), sink=events.append)
+                    LoadConfig(concurrency=8, num_prompts=40), progress=Record())
     assert res.status == "ok" and res.completed == 40 and res.failed == 0
     assert res.output_tok_s > 0 and res.request_s > 0 and res.duration_s > 0
     assert res.output_tok_s == pytest.approx(40 * 4 / res.duration_s)
     assert server.stats()["max_running"] == 8  # the semaphore holds exactly the concurrency
     assert res.extra["concurrency"] == 8 and res.extra["num_prompts"] == 40 and res.extra["rate"] is None
     assert res.extra["workload"]["spec"] == "random:16:4" and res.extra["clock"] == "wall"
-    progress = [e.data for e in events if e.kind == "bench_progress"]
-    assert progress and progress[-1]["done"] == 40 and progress[-1]["total"] == 40
+    assert progress and progress[-1].done == 40 and progress[-1].total == 40
 
 
 def test_warmup_is_excluded(server: FakeServer) -> None:
@@ -249,6 +253,7 @@ def test_prometheus_parser() -> None:
     assert samples["plain_metric"] == [150.0] and "broken" not in samples
 
 
+@pytest.mark.slow  # 256 streams over about 6 s of fixed latencies
 def test_percentiles_match_known_latency_at_concurrency_256(server: FakeServer) -> None:
     # The 2 % accuracy target is measured in benchmarks/loadgen_accuracy.py on a quiet machine; here a
     # looser bound (a shared CI box's scheduler jitter) still catches a client that mis-times by a step.

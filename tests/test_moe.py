@@ -30,7 +30,7 @@ EXTRA = 0.05  # h100.yaml model_load_extra_gib
 
 def plan(**flags):
     f = {"tensor-parallel-size": 1, **flags}
-    return plan_memory(M, H100, f, num_gpus=int(f["tensor-parallel-size"]) * int(f.get("data-parallel-size", 1)))
+    return plan_memory(M, H100, f)
 
 
 def test_parameter_count_by_hand():
@@ -192,4 +192,4 @@ def test_text_backbone_folder_is_the_preset_without_its_vision_tower(tmp_path):
                   "moe_intermediate_size", "first_k_dense", "max_position_embeddings", "tie_word_embeddings"):
         assert getattr(spec, field) == getattr(M, field), field
     assert spec.vision is None and spec.total_params == M.total_params - VISION
-    assert plan_memory(spec, H100, {"tensor-parallel-size": 4}, 4).fits
+    assert plan_memory(spec, H100, {"tensor-parallel-size": 4}).fits

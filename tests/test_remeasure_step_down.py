@@ -11,19 +11,31 @@ import optuna
 from optuna.distributions import FloatDistribution
 
 import autotune.study as study_mod
+from autotune import records
 from autotune.metrics import summarize
+from autotune.progress import Progress
+from autotune.records import LevelRecord, Measurement, Remeasurement, TrialResult
+
+
+def _level(c: int, tok_s: float, p99: float) -> LevelRecord:
+    # level wall seconds as on the H100 (about 0.2 s a concurrent request)
+    return LevelRecord(concurrency=c, output_tok_s=tok_s, total_tok_s=tok_s * 3, request_s=1.0, p99_ms=p99,
+                       feasible=p99 <= 500, p99_ttft_ms=p99, p99_tpot_ms=20.0, p99_itl_ms=25.0, p99_e2el_ms=9000.0,
+                       completed=3 * c, failed=0, duration_s=60.0, wall_s=c * 0.2, status="ok")
+
+
+RESULT = TrialResult(flags={"max-num-seqs": 256}, feasible=True, output_tok_s=5000.0, p99_ms=480.0, concurrency=181,
+                     best_metrics={"ttft_ms": {"p99": 480.0}},
+                     levels=tuple(_level(c, t, p) for c, t, p in ((64, 3000.0, 200.0), (128, 4500.0, 350.0),
+                                                                  (181, 5000.0, 480.0), (215, 5200.0, 700.0))),
+                     engine_wall_s=130.0)  # server start and stop as on the H100
 
 
 def _study() -> optuna.Study:
     study = optuna.create_study(direction="maximize")
-    # level wall seconds as on the H100 (about 0.2 s a concurrent request), server start and stop 130 s
-    levels = [{"concurrency": c, "output_tok_s": t, "p99_ms": p, "feasible": p <= 500, "wall_s": c * 0.2,
-               "p99_ttft_ms": p}
-              for c, t, p in ((64, 3000.0, 200.0), (128, 4500.0, 350.0), (181, 5000.0, 480.0), (215, 5200.0, 700.0))]
     study.add_trial(optuna.trial.create_trial(
         params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)}, value=5000.0,
-        user_attrs={"flags": {"max-num-seqs": 256}, "feasible": True, "concurrency": 181, "output_tok_s": 5000.0,
-                    "p99_ms": 480.0, "levels": levels, "baseline": "vllm-defaults", "engine_wall_s": 130.0}))
+        user_attrs={"result": RESULT.to_json(), **records.queue_attrs(baseline="vllm-defaults")}))
     return study
 
 
@@ -55,8 +67,8 @@ def test_over_the_limit_steps_down_to_the_midpoint_below(tmp_path, monkeypatch):
     assert calls == [181, 152, 152]
     assert selection.winner is not None and selection.winner.concurrency == 152
     assert selection.winner.stepped_down_from == [181] and len(selection.winner.repeats) == 2
-    stored = study.user_attrs["remeasurements"]["0"]
-    assert stored["concurrency"] == 152 and stored["stepped_down_from"] == [181] and len(stored["repeats"]) == 2
+    stored = records.read_remeasurement(study, 0)
+    assert stored.concurrency == 152 and stored.stepped_down_from == (181,) and len(stored.repeats) == 2
     from autotune.cli.studies import best_of_study
     best = best_of_study(study)  # `autotune best` reports the level that held, with its re-measured figures
     assert best["concurrency"] == 152 and best["stepped_down_from"] == [181] and best["p99_ms"] == 380.0
@@ -92,17 +104,25 @@ def test_no_lower_level_left_means_no_winner(tmp_path, monkeypatch):
 def test_the_timeout_covers_the_remeasurements(tmp_path, monkeypatch):
     study = _study()
     cost_s = 130.0 + 181 * 0.2  # the trial's server start and stop, and its level at 181
-    assert abs(study_mod._candidate(study.trials[0]).remeasure_s - cost_s) < 1e-9
+    assert abs(study_mod._candidate(records.read_trial(study.trials[0])).remeasure_s - cost_s) < 1e-9
     # two repeats of the one candidate, and two of a tuned candidate that the next trial may add (top-k 1)
     assert abs(study_mod.remeasure_reserve_s(study, _cfg(tmp_path)) - 4 * cost_s) < 1e-9
     assert study_mod.remeasure_reserve_s(study, _cfg(tmp_path, repeats=0)) == 0.0
 
     calls: list[int] = []
-    events = []
+    skipped: list[int] = []
+
+    class Skips(Progress):
+        def remeasure_skipped(self, trial: int, repeat: int, of: int, expected_s: float) -> None:
+            skipped.append(trial)
+
+        def remeasure_started(self, *args: object) -> None:
+            raise AssertionError("no re-measurement may start")
+
     monkeypatch.setattr(study_mod, "measure_once", _fake_measure({181: 450.0}, calls))
     deadline = time.monotonic() + cost_s - 5  # a re-measurement would run past it: none starts
-    selection = study_mod.remeasure_and_select(study, _cfg(tmp_path), deadline, events.append)
-    assert calls == [] and [e.kind for e in events] == ["remeasure_skipped"]
+    selection = study_mod.remeasure_and_select(study, _cfg(tmp_path), deadline, Skips())
+    assert calls == [] and skipped == [0]
     assert selection.winner is not None and selection.winner.repeats == []  # the search's figure stands
     selection = study_mod.remeasure_and_select(study, _cfg(tmp_path), time.monotonic() + 3 * cost_s)
     assert calls == [181, 181] and len(selection.winner.repeats) == 2
@@ -113,19 +133,41 @@ def test_resume_replays_the_path_taken_even_under_an_older_rule(tmp_path, monkey
     """A study whose re-measurement stepped from 181 straight to 128 (the rule before midpoints) resumes at 128,
     where its stored repeat was measured."""
     study = _study()
-    study.set_user_attr("remeasurements", {"0": {"concurrency": 128, "stepped_down_from": [181],
-                                                 "repeats": [{"output_tok_s": 4400.0, "p99_ms": 300.0}]}})
+    records.write_remeasurement(study, Remeasurement(0, 128, (181,), (Measurement(4400.0, 300.0),)))
     calls: list[int] = []
     monkeypatch.setattr(study_mod, "measure_once", _fake_measure({128: 310.0}, calls))
     selection = study_mod.remeasure_and_select(study, _cfg(tmp_path), deadline=None)
     assert calls == [128] and selection.winner.concurrency == 128 and len(selection.winner.repeats) == 2
 
 
-def test_a_stepped_down_winner_never_remeasured_reports_that_levels_search_figures():
+def test_a_failed_server_is_kept_with_its_reason(tmp_path, monkeypatch):
+    from autotune.errors import EngineStartError
+
+    def measure_once(settings, flags, concurrency, name, log_path):
+        raise EngineStartError("CUDA out of memory", "oom")
+
+    monkeypatch.setattr(study_mod, "measure_once", measure_once)
+    study = _study()
+    selection = study_mod.remeasure_and_select(study, _cfg(tmp_path, repeats=1), deadline=None)
+    assert selection.winner is None  # its only measurement failed
+    assert records.read_remeasurement(study, 0).repeats[0].failure == "oom: CUDA out of memory"
+
+
+def test_a_stepped_down_winner_never_remeasured_reports_that_levels_search_figures(tmp_path):
     """Seen on the H100: the re-measurement at the lower level was cut by --timeout, and the profile showed the
     P99 of the level above (the trial's best level) beside the lower level's throughput."""
-    from autotune.profile import _search_metrics
-    attrs = dict(_study().trials[0].user_attrs, best_metrics={"ttft_ms": {"p99": 480.0}})
-    assert _search_metrics(attrs, 181) == {"ttft_ms": {"p99": 480.0}}  # the trial's own best level
-    m = _search_metrics(attrs, 128)
-    assert m["concurrency"] == 128 and m["output_tok_s"] == 4500.0 and m["ttft_ms"]["p99"] == 350.0
+    from autotune.models import resolve_model
+    from autotune.profile import build_profile
+    from autotune.selection import select_winner
+
+    cand = study_mod._candidate(records.read_trial(_study().trials[0]))
+    cand.move_to(128)
+    search = SimpleNamespace(limit_ms=500.0, metric="ttft")
+    settings = SimpleNamespace(search=search, model=resolve_model("flash"), engine="sim", gpu=SimpleNamespace(name="h100"),
+                               gpus=1, workload=SimpleNamespace(describe=lambda: {"spec": "random:8:8", "seed": 0}))
+    cfg = SimpleNamespace(settings=settings, noise_floor=0.0, preset="flash", study_name="s",
+                          storage_url="sqlite:///x.db")
+    profile = build_profile(cfg, select_winner([cand], 500.0), records.read_trial(_study().trials[0]), 1)
+    m = profile.metrics.at_chosen_load
+    assert profile.concurrency == 128 and m["concurrency"] == 128 and m["output_tok_s"] == 4500.0
+    assert m["ttft_ms"]["p99"] == 350.0

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from autotune.selection import Candidate, Measurement, select_winner
+from autotune.records import Measurement
+from autotune.selection import Candidate, select_winner
 
 
 def cand(n, values, p99=100.0, baseline=""):
@@ -15,16 +16,16 @@ def test_gain_only_significant_beyond_spread():
     seed = cand(1, [1090, 1120], baseline="seed-profile")
     sel = select_winner([tuned, defaults, seed], limit_ms=500)
     assert sel.winner is tuned
-    assert sel.gains["vllm-defaults"]["significant"] is True
-    assert sel.gains["seed-profile"]["significant"] is False
+    assert sel.gains["vllm-defaults"].significant is True
+    assert sel.gains["seed-profile"].significant is False
     assert "not better than seed-profile" in sel.verdict
 
 
 def test_noise_floor_widens_spread():
     tuned = cand(5, [1020, 1020])
     defaults = cand(0, [1000, 1000], baseline="vllm-defaults")
-    assert select_winner([tuned, defaults], 500).gains["vllm-defaults"]["significant"] is True
-    assert select_winner([tuned, defaults], 500, noise_floor=0.03).gains["vllm-defaults"]["significant"] is False
+    assert select_winner([tuned, defaults], 500).gains["vllm-defaults"].significant is True
+    assert select_winner([tuned, defaults], 500, noise_floor=0.03).gains["vllm-defaults"].significant is False
 
 
 def test_baseline_can_win_and_limit_is_rechecked():

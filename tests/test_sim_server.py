@@ -181,6 +181,7 @@ def test_metrics_names(server: Server) -> None:
     assert values["vllm:generation_tokens_total"] >= 3 and values["vllm:prompt_tokens_total"] >= 3
 
 
+@pytest.mark.slow  # launches its own sim server
 def test_sigterm_mid_stream_exits_quickly(tmp_path: Path) -> None:
     srv = Server("flash", "--time-scale", "1", log=tmp_path / "s.log")
     try:
@@ -202,6 +203,7 @@ def test_sigterm_mid_stream_exits_quickly(tmp_path: Path) -> None:
         os.killpg(srv.proc.pid, 0)  # no process left in its group
 
 
+@pytest.mark.slow  # two sim-server processes
 def test_refuses_to_start_like_vllm(tmp_path: Path, weightless_flash_dir: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "autotune.sim", "serve", str(weightless_flash_dir),
                            "--gpu-memory-utilization", "0.2", "--port", str(_free_port())],

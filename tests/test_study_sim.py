@@ -5,9 +5,10 @@ import json
 
 import optuna
 import pytest
-import yaml
 
+from autotune import records
 from autotune.cli import main
+from autotune.profile import read_profile
 
 pytestmark = pytest.mark.slow
 
@@ -29,9 +30,9 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
     assert report["best"]["flags"] and report["best"]["vllm_serve_cmd"].startswith("vllm serve")
     assert report["output_tok_s"] > 0 and report["ttft_ms"]["p99"] <= 500
     assert set(report["baselines"]) == {"vllm-defaults", "seed-profile"}
-    profile = yaml.safe_load(open(report["profile_path"]))
-    assert profile["objective"]["limit_ms"] == 500 and profile["hardware"]["engine"] == "sim"
-    assert profile["study"]["storage"] == url
+    profile = read_profile(report["profile_path"])  # the typed profile: unknown or missing keys would fail
+    assert profile.objective.limit_ms == 500 and profile.hardware.engine == "sim"
+    assert profile.study.storage == url
     trial_logs = list((tmp_path / "studies" / "e2e" / "trials").glob("*/server.log"))
     assert len(trial_logs) >= 2 and "GPU KV cache size" in trial_logs[0].read_text()
     levels0 = sorted((tmp_path / "studies" / "e2e" / "trials" / "0" / "levels").glob("*.jsonl.gz"))
@@ -39,12 +40,12 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
     assert list((tmp_path / "studies" / "e2e" / "remeasure").glob("*/levels/00-c*.jsonl.gz"))
 
     study = optuna.load_study(study_name="e2e", storage=url)
-    first = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    first = [t for t in records.read_trials(study) if t.complete]
     assert len(first) == 3
-    assert {t.user_attrs.get("baseline") for t in first} >= {"vllm-defaults", "seed-profile"}
+    assert {t.baseline for t in first} >= {"vllm-defaults", "seed-profile"}
     for t in first:
-        assert "p99_minus_limit_ms" in str(t.system_attrs) or t.constraints
-        assert t.user_attrs["levels"] or t.user_attrs["failure_class"]
+        assert study.trials[t.number].constraints
+        assert t.result.levels or t.result.failure_class
 
     code, out, err = run_json(capsys, *args[:-1][:args.index("--trials")], "--trials", "2",
                               *args[args.index("--trials") + 2:])
@@ -66,7 +67,7 @@ def test_resume_with_another_limit_is_refused(capsys, tmp_path):
     main([*common, "--p99-ms", "500", "--json"])
     capsys.readouterr()
     code, out, err = run_json(capsys, *common, "--p99-ms", "300")
-    assert code == 2 and "was created with limit_ms=500.0" in err
+    assert code == 2 and "was created with limit_ms=500.0" in err, err
 
 
 def test_no_feasible_config_exits_3(capsys, tmp_path):
@@ -90,8 +91,8 @@ def test_timeout_ends_the_last_trial_with_the_levels_it_measured(capsys, tmp_pat
                               "--out", str(tmp_path / "out"))
     assert code == 0, err
     assert "cut short by --timeout" in out + err  # the console says so
-    trial = optuna.load_study(study_name="dl", storage=url).trials[0]
-    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.user_attrs["stop_reason"] == "deadline"
-    assert trial.user_attrs["feasible"] and trial.value > 0 and trial.user_attrs["levels"]
-    profile = yaml.safe_load(open(tmp_path / "out" / "dl" / "profile.yaml"))
-    assert profile["search_stop_reason"] == "deadline" and profile["concurrency"] == trial.user_attrs["concurrency"]
+    trial = records.read_trial(optuna.load_study(study_name="dl", storage=url).trials[0])
+    assert trial.complete and trial.result.stop_reason == "deadline"
+    assert trial.feasible and trial.value > 0 and trial.result.levels
+    profile = read_profile(tmp_path / "out" / "dl" / "profile.yaml")
+    assert profile.search_stop_reason == "deadline" and profile.concurrency == trial.result.concurrency

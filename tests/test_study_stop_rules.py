@@ -3,18 +3,29 @@ from __future__ import annotations
 
 import time
 
+from types import SimpleNamespace
+
 import optuna
 
-from autotune.study import _StopRules
+from autotune import records
+from autotune.progress import Progress, StudyEta
+from autotune.records import TrialResult
+from autotune.study import _StopRules as _Rules
 
 
-def _run(rules: _StopRules, values: list[float], wall_s: float = 10.0) -> int:
+def _StopRules(patience: int, deadline: float | None, earlier_durations: list[float] = (),  # noqa: N802
+               reserve_s=lambda: 0.0, n_trials: int = 100, progress: Progress | None = None) -> _Rules:
+    cfg = SimpleNamespace(patience=patience, n_trials=n_trials)
+    return _Rules(cfg, deadline, list(earlier_durations), reserve_s, progress or Progress())
+
+
+def _run(rules: _Rules, values: list[float], wall_s: float = 10.0) -> int:
     """Optimize with the rules as callback; trial i returns values[i]. Returns how many trials ran."""
     study = optuna.create_study(direction="maximize")
 
     def objective(trial: optuna.Trial) -> float:
-        trial.set_user_attr("feasible", True)
-        trial.set_user_attr("trial_wall_s", wall_s)
+        records.write_trial_result(trial, TrialResult(flags={}, feasible=True, output_tok_s=values[trial.number],
+                                                      p99_ms=1.0, concurrency=8, trial_wall_s=wall_s))
         return values[trial.number]
 
     study.optimize(objective, n_trials=len(values), callbacks=[rules])
@@ -46,3 +57,17 @@ def test_stagnation_counts_trials_without_a_one_percent_gain():
 def test_time_reserved_for_the_remeasurements_keeps_the_next_trial_out():
     assert _StopRules(0, time.monotonic() + 90.0, [60.0], reserve_s=lambda: 40.0).would_overrun()
     assert not _StopRules(0, time.monotonic() + 90.0, [60.0], reserve_s=lambda: 20.0).would_overrun()
+
+
+def test_the_eta_counts_the_stagnation_stop_and_the_remeasurements():
+    etas: list[StudyEta] = []
+
+    class Etas(Progress):
+        def study_eta(self, eta: StudyEta) -> None:
+            etas.append(eta)
+
+    rules = _StopRules(patience=3, deadline=None, reserve_s=lambda: 50.0, n_trials=20, progress=Etas())
+    _run(rules, [100.0, 100.5, 100.9, 100.2], wall_s=10.0)
+    # after trial 2 (no gain in 1): at most 2 more before the stagnation stop, not the 18 of --trials
+    assert (etas[1].trials_left, etas[1].eta_s) == (2, 2 * 10.0 + 50.0)
+    assert etas[-1].trials_left == 0 and etas[-1].eta_s == 50.0  # stopped: only the re-measurements are left

@@ -1,29 +1,17 @@
 """``autotune bench``: drive a running server with one workload at one load level and report the metrics."""
 from __future__ import annotations
 
-import json
 import math
 import sys
 from typing import Any
 
 import click
 
+from autotune.cli.common import echo_json
 from autotune.errors import AutotuneError, UsageError
 from autotune.metrics import LATENCY_METRICS, BenchResult
-from autotune.progress import Event
 
-__all__ = ["bench", "commands", "nan_to_none", "parse_slo"]
-
-
-def nan_to_none(obj: Any) -> Any:
-    """JSON-safe copy: NaN and infinities become None (null), recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [nan_to_none(v) for v in obj]
-    return obj
+__all__ = ["bench", "commands", "parse_slo"]
 
 
 def parse_slo(text: str | None) -> dict[str, float] | None:
@@ -95,7 +83,7 @@ def bench(url: str, model: str, workload: str, concurrency: int | None, rate: fl
                      records_path=records_path, records_itl=records_itl, replay_arrivals=replay)
     if as_json:
         result = run_bench(url, model, wl, cfg)
-        click.echo(json.dumps(nan_to_none(result.to_json())))
+        echo_json(result.to_json())
     else:
         result = _run_with_progress(url, model, wl, cfg)
         _print_summary(result)
@@ -109,6 +97,8 @@ def _run_with_progress(url: str, model: str, wl: Any, cfg: Any) -> BenchResult:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from autotune.loadgen.runner import run_bench
+    from autotune.progress import BenchProgress
+    from autotune.progress import Progress as BaseProgress  # rich has its own Progress
 
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -116,14 +106,12 @@ def _run_with_progress(url: str, model: str, wl: Any, cfg: Any) -> BenchResult:
         warm = bar.add_task("warm-up", total=cfg.warmup_prompts, failed=0, visible=cfg.warmup_prompts > 0)
         main = bar.add_task("requests", total=cfg.num_prompts, failed=0)
 
-        def sink(event: Event) -> None:
-            if event.kind != "bench_progress":
-                return
-            d = event.data
-            bar.update(warm, completed=d["warmup_done"])
-            bar.update(main, completed=d["done"], failed=d["failed"])
+        class BarProgress(BaseProgress):
+            def bench_progress(self, p: BenchProgress) -> None:
+                bar.update(warm, completed=min(p.done, p.warmup))
+                bar.update(main, completed=max(0, p.done - p.warmup), failed=p.failed)
 
-        return run_bench(url, model, wl, cfg, sink=sink)
+        return run_bench(url, model, wl, cfg, progress=BarProgress())
 
 
 def _print_summary(result: BenchResult) -> None:

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 import click
+import pydantic
 
+from autotune.errors import UsageError
 from autotune.jsonsafe import json_safe
 
-__all__ = ["echo_json", "json_safe", "parse_duration_s", "DurationType"]
+OptionsT = TypeVar("OptionsT", bound=pydantic.BaseModel)
+
+__all__ = ["echo_json", "json_safe", "parse_duration_s", "DurationType", "options_from_click"]
 
 
 
@@ -45,3 +49,19 @@ class DurationType(click.ParamType):
             return parse_duration_s(str(value))
         except ValueError as e:
             self.fail(str(e), param, ctx)
+
+
+def options_from_click(model: type[OptionsT], opts: dict[str, Any], renamed: dict[str, str]) -> OptionsT:
+    """Click's keyword arguments -> the core's options model; a value the model refuses is a one-line
+    usage error naming the command-line option. ``renamed``: click name -> field name where they differ."""
+    fields = {renamed.get(k, k): v for k, v in opts.items() if v is not None}
+    try:
+        return model(**fields)
+    except pydantic.ValidationError as e:
+        err = e.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else ""
+        option = next((k for k, f in renamed.items() if f == field), field)
+        limit = (err.get("ctx") or {}).get("gt", (err.get("ctx") or {}).get("ge"))
+        words = {("greater_than", 0): "must be positive", ("greater_than_equal", 0): "must not be negative"}
+        message = words.get((err["type"], limit), err["msg"][:1].lower() + err["msg"][1:])
+        raise UsageError(f"--{option.replace('_', '-')}: {message}, got {err.get('input')!r}") from None

@@ -8,10 +8,10 @@ import optuna
 from rich.console import Console
 from rich.table import Table
 
-from autotune.cli.common import echo_json
+from autotune import records
+from autotune.cli.common import echo_json, json_safe
 from autotune.errors import NoFeasibleConfigError
 from autotune.storage import DEFAULT_STORAGE, load_study, open_storage
-from autotune.study import stored_remeasurement
 
 __all__ = ["commands", "best_of_study"]
 
@@ -24,33 +24,36 @@ def _open_existing(url: str | None) -> optuna.storages.BaseStorage:
 
 def best_of_study(study: optuna.Study) -> dict[str, Any] | None:
     """The selected winner if the study finished its selection, else the best feasible trial so far."""
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    selection = study.user_attrs.get("selection") or {}
-    number = selection.get("winner_trial")
+    trials = {t.number: t for t in records.read_trials(study)}
+    selection = records.read_selection(study)
+    number = selection.winner_trial if selection else None
     source = "selection (re-measured)"
     if number is None:
-        feasible = [t for t in trials.values()
-                    if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("feasible")]
+        feasible = [t for t in trials.values() if t.feasible]
         if not feasible:
             return None
-        number = max(feasible, key=lambda t: t.value or 0.0).number
+        number = max(feasible, key=lambda t: t.value).number
         source = "best feasible trial (not re-measured yet)"
-    t = trials[number]
-    a = t.user_attrs
-    fp = study.user_attrs.get("fingerprint", {})
-    entry = stored_remeasurement(study, number)
-    remeasured = entry.get("repeats", [])
-    return {
-        "study": study.study_name, "trial": number, "source": source, "flags": a.get("flags"),
-        "vllm_serve_cmd": a.get("vllm_serve_cmd"), "concurrency": entry.get("concurrency", a.get("concurrency")),
-        "stepped_down_from": entry.get("stepped_down_from", []),
+    result = trials[number].result
+    assert result is not None
+    fp = records.read_fingerprint(study)
+    remeasured = records.read_remeasurement(study, number)
+    repeats = [m for m in remeasured.repeats if not m.failure] if remeasured else []
+    return json_safe({
+        "study": study.study_name, "trial": number, "source": source, "flags": result.flags,
+        "vllm_serve_cmd": result.vllm_serve_cmd,
+        "concurrency": remeasured.concurrency if remeasured else result.concurrency,
+        "stepped_down_from": list(remeasured.stepped_down_from) if remeasured else [],
         # the re-measured figures where there are any (they may be at a lower level after a step-down)
-        "output_tok_s": _mean([m.get("output_tok_s") for m in remeasured]) or a.get("output_tok_s"),
-        "p99_ms": _mean([m.get("p99_ms") for m in remeasured]) or a.get("p99_ms"), "metric": fp.get("metric"),
-        "limit_ms": fp.get("limit_ms"), "baseline": a.get("baseline") or None, "metrics": a.get("best_metrics"),
-        "remeasurements": [{k: m.get(k) for k in ("output_tok_s", "p99_ms")} for m in remeasured],
-        "verdict": selection.get("verdict"), "gains": selection.get("gains"),
-    }
+        "output_tok_s": _mean([m.output_tok_s for m in repeats]) or result.output_tok_s,
+        "p99_ms": _mean([m.p99_ms for m in repeats]) or result.p99_ms,
+        "metric": fp.metric if fp else None, "limit_ms": fp.limit_ms if fp else None,
+        "baseline": trials[number].baseline or None, "metrics": result.best_metrics,
+        "remeasurements": [{"output_tok_s": m.output_tok_s, "p99_ms": m.p99_ms, "failure": m.failure}
+                           for m in (remeasured.repeats if remeasured else ())],
+        "verdict": selection.verdict if selection else None,
+        "gains": {k: g.to_json() for k, g in selection.gains.items()} if selection else None,
+    })
 
 
 @click.command("best")
@@ -86,14 +89,14 @@ def studies(storage: str | None, as_json: bool) -> None:
     rows = []
     for summary in optuna.get_all_study_summaries(store, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=store)
-        trials = study.get_trials(deepcopy=False)
-        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-        feasible = [t for t in complete if t.user_attrs.get("feasible")]
-        fp = study.user_attrs.get("fingerprint", {})
-        rows.append({"study": summary.study_name, "trials": len(trials), "complete": len(complete),
-                     "feasible": len(feasible), "best_output_tok_s": max((t.value or 0.0 for t in feasible), default=None),
-                     "model": fp.get("model"), "engine": fp.get("engine"), "gpus": fp.get("gpus"),
-                     "metric": fp.get("metric"), "limit_ms": fp.get("limit_ms"),
+        trials = records.read_trials(study)
+        feasible = [t for t in trials if t.feasible]
+        fp = records.read_fingerprint(study)
+        rows.append({"study": summary.study_name, "trials": len(trials), "complete": sum(t.complete for t in trials),
+                     "feasible": len(feasible), "best_output_tok_s": max((t.value for t in feasible), default=None),
+                     "model": fp.model if fp else None, "engine": fp.engine if fp else None,
+                     "gpus": fp.gpus if fp else None, "metric": fp.metric if fp else None,
+                     "limit_ms": fp.limit_ms if fp else None,
                      "started": summary.datetime_start.isoformat(timespec="seconds") if summary.datetime_start else None})
     if as_json:
         echo_json({"studies": rows})
@@ -112,5 +115,5 @@ commands = [best, studies]
 
 
 def _mean(values: list[Any]) -> float | None:
-    numbers = [float(v) for v in values if isinstance(v, (int, float)) and v == v]
+    numbers = [float(v) for v in values if v == v]
     return sum(numbers) / len(numbers) if numbers else None

@@ -30,7 +30,7 @@ from typing import Any
 from autotune.engines.base import LaunchSpec, StartupInfo, classify_failure, parse_startup_log
 from autotune.errors import EngineStartError
 from autotune.flags import flags_to_argv
-from autotune.progress import NULL_SINK, Event, ProgressSink
+from autotune.progress import NULL_PROGRESS, Progress
 
 __all__ = ["EngineServer", "stop_all", "live_servers", "gpu_memory_used_mib", "port_is_free", "pick_free_port",
            "install_signal_handlers"]
@@ -150,13 +150,13 @@ class EngineServer:
 
     def __init__(self, spec: LaunchSpec, *, port: int | None = None, grace_s: float = 20.0,
                  port_release_timeout_s: float = 30.0, gpu_release_timeout_s: float = 120.0,
-                 gpu_release_tolerance_mib: int = 1024, sink: ProgressSink = NULL_SINK) -> None:
+                 gpu_release_tolerance_mib: int = 1024, progress: Progress = NULL_PROGRESS) -> None:
         self.spec = spec
         self.grace_s = grace_s
         self.port_release_timeout_s = port_release_timeout_s
         self.gpu_release_timeout_s = gpu_release_timeout_s
         self.gpu_release_tolerance_mib = gpu_release_tolerance_mib
-        self.sink = sink
+        self.progress = progress
         self._port = port if port is not None else pick_free_port()
         self._proc: subprocess.Popen[bytes] | None = None
         self._pgid: int | None = None
@@ -227,8 +227,8 @@ class EngineServer:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, _exc_type: type[BaseException] | None, _exc: BaseException | None,
+                 _tb: TracebackType | None) -> None:
         self.stop()
 
     # -- start --
@@ -269,8 +269,7 @@ class EngineServer:
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = self.command
         logger.info("starting %s server on port %d: %s", spec.engine, self._port, shlex.join(argv))
-        self.sink(Event("engine_starting", {"engine": spec.engine, "port": self._port, "command": argv,
-                                            "log_path": str(spec.log_path)}))
+        self.progress.engine_starting(spec.engine, self._port, shlex.join(argv), spec.log_path)
         with open(spec.log_path, "ab" if append_log else "wb") as log:
             if append_log:
                 log.write(f"\n----- autotune: relaunch on port {self._port} -----\n".encode())
@@ -290,8 +289,7 @@ class EngineServer:
         ready_s = time.monotonic() - self._t_spawn
         self.startup = replace(parse_startup_log(self._log_text()), ready_s=round(ready_s, 3))
         logger.info("%s server ready on port %d in %.1f s", spec.engine, self._port, ready_s)
-        self.sink(Event("engine_ready", {"engine": spec.engine, "port": self._port, "ready_s": ready_s,
-                                         "startup": self.startup.as_dict()}))
+        self.progress.engine_ready(self.startup.as_dict())
 
     def _fail(self, message: str, *, timed_out: bool = False, failure_class: str | None = None) -> EngineStartError:
         exited = not self.alive()
@@ -447,7 +445,7 @@ _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 _handlers_installed = False
 
 
-def _on_signal(signum: int, frame: FrameType | None) -> None:
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
     # Unwind like Ctrl-C does: `with` blocks stop their servers, then atexit runs stop_all.
     raise SystemExit(128 + signum)
 

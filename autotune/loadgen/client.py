@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import aiohttp
 
+from autotune.loadgen._aiohttp_compat import skip_idle_resume
 from autotune.loadgen.workload import RequestSpec
 from autotune.metrics import RequestOutput
 
@@ -116,7 +117,7 @@ async def send_request_clocked(session: aiohttp.ClientSession, req: PreparedRequ
         async with session.post(req.api_url, data=req.body, headers=_HEADERS, timeout=timeout) as resp:
             if resp.status != 200:
                 return _http_error(resp.status, await _safe_text(resp), req.prompt_len, start_s), False
-            _skip_idle_resume(resp)
+            skip_idle_resume(resp)  # aiohttp 3.14's per-chunk parser re-entry (_aiohttp_compat)
             async for data in resp.content.iter_any():
                 if stream.feed(data, time.perf_counter()):
                     break
@@ -129,36 +130,6 @@ async def send_request_clocked(session: aiohttp.ClientSession, req: PreparedRequ
     except Exception as e:  # noqa: BLE001 - failures are data
         return _fail("error", f"{type(e).__name__}: {e}", req.prompt_len, start_s), False
     return stream.result(st, t0_s, time_scale, req.prompt_len)
-
-
-_PATCH_RESUME = aiohttp.__version__.startswith("3.14.")  # see _skip_idle_resume
-
-
-def _skip_idle_resume(resp: aiohttp.ClientResponse) -> None:
-    """Work around aiohttp 3.14's flow control, which calls ``protocol.resume_reading()`` after every HTTP
-    chunk a stream hands out, paused or not, and so re-enters the HTTP parser with ``data_received(b"")``
-    once per chunk. vLLM sends every SSE event as its own chunk, and the re-entries took 0.6 s of a
-    3.4 s profiled run at 512 tokens a stream (docs/results/loadgen.md). On this connection only, the call
-    is skipped while nothing is paused, no parser tail is held and the body is not compressed: the state in
-    which it has nothing to do. The pause flags are ``_reading_paused`` (3.14.0-3.14.3) and also
-    ``_buffer_paused`` (3.14.4 on). aiohttp 3.13 made the same check itself; other versions, or a 3.14 without
-    these private attributes, keep aiohttp's own method."""
-    if not _PATCH_RESUME:
-        return
-    proto = getattr(resp.content, "_protocol", None)  # the connection's; it may be released already (whole body in)
-    if proto is None or not (hasattr(proto, "_reading_paused") and hasattr(proto, "_tail")):
-        return
-    proto._autotune_plain_body = not resp.headers.get("Content-Encoding")  # per response: connections are reused
-    if "resume_reading" in vars(proto):
-        return
-    original = type(proto).resume_reading
-
-    def resume_reading(resume_parser: bool = True) -> None:
-        if (proto._reading_paused or getattr(proto, "_buffer_paused", False) or proto._tail
-                or not proto._autotune_plain_body):
-            original(proto, resume_parser)
-
-    proto.resume_reading = resume_reading
 
 
 class _Stream:

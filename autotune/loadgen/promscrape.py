@@ -15,18 +15,13 @@ from typing import Any
 
 import aiohttp
 
+from autotune.vllm_api import metrics as m
+
 __all__ = ["parse_prometheus", "MetricsScraper", "KV_USAGE_NAMES", "LATENCY_HISTOGRAMS", "histogram_totals",
            "server_latency_means"]
 
-KV_USAGE_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # a fraction in [0, 1]
-PREEMPTIONS = "vllm:num_preemptions_total"
-RUNNING = "vllm:num_requests_running"
-WAITING = "vllm:num_requests_waiting"
-LATENCY_HISTOGRAMS = {  # key in the result: vLLM's histogram (seconds)
-    "ttft": "vllm:time_to_first_token_seconds", "itl": "vllm:inter_token_latency_seconds",
-    "e2el": "vllm:e2e_request_latency_seconds", "queue": "vllm:request_queue_time_seconds",
-    "prefill": "vllm:request_prefill_time_seconds",
-}
+KV_USAGE_NAMES = (m.KV_CACHE_USAGE.name, m.LEGACY_GPU_CACHE_USAGE)  # a fraction in [0, 1]
+LATENCY_HISTOGRAMS = {key: metric.name for key, metric in m.LATENCY_HISTOGRAMS.items()}  # result key: name
 
 
 def parse_prometheus(text: str) -> dict[str, list[float]]:
@@ -122,12 +117,12 @@ class MetricsScraper:
         kv = next((samples[n] for n in KV_USAGE_NAMES if n in samples), None)
         if kv:
             self.max_kv_usage = _max(self.max_kv_usage, max(kv))
-        if RUNNING in samples:
-            self.max_running = _max(self.max_running, sum(samples[RUNNING]))
-        if WAITING in samples:
-            self.max_waiting = _max(self.max_waiting, sum(samples[WAITING]))
-        if PREEMPTIONS in samples:
-            total = sum(samples[PREEMPTIONS])
+        if m.RUNNING.name in samples:
+            self.max_running = _max(self.max_running, sum(samples[m.RUNNING.name]))
+        if m.WAITING.name in samples:
+            self.max_waiting = _max(self.max_waiting, sum(samples[m.WAITING.name]))
+        if m.PREEMPTIONS.name in samples:
+            total = sum(samples[m.PREEMPTIONS.name])
             if math.isnan(self.first_preemptions):
                 self.first_preemptions = total
             self.last_preemptions = total

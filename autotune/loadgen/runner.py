@@ -27,7 +27,7 @@ from autotune.loadgen.client import PreparedRequest, prepare_request, send_reque
 from autotune.loadgen.promscrape import MetricsScraper
 from autotune.loadgen.workload import RequestSpec, Workload
 from autotune.metrics import BenchResult, RequestOutput, steady_window, summarize
-from autotune.progress import NULL_SINK, Event, ProgressSink
+from autotune.progress import NULL_PROGRESS, BenchProgress, Progress
 
 __all__ = ["LoadConfig", "run_load", "run_bench", "check_model"]
 
@@ -114,7 +114,7 @@ async def check_model(session: aiohttp.ClientSession, url: str, model: str, time
 
 
 async def run_load(url: str, model: str, requests: list[RequestSpec], cfg: LoadConfig,
-                   sink: ProgressSink = NULL_SINK) -> BenchResult:
+                   progress: Progress = NULL_PROGRESS) -> BenchResult:
     """Send ``cfg.warmup_prompts + cfg.num_prompts`` requests (request ``i`` is ``requests[i % len]``) and
     summarize the measured ones. Raises :class:`UsageError` only before the run (server, model, inputs)."""
     if not requests:
@@ -141,7 +141,7 @@ async def run_load(url: str, model: str, requests: list[RequestSpec], cfg: LoadC
         gc.collect()
         gc.freeze()  # the request bodies and everything before the run: no long GC pauses during it
         try:
-            results, wall_s = await _drive(session, prepared, arrivals_s, cfg, sink)
+            results, wall_s = await _drive(session, prepared, arrivals_s, cfg, progress)
         finally:
             gc.unfreeze()
             server_metrics = await scraper.stop() if scraper is not None else None
@@ -208,20 +208,20 @@ def _ms(seconds: float) -> float:
 
 
 def run_bench(url: str, model: str, workload_or_requests: Workload | list[RequestSpec], cfg: LoadConfig,
-              sink: ProgressSink = NULL_SINK) -> BenchResult:
+              progress: Progress = NULL_PROGRESS) -> BenchResult:
     """Synchronous wrapper of :func:`run_load`; a :class:`Workload` is described in ``extra["workload"]``."""
     if isinstance(workload_or_requests, Workload):
         requests = workload_or_requests.requests(cfg.warmup_prompts + cfg.num_prompts)
-        result = asyncio.run(run_load(url, model, requests, cfg, sink))
+        result = asyncio.run(run_load(url, model, requests, cfg, progress))
         result.extra["workload"] = workload_or_requests.describe()
         return result
-    return asyncio.run(run_load(url, model, list(workload_or_requests), cfg, sink))
+    return asyncio.run(run_load(url, model, list(workload_or_requests), cfg, progress))
 
 
 # ---- the drive loop ---------------------------------------------------------------------------------------
 
 async def _drive(session: aiohttp.ClientSession, prepared: list[PreparedRequest], arrivals_s: np.ndarray | None,
-                 cfg: LoadConfig, sink: ProgressSink) -> tuple[list[tuple[RequestOutput, bool] | None], float]:
+                 cfg: LoadConfig, progress: Progress) -> tuple[list[tuple[RequestOutput, bool] | None], float]:
     """Send everything; returns (output, used sim clock) per index (None: not sent, past the deadline)
     and the wall time of the run."""
     total = len(prepared)
@@ -230,7 +230,7 @@ async def _drive(session: aiohttp.ClientSession, prepared: list[PreparedRequest]
     sem = asyncio.Semaphore(cfg.concurrency) if cfg.concurrency is not None else None
     first_wave = cfg.concurrency or 0
     ramp_s = cfg.ramp_s if arrivals_s is None and first_wave else 0.0
-    progress = _Progress(sink, total, cfg.warmup_prompts)
+    counter = _Counter(progress, total, cfg.warmup_prompts)
     t0 = time.perf_counter()
     deadline = t0 + cfg.max_duration_s if cfg.max_duration_s is not None else math.inf
 
@@ -243,7 +243,7 @@ async def _drive(session: aiohttp.ClientSession, prepared: list[PreparedRequest]
             if time.perf_counter() >= deadline:
                 return
             results[i] = res = await send_request_clocked(session, prepared[i], timeout, cfg.time_scale, t0)
-            progress.done(res[0].success)
+            counter.done(res[0].success)
         finally:
             if sem is not None:
                 sem.release()
@@ -266,15 +266,15 @@ async def _drive(session: aiohttp.ClientSession, prepared: list[PreparedRequest]
         for task in tasks:
             task.cancel()
     wall_s = time.perf_counter() - t0
-    progress.finish()
+    counter.finish()
     return results, wall_s
 
 
-class _Progress:
-    """Throttled ``bench_progress`` events: counts of the measured phase (warm-up reported as its own phase)."""
+class _Counter:
+    """Throttled ``bench_progress`` reports (about ten a second, and the last one)."""
 
-    def __init__(self, sink: ProgressSink, total: int, warmup: int) -> None:
-        self.sink, self.total, self.warmup = sink, total, warmup
+    def __init__(self, progress: Progress, total: int, warmup: int) -> None:
+        self.progress, self.total, self.warmup = progress, total, warmup
         self.finished = self.failed = 0
         self.last_s = 0.0
 
@@ -284,16 +284,14 @@ class _Progress:
         now = time.perf_counter()
         if now - self.last_s >= _PROGRESS_EVERY_S or self.finished == self.total:
             self.last_s = now
-            self._emit()
+            self._report()
 
     def finish(self) -> None:
-        self._emit()
+        self._report()
 
-    def _emit(self) -> None:
-        self.sink(Event("bench_progress", {
-            "done": max(0, self.finished - self.warmup), "total": self.total - self.warmup,
-            "failed": self.failed, "warmup_done": min(self.finished, self.warmup), "warmup_total": self.warmup,
-            "phase": "warmup" if self.finished < self.warmup else "measure"}))
+    def _report(self) -> None:
+        self.progress.bench_progress(BenchProgress(done=self.finished, total=self.total, warmup=self.warmup,
+                                                   failed=self.failed))
 
 
 def _arrival_times(n: int, rate: float, burstiness: float, seed: int) -> np.ndarray:

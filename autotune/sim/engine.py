@@ -32,8 +32,7 @@ def setup_engine(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any]) -> Engin
     """Plan memory and build the step model; raises EngineStartError(reason, failure_class) where vLLM
     would refuse to start."""
     f = effective_flags(flags)
-    tp, dp = int(f["tensor-parallel-size"] or 1), int(f["data-parallel-size"] or 1)
-    plan = plan_memory(model, gpu, f, num_gpus=tp * dp)
+    plan = plan_memory(model, gpu, f)
     if not plan.fits:
         raise EngineStartError(plan.reason, plan.failure_class)
     block = int(f["block-size"] or 16)

@@ -43,7 +43,6 @@ class PerfConstants:
     nvlink_efficiency: float = 0.7
     vision_compute_efficiency: float = 0.4  # small ViT GEMMs (about 1k patches) run far from peak
     vision_tp_shard_efficiency: float = 0.6  # extra loss when the ViT itself is TP-sharded (weights mode)
-    model_load_extra_gib: float = 0.0  # buffers allocated with the weights (rotary cache, sampler)
     weight_load_gb_s: float = 2.0  # safetensors from local disk into HBM
     torch_compile_s: float = 30.0  # Dynamo + Inductor, cold cache
     graph_capture_s_per_size: float = 0.25
@@ -88,7 +87,6 @@ class PerfModel:
         self.c = c = PerfConstants.from_gpu(gpu)
         self.tp = tp = int(f["tensor-parallel-size"] or 1)
         self.dp = int(f["data-parallel-size"] or 1)
-        self.ep = bool(f["enable-expert-parallel"]) and model.is_moe
         quant_fp8 = f.get("quantization") == "fp8"
         kv_dtype = str(f["kv-cache-dtype"] or "auto")
         if kv_dtype not in KV_DTYPE_BYTES:

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 from autotune.sim.engine import EngineSetup
 from autotune.sim.perf import StartupTimes
+from autotune.vllm_api import VLLM_VERSION
 
-__all__ = ["StartupReport", "startup_report", "log_line", "failure_lines", "VLLM_VERSION"]
-
-VLLM_VERSION = "0.26.0"  # the vLLM whose behaviour the sim imitates
+__all__ = ["StartupReport", "startup_report", "log_line", "failure_lines"]
 
 
 def log_line(level: str, source: str, message: str, engine_core: int | None = None) -> str:

@@ -1,0 +1,173 @@
+"""The rich console view of a study. It only consumes the core's progress (:class:`autotune.progress.Progress`).
+
+In a terminal: a live table of the trials, the best so far, elapsed time and an ETA that knows about the
+stagnation stop and the re-measurements. Not in a terminal (a log, CI, a pipe): plain lines, one per trial and
+one per re-measurement, never wrapped or cut, so that a study name or a `vllm serve` line stays whole.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from autotune.progress import Progress, StudyEta, StudyStart
+from autotune.records import LevelRecord, Measurement, TrialResult
+
+__all__ = ["StudyView", "short_flags"]
+
+_SHORT = {"max-num-seqs": "seqs", "max-num-batched-tokens": "batch", "kv-cache-dtype": "kv",
+          "gpu-memory-utilization": "mem", "enable-prefix-caching": "prefix", "async-scheduling": "async",
+          "max-cudagraph-capture-size": "graphs", "tensor-parallel-size": "tp", "data-parallel-size": "dp",
+          "enable-expert-parallel": "ep", "mm-encoder-tp-mode": "mm", "enable-chunked-prefill": "chunked"}
+
+
+def short_flags(flags: Mapping[str, Any]) -> str:
+    parts = []
+    for key, value in flags.items():
+        if key == "enable-chunked-prefill":
+            continue
+        name = _SHORT.get(key, key)
+        if isinstance(value, bool):
+            parts.append(name if value else f"no-{name}")
+        else:
+            parts.append(f"{name}={value}")
+    return " ".join(parts) or "(vLLM defaults)"
+
+
+def _fmt(value: Any, spec: str = ",.0f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+class StudyView(Progress):
+    """``with StudyView(console) as view: run_study(..., progress=view)``."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True, soft_wrap=True)
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.current: int | None = None
+        self.status = "starting"
+        self.started = time.monotonic()
+        self.metric = "ttft"
+        self.limit_ms = math.nan
+        self.best: tuple[int, float] | None = None  # trial, output tok/s
+        self.eta: StudyEta | None = None
+        self.eta_at = 0.0  # when the ETA was given
+        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False) \
+            if self.console.is_terminal else None
+
+    def __enter__(self) -> StudyView:
+        if self.live:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live:
+            self.live.update(self._render())
+            self.live.__exit__(*exc)
+
+    # -- the core's progress ---------------------------------------------------------------------------------
+    def study_started(self, start: StudyStart) -> None:
+        self.metric, self.limit_ms = start.metric, start.limit_ms
+        budget = f"up to {start.n_trials} trials" + (f" within {start.timeout_s / 60:.0f} min" if start.timeout_s else "")
+        self.status = (f"study {start.study} on the {start.engine} engine, P99 {start.metric} <= "
+                       f"{start.limit_ms:g} ms: {budget} ({start.existing_trials} earlier)")
+        self._log(self.status)
+
+    def trial_started(self, number: int, flags: Mapping[str, Any], baseline: str) -> None:
+        self.current = number
+        self.rows[number] = {"flags": short_flags(flags), "baseline": baseline, "state": "starting"}
+        self._refresh()
+
+    def engine_ready(self, startup: Mapping[str, Any]) -> None:
+        if self.current in self.rows:
+            self.rows[self.current]["state"] = "load search"
+        self._refresh()
+
+    def load_level(self, level: LevelRecord, metric: str, limit_ms: float) -> None:
+        if self.current in self.rows:
+            self.rows[self.current]["state"] = (f"c={level.concurrency} {_fmt(level.output_tok_s)} tok/s "
+                                                f"p99 {_fmt(level.p99_ms)} ms")
+        self._refresh()
+
+    def trial_finished(self, number: int, baseline: str, result: TrialResult) -> None:
+        row = self.rows.setdefault(number, {"flags": short_flags(result.flags), "baseline": baseline})
+        row.update(state="ok" if result.feasible else (result.failure_class or "infeasible"),
+                   value=result.output_tok_s if result.feasible else None, p99=result.p99_ms, c=result.concurrency)
+        if result.feasible and (self.best is None or result.output_tok_s > self.best[1]):
+            self.best = (number, result.output_tok_s)
+        name = f"trial {number}" + (f" ({baseline})" if baseline else "")
+        if result.feasible:
+            what = (f"{_fmt(result.output_tok_s)} tok/s at concurrency {result.concurrency}, "
+                    f"p99 {self.metric} {_fmt(result.p99_ms)} ms")
+        else:
+            what = f"{result.failure_class or 'infeasible'}: {result.failure_reason}"
+        cut = "; load search cut short by --timeout (the knee may lie higher)" if result.stop_reason == "deadline" else ""
+        self._log(f"{name} {short_flags(result.flags)}: {what} ({result.trial_wall_s:.0f} s, "
+                  f"{len(result.levels)} levels){cut}")
+
+    def study_eta(self, eta: StudyEta) -> None:
+        self.eta, self.eta_at = eta, time.monotonic()
+        self._refresh()
+
+    def remeasure_started(self, trial: int, repeat: int, of: int, concurrency: int, baseline: str) -> None:
+        self.eta = None  # the trials are over: what is left is the re-measurements
+        self.status = f"re-measuring trial {trial} ({repeat}/{of}) at concurrency {concurrency}"
+        self._refresh()
+
+    def remeasured(self, trial: int, measurement: Measurement, limit_ms: float) -> None:
+        failed = f" (server failed: {measurement.failure})" if measurement.failure else ""
+        self._log(f"{self.status}: {_fmt(measurement.output_tok_s)} tok/s, p99 {self.metric} "
+                  f"{_fmt(measurement.p99_ms)} ms{failed}")
+
+    def remeasure_skipped(self, trial: int, repeat: int, of: int, expected_s: float) -> None:
+        self._log(f"not re-measuring trial {trial} ({repeat}/{of}): its expected {expected_s:.0f} s would run "
+                  "past --timeout")
+
+    def remeasure_stepped_down(self, trial: int, from_concurrency: int, concurrency: int) -> None:
+        self._log(f"trial {trial} over the limit at concurrency {from_concurrency}: re-measuring it at {concurrency}")
+
+    def study_finished(self, study: str, stopped_by: str, verdict: str, profile_path: Path | None) -> None:
+        self.eta = None
+        self.status = f"study {study} done ({stopped_by})"
+        self._log(self.status)
+
+    # -- drawing -----------------------------------------------------------------------------------------------
+    def _log(self, line: str) -> None:
+        if self.live:
+            self._refresh()
+            return
+        stamp = f"[{(time.monotonic() - self.started) / 60:5.1f} min]"
+        self.console.print(f"{stamp} {line}", markup=False, highlight=False, soft_wrap=True)
+
+    def _refresh(self) -> None:
+        if self.live:
+            self.live.update(self._render())
+
+    def _eta_text(self) -> str:
+        if self.eta is None:
+            return ""
+        left = max(0.0, self.eta.eta_s - (time.monotonic() - self.eta_at))
+        return f", ETA ~{left / 60:.1f} min ({self.eta.trials_left} trials at most, then the re-measurements)"
+
+    def _render(self) -> Group:
+        elapsed = time.monotonic() - self.started
+        best = (f"best so far: trial {self.best[0]} at {self.best[1]:,.0f} output tok/s"
+                if self.best else "best so far: none within the limit yet")
+        head = Text(f"{self.status}\n{best}  |  elapsed {elapsed / 60:.1f} min{self._eta_text()}")
+        table = Table(expand=False, show_lines=False)
+        for col in ("#", "baseline", "flags", "status", "output tok/s", f"p99 {self.metric} ms", "conc."):
+            table.add_column(col)
+        for number in sorted(self.rows)[-25:]:
+            r = self.rows[number]
+            table.add_row(str(number), r.get("baseline") or "", r["flags"], r.get("state", ""),
+                          _fmt(r.get("value")), _fmt(r.get("p99")), _fmt(r.get("c"), "d"))
+        return Group(head, table)

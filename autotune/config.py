@@ -1,0 +1,172 @@
+"""From what a user asked for (:class:`RunOptions`, filled by the CLI or by code) to one validated
+:class:`~autotune.study.StudyConfig`. Every decision about a study's setup lives here, not in the CLI: which
+engine runs, which card is modelled, which GPUs a trial gets, the noise floor a verdict assumes.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from autotune.errors import UsageError
+from autotune.flags import LAUNCHER_FLAGS, check_flag_value, normalize_flag_name
+from autotune.gpus import detect_gpu, load_gpu
+from autotune.loadgen.workload import parse_workload
+from autotune.loadsearch import LoadSearchConfig
+from autotune.models import PRESETS, resolve_model
+from autotune.space import SearchSpace, load_space
+from autotune.storage import DEFAULT_STORAGE, sqlite_dir
+from autotune.study import StudyConfig
+from autotune.trial import TrialSettings
+
+__all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", "REAL_GPU_NOISE_FLOOR",
+           "DEFAULT_WORKLOAD"]
+
+# Relative run-to-run noise of throughput assumed on real GPUs on top of the measured spread: two runs of one
+# configuration on two fresh H100s differed by 2.5% in output tok/s (vLLM 0.26.0, the device kit's README).
+REAL_GPU_NOISE_FLOOR = 0.03
+# Lengths vary by ±50%: with identical lengths a closed loop runs in lockstep waves whose synchronized
+# prefills, not the server, set P99 TTFT (seen on the H100 and the sim engine).
+DEFAULT_WORKLOAD = "random:1024:512:0.5"
+
+
+class RunOptions(BaseModel):
+    """What `autotune run` takes. Unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    gpus: int = Field(1, gt=0)
+    p99_ms: float = Field(gt=0)
+    p99_metric: Literal["ttft", "tpot", "itl", "e2el"] = "ttft"
+    engine: Literal["auto", "vllm", "sim"] = "auto"
+    gpu_type: str | None = None
+    trials: int = Field(20, ge=0)
+    timeout_s: float | None = Field(None, gt=0)
+    study: str | None = None
+    storage: str | None = None
+    space: str | None = None
+    workload: str = DEFAULT_WORKLOAD
+    out: str | None = None
+    seed: int = 0
+    top_k: int = Field(3, ge=0)
+    repeats: int = Field(2, ge=0)
+    patience: int = Field(12, ge=0)
+    load_format: str | None = None
+    set_flags: tuple[str, ...] = ()  # FLAG=VALUE
+    sim_time_scale: float = Field(20.0, gt=0)
+    start_concurrency: int = Field(8, gt=0)
+    max_concurrency: int = Field(1024, gt=0)
+    prompts_per_level: float = Field(3.0, gt=0)
+    startup_timeout_s: float = Field(900.0, gt=0)
+    try_file: str | None = None
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    engine: str  # vllm | sim
+    notice: str  # why ``auto`` fell back to the sim engine; empty otherwise
+
+
+def choose_engine(requested: str) -> EngineChoice:
+    """auto: the real vLLM when it is importable and a GPU is visible, else the sim engine (with a notice)."""
+    if requested != "auto":
+        return EngineChoice(requested, "")
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    has_gpu = detect_gpu() is not None or bool(os.environ.get("AUTOTUNE_ASSUME_GPU"))
+    if has_vllm and has_gpu:
+        return EngineChoice("vllm", "")
+    why = "vLLM is not installed" if not has_vllm else "no NVIDIA GPU is visible"
+    return EngineChoice("sim", f"{why}: using the SIM engine (a performance model, not real measurements). "
+                               "Pass --engine vllm on a GPU machine.")
+
+
+def visible_gpu_ids(gpus: int) -> tuple[int, ...]:
+    """The GPU ids a trial may use: CUDA_VISIBLE_DEVICES when set, else 0..gpus-1."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [int(x) for x in visible.split(",") if x.strip().isdigit()] if visible else list(range(gpus))
+    if len(ids) < gpus:
+        raise UsageError(f"--gpus {gpus} but CUDA_VISIBLE_DEVICES lists {len(ids)} GPUs")
+    return tuple(ids[:gpus])
+
+
+def default_study_name(model: str, gpus: int, metric: str, limit_ms: float) -> str:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name if Path(model).exists() else model).strip("-")
+    return f"{base}-{gpus}gpu-p99{metric}{limit_ms:g}ms"
+
+
+def _extra_flags(pairs: tuple[str, ...]) -> dict[str, Any]:
+    flags: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UsageError(f"--set {pair!r}: expected FLAG=VALUE (e.g. --set load-format=dummy)")
+        key, value = pair.split("=", 1)
+        name = normalize_flag_name(key)
+        if name in LAUNCHER_FLAGS:
+            raise UsageError(f"--set {name}: set by the launcher")
+        flags[name] = check_flag_value(name, value)
+    return flags
+
+
+def _tries(path: str | None, space: SearchSpace) -> tuple[dict[str, Any], ...]:
+    """`--try FILE`: one mapping of flags, or a list of them, to queue after the baselines."""
+    if not path:
+        return ()
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UsageError(f"--try {path}: cannot read it ({str(e).splitlines()[0]})") from None
+    points = data if isinstance(data, list) else [data]
+    out = []
+    for point in points:
+        if not isinstance(point, dict):
+            raise UsageError(f"--try {path}: expected a mapping of vLLM flags or a list of them")
+        flags = {normalize_flag_name(k): check_flag_value(k, v) for k, v in point.items()}
+        outside = sorted(set(flags) - set(space.params))
+        if outside:
+            raise UsageError(f"--try {path}: {outside[0]} is not searched by the space")
+        out.append(flags)
+    return tuple(out)
+
+
+def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> StudyConfig:
+    """Validate every input before anything touches the storage. ``engine``: from :func:`choose_engine`
+    (default: chosen here)."""
+    model = resolve_model(opts.model)
+    preset = opts.model if opts.model in PRESETS else None
+    engine_name = (engine or choose_engine(opts.engine)).engine
+    gpu_type = opts.gpu_type or ((detect_gpu() or "h100") if engine_name == "vllm" else "h100")
+    gpu = load_gpu(gpu_type)
+    space = load_space(opts.space, model, opts.gpus, preset=preset)
+    extra = _extra_flags(opts.set_flags)
+    if opts.load_format:
+        extra["load-format"] = check_flag_value("load-format", opts.load_format)
+    overlap = set(extra) & set(space.params)
+    if overlap:
+        raise UsageError(f"--set {sorted(overlap)[0]}: that flag is searched by the space; remove it from one")
+    space.fixed = {**space.fixed, **extra}
+    # Token-id prompts: exact lengths on any engine, no tokenizer needed. A trace's times are not used: each
+    # load level sets its own concurrency, so its requests are a dataset here (shuffled by the seed, cycled).
+    workload = parse_workload(opts.workload, seed=opts.seed).without_times()
+    search = LoadSearchConfig(metric=opts.p99_metric, limit_ms=opts.p99_ms,
+                              start_concurrency=opts.start_concurrency, max_concurrency=opts.max_concurrency)
+    settings = TrialSettings(
+        engine=engine_name, model=model, gpu=gpu, gpus=opts.gpus, workload=workload, search=search,
+        gpu_ids=visible_gpu_ids(opts.gpus), time_scale=opts.sim_time_scale if engine_name == "sim" else 1.0,
+        startup_timeout_s=opts.startup_timeout_s, prompts_per_level=opts.prompts_per_level,
+    )
+    storage_url = opts.storage or DEFAULT_STORAGE
+    return StudyConfig(
+        study_name=opts.study or default_study_name(opts.model, opts.gpus, opts.p99_metric, opts.p99_ms),
+        storage_url=storage_url, space=space, settings=settings, preset=preset,
+        n_trials=opts.trials, timeout_s=opts.timeout_s, patience=opts.patience, top_k=opts.top_k,
+        repeats=opts.repeats, noise_floor=REAL_GPU_NOISE_FLOOR if engine_name == "vllm" else 0.0, seed=opts.seed,
+        out_dir=Path(opts.out) if opts.out else (sqlite_dir(storage_url) or Path("studies")),
+        tries=_tries(opts.try_file, space),
+    )

@@ -1,0 +1,345 @@
+"""Typed records of a study, and the only code that reads or writes them in Optuna's storage.
+
+A study stores, as Optuna user attributes:
+- on the study: its :class:`StudyFingerprint` (what its figures were measured on; a resumed study must match),
+  one :class:`Remeasurement` per re-measured candidate (key ``remeasure.<trial>``, one key each so that
+  several processes never rewrite each other's), and the :class:`SelectionRecord`;
+- on each trial: the queue tag set when it was enqueued (a baseline's name, or a ``--try`` point), and once it
+  ran, its :class:`TrialResult` (flags, every load level as a :class:`LevelRecord`, startup figures, failure).
+
+Everything is JSON in storage; NaN and infinity are stored as null and read back as NaN. Every reader of a
+study (the study itself, the profile, ``best``, ``studies``) goes through :func:`read_trials` and friends.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import optuna
+
+from autotune.errors import UsageError
+from autotune.jsonsafe import json_safe
+
+__all__ = [
+    "RECORDS_VERSION", "LevelRecord", "TrialResult", "TrialRecord", "Measurement", "Remeasurement", "GainRecord",
+    "SelectionRecord", "StudyFingerprint", "queue_attrs", "queued_baseline", "write_trial_result", "read_trial",
+    "read_trials", "read_remeasurement", "write_remeasurement", "read_selection", "write_selection",
+    "read_fingerprint", "check_fingerprint",
+]
+
+# Stored with the fingerprint. A study written by another version of these records is refused on resume
+# instead of being read through shims.
+RECORDS_VERSION = 2
+
+_TRIAL_KEY = "result"
+_QUEUE_BASELINE = "baseline"
+_QUEUE_TRIED = "tried"
+_FINGERPRINT_KEY = "fingerprint"
+_SELECTION_KEY = "selection"
+_REMEASURE_PREFIX = "remeasure."
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+@dataclass(frozen=True)
+class LevelRecord:
+    """One load level of a trial's load search: figures over its measured requests."""
+
+    concurrency: int
+    output_tok_s: float
+    total_tok_s: float
+    request_s: float
+    p99_ms: float  # of the study's metric
+    feasible: bool  # P99 within the limit, throughput measured, error rate within bounds
+    p99_ttft_ms: float
+    p99_tpot_ms: float
+    p99_itl_ms: float
+    p99_e2el_ms: float
+    completed: int
+    failed: int
+    duration_s: float
+    wall_s: float  # the level's wall time, warm-up included (what a re-measurement at this level costs)
+    status: str
+
+    def to_json(self) -> dict[str, Any]:
+        return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LevelRecord:
+        return cls(concurrency=int(data["concurrency"]), output_tok_s=_num(data["output_tok_s"]),
+                   total_tok_s=_num(data["total_tok_s"]), request_s=_num(data["request_s"]),
+                   p99_ms=_num(data["p99_ms"]), feasible=bool(data["feasible"]),
+                   p99_ttft_ms=_num(data["p99_ttft_ms"]), p99_tpot_ms=_num(data["p99_tpot_ms"]),
+                   p99_itl_ms=_num(data["p99_itl_ms"]), p99_e2el_ms=_num(data["p99_e2el_ms"]),
+                   completed=int(data["completed"]), failed=int(data["failed"]),
+                   duration_s=_num(data["duration_s"]), wall_s=_num(data["wall_s"]), status=str(data["status"]))
+
+    def metrics(self) -> dict[str, Any]:
+        """This level's figures in the shape of a full run's metrics (only the P99s are known)."""
+        return {"concurrency": self.concurrency, "output_tok_s": self.output_tok_s, "total_tok_s": self.total_tok_s,
+                "request_s": self.request_s, "completed": self.completed, "failed": self.failed,
+                **{f"{m}_ms": {"p99": getattr(self, f"p99_{m}_ms")} for m in ("ttft", "tpot", "itl", "e2el")}}
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What one trial measured: its flags, the load search's levels and chosen level, or why it failed."""
+
+    flags: Mapping[str, Any]
+    feasible: bool
+    output_tok_s: float  # SLO-meeting throughput (0 when nothing met the limit)
+    p99_ms: float  # P99 of the study's metric at the chosen level (or the lowest level tried)
+    concurrency: int | None
+    best_metrics: Mapping[str, Any] | None = None  # the chosen level's full metrics (BenchResult.to_json)
+    levels: tuple[LevelRecord, ...] = ()
+    failure_class: str = ""  # "", oom, kv_too_small, crash, timeout, port_in_use, bad_flags, no_feasible_load
+    failure_reason: str = ""
+    log_tail: str = ""
+    log_path: str = ""
+    startup: Mapping[str, Any] = field(default_factory=dict)
+    memory: Mapping[str, Any] = field(default_factory=dict)
+    vllm_serve_cmd: str = ""
+    stop_reason: str = ""  # why the load search ended (limit, saturated, ceiling, deadline, ...)
+    engine_wall_s: float = 0.0  # engine start + teardown
+    load_wall_s: float = 0.0  # load search
+    trial_wall_s: float = 0.0  # the whole trial, as the study timed it
+
+    def constraint_ms(self, limit_ms: float) -> float:
+        """P99 - limit in ms (<= 0 feasible); failures get a large violation."""
+        if self.feasible:
+            return self.p99_ms - limit_ms
+        if self.failure_class == "no_feasible_load" and not math.isnan(self.p99_ms):
+            return max(self.p99_ms - limit_ms, 1e-3)
+        return 10.0 * limit_ms
+
+    def level(self, concurrency: int) -> LevelRecord | None:
+        return next((lv for lv in self.levels if lv.concurrency == concurrency), None)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["levels"] = [lv.to_json() for lv in self.levels]
+        data["log_tail"] = self.log_tail[-4000:]
+        return json_safe(data)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TrialResult:
+        return cls(flags=dict(data["flags"]), feasible=bool(data["feasible"]), output_tok_s=_num(data["output_tok_s"]),
+                   p99_ms=_num(data["p99_ms"]), concurrency=_opt_int(data["concurrency"]),
+                   best_metrics=data["best_metrics"], levels=tuple(LevelRecord.from_json(x) for x in data["levels"]),
+                   failure_class=str(data["failure_class"]), failure_reason=str(data["failure_reason"]),
+                   log_tail=str(data["log_tail"]), log_path=str(data["log_path"]), startup=dict(data["startup"]),
+                   memory=dict(data["memory"]), vllm_serve_cmd=str(data["vllm_serve_cmd"]),
+                   stop_reason=str(data["stop_reason"]), engine_wall_s=_num(data["engine_wall_s"]),
+                   load_wall_s=_num(data["load_wall_s"]), trial_wall_s=_num(data["trial_wall_s"]))
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A stored trial: its Optuna number and state, its queue tag, and its result once it ran."""
+
+    number: int
+    state: optuna.trial.TrialState
+    baseline: str  # "", vllm-defaults, seed-profile
+    tried: bool  # queued from --try
+    result: TrialResult | None  # None: not run (waiting, running, or interrupted before it finished)
+
+    @property
+    def complete(self) -> bool:
+        return self.state == optuna.trial.TrialState.COMPLETE and self.result is not None
+
+    @property
+    def feasible(self) -> bool:
+        return self.complete and self.result.feasible  # type: ignore[union-attr]
+
+    @property
+    def value(self) -> float:
+        """SLO-meeting throughput; 0 for a trial that met no limit or did not finish."""
+        return self.result.output_tok_s if self.feasible else 0.0  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One fresh-server measurement of a candidate at its chosen load."""
+
+    output_tok_s: float
+    p99_ms: float
+    metrics: Mapping[str, Any] = field(default_factory=dict, compare=False)  # BenchResult.to_json
+    failure: str = ""  # "<failure class>: <reason>" when the server did not start
+
+    def to_json(self) -> dict[str, Any]:
+        return json_safe({"output_tok_s": self.output_tok_s, "p99_ms": self.p99_ms, "metrics": dict(self.metrics),
+                          "failure": self.failure})
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Measurement:
+        return cls(_num(data["output_tok_s"]), _num(data["p99_ms"]), dict(data["metrics"]), str(data["failure"]))
+
+
+@dataclass(frozen=True)
+class Remeasurement:
+    """A candidate's re-measurements: at ``concurrency``, after stepping down from ``stepped_down_from`` (in
+    order) where a re-measurement broke the limit."""
+
+    trial_number: int
+    concurrency: int
+    stepped_down_from: tuple[int, ...] = ()
+    repeats: tuple[Measurement, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"trial_number": self.trial_number, "concurrency": self.concurrency,
+                "stepped_down_from": list(self.stepped_down_from), "repeats": [m.to_json() for m in self.repeats]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Remeasurement:
+        return cls(int(data["trial_number"]), int(data["concurrency"]),
+                   tuple(int(c) for c in data["stepped_down_from"]),
+                   tuple(Measurement.from_json(m) for m in data["repeats"]))
+
+
+@dataclass(frozen=True)
+class GainRecord:
+    """The winner's gain over one baseline, and whether it exceeds the combined spread."""
+
+    baseline_trial: int
+    baseline_output_tok_s: float  # 0 when the baseline missed the limit
+    baseline_meets_limit: bool
+    gain_output_tok_s: float
+    gain_pct: float  # inf when the baseline missed the limit
+    spread_output_tok_s: float
+    significant: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GainRecord:
+        gain_pct = data["gain_pct"]
+        return cls(int(data["baseline_trial"]), _num(data["baseline_output_tok_s"]), bool(data["baseline_meets_limit"]),
+                   _num(data["gain_output_tok_s"]), math.inf if gain_pct is None else float(gain_pct),
+                   _num(data["spread_output_tok_s"]), bool(data["significant"]))
+
+
+@dataclass(frozen=True)
+class SelectionRecord:
+    winner_trial: int | None
+    verdict: str
+    gains: Mapping[str, GainRecord] = field(default_factory=dict)  # by baseline name
+
+    def to_json(self) -> dict[str, Any]:
+        return {"winner_trial": self.winner_trial, "verdict": self.verdict,
+                "gains": {k: g.to_json() for k, g in self.gains.items()}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SelectionRecord:
+        return cls(_opt_int(data["winner_trial"]), str(data["verdict"]),
+                   {k: GainRecord.from_json(g) for k, g in data["gains"].items()})
+
+
+@dataclass(frozen=True)
+class StudyFingerprint:
+    """What a study's figures were measured on. Resuming with another one is refused: they would not compare."""
+
+    model: str
+    gpus: int
+    metric: str
+    limit_ms: float
+    workload: Mapping[str, Any]
+    engine: str
+    gpu_type: str
+    preset: str | None = None
+    space: str = ""  # where the search space came from (not compared: a space may grow)
+    records_version: int = RECORDS_VERSION
+
+    COMPARED = ("records_version", "model", "gpus", "metric", "limit_ms", "workload", "engine", "gpu_type")
+
+    def to_json(self) -> dict[str, Any]:
+        return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StudyFingerprint:
+        return cls(model=str(data["model"]), gpus=int(data["gpus"]), metric=str(data["metric"]),
+                   limit_ms=float(data["limit_ms"]), workload=dict(data["workload"]), engine=str(data["engine"]),
+                   gpu_type=str(data["gpu_type"]), preset=data.get("preset"), space=str(data.get("space") or ""),
+                   records_version=int(data["records_version"]))
+
+
+# -- trials ------------------------------------------------------------------------------------------------------
+def queue_attrs(baseline: str = "", tried: bool = False) -> dict[str, Any]:
+    """User attributes for ``study.enqueue_trial``: what the queued point is."""
+    attrs: dict[str, Any] = {}
+    if baseline:
+        attrs[_QUEUE_BASELINE] = baseline
+    if tried:
+        attrs[_QUEUE_TRIED] = True
+    return attrs
+
+
+def queued_baseline(trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:
+    return str(trial.user_attrs.get(_QUEUE_BASELINE) or "")
+
+
+def write_trial_result(trial: optuna.Trial, result: TrialResult) -> None:
+    trial.set_user_attr(_TRIAL_KEY, result.to_json())
+
+
+def read_trial(trial: optuna.trial.FrozenTrial) -> TrialRecord:
+    data = trial.user_attrs.get(_TRIAL_KEY)
+    return TrialRecord(number=trial.number, state=trial.state, baseline=queued_baseline(trial),
+                       tried=bool(trial.user_attrs.get(_QUEUE_TRIED)),
+                       result=TrialResult.from_json(data) if data is not None else None)
+
+
+def read_trials(study: optuna.Study) -> list[TrialRecord]:
+    return [read_trial(t) for t in study.get_trials(deepcopy=False)]
+
+
+# -- re-measurements and selection ------------------------------------------------------------------------------
+def read_remeasurement(study: optuna.Study, trial_number: int) -> Remeasurement | None:
+    data = study.user_attrs.get(f"{_REMEASURE_PREFIX}{trial_number}")
+    return Remeasurement.from_json(data) if data is not None else None
+
+
+def write_remeasurement(study: optuna.Study, record: Remeasurement) -> None:
+    study.set_user_attr(f"{_REMEASURE_PREFIX}{record.trial_number}", record.to_json())
+
+
+def read_selection(study: optuna.Study) -> SelectionRecord | None:
+    data = study.user_attrs.get(_SELECTION_KEY)
+    return SelectionRecord.from_json(data) if data is not None else None
+
+
+def write_selection(study: optuna.Study, record: SelectionRecord) -> None:
+    study.set_user_attr(_SELECTION_KEY, record.to_json())
+
+
+# -- fingerprint -------------------------------------------------------------------------------------------------
+def read_fingerprint(study: optuna.Study) -> StudyFingerprint | None:
+    data = study.user_attrs.get(_FINGERPRINT_KEY)
+    if data is None:
+        return None
+    if data.get("records_version") != RECORDS_VERSION:
+        raise UsageError(f"study {study.study_name!r} was written by another version of autotune's records "
+                         f"({data.get('records_version', 1)}, this one reads {RECORDS_VERSION}); "
+                         "start a new study with another --study name")
+    return StudyFingerprint.from_json(data)
+
+
+def check_fingerprint(study: optuna.Study, fingerprint: StudyFingerprint) -> None:
+    """Store the fingerprint on a new study; refuse to resume a study created for another setup."""
+    old = read_fingerprint(study)
+    if old is None:
+        study.set_user_attr(_FINGERPRINT_KEY, fingerprint.to_json())
+        return
+    for key in StudyFingerprint.COMPARED:
+        before, now = json_safe(getattr(old, key)), json_safe(getattr(fingerprint, key))
+        if before != now:
+            raise UsageError(f"study {study.study_name!r} was created with {key}={before!r}, not {now!r}; "
+                             "use another --study name to tune a different setup")
