@@ -136,7 +136,7 @@ def kv_table(gpu) -> str:
     model = spec_from_config(WEIGHTLESS_FLASH_CONFIG, "weightless-flash", "weightless-flash")
     rows = ["| flags (besides chunked prefill) | measured KV tokens | planned | error |", "|---|---:|---:|---:|"]
     for label, flags, measured in KV:
-        planned = plan_memory(model, gpu, {"enable-chunked-prefill": True, **flags}, 1).kv_cache_tokens
+        planned = plan_memory(model, gpu, {"enable-chunked-prefill": True, **flags}).kv_cache_tokens
         errors = " / ".join(f"{100 * (planned / m - 1):+.2f}%" for m in measured)
         rows.append(f"| {label} | {' / '.join(f'{m:,}' for m in measured)} | {planned:,} | {errors} |")
     return "\n".join(rows)
