@@ -5,50 +5,20 @@ by a start-up transient shows as a first quarter far above the others.
 
 Also the level's output tok/s over its steady window (first to last measured start), counted two ways: the
 tokens of every request in the window ("all", what a level reports now) and of the measured requests only
-("measured only", what levels reported before the fix: the warm-up requests still decoding in the window's
-first part were left out).
+("measured only": the warm-up requests still decoding in the window's first part left out, which is how
+study databases written before commit c1c3974 stored a level's throughput).
 
     python benchmarks/level_records.py studies/<study>/trials/0/levels/*.jsonl.gz
 """
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from autotune.metrics import RequestOutput, steady_window, summarize  # noqa: E402
-
-
-def load(path: Path) -> list[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _output(r: dict) -> RequestOutput:
-    if not r["ok"]:
-        return RequestOutput(False, error_kind=r.get("error_kind") or "error")
-    return RequestOutput(True, r["prompt_tokens"], r["output_tokens"], r["ttft_ms"] / 1e3, (), r["e2el_ms"] / 1e3,
-                         r["start_s"])
-
-
-def window_tok_s(rows: list[dict]) -> tuple[float, float]:
-    """Output tok/s over the steady window: (every request counted, measured requests only)."""
-    everyone = [_output(r) for r in rows]
-    measured = [o for o, r in zip(everyone, rows) if not r["warmup"]]
-    ok = [o for o in measured if o.success]
-    if not ok:
-        return float("nan"), float("nan")
-    full_s = max(o.start_s + o.e2el_s for o in ok) - min(o.start_s for o in ok)
-    window = steady_window(measured, full_s)
-    return (summarize(measured, full_s, window=window, window_outputs=everyone).output_tok_s,
-            summarize(measured, full_s, window=window).output_tok_s)
+from _shared import load_records, window_tok_s
 
 
 def summary(rows: list[dict]) -> dict:
@@ -70,7 +40,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     for path in args.files:
-        s = summary(load(path))
+        s = summary(load_records(path))
         if args.json:
             print(json.dumps({"file": str(path), **s}))
             continue

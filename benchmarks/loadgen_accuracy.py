@@ -13,10 +13,7 @@ from autotune.testing.fakeserver import FakeServer
 from autotune.loadgen.runner import LoadConfig, run_bench
 from autotune.loadgen.workload import parse_workload
 
-
-def cpu_s(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from _shared import cpu_s
 
 
 def main() -> None:

@@ -22,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen_accuracy import cpu_s  # noqa: E402
+from _shared import cpu_s
 
 MODEL = "bench-model"
 

@@ -3,31 +3,33 @@
     python benchmarks/sim_calibrate.py            # accuracy of the constants in calibration/h100.yaml
     python benchmarks/sim_calibrate.py --fit      # refit on the FIT points, print the new constants
 
-Real figures: vLLM 0.26.0, one H100 80GB, weightless GLM-4-9B shape (tests/conftest.py config), random
+Real figures: vLLM 0.26.0, one H100 80GB, weightless GLM-4-9B shape (`_shared.WEIGHTLESS_FLASH_CONFIG`), random
 1024 in / 512 out, ignore_eos, closed loop, 4x concurrency prompts, all starting at t=0. Only points marked
 "fit" are used for fitting; the others are held out. Add new measurements to REAL as they arrive.
 
-STEADY: the steady-state load levels of the session-3 H100 study (docs/results/h100-flash.md): random
+STEADY: the steady-state load levels of the 2026-11-25 H100 study (docs/results/h100-flash.md): random
 1024/512 with ±50% lengths, 1 x C warm-up then 1.5 x C measured, throughput over the steady window; P99 TTFT
 and P99 TPOT from the levels' per-request records (`benchmarks/sim_vs_h100_levels.py` reads the raw data).
+
+KV: the KV cache size vLLM logged at start-up ("GPU KV cache size: N tokens") for every configuration of the H100
+studies, against the memory plan (`autotune.memory.plan_memory`, which the study uses to refuse what would not
+fit). Not fitted: printed with the table.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from autotune.gpus import load_gpu
+from autotune.memory import plan_memory
+from autotune.models import spec_from_config
+from autotune.sim.predict import predict
+from autotune.study import baseline_flags
 
-from autotune.gpus import load_gpu  # noqa: E402
-from autotune.models import spec_from_config  # noqa: E402
-from autotune.sim.predict import predict  # noqa: E402
-from autotune.study import baseline_flags  # noqa: E402
-from tests.conftest import WEIGHTLESS_FLASH_CONFIG  # noqa: E402
+from _shared import WEIGHTLESS_FLASH_CONFIG
 
 # (label, flags, concurrency, role, output tok/s, P99 TTFT ms, P99 ITL ms)
 REAL = [
@@ -36,7 +38,8 @@ REAL = [
     ("kv fp8", {"kv-cache-dtype": "fp8"}, 128, "held out", 8304.0, 1777.0, 194.0),
     ("kv fp8", {"kv-cache-dtype": "fp8"}, 256, "held out", 9506.0, 6053.0, 226.0),
 ]
-# (label, flags, concurrency, role, output tok/s, P99 TTFT ms, P99 TPOT ms); trials 0 and 4 of session 3
+# (label, flags, concurrency, role, output tok/s, P99 TTFT ms, P99 TPOT ms): the steady-state levels of the
+# 2026-11-25 H100 study (docs/results/h100-flash.md, trials 0 and 4)
 FP8 = baseline_flags("seed-profile", spec_from_config(WEIGHTLESS_FLASH_CONFIG, "w", "w"), 1)
 # The defaults at 128 and 512 are fit points (since the step model's split roofline and async admission);
 # the defaults at 64 and 256 and every seed-profile (fp8 KV) level are held out.
@@ -49,6 +52,28 @@ STEADY = [  # output tok/s over the steady window counting every request in it (
     ("seed profile (fp8 KV)", FP8, 128, "held out", 8068.0, 167.0, 18.1),
     ("seed profile (fp8 KV)", FP8, 256, "held out", 10380.0, 326.0, 29.5),
     ("seed profile (fp8 KV)", FP8, 512, "held out", 11159.0, 476.0, 56.8),
+]
+_TRIED = {"gpu-memory-utilization": 0.9, "enable-prefix-caching": True, "async-scheduling": True,
+          "max-cudagraph-capture-size": 512}
+# (label, flags, measured KV tokens on each server that started them), from the studies' server logs
+KV = [
+    ("defaults", {}, (1409648, 1421040)),
+    ("kv fp8, max-num-seqs 1024 (seed profile)", {"kv-cache-dtype": "fp8", "max-num-seqs": 1024}, (2817680, 2840464)),
+    ("max-num-seqs 768, kv fp8, capture 512", {**_TRIED, "max-num-seqs": 768, "kv-cache-dtype": "fp8"},
+     (2757440, 2734656)),
+    ("max-num-seqs 512, batched 16384, kv fp8, capture 512",
+     {**_TRIED, "max-num-seqs": 512, "max-num-batched-tokens": 16384, "kv-cache-dtype": "fp8"}, (2712176,)),
+    ("max-num-seqs 640, batched 2048, gmu 0.95, capture 512",
+     {**_TRIED, "max-num-seqs": 640, "max-num-batched-tokens": 2048, "gpu-memory-utilization": 0.95}, (1474384,)),
+    ("max-num-seqs 128, kv fp8, gmu 0.95, capture 512",
+     {"max-num-seqs": 128, "kv-cache-dtype": "fp8", "gpu-memory-utilization": 0.95, "max-cudagraph-capture-size": 512},
+     (2942224,)),
+    ("max-num-seqs 128, batched 16384, kv fp8, gmu 0.85, capture 512",
+     {"max-num-seqs": 128, "max-num-batched-tokens": 16384, "kv-cache-dtype": "fp8", "gpu-memory-utilization": 0.85,
+      "max-cudagraph-capture-size": 512}, (2504608,)),
+    ("max-num-seqs 384, batched 16384, kv fp8, gmu 0.9, capture 512",
+     {"max-num-seqs": 384, "max-num-batched-tokens": 16384, "kv-cache-dtype": "fp8", "gpu-memory-utilization": 0.9,
+      "max-cudagraph-capture-size": 512}, (2714736,)),
 ]
 FITTED = ("compute_efficiency", "hbm_efficiency", "graph_step_overhead_ms", "eager_step_overhead_ms")
 
@@ -98,12 +123,22 @@ def table(gpu) -> str:
         pred = run(gpu, flags, conc)
         for name, r, p in zip(("output tok/s", "P99 TTFT ms", "P99 ITL ms"), real, pred):
             rows.append(f"| {label} @ c={conc} | {role} | {name} | {r:,.0f} | {p:,.0f} | {100 * (p - r) / r:+.1f}% |")
-    rows += ["", "Steady-state levels (session 3):", "",
+    rows += ["", "Steady-state levels of the H100 study:", "",
              "| point | role | metric | measured | predicted | error |", "|---|---|---|---:|---:|---:|"]
     for label, flags, conc, role, *real in STEADY:
         pred = run_steady(gpu, flags, conc)
         for name, r, p in zip(("output tok/s", "P99 TTFT ms", "P99 TPOT ms"), real, pred):
             rows.append(f"| {label} @ c={conc} | {role} | {name} | {r:,.0f} | {p:,.0f} | {100 * (p - r) / r:+.1f}% |")
+    return "\n".join(rows)
+
+
+def kv_table(gpu) -> str:
+    model = spec_from_config(WEIGHTLESS_FLASH_CONFIG, "weightless-flash", "weightless-flash")
+    rows = ["| flags (besides chunked prefill) | measured KV tokens | planned | error |", "|---|---:|---:|---:|"]
+    for label, flags, measured in KV:
+        planned = plan_memory(model, gpu, {"enable-chunked-prefill": True, **flags}).kv_cache_tokens
+        errors = " / ".join(f"{100 * (planned / m - 1):+.2f}%" for m in measured)
+        rows.append(f"| {label} | {' / '.join(f'{m:,}' for m in measured)} | {planned:,} | {errors} |")
     return "\n".join(rows)
 
 
@@ -125,6 +160,8 @@ def main() -> None:
             print(f"{k}: {v:.4g}")
         gpu = with_constants(gpu, res.x)
     print(table(gpu))
+    print("\nKV cache capacity:\n")
+    print(kv_table(gpu))
 
 
 if __name__ == "__main__":

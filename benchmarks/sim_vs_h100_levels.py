@@ -1,12 +1,15 @@
-"""The sim engine against the steady-state levels of the real H100 study (session 3 of
-docs/results/h100-flash.md): the same flags, concurrencies, workload and level protocol (a trial's: 2 s ramp,
+"""The sim engine against the steady-state levels of the real H100 study of 2026-11-25
+(docs/results/h100-flash.md): the same flags, concurrencies, workload and level protocol (a trial's: 2 s ramp,
 1 x C warm-up, 1.5 x C measured, fresh prompts), run on a time-scaled sim server.
 
 The real figures are read from each level's per-request records (output tok/s over the steady window
 counting every request in it, as `benchmarks/level_records.py` does; the run log's figures left out the
 warm-up requests' tokens), P99 TTFT and P99 TPOT too; the run log gives the trial each level belongs to.
 
-    python benchmarks/sim_vs_h100_levels.py [--raw docs/results/raw/h100-session3/h100-flash] [--time-scale 4]
+    git archive 0a92ea8 docs/results/raw/h100-session3/h100-flash | tar -x -C /tmp   # the study's raw data
+    python benchmarks/sim_vs_h100_levels.py --raw /tmp/docs/results/raw/h100-session3/h100-flash [--time-scale 4]
+
+`--raw` is a folder with the study's `run.log` and `studies.tgz` (each level's per-request records).
 """
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ import argparse
 import gzip
 import json
 import re
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -22,19 +24,17 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from autotune.engines.base import LaunchSpec
+from autotune.engines.launcher import EngineServer
+from autotune.gpus import load_gpu
+from autotune.loadgen.runner import run_bench
+from autotune.loadgen.workload import parse_workload
+from autotune.loadsearch import LoadSearchConfig
+from autotune.models import resolve_model
+from autotune.study import baseline_flags
+from autotune.trial import TrialSettings, level_load_config
 
-from autotune.engines.base import LaunchSpec  # noqa: E402
-from autotune.engines.launcher import EngineServer  # noqa: E402
-from autotune.gpus import load_gpu  # noqa: E402
-from autotune.loadgen.runner import run_bench  # noqa: E402
-from autotune.loadgen.workload import parse_workload  # noqa: E402
-from autotune.loadsearch import LoadSearchConfig  # noqa: E402
-from autotune.models import resolve_model  # noqa: E402
-from autotune.study import baseline_flags  # noqa: E402
-from autotune.trial import TrialSettings, level_load_config  # noqa: E402
-from level_records import window_tok_s  # noqa: E402
+from _shared import window_tok_s
 
 HERE = Path(__file__).resolve().parent
 
@@ -81,7 +81,7 @@ def real_levels(raw: Path, tmp: Path) -> dict[int, list[dict]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--raw", type=Path, default=Path("docs/results/raw/h100-session3/h100-flash"))
+    ap.add_argument("--raw", type=Path, required=True, help="folder with the study's run.log and studies.tgz")
     ap.add_argument("--time-scale", type=float, default=4.0)
     ap.add_argument("--trials", type=int, nargs="+", default=[0, 4, 2, 3])
     ap.add_argument("--max-concurrency", type=int, default=512)

@@ -9,7 +9,7 @@ Runs a real short study on the sim engine through ``autotune.cli.main(["run", ..
 
 ``ready_s`` is the launcher's spawn-to-ready time (the engine's own start); teardown counts as overhead.
 ``trial_wall_s`` is what the study records, i.e. the objective from just before ``run_trial`` to after the
-trial record is built; the study's own work around it (sampling, writing the user attrs and the constraint,
+trial's result is built; the study's own work around it (sampling, writing the user attrs and the constraint,
 ``tell``, the stop-rule callback, ``ask`` of the next trial) is measured too, from timing wrappers installed
 in this process around the functions that do it (measurement only: nothing is changed), and reported as the
 "full" overhead per trial: the whole trial window (objective entry to the next objective entry) minus
@@ -32,15 +32,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import optuna
 
-import optuna  # noqa: E402
-
-import autotune.study as study_mod  # noqa: E402
-import autotune.trial as trial_mod  # noqa: E402
-from autotune.cli import main as cli_main  # noqa: E402
-from autotune.engines.launcher import EngineServer  # noqa: E402
-from autotune.space import SearchSpace  # noqa: E402
+import autotune.study as study_mod
+from autotune import records
+import autotune.trial as trial_mod
+from autotune.cli import main as cli_main
+from autotune.engines.launcher import EngineServer
+from autotune.space import SearchSpace
 
 TARGET_S = 2.0
 
@@ -77,7 +76,6 @@ def instrumented():
     patch(EngineServer, "start", "engine start (launcher)")
     patch(EngineServer, "stop", "teardown")
     patch(trial_mod, "search_load", "load search")
-    patch(study_mod, "trial_record", "trial record (json_safe)")
     patch(rdb, "set_trial_user_attr", "storage: user attrs")
     patch(rdb, "set_trial_system_attr", "storage: constraint / system attrs")
     patch(rdb, "set_trial_state_values", "storage: tell (state, value)")
@@ -85,8 +83,8 @@ def instrumented():
     patch(study_mod._StopRules, "__call__", "stop-rule callback")
     original_objective = study_mod._objective
 
-    def objective_factory(cfg: Any, sink: Any) -> Callable[[optuna.Trial], float]:
-        inner = original_objective(cfg, sink)
+    def objective_factory(*args: Any, **kwargs: Any) -> Callable[[optuna.Trial], float]:
+        inner = original_objective(*args, **kwargs)
 
         def objective(trial: optuna.Trial) -> float:
             t0 = time.perf_counter()
@@ -129,12 +127,12 @@ def per_trial(storage_url: str, run_end: float) -> list[dict[str, Any]]:
     windows = sorted(_WINDOWS, key=lambda w: w[1])
     rows: list[dict[str, Any]] = []
     for i, (number, enter, exit_) in enumerate(windows):
-        t = study.trials[number]
-        a = t.user_attrs
-        ready = float((a.get("startup") or {}).get("ready_s") or 0.0)
-        load = float(a.get("load_wall_s") or 0.0)
-        trial_wall = float(a.get("trial_wall_s") or 0.0)
-        engine_wall = float(a.get("engine_wall_s") or 0.0)
+        record = records.read_trial(study.trials[number])
+        res = record.result
+        ready = float(((res.startup if res else None) or {}).get("ready_s") or 0.0)
+        load = res.load_wall_s if res else 0.0
+        trial_wall = res.trial_wall_s if res else 0.0
+        engine_wall = res.engine_wall_s if res else 0.0
         # The trial's window: objective entry to the next objective entry (tell, callback and the next ask
         # belong to this trial); the last one ends at the first event after it that is not the study's end.
         window_end = windows[i + 1][1] if i + 1 < len(windows) else _last_trial_end(exit_, run_end)
@@ -144,9 +142,9 @@ def per_trial(storage_url: str, run_end: float) -> list[dict[str, Any]]:
                 parts[comp] += dur
         window = window_end - enter
         rows.append({
-            "number": number, "baseline": a.get("baseline", ""), "feasible": a.get("feasible"),
-            "output_tok_s": a.get("output_tok_s"), "concurrency": a.get("concurrency"),
-            "levels": len(a.get("levels") or []),
+            "number": number, "baseline": record.baseline, "feasible": res.feasible if res else None,
+            "output_tok_s": res.output_tok_s if res else None, "concurrency": res.concurrency if res else None,
+            "levels": len(res.levels) if res else 0,
             "trial_wall_s": trial_wall, "engine_wall_s": engine_wall, "ready_s": ready, "load_wall_s": load,
             "teardown_s": parts.get("teardown", 0.0),
             "overhead_s": trial_wall - ready - load,

@@ -34,22 +34,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import optuna
 
-import optuna  # noqa: E402
+import autotune
+from autotune.errors import EngineStartError
+from autotune.gpus import GpuSpec, load_gpu
+from autotune.loadsearch import LoadSearchConfig, search_load
+from autotune.memory import plan_memory
+from autotune.metrics import BenchResult
+from autotune.models import PRESETS, ModelSpec
+from autotune.sim.predict import predict
+from autotune.space import SearchSpace, load_space
+from autotune.study import BASELINES, baseline_flags
 
-from autotune.errors import EngineStartError  # noqa: E402
-from autotune.gpus import GpuSpec, load_gpu  # noqa: E402
-from autotune.loadsearch import LoadSearchConfig, search_load  # noqa: E402
-from autotune.memory import plan_memory  # noqa: E402
-from autotune.metrics import BenchResult  # noqa: E402
-from autotune.models import PRESETS, ModelSpec  # noqa: E402
-from autotune.sim.predict import predict  # noqa: E402
-from autotune.space import SearchSpace, load_space  # noqa: E402
-from autotune.study import BASELINES, baseline_flags  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-CACHE_DIR = REPO / "benchmarks" / ".cache"
+SOURCE_ROOT = Path(autotune.__file__).resolve().parents[1]  # the folder that holds the installed package
+CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 PRESET = "flash"
 GPUS = 1
 GPU_TYPE = "h100"
@@ -139,11 +138,11 @@ def baseline_point(setup: Setup, name: str) -> dict[str, Any]:
 def fingerprint() -> dict[str, Any]:
     h = hashlib.sha256()
     for rel in FINGERPRINT_SOURCES:
-        p = REPO / rel
+        p = SOURCE_ROOT / rel
         files = sorted(p.rglob("*")) if p.is_dir() else [p]
         for f in files:
             if f.is_file() and f.suffix in (".py", ".yaml"):
-                h.update(str(f.relative_to(REPO)).encode())
+                h.update(str(f.relative_to(SOURCE_ROOT)).encode())
                 h.update(f.read_bytes())
     return {"preset": PRESET, "gpus": GPUS, "gpu_type": GPU_TYPE, "workload": f"random:{INPUT_LEN}:{OUTPUT_LEN}",
             "metric": METRIC, "limit_ms": LIMIT_MS, "start_concurrency": START_CONCURRENCY,

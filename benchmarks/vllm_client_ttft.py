@@ -18,10 +18,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 TTFT_MS, ITL_MS, MODEL, PROMPT = 50.0, 8.0, "m", "hello world " * 100
 

@@ -34,7 +34,7 @@ stream=${STREAM:-own}
 if [ -n "${FAKE_LATENCY-}" ]; then  # TTFT_MS:ITL_MS: our fixed-latency fake server instead of vLLM (the truth is known)
   IFS=: read -r fake_ttft fake_itl <<< "$FAKE_LATENCY"
   out=/tmp/st/truth; mkdir -p "$out"
-  setsid python3 -m autotune.loadgen.fakeserver --port "$port" --cpu "${FAKE_CPU:-12}" \
+  setsid python3 -m autotune.testing.fakeserver --port "$port" --cpu "${FAKE_CPU:-12}" \
     --config "{\"models\": [\"m\"], \"ttft_ms\": $fake_ttft, \"itl_ms\": $fake_itl}" > "$out/server.log" 2>&1 &
   health=/v1/models
 else

@@ -22,30 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tool_results import metric_value, read_json, result_path
+
 METRICS = [("output tok/s", "output_tok_s", "output_throughput"), ("request/s", "request_s", "request_throughput")]
 for _m in ("ttft", "tpot", "itl", "e2el"):
     for _s in ("mean", "p50", "p90", "p99"):
         METRICS.append((f"{_s} {_m.upper()} ms", (f"{_m}_ms", _s), f"{_s}_{_m}_ms"))
-
-
-def _ours(data: dict, key) -> float:
-    return float(data[key[0]][key[1]]) if isinstance(key, tuple) else float(data[key])
-
-
-def _value(data: dict, ours_key, vllm_key: str) -> float:
-    """A metric from either tool's result: vLLM's has `output_throughput`, ours `output_tok_s`."""
-    return float(data[vllm_key]) if "output_throughput" in data else _ours(data, ours_key)
-
-
-def _result_path(folder: Path, name: str, r: int) -> Path | None:
-    for file in (f"{name}-{r}.json", f"{name}-{r}.json.gz"):
-        if (folder / file).exists():
-            return folder / file
-    return None
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(gzip.open(path, "rt").read() if path.suffix == ".gz" else path.read_text())
 
 
 def _realized_rate(starts: list[float]) -> float:
@@ -65,18 +47,18 @@ def table(folder: Path, first: str = "ours", second: str = "vllm") -> list[dict]
     """Rows of `first` against `second` (file prefixes) over the rounds that have both."""
     rounds = sorted(int(p.name.split("-")[1].split(".")[0]) for p in folder.glob(f"{first}-*.json*")
                     if not p.name.endswith(".jsonl.gz"))
-    rounds = [r for r in rounds if _result_path(folder, second, r)]
-    ours = [_read_json(_result_path(folder, first, r)) for r in rounds]
-    theirs = [_read_json(_result_path(folder, second, r)) for r in rounds]
-    pairs = [(label, [_value(d, ok, vk) for d in ours], [_value(d, ok, vk) for d in theirs])
+    rounds = [r for r in rounds if result_path(folder, second, r)]
+    ours = [read_json(result_path(folder, first, r)) for r in rounds]
+    theirs = [read_json(result_path(folder, second, r)) for r in rounds]
+    pairs = [(label, [metric_value(d, ok, vk) for d in ours], [metric_value(d, ok, vk) for d in theirs])
              for label, ok, vk in METRICS]
     starts = [(_starts(folder, first, r, o), _starts(folder, second, r, t)) for r, o, t in zip(rounds, ours, theirs)]
     if starts and all(a and b for a, b in starts):
         rates_ours, rates_vllm = [_realized_rate(a) for a, _ in starts], [_realized_rate(b) for _, b in starts]
         pairs.append(("offered req/s (realised)", rates_ours, rates_vllm))
         pairs.append(("output tok/s per offered req/s",
-                      [_value(d, "output_tok_s", "output_throughput") / x for d, x in zip(ours, rates_ours)],
-                      [_value(d, "output_tok_s", "output_throughput") / x for d, x in zip(theirs, rates_vllm)]))
+                      [metric_value(d, "output_tok_s", "output_throughput") / x for d, x in zip(ours, rates_ours)],
+                      [metric_value(d, "output_tok_s", "output_throughput") / x for d, x in zip(theirs, rates_vllm)]))
     rows = []
     for label, ours_values, vllm_values in pairs:
         a, b = np.array(ours_values), np.array(vllm_values)

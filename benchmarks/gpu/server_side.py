@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from agreement_table import _read_json, _result_path, _value  # noqa: E402
-from autotune.loadgen.promscrape import histogram_totals, parse_prometheus, server_latency_means  # noqa: E402
+from autotune.loadgen.promscrape import histogram_totals, parse_prometheus, server_latency_means
+
+from tool_results import metric_value, read_json, result_path
 
 CLIENT_METRICS = ("ttft", "itl", "e2el")
 
 
 def client_means(result: dict) -> dict[str, float]:
     """The tool's mean of each metric, from our result or vLLM's."""
-    return {m: _value(result, (f"{m}_ms", "mean"), f"mean_{m}_ms") for m in CLIENT_METRICS}
+    return {m: metric_value(result, (f"{m}_ms", "mean"), f"mean_{m}_ms") for m in CLIENT_METRICS}
 
 
 def run_rows(folder: Path) -> list[dict]:
@@ -34,12 +32,12 @@ def run_rows(folder: Path) -> list[dict]:
         stem = before.stem
         after = folder / f"{stem}.prom1"
         name, r = stem.rsplit("-", 1)
-        result = _result_path(folder, name, int(r))
+        result = result_path(folder, name, int(r))
         if not after.exists() or result is None:
             continue
         server = server_latency_means(histogram_totals(parse_prometheus(before.read_text())),
                                       histogram_totals(parse_prometheus(after.read_text())))
-        row = {"run": stem, "client": client_means(_read_json(result)), "server": server}
+        row = {"run": stem, "client": client_means(read_json(result)), "server": server}
         row["client_minus_server_ms"] = {m: round(row["client"][m] - server[f"server_mean_{m}_ms"], 3)
                                          for m in CLIENT_METRICS if f"server_mean_{m}_ms" in server}
         rows.append(row)

@@ -1,0 +1,60 @@
+"""What several benchmark scripts share: a process's CPU time, the weightless model's shape, and reading a
+load level's per-request records.
+
+A module, not a script: the scripts beside it import it (`from _shared import ...`), which works when they are
+run as `python benchmarks/SCRIPT.py` (that puts this folder first on the module path).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+from autotune.metrics import RequestOutput, steady_window, summarize
+
+# config.json of the weightless GLM-4-9B-shaped model (GLM-4.6V-Flash's text backbone) that the real H100
+# runs served with `--load-format dummy`. The same dict is the `weightless_flash_dir` fixture of
+# tests/conftest.py.
+WEIGHTLESS_FLASH_CONFIG = {
+    "architectures": ["Glm4ForCausalLM"], "model_type": "glm4", "attention_bias": True, "head_dim": 128,
+    "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 13696, "max_position_embeddings": 131072,
+    "num_attention_heads": 32, "num_hidden_layers": 40, "num_key_value_heads": 2, "partial_rotary_factor": 0.5,
+    "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    "vocab_size": 151552, "eos_token_id": 1,
+}
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_records(path: Path) -> list[dict]:
+    """A level's per-request records (`studies/<study>/trials/N/levels/NN-cC.jsonl.gz`, `bench --records`)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _output(r: dict) -> RequestOutput:
+    if not r["ok"]:
+        return RequestOutput(False, error_kind=r.get("error_kind") or "error")
+    return RequestOutput(True, r["prompt_tokens"], r["output_tokens"], r["ttft_ms"] / 1e3, (), r["e2el_ms"] / 1e3,
+                         r["start_s"])
+
+
+def window_tok_s(rows: list[dict]) -> tuple[float, float]:
+    """Output tok/s over a level's steady window, counted two ways: (every request's tokens in the window, as a
+    level reports it; the measured requests' tokens only, which leaves out the warm-up requests still decoding
+    in the window's first part)."""
+    everyone = [_output(r) for r in rows]
+    measured = [o for o, r in zip(everyone, rows) if not r["warmup"]]
+    ok = [o for o in measured if o.success]
+    if not ok:
+        return float("nan"), float("nan")
+    full_s = max(o.start_s + o.e2el_s for o in ok) - min(o.start_s for o in ok)
+    window = steady_window(measured, full_s)
+    return (summarize(measured, full_s, window=window, window_outputs=everyone).output_tok_s,
+            summarize(measured, full_s, window=window).output_tok_s)
