@@ -52,7 +52,7 @@ class TrialSettings:
     # Warm-up prompts (excluded from figures) = this x concurrency: the whole first wave. Its prefills queue
     # behind each other (on the H100 ~33 prompts of 1k tokens a second while earlier ones decode); with
     # 0.5 x C half of them were measured, and that alone set every trial's P99 TTFT knee
-    # (docs/results/h100-flash.md, benchmarks/first_wave.py).
+    # (docs/results/h100-flash.md).
     warmup_factor: float = 1.0
     ramp_s: float = 2.0  # first wave spread over this many modelled seconds (no synchronized start)
     request_timeout_s: float = 600.0
