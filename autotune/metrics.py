@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RequestOutput", "Distribution", "BenchResult", "summarize", "steady_window", "LATENCY_METRICS"]
+__all__ = ["RequestOutput", "Distribution", "BenchResult", "summarize", "pool", "steady_window", "LATENCY_METRICS"]
 
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 PERCENTILES = (50, 90, 95, 99)
@@ -83,6 +83,8 @@ class BenchResult:
     errors: dict[str, int] = field(default_factory=dict)
     status: str = "ok"  # ok | partial (some failed) | failed (none completed) | empty
     extra: dict[str, Any] = field(default_factory=dict)  # concurrency, rate, server metrics, ...
+    # The measured requests in the order they were sent, for intervals over them; not part of the JSON.
+    outputs: tuple[RequestOutput, ...] = field(default=(), repr=False, compare=False)
 
     def latency(self, metric: str) -> Distribution:
         if metric not in LATENCY_METRICS:
@@ -91,6 +93,21 @@ class BenchResult:
 
     def p99_ms(self, metric: str) -> float:
         return self.latency(metric).p99
+
+    def values_and_times_s(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every value of ``metric`` over the successful measured requests, in seconds, and when each happened
+        (a request's start for TTFT, TPOT and E2E; each token's arrival for its ITL gap), for intervals."""
+        if metric not in LATENCY_METRICS:
+            raise ValueError(f"unknown latency metric {metric!r}")
+        ok = [o for o in self.outputs if o.success]
+        if metric != "itl":
+            return (np.array([getattr(o, f"{metric}_s") for o in ok], dtype=float),
+                    np.array([o.start_s for o in ok], dtype=float))
+        gaps = [np.asarray(o.itl_s, dtype=float) for o in ok if o.itl_s]
+        if not gaps:
+            return np.zeros(0), np.zeros(0)
+        arrivals = [o.start_s + o.ttft_s + np.cumsum(g) for o, g in zip((o for o in ok if o.itl_s), gaps)]
+        return np.concatenate(gaps), np.concatenate(arrivals)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -156,8 +173,38 @@ def summarize(outputs: list[RequestOutput], duration_s: float, slo_ms: dict[str,
         tpot_ms=Distribution.from_values_s([o.tpot_s for o in ok]),
         itl_ms=Distribution.from_values_s(itls),
         e2el_ms=Distribution.from_values_s([o.e2el_s for o in ok]),
-        goodput_request_s=goodput, errors=errors, status=status, extra=dict(extra or {}),
+        goodput_request_s=goodput, errors=errors, status=status, extra=dict(extra or {}), outputs=tuple(outputs),
     )
+
+
+def pool(results: list[BenchResult]) -> BenchResult:
+    """Several runs at one load as one: latencies over all their requests, throughputs weighted by each run's
+    duration (its measured window)."""
+    if len(results) == 1:
+        return results[0]
+    outputs = [o for r in results for o in r.outputs]
+    duration_s = sum(r.duration_s for r in results)
+
+    def weighted(name: str) -> float:
+        values = [(getattr(r, name), r.duration_s) for r in results if not math.isnan(getattr(r, name))]
+        total = sum(d for _, d in values)
+        return sum(v * d for v, d in values) / total if total > 0 else math.nan
+
+    ok = [o for o in outputs if o.success]
+    errors = Counter[str]()
+    for r in results:
+        errors.update(r.errors)
+    statuses = {r.status for r in results}
+    status = statuses.pop() if len(statuses) == 1 else ("failed" if not ok else "partial")
+    return BenchResult(
+        completed=sum(r.completed for r in results), failed=sum(r.failed for r in results), duration_s=duration_s,
+        output_tok_s=weighted("output_tok_s"), total_tok_s=weighted("total_tok_s"), request_s=weighted("request_s"),
+        ttft_ms=Distribution.from_values_s([o.ttft_s for o in ok]),
+        tpot_ms=Distribution.from_values_s([o.tpot_s for o in ok]),
+        itl_ms=Distribution.from_values_s([x for o in ok for x in o.itl_s]),
+        e2el_ms=Distribution.from_values_s([o.e2el_s for o in ok]),
+        goodput_request_s=weighted("goodput_request_s"), errors=dict(errors), status=status,
+        extra={**results[0].extra, "runs": len(results)}, outputs=tuple(outputs))
 
 
 def steady_window(outputs: list[RequestOutput], full_s: float) -> tuple[float, float] | None:

@@ -57,8 +57,12 @@ class LevelRecord:
     output_tok_s: float
     total_tok_s: float
     request_s: float
-    p99_ms: float  # of the study's metric
-    feasible: bool  # P99 within the limit, throughput measured, error rate within bounds
+    p99_ms: float  # of the study's metric, over all the level's runs
+    p99_low_ms: float  # its confidence interval (NaN: too few values for one)
+    p99_high_ms: float
+    p99_fitted_ms: float  # the trial's levels fitted non-decreasing in concurrency (NaN: fewer than two levels)
+    runs: int  # runs pooled: more than one when the first run's interval straddled the limit
+    feasible: bool  # fitted P99 within the limit, throughput measured, error rate within bounds
     p99_ttft_ms: float
     p99_tpot_ms: float
     p99_itl_ms: float
@@ -76,7 +80,9 @@ class LevelRecord:
     def from_json(cls, data: Mapping[str, Any]) -> LevelRecord:
         return cls(concurrency=int(data["concurrency"]), output_tok_s=_num(data["output_tok_s"]),
                    total_tok_s=_num(data["total_tok_s"]), request_s=_num(data["request_s"]),
-                   p99_ms=_num(data["p99_ms"]), feasible=bool(data["feasible"]),
+                   p99_ms=_num(data["p99_ms"]), p99_low_ms=_num(data["p99_low_ms"]),
+                   p99_high_ms=_num(data["p99_high_ms"]), p99_fitted_ms=_num(data["p99_fitted_ms"]),
+                   runs=int(data["runs"]), feasible=bool(data["feasible"]),
                    p99_ttft_ms=_num(data["p99_ttft_ms"]), p99_tpot_ms=_num(data["p99_tpot_ms"]),
                    p99_itl_ms=_num(data["p99_itl_ms"]), p99_e2el_ms=_num(data["p99_e2el_ms"]),
                    completed=int(data["completed"]), failed=int(data["failed"]),

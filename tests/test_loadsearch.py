@@ -98,3 +98,49 @@ def test_level_time_estimate_takes_the_tightest_bound():
     assert estimate_level_s(1024, measured) == 69.1 * 2
     assert estimate_level_s(362, measured) == 38.3 * 362 / 256
     assert estimate_level_s(128, measured) == 38.3
+
+
+def _ttft_level(ttft_ms: list[float], c: int):
+    """A level at concurrency ``c`` whose requests had these TTFTs; throughput grows with ``c`` (no saturation)."""
+    from dataclasses import replace
+    outs = [RequestOutput(True, 100, 100, t / 1000.0, (0.01,) * 99, t / 1000.0 + 1.0, start_s=i * 0.05)
+            for i, t in enumerate(ttft_ms)]
+    return replace(summarize(outs, duration_s=10.0), output_tok_s=100.0 * c)
+
+
+def test_a_level_whose_interval_straddles_the_limit_is_measured_again():
+    import numpy as np
+    calls: list[int] = []
+    rng = np.random.default_rng(3)
+
+    def measure(c: int):
+        calls.append(c)
+        center = 100.0 if c < 32 else 392.0  # P99 about 494 ms at 32: just under the 500 ms limit
+        return _ttft_level(list(center * rng.lognormal(0, 0.1, 400)), c)
+
+    cfg = LoadSearchConfig(metric="ttft", limit_ms=500, start_concurrency=16, max_concurrency=32, max_extensions=2)
+    res = search_load(measure, cfg)
+    by_c = {lv.concurrency: lv for lv in res.levels}
+    assert by_c[16].runs == 1 and calls.count(16) == 1  # far below: decided at once
+    assert 2 <= by_c[32].runs == calls.count(32) <= 3  # straddled: extended, runs pooled
+    assert by_c[32].result.completed == 400 * by_c[32].runs
+    assert by_c[32].p99.low <= by_c[32].p99.value <= by_c[32].p99.high
+
+
+def test_the_knee_comes_from_all_levels_not_a_lucky_one():
+    """P99 rises with load: a level measured under the limit above one measured over it is pooled with it."""
+    from autotune.loadsearch import LevelResult, LoadSearchResult, fit_levels
+    from autotune.stats import Interval
+
+    cfg = LoadSearchConfig(metric="ttft", limit_ms=500)
+
+    def levels(p99_by_c: dict[int, float]) -> list[LevelResult]:
+        return [LevelResult(c, _ttft_level([p] * 64, c), Interval(p, p, p, 0.9), p <= 500) for c, p in p99_by_c.items()]
+
+    measured = {16: 200.0, 32: 300.0, 38: 560.0, 41: 460.0}  # 41 came out lucky, under 38
+    assert LoadSearchResult(levels(measured)).best.concurrency == 41  # alone, it would carry the trial
+    fitted = LoadSearchResult(fit_levels(levels(measured), cfg))
+    assert [lv.fitted_p99_ms for lv in fitted.levels] == [200.0, 300.0, 510.0, 510.0]
+    assert fitted.best.concurrency == 32  # 38 and 41 together hold 510 ms: over the limit
+    fitted = LoadSearchResult(fit_levels(levels({**measured, 41: 420.0}), cfg))
+    assert fitted.best.concurrency == 41  # together 490 ms: both within it, and 41 has the most throughput

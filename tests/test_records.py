@@ -14,7 +14,7 @@ from autotune.records import (GainRecord, LevelRecord, Measurement, Remeasuremen
                               TrialResult)
 
 LEVEL = LevelRecord(concurrency=64, output_tok_s=5000.0, total_tok_s=15000.0, request_s=9.0, p99_ms=math.nan,
-                    feasible=False, p99_ttft_ms=math.nan, p99_tpot_ms=20.0, p99_itl_ms=25.0, p99_e2el_ms=9000.0,
+                    p99_low_ms=math.nan, p99_high_ms=math.nan, p99_fitted_ms=math.nan, runs=1, feasible=False, p99_ttft_ms=math.nan, p99_tpot_ms=20.0, p99_itl_ms=25.0, p99_e2el_ms=9000.0,
                     completed=0, failed=192, duration_s=60.0, wall_s=70.0, status="failed")
 FP = StudyFingerprint(model="m", gpus=1, metric="ttft", limit_ms=500.0, workload={"spec": "random:8:8", "seed": 0},
                       engine="sim", gpu_type="h100", preset="flash", space="flash.yaml")

@@ -20,7 +20,7 @@ from autotune.records import LevelRecord, Measurement, Remeasurement, TrialResul
 def _level(c: int, tok_s: float, p99: float) -> LevelRecord:
     # level wall seconds as on the H100 (about 0.2 s a concurrent request)
     return LevelRecord(concurrency=c, output_tok_s=tok_s, total_tok_s=tok_s * 3, request_s=1.0, p99_ms=p99,
-                       feasible=p99 <= 500, p99_ttft_ms=p99, p99_tpot_ms=20.0, p99_itl_ms=25.0, p99_e2el_ms=9000.0,
+                       p99_low_ms=p99 * 0.9, p99_high_ms=p99 * 1.1, p99_fitted_ms=p99, runs=1, feasible=p99 <= 500, p99_ttft_ms=p99, p99_tpot_ms=20.0, p99_itl_ms=25.0, p99_e2el_ms=9000.0,
                        completed=3 * c, failed=0, duration_s=60.0, wall_s=c * 0.2, status="ok")
 
 

@@ -47,6 +47,13 @@ def _fmt(value: Any, spec: str = ",.0f") -> str:
     return format(value, spec)
 
 
+def _interval(level: LevelRecord | None) -> str:
+    if level is None or math.isnan(level.p99_low_ms):
+        return ""
+    runs = f", {level.runs} runs" if level.runs > 1 else ""
+    return f" [{_fmt(level.p99_low_ms)}, {_fmt(level.p99_high_ms)}]{runs}"
+
+
 class StudyView(Progress):
     """``with StudyView(console) as view: run_study(..., progress=view)``."""
 
@@ -95,7 +102,7 @@ class StudyView(Progress):
     def load_level(self, level: LevelRecord, metric: str, limit_ms: float) -> None:
         if self.current in self.rows:
             self.rows[self.current]["state"] = (f"c={level.concurrency} {_fmt(level.output_tok_s)} tok/s "
-                                                f"p99 {_fmt(level.p99_ms)} ms")
+                                                f"p99 {_fmt(level.p99_ms)} ms{_interval(level)}")
         self._refresh()
 
     def trial_finished(self, number: int, baseline: str, result: TrialResult) -> None:
@@ -107,7 +114,7 @@ class StudyView(Progress):
         name = f"trial {number}" + (f" ({baseline})" if baseline else "")
         if result.feasible:
             what = (f"{_fmt(result.output_tok_s)} tok/s at concurrency {result.concurrency}, "
-                    f"p99 {self.metric} {_fmt(result.p99_ms)} ms")
+                    f"p99 {self.metric} {_fmt(result.p99_ms)} ms{_interval(result.level(result.concurrency))}")
         else:
             what = f"{result.failure_class or 'infeasible'}: {result.failure_reason}"
         cut = "; load search cut short by --timeout (the knee may lie higher)" if result.stop_reason == "deadline" else ""
