@@ -67,6 +67,7 @@ class RunOptions(BaseModel):
     startup_timeout_s: float = Field(900.0, gt=0)
     try_file: str | None = None
     confidence: float = Field(0.9, gt=0, lt=1)
+    max_extensions: int = Field(2, ge=0)
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,8 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
     # load level sets its own concurrency, so its requests are a dataset here (shuffled by the seed, cycled).
     workload = parse_workload(opts.workload, seed=opts.seed).without_times()
     search = LoadSearchConfig(metric=opts.p99_metric, limit_ms=opts.p99_ms,
-                              start_concurrency=opts.start_concurrency, max_concurrency=opts.max_concurrency)
+                              start_concurrency=opts.start_concurrency, max_concurrency=opts.max_concurrency,
+                              confidence=opts.confidence, max_extensions=opts.max_extensions)
     settings = TrialSettings(
         engine=engine_name, model=model, gpu=gpu, gpus=opts.gpus, workload=workload, search=search,
         gpu_ids=visible_gpu_ids(opts.gpus), time_scale=opts.sim_time_scale if engine_name == "sim" else 1.0,
