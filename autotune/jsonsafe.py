@@ -8,13 +8,15 @@ import numbers
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = ["json_safe"]
 
 
 def json_safe(obj: Any) -> Any:
     """A JSON-ready copy of ``obj``: NaN, inf and -inf become None (null), recursively through dicts, lists
     and tuples; numpy scalars become Python numbers (float32 NaN included); tuples become lists, dict keys
-    strings, Paths strings. Anything else is returned as it is."""
+    strings, Paths strings, numpy booleans bools. Anything else is returned as it is."""
     if isinstance(obj, (str, int)) or obj is None:  # bool is an int
         return obj
     if isinstance(obj, float):  # numpy.float64 is a float
@@ -30,4 +32,6 @@ def json_safe(obj: Any) -> Any:
         return value if math.isfinite(value) else None
     if isinstance(obj, Path):
         return str(obj)
+    if isinstance(obj, np.bool_):  # no number in the numbers ABCs
+        return bool(obj)
     return obj

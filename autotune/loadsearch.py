@@ -124,7 +124,7 @@ def fit_levels(levels: list[LevelResult], cfg: LoadSearchConfig) -> list[LevelRe
                       increasing_fit([lv.concurrency for lv in known], [lv.p99_ms for lv in known],
                                      [max(1, lv.result.completed) for lv in known])))
     return [replace(lv, fitted_p99_ms=float(fitted[lv.concurrency]),
-                    feasible=_usable(lv.result, cfg) and fitted[lv.concurrency] <= cfg.limit_ms)
+                    feasible=_usable(lv.result, cfg) and bool(fitted[lv.concurrency] <= cfg.limit_ms))
             if lv.concurrency in fitted else lv for lv in levels]
 
 
@@ -139,7 +139,7 @@ def _within_limit(p99: Interval, limit_ms: float) -> bool | None:
     if math.isnan(p99.value):
         return False
     if math.isnan(p99.low):  # no interval (too few values): the point estimate decides
-        return p99.value <= limit_ms
+        return bool(p99.value <= limit_ms)
     if p99.high <= limit_ms:
         return True
     if p99.low > limit_ms:
@@ -171,7 +171,7 @@ def _search(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig, progre
             side = _within_limit(p99, cfg.limit_ms)
             if side is not None or len(runs) > cfg.max_extensions:
                 break
-        within = side if side is not None else p99.value <= cfg.limit_ms
+        within = side if side is not None else bool(p99.value <= cfg.limit_ms)
         run_walls = [w for cc, w in walls if cc == c]
         lv = LevelResult(c, r, p99, within and _usable(r, cfg), wall_s=sum(run_walls) / len(run_walls),
                          runs=len(runs))

@@ -23,6 +23,7 @@ class StudyStart:
     engine: str
     metric: str
     limit_ms: float
+    gpus: int  # held by every trial: a trial's GPU-minutes are its wall minutes times this
     n_trials: int  # trials this invocation may run
     timeout_s: float | None
     existing_trials: int  # finished trials of earlier runs of a resumed study
@@ -34,8 +35,9 @@ class StudyEta:
 
     trials_left: int  # at most: the --trials budget and the stagnation stop, whichever is nearer
     trial_s: float  # the expected wall seconds of one more trial (the longest so far)
-    remeasure_s: float  # the re-measurements still to make
+    remeasure_s: float  # the re-measurements still to make: the fair final comparison
     eta_s: float  # trials_left x trial_s + remeasure_s, within --timeout
+    time_left_s: float | None  # until --timeout (None: no timeout); no trial starts that would leave too little
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,10 @@ class Progress:
     def remeasure_stepped_down(self, trial: int, from_concurrency: int, concurrency: int) -> None:
         """A re-measurement broke the limit: the candidate moves to a lower load."""
 
-    def study_finished(self, study: str, stopped_by: str, verdict: str, profile_path: Path | None) -> None:
-        """The study ended; ``verdict`` is the selection's sentence."""
+    def study_finished(self, study: str, stopped_by: str, verdict: str, profile_path: Path | None,
+                       gpu_minutes: float) -> None:
+        """The study ended; ``verdict`` is the selection's sentence; ``gpu_minutes``: this invocation's wall
+        time times the GPUs it held."""
 
     def bench_progress(self, progress: BenchProgress) -> None:
         """A benchmark run's requests so far (about ten times a second)."""

@@ -125,9 +125,11 @@ def _objective(cfg: StudyConfig, progress: Progress, deadline: float | None = No
         trial_dir = cfg.out_dir / cfg.study_name / "trials" / str(trial.number)
         name = f"autotune-{cfg.study_name}-{trial.number}"
         progress.trial_started(trial.number, flags, baseline)
+        start_c = start_concurrency(records.read_trials(trial.study), cfg.settings.search.start_concurrency)
+        settings = replace(cfg.settings, search=replace(cfg.settings.search, start_concurrency=start_c))
         started = time.perf_counter()
         try:
-            result = run_trial(cfg.settings, flags, name, trial_dir / "server.log", progress, deadline)
+            result = run_trial(settings, flags, name, trial_dir / "server.log", progress, deadline)
         except SystemExit as e:  # SIGTERM/SIGHUP (the launcher's handler); the server is already down
             raise Stopped(e.code if isinstance(e.code, int) else 143) from e
         result = replace(result, trial_wall_s=time.perf_counter() - started)
@@ -137,6 +139,16 @@ def _objective(cfg: StudyConfig, progress: Progress, deadline: float | None = No
         return float(result.output_tok_s)
 
     return objective
+
+
+def start_concurrency(trials: list[TrialRecord], default: int) -> int:
+    """Where a trial's load search starts: at half the best knee found so far (the levels below it would only
+    confirm what every trial shows, at about a minute each on a GPU), never below ``default``. A trial whose
+    knee lies lower halves down from there."""
+    best = max((t for t in trials if t.feasible), key=lambda t: t.value, default=None)
+    if best is None or best.result is None or best.result.concurrency is None:
+        return default
+    return max(default, best.result.concurrency // 2)
 
 
 class _StopRules:
@@ -174,9 +186,10 @@ class _StopRules:
             left = min(left, self.patience - since[0])
         trial_s = max(self.durations, default=0.0)
         eta_s = left * trial_s + reserve_s
-        if self.deadline is not None:
-            eta_s = min(eta_s, max(0.0, self.deadline - time.monotonic()))
-        self.progress.study_eta(StudyEta(left, trial_s, reserve_s, eta_s))
+        time_left_s = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        if time_left_s is not None:
+            eta_s = min(eta_s, time_left_s)
+        self.progress.study_eta(StudyEta(left, trial_s, reserve_s, eta_s, time_left_s))
 
     def would_overrun(self, reserve_s: float | None = None) -> bool:
         if self.deadline is None or not self.durations:
@@ -214,7 +227,7 @@ def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
     before = sum(1 for t in earlier if t.complete)
     progress.study_started(StudyStart(study=cfg.study_name, engine=cfg.settings.engine,
                                       metric=cfg.settings.search.metric, limit_ms=cfg.settings.search.limit_ms,
-                                      n_trials=cfg.n_trials, timeout_s=cfg.timeout_s, existing_trials=before))
+                                      gpus=cfg.settings.gpus, n_trials=cfg.n_trials, timeout_s=cfg.timeout_s, existing_trials=before))
     durations = [t.result.trial_wall_s for t in earlier if t.result is not None and t.result.trial_wall_s]
     rules = _StopRules(cfg, deadline, durations, lambda: remeasure_reserve_s(study, cfg), progress)
     if rules.would_overrun():  # a resumed study whose earlier trials show the next one cannot fit
@@ -233,7 +246,8 @@ def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
         profile_path = write_profile(profile, cfg.out_dir / cfg.study_name / "profile.yaml")
     outcome = StudyOutcome(cfg.study_name, len(trials), ran, selection, profile, profile_path, stopped_by,
                            baselines=baseline_summary(selection, cfg))
-    progress.study_finished(cfg.study_name, stopped_by, selection.verdict, profile_path)
+    progress.study_finished(cfg.study_name, stopped_by, selection.verdict, profile_path,
+                            (time.monotonic() - start) / 60.0 * cfg.settings.gpus)
     return outcome
 
 

@@ -33,3 +33,11 @@ def test_finite_values_pass_unchanged() -> None:
     assert json_safe(0.0) == 0.0 and json_safe(-1e308) == -1e308 and json_safe(5) == 5
     marker = object()
     assert json_safe(marker) is marker  # not JSON's business here: json.dumps decides
+
+
+def test_numpy_booleans_become_bools():
+    import json
+
+    import numpy as np
+
+    assert json.dumps(json_safe({"ok": np.bool_(True), "no": np.float64(1.0) > 2})) == '{"ok": true, "no": false}'

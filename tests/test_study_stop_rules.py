@@ -71,3 +71,15 @@ def test_the_eta_counts_the_stagnation_stop_and_the_remeasurements():
     # after trial 2 (no gain in 1): at most 2 more before the stagnation stop, not the 18 of --trials
     assert (etas[1].trials_left, etas[1].eta_s) == (2, 2 * 10.0 + 50.0)
     assert etas[-1].trials_left == 0 and etas[-1].eta_s == 50.0  # stopped: only the re-measurements are left
+
+
+def test_a_trial_starts_its_load_search_at_half_the_best_knee_so_far():
+    from autotune.study import start_concurrency
+
+    def rec(n: int, value: float, c: int | None, feasible: bool = True) -> records.TrialRecord:
+        result = TrialResult(flags={}, feasible=feasible, output_tok_s=value, p99_ms=1.0, concurrency=c)
+        return records.TrialRecord(n, optuna.trial.TrialState.COMPLETE, "", False, result)
+
+    assert start_concurrency([], 8) == 8
+    assert start_concurrency([rec(0, 5000.0, 181), rec(1, 6000.0, 128), rec(2, 0.0, 512, feasible=False)], 8) == 64
+    assert start_concurrency([rec(0, 5000.0, 10)], 8) == 8  # never below the default

@@ -66,7 +66,9 @@ class StudyView(Progress):
         self.metric = "ttft"
         self.limit_ms = math.nan
         self.best: tuple[int, float] | None = None  # trial, output tok/s
+        self.gpus = 1
         self.eta: StudyEta | None = None
+        self.trial_line = ""  # the last trial's line, written with the ETA that follows it
         self.eta_at = 0.0  # when the ETA was given
         self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False) \
             if self.console.is_terminal else None
@@ -83,7 +85,7 @@ class StudyView(Progress):
 
     # -- the core's progress ---------------------------------------------------------------------------------
     def study_started(self, start: StudyStart) -> None:
-        self.metric, self.limit_ms = start.metric, start.limit_ms
+        self.metric, self.limit_ms, self.gpus = start.metric, start.limit_ms, start.gpus
         budget = f"up to {start.n_trials} trials" + (f" within {start.timeout_s / 60:.0f} min" if start.timeout_s else "")
         self.status = (f"study {start.study} on the {start.engine} engine, P99 {start.metric} <= "
                        f"{start.limit_ms:g} ms: {budget} ({start.existing_trials} earlier)")
@@ -118,11 +120,15 @@ class StudyView(Progress):
         else:
             what = f"{result.failure_class or 'infeasible'}: {result.failure_reason}"
         cut = "; load search cut short by --timeout (the knee may lie higher)" if result.stop_reason == "deadline" else ""
-        self._log(f"{name} {short_flags(result.flags)}: {what} ({result.trial_wall_s:.0f} s, "
-                  f"{len(result.levels)} levels){cut}")
+        self.trial_line = (f"{name} {short_flags(result.flags)}: {what} ({result.trial_wall_s:.0f} s, "
+                           f"{result.trial_wall_s / 60 * self.gpus:.1f} GPU-min, {len(result.levels)} levels){cut}")
+        self._refresh()
 
     def study_eta(self, eta: StudyEta) -> None:
         self.eta, self.eta_at = eta, time.monotonic()
+        if self.trial_line:
+            self._log(self.trial_line + self._eta_text())
+            self.trial_line = ""
         self._refresh()
 
     def remeasure_started(self, trial: int, repeat: int, of: int, concurrency: int, baseline: str) -> None:
@@ -142,9 +148,10 @@ class StudyView(Progress):
     def remeasure_stepped_down(self, trial: int, from_concurrency: int, concurrency: int) -> None:
         self._log(f"trial {trial} over the limit at concurrency {from_concurrency}: re-measuring it at {concurrency}")
 
-    def study_finished(self, study: str, stopped_by: str, verdict: str, profile_path: Path | None) -> None:
+    def study_finished(self, study: str, stopped_by: str, verdict: str, profile_path: Path | None,
+                       gpu_minutes: float) -> None:
         self.eta = None
-        self.status = f"study {study} done ({stopped_by})"
+        self.status = f"study {study} done ({stopped_by}), {gpu_minutes:.1f} GPU-min"
         self._log(self.status)
 
     # -- drawing -----------------------------------------------------------------------------------------------
@@ -162,8 +169,11 @@ class StudyView(Progress):
     def _eta_text(self) -> str:
         if self.eta is None:
             return ""
-        left = max(0.0, self.eta.eta_s - (time.monotonic() - self.eta_at))
-        return f", ETA ~{left / 60:.1f} min ({self.eta.trials_left} trials at most, then the re-measurements)"
+        e = self.eta
+        left = max(0.0, e.eta_s - (time.monotonic() - self.eta_at))
+        budget = "" if e.time_left_s is None else f" of {e.time_left_s / 60:.1f} min left"
+        return (f"; ETA ~{left / 60:.1f} min{budget}: {e.trials_left} more trials at most, then "
+                f"{e.remeasure_s / 60:.1f} min for the final comparison")
 
     def _render(self) -> Group:
         elapsed = time.monotonic() - self.started
