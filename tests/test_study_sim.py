@@ -31,7 +31,7 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
     assert report["output_tok_s"] > 0 and report["ttft_ms"]["p99"] <= 500
     assert set(report["baselines"]) == {"vllm-defaults", "seed-profile"}
     profile = read_profile(report["profile_path"])  # the typed profile: unknown or missing keys would fail
-    assert profile.objective.limit_ms == 500 and profile.hardware.engine == "sim"
+    assert profile.objective.limits_ms == {"ttft": 500.0} and profile.hardware.engine == "sim"
     assert profile.study.storage == url
     trial_logs = list((tmp_path / "studies" / "e2e" / "trials").glob("*/server.log"))
     assert len(trial_logs) >= 2 and "GPU KV cache size" in trial_logs[0].read_text()
@@ -44,7 +44,8 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
     assert len(first) == 3
     assert {t.baseline for t in first} >= {"vllm-defaults", "seed-profile"}
     for t in first:
-        assert study.trials[t.number].constraints
+        assert study.trials[t.number].constraints == {"p99_ttft_minus_limit_ms": pytest.approx(
+            t.result.constraints_ms({"ttft": 500.0})["ttft"])}
         assert t.result.levels or t.result.failure_class
 
     code, out, err = run_json(capsys, *args[:-1][:args.index("--trials")], "--trials", "2",
@@ -67,7 +68,7 @@ def test_resume_with_another_limit_is_refused(capsys, tmp_path):
     main([*common, "--p99-ms", "500", "--json"])
     capsys.readouterr()
     code, out, err = run_json(capsys, *common, "--p99-ms", "300")
-    assert code == 2 and "was created with limit_ms=500.0" in err, err
+    assert code == 2 and "was created with limits_ms={'ttft': 500.0}, not {'ttft': 300.0}" in err, err
 
 
 def test_no_feasible_config_exits_3(capsys, tmp_path):
