@@ -128,7 +128,7 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     """The result in plain lines, one fact each: readable in a terminal and in a log (nothing wraps)."""
     best = report.get("best")
     if not best:
-        console.print(f"[bold red]No configuration met the limit[/] ({report['verdict']}).")
+        console.print(f"[bold red]No configuration met the limits[/] ({report['verdict']}).")
         return
     t = best["output_tok_s"]
     p99s = []
