@@ -107,7 +107,7 @@ def studies(storage: str | None, as_json: bool) -> None:
         echo_json({"studies": rows})
         return
     table = Table(title="Studies")
-    for col in ("study", "model", "engine", "GPUs", "limit", "trials", "feasible", "best output tok/s"):
+    for col in ("study", "model", "engine", "GPUs", "limits", "trials", "feasible", "best output tok/s"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["study"], str(r["model"]), str(r["engine"]), str(r["gpus"]),

@@ -187,7 +187,7 @@ class StudyView(Progress):
     def _render(self) -> Group:
         elapsed = time.monotonic() - self.started
         best = (f"best so far: trial {self.best[0]} at {self.best[1]:,.0f} output tok/s"
-                if self.best else "best so far: none within the limit yet")
+                if self.best else "best so far: none within the limits yet")
         head = Text(f"{self.status}\n{best}  |  elapsed {elapsed / 60:.1f} min{self._eta_text()}")
         table = Table(expand=False, show_lines=False)
         for col in ("#", "baseline", "flags", "status", "output tok/s", *(f"p99 {m} ms" for m in self.limits_ms),
