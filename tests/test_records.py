@@ -48,8 +48,8 @@ def test_a_trial_comes_back_as_it_was_written_nan_included():
 
 def test_remeasurements_and_the_selection_round_trip():
     study = optuna.create_study(direction="maximize")
-    rem = Remeasurement(3, 128, (181,), (Measurement(4400.0, {"ttft": 300.0, "itl": 40.0}, {"completed": 384}),
-                                         Measurement(NAN, {"ttft": NAN, "itl": NAN}, failure="oom: CUDA out of memory")))
+    failed = Measurement(NAN, {"ttft": NAN, "itl": NAN}, failure="oom: CUDA out of memory")
+    rem = Remeasurement(3, 128, (181,), (Measurement(4400.0, {"ttft": 300.0, "itl": 40.0}, {"completed": 384}), failed))
     records.write_remeasurement(study, rem)
     back = records.read_remeasurement(study, 3)
     assert back.concurrency == 128 and back.stepped_down_from == (181,) and back.repeats[1].failure.startswith("oom")
@@ -95,7 +95,8 @@ def test_one_constraint_per_limit():
     # feasible: the values the verdict rests on, the fitted P99s (ITL measured 52 ms, fitted 49 ms with the level
     # above it): every one <= 0, so Optuna agrees the trial is feasible
     ok = TrialResult(flags={}, feasible=True, output_tok_s=4000.0, concurrency=40,
-                     levels=(_level(40, (300.0, 300.0), (52.0, 49.0), True), _level(48, (450.0, 450.0), (46.0, 49.0), False)))
+                     levels=(_level(40, (300.0, 300.0), (52.0, 49.0), True),
+                             _level(48, (450.0, 450.0), (46.0, 49.0), False)))
     assert ok.constraints_ms(limits) == {"ttft": -200.0, "itl": -1.0}
     assert ok.p99_ms == {"ttft": 300.0, "itl": 52.0}  # as measured
     # nothing met the limits: ITL over at the lowest level, TTFT under its limit (the sampler learns which broke)

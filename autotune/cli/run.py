@@ -71,7 +71,7 @@ def _default(field: str) -> Any:
 @click.option("--confidence", type=float, default=_default("confidence"), show_default=True,
               help="of the intervals a verdict rests on (P99s, throughput, gains)")
 @click.option("--max-extensions", type=int, default=_default("max_extensions"), show_default=True,
-              help="a load level whose P99 interval straddles the limit is measured again at most this often")
+              help="a load level with a P99 interval straddling its limit is measured again at most this often")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout, nothing else")
 def run(as_json: bool, **opts: Any) -> None:
     """Tune: search vLLM flags for the most throughput whose P99s stay under their limits (--p99-ms, --slo)."""
