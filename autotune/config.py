@@ -9,7 +9,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,8 +26,8 @@ from autotune.storage import DEFAULT_STORAGE, sqlite_dir
 from autotune.study import StudyConfig
 from autotune.trial import TrialSettings
 
-__all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", "REAL_GPU_NOISE_FLOOR",
-           "DEFAULT_WORKLOAD"]
+__all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", "study_limits_ms",
+           "REAL_GPU_NOISE_FLOOR", "DEFAULT_WORKLOAD", "DEFAULT_P99_METRIC"]
 
 # Relative run-to-run noise of throughput assumed on real GPUs on top of the measured spread: two runs of one
 # configuration on two fresh H100s differed by 2.5% in output tok/s (vLLM 0.26.0, the device kit's README).
@@ -34,6 +35,10 @@ REAL_GPU_NOISE_FLOOR = 0.03
 # Lengths vary by ±50%: with identical lengths a closed loop runs in lockstep waves whose synchronized
 # prefills, not the server, set P99 TTFT (seen on the H100 and the sim engine).
 DEFAULT_WORKLOAD = "random:1024:512:0.5"
+# The metric --p99-ms limits when --p99-metric is not given.
+DEFAULT_P99_METRIC = "ttft"
+
+_Metric = Literal["ttft", "tpot", "itl", "e2el"]
 
 
 class RunOptions(BaseModel):
@@ -43,8 +48,10 @@ class RunOptions(BaseModel):
 
     model: str
     gpus: int = Field(1, gt=0)
-    p99_ms: float = Field(gt=0)
-    p99_metric: Literal["ttft", "tpot", "itl", "e2el"] = "ttft"
+    # The limits (study_limits_ms): --p99-ms on one metric, --slo on several, or both (one more limit each).
+    p99_ms: float | None = Field(None, gt=0)
+    p99_metric: _Metric | None = None  # the metric p99_ms limits; None: DEFAULT_P99_METRIC
+    slo_ms: dict[_Metric, Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
     engine: Literal["auto", "vllm", "sim"] = "auto"
     gpu_type: str | None = None
     trials: int = Field(20, ge=0)
@@ -98,9 +105,31 @@ def visible_gpu_ids(gpus: int) -> tuple[int, ...]:
     return tuple(ids[:gpus])
 
 
-def default_study_name(model: str, gpus: int, metric: str, limit_ms: float) -> str:
+def study_limits_ms(opts: RunOptions) -> dict[str, float]:
+    """The study's P99 limits by metric: ``--p99-ms`` on ``--p99-metric`` first, then ``--slo``'s in their order.
+    ``--p99-ms`` beside ``--slo`` is one more limit (``--p99-ms 500 --slo itl=50``: TTFT and ITL); a metric given
+    a limit twice, a ``--p99-metric`` without ``--p99-ms``, or no limit at all is refused."""
+    limits: dict[str, float] = {}
+    if opts.p99_ms is not None:
+        limits[opts.p99_metric or DEFAULT_P99_METRIC] = opts.p99_ms
+    elif opts.p99_metric is not None:
+        raise UsageError(f"--p99-metric {opts.p99_metric} needs --p99-ms MS (or give its limit in --slo "
+                         f"{opts.p99_metric}=MS)")
+    for metric, limit_ms in (opts.slo_ms or {}).items():
+        if metric in limits:
+            raise UsageError(f"--slo {metric}={limit_ms:g}: P99 {metric} is already limited by --p99-ms "
+                             f"{opts.p99_ms:g}; give each metric one limit")
+        limits[metric] = limit_ms
+    if not limits:
+        raise UsageError("no latency limit: give --p99-ms MS [--p99-metric METRIC] or --slo METRIC=MS[,METRIC=MS...] "
+                         "(e.g. --slo ttft=500,itl=50)")
+    return limits
+
+
+def default_study_name(model: str, gpus: int, limits_ms: Mapping[str, float]) -> str:
+    """``flash-1gpu-p99ttft500ms``; with several limits ``flash-1gpu-p99ttft500ms-itl50ms``."""
     base = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name if Path(model).exists() else model).strip("-")
-    return f"{base}-{gpus}gpu-p99{metric}{limit_ms:g}ms"
+    return f"{base}-{gpus}gpu-p99" + "-".join(f"{metric}{limit:g}ms" for metric, limit in limits_ms.items())
 
 
 def _extra_flags(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -140,6 +169,7 @@ def _tries(path: str | None, space: SearchSpace) -> tuple[dict[str, Any], ...]:
 def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> StudyConfig:
     """Validate every input before anything touches the storage. ``engine``: from :func:`choose_engine`
     (default: chosen here)."""
+    limits_ms = study_limits_ms(opts)
     model = resolve_model(opts.model)
     preset = opts.model if opts.model in PRESETS else None
     engine_name = (engine or choose_engine(opts.engine)).engine
@@ -156,9 +186,9 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
     # Token-id prompts: exact lengths on any engine, no tokenizer needed. A trace's times are not used: each
     # load level sets its own concurrency, so its requests are a dataset here (shuffled by the seed, cycled).
     workload = parse_workload(opts.workload, seed=opts.seed).without_times()
-    search = LoadSearchConfig(metric=opts.p99_metric, limit_ms=opts.p99_ms,
-                              start_concurrency=opts.start_concurrency, max_concurrency=opts.max_concurrency,
-                              confidence=opts.confidence, max_extensions=opts.max_extensions)
+    search = LoadSearchConfig(limits_ms=limits_ms, start_concurrency=opts.start_concurrency,
+                              max_concurrency=opts.max_concurrency, confidence=opts.confidence,
+                              max_extensions=opts.max_extensions)
     settings = TrialSettings(
         engine=engine_name, model=model, gpu=gpu, gpus=opts.gpus, workload=workload, search=search,
         gpu_ids=visible_gpu_ids(opts.gpus), time_scale=opts.sim_time_scale if engine_name == "sim" else 1.0,
@@ -166,7 +196,7 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
     )
     storage_url = opts.storage or DEFAULT_STORAGE
     return StudyConfig(
-        study_name=opts.study or default_study_name(opts.model, opts.gpus, opts.p99_metric, opts.p99_ms),
+        study_name=opts.study or default_study_name(opts.model, opts.gpus, limits_ms),
         storage_url=storage_url, space=space, settings=settings, preset=preset,
         n_trials=opts.trials, timeout_s=opts.timeout_s, patience=opts.patience, top_k=opts.top_k,
         repeats=opts.repeats, noise_floor=REAL_GPU_NOISE_FLOOR if engine_name == "vllm" else 0.0,

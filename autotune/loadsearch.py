@@ -1,14 +1,17 @@
-"""Load search on one live server: the highest throughput whose P99 stays within the limit.
+"""Load search on one live server: the highest throughput whose P99s stay within their limits.
 
-Concurrency grows geometrically until the P99 limit breaks, throughput stops growing (saturation) or
-the engine's own ceiling is reached, then bisects between the last good and the first bad level.
+A study has one P99 limit or several (``ttft=500,itl=50``); a level is within them only when every limit holds.
+Concurrency grows geometrically until a limit breaks, throughput stops growing (saturation) or the engine's own
+ceiling is reached, then bisects between the last good and the first bad level.
 
-Each level's P99 comes with its confidence interval (:func:`autotune.stats.p99_interval`). A level whose
-interval straddles the limit is measured again, and its runs pooled, up to ``max_extensions`` times before its
-side of the limit is decided (then by the point estimate). When the search ends, the knee comes from all the
-levels: P99 rises with load, so the P99s are fitted by the closest non-decreasing curve in concurrency
-(:func:`autotune.stats.increasing_fit`), and the best level is the one with the most throughput whose fitted
-P99 meets the limit: a single lucky level above a slower one cannot carry the trial.
+Each level's P99 of each limited metric comes with its confidence interval (:func:`autotune.stats.p99_interval`).
+A level is over the limits as soon as one interval lies above its limit, within them when every interval lies
+under its limit; otherwise (an interval straddles its limit, none is clearly over) it is measured again, and its
+runs pooled, up to ``max_extensions`` times before its side is decided (then by the point estimates). When the
+search ends, the knee comes from all the levels: P99 rises with load, so each metric's P99s are fitted by the
+closest non-decreasing curve in concurrency (:func:`autotune.stats.increasing_fit`), and the best level is the
+one with the most throughput whose fitted P99s all meet their limits: a single lucky level above a slower one
+cannot carry the trial.
 ``measure(concurrency) -> BenchResult`` is injected: a real run against the trial's server, or the
 sim engine's virtual-time prediction in benchmarks.
 
@@ -20,21 +23,22 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from autotune.metrics import BenchResult, pool
+from autotune.metrics import LATENCY_METRICS, BenchResult, describe_limits, pool
 from autotune.progress import NULL_PROGRESS, Progress
-from autotune.records import LevelRecord
+from autotune.records import LevelRecord, P99Record
 from autotune.stats import Interval, increasing_fit, p99_interval
 
-__all__ = ["LoadSearchConfig", "LevelResult", "LoadSearchResult", "search_load", "estimate_level_s"]
+__all__ = ["LoadSearchConfig", "LevelResult", "LoadSearchResult", "search_load", "estimate_level_s",
+           "infeasible_reason"]
 
 
 @dataclass(frozen=True)
 class LoadSearchConfig:
-    metric: str  # ttft | tpot | itl | e2el
-    limit_ms: float
+    limits_ms: Mapping[str, float]  # P99 limit by metric (ttft, tpot, itl, e2el): every one must hold
     start_concurrency: int = 8
     max_concurrency: int = 1024
     growth: float = 2.0
@@ -43,31 +47,45 @@ class LoadSearchConfig:
     saturation_gain: float = 0.03  # a level that adds less throughput than this is saturated
     max_error_rate: float = 0.01  # a level with more failed requests than this is not feasible
     confidence: float = 0.9  # of each level's P99 interval
-    max_extensions: int = 2  # a level whose P99 interval straddles the limit is measured again this often at most
+    max_extensions: int = 2  # a level with a P99 interval straddling its limit is measured again this often at most
+
+    def __post_init__(self) -> None:
+        if not self.limits_ms:
+            raise ValueError("a load search needs at least one P99 limit")
+        unknown = sorted(set(self.limits_ms) - set(LATENCY_METRICS))
+        if unknown:
+            raise ValueError(f"unknown latency metric {unknown[0]!r}")
 
 
 @dataclass(frozen=True)
 class LevelResult:
     concurrency: int
     result: BenchResult  # its runs pooled
-    p99: Interval  # of the study's metric, over all the level's runs
-    # P99 within the limit (by its interval, else its point estimate after the extensions; once the search has
-    # ended, by the fit over all levels), throughput measured, error rate within max_error_rate
+    p99: Mapping[str, Interval]  # of each limited metric, over all the level's runs
+    # Every P99 within its limit (by its interval, else its point estimate after the extensions; once the search
+    # has ended, by the fit over all levels), throughput measured, error rate within max_error_rate
     feasible: bool
     wall_s: float = 0.0  # the level's wall time, warm-up included (what a re-measurement at this level costs)
     runs: int = 1
-    fitted_p99_ms: float = math.nan  # the non-decreasing fit over the trial's levels (set when the search ends)
+    # each limited metric's non-decreasing fit over the trial's levels (set when the search ends, NaN without one)
+    fitted_p99_ms: Mapping[str, float] = field(default_factory=dict)
 
     @property
-    def p99_ms(self) -> float:
-        return self.p99.value
+    def p99_ms(self) -> dict[str, float]:
+        return {metric: p99.value for metric, p99 in self.p99.items()}
+
+    def judged_p99_ms(self, metric: str) -> float:
+        """The P99 of ``metric`` that the level's feasibility rests on: the fit where there is one, else as
+        measured (as :attr:`autotune.records.P99Record.judged_ms` reads it back)."""
+        return self.fitted_p99_ms.get(metric, self.p99[metric].value)
 
     def record(self) -> LevelRecord:
         r = self.result
+        p99 = {metric: P99Record(value_ms=i.value, low_ms=i.low, high_ms=i.high,
+                                 fitted_ms=self.fitted_p99_ms.get(metric, math.nan))
+               for metric, i in self.p99.items()}
         return LevelRecord(concurrency=self.concurrency, output_tok_s=r.output_tok_s, total_tok_s=r.total_tok_s,
-                           request_s=r.request_s, p99_ms=self.p99_ms, p99_low_ms=self.p99.low,
-                           p99_high_ms=self.p99.high, p99_fitted_ms=self.fitted_p99_ms, runs=self.runs,
-                           feasible=self.feasible,
+                           request_s=r.request_s, p99=p99, runs=self.runs, feasible=self.feasible,
                            p99_ttft_ms=r.ttft_ms.p99, p99_tpot_ms=r.tpot_ms.p99, p99_itl_ms=r.itl_ms.p99,
                            p99_e2el_ms=r.e2el_ms.p99, completed=r.completed, failed=r.failed,
                            duration_s=r.duration_s, wall_s=self.wall_s, status=r.status)
@@ -115,17 +133,43 @@ def search_load(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig,
 
 
 def fit_levels(levels: list[LevelResult], cfg: LoadSearchConfig) -> list[LevelResult]:
-    """The levels with their P99 fitted non-decreasing in concurrency (weighted by their measured requests),
-    and each one's feasibility decided by the fit."""
-    known = [lv for lv in levels if not math.isnan(lv.p99_ms)]
-    if len(known) < 2:
-        return levels
-    fitted = dict(zip((lv.concurrency for lv in known),
-                      increasing_fit([lv.concurrency for lv in known], [lv.p99_ms for lv in known],
-                                     [max(1, lv.result.completed) for lv in known])))
-    return [replace(lv, fitted_p99_ms=float(fitted[lv.concurrency]),
-                    feasible=_usable(lv.result, cfg) and bool(fitted[lv.concurrency] <= cfg.limit_ms))
-            if lv.concurrency in fitted else lv for lv in levels]
+    """The levels with each limited metric's P99 fitted non-decreasing in concurrency (weighted by their measured
+    requests), and each one's feasibility decided by the fits: every fitted P99 within its limit. A metric measured
+    at fewer than two levels has no fit; its measured P99 stands."""
+    fits: dict[str, dict[int, float]] = {}
+    for metric in cfg.limits_ms:
+        known = [lv for lv in levels if not math.isnan(lv.p99[metric].value)]
+        if len(known) >= 2:
+            fitted = increasing_fit([lv.concurrency for lv in known], [lv.p99[metric].value for lv in known],
+                                    [max(1, lv.result.completed) for lv in known])
+            fits[metric] = {lv.concurrency: float(f) for lv, f in zip(known, fitted)}
+    out = []
+    for lv in levels:
+        fitted_ms = {metric: fit[lv.concurrency] for metric, fit in fits.items() if lv.concurrency in fit}
+        if not fitted_ms:
+            out.append(lv)
+            continue
+        lv = replace(lv, fitted_p99_ms=fitted_ms)
+        out.append(replace(lv, feasible=_usable(lv.result, cfg) and all(
+            lv.judged_p99_ms(metric) <= limit for metric, limit in cfg.limits_ms.items())))
+    return out
+
+
+def infeasible_reason(result: LoadSearchResult, cfg: LoadSearchConfig) -> str:
+    """Why no level met the limits, said of the lowest level tried: the limits it broke, else its failures."""
+    lowest = result.lowest
+    if lowest is None:
+        return f"{describe_limits(cfg.limits_ms)}: no level was measured"
+    over = []
+    for metric, limit in cfg.limits_ms.items():
+        judged_ms = lowest.judged_p99_ms(metric)
+        if math.isnan(judged_ms):
+            over.append(f"no P99 {metric} measured")
+        elif judged_ms > limit:
+            over.append(f"P99 {metric} {judged_ms:,.0f} ms above {limit:g} ms")
+    r = lowest.result
+    what = ", ".join(over) or f"{r.failed} of {r.completed + r.failed} requests failed"
+    return f"{what} even at concurrency {lowest.concurrency}"
 
 
 def _usable(r: BenchResult, cfg: LoadSearchConfig) -> bool:
@@ -134,8 +178,17 @@ def _usable(r: BenchResult, cfg: LoadSearchConfig) -> bool:
     return r.completed > 0 and not math.isnan(r.output_tok_s) and r.failed <= cfg.max_error_rate * total
 
 
+def _p99_intervals(r: BenchResult, cfg: LoadSearchConfig) -> dict[str, Interval]:
+    """Each limited metric's P99 over the level's requests, with its interval."""
+    out = {}
+    for metric in cfg.limits_ms:
+        values_s, times_s = r.values_and_times_s(metric)
+        out[metric] = p99_interval(values_s * 1000.0, times_s, confidence=cfg.confidence)
+    return out
+
+
 def _within_limit(p99: Interval, limit_ms: float) -> bool | None:
-    """Which side of the limit a level's P99 lies on; None while its interval straddles the limit."""
+    """Which side of its limit a P99 lies on; None while its interval straddles the limit."""
     if math.isnan(p99.value):
         return False
     if math.isnan(p99.low):  # no interval (too few values): the point estimate decides
@@ -145,6 +198,14 @@ def _within_limit(p99: Interval, limit_ms: float) -> bool | None:
     if p99.low > limit_ms:
         return False
     return None
+
+
+def _within_limits(p99: Mapping[str, Interval], limits_ms: Mapping[str, float]) -> bool | None:
+    """Over the limits as soon as one P99 is over its limit; within them when every one is within; else None."""
+    sides = [_within_limit(p99[metric], limit) for metric, limit in limits_ms.items()]
+    if False in sides:
+        return False
+    return None if None in sides else True
 
 
 def _search(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig, progress: Progress,
@@ -166,18 +227,17 @@ def _search(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig, progre
             runs.append(measure(c))
             walls.append((c, time.monotonic() - started))
             r = pool(runs)
-            values_s, times_s = r.values_and_times_s(cfg.metric)
-            p99 = p99_interval(values_s * 1000.0, times_s, confidence=cfg.confidence)
-            side = _within_limit(p99, cfg.limit_ms)
+            p99 = _p99_intervals(r, cfg)
+            side = _within_limits(p99, cfg.limits_ms)
             if side is not None or len(runs) > cfg.max_extensions:
                 break
-        within = side if side is not None else bool(p99.value <= cfg.limit_ms)
+        within = side if side is not None else all(p99[m].value <= limit for m, limit in cfg.limits_ms.items())
         run_walls = [w for cc, w in walls if cc == c]
         lv = LevelResult(c, r, p99, within and _usable(r, cfg), wall_s=sum(run_walls) / len(run_walls),
                          runs=len(runs))
         seen[c] = lv
         out.levels.append(lv)
-        progress.load_level(lv.record(), cfg.metric, cfg.limit_ms)
+        progress.load_level(lv.record(), cfg.limits_ms)
         return lv
 
     ceiling = max(1, cfg.max_concurrency)

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["RequestOutput", "Distribution", "BenchResult", "summarize", "pool", "steady_window", "LATENCY_METRICS"]
+__all__ = ["RequestOutput", "Distribution", "BenchResult", "summarize", "pool", "steady_window", "LATENCY_METRICS",
+           "describe_limits"]
 
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 PERCENTILES = (50, 90, 95, 99)
+
+
+def describe_limits(limits_ms: Mapping[str, float]) -> str:
+    """P99 limits by metric, as people read them: ``P99 ttft <= 500 ms, itl <= 50 ms``."""
+    return "P99 " + ", ".join(f"{metric} <= {limit:g} ms" for metric, limit in limits_ms.items())
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from autotune import __version__
 from autotune.jsonsafe import json_safe
 from autotune.records import TrialRecord
-from autotune.selection import Selection
+from autotune.selection import Candidate, Selection
 from autotune.storage import redact_url
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Profile", "build_profile", "write_profile", "read_profile", "environment", "PROFILE_VERSION"]
 
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3  # 3: several P99 limits (objective.limits_ms, metrics.p99 by metric)
 
 
 class _Record(BaseModel):
@@ -61,8 +61,7 @@ class Software(_Record):
 
 class Objective(_Record):
     maximize: str = "output_tok_s"
-    metric: str  # ttft | tpot | itl | e2el
-    limit_ms: float  # the P99 of ``metric`` must stay at or under this
+    limits_ms: dict[str, float]  # by metric (ttft, tpot, itl, e2el): each one's P99 must stay at or under its limit
 
 
 class ThroughputStats(_Record):
@@ -78,6 +77,8 @@ class ThroughputStats(_Record):
 
 
 class P99Stats(_Record):
+    """One limited metric's P99 over the winner's measurements."""
+
     mean_ms: float | None
     max_ms: float | None
     values_ms: list[float | None]
@@ -85,7 +86,7 @@ class P99Stats(_Record):
 
 class ProfileMetrics(_Record):
     output_tok_s: ThroughputStats
-    p99: P99Stats  # of the objective's metric
+    p99: dict[str, P99Stats]  # of each limited metric, by metric
     repeats: int  # fresh-server re-measurements behind the figures (0: the search's figure alone)
     at_chosen_load: dict[str, Any]  # the last measurement's full metrics
 
@@ -168,6 +169,13 @@ def _nan_none(value: float) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else value
 
 
+def _p99_stats(winner: Candidate, metric: str) -> P99Stats:
+    values = winner.p99_values_ms(metric)
+    measured = [v for v in values if not math.isnan(v)]
+    return P99Stats(mean_ms=_nan_none(winner.p99_mean_ms(metric)),
+                    max_ms=max(measured) if measured else None, values_ms=[_nan_none(v) for v in values])
+
+
 def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRecord, n_trials: int) -> Profile:
     winner = selection.winner
     assert winner is not None and winner_trial.result is not None and winner.concurrency is not None
@@ -181,21 +189,19 @@ def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRec
         level = winner_trial.result.level(winner.concurrency)
         at_load = json_safe(level.metrics()) if level else {}
     hardware, software = environment(s.engine, s.gpu.name, s.gpus)
-    p99 = [m.p99_ms for m in winner.measurements()]
     return Profile(
         autotune_profile=PROFILE_VERSION,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         model=ModelRef(name=s.model.name, hf_id=s.model.hf_id, preset=cfg.preset, architecture=s.model.architecture),
         hardware=hardware, software=software,
         workload=json_safe(s.workload.describe()),
-        objective=Objective(metric=s.search.metric, limit_ms=s.search.limit_ms),
+        objective=Objective(limits_ms=dict(s.search.limits_ms)),
         flags=json_safe(winner.flags), vllm_serve_cmd=winner.vllm_serve_cmd, concurrency=winner.concurrency,
         stepped_down_from=list(winner.stepped_down_from), search_stop_reason=winner_trial.result.stop_reason,
         metrics=ProfileMetrics(
             output_tok_s=ThroughputStats(**{k: stats[k] for k in ("mean", "std", "min", "max", "n", "half_width")},
                                          confidence=cfg.confidence),
-            p99=P99Stats(mean_ms=_nan_none(stats["p99_mean_ms"]), max_ms=_nan_none(stats["p99_max_ms"]),
-                         values_ms=[_nan_none(v) for v in p99]),
+            p99={metric: _p99_stats(winner, metric) for metric in s.search.limits_ms},
             repeats=len(winner.repeats), at_chosen_load=json_safe(at_load)),
         gains={name: Gain(**json_safe(g.to_json())) for name, g in selection.gains.items()},
         verdict=selection.verdict, equal_within_noise=selection.equal_within_noise,

@@ -21,8 +21,7 @@ __all__ = ["Progress", "StudyStart", "StudyEta", "BenchProgress", "NULL_PROGRESS
 class StudyStart:
     study: str
     engine: str
-    metric: str
-    limit_ms: float
+    limits_ms: Mapping[str, float]  # P99 limit by metric, in the order given
     gpus: int  # held by every trial: a trial's GPU-minutes are its wall minutes times this
     n_trials: int  # trials this invocation may run
     timeout_s: float | None
@@ -64,7 +63,7 @@ class Progress:
         """The server answers; ``startup`` holds the figures read from its log (StartupInfo's fields, ready_s
         included)."""
 
-    def load_level(self, level: LevelRecord, metric: str, limit_ms: float) -> None:
+    def load_level(self, level: LevelRecord, limits_ms: Mapping[str, float]) -> None:
         """The load search measured one level."""
 
     def trial_finished(self, number: int, baseline: str, result: TrialResult) -> None:
@@ -76,14 +75,14 @@ class Progress:
     def remeasure_started(self, trial: int, repeat: int, of: int, concurrency: int, baseline: str) -> None:
         """A candidate is re-measured on a fresh server."""
 
-    def remeasured(self, trial: int, measurement: Measurement, limit_ms: float) -> None:
+    def remeasured(self, trial: int, measurement: Measurement, limits_ms: Mapping[str, float]) -> None:
         """One re-measurement is done."""
 
     def remeasure_skipped(self, trial: int, repeat: int, of: int, expected_s: float) -> None:
         """A re-measurement would run past --timeout."""
 
     def remeasure_stepped_down(self, trial: int, from_concurrency: int, concurrency: int) -> None:
-        """A re-measurement broke the limit: the candidate moves to a lower load."""
+        """A re-measurement broke a limit: the candidate moves to a lower load."""
 
     def study_finished(self, study: str, stopped_by: str, verdict: str, profile_path: Path | None,
                        gpu_minutes: float) -> None:

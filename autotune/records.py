@@ -23,15 +23,15 @@ from autotune.errors import UsageError
 from autotune.jsonsafe import json_safe
 
 __all__ = [
-    "RECORDS_VERSION", "LevelRecord", "TrialResult", "TrialRecord", "Measurement", "Remeasurement", "GainRecord",
-    "SelectionRecord", "StudyFingerprint", "queue_attrs", "queued_baseline", "write_trial_result", "read_trial",
-    "read_trials", "read_remeasurement", "write_remeasurement", "read_selection", "write_selection",
+    "RECORDS_VERSION", "P99Record", "LevelRecord", "TrialResult", "TrialRecord", "Measurement", "Remeasurement",
+    "GainRecord", "SelectionRecord", "StudyFingerprint", "queue_attrs", "queued_baseline", "write_trial_result",
+    "read_trial", "read_trials", "read_remeasurement", "write_remeasurement", "read_selection", "write_selection",
     "read_fingerprint", "check_fingerprint",
 ]
 
 # Stored with the fingerprint. A study written by another version of these records is refused on resume
-# instead of being read through shims.
-RECORDS_VERSION = 2
+# instead of being read through shims. 3: several P99 limits at once (one P99 interval and fit per limit).
+RECORDS_VERSION = 3
 
 _TRIAL_KEY = "result"
 _QUEUE_BASELINE = "baseline"
@@ -49,6 +49,32 @@ def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def _floats(data: Mapping[str, Any]) -> dict[str, float]:
+    return {str(k): _num(v) for k, v in data.items()}
+
+
+@dataclass(frozen=True)
+class P99Record:
+    """A level's P99 of one limited metric, over all the level's runs: what its verdict on that limit rests on."""
+
+    value_ms: float
+    low_ms: float  # its confidence interval (NaN: too few values for one)
+    high_ms: float
+    fitted_ms: float  # the trial's levels fitted non-decreasing in concurrency (NaN: fewer than two levels)
+
+    @property
+    def judged_ms(self) -> float:
+        """The P99 the level's feasibility rests on: the fit over the trial's levels where there is one."""
+        return self.value_ms if math.isnan(self.fitted_ms) else self.fitted_ms
+
+    def to_json(self) -> dict[str, Any]:
+        return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> P99Record:
+        return cls(_num(data["value_ms"]), _num(data["low_ms"]), _num(data["high_ms"]), _num(data["fitted_ms"]))
+
+
 @dataclass(frozen=True)
 class LevelRecord:
     """One load level of a trial's load search: figures over its measured requests."""
@@ -57,13 +83,10 @@ class LevelRecord:
     output_tok_s: float
     total_tok_s: float
     request_s: float
-    p99_ms: float  # of the study's metric, over all the level's runs
-    p99_low_ms: float  # its confidence interval (NaN: too few values for one)
-    p99_high_ms: float
-    p99_fitted_ms: float  # the trial's levels fitted non-decreasing in concurrency (NaN: fewer than two levels)
-    runs: int  # runs pooled: more than one when the first run's interval straddled the limit
-    feasible: bool  # fitted P99 within the limit, throughput measured, error rate within bounds
-    p99_ttft_ms: float
+    p99: Mapping[str, P99Record]  # of each limited metric, by metric, in the limits' order
+    runs: int  # runs pooled: more than one when the first run's interval straddled a limit
+    feasible: bool  # every limit met by its fitted P99, throughput measured, error rate within bounds
+    p99_ttft_ms: float  # the run summary's P99s of every metric, limited or not
     p99_tpot_ms: float
     p99_itl_ms: float
     p99_e2el_ms: float
@@ -73,15 +96,21 @@ class LevelRecord:
     wall_s: float  # the level's wall time, warm-up included (what a re-measurement at this level costs)
     status: str
 
+    @property
+    def p99_ms(self) -> dict[str, float]:
+        """Each limited metric's P99 as measured at this level."""
+        return {metric: p.value_ms for metric, p in self.p99.items()}
+
     def to_json(self) -> dict[str, Any]:
-        return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["p99"] = {metric: p.to_json() for metric, p in self.p99.items()}
+        return json_safe(data)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LevelRecord:
         return cls(concurrency=int(data["concurrency"]), output_tok_s=_num(data["output_tok_s"]),
                    total_tok_s=_num(data["total_tok_s"]), request_s=_num(data["request_s"]),
-                   p99_ms=_num(data["p99_ms"]), p99_low_ms=_num(data["p99_low_ms"]),
-                   p99_high_ms=_num(data["p99_high_ms"]), p99_fitted_ms=_num(data["p99_fitted_ms"]),
+                   p99={str(m): P99Record.from_json(p) for m, p in data["p99"].items()},
                    runs=int(data["runs"]), feasible=bool(data["feasible"]),
                    p99_ttft_ms=_num(data["p99_ttft_ms"]), p99_tpot_ms=_num(data["p99_tpot_ms"]),
                    p99_itl_ms=_num(data["p99_itl_ms"]), p99_e2el_ms=_num(data["p99_e2el_ms"]),
@@ -101,9 +130,8 @@ class TrialResult:
 
     flags: Mapping[str, Any]
     feasible: bool
-    output_tok_s: float  # SLO-meeting throughput (0 when nothing met the limit)
-    p99_ms: float  # P99 of the study's metric at the chosen level (or the lowest level tried)
-    concurrency: int | None
+    output_tok_s: float  # SLO-meeting throughput (0 when nothing met the limits)
+    concurrency: int | None  # the chosen level (or the lowest level tried, when none met the limits)
     best_metrics: Mapping[str, Any] | None = None  # the chosen level's full metrics (BenchResult.to_json)
     levels: tuple[LevelRecord, ...] = ()
     failure_class: str = ""  # "", oom, kv_too_small, crash, timeout, port_in_use, bad_flags, no_feasible_load
@@ -118,13 +146,30 @@ class TrialResult:
     load_wall_s: float = 0.0  # load search
     trial_wall_s: float = 0.0  # the whole trial, as the study timed it
 
-    def constraint_ms(self, limit_ms: float) -> float:
-        """P99 - limit in ms (<= 0 feasible); failures get a large violation."""
-        if self.feasible:
-            return self.p99_ms - limit_ms
-        if self.failure_class == "no_feasible_load" and not math.isnan(self.p99_ms):
-            return max(self.p99_ms - limit_ms, 1e-3)
-        return 10.0 * limit_ms
+    @property
+    def p99_ms(self) -> dict[str, float]:
+        """Each limited metric's P99 at ``concurrency`` as measured there; empty when no level ran."""
+        level = self.level(self.concurrency) if self.concurrency is not None else None
+        return level.p99_ms if level else {}
+
+    def constraints_ms(self, limits_ms: Mapping[str, float]) -> dict[str, float]:
+        """One value per limit, by metric: P99 - limit in ms, <= 0 where the limit holds.
+
+        A feasible trial's values are those its verdict rests on (each P99 fitted over its levels, at the chosen
+        level), so every one is <= 0 and Optuna agrees that it is feasible. A trial with no level within the limits
+        gets its lowest level's values, and when none of them is over (the level failed on its error rate, or by the
+        fit) each is raised to at least 1e-3, so that Optuna sees it infeasible. Any other failure, or a P99 never
+        measured, is a large violation."""
+        level = self.level(self.concurrency) if self.concurrency is not None else None
+        if level is None or not (self.feasible or self.failure_class == "no_feasible_load"):
+            return {metric: 10.0 * limit for metric, limit in limits_ms.items()}
+        values = {}
+        for metric, limit in limits_ms.items():
+            p99 = level.p99[metric].judged_ms if metric in level.p99 else math.nan
+            values[metric] = 10.0 * limit if math.isnan(p99) else p99 - limit
+        if self.feasible or any(v > 0 for v in values.values()):
+            return values
+        return {metric: max(v, 1e-3) for metric, v in values.items()}
 
     def level(self, concurrency: int) -> LevelRecord | None:
         return next((lv for lv in self.levels if lv.concurrency == concurrency), None)
@@ -138,7 +183,7 @@ class TrialResult:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TrialResult:
         return cls(flags=dict(data["flags"]), feasible=bool(data["feasible"]), output_tok_s=_num(data["output_tok_s"]),
-                   p99_ms=_num(data["p99_ms"]), concurrency=_opt_int(data["concurrency"]),
+                   concurrency=_opt_int(data["concurrency"]),
                    best_metrics=data["best_metrics"], levels=tuple(LevelRecord.from_json(x) for x in data["levels"]),
                    failure_class=str(data["failure_class"]), failure_reason=str(data["failure_reason"]),
                    log_tail=str(data["log_tail"]), log_path=str(data["log_path"]), startup=dict(data["startup"]),
@@ -176,17 +221,21 @@ class Measurement:
     """One fresh-server measurement of a candidate at its chosen load."""
 
     output_tok_s: float
-    p99_ms: float
+    p99_ms: Mapping[str, float]  # of each limited metric, by metric (NaN when the server did not start)
     metrics: Mapping[str, Any] = field(default_factory=dict, compare=False)  # BenchResult.to_json
     failure: str = ""  # "<failure class>: <reason>" when the server did not start
 
+    def over_limits(self, limits_ms: Mapping[str, float]) -> list[str]:
+        """The metrics whose P99 here broke their limit (none for a failed measurement: no P99 was seen)."""
+        return [metric for metric, limit in limits_ms.items() if self.p99_ms.get(metric, math.nan) > limit]
+
     def to_json(self) -> dict[str, Any]:
-        return json_safe({"output_tok_s": self.output_tok_s, "p99_ms": self.p99_ms, "metrics": dict(self.metrics),
-                          "failure": self.failure})
+        return json_safe({"output_tok_s": self.output_tok_s, "p99_ms": dict(self.p99_ms),
+                          "metrics": dict(self.metrics), "failure": self.failure})
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Measurement:
-        return cls(_num(data["output_tok_s"]), _num(data["p99_ms"]), dict(data["metrics"]), str(data["failure"]))
+        return cls(_num(data["output_tok_s"]), _floats(data["p99_ms"]), dict(data["metrics"]), str(data["failure"]))
 
 
 @dataclass(frozen=True)
@@ -215,10 +264,10 @@ class GainRecord:
     """The winner's gain over one baseline, with its confidence interval (selection.gain_over says how)."""
 
     baseline_trial: int
-    baseline_output_tok_s: float  # 0 when the baseline missed the limit
-    baseline_meets_limit: bool
+    baseline_output_tok_s: float  # 0 when the baseline missed a limit
+    baseline_meets_limit: bool  # every limit
     gain_output_tok_s: float
-    gain_pct: float  # inf when the baseline missed the limit
+    gain_pct: float  # inf when the baseline missed a limit
     gain_pct_low: float  # the interval of the gain, at ``confidence``
     gain_pct_high: float
     confidence: float
@@ -263,8 +312,7 @@ class StudyFingerprint:
 
     model: str
     gpus: int
-    metric: str
-    limit_ms: float
+    limits_ms: Mapping[str, float]  # P99 limit by metric
     workload: Mapping[str, Any]
     engine: str
     gpu_type: str
@@ -272,15 +320,15 @@ class StudyFingerprint:
     space: str = ""  # where the search space came from (not compared: a space may grow)
     records_version: int = RECORDS_VERSION
 
-    COMPARED = ("records_version", "model", "gpus", "metric", "limit_ms", "workload", "engine", "gpu_type")
+    COMPARED = ("records_version", "model", "gpus", "limits_ms", "workload", "engine", "gpu_type")
 
     def to_json(self) -> dict[str, Any]:
         return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StudyFingerprint:
-        return cls(model=str(data["model"]), gpus=int(data["gpus"]), metric=str(data["metric"]),
-                   limit_ms=float(data["limit_ms"]), workload=dict(data["workload"]), engine=str(data["engine"]),
+        return cls(model=str(data["model"]), gpus=int(data["gpus"]), limits_ms=_floats(data["limits_ms"]),
+                   workload=dict(data["workload"]), engine=str(data["engine"]),
                    gpu_type=str(data["gpu_type"]), preset=data.get("preset"), space=str(data.get("space") or ""),
                    records_version=int(data["records_version"]))
 

@@ -12,6 +12,7 @@ are equal within noise; of those, the one with the fewest flags changed from vLL
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,18 +31,18 @@ class Candidate:
     flags: dict[str, Any]
     concurrency: int | None
     search_output_tok_s: float  # from the load search (one measurement)
-    search_p99_ms: float
+    search_p99_ms: Mapping[str, float]  # each limited metric's P99, by metric
     baseline: str = ""  # "", vllm-defaults, seed-profile
     vllm_serve_cmd: str = ""
     repeats: list[Measurement] = field(default_factory=list)
-    # The trial's other feasible load levels below ``concurrency``, highest first: (concurrency, tok/s, P99).
-    # A re-measurement over the limit steps down to the next one (the knee was marginal).
-    lower_levels: list[tuple[int, float, float]] = field(default_factory=list)
+    # The trial's other feasible load levels below ``concurrency``, highest first: (concurrency, tok/s, P99s).
+    # A re-measurement over a limit steps down to the next one (the knee was marginal).
+    lower_levels: list[tuple[int, float, Mapping[str, float]]] = field(default_factory=list)
     stepped_down_from: list[int] = field(default_factory=list)
     remeasure_s: float = 0.0  # expected wall seconds of one re-measurement (server start and stop, one level)
 
     def step_down(self, min_bisect_ratio: float = 1.2) -> bool:
-        """Move below a level whose re-measurement broke the limit: to the geometric midpoint between it and the
+        """Move below a level whose re-measurement broke a limit: to the geometric midpoint between it and the
         next lower feasible level when that lies ``min_bisect_ratio`` or more below (the search's own bisection
         rule; only from a searched level, so a failed midpoint costs one server start), else to that level."""
         if self.concurrency is None:
@@ -65,7 +66,7 @@ class Candidate:
         if self.lower_levels and self.lower_levels[0][0] == concurrency:
             _, self.search_output_tok_s, self.search_p99_ms = self.lower_levels.pop(0)
         else:
-            self.search_output_tok_s = self.search_p99_ms = math.nan
+            self.search_output_tok_s, self.search_p99_ms = math.nan, {m: math.nan for m in self.search_p99_ms}
         self.concurrency = concurrency
         self.repeats = []
 
@@ -83,30 +84,41 @@ class Candidate:
         return [Measurement(self.search_output_tok_s, self.search_p99_ms)]
 
     def stats(self, noise_floor: float = 0.0, confidence: float = 0.9) -> dict[str, float]:
-        """Output tok/s over the measurements: mean, std, min, max, n, the half width of the mean's t interval
-        (never below ``noise_floor`` x mean), and the P99's mean and max."""
-        ms = [m for m in self.measurements() if not math.isnan(m.output_tok_s)]
-        tput = np.array([m.output_tok_s for m in ms], dtype=float)
-        p99 = np.array([m.p99_ms for m in ms], dtype=float)
+        """Output tok/s over the measurements: mean, std, min, max, n, and the half width of the mean's t interval
+        (never below ``noise_floor`` x mean)."""
+        tput = np.array([m.output_tok_s for m in self._measured()], dtype=float)
         if tput.size == 0:
-            return {"mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0, "n": 0, "half_width": 0.0,
-                    "p99_mean_ms": math.nan, "p99_max_ms": math.nan}
+            return {"mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0, "n": 0, "half_width": 0.0}
         mean = float(tput.mean())
         std = float(tput.std(ddof=1)) if tput.size > 1 else 0.0
         t_half = float(scipy_stats.t.ppf(0.5 + confidence / 2, tput.size - 1)) * std / math.sqrt(tput.size) \
             if tput.size > 1 else 0.0
         return {"mean": mean, "std": std, "min": float(tput.min()), "max": float(tput.max()), "n": int(tput.size),
-                "half_width": max(t_half, noise_floor * mean),
-                "p99_mean_ms": float(np.nanmean(p99)), "p99_max_ms": float(np.nanmax(p99))}
+                "half_width": max(t_half, noise_floor * mean)}
+
+    def p99_values_ms(self, metric: str) -> list[float]:
+        """The P99s of ``metric`` over the measurements that ``stats`` counts (NaN where one was not measured)."""
+        return [m.p99_ms.get(metric, math.nan) for m in self._measured()]
+
+    def p99_mean_ms(self, metric: str) -> float:
+        """The mean P99 of ``metric`` over the measurements (NaN when none has one)."""
+        values = [v for v in self.p99_values_ms(metric) if not math.isnan(v)]
+        return float(np.mean(values)) if values else math.nan
+
+    def _measured(self) -> list[Measurement]:
+        """The measurements with a throughput (a server that did not start has none)."""
+        return [m for m in self.measurements() if not math.isnan(m.output_tok_s)]
 
     def confirmed(self, repeats: int) -> bool:
         """Measured as every finalist must be: ``repeats`` fresh-server measurements at its final load (with
         ``repeats`` 0: the search's own figure)."""
         return self.concurrency is not None and (len(self.repeats) >= repeats if repeats > 0 else True)
 
-    def meets(self, limit_ms: float) -> bool:
+    def meets(self, limits_ms: Mapping[str, float]) -> bool:
+        """Throughput measured, and every limit met by its metric's mean P99 over the measurements."""
         s = self.stats()
-        return s["n"] > 0 and s["mean"] > 0 and not math.isnan(s["p99_mean_ms"]) and s["p99_mean_ms"] <= limit_ms
+        return s["n"] > 0 and s["mean"] > 0 and all(
+            self.p99_mean_ms(metric) <= limit for metric, limit in limits_ms.items())
 
 
 @dataclass
@@ -125,12 +137,12 @@ def flags_changed(flags: dict[str, Any]) -> int:
     return sum(1 for k, v in effective_flags(flags).items() if defaults.get(k) != v)
 
 
-def gain_over(winner: Candidate, baseline: Candidate, limit_ms: float, noise_floor: float,
+def gain_over(winner: Candidate, baseline: Candidate, limits_ms: Mapping[str, float], noise_floor: float,
               confidence: float = 0.9) -> GainRecord:
     """The winner's gain over ``baseline`` with Welch's t interval for the difference of their means (a baseline
-    that misses the limit counts as 0 tok/s). Significant when the whole interval lies above 0."""
+    that misses a limit counts as 0 tok/s). Significant when the whole interval lies above 0."""
     w, b = winner.stats(noise_floor, confidence), baseline.stats(noise_floor, confidence)
-    meets = baseline.meets(limit_ms)
+    meets = baseline.meets(limits_ms)
     b_mean = b["mean"] if meets else 0.0
     diff = w["mean"] - b_mean
     var_w = w["std"] ** 2 / w["n"] if w["n"] > 1 else 0.0
@@ -147,15 +159,15 @@ def gain_over(winner: Candidate, baseline: Candidate, limit_ms: float, noise_flo
                       gain_pct_high=pct(diff + half), confidence=confidence, significant=diff - half > 0)
 
 
-def select_winner(candidates: list[Candidate], limit_ms: float, repeats: int, noise_floor: float = 0.0,
-                  confidence: float = 0.9) -> Selection:
+def select_winner(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats: int,
+                  noise_floor: float = 0.0, confidence: float = 0.9) -> Selection:
     unconfirmed = [c for c in candidates if c.concurrency is not None and not c.confirmed(repeats)]
-    confirmed = [c for c in candidates if c.confirmed(repeats) and c.meets(limit_ms)]
+    confirmed = [c for c in candidates if c.confirmed(repeats) and c.meets(limits_ms)]
     names = ", ".join(_name(c) for c in unconfirmed)
     if not confirmed:
-        meeting = [c for c in unconfirmed if c.meets(limit_ms)]
+        meeting = [c for c in unconfirmed if c.meets(limits_ms)]
         if not meeting:
-            return Selection(None, candidates, {}, "no configuration met the limit in re-measurement",
+            return Selection(None, candidates, {}, "no configuration met the limits in re-measurement",
                              unconfirmed=[c.trial_number for c in unconfirmed])
         best = max(meeting, key=lambda c: c.stats()["mean"])
         return Selection(best, candidates, {}, f"no finalist was measured as the others: {names} unconfirmed "
@@ -165,9 +177,9 @@ def select_winner(candidates: list[Candidate], limit_ms: float, repeats: int, no
     best = max(confirmed, key=lambda c: c.stats()["mean"])
     # Finalists the best one does not beat beyond noise are its equals; the simplest of them is recommended.
     equals = [c for c in confirmed
-              if c is best or not gain_over(best, c, limit_ms, noise_floor, confidence).significant]
+              if c is best or not gain_over(best, c, limits_ms, noise_floor, confidence).significant]
     winner = min(equals, key=lambda c: (flags_changed(c.flags), -c.stats()["mean"]))
-    gains = {c.baseline: gain_over(winner, c, limit_ms, noise_floor, confidence)
+    gains = {c.baseline: gain_over(winner, c, limits_ms, noise_floor, confidence)
              for c in candidates if c.baseline and c is not winner and c.confirmed(repeats)}
     if len(equals) > 1:
         verdict = (f"equal within noise: {', '.join(_name(c) for c in equals)}; recommended: {_name(winner)}, "

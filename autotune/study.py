@@ -30,7 +30,8 @@ from autotune.selection import Candidate, Selection, select_winner
 from autotune.space import SearchSpace
 from autotune.trial import TrialSettings, measure_once, run_trial
 
-__all__ = ["StudyConfig", "StudyOutcome", "run_study", "BASELINES", "baseline_flags", "study_fingerprint"]
+__all__ = ["StudyConfig", "StudyOutcome", "run_study", "BASELINES", "baseline_flags", "study_fingerprint",
+           "constraint_key"]
 
 # The seed write-up's hand-tuned profile; on several GPUs also TP over all of them, expert parallel for an
 # MoE and the vision encoder in data-parallel mode for a VLM (its GLM-4.6V recipe: TP4 + EP + fp8 KV).
@@ -82,9 +83,14 @@ def baseline_flags(name: str, model: ModelSpec, gpus: int) -> dict[str, Any]:
     return flags
 
 
+def constraint_key(metric: str) -> str:
+    """The name of a limit's Optuna constraint (P99 - limit in ms, <= 0 feasible): one per limit."""
+    return f"p99_{metric}_minus_limit_ms"
+
+
 def study_fingerprint(cfg: StudyConfig) -> StudyFingerprint:
     s = cfg.settings
-    return StudyFingerprint(model=s.model.name, gpus=s.gpus, metric=s.search.metric, limit_ms=s.search.limit_ms,
+    return StudyFingerprint(model=s.model.name, gpus=s.gpus, limits_ms=dict(s.search.limits_ms),
                             workload=s.workload.describe(), engine=s.engine, gpu_type=s.gpu.name, preset=cfg.preset,
                             space=str(cfg.space.source))
 
@@ -115,7 +121,7 @@ def _enqueue_baselines(study: optuna.Study, cfg: StudyConfig) -> None:
 
 
 def _objective(cfg: StudyConfig, progress: Progress, deadline: float | None = None):
-    limit = cfg.settings.search.limit_ms
+    limits_ms = cfg.settings.search.limits_ms
 
     def objective(trial: optuna.Trial) -> float:
         flags = cfg.space.sample(trial, cfg.settings.model, cfg.settings.gpus)
@@ -134,7 +140,8 @@ def _objective(cfg: StudyConfig, progress: Progress, deadline: float | None = No
             raise Stopped(e.code if isinstance(e.code, int) else 143) from e
         result = replace(result, trial_wall_s=time.perf_counter() - started)
         records.write_trial_result(trial, result)
-        trial.set_constraint("p99_minus_limit_ms", result.constraint_ms(limit))
+        for metric, value in result.constraints_ms(limits_ms).items():  # one constraint per limit
+            trial.set_constraint(constraint_key(metric), value)
         progress.trial_finished(trial.number, baseline, result)
         return float(result.output_tok_s)
 
@@ -226,8 +233,8 @@ def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
     earlier = records.read_trials(study)
     before = sum(1 for t in earlier if t.complete)
     progress.study_started(StudyStart(study=cfg.study_name, engine=cfg.settings.engine,
-                                      metric=cfg.settings.search.metric, limit_ms=cfg.settings.search.limit_ms,
-                                      gpus=cfg.settings.gpus, n_trials=cfg.n_trials, timeout_s=cfg.timeout_s, existing_trials=before))
+                                      limits_ms=cfg.settings.search.limits_ms, gpus=cfg.settings.gpus,
+                                      n_trials=cfg.n_trials, timeout_s=cfg.timeout_s, existing_trials=before))
     durations = [t.result.trial_wall_s for t in earlier if t.result is not None and t.result.trial_wall_s]
     rules = _StopRules(cfg, deadline, durations, lambda: remeasure_reserve_s(study, cfg), progress)
     if rules.would_overrun():  # a resumed study whose earlier trials show the next one cannot fit
@@ -283,7 +290,7 @@ def _candidate(t: TrialRecord) -> Candidate:
     c.remeasure_s = remeasure_s(r, int(r.concurrency))  # type: ignore[arg-type]
     c.lower_levels = sorted(((lv.concurrency, lv.output_tok_s, lv.p99_ms) for lv in r.levels
                              if lv.feasible and lv.concurrency < int(r.concurrency)),  # type: ignore[arg-type]
-                            reverse=True)
+                            key=lambda level: level[0], reverse=True)
     return c
 
 
@@ -314,8 +321,7 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
     """Re-measure each candidate ``repeats`` times on a fresh server at its chosen load. Re-measurements are
     stored on the study, so a resumed study does not pay for them twice."""
     candidates = candidates_from_study(records.read_trials(study), cfg.top_k)
-    limit = cfg.settings.search.limit_ms
-    metric = cfg.settings.search.metric
+    limits_ms = cfg.settings.search.limits_ms
     for cand in candidates:
         stored = records.read_remeasurement(study, cand.trial_number)
         if stored is not None:
@@ -336,15 +342,18 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
             name = f"autotune-{cfg.study_name}-{cand.trial_number}-r{i}"
             try:
                 r = measure_once(cfg.settings, cand.flags, cand.concurrency, name, log_path)
-                m = Measurement(r.output_tok_s, r.p99_ms(metric), json_safe(r.to_json()))
+                m = Measurement(r.output_tok_s, {metric: r.p99_ms(metric) for metric in limits_ms},
+                                json_safe(r.to_json()))
             except EngineStartError as e:
-                m = Measurement(math.nan, math.nan, failure=f"{e.failure_class}: {e}")
+                m = Measurement(math.nan, {metric: math.nan for metric in limits_ms},
+                                failure=f"{e.failure_class}: {e}")
             cand.repeats.append(m)
-            progress.remeasured(cand.trial_number, m, limit)
-            if m.p99_ms > limit and cand.step_down():  # marginal knee: step down (see Candidate.step_down)
+            progress.remeasured(cand.trial_number, m, limits_ms)
+            # marginal knee: over any limit steps down (see Candidate.step_down)
+            if m.over_limits(limits_ms) and cand.step_down():
                 progress.remeasure_stepped_down(cand.trial_number, cand.stepped_down_from[-1], cand.concurrency)
             records.write_remeasurement(study, cand.remeasurement())
-    selection = select_winner(candidates, limit, cfg.repeats, cfg.noise_floor, cfg.confidence)
+    selection = select_winner(candidates, limits_ms, cfg.repeats, cfg.noise_floor, cfg.confidence)
     records.write_selection(study, records.SelectionRecord(
         selection.winner.trial_number if selection.winner else None, selection.verdict, selection.gains,
         tuple(selection.equal_within_noise), tuple(selection.unconfirmed)))
@@ -357,7 +366,7 @@ def baseline_summary(selection: Selection, cfg: StudyConfig) -> dict[str, dict[s
         if cand.baseline:
             gain = selection.gains.get(cand.baseline)
             out[cand.baseline] = json_safe({"trial": cand.trial_number, "flags": cand.flags,
-                                             "meets_limit": cand.meets(cfg.settings.search.limit_ms),
+                                             "meets_limit": cand.meets(cfg.settings.search.limits_ms),
                                              "concurrency": cand.concurrency,
                                              "output_tok_s": cand.stats(cfg.noise_floor, cfg.confidence),
                                              **({"gain": gain.to_json()} if gain else {})})

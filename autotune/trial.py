@@ -6,7 +6,6 @@ with its failure class, so the study records them and the sampler steers away.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from autotune.gpus import GpuSpec
 from autotune.loadgen.runner import LoadConfig, run_bench
 from autotune.loadgen.workload import Workload
 from autotune.jsonsafe import json_safe
-from autotune.loadsearch import LoadSearchConfig, LoadSearchResult, search_load
+from autotune.loadsearch import LoadSearchConfig, LoadSearchResult, infeasible_reason, search_load
 from autotune.memory import plan_memory
 from autotune.metrics import BenchResult
 from autotune.models import ModelSpec
@@ -108,7 +107,7 @@ def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, 
     """Check memory, launch, search the load, tear down. Never raises for engine or load failures.
     ``deadline`` (``time.monotonic()``): no load level starts that would end after it, teardown included."""
     plan = plan_memory(settings.model, settings.gpu, flags)
-    out = TrialResult(flags=flags, feasible=False, output_tok_s=0.0, p99_ms=math.nan, concurrency=None,
+    out = TrialResult(flags=flags, feasible=False, output_tok_s=0.0, concurrency=None,
                       memory=plan.as_dict(), log_path=str(log_path))
     if not plan.fits:
         return replace(out, failure_class=plan.failure_class, failure_reason=plan.reason,
@@ -148,13 +147,10 @@ def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, 
     best = result.best
     if best is None:
         lowest = result.lowest
-        return replace(out, failure_class="no_feasible_load",
-                       failure_reason=(f"P99 {settings.search.metric} above {settings.search.limit_ms:g} ms "
-                                       f"even at concurrency {lowest.concurrency if lowest else '?'}"),
-                       p99_ms=lowest.p99_ms if lowest else math.nan,
+        return replace(out, failure_class="no_feasible_load", failure_reason=infeasible_reason(result, settings.search),
                        concurrency=lowest.concurrency if lowest else None)
     return replace(out, feasible=True, best_metrics=json_safe(best.result.to_json()),
-                   output_tok_s=best.result.output_tok_s, p99_ms=best.p99_ms, concurrency=best.concurrency)
+                   output_tok_s=best.result.output_tok_s, concurrency=best.concurrency)
 
 
 def measure_once(settings: TrialSettings, flags: dict[str, Any], concurrency: int, served_name: str,

@@ -73,7 +73,7 @@ def evaluate(model, gpu, flags: dict[str, Any], limits: list[float]) -> dict[str
         return row
     ceiling = min(4096, int(f["max-num-seqs"]) * dp)
     for limit in limits:
-        cfg = LoadSearchConfig(metric="ttft", limit_ms=limit, start_concurrency=8, max_concurrency=ceiling,
+        cfg = LoadSearchConfig(limits_ms={"ttft": limit}, start_concurrency=8, max_concurrency=ceiling,
                                max_levels=12)
         try:
             res = search_load(_measure(model, gpu, flags), cfg)
@@ -85,7 +85,7 @@ def evaluate(model, gpu, flags: dict[str, Any], limits: list[float]) -> dict[str
             "output_tok_s": best.result.output_tok_s if best else math.nan,
             "total_tok_s": best.result.total_tok_s if best else math.nan,
             "concurrency": best.concurrency if best else None,
-            "p99_ttft_ms": best.p99_ms if best else math.nan,
+            "p99_ttft_ms": best.p99_ms["ttft"] if best else math.nan,
             "p99_tpot_ms": best.result.tpot_ms.p99 if best else math.nan,
             "stop": res.stop_reason, "levels": len(res.levels),
         }

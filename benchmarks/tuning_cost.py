@@ -95,7 +95,7 @@ def evaluate(setup: Setup, flags: dict[str, Any]) -> dict[str, Any]:
         return predict(setup.model, setup.gpu, flags, INPUT_LEN, OUTPUT_LEN, concurrency, num_prompts(concurrency))
 
     ceiling = int(flags.get("max-num-seqs") or 1024) * int(flags.get("data-parallel-size") or 1)
-    cfg = LoadSearchConfig(metric=METRIC, limit_ms=LIMIT_MS, start_concurrency=START_CONCURRENCY,
+    cfg = LoadSearchConfig(limits_ms={METRIC: LIMIT_MS}, start_concurrency=START_CONCURRENCY,
                            max_concurrency=min(MAX_CONCURRENCY, ceiling))
     try:
         result = search_load(measure, cfg)
@@ -105,14 +105,14 @@ def evaluate(setup: Setup, flags: dict[str, Any]) -> dict[str, Any]:
     best = result.best
     if best is None:
         lowest = result.lowest
-        p99 = lowest.p99_ms if lowest else math.nan
+        p99 = lowest.p99_ms[METRIC] if lowest else math.nan
         return {"output_tok_s": 0.0, "feasible": False,
                 "constraint_ms": max(p99 - LIMIT_MS, 1e-3) if not math.isnan(p99) else 10.0 * LIMIT_MS,
                 "concurrency": lowest.concurrency if lowest else None, "p99_ms": None if math.isnan(p99) else p99,
                 "failure_class": "no_feasible_load", "levels": len(result.levels)}
     return {"output_tok_s": float(best.result.output_tok_s), "feasible": True,
-            "constraint_ms": float(best.p99_ms - LIMIT_MS), "concurrency": best.concurrency,
-            "p99_ms": float(best.p99_ms), "failure_class": "", "levels": len(result.levels),
+            "constraint_ms": float(best.p99_ms[METRIC] - LIMIT_MS), "concurrency": best.concurrency,
+            "p99_ms": float(best.p99_ms[METRIC]), "failure_class": "", "levels": len(result.levels),
             "stop_reason": result.stop_reason}
 
 

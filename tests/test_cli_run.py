@@ -34,7 +34,7 @@ BASE = ["run", "--gpus", "1", "--engine", "sim", "--trials", "1"]
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "nosuchpreset", "--p99-ms", "500"], "unknown model preset 'nosuchpreset'"),
-    (["--model", "flash"], "Missing option '--p99-ms'"),
+    (["--model", "flash"], "no latency limit: give --p99-ms MS [--p99-metric METRIC] or --slo METRIC=MS"),
     (["--model", "flash", "--p99-ms", "0"], "must be positive"),
     (["--model", "flash", "--p99-ms", "-5"], "must be positive"),
     (["--model", "flash", "--p99-ms", "500", "--gpus", "0"], "must be positive"),
@@ -44,6 +44,18 @@ BASE = ["run", "--gpus", "1", "--engine", "sim", "--trials", "1"]
     (["--model", "flash", "--p99-ms", "500", "--gpu-type", "a100"], "unknown GPU type 'a100'"),
     (["--model", "flash", "--p99-ms", "500", "--set", "max-num-seqz=4"], "unknown vLLM flag"),
     (["--model", "flash", "--p99-ms", "500", "--set", "kv-cache-dtype=fp8"], "searched by the space"),
+    # several limits (--slo): every one must be a known metric with a positive limit, each metric limited once
+    (["--model", "flash", "--slo", "latency=5"], "Invalid value for '--slo': expected METRIC=MS with METRIC one of"),
+    (["--model", "flash", "--slo", "ttft=500,itl"], "expected METRIC=MS"),
+    (["--model", "flash", "--slo", "ttft=0"], "the limit for ttft must be a positive number"),
+    (["--model", "flash", "--slo", "ttft=500,itl=-5"], "the limit for itl must be a positive number"),
+    (["--model", "flash", "--slo", "itl=inf"], "the limit for itl must be a positive number"),
+    (["--model", "flash", "--slo", "ttft=fast"], "'fast' is not a number of milliseconds"),
+    (["--model", "flash", "--slo", "ttft=500,itl=50,ttft=400"], "ttft is given twice"),
+    (["--model", "flash", "--p99-ms", "500", "--slo", "ttft=400"], "P99 ttft is already limited by --p99-ms 500"),
+    (["--model", "flash", "--p99-ms", "50", "--p99-metric", "itl", "--slo", "ttft=500,itl=40"],
+     "--slo itl=40: P99 itl is already limited by --p99-ms 50"),
+    (["--model", "flash", "--p99-metric", "itl", "--slo", "ttft=500"], "--p99-metric itl needs --p99-ms MS"),
 ])
 def test_bad_input_exit_2_one_line(capsys, storage, args, message):
     url, db = storage
@@ -107,3 +119,31 @@ def test_best_of_unknown_study(capsys, storage):
     url, _ = storage
     code, _, err = run_cli(capsys, "best", "--study", "nope", "--storage", url)
     assert code == 2 and "no study named 'nope'" in err
+
+
+@pytest.mark.parametrize("options, limits, name", [
+    ({"p99_ms": 500}, {"ttft": 500.0}, "flash-1gpu-p99ttft500ms"),  # one limit, as before
+    ({"p99_ms": 50, "p99_metric": "itl"}, {"itl": 50.0}, "flash-1gpu-p99itl50ms"),
+    ({"slo_ms": {"ttft": 500, "itl": 50}}, {"ttft": 500.0, "itl": 50.0}, "flash-1gpu-p99ttft500ms-itl50ms"),
+    # --p99-ms beside --slo: one more limit, first
+    ({"p99_ms": 500, "slo_ms": {"itl": 50}}, {"ttft": 500.0, "itl": 50.0}, "flash-1gpu-p99ttft500ms-itl50ms"),
+    ({"p99_ms": 2000, "p99_metric": "e2el", "slo_ms": {"ttft": 500}}, {"e2el": 2000.0, "ttft": 500.0},
+     "flash-1gpu-p99e2el2000ms-ttft500ms"),
+])
+def test_the_limits_and_the_default_study_name(tmp_path, options, limits, name):
+    from autotune.config import RunOptions, build_study_config, choose_engine, study_limits_ms
+
+    opts = RunOptions(model="flash", engine="sim", storage=f"sqlite:///{tmp_path}/s.db", **options)
+    assert study_limits_ms(opts) == limits and list(study_limits_ms(opts)) == list(limits)
+    cfg = build_study_config(opts, choose_engine("sim"))
+    assert cfg.settings.search.limits_ms == limits and cfg.study_name == name
+
+
+def test_the_options_model_checks_limits_given_by_code():
+    import pydantic
+
+    from autotune.config import RunOptions
+
+    for slo in ({"latency": 5.0}, {"ttft": 0.0}, {"itl": float("inf")}):
+        with pytest.raises(pydantic.ValidationError):
+            RunOptions(model="flash", slo_ms=slo)

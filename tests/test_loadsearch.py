@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from autotune.loadsearch import LoadSearchConfig, search_load
 from autotune.metrics import RequestOutput, summarize
 
@@ -23,17 +25,17 @@ def fake_server(capacity_tok_s: float, base_ttft_s: float, knee: int):
 
 def test_grows_then_bisects_to_the_knee():
     measure, calls = fake_server(10_000, 0.1, knee=100)
-    res = search_load(measure, LoadSearchConfig(metric="ttft", limit_ms=200, start_concurrency=8))
+    res = search_load(measure, LoadSearchConfig(limits_ms={"ttft": 200}, start_concurrency=8))
     assert calls[:5] == [8, 16, 32, 64, 128]
     assert res.best is not None and 100 <= res.best.concurrency <= 108
-    assert res.best.p99_ms <= 200
-    assert all(lv.p99_ms > 200 for lv in res.levels if lv.concurrency > res.best.concurrency)
+    assert res.best.p99_ms["ttft"] <= 200
+    assert all(lv.p99_ms["ttft"] > 200 for lv in res.levels if lv.concurrency > res.best.concurrency)
     assert res.stop_reason == "limit"
 
 
 def test_saturation_stops_growth():
     measure, calls = fake_server(10_000, 0.05, knee=10_000)
-    res = search_load(measure, LoadSearchConfig(metric="ttft", limit_ms=500, start_concurrency=8,
+    res = search_load(measure, LoadSearchConfig(limits_ms={"ttft": 500}, start_concurrency=8,
                                                 saturation_gain=0.2, max_concurrency=4096))
     assert res.stop_reason == "saturated"
     assert max(calls) < 4096
@@ -41,7 +43,7 @@ def test_saturation_stops_growth():
 
 def test_infeasible_everywhere_reports_no_best():
     measure, calls = fake_server(10_000, 5.0, knee=0)
-    res = search_load(measure, LoadSearchConfig(metric="ttft", limit_ms=100, start_concurrency=8))
+    res = search_load(measure, LoadSearchConfig(limits_ms={"ttft": 100}, start_concurrency=8))
     assert res.best is None and res.stop_reason == "infeasible"
     assert 1 in calls
 
@@ -49,9 +51,9 @@ def test_infeasible_everywhere_reports_no_best():
 def test_all_failed_level_is_not_feasible():
     def measure(c):
         return summarize([RequestOutput(False, error="boom", error_kind="http_5xx")] * 4, 1.0)
-    res = search_load(measure, LoadSearchConfig(metric="ttft", limit_ms=100, start_concurrency=4, max_levels=4))
+    res = search_load(measure, LoadSearchConfig(limits_ms={"ttft": 100}, start_concurrency=4, max_levels=4))
     assert res.best is None
-    assert all(math.isnan(lv.p99_ms) for lv in res.levels)
+    assert all(math.isnan(lv.p99_ms["ttft"]) for lv in res.levels)
 
 
 class _Clock:
@@ -73,7 +75,7 @@ def _timed_search(monkeypatch, deadline: float, reserve_s: float = 0.0):
     def timed(c: int):
         clock.now += c  # a level's wall time grows with its concurrency
         return measure(c)
-    res = search_load(timed, LoadSearchConfig(metric="ttft", limit_ms=200, start_concurrency=8), deadline=deadline,
+    res = search_load(timed, LoadSearchConfig(limits_ms={"ttft": 200}, start_concurrency=8), deadline=deadline,
                       reserve_s=reserve_s)
     return res, calls
 
@@ -118,13 +120,13 @@ def test_a_level_whose_interval_straddles_the_limit_is_measured_again():
         center = 100.0 if c < 32 else 392.0  # P99 about 494 ms at 32: just under the 500 ms limit
         return _ttft_level(list(center * rng.lognormal(0, 0.1, 400)), c)
 
-    cfg = LoadSearchConfig(metric="ttft", limit_ms=500, start_concurrency=16, max_concurrency=32, max_extensions=2)
+    cfg = LoadSearchConfig(limits_ms={"ttft": 500}, start_concurrency=16, max_concurrency=32, max_extensions=2)
     res = search_load(measure, cfg)
     by_c = {lv.concurrency: lv for lv in res.levels}
     assert by_c[16].runs == 1 and calls.count(16) == 1  # far below: decided at once
     assert 2 <= by_c[32].runs == calls.count(32) <= 3  # straddled: extended, runs pooled
     assert by_c[32].result.completed == 400 * by_c[32].runs
-    assert by_c[32].p99.low <= by_c[32].p99.value <= by_c[32].p99.high
+    assert by_c[32].p99["ttft"].low <= by_c[32].p99["ttft"].value <= by_c[32].p99["ttft"].high
 
 
 def test_the_knee_comes_from_all_levels_not_a_lucky_one():
@@ -132,15 +134,105 @@ def test_the_knee_comes_from_all_levels_not_a_lucky_one():
     from autotune.loadsearch import LevelResult, LoadSearchResult, fit_levels
     from autotune.stats import Interval
 
-    cfg = LoadSearchConfig(metric="ttft", limit_ms=500)
+    cfg = LoadSearchConfig(limits_ms={"ttft": 500})
 
     def levels(p99_by_c: dict[int, float]) -> list[LevelResult]:
-        return [LevelResult(c, _ttft_level([p] * 64, c), Interval(p, p, p, 0.9), p <= 500) for c, p in p99_by_c.items()]
+        return [LevelResult(c, _ttft_level([p] * 64, c), {"ttft": Interval(p, p, p, 0.9)}, p <= 500)
+                for c, p in p99_by_c.items()]
 
     measured = {16: 200.0, 32: 300.0, 38: 560.0, 41: 460.0}  # 41 came out lucky, under 38
     assert LoadSearchResult(levels(measured)).best.concurrency == 41  # alone, it would carry the trial
     fitted = LoadSearchResult(fit_levels(levels(measured), cfg))
-    assert [lv.fitted_p99_ms for lv in fitted.levels] == [200.0, 300.0, 510.0, 510.0]
+    assert [lv.fitted_p99_ms["ttft"] for lv in fitted.levels] == [200.0, 300.0, 510.0, 510.0]
     assert fitted.best.concurrency == 32  # 38 and 41 together hold 510 ms: over the limit
     fitted = LoadSearchResult(fit_levels(levels({**measured, 41: 420.0}), cfg))
     assert fitted.best.concurrency == 41  # together 490 ms: both within it, and 41 has the most throughput
+
+
+# -- several limits at once ----------------------------------------------------------------------------------------
+def _level(c: int, ttft_ms: list[float], itl_ms: list[float]):
+    """A level at concurrency ``c``: request i has TTFT ttft_ms[i] and 20 gaps of itl_ms[i]."""
+    from dataclasses import replace
+    outs = [RequestOutput(True, 100, 21, t / 1000.0, (g / 1000.0,) * 20, (t + 20 * g) / 1000.0, start_s=i * 0.05)
+            for i, (t, g) in enumerate(zip(ttft_ms, itl_ms))]
+    return replace(summarize(outs, duration_s=10.0), output_tok_s=100.0 * c)
+
+
+def two_metric_server(ttft_knee: int, itl_knee: int):
+    """TTFT and ITL each flat (100 ms, 20 ms) up to their own knee, then rising steeply."""
+    calls: list[int] = []
+
+    def measure(c: int):
+        calls.append(c)
+        ttft = 100.0 * (1 + max(0, c - ttft_knee) / 4)
+        itl = 20.0 * (1 + max(0, c - itl_knee) / 4)
+        return _level(c, [ttft] * 200, [itl] * 200)
+    return measure, calls
+
+
+def test_a_level_is_feasible_only_when_every_limit_holds():
+    limits = {"ttft": 200.0, "itl": 40.0}  # each broken 4 levels of concurrency past its knee
+    for ttft_knee, itl_knee in ((100, 40), (40, 100)):  # ITL breaks first, then TTFT
+        measure, _ = two_metric_server(ttft_knee, itl_knee)
+        res = search_load(measure, LoadSearchConfig(limits_ms=limits, start_concurrency=8))
+        edge = min(ttft_knee, itl_knee) + 4  # the highest concurrency within both limits
+        assert res.best is not None and edge / 1.2 <= res.best.concurrency <= edge, (ttft_knee, itl_knee)
+        assert all(not lv.feasible for lv in res.levels if lv.concurrency > res.best.concurrency)
+        for lv in res.levels:
+            assert lv.feasible == all(lv.p99_ms[m] <= limit for m, limit in limits.items())
+        rec = res.best.record()
+        assert list(rec.p99) == ["ttft", "itl"] and rec.p99["itl"].value_ms == pytest.approx(res.best.p99_ms["itl"])
+        assert not math.isnan(rec.p99["ttft"].fitted_ms) and not math.isnan(rec.p99["itl"].fitted_ms)
+    # one limit alone lets the search go past the other's knee
+    measure, _ = two_metric_server(100, 40)
+    alone = search_load(measure, LoadSearchConfig(limits_ms={"ttft": 200.0}, start_concurrency=8))
+    assert alone.best.concurrency >= 104 / 1.2
+
+
+def test_extension_while_a_limit_is_undecided_and_none_is_broken():
+    import numpy as np
+    rng = np.random.default_rng(5)
+    calls: list[int] = []
+
+    def measure_with(itl_center: float, ttft_center: float):
+        def measure(c: int):
+            calls.append(c)
+            return _level(c, list(ttft_center * rng.lognormal(0, 0.1, 400)),
+                          list(itl_center * rng.lognormal(0, 0.1, 400)))
+        return measure
+
+    # ITL's P99 (about 50 x 1.26) straddles its 63 ms limit; TTFT far below its own: measured again
+    cfg = LoadSearchConfig(limits_ms={"ttft": 500.0, "itl": 63.0}, start_concurrency=16, max_concurrency=16)
+    res = search_load(measure_with(50.0, 100.0), cfg)
+    assert res.levels[0].runs > 1 and calls.count(16) == res.levels[0].runs
+    # the same ITL, but TTFT far over its limit: the level is over the limits at once
+    calls.clear()
+    cfg = LoadSearchConfig(limits_ms={"ttft": 50.0, "itl": 63.0}, start_concurrency=16, max_concurrency=16,
+                           max_levels=1)
+    res = search_load(measure_with(50.0, 100.0), cfg)
+    assert res.levels[0].runs == 1 and not res.levels[0].feasible
+
+
+def test_each_limit_gets_its_own_fit():
+    """TTFT is fine everywhere; ITL came out lucky at 41, under 38: ITL's fit pools them, over its limit."""
+    from autotune.loadsearch import LevelResult, LoadSearchResult, fit_levels, infeasible_reason
+    from autotune.stats import Interval
+
+    cfg = LoadSearchConfig(limits_ms={"ttft": 500.0, "itl": 50.0})
+    itl_by_c = {16: 20.0, 32: 30.0, 38: 56.0, 41: 46.0}
+    levels = [LevelResult(c, _level(c, [100.0] * 64, [itl] * 64),
+                          {"ttft": Interval(100.0 + c, 100.0 + c, 100.0 + c, 0.9), "itl": Interval(itl, itl, itl, 0.9)},
+                          itl <= 50) for c, itl in itl_by_c.items()]
+    fitted = LoadSearchResult(fit_levels(levels, cfg))
+    assert [lv.fitted_p99_ms["itl"] for lv in fitted.levels] == [20.0, 30.0, 51.0, 51.0]
+    assert [lv.fitted_p99_ms["ttft"] for lv in fitted.levels] == [116.0, 132.0, 138.0, 141.0]
+    assert fitted.best.concurrency == 32
+    assert infeasible_reason(LoadSearchResult(fitted.levels[2:]), cfg) == \
+        "P99 itl 51 ms above 50 ms even at concurrency 38"
+
+
+def test_a_search_needs_a_known_limit():
+    with pytest.raises(ValueError, match="at least one"):
+        LoadSearchConfig(limits_ms={})
+    with pytest.raises(ValueError, match="unknown latency metric 'latency'"):
+        LoadSearchConfig(limits_ms={"latency": 5.0})

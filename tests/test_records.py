@@ -10,13 +10,15 @@ from optuna.distributions import FloatDistribution
 
 from autotune import records
 from autotune.errors import UsageError
-from autotune.records import (GainRecord, LevelRecord, Measurement, Remeasurement, SelectionRecord, StudyFingerprint,
-                              TrialResult)
+from autotune.records import (GainRecord, LevelRecord, Measurement, P99Record, Remeasurement, SelectionRecord,
+                              StudyFingerprint, TrialResult)
 
-LEVEL = LevelRecord(concurrency=64, output_tok_s=5000.0, total_tok_s=15000.0, request_s=9.0, p99_ms=math.nan,
-                    p99_low_ms=math.nan, p99_high_ms=math.nan, p99_fitted_ms=math.nan, runs=1, feasible=False, p99_ttft_ms=math.nan, p99_tpot_ms=20.0, p99_itl_ms=25.0, p99_e2el_ms=9000.0,
+NAN = math.nan
+LEVEL = LevelRecord(concurrency=64, output_tok_s=5000.0, total_tok_s=15000.0, request_s=9.0,
+                    p99={"ttft": P99Record(NAN, NAN, NAN, NAN), "itl": P99Record(25.0, 24.0, 27.0, NAN)}, runs=1,
+                    feasible=False, p99_ttft_ms=NAN, p99_tpot_ms=20.0, p99_itl_ms=25.0, p99_e2el_ms=9000.0,
                     completed=0, failed=192, duration_s=60.0, wall_s=70.0, status="failed")
-FP = StudyFingerprint(model="m", gpus=1, metric="ttft", limit_ms=500.0, workload={"spec": "random:8:8", "seed": 0},
+FP = StudyFingerprint(model="m", gpus=1, limits_ms={"ttft": 500.0}, workload={"spec": "random:8:8", "seed": 0},
                       engine="sim", gpu_type="h100", preset="flash", space="flash.yaml")
 
 
@@ -29,27 +31,32 @@ def _trial(study: optuna.Study, result: TrialResult | None, baseline: str = "") 
 
 
 def test_a_trial_comes_back_as_it_was_written_nan_included():
-    result = TrialResult(flags={"max-num-seqs": 256}, feasible=False, output_tok_s=0.0, p99_ms=math.nan,
+    result = TrialResult(flags={"max-num-seqs": 256}, feasible=False, output_tok_s=0.0,
                          concurrency=64, levels=(LEVEL,), failure_class="no_feasible_load", log_tail="x" * 5000,
                          trial_wall_s=80.0)
     study = optuna.create_study(direction="maximize")
     _trial(study, result, baseline="vllm-defaults")
     back = records.read_trials(study)[0]
     assert back.baseline == "vllm-defaults" and back.complete and not back.feasible and back.value == 0.0
-    assert math.isnan(back.result.p99_ms) and math.isnan(back.result.levels[0].p99_ttft_ms)
+    assert math.isnan(back.result.p99_ms["ttft"]) and math.isnan(back.result.levels[0].p99_ttft_ms)
+    assert back.result.levels[0] == LEVEL and list(back.result.p99_ms) == ["ttft", "itl"]  # the limits' order
     assert back.result.levels[0].failed == 192 and len(back.result.log_tail) == 4000  # the tail is capped
     assert back.result.level(64) == back.result.levels[0] and back.result.level(32) is None
-    assert back.result.constraint_ms(500.0) == 5000.0  # a failure is a large violation
+    # no level met the limits: a P99 never measured is a large violation, one measured under its limit stays
+    assert back.result.constraints_ms({"ttft": 500.0, "itl": 50.0}) == {"ttft": 5000.0, "itl": -25.0}
 
 
 def test_remeasurements_and_the_selection_round_trip():
     study = optuna.create_study(direction="maximize")
-    rem = Remeasurement(3, 128, (181,), (Measurement(4400.0, 300.0, {"completed": 384}),
-                                         Measurement(math.nan, math.nan, failure="oom: CUDA out of memory")))
+    failed = Measurement(NAN, {"ttft": NAN, "itl": NAN}, failure="oom: CUDA out of memory")
+    rem = Remeasurement(3, 128, (181,), (Measurement(4400.0, {"ttft": 300.0, "itl": 40.0}, {"completed": 384}), failed))
     records.write_remeasurement(study, rem)
     back = records.read_remeasurement(study, 3)
     assert back.concurrency == 128 and back.stepped_down_from == (181,) and back.repeats[1].failure.startswith("oom")
     assert math.isnan(back.repeats[1].output_tok_s) and records.read_remeasurement(study, 4) is None
+    assert back.repeats[0].p99_ms == {"ttft": 300.0, "itl": 40.0} and math.isnan(back.repeats[1].p99_ms["itl"])
+    assert back.repeats[0].over_limits({"ttft": 500.0, "itl": 35.0}) == ["itl"]
+    assert back.repeats[1].over_limits({"ttft": 500.0, "itl": 35.0}) == []  # a failed server saw no P99
     gain = GainRecord(0, 0.0, False, 4400.0, math.inf, math.inf, math.inf, 0.9, True)  # a baseline that met no limit
     records.write_selection(study, SelectionRecord(3, "verdict", {"vllm-defaults": gain}))
     sel = records.read_selection(study)
@@ -60,9 +67,46 @@ def test_a_changed_setup_or_an_older_study_is_refused():
     study = optuna.create_study(study_name="s")
     records.check_fingerprint(study, FP)
     records.check_fingerprint(study, FP)  # same setup: resumes
-    with pytest.raises(UsageError, match="was created with limit_ms=500.0, not 300.0"):
-        records.check_fingerprint(study, StudyFingerprint(**{**FP.__dict__, "limit_ms": 300.0}))
+    records.check_fingerprint(study, StudyFingerprint(**{**FP.__dict__, "limits_ms": {"ttft": 500}}))  # 500 == 500.0
+    for other in ({"ttft": 300.0}, {"ttft": 500.0, "itl": 50.0}, {"itl": 500.0}):
+        with pytest.raises(UsageError, match=r"was created with limits_ms=\{'ttft': 500.0\}, not"):
+            records.check_fingerprint(study, StudyFingerprint(**{**FP.__dict__, "limits_ms": other}))
+    several = optuna.create_study(study_name="several")
+    fp = StudyFingerprint(**{**FP.__dict__, "limits_ms": {"ttft": 500.0, "itl": 50.0}})
+    records.check_fingerprint(several, fp)
+    assert records.read_fingerprint(several) == fp
+    records.check_fingerprint(several, StudyFingerprint(**{**FP.__dict__, "limits_ms": {"itl": 50.0, "ttft": 500.0}}))
     old = optuna.create_study(study_name="old")
     old.set_user_attr("fingerprint", {"model": "m", "gpus": 1})  # written before typed records
     with pytest.raises(UsageError, match="another version of autotune's records"):
         records.check_fingerprint(old, FP)
+
+
+def _level(c: int, ttft: tuple[float, float], itl: tuple[float, float], feasible: bool) -> LevelRecord:
+    """A level whose TTFT and ITL P99s are (measured, fitted)."""
+    return LevelRecord(concurrency=c, output_tok_s=100.0 * c, total_tok_s=300.0 * c, request_s=1.0,
+                       p99={"ttft": P99Record(ttft[0], NAN, NAN, ttft[1]), "itl": P99Record(itl[0], NAN, NAN, itl[1])},
+                       runs=1, feasible=feasible, p99_ttft_ms=ttft[0], p99_tpot_ms=NAN, p99_itl_ms=itl[0],
+                       p99_e2el_ms=NAN, completed=c, failed=0, duration_s=10.0, wall_s=12.0, status="ok")
+
+
+def test_one_constraint_per_limit():
+    limits = {"ttft": 500.0, "itl": 50.0}
+    # feasible: the values the verdict rests on, the fitted P99s (ITL measured 52 ms, fitted 49 ms with the level
+    # above it): every one <= 0, so Optuna agrees the trial is feasible
+    ok = TrialResult(flags={}, feasible=True, output_tok_s=4000.0, concurrency=40,
+                     levels=(_level(40, (300.0, 300.0), (52.0, 49.0), True),
+                             _level(48, (450.0, 450.0), (46.0, 49.0), False)))
+    assert ok.constraints_ms(limits) == {"ttft": -200.0, "itl": -1.0}
+    assert ok.p99_ms == {"ttft": 300.0, "itl": 52.0}  # as measured
+    # nothing met the limits: ITL over at the lowest level, TTFT under its limit (the sampler learns which broke)
+    itl_over = TrialResult(flags={}, feasible=False, output_tok_s=0.0, concurrency=1, failure_class="no_feasible_load",
+                           levels=(_level(1, (80.0, NAN), (70.0, NAN), False),))
+    assert itl_over.constraints_ms(limits) == {"ttft": -420.0, "itl": 20.0}
+    # nothing met the limits though every P99 is under its limit (too many failed requests): all raised above 0
+    failed = TrialResult(flags={}, feasible=False, output_tok_s=0.0, concurrency=1, failure_class="no_feasible_load",
+                         levels=(_level(1, (80.0, NAN), (30.0, NAN), False),))
+    assert failed.constraints_ms(limits) == {"ttft": 1e-3, "itl": 1e-3}
+    # a server that never started
+    oom = TrialResult(flags={}, feasible=False, output_tok_s=0.0, concurrency=None, failure_class="oom")
+    assert oom.constraints_ms(limits) == {"ttft": 5000.0, "itl": 500.0} and oom.p99_ms == {}

@@ -14,17 +14,18 @@ import autotune.study as study_mod
 from autotune import records
 from autotune.metrics import summarize
 from autotune.progress import Progress
-from autotune.records import LevelRecord, Measurement, Remeasurement, TrialResult
+from autotune.records import LevelRecord, Measurement, P99Record, Remeasurement, TrialResult
 
 
 def _level(c: int, tok_s: float, p99: float) -> LevelRecord:
     # level wall seconds as on the H100 (about 0.2 s a concurrent request)
-    return LevelRecord(concurrency=c, output_tok_s=tok_s, total_tok_s=tok_s * 3, request_s=1.0, p99_ms=p99,
-                       p99_low_ms=p99 * 0.9, p99_high_ms=p99 * 1.1, p99_fitted_ms=p99, runs=1, feasible=p99 <= 500, p99_ttft_ms=p99, p99_tpot_ms=20.0, p99_itl_ms=25.0, p99_e2el_ms=9000.0,
+    return LevelRecord(concurrency=c, output_tok_s=tok_s, total_tok_s=tok_s * 3, request_s=1.0,
+                       p99={"ttft": P99Record(p99, p99 * 0.9, p99 * 1.1, p99)}, runs=1, feasible=p99 <= 500,
+                       p99_ttft_ms=p99, p99_tpot_ms=20.0, p99_itl_ms=25.0, p99_e2el_ms=9000.0,
                        completed=3 * c, failed=0, duration_s=60.0, wall_s=c * 0.2, status="ok")
 
 
-RESULT = TrialResult(flags={"max-num-seqs": 256}, feasible=True, output_tok_s=5000.0, p99_ms=480.0, concurrency=181,
+RESULT = TrialResult(flags={"max-num-seqs": 256}, feasible=True, output_tok_s=5000.0, concurrency=181,
                      best_metrics={"ttft_ms": {"p99": 480.0}},
                      levels=tuple(_level(c, t, p) for c, t, p in ((64, 3000.0, 200.0), (128, 4500.0, 350.0),
                                                                   (181, 5000.0, 480.0), (215, 5200.0, 700.0))),
@@ -39,21 +40,23 @@ def _study() -> optuna.Study:
     return study
 
 
-def _cfg(tmp_path: Path, repeats: int = 2) -> SimpleNamespace:
-    search = SimpleNamespace(limit_ms=500.0, metric="ttft")
+def _cfg(tmp_path: Path, repeats: int = 2, limits_ms: dict[str, float] | None = None) -> SimpleNamespace:
+    search = SimpleNamespace(limits_ms=limits_ms or {"ttft": 500.0})
     return SimpleNamespace(top_k=1, repeats=repeats, noise_floor=0.0, confidence=0.9, out_dir=tmp_path, study_name="s",
                            settings=SimpleNamespace(search=search))
 
 
-def _fake_measure(p99_by_concurrency: dict[int, float], calls: list[int], log_paths: list | None = None):
+def _fake_measure(p99_by_concurrency: dict[int, float], calls: list[int], log_paths: list | None = None,
+                  itl_ms_by_concurrency: dict[int, float] | None = None):
     def measure_once(settings, flags, concurrency, name, log_path):
         calls.append(concurrency)
         if log_paths is not None:
             log_paths.append(log_path)
         from autotune.metrics import RequestOutput
         ttft = p99_by_concurrency[concurrency] / 1000.0
-        out = RequestOutput(success=True, prompt_tokens=10, output_tokens=100, ttft_s=ttft, itl_s=(0.01,) * 99,
-                            e2el_s=ttft + 0.99, start_s=0.0)
+        itl = (itl_ms_by_concurrency or {}).get(concurrency, 10.0) / 1000.0
+        out = RequestOutput(success=True, prompt_tokens=10, output_tokens=100, ttft_s=ttft, itl_s=(itl,) * 99,
+                            e2el_s=ttft + 99 * itl, start_s=0.0)
         return summarize([out] * 4, 10.0)
     return measure_once
 
@@ -71,12 +74,28 @@ def test_over_the_limit_steps_down_to_the_midpoint_below(tmp_path, monkeypatch):
     assert stored.concurrency == 152 and stored.stepped_down_from == (181,) and len(stored.repeats) == 2
     from autotune.cli.studies import best_of_study
     best = best_of_study(study)  # `autotune best` reports the level that held, with its re-measured figures
-    assert best["concurrency"] == 152 and best["stepped_down_from"] == [181] and best["p99_ms"] == 380.0
+    assert best["concurrency"] == 152 and best["stepped_down_from"] == [181] and best["p99_ms"] == {"ttft": 380.0}
 
     # resumed with one more repeat wanted: the step-down is replayed, only the missing repeat runs, at 152
     calls.clear()
     selection = study_mod.remeasure_and_select(study, _cfg(tmp_path, repeats=3), deadline=None)
     assert calls == [152] and selection.winner.concurrency == 152
+
+
+def test_over_any_limit_steps_down(tmp_path, monkeypatch):
+    """With TTFT and ITL limits, a re-measurement within the TTFT limit but over the ITL one steps down too."""
+    calls: list[int] = []
+    monkeypatch.setattr(study_mod, "measure_once", _fake_measure({181: 300.0, 152: 300.0}, calls,
+                                                                 itl_ms_by_concurrency={181: 60.0, 152: 45.0}))
+    study = _study()
+    limits = {"ttft": 500.0, "itl": 50.0}
+    selection = study_mod.remeasure_and_select(study, _cfg(tmp_path, limits_ms=limits), deadline=None)
+    assert calls == [181, 152, 152] and selection.winner.concurrency == 152
+    stored = records.read_remeasurement(study, 0)
+    assert stored.stepped_down_from == (181,) and stored.repeats[0].p99_ms == {"ttft": 300.0, "itl": 45.0}
+    calls.clear()  # within both limits: no step-down
+    selection = study_mod.remeasure_and_select(_study(), _cfg(tmp_path, limits_ms={"ttft": 500.0, "itl": 70.0}), None)
+    assert calls == [181, 181] and selection.winner.concurrency == 181
 
 
 def test_a_failed_midpoint_goes_to_the_searched_level_below(tmp_path, monkeypatch):
@@ -133,7 +152,7 @@ def test_resume_replays_the_path_taken_even_under_an_older_rule(tmp_path, monkey
     """A study whose re-measurement stepped from 181 straight to 128 (the rule before midpoints) resumes at 128,
     where its stored repeat was measured."""
     study = _study()
-    records.write_remeasurement(study, Remeasurement(0, 128, (181,), (Measurement(4400.0, 300.0),)))
+    records.write_remeasurement(study, Remeasurement(0, 128, (181,), (Measurement(4400.0, {"ttft": 300.0}),)))
     calls: list[int] = []
     monkeypatch.setattr(study_mod, "measure_once", _fake_measure({128: 310.0}, calls))
     selection = study_mod.remeasure_and_select(study, _cfg(tmp_path), deadline=None)
@@ -162,12 +181,13 @@ def test_a_stepped_down_winner_never_remeasured_reports_that_levels_search_figur
 
     cand = study_mod._candidate(records.read_trial(_study().trials[0]))
     cand.move_to(128)
-    search = SimpleNamespace(limit_ms=500.0, metric="ttft")
+    search = SimpleNamespace(limits_ms={"ttft": 500.0})
     settings = SimpleNamespace(search=search, model=resolve_model("flash"), engine="sim", gpu=SimpleNamespace(name="h100"),
                                gpus=1, workload=SimpleNamespace(describe=lambda: {"spec": "random:8:8", "seed": 0}))
     cfg = SimpleNamespace(settings=settings, noise_floor=0.0, confidence=0.9, preset="flash", study_name="s",
                           storage_url="sqlite:///x.db")
-    profile = build_profile(cfg, select_winner([cand], 500.0, repeats=0), records.read_trial(_study().trials[0]), 1)
+    profile = build_profile(cfg, select_winner([cand], {"ttft": 500.0}, repeats=0),
+                            records.read_trial(_study().trials[0]), 1)
     m = profile.metrics.at_chosen_load
     assert profile.concurrency == 128 and m["concurrency"] == 128 and m["output_tok_s"] == 4500.0
     assert m["ttft_ms"]["p99"] == 350.0

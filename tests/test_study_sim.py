@@ -31,7 +31,7 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
     assert report["output_tok_s"] > 0 and report["ttft_ms"]["p99"] <= 500
     assert set(report["baselines"]) == {"vllm-defaults", "seed-profile"}
     profile = read_profile(report["profile_path"])  # the typed profile: unknown or missing keys would fail
-    assert profile.objective.limit_ms == 500 and profile.hardware.engine == "sim"
+    assert profile.objective.limits_ms == {"ttft": 500.0} and profile.hardware.engine == "sim"
     assert profile.study.storage == url
     trial_logs = list((tmp_path / "studies" / "e2e" / "trials").glob("*/server.log"))
     assert len(trial_logs) >= 2 and "GPU KV cache size" in trial_logs[0].read_text()
@@ -44,7 +44,8 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
     assert len(first) == 3
     assert {t.baseline for t in first} >= {"vllm-defaults", "seed-profile"}
     for t in first:
-        assert study.trials[t.number].constraints
+        assert study.trials[t.number].constraints == {"p99_ttft_minus_limit_ms": pytest.approx(
+            t.result.constraints_ms({"ttft": 500.0})["ttft"])}
         assert t.result.levels or t.result.failure_class
 
     code, out, err = run_json(capsys, *args[:-1][:args.index("--trials")], "--trials", "2",
@@ -67,7 +68,7 @@ def test_resume_with_another_limit_is_refused(capsys, tmp_path):
     main([*common, "--p99-ms", "500", "--json"])
     capsys.readouterr()
     code, out, err = run_json(capsys, *common, "--p99-ms", "300")
-    assert code == 2 and "was created with limit_ms=500.0" in err, err
+    assert code == 2 and "was created with limits_ms={'ttft': 500.0}, not {'ttft': 300.0}" in err, err
 
 
 def test_no_feasible_config_exits_3(capsys, tmp_path):
@@ -96,3 +97,50 @@ def test_timeout_ends_the_last_trial_with_the_levels_it_measured(capsys, tmp_pat
     assert trial.feasible and trial.value > 0 and trial.result.levels
     profile = read_profile(tmp_path / "out" / "dl" / "profile.yaml")
     assert profile.search_stop_reason == "deadline" and profile.concurrency == trial.result.concurrency
+
+
+def test_several_limits_end_to_end(capsys, tmp_path):
+    """--slo ttft=...,itl=...: one Optuna constraint per limit, every limit in the records, the report and the
+    profile; a resume with other limits is refused; a limit nothing can meet exits 3 and says which limit broke."""
+    from autotune.study import constraint_key
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    limits = {"ttft": 500.0, "itl": 200.0}
+    common = ["run", "--model", "flash", "--engine", "sim", "--storage", url, "--workload", "random:512:64",
+              "--sim-time-scale", "20"]
+    code, out, err = run_json(capsys, *common, "--slo", "ttft=500,itl=200", "--trials", "2", "--top-k", "1",
+                              "--repeats", "1", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["limits_ms"] == limits
+    assert report["ttft_ms"]["p99"] <= 500 and report["itl_ms"]["p99"] <= 200
+    profile = read_profile(report["profile_path"])
+    assert profile.objective.limits_ms == limits and set(profile.metrics.p99) == {"ttft", "itl"}
+    assert all(p.mean_ms is not None and p.mean_ms <= limits[m] for m, p in profile.metrics.p99.items())
+
+    name = report["study"]
+    assert name == "flash-1gpu-p99ttft500ms-itl200ms"
+    study = optuna.load_study(study_name=name, storage=url)
+    trials = [t for t in records.read_trials(study) if t.complete]
+    assert len(trials) == 2
+    for t in trials:
+        constraints = study.trials[t.number].constraints
+        assert set(constraints) == {constraint_key("ttft"), constraint_key("itl")}  # one per limit
+        assert t.feasible == all(v <= 0 for v in constraints.values())  # Optuna agrees with the verdict
+        assert all(set(lv.p99) == {"ttft", "itl"} for lv in t.result.levels)
+        for lv in t.result.levels:  # a level is feasible only when every limit holds
+            assert not lv.feasible or all(lv.p99[m].judged_ms <= limit for m, limit in limits.items())
+    assert records.read_fingerprint(study).limits_ms == limits
+
+    code, out, err = run_json(capsys, *common, "--study", name, "--slo", "ttft=500,itl=100", "--trials", "0")
+    assert code == 2 and "was created with limits_ms={'ttft': 500.0, 'itl': 200.0}" in err, err
+
+    # an ITL limit no level can meet: TTFT holds, ITL breaks; the constraints say which
+    code, out, err = run_json(capsys, *common, "--study", "tight", "--p99-ms", "10000", "--slo", "itl=1",
+                              "--trials", "1", "--repeats", "0", "--start-concurrency", "1", "--json")
+    assert code == 3, err
+    trial = optuna.load_study(study_name="tight", storage=url).trials[0]
+    result = records.read_trial(trial).result
+    assert result.failure_class == "no_feasible_load"
+    assert "P99 itl" in result.failure_reason and "ttft" not in result.failure_reason
+    assert trial.constraints[constraint_key("ttft")] < 0 < trial.constraints[constraint_key("itl")]

@@ -25,7 +25,7 @@ def _run(rules: _Rules, values: list[float], wall_s: float = 10.0) -> int:
 
     def objective(trial: optuna.Trial) -> float:
         records.write_trial_result(trial, TrialResult(flags={}, feasible=True, output_tok_s=values[trial.number],
-                                                      p99_ms=1.0, concurrency=8, trial_wall_s=wall_s))
+                                                      concurrency=8, trial_wall_s=wall_s))
         return values[trial.number]
 
     study.optimize(objective, n_trials=len(values), callbacks=[rules])
@@ -77,7 +77,7 @@ def test_a_trial_starts_its_load_search_at_half_the_best_knee_so_far():
     from autotune.study import start_concurrency
 
     def rec(n: int, value: float, c: int | None, feasible: bool = True) -> records.TrialRecord:
-        result = TrialResult(flags={}, feasible=feasible, output_tok_s=value, p99_ms=1.0, concurrency=c)
+        result = TrialResult(flags={}, feasible=feasible, output_tok_s=value, concurrency=c)
         return records.TrialRecord(n, optuna.trial.TrialState.COMPLETE, "", False, result)
 
     assert start_concurrency([], 8) == 8

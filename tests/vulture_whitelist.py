@@ -27,7 +27,6 @@ _.p99_ttft_ms
 _.p99_tpot_ms
 _.p99_itl_ms
 _.p99_e2el_ms
-_.p99_fitted_ms
 _.memory
 _.baseline_trial
 _.baseline_output_tok_s

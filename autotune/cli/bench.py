@@ -7,32 +7,11 @@ from typing import Any
 
 import click
 
-from autotune.cli.common import echo_json
+from autotune.cli.common import LimitsType, echo_json
 from autotune.errors import AutotuneError, UsageError
 from autotune.metrics import LATENCY_METRICS, BenchResult
 
-__all__ = ["bench", "commands", "parse_slo"]
-
-
-def parse_slo(text: str | None) -> dict[str, float] | None:
-    """``ttft=500,tpot=50`` -> {"ttft": 500.0, "tpot": 50.0} (milliseconds)."""
-    if not text:
-        return None
-    slo: dict[str, float] = {}
-    for item in text.split(","):
-        name, sep, value = item.partition("=")
-        name = name.strip().lower().removesuffix("_ms")
-        if not sep or name not in LATENCY_METRICS:
-            raise click.BadParameter(f"expected METRIC=MS with METRIC in {', '.join(LATENCY_METRICS)}, got {item!r}",
-                                     param_hint="--slo")
-        try:
-            limit_ms = float(value)
-        except ValueError:
-            raise click.BadParameter(f"{value!r} is not a number of milliseconds", param_hint="--slo") from None
-        if not (limit_ms > 0 and math.isfinite(limit_ms)):
-            raise click.BadParameter(f"limit for {name} must be positive, got {value}", param_hint="--slo")
-        slo[name] = limit_ms
-    return slo
+__all__ = ["bench", "commands"]
 
 
 @click.command()
@@ -51,7 +30,7 @@ def parse_slo(text: str | None) -> dict[str, float] | None:
               help="Spread the first wave's starts over this many seconds (closed loop).")
 @click.option("--endpoint", type=click.Choice(["auto", "completions", "chat"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Workload and arrival seed.")
-@click.option("--slo", default=None, help="Goodput limits in ms, e.g. ttft=500,tpot=50")
+@click.option("--slo", type=LimitsType(), default=None, help="Goodput limits in ms, e.g. ttft=500,tpot=50")
 @click.option("--scrape-metrics", is_flag=True, help="Scrape the server's Prometheus /metrics during the run.")
 @click.option("--tokenizer", default=None, help="Local tokenizer folder for exact-length text prompts.")
 @click.option("--timeout-s", "request_timeout_s", type=float, default=600.0, show_default=True,
@@ -62,7 +41,7 @@ def parse_slo(text: str | None) -> dict[str, float] | None:
               help="With --records: also list each request's inter-token gaps (ms), one per token chunk.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout and nothing else.")
 def bench(url: str, model: str, workload: str, concurrency: int | None, rate: float | None, burstiness: float,
-          num_prompts: int, warmup: int, ramp_s: float, endpoint: str, seed: int, slo: str | None,
+          num_prompts: int, warmup: int, ramp_s: float, endpoint: str, seed: int, slo: dict[str, float] | None,
           scrape_metrics: bool, tokenizer: str | None, request_timeout_s: float, records_path: str | None,
           records_itl: bool, as_json: bool) -> None:
     """Benchmark a running OpenAI-compatible server (vLLM or the sim engine) at one load level."""
@@ -78,7 +57,7 @@ def bench(url: str, model: str, workload: str, concurrency: int | None, rate: fl
     if not replay and (concurrency is None) == (rate is None):
         raise UsageError("give exactly one of --concurrency and --rate")
     cfg = LoadConfig(concurrency=concurrency, rate=rate, burstiness=burstiness, num_prompts=num_prompts,
-                     warmup_prompts=warmup, ramp_s=ramp_s, endpoint=endpoint, slo_ms=parse_slo(slo),
+                     warmup_prompts=warmup, ramp_s=ramp_s, endpoint=endpoint, slo_ms=slo,
                      scrape_metrics=scrape_metrics, request_timeout_s=request_timeout_s, seed=seed,
                      records_path=records_path, records_itl=records_itl, replay_arrivals=replay)
     if as_json:

@@ -1,7 +1,8 @@
-"""Helpers shared by the command modules: JSON output, durations, key=value lists."""
+"""Helpers shared by the command modules: JSON output, durations, P99 limits, key=value lists."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, TypeVar
 
@@ -10,11 +11,12 @@ import pydantic
 
 from autotune.errors import UsageError
 from autotune.jsonsafe import json_safe
+from autotune.metrics import LATENCY_METRICS
 
 OptionsT = TypeVar("OptionsT", bound=pydantic.BaseModel)
 
-__all__ = ["echo_json", "json_safe", "parse_duration_s", "DurationType", "options_from_click"]
-
+__all__ = ["echo_json", "json_safe", "parse_duration_s", "DurationType", "parse_limits_ms", "LimitsType",
+           "options_from_click"]
 
 
 def echo_json(obj: Any) -> None:
@@ -47,6 +49,41 @@ class DurationType(click.ParamType):
             return float(value)
         try:
             return parse_duration_s(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+def parse_limits_ms(text: str) -> dict[str, float]:
+    """``ttft=500,itl=50`` -> {"ttft": 500.0, "itl": 50.0}: latency limits in milliseconds, in the order given.
+    A metric may carry the ``_ms`` suffix (``ttft_ms=500``). Raises ValueError with a one-line reason."""
+    limits: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        name = name.strip().lower().removesuffix("_ms")
+        if not sep or name not in LATENCY_METRICS:
+            raise ValueError(f"expected METRIC=MS with METRIC one of {', '.join(LATENCY_METRICS)}, got {item!r}")
+        try:
+            limit_ms = float(value)
+        except ValueError:
+            raise ValueError(f"{value.strip()!r} is not a number of milliseconds (in {item!r})") from None
+        if not (limit_ms > 0 and math.isfinite(limit_ms)):
+            raise ValueError(f"the limit for {name} must be a positive number of milliseconds, got {value.strip()}")
+        if name in limits:
+            raise ValueError(f"{name} is given twice")
+        limits[name] = limit_ms
+    return limits
+
+
+class LimitsType(click.ParamType):
+    """``--slo ttft=500,itl=50``: see :func:`parse_limits_ms`."""
+
+    name = "METRIC=MS[,METRIC=MS...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dict[str, float]:
+        if isinstance(value, dict):
+            return value
+        try:
+            return parse_limits_ms(str(value))
         except ValueError as e:
             self.fail(str(e), param, ctx)
 

@@ -7,17 +7,17 @@ from typing import Any
 import click
 from rich.console import Console
 
-from autotune.cli.common import DurationType, echo_json, options_from_click
-from autotune.config import RunOptions, build_study_config, choose_engine
+from autotune.cli.common import DurationType, LimitsType, echo_json, options_from_click
+from autotune.config import DEFAULT_P99_METRIC, RunOptions, build_study_config, choose_engine
 from autotune.errors import NoFeasibleConfigError
-from autotune.metrics import LATENCY_METRICS
+from autotune.metrics import LATENCY_METRICS, describe_limits
 from autotune.storage import DEFAULT_STORAGE, open_storage
 from autotune.study import StudyConfig, StudyOutcome, run_study
 
 __all__ = ["commands", "run", "run_report"]
 
 # click option name -> RunOptions field, where they differ
-_FIELDS = {"timeout": "timeout_s", "set": "set_flags", "startup_timeout": "startup_timeout_s"}
+_FIELDS = {"timeout": "timeout_s", "set": "set_flags", "startup_timeout": "startup_timeout_s", "slo": "slo_ms"}
 
 
 def _default(field: str) -> Any:
@@ -27,8 +27,13 @@ def _default(field: str) -> Any:
 @click.command("run")
 @click.option("--model", required=True, help="preset (flash, glm-4.6v), HF id or local folder with config.json")
 @click.option("--gpus", type=int, default=_default("gpus"), show_default=True)
-@click.option("--p99-ms", "p99_ms", type=float, required=True, help="P99 latency limit in ms")
-@click.option("--p99-metric", type=click.Choice(LATENCY_METRICS), default=_default("p99_metric"), show_default=True)
+@click.option("--p99-ms", "p99_ms", type=float, default=None,
+              help=f"P99 latency limit in ms on --p99-metric (default {DEFAULT_P99_METRIC})")
+@click.option("--p99-metric", type=click.Choice(LATENCY_METRICS), default=None,
+              help=f"the metric --p99-ms limits  [default: {DEFAULT_P99_METRIC}]")
+@click.option("--slo", type=LimitsType(), default=None,
+              help="several P99 limits in ms, every one must hold, e.g. ttft=500,itl=50; beside --p99-ms, one more "
+                   "limit each (a metric may be limited once)")
 @click.option("--engine", type=click.Choice(["auto", "vllm", "sim"]), default=_default("engine"), show_default=True)
 @click.option("--gpu-type", default=None, help="card to model with the sim engine (h100, h200); auto on a real GPU")
 @click.option("--trials", type=int, default=_default("trials"), show_default=True,
@@ -66,19 +71,19 @@ def _default(field: str) -> Any:
 @click.option("--confidence", type=float, default=_default("confidence"), show_default=True,
               help="of the intervals a verdict rests on (P99s, throughput, gains)")
 @click.option("--max-extensions", type=int, default=_default("max_extensions"), show_default=True,
-              help="a load level whose P99 interval straddles the limit is measured again at most this often")
+              help="a load level with a P99 interval straddling its limit is measured again at most this often")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout, nothing else")
 def run(as_json: bool, **opts: Any) -> None:
-    """Tune: search vLLM flags for the most throughput whose P99 stays under the limit."""
+    """Tune: search vLLM flags for the most throughput whose P99s stay under their limits (--p99-ms, --slo)."""
     from autotune.cli.ui import StudyView
     from autotune.engines.launcher import install_signal_handlers
 
     options = options_from_click(RunOptions, opts, _FIELDS)
     console = Console(stderr=True, soft_wrap=True)
     engine = choose_engine(options.engine)
+    cfg = build_study_config(options, engine)  # bad input ends here, on one line
     if engine.notice:
         console.print(f"[bold yellow]autotune: {engine.notice}[/]")
-    cfg = build_study_config(options, engine)
     storage = open_storage(cfg.storage_url)
     install_signal_handlers()
     if as_json:
@@ -93,7 +98,7 @@ def run(as_json: bool, **opts: Any) -> None:
         print_summary(report, Console(soft_wrap=True))
     if outcome.selection.winner is None:
         raise NoFeasibleConfigError(
-            f"no configuration met P99 {cfg.settings.search.metric} <= {cfg.settings.search.limit_ms:g} ms in "
+            f"no configuration met {describe_limits(cfg.settings.search.limits_ms)} in "
             f"{outcome.n_trials_total} trials of study {cfg.study_name!r} (all recorded)")
 
 
@@ -114,8 +119,7 @@ def run_report(outcome: StudyOutcome, cfg: StudyConfig) -> dict[str, Any]:
         baselines=outcome.baselines, verdict=outcome.selection.verdict,
         profile_path=str(outcome.profile_path) if outcome.profile_path else None,
         study=cfg.study_name, trials=outcome.n_trials_total, trials_run=outcome.n_trials_run,
-        stopped_by=outcome.stopped_by, engine=cfg.settings.engine, metric=cfg.settings.search.metric,
-        limit_ms=cfg.settings.search.limit_ms,
+        stopped_by=outcome.stopped_by, engine=cfg.settings.engine, limits_ms=dict(cfg.settings.search.limits_ms),
     )
     return report
 
@@ -124,18 +128,19 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     """The result in plain lines, one fact each: readable in a terminal and in a log (nothing wraps)."""
     best = report.get("best")
     if not best:
-        console.print(f"[bold red]No configuration met the limit[/] ({report['verdict']}).")
+        console.print(f"[bold red]No configuration met the limits[/] ({report['verdict']}).")
         return
     t = best["output_tok_s"]
-    p99 = (best["metrics"].get(report["metric"] + "_ms") or {}).get("p99")
+    p99s = []
+    for metric, limit_ms in report["limits_ms"].items():
+        p99 = (best["metrics"].get(metric + "_ms") or {}).get("p99")
+        p99s.append(f"P99 {metric} {'-' if p99 is None else format(p99, ',.0f')} ms ≤ {limit_ms:g} ms")
     console.print(f"[bold green]Best[/]: trial {best['trial']} — {t['mean']:,.0f} output tok/s "
-                  f"(± {t['std']:,.0f}, n={t['n']}) at concurrency {best['concurrency']}, "
-                  f"P99 {report['metric']} {'-' if p99 is None else format(p99, ',.0f')} ms "
-                  f"≤ {report['limit_ms']:g} ms")
+                  f"(± {t['std']:,.0f}, n={t['n']}) at concurrency {best['concurrency']}, {', '.join(p99s)}")
     console.print(f"  {best['vllm_serve_cmd']}", markup=False, highlight=False)
     for name, b in (report.get("baselines") or {}).items():
         g = b.get("gain") or {}
-        figure = f"{(b['output_tok_s'] or {}).get('mean') or 0:,.0f} tok/s" if b["meets_limit"] else "misses the limit"
+        figure = f"{(b['output_tok_s'] or {}).get('mean') or 0:,.0f} tok/s" if b["meets_limit"] else "misses a limit"
         if b["trial"] == best["trial"]:
             gain = " (the winner)"
         elif g and g.get("gain_pct") is None:

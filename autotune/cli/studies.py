@@ -1,6 +1,7 @@
 """`autotune best` and `autotune studies`: read what studies stored."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import click
@@ -10,7 +11,9 @@ from rich.table import Table
 
 from autotune import records
 from autotune.cli.common import echo_json, json_safe
+from autotune.cli.ui import fmt_ms
 from autotune.errors import NoFeasibleConfigError
+from autotune.metrics import describe_limits
 from autotune.storage import DEFAULT_STORAGE, load_study, open_storage
 
 __all__ = ["commands", "best_of_study"]
@@ -46,8 +49,9 @@ def best_of_study(study: optuna.Study) -> dict[str, Any] | None:
         "stepped_down_from": list(remeasured.stepped_down_from) if remeasured else [],
         # the re-measured figures where there are any (they may be at a lower level after a step-down)
         "output_tok_s": _mean([m.output_tok_s for m in repeats]) or result.output_tok_s,
-        "p99_ms": _mean([m.p99_ms for m in repeats]) or result.p99_ms,
-        "metric": fp.metric if fp else None, "limit_ms": fp.limit_ms if fp else None,
+        "p99_ms": {metric: _mean([m.p99_ms.get(metric, math.nan) for m in repeats]) or p99
+                   for metric, p99 in result.p99_ms.items()},
+        "limits_ms": dict(fp.limits_ms) if fp else None,
         "baseline": trials[number].baseline or None, "metrics": result.best_metrics,
         "remeasurements": [{"output_tok_s": m.output_tok_s, "p99_ms": m.p99_ms, "failure": m.failure}
                            for m in (remeasured.repeats if remeasured else ())],
@@ -73,8 +77,10 @@ def best(study_name: str, storage: str | None, as_json: bool) -> None:
         return
     console = Console()
     console.print(f"[bold]{study_name}[/]: trial {result['trial']} ({result['source']})")
-    console.print(f"  {result['output_tok_s']:,.0f} output tok/s at concurrency {result['concurrency']}, "
-                  f"P99 {result['metric']} {result['p99_ms']:,.0f} ms (limit {result['limit_ms']:g} ms)")
+    limits_ms = result["limits_ms"] or {}
+    p99s = ", ".join(f"P99 {metric} {fmt_ms(p99)} ms (limit {limits_ms[metric]:g} ms)" if metric in limits_ms
+                     else f"P99 {metric} {fmt_ms(p99)} ms" for metric, p99 in result["p99_ms"].items())
+    console.print(f"  {result['output_tok_s']:,.0f} output tok/s at concurrency {result['concurrency']}, {p99s}")
     console.print(f"  {result['vllm_serve_cmd']}")
     if result["verdict"]:
         console.print(f"  {result['verdict']}")
@@ -95,18 +101,17 @@ def studies(storage: str | None, as_json: bool) -> None:
         rows.append({"study": summary.study_name, "trials": len(trials), "complete": sum(t.complete for t in trials),
                      "feasible": len(feasible), "best_output_tok_s": max((t.value for t in feasible), default=None),
                      "model": fp.model if fp else None, "engine": fp.engine if fp else None,
-                     "gpus": fp.gpus if fp else None, "metric": fp.metric if fp else None,
-                     "limit_ms": fp.limit_ms if fp else None,
+                     "gpus": fp.gpus if fp else None, "limits_ms": dict(fp.limits_ms) if fp else None,
                      "started": summary.datetime_start.isoformat(timespec="seconds") if summary.datetime_start else None})
     if as_json:
         echo_json({"studies": rows})
         return
     table = Table(title="Studies")
-    for col in ("study", "model", "engine", "GPUs", "limit", "trials", "feasible", "best output tok/s"):
+    for col in ("study", "model", "engine", "GPUs", "limits", "trials", "feasible", "best output tok/s"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["study"], str(r["model"]), str(r["engine"]), str(r["gpus"]),
-                      f"p99 {r['metric']} {r['limit_ms']} ms", str(r["trials"]), str(r["feasible"]),
+                      describe_limits(r["limits_ms"]) if r["limits_ms"] else "-", str(r["trials"]), str(r["feasible"]),
                       "-" if r["best_output_tok_s"] is None else f"{r['best_output_tok_s']:,.0f}")
     Console().print(table)
 
@@ -117,3 +122,4 @@ commands = [best, studies]
 def _mean(values: list[Any]) -> float | None:
     numbers = [float(v) for v in values if v == v]
     return sum(numbers) / len(numbers) if numbers else None
+

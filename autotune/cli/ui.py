@@ -17,10 +17,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from autotune.metrics import describe_limits
 from autotune.progress import Progress, StudyEta, StudyStart
 from autotune.records import LevelRecord, Measurement, TrialResult
 
-__all__ = ["StudyView", "short_flags"]
+__all__ = ["StudyView", "short_flags", "fmt_ms"]
 
 _SHORT = {"max-num-seqs": "seqs", "max-num-batched-tokens": "batch", "kv-cache-dtype": "kv",
           "gpu-memory-utilization": "mem", "enable-prefix-caching": "prefix", "async-scheduling": "async",
@@ -47,11 +48,21 @@ def _fmt(value: Any, spec: str = ",.0f") -> str:
     return format(value, spec)
 
 
-def _interval(level: LevelRecord | None) -> str:
-    if level is None or math.isnan(level.p99_low_ms):
-        return ""
+def fmt_ms(value: float | None) -> str:
+    """A latency: whole milliseconds from 100 ms up, a tenth below (an ITL of 8.4 ms is not 8)."""
+    return _fmt(value, ",.0f" if value is None or math.isnan(value) or value >= 100 else ".1f")
+
+
+def _p99s(level: LevelRecord | None) -> str:
+    """Each limited metric's P99 at a level with its interval: ``p99 ttft 480 ms [450, 510], itl 45.2 ms [..]``."""
+    if level is None or not level.p99:
+        return "p99 -"
+    parts = []
+    for metric, p99 in level.p99.items():
+        interval = "" if math.isnan(p99.low_ms) else f" [{fmt_ms(p99.low_ms)}, {fmt_ms(p99.high_ms)}]"
+        parts.append(f"{metric} {fmt_ms(p99.value_ms)} ms{interval}")
     runs = f", {level.runs} runs" if level.runs > 1 else ""
-    return f" [{_fmt(level.p99_low_ms)}, {_fmt(level.p99_high_ms)}]{runs}"
+    return "p99 " + ", ".join(parts) + runs
 
 
 class StudyView(Progress):
@@ -63,8 +74,7 @@ class StudyView(Progress):
         self.current: int | None = None
         self.status = "starting"
         self.started = time.monotonic()
-        self.metric = "ttft"
-        self.limit_ms = math.nan
+        self.limits_ms: dict[str, float] = {}  # P99 limit by metric: one table column each
         self.best: tuple[int, float] | None = None  # trial, output tok/s
         self.gpus = 1
         self.eta: StudyEta | None = None
@@ -85,10 +95,10 @@ class StudyView(Progress):
 
     # -- the core's progress ---------------------------------------------------------------------------------
     def study_started(self, start: StudyStart) -> None:
-        self.metric, self.limit_ms, self.gpus = start.metric, start.limit_ms, start.gpus
+        self.limits_ms, self.gpus = dict(start.limits_ms), start.gpus
         budget = f"up to {start.n_trials} trials" + (f" within {start.timeout_s / 60:.0f} min" if start.timeout_s else "")
-        self.status = (f"study {start.study} on the {start.engine} engine, P99 {start.metric} <= "
-                       f"{start.limit_ms:g} ms: {budget} ({start.existing_trials} earlier)")
+        self.status = (f"study {start.study} on the {start.engine} engine, {describe_limits(start.limits_ms)}: "
+                       f"{budget} ({start.existing_trials} earlier)")
         self._log(self.status)
 
     def trial_started(self, number: int, flags: Mapping[str, Any], baseline: str) -> None:
@@ -101,10 +111,9 @@ class StudyView(Progress):
             self.rows[self.current]["state"] = "load search"
         self._refresh()
 
-    def load_level(self, level: LevelRecord, metric: str, limit_ms: float) -> None:
+    def load_level(self, level: LevelRecord, limits_ms: Mapping[str, float]) -> None:
         if self.current in self.rows:
-            self.rows[self.current]["state"] = (f"c={level.concurrency} {_fmt(level.output_tok_s)} tok/s "
-                                                f"p99 {_fmt(level.p99_ms)} ms{_interval(level)}")
+            self.rows[self.current]["state"] = f"c={level.concurrency} {_fmt(level.output_tok_s)} tok/s {_p99s(level)}"
         self._refresh()
 
     def trial_finished(self, number: int, baseline: str, result: TrialResult) -> None:
@@ -116,7 +125,7 @@ class StudyView(Progress):
         name = f"trial {number}" + (f" ({baseline})" if baseline else "")
         if result.feasible:
             what = (f"{_fmt(result.output_tok_s)} tok/s at concurrency {result.concurrency}, "
-                    f"p99 {self.metric} {_fmt(result.p99_ms)} ms{_interval(result.level(result.concurrency))}")
+                    f"{_p99s(result.level(result.concurrency))}")
         else:
             what = f"{result.failure_class or 'infeasible'}: {result.failure_reason}"
         cut = "; load search cut short by --timeout (the knee may lie higher)" if result.stop_reason == "deadline" else ""
@@ -136,17 +145,17 @@ class StudyView(Progress):
         self.status = f"re-measuring trial {trial} ({repeat}/{of}) at concurrency {concurrency}"
         self._refresh()
 
-    def remeasured(self, trial: int, measurement: Measurement, limit_ms: float) -> None:
+    def remeasured(self, trial: int, measurement: Measurement, limits_ms: Mapping[str, float]) -> None:
         failed = f" (server failed: {measurement.failure})" if measurement.failure else ""
-        self._log(f"{self.status}: {_fmt(measurement.output_tok_s)} tok/s, p99 {self.metric} "
-                  f"{_fmt(measurement.p99_ms)} ms{failed}")
+        p99s = ", ".join(f"{metric} {fmt_ms(measurement.p99_ms.get(metric))} ms" for metric in limits_ms)
+        self._log(f"{self.status}: {_fmt(measurement.output_tok_s)} tok/s, p99 {p99s}{failed}")
 
     def remeasure_skipped(self, trial: int, repeat: int, of: int, expected_s: float) -> None:
         self._log(f"not re-measuring trial {trial} ({repeat}/{of}): its expected {expected_s:.0f} s would run "
                   "past --timeout")
 
     def remeasure_stepped_down(self, trial: int, from_concurrency: int, concurrency: int) -> None:
-        self._log(f"trial {trial} over the limit at concurrency {from_concurrency}: re-measuring it at {concurrency}")
+        self._log(f"trial {trial} over a limit at concurrency {from_concurrency}: re-measuring it at {concurrency}")
 
     def study_finished(self, study: str, stopped_by: str, verdict: str, profile_path: Path | None,
                        gpu_minutes: float) -> None:
@@ -178,13 +187,15 @@ class StudyView(Progress):
     def _render(self) -> Group:
         elapsed = time.monotonic() - self.started
         best = (f"best so far: trial {self.best[0]} at {self.best[1]:,.0f} output tok/s"
-                if self.best else "best so far: none within the limit yet")
+                if self.best else "best so far: none within the limits yet")
         head = Text(f"{self.status}\n{best}  |  elapsed {elapsed / 60:.1f} min{self._eta_text()}")
         table = Table(expand=False, show_lines=False)
-        for col in ("#", "baseline", "flags", "status", "output tok/s", f"p99 {self.metric} ms", "conc."):
+        for col in ("#", "baseline", "flags", "status", "output tok/s", *(f"p99 {m} ms" for m in self.limits_ms),
+                    "conc."):
             table.add_column(col)
         for number in sorted(self.rows)[-25:]:
             r = self.rows[number]
+            p99 = r.get("p99") or {}
             table.add_row(str(number), r.get("baseline") or "", r["flags"], r.get("state", ""),
-                          _fmt(r.get("value")), _fmt(r.get("p99")), _fmt(r.get("c"), "d"))
+                          _fmt(r.get("value")), *(fmt_ms(p99.get(m)) for m in self.limits_ms), _fmt(r.get("c"), "d"))
         return Group(head, table)
