@@ -16,15 +16,15 @@ case "$cmd" in
       . /tmp/st/env.sh
       cd '$PWD'
       for s in \$(seq $servers); do
-        setsid vllm serve /tmp/model --load-format dummy --port $port --served-model-name m > '$dir/server-\$s.log' 2>&1 &
+        setsid vllm serve /tmp/model --load-format dummy --port $port --served-model-name m > $dir/server-\$s.log 2>&1 &
         srv=\$!
         t0=\$(date +%s)
         for i in \$(seq 300); do curl -sf localhost:$port/health > /dev/null && break; sleep 2; done
         echo server \$s ready after \$((\$(date +%s) - t0)) s >> '$dir/times.txt'
         for r in \$(seq $runs); do
           python3 -m autotune bench --url http://127.0.0.1:$port --model m --workload random:1024:512:0.5 \
-            --concurrency $c --warmup $c --ramp-s 2 --num-prompts \$((3 * $c)) --seed \$((100 * s + r)) \
-            --records '$dir/s\$s-\$r.jsonl.gz' --records-itl --json > '$dir/s\$s-\$r.json' 2> '$dir/s\$s-\$r.err'
+            --concurrency $c --warmup $c --ramp-s 2 --num-prompts \$((3 * $c)) --seed \$((${SEED0:-0} + 100 * s + r)) \
+            --records $dir/s\$s-\$r.jsonl.gz --records-itl --json > $dir/s\$s-\$r.json 2> $dir/s\$s-\$r.err
           echo server \$s run \$r done at \$((\$(date +%s) - t0)) s >> '$dir/times.txt'
         done
         kill -TERM -\$srv; sleep 8; kill -KILL -\$srv 2>/dev/null
