@@ -29,9 +29,15 @@ from autotune.trial import TrialSettings
 __all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", "study_limits_ms",
            "REAL_GPU_NOISE_FLOOR", "DEFAULT_WORKLOAD", "DEFAULT_P99_METRIC"]
 
-# Relative run-to-run noise of throughput assumed on real GPUs on top of the measured spread: two runs of one
-# configuration on two fresh H100s differed by 2.5% in output tok/s (vLLM 0.26.0, the device kit's README).
+# Relative run-to-run noise of throughput that no interval on real GPUs is narrower than: two runs of one
+# configuration on two fresh H100s differed by 2.5% in output tok/s, six runs on one H200 server by a
+# coefficient of variation of 2.3% (docs/results/h200-noise.md).
 REAL_GPU_NOISE_FLOOR = 0.03
+# The run-to-run spread of each P99 at a fixed load on real GPUs (coefficient of variation): six runs of one
+# level on one H200 server, vLLM 0.26.0, concurrency 64, 192 measured requests each (docs/results/h200-noise.md).
+# One run's own interval held the other runs' pooled P99 in 1 of 6 runs for TTFT and 3 of 6 for ITL: the
+# server's state drifts between runs, so a level's interval is never narrower than this.
+REAL_GPU_P99_RUN_CV = {"ttft": 0.172, "tpot": 0.047, "itl": 0.067, "e2el": 0.030}
 # Lengths vary by ±50%: with identical lengths a closed loop runs in lockstep waves whose synchronized
 # prefills, not the server, set P99 TTFT (seen on the H100 and the sim engine).
 DEFAULT_WORKLOAD = "random:1024:512:0.5"
@@ -188,7 +194,8 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
     workload = parse_workload(opts.workload, seed=opts.seed).without_times()
     search = LoadSearchConfig(limits_ms=limits_ms, start_concurrency=opts.start_concurrency,
                               max_concurrency=opts.max_concurrency, confidence=opts.confidence,
-                              max_extensions=opts.max_extensions)
+                              max_extensions=opts.max_extensions,
+                              p99_run_cv=REAL_GPU_P99_RUN_CV if engine_name == "vllm" else {})
     settings = TrialSettings(
         engine=engine_name, model=model, gpu=gpu, gpus=opts.gpus, workload=workload, search=search,
         gpu_ids=visible_gpu_ids(opts.gpus), time_scale=opts.sim_time_scale if engine_name == "sim" else 1.0,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from statistics import NormalDist
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -48,6 +49,10 @@ class LoadSearchConfig:
     max_error_rate: float = 0.01  # a level with more failed requests than this is not feasible
     confidence: float = 0.9  # of each level's P99 interval
     max_extensions: int = 2  # a level with a P99 interval straddling its limit is measured again this often at most
+    # Relative run-to-run spread (standard deviation / mean) of each metric's P99 at a fixed load on one server:
+    # an interval from one run's requests does not see it (a server's state drifts between runs), so no
+    # interval is narrower than this spread over the pooled runs. Empty: none (the deterministic sim engine).
+    p99_run_cv: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.limits_ms:
@@ -178,12 +183,20 @@ def _usable(r: BenchResult, cfg: LoadSearchConfig) -> bool:
     return r.completed > 0 and not math.isnan(r.output_tok_s) and r.failed <= cfg.max_error_rate * total
 
 
-def _p99_intervals(r: BenchResult, cfg: LoadSearchConfig) -> dict[str, Interval]:
-    """Each limited metric's P99 over the level's requests, with its interval."""
+def _p99_intervals(r: BenchResult, cfg: LoadSearchConfig, runs: int) -> dict[str, Interval]:
+    """Each limited metric's P99 over the level's ``runs`` pooled runs, with its interval: the block bootstrap's
+    over the requests, never narrower than the run-to-run spread (``p99_run_cv``) of a mean of ``runs`` runs."""
+    z = NormalDist().inv_cdf(0.5 + cfg.confidence / 2)
     out = {}
     for metric in cfg.limits_ms:
         values_s, times_s = r.values_and_times_s(metric)
-        out[metric] = p99_interval(values_s * 1000.0, times_s, confidence=cfg.confidence)
+        iv = p99_interval(values_s * 1000.0, times_s, confidence=cfg.confidence)
+        half = z * cfg.p99_run_cv.get(metric, 0.0) * iv.value / math.sqrt(runs)
+        if half > 0 and not math.isnan(iv.value):
+            low = iv.value - half if math.isnan(iv.low) else min(iv.low, iv.value - half)
+            high = iv.value + half if math.isnan(iv.high) else max(iv.high, iv.value + half)
+            iv = Interval(iv.value, low, high, iv.confidence)
+        out[metric] = iv
     return out
 
 
@@ -227,7 +240,7 @@ def _search(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig, progre
             runs.append(measure(c))
             walls.append((c, time.monotonic() - started))
             r = pool(runs)
-            p99 = _p99_intervals(r, cfg)
+            p99 = _p99_intervals(r, cfg, len(runs))
             side = _within_limits(p99, cfg.limits_ms)
             if side is not None or len(runs) > cfg.max_extensions:
                 break

@@ -236,3 +236,21 @@ def test_a_search_needs_a_known_limit():
         LoadSearchConfig(limits_ms={})
     with pytest.raises(ValueError, match="unknown latency metric 'latency'"):
         LoadSearchConfig(limits_ms={"latency": 5.0})
+
+
+def test_the_run_to_run_spread_widens_a_level_interval_and_pooling_narrows_it():
+    calls: list[int] = []
+
+    def measure(c: int):
+        calls.append(c)
+        return _ttft_level([450.0] * 400, c)  # one run alone: 450 ms, its bootstrap interval a point
+
+    cfg = LoadSearchConfig(limits_ms={"ttft": 500}, start_concurrency=32, max_concurrency=32, max_extensions=2,
+                           p99_run_cv={"ttft": 0.172})
+    lv = search_load(measure, cfg).levels[0]
+    # 450 ms with a 17% run-to-run spread straddles 500 ms: measured three times, the interval of their mean
+    assert calls == [32, 32, 32] and lv.runs == 3
+    half = 1.6448536269514722 * 0.172 * 450 / 3 ** 0.5
+    assert abs(lv.p99["ttft"].high - (450 + half)) < 1e-6 and lv.feasible  # then the point estimate decides
+    assert search_load(measure, LoadSearchConfig(limits_ms={"ttft": 500}, start_concurrency=32,
+                                                 max_concurrency=32)).levels[0].runs == 1  # no spread: decided
