@@ -184,6 +184,8 @@ def select_winner(candidates: list[Candidate], limits_ms: Mapping[str, float], r
     if len(equals) > 1:
         verdict = (f"equal within noise: {', '.join(_name(c) for c in equals)}; recommended: {_name(winner)}, "
                    f"the fewest flags changed from vLLM's defaults ({flags_changed(winner.flags)})")
+    elif len(confirmed) == 1:
+        verdict = f"{_name(winner)} is the only configuration that met the limit as measured: nothing to compare"
     elif winner.baseline:
         verdict = f"the baseline '{winner.baseline}' is the best configuration found, beyond noise"
     elif gains and all(g.significant for g in gains.values()):

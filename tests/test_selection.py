@@ -72,7 +72,10 @@ def test_baseline_can_win_and_limit_is_rechecked():
     fast_but_slow_p99 = cand(7, [2000, 2000], p99=900)
     defaults = cand(0, [1000, 1000], baseline="vllm-defaults", flags={})
     sel = select_winner([fast_but_slow_p99, defaults], limits_ms=LIMIT, repeats=2)
-    assert sel.winner is defaults and "is the best configuration found" in sel.verdict
+    assert sel.winner is defaults and "the only configuration that met the limit" in sel.verdict
+    slower = cand(8, [900, 905])
+    sel = select_winner([slower, defaults], limits_ms=LIMIT, repeats=2)
+    assert sel.winner is defaults and "is the best configuration found, beyond noise" in sel.verdict
 
 
 def test_a_baseline_over_the_limit_gives_an_unbounded_gain():
@@ -100,3 +103,9 @@ def test_with_several_limits_a_finalist_must_meet_every_one():
     mixed = cand(3, [1500, 1500], itl=48)
     mixed.repeats[1] = Measurement(1500, {"ttft": 100.0, "itl": 54.0})
     assert mixed.p99_mean_ms("itl") == 51.0 and not mixed.meets(limits)
+
+
+def test_a_single_finalist_claims_nothing():
+    defaults = cand(0, [1000, 1010], baseline="vllm-defaults", flags={})
+    sel = select_winner([defaults], LIMIT, repeats=2)
+    assert sel.winner is defaults and sel.verdict.endswith("nothing to compare") and "beyond" not in sel.verdict
