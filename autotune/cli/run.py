@@ -115,7 +115,7 @@ def build_study_config(opts: dict[str, Any], console: Console) -> StudyConfig:
     settings = TrialSettings(
         engine=engine, model=model, gpu=gpu, gpus=gpus, workload=workload, search=search,
         gpu_ids=tuple(ids[:gpus]), time_scale=time_scale, startup_timeout_s=opts["startup_timeout"],
-        prompts_per_level=opts["prompts_per_level"],
+        prompts_per_level=opts["prompts_per_level"], sim_server=opts["sim_server"],
     )
     name = opts["study"] or _default_study_name(opts["model"], gpus, opts["p99_metric"], opts["p99_ms"])
     storage_url = opts["storage"] or DEFAULT_STORAGE
@@ -169,8 +169,11 @@ def _non_negative(ctx: click.Context, param: click.Parameter, value: Any) -> Any
 @click.option("--load-format", default=None, help="vLLM --load-format for every trial (dummy: tune a model's "
               "speed without its weights)")
 @click.option("--set", "set", multiple=True, metavar="FLAG=VALUE", help="extra fixed vLLM flag for every trial")
+@click.option("--sim-server", is_flag=True, help="sim engine: run each trial's engine as a real `autotune sim serve` "
+              "subprocess driven over HTTP (default: in-process on a virtual clock, fast and deterministic)")
 @click.option("--sim-time-scale", type=float, default=20.0, show_default=True, callback=_positive,
-              help="sim engine: run this many times faster than the modelled card (figures stay in modelled time)")
+              help="with --sim-server: run this many times faster than the modelled card (figures stay in "
+              "modelled time)")
 @click.option("--start-concurrency", type=int, default=8, show_default=True, callback=_positive)
 @click.option("--max-concurrency", type=int, default=1024, show_default=True, callback=_positive)
 @click.option("--prompts-per-level", type=float, default=3.0, show_default=True, callback=_positive,

@@ -1,0 +1,363 @@
+"""The sim engine in-process: its scheduler and the load generator on one virtual clock, no HTTP.
+
+The load generator's drive loop (:func:`autotune.loadgen.runner.drive_load`: closed-loop slots, the first
+wave's ramp, warm-up, open-loop arrivals, records, the steady window) runs unchanged; :class:`SimTransport`
+hands each request to a :class:`VirtualReplica` instead of a server. Both run on a
+:class:`~autotune.sim.vclock.VirtualClockLoop`, whose time is the modelled time: an engine step "lasts" its
+modelled duration by sleeping it, and the loop jumps straight there. A level therefore takes the CPU time its
+scheduler steps need, and its figures are the same on an idle or a busy CPU (the HTTP sim, paced by the wall
+clock, lags a CPU that cannot keep up).
+
+The timing rules are the HTTP sim server's (:mod:`autotune.sim.replica`, :mod:`autotune.sim.server`): a busy
+replica's steps follow each other in modelled time; an idle one starts at the arrival; a request arriving
+while a step runs is stamped at its arrival and joins the scheduler between steps (a closed-loop client's next
+request, sent when the last token of its previous one arrives, so lands just after the next step was
+scheduled); each token is stamped at the end of the step that sampled it. Token times are kept per slot in a
+numpy array and handed over when a request finishes: a client only needs its request's end to send the next
+one, and a level's million tokens never pass through Python one by one.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import random
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, AsyncIterator, NoReturn
+
+import numpy as np
+
+from autotune.engines.base import LaunchSpec, StartupInfo, classify_failure, parse_startup_log
+from autotune.errors import EngineStartError, UsageError
+from autotune.flags import flags_to_argv
+from autotune.gpus import load_gpu
+from autotune.loadgen.runner import LoadConfig, drive_load
+from autotune.loadgen.workload import RequestSpec
+from autotune.metrics import BenchResult, RequestOutput
+from autotune.progress import NULL_SINK, ProgressSink
+from autotune.sim.args import parse_serve_args
+from autotune.sim.engine import EngineSetup, setup_engine
+from autotune.sim.server import estimate_text_tokens, png_size
+from autotune.sim.startup import failure_lines, startup_report
+from autotune.sim.vclock import VirtualClockLoop
+
+__all__ = ["SimRequest", "VirtualReplica", "SimTransport", "InProcessSim", "bench_in_process"]
+
+_LOG_TAIL_LINES = 40  # as the launcher's
+
+
+@dataclass(frozen=True)
+class SimRequest:
+    """A request as the sim engine reads it from the body the load generator would send. ``error``: the
+    HTTP 400 the sim server would answer instead (the request then fails, as data)."""
+
+    prompt_tokens: int
+    max_tokens: int
+    encoder_s: float = 0.0
+    ignore_eos: bool = True
+    error: str = ""
+
+
+@dataclass(eq=False)
+class _Pending:
+    arrival_s: float
+    prompt_tokens: int
+    future: asyncio.Future[RequestOutput]
+    slot: int = -1
+
+
+@dataclass
+class _Peaks:
+    """What the HTTP path's /metrics scrape reports, observed exactly after every step."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_usage: float = 0.0
+
+
+class VirtualReplica:
+    """One DP replica: a scheduler stepped on the event loop's (virtual) clock."""
+
+    def __init__(self, setup: EngineSetup, loop: VirtualClockLoop) -> None:
+        self.sched = setup.new_scheduler()
+        self.loop = loop
+        self.vt = loop.time()
+        self.step_end = self.vt  # modelled end of the step (or decode run) in flight
+        self.idle = True
+        self.wake = asyncio.Event()
+        self.pending: dict[int, _Pending] = {}
+        self.peaks = _Peaks()
+        self.preemptions_at_start = self.sched.num_preemptions_total
+        self._times = np.zeros((len(self.sched.prompt_len), 64))  # token times, one row per scheduler slot
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.pending)
+
+    def arrival_s(self) -> float:
+        """When a request submitted now arrives (the HTTP sim's ``Engine.arrival_v`` on a clock that keeps up):
+        idle, the loop's time; busy, never past the end of the step in flight."""
+        now = self.loop.time()
+        return max(self.vt, now) if self.idle else min(now, self.step_end)
+
+    def submit(self, req: SimRequest, max_out: int) -> _Pending:
+        p = _Pending(self.arrival_s(), req.prompt_tokens, self.loop.create_future())
+        p.slot = self.sched.add(req.prompt_tokens, max_out, req.encoder_s)
+        rows, cols = self._times.shape
+        if p.slot >= rows or max_out > cols:
+            grown = np.zeros((max(rows, len(self.sched.prompt_len)), max(cols, max_out)))
+            grown[:rows, :cols] = self._times
+            self._times = grown
+        self.pending[p.slot] = p
+        self.wake.set()
+        return p
+
+    def abort(self, p: _Pending) -> None:
+        """The client gave up (timeout): free the request's slot and KV blocks, as the server does."""
+        if self.pending.get(p.slot) is p:
+            del self.pending[p.slot]
+            self.sched.abort(p.slot)
+            self.wake.set()
+
+    async def run(self) -> None:
+        loop, sched = self.loop, self.sched
+        while True:
+            if not sched.has_work:
+                self.idle = True
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            if self.idle:  # only an idle replica jumps to the loop's time; a busy one keeps its own clock
+                self.vt = max(self.vt, loop.time())
+                self.idle = False
+            run = None
+            # Several decode-only steps at once while nothing can join the batch: no callback is waiting to run
+            # now (a client answering a finished request, another replica) and no timer (an arrival, the
+            # ramp, another replica's step end) falls inside the run.
+            if not loop.has_ready():
+                horizon_s = loop.next_timer_s() - self.vt
+                if horizon_s > 0:
+                    run = sched.decode_run(1 << 30, horizon_s)
+            if run is not None:
+                times = self.vt + np.cumsum(run.durations_s)
+                k = len(times)
+                cols = sched.out[run.slots][:, None] - k + np.arange(k)
+                self._times[run.slots[:, None], cols] = times
+                end, finished = float(times[-1]), run.finished
+            else:
+                res = sched.step()
+                if res is None:  # nothing schedulable until a request comes or goes
+                    self.idle = True
+                    self.wake.clear()
+                    await self.wake.wait()
+                    continue
+                end = self.vt + res.duration_s
+                if len(res.emitted):
+                    self._times[res.emitted, sched.out[res.emitted] - 1] = end
+                finished = res.finished
+            self._observe()
+            self.step_end = end
+            # Bind the finished requests' tokens now: their slots are free again and may be reused by a request
+            # that arrives while this step "runs".
+            done = [self._output(int(slot)) for slot in finished if int(slot) in self.pending]
+            await asyncio.sleep(end - loop.time())
+            self.vt = end
+            for p, out in done:
+                if not p.future.done():  # a client that timed out has cancelled it
+                    p.future.set_result(out)
+
+    def _output(self, slot: int) -> tuple[_Pending, RequestOutput]:
+        """The request as the client's sim-stamp path reads it (usage counts, modelled times)."""
+        p = self.pending.pop(slot)
+        t = self._times[slot, :int(self.sched.out[slot])]
+        first, last = float(t[0]), float(t[-1])
+        out = RequestOutput(success=True, prompt_tokens=p.prompt_tokens, output_tokens=len(t),
+                            ttft_s=first - p.arrival_s, itl_s=tuple(np.diff(t).tolist()),
+                            e2el_s=last - p.arrival_s, start_s=p.arrival_s)
+        return p, out
+
+    def _observe(self) -> None:
+        s, peaks = self.sched, self.peaks
+        peaks.running = max(peaks.running, s.num_running)
+        peaks.waiting = max(peaks.waiting, s.num_waiting)
+        peaks.kv_usage = max(peaks.kv_usage, s.kv_usage)
+
+
+class SimTransport:
+    """The load generator's transport to the sim engine in-process (see :class:`~autotune.loadgen.runner.
+    Transport`). Needs a :class:`VirtualClockLoop`. ``rng`` draws the output length of a request sent
+    without ignore_eos (the server's seeded ``random.Random``; kept across the levels of one engine)."""
+
+    def __init__(self, setup: EngineSetup, rng: random.Random | None = None) -> None:
+        self.setup = setup
+        self.rng = rng or random.Random(0)
+        self.server_metrics: dict[str, Any] | None = None
+        self.replicas: list[VirtualReplica] = []
+        self._max_model_len = setup.plan.max_model_len
+        self._limit_images = int((setup.flags.get("limit-mm-per-prompt") or {}).get("image", 1 << 30))
+        self._t0 = 0.0
+
+    def prepare(self, spec: RequestSpec, endpoint: str, cfg: LoadConfig) -> SimRequest:
+        """Count the prompt as the sim server counts the body :func:`~autotune.loadgen.client.build_payload`
+        makes, and check it as the server does (sim/server.py: ``completions``, ``chat``, ``_generate``)."""
+        prompt = spec.prompt
+        images: list[tuple[int, int]] = []
+        if endpoint == "chat":
+            text = prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
+            tokens = estimate_text_tokens(text)
+            images = [png_size(url) or (512, 512) for url in spec.images]
+        else:
+            tokens = estimate_text_tokens(prompt) if isinstance(prompt, str) else len(prompt)
+        error = ""
+        if images:
+            if not self.setup.model.is_vlm:
+                error = f"{self.setup.model.name} is not a multimodal model; it cannot take images"
+            elif len(images) > self._limit_images:
+                error = f"At most {self._limit_images} image(s) may be provided in one prompt."
+            tokens += sum(self.setup.perf.image_tokens(w, h) for w, h in images)
+        tokens = max(1, tokens)
+        max_tokens = spec.output_len
+        if not error and max_tokens < 1:
+            error = "max_tokens must be a positive integer"
+        elif not error and tokens + max_tokens > self._max_model_len:
+            error = (f"This model's maximum context length is {self._max_model_len} tokens. However, you "
+                     f"requested {tokens + max_tokens} tokens ({tokens} in the messages, {max_tokens} in the "
+                     f"completion). Please reduce the length of the messages or completion.")
+        encoder_s = self.setup.perf.encoder_time_s(images) if images and not error else 0.0
+        return SimRequest(tokens, max_tokens, encoder_s, cfg.ignore_eos, error)
+
+    @asynccontextmanager
+    async def session(self, cfg: LoadConfig) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        if not isinstance(loop, VirtualClockLoop):
+            raise UsageError("the in-process sim runs on a VirtualClockLoop (see bench_in_process)")
+        dp = int(self.setup.flags["data-parallel-size"] or 1)
+        self.replicas = [VirtualReplica(self.setup, loop) for _ in range(dp)]
+        tasks = [asyncio.create_task(r.run()) for r in self.replicas]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            peaks = [r.peaks for r in self.replicas]
+            self.server_metrics = {  # the scrape's keys (autotune/loadgen/promscrape.py), summed over replicas
+                "max_kv_cache_usage": max(p.kv_usage for p in peaks),
+                "preemptions": sum(r.sched.num_preemptions_total - r.preemptions_at_start for r in self.replicas),
+                "max_requests_running": sum(p.running for p in peaks),
+                "max_requests_waiting": sum(p.waiting for p in peaks)}
+
+    def start(self) -> None:
+        self._t0 = asyncio.get_running_loop().time()
+
+    async def send(self, request: SimRequest, timeout_s: float) -> tuple[RequestOutput, bool]:
+        start_s = asyncio.get_running_loop().time() - self._t0
+        if request.error:
+            return RequestOutput(success=False, prompt_tokens=request.prompt_tokens, start_s=start_s,
+                                 error=f"HTTP 400: {request.error}"[:206], error_kind="http_4xx"), False
+        max_out = request.max_tokens if request.ignore_eos else self.rng.randint(1, request.max_tokens)
+        replica = min(self.replicas, key=lambda r: r.outstanding)  # the server's pick
+        pending = replica.submit(request, max_out)
+        try:
+            return await asyncio.wait_for(pending.future, timeout_s), True
+        except asyncio.TimeoutError:
+            replica.abort(pending)
+            return RequestOutput(success=False, prompt_tokens=request.prompt_tokens, start_s=start_s,
+                                 error="request timed out", error_kind="timeout"), False
+
+
+def bench_in_process(setup: EngineSetup, requests: list[RequestSpec], cfg: LoadConfig,
+                     sink: ProgressSink = NULL_SINK, rng: random.Random | None = None) -> BenchResult:
+    """One load run (:func:`~autotune.loadgen.runner.drive_load`) against a fresh sim engine in-process, on a
+    virtual clock: ``cfg`` in modelled seconds (``time_scale`` 1)."""
+    with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
+        return runner.run(drive_load(SimTransport(setup, rng), requests, cfg, sink))
+
+
+class InProcessSim:
+    """The sim engine for one trial without a subprocess: the launcher's contract (start, startup figures,
+    failure class and log tail, alive, stop, context manager) for :class:`SimTransport`. ``start`` takes the
+    HTTP sim's own path: the flags as `autotune sim serve` parses them, its startup lines (or, where vLLM
+    would refuse to start, its failure lines) written to the trial's log and read back by the launcher's
+    parser. Each :meth:`bench` runs on an idle engine, as a level does on a live server."""
+
+    def __init__(self, spec: LaunchSpec) -> None:
+        self.spec = spec
+        self.startup = StartupInfo()
+        self.setup: EngineSetup | None = None
+        self._rng = random.Random(0)
+        self._started = False
+
+    @property
+    def log_path(self) -> Path:
+        return self.spec.log_path
+
+    @property
+    def vllm_serve_cmd(self) -> str:
+        return self.spec.vllm_serve_cmd
+
+    def __enter__(self) -> InProcessSim:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Build the engine; raises :class:`EngineStartError` (failure class, log tail) where the sim server
+        would exit before serving."""
+        spec = self.spec
+        t0 = time.monotonic()
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        spec.log_path.write_text("")
+        argv = [spec.model_ref, *flags_to_argv(spec.flags), "--gpu-type", spec.gpu_type or "h100"]
+        captured = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(captured):  # argparse's one line, as the server prints it
+                args = parse_serve_args(argv, prog="vllm serve")
+            setup = setup_engine(spec.model, load_gpu(args.gpu_type), args.flags)
+        except SystemExit:
+            self._fail(captured.getvalue().splitlines(), None, "bad flags")
+        except UsageError as e:
+            self._fail([f"vllm serve: error: {e}"], None, str(e))
+        except EngineStartError as e:
+            self._fail(failure_lines(str(e), e.failure_class), e.failure_class, str(e))
+        report = startup_report(setup, spec.model_ref, host=None)
+        self._write([line for _, line in report.lines])
+        self.startup = replace(parse_startup_log(self._log_text()), ready_s=round(time.monotonic() - t0, 3))
+        self.setup, self._rng, self._started = setup, random.Random(args.seed), True
+
+    def bench(self, requests: list[RequestSpec], cfg: LoadConfig, sink: ProgressSink = NULL_SINK) -> BenchResult:
+        """One load level; ``cfg`` in modelled seconds (``time_scale`` 1: nothing is paced by the wall)."""
+        if self.setup is None or not self._started:
+            raise RuntimeError("bench() on an engine that is not started")
+        return bench_in_process(self.setup, requests, cfg, sink, self._rng)
+
+    def alive(self) -> bool:
+        return self._started
+
+    def stop(self) -> None:
+        self._started = False
+
+    def log_tail(self, n: int = _LOG_TAIL_LINES) -> str:
+        return "\n".join(self._log_text().splitlines()[-n:])
+
+    def _fail(self, lines: list[str], failure_class: str | None, reason: str) -> NoReturn:
+        self._write(lines)
+        text = self._log_text()
+        cls = failure_class or classify_failure(text, exited=True, timed_out=False)
+        raise EngineStartError(f"sim engine failed to start ({cls}): {reason}; log: {self.log_path}", cls,
+                               self.log_tail())
+
+    def _write(self, lines: list[str]) -> None:
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in lines)
+
+    def _log_text(self) -> str:
+        try:
+            return self.log_path.read_text("utf-8", "replace")
+        except OSError:
+            return ""
