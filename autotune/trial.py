@@ -137,7 +137,7 @@ def _measure_fn(settings: TrialSettings, server: EngineServer | InProcessSim, na
         cfg = level_load_config(settings, concurrency, records_dir / f"{levels:02d}-c{concurrency}.jsonl.gz")
         levels += 1
         total = cfg.warmup_prompts + cfg.num_prompts
-        requests = settings.workload.requests(used + total)[used:]
+        requests = settings.workload.requests(used + total, start=used)
         used += total
         if isinstance(server, InProcessSim):
             result = server.bench(requests, cfg)

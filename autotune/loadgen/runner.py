@@ -123,9 +123,11 @@ class Transport(Protocol):
     clock starts); ``session`` holds the connection for the run (raising :class:`UsageError` before it when
     the target is unusable); ``start`` marks the run's time origin; ``send`` never raises (a failure is a
     :class:`RequestOutput` with ``success=False``) and says whether the times are the sim's modelled clock;
-    ``server_metrics`` is what the engine reported about the run (None: nothing)."""
+    ``server_metrics`` is what the engine reported about the run (None: nothing); ``wall_clock``: the run is
+    timed on the wall clock, so a garbage-collector pause would show in its figures."""
 
     server_metrics: dict[str, Any] | None
+    wall_clock: bool
 
     def prepare(self, spec: RequestSpec, endpoint: str, cfg: LoadConfig) -> Any: ...
 
@@ -138,6 +140,8 @@ class Transport(Protocol):
 
 class HttpTransport:
     """Streaming OpenAI requests to a live server (vLLM, the sim server, a fake) over one aiohttp session."""
+
+    wall_clock = True
 
     def __init__(self, url: str, model: str) -> None:
         self.url, self.model = url, model
@@ -201,12 +205,14 @@ async def drive_load(transport: Transport, requests: list[RequestSpec], cfg: Loa
         arrivals_s = _trace_times(requests, total)
 
     async with transport.session(cfg):
-        gc.collect()
-        gc.freeze()  # the request bodies and everything before the run: no long GC pauses during it
+        if transport.wall_clock:
+            gc.collect()
+            gc.freeze()  # the request bodies and everything before the run: no long GC pauses during it
         try:
             results, wall_s, span_s = await _drive(transport, prepared, arrivals_s, cfg, sink)
         finally:
-            gc.unfreeze()
+            if transport.wall_clock:
+                gc.unfreeze()
     server_metrics = transport.server_metrics
 
     if cfg.records_path:

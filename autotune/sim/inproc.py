@@ -191,6 +191,8 @@ class SimTransport:
     Transport`). Needs a :class:`VirtualClockLoop`. ``rng`` draws the output length of a request sent
     without ignore_eos (the server's seeded ``random.Random``; kept across the levels of one engine)."""
 
+    wall_clock = False  # modelled time: a GC pause changes nothing
+
     def __init__(self, setup: EngineSetup, rng: random.Random | None = None) -> None:
         self.setup = setup
         self.rng = rng or random.Random(0)
