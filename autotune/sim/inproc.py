@@ -322,7 +322,8 @@ class InProcessSim:
                 args = parse_serve_args(argv, prog="vllm serve")
             setup = setup_engine(spec.model, load_gpu(args.gpu_type), args.flags)
         except SystemExit:
-            self._fail(captured.getvalue().splitlines(), None, "bad flags")
+            lines = captured.getvalue().splitlines()
+            self._fail(lines, None, lines[-1] if lines else "the flags were refused")
         except UsageError as e:
             self._fail([f"vllm serve: error: {e}"], None, str(e))
         except EngineStartError as e:
@@ -336,6 +337,8 @@ class InProcessSim:
         """One load level; ``cfg`` in modelled seconds (``time_scale`` 1: nothing is paced by the wall)."""
         if self.setup is None or not self._started:
             raise RuntimeError("bench() on an engine that is not started")
+        if cfg.time_scale != 1.0:
+            raise ValueError(f"the in-process sim runs in modelled time: time_scale 1, not {cfg.time_scale}")
         return bench_in_process(self.setup, requests, cfg, sink, self._rng)
 
     def alive(self) -> bool:
