@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import math
 import random
 import time
+from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -65,7 +67,7 @@ class SimRequest:
 class _Pending:
     arrival_s: float
     prompt_tokens: int
-    future: asyncio.Future[RequestOutput]
+    future: asyncio.Future[RequestOutput | None]  # None: timed out
     slot: int = -1
 
 
@@ -166,7 +168,7 @@ class VirtualReplica:
             await asyncio.sleep(end - loop.time())
             self.vt = end
             for p, out in done:
-                if not p.future.done():  # a client that timed out has cancelled it
+                if not p.future.done():  # the watchdog may have timed it out meanwhile
                     p.future.set_result(out)
 
     def _output(self, slot: int) -> tuple[_Pending, RequestOutput]:
@@ -201,6 +203,11 @@ class SimTransport:
         self._max_model_len = setup.plan.max_model_len
         self._limit_images = int((setup.flags.get("limit-mm-per-prompt") or {}).get("image", 1 << 30))
         self._t0 = 0.0
+        # Requests in flight by send time, for the timeout watchdog: one run has one timeout, so their
+        # deadlines come in this order (a timer per request would cost more than the rest of the request).
+        self._in_flight: deque[tuple[float, VirtualReplica, _Pending]] = deque()
+        self._timeout_s = math.inf
+        self._sent = asyncio.Event()
 
     def prepare(self, spec: RequestSpec, endpoint: str, cfg: LoadConfig) -> SimRequest:
         """Count the prompt as the sim server counts the body :func:`~autotune.loadgen.client.build_payload`
@@ -238,7 +245,8 @@ class SimTransport:
             raise UsageError("the in-process sim runs on a VirtualClockLoop (see bench_in_process)")
         dp = int(self.setup.flags["data-parallel-size"] or 1)
         self.replicas = [VirtualReplica(self.setup, loop) for _ in range(dp)]
-        tasks = [asyncio.create_task(r.run()) for r in self.replicas]
+        self._timeout_s, self._sent = cfg.request_timeout_s, asyncio.Event()
+        tasks = [asyncio.create_task(r.run()) for r in self.replicas] + [asyncio.create_task(self._watchdog())]
         try:
             yield
         finally:
@@ -260,15 +268,37 @@ class SimTransport:
         if request.error:
             return RequestOutput(success=False, prompt_tokens=request.prompt_tokens, start_s=start_s,
                                  error=f"HTTP 400: {request.error}"[:206], error_kind="http_4xx"), False
+        if timeout_s != self._timeout_s:
+            raise ValueError(f"one request timeout per run ({self._timeout_s} s), got {timeout_s} s")
         max_out = request.max_tokens if request.ignore_eos else self.rng.randint(1, request.max_tokens)
         replica = min(self.replicas, key=lambda r: r.outstanding)  # the server's pick
         pending = replica.submit(request, max_out)
-        try:
-            return await asyncio.wait_for(pending.future, timeout_s), True
-        except asyncio.TimeoutError:
-            replica.abort(pending)
+        self._in_flight.append((asyncio.get_running_loop().time() + timeout_s, replica, pending))
+        self._sent.set()
+        out = await pending.future
+        if out is None:  # the watchdog gave up on it
             return RequestOutput(success=False, prompt_tokens=request.prompt_tokens, start_s=start_s,
                                  error="request timed out", error_kind="timeout"), False
+        return out, True
+
+    async def _watchdog(self) -> None:
+        """Time out requests in flight past the run's request timeout, as the HTTP client does: the engine
+        drops them (:meth:`VirtualReplica.abort`) and the sender gets a timeout failure."""
+        loop, in_flight = asyncio.get_running_loop(), self._in_flight
+        while True:
+            while in_flight and in_flight[0][2].future.done():
+                in_flight.popleft()
+            if not in_flight:
+                self._sent.clear()
+                await self._sent.wait()
+                continue
+            due_s, replica, pending = in_flight[0]
+            if loop.time() < due_s:
+                await asyncio.sleep(due_s - loop.time())
+                continue
+            in_flight.popleft()
+            replica.abort(pending)
+            pending.future.set_result(None)
 
 
 def bench_in_process(setup: EngineSetup, requests: list[RequestSpec], cfg: LoadConfig,
