@@ -31,9 +31,9 @@ from autotune.study import baseline_flags  # noqa: E402
 from autotune.trial import TrialSettings, level_load_config  # noqa: E402
 
 CHUNKED = {"enable-chunked-prefill": True}  # the flash space's fixed flag
-CONFIGS: dict[str, dict[str, Any]] = {
-    "defaults": {},
-    "seed": {"kv-cache-dtype": "fp8", "max-num-seqs": 1024},  # the seed-profile baseline on one GPU
+CONFIGS: dict[str, dict[str, Any]] = {  # the two baselines as a one-GPU study runs them, and two winners
+    "defaults": baseline_flags("vllm-defaults", resolve_model("flash"), 1),
+    "seed": baseline_flags("seed-profile", resolve_model("flash"), 1),
     # the winner of the README's last HTTP study (32 min, 2026-11-26)
     "http-winner": {"max-num-seqs": 512, "max-num-batched-tokens": 16384, "kv-cache-dtype": "fp8"},
     # the winner of the first in-process study of the README's command (sim-inproc branch)
