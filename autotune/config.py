@@ -73,6 +73,7 @@ class RunOptions(BaseModel):
     patience: int = Field(12, ge=0)
     load_format: str | None = None
     set_flags: tuple[str, ...] = ()  # FLAG=VALUE
+    sim_server: bool = False  # the sim engine as an HTTP subprocess per trial, not in-process
     sim_time_scale: float = Field(20.0, gt=0)
     start_concurrency: int = Field(8, gt=0)
     max_concurrency: int = Field(1024, gt=0)
@@ -200,6 +201,7 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
         engine=engine_name, model=model, gpu=gpu, gpus=opts.gpus, workload=workload, search=search,
         gpu_ids=visible_gpu_ids(opts.gpus), time_scale=opts.sim_time_scale if engine_name == "sim" else 1.0,
         startup_timeout_s=opts.startup_timeout_s, prompts_per_level=opts.prompts_per_level,
+        sim_server=opts.sim_server,
     )
     storage_url = opts.storage or DEFAULT_STORAGE
     return StudyConfig(

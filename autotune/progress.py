@@ -56,8 +56,9 @@ class Progress:
     def trial_started(self, number: int, flags: Mapping[str, Any], baseline: str) -> None:
         """A trial begins: ``baseline`` names a baseline, else empty."""
 
-    def engine_starting(self, engine: str, port: int, command: str, log_path: Path) -> None:
-        """A server is being launched (again, on another port, when its first port was taken)."""
+    def engine_starting(self, engine: str, port: int | None, command: str, log_path: Path) -> None:
+        """A server is being launched (again, on another port, when its first port was taken); ``port`` None:
+        the sim engine in-process."""
 
     def engine_ready(self, startup: Mapping[str, Any]) -> None:
         """The server answers; ``startup`` holds the figures read from its log (StartupInfo's fields, ready_s

@@ -1,5 +1,9 @@
 """One trial: memory check -> launch the engine -> load search on the live server -> tear down.
 
+The sim engine runs in-process on a virtual clock by default (:class:`~autotune.sim.inproc.InProcessSim`:
+fast, and the same figures however busy the CPU); ``sim_server`` runs it as a real `autotune sim serve`
+subprocess driven over HTTP, paced by ``time_scale``, for the launcher's whole path.
+
 Failures are results, not exceptions: an infeasible memory plan, a server that never becomes ready or a
 load search that finds no level within the limit all come back as a :class:`~autotune.records.TrialResult`
 with its failure class, so the study records them and the sampler steers away.
@@ -24,6 +28,7 @@ from autotune.metrics import BenchResult
 from autotune.models import ModelSpec
 from autotune.progress import NULL_PROGRESS, Progress
 from autotune.records import TrialResult
+from autotune.sim.inproc import InProcessSim
 
 __all__ = ["TrialSettings", "run_trial", "measure_once", "level_load_config"]
 
@@ -43,7 +48,8 @@ class TrialSettings:
     workload: Workload
     search: LoadSearchConfig
     gpu_ids: tuple[int, ...] = (0,)
-    time_scale: float = 1.0  # sim only
+    time_scale: float = 1.0  # sim server only: modelled seconds per wall second
+    sim_server: bool = False  # sim only: a real `autotune sim serve` subprocess over HTTP, not in-process
     startup_timeout_s: float = 900.0
     prompts_per_level: float = 3.0  # measured prompts = this x concurrency, within the bounds below
     min_prompts: int = 32
@@ -62,15 +68,24 @@ class TrialSettings:
 def level_load_config(settings: TrialSettings, concurrency: int, records_path: Path | None = None) -> LoadConfig:
     n = int(min(settings.max_prompts, max(settings.min_prompts, settings.prompts_per_level * concurrency)))
     warmup = int(max(1, settings.warmup_factor * concurrency))
+    # The in-process sim's clock is the modelled one: nothing to scale.
+    scale = settings.time_scale if not _in_process(settings) else 1.0
     return LoadConfig(
         concurrency=concurrency, num_prompts=n, warmup_prompts=warmup,
-        ramp_s=settings.ramp_s / max(settings.time_scale, 1e-9),
+        ramp_s=settings.ramp_s / max(scale, 1e-9),
         # A time-scaled sim may lag the wall clock when the CPU cannot keep up: never below 2 minutes of wall.
-        request_timeout_s=max(settings.request_timeout_s / max(settings.time_scale, 1e-9),
-                              min(settings.request_timeout_s, 120.0)),
-        scrape_metrics=True, time_scale=settings.time_scale, steady_state=True,
+        request_timeout_s=max(settings.request_timeout_s / max(scale, 1e-9), min(settings.request_timeout_s, 120.0)),
+        scrape_metrics=True, time_scale=scale, steady_state=True,
         records_path=str(records_path) if records_path else None,
     )
+
+
+def _in_process(settings: TrialSettings) -> bool:
+    return settings.engine == "sim" and not settings.sim_server
+
+
+def _engine(settings: TrialSettings, spec: LaunchSpec, progress: Progress = NULL_PROGRESS) -> EngineServer | InProcessSim:
+    return InProcessSim(spec, progress) if _in_process(settings) else EngineServer(spec, progress=progress)
 
 
 def _launch_spec(settings: TrialSettings, flags: dict[str, Any], name: str, log_path: Path) -> LaunchSpec:
@@ -82,7 +97,7 @@ def _launch_spec(settings: TrialSettings, flags: dict[str, Any], name: str, log_
     )
 
 
-def _measure_fn(settings: TrialSettings, server: EngineServer, name: str, records_dir: Path):
+def _measure_fn(settings: TrialSettings, server: EngineServer | InProcessSim, name: str, records_dir: Path):
     """Each level on a server gets prompts it has not seen: reusing them would hit vLLM's prefix cache and
     make later levels look faster (seen on the H100). The stream stays deterministic for the seed. Every
     level's requests are kept in ``records_dir`` (``NN-cC.jsonl.gz``)."""
@@ -94,9 +109,12 @@ def _measure_fn(settings: TrialSettings, server: EngineServer, name: str, record
         cfg = level_load_config(settings, concurrency, records_dir / f"{levels:02d}-c{concurrency}.jsonl.gz")
         levels += 1
         total = cfg.warmup_prompts + cfg.num_prompts
-        requests = settings.workload.requests(used + total)[used:]
+        requests = settings.workload.requests(used + total, start=used)
         used += total
-        result = run_bench(server.url, name, requests, cfg)
+        if isinstance(server, InProcessSim):
+            result = server.bench(requests, cfg)
+        else:
+            result = run_bench(server.url, name, requests, cfg)
         result.extra["workload"] = {**settings.workload.describe(), "first_request": used - total}
         return result
     return measure
@@ -114,7 +132,7 @@ def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, 
                        stop_reason="not launched: memory plan does not fit")
     spec = _launch_spec(settings, flags, served_name, log_path)
     started = time.perf_counter()
-    server = EngineServer(spec, progress=progress)
+    server = _engine(settings, spec, progress)
     load_wall_s = 0.0
     failure: tuple[str, str, str] | None = None  # class, reason, log tail
     out = replace(out, vllm_serve_cmd=server.vllm_serve_cmd)
@@ -156,7 +174,7 @@ def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, 
 def measure_once(settings: TrialSettings, flags: dict[str, Any], concurrency: int, served_name: str,
                  log_path: Path) -> BenchResult:
     """A fresh server and one load level (re-measurement of a candidate). Raises EngineStartError."""
-    with EngineServer(_launch_spec(settings, flags, served_name, log_path)) as server:
+    with _engine(settings, _launch_spec(settings, flags, served_name, log_path)) as server:
         return _measure_fn(settings, server, served_name, log_path.parent / "levels")(concurrency)
 
 

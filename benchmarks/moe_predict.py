@@ -63,7 +63,7 @@ def _measure(model, gpu, flags):
 
 def evaluate(model, gpu, flags: dict[str, Any], limits: list[float]) -> dict[str, Any]:
     f = effective_flags(flags)
-    tp, dp = int(f["tensor-parallel-size"] or 1), int(f["data-parallel-size"] or 1)
+    dp = int(f["data-parallel-size"] or 1)
     plan = plan_memory(model, gpu, f)
     row: dict[str, Any] = {"flags": flags, "fits": plan.fits, "failure": plan.failure_class,
                            "reason": plan.reason, "weights_gib_per_gpu": round(plan.weights_gib_per_gpu, 2),

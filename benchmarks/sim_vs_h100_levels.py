@@ -91,6 +91,7 @@ def main() -> None:
     settings = TrialSettings(engine="sim", model=model, gpu=load_gpu("h100"), gpus=1,
                              workload=parse_workload("random:1024:512:0.5", seed=0),
                              search=LoadSearchConfig(limits_ms={"ttft": 500.0}), time_scale=args.time_scale,
+                             sim_server=True,
                              prompts_per_level=1.5)
     print("| trial | config | concurrency | sim tok/s | real tok/s | error | sim P99 TTFT ms | real P99 TTFT ms | "
           "error | sim P99 TPOT ms | real P99 TPOT ms | error |")

@@ -1,5 +1,6 @@
 """Ctrl-C or SIGTERM during `autotune run`: the server is torn down, exit 130 / 143, the interrupted trial is
-recorded as failed (not left running), what was recorded stays, and a rerun resumes."""
+recorded as failed (not left running), what was recorded stays, and a rerun resumes. Over the sim server
+(`--sim-server`, a subprocess to tear down) and with the sim in-process."""
 from __future__ import annotations
 
 import os
@@ -24,19 +25,20 @@ def _children_of(pid: int) -> list[int]:
     return kids
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_tears_down_and_resume_keeps_trials(tmp_path, sig, code):
+@pytest.mark.parametrize("sig, code, server", [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, True),
+                                               (signal.SIGINT, 130, False), (signal.SIGTERM, 143, False)])
+def test_signal_tears_down_and_resume_keeps_trials(tmp_path, sig, code, server):
     url = f"sqlite:///{tmp_path}/s.db"
     cmd = [sys.executable, "-m", "autotune", "run", "--model", "flash", "--engine", "sim", "--p99-ms", "500",
            "--storage", url, "--study", "ctrlc", "--trials", "50", "--workload", "random:256:32",
-           "--repeats", "0", "--out", str(tmp_path / "out")]
+           "--repeats", "0", "--out", str(tmp_path / "out"), *(["--sim-server"] if server else [])]
     # A suite started as a background job of a non-interactive shell runs with SIGINT ignored, and a child
     # inherits that: give the child the default disposition, as a terminal's Ctrl-C would find it.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     server_pid = None
-    # Wait until the first trial finished and the next trial's server is up, then press Ctrl-C.
+    # Wait until the first trial finished and the next trial's server (if any) is up, then press Ctrl-C.
     while time.monotonic() < deadline:
         time.sleep(0.5)
         try:
@@ -45,10 +47,10 @@ def test_signal_tears_down_and_resume_keeps_trials(tmp_path, sig, code):
         except (KeyError, Exception):  # noqa: BLE001 - the study may not exist yet
             done = []
         kids = _children_of(proc.pid)
-        if done and kids:
-            server_pid = kids[0]
+        if done and (kids or not server):
+            server_pid = kids[0] if kids else None
             break
-    assert server_pid is not None, "no trial finished in time"
+    assert done and (server_pid is not None or not server), "no trial finished in time"
     proc.send_signal(sig)
     try:
         out, err = proc.communicate(timeout=60)
@@ -58,8 +60,9 @@ def test_signal_tears_down_and_resume_keeps_trials(tmp_path, sig, code):
     assert proc.returncode == code, err
     assert "Traceback" not in err
     time.sleep(0.5)
-    with pytest.raises(ProcessLookupError):
-        os.kill(server_pid, 0)  # the sim server of the interrupted trial is gone
+    if server_pid is not None:
+        with pytest.raises(ProcessLookupError):
+            os.kill(server_pid, 0)  # the sim server of the interrupted trial is gone
     study = optuna.load_study(study_name="ctrlc", storage=url)
     kept = [t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert kept

@@ -7,6 +7,7 @@ import pytest
 
 from autotune.errors import EngineStartError
 from autotune.gpus import load_gpu
+from autotune.loadgen.workload import parse_workload
 from autotune.models import resolve_model
 from autotune.sim.perf import PerfModel
 from autotune.sim.predict import predict
@@ -30,7 +31,9 @@ def test_warmup_level_counts_the_steady_state(flash) -> None:
     c = 64
     r = predict(flash, load_gpu("h100"), {}, 1024, 512, c, int(1.5 * c), input_range=0.5, warmup_prompts=c)
     assert r.completed == 96  # the warm-up is not in the figures
-    per_slot_tok_s = 512 / (r.e2el_ms.mean / 1e3)  # mean output length 512 (±50% uniform)
+    stream = parse_workload("random:1024:512:0.5", seed=0).requests(c + 96)  # predict's requests
+    mean_out = sum(q.output_len for q in stream[c:]) / 96
+    per_slot_tok_s = mean_out / (r.e2el_ms.mean / 1e3)
     assert r.output_tok_s == pytest.approx(c * per_slot_tok_s, rel=0.1)
 
 

@@ -1,4 +1,5 @@
-"""`autotune run` end to end on the sim engine launched as a real subprocess, and resuming a study."""
+"""`autotune run` end to end on the sim engine, launched as a real subprocess over HTTP (`--sim-server`: the
+launcher's whole lifecycle) and in-process (the default), and resuming a study."""
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
     url = f"sqlite:///{tmp_path}/studies/autotune.db"
     args = ["run", "--model", "flash", "--gpus", "1", "--p99-ms", "500", "--engine", "sim", "--storage", url,
             "--study", "e2e", "--trials", "3", "--workload", "random:512:64", "--top-k", "1", "--repeats", "1",
-            "--sim-time-scale", "20", "--json"]
+            "--sim-server", "--sim-time-scale", "20", "--json"]
     code, out, err = run_json(capsys, *args)
     assert code == 0, err
     report = json.loads(out)  # exactly one JSON object on stdout
@@ -83,12 +84,13 @@ def test_no_feasible_config_exits_3(capsys, tmp_path):
 
 
 def test_timeout_ends_the_last_trial_with_the_levels_it_measured(capsys, tmp_path):
-    # The sim runs 4x faster than real time, so the first trial's levels take seconds each: the 20 s budget
-    # ends its load search early. No level runs past the deadline; the trial keeps its feasible levels.
+    # The sim server runs 4x faster than real time, so the first trial's levels take seconds each: the 20 s
+    # budget ends its load search early. No level runs past the deadline; the trial keeps its feasible levels.
     url = f"sqlite:///{tmp_path}/s.db"
     code, out, err = run_json(capsys, "run", "--model", "flash", "--engine", "sim", "--storage", url, "--study", "dl",
                               "--p99-ms", "500", "--trials", "5", "--timeout", "20", "--top-k", "0", "--repeats", "0",
-                              "--sim-time-scale", "4", "--workload", "random:1024:256", "--start-concurrency", "8",
+                              "--sim-server", "--sim-time-scale", "4", "--workload", "random:1024:256",
+                              "--start-concurrency", "8",
                               "--out", str(tmp_path / "out"))
     assert code == 0, err
     assert "cut short by --timeout" in out + err  # the console says so

@@ -50,6 +50,9 @@ _.autotune_profile
 _.created_at
 _.search_stop_reason
 
+# asyncio's BaseEventLoop reads _clock_resolution to fire timers due within it (sim/vclock.py sets it).
+_._clock_resolution
+
 # Used from outside the package.
 _.configure  # testing/fakeserver.py FakeServer.configure: the tests' fake server, per-test behaviour
 _.grid  # space.py SearchSpace.grid: benchmarks/tuning_cost.py and tests/test_moe.py enumerate a finite space

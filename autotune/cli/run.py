@@ -56,8 +56,11 @@ def _default(field: str) -> Any:
 @click.option("--load-format", default=None, help="vLLM --load-format for every trial (dummy: tune a model's "
               "speed without its weights)")
 @click.option("--set", "set", multiple=True, metavar="FLAG=VALUE", help="extra fixed vLLM flag for every trial")
+@click.option("--sim-server", is_flag=True, help="sim engine: run each trial's engine as a real `autotune sim serve` "
+              "subprocess driven over HTTP (default: in-process on a virtual clock, fast and deterministic)")
 @click.option("--sim-time-scale", type=float, default=_default("sim_time_scale"), show_default=True,
-              help="sim engine: run this many times faster than the modelled card (figures stay in modelled time)")
+              help="with --sim-server: run this many times faster than the modelled card (figures stay in "
+              "modelled time)")
 @click.option("--start-concurrency", type=int, default=_default("start_concurrency"), show_default=True)
 @click.option("--max-concurrency", type=int, default=_default("max_concurrency"), show_default=True)
 @click.option("--prompts-per-level", type=float, default=_default("prompts_per_level"), show_default=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Any
+from dataclasses import replace
 
 import click
 
@@ -33,55 +33,55 @@ def serve(ctx: click.Context, model: str) -> None:
         raise click.exceptions.Exit(code)
 
 
-def _parse_workload(spec: str) -> tuple[int, int, float]:
-    parts = spec.split(":")
-    if parts[0] != "random" or len(parts) not in (3, 4):
-        raise UsageError(f"--workload {spec!r}: sim predict takes random:IN:OUT or random:IN:OUT:RANGE")
-    try:
-        return int(parts[1]), int(parts[2]), float(parts[3]) if len(parts) == 4 else 0.0
-    except ValueError:
-        raise UsageError(f"--workload {spec!r}: IN and OUT must be integers, RANGE a number") from None
-
-
-def _nan_to_none(obj: Any) -> Any:
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_nan_to_none(v) for v in obj]
-    return obj
-
-
 @sim.command(name="predict", context_settings=_PASS_THROUGH)
 @click.option("--model", "model_ref", required=True, help="preset, local folder with config.json, or cached HF id")
 @click.option("--gpu-type", default="h100", show_default=True)
-@click.option("--workload", default="random:1024:512", show_default=True, help="random:IN:OUT[:RANGE]")
+@click.option("--workload", default="random:1024:512", show_default=True,
+              help="random:IN:OUT[:RANGE] | sharegpt:FILE | jsonl:FILE | mm:IN:OUT:IMAGES:WxH (as `autotune run`)")
 @click.option("--concurrency", type=int, default=None, help="closed loop with C clients (default 64)")
 @click.option("--rate", type=float, default=None, help="open loop: Poisson arrivals, requests/s")
-@click.option("--num-prompts", type=int, default=None, help="default 4 × concurrency (or 1000 with --rate)")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--num-prompts", type=int, default=None,
+              help="measured requests (default: a study level's, 3 × concurrency within 32-1500; 1000 with --rate)")
+@click.option("--warmup", type=int, default=None,
+              help="warm-up requests, not measured (default: a study level's, 1 × concurrency; 0 with --rate)")
+@click.option("--seed", type=int, default=0, show_default=True, help="workload and arrival seed")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout")
 @click.pass_context
 def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str, concurrency: int | None,
-                rate: float | None, num_prompts: int | None, seed: int, as_json: bool) -> None:
-    """Predict a benchmark of MODEL under vLLM flags (given after the options, `vllm serve` spelling)."""
+                rate: float | None, num_prompts: int | None, warmup: int | None, seed: int, as_json: bool) -> None:
+    """Predict a benchmark of MODEL under vLLM flags (given after the options, `vllm serve` spelling): one load
+    level of a study (same requests, warm-up wave, ramp and steady window), run in-process on the sim engine."""
     from autotune.gpus import load_gpu
+    from autotune.jsonsafe import json_safe
+    from autotune.loadgen.runner import LoadConfig
+    from autotune.loadgen.workload import parse_workload
+    from autotune.loadsearch import LoadSearchConfig
     from autotune.models import resolve_model
     from autotune.sim.args import parse_serve_args
-    from autotune.sim.predict import predict
+    from autotune.sim.predict import predict_workload
+    from autotune.trial import TrialSettings, level_load_config
 
     flags = parse_serve_args(["model", *ctx.args], prog="autotune sim predict").flags
-    in_len, out_len, rng = _parse_workload(workload)
-    if concurrency is None and rate is None:
-        concurrency = 64
     if (concurrency is not None and concurrency < 1) or (rate is not None and rate <= 0):
         raise UsageError("--concurrency and --rate must be positive")
-    n = num_prompts or (4 * concurrency if concurrency and rate is None else 1000)
-    result = predict(resolve_model(model_ref), load_gpu(gpu_type), flags, in_len, out_len, concurrency, n,
-                     rate=rate, seed=seed, input_range=rng)
-    data = _nan_to_none(result.to_json())
-    data.update(flags=flags, gpu_type=gpu_type, workload=workload)
+    if (num_prompts is not None and num_prompts < 1) or (warmup is not None and warmup < 0):
+        raise UsageError("--num-prompts must be positive and --warmup not negative")
+    model, gpu = resolve_model(model_ref), load_gpu(gpu_type)
+    # the study's request stream: its own times of a trace are not used, as in `autotune run`
+    wl = parse_workload(workload, seed=seed).without_times()
+    if rate is None:
+        # a study's load level at this concurrency (trial.level_load_config owns its shape)
+        settings = TrialSettings(engine="sim", model=model, gpu=gpu, gpus=1, workload=wl,
+                                 search=LoadSearchConfig(limits_ms={"ttft": math.inf}))
+        cfg = level_load_config(settings, concurrency or 64)
+        cfg = replace(cfg, num_prompts=num_prompts or cfg.num_prompts,
+                      warmup_prompts=cfg.warmup_prompts if warmup is None else warmup)
+    else:
+        cfg = LoadConfig(concurrency=concurrency, rate=rate, num_prompts=num_prompts or 1000,
+                         warmup_prompts=warmup or 0, seed=seed)
+    result = predict_workload(model, gpu, flags, wl, cfg)
+    data = json_safe(result.to_json())
+    data.update(flags=json_safe(flags), gpu_type=gpu_type)  # "workload": the stream's spec and seed
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")
         return

@@ -7,6 +7,7 @@ merged KV-capacity lines are understood.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import UsageError
-from autotune.flags import LAUNCHER_FLAGS, normalize_flag_name
+from autotune.flags import LAUNCHER_FLAGS, flags_to_argv, normalize_flag_name
 from autotune.models import ModelSpec
 
 __all__ = ["LaunchSpec", "StartupInfo", "parse_startup_log", "classify_failure", "FAILURE_CLASSES"]
@@ -62,6 +63,12 @@ class LaunchSpec:
         if shutil.which("vllm"):
             return ("vllm", "serve")
         return (self.python, "-m", "vllm.entrypoints.cli.main", "serve")
+
+    @property
+    def vllm_serve_cmd(self) -> str:
+        """`vllm serve MODEL --flags...` for the exported profile (no port, host or served name)."""
+        model = self.model.hf_id or self.model.local_path or self.model.name
+        return shlex.join(["vllm", "serve", model, *flags_to_argv(self.flags)])
 
     @property
     def model_ref(self) -> str:

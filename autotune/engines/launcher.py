@@ -200,8 +200,7 @@ class EngineServer:
     @property
     def vllm_serve_cmd(self) -> str:
         """`vllm serve MODEL --flags...` for the exported profile (no port, host or served name)."""
-        model = self.spec.model.hf_id or self.spec.model.local_path or self.spec.model.name
-        return shlex.join(["vllm", "serve", model, *flags_to_argv(self.spec.flags)])
+        return self.spec.vllm_serve_cmd
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

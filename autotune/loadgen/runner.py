@@ -1,10 +1,14 @@
 """Drive a server with a workload: closed loop (fixed concurrency), open loop (Poisson/gamma arrivals) or the
 replay of a timed trace (each request sent at its own ``arrival_s``).
 
-One aiohttp session per run; request bodies are serialized before the clock starts. Warm-up requests are
-the first ``warmup_prompts`` of the same stream (so measured requests start in steady state) and are left
-out of the figures. The measured window runs from the first measured start to the last measured end, in
-whichever clock the records use (wall, or the sim engine's virtual clock).
+One load generator, two transports: :class:`HttpTransport` streams OpenAI requests to a server over one aiohttp
+session (request bodies serialized before the clock starts); the sim engine's in-process transport
+(:mod:`autotune.sim.inproc`) hands them to its scheduler on a virtual asyncio clock. Either way the same drive
+loop sends them (closed-loop slots, the first wave's ramp, open-loop arrivals), timed by the event loop's clock,
+so a virtual clock runs the same load shape without waiting. Warm-up requests are the first ``warmup_prompts``
+of the same stream (so measured requests start in steady state) and are left out of the figures. The measured
+window runs from the first measured start to the last measured end, in whichever clock the records use (wall,
+or the sim engine's modelled clock).
 """
 from __future__ import annotations
 
@@ -14,9 +18,10 @@ import gzip
 import json
 import math
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator, Protocol
 
 import aiohttp
 import numpy as np
@@ -29,7 +34,7 @@ from autotune.loadgen.workload import RequestSpec, Workload
 from autotune.metrics import BenchResult, RequestOutput, steady_window, summarize
 from autotune.progress import NULL_PROGRESS, BenchProgress, Progress
 
-__all__ = ["LoadConfig", "run_load", "run_bench", "check_model"]
+__all__ = ["LoadConfig", "Transport", "HttpTransport", "run_load", "drive_load", "run_bench", "check_model"]
 
 _ENDPOINTS = ("auto", "completions", "chat")
 _SLO_METRICS = ("ttft", "tpot", "itl", "e2el")
@@ -113,10 +118,78 @@ async def check_model(session: aiohttp.ClientSession, url: str, model: str, time
     return served
 
 
+class Transport(Protocol):
+    """Where the load generator's requests go. ``prepare`` turns a request into what ``send`` takes (before the
+    clock starts); ``session`` holds the connection for the run (raising :class:`UsageError` before it when
+    the target is unusable); ``start`` marks the run's time origin; ``send`` never raises (a failure is a
+    :class:`RequestOutput` with ``success=False``) and says whether the times are the sim's modelled clock;
+    ``server_metrics`` is what the engine reported about the run (None: nothing); ``wall_clock``: the run is
+    timed on the wall clock, so a garbage-collector pause would show in its figures."""
+
+    server_metrics: dict[str, Any] | None
+    wall_clock: bool
+
+    def prepare(self, spec: RequestSpec, endpoint: str, cfg: LoadConfig) -> Any: ...
+
+    def session(self, cfg: LoadConfig) -> Any: ...  # an async context manager
+
+    def start(self) -> None: ...
+
+    async def send(self, request: Any, timeout_s: float) -> tuple[RequestOutput, bool]: ...
+
+
+class HttpTransport:
+    """Streaming OpenAI requests to a live server (vLLM, the sim server, a fake) over one aiohttp session."""
+
+    wall_clock = True
+
+    def __init__(self, url: str, model: str) -> None:
+        self.url, self.model = url, model
+        self.server_metrics: dict[str, Any] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._time_scale = 1.0
+        self._t0 = 0.0
+
+    def prepare(self, spec: RequestSpec, endpoint: str, cfg: LoadConfig) -> PreparedRequest:
+        return prepare_request(self.url, self.model, spec, endpoint, cfg.ignore_eos, cfg.temperature)
+
+    @asynccontextmanager
+    async def session(self, cfg: LoadConfig) -> AsyncIterator[None]:
+        self._time_scale = cfg.time_scale
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)  # no cap: the semaphore is the limit
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await check_model(session, self.url, self.model)
+            scraper = MetricsScraper(session, self.url) if cfg.scrape_metrics else None
+            if scraper is not None:
+                await scraper.start()
+            self._session = session
+            try:
+                yield
+            finally:
+                self._session = None
+                if scraper is not None:
+                    self.server_metrics = await scraper.stop()
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+
+    async def send(self, request: PreparedRequest, timeout_s: float) -> tuple[RequestOutput, bool]:
+        assert self._session is not None, "send() outside session()"
+        return await send_request_clocked(self._session, request, aiohttp.ClientTimeout(total=timeout_s),
+                                          self._time_scale, self._t0)
+
+
 async def run_load(url: str, model: str, requests: list[RequestSpec], cfg: LoadConfig,
                    progress: Progress = NULL_PROGRESS) -> BenchResult:
-    """Send ``cfg.warmup_prompts + cfg.num_prompts`` requests (request ``i`` is ``requests[i % len]``) and
-    summarize the measured ones. Raises :class:`UsageError` only before the run (server, model, inputs)."""
+    """Send ``cfg.warmup_prompts + cfg.num_prompts`` requests (request ``i`` is ``requests[i % len]``) to the
+    server at ``url`` and summarize the measured ones. Raises :class:`UsageError` only before the run
+    (server, model, inputs)."""
+    return await drive_load(HttpTransport(url, model), requests, cfg, progress)
+
+
+async def drive_load(transport: Transport, requests: list[RequestSpec], cfg: LoadConfig,
+                     progress: Progress = NULL_PROGRESS) -> BenchResult:
+    """:func:`run_load` through any :class:`Transport`."""
     if not requests:
         raise UsageError("no requests to send")
     endpoint = cfg.endpoint
@@ -125,26 +198,22 @@ async def run_load(url: str, model: str, requests: list[RequestSpec], cfg: LoadC
     if endpoint == "completions" and any(r.images for r in requests):
         raise UsageError("requests with images need the chat endpoint")
     total = cfg.warmup_prompts + cfg.num_prompts
-    distinct = [prepare_request(url, model, spec, endpoint, cfg.ignore_eos, cfg.temperature)
-                for spec in requests[:total]]
+    distinct = [transport.prepare(spec, endpoint, cfg) for spec in requests[:total]]
     prepared = [distinct[i % len(distinct)] for i in range(total)]
     arrivals_s = _arrival_times(total, cfg.rate, cfg.burstiness, cfg.seed) if cfg.rate is not None else None
     if cfg.replay_arrivals:
         arrivals_s = _trace_times(requests, total)
 
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)  # no cap: the semaphore is the limit
-    async with aiohttp.ClientSession(connector=connector) as session:
-        await check_model(session, url, model)
-        scraper = MetricsScraper(session, url) if cfg.scrape_metrics else None
-        if scraper is not None:
-            await scraper.start()
-        gc.collect()
-        gc.freeze()  # the request bodies and everything before the run: no long GC pauses during it
+    async with transport.session(cfg):
+        if transport.wall_clock:
+            gc.collect()
+            gc.freeze()  # the request bodies and everything before the run: no long GC pauses during it
         try:
-            results, wall_s = await _drive(session, prepared, arrivals_s, cfg, progress)
+            results, wall_s, span_s = await _drive(transport, prepared, arrivals_s, cfg, progress)
         finally:
-            gc.unfreeze()
-            server_metrics = await scraper.stop() if scraper is not None else None
+            if transport.wall_clock:
+                gc.unfreeze()
+    server_metrics = transport.server_metrics
 
     if cfg.records_path:
         write_records(cfg.records_path, results, cfg.warmup_prompts, with_itl=cfg.records_itl)
@@ -167,8 +236,9 @@ async def run_load(url: str, model: str, requests: list[RequestSpec], cfg: LoadC
         extra["slo_ms"] = dict(cfg.slo_ms)
     if server_metrics is not None:
         extra["server_metrics"] = server_metrics
-    # the window in the records' own clock; wall time when there is none (all failed) or clocks are mixed
-    duration_s = _window_s(measured) if clock in ("sim", "wall") and ok_clocks else wall_s * cfg.time_scale
+    # the window in the records' own clock; the run's span on the event loop's clock when there is none (all
+    # failed) or clocks are mixed
+    duration_s = _window_s(measured) if clock in ("sim", "wall") and ok_clocks else span_s * cfg.time_scale
     window = steady_window(measured, duration_s) if cfg.steady_state and cfg.rate is None and ok_clocks \
         and clock in ("sim", "wall") else None
     if window is not None:
@@ -220,18 +290,21 @@ def run_bench(url: str, model: str, workload_or_requests: Workload | list[Reques
 
 # ---- the drive loop ---------------------------------------------------------------------------------------
 
-async def _drive(session: aiohttp.ClientSession, prepared: list[PreparedRequest], arrivals_s: np.ndarray | None,
-                 cfg: LoadConfig, progress: Progress) -> tuple[list[tuple[RequestOutput, bool] | None], float]:
-    """Send everything; returns (output, used sim clock) per index (None: not sent, past the deadline)
-    and the wall time of the run."""
+async def _drive(transport: Transport, prepared: list[Any], arrivals_s: np.ndarray | None, cfg: LoadConfig,
+                 progress: Progress) -> tuple[list[tuple[RequestOutput, bool] | None], float, float]:
+    """Send everything; returns (output, used sim clock) per index (None: not sent, past the deadline), the
+    wall time of the run and its span on the event loop's clock. Waits (the ramp, arrivals, the deadline) are
+    on the loop's clock: the wall for a server, the modelled clock for the in-process sim."""
+    loop = asyncio.get_running_loop()
     total = len(prepared)
     results: list[tuple[RequestOutput, bool] | None] = [None] * total
-    timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s)
     sem = asyncio.Semaphore(cfg.concurrency) if cfg.concurrency is not None else None
     first_wave = cfg.concurrency or 0
     ramp_s = cfg.ramp_s if arrivals_s is None and first_wave else 0.0
     counter = _Counter(progress, total, cfg.warmup_prompts)
-    t0 = time.perf_counter()
+    wall0 = time.perf_counter()
+    transport.start()
+    t0 = loop.time()
     deadline = t0 + cfg.max_duration_s if cfg.max_duration_s is not None else math.inf
 
     async def one(i: int) -> None:
@@ -240,9 +313,9 @@ async def _drive(session: aiohttp.ClientSession, prepared: list[PreparedRequest]
         try:
             if ramp_s and i < first_wave:
                 await asyncio.sleep(i * ramp_s / first_wave)
-            if time.perf_counter() >= deadline:
+            if loop.time() >= deadline:
                 return
-            results[i] = res = await send_request_clocked(session, prepared[i], timeout, cfg.time_scale, t0)
+            results[i] = res = await transport.send(prepared[i], cfg.request_timeout_s)
             counter.done(res[0].success)
         finally:
             if sem is not None:
@@ -257,7 +330,7 @@ async def _drive(session: aiohttp.ClientSession, prepared: list[PreparedRequest]
                 start = t0 + float(arrivals_s[i])
                 if start >= deadline:
                     break
-                delay = start - time.perf_counter()
+                delay = start - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 tasks.append(asyncio.create_task(one(i)))
@@ -265,9 +338,10 @@ async def _drive(session: aiohttp.ClientSession, prepared: list[PreparedRequest]
     finally:
         for task in tasks:
             task.cancel()
-    wall_s = time.perf_counter() - t0
+    wall_s = time.perf_counter() - wall0
+    span_s = loop.time() - t0
     counter.finish()
-    return results, wall_s
+    return results, wall_s, span_s
 
 
 class _Counter:

@@ -3,7 +3,7 @@
 A spec string picks the kind (DESIGN.md): ``random:IN:OUT``, ``random:IN:OUT:RANGE``, ``sharegpt:FILE``,
 ``jsonl:FILE``, ``mm:IN:OUT:IMAGES:WxH``. ``Workload.requests(n)`` is deterministic for a seed and
 prefix-stable (``requests(5)`` is the start of ``requests(10)``), so warm-up and measured requests can
-come from one call.
+come from one call; ``requests(n, start)`` is ``requests(n)[start:]`` without making the first ``start``.
 
 A ``jsonl`` file whose records all carry ``arrival_s`` is a timed trace: its requests keep the file's
 arrival order (sorted by ``arrival_s``), are not shuffled or cycled, and the runner can replay their times.
@@ -57,7 +57,7 @@ class Workload:
         self.spec = spec
         self.seed = seed
 
-    def requests(self, n: int) -> list[RequestSpec]:
+    def requests(self, n: int, start: int = 0) -> list[RequestSpec]:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
@@ -79,17 +79,20 @@ class RandomWorkload(Workload):
         super().__init__(spec, seed)
         self.input_len, self.output_len, self.range_ratio = input_len, output_len, range_ratio
         self.tokenizer = tokenizer
+        # Request i as drawn (prompt ids as int32, or text), kept: every trial of a study sends the same stream
+        # from its start, and seeding a generator per request costs more than the request (~4 KB at 1k tokens).
+        self._drawn: list[tuple[np.ndarray | str, int, int]] = []
 
-    def requests(self, n: int) -> list[RequestSpec]:
-        out = []
-        for i in range(n):
+    def requests(self, n: int, start: int = 0) -> list[RequestSpec]:
+        for i in range(len(self._drawn), n):
             rng = self._rng(i)
             in_len = _ranged(rng, self.input_len, self.range_ratio)
             out_len = _ranged(rng, self.output_len, self.range_ratio)
-            ids = rng.integers(TOKEN_ID_LOW, TOKEN_ID_HIGH, size=in_len).tolist()
-            prompt: str | list[int] = ids if self.tokenizer is None else _exact_text(self.tokenizer, ids, in_len)
-            out.append(RequestSpec(prompt=prompt, prompt_len=in_len, output_len=out_len))
-        return out
+            ids = rng.integers(TOKEN_ID_LOW, TOKEN_ID_HIGH, size=in_len)
+            drawn = ids.astype(np.int32) if self.tokenizer is None else _exact_text(self.tokenizer, ids.tolist(), in_len)
+            self._drawn.append((drawn, in_len, out_len))
+        return [RequestSpec(prompt=p if isinstance(p, str) else p.tolist(), prompt_len=in_len, output_len=out_len)
+                for p, in_len, out_len in self._drawn[start:n]]
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "kind": "random", "input_len": self.input_len, "output_len": self.output_len,
@@ -106,9 +109,9 @@ class MultimodalWorkload(Workload):
         self.images, self.width, self.height = images, width, height
         self.tokenizer = tokenizer
 
-    def requests(self, n: int) -> list[RequestSpec]:
+    def requests(self, n: int, start: int = 0) -> list[RequestSpec]:
         out = []
-        for i in range(n):
+        for i in range(start, n):
             rng = self._rng(i)
             if self.tokenizer is None:
                 prompt = " ".join(_WORDS[j] for j in rng.integers(0, len(_WORDS), size=self.input_len))
@@ -140,11 +143,11 @@ class FileWorkload(Workload):
         else:
             self._order = np.random.default_rng(seed).permutation(len(records)).tolist()
 
-    def requests(self, n: int) -> list[RequestSpec]:
+    def requests(self, n: int, start: int = 0) -> list[RequestSpec]:
         if self.timed and n > len(self._order):
             raise UsageError(f"trace {self.path} has {len(self._order)} requests, {n} were asked for "
                              "(a timed trace is not repeated: ask for fewer)")
-        return [self.records[self._order[i % len(self._order)]] for i in range(n)]
+        return [self.records[self._order[i % len(self._order)]] for i in range(start, n)]
 
     def without_times(self) -> FileWorkload:
         if not self.timed:

@@ -11,6 +11,7 @@ from autotune.memory import MemoryPlan, plan_memory
 from autotune.models import ModelSpec
 from autotune.sim.perf import PerfModel
 from autotune.sim.scheduler import Scheduler, SchedulerConfig
+from autotune.vllm_api.request import ServedModel
 
 __all__ = ["EngineSetup", "setup_engine"]
 
@@ -26,6 +27,13 @@ class EngineSetup:
 
     def new_scheduler(self) -> Scheduler:
         return Scheduler(self.sched_cfg, self.perf)
+
+    def served_model(self, names: tuple[str, ...], root: str) -> ServedModel:
+        """What the server's API checks requests against: context length, images and their tokens."""
+        images = (self.flags.get("limit-mm-per-prompt") or {}).get("image")
+        return ServedModel(names=names, root=root, max_model_len=self.plan.max_model_len,
+                           image_tokens=self.perf.image_tokens if self.model.is_vlm else None,
+                           max_images=None if images is None else int(images))
 
 
 def setup_engine(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any]) -> EngineSetup:

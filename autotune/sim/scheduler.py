@@ -307,6 +307,7 @@ class Scheduler:
         if len(finished):
             self.free_blocks += int(self.blocks[finished].sum())
             self.blocks[finished] = 0
-            self.running = self.running[~np.isin(self.running, finished)]
+            run = self.running  # a running request is finished exactly when it has all its tokens (no isin sort)
+            self.running = run[self.out[run] < self.target_out[run]]
             self._free_slots.extend(int(s) for s in finished)
         return StepResult(duration, emitted, first, finished, num_tokens, len(slots))

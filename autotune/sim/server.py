@@ -32,18 +32,16 @@ from autotune.sim.engine import EngineSetup, setup_engine
 from autotune.sim.replica import Engine, Stream
 from autotune.sim.startup import failure_lines, startup_report
 from autotune.vllm_api import metrics as m
-from autotune.vllm_api.responder import GenerationRequest, Responder, ServedModel, TokenBatch, bind_error_line
+from autotune.vllm_api.responder import (
+    GenerationRequest,
+    Responder,
+    TokenBatch,
+    bind_error_line,
+)
 
-__all__ = ["serve_main", "SimTokenSource", "served_model"]
+__all__ = ["serve_main", "SimTokenSource"]
 
 MAX_STARTUP_WAIT_S = 3.0
-
-
-def served_model(args: ServeArgs, setup: EngineSetup) -> ServedModel:
-    images = (setup.flags.get("limit-mm-per-prompt") or {}).get("image")
-    return ServedModel(names=(args.served_model_name,), root=args.model, max_model_len=setup.plan.max_model_len,
-                       image_tokens=setup.perf.image_tokens if setup.model.is_vlm else None,
-                       max_images=None if images is None else int(images))
 
 
 class SimTokenSource:
@@ -139,7 +137,7 @@ async def _serve(args: ServeArgs, setup: EngineSetup) -> int:
                 pass
         _out(line)
     source = SimTokenSource(setup, args.time_scale, args.seed)
-    runner = web.AppRunner(Responder(served_model(args, setup), source).app(), access_log=None,
+    runner = web.AppRunner(Responder(setup.served_model((args.served_model_name,), args.model), source).app(), access_log=None,
                            handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, shutdown_timeout=0.5)

@@ -32,7 +32,8 @@ class StartupReport:
     lines: list[tuple[float, str]]  # (fraction of the startup wait after which to print, line)
 
 
-def startup_report(setup: EngineSetup, model_arg: str, host: str, port: int) -> StartupReport:
+def startup_report(setup: EngineSetup, model_arg: str, host: str | None, port: int = 0) -> StartupReport:
+    """The startup lines; without a ``host`` (the engine in-process) no API server line: nothing listens."""
     plan, perf = setup.plan, setup.perf
     times = perf.startup_times(plan.weights_gib_per_gpu)
     block = setup.sched_cfg.block_size
@@ -71,12 +72,22 @@ def startup_report(setup: EngineSetup, model_arg: str, host: str, port: int) -> 
     lines.append((1.0, log_line("INFO", "core.py:250",
                                 f"init engine (profile, create kv cache, warmup model) took {init_s:.2f} seconds",
                                 ec)))
-    lines.append((1.0, log_line("INFO", "api_server.py:1977", f"Starting vLLM API server 0 on http://{host}:{port}")))
+    if host is not None:
+        lines.append((1.0, log_line("INFO", "api_server.py:1977", f"Starting vLLM API server 0 on http://{host}:{port}")))
     return StartupReport(times, lines)
 
 
 def failure_lines(reason: str, failure_class: str) -> list[str]:
-    """What vLLM prints to stderr when the engine core fails to start (the root cause as its exception)."""
+    """What vLLM prints to stderr when it fails to start: a config check (bad flags) fails in the API server
+    as pydantic's validation error, before any engine core; memory fails in the engine core, the root cause
+    as its exception. The launcher classifies the failure from these lines."""
+    if failure_class == "bad_flags":
+        return [
+            "Traceback (most recent call last):",
+            '  File "vllm/engine/arg_utils.py", in create_engine_config',
+            "pydantic_core._pydantic_core.ValidationError: 1 validation error for SchedulerConfig",
+            f"  Value error, {reason} [type=value_error, input_value=ArgsKwargs(()), input_type=ArgsKwargs]",
+        ]
     exc = "torch.OutOfMemoryError" if failure_class == "oom" else "ValueError"
     return [
         log_line("ERROR", "core.py:708", "EngineCore failed to start.", 0),
