@@ -1,5 +1,4 @@
-"""What several benchmark scripts share: a process's CPU time, the weightless model's shape, and reading a
-load level's per-request records.
+"""What several benchmark scripts share: a process's CPU time and reading a load level's per-request records.
 
 A module, not a script: the scripts beside it import it (`from _shared import ...`), which works when they are
 run as `python benchmarks/SCRIPT.py` (that puts this folder first on the module path).
@@ -13,16 +12,6 @@ from pathlib import Path
 
 from autotune.metrics import RequestOutput, steady_window, summarize
 
-# config.json of the weightless GLM-4-9B-shaped model (GLM-4.6V-Flash's text backbone) that the real H100
-# runs served with `--load-format dummy`. The same dict is the `weightless_flash_dir` fixture of
-# tests/conftest.py.
-WEIGHTLESS_FLASH_CONFIG = {
-    "architectures": ["Glm4ForCausalLM"], "model_type": "glm4", "attention_bias": True, "head_dim": 128,
-    "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 13696, "max_position_embeddings": 131072,
-    "num_attention_heads": 32, "num_hidden_layers": 40, "num_key_value_heads": 2, "partial_rotary_factor": 0.5,
-    "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
-    "vocab_size": 151552, "eos_token_id": 1,
-}
 
 
 def cpu_s(pid: int) -> float:

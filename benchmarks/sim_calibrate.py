@@ -3,7 +3,7 @@
     python benchmarks/sim_calibrate.py            # accuracy of the constants in calibration/h100.yaml
     python benchmarks/sim_calibrate.py --fit      # refit on the FIT points, print the new constants
 
-Real figures: vLLM 0.26.0, one H100 80GB, weightless GLM-4-9B shape (`_shared.WEIGHTLESS_FLASH_CONFIG`), random
+Real figures: vLLM 0.26.0, one H100 80GB, weightless GLM-4-9B shape (`autotune.testing.models.WEIGHTLESS_FLASH_CONFIG`), random
 1024 in / 512 out, ignore_eos, closed loop, 4x concurrency prompts, all starting at t=0. Only points marked
 "fit" are used for fitting; the others are held out. Add new measurements to REAL as they arrive.
 
@@ -29,7 +29,7 @@ from autotune.models import spec_from_config
 from autotune.sim.predict import predict
 from autotune.study import baseline_flags
 
-from _shared import WEIGHTLESS_FLASH_CONFIG
+from autotune.testing.models import WEIGHTLESS_FLASH_CONFIG
 
 # (label, flags, concurrency, role, output tok/s, P99 TTFT ms, P99 ITL ms)
 REAL = [
