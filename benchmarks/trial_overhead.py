@@ -107,7 +107,8 @@ def instrumented():
 
 def run_study(workdir: Path, trials: int, workload: str, seed: int) -> tuple[int, dict[str, Any], float, list[str]]:
     storage = f"sqlite:///{workdir / 'study.db'}"
-    argv = ["run", "--model", "flash", "--gpus", "1", "--p99-ms", "500", "--engine", "sim",
+    # --sim-server: the launcher's whole path (a subprocess per trial), which the overhead is about
+    argv = ["run", "--model", "flash", "--gpus", "1", "--p99-ms", "500", "--engine", "sim", "--sim-server",
             "--trials", str(trials), "--workload", workload, "--json", "--repeats", "0",
             "--storage", storage, "--out", str(workdir / "out"), "--study", "overhead", "--seed", str(seed)]
     stdout = io.StringIO()
