@@ -67,7 +67,10 @@ def test_signal_tears_down_and_resume_keeps_trials(tmp_path, sig, code, server):
     kept = [t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert kept
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
-    assert study.trials[-1].state == optuna.trial.TrialState.FAIL  # the interrupted one
+    # The interrupted trial is failed, not left running. In-process trials last about a second, so the signal may
+    # also fall between two trials, while the next one (a queued baseline) is still waiting: that one stays queued.
+    states = {optuna.trial.TrialState.FAIL} | (set() if server else {optuna.trial.TrialState.WAITING})
+    assert study.trials[-1].state in states
     # Resume: the completed trials stay, new ones are added.
     rerun = subprocess.run([*cmd[:cmd.index("--trials")], "--trials", "1", *cmd[cmd.index("--trials") + 2:],
                             "--json"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
