@@ -148,6 +148,16 @@ def _objective(cfg: StudyConfig, progress: Progress, deadline: float | None = No
     return objective
 
 
+def _fail_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage, earlier: set[int]) -> None:
+    """Mark FAIL the trials this run left RUNNING. Optuna fails a trial interrupted inside the objective itself,
+    but a signal inside its ``ask`` (the trial is created, the objective not yet called) or ``tell`` leaves it
+    RUNNING; with in-process sim trials of about a second that window is often hit. This process is the only one
+    on the study (several processes on one study are not supported), so every new RUNNING trial is its own."""
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.number not in earlier:
+            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)  # noqa: SLF001 - its id
+
+
 def start_concurrency(trials: list[TrialRecord], default: int) -> int:
     """Where a trial's load search starts: at half the best knee found so far (the levels below it would only
     confirm what every trial shows, at about a minute each on a GPU), never below ``default``. A trial whose
@@ -240,8 +250,13 @@ def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
     if rules.would_overrun():  # a resumed study whose earlier trials show the next one cannot fit
         rules.reason = "timeout"
     elif cfg.n_trials > 0:
-        study.optimize(_objective(cfg, progress, deadline), n_trials=cfg.n_trials, timeout=cfg.timeout_s,
-                       callbacks=[rules], catch=(), gc_after_trial=False)
+        earlier_numbers = {t.number for t in earlier}
+        try:
+            study.optimize(_objective(cfg, progress, deadline), n_trials=cfg.n_trials, timeout=cfg.timeout_s,
+                           callbacks=[rules], catch=(), gc_after_trial=False)
+        except BaseException:  # Ctrl-C, SIGTERM/SIGHUP (Stopped, SystemExit)
+            _fail_interrupted(study, storage, earlier_numbers)
+            raise
     trials = records.read_trials(study)
     ran = sum(1 for t in trials if t.complete) - before
     stopped_by = rules.reason or ("timeout" if deadline and time.monotonic() >= deadline else "trials")
