@@ -23,12 +23,14 @@ import contextlib
 import io
 import math
 import random
+import signal
+import threading
 import time
 from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, AsyncIterator, NoReturn
+from typing import Any, AsyncIterator, Iterator, NoReturn
 
 import numpy as np
 import orjson
@@ -295,9 +297,27 @@ class SimTransport:
 def bench_in_process(setup: EngineSetup, requests: list[RequestSpec], cfg: LoadConfig,
                      progress: Progress = NULL_PROGRESS, rng: random.Random | None = None) -> BenchResult:
     """One load run (:func:`~autotune.loadgen.runner.drive_load`) against a fresh sim engine in-process, on a
-    virtual clock: ``cfg`` in modelled seconds (``time_scale`` 1)."""
-    with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
+    virtual clock: ``cfg`` in modelled seconds (``time_scale`` 1).
+
+    Ctrl-C and SIGTERM wait until the run is over (a second or so of CPU): raised inside the event loop's own
+    machinery (a task's cancellation, an async generator's finaliser) they escaped as a printed traceback and
+    could leave the trial RUNNING; delivered after it, they stop the study like an interrupt between levels."""
+    with _signals_deferred(), asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
         return runner.run(drive_load(SimTransport(setup, rng), requests, cfg, progress))
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Block SIGINT, SIGTERM and SIGHUP in this thread for the block; pending ones are delivered on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    deferred = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class InProcessSim:
