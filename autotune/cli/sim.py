@@ -95,7 +95,7 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
     for metric in ("ttft", "tpot", "itl", "e2el"):
         dist = result.latency(metric)
         table.add_row(f"{metric} ms", *(f"{getattr(dist, c):,.1f}" for c in ("mean", "p50", "p90", "p99")))
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(table)
     console.print(f"output {result.output_tok_s:,.0f} tok/s, total {result.total_tok_s:,.0f} tok/s, "
                   f"{result.request_s:,.2f} req/s, {result.completed} completed, {result.failed} failed, "

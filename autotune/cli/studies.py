@@ -75,7 +75,7 @@ def best(study_name: str, storage: str | None, as_json: bool) -> None:
     if as_json:
         echo_json(result)
         return
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(f"[bold]{study_name}[/]: trial {result['trial']} ({result['source']})")
     limits_ms = result["limits_ms"] or {}
     p99s = ", ".join(f"P99 {metric} {fmt_ms(p99)} ms (limit {limits_ms[metric]:g} ms)" if metric in limits_ms
@@ -106,14 +106,21 @@ def studies(storage: str | None, as_json: bool) -> None:
     if as_json:
         echo_json({"studies": rows})
         return
+    columns = ("study", "model", "engine", "GPUs", "limits", "trials", "feasible", "best output tok/s")
+    cells = [(r["study"], str(r["model"]), str(r["engine"]), str(r["gpus"]),
+              describe_limits(r["limits_ms"]) if r["limits_ms"] else "-", str(r["trials"]), str(r["feasible"]),
+              "-" if r["best_output_tok_s"] is None else f"{r['best_output_tok_s']:,.0f}") for r in rows]
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:  # a log or a pipe: one whole line per study, nothing cut at 80 columns
+        for row in cells:
+            console.print("  ".join(f"{c}={v}" for c, v in zip(columns, row)), markup=False, highlight=False)
+        return
     table = Table(title="Studies")
-    for col in ("study", "model", "engine", "GPUs", "limits", "trials", "feasible", "best output tok/s"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["study"], str(r["model"]), str(r["engine"]), str(r["gpus"]),
-                      describe_limits(r["limits_ms"]) if r["limits_ms"] else "-", str(r["trials"]), str(r["feasible"]),
-                      "-" if r["best_output_tok_s"] is None else f"{r['best_output_tok_s']:,.0f}")
-    Console().print(table)
+    for col in columns:
+        table.add_column(col, no_wrap=col == "study")
+    for row in cells:
+        table.add_row(*row)
+    console.print(table)
 
 
 commands = [best, studies]

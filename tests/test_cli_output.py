@@ -1,0 +1,31 @@
+"""Output that reads in a log as well as in a terminal: piped (not a terminal, rich's 80 columns), the study
+name and the `vllm serve` line are never wrapped or cut, and a study's progress is one line per trial."""
+from __future__ import annotations
+
+import pytest
+
+from autotune.cli import main
+
+pytestmark = pytest.mark.slow  # a small study end to end (about 10 s on a busy 2-core machine)
+
+NAME = "a-study-name-long-enough-to-break-at-eighty-columns-when-a-console-wraps-it-x"
+
+
+def test_piped_output_keeps_names_and_commands_whole(capsys, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    code = main(["run", "--model", "flash", "--engine", "sim", "--p99-ms", "500", "--storage", url, "--study", NAME,
+                 "--trials", "2", "--workload", "random:256:16", "--repeats", "1", "--top-k", "0",
+                 "--max-concurrency", "64", "--out", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    serve = [line for line in out.splitlines() if line.strip().startswith("vllm serve")]
+    assert len(serve) == 1 and serve[0].strip().endswith("--max-num-seqs 1024")  # the seed profile's, whole
+    trial_lines = [line for line in err.splitlines() if "] trial " in line]
+    assert len(trial_lines) == 2 and all("tok/s" in line and "GPU-min" in line for line in trial_lines)
+    assert any(NAME in line for line in err.splitlines())
+    assert main(["best", "--study", NAME, "--storage", url]) == 0
+    best = capsys.readouterr().out.splitlines()
+    assert best[0].startswith(NAME) and any(line.strip().startswith("vllm serve") and
+                                            line.strip().endswith("1024") for line in best)
+    assert main(["studies", "--storage", url]) == 0
+    assert f"study={NAME} " in capsys.readouterr().out
