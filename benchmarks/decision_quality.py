@@ -36,6 +36,7 @@ import autotune.trial as trial_mod
 from autotune import records
 from autotune.config import REAL_GPU_NOISE_FLOOR, REAL_GPU_P99_RUN_CV, RunOptions, build_study_config
 from autotune.metrics import BenchResult, Distribution, RequestOutput
+from autotune.selection import flags_changed
 from autotune.study import StudyConfig, run_study
 from autotune.trial import run_trial
 
@@ -139,6 +140,12 @@ def run_seed(seed: int, args: argparse.Namespace, noise: Noise) -> dict[str, Any
         if args.all_trials:
             study_trials = [t for t in records.read_trials(optuna.load_study(study_name=cfg.study_name, storage=storage)) if t.complete and t.result]
             all_trials = {t.number: truth(dict(t.result.flags)) for t in study_trials}  # type: ignore[union-attr]
+        winner_load: dict[str, float] = {}
+        if sel.winner is not None and sel.winner.concurrency is not None:  # the winner's chosen load, noise-free
+            r = trial_mod.measure_once(dataclasses.replace(cfg.settings), sel.winner.flags, sel.winner.concurrency,
+                                       "truth-winner", out / "truth" / "winner" / "server.log")
+            winner_load = {"concurrency": sel.winner.concurrency, "output_tok_s": r.output_tok_s,
+                           **{f"p99_{m}_ms": r.p99_ms(m) for m in cfg.settings.search.limits_ms}}
         truth_s = time.perf_counter() - t1
     winner = sel.winner
     w_true = compared.get(winner.trial_number, 0.0) if winner else 0.0
@@ -159,11 +166,17 @@ def run_seed(seed: int, args: argparse.Namespace, noise: Noise) -> dict[str, Any
         "within_all": (winner is not None and w_true >= (1 - WITHIN_NOISE) * max(all_trials.values()))
         if all_trials else None,
         "equal_within_noise": len(sel.equal_within_noise) > 1, "claims": claims, "verdict": sel.verdict,
-        "compared": compared,
+        "compared": compared, "winner_load": winner_load,
+        "winner_load_meets": bool(winner_load) and all(
+            winner_load[f"p99_{m}_ms"] <= lim for m, lim in cfg.settings.search.limits_ms.items()),
+        "candidates": [{"trial": c.trial_number, "baseline": c.baseline, "flags_changed": flags_changed(c.flags),
+                        "concurrency": c.concurrency, "stepped_down_from": c.stepped_down_from,
+                        "repeats_tok_s": [m.output_tok_s for m in c.repeats], "true_tok_s": compared[c.trial_number]}
+                       for c in sel.candidates],
     }
 
 
-def wilson(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
+def clopper_pearson(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
     if n == 0:
         return math.nan, math.nan
     lo = scipy_stats.beta.ppf((1 - conf) / 2, k, n - k + 1) if k > 0 else 0.0
@@ -172,7 +185,7 @@ def wilson(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
 
 
 def rate(label: str, k: int, n: int) -> str:
-    lo, hi = wilson(k, n)
+    lo, hi = clopper_pearson(k, n)
     return f"{label}: {k}/{n} = {100 * k / n if n else math.nan:.0f}% [95% CI {100 * lo:.0f}-{100 * hi:.0f}%]"
 
 
@@ -219,6 +232,7 @@ def main() -> int:
     print(rate("seeds with at least one false gain claim", seeds_false, n))
     print(rate("claims that were true gains under 3%", len(small), len(sig)))
     print(rate("verdict 'equal within noise'", sum(r["equal_within_noise"] for r in rows), n))
+    print(rate("winner's chosen load meets the limit noise-free", sum(r["winner_load_meets"] for r in rows), n))
     print(rate("winner was a baseline", sum(bool(r["winner_baseline"]) for r in rows), n))
     print(f"study wall s: median {np.median([r['study_s'] for r in rows]):.1f}; noisy measurement runs per study: "
           f"median {np.median([r['noisy_runs'] for r in rows]):.0f}")
