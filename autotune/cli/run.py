@@ -69,8 +69,8 @@ def _default(field: str) -> Any:
               help="seconds a server may take to start")
 @click.option("--try", "try_file", type=click.Path(dir_okay=False), default=None,
               help="YAML/JSON flags (a mapping or a list) to try right after the baselines, e.g. your hand tuning")
-# Two-sided 90%: a gain is claimed when the interval's lower end is above 0, a one-sided 5% test, so that no
-# more than 5% of claimed gains are noise (the target of benchmarks/decision_quality.py).
+# Two-sided 90%: a gain is claimed when the interval's lower end is above 0, a one-sided 5% test per claim.
+# What it gives a whole study under H200-sized noise is measured in docs/results/decision-quality.md.
 @click.option("--confidence", type=float, default=_default("confidence"), show_default=True,
               help="of the intervals a verdict rests on (P99s, throughput, gains)")
 @click.option("--max-extensions", type=int, default=_default("max_extensions"), show_default=True,
