@@ -84,7 +84,8 @@ def _in_process(settings: TrialSettings) -> bool:
     return settings.engine == "sim" and not settings.sim_server
 
 
-def _engine(settings: TrialSettings, spec: LaunchSpec, progress: Progress = NULL_PROGRESS) -> EngineServer | InProcessSim:
+def _engine(settings: TrialSettings, spec: LaunchSpec,
+            progress: Progress = NULL_PROGRESS) -> EngineServer | InProcessSim:
     return InProcessSim(spec, progress) if _in_process(settings) else EngineServer(spec, progress=progress)
 
 

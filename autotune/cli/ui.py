@@ -96,7 +96,8 @@ class StudyView(Progress):
     # -- the core's progress ---------------------------------------------------------------------------------
     def study_started(self, start: StudyStart) -> None:
         self.limits_ms, self.gpus = dict(start.limits_ms), start.gpus
-        budget = f"up to {start.n_trials} trials" + (f" within {start.timeout_s / 60:.0f} min" if start.timeout_s else "")
+        within = f" within {start.timeout_s / 60:.0f} min" if start.timeout_s else ""
+        budget = f"up to {start.n_trials} trials{within}"
         self.status = (f"study {start.study} on the {start.engine} engine, {describe_limits(start.limits_ms)}: "
                        f"{budget} ({start.existing_trials} earlier)")
         self._log(self.status)
@@ -128,7 +129,8 @@ class StudyView(Progress):
                     f"{_p99s(result.level(result.concurrency))}")
         else:
             what = f"{result.failure_class or 'infeasible'}: {result.failure_reason}"
-        cut = "; load search cut short by --timeout (the knee may lie higher)" if result.stop_reason == "deadline" else ""
+        cut = ("; load search cut short by --timeout (the knee may lie higher)"
+               if result.stop_reason == "deadline" else "")
         self.trial_line = (f"{name} {short_flags(result.flags)}: {what} ({result.trial_wall_s:.0f} s, "
                            f"{result.trial_wall_s / 60 * self.gpus:.1f} GPU-min, {len(result.levels)} levels){cut}")
         self._refresh()

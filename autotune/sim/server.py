@@ -137,8 +137,8 @@ async def _serve(args: ServeArgs, setup: EngineSetup) -> int:
                 pass
         _out(line)
     source = SimTokenSource(setup, args.time_scale, args.seed)
-    runner = web.AppRunner(Responder(setup.served_model((args.served_model_name,), args.model), source).app(), access_log=None,
-                           handle_signals=False)
+    responder = Responder(setup.served_model((args.served_model_name,), args.model), source)
+    runner = web.AppRunner(responder.app(), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, shutdown_timeout=0.5)
     try:
