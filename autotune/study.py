@@ -11,7 +11,8 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -148,14 +149,22 @@ def _objective(cfg: StudyConfig, progress: Progress, deadline: float | None = No
     return objective
 
 
-def _fail_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage, earlier: set[int]) -> None:
-    """Mark FAIL the trials this run left RUNNING. Optuna fails a trial interrupted inside the objective itself,
-    but a signal inside its ``ask`` (the trial is created, the objective not yet called) or ``tell`` leaves it
-    RUNNING; with in-process sim trials of about a second that window is often hit. This process is the only one
-    on the study (several processes on one study are not supported), so every new RUNNING trial is its own."""
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if t.number not in earlier:
-            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)  # noqa: SLF001 - its id
+@contextmanager
+def _failing_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage) -> Iterator[None]:
+    """Mark FAIL the trials that became RUNNING inside the block when it ends in an exception. Optuna fails a
+    trial interrupted inside the objective itself, but a signal inside its ``ask`` (the trial is created or an
+    enqueued baseline popped, the objective not yet called) or ``tell`` leaves it RUNNING; with in-process sim
+    trials of about a second that window is often hit. Trials RUNNING before the block are not this run's
+    (several processes on one study are not supported, but a stale one is not ours to fail)."""
+    running = (optuna.trial.TrialState.RUNNING,)
+    before = {t.number for t in study.get_trials(deepcopy=False, states=running)}
+    try:
+        yield
+    except BaseException:
+        for t in study.get_trials(deepcopy=False, states=running):
+            if t.number not in before:
+                storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)  # noqa: SLF001 - its id
+        raise
 
 
 def start_concurrency(trials: list[TrialRecord], default: int) -> int:
@@ -250,13 +259,9 @@ def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
     if rules.would_overrun():  # a resumed study whose earlier trials show the next one cannot fit
         rules.reason = "timeout"
     elif cfg.n_trials > 0:
-        earlier_numbers = {t.number for t in earlier}
-        try:
+        with _failing_interrupted(study, storage):  # Ctrl-C, SIGTERM/SIGHUP (Stopped, SystemExit)
             study.optimize(_objective(cfg, progress, deadline), n_trials=cfg.n_trials, timeout=cfg.timeout_s,
                            callbacks=[rules], catch=(), gc_after_trial=False)
-        except BaseException:  # Ctrl-C, SIGTERM/SIGHUP (Stopped, SystemExit)
-            _fail_interrupted(study, storage, earlier_numbers)
-            raise
     trials = records.read_trials(study)
     ran = sum(1 for t in trials if t.complete) - before
     stopped_by = rules.reason or ("timeout" if deadline and time.monotonic() >= deadline else "trials")

@@ -6,11 +6,13 @@ import time
 from types import SimpleNamespace
 
 import optuna
+import pytest
 
 from autotune import records
 from autotune.progress import Progress, StudyEta
 from autotune.records import TrialResult
 from autotune.study import _StopRules as _Rules
+from autotune.study import _failing_interrupted
 
 
 def _StopRules(patience: int, deadline: float | None, earlier_durations: list[float] = (),  # noqa: N802
@@ -83,3 +85,20 @@ def test_a_trial_starts_its_load_search_at_half_the_best_knee_so_far():
     assert start_concurrency([], 8) == 8
     assert start_concurrency([rec(0, 5000.0, 181), rec(1, 6000.0, 128), rec(2, 0.0, 512, feasible=False)], 8) == 64
     assert start_concurrency([rec(0, 5000.0, 10)], 8) == 8  # never below the default
+
+
+def test_an_interrupt_fails_the_trials_this_run_started_also_a_popped_baseline():
+    """A signal between ``ask`` and the objective leaves a trial RUNNING; an enqueued baseline (WAITING before
+    the run) popped by that ``ask`` is this run's too. A trial already RUNNING before the run is not."""
+    storage = optuna.storages.RDBStorage("sqlite:///:memory:")
+    study = optuna.create_study(direction="maximize", storage=storage)
+    stale = study.ask()  # another run's trial, still RUNNING
+    study.enqueue_trial({"x": 1})
+    with pytest.raises(KeyboardInterrupt), _failing_interrupted(study, storage):
+        popped = study.ask({"x": optuna.distributions.IntDistribution(0, 2)})
+        assert popped.params == {"x": 1}
+        fresh = study.ask()
+        raise KeyboardInterrupt
+    states = {t.number: t.state for t in study.trials}
+    assert states == {stale.number: optuna.trial.TrialState.RUNNING, popped.number: optuna.trial.TrialState.FAIL,
+                      fresh.number: optuna.trial.TrialState.FAIL}
