@@ -61,6 +61,9 @@ def _default(field: str) -> Any:
 @click.option("--sim-time-scale", type=float, default=_default("sim_time_scale"), show_default=True,
               help="with --sim-server: run this many times faster than the modelled card (figures stay in "
               "modelled time)")
+@click.option("--sim-noise", type=click.Choice(["off", "h200"]), default=_default("sim_noise"), show_default=True,
+              help="in-process sim: give every measurement run the run-to-run noise measured on that GPU "
+              "(seeded by --seed), and judge the study as a GPU study (docs/results/h200-noise.md)")
 @click.option("--start-concurrency", type=int, default=_default("start_concurrency"), show_default=True)
 @click.option("--max-concurrency", type=int, default=_default("max_concurrency"), show_default=True)
 @click.option("--prompts-per-level", type=float, default=_default("prompts_per_level"), show_default=True,
