@@ -10,7 +10,7 @@ study is (the same P99 widening and throughput noise floor).
 
 The truth: the sim is deterministic, so each configuration the study compared (its finalists and baselines)
 is run again as a noise-free trial (``run_trial``, the sim engine's own settings, the seed's workload); its
-SLO-meeting output tok/s is its true value.
+output tok/s at the limit (its chosen level carried to the knee along its own levels) is its true value.
 
     python benchmarks/decision_quality.py --seeds 20
     python benchmarks/decision_quality.py --seeds 20 --all-trials     # truth also for every trial run
@@ -34,7 +34,8 @@ from scipy import stats as scipy_stats
 import autotune.trial as trial_mod
 from autotune import records
 from autotune.config import RunOptions, build_study_config
-from autotune.selection import flags_changed
+from autotune.records import Measurement
+from autotune.selection import LoadCurve, flags_changed
 from autotune.study import StudyConfig, run_study
 from autotune.trial import run_trial
 
@@ -51,11 +52,19 @@ def study_config(seed: int, args: argparse.Namespace, out: Path) -> StudyConfig:
 
 
 def true_value(cfg: StudyConfig, flags: dict[str, Any], out: Path, tag: str) -> float:
-    """The configuration's noise-free SLO-meeting output tok/s: a trial with the sim engine's own settings."""
+    """The configuration's noise-free output tok/s at the limit: a trial with the sim engine's own settings, its
+    chosen level carried to the knee between it and the next level up along its own levels (what the verdict
+    estimates). The level itself would understate the truth by up to the search's bisection step (20% in
+    concurrency), more than the differences judged here."""
     settings = dataclasses.replace(cfg.settings, sim_noise=None,
                                    search=dataclasses.replace(cfg.settings.search, p99_run_cv={}))
     r = run_trial(settings, flags, f"truth-{tag}", out / "truth" / tag / "server.log")
-    return float(r.output_tok_s) if r.feasible else 0.0
+    if not r.feasible or r.concurrency is None:
+        return 0.0
+    curve = LoadCurve.from_levels([(lv.concurrency, lv.output_tok_s, lv.p99_ms) for lv in r.levels])
+    assert curve is not None
+    limits = cfg.settings.search.limits_ms
+    return curve.at_limit_tok_s(r.concurrency, Measurement(r.output_tok_s, r.p99_ms), limits)
 
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
