@@ -2,6 +2,8 @@
 
 A study stores, as Optuna user attributes:
 - on the study: its :class:`StudyFingerprint` (what its figures were measured on; a resumed study must match),
+  the options it was run with (``autotune worker`` builds the same trials from them; no storage URL among them),
+  whether its run has finished searching (workers then take no new trial),
   one :class:`Remeasurement` per re-measured candidate (key ``remeasure.<trial>``, one key each so that
   several processes never rewrite each other's), and the :class:`SelectionRecord`;
 - on each trial: the queue tag set when it was enqueued (a baseline's name, or a ``--try`` point), and once it
@@ -26,7 +28,8 @@ __all__ = [
     "RECORDS_VERSION", "P99Record", "LevelRecord", "TrialResult", "TrialRecord", "Measurement", "Remeasurement",
     "GainRecord", "SelectionRecord", "StudyFingerprint", "queue_attrs", "queued_baseline", "write_trial_result",
     "read_trial", "read_trials", "read_remeasurement", "write_remeasurement", "read_selection", "write_selection",
-    "read_fingerprint", "check_fingerprint",
+    "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
+    "read_run_options",
 ]
 
 # Stored with the fingerprint. A study written by another version of these records is refused on resume
@@ -39,6 +42,8 @@ _QUEUE_TRIED = "tried"
 _FINGERPRINT_KEY = "fingerprint"
 _SELECTION_KEY = "selection"
 _REMEASURE_PREFIX = "remeasure."
+_SEARCH_DONE_KEY = "search_done"
+_RUN_OPTIONS_KEY = "run_options"
 
 
 def _num(value: Any) -> float:
@@ -405,3 +410,22 @@ def check_fingerprint(study: optuna.Study, fingerprint: StudyFingerprint) -> Non
         if before != now:
             raise UsageError(f"study {study.study_name!r} was created with {key}={before!r}, not {now!r}; "
                              "use another --study name to tune a different setup")
+
+
+# -- what workers read -------------------------------------------------------------------------------------------
+def write_search_done(study: optuna.Study, done: bool) -> None:
+    """The study's run has stopped searching (True) or is searching again (a resumed run: False)."""
+    study.set_user_attr(_SEARCH_DONE_KEY, done)
+
+
+def read_search_done(study: optuna.Study) -> bool:
+    return bool(study.user_attrs.get(_SEARCH_DONE_KEY))  # read from the storage each time
+
+
+def write_run_options(study: optuna.Study, options: Mapping[str, Any]) -> None:
+    study.set_user_attr(_RUN_OPTIONS_KEY, json_safe(dict(options)))
+
+
+def read_run_options(study: optuna.Study) -> dict[str, Any] | None:
+    data = study.user_attrs.get(_RUN_OPTIONS_KEY)
+    return dict(data) if data is not None else None

@@ -67,11 +67,16 @@ def test_ready_serves_and_stops_clean(tmp_path: Path) -> None:
     events: list[str] = []
 
     class Events(Progress):
-        def engine_starting(self, engine: str, port: int, command: str, log_path: Path) -> None:
-            events.append("engine_starting")
+        def engine_starting(self, engine: str, port: int, command: str, log_path: Path,
+                            gpu_ids: tuple[int, ...] = (), trial: int | None = None) -> None:
+            events.append(f"engine_starting on {list(gpu_ids)}")
 
-        def engine_ready(self, startup: dict) -> None:
+        def engine_ready(self, startup: dict, trial: int | None = None) -> None:
             events.append("engine_ready")
+
+        def engine_stopped(self, port: int, gpu_ids: tuple[int, ...], problems: tuple[str, ...],
+                           trial: int | None = None) -> None:
+            events.append(f"engine_stopped on {list(gpu_ids)}, port free: {port_is_free(port)}")
 
     spec = _spec(tmp_path, "ok", gpu_ids=(1,), extra_env={"FAKE_EXTRA": "yes"})
     with EngineServer(spec, grace_s=2, progress=Events()) as server:
@@ -93,7 +98,7 @@ def test_ready_serves_and_stops_clean(tmp_path: Path) -> None:
         assert "Maximum concurrency for 131,072 tokens" in server.log_tail(40)
     assert not server.alive() and not _alive(pid) and port_is_free(port)
     assert server not in live_servers() and server.teardown_problems == []
-    assert events == ["engine_starting", "engine_ready"]
+    assert events == ["engine_starting on [1]", "engine_ready", "engine_stopped on [1], port free: True"]
     server.stop()  # idempotent
 
 
@@ -179,7 +184,8 @@ def test_stale_server_on_port_is_never_measured(tmp_path: Path, monkeypatch: pyt
         launches: list[int] = []
 
         class Launches(Progress):
-            def engine_starting(self, engine: str, port: int, command: str, log_path: Path) -> None:
+            def engine_starting(self, engine: str, port: int, command: str, log_path: Path,
+                                gpu_ids: tuple[int, ...] = (), trial: int | None = None) -> None:
                 launches.append(port)
 
         with EngineServer(_spec(tmp_path, "ok"), port=port, grace_s=2, progress=Launches()) as server:

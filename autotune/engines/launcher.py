@@ -159,6 +159,7 @@ class EngineServer:
         self._t_spawn = 0.0
         self._gpu_baseline_mib: list[int] | None = None
         self._stopped = True
+        self._stop_lock = threading.Lock()  # the trial's thread and an interrupted main thread may both stop it
         self._owns_port = False  # our server answered on the port: wait for it to come free on stop
         self.startup: StartupInfo = StartupInfo()
         self.teardown_problems: list[str] = []  # what stop() could not confirm (port, GPU memory)
@@ -284,7 +285,7 @@ class EngineServer:
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = self.command
         logger.info("starting %s server on port %d: %s", spec.engine, self._port, shlex.join(argv))
-        self.progress.engine_starting(spec.engine, self._port, shlex.join(argv), spec.log_path)
+        self.progress.engine_starting(spec.engine, self._port, shlex.join(argv), spec.log_path, spec.gpu_ids)
         with open(spec.log_path, "ab" if append_log else "wb") as log:
             if append_log:
                 log.write(f"\n----- autotune: relaunch on port {self._port} -----\n".encode())
@@ -386,8 +387,12 @@ class EngineServer:
 
     # -- stop --
     def stop(self) -> None:
-        """Stop the whole process group and wait for the port and GPU memory. Idempotent, re-entrant
-        (from a signal handler), never raises for a process that is already gone."""
+        """Stop the whole process group and wait for the port and GPU memory. Idempotent, safe from two threads
+        (the second waits for the first), never raises for a process that is already gone."""
+        with self._stop_lock:
+            self._stop()
+
+    def _stop(self) -> None:
         if self._stopped or self._pgid is None:
             self._stopped = True
             return
@@ -425,6 +430,7 @@ class EngineServer:
         except ValueError:
             pass  # a nested stop() (signal handler) got there first
         logger.info("%s server on port %d stopped in %.1f s", self.spec.engine, self._port, time.monotonic() - t0)
+        self.progress.engine_stopped(self._port, self.spec.gpu_ids, tuple(self.teardown_problems))
 
     def _release_watchdog(self) -> None:
         """Reap the watchdog (the group's SIGTERM ended it) and close our end of its pipe."""
