@@ -27,7 +27,8 @@ from autotune.storage import DEFAULT_STORAGE, sqlite_dir
 from autotune.study import StudyConfig
 from autotune.trial import TrialSettings
 
-__all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", "study_limits_ms",
+__all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", "study_limits_ms", "worker_options",
+           "gpu_slots",
            "REAL_GPU_NOISE_FLOOR", "DEFAULT_WORKLOAD", "DEFAULT_P99_METRIC"]
 
 # Relative run-to-run noise of throughput that no interval on real GPUs is narrower than: two runs of one
@@ -87,6 +88,29 @@ class RunOptions(BaseModel):
     try_file: str | None = None
     confidence: float = Field(0.9, gt=0, lt=1)
     max_extensions: int = Field(2, ge=0)
+
+
+# What a worker decides for itself when it joins a study (the rest it reads from the study, as its run was asked):
+# where the storage is (never stored: it may hold a password), which study, how many trials and for how long, its
+# own GPUs, and where its logs go.
+_LOCAL_OPTIONS = ("storage", "study", "trials", "timeout_s", "parallel", "gpu_ids", "out", "sim_fault")
+
+
+def worker_options(stored: Mapping[str, Any] | None, study: str, storage: str, **local: Any) -> RunOptions:
+    """The options of a worker joining ``study``: those its run stored, with this worker's own (``local``: any of
+    the options a worker sets for itself)."""
+    if stored is None:
+        raise UsageError(f"study {study!r} was not created by `autotune run` of this version (no run options "
+                         "stored): start it with `autotune run ... --storage URL --study NAME` first")
+    unknown = sorted(set(local) - set(_LOCAL_OPTIONS))
+    if unknown:
+        raise UsageError(f"a worker does not set {unknown[0]}: it is the study's")
+    try:
+        return RunOptions(**{**stored, "study": study, "storage": storage,
+                             **{k: v for k, v in local.items() if v is not None}})
+    except ValueError as e:
+        raise UsageError(f"study {study!r} stores options this version cannot read ({str(e).splitlines()[0]})") \
+            from None
 
 
 @dataclass(frozen=True)
@@ -241,6 +265,7 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
         repeats=opts.repeats, noise_floor=REAL_GPU_NOISE_FLOOR if engine_name == "vllm" else 0.0,
         confidence=opts.confidence, seed=opts.seed,
         out_dir=out_dir, tries=_tries(opts.try_file, space), gpu_slots=slots, sim_fault=fault,
+        run_options=opts.model_dump(exclude=set(_LOCAL_OPTIONS)),
     )
 
 

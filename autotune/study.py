@@ -31,22 +31,19 @@ from autotune.models import ModelSpec
 from autotune.profile import Profile, build_profile, write_profile
 from autotune.progress import NULL_PROGRESS, Progress, StudyEta, StudyInterrupted, StudyStart, ThreadedProgress
 from autotune.sim.faults import FaultPlan
-from autotune.storage import redact_url
+from autotune.storage import MAX_RETRIES, redact_url
 from autotune.records import Measurement, StudyFingerprint, TrialRecord, TrialResult
 from autotune.selection import Candidate, Selection, select_winner
 from autotune.space import SearchSpace
 from autotune.trial import TrialSettings, measure_once, run_trial
 
 __all__ = ["StudyConfig", "StudyOutcome", "WorkerOutcome", "run_study", "run_worker", "BASELINES", "baseline_flags",
-           "study_fingerprint", "constraint_key", "MAX_RETRIES"]
+           "study_fingerprint", "constraint_key"]
 
 # The seed write-up's hand-tuned profile; on several GPUs also TP over all of them, expert parallel for an
 # MoE and the vision encoder in data-parallel mode for a VLM (its GLM-4.6V recipe: TP4 + EP + fp8 KV).
 SEED_PROFILE = {"kv-cache-dtype": "fp8", "max-num-seqs": 1024, "enable-chunked-prefill": True}
 BASELINES = ("vllm-defaults", "seed-profile")
-# How often a trial cut short (a signal, a dead worker) is queued again: a point that kills its worker every time
-# (the machine's OOM killer) must not come back forever.
-MAX_RETRIES = 3
 
 
 @dataclass(frozen=True)
