@@ -271,6 +271,11 @@ def _search(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig, progre
     # Grow.
     while len(out.levels) < cfg.max_levels:
         lv = level(c)
+        if lv.result.completed == 0 and lv.result.failed > 0:
+            # Every request failed: the server is broken (a stalled stream, errors), not slow. Lower levels would
+            # only fail the same way, each at the cost of its requests' timeouts.
+            out.stop_reason = "requests_failed"
+            return
         if not lv.feasible:
             bad = lv
             break

@@ -18,7 +18,7 @@ from typing import Any
 
 from autotune.engines.base import LaunchSpec
 from autotune.engines.launcher import EngineServer
-from autotune.errors import EngineStartError
+from autotune.errors import EngineStartError, UsageError
 from autotune.gpus import GpuSpec
 from autotune.loadgen.runner import LoadConfig, run_bench
 from autotune.loadgen.workload import Workload
@@ -39,6 +39,7 @@ TEARDOWN_RESERVE_S = {"vllm": 30.0, "sim": 5.0}
 # Between SIGTERM and SIGKILL of a server's group at a trial's end: vLLM may take seconds to free its GPU memory
 # gracefully; the sim server exits in well under a second, so a longer wait only delays the next trial.
 STOP_GRACE_S = {"vllm": 20.0, "sim": 3.0}
+UNREACHABLE = "the server stopped answering"  # a load search's stop reason when it did
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,10 @@ def _measure_fn(settings: TrialSettings, server: EngineServer | InProcessSim, na
         if isinstance(server, InProcessSim):
             result = server.bench(requests, cfg)
         else:
-            result = run_bench(server.url, name, requests, cfg)
+            try:
+                result = run_bench(server.url, name, requests, cfg)
+            except UsageError as e:  # its /v1/models check: the server died or stopped answering between levels
+                raise StopSearch(f"{UNREACHABLE}: {e}") from None
         result.extra["workload"] = {**settings.workload.describe(), "first_request": used - total}
         if cancel is not None and cancel.is_set():
             raise StopSearch("interrupted")
@@ -173,6 +177,8 @@ def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, 
             load_wall_s = time.perf_counter() - engine_ready
             if not server.alive():
                 failure = ("crash", "the server died during the load search", server.log_tail(40))
+            elif result.stop_reason.startswith(UNREACHABLE):
+                failure = ("crash", result.stop_reason, server.log_tail(40))
     finally:
         server.stop()
         out = replace(out, engine_wall_s=time.perf_counter() - started - load_wall_s, load_wall_s=load_wall_s)

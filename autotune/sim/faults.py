@@ -4,8 +4,8 @@ free.
 
 At start: ``oom-at-start`` (vLLM's out-of-memory failure lines, exit 1), ``hang-at-start`` (never listens).
 While serving, on every streamed request (the launcher's readiness probe is not streamed, so the server still
-becomes ready): ``stall-stream`` (two tokens, then nothing), ``bad-sse`` (events that are not JSON), ``http-500``,
-``disconnect`` (the connection dropped after two tokens). ``crash-after:N``: the process dies when request N + 1
+becomes ready): ``stall-stream`` (the first tokens, then nothing), ``bad-sse`` (events that are not JSON),
+``http-500``, ``disconnect`` (the connection dropped after the first tokens). ``crash-after:N``: the process dies when request N + 1
 arrives. At stop: ``ignore-sigterm`` (only SIGKILL ends it), ``hold-port`` (a child that ignores SIGTERM keeps
 the listening socket, so the port stays taken until the process group is killed).
 """
@@ -17,7 +17,7 @@ __all__ = ["FAULTS", "Fault", "parse_fault", "FaultPlan", "parse_fault_plan", "T
 
 FAULTS = ("oom-at-start", "hang-at-start", "crash-after:N", "stall-stream", "bad-sse", "http-500", "disconnect",
           "ignore-sigterm", "hold-port")
-TOKENS_BEFORE_FAULT = 2  # token events a stalled or dropped stream sends first
+TOKENS_BEFORE_FAULT = 1  # token events a stalled or dropped stream sends first
 MALFORMED_EVENT = b'{"choices": [{"text": "x"'  # an SSE event cut in the middle of its JSON
 
 

@@ -158,7 +158,9 @@ class _FaultyResponder(Responder):
         assert isinstance(gen, _SimGeneration)
         if self.fault.kind == "bad-sse" and kind != "done":
             data = MALFORMED_EVENT
-        if kind == "tokens" and gen.token_events >= TOKENS_BEFORE_FAULT:
+        # After the first tokens, whatever comes next (more tokens, the usage, [DONE]): a short response may
+        # arrive in one batch, and it must not escape the fault.
+        if gen.token_events >= TOKENS_BEFORE_FAULT:
             if self.fault.kind == "stall-stream":
                 await asyncio.Event().wait()  # never set: the client's timeout ends the request
             if self.fault.kind == "disconnect":
