@@ -27,6 +27,7 @@ from autotune.jsonsafe import json_safe
 __all__ = [
     "RECORDS_VERSION", "P99Record", "LevelRecord", "TrialResult", "TrialRecord", "Measurement", "Remeasurement",
     "GainRecord", "SelectionRecord", "StudyFingerprint", "queue_attrs", "queued_baseline", "write_trial_result",
+    "trial_result_attrs", "finished_trial_attrs", "replayed_attrs",
     "read_trial", "read_trials", "read_remeasurement", "write_remeasurement", "read_selection", "write_selection",
     "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
     "read_run_options",
@@ -44,6 +45,7 @@ _SELECTION_KEY = "selection"
 _REMEASURE_PREFIX = "remeasure."
 _SEARCH_DONE_KEY = "search_done"
 _RUN_OPTIONS_KEY = "run_options"
+_REPLAYED_FROM = "replayed_from_trial"
 
 
 def _num(value: Any) -> float:
@@ -353,8 +355,25 @@ def queued_baseline(trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:
     return str(trial.user_attrs.get(_QUEUE_BASELINE) or "")
 
 
+def trial_result_attrs(result: TrialResult) -> dict[str, Any]:
+    """The user attributes a trial's result is stored as."""
+    return {_TRIAL_KEY: result.to_json()}
+
+
+def finished_trial_attrs(trial: optuna.Trial, result: TrialResult) -> dict[str, Any]:
+    """Every user attribute a trial holds once its result is written: its queue tags and its result (what the
+    journal keeps while the storage does not have them yet)."""
+    return {**trial.user_attrs, **trial_result_attrs(result)}
+
+
+def replayed_attrs(attrs: Mapping[str, Any], original_number: int) -> dict[str, Any]:
+    """A journaled trial's attributes as added again to its study, naming the trial it was measured as."""
+    return {**attrs, _REPLAYED_FROM: original_number}
+
+
 def write_trial_result(trial: optuna.Trial, result: TrialResult) -> None:
-    trial.set_user_attr(_TRIAL_KEY, result.to_json())
+    for key, value in trial_result_attrs(result).items():
+        trial.set_user_attr(key, value)
 
 
 def read_trial(trial: optuna.trial.FrozenTrial) -> TrialRecord:

@@ -21,10 +21,12 @@ from typing import Any
 
 import optuna
 
-from autotune import records
+from sqlalchemy.exc import SQLAlchemyError
+
+from autotune import journal, records
 from autotune.engines.launcher import stop_all
 from autotune.engines.ledger import stop_leftovers
-from autotune.errors import EngineStartError, Stopped
+from autotune.errors import EngineStartError, Stopped, StorageUnavailable
 from autotune.jsonsafe import json_safe
 from autotune.loadsearch import estimate_level_s
 from autotune.models import ModelSpec
@@ -161,9 +163,12 @@ def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgre
                 failure_reason=f"the study was interrupted during this trial ({len(result.levels)} load levels "
                                "measured, kept here)"))
             raise Stopped(130)
+        constraints = {constraint_key(metric): value for metric, value in result.constraints_ms(limits_ms).items()}
+        journal.keep(_journal_dir(cfg), trial, records.finished_trial_attrs(trial, result), constraints,
+                     float(result.output_tok_s))
         records.write_trial_result(trial, result)
-        for metric, value in result.constraints_ms(limits_ms).items():  # one constraint per limit
-            trial.set_constraint(constraint_key(metric), value)
+        for key, value in constraints.items():  # one constraint per limit
+            trial.set_constraint(key, value)
         progress.trial_finished(trial.number, baseline, result)
         return float(result.output_tok_s)
 
@@ -302,6 +307,7 @@ class _StopRules:
         self.ran = 0
         self.reserve_s = reserve_s  # kept free after the trials: the re-measurements still to make
         self.progress = progress
+        self.journal_dir = _journal_dir(cfg)
         self._lock = threading.Lock()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -309,6 +315,7 @@ class _StopRules:
             self._after_trial(study, trial)
 
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        journal.settled(self.journal_dir, trial.number)  # told: the storage has it
         self.ran += 1
         record = records.read_trial(trial)
         if record.result is not None and record.result.trial_wall_s:
@@ -360,7 +367,27 @@ def _prepare(cfg: StudyConfig, storage: optuna.storages.BaseStorage, progress: T
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    journal.replay(study, _journal_dir(cfg))  # what a run that lost its database measured
     return study
+
+
+def _journal_dir(cfg: StudyConfig) -> Path:
+    return cfg.out_dir / cfg.study_name / "pending"
+
+
+@contextmanager
+def _storage_loss(cfg: StudyConfig) -> Iterator[None]:
+    """A database lost mid-study: one clear error (exit 1), and where the finished trials it did not take wait."""
+    try:
+        yield
+    except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
+        kept = journal.pending(_journal_dir(cfg))
+        what = (f"the results of {len(kept)} finished trials are kept in {_journal_dir(cfg)} and are written to "
+                "the study when it resumes" if kept else "nothing measured was lost")
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise StorageUnavailable(f"storage {redact_url(cfg.storage_url)} lost during study {cfg.study_name!r} "
+                                 f"({first}); every server is stopped and {what}: run the same command again once "
+                                 "the database is back") from None
 
 
 def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress,
@@ -407,7 +434,7 @@ def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
     deadline = start + cfg.timeout_s if cfg.timeout_s else None
     rules, before = _start(study, cfg, threaded, deadline)
     runner = _SlotRunner(cfg.gpu_slots)
-    with _reporting_interrupts(study, cfg, threaded):
+    with _storage_loss(cfg), _reporting_interrupts(study, cfg, threaded):
         if rules.would_overrun():  # a resumed study whose earlier trials show the next one cannot fit
             rules.reason = "timeout"
         elif cfg.n_trials > 0:
@@ -450,7 +477,8 @@ def run_worker(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
     deadline = start + cfg.timeout_s if cfg.timeout_s else None
     rules, before = _start(study, cfg, threaded, deadline)
     runner = _SlotRunner(cfg.gpu_slots)
-    with _reporting_interrupts(study, cfg, threaded), _failing_interrupted(study, storage), runner.interruptible():
+    with _storage_loss(cfg), _reporting_interrupts(study, cfg, threaded), _failing_interrupted(study, storage), \
+            runner.interruptible():
         _run_trials(study, cfg, threaded, deadline, rules, runner, until_search_done=True)
     stopped_by = rules.reason or ("search done" if records.read_search_done(study) else "trials")
     threaded.study_finished(cfg.study_name, stopped_by, "", None,
