@@ -19,7 +19,7 @@ __all__ = ["commands", "worker"]
 @click.option("--study", "study_name", required=True, help="the study to join (created by `autotune run`)")
 @click.option("--storage", required=True, help="the study's SQLAlchemy URL, e.g. postgresql+psycopg://USER:PW@HOST/DB")
 @click.option("--trials", type=int, default=None,
-              help="at most this many trials (default: the run's --trials); a worker also stops once the run has "
+              help="at most this many trials (default 20, as for `autotune run`); a worker also stops once the run has "
                    "moved on to its final comparison")
 @click.option("--timeout", type=DurationType(), default=None, help="start no trial that would end after this long")
 @click.option("--parallel", type=int, default=None, help="trials at once on this machine (default: as its GPUs allow)")
