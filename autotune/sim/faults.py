@@ -5,9 +5,9 @@ free.
 At start: ``oom-at-start`` (vLLM's out-of-memory failure lines, exit 1), ``hang-at-start`` (never listens).
 While serving, on every streamed request (the launcher's readiness probe is not streamed, so the server still
 becomes ready): ``stall-stream`` (the first tokens, then nothing), ``bad-sse`` (events that are not JSON),
-``http-500``, ``disconnect`` (the connection dropped after the first tokens). ``crash-after:N``: the process dies when request N + 1
-arrives. At stop: ``ignore-sigterm`` (only SIGKILL ends it), ``hold-port`` (a child that ignores SIGTERM keeps
-the listening socket, so the port stays taken until the process group is killed).
+``http-500``, ``disconnect`` (the connection dropped after the first tokens). ``crash-after:N``: the process dies
+when request N + 1 arrives. At stop: ``ignore-sigterm`` (only SIGKILL ends it), ``hold-port`` (a child that
+ignores SIGTERM keeps the listening socket, so the port stays taken until the process group is killed).
 """
 from __future__ import annotations
 
