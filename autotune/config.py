@@ -17,17 +17,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autotune.errors import UsageError
 from autotune.flags import LAUNCHER_FLAGS, check_flag_value, normalize_flag_name
-from autotune.gpus import detect_gpu, load_gpu
+from autotune.gpus import detect_gpu, gpu_indices, load_gpu
 from autotune.loadgen.workload import parse_workload
 from autotune.loadsearch import LoadSearchConfig
 from autotune.models import PRESETS, resolve_model
+from autotune.sim.faults import FaultPlan, parse_fault_plan
+from autotune.sim.noise import NOISE_MODELS
 from autotune.space import SearchSpace, load_space
 from autotune.storage import DEFAULT_STORAGE, sqlite_dir
 from autotune.study import StudyConfig
-from autotune.sim.noise import NOISE_MODELS
 from autotune.trial import TrialSettings
 
-__all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", "study_limits_ms",
+__all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", "study_limits_ms", "worker_options",
+           "gpu_slots",
            "REAL_GPU_NOISE_FLOOR", "DEFAULT_WORKLOAD", "DEFAULT_P99_METRIC"]
 
 # Relative run-to-run noise of throughput that no interval on real GPUs is narrower than: two runs of one
@@ -81,9 +83,36 @@ class RunOptions(BaseModel):
     max_concurrency: int = Field(1024, gt=0)
     prompts_per_level: float = Field(3.0, gt=0)
     startup_timeout_s: float = Field(900.0, gt=0)
+    request_timeout_s: float = Field(600.0, gt=0)
+    parallel: int | None = Field(None, gt=0)  # trials at once, at most (default: as many as the GPUs allow)
+    gpu_ids: str | None = None  # the GPUs this run may use, "0,1,2,3" (default: CUDA_VISIBLE_DEVICES, else all)
+    sim_fault: str | None = None  # FAULT[@TRIAL,...] for the sim server (sim/faults.py)
     try_file: str | None = None
     confidence: float = Field(0.9, gt=0, lt=1)
     max_extensions: int = Field(2, ge=0)
+
+
+# What a worker decides for itself when it joins a study (the rest it reads from the study, as its run was asked):
+# where the storage is (never stored: it may hold a password), which study, how many trials and for how long, its
+# own GPUs, and where its logs go.
+_LOCAL_OPTIONS = ("storage", "study", "trials", "timeout_s", "parallel", "gpu_ids", "out", "sim_fault")
+
+
+def worker_options(stored: Mapping[str, Any] | None, study: str, storage: str, **local: Any) -> RunOptions:
+    """The options of a worker joining ``study``: those its run stored, with this worker's own (``local``: any of
+    the options a worker sets for itself)."""
+    if stored is None:
+        raise UsageError(f"study {study!r} was not created by `autotune run` of this version (no run options "
+                         "stored): start it with `autotune run ... --storage URL --study NAME` first")
+    unknown = sorted(set(local) - set(_LOCAL_OPTIONS))
+    if unknown:
+        raise UsageError(f"a worker does not set {unknown[0]}: it is the study's")
+    try:
+        return RunOptions(**{**stored, "study": study, "storage": storage,
+                             **{k: v for k, v in local.items() if v is not None}})
+    except ValueError as e:
+        raise UsageError(f"study {study!r} stores options this version cannot read ({str(e).splitlines()[0]})") \
+            from None
 
 
 @dataclass(frozen=True)
@@ -105,13 +134,34 @@ def choose_engine(requested: str) -> EngineChoice:
                                "Pass --engine vllm on a GPU machine.")
 
 
-def visible_gpu_ids(gpus: int) -> tuple[int, ...]:
-    """The GPU ids a trial may use: CUDA_VISIBLE_DEVICES when set, else 0..gpus-1."""
+def _gpu_id_list(text: str, source: str) -> list[int]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items or not all(x.isdigit() for x in items):
+        raise UsageError(f"{source} {text!r}: expected GPU indices like 0,1,2,3")
+    ids = [int(x) for x in items]
+    if len(set(ids)) != len(ids):
+        raise UsageError(f"{source} {text!r}: a GPU is listed twice")
+    return ids
+
+
+def gpu_slots(gpus: int, parallel: int | None, gpu_ids: str | None, engine: str) -> tuple[tuple[int, ...], ...]:
+    """The GPUs of each trial that may run at once: the run's GPUs (``--gpu-ids``, else CUDA_VISIBLE_DEVICES, else
+    every GPU nvidia-smi lists) cut into groups of ``gpus``, at most ``parallel`` of them. The sim engine has no
+    GPUs: without ``--gpu-ids`` it is given ``gpus x parallel`` made-up ids, so that parallel trials run (and are
+    tested) on a CPU exactly as on a GPU machine."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [int(x) for x in visible.split(",") if x.strip().isdigit()] if visible else list(range(gpus))
+    if gpu_ids:
+        ids, source = _gpu_id_list(gpu_ids, "--gpu-ids"), "--gpu-ids"
+    elif visible:
+        ids, source = _gpu_id_list(visible, "CUDA_VISIBLE_DEVICES"), "CUDA_VISIBLE_DEVICES"
+    elif engine == "vllm":
+        ids, source = list(gpu_indices() or range(gpus)), "nvidia-smi"
+    else:
+        ids, source = list(range(gpus * (parallel or 1))), "the sim engine"
     if len(ids) < gpus:
-        raise UsageError(f"--gpus {gpus} but CUDA_VISIBLE_DEVICES lists {len(ids)} GPUs")
-    return tuple(ids[:gpus])
+        raise UsageError(f"--gpus {gpus} but {source} gives {len(ids)} GPUs ({','.join(map(str, ids))})")
+    n = len(ids) // gpus if parallel is None else min(parallel, len(ids) // gpus)
+    return tuple(tuple(ids[i * gpus:(i + 1) * gpus]) for i in range(n))
 
 
 def study_limits_ms(opts: RunOptions) -> dict[str, float]:
@@ -203,19 +253,34 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
                               max_concurrency=opts.max_concurrency, confidence=opts.confidence,
                               max_extensions=opts.max_extensions,
                               p99_run_cv=REAL_GPU_P99_RUN_CV if gpu_like else {})
+    slots = gpu_slots(opts.gpus, opts.parallel, opts.gpu_ids, engine_name)
+    fault = _fault_plan(opts, engine_name)
+    storage_url = opts.storage or DEFAULT_STORAGE
+    study_name = opts.study or default_study_name(opts.model, opts.gpus, limits_ms)
+    out_dir = Path(opts.out) if opts.out else (sqlite_dir(storage_url) or Path("studies"))
     settings = TrialSettings(
         engine=engine_name, model=model, gpu=gpu, gpus=opts.gpus, workload=workload, search=search,
-        gpu_ids=visible_gpu_ids(opts.gpus), time_scale=opts.sim_time_scale if engine_name == "sim" else 1.0,
+        gpu_ids=slots[0], time_scale=opts.sim_time_scale if engine_name == "sim" else 1.0,
         startup_timeout_s=opts.startup_timeout_s, prompts_per_level=opts.prompts_per_level,
         sim_server=opts.sim_server, sim_noise=NOISE_MODELS[opts.sim_noise], seed=opts.seed,
+        request_timeout_s=opts.request_timeout_s, ledger_dir=out_dir / study_name / "servers",
     )
-    storage_url = opts.storage or DEFAULT_STORAGE
     return StudyConfig(
-        study_name=opts.study or default_study_name(opts.model, opts.gpus, limits_ms),
-        storage_url=storage_url, space=space, settings=settings, preset=preset,
+        study_name=study_name, storage_url=storage_url, space=space, settings=settings, preset=preset,
         n_trials=opts.trials, timeout_s=opts.timeout_s, patience=opts.patience, top_k=opts.top_k,
         repeats=opts.repeats, noise_floor=REAL_GPU_NOISE_FLOOR if gpu_like else 0.0,
         confidence=opts.confidence, seed=opts.seed,
-        out_dir=Path(opts.out) if opts.out else (sqlite_dir(storage_url) or Path("studies")),
-        tries=_tries(opts.try_file, space),
+        out_dir=out_dir, tries=_tries(opts.try_file, space), gpu_slots=slots, sim_fault=fault,
+        run_options=opts.model_dump(exclude=set(_LOCAL_OPTIONS)),
     )
+
+
+def _fault_plan(opts: RunOptions, engine: str) -> FaultPlan | None:
+    if not opts.sim_fault:
+        return None
+    if engine != "sim" or not opts.sim_server:
+        raise UsageError("--sim-fault needs --engine sim and --sim-server: faults are made by the sim server process")
+    try:
+        return parse_fault_plan(opts.sim_fault)
+    except ValueError as e:
+        raise UsageError(f"--sim-fault {e}") from None

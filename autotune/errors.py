@@ -7,6 +7,7 @@ __all__ = [
     "NoFeasibleConfigError",
     "EngineStartError",
     "StorageError",
+    "StorageUnavailable",
     "Stopped",
 ]
 
@@ -31,6 +32,10 @@ class NoFeasibleConfigError(AutotuneError):
 
 class StorageError(UsageError):
     """The study storage cannot be opened (bad URL, unreachable server, unreadable file)."""
+
+
+class StorageUnavailable(AutotuneError):
+    """The study storage does not answer (the database is down or unreachable): exit code 1, nothing written."""
 
 
 class EngineStartError(AutotuneError):

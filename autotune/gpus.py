@@ -10,7 +10,7 @@ import yaml
 
 from autotune.errors import UsageError
 
-__all__ = ["GpuSpec", "load_gpu", "known_gpus", "detect_gpu"]
+__all__ = ["GpuSpec", "load_gpu", "known_gpus", "detect_gpu", "gpu_indices"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +59,18 @@ def detect_gpu() -> str | None:
         if card in first:
             return card
     return None
+
+
+def gpu_indices() -> list[int]:
+    """The indices of the NVIDIA GPUs nvidia-smi lists (PCI bus order); empty where there are none."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [int(line) for line in out.split() if line.strip().isdigit()]

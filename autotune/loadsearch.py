@@ -34,7 +34,7 @@ from autotune.records import LevelRecord, P99Record
 from autotune.stats import Interval, increasing_fit, p99_interval
 
 __all__ = ["LoadSearchConfig", "LevelResult", "LoadSearchResult", "search_load", "estimate_level_s",
-           "infeasible_reason"]
+           "infeasible_reason", "StopSearch"]
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,15 @@ class _OutOfTime(Exception):
     pass
 
 
+class StopSearch(Exception):
+    """Raised by ``measure`` to end the search with the levels measured so far (``stop_reason`` = ``reason``):
+    the level it was asked for is not recorded."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def estimate_level_s(concurrency: int, measured: list[tuple[int, float]]) -> float:
     """Wall seconds a level at ``concurrency`` should take, from earlier (concurrency, seconds) levels.
 
@@ -133,6 +142,8 @@ def search_load(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig,
         _search(measure, cfg, progress, out, deadline, reserve_s)
     except _OutOfTime:
         out.stop_reason = "deadline"
+    except StopSearch as e:
+        out.stop_reason = e.reason
     out.levels = fit_levels(out.levels, cfg)
     return out
 
@@ -260,6 +271,11 @@ def _search(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig, progre
     # Grow.
     while len(out.levels) < cfg.max_levels:
         lv = level(c)
+        if lv.result.completed == 0 and lv.result.failed > 0:
+            # Every request failed: the server is broken (a stalled stream, errors), not slow. Lower levels would
+            # only fail the same way, each at the cost of its requests' timeouts.
+            out.stop_reason = "requests_failed"
+            return
         if not lv.feasible:
             bad = lv
             break

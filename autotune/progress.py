@@ -6,6 +6,7 @@ here, with typed arguments, so that the reader and the type checker see each one
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from autotune.records import LevelRecord, Measurement, TrialResult
 
-__all__ = ["Progress", "StudyStart", "StudyEta", "BenchProgress", "NULL_PROGRESS"]
+__all__ = ["Progress", "StudyStart", "StudyEta", "StudyInterrupted", "BenchProgress", "NULL_PROGRESS",
+           "ThreadedProgress"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class StudyStart:
     n_trials: int  # trials this invocation may run
     timeout_s: float | None
     existing_trials: int  # finished trials of earlier runs of a resumed study
+    parallel: int = 1  # trials at once, each on its own GPUs
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,17 @@ class StudyEta:
     remeasure_s: float  # the re-measurements still to make: the fair final comparison
     eta_s: float  # trials_left x trial_s + remeasure_s, within --timeout
     time_left_s: float | None  # until --timeout (None: no timeout); no trial starts that would leave too little
+
+
+@dataclass(frozen=True)
+class StudyInterrupted:
+    """A signal (Ctrl-C, SIGTERM, SIGHUP) stopped the study: what it kept."""
+
+    study: str
+    storage: str  # without its password
+    complete_trials: int  # finished trials in the study, earlier runs' included: all kept
+    interrupted_trials: tuple[int, ...]  # cut short: failed, their flags queued again, their measured levels kept
+    levels_kept: int  # load levels the interrupted trials had measured, recorded with them
 
 
 @dataclass(frozen=True)
@@ -56,15 +70,26 @@ class Progress:
     def trial_started(self, number: int, flags: Mapping[str, Any], baseline: str) -> None:
         """A trial begins: ``baseline`` names a baseline, else empty."""
 
-    def engine_starting(self, engine: str, port: int | None, command: str, log_path: Path) -> None:
-        """A server is being launched (again, on another port, when its first port was taken); ``port`` None:
-        the sim engine in-process."""
+    # The events of one trial's engine and load search carry ``trial``, its number, when a study runs it (several
+    # trials may run at once); None outside a study.
+    def engine_starting(self, engine: str, port: int | None, command: str, log_path: Path,
+                        gpu_ids: tuple[int, ...] = (), trial: int | None = None) -> None:
+        """A server is being launched (again, on another port, when its first port was taken) on ``gpu_ids``;
+        ``port`` None: the sim engine in-process."""
 
-    def engine_ready(self, startup: Mapping[str, Any]) -> None:
+    def engine_ready(self, startup: Mapping[str, Any], trial: int | None = None) -> None:
         """The server answers; ``startup`` holds the figures read from its log (StartupInfo's fields, ready_s
         included)."""
 
-    def load_level(self, level: LevelRecord, limits_ms: Mapping[str, float]) -> None:
+    def engine_stopped(self, port: int, gpu_ids: tuple[int, ...], problems: tuple[str, ...],
+                       trial: int | None = None) -> None:
+        """A server's process group is gone and its port and GPU memory are free (``problems``: what could not be
+        confirmed); only then do its GPUs go to another trial."""
+
+    def leftover_stopped(self, served_model_name: str, port: int, gpu_ids: tuple[int, ...]) -> None:
+        """A server that a dead run left behind was found in the study's ledger and stopped."""
+
+    def load_level(self, level: LevelRecord, limits_ms: Mapping[str, float], trial: int | None = None) -> None:
         """The load search measured one level."""
 
     def trial_finished(self, number: int, baseline: str, result: TrialResult) -> None:
@@ -90,8 +115,89 @@ class Progress:
         """The study ended; ``verdict`` is the selection's sentence; ``gpu_minutes``: this invocation's wall
         time times the GPUs it held."""
 
+    def study_interrupted(self, interrupted: StudyInterrupted) -> None:
+        """A signal stopped the study; every server is down and what was measured is recorded."""
+
     def bench_progress(self, progress: BenchProgress) -> None:
         """A benchmark run's requests so far (about ten times a second)."""
 
 
 NULL_PROGRESS = Progress()
+
+
+class ThreadedProgress(Progress):
+    """What a study hands each thread it runs trials or re-measurements on: every event reaches ``inner`` under
+    one lock (a UI need not be thread-safe), and a trial's engine and load-search events carry its number."""
+
+    def __init__(self, inner: Progress, lock: threading.Lock, trial: int | None = None) -> None:
+        self.inner, self.lock, self.trial = inner, lock, trial
+
+    def for_trial(self, trial: int) -> ThreadedProgress:
+        return ThreadedProgress(self.inner, self.lock, trial)
+
+    def study_started(self, start: StudyStart) -> None:
+        with self.lock:
+            self.inner.study_started(start)
+
+    def trial_started(self, number: int, flags: Mapping[str, Any], baseline: str) -> None:
+        with self.lock:
+            self.inner.trial_started(number, flags, baseline)
+
+    def engine_starting(self, engine: str, port: int | None, command: str, log_path: Path,
+                        gpu_ids: tuple[int, ...] = (), trial: int | None = None) -> None:
+        with self.lock:
+            self.inner.engine_starting(engine, port, command, log_path, gpu_ids, trial=self.trial)
+
+    def engine_ready(self, startup: Mapping[str, Any], trial: int | None = None) -> None:
+        with self.lock:
+            self.inner.engine_ready(startup, trial=self.trial)
+
+    def engine_stopped(self, port: int, gpu_ids: tuple[int, ...], problems: tuple[str, ...],
+                       trial: int | None = None) -> None:
+        with self.lock:
+            self.inner.engine_stopped(port, gpu_ids, problems, trial=self.trial)
+
+    def leftover_stopped(self, served_model_name: str, port: int, gpu_ids: tuple[int, ...]) -> None:
+        with self.lock:
+            self.inner.leftover_stopped(served_model_name, port, gpu_ids)
+
+    def load_level(self, level: LevelRecord, limits_ms: Mapping[str, float], trial: int | None = None) -> None:
+        with self.lock:
+            self.inner.load_level(level, limits_ms, trial=self.trial)
+
+    def trial_finished(self, number: int, baseline: str, result: TrialResult) -> None:
+        with self.lock:
+            self.inner.trial_finished(number, baseline, result)
+
+    def study_eta(self, eta: StudyEta) -> None:
+        with self.lock:
+            self.inner.study_eta(eta)
+
+    def remeasure_started(self, trial: int, repeat: int, of: int, concurrency: int, baseline: str) -> None:
+        with self.lock:
+            self.inner.remeasure_started(trial, repeat, of, concurrency, baseline)
+
+    def remeasured(self, trial: int, measurement: Measurement, limits_ms: Mapping[str, float]) -> None:
+        with self.lock:
+            self.inner.remeasured(trial, measurement, limits_ms)
+
+    def remeasure_skipped(self, trial: int, repeat: int, of: int, expected_s: float) -> None:
+        with self.lock:
+            self.inner.remeasure_skipped(trial, repeat, of, expected_s)
+
+    def remeasure_stepped_down(self, trial: int, from_concurrency: int, concurrency: int) -> None:
+        with self.lock:
+            self.inner.remeasure_stepped_down(trial, from_concurrency, concurrency)
+
+    def study_finished(self, study: str, stopped_by: str, verdict: str, profile_path: Path | None,
+                       gpu_minutes: float) -> None:
+        with self.lock:
+            self.inner.study_finished(study, stopped_by, verdict, profile_path, gpu_minutes)
+
+    def study_interrupted(self, interrupted: StudyInterrupted) -> None:
+        with self.lock:
+            self.inner.study_interrupted(interrupted)
+
+    def bench_progress(self, progress: BenchProgress) -> None:
+        with self.lock:
+            self.inner.bench_progress(progress)

@@ -2,6 +2,8 @@
 
 A study stores, as Optuna user attributes:
 - on the study: its :class:`StudyFingerprint` (what its figures were measured on; a resumed study must match),
+  the options it was run with (``autotune worker`` builds the same trials from them; no storage URL among them),
+  whether its run has finished searching (workers then take no new trial),
   one :class:`Remeasurement` per re-measured candidate (key ``remeasure.<trial>``, one key each so that
   several processes never rewrite each other's), and the :class:`SelectionRecord`;
 - on each trial: the queue tag set when it was enqueued (a baseline's name, or a ``--try`` point), and once it
@@ -25,8 +27,10 @@ from autotune.jsonsafe import json_safe
 __all__ = [
     "RECORDS_VERSION", "P99Record", "LevelRecord", "TrialResult", "TrialRecord", "Measurement", "Remeasurement",
     "GainRecord", "SelectionRecord", "StudyFingerprint", "queue_attrs", "queued_baseline", "write_trial_result",
+    "trial_result_attrs", "finished_trial_attrs", "replayed_attrs",
     "read_trial", "read_trials", "read_remeasurement", "write_remeasurement", "read_selection", "write_selection",
-    "read_fingerprint", "check_fingerprint",
+    "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
+    "read_run_options",
 ]
 
 # Stored with the fingerprint. A study written by another version of these records is refused on resume
@@ -39,6 +43,9 @@ _QUEUE_TRIED = "tried"
 _FINGERPRINT_KEY = "fingerprint"
 _SELECTION_KEY = "selection"
 _REMEASURE_PREFIX = "remeasure."
+_SEARCH_DONE_KEY = "search_done"
+_RUN_OPTIONS_KEY = "run_options"
+_REPLAYED_FROM = "replayed_from_trial"
 
 
 def _num(value: Any) -> float:
@@ -348,8 +355,25 @@ def queued_baseline(trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:
     return str(trial.user_attrs.get(_QUEUE_BASELINE) or "")
 
 
+def trial_result_attrs(result: TrialResult) -> dict[str, Any]:
+    """The user attributes a trial's result is stored as."""
+    return {_TRIAL_KEY: result.to_json()}
+
+
+def finished_trial_attrs(trial: optuna.Trial, result: TrialResult) -> dict[str, Any]:
+    """Every user attribute a trial holds once its result is written: its queue tags and its result (what the
+    journal keeps while the storage does not have them yet)."""
+    return {**trial.user_attrs, **trial_result_attrs(result)}
+
+
+def replayed_attrs(attrs: Mapping[str, Any], original_number: int) -> dict[str, Any]:
+    """A journaled trial's attributes as added again to its study, naming the trial it was measured as."""
+    return {**attrs, _REPLAYED_FROM: original_number}
+
+
 def write_trial_result(trial: optuna.Trial, result: TrialResult) -> None:
-    trial.set_user_attr(_TRIAL_KEY, result.to_json())
+    for key, value in trial_result_attrs(result).items():
+        trial.set_user_attr(key, value)
 
 
 def read_trial(trial: optuna.trial.FrozenTrial) -> TrialRecord:
@@ -405,3 +429,22 @@ def check_fingerprint(study: optuna.Study, fingerprint: StudyFingerprint) -> Non
         if before != now:
             raise UsageError(f"study {study.study_name!r} was created with {key}={before!r}, not {now!r}; "
                              "use another --study name to tune a different setup")
+
+
+# -- what workers read -------------------------------------------------------------------------------------------
+def write_search_done(study: optuna.Study, done: bool) -> None:
+    """The study's run has stopped searching (True) or is searching again (a resumed run: False)."""
+    study.set_user_attr(_SEARCH_DONE_KEY, done)
+
+
+def read_search_done(study: optuna.Study) -> bool:
+    return bool(study.user_attrs.get(_SEARCH_DONE_KEY))  # read from the storage each time
+
+
+def write_run_options(study: optuna.Study, options: Mapping[str, Any]) -> None:
+    study.set_user_attr(_RUN_OPTIONS_KEY, json_safe(dict(options)))
+
+
+def read_run_options(study: optuna.Study) -> dict[str, Any] | None:
+    data = study.user_attrs.get(_RUN_OPTIONS_KEY)
+    return dict(data) if data is not None else None

@@ -5,24 +5,64 @@ workers or machines share one study. Database errors become :class:`StorageError
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import warnings
 from pathlib import Path
 
 import optuna
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
-from autotune.errors import StorageError, UsageError
+from autotune.errors import StorageError, StorageUnavailable, UsageError
 
-__all__ = ["DEFAULT_STORAGE", "open_storage", "redact_url", "load_study", "study_names", "sqlite_dir"]
+__all__ = ["DEFAULT_STORAGE", "open_storage", "redact_url", "load_study", "study_names", "sqlite_dir", "MAX_RETRIES"]
 
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
+# How often a trial cut short (a signal, a dead worker) is queued again: a point that kills its worker every time
+# (the machine's OOM killer) must not come back forever.
+MAX_RETRIES = 3
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password (for profiles and messages)."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    """The URL without its password (for profiles, logs and messages): SQLAlchemy's own rendering, or for a URL it
+    cannot parse, everything between ``://user:`` and ``@`` masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def _heartbeat_s() -> int:
+    """Seconds between a running trial's heartbeats (``AUTOTUNE_HEARTBEAT_S``, default 60); a trial whose heartbeat
+    stopped for three of them is failed and queued again by the next process that looks."""
+    text = os.environ.get("AUTOTUNE_HEARTBEAT_S", "60")
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"AUTOTUNE_HEARTBEAT_S={text!r}: expected a whole number of seconds, at least 1")
+    return int(text)
+
+
+_LOCKS: list[int] = []  # lock files held for the life of this process (flock ends with it, however it ends)
+
+
+def _lock_sqlite(path: Path) -> None:
+    """Refuse a second process on one SQLite file: SQLite serves one writer at a time, and a worker's trials would
+    wait on another's writes or fail on a locked database. The kernel drops the lock when the process ends, a
+    SIGKILL included, so a dead run never blocks the next."""
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip()
+        os.close(fd)
+        raise UsageError(f"storage {path} is in use by another autotune process ({holder or 'pid unknown'}); SQLite "
+                         "serves one process: to run several (autotune worker, or another run), share a study in "
+                         "PostgreSQL with --storage postgresql+psycopg://USER:PASSWORD@HOST/DB") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()}".encode())
+    _LOCKS.append(fd)
 
 
 def sqlite_dir(url: str) -> Path | None:
@@ -36,8 +76,10 @@ def sqlite_dir(url: str) -> Path | None:
     return None
 
 
-def open_storage(url: str | None, create_dirs: bool = True) -> optuna.storages.RDBStorage:
-    """Open (and create the schema of) the storage at ``url``; a bad or unreachable URL is a StorageError."""
+def open_storage(url: str | None, create_dirs: bool = True, exclusive: bool = False) -> optuna.storages.RDBStorage:
+    """Open (and create the schema of) the storage at ``url``: a bad URL is a StorageError (exit 2), a database
+    that does not answer StorageUnavailable (exit 1). ``exclusive``: this process runs trials; on SQLite no other
+    process may (:func:`_lock_sqlite`)."""
     url = url or DEFAULT_STORAGE
     try:
         parsed = make_url(url)
@@ -53,6 +95,8 @@ def open_storage(url: str | None, create_dirs: bool = True) -> optuna.storages.R
                 raise StorageError(f"cannot create {folder} for storage {url}: {e.strerror}") from None
         elif not folder.is_dir():
             raise StorageError(f"storage {url}: folder {folder} does not exist")
+        if exclusive:
+            _lock_sqlite(Path(str(parsed.database)).expanduser().resolve())
     kwargs: dict = {}
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 60}
@@ -63,14 +107,22 @@ def open_storage(url: str | None, create_dirs: bool = True) -> optuna.storages.R
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         # Heartbeats let a later run mark trials of a crashed worker as failed instead of RUNNING forever.
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=60, grace_period=180,
-                                          skip_compatibility_check=False)
+        heartbeat_s = _heartbeat_s()
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
+            skip_compatibility_check=False,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
     except ImportError as e:
         raise StorageError(f"storage {redact_url(url)}: database driver missing ({e.name or e}); "
                            "for PostgreSQL: pip install 'autotune[postgres]'") from None
-    except (SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StorageError(f"cannot open storage {redact_url(url)}: {first}") from None
+    except (OperationalError, optuna.exceptions.StorageInternalError) as e:
+        raise StorageUnavailable(f"cannot reach storage {redact_url(url)}: {_first_line(e)}") from None
+    except (SQLAlchemyError, OSError, ValueError) as e:
+        raise StorageError(f"cannot open storage {redact_url(url)}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:

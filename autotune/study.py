@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
+import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,20 +21,26 @@ from typing import Any
 
 import optuna
 
-from autotune import records
-from autotune.errors import EngineStartError, Stopped
+from sqlalchemy.exc import SQLAlchemyError
+
+from autotune import journal, records
+from autotune.engines.launcher import stop_all
+from autotune.engines.ledger import stop_leftovers
+from autotune.errors import EngineStartError, Stopped, StorageUnavailable
 from autotune.jsonsafe import json_safe
 from autotune.loadsearch import estimate_level_s
 from autotune.models import ModelSpec
 from autotune.profile import Profile, build_profile, write_profile
-from autotune.progress import NULL_PROGRESS, Progress, StudyEta, StudyStart
+from autotune.progress import NULL_PROGRESS, Progress, StudyEta, StudyInterrupted, StudyStart, ThreadedProgress
+from autotune.sim.faults import FaultPlan
+from autotune.storage import MAX_RETRIES, redact_url
 from autotune.records import Measurement, StudyFingerprint, TrialRecord, TrialResult
 from autotune.selection import Candidate, LoadCurve, Selection, select_winner
 from autotune.space import SearchSpace
 from autotune.trial import TrialSettings, measure_once, run_trial
 
-__all__ = ["StudyConfig", "StudyOutcome", "run_study", "BASELINES", "baseline_flags", "study_fingerprint",
-           "constraint_key"]
+__all__ = ["StudyConfig", "StudyOutcome", "WorkerOutcome", "run_study", "run_worker", "BASELINES", "baseline_flags",
+           "study_fingerprint", "constraint_key"]
 
 # The seed write-up's hand-tuned profile; on several GPUs also TP over all of them, expert parallel for an
 # MoE and the vision encoder in data-parallel mode for a VLM (its GLM-4.6V recipe: TP4 + EP + fp8 KV).
@@ -57,6 +65,9 @@ class StudyConfig:
     seed: int = 0
     out_dir: Path = Path("studies")
     tries: tuple[dict[str, Any], ...] = ()  # extra points queued after the baselines (`--try FILE`)
+    gpu_slots: tuple[tuple[int, ...], ...] = ((0,),)  # the GPUs of each trial that may run at once
+    sim_fault: FaultPlan | None = None  # sim server only: the fault some trials' servers make (`--sim-fault`)
+    run_options: Mapping[str, Any] | None = None  # what the study was asked (RunOptions), for workers to join it
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,8 @@ def open_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> optuna
     study = optuna.create_study(study_name=cfg.study_name, storage=storage, direction="maximize",
                                 sampler=sampler, load_if_exists=True)
     records.check_fingerprint(study, study_fingerprint(cfg))
+    if cfg.run_options is not None:
+        records.write_run_options(study, cfg.run_options)
     return study
 
 
@@ -121,10 +134,15 @@ def _enqueue_baselines(study: optuna.Study, cfg: StudyConfig) -> None:
                             user_attrs=records.queue_attrs(tried=True), skip_if_exists=True)
 
 
-def _objective(cfg: StudyConfig, progress: Progress, deadline: float | None = None):
+def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgress, deadline: float | None,
+               cancel: threading.Event):
+    """One trial on the GPUs of ``slot``. Once ``cancel`` is set (the study was interrupted) a trial in flight
+    ends with what it measured: recorded as ``interrupted`` with its levels, then failed (``Stopped``)."""
     limits_ms = cfg.settings.search.limits_ms
 
     def objective(trial: optuna.Trial) -> float:
+        if cancel.is_set():
+            raise Stopped(130)  # the main thread re-raises the signal's own exit code
         flags = cfg.space.sample(trial, cfg.settings.model, cfg.settings.gpus)
         baseline = records.queued_baseline(trial)
         if baseline:  # the baseline's own flags, not only their projection on the space
@@ -133,20 +151,116 @@ def _objective(cfg: StudyConfig, progress: Progress, deadline: float | None = No
         name = f"autotune-{cfg.study_name}-{trial.number}"
         progress.trial_started(trial.number, flags, baseline)
         start_c = start_concurrency(records.read_trials(trial.study), cfg.settings.search.start_concurrency)
-        settings = replace(cfg.settings, search=replace(cfg.settings.search, start_concurrency=start_c))
+        settings = replace(cfg.settings, gpu_ids=slot, search=replace(cfg.settings.search, start_concurrency=start_c),
+                           sim_fault=cfg.sim_fault.for_trial(trial.number) if cfg.sim_fault else "")
         started = time.perf_counter()
-        try:
-            result = run_trial(settings, flags, name, trial_dir / "server.log", progress, deadline)
-        except SystemExit as e:  # SIGTERM/SIGHUP (the launcher's handler); the server is already down
-            raise Stopped(e.code if isinstance(e.code, int) else 143) from e
+        result = run_trial(settings, flags, name, trial_dir / "server.log", progress.for_trial(trial.number), deadline,
+                           cancel)
         result = replace(result, trial_wall_s=time.perf_counter() - started)
+        if cancel.is_set() and (result.stop_reason == "interrupted" or result.failure_class):
+            records.write_trial_result(trial, replace(
+                result, feasible=False, output_tok_s=0.0, failure_class="interrupted",
+                failure_reason=f"the study was interrupted during this trial ({len(result.levels)} load levels "
+                               "measured, kept here)"))
+            raise Stopped(130)
+        constraints = {constraint_key(metric): value for metric, value in result.constraints_ms(limits_ms).items()}
+        journal.keep(_journal_dir(cfg), trial, records.finished_trial_attrs(trial, result), constraints,
+                     float(result.output_tok_s))
         records.write_trial_result(trial, result)
-        for metric, value in result.constraints_ms(limits_ms).items():  # one constraint per limit
-            trial.set_constraint(constraint_key(metric), value)
+        for key, value in constraints.items():  # one constraint per limit
+            trial.set_constraint(key, value)
         progress.trial_finished(trial.number, baseline, result)
         return float(result.output_tok_s)
 
     return objective
+
+
+class _SlotRunner:
+    """Runs tasks on threads, each on a GPU slot of its own; a slot goes to the next task only once the task is
+    over, its server stopped and its port and GPU memory free (the launcher's stop waits for both).
+
+    The main thread only hands out slots and waits, so a signal (Ctrl-C, SIGTERM, SIGHUP) lands there, in
+    :meth:`interruptible`: it sets ``cancel`` (no level or trial starts any more), stops every live server (the
+    trials in flight end at once with the levels they measured) and waits for the threads before re-raising."""
+
+    def __init__(self, slots: tuple[tuple[int, ...], ...]) -> None:
+        self.cancel = threading.Event()
+        self.errors: list[BaseException] = []
+        self._free: queue.Queue[tuple[int, ...]] = queue.Queue()
+        for slot in slots:
+            self._free.put(slot)
+        self._threads: list[threading.Thread] = []
+
+    def take_slot(self) -> tuple[int, ...] | None:
+        """A free slot, waiting for one; None once a task has failed."""
+        while not self.errors:
+            try:
+                return self._free.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return None
+
+    def give_back(self, slot: tuple[int, ...]) -> None:
+        self._free.put(slot)
+
+    def start(self, task: Callable[[tuple[int, ...]], None], slot: tuple[int, ...]) -> None:
+        def run() -> None:
+            try:
+                task(slot)
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                if not (self.cancel.is_set() and isinstance(e, KeyboardInterrupt)):
+                    self.errors.append(e)
+            finally:
+                self._free.put(slot)
+
+        thread = threading.Thread(target=run, name=f"autotune-gpus-{','.join(map(str, slot))}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def join(self) -> None:
+        """Wait for every task; raise the first error one of them raised."""
+        for thread in self._threads:
+            while thread.is_alive():
+                thread.join(0.2)
+        if self.errors:
+            raise self.errors[0]
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            self.cancel.set()
+            stop_all()  # every server this process started: the trials in flight end now
+            for thread in self._threads:
+                while thread.is_alive():
+                    thread.join(0.2)
+            raise
+
+
+def _run_trials(study: optuna.Study, cfg: StudyConfig, progress: ThreadedProgress, deadline: float | None,
+                rules: _StopRules, runner: _SlotRunner, until_search_done: bool = False) -> None:
+    """Up to ``cfg.n_trials`` trials, as many at once as there are GPU slots. Optuna's ``optimize`` runs each one
+    (one trial per call, on its slot's thread): its heartbeat, its FAIL on an exception, the sampler's constant
+    liar for the trials still running. ``until_search_done``: a worker also stops once the study's run has moved
+    on to its final comparison."""
+    launched = 0
+    while launched < cfg.n_trials and not rules.reason:
+        slot = runner.take_slot()
+        if slot is None:
+            break
+        if rules.reason or (until_search_done and records.read_search_done(study)):
+            runner.give_back(slot)
+            break
+        if rules.would_overrun() or (deadline is not None and time.monotonic() >= deadline):
+            rules.reason = "timeout"
+            runner.give_back(slot)
+            break
+        launched += 1
+        objective = _objective(cfg, slot, progress, deadline, runner.cancel)
+        runner.start(lambda _slot, f=objective: study.optimize(f, n_trials=1, callbacks=[rules], catch=(),
+                                                               gc_after_trial=False), slot)
+    runner.join()
 
 
 @contextmanager
@@ -193,8 +307,15 @@ class _StopRules:
         self.ran = 0
         self.reserve_s = reserve_s  # kept free after the trials: the re-measurements still to make
         self.progress = progress
+        self.journal_dir = _journal_dir(cfg)
+        self._lock = threading.Lock()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        with self._lock:  # trials end on several threads
+            self._after_trial(study, trial)
+
+    def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        journal.settled(self.journal_dir, trial.number)  # told: the storage has it
         self.ran += 1
         record = records.read_trial(trial)
         if record.result is not None and record.result.trial_wall_s:
@@ -203,10 +324,8 @@ class _StopRules:
         reserve_s = self.reserve_s()
         if self.patience and since[0] >= self.patience and since[1] > 0:
             self.reason = f"stagnation: no 1% gain in {since[0]} trials"
-            study.stop()
         elif self.would_overrun(reserve_s):
             self.reason = "timeout"
-            study.stop()
         left = 0 if self.reason else max(0, self.n_trials - self.ran)
         if self.patience and since[1] > 0:
             left = min(left, self.patience - since[0])
@@ -235,37 +354,98 @@ def _trials_since_gain(trials: list[TrialRecord]) -> tuple[int, float]:
     return since, best
 
 
-def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
-              progress: Progress = NULL_PROGRESS) -> StudyOutcome:
+def _prepare(cfg: StudyConfig, storage: optuna.storages.BaseStorage, progress: ThreadedProgress) -> optuna.Study:
+    """Open the study, stop what a dead run of it left on this machine, fail its trials whose heartbeat stopped
+    (re-queued by the storage's stale-trial callback, a baseline included)."""
     # Optuna logs an interrupted or crashed trial's traceback as a warning: our one-line errors say it instead.
     optuna.logging.set_verbosity(optuna.logging.WARNING if os.environ.get("AUTOTUNE_DEBUG") == "1"
                                  else optuna.logging.ERROR)
     study = open_study(cfg, storage)
-    # A trial left RUNNING by a killed run (no heartbeat for the grace period) is failed now, so that an
-    # interrupted baseline is queued again instead of counting as done.
+    if cfg.settings.ledger_dir is not None:
+        for entry in stop_leftovers(cfg.settings.ledger_dir):
+            progress.leftover_stopped(entry.served_model_name, entry.port, entry.gpu_ids)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    _enqueue_baselines(study, cfg)
-    start = time.monotonic()
-    deadline = start + cfg.timeout_s if cfg.timeout_s else None
+    journal.replay(study, _journal_dir(cfg))  # what a run that lost its database measured
+    return study
+
+
+def _journal_dir(cfg: StudyConfig) -> Path:
+    return cfg.out_dir / cfg.study_name / "pending"
+
+
+@contextmanager
+def _storage_loss(cfg: StudyConfig) -> Iterator[None]:
+    """A database lost mid-study: one clear error (exit 1), and where the finished trials it did not take wait."""
+    try:
+        yield
+    except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
+        kept = journal.pending(_journal_dir(cfg))
+        what = (f"the results of {len(kept)} finished trials are kept in {_journal_dir(cfg)} and are written to "
+                "the study when it resumes" if kept else "nothing measured was lost")
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise StorageUnavailable(f"storage {redact_url(cfg.storage_url)} lost during study {cfg.study_name!r} "
+                                 f"({first}); every server is stopped and {what}: run the same command again once "
+                                 "the database is back") from None
+
+
+def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress,
+           deadline: float | None) -> tuple[_StopRules, int]:
     earlier = records.read_trials(study)
     before = sum(1 for t in earlier if t.complete)
     progress.study_started(StudyStart(study=cfg.study_name, engine=cfg.settings.engine,
                                       limits_ms=cfg.settings.search.limits_ms, gpus=cfg.settings.gpus,
-                                      n_trials=cfg.n_trials, timeout_s=cfg.timeout_s, existing_trials=before))
+                                      n_trials=cfg.n_trials, timeout_s=cfg.timeout_s, existing_trials=before,
+                                      parallel=len(cfg.gpu_slots)))
     durations = [t.result.trial_wall_s for t in earlier if t.result is not None and t.result.trial_wall_s]
     rules = _StopRules(cfg, deadline, durations, lambda: remeasure_reserve_s(study, cfg), progress)
-    if rules.would_overrun():  # a resumed study whose earlier trials show the next one cannot fit
-        rules.reason = "timeout"
-    elif cfg.n_trials > 0:
-        with _failing_interrupted(study, storage):  # Ctrl-C, SIGTERM/SIGHUP (Stopped, SystemExit)
-            study.optimize(_objective(cfg, progress, deadline), n_trials=cfg.n_trials, timeout=cfg.timeout_s,
-                           callbacks=[rules], catch=(), gc_after_trial=False)
-    trials = records.read_trials(study)
-    ran = sum(1 for t in trials if t.complete) - before
-    stopped_by = rules.reason or ("timeout" if deadline and time.monotonic() >= deadline else "trials")
-    selection = remeasure_and_select(study, cfg, deadline, progress)
+    return rules, before
+
+
+@contextmanager
+def _reporting_interrupts(study: optuna.Study, cfg: StudyConfig, progress: Progress) -> Iterator[None]:
+    """On a signal: queue again the trials it cut short (Optuna's retry callback, the same one the storage runs
+    for a dead worker's trials), and say what the study kept."""
+    failed_before = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))}
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+        trials = records.read_trials(study)
+        cut = [t for t in trials if t.state == optuna.trial.TrialState.FAIL and t.number not in failed_before
+               and t.result is not None and t.result.failure_class == "interrupted"]
+        for t in cut:
+            retry(study, study.trials[t.number])
+        progress.study_interrupted(StudyInterrupted(
+            study=cfg.study_name, storage=redact_url(cfg.storage_url), complete_trials=sum(t.complete for t in trials),
+            interrupted_trials=tuple(t.number for t in cut),
+            levels_kept=sum(len(t.result.levels) for t in cut if t.result is not None)))
+        raise
+
+
+def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
+              progress: Progress = NULL_PROGRESS) -> StudyOutcome:
+    threaded = ThreadedProgress(progress, threading.Lock())
+    study = _prepare(cfg, storage, threaded)
+    _enqueue_baselines(study, cfg)
+    records.write_search_done(study, False)
+    start = time.monotonic()
+    deadline = start + cfg.timeout_s if cfg.timeout_s else None
+    rules, before = _start(study, cfg, threaded, deadline)
+    runner = _SlotRunner(cfg.gpu_slots)
+    with _storage_loss(cfg), _reporting_interrupts(study, cfg, threaded):
+        if rules.would_overrun():  # a resumed study whose earlier trials show the next one cannot fit
+            rules.reason = "timeout"
+        elif cfg.n_trials > 0:
+            with _failing_interrupted(study, storage), runner.interruptible():  # Ctrl-C, SIGTERM/SIGHUP
+                _run_trials(study, cfg, threaded, deadline, rules, runner)
+        records.write_search_done(study, True)  # workers take no new trial from here on
+        trials = records.read_trials(study)
+        ran = sum(1 for t in trials if t.complete) - before
+        stopped_by = rules.reason or ("timeout" if deadline and time.monotonic() >= deadline else "trials")
+        with runner.interruptible():
+            selection = remeasure_and_select(study, cfg, deadline, threaded, runner)
     profile = profile_path = None
     if selection.winner is not None:
         winner = records.read_trial(study.trials[selection.winner.trial_number])
@@ -273,9 +453,37 @@ def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
         profile_path = write_profile(profile, cfg.out_dir / cfg.study_name / "profile.yaml")
     outcome = StudyOutcome(cfg.study_name, len(trials), ran, selection, profile, profile_path, stopped_by,
                            baselines=baseline_summary(selection, cfg))
-    progress.study_finished(cfg.study_name, stopped_by, selection.verdict, profile_path,
-                            (time.monotonic() - start) / 60.0 * cfg.settings.gpus)
+    threaded.study_finished(cfg.study_name, stopped_by, selection.verdict, profile_path,
+                            (time.monotonic() - start) / 60.0 * cfg.settings.gpus * len(cfg.gpu_slots))
     return outcome
+
+
+@dataclass(frozen=True)
+class WorkerOutcome:
+    study_name: str
+    n_trials_run: int  # trials this worker finished
+    stopped_by: str  # trials (its --trials), search done (the study's run moved on), stagnation, timeout
+
+
+def run_worker(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
+               progress: Progress = NULL_PROGRESS) -> WorkerOutcome:
+    """Join a study that an `autotune run` created and run its trials beside it, coordinating only through the
+    storage: Optuna hands each trial to one process, its heartbeat lets the others fail and re-queue the trials
+    of a worker that died. A worker neither queues the baselines nor makes the final comparison (the run does),
+    and takes no new trial once the run has moved on to it."""
+    threaded = ThreadedProgress(progress, threading.Lock())
+    study = _prepare(cfg, storage, threaded)
+    start = time.monotonic()
+    deadline = start + cfg.timeout_s if cfg.timeout_s else None
+    rules, before = _start(study, cfg, threaded, deadline)
+    runner = _SlotRunner(cfg.gpu_slots)
+    with _storage_loss(cfg), _reporting_interrupts(study, cfg, threaded), _failing_interrupted(study, storage), \
+            runner.interruptible():
+        _run_trials(study, cfg, threaded, deadline, rules, runner, until_search_done=True)
+    stopped_by = rules.reason or ("search done" if records.read_search_done(study) else "trials")
+    threaded.study_finished(cfg.study_name, stopped_by, "", None,
+                            (time.monotonic() - start) / 60.0 * cfg.settings.gpus * len(cfg.gpu_slots))
+    return WorkerOutcome(cfg.study_name, rules.ran, stopped_by)
 
 
 def candidates_from_study(trials: list[TrialRecord], top_k: int) -> list[Candidate]:
@@ -338,9 +546,11 @@ def remeasure_reserve_s(study: optuna.Study, cfg: StudyConfig) -> float:
 
 
 def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float | None,
-                         progress: Progress = NULL_PROGRESS) -> Selection:
-    """Re-measure each candidate ``repeats`` times on a fresh server at its chosen load. Re-measurements are
-    stored on the study, so a resumed study does not pay for them twice."""
+                         progress: Progress = NULL_PROGRESS, runner: _SlotRunner | None = None) -> Selection:
+    """Re-measure each candidate ``repeats`` times on a fresh server at its chosen load, the candidates side by side
+    on the GPU slots (one candidate's repeats follow each other: a step-down depends on the last one).
+    Re-measurements are stored on the study, so a resumed study does not pay for them twice."""
+    runner = runner or _SlotRunner(cfg.gpu_slots)
     candidates = candidates_from_study(records.read_trials(study), cfg.top_k)
     limits_ms = cfg.settings.search.limits_ms
     for cand in candidates:
@@ -349,36 +559,49 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
             for concurrency in (*stored.stepped_down_from[1:], stored.concurrency) if stored.stepped_down_from else ():
                 cand.move_to(concurrency)  # replay a resumed study's step-downs, along the path it took
             cand.repeats = list(stored.repeats)
-        if cand.concurrency is None or cfg.repeats <= 0:
+        if cand.concurrency is None or cfg.repeats <= 0 or len(cand.repeats) >= cfg.repeats:
             continue
-        while len(cand.repeats) < cfg.repeats:
-            if deadline is not None and time.monotonic() + cand.remeasure_s > deadline:
-                progress.remeasure_skipped(cand.trial_number, len(cand.repeats) + 1, cfg.repeats, cand.remeasure_s)
-                break
-            i = len(cand.repeats)
-            progress.remeasure_started(cand.trial_number, i + 1, cfg.repeats, cand.concurrency, cand.baseline)
-            # one folder per server: a step-down re-measures at a new level with the repeat count back at 0
-            log_path = (cfg.out_dir / cfg.study_name / "remeasure" / f"{cand.trial_number}-c{cand.concurrency}-{i}"
-                        / "server.log")
-            name = f"autotune-{cfg.study_name}-{cand.trial_number}-r{i}"
-            try:
-                r = measure_once(cfg.settings, cand.flags, cand.concurrency, name, log_path)
-                m = Measurement(r.output_tok_s, {metric: r.p99_ms(metric) for metric in limits_ms},
-                                json_safe(r.to_json()))
-            except EngineStartError as e:
-                m = Measurement(math.nan, {metric: math.nan for metric in limits_ms},
-                                failure=f"{e.failure_class}: {e}")
-            cand.repeats.append(m)
-            progress.remeasured(cand.trial_number, m, limits_ms)
-            # marginal knee: over any limit steps down (see Candidate.step_down)
-            if m.over_limits(limits_ms) and cand.step_down():
-                progress.remeasure_stepped_down(cand.trial_number, cand.stepped_down_from[-1], cand.concurrency)
-            records.write_remeasurement(study, cand.remeasurement())
+        slot = runner.take_slot()
+        if slot is None:
+            break
+        runner.start(lambda s, c=cand: _remeasure(study, cfg, c, s, deadline, progress, runner.cancel), slot)
+    runner.join()
     selection = select_winner(candidates, limits_ms, cfg.repeats, cfg.noise_floor, cfg.confidence)
     records.write_selection(study, records.SelectionRecord(
         selection.winner.trial_number if selection.winner else None, selection.verdict, selection.gains,
         tuple(selection.equal_within_noise), tuple(selection.unconfirmed)))
     return selection
+
+
+def _remeasure(study: optuna.Study, cfg: StudyConfig, cand: Candidate, slot: tuple[int, ...],
+               deadline: float | None, progress: Progress, cancel: threading.Event) -> None:
+    limits_ms = cfg.settings.search.limits_ms
+    settings = replace(cfg.settings, gpu_ids=slot)
+    while len(cand.repeats) < cfg.repeats and cand.concurrency is not None and not cancel.is_set():
+        if deadline is not None and time.monotonic() + cand.remeasure_s > deadline:
+            progress.remeasure_skipped(cand.trial_number, len(cand.repeats) + 1, cfg.repeats, cand.remeasure_s)
+            break
+        i = len(cand.repeats)
+        progress.remeasure_started(cand.trial_number, i + 1, cfg.repeats, cand.concurrency, cand.baseline)
+        # one folder per server: a step-down re-measures at a new level with the repeat count back at 0
+        log_path = (cfg.out_dir / cfg.study_name / "remeasure" / f"{cand.trial_number}-c{cand.concurrency}-{i}"
+                    / "server.log")
+        name = f"autotune-{cfg.study_name}-{cand.trial_number}-r{i}"
+        try:
+            r = measure_once(settings, cand.flags, cand.concurrency, name, log_path)
+            m = Measurement(r.output_tok_s, {metric: r.p99_ms(metric) for metric in limits_ms},
+                            json_safe(r.to_json()))
+        except EngineStartError as e:
+            m = Measurement(math.nan, {metric: math.nan for metric in limits_ms},
+                            failure=f"{e.failure_class}: {e}")
+        if cancel.is_set():
+            return  # measured against a server stopped under it: not a measurement
+        cand.repeats.append(m)
+        progress.remeasured(cand.trial_number, m, limits_ms)
+        # marginal knee: over any limit steps down (see Candidate.step_down)
+        if m.over_limits(limits_ms) and cand.step_down():
+            progress.remeasure_stepped_down(cand.trial_number, cand.stepped_down_from[-1], cand.concurrency)
+        records.write_remeasurement(study, cand.remeasurement())
 
 
 def baseline_summary(selection: Selection, cfg: StudyConfig) -> dict[str, dict[str, Any]]:

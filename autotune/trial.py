@@ -10,6 +10,7 @@ with its failure class, so the study records them and the sampler steers away.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,12 +18,12 @@ from typing import Any
 
 from autotune.engines.base import LaunchSpec
 from autotune.engines.launcher import EngineServer
-from autotune.errors import EngineStartError
+from autotune.errors import EngineStartError, UsageError
 from autotune.gpus import GpuSpec
 from autotune.loadgen.runner import LoadConfig, run_bench
 from autotune.loadgen.workload import Workload
 from autotune.jsonsafe import json_safe
-from autotune.loadsearch import LoadSearchConfig, LoadSearchResult, infeasible_reason, search_load
+from autotune.loadsearch import LoadSearchConfig, LoadSearchResult, StopSearch, infeasible_reason, search_load
 from autotune.memory import plan_memory
 from autotune.metrics import BenchResult
 from autotune.models import ModelSpec
@@ -36,6 +37,10 @@ __all__ = ["TrialSettings", "run_trial", "measure_once", "level_load_config"]
 
 # Kept before a deadline for stopping the server (vLLM: SIGTERM, wait, port and GPU memory back).
 TEARDOWN_RESERVE_S = {"vllm": 30.0, "sim": 5.0}
+# Between SIGTERM and SIGKILL of a server's group at a trial's end: vLLM may take seconds to free its GPU memory
+# gracefully; the sim server exits in well under a second, so a longer wait only delays the next trial.
+STOP_GRACE_S = {"vllm": 20.0, "sim": 3.0}
+UNREACHABLE = "the server stopped answering"  # a load search's stop reason when it did
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ class TrialSettings:
     request_timeout_s: float = 600.0
     extra_env: dict[str, str] = field(default_factory=dict)
     vllm_cmd: tuple[str, ...] | None = None
+    ledger_dir: Path | None = None  # where started servers are recorded until stopped (engines/ledger.py)
+    sim_fault: str = ""  # sim server only: `autotune sim serve --fault` for this trial's server (sim/faults.py)
 
 
 def level_load_config(settings: TrialSettings, concurrency: int, records_path: Path | None = None) -> LoadConfig:
@@ -89,7 +96,9 @@ def _in_process(settings: TrialSettings) -> bool:
 
 def _engine(settings: TrialSettings, spec: LaunchSpec,
             progress: Progress = NULL_PROGRESS) -> EngineServer | InProcessSim:
-    return InProcessSim(spec, progress) if _in_process(settings) else EngineServer(spec, progress=progress)
+    if _in_process(settings):
+        return InProcessSim(spec, progress)
+    return EngineServer(spec, progress=progress, grace_s=STOP_GRACE_S.get(settings.engine, 20.0))
 
 
 def _launch_spec(settings: TrialSettings, flags: dict[str, Any], name: str, log_path: Path) -> LaunchSpec:
@@ -98,19 +107,24 @@ def _launch_spec(settings: TrialSettings, flags: dict[str, Any], name: str, log_
         served_model_name=name, log_path=log_path, gpu_type=settings.gpu.name, time_scale=settings.time_scale,
         sim_noise=settings.sim_noise, sim_noise_seed=settings.seed,
         startup_timeout_s=settings.startup_timeout_s, extra_env=dict(settings.extra_env),
+        ledger_dir=settings.ledger_dir, sim_fault=settings.sim_fault,
         **({"vllm_cmd": settings.vllm_cmd} if settings.vllm_cmd else {}),
     )
 
 
-def _measure_fn(settings: TrialSettings, server: EngineServer | InProcessSim, name: str, records_dir: Path):
+def _measure_fn(settings: TrialSettings, server: EngineServer | InProcessSim, name: str, records_dir: Path,
+                cancel: threading.Event | None = None):
     """Each level on a server gets prompts it has not seen: reusing them would hit vLLM's prefix cache and
     make later levels look faster (seen on the H100). The stream stays deterministic for the seed. Every
-    level's requests are kept in ``records_dir`` (``NN-cC.jsonl.gz``)."""
+    level's requests are kept in ``records_dir`` (``NN-cC.jsonl.gz``). Once ``cancel`` is set no level starts,
+    and the level in flight (its server stopped under it) is not kept."""
     used = 0
     levels = 0
 
     def measure(concurrency: int) -> BenchResult:
         nonlocal used, levels
+        if cancel is not None and cancel.is_set():
+            raise StopSearch("interrupted")
         cfg = level_load_config(settings, concurrency, records_dir / f"{levels:02d}-c{concurrency}.jsonl.gz")
         levels += 1
         total = cfg.warmup_prompts + cfg.num_prompts
@@ -119,16 +133,24 @@ def _measure_fn(settings: TrialSettings, server: EngineServer | InProcessSim, na
         if isinstance(server, InProcessSim):
             result = server.bench(requests, cfg)
         else:
-            result = run_bench(server.url, name, requests, cfg)
+            try:
+                result = run_bench(server.url, name, requests, cfg)
+            except UsageError as e:  # its /v1/models check: the server died or stopped answering between levels
+                raise StopSearch(f"{UNREACHABLE}: {e}") from None
         result.extra["workload"] = {**settings.workload.describe(), "first_request": used - total}
+        if cancel is not None and cancel.is_set():
+            raise StopSearch("interrupted")
         return result
     return measure
 
 
 def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, log_path: Path,
-              progress: Progress = NULL_PROGRESS, deadline: float | None = None) -> TrialResult:
+              progress: Progress = NULL_PROGRESS, deadline: float | None = None,
+              cancel: threading.Event | None = None) -> TrialResult:
     """Check memory, launch, search the load, tear down. Never raises for engine or load failures.
-    ``deadline`` (``time.monotonic()``): no load level starts that would end after it, teardown included."""
+    ``deadline`` (``time.monotonic()``): no load level starts that would end after it, teardown included.
+    ``cancel`` set (the study was interrupted): the search ends with the levels measured so far
+    (``stop_reason`` "interrupted"); the caller decides what an interrupted trial is."""
     plan = plan_memory(settings.model, settings.gpu, flags)
     out = TrialResult(flags=flags, feasible=False, output_tok_s=0.0, concurrency=None,
                       memory=plan.as_dict(), log_path=str(log_path))
@@ -153,12 +175,14 @@ def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, 
             engine_ready = time.perf_counter()
             cfg = replace(settings.search,
                           max_concurrency=min(settings.search.max_concurrency, _concurrency_ceiling(flags)))
-            measure = _measure_fn(settings, server, served_name, log_path.parent / "levels")
+            measure = _measure_fn(settings, server, served_name, log_path.parent / "levels", cancel)
             result = search_load(measure, cfg, progress, deadline,
                                  reserve_s=TEARDOWN_RESERVE_S.get(settings.engine, 30.0))
             load_wall_s = time.perf_counter() - engine_ready
             if not server.alive():
                 failure = ("crash", "the server died during the load search", server.log_tail(40))
+            elif result.stop_reason.startswith(UNREACHABLE):
+                failure = ("crash", result.stop_reason, server.log_tail(40))
     finally:
         server.stop()
         out = replace(out, engine_wall_s=time.perf_counter() - started - load_wall_s, load_wall_s=load_wall_s)
@@ -170,8 +194,12 @@ def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, 
     best = result.best
     if best is None:
         lowest = result.lowest
-        return replace(out, failure_class="no_feasible_load", failure_reason=infeasible_reason(result, settings.search),
-                       concurrency=lowest.concurrency if lowest else None)
+        out = replace(out, concurrency=lowest.concurrency if lowest else None)
+        requests_failed = _requests_failure(lowest.result, settings.search) if lowest else None
+        if requests_failed:  # the server answered badly, not slowly: say how, with its log
+            return replace(out, failure_class=requests_failed[0], failure_reason=requests_failed[1],
+                           log_tail=server.log_tail(40))
+        return replace(out, failure_class="no_feasible_load", failure_reason=infeasible_reason(result, settings.search))
     return replace(out, feasible=True, best_metrics=json_safe(best.result.to_json()),
                    output_tok_s=best.result.output_tok_s, concurrency=best.concurrency)
 
@@ -181,6 +209,19 @@ def measure_once(settings: TrialSettings, flags: dict[str, Any], concurrency: in
     """A fresh server and one load level (re-measurement of a candidate). Raises EngineStartError."""
     with _engine(settings, _launch_spec(settings, flags, served_name, log_path)) as server:
         return _measure_fn(settings, server, served_name, log_path.parent / "levels")(concurrency)
+
+
+def _requests_failure(level: BenchResult, cfg: LoadSearchConfig) -> tuple[str, str] | None:
+    """``requests_<kind>`` and a reason when more of the level's requests failed than a level may lose, by the
+    load generator's commonest error kind (timeout, malformed_stream, http_5xx, disconnect, ...); else None."""
+    total = level.completed + level.failed
+    if not level.errors or level.failed <= cfg.max_error_rate * total:
+        return None
+    kind = max(level.errors, key=lambda k: level.errors[k])
+    example = next((o.error for o in level.outputs if not o.success and o.error_kind == kind), "")
+    others = ", ".join(f"{k}: {n}" for k, n in level.errors.items() if k != kind)
+    return (f"requests_{kind}", f"{level.failed} of {total} requests failed ({kind}: {level.errors[kind]}, "
+            f"e.g. {example}{'; ' + others if others else ''})")
 
 
 def _concurrency_ceiling(flags: dict[str, Any]) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.engines import launcher
+from autotune.engines import launcher, ledger
 from autotune.engines.base import LaunchSpec
 from autotune.engines.launcher import EngineServer, live_servers, pick_free_port, port_is_free, stop_all
 from autotune.errors import EngineStartError
@@ -67,11 +67,16 @@ def test_ready_serves_and_stops_clean(tmp_path: Path) -> None:
     events: list[str] = []
 
     class Events(Progress):
-        def engine_starting(self, engine: str, port: int, command: str, log_path: Path) -> None:
-            events.append("engine_starting")
+        def engine_starting(self, engine: str, port: int, command: str, log_path: Path,
+                            gpu_ids: tuple[int, ...] = (), trial: int | None = None) -> None:
+            events.append(f"engine_starting on {list(gpu_ids)}")
 
-        def engine_ready(self, startup: dict) -> None:
+        def engine_ready(self, startup: dict, trial: int | None = None) -> None:
             events.append("engine_ready")
+
+        def engine_stopped(self, port: int, gpu_ids: tuple[int, ...], problems: tuple[str, ...],
+                           trial: int | None = None) -> None:
+            events.append(f"engine_stopped on {list(gpu_ids)}, port free: {port_is_free(port)}")
 
     spec = _spec(tmp_path, "ok", gpu_ids=(1,), extra_env={"FAKE_EXTRA": "yes"})
     with EngineServer(spec, grace_s=2, progress=Events()) as server:
@@ -93,7 +98,7 @@ def test_ready_serves_and_stops_clean(tmp_path: Path) -> None:
         assert "Maximum concurrency for 131,072 tokens" in server.log_tail(40)
     assert not server.alive() and not _alive(pid) and port_is_free(port)
     assert server not in live_servers() and server.teardown_problems == []
-    assert events == ["engine_starting", "engine_ready"]
+    assert events == ["engine_starting on [1]", "engine_ready", "engine_stopped on [1], port free: True"]
     server.stop()  # idempotent
 
 
@@ -179,7 +184,8 @@ def test_stale_server_on_port_is_never_measured(tmp_path: Path, monkeypatch: pyt
         launches: list[int] = []
 
         class Launches(Progress):
-            def engine_starting(self, engine: str, port: int, command: str, log_path: Path) -> None:
+            def engine_starting(self, engine: str, port: int, command: str, log_path: Path,
+                                gpu_ids: tuple[int, ...] = (), trial: int | None = None) -> None:
                 launches.append(port)
 
         with EngineServer(_spec(tmp_path, "ok"), port=port, grace_s=2, progress=Launches()) as server:
@@ -223,36 +229,115 @@ _PARENT = textwrap.dedent("""
     from autotune.engines.base import LaunchSpec
     from autotune.engines.launcher import EngineServer
     from autotune.models import PRESETS
-    spec = LaunchSpec(engine="vllm", model=PRESETS["flash"], flags={{}}, gpu_ids=(), served_model_name="parent-x",
-                      log_path=Path({log!r}), vllm_cmd=(sys.executable, {fake!r}, "--mode", "spawn_child"))
+    spec = LaunchSpec(engine="vllm", model=PRESETS["flash"], flags={{}}, gpu_ids=(), served_model_name={name!r},
+                      log_path=Path({log!r}), vllm_cmd=(sys.executable, {fake!r}, "--mode", "spawn_child"),
+                      ledger_dir=Path({ledger!r}))
     server = EngineServer(spec, grace_s=0.5)
     server.start()
-    print(server.pid, flush=True)
+    print(server.pid, server._pgid, flush=True)
     if {how!r} == "exit":
         sys.exit(0)  # no stop(): the atexit hook must do it
-    time.sleep(60)  # waits for SIGTERM
+    time.sleep(60)  # waits for a signal
 """)
+
+
+def _start_parent(tmp_path: Path, how: str) -> tuple[subprocess.Popen[str], int, int, int]:
+    """A tuner that starts a server (with a grandchild that ignores SIGTERM): (tuner, server pid, its process
+    group (the watchdog's pid), the grandchild's pid)."""
+    log = tmp_path / "parent-child.log"
+    code = _PARENT.format(repo=REPO, log=str(log), fake=FAKE, how=how, ledger=str(tmp_path / "ledger"),
+                          name=f"autotune-parent-{uuid.uuid4().hex[:8]}")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    assert parent.stdout is not None
+    engine_pid, pgid = map(int, parent.stdout.readline().split())
+    grandchild = int(re.search(r"GRANDCHILD_PID=(\d+)", log.read_text())[1])  # type: ignore[index]
+    return parent, engine_pid, pgid, grandchild
+
+
+def _gone_within(pids: list[int], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while any(_alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 @pytest.mark.parametrize("how", ["exit", "sigterm"])
 def test_parent_exit_or_sigterm_leaves_no_orphan(tmp_path: Path, how: str) -> None:
-    log = tmp_path / "parent-child.log"
-    code = _PARENT.format(repo=REPO, log=str(log), fake=FAKE, how=how)
-    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                              start_new_session=True)
+    parent, engine_pid, pgid, grandchild = _start_parent(tmp_path, how)
     try:
-        assert parent.stdout is not None
-        engine_pid = int(parent.stdout.readline())
-        grandchild = int(re.search(r"GRANDCHILD_PID=(\d+)", log.read_text())[1])  # type: ignore[index]
         assert _alive(engine_pid) or how == "exit"
         if how == "sigterm":
             parent.send_signal(signal.SIGTERM)
         assert parent.wait(15) == (0 if how == "exit" else 128 + signal.SIGTERM)
-        assert not _alive(engine_pid) and not _alive(grandchild)
+        assert not _alive(engine_pid) and not _alive(grandchild) and not _alive(pgid)
+        assert not list((tmp_path / "ledger").glob("*.json"))  # a stopped server leaves no entry
     finally:
         if parent.poll() is None:
             os.killpg(parent.pid, signal.SIGKILL)
             parent.wait(5)
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_tuner_stops_its_server_within_seconds(tmp_path: Path) -> None:
+    """No hook of the tuner runs on SIGKILL: the watchdog sees its pipe close and stops the group, the grandchild
+    that ignores SIGTERM included, within its grace and a little more."""
+    parent, engine_pid, pgid, grandchild = _start_parent(tmp_path, "sigkill")
+    assert _alive(engine_pid) and _alive(grandchild) and _alive(pgid)
+    t0 = time.monotonic()
+    parent.kill()
+    parent.wait(5)
+    assert _gone_within([engine_pid, grandchild, pgid], launcher.WATCHDOG_GRACE_S + 5)
+    assert time.monotonic() - t0 >= launcher.WATCHDOG_GRACE_S - 0.5  # the grandchild needed the SIGKILL
+    # the entry stays (its tuner never removed it); the next run finds nothing left to stop, and drops it
+    assert len(list((tmp_path / "ledger").glob("*.json"))) == 1
+    assert ledger.stop_leftovers(tmp_path / "ledger") == []
+    assert not list((tmp_path / "ledger").glob("*.json"))
+
+
+@pytest.mark.slow
+def test_the_next_run_stops_what_a_dead_tuner_left(tmp_path: Path) -> None:
+    """The watchdog killed with its tuner (as a machine's OOM killer might): the server survives them both. The
+    ledger names it; stop_leftovers proves it is the one recorded and stops its group, and leaves a live tuner's
+    server and an unrelated process alone."""
+    parent, engine_pid, pgid, grandchild = _start_parent(tmp_path, "sigkill")
+    live = EngineServer(_spec(tmp_path, "ok", ledger_dir=tmp_path / "ledger"), grace_s=2)  # this tuner's: alive
+    live.start()
+    try:
+        os.kill(pgid, signal.SIGKILL)  # the watchdog first, then its tuner
+        parent.kill()
+        parent.wait(5)
+        time.sleep(0.5)
+        assert _alive(engine_pid) and _alive(grandchild)  # nothing stops them now but the next run
+        stopped = ledger.stop_leftovers(tmp_path / "ledger", grace_s=0.5)
+        assert [e.server_pid for e in stopped] == [engine_pid]
+        assert _gone_within([engine_pid, grandchild], 5)
+        assert live.alive()  # a live tuner's server is not a leftover
+        assert [p.stem for p in (tmp_path / "ledger").glob("*.json")] == [live.spec.served_model_name]
+    finally:
+        live.stop()
+        for pid in (engine_pid, grandchild):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert not list((tmp_path / "ledger").glob("*.json"))
+
+
+def test_a_recorded_group_that_is_not_provably_ours_is_left_alone(tmp_path: Path) -> None:
+    """An entry whose process group now holds another process (same pid, another start time or command line)
+    is dropped, and that process is not touched."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        entry = ledger.ServerEntry.for_group("autotune-gone-0", other.pid, other.pid, 1, ())
+        stale = ledger.ServerEntry(**{**entry.to_json(), "gpu_ids": (), "tuner_pid": other.pid,
+                                      "tuner_start_ticks": -1})  # its tuner gone
+        ledger.record_server(tmp_path, stale)
+        assert ledger.stop_leftovers(tmp_path, grace_s=0.5) == []  # the served name is not in its command line
+        assert other.poll() is None and not list(tmp_path.glob("*.json"))
+    finally:
+        other.kill()
+        other.wait(5)
 
 
 def _fake_smi(folder: Path, value_file: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import optuna
@@ -40,10 +41,16 @@ def _study() -> optuna.Study:
     return study
 
 
+@dataclass(frozen=True)
+class _Settings:
+    search: SimpleNamespace
+    gpu_ids: tuple[int, ...] = (0,)
+
+
 def _cfg(tmp_path: Path, repeats: int = 2, limits_ms: dict[str, float] | None = None) -> SimpleNamespace:
     search = SimpleNamespace(limits_ms=limits_ms or {"ttft": 500.0})
     return SimpleNamespace(top_k=1, repeats=repeats, noise_floor=0.0, confidence=0.9, out_dir=tmp_path, study_name="s",
-                           settings=SimpleNamespace(search=search))
+                           settings=_Settings(search=search), gpu_slots=((0,),))
 
 
 def _fake_measure(p99_by_concurrency: dict[int, float], calls: list[int], log_paths: list | None = None,

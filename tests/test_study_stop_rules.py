@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
@@ -17,7 +18,7 @@ from autotune.study import _failing_interrupted
 
 def _StopRules(patience: int, deadline: float | None, earlier_durations: list[float] = (),  # noqa: N802
                reserve_s=lambda: 0.0, n_trials: int = 100, progress: Progress | None = None) -> _Rules:
-    cfg = SimpleNamespace(patience=patience, n_trials=n_trials)
+    cfg = SimpleNamespace(patience=patience, n_trials=n_trials, out_dir=Path("no-journal-here"), study_name="s")
     return _Rules(cfg, deadline, list(earlier_durations), reserve_s, progress or Progress())
 
 
@@ -30,7 +31,8 @@ def _run(rules: _Rules, values: list[float], wall_s: float = 10.0) -> int:
                                                       concurrency=8, trial_wall_s=wall_s))
         return values[trial.number]
 
-    study.optimize(objective, n_trials=len(values), callbacks=[rules])
+    while len(study.trials) < len(values) and not rules.reason:  # as the study's scheduler asks them
+        study.optimize(objective, n_trials=1, callbacks=[rules])
     return len(study.trials)
 
 

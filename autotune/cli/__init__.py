@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 import click
 
@@ -25,7 +26,7 @@ def _register() -> None:
     # One module per command group; each exposes `commands`, a list of click commands.
     import importlib
 
-    for name in ("run", "bench", "sim", "studies"):
+    for name in ("run", "bench", "sim", "studies", "worker"):
         try:
             module = importlib.import_module(f"autotune.cli.{name}")
         except ModuleNotFoundError as e:  # a command module not written yet must not break the others
@@ -39,8 +40,18 @@ def _register() -> None:
 _register()
 
 
+def _thread_error(args: threading.ExceptHookArgs) -> None:
+    """A background thread's error (Optuna's heartbeat thread when the database is lost): one line, no traceback;
+    what it means for the study, the study says."""
+    first = (str(args.exc_value).strip().splitlines() or [""])[0]
+    name = args.thread.name if args.thread else "a thread"
+    click.echo(f"autotune: warning: {name}: {args.exc_type.__name__}: {first}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("AUTOTUNE_DEBUG") == "1"
+    if not debug:
+        threading.excepthook = _thread_error
     try:
         cli.main(args=argv, standalone_mode=False, prog_name="autotune")
         return 0

@@ -17,7 +17,8 @@ from autotune.study import StudyConfig, StudyOutcome, run_study
 __all__ = ["commands", "run", "run_report"]
 
 # click option name -> RunOptions field, where they differ
-_FIELDS = {"timeout": "timeout_s", "set": "set_flags", "startup_timeout": "startup_timeout_s", "slo": "slo_ms"}
+_FIELDS = {"timeout": "timeout_s", "set": "set_flags", "startup_timeout": "startup_timeout_s", "slo": "slo_ms",
+           "request_timeout": "request_timeout_s"}
 
 
 def _default(field: str) -> Any:
@@ -70,6 +71,16 @@ def _default(field: str) -> Any:
               help="measured prompts per load level, as a multiple of its concurrency")
 @click.option("--startup-timeout", type=DurationType(), default=_default("startup_timeout_s"), show_default=True,
               help="seconds a server may take to start")
+@click.option("--request-timeout", type=DurationType(), default=_default("request_timeout_s"), show_default=True,
+              help="seconds a load request may take before it counts as failed")
+@click.option("--parallel", type=int, default=None,
+              help="trials at once, each on its own --gpus GPUs and port (default: as many as the visible GPUs allow)")
+@click.option("--gpu-ids", default=None, metavar="0,1,...",
+              help="the GPUs this run may use (default: CUDA_VISIBLE_DEVICES, else every GPU); with the sim engine, "
+                   "made-up ids that parallel trials share out")
+@click.option("--sim-fault", default=None, metavar="FAULT[@TRIAL,...]",
+              help="with --sim-server: the sim server makes this fault (oom-at-start, hang-at-start, crash-after:N, "
+                   "stall-stream, bad-sse, http-500, disconnect, ignore-sigterm, hold-port), on the given trials only")
 @click.option("--try", "try_file", type=click.Path(dir_okay=False), default=None,
               help="YAML/JSON flags (a mapping or a list) to try right after the baselines, e.g. your hand tuning")
 # Two-sided 90%: a gain is claimed when the interval's lower end is above 0, a one-sided 5% test per claim.
@@ -90,7 +101,7 @@ def run(as_json: bool, **opts: Any) -> None:
     cfg = build_study_config(options, engine)  # bad input ends here, on one line
     if engine.notice:
         console.print(f"[bold yellow]autotune: {engine.notice}[/]")
-    storage = open_storage(cfg.storage_url)
+    storage = open_storage(cfg.storage_url, exclusive=True)
     install_signal_handlers()
     if as_json:
         outcome = run_study(cfg, storage)

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from autotune.metrics import describe_limits
-from autotune.progress import Progress, StudyEta, StudyStart
+from autotune.progress import Progress, StudyEta, StudyInterrupted, StudyStart
 from autotune.records import LevelRecord, Measurement, TrialResult
 
 __all__ = ["StudyView", "short_flags", "fmt_ms"]
@@ -107,15 +107,31 @@ class StudyView(Progress):
         self.rows[number] = {"flags": short_flags(flags), "baseline": baseline, "state": "starting"}
         self._refresh()
 
-    def engine_ready(self, startup: Mapping[str, Any]) -> None:
-        if self.current in self.rows:
-            self.rows[self.current]["state"] = "load search"
+    def engine_ready(self, startup: Mapping[str, Any], trial: int | None = None) -> None:
+        number = self.current if trial is None else trial
+        if number in self.rows:
+            self.rows[number]["state"] = "load search"
         self._refresh()
 
-    def load_level(self, level: LevelRecord, limits_ms: Mapping[str, float]) -> None:
-        if self.current in self.rows:
-            self.rows[self.current]["state"] = f"c={level.concurrency} {_fmt(level.output_tok_s)} tok/s {_p99s(level)}"
+    def load_level(self, level: LevelRecord, limits_ms: Mapping[str, float], trial: int | None = None) -> None:
+        number = self.current if trial is None else trial
+        if number in self.rows:
+            self.rows[number]["state"] = f"c={level.concurrency} {_fmt(level.output_tok_s)} tok/s {_p99s(level)}"
         self._refresh()
+
+    def leftover_stopped(self, served_model_name: str, port: int, gpu_ids: tuple[int, ...]) -> None:
+        self._say(f"stopped server {served_model_name} (port {port}, GPUs {list(gpu_ids)}) left running by an "
+                  "earlier run that died")
+
+    def study_interrupted(self, interrupted: StudyInterrupted) -> None:
+        i = interrupted
+        cut = ""
+        if i.interrupted_trials:
+            numbers = ", ".join(str(n) for n in i.interrupted_trials)
+            cut = (f"; interrupted: trial {numbers} (marked failed, its {i.levels_kept} measured load levels kept "
+                   "in its record, its flags queued again)")
+        self._say(f"interrupted: every server is stopped; study {i.study} keeps its {i.complete_trials} finished "
+                  f"trials in {i.storage}{cut}. To resume, run the same command again (same --study and --storage).")
 
     def trial_finished(self, number: int, baseline: str, result: TrialResult) -> None:
         row = self.rows.setdefault(number, {"flags": short_flags(result.flags), "baseline": baseline})
@@ -172,6 +188,10 @@ class StudyView(Progress):
             return
         stamp = f"[{(time.monotonic() - self.started) / 60:5.1f} min]"
         self.console.print(f"{stamp} {line}", markup=False, highlight=False, soft_wrap=True)
+
+    def _say(self, line: str) -> None:
+        """A line that matters after the run too: printed above the live table in a terminal as well."""
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def _refresh(self) -> None:
         if self.live:

@@ -46,6 +46,8 @@ class LaunchSpec:
     extra_env: dict[str, str] = field(default_factory=dict)
     python: str = sys.executable
     vllm_cmd: tuple[str, ...] | None = None  # override of the `vllm serve` prefix
+    ledger_dir: Path | None = None  # where the started server is recorded until stopped (engines/ledger.py)
+    sim_fault: str = ""  # sim only: a fault for `autotune sim serve --fault` (sim/faults.py)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:

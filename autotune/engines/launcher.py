@@ -5,7 +5,10 @@ means: /health answers 200, /v1/models lists exactly our unique served-model-nam
 left on the port is never measured), one real completion succeeds, and the child is still alive.
 Teardown: SIGTERM the group, wait, SIGKILL the group, until no live member remains; then wait for the
 port and (vLLM) the GPU memory to come back. Every live server is in a registry that an atexit hook
-and SIGTERM/SIGHUP handlers drain, so the parent never leaves an orphan (SIGKILL of the parent aside).
+and SIGTERM/SIGHUP handlers drain. Against what no hook sees (SIGKILL of the tuner, a crash of the
+interpreter), each server's process group is led by a watchdog (:mod:`autotune.engines.watchdog`) that stops the
+group within seconds of its tuner's death, and each server is recorded in a ledger
+(:mod:`autotune.engines.ledger`) that the next run reads to stop what a dead run left.
 """
 from __future__ import annotations
 
@@ -27,7 +30,9 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+from autotune.engines import watchdog
 from autotune.engines.base import LaunchSpec, StartupInfo, classify_failure, parse_startup_log
+from autotune.engines.ledger import ServerEntry, forget_server, record_server
 from autotune.errors import EngineStartError
 from autotune.flags import flags_to_argv
 from autotune.progress import NULL_PROGRESS, Progress
@@ -41,6 +46,9 @@ HOST = "127.0.0.1"
 # Hard rule of the GPU host: no NVLink multicast / NVLS.
 _FORCED_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 _LOG_TAIL_LINES = 40
+# How long a server whose tuner died gets between SIGTERM and SIGKILL: nobody waits for its graceful exit, and the
+# GPU memory it holds is what the next run needs.
+WATCHDOG_GRACE_S = 3.0
 # No proxy for loopback requests, whatever http_proxy says.
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -104,28 +112,14 @@ def gpu_memory_used_mib(gpu_ids: tuple[int, ...] | list[int]) -> list[int] | Non
 # --- process groups ----------------------------------------------------------------------------------
 
 def _group_alive(pgid: int) -> bool:
-    """Whether a non-zombie process of the group remains. Zombies (dead, awaiting a reaper that may never
-    come in a container whose PID 1 does not reap) hold no resources and do not count."""
+    """Whether a live (non-zombie) process of the group remains."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()  # state, ppid, pgrp, ...
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
-    return False
+    return bool(watchdog.group_members(pgid))
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -159,10 +153,13 @@ class EngineServer:
         self.progress = progress
         self._port = port if port is not None else pick_free_port()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._tuner_alive_fd: int | None = None  # the write end of the watchdog's pipe: closed when we die
         self._pgid: int | None = None
         self._t_spawn = 0.0
         self._gpu_baseline_mib: list[int] | None = None
         self._stopped = True
+        self._stop_lock = threading.Lock()  # the trial's thread and an interrupted main thread may both stop it
         self._owns_port = False  # our server answered on the port: wait for it to come free on stop
         self.startup: StartupInfo = StartupInfo()
         self.teardown_problems: list[str] = []  # what stop() could not confirm (port, GPU memory)
@@ -195,6 +192,8 @@ class EngineServer:
         argv = [spec.python, "-m", "autotune.sim", "serve", spec.model_ref, *flags, *tail]
         if spec.gpu_type:
             argv += ["--gpu-type", spec.gpu_type]
+        if spec.sim_fault:
+            argv += ["--fault", spec.sim_fault]
         return argv + ["--time-scale", repr(float(spec.time_scale))]
 
     @property
@@ -259,6 +258,24 @@ class EngineServer:
         env.update(_FORCED_ENV)
         return env
 
+    def _spawn_watchdog(self, log: Any) -> None:
+        """The group's leader: it stops the group when this process dies (see :mod:`autotune.engines.watchdog`).
+        Started before the server, so that no instant exists where a server runs without it."""
+        read_fd, write_fd = os.pipe()  # not inheritable: only the watchdog gets the read end, nobody the write end
+        try:
+            self._watchdog = subprocess.Popen(
+                [self.spec.python, watchdog.__file__, str(read_fd), repr(WATCHDOG_GRACE_S),
+                 self.spec.served_model_name],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=(read_fd,),
+                process_group=0, close_fds=True)
+        except OSError as e:
+            os.close(write_fd)
+            raise EngineStartError(f"the server's watchdog could not be spawned: {e}", "crash", "") from e
+        finally:
+            os.close(read_fd)
+        self._tuner_alive_fd = write_fd
+        self._pgid = self._watchdog.pid
+
     def _start_once(self, append_log: bool) -> None:
         spec = self.spec
         if not port_is_free(self._port):
@@ -268,22 +285,30 @@ class EngineServer:
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = self.command
         logger.info("starting %s server on port %d: %s", spec.engine, self._port, shlex.join(argv))
-        self.progress.engine_starting(spec.engine, self._port, shlex.join(argv), spec.log_path)
+        self.progress.engine_starting(spec.engine, self._port, shlex.join(argv), spec.log_path, spec.gpu_ids)
         with open(spec.log_path, "ab" if append_log else "wb") as log:
             if append_log:
                 log.write(f"\n----- autotune: relaunch on port {self._port} -----\n".encode())
                 log.flush()
             self._t_spawn = time.monotonic()
+            self._proc = None
+            self._stopped = False
+            _LIVE.append(self)  # from here on, stop() cleans up whatever was started
+            self._spawn_watchdog(log)
             try:
+                # In the watchdog's group (not a session of its own: a process may join only a group of its own
+                # session). Not the terminal's foreground group either, so a terminal's Ctrl-C reaches the tuner
+                # alone, which then stops the server itself.
                 self._proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                              env=self._env(), start_new_session=True, close_fds=True)
+                                              env=self._env(), process_group=self._pgid, close_fds=True)
             except OSError as e:
                 raise EngineStartError(f"{spec.engine} server could not be spawned ({argv[0]}): {e}", "crash",
                                        "") from e
         self._owns_port = False
-        self._pgid = self._proc.pid  # start_new_session: the child leads its own session and group
-        self._stopped = False
-        _LIVE.append(self)
+        if spec.ledger_dir is not None:
+            assert self._pgid is not None
+            record_server(spec.ledger_dir, ServerEntry.for_group(spec.served_model_name, self._pgid, self._proc.pid,
+                                                                 self._port, spec.gpu_ids))
         self._wait_ready()
         ready_s = time.monotonic() - self._t_spawn
         self.startup = replace(parse_startup_log(self._log_text()), ready_s=round(ready_s, 3))
@@ -362,12 +387,19 @@ class EngineServer:
 
     # -- stop --
     def stop(self) -> None:
-        """Stop the whole process group and wait for the port and GPU memory. Idempotent, re-entrant
-        (from a signal handler), never raises for a process that is already gone."""
-        if self._stopped or self._proc is None or self._pgid is None:
+        """Stop the whole process group and wait for the port and GPU memory. Idempotent, safe from two threads
+        (the second waits for the first), never raises for a process that is already gone."""
+        with self._stop_lock:
+            self._stop()
+
+    def _stop(self) -> None:
+        if self._stopped or self._pgid is None:
             self._stopped = True
             return
         proc, pgid = self._proc, self._pgid
+        if proc is None:  # the watchdog alone (the server could not be spawned)
+            proc = self._watchdog
+        assert proc is not None
         t0 = time.monotonic()
         if proc.poll() is None or _group_alive(pgid):
             logger.info("stopping %s server pid %d (group %d)", self.spec.engine, proc.pid, pgid)
@@ -385,16 +417,31 @@ class EngineServer:
         if proc.poll() is None or _group_alive(pgid):
             self.teardown_problems.append(f"process group {pgid} survived SIGKILL")
             logger.error("process group %d survived SIGKILL", pgid)
+        self._release_watchdog()
         if self._owns_port:
             self._wait_port_free()
         if self.spec.engine == "vllm":
             self._wait_gpu_released()
+        if self.spec.ledger_dir is not None and not self.teardown_problems:
+            forget_server(self.spec.ledger_dir, self.spec.served_model_name)
         self._stopped = True
         try:
             _LIVE.remove(self)
         except ValueError:
             pass  # a nested stop() (signal handler) got there first
         logger.info("%s server on port %d stopped in %.1f s", self.spec.engine, self._port, time.monotonic() - t0)
+        self.progress.engine_stopped(self._port, self.spec.gpu_ids, tuple(self.teardown_problems))
+
+    def _release_watchdog(self) -> None:
+        """Reap the watchdog (the group's SIGTERM ended it) and close our end of its pipe."""
+        if self._watchdog is not None:
+            try:
+                self._watchdog.wait(5.0)
+            except subprocess.TimeoutExpired:
+                pass  # counted by the group check above; a zombie holds nothing
+        if self._tuner_alive_fd is not None:
+            os.close(self._tuner_alive_fd)
+            self._tuner_alive_fd = None
 
     def _wait_port_free(self) -> None:
         deadline = time.monotonic() + self.port_release_timeout_s

@@ -10,6 +10,7 @@ from typing import Any
 
 from autotune.errors import UsageError
 from autotune.flags import VLLM_FLAGS, check_flag_value
+from autotune.sim.faults import FAULTS, Fault, parse_fault
 
 __all__ = ["ServeArgs", "build_parser", "parse_serve_args", "DEFAULT_HOST"]
 
@@ -28,6 +29,7 @@ class ServeArgs:
     time_scale: float = 1.0
     startup_delay_s: float | None = None  # wall seconds to wait before listening (None: modelled, capped)
     seed: int = 0
+    fault: Fault | None = None  # a fault to make (sim/faults.py)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,6 +46,13 @@ def _json_dict(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("expected a JSON object")
     return value
+
+
+def _fault(text: str) -> Fault:
+    try:
+        return parse_fault(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser(prog: str = "vllm serve") -> argparse.ArgumentParser:
@@ -63,6 +72,8 @@ def build_parser(prog: str = "vllm serve") -> argparse.ArgumentParser:
     p.add_argument("--startup-delay-s", type=float, default=None,
                    help="sim only: wall seconds to wait before listening (default: modelled startup / "
                         "time-scale, at most 3 s)")
+    p.add_argument("--fault", type=_fault, default=None,
+                   help=f"sim only: misbehave, to test the tuner ({', '.join(FAULTS)}; see autotune/sim/faults.py)")
     return p
 
 
@@ -99,4 +110,4 @@ def parse_serve_args(argv: list[str], prog: str = "vllm serve") -> ServeArgs:
     served = flags.pop("served-model-name", None) or ns.model
     return ServeArgs(model=ns.model, flags=flags, host=host, port=port, served_model_name=served,
                      gpu_type=ns.gpu_type, time_scale=float(ns.time_scale), startup_delay_s=ns.startup_delay_s,
-                     seed=int(flags.get("seed", 0)))
+                     seed=int(flags.get("seed", 0)), fault=ns.fault)

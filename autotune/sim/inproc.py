@@ -359,7 +359,7 @@ class InProcessSim:
         t0 = time.monotonic()
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         spec.log_path.write_text("")
-        self.progress.engine_starting(spec.engine, None, spec.vllm_serve_cmd, spec.log_path)
+        self.progress.engine_starting(spec.engine, None, spec.vllm_serve_cmd, spec.log_path, spec.gpu_ids)
         argv = [spec.model_ref, *flags_to_argv(spec.flags), "--gpu-type", spec.gpu_type or "h100"]
         captured = io.StringIO()
         try:

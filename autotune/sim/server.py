@@ -10,6 +10,9 @@ gathered since their last flush in one SSE chunk (at most every ~10 ms of wall t
 token at once); every chunk carries ``sim_arrival_s`` and ``sim_token_times_s`` (virtual seconds).
 
 Without ``ignore_eos`` a request stops after a uniformly drawn number of tokens (seeded by ``--seed``).
+
+``--fault`` makes the server misbehave in one of the ways :mod:`autotune.sim.faults` lists: :class:`_FaultySource`
+and :class:`_FaultyResponder` make the request faults, :func:`_serve` the start and stop ones.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import asyncio
 import os
 import random
 import signal
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -29,10 +34,14 @@ from autotune.gpus import load_gpu
 from autotune.models import resolve_model
 from autotune.sim.args import ServeArgs
 from autotune.sim.engine import EngineSetup, setup_engine
+from autotune.sim.faults import MALFORMED_EVENT, TOKENS_BEFORE_FAULT, Fault
 from autotune.sim.replica import Engine, Stream
-from autotune.sim.startup import failure_lines, startup_report
+from autotune.sim.startup import failure_lines, log_line, startup_report
 from autotune.vllm_api import metrics as m
 from autotune.vllm_api.responder import (
+    ApiError,
+    EventKind,
+    Generation,
     GenerationRequest,
     Responder,
     TokenBatch,
@@ -91,6 +100,7 @@ class _SimGeneration:
     def __init__(self, engine: Engine, slot: int, stream: Stream, finish_reason: str) -> None:
         self.engine, self.slot, self.stream, self.finish_reason = engine, slot, stream, finish_reason
         self.arrival_s: float | None = stream.arrival_s
+        self.token_events = 0  # token events written (a stream fault strikes after TOKENS_BEFORE_FAULT of them)
 
     async def batches(self) -> AsyncIterator[TokenBatch]:
         st = self.stream
@@ -111,6 +121,64 @@ class _SimGeneration:
         self.engine.abort(self.slot, self.stream)
 
 
+# -- faults -------------------------------------------------------------------------------------------------
+class _FaultySource:
+    """The token source, with the faults that strike when a request arrives: ``http-500`` on a streamed request,
+    ``crash-after:N`` (the process dies as request N + 1 arrives)."""
+
+    def __init__(self, source: SimTokenSource, fault: Fault) -> None:
+        self.source, self.fault = source, fault
+        self.requests = 0
+
+    def start(self, request: GenerationRequest) -> _SimGeneration:
+        self.requests += 1
+        if self.fault.kind == "crash-after" and self.requests > self.fault.after_requests:
+            _out(log_line("ERROR", "core.py:1019", "EngineCore encountered a fatal error.", 0), err=True)
+            _out(f"RuntimeError: fault injected: the engine died after {self.fault.after_requests} requests",
+                 err=True)
+            os._exit(1)  # dies as a crashed engine does: no cleanup, no goodbye
+        if self.fault.kind == "http-500" and request.stream:
+            raise ApiError(500, "fault injected: http-500", "InternalServerError")
+        return self.source.start(request)
+
+    def metrics(self) -> m.MetricValues:
+        return self.source.metrics()
+
+
+class _FaultyResponder(Responder):
+    """vLLM's responses, with the stream faults: ``stall-stream``, ``bad-sse``, ``disconnect``."""
+
+    def __init__(self, *args: object, fault: Fault) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.fault = fault
+
+    async def write_event(self, resp: web.StreamResponse, kind: EventKind, data: bytes,
+                          generation: Generation) -> None:
+        gen = generation
+        assert isinstance(gen, _SimGeneration)
+        if self.fault.kind == "bad-sse" and kind != "done":
+            data = MALFORMED_EVENT
+        # After the first tokens, whatever comes next (more tokens, the usage, [DONE]): a short response may
+        # arrive in one batch, and it must not escape the fault.
+        if gen.token_events >= TOKENS_BEFORE_FAULT:
+            if self.fault.kind == "stall-stream":
+                await asyncio.Event().wait()  # never set: the client's timeout ends the request
+            if self.fault.kind == "disconnect":
+                raise ConnectionResetError("fault injected: the server drops the connection")
+        await super().write_event(resp, kind, data, generation)
+        if kind == "tokens":
+            gen.token_events += 1
+
+
+# A child that keeps the listening socket open (inherited by its descriptor) and ignores SIGTERM: the port stays
+# taken after the server itself has exited, until its process group is killed.
+_PORT_HOLDER = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)"
+
+
+def _hold_port(sock: socket.socket) -> None:
+    subprocess.Popen([sys.executable, "-c", _PORT_HOLDER], pass_fds=(sock.fileno(),), stdin=subprocess.DEVNULL)
+
+
 # -- process entry ------------------------------------------------------------------------------------------
 def _out(line: str, err: bool = False) -> None:
     stream = sys.stderr if err else sys.stdout
@@ -121,9 +189,17 @@ def _out(line: str, err: bool = False) -> None:
 async def _serve(args: ServeArgs, setup: EngineSetup) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    fault = args.fault.kind if args.fault else ""
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        if sig == signal.SIGTERM and fault in ("ignore-sigterm", "hold-port"):
+            signal.signal(sig, signal.SIG_IGN)
+        else:
+            loop.add_signal_handler(sig, stop.set)
     report = startup_report(setup, args.model, args.host, args.port)
+    if fault == "hang-at-start":
+        _out(report.lines[0][1])
+        await stop.wait()  # never listens
+        return 0
     wait_s = args.startup_delay_s if args.startup_delay_s is not None else min(
         MAX_STARTUP_WAIT_S, report.times.total_s / args.time_scale)
     t0 = time.monotonic()
@@ -137,16 +213,26 @@ async def _serve(args: ServeArgs, setup: EngineSetup) -> int:
                 pass
         _out(line)
     source = SimTokenSource(setup, args.time_scale, args.seed)
-    responder = Responder(setup.served_model((args.served_model_name,), args.model), source)
+    served = setup.served_model((args.served_model_name,), args.model)
+    responder = (_FaultyResponder(served, _FaultySource(source, args.fault), fault=args.fault) if args.fault
+                 else Responder(served, source))
     runner = web.AppRunner(responder.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port, shutdown_timeout=0.5)
     try:
+        if fault == "hold-port":  # our own socket, to hand it to the holder
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((args.host, args.port))
+            site: web.BaseSite = web.SockSite(runner, sock, shutdown_timeout=0.5)
+        else:
+            site = web.TCPSite(runner, args.host, args.port, shutdown_timeout=0.5)
         await site.start()
     except OSError as e:
         _out(bind_error_line(args.host, args.port, e), err=True)
         await runner.cleanup()
         return 1
+    if fault == "hold-port":
+        _hold_port(sock)
     source.start_clock()
     tasks = [asyncio.create_task(e.run()) for e in source.engines]
     _out(f"INFO:     Started server process [{os.getpid()}]", err=True)
@@ -180,6 +266,11 @@ def serve_main(args: ServeArgs) -> int:
         return 2
     except EngineStartError as e:
         for line in failure_lines(str(e), e.failure_class):
+            _out(line, err=True)
+        return 1
+    if args.fault and args.fault.kind == "oom-at-start":
+        for line in failure_lines("CUDA out of memory. Tried to allocate 2.00 GiB (fault injected: oom-at-start)",
+                                  "oom"):
             _out(line, err=True)
         return 1
     np.seterr(all="ignore")

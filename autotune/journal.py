@@ -1,0 +1,71 @@
+"""Finished trials not yet safe in the study's storage, one JSON file each in ``<out>/<study>/pending/``.
+
+A trial's result is written here before it is written to the storage, and removed once the storage has it
+(Optuna told, the trial COMPLETE). When the database is lost in between, the study stops (exit 1) and the file
+stays; the next run or worker on the study, with the database back, adds the trial to the study as it was measured
+(:func:`replay`) and fails the one left RUNNING. So a lost database costs no measurement, only the wait.
+
+Why not keep running and retry: trials are minutes of GPU time each, and a database that is gone for long would
+have them pile up unrecorded; a clear stop with nothing lost is easier to reason about than a queue that grows.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import distribution_to_json, json_to_distribution
+
+from autotune import records
+
+__all__ = ["keep", "settled", "pending", "replay"]
+
+
+def _path(folder: Path, number: int) -> Path:
+    return folder / f"trial-{number}.json"
+
+
+def keep(folder: Path, trial: optuna.Trial, user_attrs: Mapping[str, Any], constraints: Mapping[str, float],
+         value: float) -> None:
+    """Write the trial as it will be stored (before the storage is asked to)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entry = {"number": trial.number, "value": value, "params": trial.params,
+             "distributions": {k: distribution_to_json(d) for k, d in trial.distributions.items()},
+             "user_attrs": dict(user_attrs), "constraints": dict(constraints)}
+    tmp = _path(folder, trial.number).with_suffix(".tmp")
+    tmp.write_text(json.dumps(entry))
+    os.replace(tmp, _path(folder, trial.number))
+
+
+def settled(folder: Path, number: int) -> None:
+    """The storage has the trial: its entry goes."""
+    _path(folder, number).unlink(missing_ok=True)
+
+
+def pending(folder: Path) -> list[Path]:
+    return sorted(folder.glob("trial-*.json")) if folder.is_dir() else []
+
+
+def replay(study: optuna.Study, folder: Path) -> list[int]:
+    """Add each kept trial to the study as a finished trial (a new number: the original, left RUNNING by the run
+    that lost its database, is failed); returns the original numbers."""
+    replayed = []
+    for path in pending(folder):
+        entry = json.loads(path.read_text())
+        original = study.trials[entry["number"]] if entry["number"] < len(study.trials) else None
+        if original is not None and original.state == optuna.trial.TrialState.COMPLETE:
+            path.unlink()  # the storage had it after all
+            continue
+        if original is not None and original.state == optuna.trial.TrialState.RUNNING:
+            study._storage.set_trial_state_values(original._trial_id, optuna.trial.TrialState.FAIL)  # noqa: SLF001
+        study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState.COMPLETE, value=entry["value"], params=entry["params"],
+            distributions={k: json_to_distribution(d) for k, d in entry["distributions"].items()},
+            user_attrs=records.replayed_attrs(entry["user_attrs"], int(entry["number"])),
+            constraints=entry["constraints"]))
+        path.unlink()
+        replayed.append(int(entry["number"]))
+    return replayed

@@ -1,0 +1,92 @@
+"""Trials side by side on one machine: `--parallel 2` with the sim server on made-up GPU ids. Two servers run at
+once, never on the same GPU or port, and a GPU goes to the next trial only once the server before it is stopped
+(its port free). With SQLite, a second process on the study is refused."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autotune import records
+from autotune.config import RunOptions, build_study_config, choose_engine, gpu_slots
+from autotune.engines.launcher import live_servers, port_is_free
+from autotune.errors import UsageError
+from autotune.progress import Progress
+from autotune.storage import open_storage
+from autotune.study import run_study
+
+
+class _Timeline(Progress):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, tuple[int, ...], int | None, bool]] = []
+        self.lock = threading.Lock()
+
+    def engine_starting(self, engine, port, command, log_path, gpu_ids=(), trial=None) -> None:
+        with self.lock:
+            self.events.append(("start", port, tuple(gpu_ids), trial, port_is_free(port)))
+
+    def engine_stopped(self, port, gpu_ids, problems, trial=None) -> None:
+        with self.lock:
+            self.events.append(("stop", port, tuple(gpu_ids), trial, port_is_free(port) and not problems))
+
+
+@pytest.mark.slow
+def test_two_trials_at_once_never_share_a_gpu_or_a_port(tmp_path: Path) -> None:
+    opts = RunOptions(model="flash", engine="sim", p99_ms=500, storage=f"sqlite:///{tmp_path}/s.db", study="par",
+                      trials=4, repeats=1, top_k=1, workload="random:256:32", max_concurrency=16, sim_server=True,
+                      sim_time_scale=200, parallel=2, out=str(tmp_path / "out"))
+    cfg = build_study_config(opts, choose_engine("sim"))
+    assert cfg.gpu_slots == ((0,), (1,))
+    timeline = _Timeline()
+    outcome = run_study(cfg, open_storage(cfg.storage_url, exclusive=True), timeline)
+    live: dict[int, tuple[int, ...]] = {}  # port -> GPUs of the servers running
+    most = 0
+    for kind, port, gpus, trial, free in timeline.events:
+        if kind == "start":
+            assert free, f"port {port} was taken when trial {trial} started on it"
+            assert port not in live and not set(gpus) & {g for gg in live.values() for g in gg}, timeline.events
+            live[port] = gpus
+            most = max(most, len(live))
+        else:
+            assert free and live.pop(port) == gpus  # stopped, its port free, before its GPUs went on
+    assert most == 2 and not live  # two at once, all stopped
+    assert live_servers() == []
+    study = optuna.load_study(study_name="par", storage=cfg.storage_url)
+    done = [t for t in records.read_trials(study) if t.complete]
+    assert len(done) == 4 and {t.baseline for t in done} >= {"vllm-defaults", "seed-profile"}
+    assert outcome.selection.winner is not None  # the final comparison ran on the two slots too
+    assert {g for _, _, gpus, trial, _ in timeline.events if trial is None for g in gpus} <= {0, 1}
+
+
+def test_gpu_slots_from_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert gpu_slots(2, None, None, "vllm") == ((4, 5), (6, 7))  # N/G trials at once
+    assert gpu_slots(2, 1, None, "vllm") == ((4, 5),)  # --parallel caps it
+    assert gpu_slots(1, None, "3,1", "vllm") == ((3,), (1,))  # --gpu-ids wins
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert gpu_slots(2, 3, None, "sim") == ((0, 1), (2, 3), (4, 5))  # the sim's made-up GPUs
+    for bad in ("0,0", "a,b", ""):
+        with pytest.raises(UsageError):
+            gpu_slots(1, None, bad or ",", "vllm")
+    with pytest.raises(UsageError, match="--gpus 4 but --gpu-ids gives 2 GPUs"):
+        gpu_slots(4, None, "0,1", "vllm")
+
+
+@pytest.mark.slow
+def test_a_second_process_on_one_sqlite_study_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    open_storage(url, exclusive=True)  # this process runs trials on it
+    for argv in (["run", "--model", "flash", "--engine", "sim", "--p99-ms", "500", "--trials", "1"],
+                 ["worker", "--study", "x"]):
+        proc = subprocess.run([sys.executable, "-m", "autotune", *argv, "--storage", url], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "is in use by another autotune process" in proc.stderr and "PostgreSQL" in proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    reader = subprocess.run([sys.executable, "-m", "autotune", "studies", "--storage", url, "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert reader.returncode == 0, reader.stderr  # reading is not running trials

@@ -1,0 +1,160 @@
+"""Several processes on one study in a real PostgreSQL (autotune.testing.postgres): a run and a worker, the worker
+SIGKILLed mid-trial (its server stopped by its watchdog, its trial failed through Optuna's heartbeat and queued
+again); the database lost mid-study (a clear stop, the trial's result journaled and written on resume); the
+database unreachable at start (exit 1). The password of the storage URL appears in no output."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autotune import records
+from autotune.engines.launcher import WATCHDOG_GRACE_S
+
+pytestmark = pytest.mark.slow
+
+HEARTBEAT_S = 1  # a dead worker's trial is failed 3 heartbeats after its last one
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "AUTOTUNE_HEARTBEAT_S": str(HEARTBEAT_S)}
+
+
+def _run_args(url: str, study: str, out: Path, trials: int) -> list[str]:
+    return [sys.executable, "-m", "autotune", "run", "--model", "flash", "--engine", "sim", "--p99-ms", "500",
+            "--storage", url, "--study", study, "--trials", str(trials), "--repeats", "0", "--top-k", "0",
+            "--workload", "random:256:32", "--max-concurrency", "16", "--sim-server", "--sim-time-scale", "20",
+            "--out", str(out), "--json"]
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout  # -ww: uncut
+    rows = [line.split(None, 2) for line in out.splitlines()]
+    return [(int(p), args) for p, pp, args in (r for r in rows if len(r) == 3) if int(pp) == pid]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] not in "ZX"
+
+
+def _wait(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _study(url: str, name: str) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        return None
+
+
+def test_a_worker_killed_mid_trial_is_detected_and_its_trial_queued_again(postgres, tmp_path: Path) -> None:
+    url = postgres.url
+    run = subprocess.Popen(_run_args(url, "two", tmp_path / "run", 8), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=_env())
+    worker = None
+    try:
+        _wait(lambda: (s := _study(url, "two")) is not None and records.read_run_options(s), 120, "the study")
+        worker = subprocess.Popen([sys.executable, "-m", "autotune", "worker", "--study", "two", "--storage", url,
+                                   "--out", str(tmp_path / "worker")], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=_env())
+        # the worker's trial: its server's watchdog is the worker's child, named by the served model name
+        watchdog = _wait(lambda: [c for c in _children(worker.pid) if "autotune-two-" in c[1]]
+                         or (worker.poll() is not None and pytest.fail(worker.communicate()[1])), 120,
+                         "a trial on the worker")[0]
+        number = int(watchdog[1].split("autotune-two-")[1].split()[0])
+        server = _wait(lambda: [p for p, _ in _children(watchdog[0])] or [
+            int(f.name) for f in Path("/proc").iterdir() if f.name.isdigit() and _in_group(int(f.name), watchdog[0])
+            and int(f.name) != watchdog[0]], 60, "the worker's server")[0]
+        time.sleep(1.0)  # mid-trial
+        worker.kill()
+        worker.wait(10)
+        # its server does not outlive it by more than the watchdog's grace
+        _wait(lambda: not _alive(server) and not _alive(watchdog[0]), WATCHDOG_GRACE_S + 10, "the server to stop")
+        out, err = run.communicate(timeout=400)
+        assert run.returncode in (0, 3), err
+        report = json.loads(out)
+        assert report["study"] == "two"
+    finally:
+        for proc in (run, worker):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    study = optuna.load_study(study_name="two", storage=url)
+    trials = study.trials
+    assert trials[number].state == optuna.trial.TrialState.FAIL  # the others saw its heartbeat stop
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == number]
+    assert retried and retried[0].params == trials[number].params  # queued again, same flags
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) >= 8
+    assert postgres.password not in out + err + (worker.stderr.read() if worker.stderr else "")
+
+
+def _in_group(pid: int, pgid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:].split()[2] == str(pgid)
+
+
+def test_the_database_lost_mid_study_stops_clearly_and_loses_nothing(postgres, tmp_path: Path) -> None:
+    url = postgres.url
+    run = subprocess.Popen(_run_args(url, "lost", tmp_path / "out", 20), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        # a trial's server is up: the database goes while the trial measures
+        _wait(lambda: [c for c in _children(run.pid) if "autotune-lost-" in c[1]], 120, "a trial")
+        time.sleep(1.5)
+        postgres.stop()
+        try:
+            out, err = run.communicate(timeout=300)
+        finally:
+            postgres.start()
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(10)
+    assert run.returncode == 1, err
+    assert "lost during study 'lost'" in err and "run the same command again" in err, err
+    assert "Traceback" not in err and postgres.password not in out + err
+    kept = sorted((tmp_path / "out" / "lost" / "pending").glob("trial-*.json"))
+    before = optuna.load_study(study_name="lost", storage=url)
+    complete_before = sum(t.state == optuna.trial.TrialState.COMPLETE for t in before.trials)
+    rerun = subprocess.run(_run_args(url, "lost", tmp_path / "out", 0), capture_output=True, text=True, env=_env(),
+                           timeout=300)
+    assert rerun.returncode in (0, 3), rerun.stderr
+    after = optuna.load_study(study_name="lost", storage=url)
+    replayed = [records.read_trial(t) for t in after.trials if t.user_attrs.get("replayed_from_trial") is not None]
+    assert len(replayed) == len(kept)  # every journaled trial is in the study now, finished, with its levels
+    assert all(t.complete and t.result.levels for t in replayed)
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in after.trials) == complete_before + len(kept)
+    assert not list((tmp_path / "out" / "lost" / "pending").glob("trial-*.json"))
+    assert not [t for t in after.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_an_unreachable_database_is_one_line_and_exit_1(postgres) -> None:
+    url = postgres.url.replace(f":{postgres.port}/", ":9/")  # nothing listens on port 9
+    for argv in (["run", "--model", "flash", "--engine", "sim", "--p99-ms", "500"], ["worker", "--study", "x"]):
+        proc = subprocess.run([sys.executable, "-m", "autotune", *argv, "--storage", url], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 1, proc.stderr
+        assert "cannot reach storage" in proc.stderr and proc.stderr.count("\n") == 1
+        assert postgres.password not in proc.stderr and "***" in proc.stderr
