@@ -16,18 +16,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from autotune.errors import UsageError
-from autotune.flags import LAUNCHER_FLAGS, check_flag_value, normalize_flag_name
+from autotune.flags import LAUNCHER_FLAGS, check_flag_value, mm_limit, normalize_flag_name
 from autotune.gpus import detect_gpu, load_gpu
-from autotune.loadgen.workload import parse_workload
+from autotune.loadgen.workload import Workload, parse_workload
 from autotune.loadsearch import LoadSearchConfig
-from autotune.models import PRESETS, resolve_model
+from autotune.models import PRESETS, ModelSpec, resolve_model
 from autotune.space import SearchSpace, load_space
 from autotune.storage import DEFAULT_STORAGE, sqlite_dir
 from autotune.study import StudyConfig
 from autotune.trial import TrialSettings
 
 __all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", "study_limits_ms",
-           "REAL_GPU_NOISE_FLOOR", "DEFAULT_WORKLOAD", "DEFAULT_P99_METRIC"]
+           "check_workload_model", "check_workload_flags", "REAL_GPU_NOISE_FLOOR", "DEFAULT_WORKLOAD",
+           "DEFAULT_P99_METRIC"]
 
 # Relative run-to-run noise of throughput that no interval on real GPUs is narrower than: two runs of one
 # configuration on two fresh H100s differed by 2.5% in output tok/s, six runs on one H200 server by a
@@ -139,6 +140,24 @@ def default_study_name(model: str, gpus: int, limits_ms: Mapping[str, float]) ->
     return f"{base}-{gpus}gpu-p99" + "-".join(f"{metric}{limit:g}ms" for metric, limit in limits_ms.items())
 
 
+def check_workload_model(workload: Workload, model: ModelSpec) -> None:
+    """An image workload needs a model with a vision tower: refused here, before any server starts (a text-only
+    server answers every such request 400, and the study would end with no feasible configuration)."""
+    images = workload.max_images_per_request
+    if images and not model.is_vlm:
+        raise UsageError(f"workload {workload.spec!r} sends images, but model {model.name!r} "
+                         f"({model.architecture}) has no vision tower; use a text workload or a vision-language model")
+
+
+def check_workload_flags(workload: Workload, flags: Mapping[str, Any], where: str) -> None:
+    """limit-mm-per-prompt must let every request of the workload through."""
+    images = workload.max_images_per_request
+    allowed = mm_limit(flags.get("limit-mm-per-prompt"), "image")
+    if images > allowed:
+        raise UsageError(f"{where}: limit-mm-per-prompt allows {allowed} image(s) per prompt, the workload "
+                         f"{workload.spec!r} sends up to {images}")
+
+
 def _extra_flags(pairs: tuple[str, ...]) -> dict[str, Any]:
     flags: dict[str, Any] = {}
     for pair in pairs:
@@ -182,7 +201,11 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
     engine_name = (engine or choose_engine(opts.engine)).engine
     gpu_type = opts.gpu_type or ((detect_gpu() or "h100") if engine_name == "vllm" else "h100")
     gpu = load_gpu(gpu_type)
-    space = load_space(opts.space, model, opts.gpus, preset=preset)
+    # Token-id prompts: exact lengths on any engine, no tokenizer needed. A trace's times are not used: each
+    # load level sets its own concurrency, so its requests are a dataset here (shuffled by the seed, cycled).
+    workload = parse_workload(opts.workload, seed=opts.seed).without_times()
+    check_workload_model(workload, model)
+    space = load_space(opts.space, model, opts.gpus, preset=preset, images_per_request=workload.max_images_per_request)
     extra = _extra_flags(opts.set_flags)
     if opts.load_format:
         extra["load-format"] = check_flag_value("load-format", opts.load_format)
@@ -190,9 +213,7 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
     if overlap:
         raise UsageError(f"--set {sorted(overlap)[0]}: that flag is searched by the space; remove it from one")
     space.fixed = {**space.fixed, **extra}
-    # Token-id prompts: exact lengths on any engine, no tokenizer needed. A trace's times are not used: each
-    # load level sets its own concurrency, so its requests are a dataset here (shuffled by the seed, cycled).
-    workload = parse_workload(opts.workload, seed=opts.seed).without_times()
+    check_workload_flags(workload, space.fixed, "--set or the space's fixed flags")
     search = LoadSearchConfig(limits_ms=limits_ms, start_concurrency=opts.start_concurrency,
                               max_concurrency=opts.max_concurrency, confidence=opts.confidence,
                               max_extensions=opts.max_extensions,
@@ -203,6 +224,9 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
         startup_timeout_s=opts.startup_timeout_s, prompts_per_level=opts.prompts_per_level,
         sim_server=opts.sim_server,
     )
+    tries = _tries(opts.try_file, space)
+    for point in tries:
+        check_workload_flags(workload, {**space.fixed, **point}, f"--try {opts.try_file}")
     storage_url = opts.storage or DEFAULT_STORAGE
     return StudyConfig(
         study_name=opts.study or default_study_name(opts.model, opts.gpus, limits_ms),
@@ -211,5 +235,5 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
         repeats=opts.repeats, noise_floor=REAL_GPU_NOISE_FLOOR if engine_name == "vllm" else 0.0,
         confidence=opts.confidence, seed=opts.seed,
         out_dir=Path(opts.out) if opts.out else (sqlite_dir(storage_url) or Path("studies")),
-        tries=_tries(opts.try_file, space),
+        tries=tries,
     )
