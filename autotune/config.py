@@ -172,7 +172,8 @@ def _extra_flags(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _tries(path: str | None, space: SearchSpace) -> tuple[dict[str, Any], ...]:
-    """`--try FILE`: one mapping of flags, or a list of them, to queue after the baselines."""
+    """`--try FILE`: one mapping of flags, or a list of them, to queue after the baselines. A point may set
+    tensor-parallel-size where the space searches it (data-parallel-size follows as GPUs / TP)."""
     if not path:
         return ()
     try:
@@ -185,9 +186,14 @@ def _tries(path: str | None, space: SearchSpace) -> tuple[dict[str, Any], ...]:
         if not isinstance(point, dict):
             raise UsageError(f"--try {path}: expected a mapping of vLLM flags or a list of them")
         flags = {normalize_flag_name(k): check_flag_value(k, v) for k, v in point.items()}
-        outside = sorted(set(flags) - set(space.params))
+        searched = set(space.params) | ({"tensor-parallel-size"} if len(space.tp_choices) > 1 else set())
+        outside = sorted(set(flags) - searched)
         if outside:
             raise UsageError(f"--try {path}: {outside[0]} is not searched by the space")
+        tp = flags.get("tensor-parallel-size")
+        if tp is not None and tp not in space.tp_choices:
+            raise UsageError(f"--try {path}: tensor-parallel-size {tp} is not among the space's choices for these "
+                             f"GPUs ({', '.join(map(str, space.tp_choices))})")
         out.append(flags)
     return tuple(out)
 
