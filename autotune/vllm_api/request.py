@@ -45,7 +45,7 @@ class ServedModel:
     root: str  # the model path or id behind them
     max_model_len: int
     image_tokens: Callable[[int, int], int] | None = None  # (width_px, height_px) -> tokens; None: text only
-    max_images: int | None = None  # --limit-mm-per-prompt's image count; None: no limit
+    max_images: int | None = None  # --limit-mm-per-prompt's image count (vLLM: 999 unless set); None: no limit
 
 
 @dataclass(frozen=True)
