@@ -12,84 +12,92 @@
 #     the first token's wait without queueing, which the tower's time per image and resolution is fitted to;
 # and on a second server with --skip-mm-profiling: its start-up time and KV cache, then the level with the most
 # images (does it run out of memory?). Start-up lines (KV cache, encoder budget, init time) go to startup-*.txt.
+# The prompts' text is token ids of the folder's tokenizer (--tokenizer): words it does not know would all be the
+# same <unk> id, and identical prompts would hit vLLM's prefix cache.
 # Variables (defaults): C=32 SIZE=896x896 IMAGES_LIST="0 1 2 4" SWEEP_SIZES="448x448 896x896 1344x1344 1792x1792"
 #   IN=256 OUT=128 PORT=8041 MODEL_DIR=/tmp/vlm SERVE_FLAGS="" (more `vllm serve` flags for both servers)
 #   ENGINE=vllm, or sim to rehearse the whole protocol on a CPU against `autotune sim serve` (TIME_SCALE=20).
 # Expected time on one H200: two cold starts of 2-3 min, 4 levels of 1-2 min, ~2 min of single requests.
 # Summarise with: python benchmarks/vlm_images_table.py DIR
 set -uo pipefail
-cmd=${1:-status}; dir=${2:-/tmp/vlm-images}
+dir=${2:-/tmp/vlm-images}; progress=times.txt
 c=${C:-32}; size=${SIZE:-896x896}; images_list=${IMAGES_LIST:-"0 1 2 4"}
 sweep_sizes=${SWEEP_SIZES:-"448x448 896x896 1344x1344 1792x1792"}
 in_len=${IN:-256}; out_len=${OUT:-128}; port=${PORT:-8041}; model=${MODEL_DIR:-/tmp/vlm}
-serve_flags=${SERVE_FLAGS:-}; engine=${ENGINE:-vllm}; env_sh=${ENV_SH:-/tmp/st/env.sh}
+serve_flags=${SERVE_FLAGS:-}; engine=${ENGINE:-vllm}
 case "$engine" in
   vllm) serve="vllm serve" ;;
   sim) serve="python3 -m autotune sim serve"; serve_flags="$serve_flags --gpu-type h200 --time-scale ${TIME_SCALE:-20}" ;;
   *) echo "ENGINE must be vllm or sim, got $engine" >&2; exit 2 ;;
 esac
-case "$cmd" in
-  start)
-    mkdir -p "$dir"
-    export dir c size images_list sweep_sizes in_len out_len port model serve serve_flags env_sh
-    setsid bash -c '
-      [ -f "$env_sh" ] && . "$env_sh"
-      export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-      run() { echo "$*" >> "$dir/commands.txt"; "$@"; }
-      srv=""
-      start_server() {  # NAME [flags]: start, wait for /health (15 min at most), keep the start-up lines
-        local name=$1; shift
-        echo "setsid $serve $model --load-format dummy --port $port --served-model-name m $serve_flags $*" >> "$dir/commands.txt"
-        setsid $serve "$model" --load-format dummy --port "$port" --served-model-name m $serve_flags "$@" \
-          > "$dir/server-$name.log" 2>&1 &
-        srv=$!
-        local t0=$(date +%s)
-        for i in $(seq 450); do
-          curl -sf "localhost:$port/health" > /dev/null && break
-          kill -0 "$srv" 2> /dev/null || { echo "server $name exited" >> "$dir/times.txt"; return 1; }
-          sleep 2
-        done
-        echo "server $name ready after $(($(date +%s) - t0)) s" >> "$dir/times.txt"
-        grep -E "Model loading took|KV cache|Maximum concurrency|[Ee]ncoder cache|profil|init engine" \
-          "$dir/server-$name.log" > "$dir/startup-$name.txt"
-      }
-      stop_server() {
-        kill -TERM -"$srv" 2> /dev/null; sleep 8; kill -KILL -"$srv" 2> /dev/null
-        for i in $(seq 30); do curl -sf "localhost:$port/health" > /dev/null || break; sleep 1; done
-      }
-      bench() {  # NAME WORKLOAD CONCURRENCY WARMUP MEASURED SEED
-        run python3 -m autotune bench --url "http://127.0.0.1:$port" --model m --endpoint chat --tokenizer "$model" \
-          --workload "$2" --concurrency "$3" --warmup "$4" --ramp-s "$([ "$3" -gt 1 ] && echo 2 || echo 0)" \
-          --num-prompts "$5" --seed "$6" --scrape-metrics --records "$dir/$1.jsonl.gz" --json \
-          > "$dir/$1.json" 2> "$dir/$1.err"
-        echo "$1 done (exit $?) at $(date +%T)" >> "$dir/times.txt"
-      }
-      date > "$dir/times.txt"
-      run python3 -m autotune.testing.weightless_vlm "$model" --check > "$dir/model-check.txt" 2>&1
-      { python3 -c "import vllm, torch, transformers; print(\"vllm\", vllm.__version__, \"torch\", torch.__version__, \"transformers\", transformers.__version__)"
-        nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; } > "$dir/versions.txt" 2>&1
-      if start_server default; then
-        for n in $images_list; do
-          bench "level-c$c-img$n" "mm:$in_len:$out_len:$n:$size:range=0.5" "$c" "$c" $((3 * c)) $((100 + n))
-        done
-        for n in $images_list; do
-          bench "single-img$n" "mm:$in_len:$out_len:$n:$size" 1 2 10 $((200 + n))
-        done
-        for s in $sweep_sizes; do
-          bench "single-img1-$s" "mm:$in_len:$out_len:1:$s" 1 2 10 300
-        done
-        stop_server
-      fi
-      most=$(for n in $images_list; do echo "$n"; done | sort -n | tail -1)
-      if start_server skip-profiling --skip-mm-profiling; then
-        bench "skip-profiling-c$c-img$most" "mm:$in_len:$out_len:$most:$size:range=0.5" "$c" "$c" $((3 * c)) 400
-        stop_server
-      fi
-      nvidia-smi --query-gpu=memory.used --format=csv,noheader > "$dir/gpu-after.txt" 2>&1
-      echo done > "$dir/state"
-    ' > "$dir/driver.log" 2>&1 < /dev/null &
-    echo started ;;
-  status)
-    tail -3 "$dir/times.txt" 2>/dev/null; cat "$dir/state" 2>/dev/null || echo running ;;
-  *) echo "usage: $0 start|status [DIR]" >&2; exit 2 ;;
-esac
+job_vars="c size images_list sweep_sizes in_len out_len port model serve serve_flags srv"
+srv=""
+
+run() {  # a command, logged in commands.txt as it runs
+  echo "$*" >> "$dir/commands.txt"
+  "$@"
+}
+
+start_server() {  # NAME [flags]: start, wait until it serves (15 min at most), keep its start-up lines
+  local name=$1 t0
+  shift
+  echo "setsid $serve $model --load-format dummy --port $port --served-model-name m $serve_flags $*" >> "$dir/commands.txt"
+  # shellcheck disable=SC2086  # serve and serve_flags are words
+  setsid $serve "$model" --load-format dummy --port "$port" --served-model-name m $serve_flags "$@" \
+    > "$dir/server-$name.log" 2>&1 &
+  srv=$!
+  t0=$(date +%s)
+  for i in $(seq 450); do
+    curl -sf "localhost:$port/v1/models" | grep -q '"m"' && break
+    kill -0 "$srv" 2> /dev/null || { echo "server $name exited" >> "$dir/times.txt"; return 1; }
+    sleep 2
+  done
+  echo "server $name ready after $(($(date +%s) - t0)) s" >> "$dir/times.txt"
+  grep -E "Model loading took|KV cache|Maximum concurrency|[Ee]ncoder cache|profil|init engine" \
+    "$dir/server-$name.log" > "$dir/startup-$name.txt"
+}
+
+stop_server() {  # the process group, then wait for the port to close
+  kill -TERM -"$srv" 2> /dev/null
+  for i in $(seq 60); do kill -0 -"$srv" 2> /dev/null || break; sleep 1; done
+  kill -KILL -"$srv" 2> /dev/null
+  for i in $(seq 30); do curl -sf "localhost:$port/health" > /dev/null || break; sleep 1; done
+}
+
+bench() {  # NAME WORKLOAD CONCURRENCY WARMUP MEASURED SEED
+  local ramp=0
+  [ "$3" -gt 1 ] && ramp=2
+  run python3 -m autotune bench --url "http://127.0.0.1:$port" --model m --endpoint chat --tokenizer "$model" \
+    --workload "$2" --concurrency "$3" --warmup "$4" --ramp-s "$ramp" --num-prompts "$5" --seed "$6" \
+    --scrape-metrics --records "$dir/$1.jsonl.gz" --json > "$dir/$1.json" 2> "$dir/$1.err"
+  echo "$1 done (exit $?) at $(date +%T)" >> "$dir/times.txt"
+}
+
+job() {
+  date > "$dir/times.txt"
+  run python3 -m autotune.testing.weightless_vlm "$model" --check > "$dir/model-check.txt" 2>&1
+  { python3 -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__,
+                'transformers', transformers.__version__)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; } > "$dir/versions.txt" 2>&1
+  if start_server default; then
+    for n in $images_list; do
+      bench "level-c$c-img$n" "mm:$in_len:$out_len:$n:$size:range=0.5" "$c" "$c" $((3 * c)) $((100 + n))
+    done
+    for n in $images_list; do
+      bench "single-img$n" "mm:$in_len:$out_len:$n:$size" 1 2 10 $((200 + n))
+    done
+    for s in $sweep_sizes; do
+      bench "single-img1-$s" "mm:$in_len:$out_len:1:$s" 1 2 10 300
+    done
+    stop_server
+  fi
+  local most
+  most=$(printf '%s\n' $images_list | sort -n | tail -1)
+  if start_server skip-profiling --skip-mm-profiling; then
+    bench "skip-profiling-c$c-img$most" "mm:$in_len:$out_len:$most:$size:range=0.5" "$c" "$c" $((3 * c)) 400
+    stop_server
+  fi
+  leftovers_check
+}
+source "$(dirname "$0")/background.sh"
+background_main "$@"
