@@ -201,13 +201,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="the processor classes named in the folder (auto: glm46v if transformers has it)")
     ap.add_argument("--check", action="store_true", help="load it with transformers and check it")
     args = ap.parse_args(argv)
-    family = resolve_processor_family(args.processor_family)
     try:
-        written = build_folder(args.out_dir, family)
+        args.out_dir.mkdir(parents=True, exist_ok=True)  # before transformers is imported: it may warn on stderr
+        written = build_folder(args.out_dir, resolve_processor_family(args.processor_family))
     except OSError as e:
         print(f"cannot write {args.out_dir}: {e.strerror or e}", file=sys.stderr)
         return 2
-    print(f"weightless GLM-4.6V-Flash folder: {args.out_dir} ({', '.join(written)}; processor {family})")
+    family = json.loads((args.out_dir / "preprocessor_config.json").read_text())["processor_class"]
+    print(f"weightless GLM-4.6V-Flash folder: {args.out_dir} ({', '.join(written)}; {family})")
     if args.check:
         try:
             for line in check_folder(args.out_dir):
