@@ -81,7 +81,8 @@ class VisionSpec:
             scale = max(factor / height, factor / width)
             height, width = int(height * scale), int(width * scale)
         if max(height, width) / min(height, width) > 200:
-            raise ValueError(f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}")
+            aspect = max(height, width) / min(height, width)
+            raise ValueError(f"absolute aspect ratio must be smaller than 200, got {aspect}")
         h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
         if frames * h_bar * w_bar > self.max_pixels:
             beta = math.sqrt(frames * height * width / self.max_pixels)
@@ -311,7 +312,8 @@ GLM46V_FLASH_PREPROCESSOR: dict[str, Any] = {
     "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
     "image_processor_type": "Glm46VImageProcessor", "processor_class": "Glm46VProcessor",
 }
-_FLASH = spec_from_config(GLM46V_FLASH_CONFIG, "flash", "zai-org/GLM-4.6V-Flash", preprocessor=GLM46V_FLASH_PREPROCESSOR)
+_FLASH = spec_from_config(GLM46V_FLASH_CONFIG, "flash", "zai-org/GLM-4.6V-Flash",
+                          preprocessor=GLM46V_FLASH_PREPROCESSOR)
 # GLM-4.6V: 106B MoE, 12B active; 128 routed experts top-8 + 1 shared, first layer dense.
 _GLM46V = ModelSpec(
     name="glm-4.6v", hf_id="zai-org/GLM-4.6V", architecture="Glm4vMoeForConditionalGeneration",

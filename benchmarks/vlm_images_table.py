@@ -117,7 +117,8 @@ def startup(folder: Path) -> dict[str, Any]:
         tokens = re.search(r"GPU KV cache size: ([\d,]+) tokens", text)
         init = re.search(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) seconds", text)
         out[path.stem.removeprefix("startup-")] = {
-            "kv_cache_gib": float(kv[1]) if kv else None, "kv_tokens": int(tokens[1].replace(",", "")) if tokens else None,
+            "kv_cache_gib": float(kv[1]) if kv else None,
+            "kv_tokens": int(tokens[1].replace(",", "")) if tokens else None,
             "init_s": float(init[1]) if init else None}
     default, skipped = out.get("default", {}), out.get("skip-profiling", {})
     if default.get("kv_cache_gib") is not None and skipped.get("kv_cache_gib") is not None:
@@ -141,15 +142,17 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=1))
         return
-    print("| images | C | output tok/s (sim) | total tok/s (sim) | prompt tokens | P50 TTFT ms (sim) | P99 TTFT ms (sim) "
-          "| P99 ITL ms (sim) |\n|---|---|---|---|---|---|---|---|")
+    print("| images | C | output tok/s (sim) | total tok/s (sim) | prompt tokens | P50 TTFT ms (sim) "
+          "| P99 TTFT ms (sim) | P99 ITL ms (sim) |\n|---|---|---|---|---|---|---|---|")
     for r in level_rows:
         m, s = r["measured"], r["sim"]
         print(f"| {r['images']} | {r['concurrency']} | {m['output_tok_s']:,.0f} ({s['output_tok_s']:,.0f}) "
               f"| {m['total_tok_s']:,.0f} ({s['total_tok_s']:,.0f}) | {r['prompt_tokens_mean']:,.0f} "
-              f"| {m['ttft_p50_ms']:,.0f} ({s['ttft_p50_ms']:,.0f}) | {m['ttft_p99_ms']:,.0f} ({s['ttft_p99_ms']:,.0f}) "
+              f"| {m['ttft_p50_ms']:,.0f} ({s['ttft_p50_ms']:,.0f}) "
+              f"| {m['ttft_p99_ms']:,.0f} ({s['ttft_p99_ms']:,.0f}) "
               f"| {m['itl_p99_ms']:,.1f} ({s['itl_p99_ms']:,.1f}) |")
-    print("\n| run | images | size | P50 TTFT ms (sim) | tower ms implied | tower ms modelled |\n|---|---|---|---|---|---|")
+    print("\n| run | images | size | P50 TTFT ms (sim) | tower ms implied | tower ms modelled |\n"
+          "|---|---|---|---|---|---|")
     for r in single_rows:
         print(f"| {r['run']} | {r['images']} | {r['size']} | {r['ttft_p50_ms']:,.1f} ({r['sim_ttft_p50_ms']:,.1f}) "
               f"| {r['tower_ms_implied']:,.1f} | {r['tower_ms_modelled']:,.1f} |")

@@ -87,7 +87,8 @@ class Scheduler:
         self._free_slots = list(range(n - 1, size - 1, -1)) + list(getattr(self, "_free_slots", []))
 
     # -- requests ---------------------------------------------------------------------------------------------
-    def add(self, prompt_len: int, max_out: int, encoder: EncoderWork = NO_IMAGES, after_step_start: bool = False) -> int:
+    def add(self, prompt_len: int, max_out: int, encoder: EncoderWork = NO_IMAGES,
+            after_step_start: bool = False) -> int:
         """Queue a request; returns its slot. ``prompt_len + max_out`` must not exceed max_model_len. ``encoder``:
         its images' vision tower work, charged to the step that schedules its first prefill chunk.
 

@@ -159,7 +159,8 @@ def check_folder(folder: Path, image_px: tuple[int, int] = (896, 672)) -> list[s
         assert tok.convert_tokens_to_ids(text_) == token_id, f"{text_} -> {tok.convert_tokens_to_ids(text_)}"
     ids = [1000, 2345, 151363, 77]
     assert tok.encode(tok.decode(ids), add_special_tokens=False) == ids
-    done.append(f"tokenizer: {len(tok)} ids, {len(SPECIAL_TOKENS)} special tokens at their ids, decode/encode round trip")
+    done.append(f"tokenizer: {len(tok)} ids, {len(SPECIAL_TOKENS)} special tokens at their ids, "
+                "decode/encode round trip")
     prompt = tok.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
                                      tokenize=False, add_generation_prompt=True)
     assert prompt == "[gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>hi<|assistant|>\n", prompt
@@ -194,8 +195,9 @@ def check_folder(folder: Path, image_px: tuple[int, int] = (896, 672)) -> list[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m autotune.testing.weightless_vlm",
-                                 description="Write a weightless GLM-4.6V-Flash folder for vllm serve --load-format dummy.")
+    ap = argparse.ArgumentParser(
+        prog="python -m autotune.testing.weightless_vlm",
+        description="Write a weightless GLM-4.6V-Flash folder for vllm serve --load-format dummy.")
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--processor-family", choices=("auto", "glm46v", "glm4v"), default="auto",
                     help="the processor classes named in the folder (auto: glm46v if transformers has it)")
