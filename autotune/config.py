@@ -16,11 +16,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from autotune.errors import UsageError
-from autotune.flags import LAUNCHER_FLAGS, check_flag_value, normalize_flag_name
+from autotune.flags import LAUNCHER_FLAGS, check_flag_value, mm_limit, normalize_flag_name
 from autotune.gpus import detect_gpu, gpu_indices, load_gpu
-from autotune.loadgen.workload import parse_workload
+from autotune.loadgen.workload import Workload, parse_workload
 from autotune.loadsearch import LoadSearchConfig
-from autotune.models import PRESETS, resolve_model
+from autotune.models import PRESETS, ModelSpec, resolve_model
 from autotune.sim.faults import FaultPlan, parse_fault_plan
 from autotune.sim.noise import NOISE_MODELS
 from autotune.space import SearchSpace, load_space
@@ -29,8 +29,8 @@ from autotune.study import StudyConfig
 from autotune.trial import TrialSettings
 
 __all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", "study_limits_ms", "worker_options",
-           "gpu_slots",
-           "REAL_GPU_NOISE_FLOOR", "DEFAULT_WORKLOAD", "DEFAULT_P99_METRIC"]
+           "gpu_slots", "check_workload_model", "check_workload_flags", "REAL_GPU_NOISE_FLOOR", "DEFAULT_WORKLOAD",
+           "DEFAULT_P99_METRIC"]
 
 # Relative run-to-run noise of throughput that no interval on real GPUs is narrower than: two runs of one
 # configuration on two fresh H100s differed by 2.5% in output tok/s, six runs on one H200 server by a
@@ -191,6 +191,24 @@ def default_study_name(model: str, gpus: int, limits_ms: Mapping[str, float]) ->
     return f"{base}-{gpus}gpu-p99" + "-".join(f"{metric}{limit:g}ms" for metric, limit in limits_ms.items())
 
 
+def check_workload_model(workload: Workload, model: ModelSpec) -> None:
+    """An image workload needs a model with a vision tower: refused here, before any server starts (a text-only
+    server answers every such request 400, and the study would end with no feasible configuration)."""
+    images = workload.max_images_per_request
+    if images and not model.is_vlm:
+        raise UsageError(f"workload {workload.spec!r} sends images, but model {model.name!r} "
+                         f"({model.architecture}) has no vision tower; use a text workload or a vision-language model")
+
+
+def check_workload_flags(workload: Workload, flags: Mapping[str, Any], where: str) -> None:
+    """limit-mm-per-prompt must let every request of the workload through."""
+    images = workload.max_images_per_request
+    allowed = mm_limit(flags.get("limit-mm-per-prompt"), "image")
+    if images > allowed:
+        raise UsageError(f"{where}: limit-mm-per-prompt allows {allowed} image(s) per prompt, the workload "
+                         f"{workload.spec!r} sends up to {images}")
+
+
 def _extra_flags(pairs: tuple[str, ...]) -> dict[str, Any]:
     flags: dict[str, Any] = {}
     for pair in pairs:
@@ -205,7 +223,8 @@ def _extra_flags(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _tries(path: str | None, space: SearchSpace) -> tuple[dict[str, Any], ...]:
-    """`--try FILE`: one mapping of flags, or a list of them, to queue after the baselines."""
+    """`--try FILE`: one mapping of flags, or a list of them, to queue after the baselines. A point may set
+    tensor-parallel-size where the space searches it (data-parallel-size follows as GPUs / TP)."""
     if not path:
         return ()
     try:
@@ -218,9 +237,14 @@ def _tries(path: str | None, space: SearchSpace) -> tuple[dict[str, Any], ...]:
         if not isinstance(point, dict):
             raise UsageError(f"--try {path}: expected a mapping of vLLM flags or a list of them")
         flags = {normalize_flag_name(k): check_flag_value(k, v) for k, v in point.items()}
-        outside = sorted(set(flags) - set(space.params))
+        searched = set(space.params) | ({"tensor-parallel-size"} if len(space.tp_choices) > 1 else set())
+        outside = sorted(set(flags) - searched)
         if outside:
             raise UsageError(f"--try {path}: {outside[0]} is not searched by the space")
+        tp = flags.get("tensor-parallel-size")
+        if tp is not None and tp not in space.tp_choices:
+            raise UsageError(f"--try {path}: tensor-parallel-size {tp} is not among the space's choices for these "
+                             f"GPUs ({', '.join(map(str, space.tp_choices))})")
         out.append(flags)
     return tuple(out)
 
@@ -234,7 +258,11 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
     engine_name = (engine or choose_engine(opts.engine)).engine
     gpu_type = opts.gpu_type or ((detect_gpu() or "h100") if engine_name == "vllm" else "h100")
     gpu = load_gpu(gpu_type)
-    space = load_space(opts.space, model, opts.gpus, preset=preset)
+    # Token-id prompts: exact lengths on any engine, no tokenizer needed. A trace's times are not used: each
+    # load level sets its own concurrency, so its requests are a dataset here (shuffled by the seed, cycled).
+    workload = parse_workload(opts.workload, seed=opts.seed).without_times()
+    check_workload_model(workload, model)
+    space = load_space(opts.space, model, opts.gpus, preset=preset, images_per_request=workload.max_images_per_request)
     extra = _extra_flags(opts.set_flags)
     if opts.load_format:
         extra["load-format"] = check_flag_value("load-format", opts.load_format)
@@ -242,9 +270,7 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
     if overlap:
         raise UsageError(f"--set {sorted(overlap)[0]}: that flag is searched by the space; remove it from one")
     space.fixed = {**space.fixed, **extra}
-    # Token-id prompts: exact lengths on any engine, no tokenizer needed. A trace's times are not used: each
-    # load level sets its own concurrency, so its requests are a dataset here (shuffled by the seed, cycled).
-    workload = parse_workload(opts.workload, seed=opts.seed).without_times()
+    check_workload_flags(workload, space.fixed, "--set or the space's fixed flags")
     if opts.sim_noise != "off" and (engine_name != "sim" or opts.sim_server):
         raise UsageError("--sim-noise is for the in-process sim engine (not with --sim-server or a real engine)")
     # A sim with a GPU's noise is judged as a GPU study is: the same P99 widening and throughput noise floor.
@@ -265,12 +291,15 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
         sim_server=opts.sim_server, sim_noise=NOISE_MODELS[opts.sim_noise], seed=opts.seed,
         request_timeout_s=opts.request_timeout_s, ledger_dir=out_dir / study_name / "servers",
     )
+    tries = _tries(opts.try_file, space)
+    for point in tries:
+        check_workload_flags(workload, {**space.fixed, **point}, f"--try {opts.try_file}")
     return StudyConfig(
         study_name=study_name, storage_url=storage_url, space=space, settings=settings, preset=preset,
         n_trials=opts.trials, timeout_s=opts.timeout_s, patience=opts.patience, top_k=opts.top_k,
         repeats=opts.repeats, noise_floor=REAL_GPU_NOISE_FLOOR if gpu_like else 0.0,
         confidence=opts.confidence, seed=opts.seed,
-        out_dir=out_dir, tries=_tries(opts.try_file, space), gpu_slots=slots, sim_fault=fault,
+        out_dir=out_dir, tries=tries, gpu_slots=slots, sim_fault=fault,
         run_options=opts.model_dump(exclude=set(_LOCAL_OPTIONS)),
     )
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from autotune.errors import UsageError
 
-__all__ = ["FlagDef", "VLLM_FLAGS", "flags_to_argv", "normalize_flag_name", "check_flag_value", "effective_flags"]
+__all__ = ["FlagDef", "VLLM_FLAGS", "flags_to_argv", "normalize_flag_name", "check_flag_value", "effective_flags",
+           "mm_limit", "DEFAULT_MM_LIMIT"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class FlagDef:
     default: Any = None  # vLLM 0.26 default on an H100 for `vllm serve` (None: vLLM decides / unset)
     choices: tuple[Any, ...] | None = None
     help: str = ""
+    zero_allowed: bool = False  # a number flag where 0 is meaningful (else numbers must be positive)
 
 
 # The subset of `vllm serve` flags that the tuner searches, the sim engine models, or the launcher sets.
@@ -47,7 +49,16 @@ _DEFS = [
     FlagDef("load-format", str, "auto", ("auto", "dummy", "safetensors", "pt")),
     FlagDef("seed", int, 0),
     FlagDef("trust-remote-code", bool, False),
-    FlagDef("limit-mm-per-prompt", dict, None),
+    # The multimodal flags as vLLM's MultiModalConfig spells them (vllm/config/multimodal.py, read at vllm-project/vllm
+    # commit 01230b40): limit-mm-per-prompt takes JSON, {"image": 4, "video": 0} (a count per modality, 999 when
+    # unset) or {"image": {"count": 4, "width": 512, "height": 512}} (also the size profiled at start-up).
+    FlagDef("limit-mm-per-prompt", dict, None, help='items per prompt by modality, JSON: {"image": 4, "video": 0}'),
+    FlagDef("mm-processor-cache-gb", float, 4.0, zero_allowed=True,
+            help="GiB of CPU memory per API/engine process caching processed images (0: off)"),
+    FlagDef("mm-processor-cache-type", str, "lru", ("lru", "shm")),
+    FlagDef("skip-mm-profiling", bool, False,
+            help="skip profiling the vision encoder's memory at start-up (faster start; the encoder's peak is "
+                 "then not reserved: KV cache may take memory the encoder needs, an OOM under image load)"),
     FlagDef("compilation-config", dict, None),
     FlagDef("swap-space", float, 4.0),
     FlagDef("disable-log-stats", bool, False),
@@ -86,6 +97,8 @@ def check_flag_value(name: str, value: Any) -> Any:
             value = bool(value)
         elif fdef.type is dict:
             value = json.loads(value) if isinstance(value, str) else dict(value)
+            if not isinstance(value, dict):
+                raise ValueError(value)
         elif fdef.type is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
         else:
@@ -94,11 +107,30 @@ def check_flag_value(name: str, value: Any) -> Any:
         raise UsageError(f"flag {fdef.name}: {value!r} is not a valid {fdef.type.__name__}") from None
     if fdef.choices and value not in fdef.choices:
         raise UsageError(f"flag {fdef.name}: {value!r} not one of {', '.join(map(str, fdef.choices))}")
-    if fdef.type in (int, float) and fdef.name != "seed" and value <= 0:
-        raise UsageError(f"flag {fdef.name}: must be positive, got {value}")
+    if fdef.type in (int, float) and fdef.name != "seed" and (value < 0 or (value == 0 and not fdef.zero_allowed)):
+        raise UsageError(f"flag {fdef.name}: must be {'>= 0' if fdef.zero_allowed else 'positive'}, got {value}")
+    if fdef.name == "limit-mm-per-prompt":
+        for modality in value:
+            mm_limit(value, modality)  # each entry is checked here, once
     if fdef.name == "gpu-memory-utilization" and not 0 < value <= 1:
         raise UsageError(f"flag gpu-memory-utilization: must be in (0, 1], got {value}")
     return value
+
+
+DEFAULT_MM_LIMIT = 999  # vLLM's items per prompt for a modality limit-mm-per-prompt leaves out
+
+
+def mm_limit(value: dict[str, Any] | None, modality: str) -> int:
+    """The item count limit-mm-per-prompt allows for ``modality`` (vLLM's default where unset). Either spelling:
+    ``{"image": 4}`` or ``{"image": {"count": 4, ...}}``; raises UsageError on anything else."""
+    if not value or modality not in value:
+        return DEFAULT_MM_LIMIT
+    entry = value[modality]
+    count = entry.get("count", DEFAULT_MM_LIMIT) if isinstance(entry, dict) else entry
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise UsageError(f"flag limit-mm-per-prompt: {modality!r} must be a count >= 0 or an object with one "
+                         f"(e.g. {{\"{modality}\": 4}}), got {entry!r}")
+    return count
 
 
 def flags_to_argv(flags: dict[str, Any]) -> list[str]:

@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from autotune.flags import effective_flags
+from autotune.flags import effective_flags, mm_limit
 from autotune.gpus import GpuSpec
 from autotune.models import ModelSpec
 
-__all__ = ["MemoryPlan", "plan_memory", "GIB"]
+__all__ = ["MemoryPlan", "plan_memory", "encoder_profiled", "GIB"]
 
 GIB = 1024**3
 
@@ -33,6 +33,16 @@ class MemoryPlan:
         return dict(self.__dict__)
 
 
+def encoder_profiled(model: ModelSpec, flags: dict[str, Any]) -> bool:
+    """Does vLLM profile the vision encoder's memory at start-up? For a VLM that takes images or videos
+    (limit-mm-per-prompt not 0 for both), unless --skip-mm-profiling. Skipping it starts faster, but the KV cache
+    may then take memory the encoder needs at its peak: an out-of-memory error under image load."""
+    f = effective_flags(flags)
+    limit = f["limit-mm-per-prompt"]
+    takes_media = mm_limit(limit, "image") > 0 or mm_limit(limit, "video") > 0
+    return model.is_vlm and takes_media and not f["skip-mm-profiling"]
+
+
 def plan_memory(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any]) -> MemoryPlan:
     """Per-GPU memory of one engine replica under ``flags``.
 
@@ -40,7 +50,8 @@ def plan_memory(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any]) -> Memory
     replicated over DP; the routed experts (FusedMoE) are always spread over all TP×DP ranks — as whole
     experts with ``--enable-expert-parallel`` (EP), else each expert TP-sharded over the flattened TP×DP
     group (vLLM's ``FusedMoEParallelConfig.flatten_tp_across_dp``) — so the per-GPU bytes are the same.
-    The vision tower is TP-sharded in ``mm-encoder-tp-mode weights`` and replicated in ``data`` mode.
+    The vision tower is TP-sharded in ``mm-encoder-tp-mode weights`` and replicated in ``data`` mode; the memory
+    its profiling run peaks at is reserved unless ``--skip-mm-profiling`` (:func:`encoder_profiled`).
     ``--quantization fp8`` (online) stores Linear and MoE weights in fp8; the input embedding and the LM
     head stay in the checkpoint dtype."""
     f = effective_flags(flags)
@@ -59,6 +70,8 @@ def plan_memory(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any]) -> Memory
     weights_gib = weights / GIB + float((gpu.extra or {}).get("model_load_extra_gib", 0.0))
     batched = int(f["max-num-batched-tokens"] or 8192)
     reserve_gib = gpu.non_torch_gib + gpu.activation_gib_per_1k_batched_tokens * batched / 1000
+    if encoder_profiled(model, f):  # the encoder's peak on the profiling run's largest images, kept free of KV
+        reserve_gib += float((gpu.extra or {}).get("vision_profile_gib", 0.0))
     budget_gib = gpu.memory_gib * float(f["gpu-memory-utilization"])
     kv_gib = budget_gib - weights_gib - reserve_gib
     max_len = int(f["max-model-len"] or model.max_position_embeddings)

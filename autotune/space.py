@@ -4,14 +4,18 @@
       max-num-seqs: {type: int, low: 64, high: 1024, log: true}
       kv-cache-dtype: {type: categorical, choices: [auto, fp8]}
       mm-encoder-tp-mode: {type: categorical, choices: [weights, data], when: [vlm, tp>1]}
+      limit-mm-per-prompt: {type: categorical, choices: [null, {image: 4, video: 0}], when: [vlm, images]}
     fixed: {enable-chunked-prefill: true}
     parallel: {tensor-parallel-size: [1, 2, 4]}   # data-parallel-size = GPUs / TP
 
-Conditions (``when``) are all of: ``vlm``, ``moe``, ``tp>1``. Only restart-requiring knobs belong here;
-the load level is searched on the live server, not by Optuna.
+Conditions (``when``) are all of: ``vlm`` (the model has a vision tower), ``moe``, ``tp>1``, ``images`` (the
+workload sends images). A JSON-object flag's choices are mappings (Optuna sees each as its canonical JSON text);
+a limit-mm-per-prompt choice that allows fewer images than the workload's requests carry is dropped. Only
+restart-requiring knobs belong here; the load level is searched on the live server, not by Optuna.
 """
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -21,12 +25,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from autotune.errors import UsageError
-from autotune.flags import LAUNCHER_FLAGS, VLLM_FLAGS, check_flag_value, normalize_flag_name
+from autotune.flags import LAUNCHER_FLAGS, VLLM_FLAGS, check_flag_value, mm_limit, normalize_flag_name
 from autotune.models import ModelSpec
 
 __all__ = ["SearchSpace", "ParamSpec", "load_space", "default_space_path", "CONDITIONS"]
 
-CONDITIONS = ("vlm", "moe", "tp>1")
+CONDITIONS = ("vlm", "moe", "tp>1", "images")
 
 
 class ParamSpec(BaseModel):
@@ -68,6 +72,17 @@ class ParamSpec(BaseModel):
                 raise ValueError("step must be positive")
         return self
 
+    def optuna_choices(self) -> list[Any]:
+        """The choices as Optuna stores them: a mapping as its canonical JSON text (Optuna takes scalars only)."""
+        return [_encode_choice(c) for c in self.choices or []]
+
+    def flag_value(self, suggested: Any) -> Any:
+        """The flag value of a choice Optuna suggested (:meth:`optuna_choices`)."""
+        for choice in self.choices or []:
+            if _encode_choice(choice) == suggested:
+                return choice
+        return suggested
+
     def domain_values(self) -> list[Any]:
         """Every value the parameter can take when the space is finite (for grids); else raises."""
         if self.type == "categorical":
@@ -94,15 +109,16 @@ class SearchSpace:
     """A validated space bound to a model and a GPU count."""
 
     def __init__(self, params: dict[str, ParamSpec], fixed: dict[str, Any], tp_choices: list[int],
-                 source: str, description: str = "") -> None:
+                 source: str, description: str = "", images_per_request: int = 0) -> None:
         self.params = params
         self.fixed = fixed
         self.tp_choices = tp_choices
         self.source = source
         self.description = description
+        self.images_per_request = images_per_request  # the most images one of the workload's requests carries
 
     def conditions_hold(self, when: list[str], model: ModelSpec, tp: int) -> bool:
-        facts = {"vlm": model.is_vlm, "moe": model.is_moe, "tp>1": tp > 1}
+        facts = {"vlm": model.is_vlm, "moe": model.is_moe, "tp>1": tp > 1, "images": self.images_per_request > 0}
         return all(facts[c] for c in when)
 
     def sample(self, trial: optuna.trial.BaseTrial, model: ModelSpec, gpus: int) -> dict[str, Any]:
@@ -121,7 +137,7 @@ class SearchSpace:
             if not self.conditions_hold(spec.when, model, tp):
                 continue
             if spec.type == "categorical":
-                flags[name] = trial.suggest_categorical(name, spec.choices)  # type: ignore[arg-type]
+                flags[name] = spec.flag_value(trial.suggest_categorical(name, spec.optuna_choices()))
             elif spec.type == "int":
                 flags[name] = trial.suggest_int(name, int(spec.low), int(spec.high),  # type: ignore[arg-type]
                                                 step=int(spec.step or 1), log=spec.log)
@@ -140,7 +156,7 @@ class SearchSpace:
         for name, spec in self.params.items():
             if not self.conditions_hold(spec.when, model, tp):
                 continue
-            out[name] = flags.get(name, VLLM_FLAGS[name].default)
+            out[name] = _encode_choice(flags.get(name, VLLM_FLAGS[name].default))
         return out
 
     def grid(self, model: ModelSpec, gpus: int) -> list[dict[str, Any]]:
@@ -164,8 +180,10 @@ def default_space_path(preset: str) -> Path | None:
     return Path(str(candidate)) if candidate.is_file() else None
 
 
-def load_space(path: str | Path | None, model: ModelSpec, gpus: int, preset: str | None = None) -> SearchSpace:
-    """Read and validate a space file (default: the preset's, else ``generic.yaml``)."""
+def load_space(path: str | Path | None, model: ModelSpec, gpus: int, preset: str | None = None,
+               images_per_request: int = 0) -> SearchSpace:
+    """Read and validate a space file (default: the preset's, else ``generic.yaml``), bound to a model, a GPU
+    count and the most images a request of the workload carries."""
     if path is None:
         path = default_space_path(preset or "") or default_space_path("generic")
     path = Path(path)
@@ -188,6 +206,8 @@ def load_space(path: str | Path | None, model: ModelSpec, gpus: int, preset: str
         key = _flag(name, path)
         for value in (spec.choices or []) + [v for v in (spec.low, spec.high) if v is not None]:
             _value(key, value, path)
+        if key == "limit-mm-per-prompt" and images_per_request and spec.choices:
+            spec = _admitting(spec, images_per_request, path)
         params[key] = spec
     fixed = {(k := _flag(name, path)): _value(k, value, path) for name, value in parsed.fixed.items()}
     overlap = set(params) & set(fixed)
@@ -203,7 +223,21 @@ def load_space(path: str | Path | None, model: ModelSpec, gpus: int, preset: str
         raise UsageError(f"search space {path}: no tensor-parallel-size choice divides --gpus {gpus}")
     if any(k in ("tensor-parallel-size", "data-parallel-size") for k in list(params) + list(fixed)):
         raise UsageError(f"search space {path}: set parallelism under 'parallel', not as a flag")
-    return SearchSpace(params, fixed, tp_choices, source=str(path), description=parsed.description)
+    return SearchSpace(params, fixed, tp_choices, source=str(path), description=parsed.description,
+                       images_per_request=images_per_request)
+
+
+def _encode_choice(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")) if isinstance(value, dict) else value
+
+
+def _admitting(spec: ParamSpec, images: int, path: Path) -> ParamSpec:
+    """The limit-mm-per-prompt choices that let a request carry ``images`` images."""
+    kept = [c for c in spec.choices or [] if mm_limit(c, "image") >= images]
+    if not kept:
+        raise UsageError(f"search space {path}: no limit-mm-per-prompt choice allows the workload's {images} "
+                         "images per request")
+    return spec.model_copy(update={"choices": kept})
 
 
 def _flag(name: str, path: Path) -> str:

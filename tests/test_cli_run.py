@@ -6,6 +6,7 @@ import sqlite3
 import pytest
 
 from autotune.cli import main
+from autotune.space import default_space_path
 
 
 def run_cli(capsys, *args):
@@ -147,3 +148,23 @@ def test_the_options_model_checks_limits_given_by_code():
     for slo in ({"latency": 5.0}, {"ttft": 0.0}, {"itl": float("inf")}):
         with pytest.raises(pydantic.ValidationError):
             RunOptions(model="flash", slo_ms=slo)
+
+
+def test_image_workload_on_a_text_only_model_is_refused_before_any_server(capsys, storage, weightless_flash_dir):
+    # a text-only model would answer every request 400 and the study end with exit 3; refused up front instead
+    url, db = storage
+    code, out, err = run_cli(capsys, *BASE, "--storage", url, "--model", str(weightless_flash_dir), "--p99-ms", "500",
+                             "--workload", "mm:128:32:2:448x448")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "sends images, but model" in err and "(Glm4ForCausalLM) has no vision tower" in err
+    assert not db.exists() and not (db.parent / "studies").exists()
+
+
+def test_image_limit_below_the_workload_is_refused(capsys, storage, tmp_path):
+    url, db = storage
+    code, _, err = run_cli(capsys, *BASE, "--storage", url, "--model", "flash", "--p99-ms", "500",
+                           "--workload", "mm:128:32:1-3:448x448", "--space", str(default_space_path("generic")),
+                           "--set", 'limit-mm-per-prompt={"image": 2}')
+    assert code == 2 and err.count("\n") == 1
+    assert "limit-mm-per-prompt allows 2 image(s) per prompt, the workload 'mm:128:32:1-3:448x448' sends up to 3" in err
+    assert trial_count(db) == 0

@@ -5,12 +5,13 @@ import json
 import math
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from autotune.errors import UsageError
-from autotune.testing.fakeserver import FakeServer
+from autotune.testing.fakeserver import IMAGE_TOKENS, FakeServer
 from autotune.loadgen.promscrape import parse_prometheus
 from autotune.loadgen.runner import LoadConfig, _arrival_times, run_bench, run_load
 from autotune.loadgen.workload import RequestSpec, parse_workload
@@ -207,6 +208,20 @@ def test_requests_with_images_use_chat(server: FakeServer) -> None:
     with pytest.raises(UsageError, match="chat endpoint"):
         run_bench(server.url, MODEL, parse_workload("mm:16:3:1:32x32"),
                   LoadConfig(concurrency=2, num_prompts=4, endpoint="completions"))
+
+
+def test_image_tokens_count_where_the_usage_reports_them(server: FakeServer, tmp_path: Path) -> None:
+    # the fake server counts 256 tokens per image and one per word, as its usage says
+    wl = parse_workload("mm:16:3:0-2:64x64", seed=3)
+    for usage in (True, False):
+        server.configure(usage=usage)
+        path = tmp_path / f"usage-{usage}.jsonl"
+        res = run_bench(server.url, MODEL, wl, LoadConfig(concurrency=2, num_prompts=12, records_path=str(path)))
+        assert res.completed == 12
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        assert {r["images"] for r in records} == {0, 1, 2}
+        for r in records:  # with the usage, the images' tokens count; without, only the text's known length
+            assert r["prompt_tokens"] == 16 + (IMAGE_TOKENS * r["images"] if usage else 0)
 
 
 def test_run_load_cycles_requests(server: FakeServer) -> None:

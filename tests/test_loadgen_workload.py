@@ -1,15 +1,17 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from autotune.errors import UsageError
-from autotune.loadgen.workload import TOKEN_ID_HIGH, TOKEN_ID_LOW, RequestSpec, parse_workload
+from autotune.loadgen.workload import TOKEN_ID_HIGH, TOKEN_ID_LOW, RequestSpec, block_png, parse_workload
 
 
 def _decode_png(data: bytes) -> tuple[int, int, bytes]:
@@ -73,6 +75,48 @@ def test_mm_images_are_distinct_pngs_of_the_asked_size() -> None:
     assert parse_workload("mm:64:8:2:40x24", seed=0).requests(2) == reqs
 
 
+def test_block_png_is_what_pillow_decodes() -> None:
+    # the encoder's own shortcuts (reused deflated zero rows, an Adler-32 extended without reading them) checked
+    # against a real decoder, at sizes that are and are not multiples of the block
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for width, height, block in ((50, 40, 16), (17, 33, 4), (64, 64, 16), (1, 1, 16), (300, 7, 16)):
+        blocks = rng.integers(0, 256, size=(-(-height // block), -(-width // block), 3), dtype=np.uint8)
+        data = block_png(blocks, width, height, block)
+        _, _, raw = _decode_png(data)  # zlib checks the Adler-32
+        assert len(raw) == height * (1 + width * 3)
+        expected = np.repeat(np.repeat(blocks, block, axis=0), block, axis=1)[:height, :width]
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.size == (width, height) and image.mode == "RGB"
+            assert np.array_equal(np.asarray(image), expected)
+
+
+def test_mm_counts_sizes_and_text_lengths_are_drawn_per_request() -> None:
+    spec = "mm:100:20:1-3:64x64,96x48:range=0.2"
+    wl = parse_workload(spec, seed=5)
+    reqs = wl.requests(150)
+    counts = {len(r.images) for r in reqs}
+    assert counts == {1, 2, 3} and wl.max_images_per_request == 3
+    sizes = {_decode_png(base64.b64decode(url.split(",", 1)[1]))[:2] for r in reqs[:40] for url in r.images}
+    assert sizes == {(64, 64), (96, 48)}
+    assert 80 <= min(r.prompt_len for r in reqs) < 90 and 110 < max(r.prompt_len for r in reqs) <= 120
+    assert all(len(str(r.prompt).split()) == r.prompt_len for r in reqs)
+    assert len({url for r in reqs for url in r.images}) == sum(len(r.images) for r in reqs)  # all distinct
+    assert parse_workload(spec, seed=5).requests(160, 150) == wl.requests(160)[150:]  # deterministic, prefix-stable
+    assert wl.describe()["images_max"] == 3 and wl.describe()["sizes"] == ["64x64", "96x48"]
+
+
+def test_mm_pool_repeats_images_across_requests_only_when_asked() -> None:
+    reqs = parse_workload("mm:16:4:2:64x64:pool=3", seed=1).requests(50)
+    urls = [url for r in reqs for url in r.images]
+    assert len(set(urls)) == 3  # every pooled image is used, and only those
+    assert all(len(set(r.images)) == 2 for r in reqs)  # two distinct images per request while the pool allows
+    assert parse_workload("mm:16:4:2:64x64:pool=3", seed=2).requests(1)[0].images[0] not in urls
+    assert parse_workload("mm:16:4:0:64x64").max_images_per_request == 0
+    assert parse_workload("random:16:4").max_images_per_request == 0
+
+
 def test_sharegpt_parsing(tmp_path: Path) -> None:
     data = [
         {"conversations": [{"from": "human", "value": "hello there " * 4}, {"from": "gpt", "value": "x" * 40}]},
@@ -112,7 +156,14 @@ def test_jsonl_parsing(tmp_path: Path) -> None:
     ("random:10:5:1.5", "RANGE must be in"),
     ("random:10:5:nan", "RANGE must be finite"),
     ("mm:10:5:1:64", "WxH"),
-    ("mm:10:5:-1:64x64", "IMAGES must be >= 0"),
+    ("mm:10:5:-1:64x64", "IMAGES must be a count >= 0 or MIN-MAX"),
+    ("mm:10:5:3-1:64x64", "MIN <= MAX"),
+    ("mm:10:5:1:64x64,64", "image size must be WxH, got '64'"),
+    ("mm:10:5:1:64x0", "H must be positive"),
+    ("mm:10:5:1:64x64:pool=0", "pool must be a positive number"),
+    ("mm:10:5:1:64x64:range=1.5", "range must be in"),
+    ("mm:10:5:1:64x64:cache=1", "unknown or repeated option 'cache=1'"),
+    ("mm:10:5:1:64x64:pool=2:pool=3", "unknown or repeated option 'pool=3'"),
     ("poisson:1:2", "unknown kind"),
     ("sharegpt:/nonexistent/file.json", "file not found"),
     ("jsonl:", "expected jsonl:FILE"),

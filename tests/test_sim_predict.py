@@ -105,16 +105,6 @@ def test_moe_and_tp_model_runs() -> None:
     assert tp4.output_tok_s > 0 and ep.output_tok_s > 0
 
 
-def test_vision_encoder_modes() -> None:
-    model = resolve_model("flash")
-    gpu = load_gpu("h100")
-    weights = PerfModel(model, gpu, {"tensor-parallel-size": 2, "mm-encoder-tp-mode": "weights"})
-    data = PerfModel(model, gpu, {"tensor-parallel-size": 2, "mm-encoder-tp-mode": "data"})
-    images = [(1024, 1024)] * 4
-    assert 0 < data.encoder_time_s(images) < weights.encoder_time_s(images)
-    assert weights.image_tokens(448, 448) == (448 // 14) ** 2 // 4
-
-
 def test_mixed_step_pays_the_decodes_kv_reads_not_a_per_sequence_cost(flash) -> None:
     # A mixed step (one 1024-token prefill chunk beside 512 decodes) is compute-bound in its GEMMs; the
     # decodes' KV reads run in the attention kernels and add to that, whatever the number of sequences.

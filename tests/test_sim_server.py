@@ -155,7 +155,9 @@ def test_chat_with_image_counts_image_tokens(server: Server) -> None:
         return events[-1]["usage"]
 
     plain, with_image = ask(0), ask(1)
-    assert with_image["prompt_tokens"] - plain["prompt_tokens"] == (448 // 14) ** 2 // 4
+    # 448 px is 32 × 32 patches of 14 px, merged 2 × 2: 256 image tokens, between <|begin_of_image|> and
+    # <|end_of_image|>
+    assert with_image["prompt_tokens"] - plain["prompt_tokens"] == 256 + 2
     assert with_image["completion_tokens"] == 8
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 
@@ -73,3 +75,41 @@ def test_flags_to_argv_spelling():
                           "compilation-config": {"level": 3}, "quantization": None, "tp": 2})
     assert argv == ["--async-scheduling", "--compilation-config", '{"level":3}', "--no-enable-prefix-caching",
                     "--max-num-seqs", "256", "--tensor-parallel-size", "2"]
+
+
+def test_vision_knobs_only_for_an_image_workload_and_limits_that_admit_it():
+    text = load_space(None, FLASH, 1, preset="flash")
+    images = load_space(None, FLASH, 1, preset="flash", images_per_request=8)
+    vision_knobs = {"limit-mm-per-prompt", "mm-processor-cache-gb", "mm-processor-cache-type"}
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    seen_limits = []
+    for _ in range(30):
+        trial = study.ask()
+        assert not vision_knobs & set(text.sample(trial, FLASH, 1))
+        study.tell(trial, 1.0)
+        trial = study.ask()
+        flags = images.sample(trial, FLASH, 1)
+        assert vision_knobs <= set(flags)
+        seen_limits.append(flags["limit-mm-per-prompt"])
+        study.tell(trial, 1.0)
+    # {image: 4} cannot carry 8 images: dropped; the flag value is the mapping, Optuna's param its JSON text
+    assert {json.dumps(v, sort_keys=True) for v in seen_limits} == {"null", '{"image": 16, "video": 0}'}
+    assert trial.params["limit-mm-per-prompt"] in (None, '{"image":16,"video":0}')
+    assert flags_to_argv({"limit-mm-per-prompt": {"image": 16, "video": 0}}) == \
+        ["--limit-mm-per-prompt", '{"image":16,"video":0}']
+    # vLLM's defaults are a point of the space: a baseline can be queued
+    params = images.params_for({"limit-mm-per-prompt": {"image": 16, "video": 0}}, FLASH, 1)
+    assert params["limit-mm-per-prompt"] == '{"image":16,"video":0}' and params["mm-processor-cache-gb"] == 4.0
+    study.enqueue_trial(images.params_for({}, FLASH, 1))
+    queued = images.sample(study.ask(), FLASH, 1)
+    assert queued["limit-mm-per-prompt"] is None and queued["mm-processor-cache-type"] == "lru"
+
+
+def test_no_limit_choice_admitting_the_workload_is_one_line(tmp_path):
+    path = write(tmp_path, "params:\n  limit-mm-per-prompt: {type: categorical, choices: [{image: 2}], when: [vlm]}\n")
+    assert load_space(path, FLASH, 1, images_per_request=2).params["limit-mm-per-prompt"].choices == [{"image": 2}]
+    with pytest.raises(UsageError, match="no limit-mm-per-prompt choice allows the workload's 3 images per request"):
+        load_space(path, FLASH, 1, images_per_request=3)
+    bad = write(tmp_path, "params:\n  limit-mm-per-prompt: {type: categorical, choices: [{image: -2}]}\n")
+    with pytest.raises(UsageError, match="'image' must be a count >= 0"):
+        load_space(bad, FLASH, 1)

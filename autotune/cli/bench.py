@@ -18,7 +18,8 @@ __all__ = ["bench", "commands"]
 @click.option("--url", required=True, help="Server base URL, e.g. http://127.0.0.1:8000")
 @click.option("--model", required=True, help="Model name the server serves (checked on /v1/models).")
 @click.option("--workload", default="random:1024:512", show_default=True,
-              help="random:IN:OUT[:RANGE] | sharegpt:FILE | jsonl:FILE | mm:IN:OUT:IMAGES:WxH. A jsonl file "
+              help="random:IN:OUT[:RANGE] | sharegpt:FILE | jsonl:FILE | mm:IN:OUT:IMAGES:WxH (as `autotune run`; "
+                   "with --tokenizer the text is exactly IN tokens of it). A jsonl file "
                    "whose records all have arrival_s is a trace: without --rate its requests are sent at those "
                    "times (--concurrency caps them).")
 @click.option("--concurrency", type=int, default=None, help="Closed loop: requests in flight.")

@@ -44,7 +44,8 @@ def _default(field: str) -> Any:
 @click.option("--storage", default=None, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
 @click.option("--space", type=click.Path(dir_okay=False), default=None, help="search space YAML")
 @click.option("--workload", default=_default("workload"), show_default=True,
-              help="random:IN:OUT[:RANGE] | sharegpt:FILE | jsonl:FILE | mm:IN:OUT:IMAGES:WxH")
+              help="random:IN:OUT[:RANGE] | sharegpt:FILE | jsonl:FILE | mm:IN:OUT:IMAGES:WxH (images per request "
+                   "N or MIN-MAX, sizes WxH[,WxH...], options :range=R :pool=K)")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="folder for trial logs and the profile (default: beside the SQLite file, else ./studies)")
 @click.option("--seed", type=int, default=_default("seed"), show_default=True)

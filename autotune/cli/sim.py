@@ -51,6 +51,7 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
                 rate: float | None, num_prompts: int | None, warmup: int | None, seed: int, as_json: bool) -> None:
     """Predict a benchmark of MODEL under vLLM flags (given after the options, `vllm serve` spelling): one load
     level of a study (same requests, warm-up wave, ramp and steady window), run in-process on the sim engine."""
+    from autotune.config import check_workload_flags, check_workload_model
     from autotune.gpus import load_gpu
     from autotune.jsonsafe import json_safe
     from autotune.loadgen.runner import LoadConfig
@@ -69,6 +70,8 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
     model, gpu = resolve_model(model_ref), load_gpu(gpu_type)
     # the study's request stream: its own times of a trace are not used, as in `autotune run`
     wl = parse_workload(workload, seed=seed).without_times()
+    check_workload_model(wl, model)
+    check_workload_flags(wl, flags, "the vLLM flags")
     if rate is None:
         # a study's load level at this concurrency (trial.level_load_config owns its shape)
         settings = TrialSettings(engine="sim", model=model, gpu=gpu, gpus=1, workload=wl,

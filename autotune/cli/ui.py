@@ -6,6 +6,7 @@ one per re-measurement, never wrapped or cut, so that a study name or a `vllm se
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping
@@ -26,17 +27,21 @@ __all__ = ["StudyView", "short_flags", "fmt_ms"]
 _SHORT = {"max-num-seqs": "seqs", "max-num-batched-tokens": "batch", "kv-cache-dtype": "kv",
           "gpu-memory-utilization": "mem", "enable-prefix-caching": "prefix", "async-scheduling": "async",
           "max-cudagraph-capture-size": "graphs", "tensor-parallel-size": "tp", "data-parallel-size": "dp",
-          "enable-expert-parallel": "ep", "mm-encoder-tp-mode": "mm", "enable-chunked-prefill": "chunked"}
+          "enable-expert-parallel": "ep", "mm-encoder-tp-mode": "mm", "enable-chunked-prefill": "chunked",
+          "limit-mm-per-prompt": "mm-limit", "mm-processor-cache-gb": "mm-cache-gb",
+          "mm-processor-cache-type": "mm-cache", "skip-mm-profiling": "skip-mm-profile"}
 
 
 def short_flags(flags: Mapping[str, Any]) -> str:
     parts = []
     for key, value in flags.items():
-        if key == "enable-chunked-prefill":
+        if key == "enable-chunked-prefill" or value is None:  # None: vLLM's default, the flag not given
             continue
         name = _SHORT.get(key, key)
         if isinstance(value, bool):
             parts.append(name if value else f"no-{name}")
+        elif isinstance(value, dict):
+            parts.append(f"{name}={json.dumps(value, separators=(',', ':'))}")
         else:
             parts.append(f"{name}={value}")
     return " ".join(parts) or "(vLLM defaults)"

@@ -216,7 +216,9 @@ async def drive_load(transport: Transport, requests: list[RequestSpec], cfg: Loa
     server_metrics = transport.server_metrics
 
     if cfg.records_path:
-        write_records(cfg.records_path, results, cfg.warmup_prompts, with_itl=cfg.records_itl)
+        images = [len(requests[i % len(requests)].images) for i in range(total)] if any(r.images for r in requests) \
+            else None
+        write_records(cfg.records_path, results, cfg.warmup_prompts, with_itl=cfg.records_itl, images=images)
     sent = [r for r in results[cfg.warmup_prompts:] if r is not None]
     measured = [out for out, _ in sent]
     ok_clocks = {sim for out, sim in sent if out.success}
@@ -248,11 +250,13 @@ async def drive_load(transport: Transport, requests: list[RequestSpec], cfg: Loa
 
 
 def write_records(path: str | Path, results: list[tuple[RequestOutput, bool] | None], warmup: int,
-                  with_itl: bool = False) -> None:
+                  with_itl: bool = False, images: list[int] | None = None) -> None:
     """One JSON object per request sent, in send order (gzip if the name ends in .gz): where the figures
     came from, e.g. TTFT against start time to see a transient. Times in ms, ``start_s`` from the run's start
     in the records' clock (modelled seconds for the sim engine). ``with_itl`` adds ``itl_ms``, the request's
-    inter-token gaps (one per token chunk after the first), e.g. to compare them gap by gap with another tool's."""
+    inter-token gaps (one per token chunk after the first), e.g. to compare them gap by gap with another tool's.
+    ``images``: each request's image count, written as ``images`` (its ``prompt_tokens`` are the server's usage,
+    image tokens included, where the server reports usage)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -268,6 +272,8 @@ def write_records(path: str | Path, results: list[tuple[RequestOutput, bool] | N
                 "output_tokens": out.output_tokens, "ttft_ms": _ms(out.ttft_s), "tpot_ms": _ms(out.tpot_s),
                 "e2el_ms": _ms(out.e2el_s), "itl_max_ms": _ms(max(itl)) if itl else None,
             }
+            if images is not None:
+                record["images"] = images[i]
             if with_itl:
                 record["itl_ms"] = [_ms(gap) for gap in itl]
             f.write(json.dumps(json_safe(record)) + "\n")

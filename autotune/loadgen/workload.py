@@ -11,8 +11,10 @@ arrival order (sorted by ``arrival_s``), are not shuffled or cycled, and the run
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
+import re
 import struct
 import zlib
 from dataclasses import dataclass, replace
@@ -23,7 +25,7 @@ import numpy as np
 
 from autotune.errors import UsageError
 
-__all__ = ["RequestSpec", "Workload", "parse_workload", "png_bytes", "TOKEN_ID_LOW", "TOKEN_ID_HIGH"]
+__all__ = ["RequestSpec", "Workload", "parse_workload", "block_png", "TOKEN_ID_LOW", "TOKEN_ID_HIGH"]
 
 # Random prompts are token ids in [TOKEN_ID_LOW, TOKEN_ID_HIGH): ordinary vocabulary for most tokenizers.
 TOKEN_ID_LOW = 1000
@@ -67,6 +69,11 @@ class Workload:
         """The same requests as a plain dataset (a study drives its own load, not a trace's times)."""
         return self
 
+    @property
+    def max_images_per_request(self) -> int:
+        """The most images one request carries (0: text only)."""
+        return 0
+
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, index])
 
@@ -100,32 +107,62 @@ class RandomWorkload(Workload):
 
 
 class MultimodalWorkload(Workload):
-    """Chat prompts of about IN tokens (exact with a tokenizer) with IMAGES synthetic PNGs of WxH each."""
+    """Chat prompts of about IN tokens (exact with a tokenizer) with synthetic PNG images: a count drawn per request
+    from ``images`` (min, max), each image of a size drawn from ``sizes`` ((width, height) pairs). Every image is
+    distinct, so a server's caches of processed images never hit; with ``pool`` > 0 the images are drawn from
+    that many distinct ones (a request's images differ from each other while the pool allows), so they can."""
 
-    def __init__(self, spec: str, seed: int, input_len: int, output_len: int, images: int, width: int,
-                 height: int, tokenizer: Any = None) -> None:
+    def __init__(self, spec: str, seed: int, input_len: int, output_len: int, images: tuple[int, int],
+                 sizes: tuple[tuple[int, int], ...], range_ratio: float = 0.0, pool: int = 0,
+                 tokenizer: Any = None) -> None:
         super().__init__(spec, seed)
-        self.input_len, self.output_len = input_len, output_len
-        self.images, self.width, self.height = images, width, height
+        self.input_len, self.output_len, self.range_ratio = input_len, output_len, range_ratio
+        self.images, self.sizes, self.pool = images, sizes, pool
         self.tokenizer = tokenizer
+        self._pool_urls: dict[int, str] = {}
+
+    @property
+    def max_images_per_request(self) -> int:
+        return self.images[1]
 
     def requests(self, n: int, start: int = 0) -> list[RequestSpec]:
         out = []
         for i in range(start, n):
             rng = self._rng(i)
+            in_len = _ranged(rng, self.input_len, self.range_ratio)
+            out_len = _ranged(rng, self.output_len, self.range_ratio)
             if self.tokenizer is None:
-                prompt = " ".join(_WORDS[j] for j in rng.integers(0, len(_WORDS), size=self.input_len))
+                prompt = " ".join(_WORDS[j] for j in rng.integers(0, len(_WORDS), size=in_len))
             else:
-                ids = rng.integers(TOKEN_ID_LOW, TOKEN_ID_HIGH, size=self.input_len).tolist()
-                prompt = _exact_text(self.tokenizer, ids, self.input_len)
-            images = tuple(_png_data_url(rng, self.width, self.height) for _ in range(self.images))
-            out.append(RequestSpec(prompt=prompt, prompt_len=self.input_len, output_len=self.output_len, images=images))
+                ids = rng.integers(TOKEN_ID_LOW, TOKEN_ID_HIGH, size=in_len).tolist()
+                prompt = _exact_text(self.tokenizer, ids, in_len)
+            count = int(rng.integers(self.images[0], self.images[1] + 1))
+            if self.pool:
+                picks = rng.choice(self.pool, size=count, replace=count > self.pool)
+                images = tuple(self._pool_image(int(j)) for j in picks)
+            else:
+                images = tuple(self._image(rng) for _ in range(count))
+            out.append(RequestSpec(prompt=prompt, prompt_len=in_len, output_len=out_len, images=images))
         return out
+
+    def _image(self, rng: np.random.Generator) -> str:
+        width, height = self.sizes[int(rng.integers(0, len(self.sizes)))] if len(self.sizes) > 1 else self.sizes[0]
+        return _png_data_url(rng, width, height)
+
+    def _pool_image(self, index: int) -> str:
+        """The pool's image ``index``: the same in every request, drawn from its own stream (not a request's)."""
+        if index not in self._pool_urls:
+            self._pool_urls[index] = self._image(np.random.default_rng([self.seed, _POOL_STREAM, index]))
+        return self._pool_urls[index]
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "kind": "mm", "input_len": self.input_len, "output_len": self.output_len,
-                "images": self.images, "width": self.width, "height": self.height,
+                "range_ratio": self.range_ratio, "images_min": self.images[0], "images_max": self.images[1],
+                "sizes": [f"{w}x{h}" for w, h in self.sizes], "image_pool": self.pool,
                 "prompt_len_exact": self.tokenizer is not None}
+
+
+_POOL_STREAM = 1 << 31  # the pool's seeds differ from every request's [seed, index]
 
 
 class FileWorkload(Workload):
@@ -180,18 +217,7 @@ def parse_workload(spec: str, seed: int = 0, tokenizer: str | None = None) -> Wo
                 raise UsageError(f"workload {spec!r}: RANGE must be in [0, 1), got {parts[2]}")
         return RandomWorkload(spec, seed, in_len, out_len, ratio, tok)
     if kind == "mm":
-        parts = rest.split(":")
-        if len(parts) != 4:
-            raise UsageError(f"workload {spec!r}: expected mm:IN:OUT:IMAGES:WxH")
-        in_len, out_len = _pos_int(parts[0], spec, "IN"), _pos_int(parts[1], spec, "OUT")
-        images = _int(parts[2], spec, "IMAGES")
-        if images < 0:
-            raise UsageError(f"workload {spec!r}: IMAGES must be >= 0, got {parts[2]}")
-        size = parts[3].lower().split("x")
-        if len(size) != 2:
-            raise UsageError(f"workload {spec!r}: image size must be WxH, got {parts[3]!r}")
-        width, height = _pos_int(size[0], spec, "W"), _pos_int(size[1], spec, "H")
-        return MultimodalWorkload(spec, seed, in_len, out_len, images, width, height, tok)
+        return _parse_mm(spec, rest, seed, tok)
     if kind in ("sharegpt", "jsonl"):
         if not rest:
             raise UsageError(f"workload {spec!r}: expected {kind}:FILE")
@@ -206,6 +232,40 @@ def parse_workload(spec: str, seed: int = 0, tokenizer: str | None = None) -> Wo
             raise UsageError(f"workload {spec!r}: no usable records in {path}")
         return FileWorkload(spec, seed, kind, path, records, estimated_lengths=estimated)
     raise UsageError(f"workload {spec!r}: unknown kind {kind!r} (use random, sharegpt, jsonl or mm)")
+
+
+def _parse_mm(spec: str, rest: str, seed: int, tok: Any) -> MultimodalWorkload:
+    """``mm:IN:OUT:IMAGES:SIZES[:range=R][:pool=K]``. IMAGES: a count or MIN-MAX (drawn per request); SIZES: WxH
+    or several, comma-separated (drawn per image); range: text lengths vary by ±R as random's RANGE; pool: images
+    drawn from K distinct ones (default: every image distinct)."""
+    usage = "expected mm:IN:OUT:IMAGES:WxH[,WxH...][:range=R][:pool=K]"
+    parts = rest.split(":")
+    if len(parts) < 4:
+        raise UsageError(f"workload {spec!r}: {usage}")
+    in_len, out_len = _pos_int(parts[0], spec, "IN"), _pos_int(parts[1], spec, "OUT")
+    counts = re.fullmatch(r"(\d+)(?:-(\d+))?", parts[2].strip())
+    images = (int(counts[1]), int(counts[2] or counts[1])) if counts else (0, -1)
+    if images[1] < images[0]:
+        raise UsageError(f"workload {spec!r}: IMAGES must be a count >= 0 or MIN-MAX with MIN <= MAX, got {parts[2]!r}")
+    sizes = []
+    for item in parts[3].split(","):
+        size = item.strip().lower().split("x")
+        if len(size) != 2:
+            raise UsageError(f"workload {spec!r}: image size must be WxH, got {item!r}")
+        sizes.append((_pos_int(size[0], spec, "W"), _pos_int(size[1], spec, "H")))
+    options: dict[str, str] = {}
+    for item in parts[4:]:
+        key, eq, value = item.partition("=")
+        if not eq or key not in ("range", "pool") or key in options:
+            raise UsageError(f"workload {spec!r}: unknown or repeated option {item!r} ({usage})")
+        options[key] = value
+    ratio = _float(options.get("range", "0"), spec, "range")
+    if not 0.0 <= ratio < 1.0:
+        raise UsageError(f"workload {spec!r}: range must be in [0, 1), got {options['range']}")
+    pool = _int(options.get("pool", "0"), spec, "pool")
+    if pool < 0 or ("pool" in options and pool == 0):
+        raise UsageError(f"workload {spec!r}: pool must be a positive number of distinct images, got {options['pool']}")
+    return MultimodalWorkload(spec, seed, in_len, out_len, images, tuple(sizes), ratio, pool, tok)
 
 
 # ---- dataset files ----------------------------------------------------------------------------------
@@ -325,31 +385,56 @@ def _exact_text(tok: Any, ids: list[int], length: int) -> str:
 
 # ---- synthetic PNG ------------------------------------------------------------------------------------
 
-def png_bytes(pixels: np.ndarray) -> bytes:
-    """Encode an (H, W, 3) uint8 array as a PNG (zlib + struct, no imaging library). Rows equal to the
-    one above use filter 2 (Up), which compresses to almost nothing."""
-    height, width, _ = pixels.shape
-    zero_row = b"\x02" + bytes(width * 3)
-    raw = bytearray()
-    prev: bytes | None = None
-    for row in pixels:
-        data = row.tobytes()
-        raw += zero_row if data == prev else b"\x00" + data
-        prev = data
+def block_png(blocks: np.ndarray, width: int, height: int, block: int) -> bytes:
+    """A ``width`` × ``height`` 8-bit RGB PNG of ``block`` × ``block`` squares, square (i, j) coloured
+    ``blocks[i, j]`` (an array of at least ceil(H/block) × ceil(W/block) × 3 uint8). No imaging library: the
+    rows are written as PNG's filters want them and deflated here.
+
+    Fast because it is mostly zeros: the first row of each band of squares is stored as is (filter 0), the
+    rows under it as "same as the row above" (filter 2, all zeros); those zero rows are deflated once per width
+    and band height and reused. A full flush after each piece keeps every piece free of references outside
+    itself, so the pieces concatenate into one valid deflate stream; the Adler-32 covers the whole image."""
+    row_bytes = 1 + width * 3
+    comp = zlib.compressobj(6, zlib.DEFLATED, -10, 2)  # a band's row repeats every 48 bytes: a small window does
+    pieces: list[bytes] = []
+    adler = 1
+    for i in range(-(-height // block)):
+        raw = b"\x00" + np.repeat(blocks[i, : -(-width // block)], block, axis=0)[:width].tobytes()
+        pieces.append(comp.compress(raw) + comp.flush(zlib.Z_FULL_FLUSH))
+        adler = zlib.adler32(raw, adler)
+        repeats = min(block, height - i * block) - 1
+        if repeats:
+            deflated, length, byte_sum, weighted_sum = _zero_rows(row_bytes, repeats)
+            pieces.append(deflated)
+            a, b = adler & 0xFFFF, adler >> 16  # Adler-32 of the piece appended, without reading it again
+            adler = (((b + length * a + weighted_sum) % _ADLER_MOD) << 16) | ((a + byte_sum) % _ADLER_MOD)
+    pieces.append(comp.flush(zlib.Z_FINISH))
+    idat = b"\x78\x9c" + b"".join(pieces) + struct.pack(">I", adler)
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(raw), 6)) + \
-        chunk(b"IEND", b"")
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+_ADLER_MOD = 65521
+
+
+@functools.lru_cache(maxsize=64)
+def _zero_rows(row_bytes: int, rows: int) -> tuple[bytes, int, int, int]:
+    """``rows`` rows of filter 2 (zero differences): deflated (a full flush ends it), and what appending them
+    does to an Adler-32 (a, b): a += byte_sum, b += length × a + weighted_sum (their Adler-32 from a = b = 0)."""
+    raw = (b"\x02" + bytes(row_bytes - 1)) * rows
+    comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+    from_zero = zlib.adler32(raw, 0)
+    return comp.compress(raw) + comp.flush(zlib.Z_FULL_FLUSH), len(raw), from_zero & 0xFFFF, from_zero >> 16
 
 
 def _png_data_url(rng: np.random.Generator, width: int, height: int, block: int = 16) -> str:
     # Seeded block noise: every image distinct, small on the wire. Vision cost depends on W x H, not content.
     blocks = rng.integers(0, 256, size=(-(-height // block), -(-width // block), 3), dtype=np.uint8)
-    pixels = np.repeat(np.repeat(blocks, block, axis=0), block, axis=1)[:height, :width]
-    return "data:image/png;base64," + base64.b64encode(png_bytes(np.ascontiguousarray(pixels))).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(block_png(blocks, width, height, block)).decode("ascii")
 
 
 # ---- helpers ------------------------------------------------------------------------------------------

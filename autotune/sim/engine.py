@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autotune.errors import EngineStartError
-from autotune.flags import effective_flags
+from autotune.flags import effective_flags, mm_limit
 from autotune.gpus import GpuSpec
 from autotune.memory import MemoryPlan, plan_memory
 from autotune.models import ModelSpec
@@ -30,10 +30,9 @@ class EngineSetup:
 
     def served_model(self, names: tuple[str, ...], root: str) -> ServedModel:
         """What the server's API checks requests against: context length, images and their tokens."""
-        images = (self.flags.get("limit-mm-per-prompt") or {}).get("image")
         return ServedModel(names=names, root=root, max_model_len=self.plan.max_model_len,
                            image_tokens=self.perf.image_tokens if self.model.is_vlm else None,
-                           max_images=None if images is None else int(images))
+                           max_images=mm_limit(self.flags.get("limit-mm-per-prompt"), "image"))
 
 
 def setup_engine(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any]) -> EngineSetup:

@@ -52,6 +52,8 @@ from autotune.sim.noise import noise_rng
 from autotune.progress import NULL_PROGRESS, Progress
 from autotune.sim.args import parse_serve_args
 from autotune.sim.engine import EngineSetup, setup_engine
+from autotune.sim.perf import EncoderWork
+from autotune.sim.scheduler import NO_IMAGES
 from autotune.sim.startup import failure_lines, startup_report
 from autotune.sim.vclock import VirtualClockLoop
 from autotune.vllm_api.request import ApiError, parse_request
@@ -71,7 +73,7 @@ class SimRequest:
 
     prompt_tokens: int
     max_tokens: int
-    encoder_s: float = 0.0
+    encoder: EncoderWork = NO_IMAGES
     ignore_eos: bool = True
     error: str = ""
 
@@ -120,7 +122,7 @@ class VirtualReplica:
 
     def submit(self, req: SimRequest, max_out: int) -> _Pending:
         p = _Pending(self.arrival_s(), req.prompt_tokens, self.loop.create_future())
-        p.slot = self.sched.add(req.prompt_tokens, max_out, req.encoder_s)
+        p.slot = self.sched.add(req.prompt_tokens, max_out, req.encoder)
         rows, cols = self._times.shape
         if p.slot >= rows or max_out > cols:
             grown = np.zeros((max(rows, len(self.sched.prompt_len)), max(cols, max_out)))
@@ -229,8 +231,7 @@ class SimTransport:
             req = parse_request(body, endpoint == "chat", self._served, 0.0)
         except ApiError as e:
             return SimRequest(1, 1, error=e.message)
-        encoder_s = self.setup.perf.encoder_time_s(list(req.images)) if req.images else 0.0
-        return SimRequest(req.prompt_tokens, req.max_tokens, encoder_s, req.ignore_eos)
+        return SimRequest(req.prompt_tokens, req.max_tokens, self.setup.perf.encoder_work(req.images), req.ignore_eos)
 
     @asynccontextmanager
     async def session(self, cfg: LoadConfig) -> AsyncIterator[None]:

@@ -17,6 +17,7 @@ Step cost (per DP replica, per TP rank):
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -25,9 +26,10 @@ import numpy as np
 from autotune.errors import UsageError
 from autotune.flags import effective_flags
 from autotune.gpus import GpuSpec
+from autotune.memory import encoder_profiled
 from autotune.models import KV_DTYPE_BYTES, WEIGHT_DTYPE_BYTES, ModelSpec
 
-__all__ = ["PerfConstants", "PerfModel", "StartupTimes"]
+__all__ = ["PerfConstants", "PerfModel", "StartupTimes", "EncoderWork"]
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,11 @@ class PerfConstants:
     sync_overhead_ms: float = 1.5  # CPU scheduling + output processing not hidden without async scheduling
     allreduce_latency_us: float = 8.0  # one NCCL all-reduce on NVLink, latency part
     nvlink_efficiency: float = 0.7
-    vision_compute_efficiency: float = 0.4  # small ViT GEMMs (about 1k patches) run far from peak
-    vision_tp_shard_efficiency: float = 0.6  # extra loss when the ViT itself is TP-sharded (weights mode)
+    # Vision tower: provisional until the GPU runs (benchmarks/gpu/vlm_images.sh) measure it; see calibration/*.yaml.
+    vision_compute_efficiency: float = 0.4  # of the dense peak, for the tower's FLOPs (1536-wide GEMMs, ViT attention)
+    vision_tp_shard_efficiency: float = 0.6  # further factor when the tower is TP-sharded (weights mode)
+    vision_step_overhead_ms: float = 2.0  # per step that runs the tower: its kernels launched eagerly
+    vision_profile_s: float = 3.0  # start-up: the encoder's memory profiling run (not with --skip-mm-profiling)
     weight_load_gb_s: float = 2.0  # safetensors from local disk into HBM
     torch_compile_s: float = 30.0  # Dynamo + Inductor, cold cache
     graph_capture_s_per_size: float = 0.25
@@ -54,6 +59,15 @@ class PerfConstants:
         extra = dict(gpu.extra or {})
         known = {f.name for f in fields(cls)}
         return cls(**{k: float(v) for k, v in extra.items() if k in known})
+
+
+@dataclass(frozen=True)
+class EncoderWork:
+    """A request's vision tower work: its images' seconds (:meth:`PerfModel.image_encode_s`) summed, and the
+    longest image's (what a rank spends on it where whole images are spread over ranks)."""
+
+    total_s: float = 0.0
+    longest_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -139,7 +153,7 @@ class PerfModel:
         num_tokens: tokens computed this step (decodes + prefill chunk tokens); num_seqs: sequences scheduled;
         num_sampled: sequences that sample a token (LM head rows); attn_ctx_tokens: sum over computed tokens of
         the context each attends to; kv_read_tokens: sum over sequences of KV tokens read; encoder_s: vision
-        encoder time of images first scheduled in this step.
+        tower time of the images first scheduled in this step (:meth:`encoder_step_s`).
         """
         if num_tokens <= 0:
             return 0.0
@@ -191,33 +205,48 @@ class PerfModel:
 
     # -- vision -----------------------------------------------------------------------------------------------
     def image_tokens(self, width: int, height: int) -> int:
-        return self.model.vision.llm_tokens(width, height) if self.model.vision else 0
+        """Prompt tokens an image adds (its image tokens and the markers around them)."""
+        return self.model.vision.prompt_tokens(width, height) if self.model.vision else 0
 
-    def encoder_time_s(self, image_sizes: list[tuple[int, int]]) -> float:
-        """Vision tower time for a request's images. ``data`` mode: each TP rank encodes whole images with a
-        replicated tower (no communication); ``weights`` mode: the tower is TP-sharded (all-reduces, small GEMMs)."""
+    def image_encode_s(self, width: int, height: int) -> float:
+        """Vision tower seconds of one image, from its FLOPs (:meth:`VisionSpec.encoder_flops`).
+
+        ``mm-encoder-tp-mode data`` (or TP 1): one GPU runs the whole tower on the image; with TP > 1 the image's
+        embeddings are then all-gathered (bandwidth counted here, the latency once per step). ``weights``: the
+        tower is TP-sharded, its GEMMs split over the ranks (narrower, so less efficient) and every block
+        all-reduces the image's activations twice (after attention and after the MLP), the merger once more."""
         v = self.model.vision
-        if not v or not image_sizes:
+        if v is None:
             return 0.0
-        rate = self.gpu.bf16_tflops * 1e12 * self.c.vision_compute_efficiency
-        per_image = []
-        for w, h in image_sizes:
-            n = v.patches(w, h)
-            flops = 2.0 * v.params * n + 4.0 * v.hidden_size * n * n * v.num_layers
-            per_image.append((n, flops / rate))
-        if self.tp == 1:
-            return sum(t for _, t in per_image)
-        if self.mm_encoder_data_mode:
-            ranks = [0.0] * self.tp
-            for _, t in sorted(per_image, key=lambda x: -x[1]):
-                ranks[ranks.index(min(ranks))] += t
-            return max(ranks)
-        total = 0.0
-        for n, t in per_image:
-            msg = n * v.hidden_size * 2.0 * 2.0 * (self.tp - 1) / self.tp
-            total += t / (self.tp * self.c.vision_tp_shard_efficiency)
-            total += 2 * v.num_layers * (self._ar_latency_s + msg / self._nvlink_b_s)
-        return total
+        rate_flops_s = self.gpu.bf16_tflops * 1e12 * self.c.vision_compute_efficiency
+        flops = v.encoder_flops(width, height)
+        patches = v.patches(width, height)
+        merged = patches // v.spatial_merge_size**2
+        ring = (self.tp - 1) / self.tp
+        if self.tp == 1 or self.mm_encoder_data_mode:
+            gather_s = merged * v.out_hidden_size * 2.0 * ring / self._nvlink_b_s
+            return flops / rate_flops_s + gather_s
+        block_msg_s = patches * v.hidden_size * 2.0 * 2.0 * ring / self._nvlink_b_s
+        merger_msg_s = merged * v.out_hidden_size * 2.0 * 2.0 * ring / self._nvlink_b_s
+        comm_s = 2 * v.num_layers * (self._ar_latency_s + block_msg_s) + self._ar_latency_s + merger_msg_s
+        return flops / (rate_flops_s * self.tp * self.c.vision_tp_shard_efficiency) + comm_s
+
+    def encoder_work(self, image_sizes: Sequence[tuple[int, int]]) -> EncoderWork:
+        """A request's images as the scheduler charges them: their seconds summed, and the longest one."""
+        times = [self.image_encode_s(w, h) for w, h in image_sizes]
+        return EncoderWork(sum(times), max(times, default=0.0))
+
+    def encoder_step_s(self, total_s: float, longest_s: float) -> float:
+        """Vision tower seconds of a step whose new images take ``total_s`` (their :meth:`image_encode_s` summed),
+        the longest ``longest_s``. ``data`` mode with TP > 1 spreads whole images over the TP ranks (vLLM balances
+        them by patch count): the step waits for the busiest rank, at least the longest image, at best an even
+        share. Every step that runs the tower pays its launch overhead (it runs eagerly, outside CUDA graphs)."""
+        if total_s <= 0.0:
+            return 0.0
+        fixed_s = self.c.vision_step_overhead_ms / 1e3
+        if self.tp > 1 and self.mm_encoder_data_mode:
+            return max(total_s / self.tp, longest_s) + fixed_s + self._ar_latency_s
+        return total_s + fixed_s
 
     # -- startup ----------------------------------------------------------------------------------------------
     def startup_times(self, weights_gib_per_gpu: float) -> StartupTimes:
@@ -225,6 +254,7 @@ class PerfModel:
         load_gb_s = c.weight_load_gb_s * (25.0 if self.flags.get("load-format") == "dummy" else 1.0)
         weight_load_s = weights_gib_per_gpu * 1.073741824 / load_gb_s
         compile_s = 0.0 if self.enforce_eager else c.torch_compile_s
+        profile_s = c.vision_profile_s if encoder_profiled(self.model, self.flags) else 0.0
         sizes = capture_sizes(self.max_capture) if self.max_capture else []
         graph_s = len(sizes) * c.graph_capture_s_per_size  # per size: mixed (piecewise) + decode (full) graphs
-        return StartupTimes(weight_load_s, compile_s, graph_s, len(sizes), c.engine_init_other_s)
+        return StartupTimes(weight_load_s, compile_s, graph_s, len(sizes), c.engine_init_other_s + profile_s)

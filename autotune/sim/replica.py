@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from autotune.sim.engine import EngineSetup
+from autotune.sim.perf import EncoderWork
 from autotune.sim.scheduler import Scheduler
 
 __all__ = ["Engine", "Stream", "FLUSH_WALL_S"]
@@ -53,8 +54,8 @@ class Engine:
             return max(self.vt, self.now_v())
         return min(self.now_v(), self.step_end)
 
-    def submit(self, stream: Stream, encoder_s: float) -> int:
-        slot = self.sched.add(stream.prompt_tokens, stream.max_out, encoder_s)
+    def submit(self, stream: Stream, encoder: EncoderWork) -> int:
+        slot = self.sched.add(stream.prompt_tokens, stream.max_out, encoder)
         self.streams[slot] = stream
         self.wake.set()
         return slot

@@ -8,8 +8,11 @@ Each :meth:`Scheduler.step` builds one batch the way vLLM's V1 scheduler does:
      and free blocks allow; without chunked prefill a prompt must fit the budget whole.
 With async scheduling (vLLM's default) step k+1 is scheduled while step k runs, so a request that arrives while
 the engine is busy misses the step already scheduled: it is admitted one step later than without.
-The step's duration comes from :class:`~autotune.sim.perf.PerfModel`. Requests live in numpy arrays indexed by
-slot (no per-token Python objects); prefix caching is not modelled (random prompts).
+The step's duration comes from :class:`~autotune.sim.perf.PerfModel`, the vision tower's time for the images of the
+requests whose prefill starts in it included (vLLM runs the encoder in the step that schedules an image's tokens;
+here all of a request's images go in its first prefill chunk's step). Requests live in numpy arrays indexed by
+slot (no per-token Python objects); prefix caching and vLLM's caches of processed and encoded images are not
+modelled (random prompts, distinct images).
 """
 from __future__ import annotations
 
@@ -18,9 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autotune.sim.perf import PerfModel
+from autotune.sim.perf import EncoderWork, PerfModel
 
-__all__ = ["SchedulerConfig", "StepResult", "DecodeRun", "Scheduler"]
+__all__ = ["SchedulerConfig", "StepResult", "DecodeRun", "Scheduler", "NO_IMAGES"]
+
+NO_IMAGES = EncoderWork()
 
 
 @dataclass(frozen=True)
@@ -77,12 +82,15 @@ class Scheduler:
             setattr(self, name, arr)
         for name in ("prompt_len", "target_out", "computed", "out", "blocks", "added_at"):
             grow(name, np.int64)
-        grow("encoder_s", np.float64)
+        grow("encoder_total_s", np.float64)
+        grow("encoder_longest_s", np.float64)
         self._free_slots = list(range(n - 1, size - 1, -1)) + list(getattr(self, "_free_slots", []))
 
     # -- requests ---------------------------------------------------------------------------------------------
-    def add(self, prompt_len: int, max_out: int, encoder_s: float = 0.0, after_step_start: bool = False) -> int:
-        """Queue a request; returns its slot. ``prompt_len + max_out`` must not exceed max_model_len.
+    def add(self, prompt_len: int, max_out: int, encoder: EncoderWork = NO_IMAGES,
+            after_step_start: bool = False) -> int:
+        """Queue a request; returns its slot. ``prompt_len + max_out`` must not exceed max_model_len. ``encoder``:
+        its images' vision tower work, charged to the step that schedules its first prefill chunk.
 
         Called between steps; ``after_step_start``: the request arrives just after the next step starts (a
         closed-loop client answering the last step's output), not during the step that just ended."""
@@ -91,7 +99,7 @@ class Scheduler:
         slot = self._free_slots.pop()
         self.prompt_len[slot], self.target_out[slot] = prompt_len, max(1, max_out)
         self.computed[slot] = self.out[slot] = self.blocks[slot] = 0
-        self.encoder_s[slot] = encoder_s
+        self.encoder_total_s[slot], self.encoder_longest_s[slot] = encoder.total_s, encoder.longest_s
         self.added_at[slot] = self.steps_scheduled + int(after_step_start)
         self.waiting.append(slot)
         return slot
@@ -289,7 +297,12 @@ class Scheduler:
         end = start + ns
         sampled = end >= total
         new_prefill = start == 0
-        encoder_s = float(self.encoder_s[slots[new_prefill & (self.out[slots] == 0)]].sum()) if new_prefill.any() else 0.0
+        encoder_s = 0.0
+        if new_prefill.any():  # charged when the first prefill starts, not again on a recompute after preemption
+            fresh = slots[new_prefill & (self.out[slots] == 0)]
+            if len(fresh):
+                encoder_s = self.perf.encoder_step_s(float(self.encoder_total_s[fresh].sum()),
+                                                     float(self.encoder_longest_s[fresh].max()))
         num_tokens = int(ns.sum())
         attn_ctx = float((ns * start).sum() + (ns * (ns + 1)).sum() / 2)
         kv_read = float(end.sum())

@@ -75,7 +75,7 @@ class SimTokenSource:
         engine = min(self.engines, key=lambda e: e.outstanding)
         stream = Stream(arrival_s=engine.arrival_v(), prompt_tokens=request.prompt_tokens, max_out=n_out)
         stream.last_flush_wall = time.monotonic()
-        slot = engine.submit(stream, self.setup.perf.encoder_time_s(list(request.images)))
+        slot = engine.submit(stream, self.setup.perf.encoder_work(request.images))
         return _SimGeneration(engine, slot, stream, "length" if n_out == max_tokens else "stop")
 
     def metrics(self) -> m.MetricValues:

@@ -45,7 +45,7 @@ class ServedModel:
     root: str  # the model path or id behind them
     max_model_len: int
     image_tokens: Callable[[int, int], int] | None = None  # (width_px, height_px) -> tokens; None: text only
-    max_images: int | None = None  # --limit-mm-per-prompt's image count; None: no limit
+    max_images: int | None = None  # --limit-mm-per-prompt's image count (vLLM: 999 unless set); None: no limit
 
 
 @dataclass(frozen=True)
@@ -166,5 +166,8 @@ def _chat_prompt(body: dict[str, Any], model: ServedModel) -> tuple[int, tuple[t
             raise ApiError(400, f"{model.root} is not a multimodal model; it cannot take images")
         if model.max_images is not None and len(images) > model.max_images:
             raise ApiError(400, f"At most {model.max_images} image(s) may be provided in one prompt.")
-        tokens += sum(model.image_tokens(w, h) for w, h in images)
+        try:
+            tokens += sum(model.image_tokens(w, h) for w, h in images)
+        except ValueError as e:  # a size the image processor refuses (an aspect ratio over 200)
+            raise ApiError(400, str(e)) from None
     return max(1, tokens), tuple(images)

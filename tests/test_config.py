@@ -1,0 +1,46 @@
+"""`build_study_config`: what is checked before a study touches a storage or starts a server (the workload against
+the model and the flags; `--try` points)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autotune.config import EngineChoice, RunOptions, build_study_config
+from autotune.errors import UsageError
+
+SIM = EngineChoice("sim", "")
+
+
+def _config(tmp_path: Path, **options):
+    return build_study_config(RunOptions(p99_ms=500, storage=f"sqlite:///{tmp_path}/s.db", **options), SIM)
+
+
+def test_an_image_workload_binds_the_space_to_its_images(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, model="flash", workload="mm:64:16:1-8:448x448")
+    assert cfg.space.images_per_request == 8
+    assert cfg.space.params["limit-mm-per-prompt"].choices == [None, {"image": 16, "video": 0}]
+    assert _config(tmp_path, model="flash").space.images_per_request == 0
+
+
+def test_try_points_may_set_tp_where_the_space_searches_it(tmp_path: Path) -> None:
+    points = tmp_path / "try.yaml"
+    points.write_text("- {tensor-parallel-size: 1}\n- {tensor-parallel-size: 2, mm-encoder-tp-mode: data}\n")
+    cfg = _config(tmp_path, model="flash", gpus=2, try_file=str(points))
+    assert cfg.tries == ({"tensor-parallel-size": 1}, {"tensor-parallel-size": 2, "mm-encoder-tp-mode": "data"})
+    assert cfg.space.params_for(cfg.tries[0], cfg.settings.model, 2)["tensor-parallel-size"] == 1
+    points.write_text("{tensor-parallel-size: 4}\n")
+    with pytest.raises(UsageError, match=r"tensor-parallel-size 4 is not among the space's choices .*\(1, 2\)"):
+        _config(tmp_path, model="flash", gpus=2, try_file=str(points))
+    points.write_text("{tensor-parallel-size: 1}\n")
+    with pytest.raises(UsageError, match="tensor-parallel-size is not searched by the space"):
+        _config(tmp_path, model="flash", gpus=1, try_file=str(points))  # one GPU: TP 1 only, not searched
+
+
+def test_a_try_point_must_admit_the_workload_images(tmp_path: Path) -> None:
+    points = tmp_path / "try.yaml"
+    points.write_text("{limit-mm-per-prompt: {image: 16, video: 0}}\n")
+    assert _config(tmp_path, model="flash", workload="mm:64:16:8:448x448", try_file=str(points)).tries
+    points.write_text("{limit-mm-per-prompt: {image: 4}}\n")
+    with pytest.raises(UsageError, match=r"--try .*: limit-mm-per-prompt allows 4 image\(s\) per prompt"):
+        _config(tmp_path, model="flash", workload="mm:64:16:8:448x448", try_file=str(points))
