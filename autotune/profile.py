@@ -176,7 +176,9 @@ def _p99_stats(winner: Candidate, metric: str) -> P99Stats:
                     max_ms=max(measured) if measured else None, values_ms=[_nan_none(v) for v in values])
 
 
-def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRecord, n_trials: int) -> Profile:
+def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRecord, n_trials: int,
+                  measured_on: tuple[Hardware, Software] | None = None) -> Profile:
+    """``measured_on``: the study's :func:`environment` when the caller has it already (else read here)."""
     winner = selection.winner
     assert winner is not None and winner_trial.result is not None and winner.concurrency is not None
     s = cfg.settings
@@ -188,7 +190,7 @@ def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRec
     else:  # a level a re-measurement stepped down to, never re-measured: its summary
         level = winner_trial.result.level(winner.concurrency)
         at_load = json_safe(level.metrics()) if level else {}
-    hardware, software = environment(s.engine, s.gpu.name, s.gpus)
+    hardware, software = measured_on or environment(s.engine, s.gpu.name, s.gpus)
     return Profile(
         autotune_profile=PROFILE_VERSION,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -6,6 +6,7 @@ goes through :mod:`autotune.records`.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
@@ -24,7 +25,7 @@ from autotune.errors import EngineStartError, Stopped
 from autotune.jsonsafe import json_safe
 from autotune.loadsearch import estimate_level_s
 from autotune.models import ModelSpec
-from autotune.profile import Profile, build_profile, write_profile
+from autotune.profile import Hardware, Profile, Software, build_profile, environment, write_profile
 from autotune.progress import NULL_PROGRESS, Progress, StudyEta, StudyStart
 from autotune.records import Measurement, StudyFingerprint, TrialRecord, TrialResult
 from autotune.selection import Candidate, Selection, select_winner
@@ -93,7 +94,7 @@ def study_fingerprint(cfg: StudyConfig) -> StudyFingerprint:
     s = cfg.settings
     return StudyFingerprint(model=s.model.name, gpus=s.gpus, limits_ms=dict(s.search.limits_ms),
                             workload=s.workload.describe(), engine=s.engine, gpu_type=s.gpu.name, preset=cfg.preset,
-                            space=str(cfg.space.source))
+                            space=str(cfg.space.source), weight_dtype=s.model.weight_dtype)
 
 
 def open_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> optuna.Study:
@@ -241,6 +242,55 @@ def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
     optuna.logging.set_verbosity(optuna.logging.WARNING if os.environ.get("AUTOTUNE_DEBUG") == "1"
                                  else optuna.logging.ERROR)
     study = open_study(cfg, storage)
+    with _recording_run(study, cfg) as run:
+        outcome = _run_opened_study(study, cfg, storage, progress, run)
+    progress.study_finished(cfg.study_name, outcome.stopped_by, outcome.selection.verdict, outcome.profile_path,
+                            run.record.gpu_minutes if run.record else 0.0)
+    return outcome
+
+
+@dataclass
+class _Run:
+    """This invocation: what it ran on, and what its run record will say."""
+
+    measured_on: tuple[Hardware, Software]
+    complete_before: int = 0  # the study's finished trials when this run began
+    stopped_by: str = "interrupted"
+    record: records.RunRecord | None = None
+
+
+@contextmanager
+def _recording_run(study: optuna.Study, cfg: StudyConfig) -> Iterator[_Run]:
+    """Store this invocation's :class:`~autotune.records.RunRecord` when it ends, interrupted too: its GPU time
+    was spent either way. A storage error while an interrupt unwinds is dropped: the interrupt is the news."""
+    s = cfg.settings
+    started_at = dt.datetime.now(dt.timezone.utc)
+    start = time.monotonic()
+    run = _Run(measured_on=environment(s.engine, s.gpu.name, s.gpus))
+    unwinding = False
+    try:
+        yield run
+    except BaseException:
+        unwinding = True
+        raise
+    finally:
+        hardware, software = run.measured_on
+        try:
+            complete = sum(1 for t in records.read_trials(study) if t.complete)
+            run.record = records.RunRecord(
+                started_at=started_at.isoformat(timespec="seconds"),
+                finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                wall_s=time.monotonic() - start, gpus=s.gpus, trials_run=complete - run.complete_before,
+                stopped_by=run.stopped_by, engine=s.engine, gpu_name=hardware.gpu_name, vllm_version=software.vllm,
+                autotune_version=software.autotune)
+            records.write_run(study, run.record)
+        except Exception:  # noqa: BLE001 - see the docstring
+            if not unwinding:
+                raise
+
+
+def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.storages.BaseStorage,
+                      progress: Progress, run: _Run) -> StudyOutcome:
     # A trial left RUNNING by a killed run (no heartbeat for the grace period) is failed now, so that an
     # interrupted baseline is queued again instead of counting as done.
     with warnings.catch_warnings():
@@ -250,7 +300,7 @@ def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
     start = time.monotonic()
     deadline = start + cfg.timeout_s if cfg.timeout_s else None
     earlier = records.read_trials(study)
-    before = sum(1 for t in earlier if t.complete)
+    before = run.complete_before = sum(1 for t in earlier if t.complete)
     progress.study_started(StudyStart(study=cfg.study_name, engine=cfg.settings.engine,
                                       limits_ms=cfg.settings.search.limits_ms, gpus=cfg.settings.gpus,
                                       n_trials=cfg.n_trials, timeout_s=cfg.timeout_s, existing_trials=before))
@@ -266,16 +316,14 @@ def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
     ran = sum(1 for t in trials if t.complete) - before
     stopped_by = rules.reason or ("timeout" if deadline and time.monotonic() >= deadline else "trials")
     selection = remeasure_and_select(study, cfg, deadline, progress)
+    run.stopped_by = stopped_by
     profile = profile_path = None
     if selection.winner is not None:
         winner = records.read_trial(study.trials[selection.winner.trial_number])
-        profile = build_profile(cfg, selection, winner, len(trials))
+        profile = build_profile(cfg, selection, winner, len(trials), run.measured_on)
         profile_path = write_profile(profile, cfg.out_dir / cfg.study_name / "profile.yaml")
-    outcome = StudyOutcome(cfg.study_name, len(trials), ran, selection, profile, profile_path, stopped_by,
-                           baselines=baseline_summary(selection, cfg))
-    progress.study_finished(cfg.study_name, stopped_by, selection.verdict, profile_path,
-                            (time.monotonic() - start) / 60.0 * cfg.settings.gpus)
-    return outcome
+    return StudyOutcome(cfg.study_name, len(trials), ran, selection, profile, profile_path, stopped_by,
+                        baselines=baseline_summary(selection, cfg))
 
 
 def candidates_from_study(trials: list[TrialRecord], top_k: int) -> list[Candidate]:
@@ -374,10 +422,23 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
                 progress.remeasure_stepped_down(cand.trial_number, cand.stepped_down_from[-1], cand.concurrency)
             records.write_remeasurement(study, cand.remeasurement())
     selection = select_winner(candidates, limits_ms, cfg.repeats, cfg.noise_floor, cfg.confidence)
-    records.write_selection(study, records.SelectionRecord(
-        selection.winner.trial_number if selection.winner else None, selection.verdict, selection.gains,
-        tuple(selection.equal_within_noise), tuple(selection.unconfirmed)))
+    records.write_selection(study, selection_record(selection, cfg))
     return selection
+
+
+def selection_record(selection: Selection, cfg: StudyConfig) -> records.SelectionRecord:
+    """What the study stores of the verdict, the winner's figures included (export and compare read them)."""
+    winner = selection.winner
+    figures: dict[str, Any] = {}
+    if winner is not None:
+        stats = winner.stats(cfg.noise_floor, cfg.confidence)
+        figures = {"winner_concurrency": winner.concurrency,
+                   "winner_output_tok_s": records.ThroughputRecord(
+                       stats["mean"], stats["std"], stats["min"], stats["max"], int(stats["n"]),
+                       stats["half_width"], cfg.confidence),
+                   "winner_p99_ms": {metric: winner.p99_mean_ms(metric) for metric in cfg.settings.search.limits_ms}}
+    return records.SelectionRecord(winner.trial_number if winner else None, selection.verdict, selection.gains,
+                                   tuple(selection.equal_within_noise), tuple(selection.unconfirmed), **figures)
 
 
 def baseline_summary(selection: Selection, cfg: StudyConfig) -> dict[str, dict[str, Any]]:

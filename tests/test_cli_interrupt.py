@@ -12,6 +12,8 @@ import time
 import optuna
 import pytest
 
+from autotune import records
+
 pytestmark = pytest.mark.slow
 
 
@@ -71,6 +73,9 @@ def test_signal_tears_down_and_resume_keeps_trials(tmp_path, sig, code, server):
     # also fall between two trials, while the next one (a queued baseline) is still waiting: that one stays queued.
     states = {optuna.trial.TrialState.FAIL} | (set() if server else {optuna.trial.TrialState.WAITING})
     assert study.trials[-1].state in states
+    # The interrupted run's GPU time is recorded: it was spent.
+    [run] = records.read_runs(study)
+    assert run.stopped_by == "interrupted" and run.trials_run == len(kept) and run.wall_s > 0
     # Resume: the completed trials stay, new ones are added.
     rerun = subprocess.run([*cmd[:cmd.index("--trials")], "--trials", "1", *cmd[cmd.index("--trials") + 2:],
                             "--json"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
@@ -78,3 +83,4 @@ def test_signal_tears_down_and_resume_keeps_trials(tmp_path, sig, code, server):
     study = optuna.load_study(study_name="ctrlc", storage=url)
     after = [t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert set(kept) < set(after)
+    assert [r.stopped_by for r in records.read_runs(study)] == ["interrupted", "trials"]
