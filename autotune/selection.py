@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
-from autotune.flags import effective_flags
+from autotune.flags import changed_flags
 from autotune.records import GainRecord, Measurement, Remeasurement
 
 __all__ = ["Candidate", "Selection", "select_winner", "gain_over", "flags_changed"]
@@ -133,8 +133,7 @@ class Selection:
 
 def flags_changed(flags: dict[str, Any]) -> int:
     """How many of ``flags`` differ from vLLM's defaults."""
-    defaults = effective_flags({})
-    return sum(1 for k, v in effective_flags(flags).items() if defaults.get(k) != v)
+    return len(changed_flags(flags))
 
 
 def gain_over(winner: Candidate, baseline: Candidate, limits_ms: Mapping[str, float], noise_floor: float,

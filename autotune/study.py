@@ -12,7 +12,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,7 +33,7 @@ from autotune.space import SearchSpace
 from autotune.trial import TrialSettings, measure_once, run_trial
 
 __all__ = ["StudyConfig", "StudyOutcome", "run_study", "BASELINES", "baseline_flags", "study_fingerprint",
-           "constraint_key"]
+           "constraint_key", "selection_record", "SEED_PROFILE"]
 
 # The seed write-up's hand-tuned profile; on several GPUs also TP over all of them, expert parallel for an
 # MoE and the vision encoder in data-parallel mode for a VLM (its GLM-4.6V recipe: TP4 + EP + fp8 KV).
@@ -422,21 +422,22 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
                 progress.remeasure_stepped_down(cand.trial_number, cand.stepped_down_from[-1], cand.concurrency)
             records.write_remeasurement(study, cand.remeasurement())
     selection = select_winner(candidates, limits_ms, cfg.repeats, cfg.noise_floor, cfg.confidence)
-    records.write_selection(study, selection_record(selection, cfg))
+    records.write_selection(study, selection_record(selection, limits_ms, cfg.noise_floor, cfg.confidence))
     return selection
 
 
-def selection_record(selection: Selection, cfg: StudyConfig) -> records.SelectionRecord:
+def selection_record(selection: Selection, limits_ms: Mapping[str, float], noise_floor: float,
+                     confidence: float) -> records.SelectionRecord:
     """What the study stores of the verdict, the winner's figures included (export and compare read them)."""
     winner = selection.winner
     figures: dict[str, Any] = {}
     if winner is not None:
-        stats = winner.stats(cfg.noise_floor, cfg.confidence)
+        stats = winner.stats(noise_floor, confidence)
         figures = {"winner_concurrency": winner.concurrency,
                    "winner_output_tok_s": records.ThroughputRecord(
                        stats["mean"], stats["std"], stats["min"], stats["max"], int(stats["n"]),
-                       stats["half_width"], cfg.confidence),
-                   "winner_p99_ms": {metric: winner.p99_mean_ms(metric) for metric in cfg.settings.search.limits_ms}}
+                       stats["half_width"], confidence),
+                   "winner_p99_ms": {metric: winner.p99_mean_ms(metric) for metric in limits_ms}}
     return records.SelectionRecord(winner.trial_number if winner else None, selection.verdict, selection.gains,
                                    tuple(selection.equal_within_noise), tuple(selection.unconfirmed), **figures)
 
