@@ -8,14 +8,13 @@ measured, not when it was exported): nothing changes and nothing is committed.
 """
 from __future__ import annotations
 
-import os
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from autotune.deploy import Deployment, build_deployment, file_name, render
 from autotune.errors import AutotuneError, UsageError
+from autotune.fileio import write_text_atomically
 from autotune.winner import StudyRecords, Winner, require_winner
 
 __all__ = ["ExportResult", "export_study", "commit_message"]
@@ -61,7 +60,7 @@ def export_study(data: StudyRecords, to: Path, formats: list[str], commit: bool 
         raise UsageError(f"{conflicts[0]} exists with other contents{more}: --force replaces it")
     to.mkdir(parents=True, exist_ok=True)
     for path, text in changed.items():
-        _write_atomically(path, text, executable=path.name.endswith(".sh"))
+        write_text_atomically(path, text, mode=0o755 if path.name.endswith(".sh") else 0o644)
     result = ExportResult(study=data.name, trial=winner.trial, directory=to, written=list(changed),
                           unchanged=unchanged)
     if not commit:
@@ -124,16 +123,3 @@ def _git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
         raise AutotuneError(f"git {args[0]} failed in {cwd}: {first}")
     return proc
 
-
-def _write_atomically(path: Path, text: str, executable: bool = False) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o755 if executable else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

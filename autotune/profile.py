@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from autotune import __version__
+from autotune.fileio import write_text_atomically
 from autotune.jsonsafe import json_safe
 from autotune.records import TrialRecord
 from autotune.selection import Candidate, Selection
@@ -215,10 +216,7 @@ def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRec
 
 def write_profile(profile: Profile, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False, width=120))
-    tmp.replace(path)
-    return path
+    return write_text_atomically(path, yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False, width=120))
 
 
 def read_profile(path: Path) -> Profile:

@@ -106,6 +106,10 @@ class LevelRecord:
         """Each limited metric's P99 as measured at this level."""
         return {metric: p.value_ms for metric, p in self.p99.items()}
 
+    def p99_of(self, metric: str) -> float:
+        """Any metric's P99 here: over all the level's runs for a limited metric, else the run summary's."""
+        return self.p99[metric].value_ms if metric in self.p99 else float(getattr(self, f"p99_{metric}_ms"))
+
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["p99"] = {metric: p.to_json() for metric, p in self.p99.items()}
