@@ -159,10 +159,10 @@ def compare_rows(summaries: Sequence[StudySummary]) -> list[Row]:
                     each(lambda s: f"{sum(t.complete for t in s.data.trials)} ({sum(t.feasible for t in s.data.trials)})")))
     flags = sorted({normalize_flag_name(name) for s in summaries if s.winner for name in s.winner.flags})
     for name in flags:
-        effective = winner(lambda w, n=name: _value(effective_flags(dict(w.flags))[n]))
+        effective = {effective_flags(dict(s.winner.flags))[name] for s in summaries if s.winner}
         shown = winner(lambda w, n=name: _value(w.flags[n]) if n in w.flags else
                        f"{_value(effective_flags({})[n])} (default)")
-        rows.append(Row(f"--{name}", shown, differs=len(set(effective)) > 1))
+        rows.append(Row(f"--{name}", shown, differs=len(effective) > 1))
     return rows
 
 

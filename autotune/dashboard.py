@@ -147,6 +147,10 @@ def _tok_s(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _baseline_tok_s(value: float | None) -> str:
+    return "missed a limit" if value == 0 else _tok_s(value)
+
+
 async def _index(request: web.Request) -> web.Response:
     settings = request.app[_SETTINGS]
     storage = settings["storage"]
@@ -170,7 +174,7 @@ async def _index(request: web.Request) -> web.Response:
             f"<td>{html.escape(describe_limits(s.data.limits_ms) if s.data.limits_ms else '-')}</td>"
             f"<td class='num'>{sum(t.complete for t in s.data.trials)} ({sum(t.feasible for t in s.data.trials)})</td>"
             f"<td class='num best'>{best}</td>"
-            + "".join(f"<td class='num baseline'>{_tok_s(baselines.get(b))}</td>" for b in BASELINES)
+            + "".join(f"<td class='num baseline'>{_baseline_tok_s(baselines.get(b))}</td>" for b in BASELINES)
             + f"<td class='num'>{minutes}</td><td>{links}</td></tr>")
     note = "" if settings["optuna_port"] is not None else f"<p class='note'>{html.escape(OPTUNA_DASHBOARD_MISSING)}</p>"
     body = (f"<h1>autotune dashboard</h1><p class='note'>storage {html.escape(settings['label'])} (read-only)</p>"
