@@ -24,6 +24,7 @@ from autotune.models import PRESETS, resolve_model
 from autotune.space import SearchSpace, load_space
 from autotune.storage import DEFAULT_STORAGE, sqlite_dir
 from autotune.study import StudyConfig
+from autotune.sim.noise import NOISE_MODELS
 from autotune.trial import TrialSettings
 
 __all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", "study_limits_ms",
@@ -75,6 +76,7 @@ class RunOptions(BaseModel):
     set_flags: tuple[str, ...] = ()  # FLAG=VALUE
     sim_server: bool = False  # the sim engine as an HTTP subprocess per trial, not in-process
     sim_time_scale: float = Field(20.0, gt=0)
+    sim_noise: Literal["off", "h200"] = "off"  # run-to-run noise of the in-process sim (sim/noise.py)
     start_concurrency: int = Field(8, gt=0)
     max_concurrency: int = Field(1024, gt=0)
     prompts_per_level: float = Field(3.0, gt=0)
@@ -193,22 +195,26 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
     # Token-id prompts: exact lengths on any engine, no tokenizer needed. A trace's times are not used: each
     # load level sets its own concurrency, so its requests are a dataset here (shuffled by the seed, cycled).
     workload = parse_workload(opts.workload, seed=opts.seed).without_times()
+    if opts.sim_noise != "off" and (engine_name != "sim" or opts.sim_server):
+        raise UsageError("--sim-noise is for the in-process sim engine (not with --sim-server or a real engine)")
+    # A sim with a GPU's noise is judged as a GPU study is: the same P99 widening and throughput noise floor.
+    gpu_like = engine_name == "vllm" or opts.sim_noise != "off"
     search = LoadSearchConfig(limits_ms=limits_ms, start_concurrency=opts.start_concurrency,
                               max_concurrency=opts.max_concurrency, confidence=opts.confidence,
                               max_extensions=opts.max_extensions,
-                              p99_run_cv=REAL_GPU_P99_RUN_CV if engine_name == "vllm" else {})
+                              p99_run_cv=REAL_GPU_P99_RUN_CV if gpu_like else {})
     settings = TrialSettings(
         engine=engine_name, model=model, gpu=gpu, gpus=opts.gpus, workload=workload, search=search,
         gpu_ids=visible_gpu_ids(opts.gpus), time_scale=opts.sim_time_scale if engine_name == "sim" else 1.0,
         startup_timeout_s=opts.startup_timeout_s, prompts_per_level=opts.prompts_per_level,
-        sim_server=opts.sim_server,
+        sim_server=opts.sim_server, sim_noise=NOISE_MODELS[opts.sim_noise], seed=opts.seed,
     )
     storage_url = opts.storage or DEFAULT_STORAGE
     return StudyConfig(
         study_name=opts.study or default_study_name(opts.model, opts.gpus, limits_ms),
         storage_url=storage_url, space=space, settings=settings, preset=preset,
         n_trials=opts.trials, timeout_s=opts.timeout_s, patience=opts.patience, top_k=opts.top_k,
-        repeats=opts.repeats, noise_floor=REAL_GPU_NOISE_FLOOR if engine_name == "vllm" else 0.0,
+        repeats=opts.repeats, noise_floor=REAL_GPU_NOISE_FLOOR if gpu_like else 0.0,
         confidence=opts.confidence, seed=opts.seed,
         out_dir=Path(opts.out) if opts.out else (sqlite_dir(storage_url) or Path("studies")),
         tries=_tries(opts.try_file, space),

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Profile", "build_profile", "write_profile", "read_profile", "environment", "PROFILE_VERSION"]
 
-PROFILE_VERSION = 3  # 3: several P99 limits (objective.limits_ms, metrics.p99 by metric)
+PROFILE_VERSION = 4  # 4: metrics.output_tok_s_at_limit; 3: several P99 limits (objective.limits_ms, metrics.p99)
 
 
 class _Record(BaseModel):
@@ -77,6 +77,14 @@ class ThroughputStats(_Record):
     confidence: float
 
 
+class AtLimitStats(_Record):
+    """Output tok/s at the limit: each measurement carried to its own knee along the trial's load curve (what
+    the verdict compares; selection.py says how)."""
+
+    mean: float
+    values: list[float | None]
+
+
 class P99Stats(_Record):
     """One limited metric's P99 over the winner's measurements."""
 
@@ -86,7 +94,8 @@ class P99Stats(_Record):
 
 
 class ProfileMetrics(_Record):
-    output_tok_s: ThroughputStats
+    output_tok_s: ThroughputStats  # as measured at the chosen load
+    output_tok_s_at_limit: AtLimitStats
     p99: dict[str, P99Stats]  # of each limited metric, by metric
     repeats: int  # fresh-server re-measurements behind the figures (0: the search's figure alone)
     at_chosen_load: dict[str, Any]  # the last measurement's full metrics
@@ -204,6 +213,9 @@ def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRec
         metrics=ProfileMetrics(
             output_tok_s=ThroughputStats(**{k: stats[k] for k in ("mean", "std", "min", "max", "n", "half_width")},
                                          confidence=cfg.confidence),
+            output_tok_s_at_limit=AtLimitStats(
+                mean=winner.at_limit_mean_tok_s(s.search.limits_ms),
+                values=[_nan_none(v) for v in winner.at_limit_tok_s(s.search.limits_ms)]),
             p99={metric: _p99_stats(winner, metric) for metric in s.search.limits_ms},
             repeats=len(winner.repeats), at_chosen_load=json_safe(at_load)),
         gains={name: Gain(**json_safe(g.to_json())) for name, g in selection.gains.items()},

@@ -3,11 +3,30 @@
 
 The finalists (the top trials and both baselines) are re-measured ``repeats`` times each on fresh servers, with
 the same step-down rule. Only finalists measured that way are ranked: one cut short by the deadline is named
-*unconfirmed* and no claim rests on it. A gain over a baseline comes with Welch's t interval for the difference
-of the two means (the repeats are few, their spread unknown: Student's t, not the normal, sets the width); on
-real GPUs the interval is never narrower than the noise floor, the run-to-run spread between fresh servers that
-two or three repeats cannot estimate. Finalists whose throughput the best one does not beat beyond its interval
-are equal within noise; of those, the one with the fewest flags changed from vLLM's defaults is recommended.
+*unconfirmed* and no claim rests on it.
+
+**What is compared: throughput at the limit, one estimate per fresh-server run.** Finalists settle at different
+loads (their knees differ, and a noisy re-measurement steps one down), so their throughputs at those loads are
+not comparable: at an H200's run-to-run P99 TTFT spread (17%) a baseline stepped down by one high draw looked
+13% slower than a configuration truly 6% faster than it (docs/results/decision-quality.md). Each run's
+throughput is therefore carried to that run's own knee along the trial's load curve: the search's levels, made
+non-decreasing in P99 and throughput, are shifted by the run's P99 over the curve's P99 at its load (a server's
+latency moves as a whole from one start to the next), and the shifted curve's crossing of the limit, within the
+loads the search measured, is the run's knee. So a run whose P99 came out high carries its throughput lower,
+and the spread of the knees joins the spread of the throughputs in the comparison.
+
+**The gain's interval: Student's t on logs with the run-to-run spread pooled over the finalists.** Two or three
+repeats per finalist leave a pairwise (Welch) interval with one or two degrees of freedom (t = 6.3 at 90% for
+one); the relative run-to-run spread is a property of the engine and the card, alike for every finalist, so it
+is pooled over all of them (one degree of freedom per repeat beyond each finalist's first). On real GPUs the
+interval is never narrower than the noise floor, the spread between fresh servers that a few repeats cannot
+estimate.
+
+**The recommendation.** Finalists the best one does not beat beyond the interval are *equal within noise*. Of
+those whose mean also lies within one run's spread of the best's (the pooled spread, at least the noise floor),
+the one with the fewest flags changed from vLLM's defaults is recommended; a simpler equal measured further
+below is named but not recommended, since an interval that is wide for want of repeats is no evidence that it
+is as fast.
 """
 from __future__ import annotations
 
@@ -21,8 +40,78 @@ from scipy import stats as scipy_stats
 
 from autotune.flags import changed_flags
 from autotune.records import GainRecord, Measurement, Remeasurement
+from autotune.stats import increasing_fit
 
-__all__ = ["Candidate", "Selection", "select_winner", "gain_over", "flags_changed"]
+__all__ = ["Candidate", "Selection", "select_winner", "gain_over", "flags_changed", "LoadCurve", "RunSpread"]
+
+
+@dataclass(frozen=True)
+class LoadCurve:
+    """A trial's load-search levels as curves over log concurrency, each made non-decreasing (the P99 of every
+    limited metric, and output tok/s), for carrying a run at one load to its knee."""
+
+    log_concurrency: np.ndarray
+    log_output_tok_s: np.ndarray
+    log_p99_ms: Mapping[str, np.ndarray]
+
+    @classmethod
+    def from_levels(cls, levels: list[tuple[int, float, Mapping[str, float]]]) -> LoadCurve | None:
+        """From (concurrency, output tok/s, P99 by metric) levels; None with fewer than one usable level."""
+        usable = sorted((c, t, p) for c, t, p in levels
+                        if c > 0 and t > 0 and all(v > 0 and math.isfinite(v) for v in p.values()))
+        if not usable:
+            return None
+        x = np.log([c for c, _, _ in usable])
+        return cls(x, increasing_fit(x, np.log([t for _, t, _ in usable])),
+                   {m: increasing_fit(x, np.log([p[m] for _, _, p in usable])) for m in usable[0][2]})
+
+    def at_limit_tok_s(self, concurrency: int, run: Measurement, limits_ms: Mapping[str, float]) -> float:
+        """The run's throughput carried to its own knee: the load where the curve of every limited metric,
+        shifted by the run's P99 over the curve's at ``concurrency``, meets its limit (no further than the
+        loads searched), and the throughput curve's ratio between that load and ``concurrency``."""
+        x_run = math.log(concurrency)
+        x_knee = self.log_concurrency[-1]
+        for metric, limit in limits_ms.items():
+            p99 = run.p99_ms.get(metric, math.nan)
+            if metric not in self.log_p99_ms or not p99 > 0:
+                return math.nan
+            curve = self.log_p99_ms[metric]
+            shifted = curve + (math.log(p99) - float(np.interp(x_run, self.log_concurrency, curve)))
+            x_knee = min(x_knee, _last_crossing(self.log_concurrency, shifted, math.log(limit)))
+        ratio = np.interp(x_knee, self.log_concurrency, self.log_output_tok_s) - \
+            np.interp(x_run, self.log_concurrency, self.log_output_tok_s)
+        return run.output_tok_s * math.exp(float(ratio))
+
+
+def _last_crossing(x: np.ndarray, y: np.ndarray, y_limit: float) -> float:
+    """The largest x where the non-decreasing piecewise-linear y(x) is at most ``y_limit``, within [x0, x-1]."""
+    if y[-1] <= y_limit:
+        return float(x[-1])
+    if y[0] > y_limit:
+        return float(x[0])
+    j = int(np.nonzero(y <= y_limit)[0][-1])
+    if y[j + 1] == y[j]:
+        return float(x[j])
+    return float(x[j] + (y_limit - y[j]) / (y[j + 1] - y[j]) * (x[j + 1] - x[j]))
+
+
+@dataclass(frozen=True)
+class RunSpread:
+    """The run-to-run spread of log throughput at the limit, pooled over the finalists, with its degrees of
+    freedom (0: no finalist has two runs)."""
+
+    log_std: float
+    dof: int
+
+    @classmethod
+    def pooled(cls, samples: list[list[float]]) -> RunSpread:
+        squares, dof = 0.0, 0
+        for values in samples:
+            logs = np.log([v for v in values if v > 0 and math.isfinite(v)])
+            if logs.size > 1:
+                squares += float(((logs - logs.mean()) ** 2).sum())
+                dof += logs.size - 1
+        return cls(math.sqrt(squares / dof) if dof else 0.0, dof)
 
 
 @dataclass
@@ -40,6 +129,7 @@ class Candidate:
     lower_levels: list[tuple[int, float, Mapping[str, float]]] = field(default_factory=list)
     stepped_down_from: list[int] = field(default_factory=list)
     remeasure_s: float = 0.0  # expected wall seconds of one re-measurement (server start and stop, one level)
+    curve: LoadCurve | None = None  # the trial's levels, for carrying a run to its knee (None: taken as measured)
 
     def step_down(self, min_bisect_ratio: float = 1.2) -> bool:
         """Move below a level whose re-measurement broke a limit: to the geometric midpoint between it and the
@@ -96,6 +186,16 @@ class Candidate:
         return {"mean": mean, "std": std, "min": float(tput.min()), "max": float(tput.max()), "n": int(tput.size),
                 "half_width": max(t_half, noise_floor * mean)}
 
+    def at_limit_tok_s(self, limits_ms: Mapping[str, float]) -> list[float]:
+        """Each measurement's throughput carried to its own knee along the trial's load curve (see the module)."""
+        if self.curve is None or self.concurrency is None:
+            return [m.output_tok_s for m in self._measured()]
+        return [self.curve.at_limit_tok_s(self.concurrency, m, limits_ms) for m in self._measured()]
+
+    def at_limit_mean_tok_s(self, limits_ms: Mapping[str, float]) -> float:
+        values = [v for v in self.at_limit_tok_s(limits_ms) if math.isfinite(v)]
+        return float(np.mean(values)) if values else 0.0
+
     def p99_values_ms(self, metric: str) -> list[float]:
         """The P99s of ``metric`` over the measurements that ``stats`` counts (NaN where one was not measured)."""
         return [m.p99_ms.get(metric, math.nan) for m in self._measured()]
@@ -137,25 +237,31 @@ def flags_changed(flags: dict[str, Any]) -> int:
 
 
 def gain_over(winner: Candidate, baseline: Candidate, limits_ms: Mapping[str, float], noise_floor: float,
-              confidence: float = 0.9) -> GainRecord:
-    """The winner's gain over ``baseline`` with Welch's t interval for the difference of their means (a baseline
-    that misses a limit counts as 0 tok/s). Significant when the whole interval lies above 0."""
-    w, b = winner.stats(noise_floor, confidence), baseline.stats(noise_floor, confidence)
-    meets = baseline.meets(limits_ms)
-    b_mean = b["mean"] if meets else 0.0
-    diff = w["mean"] - b_mean
-    var_w = w["std"] ** 2 / w["n"] if w["n"] > 1 else 0.0
-    var_b = (b["std"] ** 2 / b["n"] if b["n"] > 1 else 0.0) if meets else 0.0
-    if var_w + var_b > 0:
-        dof = (var_w + var_b) ** 2 / sum(v ** 2 / (s["n"] - 1) for v, s in ((var_w, w), (var_b, b)) if v > 0)
-        half = float(scipy_stats.t.ppf(0.5 + confidence / 2, dof)) * math.sqrt(var_w + var_b)
+              confidence: float = 0.9, spread: RunSpread | None = None) -> GainRecord:
+    """The winner's gain in throughput at the limit over ``baseline``, with Student's t interval on the log ratio
+    of their means from the pooled run-to-run ``spread`` (by default pooled over the two), never narrower than
+    ``noise_floor``; a baseline that misses a limit counts as 0 tok/s. Significant when the whole interval lies
+    above 0."""
+    w_values = [v for v in winner.at_limit_tok_s(limits_ms) if math.isfinite(v) and v > 0]
+    b_values = [v for v in baseline.at_limit_tok_s(limits_ms) if math.isfinite(v) and v > 0]
+    spread = spread or RunSpread.pooled([w_values, b_values])
+    meets = baseline.meets(limits_ms) and bool(b_values)
+    w_mean = float(np.mean(w_values)) if w_values else 0.0
+    b_mean = float(np.mean(b_values)) if meets else 0.0
+    diff = w_mean - b_mean
+    if b_mean <= 0 or w_mean <= 0:
+        pct_low = pct_high = math.inf if w_mean > 0 else math.nan
+        significant = w_mean > 0
     else:
-        half = 0.0
-    half = max(half, noise_floor * max(b_mean, w["mean"]))
-    pct = (lambda x: x / b_mean * 100.0) if b_mean > 0 else (lambda x: math.inf)
+        t_half = (float(scipy_stats.t.ppf(0.5 + confidence / 2, spread.dof)) * spread.log_std
+                  * math.sqrt(1 / len(w_values) + 1 / len(b_values))) if spread.dof else 0.0
+        half = max(t_half, math.log1p(noise_floor))
+        log_ratio = math.log(w_mean / b_mean)
+        pct_low, pct_high = math.expm1(log_ratio - half) * 100.0, math.expm1(log_ratio + half) * 100.0
+        significant = log_ratio - half > 0
     return GainRecord(baseline_trial=baseline.trial_number, baseline_output_tok_s=b_mean, baseline_meets_limit=meets,
-                      gain_output_tok_s=diff, gain_pct=pct(diff), gain_pct_low=pct(diff - half),
-                      gain_pct_high=pct(diff + half), confidence=confidence, significant=diff - half > 0)
+                      gain_output_tok_s=diff, gain_pct=diff / b_mean * 100.0 if b_mean > 0 else math.inf,
+                      gain_pct_low=pct_low, gain_pct_high=pct_high, confidence=confidence, significant=significant)
 
 
 def select_winner(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats: int,
@@ -168,21 +274,36 @@ def select_winner(candidates: list[Candidate], limits_ms: Mapping[str, float], r
         if not meeting:
             return Selection(None, candidates, {}, "no configuration met the limits in re-measurement",
                              unconfirmed=[c.trial_number for c in unconfirmed])
-        best = max(meeting, key=lambda c: c.stats()["mean"])
+        best = max(meeting, key=lambda c: c.at_limit_mean_tok_s(limits_ms))
         return Selection(best, candidates, {}, f"no finalist was measured as the others: {names} unconfirmed "
                                                f"(fewer than {repeats} re-measurements); {_name(best)} is the best "
                                                "figure seen, with no claim over the others",
                          unconfirmed=[c.trial_number for c in unconfirmed])
-    best = max(confirmed, key=lambda c: c.stats()["mean"])
-    # Finalists the best one does not beat beyond noise are its equals; the simplest of them is recommended.
+    spread = RunSpread.pooled([c.at_limit_tok_s(limits_ms) for c in confirmed])
+
+    def mean(c: Candidate) -> float:
+        return c.at_limit_mean_tok_s(limits_ms)
+
+    best = max(confirmed, key=mean)
     equals = [c for c in confirmed
-              if c is best or not gain_over(best, c, limits_ms, noise_floor, confidence).significant]
-    winner = min(equals, key=lambda c: (flags_changed(c.flags), -c.stats()["mean"]))
-    gains = {c.baseline: gain_over(winner, c, limits_ms, noise_floor, confidence)
+              if c is best or not gain_over(best, c, limits_ms, noise_floor, confidence, spread).significant]
+    # Simplicity is bought only where the measured price is within one run's spread (see the module).
+    margin = max(noise_floor, -math.expm1(-spread.log_std))
+    near = [c for c in equals if mean(c) >= mean(best) * (1.0 - margin)]
+    winner = min(near, key=lambda c: (flags_changed(c.flags), -mean(c)))
+    gains = {c.baseline: gain_over(winner, c, limits_ms, noise_floor, confidence, spread)
              for c in candidates if c.baseline and c is not winner and c.confirmed(repeats)}
     if len(equals) > 1:
-        verdict = (f"equal within noise: {', '.join(_name(c) for c in equals)}; recommended: {_name(winner)}, "
-                   f"the fewest flags changed from vLLM's defaults ({flags_changed(winner.flags)})")
+        verdict = f"equal within noise: {', '.join(_name(c) for c in equals)}; recommended: {_name(winner)}, "
+        if len(near) > 1:
+            verdict += f"the fewest flags changed from vLLM's defaults ({flags_changed(winner.flags)}) of those " \
+                       f"measured within {margin:.1%} (a run's spread) of the best"
+        else:
+            verdict += "the best measured"
+        simpler = [c for c in equals if c not in near and flags_changed(c.flags) < flags_changed(winner.flags)]
+        if simpler:
+            verdict += " (" + ", ".join(f"{_name(c)} measured {1 - mean(c) / mean(best):.1%} lower"
+                                        for c in simpler) + ")"
     elif len(confirmed) == 1:
         verdict = f"{_name(winner)} is the only configuration that met the limit as measured: nothing to compare"
     elif winner.baseline:

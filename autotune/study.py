@@ -28,7 +28,7 @@ from autotune.models import ModelSpec
 from autotune.profile import Hardware, Profile, Software, build_profile, environment, write_profile
 from autotune.progress import NULL_PROGRESS, Progress, StudyEta, StudyStart
 from autotune.records import Measurement, StudyFingerprint, TrialRecord, TrialResult
-from autotune.selection import Candidate, Selection, select_winner
+from autotune.selection import Candidate, LoadCurve, Selection, select_winner
 from autotune.space import SearchSpace
 from autotune.trial import TrialSettings, measure_once, run_trial
 
@@ -359,6 +359,7 @@ def _candidate(t: TrialRecord) -> Candidate:
     c.lower_levels = sorted(((lv.concurrency, lv.output_tok_s, lv.p99_ms) for lv in r.levels
                              if lv.feasible and lv.concurrency < int(r.concurrency)),  # type: ignore[arg-type]
                             key=lambda level: level[0], reverse=True)
+    c.curve = LoadCurve.from_levels([(lv.concurrency, lv.output_tok_s, lv.p99_ms) for lv in r.levels])
     return c
 
 
@@ -451,5 +452,7 @@ def baseline_summary(selection: Selection, cfg: StudyConfig) -> dict[str, dict[s
                                              "meets_limit": cand.meets(cfg.settings.search.limits_ms),
                                              "concurrency": cand.concurrency,
                                              "output_tok_s": cand.stats(cfg.noise_floor, cfg.confidence),
+                                             "output_tok_s_at_limit": cand.at_limit_mean_tok_s(
+                                                 cfg.settings.search.limits_ms),
                                              **({"gain": gain.to_json()} if gain else {})})
     return out

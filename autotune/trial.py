@@ -28,6 +28,7 @@ from autotune.metrics import BenchResult
 from autotune.models import ModelSpec
 from autotune.progress import NULL_PROGRESS, Progress
 from autotune.records import TrialResult
+from autotune.sim.noise import RunNoise
 from autotune.sim.inproc import InProcessSim
 
 __all__ = ["TrialSettings", "run_trial", "measure_once", "level_load_config"]
@@ -50,6 +51,8 @@ class TrialSettings:
     gpu_ids: tuple[int, ...] = (0,)
     time_scale: float = 1.0  # sim server only: modelled seconds per wall second
     sim_server: bool = False  # sim only: a real `autotune sim serve` subprocess over HTTP, not in-process
+    sim_noise: RunNoise | None = None  # in-process sim only: run-to-run noise (None: exact)
+    seed: int = 0  # the study's: seeds the sim's noise
     startup_timeout_s: float = 900.0
     prompts_per_level: float = 3.0  # measured prompts = this x concurrency, within the bounds below
     min_prompts: int = 32
@@ -93,6 +96,7 @@ def _launch_spec(settings: TrialSettings, flags: dict[str, Any], name: str, log_
     return LaunchSpec(
         engine=settings.engine, model=settings.model, flags=flags, gpu_ids=settings.gpu_ids,
         served_model_name=name, log_path=log_path, gpu_type=settings.gpu.name, time_scale=settings.time_scale,
+        sim_noise=settings.sim_noise, sim_noise_seed=settings.seed,
         startup_timeout_s=settings.startup_timeout_s, extra_env=dict(settings.extra_env),
         **({"vllm_cmd": settings.vllm_cmd} if settings.vllm_cmd else {}),
     )

@@ -2,16 +2,15 @@
 best, and how often does its verdict claim a gain over a baseline that does not exist? (issue #16, item 6)
 
 Each seed runs one small but complete study (``run_study``: baselines, TPE trials, re-measurement of the
-finalists, ``select_winner``) on the in-process sim engine, with noise injected into every measurement run
-(every level of every trial's load search and every re-measurement) at the size measured on an H200
-(docs/results/h200-noise.md): each run's request latencies are scaled by one lognormal factor per metric
-(coefficient of variation TTFT 17.2%, ITL 6.7%, TPOT 4.7%, E2E 3.0%) and its throughput by another (2.3%).
-The studies use the settings a real-GPU study uses (``REAL_GPU_P99_RUN_CV`` widens the P99 intervals,
-``REAL_GPU_NOISE_FLOOR`` the throughput intervals), so the decision rule is tested as it runs on GPUs.
+finalists, ``select_winner``) on the in-process sim engine with ``--sim-noise h200``: every measurement run
+(every level of every trial's load search and every re-measurement) gets the run-to-run noise measured on an
+H200 (``autotune.sim.noise``: each run's request latencies scaled by one lognormal factor per metric, CV TTFT
+17.2%, ITL 6.7%, TPOT 4.7%, E2E 3.0%, its throughput by another, 2.3%), and the study is judged as a real-GPU
+study is (the same P99 widening and throughput noise floor).
 
 The truth: the sim is deterministic, so each configuration the study compared (its finalists and baselines)
 is run again as a noise-free trial (``run_trial``, the sim engine's own settings, the seed's workload); its
-SLO-meeting output tok/s is its true value.
+output tok/s at the limit (its chosen level carried to the knee along its own levels) is its true value.
 
     python benchmarks/decision_quality.py --seeds 20
     python benchmarks/decision_quality.py --seeds 20 --all-trials     # truth also for every trial run
@@ -34,97 +33,51 @@ from scipy import stats as scipy_stats
 
 import autotune.trial as trial_mod
 from autotune import records
-from autotune.config import REAL_GPU_NOISE_FLOOR, REAL_GPU_P99_RUN_CV, RunOptions, build_study_config
-from autotune.metrics import BenchResult, Distribution, RequestOutput
-from autotune.selection import flags_changed
+from autotune.config import RunOptions, build_study_config
+from autotune.records import Measurement
+from autotune.selection import LoadCurve, flags_changed
 from autotune.study import StudyConfig, run_study
 from autotune.trial import run_trial
 
-# Run-to-run coefficient of variation on one H200 server (docs/results/h200-noise.md, six runs of one level).
-LATENCY_CV = {"ttft": 0.172, "itl": 0.067, "tpot": 0.047, "e2el": 0.030}
-THROUGHPUT_CV = 0.023
 WITHIN_NOISE = 0.03  # "within noise of the best": the winner's true value >= (1 - 3%) x the true best
 TARGET_FALSE_CLAIMS = 0.05
 TARGET_WITHIN = 0.90
 
 
-def _lognormal(rng: np.random.Generator, cv: float) -> float:
-    """A factor with mean 1 and coefficient of variation ``cv``."""
-    s = math.sqrt(math.log1p(cv * cv))
-    return float(math.exp(rng.normal(-s * s / 2, s)))
-
-
-def _scaled(d: Distribution, f: float) -> Distribution:
-    return Distribution(d.mean * f, d.p50 * f, d.p90 * f, d.p95 * f, d.p99 * f)
-
-
-def add_noise(r: BenchResult, rng: np.random.Generator) -> BenchResult:
-    """One run's result as a noisy GPU run would give it: every request's TTFT, ITL gaps and E2E scaled by one
-    factor per metric, the summaries with them (TPOT by its own factor: it is only summarized, never limited
-    here), throughput by another factor."""
-    f = {m: _lognormal(rng, cv) for m, cv in LATENCY_CV.items()}
-    f_tput = _lognormal(rng, THROUGHPUT_CV)
-    outputs = tuple(dataclasses.replace(o, ttft_s=o.ttft_s * f["ttft"], itl_s=tuple(g * f["itl"] for g in o.itl_s),
-                                        e2el_s=o.e2el_s * f["e2el"]) for o in r.outputs)
-    return dataclasses.replace(
-        r, outputs=outputs, output_tok_s=r.output_tok_s * f_tput, total_tok_s=r.total_tok_s * f_tput,
-        request_s=r.request_s * f_tput, ttft_ms=_scaled(r.ttft_ms, f["ttft"]), itl_ms=_scaled(r.itl_ms, f["itl"]),
-        tpot_ms=_scaled(r.tpot_ms, f["tpot"]), e2el_ms=_scaled(r.e2el_ms, f["e2el"]))
-
-
-class Noise:
-    """Wraps ``autotune.trial._measure_fn`` so that every measurement run gets its own noise, drawn in call order
-    from one seeded generator (the study is deterministic for its seed, so the draws are too)."""
-
-    def __init__(self) -> None:
-        self.rng: np.random.Generator | None = None  # None: noise off
-        self.runs = 0
-        self._orig = trial_mod._measure_fn
-
-    def install(self) -> None:
-        orig = self._orig
-
-        def measure_fn(*args: Any, **kwargs: Any):
-            measure = orig(*args, **kwargs)
-
-            def noisy(concurrency: int) -> BenchResult:
-                r = measure(concurrency)
-                if self.rng is None:
-                    return r
-                self.runs += 1
-                return add_noise(r, self.rng)
-            return noisy
-        trial_mod._measure_fn = measure_fn
-
-
 def study_config(seed: int, args: argparse.Namespace, out: Path) -> StudyConfig:
     opts = RunOptions(model="flash", gpus=1, p99_ms=args.p99_ms, engine="sim", trials=args.trials, top_k=args.top_k,
                       repeats=args.repeats, workload=args.workload, seed=seed, max_concurrency=args.max_concurrency,
-                      out=str(out), study=f"dq-{seed}", storage="sqlite:///:memory:")
-    cfg = build_study_config(opts)
-    search = dataclasses.replace(cfg.settings.search, p99_run_cv=dict(REAL_GPU_P99_RUN_CV))
-    return dataclasses.replace(cfg, settings=dataclasses.replace(cfg.settings, search=search),
-                               noise_floor=REAL_GPU_NOISE_FLOOR)
+                      out=str(out), study=f"dq-{seed}", storage="sqlite:///:memory:", sim_noise="h200")
+    return build_study_config(opts)
 
 
 def true_value(cfg: StudyConfig, flags: dict[str, Any], out: Path, tag: str) -> float:
-    """The configuration's noise-free SLO-meeting output tok/s: a trial with the sim engine's own settings."""
-    settings = dataclasses.replace(cfg.settings, search=dataclasses.replace(cfg.settings.search, p99_run_cv={}))
+    """The configuration's noise-free output tok/s at the limit: a trial with the sim engine's own settings, its
+    chosen level carried to the knee between it and the next level up along its own levels (what the verdict
+    estimates). The level itself would understate the truth by up to the search's bisection step (20% in
+    concurrency), more than the differences judged here."""
+    settings = dataclasses.replace(cfg.settings, sim_noise=None,
+                                   search=dataclasses.replace(cfg.settings.search, p99_run_cv={}))
     r = run_trial(settings, flags, f"truth-{tag}", out / "truth" / tag / "server.log")
-    return float(r.output_tok_s) if r.feasible else 0.0
+    if not r.feasible or r.concurrency is None:
+        return 0.0
+    curve = LoadCurve.from_levels([(lv.concurrency, lv.output_tok_s, lv.p99_ms) for lv in r.levels])
+    assert curve is not None
+    limits = cfg.settings.search.limits_ms
+    return curve.at_limit_tok_s(r.concurrency, Measurement(r.output_tok_s, r.p99_ms), limits)
 
 
-def run_seed(seed: int, args: argparse.Namespace, noise: Noise) -> dict[str, Any]:
+def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dq-") as tmp:
         out = Path(tmp)
         cfg = study_config(seed, args, out)
-        noise.rng, noise.runs = np.random.default_rng(10_000 + seed), 0
         t0 = time.perf_counter()
         storage = optuna.storages.InMemoryStorage()
         outcome = run_study(cfg, storage)
         study_s = time.perf_counter() - t0
-        runs = noise.runs
-        noise.rng = None
+        study = optuna.load_study(study_name=cfg.study_name, storage=storage)
+        runs = sum(lv.runs for t in records.read_trials(study) if t.result for lv in t.result.levels) + sum(
+            len(c.repeats) for c in outcome.selection.candidates)
         sel = outcome.selection
         cache: dict[str, float] = {}
 
@@ -142,7 +95,8 @@ def run_seed(seed: int, args: argparse.Namespace, noise: Noise) -> dict[str, Any
             all_trials = {t.number: truth(dict(t.result.flags)) for t in study_trials}  # type: ignore[union-attr]
         winner_load: dict[str, float] = {}
         if sel.winner is not None and sel.winner.concurrency is not None:  # the winner's chosen load, noise-free
-            r = trial_mod.measure_once(dataclasses.replace(cfg.settings), sel.winner.flags, sel.winner.concurrency,
+            r = trial_mod.measure_once(dataclasses.replace(cfg.settings, sim_noise=None), sel.winner.flags,
+                                       sel.winner.concurrency,
                                        "truth-winner", out / "truth" / "winner" / "server.log")
             winner_load = {"concurrency": sel.winner.concurrency, "output_tok_s": r.output_tok_s,
                            **{f"p99_{m}_ms": r.p99_ms(m) for m in cfg.settings.search.limits_ms}}
@@ -156,7 +110,8 @@ def run_seed(seed: int, args: argparse.Namespace, noise: Noise) -> dict[str, Any
         true_gain = (w_true - compared[b.trial_number]) / compared[b.trial_number] if compared[b.trial_number] > 0 \
             else (math.inf if w_true > 0 else 0.0)
         claims.append({"baseline": name, "significant": g.significant, "claimed_pct": g.gain_pct,
-                       "claimed_low_pct": g.gain_pct_low, "true_pct": true_gain * 100.0})
+                       "claimed_low_pct": g.gain_pct_low, "claimed_high_pct": g.gain_pct_high,
+                       "true_pct": true_gain * 100.0})
     return {
         "seed": seed, "study_s": study_s, "truth_s": truth_s, "noisy_runs": runs, "trials": outcome.n_trials_run,
         "winner": winner.trial_number if winner else None, "winner_baseline": winner.baseline if winner else "",
@@ -171,7 +126,10 @@ def run_seed(seed: int, args: argparse.Namespace, noise: Noise) -> dict[str, Any
             winner_load[f"p99_{m}_ms"] <= lim for m, lim in cfg.settings.search.limits_ms.items()),
         "candidates": [{"trial": c.trial_number, "baseline": c.baseline, "flags_changed": flags_changed(c.flags),
                         "concurrency": c.concurrency, "stepped_down_from": c.stepped_down_from,
-                        "repeats_tok_s": [m.output_tok_s for m in c.repeats], "true_tok_s": compared[c.trial_number]}
+                        "repeats_tok_s": [m.output_tok_s for m in c.repeats],
+                        "repeats_p99_ms": [dict(m.p99_ms) for m in c.repeats],
+                        "at_limit_tok_s": c.at_limit_tok_s(cfg.settings.search.limits_ms),
+                        "true_tok_s": compared[c.trial_number]}
                        for c in sel.candidates],
     }
 
@@ -201,14 +159,18 @@ def main() -> int:
     p.add_argument("--max-concurrency", type=int, default=256)
     p.add_argument("--all-trials", action="store_true", help="truth also for every trial the study ran (slower)")
     p.add_argument("--json-out", help="write every seed's figures here")
+    p.add_argument("--summarize", nargs="+", metavar="JSON", help="print the rates over earlier --json-out files "
+                   "(seeds run in several processes) and run nothing")
     args = p.parse_args()
-    noise = Noise()
-    noise.install()
+    if args.summarize:
+        rows = [row for path in args.summarize for row in json.loads(Path(path).read_text())]
+        summarize(sorted(rows, key=lambda r: r["seed"]), all_trials=rows[0]["within_all"] is not None)
+        return 0
     rows = []
     print("seed  trials  runs  winner         true tok/s  best compared  within  equal  claims (baseline: claimed "
           "[low] / true)        study_s truth_s", flush=True)
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        row = run_seed(seed, args, noise)
+        row = run_seed(seed, args)
         rows.append(row)
         claims = "; ".join(f"{c['baseline']}: {'*' if c['significant'] else ''}{c['claimed_pct']:+.1f}% "
                            f"[{c['claimed_low_pct']:+.1f}] / {c['true_pct']:+.1f}%" for c in row["claims"])
@@ -217,6 +179,13 @@ def main() -> int:
               f"  {row['best_compared']:13.0f}  {'yes' if row['within_compared'] else 'NO':6s}  "
               f"{'yes' if row['equal_within_noise'] else '-':5s}  {claims:45s}  {row['study_s']:6.1f} "
               f"{row['truth_s']:6.1f}", flush=True)
+    summarize(rows, args.all_trials)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=1, default=str))
+    return 0
+
+
+def summarize(rows: list[dict], all_trials: bool) -> None:
     n = len(rows)
     claims = [c for r in rows for c in r["claims"]]
     sig = [c for c in claims if c["significant"]]
@@ -225,7 +194,7 @@ def main() -> int:
     seeds_false = sum(1 for r in rows if any(c["significant"] and c["true_pct"] <= 0 for c in r["claims"]))
     print()
     print(rate("winner within 3% of the true best of the compared configurations", sum(r["within_compared"] for r in rows), n))
-    if args.all_trials:
+    if all_trials:
         print(rate("winner within 3% of the true best of all trials run", sum(bool(r["within_all"]) for r in rows), n))
     print(rate("false gain claims (claimed significant, true gain <= 0), of claims", len(false), len(sig)))
     print(rate("false gain claims, of winner-vs-baseline comparisons", len(false), len(claims)))
@@ -234,11 +203,12 @@ def main() -> int:
     print(rate("verdict 'equal within noise'", sum(r["equal_within_noise"] for r in rows), n))
     print(rate("winner's chosen load meets the limit noise-free", sum(r["winner_load_meets"] for r in rows), n))
     print(rate("winner was a baseline", sum(bool(r["winner_baseline"]) for r in rows), n))
+    covered = [c for c in claims if c.get("claimed_high_pct") is not None and math.isfinite(c["true_pct"])
+               and c["claimed_low_pct"] <= c["true_pct"] <= c["claimed_high_pct"]]
+    finite = [c for c in claims if c.get("claimed_high_pct") is not None and math.isfinite(c["true_pct"])]
+    print(rate("gain intervals that hold the true gain", len(covered), len(finite)))
     print(f"study wall s: median {np.median([r['study_s'] for r in rows]):.1f}; noisy measurement runs per study: "
           f"median {np.median([r['noisy_runs'] for r in rows]):.0f}")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(rows, indent=1, default=str))
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+from scipy import stats as scipy_stats
+
 from autotune.records import Measurement
-from autotune.selection import Candidate, flags_changed, select_winner
+from autotune.selection import Candidate, LoadCurve, flags_changed, select_winner
 
 
 LIMIT = {"ttft": 500.0}
@@ -26,8 +29,13 @@ def test_a_gain_is_claimed_only_when_its_interval_lies_above_zero():
     g = sel.gains["vllm-defaults"]
     assert sel.winner is tuned and g.significant and 0 < g.gain_pct_low < g.gain_pct < g.gain_pct_high
     assert g.gain_pct == (1105 - 1002.3333333333334) / 1002.3333333333334 * 100
-    # Welch's interval with 3 + 3 repeats: t(0.95, ~4 dof) x the standard error of the difference
-    assert 0.3 < g.gain_pct_high - g.gain_pct < 1.0
+    # Student's t on the log ratio, the spread pooled over all three finalists: 2 degrees of freedom each
+    logs = [np.log(v) for v in ([1100, 1110, 1105], [1000, 1005, 1002], [1090, 1120, 1060])]
+    pooled_std = math.sqrt(sum(((x - x.mean()) ** 2).sum() for x in logs) / 6)
+    half = scipy_stats.t.ppf(0.95, 6) * pooled_std * math.sqrt(2 / 3)
+    ratio = 1105 / 1002.3333333333334
+    assert math.isclose(g.gain_pct_high, (ratio * math.exp(half) - 1) * 100)
+    assert math.isclose(g.gain_pct_low, (ratio * math.exp(-half) - 1) * 100)
     assert "trial 1 (seed-profile)" in sel.verdict and "equal within noise" in sel.verdict
 
 
@@ -109,3 +117,56 @@ def test_a_single_finalist_claims_nothing():
     defaults = cand(0, [1000, 1010], baseline="vllm-defaults", flags={})
     sel = select_winner([defaults], LIMIT, repeats=2)
     assert sel.winner is defaults and sel.verdict.endswith("nothing to compare") and "beyond" not in sel.verdict
+
+
+def test_a_simpler_equal_measured_beyond_the_noise_floor_below_is_named_not_recommended():
+    """Two repeats a side cannot tell 6% apart, but an interval wide for want of repeats is no evidence that the
+    simpler configuration is as fast: it is recommended only when measured within the noise floor of the best."""
+    seed = cand(1, [1060, 1000], baseline="seed-profile", flags={"kv-cache-dtype": "fp8"})
+    defaults = cand(0, [960, 1010], baseline="vllm-defaults", flags={})
+    sel = select_winner([seed, defaults], LIMIT, repeats=2, noise_floor=0.03)
+    assert sorted(sel.equal_within_noise) == [0, 1] and sel.winner is seed
+    assert "recommended: trial 1 (seed-profile), the best measured (trial 0 (vllm-defaults) measured 4.4% lower)" \
+        in sel.verdict
+    assert not sel.gains["vllm-defaults"].significant
+
+
+def _power_curve(levels, a_ms=0.01, b_tok_s=400.0):
+    """A synthetic trial: P99 = a c^2 ms, throughput = b sqrt(c) tok/s at each level."""
+    return LoadCurve.from_levels([(c, b_tok_s * c ** 0.5, {"ttft": a_ms * c ** 2}) for c in levels])
+
+
+def test_a_run_is_carried_along_the_curve_to_its_own_knee():
+    curve = _power_curve([50, 100, 200, 400])
+    # limit 400 ms: the curve's knee is at c = 200; a run at 100 on the curve itself is carried there
+    run = Measurement(4000.0, {"ttft": 100.0})
+    assert math.isclose(curve.at_limit_tok_s(100, run, {"ttft": 400.0}), 4000.0 * math.sqrt(2), rel_tol=1e-9)
+    # a run whose server came out 21% slower has its knee at 200 / 1.1 (log-linear between levels is exact here)
+    slow = Measurement(4000.0, {"ttft": 121.0})
+    assert math.isclose(curve.at_limit_tok_s(100, slow, {"ttft": 400.0}), 4000.0 * math.sqrt(2 / 1.1), rel_tol=1e-9)
+    # never beyond the loads searched, and a run already over the limit is carried down
+    assert math.isclose(curve.at_limit_tok_s(100, run, {"ttft": 1e6}), 4000.0 * 2, rel_tol=1e-9)
+    assert curve.at_limit_tok_s(200, Measurement(5657.0, {"ttft": 500.0}), {"ttft": 400.0}) < 5657.0
+    # a noisy level below a lower one is pooled with it (non-decreasing), not taken as a dip
+    noisy = LoadCurve.from_levels([(50, 2800.0, {"ttft": 30.0}), (100, 4000.0, {"ttft": 20.0}),
+                                   (200, 5600.0, {"ttft": 400.0})])
+    assert list(np.exp(noisy.log_p99_ms["ttft"]).round(6)) == [np.exp(np.log([30, 20]).mean()).round(6)] * 2 + [400]
+
+
+def test_finalists_stepped_to_different_loads_are_compared_at_their_knees():
+    """The false claims of docs/results/decision-quality.md: two identical configurations, one stepped down by a
+    high draw and re-measured at 150 (well inside the limit), the other at its knee, 200. Compared at their
+    loads the second looks 15% faster; carried to their knees they are equal."""
+    levels = [50, 100, 150, 200, 300]
+    at_knee = cand(5, [400 * 200 ** 0.5] * 2, p99=400.0, flags={"max-num-seqs": 512})
+    stepped = cand(0, [400 * 150 ** 0.5] * 2, p99=0.01 * 150 ** 2, baseline="vllm-defaults", flags={})
+    for c, load in ((at_knee, 200), (stepped, 150)):
+        c.concurrency = load
+        c.curve = _power_curve(levels)
+    sel = select_winner([at_knee, stepped], {"ttft": 400.0}, repeats=2, noise_floor=0.03)
+    assert sel.winner is stepped and sorted(sel.equal_within_noise) == [0, 5]
+    assert math.isclose(at_knee.at_limit_mean_tok_s({"ttft": 400.0}), stepped.at_limit_mean_tok_s({"ttft": 400.0}))
+    without_curves = [cand(5, [400 * 200 ** 0.5] * 2), cand(0, [400 * 150 ** 0.5] * 2, baseline="vllm-defaults",
+                                                         flags={})]
+    assert select_winner(without_curves, {"ttft": 400.0}, repeats=2, noise_floor=0.03).gains[
+        "vllm-defaults"].significant

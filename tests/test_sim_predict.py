@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -95,14 +94,6 @@ def test_infeasible_memory_raises(flash) -> None:
     with pytest.raises(EngineStartError) as exc:
         predict(flash, load_gpu("h100"), {"gpu-memory-utilization": 0.2}, 1024, 512, 8, 8)
     assert exc.value.failure_class == "kv_too_small"
-
-
-def test_predict_is_fast(flash) -> None:
-    gpu = load_gpu("h100")
-    predict(flash, gpu, {}, 1024, 512, 32, 32)  # warm imports
-    t0 = time.perf_counter()
-    predict(flash, gpu, {}, 1024, 512, 256, 1024)
-    assert time.perf_counter() - t0 < 1.0
 
 
 def test_moe_and_tp_model_runs() -> None:

@@ -12,11 +12,14 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autotune.errors import UsageError
 from autotune.flags import LAUNCHER_FLAGS, flags_to_argv, normalize_flag_name
 from autotune.models import ModelSpec
+
+if TYPE_CHECKING:  # the sim's noise model: its module imports the sim package
+    from autotune.sim.noise import RunNoise
 
 __all__ = ["LaunchSpec", "StartupInfo", "parse_startup_log", "classify_failure", "FAILURE_CLASSES", "vllm_serve_cmd",
            "serve_cmd_model"]
@@ -38,6 +41,8 @@ class LaunchSpec:
     log_path: Path
     gpu_type: str | None = None  # sim only: which card to model
     time_scale: float = 1.0  # sim only
+    sim_noise: RunNoise | None = None  # in-process sim only: run-to-run noise
+    sim_noise_seed: int = 0
     startup_timeout_s: float = 900.0
     extra_env: dict[str, str] = field(default_factory=dict)
     python: str = sys.executable

@@ -48,6 +48,7 @@ from autotune.loadgen.client import build_payload
 from autotune.loadgen.runner import LoadConfig, drive_load
 from autotune.loadgen.workload import RequestSpec
 from autotune.metrics import BenchResult, RequestOutput
+from autotune.sim.noise import noise_rng
 from autotune.progress import NULL_PROGRESS, Progress
 from autotune.sim.args import parse_serve_args
 from autotune.sim.engine import EngineSetup, setup_engine
@@ -333,6 +334,7 @@ class InProcessSim:
         self.startup = StartupInfo()
         self.setup: EngineSetup | None = None
         self._rng = random.Random(0)
+        self._noise_rng = noise_rng(spec.sim_noise_seed, spec.served_model_name)
         self._started = False
 
     @property
@@ -383,7 +385,8 @@ class InProcessSim:
             raise RuntimeError("bench() on an engine that is not started")
         if cfg.time_scale != 1.0:
             raise ValueError(f"the in-process sim runs in modelled time: time_scale 1, not {cfg.time_scale}")
-        return bench_in_process(self.setup, requests, cfg, progress, self._rng)
+        result = bench_in_process(self.setup, requests, cfg, progress, self._rng)
+        return self.spec.sim_noise.apply(result, self._noise_rng) if self.spec.sim_noise else result
 
     def alive(self) -> bool:
         return self._started

@@ -6,27 +6,17 @@
 #   bash benchmarks/gpu/smoke_study.sh start [DIR]   # returns at once
 #   bash benchmarks/gpu/smoke_study.sh status [DIR]  # prints progress; "done" when finished
 set -uo pipefail
-cmd=${1:-status}; dir=${2:-/tmp/smoke}
-case "$cmd" in
-  start)
-    mkdir -p "$dir"
-    setsid bash -c "
-      . /tmp/st/env.sh
-      cd '$PWD'
-      date +%s > '$dir/t0'
-      python3 -m autotune run --model /tmp/model --engine vllm --load-format dummy --gpus 1 --p99-ms 500 \
-        --trials 1 --top-k 0 --repeats 0 --max-concurrency 256 --study smoke \
-        --storage sqlite:///$dir/autotune.db --out '$dir' > '$dir/run.out' 2> '$dir/run.log'
-      echo \$? > '$dir/run.rc'
-      date +%s > '$dir/t1'
-      python3 -m autotune best --study smoke --storage sqlite:///$dir/autotune.db --json > '$dir/best.json' 2>&1
-      python3 -m autotune studies --storage sqlite:///$dir/autotune.db --json > '$dir/studies.json' 2>&1
-      sleep 2
-      nvidia-smi --query-gpu=memory.used --format=csv,noheader > '$dir/gpu-after.txt'
-      ps -eo pid,args | grep -E 'vllm|autotune' | grep -v grep > '$dir/procs-after.txt'
-      echo done > '$dir/state'
-    " > "$dir/driver.log" 2>&1 < /dev/null &
-    echo started ;;
-  status)
-    tail -3 "$dir/run.log" 2>/dev/null; cat "$dir/state" 2>/dev/null || echo running ;;
-esac
+dir=${2:-/tmp/smoke}; progress=run.log
+job() {
+  date +%s > "$dir/t0"
+  python3 -m autotune run --model /tmp/model --engine vllm --load-format dummy --gpus 1 --p99-ms 500 \
+    --trials 1 --top-k 0 --repeats 0 --max-concurrency 256 --study smoke \
+    --storage "sqlite:///$dir/autotune.db" --out "$dir" > "$dir/run.out" 2> "$dir/run.log"
+  echo $? > "$dir/run.rc"
+  date +%s > "$dir/t1"
+  python3 -m autotune best --study smoke --storage "sqlite:///$dir/autotune.db" --json > "$dir/best.json" 2>&1
+  python3 -m autotune studies --storage "sqlite:///$dir/autotune.db" --json > "$dir/studies.json" 2>&1
+  leftovers_check
+}
+source "$(dirname "$0")/background.sh"
+background_main "$@"

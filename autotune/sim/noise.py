@@ -1,0 +1,72 @@
+"""Run-to-run noise for the sim engine, at the size a GPU shows it, so that a sim study meets the noise a GPU
+study meets (and a decision rule can be judged against it: benchmarks/decision_quality.py).
+
+The model is empirical: on one H200 server, six runs of one load level (docs/results/h200-noise.md) gave these
+coefficients of variation from run to run: P99 TTFT 17.2%, P99 ITL 6.7%, P99 TPOT 4.7%, P99 E2E 3.0%, output
+throughput 2.3%. Each measurement run draws one lognormal factor per metric (mean 1, that CV) and scales every
+request's TTFT, inter-token gaps and E2E by its metric's factor, and the run's throughputs by another. So a
+run's whole latency distribution moves together, as it did between those runs (their P99 and median TTFT moved
+together), and the P99 interval a level computes from its requests stays as wide as the sim's own.
+
+Not modelled (not measured yet): the spread between fresh servers beyond that within one server, and how the
+spread changes with load; docs/results/sim-accuracy.md tracks what is known.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from autotune.metrics import BenchResult, Distribution
+
+__all__ = ["RunNoise", "NOISE_MODELS", "noise_rng"]
+
+
+@dataclass(frozen=True)
+class RunNoise:
+    """Per-run lognormal factors: ``latency_cv`` by metric (ttft, itl, tpot, e2el) and ``throughput_cv``."""
+
+    latency_cv: Mapping[str, float] = field(default_factory=dict)
+    throughput_cv: float = 0.0
+
+    def apply(self, r: BenchResult, rng: np.random.Generator) -> BenchResult:
+        """``r`` as a noisy run gives it: requests' TTFT, ITL gaps and E2E scaled by one factor per metric, the
+        summaries with them (TPOT, only summarized, by its own), the throughputs by one more."""
+        f = {m: _lognormal(rng, self.latency_cv.get(m, 0.0)) for m in ("ttft", "itl", "tpot", "e2el")}
+        f_tput = _lognormal(rng, self.throughput_cv)
+        outputs = tuple(dataclasses.replace(o, ttft_s=o.ttft_s * f["ttft"], itl_s=tuple(g * f["itl"] for g in o.itl_s),
+                                            e2el_s=o.e2el_s * f["e2el"]) for o in r.outputs)
+        return dataclasses.replace(
+            r, outputs=outputs, output_tok_s=r.output_tok_s * f_tput, total_tok_s=r.total_tok_s * f_tput,
+            request_s=r.request_s * f_tput, ttft_ms=_scaled(r.ttft_ms, f["ttft"]), itl_ms=_scaled(r.itl_ms, f["itl"]),
+            tpot_ms=_scaled(r.tpot_ms, f["tpot"]), e2el_ms=_scaled(r.e2el_ms, f["e2el"]))
+
+
+# By name, as `--sim-noise` takes it. h200: docs/results/h200-noise.md (vLLM 0.26.0, weightless Flash text
+# backbone, concurrency 64, 192 measured requests a run).
+NOISE_MODELS: dict[str, RunNoise | None] = {
+    "off": None,
+    "h200": RunNoise(latency_cv={"ttft": 0.172, "itl": 0.067, "tpot": 0.047, "e2el": 0.030}, throughput_cv=0.023),
+}
+
+
+def noise_rng(seed: int, server_name: str) -> np.random.Generator:
+    """The noise of one server: reproducible for the study's seed, and its own for every server (a fresh
+    server of a re-measurement draws other factors than the trial's)."""
+    return np.random.default_rng([seed, zlib.crc32(server_name.encode())])
+
+
+def _lognormal(rng: np.random.Generator, cv: float) -> float:
+    """A factor with mean 1 and coefficient of variation ``cv`` (1 when ``cv`` is 0)."""
+    if cv <= 0:
+        return 1.0
+    s = math.sqrt(math.log1p(cv * cv))
+    return float(math.exp(rng.normal(-s * s / 2, s)))
+
+
+def _scaled(d: Distribution, f: float) -> Distribution:
+    return Distribution(d.mean * f, d.p50 * f, d.p90 * f, d.p95 * f, d.p99 * f)

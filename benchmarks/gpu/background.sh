@@ -1,0 +1,29 @@
+#!/bin/bash
+# Sourced by the GPU scripts: `start` runs the script's `job` function in its own session in the background
+# (a command on the GPU machine may run 10 minutes at most; the job outlives it), `status` prints the tail of
+# the job's progress file and "done" when it finished. The job runs with the device kit's environment in the
+# project root, with $dir its output folder; it must leave nothing running behind (its own teardown).
+#   source benchmarks/gpu/background.sh; background_main "$@"    # after defining job() and dir/progress
+background_main() {
+  local cmd=${1:-status}
+  case "$cmd" in
+    start)
+      mkdir -p "$dir"
+      # the job, the functions it calls and the variables it reads travel into the new session by value
+      setsid bash -c "$(declare -p dir progress ${job_vars:-} 2>/dev/null); $(declare -f)
+        . /tmp/st/env.sh; cd '$PWD'; job; echo done > \"\$dir/state\"" > "$dir/driver.log" 2>&1 < /dev/null &
+      echo started ;;
+    status)
+      tail -n "${status_lines:-3}" "$dir/$progress" 2>/dev/null; cat "$dir/state" 2>/dev/null || echo running ;;
+    *)
+      echo "usage: $0 start|status [DIR]" >&2; return 2 ;;
+  esac
+}
+
+# What a finished job must show: no vLLM or autotune process of ours, GPU memory back.
+leftovers_check() {
+  sleep 2
+  nvidia-smi --query-gpu=index,memory.used --format=csv,noheader > "$dir/gpu-after.txt"
+  ps -eo pid,sid,args | grep -E 'vllm|autotune' | grep -v -e grep -e "^ *[0-9]* *$(ps -o sid= $$) " \
+    > "$dir/procs-after.txt"
+}

@@ -1,0 +1,32 @@
+#!/bin/bash
+# On a two-GPU machine (device kit installed, /tmp/st/env.sh): the same study twice, side by side, one copy per
+# GPU (issue #16, item 5): do both copies reach the same verdict, and the winner's throughput at the limit
+# within 5%? Each copy: real vLLM on the weightless model, its own storage and output folder, the study's
+# --timeout as its whole GPU budget. Summarise with benchmarks/reproducibility_table.py DIR.
+#   METRIC=ttft LIMIT=500 TIMEOUT=22m bash benchmarks/gpu/reproducibility.sh start [DIR]   # returns at once
+#   bash benchmarks/gpu/reproducibility.sh status [DIR]
+set -uo pipefail
+dir=${2:-/tmp/repro}; progress=progress.txt; status_lines=4
+metric=${METRIC:-ttft}; limit=${LIMIT:-500}; timeout=${TIMEOUT:-22m}
+job_vars="metric limit timeout"
+job() {
+  date +%s > "$dir/t0"
+  for g in 0 1; do
+    CUDA_VISIBLE_DEVICES=$g python3 -m autotune run --model /tmp/model --engine vllm --load-format dummy --gpus 1 \
+      --p99-ms "$limit" --p99-metric "$metric" --timeout "$timeout" --study "repro-$metric-gpu$g" \
+      --storage "sqlite:///$dir/gpu$g.db" --out "$dir/gpu$g" --json > "$dir/gpu$g.json" 2> "$dir/gpu$g.log" &
+  done
+  while [ "$(jobs -rp | wc -l)" -gt 0 ]; do
+    { date +%T; for g in 0 1; do echo "gpu$g: $(tail -n 1 "$dir/gpu$g.log" | cut -c1-160)"; done; } > "$dir/$progress"
+    sleep 10
+  done
+  wait
+  date +%s > "$dir/t1"
+  for g in 0 1; do
+    python3 -m autotune best --study "repro-$metric-gpu$g" --storage "sqlite:///$dir/gpu$g.db" --json \
+      > "$dir/best-gpu$g.json" 2>&1
+  done
+  leftovers_check
+}
+source "$(dirname "$0")/background.sh"
+background_main "$@"
