@@ -69,14 +69,14 @@ class StudySummary:
             return {}
 
     def baseline_output_tok_s(self) -> dict[str, float]:
-        """Each baseline's throughput at the limit: re-measured when the selection compared it, else its trial's."""
+        """Each baseline's output tok/s at the limit: as the selection compared it, else its trial's knee."""
         gains = self.winner.gains if self.winner else {}
         out = {}
         for name in BASELINES:
             if name in gains:
                 out[name] = gains[name].baseline_output_tok_s
             elif self.winner is not None and self.winner.baseline == name:
-                out[name] = self.winner.output_tok_s.mean
+                out[name] = self.winner.at_limit_tok_s.mean
             elif (trial := self.data.baseline_trials().get(name)) is not None:
                 out[name] = trial.value
         return out

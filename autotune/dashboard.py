@@ -156,14 +156,14 @@ async def _index(request: web.Request) -> web.Response:
     storage = settings["storage"]
     summaries: list[StudySummary] = await asyncio.to_thread(lambda: summarize(storage, study_names(storage)))
     head = ("<tr><th></th><th>study</th><th>model</th><th>GPUs</th><th>engine</th><th>limits</th>"
-            "<th>trials (met the limits)</th><th>best output tok/s</th>"
-            + "".join(f"<th>{b} output tok/s</th>" for b in BASELINES) + "<th>GPU-minutes</th><th></th></tr>")
+            "<th>trials (met the limits)</th><th>winner's output tok/s at the limit</th>"
+            + "".join(f"<th>{b} at the limit</th>" for b in BASELINES) + "<th>GPU-minutes</th><th></th></tr>")
     rows = []
     for s in summaries:
         fp, w = s.data.fingerprint, s.winner
         name = html.escape(s.name)
-        best = "no winner" if w is None else (_tok_s(w.output_tok_s.mean) + (
-            f" ± {w.output_tok_s.half_width:,.0f}" if w.has_interval else " (not re-measured)"))
+        best = "no winner" if w is None else (_tok_s(w.at_limit_tok_s.mean) + (
+            f" ± {w.at_limit_tok_s.half_width:,.0f}" if w.has_interval else " (not re-measured)"))
         baselines = s.baseline_output_tok_s()
         minutes = "-" if s.data.gpu_minutes is None else f"{s.data.gpu_minutes:,.1f}"
         links = f"<a class='trials' href='study/{quote(s.name, safe='')}'>trials</a> {_optuna_link(request, s.name)}"

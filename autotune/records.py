@@ -298,7 +298,8 @@ class GainRecord:
 @dataclass(frozen=True)
 class ThroughputRecord:
     """Output tok/s over a candidate's measurements (its re-measurements, else the search's one figure), with the
-    half width of the mean's t interval at ``confidence`` (never below the noise floor; 0 with one measurement)."""
+    half width of the mean's t interval at ``confidence`` (never below the noise floor; 0 with one measurement,
+    NaN when no interval was computed)."""
 
     mean: float
     std: float
@@ -324,10 +325,12 @@ class SelectionRecord:
     gains: Mapping[str, GainRecord] = field(default_factory=dict)  # by baseline name
     equal_within_noise: tuple[int, ...] = ()  # trials the winner does not beat beyond noise (itself included)
     unconfirmed: tuple[int, ...] = ()  # finalists cut short before they were measured as the others
-    # The winner's figures as the verdict saw them: at ``winner_concurrency`` (lower than its trial's chosen level
-    # after a step-down), each limited metric's mean P99 over the same measurements as the throughput.
+    # The winner's figures as the verdict saw them: output tok/s as measured at ``winner_concurrency`` (lower than
+    # its trial's chosen level after a step-down), the same runs carried to the limit (selection.py: what finalists
+    # are compared by), and each limited metric's mean P99 over those runs.
     winner_concurrency: int | None = None
     winner_output_tok_s: ThroughputRecord | None = None
+    winner_at_limit_tok_s: ThroughputRecord | None = None
     winner_p99_ms: Mapping[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -336,15 +339,18 @@ class SelectionRecord:
                 "equal_within_noise": list(self.equal_within_noise), "unconfirmed": list(self.unconfirmed),
                 "winner_concurrency": self.winner_concurrency,
                 "winner_output_tok_s": self.winner_output_tok_s.to_json() if self.winner_output_tok_s else None,
+                "winner_at_limit_tok_s": self.winner_at_limit_tok_s.to_json() if self.winner_at_limit_tok_s else None,
                 "winner_p99_ms": json_safe(dict(self.winner_p99_ms))}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SelectionRecord:
-        tput = data["winner_output_tok_s"]
+        def tput(key: str) -> ThroughputRecord | None:
+            return ThroughputRecord.from_json(data[key]) if data[key] else None
+
         return cls(_opt_int(data["winner_trial"]), str(data["verdict"]),
                    {k: GainRecord.from_json(g) for k, g in data["gains"].items()},
                    tuple(int(n) for n in data["equal_within_noise"]), tuple(int(n) for n in data["unconfirmed"]),
-                   _opt_int(data["winner_concurrency"]), ThroughputRecord.from_json(tput) if tput else None,
+                   _opt_int(data["winner_concurrency"]), tput("winner_output_tok_s"), tput("winner_at_limit_tok_s"),
                    _floats(data["winner_p99_ms"]))
 
 

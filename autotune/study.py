@@ -28,7 +28,7 @@ from autotune.models import ModelSpec
 from autotune.profile import Hardware, Profile, Software, build_profile, environment, write_profile
 from autotune.progress import NULL_PROGRESS, Progress, StudyEta, StudyStart
 from autotune.records import Measurement, StudyFingerprint, TrialRecord, TrialResult
-from autotune.selection import Candidate, LoadCurve, Selection, select_winner
+from autotune.selection import Candidate, LoadCurve, Selection, select_winner, tok_s_stats
 from autotune.space import SearchSpace
 from autotune.trial import TrialSettings, measure_once, run_trial
 
@@ -433,11 +433,14 @@ def selection_record(selection: Selection, limits_ms: Mapping[str, float], noise
     winner = selection.winner
     figures: dict[str, Any] = {}
     if winner is not None:
-        stats = winner.stats(noise_floor, confidence)
+        def record(stats: dict[str, float]) -> records.ThroughputRecord:
+            return records.ThroughputRecord(stats["mean"], stats["std"], stats["min"], stats["max"], int(stats["n"]),
+                                            stats["half_width"], confidence)
+
+        at_limit = [v for v in winner.at_limit_tok_s(limits_ms) if math.isfinite(v)]
         figures = {"winner_concurrency": winner.concurrency,
-                   "winner_output_tok_s": records.ThroughputRecord(
-                       stats["mean"], stats["std"], stats["min"], stats["max"], int(stats["n"]),
-                       stats["half_width"], confidence),
+                   "winner_output_tok_s": record(winner.stats(noise_floor, confidence)),
+                   "winner_at_limit_tok_s": record(tok_s_stats(at_limit, noise_floor, confidence)),
                    "winner_p99_ms": {metric: winner.p99_mean_ms(metric) for metric in limits_ms}}
     return records.SelectionRecord(winner.trial_number if winner else None, selection.verdict, selection.gains,
                                    tuple(selection.equal_within_noise), tuple(selection.unconfirmed), **figures)

@@ -168,12 +168,13 @@ def test_the_header_states_where_the_figures_come_from(capsys, factory_storage, 
     data, winner = winner_of(factory_storage, "a")
     files = files_by_format(export(capsys, factory_storage, "a", repo)["written"])
     run = data.runs[-1]
-    tput = winner.output_tok_s
+    at_limit, measured = winner.at_limit_tok_s, winner.output_tok_s
     for fmt, path in files.items():
         head = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
         assert f"study 'a', trial {winner.trial}" in head
-        assert f"{tput.mean:,.0f} output tok/s ± {tput.half_width:,.0f} ({tput.confidence:.0%} interval" in head
-        assert f"at concurrency {winner.concurrency}" in head
+        assert (f"{at_limit.mean:,.0f} output tok/s at the limit ± {at_limit.half_width:,.0f} "
+                f"({at_limit.confidence:.0%} interval, {at_limit.n} fresh-server runs)") in head
+        assert f"measured {measured.mean:,.0f} at concurrency {winner.concurrency}" in head
         assert f"ttft <= {data.limits_ms['ttft']:g} ms" in head
         assert f"{data.fingerprint.gpus}x h100 ({run.gpu_name})" in head
         assert f"vLLM: {run.vllm_version}" in head and f"measured with {run.autotune_version}" in head

@@ -59,12 +59,13 @@ def test_remeasurements_and_the_selection_round_trip():
     assert back.repeats[1].over_limits({"ttft": 500.0, "itl": 35.0}) == []  # a failed server saw no P99
     gain = GainRecord(0, 0.0, False, 4400.0, math.inf, math.inf, math.inf, 0.9, True)  # a baseline that met no limit
     tput = ThroughputRecord(4400.0, 0.0, 4400.0, 4400.0, 1, 132.0, 0.9)
+    at_limit = ThroughputRecord(4600.0, 0.0, 4600.0, 4600.0, 1, 138.0, 0.9)
     written = SelectionRecord(3, "verdict", {"vllm-defaults": gain}, winner_concurrency=128, winner_output_tok_s=tput,
-                              winner_p99_ms={"ttft": 300.0, "itl": NAN})
+                              winner_at_limit_tok_s=at_limit, winner_p99_ms={"ttft": 300.0, "itl": NAN})
     records.write_selection(study, written)
     sel = records.read_selection(study)
     assert sel.winner_trial == 3 and sel.gains["vllm-defaults"].gain_pct == math.inf
-    assert sel.winner_output_tok_s == tput and sel.winner_concurrency == 128
+    assert sel.winner_output_tok_s == tput and sel.winner_at_limit_tok_s == at_limit and sel.winner_concurrency == 128
     assert sel.winner_p99_ms["ttft"] == 300.0 and math.isnan(sel.winner_p99_ms["itl"])
     no_winner = optuna.create_study()
     records.write_selection(no_winner, SelectionRecord(None, "no configuration met the limits"))

@@ -68,6 +68,7 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
                                                   profile.metrics.output_tok_s.half_width,
                                                   profile.metrics.output_tok_s.n)
     assert selection.winner_p99_ms["ttft"] == profile.metrics.p99["ttft"].mean_ms
+    assert selection.winner_at_limit_tok_s.mean == pytest.approx(profile.metrics.output_tok_s_at_limit.mean)
 
     code, out, err = run_json(capsys, "best", "--study", "e2e", "--storage", url, "--json")
     assert code == 0 and json.loads(out)["flags"]
