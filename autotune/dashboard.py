@@ -151,15 +151,31 @@ def _baseline_tok_s(value: float | None) -> str:
     return "missed a limit" if value == 0 else _tok_s(value)
 
 
+def _read_all(storage: optuna.storages.BaseStorage) -> list[StudySummary | tuple[str, str]]:
+    """Every study of the storage, or (its name, why it cannot be read): one old study does not hide the others."""
+    out: list[StudySummary | tuple[str, str]] = []
+    for name in study_names(storage):
+        try:
+            out.append(StudySummary(load_study(name, storage)))
+        except UsageError as e:
+            out.append((name, str(e)))
+    return out
+
+
 async def _index(request: web.Request) -> web.Response:
     settings = request.app[_SETTINGS]
     storage = settings["storage"]
-    summaries: list[StudySummary] = await asyncio.to_thread(lambda: summarize(storage, study_names(storage)))
+    readable: list[StudySummary | tuple[str, str]] = await asyncio.to_thread(_read_all, storage)
     head = ("<tr><th></th><th>study</th><th>model</th><th>GPUs</th><th>engine</th><th>limits</th>"
             "<th>trials (met the limits)</th><th>winner's output tok/s at the limit</th>"
             + "".join(f"<th>{b} at the limit</th>" for b in BASELINES) + "<th>GPU-minutes</th><th></th></tr>")
     rows = []
-    for s in summaries:
+    for s in readable:
+        if isinstance(s, tuple):  # a study these records cannot read: listed, with why
+            name, why = map(html.escape, s)
+            rows.append(f"<tr data-study='{name}'><td></td><td>{name}</td><td colspan='{8 + len(BASELINES)}' "
+                        f"class='note'>{why}</td></tr>")
+            continue
         fp, w = s.data.fingerprint, s.winner
         name = html.escape(s.name)
         best = "no winner" if w is None else (_tok_s(w.at_limit_tok_s.mean) + (

@@ -118,7 +118,7 @@ def build_deployment(data: StudyRecords, winner: Winner) -> Deployment:
     header += [f"gain over {name}: {text}" for name, text in winner.gain_texts().items()]
     if winner.verdict:
         header.append(f"verdict: {winner.verdict}")
-    gpu_name = f" ({run.gpu_name})" if run and run.gpu_name else ""
+    gpu_name = f" ({run.gpu_name})" if run and run.gpu_name and fp.engine != "sim" else ""
     header.append(f"GPU: {fp.gpus}x {fp.gpu_type}{gpu_name}")
     if fp.engine == "sim":
         header.append("engine: the autotune sim engine (a performance model, no vLLM ran): measure on the GPU")

@@ -72,3 +72,23 @@ def test_bad_input_is_one_line(capsys, factory_storage, tmp_path, case):
     out, err = capsys.readouterr()
     lines = [line for line in err.strip().splitlines() if line.startswith("autotune: error")]
     assert code == 2 and len(lines) == 1 and says in lines[0] and "Traceback" not in err, err
+
+
+def test_a_study_these_records_cannot_read_is_listed_with_why():
+    from tests.study_factory import make_study
+
+    storage = optuna.storages.InMemoryStorage()
+    make_study(storage, "current", n_trials=4)
+    old = optuna.create_study(study_name="old", storage=storage)
+    old.set_user_attr("fingerprint", {"model": "m", "gpus": 1, "records_version": 3})
+
+    async def index() -> str:
+        async with TestClient(TestServer(build_app(storage, "in memory", None))) as client:
+            response = await client.get("/")
+            assert response.status == 200
+            return await response.text()
+
+    page = asyncio.run(index())
+    assert "data-study='current'" in page and "value='current'" in page  # listed and comparable
+    assert "data-study='old'" in page and "value='old'" not in page
+    assert html.escape("written by another version of autotune's records (3, this one reads 4)") in page
