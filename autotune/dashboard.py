@@ -45,7 +45,9 @@ thead th{background:#f4f4f4} tr.differs td,tr.differs th{background:#fff3c4;font
 
 _SCRIPT = """
 const boxes = Array.from(document.querySelectorAll('input.pick'));
+let latest = 0;  // ticking again while a comparison loads: only the last one is drawn
 async function refresh() {
+  const mine = ++latest;
   const picked = boxes.filter(b => b.checked).map(b => b.value);
   const target = document.getElementById('compare');
   document.body.dataset.compared = '';
@@ -54,6 +56,7 @@ async function refresh() {
   const query = picked.map(n => 'study=' + encodeURIComponent(n)).join('&');
   const response = await fetch('api/compare?' + query);
   const data = await response.json();
+  if (mine !== latest) return;
   if (!response.ok) { target.textContent = data.error; return; }
   target.innerHTML = data.table;
   for (const [id, fig] of Object.entries(data.figures)) {
@@ -61,6 +64,7 @@ async function refresh() {
     div.id = id;
     target.appendChild(div);
     await Plotly.newPlot(div, fig.data, fig.layout, {displaylogo: false});
+    if (mine !== latest) return;
   }
   document.body.dataset.compared = picked.join(',');  // rendered: what a reader (or a test) may look at now
 }
