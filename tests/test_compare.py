@@ -50,6 +50,7 @@ def test_the_front_is_every_feasible_point_nothing_beats(factory_storage):
             assert [p.p99_ms[metric] for p in front] == sorted(p.p99_ms[metric] for p in front)
 
 
+@pytest.mark.slow  # seconds: the figures of two studies in a 5 MB page
 def test_compare_prints_the_table_and_writes_a_self_contained_report(capsys, factory_storage, tmp_path):
     from plotly.offline import get_plotlyjs
 

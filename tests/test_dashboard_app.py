@@ -30,6 +30,7 @@ def _fetch(url: str, *paths: str) -> list[tuple[int, str]]:
     return asyncio.run(go())
 
 
+@pytest.mark.slow  # seconds: every study summarized, the figures of two
 def test_pages_and_api_without_optuna_dashboard(factory_storage, monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # not installed
     assert start_optuna_dashboard(open_storage_readonly(factory_storage), "127.0.0.1", 0) is None

@@ -284,6 +284,7 @@ def test_the_rules_the_checks_apply_would_catch_a_broken_file(tmp_path):
     assert "--no-enable-prefix-caching" in args  # the chart's default when the key is absent
 
 
+@pytest.mark.slow  # an external tool: kubectl
 def test_the_llm_d_patch_applies_with_kustomize(capsys, factory_storage, repo, tmp_path):
     """kubectl's kustomize over a Deployment in llm-d's recipe shape: the patch replaces the container's args and
     GPU count and keeps the rest."""
