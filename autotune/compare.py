@@ -155,8 +155,8 @@ def compare_rows(summaries: Sequence[StudySummary]) -> list[Row]:
         rows.append(Row(f"gain over {name}", winner(lambda w, n=name: describe_gain(w.gains[n]) if n in w.gains
                                                     else ("the winner" if w.baseline == n else "-"))))
     rows.append(Row("GPU-minutes", each(lambda s: "-" if s.data.gpu_minutes is None else f"{s.data.gpu_minutes:,.1f}")))
-    rows.append(Row("trials (met the limits)",
-                    each(lambda s: f"{sum(t.complete for t in s.data.trials)} ({sum(t.feasible for t in s.data.trials)})")))
+    rows.append(Row("trials (met the limits)", each(
+        lambda s: f"{sum(t.complete for t in s.data.trials)} ({sum(t.feasible for t in s.data.trials)})")))
     flags = sorted({normalize_flag_name(name) for s in summaries if s.winner for name in s.winner.flags})
     for name in flags:
         effective = {effective_flags(dict(s.winner.flags))[name] for s in summaries if s.winner}
@@ -188,7 +188,8 @@ def require_plotly() -> None:
 def _hover(study: str, p: TrialPoint, metrics: Sequence[str]) -> str:
     name = f"trial {p.trial}" + (f" ({p.baseline})" if p.baseline else "")
     p99s = ", ".join(f"{m} {fmt_ms(p.p99_ms[m])} ms" for m in metrics)
-    lines = [f"<b>{html.escape(study)}</b>: {name}", f"{p.output_tok_s:,.0f} output tok/s at concurrency {p.concurrency}",
+    lines = [f"<b>{html.escape(study)}</b>: {name}",
+             f"{p.output_tok_s:,.0f} output tok/s at concurrency {p.concurrency}",
              f"P99 {p99s}" + ("" if p.feasible else " (over a limit)"), "flags vs vLLM's defaults:"]
     return "<br>".join(lines + [html.escape(line) for line in flags_diff_text(p.flags)])
 

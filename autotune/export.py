@@ -86,7 +86,8 @@ def commit_message(winner: Winner, dep: Deployment) -> str:
         gain = ", ".join(gains)
     else:
         gain = "no gain over the baselines measured (not re-measured)"
-    subject = f"autotune: {dep.model_slug} on {dep.gpus}x {dep.gpu_type}, study {dep.study} trial {winner.trial}: {gain}"
+    subject = (f"autotune: {dep.model_slug} on {dep.gpus}x {dep.gpu_type}, study {dep.study} trial {winner.trial}: "
+               f"{gain}")
     return subject + "\n\n" + "\n".join(dep.header) + "\n"
 
 

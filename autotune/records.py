@@ -9,7 +9,8 @@ A study stores, as Optuna user attributes:
   ran, its :class:`TrialResult` (flags, every load level as a :class:`LevelRecord`, startup figures, failure).
 
 Everything is JSON in storage; NaN and infinity are stored as null and read back as NaN. Every reader of a
-study (the study itself, the profile, ``best``, ``studies``, ``export``, ``compare``, the dashboard) goes through :func:`read_trials` and friends.
+study (the study itself, the profile, ``best``, ``studies``, ``export``, ``compare``, the dashboard) goes through
+:func:`read_trials` and friends.
 """
 from __future__ import annotations
 

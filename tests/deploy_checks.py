@@ -78,7 +78,8 @@ def helm_container_args(values: dict[str, Any]) -> list[list[str]]:
         cfg = spec.get("vllmConfig")
         if cfg is not None:
             if "enableChunkedPrefill" in cfg:
-                args.append("--enable-chunked-prefill" if cfg["enableChunkedPrefill"] else "--no-enable-chunked-prefill")
+                args.append("--enable-chunked-prefill" if cfg["enableChunkedPrefill"]
+                            else "--no-enable-chunked-prefill")
             args.append("--enable-prefix-caching" if cfg.get("enablePrefixCaching") else "--no-enable-prefix-caching")
             for key, flag in (("maxModelLen", "--max-model-len"), ("dtype", "--dtype"),
                               ("tensorParallelSize", "--tensor-parallel-size"), ("maxNumSeqs", "--max-num-seqs"),

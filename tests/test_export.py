@@ -136,7 +136,8 @@ def test_every_format_gives_the_runtime_the_winners_flags(capsys, factory_storag
     assert service["entrypoint"] == ["vllm", "serve"] and serve_flags(service["command"]) == (model, expected)
     [device] = service["deploy"]["resources"]["reservations"]["devices"]
     assert device["count"] == gpus and "gpu" in device["capabilities"]
-    assert f"{VLLM_PORT}:{VLLM_PORT}" in service["ports"] and f":{VLLM_PORT}/health" in service["healthcheck"]["test"][-1]
+    assert f"{VLLM_PORT}:{VLLM_PORT}" in service["ports"]
+    assert f":{VLLM_PORT}/health" in service["healthcheck"]["test"][-1]
 
     # the production-stack chart: its values' types, one place per flag, the container it renders
     values = yaml.safe_load(files["helm"].read_text())

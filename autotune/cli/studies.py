@@ -33,7 +33,8 @@ def _winner_json(w: Winner) -> dict[str, Any]:
     return json_safe({
         "study": w.study, "trial": w.trial, "source": w.source, "flags": w.flags, "vllm_serve_cmd": w.vllm_serve_cmd,
         "concurrency": w.concurrency, "stepped_down_from": list(w.stepped_down_from),
-        "output_tok_s": w.output_tok_s.mean, "output_tok_s_interval": w.output_tok_s.to_json() if w.remeasured else None,
+        "output_tok_s": w.output_tok_s.mean,
+        "output_tok_s_interval": w.output_tok_s.to_json() if w.remeasured else None,
         "output_tok_s_at_limit": w.at_limit_tok_s.to_json() if w.remeasured else None,
         "p99_ms": dict(w.p99_ms), "limits_ms": dict(w.limits_ms) or None, "baseline": w.baseline or None,
         "metrics": w.metrics,
