@@ -163,6 +163,8 @@ def _read_all(storage: optuna.storages.BaseStorage) -> list[StudySummary | tuple
             out.append(StudySummary(load_study(name, storage)))
         except UsageError as e:
             out.append((name, str(e)))
+        except (KeyError, TypeError, ValueError) as e:  # records of another shape, or not autotune's
+            out.append((name, f"its records cannot be read ({type(e).__name__}: {e})"))
     return out
 
 

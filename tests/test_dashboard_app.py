@@ -82,6 +82,7 @@ def test_a_study_these_records_cannot_read_is_listed_with_why():
     make_study(storage, "current", n_trials=4)
     old = optuna.create_study(study_name="old", storage=storage)
     old.set_user_attr("fingerprint", {"model": "m", "gpus": 1, "records_version": 3})
+    make_study(storage, "torn", n_trials=4).set_user_attr("selection", {"winner_trial": 0})  # a key missing
 
     async def index() -> str:
         async with TestClient(TestServer(build_app(storage, "in memory", None))) as client:
@@ -93,3 +94,4 @@ def test_a_study_these_records_cannot_read_is_listed_with_why():
     assert "data-study='current'" in page and "value='current'" in page  # listed and comparable
     assert "data-study='old'" in page and "value='old'" not in page
     assert html.escape("written by another version of autotune's records (3, this one reads 4)") in page
+    assert "data-study='torn'" in page and "value='torn'" not in page and "its records cannot be read" in page
