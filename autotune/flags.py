@@ -13,7 +13,7 @@ from typing import Any
 from autotune.errors import UsageError
 
 __all__ = ["FlagDef", "VLLM_FLAGS", "flags_to_argv", "normalize_flag_name", "check_flag_value", "effective_flags",
-           "mm_limit", "DEFAULT_MM_LIMIT"]
+           "mm_limit", "DEFAULT_MM_LIMIT", "changed_flags", "deploy_flags"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,9 @@ VLLM_FLAGS: dict[str, FlagDef] = {d.name: d for d in _DEFS}
 _ALIASES = {"tp": "tensor-parallel-size", "dp": "data-parallel-size", "pp": "pipeline-parallel-size"}
 # Flags the launcher owns; a search space or a user must not set them.
 LAUNCHER_FLAGS = frozenset({"served-model-name", "host", "port"})
+# Flag values that only make sense while measuring: `--load-format dummy` tunes a model's speed with random
+# weights, and a deployment must load the real ones. An export leaves them out and says so.
+MEASUREMENT_ONLY = {"load-format": frozenset({"dummy"})}
 
 
 def normalize_flag_name(name: str) -> str:
@@ -155,3 +158,19 @@ def effective_flags(flags: dict[str, Any]) -> dict[str, Any]:
     out = {name: d.default for name, d in VLLM_FLAGS.items() if name not in LAUNCHER_FLAGS}
     out.update({normalize_flag_name(k): v for k, v in flags.items()})
     return out
+
+
+def changed_flags(flags: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The flags whose value differs from vLLM's default: name -> (value, default), in name order."""
+    defaults = effective_flags({})
+    return {name: (value, defaults.get(name)) for name, value in sorted(effective_flags(flags).items())
+            if defaults.get(name) != value}
+
+
+def deploy_flags(flags: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the flags a deployment runs with, the measurement-only ones left out): see MEASUREMENT_ONLY."""
+    kept, dropped = {}, {}
+    for name, value in flags.items():
+        key = normalize_flag_name(name)
+        (dropped if value in MEASUREMENT_ONLY.get(key, ()) else kept)[key] = value
+    return kept, dropped

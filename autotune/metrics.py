@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["RequestOutput", "Distribution", "BenchResult", "summarize", "pool", "steady_window", "LATENCY_METRICS",
-           "describe_limits"]
+           "describe_limits", "fmt_ms"]
 
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 PERCENTILES = (50, 90, 95, 99)
@@ -24,6 +24,13 @@ PERCENTILES = (50, 90, 95, 99)
 def describe_limits(limits_ms: Mapping[str, float]) -> str:
     """P99 limits by metric, as people read them: ``P99 ttft <= 500 ms, itl <= 50 ms``."""
     return "P99 " + ", ".join(f"{metric} <= {limit:g} ms" for metric, limit in limits_ms.items())
+
+
+def fmt_ms(value: float | None) -> str:
+    """A latency: whole milliseconds from 100 ms up, a tenth below (an ITL of 8.4 ms is not 8); '-' when unknown."""
+    if value is None or math.isnan(value):
+        return "-"
+    return format(value, ",.0f" if value >= 100 else ".1f")
 
 
 @dataclass(frozen=True)

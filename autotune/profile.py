@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from autotune import __version__
+from autotune.fileio import write_text_atomically
 from autotune.jsonsafe import json_safe
 from autotune.records import TrialRecord
 from autotune.selection import Candidate, Selection
@@ -185,7 +186,9 @@ def _p99_stats(winner: Candidate, metric: str) -> P99Stats:
                     max_ms=max(measured) if measured else None, values_ms=[_nan_none(v) for v in values])
 
 
-def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRecord, n_trials: int) -> Profile:
+def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRecord, n_trials: int,
+                  measured_on: tuple[Hardware, Software] | None = None) -> Profile:
+    """``measured_on``: the study's :func:`environment` when the caller has it already (else read here)."""
     winner = selection.winner
     assert winner is not None and winner_trial.result is not None and winner.concurrency is not None
     s = cfg.settings
@@ -197,7 +200,7 @@ def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRec
     else:  # a level a re-measurement stepped down to, never re-measured: its summary
         level = winner_trial.result.level(winner.concurrency)
         at_load = json_safe(level.metrics()) if level else {}
-    hardware, software = environment(s.engine, s.gpu.name, s.gpus)
+    hardware, software = measured_on or environment(s.engine, s.gpu.name, s.gpus)
     return Profile(
         autotune_profile=PROFILE_VERSION,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -225,10 +228,7 @@ def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRec
 
 def write_profile(profile: Profile, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False, width=120))
-    tmp.replace(path)
-    return path
+    return write_text_atomically(path, yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False, width=120))
 
 
 def read_profile(path: Path) -> Profile:

@@ -5,16 +5,20 @@ A study stores, as Optuna user attributes:
   the options it was run with (``autotune worker`` builds the same trials from them; no storage URL among them),
   whether its run has finished searching (workers then take no new trial),
   one :class:`Remeasurement` per re-measured candidate (key ``remeasure.<trial>``, one key each so that
-  several processes never rewrite each other's), and the :class:`SelectionRecord`;
+  several processes never rewrite each other's), the :class:`SelectionRecord`, and one :class:`RunRecord` per
+  invocation of ``autotune run`` (key ``run.<id>``: its GPU-minutes and the hardware and software it ran on);
 - on each trial: the queue tag set when it was enqueued (a baseline's name, or a ``--try`` point), and once it
   ran, its :class:`TrialResult` (flags, every load level as a :class:`LevelRecord`, startup figures, failure).
 
 Everything is JSON in storage; NaN and infinity are stored as null and read back as NaN. Every reader of a
-study (the study itself, the profile, ``best``, ``studies``) goes through :func:`read_trials` and friends.
+study (the study itself, the profile, ``best``, ``studies``, ``export``, ``compare``, the dashboard) goes through
+:func:`read_trials` and friends.
 """
 from __future__ import annotations
 
 import math
+import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -26,16 +30,17 @@ from autotune.jsonsafe import json_safe
 
 __all__ = [
     "RECORDS_VERSION", "P99Record", "LevelRecord", "TrialResult", "TrialRecord", "Measurement", "Remeasurement",
-    "GainRecord", "SelectionRecord", "StudyFingerprint", "queue_attrs", "queued_baseline", "write_trial_result",
-    "trial_result_attrs", "finished_trial_attrs", "replayed_attrs",
+    "GainRecord", "ThroughputRecord", "SelectionRecord", "StudyFingerprint", "RunRecord", "queue_attrs",
+    "queued_baseline", "write_trial_result", "trial_result_attrs", "finished_trial_attrs", "replayed_attrs",
     "read_trial", "read_trials", "read_remeasurement", "write_remeasurement", "read_selection", "write_selection",
     "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
-    "read_run_options",
+    "read_run_options", "write_run", "read_runs",
 ]
 
 # Stored with the fingerprint. A study written by another version of these records is refused on resume
 # instead of being read through shims. 3: several P99 limits at once (one P99 interval and fit per limit).
-RECORDS_VERSION = 3
+# 4: the winner's figures in the selection, one run record per invocation, the model's weight dtype.
+RECORDS_VERSION = 4
 
 _TRIAL_KEY = "result"
 _QUEUE_BASELINE = "baseline"
@@ -46,6 +51,7 @@ _REMEASURE_PREFIX = "remeasure."
 _SEARCH_DONE_KEY = "search_done"
 _RUN_OPTIONS_KEY = "run_options"
 _REPLAYED_FROM = "replayed_from_trial"
+_RUN_PREFIX = "run."
 
 
 def _num(value: Any) -> float:
@@ -107,6 +113,10 @@ class LevelRecord:
     def p99_ms(self) -> dict[str, float]:
         """Each limited metric's P99 as measured at this level."""
         return {metric: p.value_ms for metric, p in self.p99.items()}
+
+    def p99_of(self, metric: str) -> float:
+        """Any metric's P99 here: over all the level's runs for a limited metric, else the run summary's."""
+        return self.p99[metric].value_ms if metric in self.p99 else float(getattr(self, f"p99_{metric}_ms"))
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -294,23 +304,62 @@ class GainRecord:
 
 
 @dataclass(frozen=True)
+class ThroughputRecord:
+    """Output tok/s over a candidate's measurements (its re-measurements, else the search's one figure), with the
+    half width of the mean's t interval at ``confidence`` (never below the noise floor; 0 with one measurement,
+    NaN when no interval was computed)."""
+
+    mean: float
+    std: float
+    min: float
+    max: float
+    n: int
+    half_width: float
+    confidence: float
+
+    def to_json(self) -> dict[str, Any]:
+        return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ThroughputRecord:
+        return cls(_num(data["mean"]), _num(data["std"]), _num(data["min"]), _num(data["max"]), int(data["n"]),
+                   _num(data["half_width"]), float(data["confidence"]))
+
+
+@dataclass(frozen=True)
 class SelectionRecord:
     winner_trial: int | None  # the recommended configuration
     verdict: str
     gains: Mapping[str, GainRecord] = field(default_factory=dict)  # by baseline name
     equal_within_noise: tuple[int, ...] = ()  # trials the winner does not beat beyond noise (itself included)
     unconfirmed: tuple[int, ...] = ()  # finalists cut short before they were measured as the others
+    # The winner's figures as the verdict saw them: output tok/s as measured at ``winner_concurrency`` (lower than
+    # its trial's chosen level after a step-down), the same runs carried to the limit (selection.py: what finalists
+    # are compared by), and each limited metric's mean P99 over those runs.
+    winner_concurrency: int | None = None
+    winner_output_tok_s: ThroughputRecord | None = None
+    winner_at_limit_tok_s: ThroughputRecord | None = None
+    winner_p99_ms: Mapping[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"winner_trial": self.winner_trial, "verdict": self.verdict,
                 "gains": {k: g.to_json() for k, g in self.gains.items()},
-                "equal_within_noise": list(self.equal_within_noise), "unconfirmed": list(self.unconfirmed)}
+                "equal_within_noise": list(self.equal_within_noise), "unconfirmed": list(self.unconfirmed),
+                "winner_concurrency": self.winner_concurrency,
+                "winner_output_tok_s": self.winner_output_tok_s.to_json() if self.winner_output_tok_s else None,
+                "winner_at_limit_tok_s": self.winner_at_limit_tok_s.to_json() if self.winner_at_limit_tok_s else None,
+                "winner_p99_ms": json_safe(dict(self.winner_p99_ms))}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SelectionRecord:
+        def tput(key: str) -> ThroughputRecord | None:
+            return ThroughputRecord.from_json(data[key]) if data[key] else None
+
         return cls(_opt_int(data["winner_trial"]), str(data["verdict"]),
                    {k: GainRecord.from_json(g) for k, g in data["gains"].items()},
-                   tuple(int(n) for n in data["equal_within_noise"]), tuple(int(n) for n in data["unconfirmed"]))
+                   tuple(int(n) for n in data["equal_within_noise"]), tuple(int(n) for n in data["unconfirmed"]),
+                   _opt_int(data["winner_concurrency"]), tput("winner_output_tok_s"), tput("winner_at_limit_tok_s"),
+                   _floats(data["winner_p99_ms"]))
 
 
 @dataclass(frozen=True)
@@ -325,6 +374,9 @@ class StudyFingerprint:
     gpu_type: str
     preset: str | None = None
     space: str = ""  # where the search space came from (not compared: a space may grow)
+    # What ``--dtype auto`` means for this model (config.json's torch_dtype): an export to a runtime that reads
+    # ``auto`` otherwise (KServe's huggingface server: float16) states the measured dtype.
+    weight_dtype: str = "bfloat16"
     records_version: int = RECORDS_VERSION
 
     COMPARED = ("records_version", "model", "gpus", "limits_ms", "workload", "engine", "gpu_type")
@@ -337,7 +389,38 @@ class StudyFingerprint:
         return cls(model=str(data["model"]), gpus=int(data["gpus"]), limits_ms=_floats(data["limits_ms"]),
                    workload=dict(data["workload"]), engine=str(data["engine"]),
                    gpu_type=str(data["gpu_type"]), preset=data.get("preset"), space=str(data.get("space") or ""),
-                   records_version=int(data["records_version"]))
+                   weight_dtype=str(data["weight_dtype"]), records_version=int(data["records_version"]))
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One invocation of ``autotune run`` on a study, interrupted or not: what it cost and what it ran on. A study's
+    GPU-minutes are the sum over its runs; its latest run's software is what the winner was re-measured with."""
+
+    started_at: str  # ISO 8601, UTC
+    finished_at: str
+    wall_s: float
+    gpus: int  # held for the whole run
+    trials_run: int
+    stopped_by: str  # trials, timeout, stagnation: ..., interrupted
+    engine: str
+    gpu_name: str | None  # as nvidia-smi names the card; the sim engine says which card it modelled
+    vllm_version: str | None  # None on the sim engine
+    autotune_version: str
+
+    @property
+    def gpu_minutes(self) -> float:
+        return self.wall_s / 60.0 * self.gpus
+
+    def to_json(self) -> dict[str, Any]:
+        return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunRecord:
+        return cls(started_at=str(data["started_at"]), finished_at=str(data["finished_at"]),
+                   wall_s=_num(data["wall_s"]), gpus=int(data["gpus"]), trials_run=int(data["trials_run"]),
+                   stopped_by=str(data["stopped_by"]), engine=str(data["engine"]), gpu_name=data["gpu_name"],
+                   vllm_version=data["vllm_version"], autotune_version=str(data["autotune_version"]))
 
 
 # -- trials ------------------------------------------------------------------------------------------------------
@@ -404,6 +487,19 @@ def read_selection(study: optuna.Study) -> SelectionRecord | None:
 
 def write_selection(study: optuna.Study, record: SelectionRecord) -> None:
     study.set_user_attr(_SELECTION_KEY, record.to_json())
+
+
+# -- runs --------------------------------------------------------------------------------------------------------
+def write_run(study: optuna.Study, record: RunRecord) -> None:
+    """One key per run (its start time and a random suffix): concurrent runs never rewrite each other's."""
+    stamp = re.sub(r"[^0-9]", "", record.started_at)
+    study.set_user_attr(f"{_RUN_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}", record.to_json())
+
+
+def read_runs(study: optuna.Study) -> list[RunRecord]:
+    """The study's runs, oldest first."""
+    runs = [RunRecord.from_json(v) for k, v in study.user_attrs.items() if k.startswith(_RUN_PREFIX)]
+    return sorted(runs, key=lambda r: r.started_at)
 
 
 # -- fingerprint -------------------------------------------------------------------------------------------------

@@ -38,11 +38,12 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
-from autotune.flags import effective_flags
+from autotune.flags import changed_flags
 from autotune.records import GainRecord, Measurement, Remeasurement
 from autotune.stats import increasing_fit
 
-__all__ = ["Candidate", "Selection", "select_winner", "gain_over", "flags_changed", "LoadCurve", "RunSpread"]
+__all__ = ["Candidate", "Selection", "select_winner", "gain_over", "flags_changed", "LoadCurve", "RunSpread",
+           "tok_s_stats"]
 
 
 @dataclass(frozen=True)
@@ -174,17 +175,8 @@ class Candidate:
         return [Measurement(self.search_output_tok_s, self.search_p99_ms)]
 
     def stats(self, noise_floor: float = 0.0, confidence: float = 0.9) -> dict[str, float]:
-        """Output tok/s over the measurements: mean, std, min, max, n, and the half width of the mean's t interval
-        (never below ``noise_floor`` x mean)."""
-        tput = np.array([m.output_tok_s for m in self._measured()], dtype=float)
-        if tput.size == 0:
-            return {"mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0, "n": 0, "half_width": 0.0}
-        mean = float(tput.mean())
-        std = float(tput.std(ddof=1)) if tput.size > 1 else 0.0
-        t_half = float(scipy_stats.t.ppf(0.5 + confidence / 2, tput.size - 1)) * std / math.sqrt(tput.size) \
-            if tput.size > 1 else 0.0
-        return {"mean": mean, "std": std, "min": float(tput.min()), "max": float(tput.max()), "n": int(tput.size),
-                "half_width": max(t_half, noise_floor * mean)}
+        """Output tok/s over the measurements, as :func:`tok_s_stats` summarizes them."""
+        return tok_s_stats([m.output_tok_s for m in self._measured()], noise_floor, confidence)
 
     def at_limit_tok_s(self, limits_ms: Mapping[str, float]) -> list[float]:
         """Each measurement's throughput carried to its own knee along the trial's load curve (see the module)."""
@@ -221,6 +213,19 @@ class Candidate:
             self.p99_mean_ms(metric) <= limit for metric, limit in limits_ms.items())
 
 
+def tok_s_stats(values: list[float], noise_floor: float = 0.0, confidence: float = 0.9) -> dict[str, float]:
+    """mean, std, min, max, n, and the half width of the mean's t interval (never below ``noise_floor`` x mean)."""
+    tput = np.array(values, dtype=float)
+    if tput.size == 0:
+        return {"mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0, "n": 0, "half_width": 0.0}
+    mean = float(tput.mean())
+    std = float(tput.std(ddof=1)) if tput.size > 1 else 0.0
+    t_half = float(scipy_stats.t.ppf(0.5 + confidence / 2, tput.size - 1)) * std / math.sqrt(tput.size) \
+        if tput.size > 1 else 0.0
+    return {"mean": mean, "std": std, "min": float(tput.min()), "max": float(tput.max()), "n": int(tput.size),
+            "half_width": max(t_half, noise_floor * mean)}
+
+
 @dataclass
 class Selection:
     winner: Candidate | None  # the recommended configuration
@@ -233,8 +238,7 @@ class Selection:
 
 def flags_changed(flags: dict[str, Any]) -> int:
     """How many of ``flags`` differ from vLLM's defaults."""
-    defaults = effective_flags({})
-    return sum(1 for k, v in effective_flags(flags).items() if defaults.get(k) != v)
+    return len(changed_flags(flags))
 
 
 def gain_over(winner: Candidate, baseline: Candidate, limits_ms: Mapping[str, float], noise_floor: float,

@@ -17,7 +17,8 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from autotune.errors import StorageError, StorageUnavailable, UsageError
 
-__all__ = ["DEFAULT_STORAGE", "open_storage", "redact_url", "load_study", "study_names", "sqlite_dir", "MAX_RETRIES"]
+__all__ = ["DEFAULT_STORAGE", "open_storage", "open_storage_readonly", "redact_url", "load_study", "study_names",
+           "sqlite_dir", "MAX_RETRIES"]
 
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 # How often a trial cut short (a signal, a dead worker) is queued again: a point that kills its worker every time
@@ -43,13 +44,18 @@ def _heartbeat_s() -> int:
     return int(text)
 
 
-_LOCKS: list[int] = []  # lock files held for the life of this process (flock ends with it, however it ends)
+# Lock files held for the life of this process, by database (flock ends with it, however it ends). A second
+# open of the same file in this process (a study run again from one Python session) reuses its lock: flock
+# would refuse a second open file description even in the process that holds the first.
+_LOCKS: dict[Path, int] = {}
 
 
 def _lock_sqlite(path: Path) -> None:
     """Refuse a second process on one SQLite file: SQLite serves one writer at a time, and a worker's trials would
     wait on another's writes or fail on a locked database. The kernel drops the lock when the process ends, a
     SIGKILL included, so a dead run never blocks the next."""
+    if path in _LOCKS:
+        return
     lock_path = path.with_name(path.name + ".lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -62,7 +68,7 @@ def _lock_sqlite(path: Path) -> None:
                          "PostgreSQL with --storage postgresql+psycopg://USER:PASSWORD@HOST/DB") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()}".encode())
-    _LOCKS.append(fd)
+    _LOCKS[path] = fd
 
 
 def sqlite_dir(url: str) -> Path | None:
@@ -123,6 +129,47 @@ def open_storage(url: str | None, create_dirs: bool = True, exclusive: bool = Fa
 
 def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def open_storage_readonly(url: str | None) -> optuna.storages.RDBStorage:
+    """Open an existing storage so that nothing can write through it, whoever asks (our readers, and
+    optuna-dashboard's handlers that delete a study or save a note): SQLite through a ``mode=ro`` URI, which the
+    sqlite3 library itself enforces; PostgreSQL with every session's transactions read-only
+    (``default_transaction_read_only``), which the server enforces. Optuna is told not to create tables. Other
+    databases are refused rather than opened writable."""
+    url = url or DEFAULT_STORAGE
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StorageError(f"storage URL {redact_url(url)!r} is not a valid SQLAlchemy URL") from None
+    backend = parsed.get_backend_name()
+    kwargs: dict = {}
+    if backend == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise StorageError(f"storage {redact_url(url)}: an in-memory database holds no studies")
+        path = Path(parsed.database).expanduser().resolve()
+        if not path.is_file():
+            raise StorageError(f"storage {redact_url(url)}: no database file at {path}")
+        # pysqlite hands the database to sqlite3.connect(uri=True) as it is: a file: URI with its mode.
+        url = parsed.set(database=f"file:{path}?mode=ro", query={**parsed.query, "uri": "true"}) \
+            .render_as_string(hide_password=False)
+        kwargs["connect_args"] = {"timeout": 60}
+    elif backend == "postgresql":
+        kwargs["connect_args"] = {"connect_timeout": 10, "options": "-c default_transaction_read_only=on"}
+        kwargs["pool_pre_ping"] = True
+    else:
+        raise StorageError(f"storage {redact_url(url)}: read-only access is implemented for SQLite and PostgreSQL, "
+                           f"not {backend}")
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
+    except ImportError as e:
+        raise StorageError(f"storage {redact_url(url)}: database driver missing ({e.name or e}); "
+                           "for PostgreSQL: pip install 'autotune[postgres]'") from None
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError, ValueError) as e:
+        while e.__cause__ is not None:  # Optuna wraps the driver's error (connection refused, ...) in its own
+            e = e.__cause__  # type: ignore[assignment]
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StorageError(f"cannot open storage {redact_url(url)} read-only: {first}") from None
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:

@@ -6,6 +6,7 @@ goes through :mod:`autotune.records`.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
@@ -30,17 +31,17 @@ from autotune.errors import EngineStartError, Stopped, StorageUnavailable
 from autotune.jsonsafe import json_safe
 from autotune.loadsearch import estimate_level_s
 from autotune.models import ModelSpec
-from autotune.profile import Profile, build_profile, write_profile
+from autotune.profile import Hardware, Profile, Software, build_profile, environment, write_profile
 from autotune.progress import NULL_PROGRESS, Progress, StudyEta, StudyInterrupted, StudyStart, ThreadedProgress
 from autotune.sim.faults import FaultPlan
 from autotune.storage import MAX_RETRIES, redact_url
 from autotune.records import Measurement, StudyFingerprint, TrialRecord, TrialResult
-from autotune.selection import Candidate, LoadCurve, Selection, select_winner
+from autotune.selection import Candidate, LoadCurve, Selection, select_winner, tok_s_stats
 from autotune.space import SearchSpace
 from autotune.trial import TrialSettings, measure_once, run_trial
 
 __all__ = ["StudyConfig", "StudyOutcome", "WorkerOutcome", "run_study", "run_worker", "BASELINES", "baseline_flags",
-           "study_fingerprint", "constraint_key"]
+           "study_fingerprint", "constraint_key", "selection_record", "SEED_PROFILE"]
 
 # The seed write-up's hand-tuned profile; on several GPUs also TP over all of them, expert parallel for an
 # MoE and the vision encoder in data-parallel mode for a VLM (its GLM-4.6V recipe: TP4 + EP + fp8 KV).
@@ -104,7 +105,7 @@ def study_fingerprint(cfg: StudyConfig) -> StudyFingerprint:
     s = cfg.settings
     return StudyFingerprint(model=s.model.name, gpus=s.gpus, limits_ms=dict(s.search.limits_ms),
                             workload=s.workload.describe(), engine=s.engine, gpu_type=s.gpu.name, preset=cfg.preset,
-                            space=str(cfg.space.source))
+                            space=str(cfg.space.source), weight_dtype=s.model.weight_dtype)
 
 
 def open_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> optuna.Study:
@@ -424,10 +425,62 @@ def _reporting_interrupts(study: optuna.Study, cfg: StudyConfig, progress: Progr
         raise
 
 
+@dataclass
+class _Run:
+    """This invocation: what it ran on, and what its run record will say."""
+
+    measured_on: tuple[Hardware, Software]
+    complete_before: int = 0  # the study's finished trials when this run began
+    stopped_by: str = "interrupted"
+    trials_run: int | None = None  # a worker's own trials (None: the study's new finished trials)
+    record: records.RunRecord | None = None
+
+
+@contextmanager
+def _recording_run(study: optuna.Study, cfg: StudyConfig) -> Iterator[_Run]:
+    """Store this invocation's :class:`~autotune.records.RunRecord` when it ends, interrupted too: its GPU time
+    was spent either way. A storage error while an interrupt unwinds is dropped: the interrupt is the news."""
+    s = cfg.settings
+    started_at = dt.datetime.now(dt.timezone.utc)
+    start = time.monotonic()
+    run = _Run(measured_on=environment(s.engine, s.gpu.name, s.gpus),
+               complete_before=sum(1 for t in records.read_trials(study) if t.complete))
+    unwinding = False
+    try:
+        yield run
+    except BaseException:
+        unwinding = True
+        raise
+    finally:
+        hardware, software = run.measured_on
+        try:
+            complete = sum(1 for t in records.read_trials(study) if t.complete)
+            run.record = records.RunRecord(
+                started_at=started_at.isoformat(timespec="seconds"),
+                finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                wall_s=time.monotonic() - start, gpus=s.gpus * len(cfg.gpu_slots),  # every GPU it held
+                trials_run=complete - run.complete_before if run.trials_run is None else run.trials_run,
+                stopped_by=run.stopped_by, engine=s.engine,
+                gpu_name=hardware.gpu_name, vllm_version=software.vllm, autotune_version=software.autotune)
+            records.write_run(study, run.record)
+        except Exception:  # noqa: BLE001 - see the docstring
+            if not unwinding:
+                raise
+
+
 def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
               progress: Progress = NULL_PROGRESS) -> StudyOutcome:
     threaded = ThreadedProgress(progress, threading.Lock())
     study = _prepare(cfg, storage, threaded)
+    with _recording_run(study, cfg) as run:
+        outcome = _run_opened_study(study, cfg, storage, threaded, run)
+    threaded.study_finished(cfg.study_name, outcome.stopped_by, outcome.selection.verdict, outcome.profile_path,
+                            run.record.gpu_minutes if run.record else 0.0)
+    return outcome
+
+
+def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.storages.BaseStorage,
+                      threaded: ThreadedProgress, run: _Run) -> StudyOutcome:
     _enqueue_baselines(study, cfg)
     records.write_search_done(study, False)
     start = time.monotonic()
@@ -446,16 +499,14 @@ def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
         stopped_by = rules.reason or ("timeout" if deadline and time.monotonic() >= deadline else "trials")
         with runner.interruptible():
             selection = remeasure_and_select(study, cfg, deadline, threaded, runner)
+    run.stopped_by = stopped_by
     profile = profile_path = None
     if selection.winner is not None:
         winner = records.read_trial(study.trials[selection.winner.trial_number])
-        profile = build_profile(cfg, selection, winner, len(trials))
+        profile = build_profile(cfg, selection, winner, len(trials), run.measured_on)
         profile_path = write_profile(profile, cfg.out_dir / cfg.study_name / "profile.yaml")
-    outcome = StudyOutcome(cfg.study_name, len(trials), ran, selection, profile, profile_path, stopped_by,
-                           baselines=baseline_summary(selection, cfg))
-    threaded.study_finished(cfg.study_name, stopped_by, selection.verdict, profile_path,
-                            (time.monotonic() - start) / 60.0 * cfg.settings.gpus * len(cfg.gpu_slots))
-    return outcome
+    return StudyOutcome(cfg.study_name, len(trials), ran, selection, profile, profile_path, stopped_by,
+                        baselines=baseline_summary(selection, cfg))
 
 
 @dataclass(frozen=True)
@@ -473,16 +524,19 @@ def run_worker(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
     and takes no new trial once the run has moved on to it."""
     threaded = ThreadedProgress(progress, threading.Lock())
     study = _prepare(cfg, storage, threaded)
-    start = time.monotonic()
-    deadline = start + cfg.timeout_s if cfg.timeout_s else None
-    rules, before = _start(study, cfg, threaded, deadline)
-    runner = _SlotRunner(cfg.gpu_slots)
-    with _storage_loss(cfg), _reporting_interrupts(study, cfg, threaded), _failing_interrupted(study, storage), \
-            runner.interruptible():
-        _run_trials(study, cfg, threaded, deadline, rules, runner, until_search_done=True)
-    stopped_by = rules.reason or ("search done" if records.read_search_done(study) else "trials")
-    threaded.study_finished(cfg.study_name, stopped_by, "", None,
-                            (time.monotonic() - start) / 60.0 * cfg.settings.gpus * len(cfg.gpu_slots))
+    with _recording_run(study, cfg) as run:  # a worker's GPU time is the study's too
+        start = time.monotonic()
+        deadline = start + cfg.timeout_s if cfg.timeout_s else None
+        rules, _ = _start(study, cfg, threaded, deadline)
+        runner = _SlotRunner(cfg.gpu_slots)
+        with _storage_loss(cfg), _reporting_interrupts(study, cfg, threaded), _failing_interrupted(study, storage), \
+                runner.interruptible():
+            try:
+                _run_trials(study, cfg, threaded, deadline, rules, runner, until_search_done=True)
+            finally:
+                run.trials_run = rules.ran
+        stopped_by = run.stopped_by = rules.reason or ("search done" if records.read_search_done(study) else "trials")
+    threaded.study_finished(cfg.study_name, stopped_by, "", None, run.record.gpu_minutes if run.record else 0.0)
     return WorkerOutcome(cfg.study_name, rules.ran, stopped_by)
 
 
@@ -567,9 +621,7 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
         runner.start(lambda s, c=cand: _remeasure(study, cfg, c, s, deadline, progress, runner.cancel), slot)
     runner.join()
     selection = select_winner(candidates, limits_ms, cfg.repeats, cfg.noise_floor, cfg.confidence)
-    records.write_selection(study, records.SelectionRecord(
-        selection.winner.trial_number if selection.winner else None, selection.verdict, selection.gains,
-        tuple(selection.equal_within_noise), tuple(selection.unconfirmed)))
+    records.write_selection(study, selection_record(selection, limits_ms, cfg.noise_floor, cfg.confidence))
     return selection
 
 
@@ -602,6 +654,25 @@ def _remeasure(study: optuna.Study, cfg: StudyConfig, cand: Candidate, slot: tup
         if m.over_limits(limits_ms) and cand.step_down():
             progress.remeasure_stepped_down(cand.trial_number, cand.stepped_down_from[-1], cand.concurrency)
         records.write_remeasurement(study, cand.remeasurement())
+
+
+def selection_record(selection: Selection, limits_ms: Mapping[str, float], noise_floor: float,
+                     confidence: float) -> records.SelectionRecord:
+    """What the study stores of the verdict, the winner's figures included (export and compare read them)."""
+    winner = selection.winner
+    figures: dict[str, Any] = {}
+    if winner is not None:
+        def record(stats: dict[str, float]) -> records.ThroughputRecord:
+            return records.ThroughputRecord(stats["mean"], stats["std"], stats["min"], stats["max"], int(stats["n"]),
+                                            stats["half_width"], confidence)
+
+        at_limit = [v for v in winner.at_limit_tok_s(limits_ms) if math.isfinite(v)]
+        figures = {"winner_concurrency": winner.concurrency,
+                   "winner_output_tok_s": record(winner.stats(noise_floor, confidence)),
+                   "winner_at_limit_tok_s": record(tok_s_stats(at_limit, noise_floor, confidence)),
+                   "winner_p99_ms": {metric: winner.p99_mean_ms(metric) for metric in limits_ms}}
+    return records.SelectionRecord(winner.trial_number if winner else None, selection.verdict, selection.gains,
+                                   tuple(selection.equal_within_noise), tuple(selection.unconfirmed), **figures)
 
 
 def baseline_summary(selection: Selection, cfg: StudyConfig) -> dict[str, dict[str, Any]]:

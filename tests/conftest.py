@@ -9,7 +9,6 @@ import pytest
 from autotune.testing.models import WEIGHTLESS_FLASH_CONFIG
 
 
-
 @pytest.fixture
 def weightless_flash_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "flash-weightless"
@@ -30,3 +29,31 @@ def postgres():
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does)")
     with TempPostgres() as pg:
         yield pg
+
+
+@pytest.fixture(scope="session")
+def factory_storage(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite storage of studies as `autotune run` leaves them (tests/study_factory.py), shared read-only by the
+    readers' tests: a, b (two GPUs, TTFT and ITL limits, measured with --load-format dummy), c (the sim engine, a
+    tighter limit), none (nothing met the limit), unselected (trials, no re-measurement yet)."""
+    import optuna
+    from sqlalchemy import event
+
+    from tests.study_factory import make_study
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('studies')}/studies.db"
+    storage = optuna.storages.RDBStorage(url)
+    storage.engine.dispose()
+
+    @event.listens_for(storage.engine, "connect")
+    def _unsynced(connection, _record) -> None:  # a throwaway file: no fsync per trial (4x faster to build)
+        connection.execute("PRAGMA synchronous=OFF")
+
+    make_study(storage, "a", seed=1)
+    make_study(storage, "b", limits_ms={"ttft": 500.0, "itl": 50.0}, gpus=2, seed=2,
+               extra_flags={"load-format": "dummy"})
+    make_study(storage, "c", limits_ms={"ttft": 300.0}, engine="sim", seed=3)
+    make_study(storage, "none", feasible=False, seed=4)
+    make_study(storage, "unselected", select=False, seed=5)
+    storage.engine.dispose()
+    return url

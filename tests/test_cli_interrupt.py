@@ -80,6 +80,9 @@ def test_signal_tears_down_and_resume_keeps_trials(tmp_path, sig, code, server):
         assert [w.state for w in retried] == [optuna.trial.TrialState.WAITING]
         assert f"interrupted: trial {t.number}" in err
     assert "To resume, run the same command again" in err and "keeps its" in err
+    # The interrupted run's GPU time is recorded: it was spent.
+    [run] = records.read_runs(study)
+    assert run.stopped_by == "interrupted" and run.trials_run == len(kept) and run.wall_s > 0
     # Resume: the completed trials stay, new ones are added.
     rerun = subprocess.run([*cmd[:cmd.index("--trials")], "--trials", "1", *cmd[cmd.index("--trials") + 2:],
                             "--json"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
@@ -87,3 +90,4 @@ def test_signal_tears_down_and_resume_keeps_trials(tmp_path, sig, code, server):
     study = optuna.load_study(study_name="ctrlc", storage=url)
     after = [t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert set(kept) < set(after)
+    assert [r.stopped_by for r in records.read_runs(study)] == ["interrupted", "trials"]

@@ -10,8 +10,8 @@ from optuna.distributions import FloatDistribution
 
 from autotune import records
 from autotune.errors import UsageError
-from autotune.records import (GainRecord, LevelRecord, Measurement, P99Record, Remeasurement, SelectionRecord,
-                              StudyFingerprint, TrialResult)
+from autotune.records import (GainRecord, LevelRecord, Measurement, P99Record, Remeasurement, RunRecord,
+                              SelectionRecord, StudyFingerprint, ThroughputRecord, TrialResult)
 
 NAN = math.nan
 LEVEL = LevelRecord(concurrency=64, output_tok_s=5000.0, total_tok_s=15000.0, request_s=9.0,
@@ -58,9 +58,32 @@ def test_remeasurements_and_the_selection_round_trip():
     assert back.repeats[0].over_limits({"ttft": 500.0, "itl": 35.0}) == ["itl"]
     assert back.repeats[1].over_limits({"ttft": 500.0, "itl": 35.0}) == []  # a failed server saw no P99
     gain = GainRecord(0, 0.0, False, 4400.0, math.inf, math.inf, math.inf, 0.9, True)  # a baseline that met no limit
-    records.write_selection(study, SelectionRecord(3, "verdict", {"vllm-defaults": gain}))
+    tput = ThroughputRecord(4400.0, 0.0, 4400.0, 4400.0, 1, 132.0, 0.9)
+    at_limit = ThroughputRecord(4600.0, 0.0, 4600.0, 4600.0, 1, 138.0, 0.9)
+    written = SelectionRecord(3, "verdict", {"vllm-defaults": gain}, winner_concurrency=128, winner_output_tok_s=tput,
+                              winner_at_limit_tok_s=at_limit, winner_p99_ms={"ttft": 300.0, "itl": NAN})
+    records.write_selection(study, written)
     sel = records.read_selection(study)
     assert sel.winner_trial == 3 and sel.gains["vllm-defaults"].gain_pct == math.inf
+    assert sel.winner_output_tok_s == tput and sel.winner_at_limit_tok_s == at_limit and sel.winner_concurrency == 128
+    assert sel.winner_p99_ms["ttft"] == 300.0 and math.isnan(sel.winner_p99_ms["itl"])
+    no_winner = optuna.create_study()
+    records.write_selection(no_winner, SelectionRecord(None, "no configuration met the limits"))
+    assert records.read_selection(no_winner).winner_output_tok_s is None
+
+
+def test_each_run_is_its_own_record_and_gpu_minutes_add_up():
+    study = optuna.create_study()
+    first = RunRecord(started_at="2026-01-01T10:00:00+00:00", finished_at="2026-01-01T11:00:00+00:00",
+                      wall_s=3600.0, gpus=4, trials_run=12, stopped_by="trials", engine="vllm",
+                      gpu_name="NVIDIA H100 80GB HBM3", vllm_version="0.26.0", autotune_version="0.1.0")
+    resumed = RunRecord(**{**first.__dict__, "started_at": "2026-01-02T09:00:00+00:00", "wall_s": 900.0,
+                           "stopped_by": "interrupted", "vllm_version": None})
+    records.write_run(study, resumed)  # written out of order: read back oldest first
+    records.write_run(study, first)
+    assert records.read_runs(study) == [first, resumed]
+    assert first.gpu_minutes == 240.0 and sum(r.gpu_minutes for r in records.read_runs(study)) == 300.0
+    assert records.read_runs(optuna.create_study()) == []
 
 
 def test_a_changed_setup_or_an_older_study_is_refused():

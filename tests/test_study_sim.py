@@ -56,6 +56,20 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 5
     assert [t.number for t in first] == [t.number for t in study.trials[:3]]
 
+    # each invocation is a run record: its trials and GPU time; the selection keeps the winner's figures
+    runs = records.read_runs(study)
+    assert [r.trials_run for r in runs] == [3, 2] and all(r.gpu_minutes > 0 and r.engine == "sim" for r in runs)
+    assert runs[0].started_at < runs[1].started_at and runs[1].vllm_version is None
+    selection = records.read_selection(study)
+    profile = read_profile(json.loads(out)["profile_path"])
+    tput = selection.winner_output_tok_s
+    assert selection.winner_trial == profile.study.trial_number and selection.winner_concurrency == profile.concurrency
+    assert (tput.mean, tput.half_width, tput.n) == (profile.metrics.output_tok_s.mean,
+                                                  profile.metrics.output_tok_s.half_width,
+                                                  profile.metrics.output_tok_s.n)
+    assert selection.winner_p99_ms["ttft"] == profile.metrics.p99["ttft"].mean_ms
+    assert selection.winner_at_limit_tok_s.mean == pytest.approx(profile.metrics.output_tok_s_at_limit.mean)
+
     code, out, err = run_json(capsys, "best", "--study", "e2e", "--storage", url, "--json")
     assert code == 0 and json.loads(out)["flags"]
     code, out, err = run_json(capsys, "studies", "--storage", url, "--json")

@@ -49,6 +49,10 @@ _.values_ms
 _.autotune_profile
 _.created_at
 _.search_stop_reason
+_.trials_run  # records.py RunRecord: what one invocation ran, for people reading the study
+
+# wsgiref's request handler calls log_message for every request (dashboard.py _QuietHandler silences it).
+_.log_message
 
 # asyncio's BaseEventLoop reads _clock_resolution to fire timers due within it (sim/vclock.py sets it).
 _._clock_resolution

@@ -26,7 +26,7 @@ def _register() -> None:
     # One module per command group; each exposes `commands`, a list of click commands.
     import importlib
 
-    for name in ("run", "bench", "sim", "studies", "worker"):
+    for name in ("run", "worker", "bench", "sim", "studies", "export", "compare", "dashboard"):
         try:
             module = importlib.import_module(f"autotune.cli.{name}")
         except ModuleNotFoundError as e:  # a command module not written yet must not break the others

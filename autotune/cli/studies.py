@@ -1,7 +1,6 @@
 """`autotune best` and `autotune studies`: read what studies stored."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import click
@@ -11,10 +10,9 @@ from rich.table import Table
 
 from autotune import records
 from autotune.cli.common import echo_json, json_safe
-from autotune.cli.ui import fmt_ms
-from autotune.errors import NoFeasibleConfigError
 from autotune.metrics import describe_limits
 from autotune.storage import DEFAULT_STORAGE, load_study, open_storage
+from autotune.winner import Winner, find_winner, read_study, require_winner
 
 __all__ = ["commands", "best_of_study"]
 
@@ -26,37 +24,23 @@ def _open_existing(url: str | None) -> optuna.storages.BaseStorage:
 
 
 def best_of_study(study: optuna.Study) -> dict[str, Any] | None:
-    """The selected winner if the study finished its selection, else the best feasible trial so far."""
-    trials = {t.number: t for t in records.read_trials(study)}
-    selection = records.read_selection(study)
-    number = selection.winner_trial if selection else None
-    source = "selection (re-measured)"
-    if number is None:
-        feasible = [t for t in trials.values() if t.feasible]
-        if not feasible:
-            return None
-        number = max(feasible, key=lambda t: t.value).number
-        source = "best feasible trial (not re-measured yet)"
-    result = trials[number].result
-    assert result is not None
-    fp = records.read_fingerprint(study)
-    remeasured = records.read_remeasurement(study, number)
-    repeats = [m for m in remeasured.repeats if not m.failure] if remeasured else []
+    """The selected winner if the study finished its selection, else the best feasible trial so far (JSON)."""
+    w = find_winner(read_study(study))
+    return None if w is None else _winner_json(w)
+
+
+def _winner_json(w: Winner) -> dict[str, Any]:
     return json_safe({
-        "study": study.study_name, "trial": number, "source": source, "flags": result.flags,
-        "vllm_serve_cmd": result.vllm_serve_cmd,
-        "concurrency": remeasured.concurrency if remeasured else result.concurrency,
-        "stepped_down_from": list(remeasured.stepped_down_from) if remeasured else [],
-        # the re-measured figures where there are any (they may be at a lower level after a step-down)
-        "output_tok_s": _mean([m.output_tok_s for m in repeats]) or result.output_tok_s,
-        "p99_ms": {metric: _mean([m.p99_ms.get(metric, math.nan) for m in repeats]) or p99
-                   for metric, p99 in result.p99_ms.items()},
-        "limits_ms": dict(fp.limits_ms) if fp else None,
-        "baseline": trials[number].baseline or None, "metrics": result.best_metrics,
+        "study": w.study, "trial": w.trial, "source": w.source, "flags": w.flags, "vllm_serve_cmd": w.vllm_serve_cmd,
+        "concurrency": w.concurrency, "stepped_down_from": list(w.stepped_down_from),
+        "output_tok_s": w.output_tok_s.mean,
+        "output_tok_s_interval": w.output_tok_s.to_json() if w.remeasured else None,
+        "output_tok_s_at_limit": w.at_limit_tok_s.to_json() if w.remeasured else None,
+        "p99_ms": dict(w.p99_ms), "limits_ms": dict(w.limits_ms) or None, "baseline": w.baseline or None,
+        "metrics": w.metrics,
         "remeasurements": [{"output_tok_s": m.output_tok_s, "p99_ms": m.p99_ms, "failure": m.failure}
-                           for m in (remeasured.repeats if remeasured else ())],
-        "verdict": selection.verdict if selection else None,
-        "gains": {k: g.to_json() for k, g in selection.gains.items()} if selection else None,
+                           for m in w.remeasurements],
+        "verdict": w.verdict, "gains": {k: g.to_json() for k, g in w.gains.items()} if w.remeasured else None,
     })
 
 
@@ -66,24 +50,21 @@ def best_of_study(study: optuna.Study) -> dict[str, Any] | None:
 @click.option("--json", "as_json", is_flag=True)
 def best(study_name: str, storage: str | None, as_json: bool) -> None:
     """The best configuration of a study."""
-    study = load_study(study_name, _open_existing(storage))
-    result = best_of_study(study)
-    if result is None:
-        if as_json:
-            echo_json({"study": study_name, "best": None})
-        raise NoFeasibleConfigError(f"study {study_name!r} has no trial that met its limit yet")
+    data = read_study(load_study(study_name, _open_existing(storage)))
+    w = find_winner(data)
     if as_json:
-        echo_json(result)
+        echo_json({"study": study_name, "best": None} if w is None else _winner_json(w))
+    w = require_winner(data)  # none: exit 3, saying why
+    if as_json:
         return
     console = Console(soft_wrap=True)
-    console.print(f"[bold]{study_name}[/]: trial {result['trial']} ({result['source']})")
-    limits_ms = result["limits_ms"] or {}
-    p99s = ", ".join(f"P99 {metric} {fmt_ms(p99)} ms (limit {limits_ms[metric]:g} ms)" if metric in limits_ms
-                     else f"P99 {metric} {fmt_ms(p99)} ms" for metric, p99 in result["p99_ms"].items())
-    console.print(f"  {result['output_tok_s']:,.0f} output tok/s at concurrency {result['concurrency']}, {p99s}")
-    console.print(f"  {result['vllm_serve_cmd']}")
-    if result["verdict"]:
-        console.print(f"  {result['verdict']}")
+    console.print(f"[bold]{study_name}[/]: trial {w.trial} ({w.source})")
+    console.print(f"  {w.throughput_text()}, {w.p99_text()}", markup=False, highlight=False)
+    console.print(f"  {w.vllm_serve_cmd}", markup=False, highlight=False)
+    for name, text in w.gain_texts().items():
+        console.print(f"  gain over {name}: {text}", markup=False, highlight=False)
+    if w.verdict:
+        console.print(f"  {w.verdict}", markup=False, highlight=False)
 
 
 @click.command("studies")
@@ -125,8 +106,4 @@ def studies(storage: str | None, as_json: bool) -> None:
 
 commands = [best, studies]
 
-
-def _mean(values: list[Any]) -> float | None:
-    numbers = [float(v) for v in values if v == v]
-    return sum(numbers) / len(numbers) if numbers else None
 

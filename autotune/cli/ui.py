@@ -18,11 +18,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from autotune.metrics import describe_limits
+from autotune.metrics import describe_limits, fmt_ms
 from autotune.progress import Progress, StudyEta, StudyInterrupted, StudyStart
 from autotune.records import LevelRecord, Measurement, TrialResult
 
-__all__ = ["StudyView", "short_flags", "fmt_ms"]
+__all__ = ["StudyView", "short_flags"]
 
 _SHORT = {"max-num-seqs": "seqs", "max-num-batched-tokens": "batch", "kv-cache-dtype": "kv",
           "gpu-memory-utilization": "mem", "enable-prefix-caching": "prefix", "async-scheduling": "async",
@@ -51,11 +51,6 @@ def _fmt(value: Any, spec: str = ",.0f") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return format(value, spec)
-
-
-def fmt_ms(value: float | None) -> str:
-    """A latency: whole milliseconds from 100 ms up, a tenth below (an ITL of 8.4 ms is not 8)."""
-    return _fmt(value, ",.0f" if value is None or math.isnan(value) or value >= 100 else ".1f")
 
 
 def _p99s(level: LevelRecord | None) -> str:

@@ -21,7 +21,8 @@ from autotune.models import ModelSpec
 if TYPE_CHECKING:  # the sim's noise model: its module imports the sim package
     from autotune.sim.noise import RunNoise
 
-__all__ = ["LaunchSpec", "StartupInfo", "parse_startup_log", "classify_failure", "FAILURE_CLASSES"]
+__all__ = ["LaunchSpec", "StartupInfo", "parse_startup_log", "classify_failure", "FAILURE_CLASSES", "vllm_serve_cmd",
+           "serve_cmd_model"]
 
 ENGINES = ("vllm", "sim")
 FAILURE_CLASSES = ("oom", "kv_too_small", "port_in_use", "bad_flags", "timeout", "crash")
@@ -74,8 +75,7 @@ class LaunchSpec:
     @property
     def vllm_serve_cmd(self) -> str:
         """`vllm serve MODEL --flags...` for the exported profile (no port, host or served name)."""
-        model = self.model.hf_id or self.model.local_path or self.model.name
-        return shlex.join(["vllm", "serve", model, *flags_to_argv(self.flags)])
+        return vllm_serve_cmd(self.model.hf_id or self.model.local_path or self.model.name, self.flags)
 
     @property
     def model_ref(self) -> str:
@@ -83,6 +83,19 @@ class LaunchSpec:
         if self.engine == "sim":
             return self.model.local_path or self.model.name
         return self.model.hf_id or self.model.local_path or self.model.name
+
+
+def vllm_serve_cmd(model: str, flags: dict[str, Any]) -> str:
+    """The `vllm serve` command line a study records for a configuration, and ``export`` writes."""
+    return shlex.join(["vllm", "serve", model, *flags_to_argv(flags)])
+
+
+def serve_cmd_model(command: str) -> str:
+    """The MODEL of a command :func:`vllm_serve_cmd` wrote (what `vllm serve` was given: HF id or folder)."""
+    words = shlex.split(command)
+    if words[:2] != ["vllm", "serve"] or len(words) < 3 or words[2].startswith("-"):
+        raise UsageError(f"not a `vllm serve MODEL ...` command: {command!r}")
+    return words[2]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,166 @@
+"""A study's winner as its records hold it: what ``best``, ``export``, ``compare`` and the dashboard report.
+
+The winner is the selection's (re-measured on fresh servers, with the interval of its throughput and its gains
+over the baselines) once the study has made one; before that, the best feasible trial so far, whose one figure
+has no interval. A selection that found nothing within the limits has no winner, whatever the search saw.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from autotune import records
+from autotune.errors import NoFeasibleConfigError
+from autotune.metrics import describe_limits, fmt_ms
+from autotune.records import GainRecord, Measurement, RunRecord, StudyFingerprint, ThroughputRecord, TrialRecord
+
+__all__ = ["Winner", "StudyRecords", "read_study", "find_winner", "require_winner", "describe_gain"]
+
+
+@dataclass(frozen=True)
+class Winner:
+    """The recommended configuration of a study and its figures at the load it was chosen at."""
+
+    study: str
+    trial: int
+    remeasured: bool  # the selection's winner; False: the best feasible trial so far, one measurement
+    flags: Mapping[str, Any]
+    vllm_serve_cmd: str
+    concurrency: int  # the load it was measured at
+    output_tok_s: ThroughputRecord  # as measured at ``concurrency``; half_width NaN: one measurement, no interval
+    at_limit_tok_s: ThroughputRecord  # the same runs carried to the limit: what the verdict compares
+    p99_ms: Mapping[str, float]  # each limited metric's P99 over the same measurements, by metric
+    limits_ms: Mapping[str, float]
+    baseline: str = ""  # the baseline's name when a baseline won
+    stepped_down_from: tuple[int, ...] = ()
+    metrics: Mapping[str, Any] | None = None  # the trial's full metrics at its chosen level
+    remeasurements: tuple[Measurement, ...] = ()
+    verdict: str | None = None
+    gains: Mapping[str, GainRecord] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return "selection (re-measured)" if self.remeasured else "best feasible trial (not re-measured yet)"
+
+    @property
+    def has_interval(self) -> bool:
+        return not math.isnan(self.at_limit_tok_s.half_width)
+
+    def throughput_text(self) -> str:
+        """``9,240 output tok/s at the limit ± 277 (90% interval, 2 fresh-server runs); measured 9,119 at
+        concurrency 128``: each run carried to its own knee (selection.py), and as measured."""
+        t, m = self.at_limit_tok_s, self.output_tok_s
+        if not self.has_interval:
+            return (f"{m.mean:,.0f} output tok/s at concurrency {self.concurrency} (the search's one measurement, "
+                    "not re-measured: no interval)")
+        runs = f"{t.n} fresh-server run{'s' if t.n != 1 else ''}" if self.remeasurements else "the search's figure"
+        return (f"{t.mean:,.0f} output tok/s at the limit ± {t.half_width:,.0f} ({t.confidence:.0%} interval, {runs}); "
+                f"measured {m.mean:,.0f} at concurrency {self.concurrency}")
+
+    def p99_text(self) -> str:
+        """``P99 ttft 430 ms (limit 500 ms), P99 itl 41.2 ms (limit 50 ms)``."""
+        return ", ".join(f"P99 {metric} {fmt_ms(p99)} ms" + (f" (limit {self.limits_ms[metric]:g} ms)"
+                                                            if metric in self.limits_ms else "")
+                         for metric, p99 in self.p99_ms.items())
+
+    def gain_texts(self) -> dict[str, str]:
+        """Each baseline's line: ``+12.3% (90% interval +8.0% to +16.6%, beyond noise)``, by baseline name."""
+        return {name: describe_gain(g) for name, g in self.gains.items()}
+
+
+def describe_gain(g: GainRecord) -> str:
+    if not g.baseline_meets_limit:
+        return "unbounded: the baseline met no limit"
+    where = "beyond" if g.significant else "within"
+    return (f"{g.gain_pct:+.1f}% ({g.confidence:.0%} interval {g.gain_pct_low:+.1f}% to {g.gain_pct_high:+.1f}%, "
+            f"{where} noise)")
+
+
+@dataclass(frozen=True)
+class StudyRecords:
+    """Everything a reader of one study needs, read once through :mod:`autotune.records`."""
+
+    name: str
+    fingerprint: StudyFingerprint | None
+    trials: list[TrialRecord]
+    selection: records.SelectionRecord | None
+    runs: list[RunRecord]
+    remeasurements: dict[int, records.Remeasurement]
+
+    @property
+    def gpu_minutes(self) -> float | None:
+        """Every run's wall time times the GPUs it held; None when no run was recorded."""
+        return sum(r.gpu_minutes for r in self.runs) if self.runs else None
+
+    @property
+    def last_run(self) -> RunRecord | None:
+        """The latest run: the winner's figures, its re-measurements included, were taken by it (or before)."""
+        return self.runs[-1] if self.runs else None
+
+    @property
+    def limits_ms(self) -> dict[str, float]:
+        return dict(self.fingerprint.limits_ms) if self.fingerprint else {}
+
+    def baseline_trials(self) -> dict[str, TrialRecord]:
+        """The latest finished trial of each baseline, by name (what the selection compares the winner with)."""
+        out: dict[str, TrialRecord] = {}
+        for t in self.trials:
+            if t.baseline and t.complete:
+                out[t.baseline] = t
+        return out
+
+
+def read_study(study: optuna.Study) -> StudyRecords:
+    trials = records.read_trials(study)
+    remeasured = {t.number: r for t in trials if (r := records.read_remeasurement(study, t.number)) is not None}
+    return StudyRecords(study.study_name, records.read_fingerprint(study), trials, records.read_selection(study),
+                        records.read_runs(study), remeasured)
+
+
+def find_winner(data: StudyRecords) -> Winner | None:
+    """The selection's winner; before any selection, the best feasible trial; None when there is neither."""
+    by_number = {t.number: t for t in data.trials}
+    selection = data.selection
+    if selection is not None:
+        if selection.winner_trial is None or selection.winner_output_tok_s is None \
+                or selection.winner_at_limit_tok_s is None:
+            return None
+        trial = by_number[selection.winner_trial]
+        assert trial.result is not None and selection.winner_concurrency is not None
+        stored = data.remeasurements.get(trial.number)
+        return Winner(study=data.name, trial=trial.number, remeasured=True, flags=dict(trial.result.flags),
+                      vllm_serve_cmd=trial.result.vllm_serve_cmd, concurrency=selection.winner_concurrency,
+                      output_tok_s=selection.winner_output_tok_s, at_limit_tok_s=selection.winner_at_limit_tok_s,
+                      p99_ms=dict(selection.winner_p99_ms),
+                      limits_ms=data.limits_ms, baseline=trial.baseline,
+                      stepped_down_from=stored.stepped_down_from if stored else (),
+                      metrics=trial.result.best_metrics, remeasurements=stored.repeats if stored else (),
+                      verdict=selection.verdict, gains=dict(selection.gains))
+    feasible = [t for t in data.trials if t.feasible]
+    if not feasible:
+        return None
+    best = max(feasible, key=lambda t: t.value)
+    result = best.result
+    assert result is not None and result.concurrency is not None
+    value = result.output_tok_s  # the search's knee: its level is the highest within the limits
+    one = ThroughputRecord(value, 0.0, value, value, 1, math.nan, math.nan)
+    return Winner(study=data.name, trial=best.number, remeasured=False, flags=dict(result.flags),
+                  vllm_serve_cmd=result.vllm_serve_cmd, concurrency=result.concurrency,
+                  output_tok_s=one, at_limit_tok_s=one,
+                  p99_ms=result.p99_ms, limits_ms=data.limits_ms, baseline=best.baseline,
+                  metrics=result.best_metrics)
+
+
+def require_winner(data: StudyRecords) -> Winner:
+    """The winner, or :class:`NoFeasibleConfigError` (exit 3) saying why there is none."""
+    winner = find_winner(data)
+    if winner is not None:
+        return winner
+    limits = describe_limits(data.limits_ms) if data.limits_ms else "its limits"
+    if data.selection is not None:
+        raise NoFeasibleConfigError(f"study {data.name!r} has no winner: {data.selection.verdict} ({limits})")
+    raise NoFeasibleConfigError(f"study {data.name!r} has no trial that met {limits} yet")

@@ -1,0 +1,83 @@
+"""`autotune compare`: the winners' table read against the records, the feasible front against its definition,
+the HTML report self-contained, bad input one line. (The report's charts in a browser: test_views_in_chromium.py.)"""
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autotune.cli import main
+from autotune.compare import StudySummary, compare_rows, feasible_front, trial_points
+from autotune.flags import effective_flags
+from autotune.storage import open_storage_readonly
+from autotune.winner import describe_gain
+
+
+def summary(url: str, name: str) -> StudySummary:
+    return StudySummary(optuna.load_study(study_name=name, storage=open_storage_readonly(url)))
+
+
+def test_the_table_shows_each_winner_as_its_records_hold_it(factory_storage):
+    a, b, none = (summary(factory_storage, n) for n in ("a", "b", "none"))
+    rows = {r.label: r for r in compare_rows([a, b, none])}
+    assert rows["output tok/s at the limit"].cells == (a.winner.throughput_text(), b.winner.throughput_text(), "-")
+    assert rows["winner"].cells[2] == "no winner"
+    for i, s in enumerate((a, b, none)):
+        assert rows["GPU-minutes"].cells[i] == f"{sum(r.gpu_minutes for r in s.data.runs):,.1f}"
+        assert rows["trials (met the limits)"].cells[i].startswith(str(sum(t.complete for t in s.data.trials)))
+    for name, gain in b.winner.gains.items():
+        assert rows[f"gain over {name}"].cells[1] == describe_gain(gain)
+    assert rows["P99 itl ms"].cells[0] == "-" and rows["P99 itl ms"].cells[1] != "-"  # only b limits ITL
+    # a flag row is marked where the winners' effective values (unset: vLLM's default) differ
+    flags = [r for r in rows.values() if r.label.startswith("--")]
+    assert flags and any(r.differs for r in flags)
+    for r in flags:
+        name = r.label[2:]
+        values = {effective_flags(dict(s.winner.flags))[name] for s in (a, b)}
+        assert r.differs == (len(values) > 1), r
+
+
+def test_the_front_is_every_feasible_point_nothing_beats(factory_storage):
+    for name in ("a", "b", "c"):
+        s = summary(factory_storage, name)
+        assert s.points and s.points == trial_points(s.data.trials)
+        for metric in s.data.limits_ms:
+            feasible = [p for p in s.points if p.feasible]
+            beaten = {p.trial for p in feasible for q in feasible
+                      if q.p99_ms[metric] <= p.p99_ms[metric] and q.output_tok_s >= p.output_tok_s
+                      and (q.p99_ms[metric], q.output_tok_s) != (p.p99_ms[metric], p.output_tok_s)}
+            front = feasible_front(s.points, metric)
+            assert {p.trial for p in front} == {p.trial for p in feasible} - beaten
+            assert [p.p99_ms[metric] for p in front] == sorted(p.p99_ms[metric] for p in front)
+
+
+@pytest.mark.slow  # seconds: the figures of two studies in a 5 MB page
+def test_compare_prints_the_table_and_writes_a_self_contained_report(capsys, factory_storage, tmp_path):
+    from plotly.offline import get_plotlyjs
+
+    report = tmp_path / "report.html"
+    code = main(["compare", "a", "b", "--storage", factory_storage, "--html", str(report)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    a, b = summary(factory_storage, "a"), summary(factory_storage, "b")
+    assert a.winner.throughput_text() in out and b.winner.throughput_text() in out
+    assert " ≠ " in out  # the flags the winners set differently are marked
+    text = report.read_text()
+    assert get_plotlyjs() in text  # plotly.js inlined; nothing else is loaded from anywhere
+    ours = text.replace(get_plotlyjs(), "")
+    assert "<script src" not in ours and "<link" not in ours and "http" not in ours.replace("http://www.w3.org", "")
+    for div in ("front-ttft", "front-itl", "load", "importance"):
+        assert f'id="{div}"' in text
+    assert not [p for p in tmp_path.iterdir() if p.name != "report.html"]  # no temporary file left
+
+
+@pytest.mark.parametrize("args, says", [
+    (["compare", "a", "nope"], "no study named 'nope' in this storage"),
+    (["compare", "a", "--html", "{tmp}/missing/report.html"], "folder {tmp}/missing does not exist"),
+    (["compare"], "Missing argument 'STUDIES...'"),
+])
+def test_bad_input_is_one_line(capsys, factory_storage, tmp_path, args, says):
+    args = [a.format(tmp=tmp_path) for a in args]
+    code = main([*args, "--storage", factory_storage])
+    out, err = capsys.readouterr()
+    assert code == 2 and says.format(tmp=tmp_path) in err and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []

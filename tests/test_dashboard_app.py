@@ -1,0 +1,97 @@
+"""The dashboard's app without a browser (test_views_in_chromium.py drives it in one): its pages and API over the
+stored studies, without optuna-dashboard, and `autotune dashboard`'s bad input, one line each."""
+from __future__ import annotations
+
+import asyncio
+import html
+import socket
+import sys
+
+import optuna
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from autotune.cli import main
+from autotune.dashboard import OPTUNA_DASHBOARD_MISSING, build_app, start_optuna_dashboard
+from autotune.storage import open_storage_readonly, redact_url
+from autotune.winner import find_winner, read_study
+
+
+def _fetch(url: str, *paths: str) -> list[tuple[int, str]]:
+    async def go() -> list[tuple[int, str]]:
+        app = build_app(open_storage_readonly(url), redact_url(url), None)
+        async with TestClient(TestServer(app)) as client:
+            out = []
+            for path in paths:
+                response = await client.get(path)
+                out.append((response.status, await response.text()))
+            return out
+
+    return asyncio.run(go())
+
+
+@pytest.mark.slow  # seconds: every study summarized, the figures of two
+def test_pages_and_api_without_optuna_dashboard(factory_storage, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # not installed
+    assert start_optuna_dashboard(open_storage_readonly(factory_storage), "127.0.0.1", 0) is None
+    (index_status, index), (study_status, study), (api_status, api), (missing_status, missing) = _fetch(
+        factory_storage, "/", "/study/b", "/api/compare?study=a&study=b", "/api/compare?study=nope")
+    assert index_status == study_status == api_status == 200 and missing_status == 404
+    assert html.escape(OPTUNA_DASHBOARD_MISSING) in index and "class='optuna'" not in index
+    for name in optuna.study.get_all_study_names(open_storage_readonly(factory_storage)):
+        assert f"data-study='{name}'" in index
+    data = read_study(optuna.load_study(study_name="b", storage=open_storage_readonly(factory_storage)))
+    for t in data.trials:
+        assert f"data-trial='{t.number}'" in study
+    assert find_winner(data).throughput_text() in study
+    assert '"front-ttft"' in api and '"front-itl"' in api and '"importance"' in api
+    assert "no study named 'nope'" in missing
+
+
+def _busy_port() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize("case", ["port taken", "optuna port taken", "no storage"])
+def test_bad_input_is_one_line(capsys, factory_storage, tmp_path, case):
+    with _busy_port() as busy:
+        port = busy.getsockname()[1]
+        args = ["dashboard", "--storage", factory_storage]
+        if case == "port taken":
+            args += ["--port", str(port), "--optuna-port", str(port + 1 if port < 65535 else port - 1)]
+            says = f"cannot listen on 127.0.0.1:{port}"
+        elif case == "optuna port taken":
+            args += ["--optuna-port", str(port)]
+            says = f"optuna-dashboard cannot listen on 127.0.0.1:{port}"
+        else:
+            args = ["dashboard", "--storage", f"sqlite:///{tmp_path}/none.db"]
+            says = "no database file at"
+        code = main(args)
+    out, err = capsys.readouterr()
+    lines = [line for line in err.strip().splitlines() if line.startswith("autotune: error")]
+    assert code == 2 and len(lines) == 1 and says in lines[0] and "Traceback" not in err, err
+
+
+def test_a_study_these_records_cannot_read_is_listed_with_why():
+    from tests.study_factory import make_study
+
+    storage = optuna.storages.InMemoryStorage()
+    make_study(storage, "current", n_trials=4)
+    old = optuna.create_study(study_name="old", storage=storage)
+    old.set_user_attr("fingerprint", {"model": "m", "gpus": 1, "records_version": 3})
+    make_study(storage, "torn", n_trials=4).set_user_attr("selection", {"winner_trial": 0})  # a key missing
+
+    async def index() -> str:
+        async with TestClient(TestServer(build_app(storage, "in memory", None))) as client:
+            response = await client.get("/")
+            assert response.status == 200
+            return await response.text()
+
+    page = asyncio.run(index())
+    assert "data-study='current'" in page and "value='current'" in page  # listed and comparable
+    assert "data-study='old'" in page and "value='old'" not in page
+    assert html.escape("written by another version of autotune's records (3, this one reads 4)") in page
+    assert "data-study='torn'" in page and "value='torn'" not in page and "its records cannot be read" in page

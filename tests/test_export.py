@@ -1,0 +1,336 @@
+"""`autotune export`: every format carries the winner's flags as its runtime reads them (tests/deploy_checks.py),
+what a cluster needs, and the provenance; re-exports are idempotent, a changed file needs --force, --commit makes
+one commit that states the gain; bad input is one line and writes nothing."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import optuna
+import pytest
+import yaml
+
+from autotune.cli import main
+from autotune.deploy import FORMATS, HELM_TYPED_KEYS, KSERVE_PORT, VLLM_PORT, build_deployment
+from autotune.engines.base import serve_cmd_model
+from autotune.flags import deploy_flags, effective_flags
+from autotune.storage import open_storage_readonly
+from autotune.winner import find_winner, read_study
+from tests.deploy_checks import NotAccepted, helm_container_args, serve_flags, vllm_config_argv
+
+DATA = Path(__file__).with_name("data")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A deploy repository with one commit."""
+    path = tmp_path / "deploy"
+    path.mkdir()
+    git(path, "init", "-q")
+    git(path, "config", "user.email", "ci@example.com")
+    git(path, "config", "user.name", "CI")
+    (path / "README.md").write_text("deploy\n")
+    git(path, "add", "README.md")
+    git(path, "commit", "-qm", "init")
+    return path
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def export(capsys, url: str, study: str, to: Path, *more: str) -> dict:
+    code, out, err = cli(capsys, "export", "--study", study, "--to", str(to), "--storage", url, "--json", *more)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def winner_of(url: str, study: str):
+    data = read_study(optuna.load_study(study_name=study, storage=open_storage_readonly(url)))
+    return data, find_winner(data)
+
+
+def files_by_format(paths: list[str]) -> dict[str, Path]:
+    out = {}
+    for p in map(Path, paths):
+        [fmt] = [f for f, spec in FORMATS.items() if p.name.endswith(spec.suffix)]
+        out[fmt] = p
+    return out
+
+
+def k8s_docs(path: Path) -> dict[str, dict]:
+    return {d["kind"]: d for d in yaml.safe_load_all(path.read_text())}
+
+
+@pytest.mark.parametrize("study", ["a", "b"])
+def test_every_format_gives_the_runtime_the_winners_flags(capsys, factory_storage, repo, study):
+    data, winner = winner_of(factory_storage, study)
+    expected, dropped = deploy_flags(dict(winner.flags))
+    model = serve_cmd_model(winner.vllm_serve_cmd)
+    gpus = data.fingerprint.gpus
+    files = files_by_format(export(capsys, factory_storage, study, repo / "vllm")["written"])
+    assert set(files) == set(FORMATS)
+    for path in files.values():
+        assert path.name.startswith(f"glm-4.6v-flash_{gpus}xh100_{study}.")  # model, GPU count and type, study
+        if path.suffix == ".yaml":
+            assert all(doc for doc in yaml.safe_load_all(path.read_text()))  # every YAML document parses
+
+    # vLLM's --config file, read by vLLM's rules; the command line's own options come after it and win
+    argv = vllm_config_argv(files["config"])
+    assert serve_flags(argv) == (model, expected)
+    assert serve_flags([*argv, "--max-num-seqs", "7"])[1]["max-num-seqs"] == 7
+
+    # the serve command: the script's exec line, its own arguments last
+    script = files["sh"].read_text()
+    assert os.access(files["sh"], os.X_OK) and script.startswith("#!/bin/sh\n")
+    words = shlex.split(script.strip().splitlines()[-1])
+    assert words[:3] == ["exec", "vllm", "serve"] and words[-1] == "$@"
+    assert serve_flags(words[3:-1]) == (model, expected)
+    if not dropped:  # the very command the study recorded
+        assert shlex.join(words[1:-1]) == winner.vllm_serve_cmd
+
+    # Kubernetes: GPUs, the port, probes on /health, a Service in front
+    docs = k8s_docs(files["k8s"])
+    pod = docs["Deployment"]["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    assert container["command"] == ["vllm", "serve"]
+    m, flags = serve_flags(container["args"])
+    assert (m, {k: v for k, v in flags.items()}) == (model, expected)
+    assert f"--port={VLLM_PORT}" in container["args"] or container["args"][-2:] == ["--port", str(VLLM_PORT)]
+    for side in ("requests", "limits"):
+        assert container["resources"][side]["nvidia.com/gpu"] == str(gpus)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] == "/health" and ports[get["port"]] == VLLM_PORT
+    service = docs["Service"]["spec"]
+    assert service["ports"][0]["targetPort"] in ports
+    assert service["selector"].items() <= pod["metadata"]["labels"].items()
+    assert docs["Deployment"]["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+
+    # KServe: vLLM's flags behind KServe's own; the measured dtype stated (KServe reads auto as float16)
+    isvc = yaml.safe_load(files["kserve"].read_text())
+    assert isvc["kind"] == "InferenceService"
+    spec = isvc["spec"]["predictor"]["model"]
+    assert spec["modelFormat"]["name"] == "huggingface"
+    own = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in spec["args"] if a.startswith(("--model_", "--backend"))}
+    assert own["--model_id"] == model and own["--backend"] == "vllm"
+    rest = [a for a in spec["args"] if not a.startswith(("--model_", "--backend"))]
+    assert serve_flags([model, *rest]) == (model, {**expected, "dtype": data.fingerprint.weight_dtype})
+    assert spec["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
+    assert spec["readinessProbe"]["httpGet"]["port"] == KSERVE_PORT
+
+    # docker compose: GPUs, the port, a health check on /health
+    service = yaml.safe_load(files["compose"].read_text())["services"]["vllm"]
+    assert service["entrypoint"] == ["vllm", "serve"] and serve_flags(service["command"]) == (model, expected)
+    [device] = service["deploy"]["resources"]["reservations"]["devices"]
+    assert device["count"] == gpus and "gpu" in device["capabilities"]
+    assert f"{VLLM_PORT}:{VLLM_PORT}" in service["ports"]
+    assert f":{VLLM_PORT}/health" in service["healthcheck"]["test"][-1]
+
+    # the production-stack chart: its values' types, one place per flag, the container it renders
+    values = yaml.safe_load(files["helm"].read_text())
+    jsonschema.validate(values, json.loads((DATA / "production-stack-values.schema.json").read_text()))
+    [ms] = values["servingEngineSpec"]["modelSpec"]
+    cfg = ms["vllmConfig"]
+    assert "enablePrefixCaching" in cfg  # absent, the chart would add --no-enable-prefix-caching
+    typed = {flag for flag, key in HELM_TYPED_KEYS.items() if key in cfg}
+    extra = {a[2:] for a in cfg.get("extraArgs", []) if a.startswith("--")}
+    assert not typed & extra and typed | extra >= set(expected)  # each flag in one place
+    [args] = helm_container_args(values)
+    m, flags = serve_flags(args)
+    assert m == model and ms["requestGPU"] == gpus
+    assert flags == {**expected, "enable-prefix-caching": effective_flags(expected)["enable-prefix-caching"]}
+
+    # the llm-d kustomize patch names the recipe's Deployment and container
+    patch = yaml.safe_load(files["kustomize"].read_text())
+    [c] = patch["spec"]["template"]["spec"]["containers"]
+    assert (patch["metadata"]["name"], c["name"]) == ("decode", "modelserver")
+    assert serve_flags(c["args"]) == (model, expected)
+
+    for name, value in dropped.items():  # measured with random weights: never deployed with them
+        assert all(f"--{name}" not in p.read_text().replace(f"measured with --{name} {value}", "")
+                   for p in files.values())
+        assert f"{name}: {value}" not in files["config"].read_text()
+
+
+def test_the_header_states_where_the_figures_come_from(capsys, factory_storage, repo):
+    data, winner = winner_of(factory_storage, "a")
+    files = files_by_format(export(capsys, factory_storage, "a", repo)["written"])
+    run = data.runs[-1]
+    at_limit, measured = winner.at_limit_tok_s, winner.output_tok_s
+    for fmt, path in files.items():
+        head = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+        assert f"study 'a', trial {winner.trial}" in head
+        assert (f"{at_limit.mean:,.0f} output tok/s at the limit ± {at_limit.half_width:,.0f} "
+                f"({at_limit.confidence:.0%} interval, {at_limit.n} fresh-server runs)") in head
+        assert f"measured {measured.mean:,.0f} at concurrency {winner.concurrency}" in head
+        assert f"ttft <= {data.limits_ms['ttft']:g} ms" in head
+        assert f"{data.fingerprint.gpus}x h100 ({run.gpu_name})" in head
+        assert f"vLLM: {run.vllm_version}" in head and f"measured with {run.autotune_version}" in head
+        assert f"measured: {run.finished_at}" in head
+        for name, g in winner.gains.items():
+            assert f"gain over {name}: {g.gain_pct:+.1f}%" in head
+
+
+def test_a_sim_study_says_no_vllm_ran(capsys, factory_storage, repo):
+    files = files_by_format(export(capsys, factory_storage, "c", repo, "--format", "config,k8s")["written"])
+    assert set(files) == {"config", "k8s"}
+    assert "sim engine" in files["config"].read_text()
+    [container] = k8s_docs(files["k8s"])["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert container["image"].endswith(":latest")
+
+
+def test_reexport_is_idempotent_and_a_changed_file_needs_force(capsys, factory_storage, repo):
+    first = export(capsys, factory_storage, "a", repo / "vllm", "--commit")
+    assert len(first["written"]) == len(FORMATS) and first["commit"]
+    again = export(capsys, factory_storage, "a", repo / "vllm", "--commit")
+    assert again["written"] == [] and len(again["unchanged"]) == len(FORMATS) and again["commit"] is None
+    assert git(repo, "rev-parse", "HEAD").strip() == first["commit"]  # no second commit
+
+    config = Path(next(p for p in first["written"] if p.endswith(".vllm.yaml")))
+    config.write_text(config.read_text() + "max-num-seqs: 8\n")  # edited by hand
+    before = {p: Path(p).read_bytes() for p in first["written"]}
+    code, out, err = cli(capsys, "export", "--study", "a", "--to", str(repo / "vllm"), "--storage", factory_storage)
+    assert code == 2 and "exists with other contents" in err and "--force" in err and len(err.splitlines()) == 1
+    assert {p: Path(p).read_bytes() for p in first["written"]} == before  # nothing written
+    forced = export(capsys, factory_storage, "a", repo / "vllm", "--force")
+    assert forced["written"] == [str(config)] and "max-num-seqs: 8" not in config.read_text()
+
+
+def test_commit_is_one_commit_of_the_export_stating_the_gain(capsys, factory_storage, repo):
+    data, winner = winner_of(factory_storage, "b")
+    result = export(capsys, factory_storage, "b", repo / "deploy" / "vllm", "--commit", "--format", "config,helm")
+    assert git(repo, "rev-list", "--count", "HEAD").strip() == "2"
+    changed = git(repo, "show", "--name-only", "--format=", "HEAD").split()
+    assert sorted(changed) == sorted(str(Path(p).relative_to(repo)) for p in result["written"])
+    message = git(repo, "log", "-1", "--format=%B")
+    subject = message.splitlines()[0]
+    for name, g in winner.gains.items():
+        assert f"{g.gain_pct:+.1f}% over {name}" in subject
+    assert "autotune: glm-4.6v-flash on 2x h100, study b" in subject
+    assert winner.throughput_text() in message
+    assert git(repo, "status", "--porcelain") == ""
+
+
+@pytest.mark.parametrize("case", ["unknown study", "no winner", "not a work tree", "dirty tree", "unknown format",
+                                  "unreachable storage"])
+def test_bad_input_is_one_line_and_writes_nothing(capsys, factory_storage, repo, tmp_path, case):
+    target = repo / "vllm"
+    args = ["export", "--study", "a", "--to", str(target), "--storage", factory_storage]
+    code_wanted, says = 2, ""
+    if case == "unknown study":
+        args[2], says = "nope", "no study named 'nope' in this storage"
+    elif case == "no winner":
+        args[2], code_wanted, says = "none", 3, "study 'none' has no winner: no configuration met the limits"
+    elif case == "not a work tree":
+        target = tmp_path / "plain" / "vllm"
+        (tmp_path / "plain").mkdir()
+        args[4], says = str(target), "is not in a git work tree"
+    elif case == "dirty tree":
+        (repo / "README.md").write_text("edited\n")
+        args.append("--commit")
+        says = "has uncommitted changes"
+    elif case == "unknown format":
+        args += ["--format", "config,terraform"]
+        says = "unknown export format 'terraform'; known: config, sh, helm, kserve, k8s, compose, kustomize"
+    else:
+        args[6] = "postgresql+psycopg://tuner:s3cretpw@127.0.0.1:1/studies"
+        says = "cannot open storage postgresql+psycopg://tuner:***@127.0.0.1:1/studies read-only"
+    status = git(repo, "status", "--porcelain")
+    code, out, err = cli(capsys, *args)
+    assert code == code_wanted and says in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and "s3cretpw" not in err + out
+    assert not target.exists() and git(repo, "status", "--porcelain") == status
+
+
+def test_no_token_or_password_reaches_an_exported_file(capsys, factory_storage, repo, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_exportleaktest")
+    result = export(capsys, factory_storage, "b", repo)
+    for path in result["written"]:
+        text = Path(path).read_text()
+        assert "hf_exportleaktest" not in text and factory_storage not in text
+    k8s = k8s_docs(next(Path(p) for p in result["written"] if p.endswith(".k8s.yaml")))
+    [env] = k8s["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env["name"] == "HF_TOKEN" and "value" not in env and env["valueFrom"]["secretKeyRef"]["optional"]
+
+
+def test_the_rules_the_checks_apply_would_catch_a_broken_file(tmp_path):
+    """The checks above can fail: a null, a short option, a misspelt flag or a .json file is refused."""
+    for body, name in (("model: m\nmax-num-seqs: null\n", "c.yaml"), ("model: m\ntp: 2\n", "c.yaml"),
+                       ("model: m\nmax-num-seqz: 2\n", "c.yaml"), ("model: m\n", "c.json")):
+        path = tmp_path / name
+        path.write_text(body)
+        with pytest.raises(NotAccepted):
+            serve_flags(vllm_config_argv(path))
+    helm = {"servingEngineSpec": {"modelSpec": [{"name": "m", "repository": "r", "tag": "t", "modelURL": "m",
+                                                 "replicaCount": 1, "requestCPU": "8", "requestMemory": "1Gi",
+                                                 "requestGPU": 1}]}}
+    with pytest.raises(jsonschema.ValidationError):  # requestCPU is an integer in the chart
+        jsonschema.validate(helm, json.loads((DATA / "production-stack-values.schema.json").read_text()))
+    helm["servingEngineSpec"]["modelSpec"][0]["requestCPU"] = 8
+    helm["servingEngineSpec"]["modelSpec"][0]["vllmConfig"] = {}
+    [args] = helm_container_args(helm)
+    assert "--no-enable-prefix-caching" in args  # the chart's default when the key is absent
+
+
+@pytest.mark.slow  # an external tool: kubectl
+def test_the_llm_d_patch_applies_with_kustomize(capsys, factory_storage, repo, tmp_path):
+    """kubectl's kustomize over a Deployment in llm-d's recipe shape: the patch replaces the container's args and
+    GPU count and keeps the rest."""
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is needed (apt-get install -y kubernetes-client; .ci/run installs it)"
+    data, winner = winner_of(factory_storage, "b")
+    [patch] = export(capsys, factory_storage, "b", repo, "--format", "kustomize")["written"]
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    base = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "decode"},
+            "spec": {"selector": {"matchLabels": {"app": "m"}}, "template": {
+                "metadata": {"labels": {"app": "m"}},
+                "spec": {"containers": [{"name": "modelserver", "image": "vllm/vllm-openai:latest",
+                                         "command": ["vllm", "serve"], "args": ["Qwen/Qwen3.5-4B", "--port=8000"],
+                                         "resources": {"limits": {"nvidia.com/gpu": 1, "memory": "40Gi"}}}]}}}}
+    (overlay / "base.yaml").write_text(yaml.safe_dump(base))
+    shutil.copy(patch, overlay / "patch.yaml")
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({"resources": ["base.yaml"],
+                                                                "patchesStrategicMerge": ["patch.yaml"]}))
+    built = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    [c] = yaml.safe_load(built.stdout)["spec"]["template"]["spec"]["containers"]
+    assert serve_flags(c["args"]) == (serve_cmd_model(winner.vllm_serve_cmd), deploy_flags(dict(winner.flags))[0])
+    assert c["image"] == "vllm/vllm-openai:latest" and c["command"] == ["vllm", "serve"]  # kept
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": str(data.fingerprint.gpus), "memory": "40Gi"}
+
+
+@pytest.mark.skipif(not os.environ.get("AUTOTUNE_PRODUCTION_STACK_CHART"),
+                    reason="AUTOTUNE_PRODUCTION_STACK_CHART (a checkout of the chart's helm/ folder) not set")
+def test_helm_values_against_the_charts_own_schema_and_template(capsys, factory_storage, repo, tmp_path):
+    chart = Path(os.environ["AUTOTUNE_PRODUCTION_STACK_CHART"])
+    [path] = export(capsys, factory_storage, "b", repo, "--format", "helm")["written"]
+    values = yaml.safe_load(Path(path).read_text())
+    jsonschema.validate(values, json.loads((chart / "values.schema.json").read_text()))
+    helm = shutil.which("helm")
+    if helm is None:
+        return
+    out = subprocess.run([helm, "template", "t", str(chart), "-f", path], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    containers = [c for d in yaml.safe_load_all(out.stdout) if d and d.get("kind") == "Deployment"
+                  for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == "vllm"]
+    assert [c["command"][2:] for c in containers] == helm_container_args(values)
+
+
+def test_deployment_of_a_study_without_selection_has_no_interval(factory_storage):
+    data, winner = winner_of(factory_storage, "unselected")
+    dep = build_deployment(data, winner)
+    assert not winner.remeasured and "not re-measured: no interval" in "\n".join(dep.header)
