@@ -24,7 +24,7 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
     url = f"sqlite:///{tmp_path}/studies/autotune.db"
     args = ["run", "--model", "flash", "--gpus", "1", "--p99-ms", "500", "--engine", "sim", "--storage", url,
             "--study", "e2e", "--trials", "3", "--workload", "random:512:64", "--top-k", "1", "--repeats", "1",
-            "--sim-server", "--sim-time-scale", "20", "--json"]
+            "--sim-server", "--sim-time-scale", "100", "--max-concurrency", "32", "--json"]
     code, out, err = run_json(capsys, *args)
     assert code == 0, err
     report = json.loads(out)  # exactly one JSON object on stdout

@@ -30,7 +30,7 @@ def _env() -> dict[str, str]:
 def _run_args(url: str, study: str, out: Path, trials: int) -> list[str]:
     return [sys.executable, "-m", "autotune", "run", "--model", "flash", "--engine", "sim", "--p99-ms", "500",
             "--storage", url, "--study", study, "--trials", str(trials), "--repeats", "0", "--top-k", "0",
-            "--workload", "random:256:32", "--max-concurrency", "16", "--sim-server", "--sim-time-scale", "20",
+            "--workload", "random:256:32", "--max-concurrency", "16", "--sim-server", "--sim-time-scale", "50",
             "--out", str(out), "--json"]
 
 
