@@ -55,13 +55,20 @@ def _busy_port() -> socket.socket:
     return sock
 
 
+def _free_port() -> int:
+    """A port free a moment ago (the OS's pick, not a neighbour of a busy one, which another process may hold)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.parametrize("case", ["port taken", "optuna port taken", "no storage"])
 def test_bad_input_is_one_line(capsys, factory_storage, tmp_path, case):
     with _busy_port() as busy:
         port = busy.getsockname()[1]
         args = ["dashboard", "--storage", factory_storage]
         if case == "port taken":
-            args += ["--port", str(port), "--optuna-port", str(port + 1 if port < 65535 else port - 1)]
+            args += ["--port", str(port), "--optuna-port", str(_free_port())]
             says = f"cannot listen on 127.0.0.1:{port}"
         elif case == "optuna port taken":
             args += ["--optuna-port", str(port)]
