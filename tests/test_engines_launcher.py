@@ -122,6 +122,7 @@ def test_bad_flags_class(tmp_path: Path) -> None:
     assert "unrecognized arguments" in err.value.log_tail
 
 
+@pytest.mark.slow  # a second or more: launches and kills a fake engine with its watchdog
 def test_hang_times_out_and_is_killed(tmp_path: Path) -> None:
     server = EngineServer(_spec(tmp_path, "hang", timeout_s=1.5), grace_s=1)
     t0 = time.monotonic()
@@ -133,6 +134,7 @@ def test_hang_times_out_and_is_killed(tmp_path: Path) -> None:
     assert "Graph capturing finished" in err.value.log_tail
 
 
+@pytest.mark.slow  # a second or more: launches and kills a fake engine with its watchdog
 def test_sigterm_ignored_escalates_to_sigkill(tmp_path: Path) -> None:
     server = EngineServer(_spec(tmp_path, "ignore_sigterm"), grace_s=0.6)
     server.start()
@@ -144,6 +146,7 @@ def test_sigterm_ignored_escalates_to_sigkill(tmp_path: Path) -> None:
     assert not _alive(pid) and port_is_free(server.port)
 
 
+@pytest.mark.slow  # a second or more: launches and kills a fake engine with its watchdog
 def test_grandchild_is_not_orphaned(tmp_path: Path) -> None:
     with EngineServer(_spec(tmp_path, "spawn_child"), grace_s=0.6) as server:
         match = re.search(r"GRANDCHILD_PID=(\d+)", server.log_path.read_text())
@@ -201,6 +204,7 @@ def test_stale_server_on_port_is_never_measured(tmp_path: Path, monkeypatch: pyt
         stale.wait(5)
 
 
+@pytest.mark.slow  # a second or more: launches and kills a fake engine with its watchdog
 def test_wrong_name_is_port_in_use_error(tmp_path: Path) -> None:
     server = EngineServer(_spec(tmp_path, "wrong_name"), grace_s=1)
     with pytest.raises(EngineStartError) as err:
@@ -211,6 +215,7 @@ def test_wrong_name_is_port_in_use_error(tmp_path: Path) -> None:
     assert server.pid is not None and not _alive(server.pid)
 
 
+@pytest.mark.slow  # a second or more: launches and kills a fake engine with its watchdog
 def test_stop_all_stops_every_live_server(tmp_path: Path) -> None:
     servers = [EngineServer(_spec(tmp_path / str(i), "ok"), grace_s=2) for i in range(2)]
     for s in servers:
@@ -264,6 +269,7 @@ def _gone_within(pids: list[int], seconds: float) -> bool:
     return True
 
 
+@pytest.mark.slow  # a second or more: launches and kills a fake engine with its watchdog
 @pytest.mark.parametrize("how", ["exit", "sigterm"])
 def test_parent_exit_or_sigterm_leaves_no_orphan(tmp_path: Path, how: str) -> None:
     parent, engine_pid, pgid, grandchild = _start_parent(tmp_path, how)
@@ -346,6 +352,7 @@ def _fake_smi(folder: Path, value_file: Path) -> None:
     smi.chmod(0o755)
 
 
+@pytest.mark.slow  # a second or more: launches and kills a fake engine with its watchdog
 def test_stop_waits_for_gpu_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bindir = tmp_path / "bin"
     bindir.mkdir()
