@@ -147,16 +147,22 @@ class SearchSpace:
         return flags
 
     def params_for(self, flags: dict[str, Any], model: ModelSpec, gpus: int) -> dict[str, Any]:
-        """Optuna params (for enqueue_trial) that reproduce ``flags``; flags outside the space are dropped,
-        searched flags missing from ``flags`` take vLLM's default."""
+        """Optuna params (for enqueue_trial) that reproduce ``flags`` as closely as the space can: flags outside
+        the space are dropped, searched flags missing from ``flags`` take vLLM's default, and a value the space
+        does not hold (a baseline's default outside a user's choices) is projected onto it, the nearest value of
+        a number, else left to the sampler. A baseline still runs its own flags; the projection is only what the
+        sampler learns it as."""
         out: dict[str, Any] = {}
         tp = int(flags.get("tensor-parallel-size", self.tp_choices[0] if self.tp_choices else 1))
         if len(self.tp_choices) > 1:
-            out["tensor-parallel-size"] = tp
+            out["tensor-parallel-size"] = tp if tp in self.tp_choices else min(self.tp_choices,
+                                                                                key=lambda c: abs(c - tp))
         for name, spec in self.params.items():
             if not self.conditions_hold(spec.when, model, tp):
                 continue
-            out[name] = _encode_choice(flags.get(name, VLLM_FLAGS[name].default))
+            value = _project(spec, _encode_choice(flags.get(name, VLLM_FLAGS[name].default)))
+            if value is not _NOT_HELD:
+                out[name] = value
         return out
 
     def grid(self, model: ModelSpec, gpus: int) -> list[dict[str, Any]]:
@@ -225,6 +231,27 @@ def load_space(path: str | Path | None, model: ModelSpec, gpus: int, preset: str
         raise UsageError(f"search space {path}: set parallelism under 'parallel', not as a flag")
     return SearchSpace(params, fixed, tp_choices, source=str(path), description=parsed.description,
                        images_per_request=images_per_request)
+
+
+_NOT_HELD = object()  # a value a parameter cannot take, and no nearest one: left to the sampler
+
+
+def _project(spec: ParamSpec, value: Any) -> Any:
+    """``value`` where ``spec`` holds it; else the nearest value it holds for a number; else ``_NOT_HELD``."""
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if spec.type == "categorical":
+        choices = [_encode_choice(c) for c in spec.choices or []]  # a mapping is held as its JSON text
+        if value in choices:
+            return value
+        numbers = [c for c in choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+        return min(numbers, key=lambda c: abs(c - value)) if numeric and numbers else _NOT_HELD
+    if not numeric:
+        return _NOT_HELD
+    try:
+        values = spec.domain_values()
+    except UsageError:  # continuous or log-scale: clip to the range
+        return min(max(value, spec.low), spec.high)  # type: ignore[type-var]
+    return value if value in values else min(values, key=lambda c: abs(c - value))
 
 
 def _encode_choice(value: Any) -> Any:

@@ -113,3 +113,19 @@ def test_no_limit_choice_admitting_the_workload_is_one_line(tmp_path):
     bad = write(tmp_path, "params:\n  limit-mm-per-prompt: {type: categorical, choices: [{image: -2}]}\n")
     with pytest.raises(UsageError, match="'image' must be a count >= 0"):
         load_space(bad, FLASH, 1)
+
+
+def test_a_baseline_outside_the_choices_is_projected_onto_the_space(tmp_path):
+    """A user's space that leaves vLLM's defaults out: the baselines are still queued (their own flags run; the
+    sampler learns them as the nearest point of the space)."""
+    space = load_space(write(tmp_path, "params:\n  max-num-seqs: {type: categorical, choices: [128, 256]}\n"
+                                       "  kv-cache-dtype: {type: categorical, choices: [fp8]}\n"
+                                       "  gpu-memory-utilization: {type: float, low: 0.8, high: 0.85, step: 0.05}\n"),
+                       FLASH, 1)
+    params = space.params_for({}, FLASH, 1)  # vLLM's defaults: 1024 seqs, auto KV, 0.9 memory
+    assert params == {"max-num-seqs": 256, "gpu-memory-utilization": 0.85}  # auto KV: left to the sampler
+    study = optuna.create_study()
+    study.enqueue_trial(params)
+    trial = study.ask()
+    flags = space.sample(trial, FLASH, 1)
+    assert flags["max-num-seqs"] == 256 and flags["gpu-memory-utilization"] == 0.85 and flags["kv-cache-dtype"] == "fp8"
