@@ -75,8 +75,12 @@ def test_signal_tears_down_and_resume_keeps_trials(tmp_path, sig, code, server):
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) == (1 if server else len(failed)) and len(failed) <= 1
     for t in failed:
-        assert records.read_trial(t).result.failure_class == "interrupted"
+        result = records.read_trial(t).result
         retried = [w for w in study.trials if w.system_attrs.get("failed_trial") == t.number]
+        if result is None:  # cut inside Optuna's ask, before its objective ran: nothing measured, nothing queued
+            assert not server and not retried
+            continue
+        assert result.failure_class == "interrupted"
         assert [w.state for w in retried] == [optuna.trial.TrialState.WAITING]
         assert f"interrupted: trial {t.number}" in err
     assert "To resume, run the same command again" in err and "keeps its" in err
