@@ -142,9 +142,17 @@ def _vllm_config(dep: Deployment) -> str:
         value = dep.flags[name]
         if value is None:
             continue
-        # A mapping as its JSON text: the same argument on every vLLM version (older ones passed a YAML mapping
-        # on as Python's repr).
-        body[name] = flags_to_argv({name: value})[1] if isinstance(value, dict) else value
+        if value is False:
+            # vLLM's config reader passes `key: true` on as --key and drops `key: false` without a word (0.26's
+            # FlexibleArgumentParser.load_config_file; seen on an H200: prefix caching stayed on), so a flag
+            # turned off is written as its --no- form.
+            body[f"no-{name}"] = True
+        elif isinstance(value, dict):
+            # A mapping as its JSON text: the same argument on every vLLM version (older ones passed a YAML
+            # mapping on as Python's repr).
+            body[name] = flags_to_argv({name: value})[1]
+        else:
+            body[name] = value
     return _yaml(body)
 
 

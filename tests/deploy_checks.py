@@ -5,7 +5,8 @@ booleans, unknown flags refused).
 
 - ``vllm serve --config FILE`` (vllm/utils/argparse_utils.py, FlexibleArgumentParser.load_config_file and
   _pull_args_from_config, read at vllm-project/vllm 00da11e): the extension must be yaml or yml; each key is
-  a long option name and becomes ``--key``; true -> ``--key``, false -> ``--no-key``; a list -> ``--key`` and its
+  a long option name and becomes ``--key``; true -> ``--key``; false is dropped (0.26.0 as released, seen on
+  an H200: refused here, the export writes ``no-key: true``); a list -> ``--key`` and its
   items; a mapping -> JSON; anything else -> ``str(value)``; a ``model`` key gives the model when the command
   line has none.
 - the production-stack chart (helm/templates/deployment-vllm-multi.yaml at vllm-project/production-stack
@@ -42,8 +43,10 @@ def vllm_config_argv(path: Path) -> list[str]:
             raise NotAccepted(f"{key!r}: keys are long option names without their dashes")
         if value is None:  # str(None): vLLM would be given the word None
             raise NotAccepted(f"{key}: null")
-        if isinstance(value, bool):
-            argv.append(f"--{key}" if value else f"--no-{key}")
+        if isinstance(value, bool):  # vLLM 0.26 drops a false one: it would not turn the flag off
+            if not value:
+                raise NotAccepted(f"{key}: false is dropped by vLLM's config reader; write no-{key}: true")
+            argv.append(f"--{key}")
         elif isinstance(value, list):
             argv += [f"--{key}", *map(str, value)] if value else []
         elif isinstance(value, dict):

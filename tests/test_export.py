@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from autotune.cli import main
-from autotune.deploy import FORMATS, HELM_TYPED_KEYS, KSERVE_PORT, VLLM_PORT, build_deployment
+from autotune.deploy import FORMATS, HELM_TYPED_KEYS, KSERVE_PORT, VLLM_PORT, Deployment, build_deployment, render
 from autotune.engines.base import serve_cmd_model
 from autotune.flags import deploy_flags, effective_flags
 from autotune.storage import open_storage_readonly
@@ -267,9 +267,11 @@ def test_no_token_or_password_reaches_an_exported_file(capsys, factory_storage, 
 
 
 def test_the_rules_the_checks_apply_would_catch_a_broken_file(tmp_path):
-    """The checks above can fail: a null, a short option, a misspelt flag or a .json file is refused."""
+    """The checks above can fail: a null, a short option, a misspelt flag, a .json file or a false (which vLLM
+    drops) is refused."""
     for body, name in (("model: m\nmax-num-seqs: null\n", "c.yaml"), ("model: m\ntp: 2\n", "c.yaml"),
-                       ("model: m\nmax-num-seqz: 2\n", "c.yaml"), ("model: m\n", "c.json")):
+                       ("model: m\nmax-num-seqz: 2\n", "c.yaml"), ("model: m\n", "c.json"),
+                       ("model: m\nenable-prefix-caching: false\n", "c.yaml")):
         path = tmp_path / name
         path.write_text(body)
         with pytest.raises(NotAccepted):
@@ -283,6 +285,19 @@ def test_the_rules_the_checks_apply_would_catch_a_broken_file(tmp_path):
     helm["servingEngineSpec"]["modelSpec"][0]["vllmConfig"] = {}
     [args] = helm_container_args(helm)
     assert "--no-enable-prefix-caching" in args  # the chart's default when the key is absent
+
+
+def test_a_flag_turned_off_reaches_vllm_from_the_config_file(tmp_path):
+    """vLLM 0.26 drops `key: false` from a --config file (on an H200 prefix caching stayed on), so an off flag is
+    written in its --no- form and read back off."""
+    dep = Deployment(study="s", model="org/m", flags={"enable-prefix-caching": False, "enable-chunked-prefill": True,
+                                                      "kv-cache-dtype": "fp8"},
+                     gpus=1, gpu_type="h200", vllm_version="0.26.0", weight_dtype="bfloat16", header=("h",))
+    path = tmp_path / "c.vllm.yaml"
+    path.write_text(render("config", dep))
+    body = yaml.safe_load(path.read_text())
+    assert body["no-enable-prefix-caching"] is True and "enable-prefix-caching" not in body
+    assert serve_flags(vllm_config_argv(path)) == ("org/m", dep.flags)
 
 
 @pytest.mark.slow  # an external tool: kubectl

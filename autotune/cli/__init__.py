@@ -11,13 +11,14 @@ import threading
 
 import click
 
+from autotune import __version__
 from autotune.errors import AutotuneError
 
 __all__ = ["cli", "main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="autotune")
+@click.version_option(__version__, prog_name="autotune")  # also where the package is on the path, not installed
 def cli() -> None:
     """Find the vLLM serving configuration with the most throughput under a P99 latency limit."""
 

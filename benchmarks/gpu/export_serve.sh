@@ -59,7 +59,7 @@ EOF
   for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
   kill -KILL -"$pid" 2>/dev/null
   leftovers_check
-  python3 benchmarks/gpu/export_serve_check.py "$dir" "$config" "$healthy" "$port" > "$dir/result.json"
+  PYTHONPATH=$PWD python3 benchmarks/gpu/export_serve_check.py "$dir" "$config" "$healthy" "$port" > "$dir/result.json"
   cat "$dir/result.json" >> "$dir/$progress"
 }
 source "$(dirname "$0")/background.sh"

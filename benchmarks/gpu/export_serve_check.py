@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from autotune.flags import effective_flags, flags_to_argv
+from autotune.flags import effective_flags
 
 
 def main() -> None:
@@ -22,12 +22,14 @@ def main() -> None:
     log = (folder / "serve.log").read_text(errors="replace")
     line = re.search(r"non-default args: (\{.*\})", log)
     nondefault = line.group(1) if line else ""
-    keys = yaml.safe_load(config.read_text())
+    keys = {k: v for k, v in yaml.safe_load(config.read_text()).items() if k != "model"}
+    # what vLLM's config reader makes of the file: `key: true` -> --key, `key: false` dropped
+    argv = [f"--{k}" if v is True else [f"--{k}", str(v)] for k, v in keys.items() if v is not False]
     defaults = effective_flags({})
     not_taken = []
     for key, value in keys.items():
-        if key == "model":
-            continue
+        if key.startswith("no-") and value is True:  # --no-X: X off
+            key, value = key[3:], False
         dest = key.replace("-", "_")
         if f"'{dest}': " in nondefault:
             # the logged value: a Python repr of what vLLM parsed (a scalar's repr, or an object for a JSON flag)
@@ -49,7 +51,7 @@ def main() -> None:
     with socket.socket() as s:
         port_free = s.connect_ex(("127.0.0.1", port)) != 0
     print(json.dumps({
-        "config": str(config), "argv_from_file": flags_to_argv({k: v for k, v in keys.items() if k != "model"}),
+        "config": str(config), "argv_from_file": [w for a in argv for w in ([a] if isinstance(a, str) else a)],
         "healthy": healthy, "ready_s": int((folder / "ready_s").read_text()),
         "served_names": [m["id"] for m in load("models.json").get("data", [])],
         "completion_tokens": (load("completion.json").get("usage") or {}).get("completion_tokens"),

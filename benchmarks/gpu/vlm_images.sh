@@ -15,7 +15,7 @@
 # The prompts' text is token ids of the folder's tokenizer (--tokenizer): words it does not know would all be the
 # same <unk> id, and identical prompts would hit vLLM's prefix cache.
 # Variables (defaults): C=32 SIZE=896x896 IMAGES_LIST="0 1 2 4" SWEEP_SIZES="448x448 896x896 1344x1344 1792x1792"
-#   IN=256 OUT=128 PORT=8041 MODEL_DIR=/tmp/vlm SERVE_FLAGS="" (more `vllm serve` flags for both servers)
+#   IN_LEN=256 OUT_LEN=128 PORT=8041 MODEL_DIR=/tmp/vlm SERVE_FLAGS="" (more `vllm serve` flags for both servers)
 #   ENGINE=vllm, or sim to rehearse the whole protocol on a CPU against `autotune sim serve` (TIME_SCALE=20).
 # Expected time on one H200: two cold starts of 2-3 min, 4 levels of 1-2 min, ~2 min of single requests.
 # Summarise with: python benchmarks/vlm_images_table.py DIR
@@ -23,7 +23,7 @@ set -uo pipefail
 dir=${2:-/tmp/vlm-images}; progress=times.txt
 c=${C:-32}; size=${SIZE:-896x896}; images_list=${IMAGES_LIST:-"0 1 2 4"}
 sweep_sizes=${SWEEP_SIZES:-"448x448 896x896 1344x1344 1792x1792"}
-in_len=${IN:-256}; out_len=${OUT:-128}; port=${PORT:-8041}; model=${MODEL_DIR:-/tmp/vlm}
+in_len=${IN_LEN:-256}; out_len=${OUT_LEN:-128}; port=${PORT:-8041}; model=${MODEL_DIR:-/tmp/vlm}
 serve_flags=${SERVE_FLAGS:-}; engine=${ENGINE:-vllm}
 case "$engine" in
   vllm) serve="vllm serve" ;;
