@@ -56,15 +56,20 @@ class LoadCurve:
     log_p99_ms: Mapping[str, np.ndarray]
 
     @classmethod
-    def from_levels(cls, levels: list[tuple[int, float, Mapping[str, float]]]) -> LoadCurve | None:
-        """From (concurrency, output tok/s, P99 by metric) levels; None with fewer than one usable level."""
-        usable = sorted((c, t, p) for c, t, p in levels
-                        if c > 0 and t > 0 and all(v > 0 and math.isfinite(v) for v in p.values()))
+    def from_levels(cls, levels: list[tuple[int, float, Mapping[str, float]]],
+                    requests: list[int] | None = None) -> LoadCurve | None:
+        """From (concurrency, output tok/s, P99 by metric) levels, each weighted by its measured ``requests``
+        (equal weights without them); None with fewer than one usable level."""
+        weights = requests if requests is not None else [1] * len(levels)
+        usable = sorted(((c, t, p, max(1, w)) for (c, t, p), w in zip(levels, weights)
+                         if c > 0 and t > 0 and all(v > 0 and math.isfinite(v) for v in p.values())),
+                        key=lambda level: level[0])
         if not usable:
             return None
-        x = np.log([c for c, _, _ in usable])
-        return cls(x, increasing_fit(x, np.log([t for _, t, _ in usable])),
-                   {m: increasing_fit(x, np.log([p[m] for _, _, p in usable])) for m in usable[0][2]})
+        x = np.log([c for c, _, _, _ in usable])
+        w = [w for _, _, _, w in usable]
+        return cls(x, increasing_fit(x, np.log([t for _, t, _, _ in usable]), w),
+                   {m: increasing_fit(x, np.log([p[m] for _, _, p, _ in usable]), w) for m in usable[0][2]})
 
     def at_limit_tok_s(self, concurrency: int, run: Measurement, limits_ms: Mapping[str, float]) -> float:
         """The run's throughput carried to its own knee: the load where the curve of every limited metric,

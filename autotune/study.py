@@ -573,7 +573,8 @@ def _candidate(t: TrialRecord) -> Candidate:
     c.lower_levels = sorted(((lv.concurrency, lv.output_tok_s, lv.p99_ms) for lv in r.levels
                              if lv.feasible and lv.concurrency < int(r.concurrency)),  # type: ignore[arg-type]
                             key=lambda level: level[0], reverse=True)
-    c.curve = LoadCurve.from_levels([(lv.concurrency, lv.output_tok_s, lv.p99_ms) for lv in r.levels])
+    c.curve = LoadCurve.from_levels([(lv.concurrency, lv.output_tok_s, lv.p99_ms) for lv in r.levels],
+                                  [lv.completed for lv in r.levels])
     return c
 
 

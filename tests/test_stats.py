@@ -50,5 +50,14 @@ def test_increasing_fit_pools_a_lucky_level_with_its_neighbour():
     fitted = increasing_fit([8, 16, 32, 64, 128], [100, 120, 300, 250, 900])
     assert list(fitted) == [100, 120, 275, 275, 900]
     weighted = increasing_fit([32, 64], [300, 250], weights=[1, 3])
-    assert list(weighted) == [262.5, 262.5]
+    assert list(weighted) == [250, 250]  # the weighted median: most of the requests measured 250
     assert list(increasing_fit([64, 8, 16], [5, 3, 2])) == [5.0, 2.5, 2.5]  # follows x, not the input order
+
+
+def test_increasing_fit_is_not_carried_by_one_stalled_level():
+    """As on an H200 (P99 TTFT ms, requests per level): the stalled level at 152 does not lift the one above it."""
+    fitted = increasing_fit([64, 128, 152, 181, 256], [191, 375, 2879, 594, 3698], weights=[192, 384, 456, 1629, 768])
+    assert list(fitted) == [191, 375, 594, 594, 3698]
+    three = increasing_fit([1, 2, 3], [10, 40, 20], weights=[1, 1, 1])
+    assert list(three) == [10, 30, 30]  # two equal weights: midway, as least squares
+    assert list(increasing_fit([1, 2, 3, 4], [50, 10, 20, 30], weights=[1, 1, 1, 5])) == [20, 20, 20, 30]

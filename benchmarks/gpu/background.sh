@@ -11,7 +11,7 @@ background_main() {
       mkdir -p "$dir"
       # the job, the functions it calls and the variables it reads travel into the new session by value
       setsid bash -c "$(declare -p dir progress ${job_vars:-} 2>/dev/null); $(declare -f)
-        . /tmp/st/env.sh; cd '$PWD'; export PYTHONPATH=\$PWD\${PYTHONPATH:+:\$PYTHONPATH}; job; echo done > \"\$dir/state\"" > "$dir/driver.log" 2>&1 < /dev/null &
+        . /tmp/st/env.sh || exit 1; cd '$PWD'; export PYTHONPATH=\$PWD\${PYTHONPATH:+:\$PYTHONPATH}; job; echo done > \"\$dir/state\"" > "$dir/driver.log" 2>&1 < /dev/null &
       echo started ;;
     status)
       tail -n "${status_lines:-3}" "$dir/$progress" 2>/dev/null; cat "$dir/state" 2>/dev/null || echo running ;;
