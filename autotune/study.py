@@ -38,7 +38,7 @@ from autotune.storage import MAX_RETRIES, redact_url
 from autotune.records import Measurement, StudyFingerprint, TrialRecord, TrialResult
 from autotune.selection import Candidate, LoadCurve, Selection, select_winner, tok_s_stats
 from autotune.space import SearchSpace
-from autotune.trial import TrialSettings, measure_once, run_trial
+from autotune.trial import TrialSettings, measure_once, run_trial, runs_in_process, sim_predicted_knee
 
 __all__ = ["StudyConfig", "StudyOutcome", "WorkerOutcome", "run_study", "run_worker", "BASELINES", "baseline_flags",
            "study_fingerprint", "constraint_key", "selection_record", "SEED_PROFILE"]
@@ -151,7 +151,11 @@ def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgre
         trial_dir = cfg.out_dir / cfg.study_name / "trials" / str(trial.number)
         name = f"autotune-{cfg.study_name}-{trial.number}"
         progress.trial_started(trial.number, flags, baseline)
-        start_c = start_concurrency(records.read_trials(trial.study), cfg.settings.search.start_concurrency)
+        trials = records.read_trials(trial.study)
+        # a served engine's first trial starts near the sim's prediction: seconds of CPU against minutes of GPU
+        prior = sim_predicted_knee(cfg.settings, flags) if not runs_in_process(cfg.settings) and not any(
+            t.feasible for t in trials) else None
+        start_c = start_concurrency(trials, cfg.settings.search.start_concurrency, prior)
         settings = replace(cfg.settings, gpu_ids=slot, search=replace(cfg.settings.search, start_concurrency=start_c),
                            sim_fault=cfg.sim_fault.for_trial(trial.number) if cfg.sim_fault else "")
         started = time.perf_counter()
@@ -282,14 +286,18 @@ def _failing_interrupted(study: optuna.Study, storage: optuna.storages.BaseStora
         raise
 
 
-def start_concurrency(trials: list[TrialRecord], default: int) -> int:
-    """Where a trial's load search starts: at half the best knee found so far (the levels below it would only
-    confirm what every trial shows, at about a minute each on a GPU), never below ``default``. A trial whose
-    knee lies lower halves down from there."""
+def start_concurrency(trials: list[TrialRecord], default: int, predicted_knee: int | None = None) -> int:
+    """Where a trial's load search starts, never below ``default``: at the best knee found so far (the levels
+    below it would only confirm what every trial shows, at 20-60 s each on an H200); before any knee, at half
+    the sim engine's predicted knee when there is one (its P99 TTFT runs low at high load, so its knees lie
+    high: on an H200 it put vLLM's defaults at 512 for P99 TTFT <= 500 ms, where the GPU's knee was near 140).
+    From 8, the H200's first trial took 8 levels to its knee; from a start within a factor of two, 4."""
     best = max((t for t in trials if t.feasible), key=lambda t: t.value, default=None)
-    if best is None or best.result is None or best.result.concurrency is None:
-        return default
-    return max(default, best.result.concurrency // 2)
+    if best is not None and best.result is not None and best.result.concurrency is not None:
+        return max(default, best.result.concurrency)
+    if predicted_knee:
+        return max(default, predicted_knee // 2)
+    return default
 
 
 class _StopRules:

@@ -10,6 +10,7 @@ with its failure class, so the study records them and the sampler steers away.
 """
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -75,11 +76,21 @@ class TrialSettings:
     sim_fault: str = ""  # sim server only: `autotune sim serve --fault` for this trial's server (sim/faults.py)
 
 
+def sim_predicted_knee(settings: TrialSettings, flags: dict[str, Any]) -> int | None:
+    """The concurrency the in-process sim engine (exact, no noise) finds for these flags under the study's limits
+    and workload: seconds of CPU, no server. None where it finds none within the limits."""
+    sim = replace(settings, engine="sim", sim_server=False, sim_noise=None, sim_fault="", ledger_dir=None,
+                  time_scale=1.0)
+    with tempfile.TemporaryDirectory(prefix="autotune-prior-") as folder:
+        result = run_trial(sim, flags, "prior", Path(folder) / "server.log")
+    return result.concurrency if result.feasible else None
+
+
 def level_load_config(settings: TrialSettings, concurrency: int, records_path: Path | None = None) -> LoadConfig:
     n = int(min(settings.max_prompts, max(settings.min_prompts, settings.prompts_per_level * concurrency)))
     warmup = int(max(1, settings.warmup_factor * concurrency))
     # The in-process sim's clock is the modelled one: nothing to scale.
-    scale = settings.time_scale if not _in_process(settings) else 1.0
+    scale = settings.time_scale if not runs_in_process(settings) else 1.0
     return LoadConfig(
         concurrency=concurrency, num_prompts=n, warmup_prompts=warmup,
         ramp_s=settings.ramp_s / max(scale, 1e-9),
@@ -90,13 +101,14 @@ def level_load_config(settings: TrialSettings, concurrency: int, records_path: P
     )
 
 
-def _in_process(settings: TrialSettings) -> bool:
+def runs_in_process(settings: TrialSettings) -> bool:
+    """The in-process sim engine: a trial costs seconds of CPU, no server."""
     return settings.engine == "sim" and not settings.sim_server
 
 
 def _engine(settings: TrialSettings, spec: LaunchSpec,
             progress: Progress = NULL_PROGRESS) -> EngineServer | InProcessSim:
-    if _in_process(settings):
+    if runs_in_process(settings):
         return InProcessSim(spec, progress)
     return EngineServer(spec, progress=progress, grace_s=STOP_GRACE_S.get(settings.engine, 20.0))
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -254,3 +255,39 @@ def test_the_run_to_run_spread_widens_a_level_interval_and_pooling_narrows_it():
     assert abs(lv.p99["ttft"].high - (450 + half)) < 1e-6 and lv.feasible  # then the point estimate decides
     assert search_load(measure, LoadSearchConfig(limits_ms={"ttft": 500}, start_concurrency=32,
                                                  max_concurrency=32)).levels[0].runs == 1  # no spread: decided
+
+
+def test_only_the_knee_and_the_level_above_it_are_measured_again():
+    """Every level below 45 straddles 500 ms under a 17% run-to-run spread; only the best one (38) and the one
+    above it (45, 520 ms: over by its point estimate, straddling by its interval) get more runs."""
+    calls: list[int] = []
+
+    def measure(c: int):
+        calls.append(c)
+        p99_ms = 400.0 * (c / 8) ** 0.05 if c <= 40 else (520.0 if c <= 50 else 800.0)
+        return _ttft_level([p99_ms] * 400, c)
+
+    cfg = LoadSearchConfig(limits_ms={"ttft": 500}, start_concurrency=8, max_extensions=2, p99_run_cv={"ttft": 0.172})
+    res = search_load(measure, cfg)
+    runs = {lv.concurrency: lv.runs for lv in res.levels}
+    assert runs == {8: 1, 16: 1, 32: 1, 64: 1, 45: 3, 38: 3}, runs
+    assert calls.count(38) == calls.count(45) == 3 and calls[:4] == [8, 16, 32, 64]
+    assert res.best.concurrency == 38 and res.stop_reason == "limit"
+    # no spread, nothing straddles: every level is measured once
+    calls.clear()
+    assert {lv.runs for lv in search_load(measure, replace(cfg, p99_run_cv={})).levels} == {1}
+
+
+def test_an_extension_that_would_end_after_the_deadline_does_not_start():
+    import time as time_module
+    calls: list[int] = []
+
+    def measure(c: int):
+        calls.append(c)
+        time_module.sleep(0.05)
+        return _ttft_level([450.0] * 400, c)
+
+    cfg = LoadSearchConfig(limits_ms={"ttft": 500}, start_concurrency=32, max_concurrency=32, max_extensions=2,
+                           p99_run_cv={"ttft": 0.172})
+    res = search_load(measure, cfg, deadline=time_module.monotonic() + 0.08)
+    assert calls == [32] and res.levels[0].runs == 1 and res.best is not None

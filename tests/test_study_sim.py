@@ -44,6 +44,10 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
     first = [t for t in records.read_trials(study) if t.complete]
     assert len(first) == 3
     assert {t.baseline for t in first} >= {"vllm-defaults", "seed-profile"}
+    # a served engine: the first trial starts at half the sim's predicted knee (32, the cap), later ones at the best
+    # knee so far
+    assert first[0].result.levels[0].concurrency == 16
+    assert first[1].result.levels[0].concurrency == first[0].result.concurrency
     for t in first:
         assert study.trials[t.number].constraints == {"p99_ttft_minus_limit_ms": pytest.approx(
             t.result.constraints_ms({"ttft": 500.0})["ttft"])}

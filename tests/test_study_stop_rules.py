@@ -77,7 +77,7 @@ def test_the_eta_counts_the_stagnation_stop_and_the_remeasurements():
     assert etas[-1].trials_left == 0 and etas[-1].eta_s == 50.0  # stopped: only the re-measurements are left
 
 
-def test_a_trial_starts_its_load_search_at_half_the_best_knee_so_far():
+def test_a_trial_starts_its_load_search_at_the_best_knee_so_far_else_half_the_sims():
     from autotune.study import start_concurrency
 
     def rec(n: int, value: float, c: int | None, feasible: bool = True) -> records.TrialRecord:
@@ -85,8 +85,12 @@ def test_a_trial_starts_its_load_search_at_half_the_best_knee_so_far():
         return records.TrialRecord(n, optuna.trial.TrialState.COMPLETE, "", False, result)
 
     assert start_concurrency([], 8) == 8
-    assert start_concurrency([rec(0, 5000.0, 181), rec(1, 6000.0, 128), rec(2, 0.0, 512, feasible=False)], 8) == 64
-    assert start_concurrency([rec(0, 5000.0, 10)], 8) == 8  # never below the default
+    trials = [rec(0, 5000.0, 181), rec(1, 6000.0, 128), rec(2, 0.0, 512, feasible=False)]
+    assert start_concurrency(trials, 8) == 128
+    assert start_concurrency(trials, 8, predicted_knee=512) == 128  # a measured knee beats the prediction
+    assert start_concurrency([rec(0, 5000.0, 5)], 8) == 8  # never below the default
+    assert start_concurrency([rec(2, 0.0, 512, feasible=False)], 8, predicted_knee=512) == 256
+    assert start_concurrency([], 8, predicted_knee=10) == 8
 
 
 def test_an_interrupt_fails_the_trials_this_run_started_also_a_popped_baseline():
