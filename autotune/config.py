@@ -89,7 +89,7 @@ class RunOptions(BaseModel):
     sim_fault: str | None = None  # FAULT[@TRIAL,...] for the sim server (sim/faults.py)
     try_file: str | None = None
     confidence: float = Field(0.9, gt=0, lt=1)
-    max_extensions: int = Field(2, ge=0)
+    max_extensions: int = Field(1, ge=0)  # loadsearch.LoadSearchConfig says why
 
 
 # What a worker decides for itself when it joins a study (the rest it reads from the study, as its run was asked):

@@ -50,7 +50,11 @@ class LoadSearchConfig:
     saturation_gain: float = 0.03  # a level that adds less throughput than this is saturated
     max_error_rate: float = 0.01  # a level with more failed requests than this is not feasible
     confidence: float = 0.9  # of each level's P99 interval
-    max_extensions: int = 2  # a level with a P99 interval straddling its limit is measured again this often at most
+    # The knee's level and the one above it, while a P99 interval straddles its limit, are measured again this often at
+    # most. One: replayed on the H200 pair's recorded runs (docs/results/h200-reproducibility.md), a second extension
+    # of each changed no knee and cost 40-46 s a run; the fresh-server re-measurements of the final comparison sample
+    # the server-to-server spread that runs on one server cannot.
+    max_extensions: int = 1
     # Relative run-to-run spread (standard deviation / mean) of each metric's P99 at a fixed load on one server:
     # an interval from one run's requests does not see it (a server's state drifts between runs), so no
     # interval is narrower than this spread over the pooled runs. Empty: none (the deterministic sim engine).

@@ -44,7 +44,15 @@ def copy_summary(folder: Path, g: int) -> dict:
         "equal_within_noise_flags": sorted(json.dumps(flags_of[n], sort_keys=True)
                                            for n in (selection.equal_within_noise if selection else ())),
         "gpu_minutes": wall_min,  # one GPU per copy, for the pair's whole wall time
+        "finalists_compared": (len(selection.gains) + 1 if selection.gains else 1) if selection else 0,
     }
+
+
+def premise_met(c: dict) -> bool:
+    """What the item asks a study's budget to hold: both baselines, three searched trials, a comparison of more
+    than one finalist with none left unconfirmed. Without it an agreeing pair shows nothing about the verdict."""
+    return c["baselines_run"] >= 2 and c["searched_run"] >= 3 and c["finalists_compared"] >= 2 \
+        and c["unconfirmed"] == []
 
 
 def agreement(a: dict, b: dict) -> dict:
@@ -53,7 +61,8 @@ def agreement(a: dict, b: dict) -> dict:
         "equal_within_noise_flags"]
     ta, tb = a["winner_at_limit_tok_s"] or 0.0, b["winner_at_limit_tok_s"] or 0.0
     diff = abs(ta - tb) / max(ta, tb) if max(ta, tb) > 0 else float("nan")
-    return {"same_verdict": same_winner or same_equal_set, "same_winner": same_winner,
+    return {"premise_met": premise_met(a) and premise_met(b),
+            "same_verdict": same_winner or same_equal_set, "same_winner": same_winner,
             "same_equal_within_noise_set": same_equal_set, "throughput_diff": diff,
             "throughput_within_5pct": diff <= AGREEMENT}
 
@@ -76,6 +85,9 @@ def main() -> int:
               f"{c['winner_at_limit_tok_s'] or 0:,.0f} tok/s at the limit")
         print(f"  verdict: {c['verdict']}")
     a = result["agreement"]
+    if not a["premise_met"]:
+        print("PREMISE NOT MET: a copy did not run both baselines, 3 searched trials and a comparison of 2 or more "
+              "finalists; the agreement below says nothing about the verdict")
     print(f"same verdict: {'yes' if a['same_verdict'] else 'NO'} (same winner: {a['same_winner']}, same equal set: "
           f"{a['same_equal_within_noise_set']}); winners' throughput at the limit {a['throughput_diff']:.1%} apart "
           f"({'within' if a['throughput_within_5pct'] else 'beyond'} 5%)")

@@ -89,7 +89,8 @@ def _default(field: str) -> Any:
 @click.option("--confidence", type=float, default=_default("confidence"), show_default=True,
               help="of the intervals a verdict rests on (P99s, throughput, gains)")
 @click.option("--max-extensions", type=int, default=_default("max_extensions"), show_default=True,
-              help="a load level with a P99 interval straddling its limit is measured again at most this often")
+              help="the knee's load level and the one above it are measured again at most this often while a P99 "
+                   "interval straddles its limit")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout, nothing else")
 def run(as_json: bool, **opts: Any) -> None:
     """Tune: search vLLM flags for the most throughput whose P99s stay under their limits (--p99-ms, --slo)."""
