@@ -241,6 +241,13 @@ class Measurement:
     p99_ms: Mapping[str, float]  # of each limited metric, by metric (NaN when the server did not start)
     metrics: Mapping[str, Any] = field(default_factory=dict, compare=False)  # BenchResult.to_json
     failure: str = ""  # "<failure class>: <reason>" when the server did not start
+    wall_s: float = 0.0  # server start to stop (0: not recorded); less the level's own wall, a warm restart's cost
+
+    @property
+    def restart_s(self) -> float:
+        """The server's start and stop: the wall less the level's (0 where either is unknown)."""
+        level_s = float(self.metrics.get("wall_s") or 0.0)
+        return max(0.0, self.wall_s - level_s) if self.wall_s > 0 and level_s > 0 else 0.0
 
     def over_limits(self, limits_ms: Mapping[str, float]) -> list[str]:
         """The metrics whose P99 here broke their limit (none for a failed measurement: no P99 was seen)."""
@@ -248,11 +255,12 @@ class Measurement:
 
     def to_json(self) -> dict[str, Any]:
         return json_safe({"output_tok_s": self.output_tok_s, "p99_ms": dict(self.p99_ms),
-                          "metrics": dict(self.metrics), "failure": self.failure})
+                          "metrics": dict(self.metrics), "failure": self.failure, "wall_s": self.wall_s})
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Measurement:
-        return cls(_num(data["output_tok_s"]), _floats(data["p99_ms"]), dict(data["metrics"]), str(data["failure"]))
+        return cls(_num(data["output_tok_s"]), _floats(data["p99_ms"]), dict(data["metrics"]), str(data["failure"]),
+                   float(data.get("wall_s", 0.0)))  # absent in studies recorded before it was kept
 
 
 @dataclass(frozen=True)

@@ -136,9 +136,16 @@ def _enqueue_baselines(study: optuna.Study, cfg: StudyConfig) -> None:
 
 
 def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgress, deadline: float | None,
-               cancel: threading.Event):
+               cancel: threading.Event, remeasure_baselines: bool = True):
     """One trial on the GPUs of ``slot``. Once ``cancel`` is set (the study was interrupted) a trial in flight
-    ends with what it measured: recorded as ``interrupted`` with its levels, then failed (``Stopped``)."""
+    ends with what it measured: recorded as ``interrupted`` with its levels, then failed (``Stopped``).
+
+    ``remeasure_baselines``: a baseline is a finalist whatever the search finds, so its fresh-server
+    re-measurements run right after its trial, on its slot, rather than at the end. The comparison is the same;
+    the study then knows what a re-measurement really costs (a warm restart: 55-60 s on an H200 against the first
+    start's 148 s) before it decides whether the next trial still fits with the final comparison, instead of
+    reserving the cold start's time for each of them (on the H200 that reserve left no room for a second trial
+    in 21 minutes). Off for workers: the run that owns the study does its final comparison."""
     limits_ms = cfg.settings.search.limits_ms
 
     def objective(trial: optuna.Trial) -> float:
@@ -175,6 +182,11 @@ def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgre
         for key, value in constraints.items():  # one constraint per limit
             trial.set_constraint(key, value)
         progress.trial_finished(trial.number, baseline, result)
+        if remeasure_baselines and baseline and result.feasible and cfg.repeats > 0:
+            trials = records.read_trials(trial.study)
+            [record] = [t for t in trials if t.number == trial.number]
+            cand = _with_stored_remeasurements(trial.study, _candidate(record, observed_restart_s(trial.study, trials)))
+            _remeasure(trial.study, cfg, cand, slot, deadline, progress, cancel)
         return float(result.output_tok_s)
 
     return objective
@@ -262,7 +274,7 @@ def _run_trials(study: optuna.Study, cfg: StudyConfig, progress: ThreadedProgres
             runner.give_back(slot)
             break
         launched += 1
-        objective = _objective(cfg, slot, progress, deadline, runner.cancel)
+        objective = _objective(cfg, slot, progress, deadline, runner.cancel, remeasure_baselines=not until_search_done)
         runner.start(lambda _slot, f=objective: study.optimize(f, n_trials=1, callbacks=[rules], catch=(),
                                                                gc_after_trial=False), slot)
     runner.join()
@@ -548,8 +560,9 @@ def run_worker(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
     return WorkerOutcome(cfg.study_name, rules.ran, stopped_by)
 
 
-def candidates_from_study(trials: list[TrialRecord], top_k: int) -> list[Candidate]:
-    """The ``top_k`` best feasible trials with distinct flags, and the latest finished trial of each baseline."""
+def candidates_from_study(trials: list[TrialRecord], top_k: int, restart_s: float = 0.0) -> list[Candidate]:
+    """The ``top_k`` best feasible trials with distinct flags, and the latest finished trial of each baseline.
+    ``restart_s``: a re-measurement's server start and stop as seen so far (0: none seen yet)."""
     complete = [t for t in trials if t.complete]
     feasible = sorted((t for t in complete if t.feasible), key=lambda t: -t.value)
     chosen: list[TrialRecord] = []
@@ -565,10 +578,10 @@ def candidates_from_study(trials: list[TrialRecord], top_k: int) -> list[Candida
             chosen.append(of_baseline[-1])
     if not chosen and feasible:  # --top-k 0 and no baseline finished
         chosen = feasible[:1]
-    return [_candidate(t) for t in chosen]
+    return [_candidate(t, restart_s) for t in chosen]
 
 
-def _candidate(t: TrialRecord) -> Candidate:
+def _candidate(t: TrialRecord, restart_s: float = 0.0) -> Candidate:
     r = t.result
     assert r is not None
     c = Candidate(trial_number=t.number, flags=dict(r.flags), concurrency=r.concurrency,
@@ -577,7 +590,7 @@ def _candidate(t: TrialRecord) -> Candidate:
     if not r.feasible:
         c.concurrency = None  # SLO-meeting throughput is 0: nothing to re-measure
         return c
-    c.remeasure_s = remeasure_s(r, int(r.concurrency))  # type: ignore[arg-type]
+    c.remeasure_s = remeasure_s(r, int(r.concurrency), restart_s)  # type: ignore[arg-type]
     c.lower_levels = sorted(((lv.concurrency, lv.output_tok_s, lv.p99_ms) for lv in r.levels
                              if lv.feasible and lv.concurrency < int(r.concurrency)),  # type: ignore[arg-type]
                             key=lambda level: level[0], reverse=True)
@@ -586,11 +599,20 @@ def _candidate(t: TrialRecord) -> Candidate:
     return c
 
 
-def remeasure_s(result: TrialResult, concurrency: int) -> float:
-    """Expected wall seconds of re-measuring a trial at ``concurrency``: its server start and stop as in the
-    trial, plus the level's time estimated from the trial's own levels."""
+def remeasure_s(result: TrialResult, concurrency: int, restart_s: float = 0.0) -> float:
+    """Expected wall seconds of re-measuring a trial at ``concurrency``: a server start and stop (``restart_s``,
+    the slowest seen in the study's re-measurements; before any, the trial's own), plus the level's time
+    estimated from the trial's own levels. A restart of flags already served hits vLLM's compile cache: on an
+    H200 it took 55-60 s where the trial's first start took 148 s."""
     walls = [(lv.concurrency, lv.wall_s) for lv in result.levels if lv.wall_s > 0]
-    return result.engine_wall_s + (estimate_level_s(concurrency, walls) if walls else 0.0)
+    return (restart_s or result.engine_wall_s) + (estimate_level_s(concurrency, walls) if walls else 0.0)
+
+
+def observed_restart_s(study: optuna.Study, trials: list[TrialRecord]) -> float:
+    """The slowest server start and stop among the study's re-measurements so far (0: none recorded)."""
+    seen = [m.restart_s for t in trials if (stored := records.read_remeasurement(study, t.number)) is not None
+            for m in stored.repeats]
+    return max(seen, default=0.0)
 
 
 def remeasure_reserve_s(study: optuna.Study, cfg: StudyConfig) -> float:
@@ -598,7 +620,9 @@ def remeasure_reserve_s(study: optuna.Study, cfg: StudyConfig) -> float:
     while the top-k is not full (the next trial may join it). The study's --timeout covers this stage too."""
     if cfg.repeats <= 0:
         return 0.0
-    candidates = [c for c in candidates_from_study(records.read_trials(study), cfg.top_k) if c.concurrency is not None]
+    trials = records.read_trials(study)
+    candidates = [c for c in candidates_from_study(trials, cfg.top_k, observed_restart_s(study, trials))
+                  if c.concurrency is not None]
     pending = []
     for c in candidates:
         stored = records.read_remeasurement(study, c.trial_number)
@@ -614,14 +638,11 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
     on the GPU slots (one candidate's repeats follow each other: a step-down depends on the last one).
     Re-measurements are stored on the study, so a resumed study does not pay for them twice."""
     runner = runner or _SlotRunner(cfg.gpu_slots)
-    candidates = candidates_from_study(records.read_trials(study), cfg.top_k)
+    trials = records.read_trials(study)
+    candidates = candidates_from_study(trials, cfg.top_k, observed_restart_s(study, trials))
     limits_ms = cfg.settings.search.limits_ms
     for cand in candidates:
-        stored = records.read_remeasurement(study, cand.trial_number)
-        if stored is not None:
-            for concurrency in (*stored.stepped_down_from[1:], stored.concurrency) if stored.stepped_down_from else ():
-                cand.move_to(concurrency)  # replay a resumed study's step-downs, along the path it took
-            cand.repeats = list(stored.repeats)
+        _with_stored_remeasurements(study, cand)
         if cand.concurrency is None or cfg.repeats <= 0 or len(cand.repeats) >= cfg.repeats:
             continue
         slot = runner.take_slot()
@@ -632,6 +653,17 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
     selection = select_winner(candidates, limits_ms, cfg.repeats, cfg.noise_floor, cfg.confidence)
     records.write_selection(study, selection_record(selection, limits_ms, cfg.noise_floor, cfg.confidence))
     return selection
+
+
+def _with_stored_remeasurements(study: optuna.Study, cand: Candidate) -> Candidate:
+    """``cand`` with the re-measurements the study already holds (a baseline's, made after its trial, or a resumed
+    study's), its step-downs replayed along the path they took."""
+    stored = records.read_remeasurement(study, cand.trial_number)
+    if stored is not None:
+        for concurrency in (*stored.stepped_down_from[1:], stored.concurrency) if stored.stepped_down_from else ():
+            cand.move_to(concurrency)
+        cand.repeats = list(stored.repeats)
+    return cand
 
 
 def _remeasure(study: optuna.Study, cfg: StudyConfig, cand: Candidate, slot: tuple[int, ...],
@@ -648,10 +680,11 @@ def _remeasure(study: optuna.Study, cfg: StudyConfig, cand: Candidate, slot: tup
         log_path = (cfg.out_dir / cfg.study_name / "remeasure" / f"{cand.trial_number}-c{cand.concurrency}-{i}"
                     / "server.log")
         name = f"autotune-{cfg.study_name}-{cand.trial_number}-r{i}"
+        started = time.monotonic()
         try:
             r = measure_once(settings, cand.flags, cand.concurrency, name, log_path)
             m = Measurement(r.output_tok_s, {metric: r.p99_ms(metric) for metric in limits_ms},
-                            json_safe(r.to_json()))
+                            json_safe(r.to_json()), wall_s=time.monotonic() - started)
         except EngineStartError as e:
             m = Measurement(math.nan, {metric: math.nan for metric in limits_ms},
                             failure=f"{e.failure_class}: {e}")

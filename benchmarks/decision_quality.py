@@ -47,7 +47,8 @@ TARGET_WITHIN = 0.90
 def study_config(seed: int, args: argparse.Namespace, out: Path) -> StudyConfig:
     opts = RunOptions(model="flash", gpus=1, p99_ms=args.p99_ms, engine="sim", trials=args.trials, top_k=args.top_k,
                       repeats=args.repeats, workload=args.workload, seed=seed, max_concurrency=args.max_concurrency,
-                      out=str(out), study=f"dq-{seed}", storage="sqlite:///:memory:", sim_noise="h200")
+                      out=str(out), study=f"dq-{seed}", storage="sqlite:///:memory:", sim_noise="h200",
+                      **({"max_extensions": args.max_extensions} if args.max_extensions is not None else {}))
     return build_study_config(opts)
 
 
@@ -158,6 +159,7 @@ def main() -> int:
     p.add_argument("--p99-ms", type=float, default=500.0)
     p.add_argument("--workload", default="random:1024:256:0.5")
     p.add_argument("--max-concurrency", type=int, default=256)
+    p.add_argument("--max-extensions", type=int, help="in place of autotune run's default")
     p.add_argument("--all-trials", action="store_true", help="truth also for every trial the study ran (slower)")
     p.add_argument("--json-out", help="write every seed's figures here")
     p.add_argument("--summarize", nargs="+", metavar="JSON", help="print the rates over earlier --json-out files "

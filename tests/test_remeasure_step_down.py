@@ -198,3 +198,19 @@ def test_a_stepped_down_winner_never_remeasured_reports_that_levels_search_figur
     m = profile.metrics.at_chosen_load
     assert profile.concurrency == 128 and m["concurrency"] == 128 and m["output_tok_s"] == 4500.0
     assert m["ttft_ms"]["p99"] == 350.0
+
+
+def test_the_reserve_counts_a_restart_as_seen_once_one_was_timed(tmp_path):
+    """On an H200 a re-measurement's server came up in 55-60 s where the trial's first one took 148 s: once the
+    study has timed a re-measurement, the next ones are expected to restart as slowly as the slowest seen."""
+    study = _study()
+    level_s = 181 * 0.2
+    timed = Measurement(5000.0, {"ttft": 450.0}, {"wall_s": level_s}, wall_s=60.0 + level_s)
+    assert timed.restart_s == 60.0 and Measurement(1.0, {}, {"wall_s": 5.0}).restart_s == 0.0  # untimed: unknown
+    records.write_remeasurement(study, Remeasurement(0, 181, (), (timed, timed)))
+    # the baseline is done; the next trial's candidate (top-k 1) is expected at 60 s a restart, not 130
+    assert abs(study_mod.remeasure_reserve_s(study, _cfg(tmp_path)) - 2 * (60.0 + level_s)) < 1e-9
+    stored = records.read_remeasurement(study, 0).repeats[0]
+    assert stored.wall_s == timed.wall_s
+    older = {k: v for k, v in timed.to_json().items() if k != "wall_s"}  # recorded before walls were kept
+    assert Measurement.from_json(older).wall_s == 0.0

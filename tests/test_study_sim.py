@@ -164,3 +164,33 @@ def test_several_limits_end_to_end(capsys, tmp_path):
     assert result.failure_class == "no_feasible_load"
     assert "P99 itl" in result.failure_reason and "ttft" not in result.failure_reason
     assert trial.constraints[constraint_key("ttft")] < 0 < trial.constraints[constraint_key("itl")]
+
+
+def test_a_baseline_is_remeasured_right_after_its_trial(tmp_path):
+    """The baselines are finalists whatever the search finds: their fresh-server re-measurements run before the
+    first searched trial, and the final comparison does not repeat them."""
+    from autotune.config import RunOptions, build_study_config, choose_engine
+    from autotune.progress import Progress
+    from autotune.storage import open_storage
+    from autotune.study import run_study
+
+    class Order(Progress):
+        def __init__(self) -> None:
+            self.events: list[tuple[str, int]] = []
+
+        def trial_started(self, trial, flags, baseline="") -> None:
+            self.events.append(("trial", trial))
+
+        def remeasure_started(self, trial, repeat, of, concurrency, baseline) -> None:
+            self.events.append(("remeasure", trial))
+
+    opts = RunOptions(model="flash", engine="sim", p99_ms=500, storage=f"sqlite:///{tmp_path}/s.db", study="early",
+                      trials=3, repeats=2, top_k=1, workload="random:256:32", max_concurrency=32,
+                      out=str(tmp_path / "out"))
+    cfg = build_study_config(opts, choose_engine("sim"))
+    order = Order()
+    outcome = run_study(cfg, open_storage(cfg.storage_url, exclusive=True), order)
+    assert order.events[:6] == [("trial", 0), ("remeasure", 0), ("remeasure", 0),
+                                ("trial", 1), ("remeasure", 1), ("remeasure", 1)], order.events
+    assert order.events.count(("remeasure", 0)) == 2  # not again at the end
+    assert all(len(c.repeats) == 2 for c in outcome.selection.candidates if c.concurrency is not None)

@@ -159,7 +159,7 @@ class StudyView(Progress):
         self._refresh()
 
     def remeasure_started(self, trial: int, repeat: int, of: int, concurrency: int, baseline: str) -> None:
-        self.eta = None  # the trials are over: what is left is the re-measurements
+        self.eta = None  # until the next trial's estimate: a baseline's are made right after its trial
         self.status = f"re-measuring trial {trial} ({repeat}/{of}) at concurrency {concurrency}"
         self._refresh()
 
