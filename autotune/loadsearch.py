@@ -155,7 +155,8 @@ def search_load(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig,
 
 
 def fit_levels(levels: list[LevelResult], cfg: LoadSearchConfig) -> list[LevelResult]:
-    """The levels with each limited metric's P99 fitted non-decreasing in concurrency (weighted by their measured
+    """The levels with each limited metric's P99 fitted non-decreasing in concurrency (weighted by their runs:
+    a level's P99 moves from one run to the next by the server's state, about as much whatever its number of
     requests), and each one's feasibility decided by the fits: every fitted P99 within its limit. A metric measured
     at fewer than two levels has no fit; its measured P99 stands."""
     fits: dict[str, dict[int, float]] = {}
@@ -163,7 +164,7 @@ def fit_levels(levels: list[LevelResult], cfg: LoadSearchConfig) -> list[LevelRe
         known = [lv for lv in levels if not math.isnan(lv.p99[metric].value)]
         if len(known) >= 2:
             fitted = increasing_fit([lv.concurrency for lv in known], [lv.p99[metric].value for lv in known],
-                                    [max(1, lv.result.completed) for lv in known])
+                                    [lv.runs for lv in known])
             fits[metric] = {lv.concurrency: float(f) for lv, f in zip(known, fitted)}
     out = []
     for lv in levels:

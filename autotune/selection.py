@@ -57,10 +57,10 @@ class LoadCurve:
 
     @classmethod
     def from_levels(cls, levels: list[tuple[int, float, Mapping[str, float]]],
-                    requests: list[int] | None = None) -> LoadCurve | None:
-        """From (concurrency, output tok/s, P99 by metric) levels, each weighted by its measured ``requests``
-        (equal weights without them); None with fewer than one usable level."""
-        weights = requests if requests is not None else [1] * len(levels)
+                    runs: list[int] | None = None) -> LoadCurve | None:
+        """From (concurrency, output tok/s, P99 by metric) levels, each weighted by its ``runs`` pooled (equal
+        weights without them); None with fewer than one usable level."""
+        weights = runs if runs is not None else [1] * len(levels)
         usable = sorted(((c, t, p, max(1, w)) for (c, t, p), w in zip(levels, weights)
                          if c > 0 and t > 0 and all(v > 0 and math.isfinite(v) for v in p.values())),
                         key=lambda level: level[0])

@@ -90,10 +90,10 @@ def increasing_fit(x: Sequence[float], y: Sequence[float], weights: Sequence[flo
     adjacent violators, each pool at its weighted median. A level's P99 rises with its load; a level whose P99
     came out below a lower level's (noise) is pooled with it, so no single lucky measurement decides a knee.
 
-    Least absolute deviation rather than least squares because one level can be far off: on an H200 one level of
-    456 requests had a P99 TTFT of 2,879 ms between levels of 375 and 594 ms (a stall of the server), and a
-    weighted mean pooled it with the 1,629-request level above it at 1,094 ms, setting the knee by one stall;
-    the weighted median keeps 594 ms. scipy's ``isotonic_regression`` and scikit-learn's fit least squares only.
+    Least absolute deviation rather than least squares because one level can be far off: on an H200 one level (one
+    run) had a P99 TTFT of 2,879 ms between levels of 375 and 594 ms (a stall of the server), and a mean pooled it
+    with the level above it (three runs) at 1,094 ms, setting the knee by one stall; the weighted median keeps
+    594 ms. scipy's ``isotonic_regression`` and scikit-learn's fit least squares only.
     """
     order = np.argsort(np.asarray(x, dtype=float), kind="stable")
     ys = np.asarray(y, dtype=float)[order]

@@ -595,7 +595,7 @@ def _candidate(t: TrialRecord, restart_s: float = 0.0) -> Candidate:
                              if lv.feasible and lv.concurrency < int(r.concurrency)),  # type: ignore[arg-type]
                             key=lambda level: level[0], reverse=True)
     c.curve = LoadCurve.from_levels([(lv.concurrency, lv.output_tok_s, lv.p99_ms) for lv in r.levels],
-                                  [lv.completed for lv in r.levels])
+                                  [lv.runs for lv in r.levels])
     return c
 
 

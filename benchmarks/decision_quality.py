@@ -63,7 +63,7 @@ def true_value(cfg: StudyConfig, flags: dict[str, Any], out: Path, tag: str) -> 
     if not r.feasible or r.concurrency is None:
         return 0.0
     curve = LoadCurve.from_levels([(lv.concurrency, lv.output_tok_s, lv.p99_ms) for lv in r.levels],
-                                  [lv.completed for lv in r.levels])
+                                  [lv.runs for lv in r.levels])
     assert curve is not None
     limits = cfg.settings.search.limits_ms
     return curve.at_limit_tok_s(r.concurrency, Measurement(r.output_tok_s, r.p99_ms), limits)
