@@ -311,8 +311,34 @@ def _search(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig, progre
             out: LoadSearchResult, deadline: float | None, reserve_s: float) -> None:
     levels = _Levels(measure, cfg, progress, out, deadline, reserve_s)
     _walk(levels.level, cfg, out)
-    if out.stop_reason != "requests_failed":
+    if out.stop_reason == "requests_failed":
+        return
+    # An extension can move the knee (the best level turns out over a limit): the walk then goes on below it,
+    # from the fitted knee, and the new knee is extended in turn. Each round measures at least one more run.
+    for _ in range(cfg.max_levels):
+        runs_before = sum(lv.runs for lv in out.levels)
         _extend_at_the_knee(levels, cfg)
+        _narrow_to_the_fitted_knee(levels.level, cfg, out)
+        if sum(lv.runs for lv in out.levels) == runs_before:
+            return
+
+
+def _narrow_to_the_fitted_knee(level: Callable[[int], LevelResult], cfg: LoadSearchConfig,
+                               out: LoadSearchResult) -> None:
+    """Halve down or bisect, as the walk does, between the best level by the fit and the first level above it
+    that the fit puts over a limit."""
+    fitted = fit_levels(out.levels, cfg)
+    feasible = [lv for lv in fitted if lv.feasible]
+    good = max(feasible, key=lambda lv: lv.result.output_tok_s) if feasible else None
+    floor = good.concurrency if good is not None else 0
+    bad = min((lv for lv in fitted if lv.concurrency > floor and not lv.feasible), key=lambda lv: lv.concurrency,
+              default=None)
+    if bad is None:
+        return
+    count = len(out.levels)
+    reason = _narrow(level, cfg, out, good, bad)
+    if len(out.levels) > count:
+        out.stop_reason = reason
 
 
 def _walk(level: Callable[[int], LevelResult], cfg: LoadSearchConfig, out: LoadSearchResult) -> None:
@@ -345,6 +371,13 @@ def _walk(level: Callable[[int], LevelResult], cfg: LoadSearchConfig, out: LoadS
     if bad is None:
         out.stop_reason = "max_levels"
         return
+    out.stop_reason = _narrow(level, cfg, out, good, bad)
+
+
+def _narrow(level: Callable[[int], LevelResult], cfg: LoadSearchConfig, out: LoadSearchResult,
+            good: LevelResult | None, bad: LevelResult) -> str:
+    """From a level over the limits (and the best level under them, if any): halve down until one is within
+    them, then bisect between the two. Returns the stop reason."""
     # Nothing good yet: halve down towards concurrency 1.
     while good is None and len(out.levels) < cfg.max_levels and bad.concurrency > 1:
         lv = level(max(1, bad.concurrency // 2))
@@ -353,8 +386,7 @@ def _walk(level: Callable[[int], LevelResult], cfg: LoadSearchConfig, out: LoadS
         else:
             bad = lv
     if good is None:
-        out.stop_reason = "infeasible"
-        return
+        return "infeasible"
     # Bisect between the last good and the first bad level (geometric midpoint).
     while len(out.levels) < cfg.max_levels and bad.concurrency / good.concurrency >= cfg.min_bisect_ratio \
             and bad.concurrency - good.concurrency > 1:
@@ -365,4 +397,4 @@ def _walk(level: Callable[[int], LevelResult], cfg: LoadSearchConfig, out: LoadS
             good = lv
         else:
             bad = lv
-    out.stop_reason = "limit"
+    return "limit"

@@ -291,3 +291,25 @@ def test_an_extension_that_would_end_after_the_deadline_does_not_start():
                            p99_run_cv={"ttft": 0.172})
     res = search_load(measure, cfg, deadline=time_module.monotonic() + 0.08)
     assert calls == [32] and res.levels[0].runs == 1 and res.best is not None
+
+
+def test_a_knee_that_an_extension_breaks_sends_the_search_below_it():
+    """The walk took the top level on its first run (290 ms, straddling 300 ms); its extension pooled to 400 ms,
+    over the limit. The search goes on below it instead of ending with no level within the limit."""
+    calls: list[int] = []
+
+    def measure(c: int):
+        calls.append(c)
+        if c == 64:
+            p99_ms = 290.0 if calls.count(64) == 1 else 400.0
+        else:
+            p99_ms = 100.0 if c <= 40 else 350.0
+        return _ttft_level([p99_ms] * 400, c)
+
+    cfg = LoadSearchConfig(limits_ms={"ttft": 300}, start_concurrency=64, max_concurrency=64, max_extensions=1,
+                           p99_run_cv={"ttft": 0.172})
+    res = search_load(measure, cfg)
+    runs = {lv.concurrency: lv.runs for lv in res.levels}
+    assert runs[64] == 2 and calls[:2] == [64, 64]
+    assert res.best is not None and res.best.concurrency <= 40 and res.stop_reason == "limit", runs
+    assert not any(lv.feasible for lv in res.levels if lv.concurrency > 40)
