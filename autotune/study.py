@@ -159,15 +159,11 @@ def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgre
         name = f"autotune-{cfg.study_name}-{trial.number}"
         progress.trial_started(trial.number, flags, baseline)
         trials = records.read_trials(trial.study)
-        # a served engine's first trial starts near the sim's prediction: seconds of CPU against minutes of GPU
-        prior = sim_predicted_knee(cfg.settings, flags) if not runs_in_process(cfg.settings) and not any(
-            t.feasible for t in trials) else None
-        start_c = start_concurrency(trials, cfg.settings.search.start_concurrency, prior)
-        settings = replace(cfg.settings, gpu_ids=slot, search=replace(cfg.settings.search, start_concurrency=start_c),
+        settings = replace(cfg.settings, gpu_ids=slot,
                            sim_fault=cfg.sim_fault.for_trial(trial.number) if cfg.sim_fault else "")
         started = time.perf_counter()
         result = run_trial(settings, flags, name, trial_dir / "server.log", progress.for_trial(trial.number), deadline,
-                           cancel)
+                           cancel, _start_concurrency(cfg.settings, flags, trials))
         result = replace(result, trial_wall_s=time.perf_counter() - started)
         if cancel.is_set() and (result.stop_reason == "interrupted" or result.failure_class):
             records.write_trial_result(trial, replace(
@@ -296,6 +292,32 @@ def _failing_interrupted(study: optuna.Study, storage: optuna.storages.BaseStora
             if t.number not in before:
                 storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)  # noqa: SLF001 - its id
         raise
+
+
+def _start_concurrency(settings: TrialSettings, flags: dict[str, Any],
+                       trials: list[TrialRecord]) -> Callable[[], int]:
+    """Where the trial's load search starts (:func:`start_concurrency`), as a callable the trial asks once its server
+    is ready. A served engine's first trial starts near the sim's prediction, computed on a thread while the engine
+    starts: seconds to a minute of CPU (an image workload), which the engine's minutes of start-up hide. A daemon
+    thread, so that an interrupted study does not wait for it."""
+    default = settings.search.start_concurrency
+    if runs_in_process(settings) or any(t.feasible for t in trials):
+        return lambda: start_concurrency(trials, default)
+    predicted: list[int | None] = []
+
+    def predict() -> None:
+        try:
+            predicted.append(sim_predicted_knee(settings, flags))
+        except Exception:  # noqa: BLE001 - advisory: without a prediction the search starts at the default
+            predicted.append(None)
+
+    thread = threading.Thread(target=predict, name="autotune-prior", daemon=True)
+    thread.start()
+
+    def start_at() -> int:
+        thread.join()
+        return start_concurrency(trials, default, predicted[0] if predicted else None)
+    return start_at
 
 
 def start_concurrency(trials: list[TrialRecord], default: int, predicted_knee: int | None = None) -> int:

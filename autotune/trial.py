@@ -13,6 +13,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -158,11 +159,14 @@ def _measure_fn(settings: TrialSettings, server: EngineServer | InProcessSim, na
 
 def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, log_path: Path,
               progress: Progress = NULL_PROGRESS, deadline: float | None = None,
-              cancel: threading.Event | None = None) -> TrialResult:
+              cancel: threading.Event | None = None,
+              start_concurrency: Callable[[], int] | None = None) -> TrialResult:
     """Check memory, launch, search the load, tear down. Never raises for engine or load failures.
     ``deadline`` (``time.monotonic()``): no load level starts that would end after it, teardown included.
     ``cancel`` set (the study was interrupted): the search ends with the levels measured so far
-    (``stop_reason`` "interrupted"); the caller decides what an interrupted trial is."""
+    (``stop_reason`` "interrupted"); the caller decides what an interrupted trial is.
+    ``start_concurrency``: asked once the server is ready, where the load search starts (in place of the
+    settings'): a prediction computed while the engine starts costs the trial no time."""
     plan = plan_memory(settings.model, settings.gpu, flags)
     out = TrialResult(flags=flags, feasible=False, output_tok_s=0.0, concurrency=None,
                       memory=plan.as_dict(), log_path=str(log_path))
@@ -186,7 +190,8 @@ def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, 
             out = replace(out, startup=startup)
             engine_ready = time.perf_counter()
             cfg = replace(settings.search,
-                          max_concurrency=min(settings.search.max_concurrency, _concurrency_ceiling(flags)))
+                          max_concurrency=min(settings.search.max_concurrency, _concurrency_ceiling(flags)),
+                          **({"start_concurrency": start_concurrency()} if start_concurrency else {}))
             measure = _measure_fn(settings, server, served_name, log_path.parent / "levels", cancel)
             result = search_load(measure, cfg, progress, deadline,
                                  reserve_s=TEARDOWN_RESERVE_S.get(settings.engine, 30.0))
