@@ -3,11 +3,11 @@
 # GPU (issue #16, item 5): do both copies reach the same verdict, and the winner's throughput at the limit
 # within 5%? Each copy: real vLLM on the weightless model, its own storage and output folder, the study's
 # --timeout as its whole GPU budget. Summarise with benchmarks/reproducibility_table.py DIR.
-#   METRIC=ttft LIMIT=500 TIMEOUT=22m bash benchmarks/gpu/reproducibility.sh start [DIR]   # returns at once
+#   METRIC=ttft LIMIT=500 TIMEOUT=25m bash benchmarks/gpu/reproducibility.sh start [DIR]   # returns at once
 #   bash benchmarks/gpu/reproducibility.sh status [DIR]
 set -uo pipefail
 dir=${2:-/tmp/repro}; progress=progress.txt; status_lines=4
-metric=${METRIC:-ttft}; limit=${LIMIT:-500}; timeout=${TIMEOUT:-22m}
+metric=${METRIC:-ttft}; limit=${LIMIT:-500}; timeout=${TIMEOUT:-25m}
 job_vars="metric limit timeout"
 job() {
   date +%s > "$dir/t0"
