@@ -5,7 +5,7 @@ decorator (click commands, pydantic validators) are in the test's IGNORE_DECORAT
 # ruff: noqa
 # mypy: ignore-errors
 
-# click calls ParamType.convert for every option of that type (cli/common.py DurationType).
+# click calls ParamType.convert for every option of that type (cli/common.py ParsedType).
 _.convert
 
 # pydantic reads a model's class-level configuration (space.py ParamSpec, _SpaceFile).

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from autotune.cli.common import LimitsType, echo_json
+from autotune.cli.common import LIMITS, echo_json
 from autotune.errors import AutotuneError, UsageError
 from autotune.metrics import LATENCY_METRICS, BenchResult
 
@@ -31,7 +31,7 @@ __all__ = ["bench", "commands"]
               help="Spread the first wave's starts over this many seconds (closed loop).")
 @click.option("--endpoint", type=click.Choice(["auto", "completions", "chat"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Workload and arrival seed.")
-@click.option("--slo", type=LimitsType(), default=None, help="Goodput limits in ms, e.g. ttft=500,tpot=50")
+@click.option("--slo", type=LIMITS, default=None, help="Goodput limits in ms, e.g. ttft=500,tpot=50")
 @click.option("--scrape-metrics", is_flag=True, help="Scrape the server's Prometheus /metrics during the run.")
 @click.option("--tokenizer", default=None, help="Local tokenizer folder for exact-length text prompts.")
 @click.option("--timeout-s", "request_timeout_s", type=float, default=600.0, show_default=True,

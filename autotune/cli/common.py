@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
@@ -15,7 +16,7 @@ from autotune.metrics import LATENCY_METRICS
 
 OptionsT = TypeVar("OptionsT", bound=pydantic.BaseModel)
 
-__all__ = ["echo_json", "json_safe", "parse_duration_s", "DurationType", "parse_limits_ms", "LimitsType",
+__all__ = ["echo_json", "json_safe", "parse_duration_s", "parse_limits_ms", "DURATION", "LIMITS", "ParsedType",
            "options_from_click"]
 
 
@@ -41,18 +42,6 @@ def parse_duration_s(text: str) -> float:
     return value
 
 
-class DurationType(click.ParamType):
-    name = "DURATION"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        try:
-            return parse_duration_s(str(value))
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
 def parse_limits_ms(text: str) -> dict[str, float]:
     """``ttft=500,itl=50`` -> {"ttft": 500.0, "itl": 50.0}: latency limits in milliseconds, in the order given.
     A metric may carry the ``_ms`` suffix (``ttft_ms=500``). Raises ValueError with a one-line reason."""
@@ -74,18 +63,24 @@ def parse_limits_ms(text: str) -> dict[str, float]:
     return limits
 
 
-class LimitsType(click.ParamType):
-    """``--slo ttft=500,itl=50``: see :func:`parse_limits_ms`."""
+class ParsedType(click.ParamType):
+    """An option read by one of the core's parsers: its one-line ValueError or UsageError is click's usage error.
+    A value already parsed (a default given as the parsed type) passes through."""
 
-    name = "METRIC=MS[,METRIC=MS...]"
+    def __init__(self, name: str, parse: Callable[[str], Any], parsed: type | tuple[type, ...]) -> None:
+        self.name, self.parse, self.parsed = name, parse, parsed
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dict[str, float]:
-        if isinstance(value, dict):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, self.parsed):
             return value
         try:
-            return parse_limits_ms(str(value))
-        except ValueError as e:
+            return self.parse(str(value))
+        except (ValueError, UsageError) as e:
             self.fail(str(e), param, ctx)
+
+
+DURATION = ParsedType("DURATION", parse_duration_s, (int, float))  # --timeout 9m, 2h, 90s or seconds
+LIMITS = ParsedType("METRIC=MS[,METRIC=MS...]", parse_limits_ms, dict)  # --slo ttft=500,itl=50
 
 
 def options_from_click(model: type[OptionsT], opts: dict[str, Any], renamed: dict[str, str]) -> OptionsT:

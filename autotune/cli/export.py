@@ -6,9 +6,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from autotune.cli.common import echo_json
+from autotune.cli.common import ParsedType, echo_json
 from autotune.deploy import FORMATS, parse_formats
-from autotune.errors import UsageError
 from autotune.export import export_study
 from autotune.storage import DEFAULT_STORAGE, load_study, open_storage_readonly
 from autotune.winner import read_study
@@ -16,23 +15,11 @@ from autotune.winner import read_study
 __all__ = ["commands"]
 
 
-class FormatsType(click.ParamType):
-    name = "FORMAT[,FORMAT...]"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> list[str]:
-        if isinstance(value, list):
-            return value
-        try:
-            return parse_formats(str(value))
-        except UsageError as e:
-            self.fail(str(e), param, ctx)
-
-
 @click.command("export")
 @click.option("--study", "study_name", required=True)
 @click.option("--to", "to", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="folder in a git work tree (created when missing)")
-@click.option("--format", "formats", type=FormatsType(), default=",".join(FORMATS), show_default=True,
+@click.option("--format", "formats", type=ParsedType("FORMAT[,FORMAT...]", parse_formats, list), default=",".join(FORMATS), show_default=True,
               help="which files to write")
 @click.option("--commit", is_flag=True, help="commit the files, alone, with the gain over the baselines as message")
 @click.option("--force", is_flag=True, help="replace a file that exists with other contents")

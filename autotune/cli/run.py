@@ -7,7 +7,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from autotune.cli.common import DurationType, LimitsType, echo_json, options_from_click
+from autotune.cli.common import DURATION, LIMITS, echo_json, options_from_click
 from autotune.config import DEFAULT_P99_METRIC, RunOptions, build_study_config, choose_engine
 from autotune.errors import NoFeasibleConfigError
 from autotune.metrics import LATENCY_METRICS, describe_limits
@@ -32,14 +32,14 @@ def _default(field: str) -> Any:
               help=f"P99 latency limit in ms on --p99-metric (default {DEFAULT_P99_METRIC})")
 @click.option("--p99-metric", type=click.Choice(LATENCY_METRICS), default=None,
               help=f"the metric --p99-ms limits  [default: {DEFAULT_P99_METRIC}]")
-@click.option("--slo", type=LimitsType(), default=None,
+@click.option("--slo", type=LIMITS, default=None,
               help="several P99 limits in ms, every one must hold, e.g. ttft=500,itl=50; beside --p99-ms, one more "
                    "limit each (a metric may be limited once)")
 @click.option("--engine", type=click.Choice(["auto", "vllm", "sim"]), default=_default("engine"), show_default=True)
 @click.option("--gpu-type", default=None, help="card to model with the sim engine (h100, h200); auto on a real GPU")
 @click.option("--trials", type=int, default=_default("trials"), show_default=True,
               help="trials to run in this invocation (a resumed study adds to its earlier trials)")
-@click.option("--timeout", type=DurationType(), default=None, help="end by this long (9m, 2h), re-measurement included")
+@click.option("--timeout", type=DURATION, default=None, help="end by this long (9m, 2h), re-measurement included")
 @click.option("--study", default=None, help="study name (default: from model, GPUs and limit); reuse it to resume")
 @click.option("--storage", default=None, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
 @click.option("--space", type=click.Path(dir_okay=False), default=None, help="search space YAML")
@@ -70,9 +70,9 @@ def _default(field: str) -> Any:
 @click.option("--max-concurrency", type=int, default=_default("max_concurrency"), show_default=True)
 @click.option("--prompts-per-level", type=float, default=_default("prompts_per_level"), show_default=True,
               help="measured prompts per load level, as a multiple of its concurrency")
-@click.option("--startup-timeout", type=DurationType(), default=_default("startup_timeout_s"), show_default=True,
+@click.option("--startup-timeout", type=DURATION, default=_default("startup_timeout_s"), show_default=True,
               help="seconds a server may take to start")
-@click.option("--request-timeout", type=DurationType(), default=_default("request_timeout_s"), show_default=True,
+@click.option("--request-timeout", type=DURATION, default=_default("request_timeout_s"), show_default=True,
               help="seconds a load request may take before it counts as failed")
 @click.option("--parallel", type=int, default=None,
               help="trials at once, each on its own --gpus GPUs and port (default: as many as the visible GPUs allow)")

@@ -7,7 +7,7 @@ import click
 from rich.console import Console
 
 from autotune import records
-from autotune.cli.common import DurationType, echo_json
+from autotune.cli.common import DURATION, echo_json
 from autotune.config import build_study_config, choose_engine, worker_options
 from autotune.storage import load_study, open_storage, redact_url
 from autotune.study import run_worker
@@ -21,7 +21,7 @@ __all__ = ["commands", "worker"]
 @click.option("--trials", type=int, default=None,
               help="at most this many trials (default 20, as for `autotune run`); a worker also stops once the run has "
                    "moved on to its final comparison")
-@click.option("--timeout", type=DurationType(), default=None, help="start no trial that would end after this long")
+@click.option("--timeout", type=DURATION, default=None, help="start no trial that would end after this long")
 @click.option("--parallel", type=int, default=None, help="trials at once on this machine (default: as its GPUs allow)")
 @click.option("--gpu-ids", default=None, metavar="0,1,...", help="the GPUs this worker may use")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="folder for this worker's trial logs")
