@@ -263,9 +263,9 @@ class _Levels:
             raise _OutOfTime
         return self._run(c)
 
-    def extend(self, lv: LevelResult) -> LevelResult:
-        """``lv`` measured once more, its runs pooled; it keeps its place among the levels."""
-        return self._run(lv.concurrency)
+    def extend(self, c: int) -> LevelResult:
+        """The level at ``c`` measured once more, its runs pooled; it keeps its place among the levels."""
+        return self._run(c)
 
     def _run(self, c: int) -> LevelResult:
         started = time.monotonic()
@@ -295,16 +295,16 @@ def _extend_at_the_knee(levels: _Levels, cfg: LoadSearchConfig) -> None:
     over its neighbours already steadies. Each level gets at most ``max_extensions`` more runs; none starts that
     would end after the deadline."""
     for _ in range(2 * cfg.max_extensions):
-        fitted = fit_levels(levels.out.levels, cfg)
-        feasible = [lv for lv in fitted if lv.feasible]
-        best = max(feasible, key=lambda lv: lv.result.output_tok_s) if feasible else None
+        fitted = LoadSearchResult(fit_levels(levels.out.levels, cfg))
+        best = fitted.best
         floor = best.concurrency if best is not None else 0
-        above = min((lv for lv in fitted if lv.concurrency > floor), key=lambda lv: lv.concurrency, default=None)
+        above = min((lv for lv in fitted.levels if lv.concurrency > floor), key=lambda lv: lv.concurrency,
+                    default=None)
         undecided = [lv for lv in (best, above) if lv is not None and lv.runs <= cfg.max_extensions
                      and _usable(lv.result, cfg) and _within_limits(lv.p99, cfg.limits_ms) is None]
         if not undecided or not levels.fits_in_time(undecided[0].concurrency):
             return
-        levels.extend(levels.level(undecided[0].concurrency))
+        levels.extend(undecided[0].concurrency)
 
 
 def _search(measure: Callable[[int], BenchResult], cfg: LoadSearchConfig, progress: Progress,
@@ -327,12 +327,11 @@ def _narrow_to_the_fitted_knee(level: Callable[[int], LevelResult], cfg: LoadSea
                                out: LoadSearchResult) -> None:
     """Halve down or bisect, as the walk does, between the best level by the fit and the first level above it
     that the fit puts over a limit."""
-    fitted = fit_levels(out.levels, cfg)
-    feasible = [lv for lv in fitted if lv.feasible]
-    good = max(feasible, key=lambda lv: lv.result.output_tok_s) if feasible else None
+    fitted = LoadSearchResult(fit_levels(out.levels, cfg))
+    good = fitted.best
     floor = good.concurrency if good is not None else 0
-    bad = min((lv for lv in fitted if lv.concurrency > floor and not lv.feasible), key=lambda lv: lv.concurrency,
-              default=None)
+    bad = min((lv for lv in fitted.levels if lv.concurrency > floor and not lv.feasible),
+              key=lambda lv: lv.concurrency, default=None)
     if bad is None:
         return
     count = len(out.levels)

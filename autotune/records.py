@@ -34,7 +34,7 @@ __all__ = [
     "queued_baseline", "write_trial_result", "trial_result_attrs", "finished_trial_attrs", "replayed_attrs",
     "read_trial", "read_trials", "read_remeasurement", "write_remeasurement", "read_selection", "write_selection",
     "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
-    "read_run_options", "write_run", "read_runs",
+    "read_run_options", "write_run", "read_runs", "read_remeasurements",
 ]
 
 # Stored with the fingerprint. A study written by another version of these records is refused on resume
@@ -482,6 +482,11 @@ def read_trials(study: optuna.Study) -> list[TrialRecord]:
 def read_remeasurement(study: optuna.Study, trial_number: int) -> Remeasurement | None:
     data = study.user_attrs.get(f"{_REMEASURE_PREFIX}{trial_number}")
     return Remeasurement.from_json(data) if data is not None else None
+
+
+def read_remeasurements(study: optuna.Study) -> list[Remeasurement]:
+    """Every candidate's re-measurements the study holds (one read of its attributes)."""
+    return [Remeasurement.from_json(data) for key, data in study.user_attrs.items() if key.startswith(_REMEASURE_PREFIX)]
 
 
 def write_remeasurement(study: optuna.Study, record: Remeasurement) -> None:

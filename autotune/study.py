@@ -181,7 +181,7 @@ def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgre
         if remeasure_baselines and baseline and result.feasible and cfg.repeats > 0:
             trials = records.read_trials(trial.study)
             [record] = [t for t in trials if t.number == trial.number]
-            cand = _with_stored_remeasurements(trial.study, _candidate(record, observed_restart_s(trial.study, trials)))
+            cand = _with_stored_remeasurements(trial.study, _candidate(record, observed_restart_s(trial.study)))
             _remeasure(trial.study, cfg, cand, slot, deadline, progress, cancel)
         return float(result.output_tok_s)
 
@@ -630,11 +630,9 @@ def remeasure_s(result: TrialResult, concurrency: int, restart_s: float = 0.0) -
     return (restart_s or result.engine_wall_s) + (estimate_level_s(concurrency, walls) if walls else 0.0)
 
 
-def observed_restart_s(study: optuna.Study, trials: list[TrialRecord]) -> float:
+def observed_restart_s(study: optuna.Study) -> float:
     """The slowest server start and stop among the study's re-measurements so far (0: none recorded)."""
-    seen = [m.restart_s for t in trials if (stored := records.read_remeasurement(study, t.number)) is not None
-            for m in stored.repeats]
-    return max(seen, default=0.0)
+    return max((m.restart_s for stored in records.read_remeasurements(study) for m in stored.repeats), default=0.0)
 
 
 def remeasure_reserve_s(study: optuna.Study, cfg: StudyConfig) -> float:
@@ -643,7 +641,7 @@ def remeasure_reserve_s(study: optuna.Study, cfg: StudyConfig) -> float:
     if cfg.repeats <= 0:
         return 0.0
     trials = records.read_trials(study)
-    candidates = [c for c in candidates_from_study(trials, cfg.top_k, observed_restart_s(study, trials))
+    candidates = [c for c in candidates_from_study(trials, cfg.top_k, observed_restart_s(study))
                   if c.concurrency is not None]
     pending = []
     for c in candidates:
@@ -661,7 +659,7 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
     Re-measurements are stored on the study, so a resumed study does not pay for them twice."""
     runner = runner or _SlotRunner(cfg.gpu_slots)
     trials = records.read_trials(study)
-    candidates = candidates_from_study(trials, cfg.top_k, observed_restart_s(study, trials))
+    candidates = candidates_from_study(trials, cfg.top_k, observed_restart_s(study))
     limits_ms = cfg.settings.search.limits_ms
     for cand in candidates:
         _with_stored_remeasurements(study, cand)
