@@ -142,7 +142,7 @@ def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgre
 
     ``remeasure_baselines``: a baseline is a finalist whatever the search finds, so its fresh-server
     re-measurements run right after its trial, on its slot, rather than at the end. The comparison is the same;
-    the study then knows what a re-measurement really costs (a warm restart: 55-60 s on an H200 against the first
+    the study then knows what a re-measurement really costs (a warm restart: 55-78 s on an H200 against the first
     start's 148 s) before it decides whether the next trial still fits with the final comparison, instead of
     reserving the cold start's time for each of them (on the H200 that reserve left no room for a second trial
     in 21 minutes). Off for workers: the run that owns the study does its final comparison."""
@@ -625,7 +625,7 @@ def remeasure_s(result: TrialResult, concurrency: int, restart_s: float = 0.0) -
     """Expected wall seconds of re-measuring a trial at ``concurrency``: a server start and stop (``restart_s``,
     the slowest seen in the study's re-measurements; before any, the trial's own), plus the level's time
     estimated from the trial's own levels. A restart of flags already served hits vLLM's compile cache: on an
-    H200 it took 55-60 s where the trial's first start took 148 s."""
+    H200 it took 55-78 s where the trial's first start took 148 s."""
     walls = [(lv.concurrency, lv.wall_s) for lv in result.levels if lv.wall_s > 0]
     return (restart_s or result.engine_wall_s) + (estimate_level_s(concurrency, walls) if walls else 0.0)
 
