@@ -19,7 +19,6 @@ def fake_server(capacity_tok_s: float, base_ttft_s: float, knee: int):
         ttft = base_ttft_s * (1 + max(0, c - knee) / 8)
         outs = [RequestOutput(True, 100, 100, ttft, (0.01,) * 99, ttft + 1.0, start_s=i * 0.01) for i in range(50)]
         r = summarize(outs, duration_s=1.0)
-        from dataclasses import replace
         return replace(r, output_tok_s=tput)
     return measure, calls
 
@@ -105,7 +104,6 @@ def test_level_time_estimate_takes_the_tightest_bound():
 
 def _ttft_level(ttft_ms: list[float], c: int):
     """A level at concurrency ``c`` whose requests had these TTFTs; throughput grows with ``c`` (no saturation)."""
-    from dataclasses import replace
     outs = [RequestOutput(True, 100, 100, t / 1000.0, (0.01,) * 99, t / 1000.0 + 1.0, start_s=i * 0.05)
             for i, t in enumerate(ttft_ms)]
     return replace(summarize(outs, duration_s=10.0), output_tok_s=100.0 * c)
@@ -153,7 +151,6 @@ def test_the_knee_comes_from_all_levels_not_a_lucky_one():
 # -- several limits at once ----------------------------------------------------------------------------------------
 def _level(c: int, ttft_ms: list[float], itl_ms: list[float]):
     """A level at concurrency ``c``: request i has TTFT ttft_ms[i] and 20 gaps of itl_ms[i]."""
-    from dataclasses import replace
     outs = [RequestOutput(True, 100, 21, t / 1000.0, (g / 1000.0,) * 20, (t + 20 * g) / 1000.0, start_s=i * 0.05)
             for i, (t, g) in enumerate(zip(ttft_ms, itl_ms))]
     return replace(summarize(outs, duration_s=10.0), output_tok_s=100.0 * c)
