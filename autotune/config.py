@@ -72,7 +72,7 @@ class RunOptions(BaseModel):
     out: str | None = None
     seed: int = 0
     top_k: int = Field(3, ge=0)
-    repeats: int = Field(2, ge=0)
+    repeats: int = Field(1, ge=0)
     patience: int = Field(12, ge=0)
     load_format: str | None = None
     set_flags: tuple[str, ...] = ()  # FLAG=VALUE

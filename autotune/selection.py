@@ -3,7 +3,13 @@
 
 The finalists (the top trials and both baselines) are re-measured ``repeats`` times each on fresh servers, with
 the same step-down rule. Only finalists measured that way are ranked: one cut short by the deadline is named
-*unconfirmed* and no claim rests on it.
+*unconfirmed* and no claim rests on it. A trial's own server was fresh too: its chosen level, carried to the
+knee like a re-measurement, counts as the first of the finalist's runs. So every finalist is judged by
+1 + ``repeats`` fresh-server runs, and on an H200, where a restart and one level cost about 95 s, one
+re-measurement each (the default) buys what two did before at half the GPU time. The price is the winner's
+curse: the top trials were chosen for their search figures, so theirs are optimistic where a baseline's are not.
+The decision benchmark measured it (docs/results/decision-quality.md): with ``repeats`` 1 no false gain claim in
+the knee-bound setup, with ``repeats`` 2 (three runs, narrower intervals) one.
 
 **What is compared: throughput at the limit, one estimate per fresh-server run.** Finalists settle at different
 loads (their knees differ, and a noisy re-measurement steps one down), so their throughputs at those loads are
@@ -136,6 +142,10 @@ class Candidate:
     stepped_down_from: list[int] = field(default_factory=list)
     remeasure_s: float = 0.0  # expected wall seconds of one re-measurement (server start and stop, one level)
     curve: LoadCurve | None = None  # the trial's levels, for carrying a run to its knee (None: taken as measured)
+    # The trial's own fresh server, as the search left it: (concurrency, output tok/s, P99s) of the chosen level.
+    # Counted in the comparison as the first of the finalist's fresh-server runs (see the module). Not moved by
+    # a step-down: it is carried to the knee from its own load.
+    search_level: tuple[int, float, Mapping[str, float]] | None = None
 
     def step_down(self, min_bisect_ratio: float = 1.2) -> bool:
         """Move below a level whose re-measurement broke a limit: to the geometric midpoint between it and the
@@ -184,10 +194,17 @@ class Candidate:
         return tok_s_stats([m.output_tok_s for m in self._measured()], noise_floor, confidence)
 
     def at_limit_tok_s(self, limits_ms: Mapping[str, float]) -> list[float]:
-        """Each measurement's throughput carried to its own knee along the trial's load curve (see the module)."""
-        if self.curve is None or self.concurrency is None:
+        """What the comparison counts: the trial's own run (its chosen level) and each fresh-server re-measurement,
+        each carried to its own knee along the trial's load curve (see the module)."""
+        if self.concurrency is None:
+            return []
+        if self.curve is None:
             return [m.output_tok_s for m in self._measured()]
-        return [self.curve.at_limit_tok_s(self.concurrency, m, limits_ms) for m in self._measured()]
+        values = [self.curve.at_limit_tok_s(self.concurrency, m, limits_ms) for m in self._measured()]
+        if self.repeats and self.search_level is not None:
+            concurrency, output_tok_s, p99_ms = self.search_level
+            values.insert(0, self.curve.at_limit_tok_s(concurrency, Measurement(output_tok_s, p99_ms), limits_ms))
+        return values
 
     def at_limit_mean_tok_s(self, limits_ms: Mapping[str, float]) -> float:
         values = [v for v in self.at_limit_tok_s(limits_ms) if math.isfinite(v)]
@@ -207,8 +224,8 @@ class Candidate:
         return [m for m in self.measurements() if not math.isnan(m.output_tok_s)]
 
     def confirmed(self, repeats: int) -> bool:
-        """Measured as every finalist must be: ``repeats`` fresh-server measurements at its final load (with
-        ``repeats`` 0: the search's own figure)."""
+        """Measured as every finalist must be: its trial's own run and ``repeats`` fresh-server measurements at its
+        final load (with ``repeats`` 0: the trial's run alone)."""
         return self.concurrency is not None and (len(self.repeats) >= repeats if repeats > 0 else True)
 
     def meets(self, limits_ms: Mapping[str, float]) -> bool:

@@ -617,6 +617,7 @@ def _candidate(t: TrialRecord, restart_s: float = 0.0) -> Candidate:
         c.concurrency = None  # SLO-meeting throughput is 0: nothing to re-measure
         return c
     c.remeasure_s = remeasure_s(r, int(r.concurrency), restart_s)  # type: ignore[arg-type]
+    c.search_level = (int(r.concurrency), r.output_tok_s, dict(r.p99_ms))  # type: ignore[arg-type]
     c.lower_levels = sorted(((lv.concurrency, lv.output_tok_s, lv.p99_ms) for lv in r.levels
                              if lv.feasible and lv.concurrency < int(r.concurrency)),  # type: ignore[arg-type]
                             key=lambda level: level[0], reverse=True)

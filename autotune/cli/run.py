@@ -52,7 +52,7 @@ def _default(field: str) -> Any:
 @click.option("--top-k", type=int, default=_default("top_k"), show_default=True,
               help="candidates re-measured at the end (baselines always are)")
 @click.option("--repeats", type=int, default=_default("repeats"), show_default=True,
-              help="fresh-server re-measurements per candidate (0: keep the search's figures)")
+              help="fresh-server re-measurements per finalist, beside its own trial's run (0: the search's figures alone)")
 @click.option("--patience", type=int, default=_default("patience"), show_default=True,
               help="stop after this many trials without a 1% gain (0: never)")
 @click.option("--load-format", default=None, help="vLLM --load-format for every trial (dummy: tune a model's "
