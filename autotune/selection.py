@@ -18,7 +18,9 @@ not comparable: at an H200's run-to-run P99 TTFT spread (17%) a baseline stepped
 throughput is therefore carried to that run's own knee along the trial's load curve: the search's levels, made
 non-decreasing in P99 and throughput, are shifted by the run's P99 over the curve's P99 at its load (a server's
 latency moves as a whole from one start to the next), and the shifted curve's crossing of the limit, within the
-loads the search measured, is the run's knee. So a run whose P99 came out high carries its throughput lower,
+loads the search measured, is the run's knee (a run already over the limit at the lowest of them is carried below
+it along the first rising segment, at most to half that load: a trial that started at the best knee so far may
+have measured nothing below its chosen level). So a run whose P99 came out high carries its throughput lower,
 and the spread of the knees joins the spread of the throughputs in the comparison.
 
 **The gain's interval: Student's t on logs with the run-to-run spread pooled over the finalists.** Two or three
@@ -79,8 +81,9 @@ class LoadCurve:
 
     def at_limit_tok_s(self, concurrency: int, run: Measurement, limits_ms: Mapping[str, float]) -> float:
         """The run's throughput carried to its own knee: the load where the curve of every limited metric,
-        shifted by the run's P99 over the curve's at ``concurrency``, meets its limit (no further than the
-        loads searched), and the throughput curve's ratio between that load and ``concurrency``."""
+        shifted by the run's P99 over the curve's at ``concurrency``, meets its limit (no higher than the
+        loads searched; below them, see :func:`_last_crossing`), and the throughput curve's ratio between that load
+        and ``concurrency``."""
         x_run = math.log(concurrency)
         x_knee = self.log_concurrency[-1]
         for metric, limit in limits_ms.items():
@@ -90,17 +93,35 @@ class LoadCurve:
             curve = self.log_p99_ms[metric]
             shifted = curve + (math.log(p99) - float(np.interp(x_run, self.log_concurrency, curve)))
             x_knee = min(x_knee, _last_crossing(self.log_concurrency, shifted, math.log(limit)))
-        ratio = np.interp(x_knee, self.log_concurrency, self.log_output_tok_s) - \
-            np.interp(x_run, self.log_concurrency, self.log_output_tok_s)
+        ratio = _interp_below(x_knee, self.log_concurrency, self.log_output_tok_s) - \
+            _interp_below(x_run, self.log_concurrency, self.log_output_tok_s)
         return run.output_tok_s * math.exp(float(ratio))
 
 
+# How far below its lowest searched load a run over the limit there is carried: one step of the search's growth.
+# A trial that started at the best knee so far may have no level below its chosen one, and a fresh server's run
+# over the limit there still has a knee, a little lower (the first segment's slope tells how much lower).
+_MAX_LOG_BELOW = math.log(2.0)
+
+
+def _interp_below(x_query: float, x: np.ndarray, y: np.ndarray) -> float:
+    """Piecewise-linear y at ``x_query``, continued below x0 along the first segment (flat with a single point)."""
+    if x_query >= x[0] or x.size < 2:
+        return float(np.interp(x_query, x, y))
+    return float(y[0] - (x[0] - x_query) * (y[1] - y[0]) / (x[1] - x[0]))
+
+
 def _last_crossing(x: np.ndarray, y: np.ndarray, y_limit: float) -> float:
-    """The largest x where the non-decreasing piecewise-linear y(x) is at most ``y_limit``, within [x0, x-1]."""
+    """The largest x where the non-decreasing piecewise-linear y(x) is at most ``y_limit``, within [x0, x-1];
+    where y0 is already over it, continued below x0 along the first rising segment, at most ``_MAX_LOG_BELOW``."""
     if y[-1] <= y_limit:
         return float(x[-1])
     if y[0] > y_limit:
-        return float(x[0])
+        rising = np.nonzero(y > y[0])[0]
+        if rising.size == 0:
+            return float(x[0])
+        slope = (y[rising[0]] - y[0]) / (x[rising[0]] - x[0])
+        return float(max(x[0] - _MAX_LOG_BELOW, x[0] - (y[0] - y_limit) / slope))
     j = int(np.nonzero(y <= y_limit)[0][-1])
     if y[j + 1] == y[j]:
         return float(x[j])
@@ -199,12 +220,18 @@ class Candidate:
         if self.concurrency is None:
             return []
         if self.curve is None:
-            return [m.output_tok_s for m in self._measured()]
-        values = [self.curve.at_limit_tok_s(self.concurrency, m, limits_ms) for m in self._measured()]
+            return [m.output_tok_s for _, m in self._counted()]
+        return [self.curve.at_limit_tok_s(concurrency, m, limits_ms) for concurrency, m in self._counted()]
+
+    def _counted(self) -> list[tuple[int, Measurement]]:
+        """The runs the comparison counts, each with its load: the trial's own (when re-measured) and each
+        re-measurement with a throughput."""
+        assert self.concurrency is not None
+        runs = [(self.concurrency, m) for m in self._measured()]
         if self.repeats and self.search_level is not None:
             concurrency, output_tok_s, p99_ms = self.search_level
-            values.insert(0, self.curve.at_limit_tok_s(concurrency, Measurement(output_tok_s, p99_ms), limits_ms))
-        return values
+            runs.insert(0, (concurrency, Measurement(output_tok_s, p99_ms)))
+        return runs
 
     def at_limit_mean_tok_s(self, limits_ms: Mapping[str, float]) -> float:
         values = [v for v in self.at_limit_tok_s(limits_ms) if math.isfinite(v)]
@@ -229,10 +256,17 @@ class Candidate:
         return self.concurrency is not None and (len(self.repeats) >= repeats if repeats > 0 else True)
 
     def meets(self, limits_ms: Mapping[str, float]) -> bool:
-        """Throughput measured, and every limit met by its metric's mean P99 over the measurements."""
+        """Throughput measured, and every limit met by its metric's mean P99 over the runs the comparison counts
+        (the trial's own among them: one fresh server's high draw does not outvote it)."""
         s = self.stats()
-        return s["n"] > 0 and s["mean"] > 0 and all(
-            self.p99_mean_ms(metric) <= limit for metric, limit in limits_ms.items())
+        if self.concurrency is None or not (s["n"] > 0 and s["mean"] > 0):
+            return False
+        counted = self._counted()
+        for metric, limit in limits_ms.items():
+            values = [v for v in (m.p99_ms.get(metric, math.nan) for _, m in counted) if not math.isnan(v)]
+            if not values or float(np.mean(values)) > limit:
+                return False
+        return True
 
 
 def tok_s_stats(values: list[float], noise_floor: float = 0.0, confidence: float = 0.9) -> dict[str, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from scipy import stats as scipy_stats
 
 from autotune.records import Measurement
@@ -170,3 +171,44 @@ def test_finalists_stepped_to_different_loads_are_compared_at_their_knees():
                                                          flags={})]
     assert select_winner(without_curves, {"ttft": 400.0}, repeats=2, noise_floor=0.03).gains[
         "vllm-defaults"].significant
+
+
+def test_the_trials_own_run_counts_as_the_first_fresh_server_run():
+    curve = _power_curve([50, 100, 200, 400])
+    c = cand(3, [4000.0], p99=100.0)
+    c.concurrency, c.curve = 100, curve
+    assert len(c.at_limit_tok_s({"ttft": 400.0})) == 1  # no search level given: the re-measurement alone
+    c.search_level = (100, 4000.0, {"ttft": 100.0})
+    assert c.at_limit_tok_s({"ttft": 400.0}) == [pytest.approx(4000.0 * math.sqrt(2))] * 2
+    c.repeats = []  # not re-measured: the search's figure once, not twice
+    assert len(c.at_limit_tok_s({"ttft": 400.0})) == 1
+
+
+def test_a_run_over_the_limit_at_the_lowest_searched_load_is_carried_below_it():
+    curve = _power_curve([100, 200, 400])  # P99 = 0.01 c^2: 100, 400, 1600 ms
+    # 10% over a 110 ms limit at 100: the first segment's slope (P99 ~ c^2) puts the knee at 100/sqrt(1.1), where
+    # throughput (~ sqrt(c)) is 1.1^(1/4) lower
+    over = Measurement(4000.0, {"ttft": 121.0})
+    assert curve.at_limit_tok_s(100, over, {"ttft": 110.0}) == pytest.approx(4000.0 * 1.1 ** -0.25, rel=1e-9)
+    # never further below than one halving of the load
+    far_over = Measurement(4000.0, {"ttft": 10_000.0})
+    assert curve.at_limit_tok_s(100, far_over, {"ttft": 110.0}) == pytest.approx(4000.0 / math.sqrt(2), rel=1e-9)
+
+
+def test_one_high_remeasurement_with_no_level_below_does_not_count_a_finalist_as_missing_the_limit():
+    """The H200 pair (docs/results/h200-reproducibility.md): a trial that started at the best knee so far measured
+    nothing below 152; its search run there had P99 TTFT 366 ms, its one re-measurement 535 ms. Judged on the
+    re-measurement alone it missed the limit, counted 0 tok/s, and the winner claimed an unbounded gain over it."""
+    levels = [(152, 8788.0, {"ttft": 366.0}), (181, 9000.0, {"ttft": 609.0}), (215, 9300.0, {"ttft": 529.0}),
+              (304, 9600.0, {"ttft": 643.0})]
+    seed = Candidate(1, {"kv-cache-dtype": "fp8"}, 152, 8788.0, {"ttft": 366.0}, baseline="seed-profile",
+                     curve=LoadCurve.from_levels(levels, [1, 2, 1, 1]), search_level=(152, 8788.0, {"ttft": 366.0}))
+    seed.repeats = [Measurement(8702.0, {"ttft": 535.0})]
+    assert not seed.step_down()  # nothing below to step to
+    assert seed.meets(LIMIT)  # mean P99 over its two fresh servers: 450 ms
+    values = seed.at_limit_tok_s(LIMIT)
+    assert values[1] < 8702.0 < values[0]  # the high draw carried below 152, the trial's own run above it
+    tuned = cand(2, [9168.0], p99=375.0, flags={"max-num-seqs": 640})
+    tuned.search_level = (181, 9127.0, {"ttft": 435.0})
+    sel = select_winner([tuned, seed], LIMIT, repeats=1, noise_floor=0.03)
+    assert math.isfinite(sel.gains["seed-profile"].gain_pct)
