@@ -266,22 +266,27 @@ class Measurement:
 @dataclass(frozen=True)
 class Remeasurement:
     """A candidate's re-measurements: at ``concurrency``, after stepping down from ``stepped_down_from`` (in
-    order) where a re-measurement broke the limit."""
+    order) where a re-measurement broke the limit; ``earlier``: those made at the loads stepped down from."""
 
     trial_number: int
     concurrency: int
     stepped_down_from: tuple[int, ...] = ()
     repeats: tuple[Measurement, ...] = ()
+    earlier: tuple[tuple[int, Measurement], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"trial_number": self.trial_number, "concurrency": self.concurrency,
-                "stepped_down_from": list(self.stepped_down_from), "repeats": [m.to_json() for m in self.repeats]}
+                "stepped_down_from": list(self.stepped_down_from), "repeats": [m.to_json() for m in self.repeats],
+                "earlier": [{"concurrency": c, "measurement": m.to_json()} for c, m in self.earlier]}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Remeasurement:
         return cls(int(data["trial_number"]), int(data["concurrency"]),
                    tuple(int(c) for c in data["stepped_down_from"]),
-                   tuple(Measurement.from_json(m) for m in data["repeats"]))
+                   tuple(Measurement.from_json(m) for m in data["repeats"]),
+                   # absent in studies recorded before they were kept
+                   tuple((int(e["concurrency"]), Measurement.from_json(e["measurement"]))
+                         for e in data.get("earlier", ())))
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ throughput is therefore carried to that run's own knee along the trial's load cu
 non-decreasing in P99 and throughput, are shifted by the run's P99 over the curve's P99 at its load (a server's
 latency moves as a whole from one start to the next), and the shifted curve's crossing of the limit, within the
 loads the search measured, is the run's knee (a run already over the limit at the lowest of them is carried below
-it along the first rising segment, at most to half that load: a trial that started at the best knee so far may
-have measured nothing below its chosen level). So a run whose P99 came out high carries its throughput lower,
+it at the curve's mean slope, at most to half that load: a trial that started at the best knee so far may have
+measured nothing below its chosen level). So a run whose P99 came out high carries its throughput lower,
 and the spread of the knees joins the spread of the throughputs in the comparison.
 
 **The gain's interval: Student's t on logs with the run-to-run spread pooled over the finalists.** Two or three
@@ -100,27 +100,29 @@ class LoadCurve:
 
 # How far below its lowest searched load a run over the limit there is carried: one step of the search's growth.
 # A trial that started at the best knee so far may have no level below its chosen one, and a fresh server's run
-# over the limit there still has a knee, a little lower (the first segment's slope tells how much lower).
+# over the limit there still has a knee, a little lower. How much lower, the curve's mean slope over the loads
+# searched tells: on the H200 pair a noisy first segment was flat (P99 TTFT 470 ms at 152, 479 at 215), and its
+# slope carried a run 22% over the limit to half the load.
 _MAX_LOG_BELOW = math.log(2.0)
 
 
 def _interp_below(x_query: float, x: np.ndarray, y: np.ndarray) -> float:
-    """Piecewise-linear y at ``x_query``, continued below x0 along the first segment (flat with a single point)."""
+    """Piecewise-linear y at ``x_query``, continued below x0 at the mean slope over all of x (flat with a single
+    point): one segment's slope is as noisy as its two levels."""
     if x_query >= x[0] or x.size < 2:
         return float(np.interp(x_query, x, y))
-    return float(y[0] - (x[0] - x_query) * (y[1] - y[0]) / (x[1] - x[0]))
+    return float(y[0] - (x[0] - x_query) * (y[-1] - y[0]) / (x[-1] - x[0]))
 
 
 def _last_crossing(x: np.ndarray, y: np.ndarray, y_limit: float) -> float:
     """The largest x where the non-decreasing piecewise-linear y(x) is at most ``y_limit``, within [x0, x-1];
-    where y0 is already over it, continued below x0 along the first rising segment, at most ``_MAX_LOG_BELOW``."""
+    where y0 is already over it, continued below x0 at the mean slope over x, at most ``_MAX_LOG_BELOW``."""
     if y[-1] <= y_limit:
         return float(x[-1])
     if y[0] > y_limit:
-        rising = np.nonzero(y > y[0])[0]
-        if rising.size == 0:
+        if x.size < 2 or y[-1] <= y[0]:
             return float(x[0])
-        slope = (y[rising[0]] - y[0]) / (x[rising[0]] - x[0])
+        slope = (y[-1] - y[0]) / (x[-1] - x[0])
         return float(max(x[0] - _MAX_LOG_BELOW, x[0] - (y[0] - y_limit) / slope))
     j = int(np.nonzero(y <= y_limit)[0][-1])
     if y[j + 1] == y[j]:
@@ -161,6 +163,9 @@ class Candidate:
     # A re-measurement over a limit steps down to the next one (the knee was marginal).
     lower_levels: list[tuple[int, float, Mapping[str, float]]] = field(default_factory=list)
     stepped_down_from: list[int] = field(default_factory=list)
+    # The re-measurements at the loads stepped down from, each with its load: they count in the comparison like
+    # every fresh-server run (dropping the runs that broke the limit would keep only the low draws).
+    earlier_runs: list[tuple[int, Measurement]] = field(default_factory=list)
     remeasure_s: float = 0.0  # expected wall seconds of one re-measurement (server start and stop, one level)
     curve: LoadCurve | None = None  # the trial's levels, for carrying a run to its knee (None: taken as measured)
     # The trial's own fresh server, as the search left it: (concurrency, output tok/s, P99s) of the chosen level.
@@ -188,6 +193,7 @@ class Candidate:
         """Re-measure at a lower concurrency from now on, dropping the re-measurements made at this one. A
         searched level brings its search figures; a midpoint has none."""
         self.stepped_down_from.append(int(self.concurrency))
+        self.earlier_runs.extend((int(self.concurrency), m) for m in self.repeats)
         while self.lower_levels and self.lower_levels[0][0] > concurrency:
             self.lower_levels.pop(0)
         if self.lower_levels and self.lower_levels[0][0] == concurrency:
@@ -200,7 +206,8 @@ class Candidate:
     def remeasurement(self) -> Remeasurement:
         """What the study stores of this candidate's re-measurements."""
         assert self.concurrency is not None
-        return Remeasurement(self.trial_number, self.concurrency, tuple(self.stepped_down_from), tuple(self.repeats))
+        return Remeasurement(self.trial_number, self.concurrency, tuple(self.stepped_down_from), tuple(self.repeats),
+                             tuple(self.earlier_runs))
 
     def measurements(self) -> list[Measurement]:
         """Re-measurements when there are any, else the search's own figure."""
@@ -224,11 +231,15 @@ class Candidate:
         return [self.curve.at_limit_tok_s(concurrency, m, limits_ms) for concurrency, m in self._counted()]
 
     def _counted(self) -> list[tuple[int, Measurement]]:
-        """The runs the comparison counts, each with its load: the trial's own (when re-measured) and each
-        re-measurement with a throughput."""
+        """The runs the comparison counts, each with its load: once re-measured, the trial's own run and every
+        fresh-server run with a throughput, those at loads stepped down from included; before, the search's
+        figure."""
         assert self.concurrency is not None
-        runs = [(self.concurrency, m) for m in self._measured()]
-        if self.repeats and self.search_level is not None:
+        fresh = [*self.earlier_runs, *((self.concurrency, m) for m in self.repeats)]
+        if not fresh:
+            return [(self.concurrency, m) for m in self._measured()]
+        runs = [(c, m) for c, m in fresh if not math.isnan(m.output_tok_s)]
+        if runs and self.search_level is not None:
             concurrency, output_tok_s, p99_ms = self.search_level
             runs.insert(0, (concurrency, Measurement(output_tok_s, p99_ms)))
         return runs
@@ -256,12 +267,12 @@ class Candidate:
         return self.concurrency is not None and (len(self.repeats) >= repeats if repeats > 0 else True)
 
     def meets(self, limits_ms: Mapping[str, float]) -> bool:
-        """Throughput measured, and every limit met by its metric's mean P99 over the runs the comparison counts
-        (the trial's own among them: one fresh server's high draw does not outvote it)."""
+        """Throughput measured, and every limit met by its metric's mean P99 over the counted runs at its final
+        load (the trial's own among them when it ran there: one fresh server's high draw does not outvote it)."""
         s = self.stats()
         if self.concurrency is None or not (s["n"] > 0 and s["mean"] > 0):
             return False
-        counted = self._counted()
+        counted = [(c, m) for c, m in self._counted() if c == self.concurrency]
         for metric, limit in limits_ms.items():
             values = [v for v in (m.p99_ms.get(metric, math.nan) for _, m in counted) if not math.isnan(v)]
             if not values or float(np.mean(values)) > limit:

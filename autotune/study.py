@@ -637,7 +637,8 @@ def remeasure_s(result: TrialResult, concurrency: int, restart_s: float = 0.0) -
 
 def observed_restart_s(study: optuna.Study) -> float:
     """The slowest server start and stop among the study's re-measurements so far (0: none recorded)."""
-    return max((m.restart_s for stored in records.read_remeasurements(study) for m in stored.repeats), default=0.0)
+    return max((m.restart_s for stored in records.read_remeasurements(study)
+                for m in (*stored.repeats, *(m for _, m in stored.earlier))), default=0.0)
 
 
 def remeasure_reserve_s(study: optuna.Study, cfg: StudyConfig) -> float:
@@ -688,6 +689,7 @@ def _with_stored_remeasurements(study: optuna.Study, cand: Candidate) -> Candida
         for concurrency in (*stored.stepped_down_from[1:], stored.concurrency) if stored.stepped_down_from else ():
             cand.move_to(concurrency)
         cand.repeats = list(stored.repeats)
+        cand.earlier_runs = list(stored.earlier)
     return cand
 
 

@@ -79,6 +79,9 @@ def test_over_the_limit_steps_down_to_the_midpoint_below(tmp_path, monkeypatch):
     assert selection.winner.stepped_down_from == [181] and len(selection.winner.repeats) == 2
     stored = records.read_remeasurement(study, 0)
     assert stored.concurrency == 152 and stored.stepped_down_from == (181,) and len(stored.repeats) == 2
+    # the run that broke the limit at 181 is kept with its load, and counts: the trial's own run and three servers
+    assert [(c, m.p99_ms) for c, m in stored.earlier] == [(181, {"ttft": 560.0})]
+    assert len(selection.winner.at_limit_tok_s({"ttft": 500.0})) == 4
     from autotune.cli.studies import best_of_study
     best = best_of_study(study)  # `autotune best` reports the level that held, with its re-measured figures
     assert best["concurrency"] == 152 and best["stepped_down_from"] == [181] and best["p99_ms"] == {"ttft": 380.0}
@@ -87,6 +90,7 @@ def test_over_the_limit_steps_down_to_the_midpoint_below(tmp_path, monkeypatch):
     calls.clear()
     selection = study_mod.remeasure_and_select(study, _cfg(tmp_path, repeats=3), deadline=None)
     assert calls == [152] and selection.winner.concurrency == 152
+    assert [c for c, _ in selection.winner.earlier_runs] == [181]  # replayed from the store, not lost
 
 
 def test_over_any_limit_steps_down(tmp_path, monkeypatch):

@@ -1,13 +1,14 @@
 """The verdict: finalists measured alike, gains with their intervals, "equal within noise" as a verdict."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from autotune.records import Measurement
+from autotune.records import Measurement, Remeasurement
 from autotune.selection import Candidate, LoadCurve, flags_changed, select_winner
 
 
@@ -186,7 +187,7 @@ def test_the_trials_own_run_counts_as_the_first_fresh_server_run():
 
 def test_a_run_over_the_limit_at_the_lowest_searched_load_is_carried_below_it():
     curve = _power_curve([100, 200, 400])  # P99 = 0.01 c^2: 100, 400, 1600 ms
-    # 10% over a 110 ms limit at 100: the first segment's slope (P99 ~ c^2) puts the knee at 100/sqrt(1.1), where
+    # 10% over a 110 ms limit at 100: the curve's slope (P99 ~ c^2) puts the knee at 100/sqrt(1.1), where
     # throughput (~ sqrt(c)) is 1.1^(1/4) lower
     over = Measurement(4000.0, {"ttft": 121.0})
     assert curve.at_limit_tok_s(100, over, {"ttft": 110.0}) == pytest.approx(4000.0 * 1.1 ** -0.25, rel=1e-9)
@@ -212,3 +213,26 @@ def test_one_high_remeasurement_with_no_level_below_does_not_count_a_finalist_as
     tuned.search_level = (181, 9127.0, {"ttft": 435.0})
     sel = select_winner([tuned, seed], LIMIT, repeats=1, noise_floor=0.03)
     assert math.isfinite(sel.gains["seed-profile"].gain_pct)
+
+
+def test_runs_at_loads_stepped_down_from_count_in_the_comparison():
+    """The H200 pair's second copy: the seed profile's re-measurements at 215 and 181 broke the limit (P99 TTFT 623
+    and 560 ms), the one at 152 held (486 ms). Kept only the last, it was carried up to 215 as if the two high
+    draws never happened; every fresh-server run counts, each carried from its own load."""
+    levels = [(152, 8800.0, {"ttft": 470.0}), (215, 9519.0, {"ttft": 479.0}), (304, 9900.0, {"ttft": 878.0})]
+    seed = Candidate(1, {"kv-cache-dtype": "fp8"}, 215, 9519.0, {"ttft": 479.0}, baseline="seed-profile",
+                     lower_levels=[(152, 8800.0, {"ttft": 470.0})], curve=LoadCurve.from_levels(levels, [1, 2, 1]),
+                     search_level=(215, 9519.0, {"ttft": 479.0}))
+    seed.repeats = [Measurement(9400.0, {"ttft": 623.0})]
+    assert seed.step_down() and seed.concurrency == 181  # the midpoint to 152
+    seed.repeats = [Measurement(9100.0, {"ttft": 560.0})]
+    assert seed.step_down() and seed.concurrency == 152
+    seed.repeats = [Measurement(8740.0, {"ttft": 486.0})]
+    values = seed.at_limit_tok_s(LIMIT)
+    assert len(values) == 4 and seed.earlier_runs == [(215, Measurement(9400.0, {"ttft": 623.0})),
+                                                      (181, Measurement(9100.0, {"ttft": 560.0}))]
+    last_only = Candidate(1, {}, 152, 8800.0, {"ttft": 470.0}, curve=seed.curve, search_level=seed.search_level)
+    last_only.repeats = list(seed.repeats)
+    assert np.mean(values) < last_only.at_limit_mean_tok_s(LIMIT)
+    stored = seed.remeasurement()
+    assert Remeasurement.from_json(json.loads(json.dumps(stored.to_json()))) == stored
