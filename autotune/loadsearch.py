@@ -45,10 +45,10 @@ class LoadSearchConfig:
     start_concurrency: int = 8
     max_concurrency: int = 1024
     growth: float = 2.0
-    # The walk's first step up from its start (None: ``growth``). A trial that starts at a knee found before
-    # expects its own knee near it, and levels far above a knee cost the most: on an H200, 59-69 s a run at
-    # concurrency 256-304 against 40 s at 152, where a doubling from 152 overshot every trial's knee.
-    first_growth: float | None = None
+    # The walk's step up within a factor of two of its start (None: ``growth``). A trial that starts at a knee
+    # found before expects its own knee near it, and levels far above a knee cost the most: on an H200, 59-69 s a
+    # run at concurrency 256-304 against 40 s at 152, where a doubling from 152 overshot every trial's knee.
+    near_growth: float | None = None
     min_bisect_ratio: float = 1.2  # stop bisecting when first_bad / last_good is below this
     max_levels: int = 10
     saturation_gain: float = 0.03  # a level that adds less throughput than this is saturated
@@ -63,6 +63,12 @@ class LoadSearchConfig:
     # an interval from one run's requests does not see it (a server's state drifts between runs), so no
     # interval is narrower than this spread over the pooled runs. Empty: none (the deterministic sim engine).
     p99_run_cv: Mapping[str, float] = field(default_factory=dict)
+
+    def starting_at(self, start: int) -> LoadSearchConfig:
+        """This search from ``start``: a start above the configured one is a knee expected near (one found by an
+        earlier trial, or the sim's), so up to twice the start the walk steps by the square root of ``growth``."""
+        return replace(self, start_concurrency=start,
+                       near_growth=math.sqrt(self.growth) if start > self.start_concurrency else None)
 
     def __post_init__(self) -> None:
         if not self.limits_ms:
@@ -366,12 +372,14 @@ def _walk(level: Callable[[int], LevelResult], cfg: LoadSearchConfig, out: LoadS
             out.stop_reason = "saturated"
             good = lv if lv.result.output_tok_s > good.result.output_tok_s else good
             return
-        growth = cfg.first_growth if good is None and cfg.first_growth else cfg.growth
+        near = bool(cfg.near_growth) and c < 2 * cfg.start_concurrency
         good = lv
         if c >= ceiling:
             out.stop_reason = "ceiling"
             return
-        c = min(ceiling, max(c + 1, int(math.ceil(c * growth))))
+        # near steps round to nearest, so that two of them land on twice the start (152, 215, 304)
+        step = int(round(c * cfg.near_growth)) if near and cfg.near_growth else int(math.ceil(c * cfg.growth))
+        c = min(ceiling, max(c + 1, step))
     if bad is None:
         out.stop_reason = "max_levels"
         return

@@ -10,7 +10,6 @@ with its failure class, so the study records them and the sampler steers away.
 """
 from __future__ import annotations
 
-import math
 
 import tempfile
 import threading
@@ -191,13 +190,10 @@ def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, 
             startup = _as_dict(server.startup)
             out = replace(out, startup=startup)
             engine_ready = time.perf_counter()
-            start = start_concurrency() if start_concurrency else settings.search.start_concurrency
             cfg = replace(settings.search,
-                          max_concurrency=min(settings.search.max_concurrency, _concurrency_ceiling(flags)),
-                          start_concurrency=start,
-                          # a start above the default is a knee expected near (study.start_concurrency)
-                          first_growth=math.sqrt(settings.search.growth)
-                          if start > settings.search.start_concurrency else None)
+                          max_concurrency=min(settings.search.max_concurrency, _concurrency_ceiling(flags)))
+            if start_concurrency:
+                cfg = cfg.starting_at(start_concurrency())
             measure = _measure_fn(settings, server, served_name, log_path.parent / "levels", cancel)
             result = search_load(measure, cfg, progress, deadline,
                                  reserve_s=TEARDOWN_RESERVE_S.get(settings.engine, 30.0))

@@ -8,7 +8,7 @@ cannot be replayed), with the level's recorded throughput; the time a run costs 
 The replay stops where the search asks for a run that was never recorded. The search's settings are the
 study's (limits, GPU run-to-run spread, cap, extensions) with the start given here.
 
-    python benchmarks/replay_search.py STORAGE_URL STUDY TRIAL [--start C ...] [--max-extensions N] [--json]
+    python benchmarks/replay_search.py STORAGE_URL STUDY TRIAL [--start C ...] [--max-extensions N] [--doubling] [--json]
 
 On the H200 pair of docs/results/h200-reproducibility.md, e.g.:
     python benchmarks/replay_search.py sqlite:///gpu0.db repro-ttft-gpu0 0 --levels-dir gpu0/repro-ttft-gpu0/trials/0/levels --start 8 128 256
@@ -90,6 +90,8 @@ def main() -> int:
     p.add_argument("--levels-dir", type=Path, required=True, help="the trial's levels folder (NN-cC.jsonl.gz)")
     p.add_argument("--start", type=int, nargs="+", default=[8])
     p.add_argument("--max-extensions", type=int, help="in place of the study's")
+    p.add_argument("--doubling", action="store_true",
+                   help="steps up from a start above 8 double, as before near_growth (not x1.41 up to twice the start)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -107,12 +109,14 @@ def main() -> int:
                 "load_s": trial.result.load_wall_s, "knee": trial.result.concurrency}
     out = {"recorded": recorded, "replays": []}
     for start in args.start:
-        cfg = LoadSearchConfig(limits_ms=limits, start_concurrency=start,
+        cfg = LoadSearchConfig(limits_ms=limits,
                                max_concurrency=int(stored.get("max_concurrency", 1024)),
                                max_extensions=args.max_extensions if args.max_extensions is not None
                                else int(stored.get("max_extensions", 2)),
                                confidence=float(stored.get("confidence", 0.9)),
-                               p99_run_cv={m: REAL_GPU_P99_RUN_CV[m] for m in limits})
+                               p99_run_cv={m: REAL_GPU_P99_RUN_CV[m] for m in limits}).starting_at(start)
+        if args.doubling:
+            cfg = replace(cfg, near_growth=None)
         out["replays"].append(replay(trial, args.levels_dir, cfg))
     if args.json:
         print(json.dumps(out, indent=1))

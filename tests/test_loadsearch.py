@@ -33,15 +33,17 @@ def test_grows_then_bisects_to_the_knee():
     assert res.stop_reason == "limit"
 
 
-def test_a_start_at_a_knee_found_before_steps_up_by_its_square_root_first():
+def test_a_start_at_a_knee_found_before_steps_up_by_square_roots_to_twice_the_start():
     """The H200 pair: from the best knee so far (152), a doubling to 304 overshot every trial's knee (181-215) at
-    the search's dearest level; a first step of x1.41 lands near the knee, then the walk doubles as before."""
+    the search's dearest level; steps of x1.41 up to twice the start land near the knee, then the walk doubles."""
+    cfg = LoadSearchConfig(limits_ms={"ttft": 200})
+    assert cfg.starting_at(8).near_growth is None  # the default start: no knee expected
     measure, calls = fake_server(10_000, 0.1, knee=190)
-    res = search_load(measure, LoadSearchConfig(limits_ms={"ttft": 200}, start_concurrency=152, first_growth=2 ** 0.5))
+    res = search_load(measure, cfg.starting_at(152))
     assert calls[:3] == [152, 215, 181] and res.best is not None and 181 <= res.best.concurrency <= 198
     measure, calls = fake_server(10_000, 0.1, knee=1000)
-    search_load(measure, LoadSearchConfig(limits_ms={"ttft": 200}, start_concurrency=152, first_growth=2 ** 0.5))
-    assert calls[:4] == [152, 215, 430, 860]
+    search_load(measure, cfg.starting_at(152))
+    assert calls[:4] == [152, 215, 304, 608]
 
 
 def test_saturation_stops_growth():
