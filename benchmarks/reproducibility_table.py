@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-
 from _shared import load_records, window_tok_s
+
 from autotune import records
 from autotune.config import REAL_GPU_NOISE_FLOOR
 from autotune.records import Measurement, Remeasurement
