@@ -48,7 +48,8 @@ def study_config(seed: int, args: argparse.Namespace, out: Path) -> StudyConfig:
     opts = RunOptions(model="flash", gpus=1, p99_ms=args.p99_ms, engine="sim", trials=args.trials, top_k=args.top_k,
                       repeats=args.repeats, workload=args.workload, seed=seed, max_concurrency=args.max_concurrency,
                       out=str(out), study=f"dq-{seed}", storage="sqlite:///:memory:", sim_noise="h200",
-                      **({"max_extensions": args.max_extensions} if args.max_extensions is not None else {}))
+                      **({"max_extensions": args.max_extensions} if args.max_extensions is not None else {}),
+                      **({"prompts_per_level": args.prompts_per_level} if args.prompts_per_level else {}))
     return build_study_config(opts)
 
 
@@ -57,7 +58,9 @@ def true_value(cfg: StudyConfig, flags: dict[str, Any], out: Path, tag: str) -> 
     chosen level carried to the knee between it and the next level up along its own levels (what the verdict
     estimates). The level itself would understate the truth by up to the search's bisection step (20% in
     concurrency), more than the differences judged here."""
+    # the truth does not depend on the study's level length: always autotune run's default
     settings = dataclasses.replace(cfg.settings, sim_noise=None,
+                                   prompts_per_level=RunOptions.model_fields["prompts_per_level"].default,
                                    search=dataclasses.replace(cfg.settings.search, p99_run_cv={}))
     r = run_trial(settings, flags, f"truth-{tag}", out / "truth" / tag / "server.log")
     if not r.feasible or r.concurrency is None:
@@ -160,6 +163,8 @@ def main() -> int:
     p.add_argument("--workload", default="random:1024:256:0.5")
     p.add_argument("--max-concurrency", type=int, default=256)
     p.add_argument("--max-extensions", type=int, help="in place of autotune run's default")
+    p.add_argument("--prompts-per-level", type=float, help="in place of autotune run's default (measured requests "
+                   "per level = this x concurrency)")
     p.add_argument("--all-trials", action="store_true", help="truth also for every trial the study ran (slower)")
     p.add_argument("--json-out", help="write every seed's figures here")
     p.add_argument("--summarize", nargs="+", metavar="JSON", help="print the rates over earlier --json-out files "

@@ -8,7 +8,8 @@ cannot be replayed), with the level's recorded throughput; the time a run costs 
 The replay stops where the search asks for a run that was never recorded. The search's settings are the
 study's (limits, GPU run-to-run spread, cap, extensions) with the start given here.
 
-    python benchmarks/replay_search.py STORAGE_URL STUDY TRIAL [--start C ...] [--max-extensions N] [--doubling] [--json]
+    python benchmarks/replay_search.py STORAGE_URL STUDY TRIAL [--start C ...] [--max-extensions N] [--doubling]
+        [--prompts-per-level P] [--json]
 
 On the H200 pair of docs/results/h200-reproducibility.md, e.g.:
     python benchmarks/replay_search.py sqlite:///gpu0.db repro-ttft-gpu0 0 --levels-dir gpu0/repro-ttft-gpu0/trials/0/levels --start 8 128 256
@@ -54,9 +55,19 @@ def recorded_runs(levels_dir: Path) -> dict[int, list[list[RequestOutput]]]:
     return runs
 
 
-def replay(trial: records.TrialRecord, levels_dir: Path, cfg: LoadSearchConfig) -> dict:
+def replay(trial: records.TrialRecord, levels_dir: Path, cfg: LoadSearchConfig,
+           prompts_per_level: float | None = None, recorded_prompts_per_level: float = 3.0) -> dict:
+    """``prompts_per_level`` below the recorded one: each run keeps only its first measured requests by start
+    time, as a shorter level would have sent them (in a closed loop the later ones only add to the same load), and
+    costs its level's wall scaled by its waves (one warm-up wave and the measured ones)."""
     level_of = {lv.concurrency: lv for lv in trial.result.levels}
     runs = recorded_runs(levels_dir)
+    wall_scale = 1.0
+    if prompts_per_level is not None:
+        for c, level_runs in runs.items():
+            keep = max(32, int(prompts_per_level * c))
+            runs[c] = [sorted(outs, key=lambda o: o.start_s)[:keep] for outs in level_runs]
+        wall_scale = (1.0 + prompts_per_level) / (1.0 + recorded_prompts_per_level)
     used: dict[int, int] = defaultdict(int)
     spent_s = 0.0
 
@@ -66,7 +77,7 @@ def replay(trial: records.TrialRecord, levels_dir: Path, cfg: LoadSearchConfig) 
             raise Unrecorded(f"run {used[c] + 1} at concurrency {c} was never recorded")
         outs = runs[c][used[c]]
         used[c] += 1
-        spent_s += level_of[c].wall_s
+        spent_s += level_of[c].wall_s * wall_scale
         tokens = sum(o.output_tokens for o in outs)
         return replace(summarize(outs, duration_s=tokens / level_of[c].output_tok_s), output_tok_s=level_of[c].output_tok_s)
 
@@ -92,6 +103,8 @@ def main() -> int:
     p.add_argument("--max-extensions", type=int, help="in place of the study's")
     p.add_argument("--doubling", action="store_true",
                    help="steps up from a start above 8 double, as before near_growth (not x1.41 up to twice the start)")
+    p.add_argument("--prompts-per-level", type=float,
+                   help="replay shorter levels: each run cut to its first P x concurrency measured requests")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -117,7 +130,8 @@ def main() -> int:
                                p99_run_cv={m: REAL_GPU_P99_RUN_CV[m] for m in limits}).starting_at(start)
         if args.doubling:
             cfg = replace(cfg, near_growth=None)
-        out["replays"].append(replay(trial, args.levels_dir, cfg))
+        out["replays"].append(replay(trial, args.levels_dir, cfg, args.prompts_per_level,
+                                     float(stored.get("prompts_per_level", 3.0))))
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
