@@ -8,7 +8,9 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
@@ -71,6 +73,26 @@ def _lock_sqlite(path: Path) -> None:
     _LOCKS[path] = fd
 
 
+class _RDBStorage(optuna.storages.RDBStorage):
+    """Optuna's SQLAlchemy storage, with the claim of a waiting trial made atomic between this process's threads.
+
+    Optuna pops an enqueued trial (a baseline) by reading its state and writing RUNNING only if it read WAITING,
+    counting on ``SELECT ... FOR UPDATE``. SQLite ignores FOR UPDATE, and Python's sqlite3 runs the read outside the
+    write's transaction: two trial threads asking at once both claimed the same enqueued trial (8 times in 30 with
+    two threads, Optuna 5.0, ``tests/test_storage_claim.py``), both ran it, and the second one's tell failed with
+    "Cannot tell a COMPLETE trial". PostgreSQL locks the row itself, and processes on one SQLite file are refused
+    (:func:`_lock_sqlite`), so a lock between threads is enough."""
+
+    _claim_lock = threading.Lock()
+
+    def set_trial_state_values(self, trial_id: int, state: optuna.trial.TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        if state != optuna.trial.TrialState.RUNNING:
+            return super().set_trial_state_values(trial_id, state, values)
+        with self._claim_lock:
+            return super().set_trial_state_values(trial_id, state, values)
+
+
 def sqlite_dir(url: str) -> Path | None:
     """Folder holding a SQLite database file, else None."""
     try:
@@ -114,7 +136,7 @@ def open_storage(url: str | None, create_dirs: bool = True, exclusive: bool = Fa
     try:
         # Heartbeats let a later run mark trials of a crashed worker as failed instead of RUNNING forever.
         heartbeat_s = _heartbeat_s()
-        return optuna.storages.RDBStorage(
+        return _RDBStorage(
             url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
             skip_compatibility_check=False,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))

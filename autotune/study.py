@@ -145,10 +145,7 @@ def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgre
     the study then knows what a re-measurement really costs (a warm restart: 55-78 s on an H200 against the first
     start's 148 s) before it decides whether the next trial still fits with the final comparison, instead of
     reserving the cold start's time for each of them (on the H200 that reserve left no room for a second trial
-    in 21 minutes). Off for workers: the run that owns the study does its final comparison. Off with several
-    trials at once: there a re-measurement inside one slot's trial raced with Optuna's tell of it ("Cannot
-    tell a COMPLETE trial" in about 1 run in 4 of tests/test_parallel.py, cause not found), so a parallel study
-    re-measures its baselines with the other finalists."""
+    in 21 minutes). Off for workers: the run that owns the study does its final comparison."""
     limits_ms = cfg.settings.search.limits_ms
 
     def objective(trial: optuna.Trial) -> float:
@@ -274,7 +271,7 @@ def _run_trials(study: optuna.Study, cfg: StudyConfig, progress: ThreadedProgres
             break
         launched += 1
         objective = _objective(cfg, slot, progress, deadline, runner.cancel,
-                               remeasure_baselines=not until_search_done and len(cfg.gpu_slots) == 1)
+                               remeasure_baselines=not until_search_done)
         runner.start(lambda _slot, f=objective: study.optimize(f, n_trials=1, callbacks=[rules], catch=(),
                                                                gc_after_trial=False), slot)
     runner.join()
