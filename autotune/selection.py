@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
-from autotune.flags import changed_flags
+from autotune.flags import changed_flags, deploy_flags
 from autotune.records import GainRecord, Measurement, Remeasurement
 from autotune.stats import increasing_fit
 
@@ -304,8 +304,9 @@ class Selection:
 
 
 def flags_changed(flags: dict[str, Any]) -> int:
-    """How many of ``flags`` differ from vLLM's defaults."""
-    return len(changed_flags(flags))
+    """How many of ``flags`` a deployment would change from vLLM's defaults (a measurement-only flag such as
+    ``--load-format dummy``, common to every trial of a weightless study, is not one of them)."""
+    return len(changed_flags(deploy_flags(flags)[0]))
 
 
 def gain_over(winner: Candidate, baseline: Candidate, limits_ms: Mapping[str, float], noise_floor: float,

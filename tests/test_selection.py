@@ -236,3 +236,9 @@ def test_runs_at_loads_stepped_down_from_count_in_the_comparison():
     assert np.mean(values) < last_only.at_limit_mean_tok_s(LIMIT)
     stored = seed.remeasurement()
     assert Remeasurement.from_json(json.loads(json.dumps(stored.to_json()))) == stored
+
+
+def test_a_measurement_only_flag_is_not_a_flag_changed():
+    """A weightless study runs every trial with --load-format dummy; a deployment does not."""
+    assert flags_changed({"enable-chunked-prefill": True, "load-format": "dummy"}) == 0
+    assert flags_changed({"kv-cache-dtype": "fp8", "load-format": "dummy"}) == 1
