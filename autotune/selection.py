@@ -190,8 +190,9 @@ class Candidate:
         return True
 
     def move_to(self, concurrency: int) -> None:
-        """Re-measure at a lower concurrency from now on, dropping the re-measurements made at this one. A
-        searched level brings its search figures; a midpoint has none."""
+        """Re-measure at a lower concurrency from now on; the re-measurements made at this one move to
+        ``earlier_runs`` (they still count) and the repeat count starts again. A searched level brings its search
+        figures; a midpoint has none."""
         self.stepped_down_from.append(int(self.concurrency))
         self.earlier_runs.extend((int(self.concurrency), m) for m in self.repeats)
         while self.lower_levels and self.lower_levels[0][0] > concurrency:
