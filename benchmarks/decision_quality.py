@@ -158,7 +158,8 @@ def main() -> int:
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--trials", type=int, default=6)
     p.add_argument("--top-k", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=RunOptions.model_fields["repeats"].default,
+                   help="fresh-server re-measurements per finalist (default: autotune run's)")
     p.add_argument("--p99-ms", type=float, default=500.0)
     p.add_argument("--workload", default="random:1024:256:0.5")
     p.add_argument("--max-concurrency", type=int, default=256)
