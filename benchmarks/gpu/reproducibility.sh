@@ -4,20 +4,25 @@
 # within 5%? Each copy: real vLLM on the weightless model, its own storage and output folder, the study's
 # --timeout as its whole GPU budget. Summarise with benchmarks/reproducibility_table.py DIR.
 #   METRIC=ttft LIMIT=500 TIMEOUT=25m bash benchmarks/gpu/reproducibility.sh start [DIR]   # returns at once
+#   WORKLOAD=random:1024:128:0.5 ...   # another workload than autotune run's default
 #   bash benchmarks/gpu/reproducibility.sh status [DIR]
 set -uo pipefail
 dir=${2:-/tmp/repro}; progress=progress.txt; status_lines=4
-metric=${METRIC:-ttft}; limit=${LIMIT:-500}; timeout=${TIMEOUT:-25m}
-job_vars="metric limit timeout"
+metric=${METRIC:-ttft}; limit=${LIMIT:-500}; timeout=${TIMEOUT:-25m}; workload=${WORKLOAD:-}
+job_vars="metric limit timeout workload"
 job() {
   date +%s > "$dir/t0"
   for g in 0 1; do
     CUDA_VISIBLE_DEVICES=$g python3 -m autotune run --model /tmp/model --engine vllm --load-format dummy --gpus 1 \
       --p99-ms "$limit" --p99-metric "$metric" --timeout "$timeout" --study "repro-$metric-gpu$g" \
+      ${workload:+--workload "$workload"} \
       --storage "sqlite:///$dir/gpu$g.db" --out "$dir/gpu$g" --json > "$dir/gpu$g.json" 2> "$dir/gpu$g.log" &
   done
   while [ "$(jobs -rp | wc -l)" -gt 0 ]; do
-    { date +%T; for g in 0 1; do echo "gpu$g: $(tail -n 1 "$dir/gpu$g.log" | cut -c1-160)"; done; } > "$dir/$progress"
+    # --json keeps the console quiet: the servers started so far tell how far each copy is
+    { date +%T; for g in 0 1; do
+        echo "gpu$g: $(ls -d "$dir"/gpu$g/*/trials/* 2>/dev/null | wc -l) trials," \
+             "$(ls -d "$dir"/gpu$g/*/remeasure/* 2>/dev/null | wc -l) re-measurements started"; done; } > "$dir/$progress"
     sleep 10
   done
   wait
