@@ -88,11 +88,23 @@ def test_baseline_can_win_and_limit_is_rechecked():
     assert sel.winner is defaults and "is the best configuration found, beyond noise" in sel.verdict
 
 
-def test_a_baseline_over_the_limit_gives_an_unbounded_gain():
+def test_a_baseline_over_the_limit_with_no_curve_to_carry_it_gives_an_unbounded_gain():
     tuned = cand(5, [1000, 1010])
     defaults = cand(0, [2000, 2000], p99=900, baseline="vllm-defaults", flags={})
     g = select_winner([tuned, defaults], limits_ms=LIMIT, repeats=2).gains["vllm-defaults"]
     assert g.significant and math.isinf(g.gain_pct) and not g.baseline_meets_limit
+
+
+def test_a_baseline_over_the_limit_in_remeasurement_is_compared_by_its_runs_carried_below():
+    """Decision benchmark, setup A, seeds 26 and 28: a seed profile that met the limit in its search drew high in
+    every re-measurement; counted as 0 tok/s it gave an unbounded "gain" to a winner truly no faster."""
+    tuned = cand(5, [4000.0], p99=100.0)
+    tuned.concurrency, tuned.curve = 100, _power_curve([50, 100, 200])
+    seed = cand(1, [4000.0], p99=0.01 * 100 ** 2 * 3.0, baseline="seed-profile", flags={"kv-cache-dtype": "fp8"})
+    seed.concurrency, seed.curve = 100, _power_curve([100, 200])
+    seed.search_p99_ms = seed.repeats[0].p99_ms  # its search's figure at 100 drew as high
+    g = select_winner([tuned, seed], {"ttft": 100.0}, repeats=1).gains["seed-profile"]
+    assert not g.baseline_meets_limit and math.isfinite(g.gain_pct) and g.gain_pct > 0
 
 
 def test_nothing_meets():
