@@ -8,8 +8,8 @@ knee like a re-measurement, counts as the first of the finalist's runs. So every
 1 + ``repeats`` fresh-server runs, and on an H200, where a restart and one level cost about 95 s, one
 re-measurement each (the default) buys what two did before at half the GPU time. The price is the winner's
 curse: the top trials were chosen for their search figures, so theirs are optimistic where a baseline's are not.
-The decision benchmark measured it (docs/results/decision-quality.md): with ``repeats`` 1 no false gain claim in
-the knee-bound setup, with ``repeats`` 2 (three runs, narrower intervals) one.
+The decision benchmark measures what that costs (docs/results/decision-quality.md): 1 false gain claim of 24
+over 40 seeds of its knee-bound setup, 0 of 13 with two re-measurements and the trial's run left out.
 
 **What is compared: throughput at the limit, one estimate per fresh-server run.** Finalists settle at different
 loads (their knees differ, and a noisy re-measurement steps one down), so their throughputs at those loads are
