@@ -227,12 +227,16 @@ class Candidate:
                              tuple(self.earlier_runs))
 
     def measurements(self) -> list[Measurement]:
-        """Re-measurements when there are any, else the search's own figure."""
-        if self.repeats:
-            return self.repeats
+        """The runs at the final load: its fresh-server re-measurements there and, where the search measured that
+        load (a midpoint it did not measure has no search figures), the trial's own run at it; none but the failed
+        re-measurements when every one of them failed."""
         if self.concurrency is None:
             return []
-        return [Measurement(self.search_output_tok_s, self.search_p99_ms)]
+        if self.repeats and all(math.isnan(m.output_tok_s) for m in self.repeats):
+            return list(self.repeats)  # its re-measurement's server failed: no figure of it stands
+        searched = [Measurement(self.search_output_tok_s, self.search_p99_ms)] \
+            if math.isfinite(self.search_output_tok_s) else []
+        return [*self.repeats, *searched]
 
     def stats(self, noise_floor: float = 0.0, confidence: float = 0.9) -> dict[str, float]:
         """Output tok/s over the measurements, as :func:`tok_s_stats` summarizes them."""
@@ -253,7 +257,7 @@ class Candidate:
         figure."""
         assert self.concurrency is not None
         fresh = [*self.earlier_runs, *((self.concurrency, m) for m in self.repeats)]
-        if not fresh:
+        if not fresh:  # the search's figure alone
             return [(self.concurrency, m) for m in self._measured()]
         runs = [(c, m) for c, m in fresh if not math.isnan(m.output_tok_s)]
         if runs and self.search_level is not None:
@@ -291,10 +295,8 @@ class Candidate:
         s = self.stats()
         if self.concurrency is None or not (s["n"] > 0 and s["mean"] > 0):
             return False
-        runs = [*(m.p99_ms for m in self.repeats), self.search_p99_ms]  # a midpoint's search figures are NaN
         for metric, limit in limits_ms.items():
-            values = [v for v in (p99.get(metric, math.nan) for p99 in runs) if not math.isnan(v)]
-            if not values or float(np.mean(values)) > limit:
+            if not self.p99_mean_ms(metric) <= limit:  # NaN: not measured
                 return self._knees_within_reach(limits_ms)
         return True
 
