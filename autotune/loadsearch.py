@@ -372,13 +372,13 @@ def _walk(level: Callable[[int], LevelResult], cfg: LoadSearchConfig, out: LoadS
             out.stop_reason = "saturated"
             good = lv if lv.result.output_tok_s > good.result.output_tok_s else good
             return
-        near = bool(cfg.near_growth) and c < 2 * cfg.start_concurrency
         good = lv
         if c >= ceiling:
             out.stop_reason = "ceiling"
             return
+        near_growth = cfg.near_growth if c < 2 * cfg.start_concurrency else None
         # near steps round to nearest, so that two of them land on twice the start (152, 215, 304)
-        step = int(round(c * cfg.near_growth)) if near and cfg.near_growth else int(math.ceil(c * cfg.growth))
+        step = int(round(c * near_growth)) if near_growth else int(math.ceil(c * cfg.growth))
         c = min(ceiling, max(c + 1, step))
     if bad is None:
         out.stop_reason = "max_levels"

@@ -10,7 +10,6 @@ with its failure class, so the study records them and the sampler steers away.
 """
 from __future__ import annotations
 
-
 import tempfile
 import threading
 import time
