@@ -661,11 +661,9 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
     on the GPU slots (one candidate's repeats follow each other: a step-down depends on the last one).
     Re-measurements are stored on the study, so a resumed study does not pay for them twice."""
     runner = runner or _SlotRunner(cfg.gpu_slots)
-    trials = records.read_trials(study)
-    candidates = candidates_from_study(trials, cfg.top_k, observed_restart_s(study))
+    candidates = stored_finalists(study, cfg.top_k)
     limits_ms = cfg.settings.search.limits_ms
     for cand in candidates:
-        _with_stored_remeasurements(study, cand)
         if cand.concurrency is None or cfg.repeats <= 0 or len(cand.repeats) >= cfg.repeats:
             continue
         slot = runner.take_slot()
@@ -676,6 +674,14 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
     selection = select_winner(candidates, limits_ms, cfg.repeats, cfg.noise_floor, cfg.confidence)
     records.write_selection(study, selection_record(selection, limits_ms, cfg.noise_floor, cfg.confidence))
     return selection
+
+
+def stored_finalists(study: optuna.Study, top_k: int) -> list[Candidate]:
+    """The study's finalists as its records hold them: the top trials and the baselines, each with the
+    re-measurements already stored (what the final comparison starts from, and what a recorded study is judged
+    by)."""
+    candidates = candidates_from_study(records.read_trials(study), top_k, observed_restart_s(study))
+    return [_with_stored_remeasurements(study, c) for c in candidates]
 
 
 def _with_stored_remeasurements(study: optuna.Study, cand: Candidate) -> Candidate:

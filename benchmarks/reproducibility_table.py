@@ -29,7 +29,7 @@ from autotune import records
 from autotune.config import REAL_GPU_NOISE_FLOOR
 from autotune.records import Measurement, Remeasurement
 from autotune.selection import select_winner
-from autotune.study import _with_stored_remeasurements, candidates_from_study
+from autotune.study import stored_finalists
 
 AGREEMENT = 0.05  # the winners' throughputs at the limit within 5% of each other
 
@@ -85,8 +85,7 @@ def reselected(folder: Path, g: int) -> dict:
             records.write_remeasurement(study, Remeasurement(
                 stored.trial_number, stored.concurrency, stored.stepped_down_from, stored.repeats,
                 _rebuilt_earlier(folder, study, stored, limits_ms)))
-    candidates = [_with_stored_remeasurements(study, c)
-                  for c in candidates_from_study(records.read_trials(study), int(options.get("top_k", 3)))]
+    candidates = stored_finalists(study, int(options.get("top_k", 3)))
     selection = select_winner(candidates, limits_ms, int(options.get("repeats", 1)), REAL_GPU_NOISE_FLOOR,
                               float(options.get("confidence", 0.9)))
     w = selection.winner
