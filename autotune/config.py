@@ -73,6 +73,7 @@ class RunOptions(BaseModel):
     seed: int = 0
     top_k: int = Field(3, ge=0)
     repeats: int = Field(1, ge=0)
+    max_repeats: int = Field(3, ge=0)  # with --timeout: what time left over may buy (never fewer than repeats)
     patience: int = Field(12, ge=0)
     load_format: str | None = None
     set_flags: tuple[str, ...] = ()  # FLAG=VALUE
@@ -297,7 +298,9 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
     return StudyConfig(
         study_name=study_name, storage_url=storage_url, space=space, settings=settings, preset=preset,
         n_trials=opts.trials, timeout_s=opts.timeout_s, patience=opts.patience, top_k=opts.top_k,
-        repeats=opts.repeats, noise_floor=REAL_GPU_NOISE_FLOOR if gpu_like else 0.0,
+        # the noiseless sim repeats a run's figures exactly: time left over buys nothing there
+        repeats=opts.repeats, max_repeats=max(opts.repeats, opts.max_repeats) if gpu_like else opts.repeats,
+        noise_floor=REAL_GPU_NOISE_FLOOR if gpu_like else 0.0,
         confidence=opts.confidence, seed=opts.seed,
         out_dir=out_dir, tries=tries, gpu_slots=slots, sim_fault=fault,
         run_options=opts.model_dump(exclude=set(_LOCAL_OPTIONS)),

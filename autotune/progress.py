@@ -110,6 +110,10 @@ class Progress:
     def remeasure_stepped_down(self, trial: int, from_concurrency: int, concurrency: int) -> None:
         """A re-measurement broke a limit: the candidate moves to a lower load."""
 
+    def spare_round(self, finalists: int, repeat: int) -> None:
+        """Time left before --timeout buys one more fresh-server run of each of ``finalists`` compared finalists
+        (the ``repeat``-th re-measurement of most)."""
+
     def study_finished(self, study: str, stopped_by: str, verdict: str, profile_path: Path | None,
                        gpu_minutes: float) -> None:
         """The study ended; ``verdict`` is the selection's sentence; ``gpu_minutes``: this invocation's wall
@@ -188,6 +192,10 @@ class ThreadedProgress(Progress):
     def remeasure_stepped_down(self, trial: int, from_concurrency: int, concurrency: int) -> None:
         with self.lock:
             self.inner.remeasure_stepped_down(trial, from_concurrency, concurrency)
+
+    def spare_round(self, finalists: int, repeat: int) -> None:
+        with self.lock:
+            self.inner.spare_round(finalists, repeat)
 
     def study_finished(self, study: str, stopped_by: str, verdict: str, profile_path: Path | None,
                        gpu_minutes: float) -> None:

@@ -2,8 +2,9 @@
 "equal within noise" when that is the truth.
 
 The finalists (the top trials and both baselines) are re-measured ``repeats`` times each on fresh servers, with
-the same step-down rule. Only finalists measured that way are ranked: one cut short by the deadline is named
-*unconfirmed* and no claim rests on it. A trial's own server was fresh too: its chosen level, carried to the
+the same step-down rule; with a deadline, time left after the trials buys more of them, a whole round of the
+compared finalists at a time (``autotune.study.spare_rounds``). Only finalists measured that way are ranked: one
+cut short by the deadline is named *unconfirmed* and no claim rests on it. A trial's own server was fresh too: its chosen level, carried to the
 knee like a re-measurement, counts as the first of the finalist's runs. So every finalist is judged by
 1 + ``repeats`` fresh-server runs, and on an H200, where a restart and one level cost about 95 s, one
 re-measurement each (the default) buys what two did before at half the GPU time. The price is the winner's

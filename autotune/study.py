@@ -61,6 +61,9 @@ class StudyConfig:
     patience: int = 12  # stop after this many finished trials without a 1% better feasible value
     top_k: int = 3
     repeats: int = 2
+    # With a deadline: the fresh-server re-measurements per finalist that time left over after the trials may buy,
+    # a whole round of the finalists at a time (see spare_rounds)
+    max_repeats: int = 2
     noise_floor: float = 0.0  # relative run-to-run noise of throughput that no interval is narrower than
     confidence: float = 0.9  # of the intervals a verdict rests on
     seed: int = 0
@@ -671,6 +674,7 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
             break
         runner.start(lambda s, c=cand: _remeasure(study, cfg, c, s, deadline, progress, runner.cancel), slot)
     runner.join()
+    spare_rounds(study, cfg, candidates, deadline, progress, runner)
     selection = select_winner(candidates, limits_ms, cfg.repeats, cfg.noise_floor, cfg.confidence)
     records.write_selection(study, selection_record(selection, limits_ms, cfg.noise_floor, cfg.confidence))
     return selection
@@ -696,16 +700,55 @@ def _with_stored_remeasurements(study: optuna.Study, cand: Candidate) -> Candida
     return cand
 
 
+def spare_rounds(study: optuna.Study, cfg: StudyConfig, candidates: list[Candidate], deadline: float | None,
+                 progress: Progress, runner: _SlotRunner) -> None:
+    """Spend the time a deadline leaves after the planned comparison on more fresh-server runs: while a whole round
+    fits, one more for every finalist that is compared (measured as the others and within the limits), up to
+    ``max_repeats`` each. A finalist's throughput at the limit moves about 4.8% from one fresh server to the next
+    on an H200, so two runs a finalist resolve only gains of about 15% (docs/results/h200-reproducibility.md); the
+    time left after the last trial that fitted is otherwise idle. Every compared finalist gets the round, whatever
+    the figures so far say: adding runs only where a comparison looks undecided, and stopping once it looks
+    decided, would bias the verdict toward the claims it happened to see early."""
+    if deadline is None or cfg.repeats <= 0:
+        return
+    limits_ms = cfg.settings.search.limits_ms
+    while not runner.cancel.is_set():
+        round_ = [c for c in candidates if c.concurrency is not None and c.confirmed(cfg.repeats)
+                  and c.meets(limits_ms) and len(c.repeats) < cfg.max_repeats]
+        compared = [c for c in candidates if c.confirmed(cfg.repeats) and c.meets(limits_ms)]
+        if not round_ or len(compared) < 2:
+            return
+        seconds = [c.remeasure_s for c in round_]
+        if time.monotonic() + max(max(seconds), sum(seconds) / len(cfg.gpu_slots)) > deadline:
+            return
+        progress.spare_round(len(round_), len(round_[0].repeats) + 1)
+        for cand in round_:
+            slot = runner.take_slot()
+            if slot is None:
+                break
+            runner.start(lambda s, c=cand: _remeasure(study, cfg, c, s, deadline, progress, runner.cancel,
+                                                      runs_at_load=len(c.repeats) + 1), slot)
+        runner.join()
+
+
 def _remeasure(study: optuna.Study, cfg: StudyConfig, cand: Candidate, slot: tuple[int, ...],
-               deadline: float | None, progress: Progress, cancel: threading.Event) -> None:
+               deadline: float | None, progress: Progress, cancel: threading.Event,
+               runs_at_load: int | None = None) -> None:
+    """Fresh-server re-measurements of ``cand`` until it has ``runs_at_load`` (default: ``repeats``) at its load;
+    after a step-down, ``repeats`` at the new load, as for every finalist."""
     limits_ms = cfg.settings.search.limits_ms
     settings = replace(cfg.settings, gpu_ids=slot)
-    while len(cand.repeats) < cfg.repeats and cand.concurrency is not None and not cancel.is_set():
+    wanted, load = runs_at_load or cfg.repeats, cand.concurrency
+    while cand.concurrency is not None and not cancel.is_set():
+        if cand.concurrency != load:
+            wanted, load = cfg.repeats, cand.concurrency
+        if len(cand.repeats) >= wanted:
+            break
         if deadline is not None and time.monotonic() + cand.remeasure_s > deadline:
-            progress.remeasure_skipped(cand.trial_number, len(cand.repeats) + 1, cfg.repeats, cand.remeasure_s)
+            progress.remeasure_skipped(cand.trial_number, len(cand.repeats) + 1, wanted, cand.remeasure_s)
             break
         i = len(cand.repeats)
-        progress.remeasure_started(cand.trial_number, i + 1, cfg.repeats, cand.concurrency, cand.baseline)
+        progress.remeasure_started(cand.trial_number, i + 1, wanted, cand.concurrency, cand.baseline)
         # one folder per server: a step-down re-measures at a new level with the repeat count back at 0
         log_path = (cfg.out_dir / cfg.study_name / "remeasure" / f"{cand.trial_number}-c{cand.concurrency}-{i}"
                     / "server.log")

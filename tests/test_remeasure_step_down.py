@@ -47,10 +47,12 @@ class _Settings:
     gpu_ids: tuple[int, ...] = (0,)
 
 
-def _cfg(tmp_path: Path, repeats: int = 2, limits_ms: dict[str, float] | None = None) -> SimpleNamespace:
+def _cfg(tmp_path: Path, repeats: int = 2, limits_ms: dict[str, float] | None = None, max_repeats: int = 0,
+         gpu_slots: tuple[tuple[int, ...], ...] = ((0,),)) -> SimpleNamespace:
     search = SimpleNamespace(limits_ms=limits_ms or {"ttft": 500.0})
-    return SimpleNamespace(top_k=1, repeats=repeats, noise_floor=0.0, confidence=0.9, out_dir=tmp_path, study_name="s",
-                           settings=_Settings(search=search), gpu_slots=((0,),))
+    return SimpleNamespace(top_k=1, repeats=repeats, max_repeats=max(repeats, max_repeats), noise_floor=0.0,
+                           confidence=0.9, out_dir=tmp_path, study_name="s", settings=_Settings(search=search),
+                           gpu_slots=gpu_slots)
 
 
 def _fake_measure(p99_by_concurrency: dict[int, float], calls: list[int], log_paths: list | None = None,
@@ -218,3 +220,126 @@ def test_the_reserve_counts_a_restart_as_seen_once_one_was_timed(tmp_path):
     assert stored.wall_s == timed.wall_s
     older = {k: v for k, v in timed.to_json().items() if k != "wall_s"}  # recorded before walls were kept
     assert Measurement.from_json(older).wall_s == 0.0
+
+
+# --- spare rounds: time left before the deadline buys more runs of every compared finalist -----------------------
+
+TUNED = TrialResult(flags={"max-num-seqs": 512}, feasible=True, output_tok_s=5100.0, concurrency=181,
+                    best_metrics={"ttft_ms": {"p99": 470.0}}, levels=RESULT.levels, engine_wall_s=130.0)
+COST_S = 130.0 + 181 * 0.2  # one re-measurement of either: its trial's server start and stop, and its level at 181
+
+
+def _two_finalists() -> optuna.Study:
+    """vLLM's defaults (trial 0) and a tuned trial (1): with --top-k 1, both are finalists."""
+    study = _study()
+    study.add_trial(optuna.trial.create_trial(
+        params={"x": 0.6}, distributions={"x": FloatDistribution(0, 1)}, value=5100.0,
+        user_attrs={"result": TUNED.to_json(), **records.queue_attrs()}))
+    return study
+
+
+class _Clock:
+    """The study's clock, moved on by each fake re-measurement as much as a real one costs."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def _timed_measure(clock: _Clock, p99_by_concurrency: dict[int, float], calls: list[tuple[int, int]]):
+    untimed = _fake_measure(p99_by_concurrency, [])
+
+    def measure_once(settings, flags, concurrency, name, log_path):
+        calls.append((flags.get("max-num-seqs", 0), concurrency))
+        clock.now += COST_S
+        return untimed(settings, flags, concurrency, name, log_path)
+    return measure_once
+
+
+class _Rounds(Progress):
+    def __init__(self) -> None:
+        self.rounds: list[tuple[int, int]] = []
+
+    def spare_round(self, finalists: int, repeat: int) -> None:
+        self.rounds.append((finalists, repeat))
+
+
+def test_time_left_buys_whole_rounds_of_every_compared_finalist(tmp_path, monkeypatch):
+    clock, calls, progress = _Clock(), [], _Rounds()
+    monkeypatch.setattr(study_mod.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(study_mod, "measure_once", _timed_measure(clock, {181: 450.0}, calls))
+    study = _two_finalists()
+    # the planned comparison (one run each) and one whole round fit; a second round would not
+    deadline = clock.now + 4 * COST_S + 10
+    selection = study_mod.remeasure_and_select(study, _cfg(tmp_path, repeats=1, max_repeats=3), deadline, progress)
+    assert progress.rounds == [(2, 2)]
+    assert sorted(calls) == [(256, 181), (256, 181), (512, 181), (512, 181)]
+    assert all(len(c.repeats) == 2 for c in selection.candidates)  # measured alike
+    assert all(len(records.read_remeasurement(study, t).repeats) == 2 for t in (0, 1))  # and stored
+
+
+def test_spare_rounds_stop_at_max_repeats(tmp_path, monkeypatch):
+    clock, calls, progress = _Clock(), [], _Rounds()
+    monkeypatch.setattr(study_mod.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(study_mod, "measure_once", _timed_measure(clock, {181: 450.0}, calls))
+    selection = study_mod.remeasure_and_select(_two_finalists(), _cfg(tmp_path, repeats=1, max_repeats=3),
+                                               clock.now + 100 * COST_S, progress)
+    assert progress.rounds == [(2, 2), (2, 3)] and len(calls) == 6
+    assert all(len(c.repeats) == 3 for c in selection.candidates)
+
+
+def test_no_spare_rounds_without_a_deadline_or_a_comparison(tmp_path, monkeypatch):
+    clock, calls, progress = _Clock(), [], _Rounds()
+    monkeypatch.setattr(study_mod.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(study_mod, "measure_once", _timed_measure(clock, {181: 450.0}, calls))
+    study_mod.remeasure_and_select(_two_finalists(), _cfg(tmp_path, repeats=1, max_repeats=3), None, progress)
+    assert len(calls) == 2 and progress.rounds == []  # no --timeout: --repeats, as asked
+    calls.clear()
+    study_mod.remeasure_and_select(_study(), _cfg(tmp_path, repeats=1, max_repeats=3), clock.now + 100 * COST_S,
+                                   progress)
+    assert len(calls) == 1 and progress.rounds == []  # one finalist: nothing to compare it with
+
+
+def test_a_round_runs_on_every_gpu_slot(tmp_path, monkeypatch):
+    """With two slots a round of two finalists costs one re-measurement's time, not two."""
+    clock, calls, progress = _Clock(), [], _Rounds()
+    monkeypatch.setattr(study_mod.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(study_mod, "measure_once", _timed_measure(clock, {181: 450.0}, calls))
+    # the fake clock moves by every call, so leave room for the two calls of the planned comparison and two of
+    # the round; one slot would price the round at two costs after the planned runs, and not start it
+    deadline = clock.now + 2 * COST_S + COST_S + 10
+    study_mod.remeasure_and_select(_two_finalists(), _cfg(tmp_path, repeats=1, max_repeats=2), deadline, progress)
+    assert progress.rounds == []
+    clock.now = 1000.0
+    study_mod.remeasure_and_select(_two_finalists(), _cfg(tmp_path, repeats=1, max_repeats=2, gpu_slots=((0,), (1,))),
+                                   deadline, progress)
+    assert progress.rounds == [(2, 2)]
+
+
+def test_a_step_down_in_a_spare_round_measures_the_new_load_as_every_finalist(tmp_path, monkeypatch):
+    """A spare run over the limit steps the finalist down like any re-measurement; at the new load it gets
+    ``repeats`` runs, so it stays compared (with none there it would drop out as unconfirmed)."""
+    clock, calls, progress = _Clock(), [], _Rounds()
+    monkeypatch.setattr(study_mod.time, "monotonic", clock.monotonic)
+    # the tuned trial's spare run at 181 breaks the limit
+    p99 = iter([450.0, 450.0, 560.0, 380.0, 450.0, 390.0])
+
+    def measure_once(settings, flags, concurrency, name, log_path):
+        calls.append((flags.get("max-num-seqs", 0), concurrency))
+        clock.now += COST_S
+        return _fake_measure({concurrency: next(p99)}, [])(settings, flags, concurrency, name, log_path)
+
+    monkeypatch.setattr(study_mod, "measure_once", measure_once)
+    study = _two_finalists()
+    selection = study_mod.remeasure_and_select(study, _cfg(tmp_path, repeats=1, max_repeats=2),
+                                               clock.now + 100 * COST_S, progress)
+    tuned = next(c for c in selection.candidates if c.trial_number == 1)
+    # planned: tuned, defaults; round 1: tuned over the limit at 181, then 152 at once, defaults; round 2: the
+    # tuned trial alone, the only finalist under --max-repeats at its load
+    assert calls == [(512, 181), (256, 181), (512, 181), (512, 152), (256, 181), (512, 152)]
+    assert progress.rounds == [(2, 2), (1, 2)]
+    assert tuned.concurrency == 152 and tuned.stepped_down_from == [181] and len(tuned.repeats) == 2
+    assert [c for c, _ in tuned.earlier_runs] == [181, 181]  # both runs at 181 still count
+    assert tuned.confirmed(1) and 1 not in selection.unconfirmed

@@ -63,5 +63,9 @@ def test_a_noisy_sim_study_is_judged_as_a_gpu_study():
     assert cfg.noise_floor == REAL_GPU_NOISE_FLOOR and cfg.settings.search.p99_run_cv == REAL_GPU_P99_RUN_CV
     exact = build_study_config(RunOptions(model="flash", p99_ms=500, engine="sim"))
     assert exact.noise_floor == 0.0 and not exact.settings.search.p99_run_cv and exact.settings.sim_noise is None
+    # time left before --timeout buys more runs where runs vary, not on the noiseless sim
+    assert (cfg.repeats, cfg.max_repeats) == (1, 3) and (exact.repeats, exact.max_repeats) == (1, 1)
+    assert build_study_config(RunOptions(model="flash", p99_ms=500, engine="sim", sim_noise="h200", repeats=4,
+                                         max_repeats=2)).max_repeats == 4  # never fewer than --repeats
     with pytest.raises(UsageError, match="--sim-noise is for the in-process sim"):
         build_study_config(RunOptions(model="flash", p99_ms=500, engine="sim", sim_noise="h200", sim_server=True))

@@ -53,6 +53,9 @@ def _default(field: str) -> Any:
               help="candidates re-measured at the end (baselines always are)")
 @click.option("--repeats", type=int, default=_default("repeats"), show_default=True,
               help="fresh-server re-measurements per finalist, beside its own trial's run (0: the search's figures alone)")
+@click.option("--max-repeats", type=int, default=_default("max_repeats"), show_default=True,
+              help="with --timeout: time left after the trials buys more re-measurements, a round of every compared "
+              "finalist at a time, up to this many each")
 @click.option("--patience", type=int, default=_default("patience"), show_default=True,
               help="stop after this many trials without a 1% gain (0: never)")
 @click.option("--load-format", default=None, help="vLLM --load-format for every trial (dummy: tune a model's "

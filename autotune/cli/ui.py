@@ -175,6 +175,10 @@ class StudyView(Progress):
     def remeasure_stepped_down(self, trial: int, from_concurrency: int, concurrency: int) -> None:
         self._log(f"trial {trial} over a limit at concurrency {from_concurrency}: re-measuring it at {concurrency}")
 
+    def spare_round(self, finalists: int, repeat: int) -> None:
+        self._log(f"time left before --timeout: one more fresh-server run of each of the {finalists} finalists "
+                  f"compared (re-measurement {repeat})")
+
     def study_finished(self, study: str, stopped_by: str, verdict: str, profile_path: Path | None,
                        gpu_minutes: float) -> None:
         self.eta = None
