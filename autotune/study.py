@@ -718,7 +718,8 @@ def spare_rounds(study: optuna.Study, cfg: StudyConfig, candidates: list[Candida
         compared = [c for c in candidates if c.confirmed(cfg.repeats) and c.meets(limits_ms)]
         if not round_ or len(compared) < 2:
             return
-        seconds = [c.remeasure_s for c in round_]
+        # priced as the slowest of the finalist's expected and measured re-measurements so far
+        seconds = [max([c.remeasure_s, *(m.wall_s for m in c.repeats)]) for c in round_]
         if time.monotonic() + max(max(seconds), sum(seconds) / len(cfg.gpu_slots)) > deadline:
             return
         progress.spare_round(len(round_), len(round_[0].repeats) + 1)

@@ -304,18 +304,33 @@ def test_no_spare_rounds_without_a_deadline_or_a_comparison(tmp_path, monkeypatc
 
 def test_a_round_runs_on_every_gpu_slot(tmp_path, monkeypatch):
     """With two slots a round of two finalists costs one re-measurement's time, not two."""
-    clock, calls, progress = _Clock(), [], _Rounds()
-    monkeypatch.setattr(study_mod.time, "monotonic", clock.monotonic)
-    monkeypatch.setattr(study_mod, "measure_once", _timed_measure(clock, {181: 450.0}, calls))
-    # the fake clock moves by every call, so leave room for the two calls of the planned comparison and two of
-    # the round; one slot would price the round at two costs after the planned runs, and not start it
-    deadline = clock.now + 2 * COST_S + COST_S + 10
+    calls: list[int] = []
+    progress = _Rounds()
+    monkeypatch.setattr(study_mod, "measure_once", _fake_measure({181: 450.0}, calls))  # instant: no time passes
+    deadline = time.monotonic() + 1.5 * COST_S  # room for one re-measurement's time, not two
     study_mod.remeasure_and_select(_two_finalists(), _cfg(tmp_path, repeats=1, max_repeats=2), deadline, progress)
-    assert progress.rounds == []
-    clock.now = 1000.0
+    assert progress.rounds == [] and len(calls) == 2  # one slot: the round is priced at two re-measurements
+    calls.clear()
     study_mod.remeasure_and_select(_two_finalists(), _cfg(tmp_path, repeats=1, max_repeats=2, gpu_slots=((0,), (1,))),
                                    deadline, progress)
-    assert progress.rounds == [(2, 2)]
+    assert progress.rounds == [(2, 2)] and len(calls) == 4
+
+
+def test_a_round_is_priced_at_the_re_measurements_seen(tmp_path, monkeypatch):
+    """Restarts three times slower than the trial's own start: the round is priced at what they took."""
+    clock, calls, progress = _Clock(), [], _Rounds()
+    monkeypatch.setattr(study_mod.time, "monotonic", clock.monotonic)
+    timed = _timed_measure(clock, {181: 450.0}, calls)
+
+    def slow_measure(*args):
+        clock.now += 2 * COST_S
+        return timed(*args)
+
+    monkeypatch.setattr(study_mod, "measure_once", slow_measure)
+    # after the planned two (6 x COST_S), 4 x COST_S are left: enough at the expected price, not at the seen one
+    study_mod.remeasure_and_select(_two_finalists(), _cfg(tmp_path, repeats=1, max_repeats=3),
+                                   clock.now + 10 * COST_S, progress)
+    assert len(calls) == 2 and progress.rounds == []
 
 
 def test_a_step_down_in_a_spare_round_measures_the_new_load_as_every_finalist(tmp_path, monkeypatch):
