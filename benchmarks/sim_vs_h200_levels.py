@@ -1,0 +1,519 @@
+"""The sim engine against every steady-state level the H200 reproducibility pairs measured (issue #21).
+
+Two datasets of docs/results/raw, each the same study run twice side by side (one H200 per copy; vLLM 0.26.0,
+the weightless GLM-4-9B-shaped model `autotune.testing.models.WEIGHTLESS_FLASH_CONFIG`, `--load-format dummy`):
+`h200-pair3-ttft500-short` (workload random:1024:128:0.5) and `h200-pair2-ttft500` (random:1024:512:0.5).
+Every run of every level, trials' and fresh-server re-measurements' alike, is replayed on the in-process sim
+engine (exact: no sim noise) with the trial's flags, the level's concurrency, the study's level protocol
+(`autotune.trial.level_load_config`: 1 x C warm-up, 3 x C measured, 2 s ramp, output tok/s over the steady window)
+and the very requests the GPU run sent: a trial's levels take consecutive slices of the workload's stream (seed 0)
+in the order they ran, a re-measurement's fresh server starts from its beginning (`autotune.trial._measure_fn`).
+Each GPU run's prompt and output lengths are checked against its slice. GPU and sim figures come from per-request
+records of the same shape (the sim writes them through the load generator's `records_path`), read by one function.
+
+Printed: per (configuration, concurrency) the GPU's mean over its runs and the sim's mean over the same request
+streams (output tok/s, P99 TTFT with its range over the runs, P99 TPOT) and their errors; a summary per workload;
+the knee at P99 TTFT <= 500 ms of each configuration (its levels' curve made non-decreasing and crossed with the
+limit, as `autotune.selection.LoadCurve` carries a run: GPU, sim on the same loads, and the sim's own load search)
+and whether the sim ranks the configurations as the GPU does; and what sets the P99 TTFT (`ttft_anatomy`, and
+vLLM's own split of a run's mean TTFT where the study database kept its latency histograms: `server_split`).
+
+    python benchmarks/sim_vs_h200_levels.py [--json] [--datasets NAME ...]
+
+About 2 minutes on the 2-core development machine.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from _shared import load_records, window_tok_s
+
+from autotune import records
+from autotune.cli.ui import short_flags
+from autotune.flags import changed_flags, deploy_flags
+from autotune.gpus import load_gpu
+from autotune.jsonsafe import json_safe
+from autotune.loadgen.workload import parse_workload
+from autotune.loadsearch import LoadSearchConfig
+from autotune.models import spec_from_config
+from autotune.records import Measurement
+from autotune.selection import LoadCurve
+from autotune.sim.engine import setup_engine
+from autotune.sim.inproc import bench_in_process
+from autotune.testing.models import WEIGHTLESS_FLASH_CONFIG
+from autotune.trial import TrialSettings, level_load_config, run_trial
+
+RAW = Path(__file__).resolve().parent.parent / "docs" / "results" / "raw"
+DATASETS = ("h200-pair3-ttft500-short", "h200-pair2-ttft500")
+BURST_S = 0.2  # "started together": within this many seconds
+METRIC = "ttft"
+
+
+@dataclass
+class Run:
+    """One GPU run of one level and its sim replay."""
+
+    dataset: str
+    workload: str
+    copy: int
+    trial: int
+    source: str  # the records' path under the copy's study folder
+    concurrency: int
+    first_request: int  # index of its first request in the workload's stream
+    path: Path
+    flags: dict[str, Any]
+    label: str
+    server: dict[str, Any] = field(default_factory=dict)  # vLLM's /metrics over the run, where the database kept it
+    gpu: dict[str, Any] = field(default_factory=dict)
+    sim: dict[str, Any] = field(default_factory=dict)
+
+
+def config_label(flags: dict[str, Any], baseline: str) -> str:
+    """vLLM's defaults, the seed profile, or the flags changed from vLLM's defaults (measurement-only ones left out)."""
+    if baseline:
+        return {"vllm-defaults": "vLLM defaults", "seed-profile": "seed profile"}.get(baseline, baseline)
+    kept = deploy_flags(flags)[0]
+    return short_flags({name: value for name, (value, _) in changed_flags(kept).items()})
+
+
+def level_concurrency(path: Path) -> int:
+    return int(path.name.split("-c")[1].split(".")[0])  # NN-cC.jsonl.gz
+
+
+def gpu_runs(dataset: str, tmp: Path) -> tuple[list[Run], dict[str, TrialSettings]]:
+    """Every run of the dataset's two copies, with its flags and where its requests start in the stream; and the
+    sim's trial settings for the dataset's workload, by workload spec."""
+    folder = RAW / dataset
+    runs: list[Run] = []
+    settings: dict[str, TrialSettings] = {}
+    for db in sorted(folder.glob("gpu*.db.gz")):
+        copy = int(db.name[3:-6])
+        plain = tmp / f"{dataset}-{db.name[:-3]}"
+        with gzip.open(db, "rb") as src, open(plain, "wb") as dst:  # a temp copy: the committed file is never opened
+            shutil.copyfileobj(src, dst)
+        storage = f"sqlite:///{plain}"
+        study = optuna.load_study(study_name=f"repro-ttft-gpu{copy}", storage=storage)
+        fingerprint = records.read_fingerprint(study)
+        options = records.read_run_options(study) or {}
+        spec = fingerprint.workload["spec"]
+        if spec not in settings:
+            settings[spec] = sim_settings(spec, int(fingerprint.workload["seed"]), dict(fingerprint.limits_ms),
+                                          float(options.get("prompts_per_level", 3.0)))
+        s = settings[spec]
+        trials = {t.number: t for t in records.read_trials(study) if t.result is not None}
+        root = folder / f"gpu{copy}" / study.study_name
+        server = {f"{rm.trial_number}-c{rm.concurrency}-{i}": dict(m.metrics.get("server_metrics") or {})
+                  for rm in records.read_remeasurements(study) for i, m in enumerate(rm.repeats)}
+
+        placed: list[tuple[int, Path, int]] = []  # (trial, records, index of its first request in the stream)
+        for number in sorted(trials):
+            used = 0  # a trial's levels take consecutive slices of the stream, in the order they ran
+            for path in sorted((root / "trials" / str(number) / "levels").glob("*.jsonl.gz")):
+                placed.append((number, path, used))
+                cfg = level_load_config(s, level_concurrency(path))
+                used += cfg.warmup_prompts + cfg.num_prompts
+        for folder_r in sorted((root / "remeasure").glob("*")):  # a fresh server: its stream starts at 0
+            placed += [(int(folder_r.name.split("-")[0]), path, 0)
+                       for path in sorted((folder_r / "levels").glob("*.jsonl.gz"))]
+        for number, path, first in placed:
+            t = trials[number]
+            runs.append(Run(dataset, spec, copy, number, str(path.relative_to(root)), level_concurrency(path), first,
+                            path, dict(t.result.flags), config_label(dict(t.result.flags), t.baseline),
+                            server.get(path.parent.parent.name, {}) if path.parts[-4] == "remeasure" else {}))
+    return runs, settings
+
+
+def sim_settings(spec: str, seed: int, limits_ms: dict[str, float], prompts_per_level: float) -> TrialSettings:
+    model = spec_from_config(WEIGHTLESS_FLASH_CONFIG, "weightless-flash", "weightless-flash")
+    return TrialSettings(engine="sim", model=model, gpu=load_gpu("h200"), gpus=1,
+                         workload=parse_workload(spec, seed=seed), search=LoadSearchConfig(limits_ms=limits_ms),
+                         prompts_per_level=prompts_per_level, sim_noise=None)
+
+
+def _p99(values: list[float]) -> float:
+    return float(np.percentile(values, 99)) if values else math.nan
+
+
+def figures(rows: list[dict]) -> dict[str, Any]:
+    """A run's figures from its per-request records: output tok/s over the steady window (every request's tokens in
+    it, as a level reports), P99 TTFT and TPOT of the measured requests, the mean TTFT of every request (warm-up
+    included: what vLLM's latency histograms cover), and how its TTFTs came about (:func:`ttft_anatomy`)."""
+    ok = [r for r in rows if not r["warmup"] and r["ok"]]
+    return {"output_tok_s": window_tok_s(rows)[0], "p99_ttft_ms": _p99([r["ttft_ms"] for r in ok]),
+            "p99_tpot_ms": _p99([r["tpot_ms"] for r in ok if r["tpot_ms"] is not None]),
+            "mean_ttft_all_ms": float(np.mean([r["ttft_ms"] for r in rows if r["ok"]])),
+            "failed": sum(not r["ok"] for r in rows), **ttft_anatomy(rows)}
+
+
+def ttft_anatomy(rows: list[dict], window_s: float = BURST_S, same_step_s: float = 0.002) -> dict[str, Any]:
+    """How a run's TTFTs came about, from its requests' start times and TTFTs (measured requests; the warm-up's
+    count where they are ahead of one):
+
+    - ``top``: the top 1% of the TTFTs (ceil(1% of n): 2-10 here); ``top_together``: the most of them that started
+      within ``window_s`` of each other;
+    - ``tail_burst``: the most requests (warm-up included) that started in the ``window_s`` up to and including the
+      start of one of the top 1% -- the burst it arrived in; ``p99_per_burst_ms``: P99 TTFT / ``tail_burst``;
+    - ``queue_*``: prefills queued ahead of a request -- requests started before it and still without their first
+      token when it started (mean, P99, max);
+    - ``batched_share``: share of the requests whose first token came in the same step (within ``same_step_s``) as
+      at least 4 other requests' first tokens;
+    - ``start_fano``: variance / mean of the starts counted in consecutive ``window_s`` bins over the steady window
+      (about 1 for independent arrivals, more when they come in bursts);
+    - ``p10_ttft_ms``, ``p50_ttft_ms``; ``p50_ttft_empty_queue_ms``: median TTFT of the requests that found no
+      prefill queued ahead (NaN where none did).
+    """
+    ok = [r for r in rows if not r["warmup"] and r["ok"]]
+    ttft = np.array([r["ttft_ms"] for r in ok], dtype=float)
+    start = np.array([r["start_s"] for r in ok], dtype=float)
+    every = [r for r in rows if r["ok"]]
+    every_start = np.array([r["start_s"] for r in every], dtype=float)
+    every_first = every_start + np.array([r["ttft_ms"] for r in every], dtype=float) / 1e3
+    every_sorted = np.sort(every_start)
+    k = math.ceil(0.01 * len(ok))
+    top = np.argsort(ttft, kind="stable")[-k:]
+    top_starts = np.sort(start[top])
+    together = max(int(np.searchsorted(top_starts, x + window_s, side="left") - i) for i, x in enumerate(top_starts))
+    burst = max(int(np.searchsorted(every_sorted, x, side="right") - np.searchsorted(every_sorted, x - window_s,
+                                                                                      side="right"))
+                for x in start[top])
+    queue = np.array([int(np.sum((every_start < x) & (every_first > x))) for x in start])
+    first = start + ttft / 1e3
+    group = np.array([int(np.sum(np.abs(every_first - f) < same_step_s)) for f in first])
+    counts = np.histogram(start, np.arange(start.min(), start.max() + window_s, window_s))[0]
+    p99 = _p99(list(ttft))
+    return {"top": k, "top_together": together, "tail_burst": burst, "p99_per_burst_ms": p99 / burst,
+            "queue_mean": float(queue.mean()), "queue_p99": float(np.percentile(queue, 99)),
+            "queue_max": int(queue.max()), "batched_share": float(np.mean(group >= 5)),
+            "start_fano": float(counts.var() / counts.mean()) if counts.mean() > 0 else math.nan,
+            "p10_ttft_ms": float(np.percentile(ttft, 10)), "p50_ttft_ms": float(np.median(ttft)),
+            "p50_ttft_empty_queue_ms": float(np.median(ttft[queue == 0])) if (queue == 0).any() else math.nan}
+
+
+def replay(run: Run, settings: TrialSettings, setups: dict[str, Any], tmp: Path) -> None:
+    """The GPU run's figures, and the sim's on the same requests and level protocol."""
+    rows = load_records(run.path)
+    cfg = level_load_config(settings, run.concurrency, tmp / "sim.jsonl.gz")
+    total = cfg.warmup_prompts + cfg.num_prompts
+    requests = settings.workload.requests(run.first_request + total, start=run.first_request)
+    by_i = {r["i"]: r for r in rows}
+    same = len(rows) == total and all(by_i[i]["prompt_tokens"] == q.prompt_len and by_i[i]["output_tokens"] in
+                                      (q.output_len, None) for i, q in enumerate(requests) if by_i[i]["ok"])
+    if not same:
+        raise SystemExit(f"{run.dataset} copy {run.copy} {run.source}: the records are not the stream's requests "
+                         f"{run.first_request}..{run.first_request + total - 1}")
+    key = json.dumps(run.flags, sort_keys=True)
+    if key not in setups:
+        setups[key] = setup_engine(settings.model, settings.gpu, run.flags)
+    bench_in_process(setups[key], requests, cfg)
+    run.gpu, run.sim = figures(rows), figures(load_records(Path(cfg.records_path)))
+
+
+def err(sim: float, gpu: float) -> float:
+    return 100.0 * (sim / gpu - 1.0)
+
+
+def level_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per (workload, configuration, concurrency): the GPU's runs and the sim's replays of them."""
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for r in runs:
+        groups[(r.workload, r.label, r.concurrency)].append(r)
+    out = []
+    for (workload, label, c), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        row: dict[str, Any] = {"workload": workload, "config": label, "flags": rs[0].flags, "concurrency": c,
+                               "runs": len(rs), "copies": sorted({r.copy for r in rs})}
+        for side in ("gpu", "sim"):
+            for m in ("output_tok_s", "p99_ttft_ms", "p99_tpot_ms"):
+                values = [getattr(r, side)[m] for r in rs]
+                row[f"{side}_{m}"] = float(np.mean(values))
+                row[f"{side}_{m}_range"] = [float(min(values)), float(max(values))]
+        for m in ("output_tok_s", "p99_ttft_ms", "p99_tpot_ms"):
+            row[f"err_{m}"] = err(row[f"sim_{m}"], row[f"gpu_{m}"])
+        out.append(row)
+    return out
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"median": float(np.median(values)), "min": float(min(values)), "max": float(max(values)), "n": len(values)}
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per workload: the errors' median and range over the (configuration, concurrency) rows; the GPU's own
+    run-to-run spread at a fixed load ((max - min) / mean over the runs of rows measured more than once), and the
+    sim's over the same request streams."""
+    out = {}
+    for workload in sorted({r["workload"] for r in rows}):
+        rs = [r for r in rows if r["workload"] == workload]
+        multi = [r for r in rs if r["runs"] > 1]
+        spread = {side: {m: _stats([100 * (r[f"{side}_{m}_range"][1] - r[f"{side}_{m}_range"][0]) / r[f"{side}_{m}"]
+                                    for r in multi])
+                         for m in ("p99_ttft_ms", "output_tok_s")} for side in ("gpu", "sim")} if multi else {}
+        out[workload] = {"rows": len(rs), "runs": sum(r["runs"] for r in rs),
+                         "errors_pct": {m: _stats([r[f"err_{m}"] for r in rs])
+                                        for m in ("output_tok_s", "p99_ttft_ms", "p99_tpot_ms")},
+                         "spread_at_fixed_load_pct": spread, "levels_measured_more_than_once": len(multi)}
+    return out
+
+
+def curve_knee(levels: list[tuple[int, float, float, int]], limit_ms: float) -> dict[str, Any]:
+    """The knee of (concurrency, output tok/s, P99 ms, runs) levels at ``limit_ms``: their curve made non-decreasing
+    (`LoadCurve`, levels weighted by their runs) and carried to the limit from a run lying on it (a run on the curve
+    itself is carried to the curve's own crossing, within the loads measured). ``capped``: the curve never reaches
+    the limit within them; ``below``: it is over the limit at the lowest load (carried below it)."""
+    curve = LoadCurve.from_levels([(c, t, {METRIC: p}) for c, t, p, _ in levels], [n for *_, n in levels])
+    c0 = float(math.exp(curve.log_concurrency[0]))
+    on_curve = Measurement(float(math.exp(curve.log_output_tok_s[0])), {METRIC: float(math.exp(curve.log_p99_ms[METRIC][0]))})
+    limits = {METRIC: limit_ms}
+    x = curve.log_knee(round(c0), on_curve, limits)
+    p99 = np.exp(curve.log_p99_ms[METRIC])
+    return {"concurrency": float(math.exp(x)), "output_tok_s": curve.at_limit_tok_s(round(c0), on_curve, limits),
+            "capped": bool(p99[-1] <= limit_ms), "below": bool(p99[0] > limit_ms),
+            "loads": [round(math.exp(v)) for v in curve.log_concurrency]}
+
+
+def knees(runs: list[Run], settings: dict[str, TrialSettings], tmp: Path) -> dict[str, Any]:
+    """Per workload and configuration: the GPU's knee (both copies pooled, and each copy), the sim's on the same
+    loads and streams, and the sim's own load search (`run_trial` in-process, as a sim study runs it); the ranking
+    of the configurations by throughput at the knee: the GPU's (pooled, and each copy that ran every configuration)
+    and the sim's own search's; how many pairs of configurations the sim's search orders as the pooled GPU does,
+    and how many the two GPU copies order alike."""
+    out: dict[str, Any] = {}
+    for workload, s in settings.items():
+        limit = float(s.search.limits_ms[METRIC])
+        configs: dict[str, list[Run]] = defaultdict(list)
+        for r in runs:
+            if r.workload == workload:
+                configs[r.label].append(r)
+        rows = {}
+        for label, rs in configs.items():
+            def levels(side: str, subset: list[Run]) -> list[tuple[int, float, float, int]]:
+                by_c: dict[int, list[Run]] = defaultdict(list)
+                for r in subset:
+                    by_c[r.concurrency].append(r)
+                return [(c, float(np.mean([getattr(r, side)["output_tok_s"] for r in v])),
+                         float(np.mean([getattr(r, side)["p99_ttft_ms"] for r in v])), len(v))
+                        for c, v in sorted(by_c.items())]
+            row = {"gpu": curve_knee(levels("gpu", rs), limit), "sim": curve_knee(levels("sim", rs), limit),
+                   "gpu_by_copy": {g: curve_knee(levels("gpu", [r for r in rs if r.copy == g]), limit)
+                                   for g in sorted({r.copy for r in rs})}}
+            own = run_trial(s, rs[0].flags, "sim",
+                            tmp / "search" / "server.log")
+            row["sim_search"] = {"concurrency": own.concurrency, "output_tok_s": own.output_tok_s,
+                                 "feasible": own.feasible,
+                                 "levels": [(lv.concurrency, round(lv.output_tok_s), round(lv.p99_ttft_ms))
+                                            for lv in own.levels]}
+            rows[label] = row
+        tok_s = {"gpu": {lab: row["gpu"]["output_tok_s"] for lab, row in rows.items()},
+                 "sim_search": {lab: row["sim_search"]["output_tok_s"] for lab, row in rows.items()}}
+        for g in sorted({g for row in rows.values() for g in row["gpu_by_copy"]}):
+            if all(g in row["gpu_by_copy"] for row in rows.values()):
+                tok_s[f"gpu_copy{g}"] = {lab: row["gpu_by_copy"][g]["output_tok_s"] for lab, row in rows.items()}
+        rank = {side: sorted(v, key=lambda lab, v=v: -v[lab]) for side, v in tok_s.items()}
+        out[workload] = {"configs": rows, "ranking": rank,
+                         "sim_pairs_ordered_as_gpu": concordant(rank["gpu"], rank["sim_search"]),
+                         "gpu_copies_pairs_agreeing": concordant(rank["gpu_copy0"], rank["gpu_copy1"])
+                         if "gpu_copy0" in rank and "gpu_copy1" in rank else None}
+    return out
+
+
+ANATOMY = ("top_together_share", "tail_burst", "p99_per_burst_ms", "queue_mean", "queue_p99", "batched_share",
+           "start_fano", "p10_ttft_ms", "p50_ttft_ms", "p50_ttft_empty_queue_ms")
+
+
+def concordant(a: list[str], b: list[str]) -> list[int]:
+    """[pairs of configurations that ``b`` orders as ``a`` does, pairs]."""
+    pairs = [(x, y) for i, x in enumerate(a) for y in a[i + 1:]]
+    return [sum(b.index(x) < b.index(y) for x, y in pairs), len(pairs)]
+
+
+def diagnosis(runs: list[Run]) -> dict[str, Any]:
+    """Per workload, GPU and sim over the same runs: :func:`ttft_anatomy`'s figures (median and range over the runs),
+    in how many runs the top 1% all started together, the least-squares line P99 TTFT = a + b x tail burst over the
+    runs; and per run the sim's figures over the GPU's (paired: the same requests)."""
+    out: dict[str, Any] = {}
+    for workload in sorted({r.workload for r in runs}):
+        rs = [r for r in runs if r.workload == workload]
+        d: dict[str, Any] = {"runs": len(rs)}
+        for side in ("gpu", "sim"):
+            f = [{**getattr(r, side), "top_together_share": getattr(r, side)["top_together"] / getattr(r, side)["top"]}
+                 for r in rs]
+            burst = np.array([x["tail_burst"] for x in f], dtype=float)
+            p99 = np.array([x["p99_ttft_ms"] for x in f])
+            b, a = np.polyfit(burst, p99, 1)
+            d[side] = {"all_top_together": sum(x["top_together"] == x["top"] for x in f),
+                       **{key: _stats([x[key] for x in f if not math.isnan(x[key])]) for key in ANATOMY},
+                       "fit_p99_vs_burst": {"intercept_ms": float(a), "ms_per_request": float(b),
+                                            "r2": float(np.corrcoef(burst, p99)[0, 1] ** 2)}}
+        d["sim_over_gpu"] = {key: _stats([r.sim[key] / r.gpu[key] for r in rs if r.gpu[key] > 0])
+                             for key in ("p10_ttft_ms", "p50_ttft_ms", "p99_ttft_ms", "tail_burst", "queue_mean")}
+        d["gpu_minus_sim_empty_queue_ms"] = _stats([r.gpu["p50_ttft_empty_queue_ms"] - r.sim["p50_ttft_empty_queue_ms"]
+                                                    for r in rs if not math.isnan(r.gpu["p50_ttft_empty_queue_ms"])
+                                                    and not math.isnan(r.sim["p50_ttft_empty_queue_ms"])])
+        out[workload] = d
+    return out
+
+
+def server_split(runs: list[Run]) -> list[dict[str, Any]]:
+    """vLLM's own split of the mean TTFT, for the runs whose database record kept the server's latency histograms
+    (the fresh-server re-measurements): every request the server saw during the run, warm-up included, from its
+    arrival at the API server: ``queue`` (waiting in the engine's scheduler) + ``prefill`` (scheduled to first token)
+    is the engine's part, the rest of the server's TTFT lies outside it (API server, inter-process hand-offs); the
+    client's mean over the same requests adds the HTTP side. The sim, which models the engine only, beside them."""
+    out = []
+    for r in runs:
+        sm = r.server
+        if not all(f"server_mean_{k}_ms" in sm for k in ("ttft", "queue", "prefill")):
+            continue
+        engine = sm["server_mean_queue_ms"] + sm["server_mean_prefill_ms"]
+        out.append({"workload": r.workload, "copy": r.copy, "source": r.source, "config": r.label,
+                    "concurrency": r.concurrency, "client_mean_ttft_ms": r.gpu["mean_ttft_all_ms"],
+                    "server_mean_ttft_ms": sm["server_mean_ttft_ms"], "queue_ms": sm["server_mean_queue_ms"],
+                    "prefill_ms": sm["server_mean_prefill_ms"], "engine_ms": engine,
+                    "outside_engine_ms": sm["server_mean_ttft_ms"] - engine,
+                    "client_minus_server_ms": r.gpu["mean_ttft_all_ms"] - sm["server_mean_ttft_ms"],
+                    "sim_mean_ttft_ms": r.sim["mean_ttft_all_ms"]})
+    return out
+
+
+def _fmt_range(lo: float, hi: float, spec: str = ",.0f") -> str:
+    return format(lo, spec) if lo == hi else f"{format(lo, spec)}–{format(hi, spec)}"
+
+
+def print_report(rows: list[dict], summ: dict, knee: dict, diag: dict, split: list[dict], runs: list[Run],
+                 wall_s: float) -> None:
+    print("| workload | config | C | runs | GPU tok/s | sim tok/s | err | GPU P99 TTFT ms (range) | sim P99 TTFT ms "
+          "(range) | err | GPU P99 TPOT ms | sim P99 TPOT ms | err |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['workload']} | {r['config']} | {r['concurrency']} | {r['runs']} | {r['gpu_output_tok_s']:,.0f} | "
+              f"{r['sim_output_tok_s']:,.0f} | {r['err_output_tok_s']:+.1f}% | {r['gpu_p99_ttft_ms']:,.0f} "
+              f"({_fmt_range(*r['gpu_p99_ttft_ms_range'])}) | {r['sim_p99_ttft_ms']:,.0f} "
+              f"({_fmt_range(*r['sim_p99_ttft_ms_range'])}) | {r['err_p99_ttft_ms']:+.0f}% | "
+              f"{r['gpu_p99_tpot_ms']:.1f} | {r['sim_p99_tpot_ms']:.1f} | {r['err_p99_tpot_ms']:+.1f}% |")
+    print()
+    for workload, s in summ.items():
+        e = s["errors_pct"]
+        print(f"{workload}: {s['rows']} (configuration, concurrency) points, {s['runs']} GPU runs. Sim error, median "
+              f"[range]: output tok/s {e['output_tok_s']['median']:+.1f}% [{e['output_tok_s']['min']:+.1f}, "
+              f"{e['output_tok_s']['max']:+.1f}]; P99 TTFT {e['p99_ttft_ms']['median']:+.0f}% "
+              f"[{e['p99_ttft_ms']['min']:+.0f}, {e['p99_ttft_ms']['max']:+.0f}]; P99 TPOT "
+              f"{e['p99_tpot_ms']['median']:+.1f}% [{e['p99_tpot_ms']['min']:+.1f}, {e['p99_tpot_ms']['max']:+.1f}]")
+        for side in ("gpu", "sim"):
+            sp = s["spread_at_fixed_load_pct"].get(side)
+            if sp:
+                print(f"  {side.upper()} run-to-run spread at a fixed load ((max - min) / mean, "
+                      f"{s['levels_measured_more_than_once']} levels run 2-{max(r['runs'] for r in rows)}x), median "
+                      f"[range]: P99 TTFT {sp['p99_ttft_ms']['median']:.0f}% [{sp['p99_ttft_ms']['min']:.0f}, "
+                      f"{sp['p99_ttft_ms']['max']:.0f}]; output tok/s {sp['output_tok_s']['median']:.1f}% "
+                      f"[{sp['output_tok_s']['min']:.1f}, {sp['output_tok_s']['max']:.1f}]"
+                      + ("  (sim: the same request streams, so only the stream differs)" if side == "sim" else ""))
+    print()
+    for workload, k in knee.items():
+        print(f"{workload}: throughput at the knee (P99 TTFT <= 500 ms), knee concurrency in brackets "
+              "(≥: never reached within the loads measured; <: carried below the lowest)")
+        print("| config | GPU (both copies) | GPU copy 0 | GPU copy 1 | sim, same loads | sim's own search |")
+        print("|---|---:|---:|---:|---:|---:|")
+
+        def cell(x: dict | None) -> str:
+            if x is None:
+                return "-"
+            mark = "≥" if x["capped"] else "<" if x["below"] else ""
+            return f"{x['output_tok_s']:,.0f} ({mark}{x['concurrency']:.0f})"
+        for label, row in k["configs"].items():
+            own = row["sim_search"]
+            print(f"| {label} | {cell(row['gpu'])} | {cell(row['gpu_by_copy'].get(0))} | "
+                  f"{cell(row['gpu_by_copy'].get(1))} | {cell(row['sim'])} | "
+                  f"{own['output_tok_s']:,.0f} ({own['concurrency']}) |")
+        for side, order in k["ranking"].items():
+            print(f"  ranking, {side}: " + " > ".join(order))
+        same = k["sim_pairs_ordered_as_gpu"]
+        print(f"  the sim's own search orders {same[0]} of {same[1]} pairs of configurations as the GPU (pooled)"
+              + (f"; the two GPU copies order {k['gpu_copies_pairs_agreeing'][0]} of "
+                 f"{k['gpu_copies_pairs_agreeing'][1]} alike" if k["gpu_copies_pairs_agreeing"] else ""))
+    print()
+    labels = {"top_together_share": "share of the top 1% started within 0.2 s of each other",
+              "tail_burst": "tail burst (requests started in the 0.2 s up to a top-1% request)",
+              "p99_per_burst_ms": "P99 TTFT / tail burst, ms", "queue_mean": "prefills queued ahead, mean",
+              "queue_p99": "prefills queued ahead, P99", "batched_share": "share of first tokens in a step with >= 4 others",
+              "start_fano": "starts per 0.2 s, variance / mean", "p10_ttft_ms": "P10 TTFT, ms",
+              "p50_ttft_ms": "P50 TTFT, ms", "p50_ttft_empty_queue_ms": "P50 TTFT with nothing queued ahead, ms"}
+    for workload, d in diag.items():
+        print(f"{workload}: what sets P99 TTFT ({d['runs']} runs; median [range] over runs)")
+        print("| | GPU | sim |")
+        print("|---|---:|---:|")
+        print(f"| runs whose top 1% all started within 0.2 s | {d['gpu']['all_top_together']} | "
+              f"{d['sim']['all_top_together']} |")
+        for key, text in labels.items():
+            spec = ".2f" if key in ("top_together_share", "batched_share") else ".1f" if key in (
+                "queue_mean", "start_fano") else ".0f"
+            print(f"| {text} | " + " | ".join(f"{format(d[side][key]['median'], spec)} [{format(d[side][key]['min'], spec)}, "
+                                              f"{format(d[side][key]['max'], spec)}]" for side in ("gpu", "sim")) + " |")
+        print("| P99 TTFT = a + b x tail burst (least squares over runs) | " + " | ".join(
+            f"{d[side]['fit_p99_vs_burst']['intercept_ms']:.0f} ms + {d[side]['fit_p99_vs_burst']['ms_per_request']:.1f} "
+            f"ms x burst, R² {d[side]['fit_p99_vs_burst']['r2']:.2f}" for side in ("gpu", "sim")) + " |")
+        ratio = d["sim_over_gpu"]
+        print("  sim / GPU, run by run, median [range]: " + "; ".join(
+            f"{key.replace('_ms', '').replace('_', ' ')} {v['median']:.2f} [{v['min']:.2f}, {v['max']:.2f}]"
+            for key, v in ratio.items()))
+        e = d["gpu_minus_sim_empty_queue_ms"]
+        print(f"  GPU - sim, P50 TTFT with nothing queued ahead: {e['median']:+.0f} ms [{e['min']:+.0f}, {e['max']:+.0f}]")
+    if split:
+        print("\nvLLM's own split of the mean TTFT (every request of the run, warm-up included; ms):")
+        print("| workload | config | C | client | server | engine: queue + prefill | outside the engine | "
+              "client - server | sim |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for x in split:
+            print(f"| {x['workload']} | {x['config']} | {x['concurrency']} | {x['client_mean_ttft_ms']:.0f} | "
+                  f"{x['server_mean_ttft_ms']:.0f} | {x['queue_ms']:.0f} + {x['prefill_ms']:.0f} = {x['engine_ms']:.0f} | "
+                  f"{x['outside_engine_ms']:.0f} | {x['client_minus_server_ms']:.0f} | {x['sim_mean_ttft_ms']:.0f} |")
+    print(f"\n{len(runs)} GPU runs replayed on the sim; every run's records matched its slice of the request stream; "
+          f"{wall_s:.0f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), help="folders of docs/results/raw")
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    args = ap.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="sim-vs-h200-") as folder:
+        tmp = Path(folder)
+        runs: list[Run] = []
+        settings: dict[str, TrialSettings] = {}
+        for dataset in args.datasets:
+            r, s = gpu_runs(dataset, tmp)
+            runs += r
+            settings.update(s)
+        setups: dict[str, Any] = {}
+        for run in runs:
+            replay(run, settings[run.workload], setups, tmp)
+        rows = level_rows(runs)
+        summ = summary(rows)
+        knee = knees(runs, settings, tmp)
+        diag = diagnosis(runs)
+        split = server_split(runs)
+    wall_s = time.monotonic() - t0
+    if args.json:
+        print(json.dumps(json_safe({"rows": rows, "summary": summ, "knees": knee, "diagnosis": diag, "server_split": split,
+                          "runs": [{"dataset": r.dataset, "workload": r.workload, "copy": r.copy, "trial": r.trial,
+                                    "source": r.source, "config": r.label, "concurrency": r.concurrency,
+                                    "first_request": r.first_request, "gpu": r.gpu, "sim": r.sim} for r in runs],
+                          "wall_s": wall_s}), indent=1))
+    else:
+        print_report(rows, summ, knee, diag, split, runs, wall_s)
+
+
+if __name__ == "__main__":
+    main()
