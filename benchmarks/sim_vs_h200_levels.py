@@ -25,10 +25,12 @@ About 2 minutes on the 2-core development machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import math
 import shutil
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -59,6 +61,15 @@ RAW = Path(__file__).resolve().parent.parent / "docs" / "results" / "raw"
 DATASETS = ("h200-pair3-ttft500-short", "h200-pair2-ttft500")
 BURST_S = 0.2  # "started together": within this many seconds
 METRIC = "ttft"
+# The fit's calibration subset: every run of pair 2 (random:1024:512:0.5, 3 configurations) and vLLM's defaults of
+# pair 3 (random:1024:128:0.5); the other four configurations of pair 3 are held out.
+CALIBRATION = "pair 2 (random:1024:512:0.5, every configuration) and vLLM's defaults of pair 3 (random:1024:128:0.5)"
+# What --fit adjusts in calibration/h200.yaml, with its bounds: the API server's costs (autotune/sim/frontend.py)
+# and the decode steps' HBM efficiency (autotune/sim/perf.py). compute_efficiency stays the H100 fit's (the same
+# GH100 chip; the H100's first waves measure its 8192-token steps): left free, the fit lowered it to 0.526 to
+# lengthen prefills, which put P99 TPOT at random:1024:128:0.5 11% high and its throughput 7% low.
+FIT_BOUNDS = {"frontend_request_ms": (0.0, 30.0), "frontend_output_us": (0.0, 100.0),
+              "frontend_chunk_us": (0.0, 400.0), "hbm_efficiency": (0.4, 0.95)}
 
 
 @dataclass
@@ -78,6 +89,10 @@ class Run:
     server: dict[str, Any] = field(default_factory=dict)  # vLLM's /metrics over the run, where the database kept it
     gpu: dict[str, Any] = field(default_factory=dict)
     sim: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def role(self) -> str:
+        return "calibration" if is_calibration(self) else "held out"
 
 
 def config_label(flags: dict[str, Any], baseline: str) -> str:
@@ -220,6 +235,67 @@ def replay(run: Run, settings: TrialSettings, setups: dict[str, Any], tmp: Path)
     run.gpu, run.sim = figures(rows), figures(load_records(Path(cfg.records_path)))
 
 
+def is_calibration(run: Run) -> bool:
+    return run.dataset == "h200-pair2-ttft500" or run.label == "vLLM defaults"
+
+
+def with_constants(settings: dict[str, TrialSettings], constants: dict[str, float]) -> dict[str, TrialSettings]:
+    """The settings with the card's calibration constants overridden (the fit's trial values)."""
+    out = {}
+    for spec, s in settings.items():
+        gpu = dataclasses.replace(s.gpu, extra={**(s.gpu.extra or {}), **constants})
+        out[spec] = dataclasses.replace(s, gpu=gpu)
+    return out
+
+
+def fit_loss(runs: list[Run]) -> float:
+    """Mean over runs of the squared log errors: output tok/s (weighted 4x, as the H100 fit), P99 and P50 TTFT,
+    P99 TPOT."""
+    def sq(side_key: str, r: Run) -> float:
+        return math.log(r.sim[side_key] / r.gpu[side_key]) ** 2
+    return float(np.mean([4 * sq("output_tok_s", r) + sq("p99_ttft_ms", r) + sq("p50_ttft_ms", r)
+                          + sq("p99_tpot_ms", r) for r in runs]))
+
+
+def fit(runs: list[Run], settings: dict[str, TrialSettings], tmp: Path, max_evals: int) -> dict[str, Any]:
+    """Nelder-Mead over FIT_BOUNDS (each constant scaled to [0, 1] of its bounds, clipped there) on the calibration
+    runs, from the constants of calibration/h200.yaml; every evaluation replays them all."""
+    from scipy.optimize import minimize
+
+    calibration = [r for r in runs if is_calibration(r)]
+    extra = settings[next(iter(settings))].gpu.extra or {}
+    names = list(FIT_BOUNDS)
+    lo = np.array([FIT_BOUNDS[n][0] for n in names])
+    span = np.array([FIT_BOUNDS[n][1] - FIT_BOUNDS[n][0] for n in names])
+    start = np.array([float(extra.get(n, 0.0)) for n in names])
+    trace: list[dict[str, float]] = []
+
+    def loss(x: np.ndarray) -> float:
+        constants = dict(zip(names, (lo + np.clip(x, 0.0, 1.0) * span).tolist()))
+        trial = with_constants(settings, constants)
+        setups: dict[str, Any] = {}
+        for r in calibration:
+            replay(r, trial[r.workload], setups, tmp)
+        value = fit_loss(calibration)
+        trace.append({**constants, "loss": value})
+        print(f"fit {len(trace)}: " + ", ".join(f"{k} {v:.4g}" for k, v in trace[-1].items()), file=sys.stderr,
+              flush=True)
+        return value
+
+    x0 = (start - lo) / span
+    simplex = [x0]
+    for i in range(len(names)):
+        x = x0.copy()
+        x[i] += 0.1 if x0[i] < 0.5 else -0.1
+        simplex.append(x)
+    res = minimize(loss, x0, method="Nelder-Mead",
+                   options={"maxfev": max_evals, "initial_simplex": np.array(simplex), "xatol": 0.005, "fatol": 1e-4})
+    best = min(trace, key=lambda t: t["loss"])
+    return {"constants": {k: best[k] for k in names}, "loss": best["loss"], "start_loss": trace[0]["loss"],
+            "evaluations": len(trace), "calibration_runs": len(calibration), "message": str(res.message),
+            "trace": trace}
+
+
 def err(sim: float, gpu: float) -> float:
     return 100.0 * (sim / gpu - 1.0)
 
@@ -232,7 +308,7 @@ def level_rows(runs: list[Run]) -> list[dict[str, Any]]:
     out = []
     for (workload, label, c), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
         row: dict[str, Any] = {"workload": workload, "config": label, "flags": rs[0].flags, "concurrency": c,
-                               "runs": len(rs), "copies": sorted({r.copy for r in rs})}
+                               "runs": len(rs), "copies": sorted({r.copy for r in rs}), "role": rs[0].role}
         for side in ("gpu", "sim"):
             for m in ("output_tok_s", "p99_ttft_ms", "p99_tpot_ms"):
                 values = [getattr(r, side)[m] for r in rs]
@@ -266,6 +342,25 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def split_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per workload and role (calibration, held out): the errors' median and range over the (configuration,
+    concurrency) rows, and how many rows have output tok/s within 10%."""
+    out = []
+    for key in sorted({(r["workload"], r["role"]) for r in rows}):
+        rs = [r for r in rows if (r["workload"], r["role"]) == key]
+        out.append({"workload": key[0], "role": key[1], "rows": len(rs), "runs": sum(r["runs"] for r in rs),
+                    "configs": sorted({r["config"] for r in rs}),
+                    "tok_s_within_10pct": sum(abs(r["err_output_tok_s"]) <= 10.0 for r in rs),
+                    "errors_pct": {m: _stats([r[f"err_{m}"] for r in rs])
+                                   for m in ("output_tok_s", "p99_ttft_ms", "p99_tpot_ms")}})
+    return out
+
+
+def _at_load(loads: list[int], values: list[float], c: float) -> float:
+    """A level curve's value at concurrency ``c``, interpolated in log-log (held flat beyond the loads measured)."""
+    return float(np.exp(np.interp(math.log(c), np.log(loads), np.log(values))))
+
+
 def curve_knee(levels: list[tuple[int, float, float, int]], limit_ms: float) -> dict[str, Any]:
     """The knee of (concurrency, output tok/s, P99 ms, runs) levels at ``limit_ms``: their curve made non-decreasing
     (`LoadCurve`, levels weighted by their runs) and carried to the limit from a run lying on it (a run on the curve
@@ -297,16 +392,26 @@ def knees(runs: list[Run], settings: dict[str, TrialSettings], tmp: Path) -> dic
                 configs[r.label].append(r)
         rows = {}
         for label, rs in configs.items():
-            def levels(side: str, subset: list[Run]) -> list[tuple[int, float, float, int]]:
+            def levels(side: str, subset: list[Run], metric: str = "p99_ttft_ms") -> list[tuple[int, float, float, int]]:
                 by_c: dict[int, list[Run]] = defaultdict(list)
                 for r in subset:
                     by_c[r.concurrency].append(r)
                 return [(c, float(np.mean([getattr(r, side)["output_tok_s"] for r in v])),
-                         float(np.mean([getattr(r, side)["p99_ttft_ms"] for r in v])), len(v))
+                         float(np.mean([getattr(r, side)[metric] for r in v])), len(v))
                         for c, v in sorted(by_c.items())]
-            row = {"gpu": curve_knee(levels("gpu", rs), limit), "sim": curve_knee(levels("sim", rs), limit),
+            row = {"role": rs[0].role, "gpu": curve_knee(levels("gpu", rs), limit),
+                   "sim": curve_knee(levels("sim", rs), limit),
                    "gpu_by_copy": {g: curve_knee(levels("gpu", [r for r in rs if r.copy == g]), limit)
                                    for g in sorted({r.copy for r in rs})}}
+            # P99 TTFT and TPOT at the GPU's knee: each side's levels (means over their runs) at that concurrency
+            knee_c = row["gpu"]["concurrency"]
+            at_knee: dict[str, Any] = {"concurrency": knee_c}
+            for metric in ("p99_ttft_ms", "p99_tpot_ms"):
+                for side in ("gpu", "sim"):
+                    lv = levels(side, rs, metric)
+                    at_knee[f"{side}_{metric}"] = _at_load([x[0] for x in lv], [x[2] for x in lv], knee_c)
+                at_knee[f"err_{metric}"] = err(at_knee[f"sim_{metric}"], at_knee[f"gpu_{metric}"])
+            row["at_gpu_knee"] = at_knee
             own = run_trial(s, rs[0].flags, "sim",
                             tmp / "search" / "server.log")
             row["sim_search"] = {"concurrency": own.concurrency, "output_tok_s": own.output_tok_s,
@@ -320,7 +425,10 @@ def knees(runs: list[Run], settings: dict[str, TrialSettings], tmp: Path) -> dic
             if all(g in row["gpu_by_copy"] for row in rows.values()):
                 tok_s[f"gpu_copy{g}"] = {lab: row["gpu_by_copy"][g]["output_tok_s"] for lab, row in rows.items()}
         rank = {side: sorted(v, key=lambda lab, v=v: -v[lab]) for side, v in tok_s.items()}
-        out[workload] = {"configs": rows, "ranking": rank,
+        for row in rows.values():
+            row["err_knee_tok_s"] = err(row["sim_search"]["output_tok_s"], row["gpu"]["output_tok_s"])
+            row["err_knee_tok_s_same_loads"] = err(row["sim"]["output_tok_s"], row["gpu"]["output_tok_s"])
+        out[workload] = {"configs": rows, "ranking": rank, "pairs": ranked_pairs(rank),
                          "sim_pairs_ordered_as_gpu": concordant(rank["gpu"], rank["sim_search"]),
                          "gpu_copies_pairs_agreeing": concordant(rank["gpu_copy0"], rank["gpu_copy1"])
                          if "gpu_copy0" in rank and "gpu_copy1" in rank else None}
@@ -329,6 +437,21 @@ def knees(runs: list[Run], settings: dict[str, TrialSettings], tmp: Path) -> dic
 
 ANATOMY = ("top_together_share", "tail_burst", "p99_per_burst_ms", "queue_mean", "queue_p99", "batched_share",
            "start_fano", "p10_ttft_ms", "p50_ttft_ms", "p50_ttft_empty_queue_ms")
+
+
+def ranked_pairs(rank: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Every pair of configurations: the pooled GPU's order, whether the GPU tells them apart (both copies order
+    them so too; None where a copy did not run every configuration), and whether the sim's own search orders them
+    as the pooled GPU does."""
+    gpu = rank["gpu"]
+    out = []
+    for i, a in enumerate(gpu):
+        for b in gpu[i + 1:]:
+            copies = [rank[k] for k in ("gpu_copy0", "gpu_copy1") if k in rank]
+            apart = all(c.index(a) < c.index(b) for c in copies) if len(copies) == 2 else None
+            out.append({"better": a, "worse": b, "gpu_tells_apart": apart,
+                        "sim_agrees": rank["sim_search"].index(a) < rank["sim_search"].index(b)})
+    return out
 
 
 def concordant(a: list[str], b: list[str]) -> list[int]:
@@ -388,6 +511,52 @@ def server_split(runs: list[Run]) -> list[dict[str, Any]]:
 
 def _fmt_range(lo: float, hi: float, spec: str = ",.0f") -> str:
     return format(lo, spec) if lo == hi else f"{format(lo, spec)}–{format(hi, spec)}"
+
+
+def print_split(roles: list[dict], knee: dict, fitted: dict | None) -> None:
+    """The calibration / held-out split, its errors, and #21's targets on the held-out points."""
+    if fitted:
+        print(f"Fitted on the calibration runs ({fitted['calibration_runs']} runs, {fitted['evaluations']} replays of "
+              f"them; loss {fitted['start_loss']:.4f} -> {fitted['loss']:.4f}): "
+              + ", ".join(f"{k} {v:.4g}" for k, v in fitted["constants"].items()))
+    print(f"Calibration: {CALIBRATION}; the rest held out.")
+    print("| workload | role | configs | points | runs | tok/s err, median [range] | within 10% | P99 TTFT err | "
+          "P99 TPOT err |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for x in roles:
+        e = x["errors_pct"]
+        print(f"| {x['workload']} | {x['role']} | {len(x['configs'])} | {x['rows']} | {x['runs']} | "
+              f"{e['output_tok_s']['median']:+.1f}% [{e['output_tok_s']['min']:+.1f}, {e['output_tok_s']['max']:+.1f}] | "
+              f"{x['tok_s_within_10pct']} of {x['rows']} | {e['p99_ttft_ms']['median']:+.0f}% "
+              f"[{e['p99_ttft_ms']['min']:+.0f}, {e['p99_ttft_ms']['max']:+.0f}] | {e['p99_tpot_ms']['median']:+.1f}% "
+              f"[{e['p99_tpot_ms']['min']:+.1f}, {e['p99_tpot_ms']['max']:+.1f}] |")
+    print()
+    print("At the GPU's knee (P99 TTFT <= 500 ms; each side's level means interpolated at the GPU's knee concurrency) "
+          "and throughput at the knee (the sim's own search; the sim on the GPU's loads):")
+    print("| workload | config | role | GPU knee C | P99 TTFT GPU / sim | err | P99 TPOT GPU / sim | err | "
+          "knee tok/s GPU / sim search | err | sim, same loads | err |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for workload, k in knee.items():
+        for label, row in k["configs"].items():
+            a = row["at_gpu_knee"]
+            print(f"| {workload} | {label} | {row['role']} | {a['concurrency']:.0f} | {a['gpu_p99_ttft_ms']:.0f} / "
+                  f"{a['sim_p99_ttft_ms']:.0f} | {a['err_p99_ttft_ms']:+.0f}% | {a['gpu_p99_tpot_ms']:.1f} / "
+                  f"{a['sim_p99_tpot_ms']:.1f} | {a['err_p99_tpot_ms']:+.0f}% | {row['gpu']['output_tok_s']:,.0f} / "
+                  f"{row['sim_search']['output_tok_s']:,.0f} | {row['err_knee_tok_s']:+.1f}% | "
+                  f"{row['sim']['output_tok_s']:,.0f} | {row['err_knee_tok_s_same_loads']:+.1f}% |")
+    print()
+    for workload, k in knee.items():
+        pairs = k["pairs"]
+        apart = [p for p in pairs if p["gpu_tells_apart"]]
+        if not any(p["gpu_tells_apart"] is not None for p in pairs):
+            continue
+        print(f"{workload}: the GPU tells {len(apart)} of {len(pairs)} pairs apart (both copies order them alike); "
+              f"the sim's own search orders {sum(p['sim_agrees'] for p in apart)} of those as the GPU, "
+              f"{sum(p['sim_agrees'] for p in pairs)} of all {len(pairs)}:")
+        for p in pairs:
+            mark = "told apart" if p["gpu_tells_apart"] else "not told apart"
+            print(f"  {p['better']} > {p['worse']} ({mark}): sim {'agrees' if p['sim_agrees'] else 'disagrees'}")
+    print()
 
 
 def print_report(rows: list[dict], summ: dict, knee: dict, diag: dict, split: list[dict], runs: list[Run],
@@ -485,6 +654,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), help="folders of docs/results/raw")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
+    ap.add_argument("--fit", type=int, metavar="EVALS", default=0,
+                    help="fit FIT_BOUNDS' constants on the calibration runs (EVALS replays of them; needs scipy) "
+                         "and print them, then the tables with them")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.monotonic()
@@ -496,22 +668,30 @@ def main() -> None:
             r, s = gpu_runs(dataset, tmp)
             runs += r
             settings.update(s)
+        fitted = None
+        if args.fit:
+            fitted = fit(runs, settings, tmp, args.fit)
+            settings = with_constants(settings, fitted["constants"])
+            print("fitted on " + CALIBRATION + ": " + json.dumps(fitted["constants"]), file=sys.stderr, flush=True)
         setups: dict[str, Any] = {}
         for run in runs:
             replay(run, settings[run.workload], setups, tmp)
         rows = level_rows(runs)
         summ = summary(rows)
+        roles = split_summary(rows)
         knee = knees(runs, settings, tmp)
         diag = diagnosis(runs)
         split = server_split(runs)
     wall_s = time.monotonic() - t0
     if args.json:
-        print(json.dumps(json_safe({"rows": rows, "summary": summ, "knees": knee, "diagnosis": diag, "server_split": split,
+        print(json.dumps(json_safe({"fit": fitted, "calibration": CALIBRATION, "split_summary": roles,
+                                    "rows": rows, "summary": summ, "knees": knee, "diagnosis": diag, "server_split": split,
                           "runs": [{"dataset": r.dataset, "workload": r.workload, "copy": r.copy, "trial": r.trial,
                                     "source": r.source, "config": r.label, "concurrency": r.concurrency,
                                     "first_request": r.first_request, "gpu": r.gpu, "sim": r.sim} for r in runs],
                           "wall_s": wall_s}), indent=1))
     else:
+        print_split(roles, knee, fitted)
         print_report(rows, summ, knee, diag, split, runs, wall_s)
 
 
