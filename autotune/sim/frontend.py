@@ -44,7 +44,7 @@ import numpy as np
 
 from autotune.gpus import GpuSpec
 
-__all__ = ["FrontEndConstants", "ApiServers", "api_server_count", "Deliver", "At"]
+__all__ = ["ApiServers", "At", "Deliver", "FrontEndConstants", "api_server_count"]
 
 # Called when a step's outputs have been delivered: (modelled time, which of the step's tokens: a boolean mask over
 # them, or None for all of them).
@@ -95,7 +95,7 @@ class _Request:
 class _Outputs:
     """One or more steps' outputs, handled as one job."""
 
-    __slots__ = ("arrival_s", "parts", "outputs", "keys", "external")
+    __slots__ = ("arrival_s", "external", "keys", "outputs", "parts")
 
     def __init__(self, arrival_s: float) -> None:
         self.arrival_s = arrival_s
@@ -122,8 +122,17 @@ class _Outputs:
 class _Server:
     """One API server's event loop: the job in service, the jobs waiting (FIFO), the outputs job still open."""
 
-    __slots__ = ("request_s", "output_s", "chunk_s", "busy_until_s", "job", "queue", "open_outputs",
-                 "external_waiting", "timer_s")
+    __slots__ = (
+        "busy_until_s",
+        "chunk_s",
+        "external_waiting",
+        "job",
+        "open_outputs",
+        "output_s",
+        "queue",
+        "request_s",
+        "timer_s",
+    )
 
     def __init__(self, c: FrontEndConstants) -> None:
         self.request_s = c.frontend_request_ms / 1e3
@@ -231,7 +240,7 @@ class ApiServers:
                 s.open_outputs = None
             if job.external:
                 s.external_waiting -= 1
-            start = job.arrival_s if job.arrival_s > s.busy_until_s else s.busy_until_s
+            start = max(s.busy_until_s, job.arrival_s)
             s.job = job
             s.busy_until_s = start + job.cost_s(s)
 

@@ -193,10 +193,15 @@ class VirtualReplica:
             if run is None:
                 api.outputs(end, keys, servers, self._deliverer(emitted, cols, done), bool(done))
             else:
-                api.outputs_run(ends, keys, servers,
-                                lambda i: self._deliverer(emitted, cols[:, i], done if i == k - 1 else []),
-                                lambda times: self._times.__setitem__((emitted[:, None], cols[:, :-1]), times),
-                                bool(done))
+                last = k - 1
+                rows, steps = emitted[:, None], cols
+
+                def step_deliver(i: int, emitted=emitted, cols=cols, done=done, last=last):
+                    return self._deliverer(emitted, cols[:, i], done if i == last else [])
+
+                def settle(times: np.ndarray, rows=rows, steps=steps) -> None:
+                    self._times[rows, steps[:, :-1]] = times  # the run's steps before the last, delivered at once
+                api.outputs_run(ends, keys, servers, step_deliver, settle, bool(done))
 
     def _deliverer(self, emitted: np.ndarray, cols: np.ndarray,
                    done: list[tuple[_Pending, int, int]]) -> Callable[[float, np.ndarray | None], None]:
