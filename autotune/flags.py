@@ -36,6 +36,7 @@ _DEFS = [
     FlagDef("tensor-parallel-size", int, 1),
     FlagDef("data-parallel-size", int, 1),
     FlagDef("pipeline-parallel-size", int, 1),
+    FlagDef("api-server-count", int, None, help="API server processes (vLLM: one per data-parallel rank when unset)"),
     FlagDef("enable-expert-parallel", bool, False),
     FlagDef("mm-encoder-tp-mode", str, "weights", ("weights", "data")),
     FlagDef("enable-chunked-prefill", bool, True),

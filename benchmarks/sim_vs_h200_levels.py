@@ -1,34 +1,40 @@
 """The sim engine against every steady-state level the H200 reproducibility pairs measured (issue #21).
 
-Two datasets of docs/results/raw, each the same study run twice side by side (one H200 per copy; vLLM 0.26.0,
-the weightless GLM-4-9B-shaped model `autotune.testing.models.WEIGHTLESS_FLASH_CONFIG`, `--load-format dummy`):
-`h200-pair3-ttft500-short` (workload random:1024:128:0.5) and `h200-pair2-ttft500` (random:1024:512:0.5).
-Every run of every level, trials' and fresh-server re-measurements' alike, is replayed on the in-process sim
-engine (exact: no sim noise) with the trial's flags, the level's concurrency, the study's level protocol
-(`autotune.trial.level_load_config`: 1 x C warm-up, 3 x C measured, 2 s ramp, output tok/s over the steady window)
-and the very requests the GPU run sent: a trial's levels take consecutive slices of the workload's stream (seed 0)
-in the order they ran, a re-measurement's fresh server starts from its beginning (`autotune.trial._measure_fn`).
-Each GPU run's prompt and output lengths are checked against its slice. GPU and sim figures come from per-request
-records of the same shape (the sim writes them through the load generator's `records_path`), read by one function.
+Three studies of docs/results/raw, each run twice side by side (one H200 per copy; vLLM 0.26.0, the weightless
+GLM-4-9B-shaped model `autotune.testing.models.WEIGHTLESS_FLASH_CONFIG`, `--load-format dummy`):
+`h200-pair3-ttft500-short` (random:1024:128:0.5, P99 TTFT <= 500 ms), `h200-pair2-ttft500` (random:1024:512:0.5,
+the same limit) and `h200-pair4-itl50-short` (random:1024:128:0.5, P99 ITL <= 50 ms). Every run of every level,
+trials' and fresh-server re-measurements' alike, is replayed on the in-process sim engine (exact: no sim noise)
+with the trial's flags, the level's concurrency, the study's level protocol (`autotune.trial.level_load_config`:
+1 x C warm-up, 3 x C measured, 2 s ramp, output tok/s over the steady window) and the very requests the GPU run
+sent: a trial's levels take consecutive slices of the workload's stream (seed 0) in the order they ran, a
+re-measurement's fresh server starts from its beginning (`autotune.trial._measure_fn`). Each GPU run's prompt and
+output lengths are checked against its slice. GPU and sim figures come from per-request records of the same shape
+(the sim writes them through the load generator's `records_path`), read by one function; the GPU's P99 ITL, which
+the records do not keep, from the study database.
 
-Printed: per (configuration, concurrency) the GPU's mean over its runs and the sim's mean over the same request
-streams (output tok/s, P99 TTFT with its range over the runs, P99 TPOT) and their errors; a summary per workload;
-the knee at P99 TTFT <= 500 ms of each configuration (its levels' curve made non-decreasing and crossed with the
-limit, as `autotune.selection.LoadCurve` carries a run: GPU, sim on the same loads, and the sim's own load search)
-and whether the sim ranks the configurations as the GPU does; and what sets the P99 TTFT (`ttft_anatomy`, and
+Printed: the calibration / held-out split (vLLM's defaults calibrate, every other configuration is held out) with
+the errors per study; at the GPU's knee (at the study's own limit) each P99 and the throughput of the sim's own
+load search; whether the sim ranks the configurations as the GPU does; per (configuration, concurrency) the GPU's
+mean over its runs and the sim's over the same request streams; and what sets the P99 TTFT (`ttft_anatomy`, and
 vLLM's own split of a run's mean TTFT where the study database kept its latency histograms: `server_split`).
 
     python benchmarks/sim_vs_h200_levels.py [--json] [--datasets NAME ...]
+    python benchmarks/sim_vs_h200_levels.py --constants NAME=VALUE ...   # other calibration/h200.yaml constants
+    python benchmarks/sim_vs_h200_levels.py --fit EVALS                  # fit FIT_BOUNDS' constants first
 
-About 2 minutes on the 2-core development machine.
+About 2 minutes on the 2-core development machine (a fit: ~30 s per replay of the calibration runs).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import gzip
 import json
 import math
 import shutil
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -51,14 +57,22 @@ from autotune.models import spec_from_config
 from autotune.records import Measurement
 from autotune.selection import LoadCurve
 from autotune.sim.engine import setup_engine
+from autotune.sim import inproc
 from autotune.sim.inproc import bench_in_process
 from autotune.testing.models import WEIGHTLESS_FLASH_CONFIG
 from autotune.trial import TrialSettings, level_load_config, run_trial
 
 RAW = Path(__file__).resolve().parent.parent / "docs" / "results" / "raw"
-DATASETS = ("h200-pair3-ttft500-short", "h200-pair2-ttft500")
+DATASETS = ("h200-pair3-ttft500-short", "h200-pair2-ttft500", "h200-pair4-itl50-short")
 BURST_S = 0.2  # "started together": within this many seconds
-METRIC = "ttft"
+METRICS = ("output_tok_s", "p99_ttft_ms", "p99_tpot_ms", "p99_itl_ms")  # compared level by level
+# The fit's calibration subset: every run of pair 2 (random:1024:512:0.5, 3 configurations) and vLLM's defaults of
+# pair 3 (random:1024:128:0.5); the other four configurations of pair 3 are held out.
+CALIBRATION = "vLLM's defaults in every pair (both workloads, both limits)"
+# What --fit adjusts in calibration/h200.yaml, with its bounds: the API server's costs (autotune/sim/frontend.py)
+# and the steps' efficiencies (autotune/sim/perf.py: prefill compute, decode HBM reads).
+FIT_BOUNDS = {"frontend_request_ms": (0.0, 30.0), "frontend_output_us": (0.0, 100.0),
+              "frontend_chunk_us": (0.0, 400.0), "hbm_efficiency": (0.4, 0.95), "compute_efficiency": (0.3, 0.9)}
 
 
 @dataclass
@@ -76,8 +90,15 @@ class Run:
     flags: dict[str, Any]
     label: str
     server: dict[str, Any] = field(default_factory=dict)  # vLLM's /metrics over the run, where the database kept it
+    # The run's P99 ITL as the study stored it (the request records keep only each request's largest gap): a
+    # re-measurement's own; a searched level's, pooled over its runs where the search extended it
+    gpu_p99_itl_ms: float = math.nan
     gpu: dict[str, Any] = field(default_factory=dict)
     sim: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def role(self) -> str:
+        return "calibration" if is_calibration(self) else "held out"
 
 
 def config_label(flags: dict[str, Any], baseline: str) -> str:
@@ -104,18 +125,21 @@ def gpu_runs(dataset: str, tmp: Path) -> tuple[list[Run], dict[str, TrialSetting
         with gzip.open(db, "rb") as src, open(plain, "wb") as dst:  # a temp copy: the committed file is never opened
             shutil.copyfileobj(src, dst)
         storage = f"sqlite:///{plain}"
-        study = optuna.load_study(study_name=f"repro-ttft-gpu{copy}", storage=storage)
+        study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
         fingerprint = records.read_fingerprint(study)
         options = records.read_run_options(study) or {}
         spec = fingerprint.workload["spec"]
-        if spec not in settings:
-            settings[spec] = sim_settings(spec, int(fingerprint.workload["seed"]), dict(fingerprint.limits_ms),
-                                          float(options.get("prompts_per_level", 3.0)))
-        s = settings[spec]
+        # the pairs' studies by workload and limit (the third and fourth pair share a workload)
+        study_key = f"{spec}, " + ", ".join(f"P99 {m.upper()} <= {v:g} ms" for m, v in fingerprint.limits_ms.items())
+        if study_key not in settings:
+            settings[study_key] = sim_settings(spec, int(fingerprint.workload["seed"]), dict(fingerprint.limits_ms),
+                                               float(options.get("prompts_per_level", 3.0)))
+        s = settings[study_key]
         trials = {t.number: t for t in records.read_trials(study) if t.result is not None}
         root = folder / f"gpu{copy}" / study.study_name
         server = {f"{rm.trial_number}-c{rm.concurrency}-{i}": dict(m.metrics.get("server_metrics") or {})
                   for rm in records.read_remeasurements(study) for i, m in enumerate(rm.repeats)}
+        remeasured = remeasurement_runs(records.read_remeasurements(study))
 
         placed: list[tuple[int, Path, int]] = []  # (trial, records, index of its first request in the stream)
         for number in sorted(trials):
@@ -129,10 +153,32 @@ def gpu_runs(dataset: str, tmp: Path) -> tuple[list[Run], dict[str, TrialSetting
                        for path in sorted((folder_r / "levels").glob("*.jsonl.gz"))]
         for number, path, first in placed:
             t = trials[number]
-            runs.append(Run(dataset, spec, copy, number, str(path.relative_to(root)), level_concurrency(path), first,
+            c = level_concurrency(path)
+            if path.parts[-4] == "remeasure":
+                # a run at a load stepped down from is missing where the study predates keeping them
+                m = remeasured.get(path.parent.parent.name)
+                itl = m.p99_ms.get("itl", math.nan) if m is not None else math.nan
+            else:
+                level = t.result.level(c)
+                itl = level.p99_of("itl") if level is not None else math.nan
+            runs.append(Run(dataset, study_key, copy, number, str(path.relative_to(root)), c, first,
                             path, dict(t.result.flags), config_label(dict(t.result.flags), t.baseline),
-                            server.get(path.parent.parent.name, {}) if path.parts[-4] == "remeasure" else {}))
+                            server.get(path.parent.parent.name, {}) if path.parts[-4] == "remeasure" else {}, itl))
     return runs, settings
+
+
+def remeasurement_runs(remeasurements: list[records.Remeasurement]) -> dict[str, records.Measurement]:
+    """Each fresh-server run by the folder its records are in (``<trial>-c<C>-<i>``: the i-th at load C), those at
+    loads a candidate stepped down from included."""
+    out: dict[str, records.Measurement] = {}
+    for rm in remeasurements:
+        at: dict[int, list[records.Measurement]] = defaultdict(list)
+        for c, m in rm.earlier:
+            at[c].append(m)
+        at[rm.concurrency] += list(rm.repeats)
+        for c, ms in at.items():
+            out.update({f"{rm.trial_number}-c{c}-{i}": m for i, m in enumerate(ms)})
+    return out
 
 
 def sim_settings(spec: str, seed: int, limits_ms: dict[str, float], prompts_per_level: float) -> TrialSettings:
@@ -216,8 +262,83 @@ def replay(run: Run, settings: TrialSettings, setups: dict[str, Any], tmp: Path)
     key = json.dumps(run.flags, sort_keys=True)
     if key not in setups:
         setups[key] = setup_engine(settings.model, settings.gpu, run.flags)
-    bench_in_process(setups[key], requests, cfg)
+    result = bench_in_process(setups[key], requests, cfg)
     run.gpu, run.sim = figures(rows), figures(load_records(Path(cfg.records_path)))
+    run.gpu["p99_itl_ms"], run.sim["p99_itl_ms"] = run.gpu_p99_itl_ms, result.itl_ms.p99
+
+
+def is_calibration(run: Run) -> bool:
+    return run.label == "vLLM defaults"
+
+
+def with_constants(settings: dict[str, TrialSettings], constants: dict[str, float]) -> dict[str, TrialSettings]:
+    """The settings with the card's calibration constants overridden (the fit's trial values)."""
+    out = {}
+    for spec, s in settings.items():
+        gpu = dataclasses.replace(s.gpu, extra={**(s.gpu.extra or {}), **constants})
+        out[spec] = dataclasses.replace(s, gpu=gpu)
+    return out
+
+
+@contextlib.contextmanager
+def card_constants(gpu: Any):
+    """The sim's own load search (`run_trial`) with ``gpu``'s constants: the in-process engine loads its card by
+    name from the calibration YAML, so --constants and --fit reach it only through this."""
+    original = inproc.load_gpu
+    inproc.load_gpu = lambda name: gpu if name == gpu.name else original(name)
+    try:
+        yield
+    finally:
+        inproc.load_gpu = original
+
+
+def fit_loss(runs: list[Run]) -> float:
+    """Mean over runs of the squared log errors: output tok/s (weighted 4x, as the H100 fit), P99 and P50 TTFT,
+    P99 TPOT and P99 ITL."""
+    def sq(side_key: str, r: Run) -> float:
+        return math.log(r.sim[side_key] / r.gpu[side_key]) ** 2
+    return float(np.mean([4 * sq("output_tok_s", r) + sq("p99_ttft_ms", r) + sq("p50_ttft_ms", r)
+                          + sq("p99_tpot_ms", r) + (sq("p99_itl_ms", r) if math.isfinite(r.gpu["p99_itl_ms"]) else 0.0)
+                          for r in runs]))
+
+
+def fit(runs: list[Run], settings: dict[str, TrialSettings], tmp: Path, max_evals: int) -> dict[str, Any]:
+    """Nelder-Mead over FIT_BOUNDS (each constant scaled to [0, 1] of its bounds, clipped there) on the calibration
+    runs, from the constants of calibration/h200.yaml; every evaluation replays them all."""
+    from scipy.optimize import minimize
+
+    calibration = [r for r in runs if is_calibration(r)]
+    extra = settings[next(iter(settings))].gpu.extra or {}
+    names = list(FIT_BOUNDS)
+    lo = np.array([FIT_BOUNDS[n][0] for n in names])
+    span = np.array([FIT_BOUNDS[n][1] - FIT_BOUNDS[n][0] for n in names])
+    start = np.array([float(extra.get(n, 0.0)) for n in names])
+    trace: list[dict[str, float]] = []
+
+    def loss(x: np.ndarray) -> float:
+        constants = dict(zip(names, (lo + np.clip(x, 0.0, 1.0) * span).tolist()))
+        trial = with_constants(settings, constants)
+        setups: dict[str, Any] = {}
+        for r in calibration:
+            replay(r, trial[r.workload], setups, tmp)
+        value = fit_loss(calibration)
+        trace.append({**constants, "loss": value})
+        print(f"fit {len(trace)}: " + ", ".join(f"{k} {v:.4g}" for k, v in trace[-1].items()), file=sys.stderr,
+              flush=True)
+        return value
+
+    x0 = (start - lo) / span
+    simplex = [x0]
+    for i in range(len(names)):
+        x = x0.copy()
+        x[i] += 0.1 if x0[i] < 0.5 else -0.1
+        simplex.append(x)
+    res = minimize(loss, x0, method="Nelder-Mead",
+                   options={"maxfev": max_evals, "initial_simplex": np.array(simplex), "xatol": 0.005, "fatol": 1e-4})
+    best = min(trace, key=lambda t: t["loss"])
+    return {"constants": {k: best[k] for k in names}, "loss": best["loss"], "start_loss": trace[0]["loss"],
+            "evaluations": len(trace), "calibration_runs": len(calibration), "message": str(res.message),
+            "trace": trace}
 
 
 def err(sim: float, gpu: float) -> float:
@@ -232,19 +353,23 @@ def level_rows(runs: list[Run]) -> list[dict[str, Any]]:
     out = []
     for (workload, label, c), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
         row: dict[str, Any] = {"workload": workload, "config": label, "flags": rs[0].flags, "concurrency": c,
-                               "runs": len(rs), "copies": sorted({r.copy for r in rs})}
+                               "runs": len(rs), "copies": sorted({r.copy for r in rs}), "role": rs[0].role}
         for side in ("gpu", "sim"):
-            for m in ("output_tok_s", "p99_ttft_ms", "p99_tpot_ms"):
-                values = [getattr(r, side)[m] for r in rs]
-                row[f"{side}_{m}"] = float(np.mean(values))
-                row[f"{side}_{m}_range"] = [float(min(values)), float(max(values))]
-        for m in ("output_tok_s", "p99_ttft_ms", "p99_tpot_ms"):
+            for m in METRICS:
+                # over the runs that have it on both sides (a GPU run's P99 ITL is missing where the study kept none)
+                values = [getattr(r, side)[m] for r in rs if math.isfinite(r.gpu[m]) and math.isfinite(r.sim[m])]
+                row[f"{side}_{m}"] = float(np.mean(values)) if values else math.nan
+                row[f"{side}_{m}_range"] = [float(min(values)), float(max(values))] if values else [math.nan] * 2
+        for m in METRICS:
             row[f"err_{m}"] = err(row[f"sim_{m}"], row[f"gpu_{m}"])
         out.append(row)
     return out
 
 
 def _stats(values: list[float]) -> dict[str, float]:
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return {"median": math.nan, "min": math.nan, "max": math.nan, "n": 0}
     return {"median": float(np.median(values)), "min": float(min(values)), "max": float(max(values)), "n": len(values)}
 
 
@@ -261,22 +386,42 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
                          for m in ("p99_ttft_ms", "output_tok_s")} for side in ("gpu", "sim")} if multi else {}
         out[workload] = {"rows": len(rs), "runs": sum(r["runs"] for r in rs),
                          "errors_pct": {m: _stats([r[f"err_{m}"] for r in rs])
-                                        for m in ("output_tok_s", "p99_ttft_ms", "p99_tpot_ms")},
+                                        for m in METRICS},
                          "spread_at_fixed_load_pct": spread, "levels_measured_more_than_once": len(multi)}
     return out
 
 
-def curve_knee(levels: list[tuple[int, float, float, int]], limit_ms: float) -> dict[str, Any]:
+def split_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per workload and role (calibration, held out): the errors' median and range over the (configuration,
+    concurrency) rows, and how many rows have output tok/s within 10%."""
+    out = []
+    for key in sorted({(r["workload"], r["role"]) for r in rows}):
+        rs = [r for r in rows if (r["workload"], r["role"]) == key]
+        out.append({"workload": key[0], "role": key[1], "rows": len(rs), "runs": sum(r["runs"] for r in rs),
+                    "configs": sorted({r["config"] for r in rs}),
+                    "tok_s_within_10pct": sum(abs(r["err_output_tok_s"]) <= 10.0 for r in rs),
+                    "errors_pct": {m: _stats([r[f"err_{m}"] for r in rs])
+                                   for m in METRICS}})
+    return out
+
+
+def _at_load(loads: list[int], values: list[float], c: float) -> float:
+    """A level curve's value at concurrency ``c``, interpolated in log-log (held flat beyond the loads measured)."""
+    return float(np.exp(np.interp(math.log(c), np.log(loads), np.log(values))))
+
+
+def curve_knee(levels: list[tuple[int, float, float, int]], metric: str, limit_ms: float) -> dict[str, Any]:
     """The knee of (concurrency, output tok/s, P99 ms, runs) levels at ``limit_ms``: their curve made non-decreasing
     (`LoadCurve`, levels weighted by their runs) and carried to the limit from a run lying on it (a run on the curve
     itself is carried to the curve's own crossing, within the loads measured). ``capped``: the curve never reaches
     the limit within them; ``below``: it is over the limit at the lowest load (carried below it)."""
-    curve = LoadCurve.from_levels([(c, t, {METRIC: p}) for c, t, p, _ in levels], [n for *_, n in levels])
+    curve = LoadCurve.from_levels([(c, t, {metric: p}) for c, t, p, _ in levels], [n for *_, n in levels])
     c0 = float(math.exp(curve.log_concurrency[0]))
-    on_curve = Measurement(float(math.exp(curve.log_output_tok_s[0])), {METRIC: float(math.exp(curve.log_p99_ms[METRIC][0]))})
-    limits = {METRIC: limit_ms}
+    on_curve = Measurement(float(math.exp(curve.log_output_tok_s[0])),
+                           {metric: float(math.exp(curve.log_p99_ms[metric][0]))})
+    limits = {metric: limit_ms}
     x = curve.log_knee(round(c0), on_curve, limits)
-    p99 = np.exp(curve.log_p99_ms[METRIC])
+    p99 = np.exp(curve.log_p99_ms[metric])
     return {"concurrency": float(math.exp(x)), "output_tok_s": curve.at_limit_tok_s(round(c0), on_curve, limits),
             "capped": bool(p99[-1] <= limit_ms), "below": bool(p99[0] > limit_ms),
             "loads": [round(math.exp(v)) for v in curve.log_concurrency]}
@@ -290,25 +435,36 @@ def knees(runs: list[Run], settings: dict[str, TrialSettings], tmp: Path) -> dic
     and how many the two GPU copies order alike."""
     out: dict[str, Any] = {}
     for workload, s in settings.items():
-        limit = float(s.search.limits_ms[METRIC])
+        (metric, limit), = s.search.limits_ms.items()  # the study's one limit: the knee compared is at it
+        key = f"p99_{metric}_ms"
         configs: dict[str, list[Run]] = defaultdict(list)
         for r in runs:
             if r.workload == workload:
                 configs[r.label].append(r)
         rows = {}
         for label, rs in configs.items():
-            def levels(side: str, subset: list[Run]) -> list[tuple[int, float, float, int]]:
+            def levels(side: str, subset: list[Run], m: str = key) -> list[tuple[int, float, float, int]]:
                 by_c: dict[int, list[Run]] = defaultdict(list)
                 for r in subset:
                     by_c[r.concurrency].append(r)
                 return [(c, float(np.mean([getattr(r, side)["output_tok_s"] for r in v])),
-                         float(np.mean([getattr(r, side)["p99_ttft_ms"] for r in v])), len(v))
+                         float(np.mean([getattr(r, side)[m] for r in v])), len(v))
                         for c, v in sorted(by_c.items())]
-            row = {"gpu": curve_knee(levels("gpu", rs), limit), "sim": curve_knee(levels("sim", rs), limit),
-                   "gpu_by_copy": {g: curve_knee(levels("gpu", [r for r in rs if r.copy == g]), limit)
+            row = {"role": rs[0].role, "gpu": curve_knee(levels("gpu", rs), metric, limit),
+                   "sim": curve_knee(levels("sim", rs), metric, limit),
+                   "gpu_by_copy": {g: curve_knee(levels("gpu", [r for r in rs if r.copy == g]), metric, limit)
                                    for g in sorted({r.copy for r in rs})}}
-            own = run_trial(s, rs[0].flags, "sim",
-                            tmp / "search" / "server.log")
+            # The P99s at the GPU's knee: each side's levels (means over their runs) at that concurrency
+            knee_c = row["gpu"]["concurrency"]
+            at_knee: dict[str, Any] = {"concurrency": knee_c}
+            for m in METRICS[1:]:
+                for side in ("gpu", "sim"):
+                    lv = levels(side, rs, m)
+                    at_knee[f"{side}_{m}"] = _at_load([x[0] for x in lv], [x[2] for x in lv], knee_c)
+                at_knee[f"err_{m}"] = err(at_knee[f"sim_{m}"], at_knee[f"gpu_{m}"])
+            row["at_gpu_knee"] = at_knee
+            with card_constants(s.gpu):
+                own = run_trial(s, rs[0].flags, "sim", tmp / "search" / "server.log")
             row["sim_search"] = {"concurrency": own.concurrency, "output_tok_s": own.output_tok_s,
                                  "feasible": own.feasible,
                                  "levels": [(lv.concurrency, round(lv.output_tok_s), round(lv.p99_ttft_ms))
@@ -320,7 +476,11 @@ def knees(runs: list[Run], settings: dict[str, TrialSettings], tmp: Path) -> dic
             if all(g in row["gpu_by_copy"] for row in rows.values()):
                 tok_s[f"gpu_copy{g}"] = {lab: row["gpu_by_copy"][g]["output_tok_s"] for lab, row in rows.items()}
         rank = {side: sorted(v, key=lambda lab, v=v: -v[lab]) for side, v in tok_s.items()}
-        out[workload] = {"configs": rows, "ranking": rank,
+        for row in rows.values():
+            row["err_knee_tok_s"] = err(row["sim_search"]["output_tok_s"], row["gpu"]["output_tok_s"])
+            row["err_knee_tok_s_same_loads"] = err(row["sim"]["output_tok_s"], row["gpu"]["output_tok_s"])
+        out[workload] = {"limit": f"P99 {metric.upper()} <= {limit:g} ms", "configs": rows, "ranking": rank,
+                         "pairs": ranked_pairs(rank),
                          "sim_pairs_ordered_as_gpu": concordant(rank["gpu"], rank["sim_search"]),
                          "gpu_copies_pairs_agreeing": concordant(rank["gpu_copy0"], rank["gpu_copy1"])
                          if "gpu_copy0" in rank and "gpu_copy1" in rank else None}
@@ -329,6 +489,21 @@ def knees(runs: list[Run], settings: dict[str, TrialSettings], tmp: Path) -> dic
 
 ANATOMY = ("top_together_share", "tail_burst", "p99_per_burst_ms", "queue_mean", "queue_p99", "batched_share",
            "start_fano", "p10_ttft_ms", "p50_ttft_ms", "p50_ttft_empty_queue_ms")
+
+
+def ranked_pairs(rank: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Every pair of configurations: the pooled GPU's order, whether the GPU tells them apart (both copies order
+    them so too; None where a copy did not run every configuration), and whether the sim's own search orders them
+    as the pooled GPU does."""
+    gpu = rank["gpu"]
+    out = []
+    for i, a in enumerate(gpu):
+        for b in gpu[i + 1:]:
+            copies = [rank[k] for k in ("gpu_copy0", "gpu_copy1") if k in rank]
+            apart = all(c.index(a) < c.index(b) for c in copies) if len(copies) == 2 else None
+            out.append({"better": a, "worse": b, "gpu_tells_apart": apart,
+                        "sim_agrees": rank["sim_search"].index(a) < rank["sim_search"].index(b)})
+    return out
 
 
 def concordant(a: list[str], b: list[str]) -> list[int]:
@@ -390,6 +565,55 @@ def _fmt_range(lo: float, hi: float, spec: str = ",.0f") -> str:
     return format(lo, spec) if lo == hi else f"{format(lo, spec)}–{format(hi, spec)}"
 
 
+def print_split(roles: list[dict], knee: dict, fitted: dict | None) -> None:
+    """The calibration / held-out split, its errors, and #21's targets on the held-out points."""
+    if fitted:
+        print(f"Fitted on the calibration runs ({fitted['calibration_runs']} runs, {fitted['evaluations']} replays of "
+              f"them; loss {fitted['start_loss']:.4f} -> {fitted['loss']:.4f}): "
+              + ", ".join(f"{k} {v:.4g}" for k, v in fitted["constants"].items()))
+    print(f"Calibration: {CALIBRATION}; the rest held out.")
+    print("| workload | role | configs | points | runs | tok/s err, median [range] | within 10% | P99 TTFT err | "
+          "P99 TPOT err | P99 ITL err |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for x in roles:
+        e = x["errors_pct"]
+        print(f"| {x['workload']} | {x['role']} | {len(x['configs'])} | {x['rows']} | {x['runs']} | "
+              f"{e['output_tok_s']['median']:+.1f}% [{e['output_tok_s']['min']:+.1f}, {e['output_tok_s']['max']:+.1f}] | "
+              f"{x['tok_s_within_10pct']} of {x['rows']} | {e['p99_ttft_ms']['median']:+.0f}% "
+              f"[{e['p99_ttft_ms']['min']:+.0f}, {e['p99_ttft_ms']['max']:+.0f}] | {e['p99_tpot_ms']['median']:+.1f}% "
+              f"[{e['p99_tpot_ms']['min']:+.1f}, {e['p99_tpot_ms']['max']:+.1f}] | {e['p99_itl_ms']['median']:+.0f}% "
+              f"[{e['p99_itl_ms']['min']:+.0f}, {e['p99_itl_ms']['max']:+.0f}] |")
+    print()
+    print("At the GPU's knee (each side's level means interpolated at the GPU's knee concurrency) and throughput at "
+          "the knee (the sim's own search; the sim on the GPU's loads):")
+    print("| workload | limit | config | role | GPU knee C | P99 TTFT GPU / sim | err | P99 TPOT GPU / sim | err | "
+          "P99 ITL GPU / sim | err | knee tok/s GPU / sim search | err | sim, same loads | err |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for workload, k in knee.items():
+        for label, row in k["configs"].items():
+            a = row["at_gpu_knee"]
+            print(f"| {workload} | {k['limit']} | {label} | {row['role']} | {a['concurrency']:.0f} | "
+                  f"{a['gpu_p99_ttft_ms']:.0f} / "
+                  f"{a['sim_p99_ttft_ms']:.0f} | {a['err_p99_ttft_ms']:+.0f}% | {a['gpu_p99_tpot_ms']:.1f} / "
+                  f"{a['sim_p99_tpot_ms']:.1f} | {a['err_p99_tpot_ms']:+.0f}% | {a['gpu_p99_itl_ms']:.1f} / "
+                  f"{a['sim_p99_itl_ms']:.1f} | {a['err_p99_itl_ms']:+.0f}% | {row['gpu']['output_tok_s']:,.0f} / "
+                  f"{row['sim_search']['output_tok_s']:,.0f} | {row['err_knee_tok_s']:+.1f}% | "
+                  f"{row['sim']['output_tok_s']:,.0f} | {row['err_knee_tok_s_same_loads']:+.1f}% |")
+    print()
+    for workload, k in knee.items():
+        pairs = k["pairs"]
+        apart = [p for p in pairs if p["gpu_tells_apart"]]
+        if not any(p["gpu_tells_apart"] is not None for p in pairs):
+            continue
+        print(f"{workload}: the GPU tells {len(apart)} of {len(pairs)} pairs apart (both copies order them alike); "
+              f"the sim's own search orders {sum(p['sim_agrees'] for p in apart)} of those as the GPU, "
+              f"{sum(p['sim_agrees'] for p in pairs)} of all {len(pairs)}:")
+        for p in pairs:
+            mark = "told apart" if p["gpu_tells_apart"] else "not told apart"
+            print(f"  {p['better']} > {p['worse']} ({mark}): sim {'agrees' if p['sim_agrees'] else 'disagrees'}")
+    print()
+
+
 def print_report(rows: list[dict], summ: dict, knee: dict, diag: dict, split: list[dict], runs: list[Run],
                  wall_s: float) -> None:
     print("| workload | config | C | runs | GPU tok/s | sim tok/s | err | GPU P99 TTFT ms (range) | sim P99 TTFT ms "
@@ -420,7 +644,7 @@ def print_report(rows: list[dict], summ: dict, knee: dict, diag: dict, split: li
                       + ("  (sim: the same request streams, so only the stream differs)" if side == "sim" else ""))
     print()
     for workload, k in knee.items():
-        print(f"{workload}: throughput at the knee (P99 TTFT <= 500 ms), knee concurrency in brackets "
+        print(f"{workload}: throughput at the knee ({k['limit']}), knee concurrency in brackets "
               "(≥: never reached within the loads measured; <: carried below the lowest)")
         print("| config | GPU (both copies) | GPU copy 0 | GPU copy 1 | sim, same loads | sim's own search |")
         print("|---|---:|---:|---:|---:|---:|")
@@ -485,7 +709,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), help="folders of docs/results/raw")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
+    ap.add_argument("--fit", type=int, metavar="EVALS", default=0,
+                    help="fit FIT_BOUNDS' constants on the calibration runs (EVALS replays of them; needs scipy) "
+                         "and print them, then the tables with them")
+    ap.add_argument("--constants", nargs="+", default=[], metavar="NAME=VALUE",
+                    help="override calibration/h200.yaml's constants (e.g. the sim before the API server's: "
+                         "frontend_request_ms=0 frontend_output_us=0 frontend_chunk_us=0 hbm_efficiency=0.765)")
     args = ap.parse_args()
+    try:
+        overrides = {k: float(v) for k, v in (c.split("=", 1) for c in args.constants)}
+    except ValueError:
+        ap.error("--constants takes NAME=VALUE pairs with numeric values")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sim-vs-h200-") as folder:
@@ -496,22 +730,32 @@ def main() -> None:
             r, s = gpu_runs(dataset, tmp)
             runs += r
             settings.update(s)
+        if overrides:
+            settings = with_constants(settings, overrides)
+        fitted = None
+        if args.fit:
+            fitted = fit(runs, settings, tmp, args.fit)
+            settings = with_constants(settings, fitted["constants"])
+            print("fitted on " + CALIBRATION + ": " + json.dumps(fitted["constants"]), file=sys.stderr, flush=True)
         setups: dict[str, Any] = {}
         for run in runs:
             replay(run, settings[run.workload], setups, tmp)
         rows = level_rows(runs)
         summ = summary(rows)
+        roles = split_summary(rows)
         knee = knees(runs, settings, tmp)
         diag = diagnosis(runs)
         split = server_split(runs)
     wall_s = time.monotonic() - t0
     if args.json:
-        print(json.dumps(json_safe({"rows": rows, "summary": summ, "knees": knee, "diagnosis": diag, "server_split": split,
+        print(json.dumps(json_safe({"fit": fitted, "calibration": CALIBRATION, "split_summary": roles,
+                                    "rows": rows, "summary": summ, "knees": knee, "diagnosis": diag, "server_split": split,
                           "runs": [{"dataset": r.dataset, "workload": r.workload, "copy": r.copy, "trial": r.trial,
                                     "source": r.source, "config": r.label, "concurrency": r.concurrency,
                                     "first_request": r.first_request, "gpu": r.gpu, "sim": r.sim} for r in runs],
                           "wall_s": wall_s}), indent=1))
     else:
+        print_split(roles, knee, fitted)
         print_report(rows, summ, knee, diag, split, runs, wall_s)
 
 

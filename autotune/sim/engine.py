@@ -1,4 +1,5 @@
-"""From (model, card, flags) to a ready engine: memory plan, performance model and scheduler limits."""
+"""From (model, card, flags) to a ready engine: memory plan, performance model, scheduler limits and the API
+server in front of it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from autotune.flags import effective_flags, mm_limit
 from autotune.gpus import GpuSpec
 from autotune.memory import MemoryPlan, plan_memory
 from autotune.models import ModelSpec
+from autotune.sim.frontend import ApiServers, At, FrontEndConstants, api_server_count
 from autotune.sim.perf import PerfModel
 from autotune.sim.scheduler import Scheduler, SchedulerConfig
 from autotune.vllm_api.request import ServedModel
@@ -24,9 +26,15 @@ class EngineSetup:
     plan: MemoryPlan
     perf: PerfModel
     sched_cfg: SchedulerConfig
+    frontend: FrontEndConstants = FrontEndConstants()
 
     def new_scheduler(self) -> Scheduler:
         return Scheduler(self.sched_cfg, self.perf)
+
+    def new_api_servers(self, at: At) -> ApiServers:
+        """The deployment's API server processes (:mod:`autotune.sim.frontend`), shared by its DP replicas;
+        ``at(t, fn)`` runs ``fn`` at modelled time ``t``."""
+        return ApiServers(self.frontend, api_server_count(self.flags), at)
 
     def served_model(self, names: tuple[str, ...], root: str) -> ServedModel:
         """What the server's API checks requests against: context length, images and their tokens."""
@@ -55,4 +63,4 @@ def setup_engine(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any]) -> Engin
             f"({cfg.max_model_len}). This effectively limits the maximum sequence length to "
             f"max_num_batched_tokens and makes vLLM reject longer sequences. Please increase "
             f"max_num_batched_tokens or decrease max_model_len.", "bad_flags")
-    return EngineSetup(model, gpu, f, plan, PerfModel(model, gpu, f), cfg)
+    return EngineSetup(model, gpu, f, plan, PerfModel(model, gpu, f), cfg, FrontEndConstants.from_gpu(gpu))

@@ -8,13 +8,13 @@ modelled duration by sleeping it, and the loop jumps straight there. A level the
 scheduler steps need, and its figures are the same on an idle or a busy CPU (the HTTP sim, paced by the wall
 clock, lags a CPU that cannot keep up).
 
-The timing rules are the HTTP sim server's (:mod:`autotune.sim.replica`, :mod:`autotune.sim.server`): a busy
-replica's steps follow each other in modelled time; an idle one starts at the arrival; a request arriving
-while a step runs is stamped at its arrival and joins the scheduler between steps (a closed-loop client's next
-request, sent when the last token of its previous one arrives, so lands just after the next step was
-scheduled); each token is stamped at the end of the step that sampled it. Token times are kept per slot in a
-numpy array and handed over when a request finishes: a client only needs its request's end to send the next
-one, and a level's million tokens never pass through Python one by one.
+The timing rules are the HTTP sim server's (:mod:`autotune.sim.replica`, :mod:`autotune.sim.server`): a request is
+stamped when the client sends it and goes through the API server (:mod:`autotune.sim.frontend`) before it joins
+the scheduler between steps; a busy replica's steps follow each other in modelled time; an idle one starts when
+the request reaches it; each token reaches its client when the API server has processed the outputs of the step
+that sampled it (a closed-loop client's next request is sent then). Token times are kept per slot in a numpy array
+and handed over when a request finishes: a client only needs its request's end to send the next one, and a
+level's million tokens never pass through Python one by one.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, NoReturn
+from typing import Any, AsyncIterator, Callable, Iterator, NoReturn
 
 import numpy as np
 import orjson
@@ -52,6 +52,7 @@ from autotune.sim.noise import noise_rng
 from autotune.progress import NULL_PROGRESS, Progress
 from autotune.sim.args import parse_serve_args
 from autotune.sim.engine import EngineSetup, setup_engine
+from autotune.sim.frontend import ApiServers
 from autotune.sim.perf import EncoderWork
 from autotune.sim.scheduler import NO_IMAGES
 from autotune.sim.startup import failure_lines, startup_report
@@ -83,7 +84,9 @@ class _Pending:
     arrival_s: float
     prompt_tokens: int
     future: asyncio.Future[RequestOutput | None]  # None: timed out
+    rid: int = 0  # unique within the run
     slot: int = -1
+    replica: VirtualReplica | None = None  # None while the API server handles it
 
 
 @dataclass
@@ -96,41 +99,43 @@ class _Peaks:
 
 
 class VirtualReplica:
-    """One DP replica: a scheduler stepped on the event loop's (virtual) clock."""
+    """One DP replica: a scheduler stepped on the event loop's (virtual) clock, its tokens delivered through the
+    API servers."""
 
-    def __init__(self, setup: EngineSetup, loop: VirtualClockLoop) -> None:
+    def __init__(self, setup: EngineSetup, loop: VirtualClockLoop, api: ApiServers) -> None:
         self.sched = setup.new_scheduler()
         self.loop = loop
+        self.api = api
         self.vt = loop.time()
-        self.step_end = self.vt  # modelled end of the step (or decode run) in flight
         self.idle = True
         self.wake = asyncio.Event()
         self.pending: dict[int, _Pending] = {}
         self.peaks = _Peaks()
         self.preemptions_at_start = self.sched.num_preemptions_total
-        self._times = np.zeros((len(self.sched.prompt_len), 64))  # token times, one row per scheduler slot
+        rows = len(self.sched.prompt_len)
+        self._times = np.zeros((rows, 64))  # token times (delivered to the client), one row per scheduler slot
+        self._rid = np.zeros(rows, dtype=np.int64)  # each slot's request id
+        self._server = np.zeros(rows, dtype=np.int64)  # each slot's API server
 
     @property
     def outstanding(self) -> int:
         return len(self.pending)
 
-    def arrival_s(self) -> float:
-        """When a request submitted now arrives (the HTTP sim's ``Engine.arrival_v`` on a clock that keeps up):
-        idle, the loop's time; busy, never past the end of the step in flight."""
-        now = self.loop.time()
-        return max(self.vt, now) if self.idle else min(now, self.step_end)
-
-    def submit(self, req: SimRequest, max_out: int) -> _Pending:
-        p = _Pending(self.arrival_s(), req.prompt_tokens, self.loop.create_future())
+    def submit(self, p: _Pending, req: SimRequest, max_out: int, server: int) -> None:
+        """The API server hands the request over: it joins the scheduler now."""
         p.slot = self.sched.add(req.prompt_tokens, max_out, req.encoder)
+        p.replica = self
         rows, cols = self._times.shape
         if p.slot >= rows or max_out > cols:
             grown = np.zeros((max(rows, len(self.sched.prompt_len)), max(cols, max_out)))
             grown[:rows, :cols] = self._times
             self._times = grown
+            extra = len(grown) - rows
+            self._rid = np.concatenate([self._rid, np.zeros(extra, np.int64)])
+            self._server = np.concatenate([self._server, np.zeros(extra, np.int64)])
+        self._rid[p.slot], self._server[p.slot] = p.rid, server
         self.pending[p.slot] = p
         self.wake.set()
-        return p
 
     def abort(self, p: _Pending) -> None:
         """The client gave up (timeout): free the request's slot and KV blocks, as the server does."""
@@ -140,7 +145,7 @@ class VirtualReplica:
             self.wake.set()
 
     async def run(self) -> None:
-        loop, sched = self.loop, self.sched
+        loop, sched, api = self.loop, self.sched, self.api
         while True:
             if not sched.has_work:
                 self.idle = True
@@ -152,18 +157,18 @@ class VirtualReplica:
                 self.idle = False
             run = None
             # Several decode-only steps at once while nothing can join the batch: no callback is waiting to run
-            # now (a client answering a finished request, another replica) and no timer (an arrival, the
-            # ramp, another replica's step end) falls inside the run.
+            # now (a client answering a finished request, another replica) and no timer (an arrival, a hand-over
+            # by an API server, a delivery someone waits for, the ramp, another replica's step end) falls inside.
             if not loop.has_ready():
-                horizon_s = loop.next_timer_s() - self.vt
-                if horizon_s > 0:
-                    run = sched.decode_run(1 << 30, horizon_s)
+                horizon_s = loop.next_timer_s()
+                if horizon_s > self.vt:
+                    run = sched.decode_run(1 << 30, horizon_s - self.vt)
             if run is not None:
-                times = self.vt + np.cumsum(run.durations_s)
-                k = len(times)
-                cols = sched.out[run.slots][:, None] - k + np.arange(k)
-                self._times[run.slots[:, None], cols] = times
-                end, finished = float(times[-1]), run.finished
+                ends = self.vt + np.cumsum(run.durations_s)
+                k = len(ends)
+                emitted, finished = run.slots, run.finished
+                cols = sched.out[emitted][:, None] - k + np.arange(k)
+                end = float(ends[-1])
             else:
                 res = sched.step()
                 if res is None:  # nothing schedulable until a request comes or goes
@@ -172,35 +177,64 @@ class VirtualReplica:
                     await self.wake.wait()
                     continue
                 end = self.vt + res.duration_s
-                if len(res.emitted):
-                    self._times[res.emitted, sched.out[res.emitted] - 1] = end
-                finished = res.finished
+                emitted, finished, cols = res.emitted, res.finished, sched.out[res.emitted] - 1
             self._observe()
-            self.step_end = end
-            # Bind the finished requests' tokens now: their slots are free again and may be reused by a request
-            # that arrives while this step "runs".
-            done = [self._output(int(slot)) for slot in finished if int(slot) in self.pending]
+            # The finished requests leave now: their slots are free again and may be taken by a request handed over
+            # while this step "runs" (a slot's token times are written in step order, so theirs stay readable).
+            done = [(self.pending.pop(slot), slot, int(sched.out[slot])) for slot in finished.tolist()
+                    if slot in self.pending]
             await asyncio.sleep(end - loop.time())
             self.vt = end
-            for p, out in done:
-                if not p.future.done():  # the watchdog may have timed it out meanwhile
-                    p.future.set_result(out)
+            if not len(emitted):
+                continue
+            # The step's outputs go to the API servers (a decode run's steps one by one, in their order).
+            keys = self._rid[emitted]
+            servers = self._server[emitted] if api.count > 1 else None
+            if run is None:
+                api.outputs(end, keys, servers, self._deliverer(emitted, cols, done), bool(done))
+            else:
+                last = k - 1
+                rows, steps = emitted[:, None], cols
 
-    def _output(self, slot: int) -> tuple[_Pending, RequestOutput]:
+                def step_deliver(i: int, emitted=emitted, cols=cols, done=done, last=last):
+                    return self._deliverer(emitted, cols[:, i], done if i == last else [])
+
+                def settle(times: np.ndarray, rows=rows, steps=steps) -> None:
+                    self._times[rows, steps[:, :-1]] = times  # the run's steps before the last, delivered at once
+                api.outputs_run(ends, keys, servers, step_deliver, settle, bool(done))
+
+    def _deliverer(self, emitted: np.ndarray, cols: np.ndarray,
+                   done: list[tuple[_Pending, int, int]]) -> Callable[[float, np.ndarray | None], None]:
+        """What an API server calls when it delivers (part of) a step's tokens: their times, and the requests that
+        finished with them handed to their clients."""
+        def deliver(t: float, mask: np.ndarray | None) -> None:
+            if mask is None:
+                self._times[emitted, cols] = t
+            else:
+                self._times[emitted[mask], cols[mask]] = t
+            for p, slot, n in done:
+                if mask is None or mask[int(np.flatnonzero(emitted == slot)[0])]:
+                    _resolve(p, self._output(p, slot, n))
+        return deliver
+
+    def _output(self, p: _Pending, slot: int, n: int) -> RequestOutput:
         """The request as the client's sim-stamp path reads it (usage counts, modelled times)."""
-        p = self.pending.pop(slot)
-        t = self._times[slot, :int(self.sched.out[slot])]
+        t = self._times[slot, :n]
         first, last = float(t[0]), float(t[-1])
-        out = RequestOutput(success=True, prompt_tokens=p.prompt_tokens, output_tokens=len(t),
-                            ttft_s=first - p.arrival_s, itl_s=tuple(np.diff(t).tolist()),
-                            e2el_s=last - p.arrival_s, start_s=p.arrival_s)
-        return p, out
+        return RequestOutput(success=True, prompt_tokens=p.prompt_tokens, output_tokens=n,
+                             ttft_s=first - p.arrival_s, itl_s=tuple(np.diff(t).tolist()),
+                             e2el_s=last - p.arrival_s, start_s=p.arrival_s)
 
     def _observe(self) -> None:
         s, peaks = self.sched, self.peaks
         peaks.running = max(peaks.running, s.num_running)
         peaks.waiting = max(peaks.waiting, s.num_waiting)
         peaks.kv_usage = max(peaks.kv_usage, s.kv_usage)
+
+
+def _resolve(p: _Pending, out: RequestOutput) -> None:
+    if not p.future.done():  # the watchdog may have timed it out meanwhile
+        p.future.set_result(out)
 
 
 class SimTransport:
@@ -217,9 +251,10 @@ class SimTransport:
         self.replicas: list[VirtualReplica] = []
         self._served = setup.served_model((_SERVED_NAME,), setup.model.name)
         self._t0 = 0.0
+        self._requests = 0
         # Requests in flight by send time, for the timeout watchdog: one run has one timeout, so their
         # deadlines come in this order (a timer per request would cost more than the rest of the request).
-        self._in_flight: deque[tuple[float, VirtualReplica, _Pending]] = deque()
+        self._in_flight: deque[tuple[float, _Pending]] = deque()
         self._timeout_s = math.inf
         self._sent = asyncio.Event()
 
@@ -239,7 +274,8 @@ class SimTransport:
         if not isinstance(loop, VirtualClockLoop):
             raise UsageError("the in-process sim runs on a VirtualClockLoop (see bench_in_process)")
         dp = int(self.setup.flags["data-parallel-size"] or 1)
-        self.replicas = [VirtualReplica(self.setup, loop) for _ in range(dp)]
+        self.api = self.setup.new_api_servers(loop.call_at)
+        self.replicas = [VirtualReplica(self.setup, loop, self.api) for _ in range(dp)]
         self._timeout_s, self._sent = cfg.request_timeout_s, asyncio.Event()
         tasks = [asyncio.create_task(r.run()) for r in self.replicas] + [asyncio.create_task(self._watchdog())]
         try:
@@ -259,17 +295,25 @@ class SimTransport:
         self._t0 = asyncio.get_running_loop().time()
 
     async def send(self, request: SimRequest, timeout_s: float) -> tuple[RequestOutput, bool]:
-        start_s = asyncio.get_running_loop().time() - self._t0
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        start_s = now - self._t0
         if request.error:
             return RequestOutput(success=False, prompt_tokens=request.prompt_tokens, start_s=start_s,
                                  error=f"HTTP 400: {request.error}"[:206], error_kind="http_4xx"), False
         if timeout_s != self._timeout_s:
             raise ValueError(f"one request timeout per run ({self._timeout_s} s), got {timeout_s} s")
         max_out = request.max_tokens if request.ignore_eos else self.rng.randint(1, request.max_tokens)
-        replica = min(self.replicas, key=lambda r: r.outstanding)  # the server's pick
-        pending = replica.submit(request, max_out)
-        self._in_flight.append((asyncio.get_running_loop().time() + timeout_s, replica, pending))
+        self._requests += 1
+        pending = _Pending(now, request.prompt_tokens, loop.create_future(), self._requests)
+        self._in_flight.append((now + timeout_s, pending))
         self._sent.set()
+
+        def handed(_t: float, server: int) -> None:
+            if not pending.future.done():  # not timed out in the API server
+                replica = min(self.replicas, key=lambda r: r.outstanding)  # the API server's pick
+                replica.submit(pending, request, max_out, server)
+        self.api.request(now, handed)
         out = await pending.future
         if out is None:  # the watchdog gave up on it
             return RequestOutput(success=False, prompt_tokens=request.prompt_tokens, start_s=start_s,
@@ -281,18 +325,19 @@ class SimTransport:
         drops them (:meth:`VirtualReplica.abort`) and the sender gets a timeout failure."""
         loop, in_flight = asyncio.get_running_loop(), self._in_flight
         while True:
-            while in_flight and in_flight[0][2].future.done():
+            while in_flight and in_flight[0][1].future.done():
                 in_flight.popleft()
             if not in_flight:
                 self._sent.clear()
                 await self._sent.wait()
                 continue
-            due_s, replica, pending = in_flight[0]
+            due_s, pending = in_flight[0]
             if loop.time() < due_s:
                 await asyncio.sleep(due_s - loop.time())
                 continue
             in_flight.popleft()
-            replica.abort(pending)
+            if pending.replica is not None:
+                pending.replica.abort(pending)
             pending.future.set_result(None)
 
 

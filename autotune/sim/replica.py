@@ -1,12 +1,17 @@
 """One DP replica of the sim engine: a scheduler stepped in virtual time, paced by the wall clock, and the
-per-request token streams it releases (see :mod:`autotune.sim.server` for the clock)."""
+per-request token streams it releases through the API servers (:mod:`autotune.sim.frontend`; see
+:mod:`autotune.sim.server` for the clock)."""
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from autotune.sim.engine import EngineSetup
+from autotune.sim.frontend import ApiServers
 from autotune.sim.perf import EncoderWork
 from autotune.sim.scheduler import Scheduler
 
@@ -30,15 +35,18 @@ class Stream:
 
 
 class Engine:
-    """One DP replica: a scheduler stepped in virtual time, paced by the wall clock."""
+    """One DP replica: a scheduler stepped in virtual time, paced by the wall clock; each step's tokens go to the
+    API servers, which release them to their streams."""
 
-    def __init__(self, setup: EngineSetup, time_scale: float, wall0: float) -> None:
+    def __init__(self, setup: EngineSetup, time_scale: float, wall0: float, api: ApiServers) -> None:
         self.sched: Scheduler = setup.new_scheduler()
+        self.api = api
         self.time_scale, self.wall0 = time_scale, wall0
         self.vt = 0.0
         self.step_end = 0.0  # virtual end of the step in flight
         self.idle = True
         self.streams: dict[int, Stream] = {}
+        self.keys: dict[int, tuple[int, int]] = {}  # slot -> (request id, API server)
         self.wake = asyncio.Event()
         self.stopping = False
 
@@ -54,9 +62,11 @@ class Engine:
             return max(self.vt, self.now_v())
         return min(self.now_v(), self.step_end)
 
-    def submit(self, stream: Stream, encoder: EncoderWork) -> int:
+    def submit(self, stream: Stream, encoder: EncoderWork, rid: int, server: int) -> int:
+        """The API server ``server`` hands request ``rid`` over: it joins the scheduler now."""
         slot = self.sched.add(stream.prompt_tokens, stream.max_out, encoder)
         self.streams[slot] = stream
+        self.keys[slot] = (rid, server)
         self.wake.set()
         return slot
 
@@ -64,6 +74,7 @@ class Engine:
         if self.streams.get(slot) is stream and not stream.finished:
             self.sched.abort(slot)
             del self.streams[slot]
+            del self.keys[slot]
             stream.finished = True
 
     @property
@@ -91,17 +102,31 @@ class Engine:
             # that arrives while this step is still "running" on the wall clock.
             finished = set(res.finished.tolist()) if len(res.finished) else ()
             batch = []
+            keys = []
             for slot, first in zip(res.emitted.tolist(), res.first.tolist()):
                 st = self.streams.pop(slot, None) if slot in finished else self.streams.get(slot)
                 if st is not None:
                     batch.append((st, first, slot in finished))
+                    keys.append(self.keys.pop(slot) if slot in finished else self.keys[slot])
             await asyncio.sleep(max(0.0, (end - self.now_v()) / self.time_scale))
             self.vt = end
-            wall = time.monotonic()
-            for st, first, done in batch:
-                st.times.append(end)
-                if done:
-                    st.finished = True
-                    st.event.set()
-                elif first or wall - st.last_flush_wall >= FLUSH_WALL_S:
-                    st.event.set()
+            if batch:  # the step's outputs go to the API servers, which release them to their streams
+                ids = np.array(keys, dtype=np.int64).reshape(-1, 2)
+                self.api.outputs(end, ids[:, 0], ids[:, 1], _releaser(batch), True)
+
+
+def _releaser(batch: list[tuple[Stream, bool, bool]]) -> Callable[[float, np.ndarray | None], None]:
+    """What an API server calls when it delivers (part of) a step's tokens: each stream gets its token (stamped with
+    the delivery time); a stream's reader wakes for its first and last token, else at most every FLUSH_WALL_S."""
+    def release(t: float, mask: np.ndarray | None) -> None:
+        wall = time.monotonic()
+        for i, (st, first, done) in enumerate(batch):
+            if mask is not None and not mask[i]:
+                continue
+            st.times.append(t)
+            if done:
+                st.finished = True
+                st.event.set()
+            elif first or wall - st.last_flush_wall >= FLUSH_WALL_S:
+                st.event.set()
+    return release

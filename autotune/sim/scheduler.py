@@ -176,11 +176,12 @@ class Scheduler:
             return None
         return self._execute(slots, ns)
 
-    def decode_run(self, max_steps: int, max_start_s: float = float("inf")) -> DecodeRun | None:
+    def decode_run(self, max_steps: int, max_end_s: float = float("inf")) -> DecodeRun | None:
         """Fast-forward through decode-only steps while the batch cannot change: nothing waiting to be
         admitted, every running request decoding, enough free KV blocks. Stops at the step where the first
-        request finishes, after ``max_steps``, or before the first step that would start at or after
-        ``max_start_s`` (an arrival). None when the next step is not such a step (use :meth:`step`)."""
+        request finishes, after ``max_steps``, or after the last step that ends by ``max_end_s`` (an event: at
+        least one step, which may then run past it). None when the next step is not such a step (use
+        :meth:`step`)."""
         run, cfg = self.running, self.cfg
         n = len(run)
         if not n or n > cfg.max_num_batched_tokens or (self.waiting and n < cfg.max_num_seqs):
@@ -204,9 +205,8 @@ class Scheduler:
                 lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
             k = lo
         durations = self.perf.decode_run_times_s(n, int(computed.sum()) + n, k)
-        if max_start_s != float("inf"):
-            starts = np.concatenate([[0.0], np.cumsum(durations)[:-1]])
-            k = max(1, int(np.searchsorted(starts, max_start_s, side="left")))
+        if max_end_s != float("inf"):
+            k = max(1, int(np.searchsorted(np.cumsum(durations), max_end_s, side="right")))
             durations = durations[:k]
         self.steps_scheduled += k
         new_blocks = (-(-(computed + k) // bs) - blocks).clip(0)

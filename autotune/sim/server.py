@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 from aiohttp import web
@@ -59,24 +59,46 @@ class SimTokenSource:
     def __init__(self, setup: EngineSetup, time_scale: float, seed: int) -> None:
         self.setup = setup
         dp = int(setup.flags["data-parallel-size"] or 1)
-        wall0 = time.monotonic()
-        self.engines = [Engine(setup, time_scale, wall0) for _ in range(dp)]
+        self.time_scale = time_scale
+        self.wall0 = time.monotonic()
+        self.api = setup.new_api_servers(self._at)
+        self.engines = [Engine(setup, time_scale, self.wall0, self.api) for _ in range(dp)]
         self.rng = random.Random(seed)
+        self.requests = 0
+        self.stopping = False
 
     def start_clock(self) -> None:
         """Virtual time 0 is now: when the server starts listening."""
-        wall0 = time.monotonic()
+        self.wall0 = time.monotonic()
         for e in self.engines:
-            e.wall0 = wall0
+            e.wall0 = self.wall0
+
+    def _at(self, t: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` when the wall clock reaches virtual time ``t`` (at once where it has)."""
+        now_v = (time.monotonic() - self.wall0) * self.time_scale
+        asyncio.get_running_loop().call_later(max(0.0, (t - now_v) / self.time_scale), fn)
 
     def start(self, request: GenerationRequest) -> _SimGeneration:
+        """The request arrives at an API server, which hands it to the DP replica with the fewest requests."""
         max_tokens = request.max_tokens
         n_out = max_tokens if request.ignore_eos else self.rng.randint(1, max_tokens)
-        engine = min(self.engines, key=lambda e: e.outstanding)
-        stream = Stream(arrival_s=engine.arrival_v(), prompt_tokens=request.prompt_tokens, max_out=n_out)
+        stamp = min(self.engines, key=lambda e: e.outstanding).arrival_v()
+        stream = Stream(arrival_s=stamp, prompt_tokens=request.prompt_tokens, max_out=n_out)
         stream.last_flush_wall = time.monotonic()
-        slot = engine.submit(stream, self.setup.perf.encoder_work(request.images))
-        return _SimGeneration(engine, slot, stream, "length" if n_out == max_tokens else "stop")
+        gen = _SimGeneration(stream, "length" if n_out == max_tokens else "stop")
+        encoder = self.setup.perf.encoder_work(request.images)
+        self.requests += 1
+        rid = self.requests
+
+        def handed(_t: float, server: int) -> None:
+            if stream.finished or self.stopping:  # closed, or the server stopping, while the API server handled it
+                stream.finished = True
+                stream.event.set()
+                return
+            engine = min(self.engines, key=lambda e: e.outstanding)
+            gen.engine, gen.slot = engine, engine.submit(stream, encoder, rid, server)
+        self.api.request(stamp, handed)
+        return gen
 
     def metrics(self) -> m.MetricValues:
         s = [e.sched for e in self.engines]
@@ -88,6 +110,7 @@ class SimTokenSource:
 
     def stop(self) -> None:
         """Stop the replicas and end every stream with the tokens it has (shutdown)."""
+        self.stopping = True
         for e in self.engines:
             e.stopping = True
             e.wake.set()
@@ -97,8 +120,10 @@ class SimTokenSource:
 
 
 class _SimGeneration:
-    def __init__(self, engine: Engine, slot: int, stream: Stream, finish_reason: str) -> None:
-        self.engine, self.slot, self.stream, self.finish_reason = engine, slot, stream, finish_reason
+    def __init__(self, stream: Stream, finish_reason: str) -> None:
+        self.engine: Engine | None = None  # set when the API server hands the request over
+        self.slot = -1
+        self.stream, self.finish_reason = stream, finish_reason
         self.arrival_s: float | None = stream.arrival_s
         self.token_events = 0  # token events written (a stream fault strikes after TOKENS_BEFORE_FAULT of them)
 
@@ -118,7 +143,10 @@ class _SimGeneration:
                 return
 
     def close(self) -> None:
-        self.engine.abort(self.slot, self.stream)
+        if self.engine is None:
+            self.stream.finished = True  # still in the API server: never handed over
+        else:
+            self.engine.abort(self.slot, self.stream)
 
 
 # -- faults -------------------------------------------------------------------------------------------------
