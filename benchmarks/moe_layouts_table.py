@@ -18,6 +18,7 @@ The plan uses DIR/config.json (the folder the script served; `--model` for anoth
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import re
 import shlex
@@ -27,6 +28,7 @@ from typing import Any
 
 from autotune.engines.base import StartupInfo, classify_failure, parse_startup_log
 from autotune.errors import UsageError
+from autotune.flags import effective_flags
 from autotune.gpus import GpuSpec, load_gpu
 from autotune.jsonsafe import json_safe
 from autotune.memory import plan_memory
@@ -98,6 +100,9 @@ def measured_figures(text: str) -> dict[str, Any]:
     kv_gib = {p: s.available_kv_gib for p, s in procs.items() if s.available_kv_gib is not None}
     conc = [s.max_concurrency for s in procs.values() if s.max_concurrency is not None]
     init = [s.engine_init_s for s in procs.values() if s.engine_init_s is not None]
+    # vLLM's split of the budget, from the rank with the least KV memory (the one that sizes the cache)
+    accounted = [s for s in procs.values() if s.memory_budget_gib is not None and s.available_kv_gib is not None]
+    tightest = min(accounted, key=lambda s: s.available_kv_gib or 0.0, default=None)
     return {
         "model_gib_per_gpu": max(model.values()) if model else None,  # the fullest rank
         "kv_cache_tokens": min(kv_tokens.values()) if kv_tokens else None,  # per engine; the smallest
@@ -105,6 +110,11 @@ def measured_figures(text: str) -> dict[str, Any]:
         "max_concurrency": min(conc) if conc else None,
         "engine_init_s": max(init) if init else None,
         "model_gib_by_rank": model, "kv_cache_tokens_by_engine": kv_tokens, "kv_cache_gib_by_rank": kv_gib,
+        "accounting": None if tightest is None else {
+            "gpu_memory_utilization": tightest.gpu_memory_utilization, "budget_gib": tightest.memory_budget_gib,
+            "weights_gib": tightest.model_memory_gib, "peak_activation_gib": tightest.peak_activation_gib,
+            "non_torch_gib": tightest.non_torch_gib, "graph_estimate_gib": tightest.graph_memory_estimate_gib,
+            "kv_gib": tightest.available_kv_gib},
     }
 
 
@@ -137,14 +147,26 @@ def _bench(path: Path) -> dict[str, Any] | None:
             "failed": b.get("failed"), "concurrency": b.get("concurrency")}
 
 
+def startup_text(folder: Path) -> str:
+    """A layout's start-up lines: the whole server log where it was kept (gzipped in docs/results/raw), else the
+    lines the script kept (startup.txt; before the memory accounting was among them, it lacks those)."""
+    for name in ("server.log", "server.log.gz", "startup.txt"):
+        path = folder / name
+        if path.is_file():
+            if path.suffix == ".gz":
+                with gzip.open(path, "rt", errors="replace") as f:
+                    return f.read()
+            return path.read_text(errors="replace")
+    return ""
+
+
 def layout_row(folder: Path, model: ModelSpec, gpu: GpuSpec) -> dict[str, Any]:
     """One layout: its flags, the plan for them, what the server logged, and the errors."""
     flags = serve_flags((folder / "cmd.txt").read_text().strip())
     plan = plan_memory(model, gpu, flags)
     result = read_result(folder / "result.txt")
     state = result.get("state", "not run")
-    log = next((folder / n for n in ("startup.txt", "server.log") if (folder / n).is_file()), None)
-    measured = measured_figures(log.read_text(errors="replace") if log else "")
+    measured = measured_figures(startup_text(folder))
     measured["gpu_used_gib"] = gpu_used_gib(folder / "gpu-serving.txt")
     failure = ""
     if state in ("exited", "timeout"):
@@ -155,7 +177,8 @@ def layout_row(folder: Path, model: ModelSpec, gpu: GpuSpec) -> dict[str, Any]:
     planned = {"fits": plan.fits, "failure_class": plan.failure_class,
                "model_gib_per_gpu": plan.weights_gib_per_gpu, "kv_cache_tokens": plan.kv_cache_tokens,
                "kv_cache_gib_per_gpu": plan.kv_cache_gib_per_gpu, "max_concurrency": plan.max_concurrency,
-               "budget_gib_per_gpu": gpu.memory_gib * float(flags.get("gpu-memory-utilization", 0.9))}
+               "budget_gib_per_gpu": gpu.memory_gib * float(effective_flags(flags)["gpu-memory-utilization"]),
+               "reserve_gib_per_gpu": plan.reserve_gib_per_gpu}
     errors = {k: _error_pct(measured[k], planned[k])
               for k in ("model_gib_per_gpu", "kv_cache_tokens", "kv_cache_gib_per_gpu")}
     started = {"ready": True, "exited": False}.get(state)  # None: timed out, skipped or not run
@@ -228,6 +251,20 @@ def markdown(t: dict[str, Any]) -> str:
     off = [f"{r['name']} {k} ({r['error_pct'][k]:+.1f}%)" for r in t["layouts"] for k in r["off"]]
     measured_any = any(r["measured"]["model_gib_per_gpu"] is not None for r in t["layouts"])
     out += ["", *notes, ""] if notes else [""]
+    accounted = [r for r in t["layouts"] if r["measured"].get("accounting")]
+    if accounted:
+        out += ["vLLM's split of a rank's budget (its tightest rank) against the plan's, GiB:", "",
+                ("| layout | budget vLLM / plan | weights | peak activation + non-torch + graphs (estimate) | plan's "
+                 "reserve | KV vLLM / plan |"), "|---|---|---|---|---|---|"]
+        for r in accounted:
+            a, p = r["measured"]["accounting"], r["planned"]
+            kept = [a["peak_activation_gib"], a["non_torch_gib"], a["graph_estimate_gib"]]
+            out.append(f"| {r['name']} | {_f(a['budget_gib'], '{:.2f}')} ({_f(a['gpu_memory_utilization'], '{:.2f}')})"
+                       f" / {p['budget_gib_per_gpu']:.2f} | {_f(a['weights_gib'], '{:.2f}')} / "
+                       f"{p['model_gib_per_gpu']:.2f} | " + " + ".join(_f(v, "{:.2f}") for v in kept)
+                       + f" | {p['reserve_gib_per_gpu']:.2f} | {_f(a['kv_gib'], '{:.2f}')} / "
+                       f"{p['kv_cache_gib_per_gpu']:.2f} |")
+        out.append("")
     if not measured_any:
         out.append("Nothing measured yet: the planned columns only.")
     elif off:

@@ -29,6 +29,27 @@ def test_parse_sample_vllm_log() -> None:
                                compile_s=38.45, graph_capture_s=24.0, graph_memory_gib=0.68, engine_init_s=79.86)
 
 
+def test_parse_memory_accounting_of_vllm_0_26() -> None:
+    """vLLM 0.26.0's own split of a rank's budget (from a TP2 start of the weightless GLM-4.6V on an H200)."""
+    text = (
+        "(Worker_TP0 pid=1330) INFO 11-30 19:33:26 [gpu_model_runner.py:6737] Estimated CUDA graph memory: "
+        "0.96 GiB total\n"
+        "(Worker_TP0 pid=1330) INFO 11-30 19:33:26 [gpu_worker.py:560] Available KV cache memory: 24.7 GiB\n"
+        "(Worker_TP0 pid=1330) INFO 11-30 19:33:50 [gpu_worker.py:857] Free memory on device (137.8/139.8 GiB) on "
+        "startup. Desired GPU memory utilization is (0.92, 128.62 GiB). Actual usage is 99.6 GiB for weight, "
+        "3.21 GiB for peak activation, 0.14 GiB for non-torch memory, and 1.26 GiB for CUDAGraph memory. Replace "
+        "gpu_memory_utilization config with `--kv-cache-memory=26052535399` (24.26 GiB) to fit into requested "
+        "memory, or `--kv-cache-memory=35910893056` (33.44 GiB) to fully utilize gpu memory. Current kv cache "
+        "memory in use is 24.7 GiB.\n"
+    )
+    info = parse_startup_log(text)
+    assert (info.gpu_memory_utilization, info.memory_budget_gib) == (0.92, 128.62)
+    assert (info.peak_activation_gib, info.non_torch_gib) == (3.21, 0.14)
+    assert (info.graph_memory_estimate_gib, info.graph_memory_gib, info.available_kv_gib) == (0.96, 1.26, 24.7)
+    # the parts add up to vLLM's budget: weights + activation + non-torch + graph estimate + KV
+    assert 99.6 + 3.21 + 0.14 + 0.96 + 24.7 == pytest.approx(128.62, abs=0.02)
+
+
 def test_parse_newer_formats_merged_line_and_last_occurrence() -> None:
     text = "\n".join([
         "INFO [gpu_model_runner.py:1] Model loading took 9.1 GiB and 3.500000 seconds",

@@ -138,3 +138,19 @@ def test_the_script_parses_and_names_map_to_flags() -> None:
         "--data-parallel-size 2 --enable-expert-parallel --quantization fp8 --kv-cache-dtype fp8",
         "--tensor-parallel-size 2 --enable-expert-parallel --max-model-len 8192",
     ]
+
+
+def test_measured_layouts_with_vllm_accounting() -> None:
+    """The two layouts run on two H200s (docs/results/raw/h200x2-glm46v-layouts, the gzipped server logs): vLLM's
+    split of each rank's budget is read and set against the plan's, and the KV cache is off by more than 2%."""
+    t = mlt.table(REPO / "docs/results/raw/h200x2-glm46v-layouts")
+    rows = {r["name"]: r for r in t["layouts"]}
+    assert list(rows) == ["tp2", "dp2-ep-fp8w"]
+    tp2 = rows["tp2"]["measured"]["accounting"]
+    assert (tp2["gpu_memory_utilization"], tp2["budget_gib"], tp2["peak_activation_gib"]) == (0.92, 128.62, 3.21)
+    assert (tp2["graph_estimate_gib"], tp2["kv_gib"]) == (0.96, 24.7)
+    assert rows["dp2-ep-fp8w"]["measured"]["accounting"]["peak_activation_gib"] == 4.21
+    assert rows["tp2"]["off"] == ["kv_cache_gib_per_gpu", "kv_cache_tokens"]
+    assert abs(rows["tp2"]["error_pct"]["model_gib_per_gpu"]) < 0.2
+    text = mlt.markdown(t)
+    assert "| tp2 | 128.62 (0.92) / 125.82 | 99.60 / 99.56 | 3.21 + 0.14 + 0.96 | 0.36 | 24.70 / 25.89 |" in text

@@ -112,6 +112,13 @@ class StartupInfo:
     graph_capture_s: float | None = None
     graph_memory_gib: float | None = None
     engine_init_s: float | None = None
+    # vLLM's own memory accounting per rank (0.21 and later): the budget (gpu-memory-utilization x the card), and
+    # what it reserved beside the weights and the KV cache
+    gpu_memory_utilization: float | None = None
+    memory_budget_gib: float | None = None
+    peak_activation_gib: float | None = None  # the profiling run's peak, at max-num-batched-tokens
+    non_torch_gib: float | None = None
+    graph_memory_estimate_gib: float | None = None  # what the KV cache was sized with; graph_memory_gib: taken
     ready_s: float | None = None  # wall seconds from spawn to ready (set by the launcher)
 
     def as_dict(self) -> dict[str, float | int | None]:
@@ -132,6 +139,14 @@ _MAX_CONC = re.compile(rf"Maximum concurrency for {_NUM} tokens per request: {_N
 _COMPILE = re.compile(rf"torch\.compile takes {_NUM} s in total")
 # vllm/v1/worker/gpu_model_runner.py: "Graph capturing finished in %.0f secs, took %.2f GiB"
 _GRAPH = re.compile(rf"Graph capturing finished in {_NUM} secs, took {_NUM} GiB")
+# vllm/v1/worker/gpu_worker.py (0.21 and later), after the graphs are captured: "... Desired GPU memory utilization
+#   is (%s, %.2f GiB). Actual usage is %.2f GiB for weight, %.2f GiB for peak activation, %.2f GiB for non-torch
+#   memory, and %.2f GiB for CUDAGraph memory. ..."
+_MEMORY_ACCOUNT = re.compile(
+    rf"Desired GPU memory utilization is \({_NUM}, {_NUM} GiB\)\. Actual usage is {_NUM} GiB for weight, "
+    rf"{_NUM} GiB for peak activation, {_NUM} GiB for non-torch memory, and {_NUM} GiB for CUDAGraph memory")
+# vllm/v1/worker/gpu_model_runner.py: "Estimated CUDA graph memory: %.2f GiB total" (taken out of the KV budget)
+_GRAPH_ESTIMATE = re.compile(rf"Estimated CUDA graph memory: {_NUM} GiB total")
 # vllm/v1/engine/core.py: "init engine (profile, create kv cache, warmup model) took %.2f seconds"
 #   (newer: "... took %.2f s (compilation: %.2f s)")
 _ENGINE_INIT = re.compile(
@@ -171,6 +186,12 @@ def parse_startup_log(text: str) -> StartupInfo:
             out["compile_s"] = _num(m[2])
     if m := _last(_COMPILE, text):
         out["compile_s"] = _num(m[1])  # the dedicated line wins over the init summary
+    if m := _last(_MEMORY_ACCOUNT, text):
+        out["gpu_memory_utilization"], out["memory_budget_gib"] = _num(m[1]), _num(m[2])
+        out["peak_activation_gib"], out["non_torch_gib"] = _num(m[4]), _num(m[5])
+        out.setdefault("graph_memory_gib", _num(m[6]))
+    if m := _last(_GRAPH_ESTIMATE, text):
+        out["graph_memory_estimate_gib"] = _num(m[1])
     return StartupInfo(**out)  # type: ignore[arg-type]
 
 

@@ -174,7 +174,8 @@ stop_server() {  # NAME: TERM our server's process group, KILL it after 90 s; no
 
 keep_startup_lines() {  # NAME: vLLM's start-up figures, every rank's line (Worker_TP0/TP1, EngineCore_DP0/DP1)
   grep -E "non-default args|rank [0-9]+ in world size|Model loading took|Available KV cache memory|GPU KV cache size|\
-Maximum concurrency|torch\.compile take|Graph capturing finished|init engine|MoE config|Starting vLLM" \
+Maximum concurrency|torch\.compile take|Graph capturing finished|init engine|MoE config|Starting vLLM|\
+Estimated CUDA graph memory|Desired GPU memory utilization" \
     "$dir/$1/server.log" > "$dir/$1/startup.txt"
 }
 
