@@ -56,7 +56,8 @@ def copy_summary(folder: Path, g: int) -> dict:
         "equal_within_noise_flags": sorted(json.dumps(flags_of[n], sort_keys=True)
                                            for n in (selection.equal_within_noise if selection else ())),
         "gpu_minutes": wall_min,  # the copy's own `autotune run` wall time x its GPUs
-        "finalists_compared": (len(selection.gains) + 1 if selection.gains else 1) if selection else 0,
+        # every candidate of the final comparison has a re-measurement record (one cut short included)
+        "finalists_compared": len(records.read_remeasurements(study)) if selection else 0,
     }
 
 
