@@ -20,6 +20,12 @@ _.max_concurrency_len
 _.graph_memory_gib
 _.engine_init_s
 _.reserve_gib_per_gpu
+# vLLM's split of a rank's memory budget (StartupInfo): kept in the trial record the same way, and read by
+# benchmarks/moe_layouts_table.py
+_.gpu_memory_utilization
+_.memory_budget_gib
+_.peak_activation_gib
+_.graph_memory_estimate_gib
 
 # Fields of the records a study stores, written to Optuna's storage through dataclasses.fields() (records.py)
 # and to the profile's YAML through pydantic's model_dump (profile.py): users, `autotune best` and export read them.
