@@ -22,6 +22,7 @@ vLLM's own split of a run's mean TTFT where the study database kept its latency 
     python benchmarks/sim_vs_h200_levels.py [--json] [--datasets NAME ...]
     python benchmarks/sim_vs_h200_levels.py --constants NAME=VALUE ...   # other calibration/h200.yaml constants
     python benchmarks/sim_vs_h200_levels.py --fit EVALS                  # fit FIT_BOUNDS' constants first
+    python benchmarks/sim_vs_h200_levels.py --sim-noise h200             # each replay with the sim's noise
 
 About 2 minutes on the 2-core development machine (a fit: ~30 s per replay of the calibration runs).
 """
@@ -59,6 +60,7 @@ from autotune.selection import LoadCurve
 from autotune.sim.engine import setup_engine
 from autotune.sim import inproc
 from autotune.sim.inproc import bench_in_process
+from autotune.sim.noise import NOISE_MODELS, RunNoise, noise_rng
 from autotune.testing.models import WEIGHTLESS_FLASH_CONFIG
 from autotune.trial import TrialSettings, level_load_config, run_trial
 
@@ -292,6 +294,18 @@ def card_constants(gpu: Any):
         inproc.load_gpu = original
 
 
+def add_noise(run: Run, noise: RunNoise) -> None:
+    """The replay's figures as a noisy sim run has them: its latency figures and throughput scaled by one draw of
+    ``noise`` (what :meth:`RunNoise.apply` does to a run's summaries), seeded by the run itself."""
+    f, f_tput = noise.factors(noise_rng(0, f"{run.dataset}/{run.copy}/{run.source}"))
+    sim = run.sim
+    for key in ("p99_ttft_ms", "p10_ttft_ms", "p50_ttft_ms", "p50_ttft_empty_queue_ms", "mean_ttft_all_ms"):
+        sim[key] = sim[key] * f["ttft"]
+    sim["p99_itl_ms"] *= f["itl"]
+    sim["p99_tpot_ms"] *= f["tpot"]
+    sim["output_tok_s"] *= f_tput
+
+
 def fit_loss(runs: list[Run]) -> float:
     """Mean over runs of the squared log errors: output tok/s (weighted 4x, as the H100 fit), P99 and P50 TTFT,
     P99 TPOT and P99 ITL."""
@@ -381,9 +395,10 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for workload in sorted({r["workload"] for r in rows}):
         rs = [r for r in rows if r["workload"] == workload]
         multi = [r for r in rs if r["runs"] > 1]
-        spread = {side: {m: _stats([100 * (r[f"{side}_{m}_range"][1] - r[f"{side}_{m}_range"][0]) / r[f"{side}_{m}"]
+        spread = ({side: {m: _stats([100 * (r[f"{side}_{m}_range"][1] - r[f"{side}_{m}_range"][0]) / r[f"{side}_{m}"]
                                     for r in multi])
-                         for m in ("p99_ttft_ms", "output_tok_s")} for side in ("gpu", "sim")} if multi else {}
+                         for m in ("p99_ttft_ms", "p99_itl_ms", "output_tok_s")} for side in ("gpu", "sim")}
+                  if multi else {})
         out[workload] = {"rows": len(rs), "runs": sum(r["runs"] for r in rs),
                          "errors_pct": {m: _stats([r[f"err_{m}"] for r in rs])
                                         for m in METRICS},
@@ -615,7 +630,7 @@ def print_split(roles: list[dict], knee: dict, fitted: dict | None) -> None:
 
 
 def print_report(rows: list[dict], summ: dict, knee: dict, diag: dict, split: list[dict], runs: list[Run],
-                 wall_s: float) -> None:
+                 wall_s: float, noise: str = "") -> None:
     print("| workload | config | C | runs | GPU tok/s | sim tok/s | err | GPU P99 TTFT ms (range) | sim P99 TTFT ms "
           "(range) | err | GPU P99 TPOT ms | sim P99 TPOT ms | err |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -639,9 +654,12 @@ def print_report(rows: list[dict], summ: dict, knee: dict, diag: dict, split: li
                 print(f"  {side.upper()} run-to-run spread at a fixed load ((max - min) / mean, "
                       f"{s['levels_measured_more_than_once']} levels run 2-{max(r['runs'] for r in rows)}x), median "
                       f"[range]: P99 TTFT {sp['p99_ttft_ms']['median']:.0f}% [{sp['p99_ttft_ms']['min']:.0f}, "
-                      f"{sp['p99_ttft_ms']['max']:.0f}]; output tok/s {sp['output_tok_s']['median']:.1f}% "
+                      f"{sp['p99_ttft_ms']['max']:.0f}]; P99 ITL {sp['p99_itl_ms']['median']:.0f}% "
+                      f"[{sp['p99_itl_ms']['min']:.0f}, {sp['p99_itl_ms']['max']:.0f}]; "
+                      f"output tok/s {sp['output_tok_s']['median']:.1f}% "
                       f"[{sp['output_tok_s']['min']:.1f}, {sp['output_tok_s']['max']:.1f}]"
-                      + ("  (sim: the same request streams, so only the stream differs)" if side == "sim" else ""))
+                      + (f"  (sim: the same request streams{', with ' + noise + ' noise' if noise else ''})"
+                         if side == "sim" else ""))
     print()
     for workload, k in knee.items():
         print(f"{workload}: throughput at the knee ({k['limit']}), knee concurrency in brackets "
@@ -712,6 +730,9 @@ def main() -> None:
     ap.add_argument("--fit", type=int, metavar="EVALS", default=0,
                     help="fit FIT_BOUNDS' constants on the calibration runs (EVALS replays of them; needs scipy) "
                          "and print them, then the tables with them")
+    ap.add_argument("--sim-noise", choices=[k for k, v in NOISE_MODELS.items() if v], default="",
+                    help="each replay as a noisy sim run gives it (autotune/sim/noise.py; seeded by the run): does the "
+                         "sim's spread at a fixed load match the GPU's?")
     ap.add_argument("--constants", nargs="+", default=[], metavar="NAME=VALUE",
                     help="override calibration/h200.yaml's constants (e.g. the sim before the API server's: "
                          "frontend_request_ms=0 frontend_output_us=0 frontend_chunk_us=0 hbm_efficiency=0.765)")
@@ -740,6 +761,8 @@ def main() -> None:
         setups: dict[str, Any] = {}
         for run in runs:
             replay(run, settings[run.workload], setups, tmp)
+            if args.sim_noise:
+                add_noise(run, NOISE_MODELS[args.sim_noise])
         rows = level_rows(runs)
         summ = summary(rows)
         roles = split_summary(rows)
@@ -756,7 +779,7 @@ def main() -> None:
                           "wall_s": wall_s}), indent=1))
     else:
         print_split(roles, knee, fitted)
-        print_report(rows, summ, knee, diag, split, runs, wall_s)
+        print_report(rows, summ, knee, diag, split, runs, wall_s, args.sim_noise)
 
 
 if __name__ == "__main__":

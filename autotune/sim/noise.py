@@ -33,11 +33,15 @@ class RunNoise:
     latency_cv: Mapping[str, float] = field(default_factory=dict)
     throughput_cv: float = 0.0
 
+    def factors(self, rng: np.random.Generator) -> tuple[dict[str, float], float]:
+        """One run's draw: a factor per latency metric (ttft, itl, tpot, e2el), and the throughputs' factor."""
+        f = {m: _lognormal(rng, self.latency_cv.get(m, 0.0)) for m in ("ttft", "itl", "tpot", "e2el")}
+        return f, _lognormal(rng, self.throughput_cv)
+
     def apply(self, r: BenchResult, rng: np.random.Generator) -> BenchResult:
         """``r`` as a noisy run gives it: requests' TTFT, ITL gaps and E2E scaled by one factor per metric, the
         summaries with them (TPOT, only summarized, by its own), the throughputs by one more."""
-        f = {m: _lognormal(rng, self.latency_cv.get(m, 0.0)) for m in ("ttft", "itl", "tpot", "e2el")}
-        f_tput = _lognormal(rng, self.throughput_cv)
+        f, f_tput = self.factors(rng)
         outputs = tuple(dataclasses.replace(o, ttft_s=o.ttft_s * f["ttft"], itl_s=tuple(g * f["itl"] for g in o.itl_s),
                                             e2el_s=o.e2el_s * f["e2el"]) for o in r.outputs)
         return dataclasses.replace(
