@@ -57,8 +57,8 @@ from autotune.loadsearch import LoadSearchConfig
 from autotune.models import spec_from_config
 from autotune.records import Measurement
 from autotune.selection import LoadCurve
-from autotune.sim.engine import setup_engine
 from autotune.sim import inproc
+from autotune.sim.engine import setup_engine
 from autotune.sim.inproc import bench_in_process
 from autotune.sim.noise import NOISE_MODELS, RunNoise, noise_rng
 from autotune.testing.models import WEIGHTLESS_FLASH_CONFIG
