@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from autotune.loadgen.promscrape import histogram_totals, parse_prometheus
+from autotune.loadgen.promscrape import histogram_buckets, histogram_totals, parse_prometheus, steps_by_tokens
 from autotune.vllm_api import metrics as m
 from autotune.vllm_api.request import estimate_text_tokens
 from autotune.vllm_api.responder import ApiError, GenerationRequest, Responder, ServedModel, TokenBatch, token_text
@@ -202,3 +202,28 @@ def test_models_health_version_and_metrics() -> None:
     samples = parse_prometheus(text)  # what the load generator's scraper reads back
     assert samples[m.KV_CACHE_USAGE.name] == [0.25] and samples[m.PREEMPTIONS.name] == [7.0]
     assert histogram_totals(samples) == {"ttft": (1.5, 6.0)}
+
+
+def _iteration_tokens(engine: str, counts: Sequence[float]) -> list[str]:
+    """vLLM 0.26.0's iteration-tokens histogram of one engine, as its /metrics writes it (cumulative buckets)."""
+    bounds = ["1.0", "8.0", "16.0", "32.0", "64.0", "128.0", "256.0", "512.0", "1024.0", "2048.0", "4096.0",
+              "8192.0", "16384.0", "+Inf"]
+    return [f'vllm:iteration_tokens_total_bucket{{engine="{engine}",le="{le}",model_name="m"}} {c}'
+            for le, c in zip(bounds, counts)]
+
+
+def test_engine_steps_by_tokens_between_two_scrapes() -> None:
+    """Steps of each size taken between two scrapes, summed over the engines of a DP deployment: decode-only steps
+    of 33-64 tokens, steps with one ~1,000-token prefill (1025-2048) and with two (2049-4096)."""
+    before = "\n".join(_iteration_tokens("0", [0, 0, 0, 0, 10, 10, 10, 10, 10, 12, 12, 12, 12, 12])
+                       + _iteration_tokens("1", [0] * 14)
+                       + ["vllm:iteration_tokens_total_count{engine=\"0\",model_name=\"m\"} 12.0"])
+    after = "\n".join(_iteration_tokens("0", [0, 0, 0, 0, 110, 110, 110, 110, 110, 130, 134, 134, 134, 134])
+                      + _iteration_tokens("1", [0, 0, 0, 0, 50, 50, 50, 50, 50, 60, 60, 60, 60, 60]))
+    first = histogram_buckets(before, m.ITERATION_TOKENS.name)
+    last = histogram_buckets(after, m.ITERATION_TOKENS.name)
+    assert first[64.0] == 10 and last[64.0] == 160 and last[float("inf")] == 194
+    steps = steps_by_tokens(first, last)
+    assert steps["le 64"] == 150 and steps["le 2048"] == 28 and steps["le 4096"] == 4
+    assert sum(steps.values()) == 194 - 12
+    assert steps_by_tokens(first, {}) == {}  # a server without the histogram (the sim, the fake): nothing

@@ -116,6 +116,8 @@ def _print_summary(result: BenchResult) -> None:
     if result.errors:
         rows.append(("errors", ", ".join(f"{k}: {v}" for k, v in sorted(result.errors.items()))))
     for key, value in (ex.get("server_metrics") or {}).items():
+        if isinstance(value, dict):  # steps_by_tokens: the non-empty buckets only
+            value = ", ".join(f"{k}: {v}" for k, v in value.items() if v) or "none"
         rows.append((f"server {key}", str(value)))
     for name, value in rows:
         head.add_row(name, value)

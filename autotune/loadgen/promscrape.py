@@ -1,9 +1,10 @@
 """Scrape the server's Prometheus ``/metrics`` during a run (vLLM metric names).
 
-Records the maximum KV-cache usage, preemptions during the run, the maximum running/waiting requests, and the
+Records the maximum KV-cache usage, preemptions during the run, the maximum running/waiting requests, the
 server's own mean latencies over the run from vLLM's latency histograms (their sum and count at the first and
 last scrape): TTFT and E2E from the request's arrival at the server, ITL between engine steps, and the time
-queued and in prefill. They cover every request the server recorded meanwhile (a warm-up too; one that ends as
+queued and in prefill; and the engine steps taken meanwhile by tokens per step (vLLM's iteration-tokens
+histogram, cumulative buckets by their upper bound). They cover every request the server recorded meanwhile (a warm-up too; one that ends as
 the run does may be recorded after the last scrape), and set beside the client's figures they show what lies
 outside the server (network, client). A scrape that fails is counted, never raised.
 """
@@ -18,7 +19,7 @@ import aiohttp
 from autotune.vllm_api import metrics as m
 
 __all__ = ["parse_prometheus", "MetricsScraper", "KV_USAGE_NAMES", "LATENCY_HISTOGRAMS", "histogram_totals",
-           "server_latency_means"]
+           "server_latency_means", "histogram_buckets", "steps_by_tokens"]
 
 KV_USAGE_NAMES = (m.KV_CACHE_USAGE.name, m.LEGACY_GPU_CACHE_USAGE)  # a fraction in [0, 1]
 LATENCY_HISTOGRAMS = {key: metric.name for key, metric in m.LATENCY_HISTOGRAMS.items()}  # result key: name
@@ -53,6 +54,40 @@ def histogram_totals(samples: dict[str, list[float]]) -> dict[str, tuple[float, 
             for key, name in LATENCY_HISTOGRAMS.items() if f"{name}_sum" in samples and f"{name}_count" in samples}
 
 
+def histogram_buckets(text: str, name: str) -> dict[float, float]:
+    """A histogram's cumulative bucket counts by upper bound (``le``; +Inf as ``math.inf``), summed over its label
+    sets (engines), from the Prometheus text format."""
+    out: dict[float, float] = {}
+    prefix = f"{name}_bucket{{"
+    for line in text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        labels, _, rest = line[len(prefix):].partition("}")
+        le = next((v.strip('"') for k, _, v in (part.partition("=") for part in labels.split(",")) if k == "le"), None)
+        fields = rest.split()
+        if le is None or not fields:
+            continue
+        try:
+            bound, value = float(le), float(fields[0])  # float("+Inf") is inf
+        except ValueError:
+            continue
+        out[bound] = out.get(bound, 0.0) + value
+    return out
+
+
+def steps_by_tokens(first: dict[float, float], last: dict[float, float]) -> dict[str, int]:
+    """Engine steps between two :func:`histogram_buckets` of the iteration-tokens histogram, per bucket: ``"le
+    N"`` counts the steps of at most N tokens and more than the bound below (not cumulative)."""
+    bounds = sorted(b for b in last if b in first)
+    out, below = {}, 0.0
+    for bound in bounds:
+        cumulative = last[bound] - first[bound]
+        label = "le inf" if math.isinf(bound) else f"le {bound:g}"
+        out[label] = int(round(cumulative - below))
+        below = cumulative
+    return out
+
+
 def server_latency_means(first: dict[str, tuple[float, float]], last: dict[str, tuple[float, float]]
                          ) -> dict[str, float]:
     """``server_mean_<key>_ms`` over the observations made between two :func:`histogram_totals`."""
@@ -73,6 +108,8 @@ class MetricsScraper:
         self.first_preemptions = self.last_preemptions = math.nan
         self.first_latency: dict[str, tuple[float, float]] | None = None
         self.last_latency: dict[str, tuple[float, float]] = {}
+        self.first_steps: dict[float, float] | None = None
+        self.last_steps: dict[float, float] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -95,6 +132,8 @@ class MetricsScraper:
         return {"max_kv_cache_usage": _none(self.max_kv_usage), "preemptions": _none(preempted),
                 "max_requests_running": _none(self.max_running), "max_requests_waiting": _none(self.max_waiting),
                 **server_latency_means(self.first_latency or {}, self.last_latency),
+                **({"steps_by_tokens": steps_by_tokens(self.first_steps, self.last_steps)}
+                   if self.first_steps else {}),
                 "scrapes": self.scrapes, "scrape_failures": self.failures}
 
     async def _loop(self) -> None:
@@ -130,6 +169,11 @@ class MetricsScraper:
         if self.first_latency is None:
             self.first_latency = latency
         self.last_latency = latency
+        steps = histogram_buckets(text, m.ITERATION_TOKENS.name)
+        if steps:
+            if self.first_steps is None:
+                self.first_steps = steps
+            self.last_steps = steps
 
 
 def _max(a: float, b: float) -> float:
