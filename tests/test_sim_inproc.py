@@ -93,6 +93,12 @@ def test_level_has_the_trials_load_shape(tmp_path: Path) -> None:
     assert r.completed == cfg.num_prompts == 48 and r.failed == 0  # the warm-up wave is not in the figures
     assert r.extra["clock"] == "sim" and r.extra["steady_window_s"] > 0 and r.output_tok_s > 0
     assert r.extra["server_metrics"]["max_requests_running"] == 16
+    # the engine steps by tokens per step, as vLLM's iteration-tokens histogram counts them: 64 prompts' prefills
+    # (the workload's 1,024 tokens) beside decode-only steps of at most 16 tokens
+    steps = r.extra["server_metrics"]["steps_by_tokens"]
+    assert steps["le 16"] > 0 and sum(n for k, n in steps.items() if k in ("le 1", "le 8", "le 16")) > 0.8 * sum(
+        steps.values())
+    assert sum(n for k, n in steps.items() if k not in ("le 1", "le 8", "le 16")) >= 64 // 16  # prefill steps
     recs = [json.loads(line) for line in gzip.open(tmp_path / "00-c16.jsonl.gz", "rt")]
     assert len(recs) == 64 and sum(x["warmup"] for x in recs) == 16
     first_wave = sorted(x["start_s"] for x in recs[:16])

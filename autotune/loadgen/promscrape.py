@@ -82,8 +82,7 @@ def steps_by_tokens(first: dict[float, float], last: dict[float, float]) -> dict
     out, below = {}, 0.0
     for bound in bounds:
         cumulative = last[bound] - first[bound]
-        label = "le inf" if math.isinf(bound) else f"le {bound:g}"
-        out[label] = int(round(cumulative - below))
+        out[m.steps_bucket(bound)] = int(round(cumulative - below))
         below = cumulative
     return out
 

@@ -232,6 +232,10 @@ class VirtualReplica:
         peaks.kv_usage = max(peaks.kv_usage, s.kv_usage)
 
 
+def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
+    return {key: sum(c[key] for c in counts) for key in counts[0]} if counts else {}
+
+
 def _resolve(p: _Pending, out: RequestOutput) -> None:
     if not p.future.done():  # the watchdog may have timed it out meanwhile
         p.future.set_result(out)
@@ -289,7 +293,8 @@ class SimTransport:
                 "max_kv_cache_usage": max(p.kv_usage for p in peaks),
                 "preemptions": sum(r.sched.num_preemptions_total - r.preemptions_at_start for r in self.replicas),
                 "max_requests_running": sum(p.running for p in peaks),
-                "max_requests_waiting": sum(p.waiting for p in peaks)}
+                "max_requests_waiting": sum(p.waiting for p in peaks),
+                "steps_by_tokens": _summed([r.sched.steps_by_tokens() for r in self.replicas])}
 
     def start(self) -> None:
         self._t0 = asyncio.get_running_loop().time()

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from autotune.sim.perf import EncoderWork, PerfModel
+from autotune.vllm_api.metrics import ITERATION_TOKENS_BOUNDS, steps_bucket
+
+_STEP_BOUNDS = np.array(ITERATION_TOKENS_BOUNDS)
 
 __all__ = ["SchedulerConfig", "StepResult", "DecodeRun", "Scheduler", "NO_IMAGES"]
 
@@ -71,6 +74,14 @@ class Scheduler:
         self.generation_tokens_total = 0
         self.lag_steps = 1 if perf.async_scheduling else 0
         self.steps_scheduled = 0
+        # steps by tokens scheduled, in vLLM's iteration-tokens buckets (the last: more than the largest bound)
+        self.step_token_counts = np.zeros(len(_STEP_BOUNDS) + 1, dtype=np.int64)
+
+    def steps_by_tokens(self) -> dict[str, int]:
+        """The steps taken so far by tokens per step, as a scrape of vLLM's iteration-tokens histogram gives them
+        (:func:`autotune.loadgen.promscrape.steps_by_tokens`)."""
+        bounds = [*_STEP_BOUNDS.tolist(), float("inf")]
+        return {steps_bucket(b): int(c) for b, c in zip(bounds, self.step_token_counts.tolist())}
 
     def _alloc(self, n: int) -> None:
         old = getattr(self, "prompt_len", None)
@@ -209,6 +220,7 @@ class Scheduler:
             k = max(1, int(np.searchsorted(np.cumsum(durations), max_end_s, side="right")))
             durations = durations[:k]
         self.steps_scheduled += k
+        self.step_token_counts[int(np.searchsorted(_STEP_BOUNDS, n))] += k  # k steps of n decode tokens
         new_blocks = (-(-(computed + k) // bs) - blocks).clip(0)
         self.blocks[run] += new_blocks
         self.free_blocks -= int(new_blocks.sum())
@@ -292,6 +304,7 @@ class Scheduler:
         return np.asarray(slots, dtype=np.int64), np.asarray(ns, dtype=np.int64), budget
 
     def _execute(self, slots: np.ndarray, ns: np.ndarray) -> StepResult:
+        self.step_token_counts[int(np.searchsorted(_STEP_BOUNDS, int(ns.sum())))] += 1
         start = self.computed[slots]
         total = self.prompt_len[slots] + self.out[slots]
         end = start + ns

@@ -11,7 +11,8 @@ from typing import Literal
 
 __all__ = ["Metric", "HistogramTotals", "MetricValues", "KV_CACHE_USAGE", "LEGACY_GPU_CACHE_USAGE", "RUNNING",
            "WAITING", "PREEMPTIONS", "PROMPT_TOKENS", "GENERATION_TOKENS", "TTFT", "ITL", "E2E", "QUEUE",
-           "PREFILL", "LATENCY_HISTOGRAMS", "ITERATION_TOKENS", "render_metrics"]
+           "PREFILL", "LATENCY_HISTOGRAMS", "ITERATION_TOKENS", "ITERATION_TOKENS_BOUNDS", "steps_bucket",
+           "render_metrics"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,12 @@ PREFILL = Metric("vllm:request_prefill_time_seconds", "histogram",
 # how many prefills share a step with the decodes, which sets the P99 ITL at a load
 ITERATION_TOKENS = Metric("vllm:iteration_tokens_total", "histogram",
                           "Histogram of number of tokens per engine_step.")
+ITERATION_TOKENS_BOUNDS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)  # then +Inf
+
+
+def steps_bucket(bound: float) -> str:
+    """The key of the iteration-tokens bucket with upper bound ``bound`` in a run's ``steps_by_tokens``."""
+    return "le inf" if bound == float("inf") else f"le {bound:g}"
 # TTFT and E2E from the request's arrival at the server, ITL between engine steps, the time queued and in prefill
 LATENCY_HISTOGRAMS: dict[str, Metric] = {"ttft": TTFT, "itl": ITL, "e2el": E2E, "queue": QUEUE, "prefill": PREFILL}
 
