@@ -1,0 +1,69 @@
+#!/bin/bash
+# On the GPU machine (device kit installed, /tmp/st/env.sh): how vLLM packs prefills beside decodes at the loads
+# of an ITL-limited study (issue #21). For each configuration of CONFIGS, one fresh server (the weightless model),
+# then a level shaped like a study's at each concurrency of LOADS (a warm-up wave of C, the first wave ramped over
+# 2 s, 3 x C measured requests), keeping every request's timings and inter-token gaps and, from vLLM's /metrics,
+# the engine steps the level took by tokens per step (server_metrics.steps_by_tokens in the level's JSON).
+# Compare with the sim on the same requests: python benchmarks/step_counts_table.py DIR
+#   bash benchmarks/gpu/step_counts.sh start [DIR]    # returns at once
+#   bash benchmarks/gpu/step_counts.sh status [DIR]
+# Variables (defaults): LOADS="16 40 64 128" WORKLOAD=random:1024:128:0.5 PORT=8061
+#   CONFIGS="defaults batch2048" (defaults: no flag; batch2048: --max-num-batched-tokens 2048; batch16384 too)
+#   MODEL_DIR=/tmp/model (the kit's weightless model; its tokenizer makes the prompts)
+#   ENGINE=vllm, or sim to rehearse on a CPU against `autotune sim serve` (its /metrics has no step histogram)
+# Expected time on one H200: a cold start of ~2 min per configuration, then ~20-40 s per level: ~7 min for two.
+set -uo pipefail
+dir=${2:-/tmp/step-counts}; progress=times.txt; status_lines=3
+loads=${LOADS:-"16 40 64 128"}; workload=${WORKLOAD:-random:1024:128:0.5}; port=${PORT:-8061}
+configs=${CONFIGS:-"defaults batch2048"}; engine=${ENGINE:-vllm}; model=${MODEL_DIR:-/tmp/model}
+job_vars="loads workload port configs engine model"
+
+config_flags() {  # NAME: its vllm serve flags
+  case "$1" in
+    defaults) echo "" ;;
+    batch*) echo "--max-num-batched-tokens ${1#batch}" ;;
+    *) echo "unknown configuration $1" >&2; return 1 ;;
+  esac
+}
+
+job() {
+  local serve="vllm serve" extra=""
+  [ "$engine" = sim ] && { serve="python3 -m autotune sim serve"; extra="--gpu-type h200 --time-scale 20"; }
+  printf 'loads=%s\nworkload=%s\nengine=%s\nmodel=%s\n' "$loads" "$workload" "$engine" "$model" > "$dir/settings.txt"
+  for cfg in $configs; do
+    local flags srv t0 ready=0
+    flags=$(config_flags "$cfg") || continue
+    echo "$cfg: $flags" >> "$dir/configs.txt"
+    # shellcheck disable=SC2086  # serve, flags and extra are words
+    setsid $serve "$model" --load-format dummy --port "$port" --served-model-name "m-$cfg" $flags $extra \
+      > "$dir/server-$cfg.log" 2>&1 &
+    srv=$!
+    t0=$(date +%s)
+    for i in $(seq 300); do
+      curl -sf "localhost:$port/v1/models" | grep -q "\"m-$cfg\"" && { ready=1; break; }
+      kill -0 "$srv" 2>/dev/null || break
+      sleep 2
+    done
+    echo "$cfg: ready=$ready after $(($(date +%s) - t0)) s" >> "$dir/times.txt"
+    if [ "$ready" = 1 ]; then
+      for c in $loads; do
+        python3 -m autotune bench --url "http://127.0.0.1:$port" --model "m-$cfg" --workload "$workload" \
+          --tokenizer "$model" --concurrency "$c" --warmup "$c" --ramp-s 2 --num-prompts $((3 * c)) --seed 1 \
+          --records "$dir/$cfg-c$c.jsonl.gz" --records-itl --json > "$dir/$cfg-c$c.json" 2> "$dir/$cfg-c$c.err"
+        echo "$cfg: c$c done at $(($(date +%s) - t0)) s" >> "$dir/times.txt"
+      done
+    fi
+    kill -TERM -"$srv" 2>/dev/null
+    for i in $(seq 60); do kill -0 -"$srv" 2>/dev/null || break; sleep 1; done
+    kill -KILL -"$srv" 2>/dev/null
+    # the next server starts once this one's GPU memory is back (no GPU: at once)
+    for i in $(seq 60); do
+      command -v nvidia-smi > /dev/null || break
+      [ "$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | sort -n | tail -1)" -lt 1000 ] && break
+      sleep 1
+    done
+  done
+  if command -v nvidia-smi > /dev/null; then leftovers_check; fi
+}
+source "$(dirname "$0")/background.sh"
+background_main "$@"
