@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import click
 
+from autotune.config import DEFAULT_WORKLOAD
 from autotune.errors import UsageError
 
 __all__ = ["commands", "sim"]
@@ -36,8 +37,9 @@ def serve(ctx: click.Context, model: str) -> None:
 @sim.command(name="predict", context_settings=_PASS_THROUGH)
 @click.option("--model", "model_ref", required=True, help="preset, local folder with config.json, or cached HF id")
 @click.option("--gpu-type", default="h100", show_default=True)
-@click.option("--workload", default="random:1024:512", show_default=True,
-              help="random:IN:OUT[:RANGE] | sharegpt:FILE | jsonl:FILE | mm:IN:OUT:IMAGES:WxH (as `autotune run`)")
+@click.option("--workload", default=DEFAULT_WORKLOAD, show_default=True,
+              help="random:IN:OUT[:RANGE] | sharegpt:FILE | jsonl:FILE | mm:IN:OUT:IMAGES:WxH (as `autotune run`, "
+                   "whose default it shares)")
 @click.option("--concurrency", type=int, default=None, help="closed loop with C clients (default 64)")
 @click.option("--rate", type=float, default=None, help="open loop: Poisson arrivals, requests/s")
 @click.option("--num-prompts", type=int, default=None,
