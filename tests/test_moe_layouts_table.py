@@ -3,11 +3,9 @@ layout with the memory plan for the same flags, on a fixture folder as benchmark
 (tests/data/moe_layouts: invented figures in vLLM's formats) and on real start-up lines from an H200."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,21 +13,14 @@ import pytest
 from autotune.gpus import load_gpu
 from autotune.memory import plan_memory
 from autotune.models import resolve_model
+from tests.benchmark_scripts import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).with_name("data") / "moe_layouts"
 SCRIPT = REPO / "benchmarks" / "gpu" / "moe_layouts.sh"
 
 
-def _load_table_module():
-    spec = importlib.util.spec_from_file_location("moe_layouts_table", REPO / "benchmarks" / "moe_layouts_table.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-mlt = _load_table_module()
+mlt = load_benchmark("moe_layouts_table")
 
 
 def test_real_h200_startup_lines_parse() -> None:

@@ -3,23 +3,12 @@ one prefill and more, the GPU's (from `autotune bench --json`'s server_metrics) 
 the same requests."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.benchmark_scripts import load_benchmark
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("step_counts_table", REPO / "benchmarks" / "step_counts_table.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-sct = _load()
+sct = load_benchmark("step_counts_table")
 
 
 def test_buckets_fall_into_their_groups() -> None:
