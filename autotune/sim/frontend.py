@@ -67,10 +67,6 @@ class FrontEndConstants:
         names = ("frontend_request_ms", "frontend_output_us", "frontend_chunk_us")
         return cls(**{k: float(extra[k]) for k in names if k in extra})
 
-    @property
-    def instant(self) -> bool:
-        return not (self.frontend_request_ms or self.frontend_output_us or self.frontend_chunk_us)
-
 
 def api_server_count(flags: dict[str, Any]) -> int:
     """vLLM's API server processes: ``--api-server-count``, else one per data-parallel rank (vLLM's default with
@@ -158,10 +154,6 @@ class ApiServers:
         self.servers = [_Server(constants) for _ in range(count)]
         self._at = at
         self._next = 0
-
-    @property
-    def instant(self) -> bool:
-        return self.constants.instant
 
     def request(self, arrival_s: float, on_handed: Callable[[float, int], None]) -> None:
         """A request arriving at ``arrival_s``; ``on_handed(t, server)`` when its API server (index ``server``: its
