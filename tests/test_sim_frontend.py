@@ -1,5 +1,6 @@
 """vLLM's API server in front of the sim engine (autotune/sim/frontend.py): a FIFO server per API server process,
-whose outputs jobs merge the steps that wait; and what it adds to a request's times in-process and over HTTP."""
+whose outputs jobs merge the steps that wait; and what it adds to a request's times in-process (over HTTP:
+tests/test_sim_server.py)."""
 from __future__ import annotations
 
 import dataclasses

@@ -230,3 +230,38 @@ def test_concurrent_rounds_all_complete(server: Server) -> None:
 
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(one, range(12), timeout=30)) == [16] * 12
+
+
+def test_h200_front_end_over_http(tmp_path: Path) -> None:
+    """The HTTP sim on the H200 calibration puts vLLM's API server in front of the engine as the in-process sim
+    does: one request on an idle server waits the request's hand-over cost before its prefill and one output job
+    after it (the stamps are modelled times; at time scale 1 the wall clock adds at most a few ms)."""
+    import dataclasses
+
+    from autotune.gpus import load_gpu
+    from autotune.loadgen.runner import LoadConfig
+    from autotune.loadgen.workload import parse_workload
+    from autotune.models import PRESETS
+    from autotune.sim.engine import setup_engine
+    from autotune.sim.inproc import bench_in_process
+
+    gpu = load_gpu("h200")
+    extra = gpu.extra or {}
+    front_ms = extra["frontend_request_ms"] + (extra["frontend_output_us"] + extra["frontend_chunk_us"]) / 1e3
+    assert front_ms > 5  # the fitted constants: a test of something
+    bare_gpu = dataclasses.replace(gpu, extra={**extra, "frontend_request_ms": 0.0, "frontend_output_us": 0.0,
+                                               "frontend_chunk_us": 0.0})
+    requests = parse_workload("random:300:40", seed=0).requests(1)
+    bare = bench_in_process(setup_engine(PRESETS["flash"], bare_gpu, {}), requests, LoadConfig(concurrency=1,
+                                                                                               num_prompts=1))
+    srv = Server("flash", "--gpu-type", "h200", "--time-scale", "1", log=tmp_path / "server.log")
+    try:
+        srv.wait_ready()
+        status, raw = _post(srv.url + "/v1/completions", {
+            "model": NAME, "prompt": list(range(300)), "max_tokens": 40, "stream": True, "ignore_eos": True})
+    finally:
+        srv.stop()
+    assert status == 200
+    token_events = [e for e in _events(raw) if e["choices"]]
+    ttft_ms = 1e3 * (token_events[0]["sim_token_times_s"][0] - token_events[0]["sim_arrival_s"])
+    assert bare.ttft_ms.mean + front_ms - 0.01 <= ttft_ms <= bare.ttft_ms.mean + front_ms + 5.0
