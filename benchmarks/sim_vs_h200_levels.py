@@ -607,13 +607,12 @@ def print_split(roles: list[dict], knee: dict, fitted: dict | None) -> None:
     for workload, k in knee.items():
         for label, row in k["configs"].items():
             a = row["at_gpu_knee"]
-            print(f"| {workload} | {k['limit']} | {label} | {row['role']} | {a['concurrency']:.0f} | "
-                  f"{a['gpu_p99_ttft_ms']:.0f} / "
-                  f"{a['sim_p99_ttft_ms']:.0f} | {a['err_p99_ttft_ms']:+.0f}% | {a['gpu_p99_tpot_ms']:.1f} / "
-                  f"{a['sim_p99_tpot_ms']:.1f} | {a['err_p99_tpot_ms']:+.0f}% | {a['gpu_p99_itl_ms']:.1f} / "
-                  f"{a['sim_p99_itl_ms']:.1f} | {a['err_p99_itl_ms']:+.0f}% | {row['gpu']['output_tok_s']:,.0f} / "
-                  f"{row['sim_search']['output_tok_s']:,.0f} | {row['err_knee_tok_s']:+.1f}% | "
-                  f"{row['sim']['output_tok_s']:,.0f} | {row['err_knee_tok_s_same_loads']:+.1f}% |")
+            p99s = " | ".join(f"{a[f'gpu_{m}']:{fmt}} / {a[f'sim_{m}']:{fmt}} | {a[f'err_{m}']:+.0f}%"
+                              for m, fmt in (("p99_ttft_ms", ".0f"), ("p99_tpot_ms", ".1f"), ("p99_itl_ms", ".1f")))
+            print(f"| {workload} | {k['limit']} | {label} | {row['role']} | {a['concurrency']:.0f} | {p99s} | "
+                  f"{row['gpu']['output_tok_s']:,.0f} / {row['sim_search']['output_tok_s']:,.0f} | "
+                  f"{row['err_knee_tok_s']:+.1f}% | {row['sim']['output_tok_s']:,.0f} | "
+                  f"{row['err_knee_tok_s_same_loads']:+.1f}% |")
     print()
     for workload, k in knee.items():
         pairs = k["pairs"]
