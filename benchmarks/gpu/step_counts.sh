@@ -59,7 +59,8 @@ job() {
     # the next server starts once this one's GPU memory is back (no GPU: at once)
     for i in $(seq 60); do
       command -v nvidia-smi > /dev/null || break
-      [ "$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | sort -n | tail -1)" -lt 1000 ] && break
+      # shellcheck disable=SC2086  # only the GPUs this job was given (another job may hold the others)
+      [ "$(nvidia-smi ${CUDA_VISIBLE_DEVICES:+-i $CUDA_VISIBLE_DEVICES} --query-gpu=memory.used --format=csv,noheader,nounits | sort -n | tail -1)" -lt 1000 ] && break
       sleep 1
     done
   done
