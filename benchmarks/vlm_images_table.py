@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import re
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,15 @@ from autotune.sim.perf import PerfModel
 from autotune.sim.predict import predict_workload
 
 
-def _bench(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+def _bench(path: Path) -> dict[str, Any] | None:
+    """A run's figures, or None (and its error's last line on stderr) where the run left no JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        err = path.with_suffix(".err")
+        last = err.read_text().strip().splitlines()[-1:] if err.exists() else ["no .err file"]
+        print(f"{path.stem}: no figures ({last[0] if last else 'empty .err'})", file=sys.stderr)
+        return None
 
 
 def _prompt_tokens_mean(path: Path) -> float:
@@ -57,6 +65,8 @@ def levels(folder: Path, model: Any, gpu: Any) -> list[dict[str, Any]]:
     out = []
     for path in sorted(folder.glob("level-c*-img*.json"), key=lambda p: int(re.search(r"img(\d+)", p.name)[1])):
         bench = _bench(path)
+        if bench is None:
+            continue
         sim = _predict(model, gpu, bench, {})
         out.append({"run": path.stem, "images": bench["workload"]["images_max"], "concurrency": bench["concurrency"],
                     "completed": bench["completed"], "failed": bench["failed"],
@@ -77,6 +87,8 @@ def singles(folder: Path, model: Any, gpu: Any) -> tuple[list[dict[str, Any]], d
         return [], {}
     perf = PerfModel(model, gpu, {})
     base = _bench(base_path)
+    if base is None:
+        return [], {}
     base_sim = _predict(model, gpu, base, {})
     # the sim with a free tower: what the images' tokens alone add to the first token
     free_tower = replace(gpu, extra={**(gpu.extra or {}), "vision_compute_efficiency": 1e12,
@@ -86,6 +98,8 @@ def singles(folder: Path, model: Any, gpu: Any) -> tuple[list[dict[str, Any]], d
         if path == base_path:
             continue
         bench = _bench(path)
+        if bench is None:
+            continue
         wl = bench["workload"]
         sizes = [tuple(int(x) for x in s.split("x")) for s in wl["sizes"]]
         count = wl["images_max"]
