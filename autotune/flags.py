@@ -30,7 +30,8 @@ class FlagDef:
 _DEFS = [
     FlagDef("max-num-seqs", int, 1024, help="max sequences in a batch (vLLM's H100 default for serve)"),
     FlagDef("max-num-batched-tokens", int, 8192, help="token budget per scheduler step (chunked prefill)"),
-    FlagDef("gpu-memory-utilization", float, 0.9),
+    # vLLM 0.26.0's default (its start-up line "Desired GPU memory utilization is (0.92, ...)"; 0.9 until v0.2x)
+    FlagDef("gpu-memory-utilization", float, 0.92),
     FlagDef("kv-cache-dtype", str, "auto", ("auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2")),
     FlagDef("max-model-len", int, None),
     FlagDef("tensor-parallel-size", int, 1),

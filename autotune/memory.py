@@ -12,7 +12,7 @@ from autotune.flags import effective_flags, mm_limit
 from autotune.gpus import GpuSpec
 from autotune.models import ModelSpec
 
-__all__ = ["MemoryPlan", "plan_memory", "encoder_profiled", "GIB"]
+__all__ = ["MemoryPlan", "plan_memory", "encoder_profiled", "activation_gib", "cuda_graph_estimate_gib", "GIB"]
 
 GIB = 1024**3
 
@@ -43,6 +43,35 @@ def encoder_profiled(model: ModelSpec, flags: dict[str, Any]) -> bool:
     return model.is_vlm and takes_media and not f["skip-mm-profiling"]
 
 
+def uses_v1_model_runner(model: ModelSpec) -> bool:
+    """vLLM 0.26.0 runs its V2 model runner for every architecture that is not MoE (and a few MoE ones, none of
+    ours), the V1 runner for the others (vllm/config/vllm.py, ``use_v2_model_runner``)."""
+    return model.is_moe
+
+
+def activation_gib(model: ModelSpec, gpu: GpuSpec, batched_tokens: int) -> float:
+    """Per GPU: the profiling run's peak activation at ``batched_tokens`` (vLLM's "peak activation"), plus, for an
+    MoE model, the fused-MoE kernels' workspace for every token's top-k experts."""
+    dense = gpu.activation_gib_per_1k_batched_tokens * batched_tokens / 1000
+    if not model.is_moe:
+        return dense
+    per_1k_routed = float((gpu.extra or {}).get("moe_activation_gib_per_1k_routed_tokens", 0.0))
+    return dense + per_1k_routed * batched_tokens * model.num_experts_per_tok / 1000
+
+
+def cuda_graph_estimate_gib(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any]) -> float:
+    """What vLLM sets aside for CUDA graphs before sizing the KV cache ("Estimated CUDA graph memory"): only its
+    V1 model runner profiles graph memory; the V2 runner captures them afterwards, outside the budget. With data
+    parallelism the graphs also hold the other ranks' tokens (measured at DP2 only: per extra DP rank)."""
+    f = effective_flags(flags)
+    if not uses_v1_model_runner(model) or f["enforce-eager"]:
+        return 0.0
+    extra = gpu.extra or {}
+    dp = int(f["data-parallel-size"] or 1)
+    return float(extra.get("cuda_graph_estimate_gib", 0.0)) + float(
+        extra.get("cuda_graph_estimate_gib_per_extra_dp_rank", 0.0)) * (dp - 1)
+
+
 def plan_memory(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any]) -> MemoryPlan:
     """Per-GPU memory of one engine replica under ``flags``.
 
@@ -69,7 +98,7 @@ def plan_memory(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any]) -> Memory
     # vLLM's "Model loading took X GiB" also counts buffers allocated with the weights (calibration constant).
     weights_gib = weights / GIB + float((gpu.extra or {}).get("model_load_extra_gib", 0.0))
     batched = int(f["max-num-batched-tokens"] or 8192)
-    reserve_gib = gpu.non_torch_gib + gpu.activation_gib_per_1k_batched_tokens * batched / 1000
+    reserve_gib = gpu.non_torch_gib + activation_gib(model, gpu, batched) + cuda_graph_estimate_gib(model, gpu, f)
     if encoder_profiled(model, f):  # the encoder's peak on the profiling run's largest images, kept free of KV
         reserve_gib += float((gpu.extra or {}).get("vision_profile_gib", 0.0))
     budget_gib = gpu.memory_gib * float(f["gpu-memory-utilization"])

@@ -198,7 +198,8 @@ def layout_folders(root: Path) -> list[Path]:
     """The layouts in the order they ran (layouts.txt), else every sub-folder with a cmd.txt."""
     order = root / "layouts.txt"
     if order.is_file():
-        return [root / n for n in order.read_text().split() if (root / n / "cmd.txt").is_file()]
+        names = [n for line in order.read_text().splitlines() if not line.startswith("#") for n in line.split()]
+        return [root / n for n in dict.fromkeys(names) if (root / n / "cmd.txt").is_file()]  # each once, in order
     return sorted(p.parent for p in root.glob("*/cmd.txt"))
 
 
