@@ -1,5 +1,5 @@
 """What `benchmarks/gpu/vlm_images.sh` measured, beside what the sim engine predicts for the same points, and the
-vision constants those measurements imply (to replace the PROVISIONAL ones in autotune/calibration/<card>.yaml).
+vision constants those measurements imply (autotune/calibration/<card>.yaml; docs/results/vlm-images.md).
 
     python benchmarks/vlm_images_table.py DIR [--gpu-type h200] [--model flash] [--json]
 
