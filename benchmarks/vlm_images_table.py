@@ -1,5 +1,5 @@
 """What `benchmarks/gpu/vlm_images.sh` measured, beside what the sim engine predicts for the same points, and the
-vision constants those measurements imply (to replace the PROVISIONAL ones in autotune/calibration/<card>.yaml).
+vision constants those measurements imply (autotune/calibration/<card>.yaml; docs/results/vlm-images.md).
 
     python benchmarks/vlm_images_table.py DIR [--gpu-type h200] [--model flash] [--json]
 
@@ -63,11 +63,12 @@ def _predict(model: Any, gpu: Any, bench: dict[str, Any], flags: dict[str, Any])
 
 def levels(folder: Path, model: Any, gpu: Any) -> list[dict[str, Any]]:
     out = []
-    for path in sorted(folder.glob("level-c*-img*.json"), key=lambda p: int(re.search(r"img(\d+)", p.name)[1])):
+    runs = sorted(folder.glob("level-c*-img*.json"), key=lambda p: int(re.search(r"img(\d+)", p.name)[1]))
+    for path in runs + sorted(folder.glob("skip-profiling-c*-img*.json")):  # the second server's level last
         bench = _bench(path)
         if bench is None:
             continue
-        sim = _predict(model, gpu, bench, {})
+        sim = _predict(model, gpu, bench, {"skip-mm-profiling": True} if path.name.startswith("skip") else {})
         out.append({"run": path.stem, "images": bench["workload"]["images_max"], "concurrency": bench["concurrency"],
                     "completed": bench["completed"], "failed": bench["failed"],
                     "prompt_tokens_mean": _prompt_tokens_mean(path),
@@ -80,8 +81,33 @@ def levels(folder: Path, model: Any, gpu: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _engine_ms(bench: dict[str, Any]) -> float | None:
+    """Mean milliseconds a run's requests spent in the engine before their first token: vLLM's queue and prefill
+    histograms (waiting, then scheduled until the first token; the tower runs in the prefill), from the scrape."""
+    sm = bench.get("server_metrics") or {}
+    if "server_mean_queue_ms" not in sm or "server_mean_prefill_ms" not in sm:
+        return None
+    return float(sm["server_mean_queue_ms"]) + float(sm["server_mean_prefill_ms"])
+
+
+def _fit_line(x: list[float], y: list[float], relative: bool) -> tuple[float, float]:
+    """(slope, intercept) of the least-squares line; ``relative``: every point weighted by 1/y, so each one's
+    relative error counts alike (the per-image times span 14x)."""
+    w = 1.0 / np.asarray(y) if relative else None
+    slope, intercept = np.polyfit(np.asarray(x), np.asarray(y), 1, w=w)
+    return float(slope), float(intercept)
+
+
 def singles(folder: Path, model: Any, gpu: Any) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Single-request runs, and the tower fit over the one-image sizes."""
+    """Single-request runs, the split of each request's image time between the API server and the engine, and
+    the fits over the one-image runs.
+
+    A request's mean TTFT less its mean time in the engine (:func:`_engine_ms`) is its time before the engine:
+    the HTTP body and the API server's preprocessing. Less the text-only request's, per image, it is what
+    ``frontend_image_ms`` + ``frontend_image_ms_per_mpx`` model; the engine's extra time less the prefill of the
+    images' tokens as the sim models it is the tower's (``vision_compute_efficiency``,
+    ``vision_step_overhead_ms``). Two images in one request are left out of the fits: they check that the
+    per-image costs add up."""
     base_path = folder / "single-img0.json"
     if not base_path.exists():
         return [], {}
@@ -90,10 +116,13 @@ def singles(folder: Path, model: Any, gpu: Any) -> tuple[list[dict[str, Any]], d
     if base is None:
         return [], {}
     base_sim = _predict(model, gpu, base, {})
-    # the sim with a free tower: what the images' tokens alone add to the first token
-    free_tower = replace(gpu, extra={**(gpu.extra or {}), "vision_compute_efficiency": 1e12,
-                                     "vision_step_overhead_ms": 0.0})
-    rows, fit_x, fit_y = [], [], []
+    # the sim with a free tower and free preprocessing: what the images' tokens alone add to the first token
+    free_images = replace(gpu, extra={**(gpu.extra or {}), "vision_compute_efficiency": 1e12,
+                                      "vision_step_overhead_ms": 0.0, "frontend_image_ms": 0.0,
+                                      "frontend_image_ms_per_mpx": 0.0})
+    base_engine_ms = _engine_ms(base)
+    base_front_ms = base["ttft_ms"]["mean"] - base_engine_ms if base_engine_ms is not None else None
+    rows, tower_x, tower_y, front_x, front_y = [], [], [], [], []
     for path in sorted(folder.glob("single-img*.json")):
         if path == base_path:
             continue
@@ -104,22 +133,32 @@ def singles(folder: Path, model: Any, gpu: Any) -> tuple[list[dict[str, Any]], d
         sizes = [tuple(int(x) for x in s.split("x")) for s in wl["sizes"]]
         count = wl["images_max"]
         sim = _predict(model, gpu, bench, {})
-        prefill_only = _predict(model, free_tower, bench, {})
+        prefill_only = _predict(model, free_images, bench, {})
         extra_prefill_ms = prefill_only["ttft_ms"]["p50"] - base_sim["ttft_ms"]["p50"]
-        tower_ms = bench["ttft_ms"]["p50"] - base["ttft_ms"]["p50"] - extra_prefill_ms
+        images_ms = bench["ttft_ms"]["p50"] - base["ttft_ms"]["p50"] - extra_prefill_ms
         modelled_ms = 1e3 * perf.encoder_step_s(*(lambda w: (w.total_s, w.longest_s))(perf.encoder_work(sizes * count)))
-        rows.append({"run": path.stem, "images": count, "size": wl["sizes"][0],
-                     "ttft_p50_ms": bench["ttft_ms"]["p50"], "sim_ttft_p50_ms": sim["ttft_ms"]["p50"],
-                     "tower_ms_implied": tower_ms, "tower_ms_modelled": modelled_ms})
-        if re.fullmatch(r"single-img1-\d+x\d+", path.stem):  # the size sweep: one image each
-            fit_x.append(model.vision.encoder_flops(*sizes[0]))
-            fit_y.append(tower_ms / 1e3)
+        row = {"run": path.stem, "images": count, "size": wl["sizes"][0],
+               "ttft_p50_ms": bench["ttft_ms"]["p50"], "sim_ttft_p50_ms": sim["ttft_ms"]["p50"],
+               "images_ms_implied": images_ms, "tower_ms_modelled": modelled_ms,
+               "front_ms_per_image": None, "tower_ms_implied": None}
+        engine_ms = _engine_ms(bench)
+        if engine_ms is not None and base_front_ms is not None:
+            row["front_ms_per_image"] = (bench["ttft_ms"]["mean"] - engine_ms - base_front_ms) / count
+            row["tower_ms_implied"] = engine_ms - base_engine_ms - extra_prefill_ms
+            if count == 1:
+                front_x.append(sizes[0][0] * sizes[0][1] / 1e6)
+                front_y.append(row["front_ms_per_image"])
+                tower_x.append(model.vision.encoder_flops(*sizes[0]))
+                tower_y.append(row["tower_ms_implied"] / 1e3)
+        rows.append(row)
     fit: dict[str, float] = {}
-    if len(fit_x) >= 2:
-        slope, intercept = np.polyfit(np.asarray(fit_x), np.asarray(fit_y), 1)  # seconds per FLOP, fixed seconds
+    if len(tower_x) >= 2:
+        slope, intercept = _fit_line(tower_x, tower_y, relative=False)  # seconds per FLOP, fixed seconds
         if slope > 0:
-            fit = {"vision_compute_efficiency": float(1.0 / (slope * gpu.bf16_tflops * 1e12)),
-                   "vision_step_overhead_ms": float(1e3 * intercept), "points": len(fit_x)}
+            fit |= {"vision_compute_efficiency": 1.0 / (slope * gpu.bf16_tflops * 1e12),
+                    "vision_step_overhead_ms": 1e3 * intercept}
+        slope, intercept = _fit_line(front_x, front_y, relative=True)  # ms per megapixel, fixed ms
+        fit |= {"frontend_image_ms": intercept, "frontend_image_ms_per_mpx": slope, "points": len(tower_x)}
     return rows, fit
 
 
@@ -129,17 +168,25 @@ def startup(folder: Path) -> dict[str, Any]:
         text = path.read_text()
         kv = re.search(r"Available KV cache memory: ([\d.]+) GiB", text)
         tokens = re.search(r"GPU KV cache size: ([\d,]+) tokens", text)
-        init = re.search(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) seconds", text)
+        # vLLM 0.26 writes "took 48.59 s (compilation: 27.05 s)", older ones "took 48.59 seconds"
+        init = re.search(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s(?:econds)?\b", text)
+        profile = re.search(r"Initial profiling/warmup run took ([\d.]+) s(?:econds)?\b", text)
         out[path.stem.removeprefix("startup-")] = {
             "kv_cache_gib": float(kv[1]) if kv else None,
             "kv_tokens": int(tokens[1].replace(",", "")) if tokens else None,
-            "init_s": float(init[1]) if init else None}
+            "init_s": float(init[1]) if init else None,
+            "profile_run_s": float(profile[1]) if profile else None}
     default, skipped = out.get("default", {}), out.get("skip-profiling", {})
     if default.get("kv_cache_gib") is not None and skipped.get("kv_cache_gib") is not None:
         out["vision_profile_gib"] = skipped["kv_cache_gib"] - default["kv_cache_gib"]
-    if default.get("init_s") is not None and skipped.get("init_s") is not None:
-        out["vision_profile_s"] = default["init_s"] - skipped["init_s"]
+    if default.get("profile_run_s") is not None and skipped.get("profile_run_s") is not None:
+        # the profiling run's own time: init_s also holds torch.compile, whose cache the second start finds warm
+        out["vision_profile_s"] = default["profile_run_s"] - skipped["profile_run_s"]
     return out
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.1f}"
 
 
 def main() -> None:
@@ -156,21 +203,22 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=1))
         return
-    print("| images | C | output tok/s (sim) | total tok/s (sim) | prompt tokens | P50 TTFT ms (sim) "
-          "| P99 TTFT ms (sim) | P99 ITL ms (sim) |\n|---|---|---|---|---|---|---|---|")
+    print("| run | images | C | output tok/s (sim) | total tok/s (sim) | prompt tokens | P50 TTFT ms (sim) "
+          "| P99 TTFT ms (sim) | P99 ITL ms (sim) |\n|---|---|---|---|---|---|---|---|---|")
     for r in level_rows:
         m, s = r["measured"], r["sim"]
-        print(f"| {r['images']} | {r['concurrency']} | {m['output_tok_s']:,.0f} ({s['output_tok_s']:,.0f}) "
+        print(f"| {r['run']} | {r['images']} | {r['concurrency']} | {m['output_tok_s']:,.0f} ({s['output_tok_s']:,.0f}) "
               f"| {m['total_tok_s']:,.0f} ({s['total_tok_s']:,.0f}) | {r['prompt_tokens_mean']:,.0f} "
               f"| {m['ttft_p50_ms']:,.0f} ({s['ttft_p50_ms']:,.0f}) "
               f"| {m['ttft_p99_ms']:,.0f} ({s['ttft_p99_ms']:,.0f}) "
               f"| {m['itl_p99_ms']:,.1f} ({s['itl_p99_ms']:,.1f}) |")
-    print("\n| run | images | size | P50 TTFT ms (sim) | tower ms implied | tower ms modelled |\n"
-          "|---|---|---|---|---|---|")
+    print("\n| run | images | size | P50 TTFT ms (sim) | images ms implied | API server ms per image "
+          "| tower ms implied | tower ms modelled |\n|---|---|---|---|---|---|---|---|")
     for r in single_rows:
         print(f"| {r['run']} | {r['images']} | {r['size']} | {r['ttft_p50_ms']:,.1f} ({r['sim_ttft_p50_ms']:,.1f}) "
-              f"| {r['tower_ms_implied']:,.1f} | {r['tower_ms_modelled']:,.1f} |")
-    print(f"\nfit over the one-image sizes: {fit or 'needs two sizes or more'}")
+              f"| {r['images_ms_implied']:,.1f} | {_num(r['front_ms_per_image'])} | {_num(r['tower_ms_implied'])} "
+              f"| {r['tower_ms_modelled']:,.1f} |")
+    print(f"\nfit over the one-image runs: {fit or 'needs two sizes or more and the server scrape'}")
     print(f"start-up: {result['startup']}")
 
 

@@ -136,3 +136,46 @@ def test_a_busy_front_end_delays_first_tokens_and_batches_them(weightless_flash_
     assert busy.completed == bare.completed == 192
     assert busy.ttft_ms.p50 > bare.ttft_ms.p50 + 2.0 + 64 * 0.110 * 0.5
     assert busy.output_tok_s < bare.output_tok_s  # a closed loop: the front end's time is out of the engine's
+
+
+def test_image_preprocessing_costs_a_fixed_part_and_a_part_per_megapixel_per_image() -> None:
+    c = FrontEndConstants(frontend_image_ms=3.0, frontend_image_ms_per_mpx=40.0)
+    assert c.images_s([]) == 0.0
+    # 1000x1000 is 1 Mpx, 2000x500 another: 2 x 3 ms fixed + 2 Mpx x 40 ms
+    assert c.images_s([(1000, 1000), (2000, 500)]) == pytest.approx((2 * 3.0 + 2 * 40.0) / 1e3)
+    assert c.images_s([(1000, 1000)]) * 2 == pytest.approx(c.images_s([(1000, 1000)] * 2))
+
+
+def test_images_are_preprocessed_one_request_after_another_beside_the_event_loop() -> None:
+    clock = Clock()
+    api = ApiServers(C, 1, clock.at)
+    events: list[tuple[str, float]] = []
+    api.request(0.0, lambda t, _s: events.append(("a", t)), images_s=0.010)
+    api.request(0.001, lambda t, _s: events.append(("b", t)), images_s=0.010)
+    # A step's outputs while both requests' images are being preprocessed: the loop delivers them at once.
+    api.outputs(0.002, np.array([7]), None, lambda t, _m: events.append(("out", t)), True)
+    clock.run()
+    times = dict(events)
+    assert times["out"] == pytest.approx(0.002 + 10e-6 + 100e-6)
+    assert times["a"] == pytest.approx(0.010 + 0.002)  # its images, then the loop's request job
+    assert times["b"] == pytest.approx(0.020 + 0.002)  # b's images wait for a's: one worker
+
+
+def test_a_requests_images_add_their_preprocessing_to_its_first_token() -> None:
+    # One client: nothing waits for the worker, so a request's images add exactly their cost before the engine.
+    cfg = LoadConfig(concurrency=1, num_prompts=3, endpoint="chat")
+    gpu = load_gpu("h200")
+
+    def setup(constants: FrontEndConstants):  # the flash preset: GLM-4.6V-Flash with its vision tower
+        extra = {**(gpu.extra or {}), **dataclasses.asdict(constants)}
+        return setup_engine(resolve_model("flash"), dataclasses.replace(gpu, extra=extra), {})
+
+    with_images = dataclasses.replace(C, frontend_image_ms=5.0, frontend_image_ms_per_mpx=30.0)
+    for spec, count, w, h in (("mm:128:16:1:896x672", 1, 896, 672), ("mm:128:16:2:448x448", 2, 448, 448)):
+        requests = parse_workload(spec, seed=0).requests(3)
+        base = bench_in_process(setup(C), requests, cfg)
+        served = bench_in_process(setup(with_images), requests, cfg)
+        assert served.completed == base.completed == 3
+        extra_ms = count * (5.0 + 30.0 * w * h / 1e6)
+        assert served.ttft_ms.mean == pytest.approx(base.ttft_ms.mean + extra_ms, abs=1e-6)
+        assert served.tpot_ms.mean == pytest.approx(base.tpot_ms.mean, abs=1e-9)  # the engine's steps unchanged

@@ -1,6 +1,6 @@
 """The sim engine's vision cost: an image's tower FLOPs and time by resolution, mm-encoder-tp-mode data against
 weights under TP, image tokens in the prefill, and what --skip-mm-profiling and limit-mm-per-prompt change in the
-memory plan. The constants are provisional (calibration/*.yaml); these tests check the model's structure."""
+memory plan. What the constants rest on is in calibration/*.yaml; these tests check the model's structure."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -88,14 +88,16 @@ def test_limit_mm_per_prompt_refuses_requests_with_more_images() -> None:
 
 
 def test_skipping_the_encoder_profile_leaves_more_kv_cache() -> None:
-    profiled = plan_memory(FLASH, H200, {})
-    skipped = plan_memory(FLASH, H200, {"skip-mm-profiling": True})
-    no_media = plan_memory(FLASH, H200, {"limit-mm-per-prompt": {"image": 0, "video": 0}})
-    reserve_gib = H200.extra["vision_profile_gib"]
+    # a card whose encoder profile reserves memory and takes time (the H200's measured reserve is nil)
+    reserve_gib, profile_s = 1.5, 3.0
+    card = replace(H200, extra={**H200.extra, "vision_profile_gib": reserve_gib, "vision_profile_s": profile_s})
+    profiled = plan_memory(FLASH, card, {})
+    skipped = plan_memory(FLASH, card, {"skip-mm-profiling": True})
+    no_media = plan_memory(FLASH, card, {"limit-mm-per-prompt": {"image": 0, "video": 0}})
     assert encoder_profiled(FLASH, {}) and not encoder_profiled(FLASH, {"skip-mm-profiling": True})
     assert skipped.kv_cache_gib_per_gpu - profiled.kv_cache_gib_per_gpu == pytest.approx(reserve_gib)
     assert no_media.kv_cache_gib_per_gpu == pytest.approx(skipped.kv_cache_gib_per_gpu)  # nothing to profile
     assert not encoder_profiled(replace(FLASH, vision=None), {})  # a text-only model has no encoder
-    startup = PerfModel(FLASH, H200, {}).startup_times(profiled.weights_gib_per_gpu)
-    faster = PerfModel(FLASH, H200, {"skip-mm-profiling": True}).startup_times(skipped.weights_gib_per_gpu)
-    assert startup.total_s - faster.total_s == pytest.approx(H200.extra["vision_profile_s"])
+    startup = PerfModel(FLASH, card, {}).startup_times(profiled.weights_gib_per_gpu)
+    faster = PerfModel(FLASH, card, {"skip-mm-profiling": True}).startup_times(skipped.weights_gib_per_gpu)
+    assert startup.total_s - faster.total_s == pytest.approx(profile_s)

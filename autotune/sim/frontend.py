@@ -20,7 +20,11 @@ the more requests run, the longer each step's outputs keep the loop busy and the
 outputs wait behind them, and a loop that fell behind delivers several steps' tokens at once.
 
 Model: each API server is one first-come-first-served server in modelled time with two kinds of job.
-- An arriving request: ``frontend_request_ms``; when it ends the request joins the scheduler.
+- An arriving request: ``frontend_request_ms``; when it ends the request joins the scheduler. A request with
+  images first waits for their preprocessing (:meth:`FrontEndConstants.images_s`: ``frontend_image_ms`` +
+  ``frontend_image_ms_per_mpx`` × megapixels per image), which the API server runs on one worker thread beside
+  its event loop (vLLM's renderer executor, one worker by default): requests' images are preprocessed one
+  request after another, while the loop goes on delivering tokens.
 - An engine step's outputs for that server's requests. Outputs that arrive while an earlier step's outputs still
   wait for the server join them (one job). When the job starts, its cost is fixed: ``frontend_output_us`` × the
   outputs in it + ``frontend_chunk_us`` × the requests they belong to (one SSE chunk each); when it ends, all its
@@ -36,8 +40,8 @@ else touched the server meanwhile (:meth:`~autotune.sim.scheduler.Scheduler.deco
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -60,12 +64,21 @@ class FrontEndConstants:
     frontend_request_ms: float = 0.0  # per arriving request: HTTP, tokenization, input processing, hand-off
     frontend_output_us: float = 0.0  # per output of a step (a request's token): output processing
     frontend_chunk_us: float = 0.0  # per SSE chunk written (a request's tokens gathered since its last chunk)
+    frontend_image_ms: float = 0.0  # per image of a request: its preprocessing's fixed part
+    frontend_image_ms_per_mpx: float = 0.0  # and its part per megapixel of the image as sent
 
     @classmethod
     def from_gpu(cls, gpu: GpuSpec) -> FrontEndConstants:
         extra = gpu.extra or {}
-        names = ("frontend_request_ms", "frontend_output_us", "frontend_chunk_us")
+        names = [f.name for f in fields(cls)]
         return cls(**{k: float(extra[k]) for k in names if k in extra})
+
+    def images_s(self, sizes: Sequence[tuple[int, int]]) -> float:
+        """The API server's seconds preprocessing a request's images (``sizes``: width, height each)."""
+        if not sizes:
+            return 0.0
+        mpx = sum(w * h for w, h in sizes) / 1e6
+        return (len(sizes) * self.frontend_image_ms + mpx * self.frontend_image_ms_per_mpx) / 1e3
 
 
 def api_server_count(flags: dict[str, Any]) -> int:
@@ -125,6 +138,7 @@ class _Server:
         "job",
         "open_outputs",
         "output_s",
+        "preprocess_free_s",
         "queue",
         "request_s",
         "timer_s",
@@ -140,6 +154,7 @@ class _Server:
         self.open_outputs: _Outputs | None = None  # waiting outputs job that later outputs join
         self.external_waiting = 0  # waiting jobs someone outside waits for
         self.timer_s = -1.0
+        self.preprocess_free_s = 0.0  # when the image preprocessing worker has done what it was given
 
 
 class ApiServers:
@@ -155,16 +170,26 @@ class ApiServers:
         self._at = at
         self._next = 0
 
-    def request(self, arrival_s: float, on_handed: Callable[[float, int], None]) -> None:
+    def request(self, arrival_s: float, on_handed: Callable[[float, int], None], images_s: float = 0.0) -> None:
         """A request arriving at ``arrival_s``; ``on_handed(t, server)`` when its API server (index ``server``: its
-        tokens come back through it) has handed it to the engine (at once where that costs nothing)."""
+        tokens come back through it) has handed it to the engine (at once where that costs nothing).
+        ``images_s``: its images' preprocessing (:meth:`FrontEndConstants.images_s`), done first by the server's
+        one preprocessing worker, in arrival order; the event loop takes the request when it is done."""
         i = self._next
         self._next = (i + 1) % self.count
         s = self.servers[i]
-        self._advance(s, arrival_s)
-        s.queue.append(_Request(arrival_s, on_handed, i))
+        if images_s > 0.0:
+            done_s = max(arrival_s, s.preprocess_free_s) + images_s
+            s.preprocess_free_s = done_s
+            self._at(done_s, lambda: self._enqueue(s, i, done_s, on_handed))
+            return
+        self._enqueue(s, i, arrival_s, on_handed)
+
+    def _enqueue(self, s: _Server, i: int, t: float, on_handed: Callable[[float, int], None]) -> None:
+        self._advance(s, t)
+        s.queue.append(_Request(t, on_handed, i))
         s.external_waiting += 1
-        self._advance(s, arrival_s)
+        self._advance(s, t)
         self._arm(s)
 
     def outputs(self, end_s: float, keys: np.ndarray, servers: np.ndarray | None, deliver: Deliver,

@@ -77,6 +77,7 @@ class SimRequest:
     encoder: EncoderWork = NO_IMAGES
     ignore_eos: bool = True
     error: str = ""
+    images_s: float = 0.0  # the API server's preprocessing of its images (FrontEndConstants.images_s)
 
 
 @dataclass(eq=False)
@@ -270,7 +271,8 @@ class SimTransport:
             req = parse_request(body, endpoint == "chat", self._served, 0.0)
         except ApiError as e:
             return SimRequest(1, 1, error=e.message)
-        return SimRequest(req.prompt_tokens, req.max_tokens, self.setup.perf.encoder_work(req.images), req.ignore_eos)
+        return SimRequest(req.prompt_tokens, req.max_tokens, self.setup.perf.encoder_work(req.images), req.ignore_eos,
+                          images_s=self.setup.frontend.images_s(req.images))
 
     @asynccontextmanager
     async def session(self, cfg: LoadConfig) -> AsyncIterator[None]:
@@ -318,7 +320,7 @@ class SimTransport:
             if not pending.future.done():  # not timed out in the API server
                 replica = min(self.replicas, key=lambda r: r.outstanding)  # the API server's pick
                 replica.submit(pending, request, max_out, server)
-        self.api.request(now, handed)
+        self.api.request(now, handed, request.images_s)
         out = await pending.future
         if out is None:  # the watchdog gave up on it
             return RequestOutput(success=False, prompt_tokens=request.prompt_tokens, start_s=start_s,

@@ -43,7 +43,7 @@ class PerfConstants:
     sync_overhead_ms: float = 1.5  # CPU scheduling + output processing not hidden without async scheduling
     allreduce_latency_us: float = 8.0  # one NCCL all-reduce on NVLink, latency part
     nvlink_efficiency: float = 0.7
-    # Vision tower: provisional until the GPU runs (benchmarks/gpu/vlm_images.sh) measure it; see calibration/*.yaml.
+    # Vision tower: what each card's value rests on is in its calibration/*.yaml (docs/results/vlm-images.md).
     vision_compute_efficiency: float = 0.4  # of the dense peak, for the tower's FLOPs (1536-wide GEMMs, ViT attention)
     vision_tp_shard_efficiency: float = 0.6  # further factor when the tower is TP-sharded (weights mode)
     vision_step_overhead_ms: float = 2.0  # per step that runs the tower: its kernels launched eagerly

@@ -97,7 +97,7 @@ class SimTokenSource:
                 return
             engine = min(self.engines, key=lambda e: e.outstanding)
             gen.engine, gen.slot = engine, engine.submit(stream, encoder, rid, server)
-        self.api.request(stamp, handed)
+        self.api.request(stamp, handed, self.setup.frontend.images_s(request.images))
         return gen
 
     def metrics(self) -> m.MetricValues:

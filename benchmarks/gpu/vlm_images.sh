@@ -1,8 +1,8 @@
 #!/bin/bash
 # On the GPU machine (device kit installed, /tmp/st/env.sh): GLM-4.6V-Flash with its vision tower on real vLLM
 # (the weightless folder of autotune.testing.weightless_vlm, --load-format dummy), requests with 0, 1, 2 and 4
-# images, and the figures the sim's vision constants (autotune/calibration/h200.yaml, "PROVISIONAL") are to be
-# fitted to. Runs in the background; everything lands in DIR, commands.txt lists every command as it ran.
+# images, and the figures the sim's vision constants (autotune/calibration/h200.yaml) are fitted to and judged on.
+# Runs in the background; everything lands in DIR, commands.txt lists every command as it ran.
 #   bash benchmarks/gpu/vlm_images.sh start [DIR]    # returns at once
 #   bash benchmarks/gpu/vlm_images.sh status [DIR]   # progress; "done" when finished
 # What it measures, on one server with vLLM's defaults:
