@@ -1,24 +1,38 @@
 """How vLLM packs prefills beside decodes, against the sim on the same requests (issue #21).
 
-Reads the folder `benchmarks/gpu/step_counts.sh` writes (per configuration CFG and load C: `CFG-cC.json`, the
-`autotune bench --json` result with `server_metrics.steps_by_tokens`; `configs.txt`, each configuration's flags;
-`settings.txt`, the workload) and replays each level on the in-process sim engine (card `h200`, the weightless
-Flash text backbone) with the same requests and load shape. Per level: the engine steps by tokens per step in
-three groups -- decode-only (at most 256 tokens: a step's decodes at these loads), one prefill beside them
-(257-2,048 tokens) and more (over 2,048) --, their shares, and P99 ITL, GPU and sim side by side. Where the sim's
-P99 ITL is too high, this says whether it takes too many multi-prefill steps or makes them too long.
+Reads folders `benchmarks/gpu/step_counts.sh` writes (one fresh server per configuration CFG; per load C:
+`CFG-cC.json`, the `autotune bench --json` result, and `CFG-cC.jsonl.gz`, its requests with their inter-token gaps;
+`configs.txt`, each configuration's flags; `settings.txt`, the workload) and replays each level on the in-process
+sim engine (card `h200`, the weightless Flash text backbone) with the same requests (the run's seed) and load shape.
 
-    python benchmarks/step_counts_table.py DIR [--json]
+Per level, GPU and sim side by side:
+- the engine's steps as the client sees them: every token's arrival time (a request's start + TTFT + its gaps)
+  put on one time line; a step ends where the running requests' next tokens arrive together (within 1 ms). The
+  median step without a first token is the decode-only step; (window − steps × that median) / first tokens is
+  the time one prefill adds. This needs no server metric, so it holds for vLLM and the sim alike;
+- the step histogram of vLLM's /metrics (`server_metrics.steps_by_tokens`, with `--scrape-metrics`) where the run
+  has one: steps by tokens per step, decode-only (at most 256 tokens), one prefill beside them (257-2,048), more;
+- P99 ITL, P50 TPOT and output tok/s.
+A level whose prompts an earlier level on the same server had already sent (same seed: step_counts.sh before it
+seeded each level by its concurrency) is marked "cached": vLLM's prefix cache served those prompts without their
+prefill, the sim's fresh engine did not.
+
+    python benchmarks/step_counts_table.py DIR [DIR ...] [--constants NAME=VALUE ...] [--json]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from _shared import load_records
 from autotune.gpus import load_gpu
 from autotune.loadgen.runner import LoadConfig
 from autotune.loadgen.workload import parse_workload
@@ -51,35 +65,78 @@ def configs(folder: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def sim_level(flags: dict[str, Any], workload: str, concurrency: int) -> dict[str, Any]:
-    """The level as `step_counts.sh` ran it (seed 1, a warm-up wave of C, 3 x C measured, 2 s ramp), in-process."""
+def client_steps(records: list[dict[str, Any]], same_step_ms: float = 1.0) -> dict[str, float]:
+    """The engine's steps as the client sees them (module docstring), over the measured window."""
+    decode_t, first_t, measured = [], [], [r for r in records if not r["warmup"] and r["ok"]]
+    for r in records:
+        if not r["ok"] or not r.get("itl_ms"):
+            continue
+        t = r["start_s"] * 1e3 + r["ttft_ms"]
+        first_t.append(t)
+        t += np.cumsum(r["itl_ms"])
+        decode_t.extend(t.tolist())
+    decode = np.sort(np.asarray(decode_t))
+    first = np.sort(np.asarray(first_t))
+    last_of_step = np.r_[np.nonzero(np.diff(decode) > same_step_ms)[0], len(decode) - 1]
+    ends = decode[last_of_step]
+    # a first token belongs to the step that ends with or just before it (its output may trail the others')
+    firsts = np.searchsorted(first, ends[1:] + same_step_ms) - np.searchsorted(first, ends[:-1] + same_step_ms)
+    lengths = np.diff(ends)
+    t0 = min(r["start_s"] for r in measured) * 1e3
+    t1 = max(r["start_s"] * 1e3 + r["e2el_ms"] for r in measured)
+    window = (ends[1:] > t0) & (ends[1:] <= t1)
+    lengths, firsts = lengths[window], firsts[window]
+    decode_ms = float(np.median(lengths[firsts == 0]))
+    return {"steps": int(window.sum()), "decode_step_ms": decode_ms,
+            "prefill_adds_ms": float((lengths.sum() - len(lengths) * decode_ms) / max(1, firsts.sum())),
+            "first_tokens": int(firsts.sum())}
+
+
+def sim_level(flags: dict[str, Any], gpu_run: dict[str, Any], constants: dict[str, float]) -> dict[str, Any]:
+    """The level as the GPU ran it (its seed, warm-up wave, measured requests, ramp), in-process."""
     model = spec_from_config(WEIGHTLESS_FLASH_CONFIG, "weightless-flash", "weightless-flash")
-    cfg = LoadConfig(concurrency=concurrency, num_prompts=3 * concurrency, warmup_prompts=concurrency, ramp_s=2.0,
-                     seed=1)
-    requests = parse_workload(workload, seed=1).requests(cfg.warmup_prompts + cfg.num_prompts)
-    r = bench_in_process(setup_engine(model, load_gpu("h200"), flags), requests, cfg)
+    card = load_gpu("h200")
+    card = dataclasses.replace(card, extra={**(card.extra or {}), **constants})
+    with tempfile.TemporaryDirectory(prefix="step-counts-") as tmp:
+        records = Path(tmp) / "level.jsonl.gz"
+        cfg = LoadConfig(concurrency=int(gpu_run["concurrency"]), num_prompts=int(gpu_run["num_prompts"]),
+                         warmup_prompts=int(gpu_run["warmup_prompts"]), ramp_s=float(gpu_run["ramp_s"]),
+                         seed=int(gpu_run["workload"]["seed"]), records_path=str(records), records_itl=True)
+        requests = parse_workload(gpu_run["workload"]["spec"], seed=cfg.seed).requests(cfg.warmup_prompts
+                                                                                       + cfg.num_prompts)
+        r = bench_in_process(setup_engine(model, card, flags), requests, cfg)
+        steps = client_steps(load_records(records))
     return {"steps_by_tokens": r.extra["server_metrics"]["steps_by_tokens"], "p99_itl_ms": r.itl_ms.p99,
-            "output_tok_s": r.output_tok_s}
+            "p50_tpot_ms": r.tpot_ms.p50, "output_tok_s": r.output_tok_s, "client_steps": steps}
 
 
-def table(folder: Path) -> list[dict[str, Any]]:
+def table(folder: Path, constants: dict[str, float]) -> list[dict[str, Any]]:
     settings = dict(line.split("=", 1) for line in (folder / "settings.txt").read_text().splitlines() if "=" in line)
-    workload = settings["workload"]
+    order = [int(c) for c in settings["loads"].split()]  # the order the server saw the levels in
     rows = []
     for name, flags in configs(folder).items():
-        for path in sorted(folder.glob(f"{name}-c*.json"), key=lambda p: int(p.stem.rsplit("-c", 1)[1])):
-            concurrency = int(path.stem.rsplit("-c", 1)[1])
+        seeds_sent: set[int] = set()
+        runs = []
+        for path in folder.glob(f"{name}-c*.json"):
             try:
-                gpu = json.loads(path.read_text())
+                runs.append((path, json.loads(path.read_text())))
             except json.JSONDecodeError:
                 continue  # the level failed: its .err says why
+        for path, gpu in sorted(runs, key=lambda pr: order.index(int(pr[1]["concurrency"]))):
+            seed = int(gpu["workload"]["seed"])
+            cached = seed in seeds_sent
+            seeds_sent.add(seed)
             steps = (gpu.get("server_metrics") or {}).get("steps_by_tokens") or {}
-            sim = sim_level(flags, workload, concurrency)
-            rows.append({"config": name, "concurrency": concurrency,
+            sim = sim_level(flags, gpu, constants)
+            records = path.with_suffix(".jsonl.gz")
+            rows.append({"folder": folder.name, "config": name, "concurrency": int(gpu["concurrency"]),
+                         "cached": cached,
                          "gpu": {"steps": grouped(steps) if steps else None, "p99_itl_ms": gpu["itl_ms"]["p99"],
-                                 "output_tok_s": gpu["output_tok_s"]},
+                                 "p50_tpot_ms": gpu["tpot_ms"]["p50"], "output_tok_s": gpu["output_tok_s"],
+                                 "client_steps": client_steps(load_records(records)) if records.exists() else None},
                          "sim": {"steps": grouped(sim["steps_by_tokens"]), "p99_itl_ms": sim["p99_itl_ms"],
-                                 "output_tok_s": sim["output_tok_s"]}})
+                                 "p50_tpot_ms": sim["p50_tpot_ms"], "output_tok_s": sim["output_tok_s"],
+                                 "client_steps": sim["client_steps"]}})
     return rows
 
 
@@ -92,20 +149,33 @@ def _steps_cell(steps: dict[str, int] | None) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("dir", type=Path)
+    ap.add_argument("dirs", type=Path, nargs="+")
+    ap.add_argument("--constants", nargs="+", default=[], metavar="NAME=VALUE",
+                    help="the sim with calibration/h200.yaml's constants overridden (e.g. frontend_chunk_us=0)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    rows = table(args.dir)
+    try:
+        constants = {k: float(v) for k, v in (c.split("=", 1) for c in args.constants)}
+    except ValueError:
+        ap.error("--constants takes NAME=VALUE pairs with numeric values")
+    rows = [row for folder in args.dirs for row in table(folder, constants)]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print("Steps: total: " + ", ".join(n for n, _, _ in GROUPS) + " (shares)")
-    print("| config | C | GPU steps | sim steps | GPU P99 ITL ms | sim P99 ITL ms | GPU tok/s | sim tok/s |")
-    print("|---|---:|---|---|---:|---:|---:|---:|")
+    print("Each cell GPU / sim. Steps as the client sees them: decode-only step ms, ms one prefill adds. "
+          "vLLM's step histogram: total: " + ", ".join(n for n, _, _ in GROUPS) + " (shares).")
+    print("| folder | config | C | decode step ms | a prefill adds ms | P99 ITL ms | P50 TPOT ms | output tok/s "
+          "| vLLM's steps | sim's steps |")
+    print("|---|---|---:|---|---|---|---|---|---|---|")
     for r in rows:
         g, s = r["gpu"], r["sim"]
-        print(f"| {r['config']} | {r['concurrency']} | {_steps_cell(g['steps'])} | {_steps_cell(s['steps'])} | "
-              f"{g['p99_itl_ms']:.1f} | {s['p99_itl_ms']:.1f} | {g['output_tok_s']:,.0f} | {s['output_tok_s']:,.0f} |")
+        gc, sc = g["client_steps"] or {}, s["client_steps"]
+        cell = lambda key, fmt: f"{format(gc[key], fmt) if gc else '—'} / {format(sc[key], fmt)}"  # noqa: E731
+        print(f"| {r['folder']} | {r['config']} | {r['concurrency']}{' cached' if r['cached'] else ''} "
+              f"| {cell('decode_step_ms', '.2f')} | {cell('prefill_adds_ms', '.1f')} "
+              f"| {g['p99_itl_ms']:.1f} / {s['p99_itl_ms']:.1f} | {g['p50_tpot_ms']:.2f} / {s['p50_tpot_ms']:.2f} "
+              f"| {g['output_tok_s']:,.0f} / {s['output_tok_s']:,.0f} | {_steps_cell(g['steps'])} "
+              f"| {_steps_cell(s['steps'])} |")
     return 0
 
 

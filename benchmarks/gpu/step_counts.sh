@@ -2,7 +2,8 @@
 # On the GPU machine (device kit installed, /tmp/st/env.sh): how vLLM packs prefills beside decodes at the loads
 # of an ITL-limited study (issue #21). For each configuration of CONFIGS, one fresh server (the weightless model),
 # then a level shaped like a study's at each concurrency of LOADS (a warm-up wave of C, the first wave ramped over
-# 2 s, 3 x C measured requests), keeping every request's timings and inter-token gaps and, from vLLM's /metrics,
+# 2 s, 3 x C measured requests; seeded by C, so that no level repeats an earlier one's prompts, which vLLM's prefix
+# cache would serve without their prefill), keeping every request's timings and inter-token gaps and, from vLLM's /metrics,
 # the engine steps the level took by tokens per step (server_metrics.steps_by_tokens in the level's JSON).
 # Compare with the sim on the same requests: python benchmarks/step_counts_table.py DIR
 #   bash benchmarks/gpu/step_counts.sh start [DIR]    # returns at once
@@ -48,7 +49,7 @@ job() {
     if [ "$ready" = 1 ]; then
       for c in $loads; do
         python3 -m autotune bench --url "http://127.0.0.1:$port" --model "m-$cfg" --workload "$workload" \
-          --tokenizer "$model" --concurrency "$c" --warmup "$c" --ramp-s 2 --num-prompts $((3 * c)) --seed 1 \
+          --tokenizer "$model" --concurrency "$c" --warmup "$c" --ramp-s 2 --num-prompts $((3 * c)) --seed "$c" --scrape-metrics \
           --records "$dir/$cfg-c$c.jsonl.gz" --records-itl --json > "$dir/$cfg-c$c.json" 2> "$dir/$cfg-c$c.err"
         echo "$cfg: c$c done at $(($(date +%s) - t0)) s" >> "$dir/times.txt"
       done
