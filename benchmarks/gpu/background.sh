@@ -5,19 +5,30 @@
 # project root, with $dir its output folder; it must leave nothing running behind (its own teardown).
 #   source benchmarks/gpu/background.sh; background_main "$@"    # after defining job() and dir/progress
 background_main() {
-  local cmd=${1:-status}
+  local cmd=${1:-status} src
   case "$cmd" in
     start)
       mkdir -p "$dir"
+      src=$(snapshot_tree "$dir") || return 1
       # the job, the functions it calls and the variables it reads travel into the new session by value
       setsid bash -c "$(declare -p dir progress ${job_vars:-} 2>/dev/null); $(declare -f)
-        . /tmp/st/env.sh || exit 1; cd '$PWD'; export PYTHONPATH=\$PWD\${PYTHONPATH:+:\$PYTHONPATH}; job; echo done > \"\$dir/state\"" > "$dir/driver.log" 2>&1 < /dev/null &
+        . /tmp/st/env.sh || exit 1; cd '$src'; export PYTHONPATH=\$PWD\${PYTHONPATH:+:\$PYTHONPATH}; job; echo done > \"\$dir/state\"" > "$dir/driver.log" 2>&1 < /dev/null &
       echo started ;;
     status)
       tail -n "${status_lines:-3}" "$dir/$progress" 2>/dev/null; cat "$dir/state" 2>/dev/null || echo running ;;
     *)
       echo "usage: $0 start|status [DIR]" >&2; return 2 ;;
   esac
+}
+
+# A copy of the project tree for a job to run from (DIR.src, beside the job's output folder; its path printed): the device tool copies the working
+# tree in again at every call, and a job that imports from it meanwhile can find a module missing (seen: a level of
+# vlm_images.sh failed with "No module named autotune.study" while the next call's copy was under way).
+snapshot_tree() {
+  local to="${1%/}.src"
+  rm -rf "$to" && mkdir -p "$to" &&
+    tar --exclude=./.device-stage --exclude=./.git --exclude=./.venv --exclude='*.pyc' -cf - . | tar -xf - -C "$to" &&
+    echo "$to"
 }
 
 # What a finished job must show: no vLLM or autotune process of ours, GPU memory back.

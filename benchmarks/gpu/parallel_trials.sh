@@ -13,9 +13,11 @@ common="--model /tmp/model --engine vllm --load-format dummy --p99-ms 500 --top-
 case "$cmd" in
   start)
     mkdir -p "$dir"
+    . "$(dirname "$0")/background.sh"
+    src=$(snapshot_tree "$dir") || exit 1
     setsid bash -c "
       . /tmp/st/env.sh
-      cd '$PWD'
+      cd '$src'
       export PYTHONPATH=\$PWD
       for mode in serial parallel; do
         if [ \$mode = serial ]; then extra='--gpu-ids 0'; else extra='--gpu-ids 0,1 --parallel 2'; fi
