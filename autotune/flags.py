@@ -37,6 +37,7 @@ _DEFS = [
     FlagDef("tensor-parallel-size", int, 1),
     FlagDef("data-parallel-size", int, 1),
     FlagDef("pipeline-parallel-size", int, 1),
+    FlagDef("renderer-num-workers", int, 1, help="API server threads for chat templates, tokenization, image preprocessing"),
     FlagDef("api-server-count", int, None, help="API server processes (vLLM: one per data-parallel rank when unset)"),
     FlagDef("enable-expert-parallel", bool, False),
     FlagDef("mm-encoder-tp-mode", str, "weights", ("weights", "data")),

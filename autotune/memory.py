@@ -61,15 +61,14 @@ def activation_gib(model: ModelSpec, gpu: GpuSpec, batched_tokens: int) -> float
 
 def cuda_graph_estimate_gib(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any]) -> float:
     """What vLLM sets aside for CUDA graphs before sizing the KV cache ("Estimated CUDA graph memory"): only its
-    V1 model runner profiles graph memory; the V2 runner captures them afterwards, outside the budget. With data
-    parallelism the graphs also hold the other ranks' tokens (measured at DP2 only: per extra DP rank)."""
+    V1 model runner profiles graph memory; the V2 runner captures them afterwards, outside the budget. Data
+    parallelism's graphs are larger (measured at DP2 only; DP4 is taken as DP2, not extrapolated)."""
     f = effective_flags(flags)
     if not uses_v1_model_runner(model) or f["enforce-eager"]:
         return 0.0
     extra = gpu.extra or {}
-    dp = int(f["data-parallel-size"] or 1)
-    return float(extra.get("cuda_graph_estimate_gib", 0.0)) + float(
-        extra.get("cuda_graph_estimate_gib_per_extra_dp_rank", 0.0)) * (dp - 1)
+    key = "cuda_graph_estimate_gib_with_dp" if int(f["data-parallel-size"] or 1) > 1 else "cuda_graph_estimate_gib"
+    return float(extra.get(key, 0.0))
 
 
 def plan_memory(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any]) -> MemoryPlan:

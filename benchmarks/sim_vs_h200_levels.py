@@ -316,16 +316,17 @@ def fit_loss(runs: list[Run]) -> float:
                           for r in runs]))
 
 
-def fit(runs: list[Run], settings: dict[str, TrialSettings], tmp: Path, max_evals: int) -> dict[str, Any]:
-    """Nelder-Mead over FIT_BOUNDS (each constant scaled to [0, 1] of its bounds, clipped there) on the calibration
-    runs, from the constants of calibration/h200.yaml; every evaluation replays them all."""
+def fit(runs: list[Run], settings: dict[str, TrialSettings], tmp: Path, max_evals: int,
+        bounds: dict[str, tuple[float, float]] = FIT_BOUNDS) -> dict[str, Any]:
+    """Nelder-Mead over ``bounds`` (each constant scaled to [0, 1] of its bounds, clipped there) on the calibration
+    runs, from the constants of calibration/h200.yaml (or --constants); every evaluation replays them all."""
     from scipy.optimize import minimize
 
     calibration = [r for r in runs if is_calibration(r)]
     extra = settings[next(iter(settings))].gpu.extra or {}
-    names = list(FIT_BOUNDS)
-    lo = np.array([FIT_BOUNDS[n][0] for n in names])
-    span = np.array([FIT_BOUNDS[n][1] - FIT_BOUNDS[n][0] for n in names])
+    names = list(bounds)
+    lo = np.array([bounds[n][0] for n in names])
+    span = np.array([bounds[n][1] - bounds[n][0] for n in names])
     start = np.array([float(extra.get(n, 0.0)) for n in names])
     trace: list[dict[str, float]] = []
 
@@ -732,6 +733,8 @@ def main() -> None:
     ap.add_argument("--sim-noise", choices=[k for k, v in NOISE_MODELS.items() if v], default="",
                     help="each replay as a noisy sim run gives it (autotune/sim/noise.py; seeded by the run): does the "
                          "sim's spread at a fixed load match the GPU's?")
+    ap.add_argument("--fit-bounds", nargs="+", default=[], metavar="NAME=LOW:HIGH",
+                    help="fit only these constants, within these bounds (default: every constant of FIT_BOUNDS)")
     ap.add_argument("--constants", nargs="+", default=[], metavar="NAME=VALUE",
                     help="override calibration/h200.yaml's constants (e.g. the sim before the API server's: "
                          "frontend_request_ms=0 frontend_output_us=0 frontend_chunk_us=0 hbm_efficiency=0.765)")
@@ -740,6 +743,11 @@ def main() -> None:
         overrides = {k: float(v) for k, v in (c.split("=", 1) for c in args.constants)}
     except ValueError:
         ap.error("--constants takes NAME=VALUE pairs with numeric values")
+    try:
+        fit_bounds = {k: (float(v.split(":")[0]), float(v.split(":")[1]))
+                      for k, v in (b.split("=", 1) for b in args.fit_bounds)}
+    except (ValueError, IndexError):
+        ap.error("--fit-bounds takes NAME=LOW:HIGH with numeric bounds")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sim-vs-h200-") as folder:
@@ -754,7 +762,7 @@ def main() -> None:
             settings = with_constants(settings, overrides)
         fitted = None
         if args.fit:
-            fitted = fit(runs, settings, tmp, args.fit)
+            fitted = fit(runs, settings, tmp, args.fit, fit_bounds or FIT_BOUNDS)
             settings = with_constants(settings, fitted["constants"])
             print("fitted on " + CALIBRATION + ": " + json.dumps(fitted["constants"]), file=sys.stderr, flush=True)
         setups: dict[str, Any] = {}

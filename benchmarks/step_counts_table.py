@@ -84,7 +84,7 @@ def client_steps(records: list[dict[str, Any]], same_step_ms: float = 1.0) -> di
     lengths = np.diff(ends)
     t0 = min(r["start_s"] for r in measured) * 1e3
     t1 = max(r["start_s"] * 1e3 + r["e2el_ms"] for r in measured)
-    window = (ends[1:] > t0) & (ends[1:] <= t1)
+    window = (ends[1:] > t0) & (ends[1:] <= t1 + same_step_ms)
     lengths, firsts = lengths[window], firsts[window]
     decode_ms = float(np.median(lengths[firsts == 0]))
     return {"steps": int(window.sum()), "decode_step_ms": decode_ms,

@@ -10,7 +10,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_benchmark(name: str) -> ModuleType:
-    """``benchmarks/<name>.py`` as module ``name`` (registered, so dataclasses and pickling find it)."""
+    """``benchmarks/<name>.py`` as module ``name`` (registered, so dataclasses and pickling find it); the scripts'
+    shared module (``_shared``) is found as when they run from the command line."""
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.append(str(REPO / "benchmarks"))
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

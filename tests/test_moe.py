@@ -71,7 +71,7 @@ def test_dp4_bf16_experts_sharded_but_default_context_does_not_fit():
     assert not p.fits and p.failure_class == "kv_too_small"  # ~52k KV tokens < max_model_len 131072
     assert plan(**{"data-parallel-size": 4, "kv-cache-dtype": "fp8"}).failure_class == "kv_too_small"
     short = plan(**{"data-parallel-size": 4, "max-model-len": 4096})
-    assert short.fits and 40_000 < short.kv_cache_tokens < 70_000
+    assert short.fits and 4 * 4096 < short.kv_cache_tokens < 70_000
 
 
 def test_dp4_ep_same_bytes_as_dp4():
@@ -87,11 +87,14 @@ def test_dp4_fp8_weights_fit():
     assert p.fits and 30 < p.weights_gib_per_gpu < 34
 
 
-def test_tp2_dp2_bf16_fits_at_about_54_gib():
+def test_tp2_dp2_bf16_weights_at_about_54_gib():
     p = plan(**{"tensor-parallel-size": 2, "data-parallel-size": 2})
     assert p.weights_gib_per_gpu == pytest.approx((NON_ROUTED * 2 / 2 + ROUTED * 2 / 4) / GIB + EXTRA)
-    assert p.fits and 53 < p.weights_gib_per_gpu < 56  # not ~100 GiB: the experts are spread over 4 GPUs
-    assert p.kv_cache_tokens > 131072
+    assert 53 < p.weights_gib_per_gpu < 56  # not ~100 GiB: the experts are spread over 4 GPUs
+    # With vLLM's reserve for an MoE with DP (peak activation, CUDA graphs: measured on H200s) an H100's KV cache
+    # falls just short of one request of the default context (~124k tokens); fp8 KV doubles it.
+    assert not p.fits and p.failure_class == "kv_too_small" and p.kv_cache_tokens > 0.9 * 131072
+    assert plan(**{"tensor-parallel-size": 2, "data-parallel-size": 2, "kv-cache-dtype": "fp8"}).fits
 
 
 def test_tp2_dp2_fp8_fits_at_about_28_gib():

@@ -147,6 +147,7 @@ def test_image_preprocessing_costs_a_fixed_part_and_a_part_per_megapixel_per_ima
 
 
 def test_images_are_preprocessed_one_request_after_another_beside_the_event_loop() -> None:
+    """vLLM 0.26.0's renderer pool has one worker by default: b's rendering waits for a's; the loop is free."""
     clock = Clock()
     api = ApiServers(C, 1, clock.at)
     events: list[tuple[str, float]] = []
@@ -179,3 +180,25 @@ def test_a_requests_images_add_their_preprocessing_to_its_first_token() -> None:
         extra_ms = count * (5.0 + 30.0 * w * h / 1e6)
         assert served.ttft_ms.mean == pytest.approx(base.ttft_ms.mean + extra_ms, abs=1e-6)
         assert served.tpot_ms.mean == pytest.approx(base.tpot_ms.mean, abs=1e-9)  # the engine's steps unchanged
+
+
+def test_more_renderer_workers_render_requests_side_by_side() -> None:
+    """--renderer-num-workers 2: two requests' images arriving together are preprocessed at once, a third's wait
+    for the first worker to free; each request then takes its loop job in turn."""
+    clock = Clock()
+    api = ApiServers(C, 1, clock.at, renderers=2)
+    handed: dict[str, float] = {}
+    for name, t in (("a", 0.0), ("b", 0.0), ("c", 0.0)):
+        api.request(t, lambda when, _s, name=name: handed.__setitem__(name, when), images_s=0.010)
+    clock.run()
+    request_s = C.frontend_request_ms / 1e3
+    assert handed["a"] == pytest.approx(0.010 + request_s)
+    assert handed["b"] == pytest.approx(0.010 + 2 * request_s)  # rendered beside a, then behind a on the loop
+    assert handed["c"] == pytest.approx(0.020 + request_s)
+
+
+def test_the_renderer_pool_follows_the_flag() -> None:
+    from autotune.sim.frontend import renderer_workers
+
+    assert renderer_workers({}) == 1
+    assert renderer_workers({"renderer-num-workers": 4}) == 4

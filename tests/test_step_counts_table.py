@@ -1,10 +1,12 @@
-"""benchmarks/step_counts_table.py (issue #21): a level's engine steps by tokens per step, grouped into decode-only,
-one prefill and more, the GPU's (from `autotune bench --json`'s server_metrics) beside the in-process sim's on
-the same requests."""
+"""benchmarks/step_counts_table.py (issue #21): a level's engine steps, rebuilt from the client's token times and
+from vLLM's step histogram, GPU beside the in-process sim on the same requests."""
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
+
+import pytest
 
 from tests.benchmark_scripts import load_benchmark
 
@@ -16,17 +18,56 @@ def test_buckets_fall_into_their_groups() -> None:
     assert sct.grouped(steps) == {"decode only": 103, "one prefill": 23, "more": 5}
 
 
+def _record(start_s: float, ttft_ms: float, gaps_ms: list[float]) -> dict:
+    return {"warmup": False, "ok": True, "start_s": start_s, "ttft_ms": ttft_ms, "itl_ms": gaps_ms,
+            "e2el_ms": ttft_ms + sum(gaps_ms), "prompt_tokens": 1000, "output_tokens": len(gaps_ms) + 1}
+
+
+def test_steps_rebuilt_from_token_times() -> None:
+    """Two streams sharing 6 ms decode steps; B's prefill rides in the step that ends at 68 ms, 26 ms long: the
+    decode-only step is 6 ms and the prefill adds 20 ms."""
+    a = _record(0.0, 30.0, [6.0, 6.0, 26.0, 6.0, 6.0])  # tokens at 30, 36, 42, 68, 74, 80 ms
+    b = _record(0.040, 28.0, [6.0, 6.0])  # first token at 68 ms, then 74 and 80
+    b["itl_ms"] = [x + 0.3 for x in b["itl_ms"]]  # its chunks trail A's by a fraction of a millisecond
+    steps = sct.client_steps([a, b])
+    assert steps["decode_step_ms"] == pytest.approx(6.0, abs=0.31)
+    assert steps["first_tokens"] == 1
+    assert steps["prefill_adds_ms"] == pytest.approx(20.0, abs=0.7)
+    assert steps["steps"] == 4
+
+
 def test_a_level_against_the_sim_on_the_same_requests(tmp_path: Path) -> None:
     (tmp_path / "configs.txt").write_text("defaults: \nbatch2048: --max-num-batched-tokens 2048\n")
-    (tmp_path / "settings.txt").write_text("loads=4\nworkload=random:1024:128:0.5\nengine=vllm\nmodel=/tmp/model\n")
-    gpu = {"itl_ms": {"p99": 41.0}, "output_tok_s": 500.0,
+    (tmp_path / "settings.txt").write_text("loads=4 8\nworkload=random:1024:128:0.5\nengine=vllm\nmodel=/tmp/model\n")
+    level = {"concurrency": 4, "num_prompts": 12, "warmup_prompts": 4, "ramp_s": 2.0,
+             "workload": {"spec": "random:1024:128:0.5", "seed": 1}, "tpot_ms": {"p50": 8.0}}
+    gpu = {**level, "itl_ms": {"p99": 41.0}, "output_tok_s": 500.0,
            "server_metrics": {"steps_by_tokens": {"le 8": 300, "le 2048": 14, "le 4096": 1}}}
     (tmp_path / "defaults-c4.json").write_text(json.dumps(gpu))
+    # the next level on the same server with the same seed: its prompts were sent before (vLLM's prefix cache)
+    (tmp_path / "defaults-c8.json").write_text(json.dumps({**gpu, "concurrency": 8, "num_prompts": 24,
+                                                            "warmup_prompts": 8}))
+    with gzip.open(tmp_path / "defaults-c4.jsonl.gz", "wt") as f:
+        for r in (_record(0.0, 30.0, [6.0, 6.0, 26.0, 6.0, 6.0]), _record(0.040, 28.0, [6.0, 6.0])):
+            f.write(json.dumps(r) + "\n")
     (tmp_path / "batch2048-c4.json").write_text("")  # a failed level: skipped
-    rows = sct.table(tmp_path)
-    assert len(rows) == 1 and rows[0]["config"] == "defaults" and rows[0]["concurrency"] == 4
+    rows = sct.table(tmp_path, {})
+    assert [(r["config"], r["concurrency"], r["cached"]) for r in rows] == [("defaults", 4, False),
+                                                                            ("defaults", 8, True)]
     assert rows[0]["gpu"]["steps"] == {"decode only": 300, "one prefill": 14, "more": 1}
+    assert rows[0]["gpu"]["client_steps"]["first_tokens"] == 1
+    assert rows[1]["gpu"]["client_steps"] is None  # no records kept
     sim = rows[0]["sim"]["steps"]
     # 16 requests of 512-1,536 prompt tokens at concurrency 4: their prefills, and decode steps of at most 4 tokens
     assert sim["decode only"] > 10 * (sim["one prefill"] + sim["more"]) and sim["one prefill"] + sim["more"] >= 8
     assert rows[0]["sim"]["p99_itl_ms"] > 0
+    assert 3.0 < rows[0]["sim"]["client_steps"]["decode_step_ms"] < 20.0
+
+
+def test_constants_reach_the_sim(tmp_path: Path) -> None:
+    """--constants: a slower HBM makes the sim's decode-only steps longer."""
+    level = {"concurrency": 8, "num_prompts": 24, "warmup_prompts": 8, "ramp_s": 2.0,
+             "workload": {"spec": "random:1024:128:0.5", "seed": 8}}
+    fast = sct.sim_level({}, level, {"hbm_efficiency": 0.9})["client_steps"]["decode_step_ms"]
+    slow = sct.sim_level({}, level, {"hbm_efficiency": 0.45})["client_steps"]["decode_step_ms"]
+    assert slow > 1.5 * fast

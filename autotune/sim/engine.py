@@ -10,7 +10,7 @@ from autotune.flags import effective_flags, mm_limit
 from autotune.gpus import GpuSpec
 from autotune.memory import MemoryPlan, plan_memory
 from autotune.models import ModelSpec
-from autotune.sim.frontend import ApiServers, At, FrontEndConstants, api_server_count
+from autotune.sim.frontend import ApiServers, At, FrontEndConstants, api_server_count, renderer_workers
 from autotune.sim.perf import PerfModel
 from autotune.sim.scheduler import Scheduler, SchedulerConfig
 from autotune.vllm_api.request import ServedModel
@@ -34,7 +34,7 @@ class EngineSetup:
     def new_api_servers(self, at: At) -> ApiServers:
         """The deployment's API server processes (:mod:`autotune.sim.frontend`), shared by its DP replicas;
         ``at(t, fn)`` runs ``fn`` at modelled time ``t``."""
-        return ApiServers(self.frontend, api_server_count(self.flags), at)
+        return ApiServers(self.frontend, api_server_count(self.flags), at, renderer_workers(self.flags))
 
     def served_model(self, names: tuple[str, ...], root: str) -> ServedModel:
         """What the server's API checks requests against: context length, images and their tokens."""

@@ -5,8 +5,10 @@ In vLLM 0.26.0 (V1) ``vllm serve`` runs the OpenAI HTTP server and ``AsyncLLM`` 
 of them, by default one per data-parallel rank), the engine core in another. The API server's single asyncio
 event loop does, one thing at a time:
 
-- for each arriving request: the HTTP body, the prompt's tokenization, ``InputProcessor.process_inputs``, and the
-  ``EngineCoreRequest`` sent over ZMQ to the engine core, whose busy loop adds it to the scheduler between steps;
+- for each arriving request: the HTTP body, ``InputProcessor.process_inputs``, and the ``EngineCoreRequest`` sent
+  over ZMQ to the engine core, whose busy loop adds it to the scheduler between steps; before that, the chat
+  template, the prompt's tokenization and any images' preprocessing run on the renderer's thread pool
+  (``--renderer-num-workers``, one worker by default: vllm/renderers/base.py), off the loop;
 - for each engine step's ``EngineCoreOutputs`` (one output per running request that sampled a token): the output
   handler's ``OutputProcessor.process_outputs`` (incremental detokenization, a ``RequestOutput`` put into the
   request's ``RequestOutputCollector``); it drains every step's outputs queued so far before it yields;
@@ -19,12 +21,14 @@ loop has handled it, and a step's tokens reach their clients only once the loop 
 the more requests run, the longer each step's outputs keep the loop busy and the longer new requests and later
 outputs wait behind them, and a loop that fell behind delivers several steps' tokens at once.
 
-Model: each API server is one first-come-first-served server in modelled time with two kinds of job.
-- An arriving request: ``frontend_request_ms``; when it ends the request joins the scheduler. A request with
-  images first waits for their preprocessing (:meth:`FrontEndConstants.images_s`: ``frontend_image_ms`` +
-  ``frontend_image_ms_per_mpx`` × megapixels per image), which the API server runs on one worker thread beside
-  its event loop (vLLM's renderer executor, one worker by default): requests' images are preprocessed one
-  request after another, while the loop goes on delivering tokens.
+Model: each API server is one first-come-first-served server in modelled time with two kinds of job, and a
+renderer pool in front of it.
+- An arriving request with images first waits for their preprocessing by the API server's renderer worker that
+  frees first, in arrival order (:meth:`FrontEndConstants.images_s`: ``frontend_image_ms`` +
+  ``frontend_image_ms_per_mpx`` × megapixels per image); the loop goes on delivering tokens meanwhile. Then it is
+  a loop job of ``frontend_request_ms`` (the prompt's rendering and tokenization are counted here: fitted on
+  text requests, whose renderer time the runs do not separate from the loop's); when that ends the request
+  joins the scheduler.
 - An engine step's outputs for that server's requests. Outputs that arrive while an earlier step's outputs still
   wait for the server join them (one job). When the job starts, its cost is fixed: ``frontend_output_us`` × the
   outputs in it + ``frontend_chunk_us`` × the requests they belong to (one SSE chunk each); when it ends, all its
@@ -61,7 +65,7 @@ At = Callable[[float, Callable[[], None]], Any]
 class FrontEndConstants:
     """The API server's CPU time per unit of work (keys of a calibration YAML; 0 where absent)."""
 
-    frontend_request_ms: float = 0.0  # per arriving request: HTTP, tokenization, input processing, hand-off
+    frontend_request_ms: float = 0.0  # per arriving request, on the event loop: HTTP, input processing, hand-off
     frontend_output_us: float = 0.0  # per output of a step (a request's token): output processing
     frontend_chunk_us: float = 0.0  # per SSE chunk written (a request's tokens gathered since its last chunk)
     frontend_image_ms: float = 0.0  # per image of a request: its preprocessing's fixed part
@@ -79,6 +83,11 @@ class FrontEndConstants:
             return 0.0
         mpx = sum(w * h for w, h in sizes) / 1e6
         return (len(sizes) * self.frontend_image_ms + mpx * self.frontend_image_ms_per_mpx) / 1e3
+
+
+def renderer_workers(flags: dict[str, Any]) -> int:
+    """Renderer threads per API server (``--renderer-num-workers``; vLLM 0.26.0's default 1)."""
+    return int(flags.get("renderer-num-workers") or 1)
 
 
 def api_server_count(flags: dict[str, Any]) -> int:
@@ -138,13 +147,13 @@ class _Server:
         "job",
         "open_outputs",
         "output_s",
-        "preprocess_free_s",
+        "renderers_free_s",
         "queue",
         "request_s",
         "timer_s",
     )
 
-    def __init__(self, c: FrontEndConstants) -> None:
+    def __init__(self, c: FrontEndConstants, renderers: int) -> None:
         self.request_s = c.frontend_request_ms / 1e3
         self.output_s = c.frontend_output_us / 1e6
         self.chunk_s = c.frontend_chunk_us / 1e6
@@ -154,7 +163,7 @@ class _Server:
         self.open_outputs: _Outputs | None = None  # waiting outputs job that later outputs join
         self.external_waiting = 0  # waiting jobs someone outside waits for
         self.timer_s = -1.0
-        self.preprocess_free_s = 0.0  # when the image preprocessing worker has done what it was given
+        self.renderers_free_s = [0.0] * renderers  # when each renderer worker has done what it was given
 
 
 class ApiServers:
@@ -163,10 +172,10 @@ class ApiServers:
     ``at(t, fn)`` runs ``fn`` at modelled time ``t`` on the host's clock. Bookings must come in time order (a time
     before an earlier booking's is taken as that booking's). Not thread-safe; one event loop drives it."""
 
-    def __init__(self, constants: FrontEndConstants, count: int, at: At) -> None:
+    def __init__(self, constants: FrontEndConstants, count: int, at: At, renderers: int = 1) -> None:
         self.constants = constants
         self.count = count
-        self.servers = [_Server(constants) for _ in range(count)]
+        self.servers = [_Server(constants, renderers) for _ in range(count)]
         self._at = at
         self._next = 0
 
@@ -174,13 +183,15 @@ class ApiServers:
         """A request arriving at ``arrival_s``; ``on_handed(t, server)`` when its API server (index ``server``: its
         tokens come back through it) has handed it to the engine (at once where that costs nothing).
         ``images_s``: its images' preprocessing (:meth:`FrontEndConstants.images_s`), done first by the server's
-        one preprocessing worker, in arrival order; the event loop takes the request when it is done."""
+        renderer worker that frees first, in arrival order; the event loop takes the request when it is done."""
         i = self._next
         self._next = (i + 1) % self.count
         s = self.servers[i]
         if images_s > 0.0:
-            done_s = max(arrival_s, s.preprocess_free_s) + images_s
-            s.preprocess_free_s = done_s
+            free = s.renderers_free_s
+            worker = min(range(len(free)), key=free.__getitem__)
+            done_s = max(arrival_s, free[worker]) + images_s
+            free[worker] = done_s
             self._at(done_s, lambda: self._enqueue(s, i, done_s, on_handed))
             return
         self._enqueue(s, i, arrival_s, on_handed)
