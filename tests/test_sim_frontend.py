@@ -202,3 +202,14 @@ def test_the_renderer_pool_follows_the_flag() -> None:
 
     assert renderer_workers({}) == 1
     assert renderer_workers({"renderer-num-workers": 4}) == 4
+
+
+def test_more_renderer_workers_need_the_multimodal_cache_off() -> None:
+    """As vLLM 0.26.0: a VLM with --renderer-num-workers > 1 starts only with --mm-processor-cache-gb 0."""
+    from autotune.errors import EngineStartError
+
+    gpu = load_gpu("h200")
+    with pytest.raises(EngineStartError, match="renderer-num-workers"):
+        setup_engine(resolve_model("flash"), gpu, {"renderer-num-workers": 2})
+    setup = setup_engine(resolve_model("flash"), gpu, {"renderer-num-workers": 2, "mm-processor-cache-gb": 0})
+    assert setup.new_api_servers(lambda t, fn: None).servers[0].renderers_free_s == [0.0, 0.0]

@@ -63,4 +63,11 @@ def setup_engine(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any]) -> Engin
             f"({cfg.max_model_len}). This effectively limits the maximum sequence length to "
             f"max_num_batched_tokens and makes vLLM reject longer sequences. Please increase "
             f"max_num_batched_tokens or decrease max_model_len.", "bad_flags")
+    if model.is_vlm and renderer_workers(f) > 1 and float(f["mm-processor-cache-gb"] or 0) > 0:
+        # vLLM's ModelConfig check (vllm/config/model.py): the multimodal processor cache is not thread-safe
+        raise EngineStartError(
+            "Cannot use --renderer-num-workers > 1 with the multimodal processor cache enabled. The cache is not "
+            "thread-safe and does not support concurrent renderer workers. Please set --renderer-num-workers 1 (the "
+            "default), or disable the cache with --mm-processor-cache-gb 0.",
+            "bad_flags")
     return EngineSetup(model, gpu, f, plan, PerfModel(model, gpu, f), cfg, FrontEndConstants.from_gpu(gpu))
