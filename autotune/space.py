@@ -8,8 +8,9 @@
     fixed: {enable-chunked-prefill: true}
     parallel: {tensor-parallel-size: [1, 2, 4]}   # data-parallel-size = GPUs / TP
 
-Conditions (``when``) are all of: ``vlm`` (the model has a vision tower), ``moe``, ``tp>1``, ``images`` (the
-workload sends images). A JSON-object flag's choices are mappings (Optuna sees each as its canonical JSON text);
+Conditions (``when``) are all of: ``vlm`` (the model has a vision tower), ``moe``, ``tp>1``, ``gpus>1`` (the
+engine spans several GPUs, by TP or DP: where expert parallelism spreads the experts), ``images`` (the workload
+sends images). A JSON-object flag's choices are mappings (Optuna sees each as its canonical JSON text);
 a limit-mm-per-prompt choice that allows fewer images than the workload's requests carry is dropped. Only
 restart-requiring knobs belong here; the load level is searched on the live server, not by Optuna.
 """
@@ -30,7 +31,7 @@ from autotune.models import ModelSpec
 
 __all__ = ["SearchSpace", "ParamSpec", "load_space", "default_space_path", "CONDITIONS"]
 
-CONDITIONS = ("vlm", "moe", "tp>1", "images")
+CONDITIONS = ("vlm", "moe", "tp>1", "gpus>1", "images")
 
 
 class ParamSpec(BaseModel):
@@ -117,8 +118,9 @@ class SearchSpace:
         self.description = description
         self.images_per_request = images_per_request  # the most images one of the workload's requests carries
 
-    def conditions_hold(self, when: list[str], model: ModelSpec, tp: int) -> bool:
-        facts = {"vlm": model.is_vlm, "moe": model.is_moe, "tp>1": tp > 1, "images": self.images_per_request > 0}
+    def conditions_hold(self, when: list[str], model: ModelSpec, tp: int, gpus: int) -> bool:
+        facts = {"vlm": model.is_vlm, "moe": model.is_moe, "tp>1": tp > 1, "gpus>1": gpus > 1,
+                 "images": self.images_per_request > 0}
         return all(facts[c] for c in when)
 
     def sample(self, trial: optuna.trial.BaseTrial, model: ModelSpec, gpus: int) -> dict[str, Any]:
@@ -134,7 +136,7 @@ class SearchSpace:
             if gpus // tp > 1:
                 flags["data-parallel-size"] = gpus // tp
         for name, spec in self.params.items():
-            if not self.conditions_hold(spec.when, model, tp):
+            if not self.conditions_hold(spec.when, model, tp, gpus):
                 continue
             if spec.type == "categorical":
                 flags[name] = spec.flag_value(trial.suggest_categorical(name, spec.optuna_choices()))
@@ -158,7 +160,7 @@ class SearchSpace:
             out["tensor-parallel-size"] = tp if tp in self.tp_choices else min(self.tp_choices,
                                                                                 key=lambda c: abs(c - tp))
         for name, spec in self.params.items():
-            if not self.conditions_hold(spec.when, model, tp):
+            if not self.conditions_hold(spec.when, model, tp, gpus):
                 continue
             value = _project(spec, _encode_choice(flags.get(name, VLLM_FLAGS[name].default)))
             if value is not _NOT_HELD:
@@ -171,7 +173,7 @@ class SearchSpace:
 
         points: list[dict[str, Any]] = []
         for tp in self.tp_choices or [1]:
-            active = [(n, s.domain_values()) for n, s in self.params.items() if self.conditions_hold(s.when, model, tp)]
+            active = [(n, s.domain_values()) for n, s in self.params.items() if self.conditions_hold(s.when, model, tp, gpus)]
             for combo in itertools.product(*(vals for _, vals in active)):
                 params = dict(zip([n for n, _ in active], combo))
                 if len(self.tp_choices) > 1:

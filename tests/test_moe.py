@@ -156,7 +156,9 @@ def test_dp_reads_a_share_of_the_experts_and_pays_dp_communication():
     assert ep._parts(512, 64, True) == pytest.approx(tp2dp2._parts(512, 64, True))
 
 
-def test_space_conditions_ep_and_encoder_mode_only_with_tp():
+def test_space_conditions_ep_over_any_split_and_encoder_mode_only_with_tp():
+    """Expert parallel spreads the experts over every GPU of the engine, TP or DP (DP4 + EP is a layout), the
+    vision encoder's TP mode only means something with TP > 1."""
     space = load_space(None, M, 4, preset="glm-4.6v")
     assert space.tp_choices == [1, 2, 4] and space.fixed.get("enable-chunked-prefill") is True
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
@@ -166,15 +168,19 @@ def test_space_conditions_ep_and_encoder_mode_only_with_tp():
         flags = space.sample(trial, M, 4)
         tp = flags["tensor-parallel-size"]
         assert tp * flags.get("data-parallel-size", 1) == 4
-        assert ("enable-expert-parallel" in flags) == (tp > 1)
+        assert "enable-expert-parallel" in flags
         assert ("mm-encoder-tp-mode" in flags) == (tp > 1)
         seen.add((tp, flags.get("enable-expert-parallel")))
         study.tell(trial, 0.0)
-    assert seen == {(1, None), (2, False), (2, True), (4, False), (4, True)}
+    assert seen == {(1, False), (1, True), (2, False), (2, True), (4, False), (4, True)}
     assert {p["tensor-parallel-size"] for p in space.grid(M, 4)} == {1, 2, 4}
     for point in space.grid(M, 4):
+        assert "enable-expert-parallel" in point
         if point["tensor-parallel-size"] == 1:
-            assert "enable-expert-parallel" not in point and "mm-encoder-tp-mode" not in point
+            assert "mm-encoder-tp-mode" not in point
+    one_gpu = load_space(None, M, 1, preset="glm-4.6v")
+    trial = optuna.create_study().ask()
+    assert "enable-expert-parallel" not in one_gpu.sample(trial, M, 1)  # one GPU: nothing to spread over
 
 
 # config.json of GLM-4.6V's text backbone alone, as vLLM loads it (benchmarks/gpu/mkmodel_glm46v.py writes this
