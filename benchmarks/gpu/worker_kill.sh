@@ -5,11 +5,14 @@
 # memory; the script prints GPU 1's memory every second until it is back, how long that took, and what the run
 # recorded for the killed trial (failed by the heartbeat, queued again).
 #   bash benchmarks/gpu/worker_kill.sh [DIR]        # runs in the foreground, about 10-20 minutes
+# The GPU machine has no PostgreSQL: build .device-stage/pg.tar.zst here first (bash benchmarks/gpu/pg_bundle.sh),
+# carry it, and unpack it to /tmp/pg there (its header says how); this script sources /tmp/pg/env.sh.
 set -uo pipefail
 dir=${1:-/tmp/worker-kill}
 mkdir -p "$dir"
 . /tmp/st/env.sh
-export PYTHONPATH=$PWD AUTOTUNE_HEARTBEAT_S=10
+[ -f /tmp/pg/env.sh ] && . /tmp/pg/env.sh  # PostgreSQL and psycopg carried in (pg_bundle.sh); the kit has neither
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} AUTOTUNE_HEARTBEAT_S=10
 python3 - "$dir" <<'PY'
 import os, signal, subprocess, sys, time
 import optuna
