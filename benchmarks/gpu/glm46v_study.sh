@@ -21,11 +21,6 @@ here=$(cd "$(dirname "$0")" && pwd)
 export STUDY=${STUDY:-glm46v-h200x2}
 model=${MODEL_DIR:-/tmp/glm46v}
 hard_limit_s=$1; shift
-r=${RESUME:-/nonexistent}
-if [ -f "$r/study.db" ] && [ ! -f "/tmp/st/$STUDY/study.db" ]; then
-  mkdir -p "/tmp/st/$STUDY/studies" && cp "$r/study.db" "/tmp/st/$STUDY/" && cp "$r/run.log" "/tmp/st/$STUDY/" 2>/dev/null
-  [ -f "$r/studies.tgz" ] && tar xzf "$r/studies.tgz" -C "/tmp/st/$STUDY"
-fi
 mkdir -p "$OUT/$STUDY"
 [ -f "$model/config.json" ] || (. /tmp/st/env.sh && python3 "$here/mkmodel_glm46v.py" "$model" --tokenizer-from /tmp/model) \
   > "$OUT/$STUDY/mkmodel.txt" 2>&1

@@ -1,7 +1,7 @@
 #!/bin/bash
 # One part of a real H100 study (run on the lent GPU machine after the device kit is installed; see
 # ../shared/device/README.md). Resumable: every part opens the same SQLite study in /tmp/st and adds trials.
-#   [STUDY=name] [CUDA_VISIBLE_DEVICES=i] bash benchmarks/gpu/h100_flash_study.sh HARD_LIMIT_S [more `autotune run` options]
+#   [STUDY=name] [RESUME=DIR] [CUDA_VISIBLE_DEVICES=i] bash benchmarks/gpu/h100_flash_study.sh HARD_LIMIT_S [more `autotune run` options]
 # No trial starts that would end later than HARD_LIMIT_S - 30 s; at HARD_LIMIT_S, SIGTERM (clean teardown).
 # Copies the study database, the run log and the server logs to $OUT/$STUDY/ after every part.
 set -uo pipefail
@@ -10,6 +10,12 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 study=${STUDY:-h100-flash}
 hard_limit_s=$1; shift
 dir=/tmp/st/$study
+# RESUME=DIR: an earlier part's copy ($OUT/$study of a machine since given back) is restored on a fresh machine
+r=${RESUME:-/nonexistent}
+if [ -f "$r/study.db" ] && [ ! -f "$dir/study.db" ]; then
+  mkdir -p "$dir/studies" && cp "$r/study.db" "$dir/" && cp "$r/run.log" "$dir/" 2>/dev/null
+  [ -f "$r/studies.tgz" ] && tar xzf "$r/studies.tgz" -C "$dir"
+fi
 mkdir -p "$dir/studies" "$OUT/$study"
 save() {
   cp "$dir/study.db" "$dir/run.log" "$OUT/$study/" 2>/dev/null

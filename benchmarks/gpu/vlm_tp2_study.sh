@@ -17,11 +17,6 @@ here=$(cd "$(dirname "$0")" && pwd)
 export STUDY=${STUDY:-vlm-tp2}
 model=${MODEL_DIR:-/tmp/vlm}
 hard_limit_s=$1; shift
-r=${RESUME:-/nonexistent}
-if [ -f "$r/study.db" ] && [ ! -f "/tmp/st/$STUDY/study.db" ]; then
-  mkdir -p "/tmp/st/$STUDY/studies" && cp "$r/study.db" "/tmp/st/$STUDY/" && cp "$r/run.log" "/tmp/st/$STUDY/" 2>/dev/null
-  [ -f "$r/studies.tgz" ] && tar xzf "$r/studies.tgz" -C "/tmp/st/$STUDY"
-fi
 mkdir -p "$OUT/$STUDY"
 [ -f "$model/config.json" ] || (. /tmp/st/env.sh && python3 -m autotune.testing.weightless_vlm "$model" --check) \
   > "$OUT/$STUDY/model-check.txt" 2>&1
