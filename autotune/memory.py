@@ -12,7 +12,7 @@ from autotune.flags import effective_flags, mm_limit
 from autotune.gpus import GpuSpec
 from autotune.models import ModelSpec
 
-__all__ = ["MemoryPlan", "plan_memory", "encoder_profiled", "activation_gib", "cuda_graph_estimate_gib", "GIB"]
+__all__ = ["GIB", "MemoryPlan", "activation_gib", "cuda_graph_estimate_gib", "encoder_profiled", "plan_memory"]
 
 GIB = 1024**3
 

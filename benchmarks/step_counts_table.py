@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from _shared import load_records
+
 from autotune.gpus import load_gpu
 from autotune.loadgen.runner import LoadConfig
 from autotune.loadgen.workload import parse_workload
@@ -147,6 +147,11 @@ def _steps_cell(steps: dict[str, int] | None) -> str:
     return f"{total:,}: " + ", ".join(f"{100 * n / total:.1f}%" for n in steps.values())
 
 
+def _pair(gpu: dict[str, float] | None, sim: dict[str, float], key: str, fmt: str) -> str:
+    """A "GPU / sim" cell of the client-side step figures (— where the GPU run kept no records)."""
+    return f"{format(gpu[key], fmt) if gpu else '—'} / {format(sim[key], fmt)}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dirs", type=Path, nargs="+")
@@ -169,10 +174,9 @@ def main() -> int:
     print("|---|---|---:|---|---|---|---|---|---|---|")
     for r in rows:
         g, s = r["gpu"], r["sim"]
-        gc, sc = g["client_steps"] or {}, s["client_steps"]
-        cell = lambda key, fmt: f"{format(gc[key], fmt) if gc else '—'} / {format(sc[key], fmt)}"  # noqa: E731
+        gc, sc = g["client_steps"], s["client_steps"]
         print(f"| {r['folder']} | {r['config']} | {r['concurrency']}{' cached' if r['cached'] else ''} "
-              f"| {cell('decode_step_ms', '.2f')} | {cell('prefill_adds_ms', '.1f')} "
+              f"| {_pair(gc, sc, 'decode_step_ms', '.2f')} | {_pair(gc, sc, 'prefill_adds_ms', '.1f')} "
               f"| {g['p99_itl_ms']:.1f} / {s['p99_itl_ms']:.1f} | {g['p50_tpot_ms']:.2f} / {s['p50_tpot_ms']:.2f} "
               f"| {g['output_tok_s']:,.0f} / {s['output_tok_s']:,.0f} | {_steps_cell(g['steps'])} "
               f"| {_steps_cell(s['steps'])} |")

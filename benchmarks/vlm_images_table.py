@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from _shared import load_records
+
 from autotune.gpus import load_gpu
 from autotune.loadgen.runner import LoadConfig
 from autotune.loadgen.workload import parse_workload
@@ -136,7 +136,8 @@ def singles(folder: Path, model: Any, gpu: Any) -> tuple[list[dict[str, Any]], d
         prefill_only = _predict(model, free_images, bench, {})
         extra_prefill_ms = prefill_only["ttft_ms"]["p50"] - base_sim["ttft_ms"]["p50"]
         images_ms = bench["ttft_ms"]["p50"] - base["ttft_ms"]["p50"] - extra_prefill_ms
-        modelled_ms = 1e3 * perf.encoder_step_s(*(lambda w: (w.total_s, w.longest_s))(perf.encoder_work(sizes * count)))
+        work = perf.encoder_work(sizes * count)
+        modelled_ms = 1e3 * perf.encoder_step_s(work.total_s, work.longest_s)
         row = {"run": path.stem, "images": count, "size": wl["sizes"][0],
                "ttft_p50_ms": bench["ttft_ms"]["p50"], "sim_ttft_p50_ms": sim["ttft_ms"]["p50"],
                "images_ms_implied": images_ms, "tower_ms_modelled": modelled_ms,

@@ -147,8 +147,8 @@ class _Server:
         "job",
         "open_outputs",
         "output_s",
-        "renderers_free_s",
         "queue",
+        "renderers_free_s",
         "request_s",
         "timer_s",
     )
