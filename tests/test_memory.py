@@ -18,6 +18,27 @@ def test_kv_tokens_match_vllm_on_h100(weightless_flash_dir: Path, kv_dtype: str,
     assert abs(plan.weights_gib_per_gpu - 17.56) < 0.05  # "Model loading took 17.56 GiB"
 
 
+# Every configuration the H100 studies started (docs/results/h100-flash.md has the command lines), KV tokens as
+# vLLM 0.26.0 printed them on one H100: the plan with vLLM's accounting, constants set from vLLM's defaults only.
+_H100_STARTS = [
+    ({"kv-cache-dtype": "fp8", "max-num-seqs": 768, "gpu-memory-utilization": 0.9}, 2_757_440),
+    ({"kv-cache-dtype": "fp8", "max-num-seqs": 512, "max-num-batched-tokens": 16384, "gpu-memory-utilization": 0.9},
+     2_712_176),
+    ({"max-num-seqs": 640, "max-num-batched-tokens": 2048, "gpu-memory-utilization": 0.95}, 1_474_384),
+    ({"max-num-seqs": 128, "kv-cache-dtype": "fp8", "gpu-memory-utilization": 0.95}, 2_942_224),
+    ({"max-num-seqs": 128, "max-num-batched-tokens": 16384, "kv-cache-dtype": "fp8", "gpu-memory-utilization": 0.85},
+     2_504_608),
+    ({"max-num-seqs": 384, "max-num-batched-tokens": 16384, "kv-cache-dtype": "fp8", "gpu-memory-utilization": 0.9},
+     2_714_736),
+]
+
+
+@pytest.mark.parametrize("flags, real_tokens", _H100_STARTS)
+def test_kv_tokens_of_the_h100_studies_other_starts(weightless_flash_dir: Path, flags: dict, real_tokens: int) -> None:
+    plan = plan_memory(resolve_model(str(weightless_flash_dir)), load_gpu("h100"), flags)
+    assert abs(plan.kv_cache_tokens - real_tokens) / real_tokens < 0.01
+
+
 def test_tiny_memory_utilization_refused(weightless_flash_dir: Path) -> None:
     plan = plan_memory(resolve_model(str(weightless_flash_dir)), load_gpu("h100"), {"gpu-memory-utilization": 0.2})
     assert not plan.fits and plan.failure_class == "kv_too_small"
