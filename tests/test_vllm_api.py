@@ -220,8 +220,8 @@ def test_engine_steps_by_tokens_between_two_scrapes() -> None:
                        + ["vllm:iteration_tokens_total_count{engine=\"0\",model_name=\"m\"} 12.0"])
     after = "\n".join(_iteration_tokens("0", [0, 0, 0, 0, 110, 110, 110, 110, 110, 130, 134, 134, 134, 134])
                       + _iteration_tokens("1", [0, 0, 0, 0, 50, 50, 50, 50, 50, 60, 60, 60, 60, 60]))
-    first = histogram_buckets(before, m.ITERATION_TOKENS.name)
-    last = histogram_buckets(after, m.ITERATION_TOKENS.name)
+    first = histogram_buckets(parse_prometheus(before), m.ITERATION_TOKENS.name)
+    last = histogram_buckets(parse_prometheus(after), m.ITERATION_TOKENS.name)
     assert first[64.0] == 10 and last[64.0] == 160 and last[float("inf")] == 194
     steps = steps_by_tokens(first, last)
     assert steps["le 64"] == 150 and steps["le 2048"] == 28 and steps["le 4096"] == 4

@@ -4,7 +4,8 @@ Records the maximum KV-cache usage, preemptions during the run, the maximum runn
 server's own mean latencies over the run from vLLM's latency histograms (their sum and count at the first and
 last scrape): TTFT and E2E from the request's arrival at the server, ITL between engine steps, and the time
 queued and in prefill; and the engine steps taken meanwhile by tokens per step (vLLM's iteration-tokens
-histogram, cumulative buckets by their upper bound). They cover every request the server recorded meanwhile (a warm-up too; one that ends as
+histogram, cumulative buckets by their upper bound). They cover every request the server recorded meanwhile (a
+warm-up too; one that ends as
 the run does may be recorded after the last scrape), and set beside the client's figures they show what lies
 outside the server (network, client). A scrape that fails is counted, never raised.
 """
@@ -12,29 +13,44 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from typing import Any
 
 import aiohttp
 
 from autotune.vllm_api import metrics as m
 
-__all__ = ["parse_prometheus", "MetricsScraper", "KV_USAGE_NAMES", "LATENCY_HISTOGRAMS", "histogram_totals",
+__all__ = ["parse_prometheus", "PromSamples", "MetricsScraper", "KV_USAGE_NAMES", "LATENCY_HISTOGRAMS", "histogram_totals",
            "server_latency_means", "histogram_buckets", "steps_by_tokens"]
 
 KV_USAGE_NAMES = (m.KV_CACHE_USAGE.name, m.LEGACY_GPU_CACHE_USAGE)  # a fraction in [0, 1]
 LATENCY_HISTOGRAMS = {key: metric.name for key, metric in m.LATENCY_HISTOGRAMS.items()}  # result key: name
 
 
-def parse_prometheus(text: str) -> dict[str, list[float]]:
-    """Sample values by metric name (label sets flattened) from the Prometheus text format."""
-    out: dict[str, list[float]] = {}
+class PromSamples(dict[str, list[float]]):
+    """Sample values by metric name (label sets flattened); ``buckets``: each histogram's cumulative bucket counts
+    by upper bound (``le``; +Inf as ``math.inf``), summed over its other label sets (engines)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buckets: dict[str, dict[float, float]] = {}
+
+
+_LE = re.compile(r'(?:^|,)\s*le="([^"]*)"')
+
+
+def parse_prometheus(text: str) -> PromSamples:
+    """The samples of a scrape in the Prometheus text format (:class:`PromSamples`)."""
+    out = PromSamples()
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         brace = line.find("{")
+        labels = ""
         if brace >= 0:
-            name, rest = line[:brace], line[line.rfind("}") + 1:]
+            close = line.rfind("}")
+            name, labels, rest = line[:brace], line[brace + 1:close], line[close + 1:]
         else:
             name, _, rest = line.partition(" ")
         fields = rest.split()
@@ -44,7 +60,15 @@ def parse_prometheus(text: str) -> dict[str, list[float]]:
             value = float(fields[0])
         except ValueError:
             continue
-        out.setdefault(name.strip(), []).append(value)
+        name = name.strip()
+        out.setdefault(name, []).append(value)
+        if name.endswith("_bucket") and (le := _LE.search(labels)):
+            try:
+                bound = float(le[1])  # float("+Inf") is inf
+            except ValueError:
+                continue
+            buckets = out.buckets.setdefault(name.removesuffix("_bucket"), {})
+            buckets[bound] = buckets.get(bound, 0.0) + value
     return out
 
 
@@ -54,25 +78,9 @@ def histogram_totals(samples: dict[str, list[float]]) -> dict[str, tuple[float, 
             for key, name in LATENCY_HISTOGRAMS.items() if f"{name}_sum" in samples and f"{name}_count" in samples}
 
 
-def histogram_buckets(text: str, name: str) -> dict[float, float]:
-    """A histogram's cumulative bucket counts by upper bound (``le``; +Inf as ``math.inf``), summed over its label
-    sets (engines), from the Prometheus text format."""
-    out: dict[float, float] = {}
-    prefix = f"{name}_bucket{{"
-    for line in text.splitlines():
-        if not line.startswith(prefix):
-            continue
-        labels, _, rest = line[len(prefix):].partition("}")
-        le = next((v.strip('"') for k, _, v in (part.partition("=") for part in labels.split(",")) if k == "le"), None)
-        fields = rest.split()
-        if le is None or not fields:
-            continue
-        try:
-            bound, value = float(le), float(fields[0])  # float("+Inf") is inf
-        except ValueError:
-            continue
-        out[bound] = out.get(bound, 0.0) + value
-    return out
+def histogram_buckets(samples: PromSamples, name: str) -> dict[float, float]:
+    """A histogram's cumulative bucket counts by upper bound, summed over its label sets (engines)."""
+    return dict(samples.buckets.get(name, {}))
 
 
 def steps_by_tokens(first: dict[float, float], last: dict[float, float]) -> dict[str, int]:
@@ -168,7 +176,7 @@ class MetricsScraper:
         if self.first_latency is None:
             self.first_latency = latency
         self.last_latency = latency
-        steps = histogram_buckets(text, m.ITERATION_TOKENS.name)
+        steps = histogram_buckets(samples, m.ITERATION_TOKENS.name)
         if steps:
             if self.first_steps is None:
                 self.first_steps = steps
