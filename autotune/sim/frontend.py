@@ -23,10 +23,10 @@ outputs wait behind them, and a loop that fell behind delivers several steps' to
 
 Model: each API server is one first-come-first-served server in modelled time with two kinds of job, and a
 renderer pool in front of it.
-- An arriving request (see below for its loop turns) with images first waits for their preprocessing by the API server's renderer worker that
+- An arriving request with images first waits for their preprocessing by the API server's renderer worker that
   frees first, in arrival order (:meth:`FrontEndConstants.images_s`: ``frontend_image_ms`` +
-  ``frontend_image_ms_per_mpx`` × megapixels per image); the loop goes on delivering tokens meanwhile. Then it is
-  a loop job of ``frontend_request_ms`` (the prompt's rendering and tokenization are counted here: fitted on
+  ``frontend_image_ms_per_mpx`` × megapixels per image); the loop goes on delivering tokens meanwhile. Every
+  request is then a loop job of ``frontend_request_ms`` (the prompt's rendering and tokenization are counted here: fitted on
   text requests, whose renderer time the runs do not separate from the loop's), taken in
   ``frontend_request_turns`` equal turns: after each, the request goes to the back of the queue, behind the
   outputs that arrived meanwhile (vLLM's handler awaits several times before the request reaches the engine);
@@ -67,7 +67,7 @@ At = Callable[[float, Callable[[], None]], Any]
 class FrontEndConstants:
     """The API server's CPU time per unit of work (keys of a calibration YAML; 0 where absent)."""
 
-    frontend_request_ms: float = 0.0  # per arriving request, on the event loop: HTTP, input processing, hand-off
+    frontend_request_ms: float = 0.0  # per arriving request, on the event loop (tokenization counted here: fitted)
     frontend_request_turns: float = 1.0  # loop turns it takes; between two, the loop serves what queued meanwhile
     frontend_output_us: float = 0.0  # per output of a step (a request's token): output processing
     frontend_chunk_us: float = 0.0  # per SSE chunk written (a request's tokens gathered since its last chunk)
