@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from _shared import load_records
 
+from autotune.engines.base import parse_startup_log
 from autotune.gpus import load_gpu
 from autotune.loadgen.runner import LoadConfig
 from autotune.loadgen.workload import parse_workload
@@ -166,17 +167,10 @@ def singles(folder: Path, model: Any, gpu: Any) -> tuple[list[dict[str, Any]], d
 def startup(folder: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for path in sorted(folder.glob("startup-*.txt")):
-        text = path.read_text()
-        kv = re.search(r"Available KV cache memory: ([\d.]+) GiB", text)
-        tokens = re.search(r"GPU KV cache size: ([\d,]+) tokens", text)
-        # vLLM 0.26 writes "took 48.59 s (compilation: 27.05 s)", older ones "took 48.59 seconds"
-        init = re.search(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s(?:econds)?\b", text)
-        profile = re.search(r"Initial profiling/warmup run took ([\d.]+) s(?:econds)?\b", text)
+        info = parse_startup_log(path.read_text())
         out[path.stem.removeprefix("startup-")] = {
-            "kv_cache_gib": float(kv[1]) if kv else None,
-            "kv_tokens": int(tokens[1].replace(",", "")) if tokens else None,
-            "init_s": float(init[1]) if init else None,
-            "profile_run_s": float(profile[1]) if profile else None}
+            "kv_cache_gib": info.available_kv_gib, "kv_tokens": info.kv_cache_tokens,
+            "init_s": info.engine_init_s, "profile_run_s": info.profile_run_s}
     default, skipped = out.get("default", {}), out.get("skip-profiling", {})
     if default.get("kv_cache_gib") is not None and skipped.get("kv_cache_gib") is not None:
         out["vision_profile_gib"] = skipped["kv_cache_gib"] - default["kv_cache_gib"]

@@ -164,3 +164,14 @@ def test_gpu_memory_used_mib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0,3"]
     assert gpu_memory_used_mib([0]) is None  # count mismatch: not trusted
     assert gpu_memory_used_mib([]) is None
+
+
+def test_the_profiling_runs_own_time() -> None:
+    """vLLM 0.26.0's "Initial profiling/warmup run took" line (the GLM-4.6V-Flash start on an H200): the start-up
+    time --skip-mm-profiling saves, apart from the compile cache's."""
+    text = ("(EngineCore pid=5979) INFO 11-30 21:13:39 [monitor.py:81] Initial profiling/warmup run took 0.56 s\n"
+            "(EngineCore pid=5979) INFO 11-30 21:13:58 [core.py:340] init engine (profile, create kv cache, warmup "
+            "model) took 48.59 s (compilation: 27.05 s)\n")
+    info = parse_startup_log(text)
+    assert (info.profile_run_s, info.engine_init_s, info.compile_s) == (0.56, 48.59, 27.05)
+    assert parse_startup_log("").profile_run_s is None

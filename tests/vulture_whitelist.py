@@ -26,6 +26,7 @@ _.gpu_memory_utilization
 _.memory_budget_gib
 _.peak_activation_gib
 _.graph_memory_estimate_gib
+_.profile_run_s  # read by benchmarks/vlm_images_table.py
 
 # Fields of the records a study stores, written to Optuna's storage through dataclasses.fields() (records.py)
 # and to the profile's YAML through pydantic's model_dump (profile.py): users, `autotune best` and export read them.

@@ -119,6 +119,7 @@ class StartupInfo:
     peak_activation_gib: float | None = None  # the profiling run's peak, at max-num-batched-tokens
     non_torch_gib: float | None = None
     graph_memory_estimate_gib: float | None = None  # what the KV cache was sized with; graph_memory_gib: taken
+    profile_run_s: float | None = None  # the memory profiling run (the encoder's on the largest images included)
     ready_s: float | None = None  # wall seconds from spawn to ready (set by the launcher)
 
     def as_dict(self) -> dict[str, float | int | None]:
@@ -147,6 +148,8 @@ _MEMORY_ACCOUNT = re.compile(
     rf"{_NUM} GiB for peak activation, {_NUM} GiB for non-torch memory, and {_NUM} GiB for CUDAGraph memory")
 # vllm/v1/worker/gpu_model_runner.py: "Estimated CUDA graph memory: %.2f GiB total" (taken out of the KV budget)
 _GRAPH_ESTIMATE = re.compile(rf"Estimated CUDA graph memory: {_NUM} GiB total")
+# vllm/v1/worker (0.26): "Initial profiling/warmup run took %.2f s"
+_PROFILE_RUN = re.compile(rf"Initial profiling/warmup run took {_NUM} s")
 # vllm/v1/engine/core.py: "init engine (profile, create kv cache, warmup model) took %.2f seconds"
 #   (newer: "... took %.2f s (compilation: %.2f s)")
 _ENGINE_INIT = re.compile(
@@ -192,6 +195,8 @@ def parse_startup_log(text: str) -> StartupInfo:
         out.setdefault("graph_memory_gib", _num(m[6]))
     if m := _last(_GRAPH_ESTIMATE, text):
         out["graph_memory_estimate_gib"] = _num(m[1])
+    if m := _last(_PROFILE_RUN, text):
+        out["profile_run_s"] = _num(m[1])
     return StartupInfo(**out)  # type: ignore[arg-type]
 
 
