@@ -197,7 +197,8 @@ def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, 
             result = search_load(measure, cfg, progress, deadline,
                                  reserve_s=TEARDOWN_RESERVE_S.get(settings.engine, 30.0))
             load_wall_s = time.perf_counter() - engine_ready
-            if not server.alive():
+            some_requests_failed = any(lv.result.failed for lv in result.levels)
+            if not server.alive() or (some_requests_failed and not server.answers()):
                 failure = ("crash", "the server died during the load search", server.log_tail(40))
             elif result.stop_reason.startswith(UNREACHABLE):
                 failure = ("crash", result.stop_reason, server.log_tail(40))

@@ -24,6 +24,7 @@ FAULT_CLASSES = {
     "oom-at-start": "oom",
     "hang-at-start": "timeout",
     "crash-after:20": "crash",
+    "engine-dead-after:20": "crash",  # its API server still up, answering 500, when the level ends
     "stall-stream": "requests_timeout",
     "bad-sse": "requests_malformed_stream",
     "http-500": "requests_http_5xx",

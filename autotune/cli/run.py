@@ -11,6 +11,7 @@ from autotune.cli.common import DURATION, LIMITS, echo_json, options_from_click
 from autotune.config import DEFAULT_P99_METRIC, RunOptions, build_study_config, choose_engine
 from autotune.errors import NoFeasibleConfigError
 from autotune.metrics import LATENCY_METRICS, describe_limits
+from autotune.sim.faults import FAULTS
 from autotune.storage import DEFAULT_STORAGE, open_storage
 from autotune.study import StudyConfig, StudyOutcome, run_study
 
@@ -83,8 +84,7 @@ def _default(field: str) -> Any:
               help="the GPUs this run may use (default: CUDA_VISIBLE_DEVICES, else every GPU); with the sim engine, "
                    "made-up ids that parallel trials share out")
 @click.option("--sim-fault", default=None, metavar="FAULT[@TRIAL,...]",
-              help="with --sim-server: the sim server makes this fault (oom-at-start, hang-at-start, crash-after:N, "
-                   "stall-stream, bad-sse, http-500, disconnect, ignore-sigterm, hold-port), on the given trials only")
+              help=f"with --sim-server: the sim server makes this fault ({', '.join(FAULTS)}), on the given trials only")
 @click.option("--try", "try_file", type=click.Path(dir_okay=False), default=None,
               help="YAML/JSON flags (a mapping or a list) to try right after the baselines, e.g. your hand tuning")
 # Two-sided 90%: a gain is claimed when the interval's lower end is above 0, a one-sided 5% test per claim.

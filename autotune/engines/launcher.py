@@ -204,6 +204,22 @@ class EngineServer:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def answers(self, within_s: float = 10.0) -> bool:
+        """Alive and ``/health`` 200 within ``within_s``. After a level whose requests failed: vLLM's API server
+        outlives its dead engine by seconds (answering 500, /health 503), so a process still running is not yet
+        a server still serving."""
+        deadline = time.monotonic() + within_s
+        while self.alive():
+            try:
+                if self._request("/health", timeout_s=2.0)[0] == 200:
+                    return True
+            except (OSError, urllib.error.URLError):
+                pass
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.25)
+        return False
+
     def log_tail(self, n: int = _LOG_TAIL_LINES) -> str:
         try:
             with open(self.log_path, "rb") as f:

@@ -6,7 +6,10 @@ At start: ``oom-at-start`` (vLLM's out-of-memory failure lines, exit 1), ``hang-
 While serving, on every streamed request (the launcher's readiness probe is not streamed, so the server still
 becomes ready): ``stall-stream`` (the first tokens, then nothing), ``bad-sse`` (events that are not JSON),
 ``http-500``, ``disconnect`` (the connection dropped after the first tokens). ``crash-after:N``: the process dies
-when request N + 1 arrives. At stop: ``ignore-sigterm`` (only SIGKILL ends it), ``hold-port`` (a child that
+when request N + 1 arrives. ``engine-dead-after:N``: as request N + 1 arrives the engine dies and the API server
+lives on a few seconds, as vLLM's does (its engine core's fatal error logged, every request answered 500
+EngineDeadError, ``/health`` 503, then the process exits): a trial whose server is still up when its load level
+ends must still be recorded as a crash. At stop: ``ignore-sigterm`` (only SIGKILL ends it), ``hold-port`` (a child that
 ignores SIGTERM keeps the listening socket, so the port stays taken until the process group is killed).
 """
 from __future__ import annotations
@@ -15,27 +18,28 @@ from dataclasses import dataclass
 
 __all__ = ["FAULTS", "Fault", "parse_fault", "FaultPlan", "parse_fault_plan", "TOKENS_BEFORE_FAULT", "MALFORMED_EVENT"]
 
-FAULTS = ("oom-at-start", "hang-at-start", "crash-after:N", "stall-stream", "bad-sse", "http-500", "disconnect",
-          "ignore-sigterm", "hold-port")
+FAULTS = ("oom-at-start", "hang-at-start", "crash-after:N", "engine-dead-after:N", "stall-stream", "bad-sse",
+          "http-500", "disconnect", "ignore-sigterm", "hold-port")
+_COUNTED = ("crash-after", "engine-dead-after")  # the faults that take a number of requests
 TOKENS_BEFORE_FAULT = 1  # token events a stalled or dropped stream sends first
 MALFORMED_EVENT = b'{"choices": [{"text": "x"'  # an SSE event cut in the middle of its JSON
 
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # one of FAULTS, without crash-after's ":N"
-    after_requests: int = 0  # crash-after: requests served before the process dies
+    kind: str  # one of FAULTS, without its ":N"
+    after_requests: int = 0  # crash-after, engine-dead-after: requests served before the engine dies
 
     def __str__(self) -> str:
-        return f"crash-after:{self.after_requests}" if self.kind == "crash-after" else self.kind
+        return f"{self.kind}:{self.after_requests}" if self.kind in _COUNTED else self.kind
 
 
 def parse_fault(text: str) -> Fault:
     """``crash-after:5`` -> Fault("crash-after", 5). Raises ValueError with a one-line reason."""
     kind, sep, arg = text.strip().partition(":")
-    if kind == "crash-after":
+    if kind in _COUNTED:
         if not sep or not arg.isdigit():
-            raise ValueError(f"{text!r}: expected crash-after:N with N a whole number of requests")
+            raise ValueError(f"{text!r}: expected {kind}:N with N a whole number of requests")
         return Fault(kind, int(arg))
     if sep or kind not in FAULTS:
         raise ValueError(f"unknown fault {text!r}; known: {', '.join(FAULTS)}")

@@ -51,6 +51,9 @@ from autotune.vllm_api.responder import (
 __all__ = ["serve_main", "SimTokenSource"]
 
 MAX_STARTUP_WAIT_S = 3.0
+# engine-dead-after: how long the API server outlives its engine. vLLM 0.26.0's with DP2 + EP on two H200s logged
+# its engine core's fatal error and was still shutting down 6 s later (docs/results/glm-4.6v-h200x2.md).
+ENGINE_DEAD_EXIT_S = 5.0
 
 
 class SimTokenSource:
@@ -152,19 +155,28 @@ class _SimGeneration:
 # -- faults -------------------------------------------------------------------------------------------------
 class _FaultySource:
     """The token source, with the faults that strike when a request arrives: ``http-500`` on a streamed request,
-    ``crash-after:N`` (the process dies as request N + 1 arrives)."""
+    ``crash-after:N`` (the process dies as request N + 1 arrives), ``engine-dead-after:N`` (from request N + 1 on,
+    500 EngineDeadError; the process exits ENGINE_DEAD_EXIT_S later)."""
 
     def __init__(self, source: SimTokenSource, fault: Fault) -> None:
         self.source, self.fault = source, fault
         self.requests = 0
+        self.engine_dead = False
 
     def start(self, request: GenerationRequest) -> _SimGeneration:
         self.requests += 1
-        if self.fault.kind == "crash-after" and self.requests > self.fault.after_requests:
-            _out(log_line("ERROR", "core.py:1019", "EngineCore encountered a fatal error.", 0), err=True)
+        dies = self.fault.kind in ("crash-after", "engine-dead-after") and self.requests > self.fault.after_requests
+        if dies and not self.engine_dead:
+            _out(log_line("ERROR", "core.py:1332", "EngineCore encountered a fatal error.", 0), err=True)
             _out(f"RuntimeError: fault injected: the engine died after {self.fault.after_requests} requests",
                  err=True)
-            os._exit(1)  # dies as a crashed engine does: no cleanup, no goodbye
+            if self.fault.kind == "crash-after":
+                os._exit(1)  # dies as a crashed engine does: no cleanup, no goodbye
+            self.engine_dead = True
+            asyncio.get_running_loop().call_later(ENGINE_DEAD_EXIT_S, os._exit, 1)
+        if self.engine_dead:
+            raise ApiError(500, "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+                           "EngineDeadError")
         if self.fault.kind == "http-500" and request.stream:
             raise ApiError(500, "fault injected: http-500", "InternalServerError")
         return self.source.start(request)
@@ -179,6 +191,11 @@ class _FaultyResponder(Responder):
     def __init__(self, *args: object, fault: Fault) -> None:
         super().__init__(*args)  # type: ignore[arg-type]
         self.fault = fault
+
+    async def health(self, request: web.Request) -> web.Response:
+        source = self.source
+        dead = isinstance(source, _FaultySource) and source.engine_dead
+        return web.Response(status=503 if dead else 200)  # vLLM's /health once its engine is dead
 
     async def write_event(self, resp: web.StreamResponse, kind: EventKind, data: bytes,
                           generation: Generation) -> None:
