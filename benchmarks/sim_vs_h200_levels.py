@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import dataclasses
 import gzip
+import importlib.util
 import json
 import math
 import shutil
@@ -66,6 +67,10 @@ from autotune.trial import TrialSettings, level_load_config, run_trial
 
 RAW = Path(__file__).resolve().parent.parent / "docs" / "results" / "raw"
 DATASETS = ("h200-pair3-ttft500-short", "h200-pair2-ttft500", "h200-pair4-itl50-short")
+# Datasets of another model than the pairs' weightless Flash: (label prefixed to their study key, config.json, GPUs
+# per trial). Never calibrated on (every run held out).
+_MKMODEL_GLM46V = Path(__file__).resolve().parent / "gpu" / "mkmodel_glm46v.py"
+OTHER_MODELS = {"h200x2-glm46v-study": ("GLM-4.6V on 2 H200s", _MKMODEL_GLM46V, 2)}
 BURST_S = 0.2  # "started together": within this many seconds
 METRICS = ("output_tok_s", "p99_ttft_ms", "p99_tpot_ms", "p99_itl_ms")  # compared level by level
 # The fit's calibration subset: every run of pair 2 (random:1024:512:0.5, 3 configurations) and vLLM's defaults of
@@ -133,11 +138,17 @@ def gpu_runs(dataset: str, tmp: Path) -> tuple[list[Run], dict[str, TrialSetting
         spec = fingerprint.workload["spec"]
         # the pairs' studies by workload and limit (the third and fourth pair share a workload)
         study_key = f"{spec}, " + ", ".join(f"P99 {m.upper()} <= {v:g} ms" for m, v in fingerprint.limits_ms.items())
+        if dataset in OTHER_MODELS:
+            study_key = f"{OTHER_MODELS[dataset][0]}: {study_key}"
         if study_key not in settings:
             settings[study_key] = sim_settings(spec, int(fingerprint.workload["seed"]), dict(fingerprint.limits_ms),
-                                               float(options.get("prompts_per_level", 3.0)))
+                                               float(options.get("prompts_per_level", 3.0)), dataset)
         s = settings[study_key]
         trials = {t.number: t for t in records.read_trials(study) if t.result is not None}
+        for t in [t for t in trials.values() if t.result.failure_class]:  # nothing measured to compare
+            print(f"{dataset}: trial {t.number} left out, it failed on the GPU ({t.result.failure_class})",
+                  file=sys.stderr)
+            del trials[t.number]
         root = folder / f"gpu{copy}" / study.study_name
         server = {f"{rm.trial_number}-c{rm.concurrency}-{i}": dict(m.metrics.get("server_metrics") or {})
                   for rm in records.read_remeasurements(study) for i, m in enumerate(rm.repeats)}
@@ -183,9 +194,18 @@ def remeasurement_runs(remeasurements: list[records.Remeasurement]) -> dict[str,
     return out
 
 
-def sim_settings(spec: str, seed: int, limits_ms: dict[str, float], prompts_per_level: float) -> TrialSettings:
-    model = spec_from_config(WEIGHTLESS_FLASH_CONFIG, "weightless-flash", "weightless-flash")
-    return TrialSettings(engine="sim", model=model, gpu=load_gpu("h200"), gpus=1,
+def sim_settings(spec: str, seed: int, limits_ms: dict[str, float], prompts_per_level: float,
+                 dataset: str) -> TrialSettings:
+    config, name, gpus = WEIGHTLESS_FLASH_CONFIG, "weightless-flash", 1
+    if dataset in OTHER_MODELS:
+        _, script, gpus = OTHER_MODELS[dataset]
+        loader = importlib.util.spec_from_file_location("mkmodel", script)
+        assert loader is not None and loader.loader is not None
+        module = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(module)
+        config, name = module.CONFIG, script.stem
+    model = spec_from_config(config, name, name)
+    return TrialSettings(engine="sim", model=model, gpu=load_gpu("h200"), gpus=gpus,
                          workload=parse_workload(spec, seed=seed), search=LoadSearchConfig(limits_ms=limits_ms),
                          prompts_per_level=prompts_per_level, sim_noise=None)
 
@@ -269,8 +289,17 @@ def replay(run: Run, settings: TrialSettings, setups: dict[str, Any], tmp: Path)
     run.gpu["p99_itl_ms"], run.sim["p99_itl_ms"] = run.gpu_p99_itl_ms, result.itl_ms.p99
 
 
+CALIBRATE_ON: set[str] = set()  # --calibrate-on: datasets every run of which calibrates (the others' as before)
+
+
+def calibration_text() -> str:
+    return "every run of " + ", ".join(sorted(CALIBRATE_ON)) if CALIBRATE_ON else CALIBRATION
+
+
 def is_calibration(run: Run) -> bool:
-    return run.label == "vLLM defaults"
+    if CALIBRATE_ON:
+        return run.dataset in CALIBRATE_ON
+    return run.label == "vLLM defaults" and run.dataset not in OTHER_MODELS
 
 
 def with_constants(settings: dict[str, TrialSettings], constants: dict[str, float]) -> dict[str, TrialSettings]:
@@ -306,11 +335,18 @@ def add_noise(run: Run, noise: RunNoise) -> None:
     sim["output_tok_s"] *= f_tput
 
 
+FIT_STEPS_ONLY: list[bool] = [False]  # --fit-steps-only
+
+
 def fit_loss(runs: list[Run]) -> float:
     """Mean over runs of the squared log errors: output tok/s (weighted 4x, as the H100 fit), P99 and P50 TTFT,
-    P99 TPOT and P99 ITL."""
+    P99 TPOT and P99 ITL. With --fit-steps-only, output tok/s (4x) and P99 TPOT alone: what the engine's step times
+    set. In a closed loop TTFT rises as steps get faster (requests return sooner, more prefills queue), so a fit
+    that counts a TTFT the sim under-predicts for other reasons would slow the steps down to raise it."""
     def sq(side_key: str, r: Run) -> float:
         return math.log(r.sim[side_key] / r.gpu[side_key]) ** 2
+    if FIT_STEPS_ONLY[0]:
+        return float(np.mean([4 * sq("output_tok_s", r) + sq("p99_tpot_ms", r) for r in runs]))
     return float(np.mean([4 * sq("output_tok_s", r) + sq("p99_ttft_ms", r) + sq("p50_ttft_ms", r)
                           + sq("p99_tpot_ms", r) + (sq("p99_itl_ms", r) if math.isfinite(r.gpu["p99_itl_ms"]) else 0.0)
                           for r in runs]))
@@ -587,7 +623,7 @@ def print_split(roles: list[dict], knee: dict, fitted: dict | None) -> None:
         print(f"Fitted on the calibration runs ({fitted['calibration_runs']} runs, {fitted['evaluations']} replays of "
               f"them; loss {fitted['start_loss']:.4f} -> {fitted['loss']:.4f}): "
               + ", ".join(f"{k} {v:.4g}" for k, v in fitted["constants"].items()))
-    print(f"Calibration: {CALIBRATION}; the rest held out.")
+    print(f"Calibration: {calibration_text()}; the rest held out.")
     print("| workload | role | configs | points | runs | tok/s err, median [range] | within 10% | P99 TTFT err | "
           "P99 TPOT err | P99 ITL err |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -735,6 +771,11 @@ def main() -> None:
                          "sim's spread at a fixed load match the GPU's?")
     ap.add_argument("--fit-bounds", nargs="+", default=[], metavar="NAME=LOW:HIGH",
                     help="fit only these constants, within these bounds (default: every constant of FIT_BOUNDS)")
+    ap.add_argument("--calibrate-on", nargs="+", default=[], metavar="DATASET",
+                    help="calibrate on every run of these datasets instead (e.g. the MoE constants on "
+                         "h200x2-glm46v-study, with --fit-bounds moe_hbm_efficiency=...)")
+    ap.add_argument("--fit-steps-only", action="store_true",
+                    help="the fit's loss on output tok/s and P99 TPOT alone (see fit_loss)")
     ap.add_argument("--constants", nargs="+", default=[], metavar="NAME=VALUE",
                     help="override calibration/h200.yaml's constants (e.g. the sim before the API server's: "
                          "frontend_request_ms=0 frontend_output_us=0 frontend_chunk_us=0 hbm_efficiency=0.765)")
@@ -748,6 +789,8 @@ def main() -> None:
                       for k, v in (b.split("=", 1) for b in args.fit_bounds)}
     except (ValueError, IndexError):
         ap.error("--fit-bounds takes NAME=LOW:HIGH with numeric bounds")
+    CALIBRATE_ON.update(args.calibrate_on)
+    FIT_STEPS_ONLY[0] = args.fit_steps_only
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sim-vs-h200-") as folder:
@@ -764,7 +807,7 @@ def main() -> None:
         if args.fit:
             fitted = fit(runs, settings, tmp, args.fit, fit_bounds or FIT_BOUNDS)
             settings = with_constants(settings, fitted["constants"])
-            print("fitted on " + CALIBRATION + ": " + json.dumps(fitted["constants"]), file=sys.stderr, flush=True)
+            print("fitted on " + calibration_text() + ": " + json.dumps(fitted["constants"]), file=sys.stderr, flush=True)
         setups: dict[str, Any] = {}
         for run in runs:
             replay(run, settings[run.workload], setups, tmp)
@@ -778,7 +821,7 @@ def main() -> None:
         split = server_split(runs)
     wall_s = time.monotonic() - t0
     if args.json:
-        print(json.dumps(json_safe({"fit": fitted, "calibration": CALIBRATION, "split_summary": roles,
+        print(json.dumps(json_safe({"fit": fitted, "calibration": calibration_text(), "split_summary": roles,
                                     "rows": rows, "summary": summ, "knees": knee, "diagnosis": diag, "server_split": split,
                           "runs": [{"dataset": r.dataset, "workload": r.workload, "copy": r.copy, "trial": r.trial,
                                     "source": r.source, "config": r.label, "concurrency": r.concurrency,

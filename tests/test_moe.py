@@ -2,6 +2,7 @@
 as a model folder. Fast: no servers."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -206,3 +207,36 @@ def test_text_backbone_folder_is_the_preset_without_its_vision_tower(tmp_path):
         assert getattr(spec, field) == getattr(M, field), field
     assert spec.vision is None and spec.total_params == M.total_params - VISION
     assert plan_memory(spec, H100, {"tensor-parallel-size": 4}).fits
+
+
+def _card(**constants):
+    return dataclasses.replace(H100, extra={**(H100.extra or {}), **constants})
+
+
+def test_moe_step_constants_reach_the_experts_alone():
+    """The fused-MoE terms (fitted on two H200s: docs/results/glm-4.6v-h200x2.md) change the experts' share of a
+    step and nothing of a dense model's."""
+    slow = _card(moe_hbm_efficiency=0.25, moe_compute_efficiency=0.2)
+    dense = resolve_model("flash")
+    for n in (1, 64, 8192):
+        assert PerfModel(dense, slow, {})._parts(n, min(n, 64), n <= 64) == \
+            PerfModel(dense, H100, {})._parts(n, min(n, 64), n <= 64)
+    base, moe = PerfModel(M, H100, {"tensor-parallel-size": 4}), PerfModel(M, slow, {"tensor-parallel-size": 4})
+    # decode: the memory term grows by the experts' bytes read at the lower bandwidth
+    touched = base.experts_touched(64)
+    c = base.c
+    extra_s = touched * base._expert_bytes * (1 / 0.25 - 1 / c.hbm_efficiency) / (H100.hbm_tb_s * 1e12 * 4)
+    assert moe._parts(64, 64, True)[1] - base._parts(64, 64, True)[1] == pytest.approx(extra_s)
+    # prefill: the compute term grows by the active experts' FLOPs at the lower efficiency
+    active = (8 + 1) * EXPERT * 45
+    extra_flops_s = 2 * 8192 * active * (1 / 0.2 - 1 / c.compute_efficiency) / (H100.bf16_tflops * 1e12 * 4)
+    assert moe._parts(8192, 8, False)[0] - base._parts(8192, 8, False)[0] == pytest.approx(extra_flops_s)
+
+
+def test_fp8_and_expert_parallel_have_their_own_expert_bandwidth():
+    card = _card(moe_hbm_efficiency=0.5, moe_fp8_hbm_efficiency=0.25, moe_ep_efficiency_factor=0.8)
+    bytes_s = H100.hbm_tb_s * 1e12 * 2
+    for flags, efficiency in (({}, 0.5), ({"quantization": "fp8"}, 0.25), ({"enable-expert-parallel": True}, 0.4),
+                              ({"quantization": "fp8", "enable-expert-parallel": True}, 0.2)):
+        assert PerfModel(M, card, {"tensor-parallel-size": 2, **flags})._expert_bytes_s == \
+            pytest.approx(bytes_s * efficiency)

@@ -43,6 +43,13 @@ class PerfConstants:
     sync_overhead_ms: float = 1.5  # CPU scheduling + output processing not hidden without async scheduling
     allreduce_latency_us: float = 8.0  # one NCCL all-reduce on NVLink, latency part
     nvlink_efficiency: float = 0.7
+    # The routed and shared experts' weight reads (vLLM's fused-MoE kernels): a fraction of the HBM bandwidth of
+    # their own, with bf16 and with fp8 weights, and a factor on it with expert parallel (whole experts per rank:
+    # the kernel runs on another shape). 0: as hbm_efficiency / as the bf16 figure.
+    moe_hbm_efficiency: float = 0.0
+    moe_fp8_hbm_efficiency: float = 0.0
+    moe_ep_efficiency_factor: float = 1.0
+    moe_compute_efficiency: float = 0.0  # of the tensor-core peak, for the experts' FLOPs (0: as compute_efficiency)
     # Vision tower: what each card's value rests on is in its calibration/*.yaml (docs/results/vlm-images.md).
     vision_compute_efficiency: float = 0.4  # of the dense peak, for the tower's FLOPs (1536-wide GEMMs, ViT attention)
     vision_tp_shard_efficiency: float = 0.6  # further factor when the tower is TP-sharded (weights mode)
@@ -111,9 +118,21 @@ class PerfModel:
         peak_tflops = gpu.fp8_tflops if quant_fp8 else gpu.bf16_tflops
         self._flops_s = peak_tflops * 1e12 * c.compute_efficiency * tp
         self._bytes_s = gpu.hbm_tb_s * 1e12 * c.hbm_efficiency * tp
+        moe_efficiency = c.moe_hbm_efficiency or c.hbm_efficiency
+        if quant_fp8:
+            moe_efficiency = c.moe_fp8_hbm_efficiency or moe_efficiency
+        if f.get("enable-expert-parallel"):
+            moe_efficiency *= c.moe_ep_efficiency_factor
+        self._expert_bytes_s = gpu.hbm_tb_s * 1e12 * moe_efficiency * tp
         w_elem = 1.0 if quant_fp8 else WEIGHT_DTYPE_BYTES.get(model.weight_dtype, 2.0)
         head = model.vocab_size * model.hidden_size
-        self._body_params = model.active_params_per_token - head  # per token through the layers
+        # Per token through the layers: the experts' GEMMs (fused-MoE kernels) at their own efficiency, the rest
+        # at the dense one, both expressed as dense-rate parameters.
+        expert_active = ((model.num_experts_per_tok + model.num_shared_experts) * model.expert_params
+                         * model.num_moe_layers) if model.is_moe else 0
+        moe_compute = c.moe_compute_efficiency or c.compute_efficiency
+        self._body_params = (model.active_params_per_token - head - expert_active
+                             + expert_active * c.compute_efficiency / moe_compute)
         self._head_params = head
         self._attn_flops_per_ctx = 4.0 * model.num_attention_heads * model.head_dim * model.num_layers
         self.kv_bytes_per_token = model.kv_bytes_per_token(kv_dtype)
@@ -194,8 +213,10 @@ class PerfModel:
                 # the bytes read are the same and the experts' partial sums go through the TP all-reduce
                 # counted below, so no extra communication (EP's per-rank load imbalance is not modelled).
                 touched = self.experts_touched(num_tokens)
-            weight_bytes += touched * self._expert_bytes
-        memory_s = (weight_bytes + num_tokens * self.kv_bytes_per_token) / self._bytes_s
+            expert_s = touched * self._expert_bytes / self._expert_bytes_s
+        else:
+            expert_s = 0.0
+        memory_s = (weight_bytes + num_tokens * self.kv_bytes_per_token) / self._bytes_s + expert_s
         if self.tp > 1:  # two all-reduces of the hidden states per layer (ring)
             msg = num_tokens * self._hidden_bytes * 2.0 * (self.tp - 1) / self.tp
             comm_s += 2 * self.model.num_layers * (self._ar_latency_s + msg / self._nvlink_b_s)
