@@ -105,7 +105,9 @@ class Run:
 
     @property
     def role(self) -> str:
-        return "calibration" if is_calibration(self) else "held out"
+        if is_calibration(self):
+            return "calibration"
+        return "MoE terms' fit" if self.dataset in OTHER_MODELS else "held out"
 
 
 def config_label(flags: dict[str, Any], baseline: str) -> str:
