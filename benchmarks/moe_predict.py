@@ -28,6 +28,7 @@ from autotune.gpus import load_gpu
 from autotune.loadsearch import LoadSearchConfig, search_load
 from autotune.memory import plan_memory
 from autotune.models import resolve_model
+from autotune.sim.engine import engine_failure_under_load
 from autotune.sim.predict import predict
 
 INPUT_LEN, OUTPUT_LEN = 1024, 512
@@ -89,6 +90,8 @@ def evaluate(model, gpu, flags: dict[str, Any], limits: list[float]) -> dict[str
             "p99_tpot_ms": best.result.tpot_ms.p99 if best else math.nan,
             "stop": res.stop_reason, "levels": len(res.levels),
         }
+        if best is None and res.stop_reason == "requests_failed" and engine_failure_under_load(model, f):
+            row["search"][str(int(limit))]["dies_under_load"] = engine_failure_under_load(model, f)
     return row
 
 
@@ -131,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
                  _fmt(row["weights_gib_per_gpu"], 1), _fmt(row["kv_tokens_per_engine"])]
         for k in keys:
             s = row["search"].get(k)
+            if s and s.get("dies_under_load"):
+                cells.append("dies under load (vLLM 0.26.0: DP with fp8 weights)")
+                continue
             cells.append("—" if not s else f"{_fmt(s['output_tok_s'])} @ {_fmt(s['concurrency'])} "
                                            f"({_fmt(s['p99_ttft_ms'])})")
         print("| " + " | ".join(cells) + " |")

@@ -155,6 +155,22 @@ def test_trial_keeps_startup_figures_and_failure_classes(tmp_path: Path) -> None
     assert "validation error for SchedulerConfig" in bad.log_tail and not bad.levels
 
 
+@pytest.mark.parametrize("sim_server", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_moe_data_parallel_with_fp8_weights_dies_under_load_as_vllm_does(tmp_path: Path, sim_server: bool) -> None:
+    """vLLM 0.26.0 starts GLM-4.6V with DP2 and fp8 weights, serves one request, and its engine dies at the first
+    batch of several (docs/results/glm-4.6v-h200x2.md): in the sim too, a crash with vLLM's error, not a winner."""
+    s = dataclasses.replace(settings("random:1024:128:0.5", time_scale=20.0, sim_server=sim_server),
+                            model=resolve_model("glm-4.6v"), gpu=load_gpu("h200"), gpus=2, gpu_ids=(0, 1))
+    dp_fp8 = {"tensor-parallel-size": 1, "data-parallel-size": 2, "enable-expert-parallel": True,
+              "quantization": "fp8", "kv-cache-dtype": "fp8"}
+    dead = run_trial(s, dp_fp8, "m", tmp_path / "dp" / "server.log")
+    assert not dead.feasible and dead.failure_class == "crash", (dead.failure_class, dead.failure_reason)
+    assert "AssertionError" in dead.log_tail and "EngineDeadError" in dead.log_tail
+    assert dead.startup["kv_cache_tokens"] > 0  # it started, as vLLM did
+    tp_fp8 = run_trial(s, {"tensor-parallel-size": 2, "quantization": "fp8"}, "m", tmp_path / "tp" / "server.log")
+    assert tp_fp8.feasible and tp_fp8.failure_class == ""
+
+
 # ---- determinism ---------------------------------------------------------------------------------------------
 
 def test_same_seed_same_trial_whatever_the_cpu_load(tmp_path: Path) -> None:

@@ -27,6 +27,8 @@ class EngineSetup:
     perf: PerfModel
     sched_cfg: SchedulerConfig
     frontend: FrontEndConstants = FrontEndConstants()
+    # Where vLLM starts and then dies at its first batch of two or more requests: the error it dies with (else "")
+    dies_under_load: str = ""
 
     def new_scheduler(self) -> Scheduler:
         return Scheduler(self.sched_cfg, self.perf)
@@ -70,4 +72,16 @@ def setup_engine(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any]) -> Engin
             "thread-safe and does not support concurrent renderer workers. Please set --renderer-num-workers 1 (the "
             "default), or disable the cache with --mm-processor-cache-gb 0.",
             "bad_flags")
-    return EngineSetup(model, gpu, f, plan, PerfModel(model, gpu, f), cfg, FrontEndConstants.from_gpu(gpu))
+    return EngineSetup(model, gpu, f, plan, PerfModel(model, gpu, f), cfg, FrontEndConstants.from_gpu(gpu),
+                       engine_failure_under_load(model, f))
+
+
+def engine_failure_under_load(model: ModelSpec, flags: dict[str, Any]) -> str:
+    """vLLM 0.26.0's error where it starts, answers one request, and dies when its data-parallel ranks step with
+    different token counts (``""`` where it serves). An MoE with DP > 1 and online fp8 weights: the MoE layer's
+    dispatch over the DP ranks (``all_gatherv``) asserts. Seen on two H200s with DP2 + EP + fp8 weights and KV
+    (docs/results/glm-4.6v-h200x2.md), and in vLLM issue #38999 with DP2 + fp8 without EP."""
+    if model.is_moe and int(flags["data-parallel-size"] or 1) > 1 and flags.get("quantization") == "fp8":
+        return ("AssertionError: the MoE layer's dispatch over the data-parallel ranks (all_gatherv) got ranks "
+                "with different token counts (vLLM 0.26.0, data parallel with fp8 weights)")
+    return ""

@@ -55,7 +55,7 @@ from autotune.sim.engine import EngineSetup, setup_engine
 from autotune.sim.frontend import ApiServers
 from autotune.sim.perf import EncoderWork
 from autotune.sim.scheduler import NO_IMAGES
-from autotune.sim.startup import failure_lines, startup_report
+from autotune.sim.startup import ENGINE_DEAD_MESSAGE, engine_death_lines, failure_lines, startup_report
 from autotune.sim.vclock import VirtualClockLoop
 from autotune.vllm_api.request import ApiError, parse_request
 
@@ -242,6 +242,11 @@ def _resolve(p: _Pending, out: RequestOutput) -> None:
         p.future.set_result(out)
 
 
+def _engine_dead_output(prompt_tokens: int, start_s: float) -> RequestOutput:
+    return RequestOutput(success=False, prompt_tokens=prompt_tokens, start_s=start_s,
+                         error=f"HTTP 500: {ENGINE_DEAD_MESSAGE}", error_kind="http_5xx")
+
+
 class SimTransport:
     """The load generator's transport to the sim engine in-process (see :class:`~autotune.loadgen.runner.
     Transport`). Needs a :class:`VirtualClockLoop`. ``rng`` draws the output length of a request sent
@@ -262,6 +267,7 @@ class SimTransport:
         self._in_flight: deque[tuple[float, _Pending]] = deque()
         self._timeout_s = math.inf
         self._sent = asyncio.Event()
+        self.engine_dead = False
 
     def prepare(self, spec: RequestSpec, endpoint: str, cfg: LoadConfig) -> SimRequest:
         """The body the load generator would send, read and checked by the server's own parser
@@ -310,6 +316,9 @@ class SimTransport:
                                  error=f"HTTP 400: {request.error}"[:206], error_kind="http_4xx"), False
         if timeout_s != self._timeout_s:
             raise ValueError(f"one request timeout per run ({self._timeout_s} s), got {timeout_s} s")
+        if self.setup.dies_under_load and (self.engine_dead or any(not p.future.done() for _, p in self._in_flight)):
+            self._engine_dies()  # two requests at once: vLLM's engine dies (EngineSetup.dies_under_load)
+            return _engine_dead_output(request.prompt_tokens, start_s), False
         max_out = request.max_tokens if request.ignore_eos else self.rng.randint(1, request.max_tokens)
         self._requests += 1
         pending = _Pending(now, request.prompt_tokens, loop.create_future(), self._requests)
@@ -326,6 +335,15 @@ class SimTransport:
             return RequestOutput(success=False, prompt_tokens=request.prompt_tokens, start_s=start_s,
                                  error="request timed out", error_kind="timeout"), False
         return out, True
+
+    def _engine_dies(self) -> None:
+        """Every request in flight fails as vLLM's API server fails them once its engine is dead."""
+        self.engine_dead = True
+        for _, pending in self._in_flight:
+            if not pending.future.done():
+                if pending.replica is not None:
+                    pending.replica.abort(pending)
+                pending.future.set_result(_engine_dead_output(pending.prompt_tokens, pending.arrival_s - self._t0))
 
     async def _watchdog(self) -> None:
         """Time out requests in flight past the run's request timeout, as the HTTP client does: the engine
@@ -349,7 +367,8 @@ class SimTransport:
 
 
 def bench_in_process(setup: EngineSetup, requests: list[RequestSpec], cfg: LoadConfig,
-                     progress: Progress = NULL_PROGRESS, rng: random.Random | None = None) -> BenchResult:
+                     progress: Progress = NULL_PROGRESS, rng: random.Random | None = None,
+                     transport: SimTransport | None = None) -> BenchResult:
     """One load run (:func:`~autotune.loadgen.runner.drive_load`) against a fresh sim engine in-process, on a
     virtual clock: ``cfg`` in modelled seconds (``time_scale`` 1).
 
@@ -357,7 +376,7 @@ def bench_in_process(setup: EngineSetup, requests: list[RequestSpec], cfg: LoadC
     machinery (a task's cancellation, an async generator's finaliser) they escaped as a printed traceback and
     could leave the trial RUNNING; delivered after it, they stop the study like an interrupt between levels."""
     with _signals_deferred(), asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
-        return runner.run(drive_load(SimTransport(setup, rng), requests, cfg, progress))
+        return runner.run(drive_load(transport or SimTransport(setup, rng), requests, cfg, progress))
 
 
 @contextlib.contextmanager
@@ -438,7 +457,11 @@ class InProcessSim:
             raise RuntimeError("bench() on an engine that is not started")
         if cfg.time_scale != 1.0:
             raise ValueError(f"the in-process sim runs in modelled time: time_scale 1, not {cfg.time_scale}")
-        result = bench_in_process(self.setup, requests, cfg, progress, self._rng)
+        transport = SimTransport(self.setup, self._rng)
+        result = bench_in_process(self.setup, requests, cfg, progress, transport=transport)
+        if transport.engine_dead:  # as the HTTP sim server's process, this engine is gone
+            self._write(engine_death_lines(self.setup.dies_under_load))
+            self._started = False
         return self.spec.sim_noise.apply(result, self._noise_rng) if self.spec.sim_noise else result
 
     def alive(self) -> bool:

@@ -36,7 +36,7 @@ from autotune.sim.args import ServeArgs
 from autotune.sim.engine import EngineSetup, setup_engine
 from autotune.sim.faults import MALFORMED_EVENT, TOKENS_BEFORE_FAULT, Fault
 from autotune.sim.replica import Engine, Stream
-from autotune.sim.startup import failure_lines, log_line, startup_report
+from autotune.sim.startup import ENGINE_DEAD_MESSAGE, engine_death_lines, failure_lines, startup_report
 from autotune.vllm_api import metrics as m
 from autotune.vllm_api.responder import (
     ApiError,
@@ -158,25 +158,26 @@ class _FaultySource:
     ``crash-after:N`` (the process dies as request N + 1 arrives), ``engine-dead-after:N`` (from request N + 1 on,
     500 EngineDeadError; the process exits ENGINE_DEAD_EXIT_S later)."""
 
-    def __init__(self, source: SimTokenSource, fault: Fault) -> None:
+    def __init__(self, source: SimTokenSource, fault: Fault, error: str = "") -> None:
         self.source, self.fault = source, fault
         self.requests = 0
         self.engine_dead = False
+        self.error = error or f"RuntimeError: fault injected: the engine died after {fault.after_requests} requests"
 
     def start(self, request: GenerationRequest) -> _SimGeneration:
         self.requests += 1
         dies = self.fault.kind in ("crash-after", "engine-dead-after") and self.requests > self.fault.after_requests
         if dies and not self.engine_dead:
-            _out(log_line("ERROR", "core.py:1332", "EngineCore encountered a fatal error.", 0), err=True)
-            _out(f"RuntimeError: fault injected: the engine died after {self.fault.after_requests} requests",
-                 err=True)
             if self.fault.kind == "crash-after":
+                _out(engine_death_lines(self.error)[0], err=True)
+                _out(self.error, err=True)
                 os._exit(1)  # dies as a crashed engine does: no cleanup, no goodbye
+            for line in engine_death_lines(self.error):
+                _out(line, err=True)
             self.engine_dead = True
             asyncio.get_running_loop().call_later(ENGINE_DEAD_EXIT_S, os._exit, 1)
         if self.engine_dead:
-            raise ApiError(500, "EngineCore encountered an issue. See stack trace (above) for the root cause.",
-                           "EngineDeadError")
+            raise ApiError(500, ENGINE_DEAD_MESSAGE, "EngineDeadError")
         if self.fault.kind == "http-500" and request.stream:
             raise ApiError(500, "fault injected: http-500", "InternalServerError")
         return self.source.start(request)
@@ -259,8 +260,11 @@ async def _serve(args: ServeArgs, setup: EngineSetup) -> int:
         _out(line)
     source = SimTokenSource(setup, args.time_scale, args.seed)
     served = setup.served_model((args.served_model_name,), args.model)
-    responder = (_FaultyResponder(served, _FaultySource(source, args.fault), fault=args.fault) if args.fault
-                 else Responder(served, source))
+    fault_made = args.fault
+    if setup.dies_under_load and not fault_made:  # vLLM's own failure: one request served, then the engine dies
+        fault_made = Fault("engine-dead-after", 1)
+    responder = (_FaultyResponder(served, _FaultySource(source, fault_made, setup.dies_under_load), fault=fault_made)
+                 if fault_made else Responder(served, source))
     runner = web.AppRunner(responder.app(), access_log=None, handle_signals=False)
     await runner.setup()
     try:

@@ -77,6 +77,16 @@ def startup_report(setup: EngineSetup, model_arg: str, host: str | None, port: i
     return StartupReport(times, lines)
 
 
+ENGINE_DEAD_MESSAGE = "EngineCore encountered an issue. See stack trace (above) for the root cause."
+
+
+def engine_death_lines(error: str) -> list[str]:
+    """What vLLM prints when its engine core dies while serving (the API server then answers 500
+    EngineDeadError); ``error`` is the root cause's exception line."""
+    return [log_line("ERROR", "core.py:1332", "EngineCore encountered a fatal error.", 0), error,
+            log_line("ERROR", "async_llm.py:704", f"vllm.v1.engine.exceptions.EngineDeadError: {ENGINE_DEAD_MESSAGE}")]
+
+
 def failure_lines(reason: str, failure_class: str) -> list[str]:
     """What vLLM prints to stderr when it fails to start: a config check (bad flags) fails in the API server
     as pydantic's validation error, before any engine core; memory fails in the engine core, the root cause
