@@ -4,7 +4,9 @@
 # each), and the wall-clock per trial of each (from the trials' records), with what was left behind after each.
 # Then the question a user with two GPUs asks first: a --gpus 2 study (TP2 against DP2 and the rest of the space)
 # against vLLM's TP2 default, with the gain and its interval (the verdict line and `best --json`).
-#   bash benchmarks/gpu/parallel_trials.sh start [DIR] [TRIALS]   # returns at once
+#   [TP2_TRIALS=12] [TP2_TIMEOUT=20m] bash benchmarks/gpu/parallel_trials.sh start [DIR] [TRIALS]   # returns at once
+# One 30-minute session holds TRIALS=2 (a Flash trial is ~4.5 min on an H200: serial ~9 min, parallel ~5) and the
+# --gpus 2 study with TP2_TIMEOUT=12m, after the kit's install.
 #   bash benchmarks/gpu/parallel_trials.sh status [DIR]           # "done" when finished; then the summary
 set -uo pipefail
 cmd=${1:-status}; dir=${2:-/tmp/parallel}; trials=${3:-6}
@@ -31,7 +33,8 @@ case "$cmd" in
         ps -eo pid,args | grep -E 'vllm|autotune' | grep -v grep > '$dir/'\$mode.procs-after.txt
       done
       python3 -m autotune run --model /tmp/model --engine vllm --load-format dummy --gpus 2 --p99-ms 500 \
-        --trials 12 --study tp2 --storage sqlite:///$dir/tp2.db --out '$dir/tp2' > '$dir/tp2.out' 2> '$dir/tp2.log'
+        --trials ${TP2_TRIALS:-12} --timeout ${TP2_TIMEOUT:-20m} --study tp2 --storage sqlite:///$dir/tp2.db \
+        --out '$dir/tp2' > '$dir/tp2.out' 2> '$dir/tp2.log'
       echo \$? > '$dir/tp2.rc'
       python3 -m autotune best --study tp2 --storage sqlite:///$dir/tp2.db --json > '$dir/tp2-best.json' 2>&1
       echo done > '$dir/state'
