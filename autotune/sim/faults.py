@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FAULTS", "Fault", "parse_fault", "FaultPlan", "parse_fault_plan", "TOKENS_BEFORE_FAULT", "MALFORMED_EVENT"]
+__all__ = ["FAULTS", "COUNTED_FAULTS", "Fault", "parse_fault", "FaultPlan", "parse_fault_plan", "TOKENS_BEFORE_FAULT",
+           "MALFORMED_EVENT"]
 
 FAULTS = ("oom-at-start", "hang-at-start", "crash-after:N", "engine-dead-after:N", "stall-stream", "bad-sse",
           "http-500", "disconnect", "ignore-sigterm", "hold-port")
-_COUNTED = ("crash-after", "engine-dead-after")  # the faults that take a number of requests
+COUNTED_FAULTS = ("crash-after", "engine-dead-after")  # the faults that take a number of requests
 TOKENS_BEFORE_FAULT = 1  # token events a stalled or dropped stream sends first
 MALFORMED_EVENT = b'{"choices": [{"text": "x"'  # an SSE event cut in the middle of its JSON
 
@@ -31,13 +32,13 @@ class Fault:
     after_requests: int = 0  # crash-after, engine-dead-after: requests served before the engine dies
 
     def __str__(self) -> str:
-        return f"{self.kind}:{self.after_requests}" if self.kind in _COUNTED else self.kind
+        return f"{self.kind}:{self.after_requests}" if self.kind in COUNTED_FAULTS else self.kind
 
 
 def parse_fault(text: str) -> Fault:
     """``crash-after:5`` -> Fault("crash-after", 5). Raises ValueError with a one-line reason."""
     kind, sep, arg = text.strip().partition(":")
-    if kind in _COUNTED:
+    if kind in COUNTED_FAULTS:
         if not sep or not arg.isdigit():
             raise ValueError(f"{text!r}: expected {kind}:N with N a whole number of requests")
         return Fault(kind, int(arg))

@@ -34,7 +34,7 @@ from autotune.gpus import load_gpu
 from autotune.models import resolve_model
 from autotune.sim.args import ServeArgs
 from autotune.sim.engine import EngineSetup, setup_engine
-from autotune.sim.faults import MALFORMED_EVENT, TOKENS_BEFORE_FAULT, Fault
+from autotune.sim.faults import COUNTED_FAULTS, MALFORMED_EVENT, TOKENS_BEFORE_FAULT, Fault
 from autotune.sim.replica import Engine, Stream
 from autotune.sim.startup import ENGINE_DEAD_MESSAGE, engine_death_lines, failure_lines, startup_report
 from autotune.vllm_api import metrics as m
@@ -52,7 +52,8 @@ __all__ = ["serve_main", "SimTokenSource"]
 
 MAX_STARTUP_WAIT_S = 3.0
 # engine-dead-after: how long the API server outlives its engine. vLLM 0.26.0's with DP2 + EP on two H200s logged
-# its engine core's fatal error and was still shutting down 6 s later (docs/results/glm-4.6v-h200x2.md).
+# its engine core's fatal error and was still logging its workers' shutdown 6 s later, when the trial stopped it
+# (docs/results/glm-4.6v-h200x2.md).
 ENGINE_DEAD_EXIT_S = 5.0
 
 
@@ -166,7 +167,7 @@ class _FaultySource:
 
     def start(self, request: GenerationRequest) -> _SimGeneration:
         self.requests += 1
-        dies = self.fault.kind in ("crash-after", "engine-dead-after") and self.requests > self.fault.after_requests
+        dies = self.fault.kind in COUNTED_FAULTS and self.requests > self.fault.after_requests
         if dies and not self.engine_dead:
             if self.fault.kind == "crash-after":
                 _out(engine_death_lines(self.error)[0], err=True)
