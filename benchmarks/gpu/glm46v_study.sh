@@ -14,8 +14,9 @@
 # card, this folder; its MoE step terms uncalibrated) puts TP2 defaults at P99 TTFT 300 ms at concurrency 128 and
 # 424 ms at 192 (2,569 and 3,073 output tok/s), so each load search stays within a few levels of a few hundred
 # requests (the sim's high-load TTFT ran low on the 9B: the GPU's knee may lie lower still).
-# Expected: a cold start 135-200 s (measured for these layouts), a load search 3-6 min: 5-8 min a trial; two
-# parts of ~9 min hold the baselines and 1-2 trials, a third the final comparison.
+# Measured (docs/results/glm-4.6v-h200x2.md): ready in 132-192 s, a trial 208-370 s, a fresh-server
+# re-measurement ~2.3 min; one ~9-min part holds one trial. A part that ends by its timeout spends the time left on
+# the final comparison: search parts take --repeats 0, the last part --trials 0 --repeats N.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 export STUDY=${STUDY:-glm46v-h200x2}
