@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from autotune import __version__
+from autotune.engines.base import StartupInfo
 from autotune.fileio import write_text_atomically
 from autotune.jsonsafe import json_safe
 from autotune.records import TrialRecord
@@ -142,6 +143,7 @@ class Profile(_Record):
     unconfirmed: list[int]  # finalists cut short before they were measured as the others
     baseline: str | None  # the winner's baseline name when a baseline won
     study: StudyRef
+    notes: list[str] = []  # what the engine said about the winner that no serve flag changes (untuned kernels)
 
 
 def _version(package: str) -> str | None:
@@ -223,7 +225,20 @@ def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRec
         unconfirmed=selection.unconfirmed, baseline=winner.baseline or None,
         study=StudyRef(name=cfg.study_name, trial_number=winner.trial_number, storage=redact_url(cfg.storage_url),
                        trials=n_trials),
+        notes=engine_notes(StartupInfo.from_dict(winner_trial.result.startup)),
     )
+
+
+def engine_notes(startup: StartupInfo) -> list[str]:
+    """What the winner's server said at start that a user can act on outside the serve flags."""
+    notes = []
+    if missing := startup.untuned_moe_config:
+        notes.append(
+            f"vLLM ran the MoE layers on its fused-MoE kernel's default config: no tuned config {missing} ships for "
+            "this GPU and shape. Tuning one (vLLM's benchmarks/kernels/benchmark_moe.py --tune, then "
+            "VLLM_TUNED_CONFIG_FOLDER) is a lever outside the serve flags; on two H200s, GLM-4.6V's fp8 experts "
+            "ran at about a third of bf16's bandwidth on the default config (docs/results/glm-4.6v-h200x2.md).")
+    return notes
 
 
 def write_profile(profile: Profile, path: Path) -> Path:

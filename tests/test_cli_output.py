@@ -2,6 +2,7 @@
 name and the `vllm serve` line are never wrapped or cut, and a study's progress is one line per trial."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,23 @@ def test_piped_output_keeps_names_and_commands_whole(capsys, tmp_path):
                                             line.strip().endswith("1024") for line in best)
     assert main(["studies", "--storage", url]) == 0
     assert f"study={NAME} " in capsys.readouterr().out
+
+
+def test_engine_notes_follow_the_verdict(capsys, tmp_path):
+    """A note on the winner (an untuned MoE kernel, read from vLLM's start) is printed after the verdict, whole."""
+    import io
+
+    from rich.console import Console
+
+    from autotune.cli.run import print_summary
+
+    code = main(["run", "--model", "flash", "--engine", "sim", "--p99-ms", "500", "--storage",
+                 f"sqlite:///{tmp_path}/s.db", "--trials", "2", "--workload", "random:256:16", "--repeats", "0",
+                 "--top-k", "0", "--max-concurrency", "64", "--out", str(tmp_path / "out"), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["notes"] == []  # the sim prints no such line
+    note = "vLLM ran the MoE layers on its fused-MoE kernel's default config: " + "x" * 200
+    out = io.StringIO()
+    print_summary({**report, "notes": [note]}, Console(file=out, width=80, soft_wrap=True))  # as `run` prints
+    lines = out.getvalue().splitlines()
+    assert lines[lines.index(report["verdict"]) + 1] == f"note: {note}" and lines[-1].startswith("Profile: ")

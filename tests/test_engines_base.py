@@ -175,3 +175,21 @@ def test_the_profiling_runs_own_time() -> None:
     info = parse_startup_log(text)
     assert (info.profile_run_s, info.engine_init_s, info.compile_s) == (0.56, 48.59, 27.05)
     assert parse_startup_log("").profile_run_s is None
+
+
+def test_an_untuned_moe_kernel_is_named_and_noted() -> None:
+    """vLLM 0.26.0 on two H200s, GLM-4.6V with fp8 weights (its profiling run): the tuning file it did not find is
+    kept, and the profile says what it means; a dense model's start has neither."""
+    from autotune.profile import engine_notes
+
+    text = ("(Worker_TP0 pid=4635) WARNING 11-30 23:42:14 [fused_moe.py:1107] Using default MoE config. Performance "
+            "might be sub-optimal! Config file not found at /tmp/site/vllm/model_executor/layers/fused_moe/configs/"
+            "E=128,N=704,device_name=NVIDIA_H200,dtype=fp8_w8a8.json, /tuned/E=128,N=704,device_name=NVIDIA_H200,"
+            "dtype=fp8_w8a8.json\n")
+    name = "E=128,N=704,device_name=NVIDIA_H200,dtype=fp8_w8a8.json"
+    info = parse_startup_log(SAMPLE_VLLM_LOG + text)
+    assert info.untuned_moe_config == name and info.kv_cache_tokens == 1_369_488
+    (note,) = engine_notes(StartupInfo.from_dict(info.as_dict()))  # as a trial record keeps it
+    assert name in note and "benchmark_moe.py --tune" in note
+    assert parse_startup_log(SAMPLE_VLLM_LOG).untuned_moe_config is None
+    assert engine_notes(StartupInfo.from_dict({"kv_cache_tokens": 5, "a_later_figure": 1.0})) == []

@@ -137,6 +137,7 @@ def run_report(outcome: StudyOutcome, cfg: StudyConfig) -> dict[str, Any]:
                           "p99": {m: p.model_dump() for m, p in profile.metrics.p99.items()},
                           "output_tok_s_at_limit": profile.metrics.output_tok_s_at_limit.mean,
                           "baseline": profile.baseline}
+        report["notes"] = list(profile.notes)
     else:
         report["best"] = None
     report.update(
@@ -180,6 +181,8 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
             gain = ""
         console.print(f"  against {name} (trial {b['trial']}): {figure}{gain}")
     console.print(report["verdict"])
+    for note in report.get("notes") or []:
+        console.print(f"note: {note}", markup=False, highlight=False)
     console.print(f"Profile: {report['profile_path']}", markup=False, highlight=False)
 
 

@@ -10,6 +10,7 @@ import re
 import shlex
 import shutil
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,12 +122,24 @@ class StartupInfo:
     graph_memory_estimate_gib: float | None = None  # what the KV cache was sized with; graph_memory_gib: taken
     profile_run_s: float | None = None  # the memory profiling run (the encoder's on the largest images included)
     ready_s: float | None = None  # wall seconds from spawn to ready (set by the launcher)
+    # The fused-MoE tuning file vLLM looked for and did not find ("E=128,N=704,device_name=NVIDIA_H200.json"): its
+    # MoE layers run on the kernel's default config. None: a tuned one was found, or the model is not an MoE.
+    untuned_moe_config: str | None = None
 
-    def as_dict(self) -> dict[str, float | int | None]:
+    def as_dict(self) -> dict[str, float | int | str | None]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StartupInfo:
+        """A trial record's startup figures (keys it does not know are left out: older or newer records)."""
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 _NUM = r"(-?[\d,]*\.?\d+)"
+# vllm/model_executor/layers/fused_moe/fused_moe.py, at the profiling run: "Using default MoE config. Performance
+# might be sub-optimal! Config file not found at %s" (the paths it tried, joined by ", ")
+_MOE_DEFAULT_CONFIG = re.compile(r"Using default MoE config\. Performance might be sub-optimal! Config file not found "
+                                 r"at (\S+?\.json)")
 # vllm/v1/worker/gpu_model_runner.py (and gpu/model_runner.py):
 #   "Model loading took %s GiB memory and %.6f seconds"  (newer: "Model loading took %s GiB and %.6f seconds")
 _MODEL_LOAD = re.compile(rf"Model loading took {_NUM} GiB(?: memory)? and {_NUM} seconds")
@@ -172,7 +185,7 @@ def _last(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
 
 def parse_startup_log(text: str) -> StartupInfo:
     """Read vLLM's (or the sim engine's vLLM-like) startup lines into a StartupInfo."""
-    out: dict[str, float | int | None] = {}
+    out: dict[str, float | int | str | None] = {}
     if m := _last(_MODEL_LOAD, text):
         out["model_memory_gib"], out["model_load_s"] = _num(m[1]), _num(m[2])
     if m := _last(_AVAILABLE_KV, text):
@@ -197,6 +210,8 @@ def parse_startup_log(text: str) -> StartupInfo:
         out["graph_memory_estimate_gib"] = _num(m[1])
     if m := _last(_PROFILE_RUN, text):
         out["profile_run_s"] = _num(m[1])
+    if m := _last(_MOE_DEFAULT_CONFIG, text):
+        out["untuned_moe_config"] = m[1].rsplit("/", 1)[-1]  # the first of the paths it tried
     return StartupInfo(**out)  # type: ignore[arg-type]
 
 
