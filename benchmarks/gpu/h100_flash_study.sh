@@ -10,11 +10,14 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 study=${STUDY:-h100-flash}
 hard_limit_s=$1; shift
 dir=/tmp/st/$study
-# RESUME=DIR: an earlier part's copy ($OUT/$study of a machine since given back) is restored on a fresh machine
+# RESUME=DIR: an earlier part's copy ($OUT/$study of a machine since given back) is restored on a fresh machine;
+# or a published raw-data folder (docs/results/raw/NAME, its database as gpu0.db.gz)
 r=${RESUME:-/nonexistent}
 if [ -f "$r/study.db" ] && [ ! -f "$dir/study.db" ]; then
   mkdir -p "$dir/studies" && cp "$r/study.db" "$dir/" && cp "$r/run.log" "$dir/" 2>/dev/null
   [ -f "$r/studies.tgz" ] && tar xzf "$r/studies.tgz" -C "$dir"
+elif [ -f "$r/gpu0.db.gz" ] && [ ! -f "$dir/study.db" ]; then
+  mkdir -p "$dir/studies" && gunzip -c "$r/gpu0.db.gz" > "$dir/study.db" && cat "$r/run.log" > "$dir/run.log" 2>/dev/null
 fi
 mkdir -p "$dir/studies" "$OUT/$study"
 save() {
