@@ -78,6 +78,9 @@ _GLM46V_H200X2_KV_TOKENS = {
     "dp2-ep-fp8w-kvfp8": ({"data-parallel-size": 2, "enable-expert-parallel": True, "quantization": "fp8",
                            "kv-cache-dtype": "fp8"}, 766_608),
     "tp2-ep-kvfp8": ({"tensor-parallel-size": 2, "enable-expert-parallel": True, "kv-cache-dtype": "fp8"}, 562_384),
+    # the study's trial 3 (docs/results/raw/h200x2-glm46v-study/), a layout the plan was never fitted on
+    "tp2-fp8w-kvfp8": ({"tensor-parallel-size": 2, "quantization": "fp8", "kv-cache-dtype": "fp8",
+                        "max-num-seqs": 1024}, 1_681_808),
 }
 
 
