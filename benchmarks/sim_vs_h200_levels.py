@@ -291,7 +291,7 @@ def replay(run: Run, settings: TrialSettings, setups: dict[str, Any], tmp: Path)
     run.gpu["p99_itl_ms"], run.sim["p99_itl_ms"] = run.gpu_p99_itl_ms, result.itl_ms.p99
 
 
-CALIBRATE_ON: set[str] = set()  # --calibrate-on: datasets every run of which calibrates (the others' as before)
+CALIBRATE_ON: set[str] = set()  # --calibrate-on: datasets every run of which calibrates (else: CALIBRATION)
 
 
 def calibration_text() -> str:
