@@ -27,7 +27,8 @@ class EngineSetup:
     perf: PerfModel
     sched_cfg: SchedulerConfig
     frontend: FrontEndConstants = FrontEndConstants()
-    # Where vLLM starts and then dies at its first batch of two or more requests: the error it dies with (else "")
+    # Where vLLM starts and then dies under load: the error it dies with (else ""). The sim's engine dies as a
+    # request arrives while another is in flight (in-process: SimTransport; over HTTP: the server's source).
     dies_under_load: str = ""
 
     def new_scheduler(self) -> Scheduler:
@@ -77,7 +78,7 @@ def setup_engine(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any]) -> Engin
 
 
 def engine_failure_under_load(model: ModelSpec, flags: dict[str, Any]) -> str:
-    """vLLM 0.26.0's error where it starts, answers one request, and dies when its data-parallel ranks step with
+    """vLLM 0.26.0's error where it starts, answers a request alone, and dies when its data-parallel ranks step with
     different token counts (``""`` where it serves). An MoE with DP > 1 and online fp8 weights: the MoE layer's
     dispatch over the DP ranks (``all_gatherv``) asserts. Seen on two H200s with DP2 + EP + fp8 weights and KV
     (docs/results/glm-4.6v-h200x2.md), and in vLLM issue #38999 with DP2 + fp8 without EP."""

@@ -157,29 +157,33 @@ class _SimGeneration:
 class _FaultySource:
     """The token source, with the faults that strike when a request arrives: ``http-500`` on a streamed request,
     ``crash-after:N`` (the process dies as request N + 1 arrives), ``engine-dead-after:N`` (from request N + 1 on,
-    500 EngineDeadError; the process exits ENGINE_DEAD_EXIT_S later)."""
+    500 EngineDeadError; the process exits ENGINE_DEAD_EXIT_S later); and, where vLLM's engine dies under load
+    (``dies_under_load``, its error), that death as a request arrives while another is in flight."""
 
-    def __init__(self, source: SimTokenSource, fault: Fault, error: str = "") -> None:
-        self.source, self.fault = source, fault
+    def __init__(self, source: SimTokenSource, fault: Fault | None, dies_under_load: str = "") -> None:
+        self.source, self.fault, self.dies_under_load = source, fault, dies_under_load
+        self.kind = fault.kind if fault else ""
         self.requests = 0
         self.engine_dead = False
-        self.error = error or f"RuntimeError: fault injected: the engine died after {fault.after_requests} requests"
 
     def start(self, request: GenerationRequest) -> _SimGeneration:
         self.requests += 1
-        dies = self.fault.kind in COUNTED_FAULTS and self.requests > self.fault.after_requests
-        if dies and not self.engine_dead:
-            if self.fault.kind == "crash-after":
-                _out(engine_death_lines(self.error)[0], err=True)
-                _out(self.error, err=True)
+        counted = self.fault is not None and self.kind in COUNTED_FAULTS and self.requests > self.fault.after_requests
+        loaded = bool(self.dies_under_load) and any(e.outstanding for e in self.source.engines)
+        if (counted or loaded) and not self.engine_dead:
+            error = self.dies_under_load if loaded else \
+                f"RuntimeError: fault injected: the engine died after {self.requests - 1} requests"
+            if self.kind == "crash-after" and not loaded:
+                _out(engine_death_lines(error)[0], err=True)
+                _out(error, err=True)
                 os._exit(1)  # dies as a crashed engine does: no cleanup, no goodbye
-            for line in engine_death_lines(self.error):
+            for line in engine_death_lines(error):
                 _out(line, err=True)
             self.engine_dead = True
             asyncio.get_running_loop().call_later(ENGINE_DEAD_EXIT_S, os._exit, 1)
         if self.engine_dead:
             raise ApiError(500, ENGINE_DEAD_MESSAGE, "EngineDeadError")
-        if self.fault.kind == "http-500" and request.stream:
+        if self.kind == "http-500" and request.stream:
             raise ApiError(500, "fault injected: http-500", "InternalServerError")
         return self.source.start(request)
 
@@ -190,9 +194,9 @@ class _FaultySource:
 class _FaultyResponder(Responder):
     """vLLM's responses, with the stream faults: ``stall-stream``, ``bad-sse``, ``disconnect``."""
 
-    def __init__(self, *args: object, fault: Fault) -> None:
+    def __init__(self, *args: object, fault: Fault | None) -> None:
         super().__init__(*args)  # type: ignore[arg-type]
-        self.fault = fault
+        self.kind = fault.kind if fault else ""
 
     async def health(self, request: web.Request) -> web.Response:
         source = self.source
@@ -203,14 +207,14 @@ class _FaultyResponder(Responder):
                           generation: Generation) -> None:
         gen = generation
         assert isinstance(gen, _SimGeneration)
-        if self.fault.kind == "bad-sse" and kind != "done":
+        if self.kind == "bad-sse" and kind != "done":
             data = MALFORMED_EVENT
         # After the first tokens, whatever comes next (more tokens, the usage, [DONE]): a short response may
         # arrive in one batch, and it must not escape the fault.
         if gen.token_events >= TOKENS_BEFORE_FAULT:
-            if self.fault.kind == "stall-stream":
+            if self.kind == "stall-stream":
                 await asyncio.Event().wait()  # never set: the client's timeout ends the request
-            if self.fault.kind == "disconnect":
+            if self.kind == "disconnect":
                 raise ConnectionResetError("fault injected: the server drops the connection")
         await super().write_event(resp, kind, data, generation)
         if kind == "tokens":
@@ -261,11 +265,8 @@ async def _serve(args: ServeArgs, setup: EngineSetup) -> int:
         _out(line)
     source = SimTokenSource(setup, args.time_scale, args.seed)
     served = setup.served_model((args.served_model_name,), args.model)
-    fault_made = args.fault
-    if setup.dies_under_load and not fault_made:  # vLLM's own failure: one request served, then the engine dies
-        fault_made = Fault("engine-dead-after", 1)
-    responder = (_FaultyResponder(served, _FaultySource(source, fault_made, setup.dies_under_load), fault=fault_made)
-                 if fault_made else Responder(served, source))
+    responder = (_FaultyResponder(served, _FaultySource(source, args.fault, setup.dies_under_load), fault=args.fault)
+                 if args.fault or setup.dies_under_load else Responder(served, source))
     runner = web.AppRunner(responder.app(), access_log=None, handle_signals=False)
     await runner.setup()
     try:
