@@ -28,5 +28,4 @@ mkdir -p "$OUT/$STUDY"
 args=(--model "$model" --gpus 2 --space "$here/glm46v_h200x2_space.yaml" --try "$here/glm46v_h200x2_try.yaml"
       --workload "${WORKLOAD:-random:1024:128:0.5}" --p99-ms "${P99_MS:-500}"
       --trials 6 --top-k 3 --repeats 1 "$@")
-echo "STUDY=$STUDY bash $here/h100_flash_study.sh $hard_limit_s ${args[*]}" >> "$OUT/$STUDY/commands.txt"
 exec bash "$here/h100_flash_study.sh" "$hard_limit_s" "${args[@]}"

@@ -20,6 +20,7 @@ elif [ -f "$r/gpu0.db.gz" ] && [ ! -f "$dir/study.db" ]; then
   mkdir -p "$dir/studies" && gunzip -c "$r/gpu0.db.gz" > "$dir/study.db" && cat "$r/run.log" > "$dir/run.log" 2>/dev/null
 fi
 mkdir -p "$dir/studies" "$OUT/$study"
+echo "STUDY=$study bash $0 $hard_limit_s $*" >> "$OUT/$study/commands.txt"  # each part's command, as it ran
 save() {
   cp "$dir/study.db" "$dir/run.log" "$OUT/$study/" 2>/dev/null
   tar czf "$OUT/$study/studies.tgz" -C "$dir" studies 2>/dev/null

@@ -23,5 +23,4 @@ mkdir -p "$OUT/$STUDY"
 args=(--model "$model" --gpus 2 --space "$here/vlm_tp2_space.yaml" --try "$here/vlm_tp2_try.yaml"
       --workload "${WORKLOAD:-mm:256:128:1-4:896x896:range=0.5}" --p99-ms "${P99_MS:-2000}"
       --trials 3 --top-k 3 --repeats 2 "$@")
-echo "STUDY=$STUDY bash $here/h100_flash_study.sh $hard_limit_s ${args[*]}" >> "$OUT/$STUDY/commands.txt"
 exec bash "$here/h100_flash_study.sh" "$hard_limit_s" "${args[@]}"
