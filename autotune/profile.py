@@ -236,8 +236,8 @@ def engine_notes(startup: StartupInfo) -> list[str]:
         notes.append(
             f"vLLM ran the MoE layers on its fused-MoE kernel's default config: no tuned config {missing} ships for "
             "this GPU and shape. Tuning one (vLLM's benchmarks/kernels/benchmark_moe.py --tune, then "
-            "VLLM_TUNED_CONFIG_FOLDER) is a lever outside the serve flags; on two H200s, GLM-4.6V's fp8 experts "
-            "ran at about a third of bf16's bandwidth on the default config (docs/results/glm-4.6v-h200x2.md).")
+            "VLLM_TUNED_CONFIG_FOLDER) is a lever outside the serve flags; on two H200s, on the default config, "
+            "GLM-4.6V's fp8 weights served no more than bf16 at equal load (docs/results/glm-4.6v-h200x2.md).")
     return notes
 
 
