@@ -16,6 +16,8 @@
 # same <unk> id, and identical prompts would hit vLLM's prefix cache.
 # Variables (defaults): C=32 SIZE=896x896 IMAGES_LIST="0 1 2 4" SWEEP_SIZES="448x448 896x896 1344x1344 1792x1792"
 #   IN_LEN=256 OUT_LEN=128 PORT=8041 MODEL_DIR=/tmp/vlm SERVE_FLAGS="" (more `vllm serve` flags for both servers)
+#   PARTS="levels singles sweep skip" (which of the above to run: levels, single requests, the size sweep, the
+#   --skip-mm-profiling server)
 #   ENGINE=vllm, or sim to rehearse the whole protocol on a CPU against `autotune sim serve` (TIME_SCALE=20).
 # Expected time on one H200: two cold starts of 2-3 min, 4 levels of 1-2 min, ~2 min of single requests.
 # Summarise with: python benchmarks/vlm_images_table.py DIR
@@ -24,13 +26,13 @@ dir=${2:-/tmp/vlm-images}; progress=times.txt
 c=${C:-32}; size=${SIZE:-896x896}; images_list=${IMAGES_LIST:-"0 1 2 4"}
 sweep_sizes=${SWEEP_SIZES:-"448x448 896x896 1344x1344 1792x1792"}
 in_len=${IN_LEN:-256}; out_len=${OUT_LEN:-128}; port=${PORT:-8041}; model=${MODEL_DIR:-/tmp/vlm}
-serve_flags=${SERVE_FLAGS:-}; engine=${ENGINE:-vllm}
+serve_flags=${SERVE_FLAGS:-}; engine=${ENGINE:-vllm}; parts=${PARTS:-"levels singles sweep skip"}
 case "$engine" in
   vllm) serve="vllm serve" ;;
   sim) serve="python3 -m autotune sim serve"; serve_flags="$serve_flags --gpu-type h200 --time-scale ${TIME_SCALE:-20}" ;;
   *) echo "ENGINE must be vllm or sim, got $engine" >&2; exit 2 ;;
 esac
-job_vars="c size images_list sweep_sizes in_len out_len port model serve serve_flags srv"
+job_vars="c size images_list sweep_sizes in_len out_len port model serve serve_flags srv parts"
 srv=""
 
 run() {  # a command, logged in commands.txt as it runs
@@ -64,6 +66,8 @@ stop_server() {  # the process group, then wait for the port to close
   for i in $(seq 30); do curl -sf "localhost:$port/health" > /dev/null || break; sleep 1; done
 }
 
+has_part() { [[ " $parts " == *" $1 "* ]]; }
+
 bench() {  # NAME WORKLOAD CONCURRENCY WARMUP MEASURED SEED
   local ramp=0
   [ "$3" -gt 1 ] && ramp=2
@@ -79,21 +83,27 @@ job() {
   { python3 -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__,
                 'transformers', transformers.__version__)"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; } > "$dir/versions.txt" 2>&1
-  if start_server default; then
-    for n in $images_list; do
-      bench "level-c$c-img$n" "mm:$in_len:$out_len:$n:$size:range=0.5" "$c" "$c" $((3 * c)) $((100 + n))
-    done
-    for n in $images_list; do
-      bench "single-img$n" "mm:$in_len:$out_len:$n:$size" 1 2 10 $((200 + n))
-    done
-    for s in $sweep_sizes; do
-      bench "single-img1-$s" "mm:$in_len:$out_len:1:$s" 1 2 10 300
-    done
+  if { has_part levels || has_part singles || has_part sweep; } && start_server default; then
+    if has_part levels; then
+      for n in $images_list; do
+        bench "level-c$c-img$n" "mm:$in_len:$out_len:$n:$size:range=0.5" "$c" "$c" $((3 * c)) $((100 + n))
+      done
+    fi
+    if has_part singles; then
+      for n in $images_list; do
+        bench "single-img$n" "mm:$in_len:$out_len:$n:$size" 1 2 10 $((200 + n))
+      done
+    fi
+    if has_part sweep; then
+      for s in $sweep_sizes; do
+        bench "single-img1-$s" "mm:$in_len:$out_len:1:$s" 1 2 10 300
+      done
+    fi
     stop_server
   fi
   local most
   most=$(printf '%s\n' $images_list | sort -n | tail -1)
-  if start_server skip-profiling --skip-mm-profiling; then
+  if has_part skip && start_server skip-profiling --skip-mm-profiling; then
     bench "skip-profiling-c$c-img$most" "mm:$in_len:$out_len:$most:$size:range=0.5" "$c" "$c" $((3 * c)) 400
     stop_server
   fi
