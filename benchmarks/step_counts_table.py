@@ -12,7 +12,13 @@ Per level, GPU and sim side by side:
   the time one prefill adds. This needs no server metric, so it holds for vLLM and the sim alike;
 - the step histogram of vLLM's /metrics (`server_metrics.steps_by_tokens`, with `--scrape-metrics`) where the run
   has one: steps by tokens per step, decode-only (at most 256 tokens), one prefill beside them (257-2,048), more;
-- P99 ITL, P50 TPOT and output tok/s.
+- P99 ITL, P50 TPOT and output tok/s;
+- where a request's TTFT goes, as vLLM's own histograms split it (with `--scrape-metrics`): their mean over every
+  request of the level (its warm-up wave too, as the scrape counts them) of the time queued (joined the engine's
+  scheduler → first scheduled) and in prefill (→ the step that samples its first token), and the rest of the
+  client's mean TTFT, outside the engine (HTTP, the API server, the hand-over to the engine core and back); the
+  sim reports the same figures with vLLM's timestamps (autotune.sim.inproc.EngineTimes). Then P50 and P99 TTFT
+  over the measured requests.
 A level whose prompts an earlier level on the same server had already sent (same seed: step_counts.sh before it
 seeded each level by its concurrency) is marked "cached": vLLM's prefix cache served those prompts without their
 prefill, the sim's fresh engine did not.
@@ -65,6 +71,17 @@ def configs(folder: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def ttft_split(records: list[dict[str, Any]], server_metrics: dict[str, Any]) -> dict[str, float] | None:
+    """The level's mean TTFT over all its requests (the warm-up wave too) split as vLLM's histograms split it:
+    queued, in prefill, and the rest, outside the engine (module docstring). None without the histograms."""
+    ttft = [r["ttft_ms"] for r in records if r["ok"]]
+    if "server_mean_queue_ms" not in server_metrics or not ttft:
+        return None
+    queue, prefill = server_metrics["server_mean_queue_ms"], server_metrics["server_mean_prefill_ms"]
+    mean = float(np.mean(ttft))
+    return {"mean_ttft_ms": mean, "outside_ms": mean - queue - prefill, "queue_ms": queue, "prefill_ms": prefill}
+
+
 def client_steps(records: list[dict[str, Any]], same_step_ms: float = 1.0) -> dict[str, float]:
     """The engine's steps as the client sees them (module docstring), over the measured window."""
     decode_t, first_t, measured = [], [], [r for r in records if not r["warmup"] and r["ok"]]
@@ -105,9 +122,11 @@ def sim_level(flags: dict[str, Any], gpu_run: dict[str, Any], constants: dict[st
         requests = parse_workload(gpu_run["workload"]["spec"], seed=cfg.seed).requests(cfg.warmup_prompts
                                                                                        + cfg.num_prompts)
         r = bench_in_process(setup_engine(model, card, flags), requests, cfg)
-        steps = client_steps(load_records(records))
+        level_records = load_records(records)
     return {"steps_by_tokens": r.extra["server_metrics"]["steps_by_tokens"], "p99_itl_ms": r.itl_ms.p99,
-            "p50_tpot_ms": r.tpot_ms.p50, "output_tok_s": r.output_tok_s, "client_steps": steps}
+            "p50_tpot_ms": r.tpot_ms.p50, "output_tok_s": r.output_tok_s, "client_steps": client_steps(level_records),
+            "ttft_split": ttft_split(level_records, r.extra["server_metrics"]), "p50_ttft_ms": r.ttft_ms.p50,
+            "p99_ttft_ms": r.ttft_ms.p99}
 
 
 def table(folder: Path, constants: dict[str, float]) -> list[dict[str, Any]]:
@@ -129,14 +148,19 @@ def table(folder: Path, constants: dict[str, float]) -> list[dict[str, Any]]:
             steps = (gpu.get("server_metrics") or {}).get("steps_by_tokens") or {}
             sim = sim_level(flags, gpu, constants)
             records = path.with_suffix(".jsonl.gz")
+            gpu_records = load_records(records) if records.exists() else None
             rows.append({"folder": folder.name, "config": name, "concurrency": int(gpu["concurrency"]),
                          "cached": cached,
                          "gpu": {"steps": grouped(steps) if steps else None, "p99_itl_ms": gpu["itl_ms"]["p99"],
                                  "p50_tpot_ms": gpu["tpot_ms"]["p50"], "output_tok_s": gpu["output_tok_s"],
-                                 "client_steps": client_steps(load_records(records)) if records.exists() else None},
+                                 "client_steps": client_steps(gpu_records) if gpu_records else None,
+                                 "ttft_split": ttft_split(gpu_records, gpu.get("server_metrics") or {})
+                                 if gpu_records else None,
+                                 "p50_ttft_ms": gpu["ttft_ms"]["p50"], "p99_ttft_ms": gpu["ttft_ms"]["p99"]},
                          "sim": {"steps": grouped(sim["steps_by_tokens"]), "p99_itl_ms": sim["p99_itl_ms"],
                                  "p50_tpot_ms": sim["p50_tpot_ms"], "output_tok_s": sim["output_tok_s"],
-                                 "client_steps": sim["client_steps"]}})
+                                 "client_steps": sim["client_steps"], "ttft_split": sim["ttft_split"],
+                                 "p50_ttft_ms": sim["p50_ttft_ms"], "p99_ttft_ms": sim["p99_ttft_ms"]}})
     return rows
 
 
@@ -180,6 +204,16 @@ def main() -> int:
               f"| {g['p99_itl_ms']:.1f} / {s['p99_itl_ms']:.1f} | {g['p50_tpot_ms']:.2f} / {s['p50_tpot_ms']:.2f} "
               f"| {g['output_tok_s']:,.0f} / {s['output_tok_s']:,.0f} | {_steps_cell(g['steps'])} "
               f"| {_steps_cell(s['steps'])} |")
+    print("\nWhere the TTFT goes, GPU / sim: mean over the level's requests (warm-up wave included) and its split as "
+          "vLLM's histograms give it; P50 and P99 over the measured requests. ms.")
+    print("| folder | config | C | mean TTFT | outside the engine | queued | prefill | P50 TTFT | P99 TTFT |")
+    print("|---|---|---:|---|---|---|---|---|---|")
+    for r in rows:
+        g, s = r["gpu"], r["sim"]
+        gs, ss = g["ttft_split"], s["ttft_split"]
+        cells = " | ".join(_pair(gs, ss, key, ",.0f") for key in ("mean_ttft_ms", "outside_ms", "queue_ms", "prefill_ms"))
+        print(f"| {r['folder']} | {r['config']} | {r['concurrency']}{' cached' if r['cached'] else ''} | {cells} "
+              f"| {g['p50_ttft_ms']:,.0f} / {s['p50_ttft_ms']:,.0f} | {g['p99_ttft_ms']:,.0f} / {s['p99_ttft_ms']:,.0f} |")
     return 0
 
 

@@ -215,23 +215,13 @@ def test_more_renderer_workers_need_the_multimodal_cache_off() -> None:
     assert setup.new_api_servers(lambda t, fn: None).servers[0].renderers_free_s == [0.0, 0.0]
 
 
-def test_a_request_taken_in_turns_lets_outputs_through_between_them() -> None:
-    """frontend_request_turns 2: a 2 ms request is two 1 ms turns; a step's outputs that arrive during the first
-    are served before the second, so they wait 1 ms (not 2) and the request reaches the engine after both."""
-    c = dataclasses.replace(C, frontend_request_turns=2.0)
+def test_outputs_that_arrive_during_a_request_wait_for_all_of_it() -> None:
+    """The loop handles a request in one job: a step's outputs that arrive meanwhile are served after it."""
     clock = Clock()
-    api = ApiServers(c, 1, clock.at)
+    api = ApiServers(C, 1, clock.at)
     events: dict[str, float] = {}
     api.request(0.0, lambda t, _s: events.__setitem__("handed", t))
     api.outputs(0.0005, np.array([7]), None, lambda t, _m: events.__setitem__("out", t), True)
     clock.run()
     output_s = 10e-6 + 100e-6  # one output, one chunk
-    assert events["out"] == pytest.approx(0.001 + output_s)
-    assert events["handed"] == pytest.approx(0.002 + output_s)
-    # in one turn (the default) the outputs wait for the whole request
-    clock = Clock()
-    api = ApiServers(C, 1, clock.at)
-    api.request(0.0, lambda t, _s: events.__setitem__("handed", t))
-    api.outputs(0.0005, np.array([7]), None, lambda t, _m: events.__setitem__("out", t), True)
-    clock.run()
     assert events["out"] == pytest.approx(0.002 + output_s) and events["handed"] == pytest.approx(0.002)

@@ -106,6 +106,25 @@ def test_level_has_the_trials_load_shape(tmp_path: Path) -> None:
     assert [x["output_tokens"] for x in recs] == [q.output_len for q in requests]  # ignore_eos: every token
 
 
+def test_engine_times_split_ttft_as_vllms_queue_and_prefill_histograms() -> None:
+    """The in-process sim reports the time queued and in prefill as a scrape of vLLM's histograms gives them: a
+    request on an idle engine is scheduled at once (queue 0) and, with no API server cost on the H100's card, its
+    prefill is its whole TTFT; with one running request at a time the others queue
+    until the one before them finishes, so the mean queue is about the mean request's whole length."""
+    one = bench_in_process(setup_engine(FLASH, H100, {}), parse_workload("random:1024:16", seed=0).requests(1),
+                           LoadConfig(concurrency=1, num_prompts=1))
+    m = one.extra["server_metrics"]
+    assert m["server_mean_queue_ms"] == 0.0 and m["server_mean_prefill_ms"] == pytest.approx(one.ttft_ms.p50)
+    serial = bench_in_process(setup_engine(FLASH, H100, {"max-num-seqs": 1}),
+                              parse_workload("random:256:64", seed=0).requests(4),
+                              LoadConfig(concurrency=4, num_prompts=4))
+    m = serial.extra["server_metrics"]
+    # 4 requests at once, one at a time, each d long: they queue 0, d, 2d and 3d (1.5d on average) and end after
+    # d, 2d, 3d and 4d (2.5d)
+    assert m["server_mean_queue_ms"] == pytest.approx(1.5 / 2.5 * serial.e2el_ms.mean, rel=0.02)
+    assert m["server_mean_queue_ms"] + m["server_mean_prefill_ms"] == pytest.approx(serial.ttft_ms.mean)
+
+
 def test_too_long_requests_fail_as_data_and_timeouts_abort() -> None:
     setup = setup_engine(FLASH, H100, {"max-model-len": 2048})
     reqs = parse_workload("random:2000:100", seed=0).requests(4) + parse_workload("random:64:8", seed=0).requests(4)

@@ -27,10 +27,8 @@ renderer pool in front of it.
   frees first, in arrival order (:meth:`FrontEndConstants.images_s`: ``frontend_image_ms`` +
   ``frontend_image_ms_per_mpx`` × megapixels per image); the loop goes on delivering tokens meanwhile. Every
   request is then a loop job of ``frontend_request_ms`` (the prompt's rendering and tokenization are counted here: fitted on
-  text requests, whose renderer time the runs do not separate from the loop's), taken in
-  ``frontend_request_turns`` equal turns: after each, the request goes to the back of the queue, behind the
-  outputs that arrived meanwhile (vLLM's handler awaits several times before the request reaches the engine);
-  when the last ends the request joins the scheduler.
+  text requests, whose renderer time the runs do not separate from the loop's); when it ends the request
+  joins the scheduler.
 - An engine step's outputs for that server's requests. Outputs that arrive while an earlier step's outputs still
   wait for the server join them (one job). When the job starts, its cost is fixed: ``frontend_output_us`` × the
   outputs in it + ``frontend_chunk_us`` × the requests they belong to (one SSE chunk each); when it ends, all its
@@ -68,7 +66,6 @@ class FrontEndConstants:
     """The API server's CPU time per unit of work (keys of a calibration YAML; 0 where absent)."""
 
     frontend_request_ms: float = 0.0  # per arriving request, on the event loop (tokenization counted here: fitted)
-    frontend_request_turns: float = 1.0  # loop turns it takes; between two, the loop serves what queued meanwhile
     frontend_output_us: float = 0.0  # per output of a step (a request's token): output processing
     frontend_chunk_us: float = 0.0  # per SSE chunk written (a request's tokens gathered since its last chunk)
     frontend_image_ms: float = 0.0  # per image of a request: its preprocessing's fixed part
@@ -100,17 +97,16 @@ def api_server_count(flags: dict[str, Any]) -> int:
 
 
 class _Request:
-    """An arriving request's handling, in ``turns_left`` equal turns of the loop: after each but the last it goes
-    to the back of the queue (an ``await`` in vLLM's handler), behind the outputs that came meanwhile."""
+    """An arriving request's handling on the loop, before it joins the scheduler."""
 
-    __slots__ = ("arrival_s", "on_handed", "server", "turns_left")
+    __slots__ = ("arrival_s", "on_handed", "server")
     external = True
 
-    def __init__(self, arrival_s: float, on_handed: Callable[[float, int], None], server: int, turns: int) -> None:
-        self.arrival_s, self.on_handed, self.server, self.turns_left = arrival_s, on_handed, server, turns
+    def __init__(self, arrival_s: float, on_handed: Callable[[float, int], None], server: int) -> None:
+        self.arrival_s, self.on_handed, self.server = arrival_s, on_handed, server
 
     def cost_s(self, server: _Server) -> float:
-        return server.request_s / server.request_turns
+        return server.request_s
 
     def complete(self, t: float) -> None:
         self.on_handed(t, self.server)
@@ -155,14 +151,12 @@ class _Server:
         "output_s",
         "queue",
         "renderers_free_s",
-        "request_turns",
         "request_s",
         "timer_s",
     )
 
     def __init__(self, c: FrontEndConstants, renderers: int) -> None:
         self.request_s = c.frontend_request_ms / 1e3
-        self.request_turns = max(1, round(c.frontend_request_turns))
         self.output_s = c.frontend_output_us / 1e6
         self.chunk_s = c.frontend_chunk_us / 1e6
         self.busy_until_s = 0.0  # end of the job in service, or when the last one ended
@@ -206,7 +200,7 @@ class ApiServers:
 
     def _enqueue(self, s: _Server, i: int, t: float, on_handed: Callable[[float, int], None]) -> None:
         self._advance(s, t)
-        s.queue.append(_Request(t, on_handed, i, s.request_turns))
+        s.queue.append(_Request(t, on_handed, i))
         s.external_waiting += 1
         self._advance(s, t)
         self._arm(s)
@@ -268,13 +262,7 @@ class ApiServers:
                 if s.busy_until_s > now:
                     return
                 job, s.job = s.job, None
-                if isinstance(job, _Request) and job.turns_left > 1:  # its next turn, behind what queued meanwhile
-                    job.turns_left -= 1
-                    job.arrival_s = s.busy_until_s
-                    s.queue.append(job)
-                    s.external_waiting += 1
-                else:
-                    job.complete(s.busy_until_s)
+                job.complete(s.busy_until_s)
             if not s.queue:
                 return
             job = s.queue.popleft()

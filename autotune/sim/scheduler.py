@@ -49,6 +49,8 @@ class StepResult:
     finished: np.ndarray  # slots whose request completed this step (their slot is free again)
     num_tokens: int
     num_seqs: int
+    # slots scheduled for the first time (vLLM's SCHEDULED event; a recompute after preemption does not count)
+    started: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -311,11 +313,10 @@ class Scheduler:
         sampled = end >= total
         new_prefill = start == 0
         encoder_s = 0.0
-        if new_prefill.any():  # charged when the first prefill starts, not again on a recompute after preemption
-            fresh = slots[new_prefill & (self.out[slots] == 0)]
-            if len(fresh):
-                encoder_s = self.perf.encoder_step_s(float(self.encoder_total_s[fresh].sum()),
-                                                     float(self.encoder_longest_s[fresh].max()))
+        fresh = slots[new_prefill & (self.out[slots] == 0)]
+        if len(fresh):  # charged when the first prefill starts, not again on a recompute after preemption
+            encoder_s = self.perf.encoder_step_s(float(self.encoder_total_s[fresh].sum()),
+                                                 float(self.encoder_longest_s[fresh].max()))
         num_tokens = int(ns.sum())
         attn_ctx = float((ns * start).sum() + (ns * (ns + 1)).sum() / 2)
         kv_read = float(end.sum())
@@ -336,4 +337,4 @@ class Scheduler:
             run = self.running  # a running request is finished exactly when it has all its tokens (no isin sort)
             self.running = run[self.out[run] < self.target_out[run]]
             self._free_slots.extend(int(s) for s in finished)
-        return StepResult(duration, emitted, first, finished, num_tokens, len(slots))
+        return StepResult(duration, emitted, first, finished, num_tokens, len(slots), fresh)
