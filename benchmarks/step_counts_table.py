@@ -17,7 +17,7 @@ Per level, GPU and sim side by side:
   request of the level (its warm-up wave too, as the scrape counts them) of the time queued (joined the engine's
   scheduler → first scheduled) and in prefill (→ the step that samples its first token), and the rest of the
   client's mean TTFT, outside the engine (HTTP, the API server, the hand-over to the engine core and back); the
-  sim reports the same figures with vLLM's timestamps (autotune.sim.inproc.EngineTimes). Then P50 and P99 TTFT
+  sim reports the same figures with vLLM's timestamps (autotune.sim.engine_times). Then P50 and P99 TTFT
   over the measured requests.
 A level whose prompts an earlier level on the same server had already sent (same seed: step_counts.sh before it
 seeded each level by its concurrency) is marked "cached": vLLM's prefix cache served those prompts without their

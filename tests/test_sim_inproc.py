@@ -257,6 +257,10 @@ def test_level_agrees_with_the_http_sim_server(tmp_path: Path) -> None:
     # Over HTTP each arrival comes the client's wall-clock latency (x the time scale) after the step that freed
     # its slot, so which step it joins, and TTFT, move from run to run (52 against 63 ms seen at this level).
     assert mine.ttft_ms.p50 == pytest.approx(theirs.ttft_ms.p50, rel=0.4)
+    # both report the time queued and in prefill as vLLM's histograms do (the HTTP one through its /metrics)
+    mine_m, theirs_m = mine.extra["server_metrics"], theirs.extra["server_metrics"]
+    assert mine_m["server_mean_queue_ms"] == theirs_m["server_mean_queue_ms"] == 0.0  # 32 requests, 64 seqs
+    assert mine_m["server_mean_prefill_ms"] == pytest.approx(theirs_m["server_mean_prefill_ms"], rel=0.4)
 
 
 # ---- sim predict: the study's requests and load shape --------------------------------------------------------

@@ -52,6 +52,7 @@ from autotune.sim.noise import noise_rng
 from autotune.progress import NULL_PROGRESS, Progress
 from autotune.sim.args import parse_serve_args
 from autotune.sim.engine import EngineSetup, setup_engine
+from autotune.sim.engine_times import EngineTimes
 from autotune.sim.frontend import ApiServers
 from autotune.sim.perf import EncoderWork
 from autotune.sim.scheduler import NO_IMAGES
@@ -99,31 +100,6 @@ class _Peaks:
     kv_usage: float = 0.0
 
 
-@dataclass
-class EngineTimes:
-    """What vLLM's request-queue-time and request-prefill-time histograms sum over a run: per request, from joining
-    the scheduler to its first scheduled step's start, and from there to the end of the step that samples its first
-    token (the engine core's own timestamps, so outside the API server on both sides)."""
-
-    count: int = 0
-    queue_s: float = 0.0
-    prefill_s: float = 0.0
-
-    def add(self, queue_s: np.ndarray, prefill_s: np.ndarray) -> None:
-        self.count += len(queue_s)
-        self.queue_s += float(queue_s.sum())
-        self.prefill_s += float(prefill_s.sum())
-
-    @staticmethod
-    def means_ms(times: list[EngineTimes]) -> dict[str, float]:
-        """The scrape's ``server_mean_queue_ms`` and ``server_mean_prefill_ms`` over several replicas."""
-        n = sum(t.count for t in times)
-        if not n:
-            return {}
-        return {"server_mean_queue_ms": 1e3 * sum(t.queue_s for t in times) / n,
-                "server_mean_prefill_ms": 1e3 * sum(t.prefill_s for t in times) / n}
-
-
 class VirtualReplica:
     """One DP replica: a scheduler stepped on the event loop's (virtual) clock, its tokens delivered through the
     API servers."""
@@ -142,13 +118,6 @@ class VirtualReplica:
         self._times = np.zeros((rows, 64))  # token times (delivered to the client), one row per scheduler slot
         self._rid = np.zeros(rows, dtype=np.int64)  # each slot's request id
         self._server = np.zeros(rows, dtype=np.int64)  # each slot's API server
-        # vLLM's queued and scheduled timestamps of each slot's request, for the time queued and in prefill that
-        # its histograms record (EngineTimes): its engine core adds the requests that came during a step when the
-        # step ends, and with asynchronous scheduling schedules a step while the one before it runs
-        self._queued_s = np.zeros(rows)
-        self._scheduled_s = np.zeros(rows)
-        self._handed: list[int] = []  # slots handed over since the last step started
-        self._last_step_start_s = 0.0
         self.engine_times = EngineTimes()
 
     @property
@@ -167,10 +136,8 @@ class VirtualReplica:
             extra = len(grown) - rows
             self._rid = np.concatenate([self._rid, np.zeros(extra, np.int64)])
             self._server = np.concatenate([self._server, np.zeros(extra, np.int64)])
-            self._queued_s = np.concatenate([self._queued_s, np.zeros(extra)])
-            self._scheduled_s = np.concatenate([self._scheduled_s, np.zeros(extra)])
         self._rid[p.slot], self._server[p.slot] = p.rid, server
-        self._handed.append(p.slot)
+        self.engine_times.handed(p.slot)
         self.pending[p.slot] = p
         self.wake.set()
 
@@ -192,9 +159,7 @@ class VirtualReplica:
             if self.idle:  # only an idle replica jumps to the loop's time; a busy one keeps its own clock
                 self.vt = max(self.vt, loop.time())
                 self.idle = False
-            if self._handed:
-                self._queued_s[self._handed] = self.vt
-                self._handed.clear()
+            self.engine_times.step_starts(self.vt)
             run = None
             # Several decode-only steps at once while nothing can join the batch: no callback is waiting to run
             # now (a client answering a finished request, another replica) and no timer (an arrival, a hand-over
@@ -209,9 +174,9 @@ class VirtualReplica:
                 emitted, finished = run.slots, run.finished
                 cols = sched.out[emitted][:, None] - k + np.arange(k)
                 end = float(ends[-1])
-                self._last_step_start_s = end - float(run.durations_s[-1])
+                self.engine_times.decode_run(end - float(run.durations_s[-1]))
             else:
-                scheduled_ahead = sched.lag_steps and sched.num_running  # this step was scheduled as the last ran
+                scheduled_ahead = bool(sched.lag_steps and sched.num_running)
                 res = sched.step()
                 if res is None:  # nothing schedulable until a request comes or goes
                     self.idle = True
@@ -220,12 +185,7 @@ class VirtualReplica:
                     continue
                 end = self.vt + res.duration_s
                 emitted, finished, cols = res.emitted, res.finished, sched.out[res.emitted] - 1
-                self._scheduled_s[res.started] = self._last_step_start_s if scheduled_ahead else self.vt
-                if res.first.any():
-                    firsts = emitted[res.first]
-                    queue_s = np.maximum(self._scheduled_s[firsts] - self._queued_s[firsts], 0.0)
-                    self.engine_times.add(queue_s, end - self._queued_s[firsts] - queue_s)
-                self._last_step_start_s = self.vt
+                self.engine_times.stepped(res, self.vt, end, scheduled_ahead)
             self._observe()
             # The finished requests leave now: their slots are free again and may be taken by a request handed over
             # while this step "runs" (a slot's token times are written in step order, so theirs stay readable).

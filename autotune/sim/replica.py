@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from autotune.sim.engine import EngineSetup
+from autotune.sim.engine_times import EngineTimes
 from autotune.sim.frontend import ApiServers
 from autotune.sim.perf import EncoderWork
 from autotune.sim.scheduler import Scheduler
@@ -49,6 +50,7 @@ class Engine:
         self.keys: dict[int, tuple[int, int]] = {}  # slot -> (request id, API server)
         self.wake = asyncio.Event()
         self.stopping = False
+        self.engine_times = EngineTimes()
 
     def now_v(self) -> float:
         return (time.monotonic() - self.wall0) * self.time_scale
@@ -67,6 +69,7 @@ class Engine:
         slot = self.sched.add(stream.prompt_tokens, stream.max_out, encoder)
         self.streams[slot] = stream
         self.keys[slot] = (rid, server)
+        self.engine_times.handed(slot)
         self.wake.set()
         return slot
 
@@ -92,12 +95,15 @@ class Engine:
             if self.idle:  # only an idle engine jumps to the wall-mapped time; a busy one keeps its own clock
                 self.vt = max(self.vt, self.now_v())
                 self.idle = False
+            self.engine_times.step_starts(self.vt)
+            scheduled_ahead = bool(sched.lag_steps and sched.num_running)
             res = sched.step()
             if res is None:
                 await asyncio.sleep(0.001)
                 continue
             end = self.vt + res.duration_s
             self.step_end = end
+            self.engine_times.stepped(res, self.vt, end, scheduled_ahead)
             # Bind tokens to their streams now: finished slots are free again and may be reused by a request
             # that arrives while this step is still "running" on the wall clock.
             finished = set(res.finished.tolist()) if len(res.finished) else ()

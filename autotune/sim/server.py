@@ -110,7 +110,11 @@ class SimTokenSource:
                 m.KV_CACHE_USAGE: sum(x.kv_usage for x in s) / len(s),
                 m.PREEMPTIONS: sum(x.num_preemptions_total for x in s),
                 m.PROMPT_TOKENS: sum(x.prompt_tokens_total for x in s),
-                m.GENERATION_TOKENS: sum(x.generation_tokens_total for x in s)}
+                m.GENERATION_TOKENS: sum(x.generation_tokens_total for x in s),
+                m.QUEUE: m.HistogramTotals(sum(e.engine_times.queue_s for e in self.engines),
+                                           sum(e.engine_times.count for e in self.engines)),
+                m.PREFILL: m.HistogramTotals(sum(e.engine_times.prefill_s for e in self.engines),
+                                             sum(e.engine_times.count for e in self.engines))}
 
     def stop(self) -> None:
         """Stop the replicas and end every stream with the tokens it has (shutdown)."""
