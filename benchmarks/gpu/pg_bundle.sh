@@ -8,7 +8,8 @@
 #   mkdir -p /tmp/pg && /tmp/st/bin/zstd -dc .device-stage/pg.tar.zst | tar -x -C /tmp/pg && . /tmp/pg/env.sh
 # env.sh puts initdb and pg_ctl on PATH (TempPostgres finds them there) and the libraries on LD_LIBRARY_PATH.
 # PostgreSQL finds its share and lib folders relative to its binaries, so the tree keeps Debian's layout. Built
-# against this machine's glibc: `postgres --version` on the GPU machine says at once whether it runs there.
+# against this machine's glibc; it runs on the lent GPU machines (PostgreSQL 15.18 there, as root: TempPostgres's
+# initdb, start, a table written and read back, stop).
 set -euo pipefail
 bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 ver=$(basename "$(dirname "$bin")")
