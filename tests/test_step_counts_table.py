@@ -41,8 +41,9 @@ def test_a_level_against_the_sim_on_the_same_requests(tmp_path: Path) -> None:
     (tmp_path / "settings.txt").write_text("loads=4 8\nworkload=random:1024:128:0.5\nengine=vllm\nmodel=/tmp/model\n")
     level = {"concurrency": 4, "num_prompts": 12, "warmup_prompts": 4, "ramp_s": 2.0,
              "workload": {"spec": "random:1024:128:0.5", "seed": 1}, "tpot_ms": {"p50": 8.0}}
-    gpu = {**level, "itl_ms": {"p99": 41.0}, "output_tok_s": 500.0,
-           "server_metrics": {"steps_by_tokens": {"le 8": 300, "le 2048": 14, "le 4096": 1}}}
+    gpu = {**level, "itl_ms": {"p99": 41.0}, "output_tok_s": 500.0, "ttft_ms": {"p50": 29.0, "p99": 30.0},
+           "server_metrics": {"steps_by_tokens": {"le 8": 300, "le 2048": 14, "le 4096": 1},
+                              "server_mean_queue_ms": 3.0, "server_mean_prefill_ms": 20.0}}
     (tmp_path / "defaults-c4.json").write_text(json.dumps(gpu))
     # the next level on the same server with the same seed: its prompts were sent before (vLLM's prefix cache)
     (tmp_path / "defaults-c8.json").write_text(json.dumps({**gpu, "concurrency": 8, "num_prompts": 24,
@@ -57,6 +58,13 @@ def test_a_level_against_the_sim_on_the_same_requests(tmp_path: Path) -> None:
     assert rows[0]["gpu"]["steps"] == {"decode only": 300, "one prefill": 14, "more": 1}
     assert rows[0]["gpu"]["client_steps"]["first_tokens"] == 1
     assert rows[1]["gpu"]["client_steps"] is None  # no records kept
+    # the TTFT's split: the records' mean (30 and 28 ms) less vLLM's queued and prefill means is outside the engine
+    assert rows[0]["gpu"]["ttft_split"] == {"mean_ttft_ms": 29.0, "outside_ms": 6.0, "queue_ms": 3.0,
+                                            "prefill_ms": 20.0}
+    assert rows[1]["gpu"]["ttft_split"] is None
+    split = rows[0]["sim"]["ttft_split"]
+    assert split["queue_ms"] >= 0 and split["prefill_ms"] > 0 and split["outside_ms"] >= 0
+    assert split["outside_ms"] + split["queue_ms"] + split["prefill_ms"] == pytest.approx(split["mean_ttft_ms"])
     sim = rows[0]["sim"]["steps"]
     # 16 requests of 512-1,536 prompt tokens at concurrency 4: their prefills, and decode steps of at most 4 tokens
     assert sim["decode only"] > 10 * (sim["one prefill"] + sim["more"]) and sim["one prefill"] + sim["more"] >= 8
