@@ -327,8 +327,10 @@ def _start_concurrency(settings: TrialSettings, flags: dict[str, Any],
 def start_concurrency(trials: list[TrialRecord], default: int, predicted_knee: int | None = None) -> int:
     """Where a trial's load search starts, never below ``default``: at the best knee found so far (the levels
     below it would only confirm what every trial shows, at 20-60 s each on an H200); before any knee, at half
-    the sim engine's predicted knee when there is one (its P99 TTFT runs low at high load, so its knees lie
-    high: on an H200 it put vLLM's defaults at 512 for P99 TTFT <= 500 ms, where the GPU's knee was near 140).
+    the sim engine's predicted knee when there is one. Half, because where a card's calibration has no API
+    server (the H100's) the sim's P99 TTFT runs low at high load and its knees lie high (uncalibrated, it put
+    vLLM's defaults on an H200 at 512 for P99 TTFT <= 500 ms, where the GPU's knee was near 140); the H200's
+    calibration puts TTFT knees within about 15% and ITL knees low, so there half costs a level or two.
     From 8, the H200's first trial took 8 levels to its knee; from a start within a factor of two, 4."""
     best = max((t for t in trials if t.feasible), key=lambda t: t.value, default=None)
     if best is not None and best.result is not None and best.result.concurrency is not None:
