@@ -33,7 +33,7 @@ def test_signal_tears_down_and_resume_keeps_trials(tmp_path, sig, code, server):
     url = f"sqlite:///{tmp_path}/s.db"
     cmd = [sys.executable, "-m", "autotune", "run", "--model", "flash", "--engine", "sim", "--p99-ms", "500",
            "--storage", url, "--study", "ctrlc", "--trials", "50", "--workload", "random:256:32",
-           "--repeats", "0", "--out", str(tmp_path / "out"), *(["--sim-server", "--sim-time-scale", "60"] if server else [])]
+           "--repeats", "0", "--out", str(tmp_path / "out"), *(["--sim-server", "--sim-time-scale", "200"] if server else [])]
     # A suite started as a background job of a non-interactive shell runs with SIGINT ignored, and a child
     # inherits that: give the child the default disposition, as a terminal's Ctrl-C would find it.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
