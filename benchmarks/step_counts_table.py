@@ -18,7 +18,12 @@ Per level, GPU and sim side by side:
   scheduler → first scheduled) and in prefill (→ the step that samples its first token), and the rest of the
   client's mean TTFT, outside the engine (HTTP, the API server, the hand-over to the engine core and back); the
   sim reports the same figures with vLLM's timestamps (autotune.sim.engine_times). Then P50 and P99 TTFT
-  over the measured requests.
+  over the measured requests;
+- how the tokens reach the clients and how the requests arrive, over the whole level: the engine's steps (vLLM's
+  histogram, the sim's own count) against the client's deliveries (a new one after a gap of more than 1 ms on
+  the time line above: an API server that falls behind sends several steps' tokens at once, one that takes more
+  than 1 ms for a step's tokens splits them), and how the measured requests' starts vary from one 250 ms window
+  to the next (coefficient of variation: in a closed loop, how much the endings bunch up).
 A level whose prompts an earlier level on the same server had already sent (same seed: step_counts.sh before it
 seeded each level by its concurrency) is marked "cached": vLLM's prefix cache served those prompts without their
 prefill, the sim's fresh engine did not.
@@ -82,6 +87,18 @@ def ttft_split(records: list[dict[str, Any]], server_metrics: dict[str, Any]) ->
     return {"mean_ttft_ms": mean, "outside_ms": mean - queue - prefill, "queue_ms": queue, "prefill_ms": prefill}
 
 
+def deliveries(records: list[dict[str, Any]], same_step_ms: float = 1.0) -> dict[str, float]:
+    """The level's token deliveries as the client saw them, every request (warm-up included), and the variation
+    of the measured requests' starts per 250 ms (module docstring)."""
+    times = [r["start_s"] * 1e3 + r["ttft_ms"] + np.cumsum(np.r_[0.0, r["itl_ms"]])
+             for r in records if r["ok"] and r.get("itl_ms")]
+    t = np.sort(np.concatenate(times)) if times else np.zeros(1)
+    starts = np.sort([r["start_s"] for r in records if not r["warmup"] and r["ok"]])
+    per_window = np.bincount(((starts - starts[0]) // 0.25).astype(int)) if len(starts) else np.ones(1)
+    return {"deliveries": 1 + int((np.diff(t) > same_step_ms).sum()), "span_s": float(t[-1] - t[0]) / 1e3,
+            "starts_cv": float(per_window.std() / per_window.mean())}
+
+
 def client_steps(records: list[dict[str, Any]], same_step_ms: float = 1.0) -> dict[str, float]:
     """The engine's steps as the client sees them (module docstring), over the measured window."""
     decode_t, first_t, measured = [], [], [r for r in records if not r["warmup"] and r["ok"]]
@@ -126,7 +143,7 @@ def sim_level(flags: dict[str, Any], gpu_run: dict[str, Any], constants: dict[st
     return {"steps_by_tokens": r.extra["server_metrics"]["steps_by_tokens"], "p99_itl_ms": r.itl_ms.p99,
             "p50_tpot_ms": r.tpot_ms.p50, "output_tok_s": r.output_tok_s, "client_steps": client_steps(level_records),
             "ttft_split": ttft_split(level_records, r.extra["server_metrics"]), "p50_ttft_ms": r.ttft_ms.p50,
-            "p99_ttft_ms": r.ttft_ms.p99}
+            "p99_ttft_ms": r.ttft_ms.p99, "deliveries": deliveries(level_records)}
 
 
 def table(folder: Path, constants: dict[str, float]) -> list[dict[str, Any]]:
@@ -156,11 +173,13 @@ def table(folder: Path, constants: dict[str, float]) -> list[dict[str, Any]]:
                                  "client_steps": client_steps(gpu_records) if gpu_records else None,
                                  "ttft_split": ttft_split(gpu_records, gpu.get("server_metrics") or {})
                                  if gpu_records else None,
-                                 "p50_ttft_ms": gpu["ttft_ms"]["p50"], "p99_ttft_ms": gpu["ttft_ms"]["p99"]},
+                                 "p50_ttft_ms": gpu["ttft_ms"]["p50"], "p99_ttft_ms": gpu["ttft_ms"]["p99"],
+                                 "deliveries": deliveries(gpu_records) if gpu_records else None},
                          "sim": {"steps": grouped(sim["steps_by_tokens"]), "p99_itl_ms": sim["p99_itl_ms"],
                                  "p50_tpot_ms": sim["p50_tpot_ms"], "output_tok_s": sim["output_tok_s"],
                                  "client_steps": sim["client_steps"], "ttft_split": sim["ttft_split"],
-                                 "p50_ttft_ms": sim["p50_ttft_ms"], "p99_ttft_ms": sim["p99_ttft_ms"]}})
+                                 "p50_ttft_ms": sim["p50_ttft_ms"], "p99_ttft_ms": sim["p99_ttft_ms"],
+                                 "deliveries": sim["deliveries"]}})
     return rows
 
 
@@ -214,6 +233,19 @@ def main() -> int:
         cells = " | ".join(_pair(gs, ss, key, ",.0f") for key in ("mean_ttft_ms", "outside_ms", "queue_ms", "prefill_ms"))
         print(f"| {r['folder']} | {r['config']} | {r['concurrency']}{' cached' if r['cached'] else ''} | {cells} "
               f"| {g['p50_ttft_ms']:,.0f} / {s['p50_ttft_ms']:,.0f} | {g['p99_ttft_ms']:,.0f} / {s['p99_ttft_ms']:,.0f} |")
+    print("\nHow the tokens reach the clients, GPU / sim, the whole level: engine steps, the client's deliveries, "
+          "mean ms per engine step; starts per 250 ms of the measured window: coefficient of variation.")
+    print("| folder | config | C | engine steps | deliveries | ms per step | starts CV |")
+    print("|---|---|---:|---|---|---|---|")
+    for r in rows:
+        g, s = r["gpu"], r["sim"]
+        gd, sd = g["deliveries"], s["deliveries"]
+        g_steps = sum(g["steps"].values()) if g["steps"] else None
+        s_steps = sum(s["steps"].values())
+        g_ms = f"{1e3 * gd['span_s'] / g_steps:.1f}" if gd and g_steps else "—"
+        print(f"| {r['folder']} | {r['config']} | {r['concurrency']}{' cached' if r['cached'] else ''} "
+              f"| {f'{g_steps:,}' if g_steps else '—'} / {s_steps:,} | {_pair(gd, sd, 'deliveries', ',')} "
+              f"| {g_ms} / {1e3 * sd['span_s'] / s_steps:.1f} | {_pair(gd, sd, 'starts_cv', '.2f')} |")
     return 0
 
 

@@ -62,6 +62,10 @@ def test_a_level_against_the_sim_on_the_same_requests(tmp_path: Path) -> None:
     assert rows[0]["gpu"]["ttft_split"] == {"mean_ttft_ms": 29.0, "outside_ms": 6.0, "queue_ms": 3.0,
                                             "prefill_ms": 20.0}
     assert rows[1]["gpu"]["ttft_split"] is None
+    # tokens at 30, 36, 42, 68, 74 and 80 ms, B's at the same times as A's: six deliveries over 50 ms
+    assert rows[0]["gpu"]["deliveries"]["deliveries"] == 6
+    assert rows[0]["gpu"]["deliveries"]["span_s"] == pytest.approx(0.050)
+    assert rows[0]["sim"]["deliveries"]["deliveries"] > 0
     split = rows[0]["sim"]["ttft_split"]
     assert split["queue_ms"] >= 0 and split["prefill_ms"] > 0 and split["outside_ms"] >= 0
     assert split["outside_ms"] + split["queue_ms"] + split["prefill_ms"] == pytest.approx(split["mean_ttft_ms"])
