@@ -53,6 +53,7 @@ def test_warmup_is_excluded(server: FakeServer) -> None:
     assert server.stats()["requests"] == 16
 
 
+@pytest.mark.slow  # among the fast loop's longest (1.4-2.4 s); the full suite runs it
 def test_steady_throughput_with_warmup_matches_the_known_rate(server: FakeServer) -> None:
     # 16 slots; a token every 20 ms, the first 20 ms after the start: a busy slot streams 50 tok/s whatever
     # the lengths. Varied lengths (11-31 tokens), so warm-up requests are still running in the window.

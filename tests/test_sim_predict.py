@@ -36,6 +36,7 @@ def test_warmup_level_counts_the_steady_state(flash) -> None:
     assert r.output_tok_s == pytest.approx(c * per_slot_tok_s, rel=0.1)
 
 
+@pytest.mark.slow  # among the fast loop's longest (1.4-2.4 s); the full suite runs it
 def test_ranking_sanity(flash) -> None:
     gpu = load_gpu("h100")
     bf16 = predict(flash, gpu, {}, 1024, 512, 256, 1024)

@@ -34,6 +34,7 @@ def _claims(storage, tries: int, until_first: bool = False) -> int:
     return duplicates
 
 
+@pytest.mark.slow  # among the fast loop's longest (1.4-2.4 s); the full suite runs it
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask() outside optimize(), as a trial thread does not
 def test_two_threads_never_claim_the_same_enqueued_trial(tmp_path):
     optuna.logging.set_verbosity(optuna.logging.ERROR)
