@@ -38,6 +38,7 @@ import json
 import shlex
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,39 @@ def _pair(gpu: dict[str, float] | None, sim: dict[str, float], key: str, fmt: st
     return f"{format(gpu[key], fmt) if gpu else '—'} / {format(sim[key], fmt)}"
 
 
+def _print_table(title: str, columns: list[str], rows: list[dict[str, Any]],
+                 cells: Callable[[dict[str, Any], dict[str, Any]], list[str]]) -> None:
+    """One markdown table: a row per level (folder, configuration, concurrency), ``cells(gpu, sim)`` after them."""
+    print(title)
+    print("| folder | config | C | " + " | ".join(columns) + " |")
+    print("|---|---|---:|" + "---|" * len(columns))
+    for r in rows:
+        level = f"{r['folder']} | {r['config']} | {r['concurrency']}{' cached' if r['cached'] else ''}"
+        print(f"| {level} | " + " | ".join(cells(r["gpu"], r["sim"])) + " |")
+
+
+def _steps_cells(g: dict[str, Any], s: dict[str, Any]) -> list[str]:
+    gc, sc = g["client_steps"], s["client_steps"]
+    return [_pair(gc, sc, "decode_step_ms", ".2f"), _pair(gc, sc, "prefill_adds_ms", ".1f"),
+            f"{g['p99_itl_ms']:.1f} / {s['p99_itl_ms']:.1f}", f"{g['p50_tpot_ms']:.2f} / {s['p50_tpot_ms']:.2f}",
+            f"{g['output_tok_s']:,.0f} / {s['output_tok_s']:,.0f}", _steps_cell(g["steps"]), _steps_cell(s["steps"])]
+
+
+def _ttft_cells(g: dict[str, Any], s: dict[str, Any]) -> list[str]:
+    return [*(_pair(g["ttft_split"], s["ttft_split"], key, ",.0f")
+              for key in ("mean_ttft_ms", "outside_ms", "queue_ms", "prefill_ms")),
+            f"{g['p50_ttft_ms']:,.0f} / {s['p50_ttft_ms']:,.0f}", f"{g['p99_ttft_ms']:,.0f} / {s['p99_ttft_ms']:,.0f}"]
+
+
+def _delivery_cells(g: dict[str, Any], s: dict[str, Any]) -> list[str]:
+    gd, sd = g["deliveries"], s["deliveries"]
+    g_steps = sum(g["steps"].values()) if g["steps"] else None
+    s_steps = sum(s["steps"].values())
+    g_ms = f"{1e3 * gd['span_s'] / g_steps:.1f}" if gd and g_steps else "—"
+    return [f"{f'{g_steps:,}' if g_steps else '—'} / {s_steps:,}", _pair(gd, sd, "deliveries", ","),
+            f"{g_ms} / {1e3 * sd['span_s'] / s_steps:.1f}", _pair(gd, sd, "starts_cv", ".2f")]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dirs", type=Path, nargs="+")
@@ -210,42 +244,16 @@ def main() -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print("Each cell GPU / sim. Steps as the client sees them: decode-only step ms, ms one prefill adds. "
-          "vLLM's step histogram: total: " + ", ".join(n for n, _, _ in GROUPS) + " (shares).")
-    print("| folder | config | C | decode step ms | a prefill adds ms | P99 ITL ms | P50 TPOT ms | output tok/s "
-          "| vLLM's steps | sim's steps |")
-    print("|---|---|---:|---|---|---|---|---|---|---|")
-    for r in rows:
-        g, s = r["gpu"], r["sim"]
-        gc, sc = g["client_steps"], s["client_steps"]
-        print(f"| {r['folder']} | {r['config']} | {r['concurrency']}{' cached' if r['cached'] else ''} "
-              f"| {_pair(gc, sc, 'decode_step_ms', '.2f')} | {_pair(gc, sc, 'prefill_adds_ms', '.1f')} "
-              f"| {g['p99_itl_ms']:.1f} / {s['p99_itl_ms']:.1f} | {g['p50_tpot_ms']:.2f} / {s['p50_tpot_ms']:.2f} "
-              f"| {g['output_tok_s']:,.0f} / {s['output_tok_s']:,.0f} | {_steps_cell(g['steps'])} "
-              f"| {_steps_cell(s['steps'])} |")
-    print("\nWhere the TTFT goes, GPU / sim: mean over the level's requests (warm-up wave included) and its split as "
-          "vLLM's histograms give it; P50 and P99 over the measured requests. ms.")
-    print("| folder | config | C | mean TTFT | outside the engine | queued | prefill | P50 TTFT | P99 TTFT |")
-    print("|---|---|---:|---|---|---|---|---|---|")
-    for r in rows:
-        g, s = r["gpu"], r["sim"]
-        gs, ss = g["ttft_split"], s["ttft_split"]
-        cells = " | ".join(_pair(gs, ss, key, ",.0f") for key in ("mean_ttft_ms", "outside_ms", "queue_ms", "prefill_ms"))
-        print(f"| {r['folder']} | {r['config']} | {r['concurrency']}{' cached' if r['cached'] else ''} | {cells} "
-              f"| {g['p50_ttft_ms']:,.0f} / {s['p50_ttft_ms']:,.0f} | {g['p99_ttft_ms']:,.0f} / {s['p99_ttft_ms']:,.0f} |")
-    print("\nHow the tokens reach the clients, GPU / sim, the whole level: engine steps, the client's deliveries, "
-          "mean ms per engine step; starts per 250 ms of the measured window: coefficient of variation.")
-    print("| folder | config | C | engine steps | deliveries | ms per step | starts CV |")
-    print("|---|---|---:|---|---|---|---|")
-    for r in rows:
-        g, s = r["gpu"], r["sim"]
-        gd, sd = g["deliveries"], s["deliveries"]
-        g_steps = sum(g["steps"].values()) if g["steps"] else None
-        s_steps = sum(s["steps"].values())
-        g_ms = f"{1e3 * gd['span_s'] / g_steps:.1f}" if gd and g_steps else "—"
-        print(f"| {r['folder']} | {r['config']} | {r['concurrency']}{' cached' if r['cached'] else ''} "
-              f"| {f'{g_steps:,}' if g_steps else '—'} / {s_steps:,} | {_pair(gd, sd, 'deliveries', ',')} "
-              f"| {g_ms} / {1e3 * sd['span_s'] / s_steps:.1f} | {_pair(gd, sd, 'starts_cv', '.2f')} |")
+    _print_table("Each cell GPU / sim. Steps as the client sees them: decode-only step ms, ms one prefill adds. "
+                 "vLLM's step histogram: total: " + ", ".join(n for n, _, _ in GROUPS) + " (shares).",
+                 ["decode step ms", "a prefill adds ms", "P99 ITL ms", "P50 TPOT ms", "output tok/s", "vLLM's steps",
+                  "sim's steps"], rows, _steps_cells)
+    _print_table("\nWhere the TTFT goes, GPU / sim: mean over the level's requests (warm-up wave included) and its "
+                 "split as vLLM's histograms give it; P50 and P99 over the measured requests. ms.",
+                 ["mean TTFT", "outside the engine", "queued", "prefill", "P50 TTFT", "P99 TTFT"], rows, _ttft_cells)
+    _print_table("\nHow the tokens reach the clients, GPU / sim, the whole level: engine steps, the client's "
+                 "deliveries, mean ms per engine step; starts per 250 ms of the measured window: coefficient of "
+                 "variation.", ["engine steps", "deliveries", "ms per step", "starts CV"], rows, _delivery_cells)
     return 0
 
 
