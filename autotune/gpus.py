@@ -1,6 +1,7 @@
 """GPU cards: datasheet figures and fitted constants, one YAML file per card under calibration/."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from importlib import resources
@@ -10,7 +11,7 @@ import yaml
 
 from autotune.errors import UsageError
 
-__all__ = ["GpuSpec", "load_gpu", "known_gpus", "detect_gpu", "gpu_indices"]
+__all__ = ["GpuSpec", "load_gpu", "known_gpus", "detect_gpu", "gpu_indices", "sim_caveats"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,16 @@ class GpuSpec:
     non_torch_gib: float
     activation_gib_per_1k_batched_tokens: float
     extra: dict[str, Any] | None = None  # further fitted constants the sim engine's timing model reads
+    # per limit metric: what the sim engine's answers under that limit are known to get wrong on this card, measured
+    # against it (docs/results/sim-accuracy.md); a sim study under that limit says so
+    sim_caveats: dict[str, str] | None = None
+
+
+def sim_caveats(gpu: GpuSpec, metrics: Iterable[str]) -> list[str]:
+    """The card's caveats for a sim study under limits on ``metrics``, in their order."""
+    known = gpu.sim_caveats or {}
+    return [f"the sim engine on the {gpu.name} card, P99 {metric.upper()} limit: {known[metric]}"
+            for metric in metrics if metric in known]
 
 
 def known_gpus() -> list[str]:

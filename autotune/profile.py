@@ -143,7 +143,9 @@ class Profile(_Record):
     unconfirmed: list[int]  # finalists cut short before they were measured as the others
     baseline: str | None  # the winner's baseline name when a baseline won
     study: StudyRef
-    notes: list[str] = []  # what the engine said about the winner that no serve flag changes (untuned kernels)
+    # what the engine said about the winner that no serve flag changes (untuned kernels); on the sim engine, what it
+    # is known to get wrong under the study's limits on this card
+    notes: list[str] = []
 
 
 def _version(package: str) -> str | None:
@@ -225,7 +227,7 @@ def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRec
         unconfirmed=selection.unconfirmed, baseline=winner.baseline or None,
         study=StudyRef(name=cfg.study_name, trial_number=winner.trial_number, storage=redact_url(cfg.storage_url),
                        trials=n_trials),
-        notes=engine_notes(StartupInfo.from_dict(winner_trial.result.startup)),
+        notes=engine_notes(StartupInfo.from_dict(winner_trial.result.startup)) + s.sim_caveats(),
     )
 
 

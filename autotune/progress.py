@@ -29,6 +29,7 @@ class StudyStart:
     timeout_s: float | None
     existing_trials: int  # finished trials of earlier runs of a resumed study
     parallel: int = 1  # trials at once, each on its own GPUs
+    caveats: tuple[str, ...] = ()  # on the sim engine: what it is known to get wrong under these limits on this card
 
 
 @dataclass(frozen=True)

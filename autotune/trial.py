@@ -21,7 +21,7 @@ from typing import Any
 from autotune.engines.base import LaunchSpec
 from autotune.engines.launcher import EngineServer
 from autotune.errors import EngineStartError, UsageError
-from autotune.gpus import GpuSpec
+from autotune.gpus import GpuSpec, sim_caveats
 from autotune.loadgen.runner import LoadConfig, run_bench
 from autotune.loadgen.workload import Workload
 from autotune.jsonsafe import json_safe
@@ -75,6 +75,11 @@ class TrialSettings:
     vllm_cmd: tuple[str, ...] | None = None
     ledger_dir: Path | None = None  # where started servers are recorded until stopped (engines/ledger.py)
     sim_fault: str = ""  # sim server only: `autotune sim serve --fault` for this trial's server (sim/faults.py)
+
+    def sim_caveats(self) -> list[str]:
+        """On the sim engine: what it is known to get wrong on this card under the study's limits (its card's
+        calibration says); none on vLLM."""
+        return sim_caveats(self.gpu, self.search.limits_ms) if self.engine == "sim" else []
 
 
 def sim_predicted_knee(settings: TrialSettings, flags: dict[str, Any]) -> int | None:

@@ -48,13 +48,30 @@ def test_engine_notes_follow_the_verdict(capsys, tmp_path):
 
     from autotune.cli.run import print_summary
 
-    code = main(["run", "--model", "flash", "--engine", "sim", "--p99-ms", "500", "--storage",
+    code = main(["run", "--model", "flash", "--engine", "sim", "--gpu-type", "h200", "--p99-ms", "500", "--storage",
                  f"sqlite:///{tmp_path}/s.db", "--trials", "2", "--workload", "random:256:16", "--repeats", "0",
                  "--top-k", "0", "--max-concurrency", "64", "--out", str(tmp_path / "out"), "--json"])
     report = json.loads(capsys.readouterr().out)
-    assert code == 0 and report["notes"] == []  # the sim prints no such line
+    assert code == 0 and report["notes"] == []  # the sim prints no such line (and the h200 card no TTFT caveat)
     note = "vLLM ran the MoE layers on its fused-MoE kernel's default config: " + "x" * 200
     out = io.StringIO()
     print_summary({**report, "notes": [note]}, Console(file=out, width=80, soft_wrap=True))  # as `run` prints
     lines = out.getvalue().splitlines()
     assert lines[lines.index(report["verdict"]) + 1] == f"note: {note}" and lines[-1].startswith("Profile: ")
+
+
+def test_a_sim_study_under_a_limit_its_card_gets_wrong_says_so(capsys, tmp_path):
+    """The h200 card's sim is known to place ITL-limited knees too low: a sim study under an ITL limit says so at its
+    start, after its verdict and in its profile's notes."""
+    from autotune.gpus import load_gpu, sim_caveats
+
+    (caveat,) = sim_caveats(load_gpu("h200"), ["itl"])
+    code = main(["run", "--model", "flash", "--engine", "sim", "--gpu-type", "h200", "--slo", "ttft=500,itl=60",
+                 "--storage", f"sqlite:///{tmp_path}/s.db", "--trials", "2", "--workload", "random:256:16",
+                 "--repeats", "0", "--top-k", "0", "--max-concurrency", "64", "--out", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert [line.split("] ", 1)[1] for line in err.splitlines() if "caution:" in line] == [f"caution: {caveat}"]
+    assert f"note: {caveat}" in out
+    profile = yaml.safe_load(Path(out.split("Profile: ")[1].split()[0]).read_text())
+    assert profile["notes"] == [caveat]

@@ -101,6 +101,8 @@ class StudyView(Progress):
         self.status = (f"study {start.study} on the {start.engine} engine, {describe_limits(start.limits_ms)}: "
                        f"{budget} ({start.existing_trials} earlier)")
         self._log(self.status)
+        for caveat in start.caveats:
+            self._log(f"caution: {caveat}")
 
     def trial_started(self, number: int, flags: Mapping[str, Any], baseline: str) -> None:
         self.current = number
