@@ -81,6 +81,7 @@ def test_wrong_model_exits_2(server: FakeServer, capsys: pytest.CaptureFixture[s
     assert "does not serve model 'other' (it serves: fake-model)" in captured.err
 
 
+@pytest.mark.slow  # among the fast loop's longest (1.3-1.4 s); the full suite runs it
 def test_trace_replay_from_a_jsonl_file(server: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     server.configure(ttft_ms=2, itl_ms=1)
     trace = tmp_path / "trace.jsonl"

@@ -126,7 +126,8 @@ def test_mm_encoder_data_mode_replicates_the_vision_tower():
     {"tensor-parallel-size": 4},
     {"tensor-parallel-size": 4, "enable-expert-parallel": True},
     {"tensor-parallel-size": 4, "quantization": "fp8"},
-    {"data-parallel-size": 4, "kv-cache-dtype": "fp8", "max-model-len": 4096},  # bf16 DP serves
+    pytest.param({"data-parallel-size": 4, "kv-cache-dtype": "fp8", "max-model-len": 4096},  # bf16 DP serves
+                 marks=pytest.mark.slow),  # four replicas: the fast loop's longest (1.8 s); the full suite runs it
 ])
 def test_predict_gives_finite_throughput(flags):
     r = predict(M, H100, flags, 1024, 512, 64, 192)

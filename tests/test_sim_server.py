@@ -232,6 +232,7 @@ def test_concurrent_rounds_all_complete(server: Server) -> None:
         assert list(pool.map(one, range(12), timeout=30)) == [16] * 12
 
 
+@pytest.mark.slow  # among the fast loop's longest (1.3-1.4 s); the full suite runs it
 def test_h200_front_end_over_http(tmp_path: Path) -> None:
     """The HTTP sim on the H200 calibration puts vLLM's API server in front of the engine as the in-process sim
     does: one request on an idle server waits the request's hand-over cost before its prefill and one output job
