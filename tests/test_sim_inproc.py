@@ -261,6 +261,10 @@ def test_level_agrees_with_the_http_sim_server(tmp_path: Path) -> None:
     mine_m, theirs_m = mine.extra["server_metrics"], theirs.extra["server_metrics"]
     assert mine_m["server_mean_queue_ms"] == theirs_m["server_mean_queue_ms"] == 0.0  # 32 requests, 64 seqs
     assert mine_m["server_mean_prefill_ms"] == pytest.approx(theirs_m["server_mean_prefill_ms"], rel=0.4)
+    # and the engine steps by tokens per step, as vLLM's iteration-tokens histogram gives them
+    assert set(theirs_m["steps_by_tokens"]) == set(mine_m["steps_by_tokens"])
+    assert sum(theirs_m["steps_by_tokens"].values()) == pytest.approx(sum(mine_m["steps_by_tokens"].values()),
+                                                                       rel=0.2)
 
 
 # ---- sim predict: the study's requests and load shape --------------------------------------------------------

@@ -226,4 +226,14 @@ def test_engine_steps_by_tokens_between_two_scrapes() -> None:
     steps = steps_by_tokens(first, last)
     assert steps["le 64"] == 150 and steps["le 2048"] == 28 and steps["le 4096"] == 4
     assert sum(steps.values()) == 194 - 12
-    assert steps_by_tokens(first, {}) == {}  # a server without the histogram (the sim, the fake): nothing
+    assert steps_by_tokens(first, {}) == {}  # a server without the histogram (the fake server): nothing
+
+
+def test_a_count_histogram_reads_back_as_vllms_own() -> None:
+    """The sim server writes the iteration-tokens histogram with its buckets; the scraper reads it as vLLM's."""
+    counts = [0, 0, 0, 0, 10, 10, 10, 10, 10, 12, 12, 12, 12]
+    value = m.HistogramBuckets(cumulative=tuple(zip(m.ITERATION_TOKENS_BOUNDS, counts)), count=14, total=9000.0)
+    ours = parse_prometheus(m.render_metrics({m.ITERATION_TOKENS: value}, {"engine": "0", "model_name": "m"}))
+    vllms = parse_prometheus("\n".join(_iteration_tokens("0", [*counts, 14])))
+    assert histogram_buckets(ours, m.ITERATION_TOKENS.name) == histogram_buckets(vllms, m.ITERATION_TOKENS.name)
+    assert ours[f"{m.ITERATION_TOKENS.name}_sum"] == [9000.0] and ours[f"{m.ITERATION_TOKENS.name}_count"] == [14.0]

@@ -78,6 +78,7 @@ class Scheduler:
         self.steps_scheduled = 0
         # steps by tokens scheduled, in vLLM's iteration-tokens buckets (the last: more than the largest bound)
         self.step_token_counts = np.zeros(len(_STEP_BOUNDS) + 1, dtype=np.int64)
+        self.step_tokens_total = 0  # tokens over every step: the histogram's sum
 
     def steps_by_tokens(self) -> dict[str, int]:
         """The steps taken so far by tokens per step, as a scrape of vLLM's iteration-tokens histogram gives them
@@ -223,6 +224,7 @@ class Scheduler:
             durations = durations[:k]
         self.steps_scheduled += k
         self.step_token_counts[int(np.searchsorted(_STEP_BOUNDS, n))] += k  # k steps of n decode tokens
+        self.step_tokens_total += k * n
         new_blocks = (-(-(computed + k) // bs) - blocks).clip(0)
         self.blocks[run] += new_blocks
         self.free_blocks -= int(new_blocks.sum())
@@ -307,6 +309,7 @@ class Scheduler:
 
     def _execute(self, slots: np.ndarray, ns: np.ndarray) -> StepResult:
         self.step_token_counts[int(np.searchsorted(_STEP_BOUNDS, int(ns.sum())))] += 1
+        self.step_tokens_total += int(ns.sum())
         start = self.computed[slots]
         total = self.prompt_len[slots] + self.out[slots]
         end = start + ns

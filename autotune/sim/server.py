@@ -36,6 +36,7 @@ from autotune.sim.args import ServeArgs
 from autotune.sim.engine import EngineSetup, setup_engine
 from autotune.sim.faults import COUNTED_FAULTS, MALFORMED_EVENT, TOKENS_BEFORE_FAULT, Fault
 from autotune.sim.replica import Engine, Stream
+from autotune.sim.scheduler import Scheduler
 from autotune.sim.startup import ENGINE_DEAD_MESSAGE, engine_death_lines, failure_lines, startup_report
 from autotune.vllm_api import metrics as m
 from autotune.vllm_api.responder import (
@@ -114,7 +115,8 @@ class SimTokenSource:
                 m.QUEUE: m.HistogramTotals(sum(e.engine_times.queue_s for e in self.engines),
                                            sum(e.engine_times.count for e in self.engines)),
                 m.PREFILL: m.HistogramTotals(sum(e.engine_times.prefill_s for e in self.engines),
-                                             sum(e.engine_times.count for e in self.engines))}
+                                             sum(e.engine_times.count for e in self.engines)),
+                m.ITERATION_TOKENS: _iteration_tokens(s)}
 
     def stop(self) -> None:
         """Stop the replicas and end every stream with the tokens it has (shutdown)."""
@@ -330,3 +332,11 @@ def serve_main(args: ServeArgs) -> int:
         return 1
     np.seterr(all="ignore")
     return asyncio.run(_serve(args, setup))
+
+
+def _iteration_tokens(scheds: list[Scheduler]) -> m.HistogramBuckets:
+    """vLLM's iteration-tokens histogram over the replicas' steps so far (tokens per engine step)."""
+    counts = np.sum([x.step_token_counts for x in scheds], axis=0)
+    cumulative = np.cumsum(counts)
+    return m.HistogramBuckets(cumulative=tuple(zip(m.ITERATION_TOKENS_BOUNDS, cumulative[:-1].tolist())),
+                              count=int(cumulative[-1]), total=float(sum(x.step_tokens_total for x in scheds)))

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Metric", "HistogramTotals", "MetricValues", "KV_CACHE_USAGE", "LEGACY_GPU_CACHE_USAGE", "RUNNING",
+__all__ = ["Metric", "HistogramTotals", "HistogramBuckets", "MetricValues", "KV_CACHE_USAGE", "LEGACY_GPU_CACHE_USAGE", "RUNNING",
            "WAITING", "PREEMPTIONS", "PROMPT_TOKENS", "GENERATION_TOKENS", "TTFT", "ITL", "E2E", "QUEUE",
            "PREFILL", "LATENCY_HISTOGRAMS", "ITERATION_TOKENS", "ITERATION_TOKENS_BOUNDS", "steps_bucket",
            "render_metrics"]
@@ -33,7 +33,16 @@ class HistogramTotals:
         return HistogramTotals(self.sum_s + seconds, self.count + 1)
 
 
-MetricValues = Mapping[Metric, float | HistogramTotals]
+@dataclass(frozen=True)
+class HistogramBuckets:
+    """A histogram of counts with its buckets (the iteration-tokens one: the scraper reads its buckets)."""
+
+    cumulative: tuple[tuple[float, int], ...]  # (upper bound, observations at most that), finite bounds, ascending
+    count: int  # every observation (the +Inf bucket)
+    total: float  # their sum
+
+
+MetricValues = Mapping[Metric, float | HistogramTotals | HistogramBuckets]
 
 KV_CACHE_USAGE = Metric("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.")
 LEGACY_GPU_CACHE_USAGE = "vllm:gpu_cache_usage_perc"  # the same fraction, named so before vLLM 0.10
@@ -64,8 +73,8 @@ LATENCY_HISTOGRAMS: dict[str, Metric] = {"ttft": TTFT, "itl": ITL, "e2el": E2E, 
 
 
 def render_metrics(values: MetricValues, labels: Mapping[str, str]) -> str:
-    """The Prometheus text format of ``values``, every sample with ``labels``. A histogram is written with
-    its ``+Inf`` bucket, sum and count only."""
+    """The Prometheus text format of ``values``, every sample with ``labels``. A latency histogram
+    (:class:`HistogramTotals`) is written with its ``+Inf`` bucket, sum and count only."""
     label = ",".join(f'{k}="{v}"' for k, v in labels.items())
     out = []
     for metric, value in values.items():
@@ -73,6 +82,11 @@ def render_metrics(values: MetricValues, labels: Mapping[str, str]) -> str:
         if isinstance(value, HistogramTotals):
             out += [f'{metric.name}_bucket{{{label},le="+Inf"}} {float(value.count)}',
                     f"{metric.name}_sum{{{label}}} {float(value.sum_s)}",
+                    f"{metric.name}_count{{{label}}} {float(value.count)}"]
+        elif isinstance(value, HistogramBuckets):
+            out += [f'{metric.name}_bucket{{{label},le="{float(bound)}"}} {float(n)}' for bound, n in value.cumulative]
+            out += [f'{metric.name}_bucket{{{label},le="+Inf"}} {float(value.count)}',
+                    f"{metric.name}_sum{{{label}}} {float(value.total)}",
                     f"{metric.name}_count{{{label}}} {float(value.count)}"]
         else:
             out.append(f"{metric.name}{{{label}}} {float(value)}")

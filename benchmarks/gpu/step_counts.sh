@@ -11,7 +11,8 @@
 # Variables (defaults): LOADS="16 40 64 128" WORKLOAD=random:1024:128:0.5 PORT=8061
 #   CONFIGS="defaults batch2048" (defaults: no flag; batch2048: --max-num-batched-tokens 2048; batch16384 too)
 #   MODEL_DIR=/tmp/model (the kit's weightless model; its tokenizer makes the prompts)
-#   ENGINE=vllm, or sim to rehearse on a CPU against `autotune sim serve` (its /metrics has no step histogram)
+#   ENGINE=vllm, or sim to rehearse on a CPU against `autotune sim serve` (its /metrics has the step, queue and
+#   prefill histograms as vLLM's)
 # Expected time on one H200: a cold start of ~2 min per configuration, then ~20-40 s per level: ~7 min for two.
 set -uo pipefail
 dir=${2:-/tmp/step-counts}; progress=times.txt; status_lines=3
