@@ -31,10 +31,17 @@ snapshot_tree() {
     echo "$to"
 }
 
+# Every vLLM or autotune process on the machine but this shell's session: "pid sid args" lines. Case-insensitive,
+# as vLLM titles its engine core "VLLM::EngineCore" (setproctitle); the device tool's own shell, whose command line
+# names the kit's vllm.tar.zst parts, is not one.
+engine_processes() {
+  ps -eo pid,sid,args | grep -iE 'vllm|autotune' |
+    grep -v -e grep -e 'vllm\.tar' -e "^ *[0-9]* *$(ps -o sid= $$) "
+}
+
 # What a finished job must show: no vLLM or autotune process of ours, GPU memory back.
 leftovers_check() {
   sleep 2
   nvidia-smi --query-gpu=index,memory.used --format=csv,noheader > "$dir/gpu-after.txt"
-  ps -eo pid,sid,args | grep -E 'vllm|autotune' | grep -v -e grep -e "^ *[0-9]* *$(ps -o sid= $$) " \
-    > "$dir/procs-after.txt"
+  engine_processes > "$dir/procs-after.txt"
 }

@@ -21,11 +21,12 @@ elif [ -f "$r/gpu0.db.gz" ] && [ ! -f "$dir/study.db" ]; then
 fi
 mkdir -p "$dir/studies" "$OUT/$study"
 echo "STUDY=$study bash $0 $hard_limit_s $*" >> "$OUT/$study/commands.txt"  # each part's command, as it ran
+. "$(dirname "$0")/background.sh"  # engine_processes
 save() {
   cp "$dir/study.db" "$dir/run.log" "$OUT/$study/" 2>/dev/null
   tar czf "$OUT/$study/studies.tgz" -C "$dir" studies 2>/dev/null
   { date; nvidia-smi --query-gpu=index,memory.used --format=csv; ss -ltnp 2>/dev/null | grep -v "^State";
-    ps -eo pid,args | grep -E "vllm|autotune" | grep -v grep; } > "$OUT/$study/after.txt" 2>&1
+    engine_processes; } > "$OUT/$study/after.txt" 2>&1
 }
 trap save EXIT
 timeout -s TERM -k 20 "$hard_limit_s" python3 -m autotune run --model /tmp/model --gpus 1 --p99-ms 500 \

@@ -17,7 +17,7 @@ case "$cmd" in
     mkdir -p "$dir"
     . "$(dirname "$0")/background.sh"
     src=$(snapshot_tree "$dir") || exit 1
-    setsid bash -c "
+    setsid bash -c "$(declare -f engine_processes)
       . /tmp/st/env.sh
       cd '$src'
       export PYTHONPATH=\$PWD
@@ -30,7 +30,7 @@ case "$cmd" in
         date +%s > '$dir/'\$mode.t1
         sleep 2
         nvidia-smi --query-gpu=index,memory.used --format=csv,noheader > '$dir/'\$mode.gpu-after.txt
-        ps -eo pid,args | grep -E 'vllm|autotune' | grep -v grep > '$dir/'\$mode.procs-after.txt
+        engine_processes > '$dir/'\$mode.procs-after.txt
       done
       python3 -m autotune run --model /tmp/model --engine vllm --load-format dummy --gpus 2 --p99-ms 500 \
         --trials ${TP2_TRIALS:-12} --timeout ${TP2_TIMEOUT:-20m} --study tp2 --storage sqlite:///$dir/tp2.db \

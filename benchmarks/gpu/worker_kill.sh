@@ -44,7 +44,7 @@ with TempPostgres() as pg:
         print(f"{time.monotonic() - t0:5.1f} s after SIGKILL: GPU 1 {smi()[1]} MiB", flush=True)
         time.sleep(1)
     print(f"GPU 1 back to {smi()[1]} MiB {time.monotonic() - t0:.1f} s after the worker's SIGKILL", flush=True)
-    print(subprocess.run(["bash", "-c", "ps -eo pid,args | grep -E 'vllm|autotune' | grep -v grep"],
+    print(subprocess.run(["bash", "-c", ". benchmarks/gpu/background.sh; engine_processes"],
                          capture_output=True, text=True).stdout or "no vllm or autotune process left")
     run.wait()
     study = optuna.load_study(study_name="kill", storage=url)
