@@ -90,6 +90,9 @@ class Progress:
     def leftover_stopped(self, served_model_name: str, port: int, gpu_ids: tuple[int, ...]) -> None:
         """A server that a dead run left behind was found in the study's ledger and stopped."""
 
+    def dead_run_trials_failed(self, numbers: tuple[int, ...]) -> None:
+        """Trials a dead run left RUNNING were failed and queued again."""
+
     def load_level(self, level: LevelRecord, limits_ms: Mapping[str, float], trial: int | None = None) -> None:
         """The load search measured one level."""
 
@@ -165,6 +168,10 @@ class ThreadedProgress(Progress):
     def leftover_stopped(self, served_model_name: str, port: int, gpu_ids: tuple[int, ...]) -> None:
         with self.lock:
             self.inner.leftover_stopped(served_model_name, port, gpu_ids)
+
+    def dead_run_trials_failed(self, numbers: tuple[int, ...]) -> None:
+        with self.lock:
+            self.inner.dead_run_trials_failed(numbers)
 
     def load_level(self, level: LevelRecord, limits_ms: Mapping[str, float], trial: int | None = None) -> None:
         with self.lock:

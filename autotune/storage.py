@@ -20,7 +20,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from autotune.errors import StorageError, StorageUnavailable, UsageError
 
 __all__ = ["DEFAULT_STORAGE", "open_storage", "open_storage_readonly", "redact_url", "load_study", "study_names",
-           "sqlite_dir", "MAX_RETRIES"]
+           "sqlite_dir", "fail_dead_processes_trials", "MAX_RETRIES"]
 
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 # How often a trial cut short (a signal, a dead worker) is queued again: a point that kills its worker every time
@@ -102,6 +102,22 @@ def sqlite_dir(url: str) -> Path | None:
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         return Path(parsed.database).expanduser().resolve().parent
     return None
+
+
+def fail_dead_processes_trials(study: optuna.Study, url: str) -> list[int]:
+    """Fail and queue again (as Optuna's heartbeat callback does) every trial still RUNNING in a SQLite study whose
+    file this process holds locked: no other process can be running it, so its process died (SIGKILL, a crash, a
+    machine lost) and there is no need to wait three heartbeats for it. Returns the trials' numbers; none for
+    PostgreSQL, where another worker may be running them and the heartbeat decides."""
+    folder = sqlite_dir(url)
+    if folder is None or Path(str(make_url(url).database)).expanduser().resolve() not in _LOCKS:
+        return []
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in running:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        retry(study, study.trials[trial.number])
+    return [t.number for t in running]
 
 
 def open_storage(url: str | None, create_dirs: bool = True, exclusive: bool = False) -> optuna.storages.RDBStorage:

@@ -34,7 +34,7 @@ from autotune.models import ModelSpec
 from autotune.profile import Hardware, Profile, Software, build_profile, environment, write_profile
 from autotune.progress import NULL_PROGRESS, Progress, StudyEta, StudyInterrupted, StudyStart, ThreadedProgress
 from autotune.sim.faults import FaultPlan
-from autotune.storage import MAX_RETRIES, redact_url
+from autotune.storage import MAX_RETRIES, fail_dead_processes_trials, redact_url
 from autotune.records import Measurement, StudyFingerprint, TrialRecord, TrialResult
 from autotune.selection import Candidate, LoadCurve, Selection, select_winner, tok_s_stats
 from autotune.space import SearchSpace
@@ -405,7 +405,8 @@ def _trials_since_gain(trials: list[TrialRecord]) -> tuple[int, float]:
 
 def _prepare(cfg: StudyConfig, storage: optuna.storages.BaseStorage, progress: ThreadedProgress) -> optuna.Study:
     """Open the study, stop what a dead run of it left on this machine, fail its trials whose heartbeat stopped
-    (re-queued by the storage's stale-trial callback, a baseline included)."""
+    (re-queued by the storage's stale-trial callback, a baseline included), and on SQLite, which this process holds
+    alone, every trial left RUNNING at once."""
     # Optuna logs an interrupted or crashed trial's traceback as a warning: our one-line errors say it instead.
     optuna.logging.set_verbosity(optuna.logging.WARNING if os.environ.get("AUTOTUNE_DEBUG") == "1"
                                  else optuna.logging.ERROR)
@@ -416,6 +417,8 @@ def _prepare(cfg: StudyConfig, storage: optuna.storages.BaseStorage, progress: T
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    if dead := fail_dead_processes_trials(study, cfg.storage_url):
+        progress.dead_run_trials_failed(tuple(dead))
     journal.replay(study, _journal_dir(cfg))  # what a run that lost its database measured
     return study
 

@@ -95,3 +95,33 @@ def test_signal_tears_down_and_resume_keeps_trials(tmp_path, sig, code, server):
     after = [t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert set(kept) < set(after)
     assert [r.stopped_by for r in records.read_runs(study)] == ["interrupted", "trials"]
+
+
+def test_after_a_sigkill_the_next_run_fails_and_requeues_the_cut_trial_at_once(tmp_path):
+    """SQLite serves one process, so the next run knows the killed run's RUNNING trial is dead without waiting
+    three heartbeats (60 s each by default): it fails it, queues it again, says so, and runs it."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    cmd = [sys.executable, "-m", "autotune", "run", "--model", "flash", "--engine", "sim", "--p99-ms", "500",
+           "--storage", url, "--study", "killed", "--workload", "random:256:32", "--repeats", "0", "--top-k", "0",
+           "--sim-server", "--sim-time-scale", "50", "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen([*cmd, "--trials", "50"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    server_pid = None
+    while time.monotonic() < deadline and server_pid is None:
+        time.sleep(0.2)
+        server_pid = next(iter(_children_of(proc.pid)), None)  # the first trial's server (its watchdog)
+    assert server_pid is not None, "no trial started in time"
+    proc.kill()
+    proc.wait()
+    study = optuna.load_study(study_name="killed", storage=url)
+    cut = [t.number for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert cut == [0]
+    rerun = subprocess.run([*cmd, "--trials", "1"], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "trial 0 left running by an earlier run that died: failed and queued again" in rerun.stderr
+    study = optuna.load_study(study_name="killed", storage=url)
+    states = {t.number: t.state for t in study.trials}
+    assert states[0] == optuna.trial.TrialState.FAIL
+    [retry] = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
+    assert records.read_trial(retry).baseline == records.read_trial(study.trials[0]).baseline == "vllm-defaults"
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]

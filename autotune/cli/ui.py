@@ -125,6 +125,11 @@ class StudyView(Progress):
         self._say(f"stopped server {served_model_name} (port {port}, GPUs {list(gpu_ids)}) left running by an "
                   "earlier run that died")
 
+    def dead_run_trials_failed(self, numbers: tuple[int, ...]) -> None:
+        which = ", ".join(str(n) for n in numbers)
+        self._say(f"trial{'s' if len(numbers) > 1 else ''} {which} left running by an earlier run that died: "
+                  "failed and queued again")
+
     def study_interrupted(self, interrupted: StudyInterrupted) -> None:
         i = interrupted
         cut = ""
