@@ -3,8 +3,13 @@ again at once. PostgreSQL (another worker may be running it) and an unlocked SQL
 from __future__ import annotations
 
 import optuna
+import pytest
 
 from autotune.storage import fail_dead_processes_trials, open_storage
+
+
+# a trial asked outside Study.optimize, as autotune's own trial loop does
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def _study_with_a_running_trial(url: str, exclusive: bool) -> optuna.Study:
