@@ -20,7 +20,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from autotune.errors import StorageError, StorageUnavailable, UsageError
 
 __all__ = ["DEFAULT_STORAGE", "open_storage", "open_storage_readonly", "redact_url", "load_study", "study_names",
-           "sqlite_dir", "fail_dead_processes_trials", "MAX_RETRIES"]
+           "sqlite_dir", "holds_alone", "fail_dead_processes_trials", "MAX_RETRIES"]
 
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 # How often a trial cut short (a signal, a dead worker) is queued again: a point that kills its worker every time
@@ -104,13 +104,18 @@ def sqlite_dir(url: str) -> Path | None:
     return None
 
 
+def holds_alone(url: str) -> bool:
+    """Whether this process is the only one that can run trials in the storage: a SQLite file it holds locked
+    (:func:`_lock_sqlite`). PostgreSQL is shared with workers."""
+    return sqlite_dir(url) is not None and Path(str(make_url(url).database)).expanduser().resolve() in _LOCKS
+
+
 def fail_dead_processes_trials(study: optuna.Study, url: str) -> list[int]:
-    """Fail and queue again (as Optuna's heartbeat callback does) every trial still RUNNING in a SQLite study whose
-    file this process holds locked: no other process can be running it, so its process died (SIGKILL, a crash, a
+    """Fail and queue again (as Optuna's heartbeat callback does) every trial still RUNNING in a study this process
+    holds alone (:func:`holds_alone`): no other process can be running it, so its process died (SIGKILL, a crash, a
     machine lost) and there is no need to wait three heartbeats for it. Returns the trials' numbers; none for
     PostgreSQL, where another worker may be running them and the heartbeat decides."""
-    folder = sqlite_dir(url)
-    if folder is None or Path(str(make_url(url).database)).expanduser().resolve() not in _LOCKS:
+    if not holds_alone(url):
         return []
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))

@@ -34,7 +34,7 @@ from autotune.models import ModelSpec
 from autotune.profile import Hardware, Profile, Software, build_profile, environment, write_profile
 from autotune.progress import NULL_PROGRESS, Progress, StudyEta, StudyInterrupted, StudyStart, ThreadedProgress
 from autotune.sim.faults import FaultPlan
-from autotune.storage import MAX_RETRIES, fail_dead_processes_trials, redact_url
+from autotune.storage import MAX_RETRIES, fail_dead_processes_trials, holds_alone, redact_url
 from autotune.records import Measurement, StudyFingerprint, TrialRecord, TrialResult
 from autotune.selection import Candidate, LoadCurve, Selection, select_winner, tok_s_stats
 from autotune.space import SearchSpace
@@ -281,20 +281,22 @@ def _run_trials(study: optuna.Study, cfg: StudyConfig, progress: ThreadedProgres
 
 
 @contextmanager
-def _failing_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage) -> Iterator[None]:
+def _failing_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage, alone: bool) -> Iterator[None]:
     """Mark FAIL the trials that became RUNNING inside the block when it ends in an exception. Optuna fails a
     trial interrupted inside the objective itself, but a signal inside its ``ask`` (the trial is created or an
     enqueued baseline popped, the objective not yet called) or ``tell`` leaves it RUNNING; with in-process sim
-    trials of about a second that window is often hit. Trials RUNNING before the block are not this run's
-    (several processes on one study are not supported, but a stale one is not ours to fail)."""
+    trials of about a second that window is often hit. Only where this process runs the study alone (SQLite,
+    ``alone``): in a shared one a trial that became RUNNING meanwhile may be a live worker's, and one of ours cut
+    inside ``ask`` is failed by the others through its stopped heartbeat."""
     running = (optuna.trial.TrialState.RUNNING,)
     before = {t.number for t in study.get_trials(deepcopy=False, states=running)}
     try:
         yield
     except BaseException:
-        for t in study.get_trials(deepcopy=False, states=running):
-            if t.number not in before:
-                storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)  # noqa: SLF001 - its id
+        if alone:
+            for t in study.get_trials(deepcopy=False, states=running):
+                if t.number not in before:
+                    storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)  # noqa: SLF001 - its id
         raise
 
 
@@ -542,7 +544,8 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
         if rules.would_overrun():  # a resumed study whose earlier trials show the next one cannot fit
             rules.reason = "timeout"
         elif cfg.n_trials > 0:
-            with _failing_interrupted(study, storage), runner.interruptible():  # Ctrl-C, SIGTERM/SIGHUP
+            alone = holds_alone(cfg.storage_url)
+            with _failing_interrupted(study, storage, alone), runner.interruptible():  # Ctrl-C, SIGTERM/SIGHUP
                 _run_trials(study, cfg, threaded, deadline, rules, runner)
         records.write_search_done(study, True)  # workers take no new trial from here on
         trials = records.read_trials(study)
@@ -580,7 +583,8 @@ def run_worker(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
         deadline = start + cfg.timeout_s if cfg.timeout_s else None
         rules, _ = _start(study, cfg, threaded, deadline)
         runner = _SlotRunner(cfg.gpu_slots)
-        with _storage_loss(cfg), _reporting_interrupts(study, cfg, threaded), _failing_interrupted(study, storage), \
+        with _storage_loss(cfg), _reporting_interrupts(study, cfg, threaded), \
+            _failing_interrupted(study, storage, holds_alone(cfg.storage_url)), \
                 runner.interruptible():
             try:
                 _run_trials(study, cfg, threaded, deadline, rules, runner, until_search_done=True)

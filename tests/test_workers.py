@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -157,3 +158,40 @@ def test_an_unreachable_database_is_one_line_and_exit_1(postgres) -> None:
         assert proc.returncode == 1, proc.stderr
         assert "cannot reach storage" in proc.stderr and proc.stderr.count("\n") == 1
         assert postgres.password not in proc.stderr and "***" in proc.stderr
+
+
+def test_a_worker_ctrl_c_leaves_the_trials_of_the_run_beside_it_alone(postgres, tmp_path: Path) -> None:
+    """A worker stopped by Ctrl-C fails its own cut trial only: a trial the run started meanwhile is the run's, and
+    failing it made the run's end 'Cannot tell a FAIL trial' (exit 1)."""
+    url = postgres.url
+    run = subprocess.Popen(_run_args(url, "ctrlc", tmp_path / "run", 6), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=_env())
+    worker = None
+    try:
+        _wait(lambda: (s := _study(url, "ctrlc")) is not None and records.read_run_options(s), 120, "the study")
+        worker = subprocess.Popen([sys.executable, "-m", "autotune", "worker", "--study", "ctrlc", "--storage", url,
+                                   "--out", str(tmp_path / "worker")], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=_env(),
+                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+        def trial_of(proc: subprocess.Popen) -> int | None:  # its servers' watchdogs are its children
+            names = [args.split("autotune-ctrlc-")[1].split()[0] for _, args in _children(proc.pid)
+                     if "autotune-ctrlc-" in args]
+            return int(names[0]) if names else None
+        _wait(lambda: trial_of(worker) is not None, 120, "a trial on the worker")
+        first = _wait(lambda: trial_of(run), 120, "a trial on the run")
+        # the run's next trial starts while the worker runs: the one the worker's Ctrl-C must leave alone
+        _wait(lambda: (n := trial_of(run)) is not None and n != first and trial_of(worker) is not None, 120,
+              "the run's next trial beside the worker's")
+        worker.send_signal(signal.SIGINT)
+        _, worker_err = worker.communicate(timeout=60)
+        assert worker.returncode == 130, worker_err
+        out, err = run.communicate(timeout=400)
+        assert run.returncode in (0, 3), err
+    finally:
+        for proc in (run, worker):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    study = optuna.load_study(study_name="ctrlc", storage=url)
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
