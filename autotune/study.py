@@ -431,10 +431,15 @@ def _journal_dir(cfg: StudyConfig) -> Path:
 
 @contextmanager
 def _storage_loss(cfg: StudyConfig) -> Iterator[None]:
-    """A database lost mid-study: one clear error (exit 1), and where the finished trials it did not take wait."""
+    """A database lost mid-study: one clear error (exit 1), and where the finished trials it did not take wait.
+    The storage's error may come wrapped: Optuna's trial loop, failing to record a trial's end, raises an error of
+    its own from inside its handling of the storage's."""
     try:
         yield
-    except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
+    except Exception as raised:
+        e = _storage_error_in(raised)
+        if e is None:
+            raise
         kept = journal.pending(_journal_dir(cfg))
         what = (f"the results of {len(kept)} finished trials are kept in {_journal_dir(cfg)} and are written to "
                 "the study when it resumes" if kept else "nothing measured was lost")
@@ -442,6 +447,18 @@ def _storage_loss(cfg: StudyConfig) -> Iterator[None]:
         raise StorageUnavailable(f"storage {redact_url(cfg.storage_url)} lost during study {cfg.study_name!r} "
                                  f"({first}); every server is stopped and {what}: run the same command again once "
                                  "the database is back") from None
+
+
+def _storage_error_in(error: BaseException) -> BaseException | None:
+    """The storage's error in ``error`` or in the errors it was raised from or while handling, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (optuna.exceptions.StorageInternalError, SQLAlchemyError)):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress,

@@ -100,7 +100,7 @@ def test_an_interrupt_fails_the_trials_this_run_started_also_a_popped_baseline()
     study = optuna.create_study(direction="maximize", storage=storage)
     stale = study.ask()  # another run's trial, still RUNNING
     study.enqueue_trial({"x": 1})
-    with pytest.raises(KeyboardInterrupt), _failing_interrupted(study, storage):
+    with pytest.raises(KeyboardInterrupt), _failing_interrupted(study, storage, alone=True):
         popped = study.ask({"x": optuna.distributions.IntDistribution(0, 2)})
         assert popped.params == {"x": 1}
         fresh = study.ask()
@@ -108,3 +108,14 @@ def test_an_interrupt_fails_the_trials_this_run_started_also_a_popped_baseline()
     states = {t.number: t.state for t in study.trials}
     assert states == {stale.number: optuna.trial.TrialState.RUNNING, popped.number: optuna.trial.TrialState.FAIL,
                       fresh.number: optuna.trial.TrialState.FAIL}
+
+
+def test_on_a_shared_study_an_interrupt_fails_no_trial_of_another_process():
+    """On a study shared with workers (PostgreSQL) a trial that became RUNNING meanwhile may be a live worker's:
+    left to the heartbeat, as this process's own trial cut inside ``ask`` is."""
+    storage = optuna.storages.RDBStorage("sqlite:///:memory:")
+    study = optuna.create_study(direction="maximize", storage=storage)
+    with pytest.raises(KeyboardInterrupt), _failing_interrupted(study, storage, alone=False):
+        started_meanwhile = study.ask()
+        raise KeyboardInterrupt
+    assert study.trials[started_meanwhile.number].state == optuna.trial.TrialState.RUNNING
