@@ -65,16 +65,27 @@ def _study(url: str, name: str) -> optuna.Study | None:
         return None
 
 
+def _start_run_then_worker(url: str, study: str, tmp_path: Path, trials: int,
+                           **worker_kwargs) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """`autotune run` on the study, and once it has written the study's options, an `autotune worker` beside it."""
+    run = subprocess.Popen(_run_args(url, study, tmp_path / "run", trials), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        _wait(lambda: (s := _study(url, study)) is not None and records.read_run_options(s), 120, "the study")
+    except BaseException:
+        run.kill()
+        run.wait(10)
+        raise
+    worker = subprocess.Popen([sys.executable, "-m", "autotune", "worker", "--study", study, "--storage", url,
+                               "--out", str(tmp_path / "worker")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=_env(), **worker_kwargs)
+    return run, worker
+
+
 def test_a_worker_killed_mid_trial_is_detected_and_its_trial_queued_again(postgres, tmp_path: Path) -> None:
     url = postgres.url
-    run = subprocess.Popen(_run_args(url, "two", tmp_path / "run", 8), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, env=_env())
-    worker = None
+    run, worker = _start_run_then_worker(url, "two", tmp_path, 8)
     try:
-        _wait(lambda: (s := _study(url, "two")) is not None and records.read_run_options(s), 120, "the study")
-        worker = subprocess.Popen([sys.executable, "-m", "autotune", "worker", "--study", "two", "--storage", url,
-                                   "--out", str(tmp_path / "worker")], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=_env())
         # the worker's trial: its server's watchdog is the worker's child, named by the served model name
         watchdog = _wait(lambda: [c for c in _children(worker.pid) if "autotune-two-" in c[1]]
                          or (worker.poll() is not None and pytest.fail(worker.communicate()[1])), 120,
@@ -164,16 +175,9 @@ def test_a_worker_ctrl_c_leaves_the_trials_of_the_run_beside_it_alone(postgres, 
     """A worker stopped by Ctrl-C fails its own cut trial only: a trial the run started meanwhile is the run's, and
     failing it made the run's end 'Cannot tell a FAIL trial' (exit 1)."""
     url = postgres.url
-    run = subprocess.Popen(_run_args(url, "ctrlc", tmp_path / "run", 6), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, env=_env())
-    worker = None
+    run, worker = _start_run_then_worker(url, "ctrlc", tmp_path, 6,
+                                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        _wait(lambda: (s := _study(url, "ctrlc")) is not None and records.read_run_options(s), 120, "the study")
-        worker = subprocess.Popen([sys.executable, "-m", "autotune", "worker", "--study", "ctrlc", "--storage", url,
-                                   "--out", str(tmp_path / "worker")], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=_env(),
-                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
         def trial_of(proc: subprocess.Popen) -> int | None:  # its servers' watchdogs are its children
             names = [args.split("autotune-ctrlc-")[1].split()[0] for _, args in _children(proc.pid)
                      if "autotune-ctrlc-" in args]
