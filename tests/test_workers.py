@@ -65,6 +65,14 @@ def _study(url: str, name: str) -> optuna.Study | None:
         return None
 
 
+def _kill_left(*procs: subprocess.Popen) -> None:
+    """Never leave a process of a failed test running."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def _start_run_then_worker(url: str, study: str, tmp_path: Path, trials: int,
                            **worker_kwargs) -> tuple[subprocess.Popen, subprocess.Popen]:
     """`autotune run` on the study, and once it has written the study's options, an `autotune worker` beside it."""
@@ -73,8 +81,7 @@ def _start_run_then_worker(url: str, study: str, tmp_path: Path, trials: int,
     try:
         _wait(lambda: (s := _study(url, study)) is not None and records.read_run_options(s), 120, "the study")
     except BaseException:
-        run.kill()
-        run.wait(10)
+        _kill_left(run)
         raise
     worker = subprocess.Popen([sys.executable, "-m", "autotune", "worker", "--study", study, "--storage", url,
                                "--out", str(tmp_path / "worker")], stdout=subprocess.PIPE,
@@ -104,10 +111,7 @@ def test_a_worker_killed_mid_trial_is_detected_and_its_trial_queued_again(postgr
         report = json.loads(out)
         assert report["study"] == "two"
     finally:
-        for proc in (run, worker):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+        _kill_left(run, worker)
     study = optuna.load_study(study_name="two", storage=url)
     trials = study.trials
     assert trials[number].state == optuna.trial.TrialState.FAIL  # the others saw its heartbeat stop
@@ -193,9 +197,6 @@ def test_a_worker_ctrl_c_leaves_the_trials_of_the_run_beside_it_alone(postgres, 
         out, err = run.communicate(timeout=400)
         assert run.returncode in (0, 3), err
     finally:
-        for proc in (run, worker):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+        _kill_left(run, worker)
     study = optuna.load_study(study_name="ctrlc", storage=url)
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
