@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Metric", "HistogramTotals", "HistogramBuckets", "MetricValues", "KV_CACHE_USAGE", "LEGACY_GPU_CACHE_USAGE", "RUNNING",
-           "WAITING", "PREEMPTIONS", "PROMPT_TOKENS", "GENERATION_TOKENS", "TTFT", "ITL", "E2E", "QUEUE",
+__all__ = ["Metric", "HistogramTotals", "HistogramBuckets", "MetricValues", "KV_CACHE_USAGE", "LEGACY_GPU_CACHE_USAGE",
+           "RUNNING", "WAITING", "PREEMPTIONS", "PROMPT_TOKENS", "GENERATION_TOKENS", "TTFT", "ITL", "E2E", "QUEUE",
            "PREFILL", "LATENCY_HISTOGRAMS", "ITERATION_TOKENS", "ITERATION_TOKENS_BOUNDS", "steps_bucket",
            "render_metrics"]
 
@@ -79,14 +79,12 @@ def render_metrics(values: MetricValues, labels: Mapping[str, str]) -> str:
     out = []
     for metric, value in values.items():
         out += [f"# HELP {metric.name} {metric.help}", f"# TYPE {metric.name} {metric.kind}"]
-        if isinstance(value, HistogramTotals):
+        if isinstance(value, (HistogramTotals, HistogramBuckets)):
+            buckets, total = ((value.cumulative, value.total) if isinstance(value, HistogramBuckets)
+                              else ((), value.sum_s))
+            out += [f'{metric.name}_bucket{{{label},le="{float(bound)}"}} {float(n)}' for bound, n in buckets]
             out += [f'{metric.name}_bucket{{{label},le="+Inf"}} {float(value.count)}',
-                    f"{metric.name}_sum{{{label}}} {float(value.sum_s)}",
-                    f"{metric.name}_count{{{label}}} {float(value.count)}"]
-        elif isinstance(value, HistogramBuckets):
-            out += [f'{metric.name}_bucket{{{label},le="{float(bound)}"}} {float(n)}' for bound, n in value.cumulative]
-            out += [f'{metric.name}_bucket{{{label},le="+Inf"}} {float(value.count)}',
-                    f"{metric.name}_sum{{{label}}} {float(value.total)}",
+                    f"{metric.name}_sum{{{label}}} {float(total)}",
                     f"{metric.name}_count{{{label}}} {float(value.count)}"]
         else:
             out.append(f"{metric.name}{{{label}}} {float(value)}")
