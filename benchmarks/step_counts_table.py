@@ -85,7 +85,32 @@ def ttft_split(records: list[dict[str, Any]], server_metrics: dict[str, Any]) ->
         return None
     queue, prefill = server_metrics["server_mean_queue_ms"], server_metrics["server_mean_prefill_ms"]
     mean = float(np.mean(ttft))
-    return {"mean_ttft_ms": mean, "outside_ms": mean - queue - prefill, "queue_ms": queue, "prefill_ms": prefill}
+    split = {"mean_ttft_ms": mean, "outside_ms": mean - queue - prefill, "queue_ms": queue, "prefill_ms": prefill}
+    if "server_mean_ttft_ms" in server_metrics:  # vLLM's own TTFT starts at its renderer's arrival stamp
+        split["before_arrival_ms"] = mean - server_metrics["server_mean_ttft_ms"]
+        split["arrival_to_queue_ms"] = server_metrics["server_mean_ttft_ms"] - queue - prefill
+    return split
+
+
+# (table, key) of each figure whose sim error --ranges summarises: the sim's value over the GPU's, less one
+RANGED = {"P99 ITL": (None, "p99_itl_ms"), "tok/s": (None, "output_tok_s"), "P50 TPOT": (None, "p50_tpot_ms"),
+          "decode step": ("client_steps", "decode_step_ms"), "a prefill adds": ("client_steps", "prefill_adds_ms"),
+          "mean TTFT": ("ttft_split", "mean_ttft_ms"), "P99 TTFT": (None, "p99_ttft_ms")}
+
+
+def error_ranges(rows: list[dict[str, Any]]) -> dict[str, tuple[float, float, int]]:
+    """Per figure of RANGED: the smallest and largest error of the sim against the GPU, in %, over the levels
+    that have it, and how many levels those are."""
+    out = {}
+    for name, (table_key, key) in RANGED.items():
+        errors = []
+        for r in rows:
+            g, s = ((r[side].get(table_key) if table_key else r[side]) for side in ("gpu", "sim"))
+            if g and s and g.get(key) and s.get(key) is not None:
+                errors.append(100 * (s[key] / g[key] - 1))
+        if errors:
+            out[name] = (min(errors), max(errors), len(errors))
+    return out
 
 
 def deliveries(records: list[dict[str, Any]], same_step_ms: float = 1.0) -> dict[str, float]:
@@ -217,7 +242,14 @@ def _steps_cells(g: dict[str, Any], s: dict[str, Any]) -> list[str]:
 def _ttft_cells(g: dict[str, Any], s: dict[str, Any]) -> list[str]:
     return [*(_pair(g["ttft_split"], s["ttft_split"], key, ",.0f")
               for key in ("mean_ttft_ms", "outside_ms", "queue_ms", "prefill_ms")),
-            f"{g['p50_ttft_ms']:,.0f} / {s['p50_ttft_ms']:,.0f}", f"{g['p99_ttft_ms']:,.0f} / {s['p99_ttft_ms']:,.0f}"]
+            f"{g['p50_ttft_ms']:,.0f} / {s['p50_ttft_ms']:,.0f}", f"{g['p99_ttft_ms']:,.0f} / {s['p99_ttft_ms']:,.0f}",
+            _arrival_cell(g["ttft_split"])]
+
+
+def _arrival_cell(split: dict[str, float] | None) -> str:
+    if not split or "before_arrival_ms" not in split:
+        return "—"
+    return f"{split['before_arrival_ms']:,.0f} + {split['arrival_to_queue_ms']:,.0f}"
 
 
 def _delivery_cells(g: dict[str, Any], s: dict[str, Any]) -> list[str]:
@@ -250,10 +282,14 @@ def main() -> int:
                   "sim's steps"], rows, _steps_cells)
     _print_table("\nWhere the TTFT goes, GPU / sim: mean over the level's requests (warm-up wave included) and its "
                  "split as vLLM's histograms give it; P50 and P99 over the measured requests. ms.",
-                 ["mean TTFT", "outside the engine", "queued", "prefill", "P50 TTFT", "P99 TTFT"], rows, _ttft_cells)
+                 ["mean TTFT", "outside the engine", "queued", "prefill", "P50 TTFT", "P99 TTFT",
+                  "GPU outside: before + after vLLM's arrival stamp"], rows, _ttft_cells)
     _print_table("\nHow the tokens reach the clients, GPU / sim, the whole level: engine steps, the client's "
                  "deliveries, mean ms per engine step; starts per 250 ms of the measured window: coefficient of "
                  "variation.", ["engine steps", "deliveries", "ms per step", "starts CV"], rows, _delivery_cells)
+    print("\nThe sim's error against the GPU over these levels, min to max (levels that have the figure):")
+    for name, (low, high, n) in error_ranges(rows).items():
+        print(f"- {name}: {low:+.0f}% to {high:+.0f}% ({n})")
     return 0
 
 

@@ -83,3 +83,14 @@ def test_constants_reach_the_sim(tmp_path: Path) -> None:
     fast = sct.sim_level({}, level, {"hbm_efficiency": 0.9})["client_steps"]["decode_step_ms"]
     slow = sct.sim_level({}, level, {"hbm_efficiency": 0.45})["client_steps"]["decode_step_ms"]
     assert slow > 1.5 * fast
+
+
+def test_error_ranges_over_the_levels_that_have_the_figure() -> None:
+    def level(gpu_itl: float, sim_itl: float, split: bool) -> dict:
+        side = {"p99_itl_ms": 0.0, "output_tok_s": 0.0, "p50_tpot_ms": 0.0, "p99_ttft_ms": 0.0, "client_steps": None}
+        gpu = {**side, "p99_itl_ms": gpu_itl, "ttft_split": {"mean_ttft_ms": 100.0} if split else None}
+        return {"gpu": gpu, "sim": {**side, "p99_itl_ms": sim_itl, "ttft_split": {"mean_ttft_ms": 80.0}}}
+    ranges = sct.error_ranges([level(50, 60, True), level(40, 36, False)])
+    assert ranges["P99 ITL"] == pytest.approx((-10.0, 20.0, 2))
+    assert ranges["mean TTFT"] == pytest.approx((-20.0, -20.0, 1))  # one level has no split
+    assert "tok/s" not in ranges  # no level has the GPU's figure
