@@ -82,7 +82,8 @@ def complete_trials(storage: str) -> set[int]:
 
 
 def trial_of(entry: ServerEntry) -> int:
-    return int(entry.served_model_name.rsplit("-", 1)[1])  # autotune-<study>-<trial>
+    """The trial a server ran: autotune-<study>-<trial>, or autotune-<study>-<trial>-r<i> for a re-measurement."""
+    return int(entry.served_model_name.removeprefix(f"autotune-{STUDY}-").split("-")[0])
 
 
 def kill_round(i: int, rng: random.Random, storage: str, command: list[str], out: Path, max_delay_s: float,
