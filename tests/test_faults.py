@@ -69,7 +69,11 @@ def test_a_fault_fails_its_trial_alone_and_leaves_nothing_behind(tmp_path: Path,
     study = optuna.load_study(study_name="faults", storage=cfg.storage_url)
     faulty, after = records.read_trials(study)[:2]
     assert faulty.state == after.state == optuna.trial.TrialState.COMPLETE  # recorded, and the study went on
-    assert after.feasible and after.result.failure_class == ""
+    # The next trial's server answered every request of every level. Whether a level also met the limit is the
+    # paced sim server's speed against a busy CPU (three CPU-bound loops beside it on 2 cores: P99 TTFT over 500 ms
+    # in 7 of 24 test runs), not the fault's doing.
+    assert after.result.failure_class in ("", "no_feasible_load"), after.result.failure_reason
+    assert after.result.levels and all(lv.completed > 0 and lv.failed == 0 for lv in after.result.levels)
     assert faulty.result.failure_class == FAULT_CLASSES[fault], faulty.result.failure_reason
     if FAULT_CLASSES[fault]:
         assert not faulty.feasible and faulty.result.log_tail.strip()  # the server's own last lines
