@@ -8,8 +8,11 @@ request's TTFT, inter-token gaps and E2E by its metric's factor, and the run's t
 run's whole latency distribution moves together, as it did between those runs (their P99 and median TTFT moved
 together), and the P99 interval a level computes from its requests stays as wide as the sim's own.
 
-Not modelled (not measured yet): the spread between fresh servers beyond that within one server, and how the
-spread changes with load; docs/results/sim-accuracy.md tracks what is known.
+Measured since, and not modelled: pooled over the H200 pair studies' repeated points (fresh servers among them),
+this model over-spreads P99 TPOT, P99 TTFT and throughput (those six runs drew fresh prompts each, so their
+coefficients hold the spread of the request streams, which the sim makes itself), and the GPU's spread differs by
+workload beyond one constant per metric (docs/results/sim-accuracy.md, "Pooled over every repeated point";
+benchmarks/noise_pooled.py). The constants stay those six runs': decision-quality.md's figures rest on them.
 """
 from __future__ import annotations
 

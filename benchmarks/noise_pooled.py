@@ -1,0 +1,168 @@
+"""How much the H200's figures move between runs of one load, pooled over every point the reproducibility pairs
+measured more than once, against the sim's own spread over the same request streams and the sim with its noise
+model (issue #21).
+
+At each point (workload, configuration, concurrency) measured 2-6 times (runs of one trial's level, re-measurements
+on fresh servers, the pair's two studies) the spread is the standard deviation of the log figure around the point's
+mean; pooled over the points with their degrees of freedom (sum of squares over sum of runs - 1), it is a
+coefficient of variation with a chi-square interval. The sim replays the same requests, so its pooled spread is
+what the request streams alone give; what the GPU has beyond it, sqrt(gpu^2 - sim^2), is what a noise model should
+add. Judged held out: that residual from two workloads, added to the third's own stream spread, against the
+third's GPU spread and its 90% interval; beside it the shipped model (`autotune/sim/noise.py`).
+
+    python benchmarks/sim_vs_h200_levels.py --json > levels.json     # ~1 min
+    python benchmarks/noise_pooled.py levels.json [--json]
+
+P99 ITL: a searched level that the search extended stores one P99 ITL pooled over its runs; such a level counts
+once (its runs would otherwise show no spread).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from autotune.sim.noise import NOISE_MODELS
+
+METRICS = {"output_tok_s": "throughput", "p99_ttft_ms": "ttft", "p99_tpot_ms": "tpot", "p99_itl_ms": "itl"}
+CONFIDENCE = 0.90
+
+
+def model_cv(metric: str, model: str = "h200") -> float:
+    noise = NOISE_MODELS[model]
+    kind = METRICS[metric]
+    return noise.throughput_cv if kind == "throughput" else noise.latency_cv[kind]
+
+
+def point_values(runs: list[dict[str, Any]], metric: str) -> list[dict[str, list[float]]]:
+    """Per point, the GPU's and the sim's values of ``metric`` over the runs that have it on both sides."""
+    points: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: {"gpu": [], "sim": []})
+    seen = set()
+    for r in runs:
+        gpu, sim = r["gpu"].get(metric), r["sim"].get(metric)
+        if not (gpu and sim and math.isfinite(gpu) and math.isfinite(sim)):
+            continue
+        if metric == "p99_itl_ms":
+            level = (r["dataset"], r["copy"], r["trial"], r["concurrency"], gpu)
+            if level in seen:  # the same pooled value again: one extended level
+                continue
+            seen.add(level)
+        p = points[(r["workload"], r["config"], r["concurrency"])]
+        p["gpu"].append(gpu)
+        p["sim"].append(sim)
+    return list(points.values())
+
+
+def pooled(groups: list[list[float]]) -> tuple[float, int]:
+    """(sum of squared log deviations from each group's mean, degrees of freedom) over groups of two or more."""
+    ss, dof = 0.0, 0
+    for values in groups:
+        if len(values) > 1:
+            logs = np.log(values)
+            ss += float(((logs - logs.mean()) ** 2).sum())
+            dof += len(logs) - 1
+    return ss, dof
+
+
+def spread(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The GPU's and the sim's pooled CV of ``metric`` (fractions), the GPU's interval, and the degrees of freedom."""
+    points = point_values(runs, metric)
+    g_ss, dof = pooled([p["gpu"] for p in points])
+    s_ss, _ = pooled([p["sim"] for p in points])
+    if not dof:
+        return {"dof": 0}
+    tail = (1 - CONFIDENCE) / 2
+    return {"dof": dof, "gpu": math.sqrt(g_ss / dof), "sim": math.sqrt(s_ss / dof),
+            "gpu_interval": [math.sqrt(g_ss / stats.chi2.ppf(1 - tail, dof)),
+                             math.sqrt(g_ss / stats.chi2.ppf(tail, dof))]}
+
+
+def residual(s: dict[str, Any]) -> float:
+    """What the GPU spreads beyond the request streams (0 where the sim's own spread is as large)."""
+    return math.sqrt(max(s["gpu"] ** 2 - s["sim"] ** 2, 0.0))
+
+
+def report(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    workloads = sorted({r["workload"] for r in runs})
+    out: dict[str, Any] = {"pooled": {}, "held_out": {}}
+    for name, subset in [("all", runs)] + [(w, [r for r in runs if r["workload"] == w]) for w in workloads]:
+        out["pooled"][name] = {}
+        for m in METRICS:
+            s = spread(subset, m)
+            if s["dof"]:
+                s["residual"] = residual(s)
+                s["with_model"] = math.hypot(s["sim"], model_cv(m))
+            out["pooled"][name][m] = s
+    for held in workloads:
+        out["held_out"][held] = {}
+        for m in METRICS:
+            fit = spread([r for r in runs if r["workload"] != held], m)
+            judged = out["pooled"][held][m]
+            if not (fit["dof"] and judged["dof"]):
+                continue
+            lo, hi = judged["gpu_interval"]
+            with_residual = math.hypot(judged["sim"], residual(fit))
+            out["held_out"][held][m] = {
+                "gpu": judged["gpu"], "gpu_interval": [lo, hi], "dof": judged["dof"],
+                "residual_from_the_others": residual(fit), "sim_with_that_residual": with_residual,
+                "residual_inside": lo <= with_residual <= hi,
+                "sim_with_model": judged["with_model"], "model_inside": lo <= judged["with_model"] <= hi}
+    return out
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def print_report(out: dict[str, Any]) -> None:
+    model = ", ".join(f"{METRICS[m]} {_pct(model_cv(m))}" for m in METRICS)
+    print(f"Pooled run-to-run CV at a fixed load (90% interval of the GPU's); shipped model h200: {model}")
+    print("| workload | metric | dof | GPU | sim (streams) | GPU beyond the streams | sim + model |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, by_metric in out["pooled"].items():
+        for m, s in by_metric.items():
+            if s["dof"]:
+                lo, hi = s["gpu_interval"]
+                print(f"| {name} | {METRICS[m]} | {s['dof']} | {_pct(s['gpu'])} [{_pct(lo)}, {_pct(hi)}] | "
+                      f"{_pct(s['sim'])} | {_pct(s['residual'])} | {_pct(s['with_model'])} |")
+    print("\nHeld out: the residual from the other two workloads added to this one's stream spread")
+    print("| workload | metric | GPU [90%] | sim + residual of the others | sim + model |")
+    print("|---|---|---:|---:|---:|")
+    inside = {"residual": 0, "model": 0}
+    cells = 0
+    for held, by_metric in out["held_out"].items():
+        for m, h in by_metric.items():
+            lo, hi = h["gpu_interval"]
+            cells += 1
+            inside["residual"] += h["residual_inside"]
+            inside["model"] += h["model_inside"]
+            mark = {True: "", False: " (outside)"}
+            print(f"| {held} | {METRICS[m]} | {_pct(h['gpu'])} [{_pct(lo)}, {_pct(hi)}] | "
+                  f"{_pct(h['sim_with_that_residual'])}{mark[h['residual_inside']]} | "
+                  f"{_pct(h['sim_with_model'])}{mark[h['model_inside']]} |")
+    print(f"\ninside the GPU's 90% interval: residual of the others {inside['residual']} of {cells}, "
+          f"shipped model {inside['model']} of {cells}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("levels", type=Path, help="the output of sim_vs_h200_levels.py --json")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    out = report(json.loads(args.levels.read_text())["runs"])
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        print_report(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
