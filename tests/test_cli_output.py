@@ -37,7 +37,11 @@ def test_piped_output_keeps_names_and_commands_whole(capsys, tmp_path):
     assert best[0].startswith(NAME) and any(line.strip().startswith("vllm serve") and
                                             line.strip().endswith("1024") for line in best)
     assert main(["studies", "--storage", url]) == 0
-    assert f"study={NAME} " in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    at_limit = yaml.safe_load(Path(out.split("Profile: ")[1].split()[0]).read_text())["metrics"][
+        "output_tok_s_at_limit"]["mean"]
+    assert f"study={NAME} " in listed and f"winner=trial {best[0].split('trial ')[1].split()[0]}: {at_limit:,.0f} " \
+        "output tok/s at the limit" in listed, listed
 
 
 def test_engine_notes_follow_the_verdict(capsys, tmp_path):

@@ -75,9 +75,15 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
     assert selection.winner_at_limit_tok_s.mean == pytest.approx(profile.metrics.output_tok_s_at_limit.mean)
 
     code, out, err = run_json(capsys, "best", "--study", "e2e", "--storage", url, "--json")
-    assert code == 0 and json.loads(out)["flags"]
+    best = json.loads(out)
+    assert code == 0 and best["flags"]
     code, out, err = run_json(capsys, "studies", "--storage", url, "--json")
-    assert code == 0 and json.loads(out)["studies"][0]["trials"] == 5
+    listed = json.loads(out)["studies"][0]
+    assert code == 0 and listed["trials"] == 5
+    # the list's winner is the selection's, as `best` gives it, not the largest single trial figure
+    assert listed["winner"]["trial"] == best["trial"] == selection.winner_trial
+    assert listed["winner"]["output_tok_s_at_limit"] == pytest.approx(selection.winner_at_limit_tok_s.mean)
+    assert listed["winner"]["output_tok_s"] == pytest.approx(tput.mean)
 
 
 def test_resume_with_another_limit_is_refused(capsys, tmp_path):

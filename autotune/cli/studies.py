@@ -8,7 +8,6 @@ import optuna
 from rich.console import Console
 from rich.table import Table
 
-from autotune import records
 from autotune.cli.common import echo_json, json_safe
 from autotune.metrics import describe_limits
 from autotune.storage import DEFAULT_STORAGE, load_study, open_storage
@@ -75,22 +74,27 @@ def studies(storage: str | None, as_json: bool) -> None:
     store = _open_existing(storage)
     rows = []
     for summary in optuna.get_all_study_summaries(store, include_best_trial=False):
-        study = optuna.load_study(study_name=summary.study_name, storage=store)
-        trials = records.read_trials(study)
-        feasible = [t for t in trials if t.feasible]
-        fp = records.read_fingerprint(study)
+        data = read_study(optuna.load_study(study_name=summary.study_name, storage=store))
+        trials, fp = data.trials, data.fingerprint
+        # the winner as `autotune best` and `compare` give it: after the selection its re-measured figure, not the
+        # largest single trial run (which a re-measurement may have found over a limit)
+        w = find_winner(data)
         rows.append({"study": summary.study_name, "trials": len(trials), "complete": sum(t.complete for t in trials),
-                     "feasible": len(feasible), "best_output_tok_s": max((t.value for t in feasible), default=None),
+                     "feasible": sum(t.feasible for t in trials),
+                     "winner": None if w is None else {
+                         "trial": w.trial, "remeasured": w.remeasured,
+                         "output_tok_s_at_limit": w.at_limit_tok_s.mean if w.has_interval else None,
+                         "output_tok_s": w.output_tok_s.mean, "concurrency": w.concurrency},
                      "model": fp.model if fp else None, "engine": fp.engine if fp else None,
                      "gpus": fp.gpus if fp else None, "limits_ms": dict(fp.limits_ms) if fp else None,
                      "started": summary.datetime_start.isoformat(timespec="seconds") if summary.datetime_start else None})
     if as_json:
         echo_json({"studies": rows})
         return
-    columns = ("study", "model", "engine", "GPUs", "limits", "trials", "feasible", "best output tok/s")
+    columns = ("study", "model", "engine", "GPUs", "limits", "trials", "feasible", "winner")
     cells = [(r["study"], str(r["model"]), str(r["engine"]), str(r["gpus"]),
               describe_limits(r["limits_ms"]) if r["limits_ms"] else "-", str(r["trials"]), str(r["feasible"]),
-              "-" if r["best_output_tok_s"] is None else f"{r['best_output_tok_s']:,.0f}") for r in rows]
+              _winner_cell(r["winner"])) for r in rows]
     console = Console(soft_wrap=True)
     if not console.is_terminal:  # a log or a pipe: one whole line per study, nothing cut at 80 columns
         for row in cells:
@@ -102,6 +106,16 @@ def studies(storage: str | None, as_json: bool) -> None:
     for row in cells:
         table.add_row(*row)
     console.print(table)
+
+
+def _winner_cell(winner: dict[str, Any] | None) -> str:
+    if winner is None:
+        return "-"
+    if winner["output_tok_s_at_limit"] is not None:
+        return f"trial {winner['trial']}: {winner['output_tok_s_at_limit']:,.0f} output tok/s at the limit"
+    why = "one measurement: no interval" if winner["remeasured"] else "the best trial so far: no selection yet"
+    return (f"trial {winner['trial']}: {winner['output_tok_s']:,.0f} output tok/s at concurrency "
+            f"{winner['concurrency']} ({why})")
 
 
 commands = [best, studies]
