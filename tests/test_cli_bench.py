@@ -137,3 +137,12 @@ def test_records_itl_lists_each_gap(server: FakeServer, capsys: pytest.CaptureFi
     # the median, not the minimum: on a busy CPU one late chunk is followed by one early (gaps of 0-2 ms seen)
     assert 5 <= np.median(gaps) < 30
     assert np.percentile(gaps, 90) == pytest.approx(data["itl_ms"]["p90"], rel=1e-3)
+
+
+def test_an_error_without_json_is_one_line(server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """Into a log or a pipe, no progress bar: the error is the only line on stderr."""
+    server.configure()
+    code = main(["bench", "--url", server.url, "--model", "other", "--concurrency", "1"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.startswith("autotune: error: ") and captured.err.count("\n") == 1, repr(captured.err)

@@ -81,6 +81,8 @@ def _run_with_progress(url: str, model: str, wl: Any, cfg: Any) -> BenchResult:
     from autotune.progress import Progress as BaseProgress  # rich has its own Progress
 
     console = Console(stderr=True)
+    if not console.is_terminal:  # a log or a pipe: no bar (rich would still leave an empty line there)
+        return run_bench(url, model, wl, cfg)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[failed]} failed"), console=console, transient=True) as bar:
         warm = bar.add_task("warm-up", total=cfg.warmup_prompts, failed=0, visible=cfg.warmup_prompts > 0)
