@@ -102,6 +102,18 @@ def test_unreachable_storage(capsys, url, message):
     assert message in err and "secret" not in err and "Traceback" not in err
 
 
+def test_a_storage_it_cannot_open_is_the_only_line_under_the_auto_engine(capsys, monkeypatch):
+    """``--engine auto`` on a machine without vLLM falls back to the sim with a notice; a storage it cannot open
+    still ends the run on one line, the notice not printed before it."""
+    import autotune.cli.run as run_module
+    from autotune.config import EngineChoice
+
+    monkeypatch.setattr(run_module, "choose_engine", lambda requested: EngineChoice("sim", "the sim, because"))
+    code, _, err = run_cli(capsys, "run", "--storage", "sqlite:////proc/definitely/not/here.db", "--model", "flash",
+                           "--p99-ms", "500")
+    assert code == 2 and err.count("\n") == 1 and "cannot create" in err, err
+
+
 def test_bad_workload(capsys, storage):
     url, db = storage
     code, _, err = run_cli(capsys, *BASE, "--storage", url, "--model", "flash", "--p99-ms", "500",

@@ -104,9 +104,9 @@ def run(as_json: bool, **opts: Any) -> None:
     console = Console(stderr=True, soft_wrap=True)
     engine = choose_engine(options.engine)
     cfg = build_study_config(options, engine)  # bad input ends here, on one line
+    storage = open_storage(cfg.storage_url, exclusive=True)  # and a storage it cannot open or use, here
     if engine.notice:
         console.print(f"[bold yellow]autotune: {engine.notice}[/]")
-    storage = open_storage(cfg.storage_url, exclusive=True)
     install_signal_handlers()
     if as_json:
         outcome = run_study(cfg, storage)
