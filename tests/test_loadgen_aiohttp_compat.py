@@ -38,7 +38,7 @@ def _burst_server(n_tokens: int) -> tuple[str, asyncio.AbstractEventLoop]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Closed here, on the server's loop: a writer left open is closed by its __del__ in whichever thread the
         # garbage collector runs, often the test's, and that cross-thread close could leave the server deaf to
-        # a new connection: the client then waits for headers forever (6 hangs in about 40,000 requests with
+        # a new connection: the client then waits for headers forever (6 hangs seen in about 45,000 requests with
         # three busy threads beside them; none in 18,000 with this close).
         try:
             await answer_each_request(reader, writer)
