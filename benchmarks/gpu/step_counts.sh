@@ -11,6 +11,8 @@
 # Variables (defaults): LOADS="16 40 64 128" WORKLOAD=random:1024:128:0.5 PORT=8061
 #   CONFIGS="defaults batch2048" (defaults: no flag; batch2048: --max-num-batched-tokens 2048; batch16384 too)
 #   MODEL_DIR=/tmp/model (the kit's weightless model; its tokenizer makes the prompts)
+#   TRACE=1: vLLM runs with benchmarks/gpu/vllm_trace on its path, writing per-request timestamps into
+#   DIR/trace-CONFIG/ (read with python benchmarks/vllm_trace_table.py DIR)
 #   ENGINE=vllm, or sim to rehearse on a CPU against `autotune sim serve` (its /metrics has the step, queue and
 #   prefill histograms as vLLM's)
 # Expected time on one H200: a cold start of ~2 min per configuration, then ~20-40 s per level: ~7 min for two.
@@ -18,7 +20,8 @@ set -uo pipefail
 dir=${2:-/tmp/step-counts}; progress=times.txt; status_lines=3
 loads=${LOADS:-"16 40 64 128"}; workload=${WORKLOAD:-random:1024:128:0.5}; port=${PORT:-8061}
 configs=${CONFIGS:-"defaults batch2048"}; engine=${ENGINE:-vllm}; model=${MODEL_DIR:-/tmp/model}
-job_vars="loads workload port configs engine model"
+trace=${TRACE:-0}
+job_vars="loads workload port configs engine model trace"
 
 config_flags() {  # NAME: its vllm serve flags
   case "$1" in
@@ -36,8 +39,10 @@ job() {
     local flags srv t0 ready=0
     flags=$(config_flags "$cfg") || continue
     echo "$cfg: $flags" >> "$dir/configs.txt"
+    local tracing=()
+    [ "$trace" = 1 ] && tracing=(env "PYTHONPATH=$PWD/benchmarks/gpu/vllm_trace:$PYTHONPATH" "VLLM_TRACE_DIR=$dir/trace-$cfg")
     # shellcheck disable=SC2086  # serve, flags and extra are words
-    setsid $serve "$model" --load-format dummy --port "$port" --served-model-name "m-$cfg" $flags $extra \
+    setsid "${tracing[@]}" $serve "$model" --load-format dummy --port "$port" --served-model-name "m-$cfg" $flags $extra \
       > "$dir/server-$cfg.log" 2>&1 &
     srv=$!
     t0=$(date +%s)
@@ -49,9 +54,11 @@ job() {
     echo "$cfg: ready=$ready after $(($(date +%s) - t0)) s" >> "$dir/times.txt"
     if [ "$ready" = 1 ]; then
       for c in $loads; do
+        local level_start; level_start=$(date +%s.%N)
         python3 -m autotune bench --url "http://127.0.0.1:$port" --model "m-$cfg" --workload "$workload" \
           --tokenizer "$model" --concurrency "$c" --warmup "$c" --ramp-s 2 --num-prompts $((3 * c)) --seed "$c" --scrape-metrics \
           --records "$dir/$cfg-c$c.jsonl.gz" --records-itl --json > "$dir/$cfg-c$c.json" 2> "$dir/$cfg-c$c.err"
+        echo "$cfg c$c $level_start $(date +%s.%N)" >> "$dir/levels.txt"
         echo "$cfg: c$c done at $(($(date +%s) - t0)) s" >> "$dir/times.txt"
       done
     fi

@@ -1,0 +1,203 @@
+"""Where a request's time goes inside vLLM, level by level, from the traces of ``TRACE=1 bash
+benchmarks/gpu/step_counts.sh`` (``benchmarks/gpu/vllm_trace/sitecustomize.py`` says what each event is).
+
+    python benchmarks/vllm_trace_table.py DIR [DIR ...] [--json]
+
+Each DIR holds ``levels.txt`` (``config cC start_s end_s``, wall clock) and ``trace-CONFIG/trace-PID.tsv[.gz]``.
+A request belongs to the level during which it was rendered; the first C of a level (its warm-up wave, sent first)
+are left out. Segments, each the mean over the level's measured requests in ms (``--json``: mean, P50, P90, P99):
+
+    render     handler start -> rendered and tokenized (vLLM's arrival stamp is taken at its start)
+    to_add     rendered -> AsyncLLM.add_request (the handler returns, the response stream starts)
+    inputs     add_request -> handed to the engine core's socket (input processing, the output processor's entry)
+    to_core    handed over -> the engine core's input thread has it (ZMQ, decoding)
+    request    the input thread builds the engine's Request (block hashes)
+    to_loop    built -> the engine core's loop adds it to the scheduler (vLLM's QUEUED)
+    queued     QUEUED -> scheduled (vLLM's request_queue_time)
+    prefill    scheduled -> its first token leaves the scheduler (vLLM's request_prefill_time)
+    to_api     -> the API server's output handler has the first token
+    to_stream  -> the completions stream yields it
+    ttft       handler start -> stream yields the first token
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SEGMENTS = [("render", "H", "R"), ("to_add", "R", "A"), ("inputs", "A", "S"), ("to_core", "S", "P"),
+            ("request", "P", "p"), ("to_loop", "p", "Q"), ("queued", "Q", "K"), ("prefill", "K", "F"),
+            ("to_api", "F", "O"), ("to_stream", "O", "W"), ("ttft", "H", "W")]
+
+
+@dataclass
+class Request:
+    times: dict[str, float] = field(default_factory=dict)  # event -> wall seconds
+    scheduled_step: int = 0
+    first_token_step: int = 0
+
+
+@dataclass
+class Trace:
+    requests: list[Request]  # in the order vLLM stamped them
+    step_ends_s: dict[int, float]  # step number -> when its output reached the scheduler
+    step_starts_s: dict[int, float]  # step number -> when it was scheduled
+    step_tokens: dict[int, int]
+
+
+def _lines(trace_dir: Path):
+    for path in sorted(trace_dir.glob("trace-*.tsv*")):
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) == 5:
+                    yield parts
+
+
+def read_trace(trace_dir: Path) -> Trace:
+    """Every request's events, joined across the two processes by vLLM's arrival stamp and engine request id."""
+    rows = sorted(_lines(trace_dir), key=lambda r: float(r[1]))
+    by_stamp: dict[str, Request] = {}
+    by_engine_id: dict[str, Request] = {}
+    handler_start: dict[str, float] = {}
+    step_ends: dict[int, float] = {}
+    step_starts: dict[int, float] = {}
+    step_tokens: dict[int, int] = {}
+    pending_sched: dict[str, tuple[int, float]] = {}
+    for event, wall, _mono, key, extra in rows:
+        t = float(wall)
+        if event == "H":
+            handler_start[extra] = t
+        elif event == "R":
+            req = by_stamp.setdefault(key, Request())
+            req.times["R"] = t
+            if extra in handler_start:
+                req.times["H"] = handler_start.pop(extra)
+        elif event in ("A", "W"):
+            by_stamp.setdefault(key, Request()).times[event] = t
+        elif event == "S":
+            req = by_stamp.setdefault(extra, Request())
+            req.times["S"] = t
+            by_engine_id[key] = req
+            if key in pending_sched:
+                req.scheduled_step, req.times["K"] = pending_sched.pop(key)
+        elif event == "K":
+            tokens, _, new_ids = extra.partition(":")
+            step = int(key)
+            step_starts[step], step_tokens[step] = t, int(tokens)
+            for rid in filter(None, new_ids.split(",")):
+                if rid in by_engine_id:
+                    by_engine_id[rid].scheduled_step, by_engine_id[rid].times["K"] = step, t
+                else:
+                    pending_sched[rid] = (step, t)
+        elif event == "U":
+            step_ends[int(key)] = t
+        elif event in ("P", "p", "Q", "F", "O", "s"):
+            req = by_engine_id.get(key)
+            if req is None:
+                continue
+            req.times[event] = t
+            if event == "F" and extra:
+                req.first_token_step = int(extra)
+    requests = sorted((r for r in by_stamp.values() if "R" in r.times), key=lambda r: r.times["R"])
+    return Trace(requests, step_ends, step_starts, step_tokens)
+
+
+@dataclass(frozen=True)
+class Level:
+    config: str
+    concurrency: int
+    start_s: float
+    end_s: float
+
+
+def read_levels(run_dir: Path) -> list[Level]:
+    levels = []
+    for line in (run_dir / "levels.txt").read_text().splitlines():
+        cfg, c, start, end = line.split()
+        levels.append(Level(cfg, int(c.lstrip("c")), float(start), float(end)))
+    return levels
+
+
+def _stats_ms(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    a = 1e3 * np.asarray(values)
+    return {"n": len(a), "mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
+            "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99))}
+
+
+def level_summary(trace: Trace, level: Level) -> dict:
+    """The level's measured requests (its warm-up wave left out): each segment's spread, and its engine steps."""
+    inside = [r for r in trace.requests if level.start_s <= r.times["R"] <= level.end_s]
+    measured = inside[level.concurrency:]
+    segments = {}
+    for name, a, b in SEGMENTS:
+        segments[name] = _stats_ms([r.times[b] - r.times[a] for r in measured if a in r.times and b in r.times])
+    steps = sorted(s for s, t in trace.step_ends_s.items() if level.start_s <= t <= level.end_s)
+    ends = np.array([trace.step_ends_s[s] for s in steps])
+    gaps_ms = 1e3 * np.diff(ends) if len(ends) > 1 else np.zeros(0)
+    decode_only = [1e3 * (trace.step_ends_s[s] - trace.step_ends_s[s - 1]) for s in steps
+                   if s - 1 in trace.step_ends_s and trace.step_tokens.get(s, 0) <= level.concurrency]
+    lag = [r.first_token_step - r.scheduled_step for r in measured if r.first_token_step and r.scheduled_step]
+    return {"config": level.config, "concurrency": level.concurrency, "requests": len(measured),
+            "segments_ms": segments, "steps": len(steps),
+            "mean_step_ms": float(gaps_ms.mean()) if len(gaps_ms) else None,
+            "median_decode_step_ms": float(np.median(decode_only)) if decode_only else None,
+            "steps_scheduled_to_first_token": float(np.mean(lag)) if lag else None}
+
+
+def summarize(run_dirs: list[Path]) -> list[dict]:
+    out = []
+    for run_dir in run_dirs:
+        traces: dict[str, Trace] = {}
+        for level in read_levels(run_dir):
+            if level.config not in traces:
+                traces[level.config] = read_trace(run_dir / f"trace-{level.config}")
+            row = level_summary(traces[level.config], level)
+            row["run"] = run_dir.name
+            out.append(row)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dirs", nargs="+", type=Path)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    for d in args.dirs:
+        if not (d / "levels.txt").is_file():
+            print(f"error: {d}/levels.txt not found (a TRACE=1 run of benchmarks/gpu/step_counts.sh writes it)",
+                  file=sys.stderr)
+            return 2
+    rows = summarize(args.dirs)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    names = [n for n, _, _ in SEGMENTS]
+    print("mean ms over each level's measured requests (the warm-up wave left out)")
+    print("| run | config | C | n | " + " | ".join(names) + " | mean step | decode step |")
+    print("|---|---|---:|---:|" + "---:|" * (len(names) + 2))
+    for row in rows:
+        cells = [f"{row['segments_ms'][n]['mean']:.1f}" if row["segments_ms"][n] else "-" for n in names]
+        step = f"{row['mean_step_ms']:.1f}" if row["mean_step_ms"] else "-"
+        dec = f"{row['median_decode_step_ms']:.1f}" if row["median_decode_step_ms"] else "-"
+        print(f"| {row['run']} | {row['config']} | {row['concurrency']} | {row['requests']} | "
+              + " | ".join(cells) + f" | {step} | {dec} |")
+    print("\nP99 ms of each segment")
+    print("| run | config | C | " + " | ".join(names) + " |")
+    print("|---|---|---:|" + "---:|" * len(names))
+    for row in rows:
+        cells = [f"{row['segments_ms'][n]['p99']:.1f}" if row["segments_ms"][n] else "-" for n in names]
+        print(f"| {row['run']} | {row['config']} | {row['concurrency']} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
