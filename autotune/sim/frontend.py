@@ -23,8 +23,7 @@ outputs wait behind them, and a loop that fell behind delivers several steps' to
 
 Model: each API server is one first-come-first-served server in modelled time with two kinds of job, and a
 renderer pool in front of it.
-- An arriving request first waits for its rendering (``frontend_render_ms``; 0 on the cards, whose fit counts it in
-  ``frontend_request_ms``) and its images' preprocessing by the API server's renderer worker that
+- An arriving request with images first waits for their preprocessing by the API server's renderer worker that
   frees first, in arrival order (:meth:`FrontEndConstants.images_s`: ``frontend_image_ms`` +
   ``frontend_image_ms_per_mpx`` × megapixels per image); the loop goes on delivering tokens meanwhile. Every
   request is then a loop job of ``frontend_request_ms`` (the prompt's rendering and tokenization are counted here: fitted on
@@ -67,7 +66,6 @@ class FrontEndConstants:
     """The API server's CPU time per unit of work (keys of a calibration YAML; 0 where absent)."""
 
     frontend_request_ms: float = 0.0  # per arriving request, on the event loop (tokenization counted here: fitted)
-    frontend_render_ms: float = 0.0  # per arriving request, on the renderer worker before the loop takes it
     frontend_output_us: float = 0.0  # per output of a step (a request's token): output processing
     frontend_chunk_us: float = 0.0  # per SSE chunk written (a request's tokens gathered since its last chunk)
     frontend_image_ms: float = 0.0  # per image of a request: its preprocessing's fixed part
@@ -191,7 +189,6 @@ class ApiServers:
         i = self._next
         self._next = (i + 1) % self.count
         s = self.servers[i]
-        images_s += self.constants.frontend_render_ms / 1e3
         if images_s > 0.0:
             free = s.renderers_free_s
             worker = min(range(len(free)), key=free.__getitem__)
