@@ -2,6 +2,7 @@
 benchmarks/gpu/step_counts.sh`` (``benchmarks/gpu/vllm_trace/sitecustomize.py`` says what each event is).
 
     python benchmarks/vllm_trace_table.py DIR [DIR ...] [--json]
+    python benchmarks/vllm_trace_table.py DIR --compact TO   # a smaller copy of DIR's traces (for docs/results/raw)
 
 Each DIR holds ``levels.txt`` (``config cC start_s end_s``, wall clock) and ``trace-CONFIG/trace-PID.tsv[.gz]``.
 A request belongs to the level during which it was rendered; the first C of a level (its warm-up wave, sent first)
@@ -166,11 +167,54 @@ def summarize(run_dirs: list[Path]) -> list[dict]:
     return out
 
 
+def compact_traces(run_dir: Path, to_dir: Path) -> None:
+    """Rewrites DIR's traces into TO (one gzipped file per configuration): times rounded to 0.1 ms, the monotonic
+    column dropped, vLLM's stamps and request ids replaced by short ones; :func:`read_trace` reads either."""
+    for trace_dir in sorted(run_dir.glob("trace-*")):
+        names: dict[str, str] = {}
+
+        def short(prefix: str, name: str) -> str:
+            if name in ("", "-"):
+                return name
+            return names.setdefault(name, f"{prefix}{len(names)}")
+
+        rows = sorted(_lines(trace_dir), key=lambda r: float(r[1]))
+        out_dir = to_dir / trace_dir.name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with gzip.open(out_dir / "trace-all.tsv.gz", "wt", encoding="utf-8") as f:
+            for event, wall, _mono, key, extra in rows:
+                if event == "H":
+                    extra = short("h", extra)
+                elif event == "R":
+                    key, extra = short("a", key), short("h", extra)
+                elif event in ("A", "W"):
+                    key, extra = short("a", key), ""
+                elif event == "S":
+                    key, extra = short("e", key), short("a", extra)
+                elif event in ("P", "p", "Q", "O", "s"):
+                    key, extra = short("e", key), ""
+                elif event == "F":
+                    key = short("e", key)
+                elif event == "U":
+                    extra = ""
+                elif event == "K":
+                    tokens, _, ids = extra.partition(":")
+                    extra = tokens + ":" + ",".join(short("e", i) for i in ids.split(",") if i)
+                else:
+                    continue
+                f.write(f"{event}\t{float(wall):.4f}\t-\t{key}\t{extra}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dirs", nargs="+", type=Path)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--compact", type=Path, metavar="TO")
     args = ap.parse_args(argv)
+    if args.compact:
+        for d in args.dirs:
+            compact_traces(d, args.compact)
+        return 0
     for d in args.dirs:
         if not (d / "levels.txt").is_file():
             print(f"error: {d}/levels.txt not found (a TRACE=1 run of benchmarks/gpu/step_counts.sh writes it)",

@@ -26,6 +26,7 @@ Read with ``python benchmarks/vllm_trace_table.py DIR``. Each wrapper costs a fe
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import importlib.abc
@@ -48,6 +49,15 @@ def _emit(event: str, key: object = "-", extra: object = "") -> None:
             os.makedirs(_DIR, exist_ok=True)
             _file = open(os.path.join(_DIR, f"trace-{os.getpid()}.tsv"), "a", buffering=1, encoding="utf-8")
         _file.write(f"{event}\t{wall:.6f}\t{mono:.6f}\t{key}\t{extra}\n")
+
+
+@contextlib.contextmanager
+def _never_raising(event: str):
+    """A tracing bug writes an X line instead of breaking the server."""
+    try:
+        yield
+    except Exception as e:
+        _emit("X", event, f"{type(e).__name__}: {e}")
 
 
 def _stamp(engine_input: object) -> str:
@@ -126,10 +136,11 @@ def _patch_output_processor(mod) -> None:
 
     @functools.wraps(process)
     def process_outputs(self, engine_core_outputs, *args, **kwargs):
-        for out in engine_core_outputs:
-            if out.req_id not in seen and out.new_token_ids:
-                seen.add(out.req_id)
-                _emit("O", out.req_id)
+        with _never_raising("O"):
+            for out in engine_core_outputs:
+                if out.request_id not in seen and out.new_token_ids:
+                    seen.add(out.request_id)
+                    _emit("O", out.request_id)
         return process(self, engine_core_outputs, *args, **kwargs)
 
     cls.process_outputs = process_outputs
@@ -168,8 +179,9 @@ def _patch_scheduler(mod) -> None:
         out = schedule(self, *args, **kwargs)
         counter[0] += 1
         steps[id(out)] = counter[0]
-        new_ids = ",".join(r.req_id for r in out.scheduled_new_reqs)
-        _emit("K", counter[0], f"{out.total_num_scheduled_tokens}:{new_ids}")
+        with _never_raising("K"):
+            new_ids = ",".join(r.req_id for r in out.scheduled_new_reqs)
+            _emit("K", counter[0], f"{out.total_num_scheduled_tokens}:{new_ids}")
         return out
 
     @functools.wraps(update)
@@ -177,11 +189,12 @@ def _patch_scheduler(mod) -> None:
         step = steps.pop(id(scheduler_output), 0)
         _emit("U", step)
         result = update(self, scheduler_output, *args, **kwargs)
-        for outputs in (result or {}).values():
-            for out in outputs.outputs:
-                if out.req_id not in seen and out.new_token_ids:
-                    seen.add(out.req_id)
-                    _emit("F", out.req_id, step)
+        with _never_raising("F"):
+            for outputs in (result or {}).values():
+                for out in outputs.outputs:
+                    if out.request_id not in seen and out.new_token_ids:
+                        seen.add(out.request_id)
+                        _emit("F", out.request_id, step)
         return result
 
     cls.schedule, cls.update_from_output = schedule_, update_from_output
