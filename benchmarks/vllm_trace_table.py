@@ -134,6 +134,41 @@ def _stats_ms(values: list[float]) -> dict[str, float] | None:
             "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99))}
 
 
+def _render_queue(inside: list[Request], level: Level) -> dict:
+    """The renderer as one first-come-first-served worker: each render's own time runs from the later of its
+    handler's start and the previous render's end; the rest is its wait behind earlier renders. Measured requests
+    only (each still paired with the request before it, warm-up or not)."""
+    rendered = [r for r in inside if "H" in r.times]
+    in_order = all(a.times["H"] <= b.times["H"] for a, b in zip(rendered, rendered[1:]))
+    own, wait = [], []
+    for before, r in list(zip(rendered, rendered[1:]))[max(level.concurrency - 1, 0):]:
+        own.append(r.times["R"] - max(r.times["H"], before.times["R"]))
+        wait.append(max(0.0, before.times["R"] - r.times["H"]))
+    if not own:
+        return {}
+    span_s = rendered[-1].times["R"] - rendered[-len(own) - 1].times["R"]
+    return {"renders_in_handler_order": in_order, "render_own_ms": _stats_ms(own), "render_wait_ms": _stats_ms(wait),
+            "renderer_busy": float(np.sum(own) / span_s) if span_s > 0 else None}
+
+
+def _loop_join(trace: Trace, measured: list[Request], ends_s: np.ndarray) -> dict:
+    """When the engine core's loop added each request to its scheduler, against the first step end after its
+    Request was built: ms after that end, and how many step ends lay between (0: it joined at that one)."""
+    after, later = [], []
+    all_ends = np.array(sorted(trace.step_ends_s.values()))
+    for r in measured:
+        if "p" not in r.times or "Q" not in r.times:
+            continue
+        i = int(np.searchsorted(all_ends, r.times["p"]))
+        if i >= len(all_ends) or all_ends[i] > r.times["Q"]:
+            continue
+        after.append(r.times["Q"] - all_ends[i])
+        later.append(int(np.searchsorted(all_ends, r.times["Q"], side="right")) - i - 1)
+    if not after:
+        return {}
+    return {"joined_after_step_end_ms": _stats_ms(after), "joined_steps_later": np.bincount(later).tolist()}
+
+
 def level_summary(trace: Trace, level: Level) -> dict:
     """The level's measured requests (its warm-up wave left out): each segment's spread, and its engine steps."""
     inside = [r for r in trace.requests if level.start_s <= r.times["R"] <= level.end_s]
@@ -147,7 +182,8 @@ def level_summary(trace: Trace, level: Level) -> dict:
     decode_only = [1e3 * (trace.step_ends_s[s] - trace.step_ends_s[s - 1]) for s in steps
                    if s - 1 in trace.step_ends_s and trace.step_tokens.get(s, 0) <= level.concurrency]
     lag = [r.first_token_step - r.scheduled_step for r in measured if r.first_token_step and r.scheduled_step]
-    return {"config": level.config, "concurrency": level.concurrency, "requests": len(measured),
+    return {**_render_queue(inside, level), **_loop_join(trace, measured, ends),
+            "first_token_in_its_step": float(np.mean(np.array(lag) == 0)) if lag else None,"config": level.config, "concurrency": level.concurrency, "requests": len(measured),
             "segments_ms": segments, "steps": len(steps),
             "mean_step_ms": float(gaps_ms.mean()) if len(gaps_ms) else None,
             "median_decode_step_ms": float(np.median(decode_only)) if decode_only else None,
@@ -240,6 +276,19 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         cells = [f"{row['segments_ms'][n]['p99']:.1f}" if row["segments_ms"][n] else "-" for n in names]
         print(f"| {row['run']} | {row['config']} | {row['concurrency']} | " + " | ".join(cells) + " |")
+    print("\nThe renderer (one first-come-first-served worker) and the engine core's loop; ms")
+    print("| run | config | C | renders in order | render's own: median, mean | its wait: mean | renderer busy | "
+          "joined after a step end: median | step ends skipped (0, 1, ...) | first token in its step |")
+    print("|---|---|---:|---|---|---:|---:|---:|---|---:|")
+    for row in rows:
+        own, wait, join = row.get("render_own_ms"), row.get("render_wait_ms"), row.get("joined_after_step_end_ms")
+        first = row.get("first_token_in_its_step")
+        cells = [row["run"], row["config"], str(row["concurrency"]), str(row.get("renders_in_handler_order", "-")),
+                 f"{own['p50']:.1f}, {own['mean']:.1f}" if own else "-", f"{wait['mean']:.1f}" if wait else "-",
+                 f"{row['renderer_busy']:.0%}" if row.get("renderer_busy") is not None else "-",
+                 f"{join['p50']:.2f}" if join else "-", str(row.get("joined_steps_later", "-")),
+                 f"{first:.0%}" if first is not None else "-"]
+        print("| " + " | ".join(cells) + " |")
     return 0
 
 

@@ -104,6 +104,7 @@ def _request(stamp: str, engine_id: str, t0: float, step: int) -> list[tuple]:
 def test_the_table_joins_both_processes_and_leaves_the_warmup_out(tmp_path):
     rows = _request("101.0", "e-a", 101.0, 1) + _request("102.0", "e-b", 102.0, 2)
     rows[3:3] = [("H", 102.0, "-", "hother")]  # another handler starts meanwhile, never rendered here
+    rows.append(("U", 102.0195, "0", ""))  # a step ends 2.5 ms before the second request joins the scheduler
     _write_trace(tmp_path / "run", rows)
     [row] = table.summarize([tmp_path / "run"])
     assert row["requests"] == 1  # the first (C = 1) is the warm-up wave
@@ -111,8 +112,20 @@ def test_the_table_joins_both_processes_and_leaves_the_warmup_out(tmp_path):
     expected = {"render": 6.0, "to_add": 1.0, "inputs": 1.0, "to_core": 1.5, "request": 0.5, "to_loop": 12.0,
                 "queued": 1.0, "prefill": 47.5, "to_api": 1.5, "to_stream": 3.0, "ttft": 75.0}
     assert means == pytest.approx(expected, abs=1e-3)
-    assert row["steps_scheduled_to_first_token"] == 0
-    assert row["steps"] == 2
+    assert row["steps_scheduled_to_first_token"] == 0 and row["first_token_in_its_step"] == 1.0
+    assert row["steps"] == 3
+    assert row["renders_in_handler_order"]
+    assert row["render_own_ms"]["mean"] == pytest.approx(6.0, abs=1e-3) and row["render_wait_ms"]["mean"] == 0
+    assert row["joined_after_step_end_ms"]["mean"] == pytest.approx(2.5, abs=1e-3)
+    assert row["joined_steps_later"] == [1]
+
+
+def test_a_render_that_waits_for_the_one_before_it(tmp_path):
+    first, second = _request("101.0", "e-a", 101.0, 1), _request("101.002", "e-b", 101.002, 2)
+    _write_trace(tmp_path / "run", first + second)  # the second handler starts 4 ms before the first render ends
+    [row] = table.summarize([tmp_path / "run"])
+    assert row["render_wait_ms"]["mean"] == pytest.approx(4.0, abs=1e-3)
+    assert row["render_own_ms"]["mean"] == pytest.approx(2.0, abs=1e-3)
 
 
 def test_a_compacted_trace_reads_the_same(tmp_path):
