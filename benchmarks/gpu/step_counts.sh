@@ -12,7 +12,8 @@
 #   CONFIGS="defaults batch2048" (defaults: no flag; batch2048: --max-num-batched-tokens 2048; batch16384 too)
 #   MODEL_DIR=/tmp/model (the kit's weightless model; its tokenizer makes the prompts)
 #   TRACE=1: vLLM runs with benchmarks/gpu/vllm_trace on its path, writing per-request timestamps into
-#   DIR/trace-CONFIG/ (read with python benchmarks/vllm_trace_table.py DIR)
+#   DIR/trace-CONFIG/ (read with python benchmarks/vllm_trace_table.py DIR); TRACE=loop: also the API server's
+#   tokenizations, output batches and stream chunks
 #   ENGINE=vllm, or sim to rehearse on a CPU against `autotune sim serve` (its /metrics has the step, queue and
 #   prefill histograms as vLLM's)
 # Expected time on one H200: a cold start of ~2 min per configuration, then ~20-40 s per level: ~7 min for two.
@@ -40,6 +41,7 @@ job() {
     flags=$(config_flags "$cfg") || continue
     echo "$cfg: $flags" >> "$dir/configs.txt"
     local tracing=()
+    [ "$trace" = loop ] && tracing=(env VLLM_TRACE_LOOP=1 "PYTHONPATH=$PWD/benchmarks/gpu/vllm_trace:$PYTHONPATH" "VLLM_TRACE_DIR=$dir/trace-$cfg")
     [ "$trace" = 1 ] && tracing=(env "PYTHONPATH=$PWD/benchmarks/gpu/vllm_trace:$PYTHONPATH" "VLLM_TRACE_DIR=$dir/trace-$cfg")
     # shellcheck disable=SC2086  # serve, flags and extra are words
     setsid "${tracing[@]}" $serve "$model" --load-format dummy --port "$port" --served-model-name "m-$cfg" $flags $extra \

@@ -20,6 +20,10 @@ exists, then both the stamp and the engine's request id. Events (in a request's 
     F  a request's first token leaves the scheduler                          key: engine request id, extra: step
     O  the API server's output handler takes a first token                    key: engine request id
     W  the completions stream yields its first chunk                          key: stamp
+With VLLM_TRACE_LOOP=1 also what keeps the API server busy (no key; many lines):
+    T  the renderer's worker starts tokenizing a prompt / t: done
+    B  the output handler starts on a step's outputs / b: done               extra: how many outputs
+    Y  a completions stream yields a chunk
 
 Read with ``python benchmarks/vllm_trace_table.py DIR``. Each wrapper costs a few microseconds; a patch that fails
 (another vLLM version) writes an ``X`` line and leaves the function alone.
@@ -36,6 +40,7 @@ import threading
 import time
 
 _DIR = os.environ.get("VLLM_TRACE_DIR")
+_LOOP = os.environ.get("VLLM_TRACE_LOOP") == "1"
 _lock = threading.Lock()
 _file = None
 _handler_id = contextvars.ContextVar("vllm_trace_handler", default="-")
@@ -85,6 +90,8 @@ def _patch_completion_serving(mod) -> None:
             if first:
                 _emit("W", _stamp(engine_inputs[0]) if engine_inputs else "-")
                 first = False
+            elif _LOOP:
+                _emit("Y")
             yield chunk
 
     cls.create_completion, cls.completion_stream_generator = create_completion, completion_stream_generator
@@ -102,6 +109,18 @@ def _patch_renderer(mod) -> None:
         return out
 
     cls.render_cmpl_async = render_cmpl_async
+    if _LOOP:
+        tokenize = cls._tokenize_prompt
+
+        @functools.wraps(tokenize)
+        def _tokenize_prompt(self, *args, **kwargs):
+            _emit("T")
+            try:
+                return tokenize(self, *args, **kwargs)
+            finally:
+                _emit("t")
+
+        cls._tokenize_prompt = _tokenize_prompt
 
 
 def _patch_async_llm(mod) -> None:
@@ -141,7 +160,13 @@ def _patch_output_processor(mod) -> None:
                 if out.request_id not in seen and out.new_token_ids:
                     seen.add(out.request_id)
                     _emit("O", out.request_id)
-        return process(self, engine_core_outputs, *args, **kwargs)
+        if not _LOOP:
+            return process(self, engine_core_outputs, *args, **kwargs)
+        _emit("B", "-", len(engine_core_outputs))
+        try:
+            return process(self, engine_core_outputs, *args, **kwargs)
+        finally:
+            _emit("b")
 
     cls.process_outputs = process_outputs
 
