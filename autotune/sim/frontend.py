@@ -66,9 +66,6 @@ class FrontEndConstants:
     """The API server's CPU time per unit of work (keys of a calibration YAML; 0 where absent)."""
 
     frontend_request_ms: float = 0.0  # per arriving request, on the event loop (tokenization counted here: fitted)
-    frontend_request_turns: float = 1.0  # the loop turns that cost is taken in; between two, what queued meanwhile
-    frontend_turns_before_render: float = 0.0  # of those turns, how many come before the renderer's work
-    frontend_render_ms: float = 0.0  # per arriving request, on the renderer worker (its prompt's tokenization)
     frontend_output_us: float = 0.0  # per output of a step (a request's token): output processing
     frontend_chunk_us: float = 0.0  # per SSE chunk written (a request's tokens gathered since its last chunk)
     frontend_image_ms: float = 0.0  # per image of a request: its preprocessing's fixed part
@@ -100,20 +97,16 @@ def api_server_count(flags: dict[str, Any]) -> int:
 
 
 class _Request:
-    """An arriving request's handling before it joins the scheduler: ``turns_before`` loop turns, its renderer work
-    (``render_s``), then the rest of its turns; after each turn it goes to the back of the loop's queue (an
-    ``await`` in vLLM's handler), behind what queued meanwhile."""
+    """An arriving request's handling on the loop, before it joins the scheduler."""
 
-    __slots__ = ("arrival_s", "on_handed", "render_s", "server", "turns_before", "turns_left")
+    __slots__ = ("arrival_s", "on_handed", "server")
     external = True
 
-    def __init__(self, arrival_s: float, on_handed: Callable[[float, int], None], server: int, turns: int,
-                 turns_before: int, render_s: float) -> None:
+    def __init__(self, arrival_s: float, on_handed: Callable[[float, int], None], server: int) -> None:
         self.arrival_s, self.on_handed, self.server = arrival_s, on_handed, server
-        self.turns_left, self.turns_before, self.render_s = turns, turns_before, render_s
 
     def cost_s(self, server: _Server) -> float:
-        return server.request_s / server.request_turns
+        return server.request_s
 
     def complete(self, t: float) -> None:
         self.on_handed(t, self.server)
@@ -159,15 +152,11 @@ class _Server:
         "queue",
         "renderers_free_s",
         "request_s",
-        "request_turns",
         "timer_s",
-        "turns_before_render",
     )
 
     def __init__(self, c: FrontEndConstants, renderers: int) -> None:
         self.request_s = c.frontend_request_ms / 1e3
-        self.request_turns = max(1, round(c.frontend_request_turns))
-        self.turns_before_render = min(self.request_turns - 1, max(0, round(c.frontend_turns_before_render)))
         self.output_s = c.frontend_output_us / 1e6
         self.chunk_s = c.frontend_chunk_us / 1e6
         self.busy_until_s = 0.0  # end of the job in service, or when the last one ended
@@ -200,29 +189,18 @@ class ApiServers:
         i = self._next
         self._next = (i + 1) % self.count
         s = self.servers[i]
-        req = _Request(arrival_s, on_handed, i, s.request_turns, s.turns_before_render,
-                       images_s + self.constants.frontend_render_ms / 1e3)
-        if req.turns_before:
-            self._enqueue(s, req, arrival_s)
-        else:
-            self._render(s, req, arrival_s)
-
-    def _render(self, s: _Server, req: _Request, t: float) -> None:
-        """The request's renderer work, on the worker that frees first, in arrival order; then its loop turns."""
-        if req.render_s <= 0.0:
-            self._enqueue(s, req, t)
+        if images_s > 0.0:
+            free = s.renderers_free_s
+            worker = min(range(len(free)), key=free.__getitem__)
+            done_s = max(arrival_s, free[worker]) + images_s
+            free[worker] = done_s
+            self._at(done_s, lambda: self._enqueue(s, i, done_s, on_handed))
             return
-        free = s.renderers_free_s
-        worker = min(range(len(free)), key=free.__getitem__)
-        done_s = max(t, free[worker]) + req.render_s
-        free[worker] = done_s
-        req.render_s = 0.0
-        self._at(done_s, lambda: self._enqueue(s, req, done_s))
+        self._enqueue(s, i, arrival_s, on_handed)
 
-    def _enqueue(self, s: _Server, req: _Request, t: float) -> None:
+    def _enqueue(self, s: _Server, i: int, t: float, on_handed: Callable[[float, int], None]) -> None:
         self._advance(s, t)
-        req.arrival_s = t
-        s.queue.append(req)
+        s.queue.append(_Request(t, on_handed, i))
         s.external_waiting += 1
         self._advance(s, t)
         self._arm(s)
@@ -284,17 +262,7 @@ class ApiServers:
                 if s.busy_until_s > now:
                     return
                 job, s.job = s.job, None
-                if isinstance(job, _Request) and job.turns_left > 1:
-                    job.turns_left -= 1
-                    job.turns_before -= 1
-                    if job.turns_before == 0 and job.render_s > 0.0:  # off to the renderer; back for its next turn
-                        self._render_later(s, job, s.busy_until_s)
-                    else:  # its next turn, behind what queued meanwhile
-                        job.arrival_s = s.busy_until_s
-                        s.queue.append(job)
-                        s.external_waiting += 1
-                else:
-                    job.complete(s.busy_until_s)
+                job.complete(s.busy_until_s)
             if not s.queue:
                 return
             job = s.queue.popleft()
@@ -305,10 +273,6 @@ class ApiServers:
             start = max(s.busy_until_s, job.arrival_s)
             s.job = job
             s.busy_until_s = start + job.cost_s(s)
-
-    def _render_later(self, s: _Server, req: _Request, t: float) -> None:
-        """:meth:`_render` from inside :meth:`_advance` (which must not re-enter itself): booked for ``t``."""
-        self._at(t, lambda: self._render(s, req, t))
 
     def _arm(self, s: _Server) -> None:
         """A timer at the end of the job in service when it, or a job behind it, is awaited."""
