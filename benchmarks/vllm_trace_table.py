@@ -49,6 +49,13 @@ class Trace:
     step_ends_s: dict[int, float]  # step number -> when its output reached the scheduler
     step_starts_s: dict[int, float]  # step number -> when it was scheduled
     step_tokens: dict[int, int]
+    # TRACE=loop only: the API server's output batches (start, end, outputs) and stream chunks, as runs of chunks
+    # less than CHUNK_RUN_GAP_S apart (start, end, chunks)
+    batches: list[tuple[float, float, int]] = field(default_factory=list)
+    chunk_runs: list[tuple[float, float, int]] = field(default_factory=list)
+
+
+CHUNK_RUN_GAP_S = 1e-3
 
 
 def _lines(trace_dir: Path):
@@ -71,9 +78,30 @@ def read_trace(trace_dir: Path) -> Trace:
     step_starts: dict[int, float] = {}
     step_tokens: dict[int, int] = {}
     pending_sched: dict[str, tuple[int, float]] = {}
+    tokenize_starts: list[float] = []
+    tokenizations: list[tuple[float, float]] = []
+    batch_start: tuple[float, int] | None = None
+    batches: list[tuple[float, float, int]] = []
+    runs: list[list] = []
     for event, wall, _mono, key, extra in rows:
         t = float(wall)
-        if event == "H":
+        if event == "T":
+            tokenize_starts.append(t)
+        elif event == "t" and tokenize_starts:
+            tokenizations.append((tokenize_starts.pop(0), t))
+        elif event == "B":
+            batch_start = (t, int(extra))
+        elif event == "b" and batch_start:
+            batches.append((batch_start[0], t, batch_start[1]))
+            batch_start = None
+        elif event == "Y":
+            if runs and t - runs[-1][1] < CHUNK_RUN_GAP_S:
+                runs[-1][1], runs[-1][2] = t, runs[-1][2] + 1
+            else:
+                runs.append([t, t, 1])
+        elif event == "y":
+            runs.append([t, float(extra), int(key)])
+        elif event == "H":
             handler_start[extra] = t
         elif event == "R":
             req = by_stamp.setdefault(key, Request())
@@ -107,7 +135,10 @@ def read_trace(trace_dir: Path) -> Trace:
             if event == "F" and extra:
                 req.first_token_step = int(extra)
     requests = sorted((r for r in by_stamp.values() if "R" in r.times), key=lambda r: r.times["R"])
-    return Trace(requests, step_ends, step_starts, step_tokens)
+    if tokenizations and len(tokenizations) == len(requests):  # one worker, renders in order: the k-th is the k-th
+        for req, (start, end) in zip(requests, tokenizations):
+            req.times["T"], req.times["t"] = start, end
+    return Trace(requests, step_ends, step_starts, step_tokens, batches, [tuple(r) for r in runs])
 
 
 @dataclass(frozen=True)
@@ -169,6 +200,62 @@ def _loop_join(trace: Trace, measured: list[Request], ends_s: np.ndarray) -> dic
     return {"joined_after_step_end_ms": _stats_ms(after), "joined_steps_later": np.bincount(later).tolist()}
 
 
+def _longest_quiet(busy: list[tuple[float, float]], start_s: float, end_s: float) -> float:
+    """The longest part of [start_s, end_s] that no interval of ``busy`` (sorted by start) covers."""
+    longest, covered_to = 0.0, start_s
+    for a, b in busy:
+        if b <= covered_to:
+            continue
+        if a >= end_s:
+            break
+        longest = max(longest, a - covered_to)
+        covered_to = b
+    return max(longest, end_s - covered_to)
+
+
+def _api_loop(trace: Trace, inside: list[Request], measured: list[Request], level: Level) -> dict:
+    """TRACE=loop: the renderer's tokenization against the waits around it, and what the API server's loop did."""
+    tokenized = [r for r in measured if "T" in r.times and "H" in r.times]
+    if not tokenized:
+        return {}
+    previous_end = {id(b): a.times.get("t", 0.0) for a, b in zip(inside, inside[1:])}
+    batches = [b for b in trace.batches if level.start_s <= b[0] <= level.end_s]
+    runs = [r for r in trace.chunk_runs if level.start_s <= r[0] <= level.end_s]
+    service_s = float(np.mean([r.times["t"] - r.times["T"] for r in tokenized]))
+    free_s, replay_wait = 0.0, []
+    for r in inside:  # the handler starts replayed through one worker of the level's mean tokenization time
+        if "H" not in r.times:
+            continue
+        start = max(r.times["H"], free_s)
+        free_s = start + service_s
+        if r in measured:
+            replay_wait.append(start - r.times["H"])
+    passes, chunks = [], []
+    starts = np.array([b[0] for b in batches])
+    for k, (b_start, b_end, _n) in enumerate(batches[:-1]):
+        during = [run for run in runs if b_end <= run[0] < starts[k + 1]]
+        if during:
+            passes.append(during[-1][1] - b_start)
+            chunks.append(sum(run[2] for run in during))
+    busy = sorted([(b[0], b[1]) for b in batches] + [(run[0], run[1]) for run in runs])
+    busy_gaps = []
+    for r in tokenized:
+        for a, b in (("H", "T"), ("t", "R")):
+            if r.times[b] - r.times[a] > 0.05:
+                busy_gaps.append(_longest_quiet(busy, r.times[a], r.times[b]))
+    return {"tokenize_ms": _stats_ms([r.times["t"] - r.times["T"] for r in tokenized]),
+            "worker_wait_ms": _stats_ms([r.times["T"] - max(r.times["H"], previous_end.get(id(r), 0.0))
+                                         for r in tokenized]),
+            "one_worker_replay_wait_ms": _stats_ms(replay_wait),
+            "before_tokenize_ms": _stats_ms([r.times["T"] - r.times["H"] for r in tokenized]),
+            "after_tokenize_ms": _stats_ms([r.times["R"] - r.times["t"] for r in tokenized]),
+            "output_us": 1e6 * float(np.mean([(b[1] - b[0]) / b[2] for b in batches if b[2]])) if batches else None,
+            "outputs_per_batch": float(np.mean([b[2] for b in batches])) if batches else None,
+            "pass_ms": _stats_ms(passes), "chunks_per_pass": float(np.mean(chunks)) if chunks else None,
+            "waits_over_50ms": len(busy_gaps),
+            "longest_quiet_ms_in_them": 1e3 * max(busy_gaps) if busy_gaps else None}
+
+
 def level_summary(trace: Trace, level: Level) -> dict:
     """The level's measured requests (its warm-up wave left out): each segment's spread, and its engine steps."""
     inside = [r for r in trace.requests if level.start_s <= r.times["R"] <= level.end_s]
@@ -183,6 +270,7 @@ def level_summary(trace: Trace, level: Level) -> dict:
                    if s - 1 in trace.step_ends_s and trace.step_tokens.get(s, 0) <= level.concurrency]
     lag = [r.first_token_step - r.scheduled_step for r in measured if r.first_token_step and r.scheduled_step]
     return {**_render_queue(inside, level), **_loop_join(trace, measured, ends),
+            **_api_loop(trace, inside, measured, level),
             "first_token_in_its_step": float(np.mean(np.array(lag) == 0)) if lag else None,"config": level.config, "concurrency": level.concurrency, "requests": len(measured),
             "segments_ms": segments, "steps": len(steps),
             "mean_step_ms": float(gaps_ms.mean()) if len(gaps_ms) else None,
@@ -236,9 +324,15 @@ def compact_traces(run_dir: Path, to_dir: Path) -> None:
                 elif event == "K":
                     tokens, _, ids = extra.partition(":")
                     extra = tokens + ":" + ",".join(short("e", i) for i in ids.split(",") if i)
-                else:
+                elif event in ("T", "t", "b"):
+                    key, extra = "-", ""
+                elif event == "B":
+                    key = "-"
+                elif event not in ("y",):
                     continue
                 f.write(f"{event}\t{float(wall):.4f}\t-\t{key}\t{extra}\n")
+            for start, end, count in read_trace(trace_dir).chunk_runs:
+                f.write(f"y\t{start:.4f}\t-\t{count}\t{end:.4f}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,6 +370,25 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         cells = [f"{row['segments_ms'][n]['p99']:.1f}" if row["segments_ms"][n] else "-" for n in names]
         print(f"| {row['run']} | {row['config']} | {row['concurrency']} | " + " | ".join(cells) + " |")
+    loop_rows = [row for row in rows if row.get("tokenize_ms")]
+    if loop_rows:
+        print("\nThe API server (TRACE=loop): tokenization on the renderer's worker and the waits around it, ms "
+              "(mean; P90); its loop's output batches and stream chunks")
+        print("| run | config | C | tokenize | wait for the worker | one-worker replay's wait | handler -> tokenize | "
+              "tokenized -> rendered | µs per output | pass: batch and chunks | chunks per pass | "
+              "waits > 50 ms: longest quiet |")
+        print("|---|---|---:|---:|---:|---:|---:|---|---:|---|---:|---|")
+        for row in loop_rows:
+            after, passes = row["after_tokenize_ms"], row["pass_ms"]
+            quiet = row["longest_quiet_ms_in_them"]
+            cells = [row["run"], row["config"], str(row["concurrency"]), f"{row['tokenize_ms']['mean']:.1f}",
+                     f"{row['worker_wait_ms']['mean']:.1f}", f"{row['one_worker_replay_wait_ms']['mean']:.1f}",
+                     f"{row['before_tokenize_ms']['mean']:.1f}", f"{after['mean']:.1f}; {after['p90']:.1f}",
+                     f"{row['output_us']:.0f}" if row["output_us"] else "-",
+                     f"{passes['mean']:.1f}; {passes['p90']:.1f}" if passes else "-",
+                     f"{row['chunks_per_pass']:.0f}" if row["chunks_per_pass"] else "-",
+                     f"{row['waits_over_50ms']}: {quiet:.1f}" if quiet else "0"]
+            print("| " + " | ".join(cells) + " |")
     print("\nThe renderer (one first-come-first-served worker) and the engine core's loop; ms")
     print("| run | config | C | renders in order | render's own: median, mean | its wait: mean | renderer busy | "
           "joined after a step end: median | step ends skipped (0, 1, ...) | first token in its step |")

@@ -142,3 +142,34 @@ def test_a_compacted_trace_reads_the_same(tmp_path):
 def test_a_folder_without_levels_is_a_one_line_error(tmp_path, capsys):
     assert table.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def _with_the_loop(rows: list[tuple], t0: float) -> list[tuple]:
+    """A TRACE=loop request: tokenized 0.5-5.5 ms after its handler starts (rendered at 6); an output batch of 4 outputs (0.2 ms) at
+    +71 ms, its 4 chunks 0.1 ms apart after it, and the next batch at +80 ms."""
+    loop = [("T", 0.5, "-", ""), ("t", 5.5, "-", ""), ("B", 71.0, "-", "4"), ("b", 71.2, "-", ""),
+            *[("Y", 71.3 + 0.1 * k, "-", "") for k in range(4)], ("B", 80.0, "-", "4"), ("b", 80.2, "-", "")]
+    return rows + [(e, t0 + ms / 1e3, k, x) for e, ms, k, x in loop]
+
+
+def test_the_api_servers_loop_from_a_loop_trace_and_its_compacted_copy(tmp_path):
+    rows = _with_the_loop(_request("101.0", "e-a", 101.0, 1), 101.0)
+    rows = _with_the_loop(rows + _request("102.0", "e-b", 102.0, 2), 102.0)
+    _write_trace(tmp_path / "run", rows)
+    table.compact_traces(tmp_path / "run", tmp_path / "small")
+    (tmp_path / "small" / "levels.txt").write_text((tmp_path / "run" / "levels.txt").read_text())
+    for run in ("run", "small"):
+        [row] = table.summarize([tmp_path / run])
+        assert row["tokenize_ms"]["mean"] == pytest.approx(5.0, abs=0.1)
+        assert row["before_tokenize_ms"]["mean"] == pytest.approx(0.5, abs=0.1)
+        assert row["after_tokenize_ms"]["mean"] == pytest.approx(0.5, abs=0.1)
+        assert row["output_us"] == pytest.approx(50.0, abs=1.0)
+        assert row["pass_ms"]["mean"] == pytest.approx(0.6, abs=0.1)  # batch start to its last chunk
+        assert row["chunks_per_pass"] == 4
+
+
+def test_the_longest_quiet_stretch_of_a_wait():
+    busy = [(0.0, 1.0), (0.5, 2.0), (5.0, 6.0), (9.0, 12.0)]
+    assert table._longest_quiet(busy, 1.5, 10.0) == pytest.approx(3.0)  # 2.0 to 5.0
+    assert table._longest_quiet(busy, 10.0, 15.0) == pytest.approx(3.0)  # 12.0 to 15.0
+    assert table._longest_quiet([], 1.0, 2.0) == pytest.approx(1.0)
