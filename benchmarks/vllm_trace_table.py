@@ -213,6 +213,18 @@ def _longest_quiet(busy: list[tuple[float, float]], start_s: float, end_s: float
     return max(longest, end_s - covered_to)
 
 
+def _covered(busy: list[tuple[float, float]], start_s: float, end_s: float) -> float:
+    """How much of [start_s, end_s] the intervals of ``busy`` (sorted by start) cover, in seconds."""
+    total, covered_to = 0.0, start_s
+    for a, b in busy:
+        if a >= end_s:
+            break
+        if b > covered_to:
+            total += min(b, end_s) - max(a, covered_to)
+            covered_to = min(b, end_s)
+    return total
+
+
 def _api_loop(trace: Trace, inside: list[Request], measured: list[Request], level: Level) -> dict:
     """TRACE=loop: the renderer's tokenization against the waits around it, and what the API server's loop did."""
     tokenized = [r for r in measured if "T" in r.times and "H" in r.times]
@@ -238,11 +250,12 @@ def _api_loop(trace: Trace, inside: list[Request], measured: list[Request], leve
             passes.append(during[-1][1] - b_start)
             chunks.append(sum(run[2] for run in during))
     busy = sorted([(b[0], b[1]) for b in batches] + [(run[0], run[1]) for run in runs])
-    busy_gaps = []
+    busy_gaps, covered = [], []
     for r in tokenized:
         for a, b in (("H", "T"), ("t", "R")):
             if r.times[b] - r.times[a] > 0.05:
                 busy_gaps.append(_longest_quiet(busy, r.times[a], r.times[b]))
+                covered.append(_covered(busy, r.times[a], r.times[b]) / (r.times[b] - r.times[a]))
     return {"tokenize_ms": _stats_ms([r.times["t"] - r.times["T"] for r in tokenized]),
             "worker_wait_ms": _stats_ms([r.times["T"] - max(r.times["H"], previous_end.get(id(r), 0.0))
                                          for r in tokenized]),
@@ -253,7 +266,8 @@ def _api_loop(trace: Trace, inside: list[Request], measured: list[Request], leve
             "outputs_per_batch": float(np.mean([b[2] for b in batches])) if batches else None,
             "pass_ms": _stats_ms(passes), "chunks_per_pass": float(np.mean(chunks)) if chunks else None,
             "waits_over_50ms": len(busy_gaps),
-            "longest_quiet_ms_in_them": 1e3 * max(busy_gaps) if busy_gaps else None}
+            "longest_quiet_ms_in_them": 1e3 * max(busy_gaps) if busy_gaps else None,
+            "output_work_share_in_them": float(np.median(covered)) if covered else None}
 
 
 def level_summary(trace: Trace, level: Level) -> dict:
@@ -376,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
               "(mean; P90); its loop's output batches and stream chunks")
         print("| run | config | C | tokenize | wait for the worker | one-worker replay's wait | handler -> tokenize | "
               "tokenized -> rendered | µs per output | pass: batch and chunks | chunks per pass | "
-              "waits > 50 ms: longest quiet |")
+              "waits > 50 ms: how many, output work's share (median) |")
         print("|---|---|---:|---:|---:|---:|---:|---|---:|---|---:|---|")
         for row in loop_rows:
             after, passes = row["after_tokenize_ms"], row["pass_ms"]
@@ -387,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{row['output_us']:.0f}" if row["output_us"] else "-",
                      f"{passes['mean']:.1f}; {passes['p90']:.1f}" if passes else "-",
                      f"{row['chunks_per_pass']:.0f}" if row["chunks_per_pass"] else "-",
-                     f"{row['waits_over_50ms']}: {quiet:.1f}" if quiet else "0"]
+                     f"{row['waits_over_50ms']}: {row['output_work_share_in_them']:.0%}" if quiet else "0"]
             print("| " + " | ".join(cells) + " |")
     print("\nThe renderer (one first-come-first-served worker) and the engine core's loop; ms")
     print("| run | config | C | renders in order | render's own: median, mean | its wait: mean | renderer busy | "

@@ -173,3 +173,5 @@ def test_the_longest_quiet_stretch_of_a_wait():
     assert table._longest_quiet(busy, 1.5, 10.0) == pytest.approx(3.0)  # 2.0 to 5.0
     assert table._longest_quiet(busy, 10.0, 15.0) == pytest.approx(3.0)  # 12.0 to 15.0
     assert table._longest_quiet([], 1.0, 2.0) == pytest.approx(1.0)
+    assert table._covered(busy, 1.5, 10.0) == pytest.approx(0.5 + 1.0 + 1.0)
+    assert table._covered(busy, 0.0, 0.75) == pytest.approx(0.75)
