@@ -270,6 +270,24 @@ def _api_loop(trace: Trace, inside: list[Request], measured: list[Request], leve
             "output_work_share_in_them": float(np.median(covered)) if covered else None}
 
 
+STEP_TOKEN_BINS = ((0, 1), (600, 1500), (1500, 2600), (2600, 4000), (7000, 8192))  # (lo, hi]; the first: decode
+
+
+def _step_intervals(trace: Trace, level: Level) -> dict[str, dict | None]:
+    """The time from one step's end to the next, by the tokens of the step scheduled after the later one: a step's
+    output reaches the scheduler only once the step after it is launched, so a step that carries prefills shows
+    in the interval before its own end, which is also the gap its decoding requests see before it. The first bin
+    holds intervals followed by a decode-only step (at most C tokens)."""
+    steps = sorted(s for s, t in trace.step_ends_s.items() if level.start_s <= t <= level.end_s)
+    pairs = [(trace.step_tokens[s + 1], trace.step_ends_s[s] - trace.step_ends_s[s - 1]) for s in steps
+             if s - 1 in trace.step_ends_s and s + 1 in trace.step_tokens]
+    out = {}
+    for lo, hi in STEP_TOKEN_BINS:
+        lo, hi = (0, level.concurrency) if (lo, hi) == (0, 1) else (max(lo, level.concurrency), hi)
+        out[f"{lo}-{hi}"] = _stats_ms([d for tokens, d in pairs if lo < tokens <= hi])
+    return out
+
+
 def level_summary(trace: Trace, level: Level) -> dict:
     """The level's measured requests (its warm-up wave left out): each segment's spread, and its engine steps."""
     inside = [r for r in trace.requests if level.start_s <= r.times["R"] <= level.end_s]
@@ -285,6 +303,7 @@ def level_summary(trace: Trace, level: Level) -> dict:
     lag = [r.first_token_step - r.scheduled_step for r in measured if r.first_token_step and r.scheduled_step]
     return {**_render_queue(inside, level), **_loop_join(trace, measured, ends),
             **_api_loop(trace, inside, measured, level),
+            "step_intervals_ms": _step_intervals(trace, level),
             "first_token_in_its_step": float(np.mean(np.array(lag) == 0)) if lag else None,"config": level.config, "concurrency": level.concurrency, "requests": len(measured),
             "segments_ms": segments, "steps": len(steps),
             "mean_step_ms": float(gaps_ms.mean()) if len(gaps_ms) else None,
@@ -403,6 +422,13 @@ def main(argv: list[str] | None = None) -> int:
                      f"{row['chunks_per_pass']:.0f}" if row["chunks_per_pass"] else "-",
                      f"{row['waits_over_50ms']}: {row['output_work_share_in_them']:.0%}" if quiet else "0"]
             print("| " + " | ".join(cells) + " |")
+    print("\nThe engine's steps: from one step's end to the next, by the tokens of the step after (a step's output "
+          "comes back once the next step is launched); median ms (steps)")
+    print("| run | config | C | next decode only | next 600-1,500 tokens | 1,500-2,600 | 2,600-4,000 | 7,000-8,192 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        cells = [f"{v['p50']:.1f} ({v['n']})" if v else "-" for v in row["step_intervals_ms"].values()]
+        print(f"| {row['run']} | {row['config']} | {row['concurrency']} | " + " | ".join(cells) + " |")
     print("\nThe renderer (one first-come-first-served worker) and the engine core's loop; ms")
     print("| run | config | C | renders in order | render's own: median, mean | its wait: mean | renderer busy | "
           "joined after a step end: median | step ends skipped (0, 1, ...) | first token in its step |")
