@@ -288,6 +288,31 @@ def _step_intervals(trace: Trace, level: Level) -> dict[str, dict | None]:
     return out
 
 
+PROMPTS_PER_BIN = (0, 1, 2, 3, 8)  # the prompts of ~1,024 tokens a step of each STEP_TOKEN_BINS bin carries
+
+
+def sim_step_ms(concurrency: int, prompts: int, constants: dict[str, float] | None = None) -> float:
+    """The sim's step (card h200, the Flash text backbone, vLLM's defaults) with ``concurrency`` decodes of 1,088-token
+    contexts (a 1,024-token prompt and half a 128-token output) beside ``prompts`` whole 1,024-token prefills
+    (fewer tokens where the 8,192-token budget ends), plus the decode-only step's time once more: the interval a
+    decoding request sees, which also holds the step before."""
+    from dataclasses import replace
+
+    from autotune.gpus import load_gpu
+    from autotune.models import resolve_model
+    from autotune.sim.perf import PerfModel
+
+    gpu = load_gpu("h200")
+    if constants:
+        gpu = replace(gpu, extra={**(gpu.extra or {}), **constants})
+    perf = PerfModel(resolve_model("flash"), gpu, {})
+    ctx = concurrency * 1088
+    prefill = min(prompts * 1024, 8192 - concurrency)
+    step = perf.step_time_s(concurrency + prefill, concurrency + prompts, concurrency + prompts,
+                            ctx + prefill * 512, ctx + prefill, prefill == 0)
+    return 1e3 * step
+
+
 def level_summary(trace: Trace, level: Level) -> dict:
     """The level's measured requests (its warm-up wave left out): each segment's spread, and its engine steps."""
     inside = [r for r in trace.requests if level.start_s <= r.times["R"] <= level.end_s]
@@ -368,11 +393,20 @@ def compact_traces(run_dir: Path, to_dir: Path) -> None:
                 f.write(f"y\t{start:.4f}\t-\t{count}\t{end:.4f}\n")
 
 
+def parse_constant(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"error: --constants takes NAME=VALUE, got {text!r}")
+    return name, float(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dirs", nargs="+", type=Path)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--compact", type=Path, metavar="TO")
+    ap.add_argument("--constants", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="the sim's card constants to change for its step times")
     args = ap.parse_args(argv)
     if args.compact:
         for d in args.dirs:
@@ -424,11 +458,16 @@ def main(argv: list[str] | None = None) -> int:
             print("| " + " | ".join(cells) + " |")
     print("\nThe engine's steps: from one step's end to the next, by the tokens of the step after (a step's output "
           "comes back once the next step is launched); median ms (steps)")
+    print("GPU (steps) / the sim's step of C decodes and 0, 1, 2, 3 or 8 prompts of 1,024 tokens "
+          f"(the card's constants{', with ' + ' '.join(args.constants) if args.constants else ''})")
     print("| run | config | C | next decode only | next 600-1,500 tokens | 1,500-2,600 | 2,600-4,000 | 7,000-8,192 |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
+    constants = dict(parse_constant(c) for c in args.constants)
     for row in rows:
-        cells = [f"{v['p50']:.1f} ({v['n']})" if v else "-" for v in row["step_intervals_ms"].values()]
-        print(f"| {row['run']} | {row['config']} | {row['concurrency']} | " + " | ".join(cells) + " |")
+        c = row["concurrency"]
+        cells = [f"{v['p50']:.1f} ({v['n']}) / {sim_step_ms(c, k, constants):.1f}" if v else "-"
+                 for v, k in zip(row["step_intervals_ms"].values(), PROMPTS_PER_BIN)]
+        print(f"| {row['run']} | {row['config']} | {c} | " + " | ".join(cells) + " |")
     print("\nThe renderer (one first-come-first-served worker) and the engine core's loop; ms")
     print("| run | config | C | renders in order | render's own: median, mean | its wait: mean | renderer busy | "
           "joined after a step end: median | step ends skipped (0, 1, ...) | first token in its step |")
