@@ -175,3 +175,12 @@ def test_the_longest_quiet_stretch_of_a_wait():
     assert table._longest_quiet([], 1.0, 2.0) == pytest.approx(1.0)
     assert table._covered(busy, 1.5, 10.0) == pytest.approx(0.5 + 1.0 + 1.0)
     assert table._covered(busy, 0.0, 0.75) == pytest.approx(0.75)
+
+
+def test_the_sims_step_beside_the_gpus_grows_with_its_prompts():
+    decode, one, two = (table.sim_step_ms(24, k) for k in (0, 1, 2))
+    assert decode < one < two
+    assert table.sim_step_ms(24, 1, {"eager_step_overhead_ms": 50.0}) > one + 40.0  # the constants reach the card
+    assert table.parse_constant("eager_step_overhead_ms=7") == ("eager_step_overhead_ms", 7.0)
+    with pytest.raises(SystemExit):
+        table.parse_constant("eager_step_overhead_ms")
