@@ -5,6 +5,7 @@ run as `python benchmarks/SCRIPT.py` (that puts this folder first on the module 
 """
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import os
@@ -47,3 +48,12 @@ def window_tok_s(rows: list[dict]) -> tuple[float, float]:
     window = steady_window(measured, full_s)
     return (summarize(measured, full_s, window=window, window_outputs=everyone).output_tok_s,
             summarize(measured, full_s, window=window).output_tok_s)
+
+
+def parse_card_constants(texts: list[str], ap: argparse.ArgumentParser) -> dict[str, float]:
+    """``--constants NAME=VALUE ...``: a card's calibration constants to override (the sim's ``GpuSpec.extra``); a
+    malformed one is the parser's one-line error."""
+    try:
+        return {k: float(v) for k, v in (t.split("=", 1) for t in texts)}
+    except ValueError:
+        ap.error("--constants takes NAME=VALUE pairs with numeric values")

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 import optuna
-from _shared import load_records, window_tok_s
+from _shared import load_records, parse_card_constants, window_tok_s
 
 from autotune import records
 from autotune.cli.ui import short_flags
@@ -787,10 +787,7 @@ def main() -> None:
                     help="override calibration/h200.yaml's constants (e.g. the sim before the API server's: "
                          "frontend_request_ms=0 frontend_output_us=0 frontend_chunk_us=0 hbm_efficiency=0.765)")
     args = ap.parse_args()
-    try:
-        overrides = {k: float(v) for k, v in (c.split("=", 1) for c in args.constants)}
-    except ValueError:
-        ap.error("--constants takes NAME=VALUE pairs with numeric values")
+    overrides = parse_card_constants(args.constants, ap)
     try:
         fit_bounds = {k: (float(v.split(":")[0]), float(v.split(":")[1]))
                       for k, v in (b.split("=", 1) for b in args.fit_bounds)}

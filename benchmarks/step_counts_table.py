@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _shared import load_records
+from _shared import load_records, parse_card_constants
 
 from autotune.gpus import load_gpu
 from autotune.loadgen.runner import LoadConfig
@@ -268,10 +268,7 @@ def main() -> int:
                     help="the sim with calibration/h200.yaml's constants overridden (e.g. frontend_chunk_us=0)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    try:
-        constants = {k: float(v) for k, v in (c.split("=", 1) for c in args.constants)}
-    except ValueError:
-        ap.error("--constants takes NAME=VALUE pairs with numeric values")
+    constants = parse_card_constants(args.constants, ap)
     rows = [row for folder in args.dirs for row in table(folder, constants)]
     if args.json:
         print(json.dumps(rows, indent=1))

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from _shared import parse_card_constants
 
 SEGMENTS = [("render", "H", "R"), ("to_add", "R", "A"), ("inputs", "A", "S"), ("to_core", "S", "P"),
             ("request", "P", "p"), ("to_loop", "p", "Q"), ("queued", "Q", "K"), ("prefill", "K", "F"),
@@ -393,13 +394,6 @@ def compact_traces(run_dir: Path, to_dir: Path) -> None:
                 f.write(f"y\t{start:.4f}\t-\t{count}\t{end:.4f}\n")
 
 
-def parse_constant(text: str) -> tuple[str, float]:
-    name, sep, value = text.partition("=")
-    if not sep:
-        raise SystemExit(f"error: --constants takes NAME=VALUE, got {text!r}")
-    return name, float(value)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dirs", nargs="+", type=Path)
@@ -408,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--constants", nargs="*", default=[], metavar="NAME=VALUE",
                     help="the sim's card constants to change for its step times")
     args = ap.parse_args(argv)
+    constants = parse_card_constants(args.constants, ap)
     if args.compact:
         for d in args.dirs:
             compact_traces(d, args.compact)
@@ -462,7 +457,6 @@ def main(argv: list[str] | None = None) -> int:
           f"(the card's constants{', with ' + ' '.join(args.constants) if args.constants else ''})")
     print("| run | config | C | next decode only | next 600-1,500 tokens | 1,500-2,600 | 2,600-4,000 | 7,000-8,192 |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
-    constants = dict(parse_constant(c) for c in args.constants)
     for row in rows:
         c = row["concurrency"]
         cells = [f"{v['p50']:.1f} ({v['n']}) / {sim_step_ms(c, k, constants):.1f}" if v else "-"

@@ -181,6 +181,11 @@ def test_the_sims_step_beside_the_gpus_grows_with_its_prompts():
     decode, one, two = (table.sim_step_ms(24, k) for k in (0, 1, 2))
     assert decode < one < two
     assert table.sim_step_ms(24, 1, {"eager_step_overhead_ms": 50.0}) > one + 40.0  # the constants reach the card
-    assert table.parse_constant("eager_step_overhead_ms=7") == ("eager_step_overhead_ms", 7.0)
-    with pytest.raises(SystemExit):
-        table.parse_constant("eager_step_overhead_ms")
+
+
+def test_a_constant_without_a_value_is_a_one_line_error(tmp_path, capsys):
+    _write_trace(tmp_path / "run", _request("101.0", "e-a", 101.0, 1))
+    with pytest.raises(SystemExit) as exit_info:
+        table.main([str(tmp_path / "run"), "--constants", "eager_step_overhead_ms"])
+    assert exit_info.value.code == 2
+    assert "NAME=VALUE" in capsys.readouterr().err
