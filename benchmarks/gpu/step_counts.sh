@@ -41,15 +41,19 @@ job() {
     flags=$(config_flags "$cfg") || continue
     echo "$cfg: $flags" >> "$dir/configs.txt"
     local tracing=()
-    [ "$trace" = loop ] && tracing=(env VLLM_TRACE_LOOP=1 "PYTHONPATH=$PWD/benchmarks/gpu/vllm_trace:$PYTHONPATH" "VLLM_TRACE_DIR=$dir/trace-$cfg")
-    [ "$trace" = 1 ] && tracing=(env "PYTHONPATH=$PWD/benchmarks/gpu/vllm_trace:$PYTHONPATH" "VLLM_TRACE_DIR=$dir/trace-$cfg")
+    if [ "$trace" != 0 ]; then
+      tracing=(env "PYTHONPATH=$PWD/benchmarks/gpu/vllm_trace:$PYTHONPATH" "VLLM_TRACE_DIR=$dir/trace-$cfg")
+      [ "$trace" = loop ] && tracing+=(VLLM_TRACE_LOOP=1)
+    fi
+    # a name no earlier server has: one still holding the port (this server then dies) must not pass for it
+    local name; name="m-$cfg-$(date +%s%N)"
     # shellcheck disable=SC2086  # serve, flags and extra are words
-    setsid "${tracing[@]}" $serve "$model" --load-format dummy --port "$port" --served-model-name "m-$cfg" $flags $extra \
+    setsid "${tracing[@]}" $serve "$model" --load-format dummy --port "$port" --served-model-name "$name" $flags $extra \
       > "$dir/server-$cfg.log" 2>&1 &
     srv=$!
     t0=$(date +%s)
     for i in $(seq 300); do
-      curl -sf "localhost:$port/v1/models" | grep -q "\"m-$cfg\"" && { ready=1; break; }
+      curl -sf "localhost:$port/v1/models" | grep -q "\"$name\"" && { ready=1; break; }
       kill -0 "$srv" 2>/dev/null || break
       sleep 2
     done
@@ -57,7 +61,7 @@ job() {
     if [ "$ready" = 1 ]; then
       for c in $loads; do
         local level_start; level_start=$(date +%s.%N)
-        python3 -m autotune bench --url "http://127.0.0.1:$port" --model "m-$cfg" --workload "$workload" \
+        python3 -m autotune bench --url "http://127.0.0.1:$port" --model "$name" --workload "$workload" \
           --tokenizer "$model" --concurrency "$c" --warmup "$c" --ramp-s 2 --num-prompts $((3 * c)) --seed "$c" --scrape-metrics \
           --records "$dir/$cfg-c$c.jsonl.gz" --records-itl --json > "$dir/$cfg-c$c.json" 2> "$dir/$cfg-c$c.err"
         echo "$cfg c$c $level_start $(date +%s.%N)" >> "$dir/levels.txt"
