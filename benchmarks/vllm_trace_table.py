@@ -274,18 +274,30 @@ def _api_loop(trace: Trace, inside: list[Request], measured: list[Request], leve
 STEP_TOKEN_BINS = ((0, 1), (600, 1500), (1500, 2600), (2600, 4000), (7000, 8192))  # (lo, hi]; the first: decode
 
 
-def _step_intervals(trace: Trace, level: Level) -> dict[str, dict | None]:
-    """The time from one step's end to the next, by the tokens of the step scheduled after the later one: a step's
-    output reaches the scheduler only once the step after it is launched, so a step that carries prefills shows
-    in the interval before its own end, which is also the gap its decoding requests see before it. The first bin
-    holds intervals followed by a decode-only step (at most C tokens)."""
+def _step_intervals(trace: Trace, level: Level) -> dict[str, dict]:
+    """A step's output reaches the scheduler only once the step after it is launched. So where a step that carries
+    prefills (tokens in a bin) comes between decode-only steps (at most C tokens), its cost shows in two intervals
+    between step ends: the one before its own end's predecessor ends ("before": the previous step held while this
+    one is launched) and its own ("after"). Per bin: the medians of both and of their sum, and how many such steps;
+    the first bin is the decode-only step's own interval."""
     steps = sorted(s for s, t in trace.step_ends_s.items() if level.start_s <= t <= level.end_s)
-    pairs = [(trace.step_tokens[s + 1], trace.step_ends_s[s] - trace.step_ends_s[s - 1]) for s in steps
-             if s - 1 in trace.step_ends_s and s + 1 in trace.step_tokens]
+    ends, tokens, c = trace.step_ends_s, trace.step_tokens, level.concurrency
     out = {}
     for lo, hi in STEP_TOKEN_BINS:
-        lo, hi = (0, level.concurrency) if (lo, hi) == (0, 1) else (max(lo, level.concurrency), hi)
-        out[f"{lo}-{hi}"] = _stats_ms([d for tokens, d in pairs if lo < tokens <= hi])
+        if (lo, hi) == (0, 1):
+            own = [ends[s] - ends[s - 1] for s in steps
+                   if s - 1 in ends and tokens.get(s, c + 1) <= c and tokens.get(s + 1, c + 1) <= c]
+            out["decode"] = {"n": len(own), "after": _stats_ms(own), "before": None, "sum": None}
+            continue
+        lo = max(lo, c)
+        before, after = [], []
+        for s in steps:  # s + 1 carries the prefills; s and s + 2 are decode-only
+            if (lo < tokens.get(s + 1, 0) <= hi and tokens.get(s, c + 1) <= c and tokens.get(s + 2, c + 1) <= c
+                    and s - 1 in ends and s + 1 in ends):
+                before.append(ends[s] - ends[s - 1])
+                after.append(ends[s + 1] - ends[s])
+        out[f"{lo}-{hi}"] = {"n": len(before), "before": _stats_ms(before), "after": _stats_ms(after),
+                             "sum": _stats_ms([x + y for x, y in zip(before, after)])}
     return out
 
 
@@ -295,8 +307,7 @@ PROMPTS_PER_BIN = (0, 1, 2, 3, 8)  # the prompts of ~1,024 tokens a step of each
 def sim_step_ms(concurrency: int, prompts: int, constants: dict[str, float] | None = None) -> float:
     """The sim's step (card h200, the Flash text backbone, vLLM's defaults) with ``concurrency`` decodes of 1,088-token
     contexts (a 1,024-token prompt and half a 128-token output) beside ``prompts`` whole 1,024-token prefills
-    (fewer tokens where the 8,192-token budget ends), plus the decode-only step's time once more: the interval a
-    decoding request sees, which also holds the step before."""
+    (fewer tokens where the 8,192-token budget ends)."""
     from dataclasses import replace
 
     from autotune.gpus import load_gpu
@@ -451,16 +462,21 @@ def main(argv: list[str] | None = None) -> int:
                      f"{row['chunks_per_pass']:.0f}" if row["chunks_per_pass"] else "-",
                      f"{row['waits_over_50ms']}: {row['output_work_share_in_them']:.0%}" if quiet else "0"]
             print("| " + " | ".join(cells) + " |")
-    print("\nThe engine's steps: from one step's end to the next, by the tokens of the step after (a step's output "
-          "comes back once the next step is launched); median ms (steps)")
-    print("GPU (steps) / the sim's step of C decodes and 0, 1, 2, 3 or 8 prompts of 1,024 tokens "
-          f"(the card's constants{', with ' + ' '.join(args.constants) if args.constants else ''})")
-    print("| run | config | C | next decode only | next 600-1,500 tokens | 1,500-2,600 | 2,600-4,000 | 7,000-8,192 |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("\nThe engine's steps that carry prefills, between decode-only steps: the interval before (the previous "
+          "step held while this one is launched) + its own = their sum, median ms (steps); the sim's step of C "
+          "decodes beside 1, 2, 3 or 8 prompts of 1,024 tokens, which it delivers in one interval"
+          f"{' (with ' + ' '.join(args.constants) + ')' if args.constants else ''}")
+    print("| run | config | C | decode only | 600-1,500 tokens | 1,500-2,600 | 2,600-4,000 | 7,000-8,192 |")
+    print("|---|---|---:|---:|---|---|---|---|")
     for row in rows:
-        c = row["concurrency"]
-        cells = [f"{v['p50']:.1f} ({v['n']}) / {sim_step_ms(c, k, constants):.1f}" if v else "-"
-                 for v, k in zip(row["step_intervals_ms"].values(), PROMPTS_PER_BIN)]
+        c, cells = row["concurrency"], []
+        for (name, v), k in zip(row["step_intervals_ms"].items(), PROMPTS_PER_BIN):
+            sim = f"sim {sim_step_ms(c, k, constants):.0f}"
+            if name == "decode":
+                cells.append(f"{v['after']['p50']:.1f} ({v['n']}); {sim}" if v["n"] else "-")
+            else:
+                cells.append(f"{v['before']['p50']:.0f} + {v['after']['p50']:.0f} = {v['sum']['p50']:.0f} ({v['n']}); "
+                             f"{sim}" if v["n"] else "-")
         print(f"| {row['run']} | {row['config']} | {c} | " + " | ".join(cells) + " |")
     print("\nThe renderer (one first-come-first-served worker) and the engine core's loop; ms")
     print("| run | config | C | renders in order | render's own: median, mean | its wait: mean | renderer busy | "

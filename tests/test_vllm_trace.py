@@ -189,3 +189,23 @@ def test_a_constant_without_a_value_is_a_one_line_error(tmp_path, capsys):
         table.main([str(tmp_path / "run"), "--constants", "eager_step_overhead_ms"])
     assert exit_info.value.code == 2
     assert "NAME=VALUE" in capsys.readouterr().err
+
+
+def test_a_step_with_prefills_between_decode_steps_shows_in_two_intervals(tmp_path):
+    tokens = {1: 24, 2: 24, 3: 1048, 4: 24, 5: 24}
+    ends_ms = {1: 0.0, 2: 35.0, 3: 40.0, 4: 46.5, 5: 53.0}  # step 2's tokens wait 35 ms while step 3 is launched
+    rows = [("K", 100.0 + s / 1e3, str(s), f"{n}:") for s, n in tokens.items()]
+    rows += [("U", 100.1 + ms / 1e3, str(s), "") for s, ms in ends_ms.items()]
+    run = tmp_path / "run"
+    (run / "trace-defaults").mkdir(parents=True)
+    (run / "levels.txt").write_text("defaults c24 99.0 101.0\n")
+    (run / "trace-defaults" / "trace-1.tsv").write_text(
+        "".join(f"{e}\t{t:.6f}\t0\t{k}\t{x}\n" for e, t, k, x in rows))
+    [row] = table.summarize([run])
+    steps = row["step_intervals_ms"]
+    assert steps["decode"]["n"] == 1 and steps["decode"]["after"]["p50"] == pytest.approx(6.5, abs=1e-3)
+    mixed = steps["600-1500"]
+    assert mixed["n"] == 1
+    assert (mixed["before"]["p50"], mixed["after"]["p50"], mixed["sum"]["p50"]) == pytest.approx((35.0, 5.0, 40.0),
+                                                                                                abs=1e-3)
+    assert steps["1500-2600"]["n"] == 0
