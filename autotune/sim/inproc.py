@@ -150,8 +150,6 @@ class VirtualReplica:
 
     async def run(self) -> None:
         loop, sched, api = self.loop, self.sched, self.api
-        launch_s = float((self.sched.perf.gpu.extra or {}).get("mixed_step_launch_ms", 0.0)) / 1e3
-        held = None  # the last step's outputs while the next step's launch may hold them (launch_s > 0)
         while True:
             if not sched.has_work:
                 self.idle = True
@@ -166,7 +164,7 @@ class VirtualReplica:
             # Several decode-only steps at once while nothing can join the batch: no callback is waiting to run
             # now (a client answering a finished request, another replica) and no timer (an arrival, a hand-over
             # by an API server, a delivery someone waits for, the ramp, another replica's step end) falls inside.
-            if not loop.has_ready() and not launch_s:
+            if not loop.has_ready():
                 horizon_s = loop.next_timer_s()
                 if horizon_s > self.vt:
                     run = sched.decode_run(1 << 30, horizon_s - self.vt)
@@ -181,9 +179,6 @@ class VirtualReplica:
                 scheduled_ahead = bool(sched.lag_steps and sched.num_running)
                 res = sched.step()
                 if res is None:  # nothing schedulable until a request comes or goes
-                    if held is not None:
-                        held[2](held[1])
-                        held = None
                     self.idle = True
                     self.wake.clear()
                     await self.wake.wait()
@@ -191,15 +186,6 @@ class VirtualReplica:
                 end = self.vt + res.duration_s
                 emitted, finished, cols = res.emitted, res.finished, sched.out[res.emitted] - 1
                 self.engine_times.stepped(res, self.vt, end, scheduled_ahead)
-                if held is not None:
-                    # A step that is not one CUDA graph (prefill tokens beside the decodes) is launched by the host
-                    # while the step before runs on the GPU, and that step's output comes back only once the launch
-                    # is done (vLLM's batch queue): its tokens wait.
-                    h_start, h_end, book = held
-                    mixed = res.num_tokens > res.num_seqs
-                    at = min(max(h_end, h_start + launch_s), end) if mixed else h_end
-                    loop.call_at(at, book, at)
-                    held = None
             self._observe()
             # The finished requests leave now: their slots are free again and may be taken by a request handed over
             # while this step "runs" (a slot's token times are written in step order, so theirs stay readable).
@@ -212,15 +198,7 @@ class VirtualReplica:
             # The step's outputs go to the API servers (a decode run's steps one by one, in their order).
             keys = self._rid[emitted]
             servers = self._server[emitted] if api.count > 1 else None
-            if run is None and launch_s:
-                deliverer = self._deliverer(emitted, cols, done)
-                held = (end - res.duration_s, end,
-                        lambda t, keys=keys, servers=servers, d=deliverer, w=bool(done): api.outputs(t, keys, servers, d, w))
-                if not sched.has_work:  # no next step to hold them
-                    h_start, h_end, book = held
-                    book(h_end)
-                    held = None
-            elif run is None:
+            if run is None:
                 api.outputs(end, keys, servers, self._deliverer(emitted, cols, done), bool(done))
             else:
                 last = k - 1
