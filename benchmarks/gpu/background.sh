@@ -45,3 +45,10 @@ leftovers_check() {
   nvidia-smi --query-gpu=index,memory.used --format=csv,noheader > "$dir/gpu-after.txt"
   engine_processes > "$dir/procs-after.txt"
 }
+
+# True, with a line on stderr, when a server already answers on PORT: a new server there would die with "Address
+# already in use" while the old one kept answering, and the benchmark would measure the old one (seen twice).
+port_taken() {
+  curl -s -o /dev/null --max-time 2 "localhost:$1/" || return 1
+  echo "port $1 already answers: stop the server on it first" >&2
+}

@@ -41,6 +41,10 @@ EOF
   fi
   echo "vllm serve --config $config" >> "$dir/$progress"
   local t0 healthy=0 pid
+  if port_taken "$port" 2>> "$dir/$progress"; then
+    echo "{\"error\": \"port $port already answers: another server is running\"}" > "$dir/result.json"
+    return
+  fi
   t0=$(date +%s)
   setsid vllm serve --config "$config" --load-format dummy --port "$port" --served-model-name export-check \
     > "$dir/serve.log" 2>&1 < /dev/null &

@@ -14,6 +14,7 @@ job() {
   for s in $(seq "$servers"); do
     # each server on its own port: a server still releasing the previous port cannot answer for the next
     local port=$((port0 + s)) t0
+    if port_taken "$port" 2>> "$dir/times.txt"; then echo "server $s: not started" >> "$dir/times.txt"; continue; fi
     setsid vllm serve /tmp/model --load-format dummy --port "$port" --served-model-name "m$s" \
       > "$dir/server-$s.log" 2>&1 &
     local srv=$!

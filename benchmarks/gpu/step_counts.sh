@@ -45,6 +45,7 @@ job() {
       tracing=(env "PYTHONPATH=$PWD/benchmarks/gpu/vllm_trace:$PYTHONPATH" "VLLM_TRACE_DIR=$dir/trace-$cfg")
       [ "$trace" = loop ] && tracing+=(VLLM_TRACE_LOOP=1)
     fi
+    if port_taken "$port" 2>> "$dir/times.txt"; then echo "$cfg: not started" >> "$dir/times.txt"; continue; fi
     # a name no earlier server has: one still holding the port (this server then dies) must not pass for it
     local name; name="m-$cfg-$(date +%s%N)"
     # shellcheck disable=SC2086  # serve, flags and extra are words

@@ -43,6 +43,7 @@ run() {  # a command, logged in commands.txt as it runs
 start_server() {  # NAME [flags]: start, wait until it serves (15 min at most), keep its start-up lines
   local name=$1 t0
   shift
+  port_taken "$port" 2>> "$dir/times.txt" && { echo "server $name: not started" >> "$dir/times.txt"; return 1; }
   echo "setsid $serve $model --load-format dummy --port $port --served-model-name m $serve_flags $*" >> "$dir/commands.txt"
   # shellcheck disable=SC2086  # serve and serve_flags are words
   setsid $serve "$model" --load-format dummy --port "$port" --served-model-name m $serve_flags "$@" \
