@@ -1,4 +1,5 @@
-"""What several benchmark scripts share: a process's CPU time and reading a load level's per-request records.
+"""What several benchmark scripts share: a process's CPU time, reading a load level's per-request records, and
+replaying a level that `autotune bench` ran on the GPU in the in-process sim.
 
 A module, not a script: the scripts beside it import it (`from _shared import ...`), which works when they are
 run as `python benchmarks/SCRIPT.py` (that puts this folder first on the module path).
@@ -6,13 +7,21 @@ run as `python benchmarks/SCRIPT.py` (that puts this folder first on the module 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import os
 from pathlib import Path
+from typing import Any
 
-from autotune.metrics import RequestOutput, steady_window, summarize
-
+from autotune.gpus import load_gpu
+from autotune.loadgen.runner import LoadConfig
+from autotune.loadgen.workload import parse_workload
+from autotune.metrics import BenchResult, RequestOutput, steady_window, summarize
+from autotune.models import spec_from_config
+from autotune.sim.engine import setup_engine
+from autotune.sim.inproc import bench_in_process
+from autotune.testing.models import WEIGHTLESS_FLASH_CONFIG
 
 
 def cpu_s(pid: int) -> float:
@@ -57,3 +66,19 @@ def parse_card_constants(texts: list[str], ap: argparse.ArgumentParser) -> dict[
         return {k: float(v) for k, v in (t.split("=", 1) for t in texts)}
     except ValueError:
         ap.error("--constants takes NAME=VALUE pairs with numeric values")
+
+
+def replay_bench_level(flags: dict[str, Any], gpu_run: dict[str, Any], constants: dict[str, float],
+                       records_path: Path) -> BenchResult:
+    """A level as `autotune bench --json` ran it on the H200 with the weightless Flash model (its workload and
+    seed, warm-up wave, measured requests, ramp: the same requests), replayed in the in-process sim with the h200
+    card (``constants`` overriding its calibration); every request kept with its gaps in ``records_path``."""
+    model = spec_from_config(WEIGHTLESS_FLASH_CONFIG, "weightless-flash", "weightless-flash")
+    card = load_gpu("h200")
+    card = dataclasses.replace(card, extra={**(card.extra or {}), **constants})
+    cfg = LoadConfig(concurrency=int(gpu_run["concurrency"]), num_prompts=int(gpu_run["num_prompts"]),
+                     warmup_prompts=int(gpu_run["warmup_prompts"]), ramp_s=float(gpu_run["ramp_s"]),
+                     seed=int(gpu_run["workload"]["seed"]), records_path=str(records_path), records_itl=True)
+    requests = parse_workload(gpu_run["workload"]["spec"], seed=cfg.seed).requests(cfg.warmup_prompts
+                                                                                   + cfg.num_prompts)
+    return bench_in_process(setup_engine(model, card, flags), requests, cfg)

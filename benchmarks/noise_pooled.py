@@ -8,10 +8,12 @@ mean; pooled over the points with their degrees of freedom (sum of squares over 
 coefficient of variation with a chi-square interval. The sim replays the same requests, so its pooled spread is
 what the request streams alone give; what the GPU has beyond it, sqrt(gpu^2 - sim^2), is what a noise model should
 add. Judged held out: that residual from two workloads, added to the third's own stream spread, against the
-third's GPU spread and its 90% interval; beside it the shipped model (`autotune/sim/noise.py`).
+third's GPU spread and its 90% interval; beside it the shipped model (`autotune/sim/noise.py`). And judged on
+fresh measurements that no fit saw: folders of `benchmarks/gpu/noise_repeats.sh` (fresh vLLM servers with its
+defaults, fresh prompts every run), each run replayed in the sim with the same requests and load shape.
 
     python benchmarks/sim_vs_h200_levels.py --json > levels.json     # ~1 min
-    python benchmarks/noise_pooled.py levels.json [--json]
+    python benchmarks/noise_pooled.py levels.json [--held-out DIR ...] [--json]
 
 P99 ITL: a searched level that the search extended stores one P99 ITL pooled over its runs; such a level counts
 once (its runs would otherwise show no spread).
@@ -22,16 +24,20 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _shared import load_records, replay_bench_level
 from scipy import stats
+from sim_vs_h200_levels import figures
 
 from autotune.sim.noise import NOISE_MODELS
 
-METRICS = {"output_tok_s": "throughput", "p99_ttft_ms": "ttft", "p99_tpot_ms": "tpot", "p99_itl_ms": "itl"}
+METRICS = {"output_tok_s": "throughput", "p99_ttft_ms": "ttft", "p99_tpot_ms": "tpot", "p99_itl_ms": "itl",
+           "p99_e2el_ms": "e2el"}
 CONFIDENCE = 0.90
 
 
@@ -89,9 +95,45 @@ def residual(s: dict[str, Any]) -> float:
     return math.sqrt(max(s["gpu"] ** 2 - s["sim"] ** 2, 0.0))
 
 
-def report(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def fresh_runs(folder: Path) -> list[dict[str, Any]]:
+    """The runs of a `noise_repeats.sh` folder (vLLM's defaults), each with its replay in the sim: a run of the
+    levels' format (one point per workload and concurrency; each server is a copy)."""
+    runs = []
+    for path in sorted(folder.glob("s*-c*-*.json")):
+        try:
+            gpu = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue  # the run failed: its .err says why
+        server = path.stem.split("-")[0]
+        with tempfile.TemporaryDirectory(prefix="noise-") as tmp:
+            result = replay_bench_level({}, gpu, {}, Path(tmp) / "sim.jsonl.gz")
+            sim = {**figures(load_records(Path(tmp) / "sim.jsonl.gz")), "p99_itl_ms": result.itl_ms.p99}
+        runs.append({"dataset": folder.name, "workload": gpu["workload"]["spec"], "copy": server, "trial": 0,
+                     "config": "vLLM defaults", "concurrency": int(gpu["concurrency"]), "source": path.name,
+                     "gpu": {**figures(load_records(path.with_suffix(".jsonl.gz"))), "p99_itl_ms": gpu["itl_ms"]["p99"]},
+                     "sim": sim})
+    return runs
+
+
+def judge_fresh(runs: list[dict[str, Any]], residuals: dict[str, float]) -> dict[str, Any]:
+    """Per metric, the GPU's pooled spread over ``runs`` with its interval, the sim's over the same requests, and the
+    sim with the shipped model and with ``residuals`` (the studies' spread beyond the streams) on top."""
+    out = {}
+    for m in METRICS:
+        s = spread(runs, m)
+        if not s["dof"]:
+            continue
+        lo, hi = s["gpu_interval"]
+        s["with_model"] = math.hypot(s["sim"], model_cv(m))
+        s["with_residual"] = math.hypot(s["sim"], residuals[m])
+        s["model_inside"], s["residual_inside"] = lo <= s["with_model"] <= hi, lo <= s["with_residual"] <= hi
+        out[m] = s
+    return out
+
+
+def report(runs: list[dict[str, Any]], fresh: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     workloads = sorted({r["workload"] for r in runs})
-    out: dict[str, Any] = {"pooled": {}, "held_out": {}}
+    out: dict[str, Any] = {"pooled": {}, "held_out": {}, "fresh": {}}
     for name, subset in [("all", runs)] + [(w, [r for r in runs if r["workload"] == w]) for w in workloads]:
         out["pooled"][name] = {}
         for m in METRICS:
@@ -114,6 +156,13 @@ def report(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "residual_from_the_others": residual(fit), "sim_with_that_residual": with_residual,
                 "residual_inside": lo <= with_residual <= hi,
                 "sim_with_model": judged["with_model"], "model_inside": lo <= judged["with_model"] <= hi}
+    if fresh:
+        residuals = {m: s["residual"] for m, s in out["pooled"]["all"].items() if s["dof"]}
+        points = sorted({(r["workload"], r["concurrency"]) for r in fresh})
+        out["fresh"]["all"] = judge_fresh(fresh, residuals)
+        for w, c in points:
+            out["fresh"][f"{w} C={c}"] = judge_fresh([r for r in fresh if (r["workload"], r["concurrency"]) == (w, c)],
+                                                residuals)
     return out
 
 
@@ -149,14 +198,37 @@ def print_report(out: dict[str, Any]) -> None:
                   f"{_pct(h['sim_with_model'])}{mark[h['model_inside']]} |")
     print(f"\ninside the GPU's 90% interval: residual of the others {inside['residual']} of {cells}, "
           f"shipped model {inside['model']} of {cells}")
+    if not out["fresh"]:
+        return
+    print("\nFresh servers and prompts (--held-out), against the sim on the same requests; the residual: the studies'"
+          " spread beyond the streams, pooled (the first table's 'all')")
+    print("| point | metric | dof | GPU [90%] | sim (streams) | sim + model | sim + residual |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    counts = {"model": 0, "residual": 0, "cells": 0}
+    mark = {True: "", False: " (outside)"}
+    for name, by_metric in out["fresh"].items():
+        for m, s in by_metric.items():
+            lo, hi = s["gpu_interval"]
+            if name != "all":
+                counts["cells"] += 1
+                counts["model"] += s["model_inside"]
+                counts["residual"] += s["residual_inside"]
+            print(f"| {name} | {METRICS[m]} | {s['dof']} | {_pct(s['gpu'])} [{_pct(lo)}, {_pct(hi)}] | "
+                  f"{_pct(s['sim'])} | {_pct(s['with_model'])}{mark[s['model_inside']]} | "
+                  f"{_pct(s['with_residual'])}{mark[s['residual_inside']]} |")
+    print(f"\ninside the GPU's 90% interval, by point: shipped model {counts['model']} of {counts['cells']}, "
+          f"the studies' residual {counts['residual']} of {counts['cells']}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("levels", type=Path, help="the output of sim_vs_h200_levels.py --json")
+    ap.add_argument("--held-out", type=Path, nargs="*", default=[], metavar="DIR",
+                    help="folders of benchmarks/gpu/noise_repeats.sh, judged against the sim with the model")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    out = report(json.loads(args.levels.read_text())["runs"])
+    fresh = [r for folder in args.held_out for r in fresh_runs(folder)]
+    out = report(json.loads(args.levels.read_text())["runs"], fresh)
     if args.json:
         print(json.dumps(out, indent=1))
     else:

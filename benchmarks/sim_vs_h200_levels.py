@@ -218,11 +218,12 @@ def _p99(values: list[float]) -> float:
 
 def figures(rows: list[dict]) -> dict[str, Any]:
     """A run's figures from its per-request records: output tok/s over the steady window (every request's tokens in
-    it, as a level reports), P99 TTFT and TPOT of the measured requests, the mean TTFT of every request (warm-up
+    it, as a level reports), P99 TTFT, TPOT and E2E of the measured requests, the mean TTFT of every request (warm-up
     included: what vLLM's latency histograms cover), and how its TTFTs came about (:func:`ttft_anatomy`)."""
     ok = [r for r in rows if not r["warmup"] and r["ok"]]
     return {"output_tok_s": window_tok_s(rows)[0], "p99_ttft_ms": _p99([r["ttft_ms"] for r in ok]),
             "p99_tpot_ms": _p99([r["tpot_ms"] for r in ok if r["tpot_ms"] is not None]),
+            "p99_e2el_ms": _p99([r["e2el_ms"] for r in ok]),
             "mean_ttft_all_ms": float(np.mean([r["ttft_ms"] for r in rows if r["ok"]])),
             "failed": sum(not r["ok"] for r in rows), **ttft_anatomy(rows)}
 
@@ -334,6 +335,7 @@ def add_noise(run: Run, noise: RunNoise) -> None:
         sim[key] = sim[key] * f["ttft"]
     sim["p99_itl_ms"] *= f["itl"]
     sim["p99_tpot_ms"] *= f["tpot"]
+    sim["p99_e2el_ms"] *= f["e2el"]
     sim["output_tok_s"] *= f_tput
 
 

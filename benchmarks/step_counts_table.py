@@ -33,7 +33,6 @@ prefill, the sim's fresh engine did not.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shlex
 import sys
@@ -43,16 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _shared import load_records, parse_card_constants
+from _shared import load_records, parse_card_constants, replay_bench_level
 
-from autotune.gpus import load_gpu
-from autotune.loadgen.runner import LoadConfig
-from autotune.loadgen.workload import parse_workload
-from autotune.models import spec_from_config
 from autotune.sim.args import parse_serve_args
-from autotune.sim.engine import setup_engine
-from autotune.sim.inproc import bench_in_process
-from autotune.testing.models import WEIGHTLESS_FLASH_CONFIG
 
 GROUPS = (("decode only", 0, 256), ("one prefill", 257, 2048), ("more", 2049, float("inf")))
 
@@ -154,17 +146,9 @@ def client_steps(records: list[dict[str, Any]], same_step_ms: float = 1.0) -> di
 
 def sim_level(flags: dict[str, Any], gpu_run: dict[str, Any], constants: dict[str, float]) -> dict[str, Any]:
     """The level as the GPU ran it (its seed, warm-up wave, measured requests, ramp), in-process."""
-    model = spec_from_config(WEIGHTLESS_FLASH_CONFIG, "weightless-flash", "weightless-flash")
-    card = load_gpu("h200")
-    card = dataclasses.replace(card, extra={**(card.extra or {}), **constants})
     with tempfile.TemporaryDirectory(prefix="step-counts-") as tmp:
         records = Path(tmp) / "level.jsonl.gz"
-        cfg = LoadConfig(concurrency=int(gpu_run["concurrency"]), num_prompts=int(gpu_run["num_prompts"]),
-                         warmup_prompts=int(gpu_run["warmup_prompts"]), ramp_s=float(gpu_run["ramp_s"]),
-                         seed=int(gpu_run["workload"]["seed"]), records_path=str(records), records_itl=True)
-        requests = parse_workload(gpu_run["workload"]["spec"], seed=cfg.seed).requests(cfg.warmup_prompts
-                                                                                       + cfg.num_prompts)
-        r = bench_in_process(setup_engine(model, card, flags), requests, cfg)
+        r = replay_bench_level(flags, gpu_run, constants, records)
         level_records = load_records(records)
     return {"steps_by_tokens": r.extra["server_metrics"]["steps_by_tokens"], "p99_itl_ms": r.itl_ms.p99,
             "p50_tpot_ms": r.tpot_ms.p50, "output_tok_s": r.output_tok_s, "client_steps": client_steps(level_records),

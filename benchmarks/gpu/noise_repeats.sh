@@ -1,42 +1,67 @@
 #!/bin/bash
-# On the GPU machine (device kit installed, /tmp/st/env.sh): the run-to-run spread of one load level, the
-# figure every verdict must clear. SERVERS fresh vLLM servers (default flags, the weightless model) one after
-# the other; on each, RUNS runs of `autotune bench` shaped like a study's level (closed loop at concurrency C,
-# a warm-up wave of C requests, the first wave ramped over 2 s, 3 x C measured requests, random 1024/512 +-50%,
-# fresh prompts each run), keeping every request's timings. Summarise with benchmarks/noise_table.py DIR.
-#   SERVERS=2 RUNS=4 C=64 bash benchmarks/gpu/noise_repeats.sh start [DIR]   # returns at once
+# On the GPU machine (device kit installed, /tmp/st/env.sh): the run-to-run spread of load levels, the figure
+# every verdict must clear and the sim's noise model must reproduce. SERVERS fresh vLLM servers (default flags, the
+# weightless model) one after the other; on each, at every concurrency C of LOADS, RUNS runs of `autotune bench`
+# shaped like a study's level (closed loop at C, a warm-up wave of C requests, the first wave ramped over 2 s,
+# 3 x C measured requests, fresh prompts each run: no run repeats another's, so vLLM's prefix cache serves none),
+# keeping every request's timings in DIR/sS-cC-R.json[l.gz].
+# Summarise with benchmarks/noise_table.py DIR (one load), or set the runs beside the sim's noise model with
+# benchmarks/noise_pooled.py LEVELS.json --held-out DIR.
+#   SERVERS=2 RUNS=4 LOADS=64 bash benchmarks/gpu/noise_repeats.sh start [DIR]   # returns at once
 #   bash benchmarks/gpu/noise_repeats.sh status [DIR]
+# Variables (defaults): SERVERS=2 RUNS=4 LOADS=64 (C=64 is read as LOADS=64) WORKLOAD=random:1024:512:0.5
+#   PORT=8031 (server S on PORT+S) SEED0=0 MODEL_DIR=/tmp/model (its tokenizer makes the prompts)
+#   ENGINE=vllm, or sim to rehearse on a CPU against `autotune sim serve`
 set -uo pipefail
 dir=${2:-/tmp/noise}; progress=times.txt; status_lines=2
-servers=${SERVERS:-2}; runs=${RUNS:-4}; c=${C:-64}; port0=${PORT:-8031}; seed0=${SEED0:-0}
-job_vars="servers runs c port0 seed0"
+servers=${SERVERS:-2}; runs=${RUNS:-4}; loads=${LOADS:-${C:-64}}; workload=${WORKLOAD:-random:1024:512:0.5}
+port0=${PORT:-8031}; seed0=${SEED0:-0}; model=${MODEL_DIR:-/tmp/model}; engine=${ENGINE:-vllm}
+job_vars="servers runs loads workload port0 seed0 model engine"
 job() {
+  local serve="vllm serve" extra=""
+  [ "$engine" = sim ] && { serve="python3 -m autotune sim serve"; extra="--gpu-type h200 --time-scale 20"; }
+  printf 'servers=%s\nruns=%s\nloads=%s\nworkload=%s\nengine=%s\n' "$servers" "$runs" "$loads" "$workload" "$engine" \
+    > "$dir/settings.txt"
   for s in $(seq "$servers"); do
-    # each server on its own port: a server still releasing the previous port cannot answer for the next
-    local port=$((port0 + s)) t0
+    # each server on its own port and with a name no earlier server has: a server still releasing the previous
+    # port cannot answer for the next
+    local port=$((port0 + s)) name t0 ready=0
+    name="m$s-$(date +%s%N)"
     if port_taken "$port" 2>> "$dir/times.txt"; then echo "server $s: not started" >> "$dir/times.txt"; continue; fi
-    setsid vllm serve /tmp/model --load-format dummy --port "$port" --served-model-name "m$s" \
+    # shellcheck disable=SC2086  # serve and extra are words
+    setsid $serve "$model" --load-format dummy --port "$port" --served-model-name "$name" $extra \
       > "$dir/server-$s.log" 2>&1 &
     local srv=$!
     t0=$(date +%s)
-    for i in $(seq 300); do curl -sf "localhost:$port/v1/models" | grep -q "\"m$s\"" && break; sleep 2; done
-    echo "server $s ready after $(($(date +%s) - t0)) s" >> "$dir/times.txt"
-    for r in $(seq "$runs"); do
-      python3 -m autotune bench --url "http://127.0.0.1:$port" --model "m$s" --workload random:1024:512:0.5 \
-        --concurrency "$c" --warmup "$c" --ramp-s 2 --num-prompts $((3 * c)) --seed $((seed0 + 100 * s + r)) \
-        --records "$dir/s$s-$r.jsonl.gz" --records-itl --json > "$dir/s$s-$r.json" 2> "$dir/s$s-$r.err"
-      echo "server $s run $r done at $(($(date +%s) - t0)) s" >> "$dir/times.txt"
+    for i in $(seq 300); do
+      curl -sf "localhost:$port/v1/models" | grep -q "\"$name\"" && { ready=1; break; }
+      kill -0 "$srv" 2>/dev/null || break
+      sleep 2
     done
-    kill -TERM -"$srv"
+    echo "server $s: ready=$ready after $(($(date +%s) - t0)) s" >> "$dir/times.txt"
+    if [ "$ready" = 1 ]; then
+      for c in $loads; do
+        for r in $(seq "$runs"); do
+          local out="$dir/s$s-c$c-$r"
+          python3 -m autotune bench --url "http://127.0.0.1:$port" --model "$name" --workload "$workload" \
+            --tokenizer "$model" --concurrency "$c" --warmup "$c" --ramp-s 2 --num-prompts $((3 * c)) \
+            --seed $((seed0 + 1000 * s + 10 * c + r)) --records "$out.jsonl.gz" --records-itl --json \
+            > "$out.json" 2> "$out.err"
+          echo "server $s c$c run $r done at $(($(date +%s) - t0)) s" >> "$dir/times.txt"
+        done
+      done
+    fi
+    kill -TERM -"$srv" 2>/dev/null
     for i in $(seq 60); do kill -0 -"$srv" 2>/dev/null || break; sleep 1; done
     kill -KILL -"$srv" 2>/dev/null
-    # the next server starts once this one's GPU memory is back
+    # the next server starts once this one's GPU memory is back (no GPU: at once)
     for i in $(seq 60); do
+      command -v nvidia-smi > /dev/null || break
       [ "$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | sort -n | tail -1)" -lt 1000 ] && break
       sleep 1
     done
   done
-  leftovers_check
+  if command -v nvidia-smi > /dev/null; then leftovers_check; fi
 }
 source "$(dirname "$0")/background.sh"
 background_main "$@"
