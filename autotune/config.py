@@ -36,11 +36,12 @@ __all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", 
 # configuration on two fresh H100s differed by 2.5% in output tok/s, six runs on one H200 server by a
 # coefficient of variation of 2.3% (docs/results/h200-noise.md).
 REAL_GPU_NOISE_FLOOR = 0.03
-# The run-to-run spread of each P99 at a fixed load on real GPUs (coefficient of variation): six runs of one
-# level on one H200 server, vLLM 0.26.0, concurrency 64, 192 measured requests each (docs/results/h200-noise.md).
-# One run's own interval held the other runs' pooled P99 in 1 of 6 runs for TTFT and 3 of 6 for ITL: the
-# server's state drifts between runs, so a level's interval is never narrower than this.
-REAL_GPU_P99_RUN_CV = {"ttft": 0.172, "tpot": 0.047, "itl": 0.067, "e2el": 0.030}
+# The run-to-run spread of each P99 at a fixed load on real GPUs (coefficient of variation), vLLM 0.26.0 on the
+# H200: pooled over every point measured 2-8 times, the three reproducibility pairs' levels and re-measurements and
+# fresh servers at a fourth workload (133 degrees of freedom, 72 for ITL; docs/results/h200-noise.md, "Fresh
+# servers"). One run's own interval held the other runs' pooled P99 in 1 of 6 runs for TTFT and 3 of 6 for ITL on
+# one server: its state drifts between runs, so a level's interval is never narrower than this.
+REAL_GPU_P99_RUN_CV = {"ttft": 0.172, "tpot": 0.040, "itl": 0.086, "e2el": 0.034}
 # Lengths vary by ±50%: with identical lengths a closed loop runs in lockstep waves whose synchronized
 # prefills, not the server, set P99 TTFT (seen on the H100 and the sim engine).
 DEFAULT_WORKLOAD = "random:1024:512:0.5"

@@ -4,9 +4,9 @@ best, and how often does its verdict claim a gain over a baseline that does not 
 Each seed runs one small but complete study (``run_study``: baselines, TPE trials, re-measurement of the
 finalists, ``select_winner``) on the in-process sim engine with ``--sim-noise h200``: every measurement run
 (every level of every trial's load search and every re-measurement) gets the run-to-run noise measured on an
-H200 (``autotune.sim.noise``: each run's request latencies scaled by one lognormal factor per metric, CV TTFT
-17.2%, ITL 6.7%, TPOT 4.7%, E2E 3.0%, its throughput by another, 2.3%), and the study is judged as a real-GPU
-study is (the same P99 widening and throughput noise floor).
+H200 beyond what the request streams give (``autotune.sim.noise``: each run's request latencies scaled by one
+lognormal factor per metric, its throughput by another), and the study is judged as a real-GPU study is (the
+same P99 widening and throughput noise floor).
 
 The truth: the sim is deterministic, so each configuration the study compared (its finalists and baselines)
 is run again as a noise-free trial (``run_trial``, the sim engine's own settings, the seed's workload); its

@@ -43,3 +43,64 @@ def test_an_extended_levels_pooled_p99_itl_counts_once() -> None:
     s = npool.spread(again, "p99_itl_ms")
     assert s["dof"] == 1
     assert math.isclose(s["gpu"], abs(math.log(55 / 50)) / math.sqrt(2), rel_tol=1e-9)
+
+
+def _fresh_run_files(folder, server: int, c: int, run: int, seed: int) -> None:
+    """A run as `noise_repeats.sh` keeps it (`autotune bench --json` and its records), made here by the in-process
+    sim on the weightless Flash model, vLLM's defaults, in the h200 card: the level any replay must reproduce."""
+    import json
+
+    from autotune.gpus import load_gpu
+    from autotune.loadgen.runner import LoadConfig
+    from autotune.loadgen.workload import parse_workload
+    from autotune.models import spec_from_config
+    from autotune.sim.engine import setup_engine
+    from autotune.sim.inproc import bench_in_process
+    from autotune.testing.models import WEIGHTLESS_FLASH_CONFIG
+
+    spec = "random:512:24:0.5"
+    name = folder / f"s{server}-c{c}-{run}"
+    cfg = LoadConfig(concurrency=c, num_prompts=3 * c, warmup_prompts=c, ramp_s=0.5, seed=seed,
+                     records_path=str(name) + ".jsonl.gz", records_itl=True)
+    model = spec_from_config(WEIGHTLESS_FLASH_CONFIG, "weightless-flash", "weightless-flash")
+    engine = setup_engine(model, load_gpu("h200"), {})
+    result = bench_in_process(engine, parse_workload(spec, seed=seed).requests(4 * c), cfg)
+    (folder / f"{name.name}.json").write_text(json.dumps(
+        {**result.to_json(), "concurrency": c, "num_prompts": 3 * c, "warmup_prompts": c, "ramp_s": 0.5,
+         "workload": {"spec": spec, "seed": seed}}))
+
+
+def test_fresh_runs_are_replayed_with_their_own_requests_and_load_shape(tmp_path) -> None:
+    """Runs made by the sim itself, as noise_repeats.sh names them (two servers, one load): replayed from what their
+    JSON says (workload, seed, warm-up wave, measured requests, ramp), the sim's figures are the runs' own; a run
+    whose JSON names another seed is replayed with that seed's requests and no longer matches."""
+    import json
+
+    for server, seed in ((1, 11), (2, 12)):
+        _fresh_run_files(tmp_path, server, 4, 1, seed)
+    (tmp_path / "s2-c4-2.json").write_text("{not json")  # a failed run: skipped, its .err says why
+    runs = npool.fresh_runs(tmp_path)
+    assert [(r["copy"], r["concurrency"], r["workload"]) for r in runs] == [("s1", 4, "random:512:24:0.5"),
+                                                                            ("s2", 4, "random:512:24:0.5")]
+    for r in runs:
+        for metric in npool.METRICS:
+            assert math.isclose(r["gpu"][metric], r["sim"][metric], rel_tol=1e-9), (r["copy"], metric)
+    bench = json.loads((tmp_path / "s1-c4-1.json").read_text())
+    (tmp_path / "s1-c4-1.json").write_text(json.dumps({**bench, "workload": {**bench["workload"], "seed": 99}}))
+    moved = npool.fresh_runs(tmp_path)[0]
+    assert not math.isclose(moved["gpu"]["p99_ttft_ms"], moved["sim"]["p99_ttft_ms"], rel_tol=1e-6)
+
+
+def test_fresh_points_are_judged_against_the_gpus_interval() -> None:
+    """One fresh point, GPU throughput spread 4%, the sim's streams 3%: with a residual of 2.6% (hypot = 4%) the
+    sim lands inside the GPU's interval, the shipped model's figure is reported beside it."""
+    rng = np.random.default_rng(3)
+    runs = [_run("w", "vLLM defaults", 48, {"output_tok_s": 1000 * math.exp(rng.normal(0, 0.04))},
+                 {"output_tok_s": 1000 * math.exp(rng.normal(0, 0.03))}, copy=k) for k in range(400)]
+    s = npool.spread(runs, "output_tok_s")
+    residual = math.sqrt(max(s["gpu"] ** 2 - s["sim"] ** 2, 0.0))
+    judged = npool.judge_fresh(runs, {m: residual for m in npool.METRICS})["output_tok_s"]
+    assert judged["dof"] == 399 and judged["residual_inside"]
+    assert math.isclose(judged["with_model"], math.hypot(s["sim"], npool.model_cv("output_tok_s")), rel_tol=1e-12)
+    far = npool.judge_fresh(runs, {m: 0.2 for m in npool.METRICS})["output_tok_s"]
+    assert not far["residual_inside"]
