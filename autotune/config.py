@@ -33,8 +33,8 @@ __all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", 
            "DEFAULT_P99_METRIC"]
 
 # Relative run-to-run noise of throughput that no interval on real GPUs is narrower than: two runs of one
-# configuration on two fresh H100s differed by 2.5% in output tok/s, six runs on one H200 server by a
-# coefficient of variation of 2.3% (docs/results/h200-noise.md).
+# configuration on two fresh H100s differed by 2.5% in output tok/s; every repeat on the H200 pooled gives a
+# coefficient of variation of 2.6% [2.3, 2.8] (docs/results/h200-noise.md, "Fresh servers").
 REAL_GPU_NOISE_FLOOR = 0.03
 # The run-to-run spread of each P99 at a fixed load on real GPUs (coefficient of variation), vLLM 0.26.0 on the
 # H200: pooled over every point measured 2-8 times, the three reproducibility pairs' levels and re-measurements and

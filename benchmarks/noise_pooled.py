@@ -131,9 +131,22 @@ def judge_fresh(runs: list[dict[str, Any]], residuals: dict[str, float]) -> dict
     return out
 
 
+def accuracy(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per metric, the GPU's mean and range over ``runs`` and the sim's mean over the same requests (no noise)."""
+    out = {}
+    for m in METRICS:
+        pairs = [(r["gpu"][m], r["sim"][m]) for r in runs if r["gpu"].get(m) and r["sim"].get(m)]
+        if pairs:
+            gpu, sim = (np.array(side) for side in zip(*pairs))
+            out[m] = {"gpu_mean": float(gpu.mean()), "gpu_min": float(gpu.min()), "gpu_max": float(gpu.max()),
+                      "sim_mean": float(sim.mean()), "error": float(sim.mean() / gpu.mean() - 1)}
+    return out
+
+
 def report(runs: list[dict[str, Any]], fresh: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     workloads = sorted({r["workload"] for r in runs})
-    out: dict[str, Any] = {"pooled": {}, "held_out": {}, "fresh": {}}
+    out: dict[str, Any] = {"pooled": {}, "held_out": {}, "fresh": {}, "fresh_within_server": {}, "all_gpu_repeats": {},
+                           "fresh_accuracy": {}}
     for name, subset in [("all", runs)] + [(w, [r for r in runs if r["workload"] == w]) for w in workloads]:
         out["pooled"][name] = {}
         for m in METRICS:
@@ -163,6 +176,13 @@ def report(runs: list[dict[str, Any]], fresh: list[dict[str, Any]] | None = None
         for w, c in points:
             out["fresh"][f"{w} C={c}"] = judge_fresh([r for r in fresh if (r["workload"], r["concurrency"]) == (w, c)],
                                                 residuals)
+        out["fresh_accuracy"] = {f"{w} C={c}": accuracy([r for r in fresh if (r["workload"], r["concurrency"]) == (w, c)])
+                                 for w, c in points}
+        # each fresh server as a point of its own: what one server's runs spread, the rest is between servers
+        per_server = [{**r, "config": f"{r['config']} {r['dataset']}/{r['copy']}"} for r in fresh]
+        out["fresh_within_server"] = {m: spread(per_server, m) for m in METRICS}
+        # the figure a verdict on real GPUs widens a P99 by (REAL_GPU_P99_RUN_CV): every repeat the GPU has run
+        out["all_gpu_repeats"] = {m: spread(runs + fresh, m) for m in METRICS}
     return out
 
 
@@ -218,6 +238,22 @@ def print_report(out: dict[str, Any]) -> None:
                   f"{_pct(s['with_residual'])}{mark[s['residual_inside']]} |")
     print(f"\ninside the GPU's 90% interval, by point: shipped model {counts['model']} of {counts['cells']}, "
           f"the studies' residual {counts['residual']} of {counts['cells']}")
+    print("\nThe sim against the GPU at the fresh points: GPU mean [range] / sim mean (error of the means)")
+    print("| point | " + " | ".join(METRICS.values()) + " |")
+    print("|---|" + "---|" * len(METRICS))
+    for name, by_metric in out["fresh_accuracy"].items():
+        cells = [f"{a['gpu_mean']:,.1f} [{a['gpu_min']:,.1f}, {a['gpu_max']:,.1f}] / {a['sim_mean']:,.1f} "
+                 f"({100 * a['error']:+.1f}%)" for a in by_metric.values()]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print("\nThe GPU's spread: fresh servers' runs within one server, all fresh runs, and every repeat pooled (the"
+          " studies' and the fresh ones)")
+    print("| metric | within one server: dof, CV | fresh: dof, CV | every repeat: dof | every repeat [90%] |")
+    print("|---|---:|---:|---:|---:|")
+    for m, s in out["all_gpu_repeats"].items():
+        within, fresh = out["fresh_within_server"][m], out["fresh"]["all"][m]
+        lo, hi = s["gpu_interval"]
+        print(f"| {METRICS[m]} | {within['dof']}, {_pct(within['gpu'])} | {fresh['dof']}, {_pct(fresh['gpu'])} | "
+              f"{s['dof']} | {_pct(s['gpu'])} [{_pct(lo)}, {_pct(hi)}] |")
 
 
 def main() -> int:

@@ -104,3 +104,24 @@ def test_fresh_points_are_judged_against_the_gpus_interval() -> None:
     assert math.isclose(judged["with_model"], math.hypot(s["sim"], npool.model_cv("output_tok_s")), rel_tol=1e-12)
     far = npool.judge_fresh(runs, {m: 0.2 for m in npool.METRICS})["output_tok_s"]
     assert not far["residual_inside"]
+
+
+def test_a_servers_own_spread_is_told_from_the_spread_between_servers_and_every_repeat_is_pooled() -> None:
+    """Fresh runs on four servers whose levels sit 10% apart, 1% around each server's own: the within-server spread
+    is the 1%, all fresh runs show the 10%, every repeat pools the studies' points with the fresh ones (their
+    degrees of freedom add up), and each fresh point sets the sim's mean beside the GPU's mean and range."""
+    rng = np.random.default_rng(5)
+    fresh = [{**_run("random:1024:256:0.5", "vLLM defaults", 48,
+                     {m: 100 * math.exp(0.1 * server + rng.normal(0, 0.01)) for m in npool.METRICS},
+                     {m: 100.0 for m in npool.METRICS}, copy=f"s{server}"), "dataset": "fresh"}
+             for server in range(4) for _ in range(5)]
+    studies = [_run("w", "a", 16, {m: 100 * math.exp(rng.normal(0, 0.05)) for m in npool.METRICS},
+                    {m: 100 * math.exp(rng.normal(0, 0.03)) for m in npool.METRICS}, trial=k) for k in range(6)]
+    out = npool.report(studies, fresh)
+    within, every = out["fresh_within_server"]["output_tok_s"], out["all_gpu_repeats"]["output_tok_s"]
+    assert within["dof"] == 16 and math.isclose(within["gpu"], 0.01, rel_tol=0.5)
+    assert out["fresh"]["all"]["output_tok_s"]["gpu"] > 0.08
+    assert every["dof"] == 19 + 5
+    accuracy = out["fresh_accuracy"]["random:1024:256:0.5 C=48"]["output_tok_s"]
+    assert math.isclose(accuracy["sim_mean"], 100.0) and accuracy["gpu_min"] < accuracy["gpu_mean"] < accuracy["gpu_max"]
+    assert math.isclose(accuracy["error"], 100.0 / accuracy["gpu_mean"] - 1)

@@ -69,7 +69,7 @@ def _default(field: str) -> Any:
               "modelled time)")
 @click.option("--sim-noise", type=click.Choice(["off", "h200"]), default=_default("sim_noise"), show_default=True,
               help="in-process sim: give every measurement run the run-to-run noise measured on that GPU "
-              "(seeded by --seed), and judge the study as a GPU study (docs/results/h200-noise.md)")
+              "(seeded by --seed), and judge the study as a GPU study (docs/results/sim-accuracy.md, run-to-run spread)")
 @click.option("--start-concurrency", type=int, default=_default("start_concurrency"), show_default=True)
 @click.option("--max-concurrency", type=int, default=_default("max_concurrency"), show_default=True)
 @click.option("--prompts-per-level", type=float, default=_default("prompts_per_level"), show_default=True,
