@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import tempfile
 from collections import defaultdict
@@ -34,6 +35,7 @@ from _shared import load_records, replay_bench_level
 from scipy import stats
 from sim_vs_h200_levels import figures
 
+from autotune.sim.args import parse_serve_args
 from autotune.sim.noise import NOISE_MODELS
 
 METRICS = {"output_tok_s": "throughput", "p99_ttft_ms": "ttft", "p99_tpot_ms": "tpot", "p99_itl_ms": "itl",
@@ -95,9 +97,19 @@ def residual(s: dict[str, Any]) -> float:
     return math.sqrt(max(s["gpu"] ** 2 - s["sim"] ** 2, 0.0))
 
 
+def served_flags(folder: Path) -> tuple[str, dict[str, Any]]:
+    """The vLLM flags a `noise_repeats.sh` folder's servers ran with (its settings.txt's FLAGS, parsed as `vllm
+    serve` parses them): a name for the configuration and the flags."""
+    settings = folder / "settings.txt"
+    lines = settings.read_text().splitlines() if settings.exists() else []
+    argv = shlex.split(next((line.split("=", 1)[1] for line in lines if line.startswith("flags=")), ""))
+    return " ".join(argv) or "vLLM defaults", parse_serve_args(["model", *argv]).flags
+
+
 def fresh_runs(folder: Path) -> list[dict[str, Any]]:
-    """The runs of a `noise_repeats.sh` folder (vLLM's defaults), each with its replay in the sim: a run of the
-    levels' format (one point per workload and concurrency; each server is a copy)."""
+    """The runs of a `noise_repeats.sh` folder, each with its replay in the sim under the servers' flags: a run of
+    the levels' format (one point per workload, configuration and concurrency; each server is a copy)."""
+    config, flags = served_flags(folder)
     runs = []
     for path in sorted(folder.glob("s*-c*-*.json")):
         try:
@@ -106,10 +118,10 @@ def fresh_runs(folder: Path) -> list[dict[str, Any]]:
             continue  # the run failed: its .err says why
         server = path.stem.split("-")[0]
         with tempfile.TemporaryDirectory(prefix="noise-") as tmp:
-            result = replay_bench_level({}, gpu, {}, Path(tmp) / "sim.jsonl.gz")
+            result = replay_bench_level(flags, gpu, {}, Path(tmp) / "sim.jsonl.gz")
             sim = {**figures(load_records(Path(tmp) / "sim.jsonl.gz")), "p99_itl_ms": result.itl_ms.p99}
         runs.append({"dataset": folder.name, "workload": gpu["workload"]["spec"], "copy": server, "trial": 0,
-                     "config": "vLLM defaults", "concurrency": int(gpu["concurrency"]), "source": path.name,
+                     "config": config, "concurrency": int(gpu["concurrency"]), "source": path.name,
                      "gpu": {**figures(load_records(path.with_suffix(".jsonl.gz"))), "p99_itl_ms": gpu["itl_ms"]["p99"]},
                      "sim": sim})
     return runs
@@ -143,10 +155,38 @@ def accuracy(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def compare_configs(fresh: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """At each fresh (workload, concurrency) run with vLLM's defaults and another configuration: per metric, the
+    GPU's ratio of the other's geometric mean to the defaults' with Welch's 90% interval on the logs (two runs per
+    server; a fresh server adds little to one server's spread), the sim's ratio over the same requests, and whether
+    the sim orders them as the GPU does where the GPU's interval excludes 1."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for w, c in sorted({(r["workload"], r["concurrency"]) for r in fresh}):
+        here = [r for r in fresh if (r["workload"], r["concurrency"]) == (w, c)]
+        base = [r for r in here if r["config"] == "vLLM defaults"]
+        for config in sorted({r["config"] for r in here} - {"vLLM defaults"}):
+            other = [r for r in here if r["config"] == config]
+            cells = {}
+            for m in METRICS:
+                logs = {side: [(np.log([r[side][m] for r in group if r[side].get(m)])) for group in (other, base)]
+                        for side in ("gpu", "sim")}
+                if min(len(g) for g in logs["gpu"]) < 2:
+                    continue
+                test = stats.ttest_ind(*logs["gpu"], equal_var=False)
+                lo, hi = test.confidence_interval(CONFIDENCE)
+                gpu = float(np.exp(logs["gpu"][0].mean() - logs["gpu"][1].mean()))
+                sim = float(np.exp(logs["sim"][0].mean() - logs["sim"][1].mean()))
+                apart = not lo <= 0 <= hi
+                cells[m] = {"gpu": gpu, "gpu_interval": [float(np.exp(lo)), float(np.exp(hi))], "sim": sim,
+                            "gpu_tells_apart": apart, "same_order": (sim > 1) == (gpu > 1) if apart else None}
+            out[f"{w} C={c}, {config} / vLLM defaults"] = cells
+    return out
+
+
 def report(runs: list[dict[str, Any]], fresh: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     workloads = sorted({r["workload"] for r in runs})
     out: dict[str, Any] = {"pooled": {}, "held_out": {}, "fresh": {}, "fresh_within_server": {}, "all_gpu_repeats": {},
-                           "fresh_accuracy": {}}
+                           "fresh_accuracy": {}, "fresh_configs": {}}
     for name, subset in [("all", runs)] + [(w, [r for r in runs if r["workload"] == w]) for w in workloads]:
         out["pooled"][name] = {}
         for m in METRICS:
@@ -171,13 +211,14 @@ def report(runs: list[dict[str, Any]], fresh: list[dict[str, Any]] | None = None
                 "sim_with_model": judged["with_model"], "model_inside": lo <= judged["with_model"] <= hi}
     if fresh:
         residuals = {m: s["residual"] for m, s in out["pooled"]["all"].items() if s["dof"]}
-        points = sorted({(r["workload"], r["concurrency"]) for r in fresh})
+        by_point: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in sorted(fresh, key=lambda r: (r["workload"], r["config"], r["concurrency"])):
+            by_point[f"{r['workload']} C={r['concurrency']}, {r['config']}"].append(r)
         out["fresh"]["all"] = judge_fresh(fresh, residuals)
-        for w, c in points:
-            out["fresh"][f"{w} C={c}"] = judge_fresh([r for r in fresh if (r["workload"], r["concurrency"]) == (w, c)],
-                                                residuals)
-        out["fresh_accuracy"] = {f"{w} C={c}": accuracy([r for r in fresh if (r["workload"], r["concurrency"]) == (w, c)])
-                                 for w, c in points}
+        for name, point in by_point.items():
+            out["fresh"][name] = judge_fresh(point, residuals)
+        out["fresh_accuracy"] = {name: accuracy(point) for name, point in by_point.items()}
+        out["fresh_configs"] = compare_configs(fresh)
         # each fresh server as a point of its own: what one server's runs spread, the rest is between servers
         per_server = [{**r, "config": f"{r['config']} {r['dataset']}/{r['copy']}"} for r in fresh]
         out["fresh_within_server"] = {m: spread(per_server, m) for m in METRICS}
@@ -245,6 +286,16 @@ def print_report(out: dict[str, Any]) -> None:
         cells = [f"{a['gpu_mean']:,.1f} [{a['gpu_min']:,.1f}, {a['gpu_max']:,.1f}] / {a['sim_mean']:,.1f} "
                  f"({100 * a['error']:+.1f}%)" for a in by_metric.values()]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    if out["fresh_configs"]:
+        print("\nTwo configurations at the fresh points: the GPU's ratio [90% Welch] / the sim's ratio; '=' where the GPU's"
+              " interval holds 1, 'same' or 'OPPOSITE' the sim's order where it does not")
+        print("| comparison | " + " | ".join(METRICS.values()) + " |")
+        print("|---|" + "---|" * len(METRICS))
+        for name, cells in out["fresh_configs"].items():
+            shown = [f"{100 * (x['gpu'] - 1):+.1f}% [{100 * (x['gpu_interval'][0] - 1):+.1f}, "
+                     f"{100 * (x['gpu_interval'][1] - 1):+.1f}] / {100 * (x['sim'] - 1):+.1f}% "
+                     f"{ {None: '=', True: 'same', False: 'OPPOSITE'}[x['same_order']] }" for x in cells.values()]
+            print(f"| {name} | " + " | ".join(shown) + " |")
     print("\nThe GPU's spread: fresh servers' runs within one server, all fresh runs, and every repeat pooled (the"
           " studies' and the fresh ones)")
     print("| metric | within one server: dof, CV | fresh: dof, CV | every repeat: dof | every repeat [90%] |")

@@ -45,7 +45,7 @@ def test_an_extended_levels_pooled_p99_itl_counts_once() -> None:
     assert math.isclose(s["gpu"], abs(math.log(55 / 50)) / math.sqrt(2), rel_tol=1e-9)
 
 
-def _fresh_run_files(folder, server: int, c: int, run: int, seed: int) -> None:
+def _fresh_run_files(folder, server: int, c: int, run: int, seed: int, flags: dict | None = None) -> None:
     """A run as `noise_repeats.sh` keeps it (`autotune bench --json` and its records), made here by the in-process
     sim on the weightless Flash model, vLLM's defaults, in the h200 card: the level any replay must reproduce."""
     import json
@@ -63,7 +63,7 @@ def _fresh_run_files(folder, server: int, c: int, run: int, seed: int) -> None:
     cfg = LoadConfig(concurrency=c, num_prompts=3 * c, warmup_prompts=c, ramp_s=0.5, seed=seed,
                      records_path=str(name) + ".jsonl.gz", records_itl=True)
     model = spec_from_config(WEIGHTLESS_FLASH_CONFIG, "weightless-flash", "weightless-flash")
-    engine = setup_engine(model, load_gpu("h200"), {})
+    engine = setup_engine(model, load_gpu("h200"), flags or {})
     result = bench_in_process(engine, parse_workload(spec, seed=seed).requests(4 * c), cfg)
     (folder / f"{name.name}.json").write_text(json.dumps(
         {**result.to_json(), "concurrency": c, "num_prompts": 3 * c, "warmup_prompts": c, "ramp_s": 0.5,
@@ -122,6 +122,42 @@ def test_a_servers_own_spread_is_told_from_the_spread_between_servers_and_every_
     assert within["dof"] == 16 and math.isclose(within["gpu"], 0.01, rel_tol=0.5)
     assert out["fresh"]["all"]["output_tok_s"]["gpu"] > 0.08
     assert every["dof"] == 19 + 5
-    accuracy = out["fresh_accuracy"]["random:1024:256:0.5 C=48"]["output_tok_s"]
+    accuracy = out["fresh_accuracy"]["random:1024:256:0.5 C=48, vLLM defaults"]["output_tok_s"]
     assert math.isclose(accuracy["sim_mean"], 100.0) and accuracy["gpu_min"] < accuracy["gpu_mean"] < accuracy["gpu_max"]
     assert math.isclose(accuracy["error"], 100.0 / accuracy["gpu_mean"] - 1)
+
+
+def test_a_folders_flags_are_the_servers_and_its_runs_are_replayed_with_them(tmp_path) -> None:
+    """A folder whose servers ran fp8 KV and 2,048 batched tokens (settings.txt's flags, as noise_repeats.sh writes
+    them): its configuration is named by them and each run is replayed with them, so the sim's figures are the
+    run's own; a folder without flags is vLLM's defaults."""
+    assert npool.served_flags(tmp_path) == ("vLLM defaults", {})
+    flags = {"kv-cache-dtype": "fp8", "max-num-batched-tokens": 2048}
+    (tmp_path / "settings.txt").write_text("servers=1\nflags=--kv-cache-dtype fp8 --max-num-batched-tokens 2048\n")
+    assert npool.served_flags(tmp_path) == ("--kv-cache-dtype fp8 --max-num-batched-tokens 2048", flags)
+    _fresh_run_files(tmp_path, 1, 4, 1, 21, flags)
+    (run,) = npool.fresh_runs(tmp_path)
+    assert run["config"] == "--kv-cache-dtype fp8 --max-num-batched-tokens 2048"
+    for metric in npool.METRICS:
+        assert math.isclose(run["gpu"][metric], run["sim"][metric], rel_tol=1e-9), metric
+
+
+def test_two_configurations_at_one_load_are_ordered_where_the_gpu_tells_them_apart() -> None:
+    """Eight runs each: the other configuration 5% faster on the GPU (1% noise), the sim 3% faster: told apart,
+    same order; P99 TTFT equal on the GPU (interval holds 1): no order asked of the sim; a sim that says slower
+    where the GPU says faster is flagged."""
+    rng = np.random.default_rng(7)
+
+    def runs(config: str, gpu_tok_s: float, sim_tok_s: float) -> list[dict]:
+        return [_run("w", config, 48, {"output_tok_s": gpu_tok_s * math.exp(rng.normal(0, 0.01)),
+                                       "p99_ttft_ms": 200 * math.exp(rng.normal(0, 0.2))},
+                     {"output_tok_s": sim_tok_s, "p99_ttft_ms": 180.0}, copy=k) for k in range(8)]
+
+    fresh = runs("vLLM defaults", 1000, 1000) + runs("fp8", 1050, 1030)
+    (cells,) = npool.compare_configs(fresh).values()
+    tok = cells["output_tok_s"]
+    assert tok["gpu_tells_apart"] and tok["same_order"]
+    assert tok["gpu_interval"][0] < tok["gpu"] < tok["gpu_interval"][1] and math.isclose(tok["sim"], 1.03)
+    assert cells["p99_ttft_ms"]["same_order"] is None
+    opposite = runs("vLLM defaults", 1000, 1000) + runs("fp8", 1050, 970)
+    assert npool.compare_configs(opposite)["w C=48, fp8 / vLLM defaults"]["output_tok_s"]["same_order"] is False
