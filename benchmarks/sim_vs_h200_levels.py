@@ -57,7 +57,8 @@ from autotune.loadgen.workload import parse_workload
 from autotune.loadsearch import LoadSearchConfig
 from autotune.models import spec_from_config
 from autotune.records import Measurement
-from autotune.selection import LoadCurve
+from autotune.config import REAL_GPU_NOISE_FLOOR
+from autotune.selection import Candidate, LoadCurve, RunSpread, gain_over
 from autotune.sim import inproc
 from autotune.sim.engine import setup_engine
 from autotune.sim.inproc import bench_in_process
@@ -72,6 +73,9 @@ DATASETS = ("h200-pair3-ttft500-short", "h200-pair2-ttft500", "h200-pair4-itl50-
 _MKMODEL_GLM46V = Path(__file__).resolve().parent / "gpu" / "mkmodel_glm46v.py"
 OTHER_MODELS = {"h200x2-glm46v-study": ("GLM-4.6V on 2 H200s", _MKMODEL_GLM46V, 2)}
 BURST_S = 0.2  # "started together": within this many seconds
+# The GPU runs that judge a configuration's throughput at the knee: those within this factor of its knee's
+# concurrency, where a study's chosen level, its re-measurements and the levels stepped down from lie
+KNEE_BAND = 1.5
 METRICS = ("output_tok_s", "p99_ttft_ms", "p99_tpot_ms", "p99_itl_ms")  # compared level by level
 # The fit's calibration subset: every run of pair 2 (random:1024:512:0.5, 3 configurations) and vLLM's defaults of
 # pair 3 (random:1024:128:0.5); the other four configurations of pair 3 are held out.
@@ -487,6 +491,43 @@ def curve_knee(levels: list[tuple[int, float, float, int]], metric: str, limit_m
             "loads": [round(math.exp(v)) for v in curve.log_concurrency]}
 
 
+def knee_candidate(label: str, rs: list[Run], metric: str, limit_ms: float, knee_c: float) -> Candidate:
+    """The GPU's runs of one configuration near its knee (within ``KNEE_BAND`` of ``knee_c``; the nearest level's
+    where none is) as autotune's verdict counts a finalist's fresh-server runs: each carried to its own knee along
+    the configuration's load curve (both copies' levels pooled)."""
+    key = f"p99_{metric}_ms"
+    usable = [r for r in rs if r.gpu.get("output_tok_s", 0) > 0 and r.gpu.get(key, math.nan) > 0]
+    by_c: dict[int, list[Run]] = defaultdict(list)
+    for r in usable:
+        by_c[r.concurrency].append(r)
+    curve = LoadCurve.from_levels([(c, float(np.mean([r.gpu["output_tok_s"] for r in v])),
+                                    {metric: float(np.mean([r.gpu[key] for r in v]))}) for c, v in sorted(by_c.items())],
+                                  [len(v) for _, v in sorted(by_c.items())])
+    near = [r for r in usable if abs(math.log(r.concurrency / knee_c)) <= math.log(KNEE_BAND)]
+    if not near and usable:
+        nearest = min(by_c, key=lambda c: abs(math.log(c / knee_c)))
+        near = by_c[nearest]
+    runs = [(r.concurrency, Measurement(r.gpu["output_tok_s"], {metric: r.gpu[key]})) for r in near]
+    return Candidate(trial_number=0, flags={}, concurrency=round(knee_c), search_output_tok_s=math.nan,
+                     search_p99_ms={metric: math.nan}, baseline=label, earlier_runs=runs, curve=curve)
+
+
+def verdict_pairs(candidates: dict[str, Candidate], metric: str, limit_ms: float) -> dict[tuple[str, str], Any]:
+    """For every pair of configurations, autotune's verdict on the GPU's runs near their knees (`gain_over`:
+    Student's t on the log ratio with the run-to-run spread pooled over every configuration, never narrower than the
+    real-GPU noise floor), the better one first: the pair is told apart where the gain is significant."""
+    limits = {metric: limit_ms}
+    spread = RunSpread.pooled([c.at_limit_tok_s(limits) for c in candidates.values()])
+    out = {}
+    for a, ca in candidates.items():
+        for b, cb in candidates.items():
+            if a < b:
+                better, worse = (a, b) if ca.at_limit_mean_tok_s(limits) >= cb.at_limit_mean_tok_s(limits) else (b, a)
+                out[(a, b)] = (better, gain_over(candidates[better], candidates[worse], limits, REAL_GPU_NOISE_FLOOR,
+                                                 spread=spread), spread)
+    return out
+
+
 def knees(runs: list[Run], settings: dict[str, TrialSettings], tmp: Path) -> dict[str, Any]:
     """Per workload and configuration: the GPU's knee (both copies pooled, and each copy), the sim's on the same
     loads and streams, and the sim's own load search (`run_trial` in-process, as a sim study runs it); the ranking
@@ -502,6 +543,7 @@ def knees(runs: list[Run], settings: dict[str, TrialSettings], tmp: Path) -> dic
             if r.workload == workload:
                 configs[r.label].append(r)
         rows = {}
+        candidates: dict[str, Candidate] = {}
         for label, rs in configs.items():
             def levels(side: str, subset: list[Run], m: str = key) -> list[tuple[int, float, float, int]]:
                 by_c: dict[int, list[Run]] = defaultdict(list)
@@ -523,6 +565,8 @@ def knees(runs: list[Run], settings: dict[str, TrialSettings], tmp: Path) -> dic
                     at_knee[f"{side}_{m}"] = _at_load([x[0] for x in lv], [x[2] for x in lv], knee_c)
                 at_knee[f"err_{m}"] = err(at_knee[f"sim_{m}"], at_knee[f"gpu_{m}"])
             row["at_gpu_knee"] = at_knee
+            candidates[label] = knee_candidate(label, rs, metric, limit, knee_c)
+            row["gpu_runs_at_knee"] = [round(v) for v in candidates[label].at_limit_tok_s({metric: limit})]
             with card_constants(s.gpu):
                 own = run_trial(s, rs[0].flags, "sim", tmp / "search" / "server.log")
             row["sim_search"] = {"concurrency": own.concurrency, "output_tok_s": own.output_tok_s,
@@ -540,7 +584,7 @@ def knees(runs: list[Run], settings: dict[str, TrialSettings], tmp: Path) -> dic
             row["err_knee_tok_s"] = err(row["sim_search"]["output_tok_s"], row["gpu"]["output_tok_s"])
             row["err_knee_tok_s_same_loads"] = err(row["sim"]["output_tok_s"], row["gpu"]["output_tok_s"])
         out[workload] = {"limit": f"P99 {metric.upper()} <= {limit:g} ms", "configs": rows, "ranking": rank,
-                         "pairs": ranked_pairs(rank),
+                         "pairs": ranked_pairs(rank, verdict_pairs(candidates, metric, limit), tok_s["sim_search"]),
                          "sim_pairs_ordered_as_gpu": concordant(rank["gpu"], rank["sim_search"]),
                          "gpu_copies_pairs_agreeing": concordant(rank["gpu_copy0"], rank["gpu_copy1"])
                          if "gpu_copy0" in rank and "gpu_copy1" in rank else None}
@@ -551,18 +595,24 @@ ANATOMY = ("top_together_share", "tail_burst", "p99_per_burst_ms", "queue_mean",
            "start_fano", "p10_ttft_ms", "p50_ttft_ms", "p50_ttft_empty_queue_ms")
 
 
-def ranked_pairs(rank: dict[str, list[str]]) -> list[dict[str, Any]]:
-    """Every pair of configurations: the pooled GPU's order, whether the GPU tells them apart (both copies order
-    them so too; None where a copy did not run every configuration), and whether the sim's own search orders them
-    as the pooled GPU does."""
-    gpu = rank["gpu"]
+def ranked_pairs(rank: dict[str, list[str]], verdicts: dict[tuple[str, str], Any],
+                 sim_tok_s: dict[str, float]) -> list[dict[str, Any]]:
+    """Every pair of configurations, the better by the GPU's runs at their knees first: whether the GPU tells them
+    apart (autotune's verdict on those runs, `verdict_pairs`: the gain's interval lies above 0), the gain with its
+    interval, whether both copies order them so (None where a copy did not run every configuration), and whether
+    the sim's own search orders them as the GPU does, with its gain (``sim_tok_s``: its search's throughput at the
+    knee by configuration) and whether that gain is beyond the real-GPU noise floor in the GPU's direction."""
     out = []
-    for i, a in enumerate(gpu):
-        for b in gpu[i + 1:]:
-            copies = [rank[k] for k in ("gpu_copy0", "gpu_copy1") if k in rank]
-            apart = all(c.index(a) < c.index(b) for c in copies) if len(copies) == 2 else None
-            out.append({"better": a, "worse": b, "gpu_tells_apart": apart,
-                        "sim_agrees": rank["sim_search"].index(a) < rank["sim_search"].index(b)})
+    for (a, b), (better, gain, spread) in sorted(verdicts.items()):
+        worse = b if better == a else a
+        copies = [rank[k] for k in ("gpu_copy0", "gpu_copy1") if k in rank]
+        out.append({"better": better, "worse": worse, "gpu_tells_apart": bool(gain.significant),
+                    "gain_pct": gain.gain_pct, "gain_pct_low": gain.gain_pct_low, "gain_pct_high": gain.gain_pct_high,
+                    "spread_log_std": spread.log_std, "spread_dof": spread.dof,
+                    "copies_agree": all(c.index(better) < c.index(worse) for c in copies) if len(copies) == 2 else None,
+                    "sim_agrees": rank["sim_search"].index(better) < rank["sim_search"].index(worse),
+                    "sim_gain_pct": (sim_tok_s[better] / sim_tok_s[worse] - 1) * 100.0,
+                    "sim_agrees_beyond_floor": sim_tok_s[better] / sim_tok_s[worse] > 1 + REAL_GPU_NOISE_FLOOR})
     return out
 
 
@@ -661,15 +711,20 @@ def print_split(roles: list[dict], knee: dict, fitted: dict | None) -> None:
     print()
     for workload, k in knee.items():
         pairs = k["pairs"]
-        apart = [p for p in pairs if p["gpu_tells_apart"]]
-        if not any(p["gpu_tells_apart"] is not None for p in pairs):
+        if not pairs:
             continue
-        print(f"{workload}: the GPU tells {len(apart)} of {len(pairs)} pairs apart (both copies order them alike); "
-              f"the sim's own search orders {sum(p['sim_agrees'] for p in apart)} of those as the GPU, "
-              f"{sum(p['sim_agrees'] for p in pairs)} of all {len(pairs)}:")
+        apart = [p for p in pairs if p["gpu_tells_apart"]]
+        print(f"{workload}: the GPU tells {len(apart)} of {len(pairs)} pairs apart (autotune's verdict on its runs "
+              f"within {KNEE_BAND:g}x of each knee, carried to it; spread {pairs[0]['spread_log_std']:.1%} pooled "
+              f"over {pairs[0]['spread_dof']} dof, floor {REAL_GPU_NOISE_FLOOR:.0%}); the sim's own search orders "
+              f"{sum(p['sim_agrees'] for p in apart)} of those as the GPU ({sum(p['sim_agrees_beyond_floor'] for p in apart)}"
+              f" by more than the floor), {sum(p['sim_agrees'] for p in pairs)} of all {len(pairs)}:")
         for p in pairs:
-            mark = "told apart" if p["gpu_tells_apart"] else "not told apart"
-            print(f"  {p['better']} > {p['worse']} ({mark}): sim {'agrees' if p['sim_agrees'] else 'disagrees'}")
+            mark = "told apart" if p["gpu_tells_apart"] else "equal within noise"
+            copies = {None: "", True: "; both copies so", False: "; the copies differ"}[p["copies_agree"]]
+            print(f"  {p['better']} > {p['worse']}: {p['gain_pct']:+.1f}% [{p['gain_pct_low']:+.1f}, "
+                  f"{p['gain_pct_high']:+.1f}] ({mark}{copies}); sim {p['sim_gain_pct']:+.1f}%: "
+                  f"{'agrees' if p['sim_agrees'] else 'disagrees'}")
     print()
 
 
