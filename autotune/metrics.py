@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RequestOutput", "Distribution", "BenchResult", "summarize", "pool", "steady_window", "LATENCY_METRICS",
+__all__ = ["RequestOutput", "chunk_gaps_s", "Distribution", "BenchResult", "summarize", "pool", "steady_window", "LATENCY_METRICS",
            "describe_limits", "fmt_ms"]
 
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
@@ -53,6 +53,15 @@ class RequestOutput:
         if self.output_tokens <= 1 or math.isnan(self.e2el_s) or math.isnan(self.ttft_s):
             return math.nan
         return (self.e2el_s - self.ttft_s) / (self.output_tokens - 1)
+
+
+def chunk_gaps_s(token_times_s: np.ndarray | tuple[float, ...] | list[float]) -> tuple[float, ...]:
+    """A stream's inter-token latencies as a client measures them: one per chunk after the first. Tokens delivered
+    at one instant came in one chunk (vLLM's output collector merges a request's outputs while its stream is behind,
+    and so does the sim's API server), so they make one gap, not a gap and zeros: on the H200 at concurrency 128,
+    15-20% of tokens arrive merged, and zeros counted as gaps would pull a P99 ITL down."""
+    gaps = np.diff(np.asarray(token_times_s, dtype=float))
+    return tuple(gaps[gaps > 0].tolist())
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,15 @@ def test_sim_clock_stamps_override_wall_clock(server: FakeServer) -> None:
     assert out.start_s >= 1000.0  # the virtual arrival
 
 
+def test_sim_tokens_stamped_with_one_instant_are_one_gap(server: FakeServer) -> None:
+    # the sim's API server delivered all 7 tokens at once (merged): one chunk to the client, so no gap at all,
+    # while the tokens still count for TPOT
+    server.configure(sim_stamps=True, sim_tokens_per_chunk=3, ttft_ms=250, itl_ms=0)
+    out = _run(server.url, RequestSpec(prompt=[1001], prompt_len=1, output_len=7))
+    assert out.success and out.output_tokens == 7 and out.itl_s == ()
+    assert out.e2el_s == pytest.approx(0.25)
+
+
 def test_time_scale_multiplies_wall_times(server: FakeServer) -> None:
     server.configure(ttft_ms=40, itl_ms=0)
     out = _run(server.url, time_scale=10.0)

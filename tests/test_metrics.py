@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from autotune.metrics import RequestOutput, summarize
+from autotune.metrics import RequestOutput, chunk_gaps_s, summarize
 
 
 def req(start, e2e, tokens=11, ttft=1.0):
@@ -48,3 +48,9 @@ def test_steady_window_excludes_the_drain():
     assert steady.output_tok_s == pytest.approx(44 / 20)
     assert steady.request_s == pytest.approx(4 / 20)
     assert steady.ttft_ms.p99 == full.ttft_ms.p99  # latency covers every request
+
+
+def test_tokens_stamped_with_one_instant_are_one_chunk_and_one_gap():
+    assert chunk_gaps_s([1.0, 1.01, 1.01, 1.01, 1.04]) == pytest.approx((0.01, 0.03))
+    assert chunk_gaps_s([1.0, 1.0]) == ()  # the first chunk held both tokens
+    assert chunk_gaps_s([2.5]) == ()

@@ -225,3 +225,21 @@ def test_outputs_that_arrive_during_a_request_wait_for_all_of_it() -> None:
     clock.run()
     output_s = 10e-6 + 100e-6  # one output, one chunk
     assert events["out"] == pytest.approx(0.002 + output_s) and events["handed"] == pytest.approx(0.002)
+
+
+def test_tokens_a_busy_front_end_merges_make_one_gap_as_the_client_counts_them(weightless_flash_dir: Path) -> None:
+    """A front end slower than the engine's steps delivers several of a request's tokens in one chunk; the client
+    counts one gap per chunk (as against vLLM), so no gap is zero and there are fewer gaps than tokens, while TPOT,
+    which counts tokens, is unchanged by how they were grouped."""
+    requests = parse_workload("random:1024:128:0.5", seed=0).requests(128)
+    cfg = LoadConfig(concurrency=64, num_prompts=64, warmup_prompts=64, records_itl=True)
+    slow = FrontEndConstants(frontend_request_ms=2.0, frontend_output_us=10.0, frontend_chunk_us=400.0)
+    busy = bench_in_process(_setup(weightless_flash_dir, slow), requests, cfg)
+    ok = [o for o in busy.outputs if o.success]
+    gaps = sum(len(o.itl_s) for o in ok)
+    tokens_after_first = sum(o.output_tokens - 1 for o in ok)
+    assert all(g > 0 for o in ok for g in o.itl_s)
+    assert gaps < 0.9 * tokens_after_first  # 64 x 400 us a chunk: the loop falls behind a ~15 ms step
+    bare = bench_in_process(_setup(weightless_flash_dir, FrontEndConstants()), requests, cfg)
+    assert sum(len(o.itl_s) for o in bare.outputs if o.success) == sum(o.output_tokens - 1 for o in bare.outputs
+                                                                       if o.success)

@@ -5,7 +5,7 @@ http_other, timeout, malformed_stream, stream_error, disconnect, no_tokens, erro
 Timing: wall clock (``time.perf_counter``), one timestamp per network read; TTFT to the first token chunk,
 one ITL entry per token chunk after it (as vLLM's benchmark does). **Sim clock**: when chunks carry
 ``sim_arrival_s`` and ``sim_token_times_s`` (virtual times from our sim engine), TTFT, ITL (one entry per
-token) and E2E come from those stamps and ``start_s`` is the virtual arrival, so a sim that runs faster than
+modelled chunk: tokens stamped with one instant count as one chunk, `chunk_gaps_s`) and E2E come from those stamps and ``start_s`` is the virtual arrival, so a sim that runs faster than
 real time or coalesces tokens is still measured exactly in modelled time. Without stamps, ``time_scale``
 multiplies the wall-clock times.
 """
@@ -21,7 +21,7 @@ import aiohttp
 
 from autotune.loadgen._aiohttp_compat import skip_idle_resume
 from autotune.loadgen.workload import RequestSpec
-from autotune.metrics import RequestOutput
+from autotune.metrics import RequestOutput, chunk_gaps_s
 
 try:  # optional: several times faster than json for the per-chunk parse
     import orjson
@@ -226,7 +226,7 @@ class _Stream:
         if self.sim_times and isinstance(self.sim_arrival, (int, float)):
             t = self.sim_times
             out_tokens = self.usage_out if isinstance(self.usage_out, int) else len(t)
-            itl = tuple(b - a for a, b in zip(t, t[1:]))
+            itl = chunk_gaps_s(t)
             return RequestOutput(success=True, prompt_tokens=prompt_tokens, output_tokens=out_tokens,
                                  ttft_s=t[0] - self.sim_arrival, itl_s=itl, e2el_s=t[-1] - self.sim_arrival,
                                  start_s=float(self.sim_arrival)), True

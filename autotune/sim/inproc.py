@@ -47,7 +47,7 @@ from autotune.gpus import load_gpu
 from autotune.loadgen.client import build_payload
 from autotune.loadgen.runner import LoadConfig, drive_load
 from autotune.loadgen.workload import RequestSpec
-from autotune.metrics import BenchResult, RequestOutput
+from autotune.metrics import BenchResult, RequestOutput, chunk_gaps_s
 from autotune.sim.noise import noise_rng
 from autotune.progress import NULL_PROGRESS, Progress
 from autotune.sim.args import parse_serve_args
@@ -230,7 +230,7 @@ class VirtualReplica:
         t = self._times[slot, :n]
         first, last = float(t[0]), float(t[-1])
         return RequestOutput(success=True, prompt_tokens=p.prompt_tokens, output_tokens=n,
-                             ttft_s=first - p.arrival_s, itl_s=tuple(np.diff(t).tolist()),
+                             ttft_s=first - p.arrival_s, itl_s=chunk_gaps_s(t),
                              e2el_s=last - p.arrival_s, start_s=p.arrival_s)
 
     def _observe(self) -> None:

@@ -1,0 +1,80 @@
+"""How many of a request's tokens reach the client merged into one chunk, on the H200 and in the sim replaying the
+same requests: vLLM's output collector merges a request's outputs while its stream has fallen behind, and the
+client counts one inter-token gap per chunk, so the share of merged tokens sets how many gaps a P99 ITL is taken
+over (issue #21).
+
+For each run of a `benchmarks/gpu/noise_repeats.sh` folder whose records keep the gaps (``itl_ms``): its measured
+requests' tokens after the first, the chunks after the first (the gaps), their ratio, and the P99 ITL; beside it
+the sim's on the same requests, load shape and server flags (`noise_pooled.fresh_runs`' replay).
+
+    python benchmarks/itl_chunks.py docs/results/raw/h200-noise-fresh/seed-profile-c48-c128 \
+        docs/results/raw/h200-noise-fresh/batch2048-c128 [--constants NAME=VALUE ...] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _shared import load_records, parse_card_constants, replay_bench_level
+from noise_pooled import served_flags
+
+
+def chunk_figures(rows: list[dict]) -> dict[str, float]:
+    """Tokens after the first, gaps (chunks after the first), their ratio and the P99 gap (ms) over the measured
+    requests that kept their gaps."""
+    measured = [r for r in rows if r["ok"] and not r["warmup"] and "itl_ms" in r]
+    gaps = np.array([g for r in measured for g in r["itl_ms"]], dtype=float)
+    tokens = sum(r["output_tokens"] - 1 for r in measured)
+    return {"tokens": tokens, "gaps": int(gaps.size), "gaps_per_token": gaps.size / tokens if tokens else float("nan"),
+            "p99_itl_ms": float(np.percentile(gaps, 99)) if gaps.size else float("nan")}
+
+
+def folder_runs(folder: Path, constants: dict[str, float]) -> list[dict[str, Any]]:
+    config, flags = served_flags(folder)
+    out = []
+    for path in sorted(folder.glob("s*-c*-*.json")):
+        records = path.with_suffix(".jsonl.gz")
+        rows = load_records(records) if records.exists() else []
+        if not any("itl_ms" in r for r in rows):
+            continue  # the records were kept without their gaps
+        gpu = json.loads(path.read_text())
+        with tempfile.TemporaryDirectory(prefix="chunks-") as tmp:
+            replay_bench_level(flags, gpu, constants, Path(tmp) / "sim.jsonl.gz")
+            sim = chunk_figures(load_records(Path(tmp) / "sim.jsonl.gz"))
+        out.append({"folder": folder.name, "run": path.stem, "config": config, "concurrency": int(gpu["concurrency"]),
+                    "gpu": chunk_figures(rows), "sim": sim})
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folders", nargs="+", type=Path)
+    ap.add_argument("--constants", nargs="+", default=[], metavar="NAME=VALUE",
+                    help="the h200 card's calibration constants to override in the sim (e.g. frontend_chunk_us=150)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    constants = parse_card_constants(args.constants, ap)
+    runs = [run for folder in args.folders for run in folder_runs(folder, constants)]
+    if not runs:
+        print("no run with its gaps kept (records with itl_ms) in " + ", ".join(map(str, args.folders)),
+              file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(runs, indent=1))
+        return 0
+    print("| run | configuration | C | tokens after the first | GPU: gaps per token | sim | GPU P99 ITL ms | sim |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in runs:
+        g, s = r["gpu"], r["sim"]
+        print(f"| {r['run']} | {r['config']} | {r['concurrency']} | {g['tokens']:,} | {g['gaps_per_token']:.3f} | "
+              f"{s['gaps_per_token']:.3f} | {g['p99_itl_ms']:.1f} | {s['p99_itl_ms']:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
