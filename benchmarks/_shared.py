@@ -59,6 +59,11 @@ def window_tok_s(rows: list[dict]) -> tuple[float, float]:
             summarize(measured, full_s, window=window).output_tok_s)
 
 
+def add_card_constants_option(ap: argparse.ArgumentParser, help_text: str) -> None:
+    """``--constants NAME=VALUE ...``, read back with :func:`parse_card_constants`."""
+    ap.add_argument("--constants", nargs="+", default=[], metavar="NAME=VALUE", help=help_text)
+
+
 def parse_card_constants(texts: list[str], ap: argparse.ArgumentParser) -> dict[str, float]:
     """``--constants NAME=VALUE ...``: a card's calibration constants to override (the sim's ``GpuSpec.extra``); a
     malformed one is the parser's one-line error."""

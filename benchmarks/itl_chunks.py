@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _shared import load_records, parse_card_constants, replay_bench_level
+from _shared import add_card_constants_option, load_records, parse_card_constants, replay_bench_level
 from noise_pooled import served_flags
 
 
@@ -54,8 +54,8 @@ def folder_runs(folder: Path, constants: dict[str, float]) -> list[dict[str, Any
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folders", nargs="+", type=Path)
-    ap.add_argument("--constants", nargs="+", default=[], metavar="NAME=VALUE",
-                    help="the h200 card's calibration constants to override in the sim (e.g. frontend_chunk_us=150)")
+    add_card_constants_option(ap, "the h200 card's calibration constants to override in the sim (e.g. "
+                                  "frontend_chunk_us=150)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     constants = parse_card_constants(args.constants, ap)

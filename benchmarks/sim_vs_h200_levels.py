@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 import optuna
-from _shared import load_records, parse_card_constants, window_tok_s
+from _shared import add_card_constants_option, load_records, parse_card_constants, window_tok_s
 
 from autotune import records
 from autotune.cli.ui import short_flags
@@ -840,9 +840,8 @@ def main() -> None:
     ap.add_argument("--fit-loss", choices=FIT_LOSSES, default="all",
                     help="what the fit's loss counts (see fit_loss): every figure, the steps' (output tok/s and P99 "
                          "TPOT), or those and P50 TTFT")
-    ap.add_argument("--constants", nargs="+", default=[], metavar="NAME=VALUE",
-                    help="override calibration/h200.yaml's constants (e.g. the sim before the API server's: "
-                         "frontend_request_ms=0 frontend_output_us=0 frontend_chunk_us=0 hbm_efficiency=0.765)")
+    add_card_constants_option(ap, "override calibration/h200.yaml's constants (e.g. the sim before the API server's: "
+                                  "frontend_request_ms=0 frontend_output_us=0 frontend_chunk_us=0 hbm_efficiency=0.765)")
     args = ap.parse_args()
     overrides = parse_card_constants(args.constants, ap)
     try:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _shared import load_records, parse_card_constants, replay_bench_level
+from _shared import add_card_constants_option, load_records, parse_card_constants, replay_bench_level
 
 from autotune.sim.args import parse_serve_args
 
@@ -248,8 +248,7 @@ def _delivery_cells(g: dict[str, Any], s: dict[str, Any]) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dirs", type=Path, nargs="+")
-    ap.add_argument("--constants", nargs="+", default=[], metavar="NAME=VALUE",
-                    help="the sim with calibration/h200.yaml's constants overridden (e.g. frontend_chunk_us=0)")
+    add_card_constants_option(ap, "the sim with calibration/h200.yaml's constants overridden (e.g. frontend_chunk_us=0)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     constants = parse_card_constants(args.constants, ap)
