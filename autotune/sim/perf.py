@@ -50,6 +50,9 @@ class PerfConstants:
     moe_fp8_hbm_efficiency: float = 0.0
     moe_ep_efficiency_factor: float = 1.0
     moe_compute_efficiency: float = 0.0  # of the tensor-core peak, for the experts' FLOPs (0: as compute_efficiency)
+    # Attention's reads of an fp8 KV cache, as a fraction of the bandwidth bf16 KV reads reach (its kernel dequantizes
+    # what it reads): 1 halves the read time with the bytes.
+    fp8_kv_read_efficiency: float = 1.0
     # Vision tower: what each card's value rests on is in its calibration/*.yaml (docs/results/vlm-images.md).
     vision_compute_efficiency: float = 0.4  # of the dense peak, for the tower's FLOPs (1536-wide GEMMs, ViT attention)
     vision_tp_shard_efficiency: float = 0.6  # further factor when the tower is TP-sharded (weights mode)
@@ -136,6 +139,7 @@ class PerfModel:
         self._head_params = head
         self._attn_flops_per_ctx = 4.0 * model.num_attention_heads * model.head_dim * model.num_layers
         self.kv_bytes_per_token = model.kv_bytes_per_token(kv_dtype)
+        self._kv_read_bytes_s = self._bytes_s * (c.fp8_kv_read_efficiency if kv_dtype.startswith("fp8") else 1.0)
         vision_params = model.vision.params if model.vision else 0
         # Weights read once per step: everything but the input embedding (a gather) and the vision tower.
         expert_total = model.num_moe_layers * model.num_experts * model.expert_params
@@ -178,7 +182,7 @@ class PerfModel:
             return 0.0
         compute_s, memory_s, fixed_s = self._parts(num_tokens, num_sampled, decode_only)
         attn_compute_s = self._attn_flops_per_ctx * attn_ctx_tokens / self._flops_s
-        attn_memory_s = kv_read_tokens * self.kv_bytes_per_token / self._bytes_s
+        attn_memory_s = kv_read_tokens * self.kv_bytes_per_token / self._kv_read_bytes_s
         gemm_s = compute_s if compute_s > memory_s else memory_s
         attn_s = attn_compute_s if attn_compute_s > attn_memory_s else attn_memory_s
         return gemm_s + attn_s + fixed_s + encoder_s
@@ -188,7 +192,7 @@ class PerfModel:
         contexts sum to ``ctx_sum`` tokens at the first step (each step adds one token per sequence)."""
         compute_s, memory_s, fixed_s = self._parts(num_seqs, num_seqs, True)
         ctx = ctx_sum + num_seqs * np.arange(num_steps, dtype=np.float64)
-        attn = np.maximum(self._attn_flops_per_ctx * ctx / self._flops_s, ctx * self.kv_bytes_per_token / self._bytes_s)
+        attn = np.maximum(self._attn_flops_per_ctx * ctx / self._flops_s, ctx * self.kv_bytes_per_token / self._kv_read_bytes_s)
         return max(compute_s, memory_s) + attn + fixed_s
 
     def _parts(self, num_tokens: int, num_sampled: int, decode_only: bool) -> tuple[float, float, float]:
