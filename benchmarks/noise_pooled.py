@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _shared import load_records, replay_bench_level
+from _shared import add_card_constants_option, load_records, parse_card_constants, replay_bench_level
 from scipy import stats
 from sim_vs_h200_levels import figures
 
@@ -106,9 +106,10 @@ def served_flags(folder: Path) -> tuple[str, dict[str, Any]]:
     return " ".join(argv) or "vLLM defaults", parse_serve_args(["model", *argv]).flags
 
 
-def fresh_runs(folder: Path) -> list[dict[str, Any]]:
-    """The runs of a `noise_repeats.sh` folder, each with its replay in the sim under the servers' flags: a run of
-    the levels' format (one point per workload, configuration and concurrency; each server is a copy)."""
+def fresh_runs(folder: Path, constants: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """The runs of a `noise_repeats.sh` folder, each with its replay in the sim under the servers' flags (and the h200
+    card's ``constants`` overridden): a run of the levels' format (one point per workload, configuration and
+    concurrency; each server is a copy)."""
     config, flags = served_flags(folder)
     runs = []
     for path in sorted(folder.glob("s*-c*-*.json")):
@@ -118,7 +119,7 @@ def fresh_runs(folder: Path) -> list[dict[str, Any]]:
             continue  # the run failed: its .err says why
         server = path.stem.split("-")[0]
         with tempfile.TemporaryDirectory(prefix="noise-") as tmp:
-            result = replay_bench_level(flags, gpu, {}, Path(tmp) / "sim.jsonl.gz")
+            result = replay_bench_level(flags, gpu, constants or {}, Path(tmp) / "sim.jsonl.gz")
             sim = {**figures(load_records(Path(tmp) / "sim.jsonl.gz")), "p99_itl_ms": result.itl_ms.p99}
         runs.append({"dataset": folder.name, "workload": gpu["workload"]["spec"], "copy": server, "trial": 0,
                      "config": config, "concurrency": int(gpu["concurrency"]), "source": path.name,
@@ -312,9 +313,12 @@ def main() -> int:
     ap.add_argument("levels", type=Path, help="the output of sim_vs_h200_levels.py --json")
     ap.add_argument("--held-out", type=Path, nargs="*", default=[], metavar="DIR",
                     help="folders of benchmarks/gpu/noise_repeats.sh, judged against the sim with the model")
+    add_card_constants_option(ap, "the h200 card's constants to override in the replays of --held-out folders (e.g. "
+                                  "fp8_kv_read_efficiency=1.0)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    fresh = [r for folder in args.held_out for r in fresh_runs(folder)]
+    constants = parse_card_constants(args.constants, ap)
+    fresh = [r for folder in args.held_out for r in fresh_runs(folder, constants)]
     out = report(json.loads(args.levels.read_text())["runs"], fresh)
     if args.json:
         print(json.dumps(out, indent=1))
