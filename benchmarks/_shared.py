@@ -60,8 +60,15 @@ def window_tok_s(rows: list[dict]) -> tuple[float, float]:
 
 
 def add_card_constants_option(ap: argparse.ArgumentParser, help_text: str) -> None:
-    """``--constants NAME=VALUE ...``, read back with :func:`parse_card_constants`."""
+    """``--constants NAME=VALUE ...``, read back with :func:`parse_args_with_constants`."""
     ap.add_argument("--constants", nargs="+", default=[], metavar="NAME=VALUE", help=help_text)
+
+
+def parse_args_with_constants(ap: argparse.ArgumentParser,
+                              argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, float]]:
+    """The parsed arguments and the card constants of their ``--constants``."""
+    args = ap.parse_args(argv)
+    return args, parse_card_constants(args.constants, ap)
 
 
 def parse_card_constants(texts: list[str], ap: argparse.ArgumentParser) -> dict[str, float]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _shared import add_card_constants_option, load_records, parse_card_constants, replay_bench_level
+from _shared import add_card_constants_option, load_records, parse_args_with_constants, replay_bench_level
 from noise_pooled import served_flags
 
 
@@ -57,8 +57,7 @@ def main() -> int:
     add_card_constants_option(ap, "the h200 card's calibration constants to override in the sim (e.g. "
                                   "frontend_chunk_us=150)")
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    constants = parse_card_constants(args.constants, ap)
+    args, constants = parse_args_with_constants(ap)
     runs = [run for folder in args.folders for run in folder_runs(folder, constants)]
     if not runs:
         print("no run with its gaps kept (records with itl_ms) in " + ", ".join(map(str, args.folders)),

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _shared import add_card_constants_option, load_records, parse_card_constants, replay_bench_level
+from _shared import add_card_constants_option, load_records, parse_args_with_constants, replay_bench_level
 from scipy import stats
 from sim_vs_h200_levels import figures
 
@@ -316,8 +316,7 @@ def main() -> int:
     add_card_constants_option(ap, "the h200 card's constants to override in the replays of --held-out folders (e.g. "
                                   "fp8_kv_read_efficiency=1.0)")
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    constants = parse_card_constants(args.constants, ap)
+    args, constants = parse_args_with_constants(ap)
     fresh = [r for folder in args.held_out for r in fresh_runs(folder, constants)]
     out = report(json.loads(args.levels.read_text())["runs"], fresh)
     if args.json:

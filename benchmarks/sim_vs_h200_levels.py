@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 import optuna
-from _shared import add_card_constants_option, load_records, parse_card_constants, window_tok_s
+from _shared import add_card_constants_option, load_records, parse_args_with_constants, window_tok_s
 
 from autotune import records
 from autotune.cli.ui import short_flags
@@ -842,8 +842,7 @@ def main() -> None:
                          "TPOT), or those and P50 TTFT")
     add_card_constants_option(ap, "override calibration/h200.yaml's constants (e.g. the sim before the API server's: "
                                   "frontend_request_ms=0 frontend_output_us=0 frontend_chunk_us=0 hbm_efficiency=0.765)")
-    args = ap.parse_args()
-    overrides = parse_card_constants(args.constants, ap)
+    args, overrides = parse_args_with_constants(ap)
     try:
         fit_bounds = {k: (float(v.split(":")[0]), float(v.split(":")[1]))
                       for k, v in (b.split("=", 1) for b in args.fit_bounds)}

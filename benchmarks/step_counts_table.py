@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _shared import add_card_constants_option, load_records, parse_card_constants, replay_bench_level
+from _shared import add_card_constants_option, load_records, parse_args_with_constants, replay_bench_level
 
 from autotune.sim.args import parse_serve_args
 
@@ -250,8 +250,7 @@ def main() -> int:
     ap.add_argument("dirs", type=Path, nargs="+")
     add_card_constants_option(ap, "the sim with calibration/h200.yaml's constants overridden (e.g. frontend_chunk_us=0)")
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    constants = parse_card_constants(args.constants, ap)
+    args, constants = parse_args_with_constants(ap)
     rows = [row for folder in args.dirs for row in table(folder, constants)]
     if args.json:
         print(json.dumps(rows, indent=1))

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from _shared import add_card_constants_option, parse_card_constants
+from _shared import add_card_constants_option, parse_args_with_constants
 
 SEGMENTS = [("render", "H", "R"), ("to_add", "R", "A"), ("inputs", "A", "S"), ("to_core", "S", "P"),
             ("request", "P", "p"), ("to_loop", "p", "Q"), ("queued", "Q", "K"), ("prefill", "K", "F"),
@@ -411,8 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--compact", type=Path, metavar="TO")
     add_card_constants_option(ap, "the sim's card constants to change for its step times")
-    args = ap.parse_args(argv)
-    constants = parse_card_constants(args.constants, ap)
+    args, constants = parse_args_with_constants(ap, argv)
     if args.compact:
         for d in args.dirs:
             compact_traces(d, args.compact)
