@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RequestOutput", "chunk_gaps_s", "Distribution", "BenchResult", "summarize", "pool", "steady_window", "LATENCY_METRICS",
-           "describe_limits", "fmt_ms"]
+__all__ = ["RequestOutput", "chunk_gaps_s", "Distribution", "BenchResult", "summarize", "pool", "steady_window",
+           "LATENCY_METRICS", "describe_limits", "fmt_ms"]
 
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 PERCENTILES = (50, 90, 95, 99)

@@ -54,10 +54,10 @@ from autotune.flags import changed_flags, deploy_flags
 from autotune.gpus import load_gpu
 from autotune.jsonsafe import json_safe
 from autotune.loadgen.workload import parse_workload
+from autotune.config import REAL_GPU_NOISE_FLOOR
 from autotune.loadsearch import LoadSearchConfig
 from autotune.models import spec_from_config
 from autotune.records import Measurement
-from autotune.config import REAL_GPU_NOISE_FLOOR
 from autotune.selection import Candidate, LoadCurve, RunSpread, gain_over
 from autotune.sim import inproc
 from autotune.sim.engine import setup_engine
@@ -479,7 +479,7 @@ def curve_knee(levels: list[tuple[int, float, float, int]], metric: str, limit_m
     (`LoadCurve`, levels weighted by their runs) and carried to the limit from a run lying on it (a run on the curve
     itself is carried to the curve's own crossing, within the loads measured). ``capped``: the curve never reaches
     the limit within them; ``below``: it is over the limit at the lowest load (carried below it)."""
-    curve = LoadCurve.from_levels([(c, t, {metric: p}) for c, t, p, _ in levels], [n for *_, n in levels])
+    curve = level_curve(levels, metric)
     c0 = float(math.exp(curve.log_concurrency[0]))
     on_curve = Measurement(float(math.exp(curve.log_output_tok_s[0])),
                            {metric: float(math.exp(curve.log_p99_ms[metric][0]))})
@@ -491,25 +491,26 @@ def curve_knee(levels: list[tuple[int, float, float, int]], metric: str, limit_m
             "loads": [round(math.exp(v)) for v in curve.log_concurrency]}
 
 
-def knee_candidate(label: str, rs: list[Run], metric: str, limit_ms: float, knee_c: float) -> Candidate:
+def level_curve(levels: list[tuple[int, float, float, int]], metric: str) -> LoadCurve:
+    """(concurrency, output tok/s, P99 ms, runs) levels as the load curve a study carries runs along (`LoadCurve`,
+    levels weighted by their runs)."""
+    return LoadCurve.from_levels([(c, t, {metric: p}) for c, t, p, _ in levels], [n for *_, n in levels])
+
+
+def knee_candidate(label: str, rs: list[Run], levels: list[tuple[int, float, float, int]], metric: str,
+                   knee_c: float) -> Candidate:
     """The GPU's runs of one configuration near its knee (within ``KNEE_BAND`` of ``knee_c``; the nearest level's
     where none is) as autotune's verdict counts a finalist's fresh-server runs: each carried to its own knee along
-    the configuration's load curve (both copies' levels pooled)."""
+    the curve of the configuration's ``levels`` (both copies' runs pooled)."""
     key = f"p99_{metric}_ms"
-    usable = [r for r in rs if r.gpu.get("output_tok_s", 0) > 0 and r.gpu.get(key, math.nan) > 0]
-    by_c: dict[int, list[Run]] = defaultdict(list)
-    for r in usable:
-        by_c[r.concurrency].append(r)
-    curve = LoadCurve.from_levels([(c, float(np.mean([r.gpu["output_tok_s"] for r in v])),
-                                    {metric: float(np.mean([r.gpu[key] for r in v]))}) for c, v in sorted(by_c.items())],
-                                  [len(v) for _, v in sorted(by_c.items())])
-    near = [r for r in usable if abs(math.log(r.concurrency / knee_c)) <= math.log(KNEE_BAND)]
-    if not near and usable:
-        nearest = min(by_c, key=lambda c: abs(math.log(c / knee_c)))
-        near = by_c[nearest]
+    near = [r for r in rs if abs(math.log(r.concurrency / knee_c)) <= math.log(KNEE_BAND)]
+    if not near:
+        nearest = min({r.concurrency for r in rs}, key=lambda c: abs(math.log(c / knee_c)))
+        near = [r for r in rs if r.concurrency == nearest]
     runs = [(r.concurrency, Measurement(r.gpu["output_tok_s"], {metric: r.gpu[key]})) for r in near]
     return Candidate(trial_number=0, flags={}, concurrency=round(knee_c), search_output_tok_s=math.nan,
-                     search_p99_ms={metric: math.nan}, baseline=label, earlier_runs=runs, curve=curve)
+                     search_p99_ms={metric: math.nan}, baseline=label, earlier_runs=runs,
+                     curve=level_curve(levels, metric))
 
 
 def verdict_pairs(candidates: dict[str, Candidate], metric: str, limit_ms: float) -> dict[tuple[str, str], Any]:
@@ -565,8 +566,7 @@ def knees(runs: list[Run], settings: dict[str, TrialSettings], tmp: Path) -> dic
                     at_knee[f"{side}_{m}"] = _at_load([x[0] for x in lv], [x[2] for x in lv], knee_c)
                 at_knee[f"err_{m}"] = err(at_knee[f"sim_{m}"], at_knee[f"gpu_{m}"])
             row["at_gpu_knee"] = at_knee
-            candidates[label] = knee_candidate(label, rs, metric, limit, knee_c)
-            row["gpu_runs_at_knee"] = [round(v) for v in candidates[label].at_limit_tok_s({metric: limit})]
+            candidates[label] = knee_candidate(label, rs, levels("gpu", rs), metric, knee_c)
             with card_constants(s.gpu):
                 own = run_trial(s, rs[0].flags, "sim", tmp / "search" / "server.log")
             row["sim_search"] = {"concurrency": own.concurrency, "output_tok_s": own.output_tok_s,
@@ -599,20 +599,20 @@ def ranked_pairs(rank: dict[str, list[str]], verdicts: dict[tuple[str, str], Any
                  sim_tok_s: dict[str, float]) -> list[dict[str, Any]]:
     """Every pair of configurations, the better by the GPU's runs at their knees first: whether the GPU tells them
     apart (autotune's verdict on those runs, `verdict_pairs`: the gain's interval lies above 0), the gain with its
-    interval, whether both copies order them so (None where a copy did not run every configuration), and whether
-    the sim's own search orders them as the GPU does, with its gain (``sim_tok_s``: its search's throughput at the
-    knee by configuration) and whether that gain is beyond the real-GPU noise floor in the GPU's direction."""
+    interval, whether both copies order them so (None where a copy did not run every configuration), and the sim's
+    gain (``sim_tok_s``: its own search's throughput at the knee by configuration): whether it orders them as the
+    GPU does (a tie does not), and whether by more than the real-GPU noise floor."""
     out = []
+    copies = [rank[k] for k in ("gpu_copy0", "gpu_copy1") if k in rank]
     for (a, b), (better, gain, spread) in sorted(verdicts.items()):
         worse = b if better == a else a
-        copies = [rank[k] for k in ("gpu_copy0", "gpu_copy1") if k in rank]
+        sim_ratio = sim_tok_s[better] / sim_tok_s[worse]
         out.append({"better": better, "worse": worse, "gpu_tells_apart": bool(gain.significant),
                     "gain_pct": gain.gain_pct, "gain_pct_low": gain.gain_pct_low, "gain_pct_high": gain.gain_pct_high,
                     "spread_log_std": spread.log_std, "spread_dof": spread.dof,
                     "copies_agree": all(c.index(better) < c.index(worse) for c in copies) if len(copies) == 2 else None,
-                    "sim_agrees": rank["sim_search"].index(better) < rank["sim_search"].index(worse),
-                    "sim_gain_pct": (sim_tok_s[better] / sim_tok_s[worse] - 1) * 100.0,
-                    "sim_agrees_beyond_floor": sim_tok_s[better] / sim_tok_s[worse] > 1 + REAL_GPU_NOISE_FLOOR})
+                    "sim_gain_pct": (sim_ratio - 1) * 100.0, "sim_agrees": sim_ratio > 1,
+                    "sim_agrees_beyond_floor": sim_ratio > 1 + REAL_GPU_NOISE_FLOOR})
     return out
 
 
@@ -717,8 +717,9 @@ def print_split(roles: list[dict], knee: dict, fitted: dict | None) -> None:
         print(f"{workload}: the GPU tells {len(apart)} of {len(pairs)} pairs apart (autotune's verdict on its runs "
               f"within {KNEE_BAND:g}x of each knee, carried to it; spread {pairs[0]['spread_log_std']:.1%} pooled "
               f"over {pairs[0]['spread_dof']} dof, floor {REAL_GPU_NOISE_FLOOR:.0%}); the sim's own search orders "
-              f"{sum(p['sim_agrees'] for p in apart)} of those as the GPU ({sum(p['sim_agrees_beyond_floor'] for p in apart)}"
-              f" by more than the floor), {sum(p['sim_agrees'] for p in pairs)} of all {len(pairs)}:")
+              f"{sum(p['sim_agrees'] for p in apart)} of those as the GPU "
+              f"({sum(p['sim_agrees_beyond_floor'] for p in apart)} by more than the floor), "
+              f"{sum(p['sim_agrees'] for p in pairs)} of all {len(pairs)}:")
         for p in pairs:
             mark = "told apart" if p["gpu_tells_apart"] else "equal within noise"
             copies = {None: "", True: "; both copies so", False: "; the copies differ"}[p["copies_agree"]]
@@ -840,8 +841,9 @@ def main() -> None:
     ap.add_argument("--fit-loss", choices=FIT_LOSSES, default="all",
                     help="what the fit's loss counts (see fit_loss): every figure, the steps' (output tok/s and P99 "
                          "TPOT), or those and P50 TTFT")
-    add_card_constants_option(ap, "override calibration/h200.yaml's constants (e.g. the sim before the API server's: "
-                                  "frontend_request_ms=0 frontend_output_us=0 frontend_chunk_us=0 hbm_efficiency=0.765)")
+    add_card_constants_option(ap, "override calibration/h200.yaml's constants (e.g. the sim before the API "
+                                  "server's: frontend_request_ms=0 frontend_output_us=0 frontend_chunk_us=0 "
+                                  "hbm_efficiency=0.765)")
     args, overrides = parse_args_with_constants(ap)
     try:
         fit_bounds = {k: (float(v.split(":")[0]), float(v.split(":")[1]))

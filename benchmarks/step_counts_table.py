@@ -248,7 +248,8 @@ def _delivery_cells(g: dict[str, Any], s: dict[str, Any]) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dirs", type=Path, nargs="+")
-    add_card_constants_option(ap, "the sim with calibration/h200.yaml's constants overridden (e.g. frontend_chunk_us=0)")
+    add_card_constants_option(ap, "the sim with calibration/h200.yaml's constants overridden "
+                                  "(e.g. frontend_chunk_us=0)")
     ap.add_argument("--json", action="store_true")
     args, constants = parse_args_with_constants(ap)
     rows = [row for folder in args.dirs for row in table(folder, constants)]

@@ -5,8 +5,9 @@ http_other, timeout, malformed_stream, stream_error, disconnect, no_tokens, erro
 Timing: wall clock (``time.perf_counter``), one timestamp per network read; TTFT to the first token chunk,
 one ITL entry per token chunk after it (as vLLM's benchmark does). **Sim clock**: when chunks carry
 ``sim_arrival_s`` and ``sim_token_times_s`` (virtual times from our sim engine), TTFT, ITL (one entry per
-modelled chunk: tokens stamped with one instant count as one chunk, `chunk_gaps_s`) and E2E come from those stamps and ``start_s`` is the virtual arrival, so a sim that runs faster than
-real time or coalesces tokens is still measured exactly in modelled time. Without stamps, ``time_scale``
+modelled chunk: tokens stamped with one instant count as one, :func:`~autotune.metrics.chunk_gaps_s`) and E2E
+come from those stamps and ``start_s`` is the virtual arrival, so a sim that runs faster than real time or
+coalesces tokens is still measured exactly in modelled time. Without stamps, ``time_scale``
 multiplies the wall-clock times.
 """
 from __future__ import annotations

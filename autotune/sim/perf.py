@@ -192,7 +192,8 @@ class PerfModel:
         contexts sum to ``ctx_sum`` tokens at the first step (each step adds one token per sequence)."""
         compute_s, memory_s, fixed_s = self._parts(num_seqs, num_seqs, True)
         ctx = ctx_sum + num_seqs * np.arange(num_steps, dtype=np.float64)
-        attn = np.maximum(self._attn_flops_per_ctx * ctx / self._flops_s, ctx * self.kv_bytes_per_token / self._kv_read_bytes_s)
+        attn = np.maximum(self._attn_flops_per_ctx * ctx / self._flops_s,
+                          ctx * self.kv_bytes_per_token / self._kv_read_bytes_s)
         return max(compute_s, memory_s) + attn + fixed_s
 
     def _parts(self, num_tokens: int, num_sampled: int, decode_only: bool) -> tuple[float, float, float]:
