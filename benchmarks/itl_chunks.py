@@ -5,7 +5,7 @@ over (issue #21).
 
 For each run of a `benchmarks/gpu/noise_repeats.sh` folder whose records keep the gaps (``itl_ms``): its measured
 requests' tokens after the first, the chunks after the first (the gaps), their ratio, and the P99 ITL; beside it
-the sim's on the same requests, load shape and server flags (`noise_pooled.fresh_runs`' replay).
+the sim's on the same requests, load shape and server flags (`noise_pooled.replayed_runs`).
 
     python benchmarks/itl_chunks.py docs/results/raw/h200-noise-fresh/seed-profile-c48-c128 \
         docs/results/raw/h200-noise-fresh/batch2048-c128 [--constants NAME=VALUE ...] [--json]
@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _shared import add_card_constants_option, load_records, parse_args_with_constants, replay_bench_level
-from noise_pooled import served_flags
+from _shared import add_card_constants_option, parse_args_with_constants
+from noise_pooled import replayed_runs
 
 
 def chunk_figures(rows: list[dict]) -> dict[str, float]:
@@ -35,20 +34,11 @@ def chunk_figures(rows: list[dict]) -> dict[str, float]:
 
 
 def folder_runs(folder: Path, constants: dict[str, float]) -> list[dict[str, Any]]:
-    config, flags = served_flags(folder)
-    out = []
-    for path in sorted(folder.glob("s*-c*-*.json")):
-        records = path.with_suffix(".jsonl.gz")
-        rows = load_records(records) if records.exists() else []
-        if not any("itl_ms" in r for r in rows):
-            continue  # the records were kept without their gaps
-        gpu = json.loads(path.read_text())
-        with tempfile.TemporaryDirectory(prefix="chunks-") as tmp:
-            replay_bench_level(flags, gpu, constants, Path(tmp) / "sim.jsonl.gz")
-            sim = chunk_figures(load_records(Path(tmp) / "sim.jsonl.gz"))
-        out.append({"folder": folder.name, "run": path.stem, "config": config, "concurrency": int(gpu["concurrency"]),
-                    "gpu": chunk_figures(rows), "sim": sim})
-    return out
+    """The folder's runs whose records kept their gaps, with the sim's on the same requests."""
+    return [{"folder": folder.name, "run": r["path"].stem, "config": r["config"],
+             "concurrency": int(r["gpu"]["concurrency"]), "gpu": chunk_figures(r["rows"]),
+             "sim": chunk_figures(r["sim_rows"])}
+            for r in replayed_runs(folder, constants, keep=lambda rows: any("itl_ms" in row for row in rows))]
 
 
 def main() -> int:

@@ -27,6 +27,7 @@ import shlex
 import sys
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,26 +107,35 @@ def served_flags(folder: Path) -> tuple[str, dict[str, Any]]:
     return " ".join(argv) or "vLLM defaults", parse_serve_args(["model", *argv]).flags
 
 
-def fresh_runs(folder: Path, constants: dict[str, float] | None = None) -> list[dict[str, Any]]:
-    """The runs of a `noise_repeats.sh` folder, each with its replay in the sim under the servers' flags (and the h200
-    card's ``constants`` overridden): a run of the levels' format (one point per workload, configuration and
-    concurrency; each server is a copy)."""
+def replayed_runs(folder: Path, constants: dict[str, float] | None = None,
+                  keep: Callable[[list[dict]], bool] = lambda rows: True) -> Iterator[dict[str, Any]]:
+    """The runs of a `noise_repeats.sh` folder whose records ``keep`` accepts, each replayed in the sim under the
+    servers' flags (and the h200 card's ``constants`` overridden): the configuration's name, the run's path, its
+    `autotune bench --json`, its records and the sim's, and the sim's result."""
     config, flags = served_flags(folder)
-    runs = []
     for path in sorted(folder.glob("s*-c*-*.json")):
         try:
             gpu = json.loads(path.read_text())
         except json.JSONDecodeError:
             continue  # the run failed: its .err says why
-        server = path.stem.split("-")[0]
+        records = path.with_suffix(".jsonl.gz")
+        rows = load_records(records) if records.exists() else []
+        if not keep(rows):
+            continue
         with tempfile.TemporaryDirectory(prefix="noise-") as tmp:
             result = replay_bench_level(flags, gpu, constants or {}, Path(tmp) / "sim.jsonl.gz")
-            sim = {**figures(load_records(Path(tmp) / "sim.jsonl.gz")), "p99_itl_ms": result.itl_ms.p99}
-        runs.append({"dataset": folder.name, "workload": gpu["workload"]["spec"], "copy": server, "trial": 0,
-                     "config": config, "concurrency": int(gpu["concurrency"]), "source": path.name,
-                     "gpu": {**figures(load_records(path.with_suffix(".jsonl.gz"))), "p99_itl_ms": gpu["itl_ms"]["p99"]},
-                     "sim": sim})
-    return runs
+            sim_rows = load_records(Path(tmp) / "sim.jsonl.gz")
+        yield {"config": config, "path": path, "gpu": gpu, "rows": rows, "sim_rows": sim_rows, "sim": result}
+
+
+def fresh_runs(folder: Path, constants: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """The runs of a `noise_repeats.sh` folder with their replays (`replayed_runs`): a run of the levels' format (one
+    point per workload, configuration and concurrency; each server is a copy)."""
+    return [{"dataset": folder.name, "workload": r["gpu"]["workload"]["spec"], "copy": r["path"].stem.split("-")[0],
+             "trial": 0, "config": r["config"], "concurrency": int(r["gpu"]["concurrency"]), "source": r["path"].name,
+             "gpu": {**figures(r["rows"]), "p99_itl_ms": r["gpu"]["itl_ms"]["p99"]},
+             "sim": {**figures(r["sim_rows"]), "p99_itl_ms": r["sim"].itl_ms.p99}}
+            for r in replayed_runs(folder, constants)]
 
 
 def judge_fresh(runs: list[dict[str, Any]], residuals: dict[str, float]) -> dict[str, Any]:

@@ -497,8 +497,7 @@ def level_curve(levels: list[tuple[int, float, float, int]], metric: str) -> Loa
     return LoadCurve.from_levels([(c, t, {metric: p}) for c, t, p, _ in levels], [n for *_, n in levels])
 
 
-def knee_candidate(label: str, rs: list[Run], levels: list[tuple[int, float, float, int]], metric: str,
-                   knee_c: float) -> Candidate:
+def knee_candidate(rs: list[Run], levels: list[tuple[int, float, float, int]], metric: str, knee_c: float) -> Candidate:
     """The GPU's runs of one configuration near its knee (within ``KNEE_BAND`` of ``knee_c``; the nearest level's
     where none is) as autotune's verdict counts a finalist's fresh-server runs: each carried to its own knee along
     the curve of the configuration's ``levels`` (both copies' runs pooled)."""
@@ -509,7 +508,7 @@ def knee_candidate(label: str, rs: list[Run], levels: list[tuple[int, float, flo
         near = [r for r in rs if r.concurrency == nearest]
     runs = [(r.concurrency, Measurement(r.gpu["output_tok_s"], {metric: r.gpu[key]})) for r in near]
     return Candidate(trial_number=0, flags={}, concurrency=round(knee_c), search_output_tok_s=math.nan,
-                     search_p99_ms={metric: math.nan}, baseline=label, earlier_runs=runs,
+                     search_p99_ms={metric: math.nan}, earlier_runs=runs,
                      curve=level_curve(levels, metric))
 
 
@@ -566,7 +565,7 @@ def knees(runs: list[Run], settings: dict[str, TrialSettings], tmp: Path) -> dic
                     at_knee[f"{side}_{m}"] = _at_load([x[0] for x in lv], [x[2] for x in lv], knee_c)
                 at_knee[f"err_{m}"] = err(at_knee[f"sim_{m}"], at_knee[f"gpu_{m}"])
             row["at_gpu_knee"] = at_knee
-            candidates[label] = knee_candidate(label, rs, levels("gpu", rs), metric, knee_c)
+            candidates[label] = knee_candidate(rs, levels("gpu", rs), metric, knee_c)
             with card_constants(s.gpu):
                 own = run_trial(s, rs[0].flags, "sim", tmp / "search" / "server.log")
             row["sim_search"] = {"concurrency": own.concurrency, "output_tok_s": own.output_tok_s,

@@ -38,7 +38,7 @@ def _levels(rs: list) -> list[tuple[int, float, float, int]]:
 def test_a_configuration_ten_percent_faster_is_told_apart_and_an_equal_one_is_not() -> None:
     rng = np.random.default_rng(3)
     configs = {"base": _runs("base", 1.0, rng), "fast": _runs("fast", 1.10, rng), "same": _runs("same", 1.0, rng)}
-    candidates = {label: svl.knee_candidate(label, rs, _levels(rs), "ttft", 128.0) for label, rs in configs.items()}
+    candidates = {label: svl.knee_candidate(rs, _levels(rs), "ttft", 128.0) for label, rs in configs.items()}
     # only the runs within 1.5x of the knee count: 96, 128 and 160, three runs each
     assert all(len(c.at_limit_tok_s({"ttft": LIMIT_MS})) == 9 for c in candidates.values())
     verdicts = svl.verdict_pairs(candidates, "ttft", LIMIT_MS)
@@ -59,5 +59,5 @@ def test_a_configuration_ten_percent_faster_is_told_apart_and_an_equal_one_is_no
 def test_without_runs_near_the_knee_the_nearest_level_judges() -> None:
     rng = np.random.default_rng(4)
     rs = [r for r in _runs("base", 1.0, rng) if r.concurrency in (32, 256)]
-    candidate = svl.knee_candidate("base", rs, _levels(rs), "ttft", 128.0)
+    candidate = svl.knee_candidate(rs, _levels(rs), "ttft", 128.0)
     assert {c for c, _ in candidate.earlier_runs} == {256}
