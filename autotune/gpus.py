@@ -1,17 +1,21 @@
-"""GPU cards: datasheet figures and fitted constants, one YAML file per card under calibration/."""
+"""GPU cards: datasheet figures and fitted constants, one YAML file per card under calibration/; and a host's own
+card, a YAML file `autotune sim calibrate` writes: a built-in card (``base``) with some of its constants refitted
+on that host's measurements (``calibrated_from`` says on which)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from autotune.errors import UsageError
 
-__all__ = ["GpuSpec", "load_gpu", "known_gpus", "detect_gpu", "gpu_indices", "sim_caveats"]
+__all__ = ["GpuSpec", "load_gpu", "known_gpus", "detect_gpu", "gpu_indices", "sim_caveats", "is_card_file",
+           "card_file_text"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,9 @@ class GpuSpec:
     # per limit metric: what the sim engine's answers under that limit are known to get wrong on this card, measured
     # against it (docs/results/sim-accuracy.md); a sim study under that limit says so
     sim_caveats: dict[str, str] | None = None
+    # a host's card (a file): the built-in card it starts from and what its constants were fitted on
+    base: str | None = None
+    calibrated_from: dict[str, Any] | None = None
 
 
 def sim_caveats(gpu: GpuSpec, metrics: Iterable[str]) -> list[str]:
@@ -41,16 +48,67 @@ def known_gpus() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("autotune.calibration").iterdir() if p.name.endswith(".yaml"))
 
 
-@lru_cache(maxsize=None)
+def is_card_file(name: str) -> bool:
+    """A host's card file (``--gpu-type my-h200.yaml``) rather than a built-in card's name."""
+    return name.strip().lower().endswith((".yaml", ".yml"))
+
+
 def load_gpu(name: str) -> GpuSpec:
-    key = name.lower().strip()
+    """A built-in card by name (h100, h200), or a host's card file by its path: named by the path, resolved, so
+    that a sim server started from another folder reads the same file."""
+    if is_card_file(name):
+        return _load_card_file(Path(name).expanduser().resolve())
+    return _load_builtin(name.lower().strip())
+
+
+@lru_cache(maxsize=None)
+def _load_builtin(key: str) -> GpuSpec:
     if key not in known_gpus():
-        raise UsageError(f"unknown GPU type {name!r}; known: {', '.join(known_gpus())}")
-    data = yaml.safe_load(resources.files("autotune.calibration").joinpath(f"{key}.yaml").read_text())
+        raise UsageError(f"unknown GPU type {key!r}; known: {', '.join(known_gpus())} (or a card file, .yaml, "
+                         "written by `autotune sim calibrate`)")
+    return _spec(_builtin_data(key))
+
+
+def _spec(data: dict[str, Any]) -> GpuSpec:
     names = {f.name for f in fields(GpuSpec)}
     base = {k: v for k, v in data.items() if k in names}
     base["extra"] = {k: v for k, v in data.items() if k not in names} or None
     return GpuSpec(**base)
+
+
+def _builtin_data(key: str) -> dict[str, Any]:
+    return yaml.safe_load(resources.files("autotune.calibration").joinpath(f"{key}.yaml").read_text())
+
+
+def _load_card_file(path: Path) -> GpuSpec:
+    """Read on every call, not cached: a calibration may rewrite the file in the same process."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise UsageError(f"card file {path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"card file {path} is not YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("base"), str):
+        raise UsageError(f"card file {path}: expected a mapping with 'base: CARD' (one of {', '.join(known_gpus())})")
+    key = data["base"].lower().strip()
+    _load_builtin(key)  # a known card, or its one-line error
+    card = _builtin_data(key)
+    constants = {k: v for k, v in data.items() if k not in ("base", "calibrated_from")}
+    unknown = sorted(k for k in constants if k not in card or k in ("name", "sim_caveats"))
+    if unknown:
+        raise UsageError(f"card file {path}: {unknown[0]!r} is not a constant of the {key} card")
+    bad = sorted(k for k, v in constants.items() if not isinstance(v, (int, float)) or isinstance(v, bool))
+    if bad:
+        raise UsageError(f"card file {path}: {bad[0]} must be a number")
+    return _spec({**card, **constants, "name": str(path), "base": key,
+                  "calibrated_from": data.get("calibrated_from") or {}})
+
+
+def card_file_text(base: str, constants: dict[str, float], calibrated_from: dict[str, Any], header: str) -> str:
+    """A host's card file: ``header`` (comment lines), the base card, its refitted constants, their provenance."""
+    body = yaml.safe_dump({"base": base, **constants, "calibrated_from": calibrated_from}, sort_keys=False,
+                          default_flow_style=None, width=110)
+    return "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + body
 
 
 def detect_gpu() -> str | None:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from autotune.records import LevelRecord, Measurement, TrialResult
 
-__all__ = ["Progress", "StudyStart", "StudyEta", "StudyInterrupted", "BenchProgress", "NULL_PROGRESS",
-           "ThreadedProgress"]
+__all__ = ["Progress", "StudyStart", "StudyEta", "StudyInterrupted", "BenchProgress", "CalibrationStep",
+           "NULL_PROGRESS", "ThreadedProgress"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,17 @@ class BenchProgress:
     total: int
     warmup: int
     failed: int
+
+
+@dataclass(frozen=True)
+class CalibrationStep:
+    """One evaluation of `autotune sim calibrate`'s fit: the constants tried and how far the sim then is."""
+
+    evaluation: int  # 1-based
+    max_evaluations: int
+    constants: Mapping[str, float]
+    loss: float  # mean over the measured runs of 4 x log(throughput ratio)^2 + log(P99 TPOT ratio)^2
+    best_loss: float  # the lowest so far
 
 
 class Progress:
@@ -128,6 +139,9 @@ class Progress:
 
     def bench_progress(self, progress: BenchProgress) -> None:
         """A benchmark run's requests so far (about ten times a second)."""
+
+    def calibration_step(self, step: CalibrationStep) -> None:
+        """`autotune sim calibrate` replayed the measured runs with one set of constants."""
 
 
 NULL_PROGRESS = Progress()

@@ -1,4 +1,5 @@
-"""`autotune sim serve` (the vLLM-compatible simulated server) and `autotune sim predict` (what-if, no HTTP)."""
+"""`autotune sim serve` (the vLLM-compatible simulated server), `autotune sim predict` (what-if, no HTTP) and
+`autotune sim calibrate` (a host's own card, from a study measured on it)."""
 from __future__ import annotations
 
 import json
@@ -105,6 +106,72 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
     console.print(f"output {result.output_tok_s:,.0f} tok/s, total {result.total_tok_s:,.0f} tok/s, "
                   f"{result.request_s:,.2f} req/s, {result.completed} completed, {result.failed} failed, "
                   f"{result.duration_s:,.1f} s modelled")
+
+
+@sim.command(name="calibrate")
+@click.option("--study", "study_name", required=True, help="a study measured on this host (autotune run on vLLM)")
+@click.option("--storage", default=None, help="SQLAlchemy URL (default sqlite:///studies/autotune.db)")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="the study's --out folder, where its runs' requests are kept (default: beside the SQLite file, "
+                   "else ./studies)")
+@click.option("--to", "to", type=click.Path(dir_okay=False), required=True,
+              help="the card file to write (.yaml); then --gpu-type FILE")
+@click.option("--base", default=None, help="built-in card to start from (default: the study's)")
+@click.option("--model", "model_ref", default=None,
+              help="the study's model where its own reference does not resolve here (preset, folder with "
+                   "config.json, cached HF id)")
+@click.option("--fit", "fit_names", default=None,
+              help="the step constants to refit, comma-separated, of hbm_efficiency, eager_step_overhead_ms, "
+                   "compute_efficiency (default: eager_step_overhead_ms, the one hosts differ in)")
+@click.option("--max-runs", type=click.IntRange(min=1), default=24, show_default=True,
+              help="measured runs replayed per evaluation, spread over the study's trials and loads")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout")
+def calibrate_cmd(study_name: str, storage: str | None, out: str | None, to: str, base: str | None,
+                  model_ref: str | None, fit_names: str, max_runs: int, as_json: bool) -> None:
+    """Refit the sim engine's step constants on a study measured on this host, and write them as a card file:
+    the sim's what-ifs and warm starts then follow this host's steps (--gpu-type FILE)."""
+    from pathlib import Path
+
+    from autotune import records
+    from autotune.fileio import write_text_atomically
+    from autotune.jsonsafe import json_safe
+    from autotune.gpus import card_file_text, is_card_file, load_gpu
+    from autotune.models import resolve_model
+    from autotune.sim.calibrate import DEFAULT_FIT, calibrate, card_header, study_settings
+    from autotune.cli.ui import CalibrationConsole
+    from autotune.storage import DEFAULT_STORAGE, load_study, open_storage_readonly, redact_url, sqlite_dir
+
+    if not is_card_file(to):
+        raise UsageError(f"--to {to}: a card file's name ends in .yaml")
+    url = storage or DEFAULT_STORAGE
+    study = load_study(study_name, open_storage_readonly(url))
+    fingerprint = records.read_fingerprint(study)
+    if fingerprint is None:
+        raise UsageError(f"study {study_name!r} was not created by `autotune run` (no fingerprint stored)")
+    if base is None:
+        study_card = load_gpu(fingerprint.gpu_type)
+        base = study_card.base or study_card.name
+    elif is_card_file(base):
+        raise UsageError("--base is a built-in card (h100, h200): a card file's constants are refitted from its base")
+    card = load_gpu(base)
+    try:
+        model = resolve_model(model_ref or fingerprint.model)
+    except UsageError as e:
+        raise UsageError(f"{e} (the study's model; give --model where it is here)") from None
+    settings = study_settings(study, model, card)
+    study_dir = (Path(out) if out else (sqlite_dir(url) or Path("studies"))) / study_name
+    fit = tuple(name.strip() for name in fit_names.split(",") if name.strip()) if fit_names else DEFAULT_FIT
+    progress = CalibrationConsole(quiet=as_json)
+    result = calibrate(study, study_dir, settings, fit, max_runs, progress)
+    summary = {"study": study_name, "storage": redact_url(url), **result.summary()}
+    write_text_atomically(Path(to), card_file_text(card.name, {k: round(v, 4) for k, v in result.constants.items()},
+                                               summary, card_header(result, study_name, redact_url(url))))
+    data = {"card": str(Path(to).resolve()), "base": card.name, "constants": result.constants,
+            "evaluations": result.evaluations, "left_out": list(result.left_out), **summary}
+    if as_json:
+        sys.stdout.write(json.dumps(json_safe(data)) + "\n")
+        return
+    progress.finished(result, data["card"])
 
 
 commands = [sim]

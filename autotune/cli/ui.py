@@ -19,10 +19,11 @@ from rich.table import Table
 from rich.text import Text
 
 from autotune.metrics import describe_limits, fmt_ms
-from autotune.progress import Progress, StudyEta, StudyInterrupted, StudyStart
+from autotune.progress import CalibrationStep, Progress, StudyEta, StudyInterrupted, StudyStart
 from autotune.records import LevelRecord, Measurement, TrialResult
+from autotune.sim.calibrate import Calibration
 
-__all__ = ["StudyView", "short_flags"]
+__all__ = ["StudyView", "CalibrationConsole", "short_flags"]
 
 _SHORT = {"max-num-seqs": "seqs", "max-num-batched-tokens": "batch", "kv-cache-dtype": "kv",
           "gpu-memory-utilization": "mem", "enable-prefix-caching": "prefix", "async-scheduling": "async",
@@ -232,3 +233,44 @@ class StudyView(Progress):
             table.add_row(str(number), r.get("baseline") or "", r["flags"], r.get("state", ""),
                           _fmt(r.get("value")), *(fmt_ms(p99.get(m)) for m in self.limits_ms), _fmt(r.get("c"), "d"))
         return Group(head, table)
+
+
+class CalibrationConsole(Progress):
+    """`autotune sim calibrate`'s view: a line per evaluation of the fit on stderr, then the card's constants and
+    how far the sim is from the measured runs before and after, on stdout."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+    def calibration_step(self, step: CalibrationStep) -> None:
+        if self.quiet:
+            return
+        tried = ", ".join(f"{name} {value:.4g}" for name, value in step.constants.items())
+        self.err.print(f"fit {step.evaluation}/~{step.max_evaluations}: {tried}: loss {step.loss:.4g} "
+                       f"(best {step.best_loss:.4g})")
+
+    def finished(self, result: Calibration, card_path: str) -> None:
+        out = Console(soft_wrap=True, highlight=False)
+        table = Table(title=f"sim calibrate: {len(result.runs)} measured runs, {result.evaluations} evaluations")
+        for column in ("constant", f"{result.base} card", "this host"):
+            table.add_column(column, justify="left" if column == "constant" else "right")
+        for name, value in result.constants.items():
+            table.add_row(name, f"{result.start[name]:.4g}", f"{value:.4g}")
+        out.print(table)
+        errors = Table(title="the sim against the measured runs (median [min, max] of sim / measured - 1)")
+        for column in ("figure", f"{result.base} card", "this host"):
+            errors.add_column(column, justify="left" if column == "figure" else "right")
+        for figure, fitted in result.errors_pct.items():
+            errors.add_row(figure, _pct_spread(result.errors_start_pct[figure]), _pct_spread(fitted))
+        out.print(errors)
+        if result.left_out:
+            out.print(f"{len(result.left_out)} runs left out, e.g. {result.left_out[0]}")
+        out.print(f"wrote {card_path}: use it as --gpu-type {card_path}")
+
+
+def _pct_spread(errors: tuple[float, ...]) -> str:
+    finite = [e for e in errors if math.isfinite(e)]
+    if not finite:
+        return "-"
+    return f"{sorted(finite)[len(finite) // 2]:+.1f}% [{min(finite):+.1f}, {max(finite):+.1f}]"

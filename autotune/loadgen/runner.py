@@ -34,7 +34,8 @@ from autotune.loadgen.workload import RequestSpec, Workload
 from autotune.metrics import BenchResult, RequestOutput, steady_window, summarize
 from autotune.progress import NULL_PROGRESS, BenchProgress, Progress
 
-__all__ = ["LoadConfig", "Transport", "HttpTransport", "run_load", "drive_load", "run_bench", "check_model"]
+__all__ = ["LoadConfig", "Transport", "HttpTransport", "run_load", "drive_load", "run_bench", "check_model",
+           "write_records", "read_records", "steady_level_result"]
 
 _ENDPOINTS = ("auto", "completions", "chat")
 _SLO_METRICS = ("ttft", "tpot", "itl", "e2el")
@@ -281,6 +282,37 @@ def write_records(path: str | Path, results: list[tuple[RequestOutput, bool] | N
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
+
+
+def read_records(path: str | Path) -> list[tuple[RequestOutput, bool]]:
+    """What :func:`write_records` wrote, in send order: each request as the client saw it (its gaps where they were
+    kept) and whether it was a warm-up request. A request the run never sent has no record."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    out: list[tuple[RequestOutput, bool]] = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            if r["ok"]:
+                request = RequestOutput(True, r["prompt_tokens"], r["output_tokens"], r["ttft_ms"] / 1e3,
+                                        tuple(gap / 1e3 for gap in r.get("itl_ms") or ()), r["e2el_ms"] / 1e3,
+                                        r["start_s"])
+            else:
+                request = RequestOutput(False, start_s=r["start_s"], error_kind=r.get("error_kind") or "error")
+            out.append((request, bool(r["warmup"])))
+    return out
+
+
+def steady_level_result(records: list[tuple[RequestOutput, bool]]) -> BenchResult:
+    """A closed-loop level's figures from its records (:func:`read_records`), summarized as the run summarized
+    them (:func:`run_load` with ``steady_state``): throughput over the steady window, every request's tokens in it;
+    latencies of the measured requests."""
+    measured = [o for o, warmup in records if not warmup]
+    duration_s = _window_s(measured) if any(o.success for o in measured) else 0.0
+    window = steady_window(measured, duration_s)
+    return summarize(measured, duration_s, window=window, window_outputs=[o for o, _ in records])
 
 
 def run_bench(url: str, model: str, workload_or_requests: Workload | list[RequestSpec], cfg: LoadConfig,

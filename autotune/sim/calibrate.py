@@ -1,0 +1,274 @@
+"""A host's own card: `autotune sim calibrate` refits the sim engine's step constants on a study measured on that
+host, so that its what-ifs and warm starts start from that host's steps rather than those of the machine the
+built-in card was measured on.
+
+Why a host needs its own: two H200 hosts with the same software, model and load ran the same step differently. A
+step that carries a ~1,000-token prefill added 22.2-24.7 ms on one and 29.5 ms on the other, with the decode-only
+step alike (6.30 against 6.35-6.45 ms): the part of a mixed step that runs outside full CUDA graphs is launched by
+the host's CPU (docs/results/sim-accuracy.md, "the studies' host's own step constant"). A built-in card is right
+for one host to within that quarter.
+
+What is fitted: the constants that set the engine's step times (:data:`CALIBRATED_CONSTANTS`), on what the step
+times set: each measured run's steady output throughput (weighted 4x) and P99 TPOT. Not its TTFT: in a closed loop
+the TTFT rises as the steps get faster (requests come back sooner, more prefills queue), so a fit that counted the
+TTFT the sim under-predicts for other reasons (the API server's wait, sim-accuracy.md) would slow the steps down
+to raise it. Every run is replayed on the in-process sim with its own requests (the slice of the study's request
+stream it sent, checked against its records), its trial's flags and the study's level protocol.
+
+The fit is a coordinate search: each constant in turn on a grid over its bounds (the sim's loss is not smooth at
+a fine scale: a constant that moves a step by a fraction of a millisecond moves which requests share a step), then
+each in turn by golden sections within one grid step of the best. Hand-written (about 20 lines) because the
+project's dependencies hold no bounded scalar minimiser (scipy is not one).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+
+from autotune import records
+from autotune.errors import UsageError
+from autotune.gpus import GpuSpec
+from autotune.loadgen.runner import read_records, steady_level_result
+from autotune.loadgen.workload import parse_workload
+from autotune.loadsearch import LoadSearchConfig
+from autotune.models import ModelSpec
+from autotune.progress import NULL_PROGRESS, CalibrationStep, Progress
+from autotune.sim.engine import EngineStartError, setup_engine
+from autotune.sim.inproc import bench_in_process
+from autotune.trial import TrialSettings, level_load_config
+
+__all__ = ["CALIBRATED_CONSTANTS", "DEFAULT_FIT", "MeasuredRun", "Calibration", "study_settings", "measured_runs",
+           "calibrate", "card_header"]
+
+# The step constants a host's measurements can refit (autotune/sim/perf.py), with the bounds of the fit.
+CALIBRATED_CONSTANTS: dict[str, tuple[float, float]] = {
+    "hbm_efficiency": (0.3, 1.0),  # the decode step: weights and KV read at this share of the card's bandwidth
+    "eager_step_overhead_ms": (0.0, 30.0),  # a step that carries a prefill: launched partly by the host's CPU
+    "compute_efficiency": (0.2, 1.0),  # a prefill's GEMMs at this share of the card's peak
+}
+# The one a host's own measurements pin down, by default: the hosts differed in it, not in the decode-only step;
+# and a study's levels do not tell the two apart (fitted together on the H200 pairs' study, the decode step came out
+# 24% longer than the engine's own decode steps measure: docs/results/sim-accuracy.md, "A host's own card").
+DEFAULT_FIT = ("eager_step_overhead_ms",)
+THROUGHPUT_WEIGHT = 4.0  # in the loss, against P99 TPOT's 1: throughput is what a study ranks by
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+_GRID_POINTS = 9  # the first pass, per constant, its bounds included
+_TOLERANCE = 0.005  # the golden sections stop when their bracket is this share of the bounds
+
+
+@dataclass(frozen=True)
+class MeasuredRun:
+    """One run of one load level as the study measured it (a trial's level, or a fresh-server re-measurement)."""
+
+    trial_number: int
+    flags: Mapping[str, Any]
+    concurrency: int
+    first_request: int  # its first request's index in the study's request stream
+    records_path: Path
+    output_tok_s: float  # over the steady window, as the level reported it
+    p99_tpot_ms: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    base: str  # the card the constants started from
+    start: dict[str, float]
+    constants: dict[str, float]  # fitted
+    loss_start: float
+    loss: float
+    runs: tuple[MeasuredRun, ...]
+    # per figure (output_tok_s, p99_tpot_ms): the sim against each run, in %, with the start's and the fitted constants
+    errors_start_pct: dict[str, tuple[float, ...]]
+    errors_pct: dict[str, tuple[float, ...]]
+    evaluations: int
+    left_out: tuple[str, ...]  # runs not used, each with why
+
+    def summary(self) -> dict[str, Any]:
+        """What the card file records of its calibration."""
+        def spread(errors: tuple[float, ...]) -> dict[str, float]:
+            finite = [e for e in errors if math.isfinite(e)]
+            return {"median_pct": round(float(np.median(finite)), 2), "min_pct": round(min(finite), 2),
+                    "max_pct": round(max(finite), 2)} if finite else {}
+        return {
+            "runs": len(self.runs), "trials": len({r.trial_number for r in self.runs}),
+            "concurrency": sorted({r.concurrency for r in self.runs}),
+            "loss": {"start": round(self.loss_start, 5), "fitted": round(self.loss, 5)},
+            "start": {k: round(v, 4) for k, v in self.start.items()},
+            "errors": {figure: {"start": spread(self.errors_start_pct[figure]), "fitted": spread(errors)}
+                       for figure, errors in self.errors_pct.items()},
+        }
+
+
+def study_settings(study: optuna.Study, model: ModelSpec, card: GpuSpec) -> TrialSettings:
+    """The in-process sim's settings that replay the study's levels: its request stream and level protocol, on
+    ``card``."""
+    fingerprint = records.read_fingerprint(study)
+    if fingerprint is None:
+        raise UsageError(f"study {study.study_name!r} was not created by `autotune run` (no fingerprint stored)")
+    options = records.read_run_options(study) or {}
+    workload = parse_workload(fingerprint.workload["spec"], seed=int(fingerprint.workload["seed"])).without_times()
+    return TrialSettings(engine="sim", model=model, gpu=card, gpus=fingerprint.gpus, workload=workload,
+                         search=LoadSearchConfig(limits_ms=dict(fingerprint.limits_ms)),
+                         prompts_per_level=float(options.get("prompts_per_level", 3.0)))
+
+
+def _level_concurrency(path: Path) -> int:
+    return int(path.name.split("-c")[1].split(".")[0])  # NN-cC.jsonl.gz, as trial._measure_fn names them
+
+
+def measured_runs(study: optuna.Study, study_dir: Path, settings: TrialSettings) -> tuple[list[MeasuredRun],
+                                                                                             list[str]]:
+    """Every run the study's folder keeps the requests of, with the stream slice it sent; and the runs left out,
+    each with why. A trial's levels take consecutive slices of the stream in the order they ran; a fresh server's
+    re-measurement starts from the stream's beginning (trial._measure_fn)."""
+    trials = {t.number: t for t in records.read_trials(study) if t.result is not None}
+    placed: list[tuple[int, Path, int]] = []  # (trial, records, its first request)
+    for number in sorted(trials):
+        used = 0
+        for path in sorted((study_dir / "trials" / str(number) / "levels").glob("*-c*.jsonl.gz")):
+            placed.append((number, path, used))
+            cfg = level_load_config(settings, _level_concurrency(path))
+            used += cfg.warmup_prompts + cfg.num_prompts
+    for folder in sorted((study_dir / "remeasure").glob("*-c*-*")):
+        number = int(folder.name.split("-")[0])
+        if number in trials:
+            placed += [(number, path, 0) for path in sorted((folder / "levels").glob("*-c*.jsonl.gz"))]
+    runs: list[MeasuredRun] = []
+    left_out: list[str] = []
+    images = settings.workload.max_images_per_request > 0
+    for number, path, first in placed:
+        where = str(path.relative_to(study_dir))
+        c = _level_concurrency(path)
+        cfg = level_load_config(settings, c)
+        total = cfg.warmup_prompts + cfg.num_prompts
+        rows = read_records(path)
+        requests = settings.workload.requests(first + total, start=first)
+        if len(rows) != total:
+            left_out.append(f"{where}: {len(rows)} requests, the level sends {total}")
+            continue
+        if not all(out.success for out, _ in rows):
+            left_out.append(f"{where}: some requests failed")
+            continue
+        # the server's usage counts image tokens in the prompt: with images only the outputs can be checked
+        if any(out.output_tokens != q.output_len or (not images and out.prompt_tokens != q.prompt_len)
+               for (out, _), q in zip(rows, requests)):
+            left_out.append(f"{where}: its requests are not the study's stream {first}..{first + total - 1}")
+            continue
+        measured = steady_level_result(rows)
+        runs.append(MeasuredRun(number, dict(trials[number].result.flags), c, first, path, measured.output_tok_s,
+                                measured.tpot_ms.p99))
+    return runs, left_out
+
+
+def _spread_pick(runs: list[MeasuredRun], most: int) -> list[MeasuredRun]:
+    """At most ``most`` runs, spread evenly over the study's order (trials, then their levels)."""
+    if len(runs) <= most:
+        return runs
+    return [runs[i] for i in sorted({int(round(x)) for x in np.linspace(0, len(runs) - 1, most)})]
+
+
+def _replay_errors(runs: list[MeasuredRun], settings: TrialSettings, constants: Mapping[str, float],
+                   folder: Path) -> tuple[dict[str, tuple[float, ...]], float]:
+    """The sim's error against each run (% per figure) with ``constants`` on the settings' card, and the loss."""
+    card = dataclasses.replace(settings.gpu, extra={**(settings.gpu.extra or {}), **constants})
+    setups: dict[str, Any] = {}
+    tput: list[float] = []
+    tpot: list[float] = []
+    for run in runs:
+        key = repr(sorted(run.flags.items()))
+        if key not in setups:
+            setups[key] = setup_engine(settings.model, card, dict(run.flags))
+        cfg = level_load_config(settings, run.concurrency, folder / "sim.jsonl.gz")
+        requests = settings.workload.requests(run.first_request + cfg.warmup_prompts + cfg.num_prompts,
+                                              start=run.first_request)
+        bench_in_process(setups[key], requests, cfg)
+        sim = steady_level_result(read_records(folder / "sim.jsonl.gz"))
+        tput.append(sim.output_tok_s / run.output_tok_s)
+        tpot.append(sim.tpot_ms.p99 / run.p99_tpot_ms)
+    loss = float(np.mean([THROUGHPUT_WEIGHT * math.log(a) ** 2 + (math.log(b) ** 2 if math.isfinite(b) else 0.0)
+                          for a, b in zip(tput, tpot)]))
+    return {"output_tok_s": tuple(100.0 * (a - 1.0) for a in tput),
+            "p99_tpot_ms": tuple(100.0 * (b - 1.0) for b in tpot)}, loss
+
+
+def _golden_section(loss: Callable[[float], float], lo: float, hi: float, tolerance: float) -> None:
+    """Narrow [lo, hi] around a trough of ``loss`` until it is ``tolerance`` wide (``loss`` keeps the best)."""
+    c, d = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
+    fc, fd = loss(c), loss(d)
+    while hi - lo > tolerance:
+        if fc <= fd:
+            hi, d, fd = d, c, fc
+            c = hi - _GOLDEN * (hi - lo)
+            fc = loss(c)
+        else:
+            lo, c, fc = c, d, fd
+            d = lo + _GOLDEN * (hi - lo)
+            fd = loss(d)
+
+
+def calibrate(study: optuna.Study, study_dir: Path, settings: TrialSettings, fit: tuple[str, ...] = DEFAULT_FIT,
+              max_runs: int = 24, progress: Progress = NULL_PROGRESS) -> Calibration:
+    """Fit ``fit``'s constants of the settings' card to the study's measured runs (at most ``max_runs`` of them,
+    spread over its trials and loads)."""
+    unknown = [name for name in fit if name not in CALIBRATED_CONSTANTS]
+    if unknown or not fit:
+        raise UsageError(f"--fit takes some of {', '.join(CALIBRATED_CONSTANTS)}"
+                         + (f", not {unknown[0]!r}" if unknown else ""))
+    all_runs, left_out = measured_runs(study, study_dir, settings)
+    if not all_runs:
+        why = f" ({left_out[0]})" if left_out else f": no level records under {study_dir}"
+        raise UsageError(f"study {study.study_name!r} has no measured run to calibrate on{why}")
+    runs = _spread_pick(all_runs, max_runs)
+    extra = settings.gpu.extra or {}
+    start = {name: float(extra[name]) for name in fit}
+    best: dict[str, Any] = {"constants": dict(start), "loss": math.inf}
+    evaluations = [0]
+    golden_steps = 2 + math.ceil(math.log(_TOLERANCE * (_GRID_POINTS - 1) / 2) / math.log(_GOLDEN))
+    max_evaluations = 1 + (_GRID_POINTS + golden_steps) * len(fit)
+    with tempfile.TemporaryDirectory(prefix="autotune-calibrate-") as tmp:
+        def evaluate(name: str, value: float) -> float:
+            constants = {**best["constants"], name: value}
+            try:
+                errors, loss = _replay_errors(runs, settings, constants, Path(tmp))
+            except EngineStartError as e:  # the constants are the fit's, not memory's: a flag the sim refuses
+                raise UsageError(f"the sim engine refuses a configuration of study {study.study_name!r}: {e}") \
+                    from None
+            evaluations[0] += 1
+            if loss < best["loss"]:
+                best.update(constants=constants, loss=loss, errors=errors)
+            progress.calibration_step(CalibrationStep(evaluations[0], max_evaluations, constants, loss,
+                                                      best["loss"]))
+            return loss
+
+        evaluate(fit[0], start[fit[0]])
+        errors_start, loss_start = best["errors"], best["loss"]
+        for name in fit:
+            lo, hi = CALIBRATED_CONSTANTS[name]
+            for value in np.linspace(lo, hi, _GRID_POINTS):
+                evaluate(name, float(value))
+        for name in fit:
+            lo, hi = CALIBRATED_CONSTANTS[name]
+            step = (hi - lo) / (_GRID_POINTS - 1)
+            centre = best["constants"][name]
+            _golden_section(lambda x, n=name: evaluate(n, x), max(lo, centre - step), min(hi, centre + step),
+                            _TOLERANCE * (hi - lo))
+    return Calibration(settings.gpu.base or settings.gpu.name, start, best["constants"], loss_start, best["loss"],
+                       tuple(runs), errors_start, best["errors"], evaluations[0],
+                       tuple(left_out) + tuple(f"{r.records_path.relative_to(study_dir)}: more than --max-runs"
+                                               for r in all_runs if r not in runs))
+
+
+def card_header(calibration: Calibration, study: str, storage: str) -> str:
+    """The comment at the top of a host's card file: what it is and how to use it."""
+    return (f"The {calibration.base} card with its step constants refitted by `autotune sim calibrate` on the "
+            f"{len(calibration.runs)} measured runs of study {study!r} ({storage}): the sim engine's steps as this "
+            "host runs them.\nUse it as --gpu-type with this file's path (autotune sim predict, autotune run "
+            "--engine sim, autotune sim serve).")

@@ -1,0 +1,138 @@
+"""A host's own card (`autotune sim calibrate`): the card file, the records it reads back, and the fit recovering a
+step constant it was not told."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from autotune.cli import main
+from autotune.errors import UsageError
+from autotune.gpus import load_gpu
+from autotune.loadgen.runner import read_records, steady_level_result
+from autotune.loadgen.workload import parse_workload
+from autotune.models import resolve_model
+from autotune.sim.engine import setup_engine
+from autotune.sim.inproc import bench_in_process
+from autotune.loadsearch import LoadSearchConfig
+from autotune.testing.models import WEIGHTLESS_FLASH_CONFIG
+from autotune.trial import TrialSettings, level_load_config
+
+
+def _card(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_card_file_is_its_base_with_its_own_constants(tmp_path: Path) -> None:
+    h200 = load_gpu("h200")
+    card = load_gpu(_card(tmp_path / "host.yaml", "base: h200\neager_step_overhead_ms: 7.5\n"
+                                                  "calibrated_from: {study: s, runs: 3}\n"))
+    assert card.extra["eager_step_overhead_ms"] == 7.5
+    assert {k: v for k, v in card.extra.items() if k != "eager_step_overhead_ms"} == \
+        {k: v for k, v in h200.extra.items() if k != "eager_step_overhead_ms"}
+    assert (card.hbm_tb_s, card.memory_gib, card.sim_caveats) == (h200.hbm_tb_s, h200.memory_gib, h200.sim_caveats)
+    assert card.name == str((tmp_path / "host.yaml").resolve()) and card.base == "h200"
+    assert card.calibrated_from == {"study": "s", "runs": 3}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("base: h300\n", "unknown GPU type 'h300'"),
+    ("eager_step_overhead_ms: 7\n", "expected a mapping with 'base: CARD'"),
+    ("base: h200\nwarp_speed: 9\n", "'warp_speed' is not a constant of the h200 card"),
+    ("base: h200\nname: h100\n", "'name' is not a constant"),
+    ("base: h200\nhbm_efficiency: fast\n", "hbm_efficiency must be a number"),
+    ("base: [h200\n", "is not YAML"),
+])
+def test_a_bad_card_file_is_one_line(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message.replace("[", r"\[")) as e:
+        load_gpu(_card(tmp_path / "bad.yaml", text))
+    assert "\n" not in str(e.value)
+    with pytest.raises(UsageError, match="no-such.yaml"):
+        load_gpu(str(tmp_path / "no-such.yaml"))
+
+
+def test_a_levels_records_read_back_give_its_figures(tmp_path: Path, weightless_flash_dir: Path) -> None:
+    model = resolve_model(str(weightless_flash_dir))
+    settings = TrialSettings(engine="sim", model=model, gpu=load_gpu("h200"), gpus=1,
+                             workload=parse_workload("random:512:64:0.5", seed=3),
+                             search=LoadSearchConfig(limits_ms={"ttft": 500.0}))
+    cfg = level_load_config(settings, 24, tmp_path / "level.jsonl.gz")
+    live = bench_in_process(setup_engine(model, settings.gpu, {}), settings.workload.requests(
+        cfg.warmup_prompts + cfg.num_prompts), cfg)
+    rows = read_records(tmp_path / "level.jsonl.gz")
+    assert len(rows) == cfg.warmup_prompts + cfg.num_prompts and sum(w for _, w in rows) == cfg.warmup_prompts
+    again = steady_level_result(rows)
+    # the records keep times to the microsecond: the figures agree to far better than any effect the fit sees
+    assert again.output_tok_s == pytest.approx(live.output_tok_s, rel=1e-4)
+    assert again.tpot_ms.p99 == pytest.approx(live.tpot_ms.p99, rel=1e-3)
+    assert again.ttft_ms.p99 == pytest.approx(live.ttft_ms.p99, rel=1e-3)
+
+
+def _host_study(tmp_path: Path, model_dir: Path) -> tuple[str, Path]:
+    """A study "measured on a host" whose mixed steps cost 8 ms more than the h200 card says: the sim engine on
+    a card file, standing in for a GPU whose constant the calibration is not told."""
+    truth = _card(tmp_path / "truth.yaml", "base: h200\neager_step_overhead_ms: 9.5\n")
+    storage = f"sqlite:///{tmp_path}/host.db"
+    code = main(["run", "--model", str(model_dir), "--engine", "sim", "--gpu-type", truth, "--p99-ms", "300",
+                 "--workload", "random:512:64:0.5", "--trials", "2", "--max-concurrency", "64", "--top-k", "1",
+                 "--study", "host", "--storage", storage, "--json"])
+    assert code in (0, 3)
+    return storage, tmp_path
+
+
+@pytest.mark.slow  # ~10 s: a two-trial study, then ~21 replays of its runs
+def test_calibrate_finds_the_hosts_step_constant_and_its_card_predicts(capsys, tmp_path: Path,
+                                                                      weightless_flash_dir: Path) -> None:
+    storage, out = _host_study(tmp_path, weightless_flash_dir)
+    capsys.readouterr()
+    card_path = tmp_path / "my-host.yaml"
+    code = main(["sim", "calibrate", "--study", "host", "--storage", storage, "--base", "h200", "--fit",
+                 "eager_step_overhead_ms", "--max-runs", "8", "--to", str(card_path), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert data["base"] == "h200" and data["runs"] == 8
+    # the replay is the study's own engine on its own requests: the constant comes back, not the card's 1.5
+    assert data["constants"]["eager_step_overhead_ms"] == pytest.approx(9.5, abs=0.4)
+    assert data["loss"]["fitted"] < 0.1 * data["loss"]["start"]
+    assert data["errors"]["output_tok_s"]["start"]["median_pct"] > 2.0  # the card's steps were too short
+    assert abs(data["errors"]["output_tok_s"]["fitted"]["median_pct"]) < 0.5
+    card = load_gpu(str(card_path))
+    assert card.base == "h200" and card.calibrated_from["study"] == "host"
+    assert card.extra["eager_step_overhead_ms"] == pytest.approx(data["constants"]["eager_step_overhead_ms"],
+                                                                 abs=1e-3)
+    code = main(["sim", "predict", "--model", str(weightless_flash_dir), "--gpu-type", str(card_path),
+                 "--workload", "random:512:64:0.5", "--concurrency", "16", "--json"])
+    predicted = json.loads(capsys.readouterr().out)
+    assert code == 0 and predicted["gpu_type"] == str(card_path) and predicted["output_tok_s"] > 0
+
+
+@pytest.fixture(scope="module")
+def one_trial_study(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("calibrate")
+    (folder / "flash-weightless").mkdir()
+    (folder / "flash-weightless" / "config.json").write_text(json.dumps(WEIGHTLESS_FLASH_CONFIG))
+    assert main(["run", "--model", str(folder / "flash-weightless"), "--engine", "sim", "--gpu-type", "h200",
+                 "--p99-ms", "300", "--workload", "random:512:64:0.5", "--trials", "1", "--max-concurrency", "16",
+                 "--top-k", "0", "--study", "host", "--storage", f"sqlite:///{folder}/host.db", "--json"]) in (0, 3)
+    return folder
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--study", "nope"], "no study named 'nope'"),
+    (["--study", "host", "--to", "card.txt"], "a card file's name ends in .yaml"),
+    (["--study", "host", "--fit", "warp_speed"], "--fit takes some of hbm_efficiency"),
+    (["--study", "host", "--base", "other.yaml"], "--base is a built-in card"),
+    (["--study", "host", "--out", "elsewhere"], "has no measured run to calibrate on: no level records under"),
+    (["--study", "host", "--model", "nosuchpreset"], "unknown model preset 'nosuchpreset'"),
+])
+def test_calibrate_bad_input_is_one_line(capsys, tmp_path: Path, one_trial_study: Path, args: list[str],
+                                         message: str) -> None:
+    capsys.readouterr()
+    full = ["sim", "calibrate", "--storage", f"sqlite:///{one_trial_study}/host.db", "--to",
+            str(tmp_path / "card.yaml"), *[str(tmp_path / a) if a == "elsewhere" else a for a in args]]
+    code = main(full)
+    err = capsys.readouterr().err
+    assert code != 0 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "card.yaml").exists()
