@@ -136,3 +136,31 @@ def test_calibrate_bad_input_is_one_line(capsys, tmp_path: Path, one_trial_study
     err = capsys.readouterr().err
     assert code != 0 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "card.yaml").exists()
+
+
+def test_a_real_h200_studys_runs_are_found_with_their_requests(tmp_path: Path, weightless_flash_dir: Path) -> None:
+    """The study `benchmarks/gpu/host_calibration.sh` ran on an H200 (docs/results/raw/h200-host-calibration): every
+    run its folder keeps is the study's stream slice, and a run's figure read back is its level's."""
+    import gzip
+    import shutil
+
+    import optuna
+
+    from autotune import records
+    from autotune.sim.calibrate import measured_runs, study_settings
+
+    raw = Path(__file__).resolve().parent.parent / "docs" / "results" / "raw" / "h200-host-calibration"
+    with gzip.open(raw / "autotune.db.gz", "rb") as src, open(tmp_path / "host.db", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    study = optuna.load_study(study_name="host", storage=f"sqlite:///{tmp_path}/host.db")
+    settings = study_settings(study, resolve_model(str(weightless_flash_dir)), load_gpu("h200"))
+    runs, left_out = measured_runs(study, raw / "host", settings)
+    assert len(runs) == 15 and left_out == []
+    assert {r.trial_number for r in runs} == {0, 1, 2}
+    for t in records.read_trials(study):
+        first = [r for r in runs if r.trial_number == t.number]
+        assert first[0].first_request == 0 and all(b.first_request > a.first_request for a, b in zip(first, first[1:]))
+        for level in t.result.levels:
+            if level.runs == 1:  # a level the search did not extend: its one run is its figure
+                (run,) = [r for r in first if r.concurrency == level.concurrency]
+                assert run.output_tok_s == pytest.approx(level.output_tok_s, rel=1e-3)

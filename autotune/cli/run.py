@@ -37,7 +37,10 @@ def _default(field: str) -> Any:
               help="several P99 limits in ms, every one must hold, e.g. ttft=500,itl=50; beside --p99-ms, one more "
                    "limit each (a metric may be limited once)")
 @click.option("--engine", type=click.Choice(["auto", "vllm", "sim"]), default=_default("engine"), show_default=True)
-@click.option("--gpu-type", default=None, help="card to model with the sim engine (h100, h200); auto on a real GPU")
+@click.option("--gpu-type", default=None,
+              help="card to model (h100, h200, or a host's card file from `autotune sim calibrate`): the sim "
+                   "engine's speed, and on a real GPU the memory plan and the first trial's warm start; auto on a "
+                   "real GPU")
 @click.option("--trials", type=int, default=_default("trials"), show_default=True,
               help="trials to run in this invocation (a resumed study adds to its earlier trials)")
 @click.option("--timeout", type=DURATION, default=None, help="end by this long (9m, 2h), re-measurement included")

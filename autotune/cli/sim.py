@@ -37,7 +37,8 @@ def serve(ctx: click.Context, model: str) -> None:
 
 @sim.command(name="predict", context_settings=_PASS_THROUGH)
 @click.option("--model", "model_ref", required=True, help="preset, local folder with config.json, or cached HF id")
-@click.option("--gpu-type", default="h100", show_default=True)
+@click.option("--gpu-type", default="h100", show_default=True,
+              help="h100, h200, or a host's card file from `autotune sim calibrate`")
 @click.option("--workload", default=DEFAULT_WORKLOAD, show_default=True,
               help="random:IN:OUT[:RANGE] | sharegpt:FILE | jsonl:FILE | mm:IN:OUT:IMAGES:WxH (as `autotune run`, "
                    "whose default it shares)")

@@ -258,7 +258,7 @@ class CalibrationConsole(Progress):
         for name, value in result.constants.items():
             table.add_row(name, f"{result.start[name]:.4g}", f"{value:.4g}")
         out.print(table)
-        errors = Table(title="the sim against the measured runs (median [min, max] of sim / measured - 1)")
+        errors = Table(title="the sim against the measured runs (median \\[min, max] of sim / measured - 1)")
         for column in ("figure", f"{result.base} card", "this host"):
             errors.add_column(column, justify="left" if column == "figure" else "right")
         for figure, fitted in result.errors_pct.items():

@@ -267,8 +267,10 @@ def calibrate(study: optuna.Study, study_dir: Path, settings: TrialSettings, fit
 
 
 def card_header(calibration: Calibration, study: str, storage: str) -> str:
-    """The comment at the top of a host's card file: what it is and how to use it."""
+    """The comment at the top of a host's card file: what it is, how to use it, what it does not mend."""
     return (f"The {calibration.base} card with its step constants refitted by `autotune sim calibrate` on the "
             f"{len(calibration.runs)} measured runs of study {study!r} ({storage}): the sim engine's steps as this "
             "host runs them.\nUse it as --gpu-type with this file's path (autotune sim predict, autotune run "
-            "--engine sim, autotune sim serve).")
+            "--engine sim, autotune sim serve).\nIt sets the sim's throughput and knees on this host; it does not "
+            "order configurations better than the built-in card (docs/results/sim-accuracy.md, \"A host's own "
+            "card\").")
