@@ -12,10 +12,10 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from autotune.errors import UsageError
+from autotune.fileio import read_yaml
 from autotune.flags import LAUNCHER_FLAGS, check_flag_value, mm_limit, normalize_flag_name
 from autotune.gpus import detect_gpu, gpu_indices, load_gpu
 from autotune.loadgen.workload import Workload, parse_workload
@@ -229,10 +229,7 @@ def _tries(path: str | None, space: SearchSpace) -> tuple[dict[str, Any], ...]:
     tensor-parallel-size where the space searches it (data-parallel-size follows as GPUs / TP)."""
     if not path:
         return ()
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise UsageError(f"--try {path}: cannot read it ({str(e).splitlines()[0]})") from None
+    data = read_yaml(path, "--try file")
     points = data if isinstance(data, list) else [data]
     out = []
     for point in points:

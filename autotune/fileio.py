@@ -1,11 +1,27 @@
-"""Files written whole or not at all: to a temporary name beside their place, then renamed over it."""
+"""Files written whole or not at all (to a temporary name beside their place, then renamed over it), and a user's
+YAML files read with a one-line error."""
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
-__all__ = ["write_text_atomically"]
+import yaml
+
+from autotune.errors import UsageError
+
+__all__ = ["write_text_atomically", "read_yaml"]
+
+
+def read_yaml(path: Path | str, what: str) -> Any:
+    """A YAML file the user named; one that cannot be read or parsed is a one-line error naming ``what``."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise UsageError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"{what} {path}: invalid YAML: {str(e).splitlines()[0]}") from None
 
 
 def write_text_atomically(path: Path, text: str, mode: int = 0o644) -> Path:

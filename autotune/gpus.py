@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from autotune.errors import UsageError
+from autotune.fileio import read_yaml
 
 __all__ = ["GpuSpec", "load_gpu", "known_gpus", "detect_gpu", "gpu_indices", "sim_caveats", "is_card_file",
            "card_file_text"]
@@ -82,12 +83,7 @@ def _builtin_data(key: str) -> dict[str, Any]:
 
 def _load_card_file(path: Path) -> GpuSpec:
     """Read on every call, not cached: a calibration may rewrite the file in the same process."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise UsageError(f"card file {path}: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise UsageError(f"card file {path} is not YAML ({str(e).splitlines()[0]})") from None
+    data = read_yaml(path, "card file")
     if not isinstance(data, dict) or not isinstance(data.get("base"), str):
         raise UsageError(f"card file {path}: expected a mapping with 'base: CARD' (one of {', '.join(known_gpus())})")
     key = data["base"].lower().strip()

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from autotune.errors import UsageError
+from autotune.fileio import read_yaml
 from autotune.flags import LAUNCHER_FLAGS, VLLM_FLAGS, check_flag_value, mm_limit, normalize_flag_name
 from autotune.models import ModelSpec
 
@@ -195,12 +195,7 @@ def load_space(path: str | Path | None, model: ModelSpec, gpus: int, preset: str
     if path is None:
         path = default_space_path(preset or "") or default_space_path("generic")
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise UsageError(f"cannot read search space {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise UsageError(f"search space {path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    raw = read_yaml(path, "search space")
     if not isinstance(raw, dict):
         raise UsageError(f"search space {path}: expected a mapping with 'params'")
     try:

@@ -44,3 +44,14 @@ def test_a_try_point_must_admit_the_workload_images(tmp_path: Path) -> None:
     points.write_text("{limit-mm-per-prompt: {image: 4}}\n")
     with pytest.raises(UsageError, match=r"--try .*: limit-mm-per-prompt allows 4 image\(s\) per prompt"):
         _config(tmp_path, model="flash", workload="mm:64:16:8:448x448", try_file=str(points))
+
+
+def test_an_unreadable_or_malformed_try_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"cannot read --try file .*no-such\.yaml: No such file") as e:
+        _config(tmp_path, model="flash", try_file=str(tmp_path / "no-such.yaml"))
+    assert "\n" not in str(e.value)
+    points = tmp_path / "try.yaml"
+    points.write_text("{max-num-seqs: [1\n")
+    with pytest.raises(UsageError, match=r"--try file .*try\.yaml: invalid YAML: ") as e:
+        _config(tmp_path, model="flash", try_file=str(points))
+    assert "\n" not in str(e.value)

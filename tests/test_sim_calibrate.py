@@ -43,7 +43,7 @@ def test_a_card_file_is_its_base_with_its_own_constants(tmp_path: Path) -> None:
     ("base: h200\nwarp_speed: 9\n", "'warp_speed' is not a constant of the h200 card"),
     ("base: h200\nname: h100\n", "'name' is not a constant"),
     ("base: h200\nhbm_efficiency: fast\n", "hbm_efficiency must be a number"),
-    ("base: [h200\n", "is not YAML"),
+    ("base: [h200\n", "invalid YAML"),
 ])
 def test_a_bad_card_file_is_one_line(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(UsageError, match=message.replace("[", r"\[")) as e:
@@ -164,3 +164,19 @@ def test_a_real_h200_studys_runs_are_found_with_their_requests(tmp_path: Path, w
             if level.runs == 1:  # a level the search did not extend: its one run is its figure
                 (run,) = [r for r in first if r.concurrency == level.concurrency]
                 assert run.output_tok_s == pytest.approx(level.output_tok_s, rel=1e-3)
+
+
+def test_runs_whose_flags_the_sim_does_not_start_are_left_out_with_why(tmp_path: Path,
+                                                                       weightless_flash_dir: Path) -> None:
+    from autotune.sim.calibrate import MeasuredRun, _startable
+
+    settings = TrialSettings(engine="sim", model=resolve_model(str(weightless_flash_dir)), gpu=load_gpu("h200"),
+                             gpus=1, workload=parse_workload("random:512:64:0.5", seed=0),
+                             search=LoadSearchConfig(limits_ms={"ttft": 500.0}))
+    path = tmp_path / "trials" / "3" / "levels" / "00-c8.jsonl.gz"
+    ok = MeasuredRun(3, {}, 8, 0, path, 100.0, 10.0)
+    starved = MeasuredRun(4, {"gpu-memory-utilization": 0.05}, 8, 0, path, 100.0, 10.0)  # no room for the weights
+    kept, left_out = _startable([ok, starved], settings, tmp_path)
+    assert kept == [ok]
+    assert len(left_out) == 1 and left_out[0].startswith("trials/3/levels/00-c8.jsonl.gz: the sim engine does not "
+                                                          "start trial 4's flags (")

@@ -183,7 +183,7 @@ def _replay_errors(runs: list[MeasuredRun], settings: TrialSettings, constants: 
     tput: list[float] = []
     tpot: list[float] = []
     for run in runs:
-        key = repr(sorted(run.flags.items()))
+        key = _flags_key(run.flags)
         if key not in setups:
             setups[key] = setup_engine(settings.model, card, dict(run.flags))
         cfg = level_load_config(settings, run.concurrency, folder / "sim.jsonl.gz")
@@ -197,6 +197,28 @@ def _replay_errors(runs: list[MeasuredRun], settings: TrialSettings, constants: 
                           for a, b in zip(tput, tpot)]))
     return {"output_tok_s": tuple(100.0 * (a - 1.0) for a in tput),
             "p99_tpot_ms": tuple(100.0 * (b - 1.0) for b in tpot)}, loss
+
+
+def _flags_key(flags: Mapping[str, Any]) -> str:
+    return repr(sorted(flags.items()))
+
+
+def _startable(runs: list[MeasuredRun], settings: TrialSettings, study_dir: Path) -> tuple[list[MeasuredRun],
+                                                                                           list[str]]:
+    """The runs whose flags the sim engine starts on the settings' card; and the others, each with why (its memory
+    plan or a flag it refuses: the fitted constants do not change that)."""
+    why: dict[str, str] = {}
+    for run in runs:
+        key = _flags_key(run.flags)
+        if key not in why:
+            try:
+                setup_engine(settings.model, settings.gpu, dict(run.flags))
+                why[key] = ""
+            except EngineStartError as e:
+                why[key] = str(e)
+    return ([r for r in runs if not why[_flags_key(r.flags)]],
+            [f"{r.records_path.relative_to(study_dir)}: the sim engine does not start trial {r.trial_number}'s flags "
+             f"({why[_flags_key(r.flags)]})" for r in runs if why[_flags_key(r.flags)]])
 
 
 def _golden_section(loss: Callable[[float], float], lo: float, hi: float, tolerance: float) -> None:
@@ -223,6 +245,8 @@ def calibrate(study: optuna.Study, study_dir: Path, settings: TrialSettings, fit
         raise UsageError(f"--fit takes some of {', '.join(CALIBRATED_CONSTANTS)}"
                          + (f", not {unknown[0]!r}" if unknown else ""))
     all_runs, left_out = measured_runs(study, study_dir, settings)
+    all_runs, refused = _startable(all_runs, settings, study_dir)
+    left_out += refused
     if not all_runs:
         why = f" ({left_out[0]})" if left_out else f": no level records under {study_dir}"
         raise UsageError(f"study {study.study_name!r} has no measured run to calibrate on{why}")
@@ -236,11 +260,7 @@ def calibrate(study: optuna.Study, study_dir: Path, settings: TrialSettings, fit
     with tempfile.TemporaryDirectory(prefix="autotune-calibrate-") as tmp:
         def evaluate(name: str, value: float) -> float:
             constants = {**best["constants"], name: value}
-            try:
-                errors, loss = _replay_errors(runs, settings, constants, Path(tmp))
-            except EngineStartError as e:  # the constants are the fit's, not memory's: a flag the sim refuses
-                raise UsageError(f"the sim engine refuses a configuration of study {study.study_name!r}: {e}") \
-                    from None
+            errors, loss = _replay_errors(runs, settings, constants, Path(tmp))
             evaluations[0] += 1
             if loss < best["loss"]:
                 best.update(constants=constants, loss=loss, errors=errors)
