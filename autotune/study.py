@@ -41,6 +41,7 @@ from autotune.space import SearchSpace
 from autotune.trial import TrialSettings, measure_once, run_trial, runs_in_process, sim_predicted_knee
 
 __all__ = ["StudyConfig", "StudyOutcome", "WorkerOutcome", "run_study", "run_worker", "BASELINES", "baseline_flags",
+           "trial_folder", "remeasure_folder", "remeasure_folders",
            "study_fingerprint", "constraint_key", "selection_record", "SEED_PROFILE"]
 
 # The seed write-up's hand-tuned profile; on several GPUs also TP over all of them, expert parallel for an
@@ -84,6 +85,21 @@ class StudyOutcome:
     profile_path: Path | None
     stopped_by: str
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def trial_folder(study_dir: Path, number: int) -> Path:
+    """A trial's server log and, under ``levels``, its levels' requests (trial.level_records_name)."""
+    return study_dir / "trials" / str(number)
+
+
+def remeasure_folder(study_dir: Path, trial_number: int, concurrency: int, repeat: int) -> Path:
+    """One fresh-server re-measurement of a trial at a load: its server log and, under ``levels``, its requests."""
+    return study_dir / "remeasure" / f"{trial_number}-c{concurrency}-{repeat}"
+
+
+def remeasure_folders(study_dir: Path) -> list[tuple[int, Path]]:
+    """Every re-measurement folder of a study (:func:`remeasure_folder`) with its trial's number, in name order."""
+    return [(int(folder.name.split("-c")[0]), folder) for folder in sorted((study_dir / "remeasure").glob("*-c*-*"))]
 
 
 def baseline_flags(name: str, model: ModelSpec, gpus: int) -> dict[str, Any]:
@@ -158,7 +174,7 @@ def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgre
         baseline = records.queued_baseline(trial)
         if baseline:  # the baseline's own flags, not only their projection on the space
             flags = {**cfg.space.fixed, **baseline_flags(baseline, cfg.settings.model, cfg.settings.gpus)}
-        trial_dir = cfg.out_dir / cfg.study_name / "trials" / str(trial.number)
+        trial_dir = trial_folder(cfg.out_dir / cfg.study_name, trial.number)
         name = f"autotune-{cfg.study_name}-{trial.number}"
         progress.trial_started(trial.number, flags, baseline)
         trials = records.read_trials(trial.study)
@@ -777,8 +793,7 @@ def _remeasure(study: optuna.Study, cfg: StudyConfig, cand: Candidate, slot: tup
         i = len(cand.repeats)
         progress.remeasure_started(cand.trial_number, i + 1, wanted, cand.concurrency, cand.baseline)
         # one folder per server: a step-down re-measures at a new level with the repeat count back at 0
-        log_path = (cfg.out_dir / cfg.study_name / "remeasure" / f"{cand.trial_number}-c{cand.concurrency}-{i}"
-                    / "server.log")
+        log_path = remeasure_folder(cfg.out_dir / cfg.study_name, cand.trial_number, cand.concurrency, i) / "server.log"
         name = f"autotune-{cfg.study_name}-{cand.trial_number}-r{i}"
         started = time.monotonic()
         try:

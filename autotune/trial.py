@@ -130,6 +130,17 @@ def _launch_spec(settings: TrialSettings, flags: dict[str, Any], name: str, log_
     )
 
 
+def level_records_name(index: int, concurrency: int) -> str:
+    """The file of a level's requests in its server's ``levels`` folder, numbered in the order the levels ran:
+    ``NN-cC.jsonl.gz``."""
+    return f"{index:02d}-c{concurrency}.jsonl.gz"
+
+
+def level_records_concurrency(path: Path) -> int:
+    """The concurrency of the level whose requests ``path`` holds (:func:`level_records_name`)."""
+    return int(path.name.split("-c")[1].split(".")[0])
+
+
 def _measure_fn(settings: TrialSettings, server: EngineServer | InProcessSim, name: str, records_dir: Path,
                 cancel: threading.Event | None = None):
     """Each level on a server gets prompts it has not seen: reusing them would hit vLLM's prefix cache and
@@ -143,7 +154,7 @@ def _measure_fn(settings: TrialSettings, server: EngineServer | InProcessSim, na
         nonlocal used, levels
         if cancel is not None and cancel.is_set():
             raise StopSearch("interrupted")
-        cfg = level_load_config(settings, concurrency, records_dir / f"{levels:02d}-c{concurrency}.jsonl.gz")
+        cfg = level_load_config(settings, concurrency, records_dir / level_records_name(levels, concurrency))
         levels += 1
         total = cfg.warmup_prompts + cfg.num_prompts
         requests = settings.workload.requests(used + total, start=used)

@@ -60,11 +60,12 @@ from autotune.models import spec_from_config
 from autotune.records import Measurement
 from autotune.selection import Candidate, LoadCurve, RunSpread, gain_over
 from autotune.sim import inproc
+from autotune.sim.calibrate import recorded_runs
 from autotune.sim.engine import setup_engine
 from autotune.sim.inproc import bench_in_process
 from autotune.sim.noise import NOISE_MODELS, RunNoise, noise_rng
 from autotune.testing.models import WEIGHTLESS_FLASH_CONFIG
-from autotune.trial import TrialSettings, level_load_config, run_trial
+from autotune.trial import TrialSettings, level_load_config, level_records_concurrency, run_trial
 
 RAW = Path(__file__).resolve().parent.parent / "docs" / "results" / "raw"
 DATASETS = ("h200-pair3-ttft500-short", "h200-pair2-ttft500", "h200-pair4-itl50-short")
@@ -122,10 +123,6 @@ def config_label(flags: dict[str, Any], baseline: str) -> str:
     return short_flags({name: value for name, (value, _) in changed_flags(kept).items()})
 
 
-def level_concurrency(path: Path) -> int:
-    return int(path.name.split("-c")[1].split(".")[0])  # NN-cC.jsonl.gz
-
-
 def gpu_runs(dataset: str, tmp: Path) -> tuple[list[Run], dict[str, TrialSettings]]:
     """Every run of the dataset's two copies, with its flags and where its requests start in the stream; and the
     sim's trial settings for the dataset's workload, by workload spec."""
@@ -160,19 +157,9 @@ def gpu_runs(dataset: str, tmp: Path) -> tuple[list[Run], dict[str, TrialSetting
                   for rm in records.read_remeasurements(study) for i, m in enumerate(rm.repeats)}
         remeasured = remeasurement_runs(records.read_remeasurements(study))
 
-        placed: list[tuple[int, Path, int]] = []  # (trial, records, index of its first request in the stream)
-        for number in sorted(trials):
-            used = 0  # a trial's levels take consecutive slices of the stream, in the order they ran
-            for path in sorted((root / "trials" / str(number) / "levels").glob("*.jsonl.gz")):
-                placed.append((number, path, used))
-                cfg = level_load_config(s, level_concurrency(path))
-                used += cfg.warmup_prompts + cfg.num_prompts
-        for folder_r in sorted((root / "remeasure").glob("*")):  # a fresh server: its stream starts at 0
-            placed += [(int(folder_r.name.split("-")[0]), path, 0)
-                       for path in sorted((folder_r / "levels").glob("*.jsonl.gz"))]
-        for number, path, first in placed:
+        for number, path, first in recorded_runs(root, list(trials), s):
             t = trials[number]
-            c = level_concurrency(path)
+            c = level_records_concurrency(path)
             if path.parts[-4] == "remeasure":
                 # a run at a load stepped down from is missing where the study predates keeping them
                 m = remeasured.get(path.parent.parent.name)

@@ -43,10 +43,11 @@ from autotune.models import ModelSpec
 from autotune.progress import NULL_PROGRESS, CalibrationStep, Progress
 from autotune.sim.engine import EngineStartError, setup_engine
 from autotune.sim.inproc import bench_in_process
-from autotune.trial import TrialSettings, level_load_config
+from autotune.study import remeasure_folders, trial_folder
+from autotune.trial import TrialSettings, level_load_config, level_records_concurrency
 
-__all__ = ["CALIBRATED_CONSTANTS", "DEFAULT_FIT", "MeasuredRun", "Calibration", "study_settings", "measured_runs",
-           "calibrate", "card_header"]
+__all__ = ["CALIBRATED_CONSTANTS", "DEFAULT_FIT", "MeasuredRun", "Calibration", "study_settings", "recorded_runs",
+           "measured_runs", "calibrate", "card_header"]
 
 # The step constants a host's measurements can refit (autotune/sim/perf.py), with the bounds of the fit.
 CALIBRATED_CONSTANTS: dict[str, tuple[float, float]] = {
@@ -120,33 +121,35 @@ def study_settings(study: optuna.Study, model: ModelSpec, card: GpuSpec) -> Tria
                          prompts_per_level=float(options.get("prompts_per_level", 3.0)))
 
 
-def _level_concurrency(path: Path) -> int:
-    return int(path.name.split("-c")[1].split(".")[0])  # NN-cC.jsonl.gz, as trial._measure_fn names them
+def recorded_runs(study_dir: Path, trial_numbers: list[int], settings: TrialSettings) -> list[tuple[int, Path, int]]:
+    """Every run of these trials whose requests the study's folder keeps: (trial, its records, the index of its first
+    request in the study's stream). A trial's levels take consecutive slices of the stream in the order they ran; a
+    fresh server's re-measurement starts from the stream's beginning (trial._measure_fn)."""
+    placed: list[tuple[int, Path, int]] = []
+    for number in sorted(trial_numbers):
+        used = 0
+        for path in sorted((trial_folder(study_dir, number) / "levels").glob("*-c*.jsonl.gz")):
+            placed.append((number, path, used))
+            cfg = level_load_config(settings, level_records_concurrency(path))
+            used += cfg.warmup_prompts + cfg.num_prompts
+    for number, folder in remeasure_folders(study_dir):
+        if number in trial_numbers:
+            placed += [(number, path, 0) for path in sorted((folder / "levels").glob("*-c*.jsonl.gz"))]
+    return placed
 
 
 def measured_runs(study: optuna.Study, study_dir: Path, settings: TrialSettings) -> tuple[list[MeasuredRun],
                                                                                              list[str]]:
-    """Every run the study's folder keeps the requests of, with the stream slice it sent; and the runs left out,
-    each with why. A trial's levels take consecutive slices of the stream in the order they ran; a fresh server's
-    re-measurement starts from the stream's beginning (trial._measure_fn)."""
+    """Every run the study's folder keeps the requests of (:func:`recorded_runs`), checked against the stream slice
+    it sent; and the runs left out, each with why."""
     trials = {t.number: t for t in records.read_trials(study) if t.result is not None}
-    placed: list[tuple[int, Path, int]] = []  # (trial, records, its first request)
-    for number in sorted(trials):
-        used = 0
-        for path in sorted((study_dir / "trials" / str(number) / "levels").glob("*-c*.jsonl.gz")):
-            placed.append((number, path, used))
-            cfg = level_load_config(settings, _level_concurrency(path))
-            used += cfg.warmup_prompts + cfg.num_prompts
-    for folder in sorted((study_dir / "remeasure").glob("*-c*-*")):
-        number = int(folder.name.split("-")[0])
-        if number in trials:
-            placed += [(number, path, 0) for path in sorted((folder / "levels").glob("*-c*.jsonl.gz"))]
+    placed = recorded_runs(study_dir, list(trials), settings)
     runs: list[MeasuredRun] = []
     left_out: list[str] = []
     images = settings.workload.max_images_per_request > 0
     for number, path, first in placed:
         where = str(path.relative_to(study_dir))
-        c = _level_concurrency(path)
+        c = level_records_concurrency(path)
         cfg = level_load_config(settings, c)
         total = cfg.warmup_prompts + cfg.num_prompts
         rows = read_records(path)
