@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from autotune.gpus import load_gpu
-from autotune.loadgen.runner import LoadConfig
+from autotune.loadgen.runner import LoadConfig, record_output
 from autotune.loadgen.workload import parse_workload
-from autotune.metrics import BenchResult, RequestOutput, steady_window, summarize
+from autotune.metrics import BenchResult, steady_window, summarize
 from autotune.models import spec_from_config
 from autotune.sim.engine import setup_engine
 from autotune.sim.inproc import bench_in_process
@@ -37,18 +37,11 @@ def load_records(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _output(r: dict) -> RequestOutput:
-    if not r["ok"]:
-        return RequestOutput(False, error_kind=r.get("error_kind") or "error")
-    return RequestOutput(True, r["prompt_tokens"], r["output_tokens"], r["ttft_ms"] / 1e3, (), r["e2el_ms"] / 1e3,
-                         r["start_s"])
-
-
 def window_tok_s(rows: list[dict]) -> tuple[float, float]:
     """Output tok/s over a level's steady window, counted two ways: (every request's tokens in the window, as a
     level reports it; the measured requests' tokens only, which leaves out the warm-up requests still decoding
     in the window's first part)."""
-    everyone = [_output(r) for r in rows]
+    everyone = [record_output(r) for r in rows]
     measured = [o for o, r in zip(everyone, rows) if not r["warmup"]]
     ok = [o for o in measured if o.success]
     if not ok:

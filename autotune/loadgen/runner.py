@@ -35,7 +35,7 @@ from autotune.metrics import BenchResult, RequestOutput, steady_window, summariz
 from autotune.progress import NULL_PROGRESS, BenchProgress, Progress
 
 __all__ = ["LoadConfig", "Transport", "HttpTransport", "run_load", "drive_load", "run_bench", "check_model",
-           "write_records", "read_records", "steady_level_result"]
+           "write_records", "read_records", "record_output", "steady_level_result"]
 
 _ENDPOINTS = ("auto", "completions", "chat")
 _SLO_METRICS = ("ttft", "tpot", "itl", "e2el")
@@ -295,14 +295,17 @@ def read_records(path: str | Path) -> list[tuple[RequestOutput, bool]]:
             if not line.strip():
                 continue
             r = json.loads(line)
-            if r["ok"]:
-                request = RequestOutput(True, r["prompt_tokens"], r["output_tokens"], r["ttft_ms"] / 1e3,
-                                        tuple(gap / 1e3 for gap in r.get("itl_ms") or ()), r["e2el_ms"] / 1e3,
-                                        r["start_s"])
-            else:
-                request = RequestOutput(False, start_s=r["start_s"], error_kind=r.get("error_kind") or "error")
-            out.append((request, bool(r["warmup"])))
+            out.append((record_output(r), bool(r["warmup"])))
     return out
+
+
+def record_output(record: dict[str, Any]) -> RequestOutput:
+    """One request of :func:`write_records`' file (one parsed line) as the client saw it."""
+    if not record["ok"]:
+        return RequestOutput(False, start_s=record["start_s"], error_kind=record.get("error_kind") or "error")
+    return RequestOutput(True, record["prompt_tokens"], record["output_tokens"], record["ttft_ms"] / 1e3,
+                         tuple(gap / 1e3 for gap in record.get("itl_ms") or ()), record["e2el_ms"] / 1e3,
+                         record["start_s"])
 
 
 def steady_level_result(records: list[tuple[RequestOutput, bool]]) -> BenchResult:
