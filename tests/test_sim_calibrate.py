@@ -70,22 +70,31 @@ def test_a_levels_records_read_back_give_its_figures(tmp_path: Path, weightless_
     assert again.ttft_ms.p99 == pytest.approx(live.ttft_ms.p99, rel=1e-3)
 
 
-def _host_study(tmp_path: Path, model_dir: Path) -> tuple[str, Path]:
+def _flash_dir(folder: Path) -> Path:
+    (folder / "flash-weightless").mkdir(exist_ok=True)
+    (folder / "flash-weightless" / "config.json").write_text(json.dumps(WEIGHTLESS_FLASH_CONFIG))
+    return folder / "flash-weightless"
+
+
+@pytest.fixture(scope="module")
+def host_study(tmp_path_factory) -> tuple[str, Path]:
     """A study "measured on a host" whose mixed steps cost 8 ms more than the h200 card says: the sim engine on
-    a card file, standing in for a GPU whose constant the calibration is not told."""
-    truth = _card(tmp_path / "truth.yaml", "base: h200\neager_step_overhead_ms: 9.5\n")
-    storage = f"sqlite:///{tmp_path}/host.db"
+    a card file, standing in for a GPU whose constant the calibration is not told. Its storage URL and model."""
+    folder = tmp_path_factory.mktemp("host")
+    truth = _card(folder / "truth.yaml", "base: h200\neager_step_overhead_ms: 9.5\n")
+    storage = f"sqlite:///{folder}/host.db"
+    model_dir = _flash_dir(folder)
     code = main(["run", "--model", str(model_dir), "--engine", "sim", "--gpu-type", truth, "--p99-ms", "300",
                  "--workload", "random:512:64:0.5", "--trials", "2", "--max-concurrency", "64", "--top-k", "1",
                  "--study", "host", "--storage", storage, "--json"])
     assert code in (0, 3)
-    return storage, tmp_path
+    return storage, model_dir
 
 
-@pytest.mark.slow  # ~10 s: a two-trial study, then ~21 replays of its runs
+@pytest.mark.slow  # ~10 s: ~21 replays of 8 runs
 def test_calibrate_finds_the_hosts_step_constant_and_its_card_predicts(capsys, tmp_path: Path,
-                                                                      weightless_flash_dir: Path) -> None:
-    storage, out = _host_study(tmp_path, weightless_flash_dir)
+                                                                      host_study: tuple[str, Path]) -> None:
+    storage, model_dir = host_study
     capsys.readouterr()
     card_path = tmp_path / "my-host.yaml"
     code = main(["sim", "calibrate", "--study", "host", "--storage", storage, "--base", "h200", "--fit",
@@ -102,18 +111,30 @@ def test_calibrate_finds_the_hosts_step_constant_and_its_card_predicts(capsys, t
     assert card.base == "h200" and card.calibrated_from["study"] == "host"
     assert card.extra["eager_step_overhead_ms"] == pytest.approx(data["constants"]["eager_step_overhead_ms"],
                                                                  abs=1e-3)
-    code = main(["sim", "predict", "--model", str(weightless_flash_dir), "--gpu-type", str(card_path),
+    code = main(["sim", "predict", "--model", str(model_dir), "--gpu-type", str(card_path),
                  "--workload", "random:512:64:0.5", "--concurrency", "16", "--json"])
     predicted = json.loads(capsys.readouterr().out)
     assert code == 0 and predicted["gpu_type"] == str(card_path) and predicted["output_tok_s"] > 0
 
 
+@pytest.mark.slow  # ~25 s: three fits of 6 runs
+def test_calibrate_spread_refits_without_each_trial(capsys, tmp_path: Path, host_study: tuple[str, Path]) -> None:
+    storage, _ = host_study
+    capsys.readouterr()
+    code = main(["sim", "calibrate", "--study", "host", "--storage", storage, "--base", "h200", "--max-runs", "6",
+                 "--spread", "--to", str(tmp_path / "card.yaml"), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and set(data["without_trial"]) == {"0", "1"}
+    # every trial ran on the same host: without either one the constant comes back the same
+    for constants in data["without_trial"].values():
+        assert constants["eager_step_overhead_ms"] == pytest.approx(9.5, abs=0.5)
+    assert load_gpu(str(tmp_path / "card.yaml")).calibrated_from["without_trial"].keys() == {0, 1}
+
+
 @pytest.fixture(scope="module")
 def one_trial_study(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("calibrate")
-    (folder / "flash-weightless").mkdir()
-    (folder / "flash-weightless" / "config.json").write_text(json.dumps(WEIGHTLESS_FLASH_CONFIG))
-    assert main(["run", "--model", str(folder / "flash-weightless"), "--engine", "sim", "--gpu-type", "h200",
+    assert main(["run", "--model", str(_flash_dir(folder)), "--engine", "sim", "--gpu-type", "h200",
                  "--p99-ms", "300", "--workload", "random:512:64:0.5", "--trials", "1", "--max-concurrency", "16",
                  "--top-k", "0", "--study", "host", "--storage", f"sqlite:///{folder}/host.db", "--json"]) in (0, 3)
     return folder

@@ -126,9 +126,12 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
                    "compute_efficiency (default: eager_step_overhead_ms, the one hosts differ in)")
 @click.option("--max-runs", type=click.IntRange(min=1), default=24, show_default=True,
               help="measured runs replayed per evaluation, spread over the study's trials and loads")
+@click.option("--spread", is_flag=True,
+              help="fit again without each trial's runs in turn: how much the constant depends on which "
+                   "configurations were measured (one more fit per trial)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout")
 def calibrate_cmd(study_name: str, storage: str | None, out: str | None, to: str, base: str | None,
-                  model_ref: str | None, fit_names: str, max_runs: int, as_json: bool) -> None:
+                  model_ref: str | None, fit_names: str, max_runs: int, spread: bool, as_json: bool) -> None:
     """Refit the sim engine's step constants on a study measured on this host, and write them as a card file:
     the sim's what-ifs and warm starts then follow this host's steps (--gpu-type FILE)."""
     from pathlib import Path
@@ -163,7 +166,7 @@ def calibrate_cmd(study_name: str, storage: str | None, out: str | None, to: str
     study_dir = (Path(out) if out else (sqlite_dir(url) or Path("studies"))) / study_name
     fit = tuple(name.strip() for name in fit_names.split(",") if name.strip()) if fit_names else DEFAULT_FIT
     progress = CalibrationConsole(quiet=as_json)
-    result = calibrate(study, study_dir, settings, fit, max_runs, progress)
+    result = calibrate(study, study_dir, settings, fit, max_runs, progress, spread)
     summary = {"study": study_name, "storage": redact_url(url), **result.summary()}
     write_text_atomically(Path(to), card_file_text(card.name, {k: round(v, 4) for k, v in result.constants.items()},
                                                summary, card_header(result, study_name, redact_url(url))))

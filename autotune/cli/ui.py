@@ -247,16 +247,20 @@ class CalibrationConsole(Progress):
         if self.quiet:
             return
         tried = ", ".join(f"{name} {value:.4g}" for name, value in step.constants.items())
-        self.err.print(f"fit {step.evaluation}/~{step.max_evaluations}: {tried}: loss {step.loss:.4g} "
-                       f"(best {step.best_loss:.4g})")
+        self.err.print(f"fit ({step.stage}) {step.evaluation}/~{step.max_evaluations}: {tried}: loss "
+                       f"{step.loss:.4g} (best {step.best_loss:.4g})")
 
     def finished(self, result: Calibration, card_path: str) -> None:
         out = Console(soft_wrap=True, highlight=False)
         table = Table(title=f"sim calibrate: {len(result.runs)} measured runs, {result.evaluations} evaluations")
         for column in ("constant", f"{result.base} card", "this host"):
             table.add_column(column, justify="left" if column == "constant" else "right")
+        if result.without_trial:
+            table.add_column("without one trial", justify="right")
         for name, value in result.constants.items():
-            table.add_row(name, f"{result.start[name]:.4g}", f"{value:.4g}")
+            others = [constants[name] for constants in result.without_trial.values()]
+            table.add_row(name, f"{result.start[name]:.4g}", f"{value:.4g}",
+                          *([f"{min(others):.4g} to {max(others):.4g}"] if others else []))
         out.print(table)
         errors = Table(title="the sim against the measured runs (median \\[min, max] of sim / measured - 1)")
         for column in ("figure", f"{result.base} card", "this host"):

@@ -15,10 +15,12 @@ TTFT the sim under-predicts for other reasons (the API server's wait, sim-accura
 to raise it. Every run is replayed on the in-process sim with its own requests (the slice of the study's request
 stream it sent, checked against its records), its trial's flags and the study's level protocol.
 
-The fit is a coordinate search: each constant in turn on a grid over its bounds (the sim's loss is not smooth at
-a fine scale: a constant that moves a step by a fraction of a millisecond moves which requests share a step), then
-each in turn by golden sections within one grid step of the best. Hand-written (about 20 lines) because the
-project's dependencies hold no bounded scalar minimiser (scipy is not one).
+The fit is a coordinate search: each constant in turn on a grid over its bounds, then each in turn by a pattern
+search around the best point so far (the two points half a step either side of it, the step halved each time).
+Not a golden section: the sim's loss is not smooth at a fine scale (a constant that moves a step by a fraction of
+a millisecond moves which requests share a step), and a bracketing search followed a local dip to 8.2 ms where the
+loss was exactly 0 at 9.5 (tests/test_sim_calibrate.py). Hand-written (about 15 lines): the project's dependencies
+hold no bounded scalar minimiser (scipy is not one).
 """
 from __future__ import annotations
 
@@ -60,9 +62,8 @@ CALIBRATED_CONSTANTS: dict[str, tuple[float, float]] = {
 # 24% longer than the engine's own decode steps measure: docs/results/sim-accuracy.md, "A host's own card").
 DEFAULT_FIT = ("eager_step_overhead_ms",)
 THROUGHPUT_WEIGHT = 4.0  # in the loss, against P99 TPOT's 1: throughput is what a study ranks by
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _GRID_POINTS = 9  # the first pass, per constant, its bounds included
-_TOLERANCE = 0.005  # the golden sections stop when their bracket is this share of the bounds
+_TOLERANCE = 0.005  # the pattern search stops when its step is this share of the bounds
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class Calibration:
     errors_pct: dict[str, tuple[float, ...]]
     evaluations: int
     left_out: tuple[str, ...]  # runs not used, each with why
+    # with --spread: the constants fitted without each trial's runs, by trial
+    without_trial: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """What the card file records of its calibration."""
@@ -105,6 +108,8 @@ class Calibration:
             "start": {k: round(v, 4) for k, v in self.start.items()},
             "errors": {figure: {"start": spread(self.errors_start_pct[figure]), "fitted": spread(errors)}
                        for figure, errors in self.errors_pct.items()},
+            **({"without_trial": {number: {k: round(v, 4) for k, v in constants.items()}
+                                  for number, constants in self.without_trial.items()}} if self.without_trial else {}),
         }
 
 
@@ -224,25 +229,66 @@ def _startable(runs: list[MeasuredRun], settings: TrialSettings, study_dir: Path
              f"({why[_flags_key(r.flags)]})" for r in runs if why[_flags_key(r.flags)]])
 
 
-def _golden_section(loss: Callable[[float], float], lo: float, hi: float, tolerance: float) -> None:
-    """Narrow [lo, hi] around a trough of ``loss`` until it is ``tolerance`` wide (``loss`` keeps the best)."""
-    c, d = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
-    fc, fd = loss(c), loss(d)
-    while hi - lo > tolerance:
-        if fc <= fd:
-            hi, d, fd = d, c, fc
-            c = hi - _GOLDEN * (hi - lo)
-            fc = loss(c)
-        else:
-            lo, c, fc = c, d, fd
-            d = lo + _GOLDEN * (hi - lo)
-            fd = loss(d)
+def _pattern_search(loss: Callable[[float], float], best: Callable[[], float], lo: float, hi: float,
+                    half_width: float, tolerance: float) -> None:
+    """Around the best point so far, try the points ``half_width`` / 2 either side of it (within [lo, hi]), halve
+    the width, and again, until it is below ``tolerance`` (``loss`` keeps the best)."""
+    while half_width > tolerance:
+        half_width /= 2
+        centre = best()
+        for x in (centre - half_width, centre + half_width):
+            if lo <= x <= hi:
+                loss(x)
+
+
+@dataclass(frozen=True)
+class _Fit:
+    constants: dict[str, float]
+    loss: float
+    errors: dict[str, tuple[float, ...]]
+    loss_start: float
+    errors_start: dict[str, tuple[float, ...]]
+    evaluations: int
+
+
+def _fit(runs: list[MeasuredRun], settings: TrialSettings, fit: tuple[str, ...], progress: Progress,
+         stage: str) -> _Fit:
+    """The coordinate search (module docstring) from the settings' card's constants over ``runs``."""
+    extra = settings.gpu.extra or {}
+    start = {name: float(extra[name]) for name in fit}
+    best: dict[str, Any] = {"constants": dict(start), "loss": math.inf}
+    evaluations = [0]
+    halvings = math.ceil(math.log2(1.0 / (_TOLERANCE * (_GRID_POINTS - 1))))
+    max_evaluations = 1 + (_GRID_POINTS + 2 * halvings) * len(fit)
+    with tempfile.TemporaryDirectory(prefix="autotune-calibrate-") as tmp:
+        def evaluate(name: str, value: float) -> float:
+            constants = {**best["constants"], name: value}
+            errors, loss = _replay_errors(runs, settings, constants, Path(tmp))
+            evaluations[0] += 1
+            if loss < best["loss"]:
+                best.update(constants=constants, loss=loss, errors=errors)
+            progress.calibration_step(CalibrationStep(evaluations[0], max_evaluations, constants, loss,
+                                                      best["loss"], stage))
+            return loss
+
+        evaluate(fit[0], start[fit[0]])
+        errors_start, loss_start = best["errors"], best["loss"]
+        for name in fit:
+            lo, hi = CALIBRATED_CONSTANTS[name]
+            for value in np.linspace(lo, hi, _GRID_POINTS):
+                evaluate(name, float(value))
+        for name in fit:
+            lo, hi = CALIBRATED_CONSTANTS[name]
+            _pattern_search(lambda x, n=name: evaluate(n, x), lambda n=name: best["constants"][n], lo, hi,
+                            (hi - lo) / (_GRID_POINTS - 1), _TOLERANCE * (hi - lo))
+    return _Fit(best["constants"], best["loss"], best["errors"], loss_start, errors_start, evaluations[0])
 
 
 def calibrate(study: optuna.Study, study_dir: Path, settings: TrialSettings, fit: tuple[str, ...] = DEFAULT_FIT,
-              max_runs: int = 24, progress: Progress = NULL_PROGRESS) -> Calibration:
+              max_runs: int = 24, progress: Progress = NULL_PROGRESS, spread: bool = False) -> Calibration:
     """Fit ``fit``'s constants of the settings' card to the study's measured runs (at most ``max_runs`` of them,
-    spread over its trials and loads)."""
+    spread over its trials and loads). ``spread``: fit again without each trial's runs in turn, to show how much
+    the constants depend on which configurations were measured (one more fit per trial)."""
     unknown = [name for name in fit if name not in CALIBRATED_CONSTANTS]
     if unknown or not fit:
         raise UsageError(f"--fit takes some of {', '.join(CALIBRATED_CONSTANTS)}"
@@ -254,39 +300,20 @@ def calibrate(study: optuna.Study, study_dir: Path, settings: TrialSettings, fit
         why = f" ({left_out[0]})" if left_out else f": no level records under {study_dir}"
         raise UsageError(f"study {study.study_name!r} has no measured run to calibrate on{why}")
     runs = _spread_pick(all_runs, max_runs)
-    extra = settings.gpu.extra or {}
-    start = {name: float(extra[name]) for name in fit}
-    best: dict[str, Any] = {"constants": dict(start), "loss": math.inf}
-    evaluations = [0]
-    golden_steps = 2 + math.ceil(math.log(_TOLERANCE * (_GRID_POINTS - 1) / 2) / math.log(_GOLDEN))
-    max_evaluations = 1 + (_GRID_POINTS + golden_steps) * len(fit)
-    with tempfile.TemporaryDirectory(prefix="autotune-calibrate-") as tmp:
-        def evaluate(name: str, value: float) -> float:
-            constants = {**best["constants"], name: value}
-            errors, loss = _replay_errors(runs, settings, constants, Path(tmp))
-            evaluations[0] += 1
-            if loss < best["loss"]:
-                best.update(constants=constants, loss=loss, errors=errors)
-            progress.calibration_step(CalibrationStep(evaluations[0], max_evaluations, constants, loss,
-                                                      best["loss"]))
-            return loss
-
-        evaluate(fit[0], start[fit[0]])
-        errors_start, loss_start = best["errors"], best["loss"]
-        for name in fit:
-            lo, hi = CALIBRATED_CONSTANTS[name]
-            for value in np.linspace(lo, hi, _GRID_POINTS):
-                evaluate(name, float(value))
-        for name in fit:
-            lo, hi = CALIBRATED_CONSTANTS[name]
-            step = (hi - lo) / (_GRID_POINTS - 1)
-            centre = best["constants"][name]
-            _golden_section(lambda x, n=name: evaluate(n, x), max(lo, centre - step), min(hi, centre + step),
-                            _TOLERANCE * (hi - lo))
-    return Calibration(settings.gpu.base or settings.gpu.name, start, best["constants"], loss_start, best["loss"],
-                       tuple(runs), errors_start, best["errors"], evaluations[0],
+    trials = sorted({r.trial_number for r in runs})
+    if spread and len(trials) < 2:
+        raise UsageError(f"--spread refits without each trial in turn: study {study.study_name!r} has runs of one "
+                         "trial only")
+    result = _fit(runs, settings, fit, progress, "all runs")
+    without: dict[int, dict[str, float]] = {}
+    for number in trials if spread else []:
+        without[number] = _fit([r for r in runs if r.trial_number != number], settings, fit, progress,
+                               f"without trial {number}").constants
+    return Calibration(settings.gpu.base or settings.gpu.name, {n: float((settings.gpu.extra or {})[n]) for n in fit},
+                       result.constants, result.loss_start, result.loss, tuple(runs), result.errors_start,
+                       result.errors, result.evaluations,
                        tuple(left_out) + tuple(f"{r.records_path.relative_to(study_dir)}: more than --max-runs"
-                                               for r in all_runs if r not in runs))
+                                               for r in all_runs if r not in runs), without)
 
 
 def card_header(calibration: Calibration, study: str, storage: str) -> str:
