@@ -147,6 +147,7 @@ def one_trial_study(tmp_path_factory) -> Path:
     (["--study", "host", "--base", "other.yaml"], "--base is a built-in card"),
     (["--study", "host", "--out", "elsewhere"], "has no measured run to calibrate on: no level records under"),
     (["--study", "host", "--model", "nosuchpreset"], "unknown model preset 'nosuchpreset'"),
+    (["--study", "host", "--spread"], "--spread refits without each trial in turn: study 'host' has runs of one"),
 ])
 def test_calibrate_bad_input_is_one_line(capsys, tmp_path: Path, one_trial_study: Path, args: list[str],
                                          message: str) -> None:
