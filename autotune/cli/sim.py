@@ -136,12 +136,11 @@ def calibrate_cmd(study_name: str, storage: str | None, out: str | None, to: str
     the sim's what-ifs and warm starts then follow this host's steps (--gpu-type FILE)."""
     from pathlib import Path
 
-    from autotune import records
     from autotune.fileio import write_text_atomically
     from autotune.jsonsafe import json_safe
     from autotune.gpus import card_file_text, is_card_file, load_gpu
     from autotune.models import resolve_model
-    from autotune.sim.calibrate import DEFAULT_FIT, calibrate, card_header, study_settings
+    from autotune.sim.calibrate import DEFAULT_FIT, calibrate, card_header, study_fingerprint, study_settings
     from autotune.cli.ui import CalibrationConsole
     from autotune.storage import DEFAULT_STORAGE, load_study, open_storage_readonly, redact_url, sqlite_dir
 
@@ -149,9 +148,7 @@ def calibrate_cmd(study_name: str, storage: str | None, out: str | None, to: str
         raise UsageError(f"--to {to}: a card file's name ends in .yaml")
     url = storage or DEFAULT_STORAGE
     study = load_study(study_name, open_storage_readonly(url))
-    fingerprint = records.read_fingerprint(study)
-    if fingerprint is None:
-        raise UsageError(f"study {study_name!r} was not created by `autotune run` (no fingerprint stored)")
+    fingerprint = study_fingerprint(study)
     if base is None:
         study_card = load_gpu(fingerprint.gpu_type)
         base = study_card.base or study_card.name

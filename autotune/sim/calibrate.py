@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,8 @@ from autotune.sim.inproc import bench_in_process
 from autotune.study import remeasure_folders, trial_folder
 from autotune.trial import TrialSettings, level_load_config, level_records_concurrency
 
-__all__ = ["CALIBRATED_CONSTANTS", "DEFAULT_FIT", "MeasuredRun", "Calibration", "study_settings", "recorded_runs",
+__all__ = ["CALIBRATED_CONSTANTS", "DEFAULT_FIT", "MeasuredRun", "Calibration", "study_fingerprint", "study_settings",
+           "recorded_runs",
            "measured_runs", "calibrate", "card_header"]
 
 # The step constants a host's measurements can refit (autotune/sim/perf.py), with the bounds of the fit.
@@ -113,12 +113,19 @@ class Calibration:
         }
 
 
-def study_settings(study: optuna.Study, model: ModelSpec, card: GpuSpec) -> TrialSettings:
-    """The in-process sim's settings that replay the study's levels: its request stream and level protocol, on
-    ``card``."""
+def study_fingerprint(study: optuna.Study) -> records.StudyFingerprint:
+    """What the study was run with (its model, card, workload, limits); a study `autotune run` did not create is a
+    one-line error."""
     fingerprint = records.read_fingerprint(study)
     if fingerprint is None:
         raise UsageError(f"study {study.study_name!r} was not created by `autotune run` (no fingerprint stored)")
+    return fingerprint
+
+
+def study_settings(study: optuna.Study, model: ModelSpec, card: GpuSpec) -> TrialSettings:
+    """The in-process sim's settings that replay the study's levels: its request stream and level protocol, on
+    ``card``."""
+    fingerprint = study_fingerprint(study)
     options = records.read_run_options(study) or {}
     workload = parse_workload(fingerprint.workload["spec"], seed=int(fingerprint.workload["seed"])).without_times()
     return TrialSettings(engine="sim", model=model, gpu=card, gpus=fingerprint.gpus, workload=workload,
@@ -183,8 +190,8 @@ def _spread_pick(runs: list[MeasuredRun], most: int) -> list[MeasuredRun]:
     return [runs[i] for i in sorted({int(round(x)) for x in np.linspace(0, len(runs) - 1, most)})]
 
 
-def _replay_errors(runs: list[MeasuredRun], settings: TrialSettings, constants: Mapping[str, float],
-                   folder: Path) -> tuple[dict[str, tuple[float, ...]], float]:
+def _replay_errors(runs: list[MeasuredRun], settings: TrialSettings,
+                   constants: Mapping[str, float]) -> tuple[dict[str, tuple[float, ...]], float]:
     """The sim's error against each run (% per figure) with ``constants`` on the settings' card, and the loss."""
     card = dataclasses.replace(settings.gpu, extra={**(settings.gpu.extra or {}), **constants})
     setups: dict[str, Any] = {}
@@ -194,11 +201,11 @@ def _replay_errors(runs: list[MeasuredRun], settings: TrialSettings, constants: 
         key = _flags_key(run.flags)
         if key not in setups:
             setups[key] = setup_engine(settings.model, card, dict(run.flags))
-        cfg = level_load_config(settings, run.concurrency, folder / "sim.jsonl.gz")
+        cfg = level_load_config(settings, run.concurrency)
         requests = settings.workload.requests(run.first_request + cfg.warmup_prompts + cfg.num_prompts,
                                               start=run.first_request)
-        bench_in_process(setups[key], requests, cfg)
-        sim = steady_level_result(read_records(folder / "sim.jsonl.gz"))
+        # summarized as the measured run's records are (steady_level_result; equal to 1e-4, tests)
+        sim = bench_in_process(setups[key], requests, cfg)
         tput.append(sim.output_tok_s / run.output_tok_s)
         tpot.append(sim.tpot_ms.p99 / run.p99_tpot_ms)
     loss = float(np.mean([THROUGHPUT_WEIGHT * math.log(a) ** 2 + (math.log(b) ** 2 if math.isfinite(b) else 0.0)
@@ -243,6 +250,7 @@ def _pattern_search(loss: Callable[[float], float], best: Callable[[], float], l
 
 @dataclass(frozen=True)
 class _Fit:
+    start: dict[str, float]
     constants: dict[str, float]
     loss: float
     errors: dict[str, tuple[float, ...]]
@@ -260,28 +268,28 @@ def _fit(runs: list[MeasuredRun], settings: TrialSettings, fit: tuple[str, ...],
     evaluations = [0]
     halvings = math.ceil(math.log2(1.0 / (_TOLERANCE * (_GRID_POINTS - 1))))
     max_evaluations = 1 + (_GRID_POINTS + 2 * halvings) * len(fit)
-    with tempfile.TemporaryDirectory(prefix="autotune-calibrate-") as tmp:
-        def evaluate(name: str, value: float) -> float:
-            constants = {**best["constants"], name: value}
-            errors, loss = _replay_errors(runs, settings, constants, Path(tmp))
-            evaluations[0] += 1
-            if loss < best["loss"]:
-                best.update(constants=constants, loss=loss, errors=errors)
-            progress.calibration_step(CalibrationStep(evaluations[0], max_evaluations, constants, loss,
-                                                      best["loss"], stage))
-            return loss
 
-        evaluate(fit[0], start[fit[0]])
-        errors_start, loss_start = best["errors"], best["loss"]
-        for name in fit:
-            lo, hi = CALIBRATED_CONSTANTS[name]
-            for value in np.linspace(lo, hi, _GRID_POINTS):
-                evaluate(name, float(value))
-        for name in fit:
-            lo, hi = CALIBRATED_CONSTANTS[name]
-            _pattern_search(lambda x, n=name: evaluate(n, x), lambda n=name: best["constants"][n], lo, hi,
-                            (hi - lo) / (_GRID_POINTS - 1), _TOLERANCE * (hi - lo))
-    return _Fit(best["constants"], best["loss"], best["errors"], loss_start, errors_start, evaluations[0])
+    def evaluate(name: str, value: float) -> float:
+        constants = {**best["constants"], name: value}
+        errors, loss = _replay_errors(runs, settings, constants)
+        evaluations[0] += 1
+        if loss < best["loss"]:
+            best.update(constants=constants, loss=loss, errors=errors)
+        progress.calibration_step(CalibrationStep(evaluations[0], max_evaluations, constants, loss, best["loss"],
+                                                  stage))
+        return loss
+
+    evaluate(fit[0], start[fit[0]])
+    errors_start, loss_start = best["errors"], best["loss"]
+    for name in fit:
+        lo, hi = CALIBRATED_CONSTANTS[name]
+        for value in np.linspace(lo, hi, _GRID_POINTS):
+            evaluate(name, float(value))
+    for name in fit:
+        lo, hi = CALIBRATED_CONSTANTS[name]
+        _pattern_search(lambda x, n=name: evaluate(n, x), lambda n=name: best["constants"][n], lo, hi,
+                        (hi - lo) / (_GRID_POINTS - 1), _TOLERANCE * (hi - lo))
+    return _Fit(start, best["constants"], best["loss"], best["errors"], loss_start, errors_start, evaluations[0])
 
 
 def calibrate(study: optuna.Study, study_dir: Path, settings: TrialSettings, fit: tuple[str, ...] = DEFAULT_FIT,
@@ -309,8 +317,7 @@ def calibrate(study: optuna.Study, study_dir: Path, settings: TrialSettings, fit
     for number in trials if spread else []:
         without[number] = _fit([r for r in runs if r.trial_number != number], settings, fit, progress,
                                f"without trial {number}").constants
-    return Calibration(settings.gpu.base or settings.gpu.name, {n: float((settings.gpu.extra or {})[n]) for n in fit},
-                       result.constants, result.loss_start, result.loss, tuple(runs), result.errors_start,
+    return Calibration(settings.gpu.base or settings.gpu.name, result.start, result.constants, result.loss_start, result.loss, tuple(runs), result.errors_start,
                        result.errors, result.evaluations,
                        tuple(left_out) + tuple(f"{r.records_path.relative_to(study_dir)}: more than --max-runs"
                                                for r in all_runs if r not in runs), without)
