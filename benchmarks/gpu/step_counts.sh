@@ -9,7 +9,8 @@
 #   bash benchmarks/gpu/step_counts.sh start [DIR]    # returns at once
 #   bash benchmarks/gpu/step_counts.sh status [DIR]
 # Variables (defaults): LOADS="16 40 64 128" WORKLOAD=random:1024:128:0.5 PORT=8061
-#   CONFIGS="defaults batch2048" (defaults: no flag; batch2048: --max-num-batched-tokens 2048; batch16384 too)
+#   CONFIGS="defaults batch2048" (defaults: no flag; batch2048: --max-num-batched-tokens 2048; batch16384 too;
+#   NAME.N is NAME again on a server of its own, e.g. "defaults.1 defaults.2": server against server on one host)
 #   MODEL_DIR=/tmp/model (the kit's weightless model; its tokenizer makes the prompts)
 #   TRACE=1: vLLM runs with benchmarks/gpu/vllm_trace on its path, writing per-request timestamps into
 #   DIR/trace-CONFIG/ (read with python benchmarks/vllm_trace_table.py DIR); TRACE=loop: also the API server's
@@ -24,10 +25,10 @@ configs=${CONFIGS:-"defaults batch2048"}; engine=${ENGINE:-vllm}; model=${MODEL_
 trace=${TRACE:-0}
 job_vars="loads workload port configs engine model trace"
 
-config_flags() {  # NAME: its vllm serve flags
-  case "$1" in
+config_flags() {  # NAME: its vllm serve flags (NAME.N: NAME again, on a fresh server of its own)
+  case "${1%%.*}" in
     defaults) echo "" ;;
-    batch*) echo "--max-num-batched-tokens ${1#batch}" ;;
+    batch*) local name=${1%%.*}; echo "--max-num-batched-tokens ${name#batch}" ;;
     *) echo "unknown configuration $1" >&2; return 1 ;;
   esac
 }
