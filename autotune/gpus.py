@@ -37,6 +37,12 @@ class GpuSpec:
     base: str | None = None
     calibrated_from: dict[str, Any] | None = None
 
+    def constants(self) -> dict[str, float]:
+        """Every number of the card, the fitted ones in ``extra`` too, by name: what the sim's figures rest on."""
+        numbers = {f.name: getattr(self, f.name) for f in fields(self)} | (self.extra or {})
+        return {k: float(v) for k, v in sorted(numbers.items())
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
 
 def sim_caveats(gpu: GpuSpec, metrics: Iterable[str]) -> list[str]:
     """The card's caveats for a sim study under limits on ``metrics``, in their order."""

@@ -391,8 +391,12 @@ class StudyFingerprint:
     # ``auto`` otherwise (KServe's huggingface server: float16) states the measured dtype.
     weight_dtype: str = "bfloat16"
     records_version: int = RECORDS_VERSION
+    # On the sim engine: its card's constants and its noise model (TrialSettings.sim_model). A card file rewritten
+    # by a new calibration, or another --sim-noise, between runs of one study would put two models' figures under
+    # one name. None: a study written before this was recorded (not compared).
+    sim_model: Mapping[str, Any] | None = None
 
-    COMPARED = ("records_version", "model", "gpus", "limits_ms", "workload", "engine", "gpu_type")
+    COMPARED = ("records_version", "model", "gpus", "limits_ms", "workload", "engine", "gpu_type", "sim_model")
 
     def to_json(self) -> dict[str, Any]:
         return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
@@ -402,7 +406,8 @@ class StudyFingerprint:
         return cls(model=str(data["model"]), gpus=int(data["gpus"]), limits_ms=_floats(data["limits_ms"]),
                    workload=dict(data["workload"]), engine=str(data["engine"]),
                    gpu_type=str(data["gpu_type"]), preset=data.get("preset"), space=str(data.get("space") or ""),
-                   weight_dtype=str(data["weight_dtype"]), records_version=int(data["records_version"]))
+                   weight_dtype=str(data["weight_dtype"]), records_version=int(data["records_version"]),
+                   sim_model=data.get("sim_model"))
 
 
 @dataclass(frozen=True)
@@ -540,9 +545,20 @@ def check_fingerprint(study: optuna.Study, fingerprint: StudyFingerprint) -> Non
         return
     for key in StudyFingerprint.COMPARED:
         before, now = json_safe(getattr(old, key)), json_safe(getattr(fingerprint, key))
+        if before is None and key == "sim_model":
+            continue
         if before != now:
-            raise UsageError(f"study {study.study_name!r} was created with {key}={before!r}, not {now!r}; "
+            raise UsageError(f"study {study.study_name!r} was created with {_difference(key, before, now)}; "
                              "use another --study name to tune a different setup")
+
+
+def _difference(key: str, before: Any, now: Any) -> str:
+    """``key=before, not now``, narrowed to the first entry that differs where both are mappings of the same
+    keys (a card's constants: the one that changed, not the whole card)."""
+    if isinstance(before, dict) and isinstance(now, dict) and before.keys() == now.keys():
+        name = next(k for k in before if before[k] != now[k])
+        return _difference(f"{key}.{name}", before[name], now[name])
+    return f"{key}={before!r}, not {now!r}"
 
 
 # -- what workers read -------------------------------------------------------------------------------------------

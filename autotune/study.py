@@ -124,7 +124,8 @@ def study_fingerprint(cfg: StudyConfig) -> StudyFingerprint:
     s = cfg.settings
     return StudyFingerprint(model=s.model.name, gpus=s.gpus, limits_ms=dict(s.search.limits_ms),
                             workload=s.workload.describe(), engine=s.engine, gpu_type=s.gpu.name, preset=cfg.preset,
-                            space=str(cfg.space.source), weight_dtype=s.model.weight_dtype)
+                            space=str(cfg.space.source), weight_dtype=s.model.weight_dtype,
+                            sim_model=s.sim_model())
 
 
 def open_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> optuna.Study:
@@ -583,6 +584,7 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
         records.write_search_done(study, True)  # workers take no new trial from here on
         trials = records.read_trials(study)
         ran = sum(1 for t in trials if t.complete) - before
+        finished = sum(1 for t in trials if t.state.is_finished())  # not the baselines still queued
         stopped_by = rules.reason or ("timeout" if deadline and time.monotonic() >= deadline else "trials")
         with runner.interruptible():
             selection = remeasure_and_select(study, cfg, deadline, threaded, runner)
@@ -590,9 +592,9 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
     profile = profile_path = None
     if selection.winner is not None:
         winner = records.read_trial(study.trials[selection.winner.trial_number])
-        profile = build_profile(cfg, selection, winner, len(trials), run.measured_on)
+        profile = build_profile(cfg, selection, winner, finished, run.measured_on)
         profile_path = write_profile(profile, cfg.out_dir / cfg.study_name / "profile.yaml")
-    return StudyOutcome(cfg.study_name, len(trials), ran, selection, profile, profile_path, stopped_by,
+    return StudyOutcome(cfg.study_name, finished, ran, selection, profile, profile_path, stopped_by,
                         baselines=baseline_summary(selection, cfg))
 
 

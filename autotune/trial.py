@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,14 @@ class TrialSettings:
     vllm_cmd: tuple[str, ...] | None = None
     ledger_dir: Path | None = None  # where started servers are recorded until stopped (engines/ledger.py)
     sim_fault: str = ""  # sim server only: `autotune sim serve --fault` for this trial's server (sim/faults.py)
+
+    def sim_model(self) -> dict[str, Any]:
+        """On the sim engine, what its figures rest on: the card's constants and the run-to-run noise model
+        (in-process only); nothing on vLLM, whose figures rest on the GPU."""
+        if self.engine != "sim":
+            return {}
+        noise = asdict(self.sim_noise) if self.sim_noise and not self.sim_server else "off"
+        return {"card": self.gpu.constants(), "noise": noise}
 
     def sim_caveats(self) -> list[str]:
         """On the sim engine: what it is known to get wrong on this card under the study's limits (its card's

@@ -91,9 +91,19 @@ def test_a_changed_setup_or_an_older_study_is_refused():
     records.check_fingerprint(study, FP)
     records.check_fingerprint(study, FP)  # same setup: resumes
     records.check_fingerprint(study, StudyFingerprint(**{**FP.__dict__, "limits_ms": {"ttft": 500}}))  # 500 == 500.0
-    for other in ({"ttft": 300.0}, {"ttft": 500.0, "itl": 50.0}, {"itl": 500.0}):
+    with pytest.raises(UsageError, match=r"was created with limits_ms.ttft=500.0, not 300.0;"):
+        records.check_fingerprint(study, StudyFingerprint(**{**FP.__dict__, "limits_ms": {"ttft": 300.0}}))
+    for other in ({"ttft": 500.0, "itl": 50.0}, {"itl": 500.0}):  # other limits: the whole mapping
         with pytest.raises(UsageError, match=r"was created with limits_ms=\{'ttft': 500.0\}, not"):
             records.check_fingerprint(study, StudyFingerprint(**{**FP.__dict__, "limits_ms": other}))
+    # a sim study's model: compared where the study recorded one (a study written before it was: not)
+    card = {"card": {"hbm_tb_s": 4.8}, "noise": "off"}
+    sim = optuna.create_study(study_name="sim")
+    records.check_fingerprint(sim, StudyFingerprint(**{**FP.__dict__, "sim_model": card}))
+    assert records.read_fingerprint(sim).sim_model == card
+    with pytest.raises(UsageError, match=r"was created with sim_model.card.hbm_tb_s=4.8, not 4.0;"):
+        records.check_fingerprint(sim, StudyFingerprint(**{**FP.__dict__, "sim_model": {**card, "card": {"hbm_tb_s": 4.0}}}))
+    records.check_fingerprint(study, StudyFingerprint(**{**FP.__dict__, "sim_model": card}))  # recorded none
     several = optuna.create_study(study_name="several")
     fp = StudyFingerprint(**{**FP.__dict__, "limits_ms": {"ttft": 500.0, "itl": 50.0}})
     records.check_fingerprint(several, fp)

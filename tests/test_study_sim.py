@@ -93,7 +93,26 @@ def test_resume_with_another_limit_is_refused(capsys, tmp_path):
     main([*common, "--p99-ms", "500", "--json"])
     capsys.readouterr()
     code, out, err = run_json(capsys, *common, "--p99-ms", "300")
-    assert code == 2 and "was created with limits_ms={'ttft': 500.0}, not {'ttft': 300.0}" in err, err
+    assert code == 2 and "was created with limits_ms.ttft=500.0, not 300.0" in err, err
+
+
+def test_resume_with_another_sim_model_is_refused(capsys, tmp_path):
+    """A sim study's figures rest on its card's constants and its noise model: a card file rewritten by a new
+    calibration, or another --sim-noise, between two runs of one study is refused, naming what changed."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    card = tmp_path / "host.yaml"
+    card.write_text("base: h200\neager_step_overhead_ms: 6.0\n")
+    common = ["run", "--model", "flash", "--engine", "sim", "--storage", url, "--study", "x", "--trials", "0",
+              "--repeats", "0", "--top-k", "0", "--p99-ms", "500", "--gpu-type", str(card)]
+    for _ in range(2):  # the same card: resumes (no trial runs; the queued baselines are not counted as run)
+        code, out, err = run_json(capsys, *common, "--json")
+        assert code == 3 and json.loads(out)["trials"] == 0 and "in 0 trials of study 'x'" in err, err
+    card.write_text("base: h200\neager_step_overhead_ms: 5.0\n")
+    code, out, err = run_json(capsys, *common)
+    assert code == 2 and "was created with sim_model.card.eager_step_overhead_ms=6.0, not 5.0" in err, err
+    card.write_text("base: h200\neager_step_overhead_ms: 6.0\n")
+    code, out, err = run_json(capsys, *common, "--sim-noise", "h200")
+    assert code == 2 and "was created with sim_model.noise='off', not {'latency_cv'" in err, err
 
 
 def test_no_feasible_config_exits_3(capsys, tmp_path):
@@ -159,7 +178,7 @@ def test_several_limits_end_to_end(capsys, tmp_path):
     assert records.read_fingerprint(study).limits_ms == limits
 
     code, out, err = run_json(capsys, *common, "--study", name, "--slo", "ttft=500,itl=100", "--trials", "0")
-    assert code == 2 and "was created with limits_ms={'ttft': 500.0, 'itl': 200.0}" in err, err
+    assert code == 2 and "was created with limits_ms.itl=200.0, not 100.0" in err, err
 
     # an ITL limit no level can meet: TTFT holds, ITL breaks; the constraints say which
     code, out, err = run_json(capsys, *common, "--study", "tight", "--p99-ms", "10000", "--slo", "itl=1",
