@@ -80,6 +80,12 @@ def pooled(groups: list[list[float]]) -> tuple[float, int]:
     return ss, dof
 
 
+def cv_interval(ss: float, dof: int) -> list[float]:
+    """The CONFIDENCE chi-square interval of a pooled CV whose sum of squared log deviations is ``ss``."""
+    tail = (1 - CONFIDENCE) / 2
+    return [math.sqrt(ss / stats.chi2.ppf(1 - tail, dof)), math.sqrt(ss / stats.chi2.ppf(tail, dof))]
+
+
 def spread(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     """The GPU's and the sim's pooled CV of ``metric`` (fractions), the GPU's interval, and the degrees of freedom."""
     points = point_values(runs, metric)
@@ -87,10 +93,7 @@ def spread(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     s_ss, _ = pooled([p["sim"] for p in points])
     if not dof:
         return {"dof": 0}
-    tail = (1 - CONFIDENCE) / 2
-    return {"dof": dof, "gpu": math.sqrt(g_ss / dof), "sim": math.sqrt(s_ss / dof),
-            "gpu_interval": [math.sqrt(g_ss / stats.chi2.ppf(1 - tail, dof)),
-                             math.sqrt(g_ss / stats.chi2.ppf(tail, dof))]}
+    return {"dof": dof, "gpu": math.sqrt(g_ss / dof), "sim": math.sqrt(s_ss / dof), "gpu_interval": cv_interval(g_ss, dof)}
 
 
 def residual(s: dict[str, Any]) -> float:

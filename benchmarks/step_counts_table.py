@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import tempfile
@@ -43,6 +44,7 @@ from typing import Any
 
 import numpy as np
 from _shared import add_card_constants_option, load_records, parse_args_with_constants, replay_bench_level
+from noise_pooled import cv_interval, model_cv, pooled
 
 from autotune.sim.args import parse_serve_args
 
@@ -151,7 +153,7 @@ def sim_level(flags: dict[str, Any], gpu_run: dict[str, Any], constants: dict[st
         r = replay_bench_level(flags, gpu_run, constants, records)
         level_records = load_records(records)
     return {"steps_by_tokens": r.extra["server_metrics"]["steps_by_tokens"], "p99_itl_ms": r.itl_ms.p99,
-            "p50_tpot_ms": r.tpot_ms.p50, "output_tok_s": r.output_tok_s, "client_steps": client_steps(level_records),
+            "p50_tpot_ms": r.tpot_ms.p50, "p99_tpot_ms": r.tpot_ms.p99, "output_tok_s": r.output_tok_s, "client_steps": client_steps(level_records),
             "ttft_split": ttft_split(level_records, r.extra["server_metrics"]), "p50_ttft_ms": r.ttft_ms.p50,
             "p99_ttft_ms": r.ttft_ms.p99, "deliveries": deliveries(level_records)}
 
@@ -179,18 +181,70 @@ def table(folder: Path, constants: dict[str, float]) -> list[dict[str, Any]]:
             rows.append({"folder": folder.name, "config": name, "concurrency": int(gpu["concurrency"]),
                          "cached": cached,
                          "gpu": {"steps": grouped(steps) if steps else None, "p99_itl_ms": gpu["itl_ms"]["p99"],
-                                 "p50_tpot_ms": gpu["tpot_ms"]["p50"], "output_tok_s": gpu["output_tok_s"],
+                                 "p50_tpot_ms": gpu["tpot_ms"]["p50"], "p99_tpot_ms": gpu["tpot_ms"]["p99"],
+                                 "output_tok_s": gpu["output_tok_s"],
                                  "client_steps": client_steps(gpu_records) if gpu_records else None,
                                  "ttft_split": ttft_split(gpu_records, gpu.get("server_metrics") or {})
                                  if gpu_records else None,
                                  "p50_ttft_ms": gpu["ttft_ms"]["p50"], "p99_ttft_ms": gpu["ttft_ms"]["p99"],
                                  "deliveries": deliveries(gpu_records) if gpu_records else None},
                          "sim": {"steps": grouped(sim["steps_by_tokens"]), "p99_itl_ms": sim["p99_itl_ms"],
-                                 "p50_tpot_ms": sim["p50_tpot_ms"], "output_tok_s": sim["output_tok_s"],
+                                 "p50_tpot_ms": sim["p50_tpot_ms"], "p99_tpot_ms": sim["p99_tpot_ms"],
+                                 "output_tok_s": sim["output_tok_s"],
                                  "client_steps": sim["client_steps"], "ttft_split": sim["ttft_split"],
                                  "p50_ttft_ms": sim["p50_ttft_ms"], "p99_ttft_ms": sim["p99_ttft_ms"],
                                  "deliveries": sim["deliveries"]}})
     return rows
+
+
+# Figures whose spread over fresh servers `server_spread` gives, with the noise model's CV for each where it has one.
+SPREAD_FIGURES = {"output_tok_s": "output_tok_s", "p99_ttft_ms": "p99_ttft_ms", "p99_tpot_ms": "p99_tpot_ms",
+                  "p99_itl_ms": "p99_itl_ms", "decode step ms": None, "a prefill adds ms": None}
+
+
+def _figure(gpu: dict[str, Any], name: str) -> float | None:
+    client = gpu["client_steps"] or {}
+    return {"decode step ms": client.get("decode_step_ms"),
+            "a prefill adds ms": client.get("prefill_adds_ms")}.get(name, gpu.get(name))
+
+
+def server_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where a folder ran one configuration on several fresh servers (NAME.1, NAME.2, ...: the same requests at
+    each load, so the request streams add no spread): per folder, configuration and load, each figure's values
+    over the servers and their CV (SD of the log) with its 90% interval, beside the sim's noise model's CV
+    (`--sim-noise h200`, the spread it adds beyond the streams) where it has one."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        base, dot, _ = r["config"].partition(".")
+        if dot and not r["cached"]:
+            groups.setdefault((r["folder"], base, r["concurrency"]), []).append(r["gpu"])
+    out = []
+    for (folder, base, c), runs in groups.items():
+        if len(runs) < 2:
+            continue
+        figures = {}
+        for name, metric in SPREAD_FIGURES.items():
+            values = [v for v in (_figure(g, name) for g in runs) if v]
+            if len(values) < 2:
+                continue
+            ss, dof = pooled([values])
+            figures[name] = {"values": values, "cv": math.sqrt(ss / dof), "cv_interval": cv_interval(ss, dof),
+                             "model_cv": model_cv(metric) if metric else None}
+        out.append({"folder": folder, "config": base, "concurrency": c, "servers": len(runs), "figures": figures})
+    return out
+
+
+def _print_server_spread(spreads: list[dict[str, Any]]) -> None:
+    print("\nFresh servers against each other, the same requests: each figure's mean [min, max] over the servers, "
+          "CV [90% interval]; the sim's noise model's CV (h200) after it where it has one.")
+    for s in spreads:
+        print(f"- {s['folder']} {s['config']} C = {s['concurrency']}, {s['servers']} servers:")
+        for name, f in s["figures"].items():
+            v = f["values"]
+            model = f" (noise model {100 * f['model_cv']:.1f}%)" if f["model_cv"] is not None else ""
+            fmt = ",.0f" if name == "output_tok_s" else ",.2f"
+            print(f"  - {name}: {np.mean(v):{fmt}} [{min(v):{fmt}}, {max(v):{fmt}}], CV {100 * f['cv']:.1f}% "
+                  f"[{100 * f['cv_interval'][0]:.1f}, {100 * f['cv_interval'][1]:.1f}]{model}")
 
 
 def _steps_cell(steps: dict[str, int] | None) -> str:
@@ -253,8 +307,9 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args, constants = parse_args_with_constants(ap)
     rows = [row for folder in args.dirs for row in table(folder, constants)]
+    spreads = server_spread(rows)
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps({"levels": rows, "server_spread": spreads}, indent=1))
         return 0
     _print_table("Each cell GPU / sim. Steps as the client sees them: decode-only step ms, ms one prefill adds. "
                  "vLLM's step histogram: total: " + ", ".join(n for n, _, _ in GROUPS) + " (shares).",
@@ -270,6 +325,8 @@ def main() -> int:
     print("\nThe sim's error against the GPU over these levels, min to max (levels that have the figure):")
     for name, (low, high, n) in error_ranges(rows).items():
         print(f"- {name}: {low:+.0f}% to {high:+.0f}% ({n})")
+    if spreads:
+        _print_server_spread(spreads)
     return 0
 
 

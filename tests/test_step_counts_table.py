@@ -6,6 +6,7 @@ import gzip
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.benchmark_scripts import load_benchmark
@@ -40,7 +41,7 @@ def test_a_level_against_the_sim_on_the_same_requests(tmp_path: Path) -> None:
     (tmp_path / "configs.txt").write_text("defaults: \nbatch2048: --max-num-batched-tokens 2048\n")
     (tmp_path / "settings.txt").write_text("loads=4 8\nworkload=random:1024:128:0.5\nengine=vllm\nmodel=/tmp/model\n")
     level = {"concurrency": 4, "num_prompts": 12, "warmup_prompts": 4, "ramp_s": 2.0,
-             "workload": {"spec": "random:1024:128:0.5", "seed": 1}, "tpot_ms": {"p50": 8.0}}
+             "workload": {"spec": "random:1024:128:0.5", "seed": 1}, "tpot_ms": {"p50": 8.0, "p99": 9.0}}
     gpu = {**level, "itl_ms": {"p99": 41.0}, "output_tok_s": 500.0, "ttft_ms": {"p50": 29.0, "p99": 30.0},
            "server_metrics": {"steps_by_tokens": {"le 8": 300, "le 2048": 14, "le 4096": 1},
                               "server_mean_queue_ms": 3.0, "server_mean_prefill_ms": 20.0}}
@@ -94,3 +95,28 @@ def test_error_ranges_over_the_levels_that_have_the_figure() -> None:
     assert ranges["P99 ITL"] == pytest.approx((-10.0, 20.0, 2))
     assert ranges["mean TTFT"] == pytest.approx((-20.0, -20.0, 1))  # one level has no split
     assert "tok/s" not in ranges  # no level has the GPU's figure
+
+
+def test_server_spread_over_fresh_servers_of_one_configuration() -> None:
+    """NAME.N levels at one load are one configuration on N servers: their spread is the SD of the log figure,
+    with a chi-square interval around it; a level that re-sent earlier prompts, a configuration on one server and
+    one without a server number are left out."""
+    def level(config: str, c: int, tok_s: float, prefill_ms: float | None, cached: bool = False) -> dict:
+        client = {"decode_step_ms": 6.3, "prefill_adds_ms": prefill_ms} if prefill_ms else None
+        gpu = {"output_tok_s": tok_s, "p99_ttft_ms": 150.0, "p99_tpot_ms": 11.0, "p99_itl_ms": 50.0,
+               "client_steps": client}
+        return {"folder": "f", "config": config, "concurrency": c, "cached": cached, "gpu": gpu}
+    rows = [level("defaults.1", 16, 1000.0, 30.0), level("defaults.2", 16, 1100.0, 36.0),
+            level("defaults.3", 16, 1050.0, None), level("defaults.3", 16, 5000.0, 90.0, cached=True),
+            level("defaults.1", 24, 1400.0, 30.0), level("defaults", 16, 3000.0, 10.0)]
+    spreads = sct.server_spread(rows)
+    assert [(s["config"], s["concurrency"], s["servers"]) for s in spreads] == [("defaults", 16, 3)]
+    figures = spreads[0]["figures"]
+    tok_s = figures["output_tok_s"]
+    logs = np.log([1000.0, 1100.0, 1050.0])
+    assert tok_s["cv"] == pytest.approx(float(np.std(logs, ddof=1)))
+    assert tok_s["cv_interval"][0] < tok_s["cv"] < tok_s["cv_interval"][1]
+    assert tok_s["model_cv"] == pytest.approx(0.018)  # the h200 noise model's throughput CV
+    assert figures["a prefill adds ms"]["values"] == [30.0, 36.0]  # the server without records has none
+    assert figures["a prefill adds ms"]["model_cv"] is None
+    assert figures["p99_ttft_ms"]["cv"] == 0.0
