@@ -52,3 +52,30 @@ port_taken() {
   curl -s -o /dev/null --max-time 2 "localhost:$1/" || return 1
   echo "port $1 already answers: stop the server on it first" >&2
 }
+
+# True once the server started as PID answers on PORT under NAME (a name no earlier server had: one still holding
+# the port must not pass for it); false when it exits first or has not answered in 10 minutes.
+server_ready() {  # PORT NAME PID
+  local i
+  for i in $(seq 300); do
+    curl -sf "localhost:$1/v1/models" | grep -q "\"$2\"" && return 0
+    kill -0 "$3" 2>/dev/null || return 1
+    sleep 2
+  done
+  return 1
+}
+
+# Stops the server started with setsid as PID, its whole session (TERM, up to a minute's grace, KILL), then waits
+# until the job's GPUs have their memory back, so that the next server starts on a free GPU (no GPU: at once).
+stop_server() {  # PID
+  local i
+  kill -TERM -"$1" 2>/dev/null
+  for i in $(seq 60); do kill -0 -"$1" 2>/dev/null || break; sleep 1; done
+  kill -KILL -"$1" 2>/dev/null
+  for i in $(seq 60); do
+    command -v nvidia-smi > /dev/null || break
+    # shellcheck disable=SC2086  # only the GPUs this job was given (another job may hold the others)
+    [ "$(nvidia-smi ${CUDA_VISIBLE_DEVICES:+-i $CUDA_VISIBLE_DEVICES} --query-gpu=memory.used --format=csv,noheader,nounits | sort -n | tail -1)" -lt 1000 ] && break
+    sleep 1
+  done
+}

@@ -54,11 +54,7 @@ job() {
       > "$dir/server-$cfg.log" 2>&1 &
     srv=$!
     t0=$(date +%s)
-    for i in $(seq 300); do
-      curl -sf "localhost:$port/v1/models" | grep -q "\"$name\"" && { ready=1; break; }
-      kill -0 "$srv" 2>/dev/null || break
-      sleep 2
-    done
+    server_ready "$port" "$name" "$srv" && ready=1
     echo "$cfg: ready=$ready after $(($(date +%s) - t0)) s" >> "$dir/times.txt"
     if [ "$ready" = 1 ]; then
       for c in $loads; do
@@ -70,16 +66,7 @@ job() {
         echo "$cfg: c$c done at $(($(date +%s) - t0)) s" >> "$dir/times.txt"
       done
     fi
-    kill -TERM -"$srv" 2>/dev/null
-    for i in $(seq 60); do kill -0 -"$srv" 2>/dev/null || break; sleep 1; done
-    kill -KILL -"$srv" 2>/dev/null
-    # the next server starts once this one's GPU memory is back (no GPU: at once)
-    for i in $(seq 60); do
-      command -v nvidia-smi > /dev/null || break
-      # shellcheck disable=SC2086  # only the GPUs this job was given (another job may hold the others)
-      [ "$(nvidia-smi ${CUDA_VISIBLE_DEVICES:+-i $CUDA_VISIBLE_DEVICES} --query-gpu=memory.used --format=csv,noheader,nounits | sort -n | tail -1)" -lt 1000 ] && break
-      sleep 1
-    done
+    stop_server "$srv"
   done
   if command -v nvidia-smi > /dev/null; then leftovers_check; fi
 }
