@@ -151,6 +151,37 @@ def test_calibrate_bad_input_is_one_line(capsys, tmp_path: Path, one_trial_study
     assert not (tmp_path / "card.yaml").exists()
 
 
+def test_a_card_fitted_on_few_servers_says_so(capsys, tmp_path: Path, one_trial_study: Path) -> None:
+    """One trial and its winner's re-measurement: two fresh servers, whose luck the constant carries; the console,
+    the JSON and the card file's header say so."""
+    card_path = tmp_path / "card.yaml"
+    common = ["sim", "calibrate", "--storage", f"sqlite:///{one_trial_study}/host.db", "--study", "host",
+              "--max-runs", "2", "--to", str(card_path)]
+    capsys.readouterr()
+    assert main([*common, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["servers"] == 2 and data["caution"].startswith("fitted on the runs of 2 fresh servers: ")
+    assert "# Caution: fitted on the runs of 2 fresh servers" in card_path.read_text()
+    assert load_gpu(str(card_path)).calibrated_from["servers"] == 2
+    assert main(common) == 0
+    assert "caution: fitted on the runs of 2 fresh servers" in capsys.readouterr().out
+
+
+def test_runs_count_their_servers_and_three_need_no_caution(tmp_path: Path) -> None:
+    from autotune.sim.calibrate import FEW_SERVERS, Calibration, MeasuredRun
+
+    def runs(folders: list[str]) -> tuple[MeasuredRun, ...]:
+        return tuple(MeasuredRun(0, {}, 8, 0, tmp_path / f / "levels" / f"0{i}-c8.jsonl.gz", 100.0, 10.0)
+                     for f in folders for i in range(2))
+
+    def calibration(folders: list[str]) -> Calibration:
+        return Calibration("h200", {}, {}, 1.0, 0.5, runs(folders), {}, {}, 1, ())
+
+    two = calibration(["trials/0", "remeasure/0-1"])
+    assert two.servers == 2 and "2 fresh servers" in two.caution()
+    assert FEW_SERVERS == 3 and calibration(["trials/0", "trials/1", "remeasure/0-1"]).caution() is None
+
+
 def test_a_real_h200_studys_runs_are_found_with_their_requests(tmp_path: Path, weightless_flash_dir: Path) -> None:
     """The study `benchmarks/gpu/host_calibration.sh` ran on an H200 (docs/results/raw/h200-host-calibration): every
     run its folder keeps is the study's stream slice, and a run's figure read back is its level's."""
@@ -170,6 +201,7 @@ def test_a_real_h200_studys_runs_are_found_with_their_requests(tmp_path: Path, w
     runs, left_out = measured_runs(study, raw / "host", settings)
     assert len(runs) == 15 and left_out == []
     assert {r.trial_number for r in runs} == {0, 1, 2}
+    assert {r.server.name for r in runs} == {"0", "1", "2"}  # one fresh server a trial (no re-measurement)
     for t in records.read_trials(study):
         first = [r for r in runs if r.trial_number == t.number]
         assert first[0].first_request == 0 and all(b.first_request > a.first_request for a, b in zip(first, first[1:]))

@@ -168,7 +168,8 @@ def calibrate_cmd(study_name: str, storage: str | None, out: str | None, to: str
     write_text_atomically(Path(to), card_file_text(card.name, {k: round(v, 4) for k, v in result.constants.items()},
                                                summary, card_header(result, study_name, redact_url(url))))
     data = {"card": str(Path(to).resolve()), "base": card.name, "constants": result.constants,
-            "evaluations": result.evaluations, "left_out": list(result.left_out), **summary}
+            "evaluations": result.evaluations, "left_out": list(result.left_out), "caution": result.caution(),
+            **summary}
     if as_json:
         sys.stdout.write(json.dumps(json_safe(data)) + "\n")
         return

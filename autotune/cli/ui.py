@@ -270,6 +270,9 @@ class CalibrationConsole(Progress):
         out.print(errors)
         if result.left_out:
             out.print(f"{len(result.left_out)} runs left out, e.g. {result.left_out[0]}")
+        caution = result.caution()
+        if caution:
+            out.print(f"[yellow]caution: {caution}[/]")
         out.print(f"wrote {card_path}: use it as --gpu-type {card_path}")
 
 

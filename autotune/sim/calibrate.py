@@ -64,6 +64,10 @@ DEFAULT_FIT = ("eager_step_overhead_ms",)
 THROUGHPUT_WEIGHT = 4.0  # in the loss, against P99 TPOT's 1: throughput is what a study ranks by
 _GRID_POINTS = 9  # the first pass, per constant, its bounds included
 _TOLERANCE = 0.005  # the pattern search stops when its step is this share of the bounds
+# Fewer fresh servers than this and a card carries their luck: on one H200 lease, five fresh servers sent the same
+# requests differed by up to 40% in what a prefill adds to its step, as far as H200 leases differ from each other
+# (docs/results/sim-accuracy.md, "A host's own card"); a study's trials and re-measurements are each a fresh server.
+FEW_SERVERS = 3
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,11 @@ class MeasuredRun:
     records_path: Path
     output_tok_s: float  # over the steady window, as the level reported it
     p99_tpot_ms: float
+
+    @property
+    def server(self) -> Path:
+        """The folder of the fresh server that ran it: its trial's, or its re-measurement's."""
+        return self.records_path.parent.parent
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,19 @@ class Calibration:
     # with --spread: the constants fitted without each trial's runs, by trial
     without_trial: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
 
+    @property
+    def servers(self) -> int:
+        """How many fresh servers the fitted runs came from."""
+        return len({r.server for r in self.runs})
+
+    def caution(self) -> str | None:
+        """What to keep in mind about this card, where its runs came from too few servers."""
+        if self.servers >= FEW_SERVERS:
+            return None
+        return (f"fitted on the runs of {self.servers} fresh server{'s' if self.servers > 1 else ''}: on one H200 host "
+                "what a prefill adds to a step moves from server to server about as much as between hosts, so "
+                f"calibrate on a study with {FEW_SERVERS} or more trials or re-measurements")
+
     def summary(self) -> dict[str, Any]:
         """What the card file records of its calibration."""
         def spread(errors: tuple[float, ...]) -> dict[str, float]:
@@ -102,7 +124,7 @@ class Calibration:
             return {"median_pct": round(float(np.median(finite)), 2), "min_pct": round(min(finite), 2),
                     "max_pct": round(max(finite), 2)} if finite else {}
         return {
-            "runs": len(self.runs), "trials": len({r.trial_number for r in self.runs}),
+            "runs": len(self.runs), "trials": len({r.trial_number for r in self.runs}), "servers": self.servers,
             "concurrency": sorted({r.concurrency for r in self.runs}),
             "loss": {"start": round(self.loss_start, 5), "fitted": round(self.loss, 5)},
             "start": {k: round(v, 4) for k, v in self.start.items()},
@@ -330,4 +352,4 @@ def card_header(calibration: Calibration, study: str, storage: str) -> str:
             "host runs them.\nUse it as --gpu-type with this file's path (autotune sim predict, autotune run "
             "--engine sim, autotune sim serve).\nIt sets the sim's throughput and knees on this host; it does not "
             "order configurations better than the built-in card (docs/results/sim-accuracy.md, \"A host's own "
-            "card\").")
+            "card\")." + (f"\nCaution: {calibration.caution()}." if calibration.caution() else ""))
