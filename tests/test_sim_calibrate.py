@@ -167,6 +167,19 @@ def test_a_card_fitted_on_few_servers_says_so(capsys, tmp_path: Path, one_trial_
     assert "caution: fitted on the runs of 2 fresh servers" in capsys.readouterr().out
 
 
+def test_a_study_whose_card_file_is_gone_asks_for_base(capsys, tmp_path: Path) -> None:
+    card = Path(_card(tmp_path / "host.yaml", "base: h200\neager_step_overhead_ms: 6.0\n"))
+    storage = f"sqlite:///{tmp_path}/s.db"
+    main(["run", "--model", "flash", "--engine", "sim", "--gpu-type", str(card), "--trials", "0", "--p99-ms", "500",
+          "--study", "x", "--storage", storage, "--json"])
+    card.unlink()
+    capsys.readouterr()
+    code = main(["sim", "calibrate", "--study", "x", "--storage", storage, "--to", str(tmp_path / "new.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"cannot read card file {card}" in err and "(the study's card; give --base" in err
+
+
 def test_runs_count_their_servers_and_three_need_no_caution(tmp_path: Path) -> None:
     from autotune.sim.calibrate import FEW_SERVERS, Calibration, MeasuredRun
 

@@ -150,7 +150,10 @@ def calibrate_cmd(study_name: str, storage: str | None, out: str | None, to: str
     study = load_study(study_name, open_storage_readonly(url))
     fingerprint = study_fingerprint(study)
     if base is None:
-        study_card = load_gpu(fingerprint.gpu_type)
+        try:
+            study_card = load_gpu(fingerprint.gpu_type)
+        except UsageError as e:
+            raise UsageError(f"{e} (the study's card; give --base, the built-in card to refit)") from None
         base = study_card.base or study_card.name
     elif is_card_file(base):
         raise UsageError("--base is a built-in card (h100, h200): a card file's constants are refitted from its base")
