@@ -212,39 +212,49 @@ def server_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Where a folder ran one configuration on several fresh servers (NAME.1, NAME.2, ...: the same requests at
     each load, so the request streams add no spread): per folder, configuration and load, each figure's values
     over the servers and their CV (SD of the log) with its 90% interval, beside the sim's noise model's CV
-    (`--sim-noise h200`, the spread it adds beyond the streams) where it has one."""
+    (`--sim-noise h200`, the spread it adds beyond the streams) where it has one. Where several folders (hosts) ran
+    the same configuration and load, one more entry, folder "pooled": the servers' spread around their own host's
+    mean, pooled over the hosts (what one host's fresh servers spread, with more degrees of freedom)."""
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for r in rows:
         base, dot, _ = r["config"].partition(".")
         if dot and not r["cached"]:
             groups.setdefault((r["folder"], base, r["concurrency"]), []).append(r["gpu"])
-    out = []
-    for (folder, base, c), runs in groups.items():
-        if len(runs) < 2:
-            continue
-        figures = {}
-        for name, metric in SPREAD_FIGURES.items():
-            values = [v for v in (_figure(g, name) for g in runs) if v]
-            if len(values) < 2:
-                continue
-            ss, dof = pooled([values])
-            figures[name] = {"values": values, "cv": math.sqrt(ss / dof), "cv_interval": cv_interval(ss, dof),
-                             "model_cv": model_cv(metric) if metric else None}
-        out.append({"folder": folder, "config": base, "concurrency": c, "servers": len(runs), "figures": figures})
+    groups = {key: runs for key, runs in groups.items() if len(runs) > 1}
+    hosts: dict[tuple[str, int], list[list[dict[str, Any]]]] = {}
+    for (_, base, c), runs in groups.items():
+        hosts.setdefault((base, c), []).append(runs)
+    out = [_spread(folder, base, c, [runs]) for (folder, base, c), runs in groups.items()]
+    out += [_spread("pooled", base, c, per_host) for (base, c), per_host in hosts.items() if len(per_host) > 1]
     return out
+
+
+def _spread(folder: str, config: str, concurrency: int, per_host: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    figures = {}
+    for name, metric in SPREAD_FIGURES.items():
+        values = [[v for v in (_figure(g, name) for g in runs) if v] for runs in per_host]
+        ss, dof = pooled(values)
+        if not dof:
+            continue
+        figures[name] = {"values": [v for host in values for v in host], "cv": math.sqrt(ss / dof),
+                         "cv_interval": cv_interval(ss, dof), "dof": dof,
+                         "model_cv": model_cv(metric) if metric else None}
+    return {"folder": folder, "config": config, "concurrency": concurrency,
+            "servers": sum(len(runs) for runs in per_host), "figures": figures}
 
 
 def _print_server_spread(spreads: list[dict[str, Any]]) -> None:
     print("\nFresh servers against each other, the same requests: each figure's mean [min, max] over the servers, "
           "CV [90% interval]; the sim's noise model's CV (h200) after it where it has one.")
     for s in spreads:
-        print(f"- {s['folder']} {s['config']} C = {s['concurrency']}, {s['servers']} servers:")
+        hosts = " (around each folder's own mean)" if s["folder"] == "pooled" else ""
+        print(f"- {s['folder']} {s['config']} C = {s['concurrency']}, {s['servers']} servers{hosts}:")
         for name, f in s["figures"].items():
             v = f["values"]
             model = f" (noise model {100 * f['model_cv']:.1f}%)" if f["model_cv"] is not None else ""
             fmt = ",.0f" if name == "output_tok_s" else ",.2f"
             print(f"  - {name}: {np.mean(v):{fmt}} [{min(v):{fmt}}, {max(v):{fmt}}], CV {100 * f['cv']:.1f}% "
-                  f"[{100 * f['cv_interval'][0]:.1f}, {100 * f['cv_interval'][1]:.1f}]{model}")
+                  f"[{100 * f['cv_interval'][0]:.1f}, {100 * f['cv_interval'][1]:.1f}], {f['dof']} dof{model}")
 
 
 def _steps_cell(steps: dict[str, int] | None) -> str:

@@ -101,11 +101,12 @@ def test_server_spread_over_fresh_servers_of_one_configuration() -> None:
     """NAME.N levels at one load are one configuration on N servers: their spread is the SD of the log figure,
     with a chi-square interval around it; a level that re-sent earlier prompts, a configuration on one server and
     one without a server number are left out."""
-    def level(config: str, c: int, tok_s: float, prefill_ms: float | None, cached: bool = False) -> dict:
+    def level(config: str, c: int, tok_s: float, prefill_ms: float | None, cached: bool = False,
+              folder: str = "f") -> dict:
         client = {"decode_step_ms": 6.3, "prefill_adds_ms": prefill_ms} if prefill_ms else None
         gpu = {"output_tok_s": tok_s, "p99_ttft_ms": 150.0, "p99_tpot_ms": 11.0, "p99_itl_ms": 50.0,
                "client_steps": client}
-        return {"folder": "f", "config": config, "concurrency": c, "cached": cached, "gpu": gpu}
+        return {"folder": folder, "config": config, "concurrency": c, "cached": cached, "gpu": gpu}
     rows = [level("defaults.1", 16, 1000.0, 30.0), level("defaults.2", 16, 1100.0, 36.0),
             level("defaults.3", 16, 1050.0, None), level("defaults.3", 16, 5000.0, 90.0, cached=True),
             level("defaults.1", 24, 1400.0, 30.0), level("defaults", 16, 3000.0, 10.0)]
@@ -120,3 +121,10 @@ def test_server_spread_over_fresh_servers_of_one_configuration() -> None:
     assert figures["a prefill adds ms"]["values"] == [30.0, 36.0]  # the server without records has none
     assert figures["a prefill adds ms"]["model_cv"] is None
     assert figures["p99_ttft_ms"]["cv"] == 0.0
+    # another host at the same load: its own entry, and one pooled around each host's own mean
+    other = [level("defaults.1", 16, 2000.0, 30.0, folder="g"), level("defaults.2", 16, 2400.0, 30.0, folder="g")]
+    spreads = sct.server_spread(rows + other)
+    assert [(s["folder"], s["servers"]) for s in spreads] == [("f", 3), ("g", 2), ("pooled", 5)]
+    both = spreads[2]["figures"]["output_tok_s"]
+    ss = float(((logs - logs.mean()) ** 2).sum()) + float(np.log(2400 / 2000) ** 2 / 2)
+    assert both["dof"] == 3 and both["cv"] == pytest.approx(np.sqrt(ss / 3))
