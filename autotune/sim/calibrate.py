@@ -65,7 +65,7 @@ THROUGHPUT_WEIGHT = 4.0  # in the loss, against P99 TPOT's 1: throughput is what
 _GRID_POINTS = 9  # the first pass, per constant, its bounds included
 _TOLERANCE = 0.005  # the pattern search stops when its step is this share of the bounds
 # Fewer fresh servers than this and a card carries their luck: on one H200 lease, five fresh servers sent the same
-# requests differed by up to 40% in what a prefill adds to its step, as far as H200 leases differ from each other
+# requests differed by up to 40% in what a prefill adds to its step, and two leases' means by 18%
 # (docs/results/sim-accuracy.md, "A host's own card"); a study's trials and re-measurements are each a fresh server.
 FEW_SERVERS = 3
 
@@ -114,7 +114,7 @@ class Calibration:
         if self.servers >= FEW_SERVERS:
             return None
         return (f"fitted on the runs of {self.servers} fresh server{'s' if self.servers > 1 else ''}: on one H200 host "
-                "what a prefill adds to a step moves from server to server about as much as between hosts, so "
+                "what a prefill adds to a step differs from one fresh server to the next, not only between hosts, so "
                 f"calibrate on a study with {FEW_SERVERS} or more trials or re-measurements")
 
     def summary(self) -> dict[str, Any]:
