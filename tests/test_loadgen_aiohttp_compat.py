@@ -6,7 +6,7 @@ import asyncio
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -20,9 +20,10 @@ from autotune.metrics import RequestOutput
 N_TOKENS = 6000  # about 0.5 MB of events per response
 
 
-def _burst_server(n_tokens: int) -> tuple[str, asyncio.AbstractEventLoop]:
+def _burst_server(n_tokens: int) -> tuple[str, Callable[[], None]]:
     """A raw HTTP/1.1 keep-alive server (own thread, own loop) that writes a whole chunked SSE completion of
-    ``n_tokens`` events at once: far more than aiohttp's read buffer, so the client's flow control pauses."""
+    ``n_tokens`` events at once: far more than aiohttp's read buffer, so the client's flow control pauses. Its URL,
+    and what shuts it down."""
     def chunk(data: bytes) -> bytes:
         return b"%x\r\n%s\r\n" % (len(data), data)
 
@@ -59,16 +60,32 @@ def _burst_server(n_tokens: int) -> tuple[str, asyncio.AbstractEventLoop]:
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    loop.run_until_complete(asyncio.start_server(handle, sock=sock))
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    return f"http://127.0.0.1:{sock.getsockname()[1]}", loop
+    server = loop.run_until_complete(asyncio.start_server(handle, sock=sock))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def close_connections() -> None:
+        server.close()
+        handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+
+    def shut_down() -> None:
+        # Each handler ends (its writer closed) on the running loop before the loop closes: a handler left
+        # suspended is closed by the garbage collector later, in another test, on a closed loop.
+        asyncio.run_coroutine_threadsafe(close_connections(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", shut_down
 
 
 @pytest.fixture(scope="module")
 def burst_url() -> Iterator[str]:
-    url, loop = _burst_server(N_TOKENS)
+    url, shut_down = _burst_server(N_TOKENS)
     yield url
-    loop.call_soon_threadsafe(loop.stop)
+    shut_down()
 
 
 @pytest.mark.parametrize("version,listed,needs_none", [
