@@ -9,6 +9,9 @@ background_main() {
   case "$cmd" in
     start)
       mkdir -p "$dir"
+      # the machine the job ran on: hosts differ in what a prefill step costs (docs/results/sim-accuracy.md)
+      { lscpu; nproc; free -g; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; } \
+        > "$dir/host.txt" 2>&1
       src=$(snapshot_tree "$dir") || return 1
       # the job, the functions it calls and the variables it reads travel into the new session by value
       setsid bash -c "$(declare -p dir progress ${job_vars:-} 2>/dev/null); $(declare -f)
