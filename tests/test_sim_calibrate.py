@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from autotune.cli import main
@@ -107,6 +108,11 @@ def test_calibrate_finds_the_hosts_step_constant_and_its_card_predicts(capsys, t
     assert data["loss"]["fitted"] < 0.1 * data["loss"]["start"]
     assert data["errors"]["output_tok_s"]["start"]["median_pct"] > 2.0  # the card's steps were too short
     assert abs(data["errors"]["output_tok_s"]["fitted"]["median_pct"]) < 0.5
+    # every server ran on the same host: resampling them, the constant comes back the same, to the search's grain
+    assert data["servers"] >= 3 and data["caution"] is None
+    low, high = data["interval_90"]["eager_step_overhead_ms"]
+    assert low - 1e-3 <= data["constants"]["eager_step_overhead_ms"] <= high + 1e-3  # the card's 4 decimals
+    assert 9.0 <= low <= high <= 10.0
     # every trial ran on the same host: without either one the constant comes back the same
     assert set(data["without_trial"]) == {"0", "1"}
     for constants in data["without_trial"].values():
@@ -193,6 +199,26 @@ def test_runs_count_their_servers_and_three_need_no_caution(tmp_path: Path) -> N
     two = calibration(["trials/0", "remeasure/0-1"])
     assert two.servers == 2 and "2 fresh servers" in two.caution()
     assert FEW_SERVERS == 3 and calibration(["trials/0", "trials/1", "remeasure/0-1"]).caution() is None
+
+
+def test_the_server_interval_resamples_servers_on_the_fits_own_replays(tmp_path: Path) -> None:
+    """Four servers whose runs each want another constant (2, 4, 6, 8 ms: a run's loss term is its squared
+    distance): the pooled fit is 5, and resampling the servers moves it within [2, 8]; servers that agree give a
+    zero-width interval; the interval is seeded."""
+    from autotune.sim.calibrate import MeasuredRun, server_interval
+
+    values = np.arange(0.0, 10.01, 0.5)
+    runs = [MeasuredRun(s, {}, 8, 0, tmp_path / "trials" / str(s) / "levels" / f"0{i}-c8.jsonl.gz", 100.0, 10.0)
+            for s in range(4) for i in range(2)]
+
+    def evaluated(wanted: list[float]) -> tuple:
+        return tuple(({"eager_step_overhead_ms": float(v)}, np.array([(v - w) ** 2 for w in wanted]))
+                     for v in values)
+    apart = evaluated([2, 2, 4, 4, 6, 6, 8, 8])
+    low, high = server_interval(runs, apart)["eager_step_overhead_ms"]
+    assert 2.0 <= low < 5.0 < high <= 8.0
+    assert server_interval(runs, apart) == {"eager_step_overhead_ms": (low, high)}  # seeded
+    assert server_interval(runs, evaluated([5] * 8)) == {"eager_step_overhead_ms": (5.0, 5.0)}
 
 
 def test_a_real_h200_studys_runs_are_found_with_their_requests(tmp_path: Path, weightless_flash_dir: Path) -> None:

@@ -255,11 +255,15 @@ class CalibrationConsole(Progress):
         table = Table(title=f"sim calibrate: {len(result.runs)} measured runs, {result.evaluations} evaluations")
         for column in ("constant", f"{result.base} card", "this host"):
             table.add_column(column, justify="left" if column == "constant" else "right")
+        if result.interval_90:
+            table.add_column("90% interval, servers resampled", justify="right")
         if result.without_trial:
             table.add_column("without one trial", justify="right")
         for name, value in result.constants.items():
             others = [constants[name] for constants in result.without_trial.values()]
+            interval = result.interval_90.get(name)
             table.add_row(name, f"{result.start[name]:.4g}", f"{value:.4g}",
+                          *([f"{interval[0]:.4g} to {interval[1]:.4g}"] if interval else []),
                           *([f"{min(others):.4g} to {max(others):.4g}"] if others else []))
         out.print(table)
         errors = Table(title="the sim against the measured runs (median \\[min, max] of sim / measured - 1)")

@@ -2,11 +2,12 @@
 host, so that its what-ifs and warm starts start from that host's steps rather than those of the machine the
 built-in card was measured on.
 
-Why a host needs its own: two H200 hosts with the same software, model and load ran the same step differently. A
-step that carries a ~1,000-token prefill added 22.2-24.7 ms on one and 29.5 ms on the other, with the decode-only
-step alike (6.30 against 6.35-6.45 ms): the part of a mixed step that runs outside full CUDA graphs is launched by
-the host's CPU (docs/results/sim-accuracy.md, "the studies' host's own step constant"). A built-in card is right
-for one host to within that quarter.
+Why a host needs its own: H200 hosts with the same software, model and load run the same step differently. A step
+that carries a ~1,000-token prefill added 22.2-24.7 ms on one host and 28.6-39.3 ms on five others, with the
+decode-only step alike (6.3-6.5 ms): the part of a mixed step that runs outside full CUDA graphs is launched by the
+host's CPU (docs/results/sim-accuracy.md, "A host's own card"). Fresh servers on one host differ too (a CV of
+2-14% over a host's servers sent the same requests), so a card is fitted on many servers' runs: a study's trials
+and re-measurements, each a fresh server (:data:`FEW_SERVERS`).
 
 What is fitted: the constants that set the engine's step times (:data:`CALIBRATED_CONSTANTS`), on what the step
 times set: each measured run's steady output throughput (weighted 4x) and P99 TPOT. Not its TTFT: in a closed loop
@@ -19,8 +20,11 @@ The fit is a coordinate search: each constant in turn on a grid over its bounds,
 search around the best point so far (the two points half a step either side of it, the step halved each time).
 Not a golden section: the sim's loss is not smooth at a fine scale (a constant that moves a step by a fraction of
 a millisecond moves which requests share a step), and a bracketing search followed a local dip to 8.2 ms where the
-loss was exactly 0 at 9.5 (tests/test_sim_calibrate.py). Hand-written (about 15 lines): the project's dependencies
-hold no bounded scalar minimiser (scipy is not one).
+loss was exactly 0 at 9.5 (tests/test_sim_calibrate.py). Hand-written (about 15 lines): scipy's bounded scalar
+minimiser is Brent's method, a bracketing search of the same kind.
+
+How sure a fitted constant is: its interval over the study's servers (:func:`server_interval`), scipy's bootstrap
+resampling the servers, each resample refitted on the replays the search already made.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+from scipy import stats as scipy_stats
 
 from autotune import records
 from autotune.errors import UsageError
@@ -103,6 +108,8 @@ class Calibration:
     left_out: tuple[str, ...]  # runs not used, each with why
     # with --spread: the constants fitted without each trial's runs, by trial
     without_trial: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
+    # each constant's 90% interval over the study's servers (server_interval); none below FEW_SERVERS servers
+    interval_90: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
     @property
     def servers(self) -> int:
@@ -132,6 +139,8 @@ class Calibration:
                        for figure, errors in self.errors_pct.items()},
             **({"without_trial": {number: {k: round(v, 4) for k, v in constants.items()}
                                   for number, constants in self.without_trial.items()}} if self.without_trial else {}),
+            **({"interval_90": {k: [round(lo, 4), round(hi, 4)] for k, (lo, hi) in self.interval_90.items()}}
+               if self.interval_90 else {}),
         }
 
 
@@ -213,8 +222,9 @@ def _spread_pick(runs: list[MeasuredRun], most: int) -> list[MeasuredRun]:
 
 
 def _replay_errors(runs: list[MeasuredRun], settings: TrialSettings,
-                   constants: Mapping[str, float]) -> tuple[dict[str, tuple[float, ...]], float]:
-    """The sim's error against each run (% per figure) with ``constants`` on the settings' card, and the loss."""
+                   constants: Mapping[str, float]) -> tuple[dict[str, tuple[float, ...]], np.ndarray]:
+    """The sim's error against each run (% per figure) with ``constants`` on the settings' card, and each run's
+    term of the loss (the loss is their mean)."""
     card = dataclasses.replace(settings.gpu, extra={**(settings.gpu.extra or {}), **constants})
     setups: dict[str, Any] = {}
     tput: list[float] = []
@@ -230,10 +240,10 @@ def _replay_errors(runs: list[MeasuredRun], settings: TrialSettings,
         sim = bench_in_process(setups[key], requests, cfg)
         tput.append(sim.output_tok_s / run.output_tok_s)
         tpot.append(sim.tpot_ms.p99 / run.p99_tpot_ms)
-    loss = float(np.mean([THROUGHPUT_WEIGHT * math.log(a) ** 2 + (math.log(b) ** 2 if math.isfinite(b) else 0.0)
-                          for a, b in zip(tput, tpot)]))
+    terms = np.array([THROUGHPUT_WEIGHT * math.log(a) ** 2 + (math.log(b) ** 2 if math.isfinite(b) else 0.0)
+                      for a, b in zip(tput, tpot)])
     return {"output_tok_s": tuple(100.0 * (a - 1.0) for a in tput),
-            "p99_tpot_ms": tuple(100.0 * (b - 1.0) for b in tpot)}, loss
+            "p99_tpot_ms": tuple(100.0 * (b - 1.0) for b in tpot)}, terms
 
 
 def _flags_key(flags: Mapping[str, Any]) -> str:
@@ -279,6 +289,8 @@ class _Fit:
     loss_start: float
     errors_start: dict[str, tuple[float, ...]]
     evaluations: int
+    # every point the search replayed: its constants and each run's term of the loss there
+    evaluated: tuple[tuple[dict[str, float], np.ndarray], ...]
 
 
 def _fit(runs: list[MeasuredRun], settings: TrialSettings, fit: tuple[str, ...], progress: Progress,
@@ -287,17 +299,18 @@ def _fit(runs: list[MeasuredRun], settings: TrialSettings, fit: tuple[str, ...],
     extra = settings.gpu.extra or {}
     start = {name: float(extra[name]) for name in fit}
     best: dict[str, Any] = {"constants": dict(start), "loss": math.inf}
-    evaluations = [0]
+    evaluated: list[tuple[dict[str, float], np.ndarray]] = []
     halvings = math.ceil(math.log2(1.0 / (_TOLERANCE * (_GRID_POINTS - 1))))
     max_evaluations = 1 + (_GRID_POINTS + 2 * halvings) * len(fit)
 
     def evaluate(name: str, value: float) -> float:
         constants = {**best["constants"], name: value}
-        errors, loss = _replay_errors(runs, settings, constants)
-        evaluations[0] += 1
+        errors, terms = _replay_errors(runs, settings, constants)
+        evaluated.append((constants, terms))
+        loss = float(terms.mean())
         if loss < best["loss"]:
             best.update(constants=constants, loss=loss, errors=errors)
-        progress.calibration_step(CalibrationStep(evaluations[0], max_evaluations, constants, loss, best["loss"],
+        progress.calibration_step(CalibrationStep(len(evaluated), max_evaluations, constants, loss, best["loss"],
                                                   stage))
         return loss
 
@@ -311,7 +324,33 @@ def _fit(runs: list[MeasuredRun], settings: TrialSettings, fit: tuple[str, ...],
         lo, hi = CALIBRATED_CONSTANTS[name]
         _pattern_search(lambda x, n=name: evaluate(n, x), lambda n=name: best["constants"][n], lo, hi,
                         (hi - lo) / (_GRID_POINTS - 1), _TOLERANCE * (hi - lo))
-    return _Fit(start, best["constants"], best["loss"], best["errors"], loss_start, errors_start, evaluations[0])
+    return _Fit(start, best["constants"], best["loss"], best["errors"], loss_start, errors_start, len(evaluated),
+                tuple(evaluated))
+
+
+def server_interval(runs: list[MeasuredRun], evaluated: tuple[tuple[dict[str, float], np.ndarray], ...],
+                    confidence: float = 0.9, resamples: int = 999, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Each fitted constant's ``confidence`` interval over the study's fresh servers: the servers resampled with
+    replacement (scipy's percentile bootstrap, seeded), each resample's fit the evaluated point whose loss, with
+    each run weighted by how often its server was drawn, is least. The fit's own replays serve every resample, so
+    the interval costs no replay; its resolution is that of the points the search evaluated (finest around the
+    fitted value)."""
+    servers = sorted({r.server for r in runs})
+    run_server = np.array([servers.index(r.server) for r in runs])
+    terms = np.stack([t for _, t in evaluated])  # points x runs
+
+    def fitted(name: str) -> Callable[[np.ndarray], float]:
+        def statistic(drawn: np.ndarray) -> float:
+            weights = np.bincount(drawn, minlength=len(servers))[run_server]
+            return evaluated[int(np.argmin(terms @ weights))][0][name]
+        return statistic
+    out = {}
+    for name in evaluated[0][0]:
+        result = scipy_stats.bootstrap((np.arange(len(servers)),), fitted(name), n_resamples=resamples,
+                                       vectorized=False, method="percentile", confidence_level=confidence,
+                                       rng=np.random.default_rng(seed))
+        out[name] = (float(result.confidence_interval.low), float(result.confidence_interval.high))
+    return out
 
 
 def calibrate(study: optuna.Study, study_dir: Path, settings: TrialSettings, fit: tuple[str, ...] = DEFAULT_FIT,
@@ -339,10 +378,12 @@ def calibrate(study: optuna.Study, study_dir: Path, settings: TrialSettings, fit
     for number in trials if spread else []:
         without[number] = _fit([r for r in runs if r.trial_number != number], settings, fit, progress,
                                f"without trial {number}").constants
-    return Calibration(settings.gpu.base or settings.gpu.name, result.start, result.constants, result.loss_start, result.loss, tuple(runs), result.errors_start,
-                       result.errors, result.evaluations,
+    servers = len({r.server for r in runs})
+    interval = server_interval(runs, result.evaluated) if servers >= FEW_SERVERS else {}
+    return Calibration(settings.gpu.base or settings.gpu.name, result.start, result.constants, result.loss_start,
+                       result.loss, tuple(runs), result.errors_start, result.errors, result.evaluations,
                        tuple(left_out) + tuple(f"{r.records_path.relative_to(study_dir)}: more than --max-runs"
-                                               for r in all_runs if r not in runs), without)
+                                               for r in all_runs if r not in runs), without, interval)
 
 
 def card_header(calibration: Calibration, study: str, storage: str) -> str:
