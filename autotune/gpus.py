@@ -4,7 +4,7 @@ on that host's measurements (``calibrated_from`` says on which)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -16,7 +16,7 @@ from autotune.errors import UsageError
 from autotune.fileio import read_yaml
 
 __all__ = ["GpuSpec", "load_gpu", "known_gpus", "detect_gpu", "gpu_indices", "sim_caveats", "is_card_file",
-           "card_file_text"]
+           "card_file_text", "interval_cards"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,17 @@ class GpuSpec:
         numbers = {f.name: getattr(self, f.name) for f in fields(self)} | (self.extra or {})
         return {k: float(v) for k, v in sorted(numbers.items())
                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def interval_cards(gpu: GpuSpec) -> dict[str, tuple[float, GpuSpec, float, GpuSpec]]:
+    """A host's card whose constants `sim calibrate` gave 90% intervals: per constant, the interval's low end and
+    the card with the constant there, then its high end and that card (the fitted constants live in ``extra``)."""
+    intervals = (gpu.calibrated_from or {}).get("interval_90") or {}
+    out = {}
+    for name, (low, high) in intervals.items():
+        cards = [replace(gpu, extra={**(gpu.extra or {}), name: float(end)}) for end in (low, high)]
+        out[name] = (float(low), cards[0], float(high), cards[1])
+    return out
 
 
 def sim_caveats(gpu: GpuSpec, metrics: Iterable[str]) -> list[str]:
@@ -102,8 +113,17 @@ def _load_card_file(path: Path) -> GpuSpec:
     bad = sorted(k for k, v in constants.items() if not isinstance(v, (int, float)) or isinstance(v, bool))
     if bad:
         raise UsageError(f"card file {path}: {bad[0]} must be a number")
-    return _spec({**card, **constants, "name": str(path), "base": key,
-                  "calibrated_from": data.get("calibrated_from") or {}})
+    calibrated_from = data.get("calibrated_from") or {}
+    if not isinstance(calibrated_from, dict):
+        raise UsageError(f"card file {path}: calibrated_from must be a mapping")
+    intervals = calibrated_from.get("interval_90") or {}
+    entries = intervals.items() if isinstance(intervals, dict) else [("", intervals)]
+    for name, ends in entries:
+        if (name not in card or not isinstance(ends, list) or len(ends) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ends)):
+            raise UsageError(f"card file {path}: calibrated_from.interval_90 maps constants of the {key} card to "
+                             f"[low, high], not {f'{name}: ' if name else ''}{ends!r}")
+    return _spec({**card, **constants, "name": str(path), "base": key, "calibrated_from": calibrated_from})
 
 
 def card_file_text(base: str, constants: dict[str, float], calibrated_from: dict[str, Any], header: str) -> str:

@@ -45,6 +45,10 @@ def test_a_card_file_is_its_base_with_its_own_constants(tmp_path: Path) -> None:
     ("base: h200\nname: h100\n", "'name' is not a constant"),
     ("base: h200\nhbm_efficiency: fast\n", "hbm_efficiency must be a number"),
     ("base: [h200\n", "invalid YAML"),
+    ("base: h200\ncalibrated_from: 5\n", "calibrated_from must be a mapping"),
+    ("base: h200\ncalibrated_from: {interval_90: {eager_step_overhead_ms: [2]}}\n",
+     "interval_90 maps constants of the h200 card to [low, high], not eager_step_overhead_ms: [2]"),
+    ("base: h200\ncalibrated_from: {interval_90: {warp: [1, 2]}}\n", "not warp: [1, 2]"),
 ])
 def test_a_bad_card_file_is_one_line(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(UsageError, match=message.replace("[", r"\[")) as e:
@@ -126,6 +130,27 @@ def test_calibrate_finds_the_hosts_step_constant_and_its_card_predicts(capsys, t
                  "--workload", "random:512:64:0.5", "--concurrency", "16", "--json"])
     predicted = json.loads(capsys.readouterr().out)
     assert code == 0 and predicted["gpu_type"] == str(card_path) and predicted["output_tok_s"] > 0
+    assert set(predicted["interval_90"]["eager_step_overhead_ms"]) == {"low", "high"}
+
+
+def test_predict_on_a_host_card_gives_the_answer_at_its_intervals_ends(capsys, tmp_path: Path) -> None:
+    """The same level with the fitted constant at its 90% interval's ends: a longer mixed step, a slower level."""
+    card = _card(tmp_path / "host.yaml", "base: h200\neager_step_overhead_ms: 6.0\n"
+                                         "calibrated_from: {interval_90: {eager_step_overhead_ms: [2.0, 20.0]}}\n")
+    args = ["sim", "predict", "--model", "flash", "--gpu-type", card, "--workload", "random:1024:128:0.5",
+            "--concurrency", "24"]
+    capsys.readouterr()
+    assert main([*args, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    ends = data["interval_90"]["eager_step_overhead_ms"]
+    assert (ends["low"]["value"], ends["high"]["value"]) == (2.0, 20.0)
+    assert ends["low"]["output_tok_s"] > data["output_tok_s"] > ends["high"]["output_tok_s"]
+    assert ends["low"]["p99_ms"]["tpot"] < data["tpot_ms"]["p99"] < ends["high"]["p99_ms"]["tpot"]
+    assert main(args) == 0
+    assert "with eager_step_overhead_ms at its 90% interval's ends (2 / 20): output" in capsys.readouterr().out
+    assert main(["sim", "predict", "--model", "flash", "--gpu-type", "h200", "--workload", "random:1024:128:0.5",
+                 "--concurrency", "24", "--json"]) == 0
+    assert "interval_90" not in json.loads(capsys.readouterr().out)  # a built-in card has none
 
 
 @pytest.fixture(scope="module")

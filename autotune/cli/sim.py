@@ -56,7 +56,7 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
     """Predict a benchmark of MODEL under vLLM flags (given after the options, `vllm serve` spelling): one load
     level of a study (same requests, warm-up wave, ramp and steady window), run in-process on the sim engine."""
     from autotune.config import check_workload_flags, check_workload_model
-    from autotune.gpus import load_gpu
+    from autotune.gpus import interval_cards, load_gpu
     from autotune.jsonsafe import json_safe
     from autotune.loadgen.runner import LoadConfig
     from autotune.loadgen.workload import parse_workload
@@ -89,6 +89,16 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
     result = predict_workload(model, gpu, flags, wl, cfg)
     data = json_safe(result.to_json())
     data.update(flags=json_safe(flags), gpu_type=gpu_type)  # "workload": the stream's spec and seed
+    # a host's card: the same prediction with each fitted constant at its 90% interval's ends (how sure the answer is)
+    ends = {name: {side: (value, predict_workload(model, card, flags, wl, cfg))
+                   for side, value, card in (("low", low, low_card), ("high", high, high_card))}
+            for name, (low, low_card, high, high_card) in interval_cards(gpu).items()}
+    if ends:
+        data["interval_90"] = {name: {side: {"value": value, "output_tok_s": r.output_tok_s,
+                                             "p99_ms": {m: r.latency(m).p99 for m in ("ttft", "tpot", "itl", "e2el")}}
+                                      for side, (value, r) in sides.items()}
+                               for name, sides in ends.items()}
+        data = json_safe(data)
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")
         return
@@ -107,6 +117,12 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
     console.print(f"output {result.output_tok_s:,.0f} tok/s, total {result.total_tok_s:,.0f} tok/s, "
                   f"{result.request_s:,.2f} req/s, {result.completed} completed, {result.failed} failed, "
                   f"{result.duration_s:,.1f} s modelled")
+    for name, sides in ends.items():
+        (low, at_low), (high, at_high) = sides["low"], sides["high"]
+        console.print(f"with {name} at its 90% interval's ends ({low:.4g} / {high:.4g}): output "
+                      f"{at_low.output_tok_s:,.0f} / {at_high.output_tok_s:,.0f} tok/s, "
+                      + ", ".join(f"P99 {m} {at_low.latency(m).p99:,.1f} / {at_high.latency(m).p99:,.1f} ms"
+                                  for m in ("ttft", "tpot", "itl")))
 
 
 @sim.command(name="calibrate")
