@@ -3,7 +3,7 @@ host, so that its what-ifs and warm starts start from that host's steps rather t
 built-in card was measured on.
 
 Why a host needs its own: H200 hosts with the same software, model and load run the same step differently. A step
-that carries a ~1,000-token prefill added 22.2-24.7 ms on one host and 28.6-39.3 ms on five others, with the
+that carries a ~1,000-token prefill added 21.8-24.7 ms on one host and 28.6-39.3 ms on five others, with the
 decode-only step alike (6.3-6.5 ms): the part of a mixed step that runs outside full CUDA graphs is launched by the
 host's CPU (docs/results/sim-accuracy.md, "A host's own card"). Fresh servers on one host differ too (a CV of
 2-14% over a host's servers sent the same requests), so a card is fitted on many servers' runs: a study's trials
