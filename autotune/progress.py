@@ -71,7 +71,6 @@ class CalibrationStep:
     constants: Mapping[str, float]
     loss: float  # mean over the measured runs of 4 x log(throughput ratio)^2 + log(P99 TPOT ratio)^2
     best_loss: float  # the lowest so far
-    stage: str = "all runs"  # which fit: on all the runs, or without one trial's (--spread)
 
 
 class Progress:

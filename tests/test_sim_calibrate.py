@@ -96,7 +96,7 @@ def host_study(tmp_path_factory) -> tuple[str, Path]:
     return storage, model_dir
 
 
-@pytest.mark.slow  # ~20 s: three fits (all runs, then without each trial) of 6 runs
+@pytest.mark.slow  # ~6 s: one fit of 6 runs, refitted without each trial and over resampled servers
 def test_calibrate_finds_the_hosts_step_constant_and_its_card_predicts(capsys, tmp_path: Path,
                                                                       host_study: tuple[str, Path]) -> None:
     storage, model_dir = host_study

@@ -143,8 +143,8 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
 @click.option("--max-runs", type=click.IntRange(min=1), default=24, show_default=True,
               help="measured runs replayed per evaluation, spread over the study's trials and loads")
 @click.option("--spread", is_flag=True,
-              help="fit again without each trial's runs in turn: how much the constant depends on which "
-                   "configurations were measured (one more fit per trial)")
+              help="refit without each trial's runs in turn, on the fit's own replays: how much the constant "
+                   "depends on which configurations were measured")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout")
 def calibrate_cmd(study_name: str, storage: str | None, out: str | None, to: str, base: str | None,
                   model_ref: str | None, fit_names: str, max_runs: int, spread: bool, as_json: bool) -> None:

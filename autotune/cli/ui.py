@@ -247,7 +247,7 @@ class CalibrationConsole(Progress):
         if self.quiet:
             return
         tried = ", ".join(f"{name} {value:.4g}" for name, value in step.constants.items())
-        self.err.print(f"fit ({step.stage}) {step.evaluation}/~{step.max_evaluations}: {tried}: loss "
+        self.err.print(f"fit {step.evaluation}/~{step.max_evaluations}: {tried}: loss "
                        f"{step.loss:.4g} (best {step.best_loss:.4g})")
 
     def finished(self, result: Calibration, card_path: str) -> None:

@@ -24,7 +24,8 @@ loss was exactly 0 at 9.5 (tests/test_sim_calibrate.py). Hand-written (about 15 
 minimiser is Brent's method, a bracketing search of the same kind.
 
 How sure a fitted constant is: its interval over the study's servers (:func:`server_interval`), scipy's bootstrap
-resampling the servers, each resample refitted on the replays the search already made.
+resampling the servers, each resample refitted on the replays the search already made (:func:`refit`; so is ``--spread``, each trial's
+runs left out in turn).
 """
 from __future__ import annotations
 
@@ -293,8 +294,7 @@ class _Fit:
     evaluated: tuple[tuple[dict[str, float], np.ndarray], ...]
 
 
-def _fit(runs: list[MeasuredRun], settings: TrialSettings, fit: tuple[str, ...], progress: Progress,
-         stage: str) -> _Fit:
+def _fit(runs: list[MeasuredRun], settings: TrialSettings, fit: tuple[str, ...], progress: Progress) -> _Fit:
     """The coordinate search (module docstring) from the settings' card's constants over ``runs``."""
     extra = settings.gpu.extra or {}
     start = {name: float(extra[name]) for name in fit}
@@ -310,8 +310,7 @@ def _fit(runs: list[MeasuredRun], settings: TrialSettings, fit: tuple[str, ...],
         loss = float(terms.mean())
         if loss < best["loss"]:
             best.update(constants=constants, loss=loss, errors=errors)
-        progress.calibration_step(CalibrationStep(len(evaluated), max_evaluations, constants, loss, best["loss"],
-                                                  stage))
+        progress.calibration_step(CalibrationStep(len(evaluated), max_evaluations, constants, loss, best["loss"]))
         return loss
 
     evaluate(fit[0], start[fit[0]])
@@ -328,21 +327,25 @@ def _fit(runs: list[MeasuredRun], settings: TrialSettings, fit: tuple[str, ...],
                 tuple(evaluated))
 
 
+def refit(evaluated: tuple[tuple[dict[str, float], np.ndarray], ...], weights: np.ndarray) -> dict[str, float]:
+    """The fit again with each run weighted (0: left out), on the replays the search already made: the evaluated
+    point of least weighted loss. Its grain is that of the points the search evaluated, finest around the fitted
+    value."""
+    terms = np.stack([t for _, t in evaluated])  # points x runs
+    return evaluated[int(np.argmin(terms @ weights))][0]
+
+
 def server_interval(runs: list[MeasuredRun], evaluated: tuple[tuple[dict[str, float], np.ndarray], ...],
                     confidence: float = 0.9, resamples: int = 999, seed: int = 0) -> dict[str, tuple[float, float]]:
     """Each fitted constant's ``confidence`` interval over the study's fresh servers: the servers resampled with
-    replacement (scipy's percentile bootstrap, seeded), each resample's fit the evaluated point whose loss, with
-    each run weighted by how often its server was drawn, is least. The fit's own replays serve every resample, so
-    the interval costs no replay; its resolution is that of the points the search evaluated (finest around the
-    fitted value)."""
+    replacement (scipy's percentile bootstrap, seeded), each resample :func:`refit` with each run weighted by how
+    often its server was drawn: no replay."""
     servers = sorted({r.server for r in runs})
     run_server = np.array([servers.index(r.server) for r in runs])
-    terms = np.stack([t for _, t in evaluated])  # points x runs
 
     def fitted(name: str) -> Callable[[np.ndarray], float]:
         def statistic(drawn: np.ndarray) -> float:
-            weights = np.bincount(drawn, minlength=len(servers))[run_server]
-            return evaluated[int(np.argmin(terms @ weights))][0][name]
+            return refit(evaluated, np.bincount(drawn, minlength=len(servers))[run_server])[name]
         return statistic
     out = {}
     for name in evaluated[0][0]:
@@ -356,8 +359,8 @@ def server_interval(runs: list[MeasuredRun], evaluated: tuple[tuple[dict[str, fl
 def calibrate(study: optuna.Study, study_dir: Path, settings: TrialSettings, fit: tuple[str, ...] = DEFAULT_FIT,
               max_runs: int = 24, progress: Progress = NULL_PROGRESS, spread: bool = False) -> Calibration:
     """Fit ``fit``'s constants of the settings' card to the study's measured runs (at most ``max_runs`` of them,
-    spread over its trials and loads). ``spread``: fit again without each trial's runs in turn, to show how much
-    the constants depend on which configurations were measured (one more fit per trial)."""
+    spread over its trials and loads). ``spread``: :func:`refit` without each trial's runs in turn, to show how
+    much the constants depend on which configurations were measured."""
     unknown = [name for name in fit if name not in CALIBRATED_CONSTANTS]
     if unknown or not fit:
         raise UsageError(f"--fit takes some of {', '.join(CALIBRATED_CONSTANTS)}"
@@ -373,11 +376,9 @@ def calibrate(study: optuna.Study, study_dir: Path, settings: TrialSettings, fit
     if spread and len(trials) < 2:
         raise UsageError(f"--spread refits without each trial in turn: study {study.study_name!r} has runs of one "
                          "trial only")
-    result = _fit(runs, settings, fit, progress, "all runs")
-    without: dict[int, dict[str, float]] = {}
-    for number in trials if spread else []:
-        without[number] = _fit([r for r in runs if r.trial_number != number], settings, fit, progress,
-                               f"without trial {number}").constants
+    result = _fit(runs, settings, fit, progress)
+    without = {number: refit(result.evaluated, np.array([float(r.trial_number != number) for r in runs]))
+               for number in (trials if spread else [])}
     servers = len({r.server for r in runs})
     interval = server_interval(runs, result.evaluated) if servers >= FEW_SERVERS else {}
     return Calibration(settings.gpu.base or settings.gpu.name, result.start, result.constants, result.loss_start,
