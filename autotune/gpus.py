@@ -40,19 +40,20 @@ class GpuSpec:
     def constants(self) -> dict[str, float]:
         """Every number of the card, the fitted ones in ``extra`` too, by name: what the sim's figures rest on."""
         numbers = {f.name: getattr(self, f.name) for f in fields(self)} | (self.extra or {})
-        return {k: float(v) for k, v in sorted(numbers.items())
-                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return {k: float(v) for k, v in sorted(numbers.items()) if _is_number(v)}
 
 
-def interval_cards(gpu: GpuSpec) -> dict[str, tuple[float, GpuSpec, float, GpuSpec]]:
-    """A host's card whose constants `sim calibrate` gave 90% intervals: per constant, the interval's low end and
-    the card with the constant there, then its high end and that card (the fitted constants live in ``extra``)."""
+def interval_cards(gpu: GpuSpec) -> dict[str, dict[str, tuple[float, GpuSpec]]]:
+    """A host's card whose constants `sim calibrate` gave 90% intervals: per constant, at its interval's "low" and
+    "high" end, the value and the card with the constant there (the fitted constants live in ``extra``)."""
     intervals = (gpu.calibrated_from or {}).get("interval_90") or {}
-    out = {}
-    for name, (low, high) in intervals.items():
-        cards = [replace(gpu, extra={**(gpu.extra or {}), name: float(end)}) for end in (low, high)]
-        out[name] = (float(low), cards[0], float(high), cards[1])
-    return out
+    return {name: {side: (float(end), replace(gpu, extra={**(gpu.extra or {}), name: float(end)}))
+                   for side, end in zip(("low", "high"), ends)}
+            for name, ends in intervals.items()}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def sim_caveats(gpu: GpuSpec, metrics: Iterable[str]) -> list[str]:
@@ -110,7 +111,7 @@ def _load_card_file(path: Path) -> GpuSpec:
     unknown = sorted(k for k in constants if k not in card or k in ("name", "sim_caveats"))
     if unknown:
         raise UsageError(f"card file {path}: {unknown[0]!r} is not a constant of the {key} card")
-    bad = sorted(k for k, v in constants.items() if not isinstance(v, (int, float)) or isinstance(v, bool))
+    bad = sorted(k for k, v in constants.items() if not _is_number(v))
     if bad:
         raise UsageError(f"card file {path}: {bad[0]} must be a number")
     calibrated_from = data.get("calibrated_from") or {}
@@ -119,8 +120,7 @@ def _load_card_file(path: Path) -> GpuSpec:
     intervals = calibrated_from.get("interval_90") or {}
     entries = intervals.items() if isinstance(intervals, dict) else [("", intervals)]
     for name, ends in entries:
-        if (name not in card or not isinstance(ends, list) or len(ends) != 2
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ends)):
+        if name not in card or not isinstance(ends, list) or len(ends) != 2 or not all(map(_is_number, ends)):
             raise UsageError(f"card file {path}: calibrated_from.interval_90 maps constants of the {key} card to "
                              f"[low, high], not {f'{name}: ' if name else ''}{ends!r}")
     return _spec({**card, **constants, "name": str(path), "base": key, "calibrated_from": calibrated_from})

@@ -91,8 +91,8 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
     data.update(flags=json_safe(flags), gpu_type=gpu_type)  # "workload": the stream's spec and seed
     # a host's card: the same prediction with each fitted constant at its 90% interval's ends (how sure the answer is)
     ends = {name: {side: (value, predict_workload(model, card, flags, wl, cfg))
-                   for side, value, card in (("low", low, low_card), ("high", high, high_card))}
-            for name, (low, low_card, high, high_card) in interval_cards(gpu).items()}
+                   for side, (value, card) in sides.items()}
+            for name, sides in interval_cards(gpu).items()}
     if ends:
         data["interval_90"] = {name: {side: {"value": value, "output_tok_s": r.output_tok_s,
                                              "p99_ms": {m: r.latency(m).p99 for m in ("ttft", "tpot", "itl", "e2el")}}
