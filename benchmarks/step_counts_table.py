@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 from _shared import add_card_constants_option, load_records, parse_args_with_constants, replay_bench_level
-from noise_pooled import cv_interval, model_cv, pooled
+from noise_pooled import METRICS, cv_interval, model_cv, pooled
 
 from autotune.sim.args import parse_serve_args
 
@@ -153,7 +153,8 @@ def sim_level(flags: dict[str, Any], gpu_run: dict[str, Any], constants: dict[st
         r = replay_bench_level(flags, gpu_run, constants, records)
         level_records = load_records(records)
     return {"steps_by_tokens": r.extra["server_metrics"]["steps_by_tokens"], "p99_itl_ms": r.itl_ms.p99,
-            "p50_tpot_ms": r.tpot_ms.p50, "p99_tpot_ms": r.tpot_ms.p99, "output_tok_s": r.output_tok_s, "client_steps": client_steps(level_records),
+            "p50_tpot_ms": r.tpot_ms.p50, "p99_tpot_ms": r.tpot_ms.p99, "output_tok_s": r.output_tok_s,
+            "client_steps": client_steps(level_records),
             "ttft_split": ttft_split(level_records, r.extra["server_metrics"]), "p50_ttft_ms": r.ttft_ms.p50,
             "p99_ttft_ms": r.ttft_ms.p99, "deliveries": deliveries(level_records)}
 
@@ -197,9 +198,8 @@ def table(folder: Path, constants: dict[str, float]) -> list[dict[str, Any]]:
     return rows
 
 
-# Figures whose spread over fresh servers `server_spread` gives, with the noise model's CV for each where it has one.
-SPREAD_FIGURES = {"output_tok_s": "output_tok_s", "p99_ttft_ms": "p99_ttft_ms", "p99_tpot_ms": "p99_tpot_ms",
-                  "p99_itl_ms": "p99_itl_ms", "decode step ms": None, "a prefill adds ms": None}
+# Figures whose spread over fresh servers `server_spread` gives (the noise model's CV beside those it draws).
+SPREAD_FIGURES = ("output_tok_s", "p99_ttft_ms", "p99_tpot_ms", "p99_itl_ms", "decode step ms", "a prefill adds ms")
 
 
 def _figure(gpu: dict[str, Any], name: str) -> float | None:
@@ -231,14 +231,15 @@ def server_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _spread(folder: str, config: str, concurrency: int, per_host: list[list[dict[str, Any]]]) -> dict[str, Any]:
     figures = {}
-    for name, metric in SPREAD_FIGURES.items():
-        values = [[v for v in (_figure(g, name) for g in runs) if v] for runs in per_host]
+    for name in SPREAD_FIGURES:
+        # a CV is of the log: a level whose prefills cost nothing measurable (cached prompts) has none
+        values = [[v for v in (_figure(g, name) for g in runs) if v is not None and v > 0] for runs in per_host]
         ss, dof = pooled(values)
         if not dof:
             continue
         figures[name] = {"values": [v for host in values for v in host], "cv": math.sqrt(ss / dof),
                          "cv_interval": cv_interval(ss, dof), "dof": dof,
-                         "model_cv": model_cv(metric) if metric else None}
+                         "model_cv": model_cv(name) if name in METRICS else None}
     return {"folder": folder, "config": config, "concurrency": concurrency,
             "servers": sum(len(runs) for runs in per_host), "figures": figures}
 
