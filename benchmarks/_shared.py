@@ -30,6 +30,27 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@dataclasses.dataclass(frozen=True)
+class Level:
+    """One level of a `benchmarks/gpu/step_counts.sh` folder, on the job's wall clock (its `levels.txt`)."""
+    config: str
+    concurrency: int
+    start_s: float
+    end_s: float
+
+
+def read_levels(run_dir: Path) -> list[Level]:
+    """The folder's levels, from `levels.txt` ("CONFIG cC START_S END_S" lines); none without the file."""
+    path = run_dir / "levels.txt"
+    if not path.is_file():
+        return []
+    levels = []
+    for line in path.read_text().splitlines():
+        cfg, c, start, end = line.split()
+        levels.append(Level(cfg, int(c.lstrip("c")), float(start), float(end)))
+    return levels
+
+
 def load_records(path: Path) -> list[dict]:
     """A level's per-request records (`studies/<study>/trials/N/levels/NN-cC.jsonl.gz`, `bench --records`)."""
     opener = gzip.open if path.suffix == ".gz" else open

@@ -24,6 +24,10 @@ Per level, GPU and sim side by side:
   the time line above: an API server that falls behind sends several steps' tokens at once, one that takes more
   than 1 ms for a step's tokens splits them), and how the measured requests' starts vary from one 250 ms window
   to the next (coefficient of variation: in a closed loop, how much the endings bunch up).
+- what the GPU ran at, where the job logged it (`gpu-telemetry.csv.gz`, every 250 ms, and `levels.txt`): the
+  median SM clock, power and temperature over the level, and the share of its samples the driver throttled for
+  power or heat. A prefill is compute-bound, so it is as fast as the SM clock; a decode step reads memory. Over
+  fresh servers, the correlation of what a prefill adds with the SM clock.
 A level whose prompts an earlier level on the same server had already sent (same seed: step_counts.sh before it
 seeded each level by its concurrency) is marked "cached": vLLM's prefix cache served those prompts without their
 prefill, the sim's fresh engine did not.
@@ -33,18 +37,23 @@ prefill, the sim's fresh engine did not.
 from __future__ import annotations
 
 import argparse
+import csv
+import gzip
 import json
 import math
 import shlex
 import sys
 import tempfile
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _shared import add_card_constants_option, load_records, parse_args_with_constants, replay_bench_level
+from _shared import add_card_constants_option, load_records, parse_args_with_constants, read_levels, replay_bench_level
 from noise_pooled import METRICS, cv_interval, model_cv, pooled
+
+from scipy import stats
 
 from autotune.sim.args import parse_serve_args
 
@@ -146,6 +155,72 @@ def client_steps(records: list[dict[str, Any]], same_step_ms: float = 1.0) -> di
             "first_tokens": int(firsts.sum())}
 
 
+# nvidia-smi's throttle reasons (clocks_throttle_reasons.active): software power cap, hardware slowdown, software and
+# hardware thermal slowdown, power brake. Idle (0x1) and the application clock setting (0x2) are not throttling.
+THROTTLE_MASK = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
+
+
+def read_telemetry(folder: Path) -> dict[str, np.ndarray] | None:
+    """The job's GPU telemetry (benchmarks/gpu/background.sh `telemetry_start`) on its `date +%s` time line, a
+    column per figure: t_s, sm_mhz, power_w, temperature_c, throttled (0/1). None without it."""
+    path, clock = folder / "gpu-telemetry.csv.gz", folder / "gpu-telemetry-clock.txt"
+    if not path.is_file() or not clock.is_file():
+        return None
+    epoch, local = clock.read_text().split(maxsplit=1)
+    # nvidia-smi writes local time: its offset from the epoch is what `date` printed beside it, to the second
+    offset_s = float(epoch) - _as_utc(local.strip(), "%Y/%m/%d %H:%M:%S")
+    with gzip.open(path, "rt") as f:
+        rows = list(csv.reader(f, skipinitialspace=True))
+    if not rows:
+        return None
+    names = [h.split(" [")[0] for h in rows[0]]
+
+    def column(part: str) -> int:
+        return next(i for i, n in enumerate(names) if part in n)
+
+    t, sm, power, temp, reasons = (column(p) for p in ("timestamp", ".sm", "power.draw", "temperature", "reasons"))
+    parsed = []
+    for row in rows[1:]:
+        if len(row) != len(names) or row[0] == rows[0][0]:
+            continue  # a header again, or a line cut short by the job's end
+        try:
+            parsed.append((_as_utc(row[t], "%Y/%m/%d %H:%M:%S.%f") + offset_s, float(row[sm]), _number(row[power]),
+                           _number(row[temp]), float(bool(int(row[reasons], 16) & THROTTLE_MASK))))
+        except ValueError:
+            continue  # a row that does not parse (a clock "[N/A]")
+    columns = np.asarray(parsed, dtype=float).reshape(-1, 5).T
+    return dict(zip(("t_s", "sm_mhz", "power_w", "temperature_c", "throttled"), columns))
+
+
+def _as_utc(text: str, fmt: str) -> float:
+    return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc).timestamp()
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan  # "[N/A]"
+
+
+def level_telemetry(folder: Path) -> dict[tuple[str, int], dict[str, float]]:
+    """Per level (configuration, concurrency) of `levels.txt`: the median SM clock, power and temperature over
+    the level's samples and the share of them throttled (THROTTLE_MASK). Empty without telemetry."""
+    samples = read_telemetry(folder)
+    if samples is None:
+        return {}
+    out = {}
+    for level in read_levels(folder):
+        inside = (samples["t_s"] >= level.start_s) & (samples["t_s"] <= level.end_s)
+        if inside.any():
+            out[(level.config, level.concurrency)] = {
+                "sm_mhz": float(np.median(samples["sm_mhz"][inside])),
+                "power_w": float(np.nanmedian(samples["power_w"][inside])),
+                "temperature_c": float(np.nanmedian(samples["temperature_c"][inside])),
+                "throttled_share": float(samples["throttled"][inside].mean()), "samples": int(inside.sum())}
+    return out
+
+
 def sim_level(flags: dict[str, Any], gpu_run: dict[str, Any], constants: dict[str, float]) -> dict[str, Any]:
     """The level as the GPU ran it (its seed, warm-up wave, measured requests, ramp), in-process."""
     with tempfile.TemporaryDirectory(prefix="step-counts-") as tmp:
@@ -163,6 +238,7 @@ def table(folder: Path, constants: dict[str, float]) -> list[dict[str, Any]]:
     settings = dict(line.split("=", 1) for line in (folder / "settings.txt").read_text().splitlines() if "=" in line)
     order = [int(c) for c in settings["loads"].split()]  # the order the server saw the levels in
     rows = []
+    telemetry = level_telemetry(folder)
     for name, flags in configs(folder).items():
         seeds_sent: set[int] = set()
         runs = []
@@ -188,7 +264,8 @@ def table(folder: Path, constants: dict[str, float]) -> list[dict[str, Any]]:
                                  "ttft_split": ttft_split(gpu_records, gpu.get("server_metrics") or {})
                                  if gpu_records else None,
                                  "p50_ttft_ms": gpu["ttft_ms"]["p50"], "p99_ttft_ms": gpu["ttft_ms"]["p99"],
-                                 "deliveries": deliveries(gpu_records) if gpu_records else None},
+                                 "deliveries": deliveries(gpu_records) if gpu_records else None,
+                                 "telemetry": telemetry.get((name, int(gpu["concurrency"])))},
                          "sim": {"steps": grouped(sim["steps_by_tokens"]), "p99_itl_ms": sim["p99_itl_ms"],
                                  "p50_tpot_ms": sim["p50_tpot_ms"], "p99_tpot_ms": sim["p99_tpot_ms"],
                                  "output_tok_s": sim["output_tok_s"],
@@ -199,13 +276,14 @@ def table(folder: Path, constants: dict[str, float]) -> list[dict[str, Any]]:
 
 
 # Figures whose spread over fresh servers `server_spread` gives (the noise model's CV beside those it draws).
-SPREAD_FIGURES = ("output_tok_s", "p99_ttft_ms", "p99_tpot_ms", "p99_itl_ms", "decode step ms", "a prefill adds ms")
+SPREAD_FIGURES = ("output_tok_s", "p99_ttft_ms", "p99_tpot_ms", "p99_itl_ms", "decode step ms", "a prefill adds ms",
+                  "SM clock MHz")
 
 
 def _figure(gpu: dict[str, Any], name: str) -> float | None:
-    client = gpu["client_steps"] or {}
-    return {"decode step ms": client.get("decode_step_ms"),
-            "a prefill adds ms": client.get("prefill_adds_ms")}.get(name, gpu.get(name))
+    client, telemetry = gpu["client_steps"] or {}, gpu.get("telemetry") or {}
+    return {"decode step ms": client.get("decode_step_ms"), "a prefill adds ms": client.get("prefill_adds_ms"),
+            "SM clock MHz": telemetry.get("sm_mhz")}.get(name, gpu.get(name))
 
 
 def server_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -241,7 +319,29 @@ def _spread(folder: str, config: str, concurrency: int, per_host: list[list[dict
                          "cv_interval": cv_interval(ss, dof), "dof": dof,
                          "model_cv": model_cv(name) if name in METRICS else None}
     return {"folder": folder, "config": config, "concurrency": concurrency,
-            "servers": sum(len(runs) for runs in per_host), "figures": figures}
+            "servers": sum(len(runs) for runs in per_host), "figures": figures,
+            "prefill_vs_clock": clock_correlation(per_host)}
+
+
+def clock_correlation(per_host: list[list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """Does a server whose GPU ran at a higher SM clock take less for a prefill? Pearson's r of the log of what a
+    prefill adds against the log of the level's median SM clock over the servers that have both, each around its
+    own host's mean, with its 90% interval; and the slope (elasticity): −1 where a prefill's time is all
+    SM-clock-bound. None below four such servers."""
+    xs, ys = [], []
+    for runs in per_host:
+        pairs = [(math.log(c), math.log(p)) for c, p in ((_figure(g, "SM clock MHz"), _figure(g, "a prefill adds ms"))
+                                                         for g in runs) if c and p and p > 0]
+        if pairs:
+            x, y = np.asarray(pairs).T
+            xs.extend(x - x.mean())
+            ys.extend(y - y.mean())
+    if len(xs) < 4 or np.ptp(xs) == 0 or np.ptp(ys) == 0:
+        return None
+    fit = stats.pearsonr(xs, ys)
+    low, high = fit.confidence_interval(0.90)
+    return {"servers": len(xs), "r": float(fit.statistic), "r_interval": (float(low), float(high)),
+            "elasticity": float(stats.linregress(xs, ys).slope)}
 
 
 def _print_server_spread(spreads: list[dict[str, Any]]) -> None:
@@ -253,9 +353,12 @@ def _print_server_spread(spreads: list[dict[str, Any]]) -> None:
         for name, f in s["figures"].items():
             v = f["values"]
             model = f" (noise model {100 * f['model_cv']:.1f}%)" if f["model_cv"] is not None else ""
-            fmt = ",.0f" if name == "output_tok_s" else ",.2f"
+            fmt = ",.0f" if name in ("output_tok_s", "SM clock MHz") else ",.2f"
             print(f"  - {name}: {np.mean(v):{fmt}} [{min(v):{fmt}}, {max(v):{fmt}}], CV {100 * f['cv']:.1f}% "
                   f"[{100 * f['cv_interval'][0]:.1f}, {100 * f['cv_interval'][1]:.1f}], {f['dof']} dof{model}")
+        if c := s["prefill_vs_clock"]:
+            print(f"  - a prefill adds against the SM clock, {c['servers']} servers: r {c['r']:+.2f} "
+                  f"[{c['r_interval'][0]:+.2f}, {c['r_interval'][1]:+.2f}], elasticity {c['elasticity']:+.2f}")
 
 
 def _steps_cell(steps: dict[str, int] | None) -> str:
@@ -285,7 +388,15 @@ def _steps_cells(g: dict[str, Any], s: dict[str, Any]) -> list[str]:
     gc, sc = g["client_steps"], s["client_steps"]
     return [_pair(gc, sc, "decode_step_ms", ".2f"), _pair(gc, sc, "prefill_adds_ms", ".1f"),
             f"{g['p99_itl_ms']:.1f} / {s['p99_itl_ms']:.1f}", f"{g['p50_tpot_ms']:.2f} / {s['p50_tpot_ms']:.2f}",
-            f"{g['output_tok_s']:,.0f} / {s['output_tok_s']:,.0f}", _steps_cell(g["steps"]), _steps_cell(s["steps"])]
+            f"{g['output_tok_s']:,.0f} / {s['output_tok_s']:,.0f}", _steps_cell(g["steps"]), _steps_cell(s["steps"]),
+            _telemetry_cell(g.get("telemetry"))]
+
+
+def _telemetry_cell(t: dict[str, float] | None) -> str:
+    if not t:
+        return "—"
+    return (f"{t['sm_mhz']:,.0f} MHz, {t['power_w']:.0f} W, {t['temperature_c']:.0f} °C, "
+            f"{100 * t['throttled_share']:.0f}% throttled")
 
 
 def _ttft_cells(g: dict[str, Any], s: dict[str, Any]) -> list[str]:
@@ -325,7 +436,7 @@ def main() -> int:
     _print_table("Each cell GPU / sim. Steps as the client sees them: decode-only step ms, ms one prefill adds. "
                  "vLLM's step histogram: total: " + ", ".join(n for n, _, _ in GROUPS) + " (shares).",
                  ["decode step ms", "a prefill adds ms", "P99 ITL ms", "P50 TPOT ms", "output tok/s", "vLLM's steps",
-                  "sim's steps"], rows, _steps_cells)
+                  "sim's steps", "GPU: SM clock, power, temperature (medians)"], rows, _steps_cells)
     _print_table("\nWhere the TTFT goes, GPU / sim: mean over the level's requests (warm-up wave included) and its "
                  "split as vLLM's histograms give it; P50 and P99 over the measured requests. ms.",
                  ["mean TTFT", "outside the engine", "queued", "prefill", "P50 TTFT", "P99 TTFT",

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from _shared import add_card_constants_option, parse_args_with_constants
+from _shared import Level, add_card_constants_option, parse_args_with_constants, read_levels
 
 SEGMENTS = [("render", "H", "R"), ("to_add", "R", "A"), ("inputs", "A", "S"), ("to_core", "S", "P"),
             ("request", "P", "p"), ("to_loop", "p", "Q"), ("queued", "Q", "K"), ("prefill", "K", "F"),
@@ -140,22 +140,6 @@ def read_trace(trace_dir: Path) -> Trace:
         for req, (start, end) in zip(requests, tokenizations):
             req.times["T"], req.times["t"] = start, end
     return Trace(requests, step_ends, step_starts, step_tokens, batches, [tuple(r) for r in runs])
-
-
-@dataclass(frozen=True)
-class Level:
-    config: str
-    concurrency: int
-    start_s: float
-    end_s: float
-
-
-def read_levels(run_dir: Path) -> list[Level]:
-    levels = []
-    for line in (run_dir / "levels.txt").read_text().splitlines():
-        cfg, c, start, end = line.split()
-        levels.append(Level(cfg, int(c.lstrip("c")), float(start), float(end)))
-    return levels
 
 
 def _stats_ms(values: list[float]) -> dict[str, float] | None:

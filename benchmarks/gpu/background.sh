@@ -10,8 +10,10 @@ background_main() {
     start)
       mkdir -p "$dir"
       # the machine the job ran on: hosts differ in what a prefill step costs (docs/results/sim-accuracy.md)
-      { lscpu; nproc; free -g; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; } \
-        > "$dir/host.txt" 2>&1
+      { lscpu; nproc; free -g
+        nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+        nvidia-smi -q -d CLOCK,POWER,PERFORMANCE,TEMPERATURE
+      } > "$dir/host.txt" 2>&1
       src=$(snapshot_tree "$dir") || return 1
       # the job, the functions it calls and the variables it reads travel into the new session by value
       setsid bash -c "$(declare -p dir progress ${job_vars:-} 2>/dev/null); $(declare -f)
@@ -81,4 +83,27 @@ stop_server() {  # PID
     [ "$(nvidia-smi ${CUDA_VISIBLE_DEVICES:+-i $CUDA_VISIBLE_DEVICES} --query-gpu=memory.used --format=csv,noheader,nounits | sort -n | tail -1)" -lt 1000 ] && break
     sleep 1
   done
+}
+
+# The GPU's SM and memory clocks, power, temperature and throttle reasons every 250 ms into $dir/gpu-telemetry.csv
+# until telemetry_stop (then gzipped): a prefill is compute-bound and as fast as the SM clock, a decode step reads
+# memory, and servers differ in what a prefill adds while their decode steps agree (docs/results/sim-accuracy.md).
+# gpu-telemetry-clock.txt pairs `date +%s` with nvidia-smi's local timestamp format, to put the rows on the job's
+# time line (levels.txt). No nvidia-smi: nothing.
+telemetry_start() {
+  command -v nvidia-smi > /dev/null || return 0
+  local reasons=clocks_event_reasons.active  # its name since driver 535; clocks_throttle_reasons before
+  nvidia-smi --query-gpu=$reasons --format=csv > /dev/null 2>&1 || reasons=clocks_throttle_reasons.active
+  date '+%s %Y/%m/%d %H:%M:%S' > "$dir/gpu-telemetry-clock.txt"
+  # shellcheck disable=SC2086  # only the GPUs this job was given
+  nvidia-smi ${CUDA_VISIBLE_DEVICES:+-i $CUDA_VISIBLE_DEVICES} -lms 250 --format=csv,nounits \
+    --query-gpu=timestamp,index,clocks.sm,clocks.mem,power.draw,temperature.gpu,$reasons,pstate,utilization.gpu \
+    > "$dir/gpu-telemetry.csv" 2> "$dir/gpu-telemetry.err" &
+  telemetry_pid=$!
+}
+
+telemetry_stop() {
+  [ -n "${telemetry_pid:-}" ] || return 0
+  kill "$telemetry_pid" 2>/dev/null; wait "$telemetry_pid" 2>/dev/null
+  gzip -f "$dir/gpu-telemetry.csv"
 }

@@ -5,6 +5,7 @@
 # 2 s, 3 x C measured requests; seeded by C, so that no level repeats an earlier one's prompts, which vLLM's prefix
 # cache would serve without their prefill), keeping every request's timings and inter-token gaps and, from vLLM's /metrics,
 # the engine steps the level took by tokens per step (server_metrics.steps_by_tokens in the level's JSON).
+# On a GPU, its clocks, power and temperature every 250 ms (gpu-telemetry.csv.gz; background.sh telemetry_start).
 # Compare with the sim on the same requests: python benchmarks/step_counts_table.py DIR
 #   bash benchmarks/gpu/step_counts.sh start [DIR]    # returns at once
 #   bash benchmarks/gpu/step_counts.sh status [DIR]
@@ -37,6 +38,7 @@ job() {
   local serve="vllm serve" extra=""
   [ "$engine" = sim ] && { serve="python3 -m autotune sim serve"; extra="--gpu-type h200 --time-scale 20"; }
   printf 'loads=%s\nworkload=%s\nengine=%s\nmodel=%s\n' "$loads" "$workload" "$engine" "$model" > "$dir/settings.txt"
+  telemetry_start
   for cfg in $configs; do
     local flags srv t0 ready=0
     flags=$(config_flags "$cfg") || continue
@@ -68,6 +70,7 @@ job() {
     fi
     stop_server "$srv"
   done
+  telemetry_stop
   if command -v nvidia-smi > /dev/null; then leftovers_check; fi
 }
 source "$(dirname "$0")/background.sh"
