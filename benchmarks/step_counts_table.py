@@ -24,10 +24,13 @@ Per level, GPU and sim side by side:
   the time line above: an API server that falls behind sends several steps' tokens at once, one that takes more
   than 1 ms for a step's tokens splits them), and how the measured requests' starts vary from one 250 ms window
   to the next (coefficient of variation: in a closed loop, how much the endings bunch up).
-- what the GPU ran at, where the job logged it (`gpu-telemetry.csv.gz`, every 250 ms, and `levels.txt`): the
-  median SM clock, power and temperature over the level, and the share of its samples the driver throttled for
-  power or heat. A prefill is compute-bound, so it is as fast as the SM clock; a decode step reads memory. Over
-  fresh servers, the correlation of what a prefill adds with the SM clock.
+- what the GPU did, where the job logged it (`gpu-telemetry.csv.gz`, every 250 ms, and `levels.txt`): over the
+  level's samples in which a kernel ran (utilization above 0), the mean SM clock and power and the share the driver
+  throttled for power or heat; and the GPU's busy seconds over the level (utilization × time). A prefill's GEMMs
+  are compute-bound, as fast as the SM clock; a decode step reads memory. Over fresh servers, the correlation of
+  what a prefill adds with the SM clock and with the busy seconds: the same requests need the same GPU work, so a
+  server whose prefills take longer without more busy seconds spends the difference with its GPU idle, waiting on
+  the host.
 A level whose prompts an earlier level on the same server had already sent (same seed: step_counts.sh before it
 seeded each level by its concurrency) is marked "cached": vLLM's prefix cache served those prompts without their
 prefill, the sim's fresh engine did not.
@@ -162,7 +165,7 @@ THROTTLE_MASK = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
 
 def read_telemetry(folder: Path) -> dict[str, np.ndarray] | None:
     """The job's GPU telemetry (benchmarks/gpu/background.sh `telemetry_start`) on its `date +%s` time line, a
-    column per figure: t_s, sm_mhz, power_w, temperature_c, throttled (0/1). None without it."""
+    column per figure: t_s, sm_mhz, power_w, temperature_c, throttled (0/1), utilization (%). None without it."""
     path, clock = folder / "gpu-telemetry.csv.gz", folder / "gpu-telemetry-clock.txt"
     if not path.is_file() or not clock.is_file():
         return None
@@ -178,18 +181,19 @@ def read_telemetry(folder: Path) -> dict[str, np.ndarray] | None:
     def column(part: str) -> int:
         return next(i for i, n in enumerate(names) if part in n)
 
-    t, sm, power, temp, reasons = (column(p) for p in ("timestamp", ".sm", "power.draw", "temperature", "reasons"))
+    t, sm, power, temp, reasons, util = (column(p) for p in ("timestamp", ".sm", "power.draw", "temperature", "reasons",
+                                                             "utilization.gpu"))
     parsed = []
     for row in rows[1:]:
         if len(row) != len(names) or row[0] == rows[0][0]:
             continue  # a header again, or a line cut short by the job's end
         try:
             parsed.append((_as_utc(row[t], "%Y/%m/%d %H:%M:%S.%f") + offset_s, float(row[sm]), _number(row[power]),
-                           _number(row[temp]), float(bool(int(row[reasons], 16) & THROTTLE_MASK))))
+                           _number(row[temp]), float(bool(int(row[reasons], 16) & THROTTLE_MASK)), float(row[util])))
         except ValueError:
             continue  # a row that does not parse (a clock "[N/A]")
-    columns = np.asarray(parsed, dtype=float).reshape(-1, 5).T
-    return dict(zip(("t_s", "sm_mhz", "power_w", "temperature_c", "throttled"), columns))
+    columns = np.asarray(parsed, dtype=float).reshape(-1, 6).T
+    return dict(zip(("t_s", "sm_mhz", "power_w", "temperature_c", "throttled", "utilization"), columns))
 
 
 def _as_utc(text: str, fmt: str) -> float:
@@ -204,20 +208,25 @@ def _number(text: str) -> float:
 
 
 def level_telemetry(folder: Path) -> dict[tuple[str, int], dict[str, float]]:
-    """Per level (configuration, concurrency) of `levels.txt`: the median SM clock, power and temperature over
-    the level's samples and the share of them throttled (THROTTLE_MASK). Empty without telemetry."""
+    """Per level (configuration, concurrency) of `levels.txt`: over its samples in which a kernel ran, the mean SM
+    clock and power and the share throttled (THROTTLE_MASK); its median temperature; and the GPU's busy seconds,
+    utilization × the sampling interval summed over the level. Empty without telemetry."""
     samples = read_telemetry(folder)
-    if samples is None:
+    if samples is None or len(samples["t_s"]) < 2:
         return {}
+    interval_s = float(np.median(np.diff(samples["t_s"])))
     out = {}
     for level in read_levels(folder):
         inside = (samples["t_s"] >= level.start_s) & (samples["t_s"] <= level.end_s)
-        if inside.any():
+        busy = inside & (samples["utilization"] > 0)
+        if busy.any():
             out[(level.config, level.concurrency)] = {
-                "sm_mhz": float(np.median(samples["sm_mhz"][inside])),
-                "power_w": float(np.nanmedian(samples["power_w"][inside])),
+                "sm_mhz": float(samples["sm_mhz"][busy].mean()),
+                "power_w": float(np.nanmean(samples["power_w"][busy])),
+                "throttled_share": float(samples["throttled"][busy].mean()),
                 "temperature_c": float(np.nanmedian(samples["temperature_c"][inside])),
-                "throttled_share": float(samples["throttled"][inside].mean()), "samples": int(inside.sum())}
+                "busy_s": float(samples["utilization"][inside].sum() / 100 * interval_s),
+                "samples": int(inside.sum())}
     return out
 
 
@@ -277,13 +286,13 @@ def table(folder: Path, constants: dict[str, float]) -> list[dict[str, Any]]:
 
 # Figures whose spread over fresh servers `server_spread` gives (the noise model's CV beside those it draws).
 SPREAD_FIGURES = ("output_tok_s", "p99_ttft_ms", "p99_tpot_ms", "p99_itl_ms", "decode step ms", "a prefill adds ms",
-                  "SM clock MHz")
+                  "SM clock MHz", "GPU busy s")
 
 
 def _figure(gpu: dict[str, Any], name: str) -> float | None:
     client, telemetry = gpu["client_steps"] or {}, gpu.get("telemetry") or {}
     return {"decode step ms": client.get("decode_step_ms"), "a prefill adds ms": client.get("prefill_adds_ms"),
-            "SM clock MHz": telemetry.get("sm_mhz")}.get(name, gpu.get(name))
+            "SM clock MHz": telemetry.get("sm_mhz"), "GPU busy s": telemetry.get("busy_s")}.get(name, gpu.get(name))
 
 
 def server_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -320,23 +329,24 @@ def _spread(folder: str, config: str, concurrency: int, per_host: list[list[dict
                          "model_cv": model_cv(name) if name in METRICS else None}
     return {"folder": folder, "config": config, "concurrency": concurrency,
             "servers": sum(len(runs) for runs in per_host), "figures": figures,
-            "prefill_vs_clock": clock_correlation(per_host)}
+            "prefill_against": {name: c for name in ("SM clock MHz", "GPU busy s")
+                                if (c := prefill_correlation(per_host, name))}}
 
 
-def clock_correlation(per_host: list[list[dict[str, Any]]]) -> dict[str, Any] | None:
-    """Does a server whose GPU ran at a higher SM clock take less for a prefill? Pearson's r of the log of what a
-    prefill adds against the log of the level's median SM clock over the servers that have both, each around its
-    own host's mean, with its 90% interval; and the slope (elasticity): −1 where a prefill's time is all
-    SM-clock-bound. None below four such servers."""
+def prefill_correlation(per_host: list[list[dict[str, Any]]], figure: str) -> dict[str, Any] | None:
+    """How what a prefill adds moves with ``figure`` (the SM clock, the GPU's busy seconds) over fresh servers:
+    Pearson's r of the two logs over the servers that have both, each around its own host's mean, with its 90%
+    interval, and the slope (elasticity; against the SM clock −1 where a prefill's time is all clock-bound). None
+    below four such servers or where either does not vary."""
     xs, ys = [], []
     for runs in per_host:
-        pairs = [(math.log(c), math.log(p)) for c, p in ((_figure(g, "SM clock MHz"), _figure(g, "a prefill adds ms"))
-                                                         for g in runs) if c and p and p > 0]
+        pairs = [(math.log(x), math.log(p)) for x, p in ((_figure(g, figure), _figure(g, "a prefill adds ms"))
+                                                         for g in runs) if x and p and x > 0 and p > 0]
         if pairs:
             x, y = np.asarray(pairs).T
             xs.extend(x - x.mean())
             ys.extend(y - y.mean())
-    if len(xs) < 4 or np.ptp(xs) == 0 or np.ptp(ys) == 0:
+    if len(xs) < 4 or np.allclose(xs, 0) or np.allclose(ys, 0):
         return None
     fit = stats.pearsonr(xs, ys)
     low, high = fit.confidence_interval(0.90)
@@ -356,8 +366,8 @@ def _print_server_spread(spreads: list[dict[str, Any]]) -> None:
             fmt = ",.0f" if name in ("output_tok_s", "SM clock MHz") else ",.2f"
             print(f"  - {name}: {np.mean(v):{fmt}} [{min(v):{fmt}}, {max(v):{fmt}}], CV {100 * f['cv']:.1f}% "
                   f"[{100 * f['cv_interval'][0]:.1f}, {100 * f['cv_interval'][1]:.1f}], {f['dof']} dof{model}")
-        if c := s["prefill_vs_clock"]:
-            print(f"  - a prefill adds against the SM clock, {c['servers']} servers: r {c['r']:+.2f} "
+        for name, c in s["prefill_against"].items():
+            print(f"  - a prefill adds against {name}, {c['servers']} servers: r {c['r']:+.2f} "
                   f"[{c['r_interval'][0]:+.2f}, {c['r_interval'][1]:+.2f}], elasticity {c['elasticity']:+.2f}")
 
 
@@ -395,8 +405,8 @@ def _steps_cells(g: dict[str, Any], s: dict[str, Any]) -> list[str]:
 def _telemetry_cell(t: dict[str, float] | None) -> str:
     if not t:
         return "—"
-    return (f"{t['sm_mhz']:,.0f} MHz, {t['power_w']:.0f} W, {t['temperature_c']:.0f} °C, "
-            f"{100 * t['throttled_share']:.0f}% throttled")
+    return (f"{t['sm_mhz']:,.0f} MHz, {t['power_w']:.0f} W, {100 * t['throttled_share']:.0f}% throttled, "
+            f"{t['temperature_c']:.0f} °C; busy {t['busy_s']:.1f} s")
 
 
 def _ttft_cells(g: dict[str, Any], s: dict[str, Any]) -> list[str]:
@@ -436,7 +446,7 @@ def main() -> int:
     _print_table("Each cell GPU / sim. Steps as the client sees them: decode-only step ms, ms one prefill adds. "
                  "vLLM's step histogram: total: " + ", ".join(n for n, _, _ in GROUPS) + " (shares).",
                  ["decode step ms", "a prefill adds ms", "P99 ITL ms", "P50 TPOT ms", "output tok/s", "vLLM's steps",
-                  "sim's steps", "GPU: SM clock, power, temperature (medians)"], rows, _steps_cells)
+                  "sim's steps", "GPU running kernels: SM clock, power, throttled; busy s"], rows, _steps_cells)
     _print_table("\nWhere the TTFT goes, GPU / sim: mean over the level's requests (warm-up wave included) and its "
                  "split as vLLM's histograms give it; P50 and P99 over the measured requests. ms.",
                  ["mean TTFT", "outside the engine", "queued", "prefill", "P50 TTFT", "P99 TTFT",

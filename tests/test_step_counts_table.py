@@ -132,7 +132,8 @@ def test_server_spread_over_fresh_servers_of_one_configuration() -> None:
 
 def _telemetry_folder(folder: Path) -> None:
     """Two levels on the job's clock; nvidia-smi's rows an hour ahead of it (its local time), one sample every
-    250 ms: 1,980 MHz in the first level, 1,755 MHz (power-capped) in the second."""
+    250 ms: 1,980 MHz at 40% utilization in the first level (its first two samples idle, at 345 MHz), 1,755 MHz
+    (power-capped) at 80% in the second."""
     (folder / "gpu-telemetry-clock.txt").write_text("1000 1970/01/01 01:16:40\n")  # 1000 s after the epoch, +1 h
     (folder / "levels.txt").write_text("defaults.1 c16 1010.0 1012.0\ndefaults.1 c24 1012.5 1014.0\n")
     header = ("timestamp, index, clocks.current.sm [MHz], clocks.current.memory [MHz], power.draw [W], "
@@ -140,9 +141,11 @@ def _telemetry_folder(folder: Path) -> None:
     rows = [header]
     for i in range(60):  # 1005 s to 1019.75 s on the job's clock
         t = 1005 + i / 4
-        clock, reasons = (1980, "0x0000000000000000") if t < 1012.25 else (1755, "0x0000000000000004")
+        clock, reasons, util = (1980, "0x0000000000000000", 40) if t < 1012.25 else (1755, "0x0000000000000004", 80)
+        if t < 1010.5:
+            clock, reasons, util = 345, "0x0000000000000001", 0
         rows.append(f"1970/01/01 01:{int(t // 60):02d}:{t % 60:06.3f}, 0, {clock}, 2619, "
-                    f"{'[N/A]' if i == 22 else '450.0'}, 41, {reasons}, P0, 90")
+                    f"{'[N/A]' if i == 23 else '450.0'}, 41, {reasons}, P0, {util}")
         if i == 30:
             rows.append(header)  # nvidia-smi repeats its header now and then
     rows.append("1970/01/01 01:16:59.900, 0, 19")  # cut short by the job's end
@@ -150,29 +153,37 @@ def _telemetry_folder(folder: Path) -> None:
         f.write("\n".join(rows) + "\n")
 
 
-def test_each_level_gets_the_gpu_clock_it_ran_at(tmp_path: Path) -> None:
+def test_each_level_gets_what_the_gpu_did_in_it(tmp_path: Path) -> None:
     _telemetry_folder(tmp_path)
     samples = sct.read_telemetry(tmp_path)
     assert len(samples["t_s"]) == 60 and samples["t_s"][0] == pytest.approx(1005.0)
     levels = sct.level_telemetry(tmp_path)
     first, second = levels[("defaults.1", 16)], levels[("defaults.1", 24)]
+    # the idle samples count for the busy seconds (none) but not for the clock
     assert first["samples"] == 9 and first["sm_mhz"] == 1980.0 and first["throttled_share"] == 0.0
-    assert first["power_w"] == 450.0  # the sample without a power reading is left out of the median
+    assert first["busy_s"] == pytest.approx(7 * 0.25 * 0.40)
+    assert first["power_w"] == 450.0  # the sample without a power reading is left out of the mean
     assert second["samples"] == 7 and second["sm_mhz"] == 1755.0 and second["throttled_share"] == 1.0
+    assert second["busy_s"] == pytest.approx(7 * 0.25 * 0.80)
     assert sct.level_telemetry(tmp_path / "missing") == {}
 
 
-def test_prefill_against_the_clock_over_servers() -> None:
+def test_prefill_against_the_gpu_over_servers() -> None:
     """Servers whose prefill takes time inversely to their SM clock (all of it clock-bound): r and the elasticity
-    are −1, with two hosts each around its own mean; too few servers give none."""
+    are −1, with two hosts each around its own mean; the busy seconds, the same on every server, give none; too
+    few servers give none."""
     def gpu(clock: float, prefill_ms: float) -> dict:
-        return {"client_steps": {"prefill_adds_ms": prefill_ms}, "telemetry": {"sm_mhz": clock}}
+        return {"client_steps": {"prefill_adds_ms": prefill_ms}, "telemetry": {"sm_mhz": clock, "busy_s": 6.0}}
     host_a = [gpu(c, 30.0 * 1980 / c) for c in (1980, 1900, 1800)]
     host_b = [gpu(c, 40.0 * 1980 / c) for c in (1950, 1700)]
-    fit = sct.clock_correlation([host_a, host_b])
+    fit = sct.prefill_correlation([host_a, host_b], "SM clock MHz")
     assert fit["servers"] == 5
     assert fit["r"] == pytest.approx(-1.0) and fit["elasticity"] == pytest.approx(-1.0)
     assert fit["r_interval"][0] <= -0.99
-    assert sct.clock_correlation([host_a]) is None  # three servers
-    flat = [gpu(1980, p) for p in (30.0, 31.0, 32.0, 33.0)]  # one clock: nothing to correlate
-    assert sct.clock_correlation([flat]) is None
+    assert sct.prefill_correlation([host_a, host_b], "GPU busy s") is None
+    assert sct.prefill_correlation([host_a], "SM clock MHz") is None  # three servers
+    spread = sct.server_spread([{"folder": "f", "config": f"defaults.{i}", "concurrency": 16, "cached": False,
+                                 "gpu": {"output_tok_s": 1000.0, **g}}
+                                for i, g in enumerate(host_a + [gpu(c, 30.0 * 1980 / c) for c in (1950, 1700)])])
+    assert spread[0]["prefill_against"]["SM clock MHz"]["r"] == pytest.approx(-1.0)
+    assert "GPU busy s" not in spread[0]["prefill_against"]
