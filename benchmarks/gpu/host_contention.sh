@@ -1,0 +1,70 @@
+#!/bin/bash
+# On the GPU machine (device kit installed, /tmp/st/env.sh): does a busy host slow vLLM's steps, and which ones?
+# One fresh server (vLLM's defaults, the weightless model), then ROUNDS rounds of two levels shaped like
+# step_counts.sh's at concurrency C: one with the host quiet, one with HOG busy-loop processes on its CPUs (nproc by
+# default), alternating so that a drift over time falls on both. Every level has prompts of its own (seeded by its
+# place), so vLLM's prefix cache serves none. The levels are written as step_counts.sh writes configurations
+# (quiet.N / busy.N, configs.txt, levels.txt, GPU telemetry), so the same table reads them:
+#   python benchmarks/step_counts_table.py DIR
+# Servers differ from level to level in what a prefill adds while their decode steps agree, and their GPUs stay
+# as busy (docs/results/sim-accuracy.md): a host whose CPU time is taken should show where that time goes.
+#   bash benchmarks/gpu/host_contention.sh start [DIR]    # returns at once
+#   bash benchmarks/gpu/host_contention.sh status [DIR]
+# Variables (defaults): ROUNDS=3 C=16 HOG=$(nproc) WORKLOAD=random:1024:128:0.5 PORT=8062 MODEL_DIR=/tmp/model
+#   ENGINE=vllm, or sim to rehearse on a CPU against `autotune sim serve`
+# Expected time on one H200: a cold start of ~1-3 min, then ~30 s per level: ~5 min for three rounds.
+set -uo pipefail
+dir=${2:-/tmp/host-contention}; progress=times.txt; status_lines=3
+rounds=${ROUNDS:-3}; c=${C:-16}; hog=${HOG:-$(nproc)}; workload=${WORKLOAD:-random:1024:128:0.5}
+port=${PORT:-8062}; engine=${ENGINE:-vllm}; model=${MODEL_DIR:-/tmp/model}
+job_vars="rounds c hog workload port engine model"
+
+# HOG processes that spin on the CPU until killed (at most 10 minutes, should the job die first); their pids
+hog_start() {
+  local i
+  for i in $(seq "$1"); do timeout 600 python3 -c "while True: pass" > /dev/null 2>&1 & echo $!; done
+}
+
+job() {
+  local serve="vllm serve" extra=""
+  [ "$engine" = sim ] && { serve="python3 -m autotune sim serve"; extra="--gpu-type h200 --time-scale 20"; }
+  printf 'loads=%s\nworkload=%s\nengine=%s\nmodel=%s\nhog=%s\n' "$c" "$workload" "$engine" "$model" "$hog" \
+    > "$dir/settings.txt"
+  telemetry_start
+  if port_taken "$port" 2>> "$dir/times.txt"; then echo "not started" >> "$dir/times.txt"; telemetry_stop; return; fi
+  local name srv t0 ready=0 round mode level=0 hogs
+  name="m-contention-$(date +%s%N)"
+  # shellcheck disable=SC2086  # serve and extra are words
+  setsid $serve "$model" --load-format dummy --port "$port" --served-model-name "$name" $extra \
+    > "$dir/server.log" 2>&1 &
+  srv=$!
+  t0=$(date +%s)
+  server_ready "$port" "$name" "$srv" && ready=1
+  echo "ready=$ready after $(($(date +%s) - t0)) s" >> "$dir/times.txt"
+  if [ "$ready" = 1 ]; then
+    for round in $(seq "$rounds"); do
+      for mode in quiet busy; do
+        level=$((level + 1))
+        local cfg="$mode.$round" level_start
+        echo "$cfg: " >> "$dir/configs.txt"
+        hogs=""
+        [ "$mode" = busy ] && hogs=$(hog_start "$hog")
+        level_start=$(date +%s.%N)
+        python3 -m autotune bench --url "http://127.0.0.1:$port" --model "$name" --workload "$workload" \
+          --tokenizer "$model" --concurrency "$c" --warmup "$c" --ramp-s 2 --num-prompts $((3 * c)) \
+          --seed $((1000 + level)) --scrape-metrics --records "$dir/$cfg-c$c.jsonl.gz" --records-itl --json \
+          > "$dir/$cfg-c$c.json" 2> "$dir/$cfg-c$c.err"
+        echo "$cfg c$c $level_start $(date +%s.%N)" >> "$dir/levels.txt"
+        # shellcheck disable=SC2086  # one pid per word
+        [ -n "$hogs" ] && { kill $hogs 2>/dev/null; wait $hogs 2>/dev/null; }
+        echo "$cfg: c$c done at $(($(date +%s) - t0)) s" >> "$dir/times.txt"
+      done
+    done
+  fi
+  stop_server "$srv"
+  telemetry_stop
+  if command -v nvidia-smi > /dev/null; then leftovers_check; fi
+  pgrep -af "python3 -c while True" >> "$dir/procs-after.txt"  # a busy loop left behind (not this job's own text)
+}
+source "$(dirname "$0")/background.sh"
+background_main "$@"
