@@ -64,7 +64,7 @@ job() {
   stop_server "$srv"
   telemetry_stop
   if command -v nvidia-smi > /dev/null; then leftovers_check; fi
-  pgrep -af "python3 -c while True" >> "$dir/procs-after.txt"  # a busy loop left behind (not this job's own text)
+  pgrep -af "python3 -c [w]hile True" >> "$dir/procs-after.txt"  # a busy loop left behind ([w]: not this line)
 }
 source "$(dirname "$0")/background.sh"
 background_main "$@"
