@@ -24,13 +24,14 @@ Per level, GPU and sim side by side:
   the time line above: an API server that falls behind sends several steps' tokens at once, one that takes more
   than 1 ms for a step's tokens splits them), and how the measured requests' starts vary from one 250 ms window
   to the next (coefficient of variation: in a closed loop, how much the endings bunch up).
-- what the GPU did, where the job logged it (`gpu-telemetry.csv.gz`, every 250 ms, and `levels.txt`): over the
+- what the GPU and the host did, where the job logged it (`gpu-telemetry.csv.gz` and `host-cpu.txt.gz`, every
+  250 ms, and `levels.txt`): the shares of the host's CPU time busy and stolen by the hypervisor; over the
   level's samples in which a kernel ran (utilization above 0), the mean SM clock and power and the share the driver
   throttled for power or heat; and the GPU's busy seconds over the level (utilization × time). A prefill's GEMMs
   are compute-bound, as fast as the SM clock; a decode step reads memory. Over fresh servers, the correlation of
-  what a prefill adds with the SM clock and with the busy seconds: the same requests need the same GPU work, so a
-  server whose prefills take longer without more busy seconds spends the difference with its GPU idle, waiting on
-  the host.
+  what a prefill adds with the SM clock, the GPU's busy seconds and the host's busy CPUs: the same requests need the
+  same GPU work, so a server whose prefills take longer without more busy seconds spends the difference with its
+  GPU idle, waiting on the host.
 A level whose prompts an earlier level on the same server had already sent (same seed: step_counts.sh before it
 seeded each level by its concurrency) is marked "cached": vLLM's prefix cache served those prompts without their
 prefill, the sim's fresh engine did not.
@@ -207,26 +208,58 @@ def _number(text: str) -> float:
         return math.nan  # "[N/A]"
 
 
+def read_host_cpu(folder: Path) -> dict[str, np.ndarray] | None:
+    """The host's CPU time as `telemetry_start` sampled /proc/stat (`host-cpu.txt.gz`: the epoch, then the "cpu"
+    line's jiffies), a column each: t_s, busy (user, nice, system, irq, softirq), idle (idle, iowait), steal
+    (taken by the hypervisor). None without it."""
+    path = folder / "host-cpu.txt.gz"
+    if not path.is_file():
+        return None
+    rows = []
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) < 10 or fields[1] != "cpu":
+                continue  # a line cut short by the job's end
+            t, (user, nice, system, idle, iowait, irq, softirq, steal) = float(fields[0]), map(int, fields[2:10])
+            rows.append((t, user + nice + system + irq + softirq, idle + iowait, steal))
+    columns = np.asarray(rows, dtype=float).reshape(-1, 4).T
+    return dict(zip(("t_s", "busy", "idle", "steal"), columns))
+
+
 def level_telemetry(folder: Path) -> dict[tuple[str, int], dict[str, float]]:
-    """Per level (configuration, concurrency) of `levels.txt`: over its samples in which a kernel ran, the mean SM
-    clock and power and the share throttled (THROTTLE_MASK); its median temperature; and the GPU's busy seconds,
-    utilization × the sampling interval summed over the level. Empty without telemetry."""
-    samples = read_telemetry(folder)
-    if samples is None or len(samples["t_s"]) < 2:
-        return {}
-    interval_s = float(np.median(np.diff(samples["t_s"])))
-    out = {}
+    """Per level (configuration, concurrency) of `levels.txt`, what the GPU did (`gpu-telemetry.csv.gz`): over its
+    samples in which a kernel ran, the mean SM clock and power and the share throttled (THROTTLE_MASK); its median
+    temperature; and the GPU's busy seconds, utilization × the sampling interval summed over the level. And what the
+    host's CPUs did (`host-cpu.txt.gz`): the shares of all their time busy and stolen by the hypervisor between the
+    level's first and last sample. Empty without either."""
+    gpu, host = read_telemetry(folder), read_host_cpu(folder)
+    out: dict[tuple[str, int], dict[str, float]] = {}
     for level in read_levels(folder):
-        inside = (samples["t_s"] >= level.start_s) & (samples["t_s"] <= level.end_s)
-        busy = inside & (samples["utilization"] > 0)
-        if busy.any():
-            out[(level.config, level.concurrency)] = {
-                "sm_mhz": float(samples["sm_mhz"][busy].mean()),
-                "power_w": float(np.nanmean(samples["power_w"][busy])),
-                "throttled_share": float(samples["throttled"][busy].mean()),
-                "temperature_c": float(np.nanmedian(samples["temperature_c"][inside])),
-                "busy_s": float(samples["utilization"][inside].sum() / 100 * interval_s),
-                "samples": int(inside.sum())}
+        figures = {}
+        if gpu is not None and len(gpu["t_s"]) > 1:
+            inside = (gpu["t_s"] >= level.start_s) & (gpu["t_s"] <= level.end_s)
+            busy = inside & (gpu["utilization"] > 0)
+            if busy.any():
+                interval_s = float(np.median(np.diff(gpu["t_s"])))
+                figures.update({
+                    "sm_mhz": float(gpu["sm_mhz"][busy].mean()),
+                    "power_w": float(np.nanmean(gpu["power_w"][busy])),
+                    "throttled_share": float(gpu["throttled"][busy].mean()),
+                    "temperature_c": float(np.nanmedian(gpu["temperature_c"][inside])),
+                    "busy_s": float(gpu["utilization"][inside].sum() / 100 * interval_s),
+                    "samples": int(inside.sum())})
+        if host is not None:
+            inside = np.nonzero((host["t_s"] >= level.start_s) & (host["t_s"] <= level.end_s))[0]
+            if len(inside) > 1:
+                first, last = inside[0], inside[-1]
+                spent = {k: host[k][last] - host[k][first] for k in ("busy", "idle", "steal")}
+                total = sum(spent.values())
+                if total > 0:
+                    figures.update({"host_busy_share": spent["busy"] / total,
+                                    "host_steal_share": spent["steal"] / total})
+        if figures:
+            out[(level.config, level.concurrency)] = figures
     return out
 
 
@@ -286,13 +319,14 @@ def table(folder: Path, constants: dict[str, float]) -> list[dict[str, Any]]:
 
 # Figures whose spread over fresh servers `server_spread` gives (the noise model's CV beside those it draws).
 SPREAD_FIGURES = ("output_tok_s", "p99_ttft_ms", "p99_tpot_ms", "p99_itl_ms", "decode step ms", "a prefill adds ms",
-                  "SM clock MHz", "GPU busy s")
+                  "SM clock MHz", "GPU busy s", "host CPUs busy")
 
 
 def _figure(gpu: dict[str, Any], name: str) -> float | None:
     client, telemetry = gpu["client_steps"] or {}, gpu.get("telemetry") or {}
     return {"decode step ms": client.get("decode_step_ms"), "a prefill adds ms": client.get("prefill_adds_ms"),
-            "SM clock MHz": telemetry.get("sm_mhz"), "GPU busy s": telemetry.get("busy_s")}.get(name, gpu.get(name))
+            "SM clock MHz": telemetry.get("sm_mhz"), "GPU busy s": telemetry.get("busy_s"),
+            "host CPUs busy": telemetry.get("host_busy_share")}.get(name, gpu.get(name))
 
 
 def server_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -329,7 +363,7 @@ def _spread(folder: str, config: str, concurrency: int, per_host: list[list[dict
                          "model_cv": model_cv(name) if name in METRICS else None}
     return {"folder": folder, "config": config, "concurrency": concurrency,
             "servers": sum(len(runs) for runs in per_host), "figures": figures,
-            "prefill_against": {name: c for name in ("SM clock MHz", "GPU busy s")
+            "prefill_against": {name: c for name in ("SM clock MHz", "GPU busy s", "host CPUs busy")
                                 if (c := prefill_correlation(per_host, name))}}
 
 
@@ -403,10 +437,13 @@ def _steps_cells(g: dict[str, Any], s: dict[str, Any]) -> list[str]:
 
 
 def _telemetry_cell(t: dict[str, float] | None) -> str:
-    if not t:
-        return "—"
-    return (f"{t['sm_mhz']:,.0f} MHz, {t['power_w']:.0f} W, {100 * t['throttled_share']:.0f}% throttled, "
-            f"{t['temperature_c']:.0f} °C; busy {t['busy_s']:.1f} s")
+    parts = []
+    if t and "sm_mhz" in t:
+        parts.append(f"{t['sm_mhz']:,.0f} MHz, {t['power_w']:.0f} W, {100 * t['throttled_share']:.0f}% throttled, "
+                     f"{t['temperature_c']:.0f} °C; busy {t['busy_s']:.1f} s")
+    if t and "host_busy_share" in t:
+        parts.append(f"host CPUs {100 * t['host_busy_share']:.0f}% busy, {100 * t['host_steal_share']:.1f}% stolen")
+    return "; ".join(parts) or "—"
 
 
 def _ttft_cells(g: dict[str, Any], s: dict[str, Any]) -> list[str]:
@@ -446,7 +483,8 @@ def main() -> int:
     _print_table("Each cell GPU / sim. Steps as the client sees them: decode-only step ms, ms one prefill adds. "
                  "vLLM's step histogram: total: " + ", ".join(n for n, _, _ in GROUPS) + " (shares).",
                  ["decode step ms", "a prefill adds ms", "P99 ITL ms", "P50 TPOT ms", "output tok/s", "vLLM's steps",
-                  "sim's steps", "GPU running kernels: SM clock, power, throttled; busy s"], rows, _steps_cells)
+                  "sim's steps", "GPU running kernels: SM clock, power, throttled; busy s; host CPUs"], rows,
+                 _steps_cells)
     _print_table("\nWhere the TTFT goes, GPU / sim: mean over the level's requests (warm-up wave included) and its "
                  "split as vLLM's histograms give it; P50 and P99 over the measured requests. ms.",
                  ["mean TTFT", "outside the engine", "queued", "prefill", "P50 TTFT", "P99 TTFT",

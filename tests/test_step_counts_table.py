@@ -168,6 +168,28 @@ def test_each_level_gets_what_the_gpu_did_in_it(tmp_path: Path) -> None:
     assert sct.level_telemetry(tmp_path / "missing") == {}
 
 
+def test_each_level_gets_what_the_host_cpus_did_in_it(tmp_path: Path) -> None:
+    """/proc/stat's cpu line every 250 ms: 16 CPUs (1,600 jiffies a second), a quarter busy in the first level, all
+    busy with 2% stolen in the second; between the levels, a line cut short."""
+    (tmp_path / "levels.txt").write_text("quiet.1 c16 10.0 12.0\nbusy.1 c16 12.5 14.0\n")
+    busy = idle = steal = 0
+    lines = []
+    for i in range(64):  # 0 s to 15.75 s
+        t = i / 4
+        lines.append(f"{t:.6f} cpu  {busy} 0 0 {idle} 0 0 0 {steal} 0 0")
+        b, s = (100, 0) if t < 12.25 else (392, 8)  # jiffies per 250 ms of 400
+        busy, idle, steal = busy + b, idle + 400 - b - s, steal + s
+        if i == 49:
+            lines.append("12.3 cpu  17")
+    with gzip.open(tmp_path / "host-cpu.txt.gz", "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    levels = sct.level_telemetry(tmp_path)
+    assert levels[("quiet.1", 16)] == {"host_busy_share": pytest.approx(0.25), "host_steal_share": 0.0}
+    assert levels[("busy.1", 16)]["host_busy_share"] == pytest.approx(0.98)
+    assert levels[("busy.1", 16)]["host_steal_share"] == pytest.approx(0.02)
+    assert "sm_mhz" not in levels[("busy.1", 16)]  # no GPU telemetry in this folder
+
+
 def test_prefill_against_the_gpu_over_servers() -> None:
     """Servers whose prefill takes time inversely to their SM clock (all of it clock-bound): r and the elasticity
     are −1, with two hosts each around its own mean; the busy seconds, the same on every server, give none; too

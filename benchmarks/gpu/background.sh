@@ -85,12 +85,18 @@ stop_server() {  # PID
   done
 }
 
-# The GPU's SM and memory clocks, power, temperature and throttle reasons every 250 ms into $dir/gpu-telemetry.csv
-# until telemetry_stop (then gzipped): a prefill is compute-bound and as fast as the SM clock, a decode step reads
-# memory, and servers differ in what a prefill adds while their decode steps agree (docs/results/sim-accuracy.md).
-# gpu-telemetry-clock.txt pairs `date +%s` with nvidia-smi's local timestamp format, to put the rows on the job's
-# time line (levels.txt). No nvidia-smi: nothing.
+# What the GPU and the host do while the job runs, every 250 ms until telemetry_stop (then gzipped):
+# - gpu-telemetry.csv: the GPU's SM and memory clocks, power, temperature, throttle reasons and utilization;
+#   gpu-telemetry-clock.txt pairs `date +%s` with nvidia-smi's local timestamp format, to put its rows on the job's
+#   time line (levels.txt). No nvidia-smi: none.
+# - host-cpu.txt: the epoch and /proc/stat's "cpu" line (jiffies busy, idle, stolen by the hypervisor, ...).
+# A step that carries a prefill waits on the host's CPU (docs/results/sim-accuracy.md, "A host's own card"): these
+# say what the GPU and the host's CPUs did in each level.
 telemetry_start() {
+  # bash's own clock, so the sampler forks nothing but sleep
+  while :; do read -r line < /proc/stat; echo "${EPOCHREALTIME:-$(date +%s.%N)} $line"; sleep 0.25; done \
+    > "$dir/host-cpu.txt" 2>/dev/null &
+  host_cpu_pid=$!
   command -v nvidia-smi > /dev/null || return 0
   local reasons=clocks_event_reasons.active  # its name since driver 535; clocks_throttle_reasons before
   nvidia-smi --query-gpu=$reasons --format=csv > /dev/null 2>&1 || reasons=clocks_throttle_reasons.active
@@ -103,7 +109,9 @@ telemetry_start() {
 }
 
 telemetry_stop() {
-  [ -n "${telemetry_pid:-}" ] || return 0
-  kill "$telemetry_pid" 2>/dev/null; wait "$telemetry_pid" 2>/dev/null
-  gzip -f "$dir/gpu-telemetry.csv"
+  local pid
+  for pid in ${host_cpu_pid:-} ${telemetry_pid:-}; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
+  [ -n "${host_cpu_pid:-}" ] && gzip -f "$dir/host-cpu.txt"
+  [ -n "${telemetry_pid:-}" ] && gzip -f "$dir/gpu-telemetry.csv"
+  return 0
 }
