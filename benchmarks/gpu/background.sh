@@ -70,6 +70,38 @@ server_ready() {  # PORT NAME PID
   return 1
 }
 
+# Starts the server (vLLM; ENGINE=sim: `autotune sim serve`, to rehearse on a CPU) on $model with dummy weights, in
+# a session of its own, as NAME on PORT, its output in LOG, FLAGS after it and the array server_env (an `env ...`
+# prefix), where set, before it. Its pid in server_pid.
+start_server() {  # PORT NAME LOG [FLAGS...]
+  local port=$1 name=$2 log=$3 serve=(vllm serve) extra=()
+  shift 3
+  if [ "$engine" = sim ]; then serve=(python3 -m autotune sim serve); extra=(--gpu-type h200 --time-scale 20); fi
+  setsid ${server_env[@]+"${server_env[@]}"} "${serve[@]}" "$model" --load-format dummy --port "$port" \
+    --served-model-name "$name" "$@" ${extra[@]+"${extra[@]}"} > "$log" 2>&1 &
+  server_pid=$!
+}
+
+# One level shaped like a study's at concurrency C (a warm-up wave of C, the first wave ramped over 2 s, 3 x C
+# measured requests) of $workload, seeded by SEED: OUT.json (`autotune bench --json`), OUT.jsonl.gz (every
+# request, its inter-token gaps too), OUT.err; ARGS go to `autotune bench`.
+bench_level() {  # OUT PORT NAME C SEED [ARGS...]
+  local out=$1 port=$2 name=$3 c=$4 seed=$5
+  shift 5
+  python3 -m autotune bench --url "http://127.0.0.1:$port" --model "$name" --workload "$workload" \
+    --tokenizer "$model" --concurrency "$c" --warmup "$c" --ramp-s 2 --num-prompts $((3 * c)) --seed "$seed" \
+    --records "$out.jsonl.gz" --records-itl --json "$@" > "$out.json" 2> "$out.err"
+}
+
+# bench_level as $dir/CFG-cC with vLLM's /metrics scraped, its wall-clock span a line of levels.txt ("CFG cC START
+# END", what benchmarks/step_counts_table.py puts the telemetry on).
+timed_level() {  # CFG PORT NAME C SEED
+  local start
+  start=$(date +%s.%N)
+  bench_level "$dir/$1-c$4" "$2" "$3" "$4" "$5" --scrape-metrics
+  echo "$1 c$4 $start $(date +%s.%N)" >> "$dir/levels.txt"
+}
+
 # Stops the server started with setsid as PID, its whole session (TERM, up to a minute's grace, KILL), then waits
 # until the job's GPUs have their memory back, so that the next server starts on a free GPU (no GPU: at once).
 stop_server() {  # PID

@@ -26,18 +26,14 @@ hog_start() {
 }
 
 job() {
-  local serve="vllm serve" extra=""
-  [ "$engine" = sim ] && { serve="python3 -m autotune sim serve"; extra="--gpu-type h200 --time-scale 20"; }
   printf 'loads=%s\nworkload=%s\nengine=%s\nmodel=%s\nhog=%s\n' "$c" "$workload" "$engine" "$model" "$hog" \
     > "$dir/settings.txt"
   telemetry_start
   if port_taken "$port" 2>> "$dir/times.txt"; then echo "not started" >> "$dir/times.txt"; telemetry_stop; return; fi
   local name srv t0 ready=0 round mode level=0 hogs
   name="m-contention-$(date +%s%N)"
-  # shellcheck disable=SC2086  # serve and extra are words
-  setsid $serve "$model" --load-format dummy --port "$port" --served-model-name "$name" $extra \
-    > "$dir/server.log" 2>&1 &
-  srv=$!
+  start_server "$port" "$name" "$dir/server.log"
+  srv=$server_pid
   t0=$(date +%s)
   server_ready "$port" "$name" "$srv" && ready=1
   echo "ready=$ready after $(($(date +%s) - t0)) s" >> "$dir/times.txt"
@@ -45,16 +41,11 @@ job() {
     for round in $(seq "$rounds"); do
       for mode in quiet busy; do
         level=$((level + 1))
-        local cfg="$mode.$round" level_start
+        local cfg="$mode.$round"
         echo "$cfg: " >> "$dir/configs.txt"
         hogs=""
         [ "$mode" = busy ] && hogs=$(hog_start "$hog")
-        level_start=$(date +%s.%N)
-        python3 -m autotune bench --url "http://127.0.0.1:$port" --model "$name" --workload "$workload" \
-          --tokenizer "$model" --concurrency "$c" --warmup "$c" --ramp-s 2 --num-prompts $((3 * c)) \
-          --seed $((1000 + level)) --scrape-metrics --records "$dir/$cfg-c$c.jsonl.gz" --records-itl --json \
-          > "$dir/$cfg-c$c.json" 2> "$dir/$cfg-c$c.err"
-        echo "$cfg c$c $level_start $(date +%s.%N)" >> "$dir/levels.txt"
+        timed_level "$cfg" "$port" "$name" "$c" $((1000 + level))
         # shellcheck disable=SC2086  # one pid per word
         [ -n "$hogs" ] && { kill $hogs 2>/dev/null; wait $hogs 2>/dev/null; }
         echo "$cfg: c$c done at $(($(date +%s) - t0)) s" >> "$dir/times.txt"

@@ -19,8 +19,6 @@ servers=${SERVERS:-2}; runs=${RUNS:-4}; loads=${LOADS:-${C:-64}}; workload=${WOR
 port0=${PORT:-8031}; seed0=${SEED0:-0}; model=${MODEL_DIR:-/tmp/model}; engine=${ENGINE:-vllm}; flags=${FLAGS:-}
 job_vars="servers runs loads workload port0 seed0 model engine flags"
 job() {
-  local serve="vllm serve" extra=""
-  [ "$engine" = sim ] && { serve="python3 -m autotune sim serve"; extra="--gpu-type h200 --time-scale 20"; }
   printf 'servers=%s\nruns=%s\nloads=%s\nworkload=%s\nengine=%s\nflags=%s\n' "$servers" "$runs" "$loads" "$workload" \
     "$engine" "$flags" > "$dir/settings.txt"
   for s in $(seq "$servers"); do
@@ -29,21 +27,16 @@ job() {
     local port=$((port0 + s)) name t0 ready=0
     name="m$s-$(date +%s%N)"
     if port_taken "$port" 2>> "$dir/times.txt"; then echo "server $s: not started" >> "$dir/times.txt"; continue; fi
-    # shellcheck disable=SC2086  # serve, flags and extra are words
-    setsid $serve "$model" --load-format dummy --port "$port" --served-model-name "$name" $flags $extra \
-      > "$dir/server-$s.log" 2>&1 &
-    local srv=$!
+    # shellcheck disable=SC2086  # flags are words
+    start_server "$port" "$name" "$dir/server-$s.log" $flags
+    local srv=$server_pid
     t0=$(date +%s)
     server_ready "$port" "$name" "$srv" && ready=1
     echo "server $s: ready=$ready after $(($(date +%s) - t0)) s" >> "$dir/times.txt"
     if [ "$ready" = 1 ]; then
       for c in $loads; do
         for r in $(seq "$runs"); do
-          local out="$dir/s$s-c$c-$r"
-          python3 -m autotune bench --url "http://127.0.0.1:$port" --model "$name" --workload "$workload" \
-            --tokenizer "$model" --concurrency "$c" --warmup "$c" --ramp-s 2 --num-prompts $((3 * c)) \
-            --seed $((seed0 + 1000 * s + 10 * c + r)) --records "$out.jsonl.gz" --records-itl --json \
-            > "$out.json" 2> "$out.err"
+          bench_level "$dir/s$s-c$c-$r" "$port" "$name" "$c" $((seed0 + 1000 * s + 10 * c + r))
           echo "server $s c$c run $r done at $(($(date +%s) - t0)) s" >> "$dir/times.txt"
         done
       done

@@ -35,36 +35,29 @@ config_flags() {  # NAME: its vllm serve flags (NAME.N: NAME again, on a fresh s
 }
 
 job() {
-  local serve="vllm serve" extra=""
-  [ "$engine" = sim ] && { serve="python3 -m autotune sim serve"; extra="--gpu-type h200 --time-scale 20"; }
   printf 'loads=%s\nworkload=%s\nengine=%s\nmodel=%s\n' "$loads" "$workload" "$engine" "$model" > "$dir/settings.txt"
   telemetry_start
   for cfg in $configs; do
     local flags srv t0 ready=0
     flags=$(config_flags "$cfg") || continue
     echo "$cfg: $flags" >> "$dir/configs.txt"
-    local tracing=()
+    local server_env=()
     if [ "$trace" != 0 ]; then
-      tracing=(env "PYTHONPATH=$PWD/benchmarks/gpu/vllm_trace:$PYTHONPATH" "VLLM_TRACE_DIR=$dir/trace-$cfg")
-      [ "$trace" = loop ] && tracing+=(VLLM_TRACE_LOOP=1)
+      server_env=(env "PYTHONPATH=$PWD/benchmarks/gpu/vllm_trace:$PYTHONPATH" "VLLM_TRACE_DIR=$dir/trace-$cfg")
+      [ "$trace" = loop ] && server_env+=(VLLM_TRACE_LOOP=1)
     fi
     if port_taken "$port" 2>> "$dir/times.txt"; then echo "$cfg: not started" >> "$dir/times.txt"; continue; fi
     # a name no earlier server has: one still holding the port (this server then dies) must not pass for it
     local name; name="m-$cfg-$(date +%s%N)"
-    # shellcheck disable=SC2086  # serve, flags and extra are words
-    setsid "${tracing[@]}" $serve "$model" --load-format dummy --port "$port" --served-model-name "$name" $flags $extra \
-      > "$dir/server-$cfg.log" 2>&1 &
-    srv=$!
+    # shellcheck disable=SC2086  # flags are words
+    start_server "$port" "$name" "$dir/server-$cfg.log" $flags
+    srv=$server_pid
     t0=$(date +%s)
     server_ready "$port" "$name" "$srv" && ready=1
     echo "$cfg: ready=$ready after $(($(date +%s) - t0)) s" >> "$dir/times.txt"
     if [ "$ready" = 1 ]; then
       for c in $loads; do
-        local level_start; level_start=$(date +%s.%N)
-        python3 -m autotune bench --url "http://127.0.0.1:$port" --model "$name" --workload "$workload" \
-          --tokenizer "$model" --concurrency "$c" --warmup "$c" --ramp-s 2 --num-prompts $((3 * c)) --seed "$c" --scrape-metrics \
-          --records "$dir/$cfg-c$c.jsonl.gz" --records-itl --json > "$dir/$cfg-c$c.json" 2> "$dir/$cfg-c$c.err"
-        echo "$cfg c$c $level_start $(date +%s.%N)" >> "$dir/levels.txt"
+        timed_level "$cfg" "$port" "$name" "$c" "$c"
         echo "$cfg: c$c done at $(($(date +%s) - t0)) s" >> "$dir/times.txt"
       done
     fi
