@@ -20,6 +20,7 @@ import optuna
 from autotune.errors import UsageError
 from autotune.fileio import write_text_atomically
 from autotune.flags import changed_flags, effective_flags, normalize_flag_name
+from autotune.hostcpu import host_text
 from autotune.metrics import LATENCY_METRICS, describe_limits, fmt_ms
 from autotune.records import TrialRecord
 from autotune.study import BASELINES
@@ -240,7 +241,9 @@ def figures(summaries: Sequence[StudySummary]) -> dict[str, go.Figure]:
             marker={"symbol": ["circle" if lv.feasible else "x-thin-open" for lv in levels], "size": 9,
                     "line": {"color": color, "width": 2}},
             hovertext=[f"{html.escape(s.name)}: concurrency {lv.concurrency}, {lv.output_tok_s:,.0f} tok/s"
-                       + ("" if lv.feasible else " (over a limit)") for lv in levels], hoverinfo="text",
+                       + ("" if lv.feasible else " (over a limit)")
+                       + (f"<br>{host_text(lv.host_cpu)}" if lv.host_cpu else "") for lv in levels],
+            hoverinfo="text",
             meta={"study": s.name, "kind": "levels"}))
         if w.has_interval:
             fig.add_trace(go.Scatter(

@@ -32,7 +32,7 @@ from typing import Callable
 
 from autotune.metrics import LATENCY_METRICS, BenchResult, describe_limits, pool
 from autotune.progress import NULL_PROGRESS, Progress
-from autotune.records import LevelRecord, P99Record
+from autotune.records import HostCpuRecord, LevelRecord, P99Record
 from autotune.stats import Interval, increasing_fit, p99_interval
 
 __all__ = ["LoadSearchConfig", "LevelResult", "LoadSearchResult", "search_load", "estimate_level_s",
@@ -109,7 +109,8 @@ class LevelResult:
                            request_s=r.request_s, p99=p99, runs=self.runs, feasible=self.feasible,
                            p99_ttft_ms=r.ttft_ms.p99, p99_tpot_ms=r.tpot_ms.p99, p99_itl_ms=r.itl_ms.p99,
                            p99_e2el_ms=r.e2el_ms.p99, completed=r.completed, failed=r.failed,
-                           duration_s=r.duration_s, wall_s=self.wall_s, status=r.status)
+                           duration_s=r.duration_s, wall_s=self.wall_s, status=r.status,
+                           host_cpu=HostCpuRecord.from_json(r.extra["host_cpu"]) if r.extra.get("host_cpu") else None)
 
 
 @dataclass

@@ -219,6 +219,10 @@ def pool(results: list[BenchResult]) -> BenchResult:
         errors.update(r.errors)
     statuses = {r.status for r in results}
     status = statuses.pop() if len(statuses) == 1 else ("failed" if not ok else "partial")
+    extra = {**results[0].extra, "runs": len(results)}
+    host_cpus = [r.extra["host_cpu"] for r in results if r.extra.get("host_cpu")]
+    if host_cpus:  # the busiest host of the runs (autotune.hostcpu): what may have slowed the pooled level
+        extra["host_cpu"] = max(host_cpus, key=lambda h: h["others_cores"])
     return BenchResult(
         completed=sum(r.completed for r in results), failed=sum(r.failed for r in results), duration_s=duration_s,
         output_tok_s=weighted("output_tok_s"), total_tok_s=weighted("total_tok_s"), request_s=weighted("request_s"),
@@ -227,7 +231,7 @@ def pool(results: list[BenchResult]) -> BenchResult:
         itl_ms=Distribution.from_values_s([x for o in ok for x in o.itl_s]),
         e2el_ms=Distribution.from_values_s([o.e2el_s for o in ok]),
         goodput_request_s=weighted("goodput_request_s"), errors=dict(errors), status=status,
-        extra={**results[0].extra, "runs": len(results)}, outputs=tuple(outputs))
+        extra=extra, outputs=tuple(outputs))
 
 
 def steady_window(outputs: list[RequestOutput], full_s: float) -> tuple[float, float] | None:

@@ -29,7 +29,7 @@ from autotune.errors import UsageError
 from autotune.jsonsafe import json_safe
 
 __all__ = [
-    "RECORDS_VERSION", "P99Record", "LevelRecord", "TrialResult", "TrialRecord", "Measurement", "Remeasurement",
+    "RECORDS_VERSION", "P99Record", "HostCpuRecord", "LevelRecord", "TrialResult", "TrialRecord", "Measurement", "Remeasurement",
     "GainRecord", "ThroughputRecord", "SelectionRecord", "StudyFingerprint", "RunRecord", "queue_attrs",
     "queued_baseline", "write_trial_result", "trial_result_attrs", "finished_trial_attrs", "replayed_attrs",
     "read_trial", "read_trials", "read_remeasurement", "write_remeasurement", "read_selection", "write_selection",
@@ -89,6 +89,25 @@ class P99Record:
 
 
 @dataclass(frozen=True)
+class HostCpuRecord:
+    """The host's CPUs over one level (autotune.hostcpu): how many were busy on average, how many of those with
+    other processes than the tuner and the server's, and the share of their time the hypervisor gave elsewhere."""
+
+    cpus: int
+    busy_cores: float
+    others_cores: float
+    steal_share: float
+
+    def to_json(self) -> dict[str, Any]:
+        return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> HostCpuRecord:
+        return cls(cpus=int(data["cpus"]), busy_cores=_num(data["busy_cores"]),
+                   others_cores=_num(data["others_cores"]), steal_share=_num(data["steal_share"]))
+
+
+@dataclass(frozen=True)
 class LevelRecord:
     """One load level of a trial's load search: figures over its measured requests."""
 
@@ -108,6 +127,9 @@ class LevelRecord:
     duration_s: float
     wall_s: float  # the level's wall time, warm-up included (what a re-measurement at this level costs)
     status: str
+    # What the host's CPUs did meanwhile (the busiest of pooled runs); None where nothing measured them: the
+    # in-process sim, a host without /proc, a level recorded before autotune measured it.
+    host_cpu: HostCpuRecord | None = None
 
     @property
     def p99_ms(self) -> dict[str, float]:
@@ -121,6 +143,7 @@ class LevelRecord:
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["p99"] = {metric: p.to_json() for metric, p in self.p99.items()}
+        data["host_cpu"] = self.host_cpu.to_json() if self.host_cpu else None
         return json_safe(data)
 
     @classmethod
@@ -132,7 +155,8 @@ class LevelRecord:
                    p99_ttft_ms=_num(data["p99_ttft_ms"]), p99_tpot_ms=_num(data["p99_tpot_ms"]),
                    p99_itl_ms=_num(data["p99_itl_ms"]), p99_e2el_ms=_num(data["p99_e2el_ms"]),
                    completed=int(data["completed"]), failed=int(data["failed"]),
-                   duration_s=_num(data["duration_s"]), wall_s=_num(data["wall_s"]), status=str(data["status"]))
+                   duration_s=_num(data["duration_s"]), wall_s=_num(data["wall_s"]), status=str(data["status"]),
+                   host_cpu=HostCpuRecord.from_json(data["host_cpu"]) if data.get("host_cpu") else None)
 
     def metrics(self) -> dict[str, Any]:
         """This level's figures in the shape of a full run's metrics (only the P99s are known)."""
@@ -248,6 +272,12 @@ class Measurement:
         """The server's start and stop: the wall less the level's (0 where either is unknown)."""
         level_s = float(self.metrics.get("wall_s") or 0.0)
         return max(0.0, self.wall_s - level_s) if self.wall_s > 0 and level_s > 0 else 0.0
+
+    @property
+    def host_cpu(self) -> HostCpuRecord | None:
+        """What the host's CPUs did during the level (autotune.hostcpu), where it was measured."""
+        data = self.metrics.get("host_cpu")
+        return HostCpuRecord.from_json(data) if data else None
 
     def over_limits(self, limits_ms: Mapping[str, float]) -> list[str]:
         """The metrics whose P99 here broke their limit (none for a failed measurement: no P99 was seen)."""

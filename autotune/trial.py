@@ -22,6 +22,7 @@ from autotune.engines.base import LaunchSpec
 from autotune.engines.launcher import EngineServer
 from autotune.errors import EngineStartError, UsageError
 from autotune.gpus import GpuSpec, sim_caveats
+from autotune.hostcpu import HostCpuMeter
 from autotune.loadgen.runner import LoadConfig, run_bench
 from autotune.loadgen.workload import Workload
 from autotune.jsonsafe import json_safe
@@ -170,10 +171,15 @@ def _measure_fn(settings: TrialSettings, server: EngineServer | InProcessSim, na
         if isinstance(server, InProcessSim):
             result = server.bench(requests, cfg)
         else:
+            group = server.process_group
+            host_cpu = HostCpuMeter(pgids=(group,) if group else ())
+            host_cpu.start()
             try:
                 result = run_bench(server.url, name, requests, cfg)
             except UsageError as e:  # its /v1/models check: the server died or stopped answering between levels
                 raise StopSearch(f"{UNREACHABLE}: {e}") from None
+            if (used_cpu := host_cpu.stop()) is not None:
+                result.extra["host_cpu"] = used_cpu.to_json()
         result.extra["workload"] = {**settings.workload.describe(), "first_request": used - total}
         if cancel is not None and cancel.is_set():
             raise StopSearch("interrupted")

@@ -52,6 +52,12 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
         assert study.trials[t.number].constraints == {"p99_ttft_minus_limit_ms": pytest.approx(
             t.result.constraints_ms({"ttft": 500.0})["ttft"])}
         assert t.result.levels or t.result.failure_class
+    # a served engine's levels and re-measurements say what the host's CPUs did meanwhile (the sim server keeps
+    # about one CPU of ours busy)
+    hosts = [lv.host_cpu for t in first for lv in t.result.levels]
+    assert hosts and all(h is not None and h.cpus >= 1 and 0 <= h.others_cores <= h.busy_cores for h in hosts)
+    remeasured = [m for r in records.read_remeasurements(study) for m in r.repeats]
+    assert remeasured and all(m.host_cpu is not None for m in remeasured)
 
     code, out, err = run_json(capsys, *args[:-1][:args.index("--trials")], "--trials", "2",
                               *args[args.index("--trials") + 2:])

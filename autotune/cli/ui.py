@@ -18,6 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from autotune.hostcpu import others_note
 from autotune.metrics import describe_limits, fmt_ms
 from autotune.progress import CalibrationStep, Progress, StudyEta, StudyInterrupted, StudyStart
 from autotune.records import LevelRecord, Measurement, TrialResult
@@ -119,7 +120,9 @@ class StudyView(Progress):
     def load_level(self, level: LevelRecord, limits_ms: Mapping[str, float], trial: int | None = None) -> None:
         number = self.current if trial is None else trial
         if number in self.rows:
-            self.rows[number]["state"] = f"c={level.concurrency} {_fmt(level.output_tok_s)} tok/s {_p99s(level)}"
+            busy = others_note([level.host_cpu])
+            self.rows[number]["state"] = (f"c={level.concurrency} {_fmt(level.output_tok_s)} tok/s {_p99s(level)}"
+                                          + (f" ({busy})" if busy else ""))
         self._refresh()
 
     def leftover_stopped(self, served_model_name: str, port: int, gpu_ids: tuple[int, ...]) -> None:
@@ -155,6 +158,8 @@ class StudyView(Progress):
             what = f"{result.failure_class or 'infeasible'}: {result.failure_reason}"
         cut = ("; load search cut short by --timeout (the knee may lie higher)"
                if result.stop_reason == "deadline" else "")
+        if busy := others_note(lv.host_cpu for lv in result.levels):
+            cut += f"; {busy} while it measured: vLLM's steps that carry a prefill wait on the CPU"
         self.trial_line = (f"{name} {short_flags(result.flags)}: {what} ({result.trial_wall_s:.0f} s, "
                            f"{result.trial_wall_s / 60 * self.gpus:.1f} GPU-min, {len(result.levels)} levels){cut}")
         self._refresh()
@@ -173,6 +178,8 @@ class StudyView(Progress):
 
     def remeasured(self, trial: int, measurement: Measurement, limits_ms: Mapping[str, float]) -> None:
         failed = f" (server failed: {measurement.failure})" if measurement.failure else ""
+        if busy := others_note([measurement.host_cpu]):
+            failed += f" ({busy})"
         p99s = ", ".join(f"{metric} {fmt_ms(measurement.p99_ms.get(metric))} ms" for metric in limits_ms)
         self._log(f"{self.status}: {_fmt(measurement.output_tok_s)} tok/s, p99 {p99s}{failed}")
 

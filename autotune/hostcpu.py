@@ -1,0 +1,116 @@
+"""How busy the host's CPUs were while a level ran, and how much of that was other processes'.
+
+On an H200 lease, busy loops on the host's 16 CPUs doubled what a ~1,000-token prefill added to its engine step,
+put P99 TTFT up 89% and throughput down 20%, while the GPU did the same work (docs/results/sim-accuracy.md,
+"A host's own card"): vLLM's steps that carry a prefill wait on the CPU. A level measured while other processes
+take the host's CPUs measures the host as much as the configuration, so each level records what they took.
+
+"Ours" is the tuner's own process (the load generator runs in it) and the server's process group (vLLM's API
+server, engine core and workers); everything else busy on the host is "others". Linux only (/proc): elsewhere
+nothing is measured.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from autotune.records import HostCpuRecord
+
+__all__ = ["HostCpuMeter", "host_cpu_jiffies", "processes_jiffies", "OTHERS_NOTED_CORES", "others_note",
+           "host_text"]
+
+# From one whole CPU of other processes on, a level says so. vLLM's API server and engine core each keep a CPU
+# busy, so on a small host one more busy CPU already competes with them; the effect measured (busy loops on 16 of
+# 16 CPUs: prefill steps twice as long) is the far end.
+OTHERS_NOTED_CORES = 1.0
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    busy: int  # jiffies of every CPU: user, nice, system, irq, softirq (guest time is inside user)
+    idle: int  # idle and iowait
+    steal: int  # given by the hypervisor to other guests
+    ours: int  # user and system jiffies of our processes
+
+
+def host_cpu_jiffies() -> tuple[int, int, int] | None:
+    """(busy, idle, steal) jiffies of all the host's CPUs since boot, from /proc/stat; None without it."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return user + nice + system + irq + softirq, idle + iowait, steal
+
+
+def processes_jiffies(pids: Iterable[int] = (), pgids: Iterable[int] = ()) -> int:
+    """User and system jiffies of the processes ``pids`` and of every member of the process groups ``pgids``,
+    threads included (a process's /proc stat sums its threads)."""
+    wanted_pids, wanted_groups = {str(p) for p in pids}, {str(g) for g in pgids}
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rfind(")") + 2:].split()  # state, ppid, pgrp, session, ..., utime (11), stime (12)
+        if len(fields) > 12 and (entry in wanted_pids or fields[2] in wanted_groups):
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+class HostCpuMeter:
+    """``start()`` before a level, ``stop()`` after it: the host's CPUs over the level as a
+    :class:`~autotune.records.HostCpuRecord`, ours being this process and the process groups ``pgids``."""
+
+    def __init__(self, pgids: Iterable[int] = ()) -> None:
+        self.pgids = tuple(pgids)
+        self._start: _Snapshot | None = None
+
+    def _snapshot(self) -> _Snapshot | None:
+        host = host_cpu_jiffies()
+        if host is None:
+            return None
+        ours = processes_jiffies(pids=(os.getpid(),), pgids=self.pgids)
+        return _Snapshot(*host, ours=ours)
+
+    def start(self) -> None:
+        self._start = self._snapshot()
+
+    def stop(self) -> HostCpuRecord | None:
+        """None where /proc is missing, or no CPU time passed."""
+        start, end = self._start, self._snapshot()
+        if start is None or end is None:
+            return None
+        busy, idle, steal = end.busy - start.busy, end.idle - start.idle, end.steal - start.steal
+        total = busy + idle + steal
+        if total <= 0:
+            return None
+        cpus = os.cpu_count() or 1
+        # a process of ours that ended during the level took its time with it: others can come out a little high,
+        # never below zero
+        others = max(0, busy - (end.ours - start.ours))
+        return HostCpuRecord(cpus=cpus, busy_cores=cpus * busy / total, others_cores=cpus * others / total,
+                             steal_share=steal / total)
+
+
+def others_note(levels: Iterable[HostCpuRecord | None]) -> str:
+    """"other processes used up to 7.9 of 16 CPUs" where any of ``levels`` had OTHERS_NOTED_CORES or more of
+    them; "" otherwise."""
+    busiest = max((h for h in levels if h is not None), key=lambda h: h.others_cores, default=None)
+    if busiest is None or busiest.others_cores < OTHERS_NOTED_CORES:
+        return ""
+    return f"other processes used up to {busiest.others_cores:.1f} of {busiest.cpus} CPUs"
+
+
+def host_text(host: HostCpuRecord) -> str:
+    """One level's host CPUs in a few words: "host CPUs: 3.2 of 16 busy, 0.4 by other processes, 0.1% stolen"."""
+    return (f"host CPUs: {host.busy_cores:.1f} of {host.cpus} busy, {host.others_cores:.1f} by other processes, "
+            f"{100 * host.steal_share:.1f}% stolen")

@@ -1,0 +1,108 @@
+"""autotune.hostcpu: what the host's CPUs did during a level, ours (this process and the server's process group)
+told apart from other processes'; and how a level and a trial say so."""
+from __future__ import annotations
+
+import io
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from rich.console import Console
+
+from autotune.cli.ui import StudyView
+from autotune.hostcpu import HostCpuMeter, host_text, others_note
+from autotune.metrics import Distribution, BenchResult, pool
+from autotune.records import HostCpuRecord, LevelRecord, Measurement, P99Record, TrialResult
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="the meter reads Linux's /proc")
+
+SPIN = [sys.executable, "-c", "while True: pass"]
+
+
+def _spinner() -> subprocess.Popen[bytes]:
+    """A busy loop in a process group of its own."""
+    return subprocess.Popen(SPIN, start_new_session=True)
+
+
+def test_a_busy_server_is_ours_and_a_busy_stranger_is_not() -> None:
+    """One busy loop in the server's process group, one outside it: over ~1.5 s each keeps about one CPU busy
+    (the CI machine has two), and only the stranger's counts as other processes'."""
+    server, stranger = _spinner(), _spinner()
+    try:
+        time.sleep(0.2)
+        meter = HostCpuMeter(pgids=(server.pid,))
+        meter.start()
+        time.sleep(1.5)
+        host = meter.stop()
+    finally:
+        for p in (server, stranger):
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert host is not None and host.cpus == os.cpu_count()
+    assert 0.5 < host.others_cores < 1.5  # the stranger, not the server
+    assert host.busy_cores - host.others_cores > 0.5  # the server's loop is ours
+    assert 0.0 <= host.steal_share < 0.5
+
+
+def test_a_meter_never_started_measures_nothing() -> None:
+    assert HostCpuMeter().stop() is None
+
+
+BUSY = HostCpuRecord(cpus=16, busy_cores=15.8, others_cores=12.5, steal_share=0.002)
+QUIET = HostCpuRecord(cpus=16, busy_cores=3.1, others_cores=0.3, steal_share=0.0)
+
+
+def test_a_note_only_from_one_whole_cpu_of_other_processes() -> None:
+    assert others_note([QUIET, None]) == ""
+    assert others_note([QUIET, BUSY, None]) == "other processes used up to 12.5 of 16 CPUs"
+    assert others_note([]) == ""
+    assert host_text(QUIET) == "host CPUs: 3.1 of 16 busy, 0.3 by other processes, 0.0% stolen"
+
+
+def _level(host: HostCpuRecord | None) -> LevelRecord:
+    return LevelRecord(concurrency=16, output_tok_s=1000.0, total_tok_s=9000.0, request_s=8.0,
+                       p99={"ttft": P99Record(150.0, 140.0, 160.0, math.nan)}, runs=1, feasible=True,
+                       p99_ttft_ms=150.0, p99_tpot_ms=11.0, p99_itl_ms=45.0, p99_e2el_ms=1500.0, completed=48,
+                       failed=0, duration_s=7.0, wall_s=25.0, status="ok", host_cpu=host)
+
+
+def test_levels_and_measurements_keep_the_host() -> None:
+    assert LevelRecord.from_json(_level(BUSY).to_json()) == _level(BUSY)
+    assert LevelRecord.from_json(_level(None).to_json()).host_cpu is None
+    older = _level(None).to_json()
+    del older["host_cpu"]  # a level recorded before autotune measured the host
+    assert LevelRecord.from_json(older).host_cpu is None
+    measurement = Measurement(1000.0, {"ttft": 150.0}, {"host_cpu": BUSY.to_json()})
+    assert Measurement.from_json(measurement.to_json()).host_cpu == BUSY
+    assert Measurement(1000.0, {"ttft": 150.0}).host_cpu is None
+
+
+def _run(host: HostCpuRecord | None) -> BenchResult:
+    d = Distribution(1.0, 1.0, 1.0, 1.0, 1.0)
+    return BenchResult(completed=1, failed=0, duration_s=1.0, output_tok_s=1.0, total_tok_s=1.0, request_s=1.0,
+                       ttft_ms=d, tpot_ms=d, itl_ms=d, e2el_ms=d,
+                       extra={"host_cpu": host.to_json()} if host else {})
+
+
+def test_a_pooled_level_keeps_its_busiest_host() -> None:
+    assert pool([_run(QUIET), _run(BUSY), _run(None)]).extra["host_cpu"] == BUSY.to_json()
+    assert "host_cpu" not in pool([_run(None), _run(None)]).extra
+
+
+def test_the_console_says_when_other_processes_took_the_cpus() -> None:
+    out = io.StringIO()
+    view = StudyView(Console(file=out, width=200, force_terminal=False))
+    view.trial_started(0, {}, "vllm-defaults")
+    view.load_level(_level(BUSY), {"ttft": 500.0})
+    assert "other processes used up to 12.5 of 16 CPUs" in view.rows[0]["state"]
+    result = TrialResult(flags={}, feasible=True, output_tok_s=1000.0, concurrency=16,
+                         levels=(_level(QUIET), _level(BUSY)), trial_wall_s=60.0)
+    view.trial_finished(0, "vllm-defaults", result)
+    assert "other processes used up to 12.5 of 16 CPUs while it measured" in view.trial_line
+    view.trial_finished(0, "vllm-defaults", TrialResult(flags={}, feasible=True, output_tok_s=1000.0,
+                                                        concurrency=16, levels=(_level(QUIET),)))
+    assert "other processes" not in view.trial_line
