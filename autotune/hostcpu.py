@@ -5,9 +5,10 @@ put P99 TTFT up 89% and throughput down 20%, while the GPU did the same work (do
 "A host's own card"): vLLM's steps that carry a prefill wait on the CPU. A level measured while other processes
 take the host's CPUs measures the host as much as the configuration, so each level records what they took.
 
-"Ours" is the tuner's own process (the load generator runs in it) and the server's process group (vLLM's API
-server, engine core and workers); everything else busy on the host is "others". Linux only (/proc): elsewhere
-nothing is measured.
+"Ours" is the tuner's own process (the load generator runs in it) and every process it started, theirs included
+(the servers of every trial it runs: vLLM's API server, engine core and workers, and their watchdogs); everything
+else busy on the host is "others", other tuners' servers among them. Linux only (/proc): elsewhere nothing is
+measured.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from autotune.records import HostCpuRecord
 
-__all__ = ["HostCpuMeter", "host_cpu_jiffies", "processes_jiffies", "OTHERS_NOTED_CORES", "others_note",
+__all__ = ["HostCpuMeter", "host_cpu_jiffies", "descendants_jiffies", "OTHERS_NOTED_CORES", "others_note",
            "host_text"]
 
 # From one whole CPU of other processes on, a level says so. vLLM's API server and engine core each keep a CPU
@@ -47,11 +48,11 @@ def host_cpu_jiffies() -> tuple[int, int, int] | None:
     return user + nice + system + irq + softirq, idle + iowait, steal
 
 
-def processes_jiffies(pids: Iterable[int] = (), pgids: Iterable[int] = ()) -> int:
-    """User and system jiffies of the processes ``pids`` and of every member of the process groups ``pgids``,
-    threads included (a process's /proc stat sums its threads)."""
-    wanted_pids, wanted_groups = {str(p) for p in pids}, {str(g) for g in pgids}
-    total = 0
+def descendants_jiffies(root: int) -> int:
+    """User and system jiffies of the process ``root`` and of every process it started, theirs included, threads
+    included (a process's /proc stat sums its threads)."""
+    jiffies: dict[int, int] = {}
+    children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -61,25 +62,29 @@ def processes_jiffies(pids: Iterable[int] = (), pgids: Iterable[int] = ()) -> in
         except OSError:
             continue  # gone meanwhile
         fields = stat[stat.rfind(")") + 2:].split()  # state, ppid, pgrp, session, ..., utime (11), stime (12)
-        if len(fields) > 12 and (entry in wanted_pids or fields[2] in wanted_groups):
-            total += int(fields[11]) + int(fields[12])
+        if len(fields) > 12:
+            jiffies[int(entry)] = int(fields[11]) + int(fields[12])
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += jiffies.get(pid, 0)
+        todo.extend(children.get(pid, ()))
     return total
 
 
 class HostCpuMeter:
     """``start()`` before a level, ``stop()`` after it: the host's CPUs over the level as a
-    :class:`~autotune.records.HostCpuRecord`, ours being this process and the process groups ``pgids``."""
+    :class:`~autotune.records.HostCpuRecord`, ours being this process and its descendants."""
 
-    def __init__(self, pgids: Iterable[int] = ()) -> None:
-        self.pgids = tuple(pgids)
+    def __init__(self) -> None:
         self._start: _Snapshot | None = None
 
     def _snapshot(self) -> _Snapshot | None:
         host = host_cpu_jiffies()
         if host is None:
             return None
-        ours = processes_jiffies(pids=(os.getpid(),), pgids=self.pgids)
-        return _Snapshot(*host, ours=ours)
+        return _Snapshot(*host, ours=descendants_jiffies(os.getpid()))
 
     def start(self) -> None:
         self._start = self._snapshot()

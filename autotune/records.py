@@ -102,7 +102,10 @@ class HostCpuRecord:
         return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> HostCpuRecord:
+    def read(cls, data: Mapping[str, Any] | None) -> HostCpuRecord | None:
+        """The record stored as ``data`` (to_json), None where nothing was measured."""
+        if not data:
+            return None
         return cls(cpus=int(data["cpus"]), busy_cores=_num(data["busy_cores"]),
                    others_cores=_num(data["others_cores"]), steal_share=_num(data["steal_share"]))
 
@@ -156,7 +159,7 @@ class LevelRecord:
                    p99_itl_ms=_num(data["p99_itl_ms"]), p99_e2el_ms=_num(data["p99_e2el_ms"]),
                    completed=int(data["completed"]), failed=int(data["failed"]),
                    duration_s=_num(data["duration_s"]), wall_s=_num(data["wall_s"]), status=str(data["status"]),
-                   host_cpu=HostCpuRecord.from_json(data["host_cpu"]) if data.get("host_cpu") else None)
+                   host_cpu=HostCpuRecord.read(data.get("host_cpu")))
 
     def metrics(self) -> dict[str, Any]:
         """This level's figures in the shape of a full run's metrics (only the P99s are known)."""
@@ -276,8 +279,7 @@ class Measurement:
     @property
     def host_cpu(self) -> HostCpuRecord | None:
         """What the host's CPUs did during the level (autotune.hostcpu), where it was measured."""
-        data = self.metrics.get("host_cpu")
-        return HostCpuRecord.from_json(data) if data else None
+        return HostCpuRecord.read(self.metrics.get("host_cpu"))
 
     def over_limits(self, limits_ms: Mapping[str, float]) -> list[str]:
         """The metrics whose P99 here broke their limit (none for a failed measurement: no P99 was seen)."""

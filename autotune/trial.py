@@ -171,8 +171,7 @@ def _measure_fn(settings: TrialSettings, server: EngineServer | InProcessSim, na
         if isinstance(server, InProcessSim):
             result = server.bench(requests, cfg)
         else:
-            group = server.process_group
-            host_cpu = HostCpuMeter(pgids=(group,) if group else ())
+            host_cpu = HostCpuMeter()
             host_cpu.start()
             try:
                 result = run_bench(server.url, name, requests, cfg)

@@ -21,7 +21,7 @@ def test_levels_on_one_server_never_reuse_prompts(monkeypatch, tmp_path):
     settings = trial_mod.TrialSettings(engine="sim", model=PRESETS["flash"], gpu=load_gpu("h100"), gpus=1,
                                        workload=parse_workload("random:16:4", seed=3),
                                        search=LoadSearchConfig(limits_ms={"ttft": 500.0}))
-    measure = trial_mod._measure_fn(settings, server=type("S", (), {"url": "http://x", "process_group": None})(), name="m",
+    measure = trial_mod._measure_fn(settings, server=type("S", (), {"url": "http://x"})(), name="m",
                                   records_dir=tmp_path / "levels")
     for c in (8, 16, 8):
         measure(c)

@@ -178,11 +178,6 @@ class EngineServer:
         return self._proc.pid if self._proc else None
 
     @property
-    def process_group(self) -> int | None:
-        """The group the server and its watchdog run in (None before the start)."""
-        return self._pgid
-
-    @property
     def log_path(self) -> Path:
         return self.spec.log_path
 
