@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from autotune.engines.watchdog import proc_stats
 from autotune.records import HostCpuRecord
 
 __all__ = ["HostCpuMeter", "host_cpu_jiffies", "descendants_jiffies", "OTHERS_NOTED_CORES", "others_note",
@@ -53,18 +54,10 @@ def descendants_jiffies(root: int) -> int:
     included (a process's /proc stat sums its threads)."""
     jiffies: dict[int, int] = {}
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                stat = f.read()
-        except OSError:
-            continue  # gone meanwhile
-        fields = stat[stat.rfind(")") + 2:].split()  # state, ppid, pgrp, session, ..., utime (11), stime (12)
+    for pid, fields in proc_stats():
         if len(fields) > 12:
-            jiffies[int(entry)] = int(fields[11]) + int(fields[12])
-            children.setdefault(int(fields[1]), []).append(int(entry))
+            jiffies[pid] = int(fields[11]) + int(fields[12])
+            children.setdefault(int(fields[1]), []).append(pid)
     total, todo = 0, [root]
     while todo:
         pid = todo.pop()

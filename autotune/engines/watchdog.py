@@ -23,12 +23,12 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 
 
-def group_members(pgid: int) -> list[int]:
-    """The live members of a process group, by pid. Zombies (dead, awaiting a reaper that may never come in a
-    container whose PID 1 does not reap) hold no resources and do not count."""
-    members = []
+def proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """Every process's /proc/PID/stat fields after its command name (state, ppid, pgrp, session, ...; utime and
+    stime at 11 and 12), with its pid; one gone meanwhile is skipped."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -37,10 +37,14 @@ def group_members(pgid: int) -> list[int]:
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()  # state, ppid, pgrp, ...
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            members.append(int(entry))
-    return members
+        yield int(entry), stat[stat.rfind(")") + 2:].split()
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live members of a process group, by pid. Zombies (dead, awaiting a reaper that may never come in a
+    container whose PID 1 does not reap) hold no resources and do not count."""
+    return [pid for pid, fields in proc_stats()
+            if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X")]
 
 
 def main(argv: list[str]) -> int:
