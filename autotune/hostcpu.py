@@ -13,6 +13,7 @@ measured.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from autotune.engines.watchdog import proc_stats
 from autotune.records import HostCpuRecord
 
 __all__ = ["HostCpuMeter", "host_cpu_jiffies", "descendants_jiffies", "OTHERS_NOTED_CORES", "others_note",
-           "host_text"]
+           "host_text", "busy_host_caveat"]
 
 # From one whole CPU of other processes on, a level says so. vLLM's API server and engine core each keep a CPU
 # busy, so on a small host one more busy CPU already competes with them; the effect measured (busy loops on 16 of
@@ -112,3 +113,17 @@ def host_text(host: HostCpuRecord) -> str:
     """One level's host CPUs in a few words: "host CPUs: 3.2 of 16 busy, 0.4 by other processes, 0.1% stolen"."""
     return (f"host CPUs: {host.busy_cores:.1f} of {host.cpus} busy, {host.others_cores:.1f} by other processes, "
             f"{100 * host.steal_share:.1f}% stolen")
+
+
+def busy_host_caveat(sample_s: float = 0.5) -> str:
+    """Before a study on a served engine: "" on a quiet host; where other processes use OTHERS_NOTED_CORES or
+    more of its CPUs over ``sample_s``, a caution saying how many and what it does to the figures."""
+    meter = HostCpuMeter()
+    meter.start()
+    time.sleep(sample_s)
+    host = meter.stop()
+    if host is None or host.others_cores < OTHERS_NOTED_CORES:
+        return ""
+    return (f"other processes are using {host.others_cores:.1f} of {host.cpus} CPUs as the study starts: vLLM's "
+            "steps that carry a prefill wait on the CPU (busy loops on all of an H200 host's CPUs doubled them, "
+            "P99 TTFT +89%), so its figures would measure the host as much as the configurations")

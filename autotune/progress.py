@@ -29,7 +29,9 @@ class StudyStart:
     timeout_s: float | None
     existing_trials: int  # finished trials of earlier runs of a resumed study
     parallel: int = 1  # trials at once, each on its own GPUs
-    caveats: tuple[str, ...] = ()  # on the sim engine: what it is known to get wrong under these limits on this card
+    # what the figures may get wrong: on the sim engine, its known errors under these limits on this card; on a
+    # served engine, a host whose CPUs other processes are using
+    caveats: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from autotune import journal, records
 from autotune.engines.launcher import stop_all
 from autotune.engines.ledger import stop_leftovers
 from autotune.errors import EngineStartError, Stopped, StorageUnavailable
+from autotune.hostcpu import busy_host_caveat
 from autotune.jsonsafe import json_safe
 from autotune.loadsearch import estimate_level_s
 from autotune.models import ModelSpec
@@ -482,10 +483,13 @@ def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress,
            deadline: float | None) -> tuple[_StopRules, int]:
     earlier = records.read_trials(study)
     before = sum(1 for t in earlier if t.complete)
+    caveats = list(cfg.settings.sim_caveats())
+    if not runs_in_process(cfg.settings) and (busy := busy_host_caveat()):
+        caveats.append(busy)
     progress.study_started(StudyStart(study=cfg.study_name, engine=cfg.settings.engine,
                                       limits_ms=cfg.settings.search.limits_ms, gpus=cfg.settings.gpus,
                                       n_trials=cfg.n_trials, timeout_s=cfg.timeout_s, existing_trials=before,
-                                      parallel=len(cfg.gpu_slots), caveats=tuple(cfg.settings.sim_caveats())))
+                                      parallel=len(cfg.gpu_slots), caveats=tuple(caveats)))
     durations = [t.result.trial_wall_s for t in earlier if t.result is not None and t.result.trial_wall_s]
     rules = _StopRules(cfg, deadline, durations, lambda: remeasure_reserve_s(study, cfg), progress)
     return rules, before

@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from autotune.cli.ui import StudyView
-from autotune.hostcpu import HostCpuMeter, host_text, others_note
+from autotune.hostcpu import HostCpuMeter, busy_host_caveat, host_text, others_note
 from autotune.metrics import Distribution, BenchResult, pool
 from autotune.records import HostCpuRecord, LevelRecord, Measurement, P99Record, TrialResult
 
@@ -23,13 +23,17 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="the me
 SPIN = f"{sys.executable} -c 'while True: pass'"
 
 
+def _stranger() -> int:
+    """A busy loop started by a shell that exits at once: nobody's child here."""
+    return int(subprocess.run(["sh", "-c", f"{SPIN} > /dev/null 2>&1 & echo $!"], capture_output=True, text=True,
+                              check=True).stdout)
+
+
 def test_a_busy_server_of_ours_and_a_busy_stranger() -> None:
-    """A busy loop this process started (as it starts a trial's server) and one it did not (started by a shell that
-    exits at once, so it is nobody's child here): over ~1.5 s each keeps about one CPU busy (the CI machine has
-    two), and only the stranger's counts as other processes'."""
+    """A busy loop this process started (as it starts a trial's server) and one it did not: over ~1.5 s each keeps
+    about one CPU busy (the CI machine has two), and only the stranger's counts as other processes'."""
     ours = subprocess.Popen(["sh", "-c", f"exec {SPIN}"], start_new_session=True)
-    stranger_pid = int(subprocess.run(["sh", "-c", f"{SPIN} > /dev/null 2>&1 & echo $!"], capture_output=True,
-                                      text=True, check=True).stdout)
+    stranger_pid = _stranger()
     try:
         time.sleep(0.2)
         meter = HostCpuMeter()
@@ -44,6 +48,18 @@ def test_a_busy_server_of_ours_and_a_busy_stranger() -> None:
     assert 0.5 < host.others_cores < 1.5  # the stranger, not ours
     assert host.busy_cores - host.others_cores > 0.5  # our loop
     assert 0.0 <= host.steal_share < 0.5
+
+
+def test_a_study_on_a_busy_host_starts_with_a_caution() -> None:
+    assert busy_host_caveat(0.3) == ""  # the test machine, quiet
+    strangers = [_stranger(), _stranger()]  # two CPUs' worth: one alone sits at the threshold
+    try:
+        time.sleep(0.2)
+        caveat = busy_host_caveat(0.5)
+    finally:
+        for pid in strangers:
+            os.kill(pid, signal.SIGKILL)
+    assert caveat.startswith("other processes are using ") and " CPUs as the study starts" in caveat
 
 
 def test_a_meter_never_started_measures_nothing() -> None:
