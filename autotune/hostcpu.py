@@ -21,7 +21,7 @@ from autotune.engines.watchdog import proc_stats
 from autotune.records import HostCpuRecord
 
 __all__ = ["HostCpuMeter", "host_cpu_jiffies", "descendants_jiffies", "OTHERS_NOTED_CORES", "others_note",
-           "host_text", "busy_host_caveat"]
+           "host_text", "busy_host_caveat", "winner_notes"]
 
 # From one whole CPU of other processes on, a level says so. vLLM's API server and engine core each keep a CPU
 # busy, so on a small host one more busy CPU already competes with them; the effect measured (busy loops on 16 of
@@ -127,3 +127,14 @@ def busy_host_caveat(sample_s: float = 0.5) -> str:
     return (f"other processes are using {host.others_cores:.1f} of {host.cpus} CPUs as the study starts: vLLM's "
             "steps that carry a prefill wait on the CPU (busy loops on all of an H200 host's CPUs doubled them, "
             "P99 TTFT +89%), so its figures would measure the host as much as the configurations")
+
+
+def winner_notes(hosts: Iterable[HostCpuRecord | None]) -> list[str]:
+    """The profile's note where other processes used a whole CPU or more while the winner was measured (its
+    trial's levels and its re-measurements, ``hosts``); none otherwise."""
+    note = others_note(hosts)
+    if not note:
+        return []
+    return [f"{note} while the winner was measured: vLLM's steps that carry a prefill wait on the CPU, so its "
+            "figures may be lower than this configuration gives on a quiet host (each level's host CPUs are in the "
+            "study's records)"]

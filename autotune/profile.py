@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from autotune import __version__
 from autotune.engines.base import StartupInfo
 from autotune.fileio import write_text_atomically
+from autotune.hostcpu import winner_notes
 from autotune.jsonsafe import json_safe
 from autotune.records import TrialRecord
 from autotune.selection import Candidate, Selection
@@ -227,7 +228,9 @@ def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRec
         unconfirmed=selection.unconfirmed, baseline=winner.baseline or None,
         study=StudyRef(name=cfg.study_name, trial_number=winner.trial_number, storage=redact_url(cfg.storage_url),
                        trials=n_trials),
-        notes=engine_notes(StartupInfo.from_dict(winner_trial.result.startup)) + s.sim_caveats(),
+        notes=(engine_notes(StartupInfo.from_dict(winner_trial.result.startup))
+               + winner_notes([lv.host_cpu for lv in winner_trial.result.levels] + [m.host_cpu for m in winner.repeats])
+               + s.sim_caveats()),
     )
 
 

@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from autotune.cli.ui import StudyView
-from autotune.hostcpu import HostCpuMeter, busy_host_caveat, host_text, others_note
+from autotune.hostcpu import HostCpuMeter, busy_host_caveat, host_text, others_note, winner_notes
 from autotune.metrics import Distribution, BenchResult, pool
 from autotune.records import HostCpuRecord, LevelRecord, Measurement, P99Record, TrialResult
 
@@ -75,6 +75,12 @@ def test_a_note_only_from_one_whole_cpu_of_other_processes() -> None:
     assert others_note([QUIET, BUSY, None]) == "other processes used up to 12.5 of 16 CPUs"
     assert others_note([]) == ""
     assert host_text(QUIET) == "host CPUs: 3.1 of 16 busy, 0.3 by other processes, 0.0% stolen"
+
+
+def test_the_profile_notes_a_winner_measured_on_a_busy_host() -> None:
+    assert winner_notes([QUIET, None]) == []
+    [note] = winner_notes([QUIET, BUSY])
+    assert note.startswith("other processes used up to 12.5 of 16 CPUs while the winner was measured")
 
 
 def _level(host: HostCpuRecord | None) -> LevelRecord:

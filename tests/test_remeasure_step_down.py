@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 import optuna
@@ -13,6 +13,7 @@ from optuna.distributions import FloatDistribution
 
 import autotune.study as study_mod
 from autotune import records
+from autotune.records import HostCpuRecord
 from autotune.metrics import summarize
 from autotune.progress import Progress
 from autotune.records import LevelRecord, Measurement, P99Record, Remeasurement, TrialResult
@@ -205,6 +206,15 @@ def test_a_stepped_down_winner_never_remeasured_reports_that_levels_search_figur
     m = profile.metrics.at_chosen_load
     assert profile.concurrency == 128 and m["concurrency"] == 128 and m["output_tok_s"] == 4500.0
     assert m["ttft_ms"]["p99"] == 350.0
+    assert profile.notes == []
+    # a level of the winner's trial measured while other processes took the host's CPUs: the profile says so
+    trial = records.read_trial(_study().trials[0])
+    busy = HostCpuRecord(cpus=16, busy_cores=15.0, others_cores=12.0, steal_share=0.0)
+    levels = (replace(trial.result.levels[0], host_cpu=busy), *trial.result.levels[1:])
+    trial = replace(trial, result=replace(trial.result, levels=levels))
+    profile = build_profile(cfg, select_winner([cand], {"ttft": 500.0}, repeats=0), trial, 1)
+    [note] = profile.notes
+    assert note.startswith("other processes used up to 12.0 of 16 CPUs while the winner was measured")
 
 
 def test_the_reserve_counts_a_restart_as_seen_once_one_was_timed(tmp_path):
