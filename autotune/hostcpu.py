@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from autotune.engines.watchdog import proc_stats
 from autotune.records import HostCpuRecord
 
-__all__ = ["HostCpuMeter", "host_cpu_jiffies", "descendants_jiffies", "OTHERS_NOTED_CORES", "others_note",
-           "host_text", "busy_host_caveat", "winner_notes"]
+__all__ = ["HostCpuMeter", "host_cpu_jiffies", "descendants_jiffies", "OTHERS_NOTED_CORES", "saturated",
+           "others_note", "host_text", "busy_host_caveat", "winner_notes"]
 
-# From one whole CPU of other processes on, a level says so. vLLM's API server and engine core each keep a CPU
-# busy, so on a small host one more busy CPU already competes with them; the effect measured (busy loops on 16 of
-# 16 CPUs: prefill steps twice as long) is the far end.
+# A level says so where the host's CPUs were saturated (less than one idle) and other processes held a whole CPU
+# or more of them. On an H200 lease (16 CPUs), busy loops on 4 of them left the host 33% busy and changed nothing
+# measurable (a prefill −0.7% [−24, +29], two levels a side); on all 16 they doubled every prefill step. What
+# lies between was not measured: the engine's threads wait once no CPU is idle, so saturation is the line drawn.
 OTHERS_NOTED_CORES = 1.0
 
 
@@ -100,13 +101,18 @@ class HostCpuMeter:
                              steal_share=steal / total)
 
 
+def saturated(host: HostCpuRecord | None) -> bool:
+    """The host's CPUs had less than one idle on average, and other processes held OTHERS_NOTED_CORES or more."""
+    return host is not None and host.cpus - host.busy_cores < 1.0 and host.others_cores >= OTHERS_NOTED_CORES
+
+
 def others_note(levels: Iterable[HostCpuRecord | None]) -> str:
-    """"other processes used up to 7.9 of 16 CPUs" where any of ``levels`` had OTHERS_NOTED_CORES or more of
-    them; "" otherwise."""
-    busiest = max((h for h in levels if h is not None), key=lambda h: h.others_cores, default=None)
-    if busiest is None or busiest.others_cores < OTHERS_NOTED_CORES:
+    """"other processes took up to 7.9 of the host's 16 CPUs, all of them busy" where any of ``levels`` ran on a
+    :func:`saturated` host; "" otherwise."""
+    busiest = max((h for h in levels if saturated(h)), key=lambda h: h.others_cores, default=None)
+    if busiest is None:
         return ""
-    return f"other processes used up to {busiest.others_cores:.1f} of {busiest.cpus} CPUs"
+    return f"other processes took up to {busiest.others_cores:.1f} of the host's {busiest.cpus} CPUs, all of them busy"
 
 
 def host_text(host: HostCpuRecord) -> str:
@@ -116,25 +122,27 @@ def host_text(host: HostCpuRecord) -> str:
 
 
 def busy_host_caveat(sample_s: float = 0.5) -> str:
-    """Before a study on a served engine: "" on a quiet host; where other processes use OTHERS_NOTED_CORES or
-    more of its CPUs over ``sample_s``, a caution saying how many and what it does to the figures."""
+    """Before a study on a served engine: a caution where the host is :func:`saturated` over ``sample_s``, saying
+    how many CPUs other processes take and what it does to the figures; "" otherwise."""
     meter = HostCpuMeter()
     meter.start()
     time.sleep(sample_s)
     host = meter.stop()
-    if host is None or host.others_cores < OTHERS_NOTED_CORES:
+    if not saturated(host):
         return ""
-    return (f"other processes are using {host.others_cores:.1f} of {host.cpus} CPUs as the study starts: vLLM's "
-            "steps that carry a prefill wait on the CPU (busy loops on all of an H200 host's CPUs doubled them, "
-            "P99 TTFT +89%), so its figures would measure the host as much as the configurations")
+    assert host is not None
+    return (f"other processes are taking {host.others_cores:.1f} of the host's {host.cpus} CPUs, all of them busy, "
+            "as the study starts: vLLM's steps that carry a prefill wait on the CPU (busy loops on all of an H200 "
+            "host's CPUs doubled them, P99 TTFT +89%), so its figures would measure the host as much as the "
+            "configurations")
 
 
 def winner_notes(hosts: Iterable[HostCpuRecord | None]) -> list[str]:
-    """The profile's note where other processes used a whole CPU or more while the winner was measured (its
-    trial's levels and its re-measurements, ``hosts``); none otherwise."""
+    """The profile's note where the winner was measured (its trial's levels and its re-measurements, ``hosts``) on a
+    :func:`saturated` host; none otherwise."""
     note = others_note(hosts)
     if not note:
         return []
-    return [f"{note} while the winner was measured: vLLM's steps that carry a prefill wait on the CPU, so its "
+    return [f"{note}, while the winner was measured: vLLM's steps that carry a prefill wait on the CPU, so its "
             "figures may be lower than this configuration gives on a quiet host (each level's host CPUs are in the "
             "study's records)"]

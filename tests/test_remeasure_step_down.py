@@ -209,12 +209,12 @@ def test_a_stepped_down_winner_never_remeasured_reports_that_levels_search_figur
     assert profile.notes == []
     # a level of the winner's trial measured while other processes took the host's CPUs: the profile says so
     trial = records.read_trial(_study().trials[0])
-    busy = HostCpuRecord(cpus=16, busy_cores=15.0, others_cores=12.0, steal_share=0.0)
+    busy = HostCpuRecord(cpus=16, busy_cores=15.5, others_cores=12.0, steal_share=0.0)
     levels = (replace(trial.result.levels[0], host_cpu=busy), *trial.result.levels[1:])
     trial = replace(trial, result=replace(trial.result, levels=levels))
     profile = build_profile(cfg, select_winner([cand], {"ttft": 500.0}, repeats=0), trial, 1)
     [note] = profile.notes
-    assert note.startswith("other processes used up to 12.0 of 16 CPUs while the winner was measured")
+    assert note.startswith("other processes took up to 12.0 of the host's 16 CPUs, all of them busy, while the winner")
 
 
 def test_the_reserve_counts_a_restart_as_seen_once_one_was_timed(tmp_path):
