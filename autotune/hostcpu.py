@@ -14,51 +14,66 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from autotune.engines.watchdog import proc_stats
 from autotune.records import HostCpuRecord
 
-__all__ = ["HostCpuMeter", "host_cpu_jiffies", "descendants_jiffies", "OTHERS_NOTED_CORES", "saturated",
-           "others_note", "host_text", "busy_host_caveat", "winner_notes"]
+__all__ = ["HostCpuMeter", "cpu_line_jiffies", "cpus_jiffies", "descendants_jiffies", "OTHERS_NOTED_CORES",
+           "PREFILL_WAITS", "saturated", "others_note", "host_text", "busy_host_caveat", "winner_notes"]
 
 # A level says so where the host's CPUs were saturated (less than one idle) and other processes held a whole CPU
 # or more of them. On an H200 lease (16 CPUs), busy loops on 4 of them left the host 33% busy and changed nothing
 # measurable (a prefill −0.7% [−24, +29], two levels a side); on all 16 they doubled every prefill step. What
 # lies between was not measured: the engine's threads wait once no CPU is idle, so saturation is the line drawn.
 OTHERS_NOTED_CORES = 1.0
+PREFILL_WAITS = "vLLM's steps that carry a prefill wait on the CPU"
 
 
 @dataclass(frozen=True)
 class _Snapshot:
-    busy: int  # jiffies of every CPU: user, nice, system, irq, softirq (guest time is inside user)
-    idle: int  # idle and iowait
-    steal: int  # given by the hypervisor to other guests
-    ours: int  # user and system jiffies of our processes
+    busy_jiffies: int
+    idle_jiffies: int
+    steal_jiffies: int
+    ours_jiffies: int  # of this process and its descendants
 
 
-def host_cpu_jiffies() -> tuple[int, int, int] | None:
-    """(busy, idle, steal) jiffies of all the host's CPUs since boot, from /proc/stat; None without it."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            fields = f.readline().split()
-    except OSError:
-        return None
-    if len(fields) < 9 or fields[0] != "cpu":
-        return None
-    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+def cpu_line_jiffies(fields: Sequence[str]) -> tuple[int, int, int]:
+    """(busy, idle, steal) jiffies of a /proc/stat "cpu" line, its fields after the name: busy is user, nice,
+    system, irq and softirq (guest time is inside user), idle is idle and iowait, steal what the hypervisor gave to
+    other guests."""
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
     return user + nice + system + irq + softirq, idle + iowait, steal
 
 
+def cpus_jiffies(cpus: Collection[int]) -> tuple[int, int, int] | None:
+    """(busy, idle, steal) jiffies since boot of the CPUs ``cpus`` summed, from /proc/stat's per-CPU lines; None
+    without them."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    busy = idle = steal = 0
+    seen = False
+    for line in lines:
+        name, *fields = line.split() or [""]
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus and len(fields) >= 8:
+            b, i, s = cpu_line_jiffies(fields)
+            busy, idle, steal, seen = busy + b, idle + i, steal + s, True
+    return (busy, idle, steal) if seen else None
+
+
 def descendants_jiffies(root: int) -> int:
-    """User and system jiffies of the process ``root`` and of every process it started, theirs included, threads
-    included (a process's /proc stat sums its threads)."""
+    """CPU jiffies (user and system, threads included) of the process ``root`` and of every process it started,
+    theirs included. Each counts its reaped children's too (cutime, cstime), so a descendant that exits keeps its
+    time in the sum, in its parent's."""
     jiffies: dict[int, int] = {}
     children: dict[int, list[int]] = {}
     for pid, fields in proc_stats():
-        if len(fields) > 12:
-            jiffies[pid] = int(fields[11]) + int(fields[12])
+        if len(fields) > 14:
+            jiffies[pid] = sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
             children.setdefault(int(fields[1]), []).append(pid)
     total, todo = 0, [root]
     while todo:
@@ -69,17 +84,19 @@ def descendants_jiffies(root: int) -> int:
 
 
 class HostCpuMeter:
-    """``start()`` before a level, ``stop()`` after it: the host's CPUs over the level as a
-    :class:`~autotune.records.HostCpuRecord`, ours being this process and its descendants."""
+    """``start()`` before a level, ``stop()`` after it: the CPUs this process may run on (its affinity: a
+    container's cpuset) over the level, as a :class:`~autotune.records.HostCpuRecord`; ours being this process and
+    its descendants."""
 
     def __init__(self) -> None:
+        self.cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self._start: _Snapshot | None = None
 
     def _snapshot(self) -> _Snapshot | None:
-        host = host_cpu_jiffies()
+        host = cpus_jiffies(set(self.cpus))
         if host is None:
             return None
-        return _Snapshot(*host, ours=descendants_jiffies(os.getpid()))
+        return _Snapshot(*host, ours_jiffies=descendants_jiffies(os.getpid()))
 
     def start(self) -> None:
         self._start = self._snapshot()
@@ -89,16 +106,16 @@ class HostCpuMeter:
         start, end = self._start, self._snapshot()
         if start is None or end is None:
             return None
-        busy, idle, steal = end.busy - start.busy, end.idle - start.idle, end.steal - start.steal
-        total = busy + idle + steal
+        busy = end.busy_jiffies - start.busy_jiffies
+        total = busy + end.idle_jiffies - start.idle_jiffies + end.steal_jiffies - start.steal_jiffies
         if total <= 0:
             return None
-        cpus = os.cpu_count() or 1
-        # a process of ours that ended during the level took its time with it: others can come out a little high,
-        # never below zero
-        others = max(0, busy - (end.ours - start.ours))
-        return HostCpuRecord(cpus=cpus, busy_cores=cpus * busy / total, others_cores=cpus * others / total,
-                             steal_share=steal / total)
+        # ours may also run on CPUs outside the affinity, and a descendant re-parented away takes its time along:
+        # others stay within [0, busy]
+        others = min(busy, max(0, busy - (end.ours_jiffies - start.ours_jiffies)))
+        n = len(self.cpus)
+        return HostCpuRecord(cpus=n, busy_cores=n * busy / total, others_cores=n * others / total,
+                             steal_share=(end.steal_jiffies - start.steal_jiffies) / total)
 
 
 def saturated(host: HostCpuRecord | None) -> bool:
@@ -132,9 +149,8 @@ def busy_host_caveat(sample_s: float = 0.5) -> str:
         return ""
     assert host is not None
     return (f"other processes are taking {host.others_cores:.1f} of the host's {host.cpus} CPUs, all of them busy, "
-            "as the study starts: vLLM's steps that carry a prefill wait on the CPU (busy loops on all of an H200 "
-            "host's CPUs doubled them, P99 TTFT +89%), so its figures would measure the host as much as the "
-            "configurations")
+            f"as the study starts: {PREFILL_WAITS} (busy loops on all of an H200 host's CPUs doubled them, P99 TTFT "
+            "+89%), so its figures would measure the host as much as the configurations")
 
 
 def winner_notes(hosts: Iterable[HostCpuRecord | None]) -> list[str]:
@@ -143,6 +159,5 @@ def winner_notes(hosts: Iterable[HostCpuRecord | None]) -> list[str]:
     note = others_note(hosts)
     if not note:
         return []
-    return [f"{note}, while the winner was measured: vLLM's steps that carry a prefill wait on the CPU, so its "
-            "figures may be lower than this configuration gives on a quiet host (each level's host CPUs are in the "
-            "study's records)"]
+    return [f"{note}, while the winner was measured: {PREFILL_WAITS}, so its figures may be lower than this "
+            "configuration gives on a quiet host (each level's host CPUs are in the study's records)"]

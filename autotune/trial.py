@@ -171,14 +171,14 @@ def _measure_fn(settings: TrialSettings, server: EngineServer | InProcessSim, na
         if isinstance(server, InProcessSim):
             result = server.bench(requests, cfg)
         else:
-            host_cpu = HostCpuMeter()
-            host_cpu.start()
+            meter = HostCpuMeter()
+            meter.start()
             try:
                 result = run_bench(server.url, name, requests, cfg)
             except UsageError as e:  # its /v1/models check: the server died or stopped answering between levels
                 raise StopSearch(f"{UNREACHABLE}: {e}") from None
-            if (used_cpu := host_cpu.stop()) is not None:
-                result.extra["host_cpu"] = used_cpu.to_json()
+            if (host_cpu := meter.stop()) is not None:
+                result.extra["host_cpu"] = host_cpu.to_json()
         result.extra["workload"] = {**settings.workload.describe(), "first_request": used - total}
         if cancel is not None and cancel.is_set():
             raise StopSearch("interrupted")

@@ -56,9 +56,9 @@ from typing import Any
 import numpy as np
 from _shared import add_card_constants_option, load_records, parse_args_with_constants, read_levels, replay_bench_level
 from noise_pooled import METRICS, cv_interval, model_cv, pooled
-
 from scipy import stats
 
+from autotune.hostcpu import cpu_line_jiffies
 from autotune.sim.args import parse_serve_args
 
 GROUPS = (("decode only", 0, 256), ("one prefill", 257, 2048), ("more", 2049, float("inf")))
@@ -210,8 +210,8 @@ def _number(text: str) -> float:
 
 def read_host_cpu(folder: Path) -> dict[str, np.ndarray] | None:
     """The host's CPU time as `telemetry_start` sampled /proc/stat (`host-cpu.txt.gz`: the epoch, then the "cpu"
-    line's jiffies), a column each: t_s, busy (user, nice, system, irq, softirq), idle (idle, iowait), steal
-    (taken by the hypervisor). None without it."""
+    line), a column each: t_s and the jiffies busy, idle and stolen (`autotune.hostcpu.cpu_line_jiffies`). None
+    without it."""
     path = folder / "host-cpu.txt.gz"
     if not path.is_file():
         return None
@@ -221,8 +221,7 @@ def read_host_cpu(folder: Path) -> dict[str, np.ndarray] | None:
             fields = line.split()
             if len(fields) < 10 or fields[1] != "cpu":
                 continue  # a line cut short by the job's end
-            t, (user, nice, system, idle, iowait, irq, softirq, steal) = float(fields[0]), map(int, fields[2:10])
-            rows.append((t, user + nice + system + irq + softirq, idle + iowait, steal))
+            rows.append((float(fields[0]), *cpu_line_jiffies(fields[2:])))
     columns = np.asarray(rows, dtype=float).reshape(-1, 4).T
     return dict(zip(("t_s", "busy", "idle", "steal"), columns))
 
@@ -368,23 +367,26 @@ def _spread(folder: str, config: str, concurrency: int, per_host: list[list[dict
 
 
 def prefill_correlation(per_host: list[list[dict[str, Any]]], figure: str) -> dict[str, Any] | None:
-    """How what a prefill adds moves with ``figure`` (the SM clock, the GPU's busy seconds) over fresh servers:
-    Pearson's r of the two logs over the servers that have both, each around its own host's mean, with its 90%
-    interval, and the slope (elasticity; against the SM clock −1 where a prefill's time is all clock-bound). None
-    below four such servers or where either does not vary."""
-    xs, ys = [], []
+    """How what a prefill adds moves with ``figure`` (the SM clock, the GPU's busy seconds, the host's busy CPUs)
+    over fresh servers: Pearson's r of the two logs over the servers that have both, each around its own host's
+    mean (hosts with fewer than two such servers left out), with its 90% interval (Fisher's z, one degree of
+    freedom less per host), and the slope (elasticity; against the SM clock −1 where a prefill's time is all
+    clock-bound). None below four such servers, without a degree of freedom left, or where either does not vary."""
+    xs, ys, hosts = [], [], 0
     for runs in per_host:
         pairs = [(math.log(x), math.log(p)) for x, p in ((_figure(g, figure), _figure(g, "a prefill adds ms"))
                                                          for g in runs) if x and p and x > 0 and p > 0]
-        if pairs:
+        if len(pairs) > 1:
             x, y = np.asarray(pairs).T
             xs.extend(x - x.mean())
             ys.extend(y - y.mean())
-    if len(xs) < 4 or np.allclose(xs, 0) or np.allclose(ys, 0):
+            hosts += 1
+    dof = len(xs) - hosts - 2  # Fisher's z has n - 3 for one host: one mean per host taken out
+    if len(xs) < 4 or dof < 1 or np.allclose(xs, 0) or np.allclose(ys, 0):
         return None
-    fit = stats.pearsonr(xs, ys)
-    low, high = fit.confidence_interval(0.90)
-    return {"servers": len(xs), "r": float(fit.statistic), "r_interval": (float(low), float(high)),
+    r = float(stats.pearsonr(xs, ys).statistic)
+    z, half = math.atanh(max(-0.999999, min(0.999999, r))), stats.norm.ppf(0.95) / math.sqrt(dof)
+    return {"servers": len(xs), "r": r, "r_interval": (math.tanh(z - half), math.tanh(z + half)),
             "elasticity": float(stats.linregress(xs, ys).slope)}
 
 

@@ -20,40 +20,66 @@ from autotune.records import HostCpuRecord, LevelRecord, Measurement, P99Record,
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="the meter reads Linux's /proc")
 
-SPIN = f"{sys.executable} -c 'while True: pass'"
+# a busy loop that ends by itself after 30 s, should a test die before killing it
+SPIN = [sys.executable, "-c", "import time\nend = time.monotonic() + 30\nwhile time.monotonic() < end: pass"]
+CPUS = len(os.sched_getaffinity(0))
 
 
 def _stranger() -> int:
     """A busy loop started by a shell that exits at once: nobody's child here."""
-    return int(subprocess.run(["sh", "-c", f"{SPIN} > /dev/null 2>&1 & echo $!"], capture_output=True, text=True,
-                              check=True).stdout)
+    return int(subprocess.run(["sh", "-c", '"$0" "$@" > /dev/null 2>&1 & echo $!', *SPIN], capture_output=True,
+                              text=True, check=True).stdout)
+
+
+def _measure(seconds: float) -> HostCpuRecord | None:
+    meter = HostCpuMeter()
+    meter.start()
+    time.sleep(seconds)
+    return meter.stop()
 
 
 def test_a_busy_server_of_ours_and_a_busy_stranger() -> None:
     """A busy loop this process started (as it starts a trial's server) and one it did not: over ~1.5 s each keeps
     about one CPU busy (the CI machine has two), and only the stranger's counts as other processes'."""
-    ours = subprocess.Popen(["sh", "-c", f"exec {SPIN}"], start_new_session=True)
-    stranger_pid = _stranger()
+    ours = subprocess.Popen(SPIN)
+    strangers = []
     try:
+        strangers.append(_stranger())
         time.sleep(0.2)
-        meter = HostCpuMeter()
-        meter.start()
-        time.sleep(1.5)
-        host = meter.stop()
+        host = _measure(1.5)
     finally:
-        os.killpg(ours.pid, signal.SIGKILL)
+        ours.kill()
         ours.wait()
-        os.kill(stranger_pid, signal.SIGKILL)
-    assert host is not None and host.cpus == os.cpu_count()
+        for pid in strangers:
+            os.kill(pid, signal.SIGKILL)
+    assert host is not None and host.cpus == CPUS
     assert 0.5 < host.others_cores < 1.5  # the stranger, not ours
     assert host.busy_cores - host.others_cores > 0.5  # our loop
     assert 0.0 <= host.steal_share < 0.5
 
 
+def test_a_server_of_ours_that_ends_during_the_level_stays_ours() -> None:
+    """A child that ran busy for a second before the level and is stopped and reaped in it: its CPU time moves into
+    ours (this process's reaped children's), none of it shows as other processes'."""
+    ours = subprocess.Popen(SPIN)
+    try:
+        time.sleep(1.0)
+        meter = HostCpuMeter()
+        meter.start()
+        time.sleep(0.3)
+    finally:
+        ours.kill()
+        ours.wait()
+    time.sleep(0.3)
+    host = meter.stop()
+    assert host is not None and host.others_cores < 0.5
+
+
 def test_a_study_on_a_busy_host_starts_with_a_caution() -> None:
     assert busy_host_caveat(0.3) == ""  # the test machine, quiet
-    strangers = [_stranger() for _ in range(os.cpu_count() or 1)]  # every CPU taken
+    strangers = []
     try:
+        strangers += [_stranger() for _ in range(CPUS)]  # every CPU this process may use taken
         time.sleep(0.2)
         caveat = busy_host_caveat(0.5)
     finally:

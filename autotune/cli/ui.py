@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from autotune.hostcpu import others_note
+from autotune.hostcpu import PREFILL_WAITS, others_note
 from autotune.metrics import describe_limits, fmt_ms
 from autotune.progress import CalibrationStep, Progress, StudyEta, StudyInterrupted, StudyStart
 from autotune.records import LevelRecord, Measurement, TrialResult
@@ -159,7 +159,7 @@ class StudyView(Progress):
         cut = ("; load search cut short by --timeout (the knee may lie higher)"
                if result.stop_reason == "deadline" else "")
         if busy := others_note(lv.host_cpu for lv in result.levels):
-            cut += f"; {busy}, while it measured: vLLM's steps that carry a prefill wait on the CPU"
+            cut += f"; {busy}, while it measured: {PREFILL_WAITS}"
         self.trial_line = (f"{name} {short_flags(result.flags)}: {what} ({result.trial_wall_s:.0f} s, "
                            f"{result.trial_wall_s / 60 * self.gpus:.1f} GPU-min, {len(result.levels)} levels){cut}")
         self._refresh()

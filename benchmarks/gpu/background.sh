@@ -125,16 +125,19 @@ stop_server() {  # PID
 # A step that carries a prefill waits on the host's CPU (docs/results/sim-accuracy.md, "A host's own card"): these
 # say what the GPU and the host's CPUs did in each level.
 telemetry_start() {
-  # bash's own clock, so the sampler forks nothing but sleep
-  while :; do read -r line < /proc/stat; echo "${EPOCHREALTIME:-$(date +%s.%N)} $line"; sleep 0.25; done \
-    > "$dir/host-cpu.txt" 2>/dev/null &
+  # bash's own clock, so the sampler forks nothing but sleep; it ends with the job's shell ($$), should
+  # telemetry_stop never come
+  while kill -0 $$ 2>/dev/null; do
+    read -r line < /proc/stat; echo "${EPOCHREALTIME:-$(date +%s.%N)} $line"; sleep 0.25
+  done > "$dir/host-cpu.txt" 2>/dev/null &
   host_cpu_pid=$!
   command -v nvidia-smi > /dev/null || return 0
   local reasons=clocks_event_reasons.active  # its name since driver 535; clocks_throttle_reasons before
   nvidia-smi --query-gpu=$reasons --format=csv > /dev/null 2>&1 || reasons=clocks_throttle_reasons.active
   date '+%s %Y/%m/%d %H:%M:%S' > "$dir/gpu-telemetry-clock.txt"
   # shellcheck disable=SC2086  # only the GPUs this job was given
-  nvidia-smi ${CUDA_VISIBLE_DEVICES:+-i $CUDA_VISIBLE_DEVICES} -lms 250 --format=csv,nounits \
+  # at most 2 hours, should telemetry_stop never come (a lent machine is reclaimed after 30 minutes)
+  timeout 2h nvidia-smi ${CUDA_VISIBLE_DEVICES:+-i $CUDA_VISIBLE_DEVICES} -lms 250 --format=csv,nounits \
     --query-gpu=timestamp,index,clocks.sm,clocks.mem,power.draw,temperature.gpu,$reasons,pstate,utilization.gpu \
     > "$dir/gpu-telemetry.csv" 2> "$dir/gpu-telemetry.err" &
   telemetry_pid=$!

@@ -19,10 +19,12 @@ rounds=${ROUNDS:-3}; c=${C:-16}; hog=${HOG:-$(nproc)}; workload=${WORKLOAD:-rand
 port=${PORT:-8062}; engine=${ENGINE:-vllm}; model=${MODEL_DIR:-/tmp/model}
 job_vars="rounds c hog workload port engine model"
 
-# HOG processes that spin on the CPU until killed (at most 10 minutes, should the job die first); their pids
+# HOG processes that spin on the CPU until killed (at most 10 minutes, should the job die first), children of the
+# job's shell (so that it can wait for them); their pids in the array hogs
 hog_start() {
   local i
-  for i in $(seq "$1"); do timeout 600 python3 -c "while True: pass" > /dev/null 2>&1 & echo $!; done
+  hogs=()
+  for i in $(seq "$1"); do timeout 600 python3 -c "while True: pass" > /dev/null 2>&1 & hogs+=($!); done
 }
 
 job() {
@@ -30,7 +32,7 @@ job() {
     > "$dir/settings.txt"
   telemetry_start
   if port_taken "$port" 2>> "$dir/times.txt"; then echo "not started" >> "$dir/times.txt"; telemetry_stop; return; fi
-  local name srv t0 ready=0 round mode level=0 hogs
+  local name srv t0 ready=0 round mode level=0 hogs=()
   name="m-contention-$(date +%s%N)"
   start_server "$port" "$name" "$dir/server.log"
   srv=$server_pid
@@ -43,11 +45,10 @@ job() {
         level=$((level + 1))
         local cfg="$mode.$round"
         echo "$cfg: " >> "$dir/configs.txt"
-        hogs=""
-        [ "$mode" = busy ] && hogs=$(hog_start "$hog")
+        hogs=()
+        [ "$mode" = busy ] && hog_start "$hog"
         timed_level "$cfg" "$port" "$name" "$c" $((1000 + level))
-        # shellcheck disable=SC2086  # one pid per word
-        [ -n "$hogs" ] && { kill $hogs 2>/dev/null; wait $hogs 2>/dev/null; }
+        if [ ${#hogs[@]} -gt 0 ]; then kill "${hogs[@]}" 2>/dev/null; wait "${hogs[@]}" 2>/dev/null; fi
         echo "$cfg: c$c done at $(($(date +%s) - t0)) s" >> "$dir/times.txt"
       done
     done
