@@ -29,7 +29,8 @@ from autotune.errors import UsageError
 from autotune.jsonsafe import json_safe
 
 __all__ = [
-    "RECORDS_VERSION", "P99Record", "HostCpuRecord", "LevelRecord", "TrialResult", "TrialRecord", "Measurement", "Remeasurement",
+    "RECORDS_VERSION", "P99Record", "HostCpuRecord", "LevelRecord", "TrialResult", "TrialRecord", "Measurement",
+    "Remeasurement",
     "GainRecord", "ThroughputRecord", "SelectionRecord", "StudyFingerprint", "RunRecord", "queue_attrs",
     "queued_baseline", "write_trial_result", "trial_result_attrs", "finished_trial_attrs", "replayed_attrs",
     "read_trial", "read_trials", "read_remeasurement", "write_remeasurement", "read_selection", "write_selection",

@@ -166,7 +166,8 @@ THROTTLE_MASK = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
 
 def read_telemetry(folder: Path) -> dict[str, np.ndarray] | None:
     """The job's GPU telemetry (benchmarks/gpu/background.sh `telemetry_start`) on its `date +%s` time line, a
-    column per figure: t_s, sm_mhz, power_w, temperature_c, throttled (0/1), utilization (%). None without it."""
+    column per figure: t_s, sm_mhz, power_w, temperature_c, throttled (0/1), utilization (%). None without it.
+    One GPU per job, as every job so far: several GPUs' rows would interleave (their `index` column is not read)."""
     path, clock = folder / "gpu-telemetry.csv.gz", folder / "gpu-telemetry-clock.txt"
     if not path.is_file() or not clock.is_file():
         return None
