@@ -336,18 +336,68 @@ def server_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (`--sim-noise h200`, the spread it adds beyond the streams) where it has one. Where several folders (hosts) ran
     the same configuration and load, one more entry, folder "pooled": the servers' spread around their own host's
     mean, pooled over the hosts (what one host's fresh servers spread, with more degrees of freedom)."""
-    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
-    for r in rows:
-        base, dot, _ = r["config"].partition(".")
-        if dot and not r["cached"]:
-            groups.setdefault((r["folder"], base, r["concurrency"]), []).append(r["gpu"])
-    groups = {key: runs for key, runs in groups.items() if len(runs) > 1}
+    groups = {key: runs for key, runs in _repeats(rows).items() if len(runs) > 1}
     hosts: dict[tuple[str, int], list[list[dict[str, Any]]]] = {}
     for (_, base, c), runs in groups.items():
         hosts.setdefault((base, c), []).append(runs)
     out = [_spread(folder, base, c, [runs]) for (folder, base, c), runs in groups.items()]
     out += [_spread("pooled", base, c, per_host) for (base, c), per_host in hosts.items() if len(per_host) > 1]
     return out
+
+
+def _repeats(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], list[dict[str, Any]]]:
+    """The GPU's levels by (folder, configuration, load), where a configuration ran several times (NAME.1, NAME.2,
+    ...: fresh servers, or host_contention.sh's rounds), its prompts' cached levels left out."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        base, dot, _ = r["config"].rpartition(".")
+        if dot and not r["cached"]:
+            groups.setdefault((r["folder"], base, r["concurrency"]), []).append(r["gpu"])
+    return groups
+
+
+# Figures `contention_effects` compares, busy host against quiet.
+CONTENTION_FIGURES = ("a prefill adds ms", "decode step ms", "output_tok_s", "p99_ttft_ms", "p99_tpot_ms",
+                      "p99_itl_ms", "GPU busy s", "host CPUs busy")
+
+
+def contention_effects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """host_contention.sh's levels (busy[.inLEN].ROUND against quiet[.inLEN].ROUND, at one load): per figure, the
+    quiet and the busy levels' values and the ratio of their geometric means with Welch's 90% interval on the logs."""
+    groups = _repeats(rows)
+    out = []
+    for (folder, base, c), busy in groups.items():
+        quiet = groups.get((folder, "quiet" + base.removeprefix("busy"), c)) if base.startswith("busy") else None
+        if not quiet:
+            continue
+        figures = {}
+        for name in CONTENTION_FIGURES:
+            values = [[v for v in (_figure(g, name) for g in runs) if v is not None and v > 0]
+                      for runs in (quiet, busy)]
+            if min(len(v) for v in values) < 2:
+                continue
+            logs = [np.log(v) for v in values]
+            lo, hi = stats.ttest_ind(logs[1], logs[0], equal_var=False).confidence_interval(0.90)
+            figures[name] = {"quiet": values[0], "busy": values[1],
+                             "ratio": float(np.exp(logs[1].mean() - logs[0].mean())),
+                             "ratio_interval": (float(np.exp(lo)), float(np.exp(hi)))}
+        if figures:
+            out.append({"folder": folder, "levels": base.removeprefix("busy").lstrip(".") or "all",
+                        "concurrency": c, "figures": figures})
+    return out
+
+
+def _print_contention(effects: list[dict[str, Any]]) -> None:
+    print("\nA busy host against a quiet one (host_contention.sh): each figure's levels quiet, busy, and busy / quiet "
+          "(ratio of geometric means) [Welch's 90% interval on the logs].")
+    for e in effects:
+        print(f"- {e['folder']} {e['levels']} C = {e['concurrency']}:")
+        for name, f in e["figures"].items():
+            fmt = ",.0f" if name == "output_tok_s" else ",.2f" if name == "host CPUs busy" else ",.1f"
+            q, b = (", ".join(format(v, fmt) for v in f[side]) for side in ("quiet", "busy"))
+            lo, hi = f["ratio_interval"]
+            print(f"  - {name}: quiet {q}; busy {b}; {100 * (f['ratio'] - 1):+.1f}% [{100 * (lo - 1):+.1f}, "
+                  f"{100 * (hi - 1):+.1f}]")
 
 
 def _spread(folder: str, config: str, concurrency: int, per_host: list[list[dict[str, Any]]]) -> dict[str, Any]:
@@ -480,8 +530,9 @@ def main() -> int:
     args, constants = parse_args_with_constants(ap)
     rows = [row for folder in args.dirs for row in table(folder, constants)]
     spreads = server_spread(rows)
+    effects = contention_effects(rows)
     if args.json:
-        print(json.dumps({"levels": rows, "server_spread": spreads}, indent=1))
+        print(json.dumps({"levels": rows, "server_spread": spreads, "contention": effects}, indent=1))
         return 0
     _print_table("Each cell GPU / sim. Steps as the client sees them: decode-only step ms, ms one prefill adds. "
                  "vLLM's step histogram: total: " + ", ".join(n for n, _, _ in GROUPS) + " (shares).",
@@ -500,6 +551,8 @@ def main() -> int:
         print(f"- {name}: {low:+.0f}% to {high:+.0f}% ({n})")
     if spreads:
         _print_server_spread(spreads)
+    if effects:
+        _print_contention(effects)
     return 0
 
 

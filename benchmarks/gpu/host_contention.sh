@@ -8,16 +8,21 @@
 #   python benchmarks/step_counts_table.py DIR
 # Servers differ from level to level in what a prefill adds while their decode steps agree, and their GPUs stay
 # as busy (docs/results/sim-accuracy.md): a host whose CPU time is taken should show where that time goes.
+# With WORKLOADS (several, e.g. prompts of 256 to 4,096 tokens) each round runs the quiet and busy pair for each in
+# turn, named MODE.inLEN.ROUND: where a prefill's GPU work outgrows the host's time, the busy loops should stop
+# mattering if the step takes the longer of the two, and keep adding if it takes their sum.
 #   bash benchmarks/gpu/host_contention.sh start [DIR]    # returns at once
 #   bash benchmarks/gpu/host_contention.sh status [DIR]
-# Variables (defaults): ROUNDS=3 C=16 HOG=$(nproc) WORKLOAD=random:1024:128:0.5 PORT=8062 MODEL_DIR=/tmp/model
+# Variables (defaults): ROUNDS=3 C=16 HOG=$(nproc) WORKLOAD=random:1024:128:0.5 WORKLOADS=$WORKLOAD PORT=8062
+#   MODEL_DIR=/tmp/model
 #   ENGINE=vllm, or sim to rehearse on a CPU against `autotune sim serve`
-# Expected time on one H200: a cold start of ~1-3 min, then ~30 s per level: ~5 min for three rounds.
+# Expected time on one H200: a cold start of ~1-3 min, then ~30 s per level: ~5 min for three rounds of one workload.
 set -uo pipefail
 dir=${2:-/tmp/host-contention}; progress=times.txt; status_lines=3
 rounds=${ROUNDS:-3}; c=${C:-16}; hog=${HOG:-$(nproc)}; workload=${WORKLOAD:-random:1024:128:0.5}
+workloads=${WORKLOADS:-$workload}
 port=${PORT:-8062}; engine=${ENGINE:-vllm}; model=${MODEL_DIR:-/tmp/model}
-job_vars="rounds c hog workload port engine model"
+job_vars="rounds c hog workload workloads port engine model"
 
 # HOG processes that spin on the CPU until killed (at most 10 minutes, should the job die first), children of the
 # job's shell (so that it can wait for them); their pids in the array hogs
@@ -28,11 +33,11 @@ hog_start() {
 }
 
 job() {
-  printf 'loads=%s\nworkload=%s\nengine=%s\nmodel=%s\nhog=%s\n' "$c" "$workload" "$engine" "$model" "$hog" \
+  printf 'loads=%s\nworkload=%s\nengine=%s\nmodel=%s\nhog=%s\n' "$c" "$workloads" "$engine" "$model" "$hog" \
     > "$dir/settings.txt"
   telemetry_start
   if port_taken "$port" 2>> "$dir/times.txt"; then echo "not started" >> "$dir/times.txt"; telemetry_stop; return; fi
-  local name srv t0 ready=0 round mode level=0 hogs=()
+  local name srv t0 ready=0 round mode level=0 hogs=() size workload cfg
   name="m-contention-$(date +%s%N)"
   start_server "$port" "$name" "$dir/server.log"
   srv=$server_pid
@@ -41,15 +46,19 @@ job() {
   echo "ready=$ready after $(($(date +%s) - t0)) s" >> "$dir/times.txt"
   if [ "$ready" = 1 ]; then
     for round in $(seq "$rounds"); do
-      for mode in quiet busy; do
-        level=$((level + 1))
-        local cfg="$mode.$round"
-        echo "$cfg: " >> "$dir/configs.txt"
-        hogs=()
-        [ "$mode" = busy ] && hog_start "$hog"
-        timed_level "$cfg" "$port" "$name" "$c" $((1000 + level))
-        if [ ${#hogs[@]} -gt 0 ]; then kill "${hogs[@]}" 2>/dev/null; wait "${hogs[@]}" 2>/dev/null; fi
-        echo "$cfg: c$c done at $(($(date +%s) - t0)) s" >> "$dir/times.txt"
+      for workload in $workloads; do  # bench_level reads $workload
+        size=""
+        [ "$workload" = "$workloads" ] || size=".in$(cut -d: -f2 <<< "$workload")"
+        for mode in quiet busy; do
+          level=$((level + 1))
+          cfg="$mode$size.$round"
+          echo "$cfg: " >> "$dir/configs.txt"
+          hogs=()
+          [ "$mode" = busy ] && hog_start "$hog"
+          timed_level "$cfg" "$port" "$name" "$c" $((1000 + level))
+          if [ ${#hogs[@]} -gt 0 ]; then kill "${hogs[@]}" 2>/dev/null; wait "${hogs[@]}" 2>/dev/null; fi
+          echo "$cfg: c$c done at $(($(date +%s) - t0)) s" >> "$dir/times.txt"
+        done
       done
     done
   fi
