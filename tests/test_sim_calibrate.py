@@ -96,6 +96,36 @@ def host_study(tmp_path_factory) -> tuple[str, Path]:
     return storage, model_dir
 
 
+@pytest.fixture(scope="module")
+def floored_host_study(tmp_path_factory) -> tuple[str, Path]:
+    """A study "measured on a host" whose steps outside CUDA graphs last at least 30 ms (the host's time for
+    them; the card has no such floor): storage URL and model."""
+    folder = tmp_path_factory.mktemp("floored-host")
+    truth = _card(folder / "truth.yaml", "base: h200\nhost_step_ms: 30\n")
+    storage = f"sqlite:///{folder}/host.db"
+    model_dir = _flash_dir(folder)
+    code = main(["run", "--model", str(model_dir), "--engine", "sim", "--gpu-type", truth, "--p99-ms", "300",
+                 "--workload", "random:512:64:0.5", "--trials", "2", "--max-concurrency", "64", "--top-k", "1",
+                 "--study", "host", "--storage", storage, "--json"])
+    assert code in (0, 3)
+    return storage, model_dir
+
+
+@pytest.mark.slow  # ~4 s: one fit of 6 runs
+def test_calibrate_finds_the_hosts_step_floor(capsys, tmp_path: Path, floored_host_study: tuple[str, Path]) -> None:
+    storage, _ = floored_host_study
+    capsys.readouterr()
+    card_path = tmp_path / "my-host.yaml"
+    code = main(["sim", "calibrate", "--study", "host", "--storage", storage, "--base", "h200", "--fit",
+                 "host_step_ms", "--max-runs", "6", "--to", str(card_path), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    # the card has no floor (0 ms): the fit starts there and finds the host's
+    assert data["constants"]["host_step_ms"] == pytest.approx(30.0, abs=1.0)
+    assert data["loss"]["fitted"] < 0.1 * data["loss"]["start"]
+    assert load_gpu(str(card_path)).extra["host_step_ms"] == pytest.approx(data["constants"]["host_step_ms"], abs=1e-3)
+
+
 @pytest.mark.slow  # ~6 s: one fit of 6 runs, refitted without each trial and over resampled servers
 def test_calibrate_finds_the_hosts_step_constant_and_its_card_predicts(capsys, tmp_path: Path,
                                                                       host_study: tuple[str, Path]) -> None:

@@ -42,3 +42,31 @@ def test_on_the_h200_fp8_kv_shortens_a_decode_step_less_than_its_bytes_alone_wou
     bf16, fp8 = PerfModel(FLASH, card, {}), PerfModel(FLASH, card, {"kv-cache-dtype": "fp8"})
     bytes_alone = PerfModel(FLASH, _h200(fp8_kv_read_efficiency=1.0), {"kv-cache-dtype": "fp8"})
     assert _decode_step_s(bytes_alone) < _decode_step_s(fp8) < _decode_step_s(bf16)
+
+
+def _prefill_step_s(model: PerfModel, prompt_tokens: int) -> float:
+    # one prefill beside 16 decodes: the step runs outside CUDA graphs
+    tokens = prompt_tokens + 16
+    return model.step_time_s(tokens, 17, 17, attn_ctx_tokens=prompt_tokens**2 / 2 + 16_000,
+                             kv_read_tokens=prompt_tokens + 16_000, decode_only=False)
+
+
+def test_a_host_step_time_is_a_floor_under_steps_outside_cuda_graphs_that_gpu_work_hides() -> None:
+    gpu_only, floored = PerfModel(FLASH, _h200(), {}), PerfModel(FLASH, _h200(host_step_ms=38.0), {})
+    # a 256-token prefill's GPU work is shorter than the host's 38 ms: the step takes the host's time
+    assert _prefill_step_s(gpu_only, 256) < 0.038
+    assert _prefill_step_s(floored, 256) == pytest.approx(0.038)
+    # a 4,096-token prefill's GPU work is longer: the host's time hides under it
+    assert _prefill_step_s(gpu_only, 4096) > 0.038
+    assert _prefill_step_s(floored, 4096) == _prefill_step_s(gpu_only, 4096)
+    # a decode-only step replayed as a CUDA graph does not wait on the host, alone or in a run of steps
+    assert _decode_step_s(floored) == _decode_step_s(gpu_only) < 0.038
+    assert (floored.decode_run_times_s(64, 64_000, 3) == gpu_only.decode_run_times_s(64, 64_000, 3)).all()
+    # a run's host: the floor scaled, the model it came from unchanged
+    slower = floored.with_host_step_factor(1.5)
+    assert _prefill_step_s(slower, 256) == pytest.approx(0.057)
+    assert _prefill_step_s(floored, 256) == pytest.approx(0.038)
+    # eager mode: every step runs outside CUDA graphs, decode-only ones too
+    eager = PerfModel(FLASH, _h200(host_step_ms=38.0), {"enforce-eager": True})
+    assert _decode_step_s(eager) == pytest.approx(0.038)
+    assert eager.decode_run_times_s(64, 64_000, 3) == pytest.approx([0.038] * 3)

@@ -139,7 +139,7 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
                    "config.json, cached HF id)")
 @click.option("--fit", "fit_names", default=None,
               help="the step constants to refit, comma-separated, of hbm_efficiency, eager_step_overhead_ms, "
-                   "compute_efficiency (default: eager_step_overhead_ms, the one hosts differ in)")
+                   "compute_efficiency, host_step_ms (default: eager_step_overhead_ms, the one hosts differ in)")
 @click.option("--max-runs", type=click.IntRange(min=1), default=24, show_default=True,
               help="measured runs replayed per evaluation, spread over the study's trials and loads")
 @click.option("--spread", is_flag=True,

@@ -50,6 +50,7 @@ from autotune.models import ModelSpec
 from autotune.progress import NULL_PROGRESS, CalibrationStep, Progress
 from autotune.sim.engine import EngineStartError, setup_engine
 from autotune.sim.inproc import bench_in_process
+from autotune.sim.perf import PerfConstants
 from autotune.study import remeasure_folders, trial_folder
 from autotune.trial import TrialSettings, level_load_config, level_records_concurrency
 
@@ -62,6 +63,7 @@ CALIBRATED_CONSTANTS: dict[str, tuple[float, float]] = {
     "hbm_efficiency": (0.3, 1.0),  # the decode step: weights and KV read at this share of the card's bandwidth
     "eager_step_overhead_ms": (0.0, 30.0),  # a step that carries a prefill: launched partly by the host's CPU
     "compute_efficiency": (0.2, 1.0),  # a prefill's GEMMs at this share of the card's peak
+    "host_step_ms": (0.0, 80.0),  # a step outside CUDA graphs lasts at least this long: the host's time for it
 }
 # The one a host's own measurements pin down, by default: the hosts differed in it, not in the decode-only step;
 # and a study's levels do not tell the two apart (fitted together on the H200 pairs' study, the decode step came out
@@ -296,8 +298,8 @@ class _Fit:
 
 def _fit(runs: list[MeasuredRun], settings: TrialSettings, fit: tuple[str, ...], progress: Progress) -> _Fit:
     """The coordinate search (module docstring) from the settings' card's constants over ``runs``."""
-    extra = settings.gpu.extra or {}
-    start = {name: float(extra[name]) for name in fit}
+    card_constants = PerfConstants.from_gpu(settings.gpu)  # the card's value, else the model's default
+    start = {name: float(getattr(card_constants, name)) for name in fit}
     best: dict[str, Any] = {"constants": dict(start), "loss": math.inf}
     evaluated: list[tuple[dict[str, float], np.ndarray]] = []
     halvings = math.ceil(math.log2(1.0 / (_TOLERANCE * (_GRID_POINTS - 1))))

@@ -17,6 +17,7 @@ Step cost (per DP replica, per TP rank):
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -41,6 +42,9 @@ class PerfConstants:
     graph_step_overhead_ms: float = 1.0  # decode-only step replayed as one CUDA graph
     eager_step_overhead_ms: float = 4.0  # mixed / prefill step: launches + Python (piecewise / eager)
     sync_overhead_ms: float = 1.5  # CPU scheduling + output processing not hidden without async scheduling
+    # A step outside CUDA graphs lasts at least this long: the host's time to prepare and launch it, which its GPU
+    # work hides when longer (0: no floor, the step is its GPU work plus eager_step_overhead_ms).
+    host_step_ms: float = 0.0
     allreduce_latency_us: float = 8.0  # one NCCL all-reduce on NVLink, latency part
     nvlink_efficiency: float = 0.7
     # The routed and shared experts' weight reads (vLLM's fused-MoE kernels): a fraction of the HBM bandwidth of
@@ -152,9 +156,21 @@ class PerfModel:
         cpu_s = 0.0 if self.async_scheduling else c.sync_overhead_ms / 1e3
         self._graph_s += cpu_s
         self._eager_s = c.eager_step_overhead_ms / 1e3 + cpu_s
+        self._host_step_s = c.host_step_ms / 1e3
         self._ar_latency_s = c.allreduce_latency_us / 1e6
         self._nvlink_b_s = gpu.nvlink_gb_s * 1e9 * c.nvlink_efficiency
         self.mm_encoder_data_mode = f["mm-encoder-tp-mode"] == "data"
+
+    def with_host_step_factor(self, factor: float) -> PerfModel:
+        """This model with the host's time for a step outside CUDA graphs (``host_step_ms``) times ``factor``: one
+        run's host, which gives a level more or less CPU than the next (docs/results/sim-accuracy.md)."""
+        scaled = copy.copy(self)
+        scaled._host_step_s = self._host_step_s * factor
+        return scaled
+
+    @property
+    def host_step_s(self) -> float:
+        return self._host_step_s
 
     # -- one step ---------------------------------------------------------------------------------------------
     def experts_touched(self, num_tokens: int) -> float:
@@ -185,7 +201,10 @@ class PerfModel:
         attn_memory_s = kv_read_tokens * self.kv_bytes_per_token / self._kv_read_bytes_s
         gemm_s = compute_s if compute_s > memory_s else memory_s
         attn_s = attn_compute_s if attn_compute_s > attn_memory_s else attn_memory_s
-        return gemm_s + attn_s + fixed_s + encoder_s
+        step_s = gemm_s + attn_s + fixed_s + encoder_s
+        if self._host_step_s > step_s and not (decode_only and num_tokens <= self.max_capture):
+            return self._host_step_s
+        return step_s
 
     def decode_run_times_s(self, num_seqs: int, ctx_sum: int, num_steps: int) -> np.ndarray:
         """Durations of ``num_steps`` consecutive decode-only steps of the same ``num_seqs`` sequences whose
@@ -194,7 +213,10 @@ class PerfModel:
         ctx = ctx_sum + num_seqs * np.arange(num_steps, dtype=np.float64)
         attn = np.maximum(self._attn_flops_per_ctx * ctx / self._flops_s,
                           ctx * self.kv_bytes_per_token / self._kv_read_bytes_s)
-        return max(compute_s, memory_s) + attn + fixed_s
+        steps_s = max(compute_s, memory_s) + attn + fixed_s
+        if self._host_step_s > 0 and num_seqs > self.max_capture:  # eager decode steps wait on the host too
+            return np.maximum(steps_s, self._host_step_s)
+        return steps_s
 
     def _parts(self, num_tokens: int, num_sampled: int, decode_only: bool) -> tuple[float, float, float]:
         """(GEMM compute s, GEMM memory s, fixed s) of a step: everything but attention."""
