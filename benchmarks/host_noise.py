@@ -1,5 +1,6 @@
-"""The sim's spread from a host time drawn per run (`RunNoise.host_step_cv`), against the spread of fresh H200
-servers sent the same requests (issue #21's noise model at low load).
+"""Would a host time drawn per run give the sim the GPU's run-to-run spread? The sim's spread with the card's
+`host_step_ms` drawn per run, against the spread of fresh H200 servers sent the same requests (issue #21's noise
+model at low load; docs/results/sim-accuracy.md, "The host's time as a floor under the GPU's work").
 
 Folders of `benchmarks/gpu/step_counts.sh` with one configuration on several fresh servers (NAME.1, NAME.2, ...:
 the same requests at each load, so the request streams add no spread; servers-lease3..5 of
@@ -7,7 +8,7 @@ docs/results/raw/h200-host-calibration/). For each load, the GPU's spread: the S
 own folder's (lease's) mean, pooled over the folders, with its 90% interval (noise_pooled). The sim's: the level
 replayed in-process on the same requests (the first server's run) DRAWS times, each with the card's
 `host_step_ms` times a lognormal factor of mean 1 and CV `--host-cv` (the host's time for a step outside CUDA
-graphs, as `--sim-noise` draws it per run), and nothing else drawn: the SD of the log over the draws, with its
+graphs, drawn per run as `--sim-noise` draws its factors), and nothing else drawn: the SD of the log over the draws, with its
 90% interval. `--high-load` folders (benchmarks/gpu/noise_repeats.sh's, e.g. raw/h200-noise-fresh/c48-c128) are
 replayed the same way at their loads: where a step's GPU work outlasts the host's time, the draw should change
 nothing.

@@ -69,25 +69,3 @@ def test_a_noisy_sim_study_is_judged_as_a_gpu_study():
                                          max_repeats=2)).max_repeats == 4  # never fewer than --repeats
     with pytest.raises(UsageError, match="--sim-noise is for the in-process sim"):
         build_study_config(RunOptions(model="flash", p99_ms=500, engine="sim", sim_noise="h200", sim_server=True))
-
-
-def test_a_host_step_time_is_drawn_per_run_only_where_the_card_has_one():
-    """host_step_cv scales the card's host time for a step outside CUDA graphs, once per run, mean 1; a card
-    without that term keeps its engine as it is (and draws nothing, so the figures' factors stay as they were)."""
-    from autotune.gpus import load_gpu
-    from autotune.models import resolve_model
-    from autotune.sim.engine import setup_engine
-    from autotune.sim.noise import RunNoise
-
-    card = load_gpu("h200")
-    floored = setup_engine(resolve_model("flash"), dataclasses.replace(card, extra={**card.extra, "host_step_ms": 40.0}),
-                           {})
-    plain = setup_engine(resolve_model("flash"), card, {})
-    noise = RunNoise(host_step_cv=0.1)
-    rng = noise_rng(3, "m")
-    assert noise.engine(plain, rng) is plain
-    assert rng.bit_generator.state == noise_rng(3, "m").bit_generator.state
-    drawn = [noise.engine(floored, rng).perf.host_step_s for _ in range(2000)]
-    assert floored.perf.host_step_s == 0.040  # the engine it was drawn from is unchanged
-    assert math.isclose(np.mean(drawn), 0.040, rel_tol=0.01)
-    assert math.isclose(np.std(drawn) / 0.040, 0.1, rel_tol=0.1)

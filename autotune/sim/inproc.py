@@ -465,14 +465,12 @@ class InProcessSim:
             raise RuntimeError("bench() on an engine that is not started")
         if cfg.time_scale != 1.0:
             raise ValueError(f"the in-process sim runs in modelled time: time_scale 1, not {cfg.time_scale}")
-        noise = self.spec.sim_noise
-        setup = noise.engine(self.setup, self._noise_rng) if noise else self.setup
-        transport = SimTransport(setup, self._rng)
-        result = bench_in_process(setup, requests, cfg, progress, transport=transport)
+        transport = SimTransport(self.setup, self._rng)
+        result = bench_in_process(self.setup, requests, cfg, progress, transport=transport)
         if transport.engine_dead:  # as the HTTP sim server's process, this engine is gone
             self._write(engine_death_lines(self.setup.dies_under_load))
             self._started = False
-        return noise.apply(result, self._noise_rng) if noise else result
+        return self.spec.sim_noise.apply(result, self._noise_rng) if self.spec.sim_noise else result
 
     def alive(self) -> bool:
         return self._started

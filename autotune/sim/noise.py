@@ -29,27 +29,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from autotune.metrics import BenchResult, Distribution
-from autotune.sim.engine import EngineSetup
 
 __all__ = ["RunNoise", "NOISE_MODELS", "noise_rng"]
 
 
 @dataclass(frozen=True)
 class RunNoise:
-    """Per-run lognormal factors: ``latency_cv`` by metric (ttft, itl, tpot, e2el) and ``throughput_cv`` on a
-    run's figures; ``host_step_cv`` on the card's host time for a step outside CUDA graphs (``host_step_ms``),
-    drawn before the run, so that it counts where that time sets the step (low load) and not where the GPU's work
-    hides it (a card without the term: no draw)."""
+    """Per-run lognormal factors: ``latency_cv`` by metric (ttft, itl, tpot, e2el) and ``throughput_cv``."""
 
     latency_cv: Mapping[str, float] = field(default_factory=dict)
     throughput_cv: float = 0.0
-    host_step_cv: float = 0.0
-
-    def engine(self, setup: EngineSetup, rng: np.random.Generator) -> EngineSetup:
-        """``setup`` as one run's host gives it: its host step time drawn (the same setup where nothing is)."""
-        if self.host_step_cv <= 0 or setup.perf.host_step_s <= 0:
-            return setup
-        return dataclasses.replace(setup, perf=setup.perf.with_host_step_factor(_lognormal(rng, self.host_step_cv)))
 
     def factors(self, rng: np.random.Generator) -> tuple[dict[str, float], float]:
         """One run's draw: a factor per latency metric (ttft, itl, tpot, e2el), and the throughputs' factor."""

@@ -17,7 +17,6 @@ Step cost (per DP replica, per TP rank):
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -160,17 +159,6 @@ class PerfModel:
         self._ar_latency_s = c.allreduce_latency_us / 1e6
         self._nvlink_b_s = gpu.nvlink_gb_s * 1e9 * c.nvlink_efficiency
         self.mm_encoder_data_mode = f["mm-encoder-tp-mode"] == "data"
-
-    def with_host_step_factor(self, factor: float) -> PerfModel:
-        """This model with the host's time for a step outside CUDA graphs (``host_step_ms``) times ``factor``: one
-        run's host, which gives a level more or less CPU than the next (docs/results/sim-accuracy.md)."""
-        scaled = copy.copy(self)
-        scaled._host_step_s = self._host_step_s * factor
-        return scaled
-
-    @property
-    def host_step_s(self) -> float:
-        return self._host_step_s
 
     # -- one step ---------------------------------------------------------------------------------------------
     def experts_touched(self, num_tokens: int) -> float:
