@@ -377,7 +377,10 @@ def contention_effects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if min(len(v) for v in values) < 2:
                 continue
             logs = [np.log(v) for v in values]
-            lo, hi = stats.ttest_ind(logs[1], logs[0], equal_var=False).confidence_interval(0.90)
+            if np.ptp(logs[0]) == np.ptp(logs[1]) == 0:  # no spread on either side: no t interval
+                lo = hi = float(logs[1][0] - logs[0][0])
+            else:
+                lo, hi = stats.ttest_ind(logs[1], logs[0], equal_var=False).confidence_interval(0.90)
             figures[name] = {"quiet": values[0], "busy": values[1],
                              "ratio": float(np.exp(logs[1].mean() - logs[0].mean())),
                              "ratio_interval": (float(np.exp(lo)), float(np.exp(hi)))}

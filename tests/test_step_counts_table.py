@@ -209,3 +209,30 @@ def test_prefill_against_the_gpu_over_servers() -> None:
                                 for i, g in enumerate(host_a + [gpu(c, 30.0 * 1980 / c) for c in (1950, 1700)])])
     assert spread[0]["prefill_against"]["SM clock MHz"]["r"] == pytest.approx(-1.0)
     assert "GPU busy s" not in spread[0]["prefill_against"]
+
+
+def test_a_busy_host_against_a_quiet_one_per_workload() -> None:
+    """host_contention.sh's levels: busy[.inLEN].N against quiet[.inLEN].N at one load, each prompt size on its
+    own; the ratio of geometric means with Welch's interval on the logs; a pair with one level a side has none."""
+    def level(config: str, tok_s: float, prefill_ms: float) -> dict:
+        gpu = {"output_tok_s": tok_s, "p99_ttft_ms": 150.0, "p99_tpot_ms": 11.0, "p99_itl_ms": 50.0,
+               "client_steps": {"decode_step_ms": 6.5, "prefill_adds_ms": prefill_ms}}
+        return {"folder": "f", "config": config, "concurrency": 16, "cached": False, "gpu": gpu}
+    rows = [level("quiet.in1024.1", 1100.0, 28.0), level("busy.in1024.1", 880.0, 56.0),
+            level("quiet.in1024.2", 1050.0, 30.0), level("busy.in1024.2", 900.0, 60.0),
+            level("quiet.in4096.1", 710.0, 115.0), level("busy.in4096.1", 690.0, 122.0),
+            level("quiet.in4096.2", 720.0, 113.0), level("busy.in4096.2", 695.0, 120.0),
+            level("quiet.in256.1", 1500.0, 20.0), level("busy.in256.1", 1200.0, 45.0)]
+    effects = {e["levels"]: e["figures"] for e in sct.contention_effects(rows)}
+    assert set(effects) == {"in1024", "in4096"}
+    adds = effects["in1024"]["a prefill adds ms"]
+    assert adds["quiet"] == [28.0, 30.0] and adds["busy"] == [56.0, 60.0]
+    assert adds["ratio"] == pytest.approx(2.0)
+    lo, hi = adds["ratio_interval"]
+    assert lo < 2.0 < hi
+    assert effects["in4096"]["a prefill adds ms"]["ratio"] == pytest.approx(np.sqrt(122 * 120 / (115 * 113)))
+    assert effects["in1024"]["p99_ttft_ms"]["ratio"] == 1.0  # no spread either side: no change, no width
+    assert effects["in1024"]["p99_ttft_ms"]["ratio_interval"] == (1.0, 1.0)
+    # one workload: quiet.N and busy.N
+    plain = [dict(r, config=r["config"].replace(".in1024", "")) for r in rows[:4]]
+    assert [e["levels"] for e in sct.contention_effects(plain)] == ["all"]
