@@ -336,7 +336,9 @@ def server_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (`--sim-noise h200`, the spread it adds beyond the streams) where it has one. Where several folders (hosts) ran
     the same configuration and load, one more entry, folder "pooled": the servers' spread around their own host's
     mean, pooled over the hosts (what one host's fresh servers spread, with more degrees of freedom)."""
-    groups = {key: runs for key, runs in _repeats(rows).items() if len(runs) > 1}
+    # host_contention.sh's levels are one server's, each with prompts of its own: contention_effects reads them
+    groups = {key: runs for key, runs in _repeats(rows).items()
+              if len(runs) > 1 and key[1].split(".")[0] not in ("quiet", "busy")}
     hosts: dict[tuple[str, int], list[list[dict[str, Any]]]] = {}
     for (_, base, c), runs in groups.items():
         hosts.setdefault((base, c), []).append(runs)
@@ -358,7 +360,7 @@ def _repeats(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], list[dict
 
 # Figures `contention_effects` compares, busy host against quiet.
 CONTENTION_FIGURES = ("a prefill adds ms", "decode step ms", "output_tok_s", "p99_ttft_ms", "p99_tpot_ms",
-                      "p99_itl_ms", "GPU busy s", "host CPUs busy")
+                      "p99_itl_ms", "GPU busy s")
 
 
 def contention_effects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -396,7 +398,7 @@ def _print_contention(effects: list[dict[str, Any]]) -> None:
     for e in effects:
         print(f"- {e['folder']} {e['levels']} C = {e['concurrency']}:")
         for name, f in e["figures"].items():
-            fmt = ",.0f" if name == "output_tok_s" else ",.2f" if name == "host CPUs busy" else ",.1f"
+            fmt = ",.0f" if name == "output_tok_s" else ",.1f"
             q, b = (", ".join(format(v, fmt) for v in f[side]) for side in ("quiet", "busy"))
             lo, hi = f["ratio_interval"]
             print(f"  - {name}: quiet {q}; busy {b}; {100 * (f['ratio'] - 1):+.1f}% [{100 * (lo - 1):+.1f}, "

@@ -81,12 +81,11 @@ def _flash_dir(folder: Path) -> Path:
     return folder / "flash-weightless"
 
 
-@pytest.fixture(scope="module")
-def host_study(tmp_path_factory) -> tuple[str, Path]:
-    """A study "measured on a host" whose mixed steps cost 8 ms more than the h200 card says: the sim engine on
-    a card file, standing in for a GPU whose constant the calibration is not told. Its storage URL and model."""
-    folder = tmp_path_factory.mktemp("host")
-    truth = _card(folder / "truth.yaml", "base: h200\neager_step_overhead_ms: 9.5\n")
+def _host_study(folder: Path, truth_card: str) -> tuple[str, Path]:
+    """A study "measured on a host" whose steps differ from the h200 card's as ``truth_card`` says: the sim
+    engine on that card file, standing in for a GPU whose constants the calibration is not told. Its storage URL
+    and model."""
+    truth = _card(folder / "truth.yaml", truth_card)
     storage = f"sqlite:///{folder}/host.db"
     model_dir = _flash_dir(folder)
     code = main(["run", "--model", str(model_dir), "--engine", "sim", "--gpu-type", truth, "--p99-ms", "300",
@@ -94,21 +93,18 @@ def host_study(tmp_path_factory) -> tuple[str, Path]:
                  "--study", "host", "--storage", storage, "--json"])
     assert code in (0, 3)
     return storage, model_dir
+
+
+@pytest.fixture(scope="module")
+def host_study(tmp_path_factory) -> tuple[str, Path]:
+    """Mixed steps 8 ms longer than the h200 card says."""
+    return _host_study(tmp_path_factory.mktemp("host"), "base: h200\neager_step_overhead_ms: 9.5\n")
 
 
 @pytest.fixture(scope="module")
 def floored_host_study(tmp_path_factory) -> tuple[str, Path]:
-    """A study "measured on a host" whose steps outside CUDA graphs last at least 30 ms (the host's time for
-    them; the card has no such floor): storage URL and model."""
-    folder = tmp_path_factory.mktemp("floored-host")
-    truth = _card(folder / "truth.yaml", "base: h200\nhost_step_ms: 30\n")
-    storage = f"sqlite:///{folder}/host.db"
-    model_dir = _flash_dir(folder)
-    code = main(["run", "--model", str(model_dir), "--engine", "sim", "--gpu-type", truth, "--p99-ms", "300",
-                 "--workload", "random:512:64:0.5", "--trials", "2", "--max-concurrency", "64", "--top-k", "1",
-                 "--study", "host", "--storage", storage, "--json"])
-    assert code in (0, 3)
-    return storage, model_dir
+    """Steps outside CUDA graphs that last at least 30 ms (the host's time for them; the card has no such floor)."""
+    return _host_study(tmp_path_factory.mktemp("floored-host"), "base: h200\nhost_step_ms: 30\n")
 
 
 @pytest.mark.slow  # ~4 s: one fit of 6 runs

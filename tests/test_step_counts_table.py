@@ -233,6 +233,7 @@ def test_a_busy_host_against_a_quiet_one_per_workload() -> None:
     assert effects["in4096"]["a prefill adds ms"]["ratio"] == pytest.approx(np.sqrt(122 * 120 / (115 * 113)))
     assert effects["in1024"]["p99_ttft_ms"]["ratio"] == 1.0  # no spread either side: no change, no width
     assert effects["in1024"]["p99_ttft_ms"]["ratio_interval"] == (1.0, 1.0)
+    assert sct.server_spread(rows) == []  # one server's levels with prompts of their own: not fresh servers' spread
     # one workload: quiet.N and busy.N
     plain = [dict(r, config=r["config"].replace(".in1024", "")) for r in rows[:4]]
     assert [e["levels"] for e in sct.contention_effects(plain)] == ["all"]

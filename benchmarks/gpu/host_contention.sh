@@ -37,7 +37,12 @@ job() {
     > "$dir/settings.txt"
   telemetry_start
   if port_taken "$port" 2>> "$dir/times.txt"; then echo "not started" >> "$dir/times.txt"; telemetry_stop; return; fi
-  local name srv t0 ready=0 round mode level=0 hogs=() size workload cfg
+  local name srv t0 ready=0 round mode level=0 hogs=() size workload cfg lengths
+  # several workloads: each level named by its prompt length, which must then tell them apart
+  lengths=$(for workload in $workloads; do cut -d: -f2 <<< "$workload"; done)
+  if [ "$(wc -w <<< "$lengths")" -gt 1 ] && [ -n "$(sort <<< "$lengths" | uniq -d)" ]; then
+    echo "WORKLOADS: two workloads with one prompt length" >> "$dir/times.txt"; return
+  fi
   name="m-contention-$(date +%s%N)"
   start_server "$port" "$name" "$dir/server.log"
   srv=$server_pid
@@ -48,7 +53,7 @@ job() {
     for round in $(seq "$rounds"); do
       for workload in $workloads; do  # bench_level reads $workload
         size=""
-        [ "$workload" = "$workloads" ] || size=".in$(cut -d: -f2 <<< "$workload")"
+        [ "$(wc -w <<< "$lengths")" -gt 1 ] && size=".in$(cut -d: -f2 <<< "$workload")"
         for mode in quiet busy; do
           level=$((level + 1))
           cfg="$mode$size.$round"
