@@ -252,6 +252,33 @@ def test_runs_count_their_servers_and_three_need_no_caution(tmp_path: Path) -> N
     assert FEW_SERVERS == 3 and calibration(["trials/0", "trials/1", "remeasure/0-1"]).caution() is None
 
 
+@pytest.mark.parametrize("flat", [True, False])
+def test_a_constant_the_runs_do_not_pin_is_cautioned(monkeypatch, tmp_path: Path, flat: bool) -> None:
+    """Runs whose loss does not move with host_step_ms over its whole range (prefills whose GPU work outlasts any
+    floor) do not pin it: the card says so, beside the few-servers caution; a loss that moves pins it."""
+    from types import SimpleNamespace
+
+    from autotune.progress import NULL_PROGRESS
+    from autotune.sim import calibrate as cal
+
+    def replay(runs, settings, constants):  # noqa: ANN001, ANN202 - _replay_errors' stand-in
+        loss = 0.02 if flat else 0.02 + (constants["host_step_ms"] - 30.0) ** 2 / 1e3
+        return {"output_tok_s": (0.0,), "p99_tpot_ms": (0.0,)}, np.array([loss])
+    monkeypatch.setattr(cal, "_replay_errors", replay)
+    fit = cal._fit([], SimpleNamespace(gpu=load_gpu("h200")), ("host_step_ms",), NULL_PROGRESS)
+    assert fit.start == {"host_step_ms": 0.0} and len(fit.grid_losses["host_step_ms"]) == 9
+    assert fit.unpinned == (("host_step_ms",) if flat else ())
+    if not flat:
+        assert fit.constants["host_step_ms"] == pytest.approx(30.0, abs=0.5)
+    runs = tuple(cal.MeasuredRun(0, {}, 8, 0, tmp_path / f / "levels" / "00-c8.jsonl.gz", 100.0, 10.0)
+                 for f in ("trials/0", "trials/1", "trials/2"))
+    card = cal.Calibration("h200", fit.start, fit.constants, fit.loss_start, fit.loss, runs, {}, {}, 1, (),
+                           unpinned=fit.unpinned)
+    if flat:
+        assert "do not pin host_step_ms" in card.caution() and "0 to 80" in card.caution()
+    else:
+        assert card.caution() is None
+
 def test_the_server_interval_resamples_servers_on_the_fits_own_replays(tmp_path: Path) -> None:
     """Four servers whose runs each want another constant (2, 4, 6, 8 ms: a run's loss term is its squared
     distance): the pooled fit is 5, and resampling the servers moves it within [2, 8]; servers that agree give a

@@ -76,6 +76,9 @@ _TOLERANCE = 0.005  # the pattern search stops when its step is this share of th
 # requests differed by up to 40% in what a prefill adds to its step, and two leases' means by 18%
 # (docs/results/sim-accuracy.md, "A host's own card"); a study's trials and re-measurements are each a fresh server.
 FEW_SERVERS = 3
+# A constant whose loss moves by less than this share over its whole range is not pinned by the runs: e.g. the
+# host's step time where every step's GPU work outlasts it, at any value in its bounds.
+FLAT_LOSS_SHARE = 0.01
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,8 @@ class Calibration:
     without_trial: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
     # each constant's 90% interval over the study's servers (server_interval); none below FEW_SERVERS servers
     interval_90: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    # the fitted constants whose loss moved by less than FLAT_LOSS_SHARE over their bounds: the runs do not pin them
+    unpinned: tuple[str, ...] = ()
 
     @property
     def servers(self) -> int:
@@ -120,12 +125,20 @@ class Calibration:
         return len({r.server for r in self.runs})
 
     def caution(self) -> str | None:
-        """What to keep in mind about this card, where its runs came from too few servers."""
-        if self.servers >= FEW_SERVERS:
-            return None
-        return (f"fitted on the runs of {self.servers} fresh server{'s' if self.servers > 1 else ''}: on one H200 host "
+        """What to keep in mind about this card: runs from too few servers, constants the runs do not pin."""
+        cautions = []
+        if self.servers < FEW_SERVERS:
+            cautions.append(
+                f"fitted on the runs of {self.servers} fresh server{'s' if self.servers > 1 else ''}: on one H200 host "
                 "what a prefill adds to a step differs from one fresh server to the next, not only between hosts, so "
                 f"calibrate on a study with {FEW_SERVERS} or more trials or re-measurements")
+        for name in self.unpinned:
+            lo, hi = CALIBRATED_CONSTANTS[name]
+            cautions.append(f"the runs do not pin {name}: the sim fits them as well anywhere from {lo:g} to {hi:g} "
+                            "(loss within 1%), so the card keeps a value they do not tell; calibrate on a study whose "
+                            "steps it sets" + (" (steps that wait on the host: low load, short prompts)"
+                                               if name == "host_step_ms" else ""))
+        return "; ".join(cautions) or None
 
     def summary(self) -> dict[str, Any]:
         """What the card file records of its calibration."""
@@ -294,6 +307,14 @@ class _Fit:
     evaluations: int
     # every point the search replayed: its constants and each run's term of the loss there
     evaluated: tuple[tuple[dict[str, float], np.ndarray], ...]
+    # each constant's losses over its first pass's grid, its bounds included
+    grid_losses: dict[str, tuple[float, ...]]
+
+    @property
+    def unpinned(self) -> tuple[str, ...]:
+        """The constants whose loss moved by less than FLAT_LOSS_SHARE over their bounds."""
+        return tuple(name for name, losses in self.grid_losses.items()
+                     if max(losses) - min(losses) < FLAT_LOSS_SHARE * min(losses))
 
 
 def _fit(runs: list[MeasuredRun], settings: TrialSettings, fit: tuple[str, ...], progress: Progress) -> _Fit:
@@ -317,16 +338,16 @@ def _fit(runs: list[MeasuredRun], settings: TrialSettings, fit: tuple[str, ...],
 
     evaluate(fit[0], start[fit[0]])
     errors_start, loss_start = best["errors"], best["loss"]
+    grid_losses: dict[str, list[float]] = {}
     for name in fit:
         lo, hi = CALIBRATED_CONSTANTS[name]
-        for value in np.linspace(lo, hi, _GRID_POINTS):
-            evaluate(name, float(value))
+        grid_losses[name] = [evaluate(name, float(value)) for value in np.linspace(lo, hi, _GRID_POINTS)]
     for name in fit:
         lo, hi = CALIBRATED_CONSTANTS[name]
         _pattern_search(lambda x, n=name: evaluate(n, x), lambda n=name: best["constants"][n], lo, hi,
                         (hi - lo) / (_GRID_POINTS - 1), _TOLERANCE * (hi - lo))
     return _Fit(start, best["constants"], best["loss"], best["errors"], loss_start, errors_start, len(evaluated),
-                tuple(evaluated))
+                tuple(evaluated), {name: tuple(losses) for name, losses in grid_losses.items()})
 
 
 def refit(evaluated: tuple[tuple[dict[str, float], np.ndarray], ...], weights: np.ndarray) -> dict[str, float]:
@@ -386,7 +407,7 @@ def calibrate(study: optuna.Study, study_dir: Path, settings: TrialSettings, fit
     return Calibration(settings.gpu.base or settings.gpu.name, result.start, result.constants, result.loss_start,
                        result.loss, tuple(runs), result.errors_start, result.errors, result.evaluations,
                        tuple(left_out) + tuple(f"{r.records_path.relative_to(study_dir)}: more than --max-runs"
-                                               for r in all_runs if r not in runs), without, interval)
+                                               for r in all_runs if r not in runs), without, interval, result.unpinned)
 
 
 def card_header(calibration: Calibration, study: str, storage: str) -> str:
