@@ -8,8 +8,8 @@ docs/results/raw/h200-host-calibration/). For each load, the GPU's spread: the S
 own folder's (lease's) mean, pooled over the folders, with its 90% interval (noise_pooled). The sim's: the level
 replayed in-process on the same requests (the first server's run) `--draws` times, each with the card's
 `host_step_ms` times a lognormal factor of mean 1 and CV `--host-cv` (the host's time for a step outside CUDA
-graphs, drawn per run as `--sim-noise` draws its factors), and nothing else drawn: the SD of the log over the draws, with its
-90% interval. `--high-load` folders (benchmarks/gpu/noise_repeats.sh's, e.g. raw/h200-noise-fresh/c48-c128) are
+graphs, drawn per run as `--sim-noise` draws its factors), and nothing else drawn: the SD of the log over the
+draws, with its 90% interval. `--high-load` folders (benchmarks/gpu/noise_repeats.sh's, e.g. raw/h200-noise-fresh/c48-c128) are
 replayed the same way at their loads: where a step's GPU work outlasts the host's time, the draw should change
 nothing.
 
