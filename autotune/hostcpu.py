@@ -28,7 +28,8 @@ __all__ = ["HostCpuMeter", "cpu_line_jiffies", "cpus_jiffies", "descendants_jiff
 # measurable (a prefill −0.7% [−24, +29], two levels a side); on all 16 they doubled every prefill step. What
 # lies between was not measured: the engine's threads wait once no CPU is idle, so saturation is the line drawn.
 OTHERS_NOTED_CORES = 1.0
-PREFILL_WAITS = "vLLM's steps that carry a prefill wait on the CPU"
+# vLLM's, and the sim server's, which paces its modelled steps on the wall clock in one Python process
+PREFILL_WAITS = "a served engine's steps wait on the host's CPU (vLLM's that carry a prefill among them)"
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,8 @@ def busy_host_caveat(sample_s: float = 0.5) -> str:
         return ""
     assert host is not None
     return (f"other processes are taking {host.others_cores:.1f} of the host's {host.cpus} CPUs, all of them busy, "
-            f"as the study starts: {PREFILL_WAITS} (busy loops on all of an H200 host's CPUs doubled them, P99 TTFT "
-            "+89%), so its figures would measure the host as much as the configurations")
+            f"as the study starts: {PREFILL_WAITS}; busy loops on all of an H200 host's CPUs doubled vLLM's prefill "
+            "steps (P99 TTFT +89%), so its figures would measure the host as much as the configurations")
 
 
 def winner_notes(hosts: Iterable[HostCpuRecord | None]) -> list[str]:

@@ -13,6 +13,7 @@ import time
 import pytest
 from rich.console import Console
 
+from autotune import hostcpu
 from autotune.cli.ui import StudyView
 from autotune.hostcpu import HostCpuMeter, busy_host_caveat, host_text, others_note, saturated, winner_notes
 from autotune.metrics import Distribution, BenchResult, pool
@@ -31,60 +32,91 @@ def _stranger() -> int:
                               text=True, check=True).stdout)
 
 
-def _measure(seconds: float) -> HostCpuRecord | None:
+TICKS_S = os.sysconf("SC_CLK_TCK")
+
+
+class _FakeProc:
+    """/proc as the meter reads it, scripted: each read of the host's CPUs and of our processes' jiffies takes the
+    next value of its list (a start and a stop per level)."""
+
+    def __init__(self, monkeypatch, cpus: list[tuple[int, int, int]], ours: list[int]) -> None:
+        self.cpus, self.ours = iter(cpus), iter(ours)
+        monkeypatch.setattr(hostcpu, "cpus_jiffies", lambda _cpus: next(self.cpus))
+        monkeypatch.setattr(hostcpu, "descendants_jiffies", lambda _root: next(self.ours))
+
+
+def _measure() -> HostCpuRecord | None:
     meter = HostCpuMeter()
     meter.start()
-    time.sleep(seconds)
     return meter.stop()
 
 
-def test_a_busy_server_of_ours_and_a_busy_stranger() -> None:
-    """A busy loop this process started (as it starts a trial's server) and one it did not: over ~1.5 s each keeps
-    about one CPU busy (the CI machine has two), and only the stranger's counts as other processes'."""
-    ours = subprocess.Popen(SPIN)
-    strangers = []
-    try:
-        strangers.append(_stranger())
-        time.sleep(0.2)
-        host = _measure(1.5)
-    finally:
-        ours.kill()
-        ours.wait()
-        for pid in strangers:
-            os.kill(pid, signal.SIGKILL)
+def test_a_busy_server_of_ours_and_a_busy_stranger(monkeypatch) -> None:
+    """Over a level of 100 jiffies per CPU, a loop this process started (as it starts a trial's server) and one
+    it did not each keep about one CPU busy: only the stranger's counts as other processes'."""
+    n = CPUS
+    _FakeProc(monkeypatch, cpus=[(1000, 5000, 0), (1000 + 195, 5000 + 100 * n - 195, 0)], ours=[300, 300 + 97])
+    host = _measure()
     assert host is not None and host.cpus == CPUS
     assert 0.5 < host.others_cores < 1.5  # the stranger, not ours
     assert host.busy_cores - host.others_cores > 0.5  # our loop
     assert 0.0 <= host.steal_share < 0.5
+    assert host.others_cores == pytest.approx(n * 98 / (100 * n)) and host.busy_cores == pytest.approx(1.95)
 
 
-def test_a_server_of_ours_that_ends_during_the_level_stays_ours() -> None:
-    """A child that ran busy for a second before the level and is stopped and reaped in it: its CPU time moves into
-    ours (this process's reaped children's), none of it shows as other processes'."""
+def test_a_server_of_ours_that_ends_during_the_level_stays_ours(monkeypatch) -> None:
+    """A child stopped and reaped in the level: its time moves into this process's reaped children's (cutime,
+    cstime), so ours keeps it and none of it shows as other processes'; a descendant re-parented away takes its
+    time out of ours, and others never exceed what was busy."""
+    _FakeProc(monkeypatch, cpus=[(0, 0, 0), (100, 100 * CPUS - 100, 0)], ours=[500, 600])
+    host = _measure()
+    assert host is not None and host.others_cores < 0.5
+    _FakeProc(monkeypatch, cpus=[(0, 0, 0), (100, 100 * CPUS - 100, 0)], ours=[500, 300])  # ours fell by 200
+    assert _measure().others_cores == pytest.approx(100 / (100 * CPUS) * CPUS)  # clamped to the busy
+
+
+def test_ours_are_this_process_and_its_children_reaped_ones_included() -> None:
+    """On the live /proc: a child's busy second counts in ours while it runs and stays there once it is reaped;
+    a stranger's does not."""
+    before = hostcpu.descendants_jiffies(os.getpid())
     ours = subprocess.Popen(SPIN)
     try:
         time.sleep(1.0)
-        meter = HostCpuMeter()
-        meter.start()
-        time.sleep(0.3)
+        running = hostcpu.descendants_jiffies(os.getpid())
     finally:
         ours.kill()
         ours.wait()
-    time.sleep(0.3)
-    host = meter.stop()
-    assert host is not None and host.others_cores < 0.5
-
-
-def test_a_study_on_a_busy_host_starts_with_a_caution() -> None:
-    assert busy_host_caveat(0.3) == ""  # the test machine, quiet
-    strangers = []
+    reaped = hostcpu.descendants_jiffies(os.getpid())
+    assert running - before > 0.3 * TICKS_S  # the child got at least a third of a CPU over its second
+    assert reaped >= running  # in this process's cutime now
+    stranger = _stranger()
     try:
-        strangers += [_stranger() for _ in range(CPUS)]  # every CPU this process may use taken
-        time.sleep(0.2)
-        caveat = busy_host_caveat(0.5)
+        time.sleep(1.0)
+        assert hostcpu.descendants_jiffies(os.getpid()) - reaped < 0.3 * TICKS_S  # this process sleeps
     finally:
-        for pid in strangers:
-            os.kill(pid, signal.SIGKILL)
+        os.kill(stranger, signal.SIGKILL)
+
+
+def test_the_host_cpus_jiffies_are_the_cpus_time() -> None:
+    """On the live /proc: over half a second, busy + idle + stolen jiffies of the CPUs this process may use add up
+    to their number times half a second."""
+    cpus = set(os.sched_getaffinity(0))
+    start = hostcpu.cpus_jiffies(cpus)
+    t0 = time.monotonic()
+    time.sleep(0.5)
+    end = hostcpu.cpus_jiffies(cpus)
+    elapsed_s = time.monotonic() - t0
+    assert start is not None and end is not None
+    spent = sum(e - s for s, e in zip(start, end))
+    assert spent == pytest.approx(len(cpus) * elapsed_s * TICKS_S, rel=0.2)
+
+
+def test_a_study_on_a_busy_host_starts_with_a_caution(monkeypatch) -> None:
+    _FakeProc(monkeypatch, cpus=[(0, 0, 0), (20, 100 * CPUS - 20, 0)], ours=[0, 0])
+    assert busy_host_caveat(0.0) == ""  # a quiet host
+    # every CPU this process may use taken by others
+    _FakeProc(monkeypatch, cpus=[(0, 0, 0), (100 * CPUS, 0, 0)], ours=[0, 0])
+    caveat = busy_host_caveat(0.0)
     assert caveat.startswith("other processes are taking ") and "CPUs, all of them busy, as the study starts" in caveat
 
 
