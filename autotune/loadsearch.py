@@ -110,7 +110,7 @@ class LevelResult:
                            p99_ttft_ms=r.ttft_ms.p99, p99_tpot_ms=r.tpot_ms.p99, p99_itl_ms=r.itl_ms.p99,
                            p99_e2el_ms=r.e2el_ms.p99, completed=r.completed, failed=r.failed,
                            duration_s=r.duration_s, wall_s=self.wall_s, status=r.status,
-                           host_cpu=HostCpuRecord.read(r.extra.get("host_cpu")))
+                           host_cpu=HostCpuRecord.from_json(h) if (h := r.extra.get("host_cpu")) else None)
 
 
 @dataclass

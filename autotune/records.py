@@ -103,10 +103,7 @@ class HostCpuRecord:
         return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
-    def read(cls, data: Mapping[str, Any] | None) -> HostCpuRecord | None:
-        """The record stored as ``data`` (to_json), None where nothing was measured."""
-        if not data:
-            return None
+    def from_json(cls, data: Mapping[str, Any]) -> HostCpuRecord:
         return cls(cpus=int(data["cpus"]), busy_cores=_num(data["busy_cores"]),
                    others_cores=_num(data["others_cores"]), steal_share=_num(data["steal_share"]))
 
@@ -160,7 +157,7 @@ class LevelRecord:
                    p99_itl_ms=_num(data["p99_itl_ms"]), p99_e2el_ms=_num(data["p99_e2el_ms"]),
                    completed=int(data["completed"]), failed=int(data["failed"]),
                    duration_s=_num(data["duration_s"]), wall_s=_num(data["wall_s"]), status=str(data["status"]),
-                   host_cpu=HostCpuRecord.read(data.get("host_cpu")))
+                   host_cpu=HostCpuRecord.from_json(h) if (h := data.get("host_cpu")) else None)
 
     def metrics(self) -> dict[str, Any]:
         """This level's figures in the shape of a full run's metrics (only the P99s are known)."""
@@ -280,7 +277,8 @@ class Measurement:
     @property
     def host_cpu(self) -> HostCpuRecord | None:
         """What the host's CPUs did during the level (autotune.hostcpu), where it was measured."""
-        return HostCpuRecord.read(self.metrics.get("host_cpu"))
+        host = self.metrics.get("host_cpu")
+        return HostCpuRecord.from_json(host) if host else None
 
     def over_limits(self, limits_ms: Mapping[str, float]) -> list[str]:
         """The metrics whose P99 here broke their limit (none for a failed measurement: no P99 was seen)."""

@@ -31,7 +31,7 @@ from _shared import add_card_constants_option, load_records, parse_args_with_con
 from noise_pooled import cv_interval, pooled, served_flags
 from step_counts_table import client_steps, configs
 
-from autotune.sim.noise import _lognormal
+from autotune.sim.noise import lognormal_factor
 
 FIGURES = {"output_tok_s": "output tok/s", "p99_ttft_ms": "P99 TTFT", "p99_tpot_ms": "P99 TPOT",
            "p99_itl_ms": "P99 ITL", "prefill_adds_ms": "a prefill adds"}
@@ -80,7 +80,7 @@ def sim_spread(flags: dict[str, Any], run: dict[str, Any], constants: dict[str, 
     """Each figure's CV over ``draws`` replays of the level, the host's step time drawn for each."""
     rng = np.random.default_rng(seed)
     host_ms = constants["host_step_ms"]
-    runs = [sim_figures(flags, run, {**constants, "host_step_ms": host_ms * _lognormal(rng, host_cv)})
+    runs = [sim_figures(flags, run, {**constants, "host_step_ms": host_ms * lognormal_factor(rng, host_cv)})
             for _ in range(draws)]
     out = {}
     for key in FIGURES:

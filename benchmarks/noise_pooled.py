@@ -86,6 +86,17 @@ def cv_interval(ss: float, dof: int) -> list[float]:
     return [math.sqrt(ss / stats.chi2.ppf(1 - tail, dof)), math.sqrt(ss / stats.chi2.ppf(tail, dof))]
 
 
+def log_ratio_interval(a: Any, b: Any) -> tuple[float, tuple[float, float]]:
+    """The ratio of ``a``'s geometric mean to ``b``'s (positive figures, two or more each) and Welch's CONFIDENCE
+    interval on the logs; a zero-width interval where neither side spreads (Welch's t has none)."""
+    log_a, log_b = np.log(a), np.log(b)
+    diff = float(log_a.mean() - log_b.mean())
+    if np.ptp(log_a) == np.ptp(log_b) == 0:
+        return math.exp(diff), (math.exp(diff), math.exp(diff))
+    lo, hi = stats.ttest_ind(log_a, log_b, equal_var=False).confidence_interval(CONFIDENCE)
+    return math.exp(diff), (math.exp(lo), math.exp(hi))
+
+
 def spread(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     """The GPU's and the sim's pooled CV of ``metric`` (fractions), the GPU's interval, and the degrees of freedom."""
     points = point_values(runs, metric)
@@ -182,16 +193,14 @@ def compare_configs(fresh: list[dict[str, Any]]) -> dict[str, dict[str, dict[str
             other = [r for r in here if r["config"] == config]
             cells = {}
             for m in METRICS:
-                logs = {side: [(np.log([r[side][m] for r in group if r[side].get(m)])) for group in (other, base)]
-                        for side in ("gpu", "sim")}
-                if min(len(g) for g in logs["gpu"]) < 2:
+                values = {side: [[r[side][m] for r in group if r[side].get(m)] for group in (other, base)]
+                          for side in ("gpu", "sim")}
+                if min(len(g) for g in values["gpu"]) < 2:
                     continue
-                test = stats.ttest_ind(*logs["gpu"], equal_var=False)
-                lo, hi = test.confidence_interval(CONFIDENCE)
-                gpu = float(np.exp(logs["gpu"][0].mean() - logs["gpu"][1].mean()))
-                sim = float(np.exp(logs["sim"][0].mean() - logs["sim"][1].mean()))
-                apart = not lo <= 0 <= hi
-                cells[m] = {"gpu": gpu, "gpu_interval": [float(np.exp(lo)), float(np.exp(hi))], "sim": sim,
+                gpu, (lo, hi) = log_ratio_interval(*values["gpu"])
+                sim = float(np.exp(np.mean(np.log(values["sim"][0])) - np.mean(np.log(values["sim"][1]))))
+                apart = not lo <= 1 <= hi
+                cells[m] = {"gpu": gpu, "gpu_interval": [lo, hi], "sim": sim,
                             "gpu_tells_apart": apart, "same_order": (sim > 1) == (gpu > 1) if apart else None}
             out[f"{w} C={c}, {config} / vLLM defaults"] = cells
     return out

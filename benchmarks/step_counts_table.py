@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 from _shared import add_card_constants_option, load_records, parse_args_with_constants, read_levels, replay_bench_level
-from noise_pooled import METRICS, cv_interval, model_cv, pooled
+from noise_pooled import METRICS, cv_interval, log_ratio_interval, model_cv, pooled
 from scipy import stats
 
 from autotune.hostcpu import cpu_line_jiffies
@@ -234,6 +234,7 @@ def level_telemetry(folder: Path) -> dict[tuple[str, int], dict[str, float]]:
     host's CPUs did (`host-cpu.txt.gz`): the shares of all their time busy and stolen by the hypervisor between the
     level's first and last sample. Empty without either."""
     gpu, host = read_telemetry(folder), read_host_cpu(folder)
+    interval_s = float(np.median(np.diff(gpu["t_s"]))) if gpu is not None and len(gpu["t_s"]) > 1 else 0.0
     out: dict[tuple[str, int], dict[str, float]] = {}
     for level in read_levels(folder):
         figures = {}
@@ -241,7 +242,6 @@ def level_telemetry(folder: Path) -> dict[tuple[str, int], dict[str, float]]:
             inside = (gpu["t_s"] >= level.start_s) & (gpu["t_s"] <= level.end_s)
             busy = inside & (gpu["utilization"] > 0)
             if busy.any():
-                interval_s = float(np.median(np.diff(gpu["t_s"])))
                 figures.update({
                     "sm_mhz": float(gpu["sm_mhz"][busy].mean()),
                     "power_w": float(np.nanmean(gpu["power_w"][busy])),
@@ -279,6 +279,7 @@ def sim_level(flags: dict[str, Any], gpu_run: dict[str, Any], constants: dict[st
 def table(folder: Path, constants: dict[str, float]) -> list[dict[str, Any]]:
     settings = dict(line.split("=", 1) for line in (folder / "settings.txt").read_text().splitlines() if "=" in line)
     order = [int(c) for c in settings["loads"].split()]  # the order the server saw the levels in
+    contention = "hog" in settings  # host_contention.sh's: one server's levels, host quiet and busy in turn
     rows = []
     telemetry = level_telemetry(folder)
     for name, flags in configs(folder).items():
@@ -298,7 +299,7 @@ def table(folder: Path, constants: dict[str, float]) -> list[dict[str, Any]]:
             records = path.with_suffix(".jsonl.gz")
             gpu_records = load_records(records) if records.exists() else None
             rows.append({"folder": folder.name, "config": name, "concurrency": int(gpu["concurrency"]),
-                         "cached": cached,
+                         "cached": cached, "contention": contention,
                          "gpu": {"steps": grouped(steps) if steps else None, "p99_itl_ms": gpu["itl_ms"]["p99"],
                                  "p50_tpot_ms": gpu["tpot_ms"]["p50"], "p99_tpot_ms": gpu["tpot_ms"]["p99"],
                                  "output_tok_s": gpu["output_tok_s"],
@@ -337,8 +338,8 @@ def server_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     the same configuration and load, one more entry, folder "pooled": the servers' spread around their own host's
     mean, pooled over the hosts (what one host's fresh servers spread, with more degrees of freedom)."""
     # host_contention.sh's levels are one server's, each with prompts of its own: contention_effects reads them
-    groups = {key: runs for key, runs in _repeats(rows).items()
-              if len(runs) > 1 and key[1].split(".")[0] not in ("quiet", "busy")}
+    groups = {key: runs for key, runs in _repeats([r for r in rows if not r.get("contention")]).items()
+              if len(runs) > 1}
     hosts: dict[tuple[str, int], list[list[dict[str, Any]]]] = {}
     for (_, base, c), runs in groups.items():
         hosts.setdefault((base, c), []).append(runs)
@@ -366,7 +367,7 @@ CONTENTION_FIGURES = ("a prefill adds ms", "decode step ms", "output_tok_s", "p9
 def contention_effects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """host_contention.sh's levels (busy[.inLEN].ROUND against quiet[.inLEN].ROUND, at one load): per figure, the
     quiet and the busy levels' values and the ratio of their geometric means with Welch's 90% interval on the logs."""
-    groups = _repeats(rows)
+    groups = _repeats([r for r in rows if r.get("contention")])
     out = []
     for (folder, base, c), busy in groups.items():
         quiet = groups.get((folder, "quiet" + base.removeprefix("busy"), c)) if base.startswith("busy") else None
@@ -378,14 +379,8 @@ def contention_effects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                       for runs in (quiet, busy)]
             if min(len(v) for v in values) < 2:
                 continue
-            logs = [np.log(v) for v in values]
-            if np.ptp(logs[0]) == np.ptp(logs[1]) == 0:  # no spread on either side: no t interval
-                lo = hi = float(logs[1][0] - logs[0][0])
-            else:
-                lo, hi = stats.ttest_ind(logs[1], logs[0], equal_var=False).confidence_interval(0.90)
-            figures[name] = {"quiet": values[0], "busy": values[1],
-                             "ratio": float(np.exp(logs[1].mean() - logs[0].mean())),
-                             "ratio_interval": (float(np.exp(lo)), float(np.exp(hi)))}
+            ratio, interval = log_ratio_interval(values[1], values[0])
+            figures[name] = {"quiet": values[0], "busy": values[1], "ratio": ratio, "ratio_interval": interval}
         if figures:
             out.append({"folder": folder, "levels": base.removeprefix("busy").lstrip(".") or "all",
                         "concurrency": c, "figures": figures})
@@ -440,10 +435,11 @@ def prefill_correlation(per_host: list[list[dict[str, Any]]], figure: str) -> di
     dof = len(xs) - hosts - 2  # Fisher's z has n - 3 for one host: one mean per host taken out
     if len(xs) < 4 or dof < 1 or np.allclose(xs, 0) or np.allclose(ys, 0):
         return None
-    r = float(stats.pearsonr(xs, ys).statistic)
+    fit = stats.linregress(xs, ys)
+    r = float(fit.rvalue)
     z, half = math.atanh(max(-0.999999, min(0.999999, r))), stats.norm.ppf(0.95) / math.sqrt(dof)
     return {"servers": len(xs), "r": r, "r_interval": (math.tanh(z - half), math.tanh(z + half)),
-            "elasticity": float(stats.linregress(xs, ys).slope)}
+            "elasticity": float(fit.slope)}
 
 
 def _print_server_spread(spreads: list[dict[str, Any]]) -> None:

@@ -336,7 +336,10 @@ def summarize(run_dirs: list[Path]) -> list[dict]:
     out = []
     for run_dir in run_dirs:
         traces: dict[str, Trace] = {}
-        for level in read_levels(run_dir):
+        levels = read_levels(run_dir)
+        if not levels:
+            raise SystemExit(f"{run_dir}: no levels.txt (a step_counts.sh TRACE=1 folder has one)")
+        for level in levels:
             if level.config not in traces:
                 traces[level.config] = read_trace(run_dir / f"trace-{level.config}")
             row = level_summary(traces[level.config], level)

@@ -266,6 +266,7 @@ def test_a_constant_the_runs_do_not_pin_is_cautioned(monkeypatch, tmp_path: Path
         return {"output_tok_s": (0.0,), "p99_tpot_ms": (0.0,)}, np.array([loss])
     monkeypatch.setattr(cal, "_replay_errors", replay)
     fit = cal._fit([], SimpleNamespace(gpu=load_gpu("h200")), ("host_step_ms",), NULL_PROGRESS)
+    assert set(cal.PINNED_BY) == set(cal.CALIBRATED_CONSTANTS)  # the caution knows what pins each
     assert fit.start == {"host_step_ms": 0.0} and len(fit.grid_losses["host_step_ms"]) == 9
     assert fit.unpinned == (("host_step_ms",) if flat else ())
     if not flat:

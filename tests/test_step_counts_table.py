@@ -217,7 +217,7 @@ def test_a_busy_host_against_a_quiet_one_per_workload() -> None:
     def level(config: str, tok_s: float, prefill_ms: float) -> dict:
         gpu = {"output_tok_s": tok_s, "p99_ttft_ms": 150.0, "p99_tpot_ms": 11.0, "p99_itl_ms": 50.0,
                "client_steps": {"decode_step_ms": 6.5, "prefill_adds_ms": prefill_ms}}
-        return {"folder": "f", "config": config, "concurrency": 16, "cached": False, "gpu": gpu}
+        return {"folder": "f", "config": config, "concurrency": 16, "cached": False, "contention": True, "gpu": gpu}
     rows = [level("quiet.in1024.1", 1100.0, 28.0), level("busy.in1024.1", 880.0, 56.0),
             level("quiet.in1024.2", 1050.0, 30.0), level("busy.in1024.2", 900.0, 60.0),
             level("quiet.in4096.1", 710.0, 115.0), level("busy.in4096.1", 690.0, 122.0),

@@ -65,6 +65,13 @@ CALIBRATED_CONSTANTS: dict[str, tuple[float, float]] = {
     "compute_efficiency": (0.2, 1.0),  # a prefill's GEMMs at this share of the card's peak
     "host_step_ms": (0.0, 80.0),  # a step outside CUDA graphs lasts at least this long: the host's time for it
 }
+# What a study's runs need for the fit to pin each constant (the caution where they do not).
+PINNED_BY: dict[str, str] = {
+    "hbm_efficiency": "levels hold decode-only steps",
+    "eager_step_overhead_ms": "levels hold steps that carry a prefill",
+    "compute_efficiency": "prefills are long enough for their GEMMs to set their steps",
+    "host_step_ms": "steps wait on the host (low load, short prompts)",
+}
 # The one a host's own measurements pin down, by default: the hosts differed in it, not in the decode-only step;
 # and a study's levels do not tell the two apart (fitted together on the H200 pairs' study, the decode step came out
 # 24% longer than the engine's own decode steps measure: docs/results/sim-accuracy.md, "A host's own card").
@@ -135,9 +142,8 @@ class Calibration:
         for name in self.unpinned:
             lo, hi = CALIBRATED_CONSTANTS[name]
             cautions.append(f"the runs do not pin {name}: the sim fits them as well anywhere from {lo:g} to {hi:g} "
-                            "(loss within 1%), so the card keeps a value they do not tell; calibrate on a study whose "
-                            "steps it sets" + (" (steps that wait on the host: low load, short prompts)"
-                                               if name == "host_step_ms" else ""))
+                            f"(loss within {FLAT_LOSS_SHARE:.0%}), so the card keeps a value they do not tell; "
+                            f"calibrate on a study whose {PINNED_BY[name]}")
         return "; ".join(cautions) or None
 
     def summary(self) -> dict[str, Any]:

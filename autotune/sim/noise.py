@@ -30,7 +30,7 @@ import numpy as np
 
 from autotune.metrics import BenchResult, Distribution
 
-__all__ = ["RunNoise", "NOISE_MODELS", "noise_rng"]
+__all__ = ["RunNoise", "NOISE_MODELS", "noise_rng", "lognormal_factor"]
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,8 @@ class RunNoise:
 
     def factors(self, rng: np.random.Generator) -> tuple[dict[str, float], float]:
         """One run's draw: a factor per latency metric (ttft, itl, tpot, e2el), and the throughputs' factor."""
-        f = {m: _lognormal(rng, self.latency_cv.get(m, 0.0)) for m in ("ttft", "itl", "tpot", "e2el")}
-        return f, _lognormal(rng, self.throughput_cv)
+        f = {m: lognormal_factor(rng, self.latency_cv.get(m, 0.0)) for m in ("ttft", "itl", "tpot", "e2el")}
+        return f, lognormal_factor(rng, self.throughput_cv)
 
     def apply(self, r: BenchResult, rng: np.random.Generator) -> BenchResult:
         """``r`` as a noisy run gives it: requests' TTFT, ITL gaps and E2E scaled by one factor per metric, the
@@ -72,7 +72,7 @@ def noise_rng(seed: int, server_name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(server_name.encode())])
 
 
-def _lognormal(rng: np.random.Generator, cv: float) -> float:
+def lognormal_factor(rng: np.random.Generator, cv: float) -> float:
     """A factor with mean 1 and coefficient of variation ``cv`` (1 when ``cv`` is 0)."""
     if cv <= 0:
         return 1.0

@@ -184,30 +184,29 @@ class PerfModel:
         """
         if num_tokens <= 0:
             return 0.0
-        compute_s, memory_s, fixed_s = self._parts(num_tokens, num_sampled, decode_only)
+        compute_s, memory_s, fixed_s, floor_s = self._parts(num_tokens, num_sampled, decode_only)
         attn_compute_s = self._attn_flops_per_ctx * attn_ctx_tokens / self._flops_s
         attn_memory_s = kv_read_tokens * self.kv_bytes_per_token / self._kv_read_bytes_s
         gemm_s = compute_s if compute_s > memory_s else memory_s
         attn_s = attn_compute_s if attn_compute_s > attn_memory_s else attn_memory_s
         step_s = gemm_s + attn_s + fixed_s + encoder_s
-        if self._host_step_s > step_s and not (decode_only and num_tokens <= self.max_capture):
-            return self._host_step_s
-        return step_s
+        return floor_s if floor_s > step_s else step_s
 
     def decode_run_times_s(self, num_seqs: int, ctx_sum: int, num_steps: int) -> np.ndarray:
         """Durations of ``num_steps`` consecutive decode-only steps of the same ``num_seqs`` sequences whose
         contexts sum to ``ctx_sum`` tokens at the first step (each step adds one token per sequence)."""
-        compute_s, memory_s, fixed_s = self._parts(num_seqs, num_seqs, True)
+        compute_s, memory_s, fixed_s, floor_s = self._parts(num_seqs, num_seqs, True)
         ctx = ctx_sum + num_seqs * np.arange(num_steps, dtype=np.float64)
         attn = np.maximum(self._attn_flops_per_ctx * ctx / self._flops_s,
                           ctx * self.kv_bytes_per_token / self._kv_read_bytes_s)
         steps_s = max(compute_s, memory_s) + attn + fixed_s
-        if self._host_step_s > 0 and num_seqs > self.max_capture:  # eager decode steps wait on the host too
-            return np.maximum(steps_s, self._host_step_s)
+        if floor_s > 0:  # eager decode steps wait on the host too
+            return np.maximum(steps_s, floor_s)
         return steps_s
 
-    def _parts(self, num_tokens: int, num_sampled: int, decode_only: bool) -> tuple[float, float, float]:
-        """(GEMM compute s, GEMM memory s, fixed s) of a step: everything but attention."""
+    def _parts(self, num_tokens: int, num_sampled: int, decode_only: bool) -> tuple[float, float, float, float]:
+        """(GEMM compute s, GEMM memory s, fixed s) of a step, everything but attention; and the host's time under
+        it (0 where the step replays a CUDA graph)."""
         compute_s = 2.0 * (self._body_params * num_tokens + self._head_params * num_sampled) / self._flops_s
         weight_bytes = self._dense_weight_bytes
         comm_s = 0.0
@@ -237,7 +236,8 @@ class PerfModel:
             comm_s += 2 * self.model.num_layers * (self._ar_latency_s + msg / self._nvlink_b_s)
         graphed = decode_only and num_tokens <= self.max_capture
         overhead_s = self._graph_s if graphed else self._eager_s
-        return compute_s, memory_s, comm_s + overhead_s
+        floor_s = 0.0 if graphed else self._host_step_s  # a CUDA graph's replay does not wait on the host
+        return compute_s, memory_s, comm_s + overhead_s, floor_s
 
     # -- vision -----------------------------------------------------------------------------------------------
     def image_tokens(self, width: int, height: int) -> int:
