@@ -37,8 +37,9 @@ FIGURES = {"output_tok_s": "output tok/s", "p99_ttft_ms": "P99 TTFT", "p99_tpot_
            "p99_itl_ms": "P99 ITL", "prefill_adds_ms": "a prefill adds"}
 
 
-def gpu_figures(path: Path) -> dict[str, float]:
-    run = json.loads(path.read_text())
+def gpu_figures(path: Path, run: dict[str, Any]) -> dict[str, float]:
+    """The figures of the GPU's level ``run`` (`path`, its `autotune bench --json`), what a prefill adds from its
+    requests' records beside it."""
     records = path.with_suffix(".jsonl.gz")
     return {"output_tok_s": run["output_tok_s"], "p99_ttft_ms": run["ttft_ms"]["p99"],
             "p99_tpot_ms": run["tpot_ms"]["p99"], "p99_itl_ms": run["itl_ms"]["p99"],
@@ -60,13 +61,17 @@ def gpu_spread(folders: list[Path]) -> dict[int, dict[str, Any]]:
     by_load: dict[int, dict[str, Any]] = {}
     for folder in folders:
         flags_by_config = configs(folder)
+        bases = {name.rpartition(".")[0] or name for name in flags_by_config}
+        if len(bases) != 1:  # the servers of one configuration, sent the same requests: their spread is the servers'
+            raise SystemExit(f"{folder}: one configuration on fresh servers (NAME.1, NAME.2, ...), not {sorted(bases)}")
         for path in sorted(folder.glob("*-c*.json")):
             config = path.name.rsplit("-c", 1)[0]
             c = int(path.stem.rsplit("-c", 1)[1])
+            run = json.loads(path.read_text())
             load = by_load.setdefault(c, {"hosts": {}, "template": None})
-            load["hosts"].setdefault(folder.name, []).append(gpu_figures(path))
+            load["hosts"].setdefault(str(folder), []).append(gpu_figures(path, run))
             if load["template"] is None:
-                load["template"] = (flags_by_config[config], json.loads(path.read_text()))
+                load["template"] = (flags_by_config[config], run)
     for load in by_load.values():
         load["cv"] = {}
         for key in FIGURES:
