@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import json
 import math
 import sys
@@ -168,11 +169,11 @@ def main() -> int:
                    "per level = this x concurrency)")
     p.add_argument("--all-trials", action="store_true", help="truth also for every trial the study ran (slower)")
     p.add_argument("--json-out", help="write every seed's figures here")
-    p.add_argument("--summarize", nargs="+", metavar="JSON", help="print the rates over earlier --json-out files "
+    p.add_argument("--summarize", nargs="+", metavar="JSON", help="print the rates over earlier --json-out files (.gz too) "
                    "(seeds run in several processes) and run nothing")
     args = p.parse_args()
     if args.summarize:
-        rows = [row for path in args.summarize for row in json.loads(Path(path).read_text())]
+        rows = [row for path in args.summarize for row in _read_json(Path(path))]
         summarize(sorted(rows, key=lambda r: r["seed"]), all_trials=rows[0]["within_all"] is not None)
         return 0
     rows = []
@@ -192,6 +193,11 @@ def main() -> int:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=1, default=str))
     return 0
+
+
+def _read_json(path: Path) -> list[dict]:
+    """A --json-out file, gzipped or not (the kept ones in docs/results/raw/decision-quality/ are)."""
+    return json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes())
 
 
 def summarize(rows: list[dict], all_trials: bool) -> None:
