@@ -276,13 +276,16 @@ def sim_level(flags: dict[str, Any], gpu_run: dict[str, Any], constants: dict[st
             "p99_ttft_ms": r.ttft_ms.p99, "deliveries": deliveries(level_records)}
 
 
-def table(folder: Path, constants: dict[str, float]) -> list[dict[str, Any]]:
+def table(folder: Path, constants: dict[str, float], config_prefix: str = "") -> list[dict[str, Any]]:
+    """Each level of ``folder`` (of its configurations named ``config_prefix``...), GPU and sim side by side."""
     settings = dict(line.split("=", 1) for line in (folder / "settings.txt").read_text().splitlines() if "=" in line)
     order = [int(c) for c in settings["loads"].split()]  # the order the server saw the levels in
     contention = "hog" in settings  # host_contention.sh's: one server's levels, host quiet and busy in turn
     rows = []
     telemetry = level_telemetry(folder)
     for name, flags in configs(folder).items():
+        if not name.startswith(config_prefix):
+            continue
         seeds_sent: set[int] = set()
         runs = []
         for path in folder.glob(f"{name}-c*.json"):
