@@ -3,15 +3,22 @@
 # launcher and the study records behave on the real engine as on the sim: the trial's record, startup figures
 # read from vLLM's log, `autotune best` and `autotune studies` reading the storage, the profile, and nothing left
 # behind (no process, the port free, GPU memory back to 0 MiB). Runs in the background; results in $DIR.
+# STUDY_ARGS (default "--trials 1 --top-k 0 --repeats 0 --max-concurrency 256") shape the study: e.g. "--timeout
+# 12m" for the README's main command as a user runs it, trials and fresh-server re-measurement within 12 minutes.
+# ENGINE_ARGS (default "--engine vllm --load-format dummy"): "--engine sim --sim-server --gpu-type h200" rehearses
+# the job on a CPU.
 #   bash benchmarks/gpu/smoke_study.sh start [DIR]   # returns at once
 #   bash benchmarks/gpu/smoke_study.sh status [DIR]  # prints progress; "done" when finished
 set -uo pipefail
 dir=${2:-/tmp/smoke}; progress=run.log
+study_args=${STUDY_ARGS:---trials 1 --top-k 0 --repeats 0 --max-concurrency 256}
+engine_args=${ENGINE_ARGS:---engine vllm --load-format dummy}
+job_vars="study_args engine_args"
 job() {
   date +%s > "$dir/t0"
-  python3 -m autotune run --model /tmp/model --engine vllm --load-format dummy --gpus 1 --p99-ms 500 \
-    --trials 1 --top-k 0 --repeats 0 --max-concurrency 256 --study smoke \
-    --storage "sqlite:///$dir/autotune.db" --out "$dir" > "$dir/run.out" 2> "$dir/run.log"
+  # shellcheck disable=SC2086  # the two are lists of options
+  python3 -m autotune run --model /tmp/model $engine_args --gpus 1 --p99-ms 500 \
+    $study_args --study smoke --storage "sqlite:///$dir/autotune.db" --out "$dir" > "$dir/run.out" 2> "$dir/run.log"
   echo $? > "$dir/run.rc"
   date +%s > "$dir/t1"
   python3 -m autotune best --study smoke --storage "sqlite:///$dir/autotune.db" --json > "$dir/best.json" 2>&1
