@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import gzip
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -85,13 +86,27 @@ def parse_args_with_constants(ap: argparse.ArgumentParser,
     return args, parse_card_constants(args.constants, ap)
 
 
-def parse_card_constants(texts: list[str], ap: argparse.ArgumentParser) -> dict[str, float]:
-    """``--constants NAME=VALUE ...``: a card's calibration constants to override (the sim's ``GpuSpec.extra``); a
-    malformed one is the parser's one-line error."""
-    try:
-        return {k: float(v) for k, v in (t.split("=", 1) for t in texts)}
-    except ValueError:
-        ap.error("--constants takes NAME=VALUE pairs with numeric values")
+def parse_card_constants(texts: list[str], ap: argparse.ArgumentParser,
+                         option: str = "--constants") -> dict[str, float]:
+    """``--constants NAME=VALUE ...``: the h200 card's calibration constants to override (the sim's
+    ``GpuSpec.extra``). A malformed pair, a value that is not a finite number, a constant the card does not name (as
+    a card file may set only those) or one named twice is the parser's one-line error."""
+    card = load_gpu("h200").extra or {}
+    constants: dict[str, float] = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not sep or not math.isfinite(number):
+            ap.error(f"{option} takes NAME=VALUE pairs with finite numeric values, not {text!r}")
+        if name not in card:
+            ap.error(f"{option}: the h200 card has no constant {name!r}")
+        if name in constants:
+            ap.error(f"{option}: {name} given twice")
+        constants[name] = number
+    return constants
 
 
 def replay_bench_level(flags: dict[str, Any], gpu_run: dict[str, Any], constants: dict[str, float],

@@ -4,9 +4,10 @@
 # read from vLLM's log, `autotune best` and `autotune studies` reading the storage, the profile, and nothing left
 # behind (no process, the port free, GPU memory back to 0 MiB). Runs in the background; results in $DIR.
 # STUDY_ARGS (default "--trials 1 --top-k 0 --repeats 0 --max-concurrency 256") shape the study: e.g. "--timeout
-# 12m" for the README's main command as a user runs it, trials and fresh-server re-measurement within 12 minutes.
-# ENGINE_ARGS (default "--engine vllm --load-format dummy"): "--engine sim --sim-server --gpu-type h200" rehearses
-# the job on a CPU.
+# 11m" for the README's main command as a user runs it, trials and fresh-server re-measurement within 11 minutes
+# (docs/results/h200-noise.md). ENGINE_ARGS (default "--engine vllm --load-format dummy"): "--engine sim
+# --sim-server --gpu-type h200" rehearses the job on a CPU, with a model folder at /tmp/model (a config.json, e.g.
+# autotune.testing.models.WEIGHTLESS_FLASH_CONFIG's) and a stand-in nvidia-smi on the PATH.
 #   bash benchmarks/gpu/smoke_study.sh start [DIR]   # returns at once
 #   bash benchmarks/gpu/smoke_study.sh status [DIR]  # prints progress; "done" when finished
 set -uo pipefail
