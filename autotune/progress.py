@@ -29,6 +29,7 @@ class StudyStart:
     timeout_s: float | None
     existing_trials: int  # finished trials of earlier runs of a resumed study
     parallel: int = 1  # trials at once, each on its own GPUs
+    served: bool = False  # each trial's engine is a server (vLLM, or the sim over HTTP): minutes per trial
     # what the figures may get wrong: on the sim engine, its known errors under these limits on this card; on a
     # served engine, a host whose CPUs other processes are using
     caveats: tuple[str, ...] = ()

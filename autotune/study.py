@@ -489,7 +489,8 @@ def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress,
     progress.study_started(StudyStart(study=cfg.study_name, engine=cfg.settings.engine,
                                       limits_ms=cfg.settings.search.limits_ms, gpus=cfg.settings.gpus,
                                       n_trials=cfg.n_trials, timeout_s=cfg.timeout_s, existing_trials=before,
-                                      parallel=len(cfg.gpu_slots), caveats=tuple(caveats)))
+                                      parallel=len(cfg.gpu_slots), served=not runs_in_process(cfg.settings),
+                                      caveats=tuple(caveats)))
     durations = [t.result.trial_wall_s for t in earlier if t.result is not None and t.result.trial_wall_s]
     rules = _StopRules(cfg, deadline, durations, lambda: remeasure_reserve_s(study, cfg), progress)
     return rules, before

@@ -1,7 +1,15 @@
-"""The console view's pieces that need no study: how a trial's flags read in one line."""
+"""The console view's pieces that need no study: how a trial's flags read in one line, and what a log of a
+study (no terminal) prints."""
 from __future__ import annotations
 
-from autotune.cli.ui import short_flags
+import io
+import math
+
+from rich.console import Console
+
+from autotune.cli.ui import StudyView, short_flags
+from autotune.progress import StudyEta, StudyStart
+from autotune.records import LevelRecord, Measurement, P99Record, TrialResult
 
 
 def test_short_flags_of_the_vision_knobs() -> None:
@@ -9,3 +17,54 @@ def test_short_flags_of_the_vision_knobs() -> None:
              "skip-mm-profiling": True, "mm-processor-cache-type": None, "enable-chunked-prefill": True}
     assert short_flags(flags) == 'mm-limit={"image":4,"video":0} mm-cache-gb=0 mm=data skip-mm-profile'
     assert short_flags({"limit-mm-per-prompt": None}) == "(vLLM defaults)"  # None: the flag is not given
+
+
+def _view() -> tuple[StudyView, io.StringIO]:
+    out = io.StringIO()
+    return StudyView(Console(file=out, width=200, force_terminal=False)), out
+
+
+def _start(served: bool) -> StudyStart:
+    return StudyStart(study="s", engine="vllm" if served else "sim", limits_ms={"ttft": 500.0}, gpus=1, n_trials=20,
+                      timeout_s=None, existing_trials=0, served=served)
+
+
+def _level(concurrency: int) -> LevelRecord:
+    return LevelRecord(concurrency=concurrency, output_tok_s=6828.0, total_tok_s=9000.0, request_s=8.0,
+                       p99={"ttft": P99Record(276.0, 196.0, 355.0, math.nan)}, runs=1, feasible=True,
+                       p99_ttft_ms=276.0, p99_tpot_ms=15.0, p99_itl_ms=55.0, p99_e2el_ms=10700.0, completed=270,
+                       failed=0, duration_s=20.0, wall_s=31.0, status="ok")
+
+
+def test_a_log_of_served_trials_gets_each_server_start_and_level() -> None:
+    """Without a terminal, a study on served engines (minutes a trial) logs every server start and load level; on
+    the in-process sim (seconds a trial) one line per trial is enough."""
+    view, out = _view()
+    view.study_started(_start(served=True))
+    view.trial_started(0, {}, "vllm-defaults")
+    view.engine_ready({"ready_s": 127.7})
+    view.load_level(_level(90), {"ttft": 500.0})
+    lines = out.getvalue().splitlines()
+    assert lines[-2].endswith("trial 0: server ready after 128 s")
+    assert lines[-1].endswith("trial 0: c=90 6,828 tok/s p99 ttft 276 ms [196, 355]")
+    view, out = _view()
+    view.study_started(_start(served=False))
+    view.trial_started(0, {}, "vllm-defaults")
+    view.engine_ready({"ready_s": 1.0})
+    view.load_level(_level(90), {"ttft": 500.0})
+    assert len(out.getvalue().splitlines()) == 1  # the study's start alone
+
+
+def test_a_trials_line_comes_before_its_remeasurement() -> None:
+    view, out = _view()
+    view.study_started(_start(served=True))
+    view.trial_started(0, {}, "vllm-defaults")
+    view.trial_finished(0, "vllm-defaults", TrialResult(flags={}, feasible=True, output_tok_s=6828.0, concurrency=90,
+                                                        levels=(_level(90),), trial_wall_s=320.0))
+    view.remeasure_started(0, 1, 1, 90, "vllm-defaults")
+    view.remeasured(0, Measurement(output_tok_s=6700.0, p99_ms={"ttft": 290.0}), {"ttft": 500.0})
+    view.study_eta(StudyEta(trials_left=0, trial_s=320.0, remeasure_s=0.0, eta_s=0.0, time_left_s=200.0))
+    lines = out.getvalue().splitlines()
+    assert "trial 0 (vllm-defaults)" in lines[-2] and "6,828 tok/s at concurrency 90" in lines[-2]
+    assert "re-measuring trial 0 (1/1) at concurrency 90: 6,700 tok/s" in lines[-1]
+    assert len(lines) == 3  # the ETA that follows finds no trial line left to print

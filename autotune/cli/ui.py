@@ -82,6 +82,9 @@ class StudyView(Progress):
         self.eta: StudyEta | None = None
         self.trial_line = ""  # the last trial's line, written with the ETA that follows it
         self.eta_at = 0.0  # when the ETA was given
+        # a log (no terminal) of a study on served engines gets a line per server start and load level: its trials
+        # take minutes, the in-process sim's seconds
+        self.log_levels = False
         self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False) \
             if self.console.is_terminal else None
 
@@ -98,7 +101,8 @@ class StudyView(Progress):
     # -- the core's progress ---------------------------------------------------------------------------------
     def study_started(self, start: StudyStart) -> None:
         self.limits_ms, self.gpus = dict(start.limits_ms), start.gpus
-        within = f" within {start.timeout_s / 60:.0f} min" if start.timeout_s else ""
+        self.log_levels = start.served and self.live is None
+        within = f" within {round(start.timeout_s / 60, 1):g} min" if start.timeout_s else ""
         budget = f"up to {start.n_trials} trials{within}"
         self.status = (f"study {start.study} on the {start.engine} engine, {describe_limits(start.limits_ms)}: "
                        f"{budget} ({start.existing_trials} earlier)")
@@ -115,6 +119,9 @@ class StudyView(Progress):
         number = self.current if trial is None else trial
         if number in self.rows:
             self.rows[number]["state"] = "load search"
+        ready_s = startup.get("ready_s")
+        if self.log_levels and ready_s is not None:
+            self._log(f"trial {number}: server ready after {ready_s:.0f} s")
         self._refresh()
 
     def load_level(self, level: LevelRecord, limits_ms: Mapping[str, float], trial: int | None = None) -> None:
@@ -123,6 +130,8 @@ class StudyView(Progress):
             busy = others_note([level.host_cpu])
             self.rows[number]["state"] = (f"c={level.concurrency} {_fmt(level.output_tok_s)} tok/s {_p99s(level)}"
                                           + (f" ({busy})" if busy else ""))
+            if self.log_levels:
+                self._log(f"trial {number}: {self.rows[number]['state']}")
         self._refresh()
 
     def leftover_stopped(self, served_model_name: str, port: int, gpu_ids: tuple[int, ...]) -> None:
@@ -173,6 +182,9 @@ class StudyView(Progress):
 
     def remeasure_started(self, trial: int, repeat: int, of: int, concurrency: int, baseline: str) -> None:
         self.eta = None  # until the next trial's estimate: a baseline's are made right after its trial
+        if self.trial_line:  # the trial's line before its re-measurement's, its ETA then not known yet
+            self._log(self.trial_line)
+            self.trial_line = ""
         self.status = f"re-measuring trial {trial} ({repeat}/{of}) at concurrency {concurrency}"
         self._refresh()
 
