@@ -2,6 +2,7 @@
 study (no terminal) prints."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 
@@ -68,3 +69,14 @@ def test_a_trials_line_comes_before_its_remeasurement() -> None:
     assert "trial 0 (vllm-defaults)" in lines[-2] and "6,828 tok/s at concurrency 90" in lines[-2]
     assert "re-measuring trial 0 (1/1) at concurrency 90: 6,700 tok/s" in lines[-1]
     assert len(lines) == 3  # the ETA that follows finds no trial line left to print
+
+
+def test_a_last_trial_gets_no_empty_estimate_and_one_trial_is_singular() -> None:
+    view, out = _view()
+    view.study_started(dataclasses.replace(_start(served=True), n_trials=1))
+    view.trial_finished(0, "vllm-defaults", TrialResult(flags={}, feasible=True, output_tok_s=6828.0, concurrency=90,
+                                                        levels=(_level(90),), trial_wall_s=320.0))
+    view.study_eta(StudyEta(trials_left=0, trial_s=320.0, remeasure_s=0.0, eta_s=0.0, time_left_s=None))
+    lines = out.getvalue().splitlines()
+    assert "up to 1 trial (0 earlier)" in lines[0]
+    assert lines[-1].endswith("(320 s, 5.3 GPU-min, 1 level)")

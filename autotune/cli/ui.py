@@ -103,7 +103,7 @@ class StudyView(Progress):
         self.limits_ms, self.gpus = dict(start.limits_ms), start.gpus
         self.log_levels = start.served and self.live is None
         within = f" within {round(start.timeout_s / 60, 1):g} min" if start.timeout_s else ""
-        budget = f"up to {start.n_trials} trials{within}"
+        budget = f"up to {start.n_trials} trial{'s' if start.n_trials != 1 else ''}{within}"
         self.status = (f"study {start.study} on the {start.engine} engine, {describe_limits(start.limits_ms)}: "
                        f"{budget} ({start.existing_trials} earlier)")
         self._log(self.status)
@@ -170,7 +170,8 @@ class StudyView(Progress):
         if busy := others_note(lv.host_cpu for lv in result.levels):
             cut += f"; {busy}, while it measured: {PREFILL_WAITS}"
         self.trial_line = (f"{name} {short_flags(result.flags)}: {what} ({result.trial_wall_s:.0f} s, "
-                           f"{result.trial_wall_s / 60 * self.gpus:.1f} GPU-min, {len(result.levels)} levels){cut}")
+                           f"{result.trial_wall_s / 60 * self.gpus:.1f} GPU-min, {len(result.levels)} "
+                           f"level{'s' if len(result.levels) != 1 else ''}){cut}")
         self._refresh()
 
     def study_eta(self, eta: StudyEta) -> None:
@@ -229,8 +230,8 @@ class StudyView(Progress):
             self.live.update(self._render())
 
     def _eta_text(self) -> str:
-        if self.eta is None:
-            return ""
+        if self.eta is None or (self.eta.trials_left == 0 and self.eta.remeasure_s <= 0):
+            return ""  # nothing left to estimate
         e = self.eta
         left = max(0.0, e.eta_s - (time.monotonic() - self.eta_at))
         budget = "" if e.time_left_s is None else f" of {e.time_left_s / 60:.1f} min left"
