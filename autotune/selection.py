@@ -413,8 +413,8 @@ def select_winner(candidates: list[Candidate], limits_ms: Mapping[str, float], r
         if simpler:
             verdict += " (" + ", ".join(f"{_name(c)} measured {1 - mean(c) / mean(best):.1%} lower"
                                         for c in simpler) + ")"
-    elif len(candidates) == 1:  # e.g. a --timeout that left room for one trial
-        verdict = f"{_name(winner)} is the only configuration measured: nothing to compare"
+    elif len(candidates) == 1:  # e.g. a --timeout that left room for one trial, or --top-k 0 and one baseline
+        verdict = f"{_name(winner)} is the only finalist: nothing to compare"
     elif len(confirmed) == 1:
         verdict = f"{_name(winner)} is the only configuration that met the limit as measured: nothing to compare"
     elif winner.baseline:

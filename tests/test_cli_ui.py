@@ -56,7 +56,9 @@ def test_a_log_of_served_trials_gets_each_server_start_and_level() -> None:
     assert len(out.getvalue().splitlines()) == 1  # the study's start alone
 
 
-def test_a_trials_line_comes_before_its_remeasurement() -> None:
+def test_a_trials_line_then_its_remeasurement_then_the_estimate() -> None:
+    """A baseline is re-measured right after its trial: the log gives the trial's line, the fresh server's start and
+    result, then the estimate that follows them."""
     view, out = _view()
     view.study_started(_start(served=True))
     view.trial_started(0, {}, "vllm-defaults")
@@ -64,11 +66,23 @@ def test_a_trials_line_comes_before_its_remeasurement() -> None:
                                                         levels=(_level(90),), trial_wall_s=320.0))
     view.remeasure_started(0, 1, 1, 90, "vllm-defaults")
     view.remeasured(0, Measurement(output_tok_s=6700.0, p99_ms={"ttft": 290.0}), {"ttft": 500.0})
-    view.study_eta(StudyEta(trials_left=0, trial_s=320.0, remeasure_s=0.0, eta_s=0.0, time_left_s=200.0))
-    lines = out.getvalue().splitlines()
-    assert "trial 0 (vllm-defaults)" in lines[-2] and "6,828 tok/s at concurrency 90" in lines[-2]
-    assert "re-measuring trial 0 (1/1) at concurrency 90: 6,700 tok/s" in lines[-1]
-    assert len(lines) == 3  # the ETA that follows finds no trial line left to print
+    view.study_eta(StudyEta(trials_left=1, trial_s=320.0, remeasure_s=120.0, eta_s=440.0, time_left_s=600.0))
+    lines = [line.split("] ", 1)[1] for line in out.getvalue().splitlines()[1:]]
+    assert lines == [
+        "trial 0 (vllm-defaults) (vLLM defaults): 6,828 tok/s at concurrency 90, p99 ttft 276 ms [196, 355] "
+        "(320 s, 5.3 GPU-min, 1 level)",
+        "re-measuring trial 0 (1/1) at concurrency 90: a fresh server",
+        "re-measuring trial 0 (1/1) at concurrency 90: 6,700 tok/s, p99 ttft 290 ms",
+        "ETA ~7.3 min of 10.0 min left: 1 more trial at most, then 2.0 min for the final comparison"]
+
+
+def test_two_remeasurements_at_once_keep_their_own_names() -> None:
+    view, out = _view()
+    view.study_started(_start(served=False))
+    view.remeasure_started(0, 1, 2, 90, "vllm-defaults")
+    view.remeasure_started(3, 1, 2, 127, "")
+    view.remeasured(0, Measurement(output_tok_s=6700.0, p99_ms={"ttft": 290.0}), {"ttft": 500.0})
+    assert "re-measuring trial 0 (1/2) at concurrency 90: 6,700 tok/s" in out.getvalue().splitlines()[-1]
 
 
 def test_a_last_trial_gets_no_empty_estimate_and_one_trial_is_singular() -> None:
@@ -79,4 +93,4 @@ def test_a_last_trial_gets_no_empty_estimate_and_one_trial_is_singular() -> None
     view.study_eta(StudyEta(trials_left=0, trial_s=320.0, remeasure_s=0.0, eta_s=0.0, time_left_s=None))
     lines = out.getvalue().splitlines()
     assert "up to 1 trial (0 earlier)" in lines[0]
-    assert lines[-1].endswith("(320 s, 5.3 GPU-min, 1 level)")
+    assert lines[-1].endswith("(320 s, 5.3 GPU-min, 1 level)") and len(lines) == 2

@@ -187,7 +187,8 @@ def test_the_console_says_when_other_processes_took_the_cpus() -> None:
                          levels=(_level(QUIET), _level(BUSY)), trial_wall_s=60.0)
     view.trial_finished(0, "vllm-defaults", result)
     assert ("other processes took up to 12.5 of the host's 16 CPUs, all of them busy, while it measured"
-            in view.trial_line)
+            in out.getvalue().splitlines()[-1])
     view.trial_finished(0, "vllm-defaults", TrialResult(flags={}, feasible=True, output_tok_s=1000.0,
                                                         concurrency=16, levels=(_level(QUIET),)))
-    assert "other processes" not in view.trial_line
+    assert "trial 0 (vllm-defaults)" in out.getvalue().splitlines()[-1]
+    assert "other processes" not in out.getvalue().splitlines()[-1]

@@ -78,11 +78,10 @@ def test_nothing_confirmed_gives_the_best_figure_without_a_claim():
     assert sel.winner is seed and sel.gains == {} and "no claim" in sel.verdict
 
 
-def test_a_single_configuration_is_named_the_only_one_measured():
+def test_a_single_finalist_is_named_so():
     defaults = cand(0, [1000, 1000], baseline="vllm-defaults", flags={})
     sel = select_winner([defaults], limits_ms=LIMIT, repeats=2)
-    assert sel.winner is defaults and sel.verdict == "trial 0 (vllm-defaults) is the only configuration measured: " \
-                                                     "nothing to compare"
+    assert sel.winner is defaults and sel.verdict == "trial 0 (vllm-defaults) is the only finalist: nothing to compare"
 
 
 def test_baseline_can_win_and_limit_is_rechecked():

@@ -80,7 +80,7 @@ class StudyView(Progress):
         self.best: tuple[int, float] | None = None  # trial, output tok/s
         self.gpus = 1
         self.eta: StudyEta | None = None
-        self.trial_line = ""  # the last trial's line, written with the ETA that follows it
+        self.remeasuring: dict[int, str] = {}  # what each trial's re-measurement in flight is (parallel slots)
         self.eta_at = 0.0  # when the ETA was given
         # a log (no terminal) of a study on served engines gets a line per server start and load level: its trials
         # take minutes, the in-process sim's seconds
@@ -169,32 +169,33 @@ class StudyView(Progress):
                if result.stop_reason == "deadline" else "")
         if busy := others_note(lv.host_cpu for lv in result.levels):
             cut += f"; {busy}, while it measured: {PREFILL_WAITS}"
-        self.trial_line = (f"{name} {short_flags(result.flags)}: {what} ({result.trial_wall_s:.0f} s, "
-                           f"{result.trial_wall_s / 60 * self.gpus:.1f} GPU-min, {len(result.levels)} "
-                           f"level{'s' if len(result.levels) != 1 else ''}){cut}")
-        self._refresh()
+        self._log(f"{name} {short_flags(result.flags)}: {what} ({result.trial_wall_s:.0f} s, "
+                  f"{result.trial_wall_s / 60 * self.gpus:.1f} GPU-min, {len(result.levels)} "
+                  f"level{'s' if len(result.levels) != 1 else ''}){cut}")
 
     def study_eta(self, eta: StudyEta) -> None:
         self.eta, self.eta_at = eta, time.monotonic()
-        if self.trial_line:
-            self._log(self.trial_line + self._eta_text())
-            self.trial_line = ""
-        self._refresh()
+        if estimate := self._eta_text():
+            self._log(estimate.removeprefix("; "))
+        else:
+            self._refresh()
 
     def remeasure_started(self, trial: int, repeat: int, of: int, concurrency: int, baseline: str) -> None:
         self.eta = None  # until the next trial's estimate: a baseline's are made right after its trial
-        if self.trial_line:  # the trial's line before its re-measurement's, its ETA then not known yet
-            self._log(self.trial_line)
-            self.trial_line = ""
         self.status = f"re-measuring trial {trial} ({repeat}/{of}) at concurrency {concurrency}"
-        self._refresh()
+        self.remeasuring[trial] = self.status
+        if self.log_levels:  # a fresh server: minutes until the result
+            self._log(f"{self.status}: a fresh server")
+        else:
+            self._refresh()
 
     def remeasured(self, trial: int, measurement: Measurement, limits_ms: Mapping[str, float]) -> None:
         failed = f" (server failed: {measurement.failure})" if measurement.failure else ""
         if busy := others_note([measurement.host_cpu]):
             failed += f" ({busy})"
         p99s = ", ".join(f"{metric} {fmt_ms(measurement.p99_ms.get(metric))} ms" for metric in limits_ms)
-        self._log(f"{self.status}: {_fmt(measurement.output_tok_s)} tok/s, p99 {p99s}{failed}")
+        what = self.remeasuring.pop(trial, f"re-measuring trial {trial}")
+        self._log(f"{what}: {_fmt(measurement.output_tok_s)} tok/s, p99 {p99s}{failed}")
 
     def remeasure_skipped(self, trial: int, repeat: int, of: int, expected_s: float) -> None:
         self._log(f"not re-measuring trial {trial} ({repeat}/{of}): its expected {expected_s:.0f} s would run "
@@ -235,7 +236,8 @@ class StudyView(Progress):
         e = self.eta
         left = max(0.0, e.eta_s - (time.monotonic() - self.eta_at))
         budget = "" if e.time_left_s is None else f" of {e.time_left_s / 60:.1f} min left"
-        return (f"; ETA ~{left / 60:.1f} min{budget}: {e.trials_left} more trials at most, then "
+        return (f"; ETA ~{left / 60:.1f} min{budget}: {e.trials_left} more trial{'s' if e.trials_left != 1 else ''} "
+                f"at most, then "
                 f"{e.remeasure_s / 60:.1f} min for the final comparison")
 
     def _render(self) -> Group:
