@@ -236,9 +236,9 @@ class StudyView(Progress):
         e = self.eta
         left = max(0.0, e.eta_s - (time.monotonic() - self.eta_at))
         budget = "" if e.time_left_s is None else f" of {e.time_left_s / 60:.1f} min left"
-        return (f"; ETA ~{left / 60:.1f} min{budget}: {e.trials_left} more trial{'s' if e.trials_left != 1 else ''} "
-                f"at most, then "
-                f"{e.remeasure_s / 60:.1f} min for the final comparison")
+        trials = f"{e.trials_left} more trial{'s' if e.trials_left != 1 else ''}"
+        return (f"; ETA ~{left / 60:.1f} min{budget}: {trials} at most, then {e.remeasure_s / 60:.1f} min for the "
+                "final comparison")
 
     def _render(self) -> Group:
         elapsed = time.monotonic() - self.started
