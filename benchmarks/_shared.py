@@ -12,6 +12,7 @@ import gzip
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,28 @@ def load_records(path: Path) -> list[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+# In a raw data folder whose levels' per-request records were moved to git history to keep the tree small: how to
+# restore them in place
+RESTORE_NOTE = "RESTORE.txt"
+_restore_hinted: set[Path] = set()
+
+
+def level_records(path: Path) -> list[dict] | None:
+    """A level's per-request records, or None where its folder keeps none. Where the folder (or one above it) has a
+    RESTORE.txt, stderr says once how to restore them: the figures that need them are left out until then."""
+    if path.exists():
+        return load_records(path)
+    for folder in path.parents:
+        note = folder / RESTORE_NOTE
+        if note.is_file():
+            if folder not in _restore_hinted:
+                _restore_hinted.add(folder)
+                print(f"{folder}: no request records here, figures from them left out. "
+                      + " ".join(note.read_text().split()), file=sys.stderr)
+            break
+    return None
 
 
 def window_tok_s(rows: list[dict]) -> tuple[float, float]:

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _shared import add_card_constants_option, load_records, parse_args_with_constants, replay_bench_level
+from _shared import (add_card_constants_option, level_records, load_records,
+                     parse_args_with_constants, replay_bench_level)
 from noise_pooled import cv_interval, pooled, served_flags
 from step_counts_table import client_steps, configs
 
@@ -40,10 +41,10 @@ FIGURES = {"output_tok_s": "output tok/s", "p99_ttft_ms": "P99 TTFT", "p99_tpot_
 def gpu_figures(path: Path, run: dict[str, Any]) -> dict[str, float]:
     """The figures of the GPU's level ``run`` (`path`, its `autotune bench --json`), what a prefill adds from its
     requests' records beside it."""
-    records = path.with_suffix(".jsonl.gz")
+    records = level_records(path.with_suffix(".jsonl.gz"))
     return {"output_tok_s": run["output_tok_s"], "p99_ttft_ms": run["ttft_ms"]["p99"],
             "p99_tpot_ms": run["tpot_ms"]["p99"], "p99_itl_ms": run["itl_ms"]["p99"],
-            "prefill_adds_ms": client_steps(load_records(records))["prefill_adds_ms"]}
+            "prefill_adds_ms": client_steps(records)["prefill_adds_ms"] if records else float("nan")}
 
 
 def sim_figures(flags: dict[str, Any], run: dict[str, Any], constants: dict[str, float]) -> dict[str, float]:

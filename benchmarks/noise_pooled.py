@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _shared import add_card_constants_option, load_records, parse_args_with_constants, replay_bench_level
+from _shared import (add_card_constants_option, level_records, load_records,
+                     parse_args_with_constants, replay_bench_level)
 from scipy import stats
 from sim_vs_h200_levels import figures
 
@@ -133,7 +134,7 @@ def replayed_runs(folder: Path, constants: dict[str, float] | None = None,
         except json.JSONDecodeError:
             continue  # the run failed: its .err says why
         records = path.with_suffix(".jsonl.gz")
-        rows = load_records(records) if records.exists() else []
+        rows = level_records(records) or []
         if not keep(rows):
             continue
         with tempfile.TemporaryDirectory(prefix="noise-") as tmp:

@@ -54,7 +54,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _shared import add_card_constants_option, load_records, parse_args_with_constants, read_levels, replay_bench_level
+from _shared import (add_card_constants_option, level_records, load_records,
+                     parse_args_with_constants, read_levels, replay_bench_level)
 from noise_pooled import METRICS, cv_interval, log_ratio_interval, model_cv, pooled
 from scipy import stats
 
@@ -268,12 +269,12 @@ def sim_level(flags: dict[str, Any], gpu_run: dict[str, Any], constants: dict[st
     with tempfile.TemporaryDirectory(prefix="step-counts-") as tmp:
         records = Path(tmp) / "level.jsonl.gz"
         r = replay_bench_level(flags, gpu_run, constants, records)
-        level_records = load_records(records)
+        sim_records = load_records(records)
     return {"steps_by_tokens": r.extra["server_metrics"]["steps_by_tokens"], "p99_itl_ms": r.itl_ms.p99,
             "p50_tpot_ms": r.tpot_ms.p50, "p99_tpot_ms": r.tpot_ms.p99, "output_tok_s": r.output_tok_s,
-            "client_steps": client_steps(level_records),
-            "ttft_split": ttft_split(level_records, r.extra["server_metrics"]), "p50_ttft_ms": r.ttft_ms.p50,
-            "p99_ttft_ms": r.ttft_ms.p99, "deliveries": deliveries(level_records)}
+            "client_steps": client_steps(sim_records),
+            "ttft_split": ttft_split(sim_records, r.extra["server_metrics"]), "p50_ttft_ms": r.ttft_ms.p50,
+            "p99_ttft_ms": r.ttft_ms.p99, "deliveries": deliveries(sim_records)}
 
 
 def table(folder: Path, constants: dict[str, float], config_prefix: str = "") -> list[dict[str, Any]]:
@@ -300,7 +301,7 @@ def table(folder: Path, constants: dict[str, float], config_prefix: str = "") ->
             steps = (gpu.get("server_metrics") or {}).get("steps_by_tokens") or {}
             sim = sim_level(flags, gpu, constants)
             records = path.with_suffix(".jsonl.gz")
-            gpu_records = load_records(records) if records.exists() else None
+            gpu_records = level_records(records)
             rows.append({"folder": folder.name, "config": name, "concurrency": int(gpu["concurrency"]),
                          "cached": cached, "contention": contention,
                          "gpu": {"steps": grouped(steps) if steps else None, "p99_itl_ms": gpu["itl_ms"]["p99"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +238,19 @@ def test_a_busy_host_against_a_quiet_one_per_workload() -> None:
     # one workload: quiet.N and busy.N
     plain = [dict(r, config=r["config"].replace(".in1024", "")) for r in rows[:4]]
     assert [e["levels"] for e in sct.contention_effects(plain)] == ["all"]
+
+
+def test_records_kept_in_git_history_are_named_once_not_read(tmp_path, capsys) -> None:
+    """A raw folder whose request records moved to git history keeps a RESTORE.txt: a level without its records gives
+    None (its figures left out) and stderr says once per folder how to restore them."""
+    shared = sys.modules["_shared"]
+    folder = tmp_path / "dataset"
+    (folder / "server1").mkdir(parents=True)
+    (folder / "RESTORE.txt").write_text("git archive abc1234 docs/results/raw/dataset | tar -x\n")
+    assert shared.level_records(folder / "server1" / "a-c16.jsonl.gz") is None
+    assert shared.level_records(folder / "server1" / "a-c24.jsonl.gz") is None
+    err = capsys.readouterr().err
+    assert err.count("git archive abc1234 docs/results/raw/dataset | tar -x") == 1
+    with gzip.open(folder / "server1" / "b-c16.jsonl.gz", "wt") as f:
+        f.write(json.dumps(_record(0.0, 30.0, [10.0])) + "\n")
+    assert shared.level_records(folder / "server1" / "b-c16.jsonl.gz") == [_record(0.0, 30.0, [10.0])]
