@@ -22,15 +22,13 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _shared import (add_card_constants_option, level_records, load_records,
-                     parse_args_with_constants, replay_bench_level)
+from _shared import add_card_constants_option, level_records, parse_args_with_constants
 from noise_pooled import cv_interval, pooled, served_flags
-from step_counts_table import client_steps, configs
+from step_counts_table import client_steps, configs, sim_level
 
 from autotune.sim.noise import lognormal_factor
 
@@ -48,12 +46,8 @@ def gpu_figures(path: Path, run: dict[str, Any]) -> dict[str, float]:
 
 
 def sim_figures(flags: dict[str, Any], run: dict[str, Any], constants: dict[str, float]) -> dict[str, float]:
-    with tempfile.TemporaryDirectory(prefix="host-noise-") as tmp:
-        records = Path(tmp) / "level.jsonl.gz"
-        r = replay_bench_level(flags, run, constants, records)
-        adds = client_steps(load_records(records))["prefill_adds_ms"]
-    return {"output_tok_s": r.output_tok_s, "p99_ttft_ms": r.ttft_ms.p99, "p99_tpot_ms": r.tpot_ms.p99,
-            "p99_itl_ms": r.itl_ms.p99, "prefill_adds_ms": adds}
+    sim = sim_level(flags, run, constants)
+    return {**{key: sim[key] for key in FIGURES if key in sim}, "prefill_adds_ms": sim["client_steps"]["prefill_adds_ms"]}
 
 
 def gpu_spread(folders: list[Path]) -> dict[int, dict[str, Any]]:

@@ -98,6 +98,16 @@ def log_ratio_interval(a: Any, b: Any) -> tuple[float, tuple[float, float]]:
     return math.exp(diff), (math.exp(lo), math.exp(hi))
 
 
+def difference_interval(a: Any, b: Any) -> tuple[float, tuple[float, float]]:
+    """``a``'s mean less ``b``'s (two or more values each) and Welch's CONFIDENCE interval on it; a zero-width one
+    where neither side spreads."""
+    diff = float(np.mean(a) - np.mean(b))
+    if np.ptp(a) == np.ptp(b) == 0:
+        return diff, (diff, diff)
+    lo, hi = stats.ttest_ind(a, b, equal_var=False).confidence_interval(CONFIDENCE)
+    return diff, (float(lo), float(hi))
+
+
 def spread(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     """The GPU's and the sim's pooled CV of ``metric`` (fractions), the GPU's interval, and the degrees of freedom."""
     points = point_values(runs, metric)

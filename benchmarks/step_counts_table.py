@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 from _shared import (add_card_constants_option, level_records, load_records,
                      parse_args_with_constants, read_levels, replay_bench_level)
-from noise_pooled import METRICS, cv_interval, log_ratio_interval, model_cv, pooled
+from noise_pooled import METRICS, cv_interval, difference_interval, log_ratio_interval, model_cv, pooled
 from scipy import stats
 
 from autotune.hostcpu import cpu_line_jiffies
@@ -370,7 +370,8 @@ CONTENTION_FIGURES = ("a prefill adds ms", "decode step ms", "output_tok_s", "p9
 
 def contention_effects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """host_contention.sh's levels (busy[.inLEN].ROUND against quiet[.inLEN].ROUND, at one load): per figure, the
-    quiet and the busy levels' values and the ratio of their geometric means with Welch's 90% interval on the logs."""
+    quiet and the busy levels' values, the ratio of their geometric means with Welch's 90% interval on the logs, and
+    the difference of their means with Welch's 90% interval."""
     groups = _repeats([r for r in rows if r.get("contention")])
     out = []
     for (folder, base, c), busy in groups.items():
@@ -384,7 +385,9 @@ def contention_effects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if min(len(v) for v in values) < 2:
                 continue
             ratio, interval = log_ratio_interval(values[1], values[0])
-            figures[name] = {"quiet": values[0], "busy": values[1], "ratio": ratio, "ratio_interval": interval}
+            difference, difference_ci = difference_interval(values[1], values[0])
+            figures[name] = {"quiet": values[0], "busy": values[1], "ratio": ratio, "ratio_interval": interval,
+                             "difference": difference, "difference_interval": difference_ci}
         if figures:
             out.append({"folder": folder, "levels": base.removeprefix("busy").lstrip(".") or "all",
                         "concurrency": c, "figures": figures})
@@ -393,15 +396,17 @@ def contention_effects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _print_contention(effects: list[dict[str, Any]]) -> None:
     print("\nA busy host against a quiet one (host_contention.sh): each figure's levels quiet, busy, and busy / quiet "
-          "(ratio of geometric means) [Welch's 90% interval on the logs].")
+          "(ratio of geometric means) [Welch's 90% interval on the logs]; busy − quiet (difference of means) [Welch's "
+          "90% interval].")
     for e in effects:
         print(f"- {e['folder']} {e['levels']} C = {e['concurrency']}:")
         for name, f in e["figures"].items():
             fmt = ",.0f" if name == "output_tok_s" else ",.1f"
             q, b = (", ".join(format(v, fmt) for v in f[side]) for side in ("quiet", "busy"))
             lo, hi = f["ratio_interval"]
+            d_lo, d_hi = f["difference_interval"]
             print(f"  - {name}: quiet {q}; busy {b}; {100 * (f['ratio'] - 1):+.1f}% [{100 * (lo - 1):+.1f}, "
-                  f"{100 * (hi - 1):+.1f}]")
+                  f"{100 * (hi - 1):+.1f}]; {f['difference']:+{fmt}} [{d_lo:{fmt}}, {d_hi:{fmt}}]")
 
 
 def _spread(folder: str, config: str, concurrency: int, per_host: list[list[dict[str, Any]]]) -> dict[str, Any]:

@@ -231,6 +231,10 @@ def test_a_busy_host_against_a_quiet_one_per_workload() -> None:
     assert adds["ratio"] == pytest.approx(2.0)
     lo, hi = adds["ratio_interval"]
     assert lo < 2.0 < hi
+    assert adds["difference"] == pytest.approx(29.0)
+    lo, hi = adds["difference_interval"]
+    assert lo < 29.0 < hi and hi - lo > 1.0
+    assert effects["in1024"]["p99_ttft_ms"]["difference_interval"] == (0.0, 0.0)
     assert effects["in4096"]["a prefill adds ms"]["ratio"] == pytest.approx(np.sqrt(122 * 120 / (115 * 113)))
     assert effects["in1024"]["p99_ttft_ms"]["ratio"] == 1.0  # no spread either side: no change, no width
     assert effects["in1024"]["p99_ttft_ms"]["ratio_interval"] == (1.0, 1.0)
