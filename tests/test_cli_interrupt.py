@@ -145,3 +145,23 @@ def test_ctrl_c_while_the_cli_imports_is_one_line(tmp_path, delay_s):
     # 130 for both. (Before ~0.1 s the interpreter's own startup imports `site`, and a Ctrl-C there is Python's
     # fatal error, before any of autotune runs: not tested.)
     assert (proc.returncode, err.strip()) in ((130, "autotune: interrupted"), (-2, "autotune: interrupted"), (-2, ""))
+
+
+def test_a_ctrl_c_in_an_import_callback_is_kept_not_printed(monkeypatch):
+    """A Ctrl-C that lands in the import machinery's weakref callback cannot propagate: Python would print it as
+    "Exception ignored" with a traceback and carry on. While the CLI imports, it is kept for the entry point to act
+    on; any other such exception still goes to the hook there was."""
+    from types import SimpleNamespace
+
+    from autotune.entry import interrupts_in_callbacks
+
+    reported: list[BaseException] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reported.append(unraisable.exc_value))
+    before = sys.unraisablehook
+    with interrupts_in_callbacks() as caught:
+        for error in (KeyboardInterrupt(), ValueError("other")):
+            sys.unraisablehook(SimpleNamespace(exc_type=type(error), exc_value=error, exc_traceback=None,
+                                               err_msg=None, object=None))
+    assert [type(e) for e in caught] == [KeyboardInterrupt]
+    assert [type(e) for e in reported] == [ValueError]
+    assert sys.unraisablehook is before
