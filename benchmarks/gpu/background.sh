@@ -150,3 +150,22 @@ telemetry_stop() {
   [ -n "${telemetry_pid:-}" ] && gzip -f "$dir/gpu-telemetry.csv"
   return 0
 }
+
+# N processes that spin on the CPU until hog_stop (each for at most SECONDS, 600 by default, should the job die
+# first), children of the job's shell (so that it can wait for them); their pids in the array hogs. Busy loops on
+# all of an H200 host's CPUs double what a prefill adds to its step (docs/results/sim-accuracy.md).
+hog_start() {  # N [SECONDS]
+  local i
+  hogs=()
+  for i in $(seq "$1"); do timeout "${2:-600}" python3 -c "while True: pass" > /dev/null 2>&1 & hogs+=($!); done
+}
+
+hog_stop() {
+  if [ ${#hogs[@]} -gt 0 ]; then kill "${hogs[@]}" 2>/dev/null; wait "${hogs[@]}" 2>/dev/null; fi
+  hogs=()
+}
+
+# A busy loop left behind, one line each ([w]: not this line)
+hogs_left() {
+  pgrep -af "python3 -c [w]hile True"
+}

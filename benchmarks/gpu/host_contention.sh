@@ -24,14 +24,6 @@ workloads=${WORKLOADS:-$workload}
 port=${PORT:-8062}; engine=${ENGINE:-vllm}; model=${MODEL_DIR:-/tmp/model}
 job_vars="rounds c hog workload workloads port engine model"
 
-# HOG processes that spin on the CPU until killed (at most 10 minutes, should the job die first), children of the
-# job's shell (so that it can wait for them); their pids in the array hogs
-hog_start() {
-  local i
-  hogs=()
-  for i in $(seq "$1"); do timeout 600 python3 -c "while True: pass" > /dev/null 2>&1 & hogs+=($!); done
-}
-
 job() {
   printf 'loads=%s\nworkload=%s\nengine=%s\nmodel=%s\nhog=%s\n' "$c" "$workloads" "$engine" "$model" "$hog" \
     > "$dir/settings.txt"
@@ -61,7 +53,7 @@ job() {
           hogs=()
           [ "$mode" = busy ] && hog_start "$hog"
           timed_level "$cfg" "$port" "$name" "$c" $((1000 + level))
-          if [ ${#hogs[@]} -gt 0 ]; then kill "${hogs[@]}" 2>/dev/null; wait "${hogs[@]}" 2>/dev/null; fi
+          hog_stop
           echo "$cfg: c$c done at $(($(date +%s) - t0)) s" >> "$dir/times.txt"
         done
       done
@@ -70,7 +62,7 @@ job() {
   stop_server "$srv"
   telemetry_stop
   if command -v nvidia-smi > /dev/null; then leftovers_check; fi
-  pgrep -af "python3 -c [w]hile True" >> "$dir/procs-after.txt"  # a busy loop left behind ([w]: not this line)
+  hogs_left >> "$dir/procs-after.txt"
 }
 source "$(dirname "$0")/background.sh"
 background_main "$@"
