@@ -278,8 +278,7 @@ def _run_trials(study: optuna.Study, cfg: StudyConfig, progress: ThreadedProgres
     (one trial per call, on its slot's thread): its heartbeat, its FAIL on an exception, the sampler's constant
     liar for the trials still running. ``until_search_done``: a worker also stops once the study's run has moved
     on to its final comparison."""
-    launched = 0
-    while launched < cfg.n_trials and not rules.reason:
+    while rules.launched < cfg.n_trials and not rules.reason:
         slot = runner.take_slot()
         if slot is None:
             break
@@ -290,7 +289,7 @@ def _run_trials(study: optuna.Study, cfg: StudyConfig, progress: ThreadedProgres
             rules.reason = "timeout"
             runner.give_back(slot)
             break
-        launched += 1
+        rules.launched += 1
         objective = _objective(cfg, slot, progress, deadline, runner.cancel,
                                remeasure_baselines=not until_search_done)
         runner.start(lambda _slot, f=objective: study.optimize(f, n_trials=1, callbacks=[rules], catch=(),
@@ -374,6 +373,7 @@ class _StopRules:
         self.reason = ""
         self.durations: list[float] = list(earlier_durations)
         self.ran = 0
+        self.launched = 0  # trials this run started (_run_trials counts them): the deadline stops only one to come
         self.reserve_s = reserve_s  # kept free after the trials: the re-measurements still to make
         self.progress = progress
         self.journal_dir = _journal_dir(cfg)
@@ -393,7 +393,7 @@ class _StopRules:
         reserve_s = self.reserve_s()
         if self.patience and since[0] >= self.patience and since[1] > 0:
             self.reason = f"stagnation: no 1% gain in {since[0]} trials"
-        elif self.would_overrun(reserve_s):
+        elif self.launched < self.n_trials and self.would_overrun(reserve_s):
             self.reason = "timeout"
         left = 0 if self.reason else max(0, self.n_trials - self.ran)
         if self.patience and since[1] > 0:

@@ -43,6 +43,17 @@ def test_longest_trial_decides_whether_the_next_fits():
     assert _run(rules, [1, 2, 3]) == 1 and rules.reason == "timeout"
 
 
+def test_a_study_that_ran_its_trials_stopped_by_trials_not_by_the_deadline():
+    """--trials 1 with a deadline the next trial would overrun: no next trial was wanted, so the study stopped
+    because its trials were done (an H200 study said "done (timeout)" with 6.6 of its 14 min left)."""
+    rules = _StopRules(0, time.monotonic() + 60.0, earlier_durations=[100.0], n_trials=1)
+    rules.launched = 1  # as _run_trials counts the trial it started
+    assert _run(rules, [1.0]) == 1 and rules.reason == ""
+    rules = _StopRules(0, time.monotonic() + 60.0, earlier_durations=[100.0], n_trials=2)
+    rules.launched = 1
+    assert _run(rules, [1.0, 2.0]) == 1 and rules.reason == "timeout"
+
+
 def test_resumed_study_with_no_room_for_a_trial_starts_none():
     assert _StopRules(0, time.monotonic() + 30.0, earlier_durations=[60.0]).would_overrun()
     assert not _StopRules(0, time.monotonic() + 90.0, earlier_durations=[60.0]).would_overrun()
