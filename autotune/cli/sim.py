@@ -22,15 +22,15 @@ def sim() -> None:
     """The sim engine: a vLLM-compatible server whose speed follows a performance model."""
 
 
-@sim.command(name="serve", context_settings=_PASS_THROUGH)
-@click.argument("model")
+# -h/--help go to the flags' own parser, which lists every vLLM flag the sim takes (--port, --host, ...) and its own
+@sim.command(name="serve", context_settings={**_PASS_THROUGH, "help_option_names": []}, add_help_option=False)
 @click.pass_context
-def serve(ctx: click.Context, model: str) -> None:
+def serve(ctx: click.Context) -> None:
     """Serve MODEL like `vllm serve MODEL [flags]` (plus --gpu-type, --time-scale, --startup-delay-s)."""
     from autotune.sim.args import parse_serve_args
     from autotune.sim.server import serve_main
 
-    code = serve_main(parse_serve_args([model, *ctx.args], prog="autotune sim serve"))
+    code = serve_main(parse_serve_args(ctx.args, prog="autotune sim serve"))
     if code:
         raise click.exceptions.Exit(code)
 
