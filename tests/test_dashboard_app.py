@@ -62,7 +62,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("case", ["port taken", "optuna port taken", "no storage"])
+@pytest.mark.parametrize("case", ["port taken", "optuna port taken", "the same port twice", "no storage"])
 def test_bad_input_is_one_line(capsys, factory_storage, tmp_path, case):
     with _busy_port() as busy:
         port = busy.getsockname()[1]
@@ -73,6 +73,10 @@ def test_bad_input_is_one_line(capsys, factory_storage, tmp_path, case):
         elif case == "optuna port taken":
             args += ["--optuna-port", str(port)]
             says = f"optuna-dashboard cannot listen on 127.0.0.1:{port}"
+        elif case == "the same port twice":
+            free = str(_free_port())
+            args += ["--port", free, "--optuna-port", free]
+            says = f"--optuna-port {free} is --port too"
         else:
             args = ["dashboard", "--storage", f"sqlite:///{tmp_path}/none.db"]
             says = "no database file at"
@@ -80,6 +84,7 @@ def test_bad_input_is_one_line(capsys, factory_storage, tmp_path, case):
     out, err = capsys.readouterr()
     lines = [line for line in err.strip().splitlines() if line.startswith("autotune: error")]
     assert code == 2 and len(lines) == 1 and says in lines[0] and "Traceback" not in err, err
+    assert "dashboard on http" not in err  # nothing is announced that does not serve
 
 
 def test_a_study_these_records_cannot_read_is_listed_with_why():

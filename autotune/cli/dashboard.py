@@ -1,6 +1,8 @@
 """`autotune dashboard`: one local page over a storage (:mod:`autotune.dashboard`), read-only."""
 from __future__ import annotations
 
+import socket
+
 import click
 
 from autotune.compare import require_plotly
@@ -27,7 +29,15 @@ def dashboard(storage: str | None, host: str, port: int, optuna_port: int | None
 
     url = storage or DEFAULT_STORAGE
     store = open_storage_readonly(url)
-    optuna = start_optuna_dashboard(store, host, optuna_port or port + 1)
+    if optuna_port == port:
+        raise UsageError(f"--optuna-port {optuna_port} is --port too: give the two different ports")
+    # both ports are taken before the page is announced: a port in use is an error, not a line saying it serves
+    page_socket = _listen(host, port)
+    try:
+        optuna = start_optuna_dashboard(store, host, optuna_port or port + 1)
+    except UsageError:
+        page_socket.close()
+        raise
     if optuna is None:
         click.echo(f"autotune: {OPTUNA_DASHBOARD_MISSING}", err=True)
     app = build_app(store, redact_url(url), optuna.port if optuna else None)
@@ -36,12 +46,18 @@ def dashboard(storage: str | None, host: str, port: int, optuna_port: int | None
     click.echo(f"autotune dashboard on http://{shown}:{port} (storage {redact_url(url)}, read-only{detail}); "
                "Ctrl-C stops it", err=True)
     try:
-        web.run_app(app, host=host, port=port, print=None)
-    except OSError as e:
-        raise UsageError(f"cannot listen on {host}:{port} ({e.strerror or e}): --port P") from None
+        web.run_app(app, sock=page_socket, print=None)
     finally:
         if optuna is not None:
             optuna.stop()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The page's listening socket on HOST:PORT; a taken port or an address not on this machine is a usage error."""
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as e:
+        raise UsageError(f"cannot listen on {host}:{port} ({e.strerror or e}): --port P") from None
 
 
 commands = [dashboard]
