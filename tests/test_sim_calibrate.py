@@ -2,6 +2,7 @@
 step constant it was not told."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from autotune.gpus import load_gpu
 from autotune.loadgen.runner import read_records, steady_level_result
 from autotune.loadgen.workload import parse_workload
 from autotune.models import resolve_model
+from autotune.sim import calibrate as cal
 from autotune.sim.engine import setup_engine
 from autotune.sim.inproc import bench_in_process
 from autotune.loadsearch import LoadSearchConfig
@@ -138,8 +140,9 @@ def test_calibrate_finds_the_hosts_step_constant_and_its_card_predicts(capsys, t
     assert data["loss"]["fitted"] < 0.1 * data["loss"]["start"]
     assert data["errors"]["output_tok_s"]["start"]["median_pct"] > 2.0  # the card's steps were too short
     assert abs(data["errors"]["output_tok_s"]["fitted"]["median_pct"]) < 0.5
-    # every server ran on the same host: resampling them, the constant comes back the same, to the search's grain
-    assert data["servers"] >= 3 and data["caution"] is None
+    # every server ran on the same host: resampling them, the constant comes back the same, to the search's grain;
+    # the one caution is that a sim study stands in for the host here
+    assert data["servers"] >= 3 and data["caution"] == cal.SIM_STUDY_CAUTION
     low, high = data["interval_90"]["eager_step_overhead_ms"]
     assert low - 1e-3 <= data["constants"]["eager_step_overhead_ms"] <= high + 1e-3  # the card's 4 decimals
     assert 9.0 <= low <= high <= 10.0
@@ -250,6 +253,8 @@ def test_runs_count_their_servers_and_three_need_no_caution(tmp_path: Path) -> N
     two = calibration(["trials/0", "remeasure/0-1"])
     assert two.servers == 2 and "2 fresh servers" in two.caution()
     assert FEW_SERVERS == 3 and calibration(["trials/0", "trials/1", "remeasure/0-1"]).caution() is None
+    on_sim = dataclasses.replace(calibration(["trials/0", "trials/1", "remeasure/0-1"]), measured_on="sim")
+    assert on_sim.caution() == cal.SIM_STUDY_CAUTION
 
 
 @pytest.mark.parametrize("flat", [True, False])
@@ -259,7 +264,6 @@ def test_a_constant_the_runs_do_not_pin_is_cautioned(monkeypatch, tmp_path: Path
     from types import SimpleNamespace
 
     from autotune.progress import NULL_PROGRESS
-    from autotune.sim import calibrate as cal
 
     def replay(runs, settings, constants):  # noqa: ANN001, ANN202 - _replay_errors' stand-in
         loss = 0.02 if flat else 0.02 + (constants["host_step_ms"] - 30.0) ** 2 / 1e3

@@ -86,6 +86,8 @@ FEW_SERVERS = 3
 # A constant whose loss moves by less than this share over its whole range is not pinned by the runs: e.g. the
 # host's step time where every step's GPU work outlasts it, at any value in its bounds.
 FLAT_LOSS_SHARE = 0.01
+SIM_STUDY_CAUTION = ("the study ran on the sim engine: this refits the sim on its own runs (a check of the fit), not "
+                     "a host's steps; calibrate on a study run on vLLM on the host to model")
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class Calibration:
     interval_90: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     # the fitted constants whose loss moved by less than FLAT_LOSS_SHARE over their bounds: the runs do not pin them
     unpinned: tuple[str, ...] = ()
+    measured_on: str = "vllm"  # the study's engine: "sim" refits the sim on its own runs, not on a host's
 
     @property
     def servers(self) -> int:
@@ -144,6 +147,8 @@ class Calibration:
             cautions.append(f"the runs do not pin {name}: the sim fits them as well anywhere from {lo:g} to {hi:g} "
                             f"(loss within {FLAT_LOSS_SHARE:.0%}), so the card keeps a value they do not tell; "
                             f"calibrate on a study whose {PINNED_BY[name]}")
+        if self.measured_on == "sim":
+            cautions.append(SIM_STUDY_CAUTION)
         return "; ".join(cautions) or None
 
     def summary(self) -> dict[str, Any]:
@@ -413,7 +418,8 @@ def calibrate(study: optuna.Study, study_dir: Path, settings: TrialSettings, fit
     return Calibration(settings.gpu.base or settings.gpu.name, result.start, result.constants, result.loss_start,
                        result.loss, tuple(runs), result.errors_start, result.errors, result.evaluations,
                        tuple(left_out) + tuple(f"{r.records_path.relative_to(study_dir)}: more than --max-runs"
-                                               for r in all_runs if r not in runs), without, interval, result.unpinned)
+                                               for r in all_runs if r not in runs), without, interval, result.unpinned,
+                       study_fingerprint(study).engine)
 
 
 def card_header(calibration: Calibration, study: str, storage: str) -> str:
