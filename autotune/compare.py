@@ -139,12 +139,16 @@ def compare_rows(summaries: Sequence[StudySummary]) -> list[Row]:
     def winner(fn, empty: str = "-"):
         return each(lambda s: fn(s.winner) if s.winner else empty)
 
+    workloads = each(lambda s: f"{s.data.fingerprint.workload['spec']} (seed {s.data.fingerprint.workload['seed']})"
+                     if s.data.fingerprint else "-")
     rows = [
         Row("model", each(lambda s: s.data.fingerprint.model if s.data.fingerprint else "-")),
         Row("GPUs", each(lambda s: f"{s.data.fingerprint.gpus}x {s.data.fingerprint.gpu_type}"
                          if s.data.fingerprint else "-")),
         Row("engine", each(lambda s: s.data.fingerprint.engine if s.data.fingerprint else "-")),
         Row("limits", each(lambda s: describe_limits(s.data.limits_ms) if s.data.limits_ms else "-")),
+        # throughput at the limit is only comparable under the same requests: a row marked where they differ
+        Row("workload", workloads, differs=len(set(workloads)) > 1),
         Row("winner", each(lambda s: f"trial {s.winner.trial}" + (f" ({s.winner.baseline})" if s.winner.baseline
                                                                   else "") if s.winner else "no winner")),
         Row("output tok/s at the limit", winner(lambda w: w.throughput_text())),
@@ -288,8 +292,8 @@ def report_html(summaries: Sequence[StudySummary], storage_label: str) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>autotune compare: {html.escape(names)}</title>",
              f"<style>{STYLE}</style><script type='text/javascript'>{get_plotlyjs()}</script></head><body>",
              f"<h1>autotune compare: {html.escape(names)}</h1>",
-             f"<p class='note'>storage {html.escape(storage_label)}; highlighted rows: flags the winners set "
-             "differently. Hover a point for its flags against vLLM's defaults.</p>", table_html(summaries)]
+             f"<p class='note'>storage {html.escape(storage_label)}; highlighted rows: workloads the studies ran "
+             "differently and flags the winners set differently. Hover a point for its flags against vLLM's defaults.</p>", table_html(summaries)]
     for div_id, fig in figures(summaries).items():
         parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=div_id,
                                  config={"displaylogo": False}))

@@ -61,14 +61,15 @@ def _result(flags: dict[str, Any], levels: tuple[LevelRecord, ...]) -> TrialResu
 
 def make_study(storage: optuna.storages.BaseStorage | str, name: str, *, limits_ms: dict[str, float] | None = None,
                gpus: int = 1, engine: str = "vllm", n_trials: int = 8, seed: int = 0, feasible: bool = True,
-               select: bool = True, extra_flags: dict[str, Any] | None = None) -> optuna.Study:
+               select: bool = True, extra_flags: dict[str, Any] | None = None,
+               workload: str = "random:1024:512:0.5") -> optuna.Study:
     """A finished study: baselines first, ``n_trials`` in all (one of them an OOM), re-measured finalists and the
     selection (``select``); ``feasible=False``: no level of any trial meets the limits."""
     limits_ms = dict(limits_ms or {"ttft": 500.0})
     rng = random.Random(f"{name}-{seed}")
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     records.check_fingerprint(study, StudyFingerprint(
-        model="flash", gpus=gpus, limits_ms=limits_ms, workload={"spec": "random:1024:512:0.5", "seed": 0},
+        model="flash", gpus=gpus, limits_ms=limits_ms, workload={"spec": workload, "seed": 0},
         engine=engine, gpu_type="h100", preset="flash", space="flash.yaml", weight_dtype="bfloat16"))
     tp = {"tensor-parallel-size": gpus} if gpus > 1 else {}
     for number in range(n_trials):

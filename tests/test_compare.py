@@ -27,6 +27,8 @@ def test_the_table_shows_each_winner_as_its_records_hold_it(factory_storage):
     for name, gain in b.winner.gains.items():
         assert rows[f"gain over {name}"].cells[1] == describe_gain(gain)
     assert rows["P99 itl ms"].cells[0] == "-" and rows["P99 itl ms"].cells[1] != "-"  # only b limits ITL
+    specs = [f"{s.data.fingerprint.workload['spec']} (seed {s.data.fingerprint.workload['seed']})" for s in (a, b, none)]
+    assert rows["workload"].cells == tuple(specs) and rows["workload"].differs == (len(set(specs)) > 1)
     # a flag row is marked where the winners' effective values (unset: vLLM's default) differ
     flags = [r for r in rows.values() if r.label.startswith("--")]
     assert flags and any(r.differs for r in flags)
@@ -34,6 +36,21 @@ def test_the_table_shows_each_winner_as_its_records_hold_it(factory_storage):
         name = r.label[2:]
         values = {effective_flags(dict(s.winner.flags))[name] for s in (a, b)}
         assert r.differs == (len(values) > 1), r
+
+
+def test_studies_of_other_requests_are_marked():
+    from tests.study_factory import make_study
+
+    storage = optuna.storages.InMemoryStorage()
+    make_study(storage, "short", workload="random:1024:128:0.5")
+    make_study(storage, "long", workload="random:1024:512:0.5")
+    make_study(storage, "long-too", workload="random:1024:512:0.5", seed=1)
+    load = [StudySummary(optuna.load_study(study_name=n, storage=storage)) for n in ("short", "long", "long-too")]
+    rows = {r.label: r for r in compare_rows(load)}
+    assert rows["workload"].cells == ("random:1024:128:0.5 (seed 0)", "random:1024:512:0.5 (seed 0)",
+                                      "random:1024:512:0.5 (seed 0)")
+    assert rows["workload"].differs
+    assert not {r.label: r for r in compare_rows(load[1:])}["workload"].differs
 
 
 def test_the_front_is_every_feasible_point_nothing_beats(factory_storage):
