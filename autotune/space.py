@@ -230,6 +230,10 @@ def load_space(path: str | Path | None, model: ModelSpec, gpus: int, preset: str
     tp_choices = [tp for tp in tp_choices if gpus % tp == 0] if tp_choices else [gpus if model.is_moe else 1]
     if not tp_choices:
         raise UsageError(f"search space {path}: no tensor-parallel-size choice divides --gpus {gpus}")
+    problems = {tp: model.tensor_parallel_problem(tp) for tp in tp_choices}
+    if all(problems.values()):
+        raise UsageError(f"search space {path} on --gpus {gpus}: {problems[tp_choices[-1]]}")
+    tp_choices = [tp for tp in tp_choices if not problems[tp]]
     if any(k in ("tensor-parallel-size", "data-parallel-size") for k in list(params) + list(fixed)):
         raise UsageError(f"search space {path}: set parallelism under 'parallel', not as a flag")
     return SearchSpace(params, fixed, tp_choices, source=str(path), description=parsed.description,

@@ -39,6 +39,10 @@ BASE = ["run", "--gpus", "1", "--engine", "sim", "--trials", "1"]
     (["--model", "flash", "--p99-ms", "0"], "must be positive"),
     (["--model", "flash", "--p99-ms", "-5"], "must be positive"),
     (["--model", "flash", "--p99-ms", "500", "--gpus", "0"], "must be positive"),
+    # the baselines run TP over every GPU, which vLLM refuses where the model's heads do not split evenly
+    (["--model", "flash", "--p99-ms", "500", "--gpus", "3"],
+     "--gpus 3: the baseline vllm-defaults runs vLLM over every GPU by tensor parallelism, and model 'flash' has "
+     "32 attention heads, which tensor-parallel-size 3 does not divide"),
     (["--model", "flash", "--p99-ms", "500", "--trials", "-1"], "must not be negative"),
     (["--model", "flash", "--p99-ms", "500", "--timeout", "soon"], "not a duration"),
     (["--model", "flash", "--p99-ms", "500", "--p99-metric", "p50"], "Invalid value for '--p99-metric'"),
