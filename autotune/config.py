@@ -4,7 +4,6 @@ engine runs, which card is modelled, which GPUs a trial gets, the noise floor a 
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from autotune.engines.base import vllm_installed
 from autotune.errors import UsageError
 from autotune.fileio import read_yaml
 from autotune.flags import LAUNCHER_FLAGS, check_flag_value, mm_limit, normalize_flag_name
@@ -124,10 +124,14 @@ class EngineChoice:
 
 
 def choose_engine(requested: str) -> EngineChoice:
-    """auto: the real vLLM when it is importable and a GPU is visible, else the sim engine (with a notice)."""
+    """auto: the real vLLM when it is installed and a GPU is visible, else the sim engine (with a notice). vllm:
+    refused where vLLM is not installed, before a study starts (its every trial would fail to launch)."""
+    has_vllm = vllm_installed()
+    if requested == "vllm" and not has_vllm:
+        raise UsageError("--engine vllm: vLLM is not installed (no `vllm` on PATH, no vllm module for this Python); "
+                         "install it (pip install -e '.[vllm]') or use --engine sim")
     if requested != "auto":
         return EngineChoice(requested, "")
-    has_vllm = importlib.util.find_spec("vllm") is not None
     has_gpu = detect_gpu() is not None or bool(os.environ.get("AUTOTUNE_ASSUME_GPU"))
     if has_vllm and has_gpu:
         return EngineChoice("vllm", "")

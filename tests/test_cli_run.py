@@ -118,6 +118,22 @@ def test_a_storage_it_cannot_open_is_the_only_line_under_the_auto_engine(capsys,
     assert code == 2 and err.count("\n") == 1 and "cannot create" in err, err
 
 
+def test_engine_vllm_without_vllm_is_refused_before_the_study(capsys, storage, monkeypatch):
+    """Every trial would fail to launch, and the study end with 'no configuration met the limits' (exit 3)."""
+    import importlib.util
+    import shutil
+
+    which, find_spec = shutil.which, importlib.util.find_spec
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "vllm" else which(name, *a, **k))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "vllm" else find_spec(name, *a, **k))
+    url, db = storage
+    code, out, err = run_cli(capsys, "run", "--storage", url, "--model", "flash", "--p99-ms", "500", "--engine", "vllm")
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "--engine vllm: vLLM is not installed" in err and "Traceback" not in err
+    assert not db.exists()
+
+
 def test_bad_workload(capsys, storage):
     url, db = storage
     code, _, err = run_cli(capsys, *BASE, "--storage", url, "--model", "flash", "--p99-ms", "500",
