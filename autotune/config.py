@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autotune.engines.base import vllm_installed
 from autotune.errors import UsageError
-from autotune.fileio import read_yaml
+from autotune.fileio import folder_problem, read_yaml
 from autotune.flags import LAUNCHER_FLAGS, check_flag_value, mm_limit, normalize_flag_name
 from autotune.gpus import detect_gpu, gpu_indices, load_gpu
 from autotune.loadgen.workload import Workload, parse_workload
@@ -292,6 +292,10 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
     storage_url = opts.storage or DEFAULT_STORAGE
     study_name = opts.study or default_study_name(opts.model, opts.gpus, limits_ms)
     out_dir = Path(opts.out) if opts.out else (sqlite_dir(storage_url) or Path("studies"))
+    if problem := folder_problem(out_dir / study_name):  # its logs and profile: refused before any trial runs
+        option = f"--out {opts.out}: " if opts.out else ""
+        raise UsageError(f"{option}cannot create the study's folder {out_dir / study_name} ({problem})"
+                         + ("" if opts.out else "; give --out DIR"))
     settings = TrialSettings(
         engine=engine_name, model=model, gpu=gpu, gpus=opts.gpus, workload=workload, search=search,
         gpu_ids=slots[0], time_scale=opts.sim_time_scale if engine_name == "sim" else 1.0,

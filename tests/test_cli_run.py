@@ -134,6 +134,20 @@ def test_engine_vllm_without_vllm_is_refused_before_the_study(capsys, storage, m
     assert not db.exists()
 
 
+@pytest.mark.parametrize("out, message", [
+    ("{file}/x", "Not a directory"),
+    ("/proc/autotune-out", "making a folder in /proc: "),  # a virtual file system: nothing can be made there
+])
+def test_an_out_folder_it_cannot_create_is_refused_before_the_study(capsys, storage, tmp_path, out, message):
+    url, db = storage
+    (tmp_path / "a-file").write_text("")
+    out = out.format(file=tmp_path / "a-file")
+    code, stdout, err = run_cli(capsys, *BASE, "--storage", url, "--model", "flash", "--p99-ms", "500", "--out", out)
+    assert code == 2 and stdout == "" and err.count("\n") == 1, err
+    assert f"--out {out}: cannot create the study's folder {out}/flash-1gpu-p99ttft500ms (" in err and message in err
+    assert not db.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no probe left behind
+
+
 def test_bad_workload(capsys, storage):
     url, db = storage
     code, _, err = run_cli(capsys, *BASE, "--storage", url, "--model", "flash", "--p99-ms", "500",
