@@ -4,7 +4,6 @@ engine runs, which card is modelled, which GPUs a trial gets, the noise floor a 
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from dataclasses import dataclass
@@ -14,8 +13,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from autotune.engines.base import vllm_installed
 from autotune.errors import UsageError
-from autotune.fileio import read_yaml
+from autotune.fileio import folder_problem, read_yaml
 from autotune.flags import LAUNCHER_FLAGS, check_flag_value, mm_limit, normalize_flag_name
 from autotune.gpus import detect_gpu, gpu_indices, load_gpu
 from autotune.loadgen.workload import Workload, parse_workload
@@ -25,7 +25,7 @@ from autotune.sim.faults import FaultPlan, parse_fault_plan
 from autotune.sim.noise import NOISE_MODELS
 from autotune.space import SearchSpace, load_space
 from autotune.storage import DEFAULT_STORAGE, sqlite_dir
-from autotune.study import StudyConfig
+from autotune.study import BASELINES, StudyConfig, baseline_flags
 from autotune.trial import TrialSettings
 
 __all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", "study_limits_ms", "worker_options",
@@ -124,10 +124,14 @@ class EngineChoice:
 
 
 def choose_engine(requested: str) -> EngineChoice:
-    """auto: the real vLLM when it is importable and a GPU is visible, else the sim engine (with a notice)."""
+    """auto: the real vLLM when it is installed and a GPU is visible, else the sim engine (with a notice). vllm:
+    refused where vLLM is not installed, before a study starts (its every trial would fail to launch)."""
+    has_vllm = vllm_installed()
+    if requested == "vllm" and not has_vllm:
+        raise UsageError("--engine vllm: vLLM is not installed (no `vllm` on PATH, no vllm module for this Python); "
+                         "install it (pip install -e '.[vllm]') or use --engine sim")
     if requested != "auto":
         return EngineChoice(requested, "")
-    has_vllm = importlib.util.find_spec("vllm") is not None
     has_gpu = detect_gpu() is not None or bool(os.environ.get("AUTOTUNE_ASSUME_GPU"))
     if has_vllm and has_gpu:
         return EngineChoice("vllm", "")
@@ -269,6 +273,11 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
     if overlap:
         raise UsageError(f"--set {sorted(overlap)[0]}: that flag is searched by the space; remove it from one")
     space.fixed = {**space.fixed, **extra}
+    for name in BASELINES:
+        tp = baseline_flags(name, model, opts.gpus).get("tensor-parallel-size", 1)
+        if problem := model.tensor_parallel_problem(tp):
+            raise UsageError(f"--gpus {opts.gpus}: the baseline {name} runs vLLM over every GPU by tensor "
+                             f"parallelism, and {problem}")
     check_workload_flags(workload, space.fixed, "--set or the space's fixed flags")
     if opts.sim_noise != "off" and (engine_name != "sim" or opts.sim_server):
         raise UsageError("--sim-noise is for the in-process sim engine (not with --sim-server or a real engine)")
@@ -283,6 +292,10 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
     storage_url = opts.storage or DEFAULT_STORAGE
     study_name = opts.study or default_study_name(opts.model, opts.gpus, limits_ms)
     out_dir = Path(opts.out) if opts.out else (sqlite_dir(storage_url) or Path("studies"))
+    if problem := folder_problem(out_dir / study_name):  # its logs and profile: refused before any trial runs
+        option = f"--out {opts.out}: " if opts.out else ""
+        raise UsageError(f"{option}cannot create the study's folder {out_dir / study_name} ({problem})"
+                         + ("" if opts.out else "; give --out DIR"))
     settings = TrialSettings(
         engine=engine_name, model=model, gpu=gpu, gpus=opts.gpus, workload=workload, search=search,
         gpu_ids=slots[0], time_scale=opts.sim_time_scale if engine_name == "sim" else 1.0,

@@ -1,5 +1,5 @@
-"""Files written whole or not at all (to a temporary name beside their place, then renamed over it), and a user's
-YAML files read with a one-line error."""
+"""Files written whole or not at all (to a temporary name beside their place, then renamed over it), a user's
+YAML files read with a one-line error, and whether a folder can be made where the user pointed."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ import yaml
 
 from autotune.errors import UsageError
 
-__all__ = ["write_text_atomically", "read_yaml"]
+__all__ = ["write_text_atomically", "read_yaml", "folder_problem"]
 
 
 def read_yaml(path: Path | str, what: str) -> Any:
@@ -39,3 +39,18 @@ def write_text_atomically(path: Path, text: str, mode: int = 0o644) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def folder_problem(path: Path) -> str:
+    """Why files cannot be written in a folder at ``path`` (it may not exist yet); "" where they can. Found by
+    making a temporary folder there, or in its nearest existing parent, and removing it: nothing is left behind,
+    and what the system refuses (a parent that is a file, a read-only or virtual file system) is what a write
+    would meet."""
+    parent = Path(path)
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".autotune-probe-", dir=parent))
+    except OSError as e:
+        return f"making a folder in {parent}: {e.strerror or e}"
+    return ""

@@ -204,6 +204,19 @@ class ModelSpec:
         elem = KV_DTYPE_BYTES[kv_cache_dtype] if kv_cache_dtype != "auto" else WEIGHT_DTYPE_BYTES.get(self.weight_dtype, 2.0)
         return self.num_layers * 2 * self.num_kv_heads * self.head_dim * elem
 
+    def tensor_parallel_problem(self, tp: int) -> str:
+        """Why vLLM refuses to split this model over ``tp`` GPUs by tensor parallelism; "" where it can. Its
+        attention heads must divide by ``tp`` (ModelConfig.verify_with_parallel_config), and its KV heads too, or
+        ``tp`` by them where each rank holds a replica of one (QKVParallelLinear)."""
+        if self.num_attention_heads % tp:
+            return (f"model {self.name!r} has {self.num_attention_heads} attention heads, which tensor-parallel-size "
+                    f"{tp} does not divide (vLLM splits them evenly over the GPUs)")
+        kv = self.num_kv_heads
+        if (kv % tp) if tp < kv else (tp % kv):
+            return (f"model {self.name!r} has {kv} KV heads, which tensor-parallel-size {tp} neither divides nor "
+                    "is a multiple of (vLLM splits them evenly over the GPUs, or gives each GPU a replica of one)")
+        return ""
+
     def with_name(self, name: str, hf_id: str | None = None) -> ModelSpec:
         return replace(self, name=name, hf_id=hf_id or self.hf_id)
 

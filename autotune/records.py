@@ -32,7 +32,8 @@ __all__ = [
     "RECORDS_VERSION", "P99Record", "HostCpuRecord", "LevelRecord", "TrialResult", "TrialRecord", "Measurement",
     "Remeasurement",
     "GainRecord", "ThroughputRecord", "SelectionRecord", "StudyFingerprint", "RunRecord", "queue_attrs",
-    "queued_baseline", "write_trial_result", "trial_result_attrs", "finished_trial_attrs", "replayed_attrs",
+    "queued_baseline", "queued_try", "write_trial_result", "trial_result_attrs", "finished_trial_attrs",
+    "replayed_attrs",
     "read_trial", "read_trials", "read_remeasurement", "write_remeasurement", "read_selection", "write_selection",
     "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
     "read_run_options", "write_run", "read_runs", "read_remeasurements",
@@ -473,18 +474,26 @@ class RunRecord:
 
 
 # -- trials ------------------------------------------------------------------------------------------------------
-def queue_attrs(baseline: str = "", tried: bool = False) -> dict[str, Any]:
-    """User attributes for ``study.enqueue_trial``: what the queued point is."""
+def queue_attrs(baseline: str = "", tried: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """User attributes for ``study.enqueue_trial``: what the queued point is. ``tried``: a ``--try`` point's flags,
+    kept whole because the trial runs them as given, not their projection on the space (a worker elsewhere, or
+    the retry of an interrupted trial, reads them from here)."""
     attrs: dict[str, Any] = {}
     if baseline:
         attrs[_QUEUE_BASELINE] = baseline
-    if tried:
-        attrs[_QUEUE_TRIED] = True
+    if tried is not None:
+        attrs[_QUEUE_TRIED] = json_safe(dict(tried))
     return attrs
 
 
 def queued_baseline(trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:
     return str(trial.user_attrs.get(_QUEUE_BASELINE) or "")
+
+
+def queued_try(trial: optuna.Trial | optuna.trial.FrozenTrial) -> dict[str, Any] | None:
+    """The flags of the ``--try`` point a trial was queued for, as given; None for any other trial."""
+    flags = trial.user_attrs.get(_QUEUE_TRIED)
+    return dict(flags) if isinstance(flags, dict) else None
 
 
 def trial_result_attrs(result: TrialResult) -> dict[str, Any]:
@@ -511,7 +520,7 @@ def write_trial_result(trial: optuna.Trial, result: TrialResult) -> None:
 def read_trial(trial: optuna.trial.FrozenTrial) -> TrialRecord:
     data = trial.user_attrs.get(_TRIAL_KEY)
     return TrialRecord(number=trial.number, state=trial.state, baseline=queued_baseline(trial),
-                       tried=bool(trial.user_attrs.get(_QUEUE_TRIED)),
+                       tried=_QUEUE_TRIED in trial.user_attrs,
                        result=TrialResult.from_json(data) if data is not None else None)
 
 

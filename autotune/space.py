@@ -125,16 +125,10 @@ class SearchSpace:
 
     def sample(self, trial: optuna.trial.BaseTrial, model: ModelSpec, gpus: int) -> dict[str, Any]:
         """Suggest every active parameter on ``trial``; returns the full flag dict (fixed included)."""
-        flags: dict[str, Any] = dict(self.fixed)
-        tp = 1
+        tp = self.default_tp
         if len(self.tp_choices) > 1:
             tp = int(trial.suggest_categorical("tensor-parallel-size", self.tp_choices))
-        elif self.tp_choices:
-            tp = self.tp_choices[0]
-        if gpus > 1 or tp > 1:
-            flags["tensor-parallel-size"] = tp
-            if gpus // tp > 1:
-                flags["data-parallel-size"] = gpus // tp
+        flags: dict[str, Any] = {**self.fixed, **_parallel_flags(tp, gpus)}
         for name, spec in self.params.items():
             if not self.conditions_hold(spec.when, model, tp, gpus):
                 continue
@@ -148,6 +142,18 @@ class SearchSpace:
                                                   step=spec.step, log=spec.log)
         return flags
 
+    @property
+    def default_tp(self) -> int:
+        """The tensor-parallel size of a point that does not set one."""
+        return self.tp_choices[0] if self.tp_choices else 1
+
+    def try_flags(self, point: dict[str, Any], gpus: int) -> dict[str, Any]:
+        """The flags a ``--try`` point runs with: the space's fixed flags, the parallel layout of its TP (else
+        :attr:`default_tp`) over the GPUs, and the point's own flags exactly as given, inside the space or not.
+        A searched flag the point leaves out is not set: vLLM takes its own default."""
+        tp = int(point.get("tensor-parallel-size", self.default_tp))
+        return {**self.fixed, **_parallel_flags(tp, gpus), **point}
+
     def params_for(self, flags: dict[str, Any], model: ModelSpec, gpus: int) -> dict[str, Any]:
         """Optuna params (for enqueue_trial) that reproduce ``flags`` as closely as the space can: flags outside
         the space are dropped, searched flags missing from ``flags`` take vLLM's default, and a value the space
@@ -155,7 +161,7 @@ class SearchSpace:
         a number, else left to the sampler. A baseline still runs its own flags; the projection is only what the
         sampler learns it as."""
         out: dict[str, Any] = {}
-        tp = int(flags.get("tensor-parallel-size", self.tp_choices[0] if self.tp_choices else 1))
+        tp = int(flags.get("tensor-parallel-size", self.default_tp))
         if len(self.tp_choices) > 1:
             out["tensor-parallel-size"] = tp if tp in self.tp_choices else min(self.tp_choices,
                                                                                 key=lambda c: abs(c - tp))
@@ -224,10 +230,24 @@ def load_space(path: str | Path | None, model: ModelSpec, gpus: int, preset: str
     tp_choices = [tp for tp in tp_choices if gpus % tp == 0] if tp_choices else [gpus if model.is_moe else 1]
     if not tp_choices:
         raise UsageError(f"search space {path}: no tensor-parallel-size choice divides --gpus {gpus}")
+    problems = {tp: model.tensor_parallel_problem(tp) for tp in tp_choices}
+    if all(problems.values()):
+        raise UsageError(f"search space {path} on --gpus {gpus}: {problems[tp_choices[-1]]}")
+    tp_choices = [tp for tp in tp_choices if not problems[tp]]
     if any(k in ("tensor-parallel-size", "data-parallel-size") for k in list(params) + list(fixed)):
         raise UsageError(f"search space {path}: set parallelism under 'parallel', not as a flag")
     return SearchSpace(params, fixed, tp_choices, source=str(path), description=parsed.description,
                        images_per_request=images_per_request)
+
+
+def _parallel_flags(tp: int, gpus: int) -> dict[str, Any]:
+    """TP over ``tp`` GPUs and data parallelism over the rest; nothing where one GPU runs the engine."""
+    flags: dict[str, Any] = {}
+    if gpus > 1 or tp > 1:
+        flags["tensor-parallel-size"] = tp
+        if gpus // tp > 1:
+            flags["data-parallel-size"] = gpus // tp
+    return flags
 
 
 _NOT_HELD = object()  # a value a parameter cannot take, and no nearest one: left to the sampler

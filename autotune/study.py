@@ -151,9 +151,14 @@ def _enqueue_baselines(study: optuna.Study, cfg: StudyConfig) -> None:
         flags = baseline_flags(name, cfg.settings.model, cfg.settings.gpus)
         params = cfg.space.params_for(flags, cfg.settings.model, cfg.settings.gpus)
         study.enqueue_trial(params, user_attrs=records.queue_attrs(baseline=name), skip_if_exists=False)
-    for flags in cfg.tries:  # skip_if_exists: a resumed run does not queue the same point twice
+    tried = [records.queued_try(t) for t in study.get_trials(deepcopy=False)]
+    for flags in cfg.tries:  # a resumed run does not queue the same point twice
+        if flags in tried:
+            continue
+        tried.append(flags)
+        # The sampler learns the point as its projection on the space; the trial runs the point as given.
         study.enqueue_trial(cfg.space.params_for(flags, cfg.settings.model, cfg.settings.gpus),
-                            user_attrs=records.queue_attrs(tried=True), skip_if_exists=True)
+                            user_attrs=records.queue_attrs(tried=flags), skip_if_exists=False)
 
 
 def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgress, deadline: float | None,
@@ -173,9 +178,12 @@ def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgre
         if cancel.is_set():
             raise Stopped(130)  # the main thread re-raises the signal's own exit code
         flags = cfg.space.sample(trial, cfg.settings.model, cfg.settings.gpus)
-        baseline = records.queued_baseline(trial)
-        if baseline:  # the baseline's own flags, not only their projection on the space
+        baseline, tried = records.queued_baseline(trial), records.queued_try(trial)
+        # a baseline's or a --try point's own flags, not only their projection on the space
+        if baseline:
             flags = {**cfg.space.fixed, **baseline_flags(baseline, cfg.settings.model, cfg.settings.gpus)}
+        elif tried is not None:
+            flags = cfg.space.try_flags(tried, cfg.settings.gpus)
         trial_dir = trial_folder(cfg.out_dir / cfg.study_name, trial.number)
         name = f"autotune-{cfg.study_name}-{trial.number}"
         progress.trial_started(trial.number, flags, baseline)

@@ -39,6 +39,10 @@ BASE = ["run", "--gpus", "1", "--engine", "sim", "--trials", "1"]
     (["--model", "flash", "--p99-ms", "0"], "must be positive"),
     (["--model", "flash", "--p99-ms", "-5"], "must be positive"),
     (["--model", "flash", "--p99-ms", "500", "--gpus", "0"], "must be positive"),
+    # the baselines run TP over every GPU, which vLLM refuses where the model's heads do not split evenly
+    (["--model", "flash", "--p99-ms", "500", "--gpus", "3"],
+     "--gpus 3: the baseline vllm-defaults runs vLLM over every GPU by tensor parallelism, and model 'flash' has "
+     "32 attention heads, which tensor-parallel-size 3 does not divide"),
     (["--model", "flash", "--p99-ms", "500", "--trials", "-1"], "must not be negative"),
     (["--model", "flash", "--p99-ms", "500", "--timeout", "soon"], "not a duration"),
     (["--model", "flash", "--p99-ms", "500", "--p99-metric", "p50"], "Invalid value for '--p99-metric'"),
@@ -112,6 +116,36 @@ def test_a_storage_it_cannot_open_is_the_only_line_under_the_auto_engine(capsys,
     code, _, err = run_cli(capsys, "run", "--storage", "sqlite:////proc/definitely/not/here.db", "--model", "flash",
                            "--p99-ms", "500")
     assert code == 2 and err.count("\n") == 1 and "cannot create" in err, err
+
+
+def test_engine_vllm_without_vllm_is_refused_before_the_study(capsys, storage, monkeypatch):
+    """Every trial would fail to launch, and the study end with 'no configuration met the limits' (exit 3)."""
+    import importlib.util
+    import shutil
+
+    which, find_spec = shutil.which, importlib.util.find_spec
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "vllm" else which(name, *a, **k))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "vllm" else find_spec(name, *a, **k))
+    url, db = storage
+    code, out, err = run_cli(capsys, "run", "--storage", url, "--model", "flash", "--p99-ms", "500", "--engine", "vllm")
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "--engine vllm: vLLM is not installed" in err and "Traceback" not in err
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("out, message", [
+    ("{file}/x", "Not a directory"),
+    ("/proc/autotune-out", "making a folder in /proc: "),  # a virtual file system: nothing can be made there
+])
+def test_an_out_folder_it_cannot_create_is_refused_before_the_study(capsys, storage, tmp_path, out, message):
+    url, db = storage
+    (tmp_path / "a-file").write_text("")
+    out = out.format(file=tmp_path / "a-file")
+    code, stdout, err = run_cli(capsys, *BASE, "--storage", url, "--model", "flash", "--p99-ms", "500", "--out", out)
+    assert code == 2 and stdout == "" and err.count("\n") == 1, err
+    assert f"--out {out}: cannot create the study's folder {out}/flash-1gpu-p99ttft500ms (" in err and message in err
+    assert not db.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no probe left behind
 
 
 def test_bad_workload(capsys, storage):

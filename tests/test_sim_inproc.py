@@ -142,6 +142,7 @@ def test_too_long_requests_fail_as_data_and_timeouts_abort() -> None:
     ({"max-model-len": 8192, "enable-chunked-prefill": False, "max-num-batched-tokens": 2048}, "bad_flags",
      "1 validation error for SchedulerConfig"),
     ({"kv-cache-dtype": "fp4"}, "bad_flags", "vllm serve: error: argument --kv-cache-dtype: invalid choice"),
+    ({"tensor-parallel-size": 3}, "bad_flags", "32 attention heads, which tensor-parallel-size 3 does not divide"),
 ])
 def test_refuses_to_start_like_the_sim_server(tmp_path: Path, flags: dict[str, Any], failure_class: str,
                                               line: str) -> None:
@@ -292,6 +293,13 @@ def test_predict_cli_json_has_null_not_nan(capsys: pytest.CaptureFixture[str]) -
 def test_predict_cli_checks_the_workload_like_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sim", "predict", "--model", "flash", "--workload", "random:1024:512:1.5", "--json"]) == 2
     assert "RANGE must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_predict_cli_refuses_a_tp_the_model_cannot_split(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sim", "predict", "--model", "flash", "--tensor-parallel-size", "3", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert "model 'flash' has 32 attention heads, which tensor-parallel-size 3 does not divide" in err
 
 
 def test_predict_matches_the_engine_start_rules() -> None:

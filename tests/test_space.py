@@ -45,6 +45,17 @@ def test_tp_choices_filtered_by_gpu_count():
     assert load_space(None, MOE, 2, preset="glm-4.6v").tp_choices == [1, 2]
 
 
+def test_tp_choices_the_model_cannot_split_are_never_proposed(tmp_path):
+    # flash: 32 attention heads, 2 KV heads; vLLM refuses TP 3 and 6 on them
+    space = load_space(write(tmp_path, "parallel: {tensor-parallel-size: [1, 2, 3, 6]}\n"), FLASH, 6)
+    assert space.tp_choices == [1, 2]
+    with pytest.raises(UsageError) as err:
+        load_space(write(tmp_path, "parallel: {tensor-parallel-size: [3]}\n"), FLASH, 3)
+    assert "has 32 attention heads, which tensor-parallel-size 3 does not divide" in str(err.value)
+    with pytest.raises(UsageError, match="has 8 KV heads, which tensor-parallel-size 6 neither divides"):
+        load_space(write(tmp_path, "parallel: {tensor-parallel-size: [6]}\n"), MOE, 6)  # 96 heads, 8 KV heads
+
+
 @pytest.mark.parametrize("text, message", [
     ("params:\n  max-num-seqz: {type: int, low: 1, high: 2}\n", "unknown vLLM flag 'max-num-seqz'"),
     ("params:\n  kv-cache-dtype: {type: categorical, choices: []}\n", "non-empty 'choices'"),

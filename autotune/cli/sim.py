@@ -72,6 +72,8 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
     if (num_prompts is not None and num_prompts < 1) or (warmup is not None and warmup < 0):
         raise UsageError("--num-prompts must be positive and --warmup not negative")
     model, gpu = resolve_model(model_ref), load_gpu(gpu_type)
+    if problem := model.tensor_parallel_problem(int(flags.get("tensor-parallel-size") or 1)):
+        raise UsageError(problem)
     # the study's request stream: its own times of a trace are not used, as in `autotune run`
     wl = parse_workload(workload, seed=seed).without_times()
     check_workload_model(wl, model)

@@ -6,6 +6,7 @@ merged KV-capacity lines are understood.
 """
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 import shutil
@@ -23,10 +24,16 @@ if TYPE_CHECKING:  # the sim's noise model: its module imports the sim package
     from autotune.sim.noise import RunNoise
 
 __all__ = ["LaunchSpec", "StartupInfo", "parse_startup_log", "classify_failure", "FAILURE_CLASSES", "vllm_serve_cmd",
-           "serve_cmd_model"]
+           "serve_cmd_model", "vllm_installed"]
 
 ENGINES = ("vllm", "sim")
 FAILURE_CLASSES = ("oom", "kv_too_small", "port_in_use", "bad_flags", "timeout", "crash")
+
+
+def vllm_installed() -> bool:
+    """Whether a vLLM server can be launched here: ``vllm`` on PATH, or its module importable by this Python
+    (the two ways :attr:`LaunchSpec.serve_cmd` starts one)."""
+    return shutil.which("vllm") is not None or importlib.util.find_spec("vllm") is not None
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ def setup_engine(model: ModelSpec, gpu: GpuSpec, flags: dict[str, Any]) -> Engin
     """Plan memory and build the step model; raises EngineStartError(reason, failure_class) where vLLM
     would refuse to start."""
     f = effective_flags(flags)
+    if problem := model.tensor_parallel_problem(int(f["tensor-parallel-size"] or 1)):
+        raise EngineStartError(problem, "bad_flags")
     plan = plan_memory(model, gpu, f)
     if not plan.fits:
         raise EngineStartError(plan.reason, plan.failure_class)

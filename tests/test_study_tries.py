@@ -1,0 +1,35 @@
+"""`autotune run --try FILE`: a hand-tuned point runs exactly as given, inside the search space or not, and a
+resumed study does not queue it again."""
+from __future__ import annotations
+
+import optuna
+
+from autotune import records
+from autotune.cli import main
+
+
+def test_a_try_point_runs_as_given_and_is_queued_once(capsys, tmp_path):
+    points = tmp_path / "try.yaml"
+    # 300 lies between the flash space's max-num-seqs steps of 128, 0.92 between its 0.05 steps; the second point
+    # leaves every other searched flag to vLLM
+    points.write_text("- {max-num-seqs: 300, gpu-memory-utilization: 0.92}\n- {max-num-batched-tokens: 4096}\n")
+    url = f"sqlite:///{tmp_path}/s.db"
+    args = ["run", "--model", "flash", "--gpus", "1", "--p99-ms", "500", "--engine", "sim", "--storage", url,
+            "--study", "tries", "--try", str(points), "--workload", "random:256:32", "--max-concurrency", "32",
+            "--repeats", "0", "--top-k", "0", "--json"]
+    code = main([*args, "--trials", "4"])
+    assert code == 0, capsys.readouterr().err
+    study = optuna.load_study(study_name="tries", storage=url)
+    tried = [t for t in records.read_trials(study) if t.tried]
+    assert [t.result.flags for t in tried] == [
+        {"enable-chunked-prefill": True, "max-num-seqs": 300, "gpu-memory-utilization": 0.92},
+        {"enable-chunked-prefill": True, "max-num-batched-tokens": 4096}]
+    assert tried[0].result.vllm_serve_cmd.endswith(
+        "--enable-chunked-prefill --gpu-memory-utilization 0.92 --max-num-seqs 300")
+    assert tried[1].result.vllm_serve_cmd.endswith("--enable-chunked-prefill --max-num-batched-tokens 4096")
+
+    code = main([*args, "--trials", "1"])  # resumed with the same file: one sampled trial, no try again
+    assert code == 0, capsys.readouterr().err
+    study = optuna.load_study(study_name="tries", storage=url)
+    assert [t.number for t in records.read_trials(study) if t.tried] == [t.number for t in tried]
+    assert len(study.trials) == 5
