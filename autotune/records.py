@@ -33,7 +33,8 @@ __all__ = [
     "Remeasurement",
     "GainRecord", "ThroughputRecord", "SelectionRecord", "StudyFingerprint", "RunRecord", "queue_attrs",
     "queued_baseline", "write_trial_result", "trial_result_attrs", "finished_trial_attrs", "replayed_attrs",
-    "read_trial", "read_trials", "read_remeasurement", "write_remeasurement", "read_selection", "write_selection",
+    "read_trial", "read_trials", "count_finished", "read_remeasurement", "write_remeasurement", "read_selection",
+    "write_selection",
     "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
     "read_run_options", "write_run", "read_runs", "read_remeasurements",
 ]
@@ -517,6 +518,13 @@ def read_trial(trial: optuna.trial.FrozenTrial) -> TrialRecord:
 
 def read_trials(study: optuna.Study) -> list[TrialRecord]:
     return [read_trial(t) for t in study.get_trials(deepcopy=False)]
+
+
+def count_finished(trials: list[TrialRecord]) -> int:
+    """A study's trials as every report counts them (the profile, ``studies``, ``compare``, the dashboard, ``run``):
+    those that finished, measured or failed, not the baselines and ``--try`` points still queued nor a trial
+    running."""
+    return sum(1 for t in trials if t.state.is_finished())
 
 
 # -- re-measurements and selection ------------------------------------------------------------------------------

@@ -589,7 +589,7 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
         records.write_search_done(study, True)  # workers take no new trial from here on
         trials = records.read_trials(study)
         ran = sum(1 for t in trials if t.complete) - before
-        finished = sum(1 for t in trials if t.state.is_finished())  # not the baselines still queued
+        finished = records.count_finished(trials)
         stopped_by = rules.reason or ("timeout" if deadline and time.monotonic() >= deadline else "trials")
         with runner.interruptible():
             selection = remeasure_and_select(study, cfg, deadline, threaded, runner)

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from autotune.cli.common import echo_json, json_safe
 from autotune.metrics import describe_limits
+from autotune.records import count_finished
 from autotune.storage import DEFAULT_STORAGE, load_study, open_storage_readonly
 from autotune.winner import Winner, find_winner, read_study, require_winner
 
@@ -75,8 +76,8 @@ def studies(storage: str | None, as_json: bool) -> None:
         # the winner as `autotune best` and `compare` give it: after the selection its re-measured figure, not the
         # largest single trial run (which a re-measurement may have found over a limit)
         w = find_winner(data)
-        rows.append({"study": summary.study_name, "trials": len(trials), "complete": sum(t.complete for t in trials),
-                     "feasible": sum(t.feasible for t in trials),
+        rows.append({"study": summary.study_name, "trials": count_finished(trials),
+                     "complete": sum(t.complete for t in trials), "feasible": sum(t.feasible for t in trials),
                      "winner": None if w is None else {
                          "trial": w.trial, "remeasured": w.remeasured,
                          "output_tok_s_at_limit": w.at_limit_tok_s.mean if w.has_interval else None,
