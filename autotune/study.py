@@ -724,7 +724,8 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
         runner.start(lambda s, c=cand: _remeasure(study, cfg, c, s, deadline, progress, runner.cancel), slot)
     runner.join()
     spare_rounds(study, cfg, candidates, deadline, progress, runner)
-    selection = select_winner(candidates, limits_ms, cfg.repeats, cfg.noise_floor, cfg.confidence)
+    selection = select_winner(candidates, limits_ms, cfg.repeats, cfg.noise_floor, cfg.confidence,
+                              finished_trials=records.count_finished(records.read_trials(study)))
     records.write_selection(study, selection_record(selection, limits_ms, cfg.noise_floor, cfg.confidence))
     return selection
 

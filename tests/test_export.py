@@ -233,7 +233,8 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, factory_storage, repo,
     if case == "unknown study":
         args[2], says = "nope", "no study named 'nope' in this storage"
     elif case == "no winner":
-        args[2], code_wanted, says = "none", 3, "study 'none' has no winner: no configuration met the limits"
+        args[2], code_wanted = "none", 3
+        says = "study 'none' has no winner: no trial met the limits at any load it measured"
     elif case == "not a work tree":
         target = tmp_path / "plain" / "vllm"
         (tmp_path / "plain").mkdir()

@@ -132,6 +132,21 @@ def test_no_feasible_config_exits_3(capsys, tmp_path):
     assert len(study.trials) == 2  # everything recorded
 
 
+def test_with_no_winner_run_and_best_say_why_in_the_same_words(capsys, tmp_path):
+    """Once "No configuration met the limits (no configuration met the limits in re-measurement)" and "in 1 trials",
+    with nothing re-measured."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    common = ["run", "--model", "flash", "--engine", "sim", "--storage", url, "--workload", "random:512:16"]
+    code, out, err = run_json(capsys, *common, "--study", "tight", "--p99-ms", "1", "--trials", "1")
+    why = "no trial met the limits at any load it measured"
+    assert code == 3 and f"No winner: {why}." in out and "in 1 trial of study 'tight'" in err, err
+    code, out, err = run_json(capsys, *common, "--study", "none-run", "--p99-ms", "500", "--trials", "0", "--json")
+    assert code == 3 and json.loads(out)["verdict"] == "no trial has finished", err
+    for study, said in (("tight", why), ("none-run", "no trial has finished")):
+        code, out, err = run_json(capsys, "best", "--study", study, "--storage", url)
+        assert code == 3 and f"study {study!r} has no winner: {said} (" in err, err
+
+
 def test_timeout_ends_the_last_trial_with_the_levels_it_measured(capsys, tmp_path):
     # The sim server runs 4x faster than real time, so the first trial's levels take seconds each: the 20 s
     # budget ends its load search early. No level runs past the deadline; the trial keeps its feasible levels.
