@@ -198,13 +198,7 @@ def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRec
     assert winner is not None and winner_trial.result is not None and winner.concurrency is not None
     s = cfg.settings
     stats = winner.stats(cfg.noise_floor, cfg.confidence)
-    if winner.repeats:
-        at_load = dict(winner.repeats[-1].metrics)
-    elif winner.concurrency == winner_trial.result.concurrency:
-        at_load = dict(winner_trial.result.best_metrics or {})
-    else:  # a level a re-measurement stepped down to, never re-measured: its summary
-        level = winner_trial.result.level(winner.concurrency)
-        at_load = json_safe(level.metrics()) if level else {}
+    at_load = winner_trial.result.metrics_at(winner.concurrency, winner.repeats)
     hardware, software = measured_on or environment(s.engine, s.gpu.name, s.gpus)
     return Profile(
         autotune_profile=PROFILE_VERSION,

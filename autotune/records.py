@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -216,6 +216,19 @@ class TrialResult:
 
     def level(self, concurrency: int) -> LevelRecord | None:
         return next((lv for lv in self.levels if lv.concurrency == concurrency), None)
+
+    def metrics_at(self, concurrency: int, runs: Sequence[Measurement] = ()) -> dict[str, Any]:
+        """The full metrics at ``concurrency``, a load its candidate settled at (the profile's ``at_chosen_load``,
+        ``best``'s ``metrics``): the last of ``runs`` (its fresh-server re-measurements there) that has them, a
+        server that failed having none; else the chosen level's; else, at a level a re-measurement stepped down to
+        and never measured again, the level's summary (only its P99s known); empty at a load no level measured."""
+        measured = [m.metrics for m in runs if m.metrics]
+        if measured:
+            return dict(measured[-1])
+        if concurrency == self.concurrency:
+            return dict(self.best_metrics or {})
+        level = self.level(concurrency)
+        return json_safe(level.metrics()) if level else {}
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}

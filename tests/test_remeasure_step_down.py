@@ -88,6 +88,8 @@ def test_over_the_limit_steps_down_to_the_midpoint_below(tmp_path, monkeypatch):
     from autotune.cli.studies import best_of_study
     best = best_of_study(study)  # `autotune best` reports the level that held, with its re-measured figures
     assert best["concurrency"] == 152 and best["stepped_down_from"] == [181] and best["p99_ms"] == {"ttft": 380.0}
+    # its full metrics too: the last run at 152, not the trial's level at 181 that it stepped down from
+    assert best["metrics"] == stored.repeats[-1].metrics and best["metrics"]["ttft_ms"]["p99"] == 380.0
 
     # resumed with one more repeat wanted: the step-down is replayed, only the missing repeat runs, at 152
     calls.clear()
