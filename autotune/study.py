@@ -597,7 +597,9 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
     profile = profile_path = None
     if selection.winner is not None:
         winner = records.read_trial(study.trials[selection.winner.trial_number])
-        profile = build_profile(cfg, selection, winner, finished, run.measured_on)
+        stored = records.read_selection(study)  # as remeasure_and_select wrote it, and best reads it
+        assert stored is not None
+        profile = build_profile(cfg, selection, stored, winner, finished, run.measured_on)
         profile_path = write_profile(profile, cfg.out_dir / cfg.study_name / "profile.yaml")
     return StudyOutcome(cfg.study_name, finished, ran, selection, profile, profile_path, stopped_by,
                         baselines=baseline_summary(selection, cfg))
