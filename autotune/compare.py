@@ -22,7 +22,7 @@ from autotune.fileio import write_text_atomically
 from autotune.flags import changed_flags, effective_flags, normalize_flag_name
 from autotune.hostcpu import host_text
 from autotune.metrics import LATENCY_METRICS, describe_limits, fmt_ms
-from autotune.records import TrialRecord
+from autotune.records import TrialRecord, count_finished
 from autotune.study import BASELINES
 from autotune.winner import StudyRecords, Winner, describe_gain, find_winner, read_study
 
@@ -161,7 +161,7 @@ def compare_rows(summaries: Sequence[StudySummary]) -> list[Row]:
                                                     else ("the winner" if w.baseline == n else "-"))))
     rows.append(Row("GPU-minutes", each(lambda s: "-" if s.data.gpu_minutes is None else f"{s.data.gpu_minutes:,.1f}")))
     rows.append(Row("trials (met the limits)", each(
-        lambda s: f"{sum(t.complete for t in s.data.trials)} ({sum(t.feasible for t in s.data.trials)})")))
+        lambda s: f"{count_finished(s.data.trials)} ({sum(t.feasible for t in s.data.trials)})")))
     flags = sorted({normalize_flag_name(name) for s in summaries if s.winner for name in s.winner.flags})
     for name in flags:
         effective = {effective_flags(dict(s.winner.flags))[name] for s in summaries if s.winner}

@@ -28,6 +28,7 @@ from aiohttp import web
 from autotune.compare import StudySummary, figures, flags_diff_text, summarize, table_html
 from autotune.errors import UsageError
 from autotune.metrics import describe_limits, fmt_ms
+from autotune.records import count_finished
 from autotune.storage import load_study, study_names
 from autotune.study import BASELINES
 
@@ -194,7 +195,7 @@ async def _index(request: web.Request) -> web.Response:
             f"<td>{html.escape(fp.model if fp else '-')}</td><td>{f'{fp.gpus}x {fp.gpu_type}' if fp else '-'}</td>"
             f"<td>{html.escape(fp.engine if fp else '-')}</td>"
             f"<td>{html.escape(describe_limits(s.data.limits_ms) if s.data.limits_ms else '-')}</td>"
-            f"<td class='num'>{sum(t.complete for t in s.data.trials)} ({sum(t.feasible for t in s.data.trials)})</td>"
+            f"<td class='num'>{count_finished(s.data.trials)} ({sum(t.feasible for t in s.data.trials)})</td>"
             f"<td class='num best'>{best}</td>"
             + "".join(f"<td class='num baseline'>{_baseline_tok_s(baselines.get(b))}</td>" for b in BASELINES)
             + f"<td class='num'>{minutes}</td><td>{links}</td></tr>")

@@ -77,17 +77,15 @@ def export_study(data: StudyRecords, to: Path, formats: list[str], commit: bool 
 
 
 def commit_message(winner: Winner, dep: Deployment) -> str:
-    """The subject states the gain over each baseline; the body the figures behind it."""
+    """The subject states the gain over each baseline and the study's verdict, word for word as `best` and the
+    header give it (a baseline that won may be equal within noise to others: only the verdict says which); the
+    body the figures behind it."""
     gains = [f"{g.gain_pct:+.1f}% over {name}" if g.baseline_meets_limit else f"{name} met no limit"
              for name, g in winner.gains.items()]
-    if winner.baseline:
-        gain = "; ".join([f"the baseline '{winner.baseline}' is the best configuration found", *gains])
-    elif gains:
-        gain = ", ".join(gains)
-    else:
-        gain = "no gain over the baselines measured (not re-measured)"
+    said = [", ".join(gains)] if gains else []
+    said.append(winner.verdict or "the best trial so far, not re-measured: no verdict yet")
     subject = (f"autotune: {dep.model_slug} on {dep.gpus}x {dep.gpu_type}, study {dep.study} trial {winner.trial}: "
-               f"{gain}")
+               f"{'; '.join(said)}")
     return subject + "\n\n" + "\n".join(dep.header) + "\n"
 
 

@@ -20,7 +20,7 @@ from autotune.engines.base import StartupInfo
 from autotune.fileio import write_text_atomically
 from autotune.hostcpu import winner_notes
 from autotune.jsonsafe import json_safe
-from autotune.records import TrialRecord
+from autotune.records import SelectionRecord, TrialRecord
 from autotune.selection import Candidate, Selection
 from autotune.storage import redact_url
 
@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Profile", "build_profile", "write_profile", "read_profile", "environment", "PROFILE_VERSION"]
 
-PROFILE_VERSION = 4  # 4: metrics.output_tok_s_at_limit; 3: several P99 limits (objective.limits_ms, metrics.p99)
+# 5: metrics.output_tok_s_at_limit with its interval; 4: metrics.output_tok_s_at_limit; 3: several P99 limits
+# (objective.limits_ms, metrics.p99)
+PROFILE_VERSION = 5
 
 
 class _Record(BaseModel):
@@ -68,7 +70,8 @@ class Objective(_Record):
 
 
 class ThroughputStats(_Record):
-    """Output tok/s over the winner's measurements (re-measurements, else the search's own figure)."""
+    """Output tok/s over the winner's measurements (re-measurements, else the search's own figure): the
+    selection's records.ThroughputRecord, as `best` gives it."""
 
     mean: float
     std: float
@@ -79,11 +82,10 @@ class ThroughputStats(_Record):
     confidence: float
 
 
-class AtLimitStats(_Record):
+class AtLimitStats(ThroughputStats):
     """Output tok/s at the limit: each measurement carried to its own knee along the trial's load curve (what
-    the verdict compares; selection.py says how)."""
+    the verdict compares; selection.py says how), summarized as `best` gives it, and each run's value."""
 
-    mean: float
     values: list[float | None]
 
 
@@ -191,20 +193,16 @@ def _p99_stats(winner: Candidate, metric: str) -> P99Stats:
                     max_ms=max(measured) if measured else None, values_ms=[_nan_none(v) for v in values])
 
 
-def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRecord, n_trials: int,
-                  measured_on: tuple[Hardware, Software] | None = None) -> Profile:
-    """``measured_on``: the study's :func:`environment` when the caller has it already (else read here)."""
+def build_profile(cfg: StudyConfig, selection: Selection, record: SelectionRecord, winner_trial: TrialRecord,
+                  n_trials: int, measured_on: tuple[Hardware, Software] | None = None) -> Profile:
+    """``record``: what the study stored of ``selection`` (study.selection_record), whose figures and verdict
+    `best`, `export` and `compare` read: the profile states the same. ``measured_on``: the study's
+    :func:`environment` when the caller has it already (else read here)."""
     winner = selection.winner
     assert winner is not None and winner_trial.result is not None and winner.concurrency is not None
+    assert record.winner_output_tok_s is not None and record.winner_at_limit_tok_s is not None
     s = cfg.settings
-    stats = winner.stats(cfg.noise_floor, cfg.confidence)
-    if winner.repeats:
-        at_load = dict(winner.repeats[-1].metrics)
-    elif winner.concurrency == winner_trial.result.concurrency:
-        at_load = dict(winner_trial.result.best_metrics or {})
-    else:  # a level a re-measurement stepped down to, never re-measured: its summary
-        level = winner_trial.result.level(winner.concurrency)
-        at_load = json_safe(level.metrics()) if level else {}
+    at_load = winner_trial.result.metrics_at(winner.concurrency, winner.repeats)
     hardware, software = measured_on or environment(s.engine, s.gpu.name, s.gpus)
     return Profile(
         autotune_profile=PROFILE_VERSION,
@@ -216,16 +214,15 @@ def build_profile(cfg: StudyConfig, selection: Selection, winner_trial: TrialRec
         flags=json_safe(winner.flags), vllm_serve_cmd=winner.vllm_serve_cmd, concurrency=winner.concurrency,
         stepped_down_from=list(winner.stepped_down_from), search_stop_reason=winner_trial.result.stop_reason,
         metrics=ProfileMetrics(
-            output_tok_s=ThroughputStats(**{k: stats[k] for k in ("mean", "std", "min", "max", "n", "half_width")},
-                                         confidence=cfg.confidence),
+            output_tok_s=ThroughputStats(**record.winner_output_tok_s.to_json()),
             output_tok_s_at_limit=AtLimitStats(
-                mean=winner.at_limit_mean_tok_s(s.search.limits_ms),
+                **record.winner_at_limit_tok_s.to_json(),
                 values=[_nan_none(v) for v in winner.at_limit_tok_s(s.search.limits_ms)]),
             p99={metric: _p99_stats(winner, metric) for metric in s.search.limits_ms},
             repeats=len(winner.repeats), at_chosen_load=json_safe(at_load)),
-        gains={name: Gain(**json_safe(g.to_json())) for name, g in selection.gains.items()},
-        verdict=selection.verdict, equal_within_noise=selection.equal_within_noise,
-        unconfirmed=selection.unconfirmed, baseline=winner.baseline or None,
+        gains={name: Gain(**g.to_json()) for name, g in record.gains.items()},
+        verdict=record.verdict, equal_within_noise=list(record.equal_within_noise),
+        unconfirmed=list(record.unconfirmed), baseline=winner.baseline or None,
         study=StudyRef(name=cfg.study_name, trial_number=winner.trial_number, storage=redact_url(cfg.storage_url),
                        trials=n_trials),
         notes=(engine_notes(StartupInfo.from_dict(winner_trial.result.startup))

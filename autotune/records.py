@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -33,8 +33,8 @@ __all__ = [
     "Remeasurement",
     "GainRecord", "ThroughputRecord", "SelectionRecord", "StudyFingerprint", "RunRecord", "queue_attrs",
     "queued_baseline", "queued_try", "write_trial_result", "trial_result_attrs", "finished_trial_attrs",
-    "replayed_attrs",
-    "read_trial", "read_trials", "read_remeasurement", "write_remeasurement", "read_selection", "write_selection",
+    "replayed_attrs", "read_trial", "read_trials", "count_finished", "read_remeasurement", "write_remeasurement",
+    "read_selection", "write_selection",
     "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
     "read_run_options", "write_run", "read_runs", "read_remeasurements",
 ]
@@ -216,6 +216,19 @@ class TrialResult:
 
     def level(self, concurrency: int) -> LevelRecord | None:
         return next((lv for lv in self.levels if lv.concurrency == concurrency), None)
+
+    def metrics_at(self, concurrency: int, runs: Sequence[Measurement] = ()) -> dict[str, Any]:
+        """The full metrics at ``concurrency``, a load its candidate settled at (the profile's ``at_chosen_load``,
+        ``best``'s ``metrics``): the last of ``runs`` (its fresh-server re-measurements there) that has them, a
+        server that failed having none; else the chosen level's; else, at a level a re-measurement stepped down to
+        and never measured again, the level's summary (only its P99s known); empty at a load no level measured."""
+        measured = [m.metrics for m in runs if m.metrics]
+        if measured:
+            return dict(measured[-1])
+        if concurrency == self.concurrency:
+            return dict(self.best_metrics or {})
+        level = self.level(concurrency)
+        return json_safe(level.metrics()) if level else {}
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -526,6 +539,13 @@ def read_trial(trial: optuna.trial.FrozenTrial) -> TrialRecord:
 
 def read_trials(study: optuna.Study) -> list[TrialRecord]:
     return [read_trial(t) for t in study.get_trials(deepcopy=False)]
+
+
+def count_finished(trials: list[TrialRecord]) -> int:
+    """A study's trials as every report counts them (the profile, ``studies``, ``compare``, the dashboard, ``run``):
+    those that finished, measured or failed, not the baselines and ``--try`` points still queued nor a trial
+    running."""
+    return sum(1 for t in trials if t.state.is_finished())
 
 
 # -- re-measurements and selection ------------------------------------------------------------------------------

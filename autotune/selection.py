@@ -374,14 +374,16 @@ def gain_over(winner: Candidate, baseline: Candidate, limits_ms: Mapping[str, fl
 
 
 def select_winner(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats: int,
-                  noise_floor: float = 0.0, confidence: float = 0.9) -> Selection:
+                  noise_floor: float = 0.0, confidence: float = 0.9, finished_trials: int | None = None) -> Selection:
+    """``finished_trials``: the study's finished trials (records.count_finished; None: not known), which the
+    candidates alone cannot tell when there are none: no trial finished, or none met the limits."""
     unconfirmed = [c for c in candidates if c.concurrency is not None and not c.confirmed(repeats)]
     confirmed = [c for c in candidates if c.confirmed(repeats) and c.meets(limits_ms)]
     names = ", ".join(_name(c) for c in unconfirmed)
     if not confirmed:
         meeting = [c for c in unconfirmed if c.meets(limits_ms)]
         if not meeting:
-            return Selection(None, candidates, {}, "no configuration met the limits in re-measurement",
+            return Selection(None, candidates, {}, _why_no_winner(candidates, finished_trials),
                              unconfirmed=[c.trial_number for c in unconfirmed])
         best = max(meeting, key=lambda c: c.at_limit_mean_tok_s(limits_ms))
         return Selection(best, candidates, {}, f"no finalist was measured as the others: {names} unconfirmed "
@@ -430,6 +432,23 @@ def select_winner(candidates: list[Candidate], limits_ms: Mapping[str, float], r
         verdict += f"; unconfirmed (cut short, no claim rests on them): {names}"
     return Selection(winner, candidates, gains, verdict, [c.trial_number for c in equals if len(equals) > 1],
                      [c.trial_number for c in unconfirmed])
+
+
+def _why_no_winner(candidates: list[Candidate], finished_trials: int | None) -> str:
+    """The verdict when no finalist met the limits: what kept every one out."""
+    if finished_trials == 0:
+        return "no trial has finished"
+    searched = [c for c in candidates if c.concurrency is not None]  # a load within the limits in its trial
+    if not searched:
+        return "no trial met the limits at any load it measured"
+    if any(not (c.repeats or c.earlier_runs) for c in searched):
+        # never re-measured (--repeats 0, or cut by the deadline): its trial met the limits by the P99s fitted
+        # over its levels, and the run at its load was over one
+        return "no finalist met the limits by the P99s measured at its load"
+    if len(searched) == 1:
+        return f"{_name(searched[0])} met the limits in its trial but not in re-measurement on fresh servers"
+    return (f"none of the {len(searched)} finalists that met the limits in their trials met them in "
+            "re-measurement on fresh servers")
 
 
 def _name(c: Candidate) -> str:

@@ -597,7 +597,7 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
         records.write_search_done(study, True)  # workers take no new trial from here on
         trials = records.read_trials(study)
         ran = sum(1 for t in trials if t.complete) - before
-        finished = sum(1 for t in trials if t.state.is_finished())  # not the baselines still queued
+        finished = records.count_finished(trials)
         stopped_by = rules.reason or ("timeout" if deadline and time.monotonic() >= deadline else "trials")
         with runner.interruptible():
             selection = remeasure_and_select(study, cfg, deadline, threaded, runner)
@@ -605,7 +605,9 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
     profile = profile_path = None
     if selection.winner is not None:
         winner = records.read_trial(study.trials[selection.winner.trial_number])
-        profile = build_profile(cfg, selection, winner, finished, run.measured_on)
+        stored = records.read_selection(study)  # as remeasure_and_select wrote it, and best reads it
+        assert stored is not None
+        profile = build_profile(cfg, selection, stored, winner, finished, run.measured_on)
         profile_path = write_profile(profile, cfg.out_dir / cfg.study_name / "profile.yaml")
     return StudyOutcome(cfg.study_name, finished, ran, selection, profile, profile_path, stopped_by,
                         baselines=baseline_summary(selection, cfg))
@@ -732,7 +734,8 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
         runner.start(lambda s, c=cand: _remeasure(study, cfg, c, s, deadline, progress, runner.cancel), slot)
     runner.join()
     spare_rounds(study, cfg, candidates, deadline, progress, runner)
-    selection = select_winner(candidates, limits_ms, cfg.repeats, cfg.noise_floor, cfg.confidence)
+    selection = select_winner(candidates, limits_ms, cfg.repeats, cfg.noise_floor, cfg.confidence,
+                              finished_trials=records.count_finished(records.read_trials(study)))
     records.write_selection(study, selection_record(selection, limits_ms, cfg.noise_floor, cfg.confidence))
     return selection
 

@@ -37,7 +37,7 @@ class Winner:
     limits_ms: Mapping[str, float]
     baseline: str = ""  # the baseline's name when a baseline won
     stepped_down_from: tuple[int, ...] = ()
-    metrics: Mapping[str, Any] | None = None  # the trial's full metrics at its chosen level
+    metrics: Mapping[str, Any] | None = None  # the full metrics at ``concurrency`` (TrialResult.metrics_at)
     remeasurements: tuple[Measurement, ...] = ()
     verdict: str | None = None
     gains: Mapping[str, GainRecord] = field(default_factory=dict)
@@ -132,13 +132,16 @@ def find_winner(data: StudyRecords) -> Winner | None:
         trial = by_number[selection.winner_trial]
         assert trial.result is not None and selection.winner_concurrency is not None
         stored = data.remeasurements.get(trial.number)
+        # runs a resumed study stored after this selection may lie at another load than its figures
+        runs = stored.repeats if stored and stored.concurrency == selection.winner_concurrency else ()
         return Winner(study=data.name, trial=trial.number, remeasured=True, flags=dict(trial.result.flags),
                       vllm_serve_cmd=trial.result.vllm_serve_cmd, concurrency=selection.winner_concurrency,
                       output_tok_s=selection.winner_output_tok_s, at_limit_tok_s=selection.winner_at_limit_tok_s,
                       p99_ms=dict(selection.winner_p99_ms),
                       limits_ms=data.limits_ms, baseline=trial.baseline,
                       stepped_down_from=stored.stepped_down_from if stored else (),
-                      metrics=trial.result.best_metrics, remeasurements=stored.repeats if stored else (),
+                      metrics=trial.result.metrics_at(selection.winner_concurrency, runs),
+                      remeasurements=stored.repeats if stored else (),
                       verdict=selection.verdict, gains=dict(selection.gains))
     feasible = [t for t in data.trials if t.feasible]
     if not feasible:

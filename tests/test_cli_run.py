@@ -163,7 +163,10 @@ def test_model_folder_without_config(capsys, storage, tmp_path):
 
 
 def test_best_of_unknown_study(capsys, storage):
+    from autotune.storage import open_storage
+
     url, _ = storage
+    open_storage(url)  # a storage that exists, without the study
     code, _, err = run_cli(capsys, "best", "--study", "nope", "--storage", url)
     assert code == 2 and "no study named 'nope'" in err
 

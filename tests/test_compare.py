@@ -2,14 +2,18 @@
 the HTML report self-contained, bad input one line. (The report's charts in a browser: test_views_in_chromium.py.)"""
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 
+from autotune import records
 from autotune.cli import main
 from autotune.compare import StudySummary, compare_rows, feasible_front, trial_points
 from autotune.flags import effective_flags
-from autotune.storage import open_storage_readonly
+from autotune.storage import open_storage, open_storage_readonly
 from autotune.winner import describe_gain
+from tests.study_factory import make_study
 
 
 def summary(url: str, name: str) -> StudySummary:
@@ -39,8 +43,6 @@ def test_the_table_shows_each_winner_as_its_records_hold_it(factory_storage):
 
 
 def test_studies_of_other_requests_are_marked():
-    from tests.study_factory import make_study
-
     storage = optuna.storages.InMemoryStorage()
     make_study(storage, "short", workload="random:1024:128:0.5")
     make_study(storage, "long", workload="random:1024:512:0.5")
@@ -51,6 +53,20 @@ def test_studies_of_other_requests_are_marked():
                                       "random:1024:512:0.5 (seed 0)")
     assert rows["workload"].differs
     assert not {r.label: r for r in compare_rows(load[1:])}["workload"].differs
+
+
+def test_studies_and_compare_count_the_finished_trials_not_the_queued(capsys, tmp_path):
+    """A `--trials 1` study once listed trials=2 in `studies` (its seed profile, still queued, counted) where its
+    profile and compare said 1."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = make_study(open_storage(url), "q", n_trials=2)
+    study.enqueue_trial({}, user_attrs=records.queue_attrs(baseline="seed-profile"))
+    assert len(study.trials) == 3 and records.count_finished(records.read_trials(study)) == 2
+    assert main(["studies", "--storage", url, "--json"]) == 0
+    [listed] = json.loads(capsys.readouterr().out)["studies"]
+    assert listed["trials"] == 2
+    rows = {r.label: r for r in compare_rows([summary(url, "q")])}
+    assert rows["trials (met the limits)"].cells[0].startswith("2 (")
 
 
 def test_the_front_is_every_feasible_point_nothing_beats(factory_storage):

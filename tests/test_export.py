@@ -224,6 +224,30 @@ def test_commit_is_one_commit_of_the_export_stating_the_gain(capsys, factory_sto
     assert git(repo, "status", "--porcelain") == ""
 
 
+def test_the_commit_subject_states_the_verdict_best_gives(capsys, tmp_path, repo):
+    """A baseline that won equal within noise with a tuned trial was once committed as "the baseline
+    'seed-profile' is the best configuration found", against the verdict in the files' own header."""
+    from dataclasses import replace
+
+    from autotune import records
+    from autotune.storage import open_storage
+    from tests.study_factory import make_study
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = make_study(open_storage(url), "x1", seed=1)  # the seed profile wins beyond noise
+    selection = records.read_selection(study)
+    assert selection.winner_trial == 1 and "is the best configuration found" in selection.verdict
+    verdict = ("equal within noise: trial 1 (seed-profile), trial 4; recommended: trial 1 (seed-profile), "
+               "the best measured")
+    records.write_selection(study, replace(selection, verdict=verdict, equal_within_noise=(1, 4)))
+    export(capsys, url, "x1", repo / "vllm", "--commit", "--format", "config")
+    subject = git(repo, "log", "-1", "--format=%s").strip()
+    assert subject.endswith(f"trial 1: {selection.gains['vllm-defaults'].gain_pct:+.1f}% over vllm-defaults; {verdict}")
+    assert "is the best configuration found" not in subject
+    assert main(["best", "--study", "x1", "--storage", url]) == 0
+    assert f"  {verdict}\n" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("case", ["unknown study", "no winner", "not a work tree", "dirty tree", "unknown format",
                                   "unreachable storage"])
 def test_bad_input_is_one_line_and_writes_nothing(capsys, factory_storage, repo, tmp_path, case):
@@ -233,7 +257,8 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, factory_storage, repo,
     if case == "unknown study":
         args[2], says = "nope", "no study named 'nope' in this storage"
     elif case == "no winner":
-        args[2], code_wanted, says = "none", 3, "study 'none' has no winner: no configuration met the limits"
+        args[2], code_wanted = "none", 3
+        says = "study 'none' has no winner: no trial met the limits at any load it measured"
     elif case == "not a work tree":
         target = tmp_path / "plain" / "vllm"
         (tmp_path / "plain").mkdir()

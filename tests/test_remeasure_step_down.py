@@ -88,6 +88,8 @@ def test_over_the_limit_steps_down_to_the_midpoint_below(tmp_path, monkeypatch):
     from autotune.cli.studies import best_of_study
     best = best_of_study(study)  # `autotune best` reports the level that held, with its re-measured figures
     assert best["concurrency"] == 152 and best["stepped_down_from"] == [181] and best["p99_ms"] == {"ttft": 380.0}
+    # its full metrics too: the last run at 152, not the trial's level at 181 that it stepped down from
+    assert best["metrics"] == stored.repeats[-1].metrics and best["metrics"]["ttft_ms"]["p99"] == 380.0
 
     # resumed with one more repeat wanted: the step-down is replayed, only the missing repeat runs, at 152
     calls.clear()
@@ -201,8 +203,9 @@ def test_a_stepped_down_winner_never_remeasured_reports_that_levels_search_figur
                                sim_caveats=list)
     cfg = SimpleNamespace(settings=settings, noise_floor=0.0, confidence=0.9, preset="flash", study_name="s",
                           storage_url="sqlite:///x.db")
-    profile = build_profile(cfg, select_winner([cand], {"ttft": 500.0}, repeats=0),
-                            records.read_trial(_study().trials[0]), 1)
+    selection = select_winner([cand], {"ttft": 500.0}, repeats=0)
+    stored = study_mod.selection_record(selection, {"ttft": 500.0}, 0.0, 0.9)
+    profile = build_profile(cfg, selection, stored, records.read_trial(_study().trials[0]), 1)
     m = profile.metrics.at_chosen_load
     assert profile.concurrency == 128 and m["concurrency"] == 128 and m["output_tok_s"] == 4500.0
     assert m["ttft_ms"]["p99"] == 350.0
@@ -212,7 +215,7 @@ def test_a_stepped_down_winner_never_remeasured_reports_that_levels_search_figur
     busy = HostCpuRecord(cpus=16, busy_cores=15.5, others_cores=12.0, steal_share=0.0)
     levels = (replace(trial.result.levels[0], host_cpu=busy), *trial.result.levels[1:])
     trial = replace(trial, result=replace(trial.result, levels=levels))
-    profile = build_profile(cfg, select_winner([cand], {"ttft": 500.0}, repeats=0), trial, 1)
+    profile = build_profile(cfg, selection, stored, trial, 1)
     [note] = profile.notes
     assert note.startswith("other processes took up to 12.0 of the host's 16 CPUs, all of them busy, while the winner")
 

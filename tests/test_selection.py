@@ -118,6 +118,24 @@ def test_nothing_meets():
     assert sel.winner is None
 
 
+def test_with_no_winner_the_verdict_says_what_kept_every_finalist_out():
+    """It once said "no configuration met the limits in re-measurement" when nothing had been re-measured."""
+    assert select_winner([], LIMIT, repeats=1, finished_trials=0).verdict == "no trial has finished"
+    infeasible = Candidate(0, {}, None, 0.0, {"ttft": 900.0}, baseline="vllm-defaults")
+    assert select_winner([infeasible], LIMIT, repeats=1, finished_trials=1).verdict == \
+        "no trial met the limits at any load it measured"
+    assert select_winner([], LIMIT, repeats=1, finished_trials=3).verdict == \
+        "no trial met the limits at any load it measured"
+    over = cand(1, [10], p99=900)
+    assert select_winner([over, infeasible], LIMIT, repeats=1).verdict == \
+        "trial 1 met the limits in its trial but not in re-measurement on fresh servers"
+    assert select_winner([over, cand(2, [10], p99=800)], LIMIT, repeats=1).verdict == \
+        "none of the 2 finalists that met the limits in their trials met them in re-measurement on fresh servers"
+    never_remeasured = Candidate(3, {}, 64, 1000.0, {"ttft": 510.0})  # its trial's fit met the limit, its run not
+    assert select_winner([never_remeasured], LIMIT, repeats=0).verdict == \
+        "no finalist met the limits by the P99s measured at its load"
+
+
 def test_with_several_limits_a_finalist_must_meet_every_one():
     limits = {"ttft": 500.0, "itl": 50.0}
     fast_but_slow_itl = cand(7, [2000, 2000], p99=300, itl=60)

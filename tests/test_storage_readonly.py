@@ -1,4 +1,4 @@
-"""The readers' storage (export, compare, the dashboard) cannot write: SQLite opened with mode=ro, PostgreSQL with
+"""The readers' storage (best, studies, export, compare, the dashboard, sim calibrate) cannot write: SQLite opened with mode=ro, PostgreSQL with
 read-only transactions; a missing file is not created; a password never reaches a message or a page. A real
 PostgreSQL is used when AUTOTUNE_TEST_POSTGRES_URL names one (with a password), as Optuna's own tests do."""
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from autotune.cli import main
 from autotune.errors import StorageError
 from autotune.storage import load_study, open_storage, open_storage_readonly, redact_url
 
@@ -48,6 +49,22 @@ def test_what_cannot_be_opened_read_only_is_one_line_without_the_password(tmp_pa
     with pytest.raises(StorageError) as e:
         open_storage_readonly(url.format(tmp=tmp_path))
     assert says.format(tmp=tmp_path) in str(e.value) and "s3cretpw" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+@pytest.mark.parametrize("command", [
+    ["best", "--study", "x"], ["studies"], ["export", "--study", "x", "--to", "{tmp}/deploy"], ["compare", "x"],
+    ["dashboard"], ["sim", "calibrate", "--study", "x", "--to", "{tmp}/host.yaml"],
+])
+def test_every_reader_refuses_a_missing_sqlite_file_and_creates_none(capsys, tmp_path, command):
+    """A mistyped path once made `best` and `studies` create an empty database and report no study (exit 2, or
+    nothing at all with exit 0)."""
+    url = f"sqlite:///{tmp_path}/mistyped.db"
+    code = main([*(a.format(tmp=tmp_path) for a in command), "--storage", url])
+    out, err = capsys.readouterr()
+    lines = [line for line in err.strip().splitlines() if line.startswith("autotune: error")]
+    assert code == 2 and len(lines) == 1 and f"no database file at {tmp_path}/mistyped.db" in lines[0], err
+    assert "Traceback" not in err and out == ""
     assert list(tmp_path.iterdir()) == []  # nothing created
 
 

@@ -132,6 +132,40 @@ def test_no_feasible_config_exits_3(capsys, tmp_path):
     assert len(study.trials) == 2  # everything recorded
 
 
+def test_with_no_winner_run_and_best_say_why_in_the_same_words(capsys, tmp_path):
+    """Once "No configuration met the limits (no configuration met the limits in re-measurement)" and "in 1 trials",
+    with nothing re-measured."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    common = ["run", "--model", "flash", "--engine", "sim", "--storage", url, "--workload", "random:512:16"]
+    code, out, err = run_json(capsys, *common, "--study", "tight", "--p99-ms", "1", "--trials", "1")
+    why = "no trial met the limits at any load it measured"
+    assert code == 3 and f"No winner: {why}." in out and "in 1 trial of study 'tight'" in err, err
+    code, out, err = run_json(capsys, *common, "--study", "none-run", "--p99-ms", "500", "--trials", "0", "--json")
+    assert code == 3 and json.loads(out)["verdict"] == "no trial has finished", err
+    for study, said in (("tight", why), ("none-run", "no trial has finished")):
+        code, out, err = run_json(capsys, "best", "--study", study, "--storage", url)
+        assert code == 3 and f"study {study!r} has no winner: {said} (" in err, err
+
+
+def test_the_profile_states_the_winners_figures_as_best_does(capsys, tmp_path):
+    """The profile's throughput at the limit once had its mean and values only, where `best` showed its interval."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    code, out, err = run_json(capsys, "run", "--model", "flash", "--engine", "sim", "--storage", url, "--study", "p",
+                              "--p99-ms", "800", "--p99-metric", "e2el", "--repeats", "2", "--trials", "3",
+                              "--workload", "random:256:64:0.2", "--json")
+    assert code == 0, err
+    profile = read_profile(json.loads(out)["profile_path"])
+    code, out, err = run_json(capsys, "best", "--study", "p", "--storage", url, "--json")
+    best = json.loads(out)
+    assert code == 0 and best["trial"] == profile.study.trial_number
+    at_limit = profile.metrics.output_tok_s_at_limit.model_dump()
+    assert len(at_limit.pop("values")) == best["output_tok_s_at_limit"]["n"] == 3
+    assert at_limit == best["output_tok_s_at_limit"] and set(at_limit) >= {"std", "min", "max", "half_width"}
+    assert profile.metrics.output_tok_s.model_dump() == best["output_tok_s_interval"]
+    assert profile.verdict == best["verdict"]
+    assert {k: g.model_dump() for k, g in profile.gains.items()} == best["gains"]
+
+
 def test_timeout_ends_the_last_trial_with_the_levels_it_measured(capsys, tmp_path):
     # The sim server runs 4x faster than real time, so the first trial's levels take seconds each: the 20 s
     # budget ends its load search early. No level runs past the deadline; the trial keeps its feasible levels.

@@ -122,9 +122,10 @@ def run(as_json: bool, **opts: Any) -> None:
     else:
         print_summary(report, Console(soft_wrap=True))
     if outcome.selection.winner is None:
+        n = outcome.n_trials_total
         raise NoFeasibleConfigError(
             f"no configuration met {describe_limits(cfg.settings.search.limits_ms)} in "
-            f"{outcome.n_trials_total} trials of study {cfg.study_name!r} (all recorded)")
+            f"{n} trial{'' if n == 1 else 's'} of study {cfg.study_name!r} (all recorded)")
 
 
 def run_report(outcome: StudyOutcome, cfg: StudyConfig) -> dict[str, Any]:
@@ -156,7 +157,7 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     """The result in plain lines, one fact each: readable in a terminal and in a log (nothing wraps)."""
     best = report.get("best")
     if not best:
-        console.print(f"[bold red]No configuration met the limits[/] ({report['verdict']}).")
+        console.print(f"[bold red]No winner[/]: {report['verdict']}.")
         return
     t = best["output_tok_s"]
     p99s = []

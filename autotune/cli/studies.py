@@ -10,16 +10,13 @@ from rich.table import Table
 
 from autotune.cli.common import echo_json, json_safe
 from autotune.metrics import describe_limits
-from autotune.storage import DEFAULT_STORAGE, load_study, open_storage
+from autotune.records import count_finished
+from autotune.storage import DEFAULT_STORAGE, load_study, open_storage_readonly
 from autotune.winner import Winner, find_winner, read_study, require_winner
 
 __all__ = ["commands", "best_of_study"]
 
-_STORAGE = click.option("--storage", default=None, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
-
-
-def _open_existing(url: str | None) -> optuna.storages.BaseStorage:
-    return open_storage(url, create_dirs=False)
+_STORAGE = click.option("--storage", default=None, help=f"SQLAlchemy URL, opened read-only (default {DEFAULT_STORAGE})")
 
 
 def best_of_study(study: optuna.Study) -> dict[str, Any] | None:
@@ -49,7 +46,7 @@ def _winner_json(w: Winner) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True)
 def best(study_name: str, storage: str | None, as_json: bool) -> None:
     """The best configuration of a study."""
-    data = read_study(load_study(study_name, _open_existing(storage)))
+    data = read_study(load_study(study_name, open_storage_readonly(storage)))
     w = find_winner(data)
     if as_json:
         echo_json({"study": study_name, "best": None} if w is None else _winner_json(w))
@@ -71,7 +68,7 @@ def best(study_name: str, storage: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def studies(storage: str | None, as_json: bool) -> None:
     """List the studies in a storage."""
-    store = _open_existing(storage)
+    store = open_storage_readonly(storage)
     rows = []
     for summary in optuna.get_all_study_summaries(store, include_best_trial=False):
         data = read_study(optuna.load_study(study_name=summary.study_name, storage=store))
@@ -79,8 +76,8 @@ def studies(storage: str | None, as_json: bool) -> None:
         # the winner as `autotune best` and `compare` give it: after the selection its re-measured figure, not the
         # largest single trial run (which a re-measurement may have found over a limit)
         w = find_winner(data)
-        rows.append({"study": summary.study_name, "trials": len(trials), "complete": sum(t.complete for t in trials),
-                     "feasible": sum(t.feasible for t in trials),
+        rows.append({"study": summary.study_name, "trials": count_finished(trials),
+                     "complete": sum(t.complete for t in trials), "feasible": sum(t.feasible for t in trials),
                      "winner": None if w is None else {
                          "trial": w.trial, "remeasured": w.remeasured,
                          "output_tok_s_at_limit": w.at_limit_tok_s.mean if w.has_interval else None,
