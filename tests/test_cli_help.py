@@ -22,5 +22,5 @@ def _paths(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[s
 def test_help_has_no_literal_percent_escapes(path: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*path, "--help"]) == 0
     out = capsys.readouterr().out
-    assert "Usage:" in out
+    assert "usage:" in out.lower()  # click's "Usage:"; `sim serve` shows its flags' parser's "usage:"
     assert "%%" not in out

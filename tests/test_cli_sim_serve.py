@@ -8,17 +8,24 @@ from autotune.cli import main
 
 @pytest.mark.parametrize("args", [["--help"], ["flash", "-h"]])
 def test_help_lists_the_servers_flags(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(["sim", "serve", *args])
+    assert main(["sim", "serve", *args]) == 0
     out = capsys.readouterr().out
-    assert exited.value.code == 0
     for flag in ("--port", "--host", "--max-num-seqs", "--gpu-type", "--time-scale", "--startup-delay-s"):
         assert flag in out
 
 
 def test_no_model_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(["sim", "serve"])
+    assert main(["sim", "serve"]) == 2
     err = capsys.readouterr().err
-    assert exited.value.code == 2
     assert err.strip().splitlines() == ["autotune sim serve: error: the following arguments are required: model"]
+
+
+def test_a_server_that_cannot_start_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """As vLLM does where the KV cache gets no memory; `autotune` once turned the server's exit status into 0."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert main(["sim", "serve", "flash", "--gpu-memory-utilization", "0.2", "--port", str(port)]) == 1
+    assert "No available memory for the cache blocks" in capsys.readouterr().err

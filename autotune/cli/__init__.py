@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     if not debug:
         threading.excepthook = _thread_error
     try:
-        cli.main(args=argv, standalone_mode=False, prog_name="autotune")
-        return 0
+        # without standalone mode click returns a command's click.exceptions.Exit code instead of raising it
+        code = cli.main(args=argv, standalone_mode=False, prog_name="autotune")
+        return code if isinstance(code, int) else 0
     except click.exceptions.Abort as e:  # click turns KeyboardInterrupt into Abort
         click.echo("autotune: interrupted", err=True)
         return getattr(e.__cause__ or e.__context__, "exit_code", 130)

@@ -30,7 +30,11 @@ def serve(ctx: click.Context) -> None:
     from autotune.sim.args import parse_serve_args
     from autotune.sim.server import serve_main
 
-    code = serve_main(parse_serve_args(ctx.args, prog="autotune sim serve"))
+    try:
+        args = parse_serve_args(ctx.args, prog="autotune sim serve")
+    except SystemExit as e:  # argparse's help (0) or its one-line error (2), already printed
+        raise click.exceptions.Exit(e.code if isinstance(e.code, int) else 2) from None
+    code = serve_main(args)
     if code:
         raise click.exceptions.Exit(code)
 
