@@ -86,6 +86,7 @@ class StudyOutcome:
     profile_path: Path | None
     stopped_by: str
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    finalists: list[dict[str, Any]] = field(default_factory=list)  # finalist_summary: the others the verdict compared
 
 
 def trial_folder(study_dir: Path, number: int) -> Path:
@@ -610,7 +611,7 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
         profile = build_profile(cfg, selection, stored, winner, finished, run.measured_on)
         profile_path = write_profile(profile, cfg.out_dir / cfg.study_name / "profile.yaml")
     return StudyOutcome(cfg.study_name, finished, ran, selection, profile, profile_path, stopped_by,
-                        baselines=baseline_summary(selection, cfg))
+                        baselines=baseline_summary(selection, cfg), finalists=finalist_summary(selection, cfg))
 
 
 @dataclass(frozen=True)
@@ -850,16 +851,35 @@ def selection_record(selection: Selection, limits_ms: Mapping[str, float], noise
                                    tuple(selection.equal_within_noise), tuple(selection.unconfirmed), **figures)
 
 
+def _candidate_summary(cand: Candidate, cfg: StudyConfig) -> dict[str, Any]:
+    """A finalist as the comparison saw it: its load, its throughput there and at the limit (each run carried to
+    its own knee along its trial's curve, what the verdict compares), and how many runs those rest on."""
+    limits_ms = cfg.settings.search.limits_ms
+    return json_safe({"trial": cand.trial_number, "flags": cand.flags, "meets_limit": cand.meets(limits_ms),
+                      "concurrency": cand.concurrency, "output_tok_s": cand.stats(cfg.noise_floor, cfg.confidence),
+                      "output_tok_s_at_limit": cand.at_limit_mean_tok_s(limits_ms),
+                      "runs_at_limit": sum(math.isfinite(v) for v in cand.at_limit_tok_s(limits_ms))})
+
+
 def baseline_summary(selection: Selection, cfg: StudyConfig) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for cand in selection.candidates:
         if cand.baseline:
             gain = selection.gains.get(cand.baseline)
-            out[cand.baseline] = json_safe({"trial": cand.trial_number, "flags": cand.flags,
-                                             "meets_limit": cand.meets(cfg.settings.search.limits_ms),
-                                             "concurrency": cand.concurrency,
-                                             "output_tok_s": cand.stats(cfg.noise_floor, cfg.confidence),
-                                             "output_tok_s_at_limit": cand.at_limit_mean_tok_s(
-                                                 cfg.settings.search.limits_ms),
-                                             **({"gain": gain.to_json()} if gain else {})})
+            out[cand.baseline] = {**_candidate_summary(cand, cfg), **({"gain": gain.to_json()} if gain else {})}
+    return out
+
+
+def finalist_summary(selection: Selection, cfg: StudyConfig) -> list[dict[str, Any]]:
+    """The finalists that are neither a baseline nor the winner, each with where the verdict put it: equal within
+    noise to the winner, beaten beyond noise, or unconfirmed (not measured as the others)."""
+    out = []
+    for cand in selection.candidates:
+        if cand.baseline or cand.concurrency is None or cand is selection.winner:
+            continue
+        standing = ("unconfirmed" if cand.trial_number in selection.unconfirmed else
+                    "equal within noise" if cand.trial_number in selection.equal_within_noise else
+                    "beaten beyond noise" if selection.winner is not None and cand.meets(cfg.settings.search.limits_ms)
+                    else "misses a limit")
+        out.append({**_candidate_summary(cand, cfg), "standing": standing})
     return out

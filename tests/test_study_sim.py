@@ -2,13 +2,16 @@
 launcher's whole lifecycle) and in-process (the default), and resuming a study."""
 from __future__ import annotations
 
+import io
 import json
 
 import optuna
 import pytest
+from rich.console import Console
 
 from autotune import records
 from autotune.cli import main
+from autotune.cli.run import print_summary
 from autotune.profile import read_profile
 
 pytestmark = pytest.mark.slow
@@ -18,6 +21,33 @@ def run_json(capsys, *args):
     code = main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def test_the_other_finalists_are_reported_with_what_the_verdict_compared(capsys, tmp_path):
+    """Two finalists re-measured at the same figures could be judged apart (each run is carried to the limit along
+    its own trial's curve) with nothing on the console to show why: each finalist's throughput at the limit and
+    standing are reported."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    args = ["run", "--model", "flash", "--engine", "sim", "--storage", url, "--study", "f", "--p99-ms", "800",
+            "--p99-metric", "e2el", "--repeats", "2", "--trials", "6", "--workload", "random:256:64:0.2"]
+    code, out, err = run_json(capsys, *args, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    study = optuna.load_study(study_name="f", storage=url)
+    selection = records.read_selection(study)
+    others = {r.trial_number for r in records.read_remeasurements(study)}
+    baselines = {b["trial"] for b in report["baselines"].values()}
+    finalists = {f["trial"]: f for f in report["finalists"]}
+    assert finalists and set(finalists) == others - baselines - {report["best"]["trial"]}
+    equal = selection.verdict.split(";")[0].removeprefix("equal within noise: ") \
+        if selection.verdict.startswith("equal within noise") else ""
+    for number, f in finalists.items():
+        assert (f["standing"] == "equal within noise") == (f"trial {number}" in equal.split(", ")), f
+        assert f["output_tok_s_at_limit"] > 0 and f["runs_at_limit"] == 3
+    console = io.StringIO()
+    print_summary(report, Console(file=console, width=80, soft_wrap=True))  # as `run` prints it
+    shown = [line for line in console.getvalue().splitlines() if line.startswith("  finalist trial ")]
+    assert len(shown) == len(finalists) and all("tok/s at the limit (3 runs from concurrency" in x for x in shown)
 
 
 def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):

@@ -145,7 +145,7 @@ def run_report(outcome: StudyOutcome, cfg: StudyConfig) -> dict[str, Any]:
     else:
         report["best"] = None
     report.update(
-        baselines=outcome.baselines, verdict=outcome.selection.verdict,
+        baselines=outcome.baselines, finalists=outcome.finalists, verdict=outcome.selection.verdict,
         profile_path=str(outcome.profile_path) if outcome.profile_path else None,
         study=cfg.study_name, trials=outcome.n_trials_total, trials_run=outcome.n_trials_run,
         stopped_by=outcome.stopped_by, engine=cfg.settings.engine, limits_ms=dict(cfg.settings.search.limits_ms),
@@ -184,6 +184,10 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
         else:
             gain = ""
         console.print(f"  against {name} (trial {b['trial']}): {figure}{gain}")
+    for f in report.get("finalists") or []:  # what the verdict compared the others by, so that it can be checked
+        runs = f"{f['runs_at_limit']} run{'' if f['runs_at_limit'] == 1 else 's'}"
+        console.print(f"  finalist trial {f['trial']}: {f['output_tok_s_at_limit']:,.0f} tok/s at the limit ({runs} "
+                      f"from concurrency {f['concurrency']}): {f['standing']}")
     console.print(report["verdict"])
     for note in report.get("notes") or []:
         console.print(f"note: {note}", markup=False, highlight=False)
