@@ -44,7 +44,7 @@ class Winner:
 
     @property
     def source(self) -> str:
-        return "selection (re-measured)" if self.remeasured else "best feasible trial (not re-measured yet)"
+        return "re-measured winner" if self.remeasured else "best feasible trial, not re-measured yet"
 
     @property
     def has_interval(self) -> bool:
