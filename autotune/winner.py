@@ -44,7 +44,9 @@ class Winner:
 
     @property
     def source(self) -> str:
-        return "re-measured winner" if self.remeasured else "best feasible trial, not re-measured yet"
+        # `remeasured`: the final comparison chose it, which with --repeats 0 re-measures nothing
+        return ("the final comparison's winner" if self.remeasured
+                else "best feasible trial, before the final comparison")
 
     @property
     def has_interval(self) -> bool:

@@ -34,7 +34,7 @@ def test_piped_output_keeps_names_and_commands_whole(capsys, tmp_path):
     assert len(p99["values_ms"]) == 2 and f"P99 ttft {p99['mean_ms']:,.0f} ms (mean of {runs}) ≤ 500 ms" in best_line
     assert main(["best", "--study", NAME, "--storage", url]) == 0
     best = capsys.readouterr().out.splitlines()
-    assert best[0].endswith("(re-measured winner)")  # one pair of brackets, not "(selection (re-measured))"
+    assert best[0].endswith("(the final comparison's winner)")  # one pair of brackets: "(selection (re-measured))"
     assert best[0].startswith(NAME) and any(line.strip().startswith("vllm serve") and
                                             line.strip().endswith("1024") for line in best)
     assert main(["studies", "--storage", url]) == 0
