@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from autotune.engines.base import vllm_installed
 from autotune.errors import UsageError
 from autotune.fileio import folder_problem, read_yaml
-from autotune.flags import LAUNCHER_FLAGS, check_flag_value, mm_limit, normalize_flag_name
+from autotune.flags import LAUNCHER_FLAGS, PARALLEL_FLAGS, check_flag_value, mm_limit, normalize_flag_name
 from autotune.gpus import detect_gpu, gpu_indices, load_gpu
 from autotune.loadgen.workload import Workload, parse_workload
 from autotune.loadsearch import LoadSearchConfig
@@ -224,6 +224,8 @@ def _extra_flags(pairs: tuple[str, ...]) -> dict[str, Any]:
         name = normalize_flag_name(key)
         if name in LAUNCHER_FLAGS:
             raise UsageError(f"--set {name}: set by the launcher")
+        if name in PARALLEL_FLAGS:
+            raise UsageError(f"--set {name}: the GPUs' layout follows --gpus and the space's 'parallel' choices")
         flags[name] = check_flag_value(name, value)
     return flags
 

@@ -13,7 +13,7 @@ from typing import Any
 from autotune.errors import UsageError
 
 __all__ = ["FlagDef", "VLLM_FLAGS", "flags_to_argv", "normalize_flag_name", "check_flag_value", "effective_flags",
-           "mm_limit", "DEFAULT_MM_LIMIT", "changed_flags", "deploy_flags"]
+           "mm_limit", "DEFAULT_MM_LIMIT", "changed_flags", "deploy_flags", "LAUNCHER_FLAGS", "PARALLEL_FLAGS"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,9 @@ VLLM_FLAGS: dict[str, FlagDef] = {d.name: d for d in _DEFS}
 _ALIASES = {"tp": "tensor-parallel-size", "dp": "data-parallel-size", "pp": "pipeline-parallel-size"}
 # Flags the launcher owns; a search space or a user must not set them.
 LAUNCHER_FLAGS = frozenset({"served-model-name", "host", "port"})
+# The GPUs' layout: it follows --gpus and a search space's `parallel` choices (the baselines' too), never a flag of
+# its own in a space, a --set or anywhere else a fixed value would break that.
+PARALLEL_FLAGS = frozenset({"tensor-parallel-size", "data-parallel-size"})
 # Flag values that only make sense while measuring: `--load-format dummy` tunes a model's speed with random
 # weights, and a deployment must load the real ones. An export leaves them out and says so.
 MEASUREMENT_ONLY = {"load-format": frozenset({"dummy"})}

@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from autotune.errors import UsageError
 from autotune.fileio import read_yaml
-from autotune.flags import LAUNCHER_FLAGS, VLLM_FLAGS, check_flag_value, mm_limit, normalize_flag_name
+from autotune.flags import (LAUNCHER_FLAGS, PARALLEL_FLAGS, VLLM_FLAGS, check_flag_value, mm_limit,
+                            normalize_flag_name)
 from autotune.models import ModelSpec
 
 __all__ = ["SearchSpace", "ParamSpec", "load_space", "default_space_path", "CONDITIONS"]
@@ -234,7 +235,7 @@ def load_space(path: str | Path | None, model: ModelSpec, gpus: int, preset: str
     if all(problems.values()):
         raise UsageError(f"search space {path} on --gpus {gpus}: {problems[tp_choices[-1]]}")
     tp_choices = [tp for tp in tp_choices if not problems[tp]]
-    if any(k in ("tensor-parallel-size", "data-parallel-size") for k in list(params) + list(fixed)):
+    if any(k in PARALLEL_FLAGS for k in list(params) + list(fixed)):
         raise UsageError(f"search space {path}: set parallelism under 'parallel', not as a flag")
     return SearchSpace(params, fixed, tp_choices, source=str(path), description=parsed.description,
                        images_per_request=images_per_request)

@@ -49,6 +49,8 @@ BASE = ["run", "--gpus", "1", "--engine", "sim", "--trials", "1"]
     (["--model", "flash", "--p99-ms", "500", "--gpu-type", "a100"], "unknown GPU type 'a100'"),
     (["--model", "flash", "--p99-ms", "500", "--set", "max-num-seqz=4"], "unknown vLLM flag"),
     (["--model", "flash", "--p99-ms", "500", "--set", "kv-cache-dtype=fp8"], "searched by the space"),
+    (["--model", "flash", "--p99-ms", "500", "--set", "tensor-parallel-size=3"], "follows --gpus"),
+    (["--model", "flash", "--p99-ms", "500", "--set", "dp=2"], "--set data-parallel-size: the GPUs' layout"),
     # several limits (--slo): every one must be a known metric with a positive limit, each metric limited once
     (["--model", "flash", "--slo", "latency=5"], "Invalid value for '--slo': expected METRIC=MS with METRIC one of"),
     (["--model", "flash", "--slo", "ttft=500,itl"], "expected METRIC=MS"),
