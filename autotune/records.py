@@ -32,7 +32,7 @@ __all__ = [
     "RECORDS_VERSION", "P99Record", "HostCpuRecord", "LevelRecord", "TrialResult", "TrialRecord", "Measurement",
     "Remeasurement",
     "GainRecord", "ThroughputRecord", "SelectionRecord", "StudyFingerprint", "RunRecord", "queue_attrs",
-    "queued_baseline", "queued_try", "write_trial_result", "trial_result_attrs", "finished_trial_attrs",
+    "queued_baseline", "queued_try", "queued_try_unkept", "write_trial_result", "trial_result_attrs", "finished_trial_attrs",
     "replayed_attrs", "read_trial", "read_trials", "count_finished", "read_remeasurement", "write_remeasurement",
     "read_selection", "write_selection",
     "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
@@ -504,9 +504,15 @@ def queued_baseline(trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:
 
 
 def queued_try(trial: optuna.Trial | optuna.trial.FrozenTrial) -> dict[str, Any] | None:
-    """The flags of the ``--try`` point a trial was queued for, as given; None for any other trial."""
+    """The flags of the ``--try`` point a trial was queued for, as given; None for any other trial, and for one
+    queued before the flags were kept (:func:`queued_try_unkept`)."""
     flags = trial.user_attrs.get(_QUEUE_TRIED)
     return dict(flags) if isinstance(flags, dict) else None
+
+
+def queued_try_unkept(trial: optuna.Trial | optuna.trial.FrozenTrial) -> bool:
+    """A ``--try`` point queued by an older autotune, which kept only its projection on the space (its params)."""
+    return trial.user_attrs.get(_QUEUE_TRIED) is True
 
 
 def trial_result_attrs(result: TrialResult) -> dict[str, Any]:

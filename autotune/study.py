@@ -152,14 +152,17 @@ def _enqueue_baselines(study: optuna.Study, cfg: StudyConfig) -> None:
         flags = baseline_flags(name, cfg.settings.model, cfg.settings.gpus)
         params = cfg.space.params_for(flags, cfg.settings.model, cfg.settings.gpus)
         study.enqueue_trial(params, user_attrs=records.queue_attrs(baseline=name), skip_if_exists=False)
-    tried = [records.queued_try(t) for t in study.get_trials(deepcopy=False)]
+    trials = study.get_trials(deepcopy=False)
+    tried = [records.queued_try(t) for t in trials]
+    # an older study's points are known by their projection only: matched on it, as they were queued
+    tried_unkept = [t.params for t in trials if records.queued_try_unkept(t)]
     for flags in cfg.tries:  # a resumed run does not queue the same point twice
-        if flags in tried:
+        params = cfg.space.params_for(flags, cfg.settings.model, cfg.settings.gpus)
+        if flags in tried or params in tried_unkept:
             continue
         tried.append(flags)
         # The sampler learns the point as its projection on the space; the trial runs the point as given.
-        study.enqueue_trial(cfg.space.params_for(flags, cfg.settings.model, cfg.settings.gpus),
-                            user_attrs=records.queue_attrs(tried=flags), skip_if_exists=False)
+        study.enqueue_trial(params, user_attrs=records.queue_attrs(tried=flags), skip_if_exists=False)
 
 
 def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgress, deadline: float | None,

@@ -27,7 +27,8 @@ class Winner:
 
     study: str
     trial: int
-    remeasured: bool  # the selection's winner; False: the best feasible trial so far, one measurement
+    selected: bool  # chosen by the final comparison (re-measured unless --repeats 0); False: the best
+    # feasible trial so far, one measurement
     flags: Mapping[str, Any]
     vllm_serve_cmd: str
     concurrency: int  # the load it was measured at
@@ -44,8 +45,7 @@ class Winner:
 
     @property
     def source(self) -> str:
-        # `remeasured`: the final comparison chose it, which with --repeats 0 re-measures nothing
-        return ("the final comparison's winner" if self.remeasured
+        return ("the final comparison's winner" if self.selected
                 else "best feasible trial, before the final comparison")
 
     @property
@@ -136,7 +136,7 @@ def find_winner(data: StudyRecords) -> Winner | None:
         stored = data.remeasurements.get(trial.number)
         # runs a resumed study stored after this selection may lie at another load than its figures
         runs = stored.repeats if stored and stored.concurrency == selection.winner_concurrency else ()
-        return Winner(study=data.name, trial=trial.number, remeasured=True, flags=dict(trial.result.flags),
+        return Winner(study=data.name, trial=trial.number, selected=True, flags=dict(trial.result.flags),
                       vllm_serve_cmd=trial.result.vllm_serve_cmd, concurrency=selection.winner_concurrency,
                       output_tok_s=selection.winner_output_tok_s, at_limit_tok_s=selection.winner_at_limit_tok_s,
                       p99_ms=dict(selection.winner_p99_ms),
@@ -153,7 +153,7 @@ def find_winner(data: StudyRecords) -> Winner | None:
     assert result is not None and result.concurrency is not None
     value = result.output_tok_s  # the search's knee: its level is the highest within the limits
     one = ThroughputRecord(value, 0.0, value, value, 1, math.nan, math.nan)
-    return Winner(study=data.name, trial=best.number, remeasured=False, flags=dict(result.flags),
+    return Winner(study=data.name, trial=best.number, selected=False, flags=dict(result.flags),
                   vllm_serve_cmd=result.vllm_serve_cmd, concurrency=result.concurrency,
                   output_tok_s=one, at_limit_tok_s=one,
                   p99_ms=result.p99_ms, limits_ms=data.limits_ms, baseline=best.baseline,

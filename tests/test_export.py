@@ -373,4 +373,4 @@ def test_helm_values_against_the_charts_own_schema_and_template(capsys, factory_
 def test_deployment_of_a_study_without_selection_has_no_interval(factory_storage):
     data, winner = winner_of(factory_storage, "unselected")
     dep = build_deployment(data, winner)
-    assert not winner.remeasured and "not re-measured: no interval" in "\n".join(dep.header)
+    assert not winner.selected and "not re-measured: no interval" in "\n".join(dep.header)

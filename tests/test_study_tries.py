@@ -33,3 +33,25 @@ def test_a_try_point_runs_as_given_and_is_queued_once(capsys, tmp_path):
     study = optuna.load_study(study_name="tries", storage=url)
     assert [t.number for t in records.read_trials(study) if t.tried] == [t.number for t in tried]
     assert len(study.trials) == 5
+
+
+def test_an_older_studys_tries_are_not_queued_again(capsys, tmp_path):
+    """A study from before the flags were kept marked its --try trials `True` and kept their projection only: a
+    resume with the same file matches them on it, as Optuna's skip_if_exists did."""
+    import sqlite3
+
+    points = tmp_path / "try.yaml"
+    points.write_text("{max-num-seqs: 256}\n")
+    url = f"sqlite:///{tmp_path}/s.db"
+    args = ["run", "--model", "flash", "--gpus", "1", "--p99-ms", "500", "--engine", "sim", "--storage", url,
+            "--study", "old", "--try", str(points), "--workload", "random:256:32", "--max-concurrency", "32",
+            "--repeats", "0", "--top-k", "0", "--json"]
+    assert main([*args, "--trials", "3"]) == 0, capsys.readouterr().err
+    with sqlite3.connect(tmp_path / "s.db") as db:  # as an older autotune stored the point
+        changed = db.execute("UPDATE trial_user_attributes SET value_json = 'true' WHERE key = 'tried'").rowcount
+    assert changed == 1
+    study = optuna.load_study(study_name="old", storage=url)
+    assert [records.queued_try_unkept(t) for t in study.trials].count(True) == 1
+    assert main([*args, "--trials", "1"]) == 0, capsys.readouterr().err
+    study = optuna.load_study(study_name="old", storage=url)
+    assert len(study.trials) == 4 and sum(t.tried for t in records.read_trials(study)) == 1

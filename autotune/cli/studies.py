@@ -30,13 +30,13 @@ def _winner_json(w: Winner) -> dict[str, Any]:
         "study": w.study, "trial": w.trial, "source": w.source, "flags": w.flags, "vllm_serve_cmd": w.vllm_serve_cmd,
         "concurrency": w.concurrency, "stepped_down_from": list(w.stepped_down_from),
         "output_tok_s": w.output_tok_s.mean,
-        "output_tok_s_interval": w.output_tok_s.to_json() if w.remeasured else None,
-        "output_tok_s_at_limit": w.at_limit_tok_s.to_json() if w.remeasured else None,
+        "output_tok_s_interval": w.output_tok_s.to_json() if w.selected else None,
+        "output_tok_s_at_limit": w.at_limit_tok_s.to_json() if w.selected else None,
         "p99_ms": dict(w.p99_ms), "limits_ms": dict(w.limits_ms) or None, "baseline": w.baseline or None,
         "metrics": w.metrics,
         "remeasurements": [{"output_tok_s": m.output_tok_s, "p99_ms": m.p99_ms, "failure": m.failure}
                            for m in w.remeasurements],
-        "verdict": w.verdict, "gains": {k: g.to_json() for k, g in w.gains.items()} if w.remeasured else None,
+        "verdict": w.verdict, "gains": {k: g.to_json() for k, g in w.gains.items()} if w.selected else None,
     })
 
 
@@ -79,7 +79,7 @@ def studies(storage: str | None, as_json: bool) -> None:
         rows.append({"study": summary.study_name, "trials": count_finished(trials),
                      "complete": sum(t.complete for t in trials), "feasible": sum(t.feasible for t in trials),
                      "winner": None if w is None else {
-                         "trial": w.trial, "remeasured": w.remeasured,
+                         "trial": w.trial, "selected": w.selected,
                          "output_tok_s_at_limit": w.at_limit_tok_s.mean if w.has_interval else None,
                          "output_tok_s": w.output_tok_s.mean, "concurrency": w.concurrency},
                      "model": fp.model if fp else None, "engine": fp.engine if fp else None,
@@ -110,7 +110,7 @@ def _winner_cell(winner: dict[str, Any] | None) -> str:
         return "-"
     if winner["output_tok_s_at_limit"] is not None:
         return f"trial {winner['trial']}: {winner['output_tok_s_at_limit']:,.0f} output tok/s at the limit"
-    why = "one measurement: no interval" if winner["remeasured"] else "the best trial so far: no selection yet"
+    why = "one measurement: no interval" if winner["selected"] else "the best trial so far: no selection yet"
     return (f"trial {winner['trial']}: {winner['output_tok_s']:,.0f} output tok/s at concurrency "
             f"{winner['concurrency']} ({why})")
 
