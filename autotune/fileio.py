@@ -47,9 +47,9 @@ def folder_problem(path: Path) -> str:
     and what the system refuses (a parent that is a file, a read-only or virtual file system) is what a write
     would meet."""
     parent = Path(path)
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    try:
+    try:  # exists() itself raises where a folder on the way cannot be searched
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
         os.rmdir(tempfile.mkdtemp(prefix=".autotune-probe-", dir=parent))
     except OSError as e:
         return f"making a folder in {parent}: {e.strerror or e}"

@@ -10,13 +10,14 @@
 #   HELDOUT's sizes on a fresh server (ROUNDS=1), in DIR-heldout?
 #   bash benchmarks/gpu/busy_study.sh start [DIR]   # returns at once
 #   bash benchmarks/gpu/busy_study.sh status [DIR]  # "done" when the study and the held-out levels finished
-# Variables (defaults): HOG=$(nproc) STUDY_ARGS="--trials 1 --timeout 14m" (the time the trial leaves buys
-#   fresh-server re-measurements, up to 3: a card wants 3 servers or more) ENGINE_ARGS="--engine vllm
+# Variables (defaults): HOG=$(nproc) STUDY_ARGS="--trials 1 --repeats 2 --timeout 16m" (the trial's server and two
+#   fresh-server re-measurements: a card wants 3 servers or more; spare time buys no more for a lone finalist)
+#   ENGINE_ARGS="--engine vllm
 #   --load-format dummy" HELDOUT="random:1024:128:0.1 random:2048:128:0.1 random:3072:128:0.1"
 # ENGINE_ARGS "--engine sim --sim-server --gpu-type h200" rehearses it on a CPU (a model folder at /tmp/model and a
 # stand-in nvidia-smi on the PATH, as for smoke_study.sh).
-# Expected time on one H200: the study ~9-14 min (vLLM's defaults and its fresh-server re-measurement), the held-out
-# levels ~5 min (a cold start, then six levels).
+# Expected time on one H200: the study ~10 min (vLLM's defaults: 7.4 min with one fresh-server re-measurement, each
+# more ~2.4), the held-out levels ~5 min (a cold start, then six levels).
 # Analysis on any machine, afterwards:
 #   autotune sim calibrate --study busy --storage sqlite:///DIR/autotune.db --out DIR --model /tmp/model \
 #     [--fit host_step_ms] --to card.yaml
@@ -24,7 +25,7 @@
 set -uo pipefail
 dir=${2:-/tmp/busy-study}; progress=run.log
 hog=${HOG:-$(nproc)}
-study_args=${STUDY_ARGS:---trials 1 --timeout 14m}
+study_args=${STUDY_ARGS:---trials 1 --repeats 2 --timeout 16m}
 engine_args=${ENGINE_ARGS:---engine vllm --load-format dummy}
 heldout=${HELDOUT:-random:1024:128:0.1 random:2048:128:0.1 random:3072:128:0.1}
 job_vars="hog study_args engine_args heldout"
