@@ -333,6 +333,7 @@ class Selection:
     verdict: str  # one sentence for people
     equal_within_noise: list[int] = field(default_factory=list)  # trials the winner does not beat beyond noise
     unconfirmed: list[int] = field(default_factory=list)  # finalists not measured like the others (no claim)
+    best_measured: int | None = None  # the finalist measured highest at the limit, which the others are judged against
 
 
 def flags_changed(flags: dict[str, Any]) -> int:
@@ -431,7 +432,7 @@ def select_winner(candidates: list[Candidate], limits_ms: Mapping[str, float], r
     if unconfirmed:
         verdict += f"; unconfirmed (cut short, no claim rests on them): {names}"
     return Selection(winner, candidates, gains, verdict, [c.trial_number for c in equals if len(equals) > 1],
-                     [c.trial_number for c in unconfirmed])
+                     [c.trial_number for c in unconfirmed], best.trial_number)
 
 
 def _why_no_winner(candidates: list[Candidate], finished_trials: int | None) -> str:
@@ -439,12 +440,16 @@ def _why_no_winner(candidates: list[Candidate], finished_trials: int | None) -> 
     if finished_trials == 0:
         return "no trial has finished"
     searched = [c for c in candidates if c.concurrency is not None]  # a load within the limits in its trial
-    if not searched:
-        return "no trial met the limits at any load it measured"
+    if not searched:  # with --top-k 0 only the baselines are finalists: other trials may have met the limits
+        return "no finalist met the limits at any load its trial measured"
     if any(not (c.repeats or c.earlier_runs) for c in searched):
         # never re-measured (--repeats 0, or cut by the deadline): its trial met the limits by the P99s fitted
         # over its levels, and the run at its load was over one
         return "no finalist met the limits by the P99s measured at its load"
+    failed = [c for c in searched if c.repeats and all(math.isnan(m.output_tok_s) for m in c.repeats)]
+    if failed:  # a server that failed measured nothing: no limit was broken there
+        return (f"the fresh-server re-measurements of {', '.join(_name(c) for c in failed)} failed"
+                + ("" if len(failed) == len(searched) else "; the other finalists missed the limits in theirs"))
     if len(searched) == 1:
         return f"{_name(searched[0])} met the limits in its trial but not in re-measurement on fresh servers"
     return (f"none of the {len(searched)} finalists that met the limits in their trials met them in "

@@ -874,15 +874,17 @@ def baseline_summary(selection: Selection, cfg: StudyConfig) -> dict[str, dict[s
 
 
 def finalist_summary(selection: Selection, cfg: StudyConfig) -> list[dict[str, Any]]:
-    """The finalists that are neither a baseline nor the winner, each with where the verdict put it: equal within
-    noise to the winner, beaten beyond noise, or unconfirmed (not measured as the others)."""
+    """The finalists that are neither a baseline nor the winner, each with where the verdict put it: unconfirmed
+    (not measured as the others), equal within noise to the best measured, beaten beyond noise by it, or missing a
+    limit."""
     out = []
+    best = selection.best_measured
     for cand in selection.candidates:
         if cand.baseline or cand.concurrency is None or cand is selection.winner:
             continue
         standing = ("unconfirmed" if cand.trial_number in selection.unconfirmed else
                     "equal within noise" if cand.trial_number in selection.equal_within_noise else
-                    "beaten beyond noise" if selection.winner is not None and cand.meets(cfg.settings.search.limits_ms)
-                    else "misses a limit")
+                    "misses a limit" if best is None or not cand.meets(cfg.settings.search.limits_ms) else
+                    f"beaten beyond noise by trial {best}")
         out.append({**_candidate_summary(cand, cfg), "standing": standing})
     return out

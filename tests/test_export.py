@@ -258,7 +258,7 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, factory_storage, repo,
         args[2], says = "nope", "no study named 'nope' in this storage"
     elif case == "no winner":
         args[2], code_wanted = "none", 3
-        says = "study 'none' has no winner: no trial met the limits at any load it measured"
+        says = "study 'none' has no winner: no finalist met the limits at any load its trial measured"
     elif case == "not a work tree":
         target = tmp_path / "plain" / "vllm"
         (tmp_path / "plain").mkdir()

@@ -123,9 +123,9 @@ def test_with_no_winner_the_verdict_says_what_kept_every_finalist_out():
     assert select_winner([], LIMIT, repeats=1, finished_trials=0).verdict == "no trial has finished"
     infeasible = Candidate(0, {}, None, 0.0, {"ttft": 900.0}, baseline="vllm-defaults")
     assert select_winner([infeasible], LIMIT, repeats=1, finished_trials=1).verdict == \
-        "no trial met the limits at any load it measured"
+        "no finalist met the limits at any load its trial measured"
     assert select_winner([], LIMIT, repeats=1, finished_trials=3).verdict == \
-        "no trial met the limits at any load it measured"
+        "no finalist met the limits at any load its trial measured"
     over = cand(1, [10], p99=900)
     assert select_winner([over, infeasible], LIMIT, repeats=1).verdict == \
         "trial 1 met the limits in its trial but not in re-measurement on fresh servers"
@@ -134,6 +134,10 @@ def test_with_no_winner_the_verdict_says_what_kept_every_finalist_out():
     never_remeasured = Candidate(3, {}, 64, 1000.0, {"ttft": 510.0})  # its trial's fit met the limit, its run not
     assert select_winner([never_remeasured], LIMIT, repeats=0).verdict == \
         "no finalist met the limits by the P99s measured at its load"
+    failed = cand(4, [math.nan], p99=math.nan)  # its fresh server failed: no limit was broken there
+    assert select_winner([failed], LIMIT, repeats=1).verdict == "the fresh-server re-measurements of trial 4 failed"
+    assert select_winner([failed, over], LIMIT, repeats=1).verdict == \
+        "the fresh-server re-measurements of trial 4 failed; the other finalists missed the limits in theirs"
 
 
 def test_with_several_limits_a_finalist_must_meet_every_one():
@@ -297,3 +301,22 @@ def test_one_high_draw_at_the_lowest_searched_load_still_meets_the_limit_a_littl
     far.concurrency, far.curve, far.search_level = 256, seed.curve, seed.search_level
     far.search_p99_ms = {"ttft": 280.0}
     assert not far.meets({"ttft": 300.0})  # three times the curve: its knee is an extrapolation far below
+
+
+def test_the_other_finalists_stand_against_the_best_measured_not_the_recommended():
+    """Where the simplicity rule recommends another configuration than the best measured, a finalist beaten beyond
+    noise was beaten by the best measured, which the report names."""
+    from types import SimpleNamespace
+
+    from autotune.study import finalist_summary
+
+    best = cand(5, [1100, 1110, 1105])
+    simpler = cand(7, [1098, 1108, 1102], flags={})  # within a run's spread of the best, no flag changed
+    slower = cand(6, [1000, 1002, 1001])
+    defaults = cand(0, [900, 905, 902], baseline="vllm-defaults", flags={})
+    sel = select_winner([best, simpler, slower, defaults], LIMIT, repeats=3)
+    assert sel.winner is simpler and sel.best_measured == 5
+    cfg = SimpleNamespace(settings=SimpleNamespace(search=SimpleNamespace(limits_ms=LIMIT)), noise_floor=0.0,
+                          confidence=0.9)
+    standings = {f["trial"]: f["standing"] for f in finalist_summary(sel, cfg)}
+    assert standings == {5: "equal within noise", 6: "beaten beyond noise by trial 5"}

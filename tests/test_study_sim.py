@@ -168,7 +168,7 @@ def test_with_no_winner_run_and_best_say_why_in_the_same_words(capsys, tmp_path)
     url = f"sqlite:///{tmp_path}/s.db"
     common = ["run", "--model", "flash", "--engine", "sim", "--storage", url, "--workload", "random:512:16"]
     code, out, err = run_json(capsys, *common, "--study", "tight", "--p99-ms", "1", "--trials", "1")
-    why = "no trial met the limits at any load it measured"
+    why = "no finalist met the limits at any load its trial measured"
     assert code == 3 and f"No winner: {why}." in out and "in 1 trial of study 'tight'" in err, err
     code, out, err = run_json(capsys, *common, "--study", "none-run", "--p99-ms", "500", "--trials", "0", "--json")
     assert code == 3 and json.loads(out)["verdict"] == "no trial has finished", err

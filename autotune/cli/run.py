@@ -158,6 +158,7 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     best = report.get("best")
     if not best:
         console.print(f"[bold red]No winner[/]: {report['verdict']}.")
+        _print_finalists(report, console)
         return
     t = best["output_tok_s"]
     p99s = []
@@ -184,14 +185,19 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
         else:
             gain = ""
         console.print(f"  against {name} (trial {b['trial']}): {figure}{gain}")
-    for f in report.get("finalists") or []:  # what the verdict compared the others by, so that it can be checked
-        runs = f"{f['runs_at_limit']} run{'' if f['runs_at_limit'] == 1 else 's'}"
-        console.print(f"  finalist trial {f['trial']}: {f['output_tok_s_at_limit']:,.0f} tok/s at the limit ({runs} "
-                      f"from concurrency {f['concurrency']}): {f['standing']}")
+    _print_finalists(report, console)
     console.print(report["verdict"])
     for note in report.get("notes") or []:
         console.print(f"note: {note}", markup=False, highlight=False)
     console.print(f"Profile: {report['profile_path']}", markup=False, highlight=False)
+
+
+def _print_finalists(report: dict[str, Any], console: Console) -> None:
+    """What the verdict compared the other finalists by, so that it can be checked."""
+    for f in report.get("finalists") or []:
+        runs = f"{f['runs_at_limit']} run{'' if f['runs_at_limit'] == 1 else 's'}"
+        console.print(f"  finalist trial {f['trial']}: {f['output_tok_s_at_limit']:,.0f} tok/s at the limit ({runs} "
+                      f"from concurrency {f['concurrency']}): {f['standing']}")
 
 
 commands = [run]
