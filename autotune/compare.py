@@ -293,7 +293,8 @@ def report_html(summaries: Sequence[StudySummary], storage_label: str) -> str:
              f"<style>{STYLE}</style><script type='text/javascript'>{get_plotlyjs()}</script></head><body>",
              f"<h1>autotune compare: {html.escape(names)}</h1>",
              f"<p class='note'>storage {html.escape(storage_label)}; highlighted rows: workloads the studies ran "
-             "differently and flags the winners set differently. Hover a point for its flags against vLLM's defaults.</p>", table_html(summaries)]
+             "differently and flags the winners set differently. Hover a point for its flags against vLLM's "
+             "defaults.</p>", table_html(summaries)]
     for div_id, fig in figures(summaries).items():
         parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=div_id,
                                  config={"displaylogo": False}))

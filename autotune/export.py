@@ -77,15 +77,14 @@ def export_study(data: StudyRecords, to: Path, formats: list[str], commit: bool 
 
 
 def commit_message(winner: Winner, dep: Deployment) -> str:
-    """The subject states the gain over each baseline and the study's verdict, word for word as `best` and the
-    header give it (a baseline that won may be equal within noise to others: only the verdict says which); the
-    body the figures behind it."""
+    """The subject states the gain over each baseline, and no more: which configurations are equal within noise
+    only the verdict says, and it can run to several lines, so it goes in the body with the header's figures, word
+    for word as `best` gives it."""
     gains = [f"{g.gain_pct:+.1f}% over {name}" if g.baseline_meets_limit else f"{name} met no limit"
              for name, g in winner.gains.items()]
-    said = [", ".join(gains)] if gains else []
-    said.append(winner.verdict or "the best trial so far, not re-measured: no verdict yet")
+    said = ", ".join(gains) if gains else "no gain over the baselines measured (not re-measured)"
     subject = (f"autotune: {dep.model_slug} on {dep.gpus}x {dep.gpu_type}, study {dep.study} trial {winner.trial}: "
-               f"{'; '.join(said)}")
+               f"{said}")
     return subject + "\n\n" + "\n".join(dep.header) + "\n"
 
 

@@ -224,7 +224,7 @@ def test_commit_is_one_commit_of_the_export_stating_the_gain(capsys, factory_sto
     assert git(repo, "status", "--porcelain") == ""
 
 
-def test_the_commit_subject_states_the_verdict_best_gives(capsys, tmp_path, repo):
+def test_the_commit_states_the_verdict_best_gives_and_its_subject_no_other(capsys, tmp_path, repo):
     """A baseline that won equal within noise with a tuned trial was once committed as "the baseline
     'seed-profile' is the best configuration found", against the verdict in the files' own header."""
     from dataclasses import replace
@@ -242,8 +242,9 @@ def test_the_commit_subject_states_the_verdict_best_gives(capsys, tmp_path, repo
     records.write_selection(study, replace(selection, verdict=verdict, equal_within_noise=(1, 4)))
     export(capsys, url, "x1", repo / "vllm", "--commit", "--format", "config")
     subject = git(repo, "log", "-1", "--format=%s").strip()
-    assert subject.endswith(f"trial 1: {selection.gains['vllm-defaults'].gain_pct:+.1f}% over vllm-defaults; {verdict}")
+    assert subject.endswith(f"trial 1: {selection.gains['vllm-defaults'].gain_pct:+.1f}% over vllm-defaults")
     assert "is the best configuration found" not in subject
+    assert f"verdict: {verdict}" in git(repo, "log", "-1", "--format=%b")  # the body: the verdict as best says it
     assert main(["best", "--study", "x1", "--storage", url]) == 0
     assert f"  {verdict}\n" in capsys.readouterr().out
 

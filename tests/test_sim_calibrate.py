@@ -253,7 +253,7 @@ def test_runs_count_their_servers_and_three_need_no_caution(tmp_path: Path) -> N
     two = calibration(["trials/0", "remeasure/0-1"])
     assert two.servers == 2 and "2 fresh servers" in two.caution()
     assert FEW_SERVERS == 3 and calibration(["trials/0", "trials/1", "remeasure/0-1"]).caution() is None
-    on_sim = dataclasses.replace(calibration(["trials/0", "trials/1", "remeasure/0-1"]), measured_on="sim")
+    on_sim = dataclasses.replace(calibration(["trials/0", "trials/1", "remeasure/0-1"]), engine="sim")
     assert on_sim.caution() == cal.SIM_STUDY_CAUTION
 
 

@@ -54,17 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     if not debug:
         threading.excepthook = _thread_error
     try:
-        # without standalone mode click returns a command's click.exceptions.Exit code instead of raising it
+        # without standalone mode click returns a command's click.exceptions.Exit code instead of raising it (and
+        # a command's own return value, None from every command here)
         code = cli.main(args=argv, standalone_mode=False, prog_name="autotune")
-        return code if isinstance(code, int) else 0
+        return code if type(code) is int else 0
     except click.exceptions.Abort as e:  # click turns KeyboardInterrupt into Abort
         click.echo("autotune: interrupted", err=True)
         return getattr(e.__cause__ or e.__context__, "exit_code", 130)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP during a trial (errors.Stopped: 128 + signal)
         click.echo("autotune: interrupted", err=True)
         return getattr(e, "exit_code", 130)
-    except click.exceptions.Exit as e:
-        return int(e.exit_code)
     except click.ClickException as e:  # usage errors: one line, exit 2
         if debug:
             raise

@@ -22,7 +22,7 @@ __all__ = ["commands"]
 @click.option("--format", "formats", type=ParsedType("FORMAT[,FORMAT...]", parse_formats, list), default=",".join(FORMATS), show_default=True,
               help="which files to write")
 @click.option("--commit", is_flag=True,
-              help="commit the files, alone, with the gain over the baselines and the verdict as message")
+              help="commit the files, alone: the gain over the baselines as subject, the verdict and figures below")
 @click.option("--force", is_flag=True, help="replace a file that exists with other contents")
 @click.option("--storage", default=None, help=f"SQLAlchemy URL, opened read-only (default {DEFAULT_STORAGE})")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout, nothing else")

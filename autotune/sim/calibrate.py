@@ -127,7 +127,7 @@ class Calibration:
     interval_90: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     # the fitted constants whose loss moved by less than FLAT_LOSS_SHARE over their bounds: the runs do not pin them
     unpinned: tuple[str, ...] = ()
-    measured_on: str = "vllm"  # the study's engine: "sim" refits the sim on its own runs, not on a host's
+    engine: str = "vllm"  # the study's: "sim" refits the sim on its own runs, not on a host's
 
     @property
     def servers(self) -> int:
@@ -147,7 +147,7 @@ class Calibration:
             cautions.append(f"the runs do not pin {name}: the sim fits them as well anywhere from {lo:g} to {hi:g} "
                             f"(loss within {FLAT_LOSS_SHARE:.0%}), so the card keeps a value they do not tell; "
                             f"calibrate on a study whose {PINNED_BY[name]}")
-        if self.measured_on == "sim":
+        if self.engine == "sim":
             cautions.append(SIM_STUDY_CAUTION)
         return "; ".join(cautions) or None
 
