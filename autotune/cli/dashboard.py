@@ -32,11 +32,12 @@ def dashboard(storage: str | None, host: str, port: int, optuna_port: int | None
     if optuna_port == port:
         raise UsageError(f"--optuna-port {optuna_port} is --port too: give the two different ports")
     # both ports are taken before the page is announced: a port in use is an error, not a line saying it serves
-    page_socket = _listen(host, port)
+    page_sockets = _listen(host, port)
     try:
         optuna = start_optuna_dashboard(store, host, optuna_port or port + 1)
     except UsageError:
-        page_socket.close()
+        for sock in page_sockets:
+            sock.close()
         raise
     if optuna is None:
         click.echo(f"autotune: {OPTUNA_DASHBOARD_MISSING}", err=True)
@@ -46,18 +47,25 @@ def dashboard(storage: str | None, host: str, port: int, optuna_port: int | None
     click.echo(f"autotune dashboard on http://{shown}:{port} (storage {redact_url(url)}, read-only{detail}); "
                "Ctrl-C stops it", err=True)
     try:
-        web.run_app(app, sock=page_socket, print=None)
+        web.run_app(app, sock=page_sockets, print=None)
     finally:
         if optuna is not None:
             optuna.stop()
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """The page's listening socket on HOST:PORT; a taken port or an address not on this machine is a usage error."""
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """The page's listening sockets on HOST:PORT, one per address HOST names (localhost: IPv4 and IPv6, as aiohttp
+    binds them); a taken port or an address not on this machine is a usage error."""
+    sockets: list[socket.socket] = []
     try:
-        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, _, _, _, address in dict.fromkeys(found):
+            sockets.append(socket.create_server(address, family=family))
     except OSError as e:
+        for sock in sockets:
+            sock.close()
         raise UsageError(f"cannot listen on {host}:{port} ({e.strerror or e}): --port P") from None
+    return sockets
 
 
 commands = [dashboard]
