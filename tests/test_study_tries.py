@@ -8,15 +8,21 @@ from autotune import records
 from autotune.cli import main
 
 
-def test_a_try_point_runs_as_given_and_is_queued_once(capsys, tmp_path):
+def _run_args(tmp_path, study: str, points_yaml: str) -> tuple[str, list[str]]:
+    """The storage URL and a short sim study's `run` arguments, with POINTS_YAML as its --try file."""
     points = tmp_path / "try.yaml"
+    points.write_text(points_yaml)
+    url = f"sqlite:///{tmp_path}/s.db"
+    return url, ["run", "--model", "flash", "--gpus", "1", "--p99-ms", "500", "--engine", "sim", "--storage", url,
+                 "--study", study, "--try", str(points), "--workload", "random:256:32", "--max-concurrency", "32",
+                 "--repeats", "0", "--top-k", "0", "--json"]
+
+
+def test_a_try_point_runs_as_given_and_is_queued_once(capsys, tmp_path):
     # 300 lies between the flash space's max-num-seqs steps of 128, 0.92 between its 0.05 steps; the second point
     # leaves every other searched flag to vLLM
-    points.write_text("- {max-num-seqs: 300, gpu-memory-utilization: 0.92}\n- {max-num-batched-tokens: 4096}\n")
-    url = f"sqlite:///{tmp_path}/s.db"
-    args = ["run", "--model", "flash", "--gpus", "1", "--p99-ms", "500", "--engine", "sim", "--storage", url,
-            "--study", "tries", "--try", str(points), "--workload", "random:256:32", "--max-concurrency", "32",
-            "--repeats", "0", "--top-k", "0", "--json"]
+    url, args = _run_args(tmp_path, "tries",
+                          "- {max-num-seqs: 300, gpu-memory-utilization: 0.92}\n- {max-num-batched-tokens: 4096}\n")
     code = main([*args, "--trials", "4"])
     assert code == 0, capsys.readouterr().err
     study = optuna.load_study(study_name="tries", storage=url)
@@ -40,12 +46,7 @@ def test_an_older_studys_tries_are_not_queued_again(capsys, tmp_path):
     resume with the same file matches them on it, as Optuna's skip_if_exists did."""
     import sqlite3
 
-    points = tmp_path / "try.yaml"
-    points.write_text("{max-num-seqs: 256}\n")
-    url = f"sqlite:///{tmp_path}/s.db"
-    args = ["run", "--model", "flash", "--gpus", "1", "--p99-ms", "500", "--engine", "sim", "--storage", url,
-            "--study", "old", "--try", str(points), "--workload", "random:256:32", "--max-concurrency", "32",
-            "--repeats", "0", "--top-k", "0", "--json"]
+    url, args = _run_args(tmp_path, "old", "{max-num-seqs: 256}\n")
     assert main([*args, "--trials", "3"]) == 0, capsys.readouterr().err
     with sqlite3.connect(tmp_path / "s.db") as db:  # as an older autotune stored the point
         changed = db.execute("UPDATE trial_user_attributes SET value_json = 'true' WHERE key = 'tried'").rowcount
