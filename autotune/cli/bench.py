@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from autotune.cli.common import LIMITS, echo_json
+from autotune.config import DEFAULT_WORKLOAD
 from autotune.errors import AutotuneError, UsageError
 from autotune.metrics import LATENCY_METRICS, BenchResult
 
@@ -17,8 +18,9 @@ __all__ = ["bench", "commands"]
 @click.command()
 @click.option("--url", required=True, help="Server base URL, e.g. http://127.0.0.1:8000")
 @click.option("--model", required=True, help="Model name the server serves (checked on /v1/models).")
-@click.option("--workload", default="random:1024:512", show_default=True,
-              help="random:IN:OUT[:RANGE] | sharegpt:FILE | jsonl:FILE | mm:IN:OUT:IMAGES:WxH (as `autotune run`; "
+@click.option("--workload", default=DEFAULT_WORKLOAD, show_default=True,
+              help="random:IN:OUT[:RANGE] | sharegpt:FILE | jsonl:FILE | mm:IN:OUT:IMAGES:WxH (as `autotune run`, "
+                   "whose default it shares; "
                    "with --tokenizer the text is exactly IN tokens of it). A jsonl file "
                    "whose records all have arrival_s is a trace: without --rate its requests are sent at those "
                    "times (--concurrency caps them).")
