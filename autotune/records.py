@@ -32,8 +32,8 @@ __all__ = [
     "RECORDS_VERSION", "P99Record", "HostCpuRecord", "LevelRecord", "TrialResult", "TrialRecord", "Measurement",
     "Remeasurement",
     "GainRecord", "ThroughputRecord", "SelectionRecord", "StudyFingerprint", "RunRecord", "queue_attrs",
-    "queued_baseline", "queued_try", "queued_try_unkept", "write_trial_result", "trial_result_attrs", "finished_trial_attrs",
-    "replayed_attrs", "read_trial", "read_trials", "count_finished", "read_remeasurement", "write_remeasurement",
+    "queued_baseline", "queued_try", "queued_try_unkept", "write_trial_result", "trial_result_attrs",
+    "finished_trial_attrs", "replayed_attrs", "read_trial", "read_trials", "count_finished", "read_remeasurement", "write_remeasurement",
     "read_selection", "write_selection",
     "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
     "read_run_options", "write_run", "read_runs", "read_remeasurements",
@@ -510,9 +510,14 @@ def queued_try(trial: optuna.Trial | optuna.trial.FrozenTrial) -> dict[str, Any]
     return dict(flags) if isinstance(flags, dict) else None
 
 
-def queued_try_unkept(trial: optuna.Trial | optuna.trial.FrozenTrial) -> bool:
-    """A ``--try`` point queued by an older autotune, which kept only its projection on the space (its params)."""
-    return trial.user_attrs.get(_QUEUE_TRIED) is True
+def queued_try_unkept(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
+    """The projection on the space of a ``--try`` point an older autotune queued, which kept only that; None for
+    any other trial. As queued: Optuna keeps it in ``fixed_params`` (a waiting trial has no params yet, and a
+    finished one may have more, sampled where the projection left a flag out), where its own skip_if_exists reads
+    it."""
+    if trial.user_attrs.get(_QUEUE_TRIED) is not True:
+        return None
+    return dict(trial.system_attrs.get("fixed_params", trial.params))
 
 
 def trial_result_attrs(result: TrialResult) -> dict[str, Any]:

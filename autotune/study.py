@@ -155,7 +155,7 @@ def _enqueue_baselines(study: optuna.Study, cfg: StudyConfig) -> None:
     trials = study.get_trials(deepcopy=False)
     tried = [records.queued_try(t) for t in trials]
     # an older study's points are known by their projection only: matched on it, as they were queued
-    tried_unkept = [t.params for t in trials if records.queued_try_unkept(t)]
+    tried_unkept = [records.queued_try_unkept(t) for t in trials]
     for flags in cfg.tries:  # a resumed run does not queue the same point twice
         params = cfg.space.params_for(flags, cfg.settings.model, cfg.settings.gpus)
         if flags in tried or params in tried_unkept:

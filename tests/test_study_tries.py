@@ -3,6 +3,7 @@ resumed study does not queue it again."""
 from __future__ import annotations
 
 import optuna
+import pytest
 
 from autotune import records
 from autotune.cli import main
@@ -41,18 +42,24 @@ def test_a_try_point_runs_as_given_and_is_queued_once(capsys, tmp_path):
     assert len(study.trials) == 5
 
 
-def test_an_older_studys_tries_are_not_queued_again(capsys, tmp_path):
+@pytest.mark.parametrize("ran", [True, False], ids=["finished", "still queued"])
+def test_an_older_studys_tries_are_not_queued_again(capsys, tmp_path, ran):
     """A study from before the flags were kept marked its --try trials `True` and kept their projection only: a
-    resume with the same file matches them on it, as Optuna's skip_if_exists did."""
+    resume with the same file matches them on it, as Optuna's skip_if_exists did; also where the point had not run
+    yet (a waiting trial has no params, only the values it was queued with)."""
     import sqlite3
 
-    url, args = _run_args(tmp_path, "old", "{max-num-seqs: 256}\n")
-    assert main([*args, "--trials", "3"]) == 0, capsys.readouterr().err
+    url, args = _run_args(tmp_path, "old", "{max-num-seqs: 256, kv-cache-dtype: fp8_e5m2}\n")
+    # --trials 0: everything queued, nothing run, no winner (exit 3)
+    assert main([*args, "--trials", "3" if ran else "0"]) == (0 if ran else 3), capsys.readouterr().err
     with sqlite3.connect(tmp_path / "s.db") as db:  # as an older autotune stored the point
         changed = db.execute("UPDATE trial_user_attributes SET value_json = 'true' WHERE key = 'tried'").rowcount
     assert changed == 1
     study = optuna.load_study(study_name="old", storage=url)
-    assert [records.queued_try_unkept(t) for t in study.trials].count(True) == 1
+    before = len(study.trials)
+    [old] = [t for t in study.trials if records.queued_try_unkept(t) is not None]
+    assert old.state == (optuna.trial.TrialState.COMPLETE if ran else optuna.trial.TrialState.WAITING)
     assert main([*args, "--trials", "1"]) == 0, capsys.readouterr().err
     study = optuna.load_study(study_name="old", storage=url)
-    assert len(study.trials) == 4 and sum(t.tried for t in records.read_trials(study)) == 1
+    assert len(study.trials) == before + (1 if ran else 0)  # a sampled trial, or the first queued one run
+    assert sum(t.tried for t in records.read_trials(study)) == 1
