@@ -144,7 +144,9 @@ def _optuna_link(request: web.Request, name: str) -> str:
     if settings["optuna_port"] is None:
         return ""
     study_id = settings["storage"].get_study_id_from_name(name)
-    url = f"http://{request.url.host}:{settings['optuna_port']}/dashboard/studies/{study_id}"
+    host = request.url.host or ""
+    host = f"[{host}]" if ":" in host else host  # a literal IPv6 address
+    url = f"http://{host}:{settings['optuna_port']}/dashboard/studies/{study_id}"
     return f"<a class='optuna' href='{html.escape(url)}'>optuna-dashboard</a>"
 
 

@@ -82,7 +82,10 @@ def commit_message(winner: Winner, dep: Deployment) -> str:
     for word as `best` gives it."""
     gains = [f"{g.gain_pct:+.1f}% over {name}" if g.baseline_meets_limit else f"{name} met no limit"
              for name, g in winner.gains.items()]
-    said = ", ".join(gains) if gains else "no gain over the baselines measured (not re-measured)"
+    # no gains: the best trial so far (no final comparison yet), or a winner compared with no baseline (the only
+    # finalist, or its baselines cut short)
+    said = ", ".join(gains) if gains else ("no baseline compared" if winner.selected
+                                           else "the best trial so far, not re-measured")
     subject = (f"autotune: {dep.model_slug} on {dep.gpus}x {dep.gpu_type}, study {dep.study} trial {winner.trial}: "
                f"{said}")
     return subject + "\n\n" + "\n".join(dep.header) + "\n"

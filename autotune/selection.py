@@ -227,13 +227,18 @@ class Candidate:
         return Remeasurement(self.trial_number, self.concurrency, tuple(self.stepped_down_from), tuple(self.repeats),
                              tuple(self.earlier_runs))
 
+    @property
+    def remeasurements_failed(self) -> bool:
+        """Every fresh-server re-measurement at its final load failed (a server that failed measured nothing)."""
+        return bool(self.repeats) and all(math.isnan(m.output_tok_s) for m in self.repeats)
+
     def measurements(self) -> list[Measurement]:
         """The runs at the final load: its fresh-server re-measurements there and, where the search measured that
         load (a midpoint it did not measure has no search figures), the trial's own run at it; none but the failed
         re-measurements when every one of them failed."""
         if self.concurrency is None:
             return []
-        if self.repeats and all(math.isnan(m.output_tok_s) for m in self.repeats):
+        if self.remeasurements_failed:
             return list(self.repeats)  # its re-measurement's server failed: no figure of it stands
         searched = [Measurement(self.search_output_tok_s, self.search_p99_ms)] \
             if math.isfinite(self.search_output_tok_s) else []
@@ -442,14 +447,14 @@ def _why_no_winner(candidates: list[Candidate], finished_trials: int | None) -> 
     searched = [c for c in candidates if c.concurrency is not None]  # a load within the limits in its trial
     if not searched:  # with --top-k 0 only the baselines are finalists: other trials may have met the limits
         return "no finalist met the limits at any load its trial measured"
+    failed = [c for c in searched if c.remeasurements_failed]
+    if failed:  # a server that failed measured nothing: no limit was broken there
+        return (f"the fresh-server re-measurements of {', '.join(_name(c) for c in failed)} failed"
+                + ("" if len(failed) == len(searched) else "; the other finalists missed the limits"))
     if any(not (c.repeats or c.earlier_runs) for c in searched):
         # never re-measured (--repeats 0, or cut by the deadline): its trial met the limits by the P99s fitted
         # over its levels, and the run at its load was over one
         return "no finalist met the limits by the P99s measured at its load"
-    failed = [c for c in searched if c.repeats and all(math.isnan(m.output_tok_s) for m in c.repeats)]
-    if failed:  # a server that failed measured nothing: no limit was broken there
-        return (f"the fresh-server re-measurements of {', '.join(_name(c) for c in failed)} failed"
-                + ("" if len(failed) == len(searched) else "; the other finalists missed the limits in theirs"))
     if len(searched) == 1:
         return f"{_name(searched[0])} met the limits in its trial but not in re-measurement on fresh servers"
     return (f"none of the {len(searched)} finalists that met the limits in their trials met them in "

@@ -875,14 +875,15 @@ def baseline_summary(selection: Selection, cfg: StudyConfig) -> dict[str, dict[s
 
 def finalist_summary(selection: Selection, cfg: StudyConfig) -> list[dict[str, Any]]:
     """The finalists that are neither a baseline nor the winner, each with where the verdict put it: unconfirmed
-    (not measured as the others), equal within noise to the best measured, beaten beyond noise by it, or missing a
-    limit."""
+    (not measured as the others), its re-measurements failed, equal within noise to the best measured, beaten
+    beyond noise by it, or missing a limit."""
     out = []
     best = selection.best_measured
     for cand in selection.candidates:
         if cand.baseline or cand.concurrency is None or cand is selection.winner:
             continue
         standing = ("unconfirmed" if cand.trial_number in selection.unconfirmed else
+                    "its fresh-server re-measurements failed" if cand.remeasurements_failed else
                     "equal within noise" if cand.trial_number in selection.equal_within_noise else
                     "misses a limit" if best is None or not cand.meets(cfg.settings.search.limits_ms) else
                     f"beaten beyond noise by trial {best}")

@@ -107,3 +107,17 @@ def test_a_study_these_records_cannot_read_is_listed_with_why():
     assert "data-study='old'" in page and "value='old'" not in page
     assert html.escape("written by another version of autotune's records (3, this one reads 4)") in page
     assert "data-study='torn'" in page and "value='torn'" not in page and "its records cannot be read" in page
+
+
+@pytest.mark.parametrize("host, link", [("127.0.0.1:8090", "http://127.0.0.1:8091/"),
+                                        ("[::1]:8090", "http://[::1]:8091/")])
+def test_the_optuna_link_keeps_the_pages_host(host, link):
+    """A literal IPv6 address goes in brackets (it was written as http://::1:8091)."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from autotune.dashboard import _optuna_link
+
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(study_name="s", storage=storage)
+    request = make_mocked_request("GET", "/", headers={"Host": host}, app=build_app(storage, "in memory", 8091))
+    assert f"href='{link}dashboard/studies/" in _optuna_link(request, "s")

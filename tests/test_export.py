@@ -375,3 +375,18 @@ def test_deployment_of_a_study_without_selection_has_no_interval(factory_storage
     data, winner = winner_of(factory_storage, "unselected")
     dep = build_deployment(data, winner)
     assert not winner.selected and "not re-measured: no interval" in "\n".join(dep.header)
+
+
+
+def test_a_commit_without_gains_says_why(factory_storage):
+    """No gains: the best trial before any final comparison, or a selected winner compared with no baseline (the
+    only finalist); only the first is "not re-measured"."""
+    from dataclasses import replace
+
+    from autotune.export import commit_message
+
+    data, winner = winner_of(factory_storage, "unselected")
+    dep = build_deployment(data, winner)
+    assert commit_message(winner, dep).split("\n")[0].endswith(": the best trial so far, not re-measured")
+    only = replace(winner, selected=True, gains={})
+    assert commit_message(only, dep).split("\n")[0].endswith(": no baseline compared")

@@ -137,7 +137,9 @@ def test_with_no_winner_the_verdict_says_what_kept_every_finalist_out():
     failed = cand(4, [math.nan], p99=math.nan)  # its fresh server failed: no limit was broken there
     assert select_winner([failed], LIMIT, repeats=1).verdict == "the fresh-server re-measurements of trial 4 failed"
     assert select_winner([failed, over], LIMIT, repeats=1).verdict == \
-        "the fresh-server re-measurements of trial 4 failed; the other finalists missed the limits in theirs"
+        "the fresh-server re-measurements of trial 4 failed; the other finalists missed the limits"
+    assert select_winner([failed, never_remeasured], LIMIT, repeats=1).verdict == \
+        "the fresh-server re-measurements of trial 4 failed; the other finalists missed the limits"
 
 
 def test_with_several_limits_a_finalist_must_meet_every_one():
@@ -320,3 +322,7 @@ def test_the_other_finalists_stand_against_the_best_measured_not_the_recommended
                           confidence=0.9)
     standings = {f["trial"]: f["standing"] for f in finalist_summary(sel, cfg)}
     assert standings == {5: "equal within noise", 6: "beaten beyond noise by trial 5"}
+    failed = cand(8, [math.nan] * 3, p99=math.nan)  # measured as the others, every server failed
+    sel = select_winner([best, simpler, failed, defaults], LIMIT, repeats=3)
+    assert {f["trial"]: f["standing"] for f in finalist_summary(sel, cfg)}[8] == \
+        "its fresh-server re-measurements failed"
