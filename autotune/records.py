@@ -33,8 +33,8 @@ __all__ = [
     "Remeasurement",
     "GainRecord", "ThroughputRecord", "SelectionRecord", "StudyFingerprint", "RunRecord", "queue_attrs",
     "queued_baseline", "queued_try", "queued_try_unkept", "write_trial_result", "trial_result_attrs",
-    "finished_trial_attrs", "replayed_attrs", "read_trial", "read_trials", "count_finished", "read_remeasurement", "write_remeasurement",
-    "read_selection", "write_selection",
+    "finished_trial_attrs", "replayed_attrs", "read_trial", "read_trials", "count_finished", "read_remeasurement",
+    "write_remeasurement", "read_selection", "write_selection",
     "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
     "read_run_options", "write_run", "read_runs", "read_remeasurements",
 ]
