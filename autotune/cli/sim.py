@@ -6,11 +6,15 @@ import json
 import math
 import sys
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import click
 
 from autotune.config import DEFAULT_WORKLOAD
-from autotune.errors import UsageError
+from autotune.errors import EngineStartError, UsageError
+
+if TYPE_CHECKING:  # the sim package loads when a command runs
+    from autotune.sim.args import ServeArgs
 
 __all__ = ["commands", "sim"]
 
@@ -23,18 +27,24 @@ def sim() -> None:
 
 
 # -h/--help go to the flags' own parser, which lists every vLLM flag the sim takes (--port, --host, ...) and its own
+def _serve_args(argv: list[str], prog: str) -> ServeArgs:
+    """MODEL and vLLM's flags parsed by the flags' own parser: its help (exit 0) or its one-line error (exit 2),
+    already printed, end the command with that code."""
+    from autotune.sim.args import parse_serve_args
+
+    try:
+        return parse_serve_args(argv, prog=prog)
+    except SystemExit as e:
+        raise click.exceptions.Exit(e.code if isinstance(e.code, int) else 2) from None
+
+
 @sim.command(name="serve", context_settings={**_PASS_THROUGH, "help_option_names": []}, add_help_option=False)
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     """Serve MODEL like `vllm serve MODEL [flags]` (plus --gpu-type, --time-scale, --startup-delay-s)."""
-    from autotune.sim.args import parse_serve_args
     from autotune.sim.server import serve_main
 
-    try:
-        args = parse_serve_args(ctx.args, prog="autotune sim serve")
-    except SystemExit as e:  # argparse's help (0) or its one-line error (2), already printed
-        raise click.exceptions.Exit(e.code if isinstance(e.code, int) else 2) from None
-    code = serve_main(args)
+    code = serve_main(_serve_args(ctx.args, "autotune sim serve"))
     if code:
         raise click.exceptions.Exit(code)
 
@@ -66,18 +76,15 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
     from autotune.loadgen.workload import parse_workload
     from autotune.loadsearch import LoadSearchConfig
     from autotune.models import resolve_model
-    from autotune.sim.args import parse_serve_args
     from autotune.sim.predict import predict_workload
     from autotune.trial import TrialSettings, level_load_config
 
-    flags = parse_serve_args(["model", *ctx.args], prog="autotune sim predict").flags
+    flags = _serve_args(["model", *ctx.args], "autotune sim predict").flags
     if (concurrency is not None and concurrency < 1) or (rate is not None and rate <= 0):
         raise UsageError("--concurrency and --rate must be positive")
     if (num_prompts is not None and num_prompts < 1) or (warmup is not None and warmup < 0):
         raise UsageError("--num-prompts must be positive and --warmup not negative")
     model, gpu = resolve_model(model_ref), load_gpu(gpu_type)
-    if problem := model.tensor_parallel_problem(int(flags.get("tensor-parallel-size") or 1)):
-        raise UsageError(problem)
     # the study's request stream: its own times of a trace are not used, as in `autotune run`
     wl = parse_workload(workload, seed=seed).without_times()
     check_workload_model(wl, model)
@@ -92,7 +99,12 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
     else:
         cfg = LoadConfig(concurrency=concurrency, rate=rate, num_prompts=num_prompts or 1000,
                          warmup_prompts=warmup or 0, seed=seed)
-    result = predict_workload(model, gpu, flags, wl, cfg)
+    try:
+        result = predict_workload(model, gpu, flags, wl, cfg)
+    except EngineStartError as e:  # flags vLLM would refuse are the user's input; memory that does not fit is not
+        if e.failure_class == "bad_flags":
+            raise UsageError(str(e)) from None
+        raise
     data = json_safe(result.to_json())
     data.update(flags=json_safe(flags), gpu_type=gpu_type)  # "workload": the stream's spec and seed
     # a host's card: the same prediction with each fitted constant at its 90% interval's ends (how sure the answer is)
