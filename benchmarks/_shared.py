@@ -102,19 +102,19 @@ def add_card_constants_option(ap: argparse.ArgumentParser, help_text: str) -> No
     ap.add_argument("--constants", nargs="+", default=[], metavar="NAME=VALUE", help=help_text)
 
 
-def parse_args_with_constants(ap: argparse.ArgumentParser,
-                              argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, float]]:
+def parse_args_with_constants(ap: argparse.ArgumentParser, argv: list[str] | None = None,
+                              card_name: str = "h200") -> tuple[argparse.Namespace, dict[str, float]]:
     """The parsed arguments and the card constants of their ``--constants``."""
     args = ap.parse_args(argv)
-    return args, parse_card_constants(args.constants, ap)
+    return args, parse_card_constants(args.constants, ap, card_name=card_name)
 
 
-def parse_card_constants(texts: list[str], ap: argparse.ArgumentParser,
-                         option: str = "--constants") -> dict[str, float]:
-    """``--constants NAME=VALUE ...``: the h200 card's calibration constants to override (the sim's
+def parse_card_constants(texts: list[str], ap: argparse.ArgumentParser, option: str = "--constants",
+                         card_name: str = "h200") -> dict[str, float]:
+    """``--constants NAME=VALUE ...``: the built-in card's calibration constants to override (the sim's
     ``GpuSpec.extra``). A malformed pair, a value that is not a finite number, a constant the card does not name (as
     a card file may set only those) or one named twice is the parser's one-line error."""
-    card = load_gpu("h200").extra or {}
+    card = load_gpu(card_name).extra or {}
     constants: dict[str, float] = {}
     for text in texts:
         name, sep, value = text.partition("=")
@@ -125,7 +125,7 @@ def parse_card_constants(texts: list[str], ap: argparse.ArgumentParser,
         if not sep or not math.isfinite(number):
             ap.error(f"{option} takes NAME=VALUE pairs with finite numeric values, not {text!r}")
         if name not in card:
-            ap.error(f"{option}: the h200 card has no constant {name!r}")
+            ap.error(f"{option}: the {card_name} card has no constant {name!r}")
         if name in constants:
             ap.error(f"{option}: {name} given twice")
         constants[name] = number

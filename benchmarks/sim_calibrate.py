@@ -2,6 +2,7 @@
 
     python benchmarks/sim_calibrate.py            # accuracy of the constants in calibration/h100.yaml
     python benchmarks/sim_calibrate.py --fit      # refit on the FIT points, print the new constants
+    python benchmarks/sim_calibrate.py --constants NAME=VALUE ...   # other calibration/h100.yaml constants
 
 Real figures: vLLM 0.26.0, one H100 80GB, weightless GLM-4-9B shape (`autotune.testing.models.WEIGHTLESS_FLASH_CONFIG`), random
 1024 in / 512 out, ignore_eos, closed loop, 4x concurrency prompts, all starting at t=0. Only points marked
@@ -30,6 +31,8 @@ from autotune.sim.predict import predict
 from autotune.study import baseline_flags
 
 from autotune.testing.models import WEIGHTLESS_FLASH_CONFIG
+
+from _shared import add_card_constants_option, parse_args_with_constants
 
 # (label, flags, concurrency, role, output tok/s, P99 TTFT ms, P99 ITL ms)
 REAL = [
@@ -146,8 +149,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--fit", action="store_true")
     ap.add_argument("--max-evals", type=int, default=150, help="loss evaluations of the fit (~1.5 s each)")
-    args = ap.parse_args()
+    add_card_constants_option(ap, "calibration/h100.yaml constants to override (fitted ones are the fit's start)")
+    args, overrides = parse_args_with_constants(ap, card_name="h100")
     gpu = load_gpu("h100")
+    gpu = dataclasses.replace(gpu, extra={**(gpu.extra or {}), **overrides})
     if args.fit:
         from scipy.optimize import minimize  # benchmark-only dependency
 
