@@ -80,7 +80,7 @@ class StudyConfig:
 class StudyOutcome:
     study_name: str
     n_trials_total: int
-    n_trials_run: int
+    n_trials_run: int  # the trials this process finished (a shared study's workers finish others)
     selection: Selection
     profile: Profile | None
     profile_path: Path | None
@@ -491,8 +491,7 @@ def _storage_error_in(error: BaseException) -> BaseException | None:
     return None
 
 
-def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress,
-           deadline: float | None) -> tuple[_StopRules, int]:
+def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress, deadline: float | None) -> _StopRules:
     earlier = records.read_trials(study)
     before = sum(1 for t in earlier if t.complete)
     caveats = list(cfg.settings.sim_caveats())
@@ -505,7 +504,7 @@ def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress,
                                       caveats=tuple(caveats)))
     durations = [t.result.trial_wall_s for t in earlier if t.result is not None and t.result.trial_wall_s]
     rules = _StopRules(cfg, deadline, durations, lambda: remeasure_reserve_s(study, cfg), progress)
-    return rules, before
+    return rules
 
 
 @contextmanager
@@ -534,9 +533,9 @@ class _Run:
     """This invocation: what it ran on, and what its run record will say."""
 
     measured_on: tuple[Hardware, Software]
-    complete_before: int = 0  # the study's finished trials when this run began
     stopped_by: str = "interrupted"
-    trials_run: int | None = None  # a worker's own trials (None: the study's new finished trials)
+    # the trials this process finished: in a shared study the trials that workers finish meanwhile are theirs
+    trials_run: int = 0
     record: records.RunRecord | None = None
 
 
@@ -547,8 +546,7 @@ def _recording_run(study: optuna.Study, cfg: StudyConfig) -> Iterator[_Run]:
     s = cfg.settings
     started_at = dt.datetime.now(dt.timezone.utc)
     start = time.monotonic()
-    run = _Run(measured_on=environment(s.engine, s.gpu.name, s.gpus),
-               complete_before=sum(1 for t in records.read_trials(study) if t.complete))
+    run = _Run(measured_on=environment(s.engine, s.gpu.name, s.gpus))
     unwinding = False
     try:
         yield run
@@ -558,12 +556,11 @@ def _recording_run(study: optuna.Study, cfg: StudyConfig) -> Iterator[_Run]:
     finally:
         hardware, software = run.measured_on
         try:
-            complete = sum(1 for t in records.read_trials(study) if t.complete)
             run.record = records.RunRecord(
                 started_at=started_at.isoformat(timespec="seconds"),
                 finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 wall_s=time.monotonic() - start, gpus=s.gpus * len(cfg.gpu_slots),  # every GPU it held
-                trials_run=complete - run.complete_before if run.trials_run is None else run.trials_run,
+                trials_run=run.trials_run,
                 stopped_by=run.stopped_by, engine=s.engine,
                 gpu_name=hardware.gpu_name, vllm_version=software.vllm, autotune_version=software.autotune)
             records.write_run(study, run.record)
@@ -589,7 +586,7 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
     records.write_search_done(study, False)
     start = time.monotonic()
     deadline = start + cfg.timeout_s if cfg.timeout_s else None
-    rules, before = _start(study, cfg, threaded, deadline)
+    rules = _start(study, cfg, threaded, deadline)
     runner = _SlotRunner(cfg.gpu_slots)
     with _storage_loss(cfg), _reporting_interrupts(study, cfg, threaded):
         if rules.would_overrun():  # a resumed study whose earlier trials show the next one cannot fit
@@ -597,10 +594,12 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
         elif cfg.n_trials > 0:
             alone = holds_alone(cfg.storage_url)
             with _failing_interrupted(study, storage, alone), runner.interruptible():  # Ctrl-C, SIGTERM/SIGHUP
-                _run_trials(study, cfg, threaded, deadline, rules, runner)
+                try:
+                    _run_trials(study, cfg, threaded, deadline, rules, runner)
+                finally:
+                    run.trials_run = rules.ran
         records.write_search_done(study, True)  # workers take no new trial from here on
         trials = records.read_trials(study)
-        ran = sum(1 for t in trials if t.complete) - before
         finished = records.count_finished(trials)
         stopped_by = rules.reason or ("timeout" if deadline and time.monotonic() >= deadline else "trials")
         with runner.interruptible():
@@ -613,7 +612,7 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
         assert stored is not None
         profile = build_profile(cfg, selection, stored, winner, finished, run.measured_on)
         profile_path = write_profile(profile, cfg.out_dir / cfg.study_name / "profile.yaml")
-    return StudyOutcome(cfg.study_name, finished, ran, selection, profile, profile_path, stopped_by,
+    return StudyOutcome(cfg.study_name, finished, run.trials_run, selection, profile, profile_path, stopped_by,
                         baselines=baseline_summary(selection, cfg), finalists=finalist_summary(selection, cfg))
 
 
@@ -635,7 +634,7 @@ def run_worker(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
     with _recording_run(study, cfg) as run:  # a worker's GPU time is the study's too
         start = time.monotonic()
         deadline = start + cfg.timeout_s if cfg.timeout_s else None
-        rules, _ = _start(study, cfg, threaded, deadline)
+        rules = _start(study, cfg, threaded, deadline)
         runner = _SlotRunner(cfg.gpu_slots)
         with _storage_loss(cfg), _reporting_interrupts(study, cfg, threaded), \
             _failing_interrupted(study, storage, holds_alone(cfg.storage_url)), \
