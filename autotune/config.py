@@ -11,6 +11,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
+import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from autotune.engines.base import vllm_installed
@@ -109,10 +110,13 @@ def worker_options(stored: Mapping[str, Any] | None, study: str, storage: str, *
     unknown = sorted(set(local) - set(_LOCAL_OPTIONS))
     if unknown:
         raise UsageError(f"a worker does not set {unknown[0]}: it is the study's")
+    given = {k: v for k, v in local.items() if v is not None}
     try:
-        return RunOptions(**{**stored, "study": study, "storage": storage,
-                             **{k: v for k, v in local.items() if v is not None}})
-    except ValueError as e:
+        return RunOptions(**{**stored, "study": study, "storage": storage, **given})
+    except pydantic.ValidationError as e:
+        first = e.errors()[0]["loc"]
+        if first and first[0] in given:
+            raise  # the worker's own option, not the study's: the command line names it
         raise UsageError(f"study {study!r} stores options this version cannot read ({str(e).splitlines()[0]})") \
             from None
 

@@ -219,3 +219,20 @@ def test_image_limit_below_the_workload_is_refused(capsys, storage, tmp_path):
     assert code == 2 and err.count("\n") == 1
     assert "limit-mm-per-prompt allows 2 image(s) per prompt, the workload 'mm:128:32:1-3:448x448' sends up to 3" in err
     assert trial_count(db) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trials", "-1"], "autotune: error: --trials: must not be negative, got -1\n"),
+    (["--parallel", "0"], "autotune: error: --parallel: must be positive, got 0\n"),
+])
+def test_a_workers_own_bad_option_is_named_not_blamed_on_the_study(capsys, tmp_path, args, message):
+    """A worker's own bad value was reported as the study storing options this version cannot read."""
+    import optuna
+
+    from autotune import records
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="s", storage=url)
+    records.write_run_options(study, {"model": "flash", "engine": "sim", "p99_ms": 500.0})
+    assert main(["worker", "--study", "s", "--storage", url, *args]) == 2
+    assert capsys.readouterr().err == message

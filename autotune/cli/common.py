@@ -17,7 +17,7 @@ from autotune.metrics import LATENCY_METRICS
 OptionsT = TypeVar("OptionsT", bound=pydantic.BaseModel)
 
 __all__ = ["echo_json", "json_safe", "parse_duration_s", "parse_limits_ms", "DURATION", "LIMITS", "ParsedType",
-           "options_from_click"]
+           "options_from_click", "option_error"]
 
 
 def echo_json(obj: Any) -> None:
@@ -90,10 +90,16 @@ def options_from_click(model: type[OptionsT], opts: dict[str, Any], renamed: dic
     try:
         return model(**fields)
     except pydantic.ValidationError as e:
-        err = e.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else ""
-        option = next((k for k, f in renamed.items() if f == field), field)
-        limit = (err.get("ctx") or {}).get("gt", (err.get("ctx") or {}).get("ge"))
-        words = {("greater_than", 0): "must be positive", ("greater_than_equal", 0): "must not be negative"}
-        message = words.get((err["type"], limit), err["msg"][:1].lower() + err["msg"][1:])
-        raise UsageError(f"--{option.replace('_', '-')}: {message}, got {err.get('input')!r}") from None
+        raise option_error(e, renamed) from None
+
+
+def option_error(e: pydantic.ValidationError, renamed: dict[str, str]) -> UsageError:
+    """The options model's refusal of a value as a one-line usage error naming the command-line option.
+    ``renamed``: click name -> field name where they differ."""
+    err = e.errors()[0]
+    field = str(err["loc"][0]) if err["loc"] else ""
+    option = next((k for k, f in renamed.items() if f == field), field)
+    limit = (err.get("ctx") or {}).get("gt", (err.get("ctx") or {}).get("ge"))
+    words = {("greater_than", 0): "must be positive", ("greater_than_equal", 0): "must not be negative"}
+    message = words.get((err["type"], limit), err["msg"][:1].lower() + err["msg"][1:])
+    return UsageError(f"--{option.replace('_', '-')}: {message}, got {err.get('input')!r}")

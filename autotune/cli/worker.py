@@ -4,10 +4,11 @@ from __future__ import annotations
 from typing import Any
 
 import click
+import pydantic
 from rich.console import Console
 
 from autotune import records
-from autotune.cli.common import DURATION, echo_json
+from autotune.cli.common import DURATION, echo_json, option_error
 from autotune.config import build_study_config, choose_engine, worker_options
 from autotune.storage import load_study, open_storage, redact_url
 from autotune.study import run_worker
@@ -37,7 +38,10 @@ def worker(study_name: str, storage: str, as_json: bool, timeout: float | None, 
     store = open_storage(storage, create_dirs=False, exclusive=True)
     study = load_study(study_name, store)
     stored = records.read_run_options(study)
-    options = worker_options(stored, study_name, storage, timeout_s=timeout, **local)
+    try:
+        options = worker_options(stored, study_name, storage, timeout_s=timeout, **local)
+    except pydantic.ValidationError as e:
+        raise option_error(e, {"timeout": "timeout_s"}) from None
     engine = choose_engine(options.engine)
     cfg = build_study_config(options, engine)
     install_signal_handlers()
