@@ -50,8 +50,11 @@ def pending(folder: Path) -> list[Path]:
 
 
 def replay(study: optuna.Study, folder: Path) -> list[int]:
-    """Add each kept trial to the study as a finished trial (a new number: the original, left RUNNING by the run
-    that lost its database, is failed); returns the original numbers."""
+    """Add each kept trial to the study as a finished trial and return the original numbers. The original, left
+    RUNNING by the run that lost its database, is failed. Where the storage's heartbeat got there first (the
+    database was gone for longer than three heartbeats), the original is failed already and a copy of it waits in
+    the queue (Optuna's retry): the kept result goes into that copy, or the same flags would be measured again.
+    Else it is added under a new number."""
     replayed = []
     for path in pending(folder):
         entry = json.loads(path.read_text())
@@ -61,11 +64,30 @@ def replay(study: optuna.Study, folder: Path) -> list[int]:
             continue
         if original is not None and original.state == optuna.trial.TrialState.RUNNING:
             study._storage.set_trial_state_values(original._trial_id, optuna.trial.TrialState.FAIL)  # noqa: SLF001
-        study.add_trial(optuna.trial.create_trial(
-            state=optuna.trial.TrialState.COMPLETE, value=entry["value"], params=entry["params"],
-            distributions={k: json_to_distribution(d) for k, d in entry["distributions"].items()},
-            user_attrs=records.replayed_attrs(entry["user_attrs"], int(entry["number"])),
-            constraints=entry["constraints"]))
+        user_attrs = records.replayed_attrs(entry["user_attrs"], int(entry["number"]))
+        retry = _claim_retry(study, int(entry["number"]))
+        if retry is not None:
+            for key, value in user_attrs.items():
+                retry.set_user_attr(key, value)
+            for key, value in entry["constraints"].items():
+                retry.set_constraint(key, value)
+            study.tell(retry, entry["value"])
+        else:
+            study.add_trial(optuna.trial.create_trial(
+                state=optuna.trial.TrialState.COMPLETE, value=entry["value"], params=entry["params"],
+                distributions={k: json_to_distribution(d) for k, d in entry["distributions"].items()},
+                user_attrs=user_attrs, constraints=entry["constraints"]))
         path.unlink()
         replayed.append(int(entry["number"]))
     return replayed
+
+
+def _claim_retry(study: optuna.Study, original_number: int) -> optuna.Trial | None:
+    """The queued copy of a failed trial (the storage's retry names the trial it copies, ``failed_trial``), taken
+    from the queue as a trial run would take it, so that no process runs it; None where there is none to take."""
+    storage = study._storage  # noqa: SLF001 - the claim of one particular queued trial
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        if t.system_attrs.get("failed_trial") == original_number \
+                and storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.RUNNING):  # noqa: SLF001
+            return optuna.Trial(study, t._trial_id)  # noqa: SLF001
+    return None

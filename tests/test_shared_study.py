@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pytest
 
 from autotune import records
 from autotune.config import RunOptions, build_study_config, choose_engine
@@ -41,3 +42,32 @@ def test_a_run_counts_its_own_trials_not_those_a_worker_finished_meanwhile(tmp_p
     study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url)
     [run] = records.read_runs(study)
     assert run.trials_run == 2  # the worker's two are its own run record's
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_kept_trial_the_heartbeat_queued_again_is_not_measured_twice(tmp_path: Path) -> None:
+    """The database gone for longer than three heartbeats: on its return the storage fails the trial the run left
+    RUNNING and queues a copy of it. The kept result goes into that copy; it was added as a trial of its own
+    beside it, and the copy then measured the same flags again."""
+    from autotune import journal
+    from autotune.storage import MAX_RETRIES
+
+    study = optuna.create_study(study_name="lost", storage=f"sqlite:///{tmp_path}/s.db", direction="maximize")
+    trial = study.ask()
+    trial.suggest_int("max-num-seqs", 64, 1024)
+    result = TrialResult(flags={"max-num-seqs": trial.params["max-num-seqs"]}, feasible=True, output_tok_s=500.0,
+                         concurrency=8)
+    folder = tmp_path / "pending"
+    journal.keep(folder, trial, records.trial_result_attrs(result), {"p99_ttft_minus_limit_ms": -100.0}, 500.0)
+    # the database lost before the tell, then the storage's heartbeat check: failed, and a copy queued
+    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, study.trials[trial.number])
+
+    assert journal.replay(study, folder) == [trial.number]
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.WAITING not in states  # nothing left to measure the kept flags again
+    [done] = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done.value == 500.0 and done.params == trial.params
+    assert done.user_attrs.get("replayed_from_trial") == trial.number
+    assert done.system_attrs.get("constraints:p99_ttft_minus_limit_ms") == -100.0
+    assert len(study.trials) == 2
