@@ -480,15 +480,18 @@ def _storage_loss(cfg: StudyConfig) -> Iterator[None]:
 
 
 def _storage_error_in(error: BaseException) -> BaseException | None:
-    """The storage's error in ``error`` or in the errors it was raised from or while handling, if any."""
+    """The storage's error in ``error`` or in the errors it was raised from or while handling, if any: the innermost
+    one, the database's own words. Optuna's wrapper of a failed commit says "This typically happens due to invalid
+    data in the commit", which a lost database is not."""
     seen: set[int] = set()
+    found: BaseException | None = None
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         if isinstance(current, (optuna.exceptions.StorageInternalError, SQLAlchemyError)):
-            return current
+            found = current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return None
+    return found
 
 
 def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress, deadline: float | None) -> _StopRules:

@@ -71,3 +71,26 @@ def test_a_kept_trial_the_heartbeat_queued_again_is_not_measured_twice(tmp_path:
     assert done.user_attrs.get("replayed_from_trial") == trial.number
     assert done.system_attrs.get("constraints:p99_ttft_minus_limit_ms") == -100.0
     assert len(study.trials) == 2
+
+
+def test_a_lost_database_is_reported_in_the_databases_words(tmp_path: Path) -> None:
+    """Optuna wraps a failed commit in "This typically happens due to invalid data in the commit": a lost database
+    was reported so. The message carries the driver's own error, password masked."""
+    from types import SimpleNamespace
+
+    from sqlalchemy.exc import OperationalError
+
+    from autotune.errors import StorageUnavailable
+    from autotune.study import _storage_loss
+
+    cfg = SimpleNamespace(out_dir=tmp_path, study_name="s", storage_url="postgresql+psycopg://u:secret@db/x")
+    refused = OperationalError("INSERT", {}, Exception('connection to server at "db", port 5432 failed: '
+                                                       "Connection refused"))
+    with pytest.raises(StorageUnavailable) as raised, _storage_loss(cfg):
+        try:
+            raise refused
+        except OperationalError as e:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit. This typically "
+                                                         "happens due to invalid data in the commit.") from e
+    message = str(raised.value)
+    assert "Connection refused" in message and "invalid data" not in message and "secret" not in message
