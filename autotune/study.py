@@ -537,6 +537,7 @@ class _Run:
     complete_before: int = 0  # the study's finished trials when this run began
     stopped_by: str = "interrupted"
     trials_run: int | None = None  # a worker's own trials (None: the study's new finished trials)
+    made_selection: bool = False  # stored the study's selection (RunRecord.made_selection)
     record: records.RunRecord | None = None
 
 
@@ -565,7 +566,8 @@ def _recording_run(study: optuna.Study, cfg: StudyConfig) -> Iterator[_Run]:
                 wall_s=time.monotonic() - start, gpus=s.gpus * len(cfg.gpu_slots),  # every GPU it held
                 trials_run=complete - run.complete_before if run.trials_run is None else run.trials_run,
                 stopped_by=run.stopped_by, engine=s.engine,
-                gpu_name=hardware.gpu_name, vllm_version=software.vllm, autotune_version=software.autotune)
+                gpu_name=hardware.gpu_name, vllm_version=software.vllm, autotune_version=software.autotune,
+                made_selection=run.made_selection)
             records.write_run(study, run.record)
         except Exception:  # noqa: BLE001 - see the docstring
             if not unwinding:
@@ -605,6 +607,7 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
         stopped_by = rules.reason or ("timeout" if deadline and time.monotonic() >= deadline else "trials")
         with runner.interruptible():
             selection = remeasure_and_select(study, cfg, deadline, threaded, runner)
+        run.made_selection = True
     run.stopped_by = stopped_by
     profile = profile_path = None
     if selection.winner is not None:
