@@ -154,8 +154,15 @@ def _tok_s(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
-def _baseline_tok_s(value: float | None) -> str:
-    return "missed a limit" if value == 0 else _tok_s(value)
+def _baseline_cell(summary: StudySummary, name: str, value: float | None) -> str:
+    """A baseline's output tok/s at the limit; 0 is a baseline that measured no load within the limits, either
+    because it missed them or because its server failed (an OOM at start measured nothing): which one, as its
+    trial recorded it."""
+    if value != 0:
+        return _tok_s(value)
+    trial = summary.data.baseline_trials().get(name)
+    failure = trial.result.failure_class if trial is not None and trial.result is not None else ""
+    return f"failed: {failure}" if failure and failure != "no_feasible_load" else "missed a limit"
 
 
 def _read_all(storage: optuna.storages.BaseStorage) -> list[StudySummary | tuple[str, str]]:
@@ -199,7 +206,8 @@ async def _index(request: web.Request) -> web.Response:
             f"<td>{html.escape(describe_limits(s.data.limits_ms) if s.data.limits_ms else '-')}</td>"
             f"<td class='num'>{count_finished(s.data.trials)} ({sum(t.feasible for t in s.data.trials)})</td>"
             f"<td class='num best'>{best}</td>"
-            + "".join(f"<td class='num baseline'>{_baseline_tok_s(baselines.get(b))}</td>" for b in BASELINES)
+            + "".join(f"<td class='num baseline'>{html.escape(_baseline_cell(s, b, baselines.get(b)))}</td>"
+                      for b in BASELINES)
             + f"<td class='num'>{minutes}</td><td>{links}</td></tr>")
     note = "" if settings["optuna_port"] is not None else f"<p class='note'>{html.escape(OPTUNA_DASHBOARD_MISSING)}</p>"
     body = (f"<h1>autotune dashboard</h1><p class='note'>storage {html.escape(settings['label'])} (read-only)</p>"

@@ -111,7 +111,7 @@ def build_deployment(data: StudyRecords, winner: Winner) -> Deployment:
         raise UsageError(f"study {data.name!r} has no fingerprint: it was not written by `autotune run`")
     fp = data.fingerprint
     flags, dropped = deploy_flags(dict(winner.flags))
-    run = data.last_run
+    run = data.winner_run
     header = [f"autotune: study {data.name!r}, trial {winner.trial} ({winner.source})",
               f"throughput at the limit: {winner.throughput_text()}",
               f"constraint: {describe_limits(winner.limits_ms)}; measured {winner.p99_text()}"]

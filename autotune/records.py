@@ -470,6 +470,9 @@ class RunRecord:
     gpu_name: str | None  # as nvidia-smi names the card; the sim engine says which card it modelled
     vllm_version: str | None  # None on the sim engine
     autotune_version: str
+    # This run re-measured the finalists and stored the study's selection (each run that gets that far replaces
+    # it): the winner's figures, verdict and gains are this run's. An interrupted resume and a worker make none.
+    made_selection: bool = False
 
     @property
     def gpu_minutes(self) -> float:
@@ -483,7 +486,8 @@ class RunRecord:
         return cls(started_at=str(data["started_at"]), finished_at=str(data["finished_at"]),
                    wall_s=_num(data["wall_s"]), gpus=int(data["gpus"]), trials_run=int(data["trials_run"]),
                    stopped_by=str(data["stopped_by"]), engine=str(data["engine"]), gpu_name=data["gpu_name"],
-                   vllm_version=data["vllm_version"], autotune_version=str(data["autotune_version"]))
+                   vllm_version=data["vllm_version"], autotune_version=str(data["autotune_version"]),
+                   made_selection=bool(data.get("made_selection", False)))
 
 
 # -- trials ------------------------------------------------------------------------------------------------------

@@ -539,6 +539,7 @@ class _Run:
     stopped_by: str = "interrupted"
     # the trials this process finished: in a shared study the trials that workers finish meanwhile are theirs
     trials_run: int = 0
+    made_selection: bool = False  # stored the study's selection (RunRecord.made_selection)
     record: records.RunRecord | None = None
 
 
@@ -565,7 +566,8 @@ def _recording_run(study: optuna.Study, cfg: StudyConfig) -> Iterator[_Run]:
                 wall_s=time.monotonic() - start, gpus=s.gpus * len(cfg.gpu_slots),  # every GPU it held
                 trials_run=run.trials_run,
                 stopped_by=run.stopped_by, engine=s.engine,
-                gpu_name=hardware.gpu_name, vllm_version=software.vllm, autotune_version=software.autotune)
+                gpu_name=hardware.gpu_name, vllm_version=software.vllm, autotune_version=software.autotune,
+                made_selection=run.made_selection)
             records.write_run(study, run.record)
         except Exception:  # noqa: BLE001 - see the docstring
             if not unwinding:
@@ -607,6 +609,7 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
         stopped_by = rules.reason or ("timeout" if deadline and time.monotonic() >= deadline else "trials")
         with runner.interruptible():
             selection = remeasure_and_select(study, cfg, deadline, threaded, runner)
+        run.made_selection = True
     run.stopped_by = stopped_by
     profile = profile_path = None
     if selection.winner is not None:

@@ -99,8 +99,13 @@ class StudyRecords:
         return sum(r.gpu_minutes for r in self.runs) if self.runs else None
 
     @property
-    def last_run(self) -> RunRecord | None:
-        """The latest run: the winner's figures, its re-measurements included, were taken by it (or before)."""
+    def winner_run(self) -> RunRecord | None:
+        """The run the winner's figures come from: the latest that stored a selection (the stored one), else the
+        latest run. Not simply the latest: a resumed run interrupted before its final comparison, or a worker on
+        another machine, records a run after the selection without changing it."""
+        made = [r for r in self.runs if r.made_selection]
+        if self.selection is not None and made:
+            return made[-1]
         return self.runs[-1] if self.runs else None
 
     @property

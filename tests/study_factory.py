@@ -97,7 +97,7 @@ def make_study(storage: optuna.storages.BaseStorage | str, name: str, *, limits_
         started_at=f"2026-03-0{1 + seed % 9}T10:00:00+00:00", finished_at=f"2026-03-0{1 + seed % 9}T12:30:00+00:00",
         wall_s=9000.0, gpus=gpus, trials_run=n_trials, stopped_by="trials", engine=engine,
         gpu_name="NVIDIA H100 80GB HBM3" if engine == "vllm" else "h100 (simulated by the autotune sim engine)",
-        vllm_version="0.26.0" if engine == "vllm" else None, autotune_version="0.1.0"))
+        vllm_version="0.26.0" if engine == "vllm" else None, autotune_version="0.1.0", made_selection=select))
     return study
 
 

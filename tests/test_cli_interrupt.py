@@ -90,6 +90,7 @@ def test_signal_tears_down_and_resume_keeps_trials(tmp_path, sig, code, server):
     # The interrupted run's GPU time is recorded: it was spent.
     [run] = records.read_runs(study)
     assert run.stopped_by == "interrupted" and run.trials_run == len(kept) and run.wall_s > 0
+    assert not run.made_selection  # the selection an export names is not this run's
     # Resume: the completed trials stay, new ones are added.
     rerun = subprocess.run([*cmd[:cmd.index("--trials")], "--trials", "1", *cmd[cmd.index("--trials") + 2:],
                             "--json"], capture_output=True, text=True, cwd=tmp_path, timeout=300)

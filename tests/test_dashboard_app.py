@@ -121,3 +121,25 @@ def test_the_optuna_link_keeps_the_pages_host(host, link):
     optuna.create_study(study_name="s", storage=storage)
     request = make_mocked_request("GET", "/", headers={"Host": host}, app=build_app(storage, "in memory", 8091))
     assert f"href='{link}dashboard/studies/" in _optuna_link(request, "s")
+
+
+def test_a_baseline_whose_server_failed_is_not_said_to_have_missed_a_limit(tmp_path):
+    """The list once said "missed a limit" of a baseline whose server never started (an OOM), while its trial
+    page said oom: a baseline at 0 tok/s shows how its trial ended."""
+    from autotune import records
+    from autotune.engines.base import vllm_serve_cmd
+    from autotune.records import TrialResult
+    from tests.study_factory import MODEL, make_study
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = make_study(url, "oom", feasible=False)  # no winner: each baseline as its latest trial ended
+    oom = TrialResult(flags={}, feasible=False, output_tok_s=0.0, concurrency=None, failure_class="oom",
+                      failure_reason="CUDA out of memory", vllm_serve_cmd=vllm_serve_cmd(MODEL, {}))
+    study.add_trial(optuna.trial.create_trial(
+        value=0.0, user_attrs={**records.queue_attrs(baseline="vllm-defaults"), "result": oom.to_json()}))
+    [(status, index)] = _fetch(url, "/")
+    assert status == 200
+    row = index[index.index("data-study='oom'"):]
+    cells = row[:row.index("</tr>")].split("class='num baseline'>")[1:]
+    # the new vllm-defaults trial never started; seed-profile ran and met no limit
+    assert [c[:c.index("<")] for c in cells] == ["failed: oom", "missed a limit"]

@@ -184,6 +184,28 @@ def test_the_header_states_where_the_figures_come_from(capsys, factory_storage, 
             assert f"gain over {name}: {g.gain_pct:+.1f}%" in head
 
 
+def test_a_run_after_the_selection_changes_no_exported_byte(capsys, tmp_path, repo):
+    """A resumed run interrupted before its final comparison (or a worker) records a run after the selection
+    without changing it: the header once took that run's end as "measured" and its vLLM as the winner's, and the
+    re-export then refused ("exists with other contents") though the winner was the same."""
+    from autotune import records
+    from autotune.records import RunRecord
+    from tests.study_factory import make_study
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = make_study(url, "resumed")
+    first = export(capsys, url, "resumed", repo / "vllm", "--commit")
+    measured_by = read_study(study).runs[-1]
+    records.write_run(study, RunRecord(
+        started_at="2026-04-01T10:00:00+00:00", finished_at="2026-04-01T10:05:00+00:00", wall_s=300.0, gpus=1,
+        trials_run=0, stopped_by="interrupted", engine="vllm", gpu_name="NVIDIA H200", vllm_version="0.27.0",
+        autotune_version="0.1.0"))
+    again = export(capsys, url, "resumed", repo / "vllm")
+    assert again["written"] == [] and len(again["unchanged"]) == len(FORMATS)
+    head = Path(first["written"][0]).read_text()
+    assert f"measured: {measured_by.finished_at}" in head and f"vLLM: {measured_by.vllm_version}" in head
+
+
 def test_a_sim_study_says_no_vllm_ran(capsys, factory_storage, repo):
     files = files_by_format(export(capsys, factory_storage, "c", repo, "--format", "config,k8s")["written"])
     assert set(files) == {"config", "k8s"}

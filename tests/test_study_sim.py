@@ -100,6 +100,7 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
     runs = records.read_runs(study)
     assert [r.trials_run for r in runs] == [3, 2] and all(r.gpu_minutes > 0 and r.engine == "sim" for r in runs)
     assert runs[0].started_at < runs[1].started_at and runs[1].vllm_version is None
+    assert all(r.made_selection for r in runs)  # each ran its final comparison: an export's header names the last
     selection = records.read_selection(study)
     profile = read_profile(json.loads(out)["profile_path"])
     tput = selection.winner_output_tok_s
