@@ -161,8 +161,8 @@ def _baseline_cell(summary: StudySummary, name: str, value: float | None) -> str
     if value != 0:
         return _tok_s(value)
     trial = summary.data.baseline_trials().get(name)
-    failure = trial.result.failure_class if trial is not None and trial.result is not None else ""
-    return f"failed: {failure}" if failure and failure != "no_feasible_load" else "missed a limit"
+    failure = trial.result.measurement_failure if trial is not None and trial.result is not None else ""
+    return f"failed: {failure}" if failure else "missed a limit"
 
 
 def _read_all(storage: optuna.storages.BaseStorage) -> list[StudySummary | tuple[str, str]]:

@@ -190,6 +190,12 @@ class TrialResult:
     trial_wall_s: float = 0.0  # the whole trial, as the study timed it
 
     @property
+    def measurement_failure(self) -> str:
+        """Why the trial measured nothing (its server failed to start, crashed, hung...): its failure class; "" where
+        it measured its load levels, whether one met the limits or none did (no_feasible_load)."""
+        return "" if self.failure_class == "no_feasible_load" else self.failure_class
+
+    @property
     def p99_ms(self) -> dict[str, float]:
         """Each limited metric's P99 at ``concurrency`` as measured there; empty when no level ran."""
         level = self.level(self.concurrency) if self.concurrency is not None else None

@@ -619,7 +619,8 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
         profile = build_profile(cfg, selection, stored, winner, finished, run.measured_on)
         profile_path = write_profile(profile, cfg.out_dir / cfg.study_name / "profile.yaml")
     return StudyOutcome(cfg.study_name, finished, run.trials_run, selection, profile, profile_path, stopped_by,
-                        baselines=baseline_summary(selection, cfg), finalists=finalist_summary(selection, cfg))
+                        baselines=baseline_summary(selection, cfg, records.read_trials(study)),
+                        finalists=finalist_summary(selection, cfg))
 
 
 @dataclass(frozen=True)
@@ -869,12 +870,18 @@ def _candidate_summary(cand: Candidate, cfg: StudyConfig) -> dict[str, Any]:
                       "runs_at_limit": sum(math.isfinite(v) for v in cand.at_limit_tok_s(limits_ms))})
 
 
-def baseline_summary(selection: Selection, cfg: StudyConfig) -> dict[str, dict[str, Any]]:
+def baseline_summary(selection: Selection, cfg: StudyConfig,
+                     trials: list[TrialRecord]) -> dict[str, dict[str, Any]]:
+    """Each baseline as the comparison saw it, with its gain, and why it measured nothing where its server failed
+    (``failure_class``: a baseline that did not start did not miss a limit)."""
+    results = {t.number: t.result for t in trials if t.result is not None}
     out: dict[str, dict[str, Any]] = {}
     for cand in selection.candidates:
         if cand.baseline:
             gain = selection.gains.get(cand.baseline)
-            out[cand.baseline] = {**_candidate_summary(cand, cfg), **({"gain": gain.to_json()} if gain else {})}
+            result = results.get(cand.trial_number)
+            out[cand.baseline] = {**_candidate_summary(cand, cfg), **({"gain": gain.to_json()} if gain else {}),
+                                  "failure_class": result.measurement_failure if result is not None else ""}
     return out
 
 

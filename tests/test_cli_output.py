@@ -81,3 +81,16 @@ def test_a_sim_study_under_a_limit_its_card_gets_wrong_says_so(capsys, tmp_path)
     assert f"note: {caveat}" in out
     profile = yaml.safe_load(Path(out.split("Profile: ")[1].split()[0]).read_text())
     assert profile["notes"] == [caveat]
+
+
+def test_a_baseline_whose_server_failed_is_said_to_have_failed_not_to_miss_a_limit(capsys, tmp_path):
+    """vLLM's defaults OOM at start (the sim server's fault): the console and the report name the failure; a
+    baseline that measured nothing did not miss a limit."""
+    code = main(["run", "--model", "flash", "--engine", "sim", "--sim-server", "--sim-time-scale", "50",
+                 "--sim-fault", "oom-at-start@0", "--p99-ms", "500", "--storage", f"sqlite:///{tmp_path}/s.db",
+                 "--trials", "2", "--workload", "random:256:16", "--repeats", "0", "--top-k", "0",
+                 "--max-concurrency", "16", "--out", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    [line] = [line for line in out.splitlines() if "against vllm-defaults" in line]
+    assert "failed: oom" in line and "misses a limit" not in line, line
