@@ -180,7 +180,7 @@ def open_storage_readonly(url: str | None) -> optuna.storages.RDBStorage:
     sqlite3 library itself enforces; PostgreSQL with every session's transactions read-only
     (``default_transaction_read_only``), which the server enforces. Optuna is told not to create tables. Other
     databases are refused rather than opened writable."""
-    url = url or DEFAULT_STORAGE
+    url = given = url or DEFAULT_STORAGE  # the URL as given: what every message names
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -206,13 +206,13 @@ def open_storage_readonly(url: str | None) -> optuna.storages.RDBStorage:
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
     except ImportError as e:
-        raise StorageError(f"storage {redact_url(url)}: database driver missing ({e.name or e}); "
+        raise StorageError(f"storage {redact_url(given)}: database driver missing ({e.name or e}); "
                            "for PostgreSQL: pip install 'autotune[postgres]'") from None
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError, ValueError) as e:
         while e.__cause__ is not None:  # Optuna wraps the driver's error (connection refused, ...) in its own
             e = e.__cause__  # type: ignore[assignment]
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StorageError(f"cannot open storage {redact_url(url)} read-only: {first}") from None
+        raise StorageError(f"cannot open storage {redact_url(given)} read-only: {first}") from None
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:

@@ -98,3 +98,12 @@ def test_postgresql_sessions_are_read_only_and_the_dashboard_hides_the_password(
     for text in asyncio.run(pages()):
         assert secret not in text
     open_storage(PG_URL).delete_study(study._study_id)  # noqa: SLF001 - cleaning up the shared database
+
+
+def test_a_file_that_holds_no_study_tables_is_named_as_given(tmp_path):
+    """An empty file is opened read-only through a `file:...?mode=ro` URI: the message names the URL typed."""
+    (tmp_path / "empty.db").write_bytes(b"")
+    with pytest.raises(StorageError) as e:
+        open_storage_readonly(f"sqlite:///{tmp_path}/empty.db")
+    assert f"cannot open storage sqlite:///{tmp_path}/empty.db read-only" in str(e.value), str(e.value)
+    assert (tmp_path / "empty.db").read_bytes() == b""
