@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from autotune.records import LevelRecord, Measurement, TrialResult
+    from autotune.selection import LeftOutTrial
 
 __all__ = ["Progress", "StudyStart", "StudyEta", "StudyInterrupted", "BenchProgress", "CalibrationStep",
            "NULL_PROGRESS", "ThreadedProgress"]
@@ -132,6 +133,14 @@ class Progress:
         """Time left before --timeout buys one more fresh-server run of each of ``finalists`` compared finalists
         (the ``repeat``-th re-measurement of most)."""
 
+    def waiting_for_trials(self, numbers: tuple[int, ...], at_most_s: float) -> None:
+        """The search is done, and other processes (workers) are still running trials ``numbers``: the final
+        comparison waits for them, ``at_most_s`` seconds at most."""
+
+    def waited_for_trials(self, finished: tuple[int, ...], left_out: tuple[LeftOutTrial, ...], waited_s: float) -> None:
+        """The wait for other processes' trials is over: ``finished`` are in the final comparison, ``left_out`` are
+        not."""
+
     def study_finished(self, study: str, stopped_by: str, verdict: str, profile_path: Path | None,
                        gpu_minutes: float) -> None:
         """The study ended; ``verdict`` is the selection's sentence; ``gpu_minutes``: this invocation's wall
@@ -221,6 +230,14 @@ class ThreadedProgress(Progress):
     def spare_round(self, finalists: int, repeat: int) -> None:
         with self.lock:
             self.inner.spare_round(finalists, repeat)
+
+    def waiting_for_trials(self, numbers: tuple[int, ...], at_most_s: float) -> None:
+        with self.lock:
+            self.inner.waiting_for_trials(numbers, at_most_s)
+
+    def waited_for_trials(self, finished: tuple[int, ...], left_out: tuple[LeftOutTrial, ...], waited_s: float) -> None:
+        with self.lock:
+            self.inner.waited_for_trials(finished, left_out, waited_s)
 
     def study_finished(self, study: str, stopped_by: str, verdict: str, profile_path: Path | None,
                        gpu_minutes: float) -> None:

@@ -52,8 +52,8 @@ from autotune.loadsearch import LoadSearchConfig
 from autotune.records import GainRecord, Measurement, Remeasurement
 from autotune.stats import increasing_fit
 
-__all__ = ["Candidate", "Selection", "select_winner", "gain_over", "flags_changed", "LoadCurve", "RunSpread",
-           "tok_s_stats"]
+__all__ = ["Candidate", "Selection", "LeftOutTrial", "select_winner", "gain_over", "flags_changed", "LoadCurve",
+           "RunSpread", "tok_s_stats"]
 
 
 @dataclass(frozen=True)
@@ -330,6 +330,19 @@ def tok_s_stats(values: list[float], noise_floor: float = 0.0, confidence: float
             "half_width": max(t_half, noise_floor * mean)}
 
 
+@dataclass(frozen=True)
+class LeftOutTrial:
+    """A trial that another process was still running when the search ended and that the final comparison goes
+    without: it did not finish in the time the run waited for it."""
+
+    number: int
+    baseline: str  # its baseline's name, else empty
+    why: str  # what became of it, one clause
+
+    def describe(self) -> str:
+        return f"trial {self.number}" + (f" ({self.baseline})" if self.baseline else "") + f", {self.why}"
+
+
 @dataclass
 class Selection:
     winner: Candidate | None  # the recommended configuration
@@ -380,9 +393,19 @@ def gain_over(winner: Candidate, baseline: Candidate, limits_ms: Mapping[str, fl
 
 
 def select_winner(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats: int,
-                  noise_floor: float = 0.0, confidence: float = 0.9, finished_trials: int | None = None) -> Selection:
+                  noise_floor: float = 0.0, confidence: float = 0.9, finished_trials: int | None = None,
+                  left_out: tuple[LeftOutTrial, ...] = ()) -> Selection:
     """``finished_trials``: the study's finished trials (records.count_finished; None: not known), which the
-    candidates alone cannot tell when there are none: no trial finished, or none met the limits."""
+    candidates alone cannot tell when there are none: no trial finished, or none met the limits. ``left_out``: the
+    trials other processes did not finish in time, named in the verdict (any of them might have won)."""
+    selection = _select(candidates, limits_ms, repeats, noise_floor, confidence, finished_trials)
+    if left_out:
+        selection.verdict += "; left out of the comparison: " + "; ".join(t.describe() for t in left_out)
+    return selection
+
+
+def _select(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats: int, noise_floor: float,
+            confidence: float, finished_trials: int | None) -> Selection:
     unconfirmed = [c for c in candidates if c.concurrency is not None and not c.confirmed(repeats)]
     confirmed = [c for c in candidates if c.confirmed(repeats) and c.meets(limits_ms)]
     names = ", ".join(_name(c) for c in unconfirmed)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from autotune.errors import StorageError, StorageUnavailable, UsageError
 
 __all__ = ["DEFAULT_STORAGE", "open_storage", "open_storage_readonly", "redact_url", "load_study", "study_names",
-           "sqlite_dir", "holds_alone", "fail_dead_processes_trials", "MAX_RETRIES"]
+           "sqlite_dir", "holds_alone", "fail_dead_processes_trials", "heartbeat_s", "stale_after_s", "MAX_RETRIES"]
 
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 # How often a trial cut short (a signal, a dead worker) is queued again: a point that kills its worker every time
@@ -37,13 +37,19 @@ def redact_url(url: str) -> str:
         return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
-def _heartbeat_s() -> int:
-    """Seconds between a running trial's heartbeats (``AUTOTUNE_HEARTBEAT_S``, default 60); a trial whose heartbeat
-    stopped for three of them is failed and queued again by the next process that looks."""
+def heartbeat_s() -> int:
+    """Seconds between a running trial's heartbeats (``AUTOTUNE_HEARTBEAT_S``, default 60); a trial whose heartbeats
+    stopped (:func:`stale_after_s`) is failed and queued again by the next process that looks."""
     text = os.environ.get("AUTOTUNE_HEARTBEAT_S", "60")
     if not text.isdigit() or int(text) < 1:
         raise UsageError(f"AUTOTUNE_HEARTBEAT_S={text!r}: expected a whole number of seconds, at least 1")
     return int(text)
+
+
+def stale_after_s() -> int:
+    """Seconds after its last heartbeat that a running trial is failed as its process's death (three heartbeats:
+    one late heartbeat of a busy process is not a death)."""
+    return 3 * heartbeat_s()
 
 
 # Lock files held for the life of this process, by database (flock ends with it, however it ends). A second
@@ -156,9 +162,8 @@ def open_storage(url: str | None, create_dirs: bool = True, exclusive: bool = Fa
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         # Heartbeats let a later run mark trials of a crashed worker as failed instead of RUNNING forever.
-        heartbeat_s = _heartbeat_s()
         return _RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
+            url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s(), grace_period=stale_after_s(),
             skip_compatibility_check=False,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
     except ImportError as e:

@@ -35,9 +35,10 @@ from autotune.models import ModelSpec
 from autotune.profile import Hardware, Profile, Software, build_profile, environment, write_profile
 from autotune.progress import NULL_PROGRESS, Progress, StudyEta, StudyInterrupted, StudyStart, ThreadedProgress
 from autotune.sim.faults import FaultPlan
-from autotune.storage import MAX_RETRIES, fail_dead_processes_trials, holds_alone, redact_url
+from autotune.storage import (MAX_RETRIES, fail_dead_processes_trials, heartbeat_s, holds_alone, redact_url,
+                              stale_after_s)
 from autotune.records import Measurement, StudyFingerprint, TrialRecord, TrialResult
-from autotune.selection import Candidate, LoadCurve, Selection, select_winner, tok_s_stats
+from autotune.selection import Candidate, LeftOutTrial, LoadCurve, Selection, select_winner, tok_s_stats
 from autotune.space import SearchSpace
 from autotune.trial import TrialSettings, measure_once, run_trial, runs_in_process, sim_predicted_knee
 
@@ -87,6 +88,8 @@ class StudyOutcome:
     stopped_by: str
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
     finalists: list[dict[str, Any]] = field(default_factory=list)  # finalist_summary: the others the verdict compared
+    # trials other processes were running when the search ended and did not finish in the time the run waited
+    left_out: tuple[LeftOutTrial, ...] = ()
 
 
 def trial_folder(study_dir: Path, number: int) -> Path:
@@ -505,9 +508,95 @@ def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress, deadline: 
                                       n_trials=cfg.n_trials, timeout_s=cfg.timeout_s, existing_trials=before,
                                       parallel=len(cfg.gpu_slots), served=not runs_in_process(cfg.settings),
                                       caveats=tuple(caveats)))
-    durations = [t.result.trial_wall_s for t in earlier if t.result is not None and t.result.trial_wall_s]
-    rules = _StopRules(cfg, deadline, durations, lambda: remeasure_reserve_s(study, cfg), progress)
+    rules = _StopRules(cfg, deadline, _trial_walls_s(earlier), lambda: remeasure_reserve_s(study, cfg), progress)
     return rules
+
+
+def _trial_walls_s(trials: list[TrialRecord]) -> list[float]:
+    """The wall seconds of each trial that ran to its end (a server start, its load search and a stop)."""
+    return [t.result.trial_wall_s for t in trials if t.result is not None and t.result.trial_wall_s]
+
+
+# How often the wait for other processes' trials looks at the study: one query of its running trials each time.
+_WAIT_POLL_S = 1.0
+
+
+def _wait_for_others_trials(study: optuna.Study, cfg: StudyConfig, deadline: float | None,
+                            progress: Progress) -> tuple[LeftOutTrial, ...]:
+    """Once the search is done, wait for the trials other processes (workers) are still running, so that the final
+    comparison includes them; return those it goes without, each with why.
+
+    Called once this process's own trials are over (their threads joined): every trial still RUNNING is another
+    process's, live or dead (on SQLite, which one process holds, there is none). A dead process's trial is failed
+    by Optuna's heartbeat check, run here at each poll since nobody else may be looking (Optuna looks when a process
+    starts a trial, and the workers start none now). The copy of it that the storage's retry callback queues
+    (WAITING) is neither waited for nor run now: no process takes a trial once the search is done, and the verdict
+    would wait a whole trial more for a point whose process died under it; it stays queued and the study's next run
+    measures it first (a baseline's too: _enqueue_baselines counts it as queued).
+
+    A trial whose process died before its first heartbeat is never stale to Optuna, and a live process may hang, so
+    the wait is bounded: by the study's longest trial so far plus the time a heartbeat check takes to find a dead
+    process (its grace period and one heartbeat more, the checks' resolution), counted from now (each trial waited
+    for started before now, so one still running then has run longer than any trial of the study, by more than a
+    heartbeat check allows; counted on this clock because the trials' start times are their own machines'), and by
+    --timeout less the re-measurements the final comparison still needs."""
+    def running() -> list[int]:
+        return [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+
+    still = running()
+    if not still:
+        return ()
+    longest_s = max(_trial_walls_s(records.read_trials(study)), default=0.0)
+    find_dead_s = stale_after_s() + heartbeat_s()
+    started = time.monotonic()
+    until = started + longest_s + find_dead_s
+    comparison_from = None if deadline is None else deadline - remeasure_reserve_s(study, cfg)
+    bound_by_timeout = comparison_from is not None and comparison_from < until
+    if comparison_from is not None:
+        until = min(until, comparison_from)
+    waited: list[int] = []
+    while True:
+        # a worker that looked before the search was done may start one more trial: waited for too
+        if new := tuple(n for n in still if n not in waited):
+            waited.extend(new)
+            progress.waiting_for_trials(new, max(0.0, until - time.monotonic()))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        still = running()
+        if not still or time.monotonic() >= until:
+            break
+        time.sleep(max(0.0, min(_WAIT_POLL_S, until - time.monotonic())))
+    still_running = ("still running when --timeout left only the final comparison's time" if bound_by_timeout else
+                     f"still running after {longest_s + find_dead_s:.0f} s, the study's longest trial "
+                     f"({longest_s:.0f} s) plus the {find_dead_s} s a heartbeat check takes to find a dead process")
+    finished, left_out = _waited_trials(study, sorted(waited), still_running)
+    progress.waited_for_trials(finished, left_out, time.monotonic() - started)
+    return left_out
+
+
+def _waited_trials(study: optuna.Study, waited: list[int],
+                   still_running: str) -> tuple[tuple[int, ...], tuple[LeftOutTrial, ...]]:
+    """Of the trials waited for, those that finished, and the others with what became of them."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    requeued = {number for t in trials.values() if t.state == optuna.trial.TrialState.WAITING
+                for number in t.system_attrs.get("retry_history", ())}
+    finished, left_out = [], []
+    for number in waited:
+        record = records.read_trial(trials[number])
+        if record.state == optuna.trial.TrialState.COMPLETE:
+            finished.append(number)
+            continue
+        if record.state == optuna.trial.TrialState.RUNNING:
+            why = still_running
+        elif record.result is not None and record.result.failure_class == "interrupted":
+            why = "interrupted on the process running it"
+        else:
+            why = "failed without a result (its process stopped sending heartbeats, or an error there)"
+        if number in requeued:
+            why += ", its flags queued again for the study's next run"
+        left_out.append(LeftOutTrial(number, record.baseline, why))
+    return tuple(finished), tuple(left_out)
 
 
 @contextmanager
@@ -604,11 +693,11 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
                 finally:
                     run.trials_run = rules.ran
         records.write_search_done(study, True)  # workers take no new trial from here on
-        trials = records.read_trials(study)
-        finished = records.count_finished(trials)
         stopped_by = rules.reason or ("timeout" if deadline and time.monotonic() >= deadline else "trials")
+        left_out = _wait_for_others_trials(study, cfg, deadline, threaded)
+        finished = records.count_finished(records.read_trials(study))
         with runner.interruptible():
-            selection = remeasure_and_select(study, cfg, deadline, threaded, runner)
+            selection = remeasure_and_select(study, cfg, deadline, threaded, runner, left_out)
         run.made_selection = True
     run.stopped_by = stopped_by
     profile = profile_path = None
@@ -620,7 +709,7 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
         profile_path = write_profile(profile, cfg.out_dir / cfg.study_name / "profile.yaml")
     return StudyOutcome(cfg.study_name, finished, run.trials_run, selection, profile, profile_path, stopped_by,
                         baselines=baseline_summary(selection, cfg, records.read_trials(study)),
-                        finalists=finalist_summary(selection, cfg))
+                        finalists=finalist_summary(selection, cfg), left_out=left_out)
 
 
 @dataclass(frozen=True)
@@ -728,10 +817,12 @@ def remeasure_reserve_s(study: optuna.Study, cfg: StudyConfig) -> float:
 
 
 def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float | None,
-                         progress: Progress = NULL_PROGRESS, runner: _SlotRunner | None = None) -> Selection:
+                         progress: Progress = NULL_PROGRESS, runner: _SlotRunner | None = None,
+                         left_out: tuple[LeftOutTrial, ...] = ()) -> Selection:
     """Re-measure each candidate ``repeats`` times on a fresh server at its chosen load, the candidates side by side
     on the GPU slots (one candidate's repeats follow each other: a step-down depends on the last one).
-    Re-measurements are stored on the study, so a resumed study does not pay for them twice."""
+    Re-measurements are stored on the study, so a resumed study does not pay for them twice. ``left_out``: trials
+    of other processes the comparison goes without (:func:`_wait_for_others_trials`), named in the verdict."""
     runner = runner or _SlotRunner(cfg.gpu_slots)
     candidates = stored_finalists(study, cfg.top_k)
     limits_ms = cfg.settings.search.limits_ms
@@ -745,7 +836,7 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
     runner.join()
     spare_rounds(study, cfg, candidates, deadline, progress, runner)
     selection = select_winner(candidates, limits_ms, cfg.repeats, cfg.noise_floor, cfg.confidence,
-                              finished_trials=records.count_finished(records.read_trials(study)))
+                              finished_trials=records.count_finished(records.read_trials(study)), left_out=left_out)
     records.write_selection(study, selection_record(selection, limits_ms, cfg.noise_floor, cfg.confidence))
     return selection
 

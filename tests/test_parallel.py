@@ -24,6 +24,7 @@ class _Timeline(Progress):
     def __init__(self) -> None:
         self.events: list[tuple[str, int, tuple[int, ...], int | None, bool]] = []
         self.lock = threading.Lock()
+        self.waited_for: list[int] = []  # trials of other processes the final comparison waited for
 
     def engine_starting(self, engine, port, command, log_path, gpu_ids=(), trial=None) -> None:
         with self.lock:
@@ -32,6 +33,9 @@ class _Timeline(Progress):
     def engine_stopped(self, port, gpu_ids, problems, trial=None) -> None:
         with self.lock:
             self.events.append(("stop", port, tuple(gpu_ids), trial, port_is_free(port) and not problems))
+
+    def waiting_for_trials(self, numbers, at_most_s) -> None:
+        self.waited_for.extend(numbers)
 
 
 @pytest.mark.slow
@@ -59,6 +63,7 @@ def test_two_trials_at_once_never_share_a_gpu_or_a_port(tmp_path: Path) -> None:
     done = [t for t in records.read_trials(study) if t.complete]
     assert len(done) == 4 and {t.baseline for t in done} >= {"vllm-defaults", "seed-profile"}
     assert outcome.selection.winner is not None  # the final comparison ran on the two slots too
+    assert timeline.waited_for == [] and outcome.left_out == ()  # its own trials' threads were over: none to wait for
     assert {g for _, _, gpus, trial, _ in timeline.events if trial is None for g in gpus} <= {0, 1}
 
 

@@ -3,6 +3,9 @@ run's kept results make of one trial. In-process, on SQLite standing in for the 
 process's trials are added to the study from a progress hook, as a worker's would land there."""
 from __future__ import annotations
 
+import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -12,6 +15,7 @@ from autotune import records
 from autotune.config import RunOptions, build_study_config, choose_engine
 from autotune.progress import Progress
 from autotune.records import TrialResult
+from autotune.selection import LeftOutTrial
 from autotune.storage import open_storage
 from autotune.study import run_study
 
@@ -42,6 +46,105 @@ def test_a_run_counts_its_own_trials_not_those_a_worker_finished_meanwhile(tmp_p
     study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url)
     [run] = records.read_runs(study)
     assert run.trials_run == 2  # the worker's two are its own run record's
+
+
+class _WorkerStillRunning(Progress):
+    """When the run's last trial has measured, a worker's trial is running: it finishes ``after_s`` later, ten times
+    faster than the run's trial, and so is the best configuration of the study."""
+
+    def __init__(self, study_name: str, url: str, last_trial: int, after_s: float) -> None:
+        self.study_name, self.url, self.last_trial, self.after_s = study_name, url, last_trial, after_s
+        self.waits: list[tuple[int, ...]] = []
+        self.waited: list[tuple[tuple[int, ...], tuple[LeftOutTrial, ...]]] = []
+        self.worker: threading.Thread | None = None
+
+    def trial_finished(self, number: int, baseline: str, result: TrialResult) -> None:
+        if number != self.last_trial:
+            return
+        study = optuna.load_study(study_name=self.study_name, storage=self.url)
+        trial = study.ask()  # RUNNING, as a worker's trial is while it measures
+        faster = replace(result, flags={**result.flags, "max-num-seqs": 1}, output_tok_s=result.output_tok_s * 10,
+                         levels=[replace(lv, output_tok_s=lv.output_tok_s * 10) for lv in result.levels])
+
+        def measure() -> None:
+            time.sleep(self.after_s)
+            records.write_trial_result(trial, faster)
+            study.tell(trial, faster.output_tok_s)
+
+        self.worker = threading.Thread(target=measure)
+        self.worker.start()
+
+    def waiting_for_trials(self, numbers: tuple[int, ...], at_most_s: float) -> None:
+        self.waits.append(numbers)
+
+    def waited_for_trials(self, finished: tuple[int, ...], left_out: tuple[LeftOutTrial, ...], waited_s: float) -> None:
+        self.waited.append((finished, left_out))
+
+
+def test_a_trial_a_worker_is_still_running_when_the_search_ends_is_waited_for_and_compared(tmp_path: Path) -> None:
+    """The run went on to its final comparison the moment its own trials were over: a worker's trial that finished
+    a second later was in neither the verdict nor the run's count, though it was the best of the study."""
+    cfg = _cfg(tmp_path, trials=2)  # the run's trials: the two baselines, 0 and 1; the worker's: 2
+    progress = _WorkerStillRunning(cfg.study_name, cfg.storage_url, last_trial=1, after_s=1.0)
+    try:
+        outcome = run_study(cfg, open_storage(cfg.storage_url), progress)
+    finally:
+        if progress.worker is not None:
+            progress.worker.join()
+    assert outcome.selection.winner is not None and outcome.selection.winner.trial_number == 2
+    assert outcome.n_trials_total == 3 and outcome.n_trials_run == 2
+    assert outcome.left_out == () and "left out" not in outcome.selection.verdict
+    assert progress.waits == [(2,)] and progress.waited == [((2,), ())]  # what the console says
+
+
+class _WorkersDied(Progress):
+    """While the run's only trial (vllm-defaults) measures, two workers take a trial each and die: one has taken the
+    queued seed-profile baseline and recorded a heartbeat, the other dies before its first heartbeat."""
+
+    def __init__(self, study_name: str, url: str) -> None:
+        self.study_name, self.url = study_name, url
+        self.waited: list[tuple[int, ...]] = []
+
+    def trial_started(self, number: int, flags: dict, baseline: str) -> None:
+        storage = optuna.storages.RDBStorage(self.url, heartbeat_interval=1, grace_period=3)
+        study = optuna.load_study(study_name=self.study_name, storage=storage)
+        baseline_trial = study.ask()  # pops the queued baseline, as a worker does
+        storage.record_heartbeat(baseline_trial._trial_id)
+        study.ask()
+        time.sleep(1.0)  # the heartbeat is the dead worker's last before the search ends (SQLite's clock: 1 s steps)
+
+    def waited_for_trials(self, finished: tuple[int, ...], left_out: tuple[LeftOutTrial, ...], waited_s: float) -> None:
+        self.waited.append(finished)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_trials_whose_workers_died_are_not_waited_for_beyond_the_bound_and_are_named(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """A run whose baseline a dead process held RUNNING ended with a verdict without that baseline and without a
+    word about it. Now: the dead worker's baseline is failed by its stopped heartbeat and queued again (for the
+    study's next run: nobody runs it now), the trial that never sent a heartbeat is waited for no longer than the
+    study's longest trial plus the heartbeat grace period, and the verdict names both."""
+    monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "1")  # stale after 3 s
+    cfg = _cfg(tmp_path, trials=1)
+    progress = _WorkersDied(cfg.study_name, cfg.storage_url)
+    started = time.monotonic()
+    outcome = run_study(cfg, open_storage(cfg.storage_url), progress)
+    longest_s = max(t.result.trial_wall_s for t in records.read_trials(
+        optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url)) if t.result is not None)
+    assert time.monotonic() - started < 2 * longest_s + 1 + 4 + 5  # the run's trial, the bound (4 s), a margin
+    dead, silent = outcome.left_out
+    assert (dead.number, dead.baseline, silent.number, silent.baseline) == (1, "seed-profile", 2, "")
+    assert "heartbeats" in dead.why and "queued again" in dead.why
+    assert "still running after" in silent.why
+    assert "trial 1 (seed-profile)" in outcome.selection.verdict and "trial 2" in outcome.selection.verdict
+    assert "trial 1 (seed-profile)" in records.read_selection(
+        optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url)).verdict  # what `best` shows
+    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url)
+    [copy] = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    assert records.queued_baseline(copy) == "seed-profile"  # the next run measures it first
+    assert progress.waited == [()]
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

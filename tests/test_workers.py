@@ -122,6 +122,24 @@ def test_a_worker_killed_mid_trial_is_detected_and_its_trial_queued_again(postgr
     assert postgres.password not in out + err + (worker.stderr.read() if worker.stderr else "")
 
 
+def test_the_run_compares_the_trials_its_workers_finish_after_its_own(postgres, tmp_path: Path) -> None:
+    """The run went on to its final comparison the moment its own trials were over: the worker's trial still
+    running then (in every try of this test) was in neither the verdict nor the report's count."""
+    url = postgres.url
+    run, worker = _start_run_then_worker(url, "wait", tmp_path, 3)
+    try:
+        out, err = run.communicate(timeout=400)
+        worker.communicate(timeout=60)
+        assert run.returncode in (0, 3), err
+    finally:
+        _kill_left(run, worker)
+    report = json.loads(out)
+    study = optuna.load_study(study_name="wait", storage=url)
+    assert report["trials"] == records.count_finished(records.read_trials(study))
+    assert report["left_out"] == [] and "left out" not in report["verdict"]
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
 def _in_group(pid: int, pgid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

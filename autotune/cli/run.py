@@ -149,6 +149,7 @@ def run_report(outcome: StudyOutcome, cfg: StudyConfig) -> dict[str, Any]:
         profile_path=str(outcome.profile_path) if outcome.profile_path else None,
         study=cfg.study_name, trials=outcome.n_trials_total, trials_run=outcome.n_trials_run,
         stopped_by=outcome.stopped_by, engine=cfg.settings.engine, limits_ms=dict(cfg.settings.search.limits_ms),
+        left_out=[{"trial": t.number, "baseline": t.baseline or None, "why": t.why} for t in outcome.left_out],
     )
     return report
 

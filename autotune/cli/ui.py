@@ -22,6 +22,7 @@ from autotune.hostcpu import PREFILL_WAITS, others_note
 from autotune.metrics import describe_limits, fmt_ms
 from autotune.progress import CalibrationStep, Progress, StudyEta, StudyInterrupted, StudyStart
 from autotune.records import LevelRecord, Measurement, TrialResult
+from autotune.selection import LeftOutTrial
 from autotune.sim.calibrate import Calibration
 
 __all__ = ["StudyView", "CalibrationConsole", "short_flags"]
@@ -207,6 +208,23 @@ class StudyView(Progress):
     def spare_round(self, finalists: int, repeat: int) -> None:
         self._log(f"time left before --timeout: one more fresh-server run of each of the {finalists} finalists "
                   f"compared (re-measurement {repeat})")
+
+    def waiting_for_trials(self, numbers: tuple[int, ...], at_most_s: float) -> None:
+        self.eta = None
+        which = ", ".join(str(n) for n in numbers)
+        trials, processes, them = (("trials", "other processes", "them") if len(numbers) > 1 else
+                                   ("trial", "another process", "it"))
+        self.status = (f"search done; waiting up to {at_most_s:.0f} s for {trials} {which}, still running on "
+                       f"{processes}, to include {them} in the final comparison")
+        self._log(self.status)
+
+    def waited_for_trials(self, finished: tuple[int, ...], left_out: tuple[LeftOutTrial, ...], waited_s: float) -> None:
+        if finished:
+            which = ", ".join(str(n) for n in finished)
+            self._log(f"trial{'s' if len(finished) > 1 else ''} {which}, run elsewhere, finished after "
+                      f"{waited_s:.0f} s of waiting: in the final comparison")
+        for trial in left_out:  # the verdict names them too: one of them may have been the best
+            self._say(f"left out of the final comparison: {trial.describe()}")
 
     def study_finished(self, study: str, stopped_by: str, verdict: str, profile_path: Path | None,
                        gpu_minutes: float) -> None:
