@@ -211,6 +211,7 @@ def test_calibrate_bad_input_is_one_line(capsys, tmp_path: Path, one_trial_study
     assert not (tmp_path / "card.yaml").exists()
 
 
+@pytest.mark.slow  # ~4 s: one fit of one trial's runs
 def test_a_card_fitted_on_few_servers_says_so(capsys, tmp_path: Path, one_trial_study: Path) -> None:
     """One trial and its winner's re-measurement: two fresh servers, whose luck the constant carries; the console,
     the JSON and the card file's header say so."""
