@@ -55,14 +55,16 @@ _Metric = Literal["ttft", "tpot", "itl", "e2el"]
 class RunOptions(BaseModel):
     """What `autotune run` takes. Unknown keys are an error."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No option is infinite or NaN: a limit, a count of prompts or a time scale of inf is a typing slip, and the
+    # limits are stored as JSON, where they would come back as NaN.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model: str
     gpus: int = Field(1, gt=0)
     # The limits (study_limits_ms): --p99-ms on one metric, --slo on several, or both (one more limit each).
     p99_ms: float | None = Field(None, gt=0)
     p99_metric: _Metric | None = None  # the metric p99_ms limits; None: DEFAULT_P99_METRIC
-    slo_ms: dict[_Metric, Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
+    slo_ms: dict[_Metric, Annotated[float, Field(gt=0)]] | None = None
     engine: Literal["auto", "vllm", "sim"] = "auto"
     gpu_type: str | None = None
     trials: int = Field(20, ge=0)
@@ -72,7 +74,7 @@ class RunOptions(BaseModel):
     space: str | None = None
     workload: str = DEFAULT_WORKLOAD
     out: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # Optuna's TPE sampler seeds numpy's legacy generator: 32 bits
     top_k: int = Field(3, ge=0)
     repeats: int = Field(1, ge=0)
     max_repeats: int = Field(3, ge=0)  # with --timeout: what time left over may buy (never fewer than repeats)

@@ -39,6 +39,13 @@ BASE = ["run", "--gpus", "1", "--engine", "sim", "--trials", "1"]
     (["--model", "flash", "--p99-ms", "0"], "must be positive"),
     (["--model", "flash", "--p99-ms", "-5"], "must be positive"),
     (["--model", "flash", "--p99-ms", "500", "--gpus", "0"], "must be positive"),
+    # an infinite limit was taken (and stored as NaN); the --slo spelling was refused
+    (["--model", "flash", "--p99-ms", "inf"], "--p99-ms: input should be a finite number, got inf"),
+    (["--model", "flash", "--p99-ms", "500", "--prompts-per-level", "inf"], "--prompts-per-level: input should be "
+     "a finite number"),
+    # a seed numpy cannot take ended the run with exit 1 and the numpy error, after the study's checks
+    (["--model", "flash", "--p99-ms", "500", "--seed", "-1"], "--seed: must not be negative, got -1"),
+    (["--model", "flash", "--p99-ms", "500", "--seed", str(2**32)], "--seed: input should be less than 4294967296"),
     # the baselines run TP over every GPU, which vLLM refuses where the model's heads do not split evenly
     (["--model", "flash", "--p99-ms", "500", "--gpus", "3"],
      "--gpus 3: the baseline vllm-defaults runs vLLM over every GPU by tensor parallelism, and model 'flash' has "
