@@ -104,6 +104,8 @@ def test_a_changed_setup_or_an_older_study_is_refused():
     with pytest.raises(UsageError, match=r"was created with sim_model.card.hbm_tb_s=4.8, not 4.0;"):
         records.check_fingerprint(sim, StudyFingerprint(**{**FP.__dict__, "sim_model": {**card, "card": {"hbm_tb_s": 4.0}}}))
     records.check_fingerprint(study, StudyFingerprint(**{**FP.__dict__, "sim_model": card}))  # recorded none
+    # a workload key the study's version did not record (a file's sha256): not compared
+    records.check_fingerprint(study, StudyFingerprint(**{**FP.__dict__, "workload": {**FP.workload, "sha256": "ab"}}))
     several = optuna.create_study(study_name="several")
     fp = StudyFingerprint(**{**FP.__dict__, "limits_ms": {"ttft": 500.0, "itl": 50.0}})
     records.check_fingerprint(several, fp)

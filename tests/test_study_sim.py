@@ -152,6 +152,22 @@ def test_resume_with_another_sim_model_is_refused(capsys, tmp_path):
     assert code == 2 and "was created with sim_model.noise='off', not {'latency_cv'" in err, err
 
 
+def test_resume_on_a_rewritten_workload_file_is_refused(capsys, tmp_path):
+    """A dataset's content is the workload: resuming a jsonl study after its file was rewritten at the same path
+    was taken, putting two workloads' figures under one study."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    data = tmp_path / "w.jsonl"
+    data.write_text('{"prompt": "hello hello", "output_len": 8}\n')
+    common = ["run", "--model", "flash", "--engine", "sim", "--storage", url, "--study", "x", "--trials", "0",
+              "--repeats", "0", "--top-k", "0", "--p99-ms", "500", "--workload", f"jsonl:{data}"]
+    for _ in range(2):  # the same file: resumes
+        code, out, err = run_json(capsys, *common, "--json")
+        assert code == 3 and "in 0 trials of study 'x'" in err, err
+    data.write_text('{"prompt": "hello hello hello hello", "output_len": 800}\n')
+    code, out, err = run_json(capsys, *common)
+    assert code == 2 and "was created with workload.sha256=" in err, err
+
+
 def test_no_feasible_config_exits_3(capsys, tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     code, out, err = run_json(capsys, "run", "--model", "flash", "--engine", "sim", "--storage", url,

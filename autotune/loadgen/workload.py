@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import json
 import math
 import re
@@ -170,10 +171,13 @@ class FileWorkload(Workload):
     A timed trace (every record has ``arrival_s``) keeps its order by arrival and is never cycled."""
 
     def __init__(self, spec: str, seed: int, kind: str, path: Path, records: list[RequestSpec],
-                 estimated_lengths: bool) -> None:
+                 estimated_lengths: bool, sha256: str) -> None:
         super().__init__(spec, seed)
         self.kind, self.path, self.records = kind, path, records
         self.estimated_lengths = estimated_lengths
+        # The file's content, not its name, is the workload: a study resumed on a rewritten file at the same path
+        # would put figures of two workloads under one study (the fingerprint compares this).
+        self.sha256 = sha256
         self.timed = all(r.arrival_s is not None for r in records)
         if self.timed:
             self._order = sorted(range(len(records)), key=lambda i: records[i].arrival_s)  # stable
@@ -190,11 +194,12 @@ class FileWorkload(Workload):
         if not self.timed:
             return self
         records = [replace(r, arrival_s=None) for r in self.records]
-        return FileWorkload(self.spec, self.seed, self.kind, self.path, records, self.estimated_lengths)
+        return FileWorkload(self.spec, self.seed, self.kind, self.path, records, self.estimated_lengths,
+                            self.sha256)
 
     def describe(self) -> dict[str, Any]:
         out = {**super().describe(), "kind": self.kind, "path": str(self.path), "records": len(self.records),
-               "lengths_estimated": self.estimated_lengths}
+               "lengths_estimated": self.estimated_lengths, "sha256": self.sha256}
         if self.timed:
             out["timed"] = True
         return out
@@ -230,7 +235,8 @@ def parse_workload(spec: str, seed: int = 0, tokenizer: str | None = None) -> Wo
             records, estimated = _read_jsonl(path, tok)
         if not records:
             raise UsageError(f"workload {spec!r}: no usable records in {path}")
-        return FileWorkload(spec, seed, kind, path, records, estimated_lengths=estimated)
+        sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        return FileWorkload(spec, seed, kind, path, records, estimated_lengths=estimated, sha256=sha256)
     raise UsageError(f"workload {spec!r}: unknown kind {kind!r} (use random, sharegpt, jsonl or mm)")
 
 
