@@ -72,6 +72,9 @@ class ParamSpec(BaseModel):
                 raise ValueError("log scale and step cannot be combined")
             if self.step is not None and self.step <= 0:
                 raise ValueError("step must be positive")
+            if self.type == "int" and any(v is not None and not float(v).is_integer()
+                                          for v in (self.low, self.high, self.step)):
+                raise ValueError("int needs whole numbers for low, high and step")
         return self
 
     def optuna_choices(self) -> list[Any]:
@@ -214,6 +217,8 @@ def load_space(path: str | Path | None, model: ModelSpec, gpus: int, preset: str
     params: dict[str, ParamSpec] = {}
     for name, spec in parsed.params.items():
         key = _flag(name, path)
+        if spec.type != "categorical":
+            _check_range_flag(key, spec, path)
         for value in (spec.choices or []) + [v for v in (spec.low, spec.high) if v is not None]:
             _value(key, value, path)
         if key == "limit-mm-per-prompt" and images_per_request and spec.choices:
@@ -293,6 +298,18 @@ def _flag(name: str, path: Path) -> str:
     if key in LAUNCHER_FLAGS:
         raise UsageError(f"search space {path}: {key} is set by the launcher, not the search space")
     return key
+
+
+def _check_range_flag(key: str, spec: ParamSpec, path: Path) -> None:
+    """A range (int, float) suits only a number flag that takes any number of its kind: its ends passing the flag's
+    check says nothing of the values between them, which every trial would then launch and vLLM refuse."""
+    flag = VLLM_FLAGS[key]
+    if flag.choices:
+        raise UsageError(f"search space {path}: {key} takes one of {', '.join(map(str, flag.choices))}: "
+                         "give them as type: categorical, not a range")
+    if flag.type not in (int, float) or (spec.type == "float" and flag.type is int):
+        raise UsageError(f"search space {path}: {key} takes {flag.type.__name__} values, not a range of type {spec.type}"
+                         + (" (use type: int)" if flag.type is int else ""))
 
 
 def _value(key: str, value: Any, path: Path) -> Any:

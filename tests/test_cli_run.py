@@ -86,6 +86,12 @@ def test_bad_input_exit_2_one_line(capsys, storage, args, message):
     ("params:\n  kv-cache-dtype: {type: categorical, choices: []}\n", "non-empty 'choices'"),
     ("params:\n  max-num-seqs: {type: int, low: 512, high: 64}\n", "low (512.0) > high (64.0)"),
     ("params: {{{\n", "invalid YAML"),
+    # a range whose ends pass the flag's check but whose values between them vLLM refuses: every trial failed
+    ("params:\n  max-num-seqs: {type: float, low: 64, high: 256}\n",
+     "max-num-seqs takes int values, not a range of type float (use type: int)"),
+    ("params:\n  max-num-seqs: {type: int, low: 64, high: 256, step: 64.5}\n", "int needs whole numbers"),
+    ("params:\n  block-size: {type: int, low: 16, high: 128}\n", "block-size takes one of 16, 32, 64, 128"),
+    ("params:\n  enable-prefix-caching: {type: int, low: 0, high: 1}\n", "takes bool values, not a range"),
 ])
 def test_bad_space_file(capsys, storage, tmp_path, space, message):
     url, db = storage
