@@ -187,8 +187,8 @@ def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgre
         flags = cfg.space.sample(trial, cfg.settings.model, cfg.settings.gpus)
         baseline, tried = records.queued_baseline(trial), records.queued_try(trial)
         # a baseline's or a --try point's own flags, not only their projection on the space
-        if baseline:
-            flags = {**cfg.space.fixed, **baseline_flags(baseline, cfg.settings.model, cfg.settings.gpus)}
+        if baseline:  # the fixed flags (the space's and --set) hold in every trial, a baseline's too
+            flags = {**baseline_flags(baseline, cfg.settings.model, cfg.settings.gpus), **cfg.space.fixed}
         elif tried is not None:
             flags = cfg.space.try_flags(tried, cfg.settings.gpus)
         trial_dir = trial_folder(cfg.out_dir / cfg.study_name, trial.number)

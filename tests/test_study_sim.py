@@ -168,6 +168,21 @@ def test_resume_on_a_rewritten_workload_file_is_refused(capsys, tmp_path):
     assert code == 2 and "was created with workload.sha256=" in err, err
 
 
+def test_a_set_flag_holds_in_the_baselines_too(capsys, tmp_path):
+    """--set fixes a flag in every trial: the seed profile ran its own kv-cache-dtype over the user's."""
+    space = tmp_path / "space.yaml"
+    space.write_text("params:\n  max-num-seqs: {type: int, low: 128, high: 1024, step: 128}\n")
+    code, out, err = run_json(capsys, "run", "--model", "flash", "--engine", "sim", "--storage",
+                              f"sqlite:///{tmp_path}/s.db", "--out", str(tmp_path), "--trials", "2", "--repeats", "0",
+                              "--top-k", "0", "--p99-ms", "500", "--workload", "random:256:32",
+                              "--max-concurrency", "32", "--space", str(space), "--set", "kv-cache-dtype=auto",
+                              "--json")
+    assert code == 0, err
+    baselines = json.loads(out)["baselines"]
+    assert baselines["seed-profile"]["flags"]["kv-cache-dtype"] == "auto"
+    assert baselines["vllm-defaults"]["flags"]["kv-cache-dtype"] == "auto"
+
+
 def test_no_feasible_config_exits_3(capsys, tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     code, out, err = run_json(capsys, "run", "--model", "flash", "--engine", "sim", "--storage", url,
