@@ -232,6 +232,8 @@ def _extra_flags(pairs: tuple[str, ...]) -> dict[str, Any]:
             raise UsageError(f"--set {name}: set by the launcher")
         if name in PARALLEL_FLAGS:
             raise UsageError(f"--set {name}: the GPUs' layout follows --gpus and the space's 'parallel' choices")
+        if name in flags:
+            raise UsageError(f"--set {name}: given twice; give each flag one value")
         flags[name] = check_flag_value(name, value)
     return flags
 

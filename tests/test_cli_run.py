@@ -58,6 +58,9 @@ BASE = ["run", "--gpus", "1", "--engine", "sim", "--trials", "1"]
     (["--model", "flash", "--p99-ms", "500", "--set", "kv-cache-dtype=fp8"], "searched by the space"),
     (["--model", "flash", "--p99-ms", "500", "--set", "tensor-parallel-size=3"], "follows --gpus"),
     (["--model", "flash", "--p99-ms", "500", "--set", "dp=2"], "--set data-parallel-size: the GPUs' layout"),
+    # the last value won without a word
+    (["--model", "flash", "--p99-ms", "500", "--set", "max-model-len=4096", "--set", "max_model_len=2048"],
+     "--set max-model-len: given twice"),
     # several limits (--slo): every one must be a known metric with a positive limit, each metric limited once
     (["--model", "flash", "--slo", "latency=5"], "Invalid value for '--slo': expected METRIC=MS with METRIC one of"),
     (["--model", "flash", "--slo", "ttft=500,itl"], "expected METRIC=MS"),
