@@ -249,7 +249,10 @@ def _tries(path: str | None, space: SearchSpace) -> tuple[dict[str, Any], ...]:
     for point in points:
         if not isinstance(point, dict):
             raise UsageError(f"--try {path}: expected a mapping of vLLM flags or a list of them")
-        flags = {normalize_flag_name(k): check_flag_value(k, v) for k, v in point.items()}
+        try:
+            flags = {normalize_flag_name(k): check_flag_value(k, v) for k, v in point.items()}
+        except UsageError as e:  # say which input holds the bad flag: --set and the space take flags too
+            raise UsageError(f"--try {path}: {e}") from None
         searched = set(space.params) | ({"tensor-parallel-size"} if len(space.tp_choices) > 1 else set())
         outside = sorted(set(flags) - searched)
         if outside:

@@ -106,6 +106,23 @@ def test_bad_space_file(capsys, storage, tmp_path, space, message):
     assert trial_count(db) == 0
 
 
+@pytest.mark.parametrize("point, message", [
+    ("max-num-seqs: abc\n", "flag max-num-seqs: 'abc' is not a valid int"),
+    ("foo: 1\n", "unknown vLLM flag 'foo'"),
+    ("max-model-len: 4096\n", "max-model-len is not searched by the space"),
+])
+def test_bad_try_file_names_the_file(capsys, storage, tmp_path, point, message):
+    """A bad flag or value in --try FILE was reported without naming the file (--set and the space take flags
+    too)."""
+    url, db = storage
+    path = tmp_path / "try.yaml"
+    path.write_text(point)
+    code, out, err = run_cli(capsys, *BASE, "--storage", url, "--model", "flash", "--p99-ms", "500",
+                             "--try", str(path))
+    assert code == 2 and err == f"autotune: error: --try {path}: {message}\n", err
+    assert trial_count(db) == 0
+
+
 def test_unreadable_space_file(capsys, storage, tmp_path):
     url, _ = storage
     code, _, err = run_cli(capsys, *BASE, "--storage", url, "--model", "flash", "--p99-ms", "500",
