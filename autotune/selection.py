@@ -242,7 +242,7 @@ class Candidate:
             return list(self.repeats)  # its re-measurement's server failed: no figure of it stands
         searched = [Measurement(self.search_output_tok_s, self.search_p99_ms)] \
             if math.isfinite(self.search_output_tok_s) else []
-        return [*self.repeats, *searched]
+        return [*searched, *self.repeats]  # in the order they ran, as at_limit_tok_s lists them
 
     def stats(self, noise_floor: float = 0.0, confidence: float = 0.9) -> dict[str, float]:
         """Output tok/s over the measurements, as :func:`tok_s_stats` summarizes them."""

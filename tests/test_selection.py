@@ -326,3 +326,12 @@ def test_the_other_finalists_stand_against_the_best_measured_not_the_recommended
     sel = select_winner([best, simpler, failed, defaults], LIMIT, repeats=3)
     assert {f["trial"]: f["standing"] for f in finalist_summary(sel, cfg)}[8] == \
         "its fresh-server re-measurements failed"
+
+
+def test_the_p99s_and_the_at_limit_figures_list_the_runs_in_one_order():
+    """The profile lists a winner's P99 per run and its throughput at the limit per run: the P99s came
+    re-measurements first, the throughputs the trial's own run first, so the i-th entries were different runs."""
+    c = Candidate(0, {}, 64, 2900.0, {"ttft": 140.0}, search_level=(64, 2900.0, {"ttft": 140.0}))
+    c.repeats.append(Measurement(2600.0, {"ttft": 320.0}))
+    assert c.at_limit_tok_s({"ttft": 500.0}) == [2900.0, 2600.0]
+    assert c.p99_values_ms("ttft") == [140.0, 320.0]
