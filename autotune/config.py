@@ -84,7 +84,7 @@ class RunOptions(BaseModel):
     sim_server: bool = False  # the sim engine as an HTTP subprocess per trial, not in-process
     sim_time_scale: float = Field(20.0, gt=0)
     sim_noise: Literal["off", "h200"] = "off"  # run-to-run noise of the in-process sim (sim/noise.py)
-    start_concurrency: int = Field(8, gt=0)
+    start_concurrency: int | None = Field(None, gt=0)  # None: LoadSearchConfig's, or max_concurrency where lower
     max_concurrency: int = Field(1024, gt=0)
     prompts_per_level: float = Field(3.0, gt=0)
     startup_timeout_s: float = Field(900.0, gt=0)
@@ -296,7 +296,11 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
         raise UsageError("--sim-noise is for the in-process sim engine (not with --sim-server or a real engine)")
     # A sim with a GPU's noise is judged as a GPU study is: the same P99 widening and throughput noise floor.
     gpu_like = engine_name == "vllm" or opts.sim_noise != "off"
-    search = LoadSearchConfig(limits_ms=limits_ms, start_concurrency=opts.start_concurrency,
+    if opts.start_concurrency is not None and opts.start_concurrency > opts.max_concurrency:
+        raise UsageError(f"--start-concurrency {opts.start_concurrency} is above --max-concurrency "
+                         f"{opts.max_concurrency}: the load search starts at or below its ceiling")
+    start = opts.start_concurrency or min(LoadSearchConfig.start_concurrency, opts.max_concurrency)
+    search = LoadSearchConfig(limits_ms=limits_ms, start_concurrency=start,
                               max_concurrency=opts.max_concurrency, confidence=opts.confidence,
                               max_extensions=opts.max_extensions,
                               p99_run_cv=REAL_GPU_P99_RUN_CV if gpu_like else {})

@@ -58,6 +58,9 @@ BASE = ["run", "--gpus", "1", "--engine", "sim", "--trials", "1"]
     (["--model", "flash", "--p99-ms", "500", "--set", "kv-cache-dtype=fp8"], "searched by the space"),
     (["--model", "flash", "--p99-ms", "500", "--set", "tensor-parallel-size=3"], "follows --gpus"),
     (["--model", "flash", "--p99-ms", "500", "--set", "dp=2"], "--set data-parallel-size: the GPUs' layout"),
+    # the search started at the ceiling without a word
+    (["--model", "flash", "--p99-ms", "500", "--start-concurrency", "128", "--max-concurrency", "64"],
+     "--start-concurrency 128 is above --max-concurrency 64"),
     # the last value won without a word
     (["--model", "flash", "--p99-ms", "500", "--set", "max-model-len=4096", "--set", "max_model_len=2048"],
      "--set max-model-len: given twice"),

@@ -55,3 +55,13 @@ def test_an_unreadable_or_malformed_try_file_is_one_line(tmp_path: Path) -> None
     with pytest.raises(UsageError, match=r"--try file .*try\.yaml: invalid YAML: ") as e:
         _config(tmp_path, model="flash", try_file=str(points))
     assert "\n" not in str(e.value)
+
+
+def test_the_load_search_starts_at_or_below_its_ceiling(tmp_path: Path) -> None:
+    """--start-concurrency above --max-concurrency was taken and the search started at the ceiling without a word;
+    it is refused when given, and the default start comes down to a lower ceiling."""
+    with pytest.raises(UsageError, match="--start-concurrency 128 is above --max-concurrency 64"):
+        _config(tmp_path, model="flash", start_concurrency=128, max_concurrency=64)
+    assert _config(tmp_path, model="flash", max_concurrency=4).settings.search.start_concurrency == 4
+    assert _config(tmp_path, model="flash").settings.search.start_concurrency == 8
+    assert _config(tmp_path, model="flash", start_concurrency=16).settings.search.start_concurrency == 16

@@ -10,6 +10,7 @@ from rich.console import Console
 from autotune.cli.common import DURATION, LIMITS, echo_json, options_from_click
 from autotune.config import DEFAULT_P99_METRIC, RunOptions, build_study_config, choose_engine
 from autotune.errors import NoFeasibleConfigError
+from autotune.loadsearch import LoadSearchConfig
 from autotune.metrics import LATENCY_METRICS, describe_limits
 from autotune.sim.faults import FAULTS
 from autotune.storage import DEFAULT_STORAGE, open_storage
@@ -73,7 +74,9 @@ def _default(field: str) -> Any:
 @click.option("--sim-noise", type=click.Choice(["off", "h200"]), default=_default("sim_noise"), show_default=True,
               help="in-process sim: give every measurement run the run-to-run noise measured on that GPU "
               "(seeded by --seed), and judge the study as a GPU study (docs/results/sim-accuracy.md, run-to-run spread)")
-@click.option("--start-concurrency", type=int, default=_default("start_concurrency"), show_default=True)
+@click.option("--start-concurrency", type=int, default=None,
+              help=f"where a trial's load search starts while no knee is known, at most --max-concurrency  [default: "
+              f"{LoadSearchConfig.start_concurrency}, or --max-concurrency where lower]")
 @click.option("--max-concurrency", type=int, default=_default("max_concurrency"), show_default=True)
 @click.option("--prompts-per-level", type=float, default=_default("prompts_per_level"), show_default=True,
               help="measured prompts per load level, as a multiple of its concurrency")
