@@ -17,6 +17,7 @@ import gc
 import gzip
 import json
 import math
+import os
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from autotune.metrics import BenchResult, RequestOutput, steady_window, summariz
 from autotune.progress import NULL_PROGRESS, BenchProgress, Progress
 
 __all__ = ["LoadConfig", "Transport", "HttpTransport", "run_load", "drive_load", "run_bench", "check_model",
-           "write_records", "read_records", "record_output", "steady_level_result"]
+           "check_records_path", "write_records", "read_records", "record_output", "steady_level_result"]
 
 _ENDPOINTS = ("auto", "completions", "chat")
 _SLO_METRICS = ("ttft", "tpot", "itl", "e2el")
@@ -216,6 +217,8 @@ async def drive_load(transport: Transport, requests: list[RequestSpec], cfg: Loa
         endpoint = "chat" if any(r.images for r in requests) else "completions"
     if endpoint == "completions" and any(r.images for r in requests):
         raise UsageError("requests with images need the chat endpoint")
+    if cfg.records_path:  # they are written after the run: a path that cannot take them would lose it
+        check_records_path(cfg.records_path)
     total = cfg.warmup_prompts + cfg.num_prompts
     distinct = [transport.prepare(spec, endpoint, cfg) for spec in requests[:total]]
     prepared = [distinct[i % len(distinct)] for i in range(total)]
@@ -266,6 +269,18 @@ async def drive_load(transport: Transport, requests: list[RequestSpec], cfg: Loa
         extra["steady_window_s"] = window[1] - window[0]
     everyone = [r[0] for r in results if r is not None]  # warm-up too: its tokens in the window count
     return summarize(measured, duration_s, slo_ms=cfg.slo_ms, extra=extra, window=window, window_outputs=everyone)
+
+
+def check_records_path(path: str | Path) -> None:
+    """Raise :class:`UsageError` unless :func:`write_records` can write ``path`` (its missing folders created)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"cannot write the records to {path}: it is a folder")
+    nearest = next(p for p in path.parents if p.exists())
+    if not nearest.is_dir():
+        raise UsageError(f"cannot write the records to {path}: {nearest} is a file, not a folder")
+    if not os.access(nearest, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"cannot write the records to {path}: no permission to write there")
 
 
 def write_records(path: str | Path, results: list[tuple[RequestOutput, bool] | None], warmup: int,
