@@ -121,6 +121,8 @@ def check_flag_value(name: str, value: Any) -> Any:
     if fdef.name == "limit-mm-per-prompt":
         for modality in value:
             mm_limit(value, modality)  # each entry is checked here, once
+    if fdef.name == "port" and value > 65535:
+        raise UsageError(f"flag port: must be a TCP port (1-65535), got {value}")
     if fdef.name == "gpu-memory-utilization" and not 0 < value <= 1:
         raise UsageError(f"flag gpu-memory-utilization: must be in (0, 1], got {value}")
     return value

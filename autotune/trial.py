@@ -108,7 +108,7 @@ def level_load_config(settings: TrialSettings, concurrency: int, records_path: P
     scale = settings.time_scale if not runs_in_process(settings) else 1.0
     return LoadConfig(
         concurrency=concurrency, num_prompts=n, warmup_prompts=warmup,
-        ramp_s=settings.ramp_s / max(scale, 1e-9),
+        ramp_s=settings.ramp_s,
         # A time-scaled sim may lag the wall clock when the CPU cannot keep up: never below 2 minutes of wall.
         request_timeout_s=max(settings.request_timeout_s / max(scale, 1e-9), min(settings.request_timeout_s, 120.0)),
         scrape_metrics=True, time_scale=scale, steady_state=True,

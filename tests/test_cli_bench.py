@@ -122,6 +122,21 @@ def test_records_every_request_with_warmup_flagged(server: FakeServer, capsys: p
     assert all("itl_ms" not in r for r in rows)  # the gaps only on request
 
 
+def test_records_where_they_cannot_be_written_is_refused_before_the_run(
+        server: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    """They are written after the run: a folder that is a file was an exit 1 (FileExistsError) once the whole run
+    was done, its figures lost."""
+    server.configure()  # counts requests from 0
+    (tmp_path / "afile").write_text("")
+    code = main(_bench(server, "--concurrency", "2", "--num-prompts", "4", "--records",
+                       str(tmp_path / "afile" / "r.jsonl.gz"), "--json"))
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.strip().endswith(f"cannot write the records to {tmp_path / 'afile' / 'r.jsonl.gz'}: "
+                                         f"{tmp_path / 'afile'} is a file, not a folder")
+    assert server.stats()["requests"] == 0  # nothing was sent
+
+
 def test_records_itl_lists_each_gap(server: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     import numpy as np
     server.configure(ttft_ms=20, itl_ms=6)

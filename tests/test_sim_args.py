@@ -37,7 +37,8 @@ def test_unknown_flag_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) 
 
 
 @pytest.mark.parametrize("argv", [["m", "--max-num-seqs", "x"], ["m", "--kv-cache-dtype", "int3"],
-                                  ["m", "--limit-mm-per-prompt", "{bad"], ["m", "--gpu-memory-utilization", "1.5"]])
+                                  ["m", "--limit-mm-per-prompt", "{bad"], ["m", "--gpu-memory-utilization", "1.5"],
+                                  ["m", "--port", "70000"]])  # was bind()'s OverflowError, exit 1
 def test_bad_values_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         parse_serve_args(argv)

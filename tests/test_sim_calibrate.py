@@ -348,3 +348,19 @@ def test_runs_whose_flags_the_sim_does_not_start_are_left_out_with_why(tmp_path:
     assert kept == [ok]
     assert len(left_out) == 1 and left_out[0].startswith("trials/3/levels/00-c8.jsonl.gz: the sim engine does not "
                                                           "start trial 4's flags (")
+
+
+def test_calibrate_an_image_study_on_a_text_only_model_is_refused(capsys, tmp_path: Path) -> None:
+    """Every replayed request of the image workload would be refused by a model without a vision tower: the fit
+    had no loss to minimize and ended in KeyError: 'errors' (exit 1)."""
+    storage = f"sqlite:///{tmp_path}/mm.db"
+    assert main(["run", "--model", "flash", "--engine", "sim", "--p99-ms", "500", "--gpus", "1",
+                 "--workload", "mm:128:16:1:224x224", "--trials", "1", "--max-concurrency", "4", "--top-k", "0",
+                 "--study", "mm", "--storage", storage, "--json"]) in (0, 3)
+    capsys.readouterr()
+    code = main(["sim", "calibrate", "--storage", storage, "--study", "mm", "--to", str(tmp_path / "card.yaml"),
+                 "--model", str(_flash_dir(tmp_path))])  # GLM-4.6V-Flash's text backbone: no vision tower
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "sends images, but model" in err and "has no vision tower" in err and "give --model the study's model" in err
+    assert not (tmp_path / "card.yaml").exists()

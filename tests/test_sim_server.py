@@ -268,3 +268,20 @@ def test_h200_front_end_over_http(tmp_path: Path) -> None:
     token_events = [e for e in _events(raw) if e["choices"]]
     ttft_ms = 1e3 * (token_events[0]["sim_token_times_s"][0] - token_events[0]["sim_arrival_s"])
     assert bare.ttft_ms.mean + front_ms - 0.01 <= ttft_ms <= bare.ttft_ms.mean + front_ms + 5.0
+
+
+def test_bench_paces_an_open_loop_in_the_servers_clock(server: Server) -> None:
+    """The server's figures are in its modelled clock (time scale 20 here), so the load the client offers is too:
+    --rate 4 is 4 modelled requests/s, not 4 wall requests/s (which were 0.2 modelled ones: a 20× lighter load
+    than asked, reported as rate 4)."""
+    from autotune.loadgen.runner import LoadConfig, run_bench
+    from autotune.loadgen.workload import parse_workload
+
+    with urllib.request.urlopen(server.url + "/version") as r:
+        assert json.loads(r.read())["sim_time_scale"] == 20.0
+    result = run_bench(server.url, NAME, parse_workload("random:64:4", seed=0),
+                       LoadConfig(rate=4.0, num_prompts=10))
+    assert result.extra["clock"] == "sim" and result.extra["time_scale"] == 20.0
+    # 10 requests over 9/4 s of arrivals plus the last one's ~30 ms (each wall ms the client is late moves an
+    # arrival by 20 modelled ms); on the wall clock they were 0.2 requests/s
+    assert 3.0 < result.request_s < 5.0

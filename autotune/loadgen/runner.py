@@ -17,6 +17,7 @@ import gc
 import gzip
 import json
 import math
+import os
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from autotune.metrics import BenchResult, RequestOutput, steady_window, summariz
 from autotune.progress import NULL_PROGRESS, BenchProgress, Progress
 
 __all__ = ["LoadConfig", "Transport", "HttpTransport", "run_load", "drive_load", "run_bench", "check_model",
-           "write_records", "read_records", "record_output", "steady_level_result"]
+           "check_records_path", "write_records", "read_records", "record_output", "steady_level_result"]
 
 _ENDPOINTS = ("auto", "completions", "chat")
 _SLO_METRICS = ("ttft", "tpot", "itl", "e2el")
@@ -49,7 +50,9 @@ class LoadConfig:
     own ``arrival_s`` (a timed trace, shifted so the first is sent at once; ``concurrency`` may cap it).
     ``burstiness`` is the gamma shape of the inter-arrival times (1 = Poisson). ``ramp_s`` spreads the first
     closed-loop wave's starts over that many seconds. ``endpoint`` "auto" picks chat when requests carry
-    images. ``time_scale`` multiplies wall-clock times (a sim run without clock stamps)."""
+    images. ``rate``, ``ramp_s`` and a trace's times are in the server's clock, the one the figures come in: a sim
+    server at time scale S (modelled seconds per wall second, which it gives on ``/version``) is sent them S times
+    faster than the wall clock. ``time_scale`` is that S where the server does not give it."""
 
     concurrency: int | None = None
     rate: float | None = None
@@ -119,16 +122,32 @@ async def check_model(session: aiohttp.ClientSession, url: str, model: str, time
     return served
 
 
+async def server_time_scale(session: aiohttp.ClientSession, url: str, timeout_s: float = 10.0) -> float | None:
+    """The modelled seconds per wall second that a sim server gives on ``/version``; None for any other server
+    (vLLM's ``/version`` has no such field; a server without ``/version`` is not a sim server)."""
+    try:
+        async with session.get(url.rstrip("/") + "/version", timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+            data = await r.json(content_type=None) if r.status == 200 else None
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        return None
+    scale = data.get("sim_time_scale") if isinstance(data, dict) else None
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale) and scale > 0:
+        return float(scale)
+    return None
+
+
 class Transport(Protocol):
     """Where the load generator's requests go. ``prepare`` turns a request into what ``send`` takes (before the
     clock starts); ``session`` holds the connection for the run (raising :class:`UsageError` before it when
     the target is unusable); ``start`` marks the run's time origin; ``send`` never raises (a failure is a
     :class:`RequestOutput` with ``success=False``) and says whether the times are the sim's modelled clock;
     ``server_metrics`` is what the engine reported about the run (None: nothing); ``wall_clock``: the run is
-    timed on the wall clock, so a garbage-collector pause would show in its figures."""
+    timed on the wall clock, so a garbage-collector pause would show in its figures; ``time_scale``: the
+    server's seconds per second of the event loop's clock, known once ``session`` is entered."""
 
     server_metrics: dict[str, Any] | None
     wall_clock: bool
+    time_scale: float
 
     def prepare(self, spec: RequestSpec, endpoint: str, cfg: LoadConfig) -> Any: ...
 
@@ -148,7 +167,7 @@ class HttpTransport:
         self.url, self.model = url, model
         self.server_metrics: dict[str, Any] | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._time_scale = 1.0
+        self.time_scale = 1.0
         self._t0 = 0.0
 
     def prepare(self, spec: RequestSpec, endpoint: str, cfg: LoadConfig) -> PreparedRequest:
@@ -156,10 +175,10 @@ class HttpTransport:
 
     @asynccontextmanager
     async def session(self, cfg: LoadConfig) -> AsyncIterator[None]:
-        self._time_scale = cfg.time_scale
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)  # no cap: the semaphore is the limit
         async with aiohttp.ClientSession(connector=connector) as session:
             await check_model(session, self.url, self.model)
+            self.time_scale = await server_time_scale(session, self.url) or cfg.time_scale
             scraper = MetricsScraper(session, self.url) if cfg.scrape_metrics else None
             if scraper is not None:
                 await scraper.start()
@@ -177,7 +196,7 @@ class HttpTransport:
     async def send(self, request: PreparedRequest, timeout_s: float) -> tuple[RequestOutput, bool]:
         assert self._session is not None, "send() outside session()"
         return await send_request_clocked(self._session, request, aiohttp.ClientTimeout(total=timeout_s),
-                                          self._time_scale, self._t0)
+                                          self.time_scale, self._t0)
 
 
 async def run_load(url: str, model: str, requests: list[RequestSpec], cfg: LoadConfig,
@@ -198,6 +217,8 @@ async def drive_load(transport: Transport, requests: list[RequestSpec], cfg: Loa
         endpoint = "chat" if any(r.images for r in requests) else "completions"
     if endpoint == "completions" and any(r.images for r in requests):
         raise UsageError("requests with images need the chat endpoint")
+    if cfg.records_path:  # they are written after the run: a path that cannot take them would lose it
+        check_records_path(cfg.records_path)
     total = cfg.warmup_prompts + cfg.num_prompts
     distinct = [transport.prepare(spec, endpoint, cfg) for spec in requests[:total]]
     prepared = [distinct[i % len(distinct)] for i in range(total)]
@@ -227,7 +248,7 @@ async def drive_load(transport: Transport, requests: list[RequestSpec], cfg: Loa
     extra: dict[str, Any] = {
         "concurrency": cfg.concurrency, "rate": cfg.rate, "burstiness": cfg.burstiness,
         "num_prompts": cfg.num_prompts, "warmup_prompts": cfg.warmup_prompts, "ramp_s": cfg.ramp_s,
-        "endpoint": endpoint, "clock": clock, "time_scale": cfg.time_scale, "sent": len(measured),
+        "endpoint": endpoint, "clock": clock, "time_scale": transport.time_scale, "sent": len(measured),
         "wall_s": wall_s,
     }
     if cfg.replay_arrivals:
@@ -241,13 +262,25 @@ async def drive_load(transport: Transport, requests: list[RequestSpec], cfg: Loa
         extra["server_metrics"] = server_metrics
     # the window in the records' own clock; the run's span on the event loop's clock when there is none (all
     # failed) or clocks are mixed
-    duration_s = _window_s(measured) if clock in ("sim", "wall") and ok_clocks else span_s * cfg.time_scale
+    duration_s = _window_s(measured) if clock in ("sim", "wall") and ok_clocks else span_s * transport.time_scale
     window = steady_window(measured, duration_s) if cfg.steady_state and cfg.rate is None and ok_clocks \
         and clock in ("sim", "wall") else None
     if window is not None:
         extra["steady_window_s"] = window[1] - window[0]
     everyone = [r[0] for r in results if r is not None]  # warm-up too: its tokens in the window count
     return summarize(measured, duration_s, slo_ms=cfg.slo_ms, extra=extra, window=window, window_outputs=everyone)
+
+
+def check_records_path(path: str | Path) -> None:
+    """Raise :class:`UsageError` unless :func:`write_records` can write ``path`` (its missing folders created)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"cannot write the records to {path}: it is a folder")
+    nearest = next(p for p in path.parents if p.exists())
+    if not nearest.is_dir():
+        raise UsageError(f"cannot write the records to {path}: {nearest} is a file, not a folder")
+    if not os.access(nearest, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"cannot write the records to {path}: no permission to write there")
 
 
 def write_records(path: str | Path, results: list[tuple[RequestOutput, bool] | None], warmup: int,
@@ -341,7 +374,9 @@ async def _drive(transport: Transport, prepared: list[Any], arrivals_s: np.ndarr
     results: list[tuple[RequestOutput, bool] | None] = [None] * total
     sem = asyncio.Semaphore(cfg.concurrency) if cfg.concurrency is not None else None
     first_wave = cfg.concurrency or 0
-    ramp_s = cfg.ramp_s if arrivals_s is None and first_wave else 0.0
+    # the load's times are the server's; the loop waits in its own clock
+    loop_s_per_server_s = 1.0 / transport.time_scale
+    ramp_s = cfg.ramp_s * loop_s_per_server_s if arrivals_s is None and first_wave else 0.0
     counter = _Counter(progress, total, cfg.warmup_prompts)
     wall0 = time.perf_counter()
     transport.start()
@@ -368,7 +403,7 @@ async def _drive(transport: Transport, prepared: list[Any], arrivals_s: np.ndarr
             tasks = [asyncio.create_task(one(i)) for i in range(total)]
         else:
             for i in range(total):
-                start = t0 + float(arrivals_s[i])
+                start = t0 + float(arrivals_s[i]) * loop_s_per_server_s
                 if start >= deadline:
                     break
                 delay = start - loop.time()

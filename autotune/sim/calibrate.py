@@ -41,6 +41,7 @@ import optuna
 from scipy import stats as scipy_stats
 
 from autotune import records
+from autotune.config import check_workload_model
 from autotune.errors import UsageError
 from autotune.gpus import GpuSpec
 from autotune.loadgen.runner import read_records, steady_level_result
@@ -186,6 +187,7 @@ def study_settings(study: optuna.Study, model: ModelSpec, card: GpuSpec) -> Tria
     fingerprint = study_fingerprint(study)
     options = records.read_run_options(study) or {}
     workload = parse_workload(fingerprint.workload["spec"], seed=int(fingerprint.workload["seed"])).without_times()
+    check_workload_model(workload, model)  # else every replayed request is refused and no constant fits
     return TrialSettings(engine="sim", model=model, gpu=card, gpus=fingerprint.gpus, workload=workload,
                          search=LoadSearchConfig(limits_ms=dict(fingerprint.limits_ms)),
                          prompts_per_level=float(options.get("prompts_per_level", 3.0)))

@@ -260,6 +260,7 @@ class SimTransport:
     without ignore_eos (the server's seeded ``random.Random``; kept across the levels of one engine)."""
 
     wall_clock = False  # modelled time: a GC pause changes nothing
+    time_scale = 1.0  # the virtual loop's clock is the modelled one
 
     def __init__(self, setup: EngineSetup, rng: random.Random | None = None) -> None:
         self.setup = setup

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import numpy as np
 from aiohttp import web
@@ -270,7 +271,7 @@ async def _serve(args: ServeArgs, setup: EngineSetup) -> int:
                 pass
         _out(line)
     source = SimTokenSource(setup, args.time_scale, args.seed)
-    served = setup.served_model((args.served_model_name,), args.model)
+    served = replace(setup.served_model((args.served_model_name,), args.model), sim_time_scale=args.time_scale)
     responder = (_FaultyResponder(served, _FaultySource(source, args.fault, setup.dies_under_load), fault=args.fault)
                  if args.fault or setup.dies_under_load else Responder(served, source))
     runner = web.AppRunner(responder.app(), access_log=None, handle_signals=False)

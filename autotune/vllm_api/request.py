@@ -46,6 +46,9 @@ class ServedModel:
     max_model_len: int
     image_tokens: Callable[[int, int], int] | None = None  # (width_px, height_px) -> tokens; None: text only
     max_images: int | None = None  # --limit-mm-per-prompt's image count (vLLM: 999 unless set); None: no limit
+    # the sim server's modelled seconds per wall second, on /version: a load generator paces its rate, ramp and
+    # trace in the server's clock, the one its figures come in (None: a real server, on the wall clock)
+    sim_time_scale: float | None = None
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,10 @@ class Responder:
         return web.Response(status=200)
 
     async def version(self, request: web.Request) -> web.Response:
-        return web.json_response({"version": VLLM_VERSION})
+        body: dict[str, Any] = {"version": VLLM_VERSION}
+        if self.model.sim_time_scale is not None:
+            body["sim_time_scale"] = self.model.sim_time_scale
+        return web.json_response(body)
 
     async def models(self, request: web.Request) -> web.Response:
         m = self.model
