@@ -350,6 +350,7 @@ def test_runs_whose_flags_the_sim_does_not_start_are_left_out_with_why(tmp_path:
                                                           "start trial 4's flags (")
 
 
+@pytest.mark.slow  # ~4 s: an image study first
 def test_calibrate_an_image_study_on_a_text_only_model_is_refused(capsys, tmp_path: Path) -> None:
     """Every replayed request of the image workload would be refused by a model without a vision tower: the fit
     had no loss to minimize and ended in KeyError: 'errors' (exit 1)."""
