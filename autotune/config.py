@@ -113,6 +113,11 @@ def worker_options(stored: Mapping[str, Any] | None, study: str, storage: str, *
     if unknown:
         raise UsageError(f"a worker does not set {unknown[0]}: it is the study's")
     given = {k: v for k, v in local.items() if v is not None}
+    stored = dict(stored)
+    start, ceiling = stored.get("start_concurrency"), stored.get("max_concurrency")
+    if isinstance(start, int) and isinstance(ceiling, int) and start > ceiling:
+        # stored by an earlier version, which wrote its default start (8) and began the search at the ceiling
+        stored["start_concurrency"] = None
     try:
         return RunOptions(**{**stored, "study": study, "storage": storage, **given})
     except pydantic.ValidationError as e:

@@ -20,6 +20,7 @@ import optuna
 from optuna.distributions import distribution_to_json, json_to_distribution
 
 from autotune import records
+from autotune.storage import retried_trial
 
 __all__ = ["keep", "settled", "pending", "replay"]
 
@@ -83,11 +84,11 @@ def replay(study: optuna.Study, folder: Path) -> list[int]:
 
 
 def _claim_retry(study: optuna.Study, original_number: int) -> optuna.Trial | None:
-    """The queued copy of a failed trial (the storage's retry names the trial it copies, ``failed_trial``), taken
-    from the queue as a trial run would take it, so that no process runs it; None where there is none to take."""
+    """The queued copy of a failed trial (:func:`storage.retried_trial`), taken from the queue as a trial run would
+    take it, so that no process runs it; None where there is none to take."""
     storage = study._storage  # noqa: SLF001 - the claim of one particular queued trial
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-        if t.system_attrs.get("failed_trial") == original_number \
+        if retried_trial(t) == original_number \
                 and storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.RUNNING):  # noqa: SLF001
             return optuna.Trial(study, t._trial_id)  # noqa: SLF001
     return None

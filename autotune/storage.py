@@ -179,6 +179,13 @@ def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+def retried_trial(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The number of the failed trial that ``trial``, a copy Optuna's retry callback queued, runs again: the last of
+    its ``retry_history`` (its ``failed_trial`` names the first of a chain of retries, inherited copy to copy)."""
+    history = trial.system_attrs.get("retry_history") or ()
+    return int(history[-1]) if history else None
+
+
 def open_storage_readonly(url: str | None) -> optuna.storages.RDBStorage:
     """Open an existing storage so that nothing can write through it, whoever asks (our readers, and
     optuna-dashboard's handlers that delete a study or save a note): SQLite through a ``mode=ro`` URI, which the

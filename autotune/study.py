@@ -36,7 +36,7 @@ from autotune.profile import Hardware, Profile, Software, build_profile, environ
 from autotune.progress import NULL_PROGRESS, Progress, StudyEta, StudyInterrupted, StudyStart, ThreadedProgress
 from autotune.sim.faults import FaultPlan
 from autotune.storage import (MAX_RETRIES, fail_dead_processes_trials, heartbeat_s, holds_alone, redact_url,
-                              stale_after_s)
+                              retried_trial, stale_after_s)
 from autotune.records import Measurement, StudyFingerprint, TrialRecord, TrialResult
 from autotune.selection import Candidate, LeftOutTrial, LoadCurve, Selection, select_winner, tok_s_stats
 from autotune.space import SearchSpace
@@ -120,6 +120,12 @@ def baseline_flags(name: str, model: ModelSpec, gpus: int) -> dict[str, Any]:
     return flags
 
 
+def baseline_launch_flags(name: str, model: ModelSpec, gpus: int, fixed: Mapping[str, Any]) -> dict[str, Any]:
+    """The flags a baseline's trial launches: its own, with the fixed flags (the space's and --set) over them, since
+    those hold in every trial."""
+    return {**baseline_flags(name, model, gpus), **fixed}
+
+
 def constraint_key(metric: str) -> str:
     """The name of a limit's Optuna constraint (P99 - limit in ms, <= 0 feasible): one per limit."""
     return f"p99_{metric}_minus_limit_ms"
@@ -188,7 +194,7 @@ def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgre
         baseline, tried = records.queued_baseline(trial), records.queued_try(trial)
         # a baseline's or a --try point's own flags, not only their projection on the space
         if baseline:  # the fixed flags (the space's and --set) hold in every trial, a baseline's too
-            flags = {**baseline_flags(baseline, cfg.settings.model, cfg.settings.gpus), **cfg.space.fixed}
+            flags = baseline_launch_flags(baseline, cfg.settings.model, cfg.settings.gpus, cfg.space.fixed)
         elif tried is not None:
             flags = cfg.space.try_flags(tried, cfg.settings.gpus)
         trial_dir = trial_folder(cfg.out_dir / cfg.study_name, trial.number)
@@ -579,8 +585,7 @@ def _waited_trials(study: optuna.Study, waited: list[int],
                    still_running: str) -> tuple[tuple[int, ...], tuple[LeftOutTrial, ...]]:
     """Of the trials waited for, those that finished, and the others with what became of them."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    requeued = {number for t in trials.values() if t.state == optuna.trial.TrialState.WAITING
-                for number in t.system_attrs.get("retry_history", ())}
+    requeued = {retried_trial(t) for t in trials.values() if t.state == optuna.trial.TrialState.WAITING}
     finished, left_out = [], []
     for number in waited:
         record = records.read_trial(trials[number])

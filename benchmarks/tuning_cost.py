@@ -45,7 +45,7 @@ from autotune.metrics import BenchResult
 from autotune.models import PRESETS, ModelSpec
 from autotune.sim.predict import predict
 from autotune.space import SearchSpace, load_space
-from autotune.study import BASELINES, baseline_flags
+from autotune.study import BASELINES, baseline_flags, baseline_launch_flags
 
 SOURCE_ROOT = Path(autotune.__file__).resolve().parents[1]  # the folder that holds the installed package
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
@@ -127,7 +127,7 @@ def grid_flags(setup: Setup) -> list[dict[str, Any]]:
 
 def baseline_point(setup: Setup, name: str) -> dict[str, Any]:
     """The flags the study launches for a baseline (its own flags, not their projection on the space)."""
-    flags = {**setup.space.fixed, **baseline_flags(name, setup.model, GPUS)}
+    flags = baseline_launch_flags(name, setup.model, GPUS, setup.space.fixed)
     if not setup.model.is_vlm or int(flags.get("tensor-parallel-size", 1)) <= 1:
         flags.pop("mm-encoder-tp-mode", None)
     return flags

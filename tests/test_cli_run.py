@@ -272,3 +272,14 @@ def test_a_workers_own_bad_option_is_named_not_blamed_on_the_study(capsys, tmp_p
     records.write_run_options(study, {"model": "flash", "engine": "sim", "p99_ms": 500.0})
     assert main(["worker", "--study", "s", "--storage", url, *args]) == 2
     assert capsys.readouterr().err == message
+
+
+def test_a_worker_joins_a_study_whose_stored_start_lies_above_its_ceiling(tmp_path):
+    """An earlier version stored its default start (8) beside --max-concurrency 4 and searched from 4: a worker of
+    this version joins it, and its search starts at the ceiling as that run's did."""
+    from autotune.config import build_study_config, choose_engine, worker_options
+
+    stored = {"model": "flash", "engine": "sim", "p99_ms": 500.0, "start_concurrency": 8, "max_concurrency": 4}
+    options = worker_options(stored, "s", f"sqlite:///{tmp_path}/s.db")
+    assert options.start_concurrency is None
+    assert build_study_config(options, choose_engine("sim")).settings.search.start_concurrency == 4

@@ -176,6 +176,33 @@ def test_a_kept_trial_the_heartbeat_queued_again_is_not_measured_twice(tmp_path:
     assert len(study.trials) == 2
 
 
+
+def test_a_kept_retry_of_a_retry_goes_into_the_copy_queued_of_it(tmp_path: Path) -> None:
+    """A copy of a copy names the chain's first trial in ``failed_trial`` (inherited copy to copy): the kept result
+    of the second goes into the copy queued of the second, not beside it."""
+    from autotune import journal
+    from autotune.storage import MAX_RETRIES
+
+    study = optuna.create_study(study_name="lost", storage=f"sqlite:///{tmp_path}/s.db", direction="maximize")
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+    first = study.ask()
+    first.suggest_int("max-num-seqs", 64, 1024)
+    study.tell(first.number, state=optuna.trial.TrialState.FAIL)
+    retry(study, study.trials[first.number])
+    second = study.ask()  # the queued copy, taken and run
+    second.suggest_int("max-num-seqs", 64, 1024)
+    result = TrialResult(flags={"max-num-seqs": second.params["max-num-seqs"]}, feasible=True, output_tok_s=500.0,
+                         concurrency=8)
+    folder = tmp_path / "pending"
+    journal.keep(folder, second, records.trial_result_attrs(result), {"p99_ttft_minus_limit_ms": -100.0}, 500.0)
+    study.tell(second.number, state=optuna.trial.TrialState.FAIL)
+    retry(study, study.trials[second.number])
+
+    assert journal.replay(study, folder) == [second.number]
+    assert optuna.trial.TrialState.WAITING not in [t.state for t in study.trials]
+    [done] = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done.value == 500.0 and done.params == second.params and len(study.trials) == 3
+
 def test_a_lost_database_is_reported_in_the_databases_words(tmp_path: Path) -> None:
     """Optuna wraps a failed commit in "This typically happens due to invalid data in the commit": a lost database
     was reported so. The message carries the driver's own error, password masked."""

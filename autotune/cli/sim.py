@@ -196,10 +196,7 @@ def calibrate_cmd(study_name: str, storage: str | None, out: str | None, to: str
         model = resolve_model(model_ref or fingerprint.model)
     except UsageError as e:
         raise UsageError(f"{e} (the study's model; give --model where it is here)") from None
-    try:
-        settings = study_settings(study, model, card)
-    except UsageError as e:
-        raise UsageError(f"{e} (the study's workload; give --model the study's model)") from None
+    settings = study_settings(study, model, card)
     study_dir = (Path(out) if out else (sqlite_dir(url) or Path("studies"))) / study_name
     fit = tuple(name.strip() for name in fit_names.split(",") if name.strip()) if fit_names else DEFAULT_FIT
     progress = CalibrationConsole(quiet=as_json)

@@ -187,7 +187,10 @@ def study_settings(study: optuna.Study, model: ModelSpec, card: GpuSpec) -> Tria
     fingerprint = study_fingerprint(study)
     options = records.read_run_options(study) or {}
     workload = parse_workload(fingerprint.workload["spec"], seed=int(fingerprint.workload["seed"])).without_times()
-    check_workload_model(workload, model)  # else every replayed request is refused and no constant fits
+    try:  # else every replayed request is refused and no constant fits
+        check_workload_model(workload, model)
+    except UsageError as e:
+        raise UsageError(f"{e} (the study's workload; give --model the study's model)") from None
     return TrialSettings(engine="sim", model=model, gpu=card, gpus=fingerprint.gpus, workload=workload,
                          search=LoadSearchConfig(limits_ms=dict(fingerprint.limits_ms)),
                          prompts_per_level=float(options.get("prompts_per_level", 3.0)))
