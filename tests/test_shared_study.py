@@ -177,6 +177,7 @@ def test_a_kept_trial_the_heartbeat_queued_again_is_not_measured_twice(tmp_path:
 
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the storage's own retry callback
 def test_a_kept_retry_of_a_retry_goes_into_the_copy_queued_of_it(tmp_path: Path) -> None:
     """A copy of a copy names the chain's first trial in ``failed_trial`` (inherited copy to copy): the kept result
     of the second goes into the copy queued of the second, not beside it."""
