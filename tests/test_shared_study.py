@@ -147,26 +147,37 @@ def test_trials_whose_workers_died_are_not_waited_for_beyond_the_bound_and_are_n
     assert progress.waited == [()]
 
 
-@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def _kept_and_lost(study: optuna.Study, trial: optuna.Trial, folder: Path) -> None:
+    """``trial`` measured 500 tok/s and kept in ``folder``; then the database lost before the tell, and on its return
+    the storage's heartbeat check: failed, and a copy of it queued."""
+    from autotune import journal
+
+    trial.suggest_int("max-num-seqs", 64, 1024)
+    result = TrialResult(flags={"max-num-seqs": trial.params["max-num-seqs"]}, feasible=True, output_tok_s=500.0,
+                         concurrency=8)
+    journal.keep(folder, trial, records.trial_result_attrs(result), {"p99_ttft_minus_limit_ms": -100.0}, 500.0)
+    _fail_and_queue_again(study, trial)
+
+
+def _fail_and_queue_again(study: optuna.Study, trial: optuna.Trial) -> None:
+    from autotune.storage import MAX_RETRIES
+
+    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, study.trials[trial.number])
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the storage's own retry callback
 def test_a_kept_trial_the_heartbeat_queued_again_is_not_measured_twice(tmp_path: Path) -> None:
     """The database gone for longer than three heartbeats: on its return the storage fails the trial the run left
     RUNNING and queues a copy of it. The kept result goes into that copy; it was added as a trial of its own
     beside it, and the copy then measured the same flags again."""
     from autotune import journal
-    from autotune.storage import MAX_RETRIES
 
     study = optuna.create_study(study_name="lost", storage=f"sqlite:///{tmp_path}/s.db", direction="maximize")
     trial = study.ask()
-    trial.suggest_int("max-num-seqs", 64, 1024)
-    result = TrialResult(flags={"max-num-seqs": trial.params["max-num-seqs"]}, feasible=True, output_tok_s=500.0,
-                         concurrency=8)
-    folder = tmp_path / "pending"
-    journal.keep(folder, trial, records.trial_result_attrs(result), {"p99_ttft_minus_limit_ms": -100.0}, 500.0)
-    # the database lost before the tell, then the storage's heartbeat check: failed, and a copy queued
-    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, study.trials[trial.number])
+    _kept_and_lost(study, trial, tmp_path / "pending")
 
-    assert journal.replay(study, folder) == [trial.number]
+    assert journal.replay(study, tmp_path / "pending") == [trial.number]
     states = [t.state for t in study.trials]
     assert optuna.trial.TrialState.WAITING not in states  # nothing left to measure the kept flags again
     [done] = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -176,33 +187,24 @@ def test_a_kept_trial_the_heartbeat_queued_again_is_not_measured_twice(tmp_path:
     assert len(study.trials) == 2
 
 
-
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the storage's own retry callback
 def test_a_kept_retry_of_a_retry_goes_into_the_copy_queued_of_it(tmp_path: Path) -> None:
     """A copy of a copy names the chain's first trial in ``failed_trial`` (inherited copy to copy): the kept result
     of the second goes into the copy queued of the second, not beside it."""
     from autotune import journal
-    from autotune.storage import MAX_RETRIES
 
     study = optuna.create_study(study_name="lost", storage=f"sqlite:///{tmp_path}/s.db", direction="maximize")
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
     first = study.ask()
     first.suggest_int("max-num-seqs", 64, 1024)
-    study.tell(first.number, state=optuna.trial.TrialState.FAIL)
-    retry(study, study.trials[first.number])
+    _fail_and_queue_again(study, first)
     second = study.ask()  # the queued copy, taken and run
-    second.suggest_int("max-num-seqs", 64, 1024)
-    result = TrialResult(flags={"max-num-seqs": second.params["max-num-seqs"]}, feasible=True, output_tok_s=500.0,
-                         concurrency=8)
-    folder = tmp_path / "pending"
-    journal.keep(folder, second, records.trial_result_attrs(result), {"p99_ttft_minus_limit_ms": -100.0}, 500.0)
-    study.tell(second.number, state=optuna.trial.TrialState.FAIL)
-    retry(study, study.trials[second.number])
+    _kept_and_lost(study, second, tmp_path / "pending")
 
-    assert journal.replay(study, folder) == [second.number]
+    assert journal.replay(study, tmp_path / "pending") == [second.number]
     assert optuna.trial.TrialState.WAITING not in [t.state for t in study.trials]
     [done] = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert done.value == 500.0 and done.params == second.params and len(study.trials) == 3
+
 
 def test_a_lost_database_is_reported_in_the_databases_words(tmp_path: Path) -> None:
     """Optuna wraps a failed commit in "This typically happens due to invalid data in the commit": a lost database
