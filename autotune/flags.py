@@ -24,6 +24,7 @@ class FlagDef:
     choices: tuple[Any, ...] | None = None
     help: str = ""
     zero_allowed: bool = False  # a number flag where 0 is meaningful (else numbers must be positive)
+    max_value: float | None = None  # a number flag's largest value vLLM accepts (None: no bound of its own)
 
 
 # The subset of `vllm serve` flags that the tuner searches, the sim engine models, or the launcher sets.
@@ -31,7 +32,7 @@ _DEFS = [
     FlagDef("max-num-seqs", int, 1024, help="max sequences in a batch (vLLM's H100 default for serve)"),
     FlagDef("max-num-batched-tokens", int, 8192, help="token budget per scheduler step (chunked prefill)"),
     # vLLM 0.26.0's default (its start-up line "Desired GPU memory utilization is (0.92, ...)"; 0.9 until v0.2x)
-    FlagDef("gpu-memory-utilization", float, 0.92),
+    FlagDef("gpu-memory-utilization", float, 0.92, max_value=1.0),
     FlagDef("kv-cache-dtype", str, "auto", ("auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2")),
     FlagDef("max-model-len", int, None),
     FlagDef("tensor-parallel-size", int, 1),
@@ -67,7 +68,7 @@ _DEFS = [
     FlagDef("disable-log-stats", bool, False),
     FlagDef("served-model-name", str, None),
     FlagDef("host", str, None),
-    FlagDef("port", int, 8000),
+    FlagDef("port", int, 8000, max_value=65535),  # a TCP port
     FlagDef("uvicorn-log-level", str, "info", ("debug", "info", "warning", "error", "critical", "trace")),
     FlagDef("tokenizer", str, None),
 ]
@@ -121,10 +122,8 @@ def check_flag_value(name: str, value: Any) -> Any:
     if fdef.name == "limit-mm-per-prompt":
         for modality in value:
             mm_limit(value, modality)  # each entry is checked here, once
-    if fdef.name == "port" and value > 65535:
-        raise UsageError(f"flag port: must be a TCP port (1-65535), got {value}")
-    if fdef.name == "gpu-memory-utilization" and not 0 < value <= 1:
-        raise UsageError(f"flag gpu-memory-utilization: must be in (0, 1], got {value}")
+    if fdef.max_value is not None and value > fdef.max_value:
+        raise UsageError(f"flag {fdef.name}: must be at most {fdef.max_value:g}, got {value}")
     return value
 
 

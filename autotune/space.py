@@ -308,8 +308,8 @@ def _check_range_flag(key: str, spec: ParamSpec, path: Path) -> None:
         raise UsageError(f"search space {path}: {key} takes one of {', '.join(map(str, flag.choices))}: "
                          "give them as type: categorical, not a range")
     if flag.type not in (int, float) or (spec.type == "float" and flag.type is int):
-        raise UsageError(f"search space {path}: {key} takes {flag.type.__name__} values, not a range of type {spec.type}"
-                         + (" (use type: int)" if flag.type is int else ""))
+        raise UsageError(f"search space {path}: {key} takes {flag.type.__name__} values, not a range of type "
+                         f"{spec.type}" + (" (use type: int)" if flag.type is int else ""))
 
 
 def _value(key: str, value: Any, path: Path) -> Any:

@@ -20,7 +20,8 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from autotune.errors import StorageError, StorageUnavailable, UsageError
 
 __all__ = ["DEFAULT_STORAGE", "open_storage", "open_storage_readonly", "redact_url", "load_study", "study_names",
-           "sqlite_dir", "holds_alone", "fail_dead_processes_trials", "heartbeat_s", "stale_after_s", "MAX_RETRIES"]
+           "sqlite_dir", "holds_alone", "fail_dead_processes_trials", "heartbeat_s", "stale_after_s", "retried_trial",
+           "MAX_RETRIES"]
 
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 # How often a trial cut short (a signal, a dead worker) is queued again: a point that kills its worker every time
@@ -223,8 +224,7 @@ def open_storage_readonly(url: str | None) -> optuna.storages.RDBStorage:
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError, ValueError) as e:
         while e.__cause__ is not None:  # Optuna wraps the driver's error (connection refused, ...) in its own
             e = e.__cause__  # type: ignore[assignment]
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StorageError(f"cannot open storage {redact_url(given)} read-only: {first}") from None
+        raise StorageError(f"cannot open storage {redact_url(given)} read-only: {_first_line(e)}") from None
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
