@@ -30,6 +30,7 @@ class ServeArgs:
     startup_delay_s: float | None = None  # wall seconds to wait before listening (None: modelled, capped)
     seed: int = 0
     fault: Fault | None = None  # a fault to make (sim/faults.py)
+    prog: str = "vllm serve"  # its errors' first word: vLLM's where a study starts it, the user's command otherwise
 
 
 class _Parser(argparse.ArgumentParser):
@@ -110,4 +111,4 @@ def parse_serve_args(argv: list[str], prog: str = "vllm serve") -> ServeArgs:
     served = flags.pop("served-model-name", None) or ns.model
     return ServeArgs(model=ns.model, flags=flags, host=host, port=port, served_model_name=served,
                      gpu_type=ns.gpu_type, time_scale=float(ns.time_scale), startup_delay_s=ns.startup_delay_s,
-                     seed=int(flags.get("seed", 0)), fault=ns.fault)
+                     seed=int(flags.get("seed", 0)), fault=ns.fault, prog=prog)

@@ -320,7 +320,7 @@ def serve_main(args: ServeArgs) -> int:
         gpu = load_gpu(args.gpu_type)
         setup = setup_engine(model, gpu, args.flags)
     except UsageError as e:
-        _out(f"vllm serve: error: {e}", err=True)
+        _out(f"{args.prog}: error: {e}", err=True)
         return 2
     except EngineStartError as e:
         for line in failure_lines(str(e), e.failure_class):
