@@ -35,7 +35,7 @@ from autotune.records import TrialResult
 from autotune.sim.noise import RunNoise
 from autotune.sim.inproc import InProcessSim
 
-__all__ = ["TrialSettings", "run_trial", "measure_once", "level_load_config"]
+__all__ = ["LevelShape", "TrialSettings", "run_trial", "measure_once", "level_load_config"]
 
 
 # Kept before a deadline for stopping the server (vLLM: SIGTERM, wait, port and GPU memory back).
@@ -44,6 +44,29 @@ TEARDOWN_RESERVE_S = {"vllm": 30.0, "sim": 5.0}
 # gracefully; the sim server exits in well under a second, so a longer wait only delays the next trial.
 STOP_GRACE_S = {"vllm": 20.0, "sim": 3.0}
 UNREACHABLE = "the server stopped answering"  # a load search's stop reason when it did
+
+
+@dataclass(frozen=True)
+class LevelShape:
+    """How a study's load level at one concurrency C runs, and what `autotune bench --concurrency C` runs by
+    default: a closed loop, its first wave ramped and left out as warm-up, throughput over the steady window."""
+
+    prompts_per_level: float = 3.0  # measured prompts = this x concurrency, within the bounds below
+    min_prompts: int = 32
+    max_prompts: int = 1500
+    # Warm-up prompts (excluded from figures) = this x concurrency: the whole first wave. Its prefills queue
+    # behind each other (on the H100 ~33 prompts of 1k tokens a second while earlier ones decode); with
+    # 0.5 x C half of them were measured, and that alone set every trial's P99 TTFT knee
+    # (docs/results/h100-flash.md).
+    warmup_factor: float = 1.0
+    ramp_s: float = 2.0  # first wave spread over this many seconds of the server's clock (no synchronized start)
+
+    def load_config(self, concurrency: int) -> LoadConfig:
+        """The level at ``concurrency`` (in the server's clock; no timeouts, scraping or records)."""
+        n = int(min(self.max_prompts, max(self.min_prompts, self.prompts_per_level * concurrency)))
+        warmup = int(max(1, self.warmup_factor * concurrency))
+        return LoadConfig(concurrency=concurrency, num_prompts=n, warmup_prompts=warmup, ramp_s=self.ramp_s,
+                          steady_state=True)
 
 
 @dataclass(frozen=True)
@@ -62,15 +85,12 @@ class TrialSettings:
     sim_noise: RunNoise | None = None  # in-process sim only: run-to-run noise (None: exact)
     seed: int = 0  # the study's: seeds the sim's noise
     startup_timeout_s: float = 900.0
-    prompts_per_level: float = 3.0  # measured prompts = this x concurrency, within the bounds below
-    min_prompts: int = 32
-    max_prompts: int = 1500
-    # Warm-up prompts (excluded from figures) = this x concurrency: the whole first wave. Its prefills queue
-    # behind each other (on the H100 ~33 prompts of 1k tokens a second while earlier ones decode); with
-    # 0.5 x C half of them were measured, and that alone set every trial's P99 TTFT knee
-    # (docs/results/h100-flash.md).
-    warmup_factor: float = 1.0
-    ramp_s: float = 2.0  # first wave spread over this many modelled seconds (no synchronized start)
+    # a load level's shape (LevelShape's defaults)
+    prompts_per_level: float = LevelShape.prompts_per_level
+    min_prompts: int = LevelShape.min_prompts
+    max_prompts: int = LevelShape.max_prompts
+    warmup_factor: float = LevelShape.warmup_factor
+    ramp_s: float = LevelShape.ramp_s
     request_timeout_s: float = 600.0
     extra_env: dict[str, str] = field(default_factory=dict)
     vllm_cmd: tuple[str, ...] | None = None
@@ -102,17 +122,15 @@ def sim_predicted_knee(settings: TrialSettings, flags: dict[str, Any]) -> int | 
 
 
 def level_load_config(settings: TrialSettings, concurrency: int, records_path: Path | None = None) -> LoadConfig:
-    n = int(min(settings.max_prompts, max(settings.min_prompts, settings.prompts_per_level * concurrency)))
-    warmup = int(max(1, settings.warmup_factor * concurrency))
+    shape = LevelShape(settings.prompts_per_level, settings.min_prompts, settings.max_prompts,
+                       settings.warmup_factor, settings.ramp_s)
     # The in-process sim's clock is the modelled one: nothing to scale.
     scale = settings.time_scale if not runs_in_process(settings) else 1.0
-    return LoadConfig(
-        concurrency=concurrency, num_prompts=n, warmup_prompts=warmup,
-        ramp_s=settings.ramp_s,
+    return replace(
+        shape.load_config(concurrency),
         # A time-scaled sim may lag the wall clock when the CPU cannot keep up: never below 2 minutes of wall.
         request_timeout_s=max(settings.request_timeout_s / max(scale, 1e-9), min(settings.request_timeout_s, 120.0)),
-        scrape_metrics=True, time_scale=scale, steady_state=True,
-        records_path=str(records_path) if records_path else None,
+        scrape_metrics=True, time_scale=scale, records_path=str(records_path) if records_path else None,
     )
 
 
