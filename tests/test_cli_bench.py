@@ -16,7 +16,8 @@ def server() -> Iterator[FakeServer]:
 
 
 def _bench(server: FakeServer, *args: str) -> list[str]:
-    return ["bench", "--url", server.url, "--model", "fake-model", "--workload", "random:16:4", *args]
+    # no ramp: a study level's 2 s would be most of these tests' time
+    return ["bench", "--url", server.url, "--model", "fake-model", "--workload", "random:16:4", "--ramp-s", "0", *args]
 
 
 def test_json_only_on_stdout(server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
@@ -96,8 +97,8 @@ def test_trace_replay_from_a_jsonl_file(server: FakeServer, capsys: pytest.Captu
     assert "replay" not in json.loads(capsys.readouterr().out)
     assert main([*args, "6"]) == 0
     assert "trace replay over 0.2 s" in capsys.readouterr().out  # 0.25 s for the first 6
-    assert main([*args, "9", "--json"]) == 2
-    assert "has 8 requests, 9 were asked for" in capsys.readouterr().err
+    assert main([*args, "9", "--json"]) == 0  # a cap: the trace has 8
+    assert json.loads(capsys.readouterr().out)["completed"] == 8
 
 
 @pytest.mark.parametrize("name", ["requests.jsonl", "requests.jsonl.gz"])
@@ -148,10 +149,61 @@ def test_records_itl_lists_each_gap(server: FakeServer, capsys: pytest.CaptureFi
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     # 4 output tokens, 4 token chunks: 3 gaps each, about the server's 6 ms; the summary's ITLs are exactly these
     assert all(len(r["itl_ms"]) == 3 and max(r["itl_ms"]) == r["itl_max_ms"] for r in rows)
-    gaps = [g for r in rows for g in r["itl_ms"]]
+    gaps = [g for r in rows if not r["warmup"] for g in r["itl_ms"]]
     # the median, not the minimum: on a busy CPU one late chunk is followed by one early (gaps of 0-2 ms seen)
     assert 5 <= np.median(gaps) < 30
     assert np.percentile(gaps, 90) == pytest.approx(data["itl_ms"]["p90"], rel=1e-3)
+
+
+def test_a_trace_is_replayed_whole_by_default(server: FakeServer, capsys: pytest.CaptureFixture[str],
+                                              tmp_path) -> None:
+    """Every request of a trace at its time, without --num-prompts (it once sent 200, or refused a shorter trace);
+    --num-prompts caps it, and a warm-up that leaves nothing to measure is refused."""
+    server.configure(ttft_ms=2, itl_ms=1)
+    trace = tmp_path / "trace.jsonl"
+    size = 7
+    trace.write_text("".join(json.dumps({"prompt": [1001, 1002], "output_len": 2, "arrival_s": 0.01 * i}) + "\n"
+                             for i in range(size)))
+    args = ["bench", "--url", server.url, "--model", "fake-model", "--workload", f"jsonl:{trace}", "--json"]
+    assert main(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["replay"] is True and data["completed"] == data["num_prompts"] == size
+    assert data["trace_span_s"] == pytest.approx(0.01 * (size - 1))
+    assert main([*args, "--warmup", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["completed"] == size - 2
+    assert main([*args, "--num-prompts", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["completed"] == 3
+    assert main([*args, "--warmup", str(size)]) == 2
+    err = capsys.readouterr().err
+    assert f"the trace has {size} requests: none left to measure after --warmup {size}" in err
+
+
+def test_a_concurrency_runs_a_study_level(server: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    """`bench --concurrency C` measures as a study's level at C does, so its figures compare with the profile's and
+    `sim predict`'s: the level's warm-up wave and measured requests, throughput over its steady window (the study's
+    own summary of a level's records gives the same figure); --whole-run counts the whole run instead."""
+    from autotune.loadgen.runner import read_records, steady_level_result
+    from autotune.trial import LevelShape
+
+    server.configure(ttft_ms=2, itl_ms=1)
+    concurrency, path = 4, tmp_path / "level.jsonl"
+    level = LevelShape().load_config(concurrency)
+    assert main(_bench(server, "--concurrency", str(concurrency), "--records", str(path), "--json")) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["num_prompts"], data["warmup_prompts"]) == (level.num_prompts, level.warmup_prompts)
+    study = steady_level_result(read_records(path))  # the records' times are to the microsecond
+    assert data["steady_window_s"] == pytest.approx(study.duration_s, rel=1e-3)
+    assert data["output_tok_s"] == pytest.approx(study.output_tok_s, rel=1e-3)
+    measured = [o for o, warmup in read_records(path) if not warmup]  # the whole run: first start to last end
+    span_s = max(o.start_s + o.e2el_s for o in measured) - min(o.start_s for o in measured)
+    assert data["whole_run_output_tok_s"] == pytest.approx(sum(o.output_tokens for o in measured) / span_s, rel=1e-3)
+
+    assert main(_bench(server, "--concurrency", str(concurrency), "--whole-run", "--json")) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert "steady_window_s" not in data and "whole_run_output_tok_s" not in data
+    assert main(_bench(server, "--concurrency", str(concurrency), "--num-prompts", "40")) == 0
+    out = capsys.readouterr().out
+    assert "steady window (s)" in out and "output tok/s, whole run" in out
 
 
 def test_an_error_without_json_is_one_line(server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:

@@ -24,13 +24,21 @@ __all__ = ["bench", "commands"]
                    "with --tokenizer the text is exactly IN tokens of it). A jsonl file "
                    "whose records all have arrival_s is a trace: without --rate its requests are sent at those "
                    "times (--concurrency caps them).")
-@click.option("--concurrency", type=int, default=None, help="Closed loop: requests in flight.")
+@click.option("--concurrency", type=int, default=None,
+              help="Closed loop: requests in flight, run as a study's load level at that concurrency (its "
+                   "warm-up wave, ramp, measured requests and steady window, unless given below).")
 @click.option("--rate", type=float, default=None, help="Open loop: requests per second (Poisson/gamma).")
 @click.option("--burstiness", type=float, default=1.0, show_default=True, help="Gamma shape of arrivals (1 = Poisson).")
-@click.option("--num-prompts", type=int, default=200, show_default=True, help="Measured requests.")
-@click.option("--warmup", type=int, default=0, show_default=True, help="Warm-up requests (not measured).")
-@click.option("--ramp-s", type=float, default=0.0, show_default=True,
-              help="Spread the first wave's starts over this many seconds (closed loop).")
+@click.option("--num-prompts", type=int, default=None,
+              help="Measured requests (default: closed loop, a study level's, 3 × concurrency within 32-1500; "
+                   "open loop 200; a trace, every request in it after the warm-up, and at most this many if given).")
+@click.option("--warmup", type=int, default=None,
+              help="Warm-up requests, not measured (default: closed loop, the first wave, 1 × concurrency; else 0).")
+@click.option("--ramp-s", type=float, default=None,
+              help="Closed loop: spread the first wave's starts over this many seconds (default 2, a study level's).")
+@click.option("--whole-run", is_flag=True,
+              help="Closed loop: throughput over the whole run (first measured start to last end, the drain "
+                   "included, as `vllm bench serve` counts it) instead of the steady window a study's level uses.")
 @click.option("--endpoint", type=click.Choice(["auto", "completions", "chat"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Workload and arrival seed.")
 @click.option("--slo", type=LIMITS, default=None, help="Goodput limits in ms, e.g. ttft=500,tpot=50")
@@ -44,12 +52,15 @@ __all__ = ["bench", "commands"]
               help="With --records: also list each request's inter-token gaps (ms), one per token chunk.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout and nothing else.")
 def bench(url: str, model: str, workload: str, concurrency: int | None, rate: float | None, burstiness: float,
-          num_prompts: int, warmup: int, ramp_s: float, endpoint: str, seed: int, slo: dict[str, float] | None,
-          scrape_metrics: bool, tokenizer: str | None, request_timeout_s: float, records_path: str | None,
-          records_itl: bool, as_json: bool) -> None:
-    """Benchmark a running OpenAI-compatible server (vLLM or the sim engine) at one load level."""
+          num_prompts: int | None, warmup: int | None, ramp_s: float | None, whole_run: bool, endpoint: str,
+          seed: int, slo: dict[str, float] | None, scrape_metrics: bool, tokenizer: str | None,
+          request_timeout_s: float, records_path: str | None, records_itl: bool, as_json: bool) -> None:
+    """Benchmark a running OpenAI-compatible server (vLLM or the sim engine) at one load level: at a concurrency,
+    the level a study measures there (the same requests, warm-up wave, ramp and steady window), so its figures
+    compare with the study's profile and with `autotune sim predict`."""
     from autotune.loadgen.runner import LoadConfig, run_bench
     from autotune.loadgen.workload import parse_workload
+    from autotune.trial import LevelShape
 
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"--url must start with http:// or https://, got {url!r}")
@@ -59,10 +70,24 @@ def bench(url: str, model: str, workload: str, concurrency: int | None, rate: fl
     replay = wl.timed and rate is None
     if not replay and (concurrency is None) == (rate is None):
         raise UsageError("give exactly one of --concurrency and --rate")
-    cfg = LoadConfig(concurrency=concurrency, rate=rate, burstiness=burstiness, num_prompts=num_prompts,
-                     warmup_prompts=warmup, ramp_s=ramp_s, endpoint=endpoint, slo_ms=slo,
-                     scrape_metrics=scrape_metrics, request_timeout_s=request_timeout_s, seed=seed,
-                     records_path=records_path, records_itl=records_itl, replay_arrivals=replay)
+    closed_loop = concurrency is not None and rate is None and not replay
+    if closed_loop:
+        level = LevelShape().load_config(concurrency)
+        num_prompts = level.num_prompts if num_prompts is None else num_prompts
+        warmup = level.warmup_prompts if warmup is None else warmup
+        ramp_s = level.ramp_s if ramp_s is None else ramp_s
+    warmup = warmup or 0
+    if wl.trace_length is not None:  # a trace is sent once, not cycled: all of it by default, --num-prompts caps
+        measurable = wl.trace_length - warmup
+        if measurable < 1:
+            raise UsageError(f"the trace has {wl.trace_length} requests: none left to measure after "
+                             f"--warmup {warmup}")
+        num_prompts = measurable if num_prompts is None else min(num_prompts, measurable)
+    cfg = LoadConfig(concurrency=concurrency, rate=rate, burstiness=burstiness,
+                     num_prompts=200 if num_prompts is None else num_prompts, warmup_prompts=warmup,
+                     ramp_s=ramp_s or 0.0, endpoint=endpoint, slo_ms=slo, scrape_metrics=scrape_metrics,
+                     request_timeout_s=request_timeout_s, seed=seed, records_path=records_path,
+                     records_itl=records_itl, replay_arrivals=replay, steady_state=closed_loop and not whole_run)
     if as_json:
         result = run_bench(url, model, wl, cfg)
         echo_json(result.to_json())
@@ -113,8 +138,11 @@ def _print_summary(result: BenchResult) -> None:
         cap = f", at most {ex['concurrency']} in flight" if ex.get("concurrency") else ""
         load = f"trace replay over {ex.get('trace_span_s', math.nan):,.1f} s{cap}"
     rows = [("load", load), ("completed / failed", f"{result.completed} / {result.failed}"),
-            ("duration (s)", _fmt(result.duration_s)), ("output tok/s", _fmt(result.output_tok_s)),
-            ("total tok/s", _fmt(result.total_tok_s)), ("requests/s", _fmt(result.request_s, 2))]
+            ("steady window (s)" if "steady_window_s" in ex else "duration (s)", _fmt(result.duration_s)),
+            ("output tok/s", _fmt(result.output_tok_s))]
+    if "whole_run_output_tok_s" in ex:
+        rows.append(("output tok/s, whole run", _fmt(ex["whole_run_output_tok_s"])))
+    rows += [("total tok/s", _fmt(result.total_tok_s)), ("requests/s", _fmt(result.request_s, 2))]
     if not math.isnan(result.goodput_request_s):
         rows.append(("goodput requests/s", _fmt(result.goodput_request_s, 2)))
     if result.errors:

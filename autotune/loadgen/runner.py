@@ -267,6 +267,8 @@ async def drive_load(transport: Transport, requests: list[RequestSpec], cfg: Loa
         and clock in ("sim", "wall") else None
     if window is not None:
         extra["steady_window_s"] = window[1] - window[0]
+        # beside it, what a whole-run count gives (`vllm bench serve`'s): the ramp and the drain included
+        extra["whole_run_output_tok_s"] = sum(o.output_tokens for o in measured if o.success) / duration_s
     everyone = [r[0] for r in results if r is not None]  # warm-up too: its tokens in the window count
     return summarize(measured, duration_s, slo_ms=cfg.slo_ms, extra=extra, window=window, window_outputs=everyone)
 

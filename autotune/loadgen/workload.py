@@ -75,6 +75,11 @@ class Workload:
         """The most images one request carries (0: text only)."""
         return 0
 
+    @property
+    def trace_length(self) -> int | None:
+        """A timed trace's number of requests (it is never cycled); None for any other workload."""
+        return None
+
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, index])
 
@@ -183,6 +188,10 @@ class FileWorkload(Workload):
             self._order = sorted(range(len(records)), key=lambda i: records[i].arrival_s)  # stable
         else:
             self._order = np.random.default_rng(seed).permutation(len(records)).tolist()
+
+    @property
+    def trace_length(self) -> int | None:
+        return len(self._order) if self.timed else None
 
     def requests(self, n: int, start: int = 0) -> list[RequestSpec]:
         if self.timed and n > len(self._order):

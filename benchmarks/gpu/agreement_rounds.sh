@@ -94,7 +94,7 @@ identical_round() {  # DIR ROUND RATE PROMPTS SEED
 phase() {  # DIR ROUNDS RATE PROMPTS SEED_BASE
   local dir=$1 n=$2 rate=$3 prompts=$4 base=$5 ours_load vllm_load r i t0 t1 t2
   if [ -n "$rate" ]; then ours_load=(--rate "$rate"); vllm_load=(--request-rate "$rate" --burstiness 1.0)
-  else ours_load=(--concurrency 64); vllm_load=(--max-concurrency 64); fi
+  else ours_load=(--concurrency 64 --warmup 0 --ramp-s 0 --whole-run); vllm_load=(--max-concurrency 64); fi
   mkdir -p "$dir"
   local done_before; done_before=$(ls "$dir"/ours-*.json 2>/dev/null | wc -l)
   [ "$stream" = identical ] && done_before=$(ls "$dir"/stream-*.make.json 2>/dev/null | wc -l)

@@ -89,7 +89,7 @@ bench_level() {  # OUT PORT NAME C SEED [ARGS...]
   local out=$1 port=$2 name=$3 c=$4 seed=$5
   shift 5
   python3 -m autotune bench --url "http://127.0.0.1:$port" --model "$name" --workload "$workload" \
-    --tokenizer "$model" --concurrency "$c" --warmup "$c" --ramp-s 2 --num-prompts $((3 * c)) --seed "$seed" \
+    --tokenizer "$model" --concurrency "$c" --warmup "$c" --ramp-s 2 --num-prompts $((3 * c)) --whole-run --seed "$seed" \
     --records "$out.jsonl.gz" --records-itl --json "$@" > "$out.json" 2> "$out.err"
 }
 

@@ -183,7 +183,7 @@ bench() {  # NAME: a short closed-loop level against the server that is up
   local name=$1 tok=()
   [ -f "$model/tokenizer.json" ] && tok=(--tokenizer "$model")
   run python3 -m autotune bench --url "http://127.0.0.1:$port" --model "$served" "${tok[@]}" \
-    --workload "$workload" --concurrency "$c" --warmup "$c" --ramp-s 2 --num-prompts $((waves * c)) --seed 1 \
+    --workload "$workload" --concurrency "$c" --warmup "$c" --ramp-s 2 --num-prompts $((waves * c)) --whole-run --seed 1 \
     --records "$dir/$name/bench.jsonl.gz" --json > "$dir/$name/bench.json" 2> "$dir/$name/bench.err"
   local rc=$?
   echo "bench_exit=$rc" >> "$dir/$name/result.txt"

@@ -73,7 +73,7 @@ bench() {  # NAME WORKLOAD CONCURRENCY WARMUP MEASURED SEED
   local ramp=0
   [ "$3" -gt 1 ] && ramp=2
   run python3 -m autotune bench --url "http://127.0.0.1:$port" --model m --endpoint chat --tokenizer "$model" \
-    --workload "$2" --concurrency "$3" --warmup "$4" --ramp-s "$ramp" --num-prompts "$5" --seed "$6" \
+    --workload "$2" --concurrency "$3" --warmup "$4" --ramp-s "$ramp" --num-prompts "$5" --whole-run --seed "$6" \
     --scrape-metrics --records "$dir/$1.jsonl.gz" --json > "$dir/$1.json" 2> "$dir/$1.err"
   echo "$1 done (exit $?) at $(date +%T)" >> "$dir/times.txt"
 }
