@@ -194,6 +194,21 @@ def test_bad_workload(capsys, storage):
     assert trial_count(db) == 0
 
 
+@pytest.mark.parametrize("command", [
+    [*BASE, "--p99-ms", "500", "--model", "flash"],
+    ["sim", "predict", "--model", "flash"],
+    ["bench", "--url", "http://127.0.0.1:9", "--model", "m", "--concurrency", "4"],
+])
+def test_a_huge_image_is_refused_at_once_by_every_command(capsys, storage, command):
+    """One workload parser: `run`, `sim predict` and `bench` refuse an image vLLM would not open, before any work."""
+    url, db = storage
+    storage_args = ["--storage", url] if command[0] == "run" else []
+    code, out, err = run_cli(capsys, *command, *storage_args, "--workload", "mm:256:32:1:100000x100000")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "image size 100000x100000 is 10,000,000,000 pixels, over the" in err
+    assert not db.exists()
+
+
 def test_model_folder_without_config(capsys, storage, tmp_path):
     url, _ = storage
     code, _, err = run_cli(capsys, *BASE, "--storage", url, "--model", str(tmp_path), "--p99-ms", "500")

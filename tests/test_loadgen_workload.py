@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from autotune.errors import UsageError
-from autotune.loadgen.workload import TOKEN_ID_HIGH, TOKEN_ID_LOW, RequestSpec, block_png, parse_workload
+from autotune.loadgen.workload import (
+    MAX_IMAGE_PIXELS,
+    TOKEN_ID_HIGH,
+    TOKEN_ID_LOW,
+    RequestSpec,
+    block_png,
+    parse_workload,
+)
 
 
 def _decode_png(data: bytes) -> tuple[int, int, bytes]:
@@ -171,6 +178,18 @@ def test_jsonl_parsing(tmp_path: Path) -> None:
 def test_bad_specs(spec: str, words: str) -> None:
     with pytest.raises(UsageError, match=words) as info:
         parse_workload(spec)
+    assert "\n" not in str(info.value)
+
+
+def test_an_image_larger_than_vllm_opens_is_refused() -> None:
+    """An image over Pillow's decompression-bomb limit fails every request on vLLM, and drawing one took seconds
+    each (`sim predict` with 100000x100000 images ran for hours); up to the limit is fine (parsed, not drawn here)."""
+    side = int(MAX_IMAGE_PIXELS**0.5)
+    parse_workload(f"mm:10:5:1:{side}x{side}")
+    too_big = f"{side + 1}x{side + 1}"
+    with pytest.raises(UsageError, match=f"image size {too_big} is {(side + 1) ** 2:,} pixels, over the "
+                                         f"{MAX_IMAGE_PIXELS:,} vLLM accepts") as info:
+        parse_workload(f"mm:10:5:1:64x64,{too_big}")
     assert "\n" not in str(info.value)
 
 

@@ -26,7 +26,14 @@ import numpy as np
 
 from autotune.errors import UsageError
 
-__all__ = ["RequestSpec", "Workload", "parse_workload", "block_png", "TOKEN_ID_LOW", "TOKEN_ID_HIGH"]
+__all__ = ["RequestSpec", "Workload", "parse_workload", "block_png", "TOKEN_ID_LOW", "TOKEN_ID_HIGH",
+           "MAX_IMAGE_PIXELS"]
+
+# The most pixels an image may have: vLLM opens images with Pillow, which refuses more than twice its
+# Image.MAX_IMAGE_PIXELS (89,478,485) as a decompression bomb, so every request with a larger image would fail; and
+# writing one costs seconds of CPU (100000x100000: about 30 s and 1.2 GB each). The model's processor resizes images
+# far smaller anyway (GLM-4.6V-Flash: to 9,633,792 pixels at most, models.VisionSpec.max_pixels).
+MAX_IMAGE_PIXELS = 2 * 89_478_485
 
 # Random prompts are token ids in [TOKEN_ID_LOW, TOKEN_ID_HIGH): ordinary vocabulary for most tokenizers.
 TOKEN_ID_LOW = 1000
@@ -267,7 +274,11 @@ def _parse_mm(spec: str, rest: str, seed: int, tok: Any) -> MultimodalWorkload:
         size = item.strip().lower().split("x")
         if len(size) != 2:
             raise UsageError(f"workload {spec!r}: image size must be WxH, got {item!r}")
-        sizes.append((_pos_int(size[0], spec, "W"), _pos_int(size[1], spec, "H")))
+        width, height = _pos_int(size[0], spec, "W"), _pos_int(size[1], spec, "H")
+        if width * height > MAX_IMAGE_PIXELS:
+            raise UsageError(f"workload {spec!r}: image size {item.strip()} is {width * height:,} pixels, over the "
+                             f"{MAX_IMAGE_PIXELS:,} vLLM accepts (Pillow's decompression-bomb limit)")
+        sizes.append((width, height))
     options: dict[str, str] = {}
     for item in parts[4:]:
         key, eq, value = item.partition("=")
