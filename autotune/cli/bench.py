@@ -31,7 +31,7 @@ __all__ = ["bench", "commands"]
 @click.option("--burstiness", type=float, default=1.0, show_default=True, help="Gamma shape of arrivals (1 = Poisson).")
 @click.option("--num-prompts", type=int, default=None,
               help="Measured requests (default: closed loop, a study level's, 3 × concurrency within 32-1500; "
-                   "open loop 200; a trace, every request in it after the warm-up, and at most this many if given).")
+                   "open loop 200; a trace, all of its requests after the warm-up, which this caps).")
 @click.option("--warmup", type=int, default=None,
               help="Warm-up requests, not measured (default: closed loop, the first wave, 1 × concurrency; else 0).")
 @click.option("--ramp-s", type=float, default=None,
