@@ -26,7 +26,7 @@ from autotune.sim.faults import FaultPlan, parse_fault_plan
 from autotune.sim.noise import NOISE_MODELS
 from autotune.space import SearchSpace, load_space
 from autotune.storage import DEFAULT_STORAGE, sqlite_dir
-from autotune.study import BASELINES, StudyConfig, baseline_flags
+from autotune.study import StudyConfig
 from autotune.trial import TrialSettings
 
 __all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", "study_limits_ms", "worker_options",
@@ -291,11 +291,6 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
     if overlap:
         raise UsageError(f"--set {sorted(overlap)[0]}: that flag is searched by the space; remove it from one")
     space.fixed = {**space.fixed, **extra}
-    for name in BASELINES:
-        tp = baseline_flags(name, model, opts.gpus).get("tensor-parallel-size", 1)
-        if problem := model.tensor_parallel_problem(tp):
-            raise UsageError(f"--gpus {opts.gpus}: the baseline {name} runs vLLM over every GPU by tensor "
-                             f"parallelism, and {problem}")
     check_workload_flags(workload, space.fixed, "--set or the space's fixed flags")
     if opts.sim_noise != "off" and (engine_name != "sim" or opts.sim_server):
         raise UsageError("--sim-noise is for the in-process sim engine (not with --sim-server or a real engine)")

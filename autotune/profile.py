@@ -147,7 +147,8 @@ class Profile(_Record):
     baseline: str | None  # the winner's baseline name when a baseline won
     study: StudyRef
     # what the engine said about the winner that no serve flag changes (untuned kernels); on the sim engine, what it
-    # is known to get wrong under the study's limits on this card
+    # is known to get wrong under the study's limits on this card; the baselines' GPU layout where it is not TP over
+    # every GPU (the gains are over those)
     notes: list[str] = []
 
 
@@ -227,7 +228,7 @@ def build_profile(cfg: StudyConfig, selection: Selection, record: SelectionRecor
                        trials=n_trials),
         notes=(engine_notes(StartupInfo.from_dict(winner_trial.result.startup))
                + winner_notes([lv.host_cpu for lv in winner_trial.result.levels] + [m.host_cpu for m in winner.repeats])
-               + s.sim_caveats()),
+               + s.sim_caveats() + ([layout] if (layout := cfg.baseline_layout_note()) else [])),
     )
 
 

@@ -34,6 +34,7 @@ class StudyStart:
     # what the figures may get wrong: on the sim engine, its known errors under these limits on this card; on a
     # served engine, a host whose CPUs other processes are using
     caveats: tuple[str, ...] = ()
+    baseline_layout: str = ""  # why the baselines do not run TP over every GPU; "" where they do
 
 
 @dataclass(frozen=True)

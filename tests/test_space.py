@@ -56,6 +56,15 @@ def test_tp_choices_the_model_cannot_split_are_never_proposed(tmp_path):
         load_space(write(tmp_path, "parallel: {tensor-parallel-size: [6]}\n"), MOE, 6)  # 96 heads, 8 KV heads
 
 
+def test_a_space_without_tp_choices_lays_an_moe_out_as_the_baselines_do(tmp_path):
+    """An MoE over 6 GPUs, TP 6 by default, was refused (8 KV heads): the largest TP they split by, DP over the rest."""
+    space = load_space(write(tmp_path, "params: {}\n"), MOE, 6)
+    assert space.tp_choices == [2]
+    assert space.try_flags({}, 6) == {"tensor-parallel-size": 2, "data-parallel-size": 3}
+    assert load_space(write(tmp_path, "params: {}\n"), MOE, 4).tp_choices == [4]
+    assert load_space(write(tmp_path, "params: {}\n"), FLASH, 6).tp_choices == [1]
+
+
 @pytest.mark.parametrize("text, message", [
     ("params:\n  max-num-seqz: {type: int, low: 1, high: 2}\n", "unknown vLLM flag 'max-num-seqz'"),
     ("params:\n  kv-cache-dtype: {type: categorical, choices: []}\n", "non-empty 'choices'"),

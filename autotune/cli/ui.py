@@ -110,6 +110,8 @@ class StudyView(Progress):
         self._log(self.status)
         for caveat in start.caveats:
             self._log(f"caution: {caveat}")
+        if start.baseline_layout:  # what the gains are over: said in a terminal too
+            self._say(f"note: {start.baseline_layout}")
 
     def trial_started(self, number: int, flags: Mapping[str, Any], baseline: str) -> None:
         self.current = number
