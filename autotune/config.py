@@ -164,12 +164,12 @@ def _gpu_id_list(text: str, source: str) -> list[int]:
 def gpu_slots(gpus: int, parallel: int | None, gpu_ids: str | None, engine: str) -> tuple[tuple[int, ...], ...]:
     """The GPUs of each trial that may run at once: the run's GPUs (``--gpu-ids``, else CUDA_VISIBLE_DEVICES, else
     every GPU nvidia-smi lists) cut into groups of ``gpus``, at most ``parallel`` of them. The sim engine has no
-    GPUs: without ``--gpu-ids`` it is given ``gpus x parallel`` made-up ids, so that parallel trials run (and are
-    tested) on a CPU exactly as on a GPU machine."""
+    GPUs: without ``--gpu-ids`` it is given ``gpus x parallel`` made-up ids whatever this machine's GPUs are, so
+    that parallel trials run (and are tested) on a CPU exactly as on a GPU machine."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if gpu_ids:
         ids, source = _gpu_id_list(gpu_ids, "--gpu-ids"), "--gpu-ids"
-    elif visible:
+    elif visible and engine == "vllm":
         ids, source = _gpu_id_list(visible, "CUDA_VISIBLE_DEVICES"), "CUDA_VISIBLE_DEVICES"
     elif engine == "vllm":
         ids, source = list(gpu_indices() or range(gpus)), "nvidia-smi"

@@ -81,6 +81,16 @@ def test_gpu_slots_from_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> Non
         gpu_slots(4, None, "0,1", "vllm")
 
 
+def test_the_sim_engine_is_not_held_to_the_machines_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sim study of 2 or 8 GPUs on a machine whose CUDA_VISIBLE_DEVICES named one GPU (or a GPU's UUID) was
+    refused: the sim's GPUs are made up, only --gpu-ids names them."""
+    for visible in ("0", "GPU-5f6e0c1a-0000-0000-0000-000000000000"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        assert gpu_slots(2, None, None, "sim") == ((0, 1),)
+        assert gpu_slots(8, 2, None, "sim") == (tuple(range(8)), tuple(range(8, 16)))
+        assert gpu_slots(1, None, "3,1", "sim") == ((3,), (1,))
+
+
 @pytest.mark.slow
 def test_a_second_process_on_one_sqlite_study_is_refused(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/s.db"
