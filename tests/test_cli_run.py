@@ -309,3 +309,21 @@ def test_gpu_counts_the_heads_do_not_divide_run_to_a_verdict(capsys, storage, tm
     assert any(n.startswith(note) for n in profile["notes"])
     assert f"--data-parallel-size {dp} " in profile["vllm_serve_cmd"]
     assert profile["flags"]["tensor-parallel-size"] == tp
+
+
+def test_a_winner_whose_search_stopped_at_max_concurrency_says_its_knee_may_lie_higher(capsys, storage, tmp_path):
+    """On 8 GPUs every trial met the limits at the ceiling (the default 1024; 16 here) and its throughput there
+    read as its throughput at the limit, without a word."""
+    url, _ = storage
+    code, out, err = run_cli(capsys, "run", "--model", "flash", "--p99-ms", "500", "--engine", "sim", "--gpus", "8",
+                             "--storage", url, "--trials", "2", "--top-k", "0", "--workload", "random:128:16",
+                             "--max-concurrency", "16", "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    trial_lines = [line for line in err.splitlines() if "] trial " in line]
+    assert len(trial_lines) == 2
+    assert all(line.endswith("; every limit held up to --max-concurrency (16): the knee may lie higher")
+               for line in trial_lines), trial_lines
+    note = "every limit held up to --max-concurrency 16 in the winner's load search, below what its engine runs"
+    assert f"note: {note}" in out
+    profile = yaml.safe_load(Path(out.split("Profile: ")[1].split()[0]).read_text())
+    assert any(n.startswith(note) for n in profile["notes"])

@@ -170,6 +170,9 @@ class StudyView(Progress):
             what = f"{result.failure_class or 'infeasible'}: {result.failure_reason}"
         cut = ("; load search cut short by --timeout (the knee may lie higher)"
                if result.stop_reason == "deadline" else "")
+        if result.knee_may_lie_higher:
+            cut += (f"; every limit held up to --max-concurrency ({max(lv.concurrency for lv in result.levels)}): "
+                    "the knee may lie higher")
         if busy := others_note(lv.host_cpu for lv in result.levels):
             cut += f"; {busy}, while it measured: {PREFILL_WAITS}"
         self._log(f"{name} {short_flags(result.flags)}: {what} ({result.trial_wall_s:.0f} s, "
