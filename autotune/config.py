@@ -30,7 +30,7 @@ from autotune.study import StudyConfig
 from autotune.trial import TrialSettings
 
 __all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", "study_limits_ms", "worker_options",
-           "gpu_slots", "check_workload_model", "check_workload_flags", "REAL_GPU_NOISE_FLOOR", "DEFAULT_WORKLOAD",
+           "gpu_layout", "GpuLayout", "check_workload_model", "check_workload_flags", "REAL_GPU_NOISE_FLOOR", "DEFAULT_WORKLOAD",
            "DEFAULT_P99_METRIC"]
 
 # Relative run-to-run noise of throughput that no interval on real GPUs is narrower than: two runs of one
@@ -161,11 +161,17 @@ def _gpu_id_list(text: str, source: str) -> list[int]:
     return ids
 
 
-def gpu_slots(gpus: int, parallel: int | None, gpu_ids: str | None, engine: str) -> tuple[tuple[int, ...], ...]:
-    """The GPUs of each trial that may run at once: the run's GPUs (``--gpu-ids``, else CUDA_VISIBLE_DEVICES, else
-    every GPU nvidia-smi lists) cut into groups of ``gpus``, at most ``parallel`` of them. The sim engine has no
-    GPUs: without ``--gpu-ids`` it is given ``gpus x parallel`` made-up ids whatever this machine's GPUs are, so
-    that parallel trials run (and are tested) on a CPU exactly as on a GPU machine."""
+@dataclass(frozen=True)
+class GpuLayout:
+    slots: tuple[tuple[int, ...], ...]  # the GPUs of each trial that may run at once
+    idle: tuple[int, ...]  # the run's GPUs that no trial gets
+
+
+def gpu_layout(gpus: int, parallel: int | None, gpu_ids: str | None, engine: str) -> GpuLayout:
+    """The run's GPUs (``--gpu-ids``, else CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists) cut into groups of
+    ``gpus``, at most ``parallel`` of them, and those left over. The sim engine has no GPUs: without ``--gpu-ids``
+    it is given ``gpus x parallel`` made-up ids whatever this machine's GPUs are, so that parallel trials run (and
+    are tested) on a CPU exactly as on a GPU machine."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if gpu_ids:
         ids, source = _gpu_id_list(gpu_ids, "--gpu-ids"), "--gpu-ids"
@@ -178,7 +184,7 @@ def gpu_slots(gpus: int, parallel: int | None, gpu_ids: str | None, engine: str)
     if len(ids) < gpus:
         raise UsageError(f"--gpus {gpus} but {source} gives {len(ids)} GPUs ({','.join(map(str, ids))})")
     n = len(ids) // gpus if parallel is None else min(parallel, len(ids) // gpus)
-    return tuple(tuple(ids[i * gpus:(i + 1) * gpus]) for i in range(n))
+    return GpuLayout(tuple(tuple(ids[i * gpus:(i + 1) * gpus]) for i in range(n)), tuple(ids[n * gpus:]))
 
 
 def study_limits_ms(opts: RunOptions) -> dict[str, float]:
@@ -304,7 +310,7 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
                               max_concurrency=opts.max_concurrency, confidence=opts.confidence,
                               max_extensions=opts.max_extensions,
                               p99_run_cv=REAL_GPU_P99_RUN_CV if gpu_like else {})
-    slots = gpu_slots(opts.gpus, opts.parallel, opts.gpu_ids, engine_name)
+    layout = gpu_layout(opts.gpus, opts.parallel, opts.gpu_ids, engine_name)
     fault = _fault_plan(opts, engine_name)
     storage_url = opts.storage or DEFAULT_STORAGE
     study_name = opts.study or default_study_name(opts.model, opts.gpus, limits_ms)
@@ -315,7 +321,7 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
                          + ("" if opts.out else "; give --out DIR"))
     settings = TrialSettings(
         engine=engine_name, model=model, gpu=gpu, gpus=opts.gpus, workload=workload, search=search,
-        gpu_ids=slots[0], time_scale=opts.sim_time_scale if engine_name == "sim" else 1.0,
+        gpu_ids=layout.slots[0], time_scale=opts.sim_time_scale if engine_name == "sim" else 1.0,
         startup_timeout_s=opts.startup_timeout_s, prompts_per_level=opts.prompts_per_level,
         sim_server=opts.sim_server, sim_noise=NOISE_MODELS[opts.sim_noise], seed=opts.seed,
         request_timeout_s=opts.request_timeout_s, ledger_dir=out_dir / study_name / "servers",
@@ -330,7 +336,7 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
         repeats=opts.repeats, max_repeats=max(opts.repeats, opts.max_repeats) if gpu_like else opts.repeats,
         noise_floor=REAL_GPU_NOISE_FLOOR if gpu_like else 0.0,
         confidence=opts.confidence, seed=opts.seed,
-        out_dir=out_dir, tries=tries, gpu_slots=slots, sim_fault=fault,
+        out_dir=out_dir, tries=tries, gpu_slots=layout.slots, idle_gpus=layout.idle, sim_fault=fault,
         run_options=opts.model_dump(exclude=set(_LOCAL_OPTIONS)),
     )
 

@@ -74,6 +74,7 @@ class StudyConfig:
     out_dir: Path = Path("studies")
     tries: tuple[dict[str, Any], ...] = ()  # extra points queued after the baselines (`--try FILE`)
     gpu_slots: tuple[tuple[int, ...], ...] = ((0,),)  # the GPUs of each trial that may run at once
+    idle_gpus: tuple[int, ...] = ()  # the run's GPUs that no trial gets (--gpus does not divide them, --parallel)
     sim_fault: FaultPlan | None = None  # sim server only: the fault some trials' servers make (`--sim-fault`)
     run_options: Mapping[str, Any] | None = None  # what the study was asked (RunOptions), for workers to join it
 
@@ -537,7 +538,7 @@ def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress, deadline: 
     progress.study_started(StudyStart(study=cfg.study_name, engine=cfg.settings.engine,
                                       limits_ms=cfg.settings.search.limits_ms, gpus=cfg.settings.gpus,
                                       n_trials=cfg.n_trials, timeout_s=cfg.timeout_s, existing_trials=before,
-                                      parallel=len(cfg.gpu_slots), served=not runs_in_process(cfg.settings),
+                                      gpu_slots=cfg.gpu_slots, idle_gpus=cfg.idle_gpus, served=not runs_in_process(cfg.settings),
                                       caveats=tuple(caveats), baseline_layout=cfg.baseline_layout_note()))
     rules = _StopRules(cfg, deadline, _trial_walls_s(earlier), lambda: remeasure_reserve_s(study, cfg), progress)
     return rules

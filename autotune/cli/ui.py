@@ -107,6 +107,11 @@ class StudyView(Progress):
         budget = f"up to {start.n_trials} trial{'s' if start.n_trials != 1 else ''}{within}"
         self.status = (f"study {start.study} on the {start.engine} engine, {describe_limits(start.limits_ms)}: "
                        f"{budget} ({start.existing_trials} earlier)")
+        if len(start.gpu_slots) > 1:
+            self.status += (f"; {len(start.gpu_slots)} trials at once, on GPUs "
+                            + " and ".join(",".join(map(str, slot)) for slot in start.gpu_slots))
+        if start.idle_gpus:
+            self.status += f"; GPUs {','.join(map(str, start.idle_gpus))} left idle"
         self._log(self.status)
         for caveat in start.caveats:
             self._log(f"caution: {caveat}")
