@@ -30,8 +30,8 @@ from autotune.study import StudyConfig
 from autotune.trial import TrialSettings
 
 __all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", "study_limits_ms", "worker_options",
-           "gpu_layout", "GpuLayout", "check_workload_model", "check_workload_flags", "REAL_GPU_NOISE_FLOOR", "DEFAULT_WORKLOAD",
-           "DEFAULT_P99_METRIC"]
+           "gpu_layout", "GpuLayout", "check_workload_model", "check_workload_flags", "REAL_GPU_NOISE_FLOOR",
+           "DEFAULT_WORKLOAD", "DEFAULT_P99_METRIC"]
 
 # Relative run-to-run noise of throughput that no interval on real GPUs is narrower than: two runs of one
 # configuration on two fresh H100s differed by 2.5% in output tok/s; every repeat on the H200 pooled gives a

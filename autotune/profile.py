@@ -139,7 +139,8 @@ class Profile(_Record):
     vllm_serve_cmd: str
     concurrency: int
     stepped_down_from: list[int]  # load levels whose re-measurement broke the limit (a marginal knee)
-    search_stop_reason: str  # why the winner's load search ended; "deadline": its knee may lie higher
+    # why the winner's load search ended; "deadline" or "max_concurrency": its knee may lie higher
+    search_stop_reason: str
     metrics: ProfileMetrics
     gains: dict[str, Gain]
     verdict: str
@@ -149,7 +150,7 @@ class Profile(_Record):
     study: StudyRef
     # what the engine said about the winner that no serve flag changes (untuned kernels); on the sim engine, what it
     # is known to get wrong under the study's limits on this card; the baselines' GPU layout where it is not TP over
-    # every GPU (the gains are over those)
+    # every GPU (the gains are over those); a winner whose load search met every limit at --max-concurrency
     notes: list[str] = []
 
 

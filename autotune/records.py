@@ -29,8 +29,8 @@ from autotune.errors import UsageError
 from autotune.jsonsafe import json_safe
 
 __all__ = [
-    "RECORDS_VERSION", "STOPPED_AT_MAX_CONCURRENCY", "P99Record", "HostCpuRecord", "LevelRecord", "TrialResult", "TrialRecord", "Measurement",
-    "Remeasurement",
+    "RECORDS_VERSION", "STOPPED_AT_MAX_CONCURRENCY", "P99Record", "HostCpuRecord", "LevelRecord", "TrialResult",
+    "TrialRecord", "Measurement", "Remeasurement",
     "GainRecord", "ThroughputRecord", "SelectionRecord", "StudyFingerprint", "RunRecord", "queue_attrs",
     "queued_baseline", "queued_try", "queued_try_unkept", "write_trial_result", "trial_result_attrs",
     "finished_trial_attrs", "replayed_attrs", "read_trial", "read_trials", "count_finished", "read_remeasurement",

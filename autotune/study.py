@@ -42,7 +42,7 @@ from autotune.selection import Candidate, LeftOutTrial, LoadCurve, Selection, se
 from autotune.space import SearchSpace
 from autotune.trial import TrialSettings, measure_once, run_trial, runs_in_process, sim_predicted_knee
 
-__all__ = ["StudyConfig", "StudyOutcome", "WorkerOutcome", "run_study", "run_worker", "BASELINES", "baseline_flags", "baseline_parallel_flags",
+__all__ = ["StudyConfig", "StudyOutcome", "WorkerOutcome", "run_study", "run_worker", "BASELINES", "baseline_flags",
            "trial_folder", "remeasure_folder", "remeasure_folders",
            "study_fingerprint", "constraint_key", "selection_record", "SEED_PROFILE"]
 
@@ -538,8 +538,9 @@ def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress, deadline: 
     progress.study_started(StudyStart(study=cfg.study_name, engine=cfg.settings.engine,
                                       limits_ms=cfg.settings.search.limits_ms, gpus=cfg.settings.gpus,
                                       n_trials=cfg.n_trials, timeout_s=cfg.timeout_s, existing_trials=before,
-                                      gpu_slots=cfg.gpu_slots, idle_gpus=cfg.idle_gpus, served=not runs_in_process(cfg.settings),
-                                      caveats=tuple(caveats), baseline_layout=cfg.baseline_layout_note()))
+                                      gpu_slots=cfg.gpu_slots, idle_gpus=cfg.idle_gpus,
+                                      served=not runs_in_process(cfg.settings), caveats=tuple(caveats),
+                                      baseline_layout=cfg.baseline_layout_note()))
     rules = _StopRules(cfg, deadline, _trial_walls_s(earlier), lambda: remeasure_reserve_s(study, cfg), progress)
     return rules
 

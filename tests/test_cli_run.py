@@ -302,7 +302,8 @@ def test_gpu_counts_the_heads_do_not_divide_run_to_a_verdict(capsys, storage, tm
     assert f"trial 0 (vllm-defaults) {layout}:" in err and f"trial 1 (seed-profile) {layout} " in err
     tp, dp = (int(part.split("=")[1]) for part in layout.split())
     note = (f"the baselines run tensor-parallel-size {tp} with data-parallel-size {dp} on the {gpus} GPUs, not TP "
-            f"over all of them: model 'flash' has 32 attention heads, which tensor-parallel-size {gpus} does not divide")
+            f"over all of them: model 'flash' has 32 attention heads, which tensor-parallel-size {gpus} does not "
+            "divide")
     assert [line for line in err.splitlines() if line.startswith("note: ")][0].startswith(f"note: {note}")
     assert f"note: {note}" in out and "the baseline '" in out  # the verdict: one of the two
     profile = yaml.safe_load(Path(out.split("Profile: ")[1].split()[0]).read_text())
