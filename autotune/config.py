@@ -26,12 +26,12 @@ from autotune.sim.faults import FaultPlan, parse_fault_plan
 from autotune.sim.noise import NOISE_MODELS
 from autotune.space import SearchSpace, load_space
 from autotune.storage import DEFAULT_STORAGE, sqlite_dir
-from autotune.study import BASELINES, StudyConfig, baseline_flags
+from autotune.study import StudyConfig
 from autotune.trial import TrialSettings
 
 __all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", "study_limits_ms", "worker_options",
-           "gpu_slots", "check_workload_model", "check_workload_flags", "REAL_GPU_NOISE_FLOOR", "DEFAULT_WORKLOAD",
-           "DEFAULT_P99_METRIC"]
+           "gpu_layout", "GpuLayout", "check_workload_model", "check_workload_flags", "REAL_GPU_NOISE_FLOOR",
+           "DEFAULT_WORKLOAD", "DEFAULT_P99_METRIC"]
 
 # Relative run-to-run noise of throughput that no interval on real GPUs is narrower than: two runs of one
 # configuration on two fresh H100s differed by 2.5% in output tok/s; every repeat on the H200 pooled gives a
@@ -161,15 +161,21 @@ def _gpu_id_list(text: str, source: str) -> list[int]:
     return ids
 
 
-def gpu_slots(gpus: int, parallel: int | None, gpu_ids: str | None, engine: str) -> tuple[tuple[int, ...], ...]:
-    """The GPUs of each trial that may run at once: the run's GPUs (``--gpu-ids``, else CUDA_VISIBLE_DEVICES, else
-    every GPU nvidia-smi lists) cut into groups of ``gpus``, at most ``parallel`` of them. The sim engine has no
-    GPUs: without ``--gpu-ids`` it is given ``gpus x parallel`` made-up ids, so that parallel trials run (and are
-    tested) on a CPU exactly as on a GPU machine."""
+@dataclass(frozen=True)
+class GpuLayout:
+    slots: tuple[tuple[int, ...], ...]  # the GPUs of each trial that may run at once
+    idle: tuple[int, ...]  # the run's GPUs that no trial gets
+
+
+def gpu_layout(gpus: int, parallel: int | None, gpu_ids: str | None, engine: str) -> GpuLayout:
+    """The run's GPUs (``--gpu-ids``, else CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists) cut into groups of
+    ``gpus``, at most ``parallel`` of them, and those left over. The sim engine has no GPUs: without ``--gpu-ids``
+    it is given ``gpus x parallel`` made-up ids whatever this machine's GPUs are, so that parallel trials run (and
+    are tested) on a CPU exactly as on a GPU machine."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if gpu_ids:
         ids, source = _gpu_id_list(gpu_ids, "--gpu-ids"), "--gpu-ids"
-    elif visible:
+    elif visible and engine == "vllm":
         ids, source = _gpu_id_list(visible, "CUDA_VISIBLE_DEVICES"), "CUDA_VISIBLE_DEVICES"
     elif engine == "vllm":
         ids, source = list(gpu_indices() or range(gpus)), "nvidia-smi"
@@ -178,7 +184,7 @@ def gpu_slots(gpus: int, parallel: int | None, gpu_ids: str | None, engine: str)
     if len(ids) < gpus:
         raise UsageError(f"--gpus {gpus} but {source} gives {len(ids)} GPUs ({','.join(map(str, ids))})")
     n = len(ids) // gpus if parallel is None else min(parallel, len(ids) // gpus)
-    return tuple(tuple(ids[i * gpus:(i + 1) * gpus]) for i in range(n))
+    return GpuLayout(tuple(tuple(ids[i * gpus:(i + 1) * gpus]) for i in range(n)), tuple(ids[n * gpus:]))
 
 
 def study_limits_ms(opts: RunOptions) -> dict[str, float]:
@@ -291,11 +297,6 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
     if overlap:
         raise UsageError(f"--set {sorted(overlap)[0]}: that flag is searched by the space; remove it from one")
     space.fixed = {**space.fixed, **extra}
-    for name in BASELINES:
-        tp = baseline_flags(name, model, opts.gpus).get("tensor-parallel-size", 1)
-        if problem := model.tensor_parallel_problem(tp):
-            raise UsageError(f"--gpus {opts.gpus}: the baseline {name} runs vLLM over every GPU by tensor "
-                             f"parallelism, and {problem}")
     check_workload_flags(workload, space.fixed, "--set or the space's fixed flags")
     if opts.sim_noise != "off" and (engine_name != "sim" or opts.sim_server):
         raise UsageError("--sim-noise is for the in-process sim engine (not with --sim-server or a real engine)")
@@ -309,7 +310,7 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
                               max_concurrency=opts.max_concurrency, confidence=opts.confidence,
                               max_extensions=opts.max_extensions,
                               p99_run_cv=REAL_GPU_P99_RUN_CV if gpu_like else {})
-    slots = gpu_slots(opts.gpus, opts.parallel, opts.gpu_ids, engine_name)
+    layout = gpu_layout(opts.gpus, opts.parallel, opts.gpu_ids, engine_name)
     fault = _fault_plan(opts, engine_name)
     storage_url = opts.storage or DEFAULT_STORAGE
     study_name = opts.study or default_study_name(opts.model, opts.gpus, limits_ms)
@@ -320,7 +321,7 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
                          + ("" if opts.out else "; give --out DIR"))
     settings = TrialSettings(
         engine=engine_name, model=model, gpu=gpu, gpus=opts.gpus, workload=workload, search=search,
-        gpu_ids=slots[0], time_scale=opts.sim_time_scale if engine_name == "sim" else 1.0,
+        gpu_ids=layout.slots[0], time_scale=opts.sim_time_scale if engine_name == "sim" else 1.0,
         startup_timeout_s=opts.startup_timeout_s, prompts_per_level=opts.prompts_per_level,
         sim_server=opts.sim_server, sim_noise=NOISE_MODELS[opts.sim_noise], seed=opts.seed,
         request_timeout_s=opts.request_timeout_s, ledger_dir=out_dir / study_name / "servers",
@@ -335,7 +336,7 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
         repeats=opts.repeats, max_repeats=max(opts.repeats, opts.max_repeats) if gpu_like else opts.repeats,
         noise_floor=REAL_GPU_NOISE_FLOOR if gpu_like else 0.0,
         confidence=opts.confidence, seed=opts.seed,
-        out_dir=out_dir, tries=tries, gpu_slots=slots, sim_fault=fault,
+        out_dir=out_dir, tries=tries, gpu_slots=layout.slots, idle_gpus=layout.idle, sim_fault=fault,
         run_options=opts.model_dump(exclude=set(_LOCAL_OPTIONS)),
     )
 

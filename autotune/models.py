@@ -217,6 +217,10 @@ class ModelSpec:
                     "is a multiple of (vLLM splits them evenly over the GPUs, or gives each GPU a replica of one)")
         return ""
 
+    def largest_tensor_parallel_size(self, gpus: int) -> int:
+        """The largest TP that divides ``gpus`` and that vLLM can split this model by (TP 1 always can)."""
+        return max(tp for tp in range(1, gpus + 1) if gpus % tp == 0 and not self.tensor_parallel_problem(tp))
+
     def with_name(self, name: str, hf_id: str | None = None) -> ModelSpec:
         return replace(self, name=name, hf_id=hf_id or self.hf_id)
 

@@ -25,6 +25,7 @@ from autotune.selection import Candidate, Selection
 from autotune.storage import redact_url
 
 if TYPE_CHECKING:
+    from autotune.loadsearch import LoadSearchConfig
     from autotune.study import StudyConfig
 
 __all__ = ["Profile", "build_profile", "write_profile", "read_profile", "environment", "PROFILE_VERSION"]
@@ -138,7 +139,8 @@ class Profile(_Record):
     vllm_serve_cmd: str
     concurrency: int
     stepped_down_from: list[int]  # load levels whose re-measurement broke the limit (a marginal knee)
-    search_stop_reason: str  # why the winner's load search ended; "deadline": its knee may lie higher
+    # why the winner's load search ended; "deadline" or "max_concurrency": its knee may lie higher
+    search_stop_reason: str
     metrics: ProfileMetrics
     gains: dict[str, Gain]
     verdict: str
@@ -147,7 +149,8 @@ class Profile(_Record):
     baseline: str | None  # the winner's baseline name when a baseline won
     study: StudyRef
     # what the engine said about the winner that no serve flag changes (untuned kernels); on the sim engine, what it
-    # is known to get wrong under the study's limits on this card
+    # is known to get wrong under the study's limits on this card; the baselines' GPU layout where it is not TP over
+    # every GPU (the gains are over those); a winner whose load search met every limit at --max-concurrency
     notes: list[str] = []
 
 
@@ -227,8 +230,19 @@ def build_profile(cfg: StudyConfig, selection: Selection, record: SelectionRecor
                        trials=n_trials),
         notes=(engine_notes(StartupInfo.from_dict(winner_trial.result.startup))
                + winner_notes([lv.host_cpu for lv in winner_trial.result.levels] + [m.host_cpu for m in winner.repeats])
-               + s.sim_caveats()),
+               + s.sim_caveats() + ([layout] if (layout := cfg.baseline_layout_note()) else [])
+               + _ceiling_notes(winner_trial, s.search)),
     )
+
+
+def _ceiling_notes(winner_trial: TrialRecord, search: LoadSearchConfig) -> list[str]:
+    """Where the winner's load search stopped at --max-concurrency with every limit held."""
+    if winner_trial.result is None or not winner_trial.result.knee_may_lie_higher:
+        return []
+    max_concurrency = search.max_concurrency
+    return [f"every limit held up to --max-concurrency {max_concurrency} in the winner's load search, below what its "
+            "engine runs at once: its knee may lie higher, and its throughput at the limit is that at "
+            f"{max_concurrency}; run again with a higher --max-concurrency to find it"]
 
 
 def engine_notes(startup: StartupInfo) -> list[str]:

@@ -29,11 +29,13 @@ class StudyStart:
     n_trials: int  # trials this invocation may run
     timeout_s: float | None
     existing_trials: int  # finished trials of earlier runs of a resumed study
-    parallel: int = 1  # trials at once, each on its own GPUs
+    gpu_slots: tuple[tuple[int, ...], ...] = ()  # the GPUs of each trial that may run at once
+    idle_gpus: tuple[int, ...] = ()  # the run's GPUs that no trial gets
     served: bool = False  # each trial's engine is a server (vLLM, or the sim over HTTP): minutes per trial
     # what the figures may get wrong: on the sim engine, its known errors under these limits on this card; on a
     # served engine, a host whose CPUs other processes are using
     caveats: tuple[str, ...] = ()
+    baseline_layout: str = ""  # why the baselines do not run TP over every GPU; "" where they do
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ from autotune.errors import UsageError
 from autotune.jsonsafe import json_safe
 
 __all__ = [
-    "RECORDS_VERSION", "P99Record", "HostCpuRecord", "LevelRecord", "TrialResult", "TrialRecord", "Measurement",
-    "Remeasurement",
+    "RECORDS_VERSION", "STOPPED_AT_MAX_CONCURRENCY", "P99Record", "HostCpuRecord", "LevelRecord", "TrialResult",
+    "TrialRecord", "Measurement", "Remeasurement",
     "GainRecord", "ThroughputRecord", "SelectionRecord", "StudyFingerprint", "RunRecord", "queue_attrs",
     "queued_baseline", "queued_try", "queued_try_unkept", "write_trial_result", "trial_result_attrs",
     "finished_trial_attrs", "replayed_attrs", "read_trial", "read_trials", "count_finished", "read_remeasurement",
@@ -43,6 +43,9 @@ __all__ = [
 # instead of being read through shims. 3: several P99 limits at once (one P99 interval and fit per limit).
 # 4: the winner's figures in the selection, one run record per invocation, the model's weight dtype.
 RECORDS_VERSION = 4
+# a trial's load search stop reason where every limit held up to --max-concurrency, below what the engine runs at
+# once (max-num-seqs x DP): its knee may lie higher
+STOPPED_AT_MAX_CONCURRENCY = "max_concurrency"
 
 _TRIAL_KEY = "result"
 _QUEUE_BASELINE = "baseline"
@@ -184,10 +187,18 @@ class TrialResult:
     startup: Mapping[str, Any] = field(default_factory=dict)
     memory: Mapping[str, Any] = field(default_factory=dict)
     vllm_serve_cmd: str = ""
-    stop_reason: str = ""  # why the load search ended (limit, saturated, ceiling, deadline, ...)
+    # why the load search ended (limit, saturated, ceiling: the engine's max-num-seqs x DP, deadline,
+    # STOPPED_AT_MAX_CONCURRENCY, ...)
+    stop_reason: str = ""
     engine_wall_s: float = 0.0  # engine start + teardown
     load_wall_s: float = 0.0  # load search
     trial_wall_s: float = 0.0  # the whole trial, as the study timed it
+
+    @property
+    def knee_may_lie_higher(self) -> bool:
+        """Every limit held up to --max-concurrency, below what the engine runs at once: the search stopped short of
+        the knee."""
+        return self.stop_reason == STOPPED_AT_MAX_CONCURRENCY
 
     @property
     def measurement_failure(self) -> str:

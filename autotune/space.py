@@ -233,7 +233,10 @@ def load_space(path: str | Path | None, model: ModelSpec, gpus: int, preset: str
     if extra:
         raise UsageError(f"search space {path}: parallel.{sorted(extra)[0]}: only tensor-parallel-size is searched "
                          "(data-parallel-size follows as GPUs / TP)")
-    tp_choices = [tp for tp in tp_choices if gpus % tp == 0] if tp_choices else [gpus if model.is_moe else 1]
+    # without choices: an MoE over every GPU by TP where its heads split so (else TP x DP, as the baselines), a dense
+    # model one replica per GPU
+    tp_choices = ([tp for tp in tp_choices if gpus % tp == 0] if tp_choices
+                  else [model.largest_tensor_parallel_size(gpus) if model.is_moe else 1])
     if not tp_choices:
         raise UsageError(f"search space {path}: no tensor-parallel-size choice divides --gpus {gpus}")
     problems = {tp: model.tensor_parallel_problem(tp) for tp in tp_choices}

@@ -46,8 +46,9 @@ __all__ = ["StudyConfig", "StudyOutcome", "WorkerOutcome", "run_study", "run_wor
            "trial_folder", "remeasure_folder", "remeasure_folders",
            "study_fingerprint", "constraint_key", "selection_record", "SEED_PROFILE"]
 
-# The seed write-up's hand-tuned profile; on several GPUs also TP over all of them, expert parallel for an
-# MoE and the vision encoder in data-parallel mode for a VLM (its GLM-4.6V recipe: TP4 + EP + fp8 KV).
+# The seed write-up's hand-tuned profile; on several GPUs also the baselines' GPU layout (baseline_parallel_flags),
+# expert parallel for an MoE and the vision encoder in data-parallel mode for a VLM with TP > 1 (its GLM-4.6V
+# recipe: TP4 + EP + fp8 KV).
 SEED_PROFILE = {"kv-cache-dtype": "fp8", "max-num-seqs": 1024, "enable-chunked-prefill": True}
 BASELINES = ("vllm-defaults", "seed-profile")
 
@@ -73,8 +74,13 @@ class StudyConfig:
     out_dir: Path = Path("studies")
     tries: tuple[dict[str, Any], ...] = ()  # extra points queued after the baselines (`--try FILE`)
     gpu_slots: tuple[tuple[int, ...], ...] = ((0,),)  # the GPUs of each trial that may run at once
+    idle_gpus: tuple[int, ...] = ()  # the run's GPUs that no trial gets (--gpus does not divide them, --parallel)
     sim_fault: FaultPlan | None = None  # sim server only: the fault some trials' servers make (`--sim-fault`)
     run_options: Mapping[str, Any] | None = None  # what the study was asked (RunOptions), for workers to join it
+
+    def baseline_layout_note(self) -> str:
+        """Why this study's baselines do not run TP over every GPU; "" where they do."""
+        return baseline_layout_note(self.settings.model, self.settings.gpus)
 
 
 @dataclass(frozen=True)
@@ -107,15 +113,35 @@ def remeasure_folders(study_dir: Path) -> list[tuple[int, Path]]:
     return [(int(folder.name.split("-c")[0]), folder) for folder in sorted((study_dir / "remeasure").glob("*-c*-*"))]
 
 
+def baseline_parallel_flags(model: ModelSpec, gpus: int) -> dict[str, Any]:
+    """The baselines' GPU layout: TP over every GPU, as `vllm serve` is launched on N GPUs, where vLLM can split the
+    model's heads so; else the largest TP that divides the GPUs and splits them, with data parallelism over the rest
+    (DP = GPUs / TP). Nothing on one GPU."""
+    if gpus == 1:
+        return {}
+    tp = model.largest_tensor_parallel_size(gpus)
+    return {"tensor-parallel-size": tp, **({"data-parallel-size": gpus // tp} if gpus > tp else {})}
+
+
+def baseline_layout_note(model: ModelSpec, gpus: int) -> str:
+    """Why the baselines do not run TP over every GPU; "" where they do."""
+    tp = model.largest_tensor_parallel_size(gpus)
+    if tp == gpus:
+        return ""
+    return (f"the baselines run tensor-parallel-size {tp} with data-parallel-size {gpus // tp} on the {gpus} GPUs, "
+            f"not TP over all of them: {model.tensor_parallel_problem(gpus)}")
+
+
 def baseline_flags(name: str, model: ModelSpec, gpus: int) -> dict[str, Any]:
-    """vllm-defaults: nothing set but TP over every GPU (how `vllm serve` is launched on N GPUs).
-    seed-profile: SEED_PROFILE, plus expert parallel (MoE) and mm-encoder-tp-mode data (VLM) with TP > 1."""
-    flags: dict[str, Any] = {"tensor-parallel-size": gpus} if gpus > 1 else {}
+    """vllm-defaults: nothing set but the GPU layout (:func:`baseline_parallel_flags`).
+    seed-profile: SEED_PROFILE, plus expert parallel (MoE, on several GPUs) and mm-encoder-tp-mode data (VLM,
+    with TP > 1)."""
+    flags = baseline_parallel_flags(model, gpus)
     if name == "seed-profile":
         flags.update(SEED_PROFILE)
         if gpus > 1 and model.is_moe:
             flags["enable-expert-parallel"] = True
-        if gpus > 1 and model.is_vlm:
+        if flags.get("tensor-parallel-size", 1) > 1 and model.is_vlm:
             flags["mm-encoder-tp-mode"] = "data"
     return flags
 
@@ -512,8 +538,9 @@ def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress, deadline: 
     progress.study_started(StudyStart(study=cfg.study_name, engine=cfg.settings.engine,
                                       limits_ms=cfg.settings.search.limits_ms, gpus=cfg.settings.gpus,
                                       n_trials=cfg.n_trials, timeout_s=cfg.timeout_s, existing_trials=before,
-                                      parallel=len(cfg.gpu_slots), served=not runs_in_process(cfg.settings),
-                                      caveats=tuple(caveats)))
+                                      gpu_slots=cfg.gpu_slots, idle_gpus=cfg.idle_gpus,
+                                      served=not runs_in_process(cfg.settings), caveats=tuple(caveats),
+                                      baseline_layout=cfg.baseline_layout_note()))
     rules = _StopRules(cfg, deadline, _trial_walls_s(earlier), lambda: remeasure_reserve_s(study, cfg), progress)
     return rules
 

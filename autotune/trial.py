@@ -31,7 +31,7 @@ from autotune.memory import plan_memory
 from autotune.metrics import BenchResult
 from autotune.models import ModelSpec
 from autotune.progress import NULL_PROGRESS, Progress
-from autotune.records import TrialResult
+from autotune.records import STOPPED_AT_MAX_CONCURRENCY, TrialResult
 from autotune.sim.noise import RunNoise
 from autotune.sim.inproc import InProcessSim
 
@@ -227,6 +227,7 @@ def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, 
     failure: tuple[str, str, str] | None = None  # class, reason, log tail
     out = replace(out, vllm_serve_cmd=server.vllm_serve_cmd)
     result: LoadSearchResult | None = None
+    held_back = settings.search.max_concurrency < _concurrency_ceiling(flags)  # the study's ceiling, not the engine's
     try:
         try:
             server.start()
@@ -253,7 +254,9 @@ def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, 
         server.stop()
         out = replace(out, engine_wall_s=time.perf_counter() - started - load_wall_s, load_wall_s=load_wall_s)
     if result is not None:
-        out = replace(out, levels=tuple(lv.record() for lv in result.levels), stop_reason=result.stop_reason)
+        stop_reason = STOPPED_AT_MAX_CONCURRENCY if result.stop_reason == "ceiling" and held_back \
+            else result.stop_reason
+        out = replace(out, levels=tuple(lv.record() for lv in result.levels), stop_reason=stop_reason)
     if failure:
         return replace(out, failure_class=failure[0], failure_reason=failure[1], log_tail=failure[2])
     assert result is not None

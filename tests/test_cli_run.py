@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
+import yaml
 
 from autotune.cli import main
 from autotune.space import default_space_path
@@ -46,10 +48,9 @@ BASE = ["run", "--gpus", "1", "--engine", "sim", "--trials", "1"]
     # a seed numpy cannot take ended the run with exit 1 and the numpy error, after the study's checks
     (["--model", "flash", "--p99-ms", "500", "--seed", "-1"], "--seed: must not be negative, got -1"),
     (["--model", "flash", "--p99-ms", "500", "--seed", str(2**32)], "--seed: input should be less than 4294967296"),
-    # the baselines run TP over every GPU, which vLLM refuses where the model's heads do not split evenly
-    (["--model", "flash", "--p99-ms", "500", "--gpus", "3"],
-     "--gpus 3: the baseline vllm-defaults runs vLLM over every GPU by tensor parallelism, and model 'flash' has "
-     "32 attention heads, which tensor-parallel-size 3 does not divide"),
+    # a space whose TP choices the model's heads do not divide leaves no layout to search
+    (["--model", "flash", "--p99-ms", "500", "--gpus", "3", "--space", "{space_tp3}"],
+     "on --gpus 3: model 'flash' has 32 attention heads, which tensor-parallel-size 3 does not divide"),
     (["--model", "flash", "--p99-ms", "500", "--trials", "-1"], "must not be negative"),
     (["--model", "flash", "--p99-ms", "500", "--timeout", "soon"], "not a duration"),
     (["--model", "flash", "--p99-ms", "500", "--p99-metric", "p50"], "Invalid value for '--p99-metric'"),
@@ -77,8 +78,11 @@ BASE = ["run", "--gpus", "1", "--engine", "sim", "--trials", "1"]
      "--slo itl=40: P99 itl is already limited by --p99-ms 50"),
     (["--model", "flash", "--p99-metric", "itl", "--slo", "ttft=500"], "--p99-metric itl needs --p99-ms MS"),
 ])
-def test_bad_input_exit_2_one_line(capsys, storage, args, message):
+def test_bad_input_exit_2_one_line(capsys, storage, tmp_path, args, message):
     url, db = storage
+    space_tp3 = tmp_path / "tp3.yaml"
+    space_tp3.write_text("parallel: {tensor-parallel-size: [3]}\n")
+    args = [a.format(space_tp3=space_tp3) for a in args]
     code, out, err = run_cli(capsys, *BASE, "--storage", url, *args)
     assert code == 2, err
     assert message in err
@@ -298,3 +302,44 @@ def test_a_worker_joins_a_study_whose_stored_start_lies_above_its_ceiling(tmp_pa
     options = worker_options(stored, "s", f"sqlite:///{tmp_path}/s.db")
     assert options.start_concurrency is None
     assert build_study_config(options, choose_engine("sim")).settings.search.start_concurrency == 4
+
+
+@pytest.mark.parametrize("gpus, layout", [(3, "tp=1 dp=3"), (6, "tp=2 dp=3")])
+def test_gpu_counts_the_heads_do_not_divide_run_to_a_verdict(capsys, storage, tmp_path, gpus, layout):
+    """--gpus 3 and 6 were refused: the baselines ran TP over every GPU, which flash's 32 heads do not divide. They
+    run the largest TP that splits the heads, with DP over the rest, and the run says so at its start, after its
+    verdict and in the profile's notes."""
+    url, _ = storage
+    code, out, err = run_cli(capsys, "run", "--model", "flash", "--p99-ms", "500", "--engine", "sim", "--gpus",
+                             str(gpus), "--storage", url, "--trials", "2", "--top-k", "0", "--workload",
+                             "random:128:16", "--max-concurrency", "16", "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    assert f"trial 0 (vllm-defaults) {layout}:" in err and f"trial 1 (seed-profile) {layout} " in err
+    tp, dp = (int(part.split("=")[1]) for part in layout.split())
+    note = (f"the baselines run tensor-parallel-size {tp} with data-parallel-size {dp} on the {gpus} GPUs, not TP "
+            f"over all of them: model 'flash' has 32 attention heads, which tensor-parallel-size {gpus} does not "
+            "divide")
+    assert [line for line in err.splitlines() if line.startswith("note: ")][0].startswith(f"note: {note}")
+    assert f"note: {note}" in out and "the baseline '" in out  # the verdict: one of the two
+    profile = yaml.safe_load(Path(out.split("Profile: ")[1].split()[0]).read_text())
+    assert any(n.startswith(note) for n in profile["notes"])
+    assert f"--data-parallel-size {dp} " in profile["vllm_serve_cmd"]
+    assert profile["flags"]["tensor-parallel-size"] == tp
+
+
+def test_a_winner_whose_search_stopped_at_max_concurrency_says_its_knee_may_lie_higher(capsys, storage, tmp_path):
+    """On 8 GPUs every trial met the limits at the ceiling (the default 1024; 16 here) and its throughput there
+    read as its throughput at the limit, without a word."""
+    url, _ = storage
+    code, out, err = run_cli(capsys, "run", "--model", "flash", "--p99-ms", "500", "--engine", "sim", "--gpus", "8",
+                             "--storage", url, "--trials", "2", "--top-k", "0", "--workload", "random:128:16",
+                             "--max-concurrency", "16", "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    trial_lines = [line for line in err.splitlines() if "] trial " in line]
+    assert len(trial_lines) == 2
+    assert all(line.endswith("; every limit held up to --max-concurrency (16): the knee may lie higher")
+               for line in trial_lines), trial_lines
+    note = "every limit held up to --max-concurrency 16 in the winner's load search, below what its engine runs"
+    assert f"note: {note}" in out
+    profile = yaml.safe_load(Path(out.split("Profile: ")[1].split()[0]).read_text())
+    assert any(n.startswith(note) for n in profile["notes"])

@@ -94,3 +94,15 @@ def test_a_last_trial_gets_no_empty_estimate_and_one_trial_is_singular() -> None
     lines = out.getvalue().splitlines()
     assert "up to 1 trial (0 earlier)" in lines[0]
     assert lines[-1].endswith("(320 s, 5.3 GPU-min, 1 level)") and len(lines) == 2
+
+
+def test_the_start_says_how_the_gpus_are_shared_out_and_which_sit_idle() -> None:
+    """8 GPUs and --gpus 3: two trials ran at once and two GPUs sat idle, with nothing on the console to say so."""
+    view, out = _view()
+    view.study_started(dataclasses.replace(_start(served=True), gpus=3, gpu_slots=((0, 1, 2), (3, 4, 5)),
+                                           idle_gpus=(6, 7)))
+    assert out.getvalue().splitlines()[0].endswith(
+        "(0 earlier); 2 trials at once, on GPUs 0,1,2 and 3,4,5; GPUs 6,7 left idle")
+    view, out = _view()
+    view.study_started(dataclasses.replace(_start(served=True), gpu_slots=((0,),)))
+    assert out.getvalue().splitlines()[0].endswith("(0 earlier)")  # one trial at a time, every GPU used

@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 from autotune import records
-from autotune.config import RunOptions, build_study_config, choose_engine, gpu_slots
+from autotune.config import GpuLayout, RunOptions, build_study_config, choose_engine, gpu_layout
 from autotune.engines.launcher import live_servers, port_is_free
 from autotune.errors import UsageError
 from autotune.progress import Progress
@@ -69,16 +69,30 @@ def test_two_trials_at_once_never_share_a_gpu_or_a_port(tmp_path: Path) -> None:
 
 def test_gpu_slots_from_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
-    assert gpu_slots(2, None, None, "vllm") == ((4, 5), (6, 7))  # N/G trials at once
-    assert gpu_slots(2, 1, None, "vllm") == ((4, 5),)  # --parallel caps it
-    assert gpu_slots(1, None, "3,1", "vllm") == ((3,), (1,))  # --gpu-ids wins
+    assert gpu_layout(2, None, None, "vllm").slots == ((4, 5), (6, 7))  # N/G trials at once
+    assert gpu_layout(2, 1, None, "vllm").slots == ((4, 5),)  # --parallel caps it
+    assert gpu_layout(1, None, "3,1", "vllm").slots == ((3,), (1,))  # --gpu-ids wins
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert gpu_slots(2, 3, None, "sim") == ((0, 1), (2, 3), (4, 5))  # the sim's made-up GPUs
+    assert gpu_layout(2, 3, None, "sim").slots == ((0, 1), (2, 3), (4, 5))  # the sim's made-up GPUs
     for bad in ("0,0", "a,b", ""):
         with pytest.raises(UsageError):
-            gpu_slots(1, None, bad or ",", "vllm")
+            gpu_layout(1, None, bad or ",", "vllm")
     with pytest.raises(UsageError, match="--gpus 4 but --gpu-ids gives 2 GPUs"):
-        gpu_slots(4, None, "0,1", "vllm")
+        gpu_layout(4, None, "0,1", "vllm")
+    # GPUs no trial gets are named: --gpus that does not divide them, or --parallel below what they allow
+    assert gpu_layout(3, None, "0,1,2,3,4,5,6,7", "vllm") == GpuLayout(((0, 1, 2), (3, 4, 5)), (6, 7))
+    assert gpu_layout(2, 1, "0,1,2,3", "vllm").idle == (2, 3)
+    assert gpu_layout(2, None, "0,1,2,3", "vllm").idle == ()
+
+
+def test_the_sim_engine_is_not_held_to_the_machines_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sim study of 2 or 8 GPUs on a machine whose CUDA_VISIBLE_DEVICES named one GPU (or a GPU's UUID) was
+    refused: the sim's GPUs are made up, only --gpu-ids names them."""
+    for visible in ("0", "GPU-5f6e0c1a-0000-0000-0000-000000000000"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        assert gpu_layout(2, None, None, "sim").slots == ((0, 1),)
+        assert gpu_layout(8, 2, None, "sim").slots == (tuple(range(8)), tuple(range(8, 16)))
+        assert gpu_layout(1, None, "3,1", "sim").slots == ((3,), (1,))
 
 
 @pytest.mark.slow

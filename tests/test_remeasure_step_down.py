@@ -202,7 +202,7 @@ def test_a_stepped_down_winner_never_remeasured_reports_that_levels_search_figur
                                gpus=1, workload=SimpleNamespace(describe=lambda: {"spec": "random:8:8", "seed": 0}),
                                sim_caveats=list)
     cfg = SimpleNamespace(settings=settings, noise_floor=0.0, confidence=0.9, preset="flash", study_name="s",
-                          storage_url="sqlite:///x.db")
+                          storage_url="sqlite:///x.db", baseline_layout_note=lambda: "")
     selection = select_winner([cand], {"ttft": 500.0}, repeats=0)
     stored = study_mod.selection_record(selection, {"ttft": 500.0}, 0.0, 0.9)
     profile = build_profile(cfg, selection, stored, records.read_trial(_study().trials[0]), 1)

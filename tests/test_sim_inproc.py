@@ -163,6 +163,20 @@ def test_failure_class_is_the_sim_servers(tmp_path: Path) -> None:
     assert http.value.failure_class == inproc.value.failure_class == "bad_flags"
 
 
+def test_a_search_held_back_by_max_concurrency_says_so(tmp_path: Path) -> None:
+    """On 4 or 8 GPUs every trial stayed within the limits up to the default --max-concurrency, and its throughput
+    there read as its throughput at the limit. Stopped by --max-concurrency below what the engine runs at once
+    (max-num-seqs x DP), a trial says so; stopped by the engine's own ceiling it does not (more load only queues)."""
+    s = settings("random:128:16")
+    ceiling = s.search.max_concurrency
+    capped = run_trial(s, {"max-num-seqs": 2 * ceiling}, "m", tmp_path / "capped" / "server.log")
+    assert capped.feasible and capped.concurrency == ceiling and capped.knee_may_lie_higher
+    engine = run_trial(s, {"max-num-seqs": ceiling // 4, "data-parallel-size": 2, "tensor-parallel-size": 1},
+                       "m", tmp_path / "engine" / "server.log")
+    assert engine.feasible and engine.concurrency == ceiling // 2
+    assert engine.stop_reason == "ceiling" and not engine.knee_may_lie_higher
+
+
 def test_trial_keeps_startup_figures_and_failure_classes(tmp_path: Path) -> None:
     s = settings()
     ok = run_trial(s, {"max-num-seqs": 32}, "m", tmp_path / "ok" / "server.log")

@@ -8,7 +8,7 @@ import pytest
 from autotune.errors import UsageError
 from autotune.flags import flags_to_argv
 from autotune.models import PRESETS
-from autotune.space import load_space
+from autotune.space import default_space_path, load_space
 
 FLASH = PRESETS["flash"]
 MOE = PRESETS["glm-4.6v"]
@@ -38,7 +38,7 @@ def test_flash_space_holds_vllm_defaults_and_samples_in_range():
     assert params["gpu-memory-utilization"] == 0.9
 
 
-# The MoE space's conditions (TP x DP = GPUs, EP and encoder mode only with TP > 1): tests/test_moe.py.
+# The MoE spaces: TP x DP = GPUs, expert parallel on several GPUs (TP or DP), the encoder mode only with TP > 1.
 
 
 def test_tp_choices_filtered_by_gpu_count():
@@ -54,6 +54,25 @@ def test_tp_choices_the_model_cannot_split_are_never_proposed(tmp_path):
     assert "has 32 attention heads, which tensor-parallel-size 3 does not divide" in str(err.value)
     with pytest.raises(UsageError, match="has 8 KV heads, which tensor-parallel-size 6 neither divides"):
         load_space(write(tmp_path, "parallel: {tensor-parallel-size: [6]}\n"), MOE, 6)  # 96 heads, 8 KV heads
+
+
+def test_the_generic_space_searches_expert_parallel_over_data_parallel_ranks_too():
+    """vLLM spreads an MoE's experts over TP x DP: with --enable-expert-parallel as whole experts. The generic space
+    searched EP only with TP > 1, never at TP 1 x DP 4 (the glm-4.6v space and the seed profile did)."""
+    space = load_space(default_space_path("generic"), MOE, 4)
+    params = space.params_for({"tensor-parallel-size": 1, "enable-expert-parallel": True}, MOE, 4)
+    assert params["tensor-parallel-size"] == 1 and params["enable-expert-parallel"] is True
+    trial = optuna.trial.FixedTrial({**space.params_for({}, MOE, 4), **params})
+    assert space.sample(trial, MOE, 4)["enable-expert-parallel"] is True
+
+
+def test_a_space_without_tp_choices_lays_an_moe_out_as_the_baselines_do(tmp_path):
+    """An MoE over 6 GPUs, TP 6 by default, was refused (8 KV heads): the largest TP they split by, DP over the rest."""
+    space = load_space(write(tmp_path, "params: {}\n"), MOE, 6)
+    assert space.tp_choices == [2]
+    assert space.try_flags({}, 6) == {"tensor-parallel-size": 2, "data-parallel-size": 3}
+    assert load_space(write(tmp_path, "params: {}\n"), MOE, 4).tp_choices == [4]
+    assert load_space(write(tmp_path, "params: {}\n"), FLASH, 6).tp_choices == [1]
 
 
 @pytest.mark.parametrize("text, message", [

@@ -107,9 +107,16 @@ class StudyView(Progress):
         budget = f"up to {start.n_trials} trial{'s' if start.n_trials != 1 else ''}{within}"
         self.status = (f"study {start.study} on the {start.engine} engine, {describe_limits(start.limits_ms)}: "
                        f"{budget} ({start.existing_trials} earlier)")
+        if len(start.gpu_slots) > 1:
+            self.status += (f"; {len(start.gpu_slots)} trials at once, on GPUs "
+                            + " and ".join(",".join(map(str, slot)) for slot in start.gpu_slots))
+        if start.idle_gpus:
+            self.status += f"; GPUs {','.join(map(str, start.idle_gpus))} left idle"
         self._log(self.status)
         for caveat in start.caveats:
             self._log(f"caution: {caveat}")
+        if start.baseline_layout:  # what the gains are over: said in a terminal too
+            self._say(f"note: {start.baseline_layout}")
 
     def trial_started(self, number: int, flags: Mapping[str, Any], baseline: str) -> None:
         self.current = number
@@ -168,6 +175,9 @@ class StudyView(Progress):
             what = f"{result.failure_class or 'infeasible'}: {result.failure_reason}"
         cut = ("; load search cut short by --timeout (the knee may lie higher)"
                if result.stop_reason == "deadline" else "")
+        if result.knee_may_lie_higher:
+            cut += (f"; every limit held up to --max-concurrency ({max(lv.concurrency for lv in result.levels)}): "
+                    "the knee may lie higher")
         if busy := others_note(lv.host_cpu for lv in result.levels):
             cut += f"; {busy}, while it measured: {PREFILL_WAITS}"
         self._log(f"{name} {short_flags(result.flags)}: {what} ({result.trial_wall_s:.0f} s, "
