@@ -31,7 +31,7 @@ from autotune.trial import TrialSettings
 
 __all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", "study_limits_ms", "worker_options",
            "gpu_layout", "GpuLayout", "check_workload_model", "check_workload_flags", "REAL_GPU_NOISE_FLOOR",
-           "DEFAULT_WORKLOAD", "DEFAULT_P99_METRIC"]
+           "DEFAULT_WORKLOAD", "DEFAULT_P99_METRIC", "MAX_CONCURRENCY_PER_GPU"]
 
 # Relative run-to-run noise of throughput that no interval on real GPUs is narrower than: two runs of one
 # configuration on two fresh H100s differed by 2.5% in output tok/s; every repeat on the H200 pooled gives a
@@ -48,6 +48,9 @@ REAL_GPU_P99_RUN_CV = {"ttft": 0.172, "tpot": 0.040, "itl": 0.086, "e2el": 0.034
 DEFAULT_WORKLOAD = "random:1024:512:0.5"
 # The metric --p99-ms limits when --p99-metric is not given.
 DEFAULT_P99_METRIC = "ttft"
+# The default --max-concurrency per GPU of a trial: the space's largest max-num-seqs, which one engine (one DP rank)
+# runs at once; more requests only queue.
+MAX_CONCURRENCY_PER_GPU = 1024
 
 _Metric = Literal["ttft", "tpot", "itl", "e2el"]
 
@@ -85,7 +88,9 @@ class RunOptions(BaseModel):
     sim_time_scale: float = Field(20.0, gt=0)
     sim_noise: Literal["off", "h200"] = "off"  # run-to-run noise of the in-process sim (sim/noise.py)
     start_concurrency: int | None = Field(None, gt=0)  # None: LoadSearchConfig's, or max_concurrency where lower
-    max_concurrency: int = Field(1024, gt=0)
+    # None: MAX_CONCURRENCY_PER_GPU x gpus, so that data parallelism's engines (max-num-seqs x DP at once) are not
+    # held below their knee on several GPUs
+    max_concurrency: int | None = Field(None, gt=0)
     prompts_per_level: float = Field(3.0, gt=0)
     startup_timeout_s: float = Field(900.0, gt=0)
     request_timeout_s: float = Field(600.0, gt=0)
@@ -302,12 +307,13 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
         raise UsageError("--sim-noise is for the in-process sim engine (not with --sim-server or a real engine)")
     # A sim with a GPU's noise is judged as a GPU study is: the same P99 widening and throughput noise floor.
     gpu_like = engine_name == "vllm" or opts.sim_noise != "off"
-    if opts.start_concurrency is not None and opts.start_concurrency > opts.max_concurrency:
+    max_concurrency = opts.max_concurrency or MAX_CONCURRENCY_PER_GPU * opts.gpus
+    if opts.start_concurrency is not None and opts.start_concurrency > max_concurrency:
         raise UsageError(f"--start-concurrency {opts.start_concurrency} is above --max-concurrency "
-                         f"{opts.max_concurrency}: the load search starts at or below its ceiling")
-    start = opts.start_concurrency or min(LoadSearchConfig.start_concurrency, opts.max_concurrency)
+                         f"{max_concurrency}: the load search starts at or below its ceiling")
+    start = opts.start_concurrency or min(LoadSearchConfig.start_concurrency, max_concurrency)
     search = LoadSearchConfig(limits_ms=limits_ms, start_concurrency=start,
-                              max_concurrency=opts.max_concurrency, confidence=opts.confidence,
+                              max_concurrency=max_concurrency, confidence=opts.confidence,
                               max_extensions=opts.max_extensions,
                               p99_run_cv=REAL_GPU_P99_RUN_CV if gpu_like else {})
     layout = gpu_layout(opts.gpus, opts.parallel, opts.gpu_ids, engine_name)

@@ -65,3 +65,14 @@ def test_the_load_search_starts_at_or_below_its_ceiling(tmp_path: Path) -> None:
     assert _config(tmp_path, model="flash", max_concurrency=4).settings.search.start_concurrency == 4
     assert _config(tmp_path, model="flash").settings.search.start_concurrency == 8
     assert _config(tmp_path, model="flash", start_concurrency=16).settings.search.start_concurrency == 16
+
+
+def test_the_default_ceiling_grows_with_the_gpus(tmp_path: Path) -> None:
+    """At a fixed default of 1024 every trial on 4-8 GPUs met its limits at the ceiling: a data-parallel layout's
+    engines run max-num-seqs x DP requests at once. The default is per GPU; a given one holds, and is stored as given
+    (a resumed study keeps its ceiling)."""
+    assert _config(tmp_path, model="flash").settings.search.max_concurrency == 1024
+    assert _config(tmp_path, model="flash", gpus=4).settings.search.max_concurrency == 4096
+    given = _config(tmp_path, model="flash", gpus=4, max_concurrency=512)
+    assert given.settings.search.max_concurrency == 512 and given.run_options["max_concurrency"] == 512
+    assert _config(tmp_path, model="flash", gpus=4).run_options["max_concurrency"] is None

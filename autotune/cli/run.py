@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 
 from autotune.cli.common import DURATION, LIMITS, echo_json, options_from_click
-from autotune.config import DEFAULT_P99_METRIC, RunOptions, build_study_config, choose_engine
+from autotune.config import DEFAULT_P99_METRIC, MAX_CONCURRENCY_PER_GPU, RunOptions, build_study_config, choose_engine
 from autotune.errors import NoFeasibleConfigError
 from autotune.loadsearch import LoadSearchConfig
 from autotune.metrics import LATENCY_METRICS, describe_limits
@@ -77,7 +77,9 @@ def _default(field: str) -> Any:
 @click.option("--start-concurrency", type=int, default=None,
               help=f"where a trial's load search starts while no knee is known, at most --max-concurrency  [default: "
               f"{LoadSearchConfig.start_concurrency}, or --max-concurrency where lower]")
-@click.option("--max-concurrency", type=int, default=_default("max_concurrency"), show_default=True)
+@click.option("--max-concurrency", type=int, default=None,
+              help="the load search's ceiling  [default: "
+              f"{MAX_CONCURRENCY_PER_GPU} x --gpus, what the engines of a data-parallel layout run at once]")
 @click.option("--prompts-per-level", type=float, default=_default("prompts_per_level"), show_default=True,
               help="measured prompts per load level, as a multiple of its concurrency")
 @click.option("--startup-timeout", type=DURATION, default=_default("startup_timeout_s"), show_default=True,
