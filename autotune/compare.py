@@ -22,7 +22,7 @@ from autotune.fileio import write_text_atomically
 from autotune.flags import changed_flags, effective_flags, normalize_flag_name
 from autotune.hostcpu import host_text
 from autotune.metrics import LATENCY_METRICS, describe_limits, fmt_ms
-from autotune.records import TrialRecord, count_finished
+from autotune.records import TrialRecord, count_finished, not_run_text
 from autotune.study import BASELINES
 from autotune.winner import StudyRecords, Winner, describe_gain, find_winner, read_study
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 __all__ = ["TrialPoint", "StudySummary", "summarize", "feasible_front", "Row", "compare_rows", "figures",
-           "table_html", "report_html", "write_report", "flags_diff_text", "require_plotly"]
+           "table_html", "report_html", "write_report", "flags_diff_text", "require_plotly", "trials_text"]
 
 PLOTLY_MISSING = "the charts need plotly: pip install 'autotune[dashboard]'"
 
@@ -61,11 +61,17 @@ class StudySummary:
 
     @cached_property
     def importances(self) -> dict[str, float]:
-        """Optuna's importance of each searched flag for the objective (empty: too few finished trials)."""
+        """Optuna's importance of each searched flag for the objective (empty: too few finished trials), over the
+        trials that ran: one that was not run repeats an earlier trial's value, which is no second observation."""
+        study = self.study
+        if any(t.not_run for t in self.data.trials):
+            measured = {t.number for t in self.data.trials if t.complete}
+            study = _in_memory([t for t in self.study.get_trials(deepcopy=False) if t.number in measured],
+                               self.study.direction)
         try:
             with warnings.catch_warnings():  # its notes on sparse regimes: the chart is what the user reads
                 warnings.simplefilter("ignore")
-                return dict(optuna.importance.get_param_importances(self.study))
+                return dict(optuna.importance.get_param_importances(study))
         except (ValueError, RuntimeError):  # fewer than two finished trials, or no parameter that varies
             return {}
 
@@ -81,6 +87,18 @@ class StudySummary:
             elif (trial := self.data.baseline_trials().get(name)) is not None:
                 out[name] = trial.value
         return out
+
+
+def _in_memory(trials: list[optuna.trial.FrozenTrial], direction: optuna.study.StudyDirection) -> optuna.Study:
+    """A study in memory holding ``trials``: nothing written to the storage, and no log line of its creation."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(direction=direction)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    study.add_trials(trials)
+    return study
 
 
 def summarize(storage: optuna.storages.BaseStorage, names: Sequence[str]) -> list[StudySummary]:
@@ -110,6 +128,13 @@ def feasible_front(points: Sequence[TrialPoint], metric: str) -> list[TrialPoint
         if not front or p.output_tok_s > front[-1].output_tok_s:
             front.append(p)
     return front
+
+
+def trials_text(trials: list[TrialRecord]) -> str:
+    """``6 (3)``: the finished trials and, in brackets, those that met the limits; then each trial that was not run
+    (``; trial 5: the same flags as trial 2, not run again``), which neither count includes."""
+    not_run = not_run_text(trials)
+    return f"{count_finished(trials)} ({sum(t.feasible for t in trials)})" + (f"; {not_run}" if not_run else "")
 
 
 def flags_diff_text(flags: Mapping[str, Any]) -> list[str]:
@@ -160,8 +185,7 @@ def compare_rows(summaries: Sequence[StudySummary]) -> list[Row]:
         rows.append(Row(f"gain over {name}", winner(lambda w, n=name: describe_gain(w.gains[n]) if n in w.gains
                                                     else ("the winner" if w.baseline == n else "-"))))
     rows.append(Row("GPU-minutes", each(lambda s: "-" if s.data.gpu_minutes is None else f"{s.data.gpu_minutes:,.1f}")))
-    rows.append(Row("trials (met the limits)", each(
-        lambda s: f"{count_finished(s.data.trials)} ({sum(t.feasible for t in s.data.trials)})")))
+    rows.append(Row("trials (met the limits)", each(lambda s: trials_text(s.data.trials))))
     flags = sorted({normalize_flag_name(name) for s in summaries if s.winner for name in s.winner.flags})
     for name in flags:
         effective = {effective_flags(dict(s.winner.flags))[name] for s in summaries if s.winner}

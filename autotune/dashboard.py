@@ -25,10 +25,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 from aiohttp import web
 
-from autotune.compare import StudySummary, figures, flags_diff_text, summarize, table_html
+from autotune.compare import StudySummary, figures, flags_diff_text, summarize, table_html, trials_text
 from autotune.errors import UsageError
 from autotune.metrics import describe_limits, fmt_ms
-from autotune.records import count_finished
 from autotune.storage import load_study, study_names
 from autotune.study import BASELINES
 
@@ -204,7 +203,7 @@ async def _index(request: web.Request) -> web.Response:
             f"<td>{html.escape(fp.model if fp else '-')}</td><td>{f'{fp.gpus}x {fp.gpu_type}' if fp else '-'}</td>"
             f"<td>{html.escape(fp.engine if fp else '-')}</td>"
             f"<td>{html.escape(describe_limits(s.data.limits_ms) if s.data.limits_ms else '-')}</td>"
-            f"<td class='num'>{count_finished(s.data.trials)} ({sum(t.feasible for t in s.data.trials)})</td>"
+            f"<td class='num'>{html.escape(trials_text(s.data.trials))}</td>"
             f"<td class='num best'>{best}</td>"
             + "".join(f"<td class='num baseline'>{html.escape(_baseline_cell(s, b, baselines.get(b)))}</td>"
                       for b in BASELINES)
@@ -240,16 +239,21 @@ async def _study_page(request: web.Request) -> web.Response:
             "<th>output tok/s</th>" + "".join(f"<th>P99 {m} ms</th>" for m in limits)
             + "<th>failure</th><th>flags vs vLLM's defaults</th></tr>")
     rows = []
+    results = {t.number: t.result for t in summary.data.trials if t.result is not None}
     for t in summary.data.trials:
         r = t.result
         level = r.level(r.concurrency) if r is not None and r.concurrency is not None else None
         p99 = "".join(f"<td class='num'>{fmt_ms(level.p99_of(m)) if level else '-'}</td>" for m in limits)
-        flags = "<br>".join(html.escape(line) for line in flags_diff_text(r.flags)) if r else "-"
+        # a trial that was not run has its earlier trial's flags, and no figure of its own
+        shown = r or (results.get(t.same_flags_as) if t.not_run else None)
+        flags = "<br>".join(html.escape(line) for line in flags_diff_text(shown.flags)) if shown else "-"
+        state, met = ("not run", "-") if t.not_run else (t.state.name, "yes" if t.feasible else "no")
+        note = t.not_run_text() if t.not_run else r.failure_class if r else ""
         rows.append(f"<tr class='trial' data-trial='{t.number}'><td>{t.number}</td><td>{html.escape(t.baseline)}</td>"
-                    f"<td>{t.state.name}</td><td>{'yes' if t.feasible else 'no'}</td>"
+                    f"<td>{state}</td><td>{met}</td>"
                     f"<td class='num'>{level.concurrency if level else '-'}</td>"
                     f"<td class='num'>{_tok_s(level.output_tok_s) if level else '-'}</td>{p99}"
-                    f"<td>{html.escape(r.failure_class if r else '')}</td><td>{flags}</td></tr>")
+                    f"<td>{html.escape(note)}</td><td>{flags}</td></tr>")
     w = summary.winner
     verdict = f"<p>{html.escape(w.verdict)}</p>" if w and w.verdict else ""
     winner = f"<p>winner: trial {w.trial}, {html.escape(w.throughput_text())}</p>" if w else "<p>no winner</p>"

@@ -6,6 +6,7 @@ import math
 import platform
 import shutil
 import subprocess
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,9 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Profile", "build_profile", "write_profile", "read_profile", "environment", "PROFILE_VERSION"]
 
-# 5: metrics.output_tok_s_at_limit with its interval; 4: metrics.output_tok_s_at_limit; 3: several P99 limits
-# (objective.limits_ms, metrics.p99)
-PROFILE_VERSION = 5
+# 6: study.not_run; 5: metrics.output_tok_s_at_limit with its interval; 4: metrics.output_tok_s_at_limit; 3: several
+# P99 limits (objective.limits_ms, metrics.p99)
+PROFILE_VERSION = 6
 
 
 class _Record(BaseModel):
@@ -118,11 +119,19 @@ class Gain(_Record):
     significant: bool  # the whole interval lies above 0
 
 
+class NotRunTrial(_Record):
+    """A sampled trial whose launch flags an earlier finished trial had: not run again, not a measurement."""
+
+    trial: int
+    same_flags_as: int
+
+
 class StudyRef(_Record):
     name: str
     trial_number: int
     storage: str  # without its password
-    trials: int
+    trials: int  # finished, measured or failed; not those in not_run
+    not_run: list[NotRunTrial] = []
 
 
 class Profile(_Record):
@@ -197,10 +206,12 @@ def _p99_stats(winner: Candidate, metric: str) -> P99Stats:
 
 
 def build_profile(cfg: StudyConfig, selection: Selection, record: SelectionRecord, winner_trial: TrialRecord,
-                  n_trials: int, measured_on: tuple[Hardware, Software] | None = None) -> Profile:
+                  n_trials: int, measured_on: tuple[Hardware, Software] | None = None,
+                  not_run: Sequence[TrialRecord] = ()) -> Profile:
     """``record``: what the study stored of ``selection`` (study.selection_record), whose figures and verdict
     `best`, `export` and `compare` read: the profile states the same. ``measured_on``: the study's
-    :func:`environment` when the caller has it already (else read here)."""
+    :func:`environment` when the caller has it already (else read here). ``not_run``: the study's trials that were
+    not run (records.not_run), which ``n_trials`` leaves out."""
     winner = selection.winner
     assert winner is not None and winner_trial.result is not None and winner.concurrency is not None
     assert record.winner_output_tok_s is not None and record.winner_at_limit_tok_s is not None
@@ -227,7 +238,8 @@ def build_profile(cfg: StudyConfig, selection: Selection, record: SelectionRecor
         verdict=record.verdict, equal_within_noise=list(record.equal_within_noise),
         unconfirmed=list(record.unconfirmed), baseline=winner.baseline or None,
         study=StudyRef(name=cfg.study_name, trial_number=winner.trial_number, storage=redact_url(cfg.storage_url),
-                       trials=n_trials),
+                       trials=n_trials, not_run=[NotRunTrial(trial=t.number, same_flags_as=t.same_flags_as)
+                                                 for t in not_run if t.same_flags_as is not None]),
         notes=(engine_notes(StartupInfo.from_dict(winner_trial.result.startup))
                + winner_notes([lv.host_cpu for lv in winner_trial.result.levels] + [m.host_cpu for m in winner.repeats])
                + s.sim_caveats() + ([layout] if (layout := cfg.baseline_layout_note()) else [])

@@ -116,6 +116,10 @@ class Progress:
     def trial_finished(self, number: int, baseline: str, result: TrialResult) -> None:
         """A trial ended, feasible or not; ``result`` is what the study stores."""
 
+    def trial_not_run(self, number: int, same_flags_as: int, earlier: TrialResult) -> None:
+        """The sampler proposed, as trial ``number``, the launch flags of finished trial ``same_flags_as``, whose
+        result is ``earlier``: the trial is not run again; Optuna is told that trial's value and constraints."""
+
     def study_eta(self, eta: StudyEta) -> None:
         """After each trial's stop rules: what is left."""
 
@@ -208,6 +212,10 @@ class ThreadedProgress(Progress):
     def trial_finished(self, number: int, baseline: str, result: TrialResult) -> None:
         with self.lock:
             self.inner.trial_finished(number, baseline, result)
+
+    def trial_not_run(self, number: int, same_flags_as: int, earlier: TrialResult) -> None:
+        with self.lock:
+            self.inner.trial_not_run(number, same_flags_as, earlier)
 
     def study_eta(self, eta: StudyEta) -> None:
         with self.lock:

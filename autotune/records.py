@@ -8,7 +8,9 @@ A study stores, as Optuna user attributes:
   several processes never rewrite each other's), the :class:`SelectionRecord`, and one :class:`RunRecord` per
   invocation of ``autotune run`` (key ``run.<id>``: its GPU-minutes and the hardware and software it ran on);
 - on each trial: the queue tag set when it was enqueued (a baseline's name, or a ``--try`` point), and once it
-  ran, its :class:`TrialResult` (flags, every load level as a :class:`LevelRecord`, startup figures, failure).
+  ran, its :class:`TrialResult` (flags, every load level as a :class:`LevelRecord`, startup figures, failure); a
+  sampled trial whose launch flags an earlier finished trial had holds that trial's number instead
+  (:attr:`TrialRecord.same_flags_as`): it was not run again.
 
 Everything is JSON in storage; NaN and infinity are stored as null and read back as NaN. Every reader of a
 study (the study itself, the profile, ``best``, ``studies``, ``export``, ``compare``, the dashboard) goes through
@@ -16,6 +18,7 @@ study (the study itself, the profile, ``best``, ``studies``, ``export``, ``compa
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import uuid
@@ -27,6 +30,7 @@ import optuna
 
 from autotune.errors import UsageError
 from autotune.jsonsafe import json_safe
+from autotune.storage import retried_trial
 
 __all__ = [
     "RECORDS_VERSION", "STOPPED_AT_MAX_CONCURRENCY", "P99Record", "HostCpuRecord", "LevelRecord", "TrialResult",
@@ -36,7 +40,8 @@ __all__ = [
     "finished_trial_attrs", "replayed_attrs", "read_trial", "read_trials", "count_finished", "read_remeasurement",
     "write_remeasurement", "read_selection", "write_selection",
     "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
-    "read_run_options", "write_run", "read_runs", "read_remeasurements",
+    "read_run_options", "write_run", "read_runs", "read_remeasurements", "MEMORY_PLAN_REFUSED", "flags_key",
+    "sampled", "known_trial_with_flags", "write_same_flags", "not_run", "not_run_text", "describe_not_run",
 ]
 
 # Stored with the fingerprint. A study written by another version of these records is refused on resume
@@ -56,7 +61,11 @@ _REMEASURE_PREFIX = "remeasure."
 _SEARCH_DONE_KEY = "search_done"
 _RUN_OPTIONS_KEY = "run_options"
 _REPLAYED_FROM = "replayed_from_trial"
+_SAME_FLAGS_AS = "same_flags_as_trial"
 _RUN_PREFIX = "run."
+
+# A trial's stop reason when autotune's memory plan refused its flags before any launch (trial.run_trial).
+MEMORY_PLAN_REFUSED = "not launched: memory plan does not fit"
 
 
 def _num(value: Any) -> float:
@@ -207,6 +216,19 @@ class TrialResult:
         return "" if self.failure_class == "no_feasible_load" else self.failure_class
 
     @property
+    def outcome_known(self) -> bool:
+        """Running these flags again would only repeat what this trial found (a point the sampler proposes again is
+        then not run: :func:`known_trial_with_flags`): its load search ran to its end, to a knee or to no level
+        within the limits, or the flags were refused for what they are (autotune's memory plan before any launch,
+        vLLM's own argument check). Not a load search cut short by --timeout (the knee may lie higher), nor a failure
+        that another try may not meet: a crash, a start that timed out, a port taken, failed requests, or out of
+        memory or too small a KV cache at the server's start (memory another process held can cause those)."""
+        if self.stop_reason == "deadline":
+            return False
+        return (self.failure_class in ("", "no_feasible_load", "bad_flags")
+                or self.stop_reason == MEMORY_PLAN_REFUSED)
+
+    @property
     def p99_ms(self) -> dict[str, float]:
         """Each limited metric's P99 at ``concurrency`` as measured there; empty when no level ran."""
         level = self.level(self.concurrency) if self.concurrency is not None else None
@@ -273,11 +295,24 @@ class TrialRecord:
     state: optuna.trial.TrialState
     baseline: str  # "", vllm-defaults, seed-profile
     tried: bool  # queued from --try
-    result: TrialResult | None  # None: not run (waiting, running, or interrupted before it finished)
+    result: TrialResult | None  # None: not run (waiting, running, interrupted before it finished, or not_run)
+    # A sampled trial whose launch flags were those of this earlier finished trial: COMPLETE with that trial's value
+    # and constraints (what Optuna's sampler learns), and no result of its own. None for every other trial.
+    same_flags_as: int | None = None
 
     @property
     def complete(self) -> bool:
+        """Finished with a result of its own (measured, or failed as a result); not a trial that was not_run."""
         return self.state == optuna.trial.TrialState.COMPLETE and self.result is not None
+
+    @property
+    def not_run(self) -> bool:
+        """Sampled with the launch flags of an earlier finished trial (``same_flags_as``), so not run again."""
+        return self.same_flags_as is not None
+
+    def not_run_text(self) -> str:
+        """``trial 5: the same flags as trial 2, not run again`` (only for a trial that was not_run)."""
+        return describe_not_run(self.number, int(self.same_flags_as))  # type: ignore[arg-type]
 
     @property
     def feasible(self) -> bool:
@@ -287,6 +322,11 @@ class TrialRecord:
     def value(self) -> float:
         """SLO-meeting throughput; 0 for a trial that met no limit or did not finish."""
         return self.result.output_tok_s if self.feasible else 0.0  # type: ignore[union-attr]
+
+
+def describe_not_run(number: int, same_flags_as: int) -> str:
+    """How every report names a trial that was not run: ``trial 5: the same flags as trial 2, not run again``."""
+    return f"trial {number}: the same flags as trial {same_flags_as}, not run again"
 
 
 @dataclass(frozen=True)
@@ -562,11 +602,43 @@ def write_trial_result(trial: optuna.Trial, result: TrialResult) -> None:
         trial.set_user_attr(key, value)
 
 
+def flags_key(flags: Mapping[str, Any]) -> str:
+    """Launch flags as one comparable string: equal for two dicts that give ``vllm serve`` the same flags (a flag set
+    to None is not given: flags.flags_to_argv), whatever their order."""
+    return json.dumps({k: v for k, v in json_safe(dict(flags)).items() if v is not None}, sort_keys=True)
+
+
+def sampled(trial: optuna.trial.FrozenTrial) -> bool:
+    """The sampler chose the trial's point: it was not taken from the queue (a baseline, a ``--try`` point: Optuna
+    keeps what they were queued with as ``fixed_params``) and is not the copy of a failed trial that the retry
+    callback queued (storage.retried_trial)."""
+    return "fixed_params" not in trial.system_attrs and retried_trial(trial) is None
+
+
+def known_trial_with_flags(trials: Sequence[TrialRecord], flags: Mapping[str, Any]) -> TrialRecord | None:
+    """The latest finished trial that launched ``flags`` and whose outcome they settle
+    (:attr:`TrialResult.outcome_known`), as Optuna's FAQ ("How can I ignore duplicated samples?") matches a new
+    trial against the completed ones; None where there is none. A trial still running, or one that failed on
+    something another try may not meet, is not one: those flags run again."""
+    key = flags_key(flags)
+    return next((t for t in reversed(trials) if t.complete and t.result.outcome_known  # type: ignore[union-attr]
+                 and flags_key(t.result.flags) == key), None)  # type: ignore[union-attr]
+
+
+def write_same_flags(trial: optuna.Trial, earlier: int) -> None:
+    """Mark ``trial`` as not run: its launch flags were those of trial ``earlier`` (TrialRecord.same_flags_as)."""
+    trial.set_user_attr(_SAME_FLAGS_AS, earlier)
+
+
 def read_trial(trial: optuna.trial.FrozenTrial) -> TrialRecord:
     data = trial.user_attrs.get(_TRIAL_KEY)
+    # Only a COMPLETE trial without a result of its own was not run: a trial whose process died between the mark and
+    # Optuna's tell is retried, and the copy inherits the mark with the rest of its user attributes.
+    same = trial.user_attrs.get(_SAME_FLAGS_AS) if data is None and trial.state == optuna.trial.TrialState.COMPLETE \
+        else None
     return TrialRecord(number=trial.number, state=trial.state, baseline=queued_baseline(trial),
                        tried=_QUEUE_TRIED in trial.user_attrs,
-                       result=TrialResult.from_json(data) if data is not None else None)
+                       result=TrialResult.from_json(data) if data is not None else None, same_flags_as=_opt_int(same))
 
 
 def read_trials(study: optuna.Study) -> list[TrialRecord]:
@@ -575,9 +647,19 @@ def read_trials(study: optuna.Study) -> list[TrialRecord]:
 
 def count_finished(trials: list[TrialRecord]) -> int:
     """A study's trials as every report counts them (the profile, ``studies``, ``compare``, the dashboard, ``run``):
-    those that finished, measured or failed, not the baselines and ``--try`` points still queued nor a trial
-    running."""
-    return sum(1 for t in trials if t.state.is_finished())
+    those that finished, measured or failed, not the baselines and ``--try`` points still queued, nor a trial
+    running, nor one that was not run (:func:`not_run`: each report names those beside this count)."""
+    return sum(1 for t in trials if t.state.is_finished() and not t.not_run)
+
+
+def not_run(trials: list[TrialRecord]) -> list[TrialRecord]:
+    """The sampled trials that were not run: their launch flags were an earlier finished trial's."""
+    return [t for t in trials if t.not_run]
+
+
+def not_run_text(trials: list[TrialRecord]) -> str:
+    """``trial 5: the same flags as trial 2, not run again; trial 7: ...``; empty when every trial ran."""
+    return "; ".join(t.not_run_text() for t in not_run(trials))
 
 
 # -- re-measurements and selection ------------------------------------------------------------------------------

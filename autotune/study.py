@@ -7,7 +7,6 @@ goes through :mod:`autotune.records`.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import os
 import queue
@@ -87,7 +86,7 @@ class StudyConfig:
 class StudyOutcome:
     study_name: str
     n_trials_total: int
-    n_trials_run: int  # the trials this process finished (a shared study's workers finish others)
+    n_trials_run: int  # the trials this process finished (a shared study's workers finish others), not those not run
     selection: Selection
     profile: Profile | None
     profile_path: Path | None
@@ -96,6 +95,8 @@ class StudyOutcome:
     finalists: list[dict[str, Any]] = field(default_factory=list)  # finalist_summary: the others the verdict compared
     # trials other processes were running when the search ended and did not finish in the time the run waited
     left_out: tuple[LeftOutTrial, ...] = ()
+    # the study's sampled trials that were not run, each with the earlier trial whose flags it had (same_flags_as)
+    not_run: tuple[tuple[int, int], ...] = ()
 
 
 def trial_folder(study_dir: Path, number: int) -> Path:
@@ -223,10 +224,13 @@ def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgre
             flags = baseline_launch_flags(baseline, cfg.settings.model, cfg.settings.gpus, cfg.space.fixed)
         elif tried is not None:
             flags = cfg.space.try_flags(tried, cfg.settings.gpus)
+        frozen = trial.study.get_trials(deepcopy=False)  # read once the sampler has chosen: see _known_outcome
+        trials = [records.read_trial(t) for t in frozen]
+        if (earlier := _known_outcome(trial.number, frozen, trials, flags)) is not None:
+            return _not_run(trial, earlier, limits_ms, progress)
         trial_dir = trial_folder(cfg.out_dir / cfg.study_name, trial.number)
         name = f"autotune-{cfg.study_name}-{trial.number}"
         progress.trial_started(trial.number, flags, baseline)
-        trials = records.read_trials(trial.study)
         settings = replace(cfg.settings, gpu_ids=slot,
                            sim_fault=cfg.sim_fault.for_trial(trial.number) if cfg.sim_fault else "")
         started = time.perf_counter()
@@ -254,6 +258,35 @@ def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgre
         return float(result.output_tok_s)
 
     return objective
+
+
+def _known_outcome(number: int, frozen: list[optuna.trial.FrozenTrial], trials: list[TrialRecord],
+                   flags: Mapping[str, Any]) -> TrialRecord | None:
+    """The earlier trial whose outcome trial ``number``'s launch flags already have (records.known_trial_with_flags),
+    where the sampler chose that trial's point; None for a baseline, a ``--try`` point and a retried copy of a failed
+    trial, which run as queued.
+
+    ``frozen`` is read after the sampler chose, so a trial that finished meanwhile is seen, on another process or
+    machine sharing the study in PostgreSQL too. A trial still RUNNING elsewhere with the same flags is not: both run
+    (Optuna hands out points, not locks; its constant liar makes the sampler avoid running ones, not never propose
+    them), and the candidates keep only one trial per flags."""
+    [me] = [t for t in frozen if t.number == number]
+    return records.known_trial_with_flags(trials, flags) if records.sampled(me) else None
+
+
+def _not_run(trial: optuna.Trial, earlier: TrialRecord, limits_ms: Mapping[str, float],
+             progress: Progress) -> float:
+    """Complete ``trial`` at once, without a server, as a repeat of ``earlier``: Optuna's FAQ answer to duplicated
+    samples ("How can I ignore duplicated samples?"), the earlier trial's value and, since the sampler is
+    constraint-aware, its constraints too (a failed or zero-valued trial would teach the sampler that the point is
+    bad). The trial holds the earlier one's number and no result: no report counts it as a measurement."""
+    result = earlier.result
+    assert result is not None
+    records.write_same_flags(trial, earlier.number)
+    for metric, value in result.constraints_ms(limits_ms).items():
+        trial.set_constraint(constraint_key(metric), value)
+    progress.trial_not_run(trial.number, earlier.number, result)
+    return float(result.output_tok_s)
 
 
 class _SlotRunner:
@@ -410,7 +443,12 @@ class _StopRules:
     """Stagnation and a deadline that leaves room for the next trial (Optuna checks timeout only between
     trials, so a trial that starts late would overrun). The next trial is assumed to take as long as the
     longest so far, counting those of earlier runs of a resumed study: on the H100 a median let a slow trial
-    start that then ran past the deadline."""
+    start that then ran past the deadline.
+
+    A trial that was not run (the flags of an earlier finished trial: _not_run) counts towards --trials and towards
+    the stagnation stop, and not towards the trials' durations. It costs no GPU time, but a sampler that keeps
+    proposing points it has seen has stopped finding new ones: uncounted, a converged sampler or a small space
+    (every point seen) would ask for points without end; a repeat is no gain either."""
 
     def __init__(self, cfg: StudyConfig, deadline: float | None, earlier_durations: list[float],
                  reserve_s: Callable[[], float], progress: Progress = NULL_PROGRESS) -> None:
@@ -419,7 +457,8 @@ class _StopRules:
         self.deadline = deadline
         self.reason = ""
         self.durations: list[float] = list(earlier_durations)
-        self.ran = 0
+        self.ran = 0  # trials finished, those not run included (--trials counts them)
+        self.not_run = 0  # of those, the trials not run: the flags of an earlier finished trial
         self.launched = 0  # trials this run started (_run_trials counts them): the deadline stops only one to come
         self.reserve_s = reserve_s  # kept free after the trials: the re-measurements still to make
         self.progress = progress
@@ -434,12 +473,14 @@ class _StopRules:
         journal.settled(self.journal_dir, trial.number)  # told: the storage has it
         self.ran += 1
         record = records.read_trial(trial)
+        self.not_run += record.not_run
         if record.result is not None and record.result.trial_wall_s:
             self.durations.append(record.result.trial_wall_s)
         since = _trials_since_gain(records.read_trials(study))
         reserve_s = self.reserve_s()
         if self.patience and since[0] >= self.patience and since[1] > 0:
-            self.reason = f"stagnation: no 1% gain in {since[0]} trials"
+            repeats = (f" ({since[2]} of them the flags of an earlier trial, not run again)" if since[2] else "")
+            self.reason = f"stagnation: no 1% gain in {since[0]} trials{repeats}"
         elif self.launched < self.n_trials and self.would_overrun(reserve_s):
             self.reason = "timeout"
         left = 0 if self.reason else max(0, self.n_trials - self.ran)
@@ -459,15 +500,17 @@ class _StopRules:
         return time.monotonic() + max(self.durations) + reserve_s > self.deadline
 
 
-def _trials_since_gain(trials: list[TrialRecord]) -> tuple[int, float]:
-    """Finished trials since the last 1% gain of the best feasible value, and that best value."""
-    best, since = 0.0, 0
-    for t in sorted((t for t in trials if t.complete), key=lambda t: t.number):
+def _trials_since_gain(trials: list[TrialRecord]) -> tuple[int, float, int]:
+    """Finished trials since the last 1% gain of the best feasible value (those not run included: a repeat is no
+    gain, see _StopRules), that best value, and how many of those trials were not run."""
+    best, since, not_run = 0.0, 0, 0
+    for t in sorted((t for t in trials if t.complete or t.not_run), key=lambda t: t.number):
         if t.value > best * 1.01:
-            best, since = t.value, 0
+            best, since, not_run = t.value, 0, 0
         else:
             since += 1
-    return since, best
+            not_run += t.not_run
+    return since, best, not_run
 
 
 def _prepare(cfg: StudyConfig, storage: optuna.storages.BaseStorage, progress: ThreadedProgress) -> optuna.Study:
@@ -723,11 +766,12 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
                 try:
                     _run_trials(study, cfg, threaded, deadline, rules, runner)
                 finally:
-                    run.trials_run = rules.ran
+                    run.trials_run = rules.ran - rules.not_run
         records.write_search_done(study, True)  # workers take no new trial from here on
         stopped_by = rules.reason or ("timeout" if deadline and time.monotonic() >= deadline else "trials")
         left_out = _wait_for_others_trials(study, cfg, deadline, threaded)
-        finished = records.count_finished(records.read_trials(study))
+        searched = records.read_trials(study)  # every trial the search ended with
+        finished, not_run = records.count_finished(searched), records.not_run(searched)
         with runner.interruptible():
             selection = remeasure_and_select(study, cfg, deadline, threaded, runner, left_out)
         run.made_selection = True
@@ -737,18 +781,20 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
         winner = records.read_trial(study.trials[selection.winner.trial_number])
         stored = records.read_selection(study)  # as remeasure_and_select wrote it, and best reads it
         assert stored is not None
-        profile = build_profile(cfg, selection, stored, winner, finished, run.measured_on)
+        profile = build_profile(cfg, selection, stored, winner, finished, run.measured_on, not_run)
         profile_path = write_profile(profile, cfg.out_dir / cfg.study_name / "profile.yaml")
     return StudyOutcome(cfg.study_name, finished, run.trials_run, selection, profile, profile_path, stopped_by,
                         baselines=baseline_summary(selection, cfg, records.read_trials(study)),
-                        finalists=finalist_summary(selection, cfg), left_out=left_out)
+                        finalists=finalist_summary(selection, cfg), left_out=left_out,
+                        not_run=tuple((t.number, int(t.same_flags_as)) for t in not_run))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
 class WorkerOutcome:
     study_name: str
-    n_trials_run: int  # trials this worker finished
+    n_trials_run: int  # trials this worker finished, not those it did not run
     stopped_by: str  # trials (its --trials), search done (the study's run moved on), stagnation, timeout
+    n_trials_not_run: int = 0  # sampled trials it did not run: the flags of an earlier finished trial
 
 
 def run_worker(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
@@ -770,10 +816,10 @@ def run_worker(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
             try:
                 _run_trials(study, cfg, threaded, deadline, rules, runner, until_search_done=True)
             finally:
-                run.trials_run = rules.ran
+                run.trials_run = rules.ran - rules.not_run
         stopped_by = run.stopped_by = rules.reason or ("search done" if records.read_search_done(study) else "trials")
     threaded.study_finished(cfg.study_name, stopped_by, "", None, run.record.gpu_minutes if run.record else 0.0)
-    return WorkerOutcome(cfg.study_name, rules.ran, stopped_by)
+    return WorkerOutcome(cfg.study_name, rules.ran - rules.not_run, stopped_by, rules.not_run)
 
 
 def candidates_from_study(trials: list[TrialRecord], top_k: int, restart_s: float = 0.0) -> list[Candidate]:
@@ -784,7 +830,7 @@ def candidates_from_study(trials: list[TrialRecord], top_k: int, restart_s: floa
     chosen: list[TrialRecord] = []
     seen: set[str] = set()
     for t in feasible:
-        key = json.dumps(t.result.flags, sort_keys=True)  # type: ignore[union-attr]
+        key = records.flags_key(t.result.flags)  # type: ignore[union-attr]
         if key not in seen and len(chosen) < top_k:
             chosen.append(t)
             seen.add(key)

@@ -31,7 +31,7 @@ from autotune.memory import plan_memory
 from autotune.metrics import BenchResult
 from autotune.models import ModelSpec
 from autotune.progress import NULL_PROGRESS, Progress
-from autotune.records import STOPPED_AT_MAX_CONCURRENCY, TrialResult
+from autotune.records import MEMORY_PLAN_REFUSED, STOPPED_AT_MAX_CONCURRENCY, TrialResult
 from autotune.sim.noise import RunNoise
 from autotune.sim.inproc import InProcessSim
 
@@ -219,7 +219,7 @@ def run_trial(settings: TrialSettings, flags: dict[str, Any], served_name: str, 
                       memory=plan.as_dict(), log_path=str(log_path))
     if not plan.fits:
         return replace(out, failure_class=plan.failure_class, failure_reason=plan.reason,
-                       stop_reason="not launched: memory plan does not fit")
+                       stop_reason=MEMORY_PLAN_REFUSED)
     spec = _launch_spec(settings, flags, served_name, log_path)
     started = time.perf_counter()
     server = _engine(settings, spec, progress)

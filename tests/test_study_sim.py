@@ -96,9 +96,12 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 5
     assert [t.number for t in first] == [t.number for t in study.trials[:3]]
 
-    # each invocation is a run record: its trials and GPU time; the selection keeps the winner's figures
+    # each invocation is a run record: the trials it ran and its GPU time; the selection keeps the winner's figures.
+    # The resumed sampler, seeded alike, proposes the first run's first sampled point again: not run again.
+    not_run = records.not_run(records.read_trials(study))
+    assert [(t.number, t.same_flags_as) for t in not_run] == [(3, 2)]
     runs = records.read_runs(study)
-    assert [r.trials_run for r in runs] == [3, 2] and all(r.gpu_minutes > 0 and r.engine == "sim" for r in runs)
+    assert [r.trials_run for r in runs] == [3, 1] and all(r.gpu_minutes > 0 and r.engine == "sim" for r in runs)
     assert runs[0].started_at < runs[1].started_at and runs[1].vllm_version is None
     assert all(r.made_selection for r in runs)  # each ran its final comparison: an export's header names the last
     selection = records.read_selection(study)
@@ -116,7 +119,7 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
     assert code == 0 and best["flags"]
     code, out, err = run_json(capsys, "studies", "--storage", url, "--json")
     listed = json.loads(out)["studies"][0]
-    assert code == 0 and listed["trials"] == 5
+    assert code == 0 and listed["trials"] == 4 and listed["not_run"] == [{"trial": 3, "same_flags_as": 2}]
     # the list's winner is the selection's, as `best` gives it, not the largest single trial figure
     assert listed["winner"]["trial"] == best["trial"] == selection.winner_trial
     assert listed["winner"]["output_tok_s_at_limit"] == pytest.approx(selection.winner_at_limit_tok_s.mean)

@@ -12,6 +12,7 @@ from autotune.config import DEFAULT_P99_METRIC, MAX_CONCURRENCY_PER_GPU, RunOpti
 from autotune.errors import NoFeasibleConfigError
 from autotune.loadsearch import LoadSearchConfig
 from autotune.metrics import LATENCY_METRICS, describe_limits
+from autotune.records import describe_not_run
 from autotune.sim.faults import FAULTS
 from autotune.storage import DEFAULT_STORAGE, open_storage
 from autotune.study import StudyConfig, StudyOutcome, run_study
@@ -155,6 +156,7 @@ def run_report(outcome: StudyOutcome, cfg: StudyConfig) -> dict[str, Any]:
         study=cfg.study_name, trials=outcome.n_trials_total, trials_run=outcome.n_trials_run,
         stopped_by=outcome.stopped_by, engine=cfg.settings.engine, limits_ms=dict(cfg.settings.search.limits_ms),
         left_out=[{"trial": t.number, "baseline": t.baseline or None, "why": t.why} for t in outcome.left_out],
+        not_run=[{"trial": number, "same_flags_as": earlier} for number, earlier in outcome.not_run],
     )
     return report
 
@@ -165,6 +167,7 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     if not best:
         console.print(f"[bold red]No winner[/]: {report['verdict']}.")
         _print_finalists(report, console)
+        _print_not_run(report, console)
         return
     t = best["output_tok_s"]
     p99s = []
@@ -193,6 +196,7 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
             gain = ""
         console.print(f"  against {name} (trial {b['trial']}): {figure}{gain}")
     _print_finalists(report, console)
+    _print_not_run(report, console)
     console.print(report["verdict"])
     for note in report.get("notes") or []:
         console.print(f"note: {note}", markup=False, highlight=False)
@@ -205,6 +209,12 @@ def _print_finalists(report: dict[str, Any], console: Console) -> None:
         runs = f"{f['runs_at_limit']} run{'' if f['runs_at_limit'] == 1 else 's'}"
         console.print(f"  finalist trial {f['trial']}: {f['output_tok_s_at_limit']:,.0f} tok/s at the limit ({runs} "
                       f"from concurrency {f['concurrency']}): {f['standing']}")
+
+
+def _print_not_run(report: dict[str, Any], console: Console) -> None:
+    """The sampled trials whose flags an earlier trial had: not measured, and never a finalist."""
+    for t in report.get("not_run") or []:
+        console.print(f"  {describe_not_run(t['trial'], t['same_flags_as'])}")
 
 
 commands = [run]

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from autotune.cli.common import echo_json, json_safe
 from autotune.metrics import describe_limits
-from autotune.records import count_finished
+from autotune.records import count_finished, not_run
 from autotune.storage import DEFAULT_STORAGE, load_study, open_storage_readonly
 from autotune.winner import Winner, find_winner, read_study, require_winner
 
@@ -78,6 +78,7 @@ def studies(storage: str | None, as_json: bool) -> None:
         w = find_winner(data)
         rows.append({"study": summary.study_name, "trials": count_finished(trials),
                      "complete": sum(t.complete for t in trials), "feasible": sum(t.feasible for t in trials),
+                     "not_run": [{"trial": t.number, "same_flags_as": t.same_flags_as} for t in not_run(trials)],
                      "winner": None if w is None else {
                          "trial": w.trial, "selected": w.selected,
                          "output_tok_s_at_limit": w.at_limit_tok_s.mean if w.has_interval else None,
@@ -90,7 +91,7 @@ def studies(storage: str | None, as_json: bool) -> None:
         return
     columns = ("study", "model", "engine", "GPUs", "limits", "trials", "feasible", "winner")
     cells = [(r["study"], str(r["model"]), str(r["engine"]), str(r["gpus"]),
-              describe_limits(r["limits_ms"]) if r["limits_ms"] else "-", str(r["trials"]), str(r["feasible"]),
+              describe_limits(r["limits_ms"]) if r["limits_ms"] else "-", _trials_cell(r), str(r["feasible"]),
               _winner_cell(r["winner"])) for r in rows]
     console = Console(soft_wrap=True)
     if not console.is_terminal:  # a log or a pipe: one whole line per study, nothing cut at 80 columns
@@ -103,6 +104,12 @@ def studies(storage: str | None, as_json: bool) -> None:
     for row in cells:
         table.add_row(*row)
     console.print(table)
+
+
+def _trials_cell(row: dict[str, Any]) -> str:
+    """The finished trials, and those the study did not run (the flags of an earlier trial), which they leave out."""
+    n = len(row["not_run"])
+    return f"{row['trials']}" + (f" (+{n} not run: the flags of an earlier trial)" if n else "")
 
 
 def _winner_cell(winner: dict[str, Any] | None) -> str:

@@ -184,6 +184,14 @@ class StudyView(Progress):
                   f"{result.trial_wall_s / 60 * self.gpus:.1f} GPU-min, {len(result.levels)} "
                   f"level{'s' if len(result.levels) != 1 else ''}){cut}")
 
+    def trial_not_run(self, number: int, same_flags_as: int, earlier: TrialResult) -> None:
+        self.rows[number] = {"flags": short_flags(earlier.flags), "baseline": "",
+                             "state": f"same flags as trial {same_flags_as}: not run"}
+        figure = (f"{_fmt(earlier.output_tok_s)} tok/s at concurrency {earlier.concurrency}" if earlier.feasible
+                  else earlier.failure_class or "infeasible")
+        self._log(f"trial {number} {short_flags(earlier.flags)}: the same flags as trial {same_flags_as}, not run "
+                  f"again (the sampler is told trial {same_flags_as}'s result again: {figure})")
+
     def study_eta(self, eta: StudyEta) -> None:
         self.eta, self.eta_at = eta, time.monotonic()
         if estimate := self._eta_text():

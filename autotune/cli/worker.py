@@ -48,12 +48,15 @@ def worker(study_name: str, storage: str, as_json: bool, timeout: float | None, 
     console = Console(stderr=True, soft_wrap=True)
     if as_json:
         outcome = run_worker(cfg, store)
-        echo_json({"study": outcome.study_name, "trials_run": outcome.n_trials_run, "stopped_by": outcome.stopped_by,
+        echo_json({"study": outcome.study_name, "trials_run": outcome.n_trials_run,
+                   "trials_not_run": outcome.n_trials_not_run, "stopped_by": outcome.stopped_by,
                    "storage": redact_url(storage)})
         return
     with StudyView(console) as view:
         outcome = run_worker(cfg, store, progress=view)
-    Console(soft_wrap=True).print(f"worker: {outcome.n_trials_run} trials of study {outcome.study_name} "
+    not_run = (f", {outcome.n_trials_not_run} more not run (the flags of an earlier trial)"
+               if outcome.n_trials_not_run else "")
+    Console(soft_wrap=True).print(f"worker: {outcome.n_trials_run} trials of study {outcome.study_name}{not_run} "
                                   f"({outcome.stopped_by})", markup=False, highlight=False)
 
 
