@@ -3,12 +3,16 @@
 A study stores, as Optuna user attributes:
 - on the study: its :class:`StudyFingerprint` (what its figures were measured on; a resumed study must match),
   the options it was run with (``autotune worker`` builds the same trials from them; no storage URL among them),
-  whether its run has finished searching (workers then take no new trial),
+  whether its run has finished searching (workers then take no new trial), why a run failed another process's
+  trial as dead before its first heartbeat (key ``dead.<trial>``: on the study, so that the copy of the trial
+  queued again does not carry it),
   one :class:`Remeasurement` per re-measured candidate (key ``remeasure.<trial>``, one key each so that
   several processes never rewrite each other's), the :class:`SelectionRecord`, and one :class:`RunRecord` per
   invocation of ``autotune run`` (key ``run.<id>``: its GPU-minutes and the hardware and software it ran on);
-- on each trial: the queue tag set when it was enqueued (a baseline's name, or a ``--try`` point), and once it
-  ran, its :class:`TrialResult` (flags, every load level as a :class:`LevelRecord`, startup figures, failure).
+- on each trial: the queue tag set when it was enqueued (a baseline's name, or a ``--try`` point), that its
+  objective started (after its first heartbeat), and once it ran, its :class:`TrialResult` (flags, every load level
+  as a :class:`LevelRecord`, startup figures, failure). The note names the trial it was written on: Optuna's retry
+  callback copies a trial's attributes to the copy it queues, which must not inherit it.
 
 Everything is JSON in storage; NaN and infinity are stored as null and read back as NaN. Every reader of a
 study (the study itself, the profile, ``best``, ``studies``, ``export``, ``compare``, the dashboard) goes through
@@ -36,7 +40,8 @@ __all__ = [
     "finished_trial_attrs", "replayed_attrs", "read_trial", "read_trials", "count_finished", "read_remeasurement",
     "write_remeasurement", "read_selection", "write_selection",
     "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
-    "read_run_options", "write_run", "read_runs", "read_remeasurements",
+    "read_run_options", "write_run", "read_runs", "read_remeasurements", "write_objective_started",
+    "objective_started", "write_declared_dead", "read_declared_dead",
 ]
 
 # Stored with the fingerprint. A study written by another version of these records is refused on resume
@@ -54,6 +59,8 @@ _SEARCH_DONE_KEY = "search_done"
 _RUN_OPTIONS_KEY = "run_options"
 _REPLAYED_FROM = "replayed_from_trial"
 _RUN_PREFIX = "run."
+_OBJECTIVE_STARTED = "objective_started"
+_DECLARED_DEAD_PREFIX = "dead."
 
 
 def _num(value: Any) -> float:
@@ -479,6 +486,10 @@ class RunRecord:
     # This run re-measured the finalists and stored the study's selection (each run that gets that far replaces
     # it): the winner's figures, verdict and gains are this run's. An interrupted resume and a worker make none.
     made_selection: bool = False
+    # Other processes' trials this run saw RUNNING without their objective started (no heartbeat yet) and left so,
+    # by number, with the seconds it saw them so on its own clock: a later run adds them to its own (a trial silent
+    # for three heartbeats, summed over the runs that saw it, is failed as its process's death).
+    silent_trials_s: Mapping[int, float] = field(default_factory=dict)
 
     @property
     def gpu_minutes(self) -> float:
@@ -493,7 +504,8 @@ class RunRecord:
                    wall_s=_num(data["wall_s"]), gpus=int(data["gpus"]), trials_run=int(data["trials_run"]),
                    stopped_by=str(data["stopped_by"]), engine=str(data["engine"]), gpu_name=data["gpu_name"],
                    vllm_version=data["vllm_version"], autotune_version=str(data["autotune_version"]),
-                   made_selection=bool(data.get("made_selection", False)))
+                   made_selection=bool(data.get("made_selection", False)),
+                   silent_trials_s={int(n): float(s) for n, s in (data.get("silent_trials_s") or {}).items()})
 
 
 # -- trials ------------------------------------------------------------------------------------------------------
@@ -556,6 +568,25 @@ def read_trial(trial: optuna.trial.FrozenTrial) -> TrialRecord:
     return TrialRecord(number=trial.number, state=trial.state, baseline=queued_baseline(trial),
                        tried=_QUEUE_TRIED in trial.user_attrs,
                        result=TrialResult.from_json(data) if data is not None else None)
+
+
+def _own_note(trial: optuna.trial.FrozenTrial, key: str) -> dict[str, Any] | None:
+    """A note written on ``trial`` itself, not one its queued copy inherited from the trial it copies."""
+    note = trial.user_attrs.get(key)
+    return note if isinstance(note, dict) and note.get("trial") == trial.number else None
+
+
+def write_objective_started(trial: optuna.Trial) -> None:
+    """The trial's objective has started, after a heartbeat of it was recorded (study._objective): from here its
+    process's death is Optuna's heartbeat check's to find. Raises Optuna's UpdateFinishedTrialError where another
+    process has already failed the trial."""
+    trial.set_user_attr(_OBJECTIVE_STARTED, {"trial": trial.number})
+
+
+def objective_started(trial: optuna.trial.FrozenTrial) -> bool:
+    return _own_note(trial, _OBJECTIVE_STARTED) is not None
+
+
 
 
 def read_trials(study: optuna.Study) -> list[TrialRecord]:
@@ -652,6 +683,18 @@ def write_search_done(study: optuna.Study, done: bool) -> None:
 
 def read_search_done(study: optuna.Study) -> bool:
     return bool(study.user_attrs.get(_SEARCH_DONE_KEY))  # read from the storage each time
+
+
+def write_declared_dead(study: optuna.Study, number: int, why: str) -> None:
+    """Why a run failed trial ``number``, another process's, as that process's death (written before the trial is
+    failed: its process, if it still lives, reads it there)."""
+    study.set_user_attr(f"{_DECLARED_DEAD_PREFIX}{number}", why)
+
+
+def read_declared_dead(study: optuna.Study) -> dict[int, str]:
+    """Each trial a run failed as its process's death, with why (:func:`write_declared_dead`)."""
+    return {int(key[len(_DECLARED_DEAD_PREFIX):]): str(why) for key, why in study.user_attrs.items()
+            if key.startswith(_DECLARED_DEAD_PREFIX)}
 
 
 def write_run_options(study: optuna.Study, options: Mapping[str, Any]) -> None:

@@ -144,6 +144,12 @@ class StudyView(Progress):
         self._say(f"trial{'s' if len(numbers) > 1 else ''} {which} left running by an earlier run that died: "
                   "failed and queued again")
 
+    def trial_failed_elsewhere(self, number: int, why: str) -> None:
+        if number in self.rows:
+            self.rows[number]["state"] = "failed elsewhere"
+        self._say(f"trial {number} was failed by another process, which took it for dead ("
+                  f"{why or 'its heartbeats came too late'}), while this one ran it: not recorded here; going on")
+
     def study_interrupted(self, interrupted: StudyInterrupted) -> None:
         i = interrupted
         cut = ""
