@@ -10,9 +10,10 @@ A study stores, as Optuna user attributes:
   several processes never rewrite each other's), the :class:`SelectionRecord`, and one :class:`RunRecord` per
   invocation of ``autotune run`` (key ``run.<id>``: its GPU-minutes and the hardware and software it ran on);
 - on each trial: the queue tag set when it was enqueued (a baseline's name, or a ``--try`` point), that its
-  objective started (after its first heartbeat), and once it ran, its :class:`TrialResult` (flags, every load level
-  as a :class:`LevelRecord`, startup figures, failure). The note names the trial it was written on: Optuna's retry
-  callback copies a trial's attributes to the copy it queues, which must not inherit it.
+  objective started (after its first heartbeat), why it ended without running where it did (the search was done),
+  and once it ran, its :class:`TrialResult` (flags, every load level as a :class:`LevelRecord`, startup figures,
+  failure). The first two notes name the trial they were written on: Optuna's retry callback copies a trial's
+  attributes to the copy it queues, which must not inherit them.
 
 Everything is JSON in storage; NaN and infinity are stored as null and read back as NaN. Every reader of a
 study (the study itself, the profile, ``best``, ``studies``, ``export``, ``compare``, the dashboard) goes through
@@ -41,7 +42,7 @@ __all__ = [
     "write_remeasurement", "read_selection", "write_selection",
     "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
     "read_run_options", "write_run", "read_runs", "read_remeasurements", "write_objective_started",
-    "objective_started", "write_declared_dead", "read_declared_dead",
+    "objective_started", "write_not_run", "requeue_user_attrs", "write_declared_dead", "read_declared_dead",
 ]
 
 # Stored with the fingerprint. A study written by another version of these records is refused on resume
@@ -60,6 +61,7 @@ _RUN_OPTIONS_KEY = "run_options"
 _REPLAYED_FROM = "replayed_from_trial"
 _RUN_PREFIX = "run."
 _OBJECTIVE_STARTED = "objective_started"
+_NOT_RUN = "not_run"
 _DECLARED_DEAD_PREFIX = "dead."
 
 
@@ -270,6 +272,9 @@ class TrialRecord:
     baseline: str  # "", vllm-defaults, seed-profile
     tried: bool  # queued from --try
     result: TrialResult | None  # None: not run (waiting, running, or interrupted before it finished)
+    # Why the trial ended without running, a trial of the study in no count (the search was done when a worker's
+    # ask created it; its queued point, if any, queued again); "" for every other trial.
+    not_run: str = ""
 
     @property
     def complete(self) -> bool:
@@ -565,9 +570,11 @@ def write_trial_result(trial: optuna.Trial, result: TrialResult) -> None:
 
 def read_trial(trial: optuna.trial.FrozenTrial) -> TrialRecord:
     data = trial.user_attrs.get(_TRIAL_KEY)
+    not_run = _own_note(trial, _NOT_RUN)
     return TrialRecord(number=trial.number, state=trial.state, baseline=queued_baseline(trial),
                        tried=_QUEUE_TRIED in trial.user_attrs,
-                       result=TrialResult.from_json(data) if data is not None else None)
+                       result=TrialResult.from_json(data) if data is not None else None,
+                       not_run=str(not_run["why"]) if not_run else "")
 
 
 def _own_note(trial: optuna.trial.FrozenTrial, key: str) -> dict[str, Any] | None:
@@ -587,6 +594,14 @@ def objective_started(trial: optuna.trial.FrozenTrial) -> bool:
     return _own_note(trial, _OBJECTIVE_STARTED) is not None
 
 
+def write_not_run(trial: optuna.Trial, why: str) -> None:
+    """The trial ends without running (TrialRecord.not_run)."""
+    trial.set_user_attr(_NOT_RUN, {"trial": trial.number, "why": why})
+
+
+def requeue_user_attrs(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The user attributes of a copy of ``trial`` queued again: its own, less the notes about this trial."""
+    return {k: v for k, v in trial.user_attrs.items() if k not in (_OBJECTIVE_STARTED, _NOT_RUN)}
 
 
 def read_trials(study: optuna.Study) -> list[TrialRecord]:
@@ -596,8 +611,8 @@ def read_trials(study: optuna.Study) -> list[TrialRecord]:
 def count_finished(trials: list[TrialRecord]) -> int:
     """A study's trials as every report counts them (the profile, ``studies``, ``compare``, the dashboard, ``run``):
     those that finished, measured or failed, not the baselines and ``--try`` points still queued nor a trial
-    running."""
-    return sum(1 for t in trials if t.state.is_finished())
+    running, nor a trial that ended without running (TrialRecord.not_run)."""
+    return sum(1 for t in trials if t.state.is_finished() and not t.not_run)
 
 
 # -- re-measurements and selection ------------------------------------------------------------------------------

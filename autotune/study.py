@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import optuna
 
@@ -174,8 +174,12 @@ def _enqueue_baselines(study: optuna.Study, cfg: StudyConfig) -> None:
         study.enqueue_trial(params, user_attrs=records.queue_attrs(tried=flags), skip_if_exists=False)
 
 
+class _SearchDone(Exception):
+    """A worker's trial that Optuna's ask created once the study's run had ended its search: not run."""
+
+
 def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgress, deadline: float | None,
-               cancel: threading.Event, remeasure_baselines: bool = True,
+               cancel: threading.Event, remeasure_baselines: bool = True, until_search_done: bool = False,
                failed_elsewhere: list[int] | None = None):
     """One trial on the GPUs of ``slot``. Once ``cancel`` is set (the study was interrupted) a trial in flight
     ends with what it measured: recorded as ``interrupted`` with its levels, then failed (``Stopped``).
@@ -185,6 +189,9 @@ def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgre
     Optuna's stale check to find stopped (_wait_for_others_trials judges those). Where another process failed the
     trial under this one (taken for dead), its number goes to ``failed_elsewhere`` and Optuna's tell, refused,
     raises (_one_trial).
+
+    ``until_search_done`` (a worker): a trial that Optuna's ask created once the run had ended its search is not
+    run (``_SearchDone``), its queued point queued again.
 
     ``remeasure_baselines``: a baseline is a finalist whatever the search finds, so its fresh-server
     re-measurements run right after its trial, on its slot, rather than at the end. The comparison is the same;
@@ -207,6 +214,13 @@ def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgre
     def measure(trial: optuna.Trial) -> float:
         record_heartbeat_now(trial)  # first: a trial noted as started has a heartbeat for the stale check to see
         records.write_objective_started(trial)
+        # The run writes search_done and then reads the RUNNING trials (_wait_for_others_trials); a worker's ask
+        # commits the RUNNING trial and then this reads search_done. Each storage call is its own transaction, and
+        # PostgreSQL's read committed lets each statement see every commit made before it began. So either the
+        # trial's commit came before the run's read began, and the run waits for it; or it came after, and then
+        # the run's write, committed before that read, is seen here: no trial escapes both.
+        if until_search_done and records.read_search_done(trial.study):
+            _not_run(trial, "the study's run had ended its search when this worker's ask created it")
         flags = cfg.space.sample(trial, cfg.settings.model, cfg.settings.gpus)
         baseline, tried = records.queued_baseline(trial), records.queued_try(trial)
         # a baseline's or a --try point's own flags, not only their projection on the space
@@ -245,6 +259,21 @@ def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgre
         return float(result.output_tok_s)
 
     return objective
+
+
+def _not_run(trial: optuna.Trial, why: str) -> NoReturn:
+    """End ``trial`` without running it: a copy of its queued point (a baseline, a ``--try`` point, a retry's
+    flags) queued again first, so that a death here loses nothing, then the note, then ``_SearchDone``, which Optuna
+    records as the trial's FAIL. A trial sampled afresh has no point to keep: its flags were not drawn yet."""
+    [frozen] = [t for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                if t.number == trial.number]
+    if frozen.params or frozen.system_attrs or records.requeue_user_attrs(frozen):
+        trial.study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
+            user_attrs=records.requeue_user_attrs(frozen), system_attrs=frozen.system_attrs))
+        why += "; its queued point queued again"
+    records.write_not_run(trial, why)
+    raise _SearchDone(why)
 
 
 class _SlotRunner:
@@ -330,7 +359,8 @@ def _run_trials(study: optuna.Study, cfg: StudyConfig, progress: ThreadedProgres
         rules.launched += 1
         failed_elsewhere: list[int] = []
         objective = _objective(cfg, slot, progress, deadline, runner.cancel,
-                               remeasure_baselines=not until_search_done, failed_elsewhere=failed_elsewhere)
+                               remeasure_baselines=not until_search_done, until_search_done=until_search_done,
+                               failed_elsewhere=failed_elsewhere)
         runner.start(lambda _slot, f=objective, failed=failed_elsewhere: _one_trial(study, f, rules, progress, failed),
                      slot)
     runner.join()
@@ -338,11 +368,14 @@ def _run_trials(study: optuna.Study, cfg: StudyConfig, progress: ThreadedProgres
 
 def _one_trial(study: optuna.Study, objective: Callable[[optuna.Trial], float], rules: _StopRules,
                progress: Progress, failed_elsewhere: list[int]) -> None:
-    """One trial through Optuna's ``optimize``. A trial that another process failed under this one (a run took it for dead, or its heartbeats came late) is
+    """One trial through Optuna's ``optimize``. A worker's trial not run because the search was done ends here. A
+    trial that another process failed under this one (a run took it for dead, or its heartbeats came late) is
     said, and this process goes on: Optuna refuses its tell ("Cannot tell a FAIL trial"), and what it measured,
     kept in the journal, goes into the copy queued of it when this process next opens the study."""
     try:
         study.optimize(objective, n_trials=1, callbacks=[rules], catch=(), gc_after_trial=False)
+    except _SearchDone:
+        return
     except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
         if not failed_elsewhere:
             raise
@@ -657,13 +690,17 @@ def _fail_silent_trial(study: optuna.Study, storage: optuna.storages.RDBStorage,
 
 def _waited_trials(study: optuna.Study, waited: list[int],
                    still_running: str) -> tuple[tuple[int, ...], tuple[LeftOutTrial, ...]]:
-    """Of the trials waited for, those that finished, and the others with what became of them."""
+    """Of the trials waited for, those that finished, and the others with what became of them. A worker's trial
+    that did not run because the search was done (TrialRecord.not_run) is neither: nothing of it was measured or
+    lost, its queued point is queued again."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     requeued = {retried_trial(t) for t in trials.values() if t.state == optuna.trial.TrialState.WAITING}
     declared_dead = records.read_declared_dead(study)
     finished, left_out = [], []
     for number in waited:
         record = records.read_trial(trials[number])
+        if record.not_run:
+            continue
         if record.state == optuna.trial.TrialState.COMPLETE:
             finished.append(number)
             continue

@@ -1,7 +1,8 @@
 """A study shared with other processes (workers): what a run counts as its own, and what the storage's retries and a
 run's kept results make of one trial. In-process, on SQLite standing in for the shared database: the other
-process's trials are added to the study from a progress hook, as a worker's would land there. A trial whose
-process died in Optuna's ask also on a real PostgreSQL (slow)."""
+process's trials are added to the study from a progress hook, as a worker's would land there. The races of a
+trial with the end of the search, and a trial whose process died in Optuna's ask, also on a real PostgreSQL
+(slow)."""
 from __future__ import annotations
 
 import threading
@@ -366,6 +367,41 @@ def test_a_worker_whose_trial_a_run_took_for_dead_in_its_ask_says_so_and_goes_on
     study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url)
     copy = _copy_of(study, taken[0])
     assert copy.state == optuna.trial.TrialState.WAITING and records.queued_baseline(copy) == "vllm-defaults"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+def test_a_worker_trial_asked_once_the_search_ended_is_not_run_and_its_point_queued_again(
+        tmp_path: Path, monkeypatch, request, backend: str) -> None:
+    """A worker looks at search_done, then Optuna's ask creates its trial: a run that ended its search in between,
+    having looked for running trials before the ask, neither waited for that trial nor named it, and the worker
+    measured it. Now the worker looks again once the trial exists: it is not run, and the baseline it had popped is
+    queued again; the run does not count it as a trial, nor as one left out."""
+    from autotune.study import _waited_trials, run_worker
+
+    url = request.getfixturevalue("postgres").url if backend == "postgres" else ""
+    cfg = _cfg(tmp_path, trials=0, storage=url, study=f"late-{backend}-{tmp_path.name}")
+    study = _queued_study(cfg)
+    records.write_search_done(study, False)
+    ask = optuna.Study.ask
+
+    def ask_after_the_search_ended(self, *args, **kwargs):
+        records.write_search_done(self, True)  # the run, between this worker's look and its ask
+        return ask(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.Study, "ask", ask_after_the_search_ended)
+    said = _Worker()
+    outcome = run_worker(replace(cfg, n_trials=2), open_storage(cfg.storage_url), said)
+    assert said.started == [] and outcome.n_trials_run == 0 and outcome.stopped_by == "search done"
+    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url)
+    [late] = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    record = records.read_trial(late)
+    assert "search" in record.not_run and record.result is None
+    [copy] = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING
+              and records.queued_baseline(t) == records.queued_baseline(late)]
+    assert copy.system_attrs["fixed_params"] == late.system_attrs["fixed_params"] and copy.number > late.number
+    assert not records.read_trial(copy).not_run
+    assert records.count_finished(records.read_trials(study)) == 0
+    assert _waited_trials(study, [late.number], "still running") == ((), ())  # neither compared nor left out
 
 
 @pytest.mark.slow
