@@ -147,8 +147,8 @@ class StudyView(Progress):
     def trial_failed_elsewhere(self, number: int, why: str) -> None:
         if number in self.rows:
             self.rows[number]["state"] = "failed elsewhere"
-        self._say(f"trial {number} was failed by another process, which took it for dead ("
-                  f"{why or 'its heartbeats came too late'}), while this one ran it: not recorded here; going on")
+        self._say(f"trial {number} was failed by another process while this one ran it, taken for dead: "
+                  f"{why or 'its heartbeats came too late'}; not recorded here, going on")
 
     def study_interrupted(self, interrupted: StudyInterrupted) -> None:
         i = interrupted
