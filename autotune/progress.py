@@ -110,6 +110,11 @@ class Progress:
     def dead_run_trials_failed(self, numbers: tuple[int, ...]) -> None:
         """Trials a dead run left RUNNING were failed and queued again."""
 
+    def trial_failed_elsewhere(self, number: int, why: str) -> None:
+        """Another process failed trial ``number`` under this one, which ran it: a run took it for dead (``why``,
+        as that run stored it) or its heartbeats came too late (``why`` empty). Not recorded here; this process
+        goes on."""
+
     def load_level(self, level: LevelRecord, limits_ms: Mapping[str, float], trial: int | None = None) -> None:
         """The load search measured one level."""
 
@@ -204,6 +209,10 @@ class ThreadedProgress(Progress):
     def dead_run_trials_failed(self, numbers: tuple[int, ...]) -> None:
         with self.lock:
             self.inner.dead_run_trials_failed(numbers)
+
+    def trial_failed_elsewhere(self, number: int, why: str) -> None:
+        with self.lock:
+            self.inner.trial_failed_elsewhere(number, why)
 
     def load_level(self, level: LevelRecord, limits_ms: Mapping[str, float], trial: int | None = None) -> None:
         with self.lock:

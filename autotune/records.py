@@ -3,14 +3,19 @@
 A study stores, as Optuna user attributes:
 - on the study: its :class:`StudyFingerprint` (what its figures were measured on; a resumed study must match),
   the options it was run with (``autotune worker`` builds the same trials from them; no storage URL among them),
-  whether its run has finished searching (workers then take no new trial),
+  whether its run has finished searching (workers then take no new trial), why a run failed another process's
+  trial as dead before its first heartbeat (key ``dead.<trial>``: on the study, so that the copy of the trial
+  queued again does not carry it),
   one :class:`Remeasurement` per re-measured candidate (key ``remeasure.<trial>``, one key each so that
   several processes never rewrite each other's), the :class:`SelectionRecord`, and one :class:`RunRecord` per
   invocation of ``autotune run`` (key ``run.<id>``: its GPU-minutes and the hardware and software it ran on);
-- on each trial: the queue tag set when it was enqueued (a baseline's name, or a ``--try`` point), and once it
-  ran, its :class:`TrialResult` (flags, every load level as a :class:`LevelRecord`, startup figures, failure); a
-  sampled trial whose launch flags an earlier finished trial had holds that trial's number instead
-  (:attr:`TrialRecord.same_flags_as`): it was not run again.
+- on each trial: the queue tag set when it was enqueued (a baseline's name, or a ``--try`` point), that its
+  objective started (after its first heartbeat), why it ended before it started where it did (the search was
+  done), and once it ran, its :class:`TrialResult` (flags, every load level as a :class:`LevelRecord`, startup
+  figures, failure); a sampled trial whose launch flags an earlier finished trial had holds that trial's number
+  instead (:attr:`TrialRecord.same_flags_as`): it was not run again. The notes that the objective started and why
+  it ended before it started name the trial they were written on: Optuna's retry callback copies a trial's
+  attributes to the copy it queues, which must not inherit them.
 
 Everything is JSON in storage; NaN and infinity are stored as null and read back as NaN. Every reader of a
 study (the study itself, the profile, ``best``, ``studies``, ``export``, ``compare``, the dashboard) goes through
@@ -42,6 +47,8 @@ __all__ = [
     "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
     "read_run_options", "write_run", "read_runs", "read_remeasurements", "MEMORY_PLAN_REFUSED", "flags_key",
     "sampled", "known_trial_with_flags", "write_same_flags", "not_run", "not_run_text", "describe_not_run",
+    "read_run_options", "write_run", "read_runs", "read_remeasurements", "write_objective_started",
+    "objective_started", "write_not_started", "requeue_user_attrs", "write_declared_dead", "read_declared_dead",
 ]
 
 # Stored with the fingerprint. A study written by another version of these records is refused on resume
@@ -63,6 +70,9 @@ _RUN_OPTIONS_KEY = "run_options"
 _REPLAYED_FROM = "replayed_from_trial"
 _SAME_FLAGS_AS = "same_flags_as_trial"
 _RUN_PREFIX = "run."
+_OBJECTIVE_STARTED = "objective_started"
+_NOT_STARTED = "not_started"
+_DECLARED_DEAD_PREFIX = "dead."
 
 # A trial's stop reason when autotune's memory plan refused its flags before any launch (trial.run_trial).
 MEMORY_PLAN_REFUSED = "not launched: memory plan does not fit"
@@ -299,6 +309,9 @@ class TrialRecord:
     # A sampled trial whose launch flags were those of this earlier finished trial: COMPLETE with that trial's value
     # and constraints (what Optuna's sampler learns), and no result of its own. None for every other trial.
     same_flags_as: int | None = None
+    # Why the trial ended before it started, a trial of the study in no count (the search was done when a worker's
+    # ask created it; its queued point, if any, queued again); "" for every other trial.
+    not_started: str = ""
 
     @property
     def complete(self) -> bool:
@@ -530,6 +543,10 @@ class RunRecord:
     # This run re-measured the finalists and stored the study's selection (each run that gets that far replaces
     # it): the winner's figures, verdict and gains are this run's. An interrupted resume and a worker make none.
     made_selection: bool = False
+    # Other processes' trials this run saw RUNNING without their objective started (no heartbeat yet) and left so,
+    # by number, with the seconds it saw them so on its own clock: a later run adds them to its own (a trial silent
+    # for three heartbeats, summed over the runs that saw it, is failed as its process's death).
+    silent_trials_s: Mapping[int, float] = field(default_factory=dict)
 
     @property
     def gpu_minutes(self) -> float:
@@ -544,7 +561,8 @@ class RunRecord:
                    wall_s=_num(data["wall_s"]), gpus=int(data["gpus"]), trials_run=int(data["trials_run"]),
                    stopped_by=str(data["stopped_by"]), engine=str(data["engine"]), gpu_name=data["gpu_name"],
                    vllm_version=data["vllm_version"], autotune_version=str(data["autotune_version"]),
-                   made_selection=bool(data.get("made_selection", False)))
+                   made_selection=bool(data.get("made_selection", False)),
+                   silent_trials_s={int(n): float(s) for n, s in (data.get("silent_trials_s") or {}).items()})
 
 
 # -- trials ------------------------------------------------------------------------------------------------------
@@ -636,9 +654,38 @@ def read_trial(trial: optuna.trial.FrozenTrial) -> TrialRecord:
     # Optuna's tell is retried, and the copy inherits the mark with the rest of its user attributes.
     same = trial.user_attrs.get(_SAME_FLAGS_AS) if data is None and trial.state == optuna.trial.TrialState.COMPLETE \
         else None
+    not_started = _own_note(trial, _NOT_STARTED)
     return TrialRecord(number=trial.number, state=trial.state, baseline=queued_baseline(trial),
                        tried=_QUEUE_TRIED in trial.user_attrs,
-                       result=TrialResult.from_json(data) if data is not None else None, same_flags_as=_opt_int(same))
+                       result=TrialResult.from_json(data) if data is not None else None, same_flags_as=_opt_int(same),
+                       not_started=str(not_started["why"]) if not_started else "")
+
+
+def _own_note(trial: optuna.trial.FrozenTrial, key: str) -> dict[str, Any] | None:
+    """A note written on ``trial`` itself, not one its queued copy inherited from the trial it copies."""
+    note = trial.user_attrs.get(key)
+    return note if isinstance(note, dict) and note.get("trial") == trial.number else None
+
+
+def write_objective_started(trial: optuna.Trial) -> None:
+    """The trial's objective has started, after a heartbeat of it was recorded (study._objective): from here its
+    process's death is Optuna's heartbeat check's to find. Raises Optuna's UpdateFinishedTrialError where another
+    process has already failed the trial."""
+    trial.set_user_attr(_OBJECTIVE_STARTED, {"trial": trial.number})
+
+
+def objective_started(trial: optuna.trial.FrozenTrial) -> bool:
+    return _own_note(trial, _OBJECTIVE_STARTED) is not None
+
+
+def write_not_started(trial: optuna.Trial, why: str) -> None:
+    """The trial ends before it started (TrialRecord.not_started)."""
+    trial.set_user_attr(_NOT_STARTED, {"trial": trial.number, "why": why})
+
+
+def requeue_user_attrs(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The user attributes of a copy of ``trial`` queued again: its own, less the notes about this trial."""
+    return {k: v for k, v in trial.user_attrs.items() if k not in (_OBJECTIVE_STARTED, _NOT_STARTED)}
 
 
 def read_trials(study: optuna.Study) -> list[TrialRecord]:
@@ -648,8 +695,9 @@ def read_trials(study: optuna.Study) -> list[TrialRecord]:
 def count_finished(trials: list[TrialRecord]) -> int:
     """A study's trials as every report counts them (the profile, ``studies``, ``compare``, the dashboard, ``run``):
     those that finished, measured or failed, not the baselines and ``--try`` points still queued, nor a trial
-    running, nor one that was not run (:func:`not_run`: each report names those beside this count)."""
-    return sum(1 for t in trials if t.state.is_finished() and not t.not_run)
+    running, nor one that was not run (:func:`not_run`: each report names those beside this count), nor one that
+    ended before it started (TrialRecord.not_started)."""
+    return sum(1 for t in trials if t.state.is_finished() and not t.not_run and not t.not_started)
 
 
 def not_run(trials: list[TrialRecord]) -> list[TrialRecord]:
@@ -745,6 +793,18 @@ def write_search_done(study: optuna.Study, done: bool) -> None:
 
 def read_search_done(study: optuna.Study) -> bool:
     return bool(study.user_attrs.get(_SEARCH_DONE_KEY))  # read from the storage each time
+
+
+def write_declared_dead(study: optuna.Study, number: int, why: str) -> None:
+    """Why a run failed trial ``number``, another process's, as that process's death (written before the trial is
+    failed: its process, if it still lives, reads it there)."""
+    study.set_user_attr(f"{_DECLARED_DEAD_PREFIX}{number}", why)
+
+
+def read_declared_dead(study: optuna.Study) -> dict[int, str]:
+    """Each trial a run failed as its process's death, with why (:func:`write_declared_dead`)."""
+    return {int(key[len(_DECLARED_DEAD_PREFIX):]): str(why) for key, why in study.user_attrs.items()
+            if key.startswith(_DECLARED_DEAD_PREFIX)}
 
 
 def write_run_options(study: optuna.Study, options: Mapping[str, Any]) -> None:

@@ -21,7 +21,7 @@ from autotune.errors import StorageError, StorageUnavailable, UsageError
 
 __all__ = ["DEFAULT_STORAGE", "open_storage", "open_storage_readonly", "redact_url", "load_study", "study_names",
            "sqlite_dir", "holds_alone", "fail_dead_processes_trials", "heartbeat_s", "stale_after_s", "retried_trial",
-           "MAX_RETRIES"]
+           "MAX_RETRIES", "record_heartbeat_now", "fail_as_dead"]
 
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 # How often a trial cut short (a signal, a dead worker) is queued again: a point that kills its worker every time
@@ -130,6 +130,34 @@ def fail_dead_processes_trials(study: optuna.Study, url: str) -> list[int]:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         retry(study, study.trials[trial.number])
     return [t.number for t in running]
+
+
+def _trial_id(storage: optuna.storages.BaseStorage, study_name: str, number: int) -> int:
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+
+
+def record_heartbeat_now(trial: optuna.Trial) -> None:
+    """Record a heartbeat of ``trial`` now, as Optuna's heartbeat thread does once its objective runs (that thread
+    records its first one on its own time): after this, Optuna's stale check finds the trial's process's death.
+    Nothing where the storage keeps no heartbeats."""
+    storage = trial.storage
+    if getattr(storage, "get_heartbeat_interval", lambda: None)() is None:
+        return
+    storage.record_heartbeat(_trial_id(storage, trial.study.study_name, trial.number))
+
+
+def fail_as_dead(study: optuna.Study, storage: optuna.storages.RDBStorage, number: int) -> None:
+    """Fail RUNNING trial ``number`` as its process's death and queue a copy of it through the storage's own retry
+    callback (the one Optuna's heartbeat check calls: the same copy, the same MAX_RETRIES). A trial that finished
+    meanwhile is left as it is."""
+    trial_id = _trial_id(storage, study.study_name, number)
+    try:
+        if not storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL):
+            return
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return
+    if (retry := storage.get_heartbeat_stale_trial_callback()) is not None:
+        retry(study, storage.get_trial(trial_id))
 
 
 def open_storage(url: str | None, create_dirs: bool = True, exclusive: bool = False) -> optuna.storages.RDBStorage:

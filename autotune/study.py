@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import optuna
 
@@ -34,8 +34,8 @@ from autotune.models import ModelSpec
 from autotune.profile import Hardware, Profile, Software, build_profile, environment, write_profile
 from autotune.progress import NULL_PROGRESS, Progress, StudyEta, StudyInterrupted, StudyStart, ThreadedProgress
 from autotune.sim.faults import FaultPlan
-from autotune.storage import (MAX_RETRIES, fail_dead_processes_trials, heartbeat_s, holds_alone, redact_url,
-                              retried_trial, stale_after_s)
+from autotune.storage import (MAX_RETRIES, fail_as_dead, fail_dead_processes_trials, heartbeat_s, holds_alone,
+                              record_heartbeat_now, redact_url, retried_trial, stale_after_s)
 from autotune.records import Measurement, StudyFingerprint, TrialRecord, TrialResult
 from autotune.selection import Candidate, LeftOutTrial, LoadCurve, Selection, select_winner, tok_s_stats
 from autotune.space import SearchSpace
@@ -201,10 +201,24 @@ def _enqueue_baselines(study: optuna.Study, cfg: StudyConfig) -> None:
         study.enqueue_trial(params, user_attrs=records.queue_attrs(tried=flags), skip_if_exists=False)
 
 
+class _SearchDone(Exception):
+    """A worker's trial that Optuna's ask created once the study's run had ended its search: not run."""
+
+
 def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgress, deadline: float | None,
-               cancel: threading.Event, remeasure_baselines: bool = True):
+               cancel: threading.Event, remeasure_baselines: bool = True, until_search_done: bool = False,
+               failed_elsewhere: list[int] | None = None):
     """One trial on the GPUs of ``slot``. Once ``cancel`` is set (the study was interrupted) a trial in flight
     ends with what it measured: recorded as ``interrupted`` with its levels, then failed (``Stopped``).
+
+    It starts by recording a heartbeat and then that its objective started (records.objective_started): a trial
+    without that note never got past Optuna's ask, and a trial whose process died there has no heartbeat for
+    Optuna's stale check to find stopped (_wait_for_others_trials judges those). Where another process failed the
+    trial under this one (taken for dead), its number goes to ``failed_elsewhere`` and Optuna's tell, refused,
+    raises (_one_trial).
+
+    ``until_search_done`` (a worker): a trial that Optuna's ask created once the run had ended its search is not
+    run (``_SearchDone``), its queued point queued again.
 
     ``remeasure_baselines``: a baseline is a finalist whatever the search finds, so its fresh-server
     re-measurements run right after its trial, on its slot, rather than at the end. The comparison is the same;
@@ -217,6 +231,23 @@ def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgre
     def objective(trial: optuna.Trial) -> float:
         if cancel.is_set():
             raise Stopped(130)  # the main thread re-raises the signal's own exit code
+        try:
+            return measure(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:  # a write to the trial, failed by another process
+            if failed_elsewhere is not None:
+                failed_elsewhere.append(trial.number)
+            raise
+
+    def measure(trial: optuna.Trial) -> float:
+        record_heartbeat_now(trial)  # first: a trial noted as started has a heartbeat for the stale check to see
+        records.write_objective_started(trial)
+        # The run writes search_done and then reads the RUNNING trials (_wait_for_others_trials); a worker's ask
+        # commits the RUNNING trial and then this reads search_done. Each storage call is its own transaction, and
+        # PostgreSQL's read committed lets each statement see every commit made before it began. So either the
+        # trial's commit came before the run's read began, and the run waits for it; or it came after, and then
+        # the run's write, committed before that read, is seen here: no trial escapes both.
+        if until_search_done and records.read_search_done(trial.study):
+            _not_started(trial, "the study's run had ended its search when this worker's ask created it")
         flags = cfg.space.sample(trial, cfg.settings.model, cfg.settings.gpus)
         baseline, tried = records.queued_baseline(trial), records.queued_try(trial)
         # a baseline's or a --try point's own flags, not only their projection on the space
@@ -287,6 +318,21 @@ def _not_run(trial: optuna.Trial, earlier: TrialRecord, limits_ms: Mapping[str, 
         trial.set_constraint(constraint_key(metric), value)
     progress.trial_not_run(trial.number, earlier.number, result)
     return float(result.output_tok_s)
+
+
+def _not_started(trial: optuna.Trial, why: str) -> NoReturn:
+    """End ``trial`` before it starts: a copy of its queued point (a baseline, a ``--try`` point, a retry's
+    flags) queued again first, so that a death here loses nothing, then the note, then ``_SearchDone``, which Optuna
+    records as the trial's FAIL. A trial sampled afresh has no point to keep: its flags were not drawn yet."""
+    [frozen] = [t for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                if t.number == trial.number]
+    if frozen.params or frozen.system_attrs or records.requeue_user_attrs(frozen):
+        trial.study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
+            user_attrs=records.requeue_user_attrs(frozen), system_attrs=frozen.system_attrs))
+        why += "; its queued point queued again"
+    records.write_not_started(trial, why)
+    raise _SearchDone(why)
 
 
 class _SlotRunner:
@@ -370,11 +416,30 @@ def _run_trials(study: optuna.Study, cfg: StudyConfig, progress: ThreadedProgres
             runner.give_back(slot)
             break
         rules.launched += 1
+        failed_elsewhere: list[int] = []
         objective = _objective(cfg, slot, progress, deadline, runner.cancel,
-                               remeasure_baselines=not until_search_done)
-        runner.start(lambda _slot, f=objective: study.optimize(f, n_trials=1, callbacks=[rules], catch=(),
-                                                               gc_after_trial=False), slot)
+                               remeasure_baselines=not until_search_done, until_search_done=until_search_done,
+                               failed_elsewhere=failed_elsewhere)
+        runner.start(lambda _slot, f=objective, failed=failed_elsewhere: _one_trial(study, f, rules, progress, failed),
+                     slot)
     runner.join()
+
+
+def _one_trial(study: optuna.Study, objective: Callable[[optuna.Trial], float], rules: _StopRules,
+               progress: Progress, failed_elsewhere: list[int]) -> None:
+    """One trial through Optuna's ``optimize``. A worker's trial not run because the search was done ends here. A
+    trial that another process failed under this one (a run took it for dead, or its heartbeats came late) is
+    said, and this process goes on: Optuna refuses its tell ("Cannot tell a FAIL trial"), and what it measured,
+    kept in the journal, goes into the copy queued of it when this process next opens the study."""
+    try:
+        study.optimize(objective, n_trials=1, callbacks=[rules], catch=(), gc_after_trial=False)
+    except _SearchDone:
+        return
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+        if not failed_elsewhere:
+            raise
+        number = failed_elsewhere[0]
+        progress.trial_failed_elsewhere(number, records.read_declared_dead(study).get(number, ""))
 
 
 @contextmanager
@@ -597,8 +662,17 @@ def _trial_walls_s(trials: list[TrialRecord]) -> list[float]:
 _WAIT_POLL_S = 1.0
 
 
-def _wait_for_others_trials(study: optuna.Study, cfg: StudyConfig, deadline: float | None,
-                            progress: Progress) -> tuple[LeftOutTrial, ...]:
+@dataclass(frozen=True)
+class _Waited:
+    """What the wait for other processes' trials leaves: the trials the final comparison goes without, and those
+    still RUNNING that the run saw without a heartbeat (RunRecord.silent_trials_s)."""
+
+    left_out: tuple[LeftOutTrial, ...] = ()
+    silent_trials_s: Mapping[int, float] = field(default_factory=dict)
+
+
+def _wait_for_others_trials(study: optuna.Study, storage: optuna.storages.RDBStorage, cfg: StudyConfig,
+                            deadline: float | None, progress: Progress) -> _Waited:
     """Once the search is done, wait for the trials other processes (workers) are still running, so that the final
     comparison includes them; return those it goes without, each with why.
 
@@ -610,18 +684,23 @@ def _wait_for_others_trials(study: optuna.Study, cfg: StudyConfig, deadline: flo
     would wait a whole trial more for a point whose process died under it; it stays queued and the study's next run
     measures it first (a baseline's too: _enqueue_baselines counts it as queued).
 
-    A trial whose process died before its first heartbeat is never stale to Optuna, and a live process may hang, so
-    the wait is bounded: by the study's longest trial so far plus the time a heartbeat check takes to find a dead
-    process (its grace period and one heartbeat more, the checks' resolution), counted from now (each trial waited
-    for started before now, so one still running then has run longer than any trial of the study, by more than a
-    heartbeat check allows; counted on this clock because the trials' start times are their own machines'), and by
-    --timeout less the re-measurements the final comparison still needs."""
-    def running() -> list[int]:
-        return [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+    Optuna's check finds only trials with a heartbeat. A trial is created RUNNING in Optuna's ask (with the
+    sampler's work) before its first one, so a process that died there leaves a trial RUNNING that no check ever
+    fails. Its objective had not started (records.objective_started, noted after a heartbeat): a trial seen so for
+    three heartbeats (the grace a heartbeat gets; an ask takes seconds), counted on this run's clock and added to
+    what earlier runs saw of it, is failed as its process's death and queued again through the same callback.
 
-    still = running()
+    A live process may hang, so the wait is bounded: by the study's longest trial so far plus the time a heartbeat
+    check takes to find a dead process (its grace period and one heartbeat more, the checks' resolution), counted
+    from now (each trial waited for started before now, so one still running then has run longer than any trial of
+    the study, by more than a heartbeat check allows; counted on this clock because the trials' start times are
+    their own machines'), and by --timeout less the re-measurements the final comparison still needs."""
+    def running() -> list[optuna.trial.FrozenTrial]:
+        return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+
+    still = [t.number for t in running()]
     if not still:
-        return ()
+        return _Waited()
     longest_s = max(_trial_walls_s(records.read_trials(study)), default=0.0)
     find_dead_s = stale_after_s() + heartbeat_s()
     started = time.monotonic()
@@ -630,6 +709,12 @@ def _wait_for_others_trials(study: optuna.Study, cfg: StudyConfig, deadline: flo
     bound_by_timeout = comparison_from is not None and comparison_from < until
     if comparison_from is not None:
         until = min(until, comparison_from)
+    silent_before_s: dict[int, float] = {}
+    for run in records.read_runs(study):
+        for number, seen_s in run.silent_trials_s.items():
+            silent_before_s[number] = silent_before_s.get(number, 0.0) + seen_s
+    silent_since: dict[int, float] = {}  # this run's clock: when it first saw each one without a heartbeat
+    silent_s: dict[int, float] = {}
     waited: list[int] = []
     while True:
         # a worker that looked before the search was done may start one more trial: waited for too
@@ -639,7 +724,15 @@ def _wait_for_others_trials(study: optuna.Study, cfg: StudyConfig, deadline: flo
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-        still = running()
+        now = time.monotonic()
+        for trial in running():
+            if records.objective_started(trial):
+                continue
+            silent_s[trial.number] = now - silent_since.setdefault(trial.number, now)
+            if silent_before_s.get(trial.number, 0.0) + silent_s[trial.number] >= stale_after_s():
+                _fail_silent_trial(study, storage, trial.number,
+                                   silent_before_s.get(trial.number, 0.0) + silent_s[trial.number])
+        still = [t.number for t in running()]
         if not still or time.monotonic() >= until:
             break
         time.sleep(max(0.0, min(_WAIT_POLL_S, until - time.monotonic())))
@@ -648,24 +741,48 @@ def _wait_for_others_trials(study: optuna.Study, cfg: StudyConfig, deadline: flo
                      f"({longest_s:.0f} s) plus the {find_dead_s} s a heartbeat check takes to find a dead process")
     finished, left_out = _waited_trials(study, sorted(waited), still_running)
     progress.waited_for_trials(finished, left_out, time.monotonic() - started)
-    return left_out
+    silent_left = {t.number for t in running() if not records.objective_started(t)}
+    return _Waited(left_out, {n: seen_s for n, seen_s in silent_s.items() if n in silent_left})
+
+
+def _fail_silent_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, number: int, silent_s: float) -> None:
+    """Fail trial ``number``, seen RUNNING for ``silent_s`` without its objective started, as its process's death,
+    and queue it again (storage.fail_as_dead), unless it started meanwhile (looked at once more right before: its
+    process lives). Its process, if it was only slow in its ask, finds the trial failed at its first write and goes
+    on (_one_trial)."""
+    [trial] = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    if trial.state != optuna.trial.TrialState.RUNNING or records.objective_started(trial):
+        return
+    records.write_declared_dead(study, number, f"its process died before its first heartbeat (RUNNING for "
+                                               f"{silent_s:.0f} s without one, counted over the runs that saw it)")
+    fail_as_dead(study, storage, number)
 
 
 def _waited_trials(study: optuna.Study, waited: list[int],
                    still_running: str) -> tuple[tuple[int, ...], tuple[LeftOutTrial, ...]]:
-    """Of the trials waited for, those that finished, and the others with what became of them."""
+    """Of the trials waited for, those that finished, and the others with what became of them. A worker's trial
+    that ended before it started because the search was done (TrialRecord.not_started) is neither: nothing of it
+    was measured or lost, its queued point is queued again; nor is a trial with an earlier trial's flags, not run
+    again (TrialRecord.not_run): it measured nothing."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     requeued = {retried_trial(t) for t in trials.values() if t.state == optuna.trial.TrialState.WAITING}
+    declared_dead = records.read_declared_dead(study)
     finished, left_out = [], []
     for number in waited:
         record = records.read_trial(trials[number])
+        if record.not_started or record.not_run:
+            continue
         if record.state == optuna.trial.TrialState.COMPLETE:
             finished.append(number)
             continue
         if record.state == optuna.trial.TrialState.RUNNING:
             why = still_running
+            if not records.objective_started(trials[number]):
+                why += " (and without a first heartbeat so far)"
         elif record.result is not None and record.result.failure_class == "interrupted":
             why = "interrupted on the process running it"
+        elif number in declared_dead:
+            why = declared_dead[number]
         else:
             why = "failed without a result (its process stopped sending heartbeats, or an error there)"
         if number in requeued:
@@ -704,6 +821,7 @@ class _Run:
     # the trials this process finished: in a shared study the trials that workers finish meanwhile are theirs
     trials_run: int = 0
     made_selection: bool = False  # stored the study's selection (RunRecord.made_selection)
+    silent_trials_s: dict[int, float] = field(default_factory=dict)  # RunRecord.silent_trials_s
     record: records.RunRecord | None = None
 
 
@@ -731,7 +849,7 @@ def _recording_run(study: optuna.Study, cfg: StudyConfig) -> Iterator[_Run]:
                 trials_run=run.trials_run,
                 stopped_by=run.stopped_by, engine=s.engine,
                 gpu_name=hardware.gpu_name, vllm_version=software.vllm, autotune_version=software.autotune,
-                made_selection=run.made_selection)
+                made_selection=run.made_selection, silent_trials_s=dict(run.silent_trials_s))
             records.write_run(study, run.record)
         except Exception:  # noqa: BLE001 - see the docstring
             if not unwinding:
@@ -769,7 +887,8 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
                     run.trials_run = rules.ran - rules.not_run
         records.write_search_done(study, True)  # workers take no new trial from here on
         stopped_by = rules.reason or ("timeout" if deadline and time.monotonic() >= deadline else "trials")
-        left_out = _wait_for_others_trials(study, cfg, deadline, threaded)
+        waited = _wait_for_others_trials(study, storage, cfg, deadline, threaded)
+        left_out, run.silent_trials_s = waited.left_out, dict(waited.silent_trials_s)
         searched = records.read_trials(study)  # every trial the search ended with
         finished, not_run = records.count_finished(searched), records.not_run(searched)
         with runner.interruptible():

@@ -1,6 +1,8 @@
 """A study shared with other processes (workers): what a run counts as its own, and what the storage's retries and a
 run's kept results make of one trial. In-process, on SQLite standing in for the shared database: the other
-process's trials are added to the study from a progress hook, as a worker's would land there."""
+process's trials are added to the study from a progress hook, as a worker's would land there. The races of a
+trial with the end of the search, and a trial whose process died in Optuna's ask, also on a real PostgreSQL
+(slow)."""
 from __future__ import annotations
 
 import threading
@@ -16,13 +18,14 @@ from autotune.config import RunOptions, build_study_config, choose_engine
 from autotune.progress import Progress
 from autotune.records import TrialResult
 from autotune.selection import LeftOutTrial
-from autotune.storage import open_storage
+from autotune.storage import open_storage, retried_trial
 from autotune.study import run_study
 
 
-def _cfg(tmp_path: Path, trials: int):
-    options = RunOptions(model="flash", engine="sim", p99_ms=500, storage=f"sqlite:///{tmp_path}/s.db", study="shared",
-                         trials=trials, repeats=0, top_k=1, workload="random:256:16", max_concurrency=16)
+def _cfg(tmp_path: Path, trials: int, storage: str = "", study: str = "shared"):
+    options = RunOptions(model="flash", engine="sim", p99_ms=500, storage=storage or f"sqlite:///{tmp_path}/s.db",
+                         study=study, trials=trials, repeats=0, top_k=1, workload="random:256:16", max_concurrency=16,
+                         out=str(tmp_path / "out"))
     return build_study_config(options, choose_engine("sim"))
 
 
@@ -124,8 +127,8 @@ def test_trials_whose_workers_died_are_not_waited_for_beyond_the_bound_and_are_n
                                                                                    monkeypatch) -> None:
     """A run whose baseline a dead process held RUNNING ended with a verdict without that baseline and without a
     word about it. Now: the dead worker's baseline is failed by its stopped heartbeat and queued again (for the
-    study's next run: nobody runs it now), the trial that never sent a heartbeat is waited for no longer than the
-    study's longest trial plus the heartbeat grace period, and the verdict names both."""
+    study's next run: nobody runs it now), the trial that never sent a heartbeat is failed once seen so for three
+    heartbeats and queued again too, and the verdict names both."""
     monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "1")  # stale after 3 s
     cfg = _cfg(tmp_path, trials=1)
     progress = _WorkersDied(cfg.study_name, cfg.storage_url)
@@ -137,13 +140,14 @@ def test_trials_whose_workers_died_are_not_waited_for_beyond_the_bound_and_are_n
     dead, silent = outcome.left_out
     assert (dead.number, dead.baseline, silent.number, silent.baseline) == (1, "seed-profile", 2, "")
     assert "heartbeats" in dead.why and "queued again" in dead.why
-    assert "still running after" in silent.why
+    assert "before its first heartbeat" in silent.why and "queued again" in silent.why
     assert "trial 1 (seed-profile)" in outcome.selection.verdict and "trial 2" in outcome.selection.verdict
     assert "trial 1 (seed-profile)" in records.read_selection(
         optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url)).verdict  # what `best` shows
     study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url)
-    [copy] = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
-    assert records.queued_baseline(copy) == "seed-profile"  # the next run measures it first
+    copies = {retried_trial(t): t for t in study.trials if t.state == optuna.trial.TrialState.WAITING}
+    assert sorted(copies) == [1, 2] and not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    assert records.queued_baseline(copies[1]) == "seed-profile"  # the next run measures it first
     assert progress.waited == [()]
 
 
@@ -227,3 +231,203 @@ def test_a_lost_database_is_reported_in_the_databases_words(tmp_path: Path) -> N
                                                          "happens due to invalid data in the commit.") from e
     message = str(raised.value)
     assert "Connection refused" in message and "invalid data" not in message and "secret" not in message
+
+
+class _Worker(Progress):
+    """What a worker says: the trials it starts, and those another process failed under it."""
+
+    def __init__(self) -> None:
+        self.started: list[int] = []
+        self.failed_elsewhere: list[tuple[int, str]] = []
+
+    def trial_started(self, number: int, flags: dict, baseline: str) -> None:
+        self.started.append(number)
+
+    def trial_failed_elsewhere(self, number: int, why: str) -> None:
+        self.failed_elsewhere.append((number, why))
+
+
+class _Waits(Progress):
+    def __init__(self) -> None:
+        self.waited_s = -1.0
+
+    def waited_for_trials(self, finished: tuple[int, ...], left_out: tuple[LeftOutTrial, ...], waited_s: float) -> None:
+        self.waited_s = waited_s
+
+
+def _queued_study(cfg) -> optuna.Study:
+    """The study as a run leaves it that measured nothing (--trials 0): its baselines queued."""
+    run_study(replace(cfg, n_trials=0), open_storage(cfg.storage_url))
+    return optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url)
+
+
+def _dead_in_ask(cfg) -> int:
+    """A trial whose process died inside Optuna's ask: RUNNING, no heartbeat, its objective never started. The ask
+    pops the first queued baseline, as a worker's does."""
+    storage = optuna.storages.RDBStorage(cfg.storage_url)  # without heartbeats
+    trial = optuna.load_study(study_name=cfg.study_name, storage=storage).ask()
+    assert records.queued_baseline(trial) == "vllm-defaults"
+    storage.engine.dispose()
+    return trial.number
+
+
+def _copy_of(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    """The copy of trial ``number`` that a retry callback queued."""
+    [copy] = [t for t in study.trials if retried_trial(t) == number]
+    return copy
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the storage's own retry callback
+def test_a_trial_runs_saw_without_a_heartbeat_for_three_heartbeats_is_failed_and_queued_again(tmp_path: Path,
+                                                                                             monkeypatch) -> None:
+    """A trial whose process died in Optuna's ask has no heartbeat, so Optuna's stale check never fails it: every
+    later run waited for it to the bound and left it out, and its baseline was never measured. A run whose wait
+    --timeout cuts short records how long it saw the trial so; once the runs that saw it add up to three
+    heartbeats, the run that waits fails it at once and queues it again."""
+    monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "1")  # three heartbeats: 3 s
+    monkeypatch.setattr("autotune.study._WAIT_POLL_S", 0.1)
+    cfg = _cfg(tmp_path, trials=0)
+    study = _queued_study(cfg)
+    number = _dead_in_ask(cfg)
+    [left] = run_study(replace(cfg, timeout_s=1.0), open_storage(cfg.storage_url)).left_out
+    assert left.number == number and "--timeout" in left.why and "without a first heartbeat" in left.why
+    [cut] = [run for run in records.read_runs(study) if run.silent_trials_s]
+    seen_s = cut.silent_trials_s[number]
+    assert 0 < seen_s < 1.0  # from its first look to its last, within --timeout
+    # another run cut short so, which saw the rest of the three heartbeats
+    records.write_run(study, replace(cut, silent_trials_s={number: 3.01 - seen_s}))
+    progress = _Waits()
+    outcome = run_study(cfg, open_storage(cfg.storage_url), progress)
+    assert progress.waited_s < 0.5  # at once: not the three heartbeats again, nor the bound (4 s)
+    [left] = outcome.left_out
+    assert (left.number, left.baseline) == (number, "vllm-defaults")
+    assert "before its first heartbeat" in left.why and "queued again" in left.why
+    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url)
+    assert study.trials[number].state == optuna.trial.TrialState.FAIL
+    assert "before its first heartbeat" in records.read_declared_dead(study)[number]
+    copy = _copy_of(study, number)
+    assert copy.state == optuna.trial.TrialState.WAITING
+    assert records.queued_baseline(copy) == "vllm-defaults"  # the next run measures it
+    assert copy.system_attrs["fixed_params"] == study.trials[number].system_attrs["fixed_params"]
+    assert len([run for run in records.read_runs(study) if run.silent_trials_s]) == 2  # the last run saw it go
+
+
+def test_a_trial_whose_objective_started_is_never_failed_for_want_of_a_heartbeat(tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """Seen without a heartbeat by earlier runs while it was still in its ask, a live worker's trial has since
+    started (its heartbeat recorded, then the note): the run waits for it and compares it."""
+    monkeypatch.setattr("autotune.study._WAIT_POLL_S", 0.1)
+    cfg = _cfg(tmp_path, trials=0)
+    study = _queued_study(cfg)
+    trial = study.ask()
+    [earlier] = records.read_runs(study)
+    records.write_run(study, replace(earlier, silent_trials_s={trial.number: 3600.0}))
+    records.write_objective_started(trial)  # as study._objective does, after a heartbeat
+
+    def measure() -> None:
+        time.sleep(0.5)
+        result = TrialResult(flags={}, feasible=True, output_tok_s=1.0, concurrency=8)
+        records.write_trial_result(trial, result)
+        study.tell(trial, 1.0)
+
+    worker = threading.Thread(target=measure)
+    worker.start()
+    try:
+        outcome = run_study(cfg, open_storage(cfg.storage_url))
+    finally:
+        worker.join()
+    assert outcome.left_out == ()
+    assert optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url).trials[trial.number].state == \
+        optuna.trial.TrialState.COMPLETE
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the storage's own retry callback
+def test_a_worker_whose_trial_a_run_took_for_dead_in_its_ask_says_so_and_goes_on(tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """A worker slow in its ask (a stopped process, a slow database) can find that a run has failed its trial as
+    dead meanwhile. Its tell was then refused ("Cannot tell a FAIL trial") and the worker ended on that error; now
+    it says so and runs its next trial."""
+    from autotune.study import run_worker
+
+    cfg = _cfg(tmp_path, trials=0)
+    study = _queued_study(cfg)
+    records.write_search_done(study, False)  # the run searching again
+    taken: list[int] = []
+    ask = optuna.Study.ask
+
+    def slow_ask(self, *args, **kwargs):
+        trial = ask(self, *args, **kwargs)
+        if not taken:  # while this ask took its time, a run's wait failed the trial and queued it again
+            taken.append(trial.number)
+            _fail_and_queue_again(study, trial)
+        return trial
+
+    monkeypatch.setattr(optuna.Study, "ask", slow_ask)
+    said = _Worker()
+    outcome = run_worker(replace(cfg, n_trials=2), open_storage(cfg.storage_url), said)
+    assert said.failed_elsewhere == [(taken[0], "")]  # the run that failed it left no reason
+    assert taken[0] not in said.started and outcome.n_trials_run == 1  # not run here; the next trial was
+    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url)
+    copy = _copy_of(study, taken[0])
+    assert copy.state == optuna.trial.TrialState.WAITING and records.queued_baseline(copy) == "vllm-defaults"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+def test_a_worker_trial_asked_once_the_search_ended_is_not_run_and_its_point_queued_again(
+        tmp_path: Path, monkeypatch, request, backend: str) -> None:
+    """A worker looks at search_done, then Optuna's ask creates its trial: a run that ended its search in between,
+    having looked for running trials before the ask, neither waited for that trial nor named it, and the worker
+    measured it. Now the worker looks again once the trial exists: it is not run, and the baseline it had popped is
+    queued again; the run does not count it as a trial, nor as one left out."""
+    from autotune.study import _waited_trials, run_worker
+
+    url = request.getfixturevalue("postgres").url if backend == "postgres" else ""
+    cfg = _cfg(tmp_path, trials=0, storage=url, study=f"late-{backend}-{tmp_path.name}")
+    study = _queued_study(cfg)
+    records.write_search_done(study, False)
+    ask = optuna.Study.ask
+
+    def ask_after_the_search_ended(self, *args, **kwargs):
+        records.write_search_done(self, True)  # the run, between this worker's look and its ask
+        return ask(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.Study, "ask", ask_after_the_search_ended)
+    said = _Worker()
+    outcome = run_worker(replace(cfg, n_trials=2), open_storage(cfg.storage_url), said)
+    assert said.started == [] and outcome.n_trials_run == 0 and outcome.stopped_by == "search done"
+    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url)
+    [late] = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    record = records.read_trial(late)
+    assert "search" in record.not_started and record.result is None
+    [copy] = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING
+              and records.queued_baseline(t) == records.queued_baseline(late)]
+    assert copy.system_attrs["fixed_params"] == late.system_attrs["fixed_params"] and copy.number > late.number
+    assert not records.read_trial(copy).not_started
+    assert records.count_finished(records.read_trials(study)) == 0
+    assert _waited_trials(study, [late.number], "still running") == ((), ())  # neither compared nor left out
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the storage's own retry callback
+def test_on_postgres_a_trial_dead_in_its_ask_is_failed_after_three_heartbeats_and_measured_next(
+        postgres, tmp_path: Path, monkeypatch) -> None:
+    """On PostgreSQL, a trial created RUNNING by an ask whose process died stayed RUNNING forever: every run waited
+    for it to the bound and left it out, and the baseline it had popped was never measured again (a RUNNING
+    baseline counts as queued). Now the first run that waits fails it after three heartbeats and queues it again,
+    the next run does not wait, and a run with a trial to spare measures the baseline."""
+    monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "1")  # three heartbeats: 3 s
+    cfg = _cfg(tmp_path, trials=0, storage=postgres.url, study=f"dead-in-ask-{tmp_path.name}")
+    study = _queued_study(cfg)
+    number = _dead_in_ask(cfg)
+    started = time.monotonic()
+    first = run_study(cfg, open_storage(cfg.storage_url))
+    waited_s = time.monotonic() - started
+    [left] = first.left_out
+    assert left.number == number and "before its first heartbeat" in left.why and 3 <= waited_s < 3 + 5
+    started = time.monotonic()
+    assert run_study(cfg, open_storage(cfg.storage_url)).left_out == () and time.monotonic() - started < 3
+    run_study(replace(cfg, n_trials=2), open_storage(cfg.storage_url))  # the queued baselines
+    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url)
+    copy = _copy_of(study, number)
+    assert copy.state == optuna.trial.TrialState.COMPLETE and records.queued_baseline(copy) == "vllm-defaults"
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))

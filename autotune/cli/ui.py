@@ -151,6 +151,12 @@ class StudyView(Progress):
         self._say(f"trial{'s' if len(numbers) > 1 else ''} {which} left running by an earlier run that died: "
                   "failed and queued again")
 
+    def trial_failed_elsewhere(self, number: int, why: str) -> None:
+        if number in self.rows:
+            self.rows[number]["state"] = "failed elsewhere"
+        self._say(f"trial {number} was failed by another process while this one ran it, taken for dead: "
+                  f"{why or 'its heartbeats came too late'}; not recorded here, going on")
+
     def study_interrupted(self, interrupted: StudyInterrupted) -> None:
         i = interrupted
         cut = ""
