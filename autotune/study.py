@@ -10,6 +10,7 @@ import datetime as dt
 import math
 import os
 import queue
+import secrets
 import threading
 import time
 import warnings
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import optuna
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -166,16 +168,35 @@ def study_fingerprint(cfg: StudyConfig) -> StudyFingerprint:
                             sim_model=s.sim_model())
 
 
-def open_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> optuna.Study:
+def open_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage, worker: bool = False) -> optuna.Study:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=6, multivariate=True, group=True,
-                                         constant_liar=True)
     study = optuna.create_study(study_name=cfg.study_name, storage=storage, direction="maximize",
-                                sampler=sampler, load_if_exists=True)
+                                sampler=_sampler(cfg.seed), load_if_exists=True)
     records.check_fingerprint(study, study_fingerprint(cfg))
     if cfg.run_options is not None:
         records.write_run_options(study, cfg.run_options)
+    trials_so_far = len(study.get_trials(deepcopy=False))
+    if trials_so_far or worker:
+        study.sampler = _sampler(sampler_seed(cfg.seed, trials_so_far, worker))
     return study
+
+
+def _sampler(seed: int) -> optuna.samplers.TPESampler:
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=6, multivariate=True, group=True,
+                                      constant_liar=True)
+
+
+def sampler_seed(seed: int, trials_so_far: int, worker: bool) -> int:
+    """The sampler's seed for a process opening a study that holds ``trials_so_far`` trials: ``--seed`` itself for
+    a new study's run, so that one seed gives one study. Seeded alike, a resumed run's sampler would draw its
+    first run's random start-up points again (not run again, they would still use up --trials), and every worker
+    joining at once the same points as each other; so a resumed run's seed is drawn from ``--seed`` and the study's
+    size (the same history, the same points), and a worker's from fresh entropy too (several processes' trials
+    interleave in no set order, so a shared study is not reproducible anyway)."""
+    if not trials_so_far and not worker:
+        return seed
+    entropy = [seed, trials_so_far] + ([secrets.randbits(64)] if worker else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def _enqueue_baselines(study: optuna.Study, cfg: StudyConfig) -> None:
@@ -578,14 +599,15 @@ def _trials_since_gain(trials: list[TrialRecord]) -> tuple[int, float, int]:
     return since, best, not_run
 
 
-def _prepare(cfg: StudyConfig, storage: optuna.storages.BaseStorage, progress: ThreadedProgress) -> optuna.Study:
+def _prepare(cfg: StudyConfig, storage: optuna.storages.BaseStorage, progress: ThreadedProgress,
+             worker: bool = False) -> optuna.Study:
     """Open the study, stop what a dead run of it left on this machine, fail its trials whose heartbeat stopped
     (re-queued by the storage's stale-trial callback, a baseline included), and on SQLite, which this process holds
     alone, every trial left RUNNING at once."""
     # Optuna logs an interrupted or crashed trial's traceback as a warning: our one-line errors say it instead.
     optuna.logging.set_verbosity(optuna.logging.WARNING if os.environ.get("AUTOTUNE_DEBUG") == "1"
                                  else optuna.logging.ERROR)
-    study = open_study(cfg, storage)
+    study = open_study(cfg, storage, worker)
     if cfg.settings.ledger_dir is not None:
         for entry in stop_leftovers(cfg.settings.ledger_dir):
             progress.leftover_stopped(entry.served_model_name, entry.port, entry.gpu_ids)
@@ -923,7 +945,7 @@ def run_worker(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
     of a worker that died. A worker neither queues the baselines nor makes the final comparison (the run does),
     and takes no new trial once the run has moved on to it."""
     threaded = ThreadedProgress(progress, threading.Lock())
-    study = _prepare(cfg, storage, threaded)
+    study = _prepare(cfg, storage, threaded, worker=True)
     with _recording_run(study, cfg) as run:  # a worker's GPU time is the study's too
         start = time.monotonic()
         deadline = start + cfg.timeout_s if cfg.timeout_s else None

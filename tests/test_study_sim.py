@@ -97,11 +97,11 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
     assert [t.number for t in first] == [t.number for t in study.trials[:3]]
 
     # each invocation is a run record: the trials it ran and its GPU time; the selection keeps the winner's figures.
-    # The resumed sampler, seeded alike, proposes the first run's first sampled point again: not run again.
-    not_run = records.not_run(records.read_trials(study))
-    assert [(t.number, t.same_flags_as) for t in not_run] == [(3, 2)]
+    # Seeded alike, the resumed sampler proposed the first run's first sampled point again; its seed now follows the
+    # study's size, and it draws new points.
+    assert records.not_run(records.read_trials(study)) == []
     runs = records.read_runs(study)
-    assert [r.trials_run for r in runs] == [3, 1] and all(r.gpu_minutes > 0 and r.engine == "sim" for r in runs)
+    assert [r.trials_run for r in runs] == [3, 2] and all(r.gpu_minutes > 0 and r.engine == "sim" for r in runs)
     assert runs[0].started_at < runs[1].started_at and runs[1].vllm_version is None
     assert all(r.made_selection for r in runs)  # each ran its final comparison: an export's header names the last
     selection = records.read_selection(study)
@@ -119,7 +119,7 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
     assert code == 0 and best["flags"]
     code, out, err = run_json(capsys, "studies", "--storage", url, "--json")
     listed = json.loads(out)["studies"][0]
-    assert code == 0 and listed["trials"] == 4 and listed["not_run"] == [{"trial": 3, "same_flags_as": 2}]
+    assert code == 0 and listed["trials"] == 5 and listed["not_run"] == []
     # the list's winner is the selection's, as `best` gives it, not the largest single trial figure
     assert listed["winner"]["trial"] == best["trial"] == selection.winner_trial
     assert listed["winner"]["output_tok_s_at_limit"] == pytest.approx(selection.winner_at_limit_tok_s.mean)
@@ -324,3 +324,12 @@ def test_a_baseline_is_remeasured_right_after_its_trial(tmp_path):
                                 ("trial", 1), ("remeasure", 1), ("remeasure", 1)], order.events
     assert order.events.count(("remeasure", 0)) == 2  # not again at the end
     assert all(len(c.repeats) == 2 for c in outcome.selection.candidates if c.concurrency is not None)
+
+
+def test_sampler_seed_gives_one_study_per_seed_and_new_points_on_resume_and_per_worker():
+    """A new study's run keeps --seed; a resumed run's seed follows the study's size (the same history, the same
+    points); workers joining at once do not draw each other's points."""
+    from autotune.study import sampler_seed
+    assert sampler_seed(7, 0, worker=False) == 7
+    assert sampler_seed(7, 5, worker=False) == sampler_seed(7, 5, worker=False) != sampler_seed(7, 6, worker=False)
+    assert sampler_seed(7, 5, worker=True) != sampler_seed(7, 5, worker=True)
