@@ -5,6 +5,9 @@ decorator (click commands, pydantic validators) are in the test's IGNORE_DECORAT
 # ruff: noqa
 # mypy: ignore-errors
 
+# Optuna's ask reads Study.sampler, which study.open_study replaces on a resume and in a worker (study.sampler_seed).
+_.sampler
+
 # click calls ParamType.convert for every option of that type (cli/common.py ParsedType).
 _.convert
 
