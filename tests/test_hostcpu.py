@@ -75,6 +75,7 @@ def test_a_server_of_ours_that_ends_during_the_level_stays_ours(monkeypatch) -> 
     assert _measure().others_cores == pytest.approx(100 / (100 * CPUS) * CPUS)  # clamped to the busy
 
 
+@pytest.mark.slow
 def test_ours_are_this_process_and_its_children_reaped_ones_included() -> None:
     """On the live /proc: a child's busy second counts in ours while it runs and stays there once it is reaped;
     a stranger's does not."""

@@ -84,6 +84,7 @@ class _WorkerStillRunning(Progress):
         self.waited.append((finished, left_out))
 
 
+@pytest.mark.slow
 def test_a_trial_a_worker_is_still_running_when_the_search_ends_is_waited_for_and_compared(tmp_path: Path) -> None:
     """The run went on to its final comparison the moment its own trials were over: a worker's trial that finished
     a second later was in neither the verdict nor the run's count, though it was the best of the study."""
@@ -277,6 +278,7 @@ def _copy_of(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
     return copy
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the storage's own retry callback
 def test_a_trial_runs_saw_without_a_heartbeat_for_three_heartbeats_is_failed_and_queued_again(tmp_path: Path,
                                                                                              monkeypatch) -> None:
@@ -312,6 +314,7 @@ def test_a_trial_runs_saw_without_a_heartbeat_for_three_heartbeats_is_failed_and
     assert len([run for run in records.read_runs(study) if run.silent_trials_s]) == 2  # the last run saw it go
 
 
+@pytest.mark.slow
 def test_a_trial_whose_objective_started_is_never_failed_for_want_of_a_heartbeat(tmp_path: Path,
                                                                                  monkeypatch) -> None:
     """Seen without a heartbeat by earlier runs while it was still in its ask, a live worker's trial has since

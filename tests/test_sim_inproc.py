@@ -207,6 +207,7 @@ def test_moe_data_parallel_with_fp8_weights_dies_under_load_as_vllm_does(tmp_pat
 
 # ---- determinism ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_same_seed_same_trial_whatever_the_cpu_load(tmp_path: Path) -> None:
     s = settings(max_prompts=200)
     flags = {"max-num-seqs": 64, "kv-cache-dtype": "fp8"}

@@ -17,6 +17,7 @@ def _correlated_level(rng: np.random.Generator, n: int = 6000, episodes: int = 2
     return 100.0 * factor * rng.lognormal(0, 0.2, n), times
 
 
+@pytest.mark.slow
 def test_the_interval_covers_the_true_p99_about_as_often_as_it_says():
     rng = np.random.default_rng(1)
     truth = np.quantile(np.concatenate([_correlated_level(rng)[0] for _ in range(200)]), 0.99)
@@ -31,6 +32,7 @@ def test_the_interval_covers_the_true_p99_about_as_often_as_it_says():
     assert covered >= 45  # 75%
 
 
+@pytest.mark.slow
 def test_resampling_single_values_would_be_far_too_narrow():
     values, times = _correlated_level(np.random.default_rng(7))
     batches = p99_interval(values, times)

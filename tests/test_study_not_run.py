@@ -55,6 +55,7 @@ def tiny(tmp_path_factory) -> dict:
             "first_trials": first_trials, "study": optuna.load_study(study_name="tiny", storage=url)}
 
 
+@pytest.mark.slow
 def test_a_sampled_repeat_is_not_run_and_tells_optuna_the_earlier_result(tiny):
     study = tiny["study"]
     frozen = study.get_trials(deepcopy=False)

@@ -19,6 +19,7 @@ def _run_args(tmp_path, study: str, points_yaml: str) -> tuple[str, list[str]]:
                  "--repeats", "0", "--top-k", "0", "--json"]
 
 
+@pytest.mark.slow
 def test_a_try_point_runs_as_given_and_is_queued_once(capsys, tmp_path):
     # 300 lies between the flash space's max-num-seqs steps of 128, 0.92 between its 0.05 steps; the second point
     # leaves every other searched flag to vLLM
@@ -42,6 +43,7 @@ def test_a_try_point_runs_as_given_and_is_queued_once(capsys, tmp_path):
     assert len(study.trials) == 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ran", [True, False], ids=["finished", "still queued"])
 def test_an_older_studys_tries_are_not_queued_again(capsys, tmp_path, ran):
     """A study from before the flags were kept marked its --try trials `True` and kept their projection only: a
