@@ -18,6 +18,7 @@ from autotune.engines.base import vllm_installed
 from autotune.errors import UsageError
 from autotune.fileio import folder_problem, read_yaml
 from autotune.flags import LAUNCHER_FLAGS, PARALLEL_FLAGS, check_flag_value, mm_limit, normalize_flag_name
+from autotune.gpu_ids import GpuId, parse_gpu_ids
 from autotune.gpus import detect_gpu, gpu_indices, load_gpu
 from autotune.loadgen.workload import Workload, parse_workload
 from autotune.loadsearch import LoadSearchConfig
@@ -95,7 +96,8 @@ class RunOptions(BaseModel):
     startup_timeout_s: float = Field(900.0, gt=0)
     request_timeout_s: float = Field(600.0, gt=0)
     parallel: int | None = Field(None, gt=0)  # trials at once, at most (default: as many as the GPUs allow)
-    gpu_ids: str | None = None  # the GPUs this run may use, "0,1,2,3" (default: CUDA_VISIBLE_DEVICES, else all)
+    # the GPUs this run may use: "0,1,2,3", GPU UUIDs or MIG UUIDs (default: CUDA_VISIBLE_DEVICES, else all)
+    gpu_ids: str | None = None
     sim_fault: str | None = None  # FAULT[@TRIAL,...] for the sim server (sim/faults.py)
     try_file: str | None = None
     confidence: float = Field(0.9, gt=0, lt=1)
@@ -156,40 +158,32 @@ def choose_engine(requested: str) -> EngineChoice:
                                "Pass --engine vllm on a GPU machine.")
 
 
-def _gpu_id_list(text: str, source: str) -> list[int]:
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    if not items or not all(x.isdigit() for x in items):
-        raise UsageError(f"{source} {text!r}: expected GPU indices like 0,1,2,3")
-    ids = [int(x) for x in items]
-    if len(set(ids)) != len(ids):
-        raise UsageError(f"{source} {text!r}: a GPU is listed twice")
-    return ids
-
-
 @dataclass(frozen=True)
 class GpuLayout:
-    slots: tuple[tuple[int, ...], ...]  # the GPUs of each trial that may run at once
-    idle: tuple[int, ...]  # the run's GPUs that no trial gets
+    slots: tuple[tuple[GpuId, ...], ...]  # the GPUs of each trial that may run at once
+    idle: tuple[GpuId, ...]  # the run's GPUs that no trial gets
 
 
 def gpu_layout(gpus: int, parallel: int | None, gpu_ids: str | None, engine: str) -> GpuLayout:
     """The run's GPUs (``--gpu-ids``, else CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists) cut into groups of
-    ``gpus``, at most ``parallel`` of them, and those left over. The sim engine has no GPUs: without ``--gpu-ids``
-    it is given ``gpus x parallel`` made-up ids whatever this machine's GPUs are, so that parallel trials run (and
-    are tested) on a CPU exactly as on a GPU machine."""
+    ``gpus``, at most ``parallel`` of them, and those left over. Indices, GPU UUIDs or MIG UUIDs, each kept as
+    written (:mod:`autotune.gpu_ids`). The sim engine has no GPUs: without ``--gpu-ids`` it is given
+    ``gpus x parallel`` made-up indices whatever this machine's GPUs are, so that parallel trials run (and are
+    tested) on a CPU exactly as on a GPU machine."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if gpu_ids:
-        ids, source = _gpu_id_list(gpu_ids, "--gpu-ids"), "--gpu-ids"
+    ids: tuple[GpuId, ...]
+    if gpu_ids is not None:
+        ids, source = parse_gpu_ids(gpu_ids, "--gpu-ids"), "--gpu-ids"
     elif visible and engine == "vllm":
-        ids, source = _gpu_id_list(visible, "CUDA_VISIBLE_DEVICES"), "CUDA_VISIBLE_DEVICES"
+        ids, source = parse_gpu_ids(visible, "CUDA_VISIBLE_DEVICES"), "CUDA_VISIBLE_DEVICES"
     elif engine == "vllm":
-        ids, source = list(gpu_indices() or range(gpus)), "nvidia-smi"
+        ids, source = tuple(gpu_indices() or map(str, range(gpus))), "nvidia-smi"
     else:
-        ids, source = list(range(gpus * (parallel or 1))), "the sim engine"
+        ids, source = tuple(map(str, range(gpus * (parallel or 1)))), "the sim engine"
     if len(ids) < gpus:
-        raise UsageError(f"--gpus {gpus} but {source} gives {len(ids)} GPUs ({','.join(map(str, ids))})")
+        raise UsageError(f"--gpus {gpus} but {source} gives {len(ids)} GPUs ({','.join(ids)})")
     n = len(ids) // gpus if parallel is None else min(parallel, len(ids) // gpus)
-    return GpuLayout(tuple(tuple(ids[i * gpus:(i + 1) * gpus]) for i in range(n)), tuple(ids[n * gpus:]))
+    return GpuLayout(tuple(ids[i * gpus:(i + 1) * gpus] for i in range(n)), ids[n * gpus:])
 
 
 def study_limits_ms(opts: RunOptions) -> dict[str, float]:

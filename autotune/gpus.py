@@ -14,6 +14,7 @@ import yaml
 
 from autotune.errors import UsageError
 from autotune.fileio import read_yaml
+from autotune.gpu_ids import GpuId
 
 __all__ = ["GpuSpec", "load_gpu", "known_gpus", "detect_gpu", "gpu_indices", "sim_caveats", "is_card_file",
            "card_file_text", "interval_cards"]
@@ -152,8 +153,9 @@ def detect_gpu() -> str | None:
     return None
 
 
-def gpu_indices() -> list[int]:
-    """The indices of the NVIDIA GPUs nvidia-smi lists (PCI bus order); empty where there are none."""
+def gpu_indices() -> list[GpuId]:
+    """The indices of the NVIDIA GPUs nvidia-smi lists (PCI bus order), as CUDA_VISIBLE_DEVICES takes them; empty
+    where there are none."""
     import shutil
     import subprocess
 
@@ -164,4 +166,4 @@ def gpu_indices() -> list[int]:
                              capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    return [int(line) for line in out.split() if line.strip().isdigit()]
+    return [line.strip() for line in out.split() if line.strip().isdigit()]

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autotune.gpu_ids import GpuId
+
 if TYPE_CHECKING:
     from autotune.records import LevelRecord, Measurement, TrialResult
     from autotune.selection import LeftOutTrial
@@ -29,8 +31,8 @@ class StudyStart:
     n_trials: int  # trials this invocation may run
     timeout_s: float | None
     existing_trials: int  # finished trials of earlier runs of a resumed study
-    gpu_slots: tuple[tuple[int, ...], ...] = ()  # the GPUs of each trial that may run at once
-    idle_gpus: tuple[int, ...] = ()  # the run's GPUs that no trial gets
+    gpu_slots: tuple[tuple[GpuId, ...], ...] = ()  # the GPUs of each trial that may run at once
+    idle_gpus: tuple[GpuId, ...] = ()  # the run's GPUs that no trial gets
     served: bool = False  # each trial's engine is a server (vLLM, or the sim over HTTP): minutes per trial
     # what the figures may get wrong: on the sim engine, its known errors under these limits on this card; on a
     # served engine, a host whose CPUs other processes are using
@@ -91,7 +93,7 @@ class Progress:
     # The events of one trial's engine and load search carry ``trial``, its number, when a study runs it (several
     # trials may run at once); None outside a study.
     def engine_starting(self, engine: str, port: int | None, command: str, log_path: Path,
-                        gpu_ids: tuple[int, ...] = (), trial: int | None = None) -> None:
+                        gpu_ids: tuple[GpuId, ...] = (), trial: int | None = None) -> None:
         """A server is being launched (again, on another port, when its first port was taken) on ``gpu_ids``;
         ``port`` None: the sim engine in-process."""
 
@@ -99,12 +101,12 @@ class Progress:
         """The server answers; ``startup`` holds the figures read from its log (StartupInfo's fields, ready_s
         included)."""
 
-    def engine_stopped(self, port: int, gpu_ids: tuple[int, ...], problems: tuple[str, ...],
+    def engine_stopped(self, port: int, gpu_ids: tuple[GpuId, ...], problems: tuple[str, ...],
                        trial: int | None = None) -> None:
         """A server's process group is gone and its port and GPU memory are free (``problems``: what could not be
         confirmed); only then do its GPUs go to another trial."""
 
-    def leftover_stopped(self, served_model_name: str, port: int, gpu_ids: tuple[int, ...]) -> None:
+    def leftover_stopped(self, served_model_name: str, port: int, gpu_ids: tuple[GpuId, ...]) -> None:
         """A server that a dead run left behind was found in the study's ledger and stopped."""
 
     def dead_run_trials_failed(self, numbers: tuple[int, ...]) -> None:
@@ -189,7 +191,7 @@ class ThreadedProgress(Progress):
             self.inner.trial_started(number, flags, baseline)
 
     def engine_starting(self, engine: str, port: int | None, command: str, log_path: Path,
-                        gpu_ids: tuple[int, ...] = (), trial: int | None = None) -> None:
+                        gpu_ids: tuple[GpuId, ...] = (), trial: int | None = None) -> None:
         with self.lock:
             self.inner.engine_starting(engine, port, command, log_path, gpu_ids, trial=self.trial)
 
@@ -197,12 +199,12 @@ class ThreadedProgress(Progress):
         with self.lock:
             self.inner.engine_ready(startup, trial=self.trial)
 
-    def engine_stopped(self, port: int, gpu_ids: tuple[int, ...], problems: tuple[str, ...],
+    def engine_stopped(self, port: int, gpu_ids: tuple[GpuId, ...], problems: tuple[str, ...],
                        trial: int | None = None) -> None:
         with self.lock:
             self.inner.engine_stopped(port, gpu_ids, problems, trial=self.trial)
 
-    def leftover_stopped(self, served_model_name: str, port: int, gpu_ids: tuple[int, ...]) -> None:
+    def leftover_stopped(self, served_model_name: str, port: int, gpu_ids: tuple[GpuId, ...]) -> None:
         with self.lock:
             self.inner.leftover_stopped(served_model_name, port, gpu_ids)
 

@@ -29,6 +29,7 @@ from autotune import journal, records
 from autotune.engines.launcher import stop_all
 from autotune.engines.ledger import stop_leftovers
 from autotune.errors import EngineStartError, Stopped, StorageUnavailable
+from autotune.gpu_ids import GpuId
 from autotune.hostcpu import busy_host_caveat
 from autotune.jsonsafe import json_safe
 from autotune.loadsearch import estimate_level_s
@@ -74,8 +75,8 @@ class StudyConfig:
     seed: int = 0
     out_dir: Path = Path("studies")
     tries: tuple[dict[str, Any], ...] = ()  # extra points queued after the baselines (`--try FILE`)
-    gpu_slots: tuple[tuple[int, ...], ...] = ((0,),)  # the GPUs of each trial that may run at once
-    idle_gpus: tuple[int, ...] = ()  # the run's GPUs that no trial gets (--gpus does not divide them, --parallel)
+    gpu_slots: tuple[tuple[GpuId, ...], ...] = (("0",),)  # the GPUs of each trial that may run at once
+    idle_gpus: tuple[GpuId, ...] = ()  # the run's GPUs that no trial gets (--gpus does not divide them, --parallel)
     sim_fault: FaultPlan | None = None  # sim server only: the fault some trials' servers make (`--sim-fault`)
     run_options: Mapping[str, Any] | None = None  # what the study was asked (RunOptions), for workers to join it
 
@@ -226,7 +227,7 @@ class _SearchDone(Exception):
     """A worker's trial that Optuna's ask created once the study's run had ended its search: not run."""
 
 
-def _objective(cfg: StudyConfig, slot: tuple[int, ...], progress: ThreadedProgress, deadline: float | None,
+def _objective(cfg: StudyConfig, slot: tuple[GpuId, ...], progress: ThreadedProgress, deadline: float | None,
                cancel: threading.Event, remeasure_baselines: bool = True, until_search_done: bool = False,
                failed_elsewhere: list[int] | None = None):
     """One trial on the GPUs of ``slot``. Once ``cancel`` is set (the study was interrupted) a trial in flight
@@ -364,15 +365,15 @@ class _SlotRunner:
     :meth:`interruptible`: it sets ``cancel`` (no level or trial starts any more), stops every live server (the
     trials in flight end at once with the levels they measured) and waits for the threads before re-raising."""
 
-    def __init__(self, slots: tuple[tuple[int, ...], ...]) -> None:
+    def __init__(self, slots: tuple[tuple[GpuId, ...], ...]) -> None:
         self.cancel = threading.Event()
         self.errors: list[BaseException] = []
-        self._free: queue.Queue[tuple[int, ...]] = queue.Queue()
+        self._free: queue.Queue[tuple[GpuId, ...]] = queue.Queue()
         for slot in slots:
             self._free.put(slot)
         self._threads: list[threading.Thread] = []
 
-    def take_slot(self) -> tuple[int, ...] | None:
+    def take_slot(self) -> tuple[GpuId, ...] | None:
         """A free slot, waiting for one; None once a task has failed."""
         while not self.errors:
             try:
@@ -381,10 +382,10 @@ class _SlotRunner:
                 continue
         return None
 
-    def give_back(self, slot: tuple[int, ...]) -> None:
+    def give_back(self, slot: tuple[GpuId, ...]) -> None:
         self._free.put(slot)
 
-    def start(self, task: Callable[[tuple[int, ...]], None], slot: tuple[int, ...]) -> None:
+    def start(self, task: Callable[[tuple[GpuId, ...]], None], slot: tuple[GpuId, ...]) -> None:
         def run() -> None:
             try:
                 task(slot)
@@ -394,7 +395,7 @@ class _SlotRunner:
             finally:
                 self._free.put(slot)
 
-        thread = threading.Thread(target=run, name=f"autotune-gpus-{','.join(map(str, slot))}", daemon=True)
+        thread = threading.Thread(target=run, name=f"autotune-gpus-{','.join(slot)}", daemon=True)
         self._threads.append(thread)
         thread.start()
 
@@ -1112,7 +1113,7 @@ def spare_rounds(study: optuna.Study, cfg: StudyConfig, candidates: list[Candida
         runner.join()
 
 
-def _remeasure(study: optuna.Study, cfg: StudyConfig, cand: Candidate, slot: tuple[int, ...],
+def _remeasure(study: optuna.Study, cfg: StudyConfig, cand: Candidate, slot: tuple[GpuId, ...],
                deadline: float | None, progress: Progress, cancel: threading.Event,
                runs_at_load: int | None = None) -> None:
     """Fresh-server re-measurements of ``cand`` until it has ``runs_at_load`` (default: ``repeats``) at its load;

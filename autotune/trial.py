@@ -21,6 +21,7 @@ from typing import Any
 from autotune.engines.base import LaunchSpec
 from autotune.engines.launcher import EngineServer
 from autotune.errors import EngineStartError, UsageError
+from autotune.gpu_ids import GpuId
 from autotune.gpus import GpuSpec, sim_caveats
 from autotune.hostcpu import HostCpuMeter
 from autotune.loadgen.runner import LoadConfig, run_bench
@@ -79,7 +80,7 @@ class TrialSettings:
     gpus: int
     workload: Workload
     search: LoadSearchConfig
-    gpu_ids: tuple[int, ...] = (0,)
+    gpu_ids: tuple[GpuId, ...] = ("0",)
     time_scale: float = 1.0  # sim server only: modelled seconds per wall second
     sim_server: bool = False  # sim only: a real `autotune sim serve` subprocess over HTTP, not in-process
     sim_noise: RunNoise | None = None  # in-process sim only: run-to-run noise (None: exact)

@@ -77,6 +77,12 @@ BASE = ["run", "--gpus", "1", "--engine", "sim", "--trials", "1"]
     (["--model", "flash", "--p99-ms", "50", "--p99-metric", "itl", "--slo", "ttft=500,itl=40"],
      "--slo itl=40: P99 itl is already limited by --p99-ms 50"),
     (["--model", "flash", "--p99-metric", "itl", "--slo", "ttft=500"], "--p99-metric itl needs --p99-ms MS"),
+    # GPU ids: one form to a list (an index and a UUID may name one GPU), each GPU once, nothing but GPU ids
+    (["--model", "flash", "--p99-ms", "500", "--gpu-ids", "0,GPU-5f2c0d1e-8a3b-4c6d-9e0f-1a2b3c4d5e6f"],
+     "mixes GPU indices and GPU UUIDs; give one form"),
+    (["--model", "flash", "--p99-ms", "500", "--gpu-ids",
+      "GPU-5f2c0d1e-8a3b-4c6d-9e0f-1a2b3c4d5e6f,GPU-5F2C0D1E-8A3B-4C6D-9E0F-1A2B3C4D5E6F"], "a GPU is listed twice"),
+    (["--model", "flash", "--p99-ms", "500", "--gpu-ids", "gpu0"], "'gpu0' is not a GPU id; expected GPU indices"),
 ])
 def test_bad_input_exit_2_one_line(capsys, storage, tmp_path, args, message):
     url, db = storage

@@ -99,10 +99,14 @@ def test_a_last_trial_gets_no_empty_estimate_and_one_trial_is_singular() -> None
 def test_the_start_says_how_the_gpus_are_shared_out_and_which_sit_idle() -> None:
     """8 GPUs and --gpus 3: two trials ran at once and two GPUs sat idle, with nothing on the console to say so."""
     view, out = _view()
-    view.study_started(dataclasses.replace(_start(served=True), gpus=3, gpu_slots=((0, 1, 2), (3, 4, 5)),
-                                           idle_gpus=(6, 7)))
+    view.study_started(dataclasses.replace(_start(served=True), gpus=3, gpu_slots=(("0", "1", "2"), ("3", "4", "5")),
+                                           idle_gpus=("6", "7")))
     assert out.getvalue().splitlines()[0].endswith(
         "(0 earlier); 2 trials at once, on GPUs 0,1,2 and 3,4,5; GPUs 6,7 left idle")
+    migs = ("MIG-1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d", "MIG-9f8e7d6c-5b4a-3f2e-1d0c-9b8a7f6e5d4c")
+    view, out = _view()  # MIG slices (or GPU UUIDs) are named as given
+    view.study_started(dataclasses.replace(_start(served=True), gpu_slots=((migs[0],), (migs[1],))))
+    assert out.getvalue().splitlines()[0].endswith(f"2 trials at once, on GPUs {migs[0]} and {migs[1]}")
     view, out = _view()
-    view.study_started(dataclasses.replace(_start(served=True), gpu_slots=((0,),)))
+    view.study_started(dataclasses.replace(_start(served=True), gpu_slots=(("0",),)))
     assert out.getvalue().splitlines()[0].endswith("(0 earlier)")  # one trial at a time, every GPU used

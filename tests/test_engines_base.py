@@ -17,7 +17,7 @@ from tests.fake_engine import OOM_LINES, SAMPLE_VLLM_LOG
 
 def _spec(tmp_path: Path, **kw: object) -> LaunchSpec:
     args: dict[str, object] = dict(engine="vllm", model=PRESETS["flash"], flags={"max-num-seqs": 64},
-                                   gpu_ids=(0,), served_model_name="autotune-s-1", log_path=tmp_path / "t.log")
+                                   gpu_ids=("0",), served_model_name="autotune-s-1", log_path=tmp_path / "t.log")
     args.update(kw)
     return LaunchSpec(**args)  # type: ignore[arg-type]
 
@@ -140,11 +140,14 @@ def test_sim_command_uses_local_path_or_preset_name(tmp_path: Path, weightless_f
 
 
 def test_environment_forces_no_nvls_and_sets_gpus(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, gpu_ids=(2, 3), extra_env={"NCCL_NVLS_ENABLE": "1", "FOO": "bar"})
+    spec = _spec(tmp_path, gpu_ids=("2", "3"), extra_env={"NCCL_NVLS_ENABLE": "1", "FOO": "bar"})
     env = EngineServer(spec)._env()
     assert env["NCCL_NVLS_ENABLE"] == "0" and env["TORCH_SYMM_MEM_DISABLE_MULTICAST"] == "1"
     assert env["NVSHMEM_DISABLE_NVLS"] == "1" and env["PYTHONUNBUFFERED"] == "1"
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["FOO"] == "bar"
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    for uuids in (_GPU_UUIDS, ("MIG-1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d",)):  # UUIDs verbatim, in their order
+        assert EngineServer(_spec(tmp_path, gpu_ids=uuids))._env()["CUDA_VISIBLE_DEVICES"] == ",".join(uuids)
     assert env["PATH"] == os.environ["PATH"]
 
 
@@ -157,13 +160,16 @@ def _fake_smi(folder: Path, output: str) -> None:
 def test_gpu_memory_used_mib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # no NVML fallback either
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert gpu_memory_used_mib([0]) is None  # no nvidia-smi
+    assert gpu_memory_used_mib(["0"]) is None  # no nvidia-smi
     _fake_smi(tmp_path, "1234\\n567\\n")
-    assert gpu_memory_used_mib([0, 3]) == [1234, 567]
+    assert gpu_memory_used_mib(["0", "3"]) == [1234, 567]
     assert (tmp_path / "smi_args").read_text().split() == [
         "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0,3"]
-    assert gpu_memory_used_mib([0]) is None  # count mismatch: not trusted
+    assert gpu_memory_used_mib(["0"]) is None  # count mismatch: not trusted
     assert gpu_memory_used_mib([]) is None
+
+
+_GPU_UUIDS = ("GPU-5f2c0d1e-8a3b-4c6d-9e0f-1a2b3c4d5e6f", "GPU-0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0")
 
 
 def test_the_profiling_runs_own_time() -> None:

@@ -25,9 +25,11 @@ from autotune.progress import Progress
 FAKE = str(Path(__file__).with_name("fake_engine.py"))
 REPO = str(Path(__file__).resolve().parents[1])
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+GPU_UUID = "GPU-5f2c0d1e-8a3b-4c6d-9e0f-1a2b3c4d5e6f"
+MIG_UUID = "MIG-1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d"
 
 
-def _spec(tmp_path: Path, mode: str, *, timeout_s: float = 20.0, gpu_ids: tuple[int, ...] = (),
+def _spec(tmp_path: Path, mode: str, *, timeout_s: float = 20.0, gpu_ids: tuple[str, ...] = (),
           extra: tuple[str, ...] = (), **kw: object) -> LaunchSpec:
     return LaunchSpec(engine="vllm", model=PRESETS["flash"], flags={"max-num-seqs": 8}, gpu_ids=gpu_ids,
                       served_model_name=f"autotune-test-{uuid.uuid4().hex[:8]}",
@@ -68,17 +70,17 @@ def test_ready_serves_and_stops_clean(tmp_path: Path) -> None:
 
     class Events(Progress):
         def engine_starting(self, engine: str, port: int, command: str, log_path: Path,
-                            gpu_ids: tuple[int, ...] = (), trial: int | None = None) -> None:
-            events.append(f"engine_starting on {list(gpu_ids)}")
+                            gpu_ids: tuple[str, ...] = (), trial: int | None = None) -> None:
+            events.append(f"engine_starting on {','.join(gpu_ids)}")
 
         def engine_ready(self, startup: dict, trial: int | None = None) -> None:
             events.append("engine_ready")
 
-        def engine_stopped(self, port: int, gpu_ids: tuple[int, ...], problems: tuple[str, ...],
+        def engine_stopped(self, port: int, gpu_ids: tuple[str, ...], problems: tuple[str, ...],
                            trial: int | None = None) -> None:
-            events.append(f"engine_stopped on {list(gpu_ids)}, port free: {port_is_free(port)}")
+            events.append(f"engine_stopped on {','.join(gpu_ids)}, port free: {port_is_free(port)}")
 
-    spec = _spec(tmp_path, "ok", gpu_ids=(1,), extra_env={"FAKE_EXTRA": "yes"})
+    spec = _spec(tmp_path, "ok", gpu_ids=(GPU_UUID,), extra_env={"FAKE_EXTRA": "yes"})
     with EngineServer(spec, grace_s=2, progress=Events()) as server:
         assert server.alive() and server in live_servers()
         pid, port = server.pid, server.port
@@ -92,13 +94,13 @@ def test_ready_serves_and_stops_clean(tmp_path: Path) -> None:
         assert info.kv_cache_tokens == 1_369_488 and info.max_concurrency == 10.45 and info.compile_s == 38.45
         assert info.ready_s is not None and 0 < info.ready_s < 10
         log = server.log_path.read_text()
-        # the child's environment: GPUs, the NVLS rule, unbuffered output, extra_env
-        assert ("FAKE_ENV CUDA_VISIBLE_DEVICES=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 "
+        # the child's environment: GPUs (a UUID verbatim), the NVLS rule, unbuffered output, extra_env
+        assert (f"FAKE_ENV CUDA_VISIBLE_DEVICES={GPU_UUID} NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 "
                 "NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1 FAKE_EXTRA=yes") in log
         assert "Maximum concurrency for 131,072 tokens" in server.log_tail(40)
     assert not server.alive() and not _alive(pid) and port_is_free(port)
     assert server not in live_servers() and server.teardown_problems == []
-    assert events == ["engine_starting on [1]", "engine_ready", "engine_stopped on [1], port free: True"]
+    assert events == [f"engine_starting on {GPU_UUID}", "engine_ready", f"engine_stopped on {GPU_UUID}, port free: True"]
     server.stop()  # idempotent
 
 
@@ -188,7 +190,7 @@ def test_stale_server_on_port_is_never_measured(tmp_path: Path, monkeypatch: pyt
 
         class Launches(Progress):
             def engine_starting(self, engine: str, port: int, command: str, log_path: Path,
-                                gpu_ids: tuple[int, ...] = (), trial: int | None = None) -> None:
+                                gpu_ids: tuple[str, ...] = (), trial: int | None = None) -> None:
                 launches.append(port)
 
         with EngineServer(_spec(tmp_path, "ok"), port=port, grace_s=2, progress=Launches()) as server:
@@ -330,6 +332,16 @@ def test_the_next_run_stops_what_a_dead_tuner_left(tmp_path: Path) -> None:
     assert not list((tmp_path / "ledger").glob("*.json"))
 
 
+def test_a_ledger_entry_keeps_gpu_ids_as_given(tmp_path: Path) -> None:
+    """UUIDs are written and read back verbatim; an entry an older tuner wrote, with integer indices, reads as the
+    same indices in the one type GPU ids have."""
+    entry = ledger.ServerEntry.for_group("autotune-ids-0", os.getpid(), os.getpid(), 1, (GPU_UUID, MIG_UUID))
+    ledger.record_server(tmp_path, entry)
+    data = json.loads((tmp_path / "autotune-ids-0.json").read_text())
+    assert data["gpu_ids"] == [GPU_UUID, MIG_UUID] and ledger.ServerEntry.from_json(data) == entry
+    assert ledger.ServerEntry.from_json({**data, "gpu_ids": [0, 3]}).gpu_ids == ("0", "3")
+
+
 def test_a_recorded_group_that_is_not_provably_ours_is_left_alone(tmp_path: Path) -> None:
     """An entry whose process group now holds another process (same pid, another start time or command line)
     is dropped, and that process is not touched."""
@@ -361,7 +373,7 @@ def test_stop_waits_for_gpu_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     _fake_smi(bindir, used)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     # memory comes back: no problem reported
-    server = EngineServer(_spec(tmp_path, "ok", gpu_ids=(0,)), grace_s=2, gpu_release_timeout_s=5)
+    server = EngineServer(_spec(tmp_path, "ok", gpu_ids=("0",)), grace_s=2, gpu_release_timeout_s=5)
     server.start()
     used.write_text("40000\n")  # the engine holds memory while it runs
     freer = subprocess.Popen(["sh", "-c", f"sleep 0.5; echo 1500 > {used}"])  # ...and frees it after a while
@@ -370,9 +382,10 @@ def test_stop_waits_for_gpu_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     freer.wait(5)
     assert 0.4 < time.monotonic() - t0 < 5 and server.teardown_problems == []
     # memory stays taken: stop gives up after the timeout and says so
-    server = EngineServer(_spec(tmp_path, "ok", gpu_ids=(0,)), grace_s=2, gpu_release_timeout_s=0.5)
+    server = EngineServer(_spec(tmp_path, "ok", gpu_ids=("0",)), grace_s=2, gpu_release_timeout_s=0.5)
     used.write_text("1000\n")
     server.start()
     used.write_text("40000\n")
     server.stop()
     assert any("GPU memory" in p for p in server.teardown_problems)
+

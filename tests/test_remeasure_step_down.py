@@ -45,11 +45,11 @@ def _study() -> optuna.Study:
 @dataclass(frozen=True)
 class _Settings:
     search: SimpleNamespace
-    gpu_ids: tuple[int, ...] = (0,)
+    gpu_ids: tuple[str, ...] = ("0",)
 
 
 def _cfg(tmp_path: Path, repeats: int = 2, limits_ms: dict[str, float] | None = None, max_repeats: int = 0,
-         gpu_slots: tuple[tuple[int, ...], ...] = ((0,),)) -> SimpleNamespace:
+         gpu_slots: tuple[tuple[str, ...], ...] = (("0",),)) -> SimpleNamespace:
     search = SimpleNamespace(limits_ms=limits_ms or {"ttft": 500.0})
     return SimpleNamespace(top_k=1, repeats=repeats, max_repeats=max(repeats, max_repeats), noise_floor=0.0,
                            confidence=0.9, out_dir=tmp_path, study_name="s", settings=_Settings(search=search),
@@ -325,7 +325,7 @@ def test_a_round_runs_on_every_gpu_slot(tmp_path, monkeypatch):
     study_mod.remeasure_and_select(_two_finalists(), _cfg(tmp_path, repeats=1, max_repeats=2), deadline, progress)
     assert progress.rounds == [] and len(calls) == 2  # one slot: the round is priced at two re-measurements
     calls.clear()
-    study_mod.remeasure_and_select(_two_finalists(), _cfg(tmp_path, repeats=1, max_repeats=2, gpu_slots=((0,), (1,))),
+    study_mod.remeasure_and_select(_two_finalists(), _cfg(tmp_path, repeats=1, max_repeats=2, gpu_slots=(("0",), ("1",))),
                                    deadline, progress)
     assert progress.rounds == [(2, 2)] and len(calls) == 4
 

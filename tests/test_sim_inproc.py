@@ -41,7 +41,7 @@ def settings(workload: str = "random:512:64:0.5", **kw: Any) -> TrialSettings:
 
 
 def spec(tmp_path: Path, flags: dict[str, Any], name: str = "sim.log", time_scale: float = 1.0) -> LaunchSpec:
-    return LaunchSpec(engine="sim", model=FLASH, flags=flags, gpu_ids=(0,), served_model_name="m",
+    return LaunchSpec(engine="sim", model=FLASH, flags=flags, gpu_ids=("0",), served_model_name="m",
                       log_path=tmp_path / name, gpu_type="h100", time_scale=time_scale, startup_timeout_s=60)
 
 
@@ -194,7 +194,7 @@ def test_moe_data_parallel_with_fp8_weights_dies_under_load_as_vllm_does(tmp_pat
     """vLLM 0.26.0 starts GLM-4.6V with DP2 and fp8 weights, serves one request, and its engine dies at the first
     batch of several (docs/results/glm-4.6v-h200x2.md): in the sim too, a crash with vLLM's error, not a winner."""
     s = dataclasses.replace(settings("random:1024:128:0.5", time_scale=20.0, sim_server=sim_server),
-                            model=resolve_model("glm-4.6v"), gpu=load_gpu("h200"), gpus=2, gpu_ids=(0, 1))
+                            model=resolve_model("glm-4.6v"), gpu=load_gpu("h200"), gpus=2, gpu_ids=("0", "1"))
     dp_fp8 = {"tensor-parallel-size": 1, "data-parallel-size": 2, "enable-expert-parallel": True,
               "quantization": "fp8", "kv-cache-dtype": "fp8"}
     dead = run_trial(s, dp_fp8, "m", tmp_path / "dp" / "server.log")

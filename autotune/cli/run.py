@@ -89,9 +89,10 @@ def _default(field: str) -> Any:
               help="seconds a load request may take before it counts as failed")
 @click.option("--parallel", type=int, default=None,
               help="trials at once, each on its own --gpus GPUs and port (default: as many as the visible GPUs allow)")
-@click.option("--gpu-ids", default=None, metavar="0,1,...",
-              help="the GPUs this run may use (default: CUDA_VISIBLE_DEVICES, else every GPU); with the sim engine, "
-                   "made-up ids that parallel trials share out")
+@click.option("--gpu-ids", default=None, metavar="ID,ID,...",
+              help="the GPUs this run may use: indices (0,1), GPU UUIDs (GPU-...) or MIG UUIDs (MIG-...), one form "
+                   "(default: CUDA_VISIBLE_DEVICES, else every GPU); with the sim engine, made-up ids that parallel "
+                   "trials share out")
 @click.option("--sim-fault", default=None, metavar="FAULT[@TRIAL,...]",
               help=f"with --sim-server: the sim server makes this fault ({', '.join(FAULTS)}), on the given trials only")
 @click.option("--try", "try_file", type=click.Path(dir_okay=False), default=None,

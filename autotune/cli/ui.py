@@ -18,6 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from autotune.gpu_ids import GpuId
 from autotune.hostcpu import PREFILL_WAITS, others_note
 from autotune.metrics import describe_limits, fmt_ms
 from autotune.progress import CalibrationStep, Progress, StudyEta, StudyInterrupted, StudyStart
@@ -109,9 +110,9 @@ class StudyView(Progress):
                        f"{budget} ({start.existing_trials} earlier)")
         if len(start.gpu_slots) > 1:
             self.status += (f"; {len(start.gpu_slots)} trials at once, on GPUs "
-                            + " and ".join(",".join(map(str, slot)) for slot in start.gpu_slots))
+                            + " and ".join(",".join(slot) for slot in start.gpu_slots))
         if start.idle_gpus:
-            self.status += f"; GPUs {','.join(map(str, start.idle_gpus))} left idle"
+            self.status += f"; GPUs {','.join(start.idle_gpus)} left idle"
         self._log(self.status)
         for caveat in start.caveats:
             self._log(f"caution: {caveat}")
@@ -142,9 +143,9 @@ class StudyView(Progress):
                 self._log(f"trial {number}: {self.rows[number]['state']}")
         self._refresh()
 
-    def leftover_stopped(self, served_model_name: str, port: int, gpu_ids: tuple[int, ...]) -> None:
-        self._say(f"stopped server {served_model_name} (port {port}, GPUs {list(gpu_ids)}) left running by an "
-                  "earlier run that died")
+    def leftover_stopped(self, served_model_name: str, port: int, gpu_ids: tuple[GpuId, ...]) -> None:
+        on_gpus = f", GPUs {','.join(gpu_ids)}" if gpu_ids else ""
+        self._say(f"stopped server {served_model_name} (port {port}{on_gpus}) left running by an earlier run that died")
 
     def dead_run_trials_failed(self, numbers: tuple[int, ...]) -> None:
         which = ", ".join(str(n) for n in numbers)

@@ -24,7 +24,9 @@ __all__ = ["commands", "worker"]
                    "moved on to its final comparison")
 @click.option("--timeout", type=DURATION, default=None, help="start no trial that would end after this long")
 @click.option("--parallel", type=int, default=None, help="trials at once on this machine (default: as its GPUs allow)")
-@click.option("--gpu-ids", default=None, metavar="0,1,...", help="the GPUs this worker may use")
+@click.option("--gpu-ids", default=None, metavar="ID,ID,...",
+              help="the GPUs this worker may use: indices, GPU UUIDs or MIG UUIDs (default: CUDA_VISIBLE_DEVICES, else "
+                   "every GPU)")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="folder for this worker's trial logs")
 @click.option("--sim-fault", default=None, metavar="FAULT[@TRIAL,...]", help="with a --sim-server study: a fault "
               "this worker's sim servers make (testing)")

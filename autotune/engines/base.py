@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from autotune.errors import UsageError
 from autotune.flags import LAUNCHER_FLAGS, flags_to_argv, normalize_flag_name
+from autotune.gpu_ids import GpuId
 from autotune.models import ModelSpec
 
 if TYPE_CHECKING:  # the sim's noise model: its module imports the sim package
@@ -44,7 +45,7 @@ class LaunchSpec:
     engine: str
     model: ModelSpec
     flags: dict[str, Any]
-    gpu_ids: tuple[int, ...]
+    gpu_ids: tuple[GpuId, ...]  # as CUDA_VISIBLE_DEVICES takes them, given to the server verbatim
     served_model_name: str
     log_path: Path
     gpu_type: str | None = None  # sim only: which card to model
@@ -66,7 +67,7 @@ class LaunchSpec:
             raise UsageError(f"flags {', '.join(sorted(owned))} are set by the launcher, not by a search space")
         if not self.served_model_name:
             raise UsageError("served_model_name must be a non-empty unique name")
-        object.__setattr__(self, "gpu_ids", tuple(int(g) for g in self.gpu_ids))
+        object.__setattr__(self, "gpu_ids", tuple(self.gpu_ids))
         object.__setattr__(self, "log_path", Path(self.log_path))
         if self.vllm_cmd is not None:
             object.__setattr__(self, "vllm_cmd", tuple(self.vllm_cmd))

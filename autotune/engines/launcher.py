@@ -35,6 +35,7 @@ from autotune.engines.base import LaunchSpec, StartupInfo, classify_failure, par
 from autotune.engines.ledger import ServerEntry, forget_server, record_server
 from autotune.errors import EngineStartError
 from autotune.flags import flags_to_argv
+from autotune.gpu_ids import GpuId
 from autotune.progress import NULL_PROGRESS, Progress
 
 __all__ = ["EngineServer", "stop_all", "live_servers", "gpu_memory_used_mib", "port_is_free", "pick_free_port",
@@ -76,7 +77,7 @@ def pick_free_port() -> int:
 
 # --- GPU memory --------------------------------------------------------------------------------------
 
-def gpu_memory_used_mib(gpu_ids: tuple[int, ...] | list[int]) -> list[int] | None:
+def gpu_memory_used_mib(gpu_ids: tuple[GpuId, ...] | list[GpuId]) -> list[int] | None:
     """Used memory of each GPU (physical index, PCI bus order) in MiB; None if it cannot be read."""
     if not gpu_ids:
         return None
@@ -268,8 +269,9 @@ class EngineServer:
     def _env(self) -> dict[str, str]:
         env = {**os.environ, **self.spec.extra_env}
         if self.spec.gpu_ids:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in self.spec.gpu_ids)
-            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # so the ids mean what nvidia-smi -i means
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.spec.gpu_ids)  # verbatim: indices, GPU or MIG UUIDs
+            # so indices mean what nvidia-smi -i means (a UUID names one device in any order)
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["PYTHONUNBUFFERED"] = "1"
         env.update(_FORCED_ENV)
         return env
@@ -481,7 +483,8 @@ class EngineServer:
             if time.monotonic() > deadline:
                 self.teardown_problems.append(f"GPU memory {used} MiB not back to {baseline} MiB "
                                               f"{self.gpu_release_timeout_s:.0f} s after stop")
-                logger.warning("GPU memory on %s still %s MiB (before launch: %s)", self.spec.gpu_ids, used, baseline)
+                logger.warning("GPU memory on %s still %s MiB (before launch: %s)", ",".join(self.spec.gpu_ids), used,
+                               baseline)
                 return
             time.sleep(0.5)
 

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from autotune.engines.watchdog import group_members
+from autotune.gpu_ids import GpuId
 
 __all__ = ["ServerEntry", "record_server", "forget_server", "stop_leftovers", "process_start_ticks"]
 
@@ -65,7 +66,7 @@ class ServerEntry:
     server_pid: int
     server_start_ticks: int
     port: int
-    gpu_ids: tuple[int, ...]
+    gpu_ids: tuple[GpuId, ...]  # as the server's CUDA_VISIBLE_DEVICES named them: reported, not used to find it
     host: str
     boot_id: str
     tuner_pid: int
@@ -73,7 +74,7 @@ class ServerEntry:
 
     @classmethod
     def for_group(cls, served_model_name: str, pgid: int, server_pid: int, port: int,
-                  gpu_ids: tuple[int, ...]) -> ServerEntry:
+                  gpu_ids: tuple[GpuId, ...]) -> ServerEntry:
         tuner = os.getpid()
         return cls(served_model_name, pgid, process_start_ticks(pgid) or 0, server_pid,
                    process_start_ticks(server_pid) or 0, port, tuple(gpu_ids), socket.gethostname(), _boot_id(),
@@ -84,7 +85,8 @@ class ServerEntry:
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> ServerEntry:
-        return cls(**{**data, "gpu_ids": tuple(data["gpu_ids"])})  # type: ignore[arg-type]
+        # str(): an older tuner's entry holds integer indices
+        return cls(**{**data, "gpu_ids": tuple(str(g) for g in data["gpu_ids"])})  # type: ignore[arg-type, union-attr]
 
     def on_this_machine(self) -> bool:
         return self.host == socket.gethostname() and self.boot_id == _boot_id()
@@ -137,7 +139,7 @@ def stop_leftovers(folder: Path, grace_s: float = 5.0) -> list[ServerEntry]:
             continue
         if entry.identified_members():
             logger.warning("stopping server %s (group %d, port %d, GPUs %s) left by a tuner that is gone",
-                           entry.served_model_name, entry.pgid, entry.port, list(entry.gpu_ids))
+                           entry.served_model_name, entry.pgid, entry.port, ",".join(entry.gpu_ids))
             _stop_group(entry, grace_s)
             stopped.append(entry)
         path.unlink(missing_ok=True)
