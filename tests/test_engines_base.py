@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,36 @@ def test_gpu_memory_used_mib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 _GPU_UUIDS = ("GPU-5f2c0d1e-8a3b-4c6d-9e0f-1a2b3c4d5e6f", "GPU-0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0")
+
+
+def test_gpu_memory_is_read_by_uuid_and_not_for_a_mig_slice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU UUID goes to nvidia-smi -i as written. A MIG slice is not asked about: nvidia-smi's GPU query gives
+    its parent GPU's memory, which other slices move, so the stop relies on the process group and the port."""
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    _fake_smi(tmp_path, "1234\\n567\\n")
+    assert gpu_memory_used_mib(list(_GPU_UUIDS)) == [1234, 567]
+    assert (tmp_path / "smi_args").read_text().split() == [
+        "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", ",".join(_GPU_UUIDS)]
+    (tmp_path / "smi_args").unlink()
+    for mig in ("MIG-1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d", f"MIG-{_GPU_UUIDS[0]}/1/0"):
+        assert gpu_memory_used_mib([mig]) is None
+    assert not (tmp_path / "smi_args").exists()
+
+
+def test_gpu_memory_from_nvml_by_index_or_uuid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without nvidia-smi, NVML is asked for an index's handle by index and a UUID's by UUID."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    asked: list[tuple[str, object]] = []
+    used_mib = {3: 700, _GPU_UUIDS[1]: 900}
+    nvml = types.SimpleNamespace(
+        nvmlInit=lambda: None, nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: asked.append(("index", i)) or i,
+        nvmlDeviceGetHandleByUUID=lambda u: asked.append(("uuid", u)) or u,
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(used=used_mib[h] * 2**20))
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    assert gpu_memory_used_mib(["3"]) == [700] and gpu_memory_used_mib([_GPU_UUIDS[1]]) == [900]
+    assert asked == [("index", 3), ("uuid", _GPU_UUIDS[1])]
 
 
 def test_the_profiling_runs_own_time() -> None:

@@ -389,3 +389,31 @@ def test_stop_waits_for_gpu_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     server.stop()
     assert any("GPU memory" in p for p in server.teardown_problems)
 
+
+@pytest.mark.slow  # a second or more: launches and kills fake engines with their watchdogs
+def test_stop_checks_gpu_memory_by_uuid_and_not_on_a_mig_slice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server on a GPU UUID: nvidia-smi is asked about that UUID, and memory that stays taken is reported. On a MIG
+    slice nvidia-smi's GPU query would give the parent GPU's memory (here held by another slice's tenant): the
+    stop relies on the process group and the port, and reports nothing."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    used = tmp_path / "used"
+    smi = bindir / "nvidia-smi"  # answers for the GPU UUID only, as nvidia-smi does for a device it has
+    smi.write_text(f'#!/bin/sh\ncase "$*" in *"-i {GPU_UUID}"*) cat {used};; *) echo "No devices were found"; exit 6;;'
+                   " esac\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    server = EngineServer(_spec(tmp_path, "ok", gpu_ids=(GPU_UUID,)), grace_s=2, gpu_release_timeout_s=0.5)
+    used.write_text("1000\n")
+    server.start()
+    used.write_text("40000\n")  # the engine's memory stays taken
+    server.stop()
+    assert any("GPU memory [40000] MiB not back to [1000] MiB" in p for p in server.teardown_problems)
+    smi.write_text(f"#!/bin/sh\ncat {used}\n")  # the parent GPU's memory, whatever -i names
+    server = EngineServer(_spec(tmp_path, "ok", gpu_ids=(MIG_UUID,)), grace_s=2, gpu_release_timeout_s=5)
+    used.write_text("1000\n")
+    server.start()
+    used.write_text("40000\n")  # another slice's tenant took memory on the parent GPU meanwhile
+    t0 = time.monotonic()
+    server.stop()
+    assert server.teardown_problems == [] and time.monotonic() - t0 < 4

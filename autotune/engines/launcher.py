@@ -25,6 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -35,7 +36,7 @@ from autotune.engines.base import LaunchSpec, StartupInfo, classify_failure, par
 from autotune.engines.ledger import ServerEntry, forget_server, record_server
 from autotune.errors import EngineStartError
 from autotune.flags import flags_to_argv
-from autotune.gpu_ids import GpuId
+from autotune.gpu_ids import GpuId, is_mig_device
 from autotune.progress import NULL_PROGRESS, Progress
 
 __all__ = ["EngineServer", "stop_all", "live_servers", "gpu_memory_used_mib", "port_is_free", "pick_free_port",
@@ -77,15 +78,21 @@ def pick_free_port() -> int:
 
 # --- GPU memory --------------------------------------------------------------------------------------
 
-def gpu_memory_used_mib(gpu_ids: tuple[GpuId, ...] | list[GpuId]) -> list[int] | None:
-    """Used memory of each GPU (physical index, PCI bus order) in MiB; None if it cannot be read."""
-    if not gpu_ids:
+def gpu_memory_used_mib(gpu_ids: Sequence[GpuId]) -> list[int] | None:
+    """Used memory of each GPU in MiB, in the order given; None if it cannot be read. Indices are physical (PCI bus
+    order, as nvidia-smi numbers them); a GPU UUID goes to ``nvidia-smi -i`` as written.
+
+    None for a MIG slice: ``nvidia-smi --query-gpu`` lists whole GPUs only, so it would give the parent GPU's
+    memory, which the other slices' tenants move; a slice's own memory is in nvidia-smi's MIG table or NVML's MIG
+    handles, which this does not read. A server on MIG slices is therefore deemed stopped on the other checks alone:
+    its process group gone (every process that held the slice's memory) and its port free."""
+    if not gpu_ids or any(is_mig_device(g) for g in gpu_ids):
         return None
     smi = shutil.which("nvidia-smi")
     if smi:
-        ids = ",".join(str(g) for g in gpu_ids)
         try:
-            out = subprocess.run([smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", ids],
+            out = subprocess.run([smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits",
+                                  "-i", ",".join(gpu_ids)],
                                  capture_output=True, text=True, timeout=15, stdin=subprocess.DEVNULL)
             values = [int(float(line.strip())) for line in out.stdout.splitlines() if line.strip()]
             if out.returncode == 0 and len(values) == len(gpu_ids):
@@ -101,8 +108,9 @@ def gpu_memory_used_mib(gpu_ids: tuple[GpuId, ...] | list[GpuId]) -> list[int] |
     try:
         pynvml.nvmlInit()
         try:
-            return [int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(g)).used // 2**20)
-                    for g in gpu_ids]
+            handles = [pynvml.nvmlDeviceGetHandleByIndex(int(g)) if g.isdigit() else pynvml.nvmlDeviceGetHandleByUUID(g)
+                       for g in gpu_ids]
+            return [int(pynvml.nvmlDeviceGetMemoryInfo(h).used // 2**20) for h in handles]
         finally:
             pynvml.nvmlShutdown()
     except Exception as e:  # noqa: BLE001 - NVML raises its own error classes
@@ -300,6 +308,9 @@ class EngineServer:
             raise EngineStartError(f"port {self._port} is taken before launch", "port_in_use", "")
         if spec.engine == "vllm":
             self._gpu_baseline_mib = gpu_memory_used_mib(spec.gpu_ids)
+            if any(is_mig_device(g) for g in spec.gpu_ids):
+                logger.info("MIG devices %s: a stop checks the process group and the port, not the memory "
+                            "(nvidia-smi's GPU query reports the parent GPU)", ",".join(spec.gpu_ids))
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = self.command
         logger.info("starting %s server on port %d: %s", spec.engine, self._port, shlex.join(argv))
