@@ -248,7 +248,7 @@ def _extra_flags(pairs: tuple[str, ...]) -> dict[str, Any]:
     return flags
 
 
-def _tries(path: str | None, space: SearchSpace) -> tuple[dict[str, Any], ...]:
+def _tries(path: str | None, space: SearchSpace, gpus: int) -> tuple[dict[str, Any], ...]:
     """`--try FILE`: one mapping of flags, or a list of them, to queue after the baselines. A point may set
     tensor-parallel-size where the space searches it (data-parallel-size follows as GPUs / TP)."""
     if not path:
@@ -263,6 +263,11 @@ def _tries(path: str | None, space: SearchSpace) -> tuple[dict[str, Any], ...]:
             flags = {normalize_flag_name(k): check_flag_value(k, v) for k, v in point.items()}
         except UsageError as e:  # say which input holds the bad flag: --set and the space take flags too
             raise UsageError(f"--try {path}: {e}") from None
+        if "data-parallel-size" in flags:
+            how = ("; give tensor-parallel-size instead" if len(space.tp_choices) > 1
+                   else f", here {gpus} / {space.default_tp}")
+            raise UsageError(f"--try {path}: data-parallel-size is not set by hand: it follows from --gpus / "
+                             f"tensor-parallel-size{how}")
         searched = set(space.params) | ({"tensor-parallel-size"} if len(space.tp_choices) > 1 else set())
         outside = sorted(set(flags) - searched)
         if outside:
@@ -326,7 +331,7 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
         sim_server=opts.sim_server, sim_noise=NOISE_MODELS[opts.sim_noise], seed=opts.seed,
         request_timeout_s=opts.request_timeout_s, ledger_dir=out_dir / study_name / "servers",
     )
-    tries = _tries(opts.try_file, space)
+    tries = _tries(opts.try_file, space, opts.gpus)
     for point in tries:
         check_workload_flags(workload, {**space.fixed, **point}, f"--try {opts.try_file}")
     return StudyConfig(

@@ -12,16 +12,24 @@ read from its source, not guessed:
 - the production-stack Helm chart (``helm/templates/deployment-vllm-multi.yaml``): ``vllmConfig``'s typed keys
   become flags (``enableChunkedPrefill``, ``maxModelLen``, ``dtype``, ``tensorParallelSize``, ``maxNumSeqs``,
   ``gpuMemoryUtilization`` when present; ``enablePrefixCaching`` always, absent meaning
-  ``--no-enable-prefix-caching``), then ``extraArgs`` item by item. A flag goes to one place or the other.
+  ``--no-enable-prefix-caching``), then ``extraArgs`` item by item. A flag goes to one place or the other. It has no
+  key for data parallelism (``--data-parallel-size`` goes in ``extraArgs``), and it mounts ``/dev/shm``
+  (``shmSize``, default 20Gi) only where ``vllmConfig`` has ``tensorParallelSize``; ``requestGPU`` is the pod's
+  ``nvidia.com/gpu``.
 - KServe's huggingface runtime (``python/huggingfaceserver``): vLLM's argument parser behind KServe's own
   (``--model_name``, ``--model_id``, ``--backend``); it turns ``--dtype auto`` into float16 on a GPU, so the dtype
-  the study measured is given explicitly. KServe's server listens on 8080 with readiness at /v2/health/ready.
+  the study measured is given explicitly. KServe's server listens on 8080 with readiness at /v2/health/ready; its
+  ClusterServingRuntime mounts ``/dev/shm``. It sets ``--tensor-parallel-size`` to the pod's GPU count
+  (``vllm/vllm_model.py``, ``torch.cuda.device_count()``), so a data-parallel layout (TP x DP GPUs in one pod)
+  cannot run on it: such a winner's InferenceService runs vLLM's own image as its predictor container instead.
 - llm-d's model-server recipes (``guides/*/modelserver/gpu/vllm``): a Deployment ``decode`` whose container
   ``modelserver`` runs ``vllm serve`` with MODEL and the flags as ``args``; a strategic-merge patch replaces that
-  list whole.
+  list whole. The recipes mount a 20Gi ``/dev/shm`` named ``shm``; vLLM balances the data-parallel ranks of one
+  pod itself (llm-d's router sees the pod as one endpoint).
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +58,12 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # weights while they load. A node's own sizing may call for more.
 CPU_PER_GPU = 8
 MEMORY_GIB_PER_GPU = 32
-SHM_SIZE = "20Gi"  # /dev/shm for NCCL between tensor-parallel workers (the production-stack chart's default)
+# /dev/shm: NCCL and vLLM's message queues between the processes of the GPUs (tensor- and data-parallel ranks), and
+# the shm processor cache, need more than a container's default 64 MiB (vLLM's Kubernetes and Docker docs). The
+# production-stack chart's and llm-d's recipes' size.
+SHM_SIZE = "20Gi"
+LLMD_SHM_VOLUME = "shm"  # the name llm-d's recipes give it, so that the patch's volume is theirs
+K8S_SHM_VOLUME = "dshm"
 # A cold start downloads the weights, compiles and captures CUDA graphs: 2-3 min for a 9B model on an H100
 # (docs/results/h100-flash.md), far longer for a large one. The startup probe allows 30 min before giving up.
 STARTUP_PERIOD_S = 10
@@ -96,6 +109,20 @@ class Deployment:
         return f"v{self.vllm_version}" if self.vllm_version else "latest"
 
     @property
+    def tensor_parallel_size(self) -> int:
+        return int(self.flags.get("tensor-parallel-size") or 1)
+
+    @property
+    def data_parallel_size(self) -> int:
+        return int(self.flags.get("data-parallel-size") or 1)
+
+    @property
+    def needs_shm(self) -> bool:
+        """Whether vLLM's processes share memory beyond a container's default /dev/shm: several GPUs, or the shm
+        processor cache."""
+        return self.gpus > 1 or self.flags.get("mm-processor-cache-type") == "shm"
+
+    @property
     def args(self) -> list[str]:
         """`vllm serve` arguments: MODEL and the flags."""
         return [self.model, *flags_to_argv(self.flags)]
@@ -130,9 +157,19 @@ def build_deployment(data: StudyRecords, winner: Winner) -> Deployment:
     header.append(f"measured: {run.finished_at if run else 'unknown'}")
     for name, value in dropped.items():
         header.append(f"measured with --{name} {value}, left out here: a deployment loads the real weights")
+    used = layout_gpus(flags)
+    if used != fp.gpus:  # every layout autotune runs is GPUs = TP x DP: a record from elsewhere
+        raise UsageError(f"study {data.name!r}: trial {winner.trial}'s flags use {used} GPU(s) (tensor x data x "
+                         f"pipeline parallel) but the study ran on {fp.gpus}: not exported")
     return Deployment(study=data.name, model=serve_cmd_model(winner.vllm_serve_cmd), flags=flags, gpus=fp.gpus,
                       gpu_type=fp.gpu_type, vllm_version=run.vllm_version if run else None,
                       weight_dtype=fp.weight_dtype, header=tuple(header))
+
+
+def layout_gpus(flags: dict[str, Any]) -> int:
+    """The GPUs one `vllm serve` with ``flags`` uses: tensor x data x pipeline parallel size."""
+    return math.prod(int(flags.get(name) or 1)
+                     for name in ("tensor-parallel-size", "data-parallel-size", "pipeline-parallel-size"))
 
 
 # -- the formats -------------------------------------------------------------------------------------------------
@@ -174,6 +211,8 @@ def _helm(dep: Deployment) -> str:
     extra: dict[str, Any] = {}
     for name, value in dep.flags.items():
         (typed if name in HELM_TYPED_KEYS else extra)[name] = value
+    if dep.needs_shm:  # the chart mounts /dev/shm only where tensorParallelSize is set (1 included)
+        typed["tensor-parallel-size"] = dep.tensor_parallel_size
     vllm_config = {HELM_TYPED_KEYS[name]: value for name, value in sorted(typed.items())}
     # Set always: without it the chart adds --no-enable-prefix-caching, which is not vLLM's default.
     vllm_config["enablePrefixCaching"] = bool(effective_flags(dep.flags)["enable-prefix-caching"])
@@ -200,6 +239,14 @@ def _annotations(dep: Deployment) -> dict[str, str]:
     return {"autotune/study": dep.study}
 
 
+def _shm_mount(name: str = K8S_SHM_VOLUME) -> dict[str, Any]:
+    return {"name": name, "mountPath": "/dev/shm"}
+
+
+def _shm_volume(name: str = K8S_SHM_VOLUME) -> dict[str, Any]:
+    return {"name": name, "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}
+
+
 def _k8s(dep: Deployment) -> str:
     container = {
         "name": "vllm", "image": f"{IMAGE}:{dep.image_tag}", "command": ["vllm", "serve"],
@@ -209,16 +256,14 @@ def _k8s(dep: Deployment) -> str:
         "startupProbe": _startup_probe(HEALTH_PATH, "http"),
         "readinessProbe": _probe(HEALTH_PATH, "http", 5, 3),
         "livenessProbe": _probe(HEALTH_PATH, "http", 10, 3),
-        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+        "volumeMounts": [_shm_mount()],
     }
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": dep.name, "labels": _labels(dep), "annotations": _annotations(dep)},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": dep.name}},
                  "template": {"metadata": {"labels": _labels(dep)},
-                              "spec": {"containers": [container],
-                                       "volumes": [{"name": "dshm",
-                                                    "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}]}}},
+                              "spec": {"containers": [container], "volumes": [_shm_volume()]}}},
     }
     service = {
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": dep.name, "labels": _labels(dep)},
@@ -229,6 +274,8 @@ def _k8s(dep: Deployment) -> str:
 
 
 def _kserve(dep: Deployment) -> str:
+    if dep.data_parallel_size > 1:
+        return _kserve_vllm_image(dep)
     flags = dict(dep.flags)
     if flags.get("dtype", "auto") == "auto":
         flags["dtype"] = dep.weight_dtype  # KServe reads auto as float16: state what was measured
@@ -238,9 +285,27 @@ def _kserve(dep: Deployment) -> str:
         "env": [_hf_token_env()], "resources": dep.resources(),
         "readinessProbe": _probe(KSERVE_READY_PATH, KSERVE_PORT, 10, 3),
     }
+    return _inference_service(dep, {"model": model})
+
+
+def _kserve_vllm_image(dep: Deployment) -> str:
+    """The predictor as a container of vLLM's image running the study's `vllm serve` (KServe's custom predictor):
+    the huggingface runtime would run TP over every GPU of the pod, on top of the data-parallel ranks."""
+    container = {
+        "name": "kserve-container", "image": f"{IMAGE}:{dep.image_tag}", "command": ["vllm", "serve"],
+        "args": [*dep.args, *flags_to_argv({"port": VLLM_PORT})],
+        # unnamed: Knative (KServe's serverless mode) takes only http1 or h2c as a port's name
+        "ports": [{"containerPort": VLLM_PORT, "protocol": "TCP"}], "env": [_hf_token_env()],
+        "resources": dep.resources(), "readinessProbe": _probe(HEALTH_PATH, VLLM_PORT, 10, 3),
+        "volumeMounts": [_shm_mount()],
+    }
+    return _inference_service(dep, {"containers": [container], "volumes": [_shm_volume()]})
+
+
+def _inference_service(dep: Deployment, predictor: dict[str, Any]) -> str:
     return _yaml({"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
                   "metadata": {"name": dep.name, "labels": _labels(dep), "annotations": _annotations(dep)},
-                  "spec": {"predictor": {"model": model}}})
+                  "spec": {"predictor": predictor}})
 
 
 def _compose(dep: Deployment) -> str:
@@ -262,16 +327,45 @@ def _compose(dep: Deployment) -> str:
 
 def _kustomize(dep: Deployment) -> str:
     gpus = {GPU_RESOURCE: str(dep.gpus)}
-    container = {"name": LLMD_CONTAINER, "args": dep.args, "resources": {"requests": gpus, "limits": dict(gpus)}}
+    container: dict[str, Any] = {"name": LLMD_CONTAINER, "args": dep.args,
+                                 "resources": {"requests": gpus, "limits": dict(gpus)}}
+    pod: dict[str, Any] = {"containers": [container]}
+    if dep.needs_shm:
+        # Merged by mountPath and by volume name: a recipe's own /dev/shm becomes this one, and a base without one
+        # gets it.
+        container["volumeMounts"] = [_shm_mount(LLMD_SHM_VOLUME)]
+        pod["volumes"] = [_shm_volume(LLMD_SHM_VOLUME)]
     return _yaml({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": LLMD_DEPLOYMENT},
-                  "spec": {"template": {"spec": {"containers": [container]}}}})
+                  "spec": {"template": {"spec": pod}}})
 
 
 @dataclass(frozen=True)
 class _Format:
     suffix: str
-    usage: str  # the first header line: how the file is used
+    usage: str | Callable[[Deployment], str]  # the first header line: how the file is used
     render: Callable[[Deployment], str]
+    notes: Callable[[Deployment], list[str]] = lambda dep: []  # header lines after the usage: what this runtime
+    # makes of the winner that the others do not
+
+
+def _helm_notes(dep: Deployment) -> list[str]:
+    if dep.data_parallel_size == 1:
+        return []
+    return [f"--data-parallel-size {dep.data_parallel_size} is in extraArgs: the chart's vllmConfig has no key for it"]
+
+
+def _kserve_usage(dep: Deployment) -> str:
+    if dep.data_parallel_size == 1:
+        return "KServe InferenceService on the huggingface runtime (vLLM backend): kubectl apply -f FILE"
+    return ("KServe InferenceService whose predictor runs vLLM's image, not the huggingface runtime (which sets "
+            "--tensor-parallel-size to the pod's GPU count: no data parallelism): kubectl apply -f FILE")
+
+
+def _kustomize_notes(dep: Deployment) -> list[str]:
+    if dep.data_parallel_size == 1:
+        return []
+    return [f"vLLM balances its {dep.data_parallel_size} data-parallel ranks inside the pod: llm-d's router sees "
+            "the pod as one endpoint"]
 
 
 FORMATS: dict[str, _Format] = {
@@ -279,14 +373,13 @@ FORMATS: dict[str, _Format] = {
                                     "override it)", _vllm_config),
     "sh": _Format(".serve.sh", "the vllm serve command", _sh),
     "helm": _Format(".helm-values.yaml", "values for the vLLM production-stack chart: helm install RELEASE "
-                                         "vllm/vllm-stack -f FILE", _helm),
-    "kserve": _Format(".kserve.yaml", "KServe InferenceService on the huggingface runtime (vLLM backend): "
-                                      "kubectl apply -f FILE", _kserve),
+                                         "vllm/vllm-stack -f FILE", _helm, _helm_notes),
+    "kserve": _Format(".kserve.yaml", _kserve_usage, _kserve),
     "k8s": _Format(".k8s.yaml", "Kubernetes Deployment and Service running vllm serve: kubectl apply -f FILE", _k8s),
     "compose": _Format(".compose.yaml", "docker compose service: docker compose -f FILE up", _compose),
     "kustomize": _Format(".kustomize-patch.yaml", f"kustomize patch for llm-d's model server (Deployment "
                                                   f"{LLMD_DEPLOYMENT}, container {LLMD_CONTAINER}): add it under "
-                                                  "patches: in your overlay", _kustomize),
+                                                  "patches: in your overlay", _kustomize, _kustomize_notes),
 }
 
 
@@ -310,9 +403,10 @@ def render(fmt: str, dep: Deployment) -> str:
     """The file's text: for YAML, the usage line and the provenance as comments, then the document."""
     spec = FORMATS[fmt]
     body = spec.render(dep)
+    usage = spec.usage(dep) if callable(spec.usage) else spec.usage
     if fmt == "sh":
-        return body.replace("#!/bin/sh\n", "#!/bin/sh\n" + _comment((spec.usage,)), 1)
-    return _comment((spec.usage, *dep.header)) + body
+        return body.replace("#!/bin/sh\n", "#!/bin/sh\n" + _comment((usage,)), 1)
+    return _comment((usage, *spec.notes(dep), *dep.header)) + body
 
 
 def _comment(lines: tuple[str, ...] | list[str]) -> str:

@@ -36,19 +36,10 @@ def factory_storage(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A SQLite storage of studies as `autotune run` leaves them (tests/study_factory.py), shared read-only by the
     readers' tests: a, b (two GPUs, TTFT and ITL limits, measured with --load-format dummy), c (the sim engine, a
     tighter limit), none (nothing met the limit), unselected (trials, no re-measurement yet)."""
-    import optuna
-    from sqlalchemy import event
-
-    from tests.study_factory import make_study
+    from tests.study_factory import make_study, throwaway_storage
 
     url = f"sqlite:///{tmp_path_factory.mktemp('studies')}/studies.db"
-    storage = optuna.storages.RDBStorage(url)
-    storage.engine.dispose()
-
-    @event.listens_for(storage.engine, "connect")
-    def _unsynced(connection, _record) -> None:  # a throwaway file: no fsync per trial (4x faster to build)
-        connection.execute("PRAGMA synchronous=OFF")
-
+    storage = throwaway_storage(url)
     make_study(storage, "a", seed=1)
     make_study(storage, "b", limits_ms={"ttft": 500.0, "itl": 50.0}, gpus=2, seed=2,
                extra_flags={"load-format": "dummy"})

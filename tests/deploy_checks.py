@@ -13,7 +13,12 @@ booleans, unknown flags refused).
   6d98f83): ``vllm serve MODEL_URL --host 0.0.0.0 --port PORT``, then ``vllmConfig``'s typed keys in the
   template's order (``enableChunkedPrefill`` when present; ``enablePrefixCaching``, absent meaning
   ``--no-enable-prefix-caching``; ``maxModelLen``, ``dtype``, ``tensorParallelSize``, ``maxNumSeqs``,
-  ``gpuMemoryUtilization`` spelt ``--gpu_memory_utilization``), then ``extraArgs``.
+  ``gpuMemoryUtilization`` spelt ``--gpu_memory_utilization``), then ``extraArgs``; an emptyDir in memory at
+  ``/dev/shm`` (``shmSize``, default 20Gi) only where ``vllmConfig`` has the key ``tensorParallelSize``; the pod's
+  ``nvidia.com/gpu`` is ``requestGPU`` (read at vllm-project/production-stack a6c01db, helm/templates/_helpers.tpl
+  ``chart.resources``).
+- KServe's huggingface runtime (python/huggingfaceserver/huggingfaceserver/vllm/vllm_model.py at kserve/kserve
+  aaac4e2): ``start_engine`` sets ``tensor_parallel_size = torch.cuda.device_count()`` whatever the arguments say.
 """
 from __future__ import annotations
 
@@ -92,3 +97,21 @@ def helm_container_args(values: dict[str, Any]) -> list[list[str]]:
             args += [str(a) for a in cfg.get("extraArgs") or []]
         commands.append(args)
     return commands
+
+
+def helm_shm_size(values: dict[str, Any]) -> list[str | None]:
+    """Each modelSpec's /dev/shm size as the chart's template mounts it; None: no /dev/shm mounted."""
+    return [spec.get("shmSize", "20Gi") if "tensorParallelSize" in (spec.get("vllmConfig") or {}) else None
+            for spec in values["servingEngineSpec"]["modelSpec"]]
+
+
+def shm_sizes(pod_spec: dict[str, Any], container: dict[str, Any]) -> list[str]:
+    """The sizes of the in-memory volumes mounted at /dev/shm in ``container`` (one, where it is done right)."""
+    volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
+    sizes = []
+    for mount in container.get("volumeMounts", []):
+        if mount["mountPath"] == "/dev/shm":
+            empty = volumes[mount["name"]]["emptyDir"]
+            assert empty["medium"] == "Memory", empty
+            sizes.append(empty["sizeLimit"])
+    return sizes

@@ -123,6 +123,8 @@ def test_bad_space_file(capsys, storage, tmp_path, space, message):
     ("max-num-seqs: abc\n", "flag max-num-seqs: 'abc' is not a valid int"),
     ("foo: 1\n", "unknown vLLM flag 'foo'"),
     ("max-model-len: 4096\n", "max-model-len is not searched by the space"),
+    ("data-parallel-size: 2\n",
+     "data-parallel-size is not set by hand: it follows from --gpus / tensor-parallel-size, here 1 / 1"),
 ])
 def test_bad_try_file_names_the_file(capsys, storage, tmp_path, point, message):
     """A bad flag or value in --try FILE was reported without naming the file (--set and the space take flags

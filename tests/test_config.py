@@ -37,6 +37,20 @@ def test_try_points_may_set_tp_where_the_space_searches_it(tmp_path: Path) -> No
         _config(tmp_path, model="flash", gpus=1, try_file=str(points))  # one GPU: TP 1 only, not searched
 
 
+def test_a_try_point_leaves_data_parallel_to_the_gpus_and_tp(tmp_path: Path) -> None:
+    """A point setting data-parallel-size was refused as "not searched by the space", as if the space could
+    search it: DP is GPUs / TP, so the point gives TP where the space searches it."""
+    points = tmp_path / "try.yaml"
+    points.write_text("{tensor-parallel-size: 2, data-parallel-size: 3}\n")
+    with pytest.raises(UsageError) as e:
+        _config(tmp_path, model="flash", gpus=6, try_file=str(points))
+    assert str(e.value) == (f"--try {points}: data-parallel-size is not set by hand: it follows from --gpus / "
+                            "tensor-parallel-size; give tensor-parallel-size instead")
+    points.write_text("{tensor-parallel-size: 2}\n")
+    cfg = _config(tmp_path, model="flash", gpus=6, try_file=str(points))
+    assert cfg.space.try_flags(cfg.tries[0], 6)["data-parallel-size"] == 3
+
+
 def test_a_try_point_must_admit_the_workload_images(tmp_path: Path) -> None:
     points = tmp_path / "try.yaml"
     points.write_text("{limit-mm-per-prompt: {image: 16, video: 0}}\n")

@@ -16,12 +16,14 @@ import pytest
 import yaml
 
 from autotune.cli import main
-from autotune.deploy import FORMATS, HELM_TYPED_KEYS, KSERVE_PORT, VLLM_PORT, Deployment, build_deployment, render
+from autotune.deploy import (FORMATS, HELM_TYPED_KEYS, KSERVE_PORT, SHM_SIZE, VLLM_PORT, Deployment, build_deployment,
+                             render)
 from autotune.engines.base import serve_cmd_model
 from autotune.flags import deploy_flags, effective_flags
 from autotune.storage import open_storage_readonly
 from autotune.winner import find_winner, read_study
-from tests.deploy_checks import NotAccepted, helm_container_args, serve_flags, vllm_config_argv
+from tests.deploy_checks import (NotAccepted, helm_container_args, helm_shm_size, serve_flags, shm_sizes,
+                                 vllm_config_argv)
 
 DATA = Path(__file__).with_name("data")
 
@@ -129,6 +131,8 @@ def test_every_format_gives_the_runtime_the_winners_flags(capsys, factory_storag
     rest = [a for a in spec["args"] if not a.startswith(("--model_", "--backend"))]
     assert serve_flags([model, *rest]) == (model, {**expected, "dtype": data.fingerprint.weight_dtype})
     assert spec["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
+    # the runtime runs TP over every GPU of the pod, whatever --tensor-parallel-size says
+    assert effective_flags(expected)["tensor-parallel-size"] == gpus
     assert spec["readinessProbe"]["httpGet"]["port"] == KSERVE_PORT
 
     # docker compose: GPUs, the port, a health check on /health
@@ -378,11 +382,16 @@ def test_the_llm_d_patch_applies_with_kustomize(capsys, factory_storage, repo, t
 
 @pytest.mark.skipif(not os.environ.get("AUTOTUNE_PRODUCTION_STACK_CHART"),
                     reason="AUTOTUNE_PRODUCTION_STACK_CHART (a checkout of the chart's helm/ folder) not set")
-def test_helm_values_against_the_charts_own_schema_and_template(capsys, factory_storage, repo, tmp_path):
+def test_helm_values_against_the_charts_own_schema_and_template(capsys, factory_storage, multi_gpu_storage, repo,
+                                                                tmp_path):
     chart = Path(os.environ["AUTOTUNE_PRODUCTION_STACK_CHART"])
+    schema = json.loads((chart / "values.schema.json").read_text())
+    for study in MULTI_GPU:
+        [path] = export(capsys, multi_gpu_storage, study, repo / study, "--format", "helm")["written"]
+        jsonschema.validate(yaml.safe_load(Path(path).read_text()), schema)
     [path] = export(capsys, factory_storage, "b", repo, "--format", "helm")["written"]
     values = yaml.safe_load(Path(path).read_text())
-    jsonschema.validate(values, json.loads((chart / "values.schema.json").read_text()))
+    jsonschema.validate(values, schema)
     helm = shutil.which("helm")
     if helm is None:
         return
@@ -412,3 +421,213 @@ def test_a_commit_without_gains_says_why(factory_storage):
     assert commit_message(winner, dep).split("\n")[0].endswith(": the best trial so far, not re-measured")
     only = replace(winner, selected=True, gains={})
     assert commit_message(only, dep).split("\n")[0].endswith(": no baseline compared")
+
+
+# -- multi-GPU winners: tensor x data parallel, expert parallel -----------------------------------------------------
+MULTI_GPU = {  # study -> (preset, model, GPUs, the layout every trial runs, flags every trial adds)
+    "tp2dp3": ("flash", "zai-org/GLM-4.6V-Flash", 6, {"tensor-parallel-size": 2, "data-parallel-size": 3}, {}),
+    "dp8-ep": ("glm-4.6v", "zai-org/GLM-4.6V", 8, {"tensor-parallel-size": 1, "data-parallel-size": 8},
+               {"enable-expert-parallel": True}),
+    # a layout without its TP flag (vLLM's default, 1): the chart still has to mount /dev/shm
+    "dp4": ("flash", "zai-org/GLM-4.6V-Flash", 4, {"data-parallel-size": 4}, {}),
+    "tp4-ep": ("glm-4.6v", "zai-org/GLM-4.6V", 4, {"tensor-parallel-size": 4}, {"enable-expert-parallel": True}),
+}
+
+
+@pytest.fixture(scope="module")
+def multi_gpu_storage(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from tests.study_factory import make_study, throwaway_storage
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('multi')}/studies.db"
+    storage = throwaway_storage(url)
+    for seed, (name, (preset, model, gpus, layout, extra)) in enumerate(MULTI_GPU.items()):
+        make_study(storage, name, gpus=gpus, seed=seed, preset=preset, model=model, parallel=layout,
+                   extra_flags=extra, n_trials=4)
+    make_study(storage, "odd", gpus=6, parallel={"tensor-parallel-size": 2}, n_trials=4)  # TP 2 of the 6 GPUs
+    storage.engine.dispose()
+    return url
+
+
+def check_multi_gpu_formats(files: dict[str, Path], model: str, expected: dict, gpus: int) -> None:
+    """Every format starts vLLM with the winner's flags on TP x DP GPUs, each runtime as it reads them (see
+    tests/deploy_checks.py), with an in-memory /dev/shm for the processes of the GPUs."""
+    tp, dp = (int(expected.get(f"{kind}-parallel-size", 1)) for kind in ("tensor", "data"))
+    assert tp * dp == gpus
+    assert set(files) == set(FORMATS)
+
+    assert serve_flags(vllm_config_argv(files["config"])) == (model, expected)
+    words = shlex.split(files["sh"].read_text().strip().splitlines()[-1])
+    assert serve_flags(words[3:-1]) == (model, expected)
+
+    pod = k8s_docs(files["k8s"])["Deployment"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert serve_flags(container["args"]) == (model, expected)
+    for side in ("requests", "limits"):
+        assert container["resources"][side]["nvidia.com/gpu"] == str(gpus)
+    assert shm_sizes(pod, container) == [SHM_SIZE]
+
+    predictor = yaml.safe_load(files["kserve"].read_text())["spec"]["predictor"]
+    if dp > 1:  # the huggingface runtime would run TP over all the pod's GPUs: vLLM's own image instead
+        assert "model" not in predictor
+        [container] = predictor["containers"]
+        assert container["command"] == ["vllm", "serve"] and container["image"].startswith("vllm/vllm-openai:")
+        assert serve_flags(container["args"]) == (model, expected)
+        assert f"--port={VLLM_PORT}" in container["args"] or container["args"][-2:] == ["--port", str(VLLM_PORT)]
+        assert [p["containerPort"] for p in container["ports"]] == [VLLM_PORT]
+        assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": VLLM_PORT}
+        assert shm_sizes(predictor, container) == [SHM_SIZE]
+    else:  # its ClusterServingRuntime mounts /dev/shm; it sets TP to the pod's GPUs, which is the winner's TP
+        container = predictor["model"]
+        assert container["modelFormat"]["name"] == "huggingface" and tp == gpus
+        rest = [a for a in container["args"] if not a.startswith(("--model_", "--backend"))]
+        assert serve_flags([model, *rest])[1] == {**expected, "dtype": "bfloat16"}
+    for side in ("requests", "limits"):
+        assert container["resources"][side]["nvidia.com/gpu"] == str(gpus)
+
+    service = yaml.safe_load(files["compose"].read_text())["services"]["vllm"]
+    assert serve_flags(service["command"]) == (model, expected)
+    [device] = service["deploy"]["resources"]["reservations"]["devices"]
+    assert device["count"] == gpus and device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
+    assert service["ipc"] == "host"  # the host's /dev/shm (vLLM's Docker docs: --ipc=host or --shm-size)
+
+    values = yaml.safe_load(files["helm"].read_text())
+    jsonschema.validate(values, json.loads((DATA / "production-stack-values.schema.json").read_text()))
+    [ms] = values["servingEngineSpec"]["modelSpec"]
+    assert ms["requestGPU"] == gpus and helm_shm_size(values) == [SHM_SIZE]
+    [args] = helm_container_args(values)
+    assert serve_flags(args) == (model, {**expected, "tensor-parallel-size": tp,
+                                         "enable-prefix-caching": effective_flags(expected)["enable-prefix-caching"]})
+    if dp > 1:  # no key for it in the chart: an extra argument
+        assert "--data-parallel-size" in ms["vllmConfig"]["extraArgs"]
+        assert "data-parallel-size" in files["helm"].read_text().split("\n", 2)[1]  # and the file says so
+
+    patch = yaml.safe_load(files["kustomize"].read_text())
+    pod = patch["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert serve_flags(container["args"]) == (model, expected)
+    for side in ("requests", "limits"):
+        assert container["resources"][side]["nvidia.com/gpu"] == str(gpus)
+    assert shm_sizes(pod, container) == [SHM_SIZE]
+
+
+@pytest.mark.parametrize("study", [pytest.param(s, marks=[pytest.mark.slow] if s in ("dp4", "tp4-ep") else [])
+                                   for s in MULTI_GPU])
+def test_a_multi_gpu_winner_runs_its_layout_in_every_format(capsys, multi_gpu_storage, repo, study):
+    """A TP2 x DP3 winner was exported to KServe's huggingface runtime, which sets TP to the pod's 6 GPUs (and
+    DP 3 on top: 18 ranks); a layout without its TP flag got no /dev/shm from the production-stack chart."""
+    preset, model, gpus, layout, extra = MULTI_GPU[study]
+    data, winner = winner_of(multi_gpu_storage, study)
+    expected, _ = deploy_flags(dict(winner.flags))
+    assert expected.items() >= {**layout, **extra}.items()
+    files = files_by_format(export(capsys, multi_gpu_storage, study, repo / "vllm")["written"])
+    check_multi_gpu_formats(files, model, expected, gpus)
+    if extra.get("enable-expert-parallel"):
+        assert all("--enable-expert-parallel" in p.read_text() or "enable-expert-parallel: true" in p.read_text()
+                   for p in files.values())
+
+
+@pytest.mark.slow  # the Kubernetes API's schemas: a second to load
+def test_kubernetes_manifests_of_a_multi_gpu_winner_pass_the_api_schemas(capsys, multi_gpu_storage, repo):
+    """The Deployment and Service, and the KServe predictor's pod (its containers and volumes are Kubernetes' own
+    types), against the Kubernetes API's schemas with unknown fields refused (kubectl's own dry run needs an API
+    server)."""
+    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (the test extra) is not installed")
+    version = kv.latest_version()
+    for study in MULTI_GPU:
+        files = files_by_format(export(capsys, multi_gpu_storage, study, repo / study, "--format", "k8s,kserve")
+                                ["written"])
+        for doc in yaml.safe_load_all(files["k8s"].read_text()):
+            kv.validate(doc, version, strict=True)
+        predictor = dict(yaml.safe_load(files["kserve"].read_text())["spec"]["predictor"])
+        if "model" in predictor:  # KServe's own fields beside a container's
+            container = {k: v for k, v in predictor.pop("model").items() if k != "modelFormat"}
+            predictor["containers"] = [{"name": "kserve-container", "image": "kserve/huggingfaceserver",
+                                        **container}]
+        kv.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": predictor}, version,
+                    strict=True)
+    broken = next(yaml.safe_load_all(files["k8s"].read_text()))
+    broken["spec"]["template"]["spec"]["containers"][0]["volumeMount"] = []
+    with pytest.raises(Exception, match="volumeMount"):  # the check can fail
+        kv.validate(broken, version, strict=True)
+
+
+def test_one_gpu_with_the_shm_processor_cache_gets_dev_shm_from_the_chart():
+    """vLLM's shm processor cache lives in /dev/shm, which the production-stack chart mounts only with
+    tensorParallelSize: one GPU had the container's 64 MiB default."""
+    dep = Deployment(study="s", model="org/m", flags={"mm-processor-cache-type": "shm"}, gpus=1, gpu_type="h200",
+                     vllm_version="0.26.0", weight_dtype="bfloat16", header=("h",))
+    values = yaml.safe_load(render("helm", dep))
+    assert helm_shm_size(values) == [SHM_SIZE]
+    assert serve_flags(helm_container_args(values)[0])[1]["tensor-parallel-size"] == 1  # vLLM's default anyway
+    plain = Deployment(study="s", model="org/m", flags={}, gpus=1, gpu_type="h200", vllm_version="0.26.0",
+                       weight_dtype="bfloat16", header=("h",))
+    assert helm_shm_size(yaml.safe_load(render("helm", plain))) == [None]  # one GPU's file as before
+
+
+def test_a_winner_whose_layout_is_not_the_studys_gpus_is_not_exported(capsys, multi_gpu_storage, tmp_path):
+    """Every format requests the study's GPUs: flags that use other than TP x DP = GPUs would start a server that
+    does not fit its pod, or leave GPUs idle."""
+    code, out, err = cli(capsys, "export", "--study", "odd", "--to", str(tmp_path / "vllm"), "--storage",
+                         multi_gpu_storage)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "flags use 2 GPU(s)" in err and "the study ran on 6" in err
+    assert not (tmp_path / "vllm").exists()
+
+
+@pytest.mark.slow  # a 6-GPU sim study (about 15 s), then kubectl
+def test_a_sim_study_on_6_gpus_exports_its_tp_x_dp_layout(capsys, repo, tmp_path):
+    """End to end: `autotune run --gpus 6` on flash (32 heads: TP 2 x DP 3) and its export."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    code, out, err = cli(capsys, "run", "--model", "flash", "--gpus", "6", "--p99-ms", "500", "--engine", "sim",
+                         "--trials", "1", "--study", "six", "--storage", url, "--out", str(tmp_path / "studies"),
+                         "--json")
+    assert code == 0, err
+    data, winner = winner_of(url, "six")
+    expected, _ = deploy_flags(dict(winner.flags))
+    assert (expected["tensor-parallel-size"], expected["data-parallel-size"]) == (2, 3)
+    files = files_by_format(export(capsys, url, "six", repo / "vllm")["written"])
+    check_multi_gpu_formats(files, serve_cmd_model(winner.vllm_serve_cmd), expected, 6)
+
+
+@pytest.mark.slow  # an external tool: kubectl
+@pytest.mark.parametrize("base_shm", ["named shm", "named dshm", "none"])
+def test_the_llm_d_patch_of_a_multi_gpu_winner_gives_one_dev_shm(capsys, multi_gpu_storage, repo, tmp_path,
+                                                                   base_shm):
+    """kubectl's kustomize over llm-d's decode Deployment (its recipe mounts a 20Gi /dev/shm named shm; other
+    bases name it otherwise or have none): the result has the winner's args and GPUs and exactly one in-memory
+    /dev/shm."""
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is needed (apt-get install -y kubernetes-client; .ci/run installs it)"
+    _, model, gpus, _, _ = MULTI_GPU["tp2dp3"]
+    data, winner = winner_of(multi_gpu_storage, "tp2dp3")
+    [patch] = export(capsys, multi_gpu_storage, "tp2dp3", repo, "--format", "kustomize")["written"]
+    container = {"name": "modelserver", "image": "vllm/vllm-openai:latest", "command": ["vllm", "serve"],
+                 "args": ["Qwen/Qwen3.5-4B", "--tensor-parallel-size=1"],
+                 "resources": {"limits": {"nvidia.com/gpu": 1, "memory": "40Gi"}}}
+    pod = {"containers": [container]}
+    if base_shm != "none":
+        name = base_shm.split()[-1]
+        container["volumeMounts"] = [{"mountPath": "/dev/shm", "name": name}, {"mountPath": "/.cache", "name": "c"}]
+        pod["volumes"] = [{"name": name, "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
+                          {"name": "c", "emptyDir": {}}]
+    base = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "decode"},
+            "spec": {"selector": {"matchLabels": {"app": "m"}},
+                     "template": {"metadata": {"labels": {"app": "m"}}, "spec": pod}}}
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "base.yaml").write_text(yaml.safe_dump(base))
+    shutil.copy(patch, overlay / "patch.yaml")
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({"resources": ["base.yaml"],
+                                                                "patches": [{"path": "patch.yaml"}]}))
+    built = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    result = yaml.safe_load(built.stdout)
+    pod = result["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    assert serve_flags(c["args"]) == (model, deploy_flags(dict(winner.flags))[0])
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": str(gpus), "memory": "40Gi"}
+    assert shm_sizes(pod, c) == [SHM_SIZE]
+    assert {m["name"] for m in c["volumeMounts"]} <= {v["name"] for v in pod["volumes"]}
+    if base_shm != "none":
+        assert {"mountPath": "/.cache", "name": "c"} in c["volumeMounts"]  # the recipe's other mounts kept
+
