@@ -376,3 +376,23 @@ def test_stop_waits_for_gpu_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     used.write_text("40000\n")
     server.stop()
     assert any("GPU memory" in p for p in server.teardown_problems)
+
+
+def test_a_signal_while_the_stop_runs_is_noted_and_a_third_quits_at_once(monkeypatch: pytest.MonkeyPatch,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The first signal starts the orderly stop; one more, raised inside it, cut it short (the cut trial's levels
+    and its retry were lost): it is only noted. A third ends the process by its own signal."""
+    monkeypatch.setattr(launcher, "_received", [])
+    killed: list[tuple[int, int]] = []
+    monkeypatch.setattr(launcher.os, "kill", lambda pid, sig: killed.append((pid, sig)))
+    monkeypatch.setattr(launcher.signal, "signal", lambda *_: None)  # keep the test process's own handlers
+    with pytest.raises(KeyboardInterrupt):
+        launcher._on_signal(signal.SIGINT, None)
+    launcher._on_signal(signal.SIGTERM, None)  # returns: the stop goes on
+    assert launcher.STILL_STOPPING in capsys.readouterr().err and not killed
+    launcher._on_signal(signal.SIGINT, None)
+    assert killed == [(os.getpid(), signal.SIGINT)]
+    monkeypatch.setattr(launcher, "_received", [])
+    with pytest.raises(SystemExit) as stopped:
+        launcher._on_signal(signal.SIGHUP, None)
+    assert stopped.value.code == 128 + signal.SIGHUP

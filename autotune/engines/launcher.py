@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -504,21 +505,48 @@ def stop_all() -> None:
 atexit.register(stop_all)
 
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-_handlers_installed = False
+# The signals received so far; the first one started the stop. A stop takes a moment (the servers' teardown, the
+# cut trial's record, its retry, the run's record), and a second Ctrl-C pressed meanwhile, raised inside it, cut it
+# short: the cut trial lost the levels it had measured and was never queued again.
+_received: list[int] = []
+STILL_STOPPING = ("autotune: still stopping: the servers, then what was measured is saved; signal once more to quit "
+                  "at once (the cut trial's levels are then lost; its servers still stop within seconds)")
+
+
+def _say(line: str) -> None:
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # a closed stderr must not keep the process from stopping
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    # Unwind like Ctrl-C does: `with` blocks stop their servers, then atexit runs stop_all.
-    raise SystemExit(128 + signum)
-
-
-def install_signal_handlers() -> None:
-    """Turn SIGTERM/SIGHUP into SystemExit (so teardown runs) where they still have the default action.
-    Only from the main thread; a handler the application set is left alone."""
-    global _handlers_installed
-    if _handlers_installed or threading.current_thread() is not threading.main_thread():
+    """The first signal unwinds like Ctrl-C does (`with` blocks stop their servers, then atexit runs stop_all): a
+    KeyboardInterrupt for SIGINT, SystemExit(128 + signal) for the others. The next one, while that stop runs, is
+    only noted; a third ends the process by its own signal at once (each server's watchdog stops it)."""
+    _received.append(signum)
+    if len(_received) == 1:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+    if len(_received) == 2:
+        _say(STILL_STOPPING)
         return
-    for sig in _HANDLED_SIGNALS:
-        if signal.getsignal(sig) == signal.SIG_DFL:
+    _say("autotune: quitting at once")
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def install_signal_handlers(sigint: bool = False) -> None:
+    """Turn SIGTERM/SIGHUP (and SIGINT with ``sigint``: a command that ends once interrupted) into an orderly stop
+    (:func:`_on_signal`) where they still have their default action. Only from the main thread; a handler the
+    application set, or a signal it ignores, is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    defaults = {sig: signal.SIG_DFL for sig in _HANDLED_SIGNALS}
+    if sigint:
+        defaults[signal.SIGINT] = signal.default_int_handler
+    for sig, default in defaults.items():
+        if signal.getsignal(sig) == default:
             signal.signal(sig, _on_signal)
-    _handlers_installed = True
