@@ -291,6 +291,22 @@ def test_predict_cli_json_has_null_not_nan(capsys: pytest.CaptureFixture[str]) -
 
 
 
+
+@pytest.mark.parametrize("num_prompts, warmup", [(4, 0), (40, 0)])
+def test_predict_cli_counts_the_whole_run_when_the_loop_never_runs_full(capsys: pytest.CaptureFixture[str],
+                                                                       num_prompts: int, warmup: int) -> None:
+    """At concurrency 64, 4 (or 40) measured requests and no warm-up are the first wave alone, started along its
+    2 s ramp: the steady window was that ramp, in which no request finished (0 requests/s). Throughput is then the
+    whole run's, and the result says so."""
+    code = main(["sim", "predict", "--model", "flash", "--workload", "random:256:32", "--num-prompts", str(num_prompts),
+                 "--warmup", str(warmup), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code in (0, None) and data["completed"] == num_prompts
+    assert "steady_window_s" not in data and "whole run" in data["no_steady_window"]
+    assert data["request_s"] == pytest.approx(num_prompts / data["duration_s"])
+    assert data["output_tok_s"] == pytest.approx(num_prompts * 32 / data["duration_s"])
+
+
 def test_predict_cli_fails_when_every_request_fails(capsys: pytest.CaptureFixture[str]) -> None:
     """Prompts longer than --max-model-len: the server refuses each one. The figures are printed (null in JSON), but
     the command fails (exit 1) and says why on one line, as `bench` does, so that a script cannot read NaN as a

@@ -161,6 +161,8 @@ def _print_summary(result: BenchResult) -> None:
         d = result.latency(metric)
         lat.add_row(metric.upper(), *(_fmt(d.percentile(q), 1) for q in ("mean", "p50", "p90", "p95", "p99")))
     console.print(lat)
+    if "no_steady_window" in ex:
+        console.print(f"note: {ex['no_steady_window']}", markup=False, highlight=False)
 
 
 def _fmt(value: float, digits: int = 1) -> str:

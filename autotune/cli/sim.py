@@ -144,6 +144,8 @@ def _print_prediction(result: BenchResult, ends: dict[str, dict[str, tuple[float
     console.print(f"output {result.output_tok_s:,.0f} tok/s, total {result.total_tok_s:,.0f} tok/s, "
                   f"{result.request_s:,.2f} req/s, {result.completed} completed, {result.failed} failed, "
                   f"{result.duration_s:,.1f} s modelled")
+    if "no_steady_window" in result.extra:
+        console.print(f"note: {result.extra['no_steady_window']}", markup=False, highlight=False)
     for name, sides in ends.items():
         (low, at_low), (high, at_high) = sides["low"], sides["high"]
         console.print(f"with {name} at its 90% interval's ends ({low:.4g} / {high:.4g}): output "
