@@ -206,6 +206,29 @@ def test_a_kept_retry_of_a_retry_goes_into_the_copy_queued_of_it(tmp_path: Path)
     assert done.value == 500.0 and done.params == second.params and len(study.trials) == 3
 
 
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the storage's own retry callback
+def test_a_kept_trial_whose_constraint_was_stored_goes_into_its_copy_without_a_warning(tmp_path: Path) -> None:
+    """A baseline's result and constraint are stored, then its tuner is SIGKILLed during the baseline's
+    re-measurement (run inside its trial): the next run fails it, queues a copy, and replays the kept result into the
+    copy. Optuna's copy already holds the original's constraint, and setting it again printed Optuna's "The
+    constraint value is ignored" UserWarning, two raw lines, on the console."""
+    import warnings
+
+    from autotune import journal
+
+    study = optuna.create_study(study_name="lost", storage=f"sqlite:///{tmp_path}/s.db", direction="maximize")
+    trial = study.ask()
+    trial.set_constraint("p99_ttft_minus_limit_ms", -100.0)  # stored before the re-measurement
+    _kept_and_lost(study, trial, tmp_path / "pending")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert journal.replay(study, tmp_path / "pending") == [trial.number]
+    assert not [w for w in caught if "constraint" in str(w.message)]
+    [done] = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done.value == 500.0 and done.system_attrs.get("constraints:p99_ttft_minus_limit_ms") == -100.0
+
+
 def test_a_lost_database_is_reported_in_the_databases_words(tmp_path: Path) -> None:
     """Optuna wraps a failed commit in "This typically happens due to invalid data in the commit": a lost database
     was reported so. The message carries the driver's own error, password masked."""
@@ -227,3 +250,4 @@ def test_a_lost_database_is_reported_in_the_databases_words(tmp_path: Path) -> N
                                                          "happens due to invalid data in the commit.") from e
     message = str(raised.value)
     assert "Connection refused" in message and "invalid data" not in message and "secret" not in message
+
