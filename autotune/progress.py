@@ -108,6 +108,10 @@ class Progress:
     def dead_run_trials_failed(self, numbers: tuple[int, ...]) -> None:
         """Trials a dead run left RUNNING were failed and queued again."""
 
+    def kept_trials_added(self, numbers: tuple[int, ...], folder: Path) -> None:
+        """Finished trials that a run kept in ``folder`` before it died or lost its database (:mod:`autotune.journal`)
+        were added to the study as they were measured, not measured again."""
+
     def load_level(self, level: LevelRecord, limits_ms: Mapping[str, float], trial: int | None = None) -> None:
         """The load search measured one level."""
 
@@ -198,6 +202,10 @@ class ThreadedProgress(Progress):
     def dead_run_trials_failed(self, numbers: tuple[int, ...]) -> None:
         with self.lock:
             self.inner.dead_run_trials_failed(numbers)
+
+    def kept_trials_added(self, numbers: tuple[int, ...], folder: Path) -> None:
+        with self.lock:
+            self.inner.kept_trials_added(numbers, folder)
 
     def load_level(self, level: LevelRecord, limits_ms: Mapping[str, float], trial: int | None = None) -> None:
         with self.lock:

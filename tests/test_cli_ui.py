@@ -94,3 +94,15 @@ def test_a_last_trial_gets_no_empty_estimate_and_one_trial_is_singular() -> None
     lines = out.getvalue().splitlines()
     assert "up to 1 trial (0 earlier)" in lines[0]
     assert lines[-1].endswith("(320 s, 5.3 GPU-min, 1 level)") and len(lines) == 2
+
+
+def test_a_dead_runs_kept_results_are_said_to_be_added() -> None:
+    from pathlib import Path
+
+    view, out = _view()
+    view.kept_trials_added((3,), Path("studies/s/pending"))
+    view.kept_trials_added((3, 5), Path("studies/s/pending"))
+    first, second = out.getvalue().splitlines()
+    assert first == ("trial 3: its result, kept in studies/s/pending by an earlier run that died or lost its database, "
+                     "is added to the study as measured, not measured again")
+    assert second.startswith("trials 3, 5: their results, kept in") and "are added" in second

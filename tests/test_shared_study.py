@@ -251,3 +251,41 @@ def test_a_lost_database_is_reported_in_the_databases_words(tmp_path: Path) -> N
     message = str(raised.value)
     assert "Connection refused" in message and "invalid data" not in message and "secret" not in message
 
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the storage's own retry callback
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # the dead run's trial, asked by hand
+def test_the_next_run_says_a_dead_runs_kept_result_is_added_not_lost(tmp_path: Path) -> None:
+    """A run SIGKILLed after its trial's result was kept (a baseline's re-measurement runs inside its trial): the
+    next run fails the trial left RUNNING and queues it again, which alone read as if its measurement were lost;
+    the kept result goes into the copy, and the console says so."""
+    import threading as _threading
+
+    from autotune import journal
+    from autotune.progress import ThreadedProgress
+    from autotune.study import _journal_dir, _prepare
+
+    class Said(Progress):
+        def __init__(self) -> None:
+            self.failed: list[tuple[int, ...]] = []
+            self.added: list[tuple[tuple[int, ...], Path]] = []
+
+        def dead_run_trials_failed(self, numbers: tuple[int, ...]) -> None:
+            self.failed.append(numbers)
+
+        def kept_trials_added(self, numbers: tuple[int, ...], folder: Path) -> None:
+            self.added.append((numbers, folder))
+
+    cfg = _cfg(tmp_path, trials=1)
+    storage = open_storage(cfg.storage_url, exclusive=True)  # as `autotune run` holds it
+    said = Said()
+    study = _prepare(cfg, storage, ThreadedProgress(said, _threading.Lock()))
+    trial = study.ask()  # the dead run's trial: measured, kept, never told
+    trial.suggest_int("max-num-seqs", 64, 1024)
+    result = TrialResult(flags={"max-num-seqs": trial.params["max-num-seqs"]}, feasible=True, output_tok_s=500.0,
+                         concurrency=8)
+    journal.keep(_journal_dir(cfg), trial, records.trial_result_attrs(result), {"p99_ttft_minus_limit_ms": -100.0},
+                 500.0)
+    study = _prepare(cfg, storage, ThreadedProgress(said, _threading.Lock()))
+    assert said.failed == [(trial.number,)] and said.added == [((trial.number,), _journal_dir(cfg))]
+    [done] = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done.value == 500.0 and done.user_attrs.get("replayed_from_trial") == trial.number
