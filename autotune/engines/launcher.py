@@ -112,15 +112,15 @@ def gpu_memory_used_mib(gpu_ids: tuple[int, ...] | list[int]) -> list[int] | Non
 
 # --- process groups ----------------------------------------------------------------------------------
 
-def _group_alive(pgid: int) -> bool:
-    """Whether a live (non-zombie) process of the group remains."""
+def _group_alive(pgid: int, besides: int | None = None) -> bool:
+    """Whether a live (non-zombie) process of the group remains, ``besides`` (the group's watchdog) not counted."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return bool(watchdog.group_members(pgid))
+    return bool(set(watchdog.group_members(pgid)) - {besides})
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -414,24 +414,26 @@ class EngineServer:
             self._stopped = True
             return
         proc, pgid = self._proc, self._pgid
-        if proc is None:  # the watchdog alone (the server could not be spawned)
-            proc = self._watchdog
-        assert proc is not None
+        keeper = self._watchdog.pid if self._watchdog is not None else None
+
+        def serving() -> bool:  # the server, or anything it started; the watchdog, which ignores SIGTERM, aside
+            return (proc is not None and proc.poll() is None) or _group_alive(pgid, besides=keeper)
+
         t0 = time.monotonic()
-        if proc.poll() is None or _group_alive(pgid):
-            logger.info("stopping %s server pid %d (group %d)", self.spec.engine, proc.pid, pgid)
+        if serving():
+            logger.info("stopping %s server (group %d)", self.spec.engine, pgid)
             _signal_group(pgid, signal.SIGTERM)
             deadline = t0 + self.grace_s
-            while time.monotonic() < deadline and (proc.poll() is None or _group_alive(pgid)):
+            while time.monotonic() < deadline and serving():
                 time.sleep(0.05)
-        if proc.poll() is None or _group_alive(pgid):
+        if serving():
             logger.warning("server group %d still alive after %.0f s grace: SIGKILL", pgid, self.grace_s)
             _signal_group(pgid, signal.SIGKILL)
         deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline and (proc.poll() is None or _group_alive(pgid)):
+        while time.monotonic() < deadline and serving():
             time.sleep(0.05)
             _signal_group(pgid, signal.SIGKILL)
-        if proc.poll() is None or _group_alive(pgid):
+        if serving():
             self.teardown_problems.append(f"process group {pgid} survived SIGKILL")
             logger.error("process group %d survived SIGKILL", pgid)
         self._release_watchdog()
@@ -450,15 +452,20 @@ class EngineServer:
         self.progress.engine_stopped(self._port, self.spec.gpu_ids, tuple(self.teardown_problems))
 
     def _release_watchdog(self) -> None:
-        """Reap the watchdog (the group's SIGTERM ended it) and close our end of its pipe."""
+        """Close our end of the watchdog's pipe, so that it ends (the group has no one else left to stop), and reap
+        it."""
+        if self._tuner_alive_fd is not None:
+            os.close(self._tuner_alive_fd)
+            self._tuner_alive_fd = None
         if self._watchdog is not None:
             try:
                 self._watchdog.wait(5.0)
             except subprocess.TimeoutExpired:
-                pass  # counted by the group check above; a zombie holds nothing
-        if self._tuner_alive_fd is not None:
-            os.close(self._tuner_alive_fd)
-            self._tuner_alive_fd = None
+                self._watchdog.kill()
+                try:
+                    self._watchdog.wait(5.0)
+                except subprocess.TimeoutExpired:
+                    self.teardown_problems.append(f"the watchdog {self._watchdog.pid} survived SIGKILL")
 
     def _wait_port_free(self) -> None:
         deadline = time.monotonic() + self.port_release_timeout_s
