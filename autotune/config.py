@@ -214,12 +214,19 @@ def default_study_name(model: str, gpus: int, limits_ms: Mapping[str, float]) ->
 
 
 def check_workload_model(workload: Workload, model: ModelSpec) -> None:
-    """An image workload needs a model with a vision tower: refused here, before any server starts (a text-only
-    server answers every such request 400, and the study would end with no feasible configuration)."""
+    """An image workload needs a model with a vision tower, and image sizes its image processor takes: refused here,
+    before any server starts (vLLM answers every other request 400, and the study would end with no feasible
+    configuration)."""
     images = workload.max_images_per_request
     if images and not model.is_vlm:
         raise UsageError(f"workload {workload.spec!r} sends images, but model {model.name!r} "
                          f"({model.architecture}) has no vision tower; use a text workload or a vision-language model")
+    for width, height in workload.image_sizes_px if model.vision else ():
+        try:
+            model.vision.resized_px(width, height)
+        except ValueError as e:  # vLLM answers each such request 400: every level would fail
+            raise UsageError(f"workload {workload.spec!r}: the image processor of model {model.name!r} refuses "
+                             f"a {width}x{height} image ({e}), and so would vLLM: every request would fail") from None
 
 
 def check_workload_flags(workload: Workload, flags: Mapping[str, Any], where: str) -> None:

@@ -234,13 +234,19 @@ def pool(results: list[BenchResult]) -> BenchResult:
         extra=extra, outputs=tuple(outputs))
 
 
-def steady_window(outputs: list[RequestOutput], full_s: float) -> tuple[float, float] | None:
+def steady_window(outputs: list[RequestOutput], full_s: float,
+                  full_from_s: float | None = None) -> tuple[float, float] | None:
     """Closed loop: from the first measured start to the last one — every slot is busy in between (after
-    the last start the loop only drains). None when that window is too short to mean anything."""
+    the last start the loop only drains). None when that window is too short to mean anything, or when no measured
+    request started after ``full_from_s`` (when the first wave's last request started; ``math.inf``: the loop never
+    sent more than its first wave): the measured requests were then the first wave alone, started along its ramp,
+    and the window would be that ramp (`sim predict --num-prompts 4 --warmup 0` reported 0 requests/s)."""
     starts = [o.start_s for o in outputs if o.success]
     if len(starts) < 2:
         return None
     lo, hi = min(starts), max(starts)
+    if full_from_s is not None and not hi > full_from_s:
+        return None
     return (lo, hi) if hi - lo >= 0.25 * full_s else None
 
 

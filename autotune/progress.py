@@ -117,6 +117,10 @@ class Progress:
         as that run stored it) or its heartbeats came too late (``why`` empty). Not recorded here; this process
         goes on."""
 
+    def kept_trials_added(self, numbers: tuple[int, ...], folder: Path) -> None:
+        """Finished trials that a run kept in ``folder`` before it died or lost its database (:mod:`autotune.journal`)
+        were added to the study as they were measured, not measured again."""
+
     def load_level(self, level: LevelRecord, limits_ms: Mapping[str, float], trial: int | None = None) -> None:
         """The load search measured one level."""
 
@@ -215,6 +219,10 @@ class ThreadedProgress(Progress):
     def trial_failed_elsewhere(self, number: int, why: str) -> None:
         with self.lock:
             self.inner.trial_failed_elsewhere(number, why)
+
+    def kept_trials_added(self, numbers: tuple[int, ...], folder: Path) -> None:
+        with self.lock:
+            self.inner.kept_trials_added(numbers, folder)
 
     def load_level(self, level: LevelRecord, limits_ms: Mapping[str, float], trial: int | None = None) -> None:
         with self.lock:

@@ -617,7 +617,8 @@ def _prepare(cfg: StudyConfig, storage: optuna.storages.BaseStorage, progress: T
         optuna.storages.fail_stale_trials(study)
     if dead := fail_dead_processes_trials(study, cfg.storage_url):
         progress.dead_run_trials_failed(tuple(dead))
-    journal.replay(study, _journal_dir(cfg))  # what a run that lost its database measured
+    if kept := journal.replay(study, _journal_dir(cfg)):  # what a run that died or lost its database measured
+        progress.kept_trials_added(tuple(kept), _journal_dir(cfg))
     return study
 
 

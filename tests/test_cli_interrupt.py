@@ -101,6 +101,52 @@ def test_signal_tears_down_and_resume_keeps_trials(tmp_path, sig, code, server):
     assert [r.stopped_by for r in records.read_runs(study)] == ["interrupted", "trials"]
 
 
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_while_it_stops_loses_nothing(tmp_path, second):
+    """Ctrl-C twice in a row (or Ctrl-C, then a SIGTERM): the second one, landing while the servers stop and the
+    cut trial is recorded, used to cut that short, leaving the trial failed without its levels and never queued
+    again. Now the stop finishes: the first signal's exit code, the levels kept, the trial queued again."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "autotune", "run", "--model", "flash", "--engine", "sim", "--p99-ms", "500",
+           "--storage", url, "--study", "twice", "--trials", "5", "--workload", "random:256:32", "--repeats", "0",
+           "--out", str(out), "--sim-server", "--sim-time-scale", "200"]
+    log = tmp_path / "err.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=tmp_path,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        while "trial 0: c=" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)  # the first level is recorded: the trial has something to keep
+        assert "trial 0: c=" in log.read_text(), "no level measured in time"
+        server_pids = _children_of(proc.pid)  # the server's watchdog, which leads its group
+        assert server_pids
+        proc.send_signal(signal.SIGINT)
+        # the second once the stop is under way (the server going down), so that the two are not merged into one
+        while set(server_pids) & set(_children_of(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(second)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = log.read_text()
+    for pid in server_pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not list((out / "twice" / "servers").glob("*.json"))
+    study = optuna.load_study(study_name="twice", storage=url)
+    [cut] = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    result = records.read_trial(cut).result
+    assert result is not None and result.failure_class == "interrupted" and result.levels
+    assert [w.state for w in study.trials if w.system_attrs.get("failed_trial") == cut.number] == \
+        [optuna.trial.TrialState.WAITING]
+    assert f"interrupted: trial {cut.number}" in err
+    assert "Traceback" not in err and "still stopping" in err
+    assert code == 130  # the first signal's
+
+
 def test_after_a_sigkill_the_next_run_fails_and_requeues_the_cut_trial_at_once(tmp_path):
     """SQLite serves one process, so the next run knows the killed run's RUNNING trial is dead without waiting
     three heartbeats (60 s each by default): it fails it, queues it again, says so, and runs it."""

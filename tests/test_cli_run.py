@@ -274,6 +274,17 @@ def test_image_workload_on_a_text_only_model_is_refused_before_any_server(capsys
     assert not db.exists() and not (db.parent / "studies").exists()
 
 
+
+def test_image_size_the_model_refuses_is_refused_before_any_server(capsys, storage):
+    # vLLM answers each request with a 16x4000 image 400 (GLM's processor: aspect ratio over 200)
+    url, db = storage
+    code, out, err = run_cli(capsys, *BASE, "--storage", url, "--model", "flash", "--p99-ms", "500",
+                             "--workload", "mm:128:32:1:16x4000")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "refuses a 16x4000 image (absolute aspect ratio must be smaller than 200" in err
+    assert not db.exists()
+
+
 def test_image_limit_below_the_workload_is_refused(capsys, storage, tmp_path):
     url, db = storage
     code, _, err = run_cli(capsys, *BASE, "--storage", url, "--model", "flash", "--p99-ms", "500",

@@ -110,3 +110,14 @@ def test_the_start_says_how_the_gpus_are_shared_out_and_which_sit_idle() -> None
     view, out = _view()
     view.study_started(dataclasses.replace(_start(served=True), gpu_slots=(("0",),)))
     assert out.getvalue().splitlines()[0].endswith("(0 earlier)")  # one trial at a time, every GPU used
+
+def test_a_dead_runs_kept_results_are_said_to_be_added() -> None:
+    from pathlib import Path
+
+    view, out = _view()
+    view.kept_trials_added((3,), Path("studies/s/pending"))
+    view.kept_trials_added((3, 5), Path("studies/s/pending"))
+    first, second = out.getvalue().splitlines()
+    assert first == ("trial 3: its result, kept in studies/s/pending by an earlier run that died or lost its database, "
+                     "is added to the study as measured, not measured again")
+    assert second.startswith("trials 3, 5: their results, kept in") and "are added" in second

@@ -239,11 +239,13 @@ _PARENT = textwrap.dedent("""
     spec = LaunchSpec(engine="vllm", model=PRESETS["flash"], flags={{}}, gpu_ids=(), served_model_name={name!r},
                       log_path=Path({log!r}), vllm_cmd=(sys.executable, {fake!r}, "--mode", "spawn_child"),
                       ledger_dir=Path({ledger!r}))
-    server = EngineServer(spec, grace_s=0.5)
+    server = EngineServer(spec, grace_s=60.0 if {how!r} == "stop" else 0.5)
     server.start()
     print(server.pid, server._pgid, flush=True)
     if {how!r} == "exit":
         sys.exit(0)  # no stop(): the atexit hook must do it
+    if {how!r} == "stop":
+        server.stop()  # the grandchild ignores the SIGTERM: this waits the whole grace
     time.sleep(60)  # waits for a signal
 """)
 
@@ -303,6 +305,27 @@ def test_sigkill_of_the_tuner_stops_its_server_within_seconds(tmp_path: Path) ->
     assert len(list((tmp_path / "ledger").glob("*.json"))) == 1
     assert ledger.stop_leftovers(tmp_path / "ledger") == []
     assert not list((tmp_path / "ledger").glob("*.json"))
+
+
+
+@pytest.mark.slow
+def test_a_tuner_killed_while_it_stops_its_server_leaves_nothing(tmp_path: Path) -> None:
+    """The tuner SIGTERMs its server's group to stop it, then dies (SIGKILL, or a third Ctrl-C) while a member that
+    ignores SIGTERM holds on: the watchdog, in the same group, was ended by that SIGTERM, so nothing stopped the
+    member until the next run read the ledger (it kept its port)."""
+    parent, engine_pid, pgid, grandchild = _start_parent(tmp_path, "stop")
+    try:
+        assert _gone_within([engine_pid], 10)  # the SIGTERM has landed: the stop is under way
+        assert _alive(grandchild)
+        parent.kill()
+        parent.wait(5)
+        assert _gone_within([grandchild, pgid], launcher.WATCHDOG_GRACE_S + 5)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for pid in (grandchild, pgid):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
@@ -417,3 +440,21 @@ def test_stop_checks_gpu_memory_by_uuid_and_not_on_a_mig_slice(tmp_path: Path, m
     t0 = time.monotonic()
     server.stop()
     assert server.teardown_problems == [] and time.monotonic() - t0 < 4
+def test_a_signal_while_the_stop_runs_is_noted_and_a_third_quits_at_once(monkeypatch: pytest.MonkeyPatch,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The first signal starts the orderly stop; one more, raised inside it, cut it short (the cut trial's levels
+    and its retry were lost): it is only noted. A third ends the process by its own signal."""
+    monkeypatch.setattr(launcher, "_received", [])
+    killed: list[tuple[int, int]] = []
+    monkeypatch.setattr(launcher.os, "kill", lambda pid, sig: killed.append((pid, sig)))
+    monkeypatch.setattr(launcher.signal, "signal", lambda *_: None)  # keep the test process's own handlers
+    with pytest.raises(KeyboardInterrupt):
+        launcher._on_signal(signal.SIGINT, None)
+    launcher._on_signal(signal.SIGTERM, None)  # returns: the stop goes on
+    assert launcher.STILL_STOPPING in capsys.readouterr().err and not killed
+    launcher._on_signal(signal.SIGINT, None)
+    assert killed == [(os.getpid(), signal.SIGINT)]
+    monkeypatch.setattr(launcher, "_received", [])
+    with pytest.raises(SystemExit) as stopped:
+        launcher._on_signal(signal.SIGHUP, None)
+    assert stopped.value.code == 128 + signal.SIGHUP

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from autotune.metrics import RequestOutput, chunk_gaps_s, summarize
+from autotune.metrics import RequestOutput, chunk_gaps_s, steady_window, summarize
 
 
 def req(start, e2e, tokens=11, ttft=1.0):
@@ -48,6 +48,17 @@ def test_steady_window_excludes_the_drain():
     assert steady.output_tok_s == pytest.approx(44 / 20)
     assert steady.request_s == pytest.approx(4 / 20)
     assert steady.ttft_ms.p99 == full.ttft_ms.p99  # latency covers every request
+
+
+
+def test_no_steady_window_while_the_measured_requests_are_the_first_wave():
+    """Every slot is busy only once the first wave has started: measured requests that all started before that
+    (along its ramp) have no steady window, nor has a loop that sent its first wave alone."""
+    outs = [req(start, 10.0) for start in (0.0, 1.0, 2.0, 3.0)]
+    assert steady_window(outs, 10.0) == (0.0, 3.0)  # nothing said of the first wave
+    assert steady_window(outs, 10.0, full_from_s=2.5) == (0.0, 3.0)  # one started after it
+    assert steady_window(outs, 10.0, full_from_s=3.0) is None
+    assert steady_window(outs, 10.0, full_from_s=math.inf) is None
 
 
 def test_tokens_stamped_with_one_instant_are_one_chunk_and_one_gap():

@@ -211,6 +211,29 @@ def test_a_kept_retry_of_a_retry_goes_into_the_copy_queued_of_it(tmp_path: Path)
     assert done.value == 500.0 and done.params == second.params and len(study.trials) == 3
 
 
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the storage's own retry callback
+def test_a_kept_trial_whose_constraint_was_stored_goes_into_its_copy_without_a_warning(tmp_path: Path) -> None:
+    """A baseline's result and constraint are stored, then its tuner is SIGKILLed during the baseline's
+    re-measurement (run inside its trial): the next run fails it, queues a copy, and replays the kept result into the
+    copy. Optuna's copy already holds the original's constraint, and setting it again printed Optuna's "The
+    constraint value is ignored" UserWarning, two raw lines, on the console."""
+    import warnings
+
+    from autotune import journal
+
+    study = optuna.create_study(study_name="lost", storage=f"sqlite:///{tmp_path}/s.db", direction="maximize")
+    trial = study.ask()
+    trial.set_constraint("p99_ttft_minus_limit_ms", -100.0)  # stored before the re-measurement
+    _kept_and_lost(study, trial, tmp_path / "pending")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert journal.replay(study, tmp_path / "pending") == [trial.number]
+    assert not [w for w in caught if "constraint" in str(w.message)]
+    [done] = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done.value == 500.0 and done.system_attrs.get("constraints:p99_ttft_minus_limit_ms") == -100.0
+
+
 def test_a_lost_database_is_reported_in_the_databases_words(tmp_path: Path) -> None:
     """Optuna wraps a failed commit in "This typically happens due to invalid data in the commit": a lost database
     was reported so. The message carries the driver's own error, password masked."""
@@ -434,3 +457,40 @@ def test_on_postgres_a_trial_dead_in_its_ask_is_failed_after_three_heartbeats_an
     copy = _copy_of(study, number)
     assert copy.state == optuna.trial.TrialState.COMPLETE and records.queued_baseline(copy) == "vllm-defaults"
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the storage's own retry callback
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # the dead run's trial, asked by hand
+def test_the_next_run_says_a_dead_runs_kept_result_is_added_not_lost(tmp_path: Path) -> None:
+    """A run SIGKILLed after its trial's result was kept (a baseline's re-measurement runs inside its trial): the
+    next run fails the trial left RUNNING and queues it again, which alone read as if its measurement were lost;
+    the kept result goes into the copy, and the console says so."""
+    import threading as _threading
+
+    from autotune import journal
+    from autotune.progress import ThreadedProgress
+    from autotune.study import _journal_dir, _prepare
+
+    class Said(Progress):
+        def __init__(self) -> None:
+            self.failed: list[tuple[int, ...]] = []
+            self.added: list[tuple[tuple[int, ...], Path]] = []
+
+        def dead_run_trials_failed(self, numbers: tuple[int, ...]) -> None:
+            self.failed.append(numbers)
+
+        def kept_trials_added(self, numbers: tuple[int, ...], folder: Path) -> None:
+            self.added.append((numbers, folder))
+
+    cfg = _cfg(tmp_path, trials=1)
+    storage = open_storage(cfg.storage_url, exclusive=True)  # as `autotune run` holds it
+    said = Said()
+    study = _prepare(cfg, storage, ThreadedProgress(said, _threading.Lock()))
+    trial = study.ask()  # the dead run's trial: measured, kept, never told
+    trial.suggest_int("max-num-seqs", 64, 1024)
+    result = TrialResult(flags={"max-num-seqs": trial.params["max-num-seqs"]}, feasible=True, output_tok_s=500.0,
+                         concurrency=8)
+    journal.keep(_journal_dir(cfg), trial, records.trial_result_attrs(result), {"p99_ttft_minus_limit_ms": -100.0},
+                 500.0)
+    study = _prepare(cfg, storage, ThreadedProgress(said, _threading.Lock()))
+    assert said.failed == [(trial.number,)] and said.added == [((trial.number,), _journal_dir(cfg))]
+    [done] = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done.value == 500.0 and done.user_attrs.get("replayed_from_trial") == trial.number

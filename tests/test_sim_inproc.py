@@ -305,6 +305,48 @@ def test_predict_cli_json_has_null_not_nan(capsys: pytest.CaptureFixture[str]) -
     assert code in (0, None) and "NaN" not in text and json.loads(text)["tpot_ms"]["p99"] is None  # 1 token: no TPOT
 
 
+
+
+@pytest.mark.parametrize("num_prompts, warmup", [(4, 0), (40, 0)])
+def test_predict_cli_counts_the_whole_run_when_the_loop_never_runs_full(capsys: pytest.CaptureFixture[str],
+                                                                       num_prompts: int, warmup: int) -> None:
+    """At concurrency 64, 4 (or 40) measured requests and no warm-up are the first wave alone, started along its
+    2 s ramp: the steady window was that ramp, in which no request finished (0 requests/s). Throughput is then the
+    whole run's, and the result says so."""
+    code = main(["sim", "predict", "--model", "flash", "--workload", "random:256:32", "--num-prompts", str(num_prompts),
+                 "--warmup", str(warmup), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code in (0, None) and data["completed"] == num_prompts
+    assert "steady_window_s" not in data and "whole run" in data["no_steady_window"]
+    assert data["request_s"] == pytest.approx(num_prompts / data["duration_s"])
+    assert data["output_tok_s"] == pytest.approx(num_prompts * 32 / data["duration_s"])
+
+
+def test_predict_cli_fails_when_every_request_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    """Prompts longer than --max-model-len: the server refuses each one. The figures are printed (null in JSON), but
+    the command fails (exit 1) and says why on one line, as `bench` does, so that a script cannot read NaN as a
+    measurement."""
+    code = main(["sim", "predict", "--model", "flash", "--workload", "random:256:8", "--concurrency", "4", "--json",
+                 "--max-model-len", "128"])
+    out, err = capsys.readouterr()
+    data = json.loads(out)
+    assert code == 1 and data["status"] == "failed" and data["completed"] == 0 and data["output_tok_s"] is None
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"every request failed (http_4xx: {data['failed']}); the first: HTTP 400: " in err
+    assert "maximum context length is 128 tokens" in err
+
+
+def test_predict_cli_refuses_an_image_the_model_refuses(capsys: pytest.CaptureFixture[str]) -> None:
+    """GLM's image processor (vLLM's) refuses an aspect ratio over 200: every request would fail, so such a size is
+    refused up front (exit 2), one below it is predicted."""
+    assert main(["sim", "predict", "--model", "flash", "--workload", "mm:128:8:1:448x448,4000x16", "--concurrency",
+                 "2", "--num-prompts", "2", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refuses a 4000x16 image (absolute aspect ratio must be smaller than 200" in err
+    assert main(["sim", "predict", "--model", "flash", "--workload", "mm:128:8:1:3000x16", "--concurrency", "2",
+                 "--num-prompts", "2", "--json"]) == 0
+
+
 def test_predict_cli_checks_the_workload_like_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sim", "predict", "--model", "flash", "--workload", "random:1024:512:1.5", "--json"]) == 2
     assert "RANGE must be in [0, 1)" in capsys.readouterr().err

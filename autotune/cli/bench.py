@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
-from autotune.cli.common import LIMITS, echo_json
+from autotune.cli.common import LIMITS, echo_json, every_request_failed
 from autotune.config import DEFAULT_WORKLOAD
-from autotune.errors import AutotuneError, UsageError
+from autotune.errors import UsageError
 from autotune.metrics import LATENCY_METRICS, BenchResult
 
 __all__ = ["bench", "commands"]
@@ -94,9 +94,9 @@ def bench(url: str, model: str, workload: str, concurrency: int | None, rate: fl
     else:
         result = _run_with_progress(url, model, wl, cfg)
         _print_summary(result)
-    if result.status == "failed":  # the result is printed; say why on stderr and exit 1
-        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(result.errors.items()))
-        raise AutotuneError(f"every request failed ({kinds})")
+    failed = every_request_failed(result)  # the result is printed; say why on stderr and exit 1
+    if failed:
+        raise failed
 
 
 def _run_with_progress(url: str, model: str, wl: Any, cfg: Any) -> BenchResult:
@@ -161,6 +161,8 @@ def _print_summary(result: BenchResult) -> None:
         d = result.latency(metric)
         lat.add_row(metric.upper(), *(_fmt(d.percentile(q), 1) for q in ("mean", "p50", "p90", "p95", "p99")))
     console.print(lat)
+    if "no_steady_window" in ex:
+        console.print(f"note: {ex['no_steady_window']}", markup=False, highlight=False)
 
 
 def _fmt(value: float, digits: int = 1) -> str:

@@ -10,14 +10,14 @@ from typing import Any, TypeVar
 import click
 import pydantic
 
-from autotune.errors import UsageError
+from autotune.errors import AutotuneError, UsageError
 from autotune.jsonsafe import json_safe
-from autotune.metrics import LATENCY_METRICS
+from autotune.metrics import LATENCY_METRICS, BenchResult
 
 OptionsT = TypeVar("OptionsT", bound=pydantic.BaseModel)
 
 __all__ = ["echo_json", "json_safe", "parse_duration_s", "parse_limits_ms", "DURATION", "LIMITS", "ParsedType",
-           "options_from_click", "option_error"]
+           "options_from_click", "option_error", "every_request_failed"]
 
 
 def echo_json(obj: Any) -> None:
@@ -103,3 +103,14 @@ def option_error(e: pydantic.ValidationError, renamed: dict[str, str]) -> UsageE
     words = {("greater_than", 0): "must be positive", ("greater_than_equal", 0): "must not be negative"}
     message = words.get((err["type"], limit), err["msg"][:1].lower() + err["msg"][1:])
     return UsageError(f"--{option.replace('_', '-')}: {message}, got {err.get('input')!r}")
+
+
+def every_request_failed(result: BenchResult) -> AutotuneError | None:
+    """The error a run whose every request failed ends with (exit 1), after its figures (NaN, null in JSON) are
+    printed: a script must not read them as a measurement. It names the error kinds and the first request's error."""
+    if result.status != "failed":
+        return None
+    kinds = ", ".join(f"{k}: {v}" for k, v in sorted(result.errors.items()))
+    first = next((o.error for o in result.outputs if o.error), "")
+    first_line = (first.strip().splitlines() or [""])[0][:300]
+    return AutotuneError(f"every request failed ({kinds})" + (f"; the first: {first_line}" if first_line else ""))

@@ -117,7 +117,7 @@ def run(as_json: bool, **opts: Any) -> None:
     storage = open_storage(cfg.storage_url, exclusive=True)  # and a storage it cannot open or use, here
     if engine.notice:
         console.print(f"[bold yellow]autotune: {engine.notice}[/]")
-    install_signal_handlers()
+    install_signal_handlers(sigint=True)
     if as_json:
         outcome = run_study(cfg, storage)
     else:

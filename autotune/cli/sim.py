@@ -14,6 +14,7 @@ from autotune.config import DEFAULT_WORKLOAD
 from autotune.errors import EngineStartError, UsageError
 
 if TYPE_CHECKING:  # the sim package loads when a command runs
+    from autotune.metrics import BenchResult
     from autotune.sim.args import ServeArgs
 
 __all__ = ["commands", "sim"]
@@ -69,6 +70,7 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
                 rate: float | None, num_prompts: int | None, warmup: int | None, seed: int, as_json: bool) -> None:
     """Predict a benchmark of MODEL under vLLM flags (given after the options, `vllm serve` spelling): one load
     level of a study (same requests, warm-up wave, ramp and steady window), run in-process on the sim engine."""
+    from autotune.cli.common import every_request_failed
     from autotune.config import check_workload_flags, check_workload_model
     from autotune.gpus import interval_cards, load_gpu
     from autotune.jsonsafe import json_safe
@@ -107,10 +109,11 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
         raise
     data = json_safe(result.to_json())
     data.update(flags=json_safe(flags), gpu_type=gpu_type)  # "workload": the stream's spec and seed
+    failed = every_request_failed(result)  # printed below, then the command fails
     # a host's card: the same prediction with each fitted constant at its 90% interval's ends (how sure the answer is)
     ends = {name: {side: (value, predict_workload(model, card, flags, wl, cfg))
                    for side, (value, card) in sides.items()}
-            for name, sides in interval_cards(gpu).items()}
+            for name, sides in ({} if failed else interval_cards(gpu)).items()}
     if ends:
         data["interval_90"] = {name: {side: {"value": value, "output_tok_s": r.output_tok_s,
                                              "p99_ms": {m: r.latency(m).p99 for m in ("ttft", "tpot", "itl", "e2el")}}
@@ -119,11 +122,17 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
         data = json_safe(data)
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")
-        return
+    else:
+        _print_prediction(result, ends, f"sim predict: {model_ref} on {gpu_type}, {workload}")
+    if failed:
+        raise failed
+
+
+def _print_prediction(result: BenchResult, ends: dict[str, dict[str, tuple[float, BenchResult]]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"sim predict: {model_ref} on {gpu_type}, {workload}")
+    table = Table(title=title)
     table.add_column("metric")
     for col in ("mean", "p50", "p90", "p99"):
         table.add_column(col, justify="right")
@@ -135,6 +144,8 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
     console.print(f"output {result.output_tok_s:,.0f} tok/s, total {result.total_tok_s:,.0f} tok/s, "
                   f"{result.request_s:,.2f} req/s, {result.completed} completed, {result.failed} failed, "
                   f"{result.duration_s:,.1f} s modelled")
+    if "no_steady_window" in result.extra:
+        console.print(f"note: {result.extra['no_steady_window']}", markup=False, highlight=False)
     for name, sides in ends.items():
         (low, at_low), (high, at_high) = sides["low"], sides["high"]
         console.print(f"with {name} at its 90% interval's ends ({low:.4g} / {high:.4g}): output "

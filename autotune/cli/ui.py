@@ -158,6 +158,12 @@ class StudyView(Progress):
         self._say(f"trial {number} was failed by another process while this one ran it, taken for dead: "
                   f"{why or 'its heartbeats came too late'}; not recorded here, going on")
 
+    def kept_trials_added(self, numbers: tuple[int, ...], folder: Path) -> None:
+        which = ", ".join(str(n) for n in numbers)
+        its, is_ = ("their results", "are") if len(numbers) > 1 else ("its result", "is")
+        self._say(f"trial{'s' if len(numbers) > 1 else ''} {which}: {its}, kept in {folder} by an earlier run that "
+                  f"died or lost its database, {is_} added to the study as measured, not measured again")
+
     def study_interrupted(self, interrupted: StudyInterrupted) -> None:
         i = interrupted
         cut = ""

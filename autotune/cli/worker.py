@@ -46,7 +46,7 @@ def worker(study_name: str, storage: str, as_json: bool, timeout: float | None, 
         raise option_error(e, {"timeout": "timeout_s"}) from None
     engine = choose_engine(options.engine)
     cfg = build_study_config(options, engine)
-    install_signal_handlers()
+    install_signal_handlers(sigint=True)
     console = Console(stderr=True, soft_wrap=True)
     if as_json:
         outcome = run_worker(cfg, store)

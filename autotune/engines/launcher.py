@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -120,15 +121,15 @@ def gpu_memory_used_mib(gpu_ids: Sequence[GpuId]) -> list[int] | None:
 
 # --- process groups ----------------------------------------------------------------------------------
 
-def _group_alive(pgid: int) -> bool:
-    """Whether a live (non-zombie) process of the group remains."""
+def _group_alive(pgid: int, besides: int | None = None) -> bool:
+    """Whether a live (non-zombie) process of the group remains, ``besides`` (the group's watchdog) not counted."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return bool(watchdog.group_members(pgid))
+    return bool(set(watchdog.group_members(pgid)) - {besides})
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -426,24 +427,26 @@ class EngineServer:
             self._stopped = True
             return
         proc, pgid = self._proc, self._pgid
-        if proc is None:  # the watchdog alone (the server could not be spawned)
-            proc = self._watchdog
-        assert proc is not None
+        keeper = self._watchdog.pid if self._watchdog is not None else None
+
+        def serving() -> bool:  # the server, or anything it started; the watchdog, which ignores SIGTERM, aside
+            return (proc is not None and proc.poll() is None) or _group_alive(pgid, besides=keeper)
+
         t0 = time.monotonic()
-        if proc.poll() is None or _group_alive(pgid):
-            logger.info("stopping %s server pid %d (group %d)", self.spec.engine, proc.pid, pgid)
+        if serving():
+            logger.info("stopping %s server (group %d)", self.spec.engine, pgid)
             _signal_group(pgid, signal.SIGTERM)
             deadline = t0 + self.grace_s
-            while time.monotonic() < deadline and (proc.poll() is None or _group_alive(pgid)):
+            while time.monotonic() < deadline and serving():
                 time.sleep(0.05)
-        if proc.poll() is None or _group_alive(pgid):
+        if serving():
             logger.warning("server group %d still alive after %.0f s grace: SIGKILL", pgid, self.grace_s)
             _signal_group(pgid, signal.SIGKILL)
         deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline and (proc.poll() is None or _group_alive(pgid)):
+        while time.monotonic() < deadline and serving():
             time.sleep(0.05)
             _signal_group(pgid, signal.SIGKILL)
-        if proc.poll() is None or _group_alive(pgid):
+        if serving():
             self.teardown_problems.append(f"process group {pgid} survived SIGKILL")
             logger.error("process group %d survived SIGKILL", pgid)
         self._release_watchdog()
@@ -462,15 +465,20 @@ class EngineServer:
         self.progress.engine_stopped(self._port, self.spec.gpu_ids, tuple(self.teardown_problems))
 
     def _release_watchdog(self) -> None:
-        """Reap the watchdog (the group's SIGTERM ended it) and close our end of its pipe."""
+        """Close our end of the watchdog's pipe, so that it ends (the group has no one else left to stop), and reap
+        it."""
+        if self._tuner_alive_fd is not None:
+            os.close(self._tuner_alive_fd)
+            self._tuner_alive_fd = None
         if self._watchdog is not None:
             try:
                 self._watchdog.wait(5.0)
             except subprocess.TimeoutExpired:
-                pass  # counted by the group check above; a zombie holds nothing
-        if self._tuner_alive_fd is not None:
-            os.close(self._tuner_alive_fd)
-            self._tuner_alive_fd = None
+                self._watchdog.kill()
+                try:
+                    self._watchdog.wait(5.0)
+                except subprocess.TimeoutExpired:
+                    self.teardown_problems.append(f"the watchdog {self._watchdog.pid} survived SIGKILL")
 
     def _wait_port_free(self) -> None:
         deadline = time.monotonic() + self.port_release_timeout_s
@@ -518,21 +526,48 @@ def stop_all() -> None:
 atexit.register(stop_all)
 
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-_handlers_installed = False
+# The signals received so far; the first one started the stop. A stop takes a moment (the servers' teardown, the
+# cut trial's record, its retry, the run's record), and a second Ctrl-C pressed meanwhile, raised inside it, cut it
+# short: the cut trial lost the levels it had measured and was never queued again.
+_received: list[int] = []
+STILL_STOPPING = ("autotune: still stopping: the servers, then what was measured is saved; signal once more to quit "
+                  "at once (the cut trial's levels are then lost; its servers still stop within seconds)")
+
+
+def _say(line: str) -> None:
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # a closed stderr must not keep the process from stopping
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    # Unwind like Ctrl-C does: `with` blocks stop their servers, then atexit runs stop_all.
-    raise SystemExit(128 + signum)
-
-
-def install_signal_handlers() -> None:
-    """Turn SIGTERM/SIGHUP into SystemExit (so teardown runs) where they still have the default action.
-    Only from the main thread; a handler the application set is left alone."""
-    global _handlers_installed
-    if _handlers_installed or threading.current_thread() is not threading.main_thread():
+    """The first signal unwinds like Ctrl-C does (`with` blocks stop their servers, then atexit runs stop_all): a
+    KeyboardInterrupt for SIGINT, SystemExit(128 + signal) for the others. The next one, while that stop runs, is
+    only noted; a third ends the process by its own signal at once (each server's watchdog stops it)."""
+    _received.append(signum)
+    if len(_received) == 1:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+    if len(_received) == 2:
+        _say(STILL_STOPPING)
         return
-    for sig in _HANDLED_SIGNALS:
-        if signal.getsignal(sig) == signal.SIG_DFL:
+    _say("autotune: quitting at once")
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def install_signal_handlers(sigint: bool = False) -> None:
+    """Turn SIGTERM/SIGHUP (and SIGINT with ``sigint``: a command that ends once interrupted) into an orderly stop
+    (:func:`_on_signal`) where they still have their default action. Only from the main thread; a handler the
+    application set, or a signal it ignores, is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    defaults = {sig: signal.SIG_DFL for sig in _HANDLED_SIGNALS}
+    if sigint:
+        defaults[signal.SIGINT] = signal.default_int_handler
+    for sig, default in defaults.items():
+        if signal.getsignal(sig) == default:
             signal.signal(sig, _on_signal)
-    _handlers_installed = True

@@ -4,8 +4,7 @@ that the next run can stop any that a dead run left behind.
 The launcher writes an entry when a server's process group exists and removes it once the group is gone. An
 entry that remains means its tuner ended without stopping the server (SIGKILL, a crash, the machine's OOM
 killer). The watchdog (:mod:`autotune.engines.watchdog`) already stops such a group within seconds; the ledger
-is the second line, for what outlived even that (the watchdog killed with its tuner, or a group whose members
-ignore SIGTERM when the tuner died inside its own teardown).
+is the second line, for what outlived even that (the watchdog killed with its tuner).
 
 :func:`stop_leftovers` only touches a group it can prove is the one recorded: same machine and boot, its tuner
 gone (a live tuner, e.g. a second worker on this machine, keeps its servers), and a member of the group with the

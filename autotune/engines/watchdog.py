@@ -15,7 +15,9 @@ which for trials run on worker threads is long before the tuner dies. SERVED_NAM
 ``--served-model-name``) is only there to make this process's command line identify the group
 (:mod:`autotune.engines.ledger`).
 
-A normal stop SIGTERMs the group, this process with it: it keeps SIGTERM's default action until the tuner is gone.
+It ignores SIGTERM: a normal stop SIGTERMs the group, and a tuner that dies while it waits for a server that holds
+on (SIGKILL, a third Ctrl-C) must still leave a watchdog to stop that server. Once the server is gone the tuner
+closes its end of the pipe, and this process, finding no one else in the group, ends.
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ def group_members(pgid: int) -> list[int]:
 
 
 def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the group's SIGTERM is for the server
     fd, grace_s = int(argv[0]), float(argv[1])
     while True:
         try:
@@ -59,7 +62,6 @@ def main(argv: list[str]) -> int:
             break
     me = os.getpid()
     pgid = os.getpgid(0)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the group's SIGTERM is for the server
     try:
         os.killpg(pgid, signal.SIGTERM)
     except OSError:

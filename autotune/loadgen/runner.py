@@ -263,12 +263,14 @@ async def drive_load(transport: Transport, requests: list[RequestSpec], cfg: Loa
     # the window in the records' own clock; the run's span on the event loop's clock when there is none (all
     # failed) or clocks are mixed
     duration_s = _window_s(measured) if clock in ("sim", "wall") and ok_clocks else span_s * transport.time_scale
-    window = steady_window(measured, duration_s) if cfg.steady_state and cfg.rate is None and ok_clocks \
-        and clock in ("sim", "wall") else None
+    steady = cfg.steady_state and cfg.rate is None and ok_clocks and clock in ("sim", "wall")
+    window = steady_window(measured, duration_s, _first_wave_end_s(results, cfg.concurrency)) if steady else None
     if window is not None:
         extra["steady_window_s"] = window[1] - window[0]
         # beside it, what a whole-run count gives (`vllm bench serve`'s): the ramp and the drain included
         extra["whole_run_output_tok_s"] = sum(o.output_tokens for o in measured if o.success) / duration_s
+    elif steady:
+        extra["no_steady_window"] = NO_STEADY_WINDOW
     everyone = [r[0] for r in results if r is not None]  # warm-up too: its tokens in the window count
     return summarize(measured, duration_s, slo_ms=cfg.slo_ms, extra=extra, window=window, window_outputs=everyone)
 
@@ -349,7 +351,8 @@ def steady_level_result(records: list[tuple[RequestOutput, bool]]) -> BenchResul
     latencies of the measured requests."""
     measured = [o for o, warmup in records if not warmup]
     duration_s = _window_s(measured) if any(o.success for o in measured) else 0.0
-    window = steady_window(measured, duration_s)
+    first_wave = [o.start_s for o, warmup in records if warmup]  # a level's warm-up is its first wave
+    window = steady_window(measured, duration_s, max(first_wave) if first_wave else None)
     return summarize(measured, duration_s, window=window, window_outputs=[o for o, _ in records])
 
 
@@ -471,6 +474,20 @@ def _trace_times(requests: list[RequestSpec], total: int) -> np.ndarray:
     if np.any(np.diff(offsets) < 0):
         raise UsageError("trace arrival times must not decrease")
     return offsets - offsets[0]
+
+
+NO_STEADY_WINDOW = ("no steady window (every slot busy, once the first wave's ramp is over): the measured requests "
+                    "were too few or all started during the ramp; throughput over the whole run")
+
+
+def _first_wave_end_s(results: list[tuple[RequestOutput, bool] | None], concurrency: int | None) -> float | None:
+    """When a closed loop's first wave (its first ``concurrency`` requests, ramped) had all started; ``math.inf``
+    when the loop sent no more than that wave (it never refilled a slot)."""
+    if not concurrency:
+        return None
+    if len(results) <= concurrency:
+        return math.inf
+    return max((r[0].start_s for r in results[:concurrency] if r is not None), default=None)
 
 
 def _window_s(outputs: list[RequestOutput]) -> float:

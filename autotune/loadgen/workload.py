@@ -83,6 +83,11 @@ class Workload:
         return 0
 
     @property
+    def image_sizes_px(self) -> tuple[tuple[int, int], ...]:
+        """The (width, height) of the images its requests carry, each size once (none: text only)."""
+        return ()
+
+    @property
     def trace_length(self) -> int | None:
         """A timed trace's number of requests (it is never cycled); None for any other workload."""
         return None
@@ -137,6 +142,10 @@ class MultimodalWorkload(Workload):
     @property
     def max_images_per_request(self) -> int:
         return self.images[1]
+
+    @property
+    def image_sizes_px(self) -> tuple[tuple[int, int], ...]:
+        return self.sizes
 
     def requests(self, n: int, start: int = 0) -> list[RequestSpec]:
         out = []
