@@ -247,8 +247,11 @@ async def _study_page(request: web.Request) -> web.Response:
         # a trial that was not run has its earlier trial's flags, and no figure of its own
         shown = r or (results.get(t.same_flags_as) if t.not_run else None)
         flags = "<br>".join(html.escape(line) for line in flags_diff_text(shown.flags)) if shown else "-"
-        state, met = ("not run", "-") if t.not_run else (t.state.name, "yes" if t.feasible else "no")
-        note = t.not_run_text() if t.not_run else r.failure_class if r else ""
+        # neither was a measurement: the reports count neither as a trial (records.count_finished)
+        if t.not_run or t.not_started:
+            state, met, note = ("not run", "-", t.not_run_text()) if t.not_run else ("not started", "-", t.not_started)
+        else:
+            state, met, note = t.state.name, "yes" if t.feasible else "no", r.failure_class if r else ""
         rows.append(f"<tr class='trial' data-trial='{t.number}'><td>{t.number}</td><td>{html.escape(t.baseline)}</td>"
                     f"<td>{state}</td><td>{met}</td>"
                     f"<td class='num'>{level.concurrency if level else '-'}</td>"

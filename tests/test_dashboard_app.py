@@ -143,3 +143,21 @@ def test_a_baseline_whose_server_failed_is_not_said_to_have_missed_a_limit(tmp_p
     cells = row[:row.index("</tr>")].split("class='num baseline'>")[1:]
     # the new vllm-defaults trial never started; seed-profile ran and met no limit
     assert [c[:c.index("<")] for c in cells] == ["failed: oom", "missed a limit"]
+
+
+def test_a_worker_trial_that_never_started_is_said_so_not_shown_as_a_failure(tmp_path):
+    """A worker's trial asked once the run had ended its search is not run (records.TrialRecord.not_started): no
+    report counts it, but the study page listed it as a FAIL with no reason, beside a count that left it out."""
+    from autotune import records
+    from tests.study_factory import make_study
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = make_study(url, "late")
+    late = study.ask()
+    why = "the study's run had ended its search when this worker's ask created it"
+    records.write_not_started(late, why)
+    study.tell(late, state=optuna.trial.TrialState.FAIL)
+    [(status, page)] = _fetch(url, "/study/late")
+    assert status == 200
+    row = page.split(f"data-trial='{late.number}'>")[1].split("</tr>")[0]
+    assert "<td>not started</td>" in row and "FAIL" not in row and html.escape(why) in row
