@@ -80,7 +80,7 @@ def main() -> None:
             flags = {**CHUNKED, **CONFIGS[name]}
             for c in (int(x) for x in cs.split(",")):
                 def spec(kind: str, i: int) -> LaunchSpec:
-                    return LaunchSpec(engine="sim", model=model, flags=flags, gpu_ids=(0,), served_model_name="m",
+                    return LaunchSpec(engine="sim", model=model, flags=flags, gpu_ids=("0",), served_model_name="m",
                                       log_path=Path(tmp) / f"{name}-{c}-{kind}{i}.log", gpu_type="h100",
                                       time_scale=args.time_scale)
                 with InProcessSim(spec("inproc", 0)) as engine:

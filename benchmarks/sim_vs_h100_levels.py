@@ -101,7 +101,7 @@ def main() -> None:
         for number in args.trials:
             label, flags = trials[number]
             spec = LaunchSpec(engine="sim", model=model, flags={"enable-chunked-prefill": True, **flags},
-                              gpu_ids=(0,), served_model_name="m", log_path=Path(tmp) / f"server-{number}.log",
+                              gpu_ids=("0",), served_model_name="m", log_path=Path(tmp) / f"server-{number}.log",
                               gpu_type="h100", time_scale=args.time_scale)
             used = 0
             with EngineServer(spec) as server:

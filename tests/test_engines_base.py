@@ -152,6 +152,12 @@ def test_environment_forces_no_nvls_and_sets_gpus(tmp_path: Path) -> None:
     assert env["PATH"] == os.environ["PATH"]
 
 
+def test_an_integer_gpu_id_is_refused_when_the_spec_is_made(tmp_path: Path) -> None:
+    """GPU ids are strings end to end; an integer index (two benchmark scripts still gave one) passed an in-process
+    sim and failed at a server's launch (',' joining CUDA_VISIBLE_DEVICES)."""
+    with pytest.raises(TypeError, match="strings"):
+        _spec(tmp_path, gpu_ids=(0,))
+
 def _fake_smi(folder: Path, output: str) -> None:
     smi = folder / "nvidia-smi"
     smi.write_text(f"#!/bin/sh\necho \"$@\" > {folder}/smi_args\nprintf '{output}'\n")

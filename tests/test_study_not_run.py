@@ -230,7 +230,7 @@ def test_two_processes_on_postgresql_see_each_others_finished_trials_only(postgr
     progress = ThreadedProgress(NULL_PROGRESS, threading.Lock())
 
     def run_one(study: optuna.Study) -> records.TrialRecord:
-        study.optimize(_objective(cfg, (0,), progress, None, threading.Event()), n_trials=1)
+        study.optimize(_objective(cfg, ("0",), progress, None, threading.Event()), n_trials=1)
         return records.read_trials(study)[-1]
 
     elsewhere = study_a.ask()  # the space's one point, running on A

@@ -68,6 +68,11 @@ class LaunchSpec:
         if not self.served_model_name:
             raise UsageError("served_model_name must be a non-empty unique name")
         object.__setattr__(self, "gpu_ids", tuple(self.gpu_ids))
+        # here, not at the launch: an in-process sim never joins them, so an integer index passed it and failed only
+        # once the same code launched a server
+        if bad := [g for g in self.gpu_ids if not isinstance(g, str)]:
+            raise TypeError(f"gpu_ids are strings as CUDA_VISIBLE_DEVICES names the devices ('0', 'GPU-<uuid>'), "
+                            f"got {bad[0]!r}")
         object.__setattr__(self, "log_path", Path(self.log_path))
         if self.vllm_cmd is not None:
             object.__setattr__(self, "vllm_cmd", tuple(self.vllm_cmd))
