@@ -47,8 +47,8 @@ __all__ = [
     "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
     "read_run_options", "write_run", "read_runs", "read_remeasurements", "MEMORY_PLAN_REFUSED", "flags_key",
     "sampled", "known_trial_with_flags", "write_same_flags", "not_run", "not_run_text", "describe_not_run",
-    "read_run_options", "write_run", "read_runs", "read_remeasurements", "write_objective_started",
-    "objective_started", "write_not_started", "requeue_user_attrs", "write_declared_dead", "read_declared_dead",
+    "write_objective_started", "objective_started", "write_not_started", "requeue_user_attrs", "write_declared_dead",
+    "read_declared_dead",
 ]
 
 # Stored with the fingerprint. A study written by another version of these records is refused on resume
