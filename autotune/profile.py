@@ -26,7 +26,6 @@ from autotune.selection import Candidate, Selection
 from autotune.storage import redact_url
 
 if TYPE_CHECKING:
-    from autotune.loadsearch import LoadSearchConfig
     from autotune.study import StudyConfig
 
 __all__ = ["Profile", "build_profile", "write_profile", "read_profile", "environment", "PROFILE_VERSION"]
@@ -243,15 +242,16 @@ def build_profile(cfg: StudyConfig, selection: Selection, record: SelectionRecor
         notes=(engine_notes(StartupInfo.from_dict(winner_trial.result.startup))
                + winner_notes([lv.host_cpu for lv in winner_trial.result.levels] + [m.host_cpu for m in winner.repeats])
                + s.sim_caveats() + ([layout] if (layout := cfg.baseline_layout_note()) else [])
-               + _ceiling_notes(winner_trial, s.search)),
+               + _ceiling_notes(winner_trial)),
     )
 
 
-def _ceiling_notes(winner_trial: TrialRecord, search: LoadSearchConfig) -> list[str]:
-    """Where the winner's load search stopped at --max-concurrency with every limit held."""
+def _ceiling_notes(winner_trial: TrialRecord) -> list[str]:
+    """Where the winner's load search stopped at --max-concurrency with every limit held. The ceiling is the one its
+    search ran under, its top level: a resumed run's --max-concurrency (the note's advice) may differ."""
     if winner_trial.result is None or not winner_trial.result.knee_may_lie_higher:
         return []
-    max_concurrency = search.max_concurrency
+    max_concurrency = max(lv.concurrency for lv in winner_trial.result.levels)
     return [f"every limit held up to --max-concurrency {max_concurrency} in the winner's load search, below what its "
             "engine runs at once: its knee may lie higher, and its throughput at the limit is that at "
             f"{max_concurrency}; run again with a higher --max-concurrency to find it"]

@@ -362,3 +362,9 @@ def test_a_winner_whose_search_stopped_at_max_concurrency_says_its_knee_may_lie_
     assert f"note: {note}" in out
     profile = yaml.safe_load(Path(out.split("Profile: ")[1].split()[0]).read_text())
     assert any(n.startswith(note) for n in profile["notes"])
+    # resumed as the note advises: the old winner's search still stopped at 16, whatever this run's ceiling
+    code, out, err = run_cli(capsys, "run", "--model", "flash", "--p99-ms", "500", "--engine", "sim", "--gpus", "8",
+                             "--storage", url, "--trials", "0", "--top-k", "0", "--workload", "random:128:16",
+                             "--max-concurrency", "32", "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    assert f"note: {note}" in out and "--max-concurrency 32" not in out
