@@ -68,8 +68,8 @@ class LaunchSpec:
         if not self.served_model_name:
             raise UsageError("served_model_name must be a non-empty unique name")
         object.__setattr__(self, "gpu_ids", tuple(self.gpu_ids))
-        # here, not at the launch: an in-process sim never joins them, so an integer index passed it and failed only
-        # once the same code launched a server
+        # checked here, not at the launch: the in-process sim never joins them into CUDA_VISIBLE_DEVICES, so an
+        # integer would pass there and fail only on a served engine
         if bad := [g for g in self.gpu_ids if not isinstance(g, str)]:
             raise TypeError(f"gpu_ids are strings as CUDA_VISIBLE_DEVICES names the devices ('0', 'GPU-<uuid>'), "
                             f"got {bad[0]!r}")
