@@ -274,7 +274,6 @@ def test_image_workload_on_a_text_only_model_is_refused_before_any_server(capsys
     assert not db.exists() and not (db.parent / "studies").exists()
 
 
-
 def test_image_size_the_model_refuses_is_refused_before_any_server(capsys, storage):
     # vLLM answers each request with a 16x4000 image 400 (GLM's processor: aspect ratio over 200)
     url, db = storage

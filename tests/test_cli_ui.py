@@ -111,6 +111,7 @@ def test_the_start_says_how_the_gpus_are_shared_out_and_which_sit_idle() -> None
     view.study_started(dataclasses.replace(_start(served=True), gpu_slots=(("0",),)))
     assert out.getvalue().splitlines()[0].endswith("(0 earlier)")  # one trial at a time, every GPU used
 
+
 def test_a_dead_runs_kept_results_are_said_to_be_added() -> None:
     from pathlib import Path
 

@@ -158,6 +158,7 @@ def test_an_integer_gpu_id_is_refused_when_the_spec_is_made(tmp_path: Path) -> N
     with pytest.raises(TypeError, match="strings"):
         _spec(tmp_path, gpu_ids=(0,))
 
+
 def _fake_smi(folder: Path, output: str) -> None:
     smi = folder / "nvidia-smi"
     smi.write_text(f"#!/bin/sh\necho \"$@\" > {folder}/smi_args\nprintf '{output}'\n")

@@ -307,7 +307,6 @@ def test_sigkill_of_the_tuner_stops_its_server_within_seconds(tmp_path: Path) ->
     assert not list((tmp_path / "ledger").glob("*.json"))
 
 
-
 @pytest.mark.slow
 def test_a_tuner_killed_while_it_stops_its_server_leaves_nothing(tmp_path: Path) -> None:
     """The tuner SIGTERMs its server's group to stop it, then dies (SIGKILL, or a third Ctrl-C) while a member that
@@ -440,6 +439,8 @@ def test_stop_checks_gpu_memory_by_uuid_and_not_on_a_mig_slice(tmp_path: Path, m
     t0 = time.monotonic()
     server.stop()
     assert server.teardown_problems == [] and time.monotonic() - t0 < 4
+
+
 def test_a_signal_while_the_stop_runs_is_noted_and_a_third_quits_at_once(monkeypatch: pytest.MonkeyPatch,
                                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """The first signal starts the orderly stop; one more, raised inside it, cut it short (the cut trial's levels

@@ -50,7 +50,6 @@ def test_steady_window_excludes_the_drain():
     assert steady.ttft_ms.p99 == full.ttft_ms.p99  # latency covers every request
 
 
-
 def test_no_steady_window_while_the_measured_requests_are_the_first_wave():
     """Every slot is busy only once the first wave has started: measured requests that all started before that
     (along its ramp) have no steady window, nor has a loop that sent its first wave alone."""

@@ -211,7 +211,6 @@ def test_a_kept_retry_of_a_retry_goes_into_the_copy_queued_of_it(tmp_path: Path)
     assert done.value == 500.0 and done.params == second.params and len(study.trials) == 3
 
 
-
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the storage's own retry callback
 def test_a_kept_trial_whose_constraint_was_stored_goes_into_its_copy_without_a_warning(tmp_path: Path) -> None:
     """A baseline's result and constraint are stored, then its tuner is SIGKILLed during the baseline's
@@ -457,6 +456,8 @@ def test_on_postgres_a_trial_dead_in_its_ask_is_failed_after_three_heartbeats_an
     copy = _copy_of(study, number)
     assert copy.state == optuna.trial.TrialState.COMPLETE and records.queued_baseline(copy) == "vllm-defaults"
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+
+
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the storage's own retry callback
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # the dead run's trial, asked by hand
 def test_the_next_run_says_a_dead_runs_kept_result_is_added_not_lost(tmp_path: Path) -> None:

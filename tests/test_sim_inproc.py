@@ -305,8 +305,6 @@ def test_predict_cli_json_has_null_not_nan(capsys: pytest.CaptureFixture[str]) -
     assert code in (0, None) and "NaN" not in text and json.loads(text)["tpot_ms"]["p99"] is None  # 1 token: no TPOT
 
 
-
-
 @pytest.mark.parametrize("num_prompts, warmup", [(4, 0), (40, 0)])
 def test_predict_cli_counts_the_whole_run_when_the_loop_never_runs_full(capsys: pytest.CaptureFixture[str],
                                                                        num_prompts: int, warmup: int) -> None:
