@@ -251,7 +251,7 @@ def _ceiling_notes(winner_trial: TrialRecord) -> list[str]:
     search ran under, its top level: a resumed run's --max-concurrency (the note's advice) may differ."""
     if winner_trial.result is None or not winner_trial.result.knee_may_lie_higher:
         return []
-    max_concurrency = max(lv.concurrency for lv in winner_trial.result.levels)
+    max_concurrency = winner_trial.result.top_concurrency
     return [f"every limit held up to --max-concurrency {max_concurrency} in the winner's load search, below what its "
             "engine runs at once: its knee may lie higher, and its throughput at the limit is that at "
             f"{max_concurrency}; run again with a higher --max-concurrency to find it"]

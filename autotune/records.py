@@ -220,20 +220,29 @@ class TrialResult:
         return self.stop_reason == STOPPED_AT_MAX_CONCURRENCY
 
     @property
+    def top_concurrency(self) -> int | None:
+        """The highest load level the search measured (where :attr:`knee_may_lie_higher`, the --max-concurrency it
+        ran under); None where it measured none."""
+        return max((lv.concurrency for lv in self.levels), default=None)
+
+    @property
     def measurement_failure(self) -> str:
         """Why the trial measured nothing (its server failed to start, crashed, hung...): its failure class; "" where
         it measured its load levels, whether one met the limits or none did (no_feasible_load)."""
         return "" if self.failure_class == "no_feasible_load" else self.failure_class
 
-    @property
-    def outcome_known(self) -> bool:
-        """Running these flags again would only repeat what this trial found (a point the sampler proposes again is
-        then not run: :func:`known_trial_with_flags`): its load search ran to its end, to a knee or to no level
-        within the limits, or the flags were refused for what they are (autotune's memory plan before any launch,
-        vLLM's own argument check). Not a load search cut short by --timeout (the knee may lie higher), nor a failure
-        that another try may not meet: a crash, a start that timed out, a port taken, failed requests, or out of
-        memory or too small a KV cache at the server's start (memory another process held can cause those)."""
+    def outcome_known(self, max_concurrency: int) -> bool:
+        """Running these flags again under ``max_concurrency`` (the load search's ceiling now) would only repeat what
+        this trial found (a point the sampler proposes again is then not run: :func:`known_trial_with_flags`): its
+        load search ran to its end, to a knee or to no level within the limits, or the flags were refused for what
+        they are (autotune's memory plan before any launch, vLLM's own argument check). Not a load search cut short by
+        --timeout (the knee may lie higher), nor one that stopped at a lower --max-concurrency with every limit held
+        (a resumed study given a higher one, as the profile's note advises, is to look above it), nor a failure that
+        another try may not meet: a crash, a start that timed out, a port taken, failed requests, or out of memory or
+        too small a KV cache at the server's start (memory another process held can cause those)."""
         if self.stop_reason == "deadline":
+            return False
+        if self.knee_may_lie_higher and (self.top_concurrency or 0) < max_concurrency:
             return False
         return (self.failure_class in ("", "no_feasible_load", "bad_flags")
                 or self.stop_reason == MEMORY_PLAN_REFUSED)
@@ -633,13 +642,15 @@ def sampled(trial: optuna.trial.FrozenTrial) -> bool:
     return "fixed_params" not in trial.system_attrs and retried_trial(trial) is None
 
 
-def known_trial_with_flags(trials: Sequence[TrialRecord], flags: Mapping[str, Any]) -> TrialRecord | None:
-    """The latest finished trial that launched ``flags`` and whose outcome they settle
-    (:attr:`TrialResult.outcome_known`), as Optuna's FAQ ("How can I ignore duplicated samples?") matches a new
-    trial against the completed ones; None where there is none. A trial still running, or one that failed on
-    something another try may not meet, is not one: those flags run again."""
+def known_trial_with_flags(trials: Sequence[TrialRecord], flags: Mapping[str, Any],
+                           max_concurrency: int) -> TrialRecord | None:
+    """The latest finished trial that launched ``flags`` and whose outcome they settle under the load search's
+    ceiling ``max_concurrency`` (:meth:`TrialResult.outcome_known`), as Optuna's FAQ ("How can I ignore duplicated
+    samples?") matches a new trial against the completed ones; None where there is none. A trial still running, or
+    one that failed on something another try may not meet, is not one: those flags run again."""
     key = flags_key(flags)
-    return next((t for t in reversed(trials) if t.complete and t.result.outcome_known  # type: ignore[union-attr]
+    return next((t for t in reversed(trials) if t.complete
+                 and t.result.outcome_known(max_concurrency)  # type: ignore[union-attr]
                  and flags_key(t.result.flags) == key), None)  # type: ignore[union-attr]
 
 

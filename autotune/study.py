@@ -279,7 +279,8 @@ def _objective(cfg: StudyConfig, slot: tuple[GpuId, ...], progress: ThreadedProg
             flags = cfg.space.try_flags(tried, cfg.settings.gpus)
         frozen = trial.study.get_trials(deepcopy=False)  # read once the sampler has chosen: see _known_outcome
         trials = [records.read_trial(t) for t in frozen]
-        if (earlier := _known_outcome(trial.number, frozen, trials, flags)) is not None:
+        if (earlier := _known_outcome(trial.number, frozen, trials, flags,
+                                      cfg.settings.search.max_concurrency)) is not None:
             return _not_run(trial, earlier, limits_ms, progress)
         trial_dir = trial_folder(cfg.out_dir / cfg.study_name, trial.number)
         name = f"autotune-{cfg.study_name}-{trial.number}"
@@ -314,9 +315,9 @@ def _objective(cfg: StudyConfig, slot: tuple[GpuId, ...], progress: ThreadedProg
 
 
 def _known_outcome(number: int, frozen: list[optuna.trial.FrozenTrial], trials: list[TrialRecord],
-                   flags: Mapping[str, Any]) -> TrialRecord | None:
-    """The earlier trial whose outcome trial ``number``'s launch flags already have (records.known_trial_with_flags),
-    where the sampler chose that trial's point; None for a baseline, a ``--try`` point and a retried copy of a failed
+                   flags: Mapping[str, Any], max_concurrency: int) -> TrialRecord | None:
+    """The earlier trial whose outcome trial ``number``'s launch flags already have under the load search's ceiling
+    ``max_concurrency`` (records.known_trial_with_flags), where the sampler chose that trial's point; None for a baseline, a ``--try`` point and a retried copy of a failed
     trial, which run as queued.
 
     ``frozen`` is read after the sampler chose, so a trial that finished meanwhile is seen, on another process or
@@ -324,7 +325,7 @@ def _known_outcome(number: int, frozen: list[optuna.trial.FrozenTrial], trials: 
     (Optuna hands out points, not locks; its constant liar makes the sampler avoid running ones, not never propose
     them), and the candidates keep only one trial per flags."""
     [me] = [t for t in frozen if t.number == number]
-    return records.known_trial_with_flags(trials, flags) if records.sampled(me) else None
+    return records.known_trial_with_flags(trials, flags, max_concurrency) if records.sampled(me) else None
 
 
 def _not_run(trial: optuna.Trial, earlier: TrialRecord, limits_ms: Mapping[str, float],

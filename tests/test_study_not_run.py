@@ -21,7 +21,7 @@ from autotune import records
 from autotune.cli import main
 from autotune.profile import read_profile
 from autotune.progress import NULL_PROGRESS, ThreadedProgress
-from autotune.records import MEMORY_PLAN_REFUSED, TrialResult
+from autotune.records import MEMORY_PLAN_REFUSED, STOPPED_AT_MAX_CONCURRENCY, TrialResult
 from autotune.study import (_known_outcome, _objective, _trials_since_gain, open_study, run_worker,
                             stored_finalists)
 
@@ -74,7 +74,7 @@ def test_a_sampled_repeat_is_not_run_and_tells_optuna_the_earlier_result(tiny):
     # no sampled trial was measured whose flags a finished trial had already settled (one slot: in number order)
     for t in trials:
         if t.complete and records.sampled(frozen[t.number]):
-            assert records.known_trial_with_flags(trials[:t.number], t.result.flags) is None, t.number
+            assert records.known_trial_with_flags(trials[:t.number], t.result.flags, 32) is None, t.number
     # never a finalist of its own: the candidates keep the measured trial
     assert not {c.trial_number for c in stored_finalists(study, 3)} & {t.number for t in not_run}
 
@@ -150,6 +150,14 @@ def _result(flags: dict, **kwargs) -> TrialResult:
 
 
 FLAGS = {"enable-chunked-prefill": True, "kv-cache-dtype": "fp8"}
+CEILING = 64  # the load search's --max-concurrency now
+
+
+def _level(concurrency: int) -> records.LevelRecord:
+    return records.LevelRecord(concurrency=concurrency, output_tok_s=900.0, total_tok_s=1800.0, request_s=2.0, p99={},
+                               runs=1, feasible=True, p99_ttft_ms=100.0, p99_tpot_ms=10.0, p99_itl_ms=10.0,
+                               p99_e2el_ms=1000.0, completed=3 * concurrency, failed=0, duration_s=10.0, wall_s=10.0,
+                               status="ok")
 
 
 @pytest.mark.parametrize("earlier, known", [
@@ -165,8 +173,15 @@ FLAGS = {"enable-chunked-prefill": True, "kv-cache-dtype": "fp8"}
     (_result(FLAGS, failure_class="requests_disconnect", concurrency=8), False),
     (_result(FLAGS, feasible=True, output_tok_s=900.0, concurrency=32, stop_reason="deadline"), False),
     (_result({**FLAGS, "max-num-seqs": 256}, feasible=True, output_tok_s=900.0, concurrency=32), False),
+    # every limit held at the --max-concurrency of its search: settled up to that ceiling, not above it (a resumed
+    # study given a higher one, as the profile's note advises)
+    (_result(FLAGS, feasible=True, output_tok_s=900.0, concurrency=CEILING, stop_reason=STOPPED_AT_MAX_CONCURRENCY,
+             levels=(_level(CEILING // 2), _level(CEILING))), True),
+    (_result(FLAGS, feasible=True, output_tok_s=900.0, concurrency=CEILING // 2,
+             stop_reason=STOPPED_AT_MAX_CONCURRENCY, levels=(_level(CEILING // 4), _level(CEILING // 2))), False),
 ], ids=["feasible", "no feasible load", "memory plan", "bad flags", "crash", "timeout", "port in use",
-        "oom at start", "failed requests", "cut by --timeout", "other flags"])
+        "oom at start", "failed requests", "cut by --timeout", "other flags", "at this ceiling",
+        "at a lower ceiling"])
 def test_which_earlier_trial_settles_the_flags(earlier, known):
     study = optuna.create_study(direction="maximize")
     done = study.ask()
@@ -174,7 +189,7 @@ def test_which_earlier_trial_settles_the_flags(earlier, known):
     study.tell(done, earlier.output_tok_s)
     sampled = study.ask()
     frozen = study.get_trials(deepcopy=False)
-    found = _known_outcome(sampled.number, frozen, [records.read_trial(t) for t in frozen], dict(FLAGS))
+    found = _known_outcome(sampled.number, frozen, [records.read_trial(t) for t in frozen], dict(FLAGS), CEILING)
     assert (found.number if found else None) == (done.number if known else None)
 
 
@@ -191,14 +206,15 @@ def test_only_a_sampled_trial_is_skipped_not_a_queued_or_retried_one():
     for _ in range(2):  # the retried copy, then the baseline: both taken from the queue
         queued = study.ask()
         frozen = study.get_trials(deepcopy=False)
-        assert _known_outcome(queued.number, frozen, [records.read_trial(t) for t in frozen], dict(FLAGS)) is None
+        assert _known_outcome(queued.number, frozen, [records.read_trial(t) for t in frozen], dict(FLAGS),
+                              CEILING) is None
     # a trial still running elsewhere with these flags has no result yet: a sampled trial with them runs too
     running = study.ask()
     sampled = study.ask()
     frozen = study.get_trials(deepcopy=False)
     trials = [records.read_trial(t) for t in frozen]
     assert trials[running.number].state == optuna.trial.TrialState.RUNNING
-    assert _known_outcome(sampled.number, frozen, trials, dict(FLAGS)).number == done.number
+    assert _known_outcome(sampled.number, frozen, trials, dict(FLAGS), CEILING).number == done.number
 
 
 def test_a_trial_not_run_counts_towards_stagnation_as_no_gain():

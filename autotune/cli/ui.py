@@ -189,7 +189,7 @@ class StudyView(Progress):
         cut = ("; load search cut short by --timeout (the knee may lie higher)"
                if result.stop_reason == "deadline" else "")
         if result.knee_may_lie_higher:
-            cut += (f"; every limit held up to --max-concurrency ({max(lv.concurrency for lv in result.levels)}): "
+            cut += (f"; every limit held up to --max-concurrency ({result.top_concurrency}): "
                     "the knee may lie higher")
         if busy := others_note(lv.host_cpu for lv in result.levels):
             cut += f"; {busy}, while it measured: {PREFILL_WAITS}"
