@@ -317,8 +317,8 @@ def _objective(cfg: StudyConfig, slot: tuple[GpuId, ...], progress: ThreadedProg
 def _known_outcome(number: int, frozen: list[optuna.trial.FrozenTrial], trials: list[TrialRecord],
                    flags: Mapping[str, Any], max_concurrency: int) -> TrialRecord | None:
     """The earlier trial whose outcome trial ``number``'s launch flags already have under the load search's ceiling
-    ``max_concurrency`` (records.known_trial_with_flags), where the sampler chose that trial's point; None for a baseline, a ``--try`` point and a retried copy of a failed
-    trial, which run as queued.
+    ``max_concurrency`` (records.known_trial_with_flags), where the sampler chose that trial's point; None for a
+    baseline, a ``--try`` point and a retried copy of a failed trial, which run as queued.
 
     ``frozen`` is read after the sampler chose, so a trial that finished meanwhile is seen, on another process or
     machine sharing the study in PostgreSQL too. A trial still RUNNING elsewhere with the same flags is not: both run
