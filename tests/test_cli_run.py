@@ -322,6 +322,7 @@ def test_a_worker_joins_a_study_whose_stored_start_lies_above_its_ceiling(tmp_pa
     assert build_study_config(options, choose_engine("sim")).settings.search.start_concurrency == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gpus, layout", [(3, "tp=1 dp=3"), (6, "tp=2 dp=3")])
 def test_gpu_counts_the_heads_do_not_divide_run_to_a_verdict(capsys, storage, tmp_path, gpus, layout):
     """--gpus 3 and 6 were refused: the baselines ran TP over every GPU, which flash's 32 heads do not divide. They
@@ -345,6 +346,7 @@ def test_gpu_counts_the_heads_do_not_divide_run_to_a_verdict(capsys, storage, tm
     assert profile["flags"]["tensor-parallel-size"] == tp
 
 
+@pytest.mark.slow
 def test_a_winner_whose_search_stopped_at_max_concurrency_says_its_knee_may_lie_higher(capsys, storage, tmp_path):
     """On 8 GPUs every trial met the limits at the ceiling (the default 1024; 16 here) and its throughput there
     read as its throughput at the limit, without a word."""

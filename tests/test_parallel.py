@@ -126,6 +126,7 @@ def test_gpu_slots_from_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert gpu_layout(1, None, None, "vllm") == GpuLayout((("0",), ("1",), ("2",)), ())
 
 
+@pytest.mark.slow
 def test_a_sim_study_carries_uuid_gpu_ids_to_every_event(tmp_path: Path) -> None:
     """The slots, the StudyStart event and every engine event carry the ids as --gpu-ids gave them."""
     opts = RunOptions(model="flash", engine="sim", p99_ms=500, storage=f"sqlite:///{tmp_path}/s.db", study="uuids",

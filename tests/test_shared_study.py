@@ -366,6 +366,7 @@ def test_a_trial_whose_objective_started_is_never_failed_for_want_of_a_heartbeat
         optuna.trial.TrialState.COMPLETE
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the storage's own retry callback
 def test_a_worker_whose_trial_a_run_took_for_dead_in_its_ask_says_so_and_goes_on(tmp_path: Path,
                                                                                  monkeypatch) -> None:

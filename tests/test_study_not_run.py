@@ -79,6 +79,7 @@ def test_a_sampled_repeat_is_not_run_and_tells_optuna_the_earlier_result(tiny):
     assert not {c.trial_number for c in stored_finalists(study, 3)} & {t.number for t in not_run}
 
 
+@pytest.mark.slow
 def test_the_console_the_profile_and_json_name_it(tiny):
     study = tiny["study"]
     trials = records.read_trials(study)
