@@ -28,7 +28,7 @@ from autotune.sim.noise import NOISE_MODELS
 from autotune.space import SearchSpace, load_space
 from autotune.storage import DEFAULT_STORAGE, sqlite_dir
 from autotune.study import StudyConfig
-from autotune.trial import TrialSettings
+from autotune.trial import LevelShape, TrialSettings
 
 __all__ = ["RunOptions", "EngineChoice", "choose_engine", "build_study_config", "study_limits_ms", "worker_options",
            "gpu_layout", "GpuLayout", "check_workload_model", "check_workload_flags", "REAL_GPU_NOISE_FLOOR",
@@ -92,7 +92,7 @@ class RunOptions(BaseModel):
     # None: MAX_CONCURRENCY_PER_GPU x gpus, so that data parallelism's engines (max-num-seqs x DP at once) are not
     # held below their knee on several GPUs
     max_concurrency: int | None = Field(None, gt=0)
-    prompts_per_level: float = Field(3.0, gt=0)
+    prompts_per_level: float = Field(LevelShape.prompts_per_level, gt=0)
     startup_timeout_s: float = Field(900.0, gt=0)
     request_timeout_s: float = Field(600.0, gt=0)
     parallel: int | None = Field(None, gt=0)  # trials at once, at most (default: as many as the GPUs allow)
@@ -334,7 +334,7 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
     settings = TrialSettings(
         engine=engine_name, model=model, gpu=gpu, gpus=opts.gpus, workload=workload, search=search,
         gpu_ids=layout.slots[0], time_scale=opts.sim_time_scale if engine_name == "sim" else 1.0,
-        startup_timeout_s=opts.startup_timeout_s, prompts_per_level=opts.prompts_per_level,
+        startup_timeout_s=opts.startup_timeout_s, level=LevelShape(prompts_per_level=opts.prompts_per_level),
         sim_server=opts.sim_server, sim_noise=NOISE_MODELS[opts.sim_noise], seed=opts.seed,
         request_timeout_s=opts.request_timeout_s, ledger_dir=out_dir / study_name / "servers",
     )

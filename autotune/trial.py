@@ -86,12 +86,7 @@ class TrialSettings:
     sim_noise: RunNoise | None = None  # in-process sim only: run-to-run noise (None: exact)
     seed: int = 0  # the study's: seeds the sim's noise
     startup_timeout_s: float = 900.0
-    # a load level's shape (LevelShape's defaults)
-    prompts_per_level: float = LevelShape.prompts_per_level
-    min_prompts: int = LevelShape.min_prompts
-    max_prompts: int = LevelShape.max_prompts
-    warmup_factor: float = LevelShape.warmup_factor
-    ramp_s: float = LevelShape.ramp_s
+    level: LevelShape = LevelShape()
     request_timeout_s: float = 600.0
     extra_env: dict[str, str] = field(default_factory=dict)
     vllm_cmd: tuple[str, ...] | None = None
@@ -123,12 +118,10 @@ def sim_predicted_knee(settings: TrialSettings, flags: dict[str, Any]) -> int | 
 
 
 def level_load_config(settings: TrialSettings, concurrency: int, records_path: Path | None = None) -> LoadConfig:
-    shape = LevelShape(settings.prompts_per_level, settings.min_prompts, settings.max_prompts,
-                       settings.warmup_factor, settings.ramp_s)
     # The in-process sim's clock is the modelled one: nothing to scale.
     scale = settings.time_scale if not runs_in_process(settings) else 1.0
     return replace(
-        shape.load_config(concurrency),
+        settings.level.load_config(concurrency),
         # A time-scaled sim may lag the wall clock when the CPU cannot keep up: never below 2 minutes of wall.
         request_timeout_s=max(settings.request_timeout_s / max(scale, 1e-9), min(settings.request_timeout_s, 120.0)),
         scrape_metrics=True, time_scale=scale, records_path=str(records_path) if records_path else None,

@@ -38,7 +38,7 @@ from autotune.config import RunOptions, build_study_config
 from autotune.records import Measurement
 from autotune.selection import LoadCurve, flags_changed
 from autotune.study import StudyConfig, run_study
-from autotune.trial import run_trial
+from autotune.trial import LevelShape, run_trial
 
 WITHIN_NOISE = 0.03  # "within noise of the best": the winner's true value >= (1 - 3%) x the true best
 TARGET_FALSE_CLAIMS = 0.05
@@ -61,7 +61,7 @@ def true_value(cfg: StudyConfig, flags: dict[str, Any], out: Path, tag: str) -> 
     concurrency), more than the differences judged here."""
     # the truth does not depend on the study's level length: always autotune run's default
     settings = dataclasses.replace(cfg.settings, sim_noise=None,
-                                   prompts_per_level=RunOptions.model_fields["prompts_per_level"].default,
+                                   level=LevelShape(),
                                    search=dataclasses.replace(cfg.settings.search, p99_run_cv={}))
     r = run_trial(settings, flags, f"truth-{tag}", out / "truth" / tag / "server.log")
     if not r.feasible or r.concurrency is None:

@@ -32,7 +32,7 @@ from autotune.loadgen.workload import parse_workload
 from autotune.loadsearch import LoadSearchConfig
 from autotune.models import resolve_model
 from autotune.study import baseline_flags
-from autotune.trial import TrialSettings, level_load_config
+from autotune.trial import LevelShape, TrialSettings, level_load_config
 
 from _shared import window_tok_s
 
@@ -92,7 +92,7 @@ def main() -> None:
                              workload=parse_workload("random:1024:512:0.5", seed=0),
                              search=LoadSearchConfig(limits_ms={"ttft": 500.0}), time_scale=args.time_scale,
                              sim_server=True,
-                             prompts_per_level=1.5)
+                             level=LevelShape(prompts_per_level=1.5))
     print("| trial | config | concurrency | sim tok/s | real tok/s | error | sim P99 TTFT ms | real P99 TTFT ms | "
           "error | sim P99 TPOT ms | real P99 TPOT ms | error |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

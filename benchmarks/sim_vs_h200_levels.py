@@ -65,7 +65,7 @@ from autotune.sim.engine import setup_engine
 from autotune.sim.inproc import bench_in_process
 from autotune.sim.noise import NOISE_MODELS, RunNoise, noise_rng
 from autotune.testing.models import WEIGHTLESS_FLASH_CONFIG
-from autotune.trial import TrialSettings, level_load_config, level_records_concurrency, run_trial
+from autotune.trial import LevelShape, TrialSettings, level_load_config, level_records_concurrency, run_trial
 
 RAW = Path(__file__).resolve().parent.parent / "docs" / "results" / "raw"
 DATASETS = ("h200-pair3-ttft500-short", "h200-pair2-ttft500", "h200-pair4-itl50-short")
@@ -200,7 +200,7 @@ def sim_settings(spec: str, seed: int, limits_ms: dict[str, float], prompts_per_
     model = spec_from_config(config, name, name)
     return TrialSettings(engine="sim", model=model, gpu=load_gpu("h200"), gpus=gpus,
                          workload=parse_workload(spec, seed=seed), search=LoadSearchConfig(limits_ms=limits_ms),
-                         prompts_per_level=prompts_per_level, sim_noise=None)
+                         level=LevelShape(prompts_per_level=prompts_per_level), sim_noise=None)
 
 
 def _p99(values: list[float]) -> float:

@@ -46,6 +46,7 @@ from autotune.models import PRESETS, ModelSpec
 from autotune.sim.predict import predict
 from autotune.space import SearchSpace, load_space
 from autotune.study import BASELINES, baseline_flags, baseline_launch_flags
+from autotune.trial import LevelShape
 
 SOURCE_ROOT = Path(autotune.__file__).resolve().parents[1]  # the folder that holds the installed package
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
@@ -55,7 +56,7 @@ GPU_TYPE = "h100"
 INPUT_LEN, OUTPUT_LEN = 1024, 512
 METRIC, LIMIT_MS = "ttft", 500.0
 START_CONCURRENCY, MAX_CONCURRENCY = 8, 1024  # the CLI's defaults
-PROMPTS_PER_LEVEL, MIN_PROMPTS, MAX_PROMPTS = 3.0, 32, 1500  # TrialSettings' defaults
+LEVEL = LevelShape()  # a study's level, as `autotune run` runs it
 WITHIN = 0.98  # "within 2%"
 AT_OPTIMUM = 0.999  # a stricter, secondary bar: the optimum itself (within 0.1%)
 PATIENCE = 12  # the study's stagnation rule: stop after this many trials without a 1% gain
@@ -81,7 +82,7 @@ def make_setup() -> Setup:
 
 
 def num_prompts(concurrency: int) -> int:
-    return int(min(MAX_PROMPTS, max(MIN_PROMPTS, PROMPTS_PER_LEVEL * concurrency)))
+    return LEVEL.load_config(concurrency).num_prompts
 
 
 def evaluate(setup: Setup, flags: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +148,7 @@ def fingerprint() -> dict[str, Any]:
     return {"preset": PRESET, "gpus": GPUS, "gpu_type": GPU_TYPE, "workload": f"random:{INPUT_LEN}:{OUTPUT_LEN}",
             "metric": METRIC, "limit_ms": LIMIT_MS, "start_concurrency": START_CONCURRENCY,
             "max_concurrency": MAX_CONCURRENCY,
-            "prompts": [PROMPTS_PER_LEVEL, MIN_PROMPTS, MAX_PROMPTS], "sources_sha256": h.hexdigest()[:16]}
+            "prompts": [LEVEL.prompts_per_level, LEVEL.min_prompts, LEVEL.max_prompts], "sources_sha256": h.hexdigest()[:16]}
 
 
 class Cache:

@@ -27,7 +27,7 @@ from autotune.models import PRESETS, resolve_model
 from autotune.sim.engine import setup_engine
 from autotune.sim.inproc import InProcessSim, bench_in_process
 from autotune.sim.vclock import Deadlock, VirtualClockLoop
-from autotune.trial import TrialSettings, level_load_config, run_trial
+from autotune.trial import LevelShape, TrialSettings, level_load_config, run_trial
 
 FLASH = PRESETS["flash"]
 H100 = load_gpu("h100")
@@ -87,7 +87,7 @@ def test_virtual_clock_jumps_to_timers_and_reports_a_deadlock() -> None:
 def test_level_has_the_trials_load_shape(tmp_path: Path) -> None:
     s = settings()
     cfg = level_load_config(s, 16, tmp_path / "00-c16.jsonl.gz")
-    assert cfg.time_scale == 1.0 and cfg.ramp_s == s.ramp_s  # the virtual clock is the modelled one
+    assert cfg.time_scale == 1.0 and cfg.ramp_s == s.level.ramp_s  # the virtual clock is the modelled one
     requests = s.workload.requests(cfg.warmup_prompts + cfg.num_prompts)
     r = bench_in_process(setup_engine(FLASH, H100, {}), requests, cfg)
     assert r.completed == cfg.num_prompts == 48 and r.failed == 0  # the warm-up wave is not in the figures
@@ -209,12 +209,12 @@ def test_moe_data_parallel_with_fp8_weights_dies_under_load_as_vllm_does(tmp_pat
 
 @pytest.mark.slow
 def test_same_seed_same_trial_whatever_the_cpu_load(tmp_path: Path) -> None:
-    s = settings(max_prompts=200)
+    s = settings(level=LevelShape(max_prompts=200))
     flags = {"max-num-seqs": 64, "kv-cache-dtype": "fp8"}
     quiet = run_trial(s, flags, "m", tmp_path / "a" / "server.log")
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # a busy CPU beside the second run
     try:
-        busy = run_trial(settings(max_prompts=200), flags, "m", tmp_path / "b" / "server.log")
+        busy = run_trial(settings(level=LevelShape(max_prompts=200)), flags, "m", tmp_path / "b" / "server.log")
     finally:
         burner.kill()
         burner.wait()

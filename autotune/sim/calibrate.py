@@ -53,7 +53,7 @@ from autotune.sim.engine import EngineStartError, setup_engine
 from autotune.sim.inproc import bench_in_process
 from autotune.sim.perf import PerfConstants
 from autotune.study import remeasure_folders, trial_folder
-from autotune.trial import TrialSettings, level_load_config, level_records_concurrency
+from autotune.trial import LevelShape, TrialSettings, level_load_config, level_records_concurrency
 
 __all__ = ["CALIBRATED_CONSTANTS", "DEFAULT_FIT", "MeasuredRun", "Calibration", "study_fingerprint", "study_settings",
            "recorded_runs",
@@ -193,7 +193,7 @@ def study_settings(study: optuna.Study, model: ModelSpec, card: GpuSpec) -> Tria
         raise UsageError(f"{e} (the study's workload; give --model the study's model)") from None
     return TrialSettings(engine="sim", model=model, gpu=card, gpus=fingerprint.gpus, workload=workload,
                          search=LoadSearchConfig(limits_ms=dict(fingerprint.limits_ms)),
-                         prompts_per_level=float(options.get("prompts_per_level", 3.0)))
+                         level=LevelShape(prompts_per_level=float(options.get("prompts_per_level", LevelShape.prompts_per_level))))
 
 
 def recorded_runs(study_dir: Path, trial_numbers: list[int], settings: TrialSettings) -> list[tuple[int, Path, int]]:
