@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
@@ -21,7 +22,7 @@ from autotune.errors import StorageError, StorageUnavailable, UsageError
 
 __all__ = ["DEFAULT_STORAGE", "open_storage", "open_storage_readonly", "redact_url", "load_study", "study_names",
            "sqlite_dir", "holds_alone", "fail_dead_processes_trials", "heartbeat_s", "stale_after_s", "retried_trial",
-           "MAX_RETRIES", "record_heartbeat_now", "fail_as_dead"]
+           "MAX_RETRIES", "record_heartbeat_now", "fail_as_dead", "trials_with_heartbeat"]
 
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 # How often a trial cut short (a signal, a dead worker) is queued again: a point that kills its worker every time
@@ -144,6 +145,25 @@ def record_heartbeat_now(trial: optuna.Trial) -> None:
     if getattr(storage, "get_heartbeat_interval", lambda: None)() is None:
         return
     storage.record_heartbeat(_trial_id(storage, trial.study.study_name, trial.number))
+
+
+# Optuna's own table of heartbeats (one row per trial, written by its heartbeat thread and record_heartbeat): part
+# of its schema, which its migrations keep, but with no public way to read it.
+_HEARTBEATS = sqlalchemy.table("trial_heartbeats", sqlalchemy.column("trial_id"))
+_TRIALS = sqlalchemy.table("trials", sqlalchemy.column("trial_id"), sqlalchemy.column("number"),
+                           sqlalchemy.column("study_id"))
+
+
+def trials_with_heartbeat(storage: optuna.storages.RDBStorage, study_name: str) -> set[int]:
+    """The numbers of the study's trials of which a heartbeat was ever recorded: their processes got past Optuna's
+    ask, whatever autotune version they run (Optuna's heartbeat thread records the first one as the objective
+    starts), and a stopped one is Optuna's stale check's to find."""
+    study_id = storage.get_study_id_from_name(study_name)
+    query = (sqlalchemy.select(_TRIALS.c.number)
+             .join(_HEARTBEATS, _HEARTBEATS.c.trial_id == _TRIALS.c.trial_id)
+             .where(_TRIALS.c.study_id == study_id))
+    with storage.engine.connect() as connection:
+        return {int(number) for (number,) in connection.execute(query)}
 
 
 def fail_as_dead(study: optuna.Study, storage: optuna.storages.RDBStorage, number: int) -> None:

@@ -38,7 +38,7 @@ from autotune.profile import Hardware, Profile, Software, build_profile, environ
 from autotune.progress import NULL_PROGRESS, Progress, StudyEta, StudyInterrupted, StudyStart, ThreadedProgress
 from autotune.sim.faults import FaultPlan
 from autotune.storage import (MAX_RETRIES, fail_as_dead, fail_dead_processes_trials, heartbeat_s, holds_alone,
-                              record_heartbeat_now, redact_url, retried_trial, stale_after_s)
+                              record_heartbeat_now, redact_url, retried_trial, stale_after_s, trials_with_heartbeat)
 from autotune.records import Measurement, StudyFingerprint, TrialRecord, TrialResult
 from autotune.selection import Candidate, LeftOutTrial, LoadCurve, Selection, select_winner, tok_s_stats
 from autotune.space import SearchSpace
@@ -711,7 +711,7 @@ def _wait_for_others_trials(study: optuna.Study, storage: optuna.storages.RDBSto
 
     Optuna's check finds only trials with a heartbeat. A trial is created RUNNING in Optuna's ask (with the
     sampler's work) before its first one, so a process that died there leaves a trial RUNNING that no check ever
-    fails. Its objective had not started (records.objective_started, noted after a heartbeat): a trial seen so for
+    fails. It has neither the note that its objective started nor a heartbeat (_past_ask): a trial seen so for
     three heartbeats (the grace a heartbeat gets; an ask takes seconds), counted on this run's clock and added to
     what earlier runs saw of it, is failed as its process's death and queued again through the same callback.
 
@@ -750,8 +750,9 @@ def _wait_for_others_trials(study: optuna.Study, storage: optuna.storages.RDBSto
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
         now = time.monotonic()
+        beating = trials_with_heartbeat(storage, study.study_name)
         for trial in running():
-            if records.objective_started(trial):
+            if _past_ask(trial, beating):
                 continue
             silent_s[trial.number] = now - silent_since.setdefault(trial.number, now)
             if silent_before_s.get(trial.number, 0.0) + silent_s[trial.number] >= stale_after_s():
@@ -764,9 +765,10 @@ def _wait_for_others_trials(study: optuna.Study, storage: optuna.storages.RDBSto
     still_running = ("still running when --timeout left only the final comparison's time" if bound_by_timeout else
                      f"still running after {longest_s + find_dead_s:.0f} s, the study's longest trial "
                      f"({longest_s:.0f} s) plus the {find_dead_s} s a heartbeat check takes to find a dead process")
-    finished, left_out = _waited_trials(study, sorted(waited), still_running)
+    beating = trials_with_heartbeat(storage, study.study_name)
+    finished, left_out = _waited_trials(study, sorted(waited), still_running, beating)
     progress.waited_for_trials(finished, left_out, time.monotonic() - started)
-    silent_left = {t.number for t in running() if not records.objective_started(t)}
+    silent_left = {t.number for t in running() if not _past_ask(t, beating)}
     return _Waited(left_out, {n: seen_s for n, seen_s in silent_s.items() if n in silent_left})
 
 
@@ -776,15 +778,23 @@ def _fail_silent_trial(study: optuna.Study, storage: optuna.storages.RDBStorage,
     process lives). Its process, if it was only slow in its ask, finds the trial failed at its first write and goes
     on (_one_trial)."""
     [trial] = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-    if trial.state != optuna.trial.TrialState.RUNNING or records.objective_started(trial):
+    if trial.state != optuna.trial.TrialState.RUNNING or _past_ask(trial, trials_with_heartbeat(storage,
+                                                                                                study.study_name)):
         return
     records.write_declared_dead(study, number, f"its process died before its first heartbeat (RUNNING for "
                                                f"{silent_s:.0f} s without one, counted over the runs that saw it)")
     fail_as_dead(study, storage, number)
 
 
-def _waited_trials(study: optuna.Study, waited: list[int],
-                   still_running: str) -> tuple[tuple[int, ...], tuple[LeftOutTrial, ...]]:
+def _past_ask(trial: optuna.trial.FrozenTrial, beating: set[int]) -> bool:
+    """Whether ``trial``'s process got past Optuna's ask: its objective noted that it started, or (a worker of an
+    autotune that writes no such note) a heartbeat of it was recorded (``beating``: storage.trials_with_heartbeat).
+    From there its process's death is Optuna's heartbeat check's to find."""
+    return records.objective_started(trial) or trial.number in beating
+
+
+def _waited_trials(study: optuna.Study, waited: list[int], still_running: str,
+                   beating: set[int]) -> tuple[tuple[int, ...], tuple[LeftOutTrial, ...]]:
     """Of the trials waited for, those that finished, and the others with what became of them. A worker's trial
     that ended before it started because the search was done (TrialRecord.not_started) is neither: nothing of it
     was measured or lost, its queued point is queued again; nor is a trial with an earlier trial's flags, not run
@@ -802,7 +812,7 @@ def _waited_trials(study: optuna.Study, waited: list[int],
             continue
         if record.state == optuna.trial.TrialState.RUNNING:
             why = still_running
-            if not records.objective_started(trials[number]):
+            if not _past_ask(trials[number], beating):
                 why += " (and without a first heartbeat so far)"
         elif record.result is not None and record.result.failure_class == "interrupted":
             why = "interrupted on the process running it"

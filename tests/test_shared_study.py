@@ -430,7 +430,7 @@ def test_a_worker_trial_asked_once_the_search_ended_is_not_run_and_its_point_que
     assert copy.system_attrs["fixed_params"] == late.system_attrs["fixed_params"] and copy.number > late.number
     assert not records.read_trial(copy).not_started
     assert records.count_finished(records.read_trials(study)) == 0
-    assert _waited_trials(study, [late.number], "still running") == ((), ())  # neither compared nor left out
+    assert _waited_trials(study, [late.number], "still running", set()) == ((), ())  # neither compared nor left out
 
 
 @pytest.mark.slow
@@ -496,3 +496,48 @@ def test_the_next_run_says_a_dead_runs_kept_result_is_added_not_lost(tmp_path: P
     assert said.failed == [(trial.number,)] and said.added == [((trial.number,), _journal_dir(cfg))]
     [done] = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert done.value == 500.0 and done.user_attrs.get("replayed_from_trial") == trial.number
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_live_trial_of_a_worker_that_writes_no_started_note_is_waited_for_not_failed(tmp_path: Path,
+                                                                                       monkeypatch) -> None:
+    """A worker of an older autotune never notes that its objective started; only Optuna's heartbeat thread says
+    it lives. The run took its trial for dead after three heartbeats and failed it under the worker. Now the
+    heartbeat is enough: the run waits for the trial and compares it."""
+    monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "2")  # taken for dead after 6 s; the wait's bound: 8 s
+    monkeypatch.setattr("autotune.study._WAIT_POLL_S", 0.1)
+    cfg = _cfg(tmp_path, trials=0)
+    _queued_study(cfg)
+    storage = optuna.storages.RDBStorage(cfg.storage_url, heartbeat_interval=2, grace_period=6)
+    study = optuna.load_study(study_name=cfg.study_name, storage=storage)
+    trial = study.ask()
+    done = threading.Event()
+
+    def old_worker() -> None:  # heartbeats as Optuna's thread records them, no note; measures for 7 s
+        until = time.monotonic() + 7.0
+        while time.monotonic() < until:
+            storage.record_heartbeat(trial._trial_id)
+            time.sleep(0.5)
+        records.write_trial_result(trial, TrialResult(flags={}, feasible=True, output_tok_s=1.0, concurrency=8))
+        study.tell(trial, 1.0)
+        done.set()
+
+    class StartsWithTheWait(Progress):
+        worker: threading.Thread | None = None
+
+        def waiting_for_trials(self, numbers: tuple[int, ...], at_most_s: float) -> None:
+            self.worker = threading.Thread(target=old_worker)
+            self.worker.start()
+
+    progress = StartsWithTheWait()
+    try:
+        outcome = run_study(cfg, open_storage(cfg.storage_url), progress)
+    finally:
+        if progress.worker is not None:
+            progress.worker.join()
+    assert done.is_set() and outcome.left_out == ()
+    assert not records.read_declared_dead(study)
+    assert optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url).trials[trial.number].state == \
+        optuna.trial.TrialState.COMPLETE
