@@ -347,8 +347,10 @@ def _not_started(trial: optuna.Trial, why: str) -> NoReturn:
     """End ``trial`` before it starts: a copy of its queued point (a baseline, a ``--try`` point, a retry's
     flags) queued again first, so that a death here loses nothing, then the note, then ``_SearchDone``, which Optuna
     records as the trial's FAIL. A trial sampled afresh has no point to keep: its flags were not drawn yet."""
-    [frozen] = [t for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                if t.number == trial.number]
+    frozen = next((t for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                   if t.number == trial.number), None)
+    if frozen is None:  # another process failed it meanwhile, taken for dead, and queued its copy there
+        raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} was failed by another process")
     if frozen.params or frozen.system_attrs or records.requeue_user_attrs(frozen):
         trial.study.add_trial(optuna.trial.create_trial(
             state=optuna.trial.TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,

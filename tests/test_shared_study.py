@@ -541,3 +541,35 @@ def test_a_live_trial_of_a_worker_that_writes_no_started_note_is_waited_for_not_
     assert not records.read_declared_dead(study)
     assert optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url).trials[trial.number].state == \
         optuna.trial.TrialState.COMPLETE
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the storage's own retry callback
+def test_a_worker_trial_failed_elsewhere_as_it_finds_the_search_ended_says_so(tmp_path: Path, monkeypatch) -> None:
+    """A worker's trial, asked once the search had ended, was failed as dead by a run in the instant between the
+    worker's started note and its look at the trial to queue its point again: the worker ended on a ValueError.
+    Now it says that the trial was failed elsewhere (whose copy that run queued) and goes on."""
+    from autotune.study import run_worker
+
+    cfg = _cfg(tmp_path, trials=0)
+    study = _queued_study(cfg)
+    records.write_search_done(study, False)
+    read_search_done = records.read_search_done
+    taken: list[int] = []
+
+    def search_done_and_failed_meanwhile(study_seen: optuna.Study) -> bool:
+        running = study_seen.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        if running and not taken:
+            taken.append(running[0].number)
+            records.write_search_done(study_seen, True)
+            _fail_and_queue_again(study, running[0])
+        return read_search_done(study_seen)
+
+    monkeypatch.setattr(records, "read_search_done", search_done_and_failed_meanwhile)
+    said = _Worker()
+    outcome = run_worker(replace(cfg, n_trials=2), open_storage(cfg.storage_url), said)
+    assert said.failed_elsewhere == [(taken[0], "")] and said.started == [] and outcome.n_trials_run == 0
+    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url)
+    assert [t.number for t in study.trials if retried_trial(t) == taken[0]]  # the run's copy, and only it
+    assert len([t for t in study.trials if records.queued_baseline(t) == "vllm-defaults"
+                and t.state == optuna.trial.TrialState.WAITING]) == 1
