@@ -8,6 +8,7 @@ __all__ = [
     "EngineStartError",
     "StorageError",
     "StorageUnavailable",
+    "ServerUnreachable",
     "Stopped",
 ]
 
@@ -28,6 +29,11 @@ class NoFeasibleConfigError(AutotuneError):
     """The study ended without any configuration meeting the latency limit. Exit code 3."""
 
     exit_code = 3
+
+
+class ServerUnreachable(UsageError):
+    """The server does not answer ``/v1/models``, or does not serve the model asked for: in a study, between
+    levels, its server died or stopped answering (a trial's crash); given by the user, a bad URL."""
 
 
 class StorageError(UsageError):

@@ -20,7 +20,7 @@ from typing import Any
 
 from autotune.engines.base import LaunchSpec
 from autotune.engines.launcher import EngineServer
-from autotune.errors import EngineStartError, UsageError
+from autotune.errors import EngineStartError, ServerUnreachable
 from autotune.gpu_ids import GpuId
 from autotune.gpus import GpuSpec, sim_caveats
 from autotune.hostcpu import HostCpuMeter
@@ -187,7 +187,7 @@ def _measure_fn(settings: TrialSettings, server: EngineServer | InProcessSim, na
             meter.start()
             try:
                 result = run_bench(server.url, name, requests, cfg)
-            except UsageError as e:  # its /v1/models check: the server died or stopped answering between levels
+            except ServerUnreachable as e:  # it died or stopped answering between levels
                 raise StopSearch(f"{UNREACHABLE}: {e}") from None
             if (host_cpu := meter.stop()) is not None:
                 result.extra["host_cpu"] = host_cpu.to_json()

@@ -95,3 +95,22 @@ def test_a_baseline_whose_server_failed_is_said_to_have_failed_not_to_miss_a_lim
     assert code == 0, err
     [line] = [line for line in out.splitlines() if "against vllm-defaults" in line]
     assert "failed: oom" in line and "misses a limit" not in line, line
+
+
+@pytest.mark.slow
+def test_a_levels_folder_that_cannot_be_written_stops_the_study_with_its_path_not_a_trial_crash(capsys, tmp_path):
+    """A trial's levels folder that cannot take the requests' records (here a file in its place) was taken for the
+    server's death between levels, and the trial recorded as a crash of its flags. It is the tuner's folder, not the
+    configuration: the study stops with the path, exit 2, and the trial is not counted against its flags."""
+    (tmp_path / "out" / "s" / "trials" / "0").mkdir(parents=True)
+    (tmp_path / "out" / "s" / "trials" / "0" / "levels").touch()
+    code = main(["run", "--model", "flash", "--engine", "sim", "--sim-server", "--sim-time-scale", "50",
+                 "--p99-ms", "500", "--storage", f"sqlite:///{tmp_path}/s.db", "--study", "s", "--trials", "1",
+                 "--workload", "random:256:16", "--repeats", "0", "--top-k", "0", "--max-concurrency", "16",
+                 "--out", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (f"autotune: error: cannot write the records to {tmp_path}/out/s/trials/0/"
+                                            f"levels/00-c8.jsonl.gz: {tmp_path}/out/s/trials/0/levels is a file, "
+                                            "not a folder")
+    assert "crash" not in out + err

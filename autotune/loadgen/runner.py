@@ -27,7 +27,7 @@ from typing import Any, AsyncIterator, Protocol
 import aiohttp
 import numpy as np
 
-from autotune.errors import UsageError
+from autotune.errors import ServerUnreachable, UsageError
 from autotune.jsonsafe import json_safe
 from autotune.loadgen.client import PreparedRequest, prepare_request, send_request_clocked
 from autotune.loadgen.promscrape import MetricsScraper
@@ -105,20 +105,20 @@ class LoadConfig:
 
 
 async def check_model(session: aiohttp.ClientSession, url: str, model: str, timeout_s: float = 10.0) -> list[str]:
-    """Ask ``/v1/models``; raise :class:`UsageError` unless the server is reachable and serves ``model``."""
+    """Ask ``/v1/models``; raise :class:`ServerUnreachable` unless the server is reachable and serves ``model``."""
     try:
         async with session.get(url.rstrip("/") + "/v1/models", timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
             if r.status != 200:
-                raise UsageError(f"server at {url} answered HTTP {r.status} on /v1/models")
+                raise ServerUnreachable(f"server at {url} answered HTTP {r.status} on /v1/models")
             data = await r.json(content_type=None)
-    except UsageError:
+    except ServerUnreachable:
         raise
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UsageError(f"cannot reach server at {url}: {detail}") from e
+        raise ServerUnreachable(f"cannot reach server at {url}: {detail}") from e
     served = [m.get("id", "") for m in data.get("data", []) if isinstance(m, dict)] if isinstance(data, dict) else []
     if model not in served:
-        raise UsageError(f"server at {url} does not serve model {model!r} (it serves: {', '.join(served) or 'none'})")
+        raise ServerUnreachable(f"server at {url} does not serve model {model!r} (it serves: {', '.join(served) or 'none'})")
     return served
 
 
