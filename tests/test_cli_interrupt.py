@@ -3,6 +3,7 @@ recorded as failed (not left running), what was recorded stays, and a rerun resu
 (`--sim-server`, a subprocess to tear down) and with the sim in-process."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -212,3 +213,34 @@ def test_a_ctrl_c_in_an_import_callback_is_kept_not_printed(monkeypatch):
     assert [type(e) for e in caught] == [KeyboardInterrupt]
     assert [type(e) for e in reported] == [ValueError]
     assert sys.unraisablehook is before
+
+
+def test_an_interrupted_json_run_prints_what_the_study_kept_as_one_object(tmp_path):
+    """`run --json` stopped by a signal printed nothing on stdout: a script got no object to read. Now it gets one,
+    saying what the study kept and how to find it."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    cmd = [sys.executable, "-m", "autotune", "run", "--model", "flash", "--engine", "sim", "--p99-ms", "500",
+           "--storage", url, "--study", "quiet", "--trials", "50", "--workload", "random:256:32", "--repeats", "0",
+           "--out", str(tmp_path / "out"), "--sim-server", "--sim-time-scale", "200", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    done = []
+    while time.monotonic() < deadline and not (done and _children_of(proc.pid)):
+        time.sleep(0.5)
+        try:
+            done = [t for t in optuna.load_study(study_name="quiet", storage=url).trials
+                    if t.state == optuna.trial.TrialState.COMPLETE]
+        except Exception:  # noqa: BLE001 - the study may not exist yet
+            done = []
+    assert done, "no trial finished in time"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    [line] = out.splitlines()
+    kept = json.loads(line)
+    assert kept["interrupted"] is True and kept["study"] == "quiet" and kept["storage"] == url
+    assert kept["complete_trials"] >= len(done) and len(kept["interrupted_trials"]) == 1

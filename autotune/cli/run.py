@@ -2,6 +2,7 @@
 :mod:`autotune.cli.ui`, then the result."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import click
@@ -12,6 +13,7 @@ from autotune.config import DEFAULT_P99_METRIC, MAX_CONCURRENCY_PER_GPU, RunOpti
 from autotune.errors import NoFeasibleConfigError
 from autotune.loadsearch import LoadSearchConfig
 from autotune.metrics import LATENCY_METRICS, describe_limits
+from autotune.progress import Progress, StudyInterrupted
 from autotune.records import describe_not_run
 from autotune.sim.faults import FAULTS
 from autotune.storage import DEFAULT_STORAGE, open_storage
@@ -119,7 +121,13 @@ def run(as_json: bool, **opts: Any) -> None:
         console.print(f"[bold yellow]autotune: {engine.notice}[/]")
     install_signal_handlers(sigint=True)
     if as_json:
-        outcome = run_study(cfg, storage)
+        kept = _KeptOnInterrupt()
+        try:
+            outcome = run_study(cfg, storage, progress=kept)
+        except (KeyboardInterrupt, SystemExit):  # a signal (launcher's handlers): what the study kept, one object
+            if kept.interrupted is not None:
+                echo_json({"interrupted": True, **dataclasses.asdict(kept.interrupted)})
+            raise
     else:
         with StudyView(console) as view:
             outcome = run_study(cfg, storage, progress=view)
@@ -133,6 +141,16 @@ def run(as_json: bool, **opts: Any) -> None:
         raise NoFeasibleConfigError(
             f"no configuration met {describe_limits(cfg.settings.search.limits_ms)} in "
             f"{n} trial{'' if n == 1 else 's'} of study {cfg.study_name!r} (all recorded)")
+
+
+class _KeptOnInterrupt(Progress):
+    """--json's progress: nothing said while the study runs; what it kept if a signal stops it."""
+
+    def __init__(self) -> None:
+        self.interrupted: StudyInterrupted | None = None
+
+    def study_interrupted(self, interrupted: StudyInterrupted) -> None:
+        self.interrupted = interrupted
 
 
 def run_report(outcome: StudyOutcome, cfg: StudyConfig) -> dict[str, Any]:
