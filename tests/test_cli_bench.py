@@ -65,6 +65,8 @@ def test_all_failed_exits_1_with_nulls(server: FakeServer, capsys: pytest.Captur
     (["--concurrency", "2", "--slo", "latency=3"], "--slo"),
     (["--concurrency", "2", "--slo", "ttft=-1"], "positive"),
     (["--concurrency", "2", "--records-itl"], "--records-itl needs --records"),
+    (["--rate", "3", "--whole-run"], "--whole-run is for a closed loop"),
+    (["--rate", "3", "--ramp-s", "1"], "--ramp-s is for a closed loop"),
 ])
 def test_usage_errors_exit_2(server: FakeServer, capsys: pytest.CaptureFixture[str], args: list[str],
                              words: str) -> None:

@@ -71,6 +71,12 @@ def bench(url: str, model: str, workload: str, concurrency: int | None, rate: fl
     if not replay and (concurrency is None) == (rate is None):
         raise UsageError("give exactly one of --concurrency and --rate")
     closed_loop = concurrency is not None and rate is None and not replay
+    sent_at_times = "a trace replay sends at the trace's times" if replay else "--rate sends at its own times"
+    if whole_run and not closed_loop:
+        raise UsageError(f"--whole-run is for a closed loop (--concurrency): {sent_at_times} and counts its whole "
+                         "run already")
+    if ramp_s and not closed_loop:
+        raise UsageError(f"--ramp-s is for a closed loop (--concurrency): {sent_at_times}")
     if closed_loop:
         level = LevelShape().load_config(concurrency)
         num_prompts = level.num_prompts if num_prompts is None else num_prompts
