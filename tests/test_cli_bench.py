@@ -1,11 +1,17 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from autotune.cli import main
+from autotune.loadgen.runner import read_records
 from autotune.testing.fakeserver import FakeServer
 
 
@@ -223,3 +229,27 @@ def test_the_default_workload_is_a_studys() -> None:
     from autotune.config import DEFAULT_WORKLOAD
 
     assert next(p for p in bench.params if p.name == "workload").default == DEFAULT_WORKLOAD
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_records_of_the_requests_that_finished(server: FakeServer, tmp_path: Path) -> None:
+    """`bench --records` writes its file after the run: a Ctrl-C in a long run left no file at all. Now the
+    requests that finished are recorded, each whole, and the run says where."""
+    server.configure(itl_ms=20.0)
+    records = tmp_path / "r.jsonl.gz"
+    proc = subprocess.Popen([sys.executable, "-m", "autotune", *_bench(server, "--concurrency", "4", "--warmup", "0",
+                                                                       "--num-prompts", "400", "--records",
+                                                                       str(records))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(4.0)  # the interpreter's start, then some requests of about 60 ms each
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert f"recorded in {records}" in err and "Traceback" not in err
+    kept = read_records(records)
+    assert 0 < len(kept) < 400 and all(out.success and out.output_tokens == 4 for out, _ in kept)

@@ -94,12 +94,17 @@ def bench(url: str, model: str, workload: str, concurrency: int | None, rate: fl
                      ramp_s=ramp_s or 0.0, endpoint=endpoint, slo_ms=slo, scrape_metrics=scrape_metrics,
                      request_timeout_s=request_timeout_s, seed=seed, records_path=records_path,
                      records_itl=records_itl, replay_arrivals=replay, steady_state=closed_loop and not whole_run)
-    if as_json:
-        result = run_bench(url, model, wl, cfg)
-        echo_json(result.to_json())
-    else:
-        result = _run_with_progress(url, model, wl, cfg)
-        _print_summary(result)
+    try:
+        if as_json:
+            result = run_bench(url, model, wl, cfg)
+            echo_json(result.to_json())
+        else:
+            result = _run_with_progress(url, model, wl, cfg)
+            _print_summary(result)
+    except KeyboardInterrupt:
+        if records_path:
+            click.echo(f"autotune: the requests that finished are recorded in {records_path}", err=True)
+        raise
     failed = every_request_failed(result)  # the result is printed; say why on stderr and exit 1
     if failed:
         raise failed

@@ -226,20 +226,25 @@ async def drive_load(transport: Transport, requests: list[RequestSpec], cfg: Loa
     if cfg.replay_arrivals:
         arrivals_s = _trace_times(requests, total)
 
+    results: list[tuple[RequestOutput, bool] | None] = [None] * total
+    images = [len(requests[i % len(requests)].images) for i in range(total)] if any(r.images for r in requests) \
+        else None
     async with transport.session(cfg):
         if transport.wall_clock:
             gc.collect()
             gc.freeze()  # the request bodies and everything before the run: no long GC pauses during it
         try:
-            results, wall_s, span_s = await _drive(transport, prepared, arrivals_s, cfg, progress)
+            wall_s, span_s = await _drive(transport, prepared, arrivals_s, cfg, progress, results)
+        except asyncio.CancelledError:  # Ctrl-C (asyncio.run cancels the run): the requests that finished are kept
+            if cfg.records_path:
+                write_records(cfg.records_path, results, cfg.warmup_prompts, with_itl=cfg.records_itl, images=images)
+            raise
         finally:
             if transport.wall_clock:
                 gc.unfreeze()
     server_metrics = transport.server_metrics
 
     if cfg.records_path:
-        images = [len(requests[i % len(requests)].images) for i in range(total)] if any(r.images for r in requests) \
-            else None
         write_records(cfg.records_path, results, cfg.warmup_prompts, with_itl=cfg.records_itl, images=images)
     sent = [r for r in results[cfg.warmup_prompts:] if r is not None]
     measured = [out for out, _ in sent]
@@ -370,13 +375,13 @@ def run_bench(url: str, model: str, workload_or_requests: Workload | list[Reques
 # ---- the drive loop ---------------------------------------------------------------------------------------
 
 async def _drive(transport: Transport, prepared: list[Any], arrivals_s: np.ndarray | None, cfg: LoadConfig,
-                 progress: Progress) -> tuple[list[tuple[RequestOutput, bool] | None], float, float]:
-    """Send everything; returns (output, used sim clock) per index (None: not sent, past the deadline), the
-    wall time of the run and its span on the event loop's clock. Waits (the ramp, arrivals, the deadline) are
-    on the loop's clock: the wall for a server, the modelled clock for the in-process sim."""
+                 progress: Progress, results: list[tuple[RequestOutput, bool] | None]) -> tuple[float, float]:
+    """Send everything; fills ``results`` with (output, used sim clock) per index as each request finishes (None:
+    not sent, past the deadline, or not finished when the run was cancelled); returns the wall time of the run
+    and its span on the event loop's clock. Waits (the ramp, arrivals, the deadline) are on the loop's clock: the
+    wall for a server, the modelled clock for the in-process sim."""
     loop = asyncio.get_running_loop()
     total = len(prepared)
-    results: list[tuple[RequestOutput, bool] | None] = [None] * total
     sem = asyncio.Semaphore(cfg.concurrency) if cfg.concurrency is not None else None
     first_wave = cfg.concurrency or 0
     # the load's times are the server's; the loop waits in its own clock
@@ -422,7 +427,7 @@ async def _drive(transport: Transport, prepared: list[Any], arrivals_s: np.ndarr
     wall_s = time.perf_counter() - wall0
     span_s = loop.time() - t0
     counter.finish()
-    return results, wall_s, span_s
+    return wall_s, span_s
 
 
 class _Counter:
