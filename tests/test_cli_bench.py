@@ -124,7 +124,8 @@ def test_records_every_request_with_warmup_flagged(server: FakeServer, capsys: p
     assert [r["i"] for r in rows] == list(range(9)) and [r["warmup"] for r in rows] == [True] * 2 + [False] * 7
     measured = [r for r in rows if not r["warmup"]]
     assert all(r["ok"] and r["output_tokens"] == 4 for r in rows)
-    assert all(30 <= r["ttft_ms"] < 200 and r["itl_max_ms"] >= 4 and r["e2el_ms"] > r["ttft_ms"] for r in rows)
+    # in ms (the server's 30 ms TTFT, 5 ms gaps); the upper bound only catches a unit slip, not a busy host's delay
+    assert all(30 <= r["ttft_ms"] < 3000 and r["itl_max_ms"] >= 4 and r["e2el_ms"] > r["ttft_ms"] for r in rows)
     # the summary's percentiles come from exactly the measured records
     import numpy as np
     assert np.percentile([r["ttft_ms"] for r in measured], 50) == pytest.approx(data["ttft_ms"]["p50"], rel=1e-3)

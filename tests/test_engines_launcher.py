@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -328,10 +329,11 @@ def test_a_tuner_killed_while_it_stops_its_server_leaves_nothing(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_the_next_run_stops_what_a_dead_tuner_left(tmp_path: Path) -> None:
+def test_the_next_run_stops_what_a_dead_tuner_left(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The watchdog killed with its tuner (as a machine's OOM killer might): the server survives them both. The
     ledger names it; stop_leftovers proves it is the one recorded and stops its group, and leaves a live tuner's
-    server and an unrelated process alone."""
+    server and an unrelated process alone. It logs no warning: the run says it once, through its progress
+    (Progress.leftover_stopped); a warning printed it a second time."""
     parent, engine_pid, pgid, grandchild = _start_parent(tmp_path, "sigkill")
     live = EngineServer(_spec(tmp_path, "ok", ledger_dir=tmp_path / "ledger"), grace_s=2)  # this tuner's: alive
     live.start()
@@ -341,8 +343,10 @@ def test_the_next_run_stops_what_a_dead_tuner_left(tmp_path: Path) -> None:
         parent.wait(5)
         time.sleep(0.5)
         assert _alive(engine_pid) and _alive(grandchild)  # nothing stops them now but the next run
-        stopped = ledger.stop_leftovers(tmp_path / "ledger", grace_s=0.5)
+        with caplog.at_level(logging.INFO, logger="autotune.engines.ledger"):
+            stopped = ledger.stop_leftovers(tmp_path / "ledger", grace_s=0.5)
         assert [e.server_pid for e in stopped] == [engine_pid]
+        assert [r.levelno for r in caplog.records if r.name == "autotune.engines.ledger"] == [logging.INFO]
         assert _gone_within([engine_pid, grandchild], 5)
         assert live.alive()  # a live tuner's server is not a leftover
         assert [p.stem for p in (tmp_path / "ledger").glob("*.json")] == [live.spec.served_model_name]

@@ -137,7 +137,8 @@ def stop_leftovers(folder: Path, grace_s: float = 5.0) -> list[ServerEntry]:
         if entry.tuner_alive():
             continue
         if entry.identified_members():
-            logger.warning("stopping server %s (group %d, port %d, GPUs %s) left by a tuner that is gone",
+            # the run says it through its progress (Progress.leftover_stopped): a warning would print it twice
+            logger.info("stopping server %s (group %d, port %d, GPUs %s) left by a tuner that is gone",
                            entry.served_model_name, entry.pgid, entry.port, ",".join(entry.gpu_ids))
             _stop_group(entry, grace_s)
             stopped.append(entry)
