@@ -13,6 +13,7 @@ import pytest
 from autotune.cli import main
 from autotune.loadgen.runner import read_records
 from autotune.testing.fakeserver import FakeServer
+from tests.processes import signal_and_collect
 
 
 @pytest.fixture(scope="module")
@@ -244,12 +245,7 @@ def test_ctrl_c_keeps_the_records_of_the_requests_that_finished(server: FakeServ
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(4.0)  # the interpreter's start, then some requests of about 60 ms each
-    proc.send_signal(signal.SIGINT)
-    try:
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _, err = signal_and_collect(proc, signal.SIGINT, 30)
     assert proc.returncode == 130, err
     assert f"recorded in {records}" in err and "Traceback" not in err
     kept = read_records(records)

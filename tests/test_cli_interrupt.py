@@ -14,6 +14,7 @@ import optuna
 import pytest
 
 from autotune import records
+from tests.processes import signal_and_collect
 
 pytestmark = pytest.mark.slow
 
@@ -54,12 +55,7 @@ def test_signal_tears_down_and_resume_keeps_trials(tmp_path, sig, code, server):
             server_pid = kids[0] if kids else None
             break
     assert done and (server_pid is not None or not server), "no trial finished in time"
-    proc.send_signal(sig)
-    try:
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:  # never leave it running after a failed wait
-            proc.kill()
+    out, err = signal_and_collect(proc, sig, 60)
     assert proc.returncode == code, err
     assert "Traceback" not in err
     # stderr is a log here: a served engine's trials log each server start (the sim server's as vLLM's), the
@@ -233,12 +229,7 @@ def test_an_interrupted_json_run_prints_what_the_study_kept_as_one_object(tmp_pa
         except Exception:  # noqa: BLE001 - the study may not exist yet
             done = []
     assert done, "no trial finished in time"
-    proc.send_signal(signal.SIGTERM)
-    try:
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out, err = signal_and_collect(proc, signal.SIGTERM, 60)
     assert proc.returncode == 143, err
     [line] = out.splitlines()
     kept = json.loads(line)

@@ -22,6 +22,7 @@ from autotune.cli import main
 from autotune.storage import open_storage_readonly
 from autotune.winner import find_winner, read_study
 from tests.browser import chromium_page, plotted
+from tests.processes import signal_and_collect
 
 pytestmark = pytest.mark.slow
 
@@ -151,12 +152,7 @@ def test_the_dashboard_lists_compares_and_never_writes(factory_storage):
         assert _get(f"http://127.0.0.1:{optuna_port}/api/studies/{study_id}", method="DELETE") == 500  # refused
         assert all(u.startswith((base, "data:")) for u in requested), requested  # plotly.js served locally
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        out, err = signal_and_collect(proc, signal.SIGINT, 30)
     assert proc.returncode == 0, err
     assert "Traceback" not in err and f"http://127.0.0.1:{port}" in err
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before  # nothing was written
