@@ -244,9 +244,28 @@ def test_ctrl_c_keeps_the_records_of_the_requests_that_finished(server: FakeServ
                                                                        str(records))],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(4.0)  # the interpreter's start, then some requests of about 60 ms each
+    deadline = time.monotonic() + 60  # the interpreter's start, slow on a busy host; then requests of ~60 ms
+    while server.stats()["requests"] < 12 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # 12 sent: the first two waves' 8 have finished
     _, err = signal_and_collect(proc, signal.SIGINT, 30)
     assert proc.returncode == 130, err
     assert f"recorded in {records}" in err and "Traceback" not in err
     kept = read_records(records)
     assert 0 < len(kept) < 400 and all(out.success and out.output_tokens == 4 for out, _ in kept)
+
+
+def test_a_ctrl_c_before_the_run_does_not_point_at_a_records_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during the start (the workload's requests, the server's check) writes no records: the run said they
+    were recorded anyway, naming the file an earlier run had left there."""
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("autotune.loadgen.runner.run_bench", interrupted)
+    earlier = tmp_path / "r.jsonl"
+    earlier.write_text('{"i": 0}\n')
+    code = main(["bench", "--url", "http://127.0.0.1:9", "--model", "m", "--workload", "random:16:4",
+                 "--concurrency", "2", "--records", str(earlier), "--json"])
+    err = capsys.readouterr().err
+    assert code == 130 and "recorded in" not in err, err
+    assert earlier.read_text() == '{"i": 0}\n'

@@ -313,3 +313,50 @@ def test_scraper_stop_does_not_swallow_the_callers_cancellation() -> None:
         return "returned"
 
     assert asyncio.run(scenario()) == "cancelled"
+
+
+def test_a_cancel_as_the_session_ends_keeps_the_finished_requests(tmp_path: Path) -> None:
+    """Ctrl-C (the run's task cancelled) once every request finished, while the session ends (a server's last
+    metrics scrape): the records were written only after the session, so a run whose requests had all finished
+    left no file."""
+    import contextlib
+
+    from autotune.loadgen.runner import drive_load, read_records
+    from autotune.metrics import RequestOutput
+
+    class SlowToEnd:
+        server_metrics = None
+        wall_clock = False
+        time_scale = 1.0
+
+        def __init__(self) -> None:
+            self.ending = asyncio.Event()
+
+        def prepare(self, spec: RequestSpec, endpoint: str, cfg: LoadConfig) -> RequestSpec:
+            return spec
+
+        @contextlib.asynccontextmanager
+        async def session(self, cfg: LoadConfig):
+            yield
+            self.ending.set()
+            await asyncio.sleep(3600)  # the last scrape of a server that no longer answers
+
+        def start(self) -> None:
+            pass
+
+        async def send(self, request: RequestSpec, timeout_s: float) -> tuple[RequestOutput, bool]:
+            return RequestOutput(True, 16, 4, 0.01, (0.01, 0.01, 0.01), 0.04), False
+
+    records = tmp_path / "r.jsonl"
+    cfg = LoadConfig(concurrency=2, num_prompts=6, warmup_prompts=1, records_path=str(records))
+
+    async def scenario() -> None:
+        transport = SlowToEnd()
+        run = asyncio.create_task(drive_load(transport, parse_workload("random:16:4", seed=0).requests(7), cfg))
+        await transport.ending.wait()
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    asyncio.run(scenario())
+    assert [warmup for _, warmup in read_records(records)] == [True] + [False] * 6

@@ -506,8 +506,11 @@ def test_a_live_trial_of_a_worker_that_writes_no_started_note_is_waited_for_not_
     """A worker of an older autotune never notes that its objective started; only Optuna's heartbeat thread says
     it lives. The run took its trial for dead after three heartbeats and failed it under the worker. Now the
     heartbeat is enough: the run waits for the trial and compares it."""
-    monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "2")  # taken for dead after 6 s; the wait's bound: 8 s
+    monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "2")  # taken for dead after 6 s
     monkeypatch.setattr("autotune.study._WAIT_POLL_S", 0.1)
+    # the wait's bound: a longest trial of 5 s plus the 8 s a heartbeat check takes, 13 s: the worker's 7 s end well
+    # inside it on a busy host (with no trial finished, 8 s: a second's margin)
+    monkeypatch.setattr("autotune.study._trial_walls_s", lambda trials: [5.0])
     cfg = _cfg(tmp_path, trials=0)
     _queued_study(cfg)
     storage = optuna.storages.RDBStorage(cfg.storage_url, heartbeat_interval=2, grace_period=6)

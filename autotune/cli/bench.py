@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import Any
 
@@ -94,6 +95,7 @@ def bench(url: str, model: str, workload: str, concurrency: int | None, rate: fl
                      ramp_s=ramp_s or 0.0, endpoint=endpoint, slo_ms=slo, scrape_metrics=scrape_metrics,
                      request_timeout_s=request_timeout_s, seed=seed, records_path=records_path,
                      records_itl=records_itl, replay_arrivals=replay, steady_state=closed_loop and not whole_run)
+    before = _file_stamp(records_path)
     try:
         if as_json:
             result = run_bench(url, model, wl, cfg)
@@ -102,12 +104,23 @@ def bench(url: str, model: str, workload: str, concurrency: int | None, rate: fl
             result = _run_with_progress(url, model, wl, cfg)
             _print_summary(result)
     except KeyboardInterrupt:
-        if records_path:
+        # only where this run wrote them: a Ctrl-C before the run (the start, the server check) writes nothing, and
+        # a file left there by an earlier run is not this one's
+        if records_path and _file_stamp(records_path) not in (None, before):
             click.echo(f"autotune: the requests that finished are recorded in {records_path}", err=True)
         raise
     failed = every_request_failed(result)  # the result is printed; say why on stderr and exit 1
     if failed:
         raise failed
+
+
+def _file_stamp(path: str | None) -> tuple[int, int, int] | None:
+    """What tells one write of the file at ``path`` from another (None: no file)."""
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size) if st else None
 
 
 def _run_with_progress(url: str, model: str, wl: Any, cfg: Any) -> BenchResult:

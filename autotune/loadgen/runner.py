@@ -229,19 +229,24 @@ async def drive_load(transport: Transport, requests: list[RequestSpec], cfg: Loa
     results: list[tuple[RequestOutput, bool] | None] = [None] * total
     images = [len(requests[i % len(requests)].images) for i in range(total)] if any(r.images for r in requests) \
         else None
-    async with transport.session(cfg):
-        if transport.wall_clock:
-            gc.collect()
-            gc.freeze()  # the request bodies and everything before the run: no long GC pauses during it
-        try:
-            wall_s, span_s = await _drive(transport, prepared, arrivals_s, cfg, progress, results)
-        except asyncio.CancelledError:  # Ctrl-C (asyncio.run cancels the run): the requests that finished are kept
-            if cfg.records_path:
-                write_records(cfg.records_path, results, cfg.warmup_prompts, with_itl=cfg.records_itl, images=images)
-            raise
-        finally:
+    driving = False
+    try:
+        async with transport.session(cfg):
             if transport.wall_clock:
-                gc.unfreeze()
+                gc.collect()
+                gc.freeze()  # the request bodies and everything before the run: no long GC pauses during it
+            try:
+                driving = True
+                wall_s, span_s = await _drive(transport, prepared, arrivals_s, cfg, progress, results)
+            finally:
+                if transport.wall_clock:
+                    gc.unfreeze()
+    except asyncio.CancelledError:
+        # Ctrl-C (asyncio.run cancels the run) in the run or in the session's end (its last metrics scrape): the
+        # requests that finished are kept. Before the run nothing was sent and nothing is written.
+        if cfg.records_path and driving:
+            write_records(cfg.records_path, results, cfg.warmup_prompts, with_itl=cfg.records_itl, images=images)
+        raise
     server_metrics = transport.server_metrics
 
     if cfg.records_path:
