@@ -154,10 +154,13 @@ _TRIALS = sqlalchemy.table("trials", sqlalchemy.column("trial_id"), sqlalchemy.c
                            sqlalchemy.column("study_id"))
 
 
-def trials_with_heartbeat(storage: optuna.storages.RDBStorage, study_name: str) -> set[int]:
+def trials_with_heartbeat(storage: optuna.storages.BaseStorage, study_name: str) -> set[int]:
     """The numbers of the study's trials of which a heartbeat was ever recorded: their processes got past Optuna's
     ask, whatever autotune version they run (Optuna's heartbeat thread records the first one as the objective
-    starts), and a stopped one is Optuna's stale check's to find."""
+    starts), and a stopped one is Optuna's stale check's to find. None in a storage without a database (Optuna's
+    in-memory one, which keeps no heartbeats)."""
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        return set()
     study_id = storage.get_study_id_from_name(study_name)
     query = (sqlalchemy.select(_TRIALS.c.number)
              .join(_HEARTBEATS, _HEARTBEATS.c.trial_id == _TRIALS.c.trial_id)

@@ -114,3 +114,20 @@ def test_a_levels_folder_that_cannot_be_written_stops_the_study_with_its_path_no
                                             f"levels/00-c8.jsonl.gz: {tmp_path}/out/s/trials/0/levels is a file, "
                                             "not a folder")
     assert "crash" not in out + err
+
+
+def test_a_json_run_says_on_stderr_that_it_stopped_a_server_an_earlier_run_left() -> None:
+    """`run --json` and `worker --json` say nothing while the study runs, but a server an earlier run left running
+    and this one stopped is a process of the user's machine ended: one line on stderr, stdout left to the object."""
+    import io
+
+    from rich.console import Console
+
+    from autotune.cli.ui import JsonView
+
+    err = io.StringIO()
+    view = JsonView(Console(file=err, width=80))
+    view.leftover_stopped("autotune-s-3", 8123, ("GPU-8eba0659-1111-2222-3333-444455556666",))
+    assert err.getvalue() == ("autotune: stopped server autotune-s-3 (port 8123, GPUs GPU-8eba0659-1111-2222-3333-"
+                              "444455556666) left running by an earlier run that died\n")
+    assert view.interrupted_object() is None

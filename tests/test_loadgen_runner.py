@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import math
 import socket
 from collections.abc import Iterator
@@ -13,8 +15,9 @@ import pytest
 from autotune.errors import UsageError
 from autotune.testing.fakeserver import IMAGE_TOKENS, FakeServer
 from autotune.loadgen.promscrape import parse_prometheus
-from autotune.loadgen.runner import LoadConfig, _arrival_times, run_bench, run_load
+from autotune.loadgen.runner import LoadConfig, _arrival_times, drive_load, read_records, run_bench, run_load
 from autotune.loadgen.workload import RequestSpec, parse_workload
+from autotune.metrics import RequestOutput
 from autotune.progress import BenchProgress, Progress
 
 MODEL = "fake-model"
@@ -315,48 +318,62 @@ def test_scraper_stop_does_not_swallow_the_callers_cancellation() -> None:
     assert asyncio.run(scenario()) == "cancelled"
 
 
-def test_a_cancel_as_the_session_ends_keeps_the_finished_requests(tmp_path: Path) -> None:
-    """Ctrl-C (the run's task cancelled) once every request finished, while the session ends (a server's last
-    metrics scrape): the records were written only after the session, so a run whose requests had all finished
-    left no file."""
-    import contextlib
+class _SlowToEnd:
+    """A transport whose requests finish at once and whose session then hangs in its end (a server's last metrics
+    scrape that does not answer): ``ending`` is set there."""
 
-    from autotune.loadgen.runner import drive_load, read_records
-    from autotune.metrics import RequestOutput
+    server_metrics = None
+    wall_clock = False
+    time_scale = 1.0
 
-    class SlowToEnd:
-        server_metrics = None
-        wall_clock = False
-        time_scale = 1.0
+    def __init__(self) -> None:
+        self.ending = asyncio.Event()
 
-        def __init__(self) -> None:
-            self.ending = asyncio.Event()
+    def prepare(self, spec: RequestSpec, endpoint: str, cfg: LoadConfig) -> RequestSpec:
+        return spec
 
-        def prepare(self, spec: RequestSpec, endpoint: str, cfg: LoadConfig) -> RequestSpec:
-            return spec
+    @contextlib.asynccontextmanager
+    async def session(self, cfg: LoadConfig):
+        yield
+        self.ending.set()
+        await asyncio.sleep(3600)
 
-        @contextlib.asynccontextmanager
-        async def session(self, cfg: LoadConfig):
-            yield
-            self.ending.set()
-            await asyncio.sleep(3600)  # the last scrape of a server that no longer answers
+    def start(self) -> None:
+        pass
 
-        def start(self) -> None:
-            pass
+    async def send(self, request: RequestSpec, timeout_s: float) -> tuple[RequestOutput, bool]:
+        return RequestOutput(True, 16, 4, 0.01, (0.01, 0.01, 0.01), 0.04), False
 
-        async def send(self, request: RequestSpec, timeout_s: float) -> tuple[RequestOutput, bool]:
-            return RequestOutput(True, 16, 4, 0.01, (0.01, 0.01, 0.01), 0.04), False
 
-    records = tmp_path / "r.jsonl"
+def _cancelled_as_the_session_ends(records: Path, before_cancel=lambda: None) -> None:
     cfg = LoadConfig(concurrency=2, num_prompts=6, warmup_prompts=1, records_path=str(records))
 
     async def scenario() -> None:
-        transport = SlowToEnd()
+        transport = _SlowToEnd()
         run = asyncio.create_task(drive_load(transport, parse_workload("random:16:4", seed=0).requests(7), cfg))
         await transport.ending.wait()
+        before_cancel()
         run.cancel()
         with pytest.raises(asyncio.CancelledError):
             await run
 
     asyncio.run(scenario())
+
+
+def test_a_cancel_as_the_session_ends_keeps_the_finished_requests(tmp_path: Path) -> None:
+    """Ctrl-C (the run's task cancelled) once every request finished, while the session ends (a server's last
+    metrics scrape): the records were written only after the session, so a run whose requests had all finished
+    left no file."""
+    records = tmp_path / "r.jsonl"
+    _cancelled_as_the_session_ends(records)
     assert [warmup for _, warmup in read_records(records)] == [True] + [False] * 6
+
+
+def test_records_that_cannot_be_written_on_a_cancel_are_said_and_the_cancel_stays(tmp_path: Path, caplog) -> None:
+    """The folder became a file after the run's check: the cancel, not an OSError, ends the run (exit 130, not 1),
+    and a warning says that the records were not written."""
+    records = tmp_path / "sub" / "r.jsonl"
+    with caplog.at_level(logging.WARNING, logger="autotune.loadgen.runner"):
+        _cancelled_as_the_session_ends(records, before_cancel=lambda: (tmp_path / "sub").write_text(""))
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "autotune.loadgen.runner"]
+    assert f"could not be written to {records}" in warning

@@ -37,3 +37,22 @@ def test_an_unlocked_sqlite_study_is_left_to_the_heartbeat(tmp_path):
     study = _study_with_a_running_trial(url, exclusive=False)
     assert fail_dead_processes_trials(study, url) == []
     assert study.trials[0].state == optuna.trial.TrialState.RUNNING
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_trials_with_heartbeat_reads_optunas_own_table_and_an_in_memory_storage_has_none(tmp_path) -> None:
+    """The trials of which a heartbeat was recorded, this study's only; Optuna's in-memory storage (the decision
+    benchmark's) keeps none and has no table to read."""
+    from autotune.storage import trials_with_heartbeat
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=60)
+    mine, other = (optuna.create_study(storage=storage, study_name=name) for name in ("mine", "other"))
+    mine.ask()  # trial 0: no heartbeat
+    beating = mine.ask()
+    storage.record_heartbeat(beating._trial_id)
+    storage.record_heartbeat(other.ask()._trial_id)  # the other study's trial 0
+    assert beating.number == 1 and trials_with_heartbeat(storage, "mine") == {1}
+    memory = optuna.storages.InMemoryStorage()
+    optuna.create_study(storage=memory, study_name="m").ask()
+    assert trials_with_heartbeat(memory, "m") == set()

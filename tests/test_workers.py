@@ -73,7 +73,7 @@ def _kill_left(*procs: subprocess.Popen) -> None:
             proc.wait(10)
 
 
-def _start_run_then_worker(url: str, study: str, tmp_path: Path, trials: int,
+def _start_run_then_worker(url: str, study: str, tmp_path: Path, trials: int, worker_args: tuple[str, ...] = (),
                            **worker_kwargs) -> tuple[subprocess.Popen, subprocess.Popen]:
     """`autotune run` on the study, and once it has written the study's options, an `autotune worker` beside it."""
     run = subprocess.Popen(_run_args(url, study, tmp_path / "run", trials), stdout=subprocess.PIPE,
@@ -84,7 +84,7 @@ def _start_run_then_worker(url: str, study: str, tmp_path: Path, trials: int,
         _kill_left(run)
         raise
     worker = subprocess.Popen([sys.executable, "-m", "autotune", "worker", "--study", study, "--storage", url,
-                               "--out", str(tmp_path / "worker")], stdout=subprocess.PIPE,
+                               "--out", str(tmp_path / "worker"), *worker_args], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=_env(), **worker_kwargs)
     return run, worker
 
@@ -195,9 +195,10 @@ def test_an_unreachable_database_is_one_line_and_exit_1(postgres) -> None:
 
 def test_a_worker_ctrl_c_leaves_the_trials_of_the_run_beside_it_alone(postgres, tmp_path: Path) -> None:
     """A worker stopped by Ctrl-C fails its own cut trial only: a trial the run started meanwhile is the run's, and
-    failing it made the run's end 'Cannot tell a FAIL trial' (exit 1)."""
+    failing it made the run's end 'Cannot tell a FAIL trial' (exit 1). With --json it prints one object, what the
+    study kept (it printed nothing)."""
     url = postgres.url
-    run, worker = _start_run_then_worker(url, "ctrlc", tmp_path, 6,
+    run, worker = _start_run_then_worker(url, "ctrlc", tmp_path, 6, ("--json",),
                                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         def trial_of(proc: subprocess.Popen) -> int | None:  # its servers' watchdogs are its children
@@ -209,9 +210,13 @@ def test_a_worker_ctrl_c_leaves_the_trials_of_the_run_beside_it_alone(postgres, 
         # the run's next trial starts while the worker runs: the one the worker's Ctrl-C must leave alone
         _wait(lambda: (n := trial_of(run)) is not None and n != first and trial_of(worker) is not None, 120,
               "the run's next trial beside the worker's")
+        cut = trial_of(worker)
         worker.send_signal(signal.SIGINT)
-        _, worker_err = worker.communicate(timeout=60)
+        worker_out, worker_err = worker.communicate(timeout=60)
         assert worker.returncode == 130, worker_err
+        [line] = worker_out.splitlines()
+        kept = json.loads(line)
+        assert kept["interrupted"] is True and kept["study"] == "ctrlc" and kept["interrupted_trials"] == [cut]
         out, err = run.communicate(timeout=400)
         assert run.returncode in (0, 3), err
     finally:

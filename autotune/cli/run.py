@@ -2,7 +2,6 @@
 :mod:`autotune.cli.ui`, then the result."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import click
@@ -13,7 +12,6 @@ from autotune.config import DEFAULT_P99_METRIC, MAX_CONCURRENCY_PER_GPU, RunOpti
 from autotune.errors import NoFeasibleConfigError
 from autotune.loadsearch import LoadSearchConfig
 from autotune.metrics import LATENCY_METRICS, describe_limits
-from autotune.progress import Progress, StudyInterrupted
 from autotune.records import describe_not_run
 from autotune.sim.faults import FAULTS
 from autotune.storage import DEFAULT_STORAGE, open_storage
@@ -109,7 +107,7 @@ def _default(field: str) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout, nothing else")
 def run(as_json: bool, **opts: Any) -> None:
     """Tune: search vLLM flags for the most throughput whose P99s stay under their limits (--p99-ms, --slo)."""
-    from autotune.cli.ui import StudyView
+    from autotune.cli.ui import JsonView, StudyView
     from autotune.engines.launcher import install_signal_handlers
 
     options = options_from_click(RunOptions, opts, _FIELDS)
@@ -121,12 +119,12 @@ def run(as_json: bool, **opts: Any) -> None:
         console.print(f"[bold yellow]autotune: {engine.notice}[/]")
     install_signal_handlers(sigint=True)
     if as_json:
-        kept = _KeptOnInterrupt()
+        quiet = JsonView(console)
         try:
-            outcome = run_study(cfg, storage, progress=kept)
+            outcome = run_study(cfg, storage, progress=quiet)
         except (KeyboardInterrupt, SystemExit):  # a signal (launcher's handlers): what the study kept, one object
-            if kept.interrupted is not None:
-                echo_json({"interrupted": True, **dataclasses.asdict(kept.interrupted)})
+            if (kept := quiet.interrupted_object()) is not None:
+                echo_json(kept)
             raise
     else:
         with StudyView(console) as view:
@@ -141,16 +139,6 @@ def run(as_json: bool, **opts: Any) -> None:
         raise NoFeasibleConfigError(
             f"no configuration met {describe_limits(cfg.settings.search.limits_ms)} in "
             f"{n} trial{'' if n == 1 else 's'} of study {cfg.study_name!r} (all recorded)")
-
-
-class _KeptOnInterrupt(Progress):
-    """--json's progress: nothing said while the study runs; what it kept if a signal stops it."""
-
-    def __init__(self) -> None:
-        self.interrupted: StudyInterrupted | None = None
-
-    def study_interrupted(self, interrupted: StudyInterrupted) -> None:
-        self.interrupted = interrupted
 
 
 def run_report(outcome: StudyOutcome, cfg: StudyConfig) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,32 @@ def _p99s(level: LevelRecord | None) -> str:
         parts.append(f"{metric} {fmt_ms(p99.value_ms)} ms{interval}")
     runs = f", {level.runs} runs" if level.runs > 1 else ""
     return "p99 " + ", ".join(parts) + runs
+
+
+def _leftover_line(served_model_name: str, port: int, gpu_ids: tuple[GpuId, ...]) -> str:
+    on_gpus = f", GPUs {','.join(gpu_ids)}" if gpu_ids else ""
+    return f"stopped server {served_model_name} (port {port}{on_gpus}) left running by an earlier run that died"
+
+
+class JsonView(Progress):
+    """The progress of `run --json` and `worker --json`: stdout holds their one object alone, so nothing is said
+    while the study runs but, on stderr, a server an earlier run left running and this one stopped (a process of
+    the user's machine ended: never silently). If a signal stops the study, what it kept, for the object."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.interrupted: StudyInterrupted | None = None
+
+    def leftover_stopped(self, served_model_name: str, port: int, gpu_ids: tuple[GpuId, ...]) -> None:
+        self.console.print(f"autotune: {_leftover_line(served_model_name, port, gpu_ids)}", markup=False,
+                           highlight=False, soft_wrap=True)
+
+    def study_interrupted(self, interrupted: StudyInterrupted) -> None:
+        self.interrupted = interrupted
+
+    def interrupted_object(self) -> dict[str, Any] | None:
+        """The object a --json command prints when a signal stopped its study; None if none did."""
+        return None if self.interrupted is None else {"interrupted": True, **asdict(self.interrupted)}
 
 
 class StudyView(Progress):
@@ -144,8 +171,7 @@ class StudyView(Progress):
         self._refresh()
 
     def leftover_stopped(self, served_model_name: str, port: int, gpu_ids: tuple[GpuId, ...]) -> None:
-        on_gpus = f", GPUs {','.join(gpu_ids)}" if gpu_ids else ""
-        self._say(f"stopped server {served_model_name} (port {port}{on_gpus}) left running by an earlier run that died")
+        self._say(_leftover_line(served_model_name, port, gpu_ids))
 
     def dead_run_trials_failed(self, numbers: tuple[int, ...]) -> None:
         which = ", ".join(str(n) for n in numbers)

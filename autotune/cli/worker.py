@@ -34,7 +34,7 @@ __all__ = ["commands", "worker"]
 def worker(study_name: str, storage: str, as_json: bool, timeout: float | None, **local: Any) -> None:
     """Run trials of a study beside its `autotune run`, on this machine's GPUs (several machines may join one
     study in PostgreSQL; a worker that dies has its trial failed and queued again by the others)."""
-    from autotune.cli.ui import StudyView
+    from autotune.cli.ui import JsonView, StudyView
     from autotune.engines.launcher import install_signal_handlers
 
     store = open_storage(storage, create_dirs=False, exclusive=True)
@@ -49,7 +49,13 @@ def worker(study_name: str, storage: str, as_json: bool, timeout: float | None, 
     install_signal_handlers(sigint=True)
     console = Console(stderr=True, soft_wrap=True)
     if as_json:
-        outcome = run_worker(cfg, store)
+        quiet = JsonView(console)
+        try:
+            outcome = run_worker(cfg, store, progress=quiet)
+        except (KeyboardInterrupt, SystemExit):  # a signal (launcher's handlers): what the study kept, one object
+            if (kept := quiet.interrupted_object()) is not None:
+                echo_json(kept)
+            raise
         echo_json({"study": outcome.study_name, "trials_run": outcome.n_trials_run,
                    "trials_not_run": outcome.n_trials_not_run, "stopped_by": outcome.stopped_by,
                    "storage": redact_url(storage)})

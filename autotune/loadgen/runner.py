@@ -16,6 +16,7 @@ import asyncio
 import gc
 import gzip
 import json
+import logging
 import math
 import os
 import time
@@ -37,6 +38,8 @@ from autotune.progress import NULL_PROGRESS, BenchProgress, Progress
 
 __all__ = ["LoadConfig", "Transport", "HttpTransport", "run_load", "drive_load", "run_bench", "check_model",
            "check_records_path", "write_records", "read_records", "record_output", "steady_level_result"]
+
+logger = logging.getLogger(__name__)
 
 _ENDPOINTS = ("auto", "completions", "chat")
 _SLO_METRICS = ("ttft", "tpot", "itl", "e2el")
@@ -245,7 +248,10 @@ async def drive_load(transport: Transport, requests: list[RequestSpec], cfg: Loa
         # Ctrl-C (asyncio.run cancels the run) in the run or in the session's end (its last metrics scrape): the
         # requests that finished are kept. Before the run nothing was sent and nothing is written.
         if cfg.records_path and driving:
-            write_records(cfg.records_path, results, cfg.warmup_prompts, with_itl=cfg.records_itl, images=images)
+            try:
+                write_records(cfg.records_path, results, cfg.warmup_prompts, with_itl=cfg.records_itl, images=images)
+            except OSError as e:  # the interrupt stays what ends the run; the lost records are said
+                logger.warning("the finished requests' records could not be written to %s: %s", cfg.records_path, e)
         raise
     server_metrics = transport.server_metrics
 
