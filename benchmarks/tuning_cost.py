@@ -148,7 +148,8 @@ def fingerprint() -> dict[str, Any]:
     return {"preset": PRESET, "gpus": GPUS, "gpu_type": GPU_TYPE, "workload": f"random:{INPUT_LEN}:{OUTPUT_LEN}",
             "metric": METRIC, "limit_ms": LIMIT_MS, "start_concurrency": START_CONCURRENCY,
             "max_concurrency": MAX_CONCURRENCY,
-            "prompts": [LEVEL.prompts_per_level, LEVEL.min_prompts, LEVEL.max_prompts], "sources_sha256": h.hexdigest()[:16]}
+            "prompts": [LEVEL.prompts_per_level, LEVEL.min_prompts, LEVEL.max_prompts],
+            "sources_sha256": h.hexdigest()[:16]}
 
 
 class Cache:

@@ -121,7 +121,8 @@ async def check_model(session: aiohttp.ClientSession, url: str, model: str, time
         raise ServerUnreachable(f"cannot reach server at {url}: {detail}") from e
     served = [m.get("id", "") for m in data.get("data", []) if isinstance(m, dict)] if isinstance(data, dict) else []
     if model not in served:
-        raise ServerUnreachable(f"server at {url} does not serve model {model!r} (it serves: {', '.join(served) or 'none'})")
+        raise ServerUnreachable(f"server at {url} does not serve model {model!r} "
+                                f"(it serves: {', '.join(served) or 'none'})")
     return served
 
 

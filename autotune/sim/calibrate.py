@@ -193,7 +193,8 @@ def study_settings(study: optuna.Study, model: ModelSpec, card: GpuSpec) -> Tria
         raise UsageError(f"{e} (the study's workload; give --model the study's model)") from None
     return TrialSettings(engine="sim", model=model, gpu=card, gpus=fingerprint.gpus, workload=workload,
                          search=LoadSearchConfig(limits_ms=dict(fingerprint.limits_ms)),
-                         level=LevelShape(prompts_per_level=float(options.get("prompts_per_level", LevelShape.prompts_per_level))))
+                         level=LevelShape(prompts_per_level=float(options.get("prompts_per_level",
+                                                                              LevelShape.prompts_per_level))))
 
 
 def recorded_runs(study_dir: Path, trial_numbers: list[int], settings: TrialSettings) -> list[tuple[int, Path, int]]:
