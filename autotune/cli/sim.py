@@ -72,11 +72,12 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
     level of a study (same requests, warm-up wave, ramp and steady window), run in-process on the sim engine."""
     from autotune.cli.common import every_request_failed
     from autotune.config import check_workload_flags, check_workload_model
-    from autotune.gpus import interval_cards, load_gpu
+    from autotune.gpus import interval_cards, load_gpu, sim_caveats
     from autotune.jsonsafe import json_safe
     from autotune.loadgen.runner import LoadConfig
     from autotune.loadgen.workload import parse_workload
     from autotune.loadsearch import LoadSearchConfig
+    from autotune.metrics import LATENCY_METRICS
     from autotune.models import resolve_model
     from autotune.sim.predict import predict_workload
     from autotune.trial import TrialSettings, level_load_config
@@ -108,7 +109,9 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
             raise UsageError(str(e)) from None
         raise
     data = json_safe(result.to_json())
-    data.update(flags=json_safe(flags), gpu_type=gpu_type)  # "workload": the stream's spec and seed
+    # what the card's figures are known to get wrong (its calibration's caveats, per latency metric)
+    notes = sim_caveats(gpu, LATENCY_METRICS)
+    data.update(flags=json_safe(flags), gpu_type=gpu_type, notes=notes)  # "workload": the stream's spec and seed
     failed = every_request_failed(result)  # printed below, then the command fails
     # a host's card: the same prediction with each fitted constant at its 90% interval's ends (how sure the answer is)
     ends = {name: {side: (value, predict_workload(model, card, flags, wl, cfg))
@@ -123,20 +126,23 @@ def predict_cmd(ctx: click.Context, model_ref: str, gpu_type: str, workload: str
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")
     else:
-        _print_prediction(result, ends, f"sim predict: {model_ref} on {gpu_type}, {workload}")
+        _print_prediction(result, ends, f"sim predict: {model_ref} on {gpu_type}, {workload}", notes)
     if failed:
         raise failed
 
 
-def _print_prediction(result: BenchResult, ends: dict[str, dict[str, tuple[float, BenchResult]]], title: str) -> None:
+def _print_prediction(result: BenchResult, ends: dict[str, dict[str, tuple[float, BenchResult]]], title: str,
+                      notes: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from autotune.metrics import LATENCY_METRICS
 
     table = Table(title=title)
     table.add_column("metric")
     for col in ("mean", "p50", "p90", "p99"):
         table.add_column(col, justify="right")
-    for metric in ("ttft", "tpot", "itl", "e2el"):
+    for metric in LATENCY_METRICS:
         dist = result.latency(metric)
         table.add_row(f"{metric} ms", *(f"{getattr(dist, c):,.1f}" for c in ("mean", "p50", "p90", "p99")))
     console = Console(soft_wrap=True)
@@ -152,6 +158,8 @@ def _print_prediction(result: BenchResult, ends: dict[str, dict[str, tuple[float
                       f"{at_low.output_tok_s:,.0f} / {at_high.output_tok_s:,.0f} tok/s, "
                       + ", ".join(f"P99 {m} {at_low.latency(m).p99:,.1f} / {at_high.latency(m).p99:,.1f} ms"
                                   for m in ("ttft", "tpot", "itl")))
+    for note in notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
 
 
 @sim.command(name="calibrate")
