@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
+
 from autotune.gpus import known_gpus, load_gpu, sim_caveats
 from autotune.loadgen.workload import parse_workload
 from autotune.loadsearch import LoadSearchConfig
@@ -35,6 +37,7 @@ def test_a_sim_study_gets_the_caveats_of_its_limits_only() -> None:
     assert dataclasses.replace(settings, engine="vllm").sim_caveats() == []  # measured, not modelled
 
 
+@pytest.mark.slow
 def test_sim_predict_says_what_its_card_is_known_to_get_wrong(capsys) -> None:
     """A what-if is a sim answer as much as a sim study is: `sim predict` gave its P99 ITL on the h200 card, 19-64%
     high at the GPU's ITL knees, without a word. Now it carries the card's caveats, in JSON and below the table."""
