@@ -20,7 +20,7 @@ from autotune.fileio import folder_problem, read_yaml
 from autotune.flags import LAUNCHER_FLAGS, PARALLEL_FLAGS, check_flag_value, mm_limit, normalize_flag_name
 from autotune.gpu_ids import GpuId, parse_gpu_ids
 from autotune.gpus import detect_gpu, gpu_indices, load_gpu
-from autotune.loadgen.workload import Workload, parse_workload
+from autotune.loadgen.workload import DEFAULT_WORKLOAD, Workload, parse_workload
 from autotune.loadsearch import LoadSearchConfig
 from autotune.models import PRESETS, ModelSpec, resolve_model
 from autotune.sim.faults import FaultPlan, parse_fault_plan
@@ -44,9 +44,6 @@ REAL_GPU_NOISE_FLOOR = 0.03
 # servers"). One run's own interval held the other runs' pooled P99 in 1 of 6 runs for TTFT and 3 of 6 for ITL on
 # one server: its state drifts between runs, so a level's interval is never narrower than this.
 REAL_GPU_P99_RUN_CV = {"ttft": 0.172, "tpot": 0.040, "itl": 0.086, "e2el": 0.034}
-# Lengths vary by ±50%: with identical lengths a closed loop runs in lockstep waves whose synchronized
-# prefills, not the server, set P99 TTFT (seen on the H100 and the sim engine).
-DEFAULT_WORKLOAD = "random:1024:512:0.5"
 # The metric --p99-ms limits when --p99-metric is not given.
 DEFAULT_P99_METRIC = "ttft"
 # The default --max-concurrency per GPU of a trial: the space's largest max-num-seqs, which one engine (one DP rank)

@@ -45,7 +45,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats as scipy_stats
+# Student's t quantile, t.ppf(p, dof) as stdtrit(dof, p): scipy.special alone, not scipy.stats, which would add a
+# second to every command's start
+from scipy.special import stdtrit
 
 from autotune.flags import changed_flags, deploy_flags
 from autotune.loadsearch import LoadSearchConfig
@@ -324,7 +326,7 @@ def tok_s_stats(values: list[float], noise_floor: float = 0.0, confidence: float
         return {"mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0, "n": 0, "half_width": 0.0}
     mean = float(tput.mean())
     std = float(tput.std(ddof=1)) if tput.size > 1 else 0.0
-    t_half = float(scipy_stats.t.ppf(0.5 + confidence / 2, tput.size - 1)) * std / math.sqrt(tput.size) \
+    t_half = float(stdtrit(tput.size - 1, 0.5 + confidence / 2)) * std / math.sqrt(tput.size) \
         if tput.size > 1 else 0.0
     return {"mean": mean, "std": std, "min": float(tput.min()), "max": float(tput.max()), "n": int(tput.size),
             "half_width": max(t_half, noise_floor * mean)}
@@ -381,7 +383,7 @@ def gain_over(winner: Candidate, baseline: Candidate, limits_ms: Mapping[str, fl
         pct_low = pct_high = math.inf if w_mean > 0 else math.nan
         significant = w_mean > 0
     else:
-        t_half = (float(scipy_stats.t.ppf(0.5 + confidence / 2, spread.dof)) * spread.log_std
+        t_half = (float(stdtrit(spread.dof, 0.5 + confidence / 2)) * spread.log_std
                   * math.sqrt(1 / len(w_values) + 1 / len(b_values))) if spread.dof else 0.0
         half = max(t_half, math.log1p(noise_floor))
         log_ratio = math.log(w_mean / b_mean)

@@ -279,7 +279,9 @@ def open_storage_readonly(url: str | None) -> optuna.storages.RDBStorage:
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
-    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    """The storage's studies by name. Not through Optuna's study summaries: they read every trial of every study
+    (6 s of a `best` on a storage of 30 studies of 100 trials)."""
+    return optuna.get_all_study_names(storage)
 
 
 def load_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:

@@ -123,7 +123,7 @@ class StudyRecords:
 
 def read_study(study: optuna.Study) -> StudyRecords:
     trials = records.read_trials(study)
-    remeasured = {t.number: r for t in trials if (r := records.read_remeasurement(study, t.number)) is not None}
+    remeasured = {r.trial_number: r for r in records.read_remeasurements(study)}  # one read of the study's attributes
     return StudyRecords(study.study_name, records.read_fingerprint(study), trials, records.read_selection(study),
                         records.read_runs(study), remeasured)
 

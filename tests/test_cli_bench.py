@@ -228,7 +228,7 @@ def test_an_error_without_json_is_one_line(server: FakeServer, capsys: pytest.Ca
 def test_the_default_workload_is_a_studys() -> None:
     """A study's level and a bench with no --workload send requests of one shape (bench once sent fixed lengths)."""
     from autotune.cli.bench import bench
-    from autotune.config import DEFAULT_WORKLOAD
+    from autotune.loadgen.workload import DEFAULT_WORKLOAD
 
     assert next(p for p in bench.params if p.name == "workload").default == DEFAULT_WORKLOAD
 

@@ -17,28 +17,38 @@ from autotune.errors import AutotuneError
 __all__ = ["cli", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Each command's module by the command's name: it is imported when that command runs, or when --help lists them.
+# A command then does not pay for the others' imports (`run`'s, the tuner's core with its samplers and statistics,
+# took about a second more of every `best` or `bench`).
+_COMMAND_MODULES = {"run": "run", "worker": "worker", "bench": "bench", "sim": "sim", "best": "studies",
+                    "studies": "studies", "export": "export", "compare": "compare", "dashboard": "dashboard"}
+
+
+class _LazyGroup(click.Group):
+    """click's group whose commands are imported on demand (click's documented pattern for lazy subcommands)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        import importlib
+
+        from autotune.entry import interrupts_in_callbacks
+
+        if cmd_name not in _COMMAND_MODULES:
+            return None
+        # a Ctrl-C inside the import ends the command as one landing later does (entry.py says why this way)
+        with interrupts_in_callbacks() as caught:
+            module = importlib.import_module(f"autotune.cli.{_COMMAND_MODULES[cmd_name]}")
+        if caught:
+            raise caught[0]
+        return next(command for command in module.commands if command.name == cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="autotune")  # also where the package is on the path, not installed
 def cli() -> None:
     """Find the vLLM serving configuration with the most throughput under a P99 latency limit."""
-
-
-def _register() -> None:
-    # One module per command group; each exposes `commands`, a list of click commands.
-    import importlib
-
-    for name in ("run", "worker", "bench", "sim", "studies", "export", "compare", "dashboard"):
-        try:
-            module = importlib.import_module(f"autotune.cli.{name}")
-        except ModuleNotFoundError as e:  # a command module not written yet must not break the others
-            if e.name != f"autotune.cli.{name}":
-                raise
-            continue
-        for command in module.commands:
-            cli.add_command(command)
-
-
-_register()
 
 
 def _thread_error(args: threading.ExceptHookArgs) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from autotune.cli.common import LIMITS, echo_json, every_request_failed
-from autotune.config import DEFAULT_WORKLOAD
+from autotune.loadgen.workload import DEFAULT_WORKLOAD
 from autotune.errors import UsageError
 from autotune.metrics import LATENCY_METRICS, BenchResult
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from autotune.config import DEFAULT_WORKLOAD
+from autotune.loadgen.workload import DEFAULT_WORKLOAD
 from autotune.errors import EngineStartError, UsageError
 
 if TYPE_CHECKING:  # the sim package loads when a command runs

@@ -11,7 +11,7 @@ from rich.table import Table
 from autotune.cli.common import echo_json, json_safe
 from autotune.metrics import describe_limits
 from autotune.records import count_finished, not_run
-from autotune.storage import DEFAULT_STORAGE, load_study, open_storage_readonly
+from autotune.storage import DEFAULT_STORAGE, load_study, open_storage_readonly, study_names
 from autotune.winner import Winner, find_winner, read_study, require_winner
 
 __all__ = ["commands", "best_of_study"]
@@ -70,13 +70,15 @@ def studies(storage: str | None, as_json: bool) -> None:
     """List the studies in a storage."""
     store = open_storage_readonly(storage)
     rows = []
-    for summary in optuna.get_all_study_summaries(store, include_best_trial=False):
-        data = read_study(optuna.load_study(study_name=summary.study_name, storage=store))
+    for name in study_names(store):
+        study = optuna.load_study(study_name=name, storage=store)
+        data = read_study(study)
+        started = min((t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start), default=None)
         trials, fp = data.trials, data.fingerprint
         # the winner as `autotune best` and `compare` give it: after the selection its re-measured figure, not the
         # largest single trial run (which a re-measurement may have found over a limit)
         w = find_winner(data)
-        rows.append({"study": summary.study_name, "trials": count_finished(trials),
+        rows.append({"study": name, "trials": count_finished(trials),
                      "complete": sum(t.complete for t in trials), "feasible": sum(t.feasible for t in trials),
                      "not_run": [{"trial": t.number, "same_flags_as": t.same_flags_as} for t in not_run(trials)],
                      "winner": None if w is None else {
@@ -85,7 +87,7 @@ def studies(storage: str | None, as_json: bool) -> None:
                          "output_tok_s": w.output_tok_s.mean, "concurrency": w.concurrency},
                      "model": fp.model if fp else None, "engine": fp.engine if fp else None,
                      "gpus": fp.gpus if fp else None, "limits_ms": dict(fp.limits_ms) if fp else None,
-                     "started": summary.datetime_start.isoformat(timespec="seconds") if summary.datetime_start else None})
+                     "started": started.isoformat(timespec="seconds") if started else None})
     if as_json:
         echo_json({"studies": rows})
         return

@@ -27,7 +27,12 @@ import numpy as np
 from autotune.errors import UsageError
 
 __all__ = ["RequestSpec", "Workload", "parse_workload", "block_png", "TOKEN_ID_LOW", "TOKEN_ID_HIGH",
-           "MAX_IMAGE_PIXELS"]
+           "MAX_IMAGE_PIXELS", "DEFAULT_WORKLOAD"]
+
+# A study's workload, and `bench`'s and `sim predict`'s, when none is given. Lengths vary by ±50%: with identical
+# lengths a closed loop runs in lockstep waves whose synchronized prefills, not the server, set P99 TTFT (seen on
+# the H100 and the sim engine).
+DEFAULT_WORKLOAD = "random:1024:512:0.5"
 
 # The most pixels an image may have: vLLM opens images with Pillow, which refuses more than twice its
 # Image.MAX_IMAGE_PIXELS (89,478,485) as a decompression bomb, so every request with a larger image would fail; and
