@@ -236,20 +236,21 @@ def test_the_default_workload_is_a_studys() -> None:
 @pytest.mark.slow
 def test_ctrl_c_keeps_the_records_of_the_requests_that_finished(server: FakeServer, tmp_path: Path) -> None:
     """`bench --records` writes its file after the run: a Ctrl-C in a long run left no file at all. Now the
-    requests that finished are recorded, each whole, and the run says where."""
+    requests that finished are recorded, each whole, and the run says where (with --json, in its one object)."""
     server.configure(itl_ms=20.0)
     records = tmp_path / "r.jsonl.gz"
     proc = subprocess.Popen([sys.executable, "-m", "autotune", *_bench(server, "--concurrency", "4", "--warmup", "0",
                                                                        "--num-prompts", "400", "--records",
-                                                                       str(records))],
+                                                                       str(records), "--json")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60  # the interpreter's start, slow on a busy host; then requests of ~60 ms
     while server.stats()["requests"] < 12 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # 12 sent: the first two waves' 8 have finished
-    _, err = signal_and_collect(proc, signal.SIGINT, 30)
+    out, err = signal_and_collect(proc, signal.SIGINT, 30)
     assert proc.returncode == 130, err
     assert f"recorded in {records}" in err and "Traceback" not in err
+    assert json.loads(out) == {"interrupted": True, "records": str(records)}
     kept = read_records(records)
     assert 0 < len(kept) < 400 and all(out.success and out.output_tokens == 4 for out, _ in kept)
 
@@ -266,6 +267,7 @@ def test_a_ctrl_c_before_the_run_does_not_point_at_a_records_file(tmp_path: Path
     earlier.write_text('{"i": 0}\n')
     code = main(["bench", "--url", "http://127.0.0.1:9", "--model", "m", "--workload", "random:16:4",
                  "--concurrency", "2", "--records", str(earlier), "--json"])
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code == 130 and "recorded in" not in err, err
+    assert json.loads(out) == {"interrupted": True, "records": None}
     assert earlier.read_text() == '{"i": 0}\n'

@@ -106,8 +106,11 @@ def bench(url: str, model: str, workload: str, concurrency: int | None, rate: fl
     except KeyboardInterrupt:
         # only where this run wrote them: a Ctrl-C before the run (the start, the server check) writes nothing, and
         # a file left there by an earlier run is not this one's
-        if records_path and _file_stamp(records_path) not in (None, before):
+        recorded = bool(records_path) and _file_stamp(records_path) not in (None, before)
+        if recorded:
             click.echo(f"autotune: the requests that finished are recorded in {records_path}", err=True)
+        if as_json:  # still one object on stdout: no figures, and where the finished requests are
+            echo_json({"interrupted": True, "records": records_path if recorded else None})
         raise
     failed = every_request_failed(result)  # the result is printed; say why on stderr and exit 1
     if failed:
