@@ -120,12 +120,8 @@ def run(as_json: bool, **opts: Any) -> None:
     install_signal_handlers(sigint=True)
     if as_json:
         quiet = JsonView(console)
-        try:
+        with quiet.kept_on_signal():
             outcome = run_study(cfg, storage, progress=quiet)
-        except (KeyboardInterrupt, SystemExit):  # a signal (launcher's handlers): what the study kept, one object
-            if (kept := quiet.interrupted_object()) is not None:
-                echo_json(kept)
-            raise
     else:
         with StudyView(console) as view:
             outcome = run_study(cfg, storage, progress=view)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -91,9 +92,18 @@ class JsonView(Progress):
     def study_interrupted(self, interrupted: StudyInterrupted) -> None:
         self.interrupted = interrupted
 
-    def interrupted_object(self) -> dict[str, Any] | None:
-        """The object a --json command prints when a signal stopped its study; None if none did."""
-        return None if self.interrupted is None else {"interrupted": True, **asdict(self.interrupted)}
+    @contextmanager
+    def kept_on_signal(self) -> Iterator[None]:
+        """Around the study: if a signal stops it (the launcher's handlers raise KeyboardInterrupt or SystemExit),
+        the command's one object on stdout says what the study kept."""
+        from autotune.cli.common import echo_json
+
+        try:
+            yield
+        except (KeyboardInterrupt, SystemExit):
+            if self.interrupted is not None:
+                echo_json({"interrupted": True, **asdict(self.interrupted)})
+            raise
 
 
 class StudyView(Progress):

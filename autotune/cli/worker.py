@@ -50,12 +50,8 @@ def worker(study_name: str, storage: str, as_json: bool, timeout: float | None, 
     console = Console(stderr=True, soft_wrap=True)
     if as_json:
         quiet = JsonView(console)
-        try:
+        with quiet.kept_on_signal():
             outcome = run_worker(cfg, store, progress=quiet)
-        except (KeyboardInterrupt, SystemExit):  # a signal (launcher's handlers): what the study kept, one object
-            if (kept := quiet.interrupted_object()) is not None:
-                echo_json(kept)
-            raise
         echo_json({"study": outcome.study_name, "trials_run": outcome.n_trials_run,
                    "trials_not_run": outcome.n_trials_not_run, "stopped_by": outcome.stopped_by,
                    "storage": redact_url(storage)})
