@@ -65,6 +65,9 @@ def test_studies_and_compare_count_the_finished_trials_not_the_queued(capsys, tm
     assert main(["studies", "--storage", url, "--json"]) == 0
     [listed] = json.loads(capsys.readouterr().out)["studies"]
     assert listed["trials"] == 2
+    # when it started: its first trial's start (the queued one has none)
+    first = min(t.datetime_start for t in study.trials if t.datetime_start)
+    assert listed["started"] == first.isoformat(timespec="seconds")
     rows = {r.label: r for r in compare_rows([summary(url, "q")])}
     assert rows["trials (met the limits)"].cells[0].startswith("2 (")
 
