@@ -9,13 +9,12 @@ A study stores, as Optuna user attributes:
   one :class:`Remeasurement` per re-measured candidate (key ``remeasure.<trial>``, one key each so that
   several processes never rewrite each other's), the :class:`SelectionRecord`, and one :class:`RunRecord` per
   invocation of ``autotune run`` (key ``run.<id>``: its GPU-minutes and the hardware and software it ran on);
-- on each trial: the queue tag set when it was enqueued (a baseline's name, or a ``--try`` point), that its
-  objective started (after its first heartbeat), why it ended before it started where it did (the search was
-  done), and once it ran, its :class:`TrialResult` (flags, every load level as a :class:`LevelRecord`, startup
-  figures, failure); a sampled trial whose launch flags an earlier finished trial had holds that trial's number
-  instead (:attr:`TrialRecord.same_flags_as`): it was not run again. The notes that the objective started and why
-  it ended before it started name the trial they were written on: Optuna's retry callback copies a trial's
-  attributes to the copy it queues, which must not inherit them.
+- on each trial: the queue tag set when it was enqueued (a baseline's name, or a ``--try`` point), why it ended
+  before it started where it did (the search was done), and once it ran, its :class:`TrialResult` (flags, every
+  load level as a :class:`LevelRecord`, startup figures, failure); a sampled trial whose launch flags an earlier
+  finished trial had holds that trial's number instead (:attr:`TrialRecord.same_flags_as`): it was not run again.
+  The note why it ended before it started names the trial it was written on: Optuna's retry callback copies a
+  trial's attributes to the copy it queues, which must not inherit it.
 
 Everything is JSON in storage; NaN and infinity are stored as null and read back as NaN. Every reader of a
 study (the study itself, the profile, ``best``, ``studies``, ``export``, ``compare``, the dashboard) goes through
@@ -47,7 +46,7 @@ __all__ = [
     "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
     "read_run_options", "write_run", "read_runs", "read_remeasurements", "MEMORY_PLAN_REFUSED", "flags_key",
     "sampled", "known_trial_with_flags", "write_same_flags", "not_run", "not_run_text", "describe_not_run",
-    "write_objective_started", "objective_started", "write_not_started", "requeue_user_attrs", "write_declared_dead",
+    "write_not_started", "requeue_user_attrs", "write_declared_dead",
     "read_declared_dead",
 ]
 
@@ -70,7 +69,6 @@ _RUN_OPTIONS_KEY = "run_options"
 _REPLAYED_FROM = "replayed_from_trial"
 _SAME_FLAGS_AS = "same_flags_as_trial"
 _RUN_PREFIX = "run."
-_OBJECTIVE_STARTED = "objective_started"
 _NOT_STARTED = "not_started"
 _DECLARED_DEAD_PREFIX = "dead."
 
@@ -552,7 +550,7 @@ class RunRecord:
     # This run re-measured the finalists and stored the study's selection (each run that gets that far replaces
     # it): the winner's figures, verdict and gains are this run's. An interrupted resume and a worker make none.
     made_selection: bool = False
-    # Other processes' trials this run saw RUNNING without their objective started (no heartbeat yet) and left so,
+    # Other processes' trials this run saw RUNNING without a heartbeat yet (still in Optuna's ask) and left so,
     # by number, with the seconds it saw them so on its own clock: a later run adds them to its own (a trial silent
     # for three heartbeats, summed over the runs that saw it, is failed as its process's death).
     silent_trials_s: Mapping[int, float] = field(default_factory=dict)
@@ -678,25 +676,14 @@ def _own_note(trial: optuna.trial.FrozenTrial, key: str) -> dict[str, Any] | Non
     return note if isinstance(note, dict) and note.get("trial") == trial.number else None
 
 
-def write_objective_started(trial: optuna.Trial) -> None:
-    """The trial's objective has started, after a heartbeat of it was recorded (study._objective): from here its
-    process's death is Optuna's heartbeat check's to find. Raises Optuna's UpdateFinishedTrialError where another
-    process has already failed the trial."""
-    trial.set_user_attr(_OBJECTIVE_STARTED, {"trial": trial.number})
-
-
-def objective_started(trial: optuna.trial.FrozenTrial) -> bool:
-    return _own_note(trial, _OBJECTIVE_STARTED) is not None
-
-
 def write_not_started(trial: optuna.Trial, why: str) -> None:
     """The trial ends before it started (TrialRecord.not_started)."""
     trial.set_user_attr(_NOT_STARTED, {"trial": trial.number, "why": why})
 
 
 def requeue_user_attrs(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """The user attributes of a copy of ``trial`` queued again: its own, less the notes about this trial."""
-    return {k: v for k, v in trial.user_attrs.items() if k not in (_OBJECTIVE_STARTED, _NOT_STARTED)}
+    """The user attributes of a copy of ``trial`` queued again: its own, less the note about this trial."""
+    return {k: v for k, v in trial.user_attrs.items() if k != _NOT_STARTED}
 
 
 def read_trials(study: optuna.Study) -> list[TrialRecord]:

@@ -233,9 +233,8 @@ def _objective(cfg: StudyConfig, slot: tuple[GpuId, ...], progress: ThreadedProg
     """One trial on the GPUs of ``slot``. Once ``cancel`` is set (the study was interrupted) a trial in flight
     ends with what it measured: recorded as ``interrupted`` with its levels, then failed (``Stopped``).
 
-    It starts by recording a heartbeat and then that its objective started (records.objective_started): a trial
-    without that note never got past Optuna's ask, and a trial whose process died there has no heartbeat for
-    Optuna's stale check to find stopped (_wait_for_others_trials judges those). Where another process failed the
+    It starts by recording a heartbeat: a trial without one never got past Optuna's ask, and a trial whose process
+    died there has no heartbeat for Optuna's stale check to find stopped (_wait_for_others_trials judges those). Where another process failed the
     trial under this one (taken for dead), its number goes to ``failed_elsewhere`` and Optuna's tell, refused,
     raises (_one_trial).
 
@@ -261,8 +260,7 @@ def _objective(cfg: StudyConfig, slot: tuple[GpuId, ...], progress: ThreadedProg
             raise
 
     def measure(trial: optuna.Trial) -> float:
-        record_heartbeat_now(trial)  # first: a trial noted as started has a heartbeat for the stale check to see
-        records.write_objective_started(trial)
+        record_heartbeat_now(trial)  # first: from here its process's death is Optuna's stale check's to find
         # The run writes search_done and then reads the RUNNING trials (_wait_for_others_trials); a worker's ask
         # commits the RUNNING trial and then this reads search_done. Each storage call is its own transaction, and
         # PostgreSQL's read committed lets each statement see every commit made before it began. So either the
@@ -713,7 +711,7 @@ def _wait_for_others_trials(study: optuna.Study, storage: optuna.storages.RDBSto
 
     Optuna's check finds only trials with a heartbeat. A trial is created RUNNING in Optuna's ask (with the
     sampler's work) before its first one, so a process that died there leaves a trial RUNNING that no check ever
-    fails. It has neither the note that its objective started nor a heartbeat (_past_ask): a trial seen so for
+    fails. It has no heartbeat (storage.trials_with_heartbeat): a trial seen so for
     three heartbeats (the grace a heartbeat gets; an ask takes seconds), counted on this run's clock and added to
     what earlier runs saw of it, is failed as its process's death and queued again through the same callback.
 
@@ -754,7 +752,7 @@ def _wait_for_others_trials(study: optuna.Study, storage: optuna.storages.RDBSto
         now = time.monotonic()
         beating = trials_with_heartbeat(storage, study.study_name)
         for trial in running():
-            if _past_ask(trial, beating):
+            if trial.number in beating:  # past its ask: its death is Optuna's stale check's to find
                 continue
             silent_s[trial.number] = now - silent_since.setdefault(trial.number, now)
             if silent_before_s.get(trial.number, 0.0) + silent_s[trial.number] >= stale_after_s():
@@ -770,29 +768,21 @@ def _wait_for_others_trials(study: optuna.Study, storage: optuna.storages.RDBSto
     beating = trials_with_heartbeat(storage, study.study_name)
     finished, left_out = _waited_trials(study, sorted(waited), still_running, beating)
     progress.waited_for_trials(finished, left_out, time.monotonic() - started)
-    silent_left = {t.number for t in running() if not _past_ask(t, beating)}
+    silent_left = {t.number for t in running() if t.number not in beating}
     return _Waited(left_out, {n: seen_s for n, seen_s in silent_s.items() if n in silent_left})
 
 
 def _fail_silent_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, number: int, silent_s: float) -> None:
-    """Fail trial ``number``, seen RUNNING for ``silent_s`` without its objective started, as its process's death,
-    and queue it again (storage.fail_as_dead), unless it started meanwhile (looked at once more right before: its
-    process lives). Its process, if it was only slow in its ask, finds the trial failed at its first write and goes
+    """Fail trial ``number``, seen RUNNING for ``silent_s`` without a heartbeat, as its process's death, and queue it
+    again (storage.fail_as_dead), unless one was recorded meanwhile (looked at once more right before: its process
+    lives). Its process, if it was only slow in its ask, finds the trial failed at its first write and goes
     on (_one_trial)."""
     [trial] = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-    if trial.state != optuna.trial.TrialState.RUNNING or _past_ask(trial, trials_with_heartbeat(storage,
-                                                                                                study.study_name)):
+    if trial.state != optuna.trial.TrialState.RUNNING or number in trials_with_heartbeat(storage, study.study_name):
         return
     records.write_declared_dead(study, number, f"its process died before its first heartbeat (RUNNING for "
                                                f"{silent_s:.0f} s without one, counted over the runs that saw it)")
     fail_as_dead(study, storage, number)
-
-
-def _past_ask(trial: optuna.trial.FrozenTrial, beating: set[int]) -> bool:
-    """Whether ``trial``'s process got past Optuna's ask: its objective noted that it started, or (a worker of an
-    autotune that writes no such note) a heartbeat of it was recorded (``beating``: storage.trials_with_heartbeat).
-    From there its process's death is Optuna's heartbeat check's to find."""
-    return records.objective_started(trial) or trial.number in beating
 
 
 def _waited_trials(study: optuna.Study, waited: list[int], still_running: str,
@@ -814,7 +804,7 @@ def _waited_trials(study: optuna.Study, waited: list[int], still_running: str,
             continue
         if record.state == optuna.trial.TrialState.RUNNING:
             why = still_running
-            if not _past_ask(trials[number], beating):
+            if number not in beating:
                 why += " (and without a first heartbeat so far)"
         elif record.result is not None and record.result.failure_class == "interrupted":
             why = "interrupted on the process running it"

@@ -340,14 +340,14 @@ def test_a_trial_runs_saw_without_a_heartbeat_for_three_heartbeats_is_failed_and
 def test_a_trial_whose_objective_started_is_never_failed_for_want_of_a_heartbeat(tmp_path: Path,
                                                                                  monkeypatch) -> None:
     """Seen without a heartbeat by earlier runs while it was still in its ask, a live worker's trial has since
-    started (its heartbeat recorded, then the note): the run waits for it and compares it."""
+    started (its heartbeat recorded): the run waits for it and compares it."""
     monkeypatch.setattr("autotune.study._WAIT_POLL_S", 0.1)
     cfg = _cfg(tmp_path, trials=0)
     study = _queued_study(cfg)
     trial = study.ask()
     [earlier] = records.read_runs(study)
     records.write_run(study, replace(earlier, silent_trials_s={trial.number: 3600.0}))
-    records.write_objective_started(trial)  # as study._objective does, after a heartbeat
+    optuna.storages.RDBStorage(cfg.storage_url).record_heartbeat(trial._trial_id)  # as study._objective does first
 
     def measure() -> None:
         time.sleep(0.5)
@@ -503,9 +503,9 @@ def test_the_next_run_says_a_dead_runs_kept_result_is_added_not_lost(tmp_path: P
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_live_trial_of_a_worker_that_writes_no_started_note_is_waited_for_not_failed(tmp_path: Path,
                                                                                        monkeypatch) -> None:
-    """A worker of an older autotune never notes that its objective started; only Optuna's heartbeat thread says
-    it lives. The run took its trial for dead after three heartbeats and failed it under the worker. Now the
-    heartbeat is enough: the run waits for the trial and compares it."""
+    """A worker of an older autotune never noted that its objective started, which the run then looked for; only
+    Optuna's heartbeat thread said it lived, and the run took its trial for dead after three heartbeats and failed
+    it under the worker. The heartbeat is what the run looks for now: it waits for the trial and compares it."""
     monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "2")  # taken for dead after 6 s
     monkeypatch.setattr("autotune.study._WAIT_POLL_S", 0.1)
     # the wait's bound: a longest trial of 5 s plus the 8 s a heartbeat check takes, 13 s: the worker's 7 s end well
@@ -550,7 +550,7 @@ def test_a_live_trial_of_a_worker_that_writes_no_started_note_is_waited_for_not_
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the storage's own retry callback
 def test_a_worker_trial_failed_elsewhere_as_it_finds_the_search_ended_says_so(tmp_path: Path, monkeypatch) -> None:
     """A worker's trial, asked once the search had ended, was failed as dead by a run in the instant between the
-    worker's started note and its look at the trial to queue its point again: the worker ended on a ValueError.
+    worker's first heartbeat and its look at the trial to queue its point again: the worker ended on a ValueError.
     Now it says that the trial was failed elsewhere (whose copy that run queued) and goes on."""
     from autotune.study import run_worker
 
