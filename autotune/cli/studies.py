@@ -71,9 +71,7 @@ def studies(storage: str | None, as_json: bool) -> None:
     store = open_storage_readonly(storage)
     rows = []
     for name in study_names(store):
-        study = optuna.load_study(study_name=name, storage=store)
-        data = read_study(study)
-        started = min((t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start), default=None)
+        data = read_study(optuna.load_study(study_name=name, storage=store))
         trials, fp = data.trials, data.fingerprint
         # the winner as `autotune best` and `compare` give it: after the selection its re-measured figure, not the
         # largest single trial run (which a re-measurement may have found over a limit)
@@ -87,7 +85,7 @@ def studies(storage: str | None, as_json: bool) -> None:
                          "output_tok_s": w.output_tok_s.mean, "concurrency": w.concurrency},
                      "model": fp.model if fp else None, "engine": fp.engine if fp else None,
                      "gpus": fp.gpus if fp else None, "limits_ms": dict(fp.limits_ms) if fp else None,
-                     "started": started.isoformat(timespec="seconds") if started else None})
+                     "started": data.started.isoformat(timespec="seconds") if data.started else None})
     if as_json:
         echo_json({"studies": rows})
         return
