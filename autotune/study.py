@@ -103,8 +103,13 @@ class StudyOutcome:
 
 
 def trial_folder(study_dir: Path, number: int) -> Path:
-    """A trial's server log and, under ``levels``, its levels' requests (trial.level_records_name)."""
+    """A trial's server log and, under ``levels``, its levels' requests (trial.level_records_name); under
+    :data:`SIM_PREDICTION_FOLDER`, the sim's prediction its load search started from (a served engine's first
+    trials)."""
     return study_dir / "trials" / str(number)
+
+
+SIM_PREDICTION_FOLDER = "sim-prediction"
 
 
 def remeasure_folder(study_dir: Path, trial_number: int, concurrency: int, repeat: int) -> Path:
@@ -287,7 +292,7 @@ def _objective(cfg: StudyConfig, slot: tuple[GpuId, ...], progress: ThreadedProg
                            sim_fault=cfg.sim_fault.for_trial(trial.number) if cfg.sim_fault else "")
         started = time.perf_counter()
         result = run_trial(settings, flags, name, trial_dir / "server.log", progress.for_trial(trial.number), deadline,
-                           cancel, _start_concurrency(cfg.settings, flags, trials))
+                           cancel, _start_concurrency(cfg.settings, flags, trials, trial_dir / SIM_PREDICTION_FOLDER))
         result = replace(result, trial_wall_s=time.perf_counter() - started)
         if cancel.is_set() and (result.stop_reason == "interrupted" or result.failure_class):
             records.write_trial_result(trial, replace(
@@ -485,12 +490,12 @@ def _failing_interrupted(study: optuna.Study, storage: optuna.storages.BaseStora
         raise
 
 
-def _start_concurrency(settings: TrialSettings, flags: dict[str, Any],
-                       trials: list[TrialRecord]) -> Callable[[], int]:
+def _start_concurrency(settings: TrialSettings, flags: dict[str, Any], trials: list[TrialRecord],
+                       prediction_dir: Path) -> Callable[[], int]:
     """Where the trial's load search starts (:func:`start_concurrency`), as a callable the trial asks once its server
     is ready. A served engine's first trial starts near the sim's prediction, computed on a thread while the engine
     starts: seconds to a minute of CPU (an image workload), which the engine's minutes of start-up hide. A daemon
-    thread, so that an interrupted study does not wait for it."""
+    thread, so that an interrupted study does not wait for it; its log and levels are kept in ``prediction_dir``."""
     default = settings.search.start_concurrency
     if runs_in_process(settings) or any(t.feasible for t in trials):
         return lambda: start_concurrency(trials, default)
@@ -498,7 +503,7 @@ def _start_concurrency(settings: TrialSettings, flags: dict[str, Any],
 
     def predict() -> None:
         try:
-            predicted.append(sim_predicted_knee(settings, flags))
+            predicted.append(sim_predicted_knee(settings, flags, prediction_dir))
         except Exception:  # noqa: BLE001 - advisory: without a prediction the search starts at the default
             predicted.append(None)
 

@@ -10,7 +10,6 @@ with its failure class, so the study records them and the sampler steers away.
 """
 from __future__ import annotations
 
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -107,13 +106,14 @@ class TrialSettings:
         return sim_caveats(self.gpu, self.search.limits_ms) if self.engine == "sim" else []
 
 
-def sim_predicted_knee(settings: TrialSettings, flags: dict[str, Any]) -> int | None:
+def sim_predicted_knee(settings: TrialSettings, flags: dict[str, Any], folder: Path) -> int | None:
     """The concurrency the in-process sim engine (exact, no noise) finds for these flags under the study's limits
-    and workload: seconds of CPU, no server. None where it finds none within the limits."""
+    and workload: seconds of CPU, no server. None where it finds none within the limits. Its log and levels go to
+    ``folder``, the trial's own: it runs on a daemon thread that an ending process stops mid-way, so a temporary
+    folder would be left behind."""
     sim = replace(settings, engine="sim", sim_server=False, sim_noise=None, sim_fault="", ledger_dir=None,
                   time_scale=1.0)
-    with tempfile.TemporaryDirectory(prefix="autotune-prior-") as folder:
-        result = run_trial(sim, flags, "prior", Path(folder) / "server.log")
+    result = run_trial(sim, flags, "prior", folder / "server.log")
     return result.concurrency if result.feasible else None
 
 

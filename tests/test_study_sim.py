@@ -78,6 +78,9 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
     # knee so far
     assert first[0].result.levels[0].concurrency == 16
     assert first[1].result.levels[0].concurrency == first[0].result.concurrency
+    # the prediction it started from is kept in the trial's folder, its levels included
+    prediction = tmp_path / "studies" / "e2e" / "trials" / "0" / "sim-prediction"
+    assert (prediction / "server.log").is_file() and list((prediction / "levels").glob("*-c*.jsonl.gz"))
     for t in first:
         assert study.trials[t.number].constraints == {"p99_ttft_minus_limit_ms": pytest.approx(
             t.result.constraints_ms({"ttft": 500.0})["ttft"])}
