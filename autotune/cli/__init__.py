@@ -17,11 +17,24 @@ from autotune.errors import AutotuneError
 __all__ = ["cli", "main"]
 
 
-# Each command's module by the command's name: it is imported when that command runs, or when --help lists them.
-# A command then does not pay for the others' imports (`run`'s, the tuner's core with its samplers and statistics,
-# took about a second more of every `best` or `bench`).
+# Each command's module by the command's name: it is imported when that command runs. A command then does not pay
+# for the others' imports (`run`'s, the tuner's core with its samplers and statistics, took about a second more of
+# every `best` or `bench`).
 _COMMAND_MODULES = {"run": "run", "worker": "worker", "bench": "bench", "sim": "sim", "best": "studies",
                     "studies": "studies", "export": "export", "compare": "compare", "dashboard": "dashboard"}
+# The line `autotune --help` lists each command with, so that the listing imports none of their modules (together
+# 1.4 s of a bare `autotune --help`); the command's own --help has its whole text.
+COMMAND_SUMMARIES = {
+    "run": "Tune: the most throughput whose P99s meet the limits.",
+    "worker": "Run a shared study's trials on this machine's GPUs.",
+    "bench": "Benchmark a running OpenAI-compatible server at one load level.",
+    "sim": "The sim engine: serve, predict, calibrate.",
+    "best": "A study's winner and verdict.",
+    "studies": "The studies in a storage, each with its winner.",
+    "export": "The winner as deploy files in a git work tree.",
+    "compare": "Studies' winners side by side (--html: with charts).",
+    "dashboard": "A local web page over a storage's studies.",
+}
 
 
 class _LazyGroup(click.Group):
@@ -29,6 +42,10 @@ class _LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_COMMAND_MODULES)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMAND_SUMMARIES[name]) for name in self.list_commands(ctx)])
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         import importlib
@@ -49,6 +66,10 @@ class _LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="autotune")  # also where the package is on the path, not installed
 def cli() -> None:
     """Find the vLLM serving configuration with the most throughput under a P99 latency limit."""
+
+
+# click >= 8.2 raises it for a group called without a command; older ones print the help themselves
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def _thread_error(args: threading.ExceptHookArgs) -> None:
@@ -74,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP during a trial (errors.Stopped: 128 + signal)
         click.echo("autotune: interrupted", err=True)
         return getattr(e, "exit_code", 130)
+    except _NO_ARGS_IS_HELP as e:  # `autotune` or `autotune sim` alone: its help, as click prints it (exit 2)
+        click.echo(e.format_message(), err=True)
+        return 2
     except click.ClickException as e:  # usage errors: one line, exit 2
         if debug:
             raise
