@@ -109,6 +109,8 @@ def start_optuna_dashboard(storage: optuna.storages.BaseStorage, host: str, port
         from optuna_dashboard import wsgi
     except ImportError:
         return None
+    if port > 65535:  # --port 65535 with the default --port + 1: the socket would raise OverflowError, not OSError
+        raise UsageError(f"optuna-dashboard cannot listen on {host}:{port} (TCP ports end at 65535): --optuna-port P")
     log = logging.getLogger("optuna_dashboard")
     log.handlers[:] = [_OneLine()]
     log.propagate = False

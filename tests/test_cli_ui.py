@@ -9,7 +9,7 @@ import math
 from rich.console import Console
 
 from autotune.cli.ui import StudyView, short_flags
-from autotune.progress import StudyEta, StudyStart
+from autotune.progress import StudyEta, StudyInterrupted, StudyStart
 from autotune.records import LevelRecord, Measurement, P99Record, TrialResult
 
 
@@ -122,3 +122,16 @@ def test_a_dead_runs_kept_results_are_said_to_be_added() -> None:
     assert first == ("trial 3: its result, kept in studies/s/pending by an earlier run that died or lost its database, "
                      "is added to the study as measured, not measured again")
     assert second.startswith("trials 3, 5: their results, kept in") and "are added" in second
+
+
+def test_what_an_interrupted_study_kept_reads_in_the_singular_and_the_plural() -> None:
+    view, out = _view()
+    view.study_interrupted(StudyInterrupted(study="s", storage="sqlite:///a.db", complete_trials=1,
+                                            interrupted_trials=(2,), levels_kept=1))
+    view.study_interrupted(StudyInterrupted(study="s", storage="sqlite:///a.db", complete_trials=4,
+                                            interrupted_trials=(5, 6), levels_kept=3))
+    one, two = out.getvalue().splitlines()
+    assert "keeps its 1 finished trial in sqlite:///a.db; interrupted: trial 2 (marked failed, its 1 measured load " \
+           "level kept in its record, its flags queued again)." in one
+    assert "keeps its 4 finished trials in sqlite:///a.db; interrupted: trials 5, 6 (marked failed, their 3 " \
+           "measured load levels kept in their records, their flags queued again)." in two

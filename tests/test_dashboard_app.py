@@ -62,7 +62,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("case", ["port taken", "optuna port taken", "the same port twice", "no storage"])
+@pytest.mark.parametrize("case", ["port taken", "optuna port taken", "the same port twice", "the last port",
+                                  "no storage"])
 def test_bad_input_is_one_line(capsys, factory_storage, tmp_path, case):
     with _busy_port() as busy:
         port = busy.getsockname()[1]
@@ -77,6 +78,9 @@ def test_bad_input_is_one_line(capsys, factory_storage, tmp_path, case):
             free = str(_free_port())
             args += ["--port", free, "--optuna-port", free]
             says = f"--optuna-port {free} is --port too"
+        elif case == "the last port":  # optuna-dashboard's default, --port + 1, is past the last TCP port
+            args += ["--port", "65535"]
+            says = "optuna-dashboard cannot listen on 127.0.0.1:65536"
         else:
             args = ["dashboard", "--storage", f"sqlite:///{tmp_path}/none.db"]
             says = "no database file at"

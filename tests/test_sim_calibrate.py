@@ -199,12 +199,14 @@ def one_trial_study(tmp_path_factory) -> Path:
     (["--study", "host", "--out", "elsewhere"], "has no measured run to calibrate on: no level records under"),
     (["--study", "host", "--model", "nosuchpreset"], "unknown model preset 'nosuchpreset'"),
     (["--study", "host", "--spread"], "--spread refits without each trial in turn: study 'host' has runs of one"),
+    (["--study", "host", "--to", "no-such-folder/card.yaml"], "no-such-folder does not exist"),  # before the fit
 ])
 def test_calibrate_bad_input_is_one_line(capsys, tmp_path: Path, one_trial_study: Path, args: list[str],
                                          message: str) -> None:
     capsys.readouterr()
     full = ["sim", "calibrate", "--storage", f"sqlite:///{one_trial_study}/host.db", "--to",
-            str(tmp_path / "card.yaml"), *[str(tmp_path / a) if a == "elsewhere" else a for a in args]]
+            str(tmp_path / "card.yaml"),
+            *[str(tmp_path / a) if a in ("elsewhere", "no-such-folder/card.yaml") else a for a in args]]
     code = main(full)
     err = capsys.readouterr().err
     assert code != 0 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -205,10 +205,14 @@ class StudyView(Progress):
         cut = ""
         if i.interrupted_trials:
             numbers = ", ".join(str(n) for n in i.interrupted_trials)
-            cut = (f"; interrupted: trial {numbers} (marked failed, its {i.levels_kept} measured load levels kept "
-                   "in its record, its flags queued again)")
+            several = len(i.interrupted_trials) > 1
+            cut = (f"; interrupted: trial{'s' if several else ''} {numbers} (marked failed, "
+                   f"{'their' if several else 'its'} {i.levels_kept} measured load "
+                   f"level{'' if i.levels_kept == 1 else 's'} kept in {'their records' if several else 'its record'}, "
+                   f"{'their' if several else 'its'} flags queued again)")
         self._say(f"interrupted: every server is stopped; study {i.study} keeps its {i.complete_trials} finished "
-                  f"trials in {i.storage}{cut}. To resume, run the same command again (same --study and --storage).")
+                  f"trial{'' if i.complete_trials == 1 else 's'} in {i.storage}{cut}. To resume, run the same "
+                  "command again (same --study and --storage).")
 
     def trial_finished(self, number: int, baseline: str, result: TrialResult) -> None:
         row = self.rows.setdefault(number, {"flags": short_flags(result.flags), "baseline": baseline})
