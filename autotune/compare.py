@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from autotune.errors import UsageError
-from autotune.fileio import write_text_atomically
+from autotune.fileio import check_file_place, write_text_atomically
 from autotune.flags import changed_flags, effective_flags, normalize_flag_name
 from autotune.hostcpu import host_text
 from autotune.metrics import LATENCY_METRICS, describe_limits, fmt_ms
@@ -329,6 +329,5 @@ def report_html(summaries: Sequence[StudySummary], storage_label: str) -> str:
 def write_report(summaries: Sequence[StudySummary], path: Path, storage_label: str) -> Path:
     """Render first, then write to a temporary file beside ``path`` and rename it over."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise UsageError(f"--html {path}: folder {path.parent} does not exist")
+    check_file_place(path, "--html")
     return write_text_atomically(path, report_html(summaries, storage_label))

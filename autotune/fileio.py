@@ -11,7 +11,7 @@ import yaml
 
 from autotune.errors import UsageError
 
-__all__ = ["write_text_atomically", "read_yaml", "folder_problem"]
+__all__ = ["write_text_atomically", "read_yaml", "folder_problem", "check_file_place"]
 
 
 def read_yaml(path: Path | str, what: str) -> Any:
@@ -54,3 +54,13 @@ def folder_problem(path: Path) -> str:
     except OSError as e:
         return f"making a folder in {parent}: {e.strerror or e}"
     return ""
+
+
+def check_file_place(path: Path | str, option: str) -> None:
+    """Refuse, as a one-line usage error naming ``option``, a file that could not be written at ``path``: its folder
+    missing, or one where nothing can be written. Checked before the work whose result goes there."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise UsageError(f"{option} {path}: folder {folder} does not exist")
+    if problem := folder_problem(folder):
+        raise UsageError(f"{option} {path}: cannot write there ({problem})")

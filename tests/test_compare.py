@@ -109,6 +109,7 @@ def test_compare_prints_the_table_and_writes_a_self_contained_report(capsys, fac
 @pytest.mark.parametrize("args, says", [
     (["compare", "a", "nope"], "no study named 'nope' in this storage"),
     (["compare", "a", "--html", "{tmp}/missing/report.html"], "folder {tmp}/missing does not exist"),
+    (["compare", "a", "--html", "/proc/report.html"], "--html /proc/report.html: cannot write there"),
     (["compare"], "Missing argument 'STUDIES...'"),
 ])
 def test_bad_input_is_one_line(capsys, factory_storage, tmp_path, args, says):

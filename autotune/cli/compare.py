@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autotune.compare import compare_rows, require_plotly, summarize, write_report
+from autotune.fileio import check_file_place
 from autotune.storage import DEFAULT_STORAGE, open_storage_readonly, redact_url
 
 __all__ = ["commands"]
@@ -21,8 +22,9 @@ __all__ = ["commands"]
 def compare(studies: tuple[str, ...], storage: str | None, html_path: Path | None) -> None:
     """Compare studies' winners: throughput at the limit with its interval, P99s, gains over the baselines,
     GPU-minutes, and the flags (those the winners set differently are marked with ≠)."""
-    if html_path is not None:
-        require_plotly()  # before any work: the report is what was asked for
+    if html_path is not None:  # before any work: the report is what was asked for
+        require_plotly()
+        check_file_place(html_path, "--html")
     summaries = summarize(open_storage_readonly(storage), studies)
     if html_path is not None:
         write_report(summaries, html_path, redact_url(storage or DEFAULT_STORAGE))

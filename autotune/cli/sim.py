@@ -189,7 +189,7 @@ def calibrate_cmd(study_name: str, storage: str | None, out: str | None, to: str
     the sim's what-ifs and warm starts then follow this host's steps (--gpu-type FILE)."""
     from pathlib import Path
 
-    from autotune.fileio import folder_problem, write_text_atomically
+    from autotune.fileio import check_file_place, write_text_atomically
     from autotune.jsonsafe import json_safe
     from autotune.gpus import card_file_text, is_card_file, load_gpu
     from autotune.models import resolve_model
@@ -200,10 +200,7 @@ def calibrate_cmd(study_name: str, storage: str | None, out: str | None, to: str
     if not is_card_file(to):
         raise UsageError(f"--to {to}: a card file's name ends in .yaml")
     # before the fit, which takes minutes: a card that cannot be written there would lose it
-    if not Path(to).parent.is_dir():
-        raise UsageError(f"--to {to}: folder {Path(to).parent} does not exist")
-    if problem := folder_problem(Path(to).parent):
-        raise UsageError(f"--to {to}: cannot write the card there ({problem})")
+    check_file_place(to, "--to")
     url = storage or DEFAULT_STORAGE
     study = load_study(study_name, open_storage_readonly(url))
     fingerprint = study_fingerprint(study)
