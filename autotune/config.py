@@ -275,7 +275,10 @@ def _tries(path: str | None, space: SearchSpace, gpus: int) -> tuple[dict[str, A
         searched = set(space.params) | ({"tensor-parallel-size"} if len(space.tp_choices) > 1 else set())
         outside = sorted(set(flags) - searched)
         if outside:
-            raise UsageError(f"--try {path}: {outside[0]} is not searched by the space")
+            # the sampler learns a trial's result as a function of the space's flags alone: a flag outside them
+            # would move one trial's result unseen by it
+            raise UsageError(f"--try {path}: {outside[0]} is not searched by the space: --set {outside[0]}=VALUE "
+                             "gives it to every trial, or --space FILE searches it")
         tp = flags.get("tensor-parallel-size")
         if tp is not None and tp not in space.tp_choices:
             raise UsageError(f"--try {path}: tensor-parallel-size {tp} is not among the space's choices for these "

@@ -122,7 +122,8 @@ def test_bad_space_file(capsys, storage, tmp_path, space, message):
 @pytest.mark.parametrize("point, message", [
     ("max-num-seqs: abc\n", "flag max-num-seqs: 'abc' is not a valid int"),
     ("foo: 1\n", "unknown vLLM flag 'foo'"),
-    ("max-model-len: 4096\n", "max-model-len is not searched by the space"),
+    ("max-model-len: 4096\n", "max-model-len is not searched by the space: --set max-model-len=VALUE gives it to "
+                               "every trial, or --space FILE searches it"),
     ("data-parallel-size: 2\n",
      "data-parallel-size is not set by hand: it follows from --gpus / tensor-parallel-size, here 1 / 1"),
 ])
