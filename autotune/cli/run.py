@@ -180,7 +180,8 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
         each = f" (mean of {', '.join(format(v, ',.0f') for v in runs)})" if len(runs) > 1 else ""
         p99s.append(f"P99 {metric} {'-' if p99 is None else format(p99, ',.0f')} ms{each} ≤ {limit_ms:g} ms")
     console.print(f"[bold green]Best[/]: trial {best['trial']} — {t['mean']:,.0f} output tok/s "
-                  f"(± {t['std']:,.0f}, n={t['n']}) at concurrency {best['concurrency']}, {', '.join(p99s)}; "
+                  f"(± {t['half_width']:,.0f}, {t['confidence']:.0%} interval, n={t['n']}) at concurrency "
+                  f"{best['concurrency']}, {', '.join(p99s)}; "
                   f"{best['output_tok_s_at_limit']:,.0f} tok/s at the limit")
     console.print(f"  {best['vllm_serve_cmd']}", markup=False, highlight=False)
     for name, b in (report.get("baselines") or {}).items():
