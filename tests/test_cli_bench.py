@@ -63,11 +63,16 @@ def test_all_failed_exits_1_with_nulls(server: FakeServer, capsys: pytest.Captur
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--concurrency", "0"], "concurrency must be"),
-    (["--rate", "-2"], "rate must be"),
+    # each names the option it is about, not the load generator's field
+    (["--concurrency", "0"], "Invalid value for '--concurrency': 0 is not in the range x>=1"),
+    (["--rate", "-2"], "Invalid value for '--rate'"),
+    (["--rate", "3", "--burstiness", "0"], "Invalid value for '--burstiness'"),
+    (["--concurrency", "2", "--warmup", "-1"], "Invalid value for '--warmup'"),
+    (["--concurrency", "2", "--timeout-s", "0"], "Invalid value for '--timeout-s'"),
+    (["--rate", "3", "--ramp-s", "-1"], "Invalid value for '--ramp-s'"),
     (["--concurrency", "2", "--rate", "3"], "exactly one of"),
     ([], "exactly one of"),
-    (["--concurrency", "2", "--num-prompts", "0"], "num_prompts"),
+    (["--concurrency", "2", "--num-prompts", "0"], "Invalid value for '--num-prompts'"),
     (["--concurrency", "2", "--workload", "random:x:1"], "IN must be an integer"),
     (["--concurrency", "2", "--slo", "latency=3"], "--slo"),
     (["--concurrency", "2", "--slo", "ttft=-1"], "positive"),

@@ -25,17 +25,19 @@ __all__ = ["bench", "commands"]
                    "with --tokenizer the text is exactly IN tokens of it). A jsonl file "
                    "whose records all have arrival_s is a trace: without --rate its requests are sent at those "
                    "times (--concurrency caps them).")
-@click.option("--concurrency", type=int, default=None,
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
               help="Closed loop: requests in flight, run as a study's load level at that concurrency (its "
                    "warm-up wave, ramp, measured requests and steady window, unless given below).")
-@click.option("--rate", type=float, default=None, help="Open loop: requests per second (Poisson/gamma).")
-@click.option("--burstiness", type=float, default=1.0, show_default=True, help="Gamma shape of arrivals (1 = Poisson).")
-@click.option("--num-prompts", type=int, default=None,
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Open loop: requests per second (Poisson/gamma).")
+@click.option("--burstiness", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Gamma shape of arrivals (1 = Poisson).")
+@click.option("--num-prompts", type=click.IntRange(min=1), default=None,
               help="Measured requests (default: closed loop, a study level's, 3 × concurrency within 32-1500; "
                    "open loop 200; a trace, all of its requests after the warm-up, which this caps).")
-@click.option("--warmup", type=int, default=None,
+@click.option("--warmup", type=click.IntRange(min=0), default=None,
               help="Warm-up requests, not measured (default: closed loop, the first wave, 1 × concurrency; else 0).")
-@click.option("--ramp-s", type=float, default=None,
+@click.option("--ramp-s", type=click.FloatRange(min=0), default=None,
               help="Closed loop: spread the first wave's starts over this many seconds (default 2, a study level's).")
 @click.option("--whole-run", is_flag=True,
               help="Closed loop: throughput over the whole run (first measured start to last end, the drain "
@@ -45,8 +47,8 @@ __all__ = ["bench", "commands"]
 @click.option("--slo", type=LIMITS, default=None, help="Goodput limits in ms, e.g. ttft=500,tpot=50")
 @click.option("--scrape-metrics", is_flag=True, help="Scrape the server's Prometheus /metrics during the run.")
 @click.option("--tokenizer", default=None, help="Local tokenizer folder for exact-length text prompts.")
-@click.option("--timeout-s", "request_timeout_s", type=float, default=600.0, show_default=True,
-              help="Per-request timeout.")
+@click.option("--timeout-s", "request_timeout_s", type=click.FloatRange(min=0, min_open=True), default=600.0,
+              show_default=True, help="Per-request timeout.")
 @click.option("--records", "records_path", type=click.Path(dir_okay=False), default=None,
               help="Write every request's timings here as JSON lines (gzipped if it ends in .gz).")
 @click.option("--records-itl", is_flag=True,
