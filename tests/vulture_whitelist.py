@@ -64,9 +64,10 @@ _.trials_run  # records.py RunRecord: what one invocation ran, for people readin
 # wsgiref's request handler calls log_message for every request (dashboard.py _QuietHandler silences it).
 _.log_message
 
-# click's Group calls list_commands and get_command (cli/__init__.py _LazyGroup overrides them).
+# click's Group calls list_commands, get_command and format_commands (cli/__init__.py _LazyGroup overrides them).
 _.list_commands
 _.get_command
+_.format_commands
 
 # asyncio's BaseEventLoop reads _clock_resolution to fire timers due within it (sim/vclock.py sets it).
 _._clock_resolution
