@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from autotune import journal, records
 from autotune.engines.launcher import stop_all
 from autotune.engines.ledger import stop_leftovers
-from autotune.errors import EngineStartError, Stopped, StorageUnavailable
+from autotune.errors import EngineStartError, Stopped, StorageUnavailable, UsageError
 from autotune.gpu_ids import GpuId
 from autotune.hostcpu import busy_host_caveat
 from autotune.jsonsafe import json_safe
@@ -179,12 +179,29 @@ def open_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage, worker: b
     study = optuna.create_study(study_name=cfg.study_name, storage=storage, direction="maximize",
                                 sampler=_sampler(cfg.seed), load_if_exists=True)
     records.check_fingerprint(study, study_fingerprint(cfg))
+    if worker:
+        _check_heartbeat(study)
     if cfg.run_options is not None:
         records.write_run_options(study, cfg.run_options)
+    if not worker:  # the run's pace is the study's
+        records.write_heartbeat_s(study, heartbeat_s())
     trials_so_far = len(study.get_trials(deepcopy=False))
     if trials_so_far or worker:
         study.sampler = _sampler(sampler_seed(cfg.seed, trials_so_far, worker))
     return study
+
+
+def _check_heartbeat(study: optuna.Study) -> None:
+    """Refuse a worker whose trials' heartbeats (AUTOTUNE_HEARTBEAT_S) come at another pace than its study's run's.
+    Each process fails a trial as dead three of its own heartbeats after that trial's last one: a run beating every
+    second failed a live worker's trial beating every 30 s within seconds (its result kept only in the worker's
+    pending folder, left out of the verdict, its flags queued again), and a worker beating faster than the run would fail the run's trials so."""
+    study_s = records.read_heartbeat_s(study)
+    if study_s is not None and study_s != heartbeat_s():
+        raise UsageError(f"this worker's trials send a heartbeat every {heartbeat_s()} s, the run of study "
+                         f"{study.study_name!r} every {study_s} s, and each process takes the other's running trials "
+                         f"for dead after three of its own: set AUTOTUNE_HEARTBEAT_S={study_s} here, as where the "
+                         "run runs")
 
 
 def _sampler(seed: int) -> optuna.samplers.TPESampler:

@@ -604,3 +604,24 @@ def test_a_retried_trial_stores_its_own_constraint_not_the_dead_trials(tmp_path:
     assert result is not None and result.feasible
     assert copy.system_attrs["constraints:p99_ttft_minus_limit_ms"] == pytest.approx(
         result.constraints_ms({"ttft": 500.0})["ttft"])
+
+
+@pytest.mark.slow
+def test_a_worker_whose_heartbeat_differs_from_its_runs_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """Each process fails a trial as dead three of its own heartbeats after the trial's last one: a run with
+    AUTOTUNE_HEARTBEAT_S=1 failed, within seconds, the live trial of a worker beating every 30 s beside it (on
+    PostgreSQL, by hand: its result kept only in the worker's pending folder, the baseline left out of the verdict)."""
+    from autotune.errors import UsageError
+    from autotune.study import run_worker
+
+    monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "1")
+    cfg = _cfg(tmp_path, trials=0)
+    study = _queued_study(cfg)
+    records.write_search_done(study, False)  # the run searching
+    monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "30")
+    with pytest.raises(UsageError, match="AUTOTUNE_HEARTBEAT_S=1 here"):
+        run_worker(replace(cfg, n_trials=1), open_storage(cfg.storage_url))
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE))
+    monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "1")  # as the run's: it joins
+    outcome = run_worker(replace(cfg, n_trials=1), open_storage(cfg.storage_url))
+    assert outcome.n_trials_run == 1
