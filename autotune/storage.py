@@ -67,7 +67,10 @@ def _lock_sqlite(path: Path) -> None:
     if path in _LOCKS:
         return
     lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a folder that takes no new file: the database could not be written there either
+        raise StorageError(f"storage {path}: cannot create its lock file {lock_path}: {e.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
