@@ -37,8 +37,9 @@ from autotune.models import ModelSpec
 from autotune.profile import Hardware, Profile, Software, build_profile, environment, write_profile
 from autotune.progress import NULL_PROGRESS, Progress, StudyEta, StudyInterrupted, StudyStart, ThreadedProgress
 from autotune.sim.faults import FaultPlan
-from autotune.storage import (MAX_RETRIES, fail_as_dead, fail_dead_processes_trials, heartbeat_s, holds_alone,
-                              record_heartbeat_now, redact_url, retried_trial, stale_after_s, trials_with_heartbeat)
+from autotune.storage import (MAX_RETRIES, fail_as_dead, fail_dead_processes_trials, heartbeat_s, hold_study_run,
+                              holds_alone, record_heartbeat_now, redact_url, retried_trial, stale_after_s,
+                              trials_with_heartbeat)
 from autotune.records import Measurement, StudyFingerprint, TrialRecord, TrialResult
 from autotune.selection import Candidate, LeftOutTrial, LoadCurve, Selection, select_winner, tok_s_stats
 from autotune.space import SearchSpace
@@ -926,6 +927,7 @@ def _recording_run(study: optuna.Study, cfg: StudyConfig) -> Iterator[_Run]:
 def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
               progress: Progress = NULL_PROGRESS) -> StudyOutcome:
     threaded = ThreadedProgress(progress, threading.Lock())
+    hold_study_run(storage, cfg.study_name)
     study = _prepare(cfg, storage, threaded)
     with _recording_run(study, cfg) as run:
         outcome = _run_opened_study(study, cfg, storage, threaded, run)
