@@ -4,9 +4,9 @@ A study stores, as Optuna user attributes:
 - on the study: its :class:`StudyFingerprint` (what its figures were measured on; a resumed study must match),
   the options it was run with (``autotune worker`` builds the same trials from them; no storage URL among them),
   whether its run has finished searching (workers then take no new trial), the seconds between its run's trial
-  heartbeats (a worker must beat as often: each process fails the others' trials by its own), why a run failed another process's
-  trial as dead before its first heartbeat (key ``dead.<trial>``: on the study, so that the copy of the trial
-  queued again does not carry it),
+  heartbeats (a worker must beat as often: each process fails the others' trials by its own), why a run failed
+  another process's trial as dead before its first heartbeat (key ``dead.<trial>``: on the study, so that the copy
+  of the trial queued again does not carry it),
   one :class:`Remeasurement` per re-measured candidate (key ``remeasure.<trial>``, one key each so that
   several processes never rewrite each other's), the :class:`SelectionRecord`, and one :class:`RunRecord` per
   invocation of ``autotune run`` (key ``run.<id>``: its GPU-minutes and the hardware and software it ran on);

@@ -196,7 +196,8 @@ def _check_heartbeat(study: optuna.Study) -> None:
     """Refuse a worker whose trials' heartbeats (AUTOTUNE_HEARTBEAT_S) come at another pace than its study's run's.
     Each process fails a trial as dead three of its own heartbeats after that trial's last one: a run beating every
     second failed a live worker's trial beating every 30 s within seconds (its result kept only in the worker's
-    pending folder, left out of the verdict, its flags queued again), and a worker beating faster than the run would fail the run's trials so."""
+    pending folder, left out of the verdict, its flags queued again), and a worker beating faster than the run
+    would fail the run's trials so."""
     study_s = records.read_heartbeat_s(study)
     if study_s is not None and study_s != heartbeat_s():
         raise UsageError(f"this worker's trials send a heartbeat every {heartbeat_s()} s, the run of study "
