@@ -3,9 +3,10 @@
 A study stores, as Optuna user attributes:
 - on the study: its :class:`StudyFingerprint` (what its figures were measured on; a resumed study must match),
   the options it was run with (``autotune worker`` builds the same trials from them; no storage URL among them),
-  whether its run has finished searching (workers then take no new trial), why a run failed another process's
-  trial as dead before its first heartbeat (key ``dead.<trial>``: on the study, so that the copy of the trial
-  queued again does not carry it),
+  whether its run has finished searching (workers then take no new trial), the seconds between its run's trial
+  heartbeats (a worker must beat as often: each process fails the others' trials by its own), why a run failed
+  another process's trial as dead before its first heartbeat (key ``dead.<trial>``: on the study, so that the copy
+  of the trial queued again does not carry it),
   one :class:`Remeasurement` per re-measured candidate (key ``remeasure.<trial>``, one key each so that
   several processes never rewrite each other's), the :class:`SelectionRecord`, and one :class:`RunRecord` per
   invocation of ``autotune run`` (key ``run.<id>``: its GPU-minutes and the hardware and software it ran on);
@@ -47,7 +48,7 @@ __all__ = [
     "read_run_options", "write_run", "read_runs", "read_remeasurements", "MEMORY_PLAN_REFUSED", "flags_key",
     "sampled", "known_trial_with_flags", "write_same_flags", "not_run", "not_run_text", "describe_not_run",
     "write_not_started", "requeue_user_attrs", "write_declared_dead",
-    "read_declared_dead",
+    "read_declared_dead", "write_heartbeat_s", "read_heartbeat_s",
 ]
 
 # Stored with the fingerprint. A study written by another version of these records is refused on resume
@@ -66,6 +67,7 @@ _SELECTION_KEY = "selection"
 _REMEASURE_PREFIX = "remeasure."
 _SEARCH_DONE_KEY = "search_done"
 _RUN_OPTIONS_KEY = "run_options"
+_HEARTBEAT_KEY = "heartbeat_s"
 _REPLAYED_FROM = "replayed_from_trial"
 _SAME_FLAGS_AS = "same_flags_as_trial"
 _RUN_PREFIX = "run."
@@ -812,3 +814,14 @@ def write_run_options(study: optuna.Study, options: Mapping[str, Any]) -> None:
 def read_run_options(study: optuna.Study) -> dict[str, Any] | None:
     data = study.user_attrs.get(_RUN_OPTIONS_KEY)
     return dict(data) if data is not None else None
+
+
+def write_heartbeat_s(study: optuna.Study, heartbeat_s: int) -> None:
+    """The seconds between the trial heartbeats of the study's run (AUTOTUNE_HEARTBEAT_S where it runs)."""
+    study.set_user_attr(_HEARTBEAT_KEY, heartbeat_s)
+
+
+def read_heartbeat_s(study: optuna.Study) -> int | None:
+    """:func:`write_heartbeat_s`'s seconds; None for a study whose run did not record them (an older version)."""
+    data = study.user_attrs.get(_HEARTBEAT_KEY)
+    return int(data) if data is not None else None

@@ -6,6 +6,7 @@ workers or machines share one study. Database errors become :class:`StorageError
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import re
 import threading
@@ -22,7 +23,7 @@ from autotune.errors import StorageError, StorageUnavailable, UsageError
 
 __all__ = ["DEFAULT_STORAGE", "open_storage", "open_storage_readonly", "redact_url", "load_study", "study_names",
            "sqlite_dir", "holds_alone", "fail_dead_processes_trials", "heartbeat_s", "stale_after_s", "retried_trial",
-           "MAX_RETRIES", "record_heartbeat_now", "fail_as_dead", "trials_with_heartbeat"]
+           "MAX_RETRIES", "record_heartbeat_now", "fail_as_dead", "trials_with_heartbeat", "hold_study_run"]
 
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 # How often a trial cut short (a signal, a dead worker) is queued again: a point that kills its worker every time
@@ -67,7 +68,10 @@ def _lock_sqlite(path: Path) -> None:
     if path in _LOCKS:
         return
     lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a folder that takes no new file: the database could not be written there either
+        raise StorageError(f"storage {path}: cannot create its lock file {lock_path}: {e.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -79,6 +83,42 @@ def _lock_sqlite(path: Path) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()}".encode())
     _LOCKS[path] = fd
+
+
+# Connections that hold a PostgreSQL advisory lock on a study's run, by database and study, for the life of this
+# process: the server drops the lock when the connection ends, however this process ends (a SIGKILL closes it).
+_RUN_LOCKS: dict[tuple[str, str], sqlalchemy.engine.Connection] = {}
+# How soon the server finds the lock's connection dead when its machine is gone without closing it (no FIN):
+# keepalive probes after this many idle seconds, this far apart, this many (~1 min), not the kernel's 2 hours.
+_LOCK_KEEPALIVE = {"tcp_keepalives_idle": 30, "tcp_keepalives_interval": 10, "tcp_keepalives_count": 3}
+
+
+def hold_study_run(storage: optuna.storages.BaseStorage, study_name: str) -> None:
+    """Refuse a second `autotune run` of one study in PostgreSQL while the first lives (SQLite refuses any second
+    process: :func:`_lock_sqlite`). Two runs at once both re-measured the same finalists, each stored its own
+    re-measurements of a trial over the other's (one run's measurement lost), and each printed a verdict that
+    `best` did not show. Workers join a run instead. Held until this process ends; nothing for other storages."""
+    if not isinstance(storage, optuna.storages.RDBStorage) or storage.engine.dialect.name != "postgresql":
+        return
+    held = (storage.engine.url.render_as_string(hide_password=True), study_name)
+    if held in _RUN_LOCKS:  # this process's own run, again (a study resumed from one Python session)
+        return
+    key = int.from_bytes(hashlib.blake2b(f"autotune run {study_name}".encode(), digest_size=8).digest(), "big",
+                         signed=True)
+    try:
+        connection = storage.engine.connect()
+        for setting, value in _LOCK_KEEPALIVE.items():
+            connection.execute(sqlalchemy.text(f"SET {setting} = {int(value)}"))
+        locked = connection.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar()
+        connection.commit()  # the lock is the session's: no transaction left open while the study runs
+    except SQLAlchemyError as e:
+        raise StorageUnavailable(f"cannot reach storage {held[0]}: {_first_line(e)}") from None
+    if not locked:
+        connection.close()
+        raise UsageError(f"study {study_name!r} is being run by another `autotune run` on this database; join it "
+                         f"with `autotune worker --study {study_name} --storage URL`, or run it again once that run "
+                         "has ended")
+    _RUN_LOCKS[held] = connection
 
 
 class _RDBStorage(optuna.storages.RDBStorage):

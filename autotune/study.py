@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from autotune import journal, records
 from autotune.engines.launcher import stop_all
 from autotune.engines.ledger import stop_leftovers
-from autotune.errors import EngineStartError, Stopped, StorageUnavailable
+from autotune.errors import EngineStartError, Stopped, StorageUnavailable, UsageError
 from autotune.gpu_ids import GpuId
 from autotune.hostcpu import busy_host_caveat
 from autotune.jsonsafe import json_safe
@@ -37,8 +37,9 @@ from autotune.models import ModelSpec
 from autotune.profile import Hardware, Profile, Software, build_profile, environment, write_profile
 from autotune.progress import NULL_PROGRESS, Progress, StudyEta, StudyInterrupted, StudyStart, ThreadedProgress
 from autotune.sim.faults import FaultPlan
-from autotune.storage import (MAX_RETRIES, fail_as_dead, fail_dead_processes_trials, heartbeat_s, holds_alone,
-                              record_heartbeat_now, redact_url, retried_trial, stale_after_s, trials_with_heartbeat)
+from autotune.storage import (MAX_RETRIES, fail_as_dead, fail_dead_processes_trials, heartbeat_s, hold_study_run,
+                              holds_alone, record_heartbeat_now, redact_url, retried_trial, stale_after_s,
+                              trials_with_heartbeat)
 from autotune.records import Measurement, StudyFingerprint, TrialRecord, TrialResult
 from autotune.selection import Candidate, LeftOutTrial, LoadCurve, Selection, select_winner, tok_s_stats
 from autotune.space import SearchSpace
@@ -179,12 +180,30 @@ def open_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage, worker: b
     study = optuna.create_study(study_name=cfg.study_name, storage=storage, direction="maximize",
                                 sampler=_sampler(cfg.seed), load_if_exists=True)
     records.check_fingerprint(study, study_fingerprint(cfg))
+    if worker:
+        _check_heartbeat(study)
     if cfg.run_options is not None:
         records.write_run_options(study, cfg.run_options)
+    if not worker:  # the run's pace is the study's
+        records.write_heartbeat_s(study, heartbeat_s())
     trials_so_far = len(study.get_trials(deepcopy=False))
     if trials_so_far or worker:
         study.sampler = _sampler(sampler_seed(cfg.seed, trials_so_far, worker))
     return study
+
+
+def _check_heartbeat(study: optuna.Study) -> None:
+    """Refuse a worker whose trials' heartbeats (AUTOTUNE_HEARTBEAT_S) come at another pace than its study's run's.
+    Each process fails a trial as dead three of its own heartbeats after that trial's last one: a run beating every
+    second failed a live worker's trial beating every 30 s within seconds (its result kept only in the worker's
+    pending folder, left out of the verdict, its flags queued again), and a worker beating faster than the run
+    would fail the run's trials so."""
+    study_s = records.read_heartbeat_s(study)
+    if study_s is not None and study_s != heartbeat_s():
+        raise UsageError(f"this worker's trials send a heartbeat every {heartbeat_s()} s, the run of study "
+                         f"{study.study_name!r} every {study_s} s, and each process takes the other's running trials "
+                         f"for dead after three of its own: set AUTOTUNE_HEARTBEAT_S={study_s} here, as where the "
+                         "run runs")
 
 
 def _sampler(seed: int) -> optuna.samplers.TPESampler:
@@ -304,8 +323,7 @@ def _objective(cfg: StudyConfig, slot: tuple[GpuId, ...], progress: ThreadedProg
         journal.keep(_journal_dir(cfg), trial, records.finished_trial_attrs(trial, result), constraints,
                      float(result.output_tok_s))
         records.write_trial_result(trial, result)
-        for key, value in constraints.items():  # one constraint per limit
-            trial.set_constraint(key, value)
+        _set_constraints(trial, constraints)
         progress.trial_finished(trial.number, baseline, result)
         if remeasure_baselines and baseline and result.feasible and cfg.repeats > 0:
             trials = records.read_trials(trial.study)
@@ -315,6 +333,25 @@ def _objective(cfg: StudyConfig, slot: tuple[GpuId, ...], progress: ThreadedProg
         return float(result.output_tok_s)
 
     return objective
+
+
+# How Optuna stores a trial's constraint (set_constraint) among its system attrs: "constraints:<key>".
+_OPTUNA_CONSTRAINT_PREFIX = "constraints:"
+
+
+def _set_constraints(trial: optuna.Trial, constraints: Mapping[str, float]) -> None:
+    """Store the trial's constraints, one per limit, as measured here. A copy that Optuna's retry callback queued
+    holds the failed trial's system attrs, its constraints among them where they were stored (a baseline whose
+    process died in its re-measurement, which runs inside its trial): Optuna's set_constraint keeps a constraint
+    already set, with a UserWarning on the console, so the sampler would learn the dead trial's figures for this
+    one. Those are replaced."""
+    inherited = trial.storage.get_trial_system_attrs(trial._trial_id)  # noqa: SLF001 - the trial's own id
+    for key, value in constraints.items():
+        if _OPTUNA_CONSTRAINT_PREFIX + key in inherited:
+            trial.storage.set_trial_system_attr(trial._trial_id, _OPTUNA_CONSTRAINT_PREFIX + key,  # noqa: SLF001
+                                                float(value))
+        else:
+            trial.set_constraint(key, value)
 
 
 def _known_outcome(number: int, frozen: list[optuna.trial.FrozenTrial], trials: list[TrialRecord],
@@ -891,6 +928,7 @@ def _recording_run(study: optuna.Study, cfg: StudyConfig) -> Iterator[_Run]:
 def run_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
               progress: Progress = NULL_PROGRESS) -> StudyOutcome:
     threaded = ThreadedProgress(progress, threading.Lock())
+    hold_study_run(storage, cfg.study_name)
     study = _prepare(cfg, storage, threaded)
     with _recording_run(study, cfg) as run:
         outcome = _run_opened_study(study, cfg, storage, threaded, run)

@@ -157,6 +157,15 @@ def test_unreachable_storage(capsys, url, message):
     assert message in err and "secret" not in err and "Traceback" not in err
 
 
+def test_a_sqlite_storage_whose_lock_file_cannot_be_made_is_one_line(capsys, tmp_path):
+    """A SQLite file in a folder that takes no new file (unwritable; here the lock file's name taken by a folder)
+    ended the run as Python's error ("autotune: error: FileNotFoundError: ...", exit 1), not naming the storage."""
+    (tmp_path / "s.db.lock").mkdir()
+    code, _, err = run_cli(capsys, *BASE, "--storage", f"sqlite:///{tmp_path}/s.db", "--model", "flash",
+                           "--p99-ms", "500")
+    assert code == 2 and err.count("\n") == 1 and "lock file" in err and "s.db" in err, err
+
+
 def test_a_storage_it_cannot_open_is_the_only_line_under_the_auto_engine(capsys, monkeypatch):
     """``--engine auto`` on a machine without vLLM falls back to the sim with a notice; a storage it cannot open
     still ends the run on one line, the notice not printed before it."""

@@ -576,3 +576,52 @@ def test_a_worker_trial_failed_elsewhere_as_it_finds_the_search_ended_says_so(tm
     assert [t.number for t in study.trials if retried_trial(t) == taken[0]]  # the run's copy, and only it
     assert len([t for t in study.trials if records.queued_baseline(t) == "vllm-defaults"
                 and t.state == optuna.trial.TrialState.WAITING]) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the storage's own retry callback
+def test_a_retried_trial_stores_its_own_constraint_not_the_dead_trials(tmp_path: Path) -> None:
+    """A baseline's constraint is stored before its re-measurement (run inside its trial); its process dies there,
+    and Optuna's retry copies the dead trial's system attrs, its constraint among them, into the queued copy. The
+    process that ran the copy set its own constraint: Optuna kept the dead trial's (the sampler learnt those
+    figures for the copy) and printed its "The constraint value is ignored" UserWarning, two raw lines, on the
+    console."""
+    import warnings
+
+    cfg = _cfg(tmp_path, trials=0)
+    study = _queued_study(cfg)
+    dead = study.ask()  # the vllm-defaults baseline, popped from the queue
+    dead.set_constraint("p99_ttft_minus_limit_ms", 12345.0)  # what the dead process had stored
+    _fail_and_queue_again(study, dead)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_study(replace(cfg, n_trials=2), open_storage(cfg.storage_url))  # seed-profile, then the copy
+    assert not [w for w in caught if "constraint" in str(w.message)]
+    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url)
+    copy = _copy_of(study, dead.number)
+    assert copy.state == optuna.trial.TrialState.COMPLETE
+    result = records.read_trial(copy).result
+    assert result is not None and result.feasible
+    assert copy.system_attrs["constraints:p99_ttft_minus_limit_ms"] == pytest.approx(
+        result.constraints_ms({"ttft": 500.0})["ttft"])
+
+
+@pytest.mark.slow
+def test_a_worker_whose_heartbeat_differs_from_its_runs_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """Each process fails a trial as dead three of its own heartbeats after the trial's last one: a run with
+    AUTOTUNE_HEARTBEAT_S=1 failed, within seconds, the live trial of a worker beating every 30 s beside it (on
+    PostgreSQL, by hand: its result kept only in the worker's pending folder, the baseline left out of the verdict)."""
+    from autotune.errors import UsageError
+    from autotune.study import run_worker
+
+    monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "1")
+    cfg = _cfg(tmp_path, trials=0)
+    study = _queued_study(cfg)
+    records.write_search_done(study, False)  # the run searching
+    monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "30")
+    with pytest.raises(UsageError, match="AUTOTUNE_HEARTBEAT_S=1 here"):
+        run_worker(replace(cfg, n_trials=1), open_storage(cfg.storage_url))
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE))
+    monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "1")  # as the run's: it joins
+    outcome = run_worker(replace(cfg, n_trials=1), open_storage(cfg.storage_url))
+    assert outcome.n_trials_run == 1

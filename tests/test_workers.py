@@ -223,3 +223,28 @@ def test_a_worker_ctrl_c_leaves_the_trials_of_the_run_beside_it_alone(postgres, 
         _kill_left(run, worker)
     study = optuna.load_study(study_name="ctrlc", storage=url)
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+
+def test_a_second_run_of_a_study_that_a_live_run_holds_is_refused(postgres, tmp_path: Path) -> None:
+    """Two `autotune run`s of one study at once (by hand) both re-measured the same finalist: each stored its own
+    re-measurement of the trial over the other's, one run's measurement lost, and the first run printed a verdict
+    that `best` did not show. The second is refused while the first lives; once it has ended, it runs."""
+    url = postgres.url
+    first = subprocess.Popen(_run_args(url, "held", tmp_path / "first", 4), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        _wait(lambda: (s := _study(url, "held")) is not None and records.read_run_options(s), 120, "the study")
+        second = subprocess.run(_run_args(url, "held", tmp_path / "second", 1), capture_output=True, text=True,
+                                env=_env(), timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert first.poll() is None  # refused while the first lived
+        assert "is being run by another `autotune run`" in second.stderr and "autotune worker" in second.stderr
+        assert second.stderr.count("\n") == 1 and postgres.password not in second.stderr
+        _, err = first.communicate(timeout=400)
+        assert first.returncode in (0, 3), err
+    finally:
+        _kill_left(first)
+    again = subprocess.run(_run_args(url, "held", tmp_path / "second", 0), capture_output=True, text=True,
+                           env=_env(), timeout=120)
+    assert again.returncode in (0, 3), again.stderr
