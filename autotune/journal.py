@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -71,12 +70,7 @@ def replay(study: optuna.Study, folder: Path) -> list[int]:
         if retry is not None:
             for key, value in user_attrs.items():
                 retry.set_user_attr(key, value)
-            with warnings.catch_warnings():
-                # Optuna's copy holds the original's constraints where they were stored (a trial cut in its
-                # baseline's re-measurement): the same values, kept; Optuna would print a warning for each
-                warnings.filterwarnings("ignore", message="The constraint value is ignored", category=UserWarning)
-                for key, value in entry["constraints"].items():
-                    retry.set_constraint(key, value)
+            records.write_constraints(retry, entry["constraints"])
             study.tell(retry, entry["value"])
         else:
             study.add_trial(optuna.trial.create_trial(

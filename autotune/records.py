@@ -48,7 +48,7 @@ __all__ = [
     "read_run_options", "write_run", "read_runs", "read_remeasurements", "MEMORY_PLAN_REFUSED", "flags_key",
     "sampled", "known_trial_with_flags", "write_same_flags", "not_run", "not_run_text", "describe_not_run",
     "write_not_started", "requeue_user_attrs", "write_declared_dead",
-    "read_declared_dead", "write_heartbeat_s", "read_heartbeat_s",
+    "read_declared_dead", "write_heartbeat_s", "read_heartbeat_s", "write_constraints",
 ]
 
 # Stored with the fingerprint. A study written by another version of these records is refused on resume
@@ -825,3 +825,22 @@ def read_heartbeat_s(study: optuna.Study) -> int | None:
     """:func:`write_heartbeat_s`'s seconds; None for a study whose run did not record them (an older version)."""
     data = study.user_attrs.get(_HEARTBEAT_KEY)
     return int(data) if data is not None else None
+
+
+# How Optuna stores a trial's constraint (Trial.set_constraint) among its system attrs: "constraints:<key>".
+_OPTUNA_CONSTRAINT_PREFIX = "constraints:"
+
+
+def write_constraints(trial: optuna.Trial, constraints: Mapping[str, float]) -> None:
+    """Store the trial's constraints, one per limit. A copy that Optuna's retry callback queued holds the failed
+    trial's system attrs, its constraints among them where they were stored (a baseline whose process died in its
+    re-measurement, which runs inside its trial): Optuna's set_constraint keeps a constraint already set, with a
+    UserWarning on the console, so the sampler would learn the dead trial's figures for this one. Those are
+    replaced."""
+    inherited = trial.storage.get_trial_system_attrs(trial._trial_id)  # noqa: SLF001 - the trial's own id
+    for key, value in constraints.items():
+        if _OPTUNA_CONSTRAINT_PREFIX + key in inherited:
+            trial.storage.set_trial_system_attr(trial._trial_id, _OPTUNA_CONSTRAINT_PREFIX + key,  # noqa: SLF001
+                                                float(value))
+        else:
+            trial.set_constraint(key, value)

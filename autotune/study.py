@@ -323,7 +323,7 @@ def _objective(cfg: StudyConfig, slot: tuple[GpuId, ...], progress: ThreadedProg
         journal.keep(_journal_dir(cfg), trial, records.finished_trial_attrs(trial, result), constraints,
                      float(result.output_tok_s))
         records.write_trial_result(trial, result)
-        _set_constraints(trial, constraints)
+        records.write_constraints(trial, constraints)
         progress.trial_finished(trial.number, baseline, result)
         if remeasure_baselines and baseline and result.feasible and cfg.repeats > 0:
             trials = records.read_trials(trial.study)
@@ -333,25 +333,6 @@ def _objective(cfg: StudyConfig, slot: tuple[GpuId, ...], progress: ThreadedProg
         return float(result.output_tok_s)
 
     return objective
-
-
-# How Optuna stores a trial's constraint (set_constraint) among its system attrs: "constraints:<key>".
-_OPTUNA_CONSTRAINT_PREFIX = "constraints:"
-
-
-def _set_constraints(trial: optuna.Trial, constraints: Mapping[str, float]) -> None:
-    """Store the trial's constraints, one per limit, as measured here. A copy that Optuna's retry callback queued
-    holds the failed trial's system attrs, its constraints among them where they were stored (a baseline whose
-    process died in its re-measurement, which runs inside its trial): Optuna's set_constraint keeps a constraint
-    already set, with a UserWarning on the console, so the sampler would learn the dead trial's figures for this
-    one. Those are replaced."""
-    inherited = trial.storage.get_trial_system_attrs(trial._trial_id)  # noqa: SLF001 - the trial's own id
-    for key, value in constraints.items():
-        if _OPTUNA_CONSTRAINT_PREFIX + key in inherited:
-            trial.storage.set_trial_system_attr(trial._trial_id, _OPTUNA_CONSTRAINT_PREFIX + key,  # noqa: SLF001
-                                                float(value))
-        else:
-            trial.set_constraint(key, value)
 
 
 def _known_outcome(number: int, frozen: list[optuna.trial.FrozenTrial], trials: list[TrialRecord],
@@ -377,8 +358,8 @@ def _not_run(trial: optuna.Trial, earlier: TrialRecord, limits_ms: Mapping[str, 
     result = earlier.result
     assert result is not None
     records.write_same_flags(trial, earlier.number)
-    for metric, value in result.constraints_ms(limits_ms).items():
-        trial.set_constraint(constraint_key(metric), value)
+    records.write_constraints(trial, {constraint_key(metric): value
+                                      for metric, value in result.constraints_ms(limits_ms).items()})
     progress.trial_not_run(trial.number, earlier.number, result)
     return float(result.output_tok_s)
 
