@@ -223,10 +223,11 @@ def fail_as_dead(study: optuna.Study, storage: optuna.storages.RDBStorage, numbe
         retry(study, storage.get_trial(trial_id))
 
 
-def open_storage(url: str | None, create_dirs: bool = True, exclusive: bool = False) -> optuna.storages.RDBStorage:
+def open_storage(url: str | None, create: bool = True, exclusive: bool = False) -> optuna.storages.RDBStorage:
     """Open (and create the schema of) the storage at ``url``: a bad URL is a StorageError (exit 2), a database
-    that does not answer StorageUnavailable (exit 1). ``exclusive``: this process runs trials; on SQLite no other
-    process may (:func:`_lock_sqlite`)."""
+    that does not answer StorageUnavailable (exit 1). ``create`` False: a SQLite database must exist already (a
+    worker joins a study a run made), and none is made where it does not. ``exclusive``: this process runs trials;
+    on SQLite no other process may (:func:`_lock_sqlite`)."""
     url = url or DEFAULT_STORAGE
     try:
         parsed = make_url(url)
@@ -235,15 +236,18 @@ def open_storage(url: str | None, create_dirs: bool = True, exclusive: bool = Fa
                            "(e.g. sqlite:///studies/autotune.db or postgresql+psycopg://user:pw@host/db)") from None
     folder = sqlite_dir(url)
     if folder is not None:
-        if create_dirs:
+        database = Path(str(parsed.database)).expanduser().resolve()
+        if create:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise StorageError(f"cannot create {folder} for storage {url}: {e.strerror}") from None
         elif not folder.is_dir():
             raise StorageError(f"storage {url}: folder {folder} does not exist")
+        elif not database.is_file():
+            raise StorageError(f"storage {url}: no database at {database}")
         if exclusive:
-            _lock_sqlite(Path(str(parsed.database)).expanduser().resolve())
+            _lock_sqlite(database)
     kwargs: dict = {}
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 60}

@@ -321,6 +321,15 @@ def test_a_workers_own_bad_option_is_named_not_blamed_on_the_study(capsys, tmp_p
     assert capsys.readouterr().err == message
 
 
+def test_a_worker_on_a_sqlite_file_that_is_not_there_makes_none(capsys, tmp_path):
+    """A worker joins a study a run made: it made an empty database and its lock file before saying the study was
+    not there."""
+    url = f"sqlite:///{tmp_path}/typo.db"
+    assert main(["worker", "--study", "s", "--storage", url]) == 2
+    assert capsys.readouterr().err == f"autotune: error: storage {url}: no database at {tmp_path}/typo.db\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_worker_joins_a_study_whose_stored_start_lies_above_its_ceiling(tmp_path):
     """An earlier version stored its default start (8) beside --max-concurrency 4 and searched from 4: a worker of
     this version joins it, and its search starts at the ceiling as that run's did."""

@@ -37,7 +37,7 @@ def worker(study_name: str, storage: str, as_json: bool, timeout: float | None, 
     from autotune.cli.ui import JsonView, StudyView
     from autotune.engines.launcher import install_signal_handlers
 
-    store = open_storage(storage, create_dirs=False, exclusive=True)
+    store = open_storage(storage, create=False, exclusive=True)
     study = load_study(study_name, store)
     stored = records.read_run_options(study)
     try:
