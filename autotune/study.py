@@ -258,9 +258,9 @@ def _objective(cfg: StudyConfig, slot: tuple[GpuId, ...], progress: ThreadedProg
     ends with what it measured: recorded as ``interrupted`` with its levels, then failed (``Stopped``).
 
     It starts by recording a heartbeat: a trial without one never got past Optuna's ask, and a trial whose process
-    died there has no heartbeat for Optuna's stale check to find stopped (_wait_for_others_trials judges those). Where another process failed the
-    trial under this one (taken for dead), its number goes to ``failed_elsewhere`` and Optuna's tell, refused,
-    raises (_one_trial).
+    died there has no heartbeat for Optuna's stale check to find stopped (_wait_for_others_trials judges those).
+    Where another process failed the trial under this one (taken for dead), its number goes to
+    ``failed_elsewhere`` and Optuna's tell, refused, raises (_one_trial).
 
     ``until_search_done`` (a worker): a trial that Optuna's ask created once the run had ended its search is not
     run (``_SearchDone``), its queued point queued again.
