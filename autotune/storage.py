@@ -235,6 +235,7 @@ def open_storage(url: str | None, create: bool = True, exclusive: bool = False) 
         raise StorageError(f"storage URL {redact_url(url)!r} is not a valid SQLAlchemy URL "
                            "(e.g. sqlite:///studies/autotune.db or postgresql+psycopg://user:pw@host/db)") from None
     folder = sqlite_dir(url)
+    opened = url  # the URL SQLAlchemy is given; messages name the one given here
     if folder is not None:
         database = Path(str(parsed.database)).expanduser().resolve()
         if create:
@@ -248,6 +249,9 @@ def open_storage(url: str | None, create: bool = True, exclusive: bool = False) 
             raise StorageError(f"storage {url}: no database at {database}")
         if exclusive:
             _lock_sqlite(database)
+        # SQLite opens the URL's path as written, "~" a folder of the current one: it is handed the file that was
+        # checked and locked above
+        opened = parsed.set(database=str(database)).render_as_string(hide_password=False)
     kwargs: dict = {}
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 60}
@@ -259,7 +263,7 @@ def open_storage(url: str | None, create: bool = True, exclusive: bool = False) 
     try:
         # Heartbeats let a later run mark trials of a crashed worker as failed instead of RUNNING forever.
         return _RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s(), grace_period=stale_after_s(),
+            opened, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s(), grace_period=stale_after_s(),
             skip_compatibility_check=False,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
     except ImportError as e:
