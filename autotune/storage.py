@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shlex
 import threading
 import warnings
 from collections.abc import Sequence
@@ -116,8 +117,8 @@ def hold_study_run(storage: optuna.storages.BaseStorage, study_name: str) -> Non
     if not locked:
         connection.close()
         raise UsageError(f"study {study_name!r} is being run by another `autotune run` on this database; join it "
-                         f"with `autotune worker --study {study_name} --storage URL`, or run it again once that run "
-                         "has ended")
+                         f"with `autotune worker --study {shlex.quote(study_name)} --storage URL`, or run it again "
+                         "once that run has ended")
     _RUN_LOCKS[held] = connection
 
 
