@@ -102,8 +102,14 @@ def hold_study_run(storage: optuna.storages.BaseStorage, study_name: str) -> Non
     if not isinstance(storage, optuna.storages.RDBStorage) or storage.engine.dialect.name != "postgresql":
         return
     held = (storage.engine.url.render_as_string(hide_password=True), study_name)
-    if held in _RUN_LOCKS:  # this process's own run, again (a study resumed from one Python session)
-        return
+    if (holder := _RUN_LOCKS.get(held)) is not None:  # this process's own run, again (resumed in one Python session)
+        try:
+            holder.execute(sqlalchemy.text("SELECT 1"))
+            holder.commit()
+            return
+        except SQLAlchemyError:  # its connection lost with the database, and the lock with it: taken again below
+            del _RUN_LOCKS[held]
+            holder.close()
     key = int.from_bytes(hashlib.blake2b(f"autotune run {study_name}".encode(), digest_size=8).digest(), "big",
                          signed=True)
     try:

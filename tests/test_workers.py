@@ -269,3 +269,22 @@ def test_a_refused_run_is_one_line_under_the_auto_engine_and_names_a_worker_comm
     command = second.stderr.split("join it with `")[1].split("`")[0]
     assert shlex.split(command) == ["autotune", "worker", "--study", name, "--storage", "URL"], command
 
+
+def test_a_run_resumed_in_one_process_after_its_database_was_lost_holds_its_study_again(postgres) -> None:
+    """The lock lives on its own connection, which the database's loss ends: a run resumed from the same Python
+    session found that connection among its held locks and went on without the lock, another run then not
+    refused."""
+    from autotune.storage import _RUN_LOCKS, hold_study_run, open_storage
+
+    probe = ("from autotune.storage import hold_study_run, open_storage; "
+             f"hold_study_run(open_storage({postgres.url!r}), 'lost')")
+    storage = open_storage(postgres.url)
+    hold_study_run(storage, "lost")
+    try:
+        postgres.stop()
+        postgres.start()
+        hold_study_run(storage, "lost")  # the resumed run
+        other = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_env(), timeout=60)
+    finally:
+        _RUN_LOCKS.pop(next(k for k in _RUN_LOCKS if k[1] == "lost")).close()
+    assert other.returncode != 0 and "is being run by another `autotune run`" in other.stderr, other.stderr
