@@ -60,7 +60,11 @@ def check_file_place(path: Path | str, option: str) -> None:
     """Refuse, as a one-line usage error naming ``option``, a file that could not be written at ``path``: its folder
     missing, or one where nothing can be written. Checked before the work whose result goes there."""
     folder = Path(path).parent
-    if not folder.is_dir():
-        raise UsageError(f"{option} {path}: folder {folder} does not exist")
+    try:  # both raise, rather than answer False, for a folder on the way that cannot be searched or a name too long
+        if not folder.is_dir():
+            raise UsageError(f"{option} {path}: folder {folder} does not exist")
+        Path(path).exists()
+    except OSError as e:
+        raise UsageError(f"{option} {path}: cannot write there ({e.strerror or e})") from None
     if problem := folder_problem(folder):
         raise UsageError(f"{option} {path}: cannot write there ({problem})")

@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shlex
 import threading
 import warnings
 from collections.abc import Sequence
@@ -101,8 +102,14 @@ def hold_study_run(storage: optuna.storages.BaseStorage, study_name: str) -> Non
     if not isinstance(storage, optuna.storages.RDBStorage) or storage.engine.dialect.name != "postgresql":
         return
     held = (storage.engine.url.render_as_string(hide_password=True), study_name)
-    if held in _RUN_LOCKS:  # this process's own run, again (a study resumed from one Python session)
-        return
+    if (holder := _RUN_LOCKS.get(held)) is not None:  # this process's own run, again (resumed in one Python session)
+        try:
+            holder.execute(sqlalchemy.text("SELECT 1"))
+            holder.commit()
+            return
+        except SQLAlchemyError:  # its connection lost with the database, and the lock with it: taken again below
+            del _RUN_LOCKS[held]
+            holder.close()
     key = int.from_bytes(hashlib.blake2b(f"autotune run {study_name}".encode(), digest_size=8).digest(), "big",
                          signed=True)
     try:
@@ -116,8 +123,8 @@ def hold_study_run(storage: optuna.storages.BaseStorage, study_name: str) -> Non
     if not locked:
         connection.close()
         raise UsageError(f"study {study_name!r} is being run by another `autotune run` on this database; join it "
-                         f"with `autotune worker --study {study_name} --storage URL`, or run it again once that run "
-                         "has ended")
+                         f"with `autotune worker --study {shlex.quote(study_name)} --storage URL`, or run it again "
+                         "once that run has ended")
     _RUN_LOCKS[held] = connection
 
 
@@ -235,6 +242,7 @@ def open_storage(url: str | None, create: bool = True, exclusive: bool = False) 
         raise StorageError(f"storage URL {redact_url(url)!r} is not a valid SQLAlchemy URL "
                            "(e.g. sqlite:///studies/autotune.db or postgresql+psycopg://user:pw@host/db)") from None
     folder = sqlite_dir(url)
+    opened = url  # the URL SQLAlchemy is given; messages name the one given here
     if folder is not None:
         database = Path(str(parsed.database)).expanduser().resolve()
         if create:
@@ -248,6 +256,9 @@ def open_storage(url: str | None, create: bool = True, exclusive: bool = False) 
             raise StorageError(f"storage {url}: no database at {database}")
         if exclusive:
             _lock_sqlite(database)
+        # SQLite opens the URL's path as written, "~" a folder of the current one: it is handed the file that was
+        # checked and locked above
+        opened = parsed.set(database=str(database)).render_as_string(hide_password=False)
     kwargs: dict = {}
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 60}
@@ -259,7 +270,7 @@ def open_storage(url: str | None, create: bool = True, exclusive: bool = False) 
     try:
         # Heartbeats let a later run mark trials of a crashed worker as failed instead of RUNNING forever.
         return _RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s(), grace_period=stale_after_s(),
+            opened, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s(), grace_period=stale_after_s(),
             skip_compatibility_check=False,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
     except ImportError as e:

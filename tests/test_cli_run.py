@@ -330,6 +330,25 @@ def test_a_worker_on_a_sqlite_file_that_is_not_there_makes_none(capsys, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_sqlite_storage_under_home_is_the_file_there_not_one_in_a_folder_named_tilde(tmp_path, monkeypatch):
+    """sqlite:///~/s.db: the checks and the lock took ~ as the home folder, and SQLite opened the URL's path as
+    written, ./~/s.db: a worker found HOME/s.db there and then made an empty database in a folder named "~" (its
+    study not found), or ended in 'unable to open database file', exit 1; a run wrote its study there."""
+    import optuna
+
+    from autotune.storage import open_storage
+
+    home, here = tmp_path / "home", tmp_path / "here"
+    home.mkdir()
+    (here / "~").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    optuna.create_study(study_name="s", storage=f"sqlite:///{home}/s.db")
+    assert optuna.get_all_study_names(open_storage("sqlite:///~/s.db", create=False)) == ["s"]
+    optuna.create_study(study_name="new", storage=open_storage("sqlite:///~/new.db"))
+    assert (home / "new.db").is_file() and list((here / "~").iterdir()) == []
+
+
 def test_a_worker_joins_a_study_whose_stored_start_lies_above_its_ceiling(tmp_path):
     """An earlier version stored its default start (8) beside --max-concurrency 4 and searched from 4: a worker of
     this version joins it, and its search starts at the ceiling as that run's did."""

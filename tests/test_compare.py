@@ -110,6 +110,9 @@ def test_compare_prints_the_table_and_writes_a_self_contained_report(capsys, fac
     (["compare", "a", "nope"], "no study named 'nope' in this storage"),
     (["compare", "a", "--html", "{tmp}/missing/report.html"], "folder {tmp}/missing does not exist"),
     (["compare", "a", "--html", "/proc/report.html"], "--html /proc/report.html: cannot write there"),
+    # a name the system refuses: 'OSError: [Errno 36] File name too long', exit 1, in the folder's and the file's
+    (["compare", "a", "--html", "{tmp}/" + "x" * 300 + "/report.html"], "cannot write there (File name too long)"),
+    (["compare", "a", "--html", "{tmp}/" + "x" * 300 + ".html"], "cannot write there (File name too long)"),
     (["compare"], "Missing argument 'STUDIES...'"),
 ])
 def test_bad_input_is_one_line(capsys, factory_storage, tmp_path, args, says):

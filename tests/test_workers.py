@@ -225,7 +225,6 @@ def test_a_worker_ctrl_c_leaves_the_trials_of_the_run_beside_it_alone(postgres, 
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
-
 def test_a_second_run_of_a_study_that_a_live_run_holds_is_refused(postgres, tmp_path: Path) -> None:
     """Two `autotune run`s of one study at once (by hand) both re-measured the same finalist: each stored its own
     re-measurement of the trial over the other's, one run's measurement lost, and the first run printed a verdict
@@ -248,3 +247,44 @@ def test_a_second_run_of_a_study_that_a_live_run_holds_is_refused(postgres, tmp_
     again = subprocess.run(_run_args(url, "held", tmp_path / "second", 0), capture_output=True, text=True,
                            env=_env(), timeout=120)
     assert again.returncode in (0, 3), again.stderr
+
+
+def test_a_refused_run_is_one_line_under_the_auto_engine_and_names_a_worker_command_that_runs(postgres,
+                                                                                              tmp_path: Path) -> None:
+    """The refusal came from inside the study, after `--engine auto`'s notice: two lines; and its `autotune worker
+    --study NAME` left a name with a space or a quote unquoted, a command the shell split or refused."""
+    import shlex
+
+    from autotune.storage import _RUN_LOCKS, hold_study_run, open_storage
+
+    name = "it's held"
+    hold_study_run(open_storage(postgres.url), name)  # a live run of it, here
+    try:
+        args = [a for a in _run_args(postgres.url, name, tmp_path, 1) if a != "--json"]
+        args[args.index("--engine") + 1] = "auto"
+        second = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=120)
+    finally:
+        _RUN_LOCKS.pop(next(k for k in _RUN_LOCKS if k[1] == name)).close()
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+    command = second.stderr.split("join it with `")[1].split("`")[0]
+    assert shlex.split(command) == ["autotune", "worker", "--study", name, "--storage", "URL"], command
+
+
+def test_a_run_resumed_in_one_process_after_its_database_was_lost_holds_its_study_again(postgres) -> None:
+    """The lock lives on its own connection, which the database's loss ends: a run resumed from the same Python
+    session found that connection among its held locks and went on without the lock, another run then not
+    refused."""
+    from autotune.storage import _RUN_LOCKS, hold_study_run, open_storage
+
+    probe = ("from autotune.storage import hold_study_run, open_storage; "
+             f"hold_study_run(open_storage({postgres.url!r}), 'lost')")
+    storage = open_storage(postgres.url)
+    hold_study_run(storage, "lost")
+    try:
+        postgres.stop()
+        postgres.start()
+        hold_study_run(storage, "lost")  # the resumed run
+        other = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_env(), timeout=60)
+    finally:
+        _RUN_LOCKS.pop(next(k for k in _RUN_LOCKS if k[1] == "lost")).close()
+    assert other.returncode != 0 and "is being run by another `autotune run`" in other.stderr, other.stderr

@@ -14,7 +14,7 @@ from autotune.loadsearch import LoadSearchConfig
 from autotune.metrics import LATENCY_METRICS, describe_limits
 from autotune.records import describe_not_run
 from autotune.sim.faults import FAULTS
-from autotune.storage import DEFAULT_STORAGE, open_storage
+from autotune.storage import DEFAULT_STORAGE, hold_study_run, open_storage
 from autotune.study import StudyConfig, StudyOutcome, run_study
 
 __all__ = ["commands", "run", "run_report"]
@@ -115,6 +115,7 @@ def run(as_json: bool, **opts: Any) -> None:
     engine = choose_engine(options.engine)
     cfg = build_study_config(options, engine)  # bad input ends here, on one line
     storage = open_storage(cfg.storage_url, exclusive=True)  # and a storage it cannot open or use, here
+    hold_study_run(storage, cfg.study_name)  # a study another run holds, too (run_study holds it again: a no-op)
     if engine.notice:
         console.print(f"[bold yellow]autotune: {engine.notice}[/]")
     install_signal_handlers(sigint=True)
