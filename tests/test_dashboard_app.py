@@ -165,3 +165,26 @@ def test_a_worker_trial_that_never_started_is_said_so_not_shown_as_a_failure(tmp
     assert status == 200
     row = page.split(f"data-trial='{late.number}'>")[1].split("</tr>")[0]
     assert "<td>not started</td>" in row and "FAIL" not in row and html.escape(why) in row
+
+
+def test_pages_follow_a_study_that_changes_while_the_dashboard_runs(tmp_path):
+    """The app keeps Optuna's cache of finished trials between requests: a trial started or finished since the last
+    page is shown as it is now."""
+    from tests.study_factory import make_study
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = make_study(url, "live")
+
+    async def go() -> list[str]:
+        app = build_app(open_storage_readonly(url), redact_url(url), None)
+        async with TestClient(TestServer(app)) as client:
+            pages = [await (await client.get("/study/live")).text()]
+            started = study.ask()
+            pages.append(await (await client.get("/study/live")).text())
+            study.tell(started, state=optuna.trial.TrialState.FAIL)
+            pages.append(await (await client.get("/study/live")).text())
+            return [page.split(f"data-trial='{started.number}'>")[1].split("</tr>")[0] if
+                    f"data-trial='{started.number}'>" in page else "" for page in pages]
+
+    before, running, failed = asyncio.run(go())
+    assert before == "" and "<td>RUNNING</td>" in running and "<td>FAIL</td>" in failed, (running, failed)
