@@ -253,7 +253,7 @@ def open_storage(url: str | None, create: bool = True, exclusive: bool = False) 
         elif not folder.is_dir():
             raise StorageError(f"storage {url}: folder {folder} does not exist")
         elif not database.is_file():
-            raise StorageError(f"storage {url}: no database at {database}")
+            raise StorageError(f"storage {url}: no database file at {database}")
         if exclusive:
             _lock_sqlite(database)
         # SQLite opens the URL's path as written, "~" a folder of the current one: it is handed the file that was

@@ -326,7 +326,7 @@ def test_a_worker_on_a_sqlite_file_that_is_not_there_makes_none(capsys, tmp_path
     not there."""
     url = f"sqlite:///{tmp_path}/typo.db"
     assert main(["worker", "--study", "s", "--storage", url]) == 2
-    assert capsys.readouterr().err == f"autotune: error: storage {url}: no database at {tmp_path}/typo.db\n"
+    assert capsys.readouterr().err == f"autotune: error: storage {url}: no database file at {tmp_path}/typo.db\n"
     assert list(tmp_path.iterdir()) == []
 
 
