@@ -116,6 +116,10 @@ def hold_study_run(storage: optuna.storages.BaseStorage, study_name: str) -> Non
         connection = storage.engine.connect()
         for setting, value in _LOCK_KEEPALIVE.items():
             connection.execute(sqlalchemy.text(f"SET {setting} = {int(value)}"))
+        if (connection.dialect.server_version_info or (0,)) >= (14,):
+            # the connection idles for the run's life: a server's idle_session_timeout (PostgreSQL 14+, set by some
+            # managed databases) would end it, and the lock with it, while the run went on
+            connection.execute(sqlalchemy.text("SET idle_session_timeout = 0"))
         locked = connection.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar()
         connection.commit()  # the lock is the session's: no transaction left open while the study runs
     except SQLAlchemyError as e:

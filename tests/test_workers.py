@@ -288,3 +288,24 @@ def test_a_run_resumed_in_one_process_after_its_database_was_lost_holds_its_stud
     finally:
         _RUN_LOCKS.pop(next(k for k in _RUN_LOCKS if k[1] == "lost")).close()
     assert other.returncode != 0 and "is being run by another `autotune run`" in other.stderr, other.stderr
+
+
+def test_a_run_keeps_its_study_through_the_servers_idle_session_timeout(postgres) -> None:
+    """The lock's connection idles while the run works: under a server's idle_session_timeout (here 1 s, from the
+    URL's options, as a managed database may set it) the server ended it and dropped the lock, and a second run was
+    no longer refused."""
+    import time
+    from urllib.parse import quote
+
+    from autotune.storage import _RUN_LOCKS, hold_study_run, open_storage
+
+    timed_out = f"{postgres.url}?options={quote('-c idle_session_timeout=1000')}"
+    hold_study_run(open_storage(timed_out), "idle")
+    try:
+        time.sleep(2.5)
+        probe = ("from autotune.storage import hold_study_run, open_storage; "
+                 f"hold_study_run(open_storage({postgres.url!r}), 'idle')")
+        other = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_env(), timeout=60)
+    finally:
+        _RUN_LOCKS.pop(next(k for k in _RUN_LOCKS if k[1] == "idle")).close()
+    assert other.returncode != 0 and "is being run by another `autotune run`" in other.stderr, other.stderr
