@@ -180,8 +180,7 @@ def open_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage, worker: b
     study = optuna.create_study(study_name=cfg.study_name, storage=storage, direction="maximize",
                                 sampler=_sampler(cfg.seed), load_if_exists=True)
     records.check_fingerprint(study, study_fingerprint(cfg))
-    if worker:
-        _check_heartbeat(study)
+    _check_heartbeat(study, worker)
     if cfg.run_options is not None:
         records.write_run_options(study, cfg.run_options)
     if not worker:  # the run's pace is the study's
@@ -192,18 +191,27 @@ def open_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage, worker: b
     return study
 
 
-def _check_heartbeat(study: optuna.Study) -> None:
-    """Refuse a worker whose trials' heartbeats (AUTOTUNE_HEARTBEAT_S) come at another pace than its study's run's.
-    Each process fails a trial as dead three of its own heartbeats after that trial's last one: a run beating every
-    second failed a live worker's trial beating every 30 s within seconds (its result kept only in the worker's
-    pending folder, left out of the verdict, its flags queued again), and a worker beating faster than the run
-    would fail the run's trials so."""
+def _check_heartbeat(study: optuna.Study, worker: bool) -> None:
+    """Refuse a worker whose trials' heartbeats (AUTOTUNE_HEARTBEAT_S) come at another pace than its study's run's,
+    and a run resumed at another pace while trials of the study are running. Each process fails a trial as dead
+    three of its own heartbeats after that trial's last one: a run beating every second failed a live worker's trial
+    beating every 30 s within seconds (its result kept only in the worker's pending folder, left out of the verdict,
+    its flags queued again), and a process beating faster than another would fail that one's trials so. A running
+    trial may be a worker's, still beating at the study's pace, or one a dead run left, which that pace fails."""
     study_s = records.read_heartbeat_s(study)
-    if study_s is not None and study_s != heartbeat_s():
+    if study_s is None or study_s == heartbeat_s():
+        return
+    if worker:
         raise UsageError(f"this worker's trials send a heartbeat every {heartbeat_s()} s, the run of study "
                          f"{study.study_name!r} every {study_s} s, and each process takes the other's running trials "
                          f"for dead after three of its own: set AUTOTUNE_HEARTBEAT_S={study_s} here, as where the "
                          "run runs")
+    running = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+    if running:
+        raise UsageError(f"study {study.study_name!r} was run with a heartbeat every {study_s} s and trial"
+                         f"{'s' if len(running) > 1 else ''} {', '.join(map(str, running))} of it still run (a "
+                         f"worker's, or left by a run that died): set AUTOTUNE_HEARTBEAT_S={study_s} to resume it; "
+                         "another pace, once no trial of it runs")
 
 
 def _sampler(seed: int) -> optuna.samplers.TPESampler:

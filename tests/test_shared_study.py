@@ -625,3 +625,23 @@ def test_a_worker_whose_heartbeat_differs_from_its_runs_is_refused(tmp_path: Pat
     monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "1")  # as the run's: it joins
     outcome = run_worker(replace(cfg, n_trials=1), open_storage(cfg.storage_url))
     assert outcome.n_trials_run == 1
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_run_resumed_at_another_heartbeat_while_a_trial_runs_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """A run resumed at another AUTOTUNE_HEARTBEAT_S would take the trials of workers still beating at the study's
+    pace for dead (or they its own); while a trial runs it is refused, once none runs it sets the study's pace."""
+    from autotune.errors import UsageError
+    from autotune.study import open_study
+
+    monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "60")
+    cfg = _cfg(tmp_path, trials=0)
+    study = open_study(cfg, open_storage(cfg.storage_url))
+    running = study.ask()  # a worker's trial
+    monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "5")
+    with pytest.raises(UsageError, match=f"trial {running.number} of it still run .* AUTOTUNE_HEARTBEAT_S=60 to "
+                                         "resume it"):
+        open_study(cfg, open_storage(cfg.storage_url))
+    assert records.read_heartbeat_s(study) == 60
+    study.tell(running, state=optuna.trial.TrialState.FAIL)
+    assert records.read_heartbeat_s(open_study(cfg, open_storage(cfg.storage_url))) == 5  # none runs: its own pace
