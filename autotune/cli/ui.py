@@ -205,14 +205,15 @@ class StudyView(Progress):
         cut = ""
         if i.interrupted_trials:
             numbers = ", ".join(str(n) for n in i.interrupted_trials)
-            several = len(i.interrupted_trials) > 1
-            cut = (f"; interrupted: trial{'s' if several else ''} {numbers} (marked failed, "
-                   f"{'their' if several else 'its'} {i.levels_kept} measured load "
-                   f"level{'' if i.levels_kept == 1 else 's'} kept in {'their records' if several else 'its record'}, "
-                   f"{'their' if several else 'its'} flags queued again)")
+            trials, their, records_ = (("trials", "their", "their records") if len(i.interrupted_trials) > 1
+                                       else ("trial", "its", "its record"))
+            levels = "level" if i.levels_kept == 1 else "levels"
+            cut = (f"; interrupted: {trials} {numbers} (marked failed, {their} {i.levels_kept} measured load {levels} "
+                   f"kept in {records_}, {their} flags queued again)")
+        finished = "trial" if i.complete_trials == 1 else "trials"
         self._say(f"interrupted: every server is stopped; study {i.study} keeps its {i.complete_trials} finished "
-                  f"trial{'' if i.complete_trials == 1 else 's'} in {i.storage}{cut}. To resume, run the same "
-                  "command again (same --study and --storage).")
+                  f"{finished} in {i.storage}{cut}. To resume, run the same command again (same --study and "
+                  "--storage).")
 
     def trial_finished(self, number: int, baseline: str, result: TrialResult) -> None:
         row = self.rows.setdefault(number, {"flags": short_flags(result.flags), "baseline": baseline})

@@ -139,7 +139,7 @@ def stop_leftovers(folder: Path, grace_s: float = 5.0) -> list[ServerEntry]:
         if entry.identified_members():
             # the run says it through its progress (Progress.leftover_stopped): a warning would print it twice
             logger.info("stopping server %s (group %d, port %d, GPUs %s) left by a tuner that is gone",
-                           entry.served_model_name, entry.pgid, entry.port, ",".join(entry.gpu_ids))
+                        entry.served_model_name, entry.pgid, entry.port, ",".join(entry.gpu_ids))
             _stop_group(entry, grace_s)
             stopped.append(entry)
         path.unlink(missing_ok=True)
