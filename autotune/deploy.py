@@ -221,7 +221,9 @@ def _helm(dep: Deployment) -> str:
     spec = {"name": _dns_label(dep.model_slug), "repository": IMAGE, "tag": dep.image_tag,
             "modelURL": dep.model, "replicaCount": 1, "requestCPU": CPU_PER_GPU * dep.gpus,
             "requestMemory": f"{MEMORY_GIB_PER_GPU * dep.gpus}Gi", "requestGPU": dep.gpus, "shmSize": SHM_SIZE,
-            "vllmConfig": vllm_config}
+            # not the chart's hf_token key: its secretKeyRef is never optional, so a cluster without the Secret
+            # could not start the pod; modelSpec.env goes to the container as it is
+            "env": [_hf_token_env()], "vllmConfig": vllm_config}
     return _yaml({"servingEngineSpec": {"modelSpec": [spec],
                                         "startupProbe": _startup_probe(HEALTH_PATH, VLLM_PORT)}})
 

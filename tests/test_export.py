@@ -316,6 +316,9 @@ def test_no_token_or_password_reaches_an_exported_file(capsys, factory_storage, 
     k8s = k8s_docs(next(Path(p) for p in result["written"] if p.endswith(".k8s.yaml")))
     [env] = k8s["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env["name"] == "HF_TOKEN" and "value" not in env and env["valueFrom"]["secretKeyRef"]["optional"]
+    helm = yaml.safe_load(next(Path(p) for p in result["written"] if p.endswith(".helm-values.yaml")).read_text())
+    [spec] = helm["servingEngineSpec"]["modelSpec"]
+    assert "hf_token" not in spec and spec["env"] == [env]  # the chart's hf_token Secret is not optional
 
 
 def test_the_rules_the_checks_apply_would_catch_a_broken_file(tmp_path):
