@@ -118,7 +118,7 @@ def test_run_writes_profile_and_resume_accumulates(capsys, tmp_path):
     assert selection.winner_at_limit_tok_s.mean == pytest.approx(profile.metrics.output_tok_s_at_limit.mean)
 
     code, out, err = run_json(capsys, "best", "--study", "e2e", "--storage", url, "--json")
-    best = json.loads(out)
+    best = json.loads(out)["best"]
     assert code == 0 and best["flags"]
     code, out, err = run_json(capsys, "studies", "--storage", url, "--json")
     listed = json.loads(out)["studies"][0]
@@ -213,6 +213,8 @@ def test_with_no_winner_run_and_best_say_why_in_the_same_words(capsys, tmp_path)
     for study, said in (("tight", why), ("none-run", "no trial has finished")):
         code, out, err = run_json(capsys, "best", "--study", study, "--storage", url)
         assert code == 3 and f"study {study!r} has no winner: {said} (" in err, err
+        code, out, err = run_json(capsys, "best", "--study", study, "--storage", url, "--json")
+        assert code == 3 and json.loads(out) == {"study": study, "best": None}, err
 
 
 def test_the_profile_states_the_winners_figures_as_best_does(capsys, tmp_path):
@@ -224,7 +226,7 @@ def test_the_profile_states_the_winners_figures_as_best_does(capsys, tmp_path):
     assert code == 0, err
     profile = read_profile(json.loads(out)["profile_path"])
     code, out, err = run_json(capsys, "best", "--study", "p", "--storage", url, "--json")
-    best = json.loads(out)
+    best = json.loads(out)["best"]
     assert code == 0 and best["trial"] == profile.study.trial_number
     at_limit = profile.metrics.output_tok_s_at_limit.model_dump()
     assert len(at_limit.pop("values")) == best["output_tok_s_at_limit"]["n"] == 3

@@ -49,7 +49,8 @@ def best(study_name: str, storage: str | None, as_json: bool) -> None:
     data = read_study(load_study(study_name, open_storage_readonly(storage)))
     w = find_winner(data)
     if as_json:
-        echo_json({"study": study_name, "best": None} if w is None else _winner_json(w))
+        # one shape with a winner or without, its "best" where `run --json` has it
+        echo_json({"study": study_name, "best": None if w is None else _winner_json(w)})
     w = require_winner(data)  # none: exit 3, saying why
     if as_json:
         return
