@@ -19,7 +19,7 @@ from autotune.errors import UsageError
 from autotune.fileio import folder_problem, read_yaml
 from autotune.flags import LAUNCHER_FLAGS, PARALLEL_FLAGS, check_flag_value, mm_limit, normalize_flag_name
 from autotune.gpu_ids import GpuId, parse_gpu_ids
-from autotune.gpus import detect_gpu, gpu_indices, load_gpu
+from autotune.gpus import FALLBACK_CARD, GpuSpec, detect_gpu, gpu_indices, load_gpu, measured_card, visible_gpus
 from autotune.loadgen.workload import DEFAULT_WORKLOAD, Workload, parse_workload
 from autotune.loadsearch import LoadSearchConfig
 from autotune.models import PRESETS, ModelSpec, resolve_model
@@ -147,7 +147,7 @@ def choose_engine(requested: str) -> EngineChoice:
                          "install it (pip install -e '.[vllm]') or use --engine sim")
     if requested != "auto":
         return EngineChoice(requested, "")
-    has_gpu = detect_gpu() is not None or bool(os.environ.get("AUTOTUNE_ASSUME_GPU"))
+    has_gpu = bool(visible_gpus()) or bool(os.environ.get("AUTOTUNE_ASSUME_GPU"))  # any NVIDIA GPU, known or not
     if has_vllm and has_gpu:
         return EngineChoice("vllm", "")
     why = "vLLM is not installed" if not has_vllm else "no NVIDIA GPU is visible"
@@ -294,8 +294,6 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
     model = resolve_model(opts.model)
     preset = opts.model if opts.model in PRESETS else None
     engine_name = (engine or choose_engine(opts.engine)).engine
-    gpu_type = opts.gpu_type or ((detect_gpu() or "h100") if engine_name == "vllm" else "h100")
-    gpu = load_gpu(gpu_type)
     # Token-id prompts: exact lengths on any engine, no tokenizer needed. A trace's times are not used: each
     # load level sets its own concurrency, so its requests are a dataset here (shuffled by the seed, cycled).
     workload = parse_workload(opts.workload, seed=opts.seed).without_times()
@@ -323,6 +321,7 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
                               max_extensions=opts.max_extensions,
                               p99_run_cv=REAL_GPU_P99_RUN_CV if gpu_like else {})
     layout = gpu_layout(opts.gpus, opts.parallel, opts.gpu_ids, engine_name)
+    gpu = _card(opts.gpu_type, engine_name, [gpu_id for slot in layout.slots for gpu_id in slot])
     fault = _fault_plan(opts, engine_name)
     storage_url = opts.storage or DEFAULT_STORAGE
     study_name = opts.study or default_study_name(opts.model, opts.gpus, limits_ms)
@@ -351,6 +350,19 @@ def build_study_config(opts: RunOptions, engine: EngineChoice | None = None) -> 
         out_dir=out_dir, tries=tries, gpu_slots=layout.slots, idle_gpus=layout.idle, sim_fault=fault,
         run_options=opts.model_dump(exclude=set(_LOCAL_OPTIONS)),
     )
+
+
+def _card(gpu_type: str | None, engine: str, gpu_ids: list[GpuId]) -> GpuSpec:
+    """``--gpu-type``'s card; else on vLLM the run's GPUs as this machine has them (their memory sets which points
+    can start: a GPU no built-in card describes gets its own, gpus.measured_card), else the h100 card."""
+    if gpu_type:
+        return load_gpu(gpu_type)
+    if engine == "vllm":
+        measured = measured_card(gpu_ids)
+        if measured is not None:
+            return measured
+        return load_gpu(detect_gpu() or FALLBACK_CARD)  # MIG slices, or no nvidia-smi to ask
+    return load_gpu(FALLBACK_CARD)
 
 
 def _fault_plan(opts: RunOptions, engine: str) -> FaultPlan | None:

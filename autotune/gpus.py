@@ -3,6 +3,8 @@ card, a YAML file `autotune sim calibrate` writes: a built-in card (``base``) wi
 on that host's measurements (``calibrated_from`` says on which)."""
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
@@ -16,8 +18,8 @@ from autotune.errors import UsageError
 from autotune.fileio import read_yaml
 from autotune.gpu_ids import GpuId
 
-__all__ = ["GpuSpec", "load_gpu", "known_gpus", "detect_gpu", "gpu_indices", "sim_caveats", "is_card_file",
-           "card_file_text", "interval_cards"]
+__all__ = ["GpuSpec", "VisibleGpu", "load_gpu", "known_gpus", "detect_gpu", "gpu_indices", "visible_gpus", "card_of",
+           "measured_card", "card_caveats", "FALLBACK_CARD", "sim_caveats", "is_card_file", "card_file_text", "interval_cards"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,14 @@ class GpuSpec:
     # a host's card (a file): the built-in card it starts from and what its constants were fitted on
     base: str | None = None
     calibrated_from: dict[str, Any] | None = None
+    # a GPU no built-in card describes as it is (measured_card): its name as nvidia-smi gives it
+    measured_name: str | None = None
+
+    @property
+    def card_ref(self) -> str:
+        """What :func:`load_gpu` takes to give this card back: a measured GPU's is the card it starts from (the sim
+        server and the in-process sim are handed a card by name)."""
+        return self.base if self.measured_name and self.base else self.name
 
     def constants(self) -> dict[str, float]:
         """Every number of the card, the fitted ones in ``extra`` too, by name: what the sim's figures rest on."""
@@ -134,36 +144,93 @@ def card_file_text(base: str, constants: dict[str, float], calibrated_from: dict
     return "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + body
 
 
-def detect_gpu() -> str | None:
-    """The card type of GPU 0 from nvidia-smi ("h100", "h200"), or None where there is no NVIDIA GPU."""
+@dataclass(frozen=True)
+class VisibleGpu:
+    """One GPU as nvidia-smi lists it."""
+
+    index: GpuId  # as CUDA_VISIBLE_DEVICES takes it (PCI bus order)
+    uuid: str
+    name: str  # e.g. "NVIDIA H200"
+    memory_gib: float  # its total memory
+
+
+def visible_gpus() -> list[VisibleGpu]:
+    """The NVIDIA GPUs nvidia-smi lists; empty where there is none (or no nvidia-smi)."""
     import shutil
     import subprocess
 
     if not shutil.which("nvidia-smi"):
-        return None
+        return []
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader,nounits"],
                              capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
-        return None
-    first = out.strip().splitlines()[0].lower() if out.strip() else ""
-    for card in known_gpus():
-        if card in first:
-            return card
-    return None
+        return []
+    gpus = []
+    for line in out.splitlines():
+        fields_ = [f.strip() for f in line.split(",")]
+        if len(fields_) != 4 or not fields_[0].isdigit():
+            continue
+        try:
+            memory_gib = float(fields_[3]) / 1024  # MiB
+        except ValueError:  # "[N/A]"
+            memory_gib = math.nan
+        gpus.append(VisibleGpu(fields_[0], fields_[1], fields_[2], memory_gib))
+    return gpus
+
+
+def card_of(gpu_name: str) -> str | None:
+    """The built-in card whose name an nvidia-smi name holds ("NVIDIA H200" -> "h200"), else None."""
+    lowered = gpu_name.lower()
+    return next((card for card in known_gpus() if card in lowered), None)
+
+
+def detect_gpu() -> str | None:
+    """The card type of GPU 0 from nvidia-smi ("h100", "h200"), or None where there is no NVIDIA GPU or it is none
+    of the built-in cards."""
+    gpus = visible_gpus()
+    return card_of(gpus[0].name) if gpus else None
 
 
 def gpu_indices() -> list[GpuId]:
     """The indices of the NVIDIA GPUs nvidia-smi lists (PCI bus order), as CUDA_VISIBLE_DEVICES takes them; empty
     where there are none."""
-    import shutil
-    import subprocess
+    return [gpu.index for gpu in visible_gpus()]
 
-    if not shutil.which("nvidia-smi"):
+
+# A GPU whose memory differs from its built-in card's by more than this is another size of it (H100 NVL's 94 GB
+# against the SXM's 80): its own memory is used. Within it, the card's (nvidia-smi's total and the one torch reports
+# differ by up to 0.6 GiB on an H200).
+SAME_MEMORY_TOLERANCE = 0.02
+FALLBACK_CARD = "h100"  # the constants of a GPU no built-in card describes, its memory aside
+
+
+def measured_card(ids: Iterable[GpuId]) -> GpuSpec | None:
+    """The card of the GPUs ``ids`` (indices or GPU UUIDs) as this machine has them: their built-in card, where
+    nvidia-smi's name names one and the memory agrees; else that card (or :data:`FALLBACK_CARD`'s) with the smallest
+    of their memories, named after them and marked :attr:`GpuSpec.measured_name`. None where nvidia-smi lists none
+    of them (no nvidia-smi, or MIG slices, whose memory its GPU query does not give)."""
+    wanted = set(ids)
+    gpus = [g for g in visible_gpus() if (g.index in wanted or g.uuid in wanted) and not math.isnan(g.memory_gib)]
+    if not gpus:
+        return None
+    smallest = min(gpus, key=lambda g: g.memory_gib)
+    key = card_of(smallest.name)
+    card = load_gpu(key or FALLBACK_CARD)
+    if key is not None and abs(smallest.memory_gib - card.memory_gib) <= SAME_MEMORY_TOLERANCE * card.memory_gib:
+        return card
+    slug = re.sub(r"[^a-z0-9.]+", "-", re.sub(r"^nvidia\s+", "", smallest.name.lower())).strip("-.") or "gpu"
+    return replace(card, name=slug, memory_gib=round(smallest.memory_gib, 3), base=card.name,
+                   measured_name=smallest.name)
+
+
+def card_caveats(gpu: GpuSpec) -> list[str]:
+    """What a study on a GPU measured here (:func:`measured_card`) rests on that no built-in card was fitted for."""
+    if gpu.measured_name is None:
         return []
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in out.split() if line.strip().isdigit()]
+    base = load_gpu(gpu.base or FALLBACK_CARD)
+    what = (f"has {gpu.memory_gib:.1f} GiB, the {base.name} card {base.memory_gib:.1f}" if card_of(gpu.measured_name)
+            else f"({gpu.memory_gib:.1f} GiB) is none of autotune's cards ({', '.join(known_gpus())})")
+    return [f"GPU {gpu.measured_name!r} {what}: the memory plan that refuses a point before launch uses its own "
+            f"memory with the {base.name} card's reserves, and the sim's prediction where each load search starts "
+            f"runs at the {base.name} card's speeds"]

@@ -241,7 +241,7 @@ def build_profile(cfg: StudyConfig, selection: Selection, record: SelectionRecor
                                                  for t in not_run if t.same_flags_as is not None]),
         notes=(engine_notes(StartupInfo.from_dict(winner_trial.result.startup))
                + winner_notes([lv.host_cpu for lv in winner_trial.result.levels] + [m.host_cpu for m in winner.repeats])
-               + s.sim_caveats() + ([layout] if (layout := cfg.baseline_layout_note()) else [])
+               + s.card_caveats() + s.sim_caveats() + ([layout] if (layout := cfg.baseline_layout_note()) else [])
                + _ceiling_notes(winner_trial)),
     )
 

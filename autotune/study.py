@@ -696,7 +696,7 @@ def _storage_error_in(error: BaseException) -> BaseException | None:
 def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress, deadline: float | None) -> _StopRules:
     earlier = records.read_trials(study)
     before = sum(1 for t in earlier if t.complete)
-    caveats = list(cfg.settings.sim_caveats())
+    caveats = cfg.settings.card_caveats() + cfg.settings.sim_caveats()
     if not runs_in_process(cfg.settings) and (busy := busy_host_caveat()):
         caveats.append(busy)
     progress.study_started(StudyStart(study=cfg.study_name, engine=cfg.settings.engine,

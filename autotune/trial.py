@@ -21,7 +21,7 @@ from autotune.engines.base import LaunchSpec
 from autotune.engines.launcher import EngineServer
 from autotune.errors import EngineStartError, ServerUnreachable
 from autotune.gpu_ids import GpuId
-from autotune.gpus import GpuSpec, sim_caveats
+from autotune.gpus import GpuSpec, card_caveats, sim_caveats
 from autotune.hostcpu import HostCpuMeter
 from autotune.loadgen.runner import LoadConfig, run_bench
 from autotune.loadgen.workload import Workload
@@ -105,6 +105,10 @@ class TrialSettings:
         calibration says); none on vLLM."""
         return sim_caveats(self.gpu, self.search.limits_ms) if self.engine == "sim" else []
 
+    def card_caveats(self) -> list[str]:
+        """On a GPU no built-in card describes as it is: what the memory plan and the sim's prediction rest on."""
+        return card_caveats(self.gpu)
+
 
 def sim_predicted_knee(settings: TrialSettings, flags: dict[str, Any], folder: Path) -> int | None:
     """The concurrency the in-process sim engine (exact, no noise) finds for these flags under the study's limits
@@ -143,7 +147,7 @@ def _engine(settings: TrialSettings, spec: LaunchSpec,
 def _launch_spec(settings: TrialSettings, flags: dict[str, Any], name: str, log_path: Path) -> LaunchSpec:
     return LaunchSpec(
         engine=settings.engine, model=settings.model, flags=flags, gpu_ids=settings.gpu_ids,
-        served_model_name=name, log_path=log_path, gpu_type=settings.gpu.name, time_scale=settings.time_scale,
+        served_model_name=name, log_path=log_path, gpu_type=settings.gpu.card_ref, time_scale=settings.time_scale,
         sim_noise=settings.sim_noise, sim_noise_seed=settings.seed,
         startup_timeout_s=settings.startup_timeout_s, extra_env=dict(settings.extra_env),
         ledger_dir=settings.ledger_dir, sim_fault=settings.sim_fault,

@@ -200,7 +200,7 @@ def test_a_stepped_down_winner_never_remeasured_reports_that_levels_search_figur
     search = SimpleNamespace(limits_ms={"ttft": 500.0})
     settings = SimpleNamespace(search=search, model=resolve_model("flash"), engine="sim", gpu=SimpleNamespace(name="h100"),
                                gpus=1, workload=SimpleNamespace(describe=lambda: {"spec": "random:8:8", "seed": 0}),
-                               sim_caveats=list)
+                               sim_caveats=list, card_caveats=list)
     cfg = SimpleNamespace(settings=settings, noise_floor=0.0, confidence=0.9, preset="flash", study_name="s",
                           storage_url="sqlite:///x.db", baseline_layout_note=lambda: "")
     selection = select_winner([cand], {"ttft": 500.0}, repeats=0)
