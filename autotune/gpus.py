@@ -152,6 +152,7 @@ class VisibleGpu:
     uuid: str
     name: str  # e.g. "NVIDIA H200"
     memory_gib: float  # its total memory
+    driver: str  # the NVIDIA driver's version
 
 
 def visible_gpus() -> list[VisibleGpu]:
@@ -162,20 +163,21 @@ def visible_gpus() -> list[VisibleGpu]:
     if not shutil.which("nvidia-smi"):
         return []
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader,nounits"],
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,name,memory.total,driver_version",
+                              "--format=csv,noheader,nounits"],
                              capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     gpus = []
     for line in out.splitlines():
         fields_ = [f.strip() for f in line.split(",")]
-        if len(fields_) != 4 or not fields_[0].isdigit():
+        if len(fields_) != 5 or not fields_[0].isdigit():
             continue
         try:
             memory_gib = float(fields_[3]) / 1024  # MiB
         except ValueError:  # "[N/A]"
             memory_gib = math.nan
-        gpus.append(VisibleGpu(fields_[0], fields_[1], fields_[2], memory_gib))
+        gpus.append(VisibleGpu(fields_[0], fields_[1], fields_[2], memory_gib, fields_[4]))
     return gpus
 
 

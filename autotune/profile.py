@@ -4,8 +4,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import platform
-import shutil
-import subprocess
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -19,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from autotune import __version__
 from autotune.engines.base import StartupInfo
 from autotune.fileio import write_text_atomically
+from autotune.gpus import visible_gpus
 from autotune.hostcpu import winner_notes
 from autotune.jsonsafe import json_safe
 from autotune.records import SelectionRecord, TrialRecord
@@ -178,15 +177,10 @@ def environment(engine: str, gpu_type: str, gpus: int) -> tuple[Hardware, Softwa
     hw: dict[str, Any] = {"gpu_type": gpu_type, "gpus": gpus, "engine": engine}
     if engine == "sim":
         hw["gpu_name"] = f"{gpu_type} (simulated by the autotune sim engine)"
-    elif shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
-            if out:
-                name, driver, mem = [x.strip() for x in out[0].split(",")]
-                hw.update(gpu_name=name, driver=driver, gpu_memory=mem)
-        except (OSError, subprocess.SubprocessError, ValueError):
-            pass
+    elif gpus := visible_gpus():
+        first = gpus[0]
+        hw.update(gpu_name=first.name, driver=first.driver,
+                  gpu_memory=None if math.isnan(first.memory_gib) else f"{round(first.memory_gib * 1024)} MiB")
     sw = Software(autotune=__version__, vllm=_version("vllm") if engine == "vllm" else None,
                   torch=_version("torch") if engine == "vllm" else None, optuna=optuna.__version__,
                   python=platform.python_version())

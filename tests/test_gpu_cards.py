@@ -12,6 +12,7 @@ from autotune.config import EngineChoice
 from autotune.gpus import card_caveats, detect_gpu, load_gpu, measured_card, visible_gpus
 from autotune.memory import plan_memory
 from autotune.models import resolve_model
+from autotune.profile import environment
 from autotune.study import study_fingerprint
 
 H200 = "NVIDIA H200, 143771"
@@ -21,10 +22,10 @@ A100_40 = "NVIDIA A100-SXM4-40GB, 40960"
 
 
 def fake_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *gpus: str, with_vllm: bool = False) -> None:
-    """nvidia-smi (and `vllm`) on PATH: GPU i listed as "i, GPU-000i, NAME, MiB" (nvidia-smi's csv, noheader, nounits)."""
+    """nvidia-smi (and `vllm`) on PATH: GPU i listed as "i, GPU-000i, NAME, MiB, DRIVER" (csv, noheader, nounits)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(parents=True)
-    lines = "".join(f"{i}, GPU-0000000{i}, {gpu}\\n" for i, gpu in enumerate(gpus))
+    lines = "".join(f"{i}, GPU-0000000{i}, {gpu}, 580.95.05\\n" for i, gpu in enumerate(gpus))
     (bin_dir / "nvidia-smi").write_text(f"#!/bin/sh\nprintf '{lines}'\n")
     (bin_dir / "nvidia-smi").chmod(0o755)
     if with_vllm:
@@ -39,7 +40,9 @@ def test_nvidia_smis_list_is_read_once_for_names_indices_and_memory(tmp_path, mo
     first, second = visible_gpus()
     assert (first.index, first.uuid, first.name) == ("0", "GPU-00000000", "NVIDIA H200")
     assert first.memory_gib == pytest.approx(143771 / 1024) and second.memory_gib != second.memory_gib  # NaN
-    assert detect_gpu() == "h200"
+    assert detect_gpu() == "h200" and first.driver == "580.95.05"
+    hardware, _ = environment("vllm", "h200", 2)  # what a study and its profile record of the machine
+    assert (hardware.gpu_name, hardware.driver, hardware.gpu_memory) == ("NVIDIA H200", "580.95.05", "143771 MiB")
 
 
 def test_a_built_in_card_is_kept_where_the_memory_agrees(tmp_path, monkeypatch):
