@@ -36,7 +36,7 @@ from autotune.records import HostCpuRecord, LevelRecord, P99Record
 from autotune.stats import Interval, increasing_fit, p99_interval
 
 __all__ = ["LoadSearchConfig", "LevelResult", "LoadSearchResult", "search_load", "estimate_level_s",
-           "infeasible_reason", "StopSearch"]
+           "infeasible_reason", "StopSearch", "p99_limit_sides"]
 
 
 @dataclass(frozen=True)
@@ -248,6 +248,14 @@ def _within_limits(p99: Mapping[str, Interval], limits_ms: Mapping[str, float]) 
     if False in sides:
         return False
     return None if None in sides else True
+
+
+def p99_limit_sides(r: BenchResult, limits_ms: Mapping[str, float], confidence: float,
+                    p99_run_cv: Mapping[str, float]) -> dict[str, tuple[Interval, bool | None]]:
+    """One run's P99 of each limited metric with its interval, and which side of its limit it lies on (None: the
+    interval straddles it), as a load level of a study judges it."""
+    cfg = LoadSearchConfig(limits_ms=limits_ms, confidence=confidence, p99_run_cv=p99_run_cv)
+    return {metric: (iv, _within_limit(iv, limits_ms[metric])) for metric, iv in _p99_intervals(r, cfg, 1).items()}
 
 
 class _Levels:

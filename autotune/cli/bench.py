@@ -10,10 +10,15 @@ import click
 
 from autotune.cli.common import LIMITS, echo_json, every_request_failed
 from autotune.loadgen.workload import DEFAULT_WORKLOAD
-from autotune.errors import UsageError
+from autotune.errors import NoFeasibleConfigError, UsageError
 from autotune.metrics import LATENCY_METRICS, BenchResult
 
 __all__ = ["bench", "commands"]
+
+
+class ProfileNotHeld(NoFeasibleConfigError):
+    """The served configuration is slower than its profile, or over a limit, beyond noise: exit 3, as a study whose
+    limits no configuration met."""
 
 
 @click.command()
@@ -53,20 +58,42 @@ __all__ = ["bench", "commands"]
               help="Write every request's timings here as JSON lines (gzipped if it ends in .gz).")
 @click.option("--records-itl", is_flag=True,
               help="With --records: also list each request's inter-token gaps (ms), one per token chunk.")
+@click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None,
+              help="A profile `autotune run` wrote: run its load level (its concurrency, workload and seed) and say "
+                   "whether the server holds it, within the run-to-run noise of fresh servers (exit 3 where it is "
+                   "slower beyond noise or a P99 is over its limit beyond noise; a P99 within noise of its limit is "
+                   "said to be unsettled).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout and nothing else.")
-def bench(url: str, model: str, workload: str, concurrency: int | None, rate: float | None, burstiness: float,
-          num_prompts: int | None, warmup: int | None, ramp_s: float | None, whole_run: bool, endpoint: str,
-          seed: int, slo: dict[str, float] | None, scrape_metrics: bool, tokenizer: str | None,
-          request_timeout_s: float, records_path: str | None, records_itl: bool, as_json: bool) -> None:
+@click.pass_context
+def bench(ctx: click.Context, url: str, model: str, workload: str, concurrency: int | None, rate: float | None,
+          burstiness: float, num_prompts: int | None, warmup: int | None, ramp_s: float | None, whole_run: bool,
+          endpoint: str, seed: int, slo: dict[str, float] | None, scrape_metrics: bool, tokenizer: str | None,
+          request_timeout_s: float, records_path: str | None, records_itl: bool, profile_path: str | None,
+          as_json: bool) -> None:
     """Benchmark a running OpenAI-compatible server (vLLM or the sim engine) at one load level: at a concurrency,
     the level a study measures there (the same requests, warm-up wave, ramp and steady window), so its figures
-    compare with the study's profile and with `autotune sim predict`."""
+    compare with the study's profile and with `autotune sim predict`; with --profile, that profile's level,
+    judged against it."""
     from autotune.loadgen.runner import LoadConfig, run_bench
     from autotune.loadgen.workload import parse_workload
     from autotune.trial import LevelShape
 
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"--url must start with http:// or https://, got {url!r}")
+    profile = None
+    if profile_path is not None:
+        from autotune.profile_check import load_profile_for_check
+
+        given = [f"--{name.replace('_', '-')}" for name in ("workload", "concurrency", "rate", "burstiness",
+                                                             "num_prompts", "warmup", "ramp_s", "whole_run", "slo")
+                 if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise UsageError(f"--profile sets the load level (the profile's concurrency, workload and limits): "
+                             f"not with {given[0]}")
+        profile = load_profile_for_check(profile_path)
+        workload, concurrency = str(profile.workload["spec"]), profile.concurrency
+        if ctx.get_parameter_source("seed") is not click.core.ParameterSource.COMMANDLINE:
+            seed = int(profile.workload.get("seed", seed))
     if records_itl and not records_path:
         raise UsageError("--records-itl needs --records FILE")
     wl = parse_workload(workload, seed=seed, tokenizer=tokenizer)
@@ -101,7 +128,6 @@ def bench(url: str, model: str, workload: str, concurrency: int | None, rate: fl
     try:
         if as_json:
             result = run_bench(url, model, wl, cfg)
-            echo_json(result.to_json())
         else:
             result = _run_with_progress(url, model, wl, cfg)
             _print_summary(result)
@@ -114,9 +140,23 @@ def bench(url: str, model: str, workload: str, concurrency: int | None, rate: fl
         if as_json:  # still one object on stdout: no figures, and where the finished requests are
             echo_json({"interrupted": True, "records": records_path if recorded else None})
         raise
-    failed = every_request_failed(result)  # the result is printed; say why on stderr and exit 1
-    if failed:
+    failed = every_request_failed(result)
+    check = None
+    if profile is not None and not failed:
+        from autotune.profile_check import check_against_profile
+
+        check = check_against_profile(profile, result)
+    if as_json:
+        echo_json({**result.to_json(), **({"profile_check": check.to_json()} if check else {})})
+    elif check is not None:
+        for line in check.lines():
+            click.echo(line)
+    if failed:  # the result is printed; say why on stderr and exit 1
         raise failed
+    if check is not None and check.holds is False:
+        raise ProfileNotHeld(f"the server at {url} does not hold profile {profile_path}: "
+                             + ("slower than profiled beyond noise" if check.slower
+                                else "a P99 over its limit beyond noise"))
 
 
 def _file_stamp(path: str | None) -> tuple[int, int, int] | None:

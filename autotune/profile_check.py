@@ -1,0 +1,127 @@
+"""Does a served configuration hold its profile? One `autotune bench --profile` run at the profile's load, judged
+against the profile's own runs with the run-to-run spread measured on fresh servers: one run of a deployment is
+one draw, so a figure a few percent off its profile's mean is noise, not a regression
+(docs/results/h200-profile-check.md: five bench runs on fresh servers lay -3.7% to +2.7% from their profiles).
+
+Throughput: the new run against the profile's mean, with the spread one more run has around a mean of n
+(``sigma * sqrt(1 + 1/n)``), sigma the profile's runs' own standard deviation, never below the real GPU's
+run-to-run floor. Each limited P99: the run's interval as a study's load level judges it (the requests' bootstrap,
+never narrower than the GPU's run-to-run spread of that P99), against the limit.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import NormalDist
+
+import yaml
+from pydantic import ValidationError
+
+from autotune.config import REAL_GPU_NOISE_FLOOR, REAL_GPU_P99_RUN_CV
+from autotune.errors import UsageError
+from autotune.loadsearch import p99_limit_sides
+from autotune.metrics import BenchResult
+from autotune.profile import Profile, read_profile
+
+__all__ = ["ProfileCheck", "P99Check", "load_profile_for_check", "check_against_profile"]
+
+
+@dataclass(frozen=True)
+class P99Check:
+    metric: str
+    p99_ms: float
+    low_ms: float  # the run's interval at the profile's confidence
+    high_ms: float
+    limit_ms: float
+    within: bool | None  # None: its interval straddles the limit (at the limit, within noise)
+    profile_values_ms: tuple[float | None, ...]  # the profile's runs at this load
+
+
+@dataclass(frozen=True)
+class ProfileCheck:
+    concurrency: int
+    output_tok_s: float
+    profile_mean_tok_s: float
+    profile_runs: int
+    expected_low_tok_s: float  # where one more run of the profiled configuration lies, at ``confidence``
+    expected_high_tok_s: float
+    confidence: float
+    p99: tuple[P99Check, ...]
+
+    @property
+    def change_pct(self) -> float:
+        return 100.0 * (self.output_tok_s / self.profile_mean_tok_s - 1.0)
+
+    @property
+    def slower(self) -> bool:
+        """Below what one more run of the profiled configuration gives, beyond noise (or no throughput measured:
+        a run without a steady window)."""
+        return math.isnan(self.output_tok_s) or self.output_tok_s < self.expected_low_tok_s
+
+    @property
+    def holds(self) -> bool | None:
+        """Neither slower beyond noise nor a P99 over its limit beyond noise (False where one is); None where no
+        P99 is over its limit beyond noise but one is within noise of it: one run does not settle that."""
+        if self.slower or any(c.within is False for c in self.p99):
+            return False
+        return None if any(c.within is None for c in self.p99) else True
+
+    def lines(self) -> list[str]:
+        """The check in plain lines: the throughput, each limit, the conclusion."""
+        c = f"{self.confidence:.0%}"
+        side = ("no throughput measured" if math.isnan(self.output_tok_s)
+                else "below it: slower than profiled, beyond noise" if self.slower
+                else "above it: faster than profiled" if self.output_tok_s > self.expected_high_tok_s
+                else "as profiled, within noise")
+        out = [f"against the profile at concurrency {self.concurrency}: {self.output_tok_s:,.0f} output tok/s, "
+               f"{self.change_pct:+.1f}% from its mean {self.profile_mean_tok_s:,.0f} (n={self.profile_runs}); one "
+               f"run of it lies in [{self.expected_low_tok_s:,.0f}, {self.expected_high_tok_s:,.0f}] ({c}): {side}"]
+        for p in self.p99:
+            verdict = {True: "holds", False: "over it, beyond noise", None: "at the limit, within noise"}[p.within]
+            runs = ", ".join("n/a" if v is None else f"{v:,.0f}" for v in p.profile_values_ms)
+            out.append(f"  P99 {p.metric} {p.p99_ms:,.0f} ms [{p.low_ms:,.0f}, {p.high_ms:,.0f}] against its limit "
+                       f"{p.limit_ms:g} ms: {verdict} (the profile's runs: {runs} ms)")
+        out.append({True: "the deployment holds its profile", False: "the deployment does NOT hold its profile",
+                    None: "one run does not settle it: a P99 lies within noise of its limit; run it again"}[self.holds])
+        return out
+
+    def to_json(self) -> dict:
+        return {"concurrency": self.concurrency, "output_tok_s": self.output_tok_s,
+                "profile_mean_tok_s": self.profile_mean_tok_s, "profile_runs": self.profile_runs,
+                "change_pct": self.change_pct, "expected_tok_s": [self.expected_low_tok_s, self.expected_high_tok_s],
+                "confidence": self.confidence, "slower": self.slower, "holds": self.holds,
+                "p99": [{"metric": p.metric, "p99_ms": p.p99_ms, "interval_ms": [p.low_ms, p.high_ms],
+                         "limit_ms": p.limit_ms, "within": p.within, "profile_values_ms": list(p.profile_values_ms)}
+                        for p in self.p99]}
+
+
+def load_profile_for_check(path: str) -> Profile:
+    """A profile `autotune run` wrote; anything else is a one-line usage error."""
+    try:
+        return read_profile(Path(path))
+    except OSError as e:
+        raise UsageError(f"--profile {path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"--profile {path}: not YAML ({str(e).splitlines()[0]})") from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the file"
+        raise UsageError(f"--profile {path}: not a profile `autotune run` wrote ({where}: {first['msg']})") from None
+
+
+def check_against_profile(profile: Profile, result: BenchResult) -> ProfileCheck:
+    """``result``: one closed-loop level at the profile's concurrency and workload (bench --profile)."""
+    tput = profile.metrics.output_tok_s
+    confidence = tput.confidence
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    sigma = max(tput.std if tput.n >= 2 and not math.isnan(tput.std) else 0.0, REAL_GPU_NOISE_FLOOR * tput.mean)
+    half = z * sigma * math.sqrt(1.0 + 1.0 / max(tput.n, 1))
+    limits_ms = profile.objective.limits_ms
+    sides = p99_limit_sides(result, limits_ms, confidence, REAL_GPU_P99_RUN_CV)
+    p99 = tuple(P99Check(metric, iv.value, iv.low, iv.high, limits_ms[metric], within,
+                         tuple(profile.metrics.p99[metric].values_ms) if metric in profile.metrics.p99 else ())
+                for metric, (iv, within) in sides.items())
+    return ProfileCheck(concurrency=profile.concurrency, output_tok_s=result.output_tok_s,
+                        profile_mean_tok_s=tput.mean, profile_runs=tput.n, expected_low_tok_s=tput.mean - half,
+                        expected_high_tok_s=tput.mean + half, confidence=confidence, p99=p99)

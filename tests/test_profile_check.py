@@ -1,0 +1,138 @@
+"""`autotune bench --profile`: a deployed server checked against the profile its study wrote, at the profile's level,
+within the run-to-run noise of fresh servers."""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autotune.cli import main
+from autotune.config import REAL_GPU_NOISE_FLOOR
+from autotune.metrics import BenchResult, Distribution, RequestOutput
+from autotune.profile import read_profile
+from autotune.profile_check import check_against_profile
+from autotune.testing.fakeserver import FakeServer
+
+
+@pytest.fixture(scope="module")
+def profile_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A profile a sim study wrote, at concurrency 16 of random:16:4 under P99 TTFT <= 500 ms."""
+    folder = tmp_path_factory.mktemp("profile")
+    code = main(["run", "--model", "flash", "--engine", "sim", "--storage", f"sqlite:///{folder}/s.db", "--study", "p",
+                 "--p99-ms", "500", "--trials", "1", "--top-k", "1", "--repeats", "1", "--workload", "random:16:4",
+                 "--max-concurrency", "16", "--start-concurrency", "16", "--json"])
+    assert code == 0
+    path = folder / "p" / "profile.yaml"
+    assert read_profile(path).concurrency == 16
+    return path
+
+
+def with_throughput(profile_file: Path, folder: Path, mean: float, values: list[float]) -> Path:
+    """The profile with its runs' throughput set (the fake server's speed is not the sim's)."""
+    data = yaml.safe_load(profile_file.read_text())
+    std = float(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    data["metrics"]["output_tok_s"].update(mean=mean, std=std, min=min(values), max=max(values), n=len(values))
+    path = folder / "profile.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def result(output_tok_s: float, ttft_s: float) -> BenchResult:
+    outputs = tuple(RequestOutput(True, 16, 4, ttft_s, (0.01, 0.01, 0.01), ttft_s + 0.03, i * 0.1) for i in range(64))
+    nan = Distribution(math.nan, math.nan, math.nan, math.nan, math.nan)
+    return BenchResult(64, 0, 6.4, output_tok_s, output_tok_s * 5, 10.0, nan, nan, nan, nan, outputs=outputs)
+
+
+def test_one_run_is_judged_with_the_spread_one_more_run_has(profile_file):
+    """Two runs of 1,000 and 1,040: one more run lies within z * sigma * sqrt(1 + 1/2) of their mean, sigma their
+    own spread or, were it smaller, the GPU's 3% run-to-run floor."""
+    profile = read_profile(profile_file).model_copy(deep=True)
+    tput = profile.metrics.output_tok_s.model_copy(update={"mean": 1020.0, "std": 28.28, "min": 1000.0,
+                                                             "max": 1040.0, "n": 2})
+    profile = profile.model_copy(update={"metrics": profile.metrics.model_copy(update={"output_tok_s": tput})})
+    half = 1.6449 * max(28.28, REAL_GPU_NOISE_FLOOR * 1020.0) * math.sqrt(1.5)
+    inside = check_against_profile(profile, result(1020.0 - 0.95 * half, 0.1))
+    assert inside.expected_low_tok_s == pytest.approx(1020.0 - half, rel=1e-3)
+    assert inside.holds is True and not inside.slower and "as profiled, within noise" in inside.lines()[0]
+    below = check_against_profile(profile, result(1020.0 - 1.05 * half, 0.1))
+    assert below.slower and below.holds is False and below.lines()[-1] == "the deployment does NOT hold its profile"
+    assert "faster than profiled" in check_against_profile(profile, result(1020.0 + 1.05 * half, 0.1)).lines()[0]
+
+
+def test_a_p99_is_judged_as_a_study_level_judges_it(profile_file):
+    """P99 TTFT 560 ms against 500: within the GPU's 17% run-to-run spread of a P99, so at the limit, not over it;
+    900 ms is over it beyond noise; 300 ms holds."""
+    profile = read_profile(profile_file)
+    mean = profile.metrics.output_tok_s.mean
+    sides = {ttft_ms: check_against_profile(profile, result(mean, ttft_ms / 1000)).p99[0].within
+             for ttft_ms in (300, 560, 900)}
+    assert sides == {300: True, 560: None, 900: False}
+    assert check_against_profile(profile, result(mean, 0.9)).holds is False
+    unsettled = check_against_profile(profile, result(mean, 0.56))
+    assert unsettled.holds is None and unsettled.lines()[-1].startswith("one run does not settle it")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeServer]:
+    with FakeServer() as srv:
+        yield srv
+
+
+def bench(server: FakeServer, profile: Path, *args: str) -> list[str]:
+    return ["bench", "--url", server.url, "--model", "fake-model", "--profile", str(profile), *args]
+
+
+@pytest.mark.slow  # two load levels on the fake server: a 2 s ramp each
+def test_bench_profile_runs_the_profiles_level_and_exits_3_where_it_does_not_hold(server, profile_file, tmp_path,
+                                                                                  capsys):
+    server.configure(ttft_ms=2, itl_ms=1)
+    slow = with_throughput(profile_file, tmp_path, 1e9, [1e9, 1e9])  # a profile no server reaches
+    code = main(bench(server, slow, "--json"))
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert code == 3 and data["concurrency"] == 16 and data["workload"] == {**data["workload"], "spec": "random:16:4"}
+    check = data["profile_check"]
+    assert check["slower"] and check["holds"] is False and check["concurrency"] == 16
+    assert [p["metric"] for p in check["p99"]] == ["ttft"] and check["p99"][0]["within"] is True
+    assert captured.err.strip().endswith("slower than profiled beyond noise") and captured.err.count("\n") == 1
+
+    fast = with_throughput(profile_file, tmp_path, 1.0, [1.0, 1.0])  # a profile every server beats
+    code = main(bench(server, fast))
+    out = capsys.readouterr().out
+    assert code == 0 and "above it: faster than profiled" in out and "the deployment holds its profile" in out
+
+
+@pytest.mark.slow  # one load level at 0.9 s per request
+def test_a_p99_over_its_limit_beyond_noise_does_not_hold(server, profile_file, tmp_path, capsys):
+    server.configure(ttft_ms=900, itl_ms=1)
+    code = main(bench(server, with_throughput(profile_file, tmp_path, 1.0, [1.0, 1.0]), "--json"))
+    captured = capsys.readouterr()
+    assert code == 3 and json.loads(captured.out)["profile_check"]["p99"][0]["within"] is False
+    assert "a P99 over its limit beyond noise" in captured.err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--concurrency", "8"], "--profile sets the load level (the profile's concurrency, workload and limits): not "
+                             "with --concurrency"),
+    (["--workload", "random:8:8"], "not with --workload"),
+    (["--slo", "ttft=100"], "not with --slo"),
+    (["--whole-run"], "not with --whole-run"),
+])
+def test_bench_profile_refuses_what_would_change_its_level(server, profile_file, capsys, args, words):
+    assert main(bench(server, profile_file, *args)) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_a_profile_is_one_line(server, tmp_path, capsys):
+    for body, words in (("a: [", "not YAML"), ("autotune_profile: 6\n", "not a profile `autotune run` wrote")):
+        path = tmp_path / "p.yaml"
+        path.write_text(body)
+        assert main(bench(server, path)) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1
+    assert main(bench(server, tmp_path / "missing.yaml")) == 2
+    assert "No such file" in capsys.readouterr().err
