@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import platform
+import shlex
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -264,8 +265,13 @@ def engine_notes(startup: StartupInfo) -> list[str]:
 
 
 def write_profile(profile: Profile, path: Path) -> Path:
+    """The profile as YAML, after two comment lines saying where a reader of it goes next."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text_atomically(path, yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False, width=120))
+    header = (f"# autotune profile of study {profile.study.name!r}. Deploy it: autotune export --study "
+              f"{shlex.quote(profile.study.name)} --to REPO\n# Check a server started from its vllm_serve_cmd: "
+              f"autotune bench --url URL --model SERVED_NAME --profile {shlex.quote(str(path))}\n")
+    body = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False, width=120)
+    return write_text_atomically(path, header + body)
 
 
 def read_profile(path: Path) -> Profile:

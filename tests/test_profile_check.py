@@ -28,6 +28,9 @@ def profile_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert code == 0
     path = folder / "p" / "profile.yaml"
     assert read_profile(path).concurrency == 16
+    first, second = path.read_text().splitlines()[:2]  # where a reader of the file goes next
+    assert first == "# autotune profile of study 'p'. Deploy it: autotune export --study p --to REPO"
+    assert second.endswith(f"autotune bench --url URL --model SERVED_NAME --profile {path}")
     return path
 
 

@@ -30,6 +30,7 @@ def main(profile_path: str, bench_path: str) -> dict:
     mean = runs["mean"]
     out["bench_vs_profile_mean"] = bench["output_tok_s"] / mean - 1 if mean and not math.isnan(mean) else None
     out["bench_within_profile_runs"] = runs["min"] <= bench["output_tok_s"] <= runs["max"]
+    out["profile_check"] = bench.get("profile_check")  # `bench --profile`'s own judgement
     return out
 
 

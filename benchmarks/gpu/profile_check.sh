@@ -2,8 +2,8 @@
 # On the GPU machine (device kit installed, /tmp/st/env.sh, the weightless model in /tmp/model): does a profile hold
 # when a user deploys it and checks it with `autotune bench`? A short study on real vLLM writes a profile; its exact
 # `vllm_serve_cmd` then starts a fresh server (as a deployment would, with only --port and --served-model-name
-# added), and `autotune bench --concurrency C` at the profile's concurrency, with its defaults (a study's level:
-# warm-up wave, ramp, steady window; token-id prompts, as the study sent), measures it. profile_check.py puts the bench's output tok/s and P99s beside the
+# added), and `autotune bench --profile` runs the profile's level (its concurrency and workload: warm-up wave, ramp,
+# steady window; token-id prompts, as the study sent) and judges it against the profile. profile_check.py puts the bench's output tok/s and P99s beside the
 # profile's runs at that concurrency (result.json). Nothing may be left running (procs-after.txt, gpu-after.txt).
 # STUDY_ARGS shape the study (default: one trial, its fresh-server re-measurement); ENGINE_ARGS (default "--engine
 # vllm --load-format dummy"): "--engine sim --sim-server --gpu-type h200" rehearses the job on a CPU, with a model
@@ -22,12 +22,11 @@ job() {
   python3 -m autotune run --model /tmp/model $engine_args --gpus 1 --p99-ms 500 $study_args --study check \
     --storage "sqlite:///$dir/autotune.db" --out "$dir" > "$dir/run.out" 2> "$dir/run.log"
   echo "run exit $?" >> "$dir/$progress"
-  local profile="$dir/check/profile.yaml" cmd concurrency workload pid
+  local profile="$dir/check/profile.yaml" cmd concurrency pid
   if [ ! -f "$profile" ]; then
     echo '{"error": "no profile: see run.log"}' > "$dir/result.json"; leftovers_check; return
   fi
-  read -r concurrency workload < <(python3 -c "import sys, yaml; p = yaml.safe_load(open(sys.argv[1]))
-print(p['concurrency'], p['workload']['spec'])" "$profile")
+  concurrency=$(python3 -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['concurrency'])" "$profile")
   cmd=$(python3 -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['vllm_serve_cmd'])" "$profile")
   case "$engine_args" in  # the rehearsal serves the same flags with the sim engine
     *sim*) cmd="python3 -m autotune sim serve ${cmd#vllm serve } --gpu-type h200 --time-scale 20" ;;
@@ -43,8 +42,8 @@ print(p['concurrency'], p['workload']['spec'])" "$profile")
   if server_ready "$port" profile-check "$pid"; then
     echo $(( $(date +%s) - t0 )) > "$dir/ready_s"
     echo "bench at C = $concurrency" >> "$dir/$progress"
-    python3 -m autotune bench --url "http://127.0.0.1:$port" --model profile-check --workload "$workload" \
-      --concurrency "$concurrency" --seed 7 --json > "$dir/bench.json" 2> "$dir/bench.err"
+    python3 -m autotune bench --url "http://127.0.0.1:$port" --model profile-check --profile "$profile" \
+      --seed 7 --json > "$dir/bench.json" 2> "$dir/bench.err"
     echo "bench exit $?" >> "$dir/$progress"
   else
     echo "server did not start" >> "$dir/$progress"
