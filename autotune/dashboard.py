@@ -187,14 +187,14 @@ async def _index(request: web.Request) -> web.Response:
     settings = request.app[_SETTINGS]
     storage = settings["storage"]
     readable: list[StudySummary | tuple[str, str]] = await asyncio.to_thread(_read_all, storage)
-    head = ("<tr><th></th><th>study</th><th>model</th><th>GPUs</th><th>engine</th><th>limits</th>"
+    head = ("<tr><th></th><th>study</th><th>model</th><th>GPUs</th><th>engine</th><th>limits</th><th>workload</th>"
             "<th>trials (met the limits)</th><th>winner's output tok/s at the limit</th>"
             + "".join(f"<th>{b} at the limit</th>" for b in BASELINES) + "<th>GPU-minutes</th><th></th></tr>")
     rows = []
     for s in readable:
         if isinstance(s, tuple):  # a study these records cannot read: listed, with why
             name, why = map(html.escape, s)
-            rows.append(f"<tr data-study='{name}'><td></td><td>{name}</td><td colspan='{8 + len(BASELINES)}' "
+            rows.append(f"<tr data-study='{name}'><td></td><td>{name}</td><td colspan='{9 + len(BASELINES)}' "
                         f"class='note'>{why}</td></tr>")
             continue
         fp, w = s.data.fingerprint, s.winner
@@ -209,6 +209,8 @@ async def _index(request: web.Request) -> web.Response:
             f"<td>{html.escape(fp.model if fp else '-')}</td><td>{f'{fp.gpus}x {fp.gpu_type}' if fp else '-'}</td>"
             f"<td>{html.escape(fp.engine if fp else '-')}</td>"
             f"<td>{html.escape(describe_limits(s.data.limits_ms) if s.data.limits_ms else '-')}</td>"
+            # the throughputs of studies of other workloads are not comparable: said before they are read
+            f"<td class='workload'>{html.escape(str(fp.workload['spec']) if fp else '-')}</td>"
             f"<td class='num'>{html.escape(trials_text(s.data.trials))}</td>"
             f"<td class='num best'>{best}</td>"
             + "".join(f"<td class='num baseline'>{html.escape(_baseline_cell(s, b, baselines.get(b)))}</td>"

@@ -40,6 +40,11 @@ def test_pages_and_api_without_optuna_dashboard(factory_storage, monkeypatch):
     assert html.escape(OPTUNA_DASHBOARD_MISSING) in index and "class='optuna'" not in index
     for name in optuna.study.get_all_study_names(open_storage_readonly(factory_storage)):
         assert f"data-study='{name}'" in index
+        fingerprint = read_study(optuna.load_study(study_name=name, storage=open_storage_readonly(factory_storage))) \
+            .fingerprint
+        row = index[index.index(f"data-study='{name}'"):]
+        # studies of other workloads side by side: each row says which
+        assert f"<td class='workload'>{html.escape(fingerprint.workload['spec'])}</td>" in row[:row.index("</tr>")]
     data = read_study(optuna.load_study(study_name="b", storage=open_storage_readonly(factory_storage)))
     for t in data.trials:
         assert f"data-trial='{t.number}'" in study
