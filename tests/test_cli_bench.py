@@ -119,7 +119,7 @@ def test_trace_replay_from_a_jsonl_file(server: FakeServer, capsys: pytest.Captu
 def test_records_every_request_with_warmup_flagged(server: FakeServer, capsys: pytest.CaptureFixture[str],
                                                    tmp_path, name: str) -> None:
     import gzip
-    server.configure(ttft_ms=30, itl_ms=5)
+    server.configure(ttft_ms=30, itl_ms=25)  # gaps that a busy host's scheduling delay does not merge
     path = tmp_path / "out" / name
     code = main(_bench(server, "--concurrency", "3", "--num-prompts", "7", "--warmup", "2", "--records", str(path),
                        "--json"))
@@ -130,8 +130,8 @@ def test_records_every_request_with_warmup_flagged(server: FakeServer, capsys: p
     assert [r["i"] for r in rows] == list(range(9)) and [r["warmup"] for r in rows] == [True] * 2 + [False] * 7
     measured = [r for r in rows if not r["warmup"]]
     assert all(r["ok"] and r["output_tokens"] == 4 for r in rows)
-    # in ms (the server's 30 ms TTFT, 5 ms gaps); the upper bound only catches a unit slip, not a busy host's delay
-    assert all(30 <= r["ttft_ms"] < 3000 and r["itl_max_ms"] >= 4 and r["e2el_ms"] > r["ttft_ms"] for r in rows)
+    # in ms (the server's 30 ms TTFT, 25 ms gaps); the upper bound only catches a unit slip, not a busy host's delay
+    assert all(30 <= r["ttft_ms"] < 3000 and r["itl_max_ms"] >= 20 and r["e2el_ms"] > r["ttft_ms"] for r in rows)
     # the summary's percentiles come from exactly the measured records
     import numpy as np
     assert np.percentile([r["ttft_ms"] for r in measured], 50) == pytest.approx(data["ttft_ms"]["p50"], rel=1e-3)
@@ -155,18 +155,18 @@ def test_records_where_they_cannot_be_written_is_refused_before_the_run(
 
 def test_records_itl_lists_each_gap(server: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     import numpy as np
-    server.configure(ttft_ms=20, itl_ms=6)
+    server.configure(ttft_ms=20, itl_ms=25)  # gaps that a busy host's scheduling delay does not merge
     path = tmp_path / "r.jsonl"
     code = main(_bench(server, "--concurrency", "2", "--num-prompts", "5", "--records", str(path), "--records-itl",
                        "--json"))
     data = json.loads(capsys.readouterr().out)
     assert code == 0
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    # 4 output tokens, 4 token chunks: 3 gaps each, about the server's 6 ms; the summary's ITLs are exactly these
+    # 4 output tokens, 4 token chunks: 3 gaps each, about the server's 25 ms; the summary's ITLs are exactly these
     assert all(len(r["itl_ms"]) == 3 and max(r["itl_ms"]) == r["itl_max_ms"] for r in rows)
     gaps = [g for r in rows if not r["warmup"] for g in r["itl_ms"]]
     # the median, not the minimum: on a busy CPU one late chunk is followed by one early (gaps of 0-2 ms seen)
-    assert 5 <= np.median(gaps) < 30
+    assert 20 <= np.median(gaps) < 100
     assert np.percentile(gaps, 90) == pytest.approx(data["itl_ms"]["p90"], rel=1e-3)
 
 
