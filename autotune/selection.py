@@ -29,7 +29,8 @@ repeats per finalist leave a pairwise (Welch) interval with one or two degrees o
 one); the relative run-to-run spread is a property of the engine and the card, alike for every finalist, so it
 is pooled over all of them (one degree of freedom per repeat beyond each finalist's first). On real GPUs the
 interval is never narrower than the noise floor, the spread between fresh servers that a few repeats cannot
-estimate.
+estimate. A finalist whose every fresh server failed measured nothing there: it is named, and no gain or claim
+rests on it.
 
 **The recommendation.** Finalists the best one does not beat beyond the interval are *equal within noise*. Of
 those whose mean also lies within one run's spread of the best's (the pooled spread, at least the noise floor),
@@ -427,6 +428,12 @@ def _select(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats
         return c.at_limit_mean_tok_s(limits_ms)
 
     best = max(confirmed, key=mean)
+    # A finalist whose every fresh server failed measured nothing: it missed no limit, so it is no gain (counted as
+    # 0 tok/s it was an "unbounded" one, and a "beats every baseline" rested on a server that did not start).
+    failed = [c for c in candidates if c.concurrency is not None and c.remeasurements_failed]
+    left_aside = (f"; unconfirmed (cut short, no claim rests on them): {names}" if unconfirmed else "") + \
+        ("; fresh-server re-measurements failed (no claim rests on them): " + ", ".join(_name(c) for c in failed)
+         if failed else "")
     equals = [c for c in confirmed
               if c is best or not gain_over(best, c, limits_ms, noise_floor, confidence, spread).significant]
     # Simplicity is bought only where the measured price is within one run's spread (see the module).
@@ -434,7 +441,7 @@ def _select(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats
     near = [c for c in equals if mean(c) >= mean(best) * (1.0 - margin)]
     winner = min(near, key=lambda c: (flags_changed(c.flags), -mean(c)))
     gains = {c.baseline: gain_over(winner, c, limits_ms, noise_floor, confidence, spread)
-             for c in candidates if c.baseline and c is not winner and c.confirmed(repeats)}
+             for c in candidates if c.baseline and c is not winner and c.confirmed(repeats) and c not in failed}
     if len(equals) > 1:
         verdict = f"equal within noise: {', '.join(_name(c) for c in equals)}; recommended: {_name(winner)}, "
         if len(near) > 1:
@@ -459,10 +466,8 @@ def _select(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats
         verdict = f"the tuned configuration is not better than {weak} beyond noise"
     else:
         verdict = "no baseline was measured as the finalists were"
-    if unconfirmed:
-        verdict += f"; unconfirmed (cut short, no claim rests on them): {names}"
-    return Selection(winner, candidates, gains, verdict, [c.trial_number for c in equals if len(equals) > 1],
-                     [c.trial_number for c in unconfirmed], best.trial_number)
+    return Selection(winner, candidates, gains, verdict + left_aside,
+                     [c.trial_number for c in equals if len(equals) > 1], [c.trial_number for c in unconfirmed], best.trial_number)
 
 
 def _why_no_winner(candidates: list[Candidate], finished_trials: int | None) -> str:

@@ -335,3 +335,19 @@ def test_the_p99s_and_the_at_limit_figures_list_the_runs_in_one_order():
     c.repeats.append(Measurement(2600.0, {"ttft": 320.0}))
     assert c.at_limit_tok_s({"ttft": 500.0}) == [2900.0, 2600.0]
     assert c.p99_values_ms("ttft") == [140.0, 320.0]
+
+
+def test_a_baseline_whose_fresh_servers_failed_is_named_not_beaten():
+    """vLLM's defaults met the limit in their search, then their one re-measurement's server failed to start (an
+    OOM of a fresh start, a port): nothing was measured there, so it is no gain, let alone an unbounded one, and no
+    "beats every baseline" rests on it."""
+    tuned = cand(5, [1100, 1110, 1105])
+    defaults = cand(0, [1000, 1005], baseline="vllm-defaults", flags={})
+    defaults.search_level = (64, 1000.0, {"ttft": 100.0})
+    defaults.repeats = [Measurement(math.nan, {"ttft": math.nan}, failure="oom: CUDA out of memory")] * 2
+    seed = cand(1, [900, 905, 902], baseline="seed-profile", flags={"kv-cache-dtype": "fp8"})
+    sel = select_winner([tuned, defaults, seed], LIMIT, repeats=2, noise_floor=0.03)
+    assert sel.winner is tuned and sel.gains["seed-profile"].significant
+    assert "vllm-defaults" not in sel.gains
+    assert sel.verdict == ("the tuned configuration beats every baseline beyond noise; fresh-server "
+                           "re-measurements failed (no claim rests on them): trial 0 (vllm-defaults)")

@@ -188,7 +188,9 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     for name, b in (report.get("baselines") or {}).items():
         g = b.get("gain") or {}
         figure = (f"{b['output_tok_s_at_limit']:,.0f} tok/s at the limit" if b["meets_limit"] else
-                  f"failed: {b['failure_class']}" if b.get("failure_class") else "misses a limit")
+                  f"failed: {b['failure_class']}" if b.get("failure_class") else
+                  f"its fresh-server re-measurements failed: {b['remeasurement_failure']} (not compared)"
+                  if b.get("remeasurement_failure") else "misses a limit")
         if b["trial"] == best["trial"]:
             gain = " (the winner)"
         elif g and g.get("gain_pct") is None:
