@@ -274,6 +274,13 @@ class Candidate:
             runs.insert(0, (concurrency, Measurement(output_tok_s, p99_ms)))
         return runs
 
+    def knee_concurrencies(self, limits_ms: Mapping[str, float]) -> list[float]:
+        """The load each counted run was carried to (its knee, in the order of :meth:`at_limit_tok_s`): where the
+        throughput at the limit lies, which a finalist over a limit at its own load serves only below it."""
+        if self.concurrency is None or self.curve is None:
+            return []
+        return [math.exp(x) for c, m in self._counted() if not math.isnan(x := self.curve.log_knee(c, m, limits_ms))]
+
     def at_limit_mean_tok_s(self, limits_ms: Mapping[str, float]) -> float:
         values = [v for v in self.at_limit_tok_s(limits_ms) if math.isfinite(v)]
         return float(np.mean(values)) if values else 0.0

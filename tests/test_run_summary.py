@@ -78,6 +78,50 @@ def _summary(trials: list[records.TrialRecord], remeasured: dict[int, list[Measu
     return out.getvalue(), f"{w.throughput_text()}, {w.p99_text()}"
 
 
+def test_the_best_line_gives_the_figures_and_the_interval_best_and_export_give():
+    """`run` headlined the throughput at the chosen load with its interval (± 0, n=2 on the README's sim study),
+    `best` and `export` the throughput at the limit with its own (± 279, 3 fresh-server runs): the same winner
+    with two different intervals."""
+    tuned = _trial(5, CURVE, 181)
+    defaults = _trial(0, SLOWER, 64, baseline="vllm-defaults", flags={})
+    out, best = _summary([tuned, defaults], {5: [Measurement(5050.0, {"ttft": 470.0})],
+                                             0: [Measurement(2750.0, {"ttft": 310.0})]})
+    [line] = [line for line in out.splitlines() if line.startswith("Best")]
+    throughput, p99 = best.rsplit(", P99 ", 1)
+    assert line.startswith(f"Best: trial 5 — {throughput}, P99 ttft 475 ms (mean of 480, 470; limit 500 ms)"), line
+    assert "at the limit ±" in line and p99 == "ttft 475 ms (limit 500 ms)"
+
+
+def test_a_step_down_says_how_many_runs_its_load_rests_on():
+    """A re-measurement over the limit at 181 moved the winner to the midpoint 152, which its search never measured:
+    its figures there rest on that one fresh server, while its throughput at the limit rests on three runs."""
+    tuned = _trial(5, CURVE, 181)
+    out, best = _summary([tuned], {5: [Measurement(5100.0, {"ttft": 560.0}), Measurement(4700.0, {"ttft": 420.0})]},
+                         steps={5: [152]})
+    assert "3 fresh-server runs); measured 4,700 at concurrency 152 (1 run there; stepped down from 181, where a " \
+           "fresh server broke a limit)" in best
+    assert best.split(", P99 ")[0] in out
+
+
+def test_a_winner_over_its_limit_at_its_load_is_not_said_to_be_within_it():
+    """A trial that started at the best knee so far has no level below its chosen one; its fresh server there drew
+    high, and the mean P99 of its two runs (480 and 540 ms) is over the limit. It still meets the limit a little
+    lower (every run's knee within the search's 1.2x), but `run` printed "P99 ttft 510 ms ≤ 500 ms"."""
+    tuned = _trial(5, ((181, 5000.0, 480.0), (215, 5200.0, 700.0)), 181)
+    defaults = _trial(0, SLOWER, 64, baseline="vllm-defaults", flags={})
+    out, best = _summary([tuned, defaults], {5: [Measurement(5000.0, {"ttft": 540.0})],
+                                             0: [Measurement(2750.0, {"ttft": 310.0})]})
+    [line] = [line for line in out.splitlines() if line.startswith("Best")]
+    assert "≤" not in line and "P99 ttft 510 ms (mean of 480, 540; over its 500 ms limit at this load: its knee " \
+                               "lies below it)" in line, line
+    assert best.endswith("P99 ttft 510 ms (over its 500 ms limit at this load: its knee lies below it)")
+    [note] = [line for line in out.splitlines() if line.startswith("note: at concurrency 181")]
+    assert note == ("note: at concurrency 181 the winner's P99 ttft (510 ms on average over its runs there) is over "
+                    "its 500 ms limit: it met the limits because each run's knee lies within the search's resolution "
+                    "below that load (concurrency 175 to 184, 180 on average), where its throughput at the limit is; "
+                    "serve it below concurrency 181")
+
+
 def test_a_baseline_whose_fresh_servers_failed_is_said_so_not_to_miss_a_limit():
     """vLLM's defaults met the limit in their search; their re-measurement's server did not start. The summary said
     "misses a limit" and "the winner's gain is unbounded (the baseline met no limit)"."""
