@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Profile", "build_profile", "write_profile", "read_profile", "environment", "PROFILE_VERSION"]
 
-# 6: study.not_run; 5: metrics.output_tok_s_at_limit with its interval; 4: metrics.output_tok_s_at_limit; 3: several
-# P99 limits (objective.limits_ms, metrics.p99)
-PROFILE_VERSION = 6
+# 7: a half_width may be null (one run: no interval); 6: study.not_run; 5: metrics.output_tok_s_at_limit with its
+# interval; 4: metrics.output_tok_s_at_limit; 3: several P99 limits (objective.limits_ms, metrics.p99)
+PROFILE_VERSION = 7
 
 
 class _Record(BaseModel):
@@ -80,7 +80,9 @@ class ThroughputStats(_Record):
     min: float
     max: float
     n: int
-    half_width: float  # of the mean's t interval at ``confidence``, never below the noise floor x mean
+    # of the mean's t interval at ``confidence``, never below the noise floor x mean; None from one run (t with no
+    # degrees of freedom bounds nothing)
+    half_width: float | None
     confidence: float
 
 

@@ -29,8 +29,9 @@ repeats per finalist leave a pairwise (Welch) interval with one or two degrees o
 one); the relative run-to-run spread is a property of the engine and the card, alike for every finalist, so it
 is pooled over all of them (one degree of freedom per repeat beyond each finalist's first). On real GPUs the
 interval is never narrower than the noise floor, the spread between fresh servers that a few repeats cannot
-estimate. A finalist whose every fresh server failed measured nothing there: it is named, and no gain or claim
-rests on it.
+estimate. With no finalist measured twice (``--repeats 0``) nothing estimates the spread: t with no degrees of
+freedom bounds nothing, so there is no interval and no claim (the floor is a least width, not an estimate). A
+finalist whose every fresh server failed measured nothing there: it is named, and no gain or claim rests on it.
 
 **The recommendation.** Finalists the best one does not beat beyond the interval are *equal within noise*. Of
 those whose mean also lies within one run's spread of the best's (the pooled spread, at least the noise floor),
@@ -328,16 +329,17 @@ class Candidate:
 
 
 def tok_s_stats(values: list[float], noise_floor: float = 0.0, confidence: float = 0.9) -> dict[str, float]:
-    """mean, std, min, max, n, and the half width of the mean's t interval (never below ``noise_floor`` x mean)."""
+    """mean, std, min, max, n, and the half width of the mean's t interval (never below ``noise_floor`` x mean; NaN
+    from one value: t with no degrees of freedom is unbounded, and a floor alone is no interval)."""
     tput = np.array(values, dtype=float)
     if tput.size == 0:
         return {"mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0, "n": 0, "half_width": 0.0}
     mean = float(tput.mean())
     std = float(tput.std(ddof=1)) if tput.size > 1 else 0.0
     t_half = float(stdtrit(tput.size - 1, 0.5 + confidence / 2)) * std / math.sqrt(tput.size) \
-        if tput.size > 1 else 0.0
+        if tput.size > 1 else math.nan
     return {"mean": mean, "std": std, "min": float(tput.min()), "max": float(tput.max()), "n": int(tput.size),
-            "half_width": max(t_half, noise_floor * mean)}
+            "half_width": max(t_half, noise_floor * mean) if tput.size > 1 else math.nan}
 
 
 @dataclass(frozen=True)
@@ -390,9 +392,14 @@ def gain_over(winner: Candidate, baseline: Candidate, limits_ms: Mapping[str, fl
     if b_mean <= 0 or w_mean <= 0:
         pct_low = pct_high = math.inf if w_mean > 0 else math.nan
         significant = w_mean > 0
+    elif not spread.dof:
+        # No finalist has a second run: nothing measures the run-to-run spread, and Student's t with no degrees of
+        # freedom is unbounded (the noise floor is a least width, not an estimate: on an H200 one run moves about
+        # 5% between fresh servers, docs/results/h200-reproducibility.md)
+        pct_low, pct_high, significant = -math.inf, math.inf, False
     else:
         t_half = (float(stdtrit(spread.dof, 0.5 + confidence / 2)) * spread.log_std
-                  * math.sqrt(1 / len(w_values) + 1 / len(b_values))) if spread.dof else 0.0
+                  * math.sqrt(1 / len(w_values) + 1 / len(b_values)))
         half = max(t_half, math.log1p(noise_floor))
         log_ratio = math.log(w_mean / b_mean)
         pct_low, pct_high = math.expm1(log_ratio - half) * 100.0, math.expm1(log_ratio + half) * 100.0
@@ -441,14 +448,23 @@ def _select(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats
     left_aside = (f"; unconfirmed (cut short, no claim rests on them): {names}" if unconfirmed else "") + \
         ("; fresh-server re-measurements failed (no claim rests on them): " + ", ".join(_name(c) for c in failed)
          if failed else "")
+
+    def gains_of(winner: Candidate) -> dict[str, GainRecord]:
+        return {c.baseline: gain_over(winner, c, limits_ms, noise_floor, confidence, spread)
+                for c in candidates if c.baseline and c is not winner and c.confirmed(repeats) and c not in failed}
+
+    if len(confirmed) > 1 and not spread.dof:  # one run each (--repeats 0): see gain_over
+        verdict = ("no finalist was measured twice, so the run-to-run spread is unknown and no claim is made "
+                   f"(--repeats 0): {_name(best)} is the best figure seen")
+        return Selection(best, candidates, gains_of(best), verdict + left_aside, [c.trial_number for c in confirmed],
+                         [c.trial_number for c in unconfirmed], best.trial_number)
     equals = [c for c in confirmed
               if c is best or not gain_over(best, c, limits_ms, noise_floor, confidence, spread).significant]
     # Simplicity is bought only where the measured price is within one run's spread (see the module).
     margin = max(noise_floor, -math.expm1(-spread.log_std))
     near = [c for c in equals if mean(c) >= mean(best) * (1.0 - margin)]
     winner = min(near, key=lambda c: (flags_changed(c.flags), -mean(c)))
-    gains = {c.baseline: gain_over(winner, c, limits_ms, noise_floor, confidence, spread)
-             for c in candidates if c.baseline and c is not winner and c.confirmed(repeats) and c not in failed}
+    gains = gains_of(winner)
     if len(equals) > 1:
         verdict = f"equal within noise: {', '.join(_name(c) for c in equals)}; recommended: {_name(winner)}, "
         if len(near) > 1:

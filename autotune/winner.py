@@ -113,6 +113,8 @@ def describe_p99s(p99_ms: Mapping[str, float], limits_ms: Mapping[str, float],
 def describe_gain(g: GainRecord) -> str:
     if not g.baseline_meets_limit:
         return "unbounded: the baseline met no limit"
+    if not (math.isfinite(g.gain_pct_low) and math.isfinite(g.gain_pct_high)):
+        return f"{g.gain_pct:+.1f}% (no interval: no finalist was measured twice)"
     where = "beyond" if g.significant else "within"
     return (f"{g.gain_pct:+.1f}% ({g.confidence:.0%} interval {g.gain_pct_low:+.1f}% to {g.gain_pct_high:+.1f}%, "
             f"{where} noise)")

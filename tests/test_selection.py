@@ -351,3 +351,29 @@ def test_a_baseline_whose_fresh_servers_failed_is_named_not_beaten():
     assert "vllm-defaults" not in sel.gains
     assert sel.verdict == ("the tuned configuration beats every baseline beyond noise; fresh-server "
                            "re-measurements failed (no claim rests on them): trial 0 (vllm-defaults)")
+
+
+def test_one_run_a_finalist_gives_no_interval_and_no_claim():
+    """--repeats 0: every finalist has its trial's run alone, so nothing measures the run-to-run spread. Student's t
+    with no degrees of freedom is unbounded, not zero wide: a 4% gain of one run over another was claimed "beyond
+    noise" (+1.0% to +7.1% on a GPU, from the 3% floor alone; +4.0% to +4.0% on the sim) where an H200's fresh
+    servers move about 5% from one to the next."""
+    from autotune.records import GainRecord
+    from autotune.selection import tok_s_stats
+    from autotune.winner import describe_gain
+
+    for floor in (0.03, 0.0):
+        tuned = Candidate(5, {"max-num-seqs": 512}, 64, 1040.0, {"ttft": 100.0},
+                          search_level=(64, 1040.0, {"ttft": 100.0}))
+        defaults = Candidate(0, {}, 64, 1000.0, {"ttft": 100.0}, baseline="vllm-defaults",
+                             search_level=(64, 1000.0, {"ttft": 100.0}))
+        sel = select_winner([tuned, defaults], LIMIT, repeats=0, noise_floor=floor)
+        g = sel.gains["vllm-defaults"]
+        assert sel.winner is tuned and not g.significant and g.gain_pct == pytest.approx(4.0)
+        assert g.gain_pct_low == -math.inf and g.gain_pct_high == math.inf
+        assert sel.verdict == ("no finalist was measured twice, so the run-to-run spread is unknown and no claim is "
+                               "made (--repeats 0): trial 5 is the best figure seen")
+        assert describe_gain(g) == "+4.0% (no interval: no finalist was measured twice)"
+        assert GainRecord.from_json(json.loads(json.dumps(g.to_json()))) == g  # stored and read back alike
+    one = tok_s_stats([1040.0], noise_floor=0.03)
+    assert one["n"] == 1 and math.isnan(one["half_width"])  # one run: no interval, not the floor's
