@@ -60,7 +60,8 @@ def _default(field: str) -> Any:
 @click.option("--top-k", type=int, default=_default("top_k"), show_default=True,
               help="candidates re-measured at the end (baselines always are)")
 @click.option("--repeats", type=int, default=_default("repeats"), show_default=True,
-              help="fresh-server re-measurements per finalist, beside its own trial's run (0: the search's figures alone)")
+              help="fresh-server re-measurements per finalist, beside its own trial's run (0: the search's figures "
+              "alone, which measure no spread: no interval, no claim)")
 @click.option("--max-repeats", type=int, default=_default("max_repeats"), show_default=True,
               help="with --timeout: time left after the trials buys more re-measurements, a round of every compared "
               "finalist at a time, up to this many each")
