@@ -193,6 +193,9 @@ class Candidate:
     # Counted in the comparison as the first of the finalist's fresh-server runs (see the module). Not moved by
     # a step-down: it is carried to the knee from its own load.
     search_level: tuple[int, float, Mapping[str, float]] | None = None
+    # Its trial measured its load levels and none met the limits (not a server that failed): a baseline so is in
+    # the comparison as 0 tok/s, the winner's gain over it unbounded.
+    met_no_limit: bool = False
 
     def step_down(self, min_bisect_ratio: float = LoadSearchConfig.min_bisect_ratio) -> bool:
         """Move below a level whose re-measurement broke a limit: to the geometric midpoint between it and the
@@ -451,7 +454,8 @@ def _select(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats
 
     def gains_of(winner: Candidate) -> dict[str, GainRecord]:
         return {c.baseline: gain_over(winner, c, limits_ms, noise_floor, confidence, spread)
-                for c in candidates if c.baseline and c is not winner and c.confirmed(repeats) and c not in failed}
+                for c in candidates if c.baseline and c is not winner and c not in failed
+                and (c.confirmed(repeats) or c.met_no_limit)}
 
     if len(confirmed) > 1 and not spread.dof:  # one run each (--repeats 0): see gain_over
         verdict = ("no finalist was measured twice, so the run-to-run spread is unknown and no claim is made "

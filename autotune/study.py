@@ -1029,6 +1029,7 @@ def _candidate(t: TrialRecord, restart_s: float = 0.0) -> Candidate:
                   vllm_serve_cmd=r.vllm_serve_cmd)
     if not r.feasible:
         c.concurrency = None  # SLO-meeting throughput is 0: nothing to re-measure
+        c.met_no_limit = r.failure_class == "no_feasible_load"
         return c
     c.remeasure_s = remeasure_s(r, int(r.concurrency), restart_s)  # type: ignore[arg-type]
     c.search_level = (int(r.concurrency), r.output_tok_s, dict(r.p99_ms))  # type: ignore[arg-type]

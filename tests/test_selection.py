@@ -5,10 +5,11 @@ import json
 import math
 
 import numpy as np
+import optuna
 import pytest
 from scipy import stats as scipy_stats
 
-from autotune.records import Measurement, Remeasurement
+from autotune.records import Measurement, Remeasurement, TrialRecord, TrialResult
 from autotune.selection import Candidate, LoadCurve, flags_changed, select_winner
 
 
@@ -377,3 +378,27 @@ def test_one_run_a_finalist_gives_no_interval_and_no_claim():
         assert GainRecord.from_json(json.loads(json.dumps(g.to_json()))) == g  # stored and read back alike
     one = tok_s_stats([1040.0], noise_floor=0.03)
     assert one["n"] == 1 and math.isnan(one["half_width"])  # one run: no interval, not the floor's
+
+
+def test_baselines_that_met_no_limit_at_any_load_give_unbounded_gains_not_a_missing_measurement():
+    """Under a limit vLLM's defaults cannot meet at any load (their trials measured their levels, every one over), the
+    verdict said "no baseline was measured as the finalists were" and stated no gain: the baselines were measured,
+    and the tuned configuration serves where they cannot. A baseline whose server failed measured nothing: no gain."""
+    from autotune.study import _candidate
+
+    def trial(number, baseline, failure_class):
+        result = TrialResult(flags={}, feasible=False, output_tok_s=0.0, concurrency=None,
+                             failure_class=failure_class)
+        return TrialRecord(number, optuna.trial.TrialState.COMPLETE, baseline, False, result)
+
+    tuned = cand(5, [1000, 1010])
+    slower = cand(6, [900, 905])
+    defaults = _candidate(trial(0, "vllm-defaults", "no_feasible_load"))
+    seed = _candidate(trial(1, "seed-profile", "no_feasible_load"))
+    sel = select_winner([tuned, slower, defaults, seed], LIMIT, repeats=1, noise_floor=0.03)
+    assert sel.verdict == "the tuned configuration beats every baseline beyond noise"
+    assert all(not g.baseline_meets_limit and math.isinf(g.gain_pct) and g.significant for g in sel.gains.values())
+    assert sorted(sel.gains) == ["seed-profile", "vllm-defaults"]
+    crashed = _candidate(trial(1, "seed-profile", "oom"))  # its server did not start: it missed no limit
+    sel = select_winner([tuned, slower, defaults, crashed], LIMIT, repeats=1, noise_floor=0.03)
+    assert sorted(sel.gains) == ["vllm-defaults"]
