@@ -5,7 +5,7 @@ import datetime as dt
 import math
 import platform
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,7 @@ from autotune.fileio import write_text_atomically
 from autotune.gpus import visible_gpus
 from autotune.hostcpu import winner_notes
 from autotune.jsonsafe import json_safe
+from autotune.metrics import fmt_ms
 from autotune.records import SelectionRecord, TrialRecord
 from autotune.selection import Candidate, Selection
 from autotune.storage import redact_url
@@ -30,9 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Profile", "build_profile", "write_profile", "read_profile", "environment", "PROFILE_VERSION"]
 
-# 6: study.not_run; 5: metrics.output_tok_s_at_limit with its interval; 4: metrics.output_tok_s_at_limit; 3: several
-# P99 limits (objective.limits_ms, metrics.p99)
-PROFILE_VERSION = 6
+# 7: a half_width may be null (one run: no interval); 6: study.not_run; 5: metrics.output_tok_s_at_limit with its
+# interval; 4: metrics.output_tok_s_at_limit; 3: several P99 limits (objective.limits_ms, metrics.p99)
+PROFILE_VERSION = 7
 
 
 class _Record(BaseModel):
@@ -79,7 +80,9 @@ class ThroughputStats(_Record):
     min: float
     max: float
     n: int
-    half_width: float  # of the mean's t interval at ``confidence``, never below the noise floor x mean
+    # of the mean's t interval at ``confidence``, never below the noise floor x mean; None from one run (t with no
+    # degrees of freedom bounds nothing)
+    half_width: float | None
     confidence: float
 
 
@@ -237,8 +240,24 @@ def build_profile(cfg: StudyConfig, selection: Selection, record: SelectionRecor
         notes=(engine_notes(StartupInfo.from_dict(winner_trial.result.startup))
                + winner_notes([lv.host_cpu for lv in winner_trial.result.levels] + [m.host_cpu for m in winner.repeats])
                + s.card_caveats() + s.sim_caveats() + ([layout] if (layout := cfg.baseline_layout_note()) else [])
-               + _ceiling_notes(winner_trial)),
+               + _ceiling_notes(winner_trial) + _over_limit_notes(winner, s.search.limits_ms)),
     )
+
+
+def _over_limit_notes(winner: Candidate, limits_ms: Mapping[str, float]) -> list[str]:
+    """Where the winner's mean P99 at its concurrency is over a limit: it still met the limits because every run's
+    knee lies within the search's resolution below that load (selection.Candidate.meets), and its throughput at the
+    limit is there. Served at the profile's concurrency it would break the limit."""
+    over = [f"P99 {metric} ({fmt_ms(p99)} ms on average over its runs there) is over its {limit:g} ms limit"
+            for metric, limit in limits_ms.items() if (p99 := winner.p99_mean_ms(metric)) > limit]
+    knees = winner.knee_concurrencies(limits_ms)
+    if not over or winner.concurrency is None:
+        return []
+    where = (f" (concurrency {min(knees):,.0f} to {max(knees):,.0f}, {sum(knees) / len(knees):,.0f} on average)"
+             if knees else "")
+    return [f"at concurrency {winner.concurrency} the winner's {' and '.join(over)}: it met the limits because each "
+            f"run's knee lies within the search's resolution below that load{where}, where its throughput at the "
+            f"limit is; serve it below concurrency {winner.concurrency}"]
 
 
 def _ceiling_notes(winner_trial: TrialRecord) -> list[str]:

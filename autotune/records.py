@@ -422,7 +422,7 @@ class GainRecord:
     baseline_meets_limit: bool  # every limit
     gain_output_tok_s: float
     gain_pct: float  # inf when the baseline missed a limit
-    gain_pct_low: float  # the interval of the gain, at ``confidence``
+    gain_pct_low: float  # the interval of the gain, at ``confidence``; -inf to inf: no finalist measured twice
     gain_pct_high: float
     confidence: float
     significant: bool  # the whole interval lies above 0
@@ -432,19 +432,23 @@ class GainRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> GainRecord:
-        def pct(key: str) -> float:  # an infinite gain (the baseline met no limit) is stored as null
-            return math.inf if data[key] is None else float(data[key])
+        meets = bool(data["baseline_meets_limit"])
 
-        return cls(int(data["baseline_trial"]), _num(data["baseline_output_tok_s"]), bool(data["baseline_meets_limit"]),
-                   _num(data["gain_output_tok_s"]), pct("gain_pct"), pct("gain_pct_low"), pct("gain_pct_high"),
-                   float(data["confidence"]), bool(data["significant"]))
+        def pct(key: str, unbounded: float = math.inf) -> float:
+            # stored as null: an infinite gain (the baseline met no limit), or, of a baseline that met them, an
+            # interval's bound that no second run of any finalist bounded (selection.gain_over)
+            return (math.inf if not meets else unbounded) if data[key] is None else float(data[key])
+
+        return cls(int(data["baseline_trial"]), _num(data["baseline_output_tok_s"]), meets,
+                   _num(data["gain_output_tok_s"]), pct("gain_pct"), pct("gain_pct_low", -math.inf),
+                   pct("gain_pct_high"), float(data["confidence"]), bool(data["significant"]))
 
 
 @dataclass(frozen=True)
 class ThroughputRecord:
     """Output tok/s over a candidate's measurements (its re-measurements, else the search's one figure), with the
-    half width of the mean's t interval at ``confidence`` (never below the noise floor; 0 with one measurement,
-    NaN when no interval was computed)."""
+    half width of the mean's t interval at ``confidence`` (never below the noise floor; NaN with one measurement,
+    which bounds nothing, or when no interval was computed)."""
 
     mean: float
     std: float

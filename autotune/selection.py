@@ -29,7 +29,9 @@ repeats per finalist leave a pairwise (Welch) interval with one or two degrees o
 one); the relative run-to-run spread is a property of the engine and the card, alike for every finalist, so it
 is pooled over all of them (one degree of freedom per repeat beyond each finalist's first). On real GPUs the
 interval is never narrower than the noise floor, the spread between fresh servers that a few repeats cannot
-estimate.
+estimate. With no finalist measured twice (``--repeats 0``) nothing estimates the spread: t with no degrees of
+freedom bounds nothing, so there is no interval and no claim (the floor is a least width, not an estimate). A
+finalist whose every fresh server failed measured nothing there: it is named, and no gain or claim rests on it.
 
 **The recommendation.** Finalists the best one does not beat beyond the interval are *equal within noise*. Of
 those whose mean also lies within one run's spread of the best's (the pooled spread, at least the noise floor),
@@ -191,6 +193,9 @@ class Candidate:
     # Counted in the comparison as the first of the finalist's fresh-server runs (see the module). Not moved by
     # a step-down: it is carried to the knee from its own load.
     search_level: tuple[int, float, Mapping[str, float]] | None = None
+    # Its trial measured its load levels and none met the limits (not a server that failed): a baseline so is in
+    # the comparison as 0 tok/s, the winner's gain over it unbounded.
+    met_no_limit: bool = False
 
     def step_down(self, min_bisect_ratio: float = LoadSearchConfig.min_bisect_ratio) -> bool:
         """Move below a level whose re-measurement broke a limit: to the geometric midpoint between it and the
@@ -273,6 +278,13 @@ class Candidate:
             runs.insert(0, (concurrency, Measurement(output_tok_s, p99_ms)))
         return runs
 
+    def knee_concurrencies(self, limits_ms: Mapping[str, float]) -> list[float]:
+        """The load each counted run was carried to (its knee, in the order of :meth:`at_limit_tok_s`): where the
+        throughput at the limit lies, which a finalist over a limit at its own load serves only below it."""
+        if self.concurrency is None or self.curve is None:
+            return []
+        return [math.exp(x) for c, m in self._counted() if not math.isnan(x := self.curve.log_knee(c, m, limits_ms))]
+
     def at_limit_mean_tok_s(self, limits_ms: Mapping[str, float]) -> float:
         values = [v for v in self.at_limit_tok_s(limits_ms) if math.isfinite(v)]
         return float(np.mean(values)) if values else 0.0
@@ -320,16 +332,17 @@ class Candidate:
 
 
 def tok_s_stats(values: list[float], noise_floor: float = 0.0, confidence: float = 0.9) -> dict[str, float]:
-    """mean, std, min, max, n, and the half width of the mean's t interval (never below ``noise_floor`` x mean)."""
+    """mean, std, min, max, n, and the half width of the mean's t interval (never below ``noise_floor`` x mean; NaN
+    from one value: t with no degrees of freedom is unbounded, and a floor alone is no interval)."""
     tput = np.array(values, dtype=float)
     if tput.size == 0:
         return {"mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0, "n": 0, "half_width": 0.0}
     mean = float(tput.mean())
     std = float(tput.std(ddof=1)) if tput.size > 1 else 0.0
     t_half = float(stdtrit(tput.size - 1, 0.5 + confidence / 2)) * std / math.sqrt(tput.size) \
-        if tput.size > 1 else 0.0
+        if tput.size > 1 else math.nan
     return {"mean": mean, "std": std, "min": float(tput.min()), "max": float(tput.max()), "n": int(tput.size),
-            "half_width": max(t_half, noise_floor * mean)}
+            "half_width": max(t_half, noise_floor * mean) if tput.size > 1 else math.nan}
 
 
 @dataclass(frozen=True)
@@ -382,9 +395,14 @@ def gain_over(winner: Candidate, baseline: Candidate, limits_ms: Mapping[str, fl
     if b_mean <= 0 or w_mean <= 0:
         pct_low = pct_high = math.inf if w_mean > 0 else math.nan
         significant = w_mean > 0
+    elif not spread.dof:
+        # No finalist has a second run: nothing measures the run-to-run spread, and Student's t with no degrees of
+        # freedom is unbounded (the noise floor is a least width, not an estimate: on an H200 one run moves about
+        # 5% between fresh servers, docs/results/h200-reproducibility.md)
+        pct_low, pct_high, significant = -math.inf, math.inf, False
     else:
         t_half = (float(stdtrit(spread.dof, 0.5 + confidence / 2)) * spread.log_std
-                  * math.sqrt(1 / len(w_values) + 1 / len(b_values))) if spread.dof else 0.0
+                  * math.sqrt(1 / len(w_values) + 1 / len(b_values)))
         half = max(t_half, math.log1p(noise_floor))
         log_ratio = math.log(w_mean / b_mean)
         pct_low, pct_high = math.expm1(log_ratio - half) * 100.0, math.expm1(log_ratio + half) * 100.0
@@ -427,14 +445,30 @@ def _select(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats
         return c.at_limit_mean_tok_s(limits_ms)
 
     best = max(confirmed, key=mean)
+    # A finalist whose every fresh server failed measured nothing: it missed no limit, so it is no gain (counted as
+    # 0 tok/s it was an "unbounded" one, and a "beats every baseline" rested on a server that did not start).
+    failed = [c for c in candidates if c.concurrency is not None and c.remeasurements_failed]
+    left_aside = (f"; unconfirmed (cut short, no claim rests on them): {names}" if unconfirmed else "") + \
+        ("; fresh-server re-measurements failed (no claim rests on them): " + ", ".join(_name(c) for c in failed)
+         if failed else "")
+
+    def gains_of(winner: Candidate) -> dict[str, GainRecord]:
+        return {c.baseline: gain_over(winner, c, limits_ms, noise_floor, confidence, spread)
+                for c in candidates if c.baseline and c is not winner and c not in failed
+                and (c.confirmed(repeats) or c.met_no_limit)}
+
+    if len(confirmed) > 1 and not spread.dof:  # one run each (--repeats 0): see gain_over
+        verdict = ("no finalist was measured twice, so the run-to-run spread is unknown and no claim is made "
+                   f"(--repeats 0): {_name(best)} is the best figure seen")
+        return Selection(best, candidates, gains_of(best), verdict + left_aside, [c.trial_number for c in confirmed],
+                         [c.trial_number for c in unconfirmed], best.trial_number)
     equals = [c for c in confirmed
               if c is best or not gain_over(best, c, limits_ms, noise_floor, confidence, spread).significant]
     # Simplicity is bought only where the measured price is within one run's spread (see the module).
     margin = max(noise_floor, -math.expm1(-spread.log_std))
     near = [c for c in equals if mean(c) >= mean(best) * (1.0 - margin)]
     winner = min(near, key=lambda c: (flags_changed(c.flags), -mean(c)))
-    gains = {c.baseline: gain_over(winner, c, limits_ms, noise_floor, confidence, spread)
-             for c in candidates if c.baseline and c is not winner and c.confirmed(repeats)}
+    gains = gains_of(winner)
     if len(equals) > 1:
         verdict = f"equal within noise: {', '.join(_name(c) for c in equals)}; recommended: {_name(winner)}, "
         if len(near) > 1:
@@ -459,10 +493,8 @@ def _select(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats
         verdict = f"the tuned configuration is not better than {weak} beyond noise"
     else:
         verdict = "no baseline was measured as the finalists were"
-    if unconfirmed:
-        verdict += f"; unconfirmed (cut short, no claim rests on them): {names}"
-    return Selection(winner, candidates, gains, verdict, [c.trial_number for c in equals if len(equals) > 1],
-                     [c.trial_number for c in unconfirmed], best.trial_number)
+    return Selection(winner, candidates, gains, verdict + left_aside,
+                     [c.trial_number for c in equals if len(equals) > 1], [c.trial_number for c in unconfirmed], best.trial_number)
 
 
 def _why_no_winner(candidates: list[Candidate], finished_trials: int | None) -> str:

@@ -1029,6 +1029,7 @@ def _candidate(t: TrialRecord, restart_s: float = 0.0) -> Candidate:
                   vllm_serve_cmd=r.vllm_serve_cmd)
     if not r.feasible:
         c.concurrency = None  # SLO-meeting throughput is 0: nothing to re-measure
+        c.met_no_limit = r.failure_class == "no_feasible_load"
         return c
     c.remeasure_s = remeasure_s(r, int(r.concurrency), restart_s)  # type: ignore[arg-type]
     c.search_level = (int(r.concurrency), r.output_tok_s, dict(r.p99_ms))  # type: ignore[arg-type]
@@ -1220,7 +1221,8 @@ def _candidate_summary(cand: Candidate, cfg: StudyConfig) -> dict[str, Any]:
 def baseline_summary(selection: Selection, cfg: StudyConfig,
                      trials: list[TrialRecord]) -> dict[str, dict[str, Any]]:
     """Each baseline as the comparison saw it, with its gain, and why it measured nothing where its server failed
-    (``failure_class``: a baseline that did not start did not miss a limit)."""
+    (``failure_class``: a baseline that did not start did not miss a limit; ``remeasurement_failure``: the failure
+    class of its fresh servers when every one of them failed, which is no gain either)."""
     results = {t.number: t.result for t in trials if t.result is not None}
     out: dict[str, dict[str, Any]] = {}
     for cand in selection.candidates:
@@ -1228,7 +1230,9 @@ def baseline_summary(selection: Selection, cfg: StudyConfig,
             gain = selection.gains.get(cand.baseline)
             result = results.get(cand.trial_number)
             out[cand.baseline] = {**_candidate_summary(cand, cfg), **({"gain": gain.to_json()} if gain else {}),
-                                  "failure_class": result.measurement_failure if result is not None else ""}
+                                  "failure_class": result.measurement_failure if result is not None else "",
+                                  "remeasurement_failure": (cand.repeats[-1].failure.split(":")[0] or "failed")
+                                  if cand.remeasurements_failed else ""}
     return out
 
 

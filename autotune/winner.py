@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,8 @@ from autotune.errors import NoFeasibleConfigError
 from autotune.metrics import describe_limits, fmt_ms
 from autotune.records import GainRecord, Measurement, RunRecord, StudyFingerprint, ThroughputRecord, TrialRecord
 
-__all__ = ["Winner", "StudyRecords", "read_study", "find_winner", "require_winner", "describe_gain"]
+__all__ = ["Winner", "StudyRecords", "read_study", "find_winner", "require_winner", "describe_gain",
+           "describe_throughput", "describe_p99s"]
 
 
 @dataclass(frozen=True)
@@ -56,28 +57,64 @@ class Winner:
     def throughput_text(self) -> str:
         """``9,240 output tok/s at the limit ± 277 (90% interval, 2 fresh-server runs); measured 9,119 at
         concurrency 128``: each run carried to its own knee (selection.py), and as measured."""
-        t, m = self.at_limit_tok_s, self.output_tok_s
-        if not self.has_interval:
-            return (f"{m.mean:,.0f} output tok/s at concurrency {self.concurrency} (the search's one measurement, "
-                    "not re-measured: no interval)")
-        runs = f"{t.n} fresh-server run{'s' if t.n != 1 else ''}" if self.remeasurements else "the search's figure"
-        return (f"{t.mean:,.0f} output tok/s at the limit ± {t.half_width:,.0f} ({t.confidence:.0%} interval, {runs}); "
-                f"measured {m.mean:,.0f} at concurrency {self.concurrency}")
+        return describe_throughput(self.at_limit_tok_s, self.output_tok_s, self.concurrency, selected=self.selected,
+                                   remeasured=bool(self.remeasurements), stepped_down_from=self.stepped_down_from)
 
     def p99_text(self) -> str:
         """``P99 ttft 430 ms (limit 500 ms), P99 itl 41.2 ms (limit 50 ms)``."""
-        return ", ".join(f"P99 {metric} {fmt_ms(p99)} ms" + (f" (limit {self.limits_ms[metric]:g} ms)"
-                                                            if metric in self.limits_ms else "")
-                         for metric, p99 in self.p99_ms.items())
+        return describe_p99s(self.p99_ms, self.limits_ms)
 
     def gain_texts(self) -> dict[str, str]:
         """Each baseline's line: ``+12.3% (90% interval +8.0% to +16.6%, beyond noise)``, by baseline name."""
         return {name: describe_gain(g) for name, g in self.gains.items()}
 
 
+def describe_throughput(at_limit: ThroughputRecord, at_load: ThroughputRecord, concurrency: int, *, selected: bool,
+                        remeasured: bool, stepped_down_from: Sequence[int] = ()) -> str:
+    """A winner's throughput as every command states it (`run`'s summary, `best`, `export`'s header, `compare`): at
+    the limit with its interval, what the verdict compared, then as measured at its load, with the runs behind that
+    figure where they are fewer than the interval's (a step-down starts the count again at a lower load)."""
+    t, m = at_limit, at_load
+    if not selected:
+        return (f"{m.mean:,.0f} output tok/s at concurrency {concurrency} (the search's one measurement, "
+                "not re-measured: no interval)")
+    if math.isnan(t.half_width):  # one run: Student's t bounds nothing (selection.tok_s_stats)
+        whose = "" if remeasured else ", the search's"
+        head = f"{t.mean:,.0f} output tok/s at the limit (one run{whose}: no interval)"
+    else:
+        runs = f"{t.n} fresh-server run{'s' if t.n != 1 else ''}" if remeasured else "the search's figure"
+        head = f"{t.mean:,.0f} output tok/s at the limit ± {t.half_width:,.0f} ({t.confidence:.0%} interval, {runs})"
+    there = []
+    if m.n != t.n or stepped_down_from:
+        there.append(f"{m.n} run{'s' if m.n != 1 else ''} there")
+    if stepped_down_from:
+        there.append(f"stepped down from {', '.join(str(c) for c in stepped_down_from)}, where a fresh server broke "
+                     "a limit")
+    return f"{head}; measured {m.mean:,.0f} at concurrency {concurrency}" + (f" ({'; '.join(there)})" if there else "")
+
+
+def describe_p99s(p99_ms: Mapping[str, float], limits_ms: Mapping[str, float],
+                  values_ms: Mapping[str, Sequence[float]] | None = None) -> str:
+    """``P99 ttft 430 ms (limit 500 ms), P99 itl 41.2 ms (limit 50 ms)``: each the mean over the runs at the
+    winner's load (``values_ms``, each run's, where given). A finalist over a limit there still meets it when every
+    run's knee lies within the search's resolution below (selection.Candidate.meets): then said so, not "within"."""
+    parts = []
+    for metric, p99 in p99_ms.items():
+        runs = [v for v in (values_ms or {}).get(metric, ()) if not math.isnan(v)]
+        notes = [f"mean of {', '.join(fmt_ms(v) for v in runs)}"] if len(runs) > 1 else []
+        limit = limits_ms.get(metric)
+        if limit is not None:
+            notes.append(f"over its {limit:g} ms limit at this load: its knee lies below it" if p99 > limit
+                         else f"limit {limit:g} ms")
+        parts.append(f"P99 {metric} {fmt_ms(p99)} ms" + (f" ({'; '.join(notes)})" if notes else ""))
+    return ", ".join(parts)
+
+
 def describe_gain(g: GainRecord) -> str:
     if not g.baseline_meets_limit:
         return "unbounded: the baseline met no limit"
+    if not (math.isfinite(g.gain_pct_low) and math.isfinite(g.gain_pct_high)):
+        return f"{g.gain_pct:+.1f}% (no interval: no finalist was measured twice)"
     where = "beyond" if g.significant else "within"
     return (f"{g.gain_pct:+.1f}% ({g.confidence:.0%} interval {g.gain_pct_low:+.1f}% to {g.gain_pct_high:+.1f}%, "
             f"{where} noise)")

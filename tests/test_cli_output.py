@@ -30,13 +30,16 @@ def test_piped_output_keeps_names_and_commands_whole(capsys, tmp_path):
     assert any(NAME in line for line in err.splitlines())
     # The Best line's P99 is the one the limit is judged on: the mean over the winner's runs, each run shown.
     metrics = yaml.safe_load(Path(out.split("Profile: ")[1].split()[0]).read_text())["metrics"]
-    p99, tput = metrics["p99"]["ttft"], metrics["output_tok_s"]
+    p99 = metrics["p99"]["ttft"]
     runs = ", ".join(f"{v:,.0f}" for v in p99["values_ms"])
     best_line = next(line for line in out.splitlines() if line.startswith("Best"))
-    assert len(p99["values_ms"]) == 2 and f"P99 ttft {p99['mean_ms']:,.0f} ms (mean of {runs}) ≤ 500 ms" in best_line
-    assert f"{tput['mean']:,.0f} output tok/s (± {tput['half_width']:,.0f}, 90% interval, n=2)" in best_line, best_line
+    assert len(p99["values_ms"]) == 2
+    assert f"P99 ttft {p99['mean_ms']:,.0f} ms (mean of {runs}; limit 500 ms)" in best_line, best_line
     assert main(["best", "--study", NAME, "--storage", url]) == 0
     best = capsys.readouterr().out.splitlines()
+    # its throughput in `best`'s words: at the limit with that interval, then as measured at its load
+    throughput = best[1].strip().rsplit(", P99 ", 1)[0]
+    assert "at the limit ±" in throughput and f" — {throughput}, P99 " in best_line, (best_line, throughput)
     assert best[0].endswith("(the final comparison's winner)")  # one pair of brackets: "(selection (re-measured))"
     assert best[0].startswith(NAME) and any(line.strip().startswith("vllm serve") and
                                             line.strip().endswith("1024") for line in best)
@@ -63,15 +66,15 @@ def test_engine_notes_follow_the_verdict(capsys, tmp_path):
     # the sim prints no such line (and the h200 card no TTFT caveat); its search met the limit at --max-concurrency
     assert code == 0 and [n for n in report["notes"] if "--max-concurrency 64" not in n] == []
     note = "vLLM ran the MoE layers on its fused-MoE kernel's default config: " + "x" * 200
-    # a noisy study's figures: the Best line's ± is the interval's half width, as `best` and `export` give it, not
-    # the runs' standard deviation
-    tput = {**report["best"]["output_tok_s"], "std": 12.0, "half_width": 345.0, "n": 2}
+    # a noisy study's figures: the Best line's ± is the interval's half width of the throughput at the limit, as
+    # `best` and `export` give it, not the runs' standard deviation
+    tput = {**report["best"]["output_tok_s_at_limit_interval"], "std": 12.0, "half_width": 345.0, "n": 2}
     out = io.StringIO()
-    print_summary({**report, "notes": [note], "best": {**report["best"], "output_tok_s": tput}},
+    print_summary({**report, "notes": [note], "best": {**report["best"], "output_tok_s_at_limit_interval": tput}},
                   Console(file=out, width=80, soft_wrap=True))  # as `run` prints
     lines = out.getvalue().splitlines()
     assert lines[lines.index(report["verdict"]) + 1] == f"note: {note}" and lines[-1].startswith("Profile: ")
-    assert "output tok/s (± 345, 90% interval, n=2) at concurrency" in lines[0], lines[0]
+    assert "output tok/s at the limit ± 345 (90% interval, the search's figure); measured" in lines[0], lines[0]
 
 
 def test_a_sim_study_under_a_limit_its_card_gets_wrong_says_so(capsys, tmp_path):

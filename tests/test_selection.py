@@ -5,10 +5,11 @@ import json
 import math
 
 import numpy as np
+import optuna
 import pytest
 from scipy import stats as scipy_stats
 
-from autotune.records import Measurement, Remeasurement
+from autotune.records import Measurement, Remeasurement, TrialRecord, TrialResult
 from autotune.selection import Candidate, LoadCurve, flags_changed, select_winner
 
 
@@ -335,3 +336,69 @@ def test_the_p99s_and_the_at_limit_figures_list_the_runs_in_one_order():
     c.repeats.append(Measurement(2600.0, {"ttft": 320.0}))
     assert c.at_limit_tok_s({"ttft": 500.0}) == [2900.0, 2600.0]
     assert c.p99_values_ms("ttft") == [140.0, 320.0]
+
+
+def test_a_baseline_whose_fresh_servers_failed_is_named_not_beaten():
+    """vLLM's defaults met the limit in their search, then their one re-measurement's server failed to start (an
+    OOM of a fresh start, a port): nothing was measured there, so it is no gain, let alone an unbounded one, and no
+    "beats every baseline" rests on it."""
+    tuned = cand(5, [1100, 1110, 1105])
+    defaults = cand(0, [1000, 1005], baseline="vllm-defaults", flags={})
+    defaults.search_level = (64, 1000.0, {"ttft": 100.0})
+    defaults.repeats = [Measurement(math.nan, {"ttft": math.nan}, failure="oom: CUDA out of memory")] * 2
+    seed = cand(1, [900, 905, 902], baseline="seed-profile", flags={"kv-cache-dtype": "fp8"})
+    sel = select_winner([tuned, defaults, seed], LIMIT, repeats=2, noise_floor=0.03)
+    assert sel.winner is tuned and sel.gains["seed-profile"].significant
+    assert "vllm-defaults" not in sel.gains
+    assert sel.verdict == ("the tuned configuration beats every baseline beyond noise; fresh-server "
+                           "re-measurements failed (no claim rests on them): trial 0 (vllm-defaults)")
+
+
+def test_one_run_a_finalist_gives_no_interval_and_no_claim():
+    """--repeats 0: every finalist has its trial's run alone, so nothing measures the run-to-run spread. Student's t
+    with no degrees of freedom is unbounded, not zero wide: a 4% gain of one run over another was claimed "beyond
+    noise" (+1.0% to +7.1% on a GPU, from the 3% floor alone; +4.0% to +4.0% on the sim) where an H200's fresh
+    servers move about 5% from one to the next."""
+    from autotune.records import GainRecord
+    from autotune.selection import tok_s_stats
+    from autotune.winner import describe_gain
+
+    for floor in (0.03, 0.0):
+        tuned = Candidate(5, {"max-num-seqs": 512}, 64, 1040.0, {"ttft": 100.0},
+                          search_level=(64, 1040.0, {"ttft": 100.0}))
+        defaults = Candidate(0, {}, 64, 1000.0, {"ttft": 100.0}, baseline="vllm-defaults",
+                             search_level=(64, 1000.0, {"ttft": 100.0}))
+        sel = select_winner([tuned, defaults], LIMIT, repeats=0, noise_floor=floor)
+        g = sel.gains["vllm-defaults"]
+        assert sel.winner is tuned and not g.significant and g.gain_pct == pytest.approx(4.0)
+        assert g.gain_pct_low == -math.inf and g.gain_pct_high == math.inf
+        assert sel.verdict == ("no finalist was measured twice, so the run-to-run spread is unknown and no claim is "
+                               "made (--repeats 0): trial 5 is the best figure seen")
+        assert describe_gain(g) == "+4.0% (no interval: no finalist was measured twice)"
+        assert GainRecord.from_json(json.loads(json.dumps(g.to_json()))) == g  # stored and read back alike
+    one = tok_s_stats([1040.0], noise_floor=0.03)
+    assert one["n"] == 1 and math.isnan(one["half_width"])  # one run: no interval, not the floor's
+
+
+def test_baselines_that_met_no_limit_at_any_load_give_unbounded_gains_not_a_missing_measurement():
+    """Under a limit vLLM's defaults cannot meet at any load (their trials measured their levels, every one over), the
+    verdict said "no baseline was measured as the finalists were" and stated no gain: the baselines were measured,
+    and the tuned configuration serves where they cannot. A baseline whose server failed measured nothing: no gain."""
+    from autotune.study import _candidate
+
+    def trial(number, baseline, failure_class):
+        result = TrialResult(flags={}, feasible=False, output_tok_s=0.0, concurrency=None,
+                             failure_class=failure_class)
+        return TrialRecord(number, optuna.trial.TrialState.COMPLETE, baseline, False, result)
+
+    tuned = cand(5, [1000, 1010])
+    slower = cand(6, [900, 905])
+    defaults = _candidate(trial(0, "vllm-defaults", "no_feasible_load"))
+    seed = _candidate(trial(1, "seed-profile", "no_feasible_load"))
+    sel = select_winner([tuned, slower, defaults, seed], LIMIT, repeats=1, noise_floor=0.03)
+    assert sel.verdict == "the tuned configuration beats every baseline beyond noise"
+    assert all(not g.baseline_meets_limit and math.isinf(g.gain_pct) and g.significant for g in sel.gains.values())
+    assert sorted(sel.gains) == ["seed-profile", "vllm-defaults"]
+    crashed = _candidate(trial(1, "seed-profile", "oom"))  # its server did not start: it missed no limit
+    sel = select_winner([tuned, slower, defaults, crashed], LIMIT, repeats=1, noise_floor=0.03)
+    assert sorted(sel.gains) == ["vllm-defaults"]

@@ -2,6 +2,7 @@
 :mod:`autotune.cli.ui`, then the result."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import click
@@ -12,10 +13,11 @@ from autotune.config import DEFAULT_P99_METRIC, MAX_CONCURRENCY_PER_GPU, RunOpti
 from autotune.errors import NoFeasibleConfigError
 from autotune.loadsearch import LoadSearchConfig
 from autotune.metrics import LATENCY_METRICS, describe_limits
-from autotune.records import describe_not_run
+from autotune.records import GainRecord, ThroughputRecord, describe_not_run
 from autotune.sim.faults import FAULTS
 from autotune.storage import DEFAULT_STORAGE, hold_study_run, open_storage
 from autotune.study import StudyConfig, StudyOutcome, run_study
+from autotune.winner import describe_gain, describe_p99s, describe_throughput
 
 __all__ = ["commands", "run", "run_report"]
 
@@ -58,7 +60,8 @@ def _default(field: str) -> Any:
 @click.option("--top-k", type=int, default=_default("top_k"), show_default=True,
               help="candidates re-measured at the end (baselines always are)")
 @click.option("--repeats", type=int, default=_default("repeats"), show_default=True,
-              help="fresh-server re-measurements per finalist, beside its own trial's run (0: the search's figures alone)")
+              help="fresh-server re-measurements per finalist, beside its own trial's run (0: the search's figures "
+              "alone, which measure no spread: no interval, no claim)")
 @click.option("--max-repeats", type=int, default=_default("max_repeats"), show_default=True,
               help="with --timeout: time left after the trials buys more re-measurements, a round of every compared "
               "finalist at a time, up to this many each")
@@ -150,6 +153,8 @@ def run_report(outcome: StudyOutcome, cfg: StudyConfig) -> dict[str, Any]:
                           "metrics": at_load, "output_tok_s": profile.metrics.output_tok_s.model_dump(),
                           "p99": {m: p.model_dump() for m, p in profile.metrics.p99.items()},
                           "output_tok_s_at_limit": profile.metrics.output_tok_s_at_limit.mean,
+                          "output_tok_s_at_limit_interval": profile.metrics.output_tok_s_at_limit.model_dump(),
+                          "repeats": profile.metrics.repeats, "stepped_down_from": profile.stepped_down_from,
                           "baseline": profile.baseline}
         report["notes"] = list(profile.notes)
     else:
@@ -173,30 +178,30 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
         _print_finalists(report, console)
         _print_not_run(report, console)
         return
-    t = best["output_tok_s"]
-    p99s = []
-    for metric, limit_ms in report["limits_ms"].items():  # the limit holds for the mean P99 over the runs
-        stats = best["p99"].get(metric) or {}
-        p99, runs = stats.get("mean_ms"), [v for v in stats.get("values_ms") or [] if v is not None]
-        each = f" (mean of {', '.join(format(v, ',.0f') for v in runs)})" if len(runs) > 1 else ""
-        p99s.append(f"P99 {metric} {'-' if p99 is None else format(p99, ',.0f')} ms{each} ≤ {limit_ms:g} ms")
-    console.print(f"[bold green]Best[/]: trial {best['trial']} — {t['mean']:,.0f} output tok/s "
-                  f"(± {t['half_width']:,.0f}, {t['confidence']:.0%} interval, n={t['n']}) at concurrency "
-                  f"{best['concurrency']}, {', '.join(p99s)}; "
-                  f"{best['output_tok_s_at_limit']:,.0f} tok/s at the limit")
+    # the words and figures `best` and `export` give (autotune.winner), with each run's P99 beside their mean
+    throughput = describe_throughput(ThroughputRecord.from_json(best["output_tok_s_at_limit_interval"]),
+                                     ThroughputRecord.from_json(best["output_tok_s"]), best["concurrency"],
+                                     selected=True, remeasured=best["repeats"] > 0,
+                                     stepped_down_from=best["stepped_down_from"])
+
+    def ms(value: float | None) -> float:  # the report's null: not measured
+        return math.nan if value is None else float(value)
+
+    p99 = {metric: ms(best["p99"][metric]["mean_ms"]) for metric in report["limits_ms"] if metric in best["p99"]}
+    values = {metric: [ms(v) for v in best["p99"][metric]["values_ms"]] for metric in p99}
+    console.print(f"[bold green]Best[/]: trial {best['trial']} — {throughput}, "
+                  f"{describe_p99s(p99, report['limits_ms'], values)}", highlight=False)
     console.print(f"  {best['vllm_serve_cmd']}", markup=False, highlight=False)
     for name, b in (report.get("baselines") or {}).items():
         g = b.get("gain") or {}
         figure = (f"{b['output_tok_s_at_limit']:,.0f} tok/s at the limit" if b["meets_limit"] else
-                  f"failed: {b['failure_class']}" if b.get("failure_class") else "misses a limit")
+                  f"failed: {b['failure_class']}" if b.get("failure_class") else
+                  f"its fresh-server re-measurements failed: {b['remeasurement_failure']} (not compared)"
+                  if b.get("remeasurement_failure") else "misses a limit")
         if b["trial"] == best["trial"]:
             gain = " (the winner)"
-        elif g and g.get("gain_pct") is None:
-            gain = "; the winner's gain is unbounded (the baseline met no limit)"
         elif g:
-            gain = (f"; the winner's gain {g['gain_pct']:+.1f}% ({g['confidence']:.0%} interval "
-                    f"{g['gain_pct_low']:+.1f}% to {g['gain_pct_high']:+.1f}%, "
-                    f"{'beyond' if g['significant'] else 'within'} noise)")
+            gain = f"; the winner's gain: {describe_gain(GainRecord.from_json(g))}"
         else:
             gain = ""
         console.print(f"  against {name} (trial {b['trial']}): {figure}{gain}")
