@@ -251,11 +251,11 @@ def _within_limits(p99: Mapping[str, Interval], limits_ms: Mapping[str, float]) 
 
 
 def p99_limit_sides(r: BenchResult, limits_ms: Mapping[str, float], confidence: float,
-                    p99_run_cv: Mapping[str, float]) -> dict[str, tuple[Interval, bool | None]]:
-    """One run's P99 of each limited metric with its interval, and which side of its limit it lies on (None: the
-    interval straddles it), as a load level of a study judges it."""
+                    p99_run_cv: Mapping[str, float], runs: int = 1) -> dict[str, tuple[Interval, bool | None]]:
+    """The P99 of each limited metric over ``runs`` pooled runs (metrics.pool) with its interval, and which side of
+    its limit it lies on (None: the interval straddles it), as a load level of a study judges it."""
     cfg = LoadSearchConfig(limits_ms=limits_ms, confidence=confidence, p99_run_cv=p99_run_cv)
-    return {metric: (iv, _within_limit(iv, limits_ms[metric])) for metric, iv in _p99_intervals(r, cfg, 1).items()}
+    return {metric: (iv, _within_limit(iv, limits_ms[metric])) for metric, iv in _p99_intervals(r, cfg, runs).items()}
 
 
 class _Levels:

@@ -1,12 +1,13 @@
-"""Does a served configuration hold its profile? One `autotune bench --profile` run at the profile's load, judged
+"""Does a served configuration hold its profile? `autotune bench --profile` runs the profile's level and judges it
 against the profile's own runs with the run-to-run spread measured on fresh servers: one run of a deployment is
 one draw, so a figure a few percent off its profile's mean is noise, not a regression
 (docs/results/h200-profile-check.md: five bench runs on fresh servers lay -3.7% to +2.7% from their profiles).
 
-Throughput: the new run against the profile's mean, with the spread one more run has around a mean of n
-(``sigma * sqrt(1 + 1/n)``), sigma the profile's runs' own standard deviation, never below the real GPU's
-run-to-run floor. Each limited P99: the run's interval as a study's load level judges it (the requests' bootstrap,
-never narrower than the GPU's run-to-run spread of that P99), against the limit.
+Throughput: the mean of the new runs (m) against the profile's mean of n, with the spread of a difference of two
+means (``sigma * sqrt(1/m + 1/n)``), sigma the profile's runs' own standard deviation, never below the real GPU's
+run-to-run floor. Each limited P99: the runs' pooled interval as a study's load level judges it (the requests'
+bootstrap, never narrower than the GPU's run-to-run spread of that P99 over m runs), against the limit. A P99
+within noise of its limit is measured again, as a study's level is (`bench --max-runs`).
 """
 from __future__ import annotations
 
@@ -41,10 +42,11 @@ class P99Check:
 @dataclass(frozen=True)
 class ProfileCheck:
     concurrency: int
+    runs: int  # of the level, pooled
     output_tok_s: float
     profile_mean_tok_s: float
     profile_runs: int
-    expected_low_tok_s: float  # where one more run of the profiled configuration lies, at ``confidence``
+    expected_low_tok_s: float  # where the mean of ``runs`` more runs of the profiled configuration lies
     expected_high_tok_s: float
     confidence: float
     p99: tuple[P99Check, ...]
@@ -74,20 +76,22 @@ class ProfileCheck:
                 else "below it: slower than profiled, beyond noise" if self.slower
                 else "above it: faster than profiled" if self.output_tok_s > self.expected_high_tok_s
                 else "as profiled, within noise")
-        out = [f"against the profile at concurrency {self.concurrency}: {self.output_tok_s:,.0f} output tok/s, "
-               f"{self.change_pct:+.1f}% from its mean {self.profile_mean_tok_s:,.0f} (n={self.profile_runs}); one "
-               f"run of it lies in [{self.expected_low_tok_s:,.0f}, {self.expected_high_tok_s:,.0f}] ({c}): {side}"]
+        runs = "one run" if self.runs == 1 else f"the mean of {self.runs} runs"
+        out = [f"against the profile at concurrency {self.concurrency}: {self.output_tok_s:,.0f} output tok/s "
+               f"({runs}), {self.change_pct:+.1f}% from its mean {self.profile_mean_tok_s:,.0f} "
+               f"(n={self.profile_runs}); {runs} of it lie{'s' if self.runs == 1 else ''} in "
+               f"[{self.expected_low_tok_s:,.0f}, {self.expected_high_tok_s:,.0f}] ({c}): {side}"]
         for p in self.p99:
             verdict = {True: "holds", False: "over it, beyond noise", None: "at the limit, within noise"}[p.within]
-            runs = ", ".join("n/a" if v is None else f"{v:,.0f}" for v in p.profile_values_ms)
+            profiled = ", ".join("n/a" if v is None else f"{v:,.0f}" for v in p.profile_values_ms)
             out.append(f"  P99 {p.metric} {p.p99_ms:,.0f} ms [{p.low_ms:,.0f}, {p.high_ms:,.0f}] against its limit "
-                       f"{p.limit_ms:g} ms: {verdict} (the profile's runs: {runs} ms)")
+                       f"{p.limit_ms:g} ms: {verdict} (the profile's runs: {profiled} ms)")
         out.append({True: "the deployment holds its profile", False: "the deployment does NOT hold its profile",
-                    None: "one run does not settle it: a P99 lies within noise of its limit; run it again"}[self.holds])
+                    None: f"not settled by {runs}: a P99 lies within noise of its limit"}[self.holds])
         return out
 
     def to_json(self) -> dict:
-        return {"concurrency": self.concurrency, "output_tok_s": self.output_tok_s,
+        return {"concurrency": self.concurrency, "runs": self.runs, "output_tok_s": self.output_tok_s,
                 "profile_mean_tok_s": self.profile_mean_tok_s, "profile_runs": self.profile_runs,
                 "change_pct": self.change_pct, "expected_tok_s": [self.expected_low_tok_s, self.expected_high_tok_s],
                 "confidence": self.confidence, "slower": self.slower, "holds": self.holds,
@@ -110,18 +114,19 @@ def load_profile_for_check(path: str) -> Profile:
         raise UsageError(f"--profile {path}: not a profile `autotune run` wrote ({where}: {first['msg']})") from None
 
 
-def check_against_profile(profile: Profile, result: BenchResult) -> ProfileCheck:
-    """``result``: one closed-loop level at the profile's concurrency and workload (bench --profile)."""
+def check_against_profile(profile: Profile, result: BenchResult, runs: int = 1) -> ProfileCheck:
+    """``result``: ``runs`` closed-loop runs pooled (metrics.pool) at the profile's concurrency and workload (bench
+    --profile): their throughput is the runs' mean, weighted by their windows."""
     tput = profile.metrics.output_tok_s
     confidence = tput.confidence
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
     sigma = max(tput.std if tput.n >= 2 and not math.isnan(tput.std) else 0.0, REAL_GPU_NOISE_FLOOR * tput.mean)
-    half = z * sigma * math.sqrt(1.0 + 1.0 / max(tput.n, 1))
+    half = z * sigma * math.sqrt(1.0 / runs + 1.0 / max(tput.n, 1))
     limits_ms = profile.objective.limits_ms
-    sides = p99_limit_sides(result, limits_ms, confidence, REAL_GPU_P99_RUN_CV)
+    sides = p99_limit_sides(result, limits_ms, confidence, REAL_GPU_P99_RUN_CV, runs)
     p99 = tuple(P99Check(metric, iv.value, iv.low, iv.high, limits_ms[metric], within,
                          tuple(profile.metrics.p99[metric].values_ms) if metric in profile.metrics.p99 else ())
                 for metric, (iv, within) in sides.items())
-    return ProfileCheck(concurrency=profile.concurrency, output_tok_s=result.output_tok_s,
+    return ProfileCheck(concurrency=profile.concurrency, runs=runs, output_tok_s=result.output_tok_s,
                         profile_mean_tok_s=tput.mean, profile_runs=tput.n, expected_low_tok_s=tput.mean - half,
                         expected_high_tok_s=tput.mean + half, confidence=confidence, p99=p99)

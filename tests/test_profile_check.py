@@ -76,7 +76,21 @@ def test_a_p99_is_judged_as_a_study_level_judges_it(profile_file):
     assert sides == {300: True, 560: None, 900: False}
     assert check_against_profile(profile, result(mean, 0.9)).holds is False
     unsettled = check_against_profile(profile, result(mean, 0.56))
-    assert unsettled.holds is None and unsettled.lines()[-1].startswith("one run does not settle it")
+    assert unsettled.holds is None and unsettled.lines()[-1].startswith("not settled by one run")
+    # two runs pooled narrow the run-to-run part by sqrt(2): 640 ms is within noise of 500 after one, over after two
+    assert check_against_profile(profile, result(mean, 0.64)).p99[0].within is None
+    assert check_against_profile(profile, result(mean, 0.64), runs=2).p99[0].within is False
+
+
+def test_the_mean_of_several_runs_is_judged_with_the_spread_of_a_mean(profile_file):
+    profile = read_profile(profile_file)
+    tput = profile.metrics.output_tok_s
+    one, four = (check_against_profile(profile, result(tput.mean, 0.1), runs=m) for m in (1, 4))
+    sigma = max(tput.std if tput.n > 1 else 0.0, REAL_GPU_NOISE_FLOOR * tput.mean)
+    for check, m in ((one, 1), (four, 4)):
+        assert check.expected_high_tok_s - tput.mean == pytest.approx(1.6449 * sigma * math.sqrt(1 / m + 1 / tput.n),
+                                                                      rel=1e-3)
+    assert "(the mean of 4 runs)" in four.lines()[0] and four.to_json()["runs"] == 4
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +132,20 @@ def test_a_p99_over_its_limit_beyond_noise_does_not_hold(server, profile_file, t
     assert "a P99 over its limit beyond noise" in captured.err
 
 
+@pytest.mark.slow  # two load levels at 0.56 s per request
+def test_a_p99_within_noise_of_its_limit_is_measured_again_as_a_study_level_is(server, profile_file, tmp_path,
+                                                                                capsys):
+    server.configure(ttft_ms=560, itl_ms=1)
+    profile = with_throughput(profile_file, tmp_path, 1.0, [1.0, 1.0])
+    code = main(bench(server, profile, "--json"))
+    captured = capsys.readouterr()
+    check = json.loads(captured.out)["profile_check"]
+    assert code == 0 and check["runs"] == 2 and check["holds"] is None and check["p99"][0]["within"] is None
+    assert "the level again (run 2 of at most 2, other requests)" in captured.err
+    assert main(bench(server, profile, "--max-runs", "1", "--json")) == 0
+    assert json.loads(capsys.readouterr().out)["profile_check"]["runs"] == 1
+
+
 @pytest.mark.parametrize("args, words", [
     (["--concurrency", "8"], "--profile sets the load level (the profile's concurrency, workload and limits): not "
                              "with --concurrency"),
@@ -128,6 +156,11 @@ def test_a_p99_over_its_limit_beyond_noise_does_not_hold(server, profile_file, t
 def test_bench_profile_refuses_what_would_change_its_level(server, profile_file, capsys, args, words):
     assert main(bench(server, profile_file, *args)) == 2
     assert words in capsys.readouterr().err
+
+
+def test_max_runs_without_a_profile_is_refused(server, capsys):
+    assert main(["bench", "--url", server.url, "--model", "fake-model", "--concurrency", "2", "--max-runs", "3"]) == 2
+    assert "--max-runs is for --profile" in capsys.readouterr().err
 
 
 def test_a_file_that_is_not_a_profile_is_one_line(server, tmp_path, capsys):
