@@ -249,6 +249,7 @@ def open_storage(url: str | None, create: bool = True, exclusive: bool = False) 
     opened = url  # the URL SQLAlchemy is given; messages name the one given here
     if folder is not None:
         database = Path(str(parsed.database)).expanduser().resolve()
+        exists = _database_file_exists(url, database)  # before anything is made for it
         if create:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -256,7 +257,7 @@ def open_storage(url: str | None, create: bool = True, exclusive: bool = False) 
                 raise StorageError(f"cannot create {folder} for storage {url}: {e.strerror}") from None
         elif not folder.is_dir():
             raise StorageError(f"storage {url}: folder {folder} does not exist")
-        elif not database.is_file():
+        elif not exists:
             raise StorageError(f"storage {url}: no database file at {database}")
         if exclusive:
             _lock_sqlite(database)
@@ -284,6 +285,17 @@ def open_storage(url: str | None, create: bool = True, exclusive: bool = False) 
         raise StorageUnavailable(f"cannot reach storage {redact_url(url)}: {_first_line(e)}") from None
     except (SQLAlchemyError, OSError, ValueError) as e:
         raise StorageError(f"cannot open storage {redact_url(url)}: {_first_line(e)}") from None
+
+
+def _database_file_exists(url: str, database: Path) -> bool:
+    """Whether a SQLite storage's ``database`` file exists. A path the system cannot look up (a name longer than the
+    file system takes, a folder on the way that cannot be searched) is a one-line StorageError naming the storage,
+    the same for `run`, a worker and the readers."""
+    try:  # is_file() answers False for a missing path only; these raise
+        return database.is_file()
+    except OSError as e:
+        raise StorageError(f"storage {redact_url(url)}: cannot look up its database file {database}: "
+                           f"{e.strerror or e}") from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -314,7 +326,7 @@ def open_storage_readonly(url: str | None) -> optuna.storages.RDBStorage:
         if not parsed.database or parsed.database == ":memory:":
             raise StorageError(f"storage {redact_url(url)}: an in-memory database holds no studies")
         path = Path(parsed.database).expanduser().resolve()
-        if not path.is_file():
+        if not _database_file_exists(url, path):
             raise StorageError(f"storage {redact_url(url)}: no database file at {path}")
         # pysqlite hands the database to sqlite3.connect(uri=True) as it is: a file: URI with its mode.
         url = parsed.set(database=f"file:{path}?mode=ro", query={**parsed.query, "uri": "true"}) \
