@@ -282,9 +282,31 @@ def open_storage(url: str | None, create: bool = True, exclusive: bool = False) 
         raise StorageError(f"storage {redact_url(url)}: database driver missing ({e.name or e}); "
                            "for PostgreSQL: pip install 'autotune[postgres]'") from None
     except (OperationalError, optuna.exceptions.StorageInternalError) as e:
+        if (refused := _refused_for_the_url(e, url)) is not None:
+            raise refused from None
         raise StorageUnavailable(f"cannot reach storage {redact_url(url)}: {_first_line(e)}") from None
     except (SQLAlchemyError, OSError, ValueError) as e:
         raise StorageError(f"cannot open storage {redact_url(url)}: {_first_line(e)}") from None
+
+
+# What a PostgreSQL server says when it answers but refuses the connection for what the URL names (its user, its
+# password, its database), in the words libpq reports it: a failed connection comes with no SQLSTATE to go by. A
+# server that is starting up, shutting down or full refuses too, but that is the database's state, not the URL's.
+_REFUSED_FOR_THE_URL = re.compile(r'FATAL:\s+((?:\w+ )?authentication failed for user "[^"]*"'
+                                  r'|(?:database|role) "[^"]*" does not exist|no pg_hba\.conf entry for .*)')
+
+
+def _refused_for_the_url(error: BaseException, url: str) -> StorageError | None:
+    """Bad input, one line in the server's words, where the server refused the connection for the URL's user,
+    password or database; None where the error is another (nothing listens there, a host name that does not
+    resolve: the database unreachable). Optuna may wrap the driver's error: the errors it was raised from count."""
+    current: BaseException | None = error
+    while current is not None:
+        if match := _REFUSED_FOR_THE_URL.search(str(current)):
+            return StorageError(f"storage {redact_url(url)}: the server refused the connection: "
+                                f"{match.group(1).strip()}")
+        current = current.__cause__
+    return None
 
 
 def _database_file_exists(url: str, database: Path) -> bool:
@@ -344,6 +366,8 @@ def open_storage_readonly(url: str | None) -> optuna.storages.RDBStorage:
         raise StorageError(f"storage {redact_url(given)}: database driver missing ({e.name or e}); "
                            "for PostgreSQL: pip install 'autotune[postgres]'") from None
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError, ValueError) as e:
+        if (refused := _refused_for_the_url(e, given)) is not None:
+            raise refused from None
         while e.__cause__ is not None:  # Optuna wraps the driver's error (connection refused, ...) in its own
             e = e.__cause__  # type: ignore[assignment]
         raise StorageError(f"cannot open storage {redact_url(given)} read-only: {_first_line(e)}") from None

@@ -1,7 +1,8 @@
 """Several processes on one study in a real PostgreSQL (autotune.testing.postgres): a run and a worker, the worker
 SIGKILLed mid-trial (its server stopped by its watchdog, its trial failed through Optuna's heartbeat and queued
 again); the database lost mid-study (a clear stop, the trial's result journaled and written on resume); the
-database unreachable at start (exit 1). The password of the storage URL appears in no output."""
+database unreachable at start (exit 1), and one that refuses the URL's password or database (exit 2). The password
+of the storage URL appears in no output."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ import pytest
 
 from autotune import records
 from autotune.engines.launcher import WATCHDOG_GRACE_S
+from autotune.storage import redact_url
 
 pytestmark = pytest.mark.slow
 
@@ -191,6 +193,24 @@ def test_an_unreachable_database_is_one_line_and_exit_1(postgres) -> None:
         assert proc.returncode == 1, proc.stderr
         assert "cannot reach storage" in proc.stderr and proc.stderr.count("\n") == 1
         assert postgres.password not in proc.stderr and "***" in proc.stderr
+
+
+def test_a_wrong_password_or_a_missing_database_is_bad_input_one_line_and_exit_2(postgres, tmp_path: Path,
+                                                                                 capsys) -> None:
+    """A wrong password ended a run or a worker as an unreachable database ("cannot reach storage", exit 1), and the
+    readers with the driver's whole line: what the user typed is wrong, so it is named, password masked, exit 2."""
+    from autotune.cli import main
+
+    wrong_password = postgres.url.replace(f":{postgres.password}@", ":not-the-password@")
+    no_database = postgres.url.rsplit("/", 1)[0] + "/nope"
+    for url, said in ((wrong_password, 'password authentication failed for user "autotune"'),
+                      (no_database, 'database "nope" does not exist')):
+        for argv in (["run", "--model", "flash", "--engine", "sim", "--p99-ms", "500", "--out", str(tmp_path)],
+                     ["worker", "--study", "x"], ["best", "--study", "x"]):
+            assert main([*argv, "--storage", url]) == 2, argv
+            err = capsys.readouterr().err
+            assert err == f"autotune: error: storage {redact_url(url)}: the server refused the connection: {said}\n"
+            assert postgres.password not in err and "not-the-password" not in err and ":***@" in err
 
 
 def test_a_worker_ctrl_c_leaves_the_trials_of_the_run_beside_it_alone(postgres, tmp_path: Path) -> None:
