@@ -131,6 +131,10 @@ class Progress:
         """The sampler proposed, as trial ``number``, the launch flags of finished trial ``same_flags_as``, whose
         result is ``earlier``: the trial is not run again; Optuna is told that trial's value and constraints."""
 
+    def trial_result_taken(self, number: int, baseline: str, measured_as: int, result: TrialResult) -> None:
+        """Trial ``number``, the copy queued of a failed trial whose result trial ``measured_as`` had measured before
+        its process died, takes that ``result``: it is not measured again."""
+
     def study_eta(self, eta: StudyEta) -> None:
         """After each trial's stop rules: what is left."""
 
@@ -235,6 +239,10 @@ class ThreadedProgress(Progress):
     def trial_not_run(self, number: int, same_flags_as: int, earlier: TrialResult) -> None:
         with self.lock:
             self.inner.trial_not_run(number, same_flags_as, earlier)
+
+    def trial_result_taken(self, number: int, baseline: str, measured_as: int, result: TrialResult) -> None:
+        with self.lock:
+            self.inner.trial_result_taken(number, baseline, measured_as, result)
 
     def study_eta(self, eta: StudyEta) -> None:
         with self.lock:

@@ -15,7 +15,8 @@ A study stores, as Optuna user attributes:
   load level as a :class:`LevelRecord`, startup figures, failure); a sampled trial whose launch flags an earlier
   finished trial had holds that trial's number instead (:attr:`TrialRecord.same_flags_as`): it was not run again.
   The note why it ended before it started names the trial it was written on: Optuna's retry callback copies a
-  trial's attributes to the copy it queues, which must not inherit it.
+  trial's attributes to the copy it queues, which must not inherit it. A result measured as another trial, whose
+  process died before Optuna was told, names that trial (:attr:`TrialRecord.measured_as`).
 
 Everything is JSON in storage; NaN and infinity are stored as null and read back as NaN. Every reader of a
 study (the study itself, the profile, ``best``, ``studies``, ``export``, ``compare``, the dashboard) goes through
@@ -42,8 +43,8 @@ __all__ = [
     "TrialRecord", "Measurement", "Remeasurement",
     "GainRecord", "ThroughputRecord", "SelectionRecord", "StudyFingerprint", "RunRecord", "queue_attrs",
     "queued_baseline", "queued_try", "queued_try_unkept", "write_trial_result", "trial_result_attrs",
-    "finished_trial_attrs", "replayed_attrs", "read_trial", "read_trials", "count_finished", "read_remeasurement",
-    "write_remeasurement", "read_selection", "write_selection",
+    "finished_trial_attrs", "replayed_attrs", "take_result", "read_trial", "read_trials", "count_finished",
+    "read_remeasurement", "write_remeasurement", "read_selection", "write_selection",
     "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
     "read_run_options", "write_run", "read_runs", "read_remeasurements", "MEMORY_PLAN_REFUSED", "flags_key",
     "sampled", "known_trial_with_flags", "write_same_flags", "not_run", "not_run_text", "describe_not_run",
@@ -321,6 +322,10 @@ class TrialRecord:
     # Why the trial ended before it started, a trial of the study in no count (the search was done when a worker's
     # ask created it; its queued point, if any, queued again); "" for every other trial.
     not_started: str = ""
+    # The trial whose server measured this one's result, where that is another: a process died after measuring it,
+    # and its result was added from the process's journal, or taken by the copy of it queued again
+    # (:func:`take_result`). None for a trial measured as itself, or not measured.
+    measured_as: int | None = None
 
     @property
     def complete(self) -> bool:
@@ -620,11 +625,27 @@ def finished_trial_attrs(trial: optuna.Trial, result: TrialResult) -> dict[str, 
 
 
 def replayed_attrs(attrs: Mapping[str, Any], original_number: int) -> dict[str, Any]:
-    """A journaled trial's attributes as added again to its study, naming the trial it was measured as."""
+    """A journaled trial's attributes as added again to its study, naming the trial it was measured as
+    (TrialRecord.measured_as)."""
     return {**attrs, _REPLAYED_FROM: original_number}
 
 
+def take_result(trial: optuna.Trial, measured: TrialRecord) -> int:
+    """Store on ``trial`` the result of ``measured``, a finished measurement of the same flags, naming the trial that
+    measured it (TrialRecord.measured_as), whose number is returned: ``trial`` is not measured again."""
+    assert measured.result is not None
+    measured_as = measured.measured_as if measured.measured_as is not None else measured.number
+    for key, value in replayed_attrs(trial_result_attrs(measured.result), measured_as).items():
+        trial.set_user_attr(key, value)
+    return measured_as
+
+
 def write_trial_result(trial: optuna.Trial, result: TrialResult) -> None:
+    """Store the result ``trial`` measured. A queued copy may hold the name of the trial its original's result was
+    measured as (TrialRecord.measured_as, copied with the rest of its attributes): the result measured here is its
+    own."""
+    if trial.user_attrs.get(_REPLAYED_FROM) is not None:
+        trial.set_user_attr(_REPLAYED_FROM, None)
     for key, value in trial_result_attrs(result).items():
         trial.set_user_attr(key, value)
 
@@ -669,7 +690,8 @@ def read_trial(trial: optuna.trial.FrozenTrial) -> TrialRecord:
     return TrialRecord(number=trial.number, state=trial.state, baseline=queued_baseline(trial),
                        tried=_QUEUE_TRIED in trial.user_attrs,
                        result=TrialResult.from_json(data) if data is not None else None, same_flags_as=_opt_int(same),
-                       not_started=str(not_started["why"]) if not_started else "")
+                       not_started=str(not_started["why"]) if not_started else "",
+                       measured_as=_opt_int(trial.user_attrs.get(_REPLAYED_FROM)))
 
 
 def _own_note(trial: optuna.trial.FrozenTrial, key: str) -> dict[str, Any] | None:

@@ -291,6 +291,33 @@ def _objective(cfg: StudyConfig, slot: tuple[GpuId, ...], progress: ThreadedProg
                 failed_elsewhere.append(trial.number)
             raise
 
+    def measure_flags(trial: optuna.Trial, flags: dict[str, Any], baseline: str,
+                      trials: list[TrialRecord]) -> TrialResult:
+        """Launch ``flags`` on the slot's GPUs and measure them: the trial's result, kept in the journal and then
+        stored."""
+        trial_dir = trial_folder(cfg.out_dir / cfg.study_name, trial.number)
+        name = f"autotune-{cfg.study_name}-{trial.number}"
+        progress.trial_started(trial.number, flags, baseline)
+        settings = replace(cfg.settings, gpu_ids=slot,
+                           sim_fault=cfg.sim_fault.for_trial(trial.number) if cfg.sim_fault else "")
+        started = time.perf_counter()
+        result = run_trial(settings, flags, name, trial_dir / "server.log", progress.for_trial(trial.number), deadline,
+                           cancel, _start_concurrency(cfg.settings, flags, trials, trial_dir / SIM_PREDICTION_FOLDER))
+        result = replace(result, trial_wall_s=time.perf_counter() - started)
+        if cancel.is_set() and (result.stop_reason == "interrupted" or result.failure_class):
+            records.write_trial_result(trial, replace(
+                result, feasible=False, output_tok_s=0.0, failure_class="interrupted",
+                failure_reason=f"the study was interrupted during this trial ({len(result.levels)} load levels "
+                               "measured, kept here)"))
+            raise Stopped(130)
+        constraints = _constraints(result, limits_ms)
+        journal.keep(_journal_dir(cfg), trial, records.finished_trial_attrs(trial, result), constraints,
+                     float(result.output_tok_s))
+        records.write_trial_result(trial, result)
+        records.write_constraints(trial, constraints)
+        progress.trial_finished(trial.number, baseline, result)
+        return result
+
     def measure(trial: optuna.Trial) -> float:
         record_heartbeat_now(trial)  # first: from here its process's death is Optuna's stale check's to find
         # The run writes search_done and then reads the RUNNING trials (_wait_for_others_trials); a worker's ask
@@ -312,27 +339,10 @@ def _objective(cfg: StudyConfig, slot: tuple[GpuId, ...], progress: ThreadedProg
         if (earlier := _known_outcome(trial.number, frozen, trials, flags,
                                       cfg.settings.search.max_concurrency)) is not None:
             return _not_run(trial, earlier, limits_ms, progress)
-        trial_dir = trial_folder(cfg.out_dir / cfg.study_name, trial.number)
-        name = f"autotune-{cfg.study_name}-{trial.number}"
-        progress.trial_started(trial.number, flags, baseline)
-        settings = replace(cfg.settings, gpu_ids=slot,
-                           sim_fault=cfg.sim_fault.for_trial(trial.number) if cfg.sim_fault else "")
-        started = time.perf_counter()
-        result = run_trial(settings, flags, name, trial_dir / "server.log", progress.for_trial(trial.number), deadline,
-                           cancel, _start_concurrency(cfg.settings, flags, trials, trial_dir / SIM_PREDICTION_FOLDER))
-        result = replace(result, trial_wall_s=time.perf_counter() - started)
-        if cancel.is_set() and (result.stop_reason == "interrupted" or result.failure_class):
-            records.write_trial_result(trial, replace(
-                result, feasible=False, output_tok_s=0.0, failure_class="interrupted",
-                failure_reason=f"the study was interrupted during this trial ({len(result.levels)} load levels "
-                               "measured, kept here)"))
-            raise Stopped(130)
-        constraints = {constraint_key(metric): value for metric, value in result.constraints_ms(limits_ms).items()}
-        journal.keep(_journal_dir(cfg), trial, records.finished_trial_attrs(trial, result), constraints,
-                     float(result.output_tok_s))
-        records.write_trial_result(trial, result)
-        records.write_constraints(trial, constraints)
-        progress.trial_finished(trial.number, baseline, result)
+        if (measured := _measured_before(trial.number, frozen, trials, flags)) is not None:
+            result = _take_result(trial, measured, baseline, limits_ms, progress)
+        else:
+            result = measure_flags(trial, flags, baseline, trials)
         if remeasure_baselines and baseline and result.feasible and cfg.repeats > 0:
             trials = records.read_trials(trial.study)
             [record] = [t for t in trials if t.number == trial.number]
@@ -347,7 +357,8 @@ def _known_outcome(number: int, frozen: list[optuna.trial.FrozenTrial], trials: 
                    flags: Mapping[str, Any], max_concurrency: int) -> TrialRecord | None:
     """The earlier trial whose outcome trial ``number``'s launch flags already have under the load search's ceiling
     ``max_concurrency`` (records.known_trial_with_flags), where the sampler chose that trial's point; None for a
-    baseline, a ``--try`` point and a retried copy of a failed trial, which run as queued.
+    baseline, a ``--try`` point and a retried copy of a failed trial, which run as queued (a copy of a trial that had
+    measured its flags takes that trial's result instead: _measured_before).
 
     ``frozen`` is read after the sampler chose, so a trial that finished meanwhile is seen, on another process or
     machine sharing the study in PostgreSQL too. A trial still RUNNING elsewhere with the same flags is not: both run
@@ -366,10 +377,47 @@ def _not_run(trial: optuna.Trial, earlier: TrialRecord, limits_ms: Mapping[str, 
     result = earlier.result
     assert result is not None
     records.write_same_flags(trial, earlier.number)
-    records.write_constraints(trial, {constraint_key(metric): value
-                                      for metric, value in result.constraints_ms(limits_ms).items()})
+    records.write_constraints(trial, _constraints(result, limits_ms))
     progress.trial_not_run(trial.number, earlier.number, result)
     return float(result.output_tok_s)
+
+
+def _measured_before(number: int, frozen: list[optuna.trial.FrozenTrial], trials: list[TrialRecord],
+                     flags: Mapping[str, Any]) -> TrialRecord | None:
+    """The failed trial that trial ``number``, a copy the retry callback queued, runs again, where that one had
+    measured the same launch ``flags`` to the end: its result stored, then its process dead (SIGKILL, a crash, its
+    machine or its database lost) in what follows a measurement inside the trial (a baseline's fresh-server
+    re-measurement, minutes long; Optuna's tell), and the trial failed by a heartbeat check. The copy takes that
+    result (:func:`_take_result`) rather than spend the GPU time again, whichever process took it from the queue: the
+    result is in the study's storage, which every process sees, where the dead process's journal of it is on its
+    own machine only. None for any other trial, and for a copy of a trial cut short in its measurement
+    (``interrupted``: measured again, its levels kept on the original) or that launched other flags (the fixed ones
+    changed since)."""
+    [me] = [t for t in frozen if t.number == number]
+    original = retried_trial(me)
+    measured = next((t for t in trials if t.number == original), None)
+    if measured is None or measured.result is None or measured.result.failure_class == "interrupted" \
+            or records.flags_key(measured.result.flags) != records.flags_key(flags):
+        return None
+    return measured
+
+
+def _take_result(trial: optuna.Trial, measured: TrialRecord, baseline: str, limits_ms: Mapping[str, float],
+                 progress: Progress) -> TrialResult:
+    """Complete ``trial`` with the result ``measured`` stored (:func:`_measured_before`), as Optuna would have been
+    told it had its process lived: its value and its constraints (the copy holds those already where they were
+    stored: write_constraints replaces them)."""
+    result = measured.result
+    assert result is not None
+    measured_as = records.take_result(trial, measured)
+    records.write_constraints(trial, _constraints(result, limits_ms))
+    progress.trial_result_taken(trial.number, baseline, measured_as, result)
+    return result
+
+
+def _constraints(result: TrialResult, limits_ms: Mapping[str, float]) -> dict[str, float]:
+    """A trial's Optuna constraints, one per limit, by key (:func:`constraint_key`)."""
+    return {constraint_key(metric): value for metric, value in result.constraints_ms(limits_ms).items()}
 
 
 def _not_started(trial: optuna.Trial, why: str) -> NoReturn:
@@ -567,7 +615,9 @@ class _StopRules:
     A trial that was not run (the flags of an earlier finished trial: _not_run) counts towards --trials and towards
     the stagnation stop, and not towards the trials' durations. It costs no GPU time, but a sampler that keeps
     proposing points it has seen has stopped finding new ones: uncounted, a converged sampler or a small space
-    (every point seen) would ask for points without end; a repeat is no gain either."""
+    (every point seen) would ask for points without end; a repeat is no gain either. A queued copy that took the
+    result its failed original had measured (_take_result) is no trial of this process, launched or run: that
+    measurement was the dead process's."""
 
     def __init__(self, cfg: StudyConfig, deadline: float | None, earlier_durations: list[float],
                  reserve_s: Callable[[], float], progress: Progress = NULL_PROGRESS) -> None:
@@ -590,9 +640,12 @@ class _StopRules:
 
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         journal.settled(self.journal_dir, trial.number)  # told: the storage has it
-        self.ran += 1
         record = records.read_trial(trial)
-        self.not_run += record.not_run
+        if record.measured_as is not None:  # a dead process's measurement recorded (_take_result): no trial of ours
+            self.launched -= 1
+        else:
+            self.ran += 1
+            self.not_run += record.not_run
         if record.result is not None and record.result.trial_wall_s:
             self.durations.append(record.result.trial_wall_s)
         since = _trials_since_gain(records.read_trials(study))

@@ -185,6 +185,49 @@ def test_the_database_lost_mid_study_stops_clearly_and_loses_nothing(postgres, t
     assert not [t for t in after.trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
+def test_a_baseline_a_killed_run_measured_is_not_measured_again_by_a_worker(postgres, tmp_path: Path) -> None:
+    """A run SIGKILLed in a baseline's re-measurement (inside its trial: its result stored and kept in the run's
+    pending folder, the trial never told) left it RUNNING; the worker beside it failed it once its heartbeats stopped
+    and queued a copy, then measured that copy: the baseline's GPU time spent again, and once the run resumed, its
+    kept result added as a third trial of the same flags. The copy takes the result its original stored instead, and
+    the resumed run's kept result is found in the study already."""
+    url, study_name = postgres.url, "retaken"
+    run_out = tmp_path / "run"
+    args = _run_args(url, study_name, run_out, 4)
+    args[args.index("--repeats") + 1] = "1"  # the baseline's re-measurement: its result kept, its trial not over
+    run = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    pending = run_out / study_name / "pending"
+    try:
+        [kept] = _wait(lambda: sorted(pending.glob("trial-*.json")) or (run.poll() is not None and pytest.fail(
+            run.communicate()[1])), 120, "a trial's result kept")
+        run.kill()
+        run.wait(10)
+    finally:
+        _kill_left(run)
+    assert kept.exists()  # killed before Optuna was told
+    original = int(kept.stem.split("-")[1])
+    time.sleep(3 * HEARTBEAT_S + 1)  # its heartbeats stopped: the worker fails it and queues a copy
+    worker = subprocess.run([sys.executable, "-m", "autotune", "worker", "--study", study_name, "--storage", url,
+                             "--out", str(tmp_path / "worker"), "--trials", "2"], capture_output=True, text=True,
+                            env=_env(), timeout=300)
+    assert worker.returncode == 0, worker.stderr
+    study = optuna.load_study(study_name=study_name, storage=url)
+    [copy] = [t for t in study.trials if t.system_attrs.get("failed_trial") == original]
+    measured = records.read_trial(study.trials[original]).result
+    assert copy.state == optuna.trial.TrialState.COMPLETE and records.read_trial(copy).result == measured
+    assert not (tmp_path / "worker" / study_name / "trials" / str(copy.number)).exists()  # no server started for it
+    assert f"trial {copy.number}" in worker.stderr and "not measured again" in worker.stderr, worker.stderr
+    resumed = subprocess.run(_run_args(url, study_name, run_out, 0), capture_output=True, text=True, env=_env(),
+                             timeout=300)
+    assert resumed.returncode in (0, 3), resumed.stderr
+    study = optuna.load_study(study_name=study_name, storage=url)
+    baseline = records.queued_baseline(study.trials[original])
+    assert [t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+            and records.queued_baseline(t) == baseline] == [copy.number]  # measured once, recorded once
+    assert not list(pending.glob("trial-*.json"))
+    assert postgres.password not in worker.stdout + worker.stderr + resumed.stdout + resumed.stderr
+
+
 def test_an_unreachable_database_is_one_line_and_exit_1(postgres) -> None:
     url = postgres.url.replace(f":{postgres.port}/", ":9/")  # nothing listens on port 9
     for argv in (["run", "--model", "flash", "--engine", "sim", "--p99-ms", "500"], ["worker", "--study", "x"]):

@@ -246,6 +246,18 @@ class StudyView(Progress):
         self._log(f"trial {number} {short_flags(earlier.flags)}: the same flags as trial {same_flags_as}, not run "
                   f"again (the sampler is told trial {same_flags_as}'s result again: {figure})")
 
+    def trial_result_taken(self, number: int, baseline: str, measured_as: int, result: TrialResult) -> None:
+        self.rows[number] = {"flags": short_flags(result.flags), "baseline": baseline,
+                             "state": f"measured as trial {measured_as}", "p99": result.p99_ms, "c": result.concurrency,
+                             "value": result.output_tok_s if result.feasible else None}
+        if result.feasible and (self.best is None or result.output_tok_s > self.best[1]):
+            self.best = (number, result.output_tok_s)
+        figure = (f"{_fmt(result.output_tok_s)} tok/s at concurrency {result.concurrency}" if result.feasible
+                  else result.failure_class or "infeasible")
+        name = f"trial {number}" + (f" ({baseline})" if baseline else "")
+        self._say(f"{name} {short_flags(result.flags)}: trial {measured_as} measured these flags before its process "
+                  f"died, and its result is stored: taken ({figure}), not measured again")
+
     def study_eta(self, eta: StudyEta) -> None:
         self.eta, self.eta_at = eta, time.monotonic()
         if estimate := self._eta_text():
