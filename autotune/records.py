@@ -3,7 +3,8 @@
 A study stores, as Optuna user attributes:
 - on the study: its :class:`StudyFingerprint` (what its figures were measured on; a resumed study must match),
   the options it was run with (``autotune worker`` builds the same trials from them; no storage URL among them),
-  whether its run has finished searching (workers then take no new trial), the seconds between its run's trial
+  whether its run has finished searching (workers then take no new trial) and what it has left of its search
+  (:class:`SearchLeft`: a worker's estimate rests on it), the seconds between its run's trial
   heartbeats (a worker must beat as often: each process fails the others' trials by its own), why a run failed
   another process's trial as dead before its first heartbeat (key ``dead.<trial>``: on the study, so that the copy
   of the trial queued again does not carry it),
@@ -24,6 +25,7 @@ study (the study itself, the profile, ``best``, ``studies``, ``export``, ``compa
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import re
@@ -41,7 +43,7 @@ from autotune.storage import retried_trial
 __all__ = [
     "RECORDS_VERSION", "STOPPED_AT_MAX_CONCURRENCY", "P99Record", "HostCpuRecord", "LevelRecord", "TrialResult",
     "TrialRecord", "Measurement", "Remeasurement",
-    "GainRecord", "ThroughputRecord", "SelectionRecord", "StudyFingerprint", "RunRecord", "queue_attrs",
+    "GainRecord", "ThroughputRecord", "SelectionRecord", "StudyFingerprint", "RunRecord", "SearchLeft", "queue_attrs",
     "queued_baseline", "queued_try", "queued_try_unkept", "write_trial_result", "trial_result_attrs",
     "finished_trial_attrs", "replayed_attrs", "take_result", "read_trial", "read_trials", "count_finished",
     "read_remeasurement", "write_remeasurement", "read_selection", "write_selection",
@@ -49,7 +51,8 @@ __all__ = [
     "read_run_options", "write_run", "read_runs", "read_remeasurements", "MEMORY_PLAN_REFUSED", "flags_key",
     "sampled", "known_trial_with_flags", "write_same_flags", "not_run", "not_run_text", "describe_not_run",
     "write_not_started", "requeue_user_attrs", "write_declared_dead",
-    "read_declared_dead", "write_heartbeat_s", "read_heartbeat_s", "write_constraints",
+    "read_declared_dead", "write_heartbeat_s", "read_heartbeat_s", "write_constraints", "write_search_left",
+    "read_search_left",
 ]
 
 # Stored with the fingerprint. A study written by another version of these records is refused on resume
@@ -69,6 +72,7 @@ _REMEASURE_PREFIX = "remeasure."
 _SEARCH_DONE_KEY = "search_done"
 _RUN_OPTIONS_KEY = "run_options"
 _HEARTBEAT_KEY = "heartbeat_s"
+_SEARCH_LEFT_KEY = "search_left"
 _REPLAYED_FROM = "replayed_from_trial"
 _SAME_FLAGS_AS = "same_flags_as_trial"
 _RUN_PREFIX = "run."
@@ -579,6 +583,39 @@ class RunRecord:
                    silent_trials_s={int(n): float(s) for n, s in (data.get("silent_trials_s") or {}).items()})
 
 
+@dataclass(frozen=True)
+class SearchLeft:
+    """What the study's run has left of its search, as it last recorded it (as it starts, and after each of its
+    trials). A worker stops once that search ends, so what a worker has left rests on this: the run's --trials and
+    --timeout are the run's own, not among the options it stores for workers."""
+
+    trials_left: int  # at most: the run's --trials not yet started and its stagnation stop, whichever is nearer
+    trials: int  # the run's --trials (its invocation's)
+    # the run's trials left times its longest trial so far, within the time its --timeout leaves the search; None
+    # while no trial is timed and no --timeout bounds it
+    search_left_s: float | None
+    timeout: bool  # the run has a --timeout: its search may end before its trials do
+    # ISO 8601, UTC: a worker counts search_left_s down from it on its own clock
+    recorded_at: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+    def search_left_s_now(self) -> float | None:
+        """``search_left_s`` less the time since it was recorded (machines' clocks agree to within seconds, trials
+        take minutes)."""
+        if self.search_left_s is None:
+            return None
+        since_s = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(self.recorded_at)).total_seconds()
+        return max(0.0, self.search_left_s - max(0.0, since_s))
+
+    def to_json(self) -> dict[str, Any]:
+        return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SearchLeft:
+        return cls(trials_left=int(data["trials_left"]), trials=int(data["trials"]),
+                   search_left_s=None if data["search_left_s"] is None else float(data["search_left_s"]),
+                   timeout=bool(data["timeout"]), recorded_at=str(data["recorded_at"]))
+
+
 # -- trials ------------------------------------------------------------------------------------------------------
 def queue_attrs(baseline: str = "", tried: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """User attributes for ``study.enqueue_trial``: what the queued point is. ``tried``: a ``--try`` point's flags,
@@ -836,6 +873,16 @@ def write_run_options(study: optuna.Study, options: Mapping[str, Any]) -> None:
 def read_run_options(study: optuna.Study) -> dict[str, Any] | None:
     data = study.user_attrs.get(_RUN_OPTIONS_KEY)
     return dict(data) if data is not None else None
+
+
+def write_search_left(study: optuna.Study, left: SearchLeft) -> None:
+    study.set_user_attr(_SEARCH_LEFT_KEY, left.to_json())
+
+
+def read_search_left(study: optuna.Study) -> SearchLeft | None:
+    """:func:`write_search_left`'s record; None for a study whose run did not record it (an older version)."""
+    data = study.user_attrs.get(_SEARCH_LEFT_KEY)
+    return SearchLeft.from_json(data) if data is not None else None
 
 
 def write_heartbeat_s(study: optuna.Study, heartbeat_s: int) -> None:

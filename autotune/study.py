@@ -181,6 +181,9 @@ def open_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage, worker: b
                                 sampler=_sampler(cfg.seed), load_if_exists=True)
     records.check_fingerprint(study, study_fingerprint(cfg))
     _check_heartbeat(study, worker)
+    if not worker:  # before the options a worker waits for: its estimates rest on it (_StopRules._worker_eta)
+        records.write_search_left(study, records.SearchLeft(trials_left=cfg.n_trials, trials=cfg.n_trials,
+                                                            search_left_s=None, timeout=cfg.timeout_s is not None))
     if cfg.run_options is not None:
         records.write_run_options(study, cfg.run_options)
     if not worker:  # the run's pace is the study's
@@ -620,7 +623,8 @@ class _StopRules:
     measurement was the dead process's."""
 
     def __init__(self, cfg: StudyConfig, deadline: float | None, earlier_durations: list[float],
-                 reserve_s: Callable[[], float], progress: Progress = NULL_PROGRESS) -> None:
+                 reserve_s: Callable[[], float], progress: Progress = NULL_PROGRESS, worker: bool = False) -> None:
+        self.worker = worker  # a worker's trials end with its run's search: its estimate follows that (_worker_eta)
         self.patience = cfg.patience
         self.n_trials = cfg.n_trials
         self.deadline = deadline
@@ -629,7 +633,8 @@ class _StopRules:
         self.ran = 0  # trials finished, those not run included (--trials counts them)
         self.not_run = 0  # of those, the trials not run: the flags of an earlier finished trial
         self.launched = 0  # trials this run started (_run_trials counts them): the deadline stops only one to come
-        self.reserve_s = reserve_s  # kept free after the trials: the re-measurements still to make
+        # kept free after the trials: the re-measurements still to make (the run's: a worker makes none)
+        self.reserve_s = (lambda: 0.0) if worker else reserve_s
         self.progress = progress
         self.journal_dir = _journal_dir(cfg)
         self._lock = threading.Lock()
@@ -655,21 +660,60 @@ class _StopRules:
             self.reason = f"stagnation: no 1% gain in {since[0]} trials{repeats}"
         elif self.launched < self.n_trials and self.would_overrun(reserve_s):
             self.reason = "timeout"
-        left = 0 if self.reason else max(0, self.n_trials - self.ran)
-        if self.patience and since[1] > 0:
-            left = min(left, self.patience - since[0])
+        left = self.trials_left(since)
         trial_s = max(self.durations, default=0.0)
-        eta_s = left * trial_s + reserve_s
         time_left_s = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        if self.worker:
+            self.progress.study_eta(self._worker_eta(study, left, trial_s, time_left_s))
+            return
+        self.record_search_left(study, left, reserve_s)
+        eta_s = left * trial_s + reserve_s
         if time_left_s is not None:
             eta_s = min(eta_s, time_left_s)
         self.progress.study_eta(StudyEta(left, trial_s, reserve_s, eta_s, time_left_s))
+
+    def trials_left(self, since: tuple[int, float, int]) -> int:
+        """Trials this process may still run, at most: its --trials, and the stagnation stop (``since``:
+        _trials_since_gain)."""
+        left = 0 if self.reason else max(0, self.n_trials - self.ran)
+        if self.patience and since[1] > 0:
+            left = max(0, min(left, self.patience - since[0]))
+        return left
+
+    def record_search_left(self, study: optuna.Study, left: int, reserve_s: float) -> None:
+        """The run's: what it has left of its search, for its workers' estimates (records.SearchLeft): its trials
+        left times the longest trial so far, within what its --timeout leaves before the final comparison."""
+        search_left_s = _trials_time_s(left, max(self.durations, default=0.0))
+        if self.deadline is not None:
+            room_s = max(0.0, self.deadline - time.monotonic() - reserve_s)
+            search_left_s = room_s if search_left_s is None else min(search_left_s, room_s)
+        records.write_search_left(study, records.SearchLeft(trials_left=left, trials=self.n_trials,
+                                                            search_left_s=search_left_s,
+                                                            timeout=self.deadline is not None))
+
+    def _worker_eta(self, study: optuna.Study, left: int, trial_s: float, time_left_s: float | None) -> StudyEta:
+        """A worker's estimate: it takes trials until the study's run ends its search (what the run last recorded
+        of it), or its own --trials or --timeout ends it sooner; the run's final comparison is not its to make. Not
+        known where the run recorded nothing (an older autotune), nor while the run has timed no trial and has no
+        --timeout."""
+        run = records.read_search_left(study)
+        run_s = run.search_left_s_now() if run is not None else None
+        own_s = _trials_time_s(left, trial_s)
+        eta_s = None if run_s is None else min(s for s in (run_s, own_s, time_left_s) if s is not None)
+        return StudyEta(left, trial_s, 0.0, eta_s, time_left_s, worker=True, run_search=run,
+                        worker_stops_first=run_s is not None and own_s is not None and own_s < run_s)
 
     def would_overrun(self, reserve_s: float | None = None) -> bool:
         if self.deadline is None or not self.durations:
             return False
         reserve_s = self.reserve_s() if reserve_s is None else reserve_s
         return time.monotonic() + max(self.durations) + reserve_s > self.deadline
+
+
+def _trials_time_s(trials: int, trial_s: float) -> float | None:
+    """Seconds that ``trials`` more trials take, each as long as the longest so far (``trial_s``); None while no
+    trial is timed and some are left."""
+    return trials * trial_s if trial_s > 0 or trials == 0 else None
 
 
 def _trials_since_gain(trials: list[TrialRecord]) -> tuple[int, float, int]:
@@ -746,7 +790,11 @@ def _storage_error_in(error: BaseException) -> BaseException | None:
     return found
 
 
-def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress, deadline: float | None) -> _StopRules:
+def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress, deadline: float | None,
+           worker: bool = False) -> _StopRules:
+    """The stop rules of this process's trials, once it has said what it starts. A run reserves the time of its
+    final comparison and records what it has left of its search, for its workers; a worker makes no final
+    comparison, and its trials end with the run's search."""
     earlier = records.read_trials(study)
     before = sum(1 for t in earlier if t.complete)
     caveats = list(cfg.settings.sim_caveats())
@@ -757,8 +805,12 @@ def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress, deadline: 
                                       n_trials=cfg.n_trials, timeout_s=cfg.timeout_s, existing_trials=before,
                                       gpu_slots=cfg.gpu_slots, idle_gpus=cfg.idle_gpus,
                                       served=not runs_in_process(cfg.settings), caveats=tuple(caveats),
-                                      baseline_layout=cfg.baseline_layout_note()))
-    rules = _StopRules(cfg, deadline, _trial_walls_s(earlier), lambda: remeasure_reserve_s(study, cfg), progress)
+                                      baseline_layout=cfg.baseline_layout_note(), worker=worker,
+                                      run_search=records.read_search_left(study) if worker else None))
+    rules = _StopRules(cfg, deadline, _trial_walls_s(earlier), lambda: remeasure_reserve_s(study, cfg), progress,
+                       worker=worker)
+    if not worker:
+        rules.record_search_left(study, rules.trials_left(_trials_since_gain(earlier)), rules.reserve_s())
     return rules
 
 
@@ -1039,7 +1091,7 @@ def run_worker(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
     with _recording_run(study, cfg) as run:  # a worker's GPU time is the study's too
         start = time.monotonic()
         deadline = start + cfg.timeout_s if cfg.timeout_s else None
-        rules = _start(study, cfg, threaded, deadline)
+        rules = _start(study, cfg, threaded, deadline, worker=True)
         runner = _SlotRunner(cfg.gpu_slots)
         with _storage_loss(cfg), _reporting_interrupts(study, cfg, threaded), \
             _failing_interrupted(study, storage, holds_alone(cfg.storage_url)), \

@@ -126,15 +126,19 @@ def test_a_worker_killed_mid_trial_is_detected_and_its_trial_queued_again(postgr
 
 def test_the_run_compares_the_trials_its_workers_finish_after_its_own(postgres, tmp_path: Path) -> None:
     """The run went on to its final comparison the moment its own trials were over: the worker's trial still
-    running then (in every try of this test) was in neither the verdict nor the report's count."""
+    running then (in every try of this test) was in neither the verdict nor the report's count. The worker's
+    console counted its own 20 trials (its --trials default) and the run's final comparison; it names the run's
+    search, which ends its trials."""
     url = postgres.url
     run, worker = _start_run_then_worker(url, "wait", tmp_path, 3)
     try:
         out, err = run.communicate(timeout=400)
-        worker.communicate(timeout=60)
+        _, worker_err = worker.communicate(timeout=60)
         assert run.returncode in (0, 3), err
     finally:
         _kill_left(run, worker)
+    assert "until the run's search ends after 3 more of its trials at most (its --trials 3)" in worker_err, worker_err
+    assert "final comparison" not in worker_err and "19 more trials" not in worker_err, worker_err
     report = json.loads(out)
     study = optuna.load_study(study_name="wait", storage=url)
     assert report["trials"] == records.count_finished(records.read_trials(study))
