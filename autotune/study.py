@@ -509,7 +509,7 @@ def _run_trials(study: optuna.Study, cfg: StudyConfig, progress: ThreadedProgres
     (one trial per call, on its slot's thread): its heartbeat, its FAIL on an exception, the sampler's constant
     liar for the trials still running. ``until_search_done``: a worker also stops once the study's run has moved
     on to its final comparison."""
-    while rules.launched < cfg.n_trials and not rules.reason:
+    while rules.trials_started() < cfg.n_trials and not rules.reason:
         slot = runner.take_slot()
         if slot is None:
             break
@@ -633,6 +633,7 @@ class _StopRules:
         self.ran = 0  # trials finished, those not run included (--trials counts them)
         self.not_run = 0  # of those, the trials not run: the flags of an earlier finished trial
         self.launched = 0  # trials this run started (_run_trials counts them): the deadline stops only one to come
+        self.taken = 0  # of those, queued copies that took a dead process's measurement (_take_result): not ours
         # kept free after the trials: the re-measurements still to make (the run's: a worker makes none)
         self.reserve_s = (lambda: 0.0) if worker else reserve_s
         self.progress = progress
@@ -647,7 +648,7 @@ class _StopRules:
         journal.settled(self.journal_dir, trial.number)  # told: the storage has it
         record = records.read_trial(trial)
         if record.measured_as is not None:  # a dead process's measurement recorded (_take_result): no trial of ours
-            self.launched -= 1
+            self.taken += 1
         else:
             self.ran += 1
             self.not_run += record.not_run
@@ -658,7 +659,7 @@ class _StopRules:
         if self.patience and since[0] >= self.patience and since[1] > 0:
             repeats = (f" ({since[2]} of them the flags of an earlier trial, not run again)" if since[2] else "")
             self.reason = f"stagnation: no 1% gain in {since[0]} trials{repeats}"
-        elif self.launched < self.n_trials and self.would_overrun(reserve_s):
+        elif self.trials_started() < self.n_trials and self.would_overrun(reserve_s):
             self.reason = "timeout"
         left = self.trials_left(since)
         trial_s = max(self.durations, default=0.0)
@@ -671,6 +672,10 @@ class _StopRules:
         if time_left_s is not None:
             eta_s = min(eta_s, time_left_s)
         self.progress.study_eta(StudyEta(left, trial_s, reserve_s, eta_s, time_left_s))
+
+    def trials_started(self) -> int:
+        """The trials this process started that count towards its --trials."""
+        return self.launched - self.taken
 
     def trials_left(self, since: tuple[int, float, int]) -> int:
         """Trials this process may still run, at most: its --trials, and the stagnation stop (``since``:
