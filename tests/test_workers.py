@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -137,7 +138,9 @@ def test_the_run_compares_the_trials_its_workers_finish_after_its_own(postgres, 
         assert run.returncode in (0, 3), err
     finally:
         _kill_left(run, worker)
-    assert "until the run's search ends after 3 more of its trials at most (its --trials 3)" in worker_err, worker_err
+    # how many are left when the worker starts depends on how soon it does
+    assert re.search(r"until the run's search ends after [123] more of its trials at most \(its --trials 3\)",
+                     worker_err), worker_err
     assert "final comparison" not in worker_err and "19 more trials" not in worker_err, worker_err
     report = json.loads(out)
     study = optuna.load_study(study_name="wait", storage=url)
