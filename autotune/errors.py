@@ -37,7 +37,8 @@ class ServerUnreachable(UsageError):
 
 
 class StorageError(UsageError):
-    """The study storage cannot be opened (bad URL, unreachable server, unreadable file)."""
+    """The study storage cannot be opened (bad URL, a user, password or database the server refuses, an unreadable
+    file; for the read-only readers an unreachable server too)."""
 
 
 class StorageUnavailable(AutotuneError):

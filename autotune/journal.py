@@ -55,13 +55,16 @@ def replay(study: optuna.Study, folder: Path) -> list[int]:
     RUNNING by the run that lost its database, is failed. Where the storage's heartbeat got there first (the
     database was gone for longer than three heartbeats), the original is failed already and a copy of it waits in
     the queue (Optuna's retry): the kept result goes into that copy, or the same flags would be measured again.
-    Else it is added under a new number."""
+    Else it is added under a new number. A kept trial the study holds already is not added again: the storage took
+    it after all, or took its result before the process died and a copy of it took that result since (another
+    process, a worker, that found the copy in the queue first: study._measured_before)."""
     replayed = []
     for path in pending(folder):
         entry = json.loads(path.read_text())
         original = study.trials[entry["number"]] if entry["number"] < len(study.trials) else None
-        if original is not None and original.state == optuna.trial.TrialState.COMPLETE:
-            path.unlink()  # the storage had it after all
+        if original is not None and original.state == optuna.trial.TrialState.COMPLETE \
+                or _measured_as_recorded(study, int(entry["number"])):
+            path.unlink()
             continue
         if original is not None and original.state == optuna.trial.TrialState.RUNNING:
             study._storage.set_trial_state_values(original._trial_id, optuna.trial.TrialState.FAIL)  # noqa: SLF001
@@ -80,6 +83,13 @@ def replay(study: optuna.Study, folder: Path) -> list[int]:
         path.unlink()
         replayed.append(int(entry["number"]))
     return replayed
+
+
+def _measured_as_recorded(study: optuna.Study, number: int) -> bool:
+    """Whether a finished trial of the study holds the result measured as trial ``number`` (records.take_result, or
+    an earlier replay)."""
+    return any(t.measured_as == number and t.state == optuna.trial.TrialState.COMPLETE
+               for t in records.read_trials(study))
 
 
 def _claim_retry(study: optuna.Study, original_number: int) -> optuna.Trial | None:

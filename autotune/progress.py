@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from autotune.gpu_ids import GpuId
 
 if TYPE_CHECKING:
-    from autotune.records import LevelRecord, Measurement, TrialResult
+    from autotune.records import LevelRecord, Measurement, SearchLeft, TrialResult
     from autotune.selection import LeftOutTrial
 
 __all__ = ["Progress", "StudyStart", "StudyEta", "StudyInterrupted", "BenchProgress", "CalibrationStep",
@@ -38,6 +38,10 @@ class StudyStart:
     # served engine, a host whose CPUs other processes are using
     caveats: tuple[str, ...] = ()
     baseline_layout: str = ""  # why the baselines do not run TP over every GPU; "" where they do
+    # a worker's start (``n_trials``: its own --trials): its trials end with its run's search, of which the run
+    # recorded this (None: nothing recorded, an older autotune)
+    worker: bool = False
+    run_search: SearchLeft | None = None
 
 
 @dataclass(frozen=True)
@@ -46,9 +50,14 @@ class StudyEta:
 
     trials_left: int  # at most: the --trials budget and the stagnation stop, whichever is nearer
     trial_s: float  # the expected wall seconds of one more trial (the longest so far)
-    remeasure_s: float  # the re-measurements still to make: the fair final comparison
-    eta_s: float  # trials_left x trial_s + remeasure_s, within --timeout
+    remeasure_s: float  # the re-measurements still to make: the fair final comparison (none for a worker)
+    # a run's: trials_left x trial_s + remeasure_s, within --timeout. A worker's: until its run's search ends (as the
+    # run recorded it: run_search), or its own trials_left or --timeout, if sooner; None where that is not known
+    eta_s: float | None
     time_left_s: float | None  # until --timeout (None: no timeout); no trial starts that would leave too little
+    worker: bool = False  # a worker's estimate
+    run_search: SearchLeft | None = None  # a worker's: what its run has left of its search (None: not recorded)
+    worker_stops_first: bool = False  # a worker's: its own trials_left end before its run's search does
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,10 @@ class Progress:
     def trial_not_run(self, number: int, same_flags_as: int, earlier: TrialResult) -> None:
         """The sampler proposed, as trial ``number``, the launch flags of finished trial ``same_flags_as``, whose
         result is ``earlier``: the trial is not run again; Optuna is told that trial's value and constraints."""
+
+    def trial_result_taken(self, number: int, baseline: str, measured_as: int, result: TrialResult) -> None:
+        """Trial ``number``, the copy queued of a failed trial whose result trial ``measured_as`` had measured before
+        its process died, takes that ``result``: it is not measured again."""
 
     def study_eta(self, eta: StudyEta) -> None:
         """After each trial's stop rules: what is left."""
@@ -235,6 +248,10 @@ class ThreadedProgress(Progress):
     def trial_not_run(self, number: int, same_flags_as: int, earlier: TrialResult) -> None:
         with self.lock:
             self.inner.trial_not_run(number, same_flags_as, earlier)
+
+    def trial_result_taken(self, number: int, baseline: str, measured_as: int, result: TrialResult) -> None:
+        with self.lock:
+            self.inner.trial_result_taken(number, baseline, measured_as, result)
 
     def study_eta(self, eta: StudyEta) -> None:
         with self.lock:

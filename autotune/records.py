@@ -3,7 +3,8 @@
 A study stores, as Optuna user attributes:
 - on the study: its :class:`StudyFingerprint` (what its figures were measured on; a resumed study must match),
   the options it was run with (``autotune worker`` builds the same trials from them; no storage URL among them),
-  whether its run has finished searching (workers then take no new trial), the seconds between its run's trial
+  whether its run has finished searching (workers then take no new trial) and what it has left of its search
+  (:class:`SearchLeft`: a worker's estimate rests on it), the seconds between its run's trial
   heartbeats (a worker must beat as often: each process fails the others' trials by its own), why a run failed
   another process's trial as dead before its first heartbeat (key ``dead.<trial>``: on the study, so that the copy
   of the trial queued again does not carry it),
@@ -15,7 +16,8 @@ A study stores, as Optuna user attributes:
   load level as a :class:`LevelRecord`, startup figures, failure); a sampled trial whose launch flags an earlier
   finished trial had holds that trial's number instead (:attr:`TrialRecord.same_flags_as`): it was not run again.
   The note why it ended before it started names the trial it was written on: Optuna's retry callback copies a
-  trial's attributes to the copy it queues, which must not inherit it.
+  trial's attributes to the copy it queues, which must not inherit it. A result measured as another trial, whose
+  process died before Optuna was told, names that trial (:attr:`TrialRecord.measured_as`).
 
 Everything is JSON in storage; NaN and infinity are stored as null and read back as NaN. Every reader of a
 study (the study itself, the profile, ``best``, ``studies``, ``export``, ``compare``, the dashboard) goes through
@@ -23,6 +25,7 @@ study (the study itself, the profile, ``best``, ``studies``, ``export``, ``compa
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import re
@@ -40,15 +43,16 @@ from autotune.storage import retried_trial
 __all__ = [
     "RECORDS_VERSION", "STOPPED_AT_MAX_CONCURRENCY", "P99Record", "HostCpuRecord", "LevelRecord", "TrialResult",
     "TrialRecord", "Measurement", "Remeasurement",
-    "GainRecord", "ThroughputRecord", "SelectionRecord", "StudyFingerprint", "RunRecord", "queue_attrs",
+    "GainRecord", "ThroughputRecord", "SelectionRecord", "StudyFingerprint", "RunRecord", "SearchLeft", "queue_attrs",
     "queued_baseline", "queued_try", "queued_try_unkept", "write_trial_result", "trial_result_attrs",
-    "finished_trial_attrs", "replayed_attrs", "read_trial", "read_trials", "count_finished", "read_remeasurement",
-    "write_remeasurement", "read_selection", "write_selection",
+    "finished_trial_attrs", "replayed_attrs", "take_result", "read_trial", "read_trials", "count_finished",
+    "read_remeasurement", "write_remeasurement", "read_selection", "write_selection",
     "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
     "read_run_options", "write_run", "read_runs", "read_remeasurements", "MEMORY_PLAN_REFUSED", "flags_key",
     "sampled", "known_trial_with_flags", "write_same_flags", "not_run", "not_run_text", "describe_not_run",
     "write_not_started", "requeue_user_attrs", "write_declared_dead",
-    "read_declared_dead", "write_heartbeat_s", "read_heartbeat_s", "write_constraints",
+    "read_declared_dead", "write_heartbeat_s", "read_heartbeat_s", "write_constraints", "write_search_left",
+    "read_search_left",
 ]
 
 # Stored with the fingerprint. A study written by another version of these records is refused on resume
@@ -68,6 +72,7 @@ _REMEASURE_PREFIX = "remeasure."
 _SEARCH_DONE_KEY = "search_done"
 _RUN_OPTIONS_KEY = "run_options"
 _HEARTBEAT_KEY = "heartbeat_s"
+_SEARCH_LEFT_KEY = "search_left"
 _REPLAYED_FROM = "replayed_from_trial"
 _SAME_FLAGS_AS = "same_flags_as_trial"
 _RUN_PREFIX = "run."
@@ -321,6 +326,10 @@ class TrialRecord:
     # Why the trial ended before it started, a trial of the study in no count (the search was done when a worker's
     # ask created it; its queued point, if any, queued again); "" for every other trial.
     not_started: str = ""
+    # The trial whose server measured this one's result, where that is another: a process died after measuring it,
+    # and its result was added from the process's journal, or taken by the copy of it queued again
+    # (:func:`take_result`). None for a trial measured as itself, or not measured.
+    measured_as: int | None = None
 
     @property
     def complete(self) -> bool:
@@ -578,6 +587,39 @@ class RunRecord:
                    silent_trials_s={int(n): float(s) for n, s in (data.get("silent_trials_s") or {}).items()})
 
 
+@dataclass(frozen=True)
+class SearchLeft:
+    """What the study's run has left of its search, as it last recorded it (as it starts, and after each of its
+    trials). A worker stops once that search ends, so what a worker has left rests on this: the run's --trials and
+    --timeout are the run's own, not among the options it stores for workers."""
+
+    trials_left: int  # at most: the run's --trials not yet started and its stagnation stop, whichever is nearer
+    trials: int  # the run's --trials (its invocation's)
+    # the run's trials left times its longest trial so far, within the time its --timeout leaves the search; None
+    # while no trial is timed and no --timeout bounds it
+    search_left_s: float | None
+    timeout: bool  # the run has a --timeout: its search may end before its trials do
+    # ISO 8601, UTC: a worker counts search_left_s down from it on its own clock
+    recorded_at: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+    def search_left_s_now(self) -> float | None:
+        """``search_left_s`` less the time since it was recorded (machines' clocks agree to within seconds, trials
+        take minutes)."""
+        if self.search_left_s is None:
+            return None
+        since_s = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(self.recorded_at)).total_seconds()
+        return max(0.0, self.search_left_s - max(0.0, since_s))
+
+    def to_json(self) -> dict[str, Any]:
+        return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SearchLeft:
+        return cls(trials_left=int(data["trials_left"]), trials=int(data["trials"]),
+                   search_left_s=None if data["search_left_s"] is None else float(data["search_left_s"]),
+                   timeout=bool(data["timeout"]), recorded_at=str(data["recorded_at"]))
+
+
 # -- trials ------------------------------------------------------------------------------------------------------
 def queue_attrs(baseline: str = "", tried: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """User attributes for ``study.enqueue_trial``: what the queued point is. ``tried``: a ``--try`` point's flags,
@@ -624,11 +666,27 @@ def finished_trial_attrs(trial: optuna.Trial, result: TrialResult) -> dict[str, 
 
 
 def replayed_attrs(attrs: Mapping[str, Any], original_number: int) -> dict[str, Any]:
-    """A journaled trial's attributes as added again to its study, naming the trial it was measured as."""
+    """A journaled trial's attributes as added again to its study, naming the trial it was measured as
+    (TrialRecord.measured_as)."""
     return {**attrs, _REPLAYED_FROM: original_number}
 
 
+def take_result(trial: optuna.Trial, measured: TrialRecord) -> int:
+    """Store on ``trial`` the result of ``measured``, a finished measurement of the same flags, naming the trial that
+    measured it (TrialRecord.measured_as), whose number is returned: ``trial`` is not measured again."""
+    assert measured.result is not None
+    measured_as = measured.measured_as if measured.measured_as is not None else measured.number
+    for key, value in replayed_attrs(trial_result_attrs(measured.result), measured_as).items():
+        trial.set_user_attr(key, value)
+    return measured_as
+
+
 def write_trial_result(trial: optuna.Trial, result: TrialResult) -> None:
+    """Store the result ``trial`` measured. A queued copy may hold the name of the trial its original's result was
+    measured as (TrialRecord.measured_as, copied with the rest of its attributes): the result measured here is its
+    own."""
+    if trial.user_attrs.get(_REPLAYED_FROM) is not None:
+        trial.set_user_attr(_REPLAYED_FROM, None)
     for key, value in trial_result_attrs(result).items():
         trial.set_user_attr(key, value)
 
@@ -673,7 +731,8 @@ def read_trial(trial: optuna.trial.FrozenTrial) -> TrialRecord:
     return TrialRecord(number=trial.number, state=trial.state, baseline=queued_baseline(trial),
                        tried=_QUEUE_TRIED in trial.user_attrs,
                        result=TrialResult.from_json(data) if data is not None else None, same_flags_as=_opt_int(same),
-                       not_started=str(not_started["why"]) if not_started else "")
+                       not_started=str(not_started["why"]) if not_started else "",
+                       measured_as=_opt_int(trial.user_attrs.get(_REPLAYED_FROM)))
 
 
 def _own_note(trial: optuna.trial.FrozenTrial, key: str) -> dict[str, Any] | None:
@@ -818,6 +877,16 @@ def write_run_options(study: optuna.Study, options: Mapping[str, Any]) -> None:
 def read_run_options(study: optuna.Study) -> dict[str, Any] | None:
     data = study.user_attrs.get(_RUN_OPTIONS_KEY)
     return dict(data) if data is not None else None
+
+
+def write_search_left(study: optuna.Study, left: SearchLeft) -> None:
+    study.set_user_attr(_SEARCH_LEFT_KEY, left.to_json())
+
+
+def read_search_left(study: optuna.Study) -> SearchLeft | None:
+    """:func:`write_search_left`'s record; None for a study whose run did not record it (an older version)."""
+    data = study.user_attrs.get(_SEARCH_LEFT_KEY)
+    return SearchLeft.from_json(data) if data is not None else None
 
 
 def write_heartbeat_s(study: optuna.Study, heartbeat_s: int) -> None:

@@ -249,6 +249,7 @@ def open_storage(url: str | None, create: bool = True, exclusive: bool = False) 
     opened = url  # the URL SQLAlchemy is given; messages name the one given here
     if folder is not None:
         database = Path(str(parsed.database)).expanduser().resolve()
+        exists = _database_file_exists(url, database)  # before anything is made for it
         if create:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -256,7 +257,7 @@ def open_storage(url: str | None, create: bool = True, exclusive: bool = False) 
                 raise StorageError(f"cannot create {folder} for storage {url}: {e.strerror}") from None
         elif not folder.is_dir():
             raise StorageError(f"storage {url}: folder {folder} does not exist")
-        elif not database.is_file():
+        elif not exists:
             raise StorageError(f"storage {url}: no database file at {database}")
         if exclusive:
             _lock_sqlite(database)
@@ -281,9 +282,42 @@ def open_storage(url: str | None, create: bool = True, exclusive: bool = False) 
         raise StorageError(f"storage {redact_url(url)}: database driver missing ({e.name or e}); "
                            "for PostgreSQL: pip install 'autotune[postgres]'") from None
     except (OperationalError, optuna.exceptions.StorageInternalError) as e:
+        if (refused := _refused_for_the_url(e, url)) is not None:
+            raise refused from None
         raise StorageUnavailable(f"cannot reach storage {redact_url(url)}: {_first_line(e)}") from None
     except (SQLAlchemyError, OSError, ValueError) as e:
         raise StorageError(f"cannot open storage {redact_url(url)}: {_first_line(e)}") from None
+
+
+# What a PostgreSQL server says when it answers but refuses the connection for what the URL names (its user, its
+# password, its database), in the words libpq reports it: a failed connection comes with no SQLSTATE to go by. A
+# server that is starting up, shutting down or full refuses too, but that is the database's state, not the URL's.
+_REFUSED_FOR_THE_URL = re.compile(r'FATAL:\s+((?:\w+ )?authentication failed for user "[^"]*"'
+                                  r'|(?:database|role) "[^"]*" does not exist|no pg_hba\.conf entry for .*)')
+
+
+def _refused_for_the_url(error: BaseException, url: str) -> StorageError | None:
+    """Bad input, one line in the server's words, where the server refused the connection for the URL's user,
+    password or database; None where the error is another (nothing listens there, a host name that does not
+    resolve: the database unreachable). Optuna may wrap the driver's error: the errors it was raised from count."""
+    current: BaseException | None = error
+    while current is not None:
+        if match := _REFUSED_FOR_THE_URL.search(str(current)):
+            return StorageError(f"storage {redact_url(url)}: the server refused the connection: "
+                                f"{match.group(1).strip()}")
+        current = current.__cause__
+    return None
+
+
+def _database_file_exists(url: str, database: Path) -> bool:
+    """Whether a SQLite storage's ``database`` file exists. A path the system cannot look up (a name longer than the
+    file system takes, a folder on the way that cannot be searched) is a one-line StorageError naming the storage,
+    the same for `run`, a worker and the readers."""
+    try:  # is_file() answers False for a missing path only; these raise
+        return database.is_file()
+    except OSError as e:
+        raise StorageError(f"storage {redact_url(url)}: cannot look up its database file {database}: "
+                           f"{e.strerror or e}") from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -314,7 +348,7 @@ def open_storage_readonly(url: str | None) -> optuna.storages.RDBStorage:
         if not parsed.database or parsed.database == ":memory:":
             raise StorageError(f"storage {redact_url(url)}: an in-memory database holds no studies")
         path = Path(parsed.database).expanduser().resolve()
-        if not path.is_file():
+        if not _database_file_exists(url, path):
             raise StorageError(f"storage {redact_url(url)}: no database file at {path}")
         # pysqlite hands the database to sqlite3.connect(uri=True) as it is: a file: URI with its mode.
         url = parsed.set(database=f"file:{path}?mode=ro", query={**parsed.query, "uri": "true"}) \
@@ -332,6 +366,8 @@ def open_storage_readonly(url: str | None) -> optuna.storages.RDBStorage:
         raise StorageError(f"storage {redact_url(given)}: database driver missing ({e.name or e}); "
                            "for PostgreSQL: pip install 'autotune[postgres]'") from None
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError, ValueError) as e:
+        if (refused := _refused_for_the_url(e, given)) is not None:
+            raise refused from None
         while e.__cause__ is not None:  # Optuna wraps the driver's error (connection refused, ...) in its own
             e = e.__cause__  # type: ignore[assignment]
         raise StorageError(f"cannot open storage {redact_url(given)} read-only: {_first_line(e)}") from None

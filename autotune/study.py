@@ -181,6 +181,9 @@ def open_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage, worker: b
                                 sampler=_sampler(cfg.seed), load_if_exists=True)
     records.check_fingerprint(study, study_fingerprint(cfg))
     _check_heartbeat(study, worker)
+    if not worker:  # before the options a worker waits for: its estimates rest on it (_StopRules._worker_eta)
+        records.write_search_left(study, records.SearchLeft(trials_left=cfg.n_trials, trials=cfg.n_trials,
+                                                            search_left_s=None, timeout=cfg.timeout_s is not None))
     if cfg.run_options is not None:
         records.write_run_options(study, cfg.run_options)
     if not worker:  # the run's pace is the study's
@@ -291,6 +294,33 @@ def _objective(cfg: StudyConfig, slot: tuple[GpuId, ...], progress: ThreadedProg
                 failed_elsewhere.append(trial.number)
             raise
 
+    def measure_flags(trial: optuna.Trial, flags: dict[str, Any], baseline: str,
+                      trials: list[TrialRecord]) -> TrialResult:
+        """Launch ``flags`` on the slot's GPUs and measure them: the trial's result, kept in the journal and then
+        stored."""
+        trial_dir = trial_folder(cfg.out_dir / cfg.study_name, trial.number)
+        name = f"autotune-{cfg.study_name}-{trial.number}"
+        progress.trial_started(trial.number, flags, baseline)
+        settings = replace(cfg.settings, gpu_ids=slot,
+                           sim_fault=cfg.sim_fault.for_trial(trial.number) if cfg.sim_fault else "")
+        started = time.perf_counter()
+        result = run_trial(settings, flags, name, trial_dir / "server.log", progress.for_trial(trial.number), deadline,
+                           cancel, _start_concurrency(cfg.settings, flags, trials, trial_dir / SIM_PREDICTION_FOLDER))
+        result = replace(result, trial_wall_s=time.perf_counter() - started)
+        if cancel.is_set() and (result.stop_reason == "interrupted" or result.failure_class):
+            records.write_trial_result(trial, replace(
+                result, feasible=False, output_tok_s=0.0, failure_class="interrupted",
+                failure_reason=f"the study was interrupted during this trial ({len(result.levels)} load levels "
+                               "measured, kept here)"))
+            raise Stopped(130)
+        constraints = _constraints(result, limits_ms)
+        journal.keep(_journal_dir(cfg), trial, records.finished_trial_attrs(trial, result), constraints,
+                     float(result.output_tok_s))
+        records.write_trial_result(trial, result)
+        records.write_constraints(trial, constraints)
+        progress.trial_finished(trial.number, baseline, result)
+        return result
+
     def measure(trial: optuna.Trial) -> float:
         record_heartbeat_now(trial)  # first: from here its process's death is Optuna's stale check's to find
         # The run writes search_done and then reads the RUNNING trials (_wait_for_others_trials); a worker's ask
@@ -312,27 +342,10 @@ def _objective(cfg: StudyConfig, slot: tuple[GpuId, ...], progress: ThreadedProg
         if (earlier := _known_outcome(trial.number, frozen, trials, flags,
                                       cfg.settings.search.max_concurrency)) is not None:
             return _not_run(trial, earlier, limits_ms, progress)
-        trial_dir = trial_folder(cfg.out_dir / cfg.study_name, trial.number)
-        name = f"autotune-{cfg.study_name}-{trial.number}"
-        progress.trial_started(trial.number, flags, baseline)
-        settings = replace(cfg.settings, gpu_ids=slot,
-                           sim_fault=cfg.sim_fault.for_trial(trial.number) if cfg.sim_fault else "")
-        started = time.perf_counter()
-        result = run_trial(settings, flags, name, trial_dir / "server.log", progress.for_trial(trial.number), deadline,
-                           cancel, _start_concurrency(cfg.settings, flags, trials, trial_dir / SIM_PREDICTION_FOLDER))
-        result = replace(result, trial_wall_s=time.perf_counter() - started)
-        if cancel.is_set() and (result.stop_reason == "interrupted" or result.failure_class):
-            records.write_trial_result(trial, replace(
-                result, feasible=False, output_tok_s=0.0, failure_class="interrupted",
-                failure_reason=f"the study was interrupted during this trial ({len(result.levels)} load levels "
-                               "measured, kept here)"))
-            raise Stopped(130)
-        constraints = {constraint_key(metric): value for metric, value in result.constraints_ms(limits_ms).items()}
-        journal.keep(_journal_dir(cfg), trial, records.finished_trial_attrs(trial, result), constraints,
-                     float(result.output_tok_s))
-        records.write_trial_result(trial, result)
-        records.write_constraints(trial, constraints)
-        progress.trial_finished(trial.number, baseline, result)
+        if (measured := _measured_before(trial.number, frozen, trials, flags)) is not None:
+            result = _take_result(trial, measured, baseline, limits_ms, progress)
+        else:
+            result = measure_flags(trial, flags, baseline, trials)
         if remeasure_baselines and baseline and result.feasible and cfg.repeats > 0:
             trials = records.read_trials(trial.study)
             [record] = [t for t in trials if t.number == trial.number]
@@ -347,7 +360,8 @@ def _known_outcome(number: int, frozen: list[optuna.trial.FrozenTrial], trials: 
                    flags: Mapping[str, Any], max_concurrency: int) -> TrialRecord | None:
     """The earlier trial whose outcome trial ``number``'s launch flags already have under the load search's ceiling
     ``max_concurrency`` (records.known_trial_with_flags), where the sampler chose that trial's point; None for a
-    baseline, a ``--try`` point and a retried copy of a failed trial, which run as queued.
+    baseline, a ``--try`` point and a retried copy of a failed trial, which run as queued (a copy of a trial that had
+    measured its flags takes that trial's result instead: _measured_before).
 
     ``frozen`` is read after the sampler chose, so a trial that finished meanwhile is seen, on another process or
     machine sharing the study in PostgreSQL too. A trial still RUNNING elsewhere with the same flags is not: both run
@@ -366,10 +380,47 @@ def _not_run(trial: optuna.Trial, earlier: TrialRecord, limits_ms: Mapping[str, 
     result = earlier.result
     assert result is not None
     records.write_same_flags(trial, earlier.number)
-    records.write_constraints(trial, {constraint_key(metric): value
-                                      for metric, value in result.constraints_ms(limits_ms).items()})
+    records.write_constraints(trial, _constraints(result, limits_ms))
     progress.trial_not_run(trial.number, earlier.number, result)
     return float(result.output_tok_s)
+
+
+def _measured_before(number: int, frozen: list[optuna.trial.FrozenTrial], trials: list[TrialRecord],
+                     flags: Mapping[str, Any]) -> TrialRecord | None:
+    """The failed trial that trial ``number``, a copy the retry callback queued, runs again, where that one had
+    measured the same launch ``flags`` to the end: its result stored, then its process dead (SIGKILL, a crash, its
+    machine or its database lost) in what follows a measurement inside the trial (a baseline's fresh-server
+    re-measurement, minutes long; Optuna's tell), and the trial failed by a heartbeat check. The copy takes that
+    result (:func:`_take_result`) rather than spend the GPU time again, whichever process took it from the queue: the
+    result is in the study's storage, which every process sees, where the dead process's journal of it is on its
+    own machine only. None for any other trial, and for a copy of a trial cut short in its measurement
+    (``interrupted``: measured again, its levels kept on the original) or that launched other flags (the fixed ones
+    changed since)."""
+    [me] = [t for t in frozen if t.number == number]
+    original = retried_trial(me)
+    measured = next((t for t in trials if t.number == original), None)
+    if measured is None or measured.result is None or measured.result.failure_class == "interrupted" \
+            or records.flags_key(measured.result.flags) != records.flags_key(flags):
+        return None
+    return measured
+
+
+def _take_result(trial: optuna.Trial, measured: TrialRecord, baseline: str, limits_ms: Mapping[str, float],
+                 progress: Progress) -> TrialResult:
+    """Complete ``trial`` with the result ``measured`` stored (:func:`_measured_before`), as Optuna would have been
+    told it had its process lived: its value and its constraints (the copy holds those already where they were
+    stored: write_constraints replaces them)."""
+    result = measured.result
+    assert result is not None
+    measured_as = records.take_result(trial, measured)
+    records.write_constraints(trial, _constraints(result, limits_ms))
+    progress.trial_result_taken(trial.number, baseline, measured_as, result)
+    return result
+
+
+def _constraints(result: TrialResult, limits_ms: Mapping[str, float]) -> dict[str, float]:
+    """A trial's Optuna constraints, one per limit, by key (:func:`constraint_key`)."""
+    return {constraint_key(metric): value for metric, value in result.constraints_ms(limits_ms).items()}
 
 
 def _not_started(trial: optuna.Trial, why: str) -> NoReturn:
@@ -458,7 +509,7 @@ def _run_trials(study: optuna.Study, cfg: StudyConfig, progress: ThreadedProgres
     (one trial per call, on its slot's thread): its heartbeat, its FAIL on an exception, the sampler's constant
     liar for the trials still running. ``until_search_done``: a worker also stops once the study's run has moved
     on to its final comparison."""
-    while rules.launched < cfg.n_trials and not rules.reason:
+    while rules.trials_started() < cfg.n_trials and not rules.reason:
         slot = runner.take_slot()
         if slot is None:
             break
@@ -567,10 +618,13 @@ class _StopRules:
     A trial that was not run (the flags of an earlier finished trial: _not_run) counts towards --trials and towards
     the stagnation stop, and not towards the trials' durations. It costs no GPU time, but a sampler that keeps
     proposing points it has seen has stopped finding new ones: uncounted, a converged sampler or a small space
-    (every point seen) would ask for points without end; a repeat is no gain either."""
+    (every point seen) would ask for points without end; a repeat is no gain either. A queued copy that took the
+    result its failed original had measured (_take_result) is no trial of this process, launched or run: that
+    measurement was the dead process's."""
 
     def __init__(self, cfg: StudyConfig, deadline: float | None, earlier_durations: list[float],
-                 reserve_s: Callable[[], float], progress: Progress = NULL_PROGRESS) -> None:
+                 reserve_s: Callable[[], float], progress: Progress = NULL_PROGRESS, worker: bool = False) -> None:
+        self.worker = worker  # a worker's trials end with its run's search: its estimate follows that (_worker_eta)
         self.patience = cfg.patience
         self.n_trials = cfg.n_trials
         self.deadline = deadline
@@ -579,7 +633,9 @@ class _StopRules:
         self.ran = 0  # trials finished, those not run included (--trials counts them)
         self.not_run = 0  # of those, the trials not run: the flags of an earlier finished trial
         self.launched = 0  # trials this run started (_run_trials counts them): the deadline stops only one to come
-        self.reserve_s = reserve_s  # kept free after the trials: the re-measurements still to make
+        self.taken = 0  # of those, queued copies that took a dead process's measurement (_take_result): not ours
+        # kept free after the trials: the re-measurements still to make (the run's: a worker makes none)
+        self.reserve_s = (lambda: 0.0) if worker else reserve_s
         self.progress = progress
         self.journal_dir = _journal_dir(cfg)
         self._lock = threading.Lock()
@@ -590,9 +646,12 @@ class _StopRules:
 
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         journal.settled(self.journal_dir, trial.number)  # told: the storage has it
-        self.ran += 1
         record = records.read_trial(trial)
-        self.not_run += record.not_run
+        if record.measured_as is not None:  # a dead process's measurement recorded (_take_result): no trial of ours
+            self.taken += 1
+        else:
+            self.ran += 1
+            self.not_run += record.not_run
         if record.result is not None and record.result.trial_wall_s:
             self.durations.append(record.result.trial_wall_s)
         since = _trials_since_gain(records.read_trials(study))
@@ -600,23 +659,66 @@ class _StopRules:
         if self.patience and since[0] >= self.patience and since[1] > 0:
             repeats = (f" ({since[2]} of them the flags of an earlier trial, not run again)" if since[2] else "")
             self.reason = f"stagnation: no 1% gain in {since[0]} trials{repeats}"
-        elif self.launched < self.n_trials and self.would_overrun(reserve_s):
+        elif self.trials_started() < self.n_trials and self.would_overrun(reserve_s):
             self.reason = "timeout"
-        left = 0 if self.reason else max(0, self.n_trials - self.ran)
-        if self.patience and since[1] > 0:
-            left = min(left, self.patience - since[0])
+        left = self.trials_left(since)
         trial_s = max(self.durations, default=0.0)
-        eta_s = left * trial_s + reserve_s
         time_left_s = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        if self.worker:
+            self.progress.study_eta(self._worker_eta(study, left, trial_s, time_left_s))
+            return
+        self.record_search_left(study, left, reserve_s)
+        eta_s = left * trial_s + reserve_s
         if time_left_s is not None:
             eta_s = min(eta_s, time_left_s)
         self.progress.study_eta(StudyEta(left, trial_s, reserve_s, eta_s, time_left_s))
+
+    def trials_started(self) -> int:
+        """The trials this process started that count towards its --trials."""
+        return self.launched - self.taken
+
+    def trials_left(self, since: tuple[int, float, int]) -> int:
+        """Trials this process may still run, at most: its --trials, and the stagnation stop (``since``:
+        _trials_since_gain)."""
+        left = 0 if self.reason else max(0, self.n_trials - self.ran)
+        if self.patience and since[1] > 0:
+            left = max(0, min(left, self.patience - since[0]))
+        return left
+
+    def record_search_left(self, study: optuna.Study, left: int, reserve_s: float) -> None:
+        """The run's: what it has left of its search, for its workers' estimates (records.SearchLeft): its trials
+        left times the longest trial so far, within what its --timeout leaves before the final comparison."""
+        search_left_s = _trials_time_s(left, max(self.durations, default=0.0))
+        if self.deadline is not None:
+            room_s = max(0.0, self.deadline - time.monotonic() - reserve_s)
+            search_left_s = room_s if search_left_s is None else min(search_left_s, room_s)
+        records.write_search_left(study, records.SearchLeft(trials_left=left, trials=self.n_trials,
+                                                            search_left_s=search_left_s,
+                                                            timeout=self.deadline is not None))
+
+    def _worker_eta(self, study: optuna.Study, left: int, trial_s: float, time_left_s: float | None) -> StudyEta:
+        """A worker's estimate: it takes trials until the study's run ends its search (what the run last recorded
+        of it), or its own --trials or --timeout ends it sooner; the run's final comparison is not its to make. Not
+        known where the run recorded nothing (an older autotune), nor while the run has timed no trial and has no
+        --timeout."""
+        run = records.read_search_left(study)
+        run_s = run.search_left_s_now() if run is not None else None
+        own_s = _trials_time_s(left, trial_s)
+        eta_s = None if run_s is None else min(s for s in (run_s, own_s, time_left_s) if s is not None)
+        return StudyEta(left, trial_s, 0.0, eta_s, time_left_s, worker=True, run_search=run,
+                        worker_stops_first=run_s is not None and own_s is not None and own_s < run_s)
 
     def would_overrun(self, reserve_s: float | None = None) -> bool:
         if self.deadline is None or not self.durations:
             return False
         reserve_s = self.reserve_s() if reserve_s is None else reserve_s
         return time.monotonic() + max(self.durations) + reserve_s > self.deadline
+
+
+def _trials_time_s(trials: int, trial_s: float) -> float | None:
+    """Seconds that ``trials`` more trials take, each as long as the longest so far (``trial_s``); None while no
+    trial is timed and some are left."""
+    return trials * trial_s if trial_s > 0 or trials == 0 else None
 
 
 def _trials_since_gain(trials: list[TrialRecord]) -> tuple[int, float, int]:
@@ -693,7 +795,11 @@ def _storage_error_in(error: BaseException) -> BaseException | None:
     return found
 
 
-def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress, deadline: float | None) -> _StopRules:
+def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress, deadline: float | None,
+           worker: bool = False) -> _StopRules:
+    """The stop rules of this process's trials, once it has said what it starts. A run reserves the time of its
+    final comparison and records what it has left of its search, for its workers; a worker makes no final
+    comparison, and its trials end with the run's search."""
     earlier = records.read_trials(study)
     before = sum(1 for t in earlier if t.complete)
     caveats = cfg.settings.card_caveats() + cfg.settings.sim_caveats()
@@ -704,8 +810,12 @@ def _start(study: optuna.Study, cfg: StudyConfig, progress: Progress, deadline: 
                                       n_trials=cfg.n_trials, timeout_s=cfg.timeout_s, existing_trials=before,
                                       gpu_slots=cfg.gpu_slots, idle_gpus=cfg.idle_gpus,
                                       served=not runs_in_process(cfg.settings), caveats=tuple(caveats),
-                                      baseline_layout=cfg.baseline_layout_note()))
-    rules = _StopRules(cfg, deadline, _trial_walls_s(earlier), lambda: remeasure_reserve_s(study, cfg), progress)
+                                      baseline_layout=cfg.baseline_layout_note(), worker=worker,
+                                      run_search=records.read_search_left(study) if worker else None))
+    rules = _StopRules(cfg, deadline, _trial_walls_s(earlier), lambda: remeasure_reserve_s(study, cfg), progress,
+                       worker=worker)
+    if not worker:
+        rules.record_search_left(study, rules.trials_left(_trials_since_gain(earlier)), rules.reserve_s())
     return rules
 
 
@@ -986,7 +1096,7 @@ def run_worker(cfg: StudyConfig, storage: optuna.storages.BaseStorage,
     with _recording_run(study, cfg) as run:  # a worker's GPU time is the study's too
         start = time.monotonic()
         deadline = start + cfg.timeout_s if cfg.timeout_s else None
-        rules = _start(study, cfg, threaded, deadline)
+        rules = _start(study, cfg, threaded, deadline, worker=True)
         runner = _SlotRunner(cfg.gpu_slots)
         with _storage_loss(cfg), _reporting_interrupts(study, cfg, threaded), \
             _failing_interrupted(study, storage, holds_alone(cfg.storage_url)), \

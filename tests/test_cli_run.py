@@ -330,6 +330,23 @@ def test_a_worker_on_a_sqlite_file_that_is_not_there_makes_none(capsys, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", [
+    ["worker", "--study", "s"],
+    ["best", "--study", "s"],
+    [*BASE, "--model", "flash", "--p99-ms", "500"],
+])
+def test_a_sqlite_file_name_too_long_is_one_line_naming_the_storage(capsys, tmp_path, command):
+    """A worker (and a reader) given a SQLite file whose name the file system refuses printed Python's error,
+    "autotune: error: OSError: [Errno 36] File name too long: ...", exit 1; `run` named its lock file. Each says
+    the same line now, and makes nothing."""
+    database = tmp_path / f"{'a' * 300}.db"
+    url = f"sqlite:///{database}"
+    code, _, err = run_cli(capsys, *command, "--storage", url)
+    assert code == 2 and err == (f"autotune: error: storage {url}: cannot look up its database file {database}: "
+                                 "File name too long\n"), err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_sqlite_storage_under_home_is_the_file_there_not_one_in_a_folder_named_tilde(tmp_path, monkeypatch):
     """sqlite:///~/s.db: the checks and the lock took ~ as the home folder, and SQLite opened the URL's path as
     written, ./~/s.db: a worker found HOME/s.db there and then made an empty database in a folder named "~" (its

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from autotune.cli.ui import StudyView, short_flags
 from autotune.progress import StudyEta, StudyInterrupted, StudyStart
-from autotune.records import LevelRecord, Measurement, P99Record, TrialResult
+from autotune.records import LevelRecord, Measurement, P99Record, SearchLeft, TrialResult
 
 
 def test_short_flags_of_the_vision_knobs() -> None:
@@ -74,6 +74,37 @@ def test_a_trials_line_then_its_remeasurement_then_the_estimate() -> None:
         "re-measuring trial 0 (1/1) at concurrency 90: a fresh server",
         "re-measuring trial 0 (1/1) at concurrency 90: 6,700 tok/s, p99 ttft 290 ms",
         "ETA ~7.3 min of 10.0 min left: 1 more trial at most, then 2.0 min for the final comparison"]
+
+
+def test_a_workers_start_and_estimates_name_the_runs_search_that_ends_its_trials() -> None:
+    """A worker said "up to 20 trials" and "ETA ~6.3 min: 19 more trials at most, then 2.0 min for the final
+    comparison": its own --trials default and a comparison the run makes, where the run's --trials 4 ended its
+    trials three trials later. It names the run's search now, its own --trials where those end first, and says
+    when it cannot tell."""
+    run = SearchLeft(trials_left=3, trials=4, search_left_s=600.0, timeout=True)
+
+    def eta(**given) -> StudyEta:
+        return StudyEta(**{"trials_left": 19, "trial_s": 20.0, "remeasure_s": 0.0, "eta_s": 600.0,
+                           "time_left_s": None, "worker": True, "run_search": run, **given})
+
+    view, out = _view()
+    view.study_started(dataclasses.replace(_start(served=False), worker=True, run_search=run))
+    view.study_eta(eta())
+    view.study_eta(eta(trials_left=1, eta_s=20.0, worker_stops_first=True))
+    view.study_eta(eta(eta_s=None, run_search=dataclasses.replace(run, search_left_s=None, timeout=False)))
+    view.study_eta(eta(eta_s=None, run_search=None))
+    view.study_eta(eta(eta_s=0.0, run_search=dataclasses.replace(run, trials_left=0, timeout=False)))
+    lines = [line.split("] ", 1)[1] for line in out.getvalue().splitlines()]
+    search = "the run's search ends after 3 more of its trials at most (its --trials 4, or sooner by its --timeout)"
+    assert lines == [
+        f"worker on study s on the sim engine, P99 ttft <= 500 ms: until {search}; up to 20 trials here (0 earlier)",
+        f"ETA ~10.0 min: until {search}",
+        f"ETA ~0.3 min: 1 more trial at most (this worker's --trials), before {search}",
+        "ETA unknown until the run has timed a trial: this worker stops when the run's search ends after 3 more of its "
+        "trials at most (its --trials 4)",
+        "ETA unknown: this worker stops when the run's search ends (the run recorded no trial budget: an autotune "
+        "before this one)",
+        "ETA ~0.0 min: until the run's search ends with the trials it runs (its --trials 4)"]
 
 
 def test_two_remeasurements_at_once_keep_their_own_names() -> None:

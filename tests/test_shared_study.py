@@ -499,6 +499,55 @@ def test_the_next_run_says_a_dead_runs_kept_result_is_added_not_lost(tmp_path: P
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the storage's own retry callback
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # the dead run's trial, asked by hand
+def test_a_copy_of_a_trial_that_stored_its_result_takes_it_and_the_journal_of_it_is_not_added_again(
+        tmp_path: Path) -> None:
+    """A run's baseline stored its result, kept it in the run's journal and died in its re-measurement; the heartbeat
+    check queued a copy. A worker, which cannot see the run's journal, took the copy and measured the baseline again,
+    and the resumed run added its kept result beside both. The copy takes the stored result, no server started, and
+    the run's journal of it is found in the study."""
+    from autotune import journal
+    from autotune.study import _journal_dir, baseline_launch_flags, run_worker
+
+    cfg = _cfg(tmp_path, trials=0)
+    study = _queued_study(cfg)
+    records.write_search_done(study, False)  # the run searching
+    dead = study.ask()  # the vllm-defaults baseline, measured by the run that dies
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # seed-profile: out of the queue
+    flags = baseline_launch_flags("vllm-defaults", cfg.settings.model, cfg.settings.gpus, cfg.space.fixed)
+    result = TrialResult(flags=flags, feasible=True, output_tok_s=500.0, concurrency=8)
+    journal.keep(_journal_dir(cfg), dead, records.finished_trial_attrs(dead, result),
+                 {"p99_ttft_minus_limit_ms": -100.0}, 500.0)
+    records.write_trial_result(dead, result)
+    _fail_and_queue_again(study, dead)
+    copy_number = _copy_of(study, dead.number).number
+
+    class Worker(_Worker):
+        def __init__(self) -> None:
+            super().__init__()
+            self.taken: list[tuple[int, int]] = []
+
+        def trial_result_taken(self, number: int, baseline: str, measured_as: int, taken: TrialResult) -> None:
+            self.taken.append((number, measured_as))
+            records.write_search_done(study, True)  # the run moves on: the worker's next look ends it
+
+    said = Worker()
+    outcome = run_worker(replace(cfg, n_trials=1, out_dir=tmp_path / "worker"), open_storage(cfg.storage_url), said)
+    assert said.taken == [(copy_number, dead.number)] and said.started == []  # no server started for it
+    assert outcome.n_trials_run == 0  # measured by the run that died, not by this worker
+    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url)
+    copy = records.read_trial(study.trials[copy_number])
+    assert copy.complete and copy.result == result and copy.measured_as == dead.number
+    assert study.trials[copy_number].value == 500.0
+    assert study.trials[copy_number].system_attrs["constraints:p99_ttft_minus_limit_ms"] == pytest.approx(
+        result.constraints_ms({"ttft": 500.0})["ttft"])
+    trials_before = len(study.trials)
+    assert journal.replay(study, _journal_dir(cfg)) == []  # the resumed run: the study has it
+    assert len(study.trials) == trials_before and not journal.pending(_journal_dir(cfg))
+
+
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_live_trial_of_a_worker_that_writes_no_started_note_is_waited_for_not_failed(tmp_path: Path,

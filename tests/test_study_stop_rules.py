@@ -17,14 +17,15 @@ from autotune.study import _failing_interrupted
 
 
 def _StopRules(patience: int, deadline: float | None, earlier_durations: list[float] = (),  # noqa: N802
-               reserve_s=lambda: 0.0, n_trials: int = 100, progress: Progress | None = None) -> _Rules:
+               reserve_s=lambda: 0.0, n_trials: int = 100, progress: Progress | None = None,
+               worker: bool = False) -> _Rules:
     cfg = SimpleNamespace(patience=patience, n_trials=n_trials, out_dir=Path("no-journal-here"), study_name="s")
-    return _Rules(cfg, deadline, list(earlier_durations), reserve_s, progress or Progress())
+    return _Rules(cfg, deadline, list(earlier_durations), reserve_s, progress or Progress(), worker=worker)
 
 
-def _run(rules: _Rules, values: list[float], wall_s: float = 10.0) -> int:
+def _run(rules: _Rules, values: list[float], wall_s: float = 10.0, study: optuna.Study | None = None) -> int:
     """Optimize with the rules as callback; trial i returns values[i]. Returns how many trials ran."""
-    study = optuna.create_study(direction="maximize")
+    study = study or optuna.create_study(direction="maximize")
 
     def objective(trial: optuna.Trial) -> float:
         records.write_trial_result(trial, TrialResult(flags={}, feasible=True, output_tok_s=values[trial.number],
@@ -86,6 +87,55 @@ def test_the_eta_counts_the_stagnation_stop_and_the_remeasurements():
     # after trial 2 (no gain in 1): at most 2 more before the stagnation stop, not the 18 of --trials
     assert (etas[1].trials_left, etas[1].eta_s) == (2, 2 * 10.0 + 50.0)
     assert etas[-1].trials_left == 0 and etas[-1].eta_s == 50.0  # stopped: only the re-measurements are left
+
+
+class _Etas(Progress):
+    def __init__(self) -> None:
+        self.etas: list[StudyEta] = []
+
+    def study_eta(self, eta: StudyEta) -> None:
+        self.etas.append(eta)
+
+
+def test_a_run_records_what_it_has_left_of_its_search_for_its_workers():
+    study = optuna.create_study(direction="maximize")
+    _run(_StopRules(patience=0, deadline=None, n_trials=4), [1.0], wall_s=10.0, study=study)
+    left = records.read_search_left(study)
+    assert (left.trials_left, left.trials, left.search_left_s, left.timeout) == (3, 4, 30.0, False)
+    deadline = time.monotonic() + 100.0  # 3 more trials of 10 s would fit; 40 s of re-measurements leave 60 s
+    _run(_StopRules(patience=0, deadline=deadline, n_trials=8, reserve_s=lambda: 40.0), [1.0, 1.0], study=study)
+    left = records.read_search_left(study)
+    assert left.trials_left == 7 and left.timeout and 55.0 < left.search_left_s <= 60.0
+
+
+def test_a_workers_eta_follows_its_runs_search_not_its_own_trials():
+    """A worker counted its own --trials (20 by default) and the run's final comparison: "19 more trials at most,
+    then 2.0 min for the final comparison", where the run, with --trials 4, ends the search, and the worker's trials
+    with it, after 3 more. Its estimate follows what the run recorded of its search; its own --trials where those
+    end first; unknown where the run recorded nothing (an older autotune)."""
+    study = optuna.create_study(direction="maximize")
+    records.write_search_left(study, records.SearchLeft(trials_left=3, trials=4, search_left_s=120.0, timeout=False))
+    said = _Etas()
+    _run(_StopRules(patience=0, deadline=None, n_trials=20, reserve_s=lambda: 120.0, progress=said, worker=True),
+         [1.0], wall_s=10.0, study=study)
+    [eta] = said.etas
+    assert eta.worker and eta.run_search.trials_left == 3 and eta.trials_left == 19 and eta.remeasure_s == 0.0
+    assert 110.0 < eta.eta_s <= 120.0 and not eta.worker_stops_first
+    said = _Etas()
+    _run(_StopRules(patience=0, deadline=None, n_trials=2, progress=said, worker=True), [1.0, 1.0], study=study)
+    [eta] = said.etas
+    assert eta.eta_s == 10.0 and eta.worker_stops_first  # its own last trial ends before the run's search
+    said = _Etas()
+    _run(_StopRules(patience=0, deadline=None, n_trials=20, progress=said, worker=True), [1.0])  # nothing recorded
+    [eta] = said.etas
+    assert eta.eta_s is None and eta.run_search is None
+
+
+def test_a_worker_reserves_no_time_for_the_runs_final_comparison():
+    """A worker with --timeout kept the run's re-measurements' time free, which it never spends: it stopped a trial
+    short of its own --timeout."""
+    rules = _StopRules(0, time.monotonic() + 90.0, [60.0], reserve_s=lambda: 40.0, worker=True)
+    assert not rules.would_overrun()
 
 
 def test_a_trial_starts_its_load_search_at_the_best_knee_so_far_else_half_the_sims():

@@ -1,11 +1,13 @@
 """Several processes on one study in a real PostgreSQL (autotune.testing.postgres): a run and a worker, the worker
 SIGKILLed mid-trial (its server stopped by its watchdog, its trial failed through Optuna's heartbeat and queued
 again); the database lost mid-study (a clear stop, the trial's result journaled and written on resume); the
-database unreachable at start (exit 1). The password of the storage URL appears in no output."""
+database unreachable at start (exit 1), and one that refuses the URL's password or database (exit 2). The password
+of the storage URL appears in no output."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import pytest
 
 from autotune import records
 from autotune.engines.launcher import WATCHDOG_GRACE_S
+from autotune.storage import redact_url
 
 pytestmark = pytest.mark.slow
 
@@ -124,15 +127,21 @@ def test_a_worker_killed_mid_trial_is_detected_and_its_trial_queued_again(postgr
 
 def test_the_run_compares_the_trials_its_workers_finish_after_its_own(postgres, tmp_path: Path) -> None:
     """The run went on to its final comparison the moment its own trials were over: the worker's trial still
-    running then (in every try of this test) was in neither the verdict nor the report's count."""
+    running then (in every try of this test) was in neither the verdict nor the report's count. The worker's
+    console counted its own 20 trials (its --trials default) and the run's final comparison; it names the run's
+    search, which ends its trials."""
     url = postgres.url
     run, worker = _start_run_then_worker(url, "wait", tmp_path, 3)
     try:
         out, err = run.communicate(timeout=400)
-        worker.communicate(timeout=60)
+        _, worker_err = worker.communicate(timeout=60)
         assert run.returncode in (0, 3), err
     finally:
         _kill_left(run, worker)
+    # how many are left when the worker starts depends on how soon it does
+    assert re.search(r"until the run's search ends after [123] more of its trials at most \(its --trials 3\)",
+                     worker_err), worker_err
+    assert "final comparison" not in worker_err and "19 more trials" not in worker_err, worker_err
     report = json.loads(out)
     study = optuna.load_study(study_name="wait", storage=url)
     assert report["trials"] == records.count_finished(records.read_trials(study))
@@ -183,6 +192,49 @@ def test_the_database_lost_mid_study_stops_clearly_and_loses_nothing(postgres, t
     assert not [t for t in after.trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
+def test_a_baseline_a_killed_run_measured_is_not_measured_again_by_a_worker(postgres, tmp_path: Path) -> None:
+    """A run SIGKILLed in a baseline's re-measurement (inside its trial: its result stored and kept in the run's
+    pending folder, the trial never told) left it RUNNING; the worker beside it failed it once its heartbeats stopped
+    and queued a copy, then measured that copy: the baseline's GPU time spent again, and once the run resumed, its
+    kept result added as a third trial of the same flags. The copy takes the result its original stored instead, and
+    the resumed run's kept result is found in the study already."""
+    url, study_name = postgres.url, "retaken"
+    run_out = tmp_path / "run"
+    args = _run_args(url, study_name, run_out, 4)
+    args[args.index("--repeats") + 1] = "1"  # the baseline's re-measurement: its result kept, its trial not over
+    run = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    pending = run_out / study_name / "pending"
+    try:
+        [kept] = _wait(lambda: sorted(pending.glob("trial-*.json")) or (run.poll() is not None and pytest.fail(
+            run.communicate()[1])), 120, "a trial's result kept")
+        run.kill()
+        run.wait(10)
+    finally:
+        _kill_left(run)
+    assert kept.exists()  # killed before Optuna was told
+    original = int(kept.stem.split("-")[1])
+    time.sleep(3 * HEARTBEAT_S + 1)  # its heartbeats stopped: the worker fails it and queues a copy
+    worker = subprocess.run([sys.executable, "-m", "autotune", "worker", "--study", study_name, "--storage", url,
+                             "--out", str(tmp_path / "worker"), "--trials", "2"], capture_output=True, text=True,
+                            env=_env(), timeout=300)
+    assert worker.returncode == 0, worker.stderr
+    study = optuna.load_study(study_name=study_name, storage=url)
+    [copy] = [t for t in study.trials if t.system_attrs.get("failed_trial") == original]
+    measured = records.read_trial(study.trials[original]).result
+    assert copy.state == optuna.trial.TrialState.COMPLETE and records.read_trial(copy).result == measured
+    assert not (tmp_path / "worker" / study_name / "trials" / str(copy.number)).exists()  # no server started for it
+    assert f"trial {copy.number}" in worker.stderr and "not measured again" in worker.stderr, worker.stderr
+    resumed = subprocess.run(_run_args(url, study_name, run_out, 0), capture_output=True, text=True, env=_env(),
+                             timeout=300)
+    assert resumed.returncode in (0, 3), resumed.stderr
+    study = optuna.load_study(study_name=study_name, storage=url)
+    baseline = records.queued_baseline(study.trials[original])
+    assert [t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+            and records.queued_baseline(t) == baseline] == [copy.number]  # measured once, recorded once
+    assert not list(pending.glob("trial-*.json"))
+    assert postgres.password not in worker.stdout + worker.stderr + resumed.stdout + resumed.stderr
+
+
 def test_an_unreachable_database_is_one_line_and_exit_1(postgres) -> None:
     url = postgres.url.replace(f":{postgres.port}/", ":9/")  # nothing listens on port 9
     for argv in (["run", "--model", "flash", "--engine", "sim", "--p99-ms", "500"], ["worker", "--study", "x"]):
@@ -191,6 +243,24 @@ def test_an_unreachable_database_is_one_line_and_exit_1(postgres) -> None:
         assert proc.returncode == 1, proc.stderr
         assert "cannot reach storage" in proc.stderr and proc.stderr.count("\n") == 1
         assert postgres.password not in proc.stderr and "***" in proc.stderr
+
+
+def test_a_wrong_password_or_a_missing_database_is_bad_input_one_line_and_exit_2(postgres, tmp_path: Path,
+                                                                                 capsys) -> None:
+    """A wrong password ended a run or a worker as an unreachable database ("cannot reach storage", exit 1), and the
+    readers with the driver's whole line: what the user typed is wrong, so it is named, password masked, exit 2."""
+    from autotune.cli import main
+
+    wrong_password = postgres.url.replace(f":{postgres.password}@", ":not-the-password@")
+    no_database = postgres.url.rsplit("/", 1)[0] + "/nope"
+    for url, said in ((wrong_password, 'password authentication failed for user "autotune"'),
+                      (no_database, 'database "nope" does not exist')):
+        for argv in (["run", "--model", "flash", "--engine", "sim", "--p99-ms", "500", "--out", str(tmp_path)],
+                     ["worker", "--study", "x"], ["best", "--study", "x"]):
+            assert main([*argv, "--storage", url]) == 2, argv
+            err = capsys.readouterr().err
+            assert err == f"autotune: error: storage {redact_url(url)}: the server refused the connection: {said}\n"
+            assert postgres.password not in err and "not-the-password" not in err and ":***@" in err
 
 
 def test_a_worker_ctrl_c_leaves_the_trials_of_the_run_beside_it_alone(postgres, tmp_path: Path) -> None:

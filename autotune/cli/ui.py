@@ -24,7 +24,7 @@ from autotune.gpu_ids import GpuId
 from autotune.hostcpu import PREFILL_WAITS, others_note
 from autotune.metrics import describe_limits, fmt_ms
 from autotune.progress import CalibrationStep, Progress, StudyEta, StudyInterrupted, StudyStart
-from autotune.records import LevelRecord, Measurement, TrialResult
+from autotune.records import LevelRecord, Measurement, SearchLeft, TrialResult
 from autotune.selection import LeftOutTrial
 from autotune.sim.calibrate import Calibration
 
@@ -69,6 +69,15 @@ def _p99s(level: LevelRecord | None) -> str:
         parts.append(f"{metric} {fmt_ms(p99.value_ms)} ms{interval}")
     runs = f", {level.runs} runs" if level.runs > 1 else ""
     return "p99 " + ", ".join(parts) + runs
+
+
+def _run_search_text(run: SearchLeft | None) -> str:
+    """What ends a worker's trials, its run's search, as the run last recorded it."""
+    if run is None:
+        return "the run's search ends (the run recorded no trial budget: an autotune before this one)"
+    timeout = ", or sooner by its --timeout" if run.timeout else ""
+    after = f"after {run.trials_left} more of its trials at most" if run.trials_left else "with the trials it runs"
+    return f"the run's search ends {after} (its --trials {run.trials}{timeout})"
 
 
 def _leftover_line(served_model_name: str, port: int, gpu_ids: tuple[GpuId, ...]) -> str:
@@ -143,8 +152,10 @@ class StudyView(Progress):
         self.log_levels = start.served and self.live is None
         within = f" within {round(start.timeout_s / 60, 1):g} min" if start.timeout_s else ""
         budget = f"up to {start.n_trials} trial{'s' if start.n_trials != 1 else ''}{within}"
-        self.status = (f"study {start.study} on the {start.engine} engine, {describe_limits(start.limits_ms)}: "
-                       f"{budget} ({start.existing_trials} earlier)")
+        if start.worker:
+            budget = f"until {_run_search_text(start.run_search)}; {budget} here"
+        self.status = (f"{'worker on ' if start.worker else ''}study {start.study} on the {start.engine} engine, "
+                       f"{describe_limits(start.limits_ms)}: {budget} ({start.existing_trials} earlier)")
         if len(start.gpu_slots) > 1:
             self.status += (f"; {len(start.gpu_slots)} trials at once, on GPUs "
                             + " and ".join(",".join(slot) for slot in start.gpu_slots))
@@ -246,6 +257,18 @@ class StudyView(Progress):
         self._log(f"trial {number} {short_flags(earlier.flags)}: the same flags as trial {same_flags_as}, not run "
                   f"again (the sampler is told trial {same_flags_as}'s result again: {figure})")
 
+    def trial_result_taken(self, number: int, baseline: str, measured_as: int, result: TrialResult) -> None:
+        self.rows[number] = {"flags": short_flags(result.flags), "baseline": baseline,
+                             "state": f"measured as trial {measured_as}", "p99": result.p99_ms, "c": result.concurrency,
+                             "value": result.output_tok_s if result.feasible else None}
+        if result.feasible and (self.best is None or result.output_tok_s > self.best[1]):
+            self.best = (number, result.output_tok_s)
+        figure = (f"{_fmt(result.output_tok_s)} tok/s at concurrency {result.concurrency}" if result.feasible
+                  else result.failure_class or "infeasible")
+        name = f"trial {number}" + (f" ({baseline})" if baseline else "")
+        self._say(f"{name} {short_flags(result.flags)}: trial {measured_as} measured these flags before its process "
+                  f"died, and its result is stored: taken ({figure}), not measured again")
+
     def study_eta(self, eta: StudyEta) -> None:
         self.eta, self.eta_at = eta, time.monotonic()
         if estimate := self._eta_text():
@@ -324,9 +347,18 @@ class StudyView(Progress):
         if self.eta is None or (self.eta.trials_left == 0 and self.eta.remeasure_s <= 0):
             return ""  # nothing left to estimate
         e = self.eta
+        trials = f"{e.trials_left} more trial{'s' if e.trials_left != 1 else ''}"
+        if e.eta_s is None:  # a worker's, whose run has not told what ends its search
+            why = ("" if e.run_search is None or e.run_search.search_left_s is not None
+                   else " until the run has timed a trial")
+            return f"; ETA unknown{why}: this worker stops when {_run_search_text(e.run_search)}"
         left = max(0.0, e.eta_s - (time.monotonic() - self.eta_at))
         budget = "" if e.time_left_s is None else f" of {e.time_left_s / 60:.1f} min left"
-        trials = f"{e.trials_left} more trial{'s' if e.trials_left != 1 else ''}"
+        if e.worker_stops_first:
+            return (f"; ETA ~{left / 60:.1f} min{budget}: {trials} at most (this worker's --trials), before "
+                    f"{_run_search_text(e.run_search)}")
+        if e.worker:
+            return f"; ETA ~{left / 60:.1f} min{budget}: until {_run_search_text(e.run_search)}"
         return (f"; ETA ~{left / 60:.1f} min{budget}: {trials} at most, then {e.remeasure_s / 60:.1f} min for the "
                 "final comparison")
 
