@@ -38,7 +38,7 @@ class ServerUnreachable(UsageError):
 
 class StorageError(UsageError):
     """The study storage cannot be opened (bad URL, a user, password or database the server refuses, an unreadable
-    file; for the read-only readers an unreachable server too)."""
+    file)."""
 
 
 class StorageUnavailable(AutotuneError):

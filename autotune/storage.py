@@ -368,9 +368,22 @@ def open_storage_readonly(url: str | None) -> optuna.storages.RDBStorage:
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError, ValueError) as e:
         if (refused := _refused_for_the_url(e, given)) is not None:
             raise refused from None
+        unreachable = backend == "postgresql" and _raised_from(e, OperationalError)
         while e.__cause__ is not None:  # Optuna wraps the driver's error (connection refused, ...) in its own
             e = e.__cause__  # type: ignore[assignment]
+        if unreachable:  # the server does not answer, as for `run` and a worker: not the URL's fault
+            raise StorageUnavailable(f"cannot reach storage {redact_url(given)}: {_first_line(e)}") from None
         raise StorageError(f"cannot open storage {redact_url(given)} read-only: {_first_line(e)}") from None
+
+
+def _raised_from(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``error`` or an error it was raised from (Optuna wraps the driver's) is a ``kind``."""
+    current: BaseException | None = error
+    while current is not None:
+        if isinstance(current, kind):
+            return True
+        current = current.__cause__
+    return False
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:

@@ -299,7 +299,7 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, factory_storage, repo,
         says = "unknown export format 'terraform'; known: config, sh, helm, kserve, k8s, compose, kustomize"
     else:
         args[6] = "postgresql+psycopg://tuner:s3cretpw@127.0.0.1:1/studies"
-        says = "cannot open storage postgresql+psycopg://tuner:***@127.0.0.1:1/studies read-only"
+        code_wanted, says = 1, "cannot reach storage postgresql+psycopg://tuner:***@127.0.0.1:1/studies"
     status = git(repo, "status", "--porcelain")
     code, out, err = cli(capsys, *args)
     assert code == code_wanted and says in err, err
