@@ -45,6 +45,12 @@ class StorageUnavailable(AutotuneError):
     """The study storage does not answer (the database is down or unreachable): exit code 1, nothing written."""
 
 
+class RunHoldLost(AutotuneError):
+    """A run's hold on its PostgreSQL study ended with its database connection (an administrator's
+    pg_terminate_backend, a server restart, a pooler that recycled it) and another run took the study meanwhile:
+    exit code 1, before the final comparison, which that run makes."""
+
+
 class EngineStartError(AutotuneError):
     """A server did not become ready. ``failure_class`` is one of oom, kv_too_small, crash, timeout,
     port_in_use, bad_flags; ``log_tail`` holds the last lines of its log."""

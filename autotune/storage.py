@@ -20,11 +20,12 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
-from autotune.errors import StorageError, StorageUnavailable, UsageError
+from autotune.errors import RunHoldLost, StorageError, StorageUnavailable, UsageError
 
 __all__ = ["DEFAULT_STORAGE", "open_storage", "open_storage_readonly", "redact_url", "load_study", "study_names",
            "sqlite_dir", "holds_alone", "fail_dead_processes_trials", "heartbeat_s", "stale_after_s", "retried_trial",
-           "MAX_RETRIES", "record_heartbeat_now", "fail_as_dead", "trials_with_heartbeat", "hold_study_run"]
+           "MAX_RETRIES", "record_heartbeat_now", "fail_as_dead", "trials_with_heartbeat", "hold_study_run",
+           "run_lock_key"]
 
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 # How often a trial cut short (a signal, a dead worker) is queued again: a point that kills its worker every time
@@ -94,11 +95,21 @@ _RUN_LOCKS: dict[tuple[str, str], sqlalchemy.engine.Connection] = {}
 _LOCK_KEEPALIVE = {"tcp_keepalives_idle": 30, "tcp_keepalives_interval": 10, "tcp_keepalives_count": 3}
 
 
-def hold_study_run(storage: optuna.storages.BaseStorage, study_name: str) -> None:
+def run_lock_key(study_name: str) -> int:
+    """The PostgreSQL advisory lock (a signed 64-bit key) a run of ``study_name`` holds: :func:`hold_study_run`."""
+    return int.from_bytes(hashlib.blake2b(f"autotune run {study_name}".encode(), digest_size=8).digest(), "big",
+                          signed=True)
+
+
+def hold_study_run(storage: optuna.storages.BaseStorage, study_name: str, again: bool = False) -> None:
     """Refuse a second `autotune run` of one study in PostgreSQL while the first lives (SQLite refuses any second
     process: :func:`_lock_sqlite`). Two runs at once both re-measured the same finalists, each stored its own
     re-measurements of a trial over the other's (one run's measurement lost), and each printed a verdict that
-    `best` did not show. Workers join a run instead. Held until this process ends; nothing for other storages."""
+    `best` did not show. Workers join a run instead. Held until this process ends; nothing for other storages.
+
+    ``again``: the run that holds it, before its final comparison. The hold lives on its own connection, which the
+    server may have ended since (an administrator, a restart, a pooler): then it is taken again, and where another
+    run took it meanwhile this one stops (:class:`RunHoldLost`) rather than compare the finalists beside it."""
     if not isinstance(storage, optuna.storages.RDBStorage) or storage.engine.dialect.name != "postgresql":
         return
     held = (storage.engine.url.render_as_string(hide_password=True), study_name)
@@ -110,8 +121,7 @@ def hold_study_run(storage: optuna.storages.BaseStorage, study_name: str) -> Non
         except SQLAlchemyError:  # its connection lost with the database, and the lock with it: taken again below
             del _RUN_LOCKS[held]
             holder.close()
-    key = int.from_bytes(hashlib.blake2b(f"autotune run {study_name}".encode(), digest_size=8).digest(), "big",
-                         signed=True)
+    key = run_lock_key(study_name)
     try:
         connection = storage.engine.connect()
         for setting, value in _LOCK_KEEPALIVE.items():
@@ -126,6 +136,10 @@ def hold_study_run(storage: optuna.storages.BaseStorage, study_name: str) -> Non
         raise StorageUnavailable(f"cannot reach storage {held[0]}: {_first_line(e)}") from None
     if not locked:
         connection.close()
+        if again:
+            raise RunHoldLost(f"study {study_name!r}: this run's hold on it ended with its database connection, and "
+                              "another `autotune run` holds it now: this run stops before its final comparison, "
+                              "which that run makes; every trial finished is in the study")
         raise UsageError(f"study {study_name!r} is being run by another `autotune run` on this database; join it "
                          f"with `autotune worker --study {shlex.quote(study_name)} --storage URL`, or run it again "
                          "once that run has ended")

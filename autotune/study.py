@@ -1060,6 +1060,7 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
         left_out, run.silent_trials_s = waited.left_out, dict(waited.silent_trials_s)
         searched = records.read_trials(study)  # every trial the search ended with
         finished, not_run = records.count_finished(searched), records.not_run(searched)
+        hold_study_run(storage, cfg.study_name, again=True)  # the final comparison is this run's alone
         with runner.interruptible():
             selection = remeasure_and_select(study, cfg, deadline, threaded, runner, left_out)
         run.made_selection = True

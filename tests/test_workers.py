@@ -386,3 +386,90 @@ def test_a_run_keeps_its_study_through_the_servers_idle_session_timeout(postgres
     finally:
         _RUN_LOCKS.pop(next(k for k in _RUN_LOCKS if k[1] == "idle")).close()
     assert other.returncode != 0 and "is being run by another `autotune run`" in other.stderr, other.stderr
+
+
+def _hold_pids(admin, key: int) -> list[int]:
+    """The server processes that hold the advisory lock ``key`` (storage.run_lock_key): its high and low 32 bits are
+    pg_locks' classid and objid."""
+    return [row[0] for row in admin.execute(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+        "(classid::bigint << 32) | objid::bigint = %s::bigint & x'ffffffffffffffff'::bigint", (key,))]
+
+
+def test_a_run_whose_hold_was_ended_takes_it_again_or_stops_where_another_run_took_it(postgres) -> None:
+    """The hold lives on a connection of its own, which an administrator (pg_terminate_backend), a restart or a
+    pooler may end while the run works: a second run was then no longer refused, and both made the final
+    comparison. Before its final comparison the run takes the hold again; where another run took it meanwhile, it
+    stops (exit 1) and leaves the comparison to that one."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from autotune.errors import RunHoldLost
+    from autotune.storage import _RUN_LOCKS, hold_study_run, open_storage, run_lock_key
+
+    dsn = make_url(postgres.url).set(drivername="postgresql").render_as_string(hide_password=False)
+    key = run_lock_key("ended")
+
+    def holders(admin: psycopg.Connection) -> list[int]:
+        return _hold_pids(admin, key)
+
+    storage = open_storage(postgres.url)
+    hold_study_run(storage, "ended")
+    with psycopg.connect(dsn, autocommit=True) as admin, psycopg.connect(dsn, autocommit=True) as other_run:
+        try:
+            [first] = holders(admin)
+            admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+            _wait(lambda: not holders(admin), 30, "the hold's end")
+            hold_study_run(storage, "ended", again=True)  # nobody took it: taken again
+            [second] = holders(admin)
+            assert second != first
+            admin.execute("SELECT pg_terminate_backend(%s)", (second,))
+            _wait(lambda: not holders(admin), 30, "the hold's end")
+            assert other_run.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]  # a second run
+            with pytest.raises(RunHoldLost) as lost:
+                hold_study_run(storage, "ended", again=True)
+            assert "another `autotune run` holds it now" in str(lost.value) and lost.value.exit_code == 1
+        finally:
+            held = next((k for k in _RUN_LOCKS if k[1] == "ended"), None)
+            if held is not None:
+                _RUN_LOCKS.pop(held).close()
+
+
+@pytest.mark.slow  # a two-trial sim study on PostgreSQL
+def test_a_run_that_lost_its_hold_to_another_run_stops_before_its_final_comparison(postgres, tmp_path) -> None:
+    """The hold ended while the run's trials ran and a second run took the study: the first stops before its final
+    comparison, exit 1 in one line, its trials kept, no selection of its own stored."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from autotune.config import RunOptions, build_study_config, choose_engine
+    from autotune.errors import RunHoldLost
+    from autotune.progress import Progress
+    from autotune.storage import _RUN_LOCKS, open_storage, run_lock_key
+    from autotune.study import run_study
+
+    dsn = make_url(postgres.url).set(drivername="postgresql").render_as_string(hide_password=False)
+    key = run_lock_key("taken")
+    options = RunOptions(model="flash", engine="sim", p99_ms=500, storage=postgres.url, study="taken", trials=2,
+                         repeats=1, top_k=1, workload="random:256:16", max_concurrency=16, out=str(tmp_path / "out"))
+    cfg = build_study_config(options, choose_engine("sim"))
+
+    with psycopg.connect(dsn, autocommit=True) as admin, psycopg.connect(dsn, autocommit=True) as other_run:
+        class TakenAfterTheTrials(Progress):
+            def trial_finished(self, number, baseline, result) -> None:
+                if number == 1:  # the run's last trial: its hold ended, and another run takes the study
+                    [holder] = _hold_pids(admin, key)
+                    admin.execute("SELECT pg_terminate_backend(%s)", (holder,))
+                    _wait(lambda: other_run.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0], 30,
+                          "the other run's hold")
+
+        try:
+            with pytest.raises(RunHoldLost):
+                run_study(cfg, open_storage(cfg.storage_url), TakenAfterTheTrials())
+        finally:
+            held = next((k for k in _RUN_LOCKS if k[1] == "taken"), None)
+            if held is not None:
+                _RUN_LOCKS.pop(held).close()
+    study = optuna.load_study(study_name="taken", storage=postgres.url)
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 2
+    assert records.read_selection(study) is None
