@@ -625,6 +625,7 @@ class _StopRules:
     def __init__(self, cfg: StudyConfig, deadline: float | None, earlier_durations: list[float],
                  reserve_s: Callable[[], float], progress: Progress = NULL_PROGRESS, worker: bool = False) -> None:
         self.worker = worker  # a worker's trials end with its run's search: its estimate follows that (_worker_eta)
+        self.slots = max(1, len(cfg.gpu_slots))  # trials at once: the estimates count rounds of them
         self.patience = cfg.patience
         self.n_trials = cfg.n_trials
         self.deadline = deadline
@@ -668,7 +669,7 @@ class _StopRules:
             self.progress.study_eta(self._worker_eta(study, left, trial_s, time_left_s))
             return
         self.record_search_left(study, left, reserve_s)
-        eta_s = left * trial_s + reserve_s
+        eta_s = (_trials_time_s(left, trial_s, self.slots) or 0.0) + reserve_s
         if time_left_s is not None:
             eta_s = min(eta_s, time_left_s)
         self.progress.study_eta(StudyEta(left, trial_s, reserve_s, eta_s, time_left_s))
@@ -688,7 +689,7 @@ class _StopRules:
     def record_search_left(self, study: optuna.Study, left: int, reserve_s: float) -> None:
         """The run's: what it has left of its search, for its workers' estimates (records.SearchLeft): its trials
         left times the longest trial so far, within what its --timeout leaves before the final comparison."""
-        search_left_s = _trials_time_s(left, max(self.durations, default=0.0))
+        search_left_s = _trials_time_s(left, max(self.durations, default=0.0), self.slots)
         if self.deadline is not None:
             room_s = max(0.0, self.deadline - time.monotonic() - reserve_s)
             search_left_s = room_s if search_left_s is None else min(search_left_s, room_s)
@@ -703,7 +704,7 @@ class _StopRules:
         --timeout."""
         run = records.read_search_left(study)
         run_s = run.search_left_s_now() if run is not None else None
-        own_s = _trials_time_s(left, trial_s)
+        own_s = _trials_time_s(left, trial_s, self.slots)
         eta_s = None if run_s is None else min(s for s in (run_s, own_s, time_left_s) if s is not None)
         return StudyEta(left, trial_s, 0.0, eta_s, time_left_s, worker=True, run_search=run,
                         worker_stops_first=run_s is not None and own_s is not None and own_s < run_s)
@@ -715,10 +716,10 @@ class _StopRules:
         return time.monotonic() + max(self.durations) + reserve_s > self.deadline
 
 
-def _trials_time_s(trials: int, trial_s: float) -> float | None:
-    """Seconds that ``trials`` more trials take, each as long as the longest so far (``trial_s``); None while no
-    trial is timed and some are left."""
-    return trials * trial_s if trial_s > 0 or trials == 0 else None
+def _trials_time_s(trials: int, trial_s: float, slots: int = 1) -> float | None:
+    """Seconds that ``trials`` more trials take, ``slots`` of them at once, each as long as the longest so far
+    (``trial_s``); None while no trial is timed and some are left."""
+    return math.ceil(trials / slots) * trial_s if trial_s > 0 or trials == 0 else None
 
 
 def _trials_since_gain(trials: list[TrialRecord]) -> tuple[int, float, int]:

@@ -18,8 +18,9 @@ from autotune.study import _failing_interrupted
 
 def _StopRules(patience: int, deadline: float | None, earlier_durations: list[float] = (),  # noqa: N802
                reserve_s=lambda: 0.0, n_trials: int = 100, progress: Progress | None = None,
-               worker: bool = False) -> _Rules:
-    cfg = SimpleNamespace(patience=patience, n_trials=n_trials, out_dir=Path("no-journal-here"), study_name="s")
+               worker: bool = False, slots: int = 1) -> _Rules:
+    cfg = SimpleNamespace(patience=patience, n_trials=n_trials, out_dir=Path("no-journal-here"), study_name="s",
+                          gpu_slots=tuple((str(i),) for i in range(slots)))
     return _Rules(cfg, deadline, list(earlier_durations), reserve_s, progress or Progress(), worker=worker)
 
 
@@ -87,6 +88,20 @@ def test_the_eta_counts_the_stagnation_stop_and_the_remeasurements():
     # after trial 2 (no gain in 1): at most 2 more before the stagnation stop, not the 18 of --trials
     assert (etas[1].trials_left, etas[1].eta_s) == (2, 2 * 10.0 + 50.0)
     assert etas[-1].trials_left == 0 and etas[-1].eta_s == 50.0  # stopped: only the re-measurements are left
+
+
+def test_trials_that_run_side_by_side_count_in_rounds_in_the_eta():
+    """With --parallel 3 the ETA counted 8 more trials of 10 s as 80 s, three times too long: 3 rounds, 30 s."""
+    etas: list[StudyEta] = []
+
+    class Etas(Progress):
+        def study_eta(self, eta: StudyEta) -> None:
+            etas.append(eta)
+
+    study = optuna.create_study(direction="maximize")
+    _run(_StopRules(patience=0, deadline=None, n_trials=10, progress=Etas(), slots=3), [1.0, 2.0], study=study)
+    assert (etas[-1].trials_left, etas[-1].eta_s) == (8, 3 * 10.0)
+    assert records.read_search_left(study).search_left_s == 3 * 10.0  # what its workers' estimates read
 
 
 class _Etas(Progress):
