@@ -23,9 +23,9 @@ from autotune.config import REAL_GPU_NOISE_FLOOR, REAL_GPU_P99_RUN_CV
 from autotune.errors import UsageError
 from autotune.loadsearch import p99_limit_sides
 from autotune.metrics import BenchResult
-from autotune.profile import Profile, read_profile
+from autotune.profile import Profile, ThroughputStats, read_profile
 
-__all__ = ["ProfileCheck", "P99Check", "load_profile_for_check", "check_against_profile"]
+__all__ = ["ProfileCheck", "P99Check", "load_profile_for_check", "check_against_profile", "expected_tok_s"]
 
 
 @dataclass(frozen=True)
@@ -119,14 +119,21 @@ def check_against_profile(profile: Profile, result: BenchResult, runs: int = 1) 
     --profile): their throughput is the runs' mean, weighted by their windows."""
     tput = profile.metrics.output_tok_s
     confidence = tput.confidence
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    sigma = max(tput.std if tput.n >= 2 and not math.isnan(tput.std) else 0.0, REAL_GPU_NOISE_FLOOR * tput.mean)
-    half = z * sigma * math.sqrt(1.0 / runs + 1.0 / max(tput.n, 1))
+    low, high = expected_tok_s(tput, runs)
     limits_ms = profile.objective.limits_ms
     sides = p99_limit_sides(result, limits_ms, confidence, REAL_GPU_P99_RUN_CV, runs)
     p99 = tuple(P99Check(metric, iv.value, iv.low, iv.high, limits_ms[metric], within,
                          tuple(profile.metrics.p99[metric].values_ms) if metric in profile.metrics.p99 else ())
                 for metric, (iv, within) in sides.items())
     return ProfileCheck(concurrency=profile.concurrency, runs=runs, output_tok_s=result.output_tok_s,
-                        profile_mean_tok_s=tput.mean, profile_runs=tput.n, expected_low_tok_s=tput.mean - half,
-                        expected_high_tok_s=tput.mean + half, confidence=confidence, p99=p99)
+                        profile_mean_tok_s=tput.mean, profile_runs=tput.n, expected_low_tok_s=low,
+                        expected_high_tok_s=high, confidence=confidence, p99=p99)
+
+
+def expected_tok_s(tput: ThroughputStats, runs: int = 1) -> tuple[float, float]:
+    """Where the mean of ``runs`` more runs of the profiled configuration lies, at the profile's confidence: its
+    mean, with the spread of a difference of two means (the module says which sigma)."""
+    z = NormalDist().inv_cdf(0.5 + tput.confidence / 2)
+    sigma = max(tput.std if tput.n >= 2 and not math.isnan(tput.std) else 0.0, REAL_GPU_NOISE_FLOOR * tput.mean)
+    half = z * sigma * math.sqrt(1.0 / runs + 1.0 / max(tput.n, 1))
+    return tput.mean - half, tput.mean + half
