@@ -132,16 +132,16 @@ def bench(ctx: click.Context, url: str, model: str, workload: str, concurrency: 
                      records_itl=records_itl, replay_arrivals=replay, steady_state=closed_loop and not whole_run)
     before = _file_stamp(records_path)
 
-    def measure(load: LoadConfig) -> BenchResult:
+    def measure(load: LoadConfig, requests: Any) -> BenchResult:
         if as_json:
-            return run_bench(url, model, wl, load)
-        measured = _run_with_progress(url, model, wl, load)
+            return run_bench(url, model, requests, load)
+        measured = _run_with_progress(url, model, requests, load)
         _print_summary(measured)
         return measured
 
     check = None
     try:
-        result = measure(cfg)
+        result = measure(cfg, wl)
         failed = every_request_failed(result)
         if profile is not None and not failed:
             from autotune.metrics import pool
@@ -153,7 +153,9 @@ def bench(ctx: click.Context, url: str, model: str, workload: str, concurrency: 
             while check.holds is None and len(runs) < max_runs:
                 click.echo(f"autotune: a P99 lies within noise of its limit: the level again (run {len(runs) + 1} "
                            f"of at most {max_runs}, other requests)", err=True)
-                runs.append(measure(replace(cfg, seed=seed + len(runs), records_path=None)))
+                # the workload drawn with the next seed: other requests of the same shape, as a study's next run
+                other = parse_workload(workload, seed=seed + len(runs), tokenizer=tokenizer)
+                runs.append(measure(replace(cfg, seed=seed + len(runs), records_path=None), other))
                 result = pool(runs)
                 check = check_against_profile(profile, result, len(runs))
     except KeyboardInterrupt:
