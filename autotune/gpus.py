@@ -19,7 +19,8 @@ from autotune.fileio import read_yaml
 from autotune.gpu_ids import GpuId
 
 __all__ = ["GpuSpec", "VisibleGpu", "load_gpu", "known_gpus", "detect_gpu", "gpu_indices", "visible_gpus", "card_of",
-           "measured_card", "card_caveats", "FALLBACK_CARD", "sim_caveats", "is_card_file", "card_file_text", "interval_cards"]
+           "measured_card", "card_caveats", "FALLBACK_CARD", "sim_caveats", "is_card_file", "card_file_text",
+           "interval_cards"]
 
 
 @dataclass(frozen=True)

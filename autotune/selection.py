@@ -494,7 +494,8 @@ def _select(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats
     else:
         verdict = "no baseline was measured as the finalists were"
     return Selection(winner, candidates, gains, verdict + left_aside,
-                     [c.trial_number for c in equals if len(equals) > 1], [c.trial_number for c in unconfirmed], best.trial_number)
+                     [c.trial_number for c in equals if len(equals) > 1], [c.trial_number for c in unconfirmed],
+                     best.trial_number)
 
 
 def _why_no_winner(candidates: list[Candidate], finished_trials: int | None) -> str:

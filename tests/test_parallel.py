@@ -120,8 +120,8 @@ def test_gpu_slots_from_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     """Without CUDA_VISIBLE_DEVICES the GPUs are the indices nvidia-smi lists, as CUDA_VISIBLE_DEVICES takes them."""
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     smi = tmp_path / "nvidia-smi"
-    smi.write_text("#!/bin/sh\nprintf '0, GPU-0, NVIDIA H200, 143771, 580.95.05\\n1, GPU-1, NVIDIA H200, 143771, 580.95.05\\n"
-                   "2, GPU-2, NVIDIA H200, 143771, 580.95.05\\n'\n")
+    lines = "".join(f"{i}, GPU-{i}, NVIDIA H200, 143771, 580.95.05\\n" for i in range(3))
+    smi.write_text(f"#!/bin/sh\nprintf '{lines}'\n")
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     assert gpu_layout(1, None, None, "vllm") == GpuLayout((("0",), ("1",), ("2",)), ())

@@ -198,7 +198,8 @@ def test_a_stepped_down_winner_never_remeasured_reports_that_levels_search_figur
     cand = study_mod._candidate(records.read_trial(_study().trials[0]))
     cand.move_to(128)
     search = SimpleNamespace(limits_ms={"ttft": 500.0})
-    settings = SimpleNamespace(search=search, model=resolve_model("flash"), engine="sim", gpu=SimpleNamespace(name="h100"),
+    settings = SimpleNamespace(search=search, model=resolve_model("flash"), engine="sim",
+                               gpu=SimpleNamespace(name="h100"),
                                gpus=1, workload=SimpleNamespace(describe=lambda: {"spec": "random:8:8", "seed": 0}),
                                sim_caveats=list, card_caveats=list)
     cfg = SimpleNamespace(settings=settings, noise_floor=0.0, confidence=0.9, preset="flash", study_name="s",
