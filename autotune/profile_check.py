@@ -106,6 +106,8 @@ def load_profile_for_check(path: str) -> Profile:
         return read_profile(Path(path))
     except OSError as e:
         raise UsageError(f"--profile {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:  # a binary file: the study's database, say, given for its profile
+        raise UsageError(f"--profile {path}: not a text file (a profile is YAML)") from None
     except yaml.YAMLError as e:
         raise UsageError(f"--profile {path}: not YAML ({str(e).splitlines()[0]})") from None
     except ValidationError as e:

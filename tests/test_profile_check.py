@@ -172,3 +172,13 @@ def test_a_file_that_is_not_a_profile_is_one_line(server, tmp_path, capsys):
         assert words in err and err.count("\n") == 1
     assert main(bench(server, tmp_path / "missing.yaml")) == 2
     assert "No such file" in capsys.readouterr().err
+
+
+def test_a_binary_file_given_as_the_profile_is_one_line(server, tmp_path, capsys):
+    """A study's database given for its profile (s.db beside the study's folder): it was Python's
+    UnicodeDecodeError, exit 1, as for a fault of autotune's."""
+    path = tmp_path / "s.db"
+    path.write_bytes(b"SQLite format 3\x00\xfb\xff\x00")
+    assert main(bench(server, path)) == 2
+    err = capsys.readouterr().err
+    assert f"--profile {path}: not a text file" in err and err.count("\n") == 1
