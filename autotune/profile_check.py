@@ -79,7 +79,7 @@ class ProfileCheck:
         runs = "one run" if self.runs == 1 else f"the mean of {self.runs} runs"
         out = [f"against the profile at concurrency {self.concurrency}: {self.output_tok_s:,.0f} output tok/s "
                f"({runs}), {self.change_pct:+.1f}% from its mean {self.profile_mean_tok_s:,.0f} "
-               f"(n={self.profile_runs}); {runs} of it lie{'s' if self.runs == 1 else ''} in "
+               f"(n={self.profile_runs}); {runs} of it lies in "
                f"[{self.expected_low_tok_s:,.0f}, {self.expected_high_tok_s:,.0f}] ({c}): {side}"]
         for p in self.p99:
             verdict = {True: "holds", False: "over it, beyond noise", None: "at the limit, within noise"}[p.within]

@@ -91,6 +91,8 @@ def test_the_mean_of_several_runs_is_judged_with_the_spread_of_a_mean(profile_fi
         assert check.expected_high_tok_s - tput.mean == pytest.approx(1.6449 * sigma * math.sqrt(1 / m + 1 / tput.n),
                                                                       rel=1e-3)
     assert "(the mean of 4 runs)" in four.lines()[0] and four.to_json()["runs"] == 4
+    # the mean lies in the interval, as one run does
+    assert "; one run of it lies in [" in one.lines()[0] and "; the mean of 4 runs of it lies in [" in four.lines()[0]
 
 
 @pytest.fixture(scope="module")
