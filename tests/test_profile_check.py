@@ -29,9 +29,21 @@ def profile_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = folder / "p" / "profile.yaml"
     assert read_profile(path).concurrency == 16
     first, second = path.read_text().splitlines()[:2]  # where a reader of the file goes next
-    assert first == "# autotune profile of study 'p'. Deploy it: autotune export --study p --to REPO"
+    # the study's storage named where it is not the default one, which export would open instead
+    assert first == (f"# autotune profile of study 'p'. Deploy it: autotune export --study p --storage "
+                     f"sqlite:///{folder}/s.db --to REPO")
     assert second.endswith(f"autotune bench --url URL --model SERVED_NAME --profile {path}")
     return path
+
+
+def test_the_profile_header_names_the_default_storage_by_leaving_it_out(profile_file, tmp_path):
+    from autotune.profile import write_profile
+    from autotune.storage import DEFAULT_STORAGE
+
+    profile = read_profile(profile_file)
+    profile = profile.model_copy(update={"study": profile.study.model_copy(update={"storage": DEFAULT_STORAGE})})
+    first = write_profile(profile, tmp_path / "profile.yaml").read_text().splitlines()[0]
+    assert first == "# autotune profile of study 'p'. Deploy it: autotune export --study p --to REPO"
 
 
 def with_throughput(profile_file: Path, folder: Path, mean: float, values: list[float]) -> Path:
