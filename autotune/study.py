@@ -1349,8 +1349,8 @@ def baseline_summary(selection: Selection, cfg: StudyConfig,
 
 def finalist_summary(selection: Selection, cfg: StudyConfig) -> list[dict[str, Any]]:
     """The finalists that are neither a baseline nor the winner, each with where the verdict put it: unconfirmed
-    (not measured as the others), its re-measurements failed, equal within noise to the best measured, beaten
-    beyond noise by it, or missing a limit."""
+    (not measured as the others), its re-measurements failed, no claim (no finalist measured twice), equal within
+    noise to the best measured, beaten beyond noise by it, or missing a limit."""
     out = []
     best = selection.best_measured
     for cand in selection.candidates:
@@ -1358,7 +1358,8 @@ def finalist_summary(selection: Selection, cfg: StudyConfig) -> list[dict[str, A
             continue
         standing = ("unconfirmed" if cand.trial_number in selection.unconfirmed else
                     "its fresh-server re-measurements failed" if cand.remeasurements_failed else
-                    "equal within noise" if cand.trial_number in selection.equal_within_noise else
+                    ("equal within noise" if selection.spread_measured else "no claim: no finalist was measured twice")
+                    if cand.trial_number in selection.equal_within_noise else
                     "misses a limit" if best is None or not cand.meets(cfg.settings.search.limits_ms) else
                     f"beaten beyond noise by trial {best}")
         out.append({**_candidate_summary(cand, cfg), "standing": standing})
