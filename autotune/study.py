@@ -1054,13 +1054,15 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
                     _run_trials(study, cfg, threaded, deadline, rules, runner)
                 finally:
                     run.trials_run = rules.ran - rules.not_run
+        # the study's end of search and final comparison are this run's alone: a run whose hold another took stops
+        # here, before it tells that run's workers the search is done and waits for that run's trials
+        hold_study_run(storage, cfg.study_name, again=True)
         records.write_search_done(study, True)  # workers take no new trial from here on
         stopped_by = rules.reason or ("timeout" if deadline and time.monotonic() >= deadline else "trials")
         waited = _wait_for_others_trials(study, storage, cfg, deadline, threaded)
         left_out, run.silent_trials_s = waited.left_out, dict(waited.silent_trials_s)
         searched = records.read_trials(study)  # every trial the search ended with
         finished, not_run = records.count_finished(searched), records.not_run(searched)
-        hold_study_run(storage, cfg.study_name, again=True)  # the final comparison is this run's alone
         with runner.interruptible():
             selection = remeasure_and_select(study, cfg, deadline, threaded, runner, left_out)
         run.made_selection = True
