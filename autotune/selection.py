@@ -448,8 +448,9 @@ def _select(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats
         return c.at_limit_mean_tok_s(limits_ms)
 
     best = max(confirmed, key=mean)
-    # A finalist whose every fresh server failed measured nothing: it missed no limit, so it is no gain (counted as
-    # 0 tok/s it was an "unbounded" one, and a "beats every baseline" rested on a server that did not start).
+    # A finalist whose every fresh server failed measured nothing: it missed no limit, so no gain is stated over it
+    # (counted as 0 tok/s, the gain would be "unbounded", and a "beats every baseline" would rest on a server that did
+    # not start).
     failed = [c for c in candidates if c.concurrency is not None and c.remeasurements_failed]
     left_aside = (f"; unconfirmed (cut short, no claim rests on them): {names}" if unconfirmed else "") + \
         ("; fresh-server re-measurements failed (no claim rests on them): " + ", ".join(_name(c) for c in failed)
