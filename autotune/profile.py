@@ -24,7 +24,7 @@ from autotune.jsonsafe import json_safe
 from autotune.metrics import fmt_ms
 from autotune.records import SelectionRecord, TrialRecord
 from autotune.selection import Candidate, Selection
-from autotune.storage import redact_url
+from autotune.storage import DEFAULT_STORAGE, redact_url
 
 if TYPE_CHECKING:
     from autotune.study import StudyConfig
@@ -286,8 +286,10 @@ def engine_notes(startup: StartupInfo) -> list[str]:
 def write_profile(profile: Profile, path: Path) -> Path:
     """The profile as YAML, after two comment lines saying where a reader of it goes next."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    # export opens the default storage unless told the study's (a PostgreSQL one's password stays masked here)
+    storage = "" if profile.study.storage == DEFAULT_STORAGE else f" --storage {shlex.quote(profile.study.storage)}"
     header = (f"# autotune profile of study {profile.study.name!r}. Deploy it: autotune export --study "
-              f"{shlex.quote(profile.study.name)} --to REPO\n# Check a server started from its vllm_serve_cmd: "
+              f"{shlex.quote(profile.study.name)}{storage} --to REPO\n# Check a server started from its vllm_serve_cmd: "
               f"autotune bench --url URL --model SERVED_NAME --profile {shlex.quote(str(path))}\n")
     body = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False, width=120)
     return write_text_atomically(path, header + body)

@@ -79,7 +79,7 @@ class ProfileCheck:
         runs = "one run" if self.runs == 1 else f"the mean of {self.runs} runs"
         out = [f"against the profile at concurrency {self.concurrency}: {self.output_tok_s:,.0f} output tok/s "
                f"({runs}), {self.change_pct:+.1f}% from its mean {self.profile_mean_tok_s:,.0f} "
-               f"(n={self.profile_runs}); {runs} of it lie{'s' if self.runs == 1 else ''} in "
+               f"(n={self.profile_runs}); {runs} of it lies in "
                f"[{self.expected_low_tok_s:,.0f}, {self.expected_high_tok_s:,.0f}] ({c}): {side}"]
         for p in self.p99:
             verdict = {True: "holds", False: "over it, beyond noise", None: "at the limit, within noise"}[p.within]
@@ -106,6 +106,8 @@ def load_profile_for_check(path: str) -> Profile:
         return read_profile(Path(path))
     except OSError as e:
         raise UsageError(f"--profile {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:  # a binary file: the study's database, say, given for its profile
+        raise UsageError(f"--profile {path}: not a text file (a profile is YAML)") from None
     except yaml.YAMLError as e:
         raise UsageError(f"--profile {path}: not YAML ({str(e).splitlines()[0]})") from None
     except ValidationError as e:

@@ -367,6 +367,9 @@ class Selection:
     equal_within_noise: list[int] = field(default_factory=list)  # trials the winner does not beat beyond noise
     unconfirmed: list[int] = field(default_factory=list)  # finalists not measured like the others (no claim)
     best_measured: int | None = None  # the finalist measured highest at the limit, which the others are judged against
+    # False where no finalist was measured twice (--repeats 0): nothing bounds a gain, so none is beaten beyond noise
+    # (equal_within_noise lists them all) and none is claimed equal either
+    spread_measured: bool = True
 
 
 def flags_changed(flags: dict[str, Any]) -> int:
@@ -445,8 +448,9 @@ def _select(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats
         return c.at_limit_mean_tok_s(limits_ms)
 
     best = max(confirmed, key=mean)
-    # A finalist whose every fresh server failed measured nothing: it missed no limit, so it is no gain (counted as
-    # 0 tok/s it was an "unbounded" one, and a "beats every baseline" rested on a server that did not start).
+    # A finalist whose every fresh server failed measured nothing: it missed no limit, so no gain is stated over it
+    # (counted as 0 tok/s, the gain would be "unbounded", and a "beats every baseline" would rest on a server that did
+    # not start).
     failed = [c for c in candidates if c.concurrency is not None and c.remeasurements_failed]
     left_aside = (f"; unconfirmed (cut short, no claim rests on them): {names}" if unconfirmed else "") + \
         ("; fresh-server re-measurements failed (no claim rests on them): " + ", ".join(_name(c) for c in failed)
@@ -461,7 +465,7 @@ def _select(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats
         verdict = ("no finalist was measured twice, so the run-to-run spread is unknown and no claim is made "
                    f"(--repeats 0): {_name(best)} is the best figure seen")
         return Selection(best, candidates, gains_of(best), verdict + left_aside, [c.trial_number for c in confirmed],
-                         [c.trial_number for c in unconfirmed], best.trial_number)
+                         [c.trial_number for c in unconfirmed], best.trial_number, spread_measured=False)
     equals = [c for c in confirmed
               if c is best or not gain_over(best, c, limits_ms, noise_floor, confidence, spread).significant]
     # Simplicity is bought only where the measured price is within one run's spread (see the module).

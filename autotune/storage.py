@@ -298,7 +298,7 @@ def open_storage(url: str | None, create: bool = True, exclusive: bool = False) 
     except (OperationalError, optuna.exceptions.StorageInternalError) as e:
         if (refused := _refused_for_the_url(e, url)) is not None:
             raise refused from None
-        raise StorageUnavailable(f"cannot reach storage {redact_url(url)}: {_first_line(e)}") from None
+        raise StorageUnavailable(f"cannot reach storage {redact_url(url)}: {_first_line(_driver_error(e))}") from None
     except (SQLAlchemyError, OSError, ValueError) as e:
         raise StorageError(f"cannot open storage {redact_url(url)}: {_first_line(e)}") from None
 
@@ -383,11 +383,18 @@ def open_storage_readonly(url: str | None) -> optuna.storages.RDBStorage:
         if (refused := _refused_for_the_url(e, given)) is not None:
             raise refused from None
         unreachable = backend == "postgresql" and _raised_from(e, OperationalError)
-        while e.__cause__ is not None:  # Optuna wraps the driver's error (connection refused, ...) in its own
-            e = e.__cause__  # type: ignore[assignment]
+        e = _driver_error(e)  # type: ignore[assignment]
         if unreachable:  # the server does not answer, as for `run` and a worker: not the URL's fault
             raise StorageUnavailable(f"cannot reach storage {redact_url(given)}: {_first_line(e)}") from None
         raise StorageError(f"cannot open storage {redact_url(given)} read-only: {_first_line(e)}") from None
+
+
+def _driver_error(error: BaseException) -> BaseException:
+    """The error ``error`` was raised from, in the driver's words (connection refused, ...): Optuna wraps it in its
+    own, SQLAlchemy in one that names the driver's exception class before them."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
 
 
 def _raised_from(error: BaseException, kind: type[BaseException]) -> bool:

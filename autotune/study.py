@@ -1055,13 +1055,15 @@ def _run_opened_study(study: optuna.Study, cfg: StudyConfig, storage: optuna.sto
                     _run_trials(study, cfg, threaded, deadline, rules, runner)
                 finally:
                     run.trials_run = rules.ran - rules.not_run
+        # the study's end of search and final comparison are this run's alone: a run whose hold another took stops
+        # here, before it tells that run's workers the search is done and waits for that run's trials
+        hold_study_run(storage, cfg.study_name, again=True)
         records.write_search_done(study, True)  # workers take no new trial from here on
         stopped_by = rules.reason or ("timeout" if deadline and time.monotonic() >= deadline else "trials")
         waited = _wait_for_others_trials(study, storage, cfg, deadline, threaded)
         left_out, run.silent_trials_s = waited.left_out, dict(waited.silent_trials_s)
         searched = records.read_trials(study)  # every trial the search ended with
         finished, not_run = records.count_finished(searched), records.not_run(searched)
-        hold_study_run(storage, cfg.study_name, again=True)  # the final comparison is this run's alone
         with runner.interruptible():
             selection = remeasure_and_select(study, cfg, deadline, threaded, runner, left_out)
         run.made_selection = True
@@ -1350,8 +1352,8 @@ def baseline_summary(selection: Selection, cfg: StudyConfig,
 
 def finalist_summary(selection: Selection, cfg: StudyConfig) -> list[dict[str, Any]]:
     """The finalists that are neither a baseline nor the winner, each with where the verdict put it: unconfirmed
-    (not measured as the others), its re-measurements failed, equal within noise to the best measured, beaten
-    beyond noise by it, or missing a limit."""
+    (not measured as the others), its re-measurements failed, no claim (no finalist measured twice), equal within
+    noise to the best measured, beaten beyond noise by it, or missing a limit."""
     out = []
     best = selection.best_measured
     for cand in selection.candidates:
@@ -1359,7 +1361,8 @@ def finalist_summary(selection: Selection, cfg: StudyConfig) -> list[dict[str, A
             continue
         standing = ("unconfirmed" if cand.trial_number in selection.unconfirmed else
                     "its fresh-server re-measurements failed" if cand.remeasurements_failed else
-                    "equal within noise" if cand.trial_number in selection.equal_within_noise else
+                    ("equal within noise" if selection.spread_measured else "no claim: no finalist was measured twice")
+                    if cand.trial_number in selection.equal_within_noise else
                     "misses a limit" if best is None or not cand.meets(cfg.settings.search.limits_ms) else
                     f"beaten beyond noise by trial {best}")
         out.append({**_candidate_summary(cand, cfg), "standing": standing})

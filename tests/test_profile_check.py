@@ -29,9 +29,21 @@ def profile_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = folder / "p" / "profile.yaml"
     assert read_profile(path).concurrency == 16
     first, second = path.read_text().splitlines()[:2]  # where a reader of the file goes next
-    assert first == "# autotune profile of study 'p'. Deploy it: autotune export --study p --to REPO"
+    # the study's storage named where it is not the default one, which export would open instead
+    assert first == (f"# autotune profile of study 'p'. Deploy it: autotune export --study p --storage "
+                     f"sqlite:///{folder}/s.db --to REPO")
     assert second.endswith(f"autotune bench --url URL --model SERVED_NAME --profile {path}")
     return path
+
+
+def test_the_profile_header_names_the_default_storage_by_leaving_it_out(profile_file, tmp_path):
+    from autotune.profile import write_profile
+    from autotune.storage import DEFAULT_STORAGE
+
+    profile = read_profile(profile_file)
+    profile = profile.model_copy(update={"study": profile.study.model_copy(update={"storage": DEFAULT_STORAGE})})
+    first = write_profile(profile, tmp_path / "profile.yaml").read_text().splitlines()[0]
+    assert first == "# autotune profile of study 'p'. Deploy it: autotune export --study p --to REPO"
 
 
 def with_throughput(profile_file: Path, folder: Path, mean: float, values: list[float]) -> Path:
@@ -91,6 +103,8 @@ def test_the_mean_of_several_runs_is_judged_with_the_spread_of_a_mean(profile_fi
         assert check.expected_high_tok_s - tput.mean == pytest.approx(1.6449 * sigma * math.sqrt(1 / m + 1 / tput.n),
                                                                       rel=1e-3)
     assert "(the mean of 4 runs)" in four.lines()[0] and four.to_json()["runs"] == 4
+    # the mean lies in the interval, as one run does
+    assert "; one run of it lies in [" in one.lines()[0] and "; the mean of 4 runs of it lies in [" in four.lines()[0]
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +186,13 @@ def test_a_file_that_is_not_a_profile_is_one_line(server, tmp_path, capsys):
         assert words in err and err.count("\n") == 1
     assert main(bench(server, tmp_path / "missing.yaml")) == 2
     assert "No such file" in capsys.readouterr().err
+
+
+def test_a_binary_file_given_as_the_profile_is_one_line(server, tmp_path, capsys):
+    """A study's database given for its profile (s.db beside the study's folder): it was Python's
+    UnicodeDecodeError, exit 1, as for a fault of autotune's."""
+    path = tmp_path / "s.db"
+    path.write_bytes(b"SQLite format 3\x00\xfb\xff\x00")
+    assert main(bench(server, path)) == 2
+    err = capsys.readouterr().err
+    assert f"--profile {path}: not a text file" in err and err.count("\n") == 1

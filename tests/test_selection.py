@@ -380,6 +380,22 @@ def test_one_run_a_finalist_gives_no_interval_and_no_claim():
     assert one["n"] == 1 and math.isnan(one["half_width"])  # one run: no interval, not the floor's
 
 
+def test_one_run_a_finalist_claims_no_finalist_equal_within_noise():
+    """--repeats 0: the verdict makes no claim, and the other finalists' lines make none either: one 10% below the
+    best was "equal within noise" beside "no claim is made"."""
+    from types import SimpleNamespace
+
+    from autotune.study import finalist_summary
+
+    best = Candidate(5, {"max-num-seqs": 512}, 64, 1040.0, {"ttft": 100.0}, search_level=(64, 1040.0, {"ttft": 100.0}))
+    lower = Candidate(6, {"max-num-seqs": 256}, 64, 936.0, {"ttft": 100.0}, search_level=(64, 936.0, {"ttft": 100.0}))
+    sel = select_winner([best, lower], LIMIT, repeats=0)
+    assert sel.verdict.startswith("no finalist was measured twice")
+    cfg = SimpleNamespace(settings=SimpleNamespace(search=SimpleNamespace(limits_ms=LIMIT)), noise_floor=0.0,
+                          confidence=0.9)
+    assert [f["standing"] for f in finalist_summary(sel, cfg)] == ["no claim: no finalist was measured twice"]
+
+
 def test_baselines_that_met_no_limit_at_any_load_give_unbounded_gains_not_a_missing_measurement():
     """Under a limit vLLM's defaults cannot meet at any load (their trials measured their levels, every one over), the
     verdict said "no baseline was measured as the finalists were" and stated no gain: the baselines were measured,

@@ -113,3 +113,16 @@ def test_a_file_that_holds_no_study_tables_is_named_as_given(tmp_path):
         open_storage_readonly(f"sqlite:///{tmp_path}/empty.db")
     assert f"cannot open storage sqlite:///{tmp_path}/empty.db read-only" in str(e.value), str(e.value)
     assert (tmp_path / "empty.db").read_bytes() == b""
+
+
+def test_a_server_that_does_not_answer_is_said_alike_for_run_and_the_readers():
+    """The driver's words, without SQLAlchemy's "(psycopg.OperationalError)" that run and a worker put before them."""
+    from autotune.storage import open_storage
+
+    url = "postgresql+psycopg://tuner:s3cretpw@127.0.0.1:1/studies"
+    said = []
+    for opener in (open_storage, open_storage_readonly):
+        with pytest.raises(StorageUnavailable) as e:
+            opener(url)
+        said.append(str(e.value))
+    assert said[0] == said[1] and "OperationalError" not in said[0]

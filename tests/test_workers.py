@@ -438,7 +438,8 @@ def test_a_run_whose_hold_was_ended_takes_it_again_or_stops_where_another_run_to
 @pytest.mark.slow  # a two-trial sim study on PostgreSQL
 def test_a_run_that_lost_its_hold_to_another_run_stops_before_its_final_comparison(postgres, tmp_path) -> None:
     """The hold ended while the run's trials ran and a second run took the study: the first stops before its final
-    comparison, exit 1 in one line, its trials kept, no selection of its own stored."""
+    comparison, exit 1 in one line, its trials kept, no selection of its own stored, and no end of the search
+    written, which made the second run's workers stop."""
     import psycopg
     from sqlalchemy.engine import make_url
 
@@ -473,3 +474,5 @@ def test_a_run_that_lost_its_hold_to_another_run_stops_before_its_final_comparis
     study = optuna.load_study(study_name="taken", storage=postgres.url)
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 2
     assert records.read_selection(study) is None
+    # the study is the other run's: its workers are not told that its search is done
+    assert records.read_search_done(study) is False
