@@ -232,7 +232,8 @@ def card_caveats(gpu: GpuSpec) -> list[str]:
     if gpu.measured_name is None:
         return []
     base = load_gpu(gpu.base or FALLBACK_CARD)
-    what = (f"has {gpu.memory_gib:.1f} GiB, the {base.name} card {base.memory_gib:.1f}" if card_of(gpu.measured_name)
+    what = (f"has {gpu.memory_gib:.1f} GiB, the {base.name} card {base.memory_gib:.1f} GiB"
+            if card_of(gpu.measured_name)
             else f"({gpu.memory_gib:.1f} GiB) is none of autotune's cards ({', '.join(known_gpus())})")
     return [f"GPU {gpu.measured_name!r} {what}: the memory plan that refuses a point before launch uses its own "
             f"memory with the {base.name} card's reserves, and the sim's prediction where each load search starts "

@@ -57,7 +57,7 @@ def test_another_size_of_a_known_card_gets_its_own_memory(tmp_path, monkeypatch)
     assert (card.name, card.base, card.card_ref) == ("h100-nvl", "h100", "h100")
     assert card.memory_gib == pytest.approx(95830 / 1024, abs=1e-3) and card.hbm_tb_s == h100.hbm_tb_s
     [caveat] = card_caveats(card)
-    assert caveat.startswith("GPU 'NVIDIA H100 NVL' has 93.6 GiB, the h100 card 79.6: ")
+    assert caveat.startswith("GPU 'NVIDIA H100 NVL' has 93.6 GiB, the h100 card 79.6 GiB: ")
 
 
 def test_a_gpu_no_card_names_gets_its_memory_and_the_fallback_cards_constants(tmp_path, monkeypatch):

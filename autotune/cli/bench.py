@@ -178,7 +178,7 @@ def bench(ctx: click.Context, url: str, model: str, workload: str, concurrency: 
     if check is not None and check.holds is False:
         raise ProfileNotHeld(f"the server at {url} does not hold profile {profile_path}: "
                              + ("slower than profiled beyond noise" if check.slower
-                                else "a P99 over its limit beyond noise"))
+                                else "a P99 over its limit beyond noise, where the profile's was within it"))
 
 
 def _file_stamp(path: str | None) -> tuple[int, int, int] | None:
