@@ -8,6 +8,7 @@ measured, not when it was exported): nothing changes and nothing is committed.
 """
 from __future__ import annotations
 
+import math
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from autotune.deploy import Deployment, build_deployment, file_name, render
 from autotune.errors import AutotuneError, UsageError
 from autotune.fileio import write_text_atomically
+from autotune.records import GainRecord
 from autotune.winner import StudyRecords, Winner, require_winner
 
 __all__ = ["ExportResult", "export_study", "commit_message"]
@@ -80,8 +82,7 @@ def commit_message(winner: Winner, dep: Deployment) -> str:
     """The subject states the gain over each baseline, and no more: which configurations are equal within noise
     only the verdict says, and it can run to several lines, so it goes in the body with the header's figures, word
     for word as `best` gives it."""
-    gains = [f"{g.gain_pct:+.1f}% over {name}" if g.baseline_meets_limit else f"{name} met no limit"
-             for name, g in winner.gains.items()]
+    gains = [_subject_gain(name, g) for name, g in winner.gains.items()]
     # no gains: the best trial so far (no final comparison yet), or a winner compared with no baseline (the only
     # finalist, or its baselines cut short)
     said = ", ".join(gains) if gains else ("no baseline compared" if winner.selected
@@ -89,6 +90,17 @@ def commit_message(winner: Winner, dep: Deployment) -> str:
     subject = (f"autotune: {dep.model_slug} on {dep.gpus}x {dep.gpu_type}, study {dep.study} trial {winner.trial}: "
                f"{said}")
     return subject + "\n\n" + "\n".join(dep.header) + "\n"
+
+
+def _subject_gain(name: str, gain: GainRecord) -> str:
+    """``+6.7% over vllm-defaults``, with what a figure the interval does not tell from 0 is: a git log read alone
+    must not pass one for a gain."""
+    if not gain.baseline_meets_limit:
+        return f"{name} met no limit"
+    said = f"{gain.gain_pct:+.1f}% over {name}"
+    if not (math.isfinite(gain.gain_pct_low) and math.isfinite(gain.gain_pct_high)):
+        return f"{said} (no interval)"
+    return said if gain.significant else f"{said} (within noise)"
 
 
 def _work_tree(to: Path) -> Path:

@@ -426,6 +426,28 @@ def test_a_commit_without_gains_says_why(factory_storage):
     assert commit_message(only, dep).split("\n")[0].endswith(": no baseline compared")
 
 
+def test_the_commit_subject_says_which_gains_the_interval_does_not_tell_from_zero(factory_storage):
+    """A git log read alone passed "+0.4% over vllm-defaults" for a gain, where the verdict claimed none: within
+    noise, or no interval at all (--repeats 0)."""
+    import math
+    from dataclasses import replace
+
+    from autotune.export import commit_message
+    from autotune.records import GainRecord
+
+    data, winner = winner_of(factory_storage, "b")
+    dep = build_deployment(data, winner)
+    beyond = GainRecord(0, 900.0, True, 100.0, 11.1, 5.0, 17.0, 0.9, True)
+    within = replace(beyond, gain_pct=0.4, gain_pct_low=-2.0, gain_pct_high=2.9, significant=False)
+    unbounded = replace(within, gain_pct_low=-math.inf, gain_pct_high=math.inf)
+    missed = replace(beyond, baseline_meets_limit=False, gain_pct=math.inf, gain_pct_low=math.inf,
+                     gain_pct_high=math.inf)
+    gains = {"vllm-defaults": beyond, "seed-profile": within, "mine": unbounded, "other": missed}
+    subject = commit_message(replace(winner, gains=gains), dep).split("\n")[0]
+    assert subject.endswith(": +11.1% over vllm-defaults, +0.4% over seed-profile (within noise), +0.4% over mine "
+                            "(no interval), other met no limit")
+
+
 # -- multi-GPU winners: tensor x data parallel, expert parallel -----------------------------------------------------
 MULTI_GPU = {  # study -> (preset, model, GPUs, the layout every trial runs, flags every trial adds)
     "tp2dp3": ("flash", "zai-org/GLM-4.6V-Flash", 6, {"tensor-parallel-size": 2, "data-parallel-size": 3}, {}),
