@@ -27,7 +27,7 @@ _COMMAND_MODULES = {"run": "run", "worker": "worker", "bench": "bench", "sim": "
 COMMAND_SUMMARIES = {
     "run": "Tune: the most throughput whose P99s meet the limits.",
     "worker": "Run a shared study's trials on this machine's GPUs.",
-    "bench": "Benchmark a running OpenAI-compatible server at one load level.",
+    "bench": "Benchmark a running OpenAI-compatible server at one load level, or check it against a profile.",
     "sim": "The sim engine: serve, predict, calibrate.",
     "best": "A study's winner and verdict.",
     "studies": "The studies in a storage, each with its winner.",
