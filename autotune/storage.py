@@ -12,7 +12,7 @@ import re
 import shlex
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import optuna
@@ -314,12 +314,10 @@ def _refused_for_the_url(error: BaseException, url: str) -> StorageError | None:
     """Bad input, one line in the server's words, where the server refused the connection for the URL's user,
     password or database; None where the error is another (nothing listens there, a host name that does not
     resolve: the database unreachable). Optuna may wrap the driver's error: the errors it was raised from count."""
-    current: BaseException | None = error
-    while current is not None:
-        if match := _REFUSED_FOR_THE_URL.search(str(current)):
+    for cause in _causes(error):
+        if match := _REFUSED_FOR_THE_URL.search(str(cause)):
             return StorageError(f"storage {redact_url(url)}: the server refused the connection: "
                                 f"{match.group(1).strip()}")
-        current = current.__cause__
     return None
 
 
@@ -389,22 +387,25 @@ def open_storage_readonly(url: str | None) -> optuna.storages.RDBStorage:
         raise StorageError(f"cannot open storage {redact_url(given)} read-only: {_first_line(e)}") from None
 
 
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and the errors it was raised from, outermost first: Optuna wraps SQLAlchemy's error, which wraps the
+    driver's."""
+    current: BaseException | None = error
+    while current is not None:
+        yield current
+        current = current.__cause__
+
+
 def _driver_error(error: BaseException) -> BaseException:
-    """The error ``error`` was raised from, in the driver's words (connection refused, ...): Optuna wraps it in its
-    own, SQLAlchemy in one that names the driver's exception class before them."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    return error
+    """The error ``error`` was first raised as, in the driver's words (connection refused, ...), without the
+    wrappers' (SQLAlchemy's names the driver's exception class before them)."""
+    *_, innermost = _causes(error)
+    return innermost
 
 
 def _raised_from(error: BaseException, kind: type[BaseException]) -> bool:
-    """Whether ``error`` or an error it was raised from (Optuna wraps the driver's) is a ``kind``."""
-    current: BaseException | None = error
-    while current is not None:
-        if isinstance(current, kind):
-            return True
-        current = current.__cause__
-    return False
+    """Whether ``error`` or an error it was raised from is a ``kind``."""
+    return any(isinstance(cause, kind) for cause in _causes(error))
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
