@@ -80,6 +80,16 @@ def _run_search_text(run: SearchLeft | None) -> str:
     return f"the run's search ends {after} (its --trials {run.trials}{timeout})"
 
 
+def _trial_name(number: int, baseline: str) -> str:
+    return f"trial {number}" + (f" ({baseline})" if baseline else "")
+
+
+def _outcome(result: TrialResult) -> str:
+    """A finished trial's figure in a few words: its throughput and load, or why it has none."""
+    return (f"{_fmt(result.output_tok_s)} tok/s at concurrency {result.concurrency}" if result.feasible
+            else result.failure_class or "infeasible")
+
+
 def _leftover_line(served_model_name: str, port: int, gpu_ids: tuple[GpuId, ...]) -> str:
     on_gpus = f", GPUs {','.join(gpu_ids)}" if gpu_ids else ""
     return f"stopped server {served_model_name} (port {port}{on_gpus}) left running by an earlier run that died"
@@ -230,9 +240,8 @@ class StudyView(Progress):
         row = self.rows.setdefault(number, {"flags": short_flags(result.flags), "baseline": baseline})
         row.update(state="ok" if result.feasible else (result.failure_class or "infeasible"),
                    value=result.output_tok_s if result.feasible else None, p99=result.p99_ms, c=result.concurrency)
-        if result.feasible and (self.best is None or result.output_tok_s > self.best[1]):
-            self.best = (number, result.output_tok_s)
-        name = f"trial {number}" + (f" ({baseline})" if baseline else "")
+        self._note_best(number, result)
+        name = _trial_name(number, baseline)
         if result.feasible:
             what = (f"{_fmt(result.output_tok_s)} tok/s at concurrency {result.concurrency}, "
                     f"{_p99s(result.level(result.concurrency))}")
@@ -252,22 +261,21 @@ class StudyView(Progress):
     def trial_not_run(self, number: int, same_flags_as: int, earlier: TrialResult) -> None:
         self.rows[number] = {"flags": short_flags(earlier.flags), "baseline": "",
                              "state": f"same flags as trial {same_flags_as}: not run"}
-        figure = (f"{_fmt(earlier.output_tok_s)} tok/s at concurrency {earlier.concurrency}" if earlier.feasible
-                  else earlier.failure_class or "infeasible")
         self._log(f"trial {number} {short_flags(earlier.flags)}: the same flags as trial {same_flags_as}, not run "
-                  f"again (the sampler is told trial {same_flags_as}'s result again: {figure})")
+                  f"again (the sampler is told trial {same_flags_as}'s result again: {_outcome(earlier)})")
 
     def trial_result_taken(self, number: int, baseline: str, measured_as: int, result: TrialResult) -> None:
         self.rows[number] = {"flags": short_flags(result.flags), "baseline": baseline,
                              "state": f"measured as trial {measured_as}", "p99": result.p99_ms, "c": result.concurrency,
                              "value": result.output_tok_s if result.feasible else None}
+        self._note_best(number, result)
+        self._say(f"{_trial_name(number, baseline)} {short_flags(result.flags)}: trial {measured_as} measured these "
+                  f"flags before its process died, and its result is stored: taken ({_outcome(result)}), not measured "
+                  "again")
+
+    def _note_best(self, number: int, result: TrialResult) -> None:
         if result.feasible and (self.best is None or result.output_tok_s > self.best[1]):
             self.best = (number, result.output_tok_s)
-        figure = (f"{_fmt(result.output_tok_s)} tok/s at concurrency {result.concurrency}" if result.feasible
-                  else result.failure_class or "infeasible")
-        name = f"trial {number}" + (f" ({baseline})" if baseline else "")
-        self._say(f"{name} {short_flags(result.flags)}: trial {measured_as} measured these flags before its process "
-                  f"died, and its result is stored: taken ({figure}), not measured again")
 
     def study_eta(self, eta: StudyEta) -> None:
         self.eta, self.eta_at = eta, time.monotonic()
