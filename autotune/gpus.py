@@ -157,18 +157,33 @@ class VisibleGpu:
 
 
 def visible_gpus() -> list[VisibleGpu]:
-    """The NVIDIA GPUs nvidia-smi lists; empty where there is none (or no nvidia-smi)."""
+    """The NVIDIA GPUs nvidia-smi lists; empty where there is none (or no nvidia-smi). Asked once per nvidia-smi and
+    process: a run's start needs the list for its engine, its GPUs, its card and its record of the machine, and one
+    query takes up to a second on a machine of eight GPUs."""
     import shutil
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    if smi not in _VISIBLE:
+        gpus = _query_gpus(smi)
+        if not gpus:  # not kept: a driver that did not answer this time may answer the next
+            return []
+        _VISIBLE[smi] = gpus
+    return list(_VISIBLE[smi])
+
+
+_VISIBLE: dict[str, tuple[VisibleGpu, ...]] = {}  # visible_gpus' answers, by the nvidia-smi that gave them
+
+
+def _query_gpus(smi: str) -> tuple[VisibleGpu, ...]:
     import subprocess
 
-    if not shutil.which("nvidia-smi"):
-        return []
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,name,memory.total,driver_version",
-                              "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run([smi, "--query-gpu=index,uuid,name,memory.total,driver_version",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
-        return []
+        return ()
     gpus = []
     for line in out.splitlines():
         fields_ = [f.strip() for f in line.split(",")]
@@ -179,7 +194,7 @@ def visible_gpus() -> list[VisibleGpu]:
         except ValueError:  # "[N/A]"
             memory_gib = math.nan
         gpus.append(VisibleGpu(fields_[0], fields_[1], fields_[2], memory_gib, fields_[4]))
-    return gpus
+    return tuple(gpus)
 
 
 def card_of(gpu_name: str) -> str | None:

@@ -92,3 +92,19 @@ def test_a_vllm_study_on_two_b200s_plans_glm_4_6v_on_their_memory(tmp_path, monk
     assert cfg.settings.card_caveats() == card_caveats(cfg.settings.gpu) != []
     assert build_study_config(opts.model_copy(update={"gpu_type": "h100"}), EngineChoice("vllm", "")).settings.gpu \
         == load_gpu("h100")  # --gpu-type is the user's word
+
+
+def test_the_list_is_asked_once_per_process_where_nvidia_smi_answered(tmp_path, monkeypatch):
+    """A run's start reads it for its engine, its GPUs, its card and its record of the machine: one nvidia-smi call
+    (up to a second on eight GPUs). One that answered nothing is asked again."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls, answer = tmp_path / "calls", tmp_path / "answer"
+    answer.write_text("")
+    (bin_dir / "nvidia-smi").write_text(f"#!/bin/sh\necho x >> {calls}\ncat {answer}\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    assert visible_gpus() == [] and visible_gpus() == []
+    answer.write_text(f"0, GPU-00000000, {H200}, 580.95.05\n")
+    assert len(visible_gpus()) == 1 and detect_gpu() == "h200" and measured_card(["0"]) == load_gpu("h200")
+    assert calls.read_text().count("x") == 3  # twice without an answer, then once
