@@ -20,6 +20,8 @@ def read_yaml(path: Path | str, what: str) -> Any:
         return yaml.safe_load(Path(path).read_text())
     except OSError as e:
         raise UsageError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:  # a binary file named for a YAML one (a study's database, say)
+        raise UsageError(f"cannot read {what} {path}: not a text file") from None
     except yaml.YAMLError as e:
         raise UsageError(f"{what} {path}: invalid YAML: {str(e).splitlines()[0]}") from None
 

@@ -146,6 +146,18 @@ def test_unreadable_space_file(capsys, storage, tmp_path):
     assert code == 2 and "cannot read search space" in err
 
 
+def test_a_binary_file_for_a_yaml_one_is_one_line(capsys, storage, tmp_path):
+    """A study's database given as the --space (or --try, or a card) was 'UnicodeDecodeError', exit 1."""
+    url, db = storage
+    path = tmp_path / "studies.db"
+    path.write_bytes(b"\xfb\xff\x00\x01")
+    for option in ("--space", "--try"):
+        code, _, err = run_cli(capsys, *BASE, "--storage", url, "--model", "flash", "--p99-ms", "500", option,
+                               str(path))
+        assert code == 2 and f"{path}: not a text file" in err and err.count("\n") == 1, err
+    assert trial_count(db) == 0
+
+
 @pytest.mark.parametrize("url, message", [
     ("notaurl", "not a valid SQLAlchemy URL"),
     ("sqlite:////proc/definitely/not/here.db", "cannot create"),
