@@ -158,8 +158,8 @@ class VisibleGpu:
 
 def visible_gpus() -> list[VisibleGpu]:
     """The NVIDIA GPUs nvidia-smi lists; empty where there is none (or no nvidia-smi). Asked once per nvidia-smi and
-    process: a run's start needs the list for its engine, its GPUs, its card and its record of the machine, and one
-    query takes up to a second on a machine of eight GPUs."""
+    process: a run's start needs the list for its engine, its GPUs, its card and its record of the machine, and each
+    query starts nvidia-smi, which asks the driver for every GPU."""
     import shutil
 
     smi = shutil.which("nvidia-smi")

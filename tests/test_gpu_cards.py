@@ -95,8 +95,8 @@ def test_a_vllm_study_on_two_b200s_plans_glm_4_6v_on_their_memory(tmp_path, monk
 
 
 def test_the_list_is_asked_once_per_process_where_nvidia_smi_answered(tmp_path, monkeypatch):
-    """A run's start reads it for its engine, its GPUs, its card and its record of the machine: one nvidia-smi call
-    (up to a second on eight GPUs). One that answered nothing is asked again."""
+    """A run's start reads it for its engine, its GPUs, its card and its record of the machine: one nvidia-smi call.
+    One that answered nothing is asked again."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls, answer = tmp_path / "calls", tmp_path / "answer"
