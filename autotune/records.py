@@ -435,6 +435,9 @@ class GainRecord:
     gain_pct_high: float
     confidence: float
     significant: bool  # the whole interval lies above 0
+    # the finalists the interval is simultaneous over (selection.critical_value); 2: one comparison, as every
+    # interval stored before simultaneous intervals was
+    finalists_compared: int = 2
 
     def to_json(self) -> dict[str, Any]:
         return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
@@ -450,7 +453,8 @@ class GainRecord:
 
         return cls(int(data["baseline_trial"]), _num(data["baseline_output_tok_s"]), meets,
                    _num(data["gain_output_tok_s"]), pct("gain_pct"), pct("gain_pct_low", -math.inf),
-                   pct("gain_pct_high"), float(data["confidence"]), bool(data["significant"]))
+                   pct("gain_pct_high"), float(data["confidence"]), bool(data["significant"]),
+                   int(data.get("finalists_compared", 2)))
 
 
 @dataclass(frozen=True)

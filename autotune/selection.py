@@ -33,6 +33,14 @@ estimate. With no finalist measured twice (``--repeats 0``) nothing estimates th
 freedom bounds nothing, so there is no interval and no claim (the floor is a least width, not an estimate). A
 finalist whose every fresh server failed measured nothing there: it is named, and no gain or claim rests on it.
 
+**Simultaneous over the finalists compared.** The winner is the best of several, so its gains are the largest of
+several differences: with five finalists truly equal, intervals that each held 90% of the time alone stated a gain
+over a baseline "beyond noise" in 19% of studies (benchmarks/selection_bias.py). With three or more finalists the
+intervals are therefore Tukey-Kramer's, wide enough that all the pairwise differences among the compared finalists
+hold together at the confidence level (the studentized range's quantile over the square root of 2, in place of
+Student's t, which it equals for two): a claim rests on the whole comparison, not on one pair picked after the
+fact.
+
 **The recommendation.** Finalists the best one does not beat beyond the interval are *equal within noise*. Of
 those whose mean also lies within one run's spread of the best's (the pooled spread, at least the noise floor),
 the one with the fewest flags changed from vLLM's defaults is recommended; a simpler equal measured further
@@ -41,6 +49,7 @@ is as fast.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -378,11 +387,23 @@ def flags_changed(flags: dict[str, Any]) -> int:
     return len(changed_flags(deploy_flags(flags)[0]))
 
 
+@functools.cache
+def critical_value(finalists: int, dof: int, confidence: float) -> float:
+    """The multiple of a difference's standard error that bounds the interval at ``confidence``, simultaneous over
+    every pair of ``finalists`` (Tukey-Kramer: the studentized range's quantile over the square root of 2); for two,
+    Student's t. scipy.stats is imported here only: it adds a second to a command's start."""
+    if finalists <= 2:
+        return float(stdtrit(dof, 0.5 + confidence / 2))
+    from scipy.stats import studentized_range
+    return float(studentized_range.ppf(confidence, finalists, dof)) / math.sqrt(2)
+
+
 def gain_over(winner: Candidate, baseline: Candidate, limits_ms: Mapping[str, float], noise_floor: float,
-              confidence: float = 0.9, spread: RunSpread | None = None) -> GainRecord:
+              confidence: float = 0.9, spread: RunSpread | None = None, finalists: int = 2) -> GainRecord:
     """The winner's gain in throughput at the limit over ``baseline``, with Student's t interval on the log ratio
     of their means from the pooled run-to-run ``spread`` (by default pooled over the two), never narrower than
-    ``noise_floor``. A baseline with no load within the limits counts as 0 tok/s; one that met them in its search
+    ``noise_floor``; with ``finalists`` compared beyond two, Tukey-Kramer's interval over all of them (see the
+    module). A baseline with no load within the limits counts as 0 tok/s; one that met them in its search
     but not at its final load in re-measurement is compared by its runs carried to their knees below it, not as 0:
     three high draws in a row of a P99 that moves 17% from run to run are not a configuration that cannot serve
     (the decision benchmark, setup A, seeds 26 and 28: unbounded "gains" over a seed profile truly as fast).
@@ -404,7 +425,7 @@ def gain_over(winner: Candidate, baseline: Candidate, limits_ms: Mapping[str, fl
         # 5% between fresh servers, docs/results/h200-reproducibility.md)
         pct_low, pct_high, significant = -math.inf, math.inf, False
     else:
-        t_half = (float(stdtrit(spread.dof, 0.5 + confidence / 2)) * spread.log_std
+        t_half = (critical_value(max(finalists, 2), spread.dof, confidence) * spread.log_std
                   * math.sqrt(1 / len(w_values) + 1 / len(b_values)))
         half = max(t_half, math.log1p(noise_floor))
         log_ratio = math.log(w_mean / b_mean)
@@ -412,7 +433,8 @@ def gain_over(winner: Candidate, baseline: Candidate, limits_ms: Mapping[str, fl
         significant = log_ratio - half > 0
     return GainRecord(baseline_trial=baseline.trial_number, baseline_output_tok_s=b_mean, baseline_meets_limit=meets,
                       gain_output_tok_s=diff, gain_pct=diff / b_mean * 100.0 if b_mean > 0 else math.inf,
-                      gain_pct_low=pct_low, gain_pct_high=pct_high, confidence=confidence, significant=significant)
+                      gain_pct_low=pct_low, gain_pct_high=pct_high, confidence=confidence, significant=significant,
+                      finalists_compared=max(finalists, 2))
 
 
 def select_winner(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats: int,
@@ -457,7 +479,7 @@ def _select(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats
          if failed else "")
 
     def gains_of(winner: Candidate) -> dict[str, GainRecord]:
-        return {c.baseline: gain_over(winner, c, limits_ms, noise_floor, confidence, spread)
+        return {c.baseline: gain_over(winner, c, limits_ms, noise_floor, confidence, spread, len(confirmed))
                 for c in candidates if c.baseline and c is not winner and c not in failed
                 and (c.confirmed(repeats) or c.met_no_limit)}
 
@@ -467,7 +489,8 @@ def _select(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats
         return Selection(best, candidates, gains_of(best), verdict + left_aside, [c.trial_number for c in confirmed],
                          [c.trial_number for c in unconfirmed], best.trial_number, spread_measured=False)
     equals = [c for c in confirmed
-              if c is best or not gain_over(best, c, limits_ms, noise_floor, confidence, spread).significant]
+              if c is best or not gain_over(best, c, limits_ms, noise_floor, confidence, spread,
+                                            len(confirmed)).significant]
     # Simplicity is bought only where the measured price is within one run's spread (see the module).
     margin = max(noise_floor, -math.expm1(-spread.log_std))
     near = [c for c in equals if mean(c) >= mean(best) * (1.0 - margin)]

@@ -116,8 +116,11 @@ def describe_gain(g: GainRecord) -> str:
     if not (math.isfinite(g.gain_pct_low) and math.isfinite(g.gain_pct_high)):
         return f"{g.gain_pct:+.1f}% (no interval: no finalist was measured twice)"
     where = "beyond" if g.significant else "within"
-    return (f"{g.gain_pct:+.1f}% ({g.confidence:.0%} interval {g.gain_pct_low:+.1f}% to {g.gain_pct_high:+.1f}%, "
-            f"{where} noise)")
+    # over more than two finalists the intervals hold jointly (selection.critical_value): said, as a reader who
+    # recomputes one pair's t interval gets a narrower one
+    joint = f" jointly over {g.finalists_compared} finalists" if g.finalists_compared > 2 else ""
+    return (f"{g.gain_pct:+.1f}% ({g.confidence:.0%} interval{joint} {g.gain_pct_low:+.1f}% to "
+            f"{g.gain_pct_high:+.1f}%, {where} noise)")
 
 
 @dataclass(frozen=True)
