@@ -7,7 +7,9 @@
 # profile's runs at that concurrency (result.json). Nothing may be left running (procs-after.txt, gpu-after.txt).
 # STUDY_ARGS shape the study (default: one trial, its fresh-server re-measurement); ENGINE_ARGS (default "--engine
 # vllm --load-format dummy"): "--engine sim --sim-server --gpu-type h200" rehearses the job on a CPU, with a model
-# folder at /tmp/model and a stand-in nvidia-smi on the PATH, the server then being `autotune sim serve`.
+# folder at /tmp/model and a stand-in nvidia-smi on the PATH, the server then being `autotune sim serve`. SERVERS
+# (default 1): how many fresh servers to start from the profile's command, one after another, each benched with its
+# own seed (7, 8, ...): bench.json, bench2.json, ... and result.json, result2.json, ....
 #   bash benchmarks/gpu/profile_check.sh start [DIR]   # returns at once
 #   bash benchmarks/gpu/profile_check.sh status [DIR]  # prints progress; "done" when finished
 set -uo pipefail
@@ -15,7 +17,8 @@ dir=${2:-/tmp/profile-check}; progress=progress.log
 study_args=${STUDY_ARGS:---trials 1 --top-k 0 --repeats 1 --max-concurrency 128 --workload random:1024:128:0.5}
 engine_args=${ENGINE_ARGS:---engine vllm --load-format dummy}
 port=8124
-job_vars="study_args engine_args port"
+servers=${SERVERS:-1}  # fresh servers started one after another from the profile's command, each benched once
+job_vars="study_args engine_args port servers"
 job() {
   echo "study" > "$dir/$progress"
   # shellcheck disable=SC2086  # the two are lists of options
@@ -35,23 +38,28 @@ job() {
     echo "{\"error\": \"port $port already answers\"}" > "$dir/result.json"; leftovers_check; return
   fi
   echo "serve: $cmd" >> "$dir/$progress"
-  local t0=$(date +%s)
-  # shellcheck disable=SC2086  # the profile's command, word by word, as a user pastes it
-  setsid $cmd --port "$port" --served-model-name profile-check > "$dir/serve.log" 2>&1 < /dev/null &
-  pid=$!
-  if server_ready "$port" profile-check "$pid"; then
-    echo $(( $(date +%s) - t0 )) > "$dir/ready_s"
-    echo "bench at C = $concurrency" >> "$dir/$progress"
-    python3 -m autotune bench --url "http://127.0.0.1:$port" --model profile-check --profile "$profile" \
-      --seed 7 --json > "$dir/bench.json" 2> "$dir/bench.err"
-    echo "bench exit $?" >> "$dir/$progress"
-  else
-    echo "server did not start" >> "$dir/$progress"
-  fi
-  stop_server "$pid"
+  local t0 n suffix
+  for n in $(seq 1 "$servers"); do  # each a fresh server, as another deployment of the profile would be
+    suffix=$([ "$n" = 1 ] || echo "$n")
+    t0=$(date +%s)
+    # shellcheck disable=SC2086  # the profile's command, word by word, as a user pastes it
+    setsid $cmd --port "$port" --served-model-name profile-check > "$dir/serve$suffix.log" 2>&1 < /dev/null &
+    pid=$!
+    if server_ready "$port" profile-check "$pid"; then
+      echo $(( $(date +%s) - t0 )) > "$dir/ready_s$suffix"
+      echo "bench at C = $concurrency (server $n, seed $((6 + n)))" >> "$dir/$progress"
+      python3 -m autotune bench --url "http://127.0.0.1:$port" --model profile-check --profile "$profile" \
+        --seed $((6 + n)) --json > "$dir/bench$suffix.json" 2> "$dir/bench$suffix.err"
+      echo "bench exit $?" >> "$dir/$progress"
+    else
+      echo "server $n did not start" >> "$dir/$progress"
+    fi
+    stop_server "$pid"
+    python3 benchmarks/gpu/profile_check.py "$profile" "$dir/bench$suffix.json" > "$dir/result$suffix.json" \
+      2>> "$dir/$progress"
+    cat "$dir/result$suffix.json" >> "$dir/$progress"
+  done
   leftovers_check
-  python3 benchmarks/gpu/profile_check.py "$profile" "$dir/bench.json" > "$dir/result.json" 2>> "$dir/$progress"
-  cat "$dir/result.json" >> "$dir/$progress"
 }
 source "$(dirname "$0")/background.sh"
 background_main "$@"
