@@ -9,8 +9,8 @@ knee like a re-measurement, counts as the first of the finalist's runs. So every
 1 + ``repeats`` fresh-server runs, and on an H200, where a restart and one level cost about 95 s, one
 re-measurement each (the default) buys what two did before at half the GPU time. The price is the winner's
 curse: the top trials were chosen for their search figures, so theirs are optimistic where a baseline's are not.
-The decision benchmark measures what that costs (docs/results/decision-quality.md): 1 false gain claim of 24
-over 40 seeds of its knee-bound setup, 0 of 13 with two re-measurements and the trial's run left out.
+The decision benchmark measures what that costs (docs/results/decision-quality.md): 2 false gain claims of 15,
+both in one of the 40 seeds of its knee-bound setup, 0 of 13 with two re-measurements and the trial's run left out.
 
 **What is compared: throughput at the limit, one estimate per fresh-server run.** Finalists settle at different
 loads (their knees differ, and a noisy re-measurement steps one down), so their throughputs at those loads are
@@ -35,11 +35,11 @@ finalist whose every fresh server failed measured nothing there: it is named, an
 
 **Simultaneous over the finalists compared.** The winner is the best of several, so its gains are the largest of
 several differences: with five finalists truly equal, intervals that each held 90% of the time alone stated a gain
-over a baseline "beyond noise" in 19% of studies (benchmarks/selection_bias.py). With three or more finalists the
-intervals are therefore Tukey-Kramer's, wide enough that all the pairwise differences among the compared finalists
-hold together at the confidence level (the studentized range's quantile over the square root of 2, in place of
-Student's t, which it equals for two): a claim rests on the whole comparison, not on one pair picked after the
-fact.
+over a baseline "beyond noise" in 20% of studies, 4.9% with joint ones (benchmarks/selection_bias.py). With three
+or more finalists the intervals are therefore Tukey-Kramer's, wide enough that all the pairwise differences among
+the compared finalists hold together at the confidence level (the studentized range's quantile over the square
+root of 2, in place of Student's t, which it equals for two): a claim rests on the whole comparison, not on one
+pair picked after the fact.
 
 **The recommendation.** Finalists the best one does not beat beyond the interval are *equal within noise*. Of
 those whose mean also lies within one run's spread of the best's (the pooled spread, at least the noise floor),

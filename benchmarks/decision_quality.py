@@ -14,6 +14,7 @@ output tok/s at the limit (its chosen level carried to the knee along its own le
 
     python benchmarks/decision_quality.py --seeds 20
     python benchmarks/decision_quality.py --seeds 20 --all-trials     # truth also for every trial run
+    python benchmarks/decision_quality.py --rejudge A-0.json A-20.json  # the stored runs judged again (see rejudge)
 """
 from __future__ import annotations
 
@@ -171,7 +172,12 @@ def main() -> int:
     p.add_argument("--json-out", help="write every seed's figures here")
     p.add_argument("--summarize", nargs="+", metavar="JSON", help="print the rates over earlier --json-out files (.gz too) "
                    "(seeds run in several processes) and run nothing")
+    p.add_argument("--rejudge", nargs="+", metavar="JSON", help="judge the finalists' stored runs of earlier --json-out "
+                   "files again, with gain intervals joint over the finalists and one pair at a time, and run nothing")
     args = p.parse_args()
+    if args.rejudge:
+        rejudge([row for path in args.rejudge for row in _read_json(Path(path))])
+        return 0
     if args.summarize:
         rows = [row for path in args.summarize for row in _read_json(Path(path))]
         summarize(sorted(rows, key=lambda r: r["seed"]), all_trials=rows[0]["within_all"] is not None)
@@ -193,6 +199,68 @@ def main() -> int:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=1, default=str))
     return 0
+
+
+# Flags that vLLM's defaults do not set, each counted by selection.flags_changed: the stored finalists keep only
+# how many of theirs were changed, which is all the recommendation rule reads of them.
+_FLAGS_CHANGED = {"max-num-seqs": 100, "kv-cache-dtype": "fp8", "max-num-batched-tokens": 3000,
+                  "gpu-memory-utilization": 0.95, "max-cudagraph-capture-size": 128, "enable-prefix-caching": False}
+
+
+def rejudge(rows: list[dict]) -> None:
+    """The same runs judged by both interval rules: each seed's finalists rebuilt from their stored runs carried to
+    the limit (the trial's own run first, then the re-measurements; every one at a P99 within the limit, as the
+    stored finalists met it), then ``select_winner`` with the real-GPU noise floor, once as it is (intervals joint
+    over the finalists) and once with Student's t for every pair (``selection.critical_value`` replaced). A paired
+    comparison: only the rule differs, not the noise draws. Finalists that met no limit are left out (their
+    gains are unbounded under either rule)."""
+    from scipy.special import stdtrit
+
+    from autotune import selection
+    from autotune.config import REAL_GPU_NOISE_FLOOR
+
+    joint_value = selection.critical_value
+
+    def pairwise(finalists: int, dof: int, confidence: float) -> float:
+        return float(stdtrit(dof, 0.5 + confidence / 2))
+
+    def judged(row: dict) -> dict:
+        finalists, truth = [], {}
+        for c in row["candidates"]:
+            values = [v for v in c["at_limit_tok_s"] if v and math.isfinite(v)]
+            if not values:
+                continue
+            flags = dict(list(_FLAGS_CHANGED.items())[:c["flags_changed"]])  # as many changed as it had
+            cand = selection.Candidate(c["trial"], flags, c["concurrency"], values[0], {"ttft": 1.0},
+                                       baseline=c["baseline"])
+            cand.search_level = (c["concurrency"], values[0], {"ttft": 1.0})
+            cand.repeats = [Measurement(v, {"ttft": 1.0}) for v in values[1:]]
+            finalists.append(cand)
+            truth[c["trial"]] = c["true_tok_s"]
+        repeats = min(len(c.repeats) for c in finalists)
+        sel = selection.select_winner(finalists, {"ttft": 2.0}, repeats, noise_floor=REAL_GPU_NOISE_FLOOR)
+        won = truth[sel.winner.trial_number]
+        gains = list(sel.gains.values())
+        return {"within": won >= (1 - WITHIN_NOISE) * max(truth.values()),
+                "claims": sum(g.significant for g in gains),
+                "false": sum(g.significant and won <= truth[g.baseline_trial] for g in gains),
+                "covered": sum(g.gain_pct_low <= 100 * (won / truth[g.baseline_trial] - 1) <= g.gain_pct_high
+                               for g in gains), "gains": len(gains),
+                "equal": bool(sel.equal_within_noise), "finalists": len(finalists)}
+
+    for name, value in (("joint over the finalists (now)", joint_value), ("one pair at a time (before)", pairwise)):
+        selection.critical_value = value
+        out = [judged(row) for row in rows]
+        n = len(out)
+        print(f"{name}: {n} seeds, {np.mean([o['finalists'] for o in out]):.1f} finalists on average")
+        print("  " + rate("winner within 3% of the true best", sum(o["within"] for o in out), n))
+        print("  " + rate("false gain claims, of significant claims", sum(o["false"] for o in out),
+                          sum(o["claims"] for o in out)))
+        print("  " + rate("seeds with a false gain claim", sum(o["false"] > 0 for o in out), n))
+        print("  " + rate("gain intervals that hold the true gain", sum(o["covered"] for o in out),
+                          sum(o["gains"] for o in out)))
+        print("  " + rate("verdict 'equal within noise'", sum(o["equal"] for o in out), n))
+    selection.critical_value = joint_value
 
 
 def _read_json(path: Path) -> list[dict]:

@@ -11,6 +11,7 @@ Clopper-Pearson interval.
 
     python benchmarks/selection_bias.py                      # K = 3, 4, 5, 6; RUNS = 2, 3; 4,000 studies each
     python benchmarks/selection_bias.py --studies 1000 --finalists 5 --runs 2
+    python benchmarks/selection_bias.py --one-pair-at-a-time # the verdict before: Student's t for every pair
 """
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ import argparse
 import time
 
 import numpy as np
+from scipy.special import stdtrit
 from scipy.stats import beta
 
+from autotune import selection
 from autotune.records import Measurement
 from autotune.selection import Candidate, select_winner
 
@@ -68,8 +71,14 @@ def main() -> None:
     parser.add_argument("--true-gain", type=float, default=0.10, help="the better tuned finalist's true gain")
     parser.add_argument("--noise-floor", type=float, default=0.03)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--one-pair-at-a-time", action="store_true",
+                        help="judge each gain with Student's t as if its pair alone had been compared (the verdict "
+                             "before its intervals were joint over the finalists)")
     args = parser.parse_args()
-    print(f"CV {args.cv:.0%}, noise floor {args.noise_floor:.0%}, {args.studies} studies per setup; "
+    if args.one_pair_at_a_time:
+        selection.critical_value = lambda finalists, dof, confidence: float(stdtrit(dof, 0.5 + confidence / 2))
+    rule = "one pair at a time (Student's t)" if args.one_pair_at_a_time else "joint over the finalists"
+    print(f"intervals {rule}; CV {args.cv:.0%}, noise floor {args.noise_floor:.0%}, {args.studies} studies per setup; "
           "rates with 95% Clopper-Pearson intervals")
     print("| finalists | runs each | false gain line, all equal | false verdict, all equal "
           f"| gain over both baselines seen, one +{args.true_gain:.0%} |")
