@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Profile", "ServeLoad", "build_profile", "write_profile", "read_profile", "environment", "PROFILE_VERSION"]
 
-# 9: serve, the load whose P99s stay within the limits in most runs; 8: a gain's finalists_compared; 7: a half_width may be null (one run: no interval); 6: study.not_run; 5: metrics.output_tok_s_at_limit with its
-# interval; 4: metrics.output_tok_s_at_limit; 3: several P99 limits (objective.limits_ms, metrics.p99)
+# 9: serve, the load whose P99s stay within the limits in most runs; 8: a gain's finalists_compared; 7: a half_width
+# may be null (one run: no interval); 6: study.not_run; 5: metrics.output_tok_s_at_limit with its interval; 4:
+# metrics.output_tok_s_at_limit; 3: several P99 limits (objective.limits_ms, metrics.p99)
 PROFILE_VERSION = 9
 
 

@@ -54,8 +54,8 @@ def _summary(trials: list[records.TrialRecord], remeasured: dict[int, list[Measu
 
 def _study(trials: list[records.TrialRecord], remeasured: dict[int, list[Measurement]],
            steps: dict[int, list[int]] | None = None,
-           p99_run_cv: dict[str, float] | None = None) -> tuple[str, str, Profile]:
-    """:func:`_summary`'s two, and the profile the study wrote."""
+           p99_run_cv: dict[str, float] | None = None, confidence: float = 0.9) -> tuple[str, str, Profile]:
+    """:func:`_summary`'s two, and the profile the study wrote (``confidence``: the study's --confidence)."""
     candidates = []
     for t in trials:
         cand = _candidate(t)
@@ -67,11 +67,11 @@ def _study(trials: list[records.TrialRecord], remeasured: dict[int, list[Measure
     selection = select_winner(candidates, LIMIT, repeats=1, noise_floor=0.03)
     stored = selection_record(selection, LIMIT, 0.03, 0.9)
     winner_trial = next(t for t in trials if t.number == selection.winner.trial_number)
-    settings = SimpleNamespace(search=SimpleNamespace(limits_ms=LIMIT, p99_run_cv=p99_run_cv or {}), model=resolve_model("flash"), engine="sim",
-                               gpu=SimpleNamespace(name="h200"), gpus=1,
+    settings = SimpleNamespace(search=SimpleNamespace(limits_ms=LIMIT, p99_run_cv=p99_run_cv or {}),
+                               model=resolve_model("flash"), engine="sim", gpu=SimpleNamespace(name="h200"), gpus=1,
                                workload=SimpleNamespace(describe=lambda: {"spec": "random:8:8", "seed": 0}),
                                sim_caveats=list, card_caveats=list)
-    cfg = SimpleNamespace(settings=settings, noise_floor=0.03, confidence=0.9, preset="flash", study_name="s",
+    cfg = SimpleNamespace(settings=settings, noise_floor=0.03, confidence=confidence, preset="flash", study_name="s",
                           storage_url="sqlite:///x.db", baseline_layout_note=lambda: "")
     profile = build_profile(cfg, selection, stored, winner_trial, len(trials))
     outcome = SimpleNamespace(profile=profile, profile_path="s/profile.yaml", selection=selection,

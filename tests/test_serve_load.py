@@ -9,9 +9,10 @@ import yaml
 
 from autotune.cli import main
 from autotune.config import REAL_GPU_P99_RUN_CV
-from autotune.profile import read_profile, write_profile
+from autotune.profile import ServeLoad, read_profile, write_profile
 from autotune.records import Measurement
 from autotune.selection import Candidate, LoadCurve, serve_load
+from autotune.winner import describe_serve
 from tests.test_run_summary import CURVE, SLOWER, _study, _trial
 
 LIMIT = {"ttft": 500.0}
@@ -28,39 +29,48 @@ def winner(levels=LEVELS, concurrency=96, runs=((3500.0, 420.0), (3600.0, 480.0)
                      repeats=[Measurement(t, {"ttft": p}) for t, p in fresh])
 
 
-def by_hand(cv: float, levels=LEVELS, concurrency=96, runs=((3500.0, 420.0), (3600.0, 480.0))) -> tuple[int, float]:
-    """The serve load and its throughput, computed from the definition: the levels' P99s shifted through the runs'
-    geometric mean, their crossing of limit / exp(z cv sqrt(1 + 1/n)) interpolated in log load, rounded down; the runs'
-    mean throughput times the levels' throughput ratio between that load and ``concurrency``, in log-log."""
+def by_hand(cv: float, levels=LEVELS, concurrency=96, runs=((3500.0, 420.0), (3600.0, 480.0)),
+            limit_ms: float = LIMIT["ttft"]) -> tuple[int, float, float]:
+    """The serve load, its throughput and its P99, computed from the definition: the levels' P99s shifted through
+    the runs' geometric mean, their crossing of limit / exp(z cv sqrt(1 + 1/n)) interpolated in log load, rounded
+    down; the runs' mean throughput times the levels' throughput ratio between that load and ``concurrency``, and
+    the shifted P99 there, in log-log."""
     loads = [c for c, _, _ in levels]
     level_ms = {c: p for c, _, p in levels}
     level_tok_s = {c: t for c, t, _ in levels}
     expected_ms = math.prod(p for _, p in runs) ** (1 / len(runs))
-    margin_ms = LIMIT["ttft"] / math.exp(Z_95 * cv * math.sqrt(1 + 1 / len(runs)))
+    margin_ms = limit_ms / math.exp(Z_95 * cv * math.sqrt(1 + 1 / len(runs)))
     shifted = {c: level_ms[c] * expected_ms / level_ms[concurrency] for c in loads}
     lo, hi = next((a, b) for a, b in zip(loads, loads[1:]) if shifted[a] <= margin_ms < shifted[b])
     x = math.log(lo) + (math.log(margin_ms / shifted[lo]) / math.log(shifted[hi] / shifted[lo])
                         * math.log(hi / lo))
     serve = min(concurrency, math.floor(math.exp(x)))
     lo, hi = max(c for c in loads if c <= serve), min(c for c in loads if c >= serve)
-    tok_s_at_serve = level_tok_s[lo] if lo == hi else math.exp(
-        math.log(level_tok_s[lo]) + math.log(serve / lo) / math.log(hi / lo)
-        * math.log(level_tok_s[hi] / level_tok_s[lo]))
+
+    def at_serve(y: dict[int, float]) -> float:
+        return y[lo] if lo == hi else math.exp(math.log(y[lo]) + math.log(serve / lo) / math.log(hi / lo)
+                                               * math.log(y[hi] / y[lo]))
+
     mean_tok_s = sum(t for t, _ in runs) / len(runs)
-    return serve, mean_tok_s * tok_s_at_serve / level_tok_s[concurrency]
+    return serve, mean_tok_s * at_serve(level_tok_s) / level_tok_s[concurrency], at_serve(shifted)
 
 
 def test_the_serve_load_is_where_the_shifted_curve_meets_the_margin_the_spread_asks():
     """Runs of 420 and 480 ms at 96 (449 on average, geometrically) under 500 ms: a run there breaks the limit often.
     With the H200's 17.2% run-to-run spread, a run stays within 500 ms 19 times in 20 where the mean is 354 ms."""
     serve = serve_load(winner(), LIMIT, {"ttft": 0.172})
-    concurrency, output_tok_s = by_hand(0.172)
+    concurrency, output_tok_s, p99_ms = by_hand(0.172)
     assert serve is not None and serve.concurrency == concurrency == 79
     assert serve.output_tok_s == pytest.approx(output_tok_s, rel=1e-9)
+    assert serve.p99_ms["ttft"] == pytest.approx(p99_ms, rel=1e-9)
     assert serve.runs_within_limits == 0.95 and serve.p99_run_cv == {"ttft": 0.172}
     assert not serve.below_searched_loads
     # the P99 expected there is within the margin: 500 ms / exp(1.645 * 0.172 * sqrt(1.5)) = 353.6 ms
     assert 340.0 < serve.p99_ms["ttft"] <= 500.0 / math.exp(Z_95 * 0.172 * math.sqrt(1.5))
+    # runs far apart: their geometric mean, 423 ms, is what a run's P99 is expected at, not their mean, 440 ms
+    apart = ((3500.0, 320.0), (3600.0, 560.0))
+    spread_out = serve_load(winner(runs=apart), LIMIT, {"ttft": 0.172})
+    assert spread_out is not None and spread_out.p99_ms["ttft"] == pytest.approx(by_hand(0.172, runs=apart)[2])
 
 
 def test_a_wider_run_to_run_spread_gives_a_lower_serve_load():
@@ -91,14 +101,17 @@ def test_a_serve_load_further_below_the_searched_loads_than_their_resolution_is_
 
 
 def test_with_several_limits_the_tightest_margin_sets_the_serve_load():
+    """P99 ITL a tenth of P99 TTFT at every level and in every run: under 40 ms with its 8.6% spread it binds as
+    P99 TTFT would under 400 ms with that spread."""
     levels = [(c, t, {"ttft": p, "itl": p / 10}) for c, t, p in LEVELS]
-    both = Candidate(1, {}, 96, 3500.0, {"ttft": 420.0, "itl": 44.0}, curve=LoadCurve.from_levels(levels),
-                     repeats=[Measurement(3600.0, {"ttft": 480.0, "itl": 46.0})])
+    both = Candidate(1, {}, 96, 3500.0, {"ttft": 420.0, "itl": 42.0}, curve=LoadCurve.from_levels(levels),
+                     repeats=[Measurement(3600.0, {"ttft": 480.0, "itl": 48.0})])
     cv = {"ttft": 0.172, "itl": 0.086}
     ttft_bound = serve_load(both, {"ttft": 500.0, "itl": 60.0}, cv)
     itl_bound = serve_load(both, {"ttft": 500.0, "itl": 40.0}, cv)
     assert ttft_bound is not None and ttft_bound.concurrency == serve_load(winner(), LIMIT, cv).concurrency
     assert itl_bound is not None and itl_bound.concurrency < ttft_bound.concurrency
+    assert itl_bound.concurrency == by_hand(0.086, limit_ms=400.0)[0] != by_hand(0.172, limit_ms=400.0)[0]
     assert ttft_bound.p99_ms["ttft"] <= 500.0 / math.exp(Z_95 * 0.172 * math.sqrt(1.5))
     assert itl_bound.p99_ms["itl"] <= 40.0 / math.exp(Z_95 * 0.086 * math.sqrt(1.5))
     assert set(itl_bound.p99_ms) == {"ttft", "itl"} and itl_bound.p99_run_cv == cv
@@ -115,11 +128,25 @@ def test_nothing_to_add_without_a_curve_a_load_or_a_run_to_run_spread():
     assert serve_load(no_load, LIMIT, REAL_GPU_P99_RUN_CV) is None
 
 
-def _profiles(p99_run_cv):
+def test_the_serve_line_says_when_the_profiles_own_load_holds_and_when_the_load_is_an_extrapolation():
+    own = ServeLoad(concurrency=96, runs_within_limits=0.95, output_tok_s=3500.0, p99_ms={"ttft": 250.0},
+                    p99_run_cv={"ttft": 0.172}, below_searched_loads=False)
+    assert describe_serve(own, 96, 3600.0) == ("serve at concurrency ≤ 96, the profile's own: its P99s stay within the "
+                                              "limits in 19 runs of 20 (P99 ttft 250 ms expected there, run-to-run "
+                                              "spread 17.2%)")
+    far = own.model_copy(update={"concurrency": 60, "output_tok_s": 2700.0, "below_searched_loads": True})
+    assert describe_serve(far, 96, 3000.0).endswith(
+        ": about 2,700 output tok/s, 10.0% below its throughput at the limit; below the loads its search measured: an "
+        "extrapolation along its load curve")
+    assert describe_serve(far, 96, 2600.0).endswith(", no less than its throughput at the limit; below the loads its "
+                                                    "search measured: an extrapolation along its load curve")
+
+
+def _profiles(p99_run_cv, confidence=0.9):
     tuned = _trial(5, CURVE, 181)
     defaults = _trial(0, SLOWER, 64, baseline="vllm-defaults", flags={})
     remeasured = {5: [Measurement(5050.0, {"ttft": 470.0})], 0: [Measurement(2750.0, {"ttft": 310.0})]}
-    return _study([tuned, defaults], remeasured, p99_run_cv=p99_run_cv)
+    return _study([tuned, defaults], remeasured, p99_run_cv=p99_run_cv, confidence=confidence)
 
 
 def test_the_profile_keeps_its_serve_load_and_one_without_reads_as_before(tmp_path):
@@ -152,12 +179,17 @@ def test_run_says_where_to_serve_for_the_limits_to_hold_in_most_runs():
     assert 0.05 < cost < 0.2
     noiseless, _, _ = _profiles(None)
     assert "serve at" not in noiseless
+    # the study's --confidence sets the share of runs
+    out, _, sure = _profiles({"ttft": 0.172}, confidence=0.95)
+    assert sure.serve is not None and sure.serve.runs_within_limits == 0.975 and sure.serve.concurrency < 130
+    assert "within the limits in 39 runs of 40 (" in out
 
 
 @pytest.mark.slow  # a sim study with the H200's noise: about 5 s
 def test_a_gpu_like_sim_study_writes_and_prints_its_serve_load(tmp_path, capsys):
     assert main(["run", "--model", "flash", "--gpus", "1", "--p99-ms", "200", "--gpu-type", "h200", "--sim-noise",
-                 "h200", "--trials", "1", "--workload", "random:256:64", "--storage", f"sqlite:///{tmp_path}/s.db"]) == 0
+                 "h200", "--trials", "1", "--workload", "random:256:64",
+                 "--storage", f"sqlite:///{tmp_path}/s.db"]) == 0
     out = capsys.readouterr().out
     profile = read_profile(tmp_path / "flash-1gpu-p99ttft200ms" / "profile.yaml")
     serve = profile.serve
