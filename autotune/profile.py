@@ -119,7 +119,7 @@ class ServeLoad(_Record):
     concurrency: int
     runs_within_limits: float
     output_tok_s: float  # expected there
-    p99_ms: dict[str, float]  # each limited metric's P99 expected there (a mean over runs), by metric
+    p99_ms: dict[str, float]  # each limited metric's P99 expected there (the runs' geometric mean, carried), by metric
     p99_run_cv: dict[str, float]  # the run-to-run spread of each limited P99 allowed for (log sd), by metric
     below_searched_loads: bool  # further below the winner's lowest searched load than its search resolves
 

@@ -362,7 +362,7 @@ class ServeLoadEstimate:
     concurrency: int
     runs_within_limits: float  # the share of runs whose P99 of each limited metric stays within its limit
     output_tok_s: float  # expected at ``concurrency``
-    p99_ms: Mapping[str, float]  # each limited metric's P99 expected there (a mean over runs), by metric
+    p99_ms: Mapping[str, float]  # each limited metric's P99 expected there (the runs' geometric mean, carried)
     p99_run_cv: Mapping[str, float]  # the run-to-run spread of each limited P99 it allows for, by metric
     below_searched_loads: bool  # further below the trial's lowest load than the search resolves: an extrapolation
 
@@ -374,12 +374,12 @@ def serve_load(winner: Candidate, limits_ms: Mapping[str, float], p99_run_cv: Ma
 
     The chosen load is the knee, the right load to compare configurations at: its P99s lie near their limits, and
     with a P99 that moves by ``p99_run_cv`` (log sd) from one fresh server to the next, a deployment's runs there
-    break a limit often. A future run's P99 at the chosen load is the geometric mean of
-    the n runs there times a lognormal factor of log sd ``cv * sqrt(1 + 1/n)`` (its spread and that of the mean), so
-    it stays within ``limit / exp(z * cv * sqrt(1 + 1/n))`` in that share of runs; the serve load is where the trial's
-    curve, shifted through the expected P99 (as :meth:`LoadCurve.log_knee` shifts a run's), meets those margins,
-    rounded down. None where nothing is to add: no curve, no load, no P99 measured, or no run-to-run spread for any
-    limited metric (the noiseless sim repeats its figures: the chosen load is the serve load)."""
+    break a limit often. A future run's P99 at the chosen load is the geometric mean of the n runs there times a
+    lognormal factor of log sd ``cv * sqrt(1 + 1/n)`` (its spread and that of the mean), so it stays within
+    ``limit / exp(z * cv * sqrt(1 + 1/n))`` in that share of runs; the serve load is where the trial's curve, shifted
+    through the expected P99 (as :meth:`LoadCurve.log_knee` shifts a run's), meets those margins, rounded down. None
+    where nothing is to add: no curve, no load, no P99 measured, or no run-to-run spread for any limited metric (the
+    noiseless sim repeats its figures: the chosen load is the serve load)."""
     curve, concurrency = winner.curve, winner.concurrency
     spread = {metric: cv for metric in limits_ms if (cv := p99_run_cv.get(metric, 0.0)) > 0}
     if curve is None or concurrency is None or not spread:

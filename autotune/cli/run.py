@@ -13,10 +13,10 @@ from autotune.config import DEFAULT_P99_METRIC, MAX_CONCURRENCY_PER_GPU, RunOpti
 from autotune.errors import NoFeasibleConfigError
 from autotune.loadsearch import LoadSearchConfig
 from autotune.metrics import LATENCY_METRICS, describe_limits
+from autotune.profile import ServeLoad
 from autotune.records import GainRecord, ThroughputRecord, describe_not_run
 from autotune.sim.faults import FAULTS
 from autotune.storage import DEFAULT_STORAGE, hold_study_run, open_storage
-from autotune.profile import ServeLoad
 from autotune.study import StudyConfig, StudyOutcome, run_study
 from autotune.winner import describe_gain, describe_p99s, describe_serve, describe_throughput
 
