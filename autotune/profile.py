@@ -1,6 +1,7 @@
 """The profile: what `run` writes for the winner and `export` reads. YAML, self-describing, reproducible."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import platform
@@ -23,18 +24,18 @@ from autotune.hostcpu import winner_notes
 from autotune.jsonsafe import json_safe
 from autotune.metrics import fmt_ms
 from autotune.records import SelectionRecord, TrialRecord
-from autotune.selection import Candidate, Selection
+from autotune.selection import Candidate, Selection, serve_load
 from autotune.storage import DEFAULT_STORAGE, redact_url
 
 if TYPE_CHECKING:
     from autotune.study import StudyConfig
 
-__all__ = ["Profile", "build_profile", "write_profile", "read_profile", "environment", "PROFILE_VERSION"]
+__all__ = ["Profile", "ServeLoad", "build_profile", "write_profile", "read_profile", "environment", "PROFILE_VERSION"]
 
-# 8: a gain's finalists_compared; 7: a half_width may be null (one run: no interval); 6: study.not_run;
-# 5: metrics.output_tok_s_at_limit with its interval; 4: metrics.output_tok_s_at_limit; 3: several P99 limits
-# (objective.limits_ms, metrics.p99)
-PROFILE_VERSION = 8
+# 9: serve, the load whose P99s stay within the limits in most runs; 8: a gain's finalists_compared; 7: a half_width
+# may be null (one run: no interval); 6: study.not_run; 5: metrics.output_tok_s_at_limit with its interval; 4:
+# metrics.output_tok_s_at_limit; 3: several P99 limits (objective.limits_ms, metrics.p99)
+PROFILE_VERSION = 9
 
 
 class _Record(BaseModel):
@@ -110,6 +111,19 @@ class ProfileMetrics(_Record):
     at_chosen_load: dict[str, Any]  # the last measurement's full metrics
 
 
+class ServeLoad(_Record):
+    """Where a deployment keeps each limited P99 within its limit in most runs (``runs_within_limits`` of them), the
+    profile's ``concurrency`` being the knee, where a run's P99 lies near its limit: derived from the winner's load
+    curve and the run-to-run spread of each P99 (selection.serve_load), not measured at that load."""
+
+    concurrency: int
+    runs_within_limits: float
+    output_tok_s: float  # expected there
+    p99_ms: dict[str, float]  # each limited metric's P99 expected there (the runs' geometric mean, carried), by metric
+    p99_run_cv: dict[str, float]  # the run-to-run spread of each limited P99 allowed for (log sd), by metric
+    below_searched_loads: bool  # further below the winner's lowest searched load than its search resolves
+
+
 class Gain(_Record):
     baseline_trial: int
     baseline_output_tok_s: float
@@ -151,6 +165,9 @@ class Profile(_Record):
     flags: dict[str, Any]
     vllm_serve_cmd: str
     concurrency: int
+    # a lower load where the P99s stay within the limits in most runs; None where runs do not spread (the noiseless
+    # sim) or before version 9
+    serve: ServeLoad | None = None
     stepped_down_from: list[int]  # load levels whose re-measurement broke the limit (a marginal knee)
     # why the winner's load search ended; "deadline" or "max_concurrency": its knee may lie higher
     search_stop_reason: str
@@ -225,6 +242,7 @@ def build_profile(cfg: StudyConfig, selection: Selection, record: SelectionRecor
         workload=json_safe(s.workload.describe()),
         objective=Objective(limits_ms=dict(s.search.limits_ms)),
         flags=json_safe(winner.flags), vllm_serve_cmd=winner.vllm_serve_cmd, concurrency=winner.concurrency,
+        serve=_serve(winner, cfg),
         stepped_down_from=list(winner.stepped_down_from), search_stop_reason=winner_trial.result.stop_reason,
         metrics=ProfileMetrics(
             output_tok_s=ThroughputStats(**record.winner_output_tok_s.to_json()),
@@ -244,6 +262,12 @@ def build_profile(cfg: StudyConfig, selection: Selection, record: SelectionRecor
                + s.card_caveats() + s.sim_caveats() + ([layout] if (layout := cfg.baseline_layout_note()) else [])
                + _ceiling_notes(winner_trial) + _over_limit_notes(winner, s.search.limits_ms)),
     )
+
+
+def _serve(winner: Candidate, cfg: StudyConfig) -> ServeLoad | None:
+    search = cfg.settings.search
+    estimate = serve_load(winner, search.limits_ms, search.p99_run_cv, cfg.confidence)
+    return None if estimate is None else ServeLoad(**dataclasses.asdict(estimate))
 
 
 def _over_limit_notes(winner: Candidate, limits_ms: Mapping[str, float]) -> list[str]:

@@ -8,6 +8,10 @@ means (``sigma * sqrt(1/m + 1/n)``), sigma the profile's runs' own standard devi
 run-to-run floor. Each limited P99: the runs' pooled interval as a study's load level judges it (the requests'
 bootstrap, never narrower than the GPU's run-to-run spread of that P99 over m runs), against the limit. A P99
 within noise of its limit is measured again, as a study's level is (`bench --max-runs`).
+
+A P99 at or over its limit at the profile's load is what a knee gives: the profile's concurrency is the highest load
+its study found within the limits. Where the profile has a serve load (profile.ServeLoad), the check names it: the
+load at which a deployment's P99s stay within the limits in most runs. It judges nothing.
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from autotune.config import REAL_GPU_NOISE_FLOOR, REAL_GPU_P99_RUN_CV
 from autotune.errors import UsageError
 from autotune.loadsearch import p99_limit_sides
 from autotune.metrics import BenchResult
-from autotune.profile import Profile, ThroughputStats, read_profile
+from autotune.profile import Profile, ServeLoad, ThroughputStats, read_profile
+from autotune.winner import describe_serve
 
 __all__ = ["ProfileCheck", "P99Check", "load_profile_for_check", "check_against_profile", "expected_tok_s"]
 
@@ -58,6 +63,16 @@ class ProfileCheck:
     expected_high_tok_s: float
     confidence: float
     p99: tuple[P99Check, ...]
+    serve: ServeLoad | None = None  # the profile's serve load, where it has one
+    profile_at_limit_tok_s: float = math.nan  # the profile's throughput at the limit, which the serve load costs
+
+    @property
+    def serve_advised(self) -> ServeLoad | None:
+        """The profile's serve load where a P99 here is within noise of its limit or over it and the serve load lies
+        below the profile's: a deployment that must hold the limits in most runs serves there."""
+        if self.serve is None or self.serve.concurrency >= self.concurrency:
+            return None
+        return self.serve if any(p.within is not True for p in self.p99) else None
 
     @property
     def change_pct(self) -> float:
@@ -101,16 +116,23 @@ class ProfileCheck:
                        f"{p.limit_ms:g} ms: {verdict} (the profile's runs: {profiled} ms)")
         out.append({True: "the deployment holds its profile", False: "the deployment does NOT hold its profile",
                     None: f"not settled by {runs}: a P99 lies within noise of its limit"}[self.holds])
+        if (serve := self.serve_advised) is not None:
+            out.append(f"the profile's concurrency {self.concurrency} is its knee, where a P99 lies near its limit: a "
+                       f"deployment that must hold the limits in most runs should "
+                       f"{describe_serve(serve, self.concurrency, self.profile_at_limit_tok_s)}")
         return out
 
     def to_json(self) -> dict:
+        serve = self.serve_advised
         return {"concurrency": self.concurrency, "runs": self.runs, "output_tok_s": self.output_tok_s,
                 "profile_mean_tok_s": self.profile_mean_tok_s, "profile_runs": self.profile_runs,
                 "change_pct": self.change_pct, "expected_tok_s": [self.expected_low_tok_s, self.expected_high_tok_s],
                 "confidence": self.confidence, "slower": self.slower, "holds": self.holds,
                 "p99": [{"metric": p.metric, "p99_ms": p.p99_ms, "interval_ms": [p.low_ms, p.high_ms],
                          "limit_ms": p.limit_ms, "within": p.within, "profile_values_ms": list(p.profile_values_ms),
-                         "profile_over_limit": p.profile_over_limit} for p in self.p99]}
+                         "profile_over_limit": p.profile_over_limit} for p in self.p99],
+                "serve_concurrency": serve.concurrency if serve else None,
+                "serve_output_tok_s": serve.output_tok_s if serve else None}
 
 
 def load_profile_for_check(path: str) -> Profile:
@@ -144,7 +166,8 @@ def check_against_profile(profile: Profile, result: BenchResult, runs: int = 1) 
                 for metric, (iv, within) in sides.items())
     return ProfileCheck(concurrency=profile.concurrency, runs=runs, output_tok_s=result.output_tok_s,
                         profile_mean_tok_s=tput.mean, profile_runs=tput.n, expected_low_tok_s=low,
-                        expected_high_tok_s=high, confidence=confidence, p99=p99)
+                        expected_high_tok_s=high, confidence=confidence, p99=p99, serve=profile.serve,
+                        profile_at_limit_tok_s=profile.metrics.output_tok_s_at_limit.mean)
 
 
 def expected_tok_s(tput: ThroughputStats, runs: int = 1) -> tuple[float, float]:

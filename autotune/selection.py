@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 # Student's t quantile, t.ppf(p, dof) as stdtrit(dof, p): scipy.special alone, not scipy.stats, which would add a
 # second to every command's start
-from scipy.special import stdtrit
+from scipy.special import ndtri, stdtrit
 
 from autotune.flags import changed_flags, deploy_flags
 from autotune.loadsearch import LoadSearchConfig
@@ -66,7 +66,7 @@ from autotune.records import GainRecord, Measurement, Remeasurement
 from autotune.stats import increasing_fit
 
 __all__ = ["Candidate", "Selection", "LeftOutTrial", "select_winner", "gain_over", "flags_changed", "LoadCurve",
-           "RunSpread", "tok_s_stats"]
+           "RunSpread", "tok_s_stats", "ServeLoadEstimate", "serve_load"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,19 @@ class LoadCurve:
             shifted = curve + (math.log(p99) - float(np.interp(x_run, self.log_concurrency, curve)))
             x_knee = min(x_knee, _last_crossing(self.log_concurrency, shifted, math.log(limit)))
         return x_knee
+
+    def carried(self, concurrency: int, run: Measurement, to_concurrency: int) -> Measurement:
+        """The run's figures expected at ``to_concurrency``: its throughput times the throughput curve's ratio
+        between the two loads (as :meth:`at_limit_tok_s` carries it), and each P99 along its metric's curve shifted
+        through the run's P99 (as :meth:`log_knee` shifts it); below the loads searched, continued at the mean
+        slope."""
+        x_run, x_to = math.log(concurrency), math.log(to_concurrency)
+        ratio = _interp_below(x_to, self.log_concurrency, self.log_output_tok_s) - \
+            _interp_below(x_run, self.log_concurrency, self.log_output_tok_s)
+        p99_ms = {metric: p99 * math.exp(_interp_below(x_to, self.log_concurrency, curve)
+                                         - float(np.interp(x_run, self.log_concurrency, curve)))
+                  for metric, p99 in run.p99_ms.items() if (curve := self.log_p99_ms.get(metric)) is not None}
+        return Measurement(run.output_tok_s * math.exp(ratio), p99_ms)
 
     def within_reach(self, concurrency: int, run: Measurement, limits_ms: Mapping[str, float]) -> bool:
         """Whether the run's knee lies no further below the lowest load searched than the search's own resolution
@@ -338,6 +351,60 @@ class Candidate:
         if self.curve is None or self.concurrency is None or not self.repeats:
             return False
         return all(self.curve.within_reach(c, m, limits_ms) for c, m in self._counted())
+
+
+@dataclass(frozen=True)
+class ServeLoadEstimate:
+    """Where a deployment of the winner keeps each limited P99 within its limit in ``runs_within_limits`` of its
+    runs (see :func:`serve_load`), and what it is expected to give there: derived from its trial's load curve and the
+    run-to-run P99 spread, not measured at that load."""
+
+    concurrency: int
+    runs_within_limits: float  # the share of runs whose P99 of each limited metric stays within its limit
+    output_tok_s: float  # expected at ``concurrency``
+    p99_ms: Mapping[str, float]  # each limited metric's P99 expected there (the runs' geometric mean, carried)
+    p99_run_cv: Mapping[str, float]  # the run-to-run spread of each limited P99 it allows for, by metric
+    below_searched_loads: bool  # further below the trial's lowest load than the search resolves: an extrapolation
+
+
+def serve_load(winner: Candidate, limits_ms: Mapping[str, float], p99_run_cv: Mapping[str, float],
+               confidence: float = 0.9) -> ServeLoadEstimate | None:
+    """The highest concurrency, at most the winner's, at which one more run's P99 of each limited metric stays within
+    its limit with one-sided probability ``0.5 + confidence / 2``.
+
+    The chosen load is the knee, the right load to compare configurations at: its P99s lie near their limits, and
+    with a P99 that moves by ``p99_run_cv`` (log sd) from one fresh server to the next, a deployment's runs there
+    break a limit often. A future run's P99 at the chosen load is the geometric mean of the n runs there times a
+    lognormal factor of log sd ``cv * sqrt(1 + 1/n)`` (its spread and that of the mean), so it stays within
+    ``limit / exp(z * cv * sqrt(1 + 1/n))`` in that share of runs; the serve load is where the trial's curve, shifted
+    through the expected P99 (as :meth:`LoadCurve.log_knee` shifts a run's), meets those margins, rounded down. None
+    where nothing is to add: no curve, no load, no P99 measured, or no run-to-run spread for any limited metric (the
+    noiseless sim repeats its figures: the chosen load is the serve load)."""
+    curve, concurrency = winner.curve, winner.concurrency
+    spread = {metric: cv for metric in limits_ms if (cv := p99_run_cv.get(metric, 0.0)) > 0}
+    if curve is None or concurrency is None or not spread:
+        return None
+    z = float(ndtri(0.5 + confidence / 2))
+    expected_ms, margins_ms = {}, {}
+    for metric, limit in limits_ms.items():
+        runs = [v for v in winner.p99_values_ms(metric) if v > 0 and math.isfinite(v)]
+        if not runs:
+            return None
+        expected_ms[metric] = math.exp(float(np.mean(np.log(runs))))
+        margins_ms[metric] = limit / math.exp(z * spread.get(metric, 0.0) * math.sqrt(1 + 1 / len(runs)))
+    mean_tok_s = winner.stats()["mean"]
+    if not mean_tok_s > 0:
+        return None
+    at_chosen = Measurement(mean_tok_s, expected_ms)
+    x_serve = curve.log_knee(concurrency, at_chosen, margins_ms)
+    if math.isnan(x_serve):
+        return None
+    # exp(log(c)) may land a hair below the integer c
+    serve = max(1, min(concurrency, math.floor(math.exp(x_serve) * (1 + 1e-9))))
+    there = curve.carried(concurrency, at_chosen, serve)
+    return ServeLoadEstimate(concurrency=serve, runs_within_limits=0.5 + confidence / 2,
+                             output_tok_s=there.output_tok_s, p99_ms=dict(there.p99_ms), p99_run_cv=spread,
+                             below_searched_loads=bool(math.log(serve) < curve.log_concurrency[0] - _SEARCH_RESOLUTION))
 
 
 def tok_s_stats(values: list[float], noise_floor: float = 0.0, confidence: float = 0.9) -> dict[str, float]:

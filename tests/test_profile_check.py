@@ -13,7 +13,7 @@ import yaml
 from autotune.cli import main
 from autotune.config import REAL_GPU_NOISE_FLOOR
 from autotune.metrics import BenchResult, Distribution, RequestOutput
-from autotune.profile import read_profile
+from autotune.profile import ServeLoad, read_profile, write_profile
 from autotune.profile_check import check_against_profile
 from autotune.testing.fakeserver import FakeServer
 
@@ -218,3 +218,53 @@ def test_a_profile_without_throughput_gives_no_ratio_rather_than_an_error(profil
     edited = profile.model_copy(update={"metrics": profile.metrics.model_copy(update={"output_tok_s": tput})})
     check = check_against_profile(edited, result(100.0, 0.1))
     assert math.isnan(check.change_pct) and "(one run), its mean 0 " in check.lines()[0]
+
+
+def with_serve(profile_file: Path, concurrency: int = 12):
+    """The sim study's profile with a serve load below its concurrency 16, as a GPU study's has."""
+    profile = read_profile(profile_file)
+    serve = ServeLoad(concurrency=concurrency, runs_within_limits=0.95,
+                      output_tok_s=0.9 * profile.metrics.output_tok_s_at_limit.mean, p99_ms={"ttft": 350.0},
+                      p99_run_cv={"ttft": 0.172}, below_searched_loads=False)
+    return profile.model_copy(update={"serve": serve})
+
+
+def test_a_p99_at_or_over_its_limit_names_the_profiles_serve_load(profile_file):
+    """The profile's concurrency is its knee, where a P99 lies near its limit: a deployment checked there comes out
+    not settled, or over, as often as not. The check says where a deployment that must hold the limits serves."""
+    profile = with_serve(profile_file)
+    mean = profile.metrics.output_tok_s.mean
+    advice = ("the profile's concurrency 16 is its knee, where a P99 lies near its limit: a deployment that must hold "
+              "the limits in most runs should serve at concurrency ≤ 12 for its P99s within the limits in 19 runs of "
+              "20 (P99 ttft 350 ms expected there, run-to-run spread 17.2%): about "
+              f"{profile.serve.output_tok_s:,.0f} output tok/s, 10.0% below its throughput at the limit")
+    for ttft_s, holds in ((0.56, None), (0.9, False)):
+        check = check_against_profile(profile, result(mean, ttft_s))
+        assert check.holds is holds and check.lines()[-1] == advice
+        assert check.to_json()["serve_concurrency"] == 12
+        assert check.to_json()["serve_output_tok_s"] == pytest.approx(profile.serve.output_tok_s)
+    # what the check judges is the same with a serve load or without
+    assert check_against_profile(read_profile(profile_file), result(mean, 0.9)).holds is False
+    held = check_against_profile(profile, result(mean, 0.3))
+    assert held.holds is True and "should serve at" not in "\n".join(held.lines())
+    assert held.to_json()["serve_concurrency"] is None
+    # without a serve load, or with none below the profile's own, nothing to add
+    for other in (read_profile(profile_file), with_serve(profile_file, 16)):
+        unsettled = check_against_profile(other, result(mean, 0.56))
+        assert unsettled.holds is None and unsettled.lines()[-1].startswith("not settled")
+        assert unsettled.to_json()["serve_concurrency"] is None
+
+
+@pytest.mark.slow  # two load levels at 0.56 s per request
+def test_bench_profile_names_the_serve_load_in_words_and_in_json(server, profile_file, tmp_path, capsys):
+    server.configure(ttft_ms=560, itl_ms=1)
+    slow = with_throughput(profile_file, tmp_path, 1.0, [1.0, 1.0])  # the fake server's speed is not the sim's
+    path = write_profile(with_serve(slow), tmp_path / "served.yaml")
+    assert main(bench(server, path, "--max-runs", "1", "--json")) == 0
+    check = json.loads(capsys.readouterr().out)["profile_check"]
+    assert check["holds"] is None and check["serve_concurrency"] == 12
+    assert main(bench(server, path, "--max-runs", "1")) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2].startswith("not settled by one run") and out[-1].startswith(
+        "the profile's concurrency 16 is its knee, where a P99 lies near its limit: a deployment that must hold the "
+        "limits in most runs should serve at concurrency ≤ 12 for its P99s within the limits in 19 runs of 20")

@@ -197,7 +197,7 @@ def test_a_stepped_down_winner_never_remeasured_reports_that_levels_search_figur
 
     cand = study_mod._candidate(records.read_trial(_study().trials[0]))
     cand.move_to(128)
-    search = SimpleNamespace(limits_ms={"ttft": 500.0})
+    search = SimpleNamespace(limits_ms={"ttft": 500.0}, p99_run_cv={})
     settings = SimpleNamespace(search=search, model=resolve_model("flash"), engine="sim",
                                gpu=SimpleNamespace(name="h100"),
                                gpus=1, workload=SimpleNamespace(describe=lambda: {"spec": "random:8:8", "seed": 0}),

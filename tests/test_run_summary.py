@@ -13,7 +13,7 @@ from rich.console import Console
 from autotune import records
 from autotune.cli.run import print_summary, run_report
 from autotune.models import resolve_model
-from autotune.profile import build_profile
+from autotune.profile import Profile, build_profile
 from autotune.records import LevelRecord, Measurement, P99Record, TrialResult
 from autotune.selection import select_winner
 from autotune.study import _candidate, baseline_summary, finalist_summary, selection_record
@@ -44,9 +44,18 @@ SLOWER = ((64, 2800.0, 300.0), (128, 3800.0, 600.0))  # vLLM's defaults, their k
 
 
 def _summary(trials: list[records.TrialRecord], remeasured: dict[int, list[Measurement]],
-             steps: dict[int, list[int]] | None = None) -> tuple[str, str]:
+             steps: dict[int, list[int]] | None = None, p99_run_cv: dict[str, float] | None = None) -> tuple[str, str]:
     """``run``'s printed summary and `best`'s figures (the Winner that best and export read), for finalists re-measured
-    with ``remeasured`` (by trial, each list's runs in order; ``steps``: the loads a finalist stepped down to first)."""
+    with ``remeasured`` (by trial, each list's runs in order; ``steps``: the loads a finalist stepped down to first);
+    ``p99_run_cv``: the study's run-to-run P99 spread (a GPU study's; none: the noiseless sim's)."""
+    out, best, _ = _study(trials, remeasured, steps, p99_run_cv)
+    return out, best
+
+
+def _study(trials: list[records.TrialRecord], remeasured: dict[int, list[Measurement]],
+           steps: dict[int, list[int]] | None = None,
+           p99_run_cv: dict[str, float] | None = None, confidence: float = 0.9) -> tuple[str, str, Profile]:
+    """:func:`_summary`'s two, and the profile the study wrote (``confidence``: the study's --confidence)."""
     candidates = []
     for t in trials:
         cand = _candidate(t)
@@ -58,11 +67,11 @@ def _summary(trials: list[records.TrialRecord], remeasured: dict[int, list[Measu
     selection = select_winner(candidates, LIMIT, repeats=1, noise_floor=0.03)
     stored = selection_record(selection, LIMIT, 0.03, 0.9)
     winner_trial = next(t for t in trials if t.number == selection.winner.trial_number)
-    settings = SimpleNamespace(search=SimpleNamespace(limits_ms=LIMIT), model=resolve_model("flash"), engine="sim",
-                               gpu=SimpleNamespace(name="h200"), gpus=1,
+    settings = SimpleNamespace(search=SimpleNamespace(limits_ms=LIMIT, p99_run_cv=p99_run_cv or {}),
+                               model=resolve_model("flash"), engine="sim", gpu=SimpleNamespace(name="h200"), gpus=1,
                                workload=SimpleNamespace(describe=lambda: {"spec": "random:8:8", "seed": 0}),
                                sim_caveats=list, card_caveats=list)
-    cfg = SimpleNamespace(settings=settings, noise_floor=0.03, confidence=0.9, preset="flash", study_name="s",
+    cfg = SimpleNamespace(settings=settings, noise_floor=0.03, confidence=confidence, preset="flash", study_name="s",
                           storage_url="sqlite:///x.db", baseline_layout_note=lambda: "")
     profile = build_profile(cfg, selection, stored, winner_trial, len(trials))
     outcome = SimpleNamespace(profile=profile, profile_path="s/profile.yaml", selection=selection,
@@ -75,7 +84,7 @@ def _summary(trials: list[records.TrialRecord], remeasured: dict[int, list[Measu
     w = find_winner(data)
     assert w is not None
     w = replace(w, limits_ms=LIMIT)  # the study's fingerprint holds them
-    return out.getvalue(), f"{w.throughput_text()}, {w.p99_text()}"
+    return out.getvalue(), f"{w.throughput_text()}, {w.p99_text()}", profile
 
 
 def test_the_best_line_gives_the_figures_and_the_interval_best_and_export_give():

@@ -13,11 +13,12 @@ from autotune.config import DEFAULT_P99_METRIC, MAX_CONCURRENCY_PER_GPU, RunOpti
 from autotune.errors import NoFeasibleConfigError
 from autotune.loadsearch import LoadSearchConfig
 from autotune.metrics import LATENCY_METRICS, describe_limits
+from autotune.profile import ServeLoad
 from autotune.records import GainRecord, ThroughputRecord, describe_not_run
 from autotune.sim.faults import FAULTS
 from autotune.storage import DEFAULT_STORAGE, hold_study_run, open_storage
 from autotune.study import StudyConfig, StudyOutcome, run_study
-from autotune.winner import describe_gain, describe_p99s, describe_throughput
+from autotune.winner import describe_gain, describe_p99s, describe_serve, describe_throughput
 
 __all__ = ["commands", "run", "run_report"]
 
@@ -155,7 +156,8 @@ def run_report(outcome: StudyOutcome, cfg: StudyConfig) -> dict[str, Any]:
                           "output_tok_s_at_limit": profile.metrics.output_tok_s_at_limit.mean,
                           "output_tok_s_at_limit_interval": profile.metrics.output_tok_s_at_limit.model_dump(),
                           "repeats": profile.metrics.repeats, "stepped_down_from": profile.stepped_down_from,
-                          "baseline": profile.baseline}
+                          "baseline": profile.baseline,
+                          "serve": profile.serve.model_dump() if profile.serve is not None else None}
         report["notes"] = list(profile.notes)
     else:
         report["best"] = None
@@ -192,6 +194,9 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     console.print(f"[bold green]Best[/]: trial {best['trial']} — {throughput}, "
                   f"{describe_p99s(p99, report['limits_ms'], values)}", highlight=False)
     console.print(f"  {best['vllm_serve_cmd']}", markup=False, highlight=False)
+    if best.get("serve"):
+        serve = describe_serve(ServeLoad(**best["serve"]), best["concurrency"], best["output_tok_s_at_limit"])
+        console.print(f"  {serve}", markup=False, highlight=False)
     for name, b in (report.get("baselines") or {}).items():
         g = b.get("gain") or {}
         figure = (f"{b['output_tok_s_at_limit']:,.0f} tok/s at the limit" if b["meets_limit"] else
