@@ -177,6 +177,7 @@ def compare_rows(summaries: Sequence[StudySummary]) -> list[Row]:
         Row("winner", each(lambda s: f"trial {s.winner.trial}" + (f" ({s.winner.baseline})" if s.winner.baseline
                                                                   else "") if s.winner else "no winner")),
         Row("output tok/s at the limit", winner(lambda w: w.throughput_text())),
+        Row("serve load", winner(lambda w: w.serve_text() or "-")),
     ]
     metrics = list(dict.fromkeys(m for s in summaries for m in s.data.limits_ms))
     for metric in metrics:

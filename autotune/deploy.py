@@ -142,6 +142,8 @@ def build_deployment(data: StudyRecords, winner: Winner) -> Deployment:
     header = [f"autotune: study {data.name!r}, trial {winner.trial} ({winner.source})",
               f"throughput at the limit: {winner.throughput_text()}",
               f"constraint: {describe_limits(winner.limits_ms)}; measured {winner.p99_text()}"]
+    if (serve := winner.serve_text()) is not None:
+        header.append(serve)
     header += [f"gain over {name}: {text}" for name, text in winner.gain_texts().items()]
     if winner.verdict:
         header.append(f"verdict: {winner.verdict}")

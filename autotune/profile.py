@@ -1,7 +1,6 @@
 """The profile: what `run` writes for the winner and `export` reads. YAML, self-describing, reproducible."""
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import math
 import platform
@@ -24,7 +23,7 @@ from autotune.hostcpu import winner_notes
 from autotune.jsonsafe import json_safe
 from autotune.metrics import fmt_ms
 from autotune.records import SelectionRecord, TrialRecord
-from autotune.selection import Candidate, Selection, serve_load
+from autotune.selection import Candidate, Selection
 from autotune.storage import DEFAULT_STORAGE, redact_url
 
 if TYPE_CHECKING:
@@ -242,7 +241,7 @@ def build_profile(cfg: StudyConfig, selection: Selection, record: SelectionRecor
         workload=json_safe(s.workload.describe()),
         objective=Objective(limits_ms=dict(s.search.limits_ms)),
         flags=json_safe(winner.flags), vllm_serve_cmd=winner.vllm_serve_cmd, concurrency=winner.concurrency,
-        serve=_serve(winner, cfg),
+        serve=ServeLoad(**record.winner_serve.to_json()) if record.winner_serve else None,
         stepped_down_from=list(winner.stepped_down_from), search_stop_reason=winner_trial.result.stop_reason,
         metrics=ProfileMetrics(
             output_tok_s=ThroughputStats(**record.winner_output_tok_s.to_json()),
@@ -262,12 +261,6 @@ def build_profile(cfg: StudyConfig, selection: Selection, record: SelectionRecor
                + s.card_caveats() + s.sim_caveats() + ([layout] if (layout := cfg.baseline_layout_note()) else [])
                + _ceiling_notes(winner_trial) + _over_limit_notes(winner, s.search.limits_ms)),
     )
-
-
-def _serve(winner: Candidate, cfg: StudyConfig) -> ServeLoad | None:
-    search = cfg.settings.search
-    estimate = serve_load(winner, search.limits_ms, search.p99_run_cv, cfg.confidence)
-    return None if estimate is None else ServeLoad(**dataclasses.asdict(estimate))
 
 
 def _over_limit_notes(winner: Candidate, limits_ms: Mapping[str, float]) -> list[str]:

@@ -27,7 +27,8 @@ from autotune.config import REAL_GPU_NOISE_FLOOR, REAL_GPU_P99_RUN_CV
 from autotune.errors import UsageError
 from autotune.loadsearch import p99_limit_sides
 from autotune.metrics import BenchResult
-from autotune.profile import Profile, ServeLoad, ThroughputStats, read_profile
+from autotune.profile import Profile, ThroughputStats, read_profile
+from autotune.records import ServeLoadRecord
 from autotune.winner import describe_serve
 
 __all__ = ["ProfileCheck", "P99Check", "load_profile_for_check", "check_against_profile", "expected_tok_s"]
@@ -63,11 +64,11 @@ class ProfileCheck:
     expected_high_tok_s: float
     confidence: float
     p99: tuple[P99Check, ...]
-    serve: ServeLoad | None = None  # the profile's serve load, where it has one
+    serve: ServeLoadRecord | None = None  # the profile's serve load, where it has one
     profile_at_limit_tok_s: float = math.nan  # the profile's throughput at the limit, which the serve load costs
 
     @property
-    def serve_advised(self) -> ServeLoad | None:
+    def serve_advised(self) -> ServeLoadRecord | None:
         """The profile's serve load where a P99 here is within noise of its limit or over it and the serve load lies
         below the profile's: a deployment that must hold the limits in most runs serves there."""
         if self.serve is None or self.serve.concurrency >= self.concurrency:
@@ -166,7 +167,8 @@ def check_against_profile(profile: Profile, result: BenchResult, runs: int = 1) 
                 for metric, (iv, within) in sides.items())
     return ProfileCheck(concurrency=profile.concurrency, runs=runs, output_tok_s=result.output_tok_s,
                         profile_mean_tok_s=tput.mean, profile_runs=tput.n, expected_low_tok_s=low,
-                        expected_high_tok_s=high, confidence=confidence, p99=p99, serve=profile.serve,
+                        expected_high_tok_s=high, confidence=confidence, p99=p99,
+                        serve=ServeLoadRecord.from_json(profile.serve.model_dump()) if profile.serve else None,
                         profile_at_limit_tok_s=profile.metrics.output_tok_s_at_limit.mean)
 
 

@@ -43,7 +43,8 @@ from autotune.storage import retried_trial
 __all__ = [
     "RECORDS_VERSION", "STOPPED_AT_MAX_CONCURRENCY", "P99Record", "HostCpuRecord", "LevelRecord", "TrialResult",
     "TrialRecord", "Measurement", "Remeasurement",
-    "GainRecord", "ThroughputRecord", "SelectionRecord", "StudyFingerprint", "RunRecord", "SearchLeft", "queue_attrs",
+    "GainRecord", "ThroughputRecord", "ServeLoadRecord", "SelectionRecord", "StudyFingerprint", "RunRecord",
+    "SearchLeft", "queue_attrs",
     "queued_baseline", "queued_try", "queued_try_unkept", "write_trial_result", "trial_result_attrs",
     "finished_trial_attrs", "replayed_attrs", "take_result", "read_trial", "read_trials", "count_finished",
     "read_remeasurement", "write_remeasurement", "read_selection", "write_selection",
@@ -458,6 +459,30 @@ class GainRecord:
 
 
 @dataclass(frozen=True)
+class ServeLoadRecord:
+    """Where a deployment of the winner keeps each limited P99 within its limit in ``runs_within_limits`` of its
+    runs, and what it is expected to give there (selection.serve_load says how): derived from its trial's load curve
+    and the run-to-run P99 spread, not measured at that load."""
+
+    concurrency: int
+    runs_within_limits: float  # the share of runs whose P99 of each limited metric stays within its limit
+    output_tok_s: float  # expected at ``concurrency``
+    p99_ms: Mapping[str, float]  # each limited metric's P99 expected there (the runs' geometric mean, carried)
+    p99_run_cv: Mapping[str, float]  # the run-to-run spread of each limited P99 it allows for (log sd), by metric
+    below_searched_loads: bool  # further below the trial's lowest load than the search resolves: an extrapolation
+
+    def to_json(self) -> dict[str, Any]:
+        return json_safe({"concurrency": self.concurrency, "runs_within_limits": self.runs_within_limits,
+                          "output_tok_s": self.output_tok_s, "p99_ms": dict(self.p99_ms),
+                          "p99_run_cv": dict(self.p99_run_cv), "below_searched_loads": self.below_searched_loads})
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ServeLoadRecord:
+        return cls(int(data["concurrency"]), float(data["runs_within_limits"]), _num(data["output_tok_s"]),
+                   _floats(data["p99_ms"]), _floats(data["p99_run_cv"]), bool(data["below_searched_loads"]))
+
+
+@dataclass(frozen=True)
 class ThroughputRecord:
     """Output tok/s over a candidate's measurements (its re-measurements, else the search's one figure), with the
     half width of the mean's t interval at ``confidence`` (never below the noise floor; NaN with one measurement,
@@ -494,6 +519,9 @@ class SelectionRecord:
     winner_output_tok_s: ThroughputRecord | None = None
     winner_at_limit_tok_s: ThroughputRecord | None = None
     winner_p99_ms: Mapping[str, float] = field(default_factory=dict)
+    # the lower load where the winner's P99s stay within the limits in most runs (None: its runs do not spread, as
+    # the noiseless sim's, or a study selected before it was kept)
+    winner_serve: ServeLoadRecord | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"winner_trial": self.winner_trial, "verdict": self.verdict,
@@ -502,7 +530,8 @@ class SelectionRecord:
                 "winner_concurrency": self.winner_concurrency,
                 "winner_output_tok_s": self.winner_output_tok_s.to_json() if self.winner_output_tok_s else None,
                 "winner_at_limit_tok_s": self.winner_at_limit_tok_s.to_json() if self.winner_at_limit_tok_s else None,
-                "winner_p99_ms": json_safe(dict(self.winner_p99_ms))}
+                "winner_p99_ms": json_safe(dict(self.winner_p99_ms)),
+                "winner_serve": self.winner_serve.to_json() if self.winner_serve else None}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SelectionRecord:
@@ -513,7 +542,8 @@ class SelectionRecord:
                    {k: GainRecord.from_json(g) for k, g in data["gains"].items()},
                    tuple(int(n) for n in data["equal_within_noise"]), tuple(int(n) for n in data["unconfirmed"]),
                    _opt_int(data["winner_concurrency"]), tput("winner_output_tok_s"), tput("winner_at_limit_tok_s"),
-                   _floats(data["winner_p99_ms"]))
+                   _floats(data["winner_p99_ms"]),
+                   ServeLoadRecord.from_json(data["winner_serve"]) if data.get("winner_serve") else None)
 
 
 @dataclass(frozen=True)

@@ -62,11 +62,11 @@ from scipy.special import ndtri, stdtrit
 
 from autotune.flags import changed_flags, deploy_flags
 from autotune.loadsearch import LoadSearchConfig
-from autotune.records import GainRecord, Measurement, Remeasurement
+from autotune.records import GainRecord, Measurement, Remeasurement, ServeLoadRecord
 from autotune.stats import increasing_fit
 
 __all__ = ["Candidate", "Selection", "LeftOutTrial", "select_winner", "gain_over", "flags_changed", "LoadCurve",
-           "RunSpread", "tok_s_stats", "ServeLoadEstimate", "serve_load"]
+           "RunSpread", "tok_s_stats", "serve_load"]
 
 
 @dataclass(frozen=True)
@@ -353,22 +353,8 @@ class Candidate:
         return all(self.curve.within_reach(c, m, limits_ms) for c, m in self._counted())
 
 
-@dataclass(frozen=True)
-class ServeLoadEstimate:
-    """Where a deployment of the winner keeps each limited P99 within its limit in ``runs_within_limits`` of its
-    runs (see :func:`serve_load`), and what it is expected to give there: derived from its trial's load curve and the
-    run-to-run P99 spread, not measured at that load."""
-
-    concurrency: int
-    runs_within_limits: float  # the share of runs whose P99 of each limited metric stays within its limit
-    output_tok_s: float  # expected at ``concurrency``
-    p99_ms: Mapping[str, float]  # each limited metric's P99 expected there (the runs' geometric mean, carried)
-    p99_run_cv: Mapping[str, float]  # the run-to-run spread of each limited P99 it allows for, by metric
-    below_searched_loads: bool  # further below the trial's lowest load than the search resolves: an extrapolation
-
-
 def serve_load(winner: Candidate, limits_ms: Mapping[str, float], p99_run_cv: Mapping[str, float],
-               confidence: float = 0.9) -> ServeLoadEstimate | None:
+               confidence: float = 0.9) -> ServeLoadRecord | None:
     """The highest concurrency, at most the winner's, at which one more run's P99 of each limited metric stays within
     its limit with one-sided probability ``0.5 + confidence / 2``.
 
@@ -402,9 +388,9 @@ def serve_load(winner: Candidate, limits_ms: Mapping[str, float], p99_run_cv: Ma
     # exp(log(c)) may land a hair below the integer c
     serve = max(1, min(concurrency, math.floor(math.exp(x_serve) * (1 + 1e-9))))
     there = curve.carried(concurrency, at_chosen, serve)
-    return ServeLoadEstimate(concurrency=serve, runs_within_limits=0.5 + confidence / 2,
-                             output_tok_s=there.output_tok_s, p99_ms=dict(there.p99_ms), p99_run_cv=spread,
-                             below_searched_loads=bool(math.log(serve) < curve.log_concurrency[0] - _SEARCH_RESOLUTION))
+    return ServeLoadRecord(concurrency=serve, runs_within_limits=0.5 + confidence / 2,
+                           output_tok_s=there.output_tok_s, p99_ms=dict(there.p99_ms), p99_run_cv=spread,
+                           below_searched_loads=bool(math.log(serve) < curve.log_concurrency[0] - _SEARCH_RESOLUTION))
 
 
 def tok_s_stats(values: list[float], noise_floor: float = 0.0, confidence: float = 0.9) -> dict[str, float]:

@@ -41,7 +41,7 @@ from autotune.storage import (MAX_RETRIES, fail_as_dead, fail_dead_processes_tri
                               holds_alone, record_heartbeat_now, redact_url, retried_trial, stale_after_s,
                               trials_with_heartbeat)
 from autotune.records import Measurement, StudyFingerprint, TrialRecord, TrialResult
-from autotune.selection import Candidate, LeftOutTrial, LoadCurve, Selection, select_winner, tok_s_stats
+from autotune.selection import Candidate, LeftOutTrial, LoadCurve, Selection, select_winner, serve_load, tok_s_stats
 from autotune.space import SearchSpace
 from autotune.trial import TrialSettings, measure_once, run_trial, runs_in_process, sim_predicted_knee
 
@@ -1208,7 +1208,8 @@ def remeasure_and_select(study: optuna.Study, cfg: StudyConfig, deadline: float 
     spare_rounds(study, cfg, candidates, deadline, progress, runner)
     selection = select_winner(candidates, limits_ms, cfg.repeats, cfg.noise_floor, cfg.confidence,
                               finished_trials=records.count_finished(records.read_trials(study)), left_out=left_out)
-    records.write_selection(study, selection_record(selection, limits_ms, cfg.noise_floor, cfg.confidence))
+    records.write_selection(study, selection_record(selection, limits_ms, cfg.noise_floor, cfg.confidence,
+                                                    cfg.settings.search.p99_run_cv))
     return selection
 
 
@@ -1304,8 +1305,9 @@ def _remeasure(study: optuna.Study, cfg: StudyConfig, cand: Candidate, slot: tup
 
 
 def selection_record(selection: Selection, limits_ms: Mapping[str, float], noise_floor: float,
-                     confidence: float) -> records.SelectionRecord:
-    """What the study stores of the verdict, the winner's figures included (export and compare read them)."""
+                     confidence: float, p99_run_cv: Mapping[str, float]) -> records.SelectionRecord:
+    """What the study stores of the verdict, the winner's figures included (export and compare read them), and
+    its serve load (selection.serve_load: its P99s' run-to-run spread ``p99_run_cv``)."""
     winner = selection.winner
     figures: dict[str, Any] = {}
     if winner is not None:
@@ -1317,7 +1319,8 @@ def selection_record(selection: Selection, limits_ms: Mapping[str, float], noise
         figures = {"winner_concurrency": winner.concurrency,
                    "winner_output_tok_s": record(winner.stats(noise_floor, confidence)),
                    "winner_at_limit_tok_s": record(tok_s_stats(at_limit, noise_floor, confidence)),
-                   "winner_p99_ms": {metric: winner.p99_mean_ms(metric) for metric in limits_ms}}
+                   "winner_p99_ms": {metric: winner.p99_mean_ms(metric) for metric in limits_ms},
+                   "winner_serve": serve_load(winner, limits_ms, p99_run_cv, confidence)}
     return records.SelectionRecord(winner.trial_number if winner else None, selection.verdict, selection.gains,
                                    tuple(selection.equal_within_noise), tuple(selection.unconfirmed), **figures)
 

@@ -11,17 +11,15 @@ from datetime import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 
 from autotune import records
 from autotune.errors import NoFeasibleConfigError
 from autotune.metrics import describe_limits, fmt_ms
-from autotune.records import GainRecord, Measurement, RunRecord, StudyFingerprint, ThroughputRecord, TrialRecord
-
-if TYPE_CHECKING:
-    from autotune.profile import ServeLoad
+from autotune.records import (GainRecord, Measurement, RunRecord, ServeLoadRecord, StudyFingerprint,
+                              ThroughputRecord, TrialRecord)
 
 __all__ = ["Winner", "StudyRecords", "read_study", "find_winner", "require_winner", "describe_gain",
            "describe_throughput", "describe_p99s", "describe_serve"]
@@ -48,6 +46,7 @@ class Winner:
     remeasurements: tuple[Measurement, ...] = ()
     verdict: str | None = None
     gains: Mapping[str, GainRecord] = field(default_factory=dict)
+    serve: ServeLoadRecord | None = None  # the lower load where its P99s stay within the limits in most runs
 
     @property
     def source(self) -> str:
@@ -67,6 +66,10 @@ class Winner:
     def p99_text(self) -> str:
         """``P99 ttft 430 ms (limit 500 ms), P99 itl 41.2 ms (limit 50 ms)``."""
         return describe_p99s(self.p99_ms, self.limits_ms)
+
+    def serve_text(self) -> str | None:
+        """``serve at concurrency ≤ 76 for its P99s within the limits in 19 runs of 20 (...)``; None without one."""
+        return None if self.serve is None else describe_serve(self.serve, self.concurrency, self.at_limit_tok_s.mean)
 
     def gain_texts(self) -> dict[str, str]:
         """Each baseline's line: ``+12.3% (90% interval +8.0% to +16.6%, beyond noise)``, by baseline name."""
@@ -114,11 +117,11 @@ def describe_p99s(p99_ms: Mapping[str, float], limits_ms: Mapping[str, float],
     return ", ".join(parts)
 
 
-def describe_serve(serve: ServeLoad, concurrency: int, at_limit_tok_s: float) -> str:
+def describe_serve(serve: ServeLoadRecord, concurrency: int, at_limit_tok_s: float) -> str:
     """``serve at concurrency ≤ 76 for its P99s within the limits in 19 runs of 20 (P99 ttft 352 ms expected there,
-    run-to-run spread 17.2%): about 3,310 output tok/s, 2.0% below its throughput at the limit``: the profile's serve
-    load (profile.ServeLoad) as `run` and `bench --profile` state it, against the profile's ``concurrency`` and
-    ``at_limit_tok_s``, what the verdict ranks."""
+    run-to-run spread 17.2%): about 3,310 output tok/s, 2.0% below its throughput at the limit``: the winner's serve
+    load (selection.serve_load) as `run`, `best`, `export`, `compare` and `bench --profile` state it, against the
+    winner's ``concurrency`` and ``at_limit_tok_s``, what the verdict ranks."""
     share = Fraction(serve.runs_within_limits).limit_denominator(1000)
     spread = ", ".join(f"P99 {metric} {fmt_ms(p99)} ms expected there, run-to-run spread "
                        f"{serve.p99_run_cv.get(metric, 0.0):.1%}" for metric, p99 in serve.p99_ms.items())
@@ -217,7 +220,7 @@ def find_winner(data: StudyRecords) -> Winner | None:
                       stepped_down_from=stored.stepped_down_from if stored else (),
                       metrics=trial.result.metrics_at(selection.winner_concurrency, runs),
                       remeasurements=stored.repeats if stored else (),
-                      verdict=selection.verdict, gains=dict(selection.gains))
+                      verdict=selection.verdict, gains=dict(selection.gains), serve=selection.winner_serve)
     feasible = [t for t in data.trials if t.feasible]
     if not feasible:
         return None

@@ -130,5 +130,5 @@ def _select(study: optuna.Study, limits_ms: dict[str, float], rng: random.Random
                         for _ in range(2)]
         records.write_remeasurement(study, cand.remeasurement())
     selection = select_winner(candidates, limits_ms, repeats=2, noise_floor=0.03, confidence=0.9)
-    records.write_selection(study, selection_record(selection, limits_ms, 0.03, 0.9))
+    records.write_selection(study, selection_record(selection, limits_ms, 0.03, 0.9, {}))
 

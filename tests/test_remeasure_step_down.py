@@ -50,7 +50,7 @@ class _Settings:
 
 def _cfg(tmp_path: Path, repeats: int = 2, limits_ms: dict[str, float] | None = None, max_repeats: int = 0,
          gpu_slots: tuple[tuple[str, ...], ...] = (("0",),)) -> SimpleNamespace:
-    search = SimpleNamespace(limits_ms=limits_ms or {"ttft": 500.0})
+    search = SimpleNamespace(limits_ms=limits_ms or {"ttft": 500.0}, p99_run_cv={})
     return SimpleNamespace(top_k=1, repeats=repeats, max_repeats=max(repeats, max_repeats), noise_floor=0.0,
                            confidence=0.9, out_dir=tmp_path, study_name="s", settings=_Settings(search=search),
                            gpu_slots=gpu_slots)
@@ -205,7 +205,7 @@ def test_a_stepped_down_winner_never_remeasured_reports_that_levels_search_figur
     cfg = SimpleNamespace(settings=settings, noise_floor=0.0, confidence=0.9, preset="flash", study_name="s",
                           storage_url="sqlite:///x.db", baseline_layout_note=lambda: "")
     selection = select_winner([cand], {"ttft": 500.0}, repeats=0)
-    stored = study_mod.selection_record(selection, {"ttft": 500.0}, 0.0, 0.9)
+    stored = study_mod.selection_record(selection, {"ttft": 500.0}, 0.0, 0.9, {})
     profile = build_profile(cfg, selection, stored, records.read_trial(_study().trials[0]), 1)
     m = profile.metrics.at_chosen_load
     assert profile.concurrency == 128 and m["concurrency"] == 128 and m["output_tok_s"] == 4500.0

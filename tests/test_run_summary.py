@@ -65,7 +65,7 @@ def _study(trials: list[records.TrialRecord], remeasured: dict[int, list[Measure
         cand.repeats = remeasured[t.number]
         candidates.append(cand)
     selection = select_winner(candidates, LIMIT, repeats=1, noise_floor=0.03)
-    stored = selection_record(selection, LIMIT, 0.03, 0.9)
+    stored = selection_record(selection, LIMIT, 0.03, confidence, p99_run_cv or {})
     winner_trial = next(t for t in trials if t.number == selection.winner.trial_number)
     settings = SimpleNamespace(search=SimpleNamespace(limits_ms=LIMIT, p99_run_cv=p99_run_cv or {}),
                                model=resolve_model("flash"), engine="sim", gpu=SimpleNamespace(name="h200"), gpus=1,

@@ -2,7 +2,9 @@
 the trial's load curve and the run-to-run P99 spread; in the profile, `run`'s summary and `bench --profile`."""
 from __future__ import annotations
 
+import json
 import math
+import subprocess
 
 import pytest
 import yaml
@@ -10,7 +12,7 @@ import yaml
 from autotune.cli import main
 from autotune.config import REAL_GPU_P99_RUN_CV
 from autotune.profile import ServeLoad, read_profile, write_profile
-from autotune.records import Measurement
+from autotune.records import Measurement, SelectionRecord, ServeLoadRecord
 from autotune.selection import Candidate, LoadCurve, serve_load
 from autotune.winner import describe_serve
 from tests.test_run_summary import CURVE, SLOWER, _study, _trial
@@ -198,3 +200,26 @@ def test_a_gpu_like_sim_study_writes_and_prints_its_serve_load(tmp_path, capsys)
     assert f"\n  serve at concurrency ≤ {serve.concurrency} for its P99s within the limits in 19 runs of 20 (P99 " \
            f"ttft {serve.p99_ms['ttft']:.0f} ms expected there, run-to-run spread 17.2%): about " \
            f"{serve.output_tok_s:,.0f} output tok/s, " in out
+    # the study stores it with the verdict: `best`, `export`'s header and `compare` state it in the same words
+    line = f"serve at concurrency ≤ {serve.concurrency} for its P99s within the limits in 19 runs of 20"
+    storage = ["--storage", f"sqlite:///{tmp_path}/s.db"]
+    assert main(["best", "--study", "flash-1gpu-p99ttft200ms", *storage]) == 0
+    assert f"\n  {line}" in capsys.readouterr().out
+    assert main(["best", "--study", "flash-1gpu-p99ttft200ms", "--json", *storage]) == 0
+    assert json.loads(capsys.readouterr().out)["best"]["serve"]["concurrency"] == serve.concurrency
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    assert main(["export", "--study", "flash-1gpu-p99ttft200ms", *storage, "--to", str(repo), "--format", "sh"]) == 0
+    assert f"\n# {line}" in next(repo.glob("*.sh")).read_text()
+    assert main(["compare", *storage, "flash-1gpu-p99ttft200ms"]) == 0
+    assert "serve load" in capsys.readouterr().out
+
+
+def test_the_selection_record_keeps_the_serve_load_and_one_without_reads_as_before():
+    serve = ServeLoadRecord(concurrency=130, runs_within_limits=0.95, output_tok_s=4600.0, p99_ms={"ttft": 352.0},
+                            p99_run_cv={"ttft": 0.172}, below_searched_loads=False)
+    record = SelectionRecord(5, "a verdict", winner_concurrency=181, winner_serve=serve)
+    stored = json.loads(json.dumps(record.to_json()))
+    assert SelectionRecord.from_json(stored) == record
+    del stored["winner_serve"]  # a study selected before the serve load was kept
+    assert SelectionRecord.from_json(stored).winner_serve is None

@@ -13,8 +13,7 @@ from autotune.config import DEFAULT_P99_METRIC, MAX_CONCURRENCY_PER_GPU, RunOpti
 from autotune.errors import NoFeasibleConfigError
 from autotune.loadsearch import LoadSearchConfig
 from autotune.metrics import LATENCY_METRICS, describe_limits
-from autotune.profile import ServeLoad
-from autotune.records import GainRecord, ThroughputRecord, describe_not_run
+from autotune.records import GainRecord, ServeLoadRecord, ThroughputRecord, describe_not_run
 from autotune.sim.faults import FAULTS
 from autotune.storage import DEFAULT_STORAGE, hold_study_run, open_storage
 from autotune.study import StudyConfig, StudyOutcome, run_study
@@ -195,7 +194,8 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
                   f"{describe_p99s(p99, report['limits_ms'], values)}", highlight=False)
     console.print(f"  {best['vllm_serve_cmd']}", markup=False, highlight=False)
     if best.get("serve"):
-        serve = describe_serve(ServeLoad(**best["serve"]), best["concurrency"], best["output_tok_s_at_limit"])
+        serve = describe_serve(ServeLoadRecord.from_json(best["serve"]), best["concurrency"],
+                               best["output_tok_s_at_limit"])
         console.print(f"  {serve}", markup=False, highlight=False)
     for name, b in (report.get("baselines") or {}).items():
         g = b.get("gain") or {}

@@ -37,6 +37,7 @@ def _winner_json(w: Winner) -> dict[str, Any]:
         "remeasurements": [{"output_tok_s": m.output_tok_s, "p99_ms": m.p99_ms, "failure": m.failure}
                            for m in w.remeasurements],
         "verdict": w.verdict, "gains": {k: g.to_json() for k, g in w.gains.items()} if w.selected else None,
+        "serve": w.serve.to_json() if w.serve else None,
     })
 
 
@@ -58,6 +59,8 @@ def best(study_name: str, storage: str | None, as_json: bool) -> None:
     console.print(f"[bold]{study_name}[/]: trial {w.trial} ({w.source})")
     console.print(f"  {w.throughput_text()}, {w.p99_text()}", markup=False, highlight=False)
     console.print(f"  {w.vllm_serve_cmd}", markup=False, highlight=False)
+    if (serve := w.serve_text()) is not None:
+        console.print(f"  {serve}", markup=False, highlight=False)
     for name, text in w.gain_texts().items():
         console.print(f"  gain over {name}: {text}", markup=False, highlight=False)
     if w.verdict:
