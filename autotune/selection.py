@@ -545,8 +545,15 @@ def _select(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats
         ("; fresh-server re-measurements failed (no claim rests on them): " + ", ".join(_name(c) for c in failed)
          if failed else "")
 
+    # The family the joint intervals hold over: the finalists that met the limits, and every baseline compared by an
+    # interval although it did not (over a limit in re-measurement, its runs carried below its load; see gain_over):
+    # each is one more difference the winner, the best of them, is judged against.
+    compared = len(confirmed) + sum(1 for c in candidates if c.baseline and c not in confirmed and c not in failed
+                                    and c.confirmed(repeats) and c.curve is not None and not c.met_no_limit
+                                    and any(math.isfinite(v) and v > 0 for v in c.at_limit_tok_s(limits_ms)))
+
     def gains_of(winner: Candidate) -> dict[str, GainRecord]:
-        return {c.baseline: gain_over(winner, c, limits_ms, noise_floor, confidence, spread, len(confirmed))
+        return {c.baseline: gain_over(winner, c, limits_ms, noise_floor, confidence, spread, compared)
                 for c in candidates if c.baseline and c is not winner and c not in failed
                 and (c.confirmed(repeats) or c.met_no_limit)}
 
@@ -557,7 +564,7 @@ def _select(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats
                          [c.trial_number for c in unconfirmed], best.trial_number, spread_measured=False)
     equals = [c for c in confirmed
               if c is best or not gain_over(best, c, limits_ms, noise_floor, confidence, spread,
-                                            len(confirmed)).significant]
+                                            compared).significant]
     # Simplicity is bought only where the measured price is within one run's spread (see the module).
     margin = max(noise_floor, -math.expm1(-spread.log_std))
     near = [c for c in equals if mean(c) >= mean(best) * (1.0 - margin)]
