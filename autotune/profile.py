@@ -165,7 +165,8 @@ class Profile(_Record):
     vllm_serve_cmd: str
     concurrency: int
     # a lower load where the P99s stay within the limits in most runs; None where runs do not spread (the noiseless
-    # sim) or before version 9
+    # sim), where the winner's load curve does not bring a P99 down to its margin (one level, a flat curve), or
+    # before version 9
     serve: ServeLoad | None = None
     stepped_down_from: list[int]  # load levels whose re-measurement broke the limit (a marginal knee)
     # why the winner's load search ended; "deadline" or "max_concurrency": its knee may lie higher

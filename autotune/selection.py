@@ -365,7 +365,8 @@ def serve_load(winner: Candidate, limits_ms: Mapping[str, float], p99_run_cv: Ma
     ``limit / exp(z * cv * sqrt(1 + 1/n))`` in that share of runs; the serve load is where the trial's curve, shifted
     through the expected P99 (as :meth:`LoadCurve.log_knee` shifts a run's), meets those margins, rounded down. None
     where nothing is to add: no curve, no load, no P99 measured, or no run-to-run spread for any limited metric (the
-    noiseless sim repeats its figures: the chosen load is the serve load)."""
+    noiseless sim repeats its figures: the chosen load is the serve load); None too where the curve does not bring a
+    P99 down to its margin (one level, a flat curve): it cannot say where that load is."""
     curve, concurrency = winner.curve, winner.concurrency
     spread = {metric: cv for metric in limits_ms if (cv := p99_run_cv.get(metric, 0.0)) > 0}
     if curve is None or concurrency is None or not spread:
@@ -388,6 +389,11 @@ def serve_load(winner: Candidate, limits_ms: Mapping[str, float], p99_run_cv: Ma
     # exp(log(c)) may land a hair below the integer c
     serve = max(1, min(concurrency, math.floor(math.exp(x_serve) * (1 + 1e-9))))
     there = curve.carried(concurrency, at_chosen, serve)
+    # A single level, a P99 curve flat below the chosen load, or a margin further down than the curve is carried
+    # (_MAX_LOG_BELOW): the curve does not bring the P99 down to its margin, so it cannot say where the limits hold
+    # in that share of runs, and its lowest load is no such place.
+    if any(not there.p99_ms.get(metric, math.inf) <= margin * (1 + 1e-9) for metric, margin in margins_ms.items()):
+        return None
     return ServeLoadRecord(concurrency=serve, runs_within_limits=0.5 + confidence / 2,
                            output_tok_s=there.output_tok_s, p99_ms=dict(there.p99_ms), p99_run_cv=spread,
                            below_searched_loads=bool(math.log(serve) < curve.log_concurrency[0] - _SEARCH_RESOLUTION))
@@ -531,8 +537,15 @@ def _select(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats
         ("; fresh-server re-measurements failed (no claim rests on them): " + ", ".join(_name(c) for c in failed)
          if failed else "")
 
+    # The family the joint intervals hold over: the finalists that met the limits, and every baseline compared by an
+    # interval although it did not (over a limit in re-measurement, its runs carried below its load; see gain_over):
+    # each is one more difference the winner, the best of them, is judged against.
+    compared = len(confirmed) + sum(1 for c in candidates if c.baseline and c not in confirmed and c not in failed
+                                    and c.confirmed(repeats) and c.curve is not None and not c.met_no_limit
+                                    and any(math.isfinite(v) and v > 0 for v in c.at_limit_tok_s(limits_ms)))
+
     def gains_of(winner: Candidate) -> dict[str, GainRecord]:
-        return {c.baseline: gain_over(winner, c, limits_ms, noise_floor, confidence, spread, len(confirmed))
+        return {c.baseline: gain_over(winner, c, limits_ms, noise_floor, confidence, spread, compared)
                 for c in candidates if c.baseline and c is not winner and c not in failed
                 and (c.confirmed(repeats) or c.met_no_limit)}
 
@@ -543,7 +556,7 @@ def _select(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats
                          [c.trial_number for c in unconfirmed], best.trial_number, spread_measured=False)
     equals = [c for c in confirmed
               if c is best or not gain_over(best, c, limits_ms, noise_floor, confidence, spread,
-                                            len(confirmed)).significant]
+                                            compared).significant]
     # Simplicity is bought only where the measured price is within one run's spread (see the module).
     margin = max(noise_floor, -math.expm1(-spread.log_std))
     near = [c for c in equals if mean(c) >= mean(best) * (1.0 - margin)]

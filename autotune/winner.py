@@ -138,7 +138,7 @@ def describe_serve(serve: ServeLoadRecord, concurrency: int, at_limit_tok_s: flo
 
 
 def describe_gain(g: GainRecord) -> str:
-    if not g.baseline_meets_limit:
+    if not g.baseline_meets_limit and not math.isfinite(g.gain_pct):
         return "unbounded: the baseline met no limit"
     if not (math.isfinite(g.gain_pct_low) and math.isfinite(g.gain_pct_high)):
         return f"{g.gain_pct:+.1f}% (no interval: no finalist was measured twice)"
@@ -146,8 +146,11 @@ def describe_gain(g: GainRecord) -> str:
     # over more than two finalists the intervals hold jointly (selection.critical_value): said, as a reader who
     # recomputes one pair's t interval gets a narrower one
     joint = f" jointly over {g.finalists_compared} finalists" if g.finalists_compared > 2 else ""
+    # a baseline over a limit at its load in re-measurement is compared by its runs carried below it
+    # (selection.gain_over): a finite gain with its interval, the one the verdict rests on
+    below = "; the baseline's runs carried below the load where it missed a limit" if not g.baseline_meets_limit else ""
     return (f"{g.gain_pct:+.1f}% ({g.confidence:.0%} interval{joint} {g.gain_pct_low:+.1f}% to "
-            f"{g.gain_pct_high:+.1f}%, {where} noise)")
+            f"{g.gain_pct_high:+.1f}%, {where} noise{below})")
 
 
 @dataclass(frozen=True)
