@@ -355,8 +355,10 @@ class Candidate:
 
 def serve_load(winner: Candidate, limits_ms: Mapping[str, float], p99_run_cv: Mapping[str, float],
                confidence: float = 0.9) -> ServeLoadRecord | None:
-    """The highest concurrency, at most the winner's, at which one more run's P99 of each limited metric stays within
-    its limit with one-sided probability ``0.5 + confidence / 2``.
+    """The highest concurrency, at most the winner's, at which one more run's P99s all stay within their limits with
+    probability ``0.5 + confidence / 2``: each limited metric with a spread gets an equal share of the rest
+    (Bonferroni: with two limits near their margins at once, each held 19 runs in 20 alone would hold both in about
+    18).
 
     The chosen load is the knee, the right load to compare configurations at: its P99s lie near their limits, and
     with a P99 that moves by ``p99_run_cv`` (log sd) from one fresh server to the next, a deployment's runs there
@@ -371,7 +373,7 @@ def serve_load(winner: Candidate, limits_ms: Mapping[str, float], p99_run_cv: Ma
     spread = {metric: cv for metric in limits_ms if (cv := p99_run_cv.get(metric, 0.0)) > 0}
     if curve is None or concurrency is None or not spread:
         return None
-    z = float(ndtri(0.5 + confidence / 2))
+    z = float(ndtri(1 - (0.5 - confidence / 2) / len(spread)))
     expected_ms, margins_ms = {}, {}
     for metric, limit in limits_ms.items():
         runs = [v for v in winner.p99_values_ms(metric) if v > 0 and math.isfinite(v)]

@@ -127,7 +127,7 @@ def describe_serve(serve: ServeLoadRecord, concurrency: int, at_limit_tok_s: flo
                        f"{serve.p99_run_cv.get(metric, 0.0):.1%}" for metric, p99 in serve.p99_ms.items())
     within = f"within the limits in {share.numerator} runs of {share.denominator} ({spread})"
     if serve.concurrency >= concurrency:
-        return f"serve at concurrency ≤ {serve.concurrency}, the profile's own: its P99s stay {within}"
+        return f"serve at concurrency ≤ {serve.concurrency}, the load it was chosen at: its P99s stay {within}"
     cost = 1.0 - serve.output_tok_s / at_limit_tok_s if at_limit_tok_s > 0 else math.nan
     against = (f", {cost:.1%} below its throughput at the limit" if cost > 0
                else ", no less than its throughput at the limit" if cost <= 0 else "")

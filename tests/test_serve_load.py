@@ -19,6 +19,7 @@ from tests.test_run_summary import CURVE, SLOWER, _study, _trial
 
 LIMIT = {"ttft": 500.0}
 Z_95 = 1.6448536269514722  # the one-sided normal quantile at 0.95 (confidence 0.9)
+Z_975 = 1.959963984540054  # at 0.975: each of two limits' share of the 5% (Bonferroni)
 # (concurrency, output tok/s, P99 TTFT ms): each figure rises with load, so the curve is the levels as they are
 LEVELS = [(32, 2000.0, 150.0), (64, 3000.0, 250.0), (96, 3500.0, 420.0), (128, 3800.0, 650.0)]
 
@@ -32,7 +33,7 @@ def winner(levels=LEVELS, concurrency=96, runs=((3500.0, 420.0), (3600.0, 480.0)
 
 
 def by_hand(cv: float, levels=LEVELS, concurrency=96, runs=((3500.0, 420.0), (3600.0, 480.0)),
-            limit_ms: float = LIMIT["ttft"]) -> tuple[int, float, float]:
+            limit_ms: float = LIMIT["ttft"], z: float = Z_95) -> tuple[int, float, float]:
     """The serve load, its throughput and its P99, computed from the definition: the levels' P99s shifted through
     the runs' geometric mean, their crossing of limit / exp(z cv sqrt(1 + 1/n)) interpolated in log load, rounded
     down; the runs' mean throughput times the levels' throughput ratio between that load and ``concurrency``, and
@@ -41,7 +42,7 @@ def by_hand(cv: float, levels=LEVELS, concurrency=96, runs=((3500.0, 420.0), (36
     level_ms = {c: p for c, _, p in levels}
     level_tok_s = {c: t for c, t, _ in levels}
     expected_ms = math.prod(p for _, p in runs) ** (1 / len(runs))
-    margin_ms = limit_ms / math.exp(Z_95 * cv * math.sqrt(1 + 1 / len(runs)))
+    margin_ms = limit_ms / math.exp(z * cv * math.sqrt(1 + 1 / len(runs)))
     shifted = {c: level_ms[c] * expected_ms / level_ms[concurrency] for c in loads}
     lo, hi = next((a, b) for a, b in zip(loads, loads[1:]) if shifted[a] <= margin_ms < shifted[b])
     x = math.log(lo) + (math.log(margin_ms / shifted[lo]) / math.log(shifted[hi] / shifted[lo])
@@ -104,18 +105,21 @@ def test_a_serve_load_further_below_the_searched_loads_than_their_resolution_is_
 
 def test_with_several_limits_the_tightest_margin_sets_the_serve_load():
     """P99 ITL a tenth of P99 TTFT at every level and in every run: under 40 ms with its 8.6% spread it binds as
-    P99 TTFT would under 400 ms with that spread."""
+    P99 TTFT would under 400 ms with that spread. Two limits share the 5% of runs allowed over one: each margin at
+    the 97.5% quantile, so that both hold in 19 runs of 20."""
     levels = [(c, t, {"ttft": p, "itl": p / 10}) for c, t, p in LEVELS]
     both = Candidate(1, {}, 96, 3500.0, {"ttft": 420.0, "itl": 42.0}, curve=LoadCurve.from_levels(levels),
                      repeats=[Measurement(3600.0, {"ttft": 480.0, "itl": 48.0})])
     cv = {"ttft": 0.172, "itl": 0.086}
     ttft_bound = serve_load(both, {"ttft": 500.0, "itl": 60.0}, cv)
     itl_bound = serve_load(both, {"ttft": 500.0, "itl": 40.0}, cv)
-    assert ttft_bound is not None and ttft_bound.concurrency == serve_load(winner(), LIMIT, cv).concurrency
+    assert ttft_bound is not None and ttft_bound.concurrency == by_hand(0.172, z=Z_975)[0]
+    assert ttft_bound.concurrency < serve_load(winner(), LIMIT, cv).concurrency == by_hand(0.172)[0]  # TTFT alone
     assert itl_bound is not None and itl_bound.concurrency < ttft_bound.concurrency
-    assert itl_bound.concurrency == by_hand(0.086, limit_ms=400.0)[0] != by_hand(0.172, limit_ms=400.0)[0]
-    assert ttft_bound.p99_ms["ttft"] <= 500.0 / math.exp(Z_95 * 0.172 * math.sqrt(1.5))
-    assert itl_bound.p99_ms["itl"] <= 40.0 / math.exp(Z_95 * 0.086 * math.sqrt(1.5))
+    assert itl_bound.concurrency == by_hand(0.086, limit_ms=400.0, z=Z_975)[0] \
+        != by_hand(0.172, limit_ms=400.0, z=Z_975)[0]
+    assert ttft_bound.p99_ms["ttft"] <= 500.0 / math.exp(Z_975 * 0.172 * math.sqrt(1.5))
+    assert itl_bound.p99_ms["itl"] <= 40.0 / math.exp(Z_975 * 0.086 * math.sqrt(1.5))
     assert set(itl_bound.p99_ms) == {"ttft", "itl"} and itl_bound.p99_run_cv == cv
 
 
@@ -133,9 +137,9 @@ def test_nothing_to_add_without_a_curve_a_load_or_a_run_to_run_spread():
 def test_the_serve_line_says_when_the_profiles_own_load_holds_and_when_the_load_is_an_extrapolation():
     own = ServeLoad(concurrency=96, runs_within_limits=0.95, output_tok_s=3500.0, p99_ms={"ttft": 250.0},
                     p99_run_cv={"ttft": 0.172}, below_searched_loads=False)
-    assert describe_serve(own, 96, 3600.0) == ("serve at concurrency ≤ 96, the profile's own: its P99s stay within the "
-                                              "limits in 19 runs of 20 (P99 ttft 250 ms expected there, run-to-run "
-                                              "spread 17.2%)")
+    assert describe_serve(own, 96, 3600.0) == ("serve at concurrency ≤ 96, the load it was chosen at: its P99s stay "
+                                              "within the limits in 19 runs of 20 (P99 ttft 250 ms expected there, "
+                                              "run-to-run spread 17.2%)")
     far = own.model_copy(update={"concurrency": 60, "output_tok_s": 2700.0, "below_searched_loads": True})
     assert describe_serve(far, 96, 3000.0).endswith(
         ": about 2,700 output tok/s, 10.0% below its throughput at the limit; below the loads its search measured: an "
