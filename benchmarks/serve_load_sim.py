@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from scipy.stats import beta
 
 from autotune.cli import main as autotune_main
@@ -69,15 +70,17 @@ def main() -> int:
                                                 seed=seed, out=tmp, study=study))
             cells, tok_s = [], {}
             for label, load in (("profile", profile.concurrency), ("serve", profile.serve.concurrency)):
-                within, values = 0, []
+                within, values, p99s_ms = 0, [], []
                 for i in range(args.runs):
                     # a server name never used in the study: a noise draw of its own
                     r = measure_once(cfg.settings, dict(profile.flags), load, f"check-{label}-{i}",
                                      Path(tmp) / f"check-{label}-{i}" / "server.log")
                     within += r.p99_ms("ttft") <= args.p99_ms
                     values.append(r.output_tok_s)
+                    p99s_ms.append(r.p99_ms("ttft"))
                 low, high = clopper_pearson(within, args.runs)
-                cells.append(f"{load} | {within}/{args.runs} [{low:.0%}, {high:.0%}]")
+                spread = float(np.std(np.log(p99s_ms), ddof=1))  # one run's P99 TTFT spread at this load (log sd)
+                cells.append(f"{load} | {within}/{args.runs} [{low:.0%}, {high:.0%}], P99 TTFT spread {spread:.1%}")
                 tok_s[label] = sum(values) / len(values)
                 totals[label][0] += within
                 totals[label][1] += args.runs
