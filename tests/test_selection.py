@@ -455,19 +455,29 @@ def test_baselines_that_met_no_limit_at_any_load_give_unbounded_gains_not_a_miss
     assert sorted(sel.gains) == ["vllm-defaults"]
 
 
-def test_a_baseline_compared_by_its_carried_runs_counts_among_the_finalists_compared():
-    """A baseline over the limit in re-measurement is still compared with an interval (its runs carried below its
-    load), so it is one of the differences the joint interval must hold over: two tuned finalists and such a baseline
-    are three compared, not two (Student's t would state the winner's gain as if its pair alone were compared)."""
-    tuned = cand(5, [4000.0, 4050.0], p99=100.0)
-    tuned.concurrency, tuned.curve = 100, _power_curve([50, 100, 200])
-    other = cand(6, [3950.0, 4020.0], p99=100.0)
-    other.concurrency, other.curve = 100, _power_curve([50, 100, 200])
+def _within_at_100(n, values):
+    """A tuned finalist at concurrency 100, within a 100 ms limit, along a curve searched from 50 to 200."""
+    c = cand(n, values, p99=100.0)
+    c.concurrency, c.curve = 100, _power_curve([50, 100, 200])
+    return c
+
+
+def _seed_profile_over_at_100():
+    """The seed profile re-measured over a 100 ms limit at concurrency 100, its lowest searched load: compared by its
+    runs carried below it."""
     seed = cand(1, [4000.0, 3990.0], p99=0.01 * 100 ** 2 * 3.0, baseline="seed-profile",
                 flags={"kv-cache-dtype": "fp8"})
     seed.concurrency, seed.curve = 100, _power_curve([100, 200])
     seed.search_p99_ms = seed.repeats[0].p99_ms
-    sel = select_winner([tuned, other, seed], {"ttft": 100.0}, repeats=2)
+    return seed
+
+
+def test_a_baseline_compared_by_its_carried_runs_counts_among_the_finalists_compared():
+    """A baseline over the limit in re-measurement is still compared with an interval (its runs carried below its
+    load), so it is one of the differences the joint interval must hold over: two tuned finalists and such a baseline
+    are three compared, not two (Student's t would state the winner's gain as if its pair alone were compared)."""
+    sel = select_winner([_within_at_100(5, [4000.0, 4050.0]), _within_at_100(6, [3950.0, 4020.0]),
+                         _seed_profile_over_at_100()], {"ttft": 100.0}, repeats=2)
     g = sel.gains["seed-profile"]
     assert not g.baseline_meets_limit and math.isfinite(g.gain_pct_low) and g.finalists_compared == 3
 
@@ -475,13 +485,8 @@ def test_a_baseline_compared_by_its_carried_runs_counts_among_the_finalists_comp
 def test_a_gain_over_a_baseline_carried_below_its_load_is_stated_with_its_interval():
     """A baseline over the limit in re-measurement is compared by its runs carried below its load: the gain has a
     finite interval, which the verdict rests on; "unbounded: the baseline met no limit" contradicted it."""
-    tuned = cand(5, [4000.0, 4050.0], p99=100.0)
-    tuned.concurrency, tuned.curve = 100, _power_curve([50, 100, 200])
-    seed = cand(1, [4000.0, 3990.0], p99=0.01 * 100 ** 2 * 3.0, baseline="seed-profile",
-                flags={"kv-cache-dtype": "fp8"})
-    seed.concurrency, seed.curve = 100, _power_curve([100, 200])
-    seed.search_p99_ms = seed.repeats[0].p99_ms
-    g = select_winner([tuned, seed], {"ttft": 100.0}, repeats=2).gains["seed-profile"]
+    g = select_winner([_within_at_100(5, [4000.0, 4050.0]), _seed_profile_over_at_100()], {"ttft": 100.0},
+                      repeats=2).gains["seed-profile"]
     text = describe_gain(g)
     assert "unbounded" not in text and f"{g.gain_pct:+.1f}%" in text and f"{g.gain_pct_low:+.1f}%" in text
     unbounded = select_winner([cand(5, [1000, 1010]), cand(0, [2000, 2000], p99=900, baseline="vllm-defaults",
