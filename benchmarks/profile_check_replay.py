@@ -2,7 +2,8 @@
 each bench run against its profile, throughput judged exactly as the command judges one run
 (autotune.profile_check.expected_tok_s), each limited P99 against its limit with
 the GPU's run-to-run spread alone (these runs kept their summaries, not each request, so the bootstrap over the
-requests that `bench --profile` adds, never narrower than this, cannot be redone). Prints one line per run.
+requests that `bench --profile` adds, never narrower than this, cannot be redone). Prints one line per run; a run
+of `bench --profile` itself is printed with its own verdict.
 
     python benchmarks/profile_check_replay.py [docs/results/raw]
 """
@@ -26,6 +27,16 @@ def main(raw: Path) -> None:
         z = NormalDist().inv_cdf(0.5 + tput.confidence / 2)
         for bench_path in sorted(folder.glob("bench*.json")):
             bench = json.loads(bench_path.read_text())
+            if "profile_check" in bench:  # `bench --profile` ran: its own verdict, over its own runs, is the record
+                check = bench["profile_check"]
+                low_tok_s, high_tok_s = check["expected_tok_s"]
+                p99s = "; ".join(f"P99 {p['metric']} {p['p99_ms']:,.0f} ms [{p['interval_ms'][0]:,.0f}, "
+                                 f"{p['interval_ms'][1]:,.0f}] vs {p['limit_ms']:g}" for p in check["p99"])
+                holds = {True: "holds", False: "does not hold", None: "not settled"}[check["holds"]]
+                print(f"{folder.name}/{bench_path.name}: `bench --profile` itself, C={check['concurrency']}, "
+                      f"{check['runs']} run(s) in [{low_tok_s:,.0f}, {high_tok_s:,.0f}]; bench "
+                      f"{check['output_tok_s']:,.0f} ({check['change_pct']:+.1f}%); {p99s}: {holds}")
+                continue
             tok_s = bench["output_tok_s"]
             side = "slower beyond noise" if tok_s < low else "faster beyond noise" if tok_s > high else "as profiled"
             p99s = []
