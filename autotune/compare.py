@@ -177,8 +177,9 @@ def compare_rows(summaries: Sequence[StudySummary]) -> list[Row]:
         Row("winner", each(lambda s: f"trial {s.winner.trial}" + (f" ({s.winner.baseline})" if s.winner.baseline
                                                                   else "") if s.winner else "no winner")),
         Row("output tok/s at the limit", winner(lambda w: w.throughput_text())),
-        Row("serve load", winner(lambda w: w.serve_text() or "-")),
     ]
+    if any(s.winner and s.winner.serve for s in summaries):  # none on the noiseless sim, whose runs do not spread
+        rows.append(Row("serve load", winner(lambda w: w.serve_text() or "-")))
     metrics = list(dict.fromkeys(m for s in summaries for m in s.data.limits_ms))
     for metric in metrics:
         rows.append(Row(f"P99 {metric} ms", winner(lambda w, m=metric: fmt_ms(w.p99_ms.get(m)))))

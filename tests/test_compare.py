@@ -33,6 +33,8 @@ def test_the_table_shows_each_winner_as_its_records_hold_it(factory_storage):
     assert rows["P99 itl ms"].cells[0] == "-" and rows["P99 itl ms"].cells[1] != "-"  # only b limits ITL
     specs = [f"{s.data.fingerprint.workload['spec']} (seed {s.data.fingerprint.workload['seed']})" for s in (a, b, none)]
     assert rows["workload"].cells == tuple(specs) and rows["workload"].differs == (len(set(specs)) > 1)
+    # stored by the factory's noiseless selections: no winner has a serve load, so no row of dashes for it
+    assert all(s.winner is None or s.winner.serve is None for s in (a, b, none)) and "serve load" not in rows
     # a flag row is marked where the winners' effective values (unset: vLLM's default) differ
     flags = [r for r in rows.values() if r.label.startswith("--")]
     assert flags and any(r.differs for r in flags)
