@@ -357,8 +357,8 @@ def serve_load(winner: Candidate, limits_ms: Mapping[str, float], p99_run_cv: Ma
                confidence: float = 0.9) -> ServeLoadRecord | None:
     """The highest concurrency, at most the winner's, at which one more run's P99s all stay within their limits with
     probability ``0.5 + confidence / 2``: each limited metric with a spread gets an equal share of the rest
-    (Bonferroni: with two limits near their margins at once, each held 19 runs in 20 alone would hold both in about
-    18).
+    (Bonferroni: two limits near their margins at once, each held 19 runs in 20, would both hold in as few as 18
+    runs of 20 were their draws independent, 0.95 x 0.95).
 
     The chosen load is the knee, the right load to compare configurations at: its P99s lie near their limits, and
     with a P99 that moves by ``p99_run_cv`` (log sd) from one fresh server to the next, a deployment's runs there
