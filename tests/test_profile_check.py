@@ -268,3 +268,59 @@ def test_bench_profile_names_the_serve_load_in_words_and_in_json(server, profile
     assert out[-2].startswith("not settled by one run") and out[-1].startswith(
         "the profile's concurrency 16 is its knee, where a P99 lies near its limit: a deployment that must hold the "
         "limits in most runs should serve at concurrency ≤ 12 for its P99s within the limits in 19 runs of 20")
+
+
+def test_at_the_serve_load_the_check_judges_against_what_the_profile_expects_there(profile_file):
+    """At the serve load nothing was measured: the throughput is judged against the serve load's expected figure,
+    with the profile's own relative spread; each P99 against its limit, beside the P99 the profile expects there."""
+    profile = with_serve(profile_file)
+    tput = profile.metrics.output_tok_s
+    expected = profile.serve.output_tok_s
+    at_knee = check_against_profile(profile, result(tput.mean, 0.3))
+    check = check_against_profile(profile, result(expected, 0.3), at_serve_load=True)
+    assert check.concurrency == 12 and check.at_serve_load and check.holds is True
+    assert check.profile_mean_tok_s == pytest.approx(expected)
+    scale = expected / tput.mean  # the knee's interval scaled to the serve load's expected throughput
+    assert check.expected_low_tok_s == pytest.approx(at_knee.expected_low_tok_s * scale)
+    assert check.expected_high_tok_s == pytest.approx(at_knee.expected_high_tok_s * scale)
+    lines = check.lines()
+    assert lines[0].startswith(f"against the profile's serve load, concurrency 12: {expected:,.0f} output tok/s "
+                               f"(one run), +0.0% from the {expected:,.0f} it expects there")
+    assert lines[0].endswith("as expected, within noise")
+    assert lines[1].endswith("holds (the profile expects 350 ms there)")
+    assert lines[-1] == "the deployment holds its profile's serve load"  # and no advice to serve elsewhere
+    data = check.to_json()
+    assert data["at_serve_load"] is True and data["concurrency"] == 12 and data["serve_concurrency"] is None
+    assert data["p99"][0]["expected_ms"] == 350.0 and data["p99"][0]["profile_over_limit"] is False
+    slow = check_against_profile(profile, result(0.97 * check.expected_low_tok_s, 0.3), at_serve_load=True)
+    assert slow.slower and slow.holds is False and "slower than expected, beyond noise" in slow.lines()[0]
+    assert slow.lines()[-1] == "the deployment does NOT hold its profile's serve load"
+    # over the limit beyond noise is a failure there even where the profile's own runs at its knee were over
+    over = profile.model_copy(update={"metrics": profile.metrics.model_copy(update={"p99": {
+        "ttft": profile.metrics.p99["ttft"].model_copy(update={"mean_ms": 540.0, "values_ms": [520.0, 560.0]})}})})
+    assert check_against_profile(over, result(tput.mean, 0.9)).holds is True  # at the knee: as profiled
+    assert check_against_profile(over, result(expected, 0.9), at_serve_load=True).holds is False
+
+
+@pytest.mark.slow  # one load level at 0.9 s per request
+def test_bench_serve_load_runs_the_serve_load_and_exits_3_over_its_limit(server, profile_file, tmp_path, capsys):
+    server.configure(ttft_ms=900, itl_ms=1)
+    slow = with_throughput(profile_file, tmp_path, 1.0, [1.0, 1.0])
+    path = write_profile(with_serve(slow).model_copy(update={"serve": with_serve(slow).serve.model_copy(
+        update={"output_tok_s": 1.0})}), tmp_path / "served.yaml")
+    code = main(bench(server, path, "--serve-load", "--json"))
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert code == 3 and data["concurrency"] == 12 and data["profile_check"]["at_serve_load"] is True
+    assert data["profile_check"]["p99"][0]["within"] is False
+    assert captured.err.strip().endswith(f"does not hold the serve load of profile {path}: a P99 over its limit "
+                                         "beyond noise, where the profile expects it within")
+
+
+def test_serve_load_needs_a_profile_with_one(server, profile_file, capsys):
+    assert main(["bench", "--url", server.url, "--model", "fake-model", "--concurrency", "2", "--serve-load"]) == 2
+    assert "--serve-load is for --profile" in capsys.readouterr().err
+    assert read_profile(profile_file).serve is None  # the noiseless sim's study has none
+    assert main(bench(server, profile_file, "--serve-load")) == 2
+    err = capsys.readouterr().err
+    assert f"--serve-load: profile {profile_file} has no serve load" in err and err.count("\n") == 1

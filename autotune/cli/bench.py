@@ -67,13 +67,17 @@ class ProfileNotHeld(NoFeasibleConfigError):
 @click.option("--max-runs", type=click.IntRange(min=1), default=2, show_default=True,
               help="With --profile: runs of the level at most, the next one only while a P99 lies within noise of "
                    "its limit (a study measures such a level twice); their requests pooled, --records the first's.")
+@click.option("--serve-load", is_flag=True,
+              help="With --profile: run its serve load instead of its concurrency (the knee, where a P99 lies near "
+                   "its limit), the load `autotune run` advises a deployment to serve at, and judge the server there: "
+                   "each P99 against its limit, the throughput against what the profile expects there.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout and nothing else.")
 @click.pass_context
 def bench(ctx: click.Context, url: str, model: str, workload: str, concurrency: int | None, rate: float | None,
           burstiness: float, num_prompts: int | None, warmup: int | None, ramp_s: float | None, whole_run: bool,
           endpoint: str, seed: int, slo: dict[str, float] | None, scrape_metrics: bool, tokenizer: str | None,
           request_timeout_s: float, records_path: str | None, records_itl: bool, profile_path: str | None,
-          max_runs: int, as_json: bool) -> None:
+          max_runs: int, serve_load: bool, as_json: bool) -> None:
     """Benchmark a running OpenAI-compatible server (vLLM or the sim engine) at one load level: at a concurrency,
     the level a study measures there (the same requests, warm-up wave, ramp and steady window), so its figures
     compare with the study's profile and with `autotune sim predict`; with --profile, that profile's level,
@@ -87,6 +91,8 @@ def bench(ctx: click.Context, url: str, model: str, workload: str, concurrency: 
     profile = None
     if profile_path is None and ctx.get_parameter_source("max_runs") is click.core.ParameterSource.COMMANDLINE:
         raise UsageError("--max-runs is for --profile: without one a single run is measured")
+    if profile_path is None and serve_load:
+        raise UsageError("--serve-load is for --profile: the serve load is a profile's")
     if profile_path is not None:
         from autotune.profile_check import load_profile_for_check
 
@@ -98,6 +104,12 @@ def bench(ctx: click.Context, url: str, model: str, workload: str, concurrency: 
                              f"not with {given[0]}")
         profile = load_profile_for_check(profile_path)
         workload, concurrency = str(profile.workload["spec"]), profile.concurrency
+        if serve_load:
+            if profile.serve is None:
+                raise UsageError(f"--serve-load: profile {profile_path} has no serve load (its study ran on the "
+                                 "noiseless sim, or its load curve could not place one): check its concurrency "
+                                 "without --serve-load")
+            concurrency = profile.serve.concurrency
         if ctx.get_parameter_source("seed") is not click.core.ParameterSource.COMMANDLINE:
             seed = int(profile.workload.get("seed", seed))
     if records_itl and not records_path:
@@ -148,7 +160,7 @@ def bench(ctx: click.Context, url: str, model: str, workload: str, concurrency: 
             from autotune.profile_check import check_against_profile
 
             runs = [result]
-            check = check_against_profile(profile, result)
+            check = check_against_profile(profile, result, at_serve_load=serve_load)
             # as a study's level is: measured again while a P99 straddles its limit, the runs pooled
             while check.holds is None and len(runs) < max_runs:
                 click.echo(f"autotune: a P99 lies within noise of its limit: the level again (run {len(runs) + 1} "
@@ -157,7 +169,7 @@ def bench(ctx: click.Context, url: str, model: str, workload: str, concurrency: 
                 other = parse_workload(workload, seed=seed + len(runs), tokenizer=tokenizer)
                 runs.append(measure(replace(cfg, seed=seed + len(runs), records_path=None), other))
                 result = pool(runs)
-                check = check_against_profile(profile, result, len(runs))
+                check = check_against_profile(profile, result, len(runs), serve_load)
     except KeyboardInterrupt:
         # only where this run wrote them: a Ctrl-C before the run (the start, the server check) writes nothing, and
         # a file left there by an earlier run is not this one's
@@ -176,9 +188,11 @@ def bench(ctx: click.Context, url: str, model: str, workload: str, concurrency: 
     if failed:  # the result is printed; say why on stderr and exit 1
         raise failed
     if check is not None and check.holds is False:
-        raise ProfileNotHeld(f"the server at {url} does not hold profile {profile_path}: "
-                             + ("slower than profiled beyond noise" if check.slower
-                                else "a P99 over its limit beyond noise, where the profile's was within it"))
+        held = f"the serve load of profile {profile_path}" if serve_load else f"profile {profile_path}"
+        raise ProfileNotHeld(f"the server at {url} does not hold {held}: " + (
+            f"slower than {'expected' if serve_load else 'profiled'} beyond noise" if check.slower
+            else "a P99 over its limit beyond noise, where the profile expects it within" if serve_load
+            else "a P99 over its limit beyond noise, where the profile's was within it"))
 
 
 def _file_stamp(path: str | None) -> tuple[int, int, int] | None:

@@ -9,7 +9,8 @@
 # vllm --load-format dummy"): "--engine sim --sim-server --gpu-type h200" rehearses the job on a CPU, with a model
 # folder at /tmp/model and a stand-in nvidia-smi on the PATH, the server then being `autotune sim serve`. SERVERS
 # (default 1): how many fresh servers to start from the profile's command, one after another, each benched with its
-# own seed (7, 8, ...): bench.json, bench2.json, ... and result.json, result2.json, ....
+# own seed (7, 8, ...): bench.json, bench2.json, ... and result.json, result2.json, .... BENCH_ARGS (default none) go to
+# each bench: "--serve-load" benches the profile's serve load instead of its concurrency, "--max-runs 1" one run each.
 #   bash benchmarks/gpu/profile_check.sh start [DIR]   # returns at once
 #   bash benchmarks/gpu/profile_check.sh status [DIR]  # prints progress; "done" when finished
 set -uo pipefail
@@ -18,7 +19,8 @@ study_args=${STUDY_ARGS:---trials 1 --top-k 0 --repeats 1 --max-concurrency 128 
 engine_args=${ENGINE_ARGS:---engine vllm --load-format dummy}
 port=8124
 servers=${SERVERS:-1}  # fresh servers started one after another from the profile's command, each benched once
-job_vars="study_args engine_args port servers"
+bench_args=${BENCH_ARGS:-}
+job_vars="study_args engine_args port servers bench_args"
 job() {
   echo "study" > "$dir/$progress"
   # shellcheck disable=SC2086  # the two are lists of options
@@ -47,9 +49,10 @@ job() {
     pid=$!
     if server_ready "$port" profile-check "$pid"; then
       echo $(( $(date +%s) - t0 )) > "$dir/ready_s$suffix"
-      echo "bench at C = $concurrency (server $n, seed $((6 + n)))" >> "$dir/$progress"
+      echo "bench at C = $concurrency $bench_args (server $n, seed $((6 + n)))" >> "$dir/$progress"
+      # shellcheck disable=SC2086  # a list of options
       python3 -m autotune bench --url "http://127.0.0.1:$port" --model profile-check --profile "$profile" \
-        --seed $((6 + n)) --json > "$dir/bench$suffix.json" 2> "$dir/bench$suffix.err"
+        --seed $((6 + n)) $bench_args --json > "$dir/bench$suffix.json" 2> "$dir/bench$suffix.err"
       echo "bench exit $?" >> "$dir/$progress"
     else
       echo "server $n did not start" >> "$dir/$progress"
