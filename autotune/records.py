@@ -49,7 +49,8 @@ __all__ = [
     "finished_trial_attrs", "replayed_attrs", "take_result", "read_trial", "read_trials", "count_finished",
     "read_remeasurement", "write_remeasurement", "read_selection", "write_selection",
     "read_fingerprint", "check_fingerprint", "write_search_done", "read_search_done", "write_run_options",
-    "read_run_options", "write_run", "read_runs", "read_remeasurements", "MEMORY_PLAN_REFUSED", "flags_key",
+    "read_run_options", "write_run", "read_runs", "read_remeasurements", "remeasurements_in", "selection_in",
+    "runs_in", "fingerprint_in", "MEMORY_PLAN_REFUSED", "flags_key",
     "sampled", "known_trial_with_flags", "write_same_flags", "not_run", "not_run_text", "describe_not_run",
     "write_not_started", "requeue_user_attrs", "write_declared_dead",
     "read_declared_dead", "write_heartbeat_s", "read_heartbeat_s", "write_constraints", "write_search_left",
@@ -815,7 +816,12 @@ def read_remeasurement(study: optuna.Study, trial_number: int) -> Remeasurement 
 
 def read_remeasurements(study: optuna.Study) -> list[Remeasurement]:
     """Every candidate's re-measurements the study holds (one read of its attributes)."""
-    return [Remeasurement.from_json(data) for key, data in study.user_attrs.items() if key.startswith(_REMEASURE_PREFIX)]
+    return remeasurements_in(study.user_attrs)
+
+
+def remeasurements_in(attrs: Mapping[str, Any]) -> list[Remeasurement]:
+    """:func:`read_remeasurements` from the study's attributes already read (``study.user_attrs``)."""
+    return [Remeasurement.from_json(data) for key, data in attrs.items() if key.startswith(_REMEASURE_PREFIX)]
 
 
 def write_remeasurement(study: optuna.Study, record: Remeasurement) -> None:
@@ -823,7 +829,12 @@ def write_remeasurement(study: optuna.Study, record: Remeasurement) -> None:
 
 
 def read_selection(study: optuna.Study) -> SelectionRecord | None:
-    data = study.user_attrs.get(_SELECTION_KEY)
+    return selection_in(study.user_attrs)
+
+
+def selection_in(attrs: Mapping[str, Any]) -> SelectionRecord | None:
+    """:func:`read_selection` from the study's attributes already read (``study.user_attrs``)."""
+    data = attrs.get(_SELECTION_KEY)
     return SelectionRecord.from_json(data) if data is not None else None
 
 
@@ -840,17 +851,28 @@ def write_run(study: optuna.Study, record: RunRecord) -> None:
 
 def read_runs(study: optuna.Study) -> list[RunRecord]:
     """The study's runs, oldest first."""
-    runs = [RunRecord.from_json(v) for k, v in study.user_attrs.items() if k.startswith(_RUN_PREFIX)]
+    return runs_in(study.user_attrs)
+
+
+def runs_in(attrs: Mapping[str, Any]) -> list[RunRecord]:
+    """:func:`read_runs` from the study's attributes already read (``study.user_attrs``)."""
+    runs = [RunRecord.from_json(v) for k, v in attrs.items() if k.startswith(_RUN_PREFIX)]
     return sorted(runs, key=lambda r: r.started_at)
 
 
 # -- fingerprint -------------------------------------------------------------------------------------------------
 def read_fingerprint(study: optuna.Study) -> StudyFingerprint | None:
-    data = study.user_attrs.get(_FINGERPRINT_KEY)
+    return fingerprint_in(study.user_attrs, study.study_name)
+
+
+def fingerprint_in(attrs: Mapping[str, Any], study_name: str) -> StudyFingerprint | None:
+    """:func:`read_fingerprint` from the attributes already read (``study.user_attrs``) of the study named
+    ``study_name`` (which a refusal names)."""
+    data = attrs.get(_FINGERPRINT_KEY)
     if data is None:
         return None
     if data.get("records_version") != RECORDS_VERSION:
-        raise UsageError(f"study {study.study_name!r} was written by another version of autotune's records "
+        raise UsageError(f"study {study_name!r} was written by another version of autotune's records "
                          f"({data.get('records_version', 1)}, this one reads {RECORDS_VERSION}); "
                          "start a new study with another --study name")
     return StudyFingerprint.from_json(data)

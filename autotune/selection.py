@@ -342,6 +342,15 @@ class Candidate:
                 return self._knees_within_reach(limits_ms)
         return True
 
+    def compared_by_carried_runs(self, limits_ms: Mapping[str, float]) -> bool:
+        """Over a limit at its final load, yet compared by its runs carried to their knees below it rather than as
+        0 tok/s: it has its trial's curve to carry them along (without it, a run over the limit cannot be carried)
+        and a throughput at the limit from one run at least. :func:`gain_over` states a baseline's gain so, and the
+        joint intervals count such a baseline among the differences they hold over: both ask this one question, so
+        no baseline is given an interval that the family leaves out, or counted without one."""
+        return (self.curve is not None and not self.meets(limits_ms)
+                and any(math.isfinite(v) and v > 0 for v in self.at_limit_tok_s(limits_ms)))
+
     def _knees_within_reach(self, limits_ms: Mapping[str, float]) -> bool:
         """Over a limit at its final load, a finalist still meets it at a lower one when every run's knee lies
         within the search's resolution below its lowest level (its throughput at the limit is then estimated like
@@ -474,8 +483,7 @@ def gain_over(winner: Candidate, baseline: Candidate, limits_ms: Mapping[str, fl
     spread = spread or RunSpread.pooled([w_values, b_values])
     meets = baseline.meets(limits_ms) and bool(b_values)
     w_mean = float(np.mean(w_values)) if w_values else 0.0
-    carried = meets or baseline.curve is not None  # without its curve, a run over the limit cannot be carried
-    b_mean = float(np.mean(b_values)) if b_values and carried else 0.0
+    b_mean = float(np.mean(b_values)) if meets or baseline.compared_by_carried_runs(limits_ms) else 0.0
     diff = w_mean - b_mean
     if b_mean <= 0 or w_mean <= 0:
         pct_low = pct_high = math.inf if w_mean > 0 else math.nan
@@ -539,17 +547,17 @@ def _select(candidates: list[Candidate], limits_ms: Mapping[str, float], repeats
         ("; fresh-server re-measurements failed (no claim rests on them): " + ", ".join(_name(c) for c in failed)
          if failed else "")
 
+    # The baselines the winner's gains are stated over: measured as the finalists were, or unable to meet the limits
+    # at any load (0 tok/s).
+    baselines = [c for c in candidates if c.baseline and c not in failed and (c.confirmed(repeats) or c.met_no_limit)]
     # The family the joint intervals hold over: the finalists that met the limits, and every baseline compared by an
     # interval although it did not (over a limit in re-measurement, its runs carried below its load; see gain_over):
     # each is one more difference the winner, the best of them, is judged against.
-    compared = len(confirmed) + sum(1 for c in candidates if c.baseline and c not in confirmed and c not in failed
-                                    and c.confirmed(repeats) and c.curve is not None and not c.met_no_limit
-                                    and any(math.isfinite(v) and v > 0 for v in c.at_limit_tok_s(limits_ms)))
+    compared = len(confirmed) + sum(1 for c in baselines if c.compared_by_carried_runs(limits_ms))
 
     def gains_of(winner: Candidate) -> dict[str, GainRecord]:
         return {c.baseline: gain_over(winner, c, limits_ms, noise_floor, confidence, spread, compared)
-                for c in candidates if c.baseline and c is not winner and c not in failed
-                and (c.confirmed(repeats) or c.met_no_limit)}
+                for c in baselines if c is not winner}
 
     if len(confirmed) > 1 and not spread.dof:  # one run each (--repeats 0): see gain_over
         verdict = ("no finalist was measured twice, so the run-to-run spread is unknown and no claim is made "

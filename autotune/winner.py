@@ -196,9 +196,11 @@ class StudyRecords:
 def read_study(study: optuna.Study) -> StudyRecords:
     frozen = study.get_trials(deepcopy=False)  # one read of the trials, the slowest part of a study's
     trials = [records.read_trial(t) for t in frozen]
-    remeasured = {r.trial_number: r for r in records.read_remeasurements(study)}  # one read of the study's attributes
-    return StudyRecords(study.study_name, records.read_fingerprint(study), trials, records.read_selection(study),
-                        records.read_runs(study), remeasured,
+    # One read of the study's attributes for every record kept there: each study.user_attrs is a storage query
+    attrs = study.user_attrs
+    remeasured = {r.trial_number: r for r in records.remeasurements_in(attrs)}
+    return StudyRecords(study.study_name, records.fingerprint_in(attrs, study.study_name), trials,
+                        records.selection_in(attrs), records.runs_in(attrs), remeasured,
                         min((t.datetime_start for t in frozen if t.datetime_start), default=None))
 
 

@@ -145,3 +145,38 @@ def test_one_constraint_per_limit():
     # a server that never started
     oom = TrialResult(flags={}, feasible=False, output_tok_s=0.0, concurrency=None, failure_class="oom")
     assert oom.constraints_ms(limits) == {"ttft": 5000.0, "itl": 500.0} and oom.p99_ms == {}
+
+
+def test_reading_a_study_reads_its_attributes_from_the_storage_once():
+    """Each ``study.user_attrs`` is a query of the storage (a round trip to a shared PostgreSQL): ``read_study``
+    reads them once for the fingerprint, the selection, the runs and the re-measurements, and each record comes
+    back as its own reader gives it."""
+    from autotune.winner import read_study
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    records.check_fingerprint(study, FP)
+    _trial(study, TrialResult(flags={}, feasible=True, output_tok_s=4000.0, concurrency=40))
+    rem = Remeasurement(0, 40, (), (Measurement(4100.0, {"ttft": 300.0}),))
+    records.write_remeasurement(study, rem)
+    records.write_selection(study, SelectionRecord(0, "the only finalist"))
+    run = RunRecord(started_at="2026-01-01T10:00:00+00:00", finished_at="2026-01-01T11:00:00+00:00", wall_s=3600.0,
+                    gpus=1, trials_run=1, stopped_by="trials", engine="sim", gpu_name=None, vllm_version=None,
+                    autotune_version="0.1.0")
+    records.write_run(study, run)
+    reads = {"get_study_user_attrs": 0, "get_study_system_attrs": 0}
+
+    def counted(name):
+        read = getattr(storage, name)
+
+        def wrapper(*args, **kwargs):
+            reads[name] += 1
+            return read(*args, **kwargs)
+        return wrapper
+
+    for name in reads:
+        setattr(storage, name, counted(name))
+    data = read_study(study)
+    assert reads == {"get_study_user_attrs": 1, "get_study_system_attrs": 0}
+    assert data.fingerprint == FP and data.selection == records.read_selection(study)
+    assert data.runs == [run] and data.remeasurements == {0: rem}

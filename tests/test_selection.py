@@ -482,6 +482,38 @@ def test_a_baseline_compared_by_its_carried_runs_counts_among_the_finalists_comp
     assert not g.baseline_meets_limit and math.isfinite(g.gain_pct_low) and g.finalists_compared == 3
 
 
+def _baselines_of_every_kind():
+    """Under a 100 ms limit, a baseline of each kind the winner's gains are stated over, by name: each met the limit
+    or did not, with or without its runs carried below its load."""
+    def over(n, name, p99, curve):
+        c = cand(n, [4000.0, 3990.0], p99=p99, baseline=name, flags={"kv-cache-dtype": "fp8"})
+        c.concurrency, c.curve, c.search_p99_ms = 100, curve, c.repeats[0].p99_ms
+        return c
+
+    carried = _seed_profile_over_at_100()
+    carried.baseline = "carried"
+    return {"carried": carried,
+            "no-curve": over(2, "no-curve", 300.0, None),  # nothing to carry its runs along: 0 tok/s
+            "no-p99": over(3, "no-p99", math.nan, _power_curve([100, 200])),  # no P99 to find a knee from: 0 tok/s
+            "met-no-limit": Candidate(4, {}, None, 0.0, {"ttft": math.nan}, baseline="met-no-limit",
+                                      met_no_limit=True),
+            "meets": over(7, "meets", 80.0, _power_curve([50, 100, 200]))}
+
+
+@pytest.mark.parametrize("kinds", [("carried",), ("no-curve",), ("no-p99",), ("met-no-limit",), ("meets",),
+                                   ("carried", "no-curve", "no-p99", "met-no-limit", "meets")])
+def test_the_joint_family_counts_exactly_the_baselines_compared_by_an_interval(kinds):
+    """The family the joint intervals hold over is the finalists that met the limits and the baselines compared by
+    their runs carried below their load: every baseline given an interval is in it, none stated as 0 tok/s is."""
+    baselines = [b for name, b in _baselines_of_every_kind().items() if name in kinds]
+    tuned = [_within_at_100(5, [8000.0, 8100.0]), _within_at_100(6, [7950.0, 8020.0])]
+    sel = select_winner([*tuned, *baselines], {"ttft": 100.0}, repeats=2)
+    assert sel.winner is tuned[0] and sorted(sel.gains) == sorted(kinds)
+    with_interval = [name for name, g in sel.gains.items() if g.baseline_output_tok_s > 0]
+    assert sorted(with_interval) == sorted({"carried", "meets"} & set(kinds))
+    assert all(g.finalists_compared == len(tuned) + len(with_interval) for g in sel.gains.values())
+
+
 def test_a_gain_over_a_baseline_carried_below_its_load_is_stated_with_its_interval():
     """A baseline over the limit in re-measurement is compared by its runs carried below its load: the gain has a
     finite interval, which the verdict rests on; "unbounded: the baseline met no limit" contradicted it."""
