@@ -308,9 +308,12 @@ def write_profile(profile: Profile, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # export opens the default storage unless told the study's (a PostgreSQL one's password stays masked here)
     storage = "" if profile.study.storage == DEFAULT_STORAGE else f" --storage {shlex.quote(profile.study.storage)}"
+    serve = profile.serve
+    at_serve = (f" (at its serve load, concurrency {serve.concurrency}: add --serve-load)"
+                if serve is not None and serve.concurrency < profile.concurrency else "")
     header = (f"# autotune profile of study {profile.study.name!r}. Deploy it: autotune export --study "
               f"{shlex.quote(profile.study.name)}{storage} --to REPO\n# Check a server started from its vllm_serve_cmd: "
-              f"autotune bench --url URL --model SERVED_NAME --profile {shlex.quote(str(path))}\n")
+              f"autotune bench --url URL --model SERVED_NAME --profile {shlex.quote(str(path))}{at_serve}\n")
     body = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False, width=120)
     return write_text_atomically(path, header + body)
 

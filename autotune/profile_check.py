@@ -139,7 +139,8 @@ class ProfileCheck:
         if (serve := self.serve_advised) is not None:
             out.append(f"the profile's concurrency {self.concurrency} is its knee, where a P99 lies near its limit: a "
                        f"deployment that must hold the limits in most runs should "
-                       f"{describe_serve(serve, self.concurrency, self.profile_at_limit_tok_s)}")
+                       f"{describe_serve(serve, self.concurrency, self.profile_at_limit_tok_s)} (check a deployment "
+                       f"there: add --serve-load)")
         return out
 
     def to_json(self) -> dict:

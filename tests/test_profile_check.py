@@ -237,7 +237,8 @@ def test_a_p99_at_or_over_its_limit_names_the_profiles_serve_load(profile_file):
     advice = ("the profile's concurrency 16 is its knee, where a P99 lies near its limit: a deployment that must hold "
               "the limits in most runs should serve at concurrency ≤ 12 for its P99s within the limits in 19 runs of "
               "20 (P99 ttft 350 ms expected there, run-to-run spread 17.2%): about "
-              f"{profile.serve.output_tok_s:,.0f} output tok/s, 10.0% below its throughput at the limit")
+              f"{profile.serve.output_tok_s:,.0f} output tok/s, 10.0% below its throughput at the limit (check a "
+              "deployment there: add --serve-load)")
     for ttft_s, holds in ((0.56, None), (0.9, False)):
         check = check_against_profile(profile, result(mean, ttft_s))
         assert check.holds is holds and check.lines()[-1] == advice
@@ -308,6 +309,9 @@ def test_bench_serve_load_runs_the_serve_load_and_exits_3_over_its_limit(server,
     slow = with_throughput(profile_file, tmp_path, 1.0, [1.0, 1.0])
     path = write_profile(with_serve(slow).model_copy(update={"serve": with_serve(slow).serve.model_copy(
         update={"output_tok_s": 1.0})}), tmp_path / "served.yaml")
+    # the profile's header says how to check a deployment at its serve load
+    assert path.read_text().splitlines()[1].endswith(
+        f"--profile {path} (at its serve load, concurrency 12: add --serve-load)")
     code = main(bench(server, path, "--serve-load", "--json"))
     captured = capsys.readouterr()
     data = json.loads(captured.out)
