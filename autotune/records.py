@@ -369,8 +369,16 @@ class Measurement:
     output_tok_s: float
     p99_ms: Mapping[str, float]  # of each limited metric, by metric (NaN when the server did not start)
     metrics: Mapping[str, Any] = field(default_factory=dict, compare=False)  # BenchResult.to_json
-    failure: str = ""  # "<failure class>: <reason>" when the server did not start
+    # where the server did not start: its class (errors.EngineStartError's: oom, kv_too_small, crash, timeout, ...)
+    # and what it said
+    failure_class: str = ""
+    failure_reason: str = ""
     wall_s: float = 0.0  # server start to stop (0: not recorded); less the level's own wall, a warm restart's cost
+
+    @property
+    def failure(self) -> str:
+        """``oom: CUDA out of memory``: the failure as the reports print it ("" where the server started)."""
+        return f"{self.failure_class}: {self.failure_reason}" if self.failure_class else ""
 
     @property
     def restart_s(self) -> float:
@@ -390,12 +398,17 @@ class Measurement:
 
     def to_json(self) -> dict[str, Any]:
         return json_safe({"output_tok_s": self.output_tok_s, "p99_ms": dict(self.p99_ms),
-                          "metrics": dict(self.metrics), "failure": self.failure, "wall_s": self.wall_s})
+                          "metrics": dict(self.metrics), "failure_class": self.failure_class,
+                          "failure_reason": self.failure_reason, "wall_s": self.wall_s})
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Measurement:
-        return cls(_num(data["output_tok_s"]), _floats(data["p99_ms"]), dict(data["metrics"]), str(data["failure"]),
-                   float(data.get("wall_s", 0.0)))  # absent in studies recorded before it was kept
+        if "failure_class" in data:
+            failure_class, failure_reason = str(data["failure_class"]), str(data["failure_reason"])
+        else:  # recorded before the class was kept apart: "<class>: <reason>" in one text
+            failure_class, _, failure_reason = str(data.get("failure", "")).partition(": ")
+        return cls(_num(data["output_tok_s"]), _floats(data["p99_ms"]), dict(data["metrics"]), failure_class,
+                   failure_reason, float(data.get("wall_s", 0.0)))  # absent in studies recorded before it was kept
 
 
 @dataclass(frozen=True)

@@ -1293,7 +1293,7 @@ def _remeasure(study: optuna.Study, cfg: StudyConfig, cand: Candidate, slot: tup
                             json_safe(r.to_json()), wall_s=time.monotonic() - started)
         except EngineStartError as e:
             m = Measurement(math.nan, {metric: math.nan for metric in limits_ms},
-                            failure=f"{e.failure_class}: {e}")
+                            failure_class=e.failure_class, failure_reason=str(e))
         if cancel.is_set():
             return  # measured against a server stopped under it: not a measurement
         cand.repeats.append(m)
@@ -1348,7 +1348,7 @@ def baseline_summary(selection: Selection, cfg: StudyConfig,
             result = results.get(cand.trial_number)
             out[cand.baseline] = {**_candidate_summary(cand, cfg), **({"gain": gain.to_json()} if gain else {}),
                                   "failure_class": result.measurement_failure if result is not None else "",
-                                  "remeasurement_failure": (cand.repeats[-1].failure.split(":")[0] or "failed")
+                                  "remeasurement_failure": (cand.repeats[-1].failure_class or "failed")
                                   if cand.remeasurements_failed else ""}
     return out
 

@@ -48,11 +48,13 @@ def test_a_trial_comes_back_as_it_was_written_nan_included():
 
 def test_remeasurements_and_the_selection_round_trip():
     study = optuna.create_study(direction="maximize")
-    failed = Measurement(NAN, {"ttft": NAN, "itl": NAN}, failure="oom: CUDA out of memory")
+    failed = Measurement(NAN, {"ttft": NAN, "itl": NAN}, failure_class="oom", failure_reason="CUDA out of memory")
     rem = Remeasurement(3, 128, (181,), (Measurement(4400.0, {"ttft": 300.0, "itl": 40.0}, {"completed": 384}), failed))
     records.write_remeasurement(study, rem)
     back = records.read_remeasurement(study, 3)
-    assert back.concurrency == 128 and back.stepped_down_from == (181,) and back.repeats[1].failure.startswith("oom")
+    assert back.concurrency == 128 and back.stepped_down_from == (181,)
+    assert (back.repeats[1].failure_class, back.repeats[1].failure) == ("oom", "oom: CUDA out of memory")
+    assert back.repeats[0].failure_class == "" and back.repeats[0].failure == ""
     assert math.isnan(back.repeats[1].output_tok_s) and records.read_remeasurement(study, 4) is None
     assert back.repeats[0].p99_ms == {"ttft": 300.0, "itl": 40.0} and math.isnan(back.repeats[1].p99_ms["itl"])
     assert back.repeats[0].over_limits({"ttft": 500.0, "itl": 35.0}) == ["itl"]
@@ -180,3 +182,13 @@ def test_reading_a_study_reads_its_attributes_from_the_storage_once():
     assert reads == {"get_study_user_attrs": 1, "get_study_system_attrs": 0}
     assert data.fingerprint == FP and data.selection == records.read_selection(study)
     assert data.runs == [run] and data.remeasurements == {0: rem}
+
+
+def test_a_failed_measurement_recorded_as_one_text_reads_back_with_its_class():
+    """Studies recorded before the class was kept apart hold "<class>: <reason>" under "failure"."""
+    old = {"output_tok_s": None, "p99_ms": {"ttft": None}, "metrics": {},
+           "failure": "kv_too_small: no cache blocks: max-model-len: 32768"}
+    back = Measurement.from_json(old)
+    assert (back.failure_class, back.failure_reason) == ("kv_too_small", "no cache blocks: max-model-len: 32768")
+    started = Measurement.from_json({**old, "output_tok_s": 10.0, "failure": ""})
+    assert started.failure_class == "" and started.failure == ""

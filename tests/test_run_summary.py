@@ -136,7 +136,7 @@ def test_a_baseline_whose_fresh_servers_failed_is_said_so_not_to_miss_a_limit():
     "misses a limit" and "the winner's gain is unbounded (the baseline met no limit)"."""
     tuned = _trial(5, CURVE, 181)
     defaults = _trial(0, SLOWER, 64, baseline="vllm-defaults", flags={})
-    failed = Measurement(math.nan, {"ttft": math.nan}, failure="oom: CUDA out of memory")
+    failed = Measurement(math.nan, {"ttft": math.nan}, failure_class="oom", failure_reason="CUDA out of memory")
     out, _ = _summary([tuned, defaults], {5: [Measurement(5050.0, {"ttft": 470.0})], 0: [failed]})
     [line] = [line for line in out.splitlines() if "against vllm-defaults" in line]
     assert line == "  against vllm-defaults (trial 0): its fresh-server re-measurements failed: oom (not compared)"

@@ -380,7 +380,7 @@ def test_a_baseline_whose_fresh_servers_failed_is_named_not_beaten():
     tuned = cand(5, [1100, 1110, 1105])
     defaults = cand(0, [1000, 1005], baseline="vllm-defaults", flags={})
     defaults.search_level = (64, 1000.0, {"ttft": 100.0})
-    defaults.repeats = [Measurement(math.nan, {"ttft": math.nan}, failure="oom: CUDA out of memory")] * 2
+    defaults.repeats = [Measurement(math.nan, {"ttft": math.nan}, failure_class="oom", failure_reason="CUDA out of memory")] * 2
     seed = cand(1, [900, 905, 902], baseline="seed-profile", flags={"kv-cache-dtype": "fp8"})
     sel = select_winner([tuned, defaults, seed], LIMIT, repeats=2, noise_floor=0.03)
     assert sel.winner is tuned and sel.gains["seed-profile"].significant

@@ -34,8 +34,8 @@ def _winner_json(w: Winner) -> dict[str, Any]:
         "output_tok_s_at_limit": w.at_limit_tok_s.to_json() if w.selected else None,
         "p99_ms": dict(w.p99_ms), "limits_ms": dict(w.limits_ms) or None, "baseline": w.baseline or None,
         "metrics": w.metrics,
-        "remeasurements": [{"output_tok_s": m.output_tok_s, "p99_ms": m.p99_ms, "failure": m.failure}
-                           for m in w.remeasurements],
+        "remeasurements": [{"output_tok_s": m.output_tok_s, "p99_ms": m.p99_ms, "failure": m.failure,
+                            "failure_class": m.failure_class} for m in w.remeasurements],
         "verdict": w.verdict, "gains": {k: g.to_json() for k, g in w.gains.items()} if w.selected else None,
         "serve": w.serve.to_json() if w.serve else None,
     })
