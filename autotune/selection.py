@@ -39,7 +39,9 @@ over a baseline "beyond noise" in 20% of studies, 4.9% with joint ones (benchmar
 or more finalists the intervals are therefore Tukey-Kramer's, wide enough that all the pairwise differences among
 the compared finalists hold together at the confidence level (the studentized range's quantile over the square
 root of 2, in place of Student's t, which it equals for two): a claim rests on the whole comparison, not on one
-pair picked after the fact.
+pair picked after the fact. A comparison with a control (Dunnett's) or with the best (Hsu's) would be narrower,
+but it does not hold here: the control would be the winner, picked as the best measured, and with every finalist
+truly equal the winner's largest difference from another is the range of them all, which is what Tukey's holds.
 
 **The recommendation.** Finalists the best one does not beat beyond the interval are *equal within noise*. Of
 those whose mean also lies within one run's spread of the best's (the pooled spread, at least the noise floor),
