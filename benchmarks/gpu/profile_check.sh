@@ -11,6 +11,7 @@
 # (default 1): how many fresh servers to start from the profile's command, one after another, each benched with its
 # own seed (7, 8, ...): bench.json, bench2.json, ... and result.json, result2.json, .... BENCH_ARGS (default none) go to
 # each bench: "--serve-load" benches the profile's serve load instead of its concurrency, "--max-runs 1" one run each.
+# BENCHES (default 1): benches on each server, seeds +10 apart: bench.json, bench-2.json, bench2-2.json, ....
 #   bash benchmarks/gpu/profile_check.sh start [DIR]   # returns at once
 #   bash benchmarks/gpu/profile_check.sh status [DIR]  # prints progress; "done" when finished
 set -uo pipefail
@@ -20,7 +21,8 @@ engine_args=${ENGINE_ARGS:---engine vllm --load-format dummy}
 port=8124
 servers=${SERVERS:-1}  # fresh servers started one after another from the profile's command, each benched once
 bench_args=${BENCH_ARGS:-}
-job_vars="study_args engine_args port servers bench_args"
+benches=${BENCHES:-1}  # bench runs on each server, each with its own seed (the server's, +10, +20, ...)
+job_vars="study_args engine_args port servers bench_args benches"
 job() {
   echo "study" > "$dir/$progress"
   # shellcheck disable=SC2086  # the two are lists of options
@@ -49,11 +51,15 @@ job() {
     pid=$!
     if server_ready "$port" profile-check "$pid"; then
       echo $(( $(date +%s) - t0 )) > "$dir/ready_s$suffix"
-      echo "bench at C = $concurrency $bench_args (server $n, seed $((6 + n)))" >> "$dir/$progress"
-      # shellcheck disable=SC2086  # a list of options
-      python3 -m autotune bench --url "http://127.0.0.1:$port" --model profile-check --profile "$profile" \
-        --seed $((6 + n)) $bench_args --json > "$dir/bench$suffix.json" 2> "$dir/bench$suffix.err"
-      echo "bench exit $?" >> "$dir/$progress"
+      local b seed name
+      for b in $(seq 1 "$benches"); do
+        seed=$((6 + n + 10 * (b - 1))); name=bench$suffix$([ "$b" = 1 ] || echo "-$b")
+        echo "bench of the profile (concurrency $concurrency) $bench_args: server $n, seed $seed" >> "$dir/$progress"
+        # shellcheck disable=SC2086  # a list of options
+        python3 -m autotune bench --url "http://127.0.0.1:$port" --model profile-check --profile "$profile" \
+          --seed "$seed" $bench_args --json > "$dir/$name.json" 2> "$dir/$name.err"
+        echo "bench exit $?" >> "$dir/$progress"
+      done
     else
       echo "server $n did not start" >> "$dir/$progress"
     fi
